@@ -1,0 +1,5 @@
+import sys
+
+from sinkinterp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,318 @@
+"""The ``sinkinterp`` command line.
+
+``sinkinterp measure``  one model, one input kind -> a result folder (config.json, results.json, figures)
+``sinkinterp report``   the main job: natural / random / repeated-token inputs side by side
+``sinkinterp rerun``    repeat a measurement from the config.json of its result folder
+
+Every argument is checked before any work starts; results.json is written last and atomically,
+so a failed run leaves no partial results behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+class UsageError(Exception):
+    """A bad argument: printed as one clear line, exit status 2."""
+
+
+def _eps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in the open interval (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in the open interval (0, 1), got {text}")
+    return value
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool) -> None:
+    p.add_argument("--model", default="default",
+                   help="Hugging Face checkpoint folder, .gguf file, sinkinterp checkpoint folder, or a "
+                        "built-in name (default: the embedded default model)")
+    if single_input:
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--tokens", metavar="IDS.npy", help="integer array [N, T] of token ids, used exactly as given")
+        src.add_argument("--inputs", choices=["natural", "random", "repeat"], help="generated inputs (default natural)")
+    p.add_argument("--text", nargs="+", metavar="FILE", help="text files for natural inputs (default: shipped sample)")
+    p.add_argument("--seq-len", type=_int_at_least(2), default=64, help="T, BOS included (default 64)")
+    p.add_argument("--num-seqs", type=_int_at_least(1), default=100, help="N sequences (default 100)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--prepend-bos", action="store_true", help="put the tokenizer's BOS first (default: not added)")
+    p.add_argument("--eps", type=_eps, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
+    p.add_argument("--k-max", type=_int_at_least(1), default=None, help="report Sink_k for k = 1..K (default min(T, 10))")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=16)
+    p.add_argument("--qk-heads", default="all", help="'all', 'none' or heads as L.H,L.H (q.k decomposition)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--out", required=True, metavar="DIR", help="result folder (created; files replaced)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sinkinterp", description="Measure and explain attention sinks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure", help="measure Sink_k^eps, alpha, norms and q.k on one input kind")
+    _add_measure_args(m, single_input=True)
+    r = sub.add_parser("report", help="natural vs random vs repeated-token inputs on one model (the main job)")
+    _add_measure_args(r, single_input=False)
+    r.set_defaults(out="runs/report")
+    for action in r._actions:
+        if action.dest == "out":
+            action.required = False
+    rr = sub.add_parser("rerun", help="repeat a measurement from its result folder's config.json")
+    rr.add_argument("result_dir", help="a folder written by `sinkinterp measure`")
+    rr.add_argument("--out", help="write to this folder instead of the original one")
+    return parser
+
+
+def _parse_qk_heads(text: str) -> Any:
+    if text in ("all", "none"):
+        return text
+    heads = []
+    for part in text.split(","):
+        try:
+            l, h = part.strip().split(".")
+            heads.append((int(l), int(h)))
+        except ValueError:
+            raise UsageError(f"--qk-heads: expected 'all', 'none' or L.H[,L.H...], got {text!r}") from None
+    return heads
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(_REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("sinkinterp", "torch", "transformer-lens", "transformers", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _precheck(args: argparse.Namespace, kind: str | None) -> tuple[Any, Any]:
+    """Checks that need no model: files exist, arrays are well formed, k_max fits T."""
+    from sinkinterp import inputs, loading
+
+    try:
+        loading.resolve_spec(args.model)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"--model: {err}") from None
+    tokens = None
+    if getattr(args, "tokens", None):
+        if args.prepend_bos:
+            raise UsageError("--prepend-bos cannot be combined with --tokens (the array is used exactly as given)")
+        try:
+            tokens = inputs.load_token_file(args.tokens)
+        except (ValueError, FileNotFoundError) as err:
+            raise UsageError(f"--tokens: {err}") from None
+        if tokens.shape[1] < 2:
+            raise UsageError(f"--tokens: seq_len (second dimension) must be at least 2, got {tokens.shape[1]}")
+        if tokens.shape[0] < 1:
+            raise UsageError("--tokens: the array holds no sequences")
+    seq_len = tokens.shape[1] if tokens is not None else args.seq_len
+    if args.k_max is not None and args.k_max > seq_len:
+        raise UsageError(f"--k-max: k must be <= T = {seq_len}, got {args.k_max}")
+    text = None
+    if args.text:
+        if kind not in (None, "natural"):
+            raise UsageError("--text only applies to --inputs natural")
+        try:
+            text = inputs.read_texts(args.text)
+        except FileNotFoundError as err:
+            raise UsageError(f"--text: {err}") from None
+    qk = _parse_qk_heads(args.qk_heads)
+    return tokens, (text, qk)
+
+
+def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: Any, text: str | None,
+                 qk: Any, out: Path, argv: list[str]) -> dict[str, Any]:
+    import numpy as np
+
+    from sinkinterp import figures, inputs
+    from sinkinterp.fileio import write_json
+    from sinkinterp.measure import measure, validate_tokens
+
+    if tokens is None:
+        try:
+            tokens = inputs.make_tokens(kind, seq_len=args.seq_len, num_seqs=args.num_seqs, seed=args.seed,
+                                        vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, text=text,
+                                        prepend_bos=args.prepend_bos, bos_token_id=lm.bos_token_id)
+        except ValueError as err:
+            raise UsageError(f"--inputs {kind}: {err}") from None
+    try:
+        validate_tokens(tokens, lm.d_vocab)
+    except ValueError as err:
+        raise UsageError(f"--tokens: {err}") from None
+    started = time.perf_counter()
+    try:
+        report = measure(lm.model, tokens, eps=args.eps, k_max=args.k_max, batch_size=args.batch_size,
+                         qk_heads=qk, progress=True)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    elapsed = time.perf_counter() - started
+    config = {
+        "command": "sinkinterp " + " ".join(shlex.quote(a) for a in argv),
+        "argv": argv,
+        "model": args.model,
+        "model_info": lm.info,
+        "inputs": "tokens" if getattr(args, "tokens", None) else kind,
+        "tokens_file": getattr(args, "tokens", None),
+        "tokens_sha256": hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int64).tobytes()).hexdigest(),
+        "text_files": args.text,
+        "seq_len": int(tokens.shape[1]),
+        "num_seqs": int(tokens.shape[0]),
+        "seed": args.seed,
+        "prepend_bos": bool(args.prepend_bos),
+        "eps": args.eps,
+        "k_max": report.k_max,
+        "batch_size": args.batch_size,
+        "qk_heads": args.qk_heads,
+        "dtype": args.dtype,
+        "device": args.device,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(elapsed, 3),
+    }
+    results = report.to_dict()
+    results["inputs"] = config["inputs"]
+    results["model"] = args.model
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.no_figures:
+        label = f"{args.model} · {config['inputs']} · T={report.seq_len} · N={report.num_seqs}"
+        figures.save_figure(figures.alpha_heatmap(report.alpha, title=f"alpha_1 — {label}", eps=args.eps),
+                            out / "alpha_heatmap.png")
+        if report.norms is not None:
+            figures.save_figure(figures.norms_figure(report.norms, title=label), out / "norms.png")
+        figures.save_figure(figures.sink_by_position(report.sink_pct_by_key, args.eps, title=label),
+                            out / "sink_by_position.png")
+    write_json(out / "config.json", config)
+    write_json(out / "results.json", results)  # last: its presence means the run completed
+    return results
+
+
+def _summary_line(name: str, res: dict[str, Any]) -> str:
+    sink = res["sink_pct"]
+    bias = res["sink_bias_pct"]
+    ratio = max(res["norms"]["resid"]["massive_ratio"]) if res.get("norms") else float("nan")
+    s2 = f"{sink[1]:7.2f}" if len(sink) > 1 else "    n/a"
+    sb = f"{bias:7.2f}" if bias is not None else "      -"
+    return f"{name:<10} {sink[0]:7.2f} {s2} {sb}   {ratio:9.1f}"
+
+
+def cmd_measure(args: argparse.Namespace, argv: list[str]) -> int:
+    from sinkinterp.loading import load_model
+
+    kind = None if args.tokens else (args.inputs or "natural")
+    tokens, (text, qk) = _precheck(args, kind)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    res = _measure_one(args, lm, kind, tokens, text, qk, Path(args.out), argv)
+    print("input      Sink_1  Sink_2  Sink_*   max ||h1||/mean||ht||")
+    print(_summary_line(res["inputs"], res))
+    print(f"wrote {args.out}/results.json")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
+    from sinkinterp.fileio import atomic_write
+    from sinkinterp.loading import load_model
+
+    args.tokens = None
+    _, (text, qk) = _precheck(args, None)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    out = Path(args.out)
+    lines = []
+    kinds = ["natural", "random", "repeat"] if lm.tokenizer is not None else ["random", "repeat"]
+    results = {}
+    for kind in kinds:
+        sub_argv = ["measure", "--model", args.model, "--inputs", kind, "--seq-len", str(args.seq_len),
+                    "--num-seqs", str(args.num_seqs), "--seed", str(args.seed), "--eps", str(args.eps),
+                    "--out", str(out / kind)] + (["--prepend-bos"] if args.prepend_bos else [])
+        results[kind] = _measure_one(args, lm, kind, None, text if kind == "natural" else None, qk,
+                                     out / kind, sub_argv)
+    note = lm.info.get("note")
+    header = (f"sinkinterp report — model {args.model} ({lm.info.get('builtin') or lm.info.get('location')}), "
+              f"T={args.seq_len}, N={args.num_seqs}, eps={args.eps}, "
+              f"{'BOS prepended' if args.prepend_bos else 'no BOS'}, dtype {args.dtype}")
+    lines.append(header)
+    if note:
+        lines.append(f"note: {note}")
+    lines.append("")
+    lines.append("input      Sink_1  Sink_2  Sink_*   max ||h1||/mean||ht||")
+    lines.extend(_summary_line(k, v) for k, v in results.items())
+    lines.append("")
+    lines.append("Sink_k in % of heads with alpha_k > eps (per sequence, then averaged); Sink_* on the bias slot.")
+    lines.append(f"per-input folders: {', '.join(str(out / k) for k in results)}")
+    text_out = "\n".join(lines) + "\n"
+    atomic_write(out / "report.txt", lambda f: f.write(text_out.encode()))
+    print(text_out, end="")
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    cfg_path = Path(args.result_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise UsageError(f"result_dir: no config.json in {args.result_dir}")
+    argv = list(json.loads(cfg_path.read_text())["argv"])
+    if args.out:
+        i = argv.index("--out")
+        argv[i + 1] = args.out
+    return main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "measure":
+            return cmd_measure(args, argv)
+        if args.command == "report":
+            return cmd_report(args, argv)
+        if args.command == "rerun":
+            return cmd_rerun(args)
+    except UsageError as err:
+        print(f"sinkinterp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.command)  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Load a model from a spec, offline: a built-in name, a Hugging Face checkpoint folder, a GGUF file
+or a sinkinterp checkpoint folder. Nothing here contacts a model hub.
+
+Hugging Face and GGUF models come in through a TransformerBridge (``tl_adapter.boot_bridge``) with
+eager attention and WITHOUT TransformerLens' weight processing (no folded norms, no centering), so
+norm studies see the model's own weights; ``LoadedModel.info`` records that, the dtype and the
+tokenizer's BOS token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sinkinterp import builtin, tl_adapter
+
+__all__ = ["LoadedModel", "load_model", "resolve_spec", "placeholder_tokenizer", "DTYPES"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+
+@dataclass
+class LoadedModel:
+    """A hooked model, its tokenizer (a Hugging Face tokenizer, or None) and what to record."""
+
+    model: Any
+    tokenizer: Any | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.info.get("bos_token_id")
+
+    @property
+    def d_vocab(self) -> int:
+        return tl_adapter.model_dims(self.model)["d_vocab"]
+
+
+def _builtin_names() -> list[str]:
+    return sorted([*builtin.BUILTIN_MODELS, *builtin.BUILTIN_ALIASES])
+
+
+def resolve_spec(spec: str) -> tuple[str, str]:
+    """Classify a model spec without loading it: returns (kind, location) with kind one of
+    ``builtin``, ``hf``, ``gguf``, ``sinkinterp``. Raises ValueError/FileNotFoundError with a clear
+    message for anything else."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError("model: expected a non-empty model spec")
+    if spec in builtin.BUILTIN_ALIASES:
+        return "builtin", builtin.BUILTIN_ALIASES[spec]
+    if spec in builtin.BUILTIN_MODELS:
+        return "builtin", spec
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"model: GGUF file not found: {path}")
+        return "gguf", str(path)
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            raise ValueError(f"model: folder {path} has no config.json; expected a Hugging Face "
+                             "checkpoint folder or a sinkinterp checkpoint folder")
+        try:
+            config = json.loads(cfg.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"model: {cfg} is not valid JSON ({err})") from None
+        if isinstance(config, dict) and "sinkinterp_format" in config:
+            return "sinkinterp", str(path)
+        if any((path / f).is_file() for f in HF_WEIGHT_FILES):
+            return "hf", str(path)
+        raise ValueError(f"model: folder {path} has a config.json but no weights "
+                         f"(expected one of {', '.join(HF_WEIGHT_FILES)})")
+    if path.exists():
+        raise ValueError(f"model: {path} is neither a folder nor a .gguf file")
+    raise ValueError(
+        f"model: unknown model spec {spec!r}. Expected a Hugging Face checkpoint folder (config.json + "
+        f"*.safetensors), a .gguf file, a sinkinterp checkpoint folder, or a built-in name "
+        f"({', '.join(_builtin_names())}). sinkinterp never downloads models: hub names such as "
+        "'gpt2' must be downloaded by you into a local folder first."
+    )
+
+
+def placeholder_tokenizer(vocab_size: int) -> Any:
+    """A word-level tokenizer over ``<id_0> .. <id_{V-1}>``: lets a TransformerBridge boot for a
+    checkpoint that ships no tokenizer. Natural-text inputs are refused for such models."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"<id_{i}>": i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<id_0>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<id_0>", eos_token="<id_0>")
+    hf.init_kwargs["name_or_path"] = "sinkinterp-placeholder"
+    return hf
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def _strip_quantization_marker(hf_model: Any) -> None:
+    """GGUF weights are dequantized to plain floats on load, but the config keeps a
+    ``quantization_config`` (quant_method gguf) that TransformerLens refuses. Drop the marker."""
+    for obj in (hf_model.config, hf_model):
+        if hasattr(obj, "quantization_config"):
+            try:
+                delattr(obj, "quantization_config")
+            except AttributeError:
+                obj.quantization_config = None
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(hf_model, attr):
+            setattr(hf_model, attr, None)
+    if hasattr(hf_model, "is_quantized"):
+        try:
+            hf_model.is_quantized = False
+        except AttributeError:
+            pass
+
+
+def _bridge_info(hf_model: Any, tokenizer: Any, real_tokenizer: bool) -> dict[str, Any]:
+    return {
+        "wrapper": "TransformerBridge",
+        "hf_architecture": (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0],
+        "attn_implementation": getattr(hf_model.config, "_attn_implementation", None),
+        "weight_processing": {"fold_ln": False, "center_writing_weights": False,
+                              "center_unembed": False, "fold_value_biases": False},
+        "has_tokenizer": real_tokenizer,
+        "bos_token_id": getattr(tokenizer, "bos_token_id", None) if real_tokenizer else None,
+    }
+
+
+def _load_hf_folder(path: str, dtype: torch.dtype) -> tuple[Any, Any | None]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=dtype,
+                                                    local_files_only=True)
+    tok_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    tokenizer = None
+    if any(Path(path, f).is_file() for f in tok_files):
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return hf_model.eval(), tokenizer
+
+
+def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = os.path.split(os.path.abspath(path))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, attn_implementation="eager",
+                                                    dtype=dtype, local_files_only=True)
+    _strip_quantization_marker(hf_model)
+    return hf_model.eval(), tokenizer
+
+
+def _load_sinkinterp(path: str, dtype: torch.dtype, device: str) -> tuple[Any, Any | None, dict[str, Any]]:
+    from sinkinterp.models import load_checkpoint
+
+    model = load_checkpoint(path, device=device, dtype=dtype).eval()
+    tokenizer = None
+    tok_file = Path(path, "tokenizer.json")
+    if tok_file.is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tok_file))
+    info = {"wrapper": "sinkinterp.models", "weight_processing": "none", "has_tokenizer": tokenizer is not None,
+            "bos_token_id": getattr(tokenizer, "bos_token_id", None)}
+    return model, tokenizer, info
+
+
+def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
+    """Load a model spec (see ``resolve_spec``) onto ``device`` in ``dtype``, offline."""
+    kind, location = resolve_spec(spec)
+    torch_dtype = _dtype(dtype)
+    info: dict[str, Any] = {"spec": spec, "kind": kind, "location": location,
+                            "dtype": str(torch_dtype).removeprefix("torch."), "device": device,
+                            "transformer_lens": tl_adapter.tl_version()}
+    if kind == "sinkinterp":
+        model, tokenizer, extra = _load_sinkinterp(location, torch_dtype, device)
+        info.update(extra)
+        return LoadedModel(model, tokenizer, info)
+    if kind == "builtin":
+        hf_model, tokenizer, extra = builtin.BUILTIN_MODELS[location]()
+        hf_model = hf_model.to(torch_dtype)
+        info.update(extra)
+    elif kind == "gguf":
+        hf_model, tokenizer = _load_gguf(location, torch_dtype)
+    else:
+        hf_model, tokenizer = _load_hf_folder(location, torch_dtype)
+    real_tokenizer = tokenizer is not None
+    if tokenizer is None:
+        tokenizer = placeholder_tokenizer(int(hf_model.config.vocab_size))
+    info.update(_bridge_info(hf_model, tokenizer, real_tokenizer))
+    bridge = tl_adapter.boot_bridge(hf_model, tokenizer, name=Path(location).name or location, device=device)
+    return LoadedModel(bridge, tokenizer if real_tokenizer else None, info)

@@ -1,0 +1,411 @@
+"""Streaming measurement of attention sinks on any model that speaks the hook-name contract.
+
+``measure(model, tokens)`` runs the model over the sequences in batches and reduces every statistic
+inside the hooks: per batch it keeps O(L * H * T) numbers, never a T x T map, and what it keeps
+across batches does not grow with the number of sequences. See docs/hook-contract.md for what the
+model must provide and docs/measurement.md for the definitions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from sinkinterp import tl_adapter
+from sinkinterp.metrics import alpha_bias_from_pattern, alpha_from_pattern, check_eps
+
+__all__ = ["measure", "SinkReport", "DEFAULT_EPS_GRID", "validate_tokens", "sweep_seq_len"]
+
+DEFAULT_EPS_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+QKHeads = str | Sequence[tuple[int, int]] | None
+
+
+@dataclass
+class SinkReport:
+    """Everything ``measure`` found, as numpy arrays; ``to_dict()`` gives the results.json form.
+
+    Layers and heads index as in the model (0-based). ``alpha_by_key[l, h, k]`` is alpha_{k+1}
+    averaged over sequences; ``sink_pct[k]`` is Sink_{k+1}^eps in percent.
+    """
+
+    eps: float
+    seq_len: int
+    num_seqs: int
+    k_max: int
+    n_layers: int
+    n_heads: int
+    sink_pct: np.ndarray  # [k_max]
+    sink_pct_by_key: np.ndarray  # [T]: Sink_k^eps for every key position
+    alpha_by_key: np.ndarray  # [L, H, T]
+    head_sink_rate: np.ndarray  # [L, H]: percent of sequences in which the head sinks on token 1
+    eps_grid: np.ndarray  # [E]
+    sink1_by_eps: np.ndarray  # [E]
+    sink_bias_pct: float | None = None
+    alpha_bias: np.ndarray | None = None  # [L, H]
+    sink_bias_by_eps: np.ndarray | None = None  # [E]
+    norms: dict[str, Any] | None = None
+    qk: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alpha(self) -> np.ndarray:
+        """alpha_1 per layer and head, averaged over sequences: [L, H]."""
+        return self.alpha_by_key[:, :, 0]
+
+    @property
+    def sink1_pct(self) -> float:
+        return float(self.sink_pct[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        def arr(x: np.ndarray | None) -> Any:
+            return None if x is None else np.asarray(x, dtype=np.float64).round(8).tolist()
+
+        out: dict[str, Any] = {
+            "sink_pct": arr(self.sink_pct),
+            "sink_bias_pct": None if self.sink_bias_pct is None else round(self.sink_bias_pct, 8),
+            "alpha": arr(self.alpha),
+            "alpha_bias": arr(self.alpha_bias),
+            "eps": self.eps,
+            "seq_len": self.seq_len,
+            "num_seqs": self.num_seqs,
+            "k_max": self.k_max,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "head_sink_rate": arr(self.head_sink_rate),
+            "sink_pct_by_key": arr(self.sink_pct_by_key),
+            "alpha_by_key": arr(self.alpha_by_key),
+            "eps_sweep": {
+                "eps": arr(self.eps_grid),
+                "sink1_pct": arr(self.sink1_by_eps),
+                "sink_bias_pct": arr(self.sink_bias_by_eps),
+            },
+            "norms": _jsonable(self.norms),
+            "qk": _jsonable(self.qk),
+        }
+        out.update(_jsonable(self.extra))
+        return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return np.asarray(x, dtype=np.float64).round(8).tolist()
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+def validate_tokens(tokens: Any, d_vocab: int, name: str = "tokens") -> Tensor:
+    """Return ``tokens`` as a LongTensor [N, T] after checking shape and vocabulary range."""
+    if isinstance(tokens, np.ndarray):
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+        tokens = torch.from_numpy(tokens.astype(np.int64))
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"{name} must be a numpy array or torch tensor [N, T], got {type(tokens).__name__}")
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+    if tokens.ndim != 2:
+        raise ValueError(f"{name} must have shape [num_seqs, seq_len], got {tuple(tokens.shape)}")
+    n, t = tokens.shape
+    if n < 1:
+        raise ValueError(f"{name} holds no sequences")
+    if t < 2:
+        raise ValueError(f"{name}: seq_len must be at least 2 (the metric needs queries after token 1), got {t}")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= d_vocab:
+        raise ValueError(
+            f"{name}: token ids must lie in [0, {d_vocab - 1}] (the model's vocabulary), found {lo}..{hi}"
+        )
+    return tokens.long()
+
+
+def _resolve_qk_heads(qk_heads: QKHeads, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    if qk_heads is None or qk_heads == "none":
+        return []
+    if qk_heads == "all":
+        return [(l, h) for l in range(n_layers) for h in range(n_heads)]
+    if isinstance(qk_heads, str):
+        raise ValueError(f"qk_heads must be 'all', 'none' or a list of (layer, head), got {qk_heads!r}")
+    heads = []
+    for item in qk_heads:
+        l, h = (int(v) for v in item)
+        if not (0 <= l < n_layers and 0 <= h < n_heads):
+            raise ValueError(
+                f"qk_heads: head ({l}, {h}) is outside the model (layers 0..{n_layers - 1}, heads 0..{n_heads - 1})"
+            )
+        heads.append((l, h))
+    return heads
+
+
+class _Accumulator:
+    """Running sums filled by the hooks. Everything stays on the model's device until ``finish``."""
+
+    def __init__(self, *, dims: dict[str, Any], seq_len: int, eps: float, eps_grid: Sequence[float],
+                 has_bias: bool, norms: bool, qk_layers: set[int], device: torch.device):
+        L, H, T = dims["n_layers"], dims["n_heads"], seq_len
+        self.L, self.H, self.T, self.eps = L, H, T, eps
+        self.group = H // dims["n_kv_heads"]
+        f64 = dict(dtype=torch.float64, device=device)
+        i64 = dict(dtype=torch.int64, device=device)
+        self.grid = torch.tensor(list(eps_grid), **f64)
+        self.alpha_sum = torch.zeros(L, H, T, **f64)
+        self.head_counts = torch.zeros(L, H, T, **i64)  # sequences in which head sinks on key k
+        self.grid_counts = torch.zeros(len(eps_grid), L, H, **i64)
+        self.has_bias = has_bias
+        if has_bias:
+            self.bias_sum = torch.zeros(L, H, **f64)
+            self.bias_counts = torch.zeros(L, H, **i64)
+            self.bias_grid_counts = torch.zeros(len(eps_grid), L, H, **i64)
+        self.norms = norms
+        if norms:
+            self.resid_pos_sum = torch.zeros(L + 1, T, **f64)
+            self.key_first = torch.zeros(L, H, **f64)
+            self.key_rest = torch.zeros(L, H, **f64)
+            self.value_first = torch.zeros(L, H, **f64)
+            self.value_rest = torch.zeros(L, H, **f64)
+        self.qk_layers = qk_layers
+        if qk_layers:
+            self.qk = {name: torch.zeros(L, H, **f64) for name in
+                       ("q_norm", "cos_q_k1", "cos_q_krest", "logit_q_k1", "logit_q_krest")}
+        self.stash: dict[int, dict[str, Tensor]] = {}
+        self.num_seqs = 0
+        self.layers_seen: set[int] = set()
+        self.bias_layers_seen: set[int] = set()
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def on_pattern(self, layer: int, pattern: Float[Tensor, "batch head q k"]) -> None:
+        if pattern.shape[-1] != self.T or pattern.shape[1] != self.H:
+            raise RuntimeError(
+                f"blocks.{layer}.attn.hook_pattern has shape {tuple(pattern.shape)}; expected "
+                f"[batch, {self.H}, {self.T}, {self.T}] (a model with extra attention slots must "
+                "report them through hook_bias_pattern, see docs/hook-contract.md)"
+            )
+        alpha = alpha_from_pattern(pattern.detach())  # [b, H, T]
+        self.alpha_sum[layer] += alpha.sum(0).double()
+        self.head_counts[layer] += (alpha > self.eps).sum(0)
+        self.grid_counts[:, layer] += (alpha[None, :, :, 0] > self.grid[:, None, None]).sum(1)
+        self.layers_seen.add(layer)
+
+    def on_bias_pattern(self, layer: int, bias_pattern: Float[Tensor, "batch head q"]) -> None:
+        a = alpha_bias_from_pattern(bias_pattern.detach())  # [b, H]
+        self.bias_sum[layer] += a.sum(0).double()
+        self.bias_counts[layer] += (a > self.eps).sum(0)
+        self.bias_grid_counts[:, layer] += (a[None] > self.grid[:, None, None]).sum(1)
+        self.bias_layers_seen.add(layer)
+
+    def on_resid(self, index: int, resid: Float[Tensor, "batch pos d_model"]) -> None:
+        self.resid_pos_sum[index] += resid.detach().double().norm(dim=-1).sum(0)
+
+    def _per_head(self, x: Float[Tensor, "batch pos kv_head d_head"]) -> Tensor:
+        return x.repeat_interleave(self.group, dim=2) if x.shape[2] != self.H else x
+
+    def on_key(self, layer: int, k: Float[Tensor, "batch pos kv_head d_head"]) -> None:
+        k = k.detach()
+        if self.norms:
+            n = self._per_head(k).double().norm(dim=-1)  # [b, T, H]
+            self.key_first[layer] += n[:, 0].sum(0)
+            self.key_rest[layer] += n[:, 1:].mean(1).sum(0)
+        if layer in self.qk_layers:
+            self._stash(layer, "k", k)
+
+    def on_query(self, layer: int, q: Float[Tensor, "batch pos head d_head"]) -> None:
+        if layer in self.qk_layers:
+            self._stash(layer, "q", q.detach())
+
+    def on_value(self, layer: int, v: Float[Tensor, "batch pos kv_head d_head"]) -> None:
+        n = self._per_head(v.detach()).double().norm(dim=-1)
+        self.value_first[layer] += n[:, 0].sum(0)
+        self.value_rest[layer] += n[:, 1:].mean(1).sum(0)
+
+    def _stash(self, layer: int, kind: str, x: Tensor) -> None:
+        slot = self.stash.setdefault(layer, {})
+        slot[kind] = x
+        if "q" in slot and "k" in slot:
+            self._qk_decomposition(layer, slot.pop("q"), slot.pop("k"))
+
+    def _qk_decomposition(self, layer: int, q: Tensor, k: Tensor) -> None:
+        """q.k = |q||k|cos(q, k): mean query norm, and cosine / logit of each query with key 1 and
+        with the keys after it it can see (t >= s >= 2 in the paper's 1-based positions)."""
+        q = q.double()
+        k = self._per_head(k).double()
+        d_head = q.shape[-1]
+        qn = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        kn = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        self.qk["q_norm"][layer] += q.norm(dim=-1).mean(1).sum(0)
+        self.qk["cos_q_k1"][layer] += (qn * kn[:, :1]).sum(-1).mean(1).sum(0)
+        self.qk["logit_q_k1"][layer] += ((q * k[:, :1]).sum(-1) / math.sqrt(d_head)).mean(1).sum(0)
+        T = q.shape[1]
+        rest = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        rest[:, 0] = False  # keys 2..t only
+        n_pairs = rest.sum()
+        cos = torch.einsum("bthd,bshd->bhts", qn, kn)
+        self.qk["cos_q_krest"][layer] += (cos.masked_fill(~rest, 0).sum((-1, -2)) / n_pairs).sum(0)
+        del cos
+        logit = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(d_head)
+        self.qk["logit_q_krest"][layer] += (logit.masked_fill(~rest, 0).sum((-1, -2)) / n_pairs).sum(0)
+
+    # ---- results -----------------------------------------------------------------------------
+    def finish(self, k_max: int, qk_heads: list[tuple[int, int]]) -> SinkReport:
+        missing = sorted(set(range(self.L)) - self.layers_seen)
+        if missing:
+            raise RuntimeError(f"hook_pattern never fired for layers {missing}: the model does not follow "
+                               "the hook-name contract (docs/hook-contract.md)")
+        n, total = self.num_seqs, self.num_seqs * self.L * self.H
+        cpu = lambda t: t.detach().cpu().numpy()  # noqa: E731
+        sink_by_key = cpu(self.head_counts.sum((0, 1)).double() / total * 100.0)
+        report = SinkReport(
+            eps=self.eps, seq_len=self.T, num_seqs=n, k_max=k_max, n_layers=self.L, n_heads=self.H,
+            sink_pct=sink_by_key[:k_max].copy(), sink_pct_by_key=sink_by_key,
+            alpha_by_key=cpu(self.alpha_sum / n),
+            head_sink_rate=cpu(self.head_counts[:, :, 0].double() / n * 100.0),
+            eps_grid=cpu(self.grid),
+            sink1_by_eps=cpu(self.grid_counts.sum((1, 2)).double() / total * 100.0),
+        )
+        if self.has_bias:
+            report.sink_bias_pct = float(self.bias_counts.sum().double() / total * 100.0)
+            report.alpha_bias = cpu(self.bias_sum / n)
+            report.sink_bias_by_eps = cpu(self.bias_grid_counts.sum((1, 2)).double() / total * 100.0)
+        if self.norms:
+            resid = cpu(self.resid_pos_sum / n)  # [L+1, T]
+            first, rest = resid[:, 0], resid[:, 1:].mean(1)
+            report.norms = {
+                "resid": {
+                    "hooks": [f"blocks.{l}.hook_resid_pre" for l in range(self.L)]
+                    + [f"blocks.{self.L - 1}.hook_resid_post"],
+                    "first": first, "rest": rest, "massive_ratio": first / np.maximum(rest, 1e-30),
+                    "by_position": resid,
+                },
+                "key": {"first": cpu(self.key_first / n), "rest": cpu(self.key_rest / n)},
+                "value": {"first": cpu(self.value_first / n), "rest": cpu(self.value_rest / n)},
+            }
+        if qk_heads:
+            idx = np.array(qk_heads)
+            report.qk = {"heads": [list(h) for h in qk_heads]}
+            for name, t in self.qk.items():
+                report.qk[name] = cpu(t / n)[idx[:, 0], idx[:, 1]]
+            if self.norms:
+                report.qk["k1_norm"] = report.norms["key"]["first"][idx[:, 0], idx[:, 1]]
+                report.qk["k_rest_norm"] = report.norms["key"]["rest"][idx[:, 0], idx[:, 1]]
+        return report
+
+
+def _batches(tokens: Tensor, batch_size: int) -> Iterator[Tensor]:
+    for start in range(0, tokens.shape[0], batch_size):
+        yield tokens[start:start + batch_size]
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+def measure(
+    model: Any,
+    tokens: Int[Tensor, "num_seqs seq_len"] | np.ndarray,
+    *,
+    eps: float = 0.3,
+    k_max: int | None = None,
+    eps_grid: Sequence[float] = DEFAULT_EPS_GRID,
+    batch_size: int = 8,
+    norms: bool = True,
+    qk_heads: QKHeads = "all",
+    progress: bool = False,
+) -> SinkReport:
+    """Measure Sink_k^eps, per-head alpha, eps sweep, norms and the q.k decomposition.
+
+    Args:
+        model: any model following docs/hook-contract.md (HookedTransformer, TransformerBridge,
+            sinkinterp model).
+        tokens: token ids [num_seqs, seq_len], used exactly as given (no BOS is added here).
+        eps: the sink threshold, in (0, 1); a head sinks on k when alpha_k > eps (strict).
+        k_max: report Sink_k for k = 1..k_max (default min(T, 10)); must be <= T.
+        eps_grid: thresholds for the eps sweep of Sink_1 (and Sink_*), each in (0, 1).
+        batch_size: sequences per forward pass; memory per pass is O(batch * L * H * T) kept.
+        norms: also measure residual/key/value norms and the massive-activation ratio.
+        qk_heads: "all", "none"/None, or a list of (layer, head) for the q.k decomposition.
+        progress: show a progress bar over batches.
+
+    Every hook is removed when the call returns, also on error.
+    """
+    dims = tl_adapter.model_dims(model)
+    eps = check_eps(eps)
+    grid = sorted({check_eps(e, "eps_grid entry") for e in eps_grid} | {eps})
+    tokens = validate_tokens(tokens, dims["d_vocab"])
+    n, T = tokens.shape
+    if k_max is None:
+        k_max = min(T, 10)
+    if not isinstance(k_max, int) or not 1 <= k_max <= T:
+        raise ValueError(f"k_max must be an integer in [1, seq_len={T}], got {k_max!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n_ctx = dims["n_ctx"]
+    if n_ctx and T > n_ctx:
+        raise ValueError(f"seq_len {T} exceeds the model's context length n_ctx={n_ctx}")
+    L, H = dims["n_layers"], dims["n_heads"]
+    heads = _resolve_qk_heads(qk_heads, L, H)
+    names = set(tl_adapter.hook_names(model))
+    for l in range(L):
+        if f"blocks.{l}.attn.hook_pattern" not in names:
+            raise ValueError(f"model has no hook blocks.{l}.attn.hook_pattern (see docs/hook-contract.md)")
+    has_bias = "blocks.0.attn.hook_bias_pattern" in names
+    rot = "blocks.0.attn.hook_rot_k" in names
+    q_name, k_name = ("hook_rot_q", "hook_rot_k") if rot else ("hook_q", "hook_k")
+
+    device = _model_device(model)
+    acc = _Accumulator(dims=dims, seq_len=T, eps=eps, eps_grid=grid, has_bias=has_bias, norms=norms,
+                       qk_layers={l for l, _ in heads}, device=device)
+
+    hooks: list[tuple[str, Any]] = []
+    for l in range(L):
+        hooks.append((f"blocks.{l}.attn.hook_pattern", lambda x, hook, l=l: acc.on_pattern(l, x)))
+        if has_bias:
+            hooks.append((f"blocks.{l}.attn.hook_bias_pattern", lambda x, hook, l=l: acc.on_bias_pattern(l, x)))
+        if norms:
+            hooks.append((f"blocks.{l}.hook_resid_pre", lambda x, hook, l=l: acc.on_resid(l, x)))
+            hooks.append((f"blocks.{l}.attn.hook_v", lambda x, hook, l=l: acc.on_value(l, x)))
+        if norms or l in acc.qk_layers:
+            hooks.append((f"blocks.{l}.attn.{k_name}", lambda x, hook, l=l: acc.on_key(l, x)))
+        if l in acc.qk_layers:
+            hooks.append((f"blocks.{l}.attn.{q_name}", lambda x, hook, l=l: acc.on_query(l, x)))
+    if norms:
+        hooks.append((f"blocks.{L - 1}.hook_resid_post", lambda x, hook: acc.on_resid(L, x)))
+    for name, _ in hooks:
+        if name not in names:
+            raise ValueError(f"model has no hook {name} (needed for this measurement; see docs/hook-contract.md)")
+
+    batches: Iterable[Tensor] = _batches(tokens, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=math.ceil(n / batch_size), desc="measure", unit="batch")
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        with torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
+            for batch in batches:
+                model(batch.to(device))
+                acc.num_seqs += batch.shape[0]
+                acc.stash.clear()
+    finally:
+        if was_training:
+            model.train()
+    return acc.finish(k_max, heads)
+
+
+def sweep_seq_len(model: Any, make_tokens: Any, seq_lens: Sequence[int], **kwargs: Any) -> dict[int, SinkReport]:
+    """Measure at several sequence lengths: ``make_tokens(T)`` returns the [N, T] ids for each T."""
+    return {int(t): measure(model, make_tokens(int(t)), **kwargs) for t in seq_lens}

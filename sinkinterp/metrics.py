@@ -1,0 +1,105 @@
+"""The paper's sink metric, as pure tensor functions (no model, no hooks).
+
+Definitions (Gu et al. 2025, section 1 of ../shared/reference/attention-sink-paper.md):
+
+* ``alpha_k^{l,h} = mean_{t=k..T} A^{l,h}[t, k]``: the importance of key position ``k`` (1-indexed),
+  averaged over the queries that can see it. For ``k = 1`` that is all ``T`` queries.
+* A head sinks on ``k`` when ``alpha_k > eps`` (strict).
+* ``Sink_k^eps`` = percentage of the ``L * H`` heads that sink on ``k``, thresholded per sequence and
+  then averaged over sequences.
+
+Tensors here use 0-based positions: the paper's ``k = 1`` is index 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+__all__ = [
+    "alpha_from_pattern",
+    "alpha_bias_from_pattern",
+    "sink_rate",
+    "proxy_scores",
+    "check_eps",
+]
+
+
+def check_eps(eps: float, name: str = "eps") -> float:
+    """Validate a threshold: a number strictly between 0 and 1."""
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in the open interval (0, 1), got {eps!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in the open interval (0, 1), got {eps!r}")
+    return value
+
+
+def _accum_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def alpha_from_pattern(
+    pattern: Float[Tensor, "*batch query_pos key_pos"],
+) -> Float[Tensor, "*batch key_pos"]:
+    """alpha_k for every key position k: the mean of ``pattern[t, k]`` over queries ``t >= k``.
+
+    Rows are queries, columns keys (TransformerLens' ``hook_pattern`` layout). Entries above the
+    diagonal (``t < k``) are excluded even when non-zero (prefix-LM models attend bidirectionally
+    inside the prefix), exactly as the paper averages over ``t = k..T``.
+    """
+    if pattern.ndim < 2 or pattern.shape[-1] != pattern.shape[-2]:
+        raise ValueError(
+            f"pattern must have shape [..., T, T] (queries x keys), got {tuple(pattern.shape)}"
+        )
+    t = pattern.shape[-1]
+    dtype = _accum_dtype(pattern)
+    visible = torch.ones(t, t, dtype=torch.bool, device=pattern.device).tril()  # [t, k]: t >= k
+    col_sums = pattern.to(dtype).masked_fill(~visible, 0.0).sum(dim=-2)
+    n_queries = torch.arange(t, 0, -1, device=pattern.device, dtype=dtype)  # T - k queries see k
+    return col_sums / n_queries
+
+
+def alpha_bias_from_pattern(
+    bias_pattern: Float[Tensor, "*batch query_pos"],
+) -> Float[Tensor, "*batch"]:
+    """alpha_* of a bias slot (k*, sink token, sink logit): the mean over all T queries of the
+    weight each puts on the slot (every query sees the slot)."""
+    return bias_pattern.to(_accum_dtype(bias_pattern)).mean(dim=-1)
+
+
+def sink_rate(alpha: Float[Tensor, "seq *heads"], eps: float) -> float:
+    """Sink^eps in percent: threshold ``alpha > eps`` per sequence and head, then average.
+
+    ``alpha`` holds one value per sequence (first dimension) and head (remaining dimensions, e.g.
+    ``[N, L, H]``). Every sequence has the same number of heads, so the mean of per-sequence
+    percentages equals the fraction of all (sequence, head) pairs above ``eps``.
+    """
+    eps = check_eps(eps)
+    if alpha.ndim < 2:
+        raise ValueError(f"alpha must have shape [num_seqs, ...heads], got {tuple(alpha.shape)}")
+    per_seq = (alpha > eps).flatten(1).to(torch.float64).mean(dim=1) * 100.0
+    return float(per_seq.mean())
+
+
+def proxy_scores(
+    sim: Float[Tensor, "*batch query_pos key_pos"],
+    mask: Tensor | None = None,
+    absolute: bool = False,
+    eps: float = 1e-12,
+) -> Float[Tensor, "*batch query_pos key_pos"]:
+    """The paper's attention proxy for unnormalized attention: ``sim / sum(sim)`` per query row, or
+    ``|sim| / sum|sim|`` with ``absolute=True`` (for kernels whose similarity can be negative, such
+    as identity-kernel linear attention).
+
+    ``mask`` (broadcastable boolean, True = visible) zeroes invisible entries first. Rows that are
+    all zero stay zero. No host synchronisation: safe inside a compiled forward pass.
+    """
+    if mask is not None:
+        sim = sim.masked_fill(~mask, 0.0)
+    if absolute:
+        sim = sim.abs()
+    denom = sim.sum(dim=-1, keepdim=True)
+    return sim / denom.clamp_min(eps)
