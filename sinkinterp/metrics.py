@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-def check_eps(eps: float, name: str = "eps") -> float:
+def check_eps(eps: object, name: str = "eps") -> float:
     """Validate a threshold: a number strictly between 0 and 1."""
     try:
         value = float(eps)
@@ -70,7 +70,7 @@ def alpha_bias_from_pattern(
     return bias_pattern.to(_accum_dtype(bias_pattern)).mean(dim=-1)
 
 
-def sink_rate(alpha: Float[Tensor, "seq *heads"], eps: float) -> float:
+def sink_rate(alpha: Float[Tensor, "seq *heads"], eps: object) -> float:
     """Sink^eps in percent: threshold ``alpha > eps`` per sequence and head, then average.
 
     ``alpha`` holds one value per sequence (first dimension) and head (remaining dimensions, e.g.

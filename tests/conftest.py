@@ -1,0 +1,86 @@
+"""Shared test fixtures: no network, slow tests opt-in, tiny models built from config."""
+
+from __future__ import annotations
+
+import copy
+import socket
+
+import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run tests marked slow (real pretrained models)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1") or host.startswith("/")):
+        return _real_connect(self, address)
+    raise RuntimeError(f"test tried to open a network connection to {address!r}: sinkinterp must work offline")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+
+
+def word_tokenizer(vocab_size: int, bos: bool = True):
+    """A tiny Hugging Face tokenizer over words t0..t{V-1} (t1 = BOS)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    kw = {"bos_token": "t1"} if bos else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="t0", eos_token="t2", **kw)
+
+
+def tiny_llama(seed: int = 0, n_kv_heads: int = 2, vocab: int = 61, scale: float = 15.0):
+    """A LLaMA-style HF model from config with sharpened attention (query/key weights scaled) so
+    alpha values spread over (0, 1) instead of sitting at the uniform value."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=n_kv_heads, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(scale)
+            layer.self_attn.k_proj.weight.mul_(scale)
+    return model
+
+
+def tiny_gpt2(seed: int = 0, vocab: int = 61, scale: float = 15.0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel._from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight[:, : 2 * 32].mul_(scale)  # q and k columns
+    return model
+
+
+def hf_attentions(model, tokens):
+    """Reference attention probabilities [N, L, H, T, T] from HF eager attention (on a copy: the
+    bridge later rewires the model it wraps)."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        out = ref(tokens, output_attentions=True, output_hidden_states=True)
+    return torch.stack(out.attentions, 1).double(), [h.double() for h in out.hidden_states]

@@ -1,0 +1,202 @@
+"""The streaming measurement: exact values on hand-built patterns, parity with Hugging Face eager
+attention and TransformerLens caches, streaming = all-at-once, hooks always removed, bad input."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import hf_attentions, tiny_gpt2, tiny_llama, word_tokenizer
+
+from sinkinterp import tl_adapter
+from sinkinterp.measure import measure, validate_tokens
+from sinkinterp.metrics import alpha_from_pattern
+
+
+class PatternModel(tl_adapter.HookedRootModule):
+    """A fake hooked model whose attention patterns are hand-built: a sequence whose first token is
+    0 gets a full sink on token 1 in every head of layer 0 and head 0 of layer 1; every other head
+    and sequence attends uniformly. With ``bias`` it also reports a bias slot taking weight 0.5 in
+    layer 1."""
+
+    def __init__(self, n_layers=2, n_heads=2, d_vocab=10, bias=False, fail=False):
+        super().__init__()
+        self.cfg = SimpleNamespace(n_layers=n_layers, n_heads=n_heads, d_model=4, d_head=2, d_vocab=d_vocab,
+                                   n_ctx=32, positional_embedding_type="none")
+        self.blocks = torch.nn.ModuleList()
+        for _ in range(n_layers):
+            blk = torch.nn.Module()
+            blk.attn = torch.nn.Module()
+            blk.attn.hook_pattern = tl_adapter.HookPoint()
+            if bias:
+                blk.attn.hook_bias_pattern = tl_adapter.HookPoint()
+            self.blocks.append(blk)
+        self.bias, self.fail = bias, fail
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.setup()
+
+    def forward(self, tokens):
+        b, T = tokens.shape
+        uniform = torch.tril(torch.ones(T, T, dtype=torch.float64)) / torch.arange(1, T + 1, dtype=torch.float64)[:, None]
+        sink = torch.zeros(T, T, dtype=torch.float64)
+        sink[:, 0] = 1.0
+        for l, blk in enumerate(self.blocks):
+            pat = uniform.repeat(b, self.cfg.n_heads, 1, 1)
+            is_sink = tokens[:, 0] == 0
+            heads = range(self.cfg.n_heads) if l == 0 else [0]
+            for h in heads:
+                pat[is_sink, h] = sink
+            if self.bias and l == 1:
+                blk.attn.hook_bias_pattern(torch.full((b, self.cfg.n_heads, T), 0.5, dtype=torch.float64))
+                pat = pat * 0.5
+            blk.attn.hook_pattern(pat)
+            if self.fail:
+                raise RuntimeError("boom")
+        return torch.zeros(b, T, self.cfg.d_vocab)
+
+
+def fake_tokens(n_sink, n_plain, T=12):
+    tokens = torch.ones(n_sink + n_plain, T, dtype=torch.long)
+    tokens[:n_sink, 0] = 0
+    return tokens
+
+
+def test_exact_sink_values_on_hand_built_patterns():
+    model = PatternModel()
+    report = measure(model, fake_tokens(3, 1), eps=0.3, norms=False, qk_heads=None, batch_size=3)
+    # uniform causal attention over T = 12: alpha_1 = (1 + 1/2 + ... + 1/12) / 12 = 0.2586 < 0.3.
+    # Sink sequences: 3 of 4 heads sink on token 1 -> 75%; plain sequences: 0%. Mean: 56.25%.
+    h12 = sum(1 / t for t in range(1, 13)) / 12
+    assert report.sink_pct[0] == pytest.approx(3 * 75.0 / 4)
+    mixed = (3 * 1.0 + h12) / 4
+    np.testing.assert_allclose(report.alpha, [[mixed, mixed], [mixed, h12]], atol=1e-12)
+    # Sink_2: uniform alpha_2 = (1/2 + ... + 1/12) / 11 = 0.19 -> no head
+    assert report.sink_pct[1] == 0.0
+    assert report.sink_bias_pct is None
+    # eps sweep: at 0.25 the uniform heads (0.2586) count too; at 0.45 only the hand-built sinks
+    at = lambda e: report.sink1_by_eps[int(np.argmin(np.abs(report.eps_grid - e)))]  # noqa: E731
+    assert at(0.25) == pytest.approx(100.0)
+    assert at(0.45) == pytest.approx(56.25)
+    np.testing.assert_allclose(report.head_sink_rate, [[75.0, 75.0], [75.0, 0.0]])
+
+
+def test_bias_slot_gives_sink_star():
+    model = PatternModel(bias=True)
+    report = measure(model, fake_tokens(2, 2), eps=0.3, norms=False, qk_heads=None)
+    # layer 1 heads put 0.5 on the slot: 2 of 4 heads per sequence -> Sink_* = 50%
+    assert report.sink_bias_pct == pytest.approx(50.0)
+    np.testing.assert_allclose(report.alpha_bias, [[0.0, 0.0], [0.5, 0.5]])
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_streaming_equals_all_at_once(batch_size):
+    model = tl_adapter.boot_bridge(tiny_llama(), word_tokenizer(61), "tiny")
+    tokens = torch.randint(0, 61, (7, 12), generator=torch.Generator().manual_seed(1))
+    whole = measure(model, tokens, batch_size=7, eps=0.2)
+    parts = measure(model, tokens, batch_size=batch_size, eps=0.2)
+    np.testing.assert_allclose(parts.alpha_by_key, whole.alpha_by_key, atol=1e-6)
+    np.testing.assert_array_equal(parts.sink_pct_by_key, whole.sink_pct_by_key)
+    np.testing.assert_allclose(parts.norms["resid"]["first"], whole.norms["resid"]["first"], rtol=1e-6)
+    np.testing.assert_allclose(parts.qk["cos_q_k1"], whole.qk["cos_q_k1"], atol=1e-6)
+
+
+def _reference_alpha(att):  # att [N, L, H, T, T], independent loop over k
+    T = att.shape[-1]
+    return torch.stack([att[..., k:, k].mean(-1) for k in range(T)], -1)  # [N, L, H, T]
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_parity_with_hf_eager_attention(make):
+    hf = make()
+    tokens = torch.randint(0, 61, (6, 16), generator=torch.Generator().manual_seed(2))
+    att, hidden = hf_attentions(hf, tokens)
+    model = tl_adapter.boot_bridge(hf, word_tokenizer(61), "tiny")
+    report = measure(model, tokens, eps=0.3, batch_size=4)
+    alpha = _reference_alpha(att)  # [N, L, H, T]
+    np.testing.assert_allclose(report.alpha_by_key, alpha.mean(0).numpy(), atol=1e-6)
+    assert 0.05 < float(alpha[..., 0].std()) , "test model should have non-uniform attention"
+    for eps in (0.1, 0.3, 0.5):
+        ref = float((alpha[..., :10] > eps).double().mean((0, 1, 2))[0] * 100)
+        i = int(np.argmin(np.abs(report.eps_grid - eps)))
+        assert report.sink1_by_eps[i] == pytest.approx(ref, abs=1e-9)
+    ref_sink = (alpha[..., :10] > 0.3).double().mean((0, 1, 2)).numpy() * 100
+    np.testing.assert_allclose(report.sink_pct, ref_sink, atol=1e-9)
+    # residual norms entering each block = HF hidden_states[l] for l < L
+    for l in range(2):
+        norms = hidden[l].norm(dim=-1)
+        assert report.norms["resid"]["first"][l] == pytest.approx(float(norms[:, 0].mean()), rel=1e-5)
+        assert report.norms["resid"]["rest"][l] == pytest.approx(float(norms[:, 1:].mean()), rel=1e-5)
+    assert tl_adapter.count_attached_hooks(model) == 0
+
+
+def test_hooked_transformer_and_qk_decomposition_match_cache():
+    model = tl_adapter.hooked_transformer_from_config(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+        positional_embedding_type="rotary", normalization_type="RMS", seed=0)
+    tokens = torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(3))
+    report = measure(model, tokens, qk_heads=[(1, 2), (0, 0)])
+    _, cache = model.run_with_cache(tokens)
+    for i, (l, h) in enumerate([(1, 2), (0, 0)]):
+        q = cache[f"blocks.{l}.attn.hook_rot_q"][:, :, h].double()
+        k = cache[f"blocks.{l}.attn.hook_rot_k"][:, :, h].double()
+        cos1 = torch.nn.functional.cosine_similarity(q, k[:, :1].expand_as(q), dim=-1).mean()
+        assert report.qk["cos_q_k1"][i] == pytest.approx(float(cos1), abs=1e-6)
+        assert report.qk["q_norm"][i] == pytest.approx(float(q.norm(dim=-1).mean()), rel=1e-6)
+        assert report.qk["k1_norm"][i] == pytest.approx(float(k[:, 0].norm(dim=-1).mean()), rel=1e-6)
+        logits = torch.einsum("btd,bsd->bts", q, k) / 8 ** 0.5
+        mask = torch.tril(torch.ones(10, 10, dtype=torch.bool))
+        mask[:, 0] = False
+        assert report.qk["logit_q_krest"][i] == pytest.approx(float(logits[:, mask].mean()), abs=1e-6)
+        pattern = cache[f"blocks.{l}.attn.hook_pattern"][:, h].double()
+        assert report.alpha[l, h] == pytest.approx(float(alpha_from_pattern(pattern)[:, 0].mean()), abs=1e-6)
+    v = cache["blocks.1.attn.hook_v"].double().norm(dim=-1)
+    np.testing.assert_allclose(report.norms["value"]["first"][1], v[:, 0].mean(0).numpy(), rtol=1e-6)
+    final = cache["blocks.1.hook_resid_post"].double().norm(dim=-1)
+    assert report.norms["resid"]["massive_ratio"][-1] == pytest.approx(
+        float(final[:, 0].mean() / final[:, 1:].mean()), rel=1e-6)
+
+
+def test_gqa_keys_are_shared_across_query_heads():
+    model = tl_adapter.boot_bridge(tiny_llama(n_kv_heads=2), word_tokenizer(61), "tiny")
+    report = measure(model, torch.randint(0, 61, (2, 8)), qk_heads="all")
+    k = report.norms["key"]["first"]  # [L, 4]: heads 0,1 share kv head 0; heads 2,3 share kv head 1
+    np.testing.assert_allclose(k[:, 0], k[:, 1])
+    np.testing.assert_allclose(k[:, 2], k[:, 3])
+    assert not np.allclose(k[:, 0], k[:, 2])
+
+
+def test_hooks_removed_after_error_and_user_hooks_kept():
+    model = PatternModel(fail=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        measure(model, fake_tokens(1, 1), norms=False, qk_heads=None)
+    assert tl_adapter.count_attached_hooks(model) == 0
+    ok = PatternModel()
+    seen = []
+    ok.blocks[0].attn.hook_pattern.add_hook(lambda x, hook: seen.append(1))
+    measure(ok, fake_tokens(1, 1), norms=False, qk_heads=None)
+    assert tl_adapter.count_attached_hooks(ok) == 1 and seen
+
+
+@pytest.mark.parametrize("tokens, match", [
+    (torch.zeros(2, 1, dtype=torch.long), "at least 2"),
+    (torch.full((2, 4), 10), r"\[0, 9\]"),
+    (torch.full((2, 4), -1), r"\[0, 9\]"),
+    (torch.zeros(2, 4), "integer"),
+    (torch.zeros(4, dtype=torch.long), "shape"),
+])
+def test_bad_tokens_rejected(tokens, match):
+    with pytest.raises(ValueError, match=match):
+        validate_tokens(tokens, d_vocab=10)
+
+
+def test_bad_arguments_rejected_before_running():
+    model = PatternModel(fail=True)  # would raise "boom" if it ever ran
+    t = fake_tokens(1, 1)
+    with pytest.raises(ValueError, match="eps"):
+        measure(model, t, eps=1.5)
+    with pytest.raises(ValueError, match="k_max"):
+        measure(model, t, k_max=13)
+    with pytest.raises(ValueError, match="qk_heads"):
+        measure(model, t, qk_heads=[(5, 0)])
+    with pytest.raises(TypeError, match="hooked model"):
+        measure(torch.nn.Linear(2, 2), t)
