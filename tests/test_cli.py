@@ -1,0 +1,116 @@
+"""`sinkinterp measure / report / rerun`: the result-folder contract and clear errors on bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sinkinterp import cli
+
+RESULT_KEYS = {"sink_pct", "sink_bias_pct", "alpha", "eps", "seq_len", "num_seqs"}
+
+
+def run(args, capsys):
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_measure_random_writes_result_folder(tmp_path, capsys):
+    out = tmp_path / "r"
+    code, stdout, _ = run(["measure", "--model", "default", "--inputs", "random", "--seq-len", "16",
+                           "--num-seqs", "6", "--eps", "0.2", "--out", str(out)], capsys)
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert RESULT_KEYS <= res.keys()
+    assert len(res["sink_pct"]) == 10 and res["seq_len"] == 16 and res["num_seqs"] == 6
+    assert res["sink_bias_pct"] is None
+    assert np.array(res["alpha"]).shape == (4, 4)
+    assert res["eps"] == 0.2
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["inputs"] == "random" and cfg["prepend_bos"] is False
+    assert cfg["model_info"]["weight_processing"]["fold_ln"] is False
+    for fig in ("alpha_heatmap.png", "norms.png", "sink_by_position.png"):
+        assert (out / fig).read_bytes()[:4] == b"\x89PNG"
+    assert "Sink_1" in stdout
+
+
+def test_tokens_file_used_exactly_and_rerun_reproduces(tmp_path, capsys):
+    ids = np.random.default_rng(0).integers(0, 258, size=(5, 12))
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "a"
+    assert run(["measure", "--tokens", str(tmp_path / "ids.npy"), "--out", str(out)], capsys)[0] == 0
+    cfg = json.loads((out / "config.json").read_text())
+    import hashlib
+
+    assert cfg["tokens_sha256"] == hashlib.sha256(ids.astype(np.int64).tobytes()).hexdigest()
+    assert cfg["seq_len"] == 12 and cfg["num_seqs"] == 5
+    assert run(["rerun", str(out), "--out", str(tmp_path / "b")], capsys)[0] == 0
+    a = json.loads((out / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert a["alpha"] == b["alpha"] and a["sink_pct"] == b["sink_pct"]
+
+
+def test_prepend_bos_puts_bos_first(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    out = tmp_path / "n"
+    code, _, _ = run(["measure", "--inputs", "natural", "--text", str(text), "--seq-len", "20", "--num-seqs", "3",
+                      "--prepend-bos", "--no-figures", "--out", str(out)], capsys)
+    assert code == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["prepend_bos"] is True and cfg["model_info"]["bos_token_id"] == 256
+
+
+def test_report_runs_three_input_kinds(tmp_path, capsys):
+    code, stdout, _ = run(["report", "--seq-len", "16", "--num-seqs", "4", "--no-figures",
+                           "--out", str(tmp_path / "rep")], capsys)
+    assert code == 0
+    for kind in ("natural", "random", "repeat"):
+        assert (tmp_path / "rep" / kind / "results.json").is_file()
+        assert kind in stdout
+    assert "untrained" in (tmp_path / "rep" / "report.txt").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no/such/folder"], "unknown model spec"),
+    (["--model", "gpt2"], "never downloads"),
+    (["--model", "missing.gguf"], "GGUF file not found"),
+    (["--tokens", "missing.npy"], "tokens file not found"),
+    (["--inputs", "random", "--k-max", "20", "--seq-len", "8"], "k must be <= T"),
+    (["--inputs", "random", "--text", "x.txt"], "--text only applies"),
+    (["--inputs", "natural", "--text", "missing.txt"], "text file not found"),
+])
+def test_bad_input_stops_with_clear_message_and_no_results(tmp_path, capsys, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["measure", *args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert message in err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eps", "1.0"], "open interval"),
+    (["--eps", "0"], "open interval"),
+    (["--seq-len", "1"], ">= 2"),
+    (["--inputs", "sometimes"], "invalid choice"),
+])
+def test_argument_errors(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["measure", *args, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_ids_outside_vocabulary_and_bos_conflict(tmp_path, capsys):
+    np.save(tmp_path / "big.npy", np.full((2, 8), 300))
+    code, _, err = run(["measure", "--tokens", str(tmp_path / "big.npy"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "[0, 257]" in err
+    np.save(tmp_path / "ok.npy", np.zeros((2, 8), dtype=np.int64))
+    code, _, err = run(["measure", "--tokens", str(tmp_path / "ok.npy"), "--prepend-bos",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--prepend-bos" in err
+    np.save(tmp_path / "flat.npy", np.zeros(8, dtype=np.int64))
+    code, _, err = run(["measure", "--tokens", str(tmp_path / "flat.npy"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "shape" in err
+    assert not (tmp_path / "o" / "results.json").exists()

