@@ -215,6 +215,10 @@ def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: An
     results = report.to_dict()
     results["inputs"] = config["inputs"]
     results["model"] = args.model
+    # every result carries what shapes norms and sinks: BOS policy, dtype, weight processing
+    results["prepend_bos"] = config["prepend_bos"]
+    results["dtype"] = lm.info.get("dtype")
+    results["weight_processing"] = lm.info.get("weight_processing")
     out.mkdir(parents=True, exist_ok=True)
     if not args.no_figures:
         label = f"{args.model} · {config['inputs']} · T={report.seq_len} · N={report.num_seqs}"

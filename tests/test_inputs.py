@@ -1,0 +1,69 @@
+"""Input generation: kinds, BOS policy, determinism, errors."""
+
+import numpy as np
+import pytest
+
+from sinkinterp.builtin import byte_tokenizer
+from sinkinterp.inputs import default_text, load_token_file, make_tokens
+
+TEXT = "It was a bright cold day in the valley, and the river ran quickly past the mill. " * 30
+
+
+def test_random_is_uniform_ids_and_deterministic():
+    a = make_tokens("random", seq_len=32, num_seqs=50, vocab_size=7, seed=3)
+    b = make_tokens("random", seq_len=32, num_seqs=50, vocab_size=7, seed=3)
+    c = make_tokens("random", seq_len=32, num_seqs=50, vocab_size=7, seed=4)
+    assert a.shape == (50, 32) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert set(np.unique(a)) == set(range(7))
+
+
+def test_repeat_holds_one_token_per_sequence():
+    ids = make_tokens("repeat", seq_len=10, num_seqs=4, vocab_size=100, seed=0)
+    assert (ids == ids[:, :1]).all()
+    fixed = make_tokens("repeat", seq_len=5, num_seqs=2, vocab_size=100, repeat_token=42)
+    assert (fixed == 42).all()
+    with pytest.raises(ValueError, match="repeat_token"):
+        make_tokens("repeat", seq_len=5, num_seqs=2, vocab_size=10, repeat_token=42)
+
+
+def test_natural_windows_come_from_the_text_without_overlap():
+    tok = byte_tokenizer()
+    ids = make_tokens("natural", seq_len=16, num_seqs=5, vocab_size=258, tokenizer=tok, text=TEXT, seed=1)
+    stream = TEXT.encode()
+    for row in ids:
+        assert bytes(row.tolist()) in stream
+    assert len({bytes(r.tolist()) for r in ids}) >= 2
+
+
+def test_bos_policy_is_explicit_and_counts_in_seq_len():
+    tok = byte_tokenizer()
+    ids = make_tokens("natural", seq_len=16, num_seqs=3, vocab_size=258, tokenizer=tok, text=TEXT)
+    assert (ids[:, 0] != 256).all()  # default: no BOS
+    with_bos = make_tokens("natural", seq_len=16, num_seqs=3, vocab_size=258, tokenizer=tok, text=TEXT,
+                           prepend_bos=True, bos_token_id=256)
+    assert with_bos.shape == (3, 16) and (with_bos[:, 0] == 256).all()
+    with pytest.raises(ValueError, match="no BOS"):
+        make_tokens("random", seq_len=4, num_seqs=1, vocab_size=9, prepend_bos=True)
+
+
+def test_errors_name_the_argument(tmp_path):
+    with pytest.raises(ValueError, match="inputs must be one of"):
+        make_tokens("books", seq_len=4, num_seqs=1, vocab_size=9)
+    with pytest.raises(ValueError, match="seq_len"):
+        make_tokens("random", seq_len=1, num_seqs=1, vocab_size=9)
+    with pytest.raises(ValueError, match="needs more text"):
+        make_tokens("natural", seq_len=64, num_seqs=10, vocab_size=258, tokenizer=byte_tokenizer(), text="short")
+    np.save(tmp_path / "f.npy", np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="integer"):
+        load_token_file(tmp_path / "f.npy")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="could not read"):
+        load_token_file(tmp_path / "junk.npy")
+
+
+def test_shipped_sample_is_enough_for_the_paper_default():
+    tok = byte_tokenizer()
+    text = default_text()
+    assert len(text) > 20_000
+    ids = make_tokens("natural", seq_len=64, num_seqs=100, vocab_size=258, tokenizer=tok)
+    assert ids.shape == (100, 64)
