@@ -71,7 +71,7 @@ def resolve_spec(spec: str) -> tuple[str, str]:
             config = json.loads(cfg.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"model: {cfg} is not valid JSON ({err})") from None
-        if isinstance(config, dict) and "sinkinterp_format" in config:
+        if isinstance(config, dict) and "format_version" in config and "model_config" in config:
             return "sinkinterp", str(path)
         if any((path / f).is_file() for f in HF_WEIGHT_FILES):
             return "hf", str(path)

@@ -1,0 +1,42 @@
+"""Regenerate every analysis doc in docs/ from the scripts in analyses/.
+
+    .venv/bin/python analyses/regenerate.py            # all
+    .venv/bin/python analyses/regenerate.py pretrained_baseline
+
+Each analysis script has a ``main() -> int`` and writes its own result folders under runs/analyses/
+and its markdown page under docs/, naming the command and config it ran with.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def analyses() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(HERE.glob("*.py")) if p.stem not in ("regenerate", "__init__")}
+
+
+def main(argv: list[str]) -> int:
+    found = analyses()
+    names = argv or list(found)
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        print(f"regenerate: unknown analysis {', '.join(unknown)}; available: {', '.join(found)}", file=sys.stderr)
+        return 2
+    for name in names:
+        spec = importlib.util.spec_from_file_location(f"analyses.{name}", found[name])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        print(f"== {name}")
+        code = module.main()
+        if code:
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
