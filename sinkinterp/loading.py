@@ -22,6 +22,8 @@ from sinkinterp import builtin, tl_adapter
 __all__ = ["LoadedModel", "load_model", "resolve_spec", "placeholder_tokenizer", "smollm2_gguf_path", "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+NO_WEIGHT_PROCESSING = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
+                        "fold_value_biases": False}
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
 
@@ -133,8 +135,7 @@ def _bridge_info(hf_model: Any, tokenizer: Any, real_tokenizer: bool) -> dict[st
         "wrapper": "TransformerBridge",
         "hf_architecture": (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0],
         "attn_implementation": getattr(hf_model.config, "_attn_implementation", None),
-        "weight_processing": {"fold_ln": False, "center_writing_weights": False,
-                              "center_unembed": False, "fold_value_biases": False},
+        "weight_processing": dict(NO_WEIGHT_PROCESSING),
         "has_tokenizer": real_tokenizer,
         "bos_token_id": getattr(tokenizer, "bos_token_id", None) if real_tokenizer else None,
     }
@@ -173,7 +174,7 @@ def _load_sinkinterp(path: str, dtype: torch.dtype, device: str) -> tuple[Any, A
         from transformers import PreTrainedTokenizerFast
 
         tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tok_file))
-    info = {"wrapper": "sinkinterp.models", "weight_processing": "none", "has_tokenizer": tokenizer is not None,
+    info = {"wrapper": "sinkinterp.models", "weight_processing": dict(NO_WEIGHT_PROCESSING), "has_tokenizer": tokenizer is not None,
             "bos_token_id": getattr(tokenizer, "bos_token_id", None)}
     return model, tokenizer, info
 

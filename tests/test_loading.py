@@ -80,3 +80,20 @@ def test_smollm2_gguf_natural_sink_and_no_sink_on_repeated_token():
     assert float(natural.alpha.mean()) > 4 * uniform_alpha1
     assert repeat.sink1_pct < 2.0  # RoPE: identical tokens carry identical states, no sink
     assert max(natural.norms["resid"]["massive_ratio"]) > 20.0
+
+
+def test_sinkinterp_checkpoint_folder_measures_bias_slot(tmp_path, capsys):
+    import json as _json
+
+    from sinkinterp import cli
+    from sinkinterp.models import ModelConfig, SinkTransformer, save_checkpoint
+
+    cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, d_vocab=50, n_ctx=32, attn_bias="kv")
+    save_checkpoint(tmp_path / "ck", SinkTransformer(cfg), extra={"step": 0})
+    assert resolve_spec(str(tmp_path / "ck"))[0] == "sinkinterp"
+    code = cli.main(["measure", "--model", str(tmp_path / "ck"), "--inputs", "random", "--seq-len", "16",
+                     "--num-seqs", "4", "--no-figures", "--out", str(tmp_path / "o")])
+    assert code == 0
+    res = _json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["sink_bias_pct"] is not None and len(res["alpha_bias"]) == 2
+    assert res["weight_processing"]["fold_ln"] is False
