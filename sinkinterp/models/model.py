@@ -1,0 +1,426 @@
+"""``SinkTransformer``: one decoder-only transformer whose variants are ``ModelConfig`` fields.
+
+Built on TransformerLens' ``HookedRootModule`` / ``HookPoint`` (through ``sinkinterp.tl_adapter``)
+with TransformerLens module, parameter and hook names, so ``run_with_cache``, ``hooks(...)``,
+``transformer_lens.patching`` and sinkinterp's measurement work unchanged::
+
+    embed.W_E, pos_embed.W_pos (learned) / pos_embed (sinusoidal, no parameters), hook_embed, hook_pos_embed
+    blocks.{l}.hook_resid_pre / hook_attn_out / hook_resid_mid / hook_mlp_out / hook_resid_post
+    blocks.{l}.ln1 / ln2 (.w, .b, hook_scale, hook_normalized)
+    blocks.{l}.attn.W_Q / W_K / W_V / W_O, hook_q / hook_k / hook_v / hook_rot_q / hook_rot_k,
+                   hook_attn_scores, hook_pattern, hook_bias_pattern (bias-slot models), hook_gate, hook_z
+    blocks.{l}.mlp.W_in / W_gate / W_out, hook_pre / hook_pre_linear (gated) / hook_post
+    ln_final (an Identity for post-norm models), unembed.W_U, W_sink (sink-token models)
+
+The model never adds a BOS token; ``forward(tokens)`` returns logits over the T given tokens.
+See ``attention.py`` for the attention variants and the fast / observed paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from sinkinterp.tl_adapter import HookedRootModule, HookPoint
+
+from .attention import ATTN_BACKENDS, Attention, AttnContext, build_context
+from .config import ModelConfig
+
+__all__ = ["SinkTransformer", "remove_attention_bias", "next_token_loss"]
+
+
+def _identity_hook(x: Tensor) -> Tensor:
+    return x
+
+
+# =========================================================================================
+# embeddings
+# =========================================================================================
+class Embed(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.W_E[tokens]
+
+
+class LearnedPosEmbed(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+
+    def forward(self, n_pos: int, dtype: torch.dtype, device: torch.device) -> Float[Tensor, "pos d_model"]:
+        return self.W_pos[:n_pos]
+
+
+class SinusoidalPosEmbed(nn.Module):
+    """Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...). No parameters;
+    computed on the fly (at least float32) so a bf16 model gets accurate positions."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.d_model = cfg.d_model
+
+    def forward(self, n_pos: int, dtype: torch.dtype, device: torch.device) -> Float[Tensor, "pos d_model"]:
+        pdtype = torch.promote_types(dtype, torch.float32)
+        pos = torch.arange(n_pos, device=device, dtype=pdtype)[:, None]
+        i = torch.arange(0, self.d_model, 2, device=device, dtype=pdtype)
+        angles = pos / (10000.0 ** (i / self.d_model))
+        pe = torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(n_pos, -1)[:, : self.d_model]
+        return pe.to(dtype)
+
+
+class Unembed(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return x @ self.W_U
+
+
+class TiedUnembed(nn.Module):
+    """Unembedding with the transposed embedding (``tie_embeddings=True``); no own parameter."""
+
+    def __init__(self, embed: Embed):
+        super().__init__()
+        self._embed = [embed]  # a list: not registered twice as a submodule
+
+    @property
+    def W_U(self) -> Tensor:
+        return self._embed[0].W_E.T
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return x @ self.W_U
+
+
+# =========================================================================================
+# norms and feed-forward
+# =========================================================================================
+class RMSNorm(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.w = nn.Parameter(torch.ones(cfg.d_model))
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+
+    def _run(self, x: Tensor, hook_scale, hook_normalized) -> Tensor:
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        scale = hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return hook_normalized(xf / scale).to(x.dtype) * self.w
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        return self._run(x, self.hook_scale, self.hook_normalized)
+
+    def normalize(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """The same computation without the hook points (for the sink token's stream)."""
+        return self._run(x, _identity_hook, _identity_hook)
+
+
+class LayerNorm(RMSNorm):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.b = nn.Parameter(torch.zeros(cfg.d_model))
+
+    def _run(self, x: Tensor, hook_scale, hook_normalized) -> Tensor:
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        xf = xf - xf.mean(-1, keepdim=True)
+        scale = hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return hook_normalized(xf / scale).to(x.dtype) * self.w + self.b
+
+
+NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
+ACTIVATIONS = {
+    "swiglu": F.silu,
+    "geglu": F.gelu,
+    "reglu": F.relu,
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+class MLP(nn.Module):
+    """Gated (act(x W_gate) * (x W_in)) W_out for swiglu / geglu / reglu, act(x W_in) W_out otherwise.
+    Hook names follow TransformerLens' (Gated)MLP: hook_pre = the activation's input, hook_pre_linear
+    = the linear branch, hook_post = the input of W_out."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.act = ACTIVATIONS[cfg.ffn]
+        self.gated = cfg.gated_mlp
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_ff))
+        if self.gated:
+            self.W_gate = nn.Parameter(torch.empty(cfg.d_model, cfg.d_ff))
+            self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp]
+        self.W_out = nn.Parameter(torch.empty(cfg.d_ff, cfg.d_model))
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    def _run(self, x: Tensor, hook_pre, hook_pre_linear, hook_post) -> Tensor:
+        if self.gated:
+            post = self.act(hook_pre(x @ self.W_gate)) * hook_pre_linear(x @ self.W_in)
+        else:
+            post = self.act(hook_pre(x @ self.W_in))
+        return hook_post(post) @ self.W_out
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        hpl = self.hook_pre_linear if self.gated else _identity_hook
+        return self._run(x, self.hook_pre, hpl, self.hook_post)
+
+    def compute(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """The same computation without the hook points (for the sink token's stream)."""
+        return self._run(x, _identity_hook, _identity_hook, _identity_hook)
+
+
+# =========================================================================================
+# block
+# =========================================================================================
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.pre_norm = cfg.norm_placement == "pre"
+        self.ln1 = NORMS[cfg.norm_type](cfg)
+        self.attn = Attention(cfg)
+        self.ln2 = NORMS[cfg.norm_type](cfg)
+        self.mlp = MLP(cfg)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        ctx: AttnContext,
+        sink: Float[Tensor, "1 1 d_model"] | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_model"], Float[Tensor, "1 1 d_model"] | None]:
+        """The residual stream of the real tokens, and of the sink token when there is one (the
+        sink token runs through the same weights, without hook points)."""
+        x = self.hook_resid_pre(x)
+        if self.pre_norm:  # x + attn(ln1(x)), then + mlp(ln2(.)); the paper's default
+            s_in = self.ln1.normalize(sink) if sink is not None else None
+            attn_out, sink_attn = self.attn(self.ln1(x), ctx, s_in)
+            mid = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
+            post = self.hook_resid_post(mid + self.hook_mlp_out(self.mlp(self.ln2(mid))))
+            if sink is not None:
+                sink = sink + sink_attn
+                sink = sink + self.mlp.compute(self.ln2.normalize(sink))
+        else:  # post-norm: ln1(x + attn(x)), then ln2(. + mlp(.))
+            attn_out, sink_attn = self.attn(x, ctx, sink)
+            mid = self.hook_resid_mid(self.ln1(x + self.hook_attn_out(attn_out)))
+            post = self.hook_resid_post(self.ln2(mid + self.hook_mlp_out(self.mlp(mid))))
+            if sink is not None:
+                sink = self.ln1.normalize(sink + sink_attn)
+                sink = self.ln2.normalize(sink + self.mlp.compute(sink))
+        return post, sink
+
+
+# =========================================================================================
+# loss
+# =========================================================================================
+def next_token_loss(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    tokens: Int[Tensor, "batch pos"],
+    prefix_len: int = 0,
+    loss_mask: Tensor | None = None,
+) -> Float[Tensor, ""]:
+    """Mean next-token cross entropy (computed in float32, or float64 for a float64 model).
+
+    Target j (token j predicted at position j - 1) counts when j >= max(prefix_len, 1) and
+    ``loss_mask[:, j]`` is non-zero; ``loss_mask`` is [batch, pos] over target positions.
+    """
+    nll = F.cross_entropy(
+        logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.shape[-1]),
+        tokens[:, 1:].reshape(-1),
+        reduction="none",
+    ).view(tokens.shape[0], -1)
+    weight = torch.ones_like(nll)
+    if prefix_len > 1:
+        weight[:, : prefix_len - 1] = 0.0
+    if loss_mask is not None:
+        weight = weight * loss_mask[:, 1:].to(weight.dtype)
+    return (nll * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+# =========================================================================================
+# model
+# =========================================================================================
+class SinkTransformer(HookedRootModule):
+    """A decoder-only transformer built from a ``ModelConfig``; see the module docstring.
+
+    ``attn_backend`` (attribute, or ``set_attn_backend``): "auto" (default: SDPA for softmax ops,
+    a plain masked path for the others), "reference" (always the materialized, hooked path) or
+    "flex" (FlexAttention for sigmoid / elu+1 / linear_elu; opt-in). Whatever the backend, a hook on
+    ``hook_attn_scores`` / ``hook_pattern`` / ``hook_bias_pattern`` switches that layer to the
+    materialized path for the call.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.pos_emb in ("learned", "sinusoidal"):
+            self.pos_embed = (LearnedPosEmbed if cfg.pos_emb == "learned" else SinusoidalPosEmbed)(cfg)
+            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.attn_bias == "sink_token":
+            self.W_sink = nn.Parameter(torch.empty(cfg.d_model))  # the learnable sink token
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = NORMS[cfg.norm_type](cfg) if cfg.norm_placement == "pre" else nn.Identity()
+        self.unembed = TiedUnembed(self.embed) if cfg.tie_embeddings else Unembed(cfg)
+        self.init_weights()
+        self.setup()
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+
+    # ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, init_std) for matrices, init_std / sqrt(2 n_layers) for the output projections
+        (W_O, W_out), ones / zeros for norms, zeros for sink logits; drawn from a private generator
+        seeded with ``cfg.seed`` in parameter-name order, so a config always gives the same model."""
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        for name, p in sorted(self.named_parameters(), key=lambda kv: kv[0]):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "w":
+                p.fill_(1.0)
+            elif leaf in ("b", "sink_logit"):
+                p.zero_()
+            else:
+                std = out_std if leaf in ("W_O", "W_out") else cfg.init_std
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * std)
+
+    def set_attn_backend(self, backend: str) -> SinkTransformer:
+        """Choose the attention backend of every layer: "auto" | "reference" | "flex"."""
+        if backend not in ATTN_BACKENDS:
+            raise ValueError(f"attn_backend: got {backend!r}, allowed values are {list(ATTN_BACKENDS)}")
+        for block in self.blocks:
+            block.attn.backend = backend
+        return self
+
+    @property
+    def attn_backend(self) -> str:
+        return self.blocks[0].attn.backend
+
+    @attn_backend.setter
+    def attn_backend(self, backend: str) -> None:
+        self.set_attn_backend(backend)
+
+    # ---------------------------------------------------------------------------------
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        return_type: str | None = "logits",
+        loss_mask: Tensor | None = None,
+    ):
+        """Logits [batch, pos, d_vocab] for token ids [batch, pos] (no BOS is added).
+
+        ``return_type``: "logits", "loss" (mean next-token cross entropy; a prefix LM counts only
+        targets after the prefix), "both" (a (logits, loss) tuple) or None. ``loss_mask``: optional
+        [batch, pos] weights of the target tokens.
+        """
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(
+                f"return_type: got {return_type!r}, allowed values are ['logits', 'loss', 'both', None]"
+            )
+        if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
+            raise TypeError("tokens: expected an integer tensor [batch, pos] of token ids")
+        batch, n_pos = tokens.shape
+        if n_pos > self.cfg.n_ctx:
+            raise ValueError(f"tokens: {n_pos} positions exceed n_ctx={self.cfg.n_ctx}")
+        if loss_mask is not None and tuple(loss_mask.shape) != (batch, n_pos):
+            raise ValueError(f"loss_mask: expected shape {(batch, n_pos)}, got {tuple(loss_mask.shape)}")
+        if return_type in ("loss", "both") and n_pos < 2:
+            raise ValueError("tokens: a loss needs at least 2 positions")
+
+        x = self.hook_embed(self.embed(tokens))
+        if hasattr(self, "pos_embed"):
+            pe = self.pos_embed(n_pos, x.dtype, x.device)
+            x = x + self.hook_pos_embed(pe.unsqueeze(0).expand(batch, n_pos, -1))
+        ctx = build_context(self.cfg, n_pos, x.device, x.dtype)
+        sink = None
+        if self.cfg.attn_bias == "sink_token" and self.cfg.has_slot:
+            sink = self.W_sink.view(1, 1, -1)
+        for block in self.blocks:
+            x, sink = block(x, ctx, sink)
+        logits = self.unembed(self.ln_final(x))
+
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = next_token_loss(logits, tokens, self.cfg.prefix_len, loss_mask)
+        return loss if return_type == "loss" else (logits, loss)
+
+    # ---------------------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.W_E.numel()
+            if hasattr(self, "pos_embed") and hasattr(self.pos_embed, "W_pos"):
+                n -= self.pos_embed.W_pos.numel()
+        return n
+
+
+# =========================================================================================
+# removing a learned bias after training
+# =========================================================================================
+_REMOVABLE = {
+    # which -> {attn_bias: resulting attn_bias_removed}
+    "kv": {"kv": "all", "k": "all", "v": "all"},
+    "k": {"kv": "all", "k": "all"},
+    "v": {"kv": "v", "v": "all", "sink_token": "v"},
+    "sink": {"sink_token": "all", "sink_logit": "all"},
+}
+
+
+def remove_attention_bias(model: SinkTransformer, which: str = "kv") -> SinkTransformer:
+    """A copy of a trained model with its learned attention bias removed (the input is unchanged).
+
+    * ``"kv"`` (kv / k / v models) and ``"k"`` (kv / k): drop the k*/v* slot (or the v* of a v-only
+      model): rows of ``hook_pattern`` sum to 1 again and ``hook_bias_pattern`` no longer exists;
+    * ``"v"``: treat v* as zero. kv model: the slot keeps its key and its attention mass but adds
+      nothing to the output (the paper's "value bias contributes nothing" test); v model: the
+      added v* is gone; sink token: the slot's value is zeroed;
+    * ``"sink"`` (sink_token / sink_logit): drop the sink slot.
+
+    The result's config records it in ``attn_bias_removed`` ("v" or "all"); parameters are kept,
+    so a checkpoint of the result still loads into the trained architecture.
+    """
+    if not isinstance(model, SinkTransformer):
+        raise TypeError(f"model: expected a SinkTransformer, got {type(model).__name__}")
+    if which not in _REMOVABLE:
+        raise ValueError(f"which: got {which!r}, allowed values are {list(_REMOVABLE)}")
+    cfg = model.cfg
+    allowed = _REMOVABLE[which]
+    if cfg.attn_bias not in allowed:
+        raise ValueError(
+            f"which={which!r} does not apply to attn_bias={cfg.attn_bias!r}; it applies to "
+            f"{sorted(allowed)}"
+        )
+    new_removed = allowed[cfg.attn_bias]
+    if cfg.attn_bias_removed == "all" or cfg.attn_bias_removed == new_removed:
+        raise ValueError(f"the attention bias is already removed (attn_bias_removed={cfg.attn_bias_removed!r})")
+    param = next(model.parameters())
+    new = SinkTransformer(cfg.replace(attn_bias_removed=new_removed))
+    new.to(device=param.device, dtype=param.dtype)
+    new.load_state_dict(model.state_dict())
+    new.set_attn_backend(model.attn_backend)
+    new.train(model.training)
+    return new

@@ -1,0 +1,283 @@
+"""Fast (fused) vs observed (materialized) attention, and both against a naive reference.
+
+Every variant in ``sinkinterp.models.testing.VARIANTS`` is built tiny in float64 on CPU:
+* the fused path (nothing hooked) and the materialized path (a no-op hook on hook_pattern) give
+  the same logits and parameter gradients to 1e-10;
+* hook_z of every layer equals an independent per-query loop implementation of the variant's
+  definition (scores, masks, positional biases, op, slot, v*, gate);
+* a sink-token model equals the plain model run on the sequence with the learned token prepended
+  (the paper's definition of a learnable sink token).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sinkinterp.models import SinkTransformer
+from sinkinterp.models.testing import VARIANTS, tiny_config, tiny_model
+
+TOL = 1e-10
+T = 16
+
+
+def _tokens(batch: int = 2, n_pos: int = T, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 50, (batch, n_pos), generator=torch.Generator().manual_seed(seed))
+
+
+def _noop(x, hook):
+    return None
+
+
+def _run(model: SinkTransformer, tokens: torch.Tensor, observed: bool):
+    model.zero_grad(set_to_none=True)
+    hooks = [(f"blocks.{l}.attn.hook_pattern", _noop) for l in range(model.cfg.n_layers)] if observed else []
+    with model.hooks(fwd_hooks=hooks):
+        if observed:
+            assert all(b.attn.observed() for b in model.blocks)
+        else:
+            assert not any(b.attn.observed() for b in model.blocks)
+        logits, loss = model(tokens, return_type="both")
+        loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), grads
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_fused_and_materialized_paths_agree(name):
+    model = tiny_model(name)
+    tokens = _tokens()
+    logits_f, grads_f = _run(model, tokens, observed=False)
+    logits_o, grads_o = _run(model, tokens, observed=True)
+    assert logits_f.abs().max() > 0.1  # non-degenerate
+    torch.testing.assert_close(logits_f, logits_o, atol=TOL, rtol=0)
+    assert grads_f.keys() == grads_o.keys()
+    # every parameter that is in use gets a gradient (v* of a removed value bias does not)
+    unused = {n for n, _ in model.named_parameters()} - grads_f.keys()
+    assert all(n.endswith("v_star") for n in unused) and (bool(unused) == (name == "kv_removed_v"))
+    for n in grads_f:
+        assert grads_f[n].abs().max() > 0, n
+        torch.testing.assert_close(grads_f[n], grads_o[n], atol=TOL, rtol=0, msg=n)
+    assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0
+
+
+# ---------------------------------------------------------------------------------------
+# naive reference: one query at a time, straight from the definitions
+# ---------------------------------------------------------------------------------------
+def _ref_slopes(n: int) -> list[float]:
+    def pow2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n).is_integer():
+        return pow2(n)
+    m = 2 ** math.floor(math.log2(n))
+    return pow2(m) + _ref_slopes(2 * m)[0::2][: n - m]
+
+
+def _ref_bucket(n: int, num_buckets: int, max_distance: int) -> int:
+    max_exact = num_buckets // 2
+    if n < max_exact:
+        return n
+    b = max_exact + int(math.log(n / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact))
+    return min(b, num_buckets - 1)
+
+
+def _ref_visible(cfg, t: int, s: int) -> bool:
+    ok = s <= t and (cfg.window is None or t - s < cfg.window)
+    return ok or (s < cfg.prefix_len and t < cfg.prefix_len)
+
+
+def _ref_pos_bias(cfg, attn, h: int, t: int, s: int) -> float:
+    if cfg.pos_emb == "alibi":
+        return -_ref_slopes(cfg.n_heads)[h] * abs(t - s)
+    if cfg.pos_emb == "relative":
+        b = _ref_bucket(abs(t - s), cfg.relative_num_buckets, cfg.relative_max_distance)
+        return float(attn.rel_bias[b, h])
+    return 0.0
+
+
+def _ref_z(model: SinkTransformer, cache: dict, layer: int) -> torch.Tensor:
+    cfg = model.cfg
+    attn = model.blocks[layer].attn
+    pre = f"blocks.{layer}.attn."
+    rot = cfg.pos_emb == "rotary"
+    q = cache[pre + ("hook_rot_q" if rot else "hook_q")]
+    k = cache[pre + ("hook_rot_k" if rot else "hook_k")]
+    v = cache[pre + "hook_v"]
+    B, n, H, dh = q.shape
+    group = H // cfg.n_kv_heads
+    op = cfg.attn_op
+    phi = {"linear_elu": lambda x: F.elu(x) + 1, "linear_identity": lambda x: x}.get(op, lambda x: x)
+    b_sig = -math.log(n) if cfg.sigmoid_bias == "-log n" else float(cfg.sigmoid_bias)
+    sim_fn = {
+        "sigmoid": lambda s: torch.sigmoid(s + b_sig),
+        "sigmoid_norm": lambda s: torch.sigmoid(s + b_sig),
+        "elu1": lambda s: F.elu(s) + 1,
+        "elu1_norm": lambda s: F.elu(s) + 1,
+        "linear_elu": lambda s: s,
+        "linear_identity": lambda s: s,
+    }.get(op)
+    z = torch.zeros_like(q)
+    for b in range(B):
+        for h in range(H):
+            g = h // group
+            for t in range(n):
+                keys = [s for s in range(n) if _ref_visible(cfg, t, s)]
+                scores = torch.stack(
+                    [
+                        phi(q[b, t, h]) @ phi(k[b, s, g]) / math.sqrt(dh) + _ref_pos_bias(cfg, attn, h, t, s)
+                        for s in keys
+                    ]
+                )
+                values = torch.stack([v[b, s, g] for s in keys])
+                slot_score, slot_value = None, None
+                if cfg.has_slot and cfg.attn_bias in ("kv", "k"):
+                    kstar = attn.k_star[0 if cfg.attn_bias_shared else g]
+                    slot_score = phi(q[b, t, h]) @ phi(kstar) / math.sqrt(dh)
+                    if cfg.attn_bias == "kv" and cfg.attn_bias_removed == "none":
+                        slot_value = attn.v_star[0 if cfg.attn_bias_shared else g]
+                elif cfg.has_slot and cfg.attn_bias == "sink_logit":
+                    slot_score = attn.sink_logit[0 if cfg.attn_bias_shared else h]
+                if slot_score is not None:
+                    scores = torch.cat([slot_score.reshape(1), scores])
+                    if slot_value is None:
+                        slot_value = torch.zeros(dh, dtype=q.dtype)
+                    values = torch.cat([slot_value[None], values])
+                if op in ("softmax", "softmax_scaled"):
+                    w = torch.softmax(scores, 0) * cfg.softmax_alpha
+                else:
+                    w = sim_fn(scores)
+                    if op in ("sigmoid_norm", "elu1_norm", "linear_elu"):
+                        w = w / (w.sum() + cfg.attn_eps)
+                z[b, t, h] = w @ values
+    if cfg.has_v_bias:
+        z = z + attn.v_star
+    if cfg.attn_gate:
+        z = z * cache[pre + "hook_gate"]
+    return z
+
+
+NAIVE = [n for n, o in VARIANTS.items() if o.get("attn_bias") != "sink_token"]
+
+
+@pytest.mark.parametrize("name", NAIVE)
+def test_attention_matches_naive_reference(name):
+    model = tiny_model(name)
+    tokens = _tokens(batch=1, n_pos=10)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        for layer in range(model.cfg.n_layers):
+            z = cache[f"blocks.{layer}.attn.hook_z"]
+            assert z.abs().max() > 1e-3
+            torch.testing.assert_close(z, _ref_z(model, cache, layer), atol=1e-10, rtol=0)
+
+
+SINK_TOKEN_PREPEND = [
+    n for n, o in VARIANTS.items()
+    if o.get("attn_bias") == "sink_token" and o.get("pos_emb", "rotary") in ("rotary", "none", "alibi", "relative")
+]
+
+
+@pytest.mark.parametrize("name", SINK_TOKEN_PREPEND)
+def test_sink_token_equals_prepended_learned_token(name):
+    """Paper: a learnable token in front of every sequence. With relative positions (RoPE, ALiBi,
+    T5 buckets, NoPE) this is the plain model on [sink; tokens] with the sink's embedding = W_sink."""
+    model = tiny_model(name)
+    plain = SinkTransformer(model.cfg.replace(attn_bias="none")).double()
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert missing == [] and unexpected == ["W_sink"]
+    tokens = _tokens()
+    with torch.no_grad():
+        expected_logits = model(tokens)
+
+        def put_sink(x, hook):
+            x = x.clone()
+            x[:, 0] = model.W_sink
+            return x
+
+        with plain.hooks(fwd_hooks=[("hook_embed", put_sink)]):
+            padded = torch.cat([torch.zeros_like(tokens[:, :1]), tokens], dim=1)
+            got = plain(padded)[:, 1:]
+    torch.testing.assert_close(got, expected_logits, atol=1e-10, rtol=0)
+    # and the sink token is doing something
+    assert (expected_logits - plain(tokens)).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------
+# other backends, patched patterns
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["sigmoid", "sigmoid_norm", "elu1", "elu1_norm", "linear_elu",
+                                  "kv_sigmoid", "sink_token_sigmoid_norm", "sink_logit_sigmoid_norm",
+                                  "window_alibi_sigmoid", "kv_window_prefix"])
+def test_flex_backend_forward_matches(name):
+    """FlexAttention (eager, CPU: forward only; it has no CPU backward) equals the plain path."""
+    model = tiny_model(name)
+    tokens = _tokens()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = model(tokens)
+        got = model.set_attn_backend("flex")(tokens)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["rotary", "sigmoid", "kv", "sink_logit"])
+def test_reference_backend_matches_default(name):
+    model = tiny_model(name)
+    tokens = _tokens()
+    with torch.no_grad():
+        expected = model(tokens)
+        got = model.set_attn_backend("reference")(tokens)
+    assert model.attn_backend == "reference"
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match="attn_backend"):
+        model.set_attn_backend("cuda")
+
+
+@pytest.mark.parametrize(
+    "name", ["rotary", "softmax_scaled_2", "sigmoid", "elu1_norm", "linear_identity", "kv", "sink_logit"]
+)
+def test_a_patched_pattern_is_what_attention_uses(name):
+    """The weights are recomputed from whatever hook_pattern returns: a zero pattern leaves only
+    the slot's contribution (zero without a slot value)."""
+    model = tiny_model(name)
+    tokens = _tokens(batch=1)
+    zero = lambda x, hook: torch.zeros_like(x)  # noqa: E731
+    fwd = [("blocks.0.attn.hook_pattern", zero)]
+    if model.cfg.has_slot:
+        fwd.append(("blocks.0.attn.hook_bias_pattern", zero))
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd):
+        _, cache = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_z")
+    assert cache["blocks.0.attn.hook_z"].abs().max() == 0
+
+    # doubling the pattern doubles the output (of a model without slot value)
+    if not model.cfg.has_slot:
+        with torch.no_grad():
+            _, base = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_z")
+            with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, hook: 2 * x)]):
+                _, doubled = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_z")
+        torch.testing.assert_close(doubled["blocks.0.attn.hook_z"], 2 * base["blocks.0.attn.hook_z"], atol=TOL, rtol=0)
+
+
+def test_backward_hook_on_pattern_forces_materialized_path():
+    model = tiny_model("kv")
+    grads = []
+    with model.hooks(bwd_hooks=[("blocks.1.attn.hook_pattern", lambda g, hook: grads.append(g))]):
+        assert model.blocks[1].attn.observed() and not model.blocks[0].attn.observed()
+        model(_tokens(), return_type="loss").backward()
+    assert len(grads) == 1 and grads[0].shape == (2, 4, T, T) and grads[0].abs().max() > 0
+    assert not model.blocks[1].attn.observed()
+
+
+def test_bf16_forward_and_backward_run():
+    model = SinkTransformer(tiny_config(attn_bias="kv", pos_emb="alibi"), dtype=torch.bfloat16)
+    loss = model(_tokens(), return_type="loss")
+    assert loss.dtype == torch.float32 and math.isfinite(loss.item())
+    loss.backward()
+    assert model.blocks[0].attn.k_star.grad.dtype == torch.bfloat16
+    ref = SinkTransformer(tiny_config(attn_bias="kv", pos_emb="alibi"))
+    assert abs(ref(_tokens(), return_type="loss").item() - loss.item()) < 0.05
