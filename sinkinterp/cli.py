@@ -78,7 +78,9 @@ def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sinkinterp", description="Measure and explain attention sinks.")
+    parser = argparse.ArgumentParser(
+        prog="sinkinterp", description="Measure and explain attention sinks.",
+        epilog="also: " + "; ".join(f"sinkinterp {k} ...: {v[2]}" for k, v in _DELEGATED.items()))
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure", help="measure Sink_k^eps, alpha, norms and q.k on one input kind")
     _add_measure_args(m, single_input=True)
@@ -221,7 +223,7 @@ def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: An
     results["weight_processing"] = lm.info.get("weight_processing")
     out.mkdir(parents=True, exist_ok=True)
     if not args.no_figures:
-        label = f"{args.model} · {config['inputs']} · T={report.seq_len} · N={report.num_seqs}"
+        label = f"{Path(args.model).name} · {config['inputs']} · T={report.seq_len} · N={report.num_seqs}"
         figures.save_figure(figures.alpha_heatmap(report.alpha, title=f"alpha_1 — {label}", eps=args.eps),
                             out / "alpha_heatmap.png")
         if report.norms is not None:
@@ -302,8 +304,21 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return main(argv)
 
 
+# Subcommands owned by other layers of the package, dispatched before argparse sees them.
+_DELEGATED = {
+    "data": ("sinkinterp.data.cli", "main", "build tokenizers, token shards and compressed packs"),
+    "train": ("sinkinterp.train.cli", "train_main", "pre-train a sinkinterp model from a JSON config"),
+    "sweep": ("sinkinterp.train.cli", "sweep_main", "run a list of training configs and collect a table"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        import importlib
+
+        module, func, _ = _DELEGATED[argv[0]]
+        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "measure":
