@@ -200,3 +200,15 @@ def test_bad_arguments_rejected_before_running():
         measure(model, t, qk_heads=[(5, 0)])
     with pytest.raises(TypeError, match="hooked model"):
         measure(torch.nn.Linear(2, 2), t)
+
+
+def test_seq_len_sweep_measures_each_length():
+    from sinkinterp.measure import sweep_seq_len
+
+    model = PatternModel()
+    reports = sweep_seq_len(model, lambda T: fake_tokens(1, 1, T=T), [4, 12], norms=False, qk_heads=None)
+    assert sorted(reports) == [4, 12]
+    # plain sequence: uniform alpha_1 is 0.52 at T = 4 (> 0.3) but 0.26 at T = 12 (< 0.3)
+    assert reports[4].sink_pct[0] == pytest.approx(100.0)
+    assert reports[12].sink_pct[0] == pytest.approx(37.5)
+    assert reports[4].seq_len == 4 and len(reports[4].sink_pct) == 4
