@@ -114,3 +114,10 @@ def test_ids_outside_vocabulary_and_bos_conflict(tmp_path, capsys):
     code, _, err = run(["measure", "--tokens", str(tmp_path / "flat.npy"), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "shape" in err
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_data_subcommand_is_delegated(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["data", "--help"])
+    assert exc.value.code == 0
+    assert "build-tokenizer" in capsys.readouterr().out
