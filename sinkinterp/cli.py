@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sinkinterp.argtypes import int_at_least as _int_at_least
+from sinkinterp.argtypes import open_unit_float as _eps
+
 __all__ = ["main", "build_parser"]
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -29,29 +32,6 @@ _REPO = Path(__file__).resolve().parent.parent
 
 class UsageError(Exception):
     """A bad argument: printed as one clear line, exit status 2."""
-
-
-def _eps(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in the open interval (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in the open interval (0, 1), got {text}")
-    return value
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool) -> None:

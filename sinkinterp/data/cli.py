@@ -18,20 +18,11 @@ import sys
 import time
 from collections.abc import Sequence
 
+from sinkinterp.argtypes import int_at_least as _int_at_least
+
 __all__ = ["main", "build_parser"]
 
 
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def _add_corpus_args(p: argparse.ArgumentParser) -> None:

@@ -47,7 +47,8 @@ import numpy as np
 
 from sinkinterp.data.corpus import Document
 from sinkinterp.data.tokenizer import TextTokenizer
-from sinkinterp.data._io import default_file_mode, write_bytes_atomic
+from sinkinterp.fileio import default_file_mode
+from sinkinterp.fileio import write_bytes as write_bytes_atomic
 from sinkinterp.fileio import atomic_write, read_json
 
 __all__ = [

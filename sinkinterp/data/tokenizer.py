@@ -113,7 +113,7 @@ class TextTokenizer:
         """Write ``tokenizer.json`` to ``path`` (a file path, or a folder to write it into),
         atomically. Load it back with :func:`load_tokenizer` (pass the same EOS/BOS tokens if
         they are not the defaults)."""
-        from sinkinterp.data._io import write_bytes_atomic
+        from sinkinterp.fileio import write_bytes as write_bytes_atomic
 
         path = Path(path)
         if path.is_dir():

@@ -23,12 +23,13 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from sinkinterp.fileio import atomic_write_path
 
 from .config import ModelConfig
 from .model import SinkTransformer
@@ -89,21 +90,6 @@ def _git_commit() -> str | None:
     return res.stdout.strip() or None if res.returncode == 0 else None
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(
     directory: str | os.PathLike,
     model: SinkTransformer,
@@ -144,9 +130,9 @@ def save_checkpoint(
         "git_commit": _git_commit(),
         "extra": extra,
     }
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    atomic_write_path(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
     text = json.dumps(meta, indent=2, sort_keys=False) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    atomic_write_path(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
     return directory
 
 
