@@ -205,7 +205,7 @@ class TransformSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TransformSpec":
+    def from_dict(cls, d: "Mapping[str, Any] | TransformSpec") -> "TransformSpec":
         if isinstance(d, TransformSpec):
             return d
         if not isinstance(d, Mapping):
