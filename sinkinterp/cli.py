@@ -14,21 +14,17 @@ import argparse
 import datetime as _dt
 import hashlib
 import json
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from sinkinterp import provenance
 from sinkinterp.argtypes import int_at_least as _int_at_least
 from sinkinterp.argtypes import open_unit_float as _eps
 
 __all__ = ["main", "build_parser"]
-
-_REPO = Path(__file__).resolve().parent.parent
-
 
 class UsageError(Exception):
     """A bad argument: printed as one clear line, exit status 2."""
@@ -87,26 +83,6 @@ def _parse_qk_heads(text: str) -> Any:
         except ValueError:
             raise UsageError(f"--qk-heads: expected 'all', 'none' or L.H[,L.H...], got {text!r}") from None
     return heads
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(_REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("sinkinterp", "torch", "transformer-lens", "transformers", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def _precheck(args: argparse.Namespace, kind: str | None) -> tuple[Any, Any]:
@@ -189,8 +165,8 @@ def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: An
         "qk_heads": args.qk_heads,
         "dtype": args.dtype,
         "device": args.device,
-        "versions": _versions(),
-        "git_commit": _git_commit(),
+        "versions": provenance.versions(),
+        "git_commit": provenance.git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(elapsed, 3),
     }

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from sinkinterp import provenance
 from sinkinterp.fileio import atomic_write_path
 
 from .config import ModelConfig
@@ -63,31 +62,6 @@ def _dtype_name(dtype: torch.dtype, arg: str) -> str:
     if dtype not in _DTYPE_NAMES:
         raise ValueError(f"{arg}: got {dtype}, allowed values are {list(_DTYPES.values())}")
     return _DTYPE_NAMES[dtype]
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"torch": torch.__version__, "python": platform.python_version()}
-    try:
-        out["transformer_lens"] = md.version("transformer-lens")
-    except md.PackageNotFoundError:  # pragma: no cover
-        pass
-    return out
-
-
-def _git_commit() -> str | None:
-    try:
-        res = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
 
 
 def save_checkpoint(
@@ -126,8 +100,8 @@ def save_checkpoint(
         "model_config": model.cfg.to_dict(),
         "param_dtype": param_name,
         "storage_dtype": store_name,
-        "versions": _versions(),
-        "git_commit": _git_commit(),
+        "versions": provenance.versions(),
+        "git_commit": provenance.git_commit(),
         "extra": extra,
     }
     atomic_write_path(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
