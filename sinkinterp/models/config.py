@@ -356,5 +356,11 @@ class ModelConfig:
         return False
 
     @property
+    def device(self) -> None:
+        """None: a config is device-independent. transformer_lens.patching reads ``cfg.device`` to
+        place its result tensor; None puts it on torch's default device."""
+        return None
+
+    @property
     def original_architecture(self) -> str:
         return "SinkTransformer"

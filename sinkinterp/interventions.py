@@ -1,0 +1,511 @@
+"""Interventions on the first token, to test the claim that it acts as a key bias: it stores
+attention mass through its key and contributes almost no value.
+
+Each intervention is either a set of *activation edits* (hook-level; they run on any model that
+speaks the hook-name contract: a sinkinterp model, a HookedTransformer or a TransformerBridge) or a
+*token edit* (a new input whose targets are aligned with the old one). ``run_intervention`` reports:
+
+* the loss change (mean next-token cross entropy on the same target tokens, before and after);
+* the Sink_k^eps changes (a full ``measure`` with the edits in place);
+* per-head (or per-layer) effects: the loss change when the edit is applied to one head (layer) only,
+  all heads computed in batched passes (see sinkinterp/patching.py).
+
+Activation edits (``first_token(kind)``; ``heads`` index key/value heads for key and value edits):
+
+==================  =====================================================================
+``ablate``          remove token 1 from every query's keys: its pattern column -> 0 and the row
+                    renormalized (softmax masking); ``renormalize=False`` only zeroes it (the
+                    natural choice for unnormalized sigmoid attention). Query 1 is left alone.
+``zero_value``      v_1 -> 0                       ``zero_key``   k_1 -> 0 (score q.k_1 = 0)
+``mean_value``      v_1 -> mean of v_2..v_T         ``mean_key``   k_1 -> mean of k_2..k_T
+``scale_value``     v_1 -> factor * v_1             ``scale_key``  k_1 -> factor * k_1
+``ablate_bias``     models with a bias slot (k*, sink token, sink logit): the slot's share -> 0,
+                    rows renormalized (equals dropping the slot for softmax)
+``bias_to_first``   the slot's share moved onto token 1 (does token 1 still work as the bias?)
+``swap_position``   learned/sinusoidal position embeddings of positions 1 and ``position``
+                    exchanged (the paper's GPT-2 experiment)
+==================  =====================================================================
+
+Token edits: ``replace_first(token)`` (a fixed id, "random" or "frequent"), ``insert_first(token)``
+(a token before the text), ``start_later(shift)`` (the text starts ``shift`` tokens later).
+Controls: ``measure`` the same model on random and repeated-token inputs (sinkinterp.inputs).
+
+Model-level surgery for trained sinkinterp models: ``rescale_bias(model, which, factor)`` and
+``sinkinterp.models.remove_attention_bias``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from sinkinterp import patching, tl_adapter
+from sinkinterp.measure import SinkReport, measure, validate_tokens
+from sinkinterp.patching import COMPONENTS, Cell, Source
+
+__all__ = [
+    "Intervention",
+    "InterventionResult",
+    "HOOK_KINDS",
+    "first_token",
+    "replace_first",
+    "insert_first",
+    "start_later",
+    "run_intervention",
+    "baseline",
+    "compare",
+    "key_vs_value",
+    "rescale_bias",
+]
+
+HOOK_KINDS = ("ablate", "zero_value", "mean_value", "scale_value", "zero_key", "mean_key", "scale_key",
+              "ablate_bias", "bias_to_first", "swap_position")
+
+
+# =========================================================================================
+# the intervention objects
+# =========================================================================================
+@dataclass(frozen=True)
+class TokenEdit:
+    """New tokens from old: ``apply(tokens, rng)`` -> (new tokens, offset) where original position j
+    sits at j + offset in the new sequence."""
+
+    apply: Callable[[Tensor, torch.Generator, int], tuple[Tensor, int]]  # (tokens, rng, d_vocab)
+
+
+Edits = tuple[tuple[str, Source], ...]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """A named intervention: activation edits, built for a model by ``build_edits(has_slot)`` as
+    (component, source) pairs, or a token edit. ``components`` lists what the edits touch; the first
+    one's head axis is what ``heads`` and per-head effects index."""
+
+    name: str
+    description: str
+    components: tuple[str, ...] = ()
+    build_edits: Callable[[bool], Edits] | None = None
+    token_edit: TokenEdit | None = None
+    needs_slot: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head_component(self) -> patching.Component | None:
+        return COMPONENTS[self.components[0]] if self.components else None
+
+
+def _first_only(new_first: Callable[[Tensor], Tensor]) -> Source:
+    """A source for [batch, pos, head, d_head] activations that replaces position 0 only."""
+
+    def source(act: Tensor, layer: int) -> Tensor:
+        out = act.clone()
+        out[:, 0] = new_first(act)
+        return out
+
+    return source
+
+
+def _pattern_sources(kind: str, renormalize: bool, has_slot: bool) -> Edits:
+    """Sources for hook_pattern (and hook_bias_pattern) that zero token 1's column or the slot.
+
+    Patterns hold shares that sum to 1 per row over the real keys plus the slot (if any), so the
+    slot's share is 1 - sum(row) when the pattern hook fires (before the slot's own hook). The row
+    factor computed there is kept for the slot hook of the same layer and pass.
+    """
+    stash: dict[int, Tensor] = {}
+
+    def pattern(act: Tensor, layer: int) -> Tensor:
+        # act: [batch, head, query, key]
+        p = act.to(torch.promote_types(act.dtype, torch.float32))
+        slot = (1.0 - p.sum(-1)).clamp_min(0.0) if has_slot else torch.zeros_like(p[..., 0])
+        out = p.clone()
+        if kind == "ablate":
+            out[:, :, 1:, 0] = 0.0  # query 1 sees only token 1: left alone
+            if renormalize:
+                kept = out.sum(-1) + slot  # computed from what remains: exact when token 1 holds ~all
+                factor = torch.where(kept > 0, p.sum(-1) + slot, 0.0) / kept.clamp_min(torch.finfo(p.dtype).tiny)
+                factor[:, :, 0] = 1.0
+                out = out * factor[..., None]
+                stash[layer] = factor
+        elif kind == "ablate_bias":
+            real = p.sum(-1)
+            factor = (real + slot) / real.clamp_min(torch.finfo(p.dtype).tiny) if renormalize else torch.ones_like(real)
+            out = out * factor[..., None]
+            stash[layer] = torch.zeros_like(real)
+        elif kind == "bias_to_first":
+            out[..., 0] = out[..., 0] + slot
+            stash[layer] = torch.zeros_like(slot)
+        else:  # pragma: no cover
+            raise AssertionError(kind)
+        return out.to(act.dtype)
+
+    def bias_pattern(act: Tensor, layer: int) -> Tensor:
+        if layer not in stash:
+            raise RuntimeError(f"blocks.{layer}.attn.hook_bias_pattern fired before hook_pattern; "
+                               "this intervention needs the pattern hook first (docs/hook-contract.md)")
+        factor = stash.pop(layer)
+        return act * factor.to(act.dtype)
+
+    edits: list[tuple[str, Source]] = [("pattern", pattern)]
+    if has_slot:
+        edits.append(("bias_pattern", bias_pattern))
+    return tuple(edits)
+
+
+def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, position: int = 1) -> Intervention:
+    """An activation-level intervention on the first token (see the module docstring for kinds).
+
+    ``factor``: for scale_value / scale_key. ``renormalize``: for ablate / ablate_bias.
+    ``position``: for swap_position (0-based position whose embedding token 1 takes).
+    """
+    if kind not in HOOK_KINDS:
+        raise ValueError(f"kind: got {kind!r}, allowed values are {list(HOOK_KINDS)}")
+    if not isinstance(renormalize, bool):
+        raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
+    if kind in ("ablate", "ablate_bias", "bias_to_first"):
+        desc = {
+            "ablate": "token 1 removed from every query's keys" + (" (rows renormalized)" if renormalize else ""),
+            "ablate_bias": "bias slot removed" + (" (rows renormalized)" if renormalize else ""),
+            "bias_to_first": "bias slot's attention moved onto token 1",
+        }[kind]
+        return Intervention(kind, desc, ("pattern",), lambda has_slot: _pattern_sources(kind, renormalize, has_slot),
+                            needs_slot=kind != "ablate", params={"renormalize": renormalize})
+    if kind == "swap_position":
+        if not isinstance(position, int) or position < 1:
+            raise ValueError(f"position must be a positive integer (0-based), got {position!r}")
+
+        def swap(act: Tensor, layer: int) -> Tensor:
+            if position >= act.shape[1]:
+                raise ValueError(f"position {position} is outside the sequence (0..{act.shape[1] - 1})")
+            out = act.clone()
+            out[:, 0], out[:, position] = act[:, position], act[:, 0]
+            return out
+
+        return Intervention(kind, f"position embeddings of positions 0 and {position} swapped", ("pos_embed",),
+                            lambda has_slot: (("pos_embed", swap),), params={"position": position})
+    what, comp = ("value", "v") if kind.endswith("value") else ("key", "k")
+    if kind.startswith("zero"):
+        src, desc, params = _first_only(lambda a: torch.zeros_like(a[:, 0])), f"{what} of token 1 set to 0", {}
+    elif kind.startswith("mean"):
+        src, desc, params = _first_only(lambda a: a[:, 1:].mean(1)), f"{what} of token 1 set to the mean of the others", {}
+    else:
+        if not isinstance(factor, (int, float)):
+            raise TypeError(f"factor must be a number, got {type(factor).__name__}")
+        f = float(factor)
+        src, desc, params = _first_only(lambda a: a[:, 0] * f), f"{what} of token 1 scaled by {f:g}", {"factor": f}
+    return Intervention(kind, desc, (comp,), lambda has_slot: ((comp, src),), params=params)
+
+
+def replace_first(token: int | str) -> Intervention:
+    """Put another token first: an id, ``"random"`` (uniform per sequence) or ``"frequent"`` (the most
+    frequent id among positions 2..T of the batch)."""
+    if not (isinstance(token, int) and token >= 0) and token not in ("random", "frequent"):
+        raise ValueError(f"token must be a non-negative id, 'random' or 'frequent', got {token!r}")
+
+    def apply(tokens: Tensor, gen: torch.Generator, d_vocab: int) -> tuple[Tensor, int]:
+        new = tokens.clone()
+        if token == "random":
+            new[:, 0] = torch.randint(0, d_vocab, (tokens.shape[0],), generator=gen)
+        elif token == "frequent":
+            new[:, 0] = int(torch.bincount(tokens[:, 1:].reshape(-1)).argmax())
+        else:
+            new[:, 0] = int(token)
+        return new, 0
+
+    return Intervention(f"replace_first[{token}]", f"token 1 replaced by {token}", token_edit=TokenEdit(apply),
+                        params={"token": token})
+
+
+def insert_first(token: int | str) -> Intervention:
+    """Insert a token (an id or ``"random"``) before the text; the last token is dropped so the
+    length stays T."""
+    if not (isinstance(token, int) and token >= 0) and token != "random":
+        raise ValueError(f"token must be a non-negative id or 'random', got {token!r}")
+
+    def apply(tokens: Tensor, gen: torch.Generator, d_vocab: int) -> tuple[Tensor, int]:
+        if token == "random":
+            first = torch.randint(0, d_vocab, (tokens.shape[0], 1), generator=gen)
+        else:
+            first = torch.full((tokens.shape[0], 1), int(token), dtype=tokens.dtype)
+        return torch.cat([first, tokens[:, :-1]], dim=1), 1
+
+    return Intervention(f"insert_first[{token}]", f"{token} inserted before token 1", token_edit=TokenEdit(apply),
+                        params={"token": token})
+
+
+def start_later(shift: int) -> Intervention:
+    """The text starts ``shift`` tokens later (the old token 1+shift becomes the first); T shrinks."""
+    if not isinstance(shift, int) or shift < 1:
+        raise ValueError(f"shift must be a positive integer, got {shift!r}")
+
+    def apply(tokens: Tensor, gen: torch.Generator, d_vocab: int) -> tuple[Tensor, int]:
+        if shift > tokens.shape[1] - 2:
+            raise ValueError(f"shift {shift} leaves fewer than 2 tokens of {tokens.shape[1]}")
+        return tokens[:, shift:], -shift
+
+    return Intervention(f"start_later[{shift}]", f"text starts {shift} tokens later", token_edit=TokenEdit(apply),
+                        params={"shift": shift})
+
+
+# =========================================================================================
+# running
+# =========================================================================================
+@dataclass
+class InterventionResult:
+    """What an intervention changed. Losses are mean next-token cross entropy (nats) over the same
+    target tokens before and after; ``per_head`` / ``per_layer`` hold the loss change when only that
+    head / layer is edited (NaN where not computed)."""
+
+    name: str
+    description: str
+    loss_base: float
+    loss: float
+    sink_base: SinkReport | None
+    sink: SinkReport | None
+    per_head: np.ndarray | None = None  # [L, H]
+    per_layer: np.ndarray | None = None  # [L]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delta_loss(self) -> float:
+        return self.loss - self.loss_base
+
+    def sink_delta(self) -> np.ndarray | None:
+        """Sink_k change (percentage points) for k = 1..k_max."""
+        if self.sink is None or self.sink_base is None:
+            return None
+        return self.sink.sink_pct - self.sink_base.sink_pct
+
+    def to_dict(self) -> dict[str, Any]:
+        def arr(x: np.ndarray | None) -> Any:
+            return None if x is None else np.asarray(x, dtype=np.float64).round(8).tolist()
+
+        out: dict[str, Any] = {
+            "name": self.name, "description": self.description, "params": self.params,
+            "loss_base": round(self.loss_base, 8), "loss": round(self.loss, 8),
+            "delta_loss": round(self.delta_loss, 8),
+            "per_head_delta_loss": arr(self.per_head), "per_layer_delta_loss": arr(self.per_layer),
+        }
+        if self.sink is not None and self.sink_base is not None:
+            out["sink_pct_base"] = arr(self.sink_base.sink_pct)
+            out["sink_pct"] = arr(self.sink.sink_pct)
+            out["sink_bias_pct_base"] = self.sink_base.sink_bias_pct
+            out["sink_bias_pct"] = self.sink.sink_bias_pct
+            out["alpha_base"] = arr(self.sink_base.alpha)
+            out["alpha"] = arr(self.sink.alpha)
+        return out
+
+
+def _has_slot(model: Any) -> bool:
+    return "blocks.0.attn.hook_bias_pattern" in set(tl_adapter.hook_names(model))
+
+
+def _layer_list(dims: dict[str, Any], layers: Sequence[int] | None) -> list[int]:
+    if layers is None:
+        return list(range(dims["n_layers"]))
+    out = [int(l) for l in layers]
+    for l in out:
+        if not 0 <= l < dims["n_layers"]:
+            raise ValueError(f"layers: {l} is outside the model (0..{dims['n_layers'] - 1})")
+    if not out:
+        raise ValueError("layers: empty")
+    return out
+
+
+def _head_count(dims: dict[str, Any], comp: patching.Component) -> int:
+    return dims["n_kv_heads"] if comp.kv else dims["n_heads"]
+
+
+def _selected_cells(dims: dict[str, Any], inter: Intervention, layers: Sequence[int] | None,
+                    heads: Sequence[int] | None) -> list[Cell]:
+    layer_list = _layer_list(dims, layers)
+    comp = inter.head_component
+    assert comp is not None
+    if "{l}" not in comp.hook:  # a model-wide hook (position embeddings)
+        if layers is not None or heads is not None:
+            raise ValueError(f"layers / heads do not apply to {inter.name!r} (it edits {comp.hook})")
+        return [Cell(0)]
+    if heads is None:
+        return [Cell(l) for l in layer_list]
+    if comp.head_dim is None:
+        raise ValueError(f"heads: intervention {inter.name!r} has no head axis")
+    n = _head_count(dims, comp)
+    for h in heads:
+        if not 0 <= int(h) < n:
+            raise ValueError(f"heads: {h} is outside the model's {n} {'key/value ' if comp.kv else ''}heads")
+    return [Cell(l, int(h)) for l in layer_list for h in heads]
+
+
+def _run_loss(model: Any, tokens: Tensor, hooks: Sequence[tuple[str, Any]], batch_size: int) -> Tensor:
+    """Per-target cross entropy [N, T-1] with ``hooks`` attached."""
+    device = patching._model_device(model)
+    out = []
+    with patching._eval_mode(model), torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
+        for start in range(0, tokens.shape[0], batch_size):
+            batch = tokens[start:start + batch_size].to(device)
+            out.append(patching.per_token_loss(model(batch), batch).double().cpu())
+    return torch.cat(out)
+
+
+Baseline = tuple[Tensor, SinkReport | None]
+
+
+def baseline(model: Any, tokens: Tensor, *, eps: float = 0.3, sinks: bool = True, batch_size: int = 8) -> Baseline:
+    """Per-target losses and (optionally) the Sink measurement of the unedited model, to share
+    between several ``run_intervention`` calls on the same tokens."""
+    tokens = validate_tokens(tokens, tl_adapter.model_dims(model)["d_vocab"])
+    return (_run_loss(model, tokens, [], batch_size),
+            measure(model, tokens, eps=eps, batch_size=batch_size, qk_heads=None) if sinks else None)
+
+
+def run_intervention(
+    model: Any,
+    tokens: Int[Tensor, "num_seqs seq_len"] | np.ndarray,
+    intervention: object,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    per_head: bool = False,
+    per_layer: bool = False,
+    eps: float = 0.3,
+    sinks: bool = True,
+    target_start: int = 1,
+    batch_size: int = 8,
+    batch_rows: int = 64,
+    seed: int = 0,
+    base: Baseline | None = None,
+    progress: bool = False,
+) -> InterventionResult:
+    """Apply ``intervention`` to ``model`` on ``tokens`` [N, T] and report what changed.
+
+    ``layers`` / ``heads``: where activation edits act (default everywhere; heads index key/value
+    heads for key and value edits). ``per_head`` / ``per_layer``: also the loss change of editing one
+    head / layer at a time (batched passes). ``target_start``: first 0-based target position scored
+    (the loss covers the targets from there on that both inputs contain). ``sinks``: measure
+    Sink_k^eps before and after. ``base``: a precomputed ``baseline(...)`` on the same tokens.
+    Every hook is removed when the call returns, also on error.
+    """
+    if not isinstance(intervention, Intervention):
+        raise TypeError(f"intervention: expected an Intervention, got {type(intervention).__name__}")
+    inter = intervention
+    dims = tl_adapter.model_dims(model)
+    tokens = validate_tokens(tokens, dims["d_vocab"])
+    n, T = tokens.shape
+    if not isinstance(target_start, int) or not 1 <= target_start < T:
+        raise ValueError(f"target_start must be an integer in [1, {T - 1}], got {target_start!r}")
+    if inter.token_edit is not None and (per_head or per_layer or layers is not None or heads is not None):
+        raise ValueError("layers / heads / per_head / per_layer apply to activation edits, not token edits")
+    has_slot = _has_slot(model)
+    if inter.needs_slot and not has_slot:
+        raise ValueError(f"intervention {inter.name!r} needs a model with a bias slot "
+                         "(blocks.{l}.attn.hook_bias_pattern: k*, a sink token or a sink logit)")
+    if inter.build_edits is not None:  # check before any work starts
+        edits = [(COMPONENTS[c], s) for c, s in inter.build_edits(has_slot)]
+        cells = _selected_cells(dims, inter, layers, heads)
+        for comp, _ in edits:
+            patching._check_cells(model, comp, [c if comp.head_dim is not None else Cell(c.layer) for c in cells], T)
+
+    base_nll, sink_base = base if base is not None else baseline(model, tokens, eps=eps, sinks=sinks,
+                                                                  batch_size=batch_size)
+    if tuple(base_nll.shape) != (n, T - 1):
+        raise ValueError(f"base: computed on other tokens (losses {tuple(base_nll.shape)}, tokens {(n, T)})")
+
+    if inter.token_edit is not None:
+        gen = torch.Generator().manual_seed(seed)
+        new_tokens, offset = inter.token_edit.apply(tokens, gen, dims["d_vocab"])
+        new_tokens = validate_tokens(new_tokens, dims["d_vocab"], "intervened tokens")
+        new_nll = _run_loss(model, new_tokens, [], batch_size)
+        # original target j (>= target_start) is new target j + offset (in 1..new length - 1)
+        j = torch.arange(1, T)
+        jj = j[(j >= target_start) & (j + offset >= 1) & (j + offset < new_tokens.shape[1])]
+        sink = measure(model, new_tokens, eps=eps, batch_size=batch_size, qk_heads=None) if sinks else None
+        return InterventionResult(inter.name, inter.description, float(base_nll[:, jj - 1].mean()),
+                                  float(new_nll[:, jj + offset - 1].mean()), sink_base, sink,
+                                  params=dict(inter.params))
+
+    hooks = patching.edit_hooks(model, edits, cells)
+    new_nll = _run_loss(model, tokens, hooks, batch_size)
+    loss_base = float(base_nll[:, target_start - 1:].mean())
+    sink = None
+    if sinks:
+        with tl_adapter.attached_hooks(model, hooks):
+            sink = measure(model, tokens, eps=eps, batch_size=batch_size, qk_heads=None)
+    result = InterventionResult(inter.name, inter.description, loss_base,
+                                float(new_nll[:, target_start - 1:].mean()), sink_base, sink,
+                                params=dict(inter.params))
+
+    metric = patching.loss_metric(tokens, target_start)
+    comp = inter.head_component
+    assert comp is not None
+    if per_head:
+        if comp.head_dim is None or "{l}" not in comp.hook:
+            raise ValueError(f"per_head: intervention {inter.name!r} has no per-head edit")
+        n_h = _head_count(dims, comp)
+        head_cells = [Cell(l, h) for l in _layer_list(dims, layers) for h in range(n_h)]
+        vals = patching.run_cells(model, tokens, edits, head_cells, metric, batch_rows=batch_rows, progress=progress)
+        result.per_head = np.full((dims["n_layers"], n_h), np.nan)
+        for c, v in zip(head_cells, vals):
+            result.per_head[c.layer, c.head] = v - loss_base
+    if per_layer:
+        if "{l}" not in comp.hook:
+            raise ValueError(f"per_layer: intervention {inter.name!r} has no per-layer edit")
+        layer_cells = [Cell(l) for l in _layer_list(dims, layers)]
+        vals = patching.run_cells(model, tokens, edits, layer_cells, metric, batch_rows=batch_rows, progress=progress)
+        result.per_layer = np.full(dims["n_layers"], np.nan)
+        for c, v in zip(layer_cells, vals):
+            result.per_layer[c.layer] = v - loss_base
+    return result
+
+
+def compare(model: Any, tokens: Any, interventions: Sequence[Intervention], **kwargs: Any) -> list[InterventionResult]:
+    """Run several interventions on the same tokens (``run_intervention`` keyword arguments), sharing
+    one baseline run."""
+    tokens = validate_tokens(tokens, tl_adapter.model_dims(model)["d_vocab"])
+    base = baseline(model, tokens, eps=kwargs.get("eps", 0.3), sinks=kwargs.get("sinks", True),
+                    batch_size=kwargs.get("batch_size", 8))
+    return [run_intervention(model, tokens, inter, base=base, **kwargs) for inter in interventions]
+
+
+def key_vs_value(model: Any, tokens: Any, **kwargs: Any) -> list[InterventionResult]:
+    """The key-bias test: zero / mean-replace token 1's values vs ablating or zeroing its key.
+    A key bias that carries no value predicts small value effects and large key effects."""
+    kinds = ["zero_value", "mean_value", "zero_key", "ablate"]
+    return compare(model, tokens, [first_token(k) for k in kinds], **kwargs)
+
+
+# =========================================================================================
+# model-level surgery
+# =========================================================================================
+def rescale_bias(model: Any, which: str, factor: float) -> Any:
+    """A copy of a trained sinkinterp model with its learned k* (``"k"``), v* (``"v"``) or sink
+    logit (``"logit"``: ``factor`` is added in log space, i.e. the sink's weight is multiplied by
+    ``factor``) rescaled. The input model is unchanged."""
+    from sinkinterp.models import SinkTransformer
+
+    if not isinstance(model, SinkTransformer):
+        raise TypeError(f"model: expected a SinkTransformer, got {type(model).__name__}")
+    params = {"k": "k_star", "v": "v_star", "logit": "sink_logit"}
+    if which not in params:
+        raise ValueError(f"which: got {which!r}, allowed values are {list(params)}")
+    if not isinstance(factor, (int, float)) or (which == "logit" and factor <= 0):
+        raise ValueError(f"factor must be a number{' > 0' if which == 'logit' else ''}, got {factor!r}")
+    attn = model.blocks[0].attn
+    if not hasattr(attn, params[which]):
+        raise ValueError(f"which={which!r}: the model (attn_bias={model.cfg.attn_bias!r}) has no {params[which]}")
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in new.blocks:
+            p = getattr(block.attn, params[which])
+            if which == "logit":
+                p.add_(float(np.log(factor)))
+            else:
+                p.mul_(float(factor))
+    return new

@@ -1,0 +1,436 @@
+"""Batched activation edits and activation patching on any model that speaks the hook-name contract.
+
+One engine serves both: a *cell* is one place to edit (a layer, optionally one head, optionally one
+position); a *source* says what the edited activation becomes there (the clean run's activation for
+patching, zeros / a mean / a renormalized pattern for the first-token interventions). Instead of one
+forward pass per cell, ``run_cells`` stacks the input once per cell along the batch and edits each
+copy at its own cell in a single pass (chunked to ``batch_rows`` rows), then applies the metric to
+every copy's logits.
+
+Patching follows ``transformer_lens.patching``: the same hook names, the same result layout
+([layer, pos, head], [layer, head] or [layer, pos]) and a metric that takes the patched logits of one
+copy of the corrupted batch. ``tests/test_patching.py`` checks our results equal TransformerLens'
+per-cell functions.
+
+Components (``COMPONENTS``): "q", "k", "v", "z", "rot_q", "rot_k" ([batch, pos, head, d_head]; k and
+v index the key/value heads of a grouped-query model), "scores" and "pattern" ([batch, head, query,
+key]: a position is a *key* column, so position 0 is the column of token 1 seen by every query; note
+that TransformerLens' ``get_act_patch_attn_head_pattern_by_pos`` indexes query rows instead),
+"resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out" ([batch, pos, d_model]).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from sinkinterp import tl_adapter
+from sinkinterp.measure import validate_tokens
+
+__all__ = [
+    "COMPONENTS",
+    "Component",
+    "Cell",
+    "Source",
+    "run_cells",
+    "patch",
+    "patch_first_token",
+    "capture",
+    "loss_metric",
+    "logit_diff_metric",
+]
+
+Metric = Callable[[Tensor], Tensor]
+# a source maps (activation [rows, ...], layer) -> the replacement, same shape
+Source = Callable[[Tensor, int], Tensor]
+
+
+@dataclass(frozen=True)
+class Component:
+    """A hook per layer and where its head and position axes sit (None: no such axis)."""
+
+    name: str
+    hook: str  # format string with {l}
+    head_dim: int | None
+    pos_dim: int | None
+    kv: bool = False  # head axis counts key/value heads
+
+    def hook_name(self, layer: int) -> str:
+        return self.hook.format(l=layer)
+
+
+def _bphd(name: str, kv: bool = False) -> Component:
+    return Component(name, f"blocks.{{l}}.attn.hook_{name}", head_dim=2, pos_dim=1, kv=kv)
+
+
+COMPONENTS: dict[str, Component] = {
+    "q": _bphd("q"),
+    "k": _bphd("k", kv=True),
+    "v": _bphd("v", kv=True),
+    "z": _bphd("z"),
+    "rot_q": _bphd("rot_q"),
+    "rot_k": _bphd("rot_k", kv=True),
+    "scores": Component("scores", "blocks.{l}.attn.hook_attn_scores", head_dim=1, pos_dim=3),
+    "pattern": Component("pattern", "blocks.{l}.attn.hook_pattern", head_dim=1, pos_dim=3),
+    "bias_pattern": Component("bias_pattern", "blocks.{l}.attn.hook_bias_pattern", head_dim=1, pos_dim=None),
+    "pos_embed": Component("pos_embed", "hook_pos_embed", head_dim=None, pos_dim=1),
+    **{name: Component(name, f"blocks.{{l}}.hook_{name}", head_dim=None, pos_dim=1)
+       for name in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")},
+}
+
+
+def component(name: object) -> Component:
+    if isinstance(name, Component):
+        return name
+    if name not in COMPONENTS:
+        raise ValueError(f"component: got {name!r}, allowed values are {sorted(COMPONENTS)}")
+    return COMPONENTS[name]  # type: ignore[index]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One place to edit: ``layer``; ``head`` (None: every head); ``pos`` (None: every position, an
+    int or a tuple of positions)."""
+
+    layer: int
+    head: int | None = None
+    pos: int | tuple[int, ...] | None = None
+
+
+# =========================================================================================
+# metrics
+# =========================================================================================
+def loss_metric(tokens: Int[Tensor, "batch pos"], target_start: int = 1) -> Metric:
+    """Mean next-token cross entropy of ``tokens`` (targets from 0-based index ``target_start``),
+    as a metric of logits [batch, pos, vocab]."""
+    if not isinstance(target_start, int) or not 1 <= target_start < tokens.shape[1]:
+        raise ValueError(f"target_start must be an integer in [1, {tokens.shape[1] - 1}], got {target_start!r}")
+
+    def metric(logits: Tensor) -> Tensor:
+        return per_token_loss(logits, tokens.to(logits.device))[:, target_start - 1:].mean()
+
+    return metric
+
+
+def per_token_loss(logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]) -> Tensor:
+    """Cross entropy of each next-token prediction, [batch, pos - 1] (target j is tokens[:, j])."""
+    lg = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+    return torch.nn.functional.cross_entropy(
+        lg.reshape(-1, lg.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none"
+    ).view(tokens.shape[0], -1)
+
+
+def logit_diff_metric(correct: Sequence[int], wrong: Sequence[int], pos: int = -1) -> Metric:
+    """Mean over the batch of logit[correct_i] - logit[wrong_i] at position ``pos``."""
+    if len(correct) != len(wrong):
+        raise ValueError(f"correct and wrong must have the same length, got {len(correct)} and {len(wrong)}")
+    c = torch.as_tensor(list(correct))
+    w = torch.as_tensor(list(wrong))
+
+    def metric(logits: Tensor) -> Tensor:
+        if logits.shape[0] != len(c):
+            raise ValueError(f"logit_diff_metric: expected a batch of {len(c)} sequences, got {logits.shape[0]}")
+        last = logits[:, pos]
+        idx = torch.arange(len(c), device=logits.device)
+        return (last[idx, c.to(logits.device)] - last[idx, w.to(logits.device)]).mean()
+
+    return metric
+
+
+# =========================================================================================
+# the engine
+# =========================================================================================
+def _dims(model: Any) -> dict[str, Any]:
+    return tl_adapter.model_dims(model)
+
+
+def _n_heads(model: Any, comp: Component) -> int:
+    dims = _dims(model)
+    return dims["n_kv_heads"] if comp.kv else dims["n_heads"]
+
+
+def _check_cells(model: Any, comp: Component, cells: Sequence[Cell], seq_len: int) -> None:
+    dims = _dims(model)
+    names = set(tl_adapter.hook_names(model))
+    n_heads = _n_heads(model, comp)
+    layered = "{l}" in comp.hook
+    for cell in cells:
+        if not isinstance(cell, Cell):
+            raise TypeError(f"cells: expected Cell objects, got {type(cell).__name__}")
+        if layered and not 0 <= cell.layer < dims["n_layers"]:
+            raise ValueError(f"cells: layer {cell.layer} is outside the model (0..{dims['n_layers'] - 1})")
+        if cell.head is not None:
+            if comp.head_dim is None:
+                raise ValueError(f"cells: component {comp.name!r} has no head axis; use head=None")
+            if not 0 <= cell.head < n_heads:
+                kind = "key/value heads" if comp.kv else "heads"
+                raise ValueError(f"cells: head {cell.head} is outside the model's {n_heads} {kind}")
+        if cell.pos is not None:
+            if comp.pos_dim is None:
+                raise ValueError(f"cells: component {comp.name!r} has no position axis; use pos=None")
+            for p in (cell.pos,) if isinstance(cell.pos, int) else cell.pos:
+                if not 0 <= p < seq_len:
+                    raise ValueError(f"cells: position {p} is outside the sequence (0..{seq_len - 1})")
+        hook = comp.hook_name(cell.layer)
+        if hook not in names:
+            raise ValueError(f"model has no hook {hook} (component {comp.name!r}; see docs/hook-contract.md)")
+
+
+def _cell_mask(comp: Component, cells: Sequence[Cell], act: Tensor) -> Tensor:
+    """Boolean mask [n_cells, *act.shape[1:]] (size 1 on the axes a cell does not select)."""
+    shape = [len(cells)] + [1] * (act.dim() - 1)
+    if comp.head_dim is not None:
+        shape[comp.head_dim] = act.shape[comp.head_dim]
+    if comp.pos_dim is not None:
+        shape[comp.pos_dim] = act.shape[comp.pos_dim]
+    mask = torch.zeros(shape, dtype=torch.bool, device=act.device)
+    for i, cell in enumerate(cells):
+        index: list[Any] = [i] + [slice(None)] * (act.dim() - 1)
+        if cell.head is not None:
+            index[comp.head_dim] = cell.head  # type: ignore[index]
+        if cell.pos is not None:
+            index[comp.pos_dim] = cell.pos if isinstance(cell.pos, int) else list(cell.pos)  # type: ignore[index]
+        mask[tuple(index)] = True
+    return mask
+
+
+def edit_hooks(model: Any, edits: Sequence[tuple[Component, Source]], cells: Sequence[Cell],
+               n_copies: int | None = None) -> list[tuple[str, Any]]:
+    """Forward hooks that apply each (component, source) edit at ``cells``.
+
+    With ``n_copies`` None every row of the batch gets every cell's edit (an intervention on the
+    whole batch, any batch size). With ``n_copies = len(cells)`` the batch is read as that many
+    stacked copies of the input and copy i is edited at cell i only.
+    """
+    hooks: list[tuple[str, Any]] = []
+    for comp, source in edits:
+        by_layer: dict[int, list[int]] = {}
+        for i, cell in enumerate(cells):
+            by_layer.setdefault(cell.layer if "{l}" in comp.hook else 0, []).append(i)
+        for layer, idx in by_layer.items():
+            hooks.append((comp.hook_name(layer), _make_hook(comp, source, layer, cells, idx, n_copies)))
+    return hooks
+
+
+def _make_hook(comp: Component, source: Source, layer: int, cells: Sequence[Cell], idx: list[int],
+               n_copies: int | None) -> Any:
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        new = source(act, layer)
+        if n_copies is None:
+            mask = _cell_mask(comp, [cells[i] for i in idx], act).any(0, keepdim=True)
+        else:
+            rows = act.shape[0] // n_copies
+            mask = torch.zeros((n_copies, *_cell_mask(comp, cells[:1], act).shape[1:]), dtype=torch.bool,
+                               device=act.device)
+            mask[idx] = _cell_mask(comp, [cells[i] for i in idx], act)
+            mask = mask.repeat_interleave(rows, dim=0)
+        return torch.where(mask, new.to(act.dtype), act)
+
+    return hook
+
+
+def run_cells(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    edits: Sequence[tuple[object, Source]],
+    cells: Sequence[Cell],
+    metric: Metric,
+    *,
+    batch_rows: int = 64,
+    progress: bool = False,
+    extra_hooks: Sequence[tuple[str, Any]] = (),
+) -> np.ndarray:
+    """``metric`` of the model's logits with the edits applied at each cell separately: [n_cells].
+
+    Each forward pass holds ``max(1, batch_rows // batch)`` copies of ``tokens``. ``extra_hooks``
+    are attached for every pass (for example the hooks of a patching source that reads the
+    clean run). The edits must not depend on other rows of the batch.
+    """
+    comps = [(component(c), s) for c, s in edits]
+    dims = _dims(model)
+    tokens = validate_tokens(tokens, dims["d_vocab"])
+    for comp, _ in comps:
+        _check_cells(model, comp, cells, tokens.shape[1])
+    if not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    device = _model_device(model)
+    tokens = tokens.to(device)
+    b = tokens.shape[0]
+    per_pass = max(1, batch_rows // b)
+    chunks: Iterable[int] = range(0, len(cells), per_pass)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, total=math.ceil(len(cells) / per_pass), desc="cells", unit="pass")
+    out = np.empty(len(cells), dtype=np.float64)
+    with _eval_mode(model), torch.no_grad():
+        for start in chunks:
+            chunk = list(cells[start:start + per_pass])
+            n = len(chunk)
+            hooks = list(extra_hooks) + edit_hooks(model, comps, chunk, n_copies=n)
+            with tl_adapter.attached_hooks(model, hooks):
+                logits = model(tokens.repeat(n, 1))
+            for i in range(n):
+                out[start + i] = float(metric(logits[i * b:(i + 1) * b]))
+    return out
+
+
+class _eval_mode:
+    def __init__(self, model: Any):
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.was_training = bool(getattr(self.model, "training", False))
+        self.model.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.was_training:
+            self.model.train()
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+# =========================================================================================
+# activation patching
+# =========================================================================================
+def capture(model: Any, tokens: Tensor, hook_names: Sequence[str]) -> dict[str, Tensor]:
+    """Activations at ``hook_names`` for one forward pass on ``tokens`` (hooks removed afterwards)."""
+    store: dict[str, Tensor] = {}
+    names = set(tl_adapter.hook_names(model))
+    for name in hook_names:
+        if name not in names:
+            raise ValueError(f"model has no hook {name} (see docs/hook-contract.md)")
+
+    def save(name: str) -> Any:
+        def hook(act: Tensor, hook: Any = None) -> None:
+            store[name] = act.detach().clone()
+
+        return hook
+
+    with _eval_mode(model), torch.no_grad(), tl_adapter.attached_hooks(model, [(n, save(n)) for n in hook_names]):
+        model(tokens.to(_model_device(model)))
+    return store
+
+
+@dataclass
+class PatchResult:
+    """Patching results: ``values`` has axes ``axes`` (a sub-list of layer, pos, head), as in
+    transformer_lens.patching; ``clean`` and ``corrupted`` are the metric on the unpatched runs."""
+
+    component: str
+    values: np.ndarray
+    axes: tuple[str, ...]
+    positions: list[int]
+    clean: float
+    corrupted: float
+
+    def normalized(self) -> np.ndarray:
+        """(patched - corrupted) / (clean - corrupted): 0 = no effect, 1 = fully restores clean."""
+        span = self.clean - self.corrupted
+        if span == 0:
+            raise ZeroDivisionError("clean and corrupted metrics are equal; nothing to normalize by")
+        return (self.values - self.corrupted) / span
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"component": self.component, "axes": list(self.axes), "positions": self.positions,
+                "values": np.asarray(self.values, dtype=np.float64).round(8).tolist(),
+                "clean": self.clean, "corrupted": self.corrupted}
+
+
+def patch(
+    model: Any,
+    clean_tokens: object,
+    corrupted_tokens: object,
+    component_name: str,
+    metric: Metric,
+    *,
+    positions: Sequence[int] | None = None,
+    by_pos: bool = True,
+    by_head: bool = True,
+    layers: Sequence[int] | None = None,
+    batch_rows: int = 64,
+    progress: bool = False,
+) -> PatchResult:
+    """Patch ``component_name`` from the clean run into the corrupted run, one cell at a time.
+
+    ``positions`` (default: all) are the positions patched; with ``by_pos`` each is its own cell,
+    otherwise they are patched together. ``by_head`` gives each head its own cell (components with a
+    head axis). The result's axes follow transformer_lens.patching: [layer, pos, head] for
+    ``get_act_patch_attn_head_k_by_pos``, [layer, head] for ``..._all_pos``, [layer, pos] for
+    ``get_act_patch_resid_pre``. ``metric(logits)`` sees the logits of one copy of the corrupted batch.
+    """
+    comp = component(component_name)
+    dims = _dims(model)
+    clean_tokens = validate_tokens(clean_tokens, dims["d_vocab"], "clean_tokens")
+    corrupted_tokens = validate_tokens(corrupted_tokens, dims["d_vocab"], "corrupted_tokens")
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise ValueError(f"clean_tokens {tuple(clean_tokens.shape)} and corrupted_tokens "
+                         f"{tuple(corrupted_tokens.shape)} must have the same shape")
+    T = clean_tokens.shape[1]
+    if comp.pos_dim is None and (positions is not None or by_pos):
+        if positions is not None:
+            raise ValueError(f"positions: component {comp.name!r} has no position axis")
+        by_pos = False
+    pos_list = list(range(T)) if positions is None else [int(p) for p in positions]
+    if not pos_list:
+        raise ValueError("positions: empty")
+    for p in pos_list:
+        if not 0 <= p < T:
+            raise ValueError(f"positions: {p} is outside the sequence (0..{T - 1})")
+    layer_list = list(range(dims["n_layers"])) if layers is None else [int(l) for l in layers]
+    heads = list(range(_n_heads(model, comp))) if (by_head and comp.head_dim is not None) else [None]
+
+    axes = ["layer"]
+    pos_cells: list[Any] = pos_list if by_pos else [None if positions is None else tuple(pos_list)]
+    if comp.pos_dim is None:
+        pos_cells = [None]
+    if by_pos and comp.pos_dim is not None:
+        axes.append("pos")
+    if heads != [None]:
+        axes.append("head")
+    cells = [Cell(l, h, p) for l in layer_list for p in pos_cells for h in heads]
+
+    clean_acts = capture(model, clean_tokens, sorted({comp.hook_name(l) for l in layer_list}))
+
+    def source(act: Tensor, layer: int) -> Tensor:
+        clean = clean_acts[comp.hook_name(layer)]
+        reps = act.shape[0] // clean.shape[0]
+        return clean.repeat(reps, *([1] * (clean.dim() - 1)))
+
+    with _eval_mode(model), torch.no_grad():
+        device = _model_device(model)
+        clean_value = float(metric(model(clean_tokens.to(device))))
+        corrupted_value = float(metric(model(corrupted_tokens.to(device))))
+    values = run_cells(model, corrupted_tokens, [(comp, source)], cells, metric, batch_rows=batch_rows,
+                       progress=progress)
+    shape = [len(layer_list)] + ([len(pos_list)] if "pos" in axes else []) + ([len(heads)] if "head" in axes else [])
+    return PatchResult(comp.name, values.reshape(shape), tuple(axes), pos_list, clean_value, corrupted_value)
+
+
+def patch_first_token(
+    model: Any,
+    clean_tokens: object,
+    corrupted_tokens: object,
+    component_name: str,
+    metric: Metric,
+    **kwargs: Any,
+) -> PatchResult:
+    """Patch the first token's ``component_name`` (k, v, resid_pre, ...; for "scores" / "pattern"
+    the column of key 1 seen by every query) per layer and head: values [layer, head] or [layer]."""
+    comp = component(component_name)
+    if comp.pos_dim is None:
+        raise ValueError(f"component {comp.name!r} has no position axis to pick the first token from")
+    return patch(model, clean_tokens, corrupted_tokens, component_name, metric, positions=[0], by_pos=False,
+                 **kwargs)

@@ -1,0 +1,293 @@
+"""First-token interventions change exactly what they claim: checked against independent
+reference computations (masked scores, edited weights, hand-made inputs) on small models."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_llama, word_tokenizer
+
+from sinkinterp import interventions as iv
+from sinkinterp import patching, tl_adapter
+from sinkinterp.models import SinkTransformer, remove_attention_bias
+from sinkinterp.models.testing import tiny_config
+
+T = 10
+
+
+def _tokens(seed=0, n=4, vocab=50):
+    return torch.randint(0, vocab, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SinkTransformer(tiny_config()).double().eval()
+
+
+def _patterns(model, tokens, hooks=()):
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    store = {}
+
+    def save(act, hook):
+        store[hook.name] = act.detach().clone()
+
+    with torch.no_grad(), tl_adapter.attached_hooks(model, list(hooks) + [(n, save) for n in names]):
+        logits = model(tokens)
+    return logits, store
+
+
+def _edit_hooks(model, inter, **cells):
+    has_slot = "blocks.0.attn.hook_bias_pattern" in model.hook_dict
+    edits = [(patching.COMPONENTS[c], s) for c, s in inter.build_edits(has_slot)]
+    layers = cells.get("layers", range(model.cfg.n_layers))
+    return patching.edit_hooks(model, edits, [patching.Cell(l, cells.get("head")) for l in layers])
+
+
+def _mask_first_key(act, hook):
+    act = act.clone()
+    act[:, :, 1:, 0] = float("-inf")
+    return act
+
+
+def test_ablation_equals_masking_token_one_in_the_scores(model):
+    tokens = _tokens()
+    ref = model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_attn_scores"), _mask_first_key)])
+    logits, pats = _patterns(model, tokens, _edit_hooks(model, iv.first_token("ablate")))
+    torch.testing.assert_close(logits, ref, rtol=1e-10, atol=1e-10)
+    for p in pats.values():  # after ablation no query after the first attends to token 1
+        assert p[:, :, 1:, 0].abs().max() == 0
+        torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+    res = iv.run_intervention(model, tokens, iv.first_token("ablate"))
+    assert res.sink.sink_pct[0] == 0.0
+    np.testing.assert_allclose(res.sink.alpha, 1 / T)  # only query 1's own weight is left
+    with torch.no_grad():
+        assert res.loss_base == pytest.approx(float(model(tokens, return_type="loss")), rel=1e-9)
+    assert res.loss == pytest.approx(float(patching.loss_metric(tokens)(ref)), rel=1e-9)
+
+
+def test_ablation_on_a_transformer_bridge_equals_masked_scores():
+    hf = tiny_llama()
+    bridge = tl_adapter.boot_bridge(hf, word_tokenizer(61), "tiny")
+    tokens = torch.randint(3, 61, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = bridge.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_attn_scores"), _mask_first_key)])
+        with tl_adapter.attached_hooks(bridge, _edit_hooks(bridge, iv.first_token("ablate"))):
+            ours = bridge(tokens)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ours, bridge(tokens), atol=1e-3)
+
+
+def test_zeroing_the_value_leaves_every_pattern_unchanged_and_removes_its_contribution(model):
+    tokens = _tokens()
+    base_logits, base = _patterns(model, tokens)
+    z_base = patching.capture(model, tokens, ["blocks.0.attn.hook_z", "blocks.0.attn.hook_v"])
+    # in the last layer the edit can change no pattern, only the output
+    logits, pats = _patterns(model, tokens, _edit_hooks(model, iv.first_token("zero_value"), layers=[1]))
+    for name in base:
+        torch.testing.assert_close(pats[name], base[name], rtol=0, atol=0)
+    assert not torch.allclose(logits, base_logits)
+    hooks = _edit_hooks(model, iv.first_token("zero_value"), layers=[0])
+    _, pats = _patterns(model, tokens, hooks)
+    torch.testing.assert_close(pats["blocks.0.attn.hook_pattern"], base["blocks.0.attn.hook_pattern"], rtol=0, atol=0)
+    with tl_adapter.attached_hooks(model, hooks):
+        z = patching.capture(model, tokens, ["blocks.0.attn.hook_z"])["blocks.0.attn.hook_z"]
+    # z_t = sum_s A[t, s] v_s: zeroing v_1 subtracts A[t, 1] v_1 and nothing else
+    a1 = base["blocks.0.attn.hook_pattern"][:, :, :, 0].transpose(1, 2)  # [b, t, h]
+    expect = z_base["blocks.0.attn.hook_z"] - a1[..., None] * z_base["blocks.0.attn.hook_v"][:, :1]
+    torch.testing.assert_close(z, expect, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind, comp", [("mean_value", "v"), ("mean_key", "k"), ("scale_value", "v"),
+                                        ("zero_key", "k")])
+def test_value_and_key_edits_set_exactly_token_one(model, kind, comp):
+    tokens = _tokens()
+    name = f"blocks.1.attn.hook_{comp}"
+    base = patching.capture(model, tokens, [name])[name]
+    inter = iv.first_token(kind, factor=3.0)
+    with tl_adapter.attached_hooks(model, _edit_hooks(model, inter, layers=[1])):
+        got = patching.capture(model, tokens, [name])[name]
+    expect = {"mean_value": base[:, 1:].mean(1), "mean_key": base[:, 1:].mean(1),
+              "scale_value": 3.0 * base[:, 0], "zero_key": torch.zeros_like(base[:, 0])}[kind]
+    torch.testing.assert_close(got[:, 0], expect)
+    torch.testing.assert_close(got[:, 1:], base[:, 1:])
+
+
+def test_zero_key_makes_token_one_score_zero(model):
+    tokens = _tokens()
+    with tl_adapter.attached_hooks(model, _edit_hooks(model, iv.first_token("zero_key"), layers=[0])):
+        scores = patching.capture(model, tokens, ["blocks.0.attn.hook_attn_scores"])["blocks.0.attn.hook_attn_scores"]
+    assert scores[:, :, :, 0].abs().max() == 0  # rotary of a zero key is zero; no positional bias here
+
+
+def test_grouped_query_value_edit_touches_only_its_query_heads():
+    gqa = SinkTransformer(tiny_config(n_kv_heads=2)).double().eval()
+    tokens = _tokens()
+    base = patching.capture(gqa, tokens, ["blocks.0.attn.hook_z"])["blocks.0.attn.hook_z"]
+    with tl_adapter.attached_hooks(gqa, _edit_hooks(gqa, iv.first_token("zero_value"), layers=[0], head=1)):
+        z = patching.capture(gqa, tokens, ["blocks.0.attn.hook_z"])["blocks.0.attn.hook_z"]
+    torch.testing.assert_close(z[:, :, :2], base[:, :, :2])  # kv head 0 serves query heads 0, 1
+    assert (z[:, 1:, 2:] - base[:, 1:, 2:]).abs().min() > 0
+    with pytest.raises(ValueError, match="heads: 2 is outside the model's 2 key/value heads"):
+        iv.run_intervention(gqa, tokens, iv.first_token("zero_value"), heads=[2])
+
+
+def test_per_head_effects_equal_one_head_at_a_time(model):
+    tokens = _tokens()
+    inter = iv.first_token("zero_value")
+    res = iv.run_intervention(model, tokens, inter, per_head=True, per_layer=True, sinks=False, batch_rows=8)
+    assert res.per_head.shape == (2, 4) and res.per_layer.shape == (2,)
+    for l, h in [(0, 0), (1, 3)]:
+        one = iv.run_intervention(model, tokens, inter, layers=[l], heads=[h], sinks=False)
+        assert res.per_head[l, h] == pytest.approx(one.delta_loss, abs=1e-12)
+    layer1 = iv.run_intervention(model, tokens, inter, layers=[1], sinks=False)
+    assert res.per_layer[1] == pytest.approx(layer1.delta_loss, abs=1e-12)
+    assert np.ptp(res.per_head) > 0
+    assert tl_adapter.count_attached_hooks(model) == 0
+
+
+@pytest.mark.parametrize("bias, which", [("kv", "kv"), ("k", "k"), ("sink_token", "sink"), ("sink_logit", "sink")])
+def test_ablating_the_bias_slot_equals_removing_the_bias(bias, which):
+    m = SinkTransformer(tiny_config(attn_bias=bias)).double().eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith(("k_star", "v_star", "sink_logit", "W_sink")):
+                p.normal_(0, 1.0)
+    tokens = _tokens()
+    res = iv.run_intervention(m, tokens, iv.first_token("ablate_bias"))
+    ref = remove_attention_bias(m, which)
+    assert res.loss == pytest.approx(float(ref(tokens, return_type="loss")), rel=1e-10)
+    assert res.sink.sink_bias_pct == 0.0
+    assert res.sink_base.alpha_bias.max() > 0.05
+
+
+def test_moving_the_bias_mass_to_token_one():
+    m = SinkTransformer(tiny_config(attn_bias="kv")).double().eval()
+    with torch.no_grad():
+        for block in m.blocks:
+            block.attn.k_star.normal_(0, 2.0)
+    tokens = _tokens()
+    base = iv.run_intervention(m, tokens, iv.first_token("bias_to_first"), layers=[0])
+    # layer 0's pattern is computed from unchanged inputs: alpha_1 gains exactly the slot's share
+    np.testing.assert_allclose(base.sink.alpha[0], base.sink_base.alpha[0] + base.sink_base.alpha_bias[0],
+                               rtol=1e-9)
+    assert base.sink.alpha_bias[0].max() == 0.0
+    with pytest.raises(ValueError, match="needs a model with a bias slot"):
+        iv.run_intervention(SinkTransformer(tiny_config()), tokens, iv.first_token("bias_to_first"))
+
+
+def test_ablation_with_a_bias_slot_keeps_rows_normalized():
+    m = SinkTransformer(tiny_config(attn_bias="kv")).double().eval()
+    tokens = _tokens()
+    store = {}
+    hooks = _edit_hooks(m, iv.first_token("ablate"))
+    save = lambda act, hook: store.__setitem__(hook.name, act.detach().clone())  # noqa: E731
+    with torch.no_grad(), tl_adapter.attached_hooks(m, hooks + [("blocks.0.attn.hook_pattern", save),
+                                                                ("blocks.0.attn.hook_bias_pattern", save)]):
+        m(tokens)
+    p, slot = store["blocks.0.attn.hook_pattern"], store["blocks.0.attn.hook_bias_pattern"]
+    assert p[:, :, 1:, 0].abs().max() == 0
+    torch.testing.assert_close(p.sum(-1) + slot, torch.ones_like(slot))
+
+
+def test_swapping_learned_positions_equals_a_model_with_swapped_embeddings():
+    m = SinkTransformer(tiny_config(pos_emb="learned")).double().eval()
+    tokens = _tokens()
+    ref = SinkTransformer(m.cfg).double().eval()
+    ref.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        w = ref.pos_embed.W_pos
+        w[[0, 4]] = w[[4, 0]].clone()
+    res = iv.run_intervention(m, tokens, iv.first_token("swap_position", position=4))
+    assert res.loss == pytest.approx(float(ref(tokens, return_type="loss")), rel=1e-10)
+    with pytest.raises(ValueError, match="no hook hook_pos_embed"):
+        iv.run_intervention(SinkTransformer(tiny_config()), tokens, iv.first_token("swap_position", position=4))
+
+
+def test_token_edits_score_the_same_targets(model):
+    tokens = _tokens()
+    nll = patching.per_token_loss(model(tokens), tokens)
+    # replace: same positions
+    res = iv.run_intervention(model, tokens, iv.replace_first(7), sinks=False, target_start=2)
+    new = tokens.clone()
+    new[:, 0] = 7
+    assert res.loss == pytest.approx(float(patching.per_token_loss(model(new), new)[:, 1:].mean()))
+    assert res.loss_base == pytest.approx(float(nll[:, 1:].mean()))
+    # insert: original target j sits at j + 1; the last one drops out
+    res = iv.run_intervention(model, tokens, iv.insert_first(3), sinks=False)
+    new = torch.cat([torch.full((4, 1), 3), tokens[:, :-1]], 1)
+    assert res.loss == pytest.approx(float(patching.per_token_loss(model(new), new)[:, 1:].mean()))
+    assert res.loss_base == pytest.approx(float(nll[:, :-1].mean()))
+    # start later by 2: original targets 3..T-1 are new targets 1..T-3
+    res = iv.run_intervention(model, tokens, iv.start_later(2))
+    new = tokens[:, 2:]
+    assert res.loss == pytest.approx(float(patching.per_token_loss(model(new), new).mean()))
+    assert res.loss_base == pytest.approx(float(nll[:, 2:].mean()))
+    assert res.sink.seq_len == T - 2
+    # frequent: the most common id after position 1
+    freq = int(torch.bincount(tokens[:, 1:].reshape(-1)).argmax())
+    res = iv.run_intervention(model, tokens, iv.replace_first("frequent"), sinks=False)
+    new = tokens.clone()
+    new[:, 0] = freq
+    assert res.loss == pytest.approx(float(patching.per_token_loss(model(new), new).mean()))
+    # random: reproducible with the seed
+    a = iv.run_intervention(model, tokens, iv.replace_first("random"), sinks=False, seed=3)
+    b = iv.run_intervention(model, tokens, iv.replace_first("random"), sinks=False, seed=3)
+    assert a.loss == b.loss
+
+
+def test_compare_and_key_vs_value_share_one_baseline(model):
+    tokens = _tokens()
+    results = iv.key_vs_value(model, tokens)
+    assert [r.name for r in results] == ["zero_value", "mean_value", "zero_key", "ablate"]
+    assert len({r.loss_base for r in results}) == 1
+    d = results[0].to_dict()
+    assert set(d) >= {"delta_loss", "sink_pct_base", "sink_pct", "alpha", "per_head_delta_loss"}
+
+
+def test_rescale_bias():
+    m = SinkTransformer(tiny_config(attn_bias="sink_logit")).double()
+    with torch.no_grad():
+        m.blocks[0].attn.sink_logit.fill_(0.5)
+    new = iv.rescale_bias(m, "logit", 4.0)
+    assert float(new.blocks[0].attn.sink_logit[0]) == pytest.approx(0.5 + np.log(4.0))
+    assert float(m.blocks[0].attn.sink_logit[0]) == 0.5  # the input is unchanged
+    kv = SinkTransformer(tiny_config(attn_bias="kv")).double()
+    zero_k = iv.rescale_bias(kv, "k", 0.0)
+    assert zero_k.blocks[1].attn.k_star.abs().max() == 0
+    with pytest.raises(ValueError, match="has no v_star"):
+        iv.rescale_bias(m, "v", 2.0)
+    with pytest.raises(ValueError, match="which: got 'q'"):
+        iv.rescale_bias(kv, "q", 2.0)
+    with pytest.raises(TypeError, match="SinkTransformer"):
+        iv.rescale_bias(object(), "k", 2.0)
+
+
+def test_hooks_are_removed_after_an_error(model):
+    tokens = _tokens()
+    with pytest.raises(ValueError, match="position 20 is outside"):
+        iv.run_intervention(SinkTransformer(tiny_config(pos_emb="learned")), tokens,
+                            iv.first_token("swap_position", position=20))
+    assert tl_adapter.count_attached_hooks(model) == 0
+
+
+def test_bad_input(model):
+    tokens = _tokens()
+    with pytest.raises(ValueError, match="kind: got 'nope'"):
+        iv.first_token("nope")
+    with pytest.raises(ValueError, match="layers: 5 is outside"):
+        iv.run_intervention(model, tokens, iv.first_token("zero_value"), layers=[5])
+    with pytest.raises(ValueError, match="heads: 4 is outside"):
+        iv.run_intervention(model, tokens, iv.first_token("zero_value"), heads=[4])
+    with pytest.raises(ValueError, match="not token edits"):
+        iv.run_intervention(model, tokens, iv.replace_first(1), per_head=True)
+    with pytest.raises(ValueError, match="target_start"):
+        iv.run_intervention(model, tokens, iv.first_token("zero_value"), target_start=T)
+    with pytest.raises(ValueError, match="token must be"):
+        iv.replace_first("bos")
+    with pytest.raises(ValueError, match="shift must be"):
+        iv.start_later(0)
+    with pytest.raises(ValueError, match="leaves fewer than 2"):
+        iv.run_intervention(model, tokens, iv.start_later(T - 1))
+    with pytest.raises(TypeError, match="intervention: expected"):
+        iv.run_intervention(model, tokens, "ablate")
+    with pytest.raises(ValueError, match="token ids must lie"):
+        iv.run_intervention(model, tokens + 100, iv.first_token("ablate"))

@@ -1,0 +1,155 @@
+"""Batched activation patching: equal to transformer_lens.patching's per-cell functions, chunking
+does not change results, grouped-query heads, hooks always removed, bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from sinkinterp import patching, tl_adapter
+from sinkinterp.models import SinkTransformer
+from sinkinterp.models.testing import tiny_config
+
+tlp = tl_adapter.patching
+
+
+def _tokens(seed, n=3, T=6, vocab=50):
+    return torch.randint(0, vocab, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SinkTransformer(tiny_config()).double().eval()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return _tokens(0), _tokens(1)
+
+
+@pytest.mark.parametrize(
+    "tl_fn, component, kwargs",
+    [
+        ("get_act_patch_resid_pre", "resid_pre", {}),
+        ("get_act_patch_attn_head_k_by_pos", "k", {}),
+        ("get_act_patch_attn_head_out_by_pos", "z", {}),
+        ("get_act_patch_attn_head_q_all_pos", "q", {"by_pos": False}),
+        ("get_act_patch_attn_head_v_all_pos", "v", {"by_pos": False}),
+        ("get_act_patch_attn_head_pattern_all_pos", "pattern", {"by_pos": False}),
+    ],
+)
+def test_batched_patching_equals_transformer_lens(model, pair, tl_fn, component, kwargs):
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    _, cache = model.run_with_cache(clean)
+    ref = getattr(tlp, tl_fn)(model, corrupted, cache, metric).numpy()
+    ours = patching.patch(model, clean, corrupted, component, metric, batch_rows=12, **kwargs)
+    assert ours.values.shape == ref.shape
+    # TransformerLens stores results in float32
+    np.testing.assert_allclose(ours.values, ref, rtol=1e-6, atol=1e-6)
+    assert np.ptp(ours.values) > 1e-3  # the cells differ: a real test, not all-equal values
+    assert tl_adapter.count_attached_hooks(model) == 0
+
+
+def test_patching_a_hooked_transformer_equals_transformer_lens(pair):
+    ht = tl_adapter.hooked_transformer_from_config(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=16, act_fn="gelu",
+        normalization_type="LN", seed=0, dtype=torch.float64)
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    _, cache = ht.run_with_cache(clean)
+    ref = tlp.get_act_patch_attn_head_v_by_pos(ht, corrupted, cache, metric).numpy()
+    ours = patching.patch(ht, clean, corrupted, "v", metric)
+    np.testing.assert_allclose(ours.values, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_first_token_patch_is_the_position_zero_slice(model, pair):
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    by_pos = patching.patch(model, clean, corrupted, "k", metric)
+    first = patching.patch_first_token(model, clean, corrupted, "k", metric)
+    assert first.axes == ("layer", "head")
+    np.testing.assert_allclose(first.values, by_pos.values[:, 0, :], atol=1e-12)
+    # the score column of key 1 as seen by every query
+    scores = patching.patch_first_token(model, clean, corrupted, "scores", metric)
+    assert scores.values.shape == (2, 4)
+
+
+def test_chunking_does_not_change_results(model, pair):
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    one = patching.patch(model, clean, corrupted, "v", metric, by_pos=False, batch_rows=1)  # a cell per pass
+    many = patching.patch(model, clean, corrupted, "v", metric, by_pos=False, batch_rows=1000)
+    np.testing.assert_allclose(one.values, many.values, atol=1e-12)
+
+
+def test_patching_everything_at_layer_zero_restores_the_clean_run(model, pair):
+    clean, corrupted = pair
+    res = patching.patch(model, clean, corrupted, "resid_pre", patching.loss_metric(clean), by_pos=False)
+    assert res.axes == ("layer",)
+    np.testing.assert_allclose(res.normalized(), [1.0, 1.0], atol=1e-9)
+    assert res.clean != res.corrupted
+
+
+def test_grouped_query_heads_index_key_value_heads(pair):
+    gqa = SinkTransformer(tiny_config(n_kv_heads=2)).double().eval()
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    res = patching.patch_first_token(gqa, clean, corrupted, "k", metric)
+    assert res.values.shape == (2, 2)
+    clean_k = patching.capture(gqa, clean, ["blocks.1.attn.hook_k"])["blocks.1.attn.hook_k"]
+
+    def by_hand(act, hook):
+        act = act.clone()
+        act[:, 0, 1] = clean_k[:, 0, 1]
+        return act
+
+    with torch.no_grad():
+        logits = gqa.run_with_hooks(corrupted, fwd_hooks=[("blocks.1.attn.hook_k", by_hand)])
+    assert res.values[1, 1] == pytest.approx(float(metric(logits)), abs=1e-12)
+
+
+def test_logit_diff_metric(model, pair):
+    clean, corrupted = pair
+    metric = patching.logit_diff_metric([1, 2, 3], [4, 5, 6])
+    res = patching.patch(model, clean, corrupted, "resid_pre", metric, positions=[5], by_head=False)
+    logits = model(clean)
+    expect = (logits.detach()[:, -1, [1, 2, 3]].diagonal() - logits[:, -1, [4, 5, 6]].diagonal()).mean()
+    assert res.clean == pytest.approx(float(expect))
+    with pytest.raises(ValueError, match="same length"):
+        patching.logit_diff_metric([1], [2, 3])
+
+
+def test_hooks_are_removed_when_the_metric_fails(model, pair):
+    clean, corrupted = pair
+    calls = []
+
+    def bad_metric(logits):
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("boom")
+        return logits.mean()
+
+    with pytest.raises(RuntimeError, match="boom"):
+        patching.patch(model, clean, corrupted, "v", bad_metric)
+    assert tl_adapter.count_attached_hooks(model) == 0
+
+
+def test_bad_input(model, pair):
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    with pytest.raises(ValueError, match="component: got 'x'"):
+        patching.patch(model, clean, corrupted, "x", metric)
+    with pytest.raises(ValueError, match="same shape"):
+        patching.patch(model, clean, corrupted[:, :5], "v", metric)
+    with pytest.raises(ValueError, match="positions: 6 is outside"):
+        patching.patch(model, clean, corrupted, "v", metric, positions=[6])
+    with pytest.raises(ValueError, match="no hook blocks.0.attn.hook_rot_k"):
+        patching.patch(SinkTransformer(tiny_config(pos_emb="none")), clean, corrupted, "rot_k", metric)
+    with pytest.raises(ValueError, match="corrupted_tokens: token ids must lie"):
+        patching.patch(model, clean, corrupted + 100, "v", metric)
+    with pytest.raises(ValueError, match="target_start"):
+        patching.loss_metric(clean, target_start=0)
+    with pytest.raises(ValueError, match="cells: head 4 is outside"):
+        patching.run_cells(model, clean, [("v", lambda a, l: a)], [patching.Cell(0, 4)], metric)
+    with pytest.raises(ValueError, match="batch_rows"):
+        patching.run_cells(model, clean, [("v", lambda a, l: a)], [patching.Cell(0)], metric, batch_rows=0)
