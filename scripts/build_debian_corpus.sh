@@ -61,15 +61,24 @@ t=$(stamp)
 CORPUS="$OUT/corpus"
 rm -rf "$CORPUS"
 mkdir -p "$CORPUS"
+# the installed packages that hold a package's files: itself, or for a meta-package (linux-doc ->
+# linux-doc-6.1) its dependencies whose names start with its own
+package_files() {
+    dpkg -L "$1" 2>/dev/null || true
+    dpkg-query -W -f='${Depends}' "$1" 2>/dev/null | tr ',' '\n' | awk '{print $1}' \
+        | grep -E "^$1-" | while IFS= read -r dep; do dpkg -L "$dep" 2>/dev/null || true; done
+}
 for pkg in $PACKAGES; do
     dest="$CORPUS/$pkg"
     mkdir -p "$dest"
-    dpkg -L "$pkg" \
-        | grep -E '^/usr/share/(doc|dictd|wordnet|perl5?)/' \
-        | grep -Ev '\.(png|jpe?g|gif|svg|ico|js|css|map|woff2?|ttf|otf|eot|pdf|inv|pickle|doctree)(\.gz)?$' \
-        | grep -Ev '^/usr/share/dictd/.*\.index$' \
-        | while IFS= read -r f; do [ -f "$f" ] && [ ! -L "$f" ] && printf '%s\0' "$f"; done \
+    # each stage may select nothing (grep exits 1): that is not an error under pipefail
+    package_files "$pkg" \
+        | { grep -E '^/usr/share/(doc|dictd|wordnet|perl5?)/' || true; } \
+        | { grep -Ev '\.(png|jpe?g|gif|svg|ico|js|css|map|woff2?|ttf|otf|eot|pdf|inv|pickle|doctree)(\.gz)?$' || true; } \
+        | { grep -Ev '^/usr/share/dictd/.*\.index$' || true; } \
+        | while IFS= read -r f; do if [ -f "$f" ] && [ ! -L "$f" ]; then printf '%s\0' "$f"; fi; done \
         | xargs -0 -r cp --parents -t "$dest"
+    echo "   $pkg: $(find "$dest" -type f | wc -l) files"
     if [ "$pkg" = bible-kjv ] && command -v bible >/dev/null; then
         mkdir -p "$dest/books"
         # `bible` prints "Book N" chapter headings after a blank line; start a file per book
