@@ -3,6 +3,8 @@
 ``sinkinterp measure``  one model, one input kind -> a result folder (config.json, results.json, figures)
 ``sinkinterp report``   the main job: natural / random / repeated-token inputs side by side
 ``sinkinterp rerun``    repeat a measurement from the config.json of its result folder
+``sinkinterp intervene`` first-token interventions (sinkinterp/cli_intervene.py)
+``sinkinterp patch``    activation patching of token 1's key / value / score column / residual
 
 Every argument is checked before any work starts; results.json is written last and atomically,
 so a failed run leaves no partial results behind.
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     for action in r._actions:
         if action.dest == "out":
             action.required = False
+    from sinkinterp import cli_intervene
+
+    cli_intervene.add_parsers(sub, _add_measure_args)
     rr = sub.add_parser("rerun", help="repeat a measurement from its result folder's config.json")
     rr.add_argument("result_dir", help="a folder written by `sinkinterp measure`")
     rr.add_argument("--out", help="write to this folder instead of the original one")
@@ -120,13 +125,11 @@ def _precheck(args: argparse.Namespace, kind: str | None) -> tuple[Any, Any]:
     return tokens, (text, qk)
 
 
-def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: Any, text: str | None,
-                 qk: Any, out: Path, argv: list[str]) -> dict[str, Any]:
-    import numpy as np
-
-    from sinkinterp import figures, inputs
-    from sinkinterp.fileio import write_json
-    from sinkinterp.measure import measure, validate_tokens
+def input_tokens(args: argparse.Namespace, lm: Any, kind: str | None, tokens: Any, text: str | None) -> Any:
+    """The token ids of a run: the --tokens array, or generated inputs of ``kind``; checked against
+    the model's vocabulary."""
+    from sinkinterp import inputs
+    from sinkinterp.measure import validate_tokens
 
     if tokens is None:
         try:
@@ -139,19 +142,18 @@ def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: An
         validate_tokens(tokens, lm.d_vocab)
     except ValueError as err:
         raise UsageError(f"--tokens: {err}") from None
-    started = time.perf_counter()
-    try:
-        report = measure(lm.model, tokens, eps=args.eps, k_max=args.k_max, batch_size=args.batch_size,
-                         qk_heads=qk, progress=True)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    elapsed = time.perf_counter() - started
-    config = {
+    return tokens
+
+
+def run_config(args: argparse.Namespace, argv: list[str], lm: Any, tokens: Any) -> dict[str, Any]:
+    """What every result folder's config.json records about the run."""
+    import numpy as np
+
+    return {
         "command": "sinkinterp " + " ".join(shlex.quote(a) for a in argv),
         "argv": argv,
         "model": args.model,
         "model_info": lm.info,
-        "inputs": "tokens" if getattr(args, "tokens", None) else kind,
         "tokens_file": getattr(args, "tokens", None),
         "tokens_sha256": hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int64).tobytes()).hexdigest(),
         "text_files": args.text,
@@ -160,16 +162,36 @@ def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: An
         "seed": args.seed,
         "prepend_bos": bool(args.prepend_bos),
         "eps": args.eps,
-        "k_max": report.k_max,
         "batch_size": args.batch_size,
-        "qk_heads": args.qk_heads,
         "dtype": args.dtype,
         "device": args.device,
         "versions": provenance.versions(),
         "git_commit": provenance.git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(elapsed, 3),
     }
+
+
+def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: Any, text: str | None,
+                 qk: Any, out: Path, argv: list[str]) -> dict[str, Any]:
+    from sinkinterp import figures
+    from sinkinterp.fileio import write_json
+    from sinkinterp.measure import measure
+
+    tokens = input_tokens(args, lm, kind, tokens, text)
+    started = time.perf_counter()
+    try:
+        report = measure(lm.model, tokens, eps=args.eps, k_max=args.k_max, batch_size=args.batch_size,
+                         qk_heads=qk, progress=True)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    elapsed = time.perf_counter() - started
+    config = run_config(args, argv, lm, tokens)
+    config.update({
+        "inputs": "tokens" if getattr(args, "tokens", None) else kind,
+        "k_max": report.k_max,
+        "qk_heads": args.qk_heads,
+        "seconds": round(elapsed, 3),
+    })
     results = report.to_dict()
     results["inputs"] = config["inputs"]
     results["model"] = args.model
@@ -283,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args, argv)
         if args.command == "rerun":
             return cmd_rerun(args)
+        if args.command in ("intervene", "patch"):
+            from sinkinterp import cli_intervene
+
+            return getattr(cli_intervene, f"cmd_{args.command}")(args, argv)
     except UsageError as err:
         print(f"sinkinterp {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -467,11 +467,18 @@ def run_intervention(
 
 def compare(model: Any, tokens: Any, interventions: Sequence[Intervention], **kwargs: Any) -> list[InterventionResult]:
     """Run several interventions on the same tokens (``run_intervention`` keyword arguments), sharing
-    one baseline run."""
+    one baseline run. ``layers``, ``heads``, ``per_head`` and ``per_layer`` apply to the activation
+    edits; token edits run without them."""
+    for inter in interventions:
+        if not isinstance(inter, Intervention):
+            raise TypeError(f"interventions: expected Intervention objects, got {type(inter).__name__}")
     tokens = validate_tokens(tokens, tl_adapter.model_dims(model)["d_vocab"])
     base = baseline(model, tokens, eps=kwargs.get("eps", 0.3), sinks=kwargs.get("sinks", True),
                     batch_size=kwargs.get("batch_size", 8))
-    return [run_intervention(model, tokens, inter, base=base, **kwargs) for inter in interventions]
+    edit_only = ("layers", "heads", "per_head", "per_layer")
+    token_kwargs = {k: v for k, v in kwargs.items() if k not in edit_only}
+    return [run_intervention(model, tokens, inter, base=base, **(kwargs if inter.token_edit is None else token_kwargs))
+            for inter in interventions]
 
 
 def key_vs_value(model: Any, tokens: Any, **kwargs: Any) -> list[InterventionResult]:

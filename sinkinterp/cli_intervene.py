@@ -1,0 +1,283 @@
+"""``sinkinterp intervene`` and ``sinkinterp patch``: the first-token experiments as commands that
+write result folders (config.json, results.json written last, figures), with the same --model /
+--tokens / --inputs / --out conventions as ``sinkinterp measure``.
+
+    sinkinterp intervene --model M --inputs natural --do zero_value mean_value zero_key ablate --out DIR
+    sinkinterp patch --model M --inputs natural --corrupt replace_first=random --components k v --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sinkinterp.argtypes import int_at_least
+
+__all__ = ["add_parsers", "cmd_intervene", "cmd_patch", "parse_spec", "DEFAULT_DO"]
+
+DEFAULT_DO = ("zero_value", "mean_value", "zero_key", "ablate")
+
+SPEC_HELP = (
+    "interventions as NAME or NAME=VALUE: ablate, zero_value, mean_value, scale_value=F, zero_key, mean_key, "
+    "scale_key=F, ablate_bias, bias_to_first, swap_position=P, replace_first=ID|bos|random|frequent, "
+    "insert_first=ID|bos|random, start_later=N; ablate and ablate_bias take =norenorm to zero without "
+    f"renormalizing (default: {' '.join(DEFAULT_DO)})"
+)
+
+
+def add_parsers(sub: Any, add_common: Any) -> None:
+    """Register the two subcommands; ``add_common`` adds the measure-style model/input arguments."""
+    i = sub.add_parser("intervene", help="first-token interventions: loss and Sink_k changes, per-head effects")
+    add_common(i, single_input=True)
+    i.add_argument("--do", nargs="+", default=list(DEFAULT_DO), metavar="SPEC", help=SPEC_HELP)
+    i.add_argument("--layers", default=None, help="edit only these layers, e.g. 0,1 (default all)")
+    i.add_argument("--heads", default=None, help="edit only these heads (key/value heads for k and v edits)")
+    i.add_argument("--per-head", action="store_true", help="also the loss change of each head edited alone")
+    i.add_argument("--per-layer", action="store_true", help="also the loss change of each layer edited alone")
+    i.add_argument("--batch-rows", type=int_at_least(1), default=64, help="rows per batched pass (per-head runs)")
+
+    p = sub.add_parser("patch", help="patch token 1's key / value / score column / residual from clean into corrupted")
+    add_common(p, single_input=True)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--corrupt", default="replace_first=random", metavar="SPEC",
+                     help="how the corrupted input is made from the clean one: replace_first=ID|bos|random|frequent "
+                          "(default replace_first=random)")
+    src.add_argument("--corrupted-tokens", metavar="IDS.npy", help="corrupted token ids, same shape as the clean ones")
+    p.add_argument("--components", nargs="+", default=["k", "v"],
+                   help="what to patch: k v q z scores pattern rot_k resid_pre resid_mid resid_post attn_out mlp_out "
+                        "(default k v)")
+    p.add_argument("--positions", default="first", help="'first' (default), 'all' (one cell per position) or 0,1,...")
+    p.add_argument("--batch-rows", type=int_at_least(1), default=64, help="rows per batched pass")
+
+
+def _int_list(text: str | None, name: str) -> list[int] | None:
+    from sinkinterp.cli import UsageError
+
+    if text is None:
+        return None
+    try:
+        out = [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise UsageError(f"{name}: expected integers separated by commas, got {text!r}") from None
+    if not out or min(out) < 0:
+        raise UsageError(f"{name}: expected non-negative integers separated by commas, got {text!r}")
+    return out
+
+
+def parse_spec(spec: str, bos_token_id: int | None) -> Any:
+    """One --do / --corrupt SPEC -> an Intervention; raises ValueError with the allowed forms."""
+    from sinkinterp import interventions as iv
+
+    name, _, value = spec.partition("=")
+
+    def number(kind: type) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"{spec!r}: {name} needs ={kind.__name__}") from None
+
+    def token() -> int | str:
+        if value == "bos":
+            if bos_token_id is None:
+                raise ValueError(f"{spec!r}: the model has no BOS token; give an id")
+            return int(bos_token_id)
+        if value in ("random", "frequent"):
+            return value
+        return number(int)
+
+    if name in ("ablate", "ablate_bias"):
+        if value not in ("", "norenorm"):
+            raise ValueError(f"{spec!r}: {name} takes no value or =norenorm")
+        return iv.first_token(name, renormalize=value != "norenorm")
+    if name in ("zero_value", "mean_value", "zero_key", "mean_key", "bias_to_first"):
+        if value:
+            raise ValueError(f"{spec!r}: {name} takes no value")
+        return iv.first_token(name)
+    if name in ("scale_value", "scale_key"):
+        return iv.first_token(name, factor=number(float))
+    if name == "swap_position":
+        return iv.first_token(name, position=number(int))
+    if name == "replace_first":
+        return iv.replace_first(token())
+    if name == "insert_first":
+        return iv.insert_first(token())
+    if name == "start_later":
+        return iv.start_later(number(int))
+    raise ValueError(f"{spec!r}: unknown intervention; {SPEC_HELP}")
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
+    from sinkinterp.cli import _precheck
+
+    kind = None if args.tokens else (args.inputs or "natural")
+    tokens, (text, _) = _precheck(args, kind)
+    return tokens, text, kind
+
+
+def cmd_intervene(args: argparse.Namespace, argv: list[str]) -> int:
+    from sinkinterp import interventions as iv
+    from sinkinterp.cli import UsageError, input_tokens, run_config
+    from sinkinterp.fileio import write_json
+    from sinkinterp.loading import load_model
+
+    tokens, text, kind = _prepare(args)
+    layers = _int_list(args.layers, "--layers")
+    heads = _int_list(args.heads, "--heads")
+    for spec in args.do:  # syntax first, before the model loads (the BOS id comes with the model)
+        try:
+            parse_spec(spec, 0)
+        except ValueError as err:
+            raise UsageError(f"--do: {err}") from None
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    try:
+        inters = [parse_spec(s, lm.bos_token_id) for s in args.do]
+    except ValueError as err:
+        raise UsageError(f"--do: {err}") from None
+    tokens = input_tokens(args, lm, kind, tokens, text)
+    started = time.perf_counter()
+    try:
+        results = iv.compare(lm.model, tokens, inters, layers=layers, heads=heads, per_head=args.per_head,
+                             per_layer=args.per_layer, eps=args.eps, batch_size=args.batch_size,
+                             batch_rows=args.batch_rows, seed=args.seed, progress=True)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    config = run_config(args, argv, lm, tokens)
+    config.update({"inputs": "tokens" if args.tokens else kind, "do": args.do, "layers": layers, "heads": heads,
+                   "per_head": args.per_head, "per_layer": args.per_layer,
+                   "seconds": round(time.perf_counter() - started, 3)})
+    base = results[0]
+    out = Path(args.out)
+    payload = {
+        "model": args.model, "inputs": config["inputs"], "eps": args.eps,
+        "loss_base": base.loss_base, "sink_pct_base": base.sink_base.sink_pct.tolist() if base.sink_base else None,
+        "sink_bias_pct_base": base.sink_base.sink_bias_pct if base.sink_base else None,
+        "interventions": [r.to_dict() for r in results],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.no_figures:
+        _intervene_figures(results, out, f"{Path(args.model).name} · {config['inputs']} · T={tokens.shape[1]}")
+    write_json(out / "config.json", config)
+    write_json(out / "results.json", payload)  # last: its presence means the run completed
+    print(_intervene_table(results))
+    print(f"wrote {out}/results.json")
+    return 0
+
+
+def _intervene_table(results: list[Any]) -> str:
+    lines = ["intervention            Δloss (nats)   Sink_1 before → after   Sink_* before → after"]
+    for r in results:
+        s1 = s1b = "      -"
+        sb = ""
+        if r.sink is not None:
+            s1b, s1 = f"{r.sink_base.sink_pct[0]:7.2f}", f"{r.sink.sink_pct[0]:7.2f}"
+            if r.sink.sink_bias_pct is not None:
+                sb = f"{r.sink_base.sink_bias_pct:7.2f} → {r.sink.sink_bias_pct:7.2f}"
+        lines.append(f"{r.name:<24}{r.delta_loss:+12.4f}   {s1b} → {s1}        {sb}")
+    lines.append(f"baseline loss {results[0].loss_base:.4f} nats (mean next-token cross entropy)")
+    return "\n".join(lines)
+
+
+def _intervene_figures(results: list[Any], out: Path, label: str) -> None:
+    from sinkinterp import figures
+
+    figures.save_figure(figures.effect_bars([r.name for r in results], [r.delta_loss for r in results],
+                                            title=f"loss change — {label}"), out / "effects.png")
+    for r in results:
+        if r.per_head is not None:
+            figures.save_figure(figures.layer_head_heatmap(r.per_head, title=f"{r.name}: Δloss per head — {label}",
+                                                           label="Δ loss (nats)", center=0.0),
+                                out / f"per_head_{r.name}.png")
+
+
+def cmd_patch(args: argparse.Namespace, argv: list[str]) -> int:
+    import torch
+
+    from sinkinterp import inputs, patching
+    from sinkinterp.cli import UsageError, input_tokens, run_config
+    from sinkinterp.fileio import write_json
+    from sinkinterp.loading import load_model
+
+    tokens, text, kind = _prepare(args)
+    for c in args.components:
+        if c not in patching.COMPONENTS or c in ("bias_pattern", "pos_embed"):
+            allowed = sorted(set(patching.COMPONENTS) - {"bias_pattern", "pos_embed"})
+            raise UsageError(f"--components: got {c!r}, allowed values are {allowed}")
+    if args.positions in ("first", "all"):
+        positions = [0] if args.positions == "first" else None
+    else:
+        positions = _int_list(args.positions, "--positions")
+    corrupted = None
+    if args.corrupted_tokens:
+        try:
+            corrupted = inputs.load_token_file(args.corrupted_tokens)
+        except (ValueError, FileNotFoundError) as err:
+            raise UsageError(f"--corrupted-tokens: {err}") from None
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    clean = torch.as_tensor(np.asarray(input_tokens(args, lm, kind, tokens, text)), dtype=torch.long)
+    if corrupted is None:
+        if not args.corrupt.startswith("replace_first="):
+            raise UsageError(f"--corrupt: only replace_first=ID|bos|random|frequent keeps positions aligned, "
+                             f"got {args.corrupt!r}")
+        try:
+            inter = parse_spec(args.corrupt, lm.bos_token_id)
+        except ValueError as err:
+            raise UsageError(f"--corrupt: {err}") from None
+        gen = torch.Generator().manual_seed(args.seed)
+        corrupted_t, _ = inter.token_edit.apply(clean, gen, lm.d_vocab)
+    else:
+        corrupted_t = torch.as_tensor(corrupted, dtype=torch.long)
+        if tuple(corrupted_t.shape) != tuple(clean.shape):
+            raise UsageError(f"--corrupted-tokens: shape {tuple(corrupted_t.shape)} differs from the clean "
+                             f"tokens {tuple(clean.shape)}")
+    metric = patching.loss_metric(clean)
+    started = time.perf_counter()
+    results = {}
+    try:
+        for c in args.components:
+            results[c] = patching.patch(lm.model, clean, corrupted_t, c, metric, positions=positions,
+                                        by_pos=args.positions != "first", batch_rows=args.batch_rows, progress=True)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    config = run_config(args, argv, lm, clean)
+    config.update({"inputs": "tokens" if args.tokens else kind, "corrupt": None if args.corrupted_tokens else args.corrupt,
+                   "corrupted_tokens_file": args.corrupted_tokens, "components": args.components,
+                   "positions": args.positions, "metric": "mean next-token cross entropy on the clean targets",
+                   "seconds": round(time.perf_counter() - started, 3)})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    first = next(iter(results.values()))
+    payload = {"model": args.model, "inputs": config["inputs"], "metric": config["metric"],
+               "clean": first.clean, "corrupted": first.corrupted,
+               "patches": {c: r.to_dict() for c, r in results.items()}}
+    if not args.no_figures:
+        from sinkinterp import figures
+
+        for c, r in results.items():
+            if r.values.ndim == 2 and r.axes in (("layer", "head"), ("layer", "pos")):
+                figures.save_figure(figures.layer_head_heatmap(
+                    r.values - r.corrupted, title=f"patching token 1's {c}: Δ loss vs corrupted",
+                    label="Δ loss (nats)", center=0.0), out / f"patch_{c}.png")
+    write_json(out / "config.json", config)
+    write_json(out / "results.json", payload)
+    print(_patch_table(results))
+    print(f"wrote {out}/results.json")
+    return 0
+
+
+def _patch_table(results: dict[str, Any]) -> str:
+    first = next(iter(results.values()))
+    span = first.clean - first.corrupted
+    lines = [f"loss clean {first.clean:.4f}, corrupted {first.corrupted:.4f} nats; a cell's share is how much of the "
+             "gap patching it closes",
+             "component  cells   best cell (layer, ...)     loss there   share of the gap"]
+    for c, r in results.items():
+        score = (r.values - r.corrupted) / span if span else -np.abs(r.values - r.corrupted)
+        flat = int(np.argmax(score))
+        idx = tuple(int(i) for i in np.unravel_index(flat, r.values.shape))
+        share = f"{score.flat[flat]:6.1%}" if span else "   n/a"
+        lines.append(f"{c:<10} {r.values.size:5d}   {str(idx):<26} {r.values.flat[flat]:10.4f}   {share}")
+    return "\n".join(lines)

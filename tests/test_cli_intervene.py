@@ -1,0 +1,101 @@
+"""`sinkinterp intervene` and `sinkinterp patch`: result folders, numbers equal to the Python API,
+clear errors before any work, no results.json after a failure."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sinkinterp import cli
+from sinkinterp import interventions as iv
+from sinkinterp import patching
+from sinkinterp.inputs import make_tokens
+from sinkinterp.loading import load_model
+
+SMALL = ["--seq-len", "12", "--num-seqs", "4", "--inputs", "random", "--seed", "1"]
+
+
+def run(args, capsys):
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_intervene_writes_a_result_folder_equal_to_the_api(tmp_path, capsys):
+    out = tmp_path / "iv"
+    code, stdout, _ = run(["intervene", *SMALL, "--do", "zero_value", "scale_key=0.5", "replace_first=bos",
+                           "--per-head", "--out", str(out)], capsys)
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in res["interventions"]] == ["zero_value", "scale_key", "replace_first[256]"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["do"] == ["zero_value", "scale_key=0.5", "replace_first=bos"] and cfg["per_head"] is True
+    # the same numbers from Python on the same tokens
+    lm = load_model("default")
+    tokens = make_tokens("random", seq_len=12, num_seqs=4, seed=1, vocab_size=lm.d_vocab)
+    ref = iv.run_intervention(lm.model, tokens, iv.first_token("zero_value"), per_head=True)
+    got = res["interventions"][0]
+    assert got["delta_loss"] == pytest.approx(ref.delta_loss, abs=1e-6)
+    np.testing.assert_allclose(got["per_head_delta_loss"], ref.per_head, atol=1e-6)
+    assert res["interventions"][2]["per_head_delta_loss"] is None
+    for fig in ("effects.png", "per_head_zero_value.png"):
+        assert (out / fig).read_bytes()[:4] == b"\x89PNG"
+    assert "zero_value" in stdout and "Δloss" in stdout
+
+
+def test_patch_writes_first_token_grids(tmp_path, capsys):
+    out = tmp_path / "p"
+    code, stdout, _ = run(["patch", *SMALL, "--components", "k", "resid_pre", "--corrupt", "replace_first=7",
+                           "--out", str(out)], capsys)
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    k = res["patches"]["k"]
+    assert k["axes"] == ["layer", "head"] and np.array(k["values"]).shape == (4, 4)
+    assert res["patches"]["resid_pre"]["axes"] == ["layer"]
+    # patching token 1's residual at layer 0 restores the clean run exactly
+    assert res["patches"]["resid_pre"]["values"][0] == pytest.approx(res["clean"], abs=1e-6)
+    assert (out / "patch_k.png").read_bytes()[:4] == b"\x89PNG"
+    assert "share of the gap" in stdout
+
+
+def test_patch_with_a_corrupted_tokens_file(tmp_path, capsys):
+    clean = np.random.default_rng(0).integers(0, 258, (3, 10))
+    corrupted = clean.copy()
+    corrupted[:, 0] = 5
+    np.save(tmp_path / "c.npy", clean)
+    np.save(tmp_path / "x.npy", corrupted)
+    out = tmp_path / "p"
+    code, _, _ = run(["patch", "--tokens", str(tmp_path / "c.npy"), "--corrupted-tokens", str(tmp_path / "x.npy"),
+                      "--components", "v", "--positions", "all", "--no-figures", "--out", str(out)], capsys)
+    assert code == 0
+    v = json.loads((out / "results.json").read_text())["patches"]["v"]
+    assert v["axes"] == ["layer", "pos", "head"] and np.array(v["values"]).shape == (4, 10, 4)
+    lm = load_model("default")
+    ref = patching.patch(lm.model, clean, corrupted, "v", patching.loss_metric(torch.as_tensor(clean)))
+    np.testing.assert_allclose(v["values"], ref.values, atol=1e-6)
+    np.save(tmp_path / "bad.npy", corrupted[:, :5])
+    code, _, err = run(["patch", "--tokens", str(tmp_path / "c.npy"), "--corrupted-tokens", str(tmp_path / "bad.npy"),
+                        "--out", str(tmp_path / "q")], capsys)
+    assert code == 2 and "--corrupted-tokens: shape (3, 5) differs" in err
+    assert not (tmp_path / "q" / "results.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["intervene", "--do", "scale_value=x"], "--do: 'scale_value=x': scale_value needs =float"),
+    (["intervene", "--do", "explode"], "--do: 'explode': unknown intervention"),
+    (["intervene", "--layers", "0,x"], "--layers: expected integers"),
+    (["intervene", "--layers", "9"], "layers: 9 is outside the model"),
+    (["intervene", "--heads", "7", "--do", "zero_key"], "heads: 7 is outside the model's 4 key/value heads"),
+    (["intervene", "--do", "ablate_bias"], "needs a model with a bias slot"),
+    (["patch", "--components", "foo"], "--components: got 'foo'"),
+    (["patch", "--corrupt", "start_later=2"], "--corrupt: only replace_first"),
+    (["patch", "--positions", "-1"], "--positions"),
+    (["intervene", "--model", "/no/such/model"], "--model:"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
+    out = tmp_path / "o"
+    code, _, err = run([*args, *SMALL, "--no-figures", "--out", str(out)], capsys)
+    assert code == 2
+    assert message in err
+    assert not (out / "results.json").exists()
