@@ -1,5 +1,7 @@
-"""Matplotlib figures of a measurement: alpha heat map (layer x head), Sink_k over key positions, and
-norms of token 1 vs the rest per layer. Figures are written atomically (PNG)."""
+"""Matplotlib figures: of a measurement (alpha heat map layer x head, Sink_k over key positions, norms of
+token 1 vs the rest per layer, the q.k decomposition), of interventions (effect bars, per-head heat
+maps) and of training (sink emergence curves). Each function returns a Figure; ``save_figure`` writes
+it atomically (PNG). Tests: tests/test_figures.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import numpy as np
 
 from sinkinterp.fileio import atomic_write
 
-__all__ = ["alpha_heatmap", "norms_figure", "sink_by_position", "save_figure"]
+__all__ = ["alpha_heatmap", "norms_figure", "sink_by_position", "save_figure", "qk_figure", "effect_bars",
+           "layer_head_heatmap", "sink_over_training", "TRAINING_KEYS"]
 
 
 def _plt() -> Any:
@@ -87,5 +90,178 @@ def norms_figure(norms: dict[str, Any], title: str = "") -> Any:
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---- q.k decomposition, intervention effects, per-head maps, training curves -----------------------
+_QK_KEYS = ("heads", "q_norm", "cos_q_k1", "cos_q_krest", "logit_q_k1", "logit_q_krest")
+
+#: metrics.jsonl keys (sinkinterp.train.trainer.METRIC_FIELDS) drawn by ``sink_over_training``
+TRAINING_KEYS = ("sink1", "sink2", "sink_bias", "massive_ratio", "val_loss")
+#: percent-valued keys, drawn together in one panel
+_SINK_PERCENT_KEYS = ("sink1", "sink2", "sink_bias")
+_TRAINING_LABELS = {
+    "sink1": "Sink_1", "sink2": "Sink_2", "sink_bias": "Sink_* (bias slot)",
+    "massive_ratio": "max_l ||h_1|| / mean ||h_t||", "val_loss": "val loss (nats)",
+}
+
+
+def _vector(values: object, name: str, length: int | None = None) -> np.ndarray:
+    """``values`` as a finite float64 vector, optionally of a given length."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a list or 1-D array of numbers") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D list of numbers, got shape {arr.shape}")
+    if length is not None and len(arr) != length:
+        raise ValueError(f"{name}: expected {length} values, got {len(arr)}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: holds NaN or infinite values")
+    return arr
+
+
+def _names(names: object, name: str) -> list[str]:
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{name}: expected a list of strings, got {names!r}")
+    return list(names)
+
+
+def qk_figure(qk: object, title: str = "") -> Any:
+    """The q.k = |q| |k| cos(q, k) decomposition of ``SinkReport.qk`` (or its results.json form),
+    per layer as the mean over that layer's listed heads. Three panels: norms (|q|, |k_1|, mean
+    |k_t| over t >= 2; the key norms only when the report measured norms), cosines cos(q, k_1) vs
+    mean cos(q, k_t), and logits q.k_1 / sqrt(d_head) vs mean q.k_t / sqrt(d_head)."""
+    if not isinstance(qk, dict):
+        raise TypeError(f"qk: expected the dict SinkReport.qk, got {type(qk).__name__}")
+    missing = [k for k in _QK_KEYS if k not in qk]
+    if missing:
+        raise ValueError(f"qk: missing keys {missing} (a SinkReport.qk from measure(..., qk_heads=...))")
+    heads = np.asarray(qk["heads"])
+    if heads.ndim != 2 or heads.shape[1] != 2 or len(heads) == 0:
+        raise ValueError(f"qk: 'heads' must be a non-empty list of [layer, head] pairs, got shape {heads.shape}")
+    n = len(heads)
+    series = {k: _vector(qk[k], f"qk[{k!r}]", n) for k in (*_QK_KEYS[1:], "k1_norm", "k_rest_norm") if k in qk}
+    layers = np.unique(heads[:, 0])
+    per_layer = {k: np.array([v[heads[:, 0] == l].mean() for l in layers]) for k, v in series.items()}
+
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    panels = (
+        (axes[0], "norms", "norm", (("q_norm", "|q|"), ("k1_norm", "|k_1|"), ("k_rest_norm", "mean |k_t|, t >= 2"))),
+        (axes[1], "cosines", "cos", (("cos_q_k1", "cos(q, k_1)"), ("cos_q_krest", "mean cos(q, k_t)"))),
+        (axes[2], "logits", "q.k / sqrt(d_head)", (("logit_q_k1", "q.k_1"), ("logit_q_krest", "mean q.k_t"))),
+    )
+    for ax, name, ylabel, lines in panels:
+        for key, label in lines:
+            if key in per_layer:
+                ax.plot(layers, per_layer[key], marker="o", label=label)
+        if name != "norms":
+            ax.axhline(0.0, color="grey", lw=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"q.k = |q| |k| cos, mean over {n} listed heads per layer")
+    fig.tight_layout()
+    return fig
+
+
+def effect_bars(names: object, values: object, *, errors: object = None, ylabel: str = "Δ loss (nats)",
+                title: str = "") -> Any:
+    """One bar per intervention (e.g. the loss change it causes), values written on the bars, a
+    zero line, optional error bars (``errors``: one non-negative half-width per bar)."""
+    labels = _names(names, "names")
+    vals = _vector(values, "values", len(labels))
+    errs = None if errors is None else _vector(errors, "errors", len(labels))
+    if errs is not None and (errs < 0).any():
+        raise ValueError("errors: error bar half-widths must be >= 0")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(labels) + 1.5), 3.4))
+    bars = ax.bar(np.arange(len(labels)), vals, yerr=errs, capsize=3 if errs is not None else 0,
+                  color=["tab:red" if v > 0 else "tab:blue" for v in vals])
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], padding=2, fontsize=8)
+    ax.axhline(0.0, color="black", lw=0.8)
+    long = any(len(s) > 8 for s in labels)
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=30 if long else 0, ha="right" if long else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def layer_head_heatmap(values: object, *, title: str = "", label: str = "", center: int | float | None = None) -> Any:
+    """Heat map of ``values[layer, head]`` (per-head effects, patching results; ``[L, 1]`` for
+    per-layer values). With ``center`` a diverging colormap symmetric around it, else viridis."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("values: expected a 2-D array [layer, head] of numbers") from None
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"values: expected a non-empty 2-D array [layer, head], got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("values: holds NaN or infinite values")
+    n_layers, n_heads = arr.shape
+    if center is None:
+        style: dict[str, Any] = dict(cmap="viridis")
+    else:
+        half = float(np.abs(arr - center).max()) or 1.0
+        style = dict(cmap="RdBu_r", vmin=center - half, vmax=center + half)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.45 * n_heads + 2), max(2.5, 0.3 * n_layers + 1.5)))
+    im = ax.imshow(arr, aspect="auto", origin="upper", **style)
+    ax.set_yticks(np.arange(n_layers))
+    ax.set_ylabel("layer")
+    if n_heads > 1:
+        ax.set_xticks(np.arange(n_heads))
+        ax.set_xlabel("head")
+    else:
+        ax.set_xticks([])
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=label)
+    return fig
+
+
+def sink_over_training(records: object, keys: object = TRAINING_KEYS, title: str = "") -> Any:
+    """Emergence curves over training from metrics.jsonl rows (``sinkinterp.train.read_metrics``):
+    Sink_1 / Sink_2 / Sink_* (percent) in one panel, every other key in its own panel (the
+    massive-activation ratio on a log scale). Rows where a key is None (not measured at that step)
+    are skipped; keys no row has are left out."""
+    wanted = _names(keys, "keys")
+    if not isinstance(records, (list, tuple)) or not records:
+        raise ValueError("records: expected a non-empty list of metrics rows (dicts with a 'step' key)")
+    for i, row in enumerate(records):
+        if not isinstance(row, dict) or "step" not in row:
+            raise ValueError(f"records: row {i} is not a dict with a 'step' key")
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for key in wanted:
+        points = sorted((row["step"], row[key]) for row in records if row.get(key) is not None)
+        if points:
+            steps, vals = zip(*points)
+            curves[key] = (_vector(steps, "records: 'step'"), _vector(vals, f"records: {key!r}"))
+    if not curves:
+        raise ValueError(f"records: no row holds a value for any of keys {wanted}")
+    sink_keys = [k for k in curves if k in _SINK_PERCENT_KEYS]
+    panels = ([sink_keys] if sink_keys else []) + [[k] for k in curves if k not in _SINK_PERCENT_KEYS]
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for key in panel:
+            ax.plot(*curves[key], marker=".", label=_TRAINING_LABELS.get(key, key))
+        ax.set_xlabel("step")
+        if panel[0] in _SINK_PERCENT_KEYS:
+            ax.set_ylabel("Sink^eps (%)")
+            ax.set_ylim(-2, 102)
+            ax.legend(fontsize=8)
+        else:
+            ax.set_ylabel(_TRAINING_LABELS.get(panel[0], panel[0]))
+        if panel == ["massive_ratio"]:
+            ax.set_yscale("log")
+    fig.suptitle(title or "sinks over training")
     fig.tight_layout()
     return fig

@@ -1,0 +1,174 @@
+"""The matplotlib figures: each builds from small data, saves a PNG, draws what it should, and bad input
+stops with an error naming the argument."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.container import BarContainer
+
+from sinkinterp import figures
+from sinkinterp.measure import measure
+from sinkinterp.models.testing import tiny_model
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _saved(fig, tmp_path, name: str) -> None:
+    path = figures.save_figure(fig, tmp_path / f"{name}.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _legend_labels(ax) -> list[str]:
+    return ax.get_legend_handles_labels()[1]
+
+
+def _qk(norms: bool = True) -> dict:
+    qk = {
+        "heads": [[0, 0], [0, 1], [1, 0]],
+        "q_norm": np.array([1.0, 3.0, 5.0]),
+        "cos_q_k1": np.array([0.9, 0.7, -0.2]),
+        "cos_q_krest": np.array([0.1, 0.0, 0.2]),
+        "logit_q_k1": np.array([4.0, 2.0, -1.0]),
+        "logit_q_krest": np.array([0.5, 0.1, 0.3]),
+    }
+    if norms:
+        qk["k1_norm"] = np.array([0.5, 0.5, 0.5])
+        qk["k_rest_norm"] = [2.0, 2.0, 2.0]  # results.json form: plain lists
+    return qk
+
+
+def test_qk_figure_means_per_layer(tmp_path):
+    fig = figures.qk_figure(_qk(), title="qk")
+    assert len(fig.axes) == 3
+    assert [len(_legend_labels(ax)) for ax in fig.axes] == [3, 2, 2]
+    q_line = fig.axes[0].lines[0]
+    np.testing.assert_allclose(q_line.get_xdata(), [0, 1])
+    np.testing.assert_allclose(q_line.get_ydata(), [2.0, 5.0])  # layer 0: mean of heads 0 and 1
+    _saved(fig, tmp_path, "qk")
+    without_norms = figures.qk_figure(_qk(norms=False))
+    assert [len(_legend_labels(ax)) for ax in without_norms.axes] == [1, 2, 2]
+
+
+def test_qk_figure_reads_a_real_report():
+    tokens = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    report = measure(tiny_model("rotary"), tokens, qk_heads=[(0, 1), (1, 2), (1, 3)])
+    fig = figures.qk_figure(report.qk)
+    assert [len(_legend_labels(ax)) for ax in fig.axes] == [3, 2, 2]
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda qk: qk.pop("cos_q_k1"), r"qk: missing keys \['cos_q_k1'\]"),
+    (lambda qk: qk.update(q_norm=[1.0, 2.0]), r"qk\['q_norm'\]: expected 3 values, got 2"),
+    (lambda qk: qk.update(heads=[0, 1, 2]), "qk: 'heads' must be a non-empty list of"),
+    (lambda qk: qk.update(logit_q_k1=[[1.0], [2.0], [3.0]]), r"qk\['logit_q_k1'\]: expected a 1-D list"),
+])
+def test_qk_figure_bad_input(change, match):
+    qk = _qk()
+    change(qk)
+    with pytest.raises(ValueError, match=match):
+        figures.qk_figure(qk)
+
+
+def test_effect_bars(tmp_path):
+    fig = figures.effect_bars(["remove k*", "zero v*", "scale k_1", "none"], [0.8, -0.05, 0.3, 0.0],
+                              errors=[0.1, 0.02, 0.05, 0.0], title="interventions")
+    ax, = fig.axes
+    assert len(ax.patches) == 4
+    bars, = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert bars.errorbar is not None
+    assert [t.get_text() for t in ax.texts] == ["0.8", "-0.05", "0.3", "0"]
+    assert any(np.allclose(line.get_ydata(), 0.0) for line in ax.lines)  # the zero line
+    _saved(fig, tmp_path, "bars")
+    plain = figures.effect_bars(["a"], np.array([1.5]))
+    assert plain.axes[0].containers[0].errorbar is None
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(names=["a", "b"], values=[1.0]), ValueError, "values: expected 2 values, got 1"),
+    (dict(names=["a"], values=[[1.0]]), ValueError, "values: expected a 1-D list"),
+    (dict(names=["a"], values=[float("nan")]), ValueError, "values: holds NaN"),
+    (dict(names=["a", "b"], values=[1.0, 2.0], errors=[0.1]), ValueError, "errors: expected 2 values"),
+    (dict(names=["a"], values=[1.0], errors=[-0.1]), ValueError, "errors: error bar half-widths must be >= 0"),
+    (dict(names="ab", values=[1.0, 2.0]), TypeError, "names: expected a list of strings"),
+])
+def test_effect_bars_bad_input(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        figures.effect_bars(**kwargs)
+
+
+def test_layer_head_heatmap(tmp_path):
+    values = np.array([[0.5, -1.0, 0.0, 0.2], [2.0, 0.1, -0.3, 0.0], [0.0, 0.0, 0.0, 0.4]])
+    fig = figures.layer_head_heatmap(values, title="patching", label="Δ loss", center=0.0)
+    ax, colorbar_ax = fig.axes
+    im, = ax.images
+    assert im.get_cmap().name == "RdBu_r"
+    assert im.get_clim() == (-2.0, 2.0)
+    np.testing.assert_array_equal(im.get_array(), values)
+    _saved(fig, tmp_path, "heads")
+    per_layer = figures.layer_head_heatmap(values[:, :1], label="per layer")
+    assert per_layer.axes[0].images[0].get_cmap().name == "viridis"
+    assert per_layer.axes[0].images[0].get_array().shape == (3, 1)
+    assert figures.layer_head_heatmap(np.zeros((2, 2)), center=0).axes[0].images[0].get_clim() == (-1.0, 1.0)
+
+
+@pytest.mark.parametrize("values, match", [
+    (np.ones(4), r"values: expected a non-empty 2-D array \[layer, head\], got shape \(4,\)"),
+    (np.ones((2, 2, 2)), "values: expected a non-empty 2-D array"),
+    (np.full((2, 2), np.inf), "values: holds NaN or infinite"),
+])
+def test_layer_head_heatmap_bad_input(values, match):
+    with pytest.raises(ValueError, match=match):
+        figures.layer_head_heatmap(values)
+
+
+def _metrics_rows() -> list[dict]:
+    """Rows shaped like metrics.jsonl: sink values only on sink steps, no bias slot."""
+    rows = []
+    for step in range(0, 50, 10):
+        sink = step % 20 == 0
+        rows.append({"step": step, "train_loss": None if step == 0 else 5.0 - step / 20,
+                     "val_loss": 5.5 - step / 25 if sink else None,
+                     "sink1": 2.0 * step if sink else None, "sink2": 0.5 if sink else None,
+                     "sink_bias": None, "massive_ratio": 1.0 + step if sink else None})
+    return rows
+
+
+def test_sink_over_training(tmp_path):
+    fig = figures.sink_over_training(list(reversed(_metrics_rows())), title="run")
+    assert len(fig.axes) == 3  # Sink_1 + Sink_2 together, massive ratio, val loss; no Sink_* data
+    sinks, ratio, loss = fig.axes
+    assert _legend_labels(sinks) == ["Sink_1", "Sink_2"]
+    np.testing.assert_allclose(sinks.lines[0].get_xdata(), [0, 20, 40])  # sorted by step
+    np.testing.assert_allclose(sinks.lines[0].get_ydata(), [0, 40, 80])
+    assert ratio.get_yscale() == "log" and len(ratio.lines) == 1
+    assert len(loss.lines) == 1
+    _saved(fig, tmp_path, "training")
+    only_loss = figures.sink_over_training(_metrics_rows(), keys=["train_loss"])
+    assert len(only_loss.axes) == 1 and len(only_loss.axes[0].lines[0].get_xdata()) == 4
+
+
+def test_training_keys_are_metrics_fields():
+    from sinkinterp.train.trainer import METRIC_FIELDS
+
+    assert set(figures.TRAINING_KEYS) <= set(METRIC_FIELDS)
+
+
+@pytest.mark.parametrize("records, keys, error, match", [
+    ([], figures.TRAINING_KEYS, ValueError, "records: expected a non-empty list"),
+    ([{"sink1": 1.0}], figures.TRAINING_KEYS, ValueError, "records: row 0 is not a dict with a 'step' key"),
+    ([{"step": 0, "sink1": None}], figures.TRAINING_KEYS, ValueError, "records: no row holds a value"),
+    ([{"step": 0, "sink1": "high"}], figures.TRAINING_KEYS, ValueError, "records: 'sink1': expected a list"),
+    ([{"step": 0, "sink1": 1.0}], "sink1", TypeError, "keys: expected a list of strings"),
+])
+def test_sink_over_training_bad_input(records, keys, error, match):
+    with pytest.raises(error, match=match):
+        figures.sink_over_training(records, keys=keys)
