@@ -65,8 +65,8 @@ mkdir -p "$CORPUS"
 # linux-doc-6.1) its dependencies whose names start with its own
 package_files() {
     dpkg -L "$1" 2>/dev/null || true
-    dpkg-query -W -f='${Depends}' "$1" 2>/dev/null | tr ',' '\n' | awk '{print $1}' \
-        | grep -E "^$1-" | while IFS= read -r dep; do dpkg -L "$dep" 2>/dev/null || true; done
+    { dpkg-query -W -f='${Depends}' "$1" 2>/dev/null || true; } | tr ',' '\n' | awk '{print $1}' \
+        | { grep -E "^$1-" || true; } | while IFS= read -r dep; do dpkg -L "$dep" 2>/dev/null || true; done
 }
 for pkg in $PACKAGES; do
     dest="$CORPUS/$pkg"
