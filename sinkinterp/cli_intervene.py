@@ -51,6 +51,7 @@ def add_parsers(sub: Any, add_common: Any) -> None:
                    help="what to patch: k v q z scores pattern rot_k resid_pre resid_mid resid_post attn_out mlp_out "
                         "(default k v)")
     p.add_argument("--positions", default="first", help="'first' (default), 'all' (one cell per position) or 0,1,...")
+    p.add_argument("--per-layer", action="store_true", help="patch all heads of a layer together (cells per layer)")
     p.add_argument("--batch-rows", type=int_at_least(1), default=64, help="rows per batched pass")
 
 
@@ -239,13 +240,14 @@ def cmd_patch(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         for c in args.components:
             results[c] = patching.patch(lm.model, clean, corrupted_t, c, metric, positions=positions,
-                                        by_pos=args.positions != "first", batch_rows=args.batch_rows, progress=True)
+                                        by_pos=args.positions != "first", by_head=not args.per_layer,
+                                        batch_rows=args.batch_rows, progress=True)
     except ValueError as err:
         raise UsageError(str(err)) from None
     config = run_config(args, argv, lm, clean)
     config.update({"inputs": "tokens" if args.tokens else kind, "corrupt": None if args.corrupted_tokens else args.corrupt,
                    "corrupted_tokens_file": args.corrupted_tokens, "components": args.components,
-                   "positions": args.positions, "metric": "mean next-token cross entropy on the clean targets",
+                   "positions": args.positions, "per_layer": args.per_layer, "metric": "mean next-token cross entropy on the clean targets",
                    "seconds": round(time.perf_counter() - started, 3)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,10 +259,15 @@ def cmd_patch(args: argparse.Namespace, argv: list[str]) -> int:
         from sinkinterp import figures
 
         for c, r in results.items():
-            if r.values.ndim == 2 and r.axes in (("layer", "head"), ("layer", "pos")):
-                figures.save_figure(figures.layer_head_heatmap(
-                    r.values - r.corrupted, title=f"patching token 1's {c}: Δ loss vs corrupted",
-                    label="Δ loss (nats)", center=0.0), out / f"patch_{c}.png")
+            if r.values.ndim == 1:
+                grid = (r.values - r.corrupted)[:, None]
+            elif r.values.ndim == 2:
+                grid = r.values - r.corrupted
+            else:
+                continue
+            figures.save_figure(figures.layer_head_heatmap(
+                grid, title=f"patching token 1's {c}: Δ loss vs corrupted", label="Δ loss (nats)", center=0.0),
+                out / f"patch_{c}.png")
     write_json(out / "config.json", config)
     write_json(out / "results.json", payload)
     print(_patch_table(results))

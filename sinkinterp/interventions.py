@@ -176,7 +176,8 @@ def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, pos
             "ablate_bias": "bias slot removed" + (" (rows renormalized)" if renormalize else ""),
             "bias_to_first": "bias slot's attention moved onto token 1",
         }[kind]
-        return Intervention(kind, desc, ("pattern",), lambda has_slot: _pattern_sources(kind, renormalize, has_slot),
+        name = kind if renormalize or kind == "bias_to_first" else f"{kind}[norenorm]"
+        return Intervention(name, desc, ("pattern",), lambda has_slot: _pattern_sources(kind, renormalize, has_slot),
                             needs_slot=kind != "ablate", params={"renormalize": renormalize})
     if kind == "swap_position":
         if not isinstance(position, int) or position < 1:
