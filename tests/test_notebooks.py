@@ -1,0 +1,248 @@
+"""The notebooks in notebooks/ run top to bottom on the embedded default model, and are stored clean.
+
+How a notebook is run here: nbclient starts a fresh IPython kernel whose Python is this test's own
+interpreter (``sys.executable``, through a kernelspec written to a temporary folder), so the kernel sees
+the same packages as the tests, in any virtual environment. The kernel's working directory is
+notebooks/, its ``PYTHONPATH`` starts with the folder holding the ``sinkinterp`` package under test, and
+its environment names the model (``SINKINTERP_MODEL=default``) and a temporary output folder
+(``SINKINTERP_OUT``); every other ``SINKINTERP_*`` variable is removed, so the notebooks' own defaults for
+N, T and eps are what runs. Nothing is written inside the repository. torch runs single-threaded in the
+kernel (``OMP_NUM_THREADS=1`` unless already set; see ``_kernel_env``).
+
+Network: the kernel is a separate process, out of reach of the socket guard in tests/conftest.py. The
+first cell of the copy that is executed (never of the file) installs that same guard in the kernel (the
+source of ``conftest._guarded_connect``: loopback and Unix sockets only). The client side needs no
+exception: nbclient talks to the kernel over ZMQ on 127.0.0.1, which the guard allows, and ZMQ opens its
+sockets in C, not through ``socket.socket.connect``. jaxtyping's run-time checks are not turned on in the
+kernel: instrumenting the imports roughly triples the kernel's start-up, and the functions the notebooks
+call are checked by their own tests.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import re
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nbclient
+import nbformat
+import pytest
+from conftest import _guarded_connect  # tests/ is on sys.path under pytest, as in test_viz.py
+
+import sinkinterp
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+CELL_TIMEOUT_S = 300  # per cell; each notebook takes well under a minute on 2 CPU cores
+KERNEL_NAME = "sinkinterp-test-python"
+KINDS = ("natural", "random", "repeat")
+KEY_VS_VALUE = ["zero_value", "mean_value", "zero_key", "ablate"]
+
+
+# =========================================================================================
+# running a notebook
+# =========================================================================================
+def _kernel_manager(tmp_path: Path):
+    """A kernel manager whose only extra kernelspec runs ``sys.executable -m ipykernel_launcher``."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    spec_dir = tmp_path / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "sinkinterp tests", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
+    return KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+
+
+def _kernel_env(out: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SINKINTERP_")}
+    package_root = str(Path(sinkinterp.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    env.update(SINKINTERP_MODEL="default", SINKINTERP_OUT=str(out), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # One torch thread unless told otherwise: the default model is tiny, and when the machine's other cores
+    # are busy an OpenMP thread waiting for one made each forward pass ~30x slower (2 shared cores:
+    # 1.2 s instead of 35 ms for 8 x 32 tokens).
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _setup_cell() -> str:
+    return "\n".join([
+        "# added by tests/test_notebooks.py to the executed copy only: no network connections",
+        "import socket",
+        "_real_connect = socket.socket.connect",
+        inspect.getsource(_guarded_connect),
+        "socket.socket.connect = _guarded_connect",
+    ])
+
+
+def _execute(name: str, tmp_path: Path):
+    """Run notebooks/<name> in a fresh kernel; returns the executed notebook and the output folder."""
+    return _run(nbformat.read(NOTEBOOKS / name, as_version=4), tmp_path)
+
+
+def _run(nb, tmp_path: Path):
+    """Execute ``nb`` in a fresh kernel after the setup cell; returns it (setup cell removed) and the
+    output folder. A cell that raises fails the test with its traceback."""
+    nb.cells.insert(0, nbformat.v4.new_code_cell(_setup_cell(), id="test-setup"))
+    out = tmp_path / "out"
+    client = nbclient.NotebookClient(
+        nb, km=_kernel_manager(tmp_path), timeout=CELL_TIMEOUT_S, allow_errors=False,
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+    client.execute(env=_kernel_env(out))
+    nb.cells.pop(0)
+    return nb, out
+
+
+def _cell(nb, cell_id: str):
+    cells = [c for c in nb.cells if c.get("id") == cell_id]
+    assert len(cells) == 1, f"expected one cell with id {cell_id!r}"
+    return cells[0]
+
+
+def _stdout(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def _count(nb, mime: str) -> int:
+    return sum(mime in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+class _Scripts(HTMLParser):
+    """Every <script> element of a page: its attributes and text."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.scripts: list[tuple[dict, str]] = []
+        self._open = False
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "script":
+            self.scripts.append((dict(attrs), ""))
+            self._open = True
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._open = False
+
+    def handle_data(self, data):
+        if self._open:
+            attrs, body = self.scripts[-1]
+            self.scripts[-1] = (attrs, body + data)
+
+
+def _assert_offline_page(text: str) -> None:
+    for needle in ('src="http', "src='http", "unpkg", "cdn.", "<link", "sourceMappingURL"):
+        assert needle not in text, needle
+    scripts = _Scripts(text).scripts
+    assert scripts and all("src" not in attrs for attrs, _ in scripts)
+
+
+# =========================================================================================
+# what each notebook must show
+# =========================================================================================
+def _check_quickstart(nb, out: Path) -> None:
+    table = _stdout(_cell(nb, "measure"))
+    assert "Sink table" in table and "Sink_1 %" in table and "Sink_2 %" in table and "Sink_* %" in table
+    rows = {m[1]: m for m in re.finditer(r"^(natural|random|repeat)\s+([\d.]+)\s+([\d.]+)\s+(-|[\d.]+)", table, re.M)}
+    assert sorted(rows) == sorted(KINDS), table
+    for kind, m in rows.items():
+        # the default model is untrained: attention near uniform (alpha_1 ~ 0.13 at T = 32), no head sinks
+        assert float(m[2]) == 0.0 and float(m[3]) == 0.0, f"{kind}: {m[0]}"
+        assert m[4] == "-", "the default model has no bias slot"
+    assert _count(nb, "image/png") >= len(KINDS) + 2  # alpha per kind, norms, q.k
+    for name in [f"alpha_{k}.png" for k in KINDS] + ["norms_natural.png", "qk_natural.png"]:
+        assert (out / name).stat().st_size > 1000, name
+
+    html_outputs = [o for o in _cell(nb, "heads").outputs if "text/html" in o.get("data", {})]
+    assert len(html_outputs) == 1
+    inline = html_outputs[0]["data"]["text/html"]
+    path = out / "head_view.html"
+    saved = path.read_text(encoding="utf-8")
+    assert inline == saved
+    _assert_offline_page(saved)
+    assert saved.count("CircuitsVis.render(") == 2  # layers 0 and 3 of the default model
+    assert "layer 0" in saved and "layer 3" in saved
+
+
+def _check_key_bias(nb, out: Path) -> None:
+    res = json.loads((out / "key_bias_results.json").read_text())
+    assert res["model"] == "default" and res["sink1_pct"] == 0.0
+    assert [r["name"] for r in res["key_vs_value"]] == KEY_VS_VALUE
+    for r in res["key_vs_value"]:
+        assert math.isfinite(r["delta_loss"]) and r["loss_base"] > 0
+    for kind in ("zero_value", "ablate"):
+        grid = res["per_head_delta_loss"][kind]
+        assert len(grid) == 4 and all(len(row) == 4 for row in grid)
+        assert all(math.isfinite(v) for row in grid for v in row) and any(v != 0 for row in grid for v in row)
+    p = res["patching"]
+    assert p["clean"] != p["corrupted"]
+    for c in ("k", "v"):
+        assert p["per_head"][c]["axes"] == ["layer", "head"]
+        assert len(p["share_restored_per_head"][c]) == 4 and len(p["share_restored_per_layer"][c]) == 4
+    # token 1's residual stream before layer 0 carries everything the corruption changed
+    assert p["share_restored_per_layer"]["resid_pre"][0] == pytest.approx(1.0, abs=1e-2)
+
+    kvv = _stdout(_cell(nb, "kvv"))
+    assert all(re.search(rf"^{name}\s", kvv, re.M) for name in KEY_VS_VALUE), kvv
+    assert "loss clean" in _stdout(_cell(nb, "patch"))
+    assert len(re.findall(r"^\s+\d+\s+-?[\d.]+%", _stdout(_cell(nb, "per-layer")), re.M)) == 4
+    assert _count(nb, "image/png") >= 6  # effect bars, 2 per-head maps, 3 patching maps
+    for name in ("key_vs_value.png", "per_head_zero_value.png", "per_head_ablate.png", "patch_k.png",
+                 "patch_v.png", "patch_resid_pre.png"):
+        assert (out / name).stat().st_size > 1000, name
+
+
+CHECKS = {"quickstart.ipynb": _check_quickstart, "key_bias_patching.ipynb": _check_key_bias}
+ALL_NOTEBOOKS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+
+
+def test_the_documented_notebooks_exist():
+    assert set(CHECKS) <= set(ALL_NOTEBOOKS), f"missing from notebooks/: {set(CHECKS) - set(ALL_NOTEBOOKS)}"
+
+
+def test_the_kernel_is_this_interpreter_and_offline(tmp_path):
+    probe = "\n".join([
+        "import socket, sys",
+        "print(sys.executable)",
+        "try:",
+        "    socket.create_connection(('192.0.2.1', 80), timeout=1)  # TEST-NET-1: never routed",
+        "except RuntimeError as err:",
+        "    print('refused:', err)",
+    ])
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(probe, id="probe")])
+    nb, _ = _run(nb, tmp_path)
+    lines = _stdout(nb.cells[0]).splitlines()
+    assert lines[0] == sys.executable
+    assert lines[1].startswith("refused: test tried to open a network connection")
+
+
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
+def test_notebook_runs_on_the_default_model(name, tmp_path):
+    nb, out = _execute(name, tmp_path)
+    check = CHECKS.get(name)
+    if check is not None:
+        check(nb, out)
+
+
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
+def test_notebook_is_stored_without_outputs_and_reads_its_model_from_the_environment(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for c in code:
+        assert c.outputs == [] and c.execution_count is None, \
+            f"{name}: cell {c.get('id')} has outputs; clear them before committing"
+    assert not any(c.get("attachments") for c in nb.cells)
+    assert 'MODEL = os.environ.get("SINKINTERP_MODEL", "default")' in code[0].source
+    assert nb.cells[0].cell_type == "markdown" and "untrained" in nb.cells[0].source
