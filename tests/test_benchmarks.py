@@ -1,0 +1,133 @@
+"""The measurement benchmark runs end to end at the tiniest settings and writes the JSON it promises.
+
+No timing or memory assertions: performance claims live in docs/performance.md with the command that
+produced them, never in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import bench_measure  # noqa: E402
+from sinkinterp.fileio import read_json  # noqa: E402
+TINY = ["--models", "tiny", "--seq-lens", "16", "--num-seqs", "2,4", "--batch-size", "2", "--repeats", "1",
+        "--warmup", "1", "--d-vocab", "64", "--threads", "1", "--quiet"]
+ROW_FIELDS = {"method", "model", "seq_len", "num_seqs", "batch_size", "dtype", "device", "status", "pattern_bytes"}
+OK_FIELDS = {"times_s", "median_s", "min_s", "max_s", "peak_bytes", "baseline_bytes", "memory_meter"}
+
+
+def _check_document(doc: dict, methods: list[str], skipped: set[tuple[str, int]] = frozenset()) -> None:
+    assert doc["benchmark"] == "measure" and doc["schema_version"] == bench_measure.SCHEMA_VERSION
+    # where it came from
+    prov = doc["provenance"]
+    assert {"date", "command", "versions", "git_commit"} <= prov.keys()
+    assert "--seq-lens" in prov["command"]
+    assert {"torch", "transformer-lens"} <= prov["versions"].keys()
+    assert {"cpu_model", "cpu_count", "torch_threads", "device"} <= doc["machine"].keys()
+    assert doc["models"]["tiny"]["config"]["n_layers"] == 2 and doc["models"]["tiny"]["num_params"] > 0
+    # the parity check ran and both ways agree, on values that are not all 0 or all 100
+    parity = doc["parity"]
+    assert parity["status"] == "ok" and parity["passed"]
+    assert parity["sink1_pct"]["measure"] == parity["sink1_pct"]["cache"]
+    assert parity["sink1_by_eps"]["measure"] == parity["sink1_by_eps"]["cache"]
+    assert parity["alpha_max_abs_diff"] <= parity["alpha_atol"]
+    assert parity["non_trivial"]
+    # one row per (method, N), in grid order, each with its measurements
+    rows = doc["rows"]
+    assert [(r["method"], r["num_seqs"]) for r in rows] == [(m, n) for n in (2, 4) for m in methods]
+    for r in rows:
+        assert ROW_FIELDS <= r.keys()
+        assert r["model"] == "tiny" and r["seq_len"] == 16 and r["batch_size"] == 2
+        if (r["method"], r["num_seqs"]) in skipped:
+            assert r["status"] == "skipped" and "--max-cache-gb" in r["reason"]
+            continue
+        assert r["status"] == "ok", r
+        assert OK_FIELDS <= r.keys()
+        assert len(r["times_s"]) == 1 and r["median_s"] > 0 and r["peak_bytes"] >= 0
+        assert r["ratio_to_forward"] > 0
+    assert r["pattern_bytes"] == 4 * 2 * 4 * 16 * 16 * 4  # N * L * H * T * T * float32
+    targets = {t["id"]: t for t in doc["targets"]}
+    assert set(targets) == {"time_ratio", "memory_ratio", "memory_vs_n"}
+    assert {i["num_seqs"] for i in targets["time_ratio"]["items"]} == {2, 4}
+    assert targets["memory_vs_n"]["items"][0]["num_seqs"] == [2, 4]
+
+
+def test_benchmark_tiny_in_process(tmp_path, capsys):
+    out = tmp_path / "measure-cpu.json"
+    # the cache of N=4 (32 KiB of patterns) exceeds the limit and is skipped, N=2 (16 KiB) runs
+    rc = bench_measure.main([*TINY, "--isolation", "none", "--max-cache-gb", "0.00003", "--json", str(out)])
+    assert rc == 0
+    doc = read_json(out)
+    _check_document(doc, list(bench_measure.METHODS), skipped={("cache", 4)})
+    assert doc["settings"]["isolation"] == "none"
+    printed = capsys.readouterr().out
+    assert "cache/measure peak" in printed and "forward_materialized" in printed and str(out) in printed
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path):
+    out = tmp_path / "x.json"
+    with pytest.raises(SystemExit):
+        bench_measure.main(["--models", "3x10x4", "--json", str(out)])  # d_model not divisible by heads
+    with pytest.raises(SystemExit):
+        bench_measure.main(["--methods", "forward,nope", "--json", str(out)])
+    with pytest.raises(SystemExit, match="seq-lens"):
+        bench_measure.main(["--seq-lens", "1,16", "--json", str(out)])
+    assert not out.exists()
+
+
+def test_cache_way_matches_measure_on_a_sinking_model():
+    """The independent cache-then-reduce code agrees with measure on a tiny model with real sinks."""
+    import numpy as np
+    import torch
+
+    from sinkinterp.measure import measure
+    from sinkinterp.models.testing import tiny_model
+
+    model = tiny_model("rotary")
+    tokens = torch.randint(0, model.cfg.d_vocab, (5, 12), generator=torch.Generator().manual_seed(3))
+    report = measure(model, tokens, batch_size=2, norms=False, qk_heads="none")
+    cached = bench_measure.cache_then_reduce(model, tokens, 2, 0.3, eps_grid=list(report.eps_grid))
+    np.testing.assert_allclose(cached["alpha_by_key"], report.alpha_by_key, atol=1e-12)
+    np.testing.assert_array_equal(cached["sink1_by_eps"], report.sink1_by_eps)
+    assert cached["sink1_pct"] == pytest.approx(report.sink1_pct, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_benchmark_tiny_fresh_processes(tmp_path):
+    """The default CPU mode (each row in a fresh process) through the command line; ~1 min of imports."""
+    out = tmp_path / "measure-cpu.json"
+    methods = ["forward", "measure", "cache"]
+    res = subprocess.run([sys.executable, "benchmarks/bench_measure.py", *TINY, "--methods", ",".join(methods),
+                          "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    _check_document(doc, methods)
+    assert doc["settings"]["isolation"] == "process"
+    assert all("clear_refs" in r["memory_meter"] or "ru_maxrss" in r["memory_meter"] for r in doc["rows"])
+
+
+def test_resume_reuses_finished_rows(tmp_path):
+    out = tmp_path / "measure-cpu.json"
+    first = ["--isolation", "none", "--json", str(out)]
+    assert bench_measure.main([*TINY, *first, "--methods", "forward,measure"]) == 0
+    before = {(r["method"], r["num_seqs"]): r["times_s"] for r in read_json(out)["rows"]}
+    assert bench_measure.main([*TINY, *first, "--methods", "forward,measure,cache", "--resume"]) == 0
+    doc = read_json(out)
+    rows = {(r["method"], r["num_seqs"]): r for r in doc["rows"]}
+    assert set(rows) == {(m, n) for m in ("forward", "measure", "cache") for n in (2, 4)}
+    for key, times in before.items():  # reused as they were, derived ratios recomputed
+        assert rows[key]["resumed"] and rows[key]["times_s"] == times and "ratio_to_forward" in rows[key]
+    assert not rows[("cache", 2)].get("resumed") and rows[("cache", 2)]["status"] == "ok"
+    assert "--methods forward,measure" in doc["provenance"]["resumed_commands"][0]
+    # other settings: refuse instead of mixing rows measured differently
+    with pytest.raises(SystemExit, match="batch_size"):
+        bench_measure.main([*TINY, *first, "--batch-size", "4", "--resume"])
