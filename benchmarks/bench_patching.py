@@ -1,0 +1,271 @@
+"""Benchmark: sinkinterp's batched activation patching against transformer_lens.patching's per-cell
+functions, on the same model, clean/corrupted pair and metric.
+
+For each model and sweep, both ways compute the full grid of metric values, and the grids must agree
+(a row whose values differ is recorded as failed: a faster wrong answer is no result). Sweeps (the
+TransformerLens function, our component and axes):
+
+* ``resid_pre``: ``get_act_patch_resid_pre``, [layer, pos].
+* ``k_by_pos``: ``get_act_patch_attn_head_k_by_pos``, [layer, pos, head].
+* ``v_all_pos``: ``get_act_patch_attn_head_v_all_pos``, [layer, head].
+* ``pattern_all_pos``: ``get_act_patch_attn_head_pattern_all_pos``, [layer, head].
+
+Time of one full sweep, including what each way needs from the clean run (``run_with_cache`` for
+TransformerLens, ``patching.capture`` plus the clean and corrupted metric for us). Models are
+randomly initialised (the time of a forward pass does not depend on the weights): our
+``SinkTransformer`` (``--kinds sink``) and TransformerLens' own ``HookedTransformer`` (``--kinds
+hooked``, TransformerLens 3.x), both LLaMA-sized alike (``LxDxH``, d_mlp = 4 d_model for GELU, RoPE +
+RMSNorm + SwiGLU for ours).
+
+Run ``python benchmarks/bench_patching.py --help``; see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.common import REPO_ROOT, machine_info, provenance_info, sync  # noqa: E402
+
+__all__ = ["main", "SWEEPS", "KINDS", "MODEL_PRESETS", "build_model", "run_sweep"]
+
+SCHEMA_VERSION = 1
+# TransformerLens function, our component, our patch() keyword arguments
+SWEEPS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "resid_pre": ("get_act_patch_resid_pre", "resid_pre", {}),
+    "k_by_pos": ("get_act_patch_attn_head_k_by_pos", "k", {}),
+    "v_all_pos": ("get_act_patch_attn_head_v_all_pos", "v", {"by_pos": False}),
+    "pattern_all_pos": ("get_act_patch_attn_head_pattern_all_pos", "pattern", {"by_pos": False}),
+}
+KINDS = ("sink", "hooked")
+MODEL_PRESETS = {"tiny": (2, 32, 4), "12l": (12, 256, 8), "12l-wide": (12, 768, 12)}
+TARGET_SPEEDUP = 5.0  # issue 6: batched patching >= 5x the per-cell functions on a 12-layer model
+ATOL, RTOL = 1e-4, 1e-4  # float32 models: batched and per-cell passes sum in different orders
+
+
+def _parse_model(spec: str) -> tuple[int, int, int]:
+    if spec in MODEL_PRESETS:
+        return MODEL_PRESETS[spec]
+    try:
+        L, D, H = (int(p) for p in spec.lower().split("x"))
+        if min(L, D, H) < 1 or D % H:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"--models: {spec!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor 'LxDxH' "
+                         "(n_layers x d_model x n_heads, d_model divisible by n_heads)") from None
+    return L, D, H
+
+
+def _names(flag: str, text: str, allowed: Sequence[str]) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in allowed]
+    if not values or bad:
+        raise SystemExit(f"{flag}: unknown {bad or 'empty list'}; allowed values are {list(allowed)}")
+    return values
+
+
+def build_model(kind: str, spec: str, *, d_vocab: int, n_ctx: int, seed: int = 0,
+                init_std: float | None = None) -> Any:
+    """A randomly initialised float32 model in eval mode (``init_std``: the weights' standard
+    deviation; None: each library's default)."""
+    L, D, H = _parse_model(spec)
+    std = {} if init_std is None else {"init_std": init_std}
+    if kind == "sink":
+        from sinkinterp.models import ModelConfig, SinkTransformer
+
+        torch.manual_seed(seed)
+        return SinkTransformer(ModelConfig(n_layers=L, d_model=D, n_heads=H, d_vocab=d_vocab, n_ctx=n_ctx,
+                                           seed=seed, **std)).eval()
+    from sinkinterp import tl_adapter
+
+    return tl_adapter.hooked_transformer_from_config(
+        n_layers=L, d_model=D, n_heads=H, d_head=D // H, d_mlp=4 * D, d_vocab=d_vocab, n_ctx=n_ctx,
+        act_fn="gelu", normalization_type="LN", seed=seed,
+        **({} if init_std is None else {"initializer_range": init_std})).eval()
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def run_sweep(model: Any, clean: torch.Tensor, corrupted: torch.Tensor, sweep: str, *, batch_rows: int,
+              methods: Sequence[str]) -> dict[str, Any]:
+    """Both ways of one sweep: seconds, number of cells, and whether their grids agree."""
+    from sinkinterp import patching, tl_adapter
+
+    tl_name, comp, kwargs = SWEEPS[sweep]
+    device = next(model.parameters()).device
+    metric = patching.loss_metric(clean)
+    row: dict[str, Any] = {"sweep": sweep, "tl_function": tl_name, "component": comp}
+    grids = {}
+    if "ours" in methods:
+        res, secs = _timed(lambda: patching.patch(model, clean, corrupted, comp, metric, batch_rows=batch_rows,
+                                                  **kwargs), device)
+        grids["ours"] = res.values
+        row.update(ours_s=secs, cells=int(res.values.size), shape=list(res.values.shape))
+    if "tl" in methods:
+        def per_cell() -> np.ndarray:
+            _, cache = model.run_with_cache(clean)
+            with torch.no_grad():
+                return getattr(tl_adapter.patching, tl_name)(model, corrupted, cache, metric).cpu().numpy()
+
+        grids["tl"], row["tl_s"] = _timed(per_cell, device)
+        row.setdefault("cells", int(grids["tl"].size))
+        row.setdefault("shape", list(grids["tl"].shape))
+    if len(grids) == 2:
+        diff = float(np.max(np.abs(grids["ours"] - grids["tl"])))
+        row["max_abs_diff"] = diff
+        row["agree"] = bool(np.allclose(grids["ours"], grids["tl"], atol=ATOL, rtol=RTOL))
+        row["speedup"] = row["tl_s"] / row["ours_s"]
+        row["status"] = "ok" if row["agree"] else "failed"
+        if not row["agree"]:
+            row["reason"] = f"grids differ: max |ours - tl| = {diff:.3g} > atol {ATOL} (rtol {RTOL})"
+    else:
+        row["status"] = "ok"
+    row["value_range"] = [float(np.min(next(iter(grids.values())))), float(np.max(next(iter(grids.values()))))]
+    return row
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'kind':7} {'model':9} {'T':>5} {'N':>4} {'sweep':16} {'cells':>6} {'tl s':>9} {'ours s':>9} " \
+           f"{'speedup':>8} {'max|diff|':>10} status"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        f = lambda k, fmt: format(r[k], fmt) if k in r else "-"  # noqa: E731
+        lines.append(f"{r['kind']:7} {r['model']:9} {r['seq_len']:>5} {r['num_seqs']:>4} {r['sweep']:16} "
+                     f"{r.get('cells', '-'):>6} {f('tl_s', '9.2f'):>9} {f('ours_s', '9.2f'):>9} "
+                     f"{f('speedup', '7.1f') + ('x' if 'speedup' in r else ''):>8} {f('max_abs_diff', '10.1e'):>10} "
+                     f"{r['status']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench_patching.py",
+        description="Batched activation patching (sinkinterp.patching) vs transformer_lens.patching's "
+                    "per-cell functions: time of full sweeps, and the grids must agree.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--kinds", default="sink,hooked", help=f"comma-separated model kinds {list(KINDS)}")
+    p.add_argument("--models", default="12l", help=f"comma-separated presets {MODEL_PRESETS} or LxDxH")
+    p.add_argument("--sweeps", default=",".join(SWEEPS), help=f"comma-separated {list(SWEEPS)}")
+    p.add_argument("--methods", default="ours,tl", help="comma-separated: ours, tl")
+    p.add_argument("--seq-len", type=int, default=16, help="T of the clean and corrupted prompts")
+    p.add_argument("--num-seqs", type=int, default=4, help="N prompts in the batch")
+    p.add_argument("--batch-rows", type=int, default=64,
+                   help="our passes hold max(1, batch_rows // N) cells' copies of the corrupted batch")
+    p.add_argument("--d-vocab", type=int, default=8192)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-std", type=float, default=None,
+                   help="standard deviation of the random weights (default: each library's own); larger "
+                        "values make the cells' metric values differ more, which makes the agreement check "
+                        "stricter, without changing the time")
+    p.add_argument("--json", type=Path, default=None,
+                   help="where to write results (default benchmarks/results/patching-<device>.json)")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from sinkinterp.fileio import write_json
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    kinds = _names("--kinds", args.kinds, KINDS)
+    sweeps = _names("--sweeps", args.sweeps, tuple(SWEEPS))
+    methods = _names("--methods", args.methods, ("ours", "tl"))
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise SystemExit("--models: empty list")
+    for m in models:
+        _parse_model(m)
+    for flag, v, lo in (("--seq-len", args.seq_len, 2), ("--num-seqs", args.num_seqs, 1),
+                        ("--batch-rows", args.batch_rows, 1), ("--d-vocab", args.d_vocab, 2)):
+        if v < lo:
+            raise SystemExit(f"{flag} must be >= {lo}, got {v}")
+    if args.init_std is not None and not args.init_std > 0:
+        raise SystemExit(f"--init-std must be > 0, got {args.init_std}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    threads_before = torch.get_num_threads()
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return _run(args, argv, kinds, models, sweeps, methods)
+    finally:  # run in-process (tests), the caller keeps its thread count
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: argparse.Namespace, argv: list[str], kinds: list[str], models: list[str], sweeps: list[str],
+         methods: list[str]) -> int:
+    from sinkinterp.fileio import write_json
+
+    device = torch.device(args.device)
+    out = args.json or REPO_ROOT / "benchmarks" / "results" / f"patching-{device.type}.json"
+
+    g = torch.Generator().manual_seed(args.seed)
+    clean = torch.randint(0, args.d_vocab, (args.num_seqs, args.seq_len), generator=g).to(device)
+    corrupted = clean.clone()
+    corrupted[:, 0] = torch.randint(0, args.d_vocab, (args.num_seqs,), generator=g).to(device)  # a new first token
+
+    doc: dict[str, Any] = {
+        "benchmark": "patching", "schema_version": SCHEMA_VERSION,
+        "description": "full patching sweeps: sinkinterp.patching.patch (batched) vs transformer_lens.patching "
+                       "per-cell functions; seconds include the clean run each way needs; grids must agree",
+        "provenance": provenance_info(["benchmarks/bench_patching.py", *argv]),
+        "machine": machine_info(device),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "corruption": "the first token of every prompt replaced by a random token",
+        "rows": [], "targets": [],
+    }
+    for kind in kinds:
+        for spec in models:
+            model = build_model(kind, spec, d_vocab=args.d_vocab, n_ctx=max(args.seq_len, 16), seed=args.seed,
+                                init_std=args.init_std).to(device)
+            n_params = sum(p.numel() for p in model.parameters())
+            for sweep in sweeps:
+                base = {"kind": kind, "model": spec, "n_params": n_params, "seq_len": args.seq_len,
+                        "num_seqs": args.num_seqs, "batch_rows": args.batch_rows}
+                if not args.quiet:
+                    print(f"[bench_patching] {kind} {spec} {sweep} ...", file=sys.stderr, flush=True)
+                try:
+                    row = {**base, **run_sweep(model, clean, corrupted, sweep, batch_rows=args.batch_rows,
+                                               methods=methods)}
+                except Exception as err:  # noqa: BLE001 - record and go on with the next row
+                    row = {**base, "sweep": sweep, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
+                doc["rows"].append(row)
+                write_json(out, doc)
+            del model
+    for r in doc["rows"]:
+        if "speedup" in r and _parse_model(r["model"])[0] >= 12:
+            doc["targets"].append({"id": "speedup_12_layers", "kind": r["kind"], "model": r["model"],
+                                   "sweep": r["sweep"], "value": r["speedup"], "target": TARGET_SPEEDUP,
+                                   "met": r["status"] == "ok" and r["speedup"] >= TARGET_SPEEDUP})
+    write_json(out, doc)
+    print(format_table(doc["rows"]))
+    for t in doc["targets"]:
+        print(f"target speedup >= {t['target']}x ({t['kind']} {t['model']} {t['sweep']}): "
+              f"{t['value']:.1f}x {'met' if t['met'] else 'NOT met'}")
+    print(f"results: {out}")
+    return 1 if any(r["status"] == "failed" for r in doc["rows"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

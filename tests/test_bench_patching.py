@@ -1,0 +1,64 @@
+"""The patching benchmark runs end to end at the tiniest settings, both ways agree, and the JSON holds
+what benchmarks/README.md promises. No timing assertions (performance claims live in docs/)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import bench_patching  # noqa: E402
+from sinkinterp.fileio import read_json  # noqa: E402
+
+TINY = ["--models", "tiny", "--seq-len", "6", "--num-seqs", "2", "--d-vocab", "50", "--threads", "1", "--init-std", "0.3",
+        "--quiet"]
+
+
+def test_both_ways_agree_on_every_sweep_and_model_kind(tmp_path, capsys):
+    out = tmp_path / "patching.json"
+    assert bench_patching.main([*TINY, "--batch-rows", "8", "--json", str(out)]) == 0
+    doc = read_json(out)
+    assert doc["benchmark"] == "patching" and doc["schema_version"] == bench_patching.SCHEMA_VERSION
+    assert "--seq-len" in doc["provenance"]["command"] and doc["machine"]["cpu_count"] >= 1
+    rows = doc["rows"]
+    assert [(r["kind"], r["sweep"]) for r in rows] == [(k, s) for k in bench_patching.KINDS
+                                                       for s in bench_patching.SWEEPS]
+    expected_cells = {"resid_pre": 2 * 6, "k_by_pos": 2 * 6 * 4, "v_all_pos": 2 * 4, "pattern_all_pos": 2 * 4}
+    for r in rows:
+        assert r["status"] == "ok" and r["agree"], r
+        assert r["cells"] == expected_cells[r["sweep"]]
+        assert r["tl_s"] > 0 and r["ours_s"] > 0 and r["speedup"] > 0
+        assert r["max_abs_diff"] <= bench_patching.ATOL
+        lo, hi = r["value_range"]
+        assert hi - lo > 1e-4  # the cells differ: the agreement is not between two constant grids
+    assert doc["targets"] == []  # the target is for 12-layer models only
+    printed = capsys.readouterr().out
+    assert "speedup" in printed and str(out) in printed
+
+
+def test_only_our_way(tmp_path):
+    out = tmp_path / "patching.json"
+    assert bench_patching.main([*TINY, "--kinds", "sink", "--sweeps", "k_by_pos", "--methods", "ours",
+                                "--json", str(out)]) == 0
+    (row,) = read_json(out)["rows"]
+    assert row["status"] == "ok" and "tl_s" not in row and "speedup" not in row and row["shape"] == [2, 6, 4]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "3x10x4"], "--models"),
+    (["--sweeps", "k_by_pos,nope"], "--sweeps"),
+    (["--kinds", "bridge"], "--kinds"),
+    (["--seq-len", "1"], "--seq-len"),
+    (["--batch-rows", "0"], "--batch-rows"),
+    (["--init-std", "0"], "--init-std"),
+])
+def test_bad_arguments_fail_before_any_work(tmp_path, args, message):
+    out = tmp_path / "x.json"
+    with pytest.raises(SystemExit, match=message):
+        bench_patching.main([*args, "--json", str(out)])
+    assert not out.exists()
