@@ -264,6 +264,16 @@ def run_cells(
     tokens = tokens.to(device)
     b = tokens.shape[0]
     per_pass = max(1, batch_rows // b)
+    # Start each pass at its first edited layer: the blocks before it compute the same residual
+    # stream for every copy, taken once from the unedited run (not with extra hooks, which may need
+    # the earlier layers, nor for edits outside the blocks, such as pos_embed).
+    start_from = None if extra_hooks or any("{l}" not in c.hook for c, _ in comps) else _start_fn(model)
+    resid_at: dict[int, Tensor] = {}
+    if start_from is not None:
+        starts = sorted({min(c.layer for c in cells[i:i + per_pass]) for i in range(0, len(cells), per_pass)} - {0})
+        if starts:
+            captured = capture(model, tokens, [f"blocks.{l}.hook_resid_pre" for l in starts])
+            resid_at = {l: captured[f"blocks.{l}.hook_resid_pre"].to(device) for l in starts}
     chunks: Iterable[int] = range(0, len(cells), per_pass)
     if progress:
         from tqdm.auto import tqdm
@@ -275,11 +285,23 @@ def run_cells(
             chunk = list(cells[start:start + per_pass])
             n = len(chunk)
             hooks = list(extra_hooks) + edit_hooks(model, comps, chunk, n_copies=n)
+            first = min(c.layer for c in chunk)
             with tl_adapter.attached_hooks(model, hooks):
-                logits = model(tokens.repeat(n, 1))
+                if first in resid_at:
+                    logits = start_from(tokens.repeat(n, 1), first, resid_at[first].repeat(n, 1, 1))
+                else:
+                    logits = model(tokens.repeat(n, 1))
             for i in range(n):
                 out[start + i] = float(metric(logits[i * b:(i + 1) * b]))
     return out
+
+
+def _start_fn(model: Any) -> Callable[[Tensor, int, Tensor], Tensor] | None:
+    """``f(tokens, layer, resid) -> logits`` running ``model`` from block ``layer`` on the residual
+    stream ``resid`` entering it, or None where the model cannot (then every pass runs in full)."""
+    if getattr(model, "can_start_at_layer", False):
+        return lambda toks, layer, resid: model(toks, start_at_layer=layer, resid=resid)
+    return tl_adapter.start_at_layer_fn(model)
 
 
 class _eval_mode:

@@ -160,6 +160,21 @@ def hooked_transformer_from_config(**cfg_kwargs: Any) -> Any:
     return HookedTransformer(HookedTransformerConfig(**cfg_kwargs))
 
 
+def start_at_layer_fn(model: Any) -> Callable[[Any, int, Any], Any] | None:
+    """For a ``HookedTransformer`` (TransformerLens 3.x): ``f(tokens, layer, resid) -> logits`` that
+    runs the blocks from ``layer`` on, starting from the residual stream ``resid`` entering it
+    (TransformerLens' ``start_at_layer``). None for every other model (bridges run in full) and for
+    configurations where the embedding does more than start the residual stream (shortformer
+    positions, which are added again in every layer)."""
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError:  # pragma: no cover - 4.x
+        return None
+    if not isinstance(model, HookedTransformer) or model.cfg.positional_embedding_type == "shortformer":
+        return None
+    return lambda tokens, layer, resid: model(resid, start_at_layer=layer, tokens=tokens)
+
+
 def __getattr__(name: str) -> Any:
     if name == "patching":
         import transformer_lens.patching as _patching

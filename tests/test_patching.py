@@ -7,7 +7,7 @@ import torch
 
 from sinkinterp import patching, tl_adapter
 from sinkinterp.models import SinkTransformer
-from sinkinterp.models.testing import tiny_config
+from sinkinterp.models.testing import VARIANTS, tiny_config
 
 tlp = tl_adapter.patching
 
@@ -80,6 +80,64 @@ def test_chunking_does_not_change_results(model, pair):
     one = patching.patch(model, clean, corrupted, "v", metric, by_pos=False, batch_rows=1)  # a cell per pass
     many = patching.patch(model, clean, corrupted, "v", metric, by_pos=False, batch_rows=1000)
     np.testing.assert_allclose(one.values, many.values, atol=1e-12)
+
+
+def _embed_calls(model):
+    calls = []
+    model.hook_embed.add_hook(lambda act, hook: calls.append(act.shape[0]))
+    return calls
+
+
+@pytest.mark.parametrize("variant", ["rotary", "learned", "post_norm", "kv", "sink_logit", "alibi"])
+def test_passes_start_at_the_patched_layer_with_the_same_results(pair, variant, monkeypatch):
+    """Each pass runs from its first edited layer on the unedited residual stream: the blocks before
+    it are skipped (the embedding runs only for the clean/corrupted runs and one capture) and the
+    grid equals full passes."""
+    m = SinkTransformer(tiny_config(n_layers=3, **VARIANTS[variant])).double().eval()
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    calls = _embed_calls(m)
+    fast = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 8)  # 8 cells per pass, 3 passes per layer
+    n_full = sum(1 for c in calls if c > clean.shape[0])
+    m.reset_hooks()
+    assert m.can_start_at_layer and n_full == 3  # only the layer-0 passes embed the stacked copies
+    monkeypatch.setattr(patching, "_start_fn", lambda model: None)
+    slow = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 8)
+    np.testing.assert_allclose(fast.values, slow.values, rtol=1e-10, atol=1e-10)
+    assert np.ptp(fast.values[1:]) > 1e-3
+
+
+def test_sink_token_models_run_every_pass_in_full(pair):
+    m = SinkTransformer(tiny_config(n_layers=3, **VARIANTS["sink_token"])).double().eval()
+    assert not m.can_start_at_layer
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    calls = _embed_calls(m)
+    res = patching.patch(m, clean, corrupted, "v", metric, by_pos=False, batch_rows=3 * 4)
+    m.reset_hooks()
+    assert sum(1 for c in calls if c > clean.shape[0]) == 3  # one full pass per layer
+    _, cache = m.run_with_cache(clean)
+    ref = tlp.get_act_patch_attn_head_v_all_pos(m, corrupted, cache, metric).numpy()
+    np.testing.assert_allclose(res.values, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_start_at_layer_forward(model):
+    tokens = _tokens(2)
+    full, cache = model.run_with_cache(tokens)
+    for layer in range(model.cfg.n_layers):
+        out = model(tokens, start_at_layer=layer, resid=cache[f"blocks.{layer}.hook_resid_pre"])
+        torch.testing.assert_close(out, full, rtol=1e-10, atol=1e-10)
+    resid = cache["blocks.1.hook_resid_pre"]
+    with pytest.raises(ValueError, match="start_at_layer and resid"):
+        model(tokens, start_at_layer=1)
+    with pytest.raises(ValueError, match="start_at_layer: expected an integer in 0..1"):
+        model(tokens, start_at_layer=2, resid=resid)
+    # (under the test suite's run-time type checker, jaxtyping names resid first)
+    with pytest.raises((ValueError, TypeError), match="resid"):
+        model(tokens, start_at_layer=1, resid=resid[:, :-1])
+    sink = SinkTransformer(tiny_config(**VARIANTS["sink_token"])).double()
+    with pytest.raises(ValueError, match="sink-token models"):
+        sink(tokens, start_at_layer=1, resid=resid)
 
 
 def test_patching_everything_at_layer_zero_restores_the_clean_run(model, pair):

@@ -328,12 +328,21 @@ class SinkTransformer(HookedRootModule):
         tokens: Int[Tensor, "batch pos"],
         return_type: str | None = "logits",
         loss_mask: Tensor | None = None,
+        *,
+        start_at_layer: int | None = None,
+        resid: Float[Tensor, "batch pos d_model"] | None = None,
     ):
         """Logits [batch, pos, d_vocab] for token ids [batch, pos] (no BOS is added).
 
         ``return_type``: "logits", "loss" (mean next-token cross entropy; a prefix LM counts only
         targets after the prefix), "both" (a (logits, loss) tuple) or None. ``loss_mask``: optional
         [batch, pos] weights of the target tokens.
+
+        ``start_at_layer`` (with ``resid``, the residual stream entering that block, as
+        ``blocks.{start_at_layer}.hook_resid_pre`` sees it): skip the embedding and the blocks
+        before it, as TransformerLens' ``start_at_layer`` does (activation patching starts each
+        pass at the patched layer this way). ``tokens`` still give the shape and the loss targets.
+        Not for sink-token models, whose sink state would also have to be passed.
         """
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(
@@ -349,15 +358,20 @@ class SinkTransformer(HookedRootModule):
         if return_type in ("loss", "both") and n_pos < 2:
             raise ValueError("tokens: a loss needs at least 2 positions")
 
-        x = self.hook_embed(self.embed(tokens))
-        if hasattr(self, "pos_embed"):
-            pe = self.pos_embed(n_pos, x.dtype, x.device)
-            x = x + self.hook_pos_embed(pe.unsqueeze(0).expand(batch, n_pos, -1))
+        first = 0
+        if start_at_layer is not None or resid is not None:
+            first = self._check_start(start_at_layer, resid, batch, n_pos)
+            x = resid
+        else:
+            x = self.hook_embed(self.embed(tokens))
+            if hasattr(self, "pos_embed"):
+                pe = self.pos_embed(n_pos, x.dtype, x.device)
+                x = x + self.hook_pos_embed(pe.unsqueeze(0).expand(batch, n_pos, -1))
         ctx = build_context(self.cfg, n_pos, x.device, x.dtype)
         sink = None
         if self.cfg.attn_bias == "sink_token" and self.cfg.has_slot:
             sink = self.W_sink.view(1, 1, -1)
-        for block in self.blocks:
+        for block in self.blocks[first:]:
             x, sink = block(x, ctx, sink)
         logits = self.unembed(self.ln_final(x))
 
@@ -367,6 +381,26 @@ class SinkTransformer(HookedRootModule):
             return None
         loss = next_token_loss(logits, tokens, self.cfg.prefix_len, loss_mask)
         return loss if return_type == "loss" else (logits, loss)
+
+    @property
+    def can_start_at_layer(self) -> bool:
+        """Whether ``forward(..., start_at_layer=, resid=)`` applies (all but sink-token models)."""
+        return not (self.cfg.attn_bias == "sink_token" and self.cfg.has_slot)
+
+    def _check_start(self, start_at_layer: int | None, resid: Tensor | None, batch: int, n_pos: int) -> int:
+        if start_at_layer is None or resid is None:
+            raise ValueError("start_at_layer and resid: give both (the residual stream entering that block) or neither")
+        if isinstance(start_at_layer, bool) or not isinstance(start_at_layer, int) \
+                or not 0 <= start_at_layer < self.cfg.n_layers:
+            raise ValueError(f"start_at_layer: expected an integer in 0..{self.cfg.n_layers - 1}, got {start_at_layer!r}")
+        if self.cfg.attn_bias == "sink_token" and self.cfg.has_slot:
+            raise ValueError("start_at_layer: not supported for sink-token models (the sink token's own "
+                             "residual stream would also have to be passed)")
+        want = (batch, n_pos, self.cfg.d_model)
+        if not isinstance(resid, Tensor) or tuple(resid.shape) != want or not resid.is_floating_point():
+            raise ValueError(f"resid: expected a float tensor of shape {want}, got "
+                             f"{tuple(resid.shape) if isinstance(resid, Tensor) else type(resid).__name__}")
+        return start_at_layer
 
     # ---------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:
