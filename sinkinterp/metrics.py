@@ -41,6 +41,9 @@ def _accum_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+_ALPHA_BLOCK = 256  # query rows per block of alpha_from_pattern for long sequences
+
+
 def alpha_from_pattern(
     pattern: Float[Tensor, "*batch query_pos key_pos"],
 ) -> Float[Tensor, "*batch key_pos"]:
@@ -56,8 +59,19 @@ def alpha_from_pattern(
         )
     t = pattern.shape[-1]
     dtype = _accum_dtype(pattern)
-    visible = torch.ones(t, t, dtype=torch.bool, device=pattern.device).tril()  # [t, k]: t >= k
-    col_sums = pattern.to(dtype).masked_fill(~visible, 0.0).sum(dim=-2)
+    if t <= _ALPHA_BLOCK:
+        visible = torch.ones(t, t, dtype=torch.bool, device=pattern.device).tril()  # [t, k]: t >= k
+        col_sums = pattern.to(dtype).masked_fill(~visible, 0.0).sum(dim=-2)
+    else:
+        # By blocks of query rows: the part left of the block's diagonal square is summed as a view
+        # (no copy, nothing above the diagonal is read), only the square itself is masked. For long
+        # sequences this reads half the pattern once instead of copying all of it.
+        col_sums = torch.zeros((*pattern.shape[:-2], t), dtype=dtype, device=pattern.device)
+        for a in range(0, t, _ALPHA_BLOCK):
+            b = min(a + _ALPHA_BLOCK, t)
+            if a:
+                col_sums[..., :a] += pattern[..., a:b, :a].sum(dim=-2, dtype=dtype)
+            col_sums[..., a:b] += torch.tril(pattern[..., a:b, a:b]).to(dtype).sum(dim=-2)
     n_queries = torch.arange(t, 0, -1, device=pattern.device, dtype=dtype)  # T - k queries see k
     return col_sums / n_queries
 

@@ -71,3 +71,17 @@ def test_proxy_scores_normalize_rows_and_handle_negative_similarity():
 def test_check_eps_rejects_values_outside_open_interval(bad):
     with pytest.raises(ValueError, match="eps"):
         check_eps(bad)
+
+
+@pytest.mark.parametrize("t", [257, 600])
+def test_alpha_of_long_sequences_by_blocks_equals_the_definition(t):
+    """Above 256 positions alpha is summed by blocks of query rows without copying the pattern:
+    the same values, and entries above the diagonal are still ignored."""
+    g = torch.Generator().manual_seed(t)
+    p = torch.rand(2, 3, t, t, generator=g, dtype=torch.float64).softmax(-1)
+    p[..., :5, 200:] = 0.9  # above the diagonal (prefix-LM style): must not count
+    expected = torch.stack([p[..., k:, k].sum(-1) / (t - k) for k in range(t)], dim=-1)
+    torch.testing.assert_close(alpha_from_pattern(p), expected, rtol=1e-12, atol=1e-12)
+    f32 = alpha_from_pattern(p.float())
+    assert f32.dtype == torch.float32
+    torch.testing.assert_close(f32.double(), expected, rtol=1e-5, atol=1e-6)

@@ -530,10 +530,11 @@ class Attention(nn.Module):
     def _attend_observed(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext) -> Tensor:
         """Materialized scores and pattern through the hook points (the reference path)."""
         op, eps = self.op, self.cfg.attn_eps
-        scores = _grouped_scores(q, k) * self.scale
+        # in place on the fresh product, before the hook: one T x T tensor until the pattern
+        scores = _grouped_scores(q, k).mul_(self.scale)
         if pos_bias is not None:
-            scores = scores + pos_bias.to(scores.dtype)
-        scores = self.hook_attn_scores(scores.masked_fill(~ctx.visible, float("-inf")))
+            scores.add_(pos_bias.to(scores.dtype))
+        scores = self.hook_attn_scores(scores.masked_fill_(~ctx.visible, float("-inf")))
         slot_scores = self._slot_scores(q, slot) if slot is not None else None
 
         if op.softmax:
