@@ -216,3 +216,23 @@ def test_sweep_cli(shards, tmp_path, capsys):
     assert all(s["status"] == "finished" and s["step"] == 3 for s in summary.values())
     assert "val_loss" in table.splitlines()[0] and table.splitlines()[2].startswith("kv")
     assert sweep_main([str(a), str(b), "--out", str(out), "--collect"]) == 0
+
+
+def test_held_out_windows_are_fixed_and_drawn_across_the_val_split(shards):
+    """Validation and sink-tracking windows are the same on every call (resume sees the same set) and
+    are not simply the first windows of the val split (which would all come from one block of text)."""
+    import dataclasses
+
+    import numpy as np
+
+    from sinkinterp.data.transforms import DataPipeline
+    from sinkinterp.train import trainer
+
+    cfg = tiny_train_config(shards, eval_batches=3)
+    first = trainer.held_out_batches(cfg)
+    assert first.shape == (3, cfg.data.batch_size, cfg.data.seq_len)
+    assert torch.equal(first, trainer.held_out_batches(cfg))
+    assert torch.equal(trainer.sink_tracking_tokens(cfg), trainer.sink_tracking_tokens(cfg))
+    in_order = DataPipeline(dataclasses.replace(trainer._val_config(cfg.data), sampling="sequential"))
+    sequential = torch.from_numpy(np.stack([in_order.batch_at(i) for i in range(3)]))
+    assert not torch.equal(first, sequential)

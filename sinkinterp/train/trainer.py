@@ -123,12 +123,14 @@ def _setup_distributed(cfg: TrainConfig) -> tuple[_Dist, torch.device]:
 
 
 def _val_config(data: DataConfig, **changes: Any) -> DataConfig:
-    return dataclasses.replace(data, split="val", sampling="sequential", max_train_tokens=None, **changes)
+    # windows drawn across the whole val split with the data seed (fixed for the run): with "sequential"
+    # a few thousand tokens would all come from the first validation block, i.e. one package's text
+    return dataclasses.replace(data, split="val", sampling="random", max_train_tokens=None, **changes)
 
 
 def held_out_batches(cfg: TrainConfig) -> torch.Tensor:
-    """The fixed validation set: ``[eval_batches, batch_size, seq_len]`` windows of the val split,
-    in order from its start, with the data transforms applied (the training distribution)."""
+    """The fixed validation set: ``[eval_batches, batch_size, seq_len]`` windows drawn across the val
+    split (seeded, the same for the whole run and its resumes), with the data transforms applied."""
     try:
         pipe = DataPipeline(_val_config(cfg.data))
     except ValueError as err:
