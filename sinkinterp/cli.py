@@ -47,6 +47,9 @@ def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool) -> None
     p.add_argument("--prepend-bos", action="store_true", help="put the tokenizer's BOS first (default: not added)")
     p.add_argument("--eps", type=_eps, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
     p.add_argument("--k-max", type=_int_at_least(1), default=None, help="report Sink_k for k = 1..K (default min(T, 10))")
+    p.add_argument("--first-keys", type=_int_at_least(1), default=None, metavar="K",
+                   help="alpha and Sink_k only for the first K key positions; on sinkinterp models attention "
+                        "then stays in the fused kernels (default: every key position)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=16)
     p.add_argument("--qk-heads", default="all", help="'all', 'none' or heads as L.H,L.H (q.k decomposition)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
@@ -113,6 +116,10 @@ def _precheck(args: argparse.Namespace, kind: str | None) -> tuple[Any, Any]:
     seq_len = tokens.shape[1] if tokens is not None else args.seq_len
     if args.k_max is not None and args.k_max > seq_len:
         raise UsageError(f"--k-max: k must be <= T = {seq_len}, got {args.k_max}")
+    if args.first_keys is not None and args.first_keys > seq_len:
+        raise UsageError(f"--first-keys: K must be <= T = {seq_len}, got {args.first_keys}")
+    if args.first_keys is not None and args.k_max is not None and args.k_max > args.first_keys:
+        raise UsageError(f"--k-max: k must be <= --first-keys = {args.first_keys}, got {args.k_max}")
     text = None
     if args.text:
         if kind not in (None, "natural"):
@@ -181,7 +188,7 @@ def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: An
     started = time.perf_counter()
     try:
         report = measure(lm.model, tokens, eps=args.eps, k_max=args.k_max, batch_size=args.batch_size,
-                         qk_heads=qk, progress=True)
+                         qk_heads=qk, first_keys=args.first_keys, progress=True)
     except ValueError as err:
         raise UsageError(str(err)) from None
     elapsed = time.perf_counter() - started
@@ -189,6 +196,7 @@ def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: An
     config.update({
         "inputs": "tokens" if getattr(args, "tokens", None) else kind,
         "k_max": report.k_max,
+        "first_keys": report.first_keys,
         "qk_heads": args.qk_heads,
         "seconds": round(elapsed, 3),
     })

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sinkinterp import tl_adapter
-from sinkinterp.metrics import alpha_bias_from_pattern, alpha_from_pattern, check_eps
+from sinkinterp.metrics import alpha_bias_from_pattern, alpha_from_columns, alpha_from_pattern, check_eps
 
 __all__ = ["measure", "SinkReport", "DEFAULT_EPS_GRID", "validate_tokens", "sweep_seq_len"]
 
@@ -33,7 +33,8 @@ class SinkReport:
     """Everything ``measure`` found, as numpy arrays; ``to_dict()`` gives the results.json form.
 
     Layers and heads index as in the model (0-based). ``alpha_by_key[l, h, k]`` is alpha_{k+1}
-    averaged over sequences; ``sink_pct[k]`` is Sink_{k+1}^eps in percent.
+    averaged over sequences; ``sink_pct[k]`` is Sink_{k+1}^eps in percent. The per-key arrays cover
+    all T keys, or the first ``first_keys`` when the measurement was restricted to them.
     """
 
     eps: float
@@ -43,8 +44,8 @@ class SinkReport:
     n_layers: int
     n_heads: int
     sink_pct: np.ndarray  # [k_max]
-    sink_pct_by_key: np.ndarray  # [T]: Sink_k^eps for every key position
-    alpha_by_key: np.ndarray  # [L, H, T]
+    sink_pct_by_key: np.ndarray  # [T] (or [first_keys]): Sink_k^eps for every key position measured
+    alpha_by_key: np.ndarray  # [L, H, T] (or [L, H, first_keys])
     head_sink_rate: np.ndarray  # [L, H]: percent of sequences in which the head sinks on token 1
     eps_grid: np.ndarray  # [E]
     sink1_by_eps: np.ndarray  # [E]
@@ -53,6 +54,7 @@ class SinkReport:
     sink_bias_by_eps: np.ndarray | None = None  # [E]
     norms: dict[str, Any] | None = None
     qk: dict[str, Any] | None = None
+    first_keys: int | None = None  # None: every key position was measured
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -77,6 +79,7 @@ class SinkReport:
             "seq_len": self.seq_len,
             "num_seqs": self.num_seqs,
             "k_max": self.k_max,
+            "first_keys": self.first_keys,
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "head_sink_rate": arr(self.head_sink_rate),
@@ -153,15 +156,18 @@ class _Accumulator:
     """Running sums filled by the hooks. Everything stays on the model's device until ``finish``."""
 
     def __init__(self, *, dims: dict[str, Any], seq_len: int, eps: float, eps_grid: Sequence[float],
-                 has_bias: bool, norms: bool, qk_layers: set[int], device: torch.device):
+                 has_bias: bool, norms: bool, qk_layers: set[int], device: torch.device,
+                 first_keys: int | None = None):
         L, H, T = dims["n_layers"], dims["n_heads"], seq_len
         self.L, self.H, self.T, self.eps = L, H, T, eps
+        self.first_keys = first_keys
+        n_keys = T if first_keys is None else first_keys  # key positions with an alpha
         self.group = H // dims["n_kv_heads"]
         f64 = dict(dtype=torch.float64, device=device)
         i64 = dict(dtype=torch.int64, device=device)
         self.grid = torch.tensor(list(eps_grid), **f64)
-        self.alpha_sum = torch.zeros(L, H, T, **f64)
-        self.head_counts = torch.zeros(L, H, T, **i64)  # sequences in which head sinks on key k
+        self.alpha_sum = torch.zeros(L, H, n_keys, **f64)
+        self.head_counts = torch.zeros(L, H, n_keys, **i64)  # sequences in which head sinks on key k
         self.grid_counts = torch.zeros(len(eps_grid), L, H, **i64)
         self.has_bias = has_bias
         if has_bias:
@@ -192,7 +198,20 @@ class _Accumulator:
                 f"[batch, {self.H}, {self.T}, {self.T}] (a model with extra attention slots must "
                 "report them through hook_bias_pattern, see docs/hook-contract.md)"
             )
-        alpha = alpha_from_pattern(pattern.detach())  # [b, H, T]
+        if self.first_keys is not None:
+            self.on_cols(layer, pattern[..., :self.first_keys])
+            return
+        self._add_alpha(layer, alpha_from_pattern(pattern.detach()))  # [b, H, T]
+
+    def on_cols(self, layer: int, cols: Float[Tensor, "batch head q n_keys"]) -> None:
+        """The first ``first_keys`` columns of the pattern (a model's read-only hook_pattern_cols)."""
+        expected = (self.H, self.T, self.first_keys)
+        if tuple(cols.shape[1:]) != expected:
+            raise RuntimeError(f"blocks.{layer}.attn pattern columns have shape {tuple(cols.shape)}; expected "
+                               f"[batch, {', '.join(map(str, expected))}]")
+        self._add_alpha(layer, alpha_from_columns(cols.detach()))
+
+    def _add_alpha(self, layer: int, alpha: Float[Tensor, "batch head n_keys"]) -> None:
         self.alpha_sum[layer] += alpha.sum(0).double()
         self.head_counts[layer] += (alpha > self.eps).sum(0)
         self.grid_counts[:, layer] += (alpha[None, :, :, 0] > self.grid[:, None, None]).sum(1)
@@ -246,15 +265,14 @@ class _Accumulator:
         self.qk["q_norm"][layer] += q.norm(dim=-1).mean(1).sum(0)
         self.qk["cos_q_k1"][layer] += (qn * kn[:, :1]).sum(-1).mean(1).sum(0)
         self.qk["logit_q_k1"][layer] += ((q * k[:, :1]).sum(-1) / math.sqrt(d_head)).mean(1).sum(0)
+        # mean over the pairs 2 <= s <= t of q_t . k_s = sum_t q_t . (k_2 + ... + k_t) / n_pairs:
+        # prefix sums over keys, O(T d) instead of a T x T map (keys 2..t only; query 1 has none)
         T = q.shape[1]
-        rest = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        rest[:, 0] = False  # keys 2..t only
-        n_pairs = rest.sum()
-        cos = torch.einsum("bthd,bshd->bhts", qn, kn)
-        self.qk["cos_q_krest"][layer] += (cos.masked_fill(~rest, 0).sum((-1, -2)) / n_pairs).sum(0)
-        del cos
-        logit = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(d_head)
-        self.qk["logit_q_krest"][layer] += (logit.masked_fill(~rest, 0).sum((-1, -2)) / n_pairs).sum(0)
+        n_pairs = T * (T - 1) / 2
+        cos_sum = (qn[:, 1:] * kn[:, 1:].cumsum(1)).sum((1, 3))  # [b, H]
+        self.qk["cos_q_krest"][layer] += (cos_sum / n_pairs).sum(0)
+        logit_sum = (q[:, 1:] * k[:, 1:].cumsum(1)).sum((1, 3)) / math.sqrt(d_head)
+        self.qk["logit_q_krest"][layer] += (logit_sum / n_pairs).sum(0)
 
     # ---- results -----------------------------------------------------------------------------
     def finish(self, k_max: int, qk_heads: list[tuple[int, int]]) -> SinkReport:
@@ -267,7 +285,7 @@ class _Accumulator:
         sink_by_key = cpu(self.head_counts.sum((0, 1)).double() / total * 100.0)
         report = SinkReport(
             eps=self.eps, seq_len=self.T, num_seqs=n, k_max=k_max, n_layers=self.L, n_heads=self.H,
-            sink_pct=sink_by_key[:k_max].copy(), sink_pct_by_key=sink_by_key,
+            sink_pct=sink_by_key[:k_max].copy(), sink_pct_by_key=sink_by_key, first_keys=self.first_keys,
             alpha_by_key=cpu(self.alpha_sum / n),
             head_sink_rate=cpu(self.head_counts[:, :, 0].double() / n * 100.0),
             eps_grid=cpu(self.grid),
@@ -323,6 +341,7 @@ def measure(
     batch_size: int = 8,
     norms: bool = True,
     qk_heads: QKHeads = "all",
+    first_keys: int | None = None,
     progress: bool = False,
 ) -> SinkReport:
     """Measure Sink_k^eps, per-head alpha, eps sweep, norms and the q.k decomposition.
@@ -332,11 +351,16 @@ def measure(
             sinkinterp model).
         tokens: token ids [num_seqs, seq_len], used exactly as given (no BOS is added here).
         eps: the sink threshold, in (0, 1); a head sinks on k when alpha_k > eps (strict).
-        k_max: report Sink_k for k = 1..k_max (default min(T, 10)); must be <= T.
+        k_max: report Sink_k for k = 1..k_max (default min(T, 10), or min(first_keys, 10)); must be
+            <= T (and <= first_keys).
         eps_grid: thresholds for the eps sweep of Sink_1 (and Sink_*), each in (0, 1).
         batch_size: sequences per forward pass; memory per pass is O(batch * L * H * T) kept.
         norms: also measure residual/key/value norms and the massive-activation ratio.
         qk_heads: "all", "none"/None, or a list of (layer, head) for the q.k decomposition.
+        first_keys: measure alpha and Sink_k only for the first ``first_keys`` key positions (the
+            per-key arrays then have that length). On a sinkinterp model this reads the read-only
+            ``hook_pattern_cols`` / ``hook_bias_col`` hooks, so attention stays in the fused kernels
+            and no T x T pattern is made; on other models it slices ``hook_pattern``. None: all keys.
         progress: show a progress bar over batches.
 
     Every hook is removed when the call returns, also on error.
@@ -346,10 +370,15 @@ def measure(
     grid = sorted({check_eps(e, "eps_grid entry") for e in eps_grid} | {eps})
     tokens = validate_tokens(tokens, dims["d_vocab"])
     n, T = tokens.shape
+    if first_keys is not None and (isinstance(first_keys, bool) or not isinstance(first_keys, int)
+                                   or not 1 <= first_keys <= T):
+        raise ValueError(f"first_keys must be None or an integer in [1, seq_len={T}], got {first_keys!r}")
+    n_keys = T if first_keys is None else first_keys
     if k_max is None:
-        k_max = min(T, 10)
-    if not isinstance(k_max, int) or not 1 <= k_max <= T:
-        raise ValueError(f"k_max must be an integer in [1, seq_len={T}], got {k_max!r}")
+        k_max = min(n_keys, 10)
+    if not isinstance(k_max, int) or not 1 <= k_max <= n_keys:
+        limit = f"seq_len={T}" if first_keys is None else f"first_keys={first_keys}"
+        raise ValueError(f"k_max must be an integer in [1, {limit}], got {k_max!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     n_ctx = dims["n_ctx"]
@@ -362,18 +391,22 @@ def measure(
         if f"blocks.{l}.attn.hook_pattern" not in names:
             raise ValueError(f"model has no hook blocks.{l}.attn.hook_pattern (see docs/hook-contract.md)")
     has_bias = "blocks.0.attn.hook_bias_pattern" in names
+    # a sinkinterp model's read-only column hooks keep its fused kernels (models/attention.py)
+    use_cols = first_keys is not None and "blocks.0.attn.hook_pattern_cols" in names and hasattr(model, "pattern_cols")
+    pattern_name, bias_name = ("hook_pattern_cols", "hook_bias_col") if use_cols else ("hook_pattern", "hook_bias_pattern")
     rot = "blocks.0.attn.hook_rot_k" in names
     q_name, k_name = ("hook_rot_q", "hook_rot_k") if rot else ("hook_q", "hook_k")
 
     device = _model_device(model)
     acc = _Accumulator(dims=dims, seq_len=T, eps=eps, eps_grid=grid, has_bias=has_bias, norms=norms,
-                       qk_layers={l for l, _ in heads}, device=device)
+                       qk_layers={l for l, _ in heads}, device=device, first_keys=first_keys)
+    on_pattern = acc.on_cols if use_cols else acc.on_pattern
 
     hooks: list[tuple[str, Any]] = []
     for l in range(L):
-        hooks.append((f"blocks.{l}.attn.hook_pattern", lambda x, hook, l=l: acc.on_pattern(l, x)))
+        hooks.append((f"blocks.{l}.attn.{pattern_name}", lambda x, hook, l=l: on_pattern(l, x)))
         if has_bias:
-            hooks.append((f"blocks.{l}.attn.hook_bias_pattern", lambda x, hook, l=l: acc.on_bias_pattern(l, x)))
+            hooks.append((f"blocks.{l}.attn.{bias_name}", lambda x, hook, l=l: acc.on_bias_pattern(l, x)))
         if norms:
             hooks.append((f"blocks.{l}.hook_resid_pre", lambda x, hook, l=l: acc.on_resid(l, x)))
             hooks.append((f"blocks.{l}.attn.hook_v", lambda x, hook, l=l: acc.on_value(l, x)))
@@ -393,14 +426,19 @@ def measure(
 
         batches = tqdm(batches, total=math.ceil(n / batch_size), desc="measure", unit="batch")
     was_training = getattr(model, "training", False)
+    old_cols = model.pattern_cols if use_cols else None
     model.eval()
     try:
+        if use_cols:
+            model.pattern_cols = first_keys
         with torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
             for batch in batches:
                 model(batch.to(device))
                 acc.num_seqs += batch.shape[0]
                 acc.stash.clear()
     finally:
+        if use_cols:
+            model.pattern_cols = old_cols
         if was_training:
             model.train()
     return acc.finish(k_max, heads)

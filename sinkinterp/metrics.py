@@ -19,6 +19,7 @@ from torch import Tensor
 
 __all__ = [
     "alpha_from_pattern",
+    "alpha_from_columns",
     "alpha_bias_from_pattern",
     "sink_rate",
     "proxy_scores",
@@ -58,21 +59,37 @@ def alpha_from_pattern(
             f"pattern must have shape [..., T, T] (queries x keys), got {tuple(pattern.shape)}"
         )
     t = pattern.shape[-1]
-    dtype = _accum_dtype(pattern)
     if t <= _ALPHA_BLOCK:
-        visible = torch.ones(t, t, dtype=torch.bool, device=pattern.device).tril()  # [t, k]: t >= k
-        col_sums = pattern.to(dtype).masked_fill(~visible, 0.0).sum(dim=-2)
-    else:
-        # By blocks of query rows: the part left of the block's diagonal square is summed as a view
-        # (no copy, nothing above the diagonal is read), only the square itself is masked. For long
-        # sequences this reads half the pattern once instead of copying all of it.
-        col_sums = torch.zeros((*pattern.shape[:-2], t), dtype=dtype, device=pattern.device)
-        for a in range(0, t, _ALPHA_BLOCK):
-            b = min(a + _ALPHA_BLOCK, t)
-            if a:
-                col_sums[..., :a] += pattern[..., a:b, :a].sum(dim=-2, dtype=dtype)
-            col_sums[..., a:b] += torch.tril(pattern[..., a:b, a:b]).to(dtype).sum(dim=-2)
+        return alpha_from_columns(pattern)
+    # By blocks of query rows: the part left of the block's diagonal square is summed as a view
+    # (no copy, nothing above the diagonal is read), only the square itself is masked. For long
+    # sequences this reads half the pattern once instead of copying all of it.
+    dtype = _accum_dtype(pattern)
+    col_sums = torch.zeros((*pattern.shape[:-2], t), dtype=dtype, device=pattern.device)
+    for a in range(0, t, _ALPHA_BLOCK):
+        b = min(a + _ALPHA_BLOCK, t)
+        if a:
+            col_sums[..., :a] += pattern[..., a:b, :a].sum(dim=-2, dtype=dtype)
+        col_sums[..., a:b] += torch.tril(pattern[..., a:b, a:b]).to(dtype).sum(dim=-2)
     n_queries = torch.arange(t, 0, -1, device=pattern.device, dtype=dtype)  # T - k queries see k
+    return col_sums / n_queries
+
+
+def alpha_from_columns(
+    cols: Float[Tensor, "*batch query_pos n_keys"],
+) -> Float[Tensor, "*batch n_keys"]:
+    """alpha_k for the first ``n_keys`` key positions from those columns of the pattern only
+    (``pattern[..., :n_keys]``, e.g. a model's ``hook_pattern_cols``): the mean of ``cols[t, k]`` over
+    queries ``t >= k``. Equal to ``alpha_from_pattern(pattern)[..., :n_keys]``."""
+    if cols.ndim < 2 or cols.shape[-1] > cols.shape[-2] or cols.shape[-1] < 1:
+        raise ValueError(
+            f"cols must have shape [..., T, K] with 1 <= K <= T (queries x first keys), got {tuple(cols.shape)}"
+        )
+    t, n = cols.shape[-2:]
+    dtype = _accum_dtype(cols)
+    visible = torch.ones(t, n, dtype=torch.bool, device=cols.device).tril()  # [t, k]: t >= k
+    col_sums = cols.to(dtype).masked_fill(~visible, 0.0).sum(dim=-2)
+    n_queries = torch.arange(t, t - n, -1, device=cols.device, dtype=dtype)  # T - k queries see k
     return col_sums / n_queries
 
 

@@ -35,6 +35,18 @@ def test_measure_random_writes_result_folder(tmp_path, capsys):
     assert "Sink_1" in stdout
 
 
+def test_measure_first_keys_equals_the_full_measurement(tmp_path, capsys):
+    base = ["measure", "--inputs", "random", "--seq-len", "12", "--num-seqs", "4", "--eps", "0.1", "--no-figures"]
+    assert run([*base, "--out", str(tmp_path / "full")], capsys)[0] == 0
+    assert run([*base, "--first-keys", "3", "--out", str(tmp_path / "first")], capsys)[0] == 0
+    full = json.loads((tmp_path / "full" / "results.json").read_text())
+    first = json.loads((tmp_path / "first" / "results.json").read_text())
+    assert first["first_keys"] == 3 and full["first_keys"] is None
+    assert first["sink_pct_by_key"] == full["sink_pct_by_key"][:3] and len(first["sink_pct"]) == 3
+    np.testing.assert_allclose(np.array(first["alpha_by_key"]), np.array(full["alpha_by_key"])[..., :3], atol=1e-7)
+    assert json.loads((tmp_path / "first" / "config.json").read_text())["first_keys"] == 3
+
+
 def test_tokens_file_used_exactly_and_rerun_reproduces(tmp_path, capsys):
     ids = np.random.default_rng(0).integers(0, 258, size=(5, 12))
     np.save(tmp_path / "ids.npy", ids)
@@ -78,6 +90,8 @@ def test_report_runs_three_input_kinds(tmp_path, capsys):
     (["--model", "missing.gguf"], "GGUF file not found"),
     (["--tokens", "missing.npy"], "tokens file not found"),
     (["--inputs", "random", "--k-max", "20", "--seq-len", "8"], "k must be <= T"),
+    (["--inputs", "random", "--first-keys", "9", "--seq-len", "8"], "--first-keys: K must be <= T"),
+    (["--inputs", "random", "--first-keys", "2", "--k-max", "3"], "k must be <= --first-keys = 2"),
     (["--inputs", "random", "--text", "x.txt"], "--text only applies"),
     (["--inputs", "natural", "--text", "missing.txt"], "text file not found"),
 ])

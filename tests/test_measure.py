@@ -200,6 +200,11 @@ def test_bad_arguments_rejected_before_running():
         measure(model, t, qk_heads=[(5, 0)])
     with pytest.raises(TypeError, match="hooked model"):
         measure(torch.nn.Linear(2, 2), t)
+    for bad in (0, 13, True):
+        with pytest.raises(ValueError, match="first_keys"):
+            measure(model, t, first_keys=bad)
+    with pytest.raises(ValueError, match=r"k_max .*first_keys=3"):
+        measure(model, t, first_keys=3, k_max=4)
 
 
 def test_seq_len_sweep_measures_each_length():
@@ -212,3 +217,57 @@ def test_seq_len_sweep_measures_each_length():
     assert reports[4].sink_pct[0] == pytest.approx(100.0)
     assert reports[12].sink_pct[0] == pytest.approx(37.5)
     assert reports[4].seq_len == 4 and len(reports[4].sink_pct) == 4
+
+
+# ---------------------------------------------------------------------------------------
+# first_keys: only the first key columns (a sinkinterp model keeps its fused kernels)
+# ---------------------------------------------------------------------------------------
+def _assert_restricted_equal(fast, full, n, atol=1e-12):
+    assert fast.first_keys == n and full.first_keys is None
+    assert fast.alpha_by_key.shape[-1] == n and fast.sink_pct_by_key.shape == (n,)
+    np.testing.assert_allclose(fast.alpha_by_key, full.alpha_by_key[..., :n], atol=atol, rtol=0)
+    np.testing.assert_array_equal(fast.sink_pct_by_key, full.sink_pct_by_key[:n])
+    np.testing.assert_array_equal(fast.sink_pct, full.sink_pct[:fast.k_max])
+    np.testing.assert_array_equal(fast.sink1_by_eps, full.sink1_by_eps)
+    np.testing.assert_array_equal(fast.head_sink_rate, full.head_sink_rate)
+    if full.sink_bias_pct is not None:
+        assert fast.sink_bias_pct == full.sink_bias_pct
+        np.testing.assert_allclose(fast.alpha_bias, full.alpha_bias, atol=atol, rtol=0)
+        np.testing.assert_array_equal(fast.sink_bias_by_eps, full.sink_bias_by_eps)
+    np.testing.assert_allclose(fast.norms["resid"]["first"], full.norms["resid"]["first"], rtol=1e-12)
+
+
+def test_first_keys_on_hand_built_patterns():
+    model = PatternModel(bias=True)
+    full = measure(model, fake_tokens(3, 2), eps=0.3, norms=False, qk_heads=None)
+    fast = measure(model, fake_tokens(3, 2), eps=0.3, norms=False, qk_heads=None, first_keys=3)
+    assert fast.k_max == 3 and fast.to_dict()["first_keys"] == 3
+    assert fast.sink_pct[0] == pytest.approx(3 * 75.0 / 5)  # 3 of 5 sequences sink in 3 of 4 heads
+    full.norms = fast.norms = {"resid": {"first": np.zeros(1)}}
+    _assert_restricted_equal(fast, full, 3)
+
+
+@pytest.mark.parametrize("name", ["rotary", "kv", "sink_logit", "window_alibi_sigmoid", "gqa", "prefix"])
+def test_first_keys_on_sinkinterp_models_equals_the_full_measurement(name):
+    from sinkinterp.models.testing import tiny_model
+
+    model = tiny_model(name)
+    model.pattern_cols = 7
+    tokens = torch.randint(0, 50, (5, 16), generator=torch.Generator().manual_seed(2))
+    kw = dict(eps=0.15, eps_grid=(0.05, 0.1, 0.3), batch_size=2)
+    full = measure(model, tokens, **kw)
+    fast = measure(model, tokens, first_keys=4, **kw)
+    _assert_restricted_equal(fast, full, 4)
+    assert full.sink_pct_by_key[:4].max() > 0 or (full.sink_bias_pct or 0) > 0  # something to compare
+    assert model.pattern_cols == 7  # restored
+    assert tl_adapter.count_attached_hooks(model) == 0
+
+
+def test_first_keys_on_a_hooked_transformer_slices_the_pattern():
+    model = tl_adapter.hooked_transformer_from_config(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+        positional_embedding_type="rotary", normalization_type="RMS", seed=0)
+    tokens = torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(3))
+    full = measure(model, tokens, eps=0.2)
+    fast = measure(model, tokens, eps=0.2, first_keys=2)
+    _assert_restricted_equal(fast, full, 2, atol=1e-7)

@@ -281,3 +281,111 @@ def test_bf16_forward_and_backward_run():
     assert model.blocks[0].attn.k_star.grad.dtype == torch.bfloat16
     ref = SinkTransformer(tiny_config(attn_bias="kv", pos_emb="alibi"))
     assert abs(ref(_tokens(), return_type="loss").item() - loss.item()) < 0.05
+
+
+# ---------------------------------------------------------------------------------------
+# read-only column hooks: the first key columns without a T x T pattern
+# ---------------------------------------------------------------------------------------
+def _grab_cols(model: SinkTransformer, tokens: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    got = {}
+
+    def keep(x, hook):
+        got[hook.name] = x.detach().clone()
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(n, keep) for n in names]):
+        got["logits"] = model(tokens)
+    return got
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_column_hooks_equal_the_materialized_pattern_columns(name):
+    """hook_pattern_cols / hook_bias_col on the fused path (log-sum-exp, no pattern) hold exactly the
+    first columns of hook_pattern / hook_bias_pattern on the materialized path; observing them
+    changes neither the path nor the logits."""
+    model = tiny_model(name)
+    model.pattern_cols = 5
+    tokens = _tokens(batch=3, seed=1)
+    L, slot = model.cfg.n_layers, model.cfg.has_slot
+    col_names = [f"blocks.{l}.attn.hook_pattern_cols" for l in range(L)]
+    col_names += [f"blocks.{l}.attn.hook_bias_col" for l in range(L)] if slot else []
+    with model.hooks(fwd_hooks=[(n, _noop) for n in col_names]):
+        assert not any(b.attn.observed() for b in model.blocks)
+    fast = _grab_cols(model, tokens, col_names)
+    pat_names = [n.replace("hook_pattern_cols", "hook_pattern").replace("hook_bias_col", "hook_bias_pattern")
+                 for n in col_names]
+    observed = _grab_cols(model, tokens, pat_names + col_names)
+    with torch.no_grad():
+        plain = model(tokens)
+    torch.testing.assert_close(fast["logits"], plain, atol=0, rtol=0)
+    torch.testing.assert_close(observed["logits"], plain, atol=TOL, rtol=0)
+    for l in range(L):
+        cols = fast[f"blocks.{l}.attn.hook_pattern_cols"]
+        pattern = observed[f"blocks.{l}.attn.hook_pattern"]
+        assert cols.shape == (3, model.cfg.n_heads, T, 5)
+        torch.testing.assert_close(cols, pattern[..., :5], atol=1e-12, rtol=0)
+        torch.testing.assert_close(observed[f"blocks.{l}.attn.hook_pattern_cols"], pattern[..., :5], atol=0, rtol=0)
+        if slot:
+            torch.testing.assert_close(fast[f"blocks.{l}.attn.hook_bias_col"],
+                                       observed[f"blocks.{l}.attn.hook_bias_pattern"], atol=1e-12, rtol=0)
+    assert pattern[..., :5].abs().max() > 0.05  # non-degenerate
+
+
+def test_column_hooks_do_not_materialize(monkeypatch):
+    """Only the column hooks observed: the materialized path never runs (softmax: the fused flash
+    kernel's log-sum-exp on CPU; a kv slot or ALiBi: the blocked log-sum-exp)."""
+    from sinkinterp.models.attention import Attention
+
+    def boom(*args, **kwargs):
+        raise AssertionError("materialized path used")
+
+    monkeypatch.setattr(Attention, "_attend_observed", boom)
+    for name in ("rotary", "kv", "alibi", "sigmoid"):
+        model = tiny_model(name)
+        got = _grab_cols(model, _tokens(), ["blocks.1.attn.hook_pattern_cols"])
+        assert got["blocks.1.attn.hook_pattern_cols"].shape == (2, 4, T, 10)  # default pattern_cols
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "elu1_norm", "kv_sigmoid", "window_alibi_sigmoid"])
+def test_column_hooks_from_flex_log_sum_exp(name):
+    model = tiny_model(name)
+    names = [f"blocks.{l}.attn.hook_pattern_cols" for l in range(model.cfg.n_layers)]
+    if model.cfg.has_slot:
+        names += [f"blocks.{l}.attn.hook_bias_col" for l in range(model.cfg.n_layers)]
+    plain = _grab_cols(model, _tokens(), names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flex = _grab_cols(model.set_attn_backend("flex"), _tokens(), names)
+    for n in names:
+        torch.testing.assert_close(flex[n], plain[n], atol=1e-10, rtol=0, msg=n)
+
+
+def test_column_hooks_in_bf16_are_closer_to_exact_than_the_bf16_pattern():
+    """In bf16 the columns come from float32 scores of the bf16 q and k (as in the fused kernel);
+    the float64 softmax of those same q and k is the truth both are compared with."""
+    model = SinkTransformer(tiny_config(init_std=0.5), dtype=torch.bfloat16).eval()
+    model.pattern_cols = 4
+    names = ["blocks.1.attn.hook_pattern_cols", "blocks.1.attn.hook_pattern", "blocks.1.attn.hook_rot_q",
+             "blocks.1.attn.hook_rot_k"]
+    got = _grab_cols(model, _tokens(), names[:1] + names[2:])
+    pattern = _grab_cols(model, _tokens(), names[1:2])["blocks.1.attn.hook_pattern"]
+    q = got["blocks.1.attn.hook_rot_q"].double().transpose(1, 2)
+    k = got["blocks.1.attn.hook_rot_k"].double().transpose(1, 2)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    exact = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")).softmax(-1)[..., :4]
+    err_cols = (got["blocks.1.attn.hook_pattern_cols"].double() - exact).abs().max()
+    assert got["blocks.1.attn.hook_pattern_cols"].dtype == torch.bfloat16
+    assert err_cols < 4e-3  # bf16 rounding of the output only
+    assert err_cols <= (pattern[..., :4].double() - exact).abs().max()
+
+
+def test_pattern_cols_setting():
+    model = tiny_model("rotary")
+    assert model.pattern_cols == 10
+    model.pattern_cols = 3
+    assert all(b.attn.n_cols == 3 for b in model.blocks)
+    got = _grab_cols(model, _tokens(n_pos=2), ["blocks.0.attn.hook_pattern_cols"])
+    assert got["blocks.0.attn.hook_pattern_cols"].shape[-1] == 2  # never more columns than keys
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="pattern_cols"):
+            model.pattern_cols = bad

@@ -6,6 +6,7 @@ Public API::
     SinkTransformer(cfg, device=None, dtype=None)
         .forward(tokens, return_type="logits" | "loss" | "both" | None, loss_mask=None)
         .set_attn_backend("auto" | "reference" | "flex")
+        .pattern_cols                           # key columns of the read-only hook_pattern_cols
         .cfg                                    # the ModelConfig (with TransformerLens-style aliases)
     remove_attention_bias(model, which="kv" | "k" | "v" | "sink") -> SinkTransformer   # a copy
     save_checkpoint(directory, model, extra=None, storage_dtype=None) -> Path
@@ -20,7 +21,8 @@ sigmoid_norm / elu1 / elu1_norm / linear_elu / linear_identity), ``attn_gate``, 
 grouped-query attention (``n_kv_heads``), ``tie_embeddings``.
 
 Hook names follow TransformerLens and ``docs/hook-contract.md``; bias-slot models (kv, k,
-sink_token, sink_logit) also have ``blocks.{l}.attn.hook_bias_pattern``. Code: ``config.py``
+sink_token, sink_logit) also have ``blocks.{l}.attn.hook_bias_pattern``. Every model has the
+read-only ``hook_pattern_cols`` (and ``hook_bias_col`` with a slot), which keep the fused kernels. Code: ``config.py``
 (fields), ``attention.py`` (attention variants, fast and observed paths), ``model.py`` (the rest),
 ``checkpoint.py``. Tests: ``tests/test_models_*.py``.
 """

@@ -19,6 +19,16 @@ Two paths compute the same numbers:
   the slot's weight are materialized and pass through the hook points; whatever a hook returns is
   what the attention uses (a patched pattern changes the output).
 
+**Column hooks** (read-only, they never force the observed path): ``hook_pattern_cols``
+[batch, head, query_pos, n_cols] holds the first ``n_cols`` key columns of the pattern (exactly what
+``hook_pattern[..., :n_cols]`` would hold) and ``hook_bias_col`` [batch, head, query_pos] the slot's
+weight (what ``hook_bias_pattern`` would hold). On the fast path they come from each row's
+log-sum-exp instead of a T x T pattern: for softmax ops the log-sum-exp of the fused CPU flash kernel
+(plain causal attention on CPU) or of a query-blocked pass over the scores (every other case: memory
+O(block x T), never the whole map); for FlexAttention the kernel's own; for the plain path the row
+sums it already has. The attention output never depends on them: to patch, hook ``hook_pattern``.
+``sinkinterp.measure(..., first_keys=K)`` uses them.
+
 ``hook_pattern`` always covers the T real tokens only. For softmax it is the softmax (with a slot,
 rows sum to 1 - bias weight); for ``softmax_scaled`` it is the softmax before the alpha scaling (the
 share of each key); for the other ops it is each key's share ``sim / sum(sim)`` (the paper's proxy for
@@ -57,6 +67,8 @@ __all__ = [
 ]
 
 ATTN_BACKENDS = ("auto", "reference", "flex")
+DEFAULT_PATTERN_COLS = 10  # key columns carried by hook_pattern_cols unless set_pattern_cols changes it
+_LSE_BLOCK = 256  # query rows per block of the blocked log-sum-exp
 
 
 # =========================================================================================
@@ -281,6 +293,19 @@ def _grouped_mix(
     return torch.matmul(wg, v.unsqueeze(2)).reshape(b, h, t, v.shape[-1])
 
 
+def _flash_cpu_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor] | None:
+    """Causal attention and each row's log-sum-exp from PyTorch's fused CPU flash kernel (the kernel
+    ``F.scaled_dot_product_attention`` runs on CPU), or None where it does not apply (not CPU, or a
+    PyTorch without this private op): the caller then computes the log-sum-exp by blocks."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        return None
+    if k.shape[1] != q.shape[1]:
+        k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
+    z, lse = op(q, k, v, 0.0, True, scale=scale)[:2]
+    return z, lse.to(torch.promote_types(q.dtype, torch.float32))
+
+
 def _repeat_kv(x: Tensor, n_heads: int) -> Tensor:
     """[.., kv_head, ..] -> [.., head, ..] along dim 1 (repeat_interleave, the GQA convention)."""
     return x.repeat_interleave(n_heads // x.shape[1], dim=1)
@@ -303,6 +328,7 @@ class Attention(nn.Module):
         self.gain = cfg.softmax_alpha if cfg.attn_op == "softmax_scaled" else 1.0
         self.scale = 1.0 / math.sqrt(dh)
         self.backend = "auto"
+        self.n_cols = DEFAULT_PATTERN_COLS
 
         self.W_Q = nn.Parameter(torch.empty(h, d, dh))
         self.W_K = nn.Parameter(torch.empty(hkv, d, dh))
@@ -332,6 +358,10 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         if cfg.has_slot:
             self.hook_bias_pattern = HookPoint()  # [batch, head, query_pos]
+        # read-only column hooks (module docstring): no T x T map when only these are observed
+        self.hook_pattern_cols = HookPoint()  # [batch, head, query_pos, n_cols]
+        if cfg.has_slot:
+            self.hook_bias_col = HookPoint()  # [batch, head, query_pos]
         if cfg.attn_gate:
             self.hook_gate = HookPoint()  # [batch, pos, head, d_head]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
@@ -343,6 +373,17 @@ class Attention(nn.Module):
         if self.cfg.has_slot:
             points.append(self.hook_bias_pattern)
         return any(len(p.fwd_hooks) + len(p.bwd_hooks) > 0 for p in points)
+
+    def cols_observed(self) -> bool:
+        """True when a forward hook sits on a read-only column hook."""
+        points = [self.hook_pattern_cols] + ([self.hook_bias_col] if self.cfg.has_slot else [])
+        return any(len(p.fwd_hooks) > 0 for p in points)
+
+    def _emit_cols(self, cols: Tensor, slot_col: Tensor | None) -> None:
+        """Pass the column summaries through their hooks (return values are ignored: read-only)."""
+        self.hook_pattern_cols(cols)
+        if slot_col is not None:
+            self.hook_bias_col(slot_col)
 
     def _project(self, x: Tensor, W: Tensor) -> Tensor:
         return torch.einsum("bpd,hde->bphe", x, W)
@@ -389,14 +430,15 @@ class Attention(nn.Module):
         if cfg.has_slot:
             slot, sink_z = self._slot(ctx, sink)
 
+        cols = self.cols_observed()
         if self.backend == "reference" or self.observed():
-            z = self._attend_observed(qh, kh, vh, slot, pos_bias, ctx)
+            z = self._attend_observed(qh, kh, vh, slot, pos_bias, ctx, cols)
         elif op.softmax:
-            z = self._attend_sdpa(qh, kh, vh, slot, pos_bias, ctx)
+            z = self._attend_sdpa(qh, kh, vh, slot, pos_bias, ctx, cols)
         elif self.backend == "flex" and op.log_sim is not None:
-            z = self._attend_flex(qh, kh, vh, slot, pos_bias, ctx)
+            z = self._attend_flex(qh, kh, vh, slot, pos_bias, ctx, cols)
         else:
-            z = self._attend_plain(qh, kh, vh, slot, pos_bias, ctx)
+            z = self._attend_plain(qh, kh, vh, slot, pos_bias, ctx, cols)
         z = z.transpose(1, 2)  # [batch, pos, head, d_head]
 
         if cfg.has_v_bias:
@@ -475,11 +517,70 @@ class Attention(nn.Module):
         return _repeat_kv(slot.value.to(like.dtype), self.cfg.n_heads)
 
     # ---------------------------------------------------------------------------------
-    def _attend_sdpa(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext) -> Tensor:
-        """Softmax ops in fused scaled_dot_product_attention."""
+    def _proxy_parts(self, sim: Tensor, slot_sim: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        """|sim| (or sim), the slot's, and the row total they share: the proxy pattern is mag / total."""
+        mag = sim.abs() if self.op.signed else sim
+        slot_mag = None
+        if slot_sim is not None:
+            slot_mag = slot_sim.abs() if self.op.signed else slot_sim
+        total = mag.sum(-1, keepdim=True)
+        if slot_mag is not None:
+            total = total + slot_mag
+        return mag, slot_mag, total.clamp_min(torch.finfo(total.dtype).tiny)
+
+    def _row_lse(self, q, k, slot: Slot | None, pos_bias, ctx: AttnContext) -> Float[Tensor, "batch head qpos"]:
+        """log-sum-exp of every softmax row (visible real keys and the slot), by blocks of query rows:
+        memory O(batch x head x block x T), never the whole map. float32 (float64 for float64 input)."""
+        b, h, t, _ = q.shape
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        q, k = q.to(dtype), k.to(dtype)  # a bf16 model's scores in float32, as in the fused kernel
+        slot_s = self._slot_scores(q, slot) if slot is not None else None
+        out = torch.empty(b, h, t, dtype=dtype, device=q.device)
+        for a in range(0, t, _LSE_BLOCK):
+            e = min(a + _LSE_BLOCK, t)
+            s = _grouped_scores(q[:, :, a:e], k).mul_(self.scale)
+            if pos_bias is not None:
+                s.add_(pos_bias[:, a:e].to(dtype))
+            s.masked_fill_(~ctx.visible[a:e], float("-inf"))
+            if slot_s is not None:
+                s = torch.cat([slot_s[:, :, a:e], s], dim=-1)
+            out[:, :, a:e] = torch.logsumexp(s, dim=-1)
+        return out
+
+    def _cols_from_lse(self, q, k, slot: Slot | None, pos_bias, ctx: AttnContext, lse: Tensor,
+                       log_sim: Callable[[Tensor, float], Tensor] | None = None) -> None:
+        """Emit the column hooks from each row's log normalizer: weight = exp(f(s) - lse) with f the
+        identity (softmax) or the op's log-similarity (FlexAttention ops)."""
+        n = min(self.n_cols, k.shape[2])
+        dtype, out_dtype = lse.dtype, q.dtype
+        q = q.to(dtype)
+        s = _grouped_scores(q, k[:, :, :n].to(dtype)) * self.scale
+        if pos_bias is not None:
+            s = s + pos_bias[:, :, :n].to(dtype)
+        if log_sim is not None:
+            s = log_sim(s, ctx.sigmoid_bias)
+        w = torch.exp(s - lse.unsqueeze(-1)).masked_fill(~ctx.visible[:, :n], 0.0)
+        w_slot = None
+        if slot is not None:
+            ss = self._slot_scores(q, slot)
+            if log_sim is not None:
+                ss = log_sim(ss, ctx.sigmoid_bias)
+            w_slot = torch.exp(ss.squeeze(-1) - lse).to(out_dtype)
+        self._emit_cols(w.to(out_dtype), w_slot)
+
+    def _attend_sdpa(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext, cols: bool = False) -> Tensor:
+        """Softmax ops in fused scaled_dot_product_attention; with ``cols``, also the column hooks."""
         b, h, t, dh = q.shape
         hkv = k.shape[1]
         gqa = hkv != h
+        if cols and slot is None and pos_bias is None and ctx.causal_only:
+            fused = _flash_cpu_with_lse(q, k, v, self.scale)
+            if fused is not None:
+                z, lse = fused
+                self._cols_from_lse(q, k, None, None, ctx, lse)
+                return z * self.gain if self.gain != 1.0 else z
+        if cols:
+            self._cols_from_lse(q, k, slot, pos_bias, ctx, self._row_lse(q, k, slot, pos_bias, ctx))
         col_bias = None
         if slot is not None:
             key = slot.key if slot.key is not None else q.new_zeros(1, hkv, 1, dh)
@@ -506,14 +607,18 @@ class Attention(nn.Module):
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=real.unsqueeze(0), enable_gqa=gqa)
         return z * self.gain if self.gain != 1.0 else z
 
-    def _attend_plain(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext) -> Tensor:
-        """Non-softmax ops: masked sim, no proxy bookkeeping, no hooks (compilable)."""
+    def _attend_plain(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext, cols: bool = False) -> Tensor:
+        """Non-softmax ops: masked sim, no proxy bookkeeping unless ``cols`` (compilable)."""
         op, eps = self.op, self.cfg.attn_eps
         scores = _grouped_scores(q, k) * self.scale
         if pos_bias is not None:
             scores = scores + pos_bias.to(scores.dtype)
         sim = op.sim(scores, ctx.sigmoid_bias).masked_fill(~ctx.visible, 0.0)
         slot_sim = op.sim(self._slot_scores(q, slot), ctx.sigmoid_bias) if slot is not None else None
+        if cols:
+            mag, slot_mag, total = self._proxy_parts(sim, slot_sim)
+            n = min(self.n_cols, sim.shape[-1])
+            self._emit_cols(mag[..., :n] / total, None if slot_mag is None else (slot_mag / total).squeeze(-1))
         if op.normalized:
             denom = sim.sum(-1, keepdim=True) + eps
             if slot_sim is not None:
@@ -527,7 +632,7 @@ class Attention(nn.Module):
                 z = z + slot_sim * v_slot
         return z
 
-    def _attend_observed(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext) -> Tensor:
+    def _attend_observed(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext, cols: bool = False) -> Tensor:
         """Materialized scores and pattern through the hook points (the reference path)."""
         op, eps = self.op, self.cfg.attn_eps
         # in place on the fresh product, before the hook: one T x T tensor until the pattern
@@ -549,14 +654,7 @@ class Attention(nn.Module):
             # pattern = each key's share sim / sum(sim) (|sim| / sum|sim| when sim can be negative,
             # the paper's proxy); the weight is recovered as share * factor (* sign), so a hooked
             # pattern is honoured: factor = sum / (sum + eps) normalized, = sum unnormalized
-            mag = sim.abs() if op.signed else sim
-            slot_mag = None
-            if slot_sim is not None:
-                slot_mag = slot_sim.abs() if op.signed else slot_sim
-            total = mag.sum(-1, keepdim=True)
-            if slot_mag is not None:
-                total = total + slot_mag
-            total = total.clamp_min(torch.finfo(total.dtype).tiny)
+            mag, slot_mag, total = self._proxy_parts(sim, slot_sim)
             p_real = mag / total
             p_slot = slot_mag / total if slot_mag is not None else None
             factor = total / (total + eps) if op.normalized else total
@@ -570,6 +668,10 @@ class Attention(nn.Module):
         z = _grouped_mix(w_real, v)
         if slot is not None:
             p_slot = self.hook_bias_pattern(p_slot.squeeze(-1)).unsqueeze(-1)
+        if cols:
+            self._emit_cols(p_real[..., :min(self.n_cols, p_real.shape[-1])],
+                            None if slot is None else p_slot.squeeze(-1))
+        if slot is not None:
             v_slot = self._slot_value(slot, z)
             if v_slot is not None:
                 w_slot = to_weight(p_slot, slot_sim if not op.softmax else None)
@@ -577,7 +679,7 @@ class Attention(nn.Module):
         return z
 
     # ---------------------------------------------------------------------------------
-    def _attend_flex(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext) -> Tensor:
+    def _attend_flex(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext, cols: bool = False) -> Tensor:
         """Non-softmax ops in FlexAttention: softmax of log(sim) is sim / sum(sim); the
         unnormalized output is that times exp(logsumexp) = sum(sim). The slot is key 0.
 
@@ -591,6 +693,7 @@ class Attention(nn.Module):
         hkv = k.shape[1]
         bias = ctx.sigmoid_bias
         n_slot = 1 if slot is not None else 0
+        q_in, k_real = q, k
         visible = ctx.visible
         if slot is not None:
             key = slot.key if slot.key is not None else q.new_zeros(1, hkv, 1, dh)
@@ -618,6 +721,9 @@ class Attention(nn.Module):
             q, k, v, score_mod=score_mod, block_mask=block_mask, scale=self.scale,
             enable_gqa=hkv != h, return_lse=True,
         )
+        if cols:  # lse = log(sum of sim) over the row, slot included
+            self._cols_from_lse(q_in, k_real, slot, pos_bias, ctx, lse.to(torch.promote_types(q.dtype, torch.float32)),
+                                log_sim=op.log_sim)
         total = lse.exp().unsqueeze(-1).to(out.dtype)  # sum of sim per row
         if op.normalized:
             return out * (total / (total + eps))

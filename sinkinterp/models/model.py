@@ -259,7 +259,8 @@ class SinkTransformer(HookedRootModule):
     a plain masked path for the others), "reference" (always the materialized, hooked path) or
     "flex" (FlexAttention for sigmoid / elu+1 / linear_elu; opt-in). Whatever the backend, a hook on
     ``hook_attn_scores`` / ``hook_pattern`` / ``hook_bias_pattern`` switches that layer to the
-    materialized path for the call.
+    materialized path for the call. The read-only ``hook_pattern_cols`` (first ``pattern_cols`` key
+    columns) and ``hook_bias_col`` do not: they come from each row's log-sum-exp (attention.py).
     """
 
     def __init__(
@@ -317,6 +318,18 @@ class SinkTransformer(HookedRootModule):
     @property
     def attn_backend(self) -> str:
         return self.blocks[0].attn.backend
+
+    @property
+    def pattern_cols(self) -> int:
+        """Key columns carried by the read-only ``blocks.{l}.attn.hook_pattern_cols`` (default 10)."""
+        return self.blocks[0].attn.n_cols
+
+    @pattern_cols.setter
+    def pattern_cols(self, n: object) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"pattern_cols: a positive integer number of key columns, got {n!r}")
+        for block in self.blocks:
+            block.attn.n_cols = n
 
     @attn_backend.setter
     def attn_backend(self, backend: str) -> None:
