@@ -23,7 +23,7 @@ DEFAULT_DO = ("zero_value", "mean_value", "zero_key", "ablate")
 
 SPEC_HELP = (
     "interventions as NAME or NAME=VALUE: ablate, zero_value, mean_value, scale_value=F, zero_key, mean_key, "
-    "scale_key=F, ablate_bias, bias_to_first, swap_position=P, replace_first=ID|bos|random|frequent, "
+    "scale_key=F, ablate_bias, bias_to_first, swap_position=P, rotary_position=P, replace_first=ID|bos|random|frequent, "
     "insert_first=ID|bos|random, start_later=N; ablate and ablate_bias take =norenorm to zero without "
     f"renormalizing (default: {' '.join(DEFAULT_DO)})"
 )
@@ -100,7 +100,7 @@ def parse_spec(spec: str, bos_token_id: int | None) -> Any:
         return iv.first_token(name)
     if name in ("scale_value", "scale_key"):
         return iv.first_token(name, factor=number(float))
-    if name == "swap_position":
+    if name in ("swap_position", "rotary_position"):
         return iv.first_token(name, position=number(int))
     if name == "replace_first":
         return iv.replace_first(token())

@@ -24,6 +24,10 @@ Activation edits (``first_token(kind)``; ``heads`` index key/value heads for key
 ``bias_to_first``   the slot's share moved onto token 1 (does token 1 still work as the bias?)
 ``swap_position``   learned/sinusoidal position embeddings of positions 1 and ``position``
                     exchanged (the paper's GPT-2 experiment)
+``rotary_position`` rotary models: token 1's key rotated as if token 1 stood at ``position``, so
+                    query t sees it at relative distance t - position (its query needs no change:
+                    query 1 sees only key 1). The rotation is read off the model's own hook_k ->
+                    hook_rot_k at that position (any base, scaling or pairing convention) and checked.
 ==================  =====================================================================
 
 Token edits: ``replace_first(token)`` (a fixed id, "random" or "frequent"), ``insert_first(token)``
@@ -66,7 +70,7 @@ __all__ = [
 ]
 
 HOOK_KINDS = ("ablate", "zero_value", "mean_value", "scale_value", "zero_key", "mean_key", "scale_key",
-              "ablate_bias", "bias_to_first", "swap_position")
+              "ablate_bias", "bias_to_first", "swap_position", "rotary_position")
 
 
 # =========================================================================================
@@ -160,11 +164,73 @@ def _pattern_sources(kind: str, renormalize: bool, has_slot: bool) -> Edits:
     return tuple(edits)
 
 
+_ROTARY_TOL = 2e-2  # relative error of the rotation read off hook_k -> hook_rot_k (bf16 models included)
+
+
+def _as_complex(x: Tensor, adjacent: bool) -> Tensor:
+    """[..., d] real -> [..., d/2] complex, pairing (2i, 2i+1) or (i, i + d/2) (rotate-half)."""
+    x = x.double()
+    if adjacent:
+        return torch.complex(x[..., 0::2], x[..., 1::2])
+    a, b = x.chunk(2, dim=-1)
+    return torch.complex(a, b)
+
+
+def _from_complex(z: Tensor, adjacent: bool) -> Tensor:
+    if adjacent:
+        return torch.stack([z.real, z.imag], dim=-1).flatten(-2)
+    return torch.cat([z.real, z.imag], dim=-1)
+
+
+def _rotation_at(pre: Tensor, rot: Tensor, layer: int, position: int) -> tuple[Tensor, bool]:
+    """The model's rotary rotation at ``position`` as unit complex numbers per pair, read off its own
+    pre- and post-rotary keys there ([batch, kv_head, d_head] each), and the pairing convention that
+    explains them. Raises when neither rotate-half nor adjacent pairs reproduce the model's rotation."""
+    errors = {}
+    for adjacent in (False, True):
+        u, w = _as_complex(pre, adjacent), _as_complex(rot, adjacent)
+        z = (u.conj() * w).sum(dim=tuple(range(u.ndim - 1)))  # [d/2]: all rows share one angle per pair
+        turn = torch.where(z.abs() > 0, z / z.abs().clamp_min(1e-300), torch.ones_like(z))
+        err = float((u * turn - w).abs().norm() / w.abs().norm().clamp_min(1e-300))
+        if err <= _ROTARY_TOL:
+            return turn, adjacent
+        errors["adjacent pairs" if adjacent else "rotate-half"] = err
+    raise RuntimeError(
+        f"rotary_position: blocks.{layer}.attn.hook_rot_k at position {position} is not a pairwise rotation of "
+        f"hook_k (relative error {', '.join(f'{k} {v:.2g}' for k, v in errors.items())}); the model's rotary "
+        "embedding is not one this intervention can read (partial rotary dimensions?)")
+
+
+def _rotary_position_sources(position: int) -> Edits:
+    """hook_k stashes the pre-rotary keys; hook_rot_k rotates token 1's key by the rotation the model
+    applied at ``position`` (read off the stashed and rotated keys there, so base, scaling and pairing
+    are the model's own)."""
+    stash: dict[int, Tensor] = {}
+
+    def keep(act: Tensor, layer: int) -> Tensor:
+        stash[layer] = act
+        return act
+
+    def rotate(act: Tensor, layer: int) -> Tensor:
+        if layer not in stash:
+            raise RuntimeError(f"blocks.{layer}.attn.hook_rot_k fired before hook_k; rotary_position needs both "
+                               "(docs/hook-contract.md)")
+        pre = stash.pop(layer)
+        if position >= act.shape[1]:
+            raise ValueError(f"position {position} is outside the sequence (0..{act.shape[1] - 1})")
+        turn, adjacent = _rotation_at(pre[:, position], act[:, position], layer, position)
+        out = act.clone()
+        out[:, 0] = _from_complex(_as_complex(act[:, 0], adjacent) * turn, adjacent).to(act.dtype)
+        return out
+
+    return (("k", keep), ("rot_k", rotate))
+
+
 def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, position: int = 1) -> Intervention:
     """An activation-level intervention on the first token (see the module docstring for kinds).
 
     ``factor``: for scale_value / scale_key. ``renormalize``: for ablate / ablate_bias.
-    ``position``: for swap_position (0-based position whose embedding token 1 takes).
+    ``position``: for swap_position / rotary_position (0-based position token 1 takes).
     """
     if kind not in HOOK_KINDS:
         raise ValueError(f"kind: got {kind!r}, allowed values are {list(HOOK_KINDS)}")
@@ -179,9 +245,13 @@ def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, pos
         name = kind if renormalize or kind == "bias_to_first" else f"{kind}[norenorm]"
         return Intervention(name, desc, ("pattern",), lambda has_slot: _pattern_sources(kind, renormalize, has_slot),
                             needs_slot=kind != "ablate", params={"renormalize": renormalize})
-    if kind == "swap_position":
-        if not isinstance(position, int) or position < 1:
+    if kind in ("swap_position", "rotary_position"):
+        if isinstance(position, bool) or not isinstance(position, int) or position < 1:
             raise ValueError(f"position must be a positive integer (0-based), got {position!r}")
+    if kind == "rotary_position":
+        return Intervention(kind, f"token 1's key rotated as if at position {position}", ("rot_k", "k"),
+                            lambda has_slot: _rotary_position_sources(position), params={"position": position})
+    if kind == "swap_position":
 
         def swap(act: Tensor, layer: int) -> Tensor:
             if position >= act.shape[1]:

@@ -291,3 +291,62 @@ def test_bad_input(model):
         iv.run_intervention(model, tokens, "ablate")
     with pytest.raises(ValueError, match="token ids must lie"):
         iv.run_intervention(model, tokens + 100, iv.first_token("ablate"))
+
+
+# ---------------------------------------------------------------------------------------
+# rotary repositioning: token 1's key as if it stood at another position
+# ---------------------------------------------------------------------------------------
+def _layer0_rot_k(model, tokens, hooks=()):
+    store = {}
+    with torch.no_grad(), tl_adapter.attached_hooks(
+            model, list(hooks) + [("blocks.0.attn.hook_rot_k", lambda a, hook: store.setdefault("k", a.clone()))]):
+        model(tokens)
+    return store["k"]
+
+
+def _rotary_models():
+    yield "sinkinterp", SinkTransformer(tiny_config()).double().eval()
+    for adjacent in (False, True):
+        ht = tl_adapter.hooked_transformer_from_config(
+            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+            positional_embedding_type="rotary", rotary_dim=8, rotary_adjacent_pairs=adjacent,
+            rotary_base=500, normalization_type="RMS", seed=0, dtype=torch.float64)
+        yield f"hooked(adjacent={adjacent})", ht
+
+
+@pytest.mark.parametrize("which", ["sinkinterp", "hooked(adjacent=False)", "hooked(adjacent=True)"])
+def test_rotary_position_gives_token_1_the_key_it_would_have_at_that_position(which):
+    """Layer 0's key of a token depends on the token alone before rotation, so the model's own key
+    of token 1 placed at position p is the reference for the edited key at position 0."""
+    model = dict(_rotary_models())[which]
+    tokens, p = _tokens(), 6
+    inter = iv.first_token("rotary_position", position=p)
+    edited = _layer0_rot_k(model, tokens, _edit_hooks(model, inter))
+    moved = tokens.clone()
+    moved[:, p] = tokens[:, 0]
+    reference = _layer0_rot_k(model, moved)[:, p]
+    torch.testing.assert_close(edited[:, 0], reference, atol=1e-10, rtol=0)
+    plain = _layer0_rot_k(model, tokens)
+    torch.testing.assert_close(edited[:, 1:], plain[:, 1:], atol=0, rtol=0)
+    assert (edited[:, 0] - plain[:, 0]).abs().max() > 1e-3  # it moved
+    res = iv.run_intervention(model, tokens, inter, per_head=True, sinks=False)
+    assert res.per_head.shape == (2, model.cfg.n_key_value_heads or model.cfg.n_heads)
+    assert np.isfinite(res.per_head).all() and res.loss != res.loss_base
+
+
+def test_rotary_position_errors():
+    tokens = _tokens()
+    with pytest.raises(ValueError, match="no hook"):
+        iv.run_intervention(SinkTransformer(tiny_config(pos_emb="learned")).double(), tokens,
+                            iv.first_token("rotary_position", position=3), sinks=False)
+    with pytest.raises(ValueError, match="position 12 is outside"):
+        iv.run_intervention(SinkTransformer(tiny_config()).double(), tokens,
+                            iv.first_token("rotary_position", position=12), sinks=False)
+    for bad in (0, -2, True):
+        with pytest.raises(ValueError, match="position must be a positive integer"):
+            iv.first_token("rotary_position", position=bad)
+    # a "rotary" model whose hook_rot_k is not a rotation of hook_k: refused, not silently wrong
+    m = SinkTransformer(tiny_config()).double().eval()
+    scramble = [("blocks.0.attn.hook_rot_k", lambda a, hook: a.flip(-1))]
+    with tl_adapter.attached_hooks(m, scramble), pytest.raises(RuntimeError, match="not a pairwise rotation"):
+        iv.run_intervention(m, tokens, iv.first_token("rotary_position", position=3), sinks=False)
