@@ -1,19 +1,40 @@
 """Models embedded in sinkinterp: they load offline with no file from the user.
 
-Until trained checkpoints ship with the package (issue 5), the default is a small LLaMA-style
-model built from a fixed config and seed, with a byte-level tokenizer, so the README's main
-command runs anywhere in seconds. Its report says plainly that it is untrained.
+* **Shipped trained models** (``SHIPPED_MODELS``): sinkinterp checkpoints under
+  ``sinkinterp/assets/models/NAME/`` (bf16 weights, tokenizer, training config and metrics; see
+  that folder's README.md and docs/reproduction.md). ``default`` names the first of them, and the
+  README's main command (``sinkinterp report``) shows all of them side by side.
+* ``tiny-llama-untrained``: a small LLaMA-style Hugging Face model built from a fixed config and
+  seed with a byte-level tokenizer; the default when no trained model is shipped. Its report says
+  plainly that it is untrained.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["BUILTIN_MODELS", "byte_tokenizer", "DEFAULT_MODEL"]
+__all__ = ["BUILTIN_MODELS", "byte_tokenizer", "DEFAULT_MODEL", "SHIPPED_MODELS", "shipped_models",
+           "default_models"]
 
 DEFAULT_MODEL = "default"
+SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "models"
+#: the trained models shipped in the package, in the order reports show them: a softmax baseline,
+#: the same with a learnable per-head k*/v* slot, and sigmoid attention without normalization
+SHIPPED_MODELS: tuple[str, ...] = ("toy-softmax", "toy-kv-bias", "toy-sigmoid")
+
+
+def shipped_models() -> dict[str, Path]:
+    """Name -> checkpoint folder of every shipped model present in this installation."""
+    return {name: SHIPPED_DIR / name for name in SHIPPED_MODELS if (SHIPPED_DIR / name / "config.json").is_file()}
+
+
+def default_models() -> list[str]:
+    """What ``default`` stands for: every shipped model for a report, the first for one measurement
+    (``[0]``); the untrained built-in model when none is shipped."""
+    return list(shipped_models()) or ["tiny-llama-untrained"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,4 +85,3 @@ def _tiny_llama_untrained() -> tuple[Any, Any, dict[str, Any]]:
 BUILTIN_MODELS: dict[str, Callable[[], tuple[Any, Any, dict[str, Any]]]] = {
     "tiny-llama-untrained": _tiny_llama_untrained,
 }
-BUILTIN_ALIASES = {DEFAULT_MODEL: "tiny-llama-untrained"}

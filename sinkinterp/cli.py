@@ -32,10 +32,15 @@ class UsageError(Exception):
     """A bad argument: printed as one clear line, exit status 2."""
 
 
-def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool) -> None:
-    p.add_argument("--model", default="default",
-                   help="Hugging Face checkpoint folder, .gguf file, sinkinterp checkpoint folder, or a "
-                        "built-in name (default: the embedded default model)")
+def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool, several_models: bool = False) -> None:
+    if several_models:
+        p.add_argument("--model", nargs="+", default=["default"], metavar="MODEL",
+                       help="one or more models (folders, .gguf files, built-in names); default: the "
+                            "embedded trained models side by side")
+    else:
+        p.add_argument("--model", default="default",
+                       help="Hugging Face checkpoint folder, .gguf file, sinkinterp checkpoint folder, or a "
+                            "built-in name (default: the embedded default model)")
     if single_input:
         src = p.add_mutually_exclusive_group()
         src.add_argument("--tokens", metavar="IDS.npy", help="integer array [N, T] of token ids, used exactly as given")
@@ -65,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure", help="measure Sink_k^eps, alpha, norms and q.k on one input kind")
     _add_measure_args(m, single_input=True)
-    r = sub.add_parser("report", help="natural vs random vs repeated-token inputs on one model (the main job)")
-    _add_measure_args(r, single_input=False)
+    r = sub.add_parser("report", help="natural vs random vs repeated-token inputs on one or more models (the main job)")
+    _add_measure_args(r, single_input=False, several_models=True)
     r.set_defaults(out="runs/report")
     for action in r._actions:
         if action.dest == "out":
@@ -243,36 +248,59 @@ def cmd_measure(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _report_models(specs: list[str]) -> list[str]:
+    from sinkinterp import builtin
+
+    out: list[str] = []
+    for spec in specs:
+        for name in (builtin.default_models() if spec == builtin.DEFAULT_MODEL else [spec]):
+            if name not in out:
+                out.append(name)
+    return out
+
+
 def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
+    import copy
+
     from sinkinterp.fileio import atomic_write
     from sinkinterp.loading import load_model
 
     args.tokens = None
-    _, (text, qk) = _precheck(args, None)
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    specs = _report_models(args.model)
+    several = len(specs) > 1
+    checked = []
+    for spec in specs:  # every spec is checked before anything runs
+        one = copy.copy(args)
+        one.model = spec
+        checked.append((one, _precheck(one, None)[1]))
     out = Path(args.out)
-    lines = []
-    kinds = ["natural", "random", "repeat"] if lm.tokenizer is not None else ["random", "repeat"]
-    results = {}
-    for kind in kinds:
-        sub_argv = ["measure", "--model", args.model, "--inputs", kind, "--seq-len", str(args.seq_len),
-                    "--num-seqs", str(args.num_seqs), "--seed", str(args.seed), "--eps", str(args.eps),
-                    "--out", str(out / kind)] + (["--prepend-bos"] if args.prepend_bos else [])
-        results[kind] = _measure_one(args, lm, kind, None, text if kind == "natural" else None, qk,
-                                     out / kind, sub_argv)
-    note = lm.info.get("note")
-    header = (f"sinkinterp report — model {args.model} ({lm.info.get('builtin') or lm.info.get('location')}), "
-              f"T={args.seq_len}, N={args.num_seqs}, eps={args.eps}, "
-              f"{'BOS prepended' if args.prepend_bos else 'no BOS'}, dtype {args.dtype}")
-    lines.append(header)
-    if note:
-        lines.append(f"note: {note}")
-    lines.append("")
-    lines.append("input      Sink_1  Sink_2  Sink_*   max ||h1||/mean||ht||")
-    lines.extend(_summary_line(k, v) for k, v in results.items())
-    lines.append("")
-    lines.append("Sink_k in % of heads with alpha_k > eps (per sequence, then averaged); Sink_* on the bias slot.")
-    lines.append(f"per-input folders: {', '.join(str(out / k) for k in results)}")
+    notes, rows = [], []
+    for one, (text, qk) in checked:
+        lm = load_model(one.model, device=args.device, dtype=args.dtype)
+        # a model trained with BOS first in every window is measured the same way
+        bos_by_model = bool(lm.info.get("bos_first")) and not args.prepend_bos
+        one.prepend_bos = args.prepend_bos or bos_by_model
+        m_out = out / Path(one.model).name if several else out
+        kinds = ["natural", "random", "repeat"] if lm.tokenizer is not None else ["random", "repeat"]
+        where = lm.info.get("builtin") or lm.info.get("location")
+        note = f"{one.model} ({where}): " + ("BOS prepended" + (" (trained with BOS first)" if bos_by_model else "")
+                                             if one.prepend_bos else "no BOS")
+        if lm.info.get("note"):
+            note += f"; {lm.info['note']}"
+        notes.append(note)
+        for kind in kinds:
+            sub_argv = ["measure", "--model", one.model, "--inputs", kind, "--seq-len", str(args.seq_len),
+                        "--num-seqs", str(args.num_seqs), "--seed", str(args.seed), "--eps", str(args.eps),
+                        "--out", str(m_out / kind)] + (["--prepend-bos"] if one.prepend_bos else [])
+            res = _measure_one(one, lm, kind, None, text if kind == "natural" else None, qk, m_out / kind, sub_argv)
+            rows.append((Path(one.model).name, kind, res, m_out / kind))
+    width = max(12, *(len(r[0]) for r in rows))
+    lines = [f"sinkinterp report — T={args.seq_len}, N={args.num_seqs}, eps={args.eps}, dtype {args.dtype}", ""]
+    lines += [f"model {n}" for n in notes]
+    lines += ["", f"{'model':<{width}} input      Sink_1  Sink_2  Sink_*   max ||h1||/mean||ht||"]
+    lines += [f"{name:<{width}} {_summary_line(kind, res)}" for name, kind, res, _ in rows]
+    lines += ["", "Sink_k in % of heads with alpha_k > eps (per sequence, then averaged); Sink_* on the bias slot.",
+              f"per-input folders: {', '.join(str(r[3]) for r in rows)}"]
     text_out = "\n".join(lines) + "\n"
     atomic_write(out / "report.txt", lambda f: f.write(text_out.encode()))
     print(text_out, end="")

@@ -46,7 +46,7 @@ class LoadedModel:
 
 
 def _builtin_names() -> list[str]:
-    return sorted([*builtin.BUILTIN_MODELS, *builtin.BUILTIN_ALIASES])
+    return sorted([builtin.DEFAULT_MODEL, *builtin.BUILTIN_MODELS, *builtin.shipped_models()])
 
 
 def resolve_spec(spec: str) -> tuple[str, str]:
@@ -55,8 +55,11 @@ def resolve_spec(spec: str) -> tuple[str, str]:
     message for anything else."""
     if not isinstance(spec, str) or not spec:
         raise ValueError("model: expected a non-empty model spec")
-    if spec in builtin.BUILTIN_ALIASES:
-        return "builtin", builtin.BUILTIN_ALIASES[spec]
+    if spec == builtin.DEFAULT_MODEL:
+        spec = builtin.default_models()[0]
+    shipped = builtin.shipped_models()
+    if spec in shipped:
+        return "sinkinterp", str(shipped[spec])
     if spec in builtin.BUILTIN_MODELS:
         return "builtin", spec
     path = Path(spec).expanduser()
@@ -170,13 +173,36 @@ def _load_sinkinterp(path: str, dtype: torch.dtype, device: str) -> tuple[Any, A
     model = load_checkpoint(path, device=device, dtype=dtype).eval()
     tokenizer = None
     tok_file = Path(path, "tokenizer.json")
-    if tok_file.is_file():
-        from transformers import PreTrainedTokenizerFast
+    if tok_file.is_file():  # the data package's loader sets EOS / BOS (<|endoftext|>, <|bos|>)
+        from sinkinterp.data import load_tokenizer
 
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tok_file))
+        tokenizer = load_tokenizer(tok_file).to_hf()
     info = {"wrapper": "sinkinterp.models", "weight_processing": dict(NO_WEIGHT_PROCESSING), "has_tokenizer": tokenizer is not None,
             "bos_token_id": getattr(tokenizer, "bos_token_id", None)}
+    info.update(_training_info(path))
     return model, tokenizer, info
+
+
+def _training_info(path: str) -> dict[str, Any]:
+    """What the checkpoint says about its training: step, tokens, whether every training window
+    started with BOS (then measurements should prepend it too), and a one-line note."""
+    from sinkinterp.models import read_checkpoint_info
+
+    extra = read_checkpoint_info(path).get("extra") or {}
+    cfg = extra.get("train_config") or {}
+    if not cfg:
+        return {}
+    transforms = (cfg.get("data") or {}).get("transforms") or []
+    bos_first = any(t.get("kind") == "fixed_token" and list(t.get("positions", [])) == [0]
+                    and t.get("token_id") == "bos" for t in transforms)
+    m = cfg.get("model") or {}
+    shape = f"{m.get('n_layers')} layers x {m.get('d_model')}, {m.get('attn_op')} attention" + (
+        f", attn_bias {m['attn_bias']}" if m.get("attn_bias", "none") != "none" else "")
+    note = (f"trained sinkinterp model ({shape}): step {extra.get('step')} of {cfg.get('steps')}, "
+            f"{extra.get('tokens_seen', 0) / 1e6:.1f}M tokens, weight decay {cfg.get('weight_decay')}"
+            + ("; BOS first in every training window" if bos_first else ""))
+    return {"trained": True, "step": extra.get("step"), "tokens_seen": extra.get("tokens_seen"),
+            "bos_first": bos_first, "note": note}
 
 
 def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:

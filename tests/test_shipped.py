@@ -1,0 +1,97 @@
+"""Shipping trained runs as built-in models: scripts/ship_models.py, the ``default`` name, and the
+report over several models (BOS policy taken from how each model was trained)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sinkinterp import builtin, cli
+from sinkinterp.loading import load_model, resolve_spec
+from sinkinterp.models import load_checkpoint
+from sinkinterp.train import train
+from sinkinterp.train.testing import make_tiny_shards, tiny_train_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _ship_module():
+    spec = importlib.util.spec_from_file_location("ship_models", REPO / "scripts" / "ship_models.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ship")
+    shards = make_tiny_shards(root / "shards")
+    bos = tiny_train_config(shards, data={"transforms": [{"kind": "fixed_token", "positions": [0], "token_id": "bos"}]})
+    kv = tiny_train_config(shards, model={"attn_bias": "kv"})
+    train(bos, root / "bos", verbose=False)
+    train(kv, root / "kv", verbose=False)
+    return root
+
+
+@pytest.fixture
+def shipped(runs, tmp_path, monkeypatch):
+    dest = tmp_path / "models"
+    assert _ship_module().main([f"toy-softmax={runs / 'bos'}", f"toy-kv-bias={runs / 'kv'}", "--dest", str(dest)]) == 0
+    monkeypatch.setattr(builtin, "SHIPPED_DIR", dest)
+    return dest
+
+
+def test_ship_writes_complete_bf16_folders_and_nothing_else(runs, shipped):
+    assert sorted(p.name for p in shipped.iterdir()) == ["toy-kv-bias", "toy-softmax"]  # no temporary folders
+    folder = shipped / "toy-softmax"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json", "metrics.jsonl", "model.safetensors", "tokenizer.json", "train_config.json"]
+    info = json.loads((folder / "config.json").read_text())
+    assert info["storage_dtype"] == "bfloat16" and info["param_dtype"] == "float32"
+    assert info["extra"]["shipped_from"] == {"run": "bos", "checkpoint": "step_0000008"}
+    original = load_checkpoint(runs / "bos" / "checkpoints" / "step_0000008")
+    loaded = load_checkpoint(folder)
+    for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items()):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a.to(torch.bfloat16).float(), atol=0, rtol=0, msg=name)
+    with pytest.raises(SystemExit, match="NAME=RUN_DIR"):
+        _ship_module().main(["no-equals-sign"])
+    with pytest.raises(SystemExit, match="no checkpoints/latest"):
+        _ship_module().main([f"x={shipped}", "--dest", str(shipped.parent / "other")])
+
+
+def test_default_names_the_shipped_models(shipped):
+    assert list(builtin.shipped_models()) == ["toy-softmax", "toy-kv-bias"]  # SHIPPED_MODELS order
+    assert builtin.default_models() == ["toy-softmax", "toy-kv-bias"]
+    assert resolve_spec("default") == ("sinkinterp", str(shipped / "toy-softmax"))
+    assert resolve_spec("toy-kv-bias") == ("sinkinterp", str(shipped / "toy-kv-bias"))
+    lm = load_model("toy-softmax")
+    assert lm.info["trained"] and lm.info["bos_first"] and lm.info["step"] == 8
+    assert "BOS first" in lm.info["note"] and lm.tokenizer is not None and lm.bos_token_id == 1
+    assert load_model("toy-kv-bias").info["bos_first"] is False
+
+
+def test_without_shipped_models_default_is_the_untrained_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(builtin, "SHIPPED_DIR", tmp_path / "empty")
+    assert builtin.default_models() == ["tiny-llama-untrained"]
+    assert resolve_spec("default") == ("builtin", "tiny-llama-untrained")
+
+
+def test_report_shows_every_shipped_model_with_its_bos_policy(shipped, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert cli.main(["report", "--seq-len", "12", "--num-seqs", "3", "--no-figures", "--out", str(out)]) == 0
+    text = (out / "report.txt").read_text()
+    assert text == capsys.readouterr().out.split("sinkinterp report", 1)[1].join(["sinkinterp report", ""])
+    assert "toy-softmax (" in text and "BOS prepended (trained with BOS first)" in text
+    assert "toy-kv-bias (" in text and ": no BOS;" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("toy-")]
+    assert [(r[0], r[1]) for r in rows] == [(m, k) for m in ("toy-softmax", "toy-kv-bias")
+                                            for k in ("natural", "random", "repeat")]
+    assert all(r[4] == "-" for r in rows if r[0] == "toy-softmax") and all(r[4] != "-" for r in rows[3:])
+    cfg = json.loads((out / "toy-softmax" / "natural" / "config.json").read_text())
+    assert cfg["prepend_bos"] is True
+    tokens_first = json.loads((out / "toy-softmax" / "random" / "results.json").read_text())
+    assert tokens_first["prepend_bos"] is True
+    assert json.loads((out / "toy-kv-bias" / "random" / "config.json").read_text())["prepend_bos"] is False
