@@ -129,11 +129,15 @@ def test_parity_with_hf_eager_attention(make):
     assert tl_adapter.count_attached_hooks(model) == 0
 
 
-def test_hooked_transformer_and_qk_decomposition_match_cache():
+def _tiny_hooked_transformer():
     model = tl_adapter.hooked_transformer_from_config(
         n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
         positional_embedding_type="rotary", normalization_type="RMS", seed=0)
-    tokens = torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(3))
+    return model, torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(3))
+
+
+def test_hooked_transformer_and_qk_decomposition_match_cache():
+    model, tokens = _tiny_hooked_transformer()
     report = measure(model, tokens, qk_heads=[(1, 2), (0, 0)])
     _, cache = model.run_with_cache(tokens)
     for i, (l, h) in enumerate([(1, 2), (0, 0)]):
@@ -264,10 +268,7 @@ def test_first_keys_on_sinkinterp_models_equals_the_full_measurement(name):
 
 
 def test_first_keys_on_a_hooked_transformer_slices_the_pattern():
-    model = tl_adapter.hooked_transformer_from_config(
-        n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
-        positional_embedding_type="rotary", normalization_type="RMS", seed=0)
-    tokens = torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(3))
+    model, tokens = _tiny_hooked_transformer()
     full = measure(model, tokens, eps=0.2)
     fast = measure(model, tokens, eps=0.2, first_keys=2)
     _assert_restricted_equal(fast, full, 2, atol=1e-7)
