@@ -202,12 +202,15 @@ def _cell_mask(comp: Component, cells: Sequence[Cell], act: Tensor) -> Tensor:
 
 
 def edit_hooks(model: Any, edits: Sequence[tuple[Component, Source]], cells: Sequence[Cell],
-               n_copies: int | None = None) -> list[tuple[str, Any]]:
+               n_copies: int | None = None, before: tuple[int, dict[str, Tensor]] | None = None,
+               ) -> list[tuple[str, Any]]:
     """Forward hooks that apply each (component, source) edit at ``cells``.
 
     With ``n_copies`` None every row of the batch gets every cell's edit (an intervention on the
     whole batch, any batch size). With ``n_copies = len(cells)`` the batch is read as that many
-    stacked copies of the input and copy i is edited at cell i only.
+    stacked copies of the input and copy i is edited at cell i only. ``before`` = (p, activations of
+    one unedited batch by hook name): the pass computes positions p.. only, and each hook puts the
+    unedited positions before p back in front so that sources and cells see whole sequences.
     """
     hooks: list[tuple[str, Any]] = []
     for comp, source in edits:
@@ -215,13 +218,21 @@ def edit_hooks(model: Any, edits: Sequence[tuple[Component, Source]], cells: Seq
         for i, cell in enumerate(cells):
             by_layer.setdefault(cell.layer if "{l}" in comp.hook else 0, []).append(i)
         for layer, idx in by_layer.items():
-            hooks.append((comp.hook_name(layer), _make_hook(comp, source, layer, cells, idx, n_copies)))
+            hooks.append((comp.hook_name(layer), _make_hook(comp, source, layer, cells, idx, n_copies, before)))
     return hooks
 
 
 def _make_hook(comp: Component, source: Source, layer: int, cells: Sequence[Cell], idx: list[int],
-               n_copies: int | None) -> Any:
+               n_copies: int | None, before: tuple[int, dict[str, Tensor]] | None = None) -> Any:
     def hook(act: Tensor, hook: Any = None) -> Tensor:
+        if before is not None:  # [rows, pos - p, ...] -> whole sequences, edited, then cut again
+            p, acts = before
+            head = acts[comp.hook_name(layer)][:, :p].to(act.dtype)
+            head = head.repeat(act.shape[0] // head.shape[0], *([1] * (head.dim() - 1)))
+            return _edit(torch.cat([head, act], dim=1))[:, p:]
+        return _edit(act)
+
+    def _edit(act: Tensor) -> Tensor:
         new = source(act, layer)
         if n_copies is None:
             mask = _cell_mask(comp, [cells[i] for i in idx], act).any(0, keepdim=True)
@@ -274,6 +285,10 @@ def run_cells(
         if starts:
             captured = capture(model, tokens, [f"blocks.{l}.hook_resid_pre" for l in starts])
             resid_at = {l: captured[f"blocks.{l}.hook_resid_pre"].to(device) for l in starts}
+    # A sinkinterp model also starts each pass at its first edited position, when every edit is of
+    # a per-token activation: earlier positions cannot see the edit (causal attention), so their
+    # keys and values, and logits, are the unedited run's (_Prefix).
+    prefix = _Prefix.build(model, tokens, comps, cells, per_pass) if start_from is not None else None
     chunks: Iterable[int] = range(0, len(cells), per_pass)
     if progress:
         from tqdm.auto import tqdm
@@ -284,16 +299,69 @@ def run_cells(
         for start in chunks:
             chunk = list(cells[start:start + per_pass])
             n = len(chunk)
-            hooks = list(extra_hooks) + edit_hooks(model, comps, chunk, n_copies=n)
             first = min(c.layer for c in chunk)
-            with tl_adapter.attached_hooks(model, hooks):
-                if first in resid_at:
-                    logits = start_from(tokens.repeat(n, 1), first, resid_at[first].repeat(n, 1, 1))
-                else:
-                    logits = model(tokens.repeat(n, 1))
+            pos0 = prefix.first_position(chunk) if prefix is not None else 0
+            if pos0:
+                hooks = edit_hooks(model, comps, chunk, n_copies=n, before=(pos0, prefix.acts))
+                with tl_adapter.attached_hooks(model, hooks):
+                    logits = prefix.run(tokens, n, first, pos0)
+            else:
+                hooks = list(extra_hooks) + edit_hooks(model, comps, chunk, n_copies=n)
+                with tl_adapter.attached_hooks(model, hooks):
+                    if first in resid_at:
+                        logits = start_from(tokens.repeat(n, 1), first, resid_at[first].repeat(n, 1, 1))
+                    else:
+                        logits = model(tokens.repeat(n, 1))
             for i in range(n):
                 out[start + i] = float(metric(logits[i * b:(i + 1) * b]))
     return out
+
+
+@dataclass
+class _Prefix:
+    """The unedited run of a sinkinterp model, kept to continue edited passes from a position p:
+    residual streams, keys (as the attention uses them) and values of every layer, the edited
+    activations (so edit sources still see whole sequences) and the logits."""
+
+    model: Any
+    acts: dict[str, Tensor]
+    logits: Tensor
+    k_name: str
+
+    @staticmethod
+    def build(model: Any, tokens: Tensor, comps: Sequence[tuple[Component, Source]], cells: Sequence[Cell],
+              per_pass: int) -> _Prefix | None:
+        if not hasattr(model, "can_start_at_pos") or any(c.pos_dim != 1 for c, _ in comps):
+            return None
+        if not any(_Prefix._min_pos(cells[i:i + per_pass]) for i in range(0, len(cells), per_pass)):
+            return None
+        L = _dims(model)["n_layers"]
+        names = set(tl_adapter.hook_names(model))
+        k_name = "hook_rot_k" if "blocks.0.attn.hook_rot_k" in names else "hook_k"
+        wanted = {f"blocks.{l}.{n}" for l in range(L) for n in ("hook_resid_pre", f"attn.{k_name}", "attn.hook_v")}
+        wanted |= {c.hook_name(cell.layer) for c, _ in comps for cell in cells}
+        acts, logits = _capture_run(model, tokens, sorted(wanted))
+        return _Prefix(model, acts, logits, k_name)
+
+    @staticmethod
+    def _min_pos(chunk: Sequence[Cell]) -> int:
+        if any(c.pos is None for c in chunk):
+            return 0
+        return min(c.pos if isinstance(c.pos, int) else min(c.pos) for c in chunk)
+
+    def first_position(self, chunk: Sequence[Cell]) -> int:
+        p = self._min_pos(chunk)
+        return p if p and self.model.can_start_at_pos(p) else 0
+
+    def run(self, tokens: Tensor, n: int, layer: int, pos: int) -> Tensor:
+        """Logits of n stacked copies, computed from ``layer`` and ``pos`` on (hooks attached by the caller)."""
+        acts, L = self.acts, _dims(self.model)["n_layers"]
+        rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
+        past = [(rep(acts[f"blocks.{l}.attn.{self.k_name}"][:, :pos]), rep(acts[f"blocks.{l}.attn.hook_v"][:, :pos]))
+                for l in range(layer, L)]
+        resid = rep(acts[f"blocks.{layer}.hook_resid_pre"][:, pos:])
+        new = self.model(tokens.repeat(n, 1), start_at_layer=layer, resid=resid, start_at_pos=pos, past_kv=past)
+        return torch.cat([rep(self.logits[:, :pos]), new], dim=1)
 
 
 def _start_fn(model: Any) -> Callable[[Tensor, int, Tensor], Tensor] | None:
@@ -329,6 +397,10 @@ def _model_device(model: Any) -> torch.device:
 # =========================================================================================
 def capture(model: Any, tokens: Tensor, hook_names: Sequence[str]) -> dict[str, Tensor]:
     """Activations at ``hook_names`` for one forward pass on ``tokens`` (hooks removed afterwards)."""
+    return _capture_run(model, tokens, hook_names)[0]
+
+
+def _capture_run(model: Any, tokens: Tensor, hook_names: Sequence[str]) -> tuple[dict[str, Tensor], Tensor]:
     store: dict[str, Tensor] = {}
     names = set(tl_adapter.hook_names(model))
     for name in hook_names:
@@ -342,8 +414,8 @@ def capture(model: Any, tokens: Tensor, hook_names: Sequence[str]) -> dict[str, 
         return hook
 
     with _eval_mode(model), torch.no_grad(), tl_adapter.attached_hooks(model, [(n, save(n)) for n in hook_names]):
-        model(tokens.to(_model_device(model)))
-    return store
+        logits = model(tokens.to(_model_device(model)))
+    return store, logits
 
 
 @dataclass

@@ -90,21 +90,86 @@ def _embed_calls(model):
 
 @pytest.mark.parametrize("variant", ["rotary", "learned", "post_norm", "kv", "sink_logit", "alibi"])
 def test_passes_start_at_the_patched_layer_with_the_same_results(pair, variant, monkeypatch):
-    """Each pass runs from its first edited layer on the unedited residual stream: the blocks before
-    it are skipped (the embedding runs only for the clean/corrupted runs and one capture) and the
-    grid equals full passes."""
+    """Each pass runs from its first edited layer and position on the unedited run: the blocks
+    before it are skipped (the embedding runs only for the clean/corrupted runs, one capture and the
+    one pass that edits position 0 of layer 0), positions before the first edited one are taken from
+    the unedited run, and the grid equals full passes."""
     m = SinkTransformer(tiny_config(n_layers=3, **VARIANTS[variant])).double().eval()
     clean, corrupted = pair
     metric = patching.loss_metric(clean)
     calls = _embed_calls(m)
+    seen = []  # positions that each pass computes at block 2
+    m.blocks[2].hook_resid_pre.add_hook(lambda act, hook: seen.append(act.shape[1]))
     fast = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 8)  # 8 cells per pass, 3 passes per layer
     n_full = sum(1 for c in calls if c > clean.shape[0])
     m.reset_hooks()
-    assert m.can_start_at_layer and n_full == 3  # only the layer-0 passes embed the stacked copies
+    assert m.can_start_at_layer and n_full == 1
+    # every pass reaches block 2; per layer the 3 passes start at positions 0, 2, 4 (2 positions x 4 heads each)
+    assert sorted(seen[-9:]) == [2, 2, 2, 4, 4, 4, 6, 6, 6]
+    monkeypatch.setattr(patching._Prefix, "build", staticmethod(lambda *a: None))
+    by_layer_only = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 8)
     monkeypatch.setattr(patching, "_start_fn", lambda model: None)
     slow = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 8)
     np.testing.assert_allclose(fast.values, slow.values, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(by_layer_only.values, slow.values, rtol=1e-10, atol=1e-10)
     assert np.ptp(fast.values[1:]) > 1e-3
+
+
+@pytest.mark.parametrize("component", ["resid_pre", "rot_k", "v", "z", "q", "attn_out", "mlp_out", "resid_mid"])
+def test_position_continued_passes_equal_transformer_lens_per_cell(pair, component):
+    """Every per-token component, patched by position (and head), through passes continued from the
+    first patched position, equals TransformerLens' generic per-cell patching."""
+    m = SinkTransformer(tiny_config(n_layers=2)).double().eval()
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    _, cache = m.run_with_cache(clean)
+    comp = patching.component(component)
+    ours = patching.patch(m, clean, corrupted, component, metric, batch_rows=3 * 5)
+    if comp.head_dim is None:
+        setter, axes = tlp.layer_pos_patch_setter, ["layer", "pos"]
+    else:
+        setter, axes = tlp.layer_pos_head_vector_patch_setter, ["layer", "pos", "head"]
+    ref = tlp.generic_activation_patch(m, corrupted, cache, metric, setter, component, index_axis_names=axes)
+    np.testing.assert_allclose(ours.values, ref.numpy(), rtol=1e-6, atol=1e-6)
+    assert np.ptp(ours.values) > 1e-4
+
+
+def test_start_at_pos_forward():
+    """forward(start_at_layer, resid, start_at_pos, past_kv) gives the full run's logits of the later
+    positions, for every variant that allows it; bad arguments are refused."""
+    tokens = _tokens(2, T=12)
+    for name, over in VARIANTS.items():
+        m = SinkTransformer(tiny_config(**over)).double().eval()
+        if not m.can_start_at_layer:
+            assert not m.can_start_at_pos(3)
+            continue
+        k_name = "hook_rot_k" if "blocks.0.attn.hook_rot_k" in m.hook_dict else "hook_k"
+        logits, cache = m.run_with_cache(tokens)
+        for layer, pos in ((0, 1), (1, 5), (1, 11)):
+            if not m.can_start_at_pos(pos):
+                assert m.cfg.prefix_len > pos
+                continue
+            past = [(cache[f"blocks.{l}.attn.{k_name}"][:, :pos], cache[f"blocks.{l}.attn.hook_v"][:, :pos])
+                    for l in range(layer, 2)]
+            out = m(tokens, start_at_layer=layer, resid=cache[f"blocks.{layer}.hook_resid_pre"][:, pos:],
+                    start_at_pos=pos, past_kv=past)
+            torch.testing.assert_close(out, logits[:, pos:], atol=1e-10, rtol=0, msg=f"{name} {layer} {pos}")
+    m = SinkTransformer(tiny_config()).double().eval()
+    _, cache = m.run_with_cache(tokens)
+    past = [(cache[f"blocks.{l}.attn.hook_rot_k"][:, :3], cache[f"blocks.{l}.attn.hook_v"][:, :3]) for l in range(2)]
+    resid = cache["blocks.0.hook_resid_pre"][:, 3:]
+    with pytest.raises(ValueError, match="give start_at_pos, past_kv, start_at_layer and resid together"):
+        m(tokens, start_at_pos=3, past_kv=past)
+    with pytest.raises(ValueError, match=r"start_at_pos: expected an integer in 1..11"):
+        m(tokens, start_at_layer=0, resid=cache["blocks.0.hook_resid_pre"], start_at_pos=0, past_kv=past)
+    with pytest.raises(ValueError, match="past_kv: expected 2"):
+        m(tokens, start_at_layer=0, resid=resid, start_at_pos=3, past_kv=past[:1])
+    with pytest.raises(ValueError, match="only return_type='logits'"):
+        m(tokens, return_type="loss", start_at_layer=0, resid=resid, start_at_pos=3, past_kv=past)
+    with pytest.raises(ValueError, match="resid: expected a float tensor of shape"):
+        m(tokens, start_at_layer=0, resid=cache["blocks.0.hook_resid_pre"], start_at_pos=3, past_kv=past)
+    assert not SinkTransformer(tiny_config(prefix_len=5)).can_start_at_pos(4)
+    assert not m.set_attn_backend("flex").can_start_at_pos(4)
 
 
 def test_sink_token_models_run_every_pass_in_full(pair):

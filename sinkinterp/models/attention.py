@@ -200,7 +200,7 @@ class AttnContext:
     """Everything about positions that all layers share, built once per forward pass."""
 
     n_pos: int
-    visible: Bool[Tensor, "pos pos"]  # [query, key]: may query t attend to real key s
+    visible: Bool[Tensor, "query_pos key_pos"]  # may query t attend to real key s (square unless q_start > 0)
     causal_only: bool  # visible is the plain causal mask (SDPA's is_causal applies)
     sigmoid_bias: float
     rotary: tuple[Tensor, Tensor] | None = None  # cos, sin [pos, d_head]
@@ -211,6 +211,19 @@ class AttnContext:
     buckets_sink: Tensor | None = None  # [pos, 1] bucket of the sink token's slot
     bucket_self: Tensor | None = None  # [1, 1] bucket of distance 0
     flex_masks: dict = field(default_factory=dict)  # FlexAttention block masks, shared by layers
+    q_start: int = 0  # first query position (> 0: a pass continued from a cached prefix of keys)
+
+    def from_position(self, start: int) -> AttnContext:
+        """The context of a pass that computes only queries ``start..`` against all keys (keys before
+        ``start`` come from a cache): query-side tensors sliced, the mask no longer square."""
+        if start == 0:
+            return self
+        cut = lambda t: None if t is None else t[..., start:, :]  # noqa: E731  [.., query, key]
+        rot = None if self.rotary is None else (self.rotary[0][start:], self.rotary[1][start:])
+        return AttnContext(
+            n_pos=self.n_pos - start, visible=self.visible[start:], causal_only=False,
+            sigmoid_bias=self.sigmoid_bias, rotary=rot, alibi=cut(self.alibi),
+            buckets=None if self.buckets is None else self.buckets[start:], q_start=start)
 
 
 def build_context(cfg: ModelConfig, n_pos: int, device: torch.device, dtype: torch.dtype) -> AttnContext:
@@ -413,14 +426,19 @@ class Attention(nn.Module):
         x: Float[Tensor, "batch pos d_model"],
         ctx: AttnContext,
         sink: Float[Tensor, "1 1 d_model"] | None = None,
+        past: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], Float[Tensor, "1 1 d_model"] | None]:
         """Attention output for the real tokens, and for the sink token when there is one.
 
         ``x`` is the (normalized) block input; ``sink`` the (normalized) sink-token state, batch 1:
-        the sink token only sees itself, so its state is the same for every sequence.
+        the sink token only sees itself, so its state is the same for every sequence. ``past``:
+        (k, v) [batch, ctx.q_start, kv_head, d_head] of the positions before ``x``'s first one (k
+        after rotary), when the pass continues from them (``AttnContext.from_position``).
         """
         cfg, op = self.cfg, self.op
         q, k, v = self._qkv(x, ctx.rotary, hooks=True)
+        if past is not None:  # keys / values of the positions before ctx.q_start, as the attention uses them
+            k, v = torch.cat([past[0].to(k.dtype), k], dim=1), torch.cat([past[1].to(v.dtype), v], dim=1)
         qh, kh, vh = _to_heads(q), _to_heads(k), _to_heads(v)
         if op.feature is not None:
             qh, kh = op.feature(qh), op.feature(kh)
@@ -598,12 +616,12 @@ class Attention(nn.Module):
             mask = torch.cat([ctx.visible.new_ones(t, 1), ctx.visible], dim=1)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         else:
-            real = pos_bias if pos_bias is not None else q.new_zeros(1, t, t)
+            real = pos_bias if pos_bias is not None else q.new_zeros(1, *ctx.visible.shape)
             real = real.to(q.dtype).masked_fill(~ctx.visible, float("-inf"))
             if slot is not None:
                 col = col_bias.to(q.dtype) if col_bias is not None else q.new_zeros(1, t, 1)
                 n = max(real.shape[0], col.shape[0])
-                real = torch.cat([col.expand(n, t, 1), real.expand(n, t, t)], dim=-1)
+                real = torch.cat([col.expand(n, t, 1), real.expand(n, *ctx.visible.shape)], dim=-1)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=real.unsqueeze(0), enable_gqa=gqa)
         return z * self.gain if self.gain != 1.0 else z
 

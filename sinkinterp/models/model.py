@@ -19,6 +19,8 @@ See ``attention.py`` for the attention variants and the fast / observed paths.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -200,20 +202,22 @@ class TransformerBlock(nn.Module):
         x: Float[Tensor, "batch pos d_model"],
         ctx: AttnContext,
         sink: Float[Tensor, "1 1 d_model"] | None = None,
+        past: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], Float[Tensor, "1 1 d_model"] | None]:
         """The residual stream of the real tokens, and of the sink token when there is one (the
-        sink token runs through the same weights, without hook points)."""
+        sink token runs through the same weights, without hook points). ``past``: cached keys and
+        values of earlier positions (see ``Attention.forward``)."""
         x = self.hook_resid_pre(x)
         if self.pre_norm:  # x + attn(ln1(x)), then + mlp(ln2(.)); the paper's default
             s_in = self.ln1.normalize(sink) if sink is not None else None
-            attn_out, sink_attn = self.attn(self.ln1(x), ctx, s_in)
+            attn_out, sink_attn = self.attn(self.ln1(x), ctx, s_in, past)
             mid = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
             post = self.hook_resid_post(mid + self.hook_mlp_out(self.mlp(self.ln2(mid))))
             if sink is not None:
                 sink = sink + sink_attn
                 sink = sink + self.mlp.compute(self.ln2.normalize(sink))
         else:  # post-norm: ln1(x + attn(x)), then ln2(. + mlp(.))
-            attn_out, sink_attn = self.attn(x, ctx, sink)
+            attn_out, sink_attn = self.attn(x, ctx, sink, past)
             mid = self.hook_resid_mid(self.ln1(x + self.hook_attn_out(attn_out)))
             post = self.hook_resid_post(self.ln2(mid + self.hook_mlp_out(self.mlp(mid))))
             if sink is not None:
@@ -343,7 +347,9 @@ class SinkTransformer(HookedRootModule):
         loss_mask: Tensor | None = None,
         *,
         start_at_layer: int | None = None,
-        resid: Float[Tensor, "batch pos d_model"] | None = None,
+        resid: Float[Tensor, "batch resid_pos d_model"] | None = None,
+        start_at_pos: int | None = None,
+        past_kv: Sequence[tuple[Tensor, Tensor]] | None = None,
     ):
         """Logits [batch, pos, d_vocab] for token ids [batch, pos] (no BOS is added).
 
@@ -356,6 +362,13 @@ class SinkTransformer(HookedRootModule):
         before it, as TransformerLens' ``start_at_layer`` does (activation patching starts each
         pass at the patched layer this way). ``tokens`` still give the shape and the loss targets.
         Not for sink-token models, whose sink state would also have to be passed.
+
+        ``start_at_pos`` p (with ``start_at_layer``; see ``can_start_at_pos``): compute only positions
+        p.. . ``resid`` is then the residual stream of those positions [batch, pos - p, d_model] and
+        ``past_kv`` holds, for each block from ``start_at_layer`` on, the (k, v) [batch, p, kv_head,
+        d_head] of positions 0..p-1 as the attention uses them (``hook_rot_k`` for rotary models, else
+        ``hook_k``; ``hook_v``). Hooks see positions p.. only (attention patterns: those query rows,
+        every key). Returns the logits of positions p.. only; return_type "logits" only.
         """
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(
@@ -371,21 +384,23 @@ class SinkTransformer(HookedRootModule):
         if return_type in ("loss", "both") and n_pos < 2:
             raise ValueError("tokens: a loss needs at least 2 positions")
 
-        first = 0
+        first, pos0 = 0, 0
+        if start_at_pos is not None or past_kv is not None:
+            pos0 = self._check_start_pos(start_at_pos, past_kv, start_at_layer, batch, n_pos, return_type)
         if start_at_layer is not None or resid is not None:
-            first = self._check_start(start_at_layer, resid, batch, n_pos)
+            first = self._check_start(start_at_layer, resid, batch, n_pos - pos0)
             x = resid
         else:
             x = self.hook_embed(self.embed(tokens))
             if hasattr(self, "pos_embed"):
                 pe = self.pos_embed(n_pos, x.dtype, x.device)
                 x = x + self.hook_pos_embed(pe.unsqueeze(0).expand(batch, n_pos, -1))
-        ctx = build_context(self.cfg, n_pos, x.device, x.dtype)
+        ctx = build_context(self.cfg, n_pos, x.device, x.dtype).from_position(pos0)
         sink = None
         if self.cfg.attn_bias == "sink_token" and self.cfg.has_slot:
             sink = self.W_sink.view(1, 1, -1)
-        for block in self.blocks[first:]:
-            x, sink = block(x, ctx, sink)
+        for i, block in enumerate(self.blocks[first:]):
+            x, sink = block(x, ctx, sink, None if past_kv is None else past_kv[i])
         logits = self.unembed(self.ln_final(x))
 
         if return_type == "logits":
@@ -399,6 +414,31 @@ class SinkTransformer(HookedRootModule):
     def can_start_at_layer(self) -> bool:
         """Whether ``forward(..., start_at_layer=, resid=)`` applies (all but sink-token models)."""
         return not (self.cfg.attn_bias == "sink_token" and self.cfg.has_slot)
+
+    def can_start_at_pos(self, pos: int) -> bool:
+        """Whether ``forward(..., start_at_pos=pos)`` applies: no position before ``pos`` may see one
+        after it (not for a prefix longer than ``pos``), no sink token, not the FlexAttention backend."""
+        return (self.can_start_at_layer and self.attn_backend != "flex"
+                and (self.cfg.prefix_len <= 1 or pos >= self.cfg.prefix_len))
+
+    def _check_start_pos(self, pos: int | None, past_kv: Any, start_at_layer: int | None, batch: int,
+                         n_pos: int, return_type: str | None) -> int:
+        if pos is None or past_kv is None or start_at_layer is None:
+            raise ValueError("start_at_pos: give start_at_pos, past_kv, start_at_layer and resid together")
+        if isinstance(pos, bool) or not isinstance(pos, int) or not 1 <= pos < n_pos:
+            raise ValueError(f"start_at_pos: expected an integer in 1..{n_pos - 1}, got {pos!r}")
+        if not self.can_start_at_pos(pos):
+            raise ValueError(f"start_at_pos: not supported here (prefix_len={self.cfg.prefix_len}, attn_bias="
+                             f"{self.cfg.attn_bias!r}, backend {self.attn_backend!r}); see can_start_at_pos")
+        if return_type != "logits":
+            raise ValueError("start_at_pos: only return_type='logits' (the logits of positions start_at_pos..)")
+        n_blocks = self.cfg.n_layers - (start_at_layer if isinstance(start_at_layer, int) else 0)
+        want = (batch, pos, self.cfg.n_kv_heads, self.cfg.d_head)
+        if len(past_kv) != n_blocks or any(len(kv) != 2 for kv in past_kv) or any(
+                not isinstance(t, Tensor) or tuple(t.shape) != want for kv in past_kv for t in kv):
+            raise ValueError(f"past_kv: expected {n_blocks} (k, v) pairs (one per block from start_at_layer on), "
+                             f"each of shape {want}")
+        return pos
 
     def _check_start(self, start_at_layer: int | None, resid: Tensor | None, batch: int, n_pos: int) -> int:
         if start_at_layer is None or resid is None:
