@@ -279,25 +279,30 @@ def run_cells(
     # stream for every copy, taken once from the unedited run (not with extra hooks, which may need
     # the earlier layers, nor for edits outside the blocks, such as pos_embed).
     start_from = None if extra_hooks or any("{l}" not in c.hook for c, _ in comps) else _start_fn(model)
+    # A sinkinterp model also starts each pass at its first edited position, when every edit is of
+    # a per-token activation: earlier positions cannot see the edit (causal attention), so their
+    # keys and values, and logits, are the unedited run's (_Prefix). Cells are then grouped into
+    # passes by blocks of nearby layers and positions, which shortens the passes on both axes.
+    prefix = _Prefix.build(model, tokens, comps, cells) if start_from is not None else None
+    order = _block_order(cells, per_pass) if prefix is not None else list(range(len(cells)))
+    chunk_idx = [order[i:i + per_pass] for i in range(0, len(cells), per_pass)]
     resid_at: dict[int, Tensor] = {}
-    if start_from is not None:
-        starts = sorted({min(c.layer for c in cells[i:i + per_pass]) for i in range(0, len(cells), per_pass)} - {0})
+    if prefix is not None:
+        resid_at = {l: prefix.acts[f"blocks.{l}.hook_resid_pre"] for l in range(dims["n_layers"])}
+    elif start_from is not None:
+        starts = sorted({min(cells[i].layer for i in idx) for idx in chunk_idx} - {0})
         if starts:
             captured = capture(model, tokens, [f"blocks.{l}.hook_resid_pre" for l in starts])
             resid_at = {l: captured[f"blocks.{l}.hook_resid_pre"].to(device) for l in starts}
-    # A sinkinterp model also starts each pass at its first edited position, when every edit is of
-    # a per-token activation: earlier positions cannot see the edit (causal attention), so their
-    # keys and values, and logits, are the unedited run's (_Prefix).
-    prefix = _Prefix.build(model, tokens, comps, cells, per_pass) if start_from is not None else None
-    chunks: Iterable[int] = range(0, len(cells), per_pass)
+    chunks: Iterable[list[int]] = chunk_idx
     if progress:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, total=math.ceil(len(cells) / per_pass), desc="cells", unit="pass")
+        chunks = tqdm(chunks, total=len(chunk_idx), desc="cells", unit="pass")
     out = np.empty(len(cells), dtype=np.float64)
     with _eval_mode(model), torch.no_grad():
-        for start in chunks:
-            chunk = list(cells[start:start + per_pass])
+        for idx in chunks:
+            chunk = [cells[i] for i in idx]
             n = len(chunk)
             first = min(c.layer for c in chunk)
             pos0 = prefix.first_position(chunk) if prefix is not None else 0
@@ -308,12 +313,12 @@ def run_cells(
             else:
                 hooks = list(extra_hooks) + edit_hooks(model, comps, chunk, n_copies=n)
                 with tl_adapter.attached_hooks(model, hooks):
-                    if first in resid_at:
+                    if first and first in resid_at:
                         logits = start_from(tokens.repeat(n, 1), first, resid_at[first].repeat(n, 1, 1))
                     else:
                         logits = model(tokens.repeat(n, 1))
-            for i in range(n):
-                out[start + i] = float(metric(logits[i * b:(i + 1) * b]))
+            for j, i in enumerate(idx):
+                out[i] = float(metric(logits[j * b:(j + 1) * b]))
     return out
 
 
@@ -329,11 +334,12 @@ class _Prefix:
     k_name: str
 
     @staticmethod
-    def build(model: Any, tokens: Tensor, comps: Sequence[tuple[Component, Source]], cells: Sequence[Cell],
-              per_pass: int) -> _Prefix | None:
+    def build(model: Any, tokens: Tensor, comps: Sequence[tuple[Component, Source]],
+              cells: Sequence[Cell]) -> _Prefix | None:
+        """The unedited run's record, or None where no pass could start after position 0."""
         if not hasattr(model, "can_start_at_pos") or any(c.pos_dim != 1 for c, _ in comps):
             return None
-        if not any(_Prefix._min_pos(cells[i:i + per_pass]) for i in range(0, len(cells), per_pass)):
+        if any(c.pos is None for c in cells) or max(_Prefix._min_pos([c]) for c in cells) == 0:
             return None
         L = _dims(model)["n_layers"]
         names = set(tl_adapter.hook_names(model))
@@ -362,6 +368,19 @@ class _Prefix:
         resid = rep(acts[f"blocks.{layer}.hook_resid_pre"][:, pos:])
         new = self.model(tokens.repeat(n, 1), start_at_layer=layer, resid=resid, start_at_pos=pos, past_kv=past)
         return torch.cat([rep(self.logits[:, :pos]), new], dim=1)
+
+
+def _block_order(cells: Sequence[Cell], per_pass: int) -> list[int]:
+    """Cell indices ordered so that consecutive runs of ``per_pass`` cover compact blocks of the
+    (layer, first position) grid: a pass costs about (layers after its first) x (positions after
+    its first), which square-ish blocks keep smaller than whole layers or whole positions."""
+    def first_pos(c: Cell) -> int:
+        return c.pos if isinstance(c.pos, int) else min(c.pos)  # type: ignore[arg-type]
+
+    per_site = max(1, len(cells) // max(1, len({(c.layer, first_pos(c)) for c in cells})))  # e.g. heads
+    side = max(1, math.isqrt(max(1, per_pass // per_site)))
+    return sorted(range(len(cells)), key=lambda i: (cells[i].layer // side, first_pos(cells[i]) // side,
+                                                    cells[i].layer, first_pos(cells[i]), i))
 
 
 def _start_fn(model: Any) -> Callable[[Tensor, int, Tensor], Tensor] | None:
