@@ -103,7 +103,7 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
 
 
 def run_sweep(model: Any, clean: torch.Tensor, corrupted: torch.Tensor, sweep: str, *, batch_rows: int,
-              methods: Sequence[str]) -> dict[str, Any]:
+              methods: Sequence[str], skip: str = "auto") -> dict[str, Any]:
     """Both ways of one sweep: seconds, number of cells, and whether their grids agree."""
     from sinkinterp import patching, tl_adapter
 
@@ -114,7 +114,7 @@ def run_sweep(model: Any, clean: torch.Tensor, corrupted: torch.Tensor, sweep: s
     grids = {}
     if "ours" in methods:
         res, secs = _timed(lambda: patching.patch(model, clean, corrupted, comp, metric, batch_rows=batch_rows,
-                                                  **kwargs), device)
+                                                  skip=skip, **kwargs), device)
         grids["ours"] = res.values
         row.update(ours_s=secs, cells=int(res.values.size), shape=list(res.values.shape))
     if "tl" in methods:
@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-seqs", type=int, default=4, help="N prompts in the batch")
     p.add_argument("--batch-rows", type=int, default=64,
                    help="our passes hold max(1, batch_rows // N) cells' copies of the corrupted batch")
+    p.add_argument("--skip", choices=("auto", "layer", "none"), default="auto",
+                   help="what our passes take from the unpatched run (sinkinterp.patching.run_cells): auto = "
+                        "blocks before the patched layer and positions before the patched position; layer = "
+                        "blocks only; none = every pass in full")
     p.add_argument("--d-vocab", type=int, default=8192)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
@@ -247,7 +251,7 @@ def _run(args: argparse.Namespace, argv: list[str], kinds: list[str], models: li
                     print(f"[bench_patching] {kind} {spec} {sweep} ...", file=sys.stderr, flush=True)
                 try:
                     row = {**base, **run_sweep(model, clean, corrupted, sweep, batch_rows=args.batch_rows,
-                                               methods=methods)}
+                                               methods=methods, skip=args.skip)}
                 except Exception as err:  # noqa: BLE001 - record and go on with the next row
                     row = {**base, "sweep": sweep, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
                 doc["rows"].append(row)

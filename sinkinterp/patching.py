@@ -45,9 +45,11 @@ __all__ = [
     "capture",
     "loss_metric",
     "logit_diff_metric",
+    "SKIP_MODES",
 ]
 
 Metric = Callable[[Tensor], Tensor]
+SKIP_MODES = ("auto", "layer", "none")
 # a source maps (activation [rows, ...], layer) -> the replacement, same shape
 Source = Callable[[Tensor, int], Tensor]
 
@@ -257,13 +259,19 @@ def run_cells(
     batch_rows: int = 64,
     progress: bool = False,
     extra_hooks: Sequence[tuple[str, Any]] = (),
+    skip: str = "auto",
 ) -> np.ndarray:
     """``metric`` of the model's logits with the edits applied at each cell separately: [n_cells].
 
     Each forward pass holds ``max(1, batch_rows // batch)`` copies of ``tokens``. ``extra_hooks``
     are attached for every pass (for example the hooks of a patching source that reads the
-    clean run). The edits must not depend on other rows of the batch.
+    clean run). The edits must not depend on other rows of the batch. ``skip``: what a pass may
+    take from the unedited run instead of computing it (``SKIP_MODES``): "auto" the blocks before
+    its first edited layer and, on sinkinterp models, the positions before its first edited
+    position; "layer" only the blocks; "none" nothing (every pass in full). Results are the same.
     """
+    if skip not in SKIP_MODES:
+        raise ValueError(f"skip: got {skip!r}, allowed values are {list(SKIP_MODES)}")
     comps = [(component(c), s) for c, s in edits]
     dims = _dims(model)
     tokens = validate_tokens(tokens, dims["d_vocab"])
@@ -278,12 +286,14 @@ def run_cells(
     # Start each pass at its first edited layer: the blocks before it compute the same residual
     # stream for every copy, taken once from the unedited run (not with extra hooks, which may need
     # the earlier layers, nor for edits outside the blocks, such as pos_embed).
-    start_from = None if extra_hooks or any("{l}" not in c.hook for c, _ in comps) else _start_fn(model)
+    start_from = None
+    if skip != "none" and not extra_hooks and all("{l}" in c.hook for c, _ in comps):
+        start_from = _start_fn(model)
     # A sinkinterp model also starts each pass at its first edited position, when every edit is of
     # a per-token activation: earlier positions cannot see the edit (causal attention), so their
     # keys and values, and logits, are the unedited run's (_Prefix). Cells are then grouped into
     # passes by blocks of nearby layers and positions, which shortens the passes on both axes.
-    prefix = _Prefix.build(model, tokens, comps, cells) if start_from is not None else None
+    prefix = _Prefix.build(model, tokens, comps, cells) if start_from is not None and skip == "auto" else None
     order = _block_order(cells, per_pass) if prefix is not None else list(range(len(cells)))
     chunk_idx = [order[i:i + per_pass] for i in range(0, len(cells), per_pass)]
     resid_at: dict[int, Tensor] = {}
@@ -475,6 +485,7 @@ def patch(
     layers: Sequence[int] | None = None,
     batch_rows: int = 64,
     progress: bool = False,
+    skip: str = "auto",
 ) -> PatchResult:
     """Patch ``component_name`` from the clean run into the corrupted run, one cell at a time.
 
@@ -483,6 +494,7 @@ def patch(
     head axis). The result's axes follow transformer_lens.patching: [layer, pos, head] for
     ``get_act_patch_attn_head_k_by_pos``, [layer, head] for ``..._all_pos``, [layer, pos] for
     ``get_act_patch_resid_pre``. ``metric(logits)`` sees the logits of one copy of the corrupted batch.
+    ``skip``: see ``run_cells`` (changes the time, not the result).
     """
     comp = component(component_name)
     dims = _dims(model)
@@ -526,7 +538,7 @@ def patch(
         device = _model_device(model)
         clean_value = float(metric(model(clean_tokens.to(device))))
         corrupted_value = float(metric(model(corrupted_tokens.to(device))))
-    values = run_cells(model, corrupted_tokens, [(comp, source)], cells, metric, batch_rows=batch_rows,
+    values = run_cells(model, corrupted_tokens, [(comp, source)], cells, metric, batch_rows=batch_rows, skip=skip,
                        progress=progress)
     shape = [len(layer_list)] + ([len(pos_list)] if "pos" in axes else []) + ([len(heads)] if "head" in axes else [])
     return PatchResult(comp.name, values.reshape(shape), tuple(axes), pos_list, clean_value, corrupted_value)

@@ -89,7 +89,7 @@ def _embed_calls(model):
 
 
 @pytest.mark.parametrize("variant", ["rotary", "learned", "post_norm", "kv", "sink_logit", "alibi"])
-def test_passes_start_at_the_patched_layer_with_the_same_results(pair, variant, monkeypatch):
+def test_passes_start_at_the_patched_layer_with_the_same_results(pair, variant):
     """Each pass runs from its first edited layer and position on the unedited run: the blocks
     before it are skipped (the embedding runs only for the clean/corrupted runs, one capture and the
     one pass that edits position 0 of layer 0), positions before the first edited one are taken from
@@ -102,14 +102,17 @@ def test_passes_start_at_the_patched_layer_with_the_same_results(pair, variant, 
     m.blocks[2].hook_resid_pre.add_hook(lambda act, hook: seen.append(act.shape[1]))
     fast = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 8)  # 8 cells per pass, 3 passes per layer
     n_full = sum(1 for c in calls if c > clean.shape[0])
-    m.reset_hooks()
+    m.blocks[2].hook_resid_pre.remove_hooks()
     assert m.can_start_at_layer and n_full == 1
     # every pass reaches block 2; per layer the 3 passes start at positions 0, 2, 4 (2 positions x 4 heads each)
     assert sorted(seen[-9:]) == [2, 2, 2, 4, 4, 4, 6, 6, 6]
-    monkeypatch.setattr(patching._Prefix, "build", staticmethod(lambda *a: None))
-    by_layer_only = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 8)
-    monkeypatch.setattr(patching, "_start_fn", lambda model: None)
-    slow = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 8)
+    calls.clear()
+    by_layer_only = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 8, skip="layer")
+    assert sum(1 for c in calls if c > clean.shape[0]) == 3  # the layer-0 passes embed the stacked copies
+    calls.clear()
+    slow = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 8, skip="none")
+    assert sum(1 for c in calls if c > clean.shape[0]) == 9  # every pass (3 layers x 3) in full
+    m.reset_hooks()
     np.testing.assert_allclose(fast.values, slow.values, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(by_layer_only.values, slow.values, rtol=1e-10, atol=1e-10)
     assert np.ptp(fast.values[1:]) > 1e-3
@@ -270,6 +273,8 @@ def test_bad_input(model, pair):
         patching.patch(SinkTransformer(tiny_config(pos_emb="none")), clean, corrupted, "rot_k", metric)
     with pytest.raises(ValueError, match="corrupted_tokens: token ids must lie"):
         patching.patch(model, clean, corrupted + 100, "v", metric)
+    with pytest.raises(ValueError, match=r"skip: got 'fast', allowed values are \['auto', 'layer', 'none'\]"):
+        patching.patch(model, clean, corrupted, "v", metric, skip="fast")
     with pytest.raises(ValueError, match="target_start"):
         patching.loss_metric(clean, target_start=0)
     with pytest.raises(ValueError, match="cells: head 4 is outside"):
