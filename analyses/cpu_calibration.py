@@ -6,7 +6,7 @@ what they log along training (``metrics.jsonl``) and their configuration are sna
 ``analyses/data/cpu_calibration/NAME/`` with ``--snapshot`` (while or after they run), and this page is
 made from the snapshots, so it regenerates on a fresh clone:
 
-    .venv/bin/python analyses/cpu_calibration.py --snapshot runs/cpu/c_bos ...   # copy metrics + config
+    .venv/bin/python analyses/cpu_calibration.py --snapshot runs/cpu/c_bos ...   # copy metrics + config, probe checkpoints
     .venv/bin/python analyses/regenerate.py cpu_calibration                      # docs/cpu-calibration.md
 
 Every run is ``sinkinterp train configs/cpu_calib_wd05.json --out runs/cpu/NAME`` plus the ``--set``
@@ -40,6 +40,32 @@ def _overrides(cfg: dict, base: dict, prefix: str = "") -> list[str]:
     return out
 
 
+PROBE_EPS = (0.1, 0.2, 0.3)
+
+
+def probe(checkpoint: Path) -> dict:
+    """How close a checkpoint is to a sink: on the run's own sink-tracking windows, the largest
+    per-head alpha_1 and Sink_1 at a few thresholds (``measure(..., first_keys=4)``)."""
+    import torch
+
+    from sinkinterp.measure import measure
+    from sinkinterp.models import load_checkpoint, read_checkpoint_info
+    from sinkinterp.train.config import TrainConfig
+    from sinkinterp.train.trainer import sink_tracking_tokens
+
+    info = read_checkpoint_info(checkpoint)
+    cfg = TrainConfig.from_dict(info["extra"]["train_config"])
+    with torch.no_grad():
+        report = measure(load_checkpoint(checkpoint).eval(), sink_tracking_tokens(cfg), first_keys=4,
+                         eps_grid=PROBE_EPS, norms=False, qk_heads="none")
+    at = {f"{e:g}": float(report.sink1_by_eps[list(report.eps_grid.round(6)).index(round(e, 6))]) for e in PROBE_EPS}
+    out = {"step": info["extra"]["step"], "alpha1_max": float(report.alpha.max()),
+           "alpha1_mean": float(report.alpha.mean()), "sink1_by_eps": at}
+    if report.alpha_bias is not None:
+        out["alpha_bias_max"] = float(report.alpha_bias.max())
+    return out
+
+
 def snapshot(run_dirs: list[str]) -> int:
     for run in map(Path, run_dirs):
         if not (run / "metrics.jsonl").is_file() or not (run / "train_config.json").is_file():
@@ -51,7 +77,15 @@ def snapshot(run_dirs: list[str]) -> int:
             tmp = dest / f".{f}.tmp"
             shutil.copyfile(run / f, tmp)
             tmp.replace(dest / f)
-        print(f"snapshot {run} -> {dest}")
+        probes_file = dest / "probes.json"
+        probes = json.loads(probes_file.read_text()) if probes_file.is_file() else {}
+        for ckpt in sorted((run / "checkpoints").glob("step_*")):
+            if ckpt.name not in probes and (ckpt / "config.json").is_file():
+                probes[ckpt.name] = probe(ckpt)
+        tmp = dest / ".probes.json.tmp"
+        tmp.write_text(json.dumps(dict(sorted(probes.items())), indent=1) + "\n")
+        tmp.replace(probes_file)
+        print(f"snapshot {run} -> {dest} ({len(probes)} checkpoints probed)")
     return 0
 
 
@@ -62,6 +96,10 @@ def _runs() -> dict[str, tuple[dict, list[dict]]]:
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
         out[folder.name] = (cfg, rows)
     return out
+
+
+def _probes() -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(DATA.glob("*/probes.json"))}
 
 
 def _figure(runs: dict[str, tuple[dict, list[dict]]]) -> None:
@@ -135,6 +173,23 @@ def main(argv: list[str] | None = None) -> int:
             f"{last['sink1']:.2f} | {last['sink2']:.2f} | "
             f"{'-' if last.get('sink_bias') is None else format(last['sink_bias'], '.2f')} | "
             f"{last['massive_ratio']:.2f} | {'-' if not bias else format(max(bias), '.2f')} |")
+    probes = _probes()
+    if any(probes.values()):
+        lines += [
+            "",
+            "## How close the checkpoints are to a sink",
+            "",
+            "Each saved checkpoint measured on the run's own tracking windows (`probe()` in the script:",
+            "`measure(..., first_keys=4)`; uniform attention over 64 keys gives alpha_1 = 0.074):",
+            "",
+            "| run | checkpoint step | max alpha_1 over heads | mean alpha_1 | Sink_1 at eps 0.1 / 0.2 / 0.3 (%) | max alpha_* |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, per in probes.items():
+            for p in per.values():
+                eps = " / ".join(f"{p['sink1_by_eps'][k]:.1f}" for k in ("0.1", "0.2", "0.3"))
+                bias = "-" if p.get("alpha_bias_max") is None else f"{p['alpha_bias_max']:.3f}"
+                lines.append(f"| {name} | {p['step']:,} | {p['alpha1_max']:.3f} | {p['alpha1_mean']:.3f} | {eps} | {bias} |")
     lines += [
         "",
         "![Sink_1, Sink_* and the massive-activation ratio along training](figures/cpu-calibration-emergence.png)",
