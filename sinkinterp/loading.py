@@ -168,27 +168,32 @@ def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
 
 
 def _load_sinkinterp(path: str, dtype: torch.dtype, device: str) -> tuple[Any, Any | None, dict[str, Any]]:
-    from sinkinterp.models import load_checkpoint
+    from sinkinterp.models import load_checkpoint, read_checkpoint_info
 
     model = load_checkpoint(path, device=device, dtype=dtype).eval()
+    extra = read_checkpoint_info(path).get("extra") or {}
     tokenizer = None
     tok_file = Path(path, "tokenizer.json")
+    if not tok_file.is_file():  # a checkpoint inside a training run: the tokenizer of its shards
+        shard_dir = (extra.get("train_config") or {}).get("data", {}).get("shard_dir")
+        if shard_dir:  # as given (absolute, or relative to where we run), else relative to a folder above
+            tries = [Path(shard_dir)] + [d / shard_dir for d in Path(path).resolve().parents]
+            tok_file = next((t / "tokenizer.json" for t in tries if (t / "tokenizer.json").is_file()), tok_file)
     if tok_file.is_file():  # the data package's loader sets EOS / BOS (<|endoftext|>, <|bos|>)
         from sinkinterp.data import load_tokenizer
 
         tokenizer = load_tokenizer(tok_file).to_hf()
     info = {"wrapper": "sinkinterp.models", "weight_processing": dict(NO_WEIGHT_PROCESSING), "has_tokenizer": tokenizer is not None,
             "bos_token_id": getattr(tokenizer, "bos_token_id", None)}
-    info.update(_training_info(path))
+    info.update(_training_info(extra))
+    if tokenizer is not None:
+        info["tokenizer_file"] = str(tok_file)
     return model, tokenizer, info
 
 
-def _training_info(path: str) -> dict[str, Any]:
-    """What the checkpoint says about its training: step, tokens, whether every training window
-    started with BOS (then measurements should prepend it too), and a one-line note."""
-    from sinkinterp.models import read_checkpoint_info
-
-    extra = read_checkpoint_info(path).get("extra") or {}
+def _training_info(extra: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's ``extra`` says about its training: step, tokens, whether every training
+    window started with BOS (then measurements should prepend it too), and a one-line note."""
     cfg = extra.get("train_config") or {}
     if not cfg:
         return {}

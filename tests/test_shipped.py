@@ -95,3 +95,19 @@ def test_report_shows_every_shipped_model_with_its_bos_policy(shipped, tmp_path,
     tokens_first = json.loads((out / "toy-softmax" / "random" / "results.json").read_text())
     assert tokens_first["prepend_bos"] is True
     assert json.loads((out / "toy-kv-bias" / "random" / "config.json").read_text())["prepend_bos"] is False
+
+
+def test_a_checkpoint_inside_a_run_finds_its_training_tokenizer(tmp_path, monkeypatch):
+    """No tokenizer.json beside the weights: the tokenizer of the run's shard folder is used, its
+    relative path resolved against the working directory or a folder above the checkpoint."""
+    make_tiny_shards(tmp_path / "data" / "shards")
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_train_config("data/shards", steps=2, eval_every=2, sink_every=2)
+    train(cfg, tmp_path / "runs" / "r", verbose=False)
+    ckpt = tmp_path / "runs" / "r" / "checkpoints" / "step_0000002"
+    assert not (ckpt / "tokenizer.json").exists()
+    for cwd in (tmp_path, tmp_path / "runs"):  # relative to the working directory, then to a parent
+        monkeypatch.chdir(cwd)
+        lm = load_model(str(ckpt))
+        assert lm.tokenizer is not None and lm.bos_token_id == 1
+        assert Path(lm.info["tokenizer_file"]).resolve() == (tmp_path / "data" / "shards" / "tokenizer.json")
