@@ -16,7 +16,6 @@ overrides its train_config.json records (shown in the table).
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +24,10 @@ DATA = ROOT / "analyses" / "data" / "cpu_calibration"
 DOC = ROOT / "docs" / "cpu-calibration.md"
 FIG = ROOT / "docs" / "figures" / "cpu-calibration-emergence.png"
 BASE = ROOT / "configs" / "cpu_calib_wd05.json"
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from sinkinterp.fileio import write_bytes, write_json  # noqa: E402
 
 
 def _overrides(cfg: dict, base: dict, prefix: str = "") -> list[str]:
@@ -74,17 +77,13 @@ def snapshot(run_dirs: list[str]) -> int:
         dest = DATA / run.name
         dest.mkdir(parents=True, exist_ok=True)
         for f in ("metrics.jsonl", "train_config.json"):
-            tmp = dest / f".{f}.tmp"
-            shutil.copyfile(run / f, tmp)
-            tmp.replace(dest / f)
+            write_bytes(dest / f, (run / f).read_bytes())
         probes_file = dest / "probes.json"
         probes = json.loads(probes_file.read_text()) if probes_file.is_file() else {}
         for ckpt in sorted((run / "checkpoints").glob("step_*")):
             if ckpt.name not in probes and (ckpt / "config.json").is_file():
                 probes[ckpt.name] = probe(ckpt)
-        tmp = dest / ".probes.json.tmp"
-        tmp.write_text(json.dumps(dict(sorted(probes.items())), indent=1) + "\n")
-        tmp.replace(probes_file)
+        write_json(probes_file, dict(sorted(probes.items())))
         print(f"snapshot {run} -> {dest} ({len(probes)} checkpoints probed)")
     return 0
 
@@ -103,11 +102,9 @@ def _probes() -> dict[str, dict]:
 
 
 def _figure(runs: dict[str, tuple[dict, list[dict]]]) -> None:
-    import matplotlib
+    from sinkinterp.figures import _plt, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()  # the project's matplotlib set-up (Agg unless inline)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for i, (name, (_, rows)) in enumerate(runs.items()):
         tracked = [r for r in rows if r.get("sink1") is not None]
@@ -124,19 +121,13 @@ def _figure(runs: dict[str, tuple[dict, list[dict]]]) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    FIG.parent.mkdir(parents=True, exist_ok=True)
-    tmp = FIG.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(FIG)
+    save_figure(fig, FIG)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--snapshot":
         return snapshot(argv[1:])
-    from sinkinterp.fileio import atomic_write
-
     from sinkinterp.train.config import TrainConfig
 
     base = TrainConfig.from_dict(json.loads(BASE.read_text())).to_dict()
@@ -198,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     text = "\n".join(lines)
-    atomic_write(DOC, lambda f: f.write(text.encode()))
-    print(f"wrote {DOC}")
+    print(f"wrote {write_bytes(DOC, text.encode())}")
     return 0
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +86,12 @@ def hf_attentions(model, tokens):
     with torch.no_grad():
         out = ref(tokens, output_attentions=True, output_hidden_states=True)
     return torch.stack(out.attentions, 1).double(), [h.double() for h in out.hidden_states]
+
+
+def load_script(relpath: str):
+    """A script of the repository that is not a package module (scripts/, analyses/), imported by path."""
+    path = Path(__file__).resolve().parent.parent / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

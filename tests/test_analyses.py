@@ -1,21 +1,15 @@
 """The CPU calibration analysis renders its page from snapshots of training runs alone."""
 
-import importlib.util
 import json
 from pathlib import Path
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("cpu_calibration", ROOT / "analyses" / "cpu_calibration.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
-    mod = _module()
+    mod = load_script("analyses/cpu_calibration.py")
     base = json.loads((ROOT / "configs" / "cpu_calib_wd05.json").read_text())
     run = tmp_path / "runs" / "kv_run"
     run.mkdir(parents=True)

@@ -1,12 +1,12 @@
 """Shipping trained runs as built-in models: scripts/ship_models.py, the ``default`` name, and the
 report over several models (BOS policy taken from how each model was trained)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from sinkinterp import builtin, cli
 from sinkinterp.loading import load_model, resolve_spec
@@ -14,14 +14,9 @@ from sinkinterp.models import load_checkpoint
 from sinkinterp.train import train
 from sinkinterp.train.testing import make_tiny_shards, tiny_train_config
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def _ship_module():
-    spec = importlib.util.spec_from_file_location("ship_models", REPO / "scripts" / "ship_models.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/ship_models.py")
 
 
 @pytest.fixture(scope="module")
