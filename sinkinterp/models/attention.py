@@ -711,7 +711,7 @@ class Attention(nn.Module):
         hkv = k.shape[1]
         bias = ctx.sigmoid_bias
         n_slot = 1 if slot is not None else 0
-        q_in, k_real = q, k
+        k_real = k  # before the slot column is put in front
         visible = ctx.visible
         if slot is not None:
             key = slot.key if slot.key is not None else q.new_zeros(1, hkv, 1, dh)
@@ -740,7 +740,7 @@ class Attention(nn.Module):
             enable_gqa=hkv != h, return_lse=True,
         )
         if cols:  # lse = log(sum of sim) over the row, slot included
-            self._cols_from_lse(q_in, k_real, slot, pos_bias, ctx, lse.to(torch.promote_types(q.dtype, torch.float32)),
+            self._cols_from_lse(q, k_real, slot, pos_bias, ctx, lse.to(torch.promote_types(q.dtype, torch.float32)),
                                 log_sim=op.log_sim)
         total = lse.exp().unsqueeze(-1).to(out.dtype)  # sum of sim per row
         if op.normalized:
