@@ -248,6 +248,17 @@ def cmd_measure(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _report_labels(specs: list[str]) -> list[str]:
+    """Short unique names for the report's rows and folders: the last path component, or as many
+    trailing components as it takes to tell the models apart (checkpoints of different runs are all
+    called step_NNNNNNN)."""
+    for depth in range(1, 1 + max(len(Path(s).parts) for s in specs)):
+        labels = ["-".join(Path(s).parts[-depth:]) for s in specs]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{i}-{Path(s).name}" for i, s in enumerate(specs)]
+
+
 def _report_models(specs: list[str]) -> list[str]:
     from sinkinterp import builtin
 
@@ -275,12 +286,12 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
         checked.append((one, _precheck(one, None)[1]))
     out = Path(args.out)
     notes, rows = [], []
-    for one, (text, qk) in checked:
+    for label, (one, (text, qk)) in zip(_report_labels(specs), checked):
         lm = load_model(one.model, device=args.device, dtype=args.dtype)
         # a model trained with BOS first in every window is measured the same way
         bos_by_model = bool(lm.info.get("bos_first")) and not args.prepend_bos
         one.prepend_bos = args.prepend_bos or bos_by_model
-        m_out = out / Path(one.model).name if several else out
+        m_out = out / label if several else out
         kinds = ["natural", "random", "repeat"] if lm.tokenizer is not None else ["random", "repeat"]
         where = lm.info.get("builtin") or lm.info.get("location")
         note = f"{one.model} ({where}): " + ("BOS prepended" + (" (trained with BOS first)" if bos_by_model else "")
@@ -293,7 +304,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
                         "--num-seqs", str(args.num_seqs), "--seed", str(args.seed), "--eps", str(args.eps),
                         "--out", str(m_out / kind)] + (["--prepend-bos"] if one.prepend_bos else [])
             res = _measure_one(one, lm, kind, None, text if kind == "natural" else None, qk, m_out / kind, sub_argv)
-            rows.append((Path(one.model).name, kind, res, m_out / kind))
+            rows.append((label, kind, res, m_out / kind))
     width = max(12, *(len(r[0]) for r in rows))
     lines = [f"sinkinterp report — T={args.seq_len}, N={args.num_seqs}, eps={args.eps}, dtype {args.dtype}", ""]
     lines += [f"model {n}" for n in notes]

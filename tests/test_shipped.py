@@ -106,3 +106,15 @@ def test_a_checkpoint_inside_a_run_finds_its_training_tokenizer(tmp_path, monkey
         lm = load_model(str(ckpt))
         assert lm.tokenizer is not None and lm.bos_token_id == 1
         assert Path(lm.info["tokenizer_file"]).resolve() == (tmp_path / "data" / "shards" / "tokenizer.json")
+
+
+def test_report_tells_checkpoints_of_different_runs_apart(runs, tmp_path, capsys):
+    a, b = (str(runs / r / "checkpoints" / "step_0000008") for r in ("bos", "kv"))
+    out = tmp_path / "rep"
+    assert cli.main(["report", "--model", a, b, "--no-figures",
+                     "--seq-len", "12", "--num-seqs", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["bos-checkpoints-step_0000008",
+                                                                    "kv-checkpoints-step_0000008"]
+    rows = [line.split()[0] for line in (out / "report.txt").read_text().splitlines() if "-checkpoints-" in line]
+    assert rows.count("bos-checkpoints-step_0000008") == 3 and rows.count("kv-checkpoints-step_0000008") == 3
