@@ -67,8 +67,8 @@ def test_prepend_bos_puts_bos_first(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
     out = tmp_path / "n"
-    code, _, _ = run(["measure", "--inputs", "natural", "--text", str(text), "--seq-len", "20", "--num-seqs", "3",
-                      "--prepend-bos", "--no-figures", "--out", str(out)], capsys)
+    code, _, _ = run(["measure", "--model", "tiny-llama-untrained", "--inputs", "natural", "--text", str(text),
+                      "--seq-len", "20", "--num-seqs", "3", "--prepend-bos", "--no-figures", "--out", str(out)], capsys)
     assert code == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["prepend_bos"] is True and cfg["model_info"]["bos_token_id"] == 256
@@ -81,7 +81,12 @@ def test_report_runs_three_input_kinds(tmp_path, capsys):
     for kind in ("natural", "random", "repeat"):
         assert (tmp_path / "rep" / kind / "results.json").is_file()
         assert kind in stdout
-    assert "untrained" in (tmp_path / "rep" / "report.txt").read_text()
+    text = (tmp_path / "rep" / "report.txt").read_text()
+    # the default is the shipped trained softmax model, measured with BOS first as it was trained
+    assert "toy-softmax" in text and "BOS prepended (trained with BOS first)" in text and "untrained" not in text
+    assert run(["report", "--model", "tiny-llama-untrained", "--seq-len", "8", "--num-seqs", "2", "--no-figures",
+                "--out", str(tmp_path / "rep2")], capsys)[0] == 0
+    assert "untrained" in (tmp_path / "rep2" / "report.txt").read_text()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -118,7 +123,8 @@ def test_argument_errors(tmp_path, capsys, args, message):
 
 def test_ids_outside_vocabulary_and_bos_conflict(tmp_path, capsys):
     np.save(tmp_path / "big.npy", np.full((2, 8), 300))
-    code, _, err = run(["measure", "--tokens", str(tmp_path / "big.npy"), "--out", str(tmp_path / "o")], capsys)
+    code, _, err = run(["measure", "--model", "tiny-llama-untrained", "--tokens", str(tmp_path / "big.npy"),
+                        "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "[0, 257]" in err
     np.save(tmp_path / "ok.npy", np.zeros((2, 8), dtype=np.int64))
     code, _, err = run(["measure", "--tokens", str(tmp_path / "ok.npy"), "--prepend-bos",

@@ -28,11 +28,11 @@ def test_intervene_writes_a_result_folder_equal_to_the_api(tmp_path, capsys):
                            "--per-head", "--out", str(out)], capsys)
     assert code == 0
     res = json.loads((out / "results.json").read_text())
-    assert [r["name"] for r in res["interventions"]] == ["zero_value", "scale_key", "replace_first[256]"]
+    lm = load_model("default")
+    assert [r["name"] for r in res["interventions"]] == ["zero_value", "scale_key", f"replace_first[{lm.bos_token_id}]"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["do"] == ["zero_value", "scale_key=0.5", "replace_first=bos"] and cfg["per_head"] is True
     # the same numbers from Python on the same tokens
-    lm = load_model("default")
     tokens = make_tokens("random", seq_len=12, num_seqs=4, seed=1, vocab_size=lm.d_vocab)
     ref = iv.run_intervention(lm.model, tokens, iv.first_token("zero_value"), per_head=True)
     got = res["interventions"][0]

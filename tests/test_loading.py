@@ -57,12 +57,17 @@ def test_spec_errors(tmp_path):
         load_model("default", dtype="int8")
 
 
-def test_builtin_default_is_offline_and_deterministic():
-    a, b = load_model("default"), load_model("default")
+def test_builtin_models_are_offline_and_deterministic():
+    a, b = load_model("tiny-llama-untrained"), load_model("tiny-llama-untrained")
     tokens = torch.randint(0, 258, (2, 8))
     assert torch.equal(a.model(tokens), b.model(tokens))
     assert a.info["trained"] is False and a.tokenizer.decode(a.tokenizer("héllo")["input_ids"]) == "héllo"
     assert tl_adapter.model_dims(a.model)["d_vocab"] == 258
+    # "default" is the first shipped trained model
+    d = load_model("default")
+    assert d.info["kind"] == "sinkinterp" and d.info["trained"] and d.info["bos_first"]
+    assert d.info["location"].endswith("toy-softmax") and d.bos_token_id == 1
+    assert d.tokenizer.decode(d.tokenizer("The cat sat.")["input_ids"]) == "The cat sat."
 
 
 @pytest.mark.slow

@@ -157,8 +157,8 @@ def _check_quickstart(nb, out: Path) -> None:
     rows = {m[1]: m for m in re.finditer(r"^(natural|random|repeat)\s+([\d.]+)\s+([\d.]+)\s+(-|[\d.]+)", table, re.M)}
     assert sorted(rows) == sorted(KINDS), table
     for kind, m in rows.items():
-        # the default model is untrained: attention near uniform (alpha_1 ~ 0.13 at T = 32), no head sinks
-        assert float(m[2]) == 0.0 and float(m[3]) == 0.0, f"{kind}: {m[0]}"
+        # the default model (toy-softmax, trained with BOS first) sinks on token 1, not on token 2
+        assert float(m[2]) > 5.0 and float(m[3]) < float(m[2]), f"{kind}: {m[0]}"
         assert m[4] == "-", "the default model has no bias slot"
     assert _count(nb, "image/png") >= len(KINDS) + 2  # alpha per kind, norms, q.k
     for name in [f"alpha_{k}.png" for k in KINDS] + ["norms_natural.png", "qk_natural.png"]:
@@ -177,7 +177,7 @@ def _check_quickstart(nb, out: Path) -> None:
 
 def _check_key_bias(nb, out: Path) -> None:
     res = json.loads((out / "key_bias_results.json").read_text())
-    assert res["model"] == "default" and res["sink1_pct"] == 0.0
+    assert res["model"] == "default" and res["sink1_pct"] > 0.0  # the trained default sinks on token 1
     assert [r["name"] for r in res["key_vs_value"]] == KEY_VS_VALUE
     for r in res["key_vs_value"]:
         assert math.isfinite(r["delta_loss"]) and r["loss_base"] > 0

@@ -118,3 +118,27 @@ def test_report_tells_checkpoints_of_different_runs_apart(runs, tmp_path, capsys
                                                                     "kv-checkpoints-step_0000008"]
     rows = [line.split()[0] for line in (out / "report.txt").read_text().splitlines() if "-checkpoints-" in line]
     assert rows.count("bos-checkpoints-step_0000008") == 3 and rows.count("kv-checkpoints-step_0000008") == 3
+
+
+# ---------------------------------------------------------------------------------------
+# the models shipped in sinkinterp/assets/models (issue 5)
+# ---------------------------------------------------------------------------------------
+def _measure_shipped(name, kind="natural"):
+    from sinkinterp.inputs import make_tokens
+    from sinkinterp.measure import measure
+
+    lm = load_model(name)
+    assert lm.info["bos_first"]  # trained with BOS first in every window: measured the same way
+    tokens = make_tokens(kind, seq_len=64, num_seqs=100, seed=0, vocab_size=lm.d_vocab, tokenizer=lm.tokenizer,
+                         prepend_bos=True, bos_token_id=lm.bos_token_id)
+    return measure(lm.model, tokens, eps=0.3, qk_heads="none")
+
+
+def test_the_shipped_softmax_model_sinks_on_token_1():
+    """The softmax baseline: a clear first-token sink at the paper's protocol (T = 64, eps 0.3, the
+    shipped natural text), none on token 2, and a massive activation on token 1."""
+    report = _measure_shipped("toy-softmax")
+    assert report.sink_pct[0] > 12.0  # 18.1% when shipped
+    assert report.sink_pct[1] < 1.0
+    assert report.sink_bias_pct is None
+    assert max(report.norms["resid"]["massive_ratio"]) > 4.0  # 5.6 when shipped
