@@ -1,11 +1,12 @@
 """`sinkinterp measure / report / rerun`: the result-folder contract and clear errors on bad input."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from sinkinterp import cli
+from sinkinterp import builtin, cli
 
 RESULT_KEYS = {"sink_pct", "sink_bias_pct", "alpha", "eps", "seq_len", "num_seqs"}
 
@@ -78,15 +79,20 @@ def test_report_runs_three_input_kinds(tmp_path, capsys):
     code, stdout, _ = run(["report", "--seq-len", "16", "--num-seqs", "4", "--no-figures",
                            "--out", str(tmp_path / "rep")], capsys)
     assert code == 0
-    for kind in ("natural", "random", "repeat"):
-        assert (tmp_path / "rep" / kind / "results.json").is_file()
-        assert kind in stdout
+    # the default is every shipped trained model, each measured with BOS first as it was trained
+    shipped = list(builtin.shipped_models())
+    assert shipped[:2] == ["toy-softmax", "toy-kv-bias"]
+    for name in shipped:
+        for kind in ("natural", "random", "repeat"):
+            assert (tmp_path / "rep" / name / kind / "results.json").is_file()
+            assert re.search(rf"^{name}\s+{kind}\s", stdout, re.M)
     text = (tmp_path / "rep" / "report.txt").read_text()
-    # the default is the shipped trained softmax model, measured with BOS first as it was trained
-    assert "toy-softmax" in text and "BOS prepended (trained with BOS first)" in text and "untrained" not in text
+    assert text.count("BOS prepended (trained with BOS first)") == len(shipped) and "untrained" not in text
+    # one model: its result folders directly under --out
     assert run(["report", "--model", "tiny-llama-untrained", "--seq-len", "8", "--num-seqs", "2", "--no-figures",
                 "--out", str(tmp_path / "rep2")], capsys)[0] == 0
     assert "untrained" in (tmp_path / "rep2" / "report.txt").read_text()
+    assert (tmp_path / "rep2" / "natural" / "results.json").is_file()
 
 
 @pytest.mark.parametrize("args, message", [

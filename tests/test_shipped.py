@@ -142,3 +142,12 @@ def test_the_shipped_softmax_model_sinks_on_token_1():
     assert report.sink_pct[1] < 1.0
     assert report.sink_bias_pct is None
     assert max(report.norms["resid"]["massive_ratio"]) > 4.0  # 5.6 when shipped
+
+
+def test_the_shipped_kv_bias_model_sinks_on_k_star_instead():
+    """The same model with a learnable per-head k*/v* slot: the sink sits on k*, not on token 1
+    (the paper's key-bias finding: Sink_* 72.8%, Sink_1 0.04% at 60M)."""
+    report = _measure_shipped("toy-kv-bias")
+    assert report.sink_bias_pct > 25.0  # 37.2% when shipped
+    assert report.sink_pct[0] < 1.0  # 0.00 when shipped
+    assert report.alpha_bias.max() > 0.5
