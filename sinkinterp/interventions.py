@@ -139,6 +139,8 @@ def _pattern_sources(kind: str, renormalize: bool, has_slot: bool) -> Edits:
                 factor[:, :, 0] = 1.0
                 out = out * factor[..., None]
                 stash[layer] = factor
+            else:  # the slot keeps its weight
+                stash[layer] = torch.ones_like(slot)
         elif kind == "ablate_bias":
             real = p.sum(-1)
             factor = (real + slot) / real.clamp_min(torch.finfo(p.dtype).tiny) if renormalize else torch.ones_like(real)

@@ -188,6 +188,27 @@ def test_ablation_with_a_bias_slot_keeps_rows_normalized():
     torch.testing.assert_close(p.sum(-1) + slot, torch.ones_like(slot))
 
 
+def test_ablation_without_renormalizing_leaves_the_slot_alone():
+    """ablate[norenorm] on a bias-slot model: token 1's column is zeroed, every other weight (the
+    slot's included) stays as it was; the rows then sum to 1 minus token 1's old weight."""
+    m = SinkTransformer(tiny_config(attn_bias="kv")).double().eval()
+    tokens = _tokens()
+    names = ["blocks.0.attn.hook_pattern", "blocks.0.attn.hook_bias_pattern"]
+    store, base = {}, {}
+    save = lambda d: (lambda act, hook: d.__setitem__(hook.name, act.detach().clone()))  # noqa: E731
+    with torch.no_grad(), tl_adapter.attached_hooks(m, [(n, save(base)) for n in names]):
+        m(tokens)
+    hooks = _edit_hooks(m, iv.first_token("ablate", renormalize=False))
+    with torch.no_grad(), tl_adapter.attached_hooks(m, hooks + [(n, save(store)) for n in names]):
+        m(tokens)
+    p, p0 = store[names[0]], base[names[0]]
+    assert p[:, :, 1:, 0].abs().max() == 0
+    torch.testing.assert_close(p[..., 1:], p0[..., 1:], atol=1e-12, rtol=0)
+    torch.testing.assert_close(store[names[1]], base[names[1]], atol=1e-12, rtol=0)
+    res = iv.run_intervention(m, tokens, iv.first_token("ablate", renormalize=False), sinks=True)
+    assert res.name == "ablate[norenorm]" and np.isfinite(res.loss)
+
+
 def test_swapping_learned_positions_equals_a_model_with_swapped_embeddings():
     m = SinkTransformer(tiny_config(pos_emb="learned")).double().eval()
     tokens = _tokens()
