@@ -241,6 +241,9 @@ def cmd_measure(args: argparse.Namespace, argv: list[str]) -> int:
     kind = None if args.tokens else (args.inputs or "natural")
     tokens, (text, qk) = _precheck(args, kind)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    if lm.info.get("bos_first") and not args.prepend_bos and tokens is None:
+        print(f"note: {args.model} was trained with BOS first in every window; add --prepend-bos to measure it "
+              "that way (`sinkinterp report` does)", file=sys.stderr)
     res = _measure_one(args, lm, kind, tokens, text, qk, Path(args.out), argv)
     print("input      Sink_1  Sink_2  Sink_*   max ||h1||/mean||ht||")
     print(_summary_line(res["inputs"], res))

@@ -151,3 +151,12 @@ def test_the_shipped_kv_bias_model_sinks_on_k_star_instead():
     assert report.sink_bias_pct > 25.0  # 37.2% when shipped
     assert report.sink_pct[0] < 1.0  # 0.00 when shipped
     assert report.alpha_bias.max() > 0.5
+
+
+def test_measure_points_to_prepend_bos_for_a_model_trained_with_it(tmp_path, capsys):
+    assert cli.main(["measure", "--model", "toy-softmax", "--inputs", "random", "--seq-len", "8", "--num-seqs", "2",
+                     "--no-figures", "--out", str(tmp_path / "a")]) == 0
+    assert "add --prepend-bos" in capsys.readouterr().err
+    assert cli.main(["measure", "--model", "toy-softmax", "--inputs", "random", "--seq-len", "8", "--num-seqs", "2",
+                     "--prepend-bos", "--no-figures", "--out", str(tmp_path / "b")]) == 0
+    assert "add --prepend-bos" not in capsys.readouterr().err
