@@ -81,7 +81,7 @@ def test_report_runs_three_input_kinds(tmp_path, capsys):
     assert code == 0
     # the default is every shipped trained model, each measured with BOS first as it was trained
     shipped = list(builtin.shipped_models())
-    assert shipped[:2] == ["toy-softmax", "toy-kv-bias"]
+    assert shipped == ["toy-softmax", "toy-kv-bias", "toy-sigmoid"]
     for name in shipped:
         for kind in ("natural", "random", "repeat"):
             assert (tmp_path / "rep" / name / kind / "results.json").is_file()

@@ -160,3 +160,11 @@ def test_measure_points_to_prepend_bos_for_a_model_trained_with_it(tmp_path, cap
     assert cli.main(["measure", "--model", "toy-softmax", "--inputs", "random", "--seq-len", "8", "--num-seqs", "2",
                      "--prepend-bos", "--no-figures", "--out", str(tmp_path / "b")]) == 0
     assert "add --prepend-bos" not in capsys.readouterr().err
+
+
+def test_the_shipped_sigmoid_model_has_no_sink():
+    """Sigmoid attention without normalization: no first-token sink (the paper: Sink_1 0.44% at 60M)
+    and no massive activation (its invariant: no massive activations <=> no sink)."""
+    report = _measure_shipped("toy-sigmoid")
+    assert report.sink_pct[0] < 1.0  # 0.00 when shipped
+    assert max(report.norms["resid"]["massive_ratio"]) < 2.5  # 1.3 when shipped, 5.6 for toy-softmax
