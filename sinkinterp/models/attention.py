@@ -315,7 +315,10 @@ def _flash_cpu_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[
         return None
     if k.shape[1] != q.shape[1]:
         k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
-    z, lse = op(q, k, v, 0.0, True, scale=scale)[:2]
+    try:
+        z, lse = op(q, k, v, 0.0, True, scale=scale)[:2]
+    except (TypeError, NotImplementedError):  # a private op: another PyTorch may call it differently
+        return None
     return z, lse.to(torch.promote_types(q.dtype, torch.float32))
 
 
