@@ -23,7 +23,8 @@ DEFAULT_DO = ("zero_value", "mean_value", "zero_key", "ablate")
 
 SPEC_HELP = (
     "interventions as NAME or NAME=VALUE: ablate, zero_value, mean_value, scale_value=F, zero_key, mean_key, "
-    "scale_key=F, ablate_bias, bias_to_first, swap_position=P, rotary_position=P, replace_first=ID|bos|random|frequent, "
+    "scale_key=F, scale_resid=F, normalize_resid, ablate_bias, bias_to_first, swap_position=P, rotary_position=P, "
+    "replace_first=ID|bos|random|frequent, "
     "insert_first=ID|bos|random, start_later=N; ablate and ablate_bias take =norenorm to zero without "
     f"renormalizing (default: {' '.join(DEFAULT_DO)})"
 )
@@ -94,11 +95,11 @@ def parse_spec(spec: str, bos_token_id: int | None) -> Any:
         if value not in ("", "norenorm"):
             raise ValueError(f"{spec!r}: {name} takes no value or =norenorm")
         return iv.first_token(name, renormalize=value != "norenorm")
-    if name in ("zero_value", "mean_value", "zero_key", "mean_key", "bias_to_first"):
+    if name in ("zero_value", "mean_value", "zero_key", "mean_key", "bias_to_first", "normalize_resid"):
         if value:
             raise ValueError(f"{spec!r}: {name} takes no value")
         return iv.first_token(name)
-    if name in ("scale_value", "scale_key"):
+    if name in ("scale_value", "scale_key", "scale_resid"):
         return iv.first_token(name, factor=number(float))
     if name in ("swap_position", "rotary_position"):
         return iv.first_token(name, position=number(int))

@@ -24,6 +24,10 @@ Activation edits (``first_token(kind)``; ``heads`` index key/value heads for key
 ``bias_to_first``   the slot's share moved onto token 1 (does token 1 still work as the bias?)
 ``swap_position``   learned/sinusoidal position embeddings of positions 1 and ``position``
                     exchanged (the paper's GPT-2 experiment)
+``scale_resid``     h_1 -> factor * h_1 in the residual stream (each edited layer's resid_pre)
+``normalize_resid`` h_1 rescaled to the mean norm of h_2..h_T at each edited layer's resid_pre,
+                    direction kept: the massive activation removed (pre-norm blocks see the same
+                    normalized input at that layer; what changes is how much later writes turn it)
 ``rotary_position`` rotary models: token 1's key rotated as if token 1 stood at ``position``, so
                     query t sees it at relative distance t - position (its query needs no change:
                     query 1 sees only key 1). The rotation is read off the model's own hook_k ->
@@ -70,7 +74,8 @@ __all__ = [
 ]
 
 HOOK_KINDS = ("ablate", "zero_value", "mean_value", "scale_value", "zero_key", "mean_key", "scale_key",
-              "ablate_bias", "bias_to_first", "swap_position", "rotary_position")
+              "ablate_bias", "bias_to_first", "swap_position", "rotary_position", "scale_resid",
+              "normalize_resid")
 
 
 # =========================================================================================
@@ -107,7 +112,7 @@ class Intervention:
 
 
 def _first_only(new_first: Callable[[Tensor], Tensor]) -> Source:
-    """A source for [batch, pos, head, d_head] activations that replaces position 0 only."""
+    """A source for [batch, pos, ...] activations that replaces position 0 only."""
 
     def source(act: Tensor, layer: int) -> Tensor:
         out = act.clone()
@@ -231,7 +236,7 @@ def _rotary_position_sources(position: int) -> Edits:
 def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, position: int = 1) -> Intervention:
     """An activation-level intervention on the first token (see the module docstring for kinds).
 
-    ``factor``: for scale_value / scale_key. ``renormalize``: for ablate / ablate_bias.
+    ``factor``: for scale_value / scale_key / scale_resid. ``renormalize``: for ablate / ablate_bias.
     ``position``: for swap_position / rotary_position (0-based position token 1 takes).
     """
     if kind not in HOOK_KINDS:
@@ -264,7 +269,16 @@ def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, pos
 
         return Intervention(kind, f"position embeddings of positions 0 and {position} swapped", ("pos_embed",),
                             lambda has_slot: (("pos_embed", swap),), params={"position": position})
-    what, comp = ("value", "v") if kind.endswith("value") else ("key", "k")
+    if kind == "normalize_resid":
+
+        def to_mean_norm(a: Tensor) -> Tensor:
+            first = a[:, 0]
+            target = a[:, 1:].norm(dim=-1).mean(-1, keepdim=True)
+            return first * (target / first.norm(dim=-1, keepdim=True).clamp_min(1e-30))
+
+        return Intervention(kind, "token 1's residual rescaled to the mean norm of the others", ("resid_pre",),
+                            lambda has_slot: (("resid_pre", _first_only(to_mean_norm)),))
+    what, comp = {"value": ("value", "v"), "key": ("key", "k"), "resid": ("residual", "resid_pre")}[kind.split("_")[1]]
     if kind.startswith("zero"):
         src, desc, params = _first_only(lambda a: torch.zeros_like(a[:, 0])), f"{what} of token 1 set to 0", {}
     elif kind.startswith("mean"):
@@ -541,7 +555,8 @@ def run_intervention(
 def compare(model: Any, tokens: Any, interventions: Sequence[Intervention], **kwargs: Any) -> list[InterventionResult]:
     """Run several interventions on the same tokens (``run_intervention`` keyword arguments), sharing
     one baseline run. ``layers``, ``heads``, ``per_head`` and ``per_layer`` apply to the activation
-    edits; token edits run without them."""
+    edits; token edits run without them, and residual-stream edits (no head axis) answer ``per_head``
+    with per-layer effects."""
     for inter in interventions:
         if not isinstance(inter, Intervention):
             raise TypeError(f"interventions: expected Intervention objects, got {type(inter).__name__}")
@@ -555,8 +570,16 @@ def compare(model: Any, tokens: Any, interventions: Sequence[Intervention], **kw
         from tqdm.auto import tqdm
 
         todo = tqdm(interventions, desc="interventions", unit="run")
-    return [run_intervention(model, tokens, inter, base=base, **(kwargs if inter.token_edit is None else token_kwargs))
-            for inter in todo]
+
+    def options(inter: Intervention) -> dict[str, Any]:
+        if inter.token_edit is not None:
+            return token_kwargs
+        comp = inter.head_component
+        if kwargs.get("per_head") and comp is not None and comp.head_dim is None and "{l}" in comp.hook:
+            return {**kwargs, "per_head": False, "per_layer": True}  # a residual edit: one effect per layer
+        return kwargs
+
+    return [run_intervention(model, tokens, inter, base=base, **options(inter)) for inter in todo]
 
 
 def key_vs_value(model: Any, tokens: Any, **kwargs: Any) -> list[InterventionResult]:

@@ -1,4 +1,5 @@
-"""The CPU calibration analysis renders its page from snapshots of training runs alone."""
+"""The analysis scripts render their pages: the CPU calibration page from snapshots of training runs
+alone, the massive-activation page from its own measurements."""
 
 import json
 from pathlib import Path
@@ -33,4 +34,28 @@ def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
     row = next(line for line in page.splitlines() if line.startswith("| kv_run"))
     assert '`model.attn_bias="kv"`' in row and "`lr=0.003`" in row
     assert "250 of 6,000" in row and "| 0.50 |" in row and "| 12.50 |" in row and "9.000 (step 0)" in row
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_massive_activation_page_reports_its_own_measurements(tmp_path, monkeypatch):
+    mod = load_script("analyses/massive_activation.py")
+    monkeypatch.chdir(tmp_path)  # main() changes directory; restored afterwards
+    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out"),
+                        ("NUM_SEQS", 4)):
+        monkeypatch.setattr(mod, name, value)
+    assert mod.main() == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["config"]["num_seqs"] == 4
+    page = (tmp_path / "page.md").read_text()
+    for model in mod.MODELS:
+        bos = res["results"][model]["bos"]
+        first = " · ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(bos["resid_first"], bos["resid_rest"]))
+        assert f"| {model} | BOS | {first} |" in page
+        names = [x["name"] for x in bos["interventions"]]
+        assert names[:3] == ["normalize_resid", "scale_resid", "zero_value"]
+        for x in bos["interventions"]:
+            assert f"| {model} | BOS | `{x['name']}` | {x['delta_loss']:+.4f} |" in page
+    kv = res["results"]["toy-kv-bias"]
+    assert f"up to {max(kv['bos']['massive_ratio']):.1f}x the others" in page
+    assert kv["bos"]["sink1"] == 0.0 and kv["bos"]["sink_bias"] > 20  # the shipped model's sink is on k*
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"

@@ -25,13 +25,15 @@ def run(args, capsys):
 def test_intervene_writes_a_result_folder_equal_to_the_api(tmp_path, capsys):
     out = tmp_path / "iv"
     code, stdout, _ = run(["intervene", *SMALL, "--do", "zero_value", "scale_key=0.5", "replace_first=bos",
-                           "--per-head", "--out", str(out)], capsys)
+                           "normalize_resid", "scale_resid=0.5", "--per-head", "--out", str(out)], capsys)
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     lm = load_model("default")
-    assert [r["name"] for r in res["interventions"]] == ["zero_value", "scale_key", f"replace_first[{lm.bos_token_id}]"]
+    assert [r["name"] for r in res["interventions"]] == ["zero_value", "scale_key", f"replace_first[{lm.bos_token_id}]",
+                                                            "normalize_resid", "scale_resid"]
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["do"] == ["zero_value", "scale_key=0.5", "replace_first=bos"] and cfg["per_head"] is True
+    assert cfg["do"] == ["zero_value", "scale_key=0.5", "replace_first=bos", "normalize_resid",
+                         "scale_resid=0.5"] and cfg["per_head"] is True
     # the same numbers from Python on the same tokens
     tokens = make_tokens("random", seq_len=12, num_seqs=4, seed=1, vocab_size=lm.d_vocab)
     ref = iv.run_intervention(lm.model, tokens, iv.first_token("zero_value"), per_head=True)
@@ -84,6 +86,8 @@ def test_patch_with_a_corrupted_tokens_file(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["intervene", "--do", "scale_value=x"], "--do: 'scale_value=x': scale_value needs =float"),
     (["intervene", "--do", "explode"], "--do: 'explode': unknown intervention"),
+    (["intervene", "--do", "normalize_resid=2"], "--do: 'normalize_resid=2': normalize_resid takes no value"),
+    (["intervene", "--do", "scale_resid"], "--do: 'scale_resid': scale_resid needs =float"),
     (["intervene", "--layers", "0,x"], "--layers: expected integers"),
     (["intervene", "--layers", "9"], "layers: 9 is outside the model"),
     (["intervene", "--heads", "7", "--do", "zero_key"], "heads: 7 is outside the model's 4 key/value heads"),

@@ -111,6 +111,54 @@ def test_value_and_key_edits_set_exactly_token_one(model, kind, comp):
     torch.testing.assert_close(got[:, 1:], base[:, 1:])
 
 
+@pytest.mark.parametrize("kind", ["scale_resid", "normalize_resid"])
+def test_residual_edits_rescale_token_one_and_leave_the_edited_layers_pattern(kind):
+    """scale_resid / normalize_resid change only the length of h_1 at the edited resid_pre; a pre-norm
+    block normalizes its input, so the edited layer's own pattern stays (RMSNorm's eps made tiny)."""
+    model = SinkTransformer(tiny_config(norm_eps=1e-12)).double().eval()
+    tokens = _tokens()
+    names = ["blocks.1.hook_resid_pre", "blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post"]
+    base = patching.capture(model, tokens, names)
+    inter = iv.first_token(kind, factor=3.0)
+    with tl_adapter.attached_hooks(model, _edit_hooks(model, inter, layers=[1])):
+        got = patching.capture(model, tokens, names)
+    b, g = base[names[0]], got[names[0]]
+    torch.testing.assert_close(g[:, 1:], b[:, 1:], rtol=0, atol=0)
+    norm = g[:, 0].norm(dim=-1)
+    want = 3.0 * b[:, 0].norm(dim=-1) if kind == "scale_resid" else b[:, 1:].norm(dim=-1).mean(-1)
+    torch.testing.assert_close(norm, want)
+    torch.testing.assert_close(g[:, 0] / norm[:, None], b[:, 0] / b[:, 0].norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(got[names[1]], base[names[1]], rtol=0, atol=1e-9)
+    assert (got[names[2]][:, 0] - base[names[2]][:, 0]).abs().max() > 1e-3  # h_1 is not the same after it
+    res = iv.run_intervention(model, tokens, inter, per_layer=True, sinks=False)
+    assert res.per_layer.shape == (model.cfg.n_layers,) and np.isfinite(res.per_layer).all()
+    with tl_adapter.attached_hooks(model, _edit_hooks(model, inter, layers=[0])):
+        with torch.no_grad():
+            one = float(patching.loss_metric(tokens)(model(tokens)))
+    assert res.per_layer[0] == pytest.approx(one - res.loss_base, abs=1e-9)
+    with pytest.raises(ValueError, match="has no per-head edit"):
+        iv.run_intervention(model, tokens, inter, per_head=True, sinks=False)
+    (got_cmp,) = iv.compare(model, tokens, [inter], per_head=True, sinks=False)  # answered per layer
+    assert got_cmp.per_head is None and got_cmp.per_layer == pytest.approx(res.per_layer, abs=1e-9)
+
+
+def test_normalize_resid_removes_a_massive_first_token():
+    """Built by hand: a model whose embedding of token 0 is 100x the others' has a massive first
+    token; after normalize_resid at every layer its norm at each resid_pre is the others' mean."""
+    m = SinkTransformer(tiny_config()).double().eval()
+    with torch.no_grad():
+        m.embed.W_E[0] *= 100.0
+    tokens = _tokens()
+    tokens[:, 0], tokens[:, 1:] = 0, tokens[:, 1:].clamp_min(1)
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(m.cfg.n_layers)]
+    base = patching.capture(m, tokens, names)
+    assert (base[names[0]][:, 0].norm(dim=-1) > 20 * base[names[0]][:, 1:].norm(dim=-1).mean(-1)).all()
+    with tl_adapter.attached_hooks(m, _edit_hooks(m, iv.first_token("normalize_resid"))):
+        got = patching.capture(m, tokens, names)
+    for n in names:
+        torch.testing.assert_close(got[n][:, 0].norm(dim=-1), got[n][:, 1:].norm(dim=-1).mean(-1))
+
+
 def test_zero_key_makes_token_one_score_zero(model):
     tokens = _tokens()
     with tl_adapter.attached_hooks(model, _edit_hooks(model, iv.first_token("zero_key"), layers=[0])):

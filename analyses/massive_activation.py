@@ -1,0 +1,275 @@
+"""Analysis: where the massive activation on token 1 comes from in the shipped toy models, and
+whether anything uses it (issue 5: "toy-kv-bias keeps a massive activation, where the paper says
+biases remove them").
+
+For ``toy-softmax``, ``toy-kv-bias`` and ``toy-sigmoid`` on the shipped natural-text sample (32
+sequences of T = 64, eps 0.3, seed 0), with BOS first (as trained) and with a text token first:
+
+1. ``measure(..., norms=True)``: ||h_1|| and the mean ||h_t|| of the others at every resid_pre, and
+   which sublayer writes the difference (attn_out / mlp_out norms at position 0 vs the rest);
+2. ``interventions.compare``: ``normalize_resid`` (h_1 rescaled to the others' mean norm at every
+   layer: the massive activation removed, direction kept), ``scale_resid=0.5``, ``zero_value`` and
+   ``ablate`` (``ablate=norenorm`` for sigmoid; for scale), loss change, Sink_1 / Sink_* after, per-layer effects;
+3. the massive ratio beside Sink_1 / Sink_* along training, from the committed calibration
+   snapshots (analyses/data/cpu_calibration/).
+
+Writes runs/analyses/massive_activation/results.json, docs/figures/massive-activation.png and
+docs/massive-activation.md. About a minute on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "massive-activation.md"
+FIG = ROOT / "docs" / "figures" / "massive-activation.png"
+OUT = Path("runs") / "analyses" / "massive_activation"  # relative to the repository root
+CALIB = ROOT / "analyses" / "data" / "cpu_calibration"
+MODELS = ("toy-softmax", "toy-kv-bias", "toy-sigmoid")
+SEQ_LEN, NUM_SEQS, EPS, SEED = 64, 32, 0.3, 0
+DO = ("normalize_resid", "scale_resid=0.5", "zero_value", "ABLATE")  # ABLATE: the model's own ablation
+ABLATE = {"toy-softmax": "ablate", "toy-kv-bias": "ablate", "toy-sigmoid": "ablate=norenorm"}  # sigmoid rows are not normalized
+
+
+def _sublayer_norms(model, tokens, n_layers: int) -> dict[str, list[list[float]]]:
+    """Mean norm of attn_out / mlp_out at position 0 and over the other positions, per layer."""
+    from sinkinterp import patching
+
+    out: dict[str, list[list[float]]] = {"attn_out": [], "mlp_out": []}
+    for kind in out:
+        names = [f"blocks.{l}.hook_{kind}" for l in range(n_layers)]
+        acts = patching.capture(model, tokens, names)
+        for n in names:
+            norm = acts[n].norm(dim=-1)
+            out[kind].append([float(norm[:, 0].mean()), float(norm[:, 1:].mean())])
+    return out
+
+
+def _measure_all() -> tuple[dict, dict]:
+    import torch
+
+    from sinkinterp import interventions as iv
+    from sinkinterp import provenance
+    from sinkinterp.cli_intervene import parse_spec
+    from sinkinterp.inputs import make_tokens
+    from sinkinterp.loading import load_model
+    from sinkinterp.measure import measure
+
+    res: dict = {}
+    for name in MODELS:
+        lm = load_model(name)
+        torch.manual_seed(SEED)
+        entry: dict = {}
+        for first in ("bos", "text"):
+            tokens = torch.as_tensor(make_tokens(
+                "natural", seq_len=SEQ_LEN, num_seqs=NUM_SEQS, seed=SEED, vocab_size=lm.d_vocab,
+                tokenizer=lm.tokenizer, prepend_bos=first == "bos", bos_token_id=lm.bos_token_id))
+            rep = measure(lm.model, tokens, eps=EPS, qk_heads=None)
+            r = rep.norms["resid"]
+            entry[first] = {
+                "resid_first": r["first"].tolist(), "resid_rest": r["rest"].tolist(),
+                "massive_ratio": r["massive_ratio"].tolist(), "hooks": r["hooks"],
+                "key_first": rep.norms["key"]["first"].mean(1).tolist(),
+                "key_rest": rep.norms["key"]["rest"].mean(1).tolist(),
+                "sink1": float(rep.sink_pct[0]), "sink_bias": rep.sink_bias_pct,
+                "sublayers": _sublayer_norms(lm.model, tokens, lm.model.cfg.n_layers),
+            }
+            specs = DO if first == "bos" else ("zero_value", "ABLATE")  # the control: text first
+            inters = [parse_spec(ABLATE[name] if s == "ABLATE" else s, lm.bos_token_id) for s in specs]
+            results = iv.compare(lm.model, tokens, inters, per_layer=True, eps=EPS, seed=SEED)
+            entry[first]["interventions"] = [
+                {"name": x.name, "description": x.description, "delta_loss": x.delta_loss,
+                 "loss_base": x.loss_base, "sink1_after": float(x.sink.sink_pct[0]),
+                 "sink_bias_after": x.sink.sink_bias_pct, "per_layer": x.per_layer.tolist()}
+                for x in results]
+        res[name] = entry
+    config = {"models": list(MODELS), "inputs": "natural (shipped sample)", "seq_len": SEQ_LEN,
+              "num_seqs": NUM_SEQS, "eps": EPS, "seed": SEED, "do": list(DO), "dtype": "float32",
+              "device": "cpu", "versions": provenance.versions(), "git_commit": provenance.git_commit()}
+    return res, config
+
+
+def _figure(res: dict) -> None:
+    from sinkinterp.figures import _plt, save_figure
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(MODELS), figsize=(13, 3.4), sharey=True)
+    for ax, name in zip(axes, MODELS):
+        for first, style in (("bos", "-"), ("text", ":")):
+            e = res[name][first]
+            x = range(len(e["resid_first"]))
+            ax.plot(x, e["resid_first"], style, marker="o", color="C3", label=f"||h_1|| ({first} first)")
+            ax.plot(x, e["resid_rest"], style, marker=".", color="C0", label=f"mean ||h_t|| ({first} first)")
+        ax.set_title(name)
+        ax.set_xticks(list(x))
+        ax.set_xlabel("resid_pre of layer (last: final resid_post)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("residual norm")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, FIG)
+
+
+def _training_rows() -> list[str]:
+    runs = {"c_bos": "toy-softmax's run", "c_kvbos": "toy-kv-bias's run", "c_sigbos": "toy-sigmoid's run",
+            "c_softmax": "softmax, no BOS", "c_kv": "KV bias, no BOS"}
+    out = ["| run | trained with | step | Sink_1 (%) | Sink_* (%) | massive ratio (max over layers) |",
+           "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for run, what in runs.items():
+        path = CALIB / run / "metrics.jsonl"
+        if not path.exists():
+            continue
+        rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        tracked = [r for r in rows if r.get("massive_ratio") is not None]
+        picks = [r for r in tracked if r["step"] in (1000, 2000, 4000, 6000)] or tracked[-1:]
+        if tracked[-1] not in picks:
+            picks.append(tracked[-1])
+        for r in picks:
+            star = "-" if r.get("sink_bias") is None else f"{r['sink_bias']:.1f}"
+            out.append(f"| {run} | {what} | {r['step']:,} | {r['sink1']:.2f} | {star} | {r['massive_ratio']:.2f} |")
+    return out
+
+
+def main() -> int:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from sinkinterp import builtin
+    from sinkinterp.fileio import write_bytes, write_json
+
+    os.chdir(ROOT)
+    missing = [m for m in MODELS if m not in builtin.shipped_models()]
+    if missing:
+        print(f"massive_activation: shipped models missing: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    res, config = _measure_all()
+    write_json(OUT / "results.json", {"config": config, "results": res})
+    _figure(res)
+
+    def f(x: float | None, spec: str = ".2f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    norm_rows = ["| model | first token | ||h_1|| / mean ||h_t|| at each resid_pre (last: final resid_post) | "
+                 "largest write to h_1 (norm at pos 0 / mean elsewhere) | Sink_1 (%) | Sink_* (%) |",
+                 "| --- | --- | --- | --- | ---: | ---: |"]
+    for name in MODELS:
+        for first in ("bos", "text"):
+            e = res[name][first]
+            pairs = " · ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(e["resid_first"], e["resid_rest"]))
+            kind, layer, (a, b) = max(((k, l, v) for k, vs in e["sublayers"].items() for l, v in enumerate(vs)),
+                                      key=lambda t: t[2][0] - t[2][1])
+            norm_rows.append(f"| {name} | {'BOS' if first == 'bos' else 'text'} | {pairs} | "
+                             f"{kind} of layer {layer}: {a:.1f} / {b:.1f} | {e['sink1']:.2f} | {f(e['sink_bias'])} |")
+    iv_rows = ["| model | first token | intervention | Δ loss (nats) | per layer | Sink_1 before → after (%) | "
+               "Sink_* before → after (%) |",
+               "| --- | --- | --- | ---: | --- | ---: | ---: |"]
+    for name in MODELS:
+        for first in ("bos", "text"):
+            e = res[name][first]
+            for x in e["interventions"]:
+                per = " · ".join(f"{v:+.3f}" for v in x["per_layer"])
+                star = "-" if x["sink_bias_after"] is None else f"{f(e['sink_bias'])} → {f(x['sink_bias_after'])}"
+                iv_rows.append(f"| {name} | {'BOS' if first == 'bos' else 'text'} | `{x['name']}` | "
+                               f"{x['delta_loss']:+.4f} | {per} | {e['sink1']:.2f} → {x['sink1_after']:.2f} | {star} |")
+
+    d = {m: {x["name"]: x for x in res[m]["bos"]["interventions"]} for m in MODELS}
+    sg_text = {x["name"]: x for x in res["toy-sigmoid"]["text"]["interventions"]}
+    soft, kv = d["toy-softmax"], d["toy-kv-bias"]
+    kv_ratio = max(res["toy-kv-bias"]["bos"]["massive_ratio"])
+    kv_text_ratio = max(res["toy-kv-bias"]["text"]["massive_ratio"])
+    soft_text_ratio = max(res["toy-softmax"]["text"]["massive_ratio"])
+    unused_kv = abs(kv["normalize_resid"]["delta_loss"]) < 0.01 and abs(kv["ablate"]["delta_loss"]) < 0.01
+    soft_drop = res["toy-softmax"]["bos"]["sink1"] - soft["normalize_resid"]["sink1_after"]
+    sig = res["toy-sigmoid"]["bos"]
+    sg = d["toy-sigmoid"]
+    calib = {r: [json.loads(l) for l in (CALIB / r / "metrics.jsonl").read_text().splitlines() if l.strip()]
+             for r in ("c_softmax", "c_kv") if (CALIB / r / "metrics.jsonl").exists()}
+    last = {r: [x for x in rows if x.get("massive_ratio") is not None][-1] for r, rows in calib.items()}
+    findings = [
+        f"- **The massive activation belongs to BOS, not to position 1.** With BOS first toy-kv-bias has "
+        f"||h_1|| up to {kv_ratio:.1f}x the others; with a text token first, {kv_text_ratio:.1f}x (toy-softmax: "
+        f"{soft_text_ratio:.1f}x). Both models saw BOS at position 0 in every training window; the paper's "
+        "models had no BOS. "
+        + (f"Trained without BOS, the KV-bias run `c_kv` has a ratio of {last['c_kv']['massive_ratio']:.2f} at step "
+           f"{last['c_kv']['step']:,} (the paper's finding) - but so has the softmax run `c_softmax` "
+           f"({last['c_softmax']['massive_ratio']:.2f} at step {last['c_softmax']['step']:,}, Sink_1 "
+           f"{last['c_softmax']['sink1']:.2f}%), so these runs cannot yet say that the bias is what prevents it."
+           if len(last) == 2 else "No run without BOS is in the snapshots."),
+        ("- **In toy-kv-bias nothing uses it.** Removing it at every layer (`normalize_resid`) changes the loss "
+         f"by {kv['normalize_resid']['delta_loss']:+.4f} nats and removing token 1 altogether (`ablate`) by "
+         f"{kv['ablate']['delta_loss']:+.4f}; the sink stays on k*. A vestige of a constant input, not a sink."
+         if unused_kv else
+         f"- **In toy-kv-bias it is used**: `normalize_resid` {kv['normalize_resid']['delta_loss']:+.4f} nats, "
+         f"`ablate` {kv['ablate']['delta_loss']:+.4f}."),
+        f"- **In toy-softmax the sink does not need it, and neither does the loss.** Rescaling h_1 to the "
+        f"others' norm at every layer costs {soft['normalize_resid']['delta_loss']:+.4f} nats (ablating token "
+        f"1: {soft['ablate']['delta_loss']:+.4f}) and lowers Sink_1 by {soft_drop:.1f} points, to "
+        f"{soft['normalize_resid']['sink1_after']:.1f}%, not to 0. In pre-norm blocks the norm of h_1 only sets how "
+        "far later writes can turn it; the key that draws attention comes from its direction. \"No massive "
+        "activation <=> no sink\" holds across our training recipes as a correlation, not as a mechanism.",
+        f"- **In toy-sigmoid token 1 works as a value bias in layer 0.** No head passes eps 0.3 on it, yet "
+        f"removing it costs {sg['ablate[norenorm]']['delta_loss']:+.4f} nats (layer 0: "
+        f"{sg['ablate[norenorm]']['per_layer'][0]:+.4f}) and zeroing its value "
+        f"{sg['zero_value']['delta_loss']:+.4f}: without normalization every query adds "
+        "sigmoid(q.k_1) v_1, so BOS's value is a near-constant term in every position's output. It is "
+        f"BOS's role, not position 1's: with a text token first the same edits cost "
+        f"{sg_text['zero_value']['delta_loss']:+.4f} / {sg_text['ablate[norenorm]']['delta_loss']:+.4f}.",
+        f"- **The ratio misleads across attention kinds.** toy-sigmoid's BOS reaches the largest absolute "
+        f"norm of the three at the last layer ({sig['resid_first'][-1]:.1f}), but unnormalized sigmoid "
+        f"attention writes far more into every other position ({sig['resid_rest'][-1]:.1f}), so the ratio "
+        f"stays near {max(sig['massive_ratio']):.1f}. Compare absolute norms, not only the ratio.",
+    ]
+    cmd = ".venv/bin/python analyses/regenerate.py massive_activation"
+    cli = (f"sinkinterp intervene --model MODEL --inputs natural --seq-len {SEQ_LEN} --num-seqs {NUM_SEQS} "
+           f"--eps {EPS} --seed {SEED} --prepend-bos --do {' '.join(DO)} --per-layer")
+    lines = [
+        "# The massive activation on token 1 in the toy models",
+        "",
+        f"Generated by `analyses/massive_activation.py` (run `{cmd}`). Models: the shipped `toy-softmax`,",
+        "`toy-kv-bias` and `toy-sigmoid` (sinkinterp/assets/README.md), float32, CPU. Inputs: the shipped",
+        f"natural-text sample, {NUM_SEQS} sequences of T = {SEQ_LEN}, seed {SEED}, eps {EPS}; \"BOS first\" puts",
+        "BOS at position 1 as in training, \"text first\" does not. Norms come from `measure(..., norms=True)`",
+        "(means over the sequences); the interventions are `interventions.compare`, the same as",
+        f"`{cli}`.",
+        f"Versions: {config['versions']}; git {config['git_commit']}.",
+        "",
+        "Why this page: the paper reports that explicit key/value biases remove massive activations",
+        "(\"no massive activations <=> no sink\"); our toy-kv-bias keeps one on BOS (docs/reproduction.md).",
+        "",
+        "## Findings",
+        "",
+        *findings,
+        "",
+        "## Residual norms: ||h_1|| / mean ||h_t||",
+        "",
+        *norm_rows,
+        "",
+        "![Residual norm of token 1 and of the others per layer](figures/massive-activation.png)",
+        "",
+        "## Does anything use it?",
+        "",
+        "`normalize_resid`: h_1 rescaled to the mean norm of h_2..h_T at every layer's resid_pre, direction",
+        "kept; `scale_resid=0.5`: h_1 halved at every layer; `ablate`: token 1 removed from every query's keys",
+        "(rows renormalized; `ablate[norenorm]` only zeroes the column, for sigmoid); `zero_value`: v_1 -> 0.",
+        "Per layer: the loss change with the edit at that layer only. The text-first rows are the control.",
+        "",
+        *iv_rows,
+        "",
+        "## Along training (calibration snapshots)",
+        "",
+        "From `analyses/data/cpu_calibration/` (docs/cpu-calibration.md; massive ratio = max over layers",
+        "of ||h_1|| / mean ||h_t|| on the run's tracking windows, BOS first for runs trained with it).",
+        "With BOS first the ratio rises within the first 1,000 steps, before any sink at eps 0.3.",
+        "",
+        *_training_rows(),
+        "",
+    ]
+    print(f"wrote {write_bytes(DOC, chr(10).join(lines).encode())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
