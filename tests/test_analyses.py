@@ -35,6 +35,20 @@ def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
     assert '`model.attn_bias="kv"`' in row and "`lr=0.003`" in row
     assert "250 of 6,000" in row and "| 0.50 |" in row and "| 12.50 |" in row and "9.000 (step 0)" in row
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    # two seeds of one recipe in the paper's rows: mean (min-max, n); a recipe not run says so
+    seed1 = tmp_path / "runs" / "kv_run_s1"
+    seed1.mkdir()
+    (seed1 / "train_config.json").write_text(json.dumps(cfg))
+    rows[1] = {**rows[1], "sink1": 1.5, "sink_bias": 20.5}
+    (seed1 / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert mod.main(["--snapshot", str(seed1)]) == 0
+    monkeypatch.setattr(mod, "PAPER_ROWS", [("kv", ["kv_run", "kv_run_s1"], "72.76"), ("k", ["k_run"], "73.34")])
+    assert mod.main([]) == 0
+    page = (tmp_path / "page.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| kv | 72.76 |"))
+    assert "| kv_run, kv_run_s1 | 250 of 6,000 (stopped) / 250 of 6,000 (stopped) |" in row
+    assert "| 1.00 (0.50-1.50, n=2) | 16.50 (12.50-20.50, n=2) |" in row
+    assert "| k | 73.34 | k_run: not run yet |" in page
 
 
 def test_massive_activation_page_reports_its_own_measurements(tmp_path, monkeypatch):
