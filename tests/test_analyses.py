@@ -1,5 +1,5 @@
 """The analysis scripts render their pages: the CPU calibration page from snapshots of training runs
-alone, the massive-activation page from its own measurements."""
+alone, the massive-activation and toy-model pages from their own measurements."""
 
 import json
 from pathlib import Path
@@ -73,3 +73,21 @@ def test_massive_activation_page_reports_its_own_measurements(tmp_path, monkeypa
     assert f"up to {max(kv['bos']['massive_ratio']):.1f}x the others" in page
     assert kv["bos"]["sink1"] == 0.0 and kv["bos"]["sink_bias"] > 20  # the shipped model's sink is on k*
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_toy_models_page_reports_the_report_command(tmp_path, monkeypatch):
+    mod = load_script("analyses/toy_models.py")
+    monkeypatch.chdir(tmp_path)
+    args = [a if a != "100" else "6" for a in mod.ARGS]  # 6 sequences instead of 100
+    for name, value in (("DOC", tmp_path / "page.md"), ("FIGS", tmp_path / "figs"), ("OUT", tmp_path / "out"),
+                        ("ARGS", args)):
+        monkeypatch.setattr(mod, name, value)
+    assert mod.main() == 0
+    page = (tmp_path / "page.md").read_text()
+    assert "--num-seqs 6" in page
+    for model in mod.MODELS:
+        r = json.loads((tmp_path / "out" / model / "random" / "results.json").read_text())
+        assert r["num_seqs"] == 6
+        assert f"| {model} | random | {r['sink_pct'][0]:.2f} | {r['sink_pct'][1]:.2f} |" in page
+        assert (tmp_path / "figs" / f"toy-models-{model}-alpha_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert page.count("| L3H3 |") == 3  # one per-head table per model
