@@ -20,7 +20,6 @@ docs/massive-activation.md. About a minute on a 2-core CPU.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -135,16 +134,14 @@ def _training_rows() -> list[str]:
 
 
 def main() -> int:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from sinkinterp import builtin
+    if str(ROOT / "analyses") not in sys.path:
+        sys.path.insert(0, str(ROOT / "analyses"))
+    from _common import enter_checkout
+
+    if not enter_checkout("massive_activation", MODELS):
+        return 2
     from sinkinterp.fileio import write_bytes, write_json
 
-    os.chdir(ROOT)
-    missing = [m for m in MODELS if m not in builtin.shipped_models()]
-    if missing:
-        print(f"massive_activation: shipped models missing: {', '.join(missing)}", file=sys.stderr)
-        return 2
     res, config = _measure_all()
     write_json(OUT / "results.json", {"config": config, "results": res})
     _figure(res)

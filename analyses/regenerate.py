@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def analyses() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(HERE.glob("*.py")) if p.stem not in ("regenerate", "__init__")}
+    return {p.stem: p for p in sorted(HERE.glob("*.py")) if p.stem != "regenerate" and not p.stem.startswith("_")}
 
 
 def main(argv: list[str]) -> int:

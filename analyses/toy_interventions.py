@@ -10,7 +10,6 @@ About a minute on a 2-core CPU.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -28,16 +27,15 @@ RUNS = {
 
 
 def main() -> int:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from sinkinterp import builtin, cli
+    if str(ROOT / "analyses") not in sys.path:
+        sys.path.insert(0, str(ROOT / "analyses"))
+    from _common import enter_checkout
+
+    if not enter_checkout("toy_interventions", RUNS):
+        return 2
+    from sinkinterp import cli
     from sinkinterp.fileio import write_bytes
 
-    os.chdir(ROOT)
-    missing = [m for m in RUNS if m not in builtin.shipped_models()]
-    if missing:
-        print(f"toy_interventions: shipped models missing: {', '.join(missing)}", file=sys.stderr)
-        return 2
     res, cmds = {}, {}
     for model, do in RUNS.items():
         args = ["intervene", "--model", model, *COMMON, "--do", *do, "--out", str(OUT / model)]

@@ -10,7 +10,6 @@ LLaMA3-8B?), value norms, and the per-head alpha maps. About 30 s on a 2-core CP
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -42,16 +41,15 @@ def _head_rows(r: dict) -> list[str]:
 
 
 def main() -> int:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from sinkinterp import builtin, cli
+    if str(ROOT / "analyses") not in sys.path:
+        sys.path.insert(0, str(ROOT / "analyses"))
+    from _common import enter_checkout
+
+    if not enter_checkout("toy_models", MODELS):
+        return 2
+    from sinkinterp import cli
     from sinkinterp.fileio import write_bytes
 
-    os.chdir(ROOT)
-    missing = [m for m in MODELS if m not in builtin.shipped_models()]
-    if missing:
-        print(f"toy_models: shipped models missing: {', '.join(missing)}", file=sys.stderr)
-        return 2
     args = [*ARGS, "--out", str(OUT)]
     code = cli.main(args)
     if code:

@@ -1,0 +1,25 @@
+"""The start shared by the analysis scripts that run on the shipped toy models (not an analysis
+itself: regenerate.py skips names that start with an underscore)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def enter_checkout(script: str, models: Iterable[str]) -> bool:
+    """Work from the repository root with its sinkinterp first on sys.path; False (after a message
+    on stderr) if one of ``models`` is not among the shipped models."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from sinkinterp import builtin
+
+    os.chdir(ROOT)
+    missing = [m for m in models if m not in builtin.shipped_models()]
+    if missing:
+        print(f"{script}: shipped models missing: {', '.join(missing)}", file=sys.stderr)
+    return not missing
