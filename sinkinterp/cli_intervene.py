@@ -193,6 +193,11 @@ def _intervene_figures(results: list[Any], out: Path, label: str) -> None:
             figures.save_figure(figures.layer_head_heatmap(r.per_head, title=f"{r.name}: Δloss per head — {label}",
                                                            label="Δ loss (nats)", center=0.0),
                                 out / f"per_head_{r.name}.png")
+        if r.per_layer is not None:
+            figures.save_figure(figures.layer_head_heatmap(np.asarray(r.per_layer)[:, None],
+                                                           title=f"{r.name}: Δloss per layer — {label}",
+                                                           label="Δ loss (nats)", center=0.0),
+                                out / f"per_layer_{r.name}.png")
 
 
 def cmd_patch(args: argparse.Namespace, argv: list[str]) -> int:

@@ -41,7 +41,9 @@ def test_intervene_writes_a_result_folder_equal_to_the_api(tmp_path, capsys):
     assert got["delta_loss"] == pytest.approx(ref.delta_loss, abs=1e-6)
     np.testing.assert_allclose(got["per_head_delta_loss"], ref.per_head, atol=1e-6)
     assert res["interventions"][2]["per_head_delta_loss"] is None
-    for fig in ("effects.png", "per_head_zero_value.png"):
+    resid = res["interventions"][3]  # a residual edit has no heads: --per-head gives per-layer effects
+    assert resid["per_head_delta_loss"] is None and len(resid["per_layer_delta_loss"]) == lm.model.cfg.n_layers
+    for fig in ("effects.png", "per_head_zero_value.png", "per_layer_normalize_resid.png"):
         assert (out / fig).read_bytes()[:4] == b"\x89PNG"
     assert "zero_value" in stdout and "Δloss" in stdout
 
