@@ -286,11 +286,13 @@ def _patch_table(results: dict[str, Any]) -> str:
     span = first.clean - first.corrupted
     lines = [f"loss clean {first.clean:.4f}, corrupted {first.corrupted:.4f} nats; a cell's share is how much of the "
              "gap patching it closes",
-             "component  cells   best cell (layer, ...)     loss there   share of the gap"]
+             "component  cells   best cell (layer, ...)     loss there   share of the gap   all cells at once"]
     for c, r in results.items():
         score = (r.values - r.corrupted) / span if span else -np.abs(r.values - r.corrupted)
         flat = int(np.argmax(score))
         idx = tuple(int(i) for i in np.unravel_index(flat, r.values.shape))
         share = f"{score.flat[flat]:6.1%}" if span else "   n/a"
-        lines.append(f"{c:<10} {r.values.size:5d}   {str(idx):<26} {r.values.flat[flat]:10.4f}   {share}")
+        together = f"{r.together:.4f} ({(r.together - r.corrupted) / span:.1%})" if span else f"{r.together:.4f}"
+        lines.append(f"{c:<10} {r.values.size:5d}   {str(idx):<26} {r.values.flat[flat]:10.4f}   {share:<16}   "
+                     f"{together}")
     return "\n".join(lines)

@@ -458,6 +458,7 @@ class PatchResult:
     positions: list[int]
     clean: float
     corrupted: float
+    together: float | None = None  # the metric with every cell patched at once
 
     def normalized(self) -> np.ndarray:
         """(patched - corrupted) / (clean - corrupted): 0 = no effect, 1 = fully restores clean."""
@@ -469,7 +470,7 @@ class PatchResult:
     def to_dict(self) -> dict[str, Any]:
         return {"component": self.component, "axes": list(self.axes), "positions": self.positions,
                 "values": np.asarray(self.values, dtype=np.float64).round(8).tolist(),
-                "clean": self.clean, "corrupted": self.corrupted}
+                "clean": self.clean, "corrupted": self.corrupted, "together": self.together}
 
 
 def patch(
@@ -494,7 +495,9 @@ def patch(
     head axis). The result's axes follow transformer_lens.patching: [layer, pos, head] for
     ``get_act_patch_attn_head_k_by_pos``, [layer, head] for ``..._all_pos``, [layer, pos] for
     ``get_act_patch_resid_pre``. ``metric(logits)`` sees the logits of one copy of the corrupted batch.
-    ``skip``: see ``run_cells`` (changes the time, not the result).
+    ``skip``: see ``run_cells`` (changes the time, not the result). ``together`` in the result: the
+    metric with every cell patched at once (for example token 1's key at every layer: a mechanism
+    spread over layers that no single cell restores).
     """
     comp = component(component_name)
     dims = _dims(model)
@@ -538,10 +541,14 @@ def patch(
         device = _model_device(model)
         clean_value = float(metric(model(clean_tokens.to(device))))
         corrupted_value = float(metric(model(corrupted_tokens.to(device))))
+        union = [Cell(l, None, None if positions is None else tuple(pos_list)) for l in layer_list]
+        with tl_adapter.attached_hooks(model, edit_hooks(model, [(comp, source)], union)):
+            together = float(metric(model(corrupted_tokens.to(device))))
     values = run_cells(model, corrupted_tokens, [(comp, source)], cells, metric, batch_rows=batch_rows, skip=skip,
                        progress=progress)
     shape = [len(layer_list)] + ([len(pos_list)] if "pos" in axes else []) + ([len(heads)] if "head" in axes else [])
-    return PatchResult(comp.name, values.reshape(shape), tuple(axes), pos_list, clean_value, corrupted_value)
+    return PatchResult(comp.name, values.reshape(shape), tuple(axes), pos_list, clean_value, corrupted_value,
+                       together)
 
 
 def patch_first_token(

@@ -216,6 +216,29 @@ def test_patching_everything_at_layer_zero_restores_the_clean_run(model, pair):
     assert res.clean != res.corrupted
 
 
+def test_together_patches_every_cell_at_once(model, pair):
+    """``together``: token 1's key from the clean run at every layer at once, checked against hand-made
+    hooks; with one layer it is that layer's cell."""
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    res = patching.patch_first_token(model, clean, corrupted, "k", metric)
+    clean_k = patching.capture(model, clean, [f"blocks.{l}.attn.hook_k" for l in range(model.cfg.n_layers)])
+
+    def put_back(act, hook):
+        act = act.clone()
+        act[:, 0] = clean_k[hook.name][:, 0]
+        return act
+
+    with torch.no_grad(), tl_adapter.attached_hooks(
+            model, [(f"blocks.{l}.attn.hook_k", put_back) for l in range(model.cfg.n_layers)]):
+        ref = float(metric(model(corrupted)))
+    assert res.together == pytest.approx(ref, abs=1e-10)
+    assert all(abs(res.together - v) > 1e-6 for v in res.values.flat)  # no single head-layer cell equals it
+    one = patching.patch_first_token(model, clean, corrupted, "k", metric, layers=[1], by_head=False)
+    assert one.together == pytest.approx(float(one.values[0]), abs=1e-10)
+    assert res.to_dict()["together"] == res.together
+
+
 def test_grouped_query_heads_index_key_value_heads(pair):
     gqa = SinkTransformer(tiny_config(n_kv_heads=2)).double().eval()
     clean, corrupted = pair
