@@ -28,6 +28,35 @@ RUNS = {
 }
 
 
+def _patched_together(model: str, pt: dict) -> dict[str, dict[str, float]]:
+    """Loss and Sink_1 of the corrupted run (BOS replaced by a random token, as ``sinkinterp patch``
+    made it) with token 1's k, v or both put back at every layer (``patching.clean_hooks``)."""
+    import torch
+
+    from sinkinterp import patching, tl_adapter
+    from sinkinterp.cli_intervene import parse_spec
+    from sinkinterp.inputs import make_tokens
+    from sinkinterp.loading import load_model
+    from sinkinterp.measure import measure
+
+    lm = load_model(model)
+    clean = torch.as_tensor(make_tokens("natural", seq_len=64, num_seqs=32, seed=0, vocab_size=lm.d_vocab,
+                                        tokenizer=lm.tokenizer, prepend_bos=True, bos_token_id=lm.bos_token_id))
+    corrupted, _ = parse_spec("replace_first=random", lm.bos_token_id).token_edit.apply(
+        clean, torch.Generator().manual_seed(0), lm.d_vocab)
+    metric = patching.loss_metric(clean)
+    out = {}
+    for name, comps in (("none", []), ("k", ["k"]), ("v", ["v"]), ("k+v", ["k", "v"])):
+        hooks = patching.clean_hooks(lm.model, clean, comps) if comps else []
+        with torch.no_grad(), tl_adapter.attached_hooks(lm.model, hooks):
+            loss = float(metric(lm.model(corrupted)))
+            sink = measure(lm.model, corrupted, eps=0.3, batch_size=len(corrupted), norms=False, qk_heads=None)
+        out[name] = {"loss": loss, "sink1": float(sink.sink_pct[0])}
+    if abs(out["none"]["loss"] - pt["corrupted"]) > 1e-4:  # the same corrupted batch as the patch command's
+        raise RuntimeError(f"corrupted loss {out['none']['loss']} differs from the patch run's {pt['corrupted']}")
+    return out
+
+
 def main() -> int:
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
@@ -57,6 +86,7 @@ def main() -> int:
         if code:
             return code
         patches[model] = json.loads((OUT / f"patch-{model}" / "results.json").read_text())
+    together = _patched_together("toy-softmax", patches["toy-softmax"])
     figs = ROOT / "docs" / "figures"
     for model in RUNS:
         shutil.copyfile(OUT / model / "effects.png", figs / f"toy-interventions-{model}.png")
@@ -99,12 +129,15 @@ def main() -> int:
         return [
             f"- toy-softmax: a random token in BOS's place costs {gap_s:+.4f} nats and Sink_1 goes "
             f"{rep['sink_pct_base'][0]:.1f} → {rep['sink_pct'][0]:.1f}%. Putting BOS's *value* back at every layer "
-            f"restores {v_all:.0%} of the gap; putting its *key* back restores {k_all:+.0%}"
-            + (": it makes things worse. That fits BOS's key drawing the sink's attention mass back onto a "
-               "token whose value is no longer BOS's small one (not tested here: the sink after the patch, and "
-               "k and v patched together). The key bias has two halves - a key that draws the mass and a value "
-               "that adds little - and patching the key alone restores the first while breaking the second."
-               if k_all < 0 else "."),
+            f"restores {v_all:.0%} of the gap; putting its *key* back restores {k_all:+.0%}. Sink_1 and loss "
+            f"with token 1's key, value or both put back at every layer (`patching.clean_hooks`): "
+            + "; ".join(f"{n} {together[n]['sink1']:.1f}% / {share(soft, together[n]['loss']):+.0%}"
+                        for n in ("k", "v", "k+v"))
+            + ". " + ("The key brings the sink back onto a token whose value is no longer BOS's small one, "
+                      "which hurts; with BOS's value as well, most of the gap closes. The key bias has two "
+                      "halves - a key that draws the mass and a value that adds little."
+                      if k_all < 0 and together["k"]["sink1"] > 5 and share(soft, together["k+v"]["loss"]) > v_all
+                      else ""),
             f"- toy-kv-bias: the same corruption costs {gap_k:+.4f} nats, {gap_k / gap_s:.0%} of toy-softmax's "
             f"{gap_s:+.4f}: token 1 matters much less once the slot holds the sink.",
         ]

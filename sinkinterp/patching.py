@@ -42,6 +42,7 @@ __all__ = [
     "run_cells",
     "patch",
     "patch_first_token",
+    "clean_hooks",
     "capture",
     "loss_metric",
     "logit_diff_metric",
@@ -549,6 +550,43 @@ def patch(
     shape = [len(layer_list)] + ([len(pos_list)] if "pos" in axes else []) + ([len(heads)] if "head" in axes else [])
     return PatchResult(comp.name, values.reshape(shape), tuple(axes), pos_list, clean_value, corrupted_value,
                        together)
+
+
+def clean_hooks(model: Any, clean_tokens: object, components: Sequence[str], *,
+                positions: Sequence[int] | None = (0,), layers: Sequence[int] | None = None) -> list[tuple[str, Any]]:
+    """Forward hooks that put the clean run's activations of ``components`` (several at once, for
+    example ``["k", "v"]``) back at ``positions`` (None: all) in every layer of ``layers`` (default
+    all). Attach them (``tl_adapter.attached_hooks``) to run a corrupted batch of the same shape
+    under any metric or a ``measure``."""
+    comps = [component(c) for c in components]
+    if not comps:
+        raise ValueError("components: empty")
+    dims = _dims(model)
+    clean_tokens = validate_tokens(clean_tokens, dims["d_vocab"], "clean_tokens")
+    T = clean_tokens.shape[1]
+    pos = None if positions is None else tuple(int(p) for p in positions)
+    for p in pos or ():
+        if not 0 <= p < T:
+            raise ValueError(f"positions: {p} is outside the sequence (0..{T - 1})")
+    layer_list = list(range(dims["n_layers"])) if layers is None else [int(l) for l in layers]
+    for l in layer_list:
+        if not 0 <= l < dims["n_layers"]:
+            raise ValueError(f"layers: {l} is outside the model (0..{dims['n_layers'] - 1})")
+    names = sorted({c.hook_name(l) for c in comps for l in layer_list})
+    acts = capture(model, clean_tokens, names)
+    rows = clean_tokens.shape[0]
+
+    def source_for(comp: Component) -> Source:
+        def source(act: Tensor, layer: int) -> Tensor:
+            if act.shape[0] != rows or act.shape[1] != T:
+                raise ValueError(f"clean_hooks: the batch has shape {tuple(act.shape[:2])}, the clean tokens "
+                                 f"{(rows, T)}; run the corrupted batch whole, in one pass")
+            return acts[comp.hook_name(layer)].to(act.device)
+
+        return source
+
+    cells = [Cell(l, None, pos) for l in layer_list]
+    return [h for c in comps for h in edit_hooks(model, [(c, source_for(c))], cells)]
 
 
 def patch_first_token(

@@ -239,6 +239,32 @@ def test_together_patches_every_cell_at_once(model, pair):
     assert res.to_dict()["together"] == res.together
 
 
+def test_clean_hooks_patch_several_components_at_once(model, pair):
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    with torch.no_grad():
+        with tl_adapter.attached_hooks(model, patching.clean_hooks(model, clean, ["k"])):
+            k_only = float(metric(model(corrupted)))
+        with tl_adapter.attached_hooks(model, patching.clean_hooks(model, clean, ["k", "v"])):
+            k_and_v = float(metric(model(corrupted)))
+        with tl_adapter.attached_hooks(model, patching.clean_hooks(model, clean, ["resid_pre"], positions=None,
+                                                                   layers=[0])):
+            logits = model(corrupted)
+    assert k_only == pytest.approx(patching.patch_first_token(model, clean, corrupted, "k", metric).together, abs=1e-10)
+    assert abs(k_and_v - k_only) > 1e-6
+    torch.testing.assert_close(logits, model(clean), rtol=0, atol=1e-12)  # the whole clean input put back
+    with pytest.raises(ValueError, match="run the corrupted batch whole"):
+        with tl_adapter.attached_hooks(model, patching.clean_hooks(model, clean, ["v"])):
+            model(corrupted[:2])
+    with pytest.raises(ValueError, match="positions: 6 is outside"):
+        patching.clean_hooks(model, clean, ["v"], positions=[6])
+    with pytest.raises(ValueError, match="layers: 2 is outside"):
+        patching.clean_hooks(model, clean, ["v"], layers=[2])
+    with pytest.raises(ValueError, match="component: got 'x'"):
+        patching.clean_hooks(model, clean, ["x"])
+    assert tl_adapter.count_attached_hooks(model) == 0
+
+
 def test_grouped_query_heads_index_key_value_heads(pair):
     gqa = SinkTransformer(tiny_config(n_kv_heads=2)).double().eval()
     clean, corrupted = pair
