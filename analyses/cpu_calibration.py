@@ -70,6 +70,8 @@ def probe(checkpoint: Path) -> dict:
 
 
 REPORT = dict(seq_len=64, num_seqs=100, eps=0.3, seed=0)  # the report protocol (sinkinterp report)
+FINAL_INTERVENTIONS = (("ablate", True), ("ablate", False), ("zero_value", True))  # (kind, renormalize)
+SLOT_INTERVENTIONS = (("ablate_bias", True), ("ablate_bias", False), ("bias_to_first", True))
 
 
 def final_report(checkpoint: Path) -> dict:
@@ -88,9 +90,18 @@ def final_report(checkpoint: Path) -> dict:
                          bos_token_id=lm.bos_token_id)
     with torch.no_grad():
         rep = measure(lm.model.eval(), tokens, eps=REPORT["eps"], qk_heads="none")
-    return {"checkpoint": checkpoint.name, "bos_first": bos, **REPORT, "sink1": float(rep.sink_pct[0]),
-            "sink2": float(rep.sink_pct[1]), "sink_bias": rep.sink_bias_pct,
-            "massive_ratio": float(rep.norms["resid"]["massive_ratio"].max())}
+    out = {"checkpoint": checkpoint.name, "bos_first": bos, **REPORT, "sink1": float(rep.sink_pct[0]),
+           "sink2": float(rep.sink_pct[1]), "sink_bias": rep.sink_bias_pct,
+           "massive_ratio": float(rep.norms["resid"]["massive_ratio"].max())}
+    # the key-bias interventions on the first 32 of those sequences (toy_interventions' settings)
+    from sinkinterp import interventions as iv
+
+    kinds = list(FINAL_INTERVENTIONS) + (list(SLOT_INTERVENTIONS) if rep.sink_bias_pct is not None else [])
+    results = iv.compare(lm.model, tokens[:32], [iv.first_token(k, renormalize=r) for k, r in kinds],
+                         eps=REPORT["eps"])
+    out["interventions"] = {r.name: {"delta_loss": r.delta_loss, "sink1": float(r.sink.sink_pct[0]),
+                                     "sink_bias": r.sink.sink_bias_pct} for r in results}
+    return out
 
 
 def snapshot(run_dirs: list[str]) -> int:
@@ -180,14 +191,20 @@ def _spread(values: list[float | None], spec: str = ".2f") -> str:
     return f"{mean:{spec}} ({min(vals):{spec}}-{max(vals):{spec}}, n={len(vals)})"
 
 
+def _delta(final: dict, name: str) -> float | None:
+    r = final.get("interventions", {}).get(name)
+    return None if r is None else r["delta_loss"]
+
+
 def _paper_rows(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
     out = ["| row | the paper (Sink_1 %, 60M unless noted) | runs | steps | Sink_1 (%) tracking | Sink_* (%) tracking | "
-           "Sink_1 (%) report | Sink_* (%) report | massive ratio report | val loss |",
-           "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "Sink_1 (%) report | Sink_* (%) report | massive ratio report | val loss | Δ loss: token 1 ablated | "
+           "Δ loss: slot ablated |",
+           "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row, names, paper in PAPER_ROWS:
         have = [n for n in names if n in runs]
         if not have:
-            out.append(f"| {row} | {paper} | {', '.join(names)}: not run yet | | | | | | | |")
+            out.append(f"| {row} | {paper} | {', '.join(names)}: not run yet | | | | | | | | | |")
             continue
         last, val, fin, steps = [], [], [], []
         for n in have:
@@ -204,7 +221,8 @@ def _paper_rows(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
             f"| {row} | {paper} | {', '.join(have)} | {' / '.join(steps)} | {_spread([r['sink1'] for r in last])} | "
             f"{_spread([r.get('sink_bias') for r in last])} | {_spread([x['sink1'] for x in done])} | "
             f"{_spread([x['sink_bias'] for x in done])} | {_spread([x['massive_ratio'] for x in done], '.1f')} | "
-            f"{_spread(val, '.3f')} |")
+            f"{_spread(val, '.3f')} | {_spread([_delta(x, 'ablate') for x in done], '+.3f')} | "
+            f"{_spread([_delta(x, 'ablate_bias') for x in done], '+.3f')} |")
     return out
 
 
@@ -258,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         f"shipped natural-text sample, T {REPORT['seq_len']}, {REPORT['num_seqs']} sequences, eps {REPORT['eps']}, "
         "BOS first for runs trained with it; `final.json` in the",
         "snapshot). The paper's models are 60M parameters trained on 5B tokens; ours 4 x 128 on 6.1M, so",
-        "compare directions and contrasts, not levels. Verdicts: docs/reproduction.md.",
+        "compare directions and contrasts, not levels. Δ loss: the loss change (nats) when token 1 (`ablate`) or",
+        "the k*/v* slot (`ablate_bias`) is removed from every query's keys, rows renormalized, on the first 32",
+        "report sequences. Verdicts: docs/reproduction.md.",
         "",
         *_paper_rows(runs),
     ]
