@@ -574,14 +574,14 @@ def clean_hooks(model: Any, clean_tokens: object, components: Sequence[str], *,
             raise ValueError(f"layers: {l} is outside the model (0..{dims['n_layers'] - 1})")
     names = sorted({c.hook_name(l) for c in comps for l in layer_list})
     acts = capture(model, clean_tokens, names)
-    rows = clean_tokens.shape[0]
-
     def source_for(comp: Component) -> Source:
         def source(act: Tensor, layer: int) -> Tensor:
-            if act.shape[0] != rows or act.shape[1] != T:
-                raise ValueError(f"clean_hooks: the batch has shape {tuple(act.shape[:2])}, the clean tokens "
-                                 f"{(rows, T)}; run the corrupted batch whole, in one pass")
-            return acts[comp.hook_name(layer)].to(act.device)
+            clean = acts[comp.hook_name(layer)]
+            if act.shape != clean.shape:
+                raise ValueError(f"clean_hooks: {comp.hook_name(layer)} has shape {tuple(act.shape)} in this run, "
+                                 f"{tuple(clean.shape)} in the clean one; run a corrupted batch of the clean "
+                                 f"tokens' shape {tuple(clean_tokens.shape)} whole, in one pass")
+            return clean.to(act.device)
 
         return source
 

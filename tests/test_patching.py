@@ -253,7 +253,14 @@ def test_clean_hooks_patch_several_components_at_once(model, pair):
     assert k_only == pytest.approx(patching.patch_first_token(model, clean, corrupted, "k", metric).together, abs=1e-10)
     assert abs(k_and_v - k_only) > 1e-6
     torch.testing.assert_close(logits, model(clean), rtol=0, atol=1e-12)  # the whole clean input put back
-    with pytest.raises(ValueError, match="run the corrupted batch whole"):
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    clean_p = patching.capture(model, clean, names)
+    with tl_adapter.attached_hooks(model, patching.clean_hooks(model, clean, ["pattern"])):  # [batch, head, q, k]
+        got = patching.capture(model, corrupted, names)
+    for n in names:  # position 0 of a pattern is key 1's column
+        torch.testing.assert_close(got[n][..., 0], clean_p[n][..., 0], rtol=0, atol=0)
+        assert (got[n][..., 1:] - clean_p[n][..., 1:]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="whole, in one pass"):
         with tl_adapter.attached_hooks(model, patching.clean_hooks(model, clean, ["v"])):
             model(corrupted[:2])
     with pytest.raises(ValueError, match="positions: 6 is outside"):
