@@ -14,6 +14,10 @@
 #   MAX_DOC_CHARS  split documents longer than this at paragraph breaks (default 20000)
 #   VAL_EVERY      every N-th 16384-token block is validation (default 100, i.e. 1%)
 #   SKIP_INSTALL   1: do not run apt-get (the packages are already installed)
+#   TOKENIZER      an existing tokenizer.json to use instead of training one (token ids then match
+#                  models trained on an earlier build, e.g. sinkinterp/assets/models/toy-softmax/
+#                  tokenizer.json; Debian's package versions move, and so would a new BPE)
+#   SKIP_PACK      1: do not write the .tar.xz pack (the slowest step; only the GPU machine needs it)
 #   PYTHON         the Python with sinkinterp's dependencies (default python3)
 #
 # Output:
@@ -37,6 +41,8 @@ VOCAB="${VOCAB:-8192}"
 MAX_DOC_CHARS="${MAX_DOC_CHARS:-20000}"
 VAL_EVERY="${VAL_EVERY:-100}"
 SKIP_INSTALL="${SKIP_INSTALL:-0}"
+TOKENIZER="${TOKENIZER:-}"
+SKIP_PACK="${SKIP_PACK:-0}"
 PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 data() { "$PYTHON" -m sinkinterp.data "$@"; }
@@ -92,10 +98,16 @@ for pkg in $PACKAGES; do
 done
 echo "== collected $(find "$CORPUS" -type f | wc -l) files, $(du -sh "$CORPUS" | cut -f1) on disk, in $(elapsed "$t")"
 
-# 3. Train the tokenizer on the whole corpus.
+# 3. Train the tokenizer on the whole corpus (or take the given one).
 t=$(stamp)
-data build-tokenizer "$CORPUS" --out "$OUT/tokenizer.json" --vocab-size "$VOCAB" --max-doc-chars "$MAX_DOC_CHARS"
-echo "== tokenizer in $(elapsed "$t")"
+if [ -n "$TOKENIZER" ]; then
+    [ -f "$TOKENIZER" ] || { echo "TOKENIZER=$TOKENIZER: no such file" >&2; exit 2; }
+    [ "$(realpath "$TOKENIZER")" = "$(realpath -m "$OUT/tokenizer.json")" ] || cp "$TOKENIZER" "$OUT/tokenizer.json"
+    echo "== tokenizer: $TOKENIZER (not trained)"
+else
+    data build-tokenizer "$CORPUS" --out "$OUT/tokenizer.json" --vocab-size "$VOCAB" --max-doc-chars "$MAX_DOC_CHARS"
+    echo "== tokenizer in $(elapsed "$t")"
+fi
 
 # 4. Tokenize into shards (EOS after every document; 1 block in VAL_EVERY is validation).
 t=$(stamp)
@@ -104,8 +116,10 @@ data build-shards "$CORPUS" --tokenizer "$OUT/tokenizer.json" --out "$OUT/shards
 echo "== shards in $(elapsed "$t")"
 
 # 5. One compressed pack for machines that only receive a few tens of MB.
-t=$(stamp)
-data pack "$OUT/shards" "$OUT/debian-shards.tar.xz"
-echo "== pack in $(elapsed "$t")"
-ls -l "$OUT/debian-shards.tar.xz"
+if [ "$SKIP_PACK" != 1 ]; then
+    t=$(stamp)
+    data pack "$OUT/shards" "$OUT/debian-shards.tar.xz"
+    echo "== pack in $(elapsed "$t")"
+    ls -l "$OUT/debian-shards.tar.xz"
+fi
 echo "== all done in $(elapsed "$t_all")"
