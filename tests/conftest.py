@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import socket
 from pathlib import Path
 
 import pytest
 import torch
+
+# Triton kernels (sinkinterp.models.triton_attention) run in Triton's interpreter on a machine
+# without a GPU. triton.jit reads this when triton is first imported (torch does not import it),
+# so it is set here, before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_addoption(parser):

@@ -14,7 +14,8 @@ Two paths compute the same numbers:
 * **fast** (nothing hooked on ``hook_attn_scores`` / ``hook_pattern`` / ``hook_bias_pattern``): softmax
   ops run in ``F.scaled_dot_product_attention`` (is_causal, or a boolean / additive float mask; a slot
   is an extra key column); the other ops run a plain masked ``q k^T -> sim -> @ v`` without the proxy
-  bookkeeping (compilable; ``attn_backend="flex"`` runs them in FlexAttention instead);
+  bookkeeping (compilable; ``attn_backend="flex"`` runs them in FlexAttention instead, and
+  ``attn_backend="triton"`` in the fused Triton kernel of ``triton_attention`` where it applies);
 * **observed** (something is hooked there, which includes ``run_with_cache``): scores, pattern and
   the slot's weight are materialized and pass through the hook points; whatever a hook returns is
   what the attention uses (a patched pattern changes the output).
@@ -66,7 +67,7 @@ __all__ = [
     "Attention",
 ]
 
-ATTN_BACKENDS = ("auto", "reference", "flex")
+ATTN_BACKENDS = ("auto", "reference", "flex", "triton")
 DEFAULT_PATTERN_COLS = 10  # key columns carried by hook_pattern_cols unless set_pattern_cols changes it
 _LSE_BLOCK = 256  # query rows per block of the blocked log-sum-exp
 
@@ -458,6 +459,8 @@ class Attention(nn.Module):
             z = self._attend_sdpa(qh, kh, vh, slot, pos_bias, ctx, cols)
         elif self.backend == "flex" and op.log_sim is not None:
             z = self._attend_flex(qh, kh, vh, slot, pos_bias, ctx, cols)
+        elif self.backend == "triton" and self._triton_applies(qh, pos_bias, ctx):
+            z = self._attend_triton(qh, kh, vh, slot, ctx, cols)
         else:
             z = self._attend_plain(qh, kh, vh, slot, pos_bias, ctx, cols)
         z = z.transpose(1, 2)  # [batch, pos, head, d_head]
@@ -700,6 +703,44 @@ class Attention(nn.Module):
         return z
 
     # ---------------------------------------------------------------------------------
+    def _triton_applies(self, q: Tensor, pos_bias, ctx: AttnContext) -> bool:
+        """The fused Triton kernel covers sigmoid / elu+1 (normalized or not) with causal or
+        sliding-window visibility, no additive positional bias, no prefix and a full pass."""
+        from .triton_attention import SIM_OPS, triton_available
+
+        return (self.cfg.attn_op.removesuffix("_norm") in SIM_OPS and pos_bias is None
+                and self.cfg.prefix_len <= 1 and ctx.q_start == 0 and triton_available(q.device))
+
+    def _attend_triton(self, q, k, v, slot: Slot | None, ctx: AttnContext, cols: bool = False) -> Tensor:
+        """Sigmoid / elu+1 ops in the fused Triton kernel (``triton_attention.sim_attention``): it gives
+        each row's sum(sim v) and sum(sim); the slot and the normalization are added here."""
+        from .triton_attention import sim_attention
+
+        op, eps, t = self.op, self.cfg.attn_eps, q.shape[2]
+        window = self.cfg.window if self.cfg.window is not None and self.cfg.window < t else None
+        acc, rowsum = sim_attention(q, k, v, op=self.cfg.attn_op.removesuffix("_norm"), bias=ctx.sigmoid_bias,
+                                    scale=self.scale, window=window)
+        rowsum = rowsum.unsqueeze(-1)
+        slot_sim = op.sim(self._slot_scores(q, slot), ctx.sigmoid_bias) if slot is not None else None
+        if cols:  # the first columns' share of each row's total, as the plain path emits them
+            n = min(self.n_cols, k.shape[2])
+            sim_n = op.sim(_grouped_scores(q, k[:, :, :n]) * self.scale, ctx.sigmoid_bias)
+            sim_n = sim_n.masked_fill(~ctx.visible[:, :n], 0.0)
+            total = rowsum if slot_sim is None else rowsum + slot_sim
+            total = total.clamp_min(torch.finfo(total.dtype).tiny)
+            self._emit_cols(sim_n / total, None if slot_sim is None else (slot_sim / total).squeeze(-1))
+        if op.normalized:
+            denom = rowsum + eps
+            if slot_sim is not None:
+                denom = denom + slot_sim
+                slot_sim = slot_sim / denom
+            acc = acc / denom
+        if slot is not None:
+            v_slot = self._slot_value(slot, acc)
+            if v_slot is not None:
+                acc = acc + slot_sim * v_slot
+        return acc
+
     def _attend_flex(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext, cols: bool = False) -> Tensor:
         """Non-softmax ops in FlexAttention: softmax of log(sim) is sim / sum(sim); the
         unnormalized output is that times exp(logsumexp) = sum(sim). The slot is key 0.

@@ -260,10 +260,12 @@ class SinkTransformer(HookedRootModule):
     """A decoder-only transformer built from a ``ModelConfig``; see the module docstring.
 
     ``attn_backend`` (attribute, or ``set_attn_backend``): "auto" (default: SDPA for softmax ops,
-    a plain masked path for the others), "reference" (always the materialized, hooked path) or
-    "flex" (FlexAttention for sigmoid / elu+1 / linear_elu; opt-in). Whatever the backend, a hook on
-    ``hook_attn_scores`` / ``hook_pattern`` / ``hook_bias_pattern`` switches that layer to the
-    materialized path for the call. The read-only ``hook_pattern_cols`` (first ``pattern_cols`` key
+    a plain masked path for the others), "reference" (always the materialized, hooked path),
+    "flex" (FlexAttention for sigmoid / elu+1 / linear_elu; opt-in) or "triton" (the fused Triton
+    kernel of ``triton_attention`` for sigmoid / elu+1, normalized or not, causal or windowed, without
+    ALiBi / relative bias or prefix, on CUDA or in Triton's interpreter; as "auto" elsewhere; opt-in).
+    Whatever the backend, a hook on ``hook_attn_scores`` / ``hook_pattern`` / ``hook_bias_pattern``
+    switches that layer to the materialized path for the call. The read-only ``hook_pattern_cols`` (first ``pattern_cols`` key
     columns) and ``hook_bias_col`` do not: they come from each row's log-sum-exp (attention.py).
     """
 
@@ -312,7 +314,7 @@ class SinkTransformer(HookedRootModule):
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * std)
 
     def set_attn_backend(self, backend: str) -> SinkTransformer:
-        """Choose the attention backend of every layer: "auto" | "reference" | "flex"."""
+        """Choose the attention backend of every layer: "auto" | "reference" | "flex" | "triton"."""
         if backend not in ATTN_BACKENDS:
             raise ValueError(f"attn_backend: got {backend!r}, allowed values are {list(ATTN_BACKENDS)}")
         for block in self.blocks:

@@ -1,0 +1,186 @@
+"""Fused sigmoid / elu+1 attention in Triton: forward and backward, never a T x T map in memory.
+
+The paper's unnormalized attention ops replace softmax by an elementwise similarity,
+``sim(s) = sigmoid(s + b)`` or ``elu(s) + 1`` of the score ``s = q.k / sqrt(d_head)``. No row maximum
+and no rescaling are needed, so the kernel is a plain blocked loop (FlashSigmoid's observation):
+
+    acc_t = sum_{s visible from t} sim(s_ts) v_s        rowsum_t = sum_{s visible from t} sim(s_ts)
+
+``sim_attention`` returns both, differentiable; the caller adds a bias slot and normalizes
+(``sigmoid_norm`` / ``elu1_norm``: ``(acc + w* v*) / (rowsum + w* + eps)``), so one kernel serves the
+normalized and the unnormalized ops. Visibility: causal, optionally a sliding window (``t - s <
+window``). Grouped-query attention: query head h reads kv head h // (n_heads / n_kv_heads).
+
+Backward (recomputing sim block by block, like FlashAttention):
+
+    dP_ts = dacc_t . v_s + drowsum_t      dS_ts = dP_ts sim'(s_ts)
+    dq_t = scale sum_s dS_ts k_s          dk_s = scale sum_t dS_ts q_t          dv_s = sum_t sim(s_ts) dacc_t
+
+in two kernels (keys outer for dk / dv, queries outer for dq), so no atomics are needed; the dk / dv
+of the query heads that share a kv head are summed afterwards.
+
+Triton is imported only when the kernel runs. On a machine without a GPU the kernels run in
+Triton's interpreter (``TRITON_INTERPRET=1`` set before the first call, CPU tensors), which is how
+the test suite checks them against ``sim_attention_reference`` in float64, outputs and gradients.
+float32 inputs use exact float32 products (``input_precision="ieee"``, no TF32); bfloat16 / float16
+inputs multiply in their dtype and accumulate in float32; float64 inputs stay in float64.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+__all__ = ["SIM_OPS", "sim_attention", "sim_attention_reference", "triton_available"]
+
+#: similarity functions the kernel implements (the name of ModelConfig.attn_op, without "_norm")
+SIM_OPS = ("sigmoid", "elu1")
+
+
+def triton_available(device: torch.device | str) -> bool:
+    """True when the kernel can run on ``device``: CUDA with Triton installed, or any device with
+    Triton's interpreter switched on (``TRITON_INTERPRET=1``)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    return torch.device(device).type == "cuda"
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, op: str, window: int | None) -> None:
+    if op not in SIM_OPS:
+        raise ValueError(f"op: got {op!r}, allowed values are {list(SIM_OPS)}")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v: expected [batch, head, pos, d_head], got shapes {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    b, h, t, d = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[2] != t or k.shape[3] != d:
+        raise ValueError(f"k, v: expected [{b}, kv_head, {t}, {d}], got {tuple(k.shape)} and {tuple(v.shape)}")
+    if h % k.shape[1]:
+        raise ValueError(f"k: {k.shape[1]} kv heads do not divide {h} query heads")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float64, torch.bfloat16,
+                                                              torch.float16):
+        raise ValueError(f"q, k, v: one float dtype (float32, float64, bfloat16, float16), got "
+                         f"{q.dtype}, {k.dtype}, {v.dtype}")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"window: a positive integer or None, got {window!r}")
+
+
+def _sim_and_grad(s: Tensor, op: str, bias: float) -> tuple[Tensor, Tensor]:
+    if op == "sigmoid":
+        p = torch.sigmoid(s + bias)
+        return p, p * (1 - p)
+    p = torch.where(s > 0, s + 1, torch.exp(torch.clamp_max(s, 0)))
+    return p, torch.where(s > 0, torch.ones_like(s), p)
+
+
+def sim_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, *, op: str, bias: float = 0.0, scale: float | None = None,
+    window: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The same numbers as ``sim_attention`` from a materialized T x T map in plain PyTorch (any
+    device and dtype; the tests run it in float64). Returns (acc [b, h, t, d], rowsum [b, h, t])."""
+    _check(q, k, v, op, window)
+    b, h, t, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    k = k.repeat_interleave(h // k.shape[1], dim=1)
+    v = v.repeat_interleave(h // v.shape[1], dim=1)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    pos = torch.arange(t, device=q.device)
+    dist = pos[:, None] - pos[None, :]
+    visible = dist >= 0
+    if window is not None:
+        visible = visible & (dist < window)
+    p = _sim_and_grad(s, op, bias)[0].masked_fill(~visible, 0.0)
+    return torch.matmul(p, v), p.sum(-1)
+
+
+def _kernels():
+    """The kernels (imported on first use: Triton is optional and ``triton.jit`` reads
+    TRITON_INTERPRET when the kernel module is imported)."""
+    from . import _triton_sim_kernels as kern
+
+    return kern.fwd, kern.bwd_dkdv, kern.bwd_dq
+
+
+def _launch_settings(q: Tensor, block: int | None) -> dict:
+    import triton
+    import triton.language as tl
+
+    d = q.shape[-1]
+    blk = block if block is not None else (16 if q.device.type == "cpu" else 64)
+    return dict(BLOCK_M=blk, BLOCK_N=blk, BLOCK_D=max(16, triton.next_power_of_2(d)),
+                PREC="ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
+                ACC_T=tl.float64 if q.dtype == torch.float64 else tl.float32)
+
+
+def _acc_dtype(q: Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+class _SimAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, op, bias, scale, window, block):
+        fwd, _, _ = _kernels()
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        b, h, t, d = q.shape
+        group = h // k.shape[1]
+        acc = torch.empty_like(q)
+        rowsum = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
+        meta = _launch_settings(q, block)
+        args = (t, h, group, d, float(scale), float(bias), int(window or 1))
+        const = dict(OP=SIM_OPS.index(op), HAS_WINDOW=window is not None, **meta)
+        fwd[(triton_cdiv(t, meta["BLOCK_M"]), b * h)](q, k, v, acc, rowsum, *args, **const)
+        ctx.save_for_backward(q, k, v)
+        ctx.settings = (args, const, group)
+        return acc, rowsum.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, dacc, drowsum):
+        _, bwd_dkdv, bwd_dq = _kernels()
+        q, k, v = ctx.saved_tensors
+        args, const, group = ctx.settings
+        b, h, t, d = q.shape
+        dacc = torch.zeros_like(q) if dacc is None else dacc.contiguous().to(q.dtype)
+        dl = (torch.zeros(b, h, t, device=q.device, dtype=_acc_dtype(q)) if drowsum is None
+              else drowsum.contiguous().to(_acc_dtype(q)))
+        dq = torch.empty_like(q)
+        dk_h = torch.empty_like(q)  # per query head, summed over each kv head's group below
+        dv_h = torch.empty_like(q)
+        bwd_dkdv[(triton_cdiv(t, const["BLOCK_N"]), b * h)](q, k, v, dacc, dl, dk_h, dv_h, *args, **const)
+        bwd_dq[(triton_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, dacc, dl, dq, *args, **const)
+        hkv = k.shape[1]
+        dk = dk_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dk_h
+        dv = dv_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dv_h
+        return dq, dk, dv, None, None, None, None, None
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def sim_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, op: str, bias: float = 0.0, scale: float | None = None,
+    window: int | None = None, block: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Fused causal ``op`` attention: (acc [b, h, t, d], rowsum [b, h, t]) as in the module docstring.
+
+    ``q`` [batch, head, pos, d_head], ``k`` / ``v`` [batch, kv_head, pos, d_head] (after RoPE);
+    ``bias`` is the sigmoid bias b (ignored by elu1); ``scale`` defaults to 1 / sqrt(d_head);
+    ``window``: query t sees keys t - window < s <= t; ``block``: rows and columns per tile (default
+    64 on a GPU, 16 in the interpreter; at least 16). Differentiable in q, k and v through both
+    outputs. Needs Triton on CUDA, or Triton's interpreter (``triton_available``)."""
+    _check(q, k, v, op, window)
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 16
+                              or block & (block - 1)):
+        raise ValueError(f"block: a power of two >= 16 or None, got {block!r}")
+    if not triton_available(q.device):
+        raise RuntimeError(
+            f"sim_attention: Triton cannot run on {q.device} here (needs a CUDA device with Triton "
+            "installed, or TRITON_INTERPRET=1 set before the first call for the interpreter)")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _SimAttention.apply(q, k, v, op, bias, scale, window, block)

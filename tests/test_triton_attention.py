@@ -1,0 +1,185 @@
+"""The fused Triton sigmoid / elu+1 kernel (sinkinterp.models.triton_attention), run in Triton's
+interpreter on CPU: outputs and gradients against a float64 materialized reference, and the model's
+``attn_backend="triton"`` against its plain path, logits and parameter gradients."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    # conftest.py sets it before triton is imported; set later, Triton's own helpers stay compiled
+    pytest.fail("TRITON_INTERPRET=1 must be set before triton is imported on a machine without a GPU")
+
+from sinkinterp.models import SinkTransformer  # noqa: E402
+from sinkinterp.models.attention import Attention  # noqa: E402
+from sinkinterp.models.testing import tiny_config, tiny_model  # noqa: E402
+from sinkinterp.models.triton_attention import (  # noqa: E402
+    sim_attention,
+    sim_attention_reference,
+    triton_available,
+)
+
+
+def _qkv(h: int, hkv: int, t: int, d: int, dtype=torch.float64, seed: int = 0, batch: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, n, t, d, generator=g, dtype=torch.float64).mul(1.5).to(dtype)
+            for n in (h, hkv, hkv)]
+
+
+def _value_and_grads(fn, q, k, v, g_acc, g_sum, **kw):
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    acc, rowsum = fn(q, k, v, **kw)
+    ((acc.double() * g_acc).sum() + (rowsum.double() * g_sum).sum()).backward()
+    return [x.detach().double() for x in (acc, rowsum, q.grad, k.grad, v.grad)]
+
+
+CASES = [  # op, heads, kv heads, T, d_head, window, sigmoid bias
+    ("sigmoid", 2, 2, 40, 16, None, 0.0),
+    ("sigmoid", 4, 2, 37, 24, None, -3.6),  # GQA, T not a multiple of the tile, d_head padded to 32
+    ("sigmoid", 2, 1, 50, 16, 7, 0.0),  # a window shorter than a tile, keys skipped by tiles
+    ("elu1", 2, 2, 33, 16, None, 0.0),
+    ("elu1", 4, 1, 45, 8, 20, 0.0),  # d_head below the 16-wide tile
+]
+
+
+@pytest.mark.parametrize("op,h,hkv,t,d,window,bias", CASES)
+def test_kernel_matches_float64_reference(op, h, hkv, t, d, window, bias):
+    q, k, v = _qkv(h, hkv, t, d)
+    g = torch.Generator().manual_seed(1)
+    g_acc = torch.randn(2, h, t, d, generator=g, dtype=torch.float64)
+    g_sum = torch.randn(2, h, t, generator=g, dtype=torch.float64)
+    kw = dict(op=op, bias=bias, window=window)
+    expected = _value_and_grads(sim_attention_reference, q, k, v, g_acc, g_sum, **kw)
+    assert expected[0].abs().max() > 0.1 and expected[2].abs().max() > 0.01  # non-degenerate
+    names = ("acc", "rowsum", "dq", "dk", "dv")
+    # float64 through the kernel: the same numbers up to summation order
+    got64 = _value_and_grads(sim_attention, q, k, v, g_acc, g_sum, **kw)
+    for n, a, b in zip(names, got64, expected):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=n)
+    # float32 (exact float32 products, no TF32): float32 rounding only
+    q32, k32, v32 = (x.float() for x in (q, k, v))
+    got32 = _value_and_grads(sim_attention, q32, k32, v32, g_acc, g_sum, **kw)
+    for n, a, b in zip(names, got32, expected):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=n)
+
+
+def test_window_and_gqa_really_change_the_result():
+    """The cases above would pass with a kernel that ignored the window or mixed kv heads up only if
+    the reference did too: check the reference itself reacts to both."""
+    q, k, v = _qkv(4, 2, 24, 16)
+    full = sim_attention_reference(q, k, v, op="sigmoid")[0]
+    assert (sim_attention_reference(q, k, v, op="sigmoid", window=5)[0] - full).abs().max() > 0.1
+    swapped = torch.cat([k[:, 1:], k[:, :1]], dim=1)
+    assert (sim_attention_reference(q, swapped, v, op="sigmoid")[0] - full).abs().max() > 0.1
+    got = sim_attention(q, k, v, op="sigmoid", window=5)[0]
+    torch.testing.assert_close(got, sim_attention_reference(q, k, v, op="sigmoid", window=5)[0],
+                               atol=1e-10, rtol=1e-10)
+
+
+def _loss_and_grads(model: SinkTransformer, tokens: torch.Tensor):
+    model.zero_grad(set_to_none=True)
+    logits, loss = model(tokens, return_type="both")
+    loss.backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+MODEL_CASES = {
+    "sigmoid": {"attn_op": "sigmoid"},
+    "sigmoid_logn": {"attn_op": "sigmoid", "sigmoid_bias": "-log n"},
+    "sigmoid_norm": {"attn_op": "sigmoid_norm"},
+    "elu1": {"attn_op": "elu1"},
+    "elu1_norm_gqa": {"attn_op": "elu1_norm", "n_kv_heads": 2},
+    "kv_sigmoid": {"attn_op": "sigmoid", "attn_bias": "kv"},
+    "k_elu1_norm": {"attn_op": "elu1_norm", "attn_bias": "k"},
+    "sink_token_sigmoid_norm": {"attn_op": "sigmoid_norm", "attn_bias": "sink_token"},
+    "sink_logit_sigmoid_norm": {"attn_op": "sigmoid_norm", "attn_bias": "sink_logit"},
+    "window_sigmoid": {"attn_op": "sigmoid", "window": 4},
+    "gated_elu1": {"attn_op": "elu1", "attn_gate": True},
+}
+
+
+@pytest.mark.parametrize("name", list(MODEL_CASES))
+def test_model_triton_backend_matches_plain_path(name, monkeypatch):
+    model = SinkTransformer(tiny_config(**MODEL_CASES[name]), dtype=torch.float64)
+    tokens = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(0))
+    expected_logits, expected_grads = _loss_and_grads(model, tokens)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("plain path used")
+
+    monkeypatch.setattr(Attention, "_attend_plain", boom)  # the kernel must do every layer
+    logits, grads = _loss_and_grads(model.set_attn_backend("triton"), tokens)
+    assert expected_logits.abs().max() > 0.1
+    torch.testing.assert_close(logits, expected_logits, atol=1e-10, rtol=0)
+    assert grads.keys() == expected_grads.keys()
+    for n in grads:
+        torch.testing.assert_close(grads[n], expected_grads[n], atol=1e-10, rtol=0, msg=n)
+
+
+@pytest.mark.parametrize("name", ["window_alibi_sigmoid", "kv_window_prefix", "rotary", "kv"])
+def test_where_the_kernel_does_not_apply_the_model_falls_back(name):
+    """ALiBi (a positional score bias), a prefix, softmax ops: the same numbers as "auto"."""
+    model = tiny_model(name)
+    tokens = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(tokens)
+        got = model.set_attn_backend("triton")(tokens)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+
+
+def test_column_hooks_under_the_triton_backend():
+    model = SinkTransformer(tiny_config(attn_op="sigmoid_norm", attn_bias="kv"), dtype=torch.float64)
+    tokens = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    names = [f"blocks.{l}.attn.hook_{c}" for l in range(model.cfg.n_layers) for c in ("pattern_cols", "bias_col")]
+
+    def grab(m):
+        got = {}
+        hooks = [(n, lambda x, hook: got.__setitem__(hook.name, x.detach().clone())) for n in names]
+        with torch.no_grad(), m.hooks(fwd_hooks=hooks):
+            m(tokens)
+        return got
+
+    plain = grab(model)
+    fused = grab(model.set_attn_backend("triton"))
+    for n in names:
+        torch.testing.assert_close(fused[n], plain[n], atol=1e-10, rtol=0, msg=n)
+    # and they are the observed pattern's first columns
+    patterns = {}
+    with torch.no_grad(), model.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern",
+                                                 lambda x, hook: patterns.__setitem__(0, x.clone()))]):
+        model(tokens)
+    torch.testing.assert_close(fused["blocks.1.attn.hook_pattern_cols"], patterns[0][..., :10], atol=1e-10, rtol=0)
+
+
+def test_bad_input_is_named():
+    q, k, v = _qkv(2, 2, 8, 16)
+    with pytest.raises(ValueError, match="op: got 'softmax'"):
+        sim_attention(q, k, v, op="softmax")
+    with pytest.raises(ValueError, match="block: a power of two"):
+        sim_attention(q, k, v, op="sigmoid", block=24)
+    with pytest.raises(ValueError, match="window: a positive integer"):
+        sim_attention(q, k, v, op="sigmoid", window=0)
+    with pytest.raises(ValueError, match="kv heads do not divide"):
+        sim_attention(q, *_qkv(2, 3, 8, 16)[1:], op="sigmoid")
+    with pytest.raises(ValueError, match=r"k, v: expected \[2, kv_head, 8, 16\]"):
+        sim_attention(q, k[:, :, :5], v[:, :, :5], op="sigmoid")
+    with pytest.raises(ValueError, match="one float dtype"):
+        sim_attention(q, k.float(), v, op="sigmoid")
+
+
+def test_unavailable_without_a_gpu_or_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not triton_available("cpu")
+    q, k, v = _qkv(2, 2, 8, 16)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        sim_attention(q, k, v, op="sigmoid")
+    # the model then stays on its plain path instead of failing
+    model = tiny_model("sigmoid")
+    tokens = torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model.set_attn_backend("triton")(tokens),
+                                   model.set_attn_backend("auto")(tokens), atol=0, rtol=0)
