@@ -9,7 +9,8 @@ Rows (per model preset):
 * one row per variant and attention backend (``--backends``) of ``SinkTransformer``: ``softmax``;
   ``kv`` (softmax with learnable per-head k*/v*, ``attn_bias="kv"``); ``sigmoid`` (sigmoid attention
   without normalization, bias 0); ``elu1`` (elu+1 without normalization). ``flex`` applies only where
-  the op has a FlexAttention path (a skipped row otherwise); a row that raises is a failed row.
+  the op has a FlexAttention path, ``triton`` (the fused kernel of ``sinkinterp.models.triton_attention``)
+  only to sigmoid / elu1 on CUDA (a skipped row otherwise); a row that raises is a failed row.
 
 Each row runs the trainer's step (``sinkinterp.train.trainer._run``): lr set per group, forward under
 bf16 autocast (``--dtype bfloat16``) through ``torch.compile`` (``--compile``), backward, gradient
@@ -72,7 +73,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sigmoid": {"attn_op": "sigmoid", "sigmoid_bias": 0.0},  # sigmoid(s), no normalization
     "elu1": {"attn_op": "elu1"},  # elu(s) + 1, no normalization
 }
-BACKENDS = ("auto", "reference", "flex")
+BACKENDS = ("auto", "reference", "flex", "triton")
 
 #: the issue's targets, checked on every run
 TARGET_SOFTMAX_VS_REFERENCE = 1.0  # softmax tokens/s >= reference tokens/s (same model)
@@ -262,9 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=_name_list("--variants", tuple(VARIANTS)), default=list(VARIANTS),
                    help="SinkTransformer variants: softmax, kv (learnable k*/v*), sigmoid (unnormalized, bias 0), "
                         "elu1 (elu+1, unnormalized)")
-    p.add_argument("--backends", type=_name_list("--backends", BACKENDS), default=["auto", "flex"],
+    p.add_argument("--backends", type=_name_list("--backends", BACKENDS), default=["auto", "flex", "triton"],
                    help="attention backends to time for every variant (flex only where the op has a "
-                        "FlexAttention path; 'reference' is the materialized path)")
+                        "FlexAttention path, triton only for sigmoid / elu1 on CUDA; 'reference' is the "
+                        "materialized path)")
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the plain PyTorch reference (the baseline of 'x reference')")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's)")
@@ -484,6 +486,20 @@ def _flex_supported(variant: str) -> bool:
     return ATTN_OP_SPECS[model_config("tiny", variant).attn_op].log_sim is not None
 
 
+def _triton_skip_reason(variant: str, device: str) -> str | None:
+    """Why the fused Triton kernel cannot run this row, or None when it can."""
+    from sinkinterp.models.triton_attention import SIM_OPS, triton_available
+
+    op = model_config("tiny", variant).attn_op
+    if op.removesuffix("_norm") not in SIM_OPS:
+        return f"attn_op {op!r} has no Triton kernel (only {list(SIM_OPS)}): softmax ops run in SDPA"
+    if not str(device).startswith("cuda"):
+        return f"the Triton kernel runs on CUDA (on {device} only in Triton's slow interpreter, for tests)"
+    if not triton_available(device):
+        return "Triton is not installed"
+    return None
+
+
 def _derive(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """x softmax / x reference on every ok row; a per-model summary."""
     ok = [r for r in rows if r["status"] == "ok"]
@@ -695,6 +711,8 @@ def _run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         if backend == "flex" and not _flex_supported(variant):
             row.update(status="skipped", reason=f"attn_op {cfg.attn_op!r} has no FlexAttention path "
                                                 "(log_sim is None): softmax ops run in SDPA")
+        elif backend == "triton" and (why := _triton_skip_reason(variant, args.device)) is not None:
+            row.update(status="skipped", reason=why)
         else:
             _log(args.quiet, f"{m} {variant if method == 'sinkinterp' else 'reference'} {backend} ...")
             row.update(_run_guarded({**common, **shapes[m], "model": m, "method": method, "variant": variant,

@@ -66,6 +66,7 @@ def test_comment_keys_ignored():
     ("weight_decay", -0.1, "weight_decay"),
     ("device", "tpu", "device.*auto.*cpu.*cuda"),
     ("compile", "yes", "compile"),
+    ("attn_backend", "cuda", r"attn_backend.*'auto', 'reference', 'flex', 'triton'"),
     ("sink_seq_len", 65, "sink_seq_len.*n_ctx"),
     ("sink_eps", 1.0, "sink_eps"),
     ("log_every", 0, "log_every"),

@@ -101,6 +101,26 @@ def test_resume_is_exact(shards, tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "split")] == [0, 3, 4, 5, 6, 8]
 
 
+def test_triton_backend_trains_like_auto_and_may_change_on_resume(shards, tmp_path):
+    """attn_backend="triton" (the fused sigmoid kernel, here in Triton's interpreter) trains to the
+    weights of the plain path up to rounding; a run resumes with another backend."""
+    pytest.importorskip("triton")
+    cfg = tiny_train_config(shards, steps=4, warmup_steps=1, log_every=2, eval_every=0, sink_every=0,
+                            ckpt_every=2, model={"attn_op": "sigmoid_norm", "attn_bias": "kv"})
+    auto = train(cfg, tmp_path / "auto", verbose=False)
+    part = train(cfg.replace(attn_backend="triton"), tmp_path / "fused", until_step=2, verbose=False)
+    assert part.model.attn_backend == "triton"
+    rest = train(cfg, tmp_path / "fused", verbose=False)  # resumed with "auto"
+    assert rest.finished
+    a = _weights(tmp_path / "auto" / "checkpoints" / "step_0000004")
+    b = _weights(tmp_path / "fused" / "checkpoints" / "step_0000004")
+    moved = max((a[k] - SinkTransformer(cfg.model).state_dict()[k]).abs().max().item() for k in a)
+    assert moved > 1e-3
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
+    assert auto.model.attn_backend == "auto"
+
+
 def test_resume_refuses_a_changed_config_and_no_resume_refuses_a_used_folder(shards, tmp_path):
     cfg = tiny_train_config(shards, steps=4)
     train(cfg, tmp_path, until_step=2, verbose=False)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sinkinterp.data.transforms import DataConfig
+from sinkinterp.models.attention import ATTN_BACKENDS
 from sinkinterp.models.config import ModelConfig
 
 __all__ = ["TrainConfig", "SCHEDULES", "DECAY_PARAMS", "DTYPES", "RESUME_SAFE_FIELDS"]
@@ -26,7 +27,7 @@ DTYPES = ("float32", "bfloat16")
 
 #: fields that may differ between a checkpointed run and the config it is resumed with (they do
 #: not change the weights a step produces); any other difference refuses to resume.
-RESUME_SAFE_FIELDS = ("log_every", "ckpt_every", "device", "compile")
+RESUME_SAFE_FIELDS = ("log_every", "ckpt_every", "device", "compile", "attn_backend")
 
 
 def _int(name: str, value: Any, minimum: int) -> None:
@@ -86,6 +87,10 @@ class TrainConfig:
     """compute dtype: "float32" | "bfloat16" (autocast; the weights and optimizer stay float32)."""
     compile: bool = False
     """wrap the model in ``torch.compile`` (worth it on GPU; slow to start on CPU)."""
+    attn_backend: str = "auto"
+    """the model's attention backend while training (``SinkTransformer.set_attn_backend``): "auto" |
+    "reference" | "flex" | "triton" (the fused sigmoid / elu+1 kernel, on CUDA). The same numbers up
+    to rounding, so a run may resume with another one."""
     log_every: int = 10
     """write a metrics.jsonl row (train loss, lr, tokens/s, MFU) every this many updates (>= 1);
     the loss stays on the device in between (no per-step host sync)."""
@@ -158,6 +163,7 @@ class TrainConfig:
         _choice("dtype", self.dtype, DTYPES)
         if not isinstance(self.compile, bool):
             raise TypeError(f"TrainConfig.compile: expected true or false, got {self.compile!r}")
+        _choice("attn_backend", self.attn_backend, ATTN_BACKENDS)
         _int("log_every", self.log_every, 1)
         _int("eval_every", self.eval_every, 0)
         _int("eval_batches", self.eval_batches, 1)

@@ -260,6 +260,7 @@ def _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_c
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = SinkTransformer(cfg.model).to(device)
+    model.set_attn_backend(cfg.attn_backend)
     model.train()
     opt = build_optimizer(model, cfg, device)
     fused = device.type == "cuda"
