@@ -147,10 +147,20 @@ def _figure(runs: dict[str, tuple[dict, list[dict]]]) -> None:
 
     plt = _plt()  # the project's matplotlib set-up (Agg unless inline)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for i, (name, (_, rows)) in enumerate(runs.items()):
+    # one color per recipe (a row of PAPER_ROWS, or a run of its own), one line style per seed, so
+    # the seeds of a recipe read as a band
+    recipe: dict[str, tuple[int, int]] = {}
+    for r, (_, names, _) in enumerate(PAPER_ROWS):
+        for k, n in enumerate(names):
+            recipe.setdefault(n, (r, k))
+    extra = iter(range(len(PAPER_ROWS), 10**6))
+    cmap = plt.get_cmap("tab20")  # the 10 strong colors first, then their light partners
+    for name, (_, rows) in runs.items():
         tracked = [r for r in rows if r.get("sink1") is not None]
         steps = [r["step"] for r in tracked]
-        style = dict(marker=".", label=name, color=f"C{i}")  # one color per run in every panel
+        color_index, seed_index = recipe.get(name) or (next(extra), 0)
+        style = dict(marker=".", markersize=3, label=name, color=cmap((2 * color_index + color_index // 10) % 20),
+                     linestyle=("-", "--", ":", "-.")[seed_index % 4])
         axes[0].plot(steps, [r["sink1"] for r in tracked], **style)
         if any(r.get("sink_bias") is not None for r in tracked):
             axes[1].plot(steps, [r["sink_bias"] for r in tracked], **style)
@@ -160,7 +170,7 @@ def _figure(runs: dict[str, tuple[dict, list[dict]]]) -> None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     save_figure(fig, FIG)
 
@@ -175,9 +185,11 @@ PAPER_ROWS = [
     ("softmax, BOS first, lr 3e-3", ["c_bos_lr3"], "60M: lr 8e-4 32.23 vs 4e-4 18.18"),
     ("KV bias (k*, v* per head), BOS first", ["c_kvbos", "c_kvbos_s1"], "Sink_* 72.76, Sink_1 0.04"),
     ("KV bias, no BOS", ["c_kv"], "Sink_* 72.76, Sink_1 0.04; H100: Sink_* 12 at 1k, 23 at 3k"),
-    ("K bias only (v* = 0), BOS first", ["c_kbos"], "Sink_* 73.34, Sink_1 0.00"),
-    ("V bias only, BOS first", ["c_vbos"], "Sink_1 17.53 (the sink stays on token 1)"),
-    ("sigmoid without normalization, BOS first", ["c_sigbos"], "Sink_1 0.44, loss 3.70 vs 3.73"),
+    ("K bias only (v* = 0), BOS first", ["c_kbos", "c_kbos_s1"], "Sink_* 73.34, Sink_1 0.00"),
+    ("V bias only, BOS first", ["c_vbos", "c_vbos_s1"], "Sink_1 17.53 (the sink stays on token 1)"),
+    ("sigmoid without normalization, BOS first", ["c_sigbos", "c_sigbos_s1"], "Sink_1 0.44, loss 3.70 vs 3.73"),
+    ("sigmoid normalized (rows sum to 1), BOS first", ["c_signormbos"], "Sink_1 30.24, loss 3.74"),
+    ("KV bias shared by all heads, BOS first", ["c_kvsharedbos"], "Sink_1 comes back to 12.44"),
 ]
 
 
