@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "analyses" / "data" / "cpu_calibration"
 DOC = ROOT / "docs" / "cpu-calibration.md"
 FIG = ROOT / "docs" / "figures" / "cpu-calibration-emergence.png"
+HEADS_FIG = ROOT / "docs" / "figures" / "cpu-calibration-heads.png"
 BASE = ROOT / "configs" / "cpu_calib_wd05.json"
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
@@ -74,7 +75,7 @@ FINAL_INTERVENTIONS = (("ablate", True), ("ablate", False), ("zero_value", True)
 SLOT_INTERVENTIONS = (("ablate_bias", True), ("ablate_bias", False), ("bias_to_first", True))
 
 
-def final_report(checkpoint: Path) -> dict:
+def final_report(checkpoint: Path | str) -> dict:
     """The last checkpoint measured as ``sinkinterp report`` measures the shipped models: the shipped
     natural-text sample, T 64, 100 sequences, eps 0.3, BOS first when the run trained with it."""
     import torch
@@ -83,16 +84,20 @@ def final_report(checkpoint: Path) -> dict:
     from sinkinterp.loading import load_model
     from sinkinterp.measure import measure
 
-    lm = load_model(str(checkpoint))
+    lm = load_model(str(checkpoint))  # a checkpoint folder, or a shipped model's name
     bos = bool(lm.info.get("bos_first"))
     tokens = make_tokens("natural", seq_len=REPORT["seq_len"], num_seqs=REPORT["num_seqs"], seed=REPORT["seed"],
                          vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, prepend_bos=bos,
                          bos_token_id=lm.bos_token_id)
     with torch.no_grad():
         rep = measure(lm.model.eval(), tokens, eps=REPORT["eps"], qk_heads="none")
-    out = {"checkpoint": checkpoint.name, "bos_first": bos, **REPORT, "sink1": float(rep.sink_pct[0]),
+    out = {"checkpoint": getattr(checkpoint, "name", checkpoint), "bos_first": bos, **REPORT, "sink1": float(rep.sink_pct[0]),
            "sink2": float(rep.sink_pct[1]), "sink_bias": rep.sink_bias_pct,
-           "massive_ratio": float(rep.norms["resid"]["massive_ratio"].max())}
+           "massive_ratio": float(rep.norms["resid"]["massive_ratio"].max()),
+           # per [layer][head]: which heads carry the sink (compared across seeds)
+           "heads": {"alpha1": rep.alpha_by_key[:, :, 0].round(4).tolist(),
+                     "sink_rate1": rep.head_sink_rate.round(2).tolist(),
+                     "alpha_bias": None if rep.alpha_bias is None else rep.alpha_bias.round(4).tolist()}}
     # the key-bias interventions on the first 32 of those sequences (toy_interventions' settings)
     from sinkinterp import interventions as iv
 
@@ -175,6 +180,82 @@ def _figure(runs: dict[str, tuple[dict, list[dict]]]) -> None:
     save_figure(fig, FIG)
 
 
+def _finals() -> dict[str, dict]:
+    """final.json of every snapshot that has per-head numbers, in PAPER_ROWS order (seeds together)."""
+    order = [n for _, names, _ in PAPER_ROWS for n in names]
+    out = {}
+    for name in order + sorted(p.name for p in DATA.glob("*") if p.is_dir()):
+        f = DATA / name / "final.json"
+        if name not in out and f.is_file():
+            fin = json.loads(f.read_text())
+            if "heads" in fin:
+                out[name] = fin
+    return out
+
+
+def _sink_map(fin: dict) -> tuple[list[list[float]], str]:
+    """Per [layer][head] mean attention on the sink: the slot for bias models, else token 1."""
+    if fin["heads"].get("alpha_bias") is not None:
+        return fin["heads"]["alpha_bias"], "alpha_*"
+    return fin["heads"]["alpha1"], "alpha_1"
+
+
+def _heads_figure(finals: dict[str, dict]) -> None:
+    import numpy as np
+
+    from sinkinterp.figures import _plt, save_figure
+
+    plt = _plt()
+    n = len(finals)
+    cols = min(n, 6)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+    for ax, (name, fin) in zip(axes.flat, finals.items()):
+        grid, what = _sink_map(fin)
+        im = ax.imshow(np.array(grid), vmin=0, vmax=1, cmap="viridis")
+        for (layer, head), val in np.ndenumerate(np.array(grid)):
+            ax.text(head, layer, f"{val:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if val < 0.5 else "black")
+        ax.set_title(f"{name}\n{what}", fontsize=7)
+        ax.set_xlabel("head", fontsize=6)
+        ax.set_ylabel("layer", fontsize=6)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6)
+    save_figure(fig, HEADS_FIG)
+
+
+def _heads_section(finals: dict[str, dict]) -> list[str]:
+    if not finals:
+        return []
+    _heads_figure(finals)
+    out = [
+        "",
+        "## Which heads carry the sink, by run and seed",
+        "",
+        "Mean attention on the sink per layer and head on the report sequences (token 1 for models",
+        "without a slot, the k*/v* slot for models with one; uniform causal attention over 64 positions",
+        "gives alpha_1 = 0.074), and the heads that sink on token 1 in more than half of the sequences",
+        "(alpha_1 > eps 0.3;",
+        "`head_sink_rate` of the measurement). From each snapshot's `final.json` (`heads`; for c_bos, c_kvbos",
+        "and c_sigbos computed afterwards from the shipped bf16 models made from their last checkpoints:",
+        "`analyses/cpu_calibration.py --add-heads c_bos=toy-softmax c_kvbos=toy-kv-bias c_sigbos=toy-sigmoid`).",
+        "",
+        "| run | on | layer 0 | layer 1 | layer 2 | layer 3 | heads sinking on token 1 (> 50% of sequences) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, fin in finals.items():
+        grid, what = _sink_map(fin)
+        cells = [" / ".join(f"{v:.2f}" for v in layer) for layer in grid]
+        cells += [""] * (4 - len(cells))
+        rates = fin["heads"]["sink_rate1"]
+        sinking = [f"L{li}H{hi} ({r:.0f}%)" for li, layer in enumerate(rates) for hi, r in enumerate(layer) if r > 50]
+        out.append(f"| {name} | {what} | {' | '.join(cells[:4])} | {', '.join(sinking) or 'none'} |")
+    out += ["", "![Mean attention on the sink per layer and head](figures/cpu-calibration-heads.png)"]
+    return out
+
+
 # The paper's rows at toy scale: (row, runs = seeds of one recipe, the paper's number and the H100
 # reference's, ../shared/reference/attention-sink-paper.md sections 4 and 6).
 PAPER_ROWS = [
@@ -238,10 +319,41 @@ def _paper_rows(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
     return out
 
 
+def add_heads(pairs: list[str]) -> int:
+    """``NAME=MODEL``: put the per-head numbers of ``final_report(MODEL)`` into NAME's final.json when
+    it has none (snapshots made before final.json had them; MODEL is the run's final checkpoint, or
+    the shipped model made from it). The other numbers of final.json are kept; ``heads_source`` says
+    where the heads came from."""
+    for pair in pairs:
+        name, sep, spec = pair.partition("=")
+        final_file = DATA / name / "final.json"
+        if not sep or not final_file.is_file():
+            print(f"cpu_calibration: --add-heads takes NAME=MODEL with a snapshot NAME that has a final.json, "
+                  f"got {pair!r}", file=sys.stderr)
+            return 2
+        final = json.loads(final_file.read_text())
+        if "heads" in final:
+            continue
+        fresh = final_report(Path(spec) if Path(spec).exists() else spec)
+        for key in ("sink1", "sink_bias"):
+            a, b = fresh[key], final[key]
+            if (a is None) != (b is None) or (a is not None and abs(a - b) > 0.5):
+                print(f"cpu_calibration: {spec} gives {key} {a}, {name}'s final.json {b}: not the same model",
+                      file=sys.stderr)
+                return 2
+        final.update(heads=fresh["heads"], heads_source=str(spec))
+        write_json(final_file, final)
+        print(f"{name}: heads from {spec} (Sink_1 {fresh['sink1']:.2f} vs {final['sink1']:.2f}, "
+              f"Sink_* {fresh['sink_bias']} vs {final['sink_bias']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--snapshot":
         return snapshot(argv[1:])
+    if argv and argv[0] == "--add-heads":
+        return add_heads(argv[1:])
     from sinkinterp.train.config import TrainConfig
 
     base = TrainConfig.from_dict(json.loads(BASE.read_text())).to_dict()
@@ -293,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "report sequences. Verdicts: docs/reproduction.md.",
         "",
         *_paper_rows(runs),
+        *_heads_section(_finals()),
     ]
     probes = _probes()
     if any(probes.values()):
