@@ -1,6 +1,7 @@
-"""The fused Triton sigmoid / elu+1 kernel (sinkinterp.models.triton_attention), run in Triton's
-interpreter on CPU: outputs and gradients against a float64 materialized reference, and the model's
-``attn_backend="triton"`` against its plain path, logits and parameter gradients."""
+"""The fused Triton sigmoid / elu+1 kernel (sinkinterp.models.triton_attention): outputs and gradients
+against a float64 materialized reference, and the model's ``attn_backend="triton"`` against its plain
+path, logits and parameter gradients. On a machine without a GPU the kernels run in Triton's
+interpreter on CPU tensors; with one, compiled on CUDA tensors."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ pytest.importorskip("triton")
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     # conftest.py sets it before triton is imported; set later, Triton's own helpers stay compiled
     pytest.fail("TRITON_INTERPRET=1 must be set before triton is imported on a machine without a GPU")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 from sinkinterp.models import SinkTransformer  # noqa: E402
 from sinkinterp.models.attention import Attention  # noqa: E402
@@ -26,7 +28,7 @@ from sinkinterp.models.triton_attention import (  # noqa: E402
 
 def _qkv(h: int, hkv: int, t: int, d: int, dtype=torch.float64, seed: int = 0, batch: int = 2):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, n, t, d, generator=g, dtype=torch.float64).mul(1.5).to(dtype)
+    return [torch.randn(batch, n, t, d, generator=g, dtype=torch.float64).mul(1.5).to(DEVICE, dtype)
             for n in (h, hkv, hkv)]
 
 
@@ -50,8 +52,8 @@ CASES = [  # op, heads, kv heads, T, d_head, window, sigmoid bias
 def test_kernel_matches_float64_reference(op, h, hkv, t, d, window, bias):
     q, k, v = _qkv(h, hkv, t, d)
     g = torch.Generator().manual_seed(1)
-    g_acc = torch.randn(2, h, t, d, generator=g, dtype=torch.float64)
-    g_sum = torch.randn(2, h, t, generator=g, dtype=torch.float64)
+    g_acc = torch.randn(2, h, t, d, generator=g, dtype=torch.float64).to(DEVICE)
+    g_sum = torch.randn(2, h, t, generator=g, dtype=torch.float64).to(DEVICE)
     kw = dict(op=op, bias=bias, window=window)
     expected = _value_and_grads(sim_attention_reference, q, k, v, g_acc, g_sum, **kw)
     assert expected[0].abs().max() > 0.1 and expected[2].abs().max() > 0.01  # non-degenerate
@@ -104,8 +106,8 @@ MODEL_CASES = {
 
 @pytest.mark.parametrize("name", list(MODEL_CASES))
 def test_model_triton_backend_matches_plain_path(name, monkeypatch):
-    model = SinkTransformer(tiny_config(**MODEL_CASES[name]), dtype=torch.float64)
-    tokens = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(0))
+    model = SinkTransformer(tiny_config(**MODEL_CASES[name]), dtype=torch.float64, device=DEVICE)
+    tokens = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     expected_logits, expected_grads = _loss_and_grads(model, tokens)
 
     def boom(*args, **kwargs):
@@ -123,8 +125,8 @@ def test_model_triton_backend_matches_plain_path(name, monkeypatch):
 @pytest.mark.parametrize("name", ["window_alibi_sigmoid", "kv_window_prefix", "rotary", "kv"])
 def test_where_the_kernel_does_not_apply_the_model_falls_back(name):
     """ALiBi (a positional score bias), a prefix, softmax ops: the same numbers as "auto"."""
-    model = tiny_model(name)
-    tokens = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    model = tiny_model(name).to(DEVICE)
+    tokens = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     with torch.no_grad():
         expected = model(tokens)
         got = model.set_attn_backend("triton")(tokens)
@@ -132,8 +134,8 @@ def test_where_the_kernel_does_not_apply_the_model_falls_back(name):
 
 
 def test_column_hooks_under_the_triton_backend():
-    model = SinkTransformer(tiny_config(attn_op="sigmoid_norm", attn_bias="kv"), dtype=torch.float64)
-    tokens = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    model = SinkTransformer(tiny_config(attn_op="sigmoid_norm", attn_bias="kv"), dtype=torch.float64, device=DEVICE)
+    tokens = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     names = [f"blocks.{l}.attn.hook_{c}" for l in range(model.cfg.n_layers) for c in ("pattern_cols", "bias_col")]
 
     def grab(m):
@@ -172,9 +174,9 @@ def test_bad_input_is_named():
 
 
 def test_unavailable_without_a_gpu_or_the_interpreter(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not triton_available("cpu")
-    q, k, v = _qkv(2, 2, 8, 16)
+    q, k, v = (x.cpu() for x in _qkv(2, 2, 8, 16))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         sim_attention(q, k, v, op="sigmoid")
     # the model then stays on its plain path instead of failing
@@ -183,3 +185,12 @@ def test_unavailable_without_a_gpu_or_the_interpreter(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(model.set_attn_backend("triton")(tokens),
                                    model.set_attn_backend("auto")(tokens), atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tiles run compiled on CUDA only")
+@pytest.mark.parametrize("op", ["sigmoid", "elu1"])
+def test_bf16_on_cuda_is_close_to_float64(op):
+    q, k, v = _qkv(4, 2, 300, 64, dtype=torch.bfloat16)
+    got = sim_attention(q, k, v, op=op)[0].double()
+    ref = sim_attention_reference(q.double(), k.double(), v.double(), op=op)[0]
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 2e-2
