@@ -75,6 +75,28 @@ FINAL_INTERVENTIONS = (("ablate", True), ("ablate", False), ("zero_value", True)
 SLOT_INTERVENTIONS = (("ablate_bias", True), ("ablate_bias", False), ("bias_to_first", True))
 
 
+def _seed0_val_loss(model, checkpoint: Path | str) -> float | None:
+    """Validation loss on the held-out windows a data.seed = 0 run logs as ``val_loss`` (the run's
+    own transforms), so runs with other data seeds compare on the same 4,096 tokens; None without
+    the run's train_config.json or the shard folder."""
+    import dataclasses
+
+    import torch
+
+    from sinkinterp.train.config import TrainConfig
+    from sinkinterp.train.trainer import held_out_batches
+
+    cfg_file = Path(checkpoint).parent.parent / "train_config.json" if isinstance(checkpoint, Path) else None
+    if cfg_file is None or not cfg_file.is_file():
+        return None
+    cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
+    if not Path(cfg.data.shard_dir).is_dir():
+        return None
+    batches = held_out_batches(cfg.replace(data=dataclasses.replace(cfg.data, seed=0)))
+    with torch.no_grad():
+        return float(torch.stack([model(b, return_type="loss").float() for b in batches]).mean())
+
+
 def final_report(checkpoint: Path | str) -> dict:
     """The last checkpoint measured as ``sinkinterp report`` measures the shipped models: the shipped
     natural-text sample, T 64, 100 sequences, eps 0.3, BOS first when the run trained with it."""
@@ -98,6 +120,9 @@ def final_report(checkpoint: Path | str) -> dict:
            "heads": {"alpha1": rep.alpha_by_key[:, :, 0].round(4).tolist(),
                      "sink_rate1": rep.head_sink_rate.round(2).tolist(),
                      "alpha_bias": None if rep.alpha_bias is None else rep.alpha_bias.round(4).tolist()}}
+    common = _seed0_val_loss(lm.model, checkpoint)
+    if common is not None:
+        out["val_loss_seed0_windows"] = common
     # the key-bias interventions on the first 32 of those sequences (toy_interventions' settings)
     from sinkinterp import interventions as iv
 
@@ -304,9 +329,16 @@ def _paper_rows(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
             cfg, rows = runs[n]
             tracked = [r for r in rows if r.get("sink1") is not None]
             last.append(tracked[-1])
-            val.append([r for r in rows if r.get("val_loss") is not None][-1]["val_loss"])
             f = DATA / n / "final.json"
             fin.append(json.loads(f.read_text()) if f.is_file() else None)
+            # the same validation windows for every run: those of data.seed 0 (a run's own val_loss
+            # is on windows drawn with its data seed)
+            if fin[-1] is not None and "val_loss_seed0_windows" in fin[-1]:
+                val.append(fin[-1]["val_loss_seed0_windows"])
+            elif cfg["data"]["seed"] == 0:
+                val.append([r for r in rows if r.get("val_loss") is not None][-1]["val_loss"])
+            else:
+                val.append(None)
             steps.append(f"{tracked[-1]['step']:,}" + ("" if tracked[-1]["step"] == cfg["steps"]
                                                       else f" of {cfg['steps']:,} (stopped)"))
         done = [x for x in fin if x is not None]
@@ -402,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         "snapshot). The paper's models are 60M parameters trained on 5B tokens; ours 4 x 128 on 6.1M, so",
         "compare directions and contrasts, not levels. Δ loss: the loss change (nats) when token 1 (`ablate`) or",
         "the k*/v* slot (`ablate_bias`) is removed from every query's keys, rows renormalized, on the first 32",
-        "report sequences. Verdicts: docs/reproduction.md.",
+        "report sequences. Val loss: on the held-out windows of data seed 0 for every run (a seed-1 run's",
+        "own `val_loss` is on other windows: 4,096 tokens, too few to compare across window sets).",
+        "Verdicts: docs/reproduction.md.",
         "",
         *_paper_rows(runs),
         *_heads_section(_finals()),
