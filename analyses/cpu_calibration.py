@@ -306,7 +306,7 @@ def _spread(values: list[float | None], spec: str = ".2f") -> str:
     if len(vals) == 1:
         return format(vals[0], spec)
     mean = sum(vals) / len(vals)
-    return f"{mean:{spec}} ({min(vals):{spec}}-{max(vals):{spec}}, n={len(vals)})"
+    return f"{mean:{spec}} ({min(vals):{spec}} to {max(vals):{spec}}, n={len(vals)})"
 
 
 def _delta(final: dict, name: str) -> float | None:
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         "## The paper's rows at toy scale",
         "",
         "Final values of each recipe; several runs of one recipe (seeds: `--set seed=1 --set model.seed=1",
-        "--set data.seed=1`) are shown as mean (min-max, n). \"Tracking\": the last sink-tracking point (64",
+        "--set data.seed=1`) are shown as mean (min to max, n). \"Tracking\": the last sink-tracking point (64",
         "held-out Debian windows). \"Report\": the final checkpoint measured like `sinkinterp report` (the",
         f"shipped natural-text sample, T {REPORT['seq_len']}, {REPORT['num_seqs']} sequences, eps {REPORT['eps']}, "
         "BOS first for runs trained with it; `final.json` in the",
