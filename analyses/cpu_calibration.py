@@ -75,6 +75,19 @@ FINAL_INTERVENTIONS = (("ablate", True), ("ablate", False), ("zero_value", True)
 SLOT_INTERVENTIONS = (("ablate_bias", True), ("ablate_bias", False), ("bias_to_first", True))
 
 
+def _qk_grids(qk: dict, n_layers: int, n_heads: int) -> dict[str, list[list[float]]]:
+    """The measurement's per-head q.k factors as [layer][head] grids."""
+    import numpy as np
+
+    out = {}
+    for key in ("cos_q_k1", "cos_q_krest", "k1_norm", "k_rest_norm", "q_norm"):
+        grid = np.full((n_layers, n_heads), np.nan)
+        for (layer, head), val in zip(qk["heads"], qk[key]):
+            grid[layer, head] = val
+        out[key] = grid.round(4).tolist()
+    return out
+
+
 def _seed0_val_loss(model, checkpoint: Path | str) -> float | None:
     """Validation loss on the held-out windows a data.seed = 0 run logs as ``val_loss`` (the run's
     own transforms), so runs with other data seeds compare on the same 4,096 tokens; None without
@@ -112,14 +125,16 @@ def final_report(checkpoint: Path | str) -> dict:
                          vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, prepend_bos=bos,
                          bos_token_id=lm.bos_token_id)
     with torch.no_grad():
-        rep = measure(lm.model.eval(), tokens, eps=REPORT["eps"], qk_heads="none")
+        rep = measure(lm.model.eval(), tokens, eps=REPORT["eps"], qk_heads="all")
     out = {"checkpoint": getattr(checkpoint, "name", checkpoint), "bos_first": bos, **REPORT, "sink1": float(rep.sink_pct[0]),
            "sink2": float(rep.sink_pct[1]), "sink_bias": rep.sink_bias_pct,
            "massive_ratio": float(rep.norms["resid"]["massive_ratio"].max()),
            # per [layer][head]: which heads carry the sink (compared across seeds)
            "heads": {"alpha1": rep.alpha_by_key[:, :, 0].round(4).tolist(),
                      "sink_rate1": rep.head_sink_rate.round(2).tolist(),
-                     "alpha_bias": None if rep.alpha_bias is None else rep.alpha_bias.round(4).tolist()}}
+                     "alpha_bias": None if rep.alpha_bias is None else rep.alpha_bias.round(4).tolist(),
+                     # q.k = |q||k|cos per head (keys after rotary; k_s: every key after the first)
+                     "qk": _qk_grids(rep.qk, rep.n_layers, rep.n_heads)}}
     common = _seed0_val_loss(lm.model, checkpoint)
     if common is not None:
         out["val_loss_seed0_windows"] = common
@@ -251,6 +266,22 @@ def _heads_figure(finals: dict[str, dict]) -> None:
     save_figure(fig, HEADS_FIG)
 
 
+def _angle_vs_norm(heads: dict) -> str:
+    import numpy as np
+
+    qk = heads.get("qk")
+    if qk is None:
+        return "-"
+    gap = np.array(qk["cos_q_k1"]) - np.array(qk["cos_q_krest"])
+    ratio = np.array(qk["k1_norm"]) / np.array(qk["k_rest_norm"])
+    sink = np.array(heads["sink_rate1"]) > 50
+    text = f"cos gap > 0 in {int((gap > 0).sum())} of {gap.size} heads"
+    if sink.any():
+        text += (f"; sinking heads: gap {gap[sink].mean():+.2f}, norm ratio "
+                 f"{ratio[sink].min():.2f}-{ratio[sink].max():.2f}")
+    return text
+
+
 def _heads_section(finals: dict[str, dict]) -> list[str]:
     if not finals:
         return []
@@ -267,8 +298,14 @@ def _heads_section(finals: dict[str, dict]) -> list[str]:
         "and c_sigbos computed afterwards from the shipped bf16 models made from their last checkpoints:",
         "`analyses/cpu_calibration.py --add-heads c_bos=toy-softmax c_kvbos=toy-kv-bias c_sigbos=toy-sigmoid`).",
         "",
-        "| run | on | layer 0 | layer 1 | layer 2 | layer 3 | heads sinking on token 1 (> 50% of sequences) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "The last column is the paper's LLaMA3-8B question asked of every run: is attention on token 1",
+        "made by the angle or by the key's length? cos(q_t, k_1) - cos(q_t, k_s) per head (k_s: every later",
+        "key; how many heads have it above 0, and its mean over the sinking heads) beside ||k_1|| / ||k_s||",
+        "in the sinking heads (`measure(..., qk_heads=\"all\")`).",
+        "",
+        "| run | on | layer 0 | layer 1 | layer 2 | layer 3 | heads sinking on token 1 (> 50% of sequences) | "
+        "angle vs norm |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, fin in finals.items():
         grid, what = _sink_map(fin)
@@ -276,7 +313,8 @@ def _heads_section(finals: dict[str, dict]) -> list[str]:
         cells += [""] * (4 - len(cells))
         rates = fin["heads"]["sink_rate1"]
         sinking = [f"L{li}H{hi} ({r:.0f}%)" for li, layer in enumerate(rates) for hi, r in enumerate(layer) if r > 50]
-        out.append(f"| {name} | {what} | {' | '.join(cells[:4])} | {', '.join(sinking) or 'none'} |")
+        out.append(f"| {name} | {what} | {' | '.join(cells[:4])} | {', '.join(sinking) or 'none'} | "
+                   f"{_angle_vs_norm(fin['heads'])} |")
     out += ["", "![Mean attention on the sink per layer and head](figures/cpu-calibration-heads.png)"]
     return out
 
@@ -366,7 +404,7 @@ def add_heads(pairs: list[str]) -> int:
                   f"got {pair!r}", file=sys.stderr)
             return 2
         final = json.loads(final_file.read_text())
-        if "heads" in final:
+        if "qk" in final.get("heads", {}):
             continue
         fresh = final_report(Path(spec) if Path(spec).exists() else spec)
         for key in ("sink1", "sink_bias"):
@@ -376,6 +414,8 @@ def add_heads(pairs: list[str]) -> int:
                       file=sys.stderr)
                 return 2
         final.update(heads=fresh["heads"], heads_source=str(spec))
+        if "val_loss_seed0_windows" in fresh and "val_loss_seed0_windows" not in final:
+            final["val_loss_seed0_windows"] = fresh["val_loss_seed0_windows"]
         write_json(final_file, final)
         print(f"{name}: heads from {spec} (Sink_1 {fresh['sink1']:.2f} vs {final['sink1']:.2f}, "
               f"Sink_* {fresh['sink_bias']} vs {final['sink_bias']})")
