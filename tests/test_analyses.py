@@ -26,6 +26,7 @@ def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "DATA", tmp_path / "data")
     monkeypatch.setattr(mod, "DOC", tmp_path / "page.md")
     monkeypatch.setattr(mod, "FIG", tmp_path / "fig.png")
+    monkeypatch.setattr(mod, "HEADS_FIG", tmp_path / "heads.png")
     assert mod.main([]) == 2  # nothing snapshotted yet
     assert mod.main(["--snapshot", str(tmp_path / "runs" / "missing")]) == 2
     assert mod.main(["--snapshot", str(run)]) == 0
@@ -35,10 +36,10 @@ def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
     assert '`model.attn_bias="kv"`' in row and "`lr=0.003`" in row
     assert "250 of 6,000" in row and "| 0.50 |" in row and "| 12.50 |" in row and "9.000 (step 0)" in row
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
-    # two seeds of one recipe in the paper's rows: mean (min-max, n); a recipe not run says so
+    # two seeds of one recipe in the paper's rows: mean (min to max, n); a recipe not run says so
     seed1 = tmp_path / "runs" / "kv_run_s1"
     seed1.mkdir()
-    (seed1 / "train_config.json").write_text(json.dumps(cfg))
+    (seed1 / "train_config.json").write_text(json.dumps({**cfg, "data": {**cfg["data"], "seed": 1}}))
     rows[1] = {**rows[1], "sink1": 1.5, "sink_bias": 20.5}
     (seed1 / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert mod.main(["--snapshot", str(seed1)]) == 0
@@ -47,8 +48,28 @@ def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
     page = (tmp_path / "page.md").read_text()
     row = next(line for line in page.splitlines() if line.startswith("| kv | 72.76 |"))
     assert "| kv_run, kv_run_s1 | 250 of 6,000 (stopped) / 250 of 6,000 (stopped) |" in row
-    assert "| 1.00 (0.50-1.50, n=2) | 16.50 (12.50-20.50, n=2) |" in row
+    assert "| 1.00 (0.50 to 1.50, n=2) | 16.50 (12.50 to 20.50, n=2) |" in row
+    # validation loss only where it is on the seed-0 windows: the data-seed-1 run's own is not
+    assert "| 9.000 | - | - |" in row
     assert "| k | 73.34 | k_run: not run yet |" in page
+    assert "Which heads" not in page and not (tmp_path / "heads.png").exists()  # no final.json yet
+
+    # per-head numbers of a final checkpoint: the heads table, the angle-vs-norm column, the heat maps
+    grid = [[0.1, 0.2, 0.3, 0.4]] * 4
+    heads = {"alpha1": grid, "alpha_bias": None, "sink_rate1": [[0, 0, 0, 0], [0, 0, 0, 0], [0, 90, 0, 0], [0, 0, 0, 0]],
+             "qk": {"cos_q_k1": [[0.5] * 4] * 4, "cos_q_krest": [[0.1, 0.1, 0.1, 0.9]] * 4,
+                    "k1_norm": [[2.0] * 4] * 4, "k_rest_norm": [[4.0] * 4] * 4, "q_norm": [[1.0] * 4] * 4}}
+    final = {"sink1": 20.0, "sink2": 0.0, "sink_bias": None, "massive_ratio": 3.0, "heads": heads,
+             "val_loss_seed0_windows": 4.5, "interventions": {}}
+    (tmp_path / "data" / "kv_run_s1" / "final.json").write_text(json.dumps(final))
+    assert mod.main([]) == 0
+    page = (tmp_path / "page.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| kv | 72.76 |"))
+    assert "| 6.750 (4.500 to 9.000, n=2) |" in row  # now on the seed-0 windows too
+    heads_row = next(line for line in page.splitlines() if line.startswith("| kv_run_s1 | alpha_1 |"))
+    assert "| 0.10 / 0.20 / 0.30 / 0.40 |" in heads_row and "L2H1 (90%)" in heads_row
+    assert "cos gap > 0 in 12 of 16 heads; sinking heads: gap +0.40, norm ratio 0.50-0.50" in heads_row
+    assert (tmp_path / "heads.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_massive_activation_page_reports_its_own_measurements(tmp_path, monkeypatch):
