@@ -720,7 +720,7 @@ class Attention(nn.Module):
         window = self.cfg.window if self.cfg.window is not None and self.cfg.window < t else None
         acc, rowsum = sim_attention(q, k, v, op=self.cfg.attn_op.removesuffix("_norm"), bias=ctx.sigmoid_bias,
                                     scale=self.scale, window=window)
-        rowsum = rowsum.unsqueeze(-1)
+        rowsum = rowsum.unsqueeze(-1).to(acc.dtype)  # float32 from the kernel; the model's dtype here
         slot_sim = op.sim(self._slot_scores(q, slot), ctx.sigmoid_bias) if slot is not None else None
         if cols:  # the first columns' share of each row's total, as the plain path emits them
             n = min(self.n_cols, k.shape[2])

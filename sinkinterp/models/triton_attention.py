@@ -118,6 +118,10 @@ def _launch_settings(q: Tensor, block: int | None) -> dict:
                 ACC_T=tl.float64 if q.dtype == torch.float64 else tl.float32)
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _acc_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
@@ -134,10 +138,10 @@ class _SimAttention(torch.autograd.Function):
         meta = _launch_settings(q, block)
         args = (t, h, group, d, float(scale), float(bias), int(window or 1))
         const = dict(OP=SIM_OPS.index(op), HAS_WINDOW=window is not None, **meta)
-        fwd[(triton_cdiv(t, meta["BLOCK_M"]), b * h)](q, k, v, acc, rowsum, *args, **const)
+        fwd[(_cdiv(t, meta["BLOCK_M"]), b * h)](q, k, v, acc, rowsum, *args, **const)
         ctx.save_for_backward(q, k, v)
         ctx.settings = (args, const, group)
-        return acc, rowsum.to(q.dtype)
+        return acc, rowsum
 
     @staticmethod
     def backward(ctx, dacc, drowsum):
@@ -151,23 +155,20 @@ class _SimAttention(torch.autograd.Function):
         dq = torch.empty_like(q)
         dk_h = torch.empty_like(q)  # per query head, summed over each kv head's group below
         dv_h = torch.empty_like(q)
-        bwd_dkdv[(triton_cdiv(t, const["BLOCK_N"]), b * h)](q, k, v, dacc, dl, dk_h, dv_h, *args, **const)
-        bwd_dq[(triton_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, dacc, dl, dq, *args, **const)
+        bwd_dkdv[(_cdiv(t, const["BLOCK_N"]), b * h)](q, k, v, dacc, dl, dk_h, dv_h, *args, **const)
+        bwd_dq[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, dacc, dl, dq, *args, **const)
         hkv = k.shape[1]
         dk = dk_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dk_h
         dv = dv_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dv_h
         return dq, dk, dv, None, None, None, None, None
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def sim_attention(
     q: Tensor, k: Tensor, v: Tensor, *, op: str, bias: float = 0.0, scale: float | None = None,
     window: int | None = None, block: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Fused causal ``op`` attention: (acc [b, h, t, d], rowsum [b, h, t]) as in the module docstring.
+    """Fused causal ``op`` attention: (acc [b, h, t, d], rowsum [b, h, t]) as in the module docstring;
+    acc in the inputs' dtype, rowsum in float32 (float64 for float64 inputs).
 
     ``q`` [batch, head, pos, d_head], ``k`` / ``v`` [batch, kv_head, pos, d_head] (after RoPE);
     ``bias`` is the sigmoid bias b (ignored by elu1); ``scale`` defaults to 1 / sqrt(d_head);
