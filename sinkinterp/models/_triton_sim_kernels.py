@@ -45,6 +45,51 @@ def _visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW: tl.constexpr):
 
 @triton.jit
 @no_type_check
+def _load_rows(PTR, offs, offs_d, T, D):
+    """Rows ``offs`` of a [T, D] matrix (zeros past T and D)."""
+    return tl.load(PTR + offs[:, None] * D + offs_d[None, :], mask=(offs[:, None] < T) & (offs_d[None, :] < D),
+                   other=0.0)
+
+
+@triton.jit
+@no_type_check
+def _store_rows(PTR, offs, offs_d, T, D, x):
+    tl.store(PTR + offs[:, None] * D + offs_d[None, :], x.to(PTR.dtype.element_ty),
+             mask=(offs[:, None] < T) & (offs_d[None, :] < D))
+
+
+@triton.jit
+@no_type_check
+def _key_range(pid_m, T, WINDOW, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """First and end key of the tiles a block of queries sees (causal, within the window)."""
+    lo = pid_m * 0
+    if HAS_WINDOW:
+        lo = tl.maximum(pid_m * BLOCK_M - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
+    return lo, tl.minimum((pid_m + 1) * BLOCK_M, T)
+
+
+@triton.jit
+@no_type_check
+def _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW,
+              OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr):
+    """Scores, visibility and sim of one [M, N] tile (sim 0 where not visible)."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T) * scale
+    visible = _visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW)
+    return s, visible, tl.where(visible, _sim(s, BIAS, OP), 0.0)
+
+
+@triton.jit
+@no_type_check
+def _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW,
+                OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr):
+    """sim and dS = (dacc . v + drowsum) * sim'(s) of one [M, N] tile."""
+    s, visible, p = _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC).to(ACC_T) + dl[:, None]
+    return p, tl.where(visible, dp * _dsim(s, p, OP), 0.0)
+
+
+@triton.jit
+@no_type_check
 def fwd(Q, K, V, ACC, L, T, H, GROUP, D, scale, BIAS, WINDOW,
         OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -53,26 +98,18 @@ def fwd(Q, K, V, ACC, L, T, H, GROUP, D, scale, BIAS, WINDOW,
     kvh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_ptrs = Q + bh * T * D + offs_m[:, None] * D + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=(offs_m[:, None] < T) & (offs_d[None, :] < D), other=0.0)
+    q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_T)
     rowsum = tl.zeros([BLOCK_M], dtype=ACC_T)
-    lo = pid_m * 0
-    if HAS_WINDOW:
-        lo = tl.maximum(pid_m * BLOCK_M - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
-    hi = tl.minimum((pid_m + 1) * BLOCK_M, T)
+    lo, hi = _key_range(pid_m, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < T) & (offs_d[None, :] < D)
-        k = tl.load(K + kvh * T * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + kvh * T * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T) * scale
-        p = tl.where(_visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW), _sim(s, BIAS, OP), 0.0)
+        k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
+        v = _load_rows(V + kvh * T * D, offs_n, offs_d, T, D)
+        _, _, p = _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T)
         rowsum += tl.sum(p, 1)
         acc += tl.dot(p.to(v.dtype), v, input_precision=PREC).to(ACC_T)
-    out_mask = (offs_m[:, None] < T) & (offs_d[None, :] < D)
-    tl.store(ACC + bh * T * D + offs_m[:, None] * D + offs_d[None, :], acc.to(ACC.dtype.element_ty),
-             mask=out_mask)
+    _store_rows(ACC + bh * T * D, offs_m, offs_d, T, D, acc)
     tl.store(L + bh * T + offs_m, rowsum, mask=offs_m < T)
 
 
@@ -87,32 +124,24 @@ def bwd_dkdv(Q, K, V, DACC, DL, DK, DV, T, H, GROUP, D, scale, BIAS, WINDOW,
     kvh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    kv_mask = (offs_n[:, None] < T) & (offs_d[None, :] < D)
-    k = tl.load(K + kvh * T * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + kvh * T * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
+    k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
+    v = _load_rows(V + kvh * T * D, offs_n, offs_d, T, D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_T)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_T)
-    lo = pid_n * BLOCK_N // BLOCK_M * BLOCK_M
+    lo = pid_n * BLOCK_N // BLOCK_M * BLOCK_M  # queries before the keys see none of them
     hi = pid_n * 0 + T
     if HAS_WINDOW:
         hi = tl.minimum((pid_n + 1) * BLOCK_N + WINDOW - 1, T)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q_mask = (offs_m[:, None] < T) & (offs_d[None, :] < D)
-        q = tl.load(Q + bh * T * D + offs_m[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(DACC + bh * T * D + offs_m[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
+        q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
+        do = _load_rows(DACC + bh * T * D, offs_m, offs_d, T, D)
         dl = tl.load(DL + bh * T + offs_m, mask=offs_m < T, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T) * scale  # [M, N]
-        visible = _visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW)
-        p = tl.where(visible, _sim(s, BIAS, OP), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC).to(ACC_T) + dl[:, None]
-        ds = tl.where(visible, dp * _dsim(s, p, OP), 0.0)
+        p, ds = _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC).to(ACC_T)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC).to(ACC_T)
-    tl.store(DK + bh * T * D + offs_n[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=kv_mask)
-    tl.store(DV + bh * T * D + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty),
-             mask=kv_mask)
+    _store_rows(DK + bh * T * D, offs_n, offs_d, T, D, dk * scale)
+    _store_rows(DV + bh * T * D, offs_n, offs_d, T, D, dv)
 
 
 @triton.jit
@@ -125,25 +154,15 @@ def bwd_dq(Q, K, V, DACC, DL, DQ, T, H, GROUP, D, scale, BIAS, WINDOW,
     kvh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_mask = (offs_m[:, None] < T) & (offs_d[None, :] < D)
-    q = tl.load(Q + bh * T * D + offs_m[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DACC + bh * T * D + offs_m[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
+    q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
+    do = _load_rows(DACC + bh * T * D, offs_m, offs_d, T, D)
     dl = tl.load(DL + bh * T + offs_m, mask=offs_m < T, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_T)
-    lo = pid_m * 0
-    if HAS_WINDOW:
-        lo = tl.maximum(pid_m * BLOCK_M - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
-    hi = tl.minimum((pid_m + 1) * BLOCK_M, T)
+    lo, hi = _key_range(pid_m, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < T) & (offs_d[None, :] < D)
-        k = tl.load(K + kvh * T * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + kvh * T * D + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T) * scale
-        visible = _visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW)
-        p = tl.where(visible, _sim(s, BIAS, OP), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC).to(ACC_T) + dl[:, None]
-        ds = tl.where(visible, dp * _dsim(s, p, OP), 0.0)
+        k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
+        v = _load_rows(V + kvh * T * D, offs_n, offs_d, T, D)
+        _, ds = _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC).to(ACC_T)
-    tl.store(DQ + bh * T * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=q_mask)
+    _store_rows(DQ + bh * T * D, offs_m, offs_d, T, D, dq * scale)
