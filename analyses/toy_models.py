@@ -43,9 +43,13 @@ def _head_rows(r: dict) -> list[str]:
 BINS = ((1, 2), (2, 5), (5, 17), (17, 33), (33, 64))  # query positions [a, b): the query at p sees p keys
 
 
+def _arg(name: str) -> int:
+    return int(ARGS[ARGS.index(name) + 1])
+
+
 def _loss_by_position() -> dict[str, np.ndarray]:
-    """Mean next-token loss at every query position of the report's natural-text sequences (T 64,
-    N 100, seed 0, BOS first), per shipped model: entry p - 1 is the query at token p (token 1 = BOS)
+    """Mean next-token loss at every query position of the report's natural-text sequences (ARGS'
+    T, N and seed; BOS first), per shipped model: entry p - 1 is the query at token p (token 1 = BOS)
     predicting token p + 1 from tokens 1..p."""
     import torch
     import torch.nn.functional as F
@@ -57,7 +61,8 @@ def _loss_by_position() -> dict[str, np.ndarray]:
     for m in MODELS:
         lm = load_model(m)
         tokens = torch.as_tensor(np.asarray(make_tokens(
-            "natural", seq_len=64, num_seqs=100, seed=0, vocab_size=lm.d_vocab, tokenizer=lm.tokenizer,
+            "natural", seq_len=_arg("--seq-len"), num_seqs=_arg("--num-seqs"), seed=_arg("--seed"),
+            vocab_size=lm.d_vocab, tokenizer=lm.tokenizer,
             prepend_bos=True, bos_token_id=lm.bos_token_id))).long()
         with torch.no_grad():
             logits = lm.model.eval()(tokens).float()
@@ -71,7 +76,7 @@ def _loss_section(loss: dict[str, np.ndarray]) -> tuple[list[str], str]:
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    pos = np.arange(1, 64)
+    pos = np.arange(1, len(loss[MODELS[0]]) + 1)
     for m in MODELS:
         axes[0].plot(pos, loss[m], label=m, lw=1)
     axes[1].plot(pos, loss["toy-sigmoid"] - loss["toy-softmax"], color="C2", lw=1, label="toy-sigmoid - toy-softmax")

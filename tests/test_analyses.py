@@ -112,3 +112,4 @@ def test_toy_models_page_reports_the_report_command(tmp_path, monkeypatch):
         assert f"| {model} | random | {r['sink_pct'][0]:.2f} | {r['sink_pct'][1]:.2f} |" in page
         assert (tmp_path / "figs" / f"toy-models-{model}-alpha_heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert page.count("| L3H3 |") == 3  # one per-head table per model
+    assert "| toy-sigmoid - toy-softmax |" in page and (tmp_path / "figs" / "toy-models-loss-by-position.png").is_file()
