@@ -633,7 +633,7 @@ class Attention(nn.Module):
 
     def _attend_plain(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext, cols: bool = False) -> Tensor:
         """Non-softmax ops: masked sim, no proxy bookkeeping unless ``cols`` (compilable)."""
-        op, eps = self.op, self.cfg.attn_eps
+        op = self.op
         scores = _grouped_scores(q, k) * self.scale
         if pos_bias is not None:
             scores = scores + pos_bias.to(scores.dtype)
@@ -643,13 +643,19 @@ class Attention(nn.Module):
             mag, slot_mag, total = self._proxy_parts(sim, slot_sim)
             n = min(self.n_cols, sim.shape[-1])
             self._emit_cols(mag[..., :n] / total, None if slot_mag is None else (slot_mag / total).squeeze(-1))
-        if op.normalized:
-            denom = sim.sum(-1, keepdim=True) + eps
+        z = _grouped_mix(sim, v)
+        return self._finish_sim(z, sim.sum(-1, keepdim=True) if op.normalized else None, slot, slot_sim)
+
+    def _finish_sim(self, z: Tensor, rowsum: Tensor | None, slot: Slot | None, slot_sim: Tensor | None) -> Tensor:
+        """Non-softmax ops from z = sum_s sim_s v_s and rowsum = sum_s sim_s (only needed when
+        normalized): divide by rowsum + eps (+ the slot's sim) for normalized ops, add the slot's
+        weight times v*."""
+        if self.op.normalized:
+            denom = rowsum + self.cfg.attn_eps
             if slot_sim is not None:
                 denom = denom + slot_sim
                 slot_sim = slot_sim / denom
-            sim = sim / denom
-        z = _grouped_mix(sim, v)
+            z = z / denom
         if slot is not None:
             v_slot = self._slot_value(slot, z)
             if v_slot is not None:
@@ -716,7 +722,7 @@ class Attention(nn.Module):
         each row's sum(sim v) and sum(sim); the slot and the normalization are added here."""
         from .triton_attention import sim_attention
 
-        op, eps, t = self.op, self.cfg.attn_eps, q.shape[2]
+        op, t = self.op, q.shape[2]
         window = self.cfg.window if self.cfg.window is not None and self.cfg.window < t else None
         acc, rowsum = sim_attention(q, k, v, op=self.cfg.attn_op.removesuffix("_norm"), bias=ctx.sigmoid_bias,
                                     scale=self.scale, window=window)
@@ -729,17 +735,7 @@ class Attention(nn.Module):
             total = rowsum if slot_sim is None else rowsum + slot_sim
             total = total.clamp_min(torch.finfo(total.dtype).tiny)
             self._emit_cols(sim_n / total, None if slot_sim is None else (slot_sim / total).squeeze(-1))
-        if op.normalized:
-            denom = rowsum + eps
-            if slot_sim is not None:
-                denom = denom + slot_sim
-                slot_sim = slot_sim / denom
-            acc = acc / denom
-        if slot is not None:
-            v_slot = self._slot_value(slot, acc)
-            if v_slot is not None:
-                acc = acc + slot_sim * v_slot
-        return acc
+        return self._finish_sim(acc, rowsum, slot, slot_sim)
 
     def _attend_flex(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext, cols: bool = False) -> Tensor:
         """Non-softmax ops in FlexAttention: softmax of log(sim) is sim / sum(sim); the
