@@ -6,7 +6,7 @@ Methods (``--methods``):
 
 * ``sdpa_softmax``: ``F.scaled_dot_product_attention(q, k, v, is_causal=True)``, the baseline ("x sdpa").
 * ``triton_sigmoid`` / ``triton_elu1``: ``sim_attention`` (our kernel), unnormalized, bias 0.
-* ``plain_sigmoid``: ``sigmoid(q k^T / sqrt(d)) `` masked, ``@ v`` (what ``attn_backend="auto"`` runs:
+* ``plain_sigmoid``: ``sigmoid(q k^T / sqrt(d))`` masked, ``@ v`` (what ``attn_backend="auto"`` runs:
   a B x H x T x T map).
 * ``flex_sigmoid``: ``torch.compile(flex_attention)`` with ``score_mod = logsigmoid``, the output
   times each row's exp(log-sum-exp) (what ``attn_backend="flex"`` runs).
