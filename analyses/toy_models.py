@@ -104,9 +104,9 @@ def _loss_section(loss: dict[str, np.ndarray]) -> tuple[list[str], str]:
                f"{binned(gap, *BINS[0]):+.3f} nats at the first prediction (made at BOS, which sees only "
                f"itself), {binned(gap, *BINS[1]):+.3f} with 2-4 keys and {binned(gap, *BINS[-1]):+.3f} with "
                "33-63: unnormalized sigmoid weights with b = 0 sum to about t / 2 over t keys at initialization, "
-               "so the attention output's scale grows with position. That points at b = -log n (which keeps "
-               "the expected row sum near one) as the next test of the loss gap (docs/reproduction.md); it is "
-               "an observation, not yet a tested cause.")
+               "so the attention output's scale grows with position. The same recipe with b = -log n (which "
+               "keeps the expected row sum near one; `c_siglognbos` in docs/cpu-calibration.md) reaches a "
+               "validation loss of 3.970, below softmax's 4.008: the bias, not sigmoid, made the gap.")
     return lines, finding
 
 
