@@ -110,6 +110,52 @@ def _seed0_val_loss(model, checkpoint: Path | str) -> float | None:
         return float(torch.stack([model(b, return_type="loss").float() for b in batches]).mean())
 
 
+def _block_stats(model, tokens) -> dict:
+    """What the residual-stream norms miss in two variants, from one hooked forward pass.
+
+    ``massive_ratio_sums``: per layer, the massive-activation ratio ||s_1|| / mean_t>1 ||s_t|| (means
+    over sequences) of the two sums each block normalizes or passes on, x + attn_out and
+    mid + mlp_out, the larger of the two. In a pre-norm model those sums are hook_resid_mid /
+    hook_resid_post; in a post-norm model they are what the norms flatten, so the residual stream
+    (normalized there) cannot show a massive activation while these can.
+    ``gate_mean`` (gated attention only): per [layer][head], the mean sigmoid gate over queries
+    t > 1, and ``gate_mean_first`` at query 1 -- a head can switch itself off by its gate instead of
+    attending to a sink."""
+    import numpy as np
+    import torch
+
+    from sinkinterp import tl_adapter
+
+    L = model.cfg.n_layers
+    got: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(x, hook):
+            got[name] = x.detach().float()
+        return hook
+
+    names = [f"blocks.{l}.{h}" for l in range(L)
+             for h in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out")]
+    gated = bool(getattr(model.cfg, "attn_gate", False))
+    if gated:
+        names += [f"blocks.{l}.attn.hook_gate" for l in range(L)]
+    with torch.no_grad(), tl_adapter.attached_hooks(model, [(n, keep(n)) for n in names]):
+        model(tokens)
+
+    def ratio(x):
+        n = x.norm(dim=-1)  # [batch, pos]
+        return float(n[:, 0].mean() / n[:, 1:].mean().clamp_min(1e-30))
+
+    out = {"massive_ratio_sums": [round(max(ratio(got[f"blocks.{l}.hook_resid_pre"] + got[f"blocks.{l}.hook_attn_out"]),
+                                             ratio(got[f"blocks.{l}.hook_resid_mid"] + got[f"blocks.{l}.hook_mlp_out"])), 3)
+                                  for l in range(L)]}
+    if gated:
+        g = np.stack([got[f"blocks.{l}.attn.hook_gate"].mean(dim=(0, 3)).numpy() for l in range(L)])  # [L, pos, H]
+        out["gate_mean"] = g[:, 1:, :].mean(axis=1).astype(float).round(4).tolist()
+        out["gate_mean_first"] = g[:, 0, :].astype(float).round(4).tolist()
+    return out
+
+
 def final_report(checkpoint: Path | str) -> dict:
     """The last checkpoint measured as ``sinkinterp report`` measures the shipped models: the shipped
     natural-text sample, T 64, 100 sequences, eps 0.3, BOS first when the run trained with it."""
@@ -135,6 +181,7 @@ def final_report(checkpoint: Path | str) -> dict:
                      "alpha_bias": None if rep.alpha_bias is None else rep.alpha_bias.round(4).tolist(),
                      # q.k = |q||k|cos per head (keys after rotary; k_s: every key after the first)
                      "qk": _qk_grids(rep.qk, rep.n_layers, rep.n_heads)}}
+    out.update(_block_stats(lm.model, tokens))
     common = _seed0_val_loss(lm.model, checkpoint)
     if common is not None:
         out["val_loss_seed0_windows"] = common
@@ -282,6 +329,36 @@ def _angle_vs_norm(heads: dict) -> str:
     return text
 
 
+def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
+    """Post-norm and gated runs: the numbers the residual-stream table cannot show (``_block_stats``)."""
+    post = [n for n, f in finals.items() if "massive_ratio_sums" in f
+            and runs.get(n, ({}, []))[0].get("model", {}).get("norm_placement") == "post"]
+    gated = [n for n, f in finals.items() if "gate_mean" in f]
+    out = []
+    if post:
+        out += ["", "## Post-norm: the massive activation before the norms", "",
+                "In a post-norm block the residual stream is the output of a norm, so its massive-activation",
+                "ratio is close to 1 by construction. The sums each block normalizes (x + attn_out and",
+                "mid + mlp_out; `_block_stats` in the script, report sequences) show what the norms flatten:",
+                "", "| run | massive ratio, residual stream (max over layers) | massive ratio of the block sums, layers 0..L-1 |",
+                "| --- | ---: | --- |"]
+        for n in post:
+            f = finals[n]
+            out.append(f"| {n} | {f['massive_ratio']:.1f} | {' / '.join(f'{r:.1f}' for r in f['massive_ratio_sums'])} |")
+    if gated:
+        out += ["", "## Gated attention: what the gates do", "",
+                "Mean sigmoid gate per head (`blocks.{l}.attn.hook_gate`, averaged over the head's dimensions and",
+                "the report sequences) for queries t > 1, and at query 1; a gate near 0 switches a head off",
+                "without a sink. One row per layer, heads 0..H-1:", "",
+                "| run | layer | gate, queries t > 1 | gate, query 1 | alpha_1 |", "| --- | ---: | --- | --- | --- |"]
+        for n in gated:
+            f = finals[n]
+            for layer, (g, g1, a) in enumerate(zip(f["gate_mean"], f["gate_mean_first"], f["heads"]["alpha1"])):
+                out.append(f"| {n} | {layer} | {' / '.join(f'{x:.2f}' for x in g)} | "
+                           f"{' / '.join(f'{x:.2f}' for x in g1)} | {' / '.join(f'{x:.2f}' for x in a)} |")
+    return out
+
+
 def _heads_section(finals: dict[str, dict]) -> list[str]:
     if not finals:
         return []
@@ -327,6 +404,8 @@ PAPER_ROWS = [
     ("softmax, no BOS, wd 0.5", ["c_softmax"], "60M: 41.08 (wd 0.5); H100 reference: 0.9 at 3k, 20.2 at 6k"),
     ("softmax, BOS first, wd 0.1", ["c_bos_wd01"], "60M: 18.18 (wd 0.1) vs 41.08 (wd 0.5); H100: 2.9 vs 20.2 at 6k"),
     ("softmax, BOS first, lr 3e-3", ["c_bos_lr3"], "60M: lr 8e-4 32.23 vs 4e-4 18.18"),
+    ("softmax, BOS first, lr 2e-3 for 3,000 steps (lr x steps of the baseline)", ["c_bos_lr2e3_3k"],
+     "60M: 2e-4 for 40k steps 16.81 vs 4e-4 for 20k 18.18 (equal lr x steps); 2e-4 for 20k 11.21"),
     ("KV bias (k*, v* per head), BOS first", ["c_kvbos", "c_kvbos_s1"], "Sink_* 72.76, Sink_1 0.04"),
     ("KV bias, no BOS", ["c_kv"], "Sink_* 72.76, Sink_1 0.04; H100: Sink_* 12 at 1k, 23 at 3k"),
     ("K bias only (v* = 0), BOS first", ["c_kbos", "c_kbos_s1"], "Sink_* 73.34, Sink_1 0.00"),
@@ -336,6 +415,12 @@ PAPER_ROWS = [
      "not in the paper's table (it used b = 0); Apple's sigmoid attention uses b = -log n"),
     ("sigmoid normalized (rows sum to 1), BOS first", ["c_signormbos"], "Sink_1 30.24, loss 3.74"),
     ("KV bias shared by all heads, BOS first", ["c_kvsharedbos"], "Sink_1 comes back to 12.44"),
+    ("learnable sink token, BOS first", ["c_sinktokbos"], "Sink_* 74.12, Sink_1 0.00"),
+    ("elu+1 without normalization, BOS first", ["c_elu1bos"], "Sink_1 0.80, loss 3.69"),
+    ("post-norm, BOS first", ["c_postbos"], "13.54 (pre-norm 18.18)"),
+    ("no positional embedding (NoPE), BOS first", ["c_nopebos"], "20.35 (RoPE 18.18)"),
+    ("gated attention (sigmoid gate on each head's output), BOS first", ["c_gatebos"],
+     "not in the paper; Qwen 2025: first-token attention 46.7% -> 4.8%, max activation 1053 -> 94"),
 ]
 
 
@@ -482,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *_paper_rows(runs),
         *_heads_section(_finals()),
+        *_variants_section(_finals(), runs),
     ]
     probes = _probes()
     if any(probes.values()):

@@ -70,6 +70,23 @@ def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
     assert "| 0.10 / 0.20 / 0.30 / 0.40 |" in heads_row and "L2H1 (90%)" in heads_row
     assert "cos gap > 0 in 12 of 16 heads; sinking heads: gap +0.40, norm ratio 0.50-0.50" in heads_row
     assert (tmp_path / "heads.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Post-norm" not in page and "## Gated attention" not in page
+
+    # a post-norm gated run: the block sums' massive ratio and the gates get their own tables
+    post = tmp_path / "runs" / "post_run"
+    post.mkdir()
+    (post / "train_config.json").write_text(json.dumps(
+        {**base, "model": {**base["model"], "norm_placement": "post", "attn_gate": True}}))
+    (post / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert mod.main(["--snapshot", str(post)]) == 0
+    gates = [[0.5, 0.25, 0.125, 0.75]] * 4
+    (tmp_path / "data" / "post_run" / "final.json").write_text(json.dumps(
+        {**final, "massive_ratio": 1.2, "massive_ratio_sums": [30.0, 2.5, 1.0, 1.0], "gate_mean": gates,
+         "gate_mean_first": [[0.0, 1.0, 0.5, 0.5]] * 4}))
+    assert mod.main([]) == 0
+    page = (tmp_path / "page.md").read_text()
+    assert "| post_run | 1.2 | 30.0 / 2.5 / 1.0 / 1.0 |" in page
+    assert "| post_run | 2 | 0.50 / 0.25 / 0.12 / 0.75 | 0.00 / 1.00 / 0.50 / 0.50 | 0.10 / 0.20 / 0.30 / 0.40 |" in page
 
 
 def test_massive_activation_page_reports_its_own_measurements(tmp_path, monkeypatch):
@@ -113,3 +130,38 @@ def test_toy_models_page_reports_the_report_command(tmp_path, monkeypatch):
         assert (tmp_path / "figs" / f"toy-models-{model}-alpha_heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert page.count("| L3H3 |") == 3  # one per-head table per model
     assert "| toy-sigmoid - toy-softmax |" in page and (tmp_path / "figs" / "toy-models-loss-by-position.png").is_file()
+
+
+def test_cpu_calibration_block_stats_see_through_post_norm_and_read_gates():
+    """The final report's extra numbers: a massive first token written into the embedding shows in
+    the sums a post-norm block normalizes even though the (normalized) residual stream hides it, and
+    a gate with zero weights reads 0.5 for every head."""
+    import torch
+
+    from sinkinterp.measure import measure
+    from sinkinterp.models import SinkTransformer
+    from sinkinterp.models.config import ModelConfig
+
+    mod = load_script("analyses/cpu_calibration.py")
+    torch.manual_seed(0)
+    tokens = torch.randint(1, 50, (3, 12))
+    tokens[:, 0] = 0
+    for placement in ("post", "pre"):
+        cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, d_vocab=50, n_ctx=12,
+                          norm_placement=placement, attn_gate=True)
+        model = SinkTransformer(cfg).eval()
+        with torch.no_grad():
+            model.embed.W_E[0] *= 1000.0  # token 0 (first in every sequence) gets a massive embedding
+            for block in model.blocks:
+                block.attn.W_gate.zero_()
+        stats = mod._block_stats(model, tokens)
+        resid = measure(model, tokens, norms=True).norms["resid"]["massive_ratio"]
+        assert len(stats["massive_ratio_sums"]) == 2
+        assert stats["massive_ratio_sums"][0] > 100  # x + attn_out of layer 0 carries the embedding
+        if placement == "post":
+            assert max(resid[1:]) < 3  # after the first norm the residual stream no longer shows it
+        else:
+            assert min(resid) > 100  # pre-norm: the residual stream carries it through every layer
+        assert stats["gate_mean"] == [[0.5] * 4] * 2 and stats["gate_mean_first"] == [[0.5] * 4] * 2
+    assert "gate_mean" not in mod._block_stats(SinkTransformer(ModelConfig(
+        n_layers=1, d_model=32, n_heads=4, d_ff=64, d_vocab=50, n_ctx=12)).eval(), tokens)
