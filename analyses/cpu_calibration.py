@@ -9,6 +9,11 @@ made from the snapshots, so it regenerates on a fresh clone:
     .venv/bin/python analyses/cpu_calibration.py --snapshot runs/cpu/c_bos ...   # copy metrics + config, probe checkpoints
     .venv/bin/python analyses/regenerate.py cpu_calibration                      # docs/cpu-calibration.md
 
+or, for the runs named in ``RECIPES`` below, train and snapshot in one go (one core per run is
+enough: ``OMP_NUM_THREADS=1``; ``--dry-run`` prints the commands):
+
+    OMP_NUM_THREADS=1 .venv/bin/python analyses/cpu_calibration.py --train c_sinklogitbos c_alibibos
+
 Every run is ``sinkinterp train configs/cpu_calib_wd05.json --out runs/cpu/NAME`` plus the ``--set``
 overrides its train_config.json records (shown in the table).
 """
@@ -29,6 +34,86 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from sinkinterp.fileio import write_bytes, write_json  # noqa: E402
+
+
+# Every toy-scale run: its name and the ``--set`` overrides of configs/cpu_calib_wd05.json that make
+# it (the form ``_overrides`` prints; a test checks each snapshot's train_config.json against its
+# recipe). ``--train NAME ...`` trains and snapshots them one after another.
+BOS = 'data.transforms=[{"kind":"fixed_token","positions":[0],"token_id":"bos"}]'
+SEED1 = ["seed=1", "model.seed=1", "data.seed=1"]
+RECIPES: dict[str, list[str]] = {
+    "c_softmax": [],
+    "c_kv": ['model.attn_bias="kv"'],
+    "c_bos": [BOS],
+    "c_bos_s1": [BOS, *SEED1],
+    "c_bos_wd01": [BOS, "weight_decay=0.1"],
+    "c_bos_lr3": [BOS, "lr=0.003"],
+    "c_bos_lr2e3_3k": [BOS, "lr=0.002", "steps=3000"],
+    "c_kvbos": [BOS, 'model.attn_bias="kv"'],
+    "c_kvbos_s1": [BOS, 'model.attn_bias="kv"', *SEED1],
+    "c_kbos": [BOS, 'model.attn_bias="k"'],
+    "c_kbos_s1": [BOS, 'model.attn_bias="k"', *SEED1],
+    "c_vbos": [BOS, 'model.attn_bias="v"'],
+    "c_vbos_s1": [BOS, 'model.attn_bias="v"', *SEED1],
+    "c_sigbos": [BOS, 'model.attn_op="sigmoid"'],
+    "c_sigbos_s1": [BOS, 'model.attn_op="sigmoid"', *SEED1],
+    "c_siglognbos": [BOS, 'model.attn_op="sigmoid"', 'model.sigmoid_bias="-log n"'],
+    "c_signormbos": [BOS, 'model.attn_op="sigmoid_norm"'],
+    "c_kvsharedbos": [BOS, 'model.attn_bias="kv"', "model.attn_bias_shared=true"],
+    "c_sinktokbos": [BOS, 'model.attn_bias="sink_token"'],
+    "c_elu1bos": [BOS, 'model.attn_op="elu1"'],
+    "c_postbos": [BOS, 'model.norm_placement="post"'],
+    "c_nopebos": [BOS, 'model.pos_emb="none"'],
+    "c_gatebos": [BOS, "model.attn_gate=true"],
+    # not run yet (docs/reproduction.md, "What is still missing")
+    "c_sinklogitbos": [BOS, 'model.attn_bias="sink_logit"'],
+    "c_bos_wd01_s1": [BOS, "weight_decay=0.1", *SEED1],
+    "c_siglognbos_s1": [BOS, 'model.attn_op="sigmoid"', 'model.sigmoid_bias="-log n"', *SEED1],
+    "c_signormbos_12k": [BOS, 'model.attn_op="sigmoid_norm"', "steps=12000"],
+    "c_bos_lr5e4_12k": [BOS, "lr=0.0005", "steps=12000"],
+    "c_bos_data1m": [BOS, "data.max_train_tokens=1000000"],
+    "c_linelubos": [BOS, 'model.attn_op="linear_elu"'],
+    "c_alibibos": [BOS, 'model.pos_emb="alibi"'],
+    "c_learnedbos": [BOS, 'model.pos_emb="learned"'],
+    "c_win16bos": [BOS, "model.window=16"],
+    "c_prefix8": ["model.prefix_len=8"],
+    "c_rand1": ['data.transforms=[{"kind":"random_tokens","positions":[0]}]'],
+    "c_bos2": ['data.transforms=[{"kind":"fixed_token","positions":[1],"token_id":"bos"}]'],
+}
+
+
+def train_commands(names: list[str], runs_dir: str = "runs/cpu") -> list[list[str]]:
+    """The commands ``--train`` runs for each recipe: train (resuming a partial run), then snapshot."""
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or not names:
+        raise ValueError(f"--train takes run names from RECIPES ({', '.join(RECIPES)}), got {unknown or 'none'}")
+    out = []
+    for name in names:
+        train = [sys.executable, "-m", "sinkinterp.train", "train", str(BASE.relative_to(ROOT)),
+                 "--out", f"{runs_dir}/{name}", "--quiet"]
+        for s in RECIPES[name]:
+            train += ["--set", s]
+        out += [train, [sys.executable, str(Path(__file__).relative_to(ROOT)), "--snapshot", f"{runs_dir}/{name}"]]
+    return out
+
+
+def train_recipes(names: list[str], dry_run: bool = False) -> int:
+    import shlex
+    import subprocess
+
+    try:
+        commands = train_commands(names)
+    except ValueError as err:
+        print(f"cpu_calibration: {err}", file=sys.stderr)
+        return 2
+    for cmd in commands:
+        print(shlex.join(cmd), flush=True)
+        if not dry_run:
+            rc = subprocess.run(cmd, cwd=ROOT).returncode
+            if rc:
+                print(f"cpu_calibration: exit status {rc}; rerunning the same --train resumes", file=sys.stderr)
+                return rc
+    return 0
 
 
 def _overrides(cfg: dict, base: dict, prefix: str = "") -> list[str]:
@@ -513,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
         return snapshot(argv[1:])
     if argv and argv[0] == "--add-heads":
         return add_heads(argv[1:])
+    if argv and argv[0] == "--train":
+        dry = "--dry-run" in argv
+        return train_recipes([a for a in argv[1:] if a != "--dry-run"], dry_run=dry)
     from sinkinterp.train.config import TrainConfig
 
     base = TrainConfig.from_dict(json.loads(BASE.read_text())).to_dict()

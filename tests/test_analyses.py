@@ -165,3 +165,35 @@ def test_cpu_calibration_block_stats_see_through_post_norm_and_read_gates():
         assert stats["gate_mean"] == [[0.5] * 4] * 2 and stats["gate_mean_first"] == [[0.5] * 4] * 2
     assert "gate_mean" not in mod._block_stats(SinkTransformer(ModelConfig(
         n_layers=1, d_model=32, n_heads=4, d_ff=64, d_vocab=50, n_ctx=12)).eval(), tokens)
+
+
+def test_cpu_calibration_recipes_make_valid_configs_and_match_their_snapshots():
+    """Every toy-scale recipe builds a valid TrainConfig; every committed snapshot was trained with
+    exactly its recipe's overrides, so ``--train NAME`` reproduces it; every paper row names recipes."""
+    from sinkinterp.train.cli import load_config
+
+    mod = load_script("analyses/cpu_calibration.py")
+    base = load_config(mod.BASE).to_dict()
+    for name, sets in mod.RECIPES.items():
+        assert sorted(mod._overrides(load_config(mod.BASE, sets).to_dict(), base)) == sorted(sets), name
+    snapshots = sorted(p.parent.name for p in mod.DATA.glob("*/train_config.json"))
+    assert snapshots, "no committed snapshots"
+    for name in snapshots:
+        cfg = json.loads((mod.DATA / name / "train_config.json").read_text())
+        got = [s for s in mod._overrides(cfg, base) if not s.startswith("device=")]
+        assert sorted(got) == sorted(mod.RECIPES[name]), name
+    assert {n for _, names, _ in mod.PAPER_ROWS for n in names} <= set(mod.RECIPES)
+
+
+def test_cpu_calibration_train_commands(capsys):
+    mod = load_script("analyses/cpu_calibration.py")
+    train, snap = mod.train_commands(["c_kvsharedbos"])
+    assert train[2:8] == ["sinkinterp.train", "train", "configs/cpu_calib_wd05.json", "--out", "runs/cpu/c_kvsharedbos",
+                          "--quiet"]
+    assert train[8:] == ["--set", mod.BOS, "--set", 'model.attn_bias="kv"', "--set", "model.attn_bias_shared=true"]
+    assert snap[1:] == ["analyses/cpu_calibration.py", "--snapshot", "runs/cpu/c_kvsharedbos"]
+    assert mod.main(["--train", "c_nope"]) == 2
+    assert "--train takes run names from RECIPES" in capsys.readouterr().err
+    assert mod.main(["--train"]) == 2
+    assert mod.main(["--train", "c_bos", "--dry-run"]) == 0
+    assert "--snapshot runs/cpu/c_bos" in capsys.readouterr().out
