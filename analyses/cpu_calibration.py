@@ -225,7 +225,7 @@ def _block_stats(model, tokens) -> dict:
     if gated:
         names += [f"blocks.{l}.attn.hook_gate" for l in range(L)]
     with torch.no_grad(), tl_adapter.attached_hooks(model, [(n, keep(n)) for n in names]):
-        model(tokens)
+        model(torch.as_tensor(tokens))  # the report's tokens are a numpy array
 
     def ratio(x):
         n = x.norm(dim=-1)  # [batch, pos]

@@ -154,7 +154,7 @@ def test_cpu_calibration_block_stats_see_through_post_norm_and_read_gates():
             model.embed.W_E[0] *= 1000.0  # token 0 (first in every sequence) gets a massive embedding
             for block in model.blocks:
                 block.attn.W_gate.zero_()
-        stats = mod._block_stats(model, tokens)
+        stats = mod._block_stats(model, tokens.numpy())  # as final_report passes them
         resid = measure(model, tokens, norms=True).norms["resid"]["massive_ratio"]
         assert len(stats["massive_ratio_sums"]) == 2
         assert stats["massive_ratio_sums"][0] > 100  # x + attn_out of layer 0 carries the embedding
