@@ -66,6 +66,7 @@ RECIPES: dict[str, list[str]] = {
     "c_nopebos": [BOS, 'model.pos_emb="none"'],
     "c_gatebos": [BOS, "model.attn_gate=true"],
     # not run yet (docs/reproduction.md, "What is still missing")
+    "c_sinktok": ['model.attn_bias="sink_token"'],
     "c_sinklogitbos": [BOS, 'model.attn_bias="sink_logit"'],
     "c_bos_wd01_s1": [BOS, "weight_decay=0.1", *SEED1],
     "c_siglognbos_s1": [BOS, 'model.attn_op="sigmoid"', 'model.sigmoid_bias="-log n"', *SEED1],
@@ -500,7 +501,8 @@ PAPER_ROWS = [
      "not in the paper's table (it used b = 0); Apple's sigmoid attention uses b = -log n"),
     ("sigmoid normalized (rows sum to 1), BOS first", ["c_signormbos"], "Sink_1 30.24, loss 3.74"),
     ("KV bias shared by all heads, BOS first", ["c_kvsharedbos"], "Sink_1 comes back to 12.44"),
-    ("learnable sink token, BOS first", ["c_sinktokbos"], "Sink_* 74.12, Sink_1 0.00"),
+    ("learnable sink token, BOS first", ["c_sinktokbos"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
+    ("learnable sink token, no BOS", ["c_sinktok"], "Sink_* 74.12, Sink_1 0.00"),
     ("elu+1 without normalization, BOS first", ["c_elu1bos"], "Sink_1 0.80, loss 3.69"),
     ("post-norm, BOS first", ["c_postbos"], "13.54 (pre-norm 18.18)"),
     ("no positional embedding (NoPE), BOS first", ["c_nopebos"], "20.35 (RoPE 18.18)"),
