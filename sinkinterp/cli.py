@@ -221,6 +221,8 @@ def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: An
             figures.save_figure(figures.norms_figure(report.norms, title=label), out / "norms.png")
         figures.save_figure(figures.sink_by_position(report.sink_pct_by_key, args.eps, title=label),
                             out / "sink_by_position.png")
+        figures.save_figure(figures.first_token_by_query(report.attn1_by_query, title=label),
+                            out / "first_token_by_query.png")
     write_json(out / "config.json", config)
     write_json(out / "results.json", results)  # last: its presence means the run completed
     return results

@@ -64,6 +64,32 @@ def sink_by_position(sink_pct_by_key: np.ndarray, eps: float, title: str = "") -
     return fig
 
 
+def first_token_by_query(attn1_by_query: object, title: str = "") -> Any:
+    """Attention on token 1 against the query position, one line per layer (mean over heads) and
+    the layer's most attentive head dashed: where alpha_1 comes from (it is the mean over queries),
+    e.g. whether it stops at a sliding window's edge."""
+    plt = _plt()
+    vals = np.asarray(attn1_by_query, dtype=np.float64)
+    if vals.ndim != 3 or vals.shape[-1] < 1:
+        raise ValueError(f"attn1_by_query: expected an array [layers, heads, T], got shape {vals.shape}")
+    n_layers, _, T = vals.shape
+    t = np.arange(1, T + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    cmap = plt.get_cmap("viridis")
+    for layer in range(n_layers):
+        color = cmap(layer / max(n_layers - 1, 1))
+        ax.plot(t, vals[layer].mean(0), color=color, label=f"layer {layer}" if n_layers <= 12 else None)
+        top = int(np.argmax(vals[layer].mean(-1)))
+        ax.plot(t, vals[layer, top], color=color, linestyle="--", linewidth=0.8)
+    ax.plot(t, 1.0 / t, color="grey", linestyle=":", label="uniform (1/t)")
+    ax.set_xlabel("query position t")
+    ax.set_ylabel("attention on token 1")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or "attention on token 1 by query (dashed: the layer's top head)")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
 def norms_figure(norms: dict[str, Any], title: str = "") -> Any:
     """Three panels: residual norm of token 1 vs the rest per layer (with the massive-activation
     ratio), key norms and value norms of token 1 vs the rest (mean over heads)."""

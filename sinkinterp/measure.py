@@ -46,12 +46,14 @@ class SinkReport:
     sink_pct: np.ndarray  # [k_max]
     sink_pct_by_key: np.ndarray  # [T] (or [first_keys]): Sink_k^eps for every key position measured
     alpha_by_key: np.ndarray  # [L, H, T] (or [L, H, first_keys])
+    attn1_by_query: np.ndarray  # [L, H, T]: mean attention of query t on token 1 (the profile alpha_1 averages)
     head_sink_rate: np.ndarray  # [L, H]: percent of sequences in which the head sinks on token 1
     eps_grid: np.ndarray  # [E]
     sink1_by_eps: np.ndarray  # [E]
     sink_bias_pct: float | None = None
     alpha_bias: np.ndarray | None = None  # [L, H]
     sink_bias_by_eps: np.ndarray | None = None  # [E]
+    attn_bias_by_query: np.ndarray | None = None  # [L, H, T]: mean weight of query t on the bias slot
     norms: dict[str, Any] | None = None
     qk: dict[str, Any] | None = None
     first_keys: int | None = None  # None: every key position was measured
@@ -85,6 +87,8 @@ class SinkReport:
             "head_sink_rate": arr(self.head_sink_rate),
             "sink_pct_by_key": arr(self.sink_pct_by_key),
             "alpha_by_key": arr(self.alpha_by_key),
+            "attn1_by_query": arr(self.attn1_by_query),
+            "attn_bias_by_query": arr(self.attn_bias_by_query),
             "eps_sweep": {
                 "eps": arr(self.eps_grid),
                 "sink1_pct": arr(self.sink1_by_eps),
@@ -167,11 +171,13 @@ class _Accumulator:
         i64 = dict(dtype=torch.int64, device=device)
         self.grid = torch.tensor(list(eps_grid), **f64)
         self.alpha_sum = torch.zeros(L, H, n_keys, **f64)
+        self.col1_sum = torch.zeros(L, H, T, **f64)  # attention on token 1 by query position
         self.head_counts = torch.zeros(L, H, n_keys, **i64)  # sequences in which head sinks on key k
         self.grid_counts = torch.zeros(len(eps_grid), L, H, **i64)
         self.has_bias = has_bias
         if has_bias:
             self.bias_sum = torch.zeros(L, H, **f64)
+            self.bias_col_sum = torch.zeros(L, H, T, **f64)
             self.bias_counts = torch.zeros(L, H, **i64)
             self.bias_grid_counts = torch.zeros(len(eps_grid), L, H, **i64)
         self.norms = norms
@@ -201,6 +207,7 @@ class _Accumulator:
         if self.first_keys is not None:
             self.on_cols(layer, pattern[..., :self.first_keys])
             return
+        self.col1_sum[layer] += pattern[..., 0].detach().sum(0).double()
         self._add_alpha(layer, alpha_from_pattern(pattern.detach()))  # [b, H, T]
 
     def on_cols(self, layer: int, cols: Float[Tensor, "batch head q n_keys"]) -> None:
@@ -209,6 +216,7 @@ class _Accumulator:
         if tuple(cols.shape[1:]) != expected:
             raise RuntimeError(f"blocks.{layer}.attn pattern columns have shape {tuple(cols.shape)}; expected "
                                f"[batch, {', '.join(map(str, expected))}]")
+        self.col1_sum[layer] += cols[..., 0].detach().sum(0).double()
         self._add_alpha(layer, alpha_from_columns(cols.detach()))
 
     def _add_alpha(self, layer: int, alpha: Float[Tensor, "batch head n_keys"]) -> None:
@@ -219,6 +227,7 @@ class _Accumulator:
 
     def on_bias_pattern(self, layer: int, bias_pattern: Float[Tensor, "batch head q"]) -> None:
         a = alpha_bias_from_pattern(bias_pattern.detach())  # [b, H]
+        self.bias_col_sum[layer] += bias_pattern.detach().sum(0).double()
         self.bias_sum[layer] += a.sum(0).double()
         self.bias_counts[layer] += (a > self.eps).sum(0)
         self.bias_grid_counts[:, layer] += (a[None] > self.grid[:, None, None]).sum(1)
@@ -286,7 +295,7 @@ class _Accumulator:
         report = SinkReport(
             eps=self.eps, seq_len=self.T, num_seqs=n, k_max=k_max, n_layers=self.L, n_heads=self.H,
             sink_pct=sink_by_key[:k_max].copy(), sink_pct_by_key=sink_by_key, first_keys=self.first_keys,
-            alpha_by_key=cpu(self.alpha_sum / n),
+            alpha_by_key=cpu(self.alpha_sum / n), attn1_by_query=cpu(self.col1_sum / n),
             head_sink_rate=cpu(self.head_counts[:, :, 0].double() / n * 100.0),
             eps_grid=cpu(self.grid),
             sink1_by_eps=cpu(self.grid_counts.sum((1, 2)).double() / total * 100.0),
@@ -294,6 +303,7 @@ class _Accumulator:
         if self.has_bias:
             report.sink_bias_pct = float(self.bias_counts.sum().double() / total * 100.0)
             report.alpha_bias = cpu(self.bias_sum / n)
+            report.attn_bias_by_query = cpu(self.bias_col_sum / n)
             report.sink_bias_by_eps = cpu(self.bias_grid_counts.sum((1, 2)).double() / total * 100.0)
         if self.norms:
             resid = cpu(self.resid_pos_sum / n)  # [L+1, T]

@@ -172,3 +172,22 @@ def test_training_keys_are_metrics_fields():
 def test_sink_over_training_bad_input(records, keys, error, match):
     with pytest.raises(error, match=match):
         figures.sink_over_training(records, keys=keys)
+
+
+def test_first_token_by_query(tmp_path):
+    vals = np.zeros((2, 3, 8))
+    vals[0, 1] = 1.0  # layer 0, head 1: everything on token 1
+    vals[1] = 0.25
+    fig = figures.first_token_by_query(vals, title="t")
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert len(lines) == 2 * 2 + 1  # mean and top head per layer, the uniform reference
+    np.testing.assert_allclose(lines[0].get_ydata(), np.full(8, 1 / 3))  # layer 0 mean over heads
+    np.testing.assert_allclose(lines[1].get_ydata(), np.ones(8))  # layer 0's top head is head 1
+    np.testing.assert_allclose(lines[-1].get_ydata(), 1.0 / np.arange(1, 9))
+    assert _legend_labels(ax) == ["layer 0", "layer 1", "uniform (1/t)"]
+    _saved(fig, tmp_path, "by_query")
+    real = measure(tiny_model("rotary"), torch.randint(0, 50, (2, 10)), norms=False, qk_heads=None)
+    _saved(figures.first_token_by_query(real.attn1_by_query), tmp_path, "real")
+    with pytest.raises(ValueError, match="attn1_by_query: expected an array"):
+        figures.first_token_by_query(np.zeros((2, 8)))

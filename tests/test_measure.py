@@ -78,6 +78,13 @@ def test_exact_sink_values_on_hand_built_patterns():
     assert at(0.25) == pytest.approx(100.0)
     assert at(0.45) == pytest.approx(56.25)
     np.testing.assert_allclose(report.head_sink_rate, [[75.0, 75.0], [75.0, 0.0]])
+    # attention on token 1 by query position: 1 in the sink sequences, 1/t under uniform attention
+    inv_t = 1.0 / np.arange(1, 13)
+    np.testing.assert_allclose(report.attn1_by_query[0, 1], (3 * 1.0 + inv_t) / 4, atol=1e-12)
+    np.testing.assert_allclose(report.attn1_by_query[1, 1], inv_t, atol=1e-12)
+    np.testing.assert_allclose(report.attn1_by_query.mean(-1), report.alpha, atol=1e-12)  # alpha_1 averages it
+    assert report.attn_bias_by_query is None
+    assert len(report.to_dict()["attn1_by_query"][1][1]) == 12
 
 
 def test_bias_slot_gives_sink_star():
@@ -86,6 +93,8 @@ def test_bias_slot_gives_sink_star():
     # layer 1 heads put 0.5 on the slot: 2 of 4 heads per sequence -> Sink_* = 50%
     assert report.sink_bias_pct == pytest.approx(50.0)
     np.testing.assert_allclose(report.alpha_bias, [[0.0, 0.0], [0.5, 0.5]])
+    np.testing.assert_allclose(report.attn_bias_by_query[1], np.full((2, 12), 0.5))
+    np.testing.assert_allclose(report.attn_bias_by_query[0], 0.0)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
@@ -234,10 +243,12 @@ def _assert_restricted_equal(fast, full, n, atol=1e-12):
     np.testing.assert_array_equal(fast.sink_pct, full.sink_pct[:fast.k_max])
     np.testing.assert_array_equal(fast.sink1_by_eps, full.sink1_by_eps)
     np.testing.assert_array_equal(fast.head_sink_rate, full.head_sink_rate)
+    np.testing.assert_allclose(fast.attn1_by_query, full.attn1_by_query, atol=atol, rtol=0)
     if full.sink_bias_pct is not None:
         assert fast.sink_bias_pct == full.sink_bias_pct
         np.testing.assert_allclose(fast.alpha_bias, full.alpha_bias, atol=atol, rtol=0)
         np.testing.assert_array_equal(fast.sink_bias_by_eps, full.sink_bias_by_eps)
+        np.testing.assert_allclose(fast.attn_bias_by_query, full.attn_bias_by_query, atol=atol, rtol=0)
     np.testing.assert_allclose(fast.norms["resid"]["first"], full.norms["resid"]["first"], rtol=1e-12)
 
 
@@ -272,3 +283,20 @@ def test_first_keys_on_a_hooked_transformer_slices_the_pattern():
     full = measure(model, tokens, eps=0.2)
     fast = measure(model, tokens, eps=0.2, first_keys=2)
     _assert_restricted_equal(fast, full, 2, atol=1e-7)
+
+
+def test_attention_on_token_1_by_query_ends_at_the_window():
+    """Sliding-window models: queries past the window cannot see token 1, so its profile is exactly 0
+    there, and alpha_1 (the profile's mean) is capped by window / T -- why Sink_1 alone cannot show
+    the paper's window finding."""
+    from sinkinterp.models.testing import tiny_model
+
+    model = tiny_model("window_alibi_sigmoid")
+    w = model.cfg.window
+    tokens = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(3))
+    report = measure(model, tokens, eps=0.3)
+    assert 0 < w < 16
+    np.testing.assert_array_equal(report.attn1_by_query[..., w:], 0.0)
+    assert (report.attn1_by_query[..., :w] > 0).all()
+    np.testing.assert_allclose(report.attn1_by_query.mean(-1), report.alpha, atol=1e-6)
+    assert report.alpha.max() <= w / 16 + 1e-6
