@@ -265,6 +265,9 @@ def final_report(checkpoint: Path | str) -> dict:
            "heads": {"alpha1": rep.alpha_by_key[:, :, 0].round(4).tolist(),
                      "sink_rate1": rep.head_sink_rate.round(2).tolist(),
                      "alpha_bias": None if rep.alpha_bias is None else rep.alpha_bias.round(4).tolist(),
+                     # attention on token 1 at every query position, mean over each layer's heads
+                     # (where alpha_1 comes from; under a window it ends at the window's edge)
+                     "attn1_by_query": rep.attn1_by_query.mean(1).round(4).tolist(),
                      # q.k = |q||k|cos per head (keys after rotary; k_s: every key after the first)
                      "qk": _qk_grids(rep.qk, rep.n_layers, rep.n_heads)}}
     out.update(_block_stats(lm.model, tokens))
