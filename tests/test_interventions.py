@@ -61,7 +61,7 @@ def test_ablation_equals_masking_token_one_in_the_scores(model):
     np.testing.assert_allclose(res.sink.alpha, 1 / T)  # only query 1's own weight is left
     with torch.no_grad():
         assert res.loss_base == pytest.approx(float(model(tokens, return_type="loss")), rel=1e-9)
-    assert res.loss == pytest.approx(float(patching.loss_metric(tokens)(ref)), rel=1e-9)
+    assert res.loss == pytest.approx(float(patching.loss_metric(tokens)(ref.detach())), rel=1e-9)
 
 
 def test_ablation_on_a_transformer_bridge_equals_masked_scores():
