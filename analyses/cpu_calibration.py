@@ -500,7 +500,7 @@ PAPER_ROWS = [
     ("K bias only (v* = 0), BOS first", ["c_kbos", "c_kbos_s1"], "Sink_* 73.34, Sink_1 0.00"),
     ("V bias only, BOS first", ["c_vbos", "c_vbos_s1"], "Sink_1 17.53 (the sink stays on token 1)"),
     ("sigmoid without normalization, BOS first", ["c_sigbos", "c_sigbos_s1"], "Sink_1 0.44, loss 3.70 vs 3.73"),
-    ("sigmoid without normalization, b = -log n, BOS first", ["c_siglognbos"],
+    ("sigmoid without normalization, b = -log n, BOS first", ["c_siglognbos", "c_siglognbos_s1"],
      "not in the paper's table (it used b = 0); Apple's sigmoid attention uses b = -log n"),
     ("sigmoid normalized (rows sum to 1), BOS first", ["c_signormbos"], "Sink_1 30.24, loss 3.74"),
     ("KV bias shared by all heads, BOS first", ["c_kvsharedbos"], "Sink_1 comes back to 12.44"),
