@@ -65,11 +65,11 @@ RECIPES: dict[str, list[str]] = {
     "c_postbos": [BOS, 'model.norm_placement="post"'],
     "c_nopebos": [BOS, 'model.pos_emb="none"'],
     "c_gatebos": [BOS, "model.attn_gate=true"],
-    # not run yet (docs/reproduction.md, "What is still missing")
     "c_sinktok": ['model.attn_bias="sink_token"'],
+    "c_siglognbos_s1": [BOS, 'model.attn_op="sigmoid"', 'model.sigmoid_bias="-log n"', *SEED1],
+    # not run yet (docs/reproduction.md, "What is still missing")
     "c_sinklogitbos": [BOS, 'model.attn_bias="sink_logit"'],
     "c_bos_wd01_s1": [BOS, "weight_decay=0.1", *SEED1],
-    "c_siglognbos_s1": [BOS, 'model.attn_op="sigmoid"', 'model.sigmoid_bias="-log n"', *SEED1],
     "c_signormbos_12k": [BOS, 'model.attn_op="sigmoid_norm"', "steps=12000"],
     "c_bos_lr5e4_12k": [BOS, "lr=0.0005", "steps=12000"],
     "c_bos_data1m": [BOS, "data.max_train_tokens=1000000"],
