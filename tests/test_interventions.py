@@ -202,7 +202,7 @@ def test_ablating_the_bias_slot_equals_removing_the_bias(bias, which):
     tokens = _tokens()
     res = iv.run_intervention(m, tokens, iv.first_token("ablate_bias"))
     ref = remove_attention_bias(m, which)
-    assert res.loss == pytest.approx(float(ref(tokens, return_type="loss")), rel=1e-10)
+    assert res.loss == pytest.approx(float(ref(tokens, return_type="loss").detach()), rel=1e-10)
     assert res.sink.sink_bias_pct == 0.0
     assert res.sink_base.alpha_bias.max() > 0.05
 
@@ -266,7 +266,7 @@ def test_swapping_learned_positions_equals_a_model_with_swapped_embeddings():
         w = ref.pos_embed.W_pos
         w[[0, 4]] = w[[4, 0]].clone()
     res = iv.run_intervention(m, tokens, iv.first_token("swap_position", position=4))
-    assert res.loss == pytest.approx(float(ref(tokens, return_type="loss")), rel=1e-10)
+    assert res.loss == pytest.approx(float(ref(tokens, return_type="loss").detach()), rel=1e-10)
     with pytest.raises(ValueError, match="no hook hook_pos_embed"):
         iv.run_intervention(SinkTransformer(tiny_config()), tokens, iv.first_token("swap_position", position=4))
 
