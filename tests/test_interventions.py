@@ -14,6 +14,13 @@ from sinkinterp.models.testing import tiny_config
 T = 10
 
 
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """No test here differentiates: the reference losses and logits are plain numbers."""
+    with torch.no_grad():
+        yield
+
+
 def _tokens(seed=0, n=4, vocab=50):
     return torch.randint(0, vocab, (n, T), generator=torch.Generator().manual_seed(seed))
 
