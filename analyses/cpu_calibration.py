@@ -213,30 +213,43 @@ def _block_stats(model, tokens) -> dict:
     from sinkinterp import tl_adapter
 
     L = model.cfg.n_layers
-    got: dict[str, torch.Tensor] = {}
+    pending: dict[str, torch.Tensor] = {}  # the residual a block adds to, until the addition arrives
+    norms: dict[str, torch.Tensor] = {}  # [batch, pos] norms of each sum
+    gates: dict[int, torch.Tensor] = {}  # [pos, head] mean gate
 
     def keep(name):
         def hook(x, hook):
-            got[name] = x.detach().float()
+            pending[name] = x.detach()
         return hook
 
-    names = [f"blocks.{l}.{h}" for l in range(L)
-             for h in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out")]
+    def add(base, name):
+        def hook(x, hook):
+            norms[name] = (pending.pop(base) + x.detach()).float().norm(dim=-1)
+        return hook
+
+    def gate(layer):
+        def hook(x, hook):
+            gates[layer] = x.detach().float().mean(dim=(0, 3))
+        return hook
+
+    hooks = []
+    for l in range(L):
+        b = f"blocks.{l}."
+        hooks += [(b + "hook_resid_pre", keep(b + "pre")), (b + "hook_attn_out", add(b + "pre", b + "attn")),
+                  (b + "hook_resid_mid", keep(b + "mid")), (b + "hook_mlp_out", add(b + "mid", b + "mlp"))]
     gated = bool(getattr(model.cfg, "attn_gate", False))
     if gated:
-        names += [f"blocks.{l}.attn.hook_gate" for l in range(L)]
-    with torch.no_grad(), tl_adapter.attached_hooks(model, [(n, keep(n)) for n in names]):
+        hooks += [(f"blocks.{l}.attn.hook_gate", gate(l)) for l in range(L)]
+    with torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
         model(torch.as_tensor(tokens))  # the report's tokens are a numpy array
 
-    def ratio(x):
-        n = x.norm(dim=-1)  # [batch, pos]
+    def ratio(n):
         return float(n[:, 0].mean() / n[:, 1:].mean().clamp_min(1e-30))
 
-    out = {"massive_ratio_sums": [round(max(ratio(got[f"blocks.{l}.hook_resid_pre"] + got[f"blocks.{l}.hook_attn_out"]),
-                                             ratio(got[f"blocks.{l}.hook_resid_mid"] + got[f"blocks.{l}.hook_mlp_out"])), 3)
+    out = {"massive_ratio_sums": [round(max(ratio(norms[f"blocks.{l}.attn"]), ratio(norms[f"blocks.{l}.mlp"])), 3)
                                   for l in range(L)]}
     if gated:
-        g = np.stack([got[f"blocks.{l}.attn.hook_gate"].mean(dim=(0, 3)).numpy() for l in range(L)])  # [L, pos, H]
+        g = np.stack([gates[l].numpy() for l in range(L)])  # [L, pos, H]
         out["gate_mean"] = g[:, 1:, :].mean(axis=1).astype(float).round(4).tolist()
         out["gate_mean_first"] = g[:, 0, :].astype(float).round(4).tolist()
     return out
