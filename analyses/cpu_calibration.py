@@ -255,6 +255,71 @@ def _block_stats(model, tokens) -> dict:
     return out
 
 
+def _window_stats(model, tokens, eps: float = REPORT["eps"]) -> dict | None:
+    """What Sink_1 cannot show under a sliding window w < T (query t sees keys t - w < s <= t, so
+    alpha_1 <= w / T): the same metric over the queries that still see token 1, and where the
+    attention goes once token 1 has left the window. None without a window shorter than T.
+
+    Per layer and head, with a per-sequence threshold as Sink_k^eps uses: ``sink1_within_window`` (%
+    of heads x sequences whose mean attention on token 1 over the queries t <= w exceeds eps),
+    ``alpha1_within_window`` [layer][head] (that mean, averaged over sequences),
+    ``alpha_window_start`` [layer][head] (attention on the oldest visible key t - w + 1, mean over
+    queries t > w) and ``sink_window_start`` (its thresholded share): a sink that follows the window
+    edge shows there, a sink tied to token 1 does not."""
+    import torch
+
+    from sinkinterp import tl_adapter
+
+    w, T = getattr(model.cfg, "window", None), int(tokens.shape[-1])
+    if w is None or w >= T:
+        return None
+    L = model.cfg.n_layers
+    inside: dict[int, torch.Tensor] = {}  # [batch, head] mean attention on token 1 over queries t <= w
+    edge: dict[int, torch.Tensor] = {}  # [batch, head] mean attention on key t - w + 1 over queries t > w
+    q = torch.arange(w, T)
+
+    def hook(layer):
+        def fn(pattern, hook):
+            p = pattern.detach().double()
+            inside[layer] = p[:, :, :w, 0].mean(-1)
+            edge[layer] = p[:, :, q, q - w + 1].mean(-1)
+        return fn
+
+    with torch.no_grad(), tl_adapter.attached_hooks(model, [(f"blocks.{l}.attn.hook_pattern", hook(l))
+                                                            for l in range(L)]):
+        model(torch.as_tensor(tokens))
+    a_in, a_edge = torch.stack([inside[l] for l in range(L)]), torch.stack([edge[l] for l in range(L)])
+    return {"window": int(w), "sink1_within_window": float(100 * (a_in > eps).float().mean()),
+            "alpha1_within_window": a_in.mean(1).round(decimals=4).tolist(),
+            "sink_window_start": float(100 * (a_edge > eps).float().mean()),
+            "alpha_window_start": a_edge.mean(1).round(decimals=4).tolist()}
+
+
+def _train_config(checkpoint: Path | str) -> dict:
+    """The train_config a checkpoint folder was written with ({} for anything else)."""
+    from sinkinterp.models import read_checkpoint_info
+
+    if not Path(checkpoint).is_dir():
+        return {}
+    return read_checkpoint_info(checkpoint).get("extra", {}).get("train_config") or {}
+
+
+def _transformed_tokens(lm, tokens, transforms: list[dict]):
+    """The report's tokens with a run's data transforms (random / fixed tokens at positions) applied,
+    random draws from seed REPORT["seed"]; None when the run trained without them or only with BOS
+    first (the report already prepends BOS then)."""
+    import numpy as np
+
+    from sinkinterp.data.transforms import TransformSpec, apply_transforms
+
+    specs = [TransformSpec.from_dict(t) for t in transforms]
+    if all(s.kind == "fixed_token" and s.positions == (0,) and s.token_id == "bos" for s in specs):
+        return None
+    eos = getattr(lm.tokenizer, "eos_token_id", None)
+    built = [s.build(lm.d_vocab, 0 if eos is None else int(eos), lm.bos_token_id) for s in specs]
+    return apply_transforms(np.asarray(tokens), built, np.random.default_rng(REPORT["seed"]))
+
+
 def final_report(checkpoint: Path | str) -> dict:
     """The last checkpoint measured as ``sinkinterp report`` measures the shipped models: the shipped
     natural-text sample, T 64, 100 sequences, eps 0.3, BOS first when the run trained with it."""
@@ -273,6 +338,7 @@ def final_report(checkpoint: Path | str) -> dict:
         rep = measure(lm.model.eval(), tokens, eps=REPORT["eps"], qk_heads="all")
     out = {"checkpoint": getattr(checkpoint, "name", checkpoint), "bos_first": bos, **REPORT, "sink1": float(rep.sink_pct[0]),
            "sink2": float(rep.sink_pct[1]), "sink_bias": rep.sink_bias_pct,
+           "sink_by_key": rep.sink_pct.round(2).tolist(),  # Sink_k for k = 1..10 (a prefix LM's sink may sit later)
            "massive_ratio": float(rep.norms["resid"]["massive_ratio"].max()),
            # per [layer][head]: which heads carry the sink (compared across seeds)
            "heads": {"alpha1": rep.alpha_by_key[:, :, 0].round(4).tolist(),
@@ -284,6 +350,17 @@ def final_report(checkpoint: Path | str) -> dict:
                      # q.k = |q||k|cos per head (keys after rotary; k_s: every key after the first)
                      "qk": _qk_grids(rep.qk, rep.n_layers, rep.n_heads)}}
     out.update(_block_stats(lm.model, tokens))
+    win = _window_stats(lm.model, tokens)
+    if win is not None:
+        out["window_stats"] = win
+    transforms = (_train_config(checkpoint).get("data") or {}).get("transforms") or []
+    moved = _transformed_tokens(lm, tokens, transforms) if transforms else None
+    if moved is not None:  # measured again on inputs shaped like the run's training windows
+        with torch.no_grad():
+            rep_t = measure(lm.model.eval(), moved, eps=REPORT["eps"], norms=True, qk_heads="none")
+        out["with_transforms"] = {"transforms": transforms, "sink_by_key": rep_t.sink_pct[:4].round(2).tolist(),
+                                  "massive_ratio": float(rep_t.norms["resid"]["massive_ratio"].max()),
+                                  "alpha_by_key": rep_t.alpha_by_key[:, :, :4].round(4).tolist()}
     common = _seed0_val_loss(lm.model, checkpoint)
     if common is not None:
         out["val_loss_seed0_windows"] = common

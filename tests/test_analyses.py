@@ -4,6 +4,8 @@ alone, the massive-activation and toy-model pages from their own measurements.""
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +167,94 @@ def test_cpu_calibration_block_stats_see_through_post_norm_and_read_gates():
         assert stats["gate_mean"] == [[0.5] * 4] * 2 and stats["gate_mean_first"] == [[0.5] * 4] * 2
     assert "gate_mean" not in mod._block_stats(SinkTransformer(ModelConfig(
         n_layers=1, d_model=32, n_heads=4, d_ff=64, d_vocab=50, n_ctx=12)).eval(), tokens)
+
+
+def test_cpu_calibration_window_stats_match_the_pattern_by_hand():
+    """Under a window w < T the final report measures token 1 over the queries that still see it and
+    the oldest visible key after that; both equal the means taken from the full pattern by hand, the
+    window-start key's attention is exactly its pattern entry, and models without a window (or with
+    one as long as the sequence) get None."""
+    import torch
+
+    from sinkinterp import tl_adapter
+    from sinkinterp.models import SinkTransformer
+    from sinkinterp.models.testing import tiny_config
+
+    mod = load_script("analyses/cpu_calibration.py")
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 50, (3, 12))
+    model = SinkTransformer(tiny_config(window=4, n_ctx=12)).eval()
+    stats = mod._window_stats(model, tokens.numpy(), eps=0.3)
+    pats = {}
+    with torch.no_grad(), tl_adapter.attached_hooks(model, [(f"blocks.{l}.attn.hook_pattern",
+                                                            lambda x, hook: pats.__setitem__(hook.name, x.clone()))
+                                                           for l in range(2)]):
+        model(tokens)
+    inside, edge = [], []
+    for l in range(2):
+        p = pats[f"blocks.{l}.attn.hook_pattern"].double()  # [b, H, T, T]
+        assert float(p[:, :, 4:, 0].abs().max()) == 0.0  # token 1 has left the window
+        inside.append(p[:, :, :4, 0].mean(-1))  # queries t <= w (1-based)
+        edge.append(torch.stack([p[:, :, t, t - 3] for t in range(4, 12)], -1).mean(-1))
+    inside, edge = torch.stack(inside), torch.stack(edge)  # [L, b, H]
+    assert stats["window"] == 4
+    assert stats["alpha1_within_window"] == inside.mean(1).round(decimals=4).tolist()
+    assert stats["alpha_window_start"] == edge.mean(1).round(decimals=4).tolist()
+    assert stats["sink1_within_window"] == pytest.approx(100 * float((inside > 0.3).double().mean()))
+    assert stats["sink_window_start"] == pytest.approx(100 * float((edge > 0.3).double().mean()))
+    assert 0 < stats["sink1_within_window"] <= 100  # t = 1 alone puts weight 1 on token 1
+    assert mod._window_stats(SinkTransformer(tiny_config(n_ctx=12)).eval(), tokens.numpy()) is None
+    assert mod._window_stats(SinkTransformer(tiny_config(window=12, n_ctx=12)).eval(), tokens.numpy()) is None
+
+
+def test_cpu_calibration_transformed_tokens_follow_the_run():
+    """The final report re-measures on inputs shaped like the run's training windows: a fixed BOS at
+    position 2 or random ids at position 1 are applied (seeded, so reproducible), and runs trained
+    only with BOS first get None (the report prepends BOS for them already)."""
+    import numpy as np
+
+    mod = load_script("analyses/cpu_calibration.py")
+
+    class LM:  # what _transformed_tokens reads of a LoadedModel
+        d_vocab, bos_token_id = 100, 7
+        tokenizer = None
+
+    tokens = np.arange(40, dtype=np.int64).reshape(4, 10) + 10
+    bos_first = [{"kind": "fixed_token", "positions": [0], "token_id": "bos"}]
+    assert mod._transformed_tokens(LM(), tokens, bos_first) is None
+    bos2 = mod._transformed_tokens(LM(), tokens, [{"kind": "fixed_token", "positions": [1], "token_id": "bos"}])
+    assert (bos2[:, 1] == 7).all() and (bos2[:, [0, *range(2, 10)]] == tokens[:, [0, *range(2, 10)]]).all()
+    rand = mod._transformed_tokens(LM(), tokens, [{"kind": "random_tokens", "positions": [0]}])
+    assert (rand[:, 1:] == tokens[:, 1:]).all() and ((rand[:, 0] >= 0) & (rand[:, 0] < 100)).all()
+    assert len(set(rand[:, 0].tolist())) > 1  # drawn per sequence
+    again = mod._transformed_tokens(LM(), tokens, [{"kind": "random_tokens", "positions": [0]}])
+    assert (again == rand).all()
+    assert (tokens[:, 0] == np.arange(10, 50, 10)).all()  # the input is not modified
+
+
+def test_cpu_calibration_final_report_of_a_window_run_with_bos_second(tmp_path):
+    """The final report of a (2-step) run trained with a window and BOS at position 2 carries the
+    window statistics and a second measurement on inputs with BOS at position 2, where Sink_2 is
+    measured on that BOS; Sink_k for the first ten keys comes with every report."""
+    import numpy as np
+
+    from sinkinterp.train import train
+    from sinkinterp.train.testing import make_tiny_shards, tiny_train_config
+
+    mod = load_script("analyses/cpu_calibration.py")
+    shards = make_tiny_shards(tmp_path / "shards")
+    cfg = tiny_train_config(shards, steps=2, eval_every=0, sink_every=0, model=dict(window=16),
+                            data=dict(transforms=[{"kind": "fixed_token", "positions": [1], "token_id": "bos"}]))
+    train(cfg, tmp_path / "run", verbose=False)
+    final = mod.final_report(tmp_path / "run" / "checkpoints" / "step_0000002")
+    assert final["bos_first"] is False and len(final["sink_by_key"]) == 10
+    assert final["sink_by_key"][:2] == [round(final["sink1"], 2), round(final["sink2"], 2)]
+    win = final["window_stats"]
+    assert win["window"] == 16 and np.asarray(win["alpha_window_start"]).shape == (2, 4)
+    moved = final["with_transforms"]
+    assert moved["transforms"] == cfg.to_dict()["data"]["transforms"]
+    assert len(moved["sink_by_key"]) == 4 and np.asarray(moved["alpha_by_key"]).shape == (2, 4, 4)
+    assert moved["massive_ratio"] > 0
 
 
 def test_cpu_calibration_recipes_make_valid_configs_and_match_their_snapshots():
