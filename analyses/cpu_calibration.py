@@ -538,6 +538,54 @@ def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[
     return out
 
 
+def _masks_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
+    """Windows, prefixes and moved first tokens: where Sink_1 on the report inputs is the wrong place
+    to look (``_window_stats``, ``sink_by_key``, ``with_transforms`` of final.json)."""
+    win = [n for n, f in finals.items() if "window_stats" in f]
+    prefix = [n for n, f in finals.items() if runs.get(n, ({}, []))[0].get("model", {}).get("prefix_len", 0) > 1
+              and "sink_by_key" in f]
+    moved = [n for n, f in finals.items() if "with_transforms" in f]
+    out = []
+    if win:
+        out += ["", "## Sliding windows: token 1 while it is visible, the window's edge after", "",
+                "Under a window w query t sees keys t - w < s <= t, so alpha_1 <= w / T and Sink_1 over all",
+                "queries cannot pass eps once w / T < eps. `_window_stats` applies the metric to the queries",
+                "t <= w that still see token 1, and to the oldest visible key (t - w + 1) for the queries after",
+                "them: a sink that moves with the window shows on its edge. Report sequences, eps 0.3, % of",
+                "heads x sequences; alpha per layer, heads 0..H-1:", "",
+                "| run | w | Sink_1 (all queries) | Sink_1, queries t <= w | Sink on the window's edge, t > w | "
+                "alpha_1 (t <= w), by layer | alpha on the edge (t > w), by layer |",
+                "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+        for n in win:
+            f, w = finals[n], finals[n]["window_stats"]
+            grid = lambda g: "<br>".join(" / ".join(f"{x:.2f}" for x in layer) for layer in g)  # noqa: E731
+            out.append(f"| {n} | {w['window']} | {f['sink1']:.2f} | {w['sink1_within_window']:.2f} | "
+                       f"{w['sink_window_start']:.2f} | {grid(w['alpha1_within_window'])} | "
+                       f"{grid(w['alpha_window_start'])} |")
+    if prefix:
+        out += ["", "## Prefix LM: which prefix token takes the sink", "",
+                "Sink_k (eps 0.3, report sequences without BOS) for the first ten keys; the prefix tokens attend",
+                "to each other in both directions and carry no loss.", "",
+                "| run | prefix | " + " | ".join(f"Sink_{k}" for k in range(1, 11)) + " |",
+                "| --- | ---: |" + " ---: |" * 10]
+        for n in prefix:
+            p_len = runs[n][0]["model"]["prefix_len"]
+            out.append(f"| {n} | {p_len} | " + " | ".join(f"{x:.2f}" for x in finals[n]["sink_by_key"][:10]) + " |")
+    if moved:
+        out += ["", "## Runs trained with other tokens at the first positions", "",
+                "The report inputs (natural text, no BOS) and the same inputs with the run's data transforms",
+                "applied (random ids drawn with seed 0), Sink_k in % for k = 1..4:", "",
+                "| run | transforms | Sink_1..4, report inputs | Sink_1..4, with the transforms | "
+                "massive ratio, with the transforms |", "| --- | --- | --- | --- | ---: |"]
+        for n in moved:
+            f, t = finals[n], finals[n]["with_transforms"]
+            what = "; ".join(f"{x['kind']} at {x['positions']}" + (f" ({x['token_id']})" if "token_id" in x else "")
+                             for x in t["transforms"])
+            out.append(f"| {n} | {what} | {' / '.join(f'{x:.2f}' for x in f['sink_by_key'][:4])} | "
+                       f"{' / '.join(f'{x:.2f}' for x in t['sink_by_key'])} | {t['massive_ratio']:.1f} |")
+    return out
+
+
 def _heads_section(finals: dict[str, dict]) -> list[str]:
     if not finals:
         return []
@@ -581,10 +629,16 @@ PAPER_ROWS = [
     ("softmax, BOS first, wd 0.5 (the baseline)", ["c_bos", "c_bos_s1"],
      "fixed token at position 1: 74.11 on it (60M, wd 0.1); H100 reference (no BOS, wd 0.5): 20.2 at 6k steps"),
     ("softmax, no BOS, wd 0.5", ["c_softmax"], "60M: 41.08 (wd 0.5); H100 reference: 0.9 at 3k, 20.2 at 6k"),
-    ("softmax, BOS first, wd 0.1", ["c_bos_wd01"], "60M: 18.18 (wd 0.1) vs 41.08 (wd 0.5); H100: 2.9 vs 20.2 at 6k"),
+    ("softmax, BOS first, wd 0.1", ["c_bos_wd01", "c_bos_wd01_s1"], "60M: 18.18 (wd 0.1) vs 41.08 (wd 0.5); H100: 2.9 vs 20.2 at 6k"),
     ("softmax, BOS first, lr 3e-3", ["c_bos_lr3"], "60M: lr 8e-4 32.23 vs 4e-4 18.18"),
     ("softmax, BOS first, lr 2e-3 for 3,000 steps (lr x steps of the baseline)", ["c_bos_lr2e3_3k"],
      "60M: 2e-4 for 40k steps 16.81 vs 4e-4 for 20k 18.18 (equal lr x steps); 2e-4 for 20k 11.21"),
+    ("softmax, BOS first, lr 5e-4 for 12,000 steps (lr x steps of the baseline)", ["c_bos_lr5e4_12k"],
+     "60M: 2e-4 for 40k steps 16.81 vs 2e-4 for 20k 11.21; 1e-4 for 80k 6.29 vs 20k 2.90"),
+    ("softmax, BOS first, 1M training tokens (about 6 epochs)", ["c_bos_data1m"],
+     "60M: with 100M tokens or less (vs 5B) the sink stays under 1%"),
+    ("softmax, random token at position 1 (no BOS)", ["c_rand1"], "27.03"),
+    ("softmax, BOS at position 2 (token 1 natural)", ["c_bos2"], "fixed token at position 2: 69.03 on it"),
     ("KV bias (k*, v* per head), BOS first", ["c_kvbos", "c_kvbos_s1"], "Sink_* 72.76, Sink_1 0.04"),
     ("KV bias, no BOS", ["c_kv"], "Sink_* 72.76, Sink_1 0.04; H100: Sink_* 12 at 1k, 23 at 3k"),
     ("K bias only (v* = 0), BOS first", ["c_kbos", "c_kbos_s1"], "Sink_* 73.34, Sink_1 0.00"),
@@ -593,12 +647,21 @@ PAPER_ROWS = [
     ("sigmoid without normalization, b = -log n, BOS first", ["c_siglognbos", "c_siglognbos_s1"],
      "not in the paper's table (it used b = 0); Apple's sigmoid attention uses b = -log n"),
     ("sigmoid normalized (rows sum to 1), BOS first", ["c_signormbos"], "Sink_1 30.24, loss 3.74"),
+    ("sigmoid normalized, BOS first, 12,000 steps", ["c_signormbos_12k"], "Sink_1 30.24, loss 3.74"),
+    ("linear attention, elu+1 kernel, normalized, BOS first", ["c_linelubos"], "Sink_1 53.65, loss 4.19"),
+    ("learned sink logit per head (a key bias whose logit ignores the query, v* = 0), BOS first",
+     ["c_sinklogitbos"], "not in the paper's table (gpt-oss); K bias only: Sink_* 73.34, Sink_1 0.00"),
     ("KV bias shared by all heads, BOS first", ["c_kvsharedbos"], "Sink_1 comes back to 12.44"),
     ("learnable sink token, BOS first", ["c_sinktokbos"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
     ("learnable sink token, no BOS", ["c_sinktok"], "Sink_* 74.12, Sink_1 0.00"),
     ("elu+1 without normalization, BOS first", ["c_elu1bos"], "Sink_1 0.80, loss 3.69"),
     ("post-norm, BOS first", ["c_postbos"], "13.54 (pre-norm 18.18)"),
     ("no positional embedding (NoPE), BOS first", ["c_nopebos"], "20.35 (RoPE 18.18)"),
+    ("ALiBi, BOS first", ["c_alibibos"], "20.78 (RoPE 18.18)"),
+    ("learned absolute positions, BOS first", ["c_learnedbos"], "33.13 (RoPE 18.18)"),
+    ("sliding window w = 16 (T 64), BOS first", ["c_win16bos"],
+     "the first token keeps the sink while t <= w; small windows prevent it (section below)"),
+    ("prefix LM, prefix 8 (no BOS)", ["c_prefix8"], "the sink lands on one of the prefix tokens (section below)"),
     ("gated attention (sigmoid gate on each head's output), BOS first", ["c_gatebos"],
      "not in the paper; Qwen 2025: first-token attention 46.7% -> 4.8%, max activation 1053 -> 94"),
 ]
@@ -751,6 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         *_paper_rows(runs),
         *_heads_section(_finals()),
         *_variants_section(_finals(), runs),
+        *_masks_section(_finals(), runs),
     ]
     probes = _probes()
     if any(probes.values()):

@@ -89,6 +89,28 @@ def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
     page = (tmp_path / "page.md").read_text()
     assert "| post_run | 1.2 | 30.0 / 2.5 / 1.0 / 1.0 |" in page
     assert "| post_run | 2 | 0.50 / 0.25 / 0.12 / 0.75 | 0.00 / 1.00 / 0.50 / 0.50 | 0.10 / 0.20 / 0.30 / 0.40 |" in page
+    assert "## Sliding windows" not in page and "## Prefix LM" not in page and "other tokens at the first" not in page
+
+    # a windowed prefix-LM run trained with BOS at position 2: the window, prefix and moved-token tables
+    masked = tmp_path / "runs" / "masked_run"
+    masked.mkdir()
+    moved = [{"kind": "fixed_token", "positions": [1], "token_id": "bos"}]
+    (masked / "train_config.json").write_text(json.dumps(
+        {**base, "model": {**base["model"], "window": 16, "prefix_len": 8}, "data": {**base["data"], "transforms": moved}}))
+    (masked / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert mod.main(["--snapshot", str(masked)]) == 0
+    win = {"window": 16, "sink1_within_window": 40.0, "sink_window_start": 2.5,
+           "alpha1_within_window": [[0.5, 0.25, 0.125, 0.75]] * 4, "alpha_window_start": [[0.0, 0.1, 0.2, 0.3]] * 4}
+    (tmp_path / "data" / "masked_run" / "final.json").write_text(json.dumps(
+        {**final, "sink_by_key": [20.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 62.5, 0.0, 1.0], "window_stats": win,
+         "with_transforms": {"transforms": moved, "sink_by_key": [1.0, 70.0, 0.0, 0.0], "massive_ratio": 12.34}}))
+    assert mod.main([]) == 0
+    page = (tmp_path / "page.md").read_text()
+    assert ("| masked_run | 16 | 20.00 | 40.00 | 2.50 | " + "<br>".join(["0.50 / 0.25 / 0.12 / 0.75"] * 4)
+            + " | " + "<br>".join(["0.00 / 0.10 / 0.20 / 0.30"] * 4) + " |") in page
+    assert "| masked_run | 8 | 20.00 | 0.00 | 0.00 | 5.00 | 0.00 | 0.00 | 0.00 | 62.50 | 0.00 | 1.00 |" in page
+    assert ("| masked_run | fixed_token at [1] (bos) | 20.00 / 0.00 / 0.00 / 5.00 | 1.00 / 70.00 / 0.00 / 0.00 "
+            "| 12.3 |") in page
 
 
 def test_massive_activation_page_reports_its_own_measurements(tmp_path, monkeypatch):
