@@ -255,7 +255,7 @@ def _block_stats(model, tokens) -> dict:
     return out
 
 
-def _window_stats(model, tokens, eps: float = REPORT["eps"]) -> dict | None:
+def _window_stats(model, tokens, eps: float = REPORT["eps"], window: int | None = None) -> dict | None:
     """What Sink_1 cannot show under a sliding window w < T (query t sees keys t - w < s <= t, so
     alpha_1 <= w / T): the same metric over the queries that still see token 1, and where the
     attention goes once token 1 has left the window. None without a window shorter than T.
@@ -265,12 +265,15 @@ def _window_stats(model, tokens, eps: float = REPORT["eps"]) -> dict | None:
     ``alpha1_within_window`` [layer][head] (that mean, averaged over sequences),
     ``alpha_window_start`` [layer][head] (attention on the oldest visible key t - w + 1, mean over
     queries t > w) and ``sink_window_start`` (its thresholded share): a sink that follows the window
-    edge shows there, a sink tied to token 1 does not."""
+    edge shows there, a sink tied to token 1 does not.
+
+    ``window`` measures the same queries of a model without a window (the reference a windowed
+    run is compared with); by default the model's own window."""
     import torch
 
     from sinkinterp import tl_adapter
 
-    w, T = getattr(model.cfg, "window", None), int(tokens.shape[-1])
+    w, T = window or getattr(model.cfg, "window", None), int(tokens.shape[-1])
     if w is None or w >= T:
         return None
     L = model.cfg.n_layers
@@ -556,12 +559,22 @@ def _masks_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[dic
                 "| run | w | Sink_1 (all queries) | Sink_1, queries t <= w | Sink on the window's edge, t > w | "
                 "alpha_1 (t <= w), by layer | alpha on the edge (t > w), by layer |",
                 "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+        grid = lambda g: "<br>".join(" / ".join(f"{x:.2f}" for x in layer) for layer in g)  # noqa: E731
         for n in win:
             f, w = finals[n], finals[n]["window_stats"]
-            grid = lambda g: "<br>".join(" / ".join(f"{x:.2f}" for x in layer) for layer in g)  # noqa: E731
             out.append(f"| {n} | {w['window']} | {f['sink1']:.2f} | {w['sink1_within_window']:.2f} | "
                        f"{w['sink_window_start']:.2f} | {grid(w['alpha1_within_window'])} | "
                        f"{grid(w['alpha_window_start'])} |")
+            if "reference" in w:
+                r = w["reference"]
+                out.append(f"| {r['model']} (no window, the same queries) | - | - | {r['sink1_within_window']:.2f} | "
+                           f"{r['sink_window_start']:.2f} | {grid(r['alpha1_within_window'])} | "
+                           f"{grid(r['alpha_window_start'])} |")
+        sizes = sorted({finals[n]["window_stats"]["window"] for n in win})
+        out += ["", "Uniform attention over the visible keys gives alpha_1 (t <= w) = H_w / w "
+                + ", ".join(f"{sum(1 / t for t in range(1, w + 1)) / w:.3f} for w = {w}" for w in sizes)
+                + " and 1 / w on the edge; a reference row is the windowless model measured on the same queries",
+                "(`analyses/cpu_calibration.py --window-reference NAME=MODEL`)."]
     if prefix:
         out += ["", "## Prefix LM: which prefix token takes the sink", "",
                 "Sink_k (eps 0.3, report sequences without BOS) for the first ten keys; the prefix tokens attend",
@@ -750,12 +763,48 @@ def add_heads(pairs: list[str]) -> int:
     return 0
 
 
+def window_reference(pairs: list[str]) -> int:
+    """``NAME=MODEL``: measure MODEL (a model without a window, e.g. ``toy-softmax``, the baseline
+    shipped from c_bos) on the queries NAME's window statistics cover, with the report's inputs, and
+    keep it in NAME's final.json as ``window_stats["reference"]``."""
+    import torch
+
+    from sinkinterp.inputs import make_tokens
+    from sinkinterp.loading import load_model
+
+    for pair in pairs:
+        name, sep, spec = pair.partition("=")
+        final_file = DATA / name / "final.json"
+        final = json.loads(final_file.read_text()) if sep and final_file.is_file() else {}
+        if "window_stats" not in final:
+            print(f"cpu_calibration: --window-reference takes NAME=MODEL with a snapshot NAME whose final.json "
+                  f"has window_stats, got {pair!r}", file=sys.stderr)
+            return 2
+        lm = load_model(spec)
+        if getattr(lm.model.cfg, "window", None) is not None or bool(lm.info.get("bos_first")) != final["bos_first"]:
+            print(f"cpu_calibration: {spec} must have no window and the same BOS-first training as {name}",
+                  file=sys.stderr)
+            return 2
+        tokens = make_tokens("natural", seq_len=REPORT["seq_len"], num_seqs=REPORT["num_seqs"], seed=REPORT["seed"],
+                             vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, prepend_bos=final["bos_first"],
+                             bos_token_id=lm.bos_token_id)
+        with torch.no_grad():
+            ref = _window_stats(lm.model.eval(), tokens, window=final["window_stats"]["window"])
+        final["window_stats"]["reference"] = {"model": spec, **{k: v for k, v in ref.items() if k != "window"}}
+        write_json(final_file, final)
+        print(f"{name}: {spec} on queries t <= {ref['window']}: Sink_1 {ref['sink1_within_window']:.2f} "
+              f"(the windowed run: {final['window_stats']['sink1_within_window']:.2f})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--snapshot":
         return snapshot(argv[1:])
     if argv and argv[0] == "--add-heads":
         return add_heads(argv[1:])
+    if argv and argv[0] == "--window-reference":
+        return window_reference(argv[1:])
     if argv and argv[0] == "--train":
         dry = "--dry-run" in argv
         return train_recipes([a for a in argv[1:] if a != "--dry-run"], dry_run=dry)

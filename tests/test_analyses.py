@@ -100,7 +100,9 @@ def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
     (masked / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert mod.main(["--snapshot", str(masked)]) == 0
     win = {"window": 16, "sink1_within_window": 40.0, "sink_window_start": 2.5,
-           "alpha1_within_window": [[0.5, 0.25, 0.125, 0.75]] * 4, "alpha_window_start": [[0.0, 0.1, 0.2, 0.3]] * 4}
+           "alpha1_within_window": [[0.5, 0.25, 0.125, 0.75]] * 4, "alpha_window_start": [[0.0, 0.1, 0.2, 0.3]] * 4,
+           "reference": {"model": "toy-softmax", "sink1_within_window": 78.0, "sink_window_start": 0.0,
+                         "alpha1_within_window": [[0.5] * 4] * 4, "alpha_window_start": [[0.0] * 4] * 4}}
     (tmp_path / "data" / "masked_run" / "final.json").write_text(json.dumps(
         {**final, "sink_by_key": [20.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 62.5, 0.0, 1.0], "window_stats": win,
          "with_transforms": {"transforms": moved, "sink_by_key": [1.0, 70.0, 0.0, 0.0], "massive_ratio": 12.34}}))
@@ -108,6 +110,8 @@ def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
     page = (tmp_path / "page.md").read_text()
     assert ("| masked_run | 16 | 20.00 | 40.00 | 2.50 | " + "<br>".join(["0.50 / 0.25 / 0.12 / 0.75"] * 4)
             + " | " + "<br>".join(["0.00 / 0.10 / 0.20 / 0.30"] * 4) + " |") in page
+    assert "| toy-softmax (no window, the same queries) | - | - | 78.00 | 0.00 | " in page
+    assert "H_w / w 0.211 for w = 16" in page  # (1 + 1/2 + ... + 1/16) / 16
     assert "| masked_run | 8 | 20.00 | 0.00 | 0.00 | 5.00 | 0.00 | 0.00 | 0.00 | 62.50 | 0.00 | 1.00 |" in page
     assert ("| masked_run | fixed_token at [1] (bos) | 20.00 / 0.00 / 0.00 / 5.00 | 1.00 / 70.00 / 0.00 / 0.00 "
             "| 12.3 |") in page
@@ -225,7 +229,18 @@ def test_cpu_calibration_window_stats_match_the_pattern_by_hand():
     assert stats["sink1_within_window"] == pytest.approx(100 * float((inside > 0.3).double().mean()))
     assert stats["sink_window_start"] == pytest.approx(100 * float((edge > 0.3).double().mean()))
     assert 0 < stats["sink1_within_window"] <= 100  # t = 1 alone puts weight 1 on token 1
-    assert mod._window_stats(SinkTransformer(tiny_config(n_ctx=12)).eval(), tokens.numpy()) is None
+    full = SinkTransformer(tiny_config(n_ctx=12)).eval()
+    assert mod._window_stats(full, tokens.numpy()) is None
+    # a windowless reference measured on the same queries: token 1 over t <= 4, key t - 3 after that
+    ref = mod._window_stats(full, tokens.numpy(), eps=0.3, window=4)
+    with torch.no_grad(), tl_adapter.attached_hooks(full, [("blocks.1.attn.hook_pattern",
+                                                           lambda x, hook: pats.__setitem__("ref", x.clone()))]):
+        full(tokens)
+    p = pats["ref"].double()
+    assert ref["alpha1_within_window"][1] == p[:, :, :4, 0].mean(-1).mean(0).round(decimals=4).tolist()
+    assert ref["alpha_window_start"][1] == torch.stack([p[:, :, t, t - 3] for t in range(4, 12)], -1).mean(
+        -1).mean(0).round(decimals=4).tolist()
+    assert mod.main(["--window-reference", "c_bos=toy-softmax"]) == 2  # c_bos has no window statistics
     assert mod._window_stats(SinkTransformer(tiny_config(window=12, n_ctx=12)).eval(), tokens.numpy()) is None
 
 
