@@ -79,6 +79,7 @@ RECIPES: dict[str, list[str]] = {
     "c_win16bos": [BOS, "model.window=16"],
     "c_win32bos": [BOS, "model.window=32"],
     "c_prefix8": ["model.prefix_len=8"],
+    "c_prefix8bos": [BOS, "model.prefix_len=8"],
     "c_rand1": ['data.transforms=[{"kind":"random_tokens","positions":[0]}]'],
     "c_bos2": ['data.transforms=[{"kind":"fixed_token","positions":[1],"token_id":"bos"}]'],
 }
@@ -299,6 +300,20 @@ def _window_stats(model, tokens, eps: float = REPORT["eps"], window: int | None 
             "alpha_window_start": a_edge.mean(1).round(decimals=4).tolist()}
 
 
+def _massive_by_position(resid, k: int) -> list[float]:
+    """For positions 1..k: the largest over layers of ||x_k|| / mean ||x_j|| over the other positions
+    (resid: the measurement's [L + 1, T] mean residual norms by position); the massive-activation
+    ratio asked of a position other than the first, where a moved fixed token may carry it."""
+    import numpy as np
+
+    resid = np.asarray(resid, dtype=float)
+    out = []
+    for pos in range(k):
+        rest = np.delete(resid, pos, axis=1).mean(1)
+        out.append(round(float((resid[:, pos] / np.maximum(rest, 1e-30)).max()), 3))
+    return out
+
+
 def _train_config(checkpoint: Path | str) -> dict:
     """The train_config a checkpoint folder was written with ({} for anything else)."""
     from sinkinterp.models import read_checkpoint_info
@@ -364,18 +379,26 @@ def final_report(checkpoint: Path | str) -> dict:
             rep_t = measure(lm.model.eval(), moved, eps=REPORT["eps"], norms=True, qk_heads="none")
         out["with_transforms"] = {"transforms": transforms, "sink_by_key": rep_t.sink_pct[:4].round(2).tolist(),
                                   "massive_ratio": float(rep_t.norms["resid"]["massive_ratio"].max()),
+                                  "massive_ratio_by_key": _massive_by_position(rep_t.norms["resid"]["by_position"], 4),
                                   "alpha_by_key": rep_t.alpha_by_key[:, :, :4].round(4).tolist()}
-    common = _seed0_val_loss(lm.model, checkpoint)
-    if common is not None:
-        out["val_loss_seed0_windows"] = common
-    # the key-bias interventions on the first 32 of those sequences (toy_interventions' settings)
+    # the key-bias interventions on token 1 of the first 32 sequences (toy_interventions' settings),
+    # on the inputs the run trained on: with its transforms where it had some besides BOS first
     from sinkinterp import interventions as iv
 
     kinds = list(FINAL_INTERVENTIONS) + (list(SLOT_INTERVENTIONS) if rep.sink_bias_pct is not None else [])
-    results = iv.compare(lm.model, tokens[:32], [iv.first_token(k, renormalize=r) for k, r in kinds],
-                         eps=REPORT["eps"])
-    out["interventions"] = {r.name: {"delta_loss": r.delta_loss, "sink1": float(r.sink.sink_pct[0]),
-                                     "sink_bias": r.sink.sink_bias_pct} for r in results}
+
+    def intervene(inputs) -> dict:
+        results = iv.compare(lm.model, inputs[:32], [iv.first_token(k, renormalize=r) for k, r in kinds],
+                             eps=REPORT["eps"])
+        return {r.name: {"delta_loss": r.delta_loss, "sink1": float(r.sink.sink_pct[0]),
+                         "sink_bias": r.sink.sink_bias_pct} for r in results}
+
+    out["interventions"] = intervene(tokens)
+    if moved is not None:
+        out["with_transforms"]["interventions"] = intervene(moved)
+    common = _seed0_val_loss(lm.model, checkpoint)
+    if common is not None:
+        out["val_loss_seed0_windows"] = common
     return out
 
 
@@ -590,13 +613,18 @@ def _masks_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[dic
                 "The report inputs (natural text, no BOS) and the same inputs with the run's data transforms",
                 "applied (random ids drawn with seed 0), Sink_k in % for k = 1..4:", "",
                 "| run | transforms | Sink_1..4, report inputs | Sink_1..4, with the transforms | "
-                "massive ratio, with the transforms |", "| --- | --- | --- | --- | ---: |"]
+                "massive ratio of positions 1..4, with the transforms | Δ loss, with the transforms: token 1 "
+                "ablated / its value zeroed |", "| --- | --- | --- | --- | --- | --- |"]
         for n in moved:
             f, t = finals[n], finals[n]["with_transforms"]
             what = "; ".join(f"{x['kind']} at {x['positions']}" + (f" ({x['token_id']})" if "token_id" in x else "")
                              for x in t["transforms"])
+            by_key = t.get("massive_ratio_by_key") or [t["massive_ratio"]]
+            iv_t = t.get("interventions", {})
+            deltas = " / ".join("-" if k not in iv_t else f"{iv_t[k]['delta_loss']:+.3f}" for k in ("ablate", "zero_value"))
             out.append(f"| {n} | {what} | {' / '.join(f'{x:.2f}' for x in f['sink_by_key'][:4])} | "
-                       f"{' / '.join(f'{x:.2f}' for x in t['sink_by_key'])} | {t['massive_ratio']:.1f} |")
+                       f"{' / '.join(f'{x:.2f}' for x in t['sink_by_key'])} | {' / '.join(f'{x:.1f}' for x in by_key)} "
+                       f"| {deltas} |")
     return out
 
 
@@ -678,6 +706,8 @@ PAPER_ROWS = [
     ("sliding window w = 32 (T 64), BOS first", ["c_win32bos"],
      "the first token keeps the sink while t <= w; small windows prevent it (section below)"),
     ("prefix LM, prefix 8 (no BOS)", ["c_prefix8"], "the sink lands on one of the prefix tokens (section below)"),
+    ("prefix LM, prefix 8, BOS first (BOS sees the prefix)", ["c_prefix8bos"],
+     "the sink lands on one of the prefix tokens (section below)"),
     ("gated attention (sigmoid gate on each head's output), BOS first", ["c_gatebos"],
      "not in the paper; Qwen 2025: first-token attention 46.7% -> 4.8%, max activation 1053 -> 94"),
 ]

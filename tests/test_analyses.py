@@ -105,7 +105,9 @@ def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
                          "alpha1_within_window": [[0.5] * 4] * 4, "alpha_window_start": [[0.0] * 4] * 4}}
     (tmp_path / "data" / "masked_run" / "final.json").write_text(json.dumps(
         {**final, "sink_by_key": [20.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 62.5, 0.0, 1.0], "window_stats": win,
-         "with_transforms": {"transforms": moved, "sink_by_key": [1.0, 70.0, 0.0, 0.0], "massive_ratio": 12.34}}))
+         "with_transforms": {"transforms": moved, "sink_by_key": [1.0, 70.0, 0.0, 0.0], "massive_ratio": 1.5,
+                             "massive_ratio_by_key": [1.5, 12.34, 1.0, 0.9],
+                             "interventions": {"ablate": {"delta_loss": 0.25}, "zero_value": {"delta_loss": -0.125}}}}))
     assert mod.main([]) == 0
     page = (tmp_path / "page.md").read_text()
     assert ("| masked_run | 16 | 20.00 | 40.00 | 2.50 | " + "<br>".join(["0.50 / 0.25 / 0.12 / 0.75"] * 4)
@@ -114,7 +116,7 @@ def test_cpu_calibration_page_from_snapshots(tmp_path, monkeypatch):
     assert "H_w / w 0.211 for w = 16" in page  # (1 + 1/2 + ... + 1/16) / 16
     assert "| masked_run | 8 | 20.00 | 0.00 | 0.00 | 5.00 | 0.00 | 0.00 | 0.00 | 62.50 | 0.00 | 1.00 |" in page
     assert ("| masked_run | fixed_token at [1] (bos) | 20.00 / 0.00 / 0.00 / 5.00 | 1.00 / 70.00 / 0.00 / 0.00 "
-            "| 12.3 |") in page
+            "| 1.5 / 12.3 / 1.0 / 0.9 | +0.250 / -0.125 |") in page
 
 
 def test_massive_activation_page_reports_its_own_measurements(tmp_path, monkeypatch):
@@ -267,6 +269,9 @@ def test_cpu_calibration_transformed_tokens_follow_the_run():
     again = mod._transformed_tokens(LM(), tokens, [{"kind": "random_tokens", "positions": [0]}])
     assert (again == rand).all()
     assert (tokens[:, 0] == np.arange(10, 50, 10)).all()  # the input is not modified
+    # the massive-activation ratio of positions other than the first, by hand: the max over layers
+    resid = [[1.0, 4.0, 1.0, 1.0], [2.0, 2.0, 2.0, 6.0]]  # layer 0: 0.5 / 4 / 0.5 / 0.5, layer 1: 0.6 x3 / 3
+    assert mod._massive_by_position(resid, 4) == [0.6, 4.0, 0.6, 3.0]
 
 
 def test_cpu_calibration_final_report_of_a_window_run_with_bos_second(tmp_path):
@@ -291,7 +296,10 @@ def test_cpu_calibration_final_report_of_a_window_run_with_bos_second(tmp_path):
     moved = final["with_transforms"]
     assert moved["transforms"] == cfg.to_dict()["data"]["transforms"]
     assert len(moved["sink_by_key"]) == 4 and np.asarray(moved["alpha_by_key"]).shape == (2, 4, 4)
+    assert len(moved["massive_ratio_by_key"]) == 4 and moved["massive_ratio_by_key"][0] == pytest.approx(
+        moved["massive_ratio"], abs=1e-3)  # position 1 against the others: the usual ratio
     assert moved["massive_ratio"] > 0
+    assert set(moved["interventions"]) == set(final["interventions"]) == {"ablate", "ablate[norenorm]", "zero_value"}
 
 
 def test_cpu_calibration_recipes_make_valid_configs_and_match_their_snapshots():
