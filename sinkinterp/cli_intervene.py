@@ -25,7 +25,9 @@ SPEC_HELP = (
     "interventions as NAME or NAME=VALUE: ablate, zero_value, mean_value, scale_value=F, zero_key, mean_key, "
     "scale_key=F, scale_resid=F, normalize_resid, ablate_bias, bias_to_first, swap_position=P, rotary_position=P, "
     "replace_first=ID|bos|random|frequent, "
-    "insert_first=ID|bos|random, start_later=N; ablate and ablate_bias take =norenorm to zero without "
+    "insert_first=ID|bos|random, start_later=N, window=W or window=W+K (attention to the last W keys plus the "
+    "first K: a StreamingLLM cache; add ,norenorm for unnormalized attention); ablate and ablate_bias take "
+    "=norenorm to zero without "
     f"renormalizing (default: {' '.join(DEFAULT_DO)})"
 )
 
@@ -109,6 +111,16 @@ def parse_spec(spec: str, bos_token_id: int | None) -> Any:
         return iv.insert_first(token())
     if name == "start_later":
         return iv.start_later(number(int))
+    if name == "window":
+        sizes, comma, mode = value.partition(",")
+        w, plus, k = sizes.partition("+")
+        try:
+            if comma and mode != "norenorm":
+                raise ValueError(mode)
+            return iv.window_cache(int(w), int(k) if plus else 0, renormalize=not comma)
+        except ValueError:
+            raise ValueError(f"{spec!r}: window needs =W or =W+K with integers W >= 1, K >= 0, "
+                             "optionally followed by ,norenorm") from None
     raise ValueError(f"{spec!r}: unknown intervention; {SPEC_HELP}")
 
 

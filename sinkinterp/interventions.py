@@ -34,6 +34,10 @@ Activation edits (``first_token(kind)``; ``heads`` index key/value heads for key
                     hook_rot_k at that position (any base, scaling or pairing convention) and checked.
 ==================  =====================================================================
 
+Attention-window edit: ``window_cache(window, keep_first)`` hides every key older than the last
+``window`` except the first ``keep_first`` tokens (StreamingLLM's cache: keep 4 plus a window; a plain
+rolling window: keep 0), rows renormalized; the question is how much a model needs its sink.
+
 Token edits: ``replace_first(token)`` (a fixed id, "random" or "frequent"), ``insert_first(token)``
 (a token before the text), ``start_later(shift)`` (the text starts ``shift`` tokens later).
 Controls: ``measure`` the same model on random and repeated-token inputs (sinkinterp.inputs).
@@ -66,6 +70,7 @@ __all__ = [
     "replace_first",
     "insert_first",
     "start_later",
+    "window_cache",
     "run_intervention",
     "baseline",
     "compare",
@@ -289,6 +294,61 @@ def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, pos
         f = float(factor)
         src, desc, params = _first_only(lambda a: a[:, 0] * f), f"{what} of token 1 scaled by {f:g}", {"factor": f}
     return Intervention(kind, desc, (comp,), lambda has_slot: ((comp, src),), params=params)
+
+
+def _window_sources(window: int, keep_first: int, renormalize: bool, has_slot: bool) -> Edits:
+    """Sources for hook_pattern (and hook_bias_pattern) that hide every key s from query t unless
+    t - s < window or s < keep_first; a bias slot stays visible, as in a windowed model."""
+    stash: dict[int, Tensor] = {}
+
+    def pattern(act: Tensor, layer: int) -> Tensor:
+        p = act.to(torch.promote_types(act.dtype, torch.float32))
+        T = p.shape[-1]
+        pos = torch.arange(T, device=p.device)
+        dist = pos[:, None] - pos[None, :]
+        keep = (dist < window) | (pos[None, :] < keep_first)  # [query, key]; future keys are 0 already
+        slot = (1.0 - p.sum(-1)).clamp_min(0.0) if has_slot else torch.zeros_like(p[..., 0])
+        out = p * keep.to(p.dtype)
+        if renormalize:
+            kept = out.sum(-1) + slot
+            factor = torch.where(kept > 0, p.sum(-1) + slot, 0.0) / kept.clamp_min(torch.finfo(p.dtype).tiny)
+            out = out * factor[..., None]
+        else:
+            factor = torch.ones_like(slot)
+        stash[layer] = factor
+        return out.to(act.dtype)
+
+    def bias_pattern(act: Tensor, layer: int) -> Tensor:
+        if layer not in stash:
+            raise RuntimeError(f"blocks.{layer}.attn.hook_bias_pattern fired before hook_pattern; "
+                               "this intervention needs the pattern hook first (docs/hook-contract.md)")
+        return act * stash.pop(layer).to(act.dtype)
+
+    edits: list[tuple[str, Source]] = [("pattern", pattern)]
+    if has_slot:
+        edits.append(("bias_pattern", bias_pattern))
+    return tuple(edits)
+
+
+def window_cache(window: int, keep_first: int = 0, *, renormalize: bool = True) -> Intervention:
+    """Attention limited to a sliding window of the last ``window`` keys plus the first ``keep_first``
+    tokens (StreamingLLM's cache: ``keep_first=4``; a plain rolling window: 0), at the pattern: every
+    other key's weight is set to 0 and, with ``renormalize`` (right for softmax), each row is scaled
+    back to its old total, so a softmax model computes exactly the softmax over the kept keys. Keys
+    keep their original positions (StreamingLLM re-numbers positions inside its cache; with RoPE
+    that changes the kept tokens' relative distances, which this does not model). A bias slot stays
+    visible. On a model trained with ``window=w`` and no bias, ``window_cache(w)`` changes nothing."""
+    for arg, val, low in (("window", window, 1), ("keep_first", keep_first, 0)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < low:
+            raise ValueError(f"{arg} must be an integer >= {low}, got {val!r}")
+    if not isinstance(renormalize, bool):
+        raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
+    name = f"window[{window}]" + (f"+first[{keep_first}]" if keep_first else "") + ("" if renormalize else "[norenorm]")
+    desc = f"keys limited to the last {window}" + (f" plus the first {keep_first}" if keep_first else "") + (
+        " (rows renormalized)" if renormalize else "")
+    return Intervention(name, desc, ("pattern",),
+                        lambda has_slot: _window_sources(window, keep_first, renormalize, has_slot),
+                        params={"window": window, "keep_first": keep_first, "renormalize": renormalize})
 
 
 def replace_first(token: int | str) -> Intervention:

@@ -162,6 +162,27 @@ def test_toy_models_page_reports_the_report_command(tmp_path, monkeypatch):
     assert "| toy-sigmoid - toy-softmax |" in page and (tmp_path / "figs" / "toy-models-loss-by-position.png").is_file()
 
 
+def test_streaming_window_page_reports_each_cell(tmp_path, monkeypatch):
+    """The window page's cells are the intervene runs' loss changes; the sigmoid model's windows are
+    not renormalized; a window as long as the sequence changes nothing."""
+    mod = load_script("analyses/streaming_window.py")
+    monkeypatch.chdir(tmp_path)
+    common = [a if a != "32" else "4" for a in mod.COMMON]  # 4 sequences instead of 32
+    for name, value in (("DOC", tmp_path / "page.md"), ("OUT", tmp_path / "out"), ("COMMON", common),
+                        ("WINDOWS", (4, 64))):
+        monkeypatch.setattr(mod, name, value)
+    assert mod.main() == 0
+    page = (tmp_path / "page.md").read_text()
+    for model in mod.MODELS:
+        res = json.loads((tmp_path / "out" / model / "results.json").read_text())["interventions"]
+        d = {(r["params"]["window"], r["params"]["keep_first"]): r for r in res}
+        assert all(r["params"]["renormalize"] == (model != "toy-sigmoid") for r in res)
+        assert all(abs(d[(64, k)]["delta_loss"]) < 1e-6 for k in mod.KEEP)
+        cells = " / ".join(f"{d[(4, k)]['delta_loss']:+.3f}" for k in mod.KEEP)
+        assert f"| {model} | {res[0]['loss_base']:.3f} | {cells} |" in page
+    assert d[(4, 0)]["delta_loss"] > 0 and "--num-seqs 4" in page
+
+
 def test_cpu_calibration_block_stats_see_through_post_norm_and_read_gates():
     """The final report's extra numbers: a massive first token written into the embedding shows in
     the sums a post-norm block normalizes even though the (normalized) residual stream hides it, and

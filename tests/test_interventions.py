@@ -426,3 +426,54 @@ def test_rotary_position_errors():
     scramble = [("blocks.0.attn.hook_rot_k", lambda a, hook: a.flip(-1))]
     with tl_adapter.attached_hooks(m, scramble), pytest.raises(RuntimeError, match="not a pairwise rotation"):
         iv.run_intervention(m, tokens, iv.first_token("rotary_position", position=3), sinks=False)
+
+
+# ------------------------------------------------------------------------------- window_cache
+@pytest.mark.parametrize("variant", ["rotary", "kv", "sink_logit"])
+def test_window_cache_equals_a_model_trained_with_that_window(variant):
+    """window_cache(w) on a model without a window gives exactly the loss and patterns of the same
+    weights built with ``window=w`` (softmax over the kept keys; a bias slot stays visible in both),
+    and the keep-first variant equals a reference mask applied to the scores."""
+    from sinkinterp.models.testing import VARIANTS, tiny_model
+
+    full = tiny_model(variant).eval()
+    windowed = SinkTransformer(tiny_config(**VARIANTS[variant], window=4)).double().eval()
+    windowed.load_state_dict(full.state_dict())
+    tokens = _tokens(3)
+    res = iv.run_intervention(full, tokens, iv.window_cache(4))
+    assert res.loss_base == pytest.approx(float(full(tokens, return_type="loss")), abs=1e-12)
+    assert res.loss == pytest.approx(float(windowed(tokens, return_type="loss")), abs=1e-10)
+    assert abs(res.delta_loss) > 1e-4  # the window matters on these weights
+    # keep the first 2 tokens as well: the scores of every other key older than the window -> -inf
+    pos = torch.arange(T)
+    hidden = (pos[:, None] - pos[None, :] >= 4) & (pos[None, :] >= 2)
+
+    def mask(scores, hook):
+        return scores.masked_fill(hidden, float("-inf"))
+
+    names = [f"blocks.{l}.attn.hook_attn_scores" for l in range(full.cfg.n_layers)]
+    if variant == "rotary":  # the slot's logit is not in hook_attn_scores; compare the no-slot model
+        with tl_adapter.attached_hooks(full, [(n, mask) for n in names]):
+            ref = float(full(tokens, return_type="loss"))
+        assert iv.run_intervention(full, tokens, iv.window_cache(4, 2)).loss == pytest.approx(ref, abs=1e-10)
+    # a window as long as the sequence, or keeping every token, changes nothing
+    for inter in (iv.window_cache(T), iv.window_cache(1, keep_first=T)):
+        assert iv.run_intervention(full, tokens, inter).delta_loss == pytest.approx(0.0, abs=1e-12)
+
+
+def test_window_cache_arguments_and_cli_spec():
+    from sinkinterp.cli_intervene import parse_spec
+
+    inter = iv.window_cache(16, 4)
+    assert inter.name == "window[16]+first[4]" and inter.params == {"window": 16, "keep_first": 4, "renormalize": True}
+    assert iv.window_cache(8).name == "window[8]"
+    assert iv.window_cache(8, renormalize=False).name == "window[8][norenorm]"
+    for bad in (dict(window=0), dict(window=True), dict(window=4, keep_first=-1)):
+        with pytest.raises(ValueError, match="window|keep_first"):
+            iv.window_cache(**bad)
+    assert parse_spec("window=16+4", None).params["keep_first"] == 4
+    assert parse_spec("window=16", None).params == {"window": 16, "keep_first": 0, "renormalize": True}
+    assert parse_spec("window=8+1,norenorm", None).name == "window[8]+first[1][norenorm]"
+    for bad in ("window", "window=x", "window=16+", "window=0", "window=8,renorm"):
+        with pytest.raises(ValueError, match="window needs =W or =W\\+K"):
+            parse_spec(bad, None)
