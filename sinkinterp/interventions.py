@@ -163,17 +163,20 @@ def _pattern_sources(kind: str, renormalize: bool, has_slot: bool) -> Edits:
             raise AssertionError(kind)
         return out.to(act.dtype)
 
+    return _with_slot(pattern, stash, has_slot)
+
+
+def _with_slot(pattern: Source, stash: dict[int, Tensor], has_slot: bool) -> Edits:
+    """The pattern edit, plus (for a model with a bias slot) the hook_bias_pattern edit that scales the
+    slot's share by the row factor the pattern edit left in ``stash`` for that layer and pass."""
+
     def bias_pattern(act: Tensor, layer: int) -> Tensor:
         if layer not in stash:
             raise RuntimeError(f"blocks.{layer}.attn.hook_bias_pattern fired before hook_pattern; "
                                "this intervention needs the pattern hook first (docs/hook-contract.md)")
-        factor = stash.pop(layer)
-        return act * factor.to(act.dtype)
+        return act * stash.pop(layer).to(act.dtype)
 
-    edits: list[tuple[str, Source]] = [("pattern", pattern)]
-    if has_slot:
-        edits.append(("bias_pattern", bias_pattern))
-    return tuple(edits)
+    return (("pattern", pattern), ("bias_pattern", bias_pattern)) if has_slot else (("pattern", pattern),)
 
 
 _ROTARY_TOL = 2e-2  # relative error of the rotation read off hook_k -> hook_rot_k (bf16 models included)
@@ -318,16 +321,7 @@ def _window_sources(window: int, keep_first: int, renormalize: bool, has_slot: b
         stash[layer] = factor
         return out.to(act.dtype)
 
-    def bias_pattern(act: Tensor, layer: int) -> Tensor:
-        if layer not in stash:
-            raise RuntimeError(f"blocks.{layer}.attn.hook_bias_pattern fired before hook_pattern; "
-                               "this intervention needs the pattern hook first (docs/hook-contract.md)")
-        return act * stash.pop(layer).to(act.dtype)
-
-    edits: list[tuple[str, Source]] = [("pattern", pattern)]
-    if has_slot:
-        edits.append(("bias_pattern", bias_pattern))
-    return tuple(edits)
+    return _with_slot(pattern, stash, has_slot)
 
 
 def window_cache(window: int, keep_first: int = 0, *, renormalize: bool = True) -> Intervention:
