@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sinkinterp import cli_intervene
 
     cli_intervene.add_parsers(sub, _add_measure_args)
+    from sinkinterp import cli_stream
+
+    cli_stream.add_parser(sub, _add_measure_args)
     rr = sub.add_parser("rerun", help="repeat a measurement from its result folder's config.json")
     rr.add_argument("result_dir", help="a folder written by `sinkinterp measure`")
     rr.add_argument("--out", help="write to this folder instead of the original one")
@@ -361,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
             from sinkinterp import cli_intervene
 
             return getattr(cli_intervene, f"cmd_{args.command}")(args, argv)
+        if args.command == "stream":
+            from sinkinterp import cli_stream
+
+            return cli_stream.cmd_stream(args, argv)
     except UsageError as err:
         print(f"sinkinterp {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """Matplotlib figures: of a measurement (alpha heat map layer x head, Sink_k over key positions, norms of
 token 1 vs the rest per layer, the q.k decomposition), of interventions (effect bars, per-head heat
-maps) and of training (sink emergence curves). Each function returns a Figure; ``save_figure`` writes
-it atomically (PNG). Tests: tests/test_figures.py."""
+maps), of training (sink emergence curves) and of streaming (loss along a stream past the training
+length). Each function returns a Figure; ``save_figure`` writes it atomically (PNG). Tests: tests/test_figures.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 from sinkinterp.fileio import atomic_write
 
 __all__ = ["alpha_heatmap", "norms_figure", "sink_by_position", "save_figure", "qk_figure", "effect_bars",
-           "layer_head_heatmap", "sink_over_training", "TRAINING_KEYS"]
+           "layer_head_heatmap", "sink_over_training", "stream_curves", "TRAINING_KEYS"]
 
 
 def _plt() -> Any:
@@ -289,5 +289,34 @@ def sink_over_training(records: object, keys: object = TRAINING_KEYS, title: str
         if panel == ["massive_ratio"]:
             ax.set_yscale("log")
     fig.suptitle(title or "sinks over training")
+    fig.tight_layout()
+    return fig
+
+
+def stream_curves(curves: dict[str, object], *, n_ctx: int | None = None, bin_size: int = 8,
+                  title: str = "") -> Any:
+    """Mean next-token loss along a stream, one line per cache setting: ``curves[name][j]`` is the
+    loss of the target at stream position j + 1, averaged in bins of ``bin_size`` targets; a dashed
+    line at the training length ``n_ctx``."""
+    if not isinstance(curves, dict) or not curves:
+        raise ValueError("curves: expected a non-empty dict {name: per-target losses}")
+    if isinstance(bin_size, bool) or not isinstance(bin_size, int) or bin_size < 1:
+        raise ValueError(f"bin_size: expected an integer >= 1, got {bin_size!r}")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    for name, values in curves.items():
+        v = _vector(values, f"curves[{name!r}]")
+        n = len(v) // bin_size * bin_size or len(v)
+        b = min(bin_size, len(v))
+        means = v[:n].reshape(-1, b).mean(1)
+        centers = 1 + np.arange(len(means)) * b + (b - 1) / 2
+        ax.plot(centers, means, label=name, lw=1.4)
+    if n_ctx:
+        ax.axvline(n_ctx, color="black", ls="--", lw=0.8)
+        ax.text(n_ctx, ax.get_ylim()[1], " training length", va="top", fontsize=8)
+    ax.set_xlabel("stream position of the target")
+    ax.set_ylabel(f"loss (nats, mean over {bin_size}-token bins)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -353,3 +353,28 @@ def test_cpu_calibration_train_commands(capsys):
     assert mod.main(["--train"]) == 2
     assert mod.main(["--train", "c_bos", "--dry-run"]) == 0
     assert "--snapshot runs/cpu/c_bos" in capsys.readouterr().out
+
+
+def test_streaming_llm_page_reports_each_cell(tmp_path, monkeypatch):
+    """The StreamingLLM page's cells are the stream runs' losses past the training length; the k*/v*
+    model gets no stream-distance setting (k* is not rotated); the figures are copied."""
+    mod = load_script("analyses/streaming_llm.py")
+    monkeypatch.chdir(tmp_path)
+    common = [{"256": "70", "16": "2"}.get(a, a) for a in mod.COMMON]  # 2 streams of 70 tokens
+    for name, value in (("DOC", tmp_path / "page.md"), ("OUT", tmp_path / "out"), ("FIGS", tmp_path / "figs"),
+                        ("COMMON", common), ("WINDOWS", (4,))):
+        monkeypatch.setattr(mod, name, value)
+    assert mod.main() == 0
+    page = (tmp_path / "page.md").read_text()
+    for model in mod.MODELS:
+        rows = {r["name"]: r for r in json.loads((tmp_path / "out" / model / "results.json").read_text())["settings"]}
+        assert ("4+1,original" in rows) == (model != "toy-kv-bias")
+        assert all(r["params"]["length"] == 70 and r["params"]["num_seqs"] == 2 for r in rows.values())
+        assert (tmp_path / "figs" / f"streaming-llm-{model}.png").read_bytes()[:4] == b"\x89PNG"
+    soft = {r["name"]: r for r in json.loads((tmp_path / "out" / "toy-softmax" / "results.json").read_text())["settings"]}
+    kv = {r["name"]: r for r in json.loads((tmp_path / "out" / "toy-kv-bias" / "results.json").read_text())["settings"]}
+    sig = {r["name"]: r for r in json.loads((tmp_path / "out" / "toy-sigmoid" / "results.json").read_text())["settings"]}
+    assert (f"| `4+1` | {soft['4+1']['mean_nll_past']:.3f} | {kv['4+1']['mean_nll_past']:.3f} | "
+            f"{sig['4+1']['mean_nll_past']:.3f} |") in page
+    assert f"| `4+1,original` | {soft['4+1,original']['mean_nll_past']:.3f} | n/a |" in page
+    assert "--num-seqs 2" in page and "How to read it" in page

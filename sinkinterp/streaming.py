@@ -1,0 +1,250 @@
+"""Reading a stream longer than the model's context through a bounded cache (StreamingLLM, Xiao et al.
+2024): the per-token loss when each query sees the first ``n_sink`` tokens of the stream plus its last
+``window`` tokens (itself included), with two ways of filling that cache.
+
+``policy="rolling"`` (StreamingLLM): a token's keys and values are computed once, when it is read,
+and kept while it stays in the cache; the oldest non-sink entry is evicted as each new token arrives.
+A cached entry was therefore computed with the context it had then, which the stream has since
+forgotten. ``positions`` says where the attention places the cached keys:
+
+* ``"cache"``: re-numbered inside the cache, as StreamingLLM does: the kept first tokens at 0..K-1,
+  the window after them, the query last. Keys are cached before the rotary rotation and rotated at
+  their cache position at every step; ALiBi and relative buckets see cache distances. The model
+  never sees a position past ``n_sink + window - 1``, so the stream can be any length.
+* ``"original"`` (rotary models only): every key keeps its distance to the query in the stream, so
+  the kept first tokens drift ever farther away, past anything seen in training: the variant
+  StreamingLLM reports as failing. The query is rotated at its cache position and the keys by the
+  same shift, which preserves every distance; not for a k*/v* slot, whose unrotated k* scores
+  depend on the query's own position. For a stream no longer than ``n_ctx`` this is exactly
+  ``interventions.window_cache(window, n_sink)`` (tested).
+
+``policy="recompute"``: sliding window with re-computation, the quality ceiling of a bounded
+context (StreamingLLM's oracle baseline): each prediction re-reads its context (the first ``n_sink``
+tokens, then the last ``window``) from scratch at positions 0.. . Any hooked model (a plain forward
+per context, batched), at ``window`` times the cost.
+
+The rolling cache runs on sinkinterp models (``SinkTransformer.forward``'s ``start_at_pos`` /
+``past_kv`` continuation, one token a step), without learned or sinusoidal position embeddings (a
+cached state would keep the absolute position it was read at, while new tokens get cache positions),
+sink-token slots (their state is not a cache entry) or a prefix LM. The model's own ``window`` (if
+any) applies to cache positions, and a sigmoid bias of ``-log n`` uses the number of keys the query
+sees (the cache), not the stream length.
+
+``first_attention``: for the rolling policy, the mean attention weight ([layer, head]) that the
+query puts on the first ``max(n_sink, 1)`` cache entries (the kept tokens; with ``n_sink=0``
+the oldest window entry), over the steps whose cache is full: does the model keep dumping attention
+on whatever is first?
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sinkinterp import patching, tl_adapter
+from sinkinterp.models.attention import apply_rotary, rotary_cos_sin
+
+POLICIES = ("rolling", "recompute")
+POSITIONS = ("cache", "original")
+
+
+@dataclass
+class StreamResult:
+    """``nll[:, t]``: -log p(token t+1 | what the cache holds at step t), float64 [batch, L - 1]."""
+
+    nll: Float[Tensor, "batch target"]
+    first_attention: Float[Tensor, "layer head"] | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def mean_nll(self, start: int = 0, stop: int | None = None) -> float:
+        """Mean over the targets at stream positions ``start + 1 .. stop`` (nll columns start..stop-1)."""
+        return float(self.nll[:, start:stop].mean())
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_tokens(tokens: Any, vocab: int) -> Tensor:
+    if not isinstance(tokens, Tensor):
+        tokens = torch.as_tensor(tokens)
+    if tokens.dim() != 2 or tokens.is_floating_point() or tokens.shape[1] < 2:
+        raise ValueError(f"tokens: expected integer ids [batch, length >= 2], got shape {tuple(tokens.shape)} "
+                         f"and dtype {tokens.dtype}")
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
+        raise ValueError(f"tokens: ids must lie in [0, {vocab - 1}]")
+    return tokens.long()
+
+
+def stream_loss(
+    model: Any,
+    tokens: Any,
+    *,
+    window: int,
+    n_sink: int = 0,
+    policy: str = "rolling",
+    positions: str = "cache",
+    batch_size: int = 8,
+    first_attention: bool = True,
+) -> StreamResult:
+    """Per-token loss of ``model`` reading each row of ``tokens`` (integer ids [batch, length]) as a
+    stream through a cache of the first ``n_sink`` tokens plus the last ``window`` (module
+    docstring). Rows are independent streams."""
+    window = _int("window", window, 1)
+    n_sink = _int("n_sink", n_sink, 0)
+    batch_size = _int("batch_size", batch_size, 1)
+    if policy not in POLICIES:
+        raise ValueError(f"policy: expected one of {list(POLICIES)}, got {policy!r}")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions: expected one of {list(POSITIONS)}, got {positions!r}")
+    dims = tl_adapter.model_dims(model)
+    tokens = _check_tokens(tokens, dims["d_vocab"])
+    n_ctx = dims["n_ctx"]
+    if n_ctx and n_sink + window > n_ctx:
+        raise ValueError(f"window + n_sink: the cache ({window} + {n_sink}) must fit the model's n_ctx={n_ctx}")
+    params = {"window": window, "n_sink": n_sink, "policy": policy, "positions": positions,
+              "length": int(tokens.shape[1]), "num_seqs": int(tokens.shape[0])}
+    with patching._eval_mode(model), torch.no_grad():
+        if policy == "recompute":
+            if positions != "cache":
+                raise ValueError("positions: the recompute policy reads every context from position 0; "
+                                 "only positions='cache' applies")
+            nll = torch.cat([_recompute(model, tokens[i:i + batch_size], window, n_sink)
+                             for i in range(0, tokens.shape[0], batch_size)])
+            return StreamResult(nll, None, params)
+        _check_rolling(model, positions)
+        parts = [_rolling(model, tokens[i:i + batch_size], window, n_sink, positions, first_attention)
+                 for i in range(0, tokens.shape[0], batch_size)]
+    nll = torch.cat([p[0] for p in parts])
+    att = None
+    if first_attention and parts[0][1] is not None:  # weighted by the rows of each batch
+        att = sum(p[1] * p[2] for p in parts) / sum(p[2] for p in parts)
+    return StreamResult(nll, att, params)
+
+
+def _last_nll(logits: Tensor, target: Tensor) -> Tensor:
+    lp = logits.double().log_softmax(-1)
+    return -lp.gather(-1, target[:, None])[:, 0]
+
+
+# ------------------------------------------------------------------------------- recompute
+def _recompute(model: Any, tokens: Tensor, window: int, n_sink: int) -> Tensor:
+    device = patching._model_device(model)
+    tokens = tokens.to(device)
+    b, length = tokens.shape
+    cap = n_sink + window  # context length of every prediction once the stream is longer
+    head = min(cap, length)
+    # targets 1..head-1: the whole stream so far fits the cache, one causal pass
+    out = [patching.per_token_loss(model(tokens[:, :head]), tokens[:, :head]).double()]
+    if length > cap:
+        # target t+1 for t = cap-1..length-2: first n_sink tokens + tokens t-window+1..t
+        recent = tokens.unfold(1, window, 1)[:, n_sink: length - window]  # [b, n_t, window]
+        n_t = recent.shape[1]
+        ctx = torch.cat([tokens[:, None, :n_sink].expand(b, n_t, n_sink), recent], dim=2).reshape(b * n_t, cap)
+        target = tokens[:, cap:].reshape(-1)
+        rows = []
+        step = 256
+        for i in range(0, ctx.shape[0], step):
+            rows.append(_last_nll(model(ctx[i:i + step])[:, -1], target[i:i + step]))
+        out.append(torch.cat(rows).view(b, n_t))
+    return torch.cat(out, dim=1).cpu()
+
+
+# ------------------------------------------------------------------------------- rolling
+def _check_rolling(model: Any, positions: str) -> None:
+    from sinkinterp.models import SinkTransformer
+
+    if not isinstance(model, SinkTransformer):
+        raise TypeError(f"model: the rolling cache needs a sinkinterp model (SinkTransformer), got "
+                        f"{type(model).__name__}; policy='recompute' runs on any hooked model")
+    cfg = model.cfg
+    if cfg.pos_emb in ("learned", "sinusoidal"):
+        raise ValueError(f"model: pos_emb={cfg.pos_emb!r} is added to the input, so a cached state keeps the "
+                         "position it was read at; the rolling cache supports rotary, alibi, relative and none "
+                         "(policy='recompute' works)")
+    if not model.can_start_at_pos(max(cfg.prefix_len, 1)) or cfg.prefix_len > 1:
+        raise ValueError(f"model: the rolling cache does not apply here (attn_bias={cfg.attn_bias!r}, "
+                         f"prefix_len={cfg.prefix_len}, backend {model.attn_backend!r}); see "
+                         "SinkTransformer.can_start_at_pos")
+    if positions == "original" and cfg.pos_emb != "rotary":
+        raise ValueError(f"positions: 'original' is for rotary models (a key rotated at any position); "
+                         f"this model has pos_emb={cfg.pos_emb!r}")
+    if positions == "original" and cfg.attn_bias in ("kv", "k") and cfg.has_slot:
+        raise ValueError("positions: 'original' keeps distances by rotating the query at its cache position, "
+                         "but k* is not rotated, so its score depends on the query's own position; use "
+                         "positions='cache' for a k*/v* model")
+
+
+def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: str,
+             want_attention: bool) -> tuple[Tensor, Tensor | None, int]:
+    cfg = model.cfg
+    device = patching._model_device(model)
+    tokens = tokens.to(device)
+    b, length = tokens.shape
+    n_layers, cap = cfg.n_layers, n_sink + window
+    rotary = cfg.pos_emb == "rotary"
+    pdtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
+
+    new: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook: Any) -> None:
+        new[hook.name] = act
+
+    n_first = max(n_sink, 1)
+    att_sum = torch.zeros(n_layers, cfg.n_heads, dtype=torch.float64)
+    att_steps = 0
+    hooks = [(f"blocks.{l}.attn.hook_{x}", keep) for l in range(n_layers) for x in ("k", "v")]
+    if want_attention:
+        hooks += [(f"blocks.{l}.attn.hook_pattern", keep) for l in range(n_layers)]
+
+    k_cache: list[Tensor] = []  # per layer [b, c, kv_head, d_head], keys before rotation
+    v_cache: list[Tensor] = []
+    where: list[int] = []  # stream position of each cache entry
+    nll = torch.empty(b, length - 1, dtype=torch.float64)
+    with tl_adapter.attached_hooks(model, hooks):
+        for t in range(length - 1):
+            c = len(where)
+            if c == 0:
+                logits = model(tokens[:, t:t + 1])
+            else:
+                if rotary:
+                    key_pos = (torch.arange(c) if positions == "cache"
+                               else torch.tensor(where) - t + c)  # distance t - s kept, query rotated at c
+                    cos, sin = rotary_cos_sin(key_pos.to(device), cfg.d_head, cfg.rotary_base, pdtype)
+                    past = [(apply_rotary(k_cache[l], cos, sin), v_cache[l]) for l in range(n_layers)]
+                else:
+                    past = list(zip(k_cache, v_cache))
+                resid = model.embed(tokens[:, t:t + 1])
+                dummy = tokens.new_zeros(b, c + 1)
+                logits = model(dummy, start_at_layer=0, resid=resid, start_at_pos=c, past_kv=past)
+            nll[:, t] = _last_nll(logits[:, -1], tokens[:, t + 1]).cpu()
+            if want_attention and c + 1 == cap:
+                for l in range(n_layers):
+                    pat = new[f"blocks.{l}.attn.hook_pattern"][:, :, -1, :n_first]  # [b, head, n_first]
+                    att_sum[l] += pat.double().sum(-1).mean(0).cpu()
+                att_steps += 1
+            for l in range(n_layers):
+                k_new, v_new = new[f"blocks.{l}.attn.hook_k"], new[f"blocks.{l}.attn.hook_v"]
+                if c == 0:
+                    k_cache.append(k_new)
+                    v_cache.append(v_new)
+                else:
+                    k_cache[l] = torch.cat([k_cache[l], k_new], dim=1)
+                    v_cache[l] = torch.cat([v_cache[l], v_new], dim=1)
+            where.append(t)
+            if len(where) > cap - 1:  # the next query needs the kept tokens + its last window - 1
+                drop = n_sink
+                where.pop(drop)
+                if len(where) == 0:
+                    k_cache, v_cache = [], []
+                else:
+                    k_cache = [torch.cat([k[:, :drop], k[:, drop + 1:]], dim=1) for k in k_cache]
+                    v_cache = [torch.cat([v[:, :drop], v[:, drop + 1:]], dim=1) for v in v_cache]
+    att = att_sum / att_steps if want_attention and att_steps else None
+    return nll, att, b

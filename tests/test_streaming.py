@@ -1,0 +1,170 @@
+"""The streaming cache (sinkinterp.streaming) against independent references: a full forward while
+nothing is evicted, masked scores (= interventions.window_cache) for original positions, a one-layer
+model (whose cached keys depend on the token alone) for re-numbered positions, explicit contexts for
+re-computation."""
+
+import pytest
+import torch
+
+from sinkinterp import interventions as iv
+from sinkinterp import patching, tl_adapter
+from sinkinterp.models import SinkTransformer
+from sinkinterp.models.testing import VARIANTS, tiny_config, tiny_model
+from sinkinterp.streaming import stream_loss
+
+L = 14  # stream length (tiny models have n_ctx 32)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
+def _tokens(seed=0, n=3, length=L, vocab=50):
+    return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _full_nll(model, tokens, hooks=()):
+    with tl_adapter.attached_hooks(model, list(hooks)):
+        return patching.per_token_loss(model(tokens), tokens).double()
+
+
+def _score_mask(window, n_sink, length):
+    pos = torch.arange(length)
+    hidden = (pos[:, None] - pos[None, :] >= window) & (pos[None, :] >= n_sink)
+
+    def mask(scores, hook):
+        return scores.masked_fill(hidden, float("-inf"))
+    return mask
+
+
+def _one_layer(variant, **extra):
+    return SinkTransformer(tiny_config(**VARIANTS[variant], n_layers=1, **extra)).double().eval()
+
+
+@pytest.mark.parametrize("variant", ["rotary", "nope", "alibi", "relative", "kv", "sink_logit", "gqa", "linear_elu"])
+@pytest.mark.parametrize("policy", ["rolling", "recompute"])
+def test_nothing_evicted_is_the_full_forward(variant, policy):
+    model = tiny_model(variant).eval()
+    tokens = _tokens(1)
+    ref = _full_nll(model, tokens)
+    res = stream_loss(model, tokens, window=L, n_sink=2, policy=policy, batch_size=2)
+    assert res.nll.shape == (3, L - 1)
+    torch.testing.assert_close(res.nll, ref, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["rotary", "gqa", "sigmoid", "v", "sink_logit"])
+@pytest.mark.parametrize("window,n_sink", [(4, 0), (4, 1), (3, 4), (1, 0)])
+def test_original_positions_equal_the_window_mask(variant, window, n_sink):
+    """Keys at their stream distance: each query sees the first n_sink tokens and its last window,
+    every state computed under the same rule -- the masked full forward (window_cache)."""
+    model = tiny_model(variant).eval()
+    tokens = _tokens(2)
+    names = [f"blocks.{l}.attn.hook_attn_scores" for l in range(model.cfg.n_layers)]
+    mask = _score_mask(window, n_sink, L)
+    if variant in ("rotary", "gqa", "sigmoid"):
+        ref = _full_nll(model, tokens, [(n, mask) for n in names])
+    else:  # the slot's score is not in hook_attn_scores: the pattern-level edit keeps the slot visible
+        res = iv.run_intervention(model, tokens, iv.window_cache(window, n_sink), sinks=False)
+        got = stream_loss(model, tokens, window=window, n_sink=n_sink, positions="original")
+        assert got.mean_nll() == pytest.approx(res.loss, abs=1e-10)
+        return
+    got = stream_loss(model, tokens, window=window, n_sink=n_sink, positions="original", batch_size=2)
+    torch.testing.assert_close(got.nll, ref, atol=1e-10, rtol=0)
+    assert (got.nll - _full_nll(model, tokens)).abs().max() > 1e-4  # the window matters here
+
+
+@pytest.mark.parametrize("variant", ["rotary", "alibi", "relative", "kv", "nope"])
+def test_renumbered_positions_on_one_layer_equal_recomputation(variant):
+    """With one layer a token's key and value depend on the token alone, so a rolling cache with
+    re-numbered positions sees exactly what re-reading the context from position 0 sees."""
+    model = _one_layer(variant)
+    tokens = _tokens(4, length=20)
+    rolling = stream_loss(model, tokens, window=5, n_sink=2)
+    recompute = stream_loss(model, tokens, window=5, n_sink=2, policy="recompute")
+    torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-10, rtol=0)
+    if variant != "nope":  # positions matter: original distances give another loss
+        if variant == "rotary":
+            orig = stream_loss(model, tokens, window=5, n_sink=2, positions="original")
+            assert (orig.nll - rolling.nll).abs().max() > 1e-4
+
+
+def test_two_layers_rolling_differs_from_recomputation():
+    """A cached state keeps the context it was computed with; re-reading does not: two layers differ."""
+    model = tiny_model("rotary").eval()
+    tokens = _tokens(5, length=20)
+    a = stream_loss(model, tokens, window=5, n_sink=1)
+    b = stream_loss(model, tokens, window=5, n_sink=1, policy="recompute")
+    torch.testing.assert_close(a.nll[:, :5], b.nll[:, :5], atol=1e-10, rtol=0)  # nothing evicted yet
+    assert (a.nll - b.nll).abs().max() > 1e-4
+
+
+def test_recompute_rows_are_explicit_contexts():
+    model = tiny_model("rotary").eval()
+    tokens = _tokens(6, n=2, length=20)
+    res = stream_loss(model, tokens, window=4, n_sink=2, policy="recompute", batch_size=1)
+    for t in (6, 11, 18):  # target t + 1, context = tokens 0, 1 and t-3..t
+        ctx = torch.cat([tokens[:, :2], tokens[:, t - 3:t + 1]], dim=1)
+        lp = model(ctx)[:, -1].double().log_softmax(-1)
+        torch.testing.assert_close(res.nll[:, t], -lp.gather(-1, tokens[:, t + 1:t + 2])[:, 0], atol=1e-10, rtol=0)
+
+
+def test_streams_longer_than_the_context():
+    """The rolling cache with re-numbered positions and re-computation run past n_ctx."""
+    model = tiny_model("rotary").eval()
+    tokens = _tokens(7, n=2, length=3 * model.cfg.n_ctx)
+    for policy in ("rolling", "recompute"):
+        res = stream_loss(model, tokens, window=8, n_sink=4, policy=policy)
+        assert res.nll.shape == (2, tokens.shape[1] - 1) and torch.isfinite(res.nll).all()
+    with pytest.raises(ValueError, match="n_ctx"):
+        model(tokens)
+
+
+def test_first_attention_is_the_pattern_of_the_full_cache_rows():
+    model = tiny_model("rotary").eval()
+    tokens = _tokens(8)
+    window, n_sink = 4, 2
+    store = {}
+    names = [f"blocks.{l}.attn.hook_attn_scores" for l in range(model.cfg.n_layers)]
+    hooks = [(n, _score_mask(window, n_sink, L)) for n in names]
+    hooks += [(f"blocks.{l}.attn.hook_pattern", lambda a, hook: store.__setitem__(hook.name, a))
+              for l in range(model.cfg.n_layers)]
+    _full_nll(model, tokens, hooks)
+    cap = window + n_sink
+    rows = slice(cap - 1, L - 1)  # queries whose cache is full (the last query predicts nothing)
+    ref = torch.stack([store[f"blocks.{l}.attn.hook_pattern"][:, :, rows, :n_sink].sum(-1).mean((0, 2))
+                       for l in range(model.cfg.n_layers)])
+    got = stream_loss(model, tokens, window=window, n_sink=n_sink, positions="original", batch_size=2)
+    torch.testing.assert_close(got.first_attention, ref, atol=1e-10, rtol=0)
+    alone = stream_loss(model, tokens, window=1).first_attention  # a query that sees only itself
+    torch.testing.assert_close(alone, torch.ones_like(alone), atol=1e-12, rtol=0)
+
+
+def test_clear_errors():
+    model = tiny_model("rotary").eval()
+    tokens = _tokens()
+    for kwargs, match in [
+        (dict(window=0), "window"), (dict(window=4, n_sink=-1), "n_sink"), (dict(window=True), "window"),
+        (dict(window=30, n_sink=4), "n_ctx"), (dict(window=4, policy="dense"), "policy"),
+        (dict(window=4, positions="stream"), "positions"),
+        (dict(window=4, policy="recompute", positions="original"), "positions"),
+        (dict(window=4, batch_size=0), "batch_size"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            stream_loss(model, tokens, **kwargs)
+    for bad in (tokens.float(), tokens[0], tokens[:, :1], tokens + 100):
+        with pytest.raises(ValueError, match="tokens"):
+            stream_loss(model, bad, window=4)
+    for variant, match in [("learned", "learned"), ("sinusoidal", "sinusoidal"), ("sink_token", "sink_token"),
+                           ("prefix", "prefix_len")]:
+        with pytest.raises(ValueError, match=match):
+            stream_loss(tiny_model(variant).eval(), tokens, window=4)
+        # recomputation reads plain contexts: any model
+        assert stream_loss(tiny_model(variant).eval(), tokens, window=4, policy="recompute").nll.shape == (3, L - 1)
+    for variant in ("alibi", "kv", "k"):  # distances only for rotary; k* scores follow the query's position
+        with pytest.raises(ValueError, match="original"):
+            stream_loss(tiny_model(variant).eval(), tokens, window=4, positions="original")
+    with pytest.raises(TypeError, match="sinkinterp model"):
+        stream_loss(tl_adapter.hooked_transformer_from_config(
+            n_layers=1, d_model=16, n_heads=2, d_head=8, d_vocab=50, n_ctx=32, act_fn="relu"), tokens, window=4)
