@@ -1,7 +1,8 @@
 """``sinkinterp stream``: read streams longer than the model's training length through a bounded
 cache (StreamingLLM) and record the loss along them (sinkinterp.streaming). Same --model / --tokens /
 --inputs / --out conventions as ``sinkinterp measure``; writes config.json, results.json (last) and
-stream_loss.png.
+stream_loss.png (the loss along the stream; minus the full-context re-computation
+``n_ctx,recompute`` when that is one of the settings).
 
     sinkinterp stream --model toy-softmax --prepend-bos --seq-len 256 --cache 32 32+1 32+4 32+1,original 32+4,recompute --out DIR
 
@@ -103,7 +104,9 @@ def cmd_stream(args: argparse.Namespace, argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.no_figures:
         label = f"{Path(args.model).name} · {config['inputs']} · L={length} · N={tokens.shape[0]}"
-        figures.save_figure(figures.stream_curves({r["name"]: r["curve"] for r in rows}, n_ctx=n_ctx or None,
+        curves = {r["name"]: r["curve"] for r in rows}
+        ref = f"{n_ctx},recompute" if f"{n_ctx},recompute" in curves and len(curves) > 1 else None
+        figures.save_figure(figures.stream_curves(curves, n_ctx=n_ctx or None, bin_size=16, reference=ref,
                                                   title=f"loss along the stream — {label}"), out / "stream_loss.png")
     write_json(out / "config.json", config)
     write_json(out / "results.json", {"model": args.model, "inputs": config["inputs"], "length": length,

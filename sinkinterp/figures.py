@@ -294,29 +294,42 @@ def sink_over_training(records: object, keys: object = TRAINING_KEYS, title: str
 
 
 def stream_curves(curves: dict[str, object], *, n_ctx: int | None = None, bin_size: int = 8,
-                  title: str = "") -> Any:
+                  reference: str | None = None, title: str = "") -> Any:
     """Mean next-token loss along a stream, one line per cache setting: ``curves[name][j]`` is the
-    loss of the target at stream position j + 1, averaged in bins of ``bin_size`` targets; a dashed
-    line at the training length ``n_ctx``."""
+    loss of the target at stream position j + 1, averaged in bins of ``bin_size`` targets; with
+    ``reference`` (one of the names), each curve minus that one (which then is not drawn), which
+    removes how hard each stretch of text is. Names ending in ``,original`` are dashed, in
+    ``,recompute`` dotted; a dashed vertical line at the training length ``n_ctx``."""
     if not isinstance(curves, dict) or not curves:
         raise ValueError("curves: expected a non-empty dict {name: per-target losses}")
     if isinstance(bin_size, bool) or not isinstance(bin_size, int) or bin_size < 1:
         raise ValueError(f"bin_size: expected an integer >= 1, got {bin_size!r}")
+    vecs = {name: _vector(values, f"curves[{name!r}]") for name, values in curves.items()}
+    if len({len(v) for v in vecs.values()}) != 1:
+        raise ValueError("curves: every curve needs the same number of targets")
+    if reference is not None and reference not in vecs:
+        raise ValueError(f"reference: expected one of {list(vecs)}, got {reference!r}")
+    base = vecs.pop(reference) if reference is not None else 0.0
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.0, 3.6))
-    for name, values in curves.items():
-        v = _vector(values, f"curves[{name!r}]")
-        n = len(v) // bin_size * bin_size or len(v)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, v) in enumerate(vecs.items()):
+        v = v - base
         b = min(bin_size, len(v))
+        n = len(v) // b * b
         means = v[:n].reshape(-1, b).mean(1)
         centers = 1 + np.arange(len(means)) * b + (b - 1) / 2
-        ax.plot(centers, means, label=name, lw=1.4)
+        style = ":" if name.endswith(",recompute") else "--" if name.endswith(",original") else "-"
+        ax.plot(centers, means, style, label=name, lw=1.4, color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20])
+    if reference is not None:
+        ax.axhline(0.0, color="black", lw=0.8)
     if n_ctx:
         ax.axvline(n_ctx, color="black", ls="--", lw=0.8)
         ax.text(n_ctx, ax.get_ylim()[1], " training length", va="top", fontsize=8)
     ax.set_xlabel("stream position of the target")
-    ax.set_ylabel(f"loss (nats, mean over {bin_size}-token bins)")
+    what = f"loss - loss of {reference}" if reference is not None else "loss"
+    ax.set_ylabel(f"{what} (nats, {bin_size}-token bins)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig

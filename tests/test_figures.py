@@ -191,3 +191,30 @@ def test_first_token_by_query(tmp_path):
     _saved(figures.first_token_by_query(real.attn1_by_query), tmp_path, "real")
     with pytest.raises(ValueError, match="attn1_by_query: expected an array"):
         figures.first_token_by_query(np.zeros((2, 8)))
+
+
+def test_stream_curves_bins_and_subtracts_the_reference(tmp_path):
+    a, ref = np.arange(10.0), np.full(10, 2.0)
+    fig = figures.stream_curves({"8": a, "8+1,original": a * 2, "64,recompute": ref}, n_ctx=4, bin_size=4,
+                                reference="64,recompute", title="stream")
+    ax, = fig.axes
+    drawn = {line.get_label(): line for line in ax.lines if not line.get_label().startswith("_")}
+    assert list(drawn) == ["8", "8+1,original"]  # the reference is subtracted, not drawn
+    np.testing.assert_allclose(drawn["8"].get_ydata(), [1.5 - 2, 5.5 - 2])  # two full bins; the tail is dropped
+    np.testing.assert_allclose(drawn["8"].get_xdata(), [2.5, 6.5])  # stream positions 1..4 and 5..8
+    assert drawn["8+1,original"].get_linestyle() == "--" and drawn["8"].get_linestyle() == "-"
+    _saved(fig, tmp_path, "stream")
+    raw = figures.stream_curves({"w": [1.0, 2.0, 3.0]}, bin_size=8)  # fewer targets than a bin: one bin
+    np.testing.assert_allclose(raw.axes[0].lines[0].get_ydata(), [2.0])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(curves={}), "curves: expected a non-empty dict"),
+    (dict(curves={"a": [1.0], "b": [1.0, 2.0]}), "same number of targets"),
+    (dict(curves={"a": [1.0]}, reference="b"), "reference: expected one of"),
+    (dict(curves={"a": [1.0]}, bin_size=0), "bin_size"),
+    (dict(curves={"a": [float("inf")]}), "holds NaN"),
+])
+def test_stream_curves_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        figures.stream_curves(**kwargs)
