@@ -14,8 +14,8 @@ forgotten. ``positions`` says where the attention places the cached keys:
 * ``"original"`` (rotary models only): every key keeps its distance to the query in the stream, so
   the kept first tokens drift ever farther away, past anything seen in training: the variant
   StreamingLLM reports as failing. The query is rotated at its cache position and the keys by the
-  same shift, which preserves every distance; not for a k*/v* slot, whose unrotated k* scores
-  depend on the query's own position. For a stream no longer than ``n_ctx`` this is exactly
+  same shift, which preserves every distance; not for a k*/v* slot or a sink token, whose keys
+  are not shifted with the others. For a stream no longer than ``n_ctx`` this is exactly
   ``interventions.window_cache(window, n_sink)`` (tested).
 
 ``policy="recompute"``: sliding window with re-computation, the quality ceiling of a bounded
@@ -25,8 +25,9 @@ per context, batched), at ``window`` times the cost.
 
 The rolling cache runs on sinkinterp models (``SinkTransformer.forward``'s ``start_at_pos`` /
 ``past_kv`` continuation, one token a step), without learned or sinusoidal position embeddings (a
-cached state would keep the absolute position it was read at, while new tokens get cache positions),
-sink-token slots (their state is not a cache entry) or a prefix LM. The model's own ``window`` (if
+cached state would keep the absolute position it was read at, while new tokens get cache positions)
+or a prefix LM. A learnable sink token (``attn_bias="sink_token"``, StreamingLLM's own proposal) is
+not a cache entry: it stays at position -1, as in training. The model's own ``window`` (if
 any) applies to cache positions, and a sigmoid bias of ``-log n`` uses the number of keys the query
 sees (the cache), not the stream length.
 
@@ -168,17 +169,16 @@ def _check_rolling(model: Any, positions: str) -> None:
         raise ValueError(f"model: pos_emb={cfg.pos_emb!r} is added to the input, so a cached state keeps the "
                          "position it was read at; the rolling cache supports rotary, alibi, relative and none "
                          "(policy='recompute' works)")
-    if not model.can_start_at_pos(max(cfg.prefix_len, 1)) or cfg.prefix_len > 1:
-        raise ValueError(f"model: the rolling cache does not apply here (attn_bias={cfg.attn_bias!r}, "
-                         f"prefix_len={cfg.prefix_len}, backend {model.attn_backend!r}); see "
-                         "SinkTransformer.can_start_at_pos")
+    if cfg.prefix_len > 1 or not model.can_start_at_pos(1, layer=0):
+        raise ValueError(f"model: the rolling cache does not apply here (prefix_len={cfg.prefix_len}, "
+                         f"backend {model.attn_backend!r}); see SinkTransformer.can_start_at_pos")
     if positions == "original" and cfg.pos_emb != "rotary":
         raise ValueError(f"positions: 'original' is for rotary models (a key rotated at any position); "
                          f"this model has pos_emb={cfg.pos_emb!r}")
-    if positions == "original" and cfg.attn_bias in ("kv", "k") and cfg.has_slot:
+    if positions == "original" and cfg.attn_bias in ("kv", "k", "sink_token") and cfg.has_slot:
         raise ValueError("positions: 'original' keeps distances by rotating the query at its cache position, "
-                         "but k* is not rotated, so its score depends on the query's own position; use "
-                         "positions='cache' for a k*/v* model")
+                         f"but the slot's key (attn_bias={cfg.attn_bias!r}) is not shifted with the others, so "
+                         "its score would follow the query's cache position; use positions='cache'")
 
 
 def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: str,

@@ -143,13 +143,14 @@ def test_start_at_pos_forward():
     tokens = _tokens(2, T=12)
     for name, over in VARIANTS.items():
         m = SinkTransformer(tiny_config(**over)).double().eval()
-        if not m.can_start_at_layer:
-            assert not m.can_start_at_pos(3)
-            continue
+        starts = ((0, 1), (1, 5), (1, 11))
+        if not m.can_start_at_layer:  # sink token: from layer 0 only (it enters block 0 as W_sink)
+            assert not m.can_start_at_pos(3) and not m.can_start_at_pos(3, layer=1) and m.can_start_at_pos(3, layer=0)
+            starts = ((0, 1), (0, 5), (0, 11))
         k_name = "hook_rot_k" if "blocks.0.attn.hook_rot_k" in m.hook_dict else "hook_k"
         logits, cache = m.run_with_cache(tokens)
-        for layer, pos in ((0, 1), (1, 5), (1, 11)):
-            if not m.can_start_at_pos(pos):
+        for layer, pos in starts:
+            if not m.can_start_at_pos(pos, layer):
                 assert m.cfg.prefix_len > pos
                 continue
             past = [(cache[f"blocks.{l}.attn.{k_name}"][:, :pos], cache[f"blocks.{l}.attn.hook_v"][:, :pos])
@@ -171,6 +172,10 @@ def test_start_at_pos_forward():
         m(tokens, return_type="loss", start_at_layer=0, resid=resid, start_at_pos=3, past_kv=past)
     with pytest.raises(ValueError, match="resid: expected a float tensor of shape"):
         m(tokens, start_at_layer=0, resid=cache["blocks.0.hook_resid_pre"], start_at_pos=3, past_kv=past)
+    sink = SinkTransformer(tiny_config(**VARIANTS["sink_token"])).double().eval()
+    _, cache = sink.run_with_cache(tokens)
+    with pytest.raises(ValueError, match="sink-token models start at layer 0 only"):
+        sink(tokens, start_at_layer=1, resid=cache["blocks.1.hook_resid_pre"])
     assert not SinkTransformer(tiny_config(prefix_len=5)).can_start_at_pos(4)
     assert not m.set_attn_backend("flex").can_start_at_pos(4)
 

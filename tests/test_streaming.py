@@ -43,7 +43,8 @@ def _one_layer(variant, **extra):
     return SinkTransformer(tiny_config(**VARIANTS[variant], n_layers=1, **extra)).double().eval()
 
 
-@pytest.mark.parametrize("variant", ["rotary", "nope", "alibi", "relative", "kv", "sink_logit", "gqa", "linear_elu"])
+@pytest.mark.parametrize("variant", ["rotary", "nope", "alibi", "relative", "kv", "sink_logit", "gqa", "linear_elu",
+                                     "sink_token", "sink_token_alibi", "sink_token_relative"])
 @pytest.mark.parametrize("policy", ["rolling", "recompute"])
 def test_nothing_evicted_is_the_full_forward(variant, policy):
     model = tiny_model(variant).eval()
@@ -75,7 +76,7 @@ def test_original_positions_equal_the_window_mask(variant, window, n_sink):
     assert (got.nll - _full_nll(model, tokens)).abs().max() > 1e-4  # the window matters here
 
 
-@pytest.mark.parametrize("variant", ["rotary", "alibi", "relative", "kv", "nope"])
+@pytest.mark.parametrize("variant", ["rotary", "alibi", "relative", "kv", "nope", "sink_token", "sink_token_alibi"])
 def test_renumbered_positions_on_one_layer_equal_recomputation(variant):
     """With one layer a token's key and value depend on the token alone, so a rolling cache with
     re-numbered positions sees exactly what re-reading the context from position 0 sees."""
@@ -156,15 +157,16 @@ def test_clear_errors():
     for bad in (tokens.float(), tokens[0], tokens[:, :1], tokens + 100):
         with pytest.raises(ValueError, match="tokens"):
             stream_loss(model, bad, window=4)
-    for variant, match in [("learned", "learned"), ("sinusoidal", "sinusoidal"), ("sink_token", "sink_token"),
-                           ("prefix", "prefix_len")]:
+    for variant, match in [("learned", "learned"), ("sinusoidal", "sinusoidal"), ("prefix", "prefix_len")]:
         with pytest.raises(ValueError, match=match):
             stream_loss(tiny_model(variant).eval(), tokens, window=4)
         # recomputation reads plain contexts: any model
         assert stream_loss(tiny_model(variant).eval(), tokens, window=4, policy="recompute").nll.shape == (3, L - 1)
-    for variant in ("alibi", "kv", "k"):  # distances only for rotary; k* scores follow the query's position
+    for variant in ("alibi", "kv", "k", "sink_token"):  # distances only for rotary; slot keys are not shifted
         with pytest.raises(ValueError, match="original"):
             stream_loss(tiny_model(variant).eval(), tokens, window=4, positions="original")
     with pytest.raises(TypeError, match="sinkinterp model"):
         stream_loss(tl_adapter.hooked_transformer_from_config(
             n_layers=1, d_model=16, n_heads=2, d_head=8, d_vocab=50, n_ctx=32, act_fn="relu"), tokens, window=4)
+    with pytest.raises(ValueError, match="backend 'flex'"):
+        stream_loss(tiny_model("rotary").eval().set_attn_backend("flex"), tokens, window=4)

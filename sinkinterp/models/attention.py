@@ -221,10 +221,12 @@ class AttnContext:
             return self
         cut = lambda t: None if t is None else t[..., start:, :]  # noqa: E731  [.., query, key]
         rot = None if self.rotary is None else (self.rotary[0][start:], self.rotary[1][start:])
+        rows = lambda t: None if t is None else t[start:]  # noqa: E731  [query, ...]
         return AttnContext(
             n_pos=self.n_pos - start, visible=self.visible[start:], causal_only=False,
-            sigmoid_bias=self.sigmoid_bias, rotary=rot, alibi=cut(self.alibi),
-            buckets=None if self.buckets is None else self.buckets[start:], q_start=start)
+            sigmoid_bias=self.sigmoid_bias, rotary=rot, rotary_sink=self.rotary_sink, alibi=cut(self.alibi),
+            alibi_sink=cut(self.alibi_sink), buckets=rows(self.buckets), buckets_sink=rows(self.buckets_sink),
+            bucket_self=self.bucket_self, q_start=start)
 
 
 def build_context(cfg: ModelConfig, n_pos: int, device: torch.device, dtype: torch.dtype) -> AttnContext:

@@ -363,7 +363,8 @@ class SinkTransformer(HookedRootModule):
         ``blocks.{start_at_layer}.hook_resid_pre`` sees it): skip the embedding and the blocks
         before it, as TransformerLens' ``start_at_layer`` does (activation patching starts each
         pass at the patched layer this way). ``tokens`` still give the shape and the loss targets.
-        Not for sink-token models, whose sink state would also have to be passed.
+        Sink-token models only from layer 0 (the sink token enters block 0 as ``W_sink``; at a later
+        layer its state would also have to be passed).
 
         ``start_at_pos`` p (with ``start_at_layer``; see ``can_start_at_pos``): compute only positions
         p.. . ``resid`` is then the residual stream of those positions [batch, pos - p, d_model] and
@@ -414,13 +415,15 @@ class SinkTransformer(HookedRootModule):
 
     @property
     def can_start_at_layer(self) -> bool:
-        """Whether ``forward(..., start_at_layer=, resid=)`` applies (all but sink-token models)."""
+        """Whether ``forward(..., start_at_layer=, resid=)`` applies at every layer (all but sink-token
+        models, which start at layer 0 only)."""
         return not (self.cfg.attn_bias == "sink_token" and self.cfg.has_slot)
 
-    def can_start_at_pos(self, pos: int) -> bool:
-        """Whether ``forward(..., start_at_pos=pos)`` applies: no position before ``pos`` may see one
-        after it (not for a prefix longer than ``pos``), no sink token, not the FlexAttention backend."""
-        return (self.can_start_at_layer and self.attn_backend != "flex"
+    def can_start_at_pos(self, pos: int, layer: int | None = None) -> bool:
+        """Whether ``forward(..., start_at_pos=pos)`` applies (from ``start_at_layer=layer``; None: from
+        any layer): no position before ``pos`` may see one after it (not for a prefix longer than
+        ``pos``), not the FlexAttention backend, and a sink-token model only from layer 0."""
+        return ((self.can_start_at_layer or layer == 0) and self.attn_backend != "flex"
                 and (self.cfg.prefix_len <= 1 or pos >= self.cfg.prefix_len))
 
     def _check_start_pos(self, pos: int | None, past_kv: Any, start_at_layer: int | None, batch: int,
@@ -429,7 +432,7 @@ class SinkTransformer(HookedRootModule):
             raise ValueError("start_at_pos: give start_at_pos, past_kv, start_at_layer and resid together")
         if isinstance(pos, bool) or not isinstance(pos, int) or not 1 <= pos < n_pos:
             raise ValueError(f"start_at_pos: expected an integer in 1..{n_pos - 1}, got {pos!r}")
-        if not self.can_start_at_pos(pos):
+        if not self.can_start_at_pos(pos, start_at_layer):
             raise ValueError(f"start_at_pos: not supported here (prefix_len={self.cfg.prefix_len}, attn_bias="
                              f"{self.cfg.attn_bias!r}, backend {self.attn_backend!r}); see can_start_at_pos")
         if return_type != "logits":
@@ -448,9 +451,9 @@ class SinkTransformer(HookedRootModule):
         if isinstance(start_at_layer, bool) or not isinstance(start_at_layer, int) \
                 or not 0 <= start_at_layer < self.cfg.n_layers:
             raise ValueError(f"start_at_layer: expected an integer in 0..{self.cfg.n_layers - 1}, got {start_at_layer!r}")
-        if self.cfg.attn_bias == "sink_token" and self.cfg.has_slot:
-            raise ValueError("start_at_layer: not supported for sink-token models (the sink token's own "
-                             "residual stream would also have to be passed)")
+        if self.cfg.attn_bias == "sink_token" and self.cfg.has_slot and start_at_layer > 0:
+            raise ValueError("start_at_layer: sink-token models start at layer 0 only (the sink token's own "
+                             "residual stream at a later layer would also have to be passed)")
         want = (batch, n_pos, self.cfg.d_model)
         if not isinstance(resid, Tensor) or tuple(resid.shape) != want or not resid.is_floating_point():
             raise ValueError(f"resid: expected a float tensor of shape {want}, got "
