@@ -23,8 +23,11 @@ context (StreamingLLM's oracle baseline): each prediction re-reads its context (
 tokens, then the last ``window``) from scratch at positions 0.. . Any hooked model (a plain forward
 per context, batched), at ``window`` times the cost.
 
-The rolling cache runs on sinkinterp models (``SinkTransformer.forward``'s ``start_at_pos`` /
-``past_kv`` continuation, one token a step), without learned or sinusoidal position embeddings (a
+The rolling cache runs on Hugging Face models with rotate-half RoPE (LLaMA, Mistral, Qwen2/3 families:
+SmolLM2 included) loaded through ``TransformerBridge`` (``sinkinterp.loading``): the model's own
+key/value cache, keys re-rotated by -1 position when an entry before them is evicted (checked once
+against the model's own rotation); and on sinkinterp models (``SinkTransformer.forward``'s
+``start_at_pos`` / ``past_kv`` continuation, one token a step), without learned or sinusoidal position embeddings (a
 cached state would keep the absolute position it was read at, while new tokens get cache positions)
 or a prefix LM. A learnable sink token (``attn_bias="sink_token"``, StreamingLLM's own proposal) is
 not a cache entry: it stays at position -1, as in training. The model's own ``window`` (if
@@ -119,8 +122,14 @@ def stream_loss(
             nll = torch.cat([_recompute(model, tokens[i:i + batch_size], window, n_sink)
                              for i in range(0, tokens.shape[0], batch_size)])
             return StreamResult(nll, None, params)
-        _check_rolling(model, positions)
-        parts = [_rolling(model, tokens[i:i + batch_size], window, n_sink, positions, first_attention)
+        hf = tl_adapter.wrapped_hf_model(model)
+        if hf is not None:
+            _check_rolling_hf(hf)
+            run = _rolling_hf
+        else:
+            _check_rolling(model, positions)
+            run = _rolling
+        parts = [run(model, tokens[i:i + batch_size], window, n_sink, positions, first_attention)
                  for i in range(0, tokens.shape[0], batch_size)]
     nll = torch.cat([p[0] for p in parts])
     att = None
@@ -162,8 +171,9 @@ def _check_rolling(model: Any, positions: str) -> None:
     from sinkinterp.models import SinkTransformer
 
     if not isinstance(model, SinkTransformer):
-        raise TypeError(f"model: the rolling cache needs a sinkinterp model (SinkTransformer), got "
-                        f"{type(model).__name__}; policy='recompute' runs on any hooked model")
+        raise TypeError(f"model: the rolling cache needs a sinkinterp model (SinkTransformer) or a Hugging Face "
+                        f"model in a TransformerBridge, got {type(model).__name__}; policy='recompute' runs on "
+                        "any hooked model")
     cfg = model.cfg
     if cfg.pos_emb in ("learned", "sinusoidal"):
         raise ValueError(f"model: pos_emb={cfg.pos_emb!r} is added to the input, so a cached state keeps the "
@@ -246,5 +256,96 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
                 else:
                     k_cache = [torch.cat([k[:, :drop], k[:, drop + 1:]], dim=1) for k in k_cache]
                     v_cache = [torch.cat([v[:, :drop], v[:, drop + 1:]], dim=1) for v in v_cache]
+    att = att_sum / att_steps if want_attention and att_steps else None
+    return nll, att, b
+
+
+# ------------------------------------------------------------------------------- Hugging Face
+#: model types whose attention applies rotate-half RoPE to every layer's keys (Hugging Face's
+#: ``apply_rotary_pos_emb``), from ``model.model.rotary_emb``
+HF_ROPE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _check_rolling_hf(hf: Any) -> None:
+    mtype = getattr(hf.config, "model_type", None)
+    if mtype not in HF_ROPE_TYPES or not hasattr(getattr(hf, "model", None), "rotary_emb"):
+        raise ValueError(f"model: the rolling cache on a Hugging Face model needs rotate-half RoPE in every layer "
+                         f"(model types {list(HF_ROPE_TYPES)}), got {mtype!r}; policy='recompute' works")
+    if getattr(hf.config, "sliding_window", None) and getattr(hf.config, "use_sliding_window", True):
+        raise ValueError("model: Hugging Face sliding-window attention has its own cache; policy='recompute' works")
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def _hf_shift(hf: Any, keys: Tensor, delta: int) -> Tensor:
+    """Keys [batch, kv_head, pos, d_head] after RoPE, moved by ``delta`` positions (rotations add)."""
+    if keys.shape[2] == 0 or delta == 0:
+        return keys
+    pos = torch.full((1, keys.shape[2]), delta, device=keys.device)
+    k = keys.to(torch.promote_types(keys.dtype, torch.float32))
+    cos, sin = hf.model.rotary_emb(k, pos)  # [1, pos, d_head]
+    return (k * cos[:, None] + _rotate_half(k) * sin[:, None]).to(keys.dtype)
+
+
+def _hf_step(hf: Any, token: Tensor, cache: list[tuple[Tensor, Tensor]], position: int) -> Any:
+    from transformers import DynamicCache
+
+    pkv = None
+    if cache:
+        pkv = DynamicCache()
+        for layer, (k, v) in enumerate(cache):
+            pkv.update(k, v, layer)
+    pos = torch.tensor([[position]], device=token.device).expand(token.shape[0], 1)
+    return hf(input_ids=token, past_key_values=pkv, position_ids=pos, use_cache=True)
+
+
+def _check_hf_rotation(hf: Any, token: Tensor) -> None:
+    """The cached key of a token read at position 5 equals the one read at 0 moved by 5."""
+    k0 = _hf_step(hf, token, [], 0).past_key_values.layers[0].keys
+    k5 = _hf_step(hf, token, [], 5).past_key_values.layers[0].keys
+    if not torch.allclose(_hf_shift(hf, k0, 5).double(), k5.double(), atol=1e-4 * (1 + float(k5.abs().max()))):
+        raise RuntimeError("model: its cached keys are not rotate-half RoPE of model.rotary_emb; the rolling "
+                           "cache cannot re-number positions (policy='recompute' works)")
+
+
+def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions: str,
+                want_attention: bool) -> tuple[Tensor, Tensor | None, int]:
+    hf = tl_adapter.wrapped_hf_model(model)
+    dims = tl_adapter.model_dims(model)
+    device = patching._model_device(model)
+    tokens = tokens.to(device)
+    b, length = tokens.shape
+    n_layers, cap = dims["n_layers"], n_sink + window
+    _check_hf_rotation(hf, tokens[:1, :1])
+    seen: dict[str, Tensor] = {}
+    hooks = [(f"blocks.{l}.attn.hook_pattern", lambda act, hook: seen.__setitem__(hook.name, act))
+             for l in range(n_layers)] if want_attention else []
+    n_first = max(n_sink, 1)
+    att_sum = torch.zeros(n_layers, dims["n_heads"], dtype=torch.float64)
+    att_steps = 0
+    cache: list[tuple[Tensor, Tensor]] = []  # per layer (keys after RoPE, values) [b, kv_head, c, d_head]
+    nll = torch.empty(b, length - 1, dtype=torch.float64)
+    with tl_adapter.attached_hooks(model, hooks):
+        for t in range(length - 1):
+            c = cache[0][0].shape[2] if cache else 0
+            out = _hf_step(hf, tokens[:, t:t + 1], cache, c if positions == "cache" else t)
+            nll[:, t] = _last_nll(out.logits[:, -1], tokens[:, t + 1]).cpu()
+            if want_attention and c + 1 == cap:
+                for l in range(n_layers):
+                    pat = seen[f"blocks.{l}.attn.hook_pattern"][:, :, -1, :n_first]
+                    att_sum[l] += pat.double().sum(-1).mean(0).cpu()
+                att_steps += 1
+            new = out.past_key_values
+            cache = [(new.layers[l].keys, new.layers[l].values) for l in range(n_layers)]
+            if c + 1 > cap - 1:  # evict the oldest non-kept entry; later keys move down one position
+                d = n_sink
+                shift = -1 if positions == "cache" else 0
+                cache = [(torch.cat([k[:, :, :d], _hf_shift(hf, k[:, :, d + 1:], shift)], dim=2),
+                          torch.cat([v[:, :, :d], v[:, :, d + 1:]], dim=2)) for k, v in cache]
+                if cache[0][0].shape[2] == 0:
+                    cache = []
     att = att_sum / att_steps if want_attention and att_steps else None
     return nll, att, b

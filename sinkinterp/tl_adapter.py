@@ -50,6 +50,7 @@ __all__ = [
     "model_dims",
     "boot_bridge",
     "hooked_transformer_from_config",
+    "wrapped_hf_model",
     "patching",
 ]
 
@@ -173,6 +174,16 @@ def start_at_layer_fn(model: Any) -> Callable[[Any, int, Any], Any] | None:
     if not isinstance(model, HookedTransformer) or model.cfg.positional_embedding_type == "shortformer":
         return None
     return lambda tokens, layer, resid: model(resid, start_at_layer=layer, tokens=tokens)
+
+
+def wrapped_hf_model(model: Any) -> Any | None:
+    """The Hugging Face model a ``TransformerBridge`` wraps (its ``original_model``; calling it runs
+    through the bridge's hook points), or None for any other model."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # pragma: no cover - a TransformerLens without bridges
+        return None
+    return model.original_model if isinstance(model, TransformerBridge) else None
 
 
 def __getattr__(name: str) -> Any:

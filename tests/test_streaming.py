@@ -170,3 +170,69 @@ def test_clear_errors():
             n_layers=1, d_model=16, n_heads=2, d_head=8, d_vocab=50, n_ctx=32, act_fn="relu"), tokens, window=4)
     with pytest.raises(ValueError, match="backend 'flex'"):
         stream_loss(tiny_model("rotary").eval().set_attn_backend("flex"), tokens, window=4)
+
+
+# ------------------------------------------------------------------------------- Hugging Face models
+def _bridge(n_layers=2, seed=0):
+    import copy
+
+    from conftest import tiny_llama, word_tokenizer
+
+    hf = tiny_llama(seed).double()
+    if n_layers != len(hf.model.layers):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        hf = LlamaForCausalLM._from_config(cfg, attn_implementation="eager").double().eval()
+        for layer in hf.model.layers:
+            layer.self_attn.q_proj.weight.data.mul_(15.0)
+            layer.self_attn.k_proj.weight.data.mul_(15.0)
+    ref = copy.deepcopy(hf)  # the bridge rewires the model it wraps
+    return tl_adapter.boot_bridge(hf, word_tokenizer(61), "tiny-llama"), ref
+
+
+def test_hf_rolling_cache_nothing_evicted_and_original_positions_equal_masked_forwards():
+    """On a Hugging Face LLaMA in a TransformerBridge: while nothing is evicted the rolling cache is
+    the full forward; with stream positions it is the full forward under StreamingLLM's 4-D mask
+    (the first K and the last W keys), every layer; re-numbered positions give another loss."""
+    bridge, hf = _bridge()
+    tokens = _tokens(9, vocab=61)
+    full = _full_nll(bridge, tokens)
+    for positions in ("cache", "original"):
+        torch.testing.assert_close(stream_loss(bridge, tokens, window=L, n_sink=1, positions=positions).nll,
+                                   full, atol=1e-10, rtol=0)
+    for window, n_sink in ((4, 1), (3, 0), (2, 4)):
+        pos = torch.arange(L)
+        hidden = (pos[None, :] > pos[:, None]) | ((pos[:, None] - pos[None, :] >= window) & (pos[None, :] >= n_sink))
+        mask = torch.zeros(L, L, dtype=torch.float64).masked_fill(hidden, float("-inf")).expand(3, 1, L, L)
+        ref = patching.per_token_loss(hf(tokens, attention_mask=mask).logits, tokens).double()
+        got = stream_loss(bridge, tokens, window=window, n_sink=n_sink, positions="original")
+        torch.testing.assert_close(got.nll, ref, atol=1e-10, rtol=0)
+        renumbered = stream_loss(bridge, tokens, window=window, n_sink=n_sink)
+        if n_sink:  # without kept tokens only distances inside the window count: the same for both
+            assert (renumbered.nll - got.nll).abs().max() > 1e-4
+        else:
+            torch.testing.assert_close(renumbered.nll, got.nll, atol=1e-6, rtol=0)
+        assert got.first_attention.shape == (2, 4) and (got.first_attention > 0).all()
+
+
+def test_hf_rolling_cache_renumbered_on_one_layer_equals_recomputation():
+    bridge, _ = _bridge(n_layers=1)
+    tokens = _tokens(10, length=20, vocab=61)
+    rolling = stream_loss(bridge, tokens, window=5, n_sink=2)
+    recompute = stream_loss(bridge, tokens, window=5, n_sink=2, policy="recompute")
+    # Hugging Face computes RoPE angles in float32, so a key moved by -1 differs from one rotated at
+    # its new position by ~1e-8 even in a float64 model
+    torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-6, rtol=0)
+
+
+def test_hf_rolling_cache_needs_rotate_half_rope():
+    from conftest import tiny_gpt2, word_tokenizer
+
+    bridge = tl_adapter.boot_bridge(tiny_gpt2(), word_tokenizer(61), "tiny-gpt2")
+    tokens = _tokens(vocab=61)
+    with pytest.raises(ValueError, match="rotate-half RoPE"):
+        stream_loss(bridge, tokens, window=4)
+    assert stream_loss(bridge, tokens, window=4, policy="recompute").nll.shape == (3, L - 1)
