@@ -1,8 +1,8 @@
 """``sinkinterp stream``: read streams longer than the model's training length through a bounded
 cache (StreamingLLM) and record the loss along them (sinkinterp.streaming). Same --model / --tokens /
 --inputs / --out conventions as ``sinkinterp measure``; writes config.json, results.json (last) and
-stream_loss.png (the loss along the stream; minus the full-context re-computation
-``n_ctx,recompute`` when that is one of the settings).
+stream_loss.png (the loss along the stream; minus the full-context re-computation when one of
+the settings is one: ``W,recompute`` with W >= min(n_ctx, stream length)).
 
     sinkinterp stream --model toy-softmax --prepend-bos --seq-len 256 --cache 32 32+1 32+4 32+1,original 32+4,recompute --out DIR
 
@@ -105,7 +105,9 @@ def cmd_stream(args: argparse.Namespace, argv: list[str]) -> int:
     if not args.no_figures:
         label = f"{Path(args.model).name} · {config['inputs']} · L={length} · N={tokens.shape[0]}"
         curves = {r["name"]: r["curve"] for r in rows}
-        ref = f"{n_ctx},recompute" if f"{n_ctx},recompute" in curves and len(curves) > 1 else None
+        full = min(length, n_ctx) if n_ctx else length  # a re-computed context this long is the full one
+        ref = next((r["name"] for r in rows if r["params"]["policy"] == "recompute"
+                    and r["params"]["window"] + r["params"]["n_sink"] >= full), None) if len(rows) > 1 else None
         figures.save_figure(figures.stream_curves(curves, n_ctx=n_ctx or None, bin_size=16, reference=ref,
                                                   title=f"loss along the stream — {label}"), out / "stream_loss.png")
     write_json(out / "config.json", config)
