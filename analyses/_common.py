@@ -23,3 +23,12 @@ def enter_checkout(script: str, models: Iterable[str]) -> bool:
     if missing:
         print(f"{script}: shipped models missing: {', '.join(missing)}", file=sys.stderr)
     return not missing
+
+
+def finish_page(doc: Path, lines: list[str], commands: Iterable[str]) -> int:
+    """Write an analysis page: ``lines``, then a "Commands:" list of ``commands`` (atomically)."""
+    from sinkinterp.fileio import write_bytes
+
+    lines = [*lines, "Commands:", "", *[f"- `{c}`" for c in commands], ""]
+    print(f"wrote {write_bytes(doc, chr(10).join(lines).encode())}")
+    return 0

@@ -41,12 +41,11 @@ def specs(model: str) -> list[str]:
 def main() -> int:
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
-    from _common import enter_checkout
+    from _common import enter_checkout, finish_page
 
     if not enter_checkout("streaming_llm", MODELS):
         return 2
     from sinkinterp import cli
-    from sinkinterp.fileio import write_bytes
 
     res, cmds = {}, {}
     for model in MODELS:
@@ -170,13 +169,8 @@ def main() -> int:
         "",
         *[f"![{m}](figures/streaming-llm-{m}.png)" for m in MODELS],
         "",
-        "Commands:",
-        "",
-        *[f"- `{c}`" for c in cmds.values()],
-        "",
     ]
-    print(f"wrote {write_bytes(DOC, chr(10).join(lines).encode())}")
-    return 0
+    return finish_page(DOC, lines, cmds.values())
 
 
 if __name__ == "__main__":

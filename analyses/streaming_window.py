@@ -32,12 +32,11 @@ def specs(suffix: str) -> list[str]:
 def main() -> int:
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
-    from _common import enter_checkout
+    from _common import enter_checkout, finish_page
 
     if not enter_checkout("streaming_window", MODELS):
         return 2
     from sinkinterp import cli
-    from sinkinterp.fileio import write_bytes
 
     res, cmds = {}, {}
     for model, suffix in MODELS.items():
@@ -103,13 +102,8 @@ def main() -> int:
         "",
         *findings,
         "",
-        "Commands:",
-        "",
-        *[f"- `{c}`" for c in cmds.values()],
-        "",
     ]
-    print(f"wrote {write_bytes(DOC, chr(10).join(lines).encode())}")
-    return 0
+    return finish_page(DOC, lines, cmds.values())
 
 
 if __name__ == "__main__":
