@@ -108,7 +108,8 @@ def cmd_stream(args: argparse.Namespace, argv: list[str]) -> int:
         full = min(length, n_ctx) if n_ctx else length  # a re-computed context this long is the full one
         ref = next((r["name"] for r in rows if r["params"]["policy"] == "recompute"
                     and r["params"]["window"] + r["params"]["n_sink"] >= full), None) if len(rows) > 1 else None
-        figures.save_figure(figures.stream_curves(curves, n_ctx=n_ctx or None, bin_size=16, reference=ref,
+        line = n_ctx if n_ctx and n_ctx < length else None  # the training length, when the stream passes it
+        figures.save_figure(figures.stream_curves(curves, n_ctx=line, bin_size=16, reference=ref,
                                                   title=f"loss along the stream — {label}"), out / "stream_loss.png")
     write_json(out / "config.json", config)
     write_json(out / "results.json", {"model": args.model, "inputs": config["inputs"], "length": length,

