@@ -78,6 +78,10 @@ def cmd_stream(args: argparse.Namespace, argv: list[str]) -> int:
     if specs is None:
         w = max(1, n_ctx // 2)
         specs = [parse_cache_spec(s) for s in (f"{w}", f"{w}+1", f"{w}+4", f"{w}+4,recompute")]
+    for p in specs:  # before any stream runs
+        if n_ctx and p["window"] + p["n_sink"] > n_ctx:
+            raise UsageError(f"--cache {_label(p)}: the cache ({p['window']} + {p['n_sink']}) must fit the "
+                             f"model's n_ctx={n_ctx}")
     tokens = input_tokens(args, lm, kind, tokens, text)
     length = int(tokens.shape[1])
     import torch

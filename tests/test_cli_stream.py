@@ -74,3 +74,9 @@ def test_parse_cache_spec():
     for bad in ("", "+4", "16+-1", "16,original,recompute"):
         with pytest.raises(ValueError, match="expected W or W\\+K"):
             parse_cache_spec(bad)
+
+
+def test_a_cache_too_big_for_the_model_stops_before_any_stream(tmp_path, capsys):
+    code, stdout, err = run(["stream", *SMALL, "--cache", "8", "60+8", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "--cache 60+8" in err and "n_ctx=64" in err
+    assert "-- cache" not in stdout  # nothing ran
