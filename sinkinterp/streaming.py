@@ -207,7 +207,7 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
         new[hook.name] = act
 
     n_first = max(n_sink, 1)
-    att_sum = torch.zeros(n_layers, cfg.n_heads, dtype=torch.float64)
+    att_sum = torch.zeros(n_layers, cfg.n_heads, dtype=torch.float64, device=device)
     att_steps = 0
     hooks = [(f"blocks.{l}.attn.hook_{x}", keep) for l in range(n_layers) for x in ("k", "v")]
     if want_attention:
@@ -216,7 +216,7 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
     k_cache: list[Tensor] = []  # per layer [b, c, kv_head, d_head], keys before rotation
     v_cache: list[Tensor] = []
     where: list[int] = []  # stream position of each cache entry
-    nll = torch.empty(b, length - 1, dtype=torch.float64)
+    nll = torch.empty(b, length - 1, dtype=torch.float64, device=device)  # one host copy at the end
     with tl_adapter.attached_hooks(model, hooks):
         for t in range(length - 1):
             c = len(where)
@@ -233,11 +233,11 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
                 resid = model.embed(tokens[:, t:t + 1])
                 dummy = tokens.new_zeros(b, c + 1)
                 logits = model(dummy, start_at_layer=0, resid=resid, start_at_pos=c, past_kv=past)
-            nll[:, t] = _last_nll(logits[:, -1], tokens[:, t + 1]).cpu()
+            nll[:, t] = _last_nll(logits[:, -1], tokens[:, t + 1])
             if want_attention and c + 1 == cap:
                 for l in range(n_layers):
                     pat = new[f"blocks.{l}.attn.hook_pattern"][:, :, -1, :n_first]  # [b, head, n_first]
-                    att_sum[l] += pat.double().sum(-1).mean(0).cpu()
+                    att_sum[l] += pat.double().sum(-1).mean(0)
                 att_steps += 1
             for l in range(n_layers):
                 k_new, v_new = new[f"blocks.{l}.attn.hook_k"], new[f"blocks.{l}.attn.hook_v"]
@@ -256,8 +256,8 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
                 else:
                     k_cache = [torch.cat([k[:, :drop], k[:, drop + 1:]], dim=1) for k in k_cache]
                     v_cache = [torch.cat([v[:, :drop], v[:, drop + 1:]], dim=1) for v in v_cache]
-    att = att_sum / att_steps if want_attention and att_steps else None
-    return nll, att, b
+    att = (att_sum / att_steps).cpu() if want_attention and att_steps else None
+    return nll.cpu(), att, b
 
 
 # ------------------------------------------------------------------------------- Hugging Face
@@ -324,19 +324,19 @@ def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions:
     hooks = [(f"blocks.{l}.attn.hook_pattern", lambda act, hook: seen.__setitem__(hook.name, act))
              for l in range(n_layers)] if want_attention else []
     n_first = max(n_sink, 1)
-    att_sum = torch.zeros(n_layers, dims["n_heads"], dtype=torch.float64)
+    att_sum = torch.zeros(n_layers, dims["n_heads"], dtype=torch.float64, device=device)
     att_steps = 0
     cache: list[tuple[Tensor, Tensor]] = []  # per layer (keys after RoPE, values) [b, kv_head, c, d_head]
-    nll = torch.empty(b, length - 1, dtype=torch.float64)
+    nll = torch.empty(b, length - 1, dtype=torch.float64, device=device)  # one host copy at the end
     with tl_adapter.attached_hooks(model, hooks):
         for t in range(length - 1):
             c = cache[0][0].shape[2] if cache else 0
             out = _hf_step(hf, tokens[:, t:t + 1], cache, c if positions == "cache" else t)
-            nll[:, t] = _last_nll(out.logits[:, -1], tokens[:, t + 1]).cpu()
+            nll[:, t] = _last_nll(out.logits[:, -1], tokens[:, t + 1])
             if want_attention and c + 1 == cap:
                 for l in range(n_layers):
                     pat = seen[f"blocks.{l}.attn.hook_pattern"][:, :, -1, :n_first]
-                    att_sum[l] += pat.double().sum(-1).mean(0).cpu()
+                    att_sum[l] += pat.double().sum(-1).mean(0)
                 att_steps += 1
             new = out.past_key_values
             cache = [(new.layers[l].keys, new.layers[l].values) for l in range(n_layers)]
@@ -347,5 +347,5 @@ def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions:
                           torch.cat([v[:, :, :d], v[:, :, d + 1:]], dim=2)) for k, v in cache]
                 if cache[0][0].shape[2] == 0:
                     cache = []
-    att = att_sum / att_steps if want_attention and att_steps else None
-    return nll, att, b
+    att = (att_sum / att_steps).cpu() if want_attention and att_steps else None
+    return nll.cpu(), att, b
