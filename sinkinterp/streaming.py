@@ -210,8 +210,11 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
     att_sum = torch.zeros(n_layers, cfg.n_heads, dtype=torch.float64, device=device)
     att_steps = 0
     hooks = [(f"blocks.{l}.attn.hook_{x}", keep) for l in range(n_layers) for x in ("k", "v")]
+    # the read-only column hooks carry the first keys' weights without materializing the pattern
+    # (attention stays in the fused kernels); the full pattern only when more columns are needed
+    pattern = "hook_pattern_cols" if n_first <= model.pattern_cols else "hook_pattern"
     if want_attention:
-        hooks += [(f"blocks.{l}.attn.hook_pattern", keep) for l in range(n_layers)]
+        hooks += [(f"blocks.{l}.attn.{pattern}", keep) for l in range(n_layers)]
 
     k_cache: list[Tensor] = []  # per layer [b, c, kv_head, d_head], keys before rotation
     v_cache: list[Tensor] = []
@@ -236,7 +239,7 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
             nll[:, t] = _last_nll(logits[:, -1], tokens[:, t + 1])
             if want_attention and c + 1 == cap:
                 for l in range(n_layers):
-                    pat = new[f"blocks.{l}.attn.hook_pattern"][:, :, -1, :n_first]  # [b, head, n_first]
+                    pat = new[f"blocks.{l}.attn.{pattern}"][:, :, -1, :n_first]  # [b, head, n_first]
                     att_sum[l] += pat.double().sum(-1).mean(0)
                 att_steps += 1
             for l in range(n_layers):

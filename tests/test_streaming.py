@@ -256,3 +256,17 @@ def test_smollm2_rolling_cache_matches_its_forward_and_needs_its_first_tokens():
     plain = stream_loss(lm.model, tokens, window=16, first_attention=False).mean_nll(32)
     kept = stream_loss(lm.model, tokens, window=16, n_sink=4, first_attention=False).mean_nll(32)
     assert plain > kept + 0.5
+
+
+def test_first_attention_from_column_hooks_equals_the_full_pattern():
+    """Up to model.pattern_cols kept tokens the read-only column hooks serve (no materialized
+    pattern); more kept tokens than that fall back to hook_pattern -- the same numbers either way."""
+    model = tiny_model("kv").eval()
+    tokens = _tokens(11)
+    cols = stream_loss(model, tokens, window=3, n_sink=3).first_attention
+    model.pattern_cols = 2  # 3 kept tokens > 2 columns: the full pattern is hooked instead
+    try:
+        full = stream_loss(model, tokens, window=3, n_sink=3).first_attention
+    finally:
+        model.pattern_cols = 10
+    torch.testing.assert_close(cols, full, atol=1e-10, rtol=0)
