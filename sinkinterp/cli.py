@@ -5,6 +5,8 @@
 ``sinkinterp rerun``    repeat a measurement from the config.json of its result folder
 ``sinkinterp intervene`` first-token interventions (sinkinterp/cli_intervene.py)
 ``sinkinterp patch``    activation patching of token 1's key / value / score column / residual
+``sinkinterp stream``   the loss along long streams through a bounded cache (sinkinterp/cli_stream.py)
+``sinkinterp lengths``  the sink at every sequence length from one pass (sinkinterp/cli_lengths.py)
 
 Every argument is checked before any work starts; results.json is written last and atomically,
 so a failed run leaves no partial results behind.
@@ -32,7 +34,10 @@ class UsageError(Exception):
     """A bad argument: printed as one clear line, exit status 2."""
 
 
-def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool, several_models: bool = False) -> None:
+def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool, several_models: bool = False,
+                      per_key: bool = True) -> None:
+    """The options every measuring command shares; ``per_key=False`` leaves out --first-keys and
+    --qk-heads (commands that do not make a full ``measure`` report)."""
     if several_models:
         p.add_argument("--model", nargs="+", default=["default"], metavar="MODEL",
                        help="one or more models (folders, .gguf files, built-in names); default: the "
@@ -52,11 +57,13 @@ def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool, several
     p.add_argument("--prepend-bos", action="store_true", help="put the tokenizer's BOS first (default: not added)")
     p.add_argument("--eps", type=_eps, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
     p.add_argument("--k-max", type=_int_at_least(1), default=None, help="report Sink_k for k = 1..K (default min(T, 10))")
-    p.add_argument("--first-keys", type=_int_at_least(1), default=None, metavar="K",
-                   help="alpha and Sink_k only for the first K key positions; on sinkinterp models attention "
-                        "then stays in the fused kernels (default: every key position)")
+    if per_key:
+        p.add_argument("--first-keys", type=_int_at_least(1), default=None, metavar="K",
+                       help="alpha and Sink_k only for the first K key positions; on sinkinterp models attention "
+                            "then stays in the fused kernels (default: every key position)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=16)
-    p.add_argument("--qk-heads", default="all", help="'all', 'none' or heads as L.H,L.H (q.k decomposition)")
+    if per_key:
+        p.add_argument("--qk-heads", default="all", help="'all', 'none' or heads as L.H,L.H (q.k decomposition)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -82,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sinkinterp import cli_stream
 
     cli_stream.add_parser(sub, _add_measure_args)
+    from sinkinterp import cli_lengths
+
+    cli_lengths.add_parser(sub, _add_measure_args)
     rr = sub.add_parser("rerun", help="repeat a measurement from its result folder's config.json")
     rr.add_argument("result_dir", help="a folder written by `sinkinterp measure`")
     rr.add_argument("--out", help="write to this folder instead of the original one")
@@ -121,13 +131,14 @@ def _precheck(args: argparse.Namespace, kind: str | None) -> tuple[Any, Any]:
             raise UsageError(f"--tokens: seq_len (second dimension) must be at least 2, got {tokens.shape[1]}")
         if tokens.shape[0] < 1:
             raise UsageError("--tokens: the array holds no sequences")
-    seq_len = tokens.shape[1] if tokens is not None else args.seq_len
-    if args.k_max is not None and args.k_max > seq_len:
+    seq_len = tokens.shape[1] if tokens is not None else args.seq_len  # None: chosen once the model is loaded
+    first_keys = getattr(args, "first_keys", None)
+    if seq_len is not None and args.k_max is not None and args.k_max > seq_len:
         raise UsageError(f"--k-max: k must be <= T = {seq_len}, got {args.k_max}")
-    if args.first_keys is not None and args.first_keys > seq_len:
-        raise UsageError(f"--first-keys: K must be <= T = {seq_len}, got {args.first_keys}")
-    if args.first_keys is not None and args.k_max is not None and args.k_max > args.first_keys:
-        raise UsageError(f"--k-max: k must be <= --first-keys = {args.first_keys}, got {args.k_max}")
+    if seq_len is not None and first_keys is not None and first_keys > seq_len:
+        raise UsageError(f"--first-keys: K must be <= T = {seq_len}, got {first_keys}")
+    if first_keys is not None and args.k_max is not None and args.k_max > first_keys:
+        raise UsageError(f"--k-max: k must be <= --first-keys = {first_keys}, got {args.k_max}")
     text = None
     if args.text:
         if kind not in (None, "natural"):
@@ -136,7 +147,7 @@ def _precheck(args: argparse.Namespace, kind: str | None) -> tuple[Any, Any]:
             text = inputs.read_texts(args.text)
         except FileNotFoundError as err:
             raise UsageError(f"--text: {err}") from None
-    qk = _parse_qk_heads(args.qk_heads)
+    qk = _parse_qk_heads(getattr(args, "qk_heads", "none"))
     return tokens, (text, qk)
 
 
@@ -368,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
             from sinkinterp import cli_stream
 
             return cli_stream.cmd_stream(args, argv)
+        if args.command == "lengths":
+            from sinkinterp import cli_lengths
+
+            return cli_lengths.cmd_lengths(args, argv)
     except UsageError as err:
         print(f"sinkinterp {args.command}: error: {err}", file=sys.stderr)
         return 2

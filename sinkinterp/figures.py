@@ -1,6 +1,6 @@
 """Matplotlib figures: of a measurement (alpha heat map layer x head, Sink_k over key positions, norms of
 token 1 vs the rest per layer, the q.k decomposition), of interventions (effect bars, per-head heat
-maps), of training (sink emergence curves) and of streaming (loss along a stream past the training
+maps), of training (sink emergence curves), of the sink against the sequence length, and of streaming (loss along a stream past the training
 length). Each function returns a Figure; ``save_figure`` writes it atomically (PNG). Tests: tests/test_figures.py."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from sinkinterp.fileio import atomic_write
 
 __all__ = ["alpha_heatmap", "norms_figure", "sink_by_position", "save_figure", "qk_figure", "effect_bars",
-           "layer_head_heatmap", "sink_over_training", "stream_curves", "TRAINING_KEYS"]
+           "layer_head_heatmap", "sink_over_training", "stream_curves", "sink_by_length", "TRAINING_KEYS"]
 
 
 def _plt() -> Any:
@@ -331,5 +331,48 @@ def stream_curves(curves: dict[str, object], *, n_ctx: int | None = None, bin_si
     ax.set_ylabel(f"{what} (nats, {bin_size}-token bins)")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def sink_by_length(lengths: object, sink_pct: object, *, eps: float, alpha1_by_layer: object = None,
+                   sink_bias_pct: object = None, title: str = "") -> Any:
+    """The sink against the sequence length T': Sink_1..3^eps (and Sink_* of a bias slot) in the left
+    panel; with ``alpha1_by_layer`` ([n_lengths, layers]: mean alpha_1 over heads) one line per layer
+    in the right panel, beside alpha_1 under uniform causal attention (H_T' / T', harmonic number: above
+    eps = 0.3 up to T' = 9, so short prefixes count every head). ``sink_pct`` is [n_lengths, k] (NaN
+    where the prefix has no key k)."""
+    x = _vector(lengths, "lengths")
+    sink = np.asarray(sink_pct, dtype=np.float64)
+    if sink.ndim != 2 or sink.shape[0] != len(x) or sink.shape[1] < 1:
+        raise ValueError(f"sink_pct: expected shape [{len(x)}, k], got {sink.shape}")
+    panels = 1 if alpha1_by_layer is None else 2
+    plt = _plt()
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.6), squeeze=False)
+    ax = axes[0, 0]
+    for k in range(min(3, sink.shape[1])):
+        ax.plot(x, sink[:, k], label=f"Sink_{k + 1}", lw=1.5 if k == 0 else 1.0)
+    if sink_bias_pct is not None:
+        ax.plot(x, _vector(sink_bias_pct, "sink_bias_pct", len(x)), "--", label="Sink_* (bias slot)")
+    ax.set_ylabel(f"% of heads, eps = {eps}")
+    ax.legend(fontsize=8)
+    if alpha1_by_layer is not None:
+        a = np.asarray(alpha1_by_layer, dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] != len(x):
+            raise ValueError(f"alpha1_by_layer: expected shape [{len(x)}, layers], got {a.shape}")
+        cmap = plt.get_cmap("viridis")
+        for l in range(a.shape[1]):
+            axes[0, 1].plot(x, a[:, l], color=cmap(l / max(1, a.shape[1] - 1)), lw=1.0,
+                            label=f"layer {l}" if a.shape[1] <= 12 else None)
+        axes[0, 1].axhline(eps, color="grey", ls=":", lw=0.8)
+        uniform = np.cumsum(1.0 / np.arange(1, int(x.max()) + 1))[x.astype(int) - 1] / x  # H_T' / T'
+        axes[0, 1].plot(x, uniform, "k:", lw=1.0, label="uniform attention")
+        axes[0, 1].set_ylabel("alpha_1, mean over heads")
+        if a.shape[1] <= 12:
+            axes[0, 1].legend(fontsize=7, ncol=2)
+    for ax in axes[0]:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length T'")
+    fig.suptitle(title or "the sink against the sequence length")
     fig.tight_layout()
     return fig

@@ -21,6 +21,8 @@ __all__ = [
     "alpha_from_pattern",
     "alpha_from_columns",
     "alpha_bias_from_pattern",
+    "alpha_by_length",
+    "alpha_bias_by_length",
     "sink_rate",
     "proxy_scores",
     "check_eps",
@@ -99,6 +101,54 @@ def alpha_bias_from_pattern(
     """alpha_* of a bias slot (k*, sink token, sink logit): the mean over all T queries of the
     weight each puts on the slot (every query sees the slot)."""
     return bias_pattern.to(_accum_dtype(bias_pattern)).mean(dim=-1)
+
+
+def _check_lengths(lengths: object, t: int) -> Tensor:
+    lengths = torch.as_tensor(lengths)
+    if lengths.ndim != 1 or lengths.numel() < 1 or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be a non-empty 1-D integer sequence, got {lengths!r}")
+    if int(lengths.min()) < 1 or int(lengths.max()) > t:
+        raise ValueError(f"lengths must lie in [1, T={t}], got {lengths.tolist()}")
+    return lengths.to(torch.int64)
+
+
+def alpha_by_length(
+    cols: Float[Tensor, "*batch query_pos n_keys"],
+    lengths: object,
+) -> Float[Tensor, "*batch n_lengths n_keys"]:
+    """alpha_k of the length-``T'`` prefix of each sequence, for every ``T'`` in ``lengths``, from one
+    causal pass over the full ``T`` tokens: ``mean_{t=k..T'} cols[t, k]``.
+
+    In a causal model the first ``T'`` rows of the pattern do not depend on the tokens after them,
+    so this equals ``alpha_from_columns(cols[..., :T', :])`` for each ``T'``, computed with one
+    cumulative sum. Keys the prefix does not reach (``k > T'``) are NaN.
+    """
+    if cols.ndim < 2 or cols.shape[-1] > cols.shape[-2] or cols.shape[-1] < 1:
+        raise ValueError(
+            f"cols must have shape [..., T, K] with 1 <= K <= T (queries x first keys), got {tuple(cols.shape)}"
+        )
+    t, n = cols.shape[-2:]
+    lengths = _check_lengths(lengths, t).to(cols.device)
+    dtype = _accum_dtype(cols)
+    visible = torch.ones(t, n, dtype=torch.bool, device=cols.device).tril()  # [t, k]: t >= k
+    csum = cols.to(dtype).masked_fill(~visible, 0.0).cumsum(dim=-2)  # [..., T, K]
+    sums = csum.index_select(-2, lengths - 1)  # [..., n_lengths, K]
+    n_queries = lengths.to(dtype)[:, None] - torch.arange(n, device=cols.device, dtype=dtype)  # T' - k + 1
+    return torch.where(n_queries > 0, sums / n_queries.clamp_min(1), torch.nan)
+
+
+def alpha_bias_by_length(
+    bias_pattern: Float[Tensor, "*batch query_pos"],
+    lengths: object,
+) -> Float[Tensor, "*batch n_lengths"]:
+    """alpha_* of a bias slot for the length-``T'`` prefix of each sequence, for every ``T'`` in
+    ``lengths``: the mean weight of the first ``T'`` queries on the slot."""
+    if bias_pattern.ndim < 1:
+        raise ValueError(f"bias_pattern must have shape [..., T], got {tuple(bias_pattern.shape)}")
+    lengths = _check_lengths(lengths, bias_pattern.shape[-1]).to(bias_pattern.device)
+    dtype = _accum_dtype(bias_pattern)
+    csum = bias_pattern.to(dtype).cumsum(dim=-1)
+    return csum.index_select(-1, lengths - 1) / lengths.to(dtype)
 
 
 def sink_rate(alpha: Float[Tensor, "seq *heads"], eps: object) -> float:

@@ -218,3 +218,27 @@ def test_stream_curves_bins_and_subtracts_the_reference(tmp_path):
 def test_stream_curves_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         figures.stream_curves(**kwargs)
+
+
+def test_sink_by_length_draws_sinks_layers_and_the_uniform_reference(tmp_path):
+    lengths = np.arange(2, 11)
+    sink = np.stack([np.linspace(100, 10, 9), np.r_[np.nan, np.linspace(5, 0, 8)], np.zeros(9)], axis=1)
+    alpha = np.stack([np.linspace(0.6, 0.2, 9), np.linspace(0.4, 0.1, 9)], axis=1)  # [lengths, layers]
+    fig = figures.sink_by_length(lengths, sink, eps=0.3, alpha1_by_layer=alpha, sink_bias_pct=np.full(9, 20.0))
+    left, right = fig.axes
+    assert [l.get_label() for l in left.lines] == ["Sink_1", "Sink_2", "Sink_3", "Sink_* (bias slot)"]
+    uniform = next(l for l in right.lines if l.get_label() == "uniform attention")
+    np.testing.assert_allclose(uniform.get_ydata(), [sum(1 / s for s in range(1, t + 1)) / t for t in lengths])
+    np.testing.assert_allclose(right.lines[1].get_ydata(), alpha[:, 1])
+    _saved(fig, tmp_path, "lengths")
+    assert len(figures.sink_by_length(lengths, sink[:, :1], eps=0.3).axes) == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sink_pct=np.zeros((3, 2))), r"sink_pct: expected shape \[9, k\]"),
+    (dict(sink_pct=np.zeros((9, 1)), alpha1_by_layer=np.zeros(9)), "alpha1_by_layer: expected shape"),
+    (dict(sink_pct=np.zeros((9, 1)), sink_bias_pct=np.zeros(3)), "sink_bias_pct: expected 9 values"),
+])
+def test_sink_by_length_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        figures.sink_by_length(np.arange(2, 11), eps=0.3, **kwargs)
