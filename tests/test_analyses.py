@@ -378,3 +378,32 @@ def test_streaming_llm_page_reports_each_cell(tmp_path, monkeypatch):
             f"{sig['4+1']['mean_nll_past']:.3f} |") in page
     assert f"| `4+1,original` | {soft['4+1,original']['mean_nll_past']:.3f} | n/a |" in page
     assert "--num-seqs 2" in page and "How to read it" in page
+
+
+def test_sink_vs_length_page_reports_the_lengths_runs(tmp_path, monkeypatch):
+    """The page's cells are the `sinkinterp lengths` results at each length; the pretrained part runs
+    on whatever model smollm2_gguf_path names (here toy-softmax, to keep the test small) and is
+    replaced by a note when none is installed."""
+    import sinkinterp.loading
+
+    mod = load_script("analyses/sink_vs_length.py")
+    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out"),
+                        ("TOY_N", 3), ("BIG_T", 64), ("BIG_N", 2)):
+        monkeypatch.setattr(mod, name, value)
+    monkeypatch.setattr(sinkinterp.loading, "smollm2_gguf_path", lambda: "toy-softmax")
+    assert mod.main() == 0
+    page = (tmp_path / "page.md").read_text()
+    soft = json.loads((tmp_path / "out" / "toy-softmax" / "results.json").read_text())
+    kv = json.loads((tmp_path / "out" / "toy-kv-bias" / "results.json").read_text())
+    i = soft["lengths"].index(32)
+    assert soft["num_seqs"] == 3 and soft["prepend_bos"] is True
+    assert f"| toy-softmax | 32 | {soft['sink_pct'][i][0]:.1f} | - |" in page
+    assert f"| toy-kv-bias | 32 | {kv['sink_pct'][i][0]:.1f} | {kv['sink_bias_pct'][i]:.1f} |" in page
+    nat = json.loads((tmp_path / "out" / "smollm2-natural" / "results.json").read_text())
+    assert nat["table_lengths"] == [10, 16, 32, 64] and nat["prepend_bos"] is False
+    assert f"| natural | 64 | {nat['sink_pct'][nat['lengths'].index(64)][0]:.1f} |" in page
+    assert "--lengths 10 16 32 64" in page and "smollm2_gguf_path as p" in page
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setattr(sinkinterp.loading, "smollm2_gguf_path", lambda: None)
+    assert mod.main() == 0
+    assert "SmolLM2 part not run here" in (tmp_path / "page.md").read_text()
