@@ -17,8 +17,7 @@ attention with ``b = -log n`` (a bias set by the length of the pass) is refused.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sinkinterp import tl_adapter
-from sinkinterp.measure import DEFAULT_EPS_GRID, _batches, _model_device, validate_tokens
+from sinkinterp.measure import DEFAULT_EPS_GRID, _model_device, run_hooked, validate_tokens
 from sinkinterp.metrics import alpha_bias_by_length, alpha_by_length, check_eps
 
 __all__ = ["LengthReport", "measure_lengths", "default_table_lengths"]
@@ -221,7 +220,7 @@ def measure_lengths(
     eps = check_eps(eps)
     grid = sorted({check_eps(e, "eps_grid entry") for e in eps_grid} | {eps})
     tokens = validate_tokens(tokens, dims["d_vocab"])
-    n, T = tokens.shape
+    T = tokens.shape[1]
     if k_max is None:
         k_max = min(T, 10)
     if isinstance(k_max, bool) or not isinstance(k_max, int) or not 1 <= k_max <= T:
@@ -264,27 +263,6 @@ def measure_lengths(
             hooks.append((f"blocks.{l}.hook_resid_pre", lambda x, hook, l=l: acc.on_resid(l, x)))
     if norms:
         hooks.append((f"blocks.{L - 1}.hook_resid_post", lambda x, hook: acc.on_resid(L, x)))
-    for name, _ in hooks:
-        if name not in names:
-            raise ValueError(f"model has no hook {name} (needed for this measurement; see docs/hook-contract.md)")
-    batches: Iterable[Tensor] = _batches(tokens, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, total=math.ceil(n / batch_size), desc="lengths", unit="batch")
-    was_training = getattr(model, "training", False)
-    old_cols = model.pattern_cols if use_cols else None
-    model.eval()
-    try:
-        if use_cols:
-            model.pattern_cols = k_max
-        with torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
-            for batch in batches:
-                model(batch.to(device))
-                acc.num_seqs += batch.shape[0]
-    finally:
-        if use_cols:
-            model.pattern_cols = old_cols
-        if was_training:
-            model.train()
+    run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
+               pattern_cols=k_max if use_cols else None, progress="lengths" if progress else None)
     return acc.finish(min_length)

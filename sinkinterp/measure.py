@@ -426,32 +426,44 @@ def measure(
             hooks.append((f"blocks.{l}.attn.{q_name}", lambda x, hook, l=l: acc.on_query(l, x)))
     if norms:
         hooks.append((f"blocks.{L - 1}.hook_resid_post", lambda x, hook: acc.on_resid(L, x)))
+    run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
+               pattern_cols=first_keys if use_cols else None, progress="measure" if progress else None)
+    return acc.finish(k_max, heads)
+
+
+def run_hooked(model: Any, tokens: Tensor, hooks: list[tuple[str, Any]], acc: Any, *, batch_size: int,
+               names: set[str], pattern_cols: int | None = None, progress: str | None = None) -> None:
+    """Run ``model`` over ``tokens`` in batches with ``hooks`` attached (checked against the model's
+    hook ``names`` first), in eval mode and without gradients; after each batch ``acc.num_seqs`` grows
+    and ``acc.stash`` (when it has one) is cleared. ``pattern_cols``: the number of key columns a
+    sinkinterp model's read-only hook_pattern_cols carries for the run (restored after). The model's
+    training mode and every hook are restored, also on error. ``progress``: a progress-bar label."""
     for name, _ in hooks:
         if name not in names:
             raise ValueError(f"model has no hook {name} (needed for this measurement; see docs/hook-contract.md)")
-
+    device = _model_device(model)
     batches: Iterable[Tensor] = _batches(tokens, batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, total=math.ceil(n / batch_size), desc="measure", unit="batch")
+        batches = tqdm(batches, total=math.ceil(tokens.shape[0] / batch_size), desc=progress, unit="batch")
     was_training = getattr(model, "training", False)
-    old_cols = model.pattern_cols if use_cols else None
+    old_cols = model.pattern_cols if pattern_cols is not None else None
     model.eval()
     try:
-        if use_cols:
-            model.pattern_cols = first_keys
+        if pattern_cols is not None:
+            model.pattern_cols = pattern_cols
         with torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
             for batch in batches:
                 model(batch.to(device))
                 acc.num_seqs += batch.shape[0]
-                acc.stash.clear()
+                if hasattr(acc, "stash"):
+                    acc.stash.clear()
     finally:
-        if use_cols:
+        if pattern_cols is not None:
             model.pattern_cols = old_cols
         if was_training:
             model.train()
-    return acc.finish(k_max, heads)
 
 
 def sweep_seq_len(model: Any, make_tokens: Any, seq_lens: Sequence[int], **kwargs: Any) -> dict[int, SinkReport]:
