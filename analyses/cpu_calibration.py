@@ -86,6 +86,8 @@ RECIPES: dict[str, list[str]] = {
     "c_prefix8bos": [BOS, "model.prefix_len=8"],
     "c_rand1": ['data.transforms=[{"kind":"random_tokens","positions":[0]}]'],
     "c_bos2": ['data.transforms=[{"kind":"fixed_token","positions":[1],"token_id":"bos"}]'],
+    "c_bos3": ['data.transforms=[{"kind":"fixed_token","positions":[2],"token_id":"bos"}]'],
+    "c_rand12": ['data.transforms=[{"kind":"random_tokens","positions":[0,1]}]'],
 }
 
 
@@ -687,6 +689,8 @@ PAPER_ROWS = [
      "60M: with 100M tokens or less (vs 5B) the sink stays under 1%"),
     ("softmax, random token at position 1 (no BOS)", ["c_rand1"], "27.03"),
     ("softmax, BOS at position 2 (token 1 natural)", ["c_bos2"], "fixed token at position 2: 69.03 on it"),
+    ("softmax, BOS at position 3 (tokens 1-2 natural)", ["c_bos3"], "fixed token at position 3: 69.64 on it"),
+    ("softmax, random tokens at positions 1 and 2 (no BOS)", ["c_rand12"], "Sink_2 14.08, Sink_1 1.98"),
     ("KV bias (k*, v* per head), BOS first", ["c_kvbos", "c_kvbos_s1"], "Sink_* 72.76, Sink_1 0.04"),
     ("KV bias, no BOS", ["c_kv"], "Sink_* 72.76, Sink_1 0.04; H100: Sink_* 12 at 1k, 23 at 3k"),
     ("K bias only (v* = 0), BOS first", ["c_kbos", "c_kbos_s1"], "Sink_* 73.34, Sink_1 0.00"),
