@@ -407,3 +407,39 @@ def test_sink_vs_length_page_reports_the_lengths_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(sinkinterp.loading, "smollm2_gguf_path", lambda: None)
     assert mod.main() == 0
     assert "SmolLM2 part not run here" in (tmp_path / "page.md").read_text()
+
+
+def test_massive_activation_smollm2_measures_and_renders(tmp_path, monkeypatch):
+    """`_measure_all` runs on any loadable model (here toy-softmax, 2 sequences); the page's numbers
+    come from its results (a crafted 4-layer result with a massive activation from layer 2 on)."""
+    import sinkinterp.loading
+
+    mod = load_script("analyses/massive_activation_smollm2.py")
+    monkeypatch.setattr(mod, "NUM_SEQS", 2)
+    res, config = mod._measure_all("toy-softmax")
+    assert len(res["resid_first"]) == 5 and len(res["normalize_per_layer"]) == 4
+    assert [x["name"] for x in res["interventions"]][0] == "normalize_resid" and config["num_seqs"] == 2
+    crafted = {
+        "resid_first": [1.0, 6.0, 500.0, 480.0, 90.0], "resid_rest": [1.0, 2.0, 4.0, 5.0, 6.0],
+        "massive_ratio": [1.0, 3.0, 125.0, 96.0, 15.0], "hooks": [],
+        "key_first": [1.0] * 4, "key_rest": [4.0] * 4, "value_first": [1.0] * 4, "value_rest": [2.0] * 4,
+        "sink1": 60.0, "sublayers": {"attn_out": [[1.0, 1.0]] * 4,
+                                     "mlp_out": [[1.0, 1.0], [490.0, 3.0], [1.0, 1.0], [400.0, 2.0]]},
+        "interventions": [{"name": n, "description": n, "delta_loss": d, "loss_base": 3.0, "sink1_after": a}
+                          for n, d, a in (("normalize_resid", 2.0, 20.0), ("scale_resid", 1.0, 10.0),
+                                          ("zero_value", 0.3, 40.0), ("ablate", 0.1, 0.0))],
+        "normalize_per_layer": [0.0, 0.5, 3.0, 0.2],
+    }
+    monkeypatch.setattr(mod, "_measure_all", lambda path: (crafted, {"versions": {}, "git_commit": "x"}))
+    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out")):
+        monkeypatch.setattr(mod, name, value)
+    monkeypatch.setattr(sinkinterp.loading, "smollm2_gguf_path", lambda: "some.gguf")
+    assert mod.main() == 0
+    page = (tmp_path / "page.md").read_text()
+    assert "the mlp_out of layer 1 writes the massive one (490 at token 1 against 3.0 elsewhere): ratio 125 at layer 2" in page
+    assert "layer 3 takes most of it away (||h_1|| 480 -> 90)" in page
+    assert "costs +2.00 nats and lowers Sink_1 from 60.0% to 20.0%; halving it costs +1.00" in page
+    assert "+0.50 to +0.50 at layers 1-1 (the first phase)" in page and "1 layers cost more alone" in page
+    assert "key norm is 0.25-0.25x" in page and (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setattr(sinkinterp.loading, "smollm2_gguf_path", lambda: None)
+    assert mod.main() == 0  # skipped without the wheel
