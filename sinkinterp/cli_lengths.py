@@ -55,19 +55,20 @@ def cmd_lengths(args: argparse.Namespace, argv: list[str]) -> int:
             raise UsageError(f"--k-max: k must be <= T = {args.seq_len}, got {args.k_max}")
     tokens = input_tokens(args, lm, kind, tokens, text)
     T = int(tokens.shape[1])
-    table = sorted(set(args.lengths)) if args.lengths else default_table_lengths(T)
+    prefix = int(getattr(lm.model.cfg, "prefix_len", 0) or 0)
+    table = sorted(set(args.lengths)) if args.lengths else [t for t in default_table_lengths(T) if t >= prefix]
     if table[-1] > T:
         raise UsageError(f"--lengths: every length must be <= T = {T}, got {table[-1]}")
+    if table[0] < prefix:
+        raise UsageError(f"--lengths: this model is measured from length {prefix} on (its bidirectional "
+                         f"prefix), got {table[0]}")
     started = time.perf_counter()
     try:
         report = measure_lengths(lm.model, tokens, eps=args.eps, k_max=args.k_max, batch_size=args.batch_size,
                                  progress=True)
-        results = report.to_dict([t for t in table if t >= report.min_length])
+        results = report.to_dict(table)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if table[0] < report.min_length:
-        raise UsageError(f"--lengths: this model is measured from length {report.min_length} on "
-                         f"(its bidirectional prefix), got {table[0]}")
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "k_max": report.k_max, "lengths": table,
                    "n_ctx": n_ctx, "seconds": round(time.perf_counter() - started, 3)})

@@ -76,3 +76,27 @@ def test_bad_arguments_exit_2_without_results(tmp_path, capsys, extra, match):
     assert code == 2
     assert re.search(match, err), err
     assert not (out / "results.json").exists()
+
+
+def test_rerun_repeats_a_lengths_folder(tmp_path, capsys):
+    out, again = tmp_path / "a", tmp_path / "b"
+    assert run(["lengths", "--inputs", "random", "--seq-len", "24", "--num-seqs", "3", "--no-figures",
+                "--out", str(out)], capsys)[0] == 0
+    assert run(["rerun", str(out), "--out", str(again)], capsys)[0] == 0
+    first, second = (json.loads((d / "results.json").read_text()) for d in (out, again))
+    assert first["sink_pct"] == second["sink_pct"] and first["table_lengths"] == [8, 16, 24]
+
+
+def test_a_prefix_lm_starts_at_its_prefix(tmp_path, capsys):
+    from sinkinterp.models import save_checkpoint
+    from sinkinterp.models.testing import tiny_model
+
+    save_checkpoint(tmp_path / "ck", tiny_model("prefix").float())  # prefix_len 5
+    common = ["lengths", "--model", str(tmp_path / "ck"), "--inputs", "random", "--seq-len", "20", "--num-seqs", "2",
+              "--no-figures"]
+    code, _, err = run([*common, "--lengths", "4", "20", "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "--lengths: this model is measured from length 5 on" in err
+    assert not (tmp_path / "bad" / "results.json").exists()
+    assert run([*common, "--out", str(tmp_path / "ok")], capsys)[0] == 0
+    res = json.loads((tmp_path / "ok" / "results.json").read_text())
+    assert res["lengths"][0] == 5 and res["table_lengths"] == [8, 16, 20]
