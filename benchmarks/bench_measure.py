@@ -12,6 +12,9 @@ Methods (one row each per model, sequence length T and number of sequences N; sa
 * ``measure_qk``: the same with ``qk_heads="all"`` (the q.k decomposition, prefix sums over keys).
 * ``measure_first``: ``measure(..., first_keys=10)``: alpha and Sink_k for the first 10 keys only, read
   from the model's read-only column hooks, so attention stays in the fused kernel (no T x T pattern).
+* ``lengths``: ``sinkinterp.lengths.measure_lengths(model, tokens)``: Sink_1..10, alpha_1, Sink_* and
+  the massive-activation ratio of every prefix length 2..T from the same pass (first 10 key columns
+  from the column hooks, attention kept in the fused kernel). What a T sweep costs in one pass.
 * ``cache``: ``model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_pattern"))`` per
   batch, keeping the patterns of all batches, then alpha_k for every key and Sink_1 from them.
 
@@ -66,7 +69,7 @@ MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
     "large": (12, 512, 8),
 }
 
-METHODS = ("forward", "forward_materialized", "measure", "measure_qk", "measure_first", "cache")
+METHODS = ("forward", "forward_materialized", "measure", "measure_qk", "measure_first", "lengths", "cache")
 FIRST_KEYS = 10  # key columns of the measure_first method
 
 #: the targets of issue 6, checked on every run (on a busy machine the time ratios are indicative only)
@@ -240,6 +243,14 @@ def streaming_measure(qk_heads: str, first_keys: int | None = None) -> Callable[
     return run
 
 
+def all_lengths(model: Any, tokens: torch.Tensor, batch_size: int, eps: float) -> dict[str, Any]:
+    """``measure_lengths`` over every prefix length 2..T (one pass per batch at T)."""
+    from sinkinterp.lengths import measure_lengths
+
+    report = measure_lengths(model, tokens, eps=eps, batch_size=batch_size, k_max=min(FIRST_KEYS, tokens.shape[1]))
+    return {"sink1_pct": float(report.sink_pct[-1, 0]), "sink1_by_eps": report.sink1_by_eps[-1]}
+
+
 def cache_then_reduce(model: Any, tokens: torch.Tensor, batch_size: int, eps: float,
                       eps_grid: Sequence[float] = ()) -> dict[str, Any]:
     """The way without sinkinterp: cache every attention pattern of every batch, then reduce.
@@ -286,6 +297,7 @@ _METHOD_FUNCS: dict[str, tuple[Callable[[Any], None], Callable[..., Any]]] = {
     "measure": (lambda m: m.set_attn_backend("auto"), streaming_measure("none")),
     "measure_qk": (lambda m: m.set_attn_backend("auto"), streaming_measure("all")),
     "measure_first": (lambda m: m.set_attn_backend("auto"), streaming_measure("none", FIRST_KEYS)),
+    "lengths": (lambda m: m.set_attn_backend("auto"), all_lengths),
     "cache": (lambda m: m.set_attn_backend("auto"), cache_then_reduce),
 }
 
@@ -342,7 +354,10 @@ def run_parity(spec: dict[str, Any]) -> dict[str, Any]:
     n_first = first["alpha_by_key"].shape[-1]
     first_diff = float(np.max(np.abs(first["alpha_by_key"] - cached["alpha_by_key"][..., :n_first])))
     alpha_diff = max(alpha_diff, first_diff)
-    sink_equal = bool(np.array_equal(streamed["sink_pct_by_key"], cached["sink_pct_by_key"])
+    lengths = all_lengths(model, tokens, bs, eps)  # its longest prefix is the whole sequence
+    sink_equal = bool(lengths["sink1_pct"] == cached["sink1_pct"]
+                      and np.array_equal(lengths["sink1_by_eps"], cached["sink1_by_eps"])
+                      and np.array_equal(streamed["sink_pct_by_key"], cached["sink_pct_by_key"])
                       and np.array_equal(streamed["sink1_by_eps"], cached["sink1_by_eps"])
                       and np.array_equal(first["sink_pct_by_key"], cached["sink_pct_by_key"][:n_first])
                       and np.array_equal(first["sink1_by_eps"], cached["sink1_by_eps"]))
