@@ -1,7 +1,8 @@
 """Matplotlib figures: of a measurement (alpha heat map layer x head, Sink_k over key positions, norms of
 token 1 vs the rest per layer, the q.k decomposition), of interventions (effect bars, per-head heat
-maps), of training (sink emergence curves), of the sink against the sequence length, and of streaming (loss along a stream past the training
-length). Each function returns a Figure; ``save_figure`` writes it atomically (PNG). Tests: tests/test_figures.py."""
+maps), of training (sink emergence curves), of the sink against the sequence length, and of
+streaming (loss along a stream past the training length). Each function returns a Figure;
+``save_figure`` writes it atomically (PNG). Tests: tests/test_figures.py."""
 
 from __future__ import annotations
 
