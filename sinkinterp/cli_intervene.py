@@ -26,7 +26,8 @@ SPEC_HELP = (
     "scale_key=F, scale_resid=F, normalize_resid, ablate_bias, bias_to_first, swap_position=P, rotary_position=P, "
     "replace_first=ID|bos|random|frequent, "
     "insert_first=ID|bos|random, start_later=N, window=W or window=W+K (attention to the last W keys plus the "
-    "first K: a StreamingLLM cache; add ,norenorm for unnormalized attention); ablate and ablate_bias take "
+    "first K: a StreamingLLM cache; add ,norenorm for unnormalized attention), zero_neurons=L:N1,N2 (MLP "
+    "neurons of layer L silenced at token 1); ablate and ablate_bias take "
     "=norenorm to zero without "
     f"renormalizing (default: {' '.join(DEFAULT_DO)})"
 )
@@ -111,6 +112,12 @@ def parse_spec(spec: str, bos_token_id: int | None) -> Any:
         return iv.insert_first(token())
     if name == "start_later":
         return iv.start_later(number(int))
+    if name == "zero_neurons":
+        layer, colon, listed = value.partition(":")
+        try:
+            return iv.zero_neurons(int(layer), [int(i) for i in listed.split(",")] if colon else [])
+        except ValueError:
+            raise ValueError(f"{spec!r}: zero_neurons needs =LAYER:N1,N2,... (non-negative integers)") from None
     if name == "window":
         sizes, comma, mode = value.partition(",")
         w, plus, k = sizes.partition("+")

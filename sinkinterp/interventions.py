@@ -34,6 +34,9 @@ Activation edits (``first_token(kind)``; ``heads`` index key/value heads for key
                     hook_rot_k at that position (any base, scaling or pairing convention) and checked.
 ==================  =====================================================================
 
+Neuron edit: ``zero_neurons(layer, neurons)`` silences chosen MLP neurons of one layer (units of
+``blocks.{layer}.mlp.hook_post``) at token 1 only: a massive activation written by a few neurons,
+removed at its source.
 Attention-window edit: ``window_cache(window, keep_first)`` hides every key older than the last
 ``window`` except the first ``keep_first`` tokens (StreamingLLM's cache: keep 4 plus a window; a plain
 rolling window: keep 0), rows renormalized; the question is how much a model needs its sink.
@@ -71,6 +74,7 @@ __all__ = [
     "insert_first",
     "start_later",
     "window_cache",
+    "zero_neurons",
     "run_intervention",
     "baseline",
     "compare",
@@ -345,6 +349,33 @@ def window_cache(window: int, keep_first: int = 0, *, renormalize: bool = True) 
                         params={"window": window, "keep_first": keep_first, "renormalize": renormalize})
 
 
+def zero_neurons(layer: int, neurons: Sequence[int]) -> Intervention:
+    """MLP neurons ``neurons`` of layer ``layer`` set to 0 at token 1 only (units of
+    ``blocks.{layer}.mlp.hook_post``, the input of W_out; every other position and layer untouched).
+    ``run_intervention`` checks ``layer`` against the model; a neuron index past d_mlp raises there."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise ValueError(f"layer must be a non-negative integer, got {layer!r}")
+    if (isinstance(neurons, (str, bytes)) or not isinstance(neurons, Sequence) or not neurons
+            or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in neurons)):
+        raise ValueError(f"neurons must be a non-empty list of non-negative integers, got {neurons!r}")
+    chosen = sorted(set(neurons))
+    index = torch.tensor(chosen)
+
+    def silence(act: Tensor, l: int) -> Tensor:
+        if l != layer:
+            return act
+        if chosen[-1] >= act.shape[-1]:
+            raise ValueError(f"neurons: {chosen[-1]} is outside blocks.{layer}.mlp (d_mlp = {act.shape[-1]})")
+        out = act.clone()
+        out[:, 0, index.to(act.device)] = 0.0
+        return out
+
+    shown = ",".join(map(str, chosen[:8])) + (f",... ({len(chosen)})" if len(chosen) > 8 else "")
+    return Intervention(f"zero_neurons[L{layer}:{shown}]", f"MLP neurons {shown} of layer {layer} set to 0 at token 1",
+                        ("mlp_post",), lambda has_slot: (("mlp_post", silence),),
+                        params={"layer": layer, "neurons": chosen})
+
+
 def replace_first(token: int | str) -> Intervention:
     """Put another token first: an id, ``"random"`` (uniform per sequence) or ``"frequent"`` (the most
     frequent id among positions 2..T of the batch)."""
@@ -544,6 +575,10 @@ def run_intervention(
         raise ValueError(f"target_start must be an integer in [1, {T - 1}], got {target_start!r}")
     if inter.token_edit is not None and (per_head or per_layer or layers is not None or heads is not None):
         raise ValueError("layers / heads / per_head / per_layer apply to activation edits, not token edits")
+    layer = inter.params.get("layer")  # an edit of one layer (zero_neurons)
+    if layer is not None and not 0 <= layer < dims["n_layers"]:
+        raise ValueError(f"intervention {inter.name!r}: layer {layer} is outside the model's "
+                         f"{dims['n_layers']} layers")
     has_slot = _has_slot(model)
     if inter.needs_slot and not has_slot:
         raise ValueError(f"intervention {inter.name!r} needs a model with a bias slot "

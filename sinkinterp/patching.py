@@ -16,7 +16,8 @@ Components (``COMPONENTS``): "q", "k", "v", "z", "rot_q", "rot_k" ([batch, pos, 
 v index the key/value heads of a grouped-query model), "scores" and "pattern" ([batch, head, query,
 key]: a position is a *key* column, so position 0 is the column of token 1 seen by every query; note
 that TransformerLens' ``get_act_patch_attn_head_pattern_by_pos`` indexes query rows instead),
-"resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out" ([batch, pos, d_model]).
+"resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out" ([batch, pos, d_model]), "mlp_post" (the
+MLP's neurons, the input of W_out: [batch, pos, d_mlp]).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ COMPONENTS: dict[str, Component] = {
     "pattern": Component("pattern", "blocks.{l}.attn.hook_pattern", head_dim=1, pos_dim=3),
     "bias_pattern": Component("bias_pattern", "blocks.{l}.attn.hook_bias_pattern", head_dim=1, pos_dim=None),
     "pos_embed": Component("pos_embed", "hook_pos_embed", head_dim=None, pos_dim=1),
+    "mlp_post": Component("mlp_post", "blocks.{l}.mlp.hook_post", head_dim=None, pos_dim=1),  # W_out's input
     **{name: Component(name, f"blocks.{{l}}.hook_{name}", head_dim=None, pos_dim=1)
        for name in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")},
 }

@@ -51,6 +51,7 @@ __all__ = [
     "boot_bridge",
     "hooked_transformer_from_config",
     "wrapped_hf_model",
+    "mlp_out_weight",
     "patching",
 ]
 
@@ -184,6 +185,19 @@ def wrapped_hf_model(model: Any) -> Any | None:
     except ImportError:  # pragma: no cover - a TransformerLens without bridges
         return None
     return model.original_model if isinstance(model, TransformerBridge) else None
+
+
+def mlp_out_weight(model: Any, layer: int) -> Any:
+    """The MLP output matrix W_out [d_mlp, d_model] of ``blocks[layer]`` (HookedTransformer, a
+    TransformerBridge and sinkinterp models all expose it under that name): row i is what neuron i
+    (unit i of ``blocks.{layer}.mlp.hook_post``) writes into the residual stream per unit of activation."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not 0 <= layer < len(blocks):
+        raise ValueError(f"layer must be in [0, {len(blocks) if blocks is not None else 0}), got {layer!r}")
+    w = getattr(blocks[layer].mlp, "W_out", None)
+    if w is None:
+        raise TypeError(f"model: blocks[{layer}].mlp has no W_out (a gated or MoE MLP this adapter does not know)")
+    return w
 
 
 def __getattr__(name: str) -> Any:

@@ -477,3 +477,60 @@ def test_window_cache_arguments_and_cli_spec():
     for bad in ("window", "window=x", "window=16+", "window=0", "window=8,renorm"):
         with pytest.raises(ValueError, match="window needs =W or =W\\+K"):
             parse_spec(bad, None)
+
+
+def test_zero_neurons_changes_exactly_those_units_at_token_one(model):
+    """zero_neurons(l, [i, j]): blocks.l.mlp.hook_post is 0 at (token 1, i / j) and unchanged elsewhere;
+    the layer's mlp_out at token 1 loses exactly a_i W_out[i] + a_j W_out[j]; other layers' MLP inputs
+    at that layer are untouched. All neurons silenced = mlp_out of token 1 set to 0 (no MLP bias)."""
+    tokens = _tokens(3)
+    post, out = "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out"
+    base = patching.capture(model, tokens, [post, out, "blocks.0.mlp.hook_post"])
+    inter = iv.zero_neurons(1, [5, 2])
+    assert inter.name == "zero_neurons[L1:2,5]" and inter.params == {"layer": 1, "neurons": [2, 5]}
+    with tl_adapter.attached_hooks(model, _edit_hooks(model, inter)):
+        got = patching.capture(model, tokens, [post, out, "blocks.0.mlp.hook_post"])
+    want = base[post].clone()
+    want[:, 0, [2, 5]] = 0.0
+    torch.testing.assert_close(got[post], want, rtol=0, atol=0)
+    torch.testing.assert_close(got["blocks.0.mlp.hook_post"], base["blocks.0.mlp.hook_post"], rtol=0, atol=0)
+    w_out = tl_adapter.mlp_out_weight(model, 1)
+    lost = base[post][:, 0, [2, 5]] @ w_out[[2, 5]]
+    torch.testing.assert_close(got[out][:, 0], base[out][:, 0] - lost)
+    torch.testing.assert_close(got[out][:, 1:], base[out][:, 1:], rtol=0, atol=0)
+    every = iv.zero_neurons(1, list(range(model.cfg.d_ff)))
+    silent = iv.run_intervention(model, tokens, every, sinks=False)
+    zero_out = iv.Intervention("zero_mlp_out", "", ("mlp_out",), lambda has_slot: (
+        ("mlp_out", lambda a, l: torch.cat([torch.zeros_like(a[:, :1]), a[:, 1:]], 1) if l == 1 else a),))
+    assert silent.loss == pytest.approx(iv.run_intervention(model, tokens, zero_out, sinks=False).loss, abs=1e-12)
+    assert abs(silent.delta_loss) > 1e-4
+
+
+def test_zero_neurons_on_a_bridge_and_its_errors(model):
+    from sinkinterp.cli_intervene import parse_spec
+
+    bridge = tl_adapter.boot_bridge(tiny_llama(), word_tokenizer(61), "tiny")
+    tokens = torch.randint(0, 61, (3, 8), generator=torch.Generator().manual_seed(2))
+    inter = iv.zero_neurons(0, [0, 1, 2, 3])
+    with tl_adapter.attached_hooks(bridge, _edit_hooks(bridge, inter)):
+        got = patching.capture(bridge, tokens, ["blocks.0.mlp.hook_post"])["blocks.0.mlp.hook_post"]
+    base = patching.capture(bridge, tokens, ["blocks.0.mlp.hook_post"])["blocks.0.mlp.hook_post"]
+    assert (got[:, 0, :4] == 0).all() and (base[:, 0, :4] != 0).all()
+    torch.testing.assert_close(got[:, 0, 4:], base[:, 0, 4:]) and torch.testing.assert_close(got[:, 1:], base[:, 1:])
+    res = iv.run_intervention(bridge, tokens, inter, sinks=False, per_layer=True)
+    assert res.per_layer[1] == pytest.approx(0.0, abs=1e-6)  # layer 1 has nothing to edit
+    assert res.per_layer[0] == pytest.approx(res.delta_loss, abs=1e-6)
+    assert tl_adapter.mlp_out_weight(bridge, 0).shape[0] == bridge.cfg.d_mlp
+    with pytest.raises(ValueError, match="layer 9 is outside the model's 2 layers"):
+        iv.run_intervention(model, _tokens(), iv.zero_neurons(9, [0]), sinks=False)
+    with pytest.raises(ValueError, match="outside blocks.0.mlp"):
+        iv.run_intervention(model, _tokens(), iv.zero_neurons(0, [10_000]), sinks=False)
+    for bad in (dict(layer=-1, neurons=[0]), dict(layer=0, neurons=[]), dict(layer=0, neurons=[-2])):
+        with pytest.raises(ValueError, match="layer|neurons"):
+            iv.zero_neurons(**bad)
+    assert parse_spec("zero_neurons=1:7,3", None).params == {"layer": 1, "neurons": [3, 7]}
+    for bad in ("zero_neurons", "zero_neurons=1", "zero_neurons=1:", "zero_neurons=a:1", "zero_neurons=1:x"):
+        with pytest.raises(ValueError, match="zero_neurons needs =LAYER:N1,N2"):
+            parse_spec(bad, None)
+    with pytest.raises(ValueError, match="layer must be"):
+        tl_adapter.mlp_out_weight(model, 5)
