@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sinkinterp import tl_adapter
-from sinkinterp.measure import DEFAULT_EPS_GRID, _model_device, run_hooked, validate_tokens
+from sinkinterp.measure import DEFAULT_EPS_GRID, _model_device, run_hooked, sink_hooks, validate_tokens
 from sinkinterp.metrics import alpha_bias_by_length, alpha_by_length, check_eps
 
 __all__ = ["LengthReport", "measure_lengths", "default_table_lengths"]
@@ -249,20 +249,12 @@ def measure_lengths(
     names = set(tl_adapter.hook_names(model))
     use_cols = "blocks.0.attn.hook_pattern_cols" in names and hasattr(model, "pattern_cols")
     has_bias = "blocks.0.attn.hook_bias_pattern" in names
-    pattern_name, bias_name = ("hook_pattern_cols", "hook_bias_col") if use_cols else ("hook_pattern", "hook_bias_pattern")
     device = _model_device(model)
     acc = _LengthAccumulator(L=L, H=H, T=T, k_max=k_max, eps=eps, grid=torch.tensor(grid, dtype=torch.float64),
                              lengths=torch.tensor(chosen), has_bias=has_bias, norms=norms, device=device)
     on_pattern = acc.on_cols if use_cols else acc.on_pattern
-    hooks: list[tuple[str, Any]] = []
-    for l in range(L):
-        hooks.append((f"blocks.{l}.attn.{pattern_name}", lambda x, hook, l=l: on_pattern(l, x)))
-        if has_bias:
-            hooks.append((f"blocks.{l}.attn.{bias_name}", lambda x, hook, l=l: acc.on_bias(l, x)))
-        if norms:
-            hooks.append((f"blocks.{l}.hook_resid_pre", lambda x, hook, l=l: acc.on_resid(l, x)))
-    if norms:
-        hooks.append((f"blocks.{L - 1}.hook_resid_post", lambda x, hook: acc.on_resid(L, x)))
+    hooks = sink_hooks(L, use_cols=use_cols, on_pattern=on_pattern, on_bias=acc.on_bias if has_bias else None,
+                       on_resid=acc.on_resid if norms else None)
     run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
                pattern_cols=k_max if use_cols else None, progress="lengths" if progress else None)
     return acc.finish(min_length)

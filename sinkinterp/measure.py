@@ -403,7 +403,6 @@ def measure(
     has_bias = "blocks.0.attn.hook_bias_pattern" in names
     # a sinkinterp model's read-only column hooks keep its fused kernels (models/attention.py)
     use_cols = first_keys is not None and "blocks.0.attn.hook_pattern_cols" in names and hasattr(model, "pattern_cols")
-    pattern_name, bias_name = ("hook_pattern_cols", "hook_bias_col") if use_cols else ("hook_pattern", "hook_bias_pattern")
     rot = "blocks.0.attn.hook_rot_k" in names
     q_name, k_name = ("hook_rot_q", "hook_rot_k") if rot else ("hook_q", "hook_k")
 
@@ -412,23 +411,37 @@ def measure(
                        qk_layers={l for l, _ in heads}, device=device, first_keys=first_keys)
     on_pattern = acc.on_cols if use_cols else acc.on_pattern
 
-    hooks: list[tuple[str, Any]] = []
+    hooks = sink_hooks(L, use_cols=use_cols, on_pattern=on_pattern, on_bias=acc.on_bias_pattern if has_bias else None,
+                       on_resid=acc.on_resid if norms else None)
     for l in range(L):
-        hooks.append((f"blocks.{l}.attn.{pattern_name}", lambda x, hook, l=l: on_pattern(l, x)))
-        if has_bias:
-            hooks.append((f"blocks.{l}.attn.{bias_name}", lambda x, hook, l=l: acc.on_bias_pattern(l, x)))
         if norms:
-            hooks.append((f"blocks.{l}.hook_resid_pre", lambda x, hook, l=l: acc.on_resid(l, x)))
             hooks.append((f"blocks.{l}.attn.hook_v", lambda x, hook, l=l: acc.on_value(l, x)))
         if norms or l in acc.qk_layers:
             hooks.append((f"blocks.{l}.attn.{k_name}", lambda x, hook, l=l: acc.on_key(l, x)))
         if l in acc.qk_layers:
             hooks.append((f"blocks.{l}.attn.{q_name}", lambda x, hook, l=l: acc.on_query(l, x)))
-    if norms:
-        hooks.append((f"blocks.{L - 1}.hook_resid_post", lambda x, hook: acc.on_resid(L, x)))
     run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
                pattern_cols=first_keys if use_cols else None, progress="measure" if progress else None)
     return acc.finish(k_max, heads)
+
+
+def sink_hooks(n_layers: int, *, use_cols: bool, on_pattern: Any, on_bias: Any = None,
+               on_resid: Any = None) -> list[tuple[str, Any]]:
+    """The hooks every sink measurement attaches: ``on_pattern(layer, pattern)`` on each layer's
+    hook_pattern (or, with ``use_cols``, a sinkinterp model's read-only hook_pattern_cols),
+    ``on_bias(layer, bias_pattern)`` on hook_bias_pattern / hook_bias_col, and ``on_resid(index,
+    resid)`` on every resid_pre plus the last resid_post (index n_layers). None: not attached."""
+    pattern_name, bias_name = ("hook_pattern_cols", "hook_bias_col") if use_cols else ("hook_pattern", "hook_bias_pattern")
+    hooks: list[tuple[str, Any]] = []
+    for l in range(n_layers):
+        hooks.append((f"blocks.{l}.attn.{pattern_name}", lambda x, hook, l=l: on_pattern(l, x)))
+        if on_bias is not None:
+            hooks.append((f"blocks.{l}.attn.{bias_name}", lambda x, hook, l=l: on_bias(l, x)))
+        if on_resid is not None:
+            hooks.append((f"blocks.{l}.hook_resid_pre", lambda x, hook, l=l: on_resid(l, x)))
+    if on_resid is not None:
+        hooks.append((f"blocks.{n_layers - 1}.hook_resid_post", lambda x, hook: on_resid(n_layers, x)))
+    return hooks
 
 
 def run_hooked(model: Any, tokens: Tensor, hooks: list[tuple[str, Any]], acc: Any, *, batch_size: int,
