@@ -244,7 +244,8 @@ def main() -> int:
         f"{nu['layer']}'s MLP, neuron{'s' if nu['k'] > 1 else ''} {', '.join(map(str, top_k))} "
         f"(activations {acts_first} at token 1 against {acts_rest} elsewhere) carry "
         f"{nu['share'][nu['k'] - 1]:.1%} of that MLP's write to h_1. Silencing them at token 1 only costs "
-        f"{zero_top['delta_loss']:+.2f} nats, takes the largest massive ratio to {zero_top['massive_ratio_after']:.1f} and "
+        f"{zero_top['delta_loss']:+.2f} nats, takes the largest massive ratio to {zero_top['massive_ratio_after']:.1f}"
+        f"{f' (the first phase alone peaks at {max(ratio[:first_big]):.1f})' if first_big else ''} and "
         f"Sink_1 to {zero_top['sink1_after']:.1f}%; as many low-writing neurons of the same layer: "
         f"{zero_ctl['delta_loss']:+.3f} nats, Sink_1 {zero_ctl['sink1_after']:.1f}%.")
     cmd = ".venv/bin/python analyses/regenerate.py massive_activation_smollm2"
