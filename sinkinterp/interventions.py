@@ -114,6 +114,7 @@ class Intervention:
     token_edit: TokenEdit | None = None
     needs_slot: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    layers: tuple[int, ...] | None = None  # the layers it edits (None: every layer, or the caller's ``layers``)
 
     @property
     def head_component(self) -> patching.Component | None:
@@ -352,7 +353,8 @@ def window_cache(window: int, keep_first: int = 0, *, renormalize: bool = True) 
 def zero_neurons(layer: int, neurons: Sequence[int]) -> Intervention:
     """MLP neurons ``neurons`` of layer ``layer`` set to 0 at token 1 only (units of
     ``blocks.{layer}.mlp.hook_post``, the input of W_out; every other position and layer untouched).
-    ``run_intervention`` checks ``layer`` against the model; a neuron index past d_mlp raises there."""
+    Its cells are that layer only (``run_intervention`` checks it against the model); a neuron index
+    past d_mlp raises there."""
     if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
         raise ValueError(f"layer must be a non-negative integer, got {layer!r}")
     if (isinstance(neurons, (str, bytes)) or not isinstance(neurons, Sequence) or not neurons
@@ -362,8 +364,6 @@ def zero_neurons(layer: int, neurons: Sequence[int]) -> Intervention:
     index = torch.tensor(chosen)
 
     def silence(act: Tensor, l: int) -> Tensor:
-        if l != layer:
-            return act
         if chosen[-1] >= act.shape[-1]:
             raise ValueError(f"neurons: {chosen[-1]} is outside blocks.{layer}.mlp (d_mlp = {act.shape[-1]})")
         out = act.clone()
@@ -373,7 +373,7 @@ def zero_neurons(layer: int, neurons: Sequence[int]) -> Intervention:
     shown = ",".join(map(str, chosen[:8])) + (f",... ({len(chosen)})" if len(chosen) > 8 else "")
     return Intervention(f"zero_neurons[L{layer}:{shown}]", f"MLP neurons {shown} of layer {layer} set to 0 at token 1",
                         ("mlp_post",), lambda has_slot: (("mlp_post", silence),),
-                        params={"layer": layer, "neurons": chosen})
+                        params={"layer": layer, "neurons": chosen}, layers=(layer,))
 
 
 def replace_first(token: int | str) -> Intervention:
@@ -575,10 +575,10 @@ def run_intervention(
         raise ValueError(f"target_start must be an integer in [1, {T - 1}], got {target_start!r}")
     if inter.token_edit is not None and (per_head or per_layer or layers is not None or heads is not None):
         raise ValueError("layers / heads / per_head / per_layer apply to activation edits, not token edits")
-    layer = inter.params.get("layer")  # an edit of one layer (zero_neurons)
-    if layer is not None and not 0 <= layer < dims["n_layers"]:
-        raise ValueError(f"intervention {inter.name!r}: layer {layer} is outside the model's "
-                         f"{dims['n_layers']} layers")
+    if inter.layers is not None:  # an edit of its own layers (zero_neurons): its cells, per-layer and per-head runs
+        if layers is not None and set(layers) - set(inter.layers):
+            raise ValueError(f"layers: intervention {inter.name!r} edits layers {list(inter.layers)} only")
+        layers = inter.layers if layers is None else layers
     has_slot = _has_slot(model)
     if inter.needs_slot and not has_slot:
         raise ValueError(f"intervention {inter.name!r} needs a model with a bias slot "

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from sinkinterp import tl_adapter
 from sinkinterp.measure import DEFAULT_EPS_GRID, _model_device, run_hooked, sink_hooks, validate_tokens
-from sinkinterp.metrics import alpha_bias_by_length, alpha_by_length, check_eps
+from sinkinterp.metrics import _alpha_bias_by_length, _alpha_by_length, check_eps
 
 __all__ = ["LengthReport", "measure_lengths", "default_table_lengths"]
 
@@ -138,7 +138,7 @@ class _LengthAccumulator:
         if tuple(cols.shape[1:]) != expected:
             raise RuntimeError(f"blocks.{layer}.attn pattern columns have shape {tuple(cols.shape)}; expected "
                                f"[batch, {', '.join(map(str, expected))}]")
-        a = alpha_by_length(cols.detach(), self.lengths)  # [b, H, n, K]; NaN where T' < k
+        a = _alpha_by_length(cols.detach(), self.lengths)  # [b, H, n, K]; NaN where T' < k (checked once)
         self.counts += (a > self.eps).sum((0, 1))
         a1 = a[..., 0]  # [b, H, n]
         self.alpha1_sum[:, layer] += a1.sum(0).T.double()
@@ -155,7 +155,7 @@ class _LengthAccumulator:
         self.on_cols(layer, pattern[..., :self.K])
 
     def on_bias(self, layer: int, bias_pattern: Float[Tensor, "batch head q"]) -> None:
-        a = alpha_bias_by_length(bias_pattern.detach(), self.lengths)  # [b, H, n]
+        a = _alpha_bias_by_length(bias_pattern.detach(), self.lengths)  # [b, H, n]
         self.bias_sum[:, layer] += a.sum(0).T.double()
         self.bias_counts += (a > self.eps).sum((0, 1))
 

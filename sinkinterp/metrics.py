@@ -127,8 +127,13 @@ def alpha_by_length(
         raise ValueError(
             f"cols must have shape [..., T, K] with 1 <= K <= T (queries x first keys), got {tuple(cols.shape)}"
         )
+    return _alpha_by_length(cols, _check_lengths(lengths, cols.shape[-2]).to(cols.device))
+
+
+def _alpha_by_length(cols: Tensor, lengths: Tensor) -> Tensor:
+    """``alpha_by_length`` for ``lengths`` already checked and on ``cols``' device (no host sync: the
+    form the measurement hooks call once per layer and batch)."""
     t, n = cols.shape[-2:]
-    lengths = _check_lengths(lengths, t).to(cols.device)
     dtype = _accum_dtype(cols)
     visible = torch.ones(t, n, dtype=torch.bool, device=cols.device).tril()  # [t, k]: t >= k
     csum = cols.to(dtype).masked_fill(~visible, 0.0).cumsum(dim=-2)  # [..., T, K]
@@ -145,7 +150,11 @@ def alpha_bias_by_length(
     ``lengths``: the mean weight of the first ``T'`` queries on the slot."""
     if bias_pattern.ndim < 1:
         raise ValueError(f"bias_pattern must have shape [..., T], got {tuple(bias_pattern.shape)}")
-    lengths = _check_lengths(lengths, bias_pattern.shape[-1]).to(bias_pattern.device)
+    return _alpha_bias_by_length(bias_pattern, _check_lengths(lengths, bias_pattern.shape[-1]).to(bias_pattern.device))
+
+
+def _alpha_bias_by_length(bias_pattern: Tensor, lengths: Tensor) -> Tensor:
+    """``alpha_bias_by_length`` for ``lengths`` already checked and on the pattern's device."""
     dtype = _accum_dtype(bias_pattern)
     csum = bias_pattern.to(dtype).cumsum(dim=-1)
     return csum.index_select(-1, lengths - 1) / lengths.to(dtype)

@@ -45,7 +45,7 @@ def _patterns(model, tokens, hooks=()):
 def _edit_hooks(model, inter, **cells):
     has_slot = "blocks.0.attn.hook_bias_pattern" in model.hook_dict
     edits = [(patching.COMPONENTS[c], s) for c, s in inter.build_edits(has_slot)]
-    layers = cells.get("layers", range(model.cfg.n_layers))
+    layers = cells.get("layers", inter.layers if inter.layers is not None else range(model.cfg.n_layers))
     return patching.edit_hooks(model, edits, [patching.Cell(l, cells.get("head")) for l in layers])
 
 
@@ -518,10 +518,12 @@ def test_zero_neurons_on_a_bridge_and_its_errors(model):
     assert (got[:, 0, :4] == 0).all() and (base[:, 0, :4] != 0).all()
     torch.testing.assert_close(got[:, 0, 4:], base[:, 0, 4:]) and torch.testing.assert_close(got[:, 1:], base[:, 1:])
     res = iv.run_intervention(bridge, tokens, inter, sinks=False, per_layer=True)
-    assert res.per_layer[1] == pytest.approx(0.0, abs=1e-6)  # layer 1 has nothing to edit
+    assert np.isnan(res.per_layer[1])  # the edit has no cell in layer 1
     assert res.per_layer[0] == pytest.approx(res.delta_loss, abs=1e-6)
+    with pytest.raises(ValueError, match=r"edits layers \[0\] only"):
+        iv.run_intervention(bridge, tokens, inter, sinks=False, layers=[1])
     assert tl_adapter.mlp_out_weight(bridge, 0).shape[0] == bridge.cfg.d_mlp
-    with pytest.raises(ValueError, match="layer 9 is outside the model's 2 layers"):
+    with pytest.raises(ValueError, match=r"layers: 9 is outside the model \(0..1\)"):
         iv.run_intervention(model, _tokens(), iv.zero_neurons(9, [0]), sinks=False)
     with pytest.raises(ValueError, match="outside blocks.0.mlp"):
         iv.run_intervention(model, _tokens(), iv.zero_neurons(0, [10_000]), sinks=False)
