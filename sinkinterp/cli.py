@@ -63,7 +63,9 @@ def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool, several
                             "then stays in the fused kernels (default: every key position)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=16)
     if per_key:
-        p.add_argument("--qk-heads", default="all", help="'all', 'none' or heads as L.H,L.H (q.k decomposition)")
+        p.add_argument("--qk-heads", default="auto",
+                       help="'auto' (all heads where the model exposes its rotated queries and keys), 'all', "
+                            "'none' or heads as L.H,L.H (q.k decomposition)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse_qk_heads(text: str) -> Any:
-    if text in ("all", "none"):
+    if text in ("all", "auto", "none"):
         return text
     heads = []
     for part in text.split(","):
@@ -107,7 +109,7 @@ def _parse_qk_heads(text: str) -> Any:
             l, h = part.strip().split(".")
             heads.append((int(l), int(h)))
         except ValueError:
-            raise UsageError(f"--qk-heads: expected 'all', 'none' or L.H[,L.H...], got {text!r}") from None
+            raise UsageError(f"--qk-heads: expected 'auto', 'all', 'none' or L.H[,L.H...], got {text!r}") from None
     return heads
 
 

@@ -141,10 +141,10 @@ def validate_tokens(tokens: Any, d_vocab: int, name: str = "tokens") -> Tensor:
 def _resolve_qk_heads(qk_heads: QKHeads, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
     if qk_heads is None or qk_heads == "none":
         return []
-    if qk_heads == "all":
+    if qk_heads in ("all", "auto"):
         return [(l, h) for l in range(n_layers) for h in range(n_heads)]
     if isinstance(qk_heads, str):
-        raise ValueError(f"qk_heads must be 'all', 'none' or a list of (layer, head), got {qk_heads!r}")
+        raise ValueError(f"qk_heads must be 'all', 'auto', 'none' or a list of (layer, head), got {qk_heads!r}")
     heads = []
     for item in qk_heads:
         l, h = (int(v) for v in item)
@@ -156,12 +156,53 @@ def _resolve_qk_heads(qk_heads: QKHeads, n_layers: int, n_heads: int) -> list[tu
     return heads
 
 
+def _rotate_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Hugging Face's rotate-half RoPE of x [batch, pos, head, d_head] on its first cos.shape[-1]
+    dimensions (partial rotary, as in GPT-NeoX / Phi), with cos, sin [1 or batch, pos, rotary dims]."""
+    r = cos.shape[-1]
+    if r > x.shape[-1] or r % 2:
+        raise RuntimeError(f"hook_cos has {r} rotary dimensions for a head of {x.shape[-1]}")
+    c, s_ = cos[:, :, None].to(x.dtype), sin[:, :, None].to(x.dtype)
+    xr, rest = x[..., :r], x[..., r:]
+    a, b = xr.chunk(2, dim=-1)
+    return torch.cat([xr * c + torch.cat([-b, a], dim=-1) * s_, rest], dim=-1)
+
+
+def qk_source(model: Any, tokens: Tensor, names: set[str] | None = None) -> tuple[str | None, str]:
+    """Where the q.k decomposition reads the queries and keys the attention really multiplies:
+    ("rot", ...) from hook_rot_q / hook_rot_k, ("cos_sin", ...) by rotating hook_q / hook_k with the
+    model's own hook_cos / hook_sin (bridges whose Hugging Face attention rotates internally: GPT-NeoX,
+    Phi-3, Falcon), ("plain", ...) from hook_q / hook_k when the model lists no rotary hooks, or
+    (None, reason) when it lists rotary hooks but none of them fire (GPT-J). One forward pass over
+    the first sequence of ``tokens`` tells which hooks fire."""
+    names = set(tl_adapter.hook_names(model)) if names is None else names
+    rot = ["blocks.0.attn.hook_rot_q", "blocks.0.attn.hook_rot_k"]
+    if not all(n in names for n in rot):
+        return "plain", "hook_q / hook_k (the model lists no rotary hooks)"
+    trig = [n for n in ("blocks.0.attn.hook_cos", "blocks.0.attn.hook_sin") if n in names]
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        fired = tl_adapter.fired_hooks(model, rot + trig, tokens[:1].to(_model_device(model)))
+    finally:
+        if was_training:
+            model.train()
+    if all(n in fired for n in rot):
+        return "rot", "hook_rot_q / hook_rot_k"
+    if len(trig) == 2 and all(n in fired for n in trig):
+        return "cos_sin", "hook_q / hook_k rotated with the model's hook_cos / hook_sin (rotate-half)"
+    arch = tl_adapter._hf_architecture(model) or type(model).__name__
+    return None, (f"{arch} lists hook_rot_q / hook_rot_k but its forward pass never reaches them, and it has no "
+                  "firing hook_cos / hook_sin to rotate hook_q / hook_k with: the rotated queries and keys "
+                  "are not observable")
+
+
 class _Accumulator:
     """Running sums filled by the hooks. Everything stays on the model's device until ``finish``."""
 
     def __init__(self, *, dims: dict[str, Any], seq_len: int, eps: float, eps_grid: Sequence[float],
                  has_bias: bool, norms: bool, qk_layers: set[int], device: torch.device,
-                 first_keys: int | None = None):
+                 first_keys: int | None = None, qk_from: str = "plain", scales: Sequence[float] = ()):
         L, H, T = dims["n_layers"], dims["n_heads"], seq_len
         self.L, self.H, self.T, self.eps = L, H, T, eps
         self.first_keys = first_keys
@@ -188,10 +229,12 @@ class _Accumulator:
             self.value_first = torch.zeros(L, H, **f64)
             self.value_rest = torch.zeros(L, H, **f64)
         self.qk_layers = qk_layers
+        self.qk_from, self.scales = qk_from, list(scales)
         if qk_layers:
             self.qk = {name: torch.zeros(L, H, **f64) for name in
                        ("q_norm", "cos_q_k1", "cos_q_krest", "logit_q_k1", "logit_q_krest")}
         self.stash: dict[int, dict[str, Tensor]] = {}
+        self.qk_done: set[int] = set()
         self.num_seqs = 0
         self.layers_seen: set[int] = set()
         self.bias_layers_seen: set[int] = set()
@@ -240,47 +283,72 @@ class _Accumulator:
         return x.repeat_interleave(self.group, dim=2) if x.shape[2] != self.H else x
 
     def on_key(self, layer: int, k: Float[Tensor, "batch pos kv_head d_head"]) -> None:
+        """hook_k: key norms (a rotary rotation keeps them, so these are the norms the attention
+        sees) and, for the decomposition, the keys before any rotation."""
         k = k.detach()
         if self.norms:
             n = self._per_head(k).double().norm(dim=-1)  # [b, T, H]
             self.key_first[layer] += n[:, 0].sum(0)
             self.key_rest[layer] += n[:, 1:].mean(1).sum(0)
-        if layer in self.qk_layers:
+        if layer in self.qk_layers and self.qk_from != "rot":
             self._stash(layer, "k", k)
 
-    def on_query(self, layer: int, q: Float[Tensor, "batch pos head d_head"]) -> None:
-        if layer in self.qk_layers:
-            self._stash(layer, "q", q.detach())
+    def on_qk_input(self, layer: int, kind: str, x: Tensor) -> None:
+        """hook_q, hook_rot_q, hook_rot_k, hook_cos or hook_sin of a layer in the decomposition."""
+        self._stash(layer, kind, x.detach())
 
     def on_value(self, layer: int, v: Float[Tensor, "batch pos kv_head d_head"]) -> None:
         n = self._per_head(v.detach()).double().norm(dim=-1)
         self.value_first[layer] += n[:, 0].sum(0)
         self.value_rest[layer] += n[:, 1:].mean(1).sum(0)
 
+    _QK_NEEDS = {"rot": ("rot_q", "rot_k"), "cos_sin": ("q", "k", "cos", "sin"), "plain": ("q", "k")}
+
     def _stash(self, layer: int, kind: str, x: Tensor) -> None:
+        """Keep a layer's q / k (and rotation) until it has all it needs, then decompose and drop them."""
         slot = self.stash.setdefault(layer, {})
         slot[kind] = x
-        if "q" in slot and "k" in slot:
-            self._qk_decomposition(layer, slot.pop("q"), slot.pop("k"))
+        need = self._QK_NEEDS[self.qk_from]
+        if not all(n in slot for n in need):
+            return
+        del self.stash[layer]
+        if self.qk_from == "rot":
+            q, k = slot["rot_q"], slot["rot_k"]
+        elif self.qk_from == "cos_sin":
+            cos, sin = slot["cos"].double(), slot["sin"].double()
+            q, k = _rotate_half(slot["q"].double(), cos, sin), _rotate_half(slot["k"].double(), cos, sin)
+        else:
+            q, k = slot["q"], slot["k"]
+        self._qk_decomposition(layer, q, k)
+        self.qk_done.add(layer)
+
+    def end_batch(self) -> None:
+        """After each forward pass: every layer of the decomposition got its queries and keys."""
+        missing = sorted(self.qk_layers - self.qk_done)
+        if missing:
+            raise RuntimeError(f"q.k decomposition: layers {missing} did not get all of "
+                               f"{list(self._QK_NEEDS[self.qk_from])} in this batch")
+        self.qk_done.clear()
+        self.stash.clear()
 
     def _qk_decomposition(self, layer: int, q: Tensor, k: Tensor) -> None:
         """q.k = |q||k|cos(q, k): mean query norm, and cosine / logit of each query with key 1 and
         with the keys after it it can see (t >= s >= 2 in the paper's 1-based positions)."""
         q = q.double()
         k = self._per_head(k).double()
-        d_head = q.shape[-1]
+        scale = self.scales[layer]
         qn = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         kn = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         self.qk["q_norm"][layer] += q.norm(dim=-1).mean(1).sum(0)
         self.qk["cos_q_k1"][layer] += (qn * kn[:, :1]).sum(-1).mean(1).sum(0)
-        self.qk["logit_q_k1"][layer] += ((q * k[:, :1]).sum(-1) / math.sqrt(d_head)).mean(1).sum(0)
+        self.qk["logit_q_k1"][layer] += ((q * k[:, :1]).sum(-1) * scale).mean(1).sum(0)
         # mean over the pairs 2 <= s <= t of q_t . k_s = sum_t q_t . (k_2 + ... + k_t) / n_pairs:
         # prefix sums over keys, O(T d) instead of a T x T map (keys 2..t only; query 1 has none)
         T = q.shape[1]
         n_pairs = T * (T - 1) / 2
         cos_sum = (qn[:, 1:] * kn[:, 1:].cumsum(1)).sum((1, 3))  # [b, H]
         self.qk["cos_q_krest"][layer] += (cos_sum / n_pairs).sum(0)
-        logit_sum = (q[:, 1:] * k[:, 1:].cumsum(1)).sum((1, 3)) / math.sqrt(d_head)
+        logit_sum = (q[:, 1:] * k[:, 1:].cumsum(1)).sum((1, 3)) * scale
         self.qk["logit_q_krest"][layer] += (logit_sum / n_pairs).sum(0)
 
     # ---- results -----------------------------------------------------------------------------
@@ -366,7 +434,11 @@ def measure(
         eps_grid: thresholds for the eps sweep of Sink_1 (and Sink_*), each in (0, 1).
         batch_size: sequences per forward pass; memory per pass is O(batch * L * H * T) kept.
         norms: also measure residual/key/value norms and the massive-activation ratio.
-        qk_heads: "all", "none"/None, or a list of (layer, head) for the q.k decomposition.
+        qk_heads: "all", "none"/None, or a list of (layer, head) for the q.k decomposition, which
+            reads the queries and keys after any rotary embedding (see ``qk_source``; a ValueError when
+            the model does not expose them); "auto": all heads where it can, none (with the reason in
+            ``extra["qk_skipped"]``) where it cannot. Its logits use the model's own q.k scale
+            (``tl_adapter.attn_scale``), without position biases (ALiBi) or soft-capping.
         first_keys: measure alpha and Sink_k only for the first ``first_keys`` key positions (the
             per-key arrays then have that length). On a sinkinterp model this reads the read-only
             ``hook_pattern_cols`` / ``hook_bias_col`` hooks, so attention stays in the fused kernels
@@ -403,26 +475,39 @@ def measure(
     has_bias = "blocks.0.attn.hook_bias_pattern" in names
     # a sinkinterp model's read-only column hooks keep its fused kernels (models/attention.py)
     use_cols = first_keys is not None and "blocks.0.attn.hook_pattern_cols" in names and hasattr(model, "pattern_cols")
-    rot = "blocks.0.attn.hook_rot_k" in names
-    q_name, k_name = ("hook_rot_q", "hook_rot_k") if rot else ("hook_q", "hook_k")
+    qk_from, qk_note = qk_source(model, tokens, names) if heads else (None, "")
+    if heads and qk_from is None:
+        if qk_heads != "auto":
+            raise ValueError(f"qk_heads: the q.k decomposition needs the rotated queries and keys; {qk_note}. "
+                             "Pass qk_heads=None or 'auto' (norms and sinks are unaffected)")
+        heads = []
 
     device = _model_device(model)
     acc = _Accumulator(dims=dims, seq_len=T, eps=eps, eps_grid=grid, has_bias=has_bias, norms=norms,
-                       qk_layers={l for l, _ in heads}, device=device, first_keys=first_keys)
+                       qk_layers={l for l, _ in heads}, device=device, first_keys=first_keys,
+                       qk_from=qk_from or "plain", scales=[tl_adapter.attn_scale(model, l) for l in range(L)])
     on_pattern = acc.on_cols if use_cols else acc.on_pattern
 
     hooks = sink_hooks(L, use_cols=use_cols, on_pattern=on_pattern, on_bias=acc.on_bias_pattern if has_bias else None,
                        on_resid=acc.on_resid if norms else None)
+    qk_hooks = {"rot": ("rot_q", "rot_k"), "cos_sin": ("q", "cos", "sin"), "plain": ("q",)}.get(qk_from or "", ())
     for l in range(L):
         if norms:
             hooks.append((f"blocks.{l}.attn.hook_v", lambda x, hook, l=l: acc.on_value(l, x)))
         if norms or l in acc.qk_layers:
-            hooks.append((f"blocks.{l}.attn.{k_name}", lambda x, hook, l=l: acc.on_key(l, x)))
+            hooks.append((f"blocks.{l}.attn.hook_k", lambda x, hook, l=l: acc.on_key(l, x)))
         if l in acc.qk_layers:
-            hooks.append((f"blocks.{l}.attn.{q_name}", lambda x, hook, l=l: acc.on_query(l, x)))
+            hooks += [(f"blocks.{l}.attn.hook_{kind}", lambda x, hook, l=l, kind=kind: acc.on_qk_input(l, kind, x))
+                      for kind in qk_hooks]
     run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
                pattern_cols=first_keys if use_cols else None, progress="measure" if progress else None)
-    return acc.finish(k_max, heads)
+    report = acc.finish(k_max, heads)
+    if report.qk is not None:
+        report.qk["source"] = qk_note
+        report.qk["scale"] = [acc.scales[l] for l, _ in heads]
+    elif qk_from is None and qk_heads == "auto":
+        report.extra["qk_skipped"] = qk_note
+    return report
 
 
 def sink_hooks(n_layers: int, *, use_cols: bool, on_pattern: Any, on_bias: Any = None,
@@ -466,11 +551,15 @@ def run_hooked(model: Any, tokens: Tensor, hooks: list[tuple[str, Any]], acc: An
     try:
         if pattern_cols is not None:
             model.pattern_cols = pattern_cols
-        with torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
+        # a layer without a bias slot may leave its hook_bias_pattern silent (weight 0 there)
+        optional = [n for n, _ in hooks if n.endswith((".hook_bias_pattern", ".hook_bias_col"))]
+        with torch.no_grad(), tl_adapter.attached_hooks(model, hooks, optional=optional):
             for batch in batches:
                 model(batch.to(device))
                 acc.num_seqs += batch.shape[0]
-                if hasattr(acc, "stash"):
+                if hasattr(acc, "end_batch"):
+                    acc.end_batch()
+                elif hasattr(acc, "stash"):
                     acc.stash.clear()
     finally:
         if pattern_cols is not None:

@@ -224,6 +224,7 @@ def edit_hooks(model: Any, edits: Sequence[tuple[Component, Source]], cells: Seq
             by_layer.setdefault(cell.layer if "{l}" in comp.hook else 0, []).append(i)
         for layer, idx in by_layer.items():
             hooks.append((comp.hook_name(layer), _make_hook(comp, source, layer, cells, idx, n_copies, before)))
+    tl_adapter.check_editable(model, [name for name, _ in hooks])
     return hooks
 
 

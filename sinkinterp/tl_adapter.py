@@ -18,7 +18,9 @@ import contextlib
 import copy
 import importlib.metadata
 import os
-from collections.abc import Callable, Iterator, Sequence
+import re
+import weakref
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 # No code path of sinkinterp may contact a model hub: set the offline switches before
@@ -47,6 +49,9 @@ __all__ = [
     "has_hook",
     "attached_hooks",
     "count_attached_hooks",
+    "fired_hooks",
+    "check_editable",
+    "attn_scale",
     "model_dims",
     "boot_bridge",
     "hooked_transformer_from_config",
@@ -79,15 +84,152 @@ def has_hook(model: Any, name: str) -> bool:
 
 
 @contextlib.contextmanager
-def attached_hooks(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[Any]:
+def attached_hooks(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *,
+                   optional: Collection[str] = ()) -> Iterator[Any]:
     """Attach forward hooks for the duration of a ``with`` block.
 
     Uses the model's own ``hooks`` context manager (HookedRootModule and TransformerBridge
     both have one), which removes exactly the hooks it added, also when the block raises.
     Hooks the user attached beforehand stay.
+
+    A model can list a hook name that its forward pass never reaches (a TransformerBridge lists
+    ``hook_rot_k`` for GPT-NeoX, Phi-3, Falcon and GPT-J, whose attention rotates the keys inside
+    Hugging Face's code). A measurement or an edit on such a hook would silently read nothing or do
+    nothing, so when the block ends normally after at least one hook fired, every attached hook must
+    have fired at least once; otherwise this raises a RuntimeError naming the silent hooks. Names in
+    ``optional`` may stay silent (a bias slot that only some layers of a model have).
     """
-    with model.hooks(fwd_hooks=list(fwd_hooks)):
+    fired: set[str] = set()
+
+    def recording(name: str, fn: HookFn) -> HookFn:
+        def hook_fn(*args: Any, **kwargs: Any) -> Any:
+            fired.add(name)
+            return fn(*args, **kwargs)
+
+        return hook_fn
+
+    with model.hooks(fwd_hooks=[(name, recording(name, fn)) for name, fn in fwd_hooks]):
         yield model
+    silent = sorted({name for name, _ in fwd_hooks} - fired - set(optional))
+    if fired and silent:
+        raise RuntimeError(
+            f"hooks {silent} are listed by the model ({type(model).__name__}"
+            f"{' for ' + _hf_architecture(model) if _hf_architecture(model) else ''}) but never fired in its forward "
+            "pass, so what was read from or done through them is missing; see docs/hook-contract.md"
+        )
+
+
+def _hf_architecture(model: Any) -> str | None:
+    hf = wrapped_hf_model(model)
+    if hf is None:
+        return None
+    return (getattr(hf.config, "architectures", None) or [type(hf).__name__])[0]
+
+
+def fired_hooks(model: Any, names: Sequence[str], tokens: Any) -> set[str]:
+    """The subset of ``names`` (hook names the model lists) that fire in a forward pass over
+    ``tokens`` (run without gradients; the outputs are discarded)."""
+    import torch
+
+    fired: set[str] = set()
+    hooks = [(n, lambda x, hook, n=n: fired.add(n)) for n in names]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(tokens)
+    return fired
+
+
+_EDITABLE: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _edit_reaches_output(model: Any, name: str) -> str:
+    """"ok" when replacing the activation at hook ``name`` by other values changes the model's logits
+    (a 3-token pass with an identity hook against one with random values, both hooked alike),
+    "silent" when the hook never fires, "inert" when it fires and the logits stay the same."""
+    import torch
+
+    d_vocab = model_dims(model)["d_vocab"]
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        device = torch.device("cpu")
+    tokens = (torch.arange(3, device=device) % d_vocab)[None]
+    gen = torch.Generator().manual_seed(0)
+    fired: list[bool] = []
+
+    def scramble(x: Any, hook: Any) -> Any:
+        fired.append(True)
+        return torch.randn(x.shape, generator=gen, dtype=torch.float32).to(x)
+
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        with torch.no_grad():
+            with model.hooks(fwd_hooks=[(name, lambda x, hook: x)]):
+                same = model(tokens)
+            with model.hooks(fwd_hooks=[(name, scramble)]):
+                edited = model(tokens)
+    finally:
+        if was_training:
+            model.train()
+    if not fired:
+        return "silent"
+    return "inert" if torch.equal(same, edited) else "ok"
+
+
+def check_editable(model: Any, names: Sequence[str]) -> None:
+    """Raise a RuntimeError when an edit at one of these hooks would not reach the model's output.
+
+    Some TransformerBridge architectures (OPT and GPT-J in TransformerLens 3.9) compute
+    ``hook_pattern`` and ``hook_attn_scores`` beside Hugging Face's attention for observation only:
+    reading them is right, editing them changes nothing. Each kind of hook (the name with its layer
+    index dropped) is tried once per bridge, on its first layer named here, and remembered. Other
+    models (sinkinterp's, a HookedTransformer) compute their forward pass from their hook points and
+    are not probed: there a legitimate edit can leave the output unchanged (the weight of a bias slot
+    whose value is zero)."""
+    if wrapped_hf_model(model) is None:
+        return
+    cache = _EDITABLE.setdefault(model, {})
+    for name in names:
+        kind = re.sub(r"^blocks\.\d+\.", "blocks.{l}.", name)
+        if kind not in cache:
+            cache[kind] = _edit_reaches_output(model, name)
+        if cache[kind] == "ok":
+            continue
+        arch = _hf_architecture(model)
+        what = f"{kind} of this model ({type(model).__name__}{' for ' + arch if arch else ''})"
+        if cache[kind] == "silent":
+            raise RuntimeError(f"{what} is listed but never fired in its forward pass, so an intervention or "
+                               "patch there would do nothing; see docs/hook-contract.md")
+        raise RuntimeError(f"{what} can be read but not edited: replacing it leaves the output unchanged (the "
+                           "bridge computes it beside the attention the model runs), so an intervention or patch "
+                           "there would do nothing; see docs/hook-contract.md")
+
+
+def attn_scale(model: Any, layer: int) -> float:
+    """The factor the model multiplies q.k by before its attention weight function, in ``blocks[layer]``:
+    a Hugging Face attention module's own ``scaling`` (Gemma 2: query_pre_attn_scalar ** -0.5),
+    ``inv_norm_factor`` (Bloom, Falcon) or ``1 / scale_attn`` (GPT-J) for a bridge; ``1 / attn.attn_scale``
+    for a HookedTransformer; a sinkinterp model's ``attn.scale``; else 1 / sqrt(d_head). Position
+    biases (ALiBi, T5 buckets) and logit soft-capping come on top of this and are not part of it."""
+    import math
+
+    attn = model.blocks[layer].attn
+    hf = getattr(attn, "original_component", None)
+    if hf is not None:
+        for name in ("scaling", "inv_norm_factor"):
+            value = getattr(hf, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        value = getattr(hf, "scale_attn", None)
+        if value is not None:
+            return 1.0 / float(value)
+    own = getattr(attn, "scale", None)
+    if isinstance(own, float):
+        return own
+    divisor = getattr(attn, "attn_scale", None)  # a HookedTransformer divides by it
+    if isinstance(divisor, (int, float)) and not isinstance(divisor, bool) and divisor > 0:
+        return 1.0 / float(divisor)
+    return 1.0 / math.sqrt(model_dims(model)["d_head"])
 
 
 def count_attached_hooks(model: Any) -> int:
@@ -136,10 +278,14 @@ def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -
     """Wrap an already-loaded Hugging Face causal LM in a TransformerBridge, offline.
 
     ``hf_model`` must have been loaded with ``attn_implementation="eager"`` so attention
-    probabilities exist to hook. No weight processing is applied: norms are the model's own.
+    probabilities exist to hook. No weight processing is applied: norms are the model's own. A model
+    built from a config in memory has no ``config.architectures`` (saving fills it in), which the
+    bridge needs to pick its adapter; its class name is filled in then.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    if not getattr(hf_model.config, "architectures", None):
+        hf_model.config.architectures = [type(hf_model).__name__]
     return TransformerBridge.boot_transformers(
         name,
         hf_model=hf_model,

@@ -1,0 +1,226 @@
+"""The measurement and the interventions on the Hugging Face architectures attention-sink studies use
+(GPT-2, Pythia / GPT-NeoX, OPT, LLaMA-style, Mistral, Qwen, Gemma, Phi-3, OLMo, Bloom, Falcon, GPT-J,
+StableLM), each a tiny model built from its config, saved to a folder and loaded offline through
+``load_model`` (a TransformerBridge): alpha against Hugging Face eager attention, residual norms
+against its hidden states, the q.k decomposition against the scores the model really computed, key
+norms that are really measured, and first-token edits that really act."""
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import word_tokenizer
+
+from sinkinterp import tl_adapter
+from sinkinterp.interventions import first_token, run_intervention
+from sinkinterp.loading import load_model
+from sinkinterp.measure import measure, qk_source
+
+V, T = 61, 12
+SMALL = dict(vocab_size=V)
+ROPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64)
+# name -> (config class, model class, config fields, where the q.k decomposition reads q and k)
+ARCHS = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=32, n_layer=2, n_head=4, n_positions=64), "plain"),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(ROPE, rotary_pct=0.5), "cos_sin"),
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=32), "plain"),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(ROPE, num_key_value_heads=2), "rot"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(ROPE, num_key_value_heads=2), "rot"),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(ROPE, num_key_value_heads=2, sliding_window=None), "rot"),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(ROPE, num_key_value_heads=2, head_dim=8), "rot"),
+    # query_pre_attn_scalar != head_dim: the decomposition must use the model's own scale
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(ROPE, num_key_value_heads=2, head_dim=8, sliding_window=64,
+                                                         query_pre_attn_scalar=32, attn_logit_softcapping=None), "rot"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(ROPE, num_key_value_heads=2, pad_token_id=0), "cos_sin"),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM", dict(ROPE, pad_token_id=0), "rot"),
+    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=32, n_layer=2, n_head=4), "plain"),
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                         new_decoder_architecture=False, multi_query=True,
+                                                         alibi=False), "cos_sin"),
+    "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4), None),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(ROPE, num_key_value_heads=4), "rot"),
+}
+# scores with a term q.k does not hold: ALiBi's position bias
+POSITION_BIAS = {"bloom"}
+# bridges whose hook_pattern / hook_attn_scores are computed beside the attention the model runs
+# (right to read, no effect when edited) in TransformerLens 3.9
+PATTERN_READ_ONLY = {"opt", "gptj"}
+
+
+def _build(name: str, seed: int = 0):
+    import transformers
+
+    cfg_cls, model_cls, fields, _ = ARCHS[name]
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, cfg_cls)(**SMALL, **fields)
+    model = getattr(transformers, model_cls)._from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():  # sharpen attention so alpha spreads over (0, 1)
+        for pname, p in model.named_parameters():
+            if pname.endswith(("q_proj.weight", "k_proj.weight", "c_attn.weight", "query_key_value.weight")):
+                p.mul_(8.0)
+    return model
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def arch(request, tmp_path_factory):
+    name = request.param
+    hf = _build(name)
+    folder = tmp_path_factory.mktemp(name)
+    hf.save_pretrained(folder)
+    word_tokenizer(V).save_pretrained(folder)
+    tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = copy.deepcopy(hf)(tokens, output_attentions=True, output_hidden_states=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = load_model(str(folder))
+    return name, lm, tokens, out
+
+
+def _captured(model, tokens, names):
+    store = {}
+    hooks = [(n, lambda x, hook, n=n: store.__setitem__(n, x.detach().double().clone())) for n in names]
+    with torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
+        model(tokens)
+    return store
+
+
+def test_alpha_and_resid_norms_match_hugging_face(arch):
+    name, lm, tokens, out = arch
+    assert lm.info["hf_architecture"] == ARCHS[name][1]
+    report = measure(lm.model, tokens, qk_heads="auto")
+    att = torch.stack(out.attentions, 1).double()  # [N, L, H, T, T]
+    ref = torch.stack([att[..., k:, k].mean(-1) for k in range(T)], -1).mean(0)
+    np.testing.assert_allclose(report.alpha_by_key, ref.numpy(), atol=1e-6)
+    by_pos = report.norms["resid"]["by_position"]  # [L + 1, T]; HF's last hidden state is after the final norm
+    for l in range(2):
+        np.testing.assert_allclose(by_pos[l], out.hidden_states[l].double().norm(dim=-1).mean(0).numpy(), rtol=1e-5)
+
+
+def test_key_and_value_norms_are_measured(arch):
+    """Every architecture reports the norms of the keys and values its attention uses (rotary
+    embeddings rotate, so the pre-rotation norms are the ones), never a silent zero."""
+    name, lm, tokens, _ = arch
+    report = measure(lm.model, tokens, qk_heads=None)
+    acts = _captured(lm.model, tokens, [f"blocks.{l}.attn.hook_{c}" for l in range(2) for c in ("k", "v")])
+    group = 4 // acts["blocks.0.attn.hook_k"].shape[2]
+    for l in range(2):
+        for c, key in (("k", "key"), ("v", "value")):
+            n = acts[f"blocks.{l}.attn.hook_{c}"].repeat_interleave(group, 2).norm(dim=-1)  # [N, T, H]
+            np.testing.assert_allclose(report.norms[key]["first"][l], n[:, 0].mean(0).numpy(), rtol=1e-5)
+            np.testing.assert_allclose(report.norms[key]["rest"][l], n[:, 1:].mean((0, 1)).numpy(), rtol=1e-5)
+            assert (report.norms[key]["first"][l] > 0).all()
+
+
+def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
+    name, lm, tokens, out = arch
+    expected = ARCHS[name][3]
+    assert qk_source(lm.model, tokens)[0] == expected
+    if expected is None:  # GPT-J: rotary inside Hugging Face's code, no hook_cos / hook_sin
+        with pytest.raises(ValueError, match="rotated queries and keys"):
+            measure(lm.model, tokens, qk_heads="all")
+        report = measure(lm.model, tokens, qk_heads="auto")
+        assert report.qk is None and "GPTJForCausalLM" in report.extra["qk_skipped"]
+        return
+    report = measure(lm.model, tokens, qk_heads="all")
+    names = [f"blocks.{l}.attn.hook_{c}" for l in range(2) for c in ("attn_scores", "q", "k")]
+    acts = _captured(lm.model, tokens, names)
+    att = torch.stack(out.attentions, 1).double()
+    n_pairs = T * (T - 1) / 2
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    for l in range(2):
+        if name in PATTERN_READ_ONLY:  # scores computed on the side: q.k from the hooks, scaled
+            q, k = acts[f"blocks.{l}.attn.hook_q"], acts[f"blocks.{l}.attn.hook_k"]
+            s = torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(lm.model, l)
+        else:
+            s = acts[f"blocks.{l}.attn.hook_attn_scores"][..., :T, :T]  # [N, H, T, T] (some bridges pad keys)
+        # these are the scores Hugging Face's softmax turned into its attention
+        np.testing.assert_allclose(s.masked_fill(~causal, float("-inf")).softmax(-1).numpy(),
+                                   att[:, l].numpy(), atol=1e-6)
+        if name in POSITION_BIAS:
+            continue
+        k1 = s[..., :, 0].mean((0, 2))
+        rest = torch.stack([s[:, :, t, 1:t + 1].sum(-1) for t in range(1, T)], -1).sum(-1).mean(0) / n_pairs
+        heads = [i for i, (hl, _) in enumerate(report.qk["heads"]) if hl == l]
+        np.testing.assert_allclose(report.qk["logit_q_k1"][heads], k1.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(report.qk["logit_q_krest"][heads], rest.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(report.qk["cos_q_k1"]) <= 1 + 1e-9)
+
+
+def test_first_token_value_edit_acts(arch):
+    """In the last layer, zeroing token 1's value (hook_v) and removing token 1 from the pattern of
+    queries 2.. without renormalizing (hook_pattern) take the same term out of the outputs of
+    queries 2..: equal losses on their targets, and not the unedited one, on every architecture."""
+    name, lm, tokens, _ = arch
+    kw = dict(layers=[1], target_start=2, sinks=False)
+    zero = run_intervention(lm.model, tokens, first_token("zero_value"), **kw)
+    if name in PATTERN_READ_ONLY:
+        with pytest.raises(RuntimeError, match="can be read but not edited"):
+            run_intervention(lm.model, tokens, first_token("ablate", renormalize=False), **kw)
+        assert abs(zero.delta_loss) > 2e-5
+        return
+    ablate = run_intervention(lm.model, tokens, first_token("ablate", renormalize=False), **kw)
+    assert abs(zero.delta_loss) > 2e-5
+    assert zero.loss == pytest.approx(ablate.loss, abs=1e-6)
+
+
+# where each fused-projection architecture keeps the values of token 1 in its q/k/v projection output
+FUSED_V = {
+    "gpt2": ("transformer.h", "attn.c_attn", lambda o: o[:, 0, 64:]),  # [q | k | v], d_model 32 each
+    "bloom": ("transformer.h", "self_attention.query_key_value", lambda o: o.view(*o.shape[:2], 4, 3, 8)[:, 0, :, 2]),
+    "gpt_neox": ("gpt_neox.layers", "attention.query_key_value", lambda o: o.view(*o.shape[:2], 4, 3, 8)[:, 0, :, 2]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUSED_V))
+def test_value_edit_on_fused_projections_matches_hugging_face(name):
+    """The bridge splits a fused q/k/v projection into hook_v; zeroing token 1's value there is the
+    same as zeroing it in Hugging Face's own fused output."""
+    import torch.nn.functional as F
+
+    hf = _build(name)
+    tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
+    ref = copy.deepcopy(hf)
+    blocks_path, proj_path, v_of_first = FUSED_V[name]
+
+    def zero_v(module, inputs, output):
+        output = output.clone()
+        v_of_first(output).zero_()
+        return output
+
+    blocks = ref.get_submodule(blocks_path)
+    handles = [b.get_submodule(proj_path).register_forward_hook(zero_v) for b in blocks]
+    with torch.no_grad():
+        logits = ref(tokens).logits.double()
+    for h in handles:
+        h.remove()
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1)).item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = tl_adapter.boot_bridge(hf, word_tokenizer(V), name)
+    result = run_intervention(bridge, tokens, first_token("zero_value"), sinks=False)
+    assert abs(result.delta_loss) > 1e-4
+    assert result.loss == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, a in ARCHS.items() if a[3] in ("cos_sin", None)))
+def test_an_edit_on_a_hook_that_never_fires_raises(name):
+    """These bridges list hook_rot_k but rotate inside Hugging Face's code: rotary_position is refused
+    instead of silently leaving the model as it was; measuring through that hook is refused too."""
+    hf = _build(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = tl_adapter.boot_bridge(hf, word_tokenizer(V), name)
+    tokens = torch.randint(3, V, (2, T), generator=torch.Generator().manual_seed(1))
+    assert "blocks.0.attn.hook_rot_k" in tl_adapter.hook_names(bridge)
+    with pytest.raises(RuntimeError, match="never fired"):
+        run_intervention(bridge, tokens, first_token("rotary_position", position=3), sinks=False)
+    with pytest.raises(RuntimeError, match=r"\['blocks.1.attn.hook_rot_k'\] are listed by the model"):
+        with tl_adapter.attached_hooks(bridge, [("blocks.1.attn.hook_rot_k", lambda x, hook: x),
+                                                ("blocks.1.attn.hook_k", lambda x, hook: x)]):
+            bridge(tokens)
+    assert tl_adapter.count_attached_hooks(bridge) == 0
