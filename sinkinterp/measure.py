@@ -20,6 +20,7 @@ from torch import Tensor
 
 from sinkinterp import tl_adapter
 from sinkinterp.metrics import alpha_bias_from_pattern, alpha_from_columns, alpha_from_pattern, check_eps
+from sinkinterp.models.attention import rotate_half_partial
 
 __all__ = ["measure", "SinkReport", "DEFAULT_EPS_GRID", "validate_tokens", "sweep_seq_len"]
 
@@ -154,18 +155,6 @@ def _resolve_qk_heads(qk_heads: QKHeads, n_layers: int, n_heads: int) -> list[tu
             )
         heads.append((l, h))
     return heads
-
-
-def _rotate_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Hugging Face's rotate-half RoPE of x [batch, pos, head, d_head] on its first cos.shape[-1]
-    dimensions (partial rotary, as in GPT-NeoX / Phi), with cos, sin [1 or batch, pos, rotary dims]."""
-    r = cos.shape[-1]
-    if r > x.shape[-1] or r % 2:
-        raise RuntimeError(f"hook_cos has {r} rotary dimensions for a head of {x.shape[-1]}")
-    c, s_ = cos[:, :, None].to(x.dtype), sin[:, :, None].to(x.dtype)
-    xr, rest = x[..., :r], x[..., r:]
-    a, b = xr.chunk(2, dim=-1)
-    return torch.cat([xr * c + torch.cat([-b, a], dim=-1) * s_, rest], dim=-1)
 
 
 def qk_source(model: Any, tokens: Tensor, names: set[str] | None = None) -> tuple[str | None, str]:
@@ -316,7 +305,8 @@ class _Accumulator:
             q, k = slot["rot_q"], slot["rot_k"]
         elif self.qk_from == "cos_sin":
             cos, sin = slot["cos"].double(), slot["sin"].double()
-            q, k = _rotate_half(slot["q"].double(), cos, sin), _rotate_half(slot["k"].double(), cos, sin)
+            cos, sin = cos[:, :, None], sin[:, :, None]  # [1 or batch, pos, 1, rotary dims]
+            q, k = rotate_half_partial(slot["q"].double(), cos, sin), rotate_half_partial(slot["k"].double(), cos, sin)
         else:
             q, k = slot["q"], slot["k"]
         self._qk_decomposition(layer, q, k)

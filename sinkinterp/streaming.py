@@ -23,8 +23,9 @@ context (StreamingLLM's oracle baseline): each prediction re-reads its context (
 tokens, then the last ``window``) from scratch at positions 0.. . Any hooked model (a plain forward
 per context, batched), at ``window`` times the cost.
 
-The rolling cache runs on Hugging Face models with rotate-half RoPE (LLaMA, Mistral, Qwen2/3 families:
-SmolLM2 included) loaded through ``TransformerBridge`` (``sinkinterp.loading``): the model's own
+The rolling cache runs on Hugging Face models with rotate-half RoPE from their base model's shared
+``rotary_emb``, full or partial (LLaMA, Mistral, Qwen 2/3, Gemma, OLMo, Phi-3, StableLM, GPT-NeoX /
+Pythia, Falcon; SmolLM2 included) loaded through ``TransformerBridge`` (``sinkinterp.loading``): the model's own
 key/value cache, keys re-rotated by -1 position when an entry before them is evicted (checked once
 against the model's own rotation); and on sinkinterp models (``SinkTransformer.forward``'s
 ``start_at_pos`` / ``past_kv`` continuation, one token a step), without learned or sinusoidal position embeddings (a
@@ -50,7 +51,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sinkinterp import patching, tl_adapter
-from sinkinterp.models.attention import apply_rotary, rotary_cos_sin
+from sinkinterp.models.attention import apply_rotary, rotary_cos_sin, rotate_half_partial
 
 POLICIES = ("rolling", "recompute")
 POSITIONS = ("cache", "original")
@@ -264,33 +265,31 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
 
 
 # ------------------------------------------------------------------------------- Hugging Face
-#: model types whose attention applies rotate-half RoPE to every layer's keys (Hugging Face's
-#: ``apply_rotary_pos_emb``), from ``model.model.rotary_emb``
-HF_ROPE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+def _rotary_emb(hf: Any) -> Any | None:
+    """The base model's shared rotary embedding module (LLaMA, Mistral, Qwen, Gemma, OLMo, Phi-3,
+    StableLM, GPT-NeoX, Falcon ...): ``rotary_emb(x, position_ids) -> (cos, sin)``, or None."""
+    return getattr(getattr(hf, "base_model", None), "rotary_emb", None)
 
 
 def _check_rolling_hf(hf: Any) -> None:
     mtype = getattr(hf.config, "model_type", None)
-    if mtype not in HF_ROPE_TYPES or not hasattr(getattr(hf, "model", None), "rotary_emb"):
-        raise ValueError(f"model: the rolling cache on a Hugging Face model needs rotate-half RoPE in every layer "
-                         f"(model types {list(HF_ROPE_TYPES)}), got {mtype!r}; policy='recompute' works")
+    if _rotary_emb(hf) is None:
+        raise ValueError(f"model: the rolling cache on a Hugging Face model needs rotate-half RoPE from its base "
+                         f"model's rotary_emb (LLaMA, Mistral, Qwen, Gemma, OLMo, Phi-3, StableLM, GPT-NeoX, "
+                         f"Falcon ...), got {mtype!r}; policy='recompute' works")
     if getattr(hf.config, "sliding_window", None) and getattr(hf.config, "use_sliding_window", True):
         raise ValueError("model: Hugging Face sliding-window attention has its own cache; policy='recompute' works")
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
 def _hf_shift(hf: Any, keys: Tensor, delta: int) -> Tensor:
-    """Keys [batch, kv_head, pos, d_head] after RoPE, moved by ``delta`` positions (rotations add)."""
+    """Keys [batch, kv_head, pos, d_head] after RoPE, moved by ``delta`` positions (rotations add).
+    Partial rotary (GPT-NeoX, StableLM, Phi): only the first cos.shape[-1] dimensions turn."""
     if keys.shape[2] == 0 or delta == 0:
         return keys
     pos = torch.full((1, keys.shape[2]), delta, device=keys.device)
     k = keys.to(torch.promote_types(keys.dtype, torch.float32))
-    cos, sin = hf.model.rotary_emb(k, pos)  # [1, pos, d_head]
-    return (k * cos[:, None] + _rotate_half(k) * sin[:, None]).to(keys.dtype)
+    cos, sin = _rotary_emb(hf)(k, pos)  # [1, pos, rotary dims]
+    return rotate_half_partial(k, cos[:, None], sin[:, None]).to(keys.dtype)
 
 
 def _hf_step(hf: Any, token: Tensor, cache: list[tuple[Tensor, Tensor]], position: int) -> Any:
@@ -310,7 +309,7 @@ def _check_hf_rotation(hf: Any, token: Tensor) -> None:
     k0 = _hf_step(hf, token, [], 0).past_key_values.layers[0].keys
     k5 = _hf_step(hf, token, [], 5).past_key_values.layers[0].keys
     if not torch.allclose(_hf_shift(hf, k0, 5).double(), k5.double(), atol=1e-4 * (1 + float(k5.abs().max()))):
-        raise RuntimeError("model: its cached keys are not rotate-half RoPE of model.rotary_emb; the rolling "
+        raise RuntimeError("model: its cached keys are not rotate-half RoPE of its rotary_emb; the rolling "
                            "cache cannot re-number positions (policy='recompute' works)")
 
 

@@ -51,10 +51,12 @@ POSITION_BIAS = {"bloom"}
 PATTERN_READ_ONLY = {"opt", "gptj"}
 
 
-def _build(name: str, seed: int = 0):
+def _build(name: str, seed: int = 0, n_layers: int = 2):
     import transformers
 
     cfg_cls, model_cls, fields, _ = ARCHS[name]
+    fields = dict(fields)
+    fields["n_layer" if "n_layer" in fields else "num_hidden_layers"] = n_layers
     torch.manual_seed(seed)
     cfg = getattr(transformers, cfg_cls)(**SMALL, **fields)
     model = getattr(transformers, model_cls)._from_config(cfg, attn_implementation="eager").eval()

@@ -228,6 +228,30 @@ def test_hf_rolling_cache_renumbered_on_one_layer_equals_recomputation():
     torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["falcon", "gemma", "gpt_neox", "mistral", "olmo", "phi3", "qwen2", "stablelm"])
+def test_hf_rolling_cache_on_rotary_architectures(name):
+    """Every architecture whose base model has a shared rotary_emb (partial rotary included: GPT-NeoX,
+    StableLM): nothing evicted is the full forward; on one layer, re-numbered positions equal
+    re-computation."""
+    import copy
+
+    from conftest import word_tokenizer
+    from test_architectures import _build
+
+    bridges = {}
+    for n_layers in (1, 2):
+        hf = _build(name, n_layers=n_layers).double()
+        bridges[n_layers] = tl_adapter.boot_bridge(copy.deepcopy(hf), word_tokenizer(61), name)
+    tokens = _tokens(10, length=16, vocab=61)
+    full = _full_nll(bridges[2], tokens)
+    # Hugging Face computes RoPE angles in float32: step-by-step and whole-sequence differ by ~1e-8
+    torch.testing.assert_close(stream_loss(bridges[2], tokens, window=16, n_sink=1).nll, full, atol=1e-7, rtol=0)
+    rolling = stream_loss(bridges[1], tokens, window=5, n_sink=2)
+    recompute = stream_loss(bridges[1], tokens, window=5, n_sink=2, policy="recompute")
+    torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-6, rtol=0)
+    assert (rolling.nll - _full_nll(bridges[1], tokens)).abs().max() > 1e-4  # the window did evict
+
+
 def test_hf_rolling_cache_needs_rotate_half_rope():
     from conftest import tiny_gpt2, word_tokenizer
 

@@ -196,6 +196,19 @@ def apply_rotary(
     return (xf * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)
 
 
+def rotate_half_partial(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Hugging Face's rotate-half RoPE on the first ``r = cos.shape[-1]`` dimensions of ``x`` (the
+    rest pass through: partial rotary, as in GPT-NeoX, StableLM and Phi), with ``cos`` / ``sin``
+    already shaped to broadcast against ``x[..., :r]``. Computed in x's dtype."""
+    r = cos.shape[-1]
+    if r > x.shape[-1] or r % 2:
+        raise ValueError(f"cos has {r} rotary dimensions for vectors of {x.shape[-1]}")
+    xr = x[..., :r]
+    x1, x2 = xr.chunk(2, dim=-1)
+    moved = xr * cos.to(x.dtype) + torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype)
+    return torch.cat([moved, x[..., r:]], dim=-1)
+
+
 @dataclass
 class AttnContext:
     """Everything about positions that all layers share, built once per forward pass."""
