@@ -31,7 +31,9 @@ Activation edits (``first_token(kind)``; ``heads`` index key/value heads for key
 ``rotary_position`` rotary models: token 1's key rotated as if token 1 stood at ``position``, so
                     query t sees it at relative distance t - position (its query needs no change:
                     query 1 sees only key 1). The rotation is read off the model's own hook_k ->
-                    hook_rot_k at that position (any base, scaling or pairing convention) and checked.
+                    hook_rot_k at that position (any base, scaling or pairing convention) and checked;
+                    on a bridge around a Hugging Face model with a shared rotate-half rotary_emb
+                    (LLaMA-style, GPT-NeoX, Phi-3, Falcon ...) it is that module's, applied at hook_k.
 ==================  =====================================================================
 
 Neuron edit: ``zero_neurons(layer, neurons)`` silences chosen MLP neurons of one layer (units of
@@ -63,6 +65,7 @@ from torch import Tensor
 
 from sinkinterp import patching, tl_adapter
 from sinkinterp.measure import SinkReport, measure, validate_tokens
+from sinkinterp.models.attention import rotate_half_partial
 from sinkinterp.patching import COMPONENTS, Cell, Source
 
 __all__ = [
@@ -103,14 +106,14 @@ Edits = tuple[tuple[str, Source], ...]
 
 @dataclass(frozen=True)
 class Intervention:
-    """A named intervention: activation edits, built for a model by ``build_edits(has_slot)`` as
-    (component, source) pairs, or a token edit. ``components`` lists what the edits touch; the first
+    """A named intervention: activation edits, built for a model by ``build_edits(model, has_slot)``
+    as (component, source) pairs, or a token edit. ``components`` lists what the edits touch; the first
     one's head axis is what ``heads`` and per-head effects index."""
 
     name: str
     description: str
     components: tuple[str, ...] = ()
-    build_edits: Callable[[bool], Edits] | None = None
+    build_edits: Callable[[Any, bool], Edits] | None = None
     token_edit: TokenEdit | None = None
     needs_slot: bool = False
     params: dict[str, Any] = field(default_factory=dict)
@@ -221,10 +224,33 @@ def _rotation_at(pre: Tensor, rot: Tensor, layer: int, position: int) -> tuple[T
         "embedding is not one this intervention can read (partial rotary dimensions?)")
 
 
-def _rotary_position_sources(position: int) -> Edits:
+def _hf_rotary_source(rotary_emb: Any, position: int) -> Source:
+    """For a bridge around a Hugging Face model whose attention rotates keys inside its own code:
+    hook_k (before rotary) gets token 1's key turned by the model's rotary_emb at ``position``;
+    the model then rotates it by its own angle at position 0, the identity."""
+
+    def rotate(act: Tensor, layer: int) -> Tensor:
+        if position >= act.shape[1]:
+            raise ValueError(f"position {position} is outside the sequence (0..{act.shape[1] - 1})")
+        k = act.to(torch.promote_types(act.dtype, torch.float32))
+        cos, sin = rotary_emb(k, torch.tensor([[position]], device=act.device))  # [1, 1, rotary dims]
+        out = act.clone()
+        out[:, 0] = rotate_half_partial(k[:, 0], cos[:, 0][:, None], sin[:, 0][:, None]).to(act.dtype)
+        return out
+
+    return rotate
+
+
+def _rotary_position_sources(model: Any, position: int) -> Edits:
     """hook_k stashes the pre-rotary keys; hook_rot_k rotates token 1's key by the rotation the model
     applied at ``position`` (read off the stashed and rotated keys there, so base, scaling and pairing
-    are the model's own)."""
+    are the model's own). On a bridge around a Hugging Face model with a shared rotate-half
+    ``rotary_emb`` (GPT-NeoX, Phi-3, Falcon ... whose hook_rot_k never fires, and LLaMA-style models
+    alike), hook_k alone, with that module's rotation."""
+    hf = tl_adapter.wrapped_hf_model(model)
+    rotary_emb = tl_adapter.hf_rotary_emb(hf) if hf is not None else None
+    if rotary_emb is not None:
+        return (("k", _hf_rotary_source(rotary_emb, position)),)
     stash: dict[int, Tensor] = {}
 
     def keep(act: Tensor, layer: int) -> Tensor:
@@ -263,14 +289,14 @@ def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, pos
             "bias_to_first": "bias slot's attention moved onto token 1",
         }[kind]
         name = kind if renormalize or kind == "bias_to_first" else f"{kind}[norenorm]"
-        return Intervention(name, desc, ("pattern",), lambda has_slot: _pattern_sources(kind, renormalize, has_slot),
+        return Intervention(name, desc, ("pattern",), lambda model, has_slot: _pattern_sources(kind, renormalize, has_slot),
                             needs_slot=kind != "ablate", params={"renormalize": renormalize})
     if kind in ("swap_position", "rotary_position"):
         if isinstance(position, bool) or not isinstance(position, int) or position < 1:
             raise ValueError(f"position must be a positive integer (0-based), got {position!r}")
     if kind == "rotary_position":
         return Intervention(kind, f"token 1's key rotated as if at position {position}", ("rot_k", "k"),
-                            lambda has_slot: _rotary_position_sources(position), params={"position": position})
+                            lambda model, has_slot: _rotary_position_sources(model, position), params={"position": position})
     if kind == "swap_position":
 
         def swap(act: Tensor, layer: int) -> Tensor:
@@ -281,7 +307,7 @@ def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, pos
             return out
 
         return Intervention(kind, f"position embeddings of positions 0 and {position} swapped", ("pos_embed",),
-                            lambda has_slot: (("pos_embed", swap),), params={"position": position})
+                            lambda model, has_slot: (("pos_embed", swap),), params={"position": position})
     if kind == "normalize_resid":
 
         def to_mean_norm(a: Tensor) -> Tensor:
@@ -290,7 +316,7 @@ def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, pos
             return first * (target / first.norm(dim=-1, keepdim=True).clamp_min(1e-30))
 
         return Intervention(kind, "token 1's residual rescaled to the mean norm of the others", ("resid_pre",),
-                            lambda has_slot: (("resid_pre", _first_only(to_mean_norm)),))
+                            lambda model, has_slot: (("resid_pre", _first_only(to_mean_norm)),))
     what, comp = {"value": ("value", "v"), "key": ("key", "k"), "resid": ("residual", "resid_pre")}[kind.split("_")[1]]
     if kind.startswith("zero"):
         src, desc, params = _first_only(lambda a: torch.zeros_like(a[:, 0])), f"{what} of token 1 set to 0", {}
@@ -301,7 +327,7 @@ def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, pos
             raise TypeError(f"factor must be a number, got {type(factor).__name__}")
         f = float(factor)
         src, desc, params = _first_only(lambda a: a[:, 0] * f), f"{what} of token 1 scaled by {f:g}", {"factor": f}
-    return Intervention(kind, desc, (comp,), lambda has_slot: ((comp, src),), params=params)
+    return Intervention(kind, desc, (comp,), lambda model, has_slot: ((comp, src),), params=params)
 
 
 def _window_sources(window: int, keep_first: int, renormalize: bool, has_slot: bool) -> Edits:
@@ -346,7 +372,7 @@ def window_cache(window: int, keep_first: int = 0, *, renormalize: bool = True) 
     desc = f"keys limited to the last {window}" + (f" plus the first {keep_first}" if keep_first else "") + (
         " (rows renormalized)" if renormalize else "")
     return Intervention(name, desc, ("pattern",),
-                        lambda has_slot: _window_sources(window, keep_first, renormalize, has_slot),
+                        lambda model, has_slot: _window_sources(window, keep_first, renormalize, has_slot),
                         params={"window": window, "keep_first": keep_first, "renormalize": renormalize})
 
 
@@ -372,7 +398,7 @@ def zero_neurons(layer: int, neurons: Sequence[int]) -> Intervention:
 
     shown = ",".join(map(str, chosen[:8])) + (f",... ({len(chosen)})" if len(chosen) > 8 else "")
     return Intervention(f"zero_neurons[L{layer}:{shown}]", f"MLP neurons {shown} of layer {layer} set to 0 at token 1",
-                        ("mlp_post",), lambda has_slot: (("mlp_post", silence),),
+                        ("mlp_post",), lambda model, has_slot: (("mlp_post", silence),),
                         params={"layer": layer, "neurons": chosen}, layers=(layer,))
 
 
@@ -584,7 +610,7 @@ def run_intervention(
         raise ValueError(f"intervention {inter.name!r} needs a model with a bias slot "
                          "(blocks.{l}.attn.hook_bias_pattern: k*, a sink token or a sink logit)")
     if inter.build_edits is not None:  # check before any work starts
-        edits = [(COMPONENTS[c], s) for c, s in inter.build_edits(has_slot)]
+        edits = [(COMPONENTS[c], s) for c, s in inter.build_edits(model, has_slot)]
         cells = _selected_cells(dims, inter, layers, heads)
         for comp, _ in edits:
             patching._check_cells(model, comp, [c if comp.head_dim is not None else Cell(c.layer) for c in cells], T)

@@ -265,15 +265,9 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
 
 
 # ------------------------------------------------------------------------------- Hugging Face
-def _rotary_emb(hf: Any) -> Any | None:
-    """The base model's shared rotary embedding module (LLaMA, Mistral, Qwen, Gemma, OLMo, Phi-3,
-    StableLM, GPT-NeoX, Falcon ...): ``rotary_emb(x, position_ids) -> (cos, sin)``, or None."""
-    return getattr(getattr(hf, "base_model", None), "rotary_emb", None)
-
-
 def _check_rolling_hf(hf: Any) -> None:
     mtype = getattr(hf.config, "model_type", None)
-    if _rotary_emb(hf) is None:
+    if tl_adapter.hf_rotary_emb(hf) is None:
         raise ValueError(f"model: the rolling cache on a Hugging Face model needs rotate-half RoPE from its base "
                          f"model's rotary_emb (LLaMA, Mistral, Qwen, Gemma, OLMo, Phi-3, StableLM, GPT-NeoX, "
                          f"Falcon ...), got {mtype!r}; policy='recompute' works")
@@ -288,7 +282,7 @@ def _hf_shift(hf: Any, keys: Tensor, delta: int) -> Tensor:
         return keys
     pos = torch.full((1, keys.shape[2]), delta, device=keys.device)
     k = keys.to(torch.promote_types(keys.dtype, torch.float32))
-    cos, sin = _rotary_emb(hf)(k, pos)  # [1, pos, rotary dims]
+    cos, sin = tl_adapter.hf_rotary_emb(hf)(k, pos)  # [1, pos, rotary dims]
     return rotate_half_partial(k, cos[:, None], sin[:, None]).to(keys.dtype)
 
 

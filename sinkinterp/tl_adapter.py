@@ -56,6 +56,7 @@ __all__ = [
     "boot_bridge",
     "hooked_transformer_from_config",
     "wrapped_hf_model",
+    "hf_rotary_emb",
     "mlp_out_weight",
     "patching",
 ]
@@ -331,6 +332,13 @@ def wrapped_hf_model(model: Any) -> Any | None:
     except ImportError:  # pragma: no cover - a TransformerLens without bridges
         return None
     return model.original_model if isinstance(model, TransformerBridge) else None
+
+
+def hf_rotary_emb(hf_model: Any) -> Any | None:
+    """A Hugging Face model's shared rotary embedding, ``rotary_emb(x, position_ids) -> (cos, sin)``
+    on its base model (LLaMA, Mistral, Qwen, Gemma, OLMo, Phi-3, StableLM, GPT-NeoX, Falcon ...;
+    rotate-half, possibly on the first cos.shape[-1] dimensions only), or None."""
+    return getattr(getattr(hf_model, "base_model", None), "rotary_emb", None)
 
 
 def mlp_out_weight(model: Any, layer: int) -> Any:

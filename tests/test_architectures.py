@@ -209,20 +209,56 @@ def test_value_edit_on_fused_projections_matches_hugging_face(name):
     assert result.loss == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, a in ARCHS.items() if a[3] in ("cos_sin", None)))
-def test_an_edit_on_a_hook_that_never_fires_raises(name):
-    """These bridges list hook_rot_k but rotate inside Hugging Face's code: rotary_position is refused
-    instead of silently leaving the model as it was; measuring through that hook is refused too."""
-    hf = _build(name)
+def _bridge(name, n_layers=2):
+    hf = _build(name, n_layers=n_layers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bridge = tl_adapter.boot_bridge(hf, word_tokenizer(V), name)
+        return tl_adapter.boot_bridge(hf, word_tokenizer(V), name)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, a in ARCHS.items() if a[3] in ("cos_sin", None)))
+def test_a_hook_that_never_fires_is_refused(name):
+    """These bridges list hook_rot_k but rotate inside Hugging Face's code: reading or editing it is
+    refused instead of silently giving nothing."""
+    bridge = _bridge(name)
     tokens = torch.randint(3, V, (2, T), generator=torch.Generator().manual_seed(1))
     assert "blocks.0.attn.hook_rot_k" in tl_adapter.hook_names(bridge)
-    with pytest.raises(RuntimeError, match="never fired"):
-        run_intervention(bridge, tokens, first_token("rotary_position", position=3), sinks=False)
     with pytest.raises(RuntimeError, match=r"\['blocks.1.attn.hook_rot_k'\] are listed by the model"):
         with tl_adapter.attached_hooks(bridge, [("blocks.1.attn.hook_rot_k", lambda x, hook: x),
                                                 ("blocks.1.attn.hook_k", lambda x, hook: x)]):
             bridge(tokens)
     assert tl_adapter.count_attached_hooks(bridge) == 0
+    if name == "gptj":  # no shared rotary_emb either: rotary_position has nothing to rotate with
+        with pytest.raises(RuntimeError, match="never fired"):
+            run_intervention(bridge, tokens, first_token("rotary_position", position=3), sinks=False)
+
+
+@pytest.mark.parametrize("name", ["falcon", "gpt_neox", "llama", "phi3", "stablelm"])
+def test_rotary_position_moves_token_1_on_bridges(name):
+    """Layer 0's queries and keys depend on the token and its position only, so after the edit query
+    t scores token 1 exactly as it scores token 1's id placed at position p (t > p); partial rotary
+    (GPT-NeoX, StableLM) included."""
+    bridge = _bridge(name)
+    tokens, p = torch.randint(3, V, (2, T), generator=torch.Generator().manual_seed(1)), 5
+    moved = tokens.clone()
+    moved[:, p] = tokens[:, 0]
+    inter = first_token("rotary_position", position=p)
+    from sinkinterp import patching
+    from sinkinterp.interventions import COMPONENTS
+
+    edits = [(COMPONENTS[c], src) for c, src in inter.build_edits(bridge, False)]
+    hooks = patching.edit_hooks(bridge, edits, [patching.Cell(0)])
+    name0 = "blocks.0.attn.hook_attn_scores"
+    store = {}
+    with torch.no_grad(), tl_adapter.attached_hooks(bridge, hooks + [(name0, lambda x, hook: store.__setitem__("e", x))]):
+        bridge(tokens)
+    with torch.no_grad(), tl_adapter.attached_hooks(bridge, [(name0, lambda x, hook: store.__setitem__("m", x))]):
+        bridge(moved)
+    with torch.no_grad(), tl_adapter.attached_hooks(bridge, [(name0, lambda x, hook: store.__setitem__("p", x))]):
+        bridge(tokens)
+    # query p itself is token 1's id in the moved run: compare the queries after it
+    torch.testing.assert_close(store["e"][:, :, p + 1:, 0], store["m"][:, :, p + 1:, p], atol=1e-5, rtol=1e-5)
+    assert (store["e"][:, :, p:, 0] - store["p"][:, :, p:, 0]).abs().max() > 1e-3  # it moved
+    torch.testing.assert_close(store["e"][:, :, :, 1:], store["p"][:, :, :, 1:], atol=0, rtol=0)
+    result = run_intervention(bridge, tokens, inter, sinks=False, per_head=True)
+    assert np.isfinite(result.per_head).all() and result.loss != result.loss_base

@@ -44,7 +44,7 @@ def _patterns(model, tokens, hooks=()):
 
 def _edit_hooks(model, inter, **cells):
     has_slot = "blocks.0.attn.hook_bias_pattern" in model.hook_dict
-    edits = [(patching.COMPONENTS[c], s) for c, s in inter.build_edits(has_slot)]
+    edits = [(patching.COMPONENTS[c], s) for c, s in inter.build_edits(model, has_slot)]
     layers = cells.get("layers", inter.layers if inter.layers is not None else range(model.cfg.n_layers))
     return patching.edit_hooks(model, edits, [patching.Cell(l, cells.get("head")) for l in layers])
 
@@ -500,7 +500,7 @@ def test_zero_neurons_changes_exactly_those_units_at_token_one(model):
     torch.testing.assert_close(got[out][:, 1:], base[out][:, 1:], rtol=0, atol=0)
     every = iv.zero_neurons(1, list(range(model.cfg.d_ff)))
     silent = iv.run_intervention(model, tokens, every, sinks=False)
-    zero_out = iv.Intervention("zero_mlp_out", "", ("mlp_out",), lambda has_slot: (
+    zero_out = iv.Intervention("zero_mlp_out", "", ("mlp_out",), lambda model, has_slot: (
         ("mlp_out", lambda a, l: torch.cat([torch.zeros_like(a[:, :1]), a[:, 1:]], 1) if l == 1 else a),))
     assert silent.loss == pytest.approx(iv.run_intervention(model, tokens, zero_out, sinks=False).loss, abs=1e-12)
     assert abs(silent.delta_loss) > 1e-4
