@@ -180,7 +180,7 @@ def qk_source(model: Any, tokens: Tensor, names: set[str] | None = None) -> tupl
         return "rot", "hook_rot_q / hook_rot_k"
     if len(trig) == 2 and all(n in fired for n in trig):
         return "cos_sin", "hook_q / hook_k rotated with the model's hook_cos / hook_sin (rotate-half)"
-    arch = tl_adapter._hf_architecture(model) or type(model).__name__
+    arch = tl_adapter.hf_architecture(model) or type(model).__name__
     return None, (f"{arch} lists hook_rot_q / hook_rot_k but its forward pass never reaches them, and it has no "
                   "firing hook_cos / hook_sin to rotate hook_q / hook_k with: the rotated queries and keys "
                   "are not observable")
@@ -523,7 +523,8 @@ def run_hooked(model: Any, tokens: Tensor, hooks: list[tuple[str, Any]], acc: An
                names: set[str], pattern_cols: int | None = None, progress: str | None = None) -> None:
     """Run ``model`` over ``tokens`` in batches with ``hooks`` attached (checked against the model's
     hook ``names`` first), in eval mode and without gradients; after each batch ``acc.num_seqs`` grows
-    and ``acc.stash`` (when it has one) is cleared. ``pattern_cols``: the number of key columns a
+    and ``acc.end_batch()`` runs (or, without one, ``acc.stash`` is cleared). Every attached hook must
+    fire (``tl_adapter.attached_hooks``) except a layer's bias-slot hooks. ``pattern_cols``: the number of key columns a
     sinkinterp model's read-only hook_pattern_cols carries for the run (restored after). The model's
     training mode and every hook are restored, also on error. ``progress``: a progress-bar label."""
     for name, _ in hooks:

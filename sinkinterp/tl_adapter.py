@@ -57,6 +57,7 @@ __all__ = [
     "hooked_transformer_from_config",
     "wrapped_hf_model",
     "hf_rotary_emb",
+    "hf_architecture",
     "mlp_out_weight",
     "patching",
 ]
@@ -115,12 +116,13 @@ def attached_hooks(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *,
     if fired and silent:
         raise RuntimeError(
             f"hooks {silent} are listed by the model ({type(model).__name__}"
-            f"{' for ' + _hf_architecture(model) if _hf_architecture(model) else ''}) but never fired in its forward "
+            f"{' for ' + hf_architecture(model) if hf_architecture(model) else ''}) but never fired in its forward "
             "pass, so what was read from or done through them is missing; see docs/hook-contract.md"
         )
 
 
-def _hf_architecture(model: Any) -> str | None:
+def hf_architecture(model: Any) -> str | None:
+    """The Hugging Face architecture a TransformerBridge wraps (``LlamaForCausalLM`` ...), or None."""
     hf = wrapped_hf_model(model)
     if hf is None:
         return None
@@ -196,7 +198,7 @@ def check_editable(model: Any, names: Sequence[str]) -> None:
             cache[kind] = _edit_reaches_output(model, name)
         if cache[kind] == "ok":
             continue
-        arch = _hf_architecture(model)
+        arch = hf_architecture(model)
         what = f"{kind} of this model ({type(model).__name__}{' for ' + arch if arch else ''})"
         if cache[kind] == "silent":
             raise RuntimeError(f"{what} is listed but never fired in its forward pass, so an intervention or "
