@@ -80,6 +80,8 @@ def test_unknown_keys_are_rejected_with_their_names():
         (dict(prefix_len=-1), "prefix_len: must be >= 0"),
         (dict(rotary_base=500000.0, pos_emb="alibi"), "rotary_base: only applies to pos_emb='rotary'"),
         (dict(relative_num_buckets=16), "only apply to pos_emb='relative'"),
+        (dict(sinusoidal_scale=0.1), "sinusoidal_scale: only applies to pos_emb='sinusoidal'"),
+        (dict(pos_emb="sinusoidal", sinusoidal_scale=0.0), "sinusoidal_scale: must be > 0"),
         (dict(pos_emb="relative", relative_num_buckets=32, relative_max_distance=10), "relative_max_distance"),
         (dict(init_std=-0.1), "init_std: must be > 0"),
     ],

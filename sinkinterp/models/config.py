@@ -124,6 +124,10 @@ class ModelConfig:
     score bias) | "relative" (T5-style log buckets of |t - s|, a learned per-layer per-head score bias)."""
     rotary_base: float = 10000.0
     """RoPE base (theta); only for pos_emb="rotary"."""
+    sinusoidal_scale: float = 1.0
+    """multiplier of the sinusoidal table added to the token embeddings; only for pos_emb="sinusoidal".
+    1.0 is Vaswani et al.'s table as the paper's code adds it (entries in [-1, 1], which swamp token
+    embeddings drawn with std init_std); init_std puts it at the embeddings' scale."""
     relative_num_buckets: int = 32
     """number of T5 buckets; only for pos_emb="relative" (the paper's code used 32)."""
     relative_max_distance: int = 128
@@ -210,6 +214,9 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.d_head: rotary needs an even d_head, got {self.d_head}")
         if self.pos_emb != "rotary" and self.rotary_base != 10000.0:
             raise ValueError("ModelConfig.rotary_base: only applies to pos_emb='rotary'")
+        _positive_float("sinusoidal_scale", self.sinusoidal_scale)
+        if self.pos_emb != "sinusoidal" and self.sinusoidal_scale != 1.0:
+            raise ValueError("ModelConfig.sinusoidal_scale: only applies to pos_emb='sinusoidal'")
         _int("relative_num_buckets", self.relative_num_buckets, 2)
         _int("relative_max_distance", self.relative_max_distance, 1)
         if self.pos_emb != "relative" and (self.relative_num_buckets, self.relative_max_distance) != (32, 128):

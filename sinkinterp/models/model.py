@@ -61,12 +61,14 @@ class LearnedPosEmbed(nn.Module):
 
 
 class SinusoidalPosEmbed(nn.Module):
-    """Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...). No parameters;
-    computed on the fly (at least float32) so a bf16 model gets accurate positions."""
+    """Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...), times
+    ``cfg.sinusoidal_scale``. No parameters; computed on the fly (at least float32) so a bf16 model
+    gets accurate positions."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.d_model = cfg.d_model
+        self.scale = cfg.sinusoidal_scale
 
     def forward(self, n_pos: int, dtype: torch.dtype, device: torch.device) -> Float[Tensor, "pos d_model"]:
         pdtype = torch.promote_types(dtype, torch.float32)
@@ -74,7 +76,7 @@ class SinusoidalPosEmbed(nn.Module):
         i = torch.arange(0, self.d_model, 2, device=device, dtype=pdtype)
         angles = pos / (10000.0 ** (i / self.d_model))
         pe = torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(n_pos, -1)[:, : self.d_model]
-        return pe.to(dtype)
+        return (pe * self.scale).to(dtype)
 
 
 class Unembed(nn.Module):
