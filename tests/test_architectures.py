@@ -170,6 +170,17 @@ def test_first_token_value_edit_acts(arch):
     assert zero.loss == pytest.approx(ablate.loss, abs=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["mean_key", "scale_resid", "scale_value"])
+def test_key_resid_and_value_edits_run_and_act(arch, kind):
+    """Token 1's key, residual and value edits pass the editable check and change the loss on every
+    architecture. (normalize_resid acts too, but in these random models token 1's norm is within a
+    percent of the others', so its loss change can round to nothing: Bloom's does.)"""
+    name, lm, tokens, _ = arch
+    kw = {"factor": 3.0} if kind.startswith("scale") else {}
+    result = run_intervention(lm.model, tokens, first_token(kind, **kw), sinks=False)
+    assert np.isfinite(result.loss) and abs(result.delta_loss) > 1e-6
+
+
 # where each fused-projection architecture keeps the values of token 1 in its q/k/v projection output
 FUSED_V = {
     "gpt2": ("transformer.h", "attn.c_attn", lambda o: o[:, 0, 64:]),  # [q | k | v], d_model 32 each
