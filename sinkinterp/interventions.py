@@ -32,8 +32,8 @@ Activation edits (``first_token(kind)``; ``heads`` index key/value heads for key
                     query t sees it at relative distance t - position (its query needs no change:
                     query 1 sees only key 1). The rotation is read off the model's own hook_k ->
                     hook_rot_k at that position (any base, scaling or pairing convention) and checked;
-                    on a bridge around a Hugging Face model with a shared rotate-half rotary_emb
-                    (LLaMA-style, GPT-NeoX, Phi-3, Falcon ...) it is that module's, applied at hook_k.
+                    on a bridge whose hook_rot_k never fires (GPT-NeoX, Phi-3, Falcon) it is the
+                    Hugging Face model's shared rotate-half rotary_emb, applied at hook_k.
 ==================  =====================================================================
 
 Neuron edit: ``zero_neurons(layer, neurons)`` silences chosen MLP neurons of one layer (units of
@@ -244,12 +244,12 @@ def _hf_rotary_source(rotary_emb: Any, position: int) -> Source:
 def _rotary_position_sources(model: Any, position: int) -> Edits:
     """hook_k stashes the pre-rotary keys; hook_rot_k rotates token 1's key by the rotation the model
     applied at ``position`` (read off the stashed and rotated keys there, so base, scaling and pairing
-    are the model's own). On a bridge around a Hugging Face model with a shared rotate-half
-    ``rotary_emb`` (GPT-NeoX, Phi-3, Falcon ... whose hook_rot_k never fires, and LLaMA-style models
-    alike), hook_k alone, with that module's rotation."""
+    are the model's own). On a bridge whose hook_rot_k never fires (GPT-NeoX, Phi-3, Falcon: the
+    Hugging Face attention rotates inside its own code) around a model with a shared rotate-half
+    ``rotary_emb``: hook_k alone, with that module's rotation."""
     hf = tl_adapter.wrapped_hf_model(model)
     rotary_emb = tl_adapter.hf_rotary_emb(hf) if hf is not None else None
-    if rotary_emb is not None:
+    if rotary_emb is not None and not tl_adapter.hook_fires(model, "blocks.0.attn.hook_rot_k"):
         return (("k", _hf_rotary_source(rotary_emb, position)),)
     stash: dict[int, Tensor] = {}
 

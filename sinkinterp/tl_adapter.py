@@ -50,6 +50,7 @@ __all__ = [
     "attached_hooks",
     "count_attached_hooks",
     "fired_hooks",
+    "hook_fires",
     "check_editable",
     "attn_scale",
     "model_dims",
@@ -141,6 +142,22 @@ def fired_hooks(model: Any, names: Sequence[str], tokens: Any) -> set[str]:
     return fired
 
 
+def _probe_tokens(model: Any) -> Any:
+    """Three token ids [[0, 1, 2]] (modulo the vocabulary) on the model's device, for probe passes."""
+    import torch
+
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        device = torch.device("cpu")
+    return (torch.arange(3, device=device) % model_dims(model)["d_vocab"])[None]
+
+
+def hook_fires(model: Any, name: str) -> bool:
+    """Whether hook ``name`` fires in a 3-token forward pass (a bridge can list hooks it never runs)."""
+    return name in fired_hooks(model, [name], _probe_tokens(model))
+
+
 _EDITABLE: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
@@ -150,12 +167,7 @@ def _edit_reaches_output(model: Any, name: str) -> str:
     "silent" when the hook never fires, "inert" when it fires and the logits stay the same."""
     import torch
 
-    d_vocab = model_dims(model)["d_vocab"]
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        device = torch.device("cpu")
-    tokens = (torch.arange(3, device=device) % d_vocab)[None]
+    tokens = _probe_tokens(model)
     gen = torch.Generator().manual_seed(0)
     fired: list[bool] = []
 
