@@ -79,6 +79,7 @@ RECIPES: dict[str, list[str]] = {
     "c_sinbos": [BOS, 'model.pos_emb="sinusoidal"'],
     # the same table at the token embeddings' scale (init_std 0.02): position scheme vs a swamped embedding
     "c_sinscalebos": [BOS, 'model.pos_emb="sinusoidal"', "model.sinusoidal_scale=0.02"],
+    "c_sinscalebos_s1": [BOS, 'model.pos_emb="sinusoidal"', "model.sinusoidal_scale=0.02", *SEED1],
     "c_relbos": [BOS, 'model.pos_emb="relative"'],
     "c_bos_wd0": [BOS, "weight_decay=0.0"],
     "c_bos_wd2": [BOS, "weight_decay=2.0"],
@@ -718,7 +719,7 @@ PAPER_ROWS = [
     ("ALiBi, BOS first", ["c_alibibos"], "20.78 (RoPE 18.18)"),
     ("learned absolute positions, BOS first", ["c_learnedbos"], "33.13 (RoPE 18.18)"),
     ("sinusoidal absolute positions, BOS first", ["c_sinbos"], "32.73 (RoPE 18.18)"),
-    ("sinusoidal positions scaled by 0.02 (the embeddings' init std), BOS first", ["c_sinscalebos"],
+    ("sinusoidal positions scaled by 0.02 (the embeddings' init std), BOS first", ["c_sinscalebos", "c_sinscalebos_s1"],
      "32.73 (unscaled, RoPE 18.18)"),
     ("T5 relative position buckets, BOS first", ["c_relbos"], "35.53 (RoPE 18.18)"),
     ("sliding window w = 16 (T 64), BOS first", ["c_win16bos"],
