@@ -162,12 +162,15 @@ def qk_source(model: Any, tokens: Tensor, names: set[str] | None = None) -> tupl
     ("rot", ...) from hook_rot_q / hook_rot_k, ("cos_sin", ...) by rotating hook_q / hook_k with the
     model's own hook_cos / hook_sin (bridges whose Hugging Face attention rotates internally: GPT-NeoX,
     Phi-3, Falcon), ("plain", ...) from hook_q / hook_k when the model lists no rotary hooks, or
-    (None, reason) when it lists rotary hooks but none of them fire (GPT-J). One forward pass over
-    the first sequence of ``tokens`` tells which hooks fire."""
+    (None, reason) when it lists rotary hooks but none of them fire (GPT-J). On a bridge, one forward
+    pass over the first sequence of ``tokens`` tells which hooks fire; other models run the hooks
+    they list."""
     names = set(tl_adapter.hook_names(model)) if names is None else names
     rot = ["blocks.0.attn.hook_rot_q", "blocks.0.attn.hook_rot_k"]
     if not all(n in names for n in rot):
         return "plain", "hook_q / hook_k (the model lists no rotary hooks)"
+    if tl_adapter.wrapped_hf_model(model) is None:  # sinkinterp models and a HookedTransformer run theirs
+        return "rot", "hook_rot_q / hook_rot_k"
     trig = [n for n in ("blocks.0.attn.hook_cos", "blocks.0.attn.hook_sin") if n in names]
     was_training = getattr(model, "training", False)
     model.eval()
