@@ -526,7 +526,7 @@ def run_hooked(model: Any, tokens: Tensor, hooks: list[tuple[str, Any]], acc: An
                names: set[str], pattern_cols: int | None = None, progress: str | None = None) -> None:
     """Run ``model`` over ``tokens`` in batches with ``hooks`` attached (checked against the model's
     hook ``names`` first), in eval mode and without gradients; after each batch ``acc.num_seqs`` grows
-    and ``acc.end_batch()`` runs (or, without one, ``acc.stash`` is cleared). Every attached hook must
+    and ``acc.end_batch()`` runs when the accumulator has one. Every attached hook must
     fire (``tl_adapter.attached_hooks``) except a layer's bias-slot hooks. ``pattern_cols``: the number of key columns a
     sinkinterp model's read-only hook_pattern_cols carries for the run (restored after). The model's
     training mode and every hook are restored, also on error. ``progress``: a progress-bar label."""
@@ -553,8 +553,6 @@ def run_hooked(model: Any, tokens: Tensor, hooks: list[tuple[str, Any]], acc: An
                 acc.num_seqs += batch.shape[0]
                 if hasattr(acc, "end_batch"):
                     acc.end_batch()
-                elif hasattr(acc, "stash"):
-                    acc.stash.clear()
     finally:
         if pattern_cols is not None:
             model.pattern_cols = old_cols
