@@ -32,8 +32,8 @@ Activation edits (``first_token(kind)``; ``heads`` index key/value heads for key
                     query t sees it at relative distance t - position (its query needs no change:
                     query 1 sees only key 1). The rotation is read off the model's own hook_k ->
                     hook_rot_k at that position (any base, scaling or pairing convention) and checked;
-                    on a bridge whose hook_rot_k never fires (GPT-NeoX, Phi-3, Falcon) it is the
-                    Hugging Face model's shared rotate-half rotary_emb, applied at hook_k.
+                    on a bridge whose hook_rot_k never fires (GPT-NeoX, Phi-3, Falcon, GPT-J) it is
+                    the Hugging Face model's own rotary embedding, applied at hook_k.
 ==================  =====================================================================
 
 Neuron edit: ``zero_neurons(layer, neurons)`` silences chosen MLP neurons of one layer (units of
@@ -65,7 +65,6 @@ from torch import Tensor
 
 from sinkinterp import patching, tl_adapter
 from sinkinterp.measure import SinkReport, measure, validate_tokens
-from sinkinterp.models.attention import rotate_half_partial
 from sinkinterp.patching import COMPONENTS, Cell, Source
 
 __all__ = [
@@ -224,33 +223,33 @@ def _rotation_at(pre: Tensor, rot: Tensor, layer: int, position: int) -> tuple[T
         "embedding is not one this intervention can read (partial rotary dimensions?)")
 
 
-def _hf_rotary_source(rotary_emb: Any, position: int) -> Source:
+def _hf_rotary_source(rotate: Any, position: int) -> Source:
     """For a bridge around a Hugging Face model whose attention rotates keys inside its own code:
-    hook_k (before rotary) gets token 1's key turned by the model's rotary_emb at ``position``;
-    the model then rotates it by its own angle at position 0, the identity."""
+    hook_k (before rotary) gets token 1's key turned by the model's own rotary embedding at
+    ``position`` (``tl_adapter.hf_key_rotation``); the model then rotates it by its own angle at
+    position 0, the identity."""
 
-    def rotate(act: Tensor, layer: int) -> Tensor:
+    def rotate_first(act: Tensor, layer: int) -> Tensor:
         if position >= act.shape[1]:
             raise ValueError(f"position {position} is outside the sequence (0..{act.shape[1] - 1})")
-        k = act.to(torch.promote_types(act.dtype, torch.float32))
-        cos, sin = rotary_emb(k, torch.tensor([[position]], device=act.device))  # [1, 1, rotary dims]
+        k = act[:, :1].to(torch.promote_types(act.dtype, torch.float32))
         out = act.clone()
-        out[:, 0] = rotate_half_partial(k[:, 0], cos[:, 0][:, None], sin[:, 0][:, None]).to(act.dtype)
+        out[:, :1] = rotate(k, torch.tensor([position], device=act.device)).to(act.dtype)
         return out
 
-    return rotate
+    return rotate_first
 
 
 def _rotary_position_sources(model: Any, position: int) -> Edits:
     """hook_k stashes the pre-rotary keys; hook_rot_k rotates token 1's key by the rotation the model
     applied at ``position`` (read off the stashed and rotated keys there, so base, scaling and pairing
-    are the model's own). On a bridge whose hook_rot_k never fires (GPT-NeoX, Phi-3, Falcon: the
-    Hugging Face attention rotates inside its own code) around a model with a shared rotate-half
-    ``rotary_emb``: hook_k alone, with that module's rotation."""
+    are the model's own). On a bridge whose hook_rot_k never fires (GPT-NeoX, Phi-3, Falcon, GPT-J:
+    the Hugging Face attention rotates inside its own code): hook_k alone, with the model's own
+    rotary embedding (a shared rotate-half ``rotary_emb``, or GPT-J's sin|cos table)."""
     hf = tl_adapter.wrapped_hf_model(model)
-    rotary_emb = tl_adapter.hf_rotary_emb(hf) if hf is not None else None
-    if rotary_emb is not None and not tl_adapter.hook_fires(model, "blocks.0.attn.hook_rot_k"):
-        return (("k", _hf_rotary_source(rotary_emb, position)),)
+    rotate = tl_adapter.hf_key_rotation(hf) if hf is not None else None
+    if rotate is not None and not tl_adapter.hook_fires(model, "blocks.0.attn.hook_rot_k"):
+        return (("k", _hf_rotary_source(rotate, position)),)
     stash: dict[int, Tensor] = {}
 
     def keep(act: Tensor, layer: int) -> Tensor:

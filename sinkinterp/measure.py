@@ -184,9 +184,12 @@ def qk_source(model: Any, tokens: Tensor, names: set[str] | None = None) -> tupl
     if len(trig) == 2 and all(n in fired for n in trig):
         return "cos_sin", "hook_q / hook_k rotated with the model's hook_cos / hook_sin (rotate-half)"
     arch = tl_adapter.hf_architecture(model) or type(model).__name__
+    if tl_adapter.hf_key_rotation(tl_adapter.wrapped_hf_model(model)) is not None:
+        return "module", (f"hook_q / hook_k rotated by {arch}'s own rotary embedding (its attention rotates "
+                          "inside Hugging Face's code and has no hook_rot_q / hook_rot_k or hook_cos / hook_sin)")
     return None, (f"{arch} lists hook_rot_q / hook_rot_k but its forward pass never reaches them, and it has no "
-                  "firing hook_cos / hook_sin to rotate hook_q / hook_k with: the rotated queries and keys "
-                  "are not observable")
+                  "firing hook_cos / hook_sin or rotary embedding this adapter knows to rotate hook_q / hook_k "
+                  "with: the rotated queries and keys are not observable")
 
 
 class _Accumulator:
@@ -194,7 +197,8 @@ class _Accumulator:
 
     def __init__(self, *, dims: dict[str, Any], seq_len: int, eps: float, eps_grid: Sequence[float],
                  has_bias: bool, norms: bool, qk_layers: set[int], device: torch.device,
-                 first_keys: int | None = None, qk_from: str = "plain", scales: Sequence[float] = ()):
+                 first_keys: int | None = None, qk_from: str = "plain", scales: Sequence[float] = (),
+                 rotate: Any = None):
         L, H, T = dims["n_layers"], dims["n_heads"], seq_len
         self.L, self.H, self.T, self.eps = L, H, T, eps
         self.first_keys = first_keys
@@ -222,6 +226,7 @@ class _Accumulator:
             self.value_rest = torch.zeros(L, H, **f64)
         self.qk_layers = qk_layers
         self.qk_from, self.scales = qk_from, list(scales)
+        self.rotate = rotate  # qk_from "module": rotate(x, positions), the model's own rotary embedding
         if qk_layers:
             self.qk = {name: torch.zeros(L, H, **f64) for name in
                        ("q_norm", "cos_q_k1", "cos_q_krest", "logit_q_k1", "logit_q_krest")}
@@ -294,7 +299,8 @@ class _Accumulator:
         self.value_first[layer] += n[:, 0].sum(0)
         self.value_rest[layer] += n[:, 1:].mean(1).sum(0)
 
-    _QK_NEEDS = {"rot": ("rot_q", "rot_k"), "cos_sin": ("q", "k", "cos", "sin"), "plain": ("q", "k")}
+    _QK_NEEDS = {"rot": ("rot_q", "rot_k"), "cos_sin": ("q", "k", "cos", "sin"), "module": ("q", "k"),
+                 "plain": ("q", "k")}
 
     def _stash(self, layer: int, kind: str, x: Tensor) -> None:
         """Keep a layer's q / k (and rotation) until it has all it needs, then decompose and drop them."""
@@ -310,6 +316,9 @@ class _Accumulator:
             cos, sin = slot["cos"].double(), slot["sin"].double()
             cos, sin = cos[:, :, None], sin[:, :, None]  # [1 or batch, pos, 1, rotary dims]
             q, k = rotate_half_partial(slot["q"].double(), cos, sin), rotate_half_partial(slot["k"].double(), cos, sin)
+        elif self.qk_from == "module":
+            positions = torch.arange(slot["q"].shape[1], device=slot["q"].device)
+            q, k = self.rotate(slot["q"].double(), positions), self.rotate(slot["k"].double(), positions)
         else:
             q, k = slot["q"], slot["k"]
         self._qk_decomposition(layer, q, k)
@@ -478,12 +487,14 @@ def measure(
     device = _model_device(model)
     acc = _Accumulator(dims=dims, seq_len=T, eps=eps, eps_grid=grid, has_bias=has_bias, norms=norms,
                        qk_layers={l for l, _ in heads}, device=device, first_keys=first_keys,
-                       qk_from=qk_from or "plain", scales=[tl_adapter.attn_scale(model, l) for l in range(L)])
+                       qk_from=qk_from or "plain", scales=[tl_adapter.attn_scale(model, l) for l in range(L)],
+                       rotate=tl_adapter.hf_key_rotation(tl_adapter.wrapped_hf_model(model)) if qk_from == "module" else None)
     on_pattern = acc.on_cols if use_cols else acc.on_pattern
 
     hooks = sink_hooks(L, use_cols=use_cols, on_pattern=on_pattern, on_bias=acc.on_bias_pattern if has_bias else None,
                        on_resid=acc.on_resid if norms else None)
-    qk_hooks = {"rot": ("rot_q", "rot_k"), "cos_sin": ("q", "cos", "sin"), "plain": ("q",)}.get(qk_from or "", ())
+    qk_hooks = {"rot": ("rot_q", "rot_k"), "cos_sin": ("q", "cos", "sin"), "module": ("q",),
+                "plain": ("q",)}.get(qk_from or "", ())
     for l in range(L):
         if norms:
             hooks.append((f"blocks.{l}.attn.hook_v", lambda x, hook, l=l: acc.on_value(l, x)))

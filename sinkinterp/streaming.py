@@ -25,9 +25,10 @@ per context, batched), at ``window`` times the cost.
 
 The rolling cache runs on Hugging Face models with rotate-half RoPE from their base model's shared
 ``rotary_emb``, full or partial (LLaMA, Mistral, Qwen 2/3, Gemma, OLMo, Phi-3, StableLM, GPT-NeoX /
-Pythia, Falcon; SmolLM2 included) loaded through ``TransformerBridge`` (``sinkinterp.loading``): the model's own
-key/value cache, keys re-rotated by -1 position when an entry before them is evicted (checked once
-against the model's own rotation); and on sinkinterp models (``SinkTransformer.forward``'s
+Pythia, Falcon; SmolLM2 included) or GPT-J's sin|cos table (``tl_adapter.hf_key_rotation``), loaded
+through ``TransformerBridge`` (``sinkinterp.loading``): the model's own key/value cache, keys
+re-rotated by -1 position when an entry before them is evicted (checked once against the model's own
+rotation); and on sinkinterp models (``SinkTransformer.forward``'s
 ``start_at_pos`` / ``past_kv`` continuation, one token a step), without learned or sinusoidal position embeddings (a
 cached state would keep the absolute position it was read at, while new tokens get cache positions)
 or a prefix LM. A learnable sink token (``attn_bias="sink_token"``, StreamingLLM's own proposal) is
@@ -51,7 +52,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sinkinterp import patching, tl_adapter
-from sinkinterp.models.attention import apply_rotary, rotary_cos_sin, rotate_half_partial
+from sinkinterp.models.attention import apply_rotary, rotary_cos_sin
 
 POLICIES = ("rolling", "recompute")
 POSITIONS = ("cache", "original")
@@ -267,23 +268,23 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
 # ------------------------------------------------------------------------------- Hugging Face
 def _check_rolling_hf(hf: Any) -> None:
     mtype = getattr(hf.config, "model_type", None)
-    if tl_adapter.hf_rotary_emb(hf) is None:
-        raise ValueError(f"model: the rolling cache on a Hugging Face model needs rotate-half RoPE from its base "
-                         f"model's rotary_emb (LLaMA, Mistral, Qwen, Gemma, OLMo, Phi-3, StableLM, GPT-NeoX, "
-                         f"Falcon ...), got {mtype!r}; policy='recompute' works")
+    if tl_adapter.hf_key_rotation(hf) is None:
+        raise ValueError(f"model: the rolling cache on a Hugging Face model needs a rotary embedding sinkinterp "
+                         f"can turn cached keys with (a base model's rotate-half rotary_emb: LLaMA, Mistral, Qwen, "
+                         f"Gemma, OLMo, Phi-3, StableLM, GPT-NeoX, Falcon ...; GPT-J's table), got {mtype!r}; "
+                         "policy='recompute' works")
     if getattr(hf.config, "sliding_window", None) and getattr(hf.config, "use_sliding_window", True):
         raise ValueError("model: Hugging Face sliding-window attention has its own cache; policy='recompute' works")
 
 
 def _hf_shift(hf: Any, keys: Tensor, delta: int) -> Tensor:
-    """Keys [batch, kv_head, pos, d_head] after RoPE, moved by ``delta`` positions (rotations add).
-    Partial rotary (GPT-NeoX, StableLM, Phi): only the first cos.shape[-1] dimensions turn."""
+    """Keys [batch, kv_head, pos, d_head] after RoPE, moved by ``delta`` positions (rotations add),
+    with the model's own rotary embedding (``tl_adapter.hf_key_rotation``; partial rotary included)."""
     if keys.shape[2] == 0 or delta == 0:
         return keys
-    pos = torch.full((1, keys.shape[2]), delta, device=keys.device)
-    k = keys.to(torch.promote_types(keys.dtype, torch.float32))
-    cos, sin = tl_adapter.hf_rotary_emb(hf)(k, pos)  # [1, pos, rotary dims]
-    return rotate_half_partial(k, cos[:, None], sin[:, None]).to(keys.dtype)
+    k = keys.to(torch.promote_types(keys.dtype, torch.float32)).transpose(1, 2)  # [b, pos, kv_head, d]
+    turned = tl_adapter.hf_key_rotation(hf)(k, torch.full((k.shape[1],), delta, device=keys.device))
+    return turned.transpose(1, 2).to(keys.dtype)
 
 
 def _hf_step(hf: Any, token: Tensor, cache: list[tuple[Tensor, Tensor]], position: int) -> Any:
@@ -303,8 +304,8 @@ def _check_hf_rotation(hf: Any, token: Tensor) -> None:
     k0 = _hf_step(hf, token, [], 0).past_key_values.layers[0].keys
     k5 = _hf_step(hf, token, [], 5).past_key_values.layers[0].keys
     if not torch.allclose(_hf_shift(hf, k0, 5).double(), k5.double(), atol=1e-4 * (1 + float(k5.abs().max()))):
-        raise RuntimeError("model: its cached keys are not rotate-half RoPE of its rotary_emb; the rolling "
-                           "cache cannot re-number positions (policy='recompute' works)")
+        raise RuntimeError("model: its cached keys are not its rotary embedding's rotation of the keys; the "
+                           "rolling cache cannot re-number positions (policy='recompute' works)")
 
 
 def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions: str,

@@ -58,6 +58,7 @@ __all__ = [
     "hooked_transformer_from_config",
     "wrapped_hf_model",
     "hf_rotary_emb",
+    "hf_key_rotation",
     "hf_architecture",
     "mlp_out_weight",
     "patching",
@@ -353,6 +354,45 @@ def hf_rotary_emb(hf_model: Any) -> Any | None:
     on its base model (LLaMA, Mistral, Qwen, Gemma, OLMo, Phi-3, StableLM, GPT-NeoX, Falcon ...;
     rotate-half, possibly on the first cos.shape[-1] dimensions only), or None."""
     return getattr(getattr(hf_model, "base_model", None), "rotary_emb", None)
+
+
+def hf_key_rotation(hf_model: Any) -> Callable[[Any, Any], Any] | None:
+    """The rotary embedding a Hugging Face model applies to its queries and keys inside its own
+    attention code, as ``rotate(x, positions)`` (``x`` [batch, pos, head, d_head] before rotation,
+    ``positions`` [pos] integer positions, negative ones turning backwards; returned in x's dtype),
+    or None when the model has none
+    this adapter knows: the shared rotate-half ``rotary_emb`` of LLaMA-style models (partial rotary
+    included), or GPT-J's per-attention sin|cos table ``embed_positions`` with adjacent pairs on the
+    first ``rotary_dim`` dimensions."""
+    from sinkinterp.models.attention import rotate_half_partial, rotate_pairs_partial
+
+    rotary_emb = hf_rotary_emb(hf_model)
+    if rotary_emb is not None:
+        def rotate_half(x: Any, positions: Any) -> Any:
+            cos, sin = rotary_emb(x, positions[None].to(x.device))  # [1, pos, rotary dims]
+            return rotate_half_partial(x, cos[:, :, None], sin[:, :, None])
+
+        return rotate_half
+    import torch
+
+    attn = next((m for m in hf_model.modules() if hasattr(m, "rotary_dim")
+                 and isinstance(getattr(m, "embed_positions", None), torch.Tensor)), None)
+    if attn is None:
+        return None
+    table = attn.embed_positions  # [max positions, rotary dims]: sin of each pair's angle, then cos
+
+    def rotate_pairs(x: Any, positions: Any) -> Any:
+        # a negative position turns backwards: cos(-a) = cos(a), sin(-a) = -sin(a)
+        span = positions.abs().to(table.device)
+        if int(span.max()) >= table.shape[0]:
+            raise ValueError(f"positions: {int(span.max())} is beyond the model's rotary table "
+                             f"({table.shape[0]} positions)")
+        sin, cos = table[span].double().to(x.device).chunk(2, dim=-1)  # [pos, rotary dims / 2]
+        sin = sin * positions.sign().to(sin)[:, None]
+        cos, sin = (t.repeat_interleave(2, dim=-1)[None, :, None] for t in (cos, sin))
+        return rotate_pairs_partial(x, cos, sin)
+
+    return rotate_pairs
 
 
 def mlp_out_weight(model: Any, layer: int) -> Any:

@@ -5,6 +5,7 @@ StableLM), each a tiny model built from its config, saved to a folder and loaded
 against its hidden states, the q.k decomposition against the scores the model really computed, key
 norms that are really measured, and first-token edits that really act."""
 
+import contextlib
 import copy
 import warnings
 
@@ -41,14 +42,38 @@ ARCHS = {
     "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                                          new_decoder_architecture=False, multi_query=True,
                                                          alibi=False), "cos_sin"),
-    "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4), None),
+    # rotary_dim 4 of d_head 8: partial, adjacent pairs, rotated inside Hugging Face's code
+    "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4),
+             "module"),
     "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(ROPE, num_key_value_heads=4), "rot"),
 }
 # scores with a term q.k does not hold: ALiBi's position bias
 POSITION_BIAS = {"bloom"}
 # bridges whose hook_pattern / hook_attn_scores are computed beside the attention the model runs
-# (right to read, no effect when edited) in TransformerLens 3.9
+# (hook_pattern right to read, no effect when edited) in TransformerLens 3.9
 PATTERN_READ_ONLY = {"opt", "gptj"}
+
+
+class _GPTJScores:
+    """The pre-softmax scores a Hugging Face GPT-J computes (its eager ``_attn`` gets the rotated
+    queries and keys), per layer, captured while the context is open. TransformerLens 3.9's GPT-J
+    bridge has no hook that holds them: its hook_attn_scores carries the softmaxed pattern."""
+
+    def __init__(self, hf, layers=(0, 1)):
+        self.attns = [hf.transformer.h[l].attn for l in layers]
+        self.scores = {}
+
+    def __enter__(self):
+        for l, attn in enumerate(self.attns):
+            def capture(query, key, value, attention_mask=None, l=l, attn=attn, orig=attn._attn):
+                self.scores[l] = (query.double() @ key.double().transpose(-1, -2)) / float(attn.scale_attn)
+                return orig(query, key, value, attention_mask)
+            attn._attn = capture
+        return self.scores
+
+    def __exit__(self, *exc):
+        for attn in self.attns:
+            del attn._attn
 
 
 def _build(name: str, seed: int = 0, n_layers: int = 2):
@@ -75,8 +100,10 @@ def arch(request, tmp_path_factory):
     hf.save_pretrained(folder)
     word_tokenizer(V).save_pretrained(folder)
     tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        out = copy.deepcopy(hf)(tokens, output_attentions=True, output_hidden_states=True)
+    ref = copy.deepcopy(hf)
+    with torch.no_grad(), (_GPTJScores(ref) if name == "gptj" else contextlib.nullcontext({})) as scores:
+        out = ref(tokens, output_attentions=True, output_hidden_states=True)
+    out.gptj_scores = scores
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lm = load_model(str(folder))
@@ -122,12 +149,6 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
     name, lm, tokens, out = arch
     expected = ARCHS[name][3]
     assert qk_source(lm.model, tokens)[0] == expected
-    if expected is None:  # GPT-J: rotary inside Hugging Face's code, no hook_cos / hook_sin
-        with pytest.raises(ValueError, match="rotated queries and keys"):
-            measure(lm.model, tokens, qk_heads="all")
-        report = measure(lm.model, tokens, qk_heads="auto")
-        assert report.qk is None and "GPTJForCausalLM" in report.extra["qk_skipped"]
-        return
     report = measure(lm.model, tokens, qk_heads="all")
     names = [f"blocks.{l}.attn.hook_{c}" for l in range(2) for c in ("attn_scores", "q", "k")]
     acts = _captured(lm.model, tokens, names)
@@ -135,7 +156,9 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
     n_pairs = T * (T - 1) / 2
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     for l in range(2):
-        if name in PATTERN_READ_ONLY:  # scores computed on the side: q.k from the hooks, scaled
+        if name == "gptj":  # rotated inside Hugging Face's code: the scores it really softmaxed
+            s = out.gptj_scores[l]
+        elif name in PATTERN_READ_ONLY:  # scores computed on the side: q.k from the hooks, scaled
             q, k = acts[f"blocks.{l}.attn.hook_q"], acts[f"blocks.{l}.attn.hook_k"]
             s = torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(lm.model, l)
         else:
@@ -227,7 +250,7 @@ def _bridge(name, n_layers=2):
         return tl_adapter.boot_bridge(hf, word_tokenizer(V), name)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, a in ARCHS.items() if a[3] in ("cos_sin", None)))
+@pytest.mark.parametrize("name", sorted(n for n, a in ARCHS.items() if a[3] in ("cos_sin", "module")))
 def test_a_hook_that_never_fires_is_refused(name):
     """These bridges list hook_rot_k but rotate inside Hugging Face's code: reading or editing it is
     refused instead of silently giving nothing."""
@@ -239,9 +262,19 @@ def test_a_hook_that_never_fires_is_refused(name):
                                                 ("blocks.1.attn.hook_k", lambda x, hook: x)]):
             bridge(tokens)
     assert tl_adapter.count_attached_hooks(bridge) == 0
-    if name == "gptj":  # no shared rotary_emb either: rotary_position has nothing to rotate with
-        with pytest.raises(RuntimeError, match="never fired"):
-            run_intervention(bridge, tokens, first_token("rotary_position", position=3), sinks=False)
+
+
+def test_gptj_hook_attn_scores_holds_the_pattern():
+    """Documented in docs/hook-contract.md: TransformerLens 3.9's GPT-J bridge fires hook_attn_scores
+    with the softmaxed pattern, not the scores Hugging Face softmaxed, so nothing in sinkinterp reads
+    scores there (the q.k decomposition rotates hook_q / hook_k itself). If this starts failing,
+    TransformerLens changed it: revisit the architecture table."""
+    bridge = _bridge("gptj")
+    tokens = torch.randint(3, V, (2, T), generator=torch.Generator().manual_seed(1))
+    acts = _captured(bridge, tokens, ["blocks.0.attn.hook_attn_scores", "blocks.0.attn.hook_pattern"])
+    scores = acts["blocks.0.attn.hook_attn_scores"]
+    np.testing.assert_allclose(scores.numpy(), acts["blocks.0.attn.hook_pattern"].numpy(), atol=1e-7)
+    np.testing.assert_allclose(scores.sum(-1).numpy(), 1.0, atol=1e-6)  # probabilities, not scores
 
 
 @pytest.mark.parametrize("name", ["falcon", "gpt_neox", "llama", "phi3", "stablelm"])
@@ -273,3 +306,60 @@ def test_rotary_position_moves_token_1_on_bridges(name):
     torch.testing.assert_close(store["e"][:, :, :, 1:], store["p"][:, :, :, 1:], atol=0, rtol=0)
     result = run_intervention(bridge, tokens, inter, sinks=False, per_head=True)
     assert np.isfinite(result.per_head).all() and result.loss != result.loss_base
+
+
+def test_rotary_position_moves_token_1_on_gptj():
+    """GPT-J rotates adjacent pairs of the first rotary_dim dimensions inside Hugging Face's code, with
+    no rotary hook firing: rotary_position turns token 1's pre-rotary key (hook_k) by the model's own
+    sin|cos table. Rebuilt with Hugging Face's own GPT-J rotary functions, layer 0 then scores token
+    1 as it scores token 1's id placed at position p, for the queries after p."""
+    from transformers.models.gptj import modeling_gptj as gptj
+
+    from sinkinterp import patching
+    from sinkinterp.interventions import COMPONENTS
+
+    bridge = _bridge("gptj")
+    hf_attn = tl_adapter.wrapped_hf_model(bridge).transformer.h[0].attn
+    tokens, p = torch.randint(3, V, (2, T), generator=torch.Generator().manual_seed(1)), 5
+    moved = tokens.clone()
+    moved[:, p] = tokens[:, 0]
+    inter = first_token("rotary_position", position=p)
+    assert [c for c, _ in inter.build_edits(bridge, False)] == ["k"]
+    edits = [(COMPONENTS[c], src) for c, src in inter.build_edits(bridge, False)]
+
+    def scores(toks, hooks=()):
+        store = {}
+        grab = [(f"blocks.0.attn.hook_{c}", lambda x, hook, c=c: store.__setitem__(c, x.double())) for c in "qk"]
+        with torch.no_grad(), tl_adapter.attached_hooks(bridge, list(hooks) + grab):
+            bridge(toks)
+        sincos = hf_attn.embed_positions[:T].double()[None]  # [1, T, rotary dims]
+        sin, cos = torch.split(sincos, sincos.shape[-1] // 2, dim=-1)
+        r = hf_attn.rotary_dim
+        q, k = (torch.cat([gptj.apply_rotary_pos_emb(x[..., :r], sin, cos), x[..., r:]], -1)
+                for x in (store["q"], store["k"]))
+        return torch.einsum("bthd,bshd->bhts", q, k)
+
+    edited = scores(tokens, patching.edit_hooks(bridge, edits, [patching.Cell(0)]))
+    torch.testing.assert_close(edited[:, :, p + 1:, 0], scores(moved)[:, :, p + 1:, p], atol=1e-5, rtol=1e-5)
+    plain = scores(tokens)
+    assert (edited[:, :, p:, 0] - plain[:, :, p:, 0]).abs().max() > 1e-3  # it moved
+    torch.testing.assert_close(edited[:, :, :, 1:], plain[:, :, :, 1:], atol=0, rtol=0)
+    result = run_intervention(bridge, tokens, inter, sinks=False, per_head=True)
+    assert np.isfinite(result.per_head).all() and result.loss != result.loss_base
+
+
+def test_unobservable_rotation_is_skipped_or_refused(monkeypatch):
+    """A bridge that lists rotary hooks that never fire, around a model whose rotary embedding the
+    adapter does not know (simulated on GPT-J by hiding its table): qk_heads="all" refuses, "auto"
+    measures the rest and says why the decomposition is missing; rotary_position is refused."""
+    bridge = _bridge("gptj")
+    tokens = torch.randint(3, V, (2, T), generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(tl_adapter, "hf_key_rotation", lambda hf: None)
+    assert qk_source(bridge, tokens)[0] is None
+    with pytest.raises(ValueError, match="rotated queries and keys"):
+        measure(bridge, tokens, qk_heads="all")
+    report = measure(bridge, tokens, qk_heads="auto")
+    assert report.qk is None and "GPTJForCausalLM" in report.extra["qk_skipped"]
+    assert report.alpha_by_key.shape == (2, 4, T)
+    with pytest.raises(RuntimeError, match="never fired"):
+        run_intervention(bridge, tokens, first_token("rotary_position", position=3), sinks=False)

@@ -228,7 +228,7 @@ def test_hf_rolling_cache_renumbered_on_one_layer_equals_recomputation():
     torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["falcon", "gemma", "gpt_neox", "mistral", "olmo", "phi3", "qwen2", "stablelm"])
+@pytest.mark.parametrize("name", ["falcon", "gemma", "gpt_neox", "gptj", "mistral", "olmo", "phi3", "qwen2", "stablelm"])
 def test_hf_rolling_cache_on_rotary_architectures(name):
     """Every architecture whose base model has a shared rotary_emb (partial rotary included: GPT-NeoX,
     StableLM): nothing evicted is the full forward; on one layer, re-numbered positions equal
@@ -252,12 +252,12 @@ def test_hf_rolling_cache_on_rotary_architectures(name):
     assert (rolling.nll - _full_nll(bridges[1], tokens)).abs().max() > 1e-4  # the window did evict
 
 
-def test_hf_rolling_cache_needs_rotate_half_rope():
+def test_hf_rolling_cache_needs_a_rotary_embedding():
     from conftest import tiny_gpt2, word_tokenizer
 
     bridge = tl_adapter.boot_bridge(tiny_gpt2(), word_tokenizer(61), "tiny-gpt2")
     tokens = _tokens(vocab=61)
-    with pytest.raises(ValueError, match="rotate-half RoPE"):
+    with pytest.raises(ValueError, match="needs a rotary embedding"):
         stream_loss(bridge, tokens, window=4)
     assert stream_loss(bridge, tokens, window=4, policy="recompute").nll.shape == (3, L - 1)
 

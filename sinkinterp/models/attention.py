@@ -209,6 +209,20 @@ def rotate_half_partial(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([moved, x[..., r:]], dim=-1)
 
 
+def rotate_pairs_partial(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """GPT-J's rotary embedding ("rotate every two": dimensions 2i and 2i + 1 form a pair) on the
+    first ``r = cos.shape[-1]`` dimensions of ``x``, the rest passing through; ``cos`` / ``sin`` hold
+    one value per dimension (each pair's angle repeated twice) shaped to broadcast against
+    ``x[..., :r]``. Computed in x's dtype."""
+    r = cos.shape[-1]
+    if r > x.shape[-1] or r % 2:
+        raise ValueError(f"cos has {r} rotary dimensions for vectors of {x.shape[-1]}")
+    xr = x[..., :r]
+    turned = torch.stack([-xr[..., 1::2], xr[..., 0::2]], dim=-1).flatten(-2)
+    moved = xr * cos.to(x.dtype) + turned * sin.to(x.dtype)
+    return torch.cat([moved, x[..., r:]], dim=-1)
+
+
 @dataclass
 class AttnContext:
     """Everything about positions that all layers share, built once per forward pass."""
