@@ -363,3 +363,64 @@ def test_unobservable_rotation_is_skipped_or_refused(monkeypatch):
     assert report.alpha_by_key.shape == (2, 4, T)
     with pytest.raises(RuntimeError, match="never fired"):
         run_intervention(bridge, tokens, first_token("rotary_position", position=3), sinks=False)
+
+
+# the module whose input is the MLP's hidden units (blocks.{l}.mlp.hook_post) in each Hugging Face model
+MLP_OUT = {"gpt2": "mlp.c_proj", "gpt_neox": "mlp.dense_4h_to_h", "opt": "fc2", "bloom": "mlp.dense_4h_to_h",
+           "falcon": "mlp.dense_4h_to_h", "gptj": "mlp.fc_out"}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_zero_neurons_equals_silencing_hugging_face_mlp_units(name):
+    """zero_neurons(1, units) on the bridge gives the loss of Hugging Face's own model with those
+    units of layer 1's MLP (the input of its output projection; gated MLPs included) zeroed at
+    token 1."""
+    import torch.nn.functional as F
+
+    hf = _build(name)
+    tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
+    neurons = list(range(0, 32, 2))
+    ref = copy.deepcopy(hf)
+    out_proj = [m for n, m in ref.named_modules() if n.endswith(MLP_OUT.get(name, "mlp.down_proj")) and ".1." in n]
+    assert len(out_proj) == 1
+
+    def silence(module, args):
+        x = args[0].clone()
+        x.view(tokens.shape[0], T, -1)[:, 0, neurons] = 0  # OPT flattens batch and positions here
+        return (x,)
+
+    handle = out_proj[0].register_forward_pre_hook(silence)
+    with torch.no_grad():
+        logits = ref(tokens).logits.double()
+    handle.remove()
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1)).item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = tl_adapter.boot_bridge(hf, word_tokenizer(V), name)
+    from sinkinterp.interventions import zero_neurons
+
+    result = run_intervention(bridge, tokens, zero_neurons(1, neurons), sinks=False)
+    assert abs(result.delta_loss) > 5e-6
+    assert result.loss == pytest.approx(expected, abs=2e-7)
+
+
+@pytest.mark.parametrize("component, tl_fn", [("k", "get_act_patch_attn_head_k_by_pos"),
+                                              ("v", "get_act_patch_attn_head_v_all_pos"),
+                                              ("resid_pre", "get_act_patch_resid_pre")])
+def test_batched_patching_equals_transformer_lens_on_bridges(arch, component, tl_fn):
+    """sinkinterp's batched patching of first-token k / v / resid (first token replaced in the
+    corrupted run) equals transformer_lens.patching's per-cell functions on every architecture."""
+    from sinkinterp import patching
+
+    name, lm, tokens, _ = arch
+    clean = tokens[:2, :6]
+    corrupted = clean.clone()
+    corrupted[:, 0] = (clean[:, 0] + 7) % V
+    metric = patching.loss_metric(clean)
+    _, cache = lm.model.run_with_cache(clean)
+    ref = getattr(tl_adapter.patching, tl_fn)(lm.model, corrupted, cache, metric).numpy()
+    ours = patching.patch(lm.model, clean, corrupted, component, metric, by_pos=component != "v")
+    assert ours.values.shape == ref.shape
+    np.testing.assert_allclose(ours.values, ref, rtol=1e-6, atol=1e-6)
+    assert np.ptp(ours.values) > 1e-6
+    assert tl_adapter.count_attached_hooks(lm.model) == 0
