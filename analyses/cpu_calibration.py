@@ -93,6 +93,8 @@ RECIPES: dict[str, list[str]] = {
     "c_bos3": ['data.transforms=[{"kind":"fixed_token","positions":[2],"token_id":"bos"}]'],
     "c_rand12": ['data.transforms=[{"kind":"random_tokens","positions":[0,1]}]'],
     "c_bos_bs4": [BOS, "data.batch_size=4"],
+    "c_gatebos_s1": [BOS, "model.attn_gate=true", *SEED1],
+    "c_postbos_s1": [BOS, 'model.norm_placement="post"', *SEED1],
 }
 
 
@@ -714,7 +716,7 @@ PAPER_ROWS = [
     ("learnable sink token, BOS first", ["c_sinktokbos"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
     ("learnable sink token, no BOS", ["c_sinktok"], "Sink_* 74.12, Sink_1 0.00"),
     ("elu+1 without normalization, BOS first", ["c_elu1bos"], "Sink_1 0.80, loss 3.69"),
-    ("post-norm, BOS first", ["c_postbos"], "13.54 (pre-norm 18.18)"),
+    ("post-norm, BOS first", ["c_postbos", "c_postbos_s1"], "13.54 (pre-norm 18.18)"),
     ("no positional embedding (NoPE), BOS first", ["c_nopebos"], "20.35 (RoPE 18.18)"),
     ("ALiBi, BOS first", ["c_alibibos"], "20.78 (RoPE 18.18)"),
     ("learned absolute positions, BOS first", ["c_learnedbos"], "33.13 (RoPE 18.18)"),
@@ -729,7 +731,7 @@ PAPER_ROWS = [
     ("prefix LM, prefix 8 (no BOS)", ["c_prefix8"], "the sink lands on one of the prefix tokens (section below)"),
     ("prefix LM, prefix 8, BOS first (BOS sees the prefix)", ["c_prefix8bos"],
      "the sink lands on one of the prefix tokens (section below)"),
-    ("gated attention (sigmoid gate on each head's output), BOS first", ["c_gatebos"],
+    ("gated attention (sigmoid gate on each head's output), BOS first", ["c_gatebos", "c_gatebos_s1"],
      "not in the paper; Qwen 2025: first-token attention 46.7% -> 4.8%, max activation 1053 -> 94"),
 ]
 
@@ -862,6 +864,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--train":
         dry = "--dry-run" in argv
         return train_recipes([a for a in argv[1:] if a != "--dry-run"], dry_run=dry)
+    if argv:
+        print("usage: analyses/cpu_calibration.py [--train NAME... [--dry-run] | --snapshot RUN_DIR... | "
+              "--add-heads ... | --window-reference ...]; with no argument it regenerates "
+              f"docs/cpu-calibration.md from the snapshots (got {argv!r})", file=sys.stderr)
+        return 2
     from sinkinterp.train.config import TrainConfig
 
     base = TrainConfig.from_dict(json.loads(BASE.read_text())).to_dict()

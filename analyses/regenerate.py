@@ -32,7 +32,11 @@ def main(argv: list[str]) -> int:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         print(f"== {name}")
-        code = module.main()
+        argv_was, sys.argv = sys.argv, [str(found[name])]  # an analysis parsing sys.argv sees none of ours
+        try:
+            code = module.main()
+        finally:
+            sys.argv = argv_was
         if code:
             return code
     return 0
