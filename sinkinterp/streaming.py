@@ -25,10 +25,11 @@ per context, batched), at ``window`` times the cost.
 
 The rolling cache runs on Hugging Face models with rotate-half RoPE from their base model's shared
 ``rotary_emb``, full or partial (LLaMA, Mistral, Qwen 2/3, Gemma, OLMo, Phi-3, StableLM, GPT-NeoX /
-Pythia, Falcon; SmolLM2 included) or GPT-J's sin|cos table (``tl_adapter.hf_key_rotation``), loaded
-through ``TransformerBridge`` (``sinkinterp.loading``): the model's own key/value cache, keys
-re-rotated by -1 position when an entry before them is evicted (checked once against the model's own
-rotation); and on sinkinterp models (``SinkTransformer.forward``'s
+Pythia, Falcon; SmolLM2 included) or GPT-J's sin|cos table (``tl_adapter.hf_key_rotation``), and on
+Bloom (ALiBi), loaded through ``TransformerBridge`` (``sinkinterp.loading``): the model's own key/value
+cache, rotary keys re-rotated by -1 position when an entry before them is evicted (checked once
+against the model's own rotation; Bloom's keys carry no position and it builds its ALiBi bias from the
+cache length, so its keys sit at their cache index unturned, and only ``positions="cache"`` applies); and on sinkinterp models (``SinkTransformer.forward``'s
 ``start_at_pos`` / ``past_kv`` continuation, one token a step), without learned or sinusoidal position embeddings (a
 cached state would keep the absolute position it was read at, while new tokens get cache positions)
 or a prefix LM. A learnable sink token (``attn_bias="sink_token"``, StreamingLLM's own proposal) is
@@ -126,7 +127,7 @@ def stream_loss(
             return StreamResult(nll, None, params)
         hf = tl_adapter.wrapped_hf_model(model)
         if hf is not None:
-            _check_rolling_hf(hf)
+            _check_rolling_hf(hf, positions)
             run = _rolling_hf
         else:
             _check_rolling(model, positions)
@@ -266,13 +267,28 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
 
 
 # ------------------------------------------------------------------------------- Hugging Face
-def _check_rolling_hf(hf: Any) -> None:
+def _hf_position_scheme(hf: Any) -> str | None:
+    """"rotary" (cached keys carry their rotation; ``tl_adapter.hf_key_rotation`` turns them), "alibi"
+    (Bloom: keys carry no position, the model adds slope x cache index to the scores, so the cache
+    positions come for free), or None."""
+    if tl_adapter.hf_key_rotation(hf) is not None:
+        return "rotary"
+    if getattr(hf.config, "model_type", None) == "bloom":
+        return "alibi"
+    return None
+
+
+def _check_rolling_hf(hf: Any, positions: str) -> None:
     mtype = getattr(hf.config, "model_type", None)
-    if tl_adapter.hf_key_rotation(hf) is None:
+    scheme = _hf_position_scheme(hf)
+    if scheme is None:
         raise ValueError(f"model: the rolling cache on a Hugging Face model needs a rotary embedding sinkinterp "
                          f"can turn cached keys with (a base model's rotate-half rotary_emb: LLaMA, Mistral, Qwen, "
-                         f"Gemma, OLMo, Phi-3, StableLM, GPT-NeoX, Falcon ...; GPT-J's table), got {mtype!r}; "
-                         "policy='recompute' works")
+                         f"Gemma, OLMo, Phi-3, StableLM, GPT-NeoX, Falcon ...; GPT-J's table) or Bloom's ALiBi, "
+                         f"got {mtype!r}; policy='recompute' works")
+    if scheme == "alibi" and positions != "cache":
+        raise ValueError("positions: an ALiBi model's rolling cache places keys at their cache index (the model "
+                         "builds its bias from the cache length); only positions='cache' applies")
     if getattr(hf.config, "sliding_window", None) and getattr(hf.config, "use_sliding_window", True):
         raise ValueError("model: Hugging Face sliding-window attention has its own cache; policy='recompute' works")
 
@@ -287,7 +303,9 @@ def _hf_shift(hf: Any, keys: Tensor, delta: int) -> Tensor:
     return turned.transpose(1, 2).to(keys.dtype)
 
 
-def _hf_step(hf: Any, token: Tensor, cache: list[tuple[Tensor, Tensor]], position: int) -> Any:
+def _hf_step(hf: Any, token: Tensor, cache: list[tuple[Tensor, Tensor]], position: int | None) -> Any:
+    """One token through the model on top of ``cache``, at ``position`` (None: the model places it
+    itself after the cache, as ALiBi models do)."""
     from transformers import DynamicCache
 
     pkv = None
@@ -295,6 +313,8 @@ def _hf_step(hf: Any, token: Tensor, cache: list[tuple[Tensor, Tensor]], positio
         pkv = DynamicCache()
         for layer, (k, v) in enumerate(cache):
             pkv.update(k, v, layer)
+    if position is None:
+        return hf(input_ids=token, past_key_values=pkv, use_cache=True)
     pos = torch.tensor([[position]], device=token.device).expand(token.shape[0], 1)
     return hf(input_ids=token, past_key_values=pkv, position_ids=pos, use_cache=True)
 
@@ -316,7 +336,9 @@ def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions:
     tokens = tokens.to(device)
     b, length = tokens.shape
     n_layers, cap = dims["n_layers"], n_sink + window
-    _check_hf_rotation(hf, tokens[:1, :1])
+    rotary = _hf_position_scheme(hf) == "rotary"
+    if rotary:
+        _check_hf_rotation(hf, tokens[:1, :1])
     seen: dict[str, Tensor] = {}
     hooks = [(f"blocks.{l}.attn.hook_pattern", lambda act, hook: seen.__setitem__(hook.name, act))
              for l in range(n_layers)] if want_attention else []
@@ -328,7 +350,7 @@ def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions:
     with tl_adapter.attached_hooks(model, hooks):
         for t in range(length - 1):
             c = cache[0][0].shape[2] if cache else 0
-            out = _hf_step(hf, tokens[:, t:t + 1], cache, c if positions == "cache" else t)
+            out = _hf_step(hf, tokens[:, t:t + 1], cache, None if not rotary else c if positions == "cache" else t)
             nll[:, t] = _last_nll(out.logits[:, -1], tokens[:, t + 1])
             if want_attention and c + 1 == cap:
                 for l in range(n_layers):
@@ -339,7 +361,7 @@ def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions:
             cache = [(new.layers[l].keys, new.layers[l].values) for l in range(n_layers)]
             if c + 1 > cap - 1:  # evict the oldest non-kept entry; later keys move down one position
                 d = n_sink
-                shift = -1 if positions == "cache" else 0
+                shift = -1 if positions == "cache" and rotary else 0
                 cache = [(torch.cat([k[:, :, :d], _hf_shift(hf, k[:, :, d + 1:], shift)], dim=2),
                           torch.cat([v[:, :, :d], v[:, :, d + 1:]], dim=2)) for k, v in cache]
                 if cache[0][0].shape[2] == 0:

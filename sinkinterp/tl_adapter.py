@@ -352,7 +352,10 @@ def wrapped_hf_model(model: Any) -> Any | None:
 def hf_rotary_emb(hf_model: Any) -> Any | None:
     """A Hugging Face model's shared rotary embedding, ``rotary_emb(x, position_ids) -> (cos, sin)``
     on its base model (LLaMA, Mistral, Qwen, Gemma, OLMo, Phi-3, StableLM, GPT-NeoX, Falcon ...;
-    rotate-half, possibly on the first cos.shape[-1] dimensions only), or None."""
+    rotate-half, possibly on the first cos.shape[-1] dimensions only), or None, also for a model
+    configured with ALiBi instead (Falcon keeps a ``rotary_emb`` it does not use then)."""
+    if getattr(getattr(hf_model, "config", None), "alibi", False):
+        return None
     return getattr(getattr(hf_model, "base_model", None), "rotary_emb", None)
 
 

@@ -424,3 +424,15 @@ def test_batched_patching_equals_transformer_lens_on_bridges(arch, component, tl
     np.testing.assert_allclose(ours.values, ref, rtol=1e-6, atol=1e-6)
     assert np.ptp(ours.values) > 1e-6
     assert tl_adapter.count_attached_hooks(lm.model) == 0
+
+
+def test_an_alibi_falcon_has_no_rotary_embedding_to_use():
+    """Falcon configured with ALiBi keeps a rotary_emb module it never applies: the adapter must not
+    offer it as the model's rotation (the decomposition, rotary_position and the rolling cache would
+    turn keys the model does not turn)."""
+    import transformers
+
+    fields = dict(ARCHS["falcon"][2], alibi=True)
+    hf = transformers.FalconForCausalLM._from_config(transformers.FalconConfig(**SMALL, **fields))
+    assert tl_adapter.hf_rotary_emb(hf) is None and tl_adapter.hf_key_rotation(hf) is None
+    assert tl_adapter.hf_key_rotation(_build("falcon")) is not None

@@ -252,6 +252,34 @@ def test_hf_rolling_cache_on_rotary_architectures(name):
     assert (rolling.nll - _full_nll(bridges[1], tokens)).abs().max() > 1e-4  # the window did evict
 
 
+def test_hf_rolling_cache_on_alibi_bloom():
+    """Bloom's keys carry no position and its ALiBi bias is built from the cache length: the rolling
+    cache places keys at their cache index without turning them. Nothing evicted is the full forward;
+    on one layer it equals re-computation; stream distances (positions='original') are refused."""
+    import copy
+
+    from conftest import word_tokenizer
+    from test_architectures import _build
+
+    bridges = {}
+    for n_layers in (1, 2):
+        hf = _build("bloom", n_layers=n_layers).double()
+        bridges[n_layers] = tl_adapter.boot_bridge(copy.deepcopy(hf), word_tokenizer(61), "bloom")
+    tokens = _tokens(10, length=16, vocab=61)
+    full = _full_nll(bridges[2], tokens)
+    # Bloom builds its ALiBi slopes in float32: step-by-step and whole-sequence differ by ~1e-9
+    torch.testing.assert_close(stream_loss(bridges[2], tokens, window=16, n_sink=1).nll, full, atol=1e-7, rtol=0)
+    rolling = stream_loss(bridges[1], tokens, window=5, n_sink=2)
+    recompute = stream_loss(bridges[1], tokens, window=5, n_sink=2, policy="recompute")
+    torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-7, rtol=0)
+    assert (rolling.nll - _full_nll(bridges[1], tokens)).abs().max() > 1e-4  # the window did evict
+    two = stream_loss(bridges[2], tokens, window=5, n_sink=2, first_attention=True)
+    assert (two.nll - stream_loss(bridges[2], tokens, window=5, n_sink=2, policy="recompute").nll).abs().max() > 1e-6
+    assert two.first_attention.shape == (2, 4)
+    with pytest.raises(ValueError, match="only positions='cache' applies"):
+        stream_loss(bridges[1], tokens, window=5, n_sink=2, positions="original")
+
+
 def test_hf_rolling_cache_needs_a_rotary_embedding():
     from conftest import tiny_gpt2, word_tokenizer
 
