@@ -363,10 +363,9 @@ def hf_key_rotation(hf_model: Any) -> Callable[[Any, Any], Any] | None:
     """The rotary embedding a Hugging Face model applies to its queries and keys inside its own
     attention code, as ``rotate(x, positions)`` (``x`` [batch, pos, head, d_head] before rotation,
     ``positions`` [pos] integer positions, negative ones turning backwards; returned in x's dtype),
-    or None when the model has none
-    this adapter knows: the shared rotate-half ``rotary_emb`` of LLaMA-style models (partial rotary
-    included), or GPT-J's per-attention sin|cos table ``embed_positions`` with adjacent pairs on the
-    first ``rotary_dim`` dimensions."""
+    or None when the model has none this adapter knows: the shared rotate-half ``rotary_emb`` of
+    LLaMA-style models (partial rotary included), or GPT-J's per-attention sin|cos table
+    ``embed_positions`` with adjacent pairs on the first ``rotary_dim`` dimensions."""
     from sinkinterp.models.attention import rotate_half_partial, rotate_pairs_partial
 
     rotary_emb = hf_rotary_emb(hf_model)
@@ -386,11 +385,11 @@ def hf_key_rotation(hf_model: Any) -> Callable[[Any, Any], Any] | None:
 
     def rotate_pairs(x: Any, positions: Any) -> Any:
         # a negative position turns backwards: cos(-a) = cos(a), sin(-a) = -sin(a)
-        span = positions.abs().to(table.device)
-        if int(span.max()) >= table.shape[0]:
+        span = positions.abs()
+        if span.device.type == "cpu" and int(span.max()) >= table.shape[0]:  # no host sync on a GPU
             raise ValueError(f"positions: {int(span.max())} is beyond the model's rotary table "
                              f"({table.shape[0]} positions)")
-        sin, cos = table[span].double().to(x.device).chunk(2, dim=-1)  # [pos, rotary dims / 2]
+        sin, cos = table[span.to(table.device)].double().to(x.device).chunk(2, dim=-1)  # [pos, rotary dims / 2]
         sin = sin * positions.sign().to(sin)[:, None]
         cos, sin = (t.repeat_interleave(2, dim=-1)[None, :, None] for t in (cos, sin))
         return rotate_pairs_partial(x, cos, sin)
