@@ -59,6 +59,7 @@ __all__ = [
     "wrapped_hf_model",
     "hf_rotary_emb",
     "hf_key_rotation",
+    "route_attention",
     "hf_architecture",
     "mlp_out_weight",
     "patching",
@@ -195,9 +196,10 @@ def _edit_reaches_output(model: Any, name: str) -> str:
 def check_editable(model: Any, names: Sequence[str]) -> None:
     """Raise a RuntimeError when an edit at one of these hooks would not reach the model's output.
 
-    Some TransformerBridge architectures (OPT and GPT-J in TransformerLens 3.9) compute
-    ``hook_pattern`` and ``hook_attn_scores`` beside Hugging Face's attention for observation only:
-    reading them is right, editing them changes nothing. Each kind of hook (the name with its layer
+    Some TransformerBridge architectures (OPT and GPT-J in TransformerLens 3.9, unless
+    ``route_attention`` has routed them) fire ``hook_pattern`` and ``hook_attn_scores`` beside
+    Hugging Face's attention for observation only: reading the pattern is right, editing it changes
+    nothing. Each kind of hook (the name with its layer
     index dropped) is tried once per bridge, on its first layer named here, and remembered. Other
     models (sinkinterp's, a HookedTransformer) compute their forward pass from their hook points and
     are not probed: there a legitimate edit can leave the output unchanged (the weight of a bias slot
@@ -218,7 +220,8 @@ def check_editable(model: Any, names: Sequence[str]) -> None:
                                "patch there would do nothing; see docs/hook-contract.md")
         raise RuntimeError(f"{what} can be read but not edited: replacing it leaves the output unchanged (the "
                            "bridge computes it beside the attention the model runs), so an intervention or patch "
-                           "there would do nothing; see docs/hook-contract.md")
+                           "there would do nothing (tl_adapter.route_attention routes OPT and GPT-J; "
+                           "docs/hook-contract.md)")
 
 
 def attn_scale(model: Any, layer: int) -> float:
@@ -296,19 +299,100 @@ def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -
     ``hf_model`` must have been loaded with ``attn_implementation="eager"`` so attention
     probabilities exist to hook. No weight processing is applied: norms are the model's own. A model
     built from a config in memory has no ``config.architectures`` (saving fills it in), which the
-    bridge needs to pick its adapter; its class name is filled in then.
+    bridge needs to pick its adapter; its class name is filled in then. Architectures whose bridge
+    only observes the attention are routed through its hooks (``route_attention``).
     """
     from transformer_lens.model_bridge import TransformerBridge
 
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
-    return TransformerBridge.boot_transformers(
+    bridge = TransformerBridge.boot_transformers(
         name,
         hf_model=hf_model,
         tokenizer=_tokenizer_for_bridge(tokenizer, name),
         device=device,
         dtype=next(hf_model.parameters()).dtype,
     )
+    route_attention(bridge)
+    return bridge
+
+
+# Bridges whose TransformerLens attention component only wraps Hugging Face's attention, firing
+# hook_pattern / hook_attn_scores on the probabilities it returns (observation only), and how to run
+# their attention through those hooks instead: "interface" registers an eager attention function with
+# Hugging Face's AttentionInterface (OPT's attention calls it); "gptj" replaces GPT-J's ``_attn``.
+_ROUTE_KIND = {"OPTForCausalLM": "interface", "GPTJForCausalLM": "gptj"}
+_ROUTE_NAME = "sinkinterp_hooked"
+_HOOKS_ATTR = "_sinkinterp_attn_hooks"  # on the Hugging Face attention module: its AttentionBridge
+
+
+def _hooked_probabilities(module: Any, scores: Any, dtype: Any, dropout: float) -> Any:
+    """softmax(scores) through the module's AttentionBridge: hook_attn_scores on the (masked) scores,
+    hook_pattern on the probabilities, each returning what the attention then uses."""
+    import torch
+
+    hooks = module.__dict__.get(_HOOKS_ATTR)
+    if hooks is not None:
+        scores = hooks.hook_attn_scores(scores)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+    if hooks is not None:
+        weights = hooks.hook_pattern(weights)
+    return torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+
+
+def _interface_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                         scaling: float = 1.0, dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
+    """Hugging Face's eager attention (OPT's ``eager_attention_forward``: one kv head per query head)
+    with the probabilities taken through the module's hooks. Returns no weights, so the bridge does
+    not fire hook_pattern a second time on them."""
+    import torch
+
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = _hooked_probabilities(module, scores, query.dtype, dropout)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+
+
+def _gptj_hooked_attn(self: Any, query: Any, key: Any, value: Any, attention_mask: Any = None) -> tuple[Any, None]:
+    """GPT-J's ``_attn`` (float32 scores over its rotated queries and keys, divided by scale_attn)
+    with the probabilities taken through the module's hooks; no weights returned (see above)."""
+    import torch
+
+    scores = torch.matmul(query.to(torch.float32), key.to(torch.float32).transpose(-1, -2)) / self.scale_attn
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = _hooked_probabilities(self, scores, value.dtype, 0.0)
+    return torch.matmul(self.attn_dropout(weights), value), None
+
+
+def route_attention(model: Any) -> bool:
+    """Make a bridge's hook_attn_scores / hook_pattern the ones its attention really uses, for the
+    architectures whose TransformerLens 3.9 component only observes Hugging Face's attention (OPT,
+    GPT-J: edits there changed nothing, and hook_attn_scores held the probabilities). Their attention
+    then runs eager attention in this module that fires the hooks and uses what they return (tested
+    equal to Hugging Face's eager attention). ``boot_bridge`` calls it; returns whether this model was
+    routed (False for architectures that need no routing or that this adapter does not know)."""
+    import types
+
+    hf = wrapped_hf_model(model)
+    kind = _ROUTE_KIND.get(hf_architecture(model) or "") if hf is not None else None
+    if kind is None:
+        return False
+    for block in model.blocks:
+        module = block.attn.original_component
+        module.__dict__[_HOOKS_ATTR] = block.attn  # a plain attribute: no submodule cycle
+        if kind == "gptj":
+            module._attn = types.MethodType(_gptj_hooked_attn, module)
+    if kind == "interface":
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+        AttentionInterface.register(_ROUTE_NAME, _interface_attention)
+        AttentionMaskInterface.register(_ROUTE_NAME, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+        hf.config._attn_implementation = _ROUTE_NAME
+    _EDITABLE.pop(model, None)
+    return True
 
 
 def hooked_transformer_from_config(**cfg_kwargs: Any) -> Any:

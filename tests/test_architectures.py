@@ -49,9 +49,9 @@ ARCHS = {
 }
 # scores with a term q.k does not hold: ALiBi's position bias
 POSITION_BIAS = {"bloom"}
-# bridges whose hook_pattern / hook_attn_scores are computed beside the attention the model runs
-# (hook_pattern right to read, no effect when edited) in TransformerLens 3.9
-PATTERN_READ_ONLY = {"opt", "gptj"}
+# bridges whose TransformerLens 3.9 attention only observes Hugging Face's (hook_pattern right to read,
+# no effect when edited; hook_attn_scores = the probabilities) until tl_adapter.route_attention routes it
+ROUTED = {"opt", "gptj"}
 
 
 class _GPTJScores:
@@ -158,9 +158,6 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
     for l in range(2):
         if name == "gptj":  # rotated inside Hugging Face's code: the scores it really softmaxed
             s = out.gptj_scores[l]
-        elif name in PATTERN_READ_ONLY:  # scores computed on the side: q.k from the hooks, scaled
-            q, k = acts[f"blocks.{l}.attn.hook_q"], acts[f"blocks.{l}.attn.hook_k"]
-            s = torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(lm.model, l)
         else:
             s = acts[f"blocks.{l}.attn.hook_attn_scores"][..., :T, :T]  # [N, H, T, T] (some bridges pad keys)
         # these are the scores Hugging Face's softmax turned into its attention
@@ -179,15 +176,11 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
 def test_first_token_value_edit_acts(arch):
     """In the last layer, zeroing token 1's value (hook_v) and removing token 1 from the pattern of
     queries 2.. without renormalizing (hook_pattern) take the same term out of the outputs of
-    queries 2..: equal losses on their targets, and not the unedited one, on every architecture."""
+    queries 2..: equal losses on their targets, and not the unedited one, on every architecture
+    (OPT and GPT-J through tl_adapter.route_attention)."""
     name, lm, tokens, _ = arch
     kw = dict(layers=[1], target_start=2, sinks=False)
     zero = run_intervention(lm.model, tokens, first_token("zero_value"), **kw)
-    if name in PATTERN_READ_ONLY:
-        with pytest.raises(RuntimeError, match="can be read but not edited"):
-            run_intervention(lm.model, tokens, first_token("ablate", renormalize=False), **kw)
-        assert abs(zero.delta_loss) > 2e-5
-        return
     ablate = run_intervention(lm.model, tokens, first_token("ablate", renormalize=False), **kw)
     assert abs(zero.delta_loss) > 2e-5
     assert zero.loss == pytest.approx(ablate.loss, abs=1e-6)
@@ -264,17 +257,37 @@ def test_a_hook_that_never_fires_is_refused(name):
     assert tl_adapter.count_attached_hooks(bridge) == 0
 
 
-def test_gptj_hook_attn_scores_holds_the_pattern():
-    """Documented in docs/hook-contract.md: TransformerLens 3.9's GPT-J bridge fires hook_attn_scores
-    with the softmaxed pattern, not the scores Hugging Face softmaxed, so nothing in sinkinterp reads
-    scores there (the q.k decomposition rotates hook_q / hook_k itself). If this starts failing,
-    TransformerLens changed it: revisit the architecture table."""
-    bridge = _bridge("gptj")
+@pytest.mark.parametrize("name", sorted(ROUTED))
+def test_observation_only_attention_is_routed_through_its_hooks(name, monkeypatch):
+    """TransformerLens 3.9's OPT and GPT-J bridges fire hook_pattern and hook_attn_scores on the
+    probabilities Hugging Face returns: edits there do nothing and hook_attn_scores holds
+    probabilities. Unrouted, pattern edits are refused; routed (boot_bridge does it), hook_attn_scores
+    holds the scores the model softmaxes, the attention equals Hugging Face's, and edits act."""
     tokens = torch.randint(3, V, (2, T), generator=torch.Generator().manual_seed(1))
-    acts = _captured(bridge, tokens, ["blocks.0.attn.hook_attn_scores", "blocks.0.attn.hook_pattern"])
-    scores = acts["blocks.0.attn.hook_attn_scores"]
-    np.testing.assert_allclose(scores.numpy(), acts["blocks.0.attn.hook_pattern"].numpy(), atol=1e-7)
-    np.testing.assert_allclose(scores.sum(-1).numpy(), 1.0, atol=1e-6)  # probabilities, not scores
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    names = ["blocks.0.attn.hook_attn_scores", "blocks.0.attn.hook_pattern"]
+    with monkeypatch.context() as m:
+        m.setattr(tl_adapter, "route_attention", lambda model: False)
+        plain = _bridge(name)
+    acts = _captured(plain, tokens, names)
+    np.testing.assert_allclose(acts[names[0]].numpy(), acts[names[1]].numpy(), atol=1e-7)
+    with pytest.raises(RuntimeError, match="can be read but not edited"):
+        run_intervention(plain, tokens, first_token("ablate"), sinks=False)
+
+    hf = _build(name)
+    with torch.no_grad():
+        ref = copy.deepcopy(hf)(tokens, output_attentions=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        routed = tl_adapter.boot_bridge(hf, word_tokenizer(V), name)
+    acts = _captured(routed, tokens, names)
+    scores, pattern = acts[names[0]], acts[names[1]]
+    np.testing.assert_allclose(pattern.numpy(), ref.attentions[0].double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(scores.masked_fill(~causal, float("-inf")).softmax(-1).numpy(), pattern.numpy(),
+                               atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(routed(tokens).double(), ref.logits.double(), atol=1e-5, rtol=1e-5)
+    assert run_intervention(routed, tokens, first_token("ablate"), sinks=False).delta_loss != 0
 
 
 @pytest.mark.parametrize("name", ["falcon", "gpt_neox", "llama", "phi3", "stablelm"])
