@@ -395,10 +395,16 @@ def zero_neurons(layer: int, neurons: Sequence[int]) -> Intervention:
         out[:, 0, index.to(act.device)] = 0.0
         return out
 
+    def edits(model: Any, has_slot: bool) -> Edits:
+        if tl_adapter.has_hook(model, f"blocks.{layer}.mlp.hook_router_scores"):
+            raise ValueError(f"zero_neurons: blocks.{layer}.mlp of this model is a mixture of experts (it has a "
+                             "router); its hook_post is not one set of neurons, and silencing units of single "
+                             "experts is not supported")
+        return (("mlp_post", silence),)
+
     shown = ",".join(map(str, chosen[:8])) + (f",... ({len(chosen)})" if len(chosen) > 8 else "")
     return Intervention(f"zero_neurons[L{layer}:{shown}]", f"MLP neurons {shown} of layer {layer} set to 0 at token 1",
-                        ("mlp_post",), lambda model, has_slot: (("mlp_post", silence),),
-                        params={"layer": layer, "neurons": chosen}, layers=(layer,))
+                        ("mlp_post",), edits, params={"layer": layer, "neurons": chosen}, layers=(layer,))
 
 
 def replace_first(token: int | str) -> Intervention:

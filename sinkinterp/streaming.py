@@ -273,7 +273,7 @@ def _hf_position_scheme(hf: Any) -> str | None:
     positions come for free), or None."""
     if tl_adapter.hf_key_rotation(hf) is not None:
         return "rotary"
-    if getattr(hf.config, "model_type", None) == "bloom":
+    if getattr(hf.config, "model_type", None) == "bloom":  # MPT too in principle, but its cache differs
         return "alibi"
     return None
 

@@ -293,6 +293,16 @@ def _tokenizer_for_bridge(tokenizer: Any, name: str) -> Any:
     return tok
 
 
+# Architectures whose bridge, in a TransformerLens line, computes something other than the model:
+# refused by boot_bridge instead of measured wrongly (tests/test_architectures.py shows each).
+_BROKEN_BRIDGES = {
+    ("3.9", "CohereForCausalLM"): (
+        "TransformerLens 3.9's Cohere bridge computes an attention pattern that differs from the model's "
+        "(alpha off by about 1e-3 on a random 2-layer model: its attention bridge rotates queries and keys "
+        "itself, while Cohere pairs adjacent dimensions in its rotary embedding)"),
+}
+
+
 def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -> Any:
     """Wrap an already-loaded Hugging Face causal LM in a TransformerBridge, offline.
 
@@ -306,6 +316,11 @@ def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -
 
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
+    line = ".".join(tl_version().split(".")[:2])
+    broken = _BROKEN_BRIDGES.get((line, hf_model.config.architectures[0]))
+    if broken:
+        raise ValueError(f"model: {hf_model.config.architectures[0]} is not supported with TransformerLens {tl_version()}: "
+                         f"{broken}")
     bridge = TransformerBridge.boot_transformers(
         name,
         hf_model=hf_model,

@@ -1,6 +1,6 @@
 """The measurement and the interventions on the Hugging Face architectures attention-sink studies use
-(GPT-2, Pythia / GPT-NeoX, OPT, LLaMA-style, Mistral, Qwen, Gemma, Phi-3, OLMo, Bloom, Falcon, GPT-J,
-StableLM), each a tiny model built from its config, saved to a folder and loaded offline through
+(GPT-2, Pythia / GPT-NeoX, OPT, LLaMA-style, Mistral, Mixtral, Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-2, Phi-3,
+OLMo 1 / 2, Granite, Bloom, MPT, Falcon, GPT-J, CodeGen, GPT-BigCode, StableLM), each a tiny model built from its config, saved to a folder and loaded offline through
 ``load_model`` (a TransformerBridge): alpha against Hugging Face eager attention, residual norms
 against its hidden states, the q.k decomposition against the scores the model really computed, key
 norms that are really measured, and first-token edits that really act."""
@@ -46,9 +46,28 @@ ARCHS = {
     "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4),
              "module"),
     "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(ROPE, num_key_value_heads=4), "rot"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(ROPE, num_key_value_heads=2, head_dim=8), "rot"),
+    # one sliding-window layer (window 4 < T) and one global layer, each with its own rotary base
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(ROPE, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                                             query_pre_attn_scalar=8,
+                                                             layer_types=["sliding_attention", "full_attention"]), "rot"),
+    "phi": ("PhiConfig", "PhiForCausalLM", dict(ROPE, partial_rotary_factor=0.5), "rot"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(ROPE, num_key_value_heads=2, num_local_experts=2,
+                                                            num_experts_per_tok=1, sliding_window=None), "rot"),
+    "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", dict(n_embd=32, n_layer=2, n_head=4, n_positions=64),
+                    "plain"),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(ROPE, pad_token_id=0), "rot"),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", dict(ROPE, attention_multiplier=0.2), "rot"),
+    "mpt": ("MptConfig", "MptForCausalLM", dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=64), "plain"),
+    "codegen": ("CodeGenConfig", "CodeGenForCausalLM", dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4),
+                "module"),
 }
 # scores with a term q.k does not hold: ALiBi's position bias
-POSITION_BIAS = {"bloom"}
+POSITION_BIAS = {"bloom", "mpt"}
+# sliding-window layers: keys outside the window are masked in the scores, not in q.k
+WINDOWED = {"gemma3"}
+# mixtures of experts: no single set of MLP neurons
+MOE = {"mixtral"}
 # bridges whose TransformerLens 3.9 attention only observes Hugging Face's (hook_pattern right to read,
 # no effect when edited; hook_attn_scores = the probabilities) until tl_adapter.route_attention routes it
 ROUTED = {"opt", "gptj"}
@@ -81,13 +100,14 @@ def _build(name: str, seed: int = 0, n_layers: int = 2):
 
     cfg_cls, model_cls, fields, _ = ARCHS[name]
     fields = dict(fields)
-    fields["n_layer" if "n_layer" in fields else "num_hidden_layers"] = n_layers
+    fields[next(k for k in ("n_layer", "n_layers", "num_hidden_layers") if k in fields)] = n_layers
     torch.manual_seed(seed)
     cfg = getattr(transformers, cfg_cls)(**SMALL, **fields)
     model = getattr(transformers, model_cls)._from_config(cfg, attn_implementation="eager").eval()
     with torch.no_grad():  # sharpen attention so alpha spreads over (0, 1)
         for pname, p in model.named_parameters():
-            if pname.endswith(("q_proj.weight", "k_proj.weight", "c_attn.weight", "query_key_value.weight")):
+            if pname.endswith(("q_proj.weight", "k_proj.weight", "c_attn.weight", "query_key_value.weight",
+                               "Wqkv.weight", "qkv_proj.weight")):
                 p.mul_(8.0)
     return model
 
@@ -150,8 +170,8 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
     expected = ARCHS[name][3]
     assert qk_source(lm.model, tokens)[0] == expected
     report = measure(lm.model, tokens, qk_heads="all")
-    names = [f"blocks.{l}.attn.hook_{c}" for l in range(2) for c in ("attn_scores", "q", "k")]
-    acts = _captured(lm.model, tokens, names)
+    kinds = ("attn_scores", "rot_q", "rot_k") if name in WINDOWED else ("attn_scores",)
+    acts = _captured(lm.model, tokens, [f"blocks.{l}.attn.hook_{c}" for l in range(2) for c in kinds])
     att = torch.stack(out.attentions, 1).double()
     n_pairs = T * (T - 1) / 2
     causal = torch.ones(T, T, dtype=torch.bool).tril()
@@ -163,6 +183,14 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
         # these are the scores Hugging Face's softmax turned into its attention
         np.testing.assert_allclose(s.masked_fill(~causal, float("-inf")).softmax(-1).numpy(),
                                    att[:, l].numpy(), atol=1e-6)
+        if name in WINDOWED:  # the decomposition is q.k over every causal pair, masked by the window or not
+            q, k = acts[f"blocks.{l}.attn.hook_rot_q"], acts[f"blocks.{l}.attn.hook_rot_k"]
+            k = k.repeat_interleave(q.shape[2] // k.shape[2], 2)
+            full = torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(lm.model, l)
+            seen = causal & (s > -1e30)
+            assert (~seen & causal).any() or l == 1  # layer 0's window of 4 hides keys, layer 1 is global
+            np.testing.assert_allclose(full[..., seen].numpy(), s[..., seen].numpy(), rtol=1e-5, atol=1e-6)
+            s = full
         if name in POSITION_BIAS:
             continue
         k1 = s[..., :, 0].mean((0, 2))
@@ -380,7 +408,8 @@ def test_unobservable_rotation_is_skipped_or_refused(monkeypatch):
 
 # the module whose input is the MLP's hidden units (blocks.{l}.mlp.hook_post) in each Hugging Face model
 MLP_OUT = {"gpt2": "mlp.c_proj", "gpt_neox": "mlp.dense_4h_to_h", "opt": "fc2", "bloom": "mlp.dense_4h_to_h",
-           "falcon": "mlp.dense_4h_to_h", "gptj": "mlp.fc_out"}
+           "falcon": "mlp.dense_4h_to_h", "gptj": "mlp.fc_out", "phi": "mlp.fc2", "gpt_bigcode": "mlp.c_proj",
+           "mpt": "ffn.down_proj", "codegen": "mlp.fc_out"}
 
 
 @pytest.mark.parametrize("name", sorted(ARCHS))
@@ -388,6 +417,14 @@ def test_zero_neurons_equals_silencing_hugging_face_mlp_units(name):
     """zero_neurons(1, units) on the bridge gives the loss of Hugging Face's own model with those
     units of layer 1's MLP (the input of its output projection; gated MLPs included) zeroed at
     token 1."""
+    if name in MOE:
+        bridge = _bridge(name)
+        tokens = torch.randint(3, V, (2, T), generator=torch.Generator().manual_seed(1))
+        from sinkinterp.interventions import zero_neurons
+
+        with pytest.raises(ValueError, match="mixture of experts"):
+            run_intervention(bridge, tokens, zero_neurons(1, [0]), sinks=False)
+        return
     import torch.nn.functional as F
 
     hf = _build(name)
@@ -449,3 +486,25 @@ def test_an_alibi_falcon_has_no_rotary_embedding_to_use():
     hf = transformers.FalconForCausalLM._from_config(transformers.FalconConfig(**SMALL, **fields))
     assert tl_adapter.hf_rotary_emb(hf) is None and tl_adapter.hf_key_rotation(hf) is None
     assert tl_adapter.hf_key_rotation(_build("falcon")) is not None
+
+
+def test_cohere_is_refused_while_its_bridge_computes_another_attention(monkeypatch):
+    """TransformerLens 3.9's Cohere bridge gives an attention pattern that is not the model's: boot_bridge
+    refuses the architecture. If this test's second half starts failing, TransformerLens fixed it: drop
+    the entry in tl_adapter._BROKEN_BRIDGES and add Cohere to ARCHS."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.CohereConfig(**SMALL, **ROPE, pad_token_id=0)
+    hf = transformers.CohereForCausalLM._from_config(cfg, attn_implementation="eager").eval()
+    tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = torch.stack(copy.deepcopy(hf)(tokens, output_attentions=True).attentions, 1).double()
+    with pytest.raises(ValueError, match="CohereForCausalLM is not supported with TransformerLens"):
+        tl_adapter.boot_bridge(copy.deepcopy(hf), word_tokenizer(V), "cohere")
+    monkeypatch.setattr(tl_adapter, "_BROKEN_BRIDGES", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = tl_adapter.boot_bridge(hf, word_tokenizer(V), "cohere")
+    pattern = _captured(bridge, tokens, ["blocks.0.attn.hook_pattern"])["blocks.0.attn.hook_pattern"]
+    assert (pattern - ref[:, 0]).abs().max() > 1e-4

@@ -228,10 +228,11 @@ def test_hf_rolling_cache_renumbered_on_one_layer_equals_recomputation():
     torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["falcon", "gemma", "gpt_neox", "gptj", "mistral", "olmo", "phi3", "qwen2", "stablelm"])
+@pytest.mark.parametrize("name", ["codegen", "falcon", "gemma", "gpt_neox", "gptj", "granite", "mistral", "olmo",
+                                  "olmo2", "phi", "phi3", "qwen2", "qwen3", "stablelm"])
 def test_hf_rolling_cache_on_rotary_architectures(name):
     """Every architecture whose base model has a shared rotary_emb (partial rotary included: GPT-NeoX,
-    StableLM): nothing evicted is the full forward; on one layer, re-numbered positions equal
+    StableLM, Phi) or a GPT-J-style sin|cos table (GPT-J, CodeGen): nothing evicted is the full forward; on one layer, re-numbered positions equal
     re-computation."""
     import copy
 
@@ -252,8 +253,9 @@ def test_hf_rolling_cache_on_rotary_architectures(name):
     assert (rolling.nll - _full_nll(bridges[1], tokens)).abs().max() > 1e-4  # the window did evict
 
 
-def test_hf_rolling_cache_on_alibi_bloom():
-    """Bloom's keys carry no position and its ALiBi bias is built from the cache length: the rolling
+@pytest.mark.parametrize("name", ["bloom"])
+def test_hf_rolling_cache_on_alibi_models(name):
+    """Bloom's keys carry no position and its ALiBi bias follows the cache length: the rolling
     cache places keys at their cache index without turning them. Nothing evicted is the full forward;
     on one layer it equals re-computation; stream distances (positions='original') are refused."""
     import copy
@@ -263,8 +265,8 @@ def test_hf_rolling_cache_on_alibi_bloom():
 
     bridges = {}
     for n_layers in (1, 2):
-        hf = _build("bloom", n_layers=n_layers).double()
-        bridges[n_layers] = tl_adapter.boot_bridge(copy.deepcopy(hf), word_tokenizer(61), "bloom")
+        hf = _build(name, n_layers=n_layers).double()
+        bridges[n_layers] = tl_adapter.boot_bridge(copy.deepcopy(hf), word_tokenizer(61), name)
     tokens = _tokens(10, length=16, vocab=61)
     full = _full_nll(bridges[2], tokens)
     # Bloom builds its ALiBi slopes in float32: step-by-step and whole-sequence differ by ~1e-9
