@@ -228,12 +228,13 @@ def test_hf_rolling_cache_renumbered_on_one_layer_equals_recomputation():
     torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["codegen", "falcon", "gemma", "gpt_neox", "gptj", "granite", "mistral", "olmo",
+@pytest.mark.parametrize("name", ["bloom", "codegen", "falcon", "gemma", "gpt_neox", "gptj", "granite", "mistral", "olmo",
                                   "olmo2", "phi", "phi3", "qwen2", "qwen3", "stablelm"])
-def test_hf_rolling_cache_on_rotary_architectures(name):
+def test_hf_rolling_cache_on_architectures(name):
     """Every architecture whose base model has a shared rotary_emb (partial rotary included: GPT-NeoX,
-    StableLM, Phi) or a GPT-J-style sin|cos table (GPT-J, CodeGen): nothing evicted is the full forward; on one layer, re-numbered positions equal
-    re-computation."""
+    StableLM, Phi), a GPT-J-style sin|cos table (GPT-J, CodeGen), or Bloom's ALiBi (keys carry no
+    position, the bias follows the cache length, so keys sit at their cache index unturned): nothing
+    evicted is the full forward; on one layer, re-numbered positions equal re-computation."""
     import copy
 
     from conftest import word_tokenizer
@@ -245,41 +246,19 @@ def test_hf_rolling_cache_on_rotary_architectures(name):
         bridges[n_layers] = tl_adapter.boot_bridge(copy.deepcopy(hf), word_tokenizer(61), name)
     tokens = _tokens(10, length=16, vocab=61)
     full = _full_nll(bridges[2], tokens)
-    # Hugging Face computes RoPE angles in float32: step-by-step and whole-sequence differ by ~1e-8
+    # Hugging Face computes RoPE angles (and Bloom its ALiBi slopes) in float32: step-by-step and
+    # whole-sequence differ by ~1e-8
     torch.testing.assert_close(stream_loss(bridges[2], tokens, window=16, n_sink=1).nll, full, atol=1e-7, rtol=0)
     rolling = stream_loss(bridges[1], tokens, window=5, n_sink=2)
     recompute = stream_loss(bridges[1], tokens, window=5, n_sink=2, policy="recompute")
     torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-6, rtol=0)
     assert (rolling.nll - _full_nll(bridges[1], tokens)).abs().max() > 1e-4  # the window did evict
-
-
-@pytest.mark.parametrize("name", ["bloom"])
-def test_hf_rolling_cache_on_alibi_models(name):
-    """Bloom's keys carry no position and its ALiBi bias follows the cache length: the rolling
-    cache places keys at their cache index without turning them. Nothing evicted is the full forward;
-    on one layer it equals re-computation; stream distances (positions='original') are refused."""
-    import copy
-
-    from conftest import word_tokenizer
-    from test_architectures import _build
-
-    bridges = {}
-    for n_layers in (1, 2):
-        hf = _build(name, n_layers=n_layers).double()
-        bridges[n_layers] = tl_adapter.boot_bridge(copy.deepcopy(hf), word_tokenizer(61), name)
-    tokens = _tokens(10, length=16, vocab=61)
-    full = _full_nll(bridges[2], tokens)
-    # Bloom builds its ALiBi slopes in float32: step-by-step and whole-sequence differ by ~1e-9
-    torch.testing.assert_close(stream_loss(bridges[2], tokens, window=16, n_sink=1).nll, full, atol=1e-7, rtol=0)
-    rolling = stream_loss(bridges[1], tokens, window=5, n_sink=2)
-    recompute = stream_loss(bridges[1], tokens, window=5, n_sink=2, policy="recompute")
-    torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-7, rtol=0)
-    assert (rolling.nll - _full_nll(bridges[1], tokens)).abs().max() > 1e-4  # the window did evict
-    two = stream_loss(bridges[2], tokens, window=5, n_sink=2, first_attention=True)
-    assert (two.nll - stream_loss(bridges[2], tokens, window=5, n_sink=2, policy="recompute").nll).abs().max() > 1e-6
-    assert two.first_attention.shape == (2, 4)
-    with pytest.raises(ValueError, match="only positions='cache' applies"):
-        stream_loss(bridges[1], tokens, window=5, n_sink=2, positions="original")
+    if name == "bloom":
+        two = stream_loss(bridges[2], tokens, window=5, n_sink=2, first_attention=True)
+        assert (two.nll - stream_loss(bridges[2], tokens, window=5, n_sink=2, policy="recompute").nll).abs().max() > 1e-6
+        assert two.first_attention.shape == (2, 4)
+        with pytest.raises(ValueError, match="only positions='cache' applies"):
+            stream_loss(bridges[1], tokens, window=5, n_sink=2, positions="original")
 
 
 def test_hf_rolling_cache_needs_a_rotary_embedding():
