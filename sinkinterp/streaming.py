@@ -350,7 +350,8 @@ def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions:
     with tl_adapter.attached_hooks(model, hooks):
         for t in range(length - 1):
             c = cache[0][0].shape[2] if cache else 0
-            out = _hf_step(hf, tokens[:, t:t + 1], cache, None if not rotary else c if positions == "cache" else t)
+            position = (c if positions == "cache" else t) if rotary else None  # ALiBi: the model places it
+            out = _hf_step(hf, tokens[:, t:t + 1], cache, position)
             nll[:, t] = _last_nll(out.logits[:, -1], tokens[:, t + 1])
             if want_attention and c + 1 == cap:
                 for l in range(n_layers):

@@ -199,8 +199,8 @@ def check_editable(model: Any, names: Sequence[str]) -> None:
     Some TransformerBridge architectures (OPT and GPT-J in TransformerLens 3.9, unless
     ``route_attention`` has routed them) fire ``hook_pattern`` and ``hook_attn_scores`` beside
     Hugging Face's attention for observation only: reading the pattern is right, editing it changes
-    nothing. Each kind of hook (the name with its layer
-    index dropped) is tried once per bridge, on its first layer named here, and remembered. Other
+    nothing. Each kind of hook (the name with its layer index dropped) is tried once per bridge, on
+    its first layer named here, and remembered. Other
     models (sinkinterp's, a HookedTransformer) compute their forward pass from their hook points and
     are not probed: there a legitimate edit can leave the output unchanged (the weight of a bias slot
     whose value is zero)."""
@@ -298,8 +298,8 @@ def _tokenizer_for_bridge(tokenizer: Any, name: str) -> Any:
 _BROKEN_BRIDGES = {
     ("3.9", "CohereForCausalLM"): (
         "TransformerLens 3.9's Cohere bridge computes an attention pattern that differs from the model's "
-        "(alpha off by about 1e-3 on a random 2-layer model: its attention bridge rotates queries and keys "
-        "itself, while Cohere pairs adjacent dimensions in its rotary embedding)"),
+        "(alpha off by about 1e-3 on a random 2-layer model; likely cause: its attention bridge applies the "
+        "rotary embedding itself, while Cohere's rotary pairs adjacent dimensions)"),
 }
 
 
