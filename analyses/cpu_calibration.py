@@ -95,6 +95,8 @@ RECIPES: dict[str, list[str]] = {
     "c_bos_bs4": [BOS, "data.batch_size=4"],
     "c_gatebos_s1": [BOS, "model.attn_gate=true", *SEED1],
     "c_postbos_s1": [BOS, 'model.norm_placement="post"', *SEED1],
+    "c_nopebos_s1": [BOS, 'model.pos_emb="none"', *SEED1],
+    "c_elu1bos_s1": [BOS, 'model.attn_op="elu1"', *SEED1],
 }
 
 
@@ -715,9 +717,9 @@ PAPER_ROWS = [
     ("KV bias shared by all heads, BOS first", ["c_kvsharedbos"], "Sink_1 comes back to 12.44"),
     ("learnable sink token, BOS first", ["c_sinktokbos"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
     ("learnable sink token, no BOS", ["c_sinktok"], "Sink_* 74.12, Sink_1 0.00"),
-    ("elu+1 without normalization, BOS first", ["c_elu1bos"], "Sink_1 0.80, loss 3.69"),
+    ("elu+1 without normalization, BOS first", ["c_elu1bos", "c_elu1bos_s1"], "Sink_1 0.80, loss 3.69"),
     ("post-norm, BOS first", ["c_postbos", "c_postbos_s1"], "13.54 (pre-norm 18.18)"),
-    ("no positional embedding (NoPE), BOS first", ["c_nopebos"], "20.35 (RoPE 18.18)"),
+    ("no positional embedding (NoPE), BOS first", ["c_nopebos", "c_nopebos_s1"], "20.35 (RoPE 18.18)"),
     ("ALiBi, BOS first", ["c_alibibos"], "20.78 (RoPE 18.18)"),
     ("learned absolute positions, BOS first", ["c_learnedbos"], "33.13 (RoPE 18.18)"),
     ("sinusoidal absolute positions, BOS first", ["c_sinbos"], "32.73 (RoPE 18.18)"),
