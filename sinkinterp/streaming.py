@@ -320,12 +320,15 @@ def _hf_step(hf: Any, token: Tensor, cache: list[tuple[Tensor, Tensor]], positio
 
 
 def _check_hf_rotation(hf: Any, token: Tensor) -> None:
-    """The cached key of a token read at position 5 equals the one read at 0 moved by 5."""
-    k0 = _hf_step(hf, token, [], 0).past_key_values.layers[0].keys
-    k5 = _hf_step(hf, token, [], 5).past_key_values.layers[0].keys
-    if not torch.allclose(_hf_shift(hf, k0, 5).double(), k5.double(), atol=1e-4 * (1 + float(k5.abs().max()))):
-        raise RuntimeError("model: its cached keys are not its rotary embedding's rotation of the keys; the "
-                           "rolling cache cannot re-number positions (policy='recompute' works)")
+    """In every layer, the cached key of a token read at position 5 equals the one read at 0 moved by
+    5 (a model whose layers rotate differently, e.g. local and global bases, fails here)."""
+    at0 = _hf_step(hf, token, [], 0).past_key_values.layers
+    at5 = _hf_step(hf, token, [], 5).past_key_values.layers
+    for layer, (c0, c5) in enumerate(zip(at0, at5)):
+        k0, k5 = c0.keys, c5.keys
+        if not torch.allclose(_hf_shift(hf, k0, 5).double(), k5.double(), atol=1e-4 * (1 + float(k5.abs().max()))):
+            raise RuntimeError(f"model: layer {layer}'s cached keys are not its rotary embedding's rotation of the "
+                               "keys; the rolling cache cannot re-number positions (policy='recompute' works)")
 
 
 def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions: str,
