@@ -318,7 +318,7 @@ def test_observation_only_attention_is_routed_through_its_hooks(name, monkeypatc
     assert run_intervention(routed, tokens, first_token("ablate"), sinks=False).delta_loss != 0
 
 
-@pytest.mark.parametrize("name", ["falcon", "gpt_neox", "llama", "phi3", "stablelm"])
+@pytest.mark.parametrize("name", ["codegen", "falcon", "gpt_neox", "llama", "phi3", "stablelm"])
 def test_rotary_position_moves_token_1_on_bridges(name):
     """Layer 0's queries and keys depend on the token and its position only, so after the edit query
     t scores token 1 exactly as it scores token 1's id placed at position p (t > p); partial rotary
