@@ -1,7 +1,7 @@
 """The measurement and the interventions on the Hugging Face architectures attention-sink studies use
 (GPT-2, Pythia / GPT-NeoX, OPT, LLaMA-style, Mistral, Mixtral, Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-2, Phi-3,
-OLMo 1 / 2, Granite, Bloom, MPT, Falcon, GPT-J, CodeGen, GPT-BigCode, StableLM), each a tiny model built from its config, saved to a folder and loaded offline through
-``load_model`` (a TransformerBridge): alpha against Hugging Face eager attention, residual norms
+OLMo 1 / 2, Granite, Bloom, MPT, Falcon, GPT-J, CodeGen, GPT-BigCode, StableLM), each a tiny model
+built from its config, saved to a folder and loaded offline through ``load_model`` (a TransformerBridge): alpha against Hugging Face eager attention, residual norms
 against its hidden states, the q.k decomposition against the scores the model really computed, key
 norms that are really measured, and first-token edits that really act."""
 
@@ -75,8 +75,9 @@ ROUTED = {"opt", "gptj"}
 
 class _GPTJScores:
     """The pre-softmax scores a Hugging Face GPT-J computes (its eager ``_attn`` gets the rotated
-    queries and keys), per layer, captured while the context is open. TransformerLens 3.9's GPT-J
-    bridge has no hook that holds them: its hook_attn_scores carries the softmaxed pattern."""
+    queries and keys), per layer, captured while the context is open: a reference from Hugging
+    Face's own code, independent of the bridge (whose hook_attn_scores, unrouted, carries the
+    softmaxed pattern)."""
 
     def __init__(self, hf, layers=(0, 1)):
         self.attns = [hf.transformer.h[l].attn for l in layers]
