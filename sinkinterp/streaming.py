@@ -293,13 +293,14 @@ def _check_rolling_hf(hf: Any, positions: str) -> None:
         raise ValueError("model: Hugging Face sliding-window attention has its own cache; policy='recompute' works")
 
 
-def _hf_shift(hf: Any, keys: Tensor, delta: int) -> Tensor:
+def _hf_shift(rotate: Any, keys: Tensor, delta: int) -> Tensor:
     """Keys [batch, kv_head, pos, d_head] after RoPE, moved by ``delta`` positions (rotations add),
-    with the model's own rotary embedding (``tl_adapter.hf_key_rotation``; partial rotary included)."""
+    with ``rotate``, the model's own rotary embedding (``tl_adapter.hf_key_rotation``, looked up once
+    per stream; partial rotary included)."""
     if keys.shape[2] == 0 or delta == 0:
         return keys
     k = keys.to(torch.promote_types(keys.dtype, torch.float32)).transpose(1, 2)  # [b, pos, kv_head, d]
-    turned = tl_adapter.hf_key_rotation(hf)(k, torch.full((k.shape[1],), delta, device=keys.device))
+    turned = rotate(k, torch.full((k.shape[1],), delta, device=keys.device))
     return turned.transpose(1, 2).to(keys.dtype)
 
 
@@ -319,14 +320,14 @@ def _hf_step(hf: Any, token: Tensor, cache: list[tuple[Tensor, Tensor]], positio
     return hf(input_ids=token, past_key_values=pkv, position_ids=pos, use_cache=True)
 
 
-def _check_hf_rotation(hf: Any, token: Tensor) -> None:
+def _check_hf_rotation(hf: Any, rotate: Any, token: Tensor) -> None:
     """In every layer, the cached key of a token read at position 5 equals the one read at 0 moved by
     5 (a model whose layers rotate differently, e.g. local and global bases, fails here)."""
     at0 = _hf_step(hf, token, [], 0).past_key_values.layers
     at5 = _hf_step(hf, token, [], 5).past_key_values.layers
     for layer, (c0, c5) in enumerate(zip(at0, at5)):
         k0, k5 = c0.keys, c5.keys
-        if not torch.allclose(_hf_shift(hf, k0, 5).double(), k5.double(), atol=1e-4 * (1 + float(k5.abs().max()))):
+        if not torch.allclose(_hf_shift(rotate, k0, 5).double(), k5.double(), atol=1e-4 * (1 + float(k5.abs().max()))):
             raise RuntimeError(f"model: layer {layer}'s cached keys are not its rotary embedding's rotation of the "
                                "keys; the rolling cache cannot re-number positions (policy='recompute' works)")
 
@@ -339,9 +340,10 @@ def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions:
     tokens = tokens.to(device)
     b, length = tokens.shape
     n_layers, cap = dims["n_layers"], n_sink + window
-    rotary = _hf_position_scheme(hf) == "rotary"
+    rotate = tl_adapter.hf_key_rotation(hf)  # None for ALiBi (Bloom): keys are not turned
+    rotary = rotate is not None
     if rotary:
-        _check_hf_rotation(hf, tokens[:1, :1])
+        _check_hf_rotation(hf, rotate, tokens[:1, :1])
     seen: dict[str, Tensor] = {}
     hooks = [(f"blocks.{l}.attn.hook_pattern", lambda act, hook: seen.__setitem__(hook.name, act))
              for l in range(n_layers)] if want_attention else []
@@ -366,7 +368,7 @@ def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions:
             if c + 1 > cap - 1:  # evict the oldest non-kept entry; later keys move down one position
                 d = n_sink
                 shift = -1 if positions == "cache" and rotary else 0
-                cache = [(torch.cat([k[:, :, :d], _hf_shift(hf, k[:, :, d + 1:], shift)], dim=2),
+                cache = [(torch.cat([k[:, :, :d], _hf_shift(rotate, k[:, :, d + 1:], shift)], dim=2),
                           torch.cat([v[:, :, :d], v[:, :, d + 1:]], dim=2)) for k, v in cache]
                 if cache[0][0].shape[2] == 0:
                     cache = []
