@@ -97,6 +97,12 @@ RECIPES: dict[str, list[str]] = {
     "c_postbos_s1": [BOS, 'model.norm_placement="post"', *SEED1],
     "c_nopebos_s1": [BOS, 'model.pos_emb="none"', *SEED1],
     "c_elu1bos_s1": [BOS, 'model.attn_op="elu1"', *SEED1],
+    "c_alibibos_s1": [BOS, 'model.pos_emb="alibi"', *SEED1],
+    "c_sinktokbos_s1": [BOS, 'model.attn_bias="sink_token"', *SEED1],
+    "c_kvsharedbos_s1": [BOS, 'model.attn_bias="kv"', "model.attn_bias_shared=true", *SEED1],
+    "c_linelubos_s1": [BOS, 'model.attn_op="linear_elu"', *SEED1],
+    "c_sinklogitbos_s1": [BOS, 'model.attn_bias="sink_logit"', *SEED1],
+    "c_softmax_s1": [*SEED1],
 }
 
 
@@ -183,7 +189,10 @@ def _qk_grids(qk: dict, n_layers: int, n_heads: int) -> dict[str, list[list[floa
     import numpy as np
 
     out = {}
-    for key in ("cos_q_k1", "cos_q_krest", "k1_norm", "k_rest_norm", "q_norm"):
+    for key in ("cos_q_k1", "cos_q_krest", "k1_norm", "k_rest_norm", "q_norm", "logit_q_k1", "logit_q_krest",
+                "bias_q_k1", "bias_q_krest"):
+        if key not in qk:  # the bias terms: only for a model with a position bias (ALiBi, T5 buckets)
+            continue
         grid = np.full((n_layers, n_heads), np.nan)
         for (layer, head), val in zip(qk["heads"], qk[key]):
             grid[layer, head] = val
@@ -547,6 +556,11 @@ def _angle_vs_norm(heads: dict) -> str:
     if sink.any():
         text += (f"; sinking heads: gap {gap[sink].mean():+.2f}, norm ratio "
                  f"{ratio[sink].min():.2f}-{ratio[sink].max():.2f}")
+    if "bias_q_k1" in qk:  # what a position bias adds to key 1's logit against the later keys' (per head)
+        bias_gap = np.array(qk["bias_q_k1"]) - np.array(qk["bias_q_krest"])
+        logit_gap = np.array(qk["logit_q_k1"]) - np.array(qk["logit_q_krest"])
+        text += (f"; position bias on key 1 minus keys 2..t: {np.nanmin(bias_gap):+.2f} to "
+                 f"{np.nanmax(bias_gap):+.2f} (q.k logit gap {np.nanmin(logit_gap):+.2f} to {np.nanmax(logit_gap):+.2f})")
     return text
 
 
@@ -685,7 +699,7 @@ def _heads_section(finals: dict[str, dict]) -> list[str]:
 PAPER_ROWS = [
     ("softmax, BOS first, wd 0.5 (the baseline)", ["c_bos", "c_bos_s1"],
      "fixed token at position 1: 74.11 on it (60M, wd 0.1); H100 reference (no BOS, wd 0.5): 20.2 at 6k steps"),
-    ("softmax, no BOS, wd 0.5", ["c_softmax"], "60M: 41.08 (wd 0.5); H100 reference: 0.9 at 3k, 20.2 at 6k"),
+    ("softmax, no BOS, wd 0.5", ["c_softmax", "c_softmax_s1"], "60M: 41.08 (wd 0.5); H100 reference: 0.9 at 3k, 20.2 at 6k"),
     ("softmax, BOS first, wd 0.1", ["c_bos_wd01", "c_bos_wd01_s1"], "60M: 18.18 (wd 0.1) vs 41.08 (wd 0.5); H100: 2.9 vs 20.2 at 6k"),
     ("softmax, BOS first, wd 0", ["c_bos_wd0"], "60M: 15.20 (wd 0) vs 18.18 (0.1) vs 41.08 (0.5)"),
     ("softmax, BOS first, wd 2", ["c_bos_wd2", "c_bos_wd2_s1"], "60M: 6.13 (wd 2) vs 41.08 (0.5) vs 0.01 (wd 5, loss 5.24)"),
@@ -711,16 +725,16 @@ PAPER_ROWS = [
      "not in the paper's table (it used b = 0); Apple's sigmoid attention uses b = -log n"),
     ("sigmoid normalized (rows sum to 1), BOS first", ["c_signormbos"], "Sink_1 30.24, loss 3.74"),
     ("sigmoid normalized, BOS first, 12,000 steps", ["c_signormbos_12k"], "Sink_1 30.24, loss 3.74"),
-    ("linear attention, elu+1 kernel, normalized, BOS first", ["c_linelubos"], "Sink_1 53.65, loss 4.19"),
+    ("linear attention, elu+1 kernel, normalized, BOS first", ["c_linelubos", "c_linelubos_s1"], "Sink_1 53.65, loss 4.19"),
     ("learned sink logit per head (a key bias whose logit ignores the query, v* = 0), BOS first",
-     ["c_sinklogitbos"], "not in the paper's table (gpt-oss); K bias only: Sink_* 73.34, Sink_1 0.00"),
-    ("KV bias shared by all heads, BOS first", ["c_kvsharedbos"], "Sink_1 comes back to 12.44"),
-    ("learnable sink token, BOS first", ["c_sinktokbos"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
+     ["c_sinklogitbos", "c_sinklogitbos_s1"], "not in the paper's table (gpt-oss); K bias only: Sink_* 73.34, Sink_1 0.00"),
+    ("KV bias shared by all heads, BOS first", ["c_kvsharedbos", "c_kvsharedbos_s1"], "Sink_1 comes back to 12.44"),
+    ("learnable sink token, BOS first", ["c_sinktokbos", "c_sinktokbos_s1"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
     ("learnable sink token, no BOS", ["c_sinktok"], "Sink_* 74.12, Sink_1 0.00"),
     ("elu+1 without normalization, BOS first", ["c_elu1bos", "c_elu1bos_s1"], "Sink_1 0.80, loss 3.69"),
     ("post-norm, BOS first", ["c_postbos", "c_postbos_s1"], "13.54 (pre-norm 18.18)"),
     ("no positional embedding (NoPE), BOS first", ["c_nopebos", "c_nopebos_s1"], "20.35 (RoPE 18.18)"),
-    ("ALiBi, BOS first", ["c_alibibos"], "20.78 (RoPE 18.18)"),
+    ("ALiBi, BOS first", ["c_alibibos", "c_alibibos_s1"], "20.78 (RoPE 18.18)"),
     ("learned absolute positions, BOS first", ["c_learnedbos"], "33.13 (RoPE 18.18)"),
     ("sinusoidal absolute positions, BOS first", ["c_sinbos"], "32.73 (RoPE 18.18)"),
     ("sinusoidal positions scaled by 0.02 (the embeddings' init std), BOS first", ["c_sinscalebos", "c_sinscalebos_s1"],

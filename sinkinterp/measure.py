@@ -440,7 +440,9 @@ def measure(
             reads the queries and keys after any rotary embedding (see ``qk_source``; a ValueError when
             the model does not expose them); "auto": all heads where it can, none (with the reason in
             ``extra["qk_skipped"]``) where it cannot. Its logits use the model's own q.k scale
-            (``tl_adapter.attn_scale``), without position biases (ALiBi) or soft-capping.
+            (``tl_adapter.attn_scale``); a position bias (ALiBi, T5 buckets) the model adds is reported
+            beside them (``bias_q_k1`` / ``bias_q_krest``, ``position_bias_terms``), and a soft cap on
+            the logits as ``softcap`` (the logits are before it).
         first_keys: measure alpha and Sink_k only for the first ``first_keys`` key positions (the
             per-key arrays then have that length). On a sinkinterp model this reads the read-only
             ``hook_pattern_cols`` / ``hook_bias_col`` hooks, so attention stays in the fused kernels
@@ -509,9 +511,45 @@ def measure(
     if report.qk is not None:
         report.qk["source"] = qk_note
         report.qk["scale"] = [acc.scales[l] for l, _ in heads]
+        terms, report.qk["position_bias"] = position_bias_terms(model, sorted(acc.qk_layers), T, device)
+        if terms:
+            report.qk["bias_q_k1"] = np.array([terms[l][0][h] for l, h in heads])
+            report.qk["bias_q_krest"] = np.array([terms[l][1][h] for l, h in heads])
+        cap = tl_adapter.attn_softcap(model)
+        if cap is not None:
+            report.qk["softcap"] = cap
     elif qk_from is None and qk_heads == "auto":
         report.extra["qk_skipped"] = qk_note
     return report
+
+
+def position_bias_terms(model: Any, layers: Sequence[int], seq_len: int, device: torch.device | str = "cpu",
+                        block: int = 256) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], str]:
+    """The position bias's share of the decomposition's logits, per layer: ``{layer: (bias_q_k1,
+    bias_q_krest)}`` ([head] each) and the bias's source (``tl_adapter.position_bias``); ``{}`` when the
+    model adds none. Each query's bias is taken relative to its own key (b(t, s) - b(t, t): softmax
+    ignores a constant per query, and implementations differ by one: Bloom adds slope * s where
+    sinkinterp adds -slope * (t - s)), then averaged as the logits are: over all queries for key 1,
+    over the pairs 2 <= s <= t for the rest. Data-independent; computed by blocks of ``block``
+    queries, so O(block x T) memory."""
+    T = seq_len
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    source = "none (no head decomposed)"
+    keys = torch.arange(T, device=device)
+    for layer in layers:
+        rows, source = tl_adapter.position_bias(model, layer, T)
+        if rows is None:
+            return {}, source
+        k1 = rest = 0.0
+        for start in range(0, T, block):
+            queries = keys[start:start + block]
+            b = rows(queries)  # [H, n, T]
+            rel = b - b[:, torch.arange(len(queries), device=device), queries][:, :, None]
+            k1 = k1 + rel[:, :, 0].sum(1)
+            later = (keys[None, :] >= 1) & (keys[None, :] <= queries[:, None])  # keys 2..t, 1-based
+            rest = rest + (rel * later).sum((1, 2))
+        out[layer] = ((k1 / T).cpu().numpy(), (rest / (T * (T - 1) / 2)).cpu().numpy())
+    return out, source
 
 
 def sink_hooks(n_layers: int, *, use_cols: bool, on_pattern: Any, on_bias: Any = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.metadata
 import os
 import re
@@ -53,6 +54,8 @@ __all__ = [
     "hook_fires",
     "check_editable",
     "attn_scale",
+    "position_bias",
+    "attn_softcap",
     "model_dims",
     "boot_bridge",
     "hooked_transformer_from_config",
@@ -227,15 +230,15 @@ def check_editable(model: Any, names: Sequence[str]) -> None:
 def attn_scale(model: Any, layer: int) -> float:
     """The factor the model multiplies q.k by before its attention weight function, in ``blocks[layer]``:
     a Hugging Face attention module's own ``scaling`` (Gemma 2: query_pre_attn_scalar ** -0.5),
-    ``inv_norm_factor`` (Bloom, Falcon) or ``1 / scale_attn`` (GPT-J) for a bridge; ``1 / attn.attn_scale``
+    ``inv_norm_factor`` (Bloom, Falcon), ``softmax_scale`` (MPT) or ``1 / scale_attn`` (GPT-J) for a bridge; ``1 / attn.attn_scale``
     for a HookedTransformer; a sinkinterp model's ``attn.scale``; else 1 / sqrt(d_head). Position
-    biases (ALiBi, T5 buckets) and logit soft-capping come on top of this and are not part of it."""
+    biases (ALiBi, T5 buckets: ``position_bias``) and logit soft-capping come on top of this."""
     import math
 
     attn = model.blocks[layer].attn
     hf = getattr(attn, "original_component", None)
     if hf is not None:
-        for name in ("scaling", "inv_norm_factor"):
+        for name in ("scaling", "inv_norm_factor", "softmax_scale"):  # softmax_scale: MPT
             value = getattr(hf, name, None)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
@@ -249,6 +252,74 @@ def attn_scale(model: Any, layer: int) -> float:
     if isinstance(divisor, (int, float)) and not isinstance(divisor, bool) and divisor > 0:
         return 1.0 / float(divisor)
     return 1.0 / math.sqrt(model_dims(model)["d_head"])
+
+
+PositionRows = Callable[[Any], Any]
+
+
+def position_bias(model: Any, layer: int, n_pos: int) -> tuple[PositionRows | None, str]:
+    """The additive score bias ``blocks[layer]``'s attention puts on ``attn_scale * q.k`` over
+    ``n_pos`` tokens, as ``(rows, source)``: ``rows(queries)`` gives [head, len(queries), n_pos] in
+    float64 for the 0-based query positions ``queries`` (a long tensor; one block of rows at a time, so
+    no T x T map is needed), exactly as the model adds it, or ``rows`` is None when the model adds
+    none it knows of; ``source`` says which (or what is left out). Known: a sinkinterp model's ALiBi
+    and T5 relative buckets; a HookedTransformer's ALiBi; Hugging Face Bloom and MPT, through their
+    own functions (Bloom adds slope * key index, MPT slope * (key index - n_pos + 1): per query the
+    same as -slope * distance up to a constant). Falcon with ALiBi is refused by ``boot_bridge``
+    while its eager attention adds the bias twice (``falcon_alibi_defect``)."""
+    import torch
+
+    own = getattr(getattr(model.blocks[layer], "attn", None), "position_bias", None)
+    if callable(own) and hasattr(model, "pattern_cols"):  # a sinkinterp model
+        kind = getattr(model.cfg, "pos_emb", None)
+        if kind not in ("alibi", "relative"):
+            return None, "none (the model adds no position bias to its scores)"
+        label = ("ALiBi, -slope * |t - s|" if kind == "alibi"
+                 else f"the layer's learned T5 relative-position bucket table")
+        return (lambda queries: own(queries, n_pos)), f"{label} (sinkinterp model)"
+    hf = wrapped_hf_model(model)
+    if hf is not None:
+        config = hf.config
+        kind = getattr(config, "model_type", "")
+        attn_config = getattr(config, "attn_config", None)
+        if kind == "bloom":
+            from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+            beta = float(getattr(model.blocks[layer].attn.original_component, "beta", 1.0))
+            keys = build_alibi_tensor(torch.ones(1, n_pos, dtype=torch.long), config.n_head, torch.float32)[:, 0]
+            keys, label = keys.double() * beta, "ALiBi, slope * key index (Hugging Face Bloom's build_alibi_tensor)"
+        elif kind == "mpt" and getattr(attn_config, "alibi", False):
+            from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
+
+            table = build_mpt_alibi_tensor(config.n_heads, config.max_seq_len, attn_config.alibi_bias_max)
+            keys = table[:, 0, -n_pos:].double()  # MPT slices the keys' columns off the end
+            label = "ALiBi, slope * (key index - n + 1) (Hugging Face MPT's build_mpt_alibi_tensor)"
+        elif getattr(config, "alibi", False) or getattr(attn_config, "alibi", False):
+            return None, f"not included: {kind or type(hf).__name__} is configured with ALiBi this adapter does not know"
+        else:
+            return None, "none (the model adds no position bias to its scores)"
+        return (lambda queries: keys.to(queries.device)[:, None, :].expand(-1, len(queries), -1)), label
+    kind = getattr(getattr(model, "cfg", None), "positional_embedding_type", None)
+    if kind == "alibi":  # a HookedTransformer: TransformerLens's own table, as its attention adds it
+        attn = model.blocks[layer].attn
+        table = attn.create_alibi_bias(model.cfg.n_heads, n_pos, "cpu").double()
+        return (lambda queries: table.to(queries.device)[:, queries]), "ALiBi (TransformerLens's create_alibi_bias)"
+    if kind == "relative_positional_bias":
+        return None, "not included: the relative position bias of a HookedTransformer comes from outside the layer"
+    return None, "none (the model adds no position bias to its scores)"
+
+
+def attn_softcap(model: Any) -> float | None:
+    """The cap c of a model that soft-caps its attention logits (c * tanh(x / c): Gemma 2's
+    ``attn_logit_softcapping``, a HookedTransformer's ``attn_scores_soft_cap``), or None."""
+    hf = wrapped_hf_model(model)
+    if hf is not None:
+        value = getattr(hf.config, "attn_logit_softcapping", None)
+    else:
+        value = getattr(getattr(model, "cfg", None), "attn_scores_soft_cap", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
 
 
 def count_attached_hooks(model: Any) -> int:
@@ -303,6 +374,36 @@ _BROKEN_BRIDGES = {
 }
 
 
+@functools.lru_cache(maxsize=1)
+def falcon_alibi_defect() -> str | None:
+    """Why the installed transformers' eager Falcon attention with ALiBi is not the model, or None.
+
+    In transformers 5.23 ``FalconModel.forward`` folds the ALiBi bias into the causal mask and the
+    eager attention adds it again (the SDPA path adds it once), so a hooked
+    (eager) Falcon-ALiBi computes another attention. Checked by behaviour, once per process: a tiny
+    random Falcon with ALiBi, the same weights run eager and SDPA, logits compared."""
+    import torch
+    import transformers
+
+    cfg = transformers.FalconConfig(vocab_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                    new_decoder_architecture=False, multi_query=False, alibi=True,
+                                    initializer_range=0.5)  # weights large enough for the attention to show
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        eager = transformers.FalconForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation="eager").eval()
+    sdpa = transformers.FalconForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation="sdpa").eval()
+    sdpa.load_state_dict(eager.state_dict())
+    tokens = torch.arange(1, 9)[None]
+    with torch.no_grad():
+        gap = float((eager(tokens).logits - sdpa(tokens).logits).abs().max())
+    if gap <= 1e-3:
+        return None
+    return (f"Hugging Face transformers {transformers.__version__}: Falcon's eager attention (the one hooks observe) "
+            f"adds the ALiBi bias twice, once in the causal mask and once itself, while its SDPA path adds it "
+            f"once (logits differ by {gap:.2g} on a random 1-layer model); its patterns would not be the trained "
+            "model's")
+
+
 def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -> Any:
     """Wrap an already-loaded Hugging Face causal LM in a TransformerBridge, offline.
 
@@ -321,6 +422,10 @@ def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -
     if broken:
         raise ValueError(f"model: {hf_model.config.architectures[0]} is not supported with TransformerLens {tl_version()}: "
                          f"{broken}")
+    if getattr(hf_model.config, "model_type", "") == "falcon" and getattr(hf_model.config, "alibi", False):
+        defect = falcon_alibi_defect()
+        if defect:
+            raise ValueError(f"model: Falcon configured with ALiBi is not supported: {defect}")
     bridge = TransformerBridge.boot_transformers(
         name,
         hf_model=hf_model,

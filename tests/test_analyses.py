@@ -218,6 +218,33 @@ def test_cpu_calibration_block_stats_see_through_post_norm_and_read_gates():
         n_layers=1, d_model=32, n_heads=4, d_ff=64, d_vocab=50, n_ctx=12)).eval(), tokens)
 
 
+def test_cpu_calibration_keeps_the_position_bias_of_the_decomposition():
+    """An ALiBi run's final.json keeps the decomposition's logits and bias per head, and the angle-vs-norm
+    column sets the bias gap (key 1 against keys 2..t) beside the q.k logit gap; a RoPE run has neither."""
+    import numpy as np
+    import torch
+
+    from sinkinterp.measure import measure
+    from sinkinterp.models import SinkTransformer
+    from sinkinterp.models.config import ModelConfig
+
+    mod = load_script("analyses/cpu_calibration.py")
+    tokens = torch.randint(1, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    for pos in ("alibi", "rotary"):
+        torch.manual_seed(0)
+        model = SinkTransformer(ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, d_vocab=50, n_ctx=12,
+                                            pos_emb=pos)).eval()
+        report = measure(model, tokens, qk_heads="all")
+        grids = mod._qk_grids(report.qk, 2, 4)
+        text = mod._angle_vs_norm({"qk": grids, "sink_rate1": [[0.0] * 4] * 2})
+        if pos == "rotary":
+            assert "bias_q_k1" not in grids and "position bias" not in text
+            continue
+        np.testing.assert_allclose(np.ravel(grids["bias_q_k1"]), report.qk["bias_q_k1"], atol=1e-4)
+        gap = report.qk["bias_q_k1"] - report.qk["bias_q_krest"]  # head 0's slope 1/4 the steepest
+        assert f"position bias on key 1 minus keys 2..t: {gap.min():+.2f} to {gap.max():+.2f}" in text
+
+
 def test_cpu_calibration_window_stats_match_the_pattern_by_hand():
     """Under a window w < T the final report measures token 1 over the queries that still see it and
     the oldest visible key after that; both equal the means taken from the full pattern by hand, the

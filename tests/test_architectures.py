@@ -171,7 +171,7 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
     expected = ARCHS[name][3]
     assert qk_source(lm.model, tokens)[0] == expected
     report = measure(lm.model, tokens, qk_heads="all")
-    kinds = ("attn_scores", "rot_q", "rot_k") if name in WINDOWED else ("attn_scores",)
+    kinds = ("attn_scores",) + (("rot_q", "rot_k") if name in WINDOWED else ("q", "k") if name in POSITION_BIAS else ())
     acts = _captured(lm.model, tokens, [f"blocks.{l}.attn.hook_{c}" for l in range(2) for c in kinds])
     att = torch.stack(out.attentions, 1).double()
     n_pairs = T * (T - 1) / 2
@@ -192,11 +192,24 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
             assert (~seen & causal).any() or l == 1  # layer 0's window of 4 hides keys, layer 1 is global
             np.testing.assert_allclose(full[..., seen].numpy(), s[..., seen].numpy(), rtol=1e-5, atol=1e-6)
             s = full
-        if name in POSITION_BIAS:
-            continue
+        heads = [i for i, (hl, _) in enumerate(report.qk["heads"]) if hl == l]
+        if name in POSITION_BIAS:  # scores = scale * q.k + a bias of the positions alone (ALiBi)
+            q, k = acts[f"blocks.{l}.attn.hook_q"], acts[f"blocks.{l}.attn.hook_k"]
+            logits = torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(lm.model, l)
+            bias = (s - logits).masked_fill(~causal, 0.0)
+            np.testing.assert_allclose(bias.numpy(), bias[:1].expand_as(bias).numpy(), atol=1e-5)  # no data in it
+            rel = bias - bias.diagonal(dim1=-2, dim2=-1)[..., None]  # relative to the query's own key
+            b1 = rel[..., :, 0].mean((0, 2))
+            brest = torch.stack([rel[:, :, t, 1:t + 1].sum(-1) for t in range(1, T)], -1).sum(-1).mean(0) / n_pairs
+            assert b1.abs().max() > 0.05  # the bias is there and matters
+            np.testing.assert_allclose(report.qk["bias_q_k1"][heads], b1.numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(report.qk["bias_q_krest"][heads], brest.numpy(), rtol=1e-5, atol=1e-5)
+            assert report.qk["position_bias"].startswith("ALiBi")
+            s = logits
+        else:
+            assert "bias_q_k1" not in report.qk and report.qk["position_bias"].startswith("none")
         k1 = s[..., :, 0].mean((0, 2))
         rest = torch.stack([s[:, :, t, 1:t + 1].sum(-1) for t in range(1, T)], -1).sum(-1).mean(0) / n_pairs
-        heads = [i for i, (hl, _) in enumerate(report.qk["heads"]) if hl == l]
         np.testing.assert_allclose(report.qk["logit_q_k1"][heads], k1.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(report.qk["logit_q_krest"][heads], rest.numpy(), rtol=1e-5, atol=1e-6)
     assert np.all(np.abs(report.qk["cos_q_k1"]) <= 1 + 1e-9)
@@ -487,6 +500,31 @@ def test_an_alibi_falcon_has_no_rotary_embedding_to_use():
     hf = transformers.FalconForCausalLM._from_config(transformers.FalconConfig(**SMALL, **fields))
     assert tl_adapter.hf_rotary_emb(hf) is None and tl_adapter.hf_key_rotation(hf) is None
     assert tl_adapter.hf_key_rotation(_build("falcon")) is not None
+
+
+def test_an_alibi_falcon_is_refused_while_eager_attention_adds_the_bias_twice():
+    """transformers 5.23's eager Falcon attention with ALiBi (the one a hooked bridge runs) adds the bias
+    twice, its SDPA path once: boot_bridge refuses it while the installed transformers does so. The
+    defect is measured here directly (eager vs SDPA, same weights) and the refusal must follow it; once
+    transformers is fixed, add Falcon with ALiBi to ARCHS and to tl_adapter.position_bias."""
+    import transformers
+
+    fields = dict(ARCHS["falcon"][2], alibi=True, multi_query=False)
+    torch.manual_seed(0)
+    eager = transformers.FalconForCausalLM._from_config(transformers.FalconConfig(**SMALL, **fields),
+                                                       attn_implementation="eager").eval()
+    sdpa = transformers.FalconForCausalLM._from_config(transformers.FalconConfig(**SMALL, **fields),
+                                                      attn_implementation="sdpa").eval()
+    sdpa.load_state_dict(eager.state_dict())
+    tokens = torch.randint(3, V, (2, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        gap = float((eager(tokens).logits - sdpa(tokens).logits).abs().max())
+    assert (tl_adapter.falcon_alibi_defect() is not None) == (gap > 1e-4)
+    if gap > 1e-4:
+        with pytest.raises(ValueError, match="Falcon configured with ALiBi is not supported.*twice"):
+            tl_adapter.boot_bridge(eager, word_tokenizer(V), "falcon")
+    else:  # pragma: no cover - a fixed transformers
+        tl_adapter.boot_bridge(eager, word_tokenizer(V), "falcon")
 
 
 def test_cohere_is_refused_while_its_bridge_computes_another_attention(monkeypatch):

@@ -65,6 +65,18 @@ def test_qk_figure_reads_a_real_report():
     assert [len(_legend_labels(ax)) for ax in fig.axes] == [3, 2, 2]
 
 
+def test_qk_figure_adds_the_position_bias_to_the_logits():
+    """An ALiBi model's report: the logits panel also shows logit + bias (what the softmax sees)."""
+    tokens = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    report = measure(tiny_model("alibi"), tokens, qk_heads=[(0, 1), (1, 2), (1, 3)])
+    fig = figures.qk_figure(report.qk)
+    assert _legend_labels(fig.axes[2]) == ["q.k_1", "mean q.k_t", "q.k_1 + position bias",
+                                           "mean q.k_t + position bias"]
+    summed = fig.axes[2].lines[2].get_ydata()
+    np.testing.assert_allclose(summed[1], (report.qk["logit_q_k1"][1:] + report.qk["bias_q_k1"][1:]).mean())
+    assert summed[1] < fig.axes[2].lines[0].get_ydata()[1]  # ALiBi pushes key 1 down
+
+
 @pytest.mark.parametrize("change, match", [
     (lambda qk: qk.pop("cos_q_k1"), r"qk: missing keys \['cos_q_k1'\]"),
     (lambda qk: qk.update(q_norm=[1.0, 2.0]), r"qk\['q_norm'\]: expected 3 values, got 2"),

@@ -300,3 +300,73 @@ def test_attention_on_token_1_by_query_ends_at_the_window():
     assert (report.attn1_by_query[..., :w] > 0).all()
     np.testing.assert_allclose(report.attn1_by_query.mean(-1), report.alpha, atol=1e-6)
     assert report.alpha.max() <= w / 16 + 1e-6
+
+
+def _bias_terms_from_scores(model, tokens, layer):
+    """The decomposition's expected position-bias terms, rebuilt from what the model really computed:
+    hook_attn_scores minus scale * q.k (hook_q / hook_k: these models rotate nothing), each query's
+    bias taken relative to its own key, averaged as the logits are (key 1: all queries; keys 2..t: the
+    causal pairs)."""
+    store = {}
+    names = [f"blocks.{layer}.attn.hook_{c}" for c in ("attn_scores", "q", "k")]
+    hooks = [(n, lambda x, hook, n=n: store.__setitem__(n, x.detach().double())) for n in names]
+    with torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
+        model(tokens)
+    s, q, k = (store[n] for n in names)
+    k = k.repeat_interleave(q.shape[2] // k.shape[2], 2)
+    T = tokens.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    bias = (s - torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(model, layer)).masked_fill(~causal, 0)
+    assert torch.allclose(bias, bias[:1].expand_as(bias), atol=1e-5)  # positions only, no data
+    rel = bias - bias.diagonal(dim1=-2, dim2=-1)[..., None]
+    k1 = rel[..., 0].mean((0, 2))
+    rest = sum(rel[:, :, t, 1:t + 1].sum(-1) for t in range(1, T)).mean(0) / (T * (T - 1) / 2)
+    return k1.numpy(), rest.numpy()
+
+
+@pytest.mark.parametrize("kind", ["alibi", "relative_sink_token", "hooked_transformer_alibi"])
+def test_qk_decomposition_reports_the_position_bias_the_model_adds(kind):
+    """ALiBi and T5 relative buckets add a bias of the positions to scale * q.k: the decomposition
+    reports it beside the logits (bias_q_k1 / bias_q_krest), equal to the scores the model really
+    computed minus its q.k logits; the learnable sink token's slot is not a real key and stays out."""
+    from sinkinterp.measure import position_bias_terms
+    from sinkinterp.models import ModelConfig, SinkTransformer
+    from sinkinterp.models.attention import build_context
+
+    torch.manual_seed(0)
+    if kind == "hooked_transformer_alibi":
+        model = tl_adapter.hooked_transformer_from_config(
+            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+            positional_embedding_type="alibi", normalization_type="RMS", seed=0)
+    else:
+        pos = kind.split("_")[0]
+        model = SinkTransformer(ModelConfig(n_layers=2, d_model=32, n_heads=4, d_vocab=50, n_ctx=32, pos_emb=pos,
+                                            attn_bias="sink_token" if "sink" in kind else "none"))
+        if pos == "relative":
+            for block in model.blocks:  # a learned table that is not flat, different in each layer
+                torch.nn.init.normal_(block.attn.rel_bias, std=1.0)
+        ctx = build_context(model.cfg, 20, torch.device("cpu"), torch.float32)
+        for block in model.blocks:  # the rows equal what the forward pass adds
+            np.testing.assert_allclose(block.attn.position_bias(torch.arange(20), 20).numpy(),
+                                       block.attn._pos_bias(ctx).detach().double().numpy(), rtol=1e-6)
+    tokens = torch.randint(0, 50, (3, 20), generator=torch.Generator().manual_seed(1))
+    report = measure(model, tokens, qk_heads="all")
+    assert "ALiBi" in report.qk["position_bias"] or "relative" in report.qk["position_bias"]
+    for l in range(2):
+        k1, rest = _bias_terms_from_scores(model, tokens, l)
+        assert np.abs(k1).max() > 0.05
+        np.testing.assert_allclose(report.qk["bias_q_k1"][4 * l:4 * l + 4], k1, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(report.qk["bias_q_krest"][4 * l:4 * l + 4], rest, rtol=1e-5, atol=1e-6)
+    # by blocks of queries: the same numbers whatever the block
+    small, _ = position_bias_terms(model, [0, 1], 20, block=3)
+    np.testing.assert_allclose(small[1][0], report.qk["bias_q_k1"][4:], rtol=1e-12)
+    np.testing.assert_allclose(small[1][1], report.qk["bias_q_krest"][4:], rtol=1e-12)
+
+
+def test_a_model_without_position_bias_reports_none_and_a_soft_cap_is_named():
+    model, tokens = _tiny_hooked_transformer()
+    report = measure(model, tokens, qk_heads=[(0, 0)])
+    assert report.qk["position_bias"].startswith("none") and "bias_q_k1" not in report.qk
+    assert "softcap" not in report.qk
+    model.cfg.attn_scores_soft_cap = 30.0
+    assert measure(model, tokens, qk_heads=[(0, 0)]).qk["softcap"] == 30.0

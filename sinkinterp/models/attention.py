@@ -445,6 +445,22 @@ class Attention(nn.Module):
             k = hk(self.hook_rot_k, apply_rotary(k, *cos_sin))
         return q, k, v
 
+    @torch.no_grad()
+    def position_bias(self, queries: Int[Tensor, " q"], n_keys: int) -> Float[Tensor, "head q key"] | None:
+        """The additive score bias this layer puts on ``scale * q.k`` for query positions ``queries``
+        (0-based) and the real keys 0..n_keys-1, in float64: ALiBi ``-slope * |t - s|`` or the learned
+        T5 relative-bucket table; None for rotary / learned / sinusoidal / no positions. The same
+        numbers as ``_pos_bias(build_context(...))`` (a test checks), one block of query rows at a time."""
+        cfg = self.cfg
+        if cfg.pos_emb not in ("alibi", "relative"):
+            return None
+        keys = torch.arange(n_keys, device=queries.device)
+        dist = (queries[:, None] - keys[None, :]).abs()
+        if cfg.pos_emb == "alibi":
+            return -alibi_slopes(cfg.n_heads, queries.device).double()[:, None, None] * dist.double()[None]
+        buckets = relative_buckets(dist, cfg.relative_num_buckets, cfg.relative_max_distance)
+        return self.rel_bias.double()[buckets.to(self.rel_bias.device)].permute(2, 0, 1).to(queries.device)
+
     def _pos_bias(self, ctx: AttnContext) -> Tensor | None:
         """Additive positional score bias [head, pos, pos] for the real keys, or None."""
         if ctx.alibi is not None:
