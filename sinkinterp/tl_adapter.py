@@ -441,7 +441,9 @@ def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -
 # hook_pattern / hook_attn_scores on the probabilities it returns (observation only), and how to run
 # their attention through those hooks instead: "interface" registers an eager attention function with
 # Hugging Face's AttentionInterface (OPT's attention calls it); "gptj" replaces GPT-J's ``_attn``.
-_ROUTE_KIND = {"OPTForCausalLM": "interface", "GPTJForCausalLM": "gptj"}
+# "mpt_cache" is another repair: TransformerLens 3.9's MPT bridge recomputes the attention itself (its
+# hooks act) but never writes the KV cache, so a cached step saw only its own token.
+_ROUTE_KIND = {"OPTForCausalLM": "interface", "GPTJForCausalLM": "gptj", "MptForCausalLM": "mpt_cache"}
 _ROUTE_NAME = "sinkinterp_hooked"
 _HOOKS_ATTR = "_sinkinterp_attn_hooks"  # on the Hugging Face attention module: its AttentionBridge
 
@@ -486,13 +488,36 @@ def _gptj_hooked_attn(self: Any, query: Any, key: Any, value: Any, attention_mas
     return torch.matmul(self.attn_dropout(weights), value), None
 
 
+def _mpt_attention_with_cache(self: Any, q: Any, k: Any, v: Any, **kwargs: Any) -> Any:
+    """The MPT attention bridge's own ``_reconstruct_attention`` (ALiBi sliced to the key length, the
+    bridge's hooks), with the keys and values first passed through the Hugging Face cache it was
+    given (TransformerLens's ``_update_kv_cache``), as Hugging Face's MPT attention does."""
+    reconstruct = type(self)._reconstruct_attention
+    if kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None:
+        return reconstruct(self, q, k, v, **kwargs)
+    reshape = type(self)._reshape_qkv_to_heads
+
+    def reshape_then_cache(*args: Any, **kw: Any) -> Any:
+        q_, k_, v_, *rest = reshape(self, *args, **kw)
+        k_, v_ = self._update_kv_cache(k_, v_, **kwargs)
+        return (q_, k_, v_, *rest)
+
+    self.__dict__["_reshape_qkv_to_heads"] = reshape_then_cache
+    try:
+        return reconstruct(self, q, k, v, **kwargs)
+    finally:
+        del self.__dict__["_reshape_qkv_to_heads"]
+
+
 def route_attention(model: Any) -> bool:
     """Make a bridge's hook_attn_scores / hook_pattern the ones its attention really uses, for the
     architectures whose TransformerLens 3.9 component only observes Hugging Face's attention (OPT,
     GPT-J: edits there changed nothing, and hook_attn_scores held the probabilities). Their attention
     then runs eager attention in this module that fires the hooks and uses what they return (tested
-    equal to Hugging Face's eager attention). ``boot_bridge`` calls it; returns whether this model was
-    routed (False for architectures that need no routing or that this adapter does not know)."""
+    equal to Hugging Face's eager attention). MPT's bridge, which recomputes the attention itself but
+    never wrote the KV cache (cached steps saw only their own token), gets its cache written
+    (``_mpt_attention_with_cache``). ``boot_bridge`` calls it; returns whether this model was routed
+    (False for architectures that need no routing or that this adapter does not know)."""
     import types
 
     hf = wrapped_hf_model(model)
@@ -504,6 +529,8 @@ def route_attention(model: Any) -> bool:
         module.__dict__[_HOOKS_ATTR] = block.attn  # a plain attribute: no submodule cycle
         if kind == "gptj":
             module._attn = types.MethodType(_gptj_hooked_attn, module)
+        if kind == "mpt_cache":
+            block.attn.__dict__["_reconstruct_attention"] = types.MethodType(_mpt_attention_with_cache, block.attn)
     if kind == "interface":
         from transformers import AttentionInterface
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
