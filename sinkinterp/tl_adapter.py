@@ -366,12 +366,6 @@ def _tokenizer_for_bridge(tokenizer: Any, name: str) -> Any:
 
 # Architectures whose bridge, in a TransformerLens line, computes something other than the model:
 # refused by boot_bridge instead of measured wrongly (tests/test_architectures.py shows each).
-_BROKEN_BRIDGES = {
-    ("3.9", "CohereForCausalLM"): (
-        "TransformerLens 3.9's Cohere bridge computes an attention pattern that differs from the model's "
-        "(alpha off by about 1e-3 on a random 2-layer model; likely cause: its attention bridge applies the "
-        "rotary embedding itself, while Cohere's rotary pairs adjacent dimensions)"),
-}
 
 
 @functools.lru_cache(maxsize=1)
@@ -417,11 +411,6 @@ def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -
 
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
-    line = ".".join(tl_version().split(".")[:2])
-    broken = _BROKEN_BRIDGES.get((line, hf_model.config.architectures[0]))
-    if broken:
-        raise ValueError(f"model: {hf_model.config.architectures[0]} is not supported with TransformerLens {tl_version()}: "
-                         f"{broken}")
     if getattr(hf_model.config, "model_type", "") == "falcon" and getattr(hf_model.config, "alibi", False):
         defect = falcon_alibi_defect()
         if defect:
@@ -443,7 +432,11 @@ def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -
 # Hugging Face's AttentionInterface (OPT's attention calls it); "gptj" replaces GPT-J's ``_attn``.
 # "mpt_cache" is another repair: TransformerLens 3.9's MPT bridge recomputes the attention itself (its
 # hooks act) but never writes the KV cache, so a cached step saw only its own token.
-_ROUTE_KIND = {"OPTForCausalLM": "interface", "GPTJForCausalLM": "gptj", "MptForCausalLM": "mpt_cache"}
+# "cohere_rope" too: TransformerLens 3.9's Cohere bridge rotates queries and keys with LLaMA's rotate-half
+# where Cohere pairs adjacent dimensions (attention off by ~1e-3); the bridge's own adjacent-pairs
+# rotation (GLM's) is switched on and given Cohere's cos / sin in the layout it expects.
+_ROUTE_KIND = {"OPTForCausalLM": "interface", "GPTJForCausalLM": "gptj", "MptForCausalLM": "mpt_cache",
+               "CohereForCausalLM": "cohere_rope"}
 _ROUTE_NAME = "sinkinterp_hooked"
 _HOOKS_ATTR = "_sinkinterp_attn_hooks"  # on the Hugging Face attention module: its AttentionBridge
 
@@ -509,6 +502,16 @@ def _mpt_attention_with_cache(self: Any, q: Any, k: Any, v: Any, **kwargs: Any) 
         del self.__dict__["_reshape_qkv_to_heads"]
 
 
+def _cohere_position_embeddings(self: Any, position_embeddings: Any) -> Any:
+    """hook_cos / hook_sin fire on Cohere's own cos / sin (each pair's angle repeated: [a0, a0, a1, a1,
+    ...]); the bridge's adjacent-pairs rotation then gets them half-duplicated ([a0, a1, ..., a0, a1,
+    ...]), the layout it expands back with repeat_interleave."""
+    import torch
+
+    cos, sin = type(self)._apply_position_embedding_hooks(self, position_embeddings)
+    return tuple(torch.cat([t[..., ::2], t[..., ::2]], dim=-1) for t in (cos, sin))
+
+
 def route_attention(model: Any) -> bool:
     """Make a bridge's hook_attn_scores / hook_pattern the ones its attention really uses, for the
     architectures whose TransformerLens 3.9 component only observes Hugging Face's attention (OPT,
@@ -516,7 +519,8 @@ def route_attention(model: Any) -> bool:
     then runs eager attention in this module that fires the hooks and uses what they return (tested
     equal to Hugging Face's eager attention). MPT's bridge, which recomputes the attention itself but
     never wrote the KV cache (cached steps saw only their own token), gets its cache written
-    (``_mpt_attention_with_cache``). ``boot_bridge`` calls it; returns whether this model was routed
+    (``_mpt_attention_with_cache``); Cohere's bridge, which rotated with the wrong pairing, rotates
+    adjacent pairs (``_cohere_position_embeddings``). ``boot_bridge`` calls it; returns whether this model was routed
     (False for architectures that need no routing or that this adapter does not know)."""
     import types
 
@@ -531,6 +535,10 @@ def route_attention(model: Any) -> bool:
             module._attn = types.MethodType(_gptj_hooked_attn, module)
         if kind == "mpt_cache":
             block.attn.__dict__["_reconstruct_attention"] = types.MethodType(_mpt_attention_with_cache, block.attn)
+        if kind == "cohere_rope":
+            block.attn.__dict__["_apply_position_embedding_hooks"] = types.MethodType(
+                _cohere_position_embeddings, block.attn)
+            block.attn.config.rotary_adjacent_pairs = True
     if kind == "interface":
         from transformers import AttentionInterface
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -595,11 +603,18 @@ def hf_key_rotation(hf_model: Any) -> Callable[[Any, Any], Any] | None:
     attention code, as ``rotate(x, positions)`` (``x`` [batch, pos, head, d_head] before rotation,
     ``positions`` [pos] integer positions, negative ones turning backwards; returned in x's dtype),
     or None when the model has none this adapter knows: the shared rotate-half ``rotary_emb`` of
-    LLaMA-style models (partial rotary included), or GPT-J's per-attention sin|cos table
-    ``embed_positions`` with adjacent pairs on the first ``rotary_dim`` dimensions."""
+    LLaMA-style models (partial rotary included; Cohere's pairs adjacent dimensions), or GPT-J's
+    per-attention sin|cos table ``embed_positions`` with adjacent pairs on the first ``rotary_dim``
+    dimensions."""
     from sinkinterp.models.attention import rotate_half_partial, rotate_pairs_partial
 
     rotary_emb = hf_rotary_emb(hf_model)
+    if rotary_emb is not None and getattr(hf_model.config, "model_type", "") == "cohere":
+        def rotate_adjacent(x: Any, positions: Any) -> Any:  # Cohere: adjacent pairs, angles repeated
+            cos, sin = rotary_emb(x, positions[None].to(x.device))
+            return rotate_pairs_partial(x, cos[:, :, None], sin[:, :, None])
+
+        return rotate_adjacent
     if rotary_emb is not None:
         def rotate_half(x: Any, positions: Any) -> Any:
             cos, sin = rotary_emb(x, positions[None].to(x.device))  # [1, pos, rotary dims]

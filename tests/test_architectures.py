@@ -1,6 +1,6 @@
 """The measurement and the interventions on the Hugging Face architectures attention-sink studies use
 (GPT-2, Pythia / GPT-NeoX, OPT, LLaMA-style, Mistral, Mixtral, Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-2, Phi-3,
-OLMo 1 / 2, Granite, Bloom, MPT, Falcon, GPT-J, CodeGen, GPT-BigCode, StableLM), each a tiny model
+OLMo 1 / 2, Granite, Cohere, Bloom, MPT, Falcon, GPT-J, CodeGen, GPT-BigCode, StableLM), each a tiny model
 built from its config, saved to a folder and loaded offline through ``load_model`` (a TransformerBridge): alpha against Hugging Face eager attention, residual norms
 against its hidden states, the q.k decomposition against the scores the model really computed, key
 norms that are really measured, and first-token edits that really act."""
@@ -58,6 +58,10 @@ ARCHS = {
                     "plain"),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(ROPE, pad_token_id=0), "rot"),
     "granite": ("GraniteConfig", "GraniteForCausalLM", dict(ROPE, attention_multiplier=0.2), "rot"),
+    # adjacent-pair RoPE, parallel attention + MLP, logit_scale: TransformerLens 3.9's bridge rotated with
+    # the wrong pairing until tl_adapter.route_attention
+    "cohere": ("CohereConfig", "CohereForCausalLM", dict(ROPE, num_key_value_heads=2, pad_token_id=0, logit_scale=0.5),
+               "rot"),
     "mpt": ("MptConfig", "MptForCausalLM", dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=64), "plain"),
     "codegen": ("CodeGenConfig", "CodeGenForCausalLM", dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4),
                 "module"),
@@ -332,7 +336,7 @@ def test_observation_only_attention_is_routed_through_its_hooks(name, monkeypatc
     assert run_intervention(routed, tokens, first_token("ablate"), sinks=False).delta_loss != 0
 
 
-@pytest.mark.parametrize("name", ["codegen", "falcon", "gpt_neox", "llama", "phi3", "stablelm"])
+@pytest.mark.parametrize("name", ["codegen", "cohere", "falcon", "gpt_neox", "llama", "phi3", "stablelm"])
 def test_rotary_position_moves_token_1_on_bridges(name):
     """Layer 0's queries and keys depend on the token and its position only, so after the edit query
     t scores token 1 exactly as it scores token 1's id placed at position p (t > p); partial rotary
@@ -527,23 +531,18 @@ def test_an_alibi_falcon_is_refused_while_eager_attention_adds_the_bias_twice():
         tl_adapter.boot_bridge(eager, word_tokenizer(V), "falcon")
 
 
-def test_cohere_is_refused_while_its_bridge_computes_another_attention(monkeypatch):
-    """TransformerLens 3.9's Cohere bridge gives an attention pattern that is not the model's: boot_bridge
-    refuses the architecture. If this test's second half starts failing, TransformerLens fixed it: drop
-    the entry in tl_adapter._BROKEN_BRIDGES and add Cohere to ARCHS."""
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.CohereConfig(**SMALL, **ROPE, pad_token_id=0)
-    hf = transformers.CohereForCausalLM._from_config(cfg, attn_implementation="eager").eval()
+def test_cohere_needs_its_rotation_routed(monkeypatch):
+    """TransformerLens 3.9's Cohere bridge rotates with LLaMA's rotate-half where Cohere pairs adjacent
+    dimensions: unrouted, its pattern is not the model's. boot_bridge routes it (route_attention), and
+    the ARCHS tests hold it to Hugging Face. If the first assert starts failing, TransformerLens fixed
+    it: drop "cohere_rope" from tl_adapter._ROUTE_KIND."""
     tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ref = torch.stack(copy.deepcopy(hf)(tokens, output_attentions=True).attentions, 1).double()
-    with pytest.raises(ValueError, match="CohereForCausalLM is not supported with TransformerLens"):
-        tl_adapter.boot_bridge(copy.deepcopy(hf), word_tokenizer(V), "cohere")
-    monkeypatch.setattr(tl_adapter, "_BROKEN_BRIDGES", {})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        bridge = tl_adapter.boot_bridge(hf, word_tokenizer(V), "cohere")
-    pattern = _captured(bridge, tokens, ["blocks.0.attn.hook_pattern"])["blocks.0.attn.hook_pattern"]
+        ref = torch.stack(_build("cohere")(tokens, output_attentions=True).attentions, 1).double()
+    with monkeypatch.context() as m:
+        m.setattr(tl_adapter, "route_attention", lambda model: False)
+        plain = _bridge("cohere")
+    pattern = _captured(plain, tokens, ["blocks.0.attn.hook_pattern"])["blocks.0.attn.hook_pattern"]
     assert (pattern - ref[:, 0]).abs().max() > 1e-4
+    routed = _captured(_bridge("cohere"), tokens, ["blocks.0.attn.hook_pattern"])["blocks.0.attn.hook_pattern"]
+    np.testing.assert_allclose(routed.numpy(), ref[:, 0].numpy(), atol=1e-6)

@@ -228,7 +228,7 @@ def test_hf_rolling_cache_renumbered_on_one_layer_equals_recomputation():
     torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["bloom", "codegen", "falcon", "gemma", "gpt_neox", "gptj", "granite", "mistral", "mpt", "olmo",
+@pytest.mark.parametrize("name", ["bloom", "codegen", "cohere", "falcon", "gemma", "gpt_neox", "gptj", "granite", "mistral", "mpt", "olmo",
                                   "olmo2", "phi", "phi3", "qwen2", "qwen3", "stablelm"])
 def test_hf_rolling_cache_on_architectures(name):
     """Every architecture whose base model has a shared rotary_emb (partial rotary included: GPT-NeoX,
