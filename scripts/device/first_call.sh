@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The first GPU call of a session, prepared so that it fits the device budget (15 device minutes a
+# session, machine start included; 10 minutes a command): one command, each step under its own time
+# limit so that a slow or hanging step cannot eat the others, everything it learns under $OUT.
+#
+# Here, first: scripts/device/fetch_wheels.sh. Then the device tool's run with
+#   command:   bash scripts/device/first_call.sh
+#   carry:     [".whl"]
+#   timeout_s: 590
+# It checks and times, in this order: the fused Triton sigmoid / elu+1 kernel against its float64
+# reference (never compiled on a GPU so far), that kernel against FlashAttention-backed SDPA, training
+# throughput and MFU of the reduced-scale model (softmax, k*/v*, sigmoid, elu+1 and the plain compiled
+# SDPA reference), streaming measurement against run_with_cache, and batched patching against
+# TransformerLens's per-cell functions. Back come log.txt and one JSON per benchmark (the device
+# returns at most 8 files): copy the JSON into benchmarks/results/ and update docs/performance.md.
+#
+# A smoke test of the plumbing on a CPU (tiny sizes, no GPU needed):
+#   DEVICE=cpu OUT=/tmp/first_call PYTHON=.venv/bin/python bash scripts/device/first_call.sh
+set -u -o pipefail
+cd "$(dirname "$0")/../.."
+DEVICE="${DEVICE:-cuda}"
+OUT="${OUT:?set OUT to the folder that collects the results}"
+mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+
+if [ "$DEVICE" = cuda ]; then
+  source scripts/device/setup.sh
+  PY=python3
+  attention=(--json "$OUT/attention-cuda.json")
+  train=(--models reduced --json "$OUT/train-cuda-reduced.json")
+  measure=(--device cuda --dtype bfloat16 --models small,large --seq-lens 64,512,2048 --num-seqs 16
+           --json "$OUT/measure-cuda.json")
+  patching=(--device cuda --models 12l --json "$OUT/patching-cuda.json")
+  limits=(150 100 220 70 60)
+else  # the CPU smoke test: the same steps at toy sizes
+  PY="${PYTHON:-python3}"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  attention=(--device cpu --interpret --seq-lens 32 --batch-size 1 --heads 2 --d-head 16 --warmup 0 --repeats 1
+             --methods sdpa_softmax,triton_sigmoid --json "$OUT/attention-cpu.json")
+  train=(--device cpu --models tiny --steps 2 --repeats 1 --warmup 1 --json "$OUT/train-cpu-tiny.json")
+  measure=(--device cpu --models tiny --seq-lens 16 --num-seqs 4 --repeats 1 --warmup 0 --isolation none
+           --json "$OUT/measure-cpu-tiny.json")
+  patching=(--device cpu --models tiny --sweeps resid_pre --json "$OUT/patching-cpu-tiny.json")
+  limits=(300 120 120 120 120)
+fi
+
+failed=()
+step() {  # step NAME LIMIT_SECONDS COMMAND...: run it under its own time limit, say how it ended
+  local name=$1 limit=$2 start=$SECONDS rc
+  shift 2
+  echo "== $name: limit ${limit}s: $*"
+  timeout --kill-after=10 "$limit" "$@"
+  rc=$?
+  echo "== $name: rc=$rc after $((SECONDS - start))s$([ $rc = 124 ] && echo ' (time limit)')"
+  [ $rc = 0 ] || failed+=("$name")
+}
+
+echo "first_call: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') device $DEVICE"
+[ "$DEVICE" = cuda ] || export TRITON_INTERPRET=1  # the CPU smoke test runs the kernel in Triton's interpreter
+step triton-tests "${limits[0]}" $PY -m pytest -q -p no:cacheprovider tests/test_triton_attention.py
+unset TRITON_INTERPRET
+step bench-attention "${limits[1]}" $PY benchmarks/bench_attention.py "${attention[@]}"
+step bench-train "${limits[2]}" $PY benchmarks/bench_train.py "${train[@]}"
+step bench-measure "${limits[3]}" $PY benchmarks/bench_measure.py "${measure[@]}"
+step bench-patching "${limits[4]}" $PY benchmarks/bench_patching.py "${patching[@]}"
+echo "first_call: done in ${SECONDS}s; failed: ${failed[*]:-none}"
+ls -la "$OUT"
+[ ${#failed[@]} = 0 ]
