@@ -190,8 +190,8 @@ def _qk_grids(qk: dict, n_layers: int, n_heads: int) -> dict[str, list[list[floa
 
     out = {}
     for key in ("cos_q_k1", "cos_q_krest", "k1_norm", "k_rest_norm", "q_norm", "logit_q_k1", "logit_q_krest",
-                "bias_q_k1", "bias_q_krest"):
-        if key not in qk:  # the bias terms: only for a model with a position bias (ALiBi, T5 buckets)
+                "bias_q_k1", "bias_q_krest", "cos_q_kstar", "logit_q_kstar", "kstar_norm"):
+        if key not in qk:  # a position bias (ALiBi, T5 buckets) or a learned k* only where the model has one
             continue
         grid = np.full((n_layers, n_heads), np.nan)
         for (layer, head), val in zip(qk["heads"], qk[key]):
@@ -556,6 +556,11 @@ def _angle_vs_norm(heads: dict) -> str:
     if sink.any():
         text += (f"; sinking heads: gap {gap[sink].mean():+.2f}, norm ratio "
                  f"{ratio[sink].min():.2f}-{ratio[sink].max():.2f}")
+    if "cos_q_kstar" in qk:  # the learned key k*: angle and length against the real keys
+        cos_star = np.array(qk["cos_q_kstar"])
+        star_ratio = np.array(qk["kstar_norm"]) / np.array(qk["k_rest_norm"])
+        text += (f"; k*: cos(q, k*) {np.nanmin(cos_star):+.2f} to {np.nanmax(cos_star):+.2f}, ||k*|| / ||k_s|| "
+                 f"{np.nanmin(star_ratio):.2f}-{np.nanmax(star_ratio):.2f}")
     if "bias_q_k1" in qk:  # what a position bias adds to key 1's logit against the later keys' (per head)
         bias_gap = np.array(qk["bias_q_k1"]) - np.array(qk["bias_q_krest"])
         logit_gap = np.array(qk["logit_q_k1"]) - np.array(qk["logit_q_krest"])

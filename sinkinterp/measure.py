@@ -198,7 +198,7 @@ class _Accumulator:
     def __init__(self, *, dims: dict[str, Any], seq_len: int, eps: float, eps_grid: Sequence[float],
                  has_bias: bool, norms: bool, qk_layers: set[int], device: torch.device,
                  first_keys: int | None = None, qk_from: str = "plain", scales: Sequence[float] = (),
-                 rotate: Any = None):
+                 rotate: Any = None, slot_keys: dict[int, Tensor] | None = None):
         L, H, T = dims["n_layers"], dims["n_heads"], seq_len
         self.L, self.H, self.T, self.eps = L, H, T, eps
         self.first_keys = first_keys
@@ -227,9 +227,13 @@ class _Accumulator:
         self.qk_layers = qk_layers
         self.qk_from, self.scales = qk_from, list(scales)
         self.rotate = rotate  # qk_from "module": rotate(x, positions), the model's own rotary embedding
+        # k* of a kv / k bias per layer [kv_head, d_head] (models.attention.Attention.slot_key)
+        self.slot_keys = {l: k.double().to(device) for l, k in (slot_keys or {}).items() if l in qk_layers}
         if qk_layers:
-            self.qk = {name: torch.zeros(L, H, **f64) for name in
-                       ("q_norm", "cos_q_k1", "cos_q_krest", "logit_q_k1", "logit_q_krest")}
+            names = ("q_norm", "cos_q_k1", "cos_q_krest", "logit_q_k1", "logit_q_krest")
+            if self.slot_keys:
+                names += ("cos_q_kstar", "logit_q_kstar")
+            self.qk = {name: torch.zeros(L, H, **f64) for name in names}
         self.stash: dict[int, dict[str, Tensor]] = {}
         self.qk_done: set[int] = set()
         self.num_seqs = 0
@@ -352,6 +356,11 @@ class _Accumulator:
         self.qk["cos_q_krest"][layer] += (cos_sum / n_pairs).sum(0)
         logit_sum = (q[:, 1:] * k[:, 1:].cumsum(1)).sum((1, 3)) * scale
         self.qk["logit_q_krest"][layer] += (logit_sum / n_pairs).sum(0)
+        if layer in self.slot_keys:  # the slot's k*: unrotated, scored by every query
+            k_star = self.slot_keys[layer].repeat_interleave(self.group, 0)  # [H, d]
+            ks_n = k_star / k_star.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            self.qk["cos_q_kstar"][layer] += (qn * ks_n).sum(-1).mean(1).sum(0)
+            self.qk["logit_q_kstar"][layer] += ((q * k_star).sum(-1) * scale).mean(1).sum(0)
 
     # ---- results -----------------------------------------------------------------------------
     def finish(self, k_max: int, qk_heads: list[tuple[int, int]]) -> SinkReport:
@@ -396,6 +405,9 @@ class _Accumulator:
             if self.norms:
                 report.qk["k1_norm"] = report.norms["key"]["first"][idx[:, 0], idx[:, 1]]
                 report.qk["k_rest_norm"] = report.norms["key"]["rest"][idx[:, 0], idx[:, 1]]
+            if self.slot_keys:
+                report.qk["kstar_norm"] = np.array([
+                    float(self.slot_keys[l][h // self.group].norm()) for l, h in qk_heads])
         return report
 
 
@@ -442,7 +454,8 @@ def measure(
             ``extra["qk_skipped"]``) where it cannot. Its logits use the model's own q.k scale
             (``tl_adapter.attn_scale``); a position bias (ALiBi, T5 buckets) the model adds is reported
             beside them (``bias_q_k1`` / ``bias_q_krest``, ``position_bias_terms``), and a soft cap on
-            the logits as ``softcap`` (the logits are before it).
+            the logits as ``softcap`` (the logits are before it). A learned key bias k* (kv / k) gets
+            the same factors: ``cos_q_kstar``, ``logit_q_kstar`` (mean over queries), ``kstar_norm``.
         first_keys: measure alpha and Sink_k only for the first ``first_keys`` key positions (the
             per-key arrays then have that length). On a sinkinterp model this reads the read-only
             ``hook_pattern_cols`` / ``hook_bias_col`` hooks, so attention stays in the fused kernels
@@ -490,7 +503,8 @@ def measure(
     acc = _Accumulator(dims=dims, seq_len=T, eps=eps, eps_grid=grid, has_bias=has_bias, norms=norms,
                        qk_layers={l for l, _ in heads}, device=device, first_keys=first_keys,
                        qk_from=qk_from or "plain", scales=[tl_adapter.attn_scale(model, l) for l in range(L)],
-                       rotate=tl_adapter.hf_key_rotation(tl_adapter.wrapped_hf_model(model)) if qk_from == "module" else None)
+                       rotate=tl_adapter.hf_key_rotation(tl_adapter.wrapped_hf_model(model)) if qk_from == "module" else None,
+                       slot_keys=_slot_keys(model, {l for l, _ in heads}))
     on_pattern = acc.on_cols if use_cols else acc.on_pattern
 
     hooks = sink_hooks(L, use_cols=use_cols, on_pattern=on_pattern, on_bias=acc.on_bias_pattern if has_bias else None,
@@ -521,6 +535,17 @@ def measure(
     elif qk_from is None and qk_heads == "auto":
         report.extra["qk_skipped"] = qk_note
     return report
+
+
+def _slot_keys(model: Any, layers: set[int]) -> dict[int, Tensor]:
+    """k* of the layers whose attention has a learned key bias (sinkinterp models with a kv or k bias)."""
+    out = {}
+    for layer in layers:
+        get = getattr(getattr(model.blocks[layer], "attn", None), "slot_key", None)
+        key = get() if callable(get) else None
+        if key is not None:
+            out[layer] = key
+    return out
 
 
 def position_bias_terms(model: Any, layers: Sequence[int], seq_len: int, device: torch.device | str = "cpu",

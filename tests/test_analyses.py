@@ -220,7 +220,8 @@ def test_cpu_calibration_block_stats_see_through_post_norm_and_read_gates():
 
 def test_cpu_calibration_keeps_the_position_bias_of_the_decomposition():
     """An ALiBi run's final.json keeps the decomposition's logits and bias per head, and the angle-vs-norm
-    column sets the bias gap (key 1 against keys 2..t) beside the q.k logit gap; a RoPE run has neither."""
+    column sets the bias gap (key 1 against keys 2..t) beside the q.k logit gap; a RoPE run with a k*/v*
+    slot has no bias terms but k*'s angle and length."""
     import numpy as np
     import torch
 
@@ -233,13 +234,17 @@ def test_cpu_calibration_keeps_the_position_bias_of_the_decomposition():
     for pos in ("alibi", "rotary"):
         torch.manual_seed(0)
         model = SinkTransformer(ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, d_vocab=50, n_ctx=12,
-                                            pos_emb=pos)).eval()
+                                            pos_emb=pos, attn_bias="kv" if pos == "rotary" else "none")).eval()
         report = measure(model, tokens, qk_heads="all")
         grids = mod._qk_grids(report.qk, 2, 4)
         text = mod._angle_vs_norm({"qk": grids, "sink_rate1": [[0.0] * 4] * 2})
-        if pos == "rotary":
+        if pos == "rotary":  # no position bias; a learned k* instead
             assert "bias_q_k1" not in grids and "position bias" not in text
+            np.testing.assert_allclose(np.ravel(grids["kstar_norm"]), report.qk["kstar_norm"], atol=1e-4)
+            cos = report.qk["cos_q_kstar"]
+            assert f"k*: cos(q, k*) {cos.min():+.2f} to {cos.max():+.2f}" in text
             continue
+        assert "kstar_norm" not in grids and "k*" not in text
         np.testing.assert_allclose(np.ravel(grids["bias_q_k1"]), report.qk["bias_q_k1"], atol=1e-4)
         gap = report.qk["bias_q_k1"] - report.qk["bias_q_krest"]  # head 0's slope 1/4 the steepest
         assert f"position bias on key 1 minus keys 2..t: {gap.min():+.2f} to {gap.max():+.2f}" in text

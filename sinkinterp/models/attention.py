@@ -445,6 +445,14 @@ class Attention(nn.Module):
             k = hk(self.hook_rot_k, apply_rotary(k, *cos_sin))
         return q, k, v
 
+    def slot_key(self) -> Float[Tensor, "kv_head d_head"] | None:
+        """The learned key k* every query scores in the bias slot (kv and k biases; shared ones
+        repeated per kv head), as the scores use it: not rotated, the same for every position; None
+        without one (sink token, sink logit, v bias, a removed bias)."""
+        if self.cfg.attn_bias not in ("kv", "k") or not self.cfg.has_slot:
+            return None
+        return self.k_star.detach().expand(self.cfg.n_kv_heads, self.cfg.d_head)
+
     @torch.no_grad()
     def position_bias(self, queries: Int[Tensor, " q"], n_keys: int) -> Float[Tensor, "head q key"] | None:
         """The additive score bias this layer puts on ``scale * q.k`` for query positions ``queries``
