@@ -227,7 +227,7 @@ class _Accumulator:
         self.qk_layers = qk_layers
         self.qk_from, self.scales = qk_from, list(scales)
         self.rotate = rotate  # qk_from "module": rotate(x, positions), the model's own rotary embedding
-        # k* of a kv / k bias per layer [kv_head, d_head] (models.attention.Attention.slot_key)
+        # the bias slot's key per layer [kv_head, d_head] (SinkTransformer.slot_keys)
         self.slot_keys = {l: k.double().to(device) for l, k in (slot_keys or {}).items() if l in qk_layers}
         if qk_layers:
             names = ("q_norm", "cos_q_k1", "cos_q_krest", "logit_q_k1", "logit_q_krest")
@@ -356,7 +356,7 @@ class _Accumulator:
         self.qk["cos_q_krest"][layer] += (cos_sum / n_pairs).sum(0)
         logit_sum = (q[:, 1:] * k[:, 1:].cumsum(1)).sum((1, 3)) * scale
         self.qk["logit_q_krest"][layer] += (logit_sum / n_pairs).sum(0)
-        if layer in self.slot_keys:  # the slot's k*: unrotated, scored by every query
+        if layer in self.slot_keys:  # the slot's key, as every query scores it
             k_star = self.slot_keys[layer].repeat_interleave(self.group, 0)  # [H, d]
             ks_n = k_star / k_star.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             self.qk["cos_q_kstar"][layer] += (qn * ks_n).sum(-1).mean(1).sum(0)
@@ -454,8 +454,9 @@ def measure(
             ``extra["qk_skipped"]``) where it cannot. Its logits use the model's own q.k scale
             (``tl_adapter.attn_scale``); a position bias (ALiBi, T5 buckets) the model adds is reported
             beside them (``bias_q_k1`` / ``bias_q_krest``, ``position_bias_terms``), and a soft cap on
-            the logits as ``softcap`` (the logits are before it). A learned key bias k* (kv / k) gets
-            the same factors: ``cos_q_kstar``, ``logit_q_kstar`` (mean over queries), ``kstar_norm``.
+            the logits as ``softcap`` (the logits are before it). The key k* of a bias slot (a learned
+            kv / k bias, or the learnable sink token's key) gets the same factors: ``cos_q_kstar``,
+            ``logit_q_kstar`` (mean over queries), ``kstar_norm``.
         first_keys: measure alpha and Sink_k only for the first ``first_keys`` key positions (the
             per-key arrays then have that length). On a sinkinterp model this reads the read-only
             ``hook_pattern_cols`` / ``hook_bias_col`` hooks, so attention stays in the fused kernels
@@ -538,14 +539,12 @@ def measure(
 
 
 def _slot_keys(model: Any, layers: set[int]) -> dict[int, Tensor]:
-    """k* of the layers whose attention has a learned key bias (sinkinterp models with a kv or k bias)."""
-    out = {}
-    for layer in layers:
-        get = getattr(getattr(model.blocks[layer], "attn", None), "slot_key", None)
-        key = get() if callable(get) else None
-        if key is not None:
-            out[layer] = key
-    return out
+    """The slot's key k* in these layers (sinkinterp models with a kv or k bias or a learnable sink
+    token: ``SinkTransformer.slot_keys``); empty for every other model."""
+    get = getattr(model, "slot_keys", None)
+    if not callable(get) or not hasattr(model, "pattern_cols"):
+        return {}
+    return {layer: key for layer, key in get().items() if layer in layers}
 
 
 def position_bias_terms(model: Any, layers: Sequence[int], seq_len: int, device: torch.device | str = "cpu",

@@ -372,19 +372,24 @@ def test_a_model_without_position_bias_reports_none_and_a_soft_cap_is_named():
     assert measure(model, tokens, qk_heads=[(0, 0)]).qk["softcap"] == 30.0
 
 
-@pytest.mark.parametrize("n_kv_heads", [4, 2])
-def test_qk_decomposition_of_the_learned_key_bias(n_kv_heads):
-    """A kv-bias model's k* gets the decomposition's factors (cos, logit, norm), and they are the ones
-    its softmax used: log(alpha_* / alpha_1) of every query equals its k* logit minus its token-1 logit
-    (both read from the model's own patterns), grouped-query attention included."""
+@pytest.mark.parametrize("bias, n_kv_heads", [("kv", 4), ("kv", 2), ("sink_token", 2)])
+def test_qk_decomposition_of_the_slot_key(bias, n_kv_heads):
+    """The bias slot's key (a kv bias's learned k*, or the learnable sink token's key at position -1)
+    gets the decomposition's factors (cos, logit, norm), and they are the ones the softmax used:
+    log(alpha_* / alpha_1) of every query equals its k* logit minus its token-1 logit (both read from
+    the model's own patterns), grouped-query attention included."""
     from sinkinterp.models import ModelConfig, SinkTransformer
 
     torch.manual_seed(0)
     model = SinkTransformer(ModelConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=n_kv_heads, d_vocab=50,
-                                        n_ctx=32, attn_bias="kv")).eval()
-    with torch.no_grad():
-        for block in model.blocks:  # a k* that matters
-            block.attn.k_star.normal_(0, 2.0)
+                                        n_ctx=32, attn_bias=bias)).eval()
+    with torch.no_grad():  # a slot that matters
+        if bias == "kv":
+            for block in model.blocks:
+                block.attn.k_star.normal_(0, 2.0)
+        else:
+            model.W_sink.normal_(0, 3.0)
+    keys = model.slot_keys()
     tokens = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(1))
     report = measure(model, tokens, qk_heads="all")
     store = {}
@@ -398,12 +403,14 @@ def test_qk_decomposition_of_the_learned_key_bias(n_kv_heads):
         gap = torch.log(pstar / p1).mean((0, 2)).numpy()
         rows = slice(4 * l, 4 * l + 4)
         np.testing.assert_allclose(report.qk["logit_q_kstar"][rows] - report.qk["logit_q_k1"][rows], gap, atol=1e-5)
-        k_star = model.blocks[l].attn.k_star.detach().double().expand(n_kv_heads, 8).repeat_interleave(4 // n_kv_heads, 0)
+        k_star = keys[l].double().repeat_interleave(4 // n_kv_heads, 0)
+        if bias == "kv":
+            assert torch.equal(keys[l], model.blocks[l].attn.k_star.detach().expand(n_kv_heads, 8))
         q = store[f"blocks.{l}.attn.hook_rot_q"]
         cos = torch.nn.functional.cosine_similarity(q, k_star[None, None].expand_as(q), dim=-1).mean((0, 1))
         np.testing.assert_allclose(report.qk["cos_q_kstar"][rows], cos.numpy(), atol=1e-9)
         np.testing.assert_allclose(report.qk["kstar_norm"][rows], k_star.norm(dim=-1).numpy(), rtol=1e-9)
-    # no key bias, no k* factors
+    # a slot without a key (the sink logit), no k* factors
     plain = measure(SinkTransformer(ModelConfig(n_layers=1, d_model=32, n_heads=4, d_vocab=50, n_ctx=32,
                                                 attn_bias="sink_logit")), tokens, qk_heads="all")
     assert "cos_q_kstar" not in plain.qk and "kstar_norm" not in plain.qk

@@ -415,6 +415,32 @@ class SinkTransformer(HookedRootModule):
         loss = next_token_loss(logits, tokens, self.cfg.prefix_len, loss_mask)
         return loss if return_type == "loss" else (logits, loss)
 
+    @torch.no_grad()
+    def slot_keys(self) -> dict[int, Tensor]:
+        """The key every query scores in each layer's bias slot, {layer: [kv_head, d_head]}: the learned
+        k* of a kv / k bias, or the learnable sink token's key (computed through the model: the sink
+        token sees only itself, so its keys do not depend on the input; at position -1, rotated there
+        by RoPE). Empty for other models and for a sink token under a kernel feature map (linear
+        attention scores phi(q).phi(k), not q.k)."""
+        cfg = self.cfg
+        if cfg.attn_bias in ("kv", "k"):
+            return {i: block.attn.slot_key() for i, block in enumerate(self.blocks) if block.attn.slot_key() is not None}
+        if cfg.attn_bias != "sink_token" or not cfg.has_slot or self.blocks[0].attn.op.feature is not None:
+            return {}
+        keys: dict[int, Tensor] = {}
+        for i, block in enumerate(self.blocks):  # read each layer's slot as the forward pass builds it
+            def capture(ctx: AttnContext, sink: Tensor | None, i: int = i, build: Any = block.attn._slot) -> Any:
+                slot, sink_z = build(ctx, sink)
+                keys[i] = slot.key.detach().reshape(cfg.n_kv_heads, cfg.d_head)
+                return slot, sink_z
+            block.attn.__dict__["_slot"] = capture
+        try:
+            self(torch.zeros(1, 1, dtype=torch.long, device=self.W_sink.device))
+        finally:
+            for block in self.blocks:
+                del block.attn.__dict__["_slot"]
+        return keys
+
     @property
     def can_start_at_layer(self) -> bool:
         """Whether ``forward(..., start_at_layer=, resid=)`` applies at every layer (all but sink-token
