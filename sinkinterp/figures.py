@@ -160,7 +160,8 @@ def qk_figure(qk: object, title: str = "") -> Any:
     per layer as the mean over that layer's listed heads. Three panels: norms (|q|, |k_1|, mean
     |k_t| over t >= 2; the key norms only when the report measured norms), cosines cos(q, k_1) vs
     mean cos(q, k_t), and logits q.k_1 / sqrt(d_head) vs mean q.k_t / sqrt(d_head) (dashed: plus the
-    position bias, when the model adds one: ``bias_q_k1`` / ``bias_q_krest``)."""
+    position bias, when the model adds one: ``bias_q_k1`` / ``bias_q_krest``); the bias slot's key k*
+    in each panel when the report has it (``kstar_norm``, ``cos_q_kstar``, ``logit_q_kstar``)."""
     if not isinstance(qk, dict):
         raise TypeError(f"qk: expected the dict SinkReport.qk, got {type(qk).__name__}")
     missing = [k for k in _QK_KEYS if k not in qk]
@@ -170,8 +171,9 @@ def qk_figure(qk: object, title: str = "") -> Any:
     if heads.ndim != 2 or heads.shape[1] != 2 or len(heads) == 0:
         raise ValueError(f"qk: 'heads' must be a non-empty list of [layer, head] pairs, got shape {heads.shape}")
     n = len(heads)
-    series = {k: _vector(qk[k], f"qk[{k!r}]", n) for k in (*_QK_KEYS[1:], "k1_norm", "k_rest_norm",
-                                                           "bias_q_k1", "bias_q_krest") if k in qk}
+    series = {k: _vector(qk[k], f"qk[{k!r}]", n) for k in (*_QK_KEYS[1:], "k1_norm", "k_rest_norm", "bias_q_k1",
+                                                           "bias_q_krest", "cos_q_kstar", "logit_q_kstar",
+                                                           "kstar_norm") if k in qk}
     for key in ("k1", "krest"):  # the score the softmax sees: the logit plus the position bias (ALiBi ...)
         if f"bias_q_{key}" in series:
             series[f"score_q_{key}"] = series[f"logit_q_{key}"] + series[f"bias_q_{key}"]
@@ -182,18 +184,22 @@ def qk_figure(qk: object, title: str = "") -> Any:
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    # (key, label, color, line style): token 1 in C0, the later keys in C1, the slot's key k* in C2,
+    # |q| in C3; dashed: with the position bias added
     panels = (
-        (axes[0], "norms", "norm", (("q_norm", "|q|"), ("k1_norm", "|k_1|"), ("k_rest_norm", "mean |k_t|, t >= 2"))),
-        (axes[1], "cosines", "cos", (("cos_q_k1", "cos(q, k_1)"), ("cos_q_krest", "mean cos(q, k_t)"))),
-        (axes[2], "logits", "q.k / sqrt(d_head)", (("logit_q_k1", "q.k_1"), ("logit_q_krest", "mean q.k_t"),
-                                                   ("score_q_k1", "q.k_1 + position bias"),
-                                                   ("score_q_krest", "mean q.k_t + position bias"))),
+        (axes[0], "norms", "norm", (("q_norm", "|q|", "C3", "-"), ("k1_norm", "|k_1|", "C0", "-"),
+                                    ("k_rest_norm", "mean |k_t|, t >= 2", "C1", "-"), ("kstar_norm", "|k*|", "C2", "-"))),
+        (axes[1], "cosines", "cos", (("cos_q_k1", "cos(q, k_1)", "C0", "-"), ("cos_q_krest", "mean cos(q, k_t)", "C1", "-"),
+                                     ("cos_q_kstar", "cos(q, k*)", "C2", "-"))),
+        (axes[2], "logits", "q.k / sqrt(d_head)", (("logit_q_k1", "q.k_1", "C0", "-"), ("logit_q_krest", "mean q.k_t", "C1", "-"),
+                                                   ("score_q_k1", "q.k_1 + position bias", "C0", "--"),
+                                                   ("score_q_krest", "mean q.k_t + position bias", "C1", "--"),
+                                                   ("logit_q_kstar", "q.k*", "C2", "-"))),
     )
     for ax, name, ylabel, lines in panels:
-        for i, (key, label) in enumerate(lines):
+        for key, label, color, style in lines:
             if key in per_layer:
-                ax.plot(layers, per_layer[key], marker="o", label=label, linestyle="--" if i >= 2 else "-",
-                        color=f"C{i % 2}" if name == "logits" else None)
+                ax.plot(layers, per_layer[key], marker="o", label=label, linestyle=style, color=color)
         if name != "norms":
             ax.axhline(0.0, color="grey", lw=0.8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

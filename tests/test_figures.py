@@ -65,6 +65,17 @@ def test_qk_figure_reads_a_real_report():
     assert [len(_legend_labels(ax)) for ax in fig.axes] == [3, 2, 2]
 
 
+def test_qk_figure_draws_the_slot_key():
+    """A kv-bias model's report: k* gets a line in each panel, its values the report's layer means."""
+    tokens = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    report = measure(tiny_model("kv"), tokens, qk_heads="all")
+    fig = figures.qk_figure(report.qk)
+    assert [_legend_labels(ax)[-1] for ax in fig.axes] == ["|k*|", "cos(q, k*)", "q.k*"]
+    layer0 = [i for i, (l, _) in enumerate(report.qk["heads"]) if l == 0]
+    line = next(ln for ln in fig.axes[1].lines if ln.get_label() == "cos(q, k*)")
+    np.testing.assert_allclose(line.get_ydata()[0], report.qk["cos_q_kstar"][layer0].mean())
+
+
 def test_qk_figure_adds_the_position_bias_to_the_logits():
     """An ALiBi model's report: the logits panel also shows logit + bias (what the softmax sees)."""
     tokens = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
