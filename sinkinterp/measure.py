@@ -542,7 +542,7 @@ def _slot_keys(model: Any, layers: set[int]) -> dict[int, Tensor]:
     """The slot's key k* in these layers (sinkinterp models with a kv or k bias or a learnable sink
     token: ``SinkTransformer.slot_keys``); empty for every other model."""
     get = getattr(model, "slot_keys", None)
-    if not callable(get) or not hasattr(model, "pattern_cols"):
+    if not layers or not callable(get) or not hasattr(model, "pattern_cols"):
         return {}
     return {layer: key for layer, key in get().items() if layer in layers}
 

@@ -275,7 +275,7 @@ def position_bias(model: Any, layer: int, n_pos: int) -> tuple[PositionRows | No
         if kind not in ("alibi", "relative"):
             return None, "none (the model adds no position bias to its scores)"
         label = ("ALiBi, -slope * |t - s|" if kind == "alibi"
-                 else f"the layer's learned T5 relative-position bucket table")
+                 else "the layer's learned T5 relative-position bucket table")
         return (lambda queries: own(queries, n_pos)), f"{label} (sinkinterp model)"
     hf = wrapped_hf_model(model)
     if hf is not None:
@@ -382,10 +382,10 @@ def falcon_alibi_defect() -> str | None:
     cfg = transformers.FalconConfig(vocab_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                     new_decoder_architecture=False, multi_query=False, alibi=True,
                                     initializer_range=0.5)  # weights large enough for the attention to show
-    with torch.random.fork_rng():
+    with torch.random.fork_rng():  # the caller's random state stays as it was
         torch.manual_seed(0)
         eager = transformers.FalconForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation="eager").eval()
-    sdpa = transformers.FalconForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation="sdpa").eval()
+        sdpa = transformers.FalconForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation="sdpa").eval()
     sdpa.load_state_dict(eager.state_dict())
     tokens = torch.arange(1, 9)[None]
     with torch.no_grad():
@@ -520,8 +520,8 @@ def route_attention(model: Any) -> bool:
     equal to Hugging Face's eager attention). MPT's bridge, which recomputes the attention itself but
     never wrote the KV cache (cached steps saw only their own token), gets its cache written
     (``_mpt_attention_with_cache``); Cohere's bridge, which rotated with the wrong pairing, rotates
-    adjacent pairs (``_cohere_position_embeddings``). ``boot_bridge`` calls it; returns whether this model was routed
-    (False for architectures that need no routing or that this adapter does not know)."""
+    adjacent pairs (``_cohere_position_embeddings``). ``boot_bridge`` calls it; returns whether this
+    model was routed (False for architectures that need no routing or that this adapter does not know)."""
     import types
 
     hf = wrapped_hf_model(model)

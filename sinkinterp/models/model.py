@@ -424,7 +424,8 @@ class SinkTransformer(HookedRootModule):
         attention scores phi(q).phi(k), not q.k)."""
         cfg = self.cfg
         if cfg.attn_bias in ("kv", "k"):
-            return {i: block.attn.slot_key() for i, block in enumerate(self.blocks) if block.attn.slot_key() is not None}
+            learned = {i: block.attn.slot_key() for i, block in enumerate(self.blocks)}
+            return {i: key for i, key in learned.items() if key is not None}
         if cfg.attn_bias != "sink_token" or not cfg.has_slot or self.blocks[0].attn.op.feature is not None:
             return {}
         keys: dict[int, Tensor] = {}
