@@ -151,7 +151,7 @@ def main() -> int:
     from sinkinterp import figures
 
     for m in MODELS:
-        for name in ("alpha_heatmap.png", "norms.png"):
+        for name in ("alpha_heatmap.png", "norms.png", "qk.png"):
             shutil.copyfile(OUT / m / "natural" / name, FIGS / f"toy-models-{m}-{name}")
         if res[m]["natural"].get("alpha_bias") is not None:  # where the slot took the sink
             figures.save_figure(figures.layer_head_heatmap(res[m]["natural"]["alpha_bias"],
@@ -261,6 +261,8 @@ def main() -> int:
             *([f"![alpha_* per head, {m}](figures/toy-models-{m}-alpha_bias.png)", ""]
               if res[m]["natural"].get("alpha_bias") is not None else []),
             f"![norms, {m}](figures/toy-models-{m}-norms.png)",
+            "",
+            f"![q.k decomposition per layer, {m}](figures/toy-models-{m}-qk.png)",
             "",
         ]
     print(f"wrote {write_bytes(DOC, chr(10).join(lines).encode())}")

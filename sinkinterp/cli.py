@@ -239,6 +239,8 @@ def _measure_one(args: argparse.Namespace, lm: Any, kind: str | None, tokens: An
                             out / "sink_by_position.png")
         figures.save_figure(figures.first_token_by_query(report.attn1_by_query, title=label),
                             out / "first_token_by_query.png")
+        if report.qk is not None:  # angle vs norm, per layer (and k*, the position bias where there are)
+            figures.save_figure(figures.qk_figure(report.qk, title=f"q.k = |q| |k| cos — {label}"), out / "qk.png")
     write_json(out / "config.json", config)
     write_json(out / "results.json", results)  # last: its presence means the run completed
     return results

@@ -31,7 +31,7 @@ def test_measure_random_writes_result_folder(tmp_path, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["inputs"] == "random" and cfg["prepend_bos"] is False
     assert cfg["model_info"]["weight_processing"]["fold_ln"] is False
-    for fig in ("alpha_heatmap.png", "norms.png", "sink_by_position.png", "first_token_by_query.png"):
+    for fig in ("alpha_heatmap.png", "norms.png", "sink_by_position.png", "first_token_by_query.png", "qk.png"):
         assert (out / fig).read_bytes()[:4] == b"\x89PNG"
     assert "Sink_1" in stdout
 
