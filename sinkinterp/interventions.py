@@ -507,8 +507,15 @@ class InterventionResult:
         return out
 
 
-def _has_slot(model: Any) -> bool:
-    return "blocks.0.attn.hook_bias_pattern" in set(tl_adapter.hook_names(model))
+def _slot_kind(model: Any) -> str | None:
+    """"hook": the model reports its bias slot through hook_bias_pattern (sinkinterp's k*/v*, sink
+    token, sink logit); "rows": a bridge's learned attention sinks (gpt-oss), whose share is what the
+    hook_pattern rows leave (``measure.slot_from_rows``), edited through the pattern alone; None."""
+    if "blocks.0.attn.hook_bias_pattern" in set(tl_adapter.hook_names(model)):
+        return "hook"
+    from sinkinterp.measure import slot_from_rows
+
+    return "rows" if slot_from_rows(model) else None
 
 
 def _layer_list(dims: dict[str, Any], layers: Sequence[int] | None) -> list[int]:
@@ -610,12 +617,16 @@ def run_intervention(
         if layers is not None and set(layers) - set(inter.layers):
             raise ValueError(f"layers: intervention {inter.name!r} edits layers {list(inter.layers)} only")
         layers = inter.layers if layers is None else layers
-    has_slot = _has_slot(model)
+    slot = _slot_kind(model)
+    has_slot = slot is not None
     if inter.needs_slot and not has_slot:
         raise ValueError(f"intervention {inter.name!r} needs a model with a bias slot "
-                         "(blocks.{l}.attn.hook_bias_pattern: k*, a sink token or a sink logit)")
+                         "(blocks.{l}.attn.hook_bias_pattern: k*, a sink token or a sink logit; or a bridge "
+                         "with learned attention sinks, as gpt-oss)")
     if inter.build_edits is not None:  # check before any work starts
-        edits = [(COMPONENTS[c], s) for c, s in inter.build_edits(model, has_slot)]
+        # learned sinks without a hook: the pattern edit alone changes their share (1 - the row's sum)
+        edits = [(COMPONENTS[c], s) for c, s in inter.build_edits(model, has_slot)
+                 if not (slot == "rows" and c == "bias_pattern")]
         cells = _selected_cells(dims, inter, layers, heads)
         for comp, _ in edits:
             patching._check_cells(model, comp, [c if comp.head_dim is not None else Cell(c.layer) for c in cells], T)

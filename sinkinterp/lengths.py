@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sinkinterp import tl_adapter
-from sinkinterp.measure import DEFAULT_EPS_GRID, _model_device, run_hooked, sink_hooks, validate_tokens
+from sinkinterp.measure import DEFAULT_EPS_GRID, _model_device, run_hooked, sink_hooks, slot_from_rows, validate_tokens
 from sinkinterp.metrics import _alpha_bias_by_length, _alpha_by_length, check_eps
 
 __all__ = ["LengthReport", "measure_lengths", "default_table_lengths"]
@@ -248,13 +248,14 @@ def measure_lengths(
     L, H = dims["n_layers"], dims["n_heads"]
     names = set(tl_adapter.hook_names(model))
     use_cols = "blocks.0.attn.hook_pattern_cols" in names and hasattr(model, "pattern_cols")
-    has_bias = "blocks.0.attn.hook_bias_pattern" in names
+    rows_slot = slot_from_rows(model)
+    has_bias = "blocks.0.attn.hook_bias_pattern" in names or bool(rows_slot)
     device = _model_device(model)
     acc = _LengthAccumulator(L=L, H=H, T=T, k_max=k_max, eps=eps, grid=torch.tensor(grid, dtype=torch.float64),
                              lengths=torch.tensor(chosen), has_bias=has_bias, norms=norms, device=device)
     on_pattern = acc.on_cols if use_cols else acc.on_pattern
     hooks = sink_hooks(L, use_cols=use_cols, on_pattern=on_pattern, on_bias=acc.on_bias if has_bias else None,
-                       on_resid=acc.on_resid if norms else None)
+                       on_resid=acc.on_resid if norms else None, rows_slot=rows_slot)
     run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
                pattern_cols=k_max if use_cols else None, progress="lengths" if progress else None)
     return acc.finish(min_length)

@@ -456,7 +456,8 @@ def measure(
             beside them (``bias_q_k1`` / ``bias_q_krest``, ``position_bias_terms``), and a soft cap on
             the logits as ``softcap`` (the logits are before it). The key k* of a bias slot (a learned
             kv / k bias, or the learnable sink token's key) gets the same factors: ``cos_q_kstar``,
-            ``logit_q_kstar`` (mean over queries), ``kstar_norm``.
+            ``logit_q_kstar`` (mean over queries), ``kstar_norm``; a learned sink logit (sinkinterp's
+            sink_logit, gpt-oss's sinks) is ``slot_logit``.
         first_keys: measure alpha and Sink_k only for the first ``first_keys`` key positions (the
             per-key arrays then have that length). On a sinkinterp model this reads the read-only
             ``hook_pattern_cols`` / ``hook_bias_col`` hooks, so attention stays in the fused kernels
@@ -490,7 +491,8 @@ def measure(
     for l in range(L):
         if f"blocks.{l}.attn.hook_pattern" not in names:
             raise ValueError(f"model has no hook blocks.{l}.attn.hook_pattern (see docs/hook-contract.md)")
-    has_bias = "blocks.0.attn.hook_bias_pattern" in names
+    rows_slot = slot_from_rows(model)  # gpt-oss's learned sinks: the share the pattern rows leave
+    has_bias = "blocks.0.attn.hook_bias_pattern" in names or bool(rows_slot)
     # a sinkinterp model's read-only column hooks keep its fused kernels (models/attention.py)
     use_cols = first_keys is not None and "blocks.0.attn.hook_pattern_cols" in names and hasattr(model, "pattern_cols")
     qk_from, qk_note = qk_source(model, tokens, names) if heads else (None, "")
@@ -509,7 +511,7 @@ def measure(
     on_pattern = acc.on_cols if use_cols else acc.on_pattern
 
     hooks = sink_hooks(L, use_cols=use_cols, on_pattern=on_pattern, on_bias=acc.on_bias_pattern if has_bias else None,
-                       on_resid=acc.on_resid if norms else None)
+                       on_resid=acc.on_resid if norms else None, rows_slot=rows_slot)
     qk_hooks = {"rot": ("rot_q", "rot_k"), "cos_sin": ("q", "cos", "sin"), "module": ("q",),
                 "plain": ("q",)}.get(qk_from or "", ())
     for l in range(L):
@@ -533,6 +535,9 @@ def measure(
         cap = tl_adapter.attn_softcap(model)
         if cap is not None:
             report.qk["softcap"] = cap
+        logits = _slot_logits(model, acc.qk_layers)
+        if logits:
+            report.qk["slot_logit"] = np.array([float(logits[l][h]) for l, h in heads])
     elif qk_from is None and qk_heads == "auto":
         report.extra["qk_skipped"] = qk_note
     return report
@@ -545,6 +550,23 @@ def _slot_keys(model: Any, layers: set[int]) -> dict[int, Tensor]:
     if not layers or not callable(get) or not hasattr(model, "pattern_cols"):
         return {}
     return {layer: key for layer, key in get().items() if layer in layers}
+
+
+def _slot_logits(model: Any, layers: set[int]) -> dict[int, Tensor]:
+    """A learned sink logit per head in these layers, the slot's score whatever the query: a
+    sinkinterp model's ``sink_logit`` bias, or a bridge's learned attention sinks (gpt-oss)."""
+    H = tl_adapter.model_dims(model)["n_heads"]
+    out = {}
+    for layer in layers:
+        if hasattr(model, "pattern_cols"):  # a sinkinterp model
+            cfg = model.cfg
+            own = getattr(model.blocks[layer].attn, "sink_logit", None)
+            logit = own.detach() if cfg.attn_bias == "sink_logit" and cfg.has_slot and own is not None else None
+        else:
+            logit = tl_adapter.learned_sink_logits(model, layer)
+        if logit is not None:
+            out[layer] = logit.double().expand(H).cpu()
+    return out
 
 
 def position_bias_terms(model: Any, layers: Sequence[int], seq_len: int, device: torch.device | str = "cpu",
@@ -576,18 +598,42 @@ def position_bias_terms(model: Any, layers: Sequence[int], seq_len: int, device:
     return out, source
 
 
+def slot_from_rows(model: Any) -> set[int]:
+    """Layers whose bias slot has no hook of its own: a bridge with learned attention sinks
+    (gpt-oss; ``tl_adapter.learned_sink_logits``), whose hook_pattern rows sum to 1 minus the sink's
+    share, so that share is the slot's weight."""
+    if tl_adapter.wrapped_hf_model(model) is None:
+        return set()
+    return {l for l in range(tl_adapter.model_dims(model)["n_layers"])
+            if tl_adapter.learned_sink_logits(model, l) is not None}
+
+
+def _row_slot(pattern: Tensor) -> Tensor:
+    """The slot's share of each query row, 1 - sum over the real keys, [batch, head, query]."""
+    return (1.0 - pattern.detach().to(torch.promote_types(pattern.dtype, torch.float32)).sum(-1)).clamp_min(0.0)
+
+
 def sink_hooks(n_layers: int, *, use_cols: bool, on_pattern: Any, on_bias: Any = None,
-               on_resid: Any = None) -> list[tuple[str, Any]]:
+               on_resid: Any = None, rows_slot: set[int] = frozenset()) -> list[tuple[str, Any]]:
     """The hooks every sink measurement attaches: ``on_pattern(layer, pattern)`` on each layer's
     hook_pattern (or, with ``use_cols``, a sinkinterp model's read-only hook_pattern_cols),
-    ``on_bias(layer, bias_pattern)`` on hook_bias_pattern / hook_bias_col, and ``on_resid(index,
-    resid)`` on every resid_pre plus the last resid_post (index n_layers). None: not attached."""
+    ``on_bias(layer, bias_pattern)`` on hook_bias_pattern / hook_bias_col (for the layers in
+    ``rows_slot``, learned sinks without a hook of their own: 1 minus each row of hook_pattern,
+    ``slot_from_rows``), and ``on_resid(index, resid)`` on every resid_pre plus the last resid_post
+    (index n_layers). None: not attached."""
     pattern_name, bias_name = ("hook_pattern_cols", "hook_bias_col") if use_cols else ("hook_pattern", "hook_bias_pattern")
     hooks: list[tuple[str, Any]] = []
     for l in range(n_layers):
-        hooks.append((f"blocks.{l}.attn.{pattern_name}", lambda x, hook, l=l: on_pattern(l, x)))
-        if on_bias is not None:
-            hooks.append((f"blocks.{l}.attn.{bias_name}", lambda x, hook, l=l: on_bias(l, x)))
+        if on_bias is not None and l in rows_slot:
+            def both(x: Tensor, hook: Any, l: int = l) -> None:
+                on_pattern(l, x)
+                on_bias(l, _row_slot(x))
+
+            hooks.append((f"blocks.{l}.attn.{pattern_name}", both))
+        else:
+            hooks.append((f"blocks.{l}.attn.{pattern_name}", lambda x, hook, l=l: on_pattern(l, x)))
+            if on_bias is not None:
+                hooks.append((f"blocks.{l}.attn.{bias_name}", lambda x, hook, l=l: on_bias(l, x)))
         if on_resid is not None:
             hooks.append((f"blocks.{l}.hook_resid_pre", lambda x, hook, l=l: on_resid(l, x)))
     if on_resid is not None:

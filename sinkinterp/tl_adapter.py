@@ -56,6 +56,7 @@ __all__ = [
     "attn_scale",
     "position_bias",
     "attn_softcap",
+    "learned_sink_logits",
     "model_dims",
     "boot_bridge",
     "hooked_transformer_from_config",
@@ -307,6 +308,17 @@ def position_bias(model: Any, layer: int, n_pos: int) -> tuple[PositionRows | No
     if kind == "relative_positional_bias":
         return None, "not included: the relative position bias of a HookedTransformer comes from outside the layer"
     return None, "none (the model adds no position bias to its scores)"
+
+
+def learned_sink_logits(model: Any, layer: int) -> Any | None:
+    """A bridge's learned attention-sink logits in ``blocks[layer]`` ([head]; gpt-oss's ``sinks``): one
+    logit per head joins the softmax as an extra key column and is dropped after it, so the bridge's
+    ``hook_pattern`` rows sum to 1 minus the sink's share (TransformerLens 3.9's attention bridge
+    computes it so; tested against Hugging Face's eager attention). None for any other model or layer."""
+    if wrapped_hf_model(model) is None:
+        return None
+    sinks = getattr(getattr(model.blocks[layer].attn, "original_component", None), "sinks", None)
+    return None if sinks is None else sinks.detach()
 
 
 def attn_softcap(model: Any) -> float | None:

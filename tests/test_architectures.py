@@ -546,3 +546,62 @@ def test_cohere_needs_its_rotation_routed(monkeypatch):
     assert (pattern - ref[:, 0]).abs().max() > 1e-4
     routed = _captured(_bridge("cohere"), tokens, ["blocks.0.attn.hook_pattern"])["blocks.0.attn.hook_pattern"]
     np.testing.assert_allclose(routed.numpy(), ref[:, 0].numpy(), atol=1e-6)
+
+
+def _gpt_oss(sinks=(2.0, 0.0, -1.0, 1.0)):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GptOssConfig(**SMALL, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=8, intermediate_size=32, num_local_experts=2,
+                                    num_experts_per_tok=1, max_position_embeddings=64, sliding_window=64,
+                                    layer_types=["full_attention", "full_attention"])
+    hf = transformers.GptOssForCausalLM._from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for pname, p in hf.named_parameters():
+            if pname.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(8.0)
+            if pname.endswith("sinks"):
+                p.copy_(torch.tensor(sinks))
+    return hf
+
+
+def test_gpt_oss_learned_sinks_are_the_bias_slot(tmp_path):
+    """gpt-oss's learned attention sinks (a logit per head that joins the softmax and is dropped):
+    TransformerLens 3.9's bridge gives hook_pattern rows that sum to 1 minus the sink's share, which
+    measure reports as the bias slot (alpha_*, Sink_*, equal to what Hugging Face's eager attention
+    leaves), the decomposition names the logits (slot_logit), and ablate_bias is the model without
+    sinks (Hugging Face's with the sink logits at -1e4)."""
+    import torch.nn.functional as F
+
+    from sinkinterp.lengths import measure_lengths
+
+    hf = _gpt_oss()
+    tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        att = torch.stack(copy.deepcopy(hf)(tokens, output_attentions=True).attentions, 1).double()  # [N, L, H, T, T]
+    hf.save_pretrained(tmp_path)
+    word_tokenizer(V).save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = load_model(str(tmp_path))
+    report = measure(lm.model, tokens, qk_heads="all", eps=0.3)
+    sink_share = 1.0 - att.sum(-1)  # [N, L, H, T]
+    assert sink_share.max() > 0.3
+    np.testing.assert_allclose(report.alpha, att[..., 0].mean((0, 3)).numpy(), atol=1e-6)
+    np.testing.assert_allclose(report.alpha_bias, sink_share.mean((0, 3)).numpy(), atol=1e-6)
+    expected = (sink_share.mean(-1) > 0.3).double().mean() * 100  # per sequence, layer and head
+    assert report.sink_bias_pct == pytest.approx(float(expected))
+    np.testing.assert_allclose(report.qk["slot_logit"], [2.0, 0.0, -1.0, 1.0] * 2)
+    lengths = measure_lengths(lm.model, tokens, lengths=[T], eps=0.3, norms=False)
+    assert lengths.sink_bias_pct[-1] == pytest.approx(report.sink_bias_pct)
+
+    result = run_intervention(lm.model, tokens, first_token("ablate_bias"), target_start=1, sinks=False)
+    without = copy.deepcopy(hf)
+    with torch.no_grad():
+        for layer in without.model.layers:
+            layer.self_attn.sinks.fill_(-1e4)
+        logits = without(tokens).logits.double()
+    expected_loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1)).item()
+    assert abs(result.delta_loss) > 1e-3
+    assert result.loss == pytest.approx(expected_loss, abs=1e-5)
