@@ -64,7 +64,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from sinkinterp import patching, tl_adapter
-from sinkinterp.measure import SinkReport, measure, validate_tokens
+from sinkinterp.measure import SinkReport, measure, slot_from_rows, validate_tokens
 from sinkinterp.patching import COMPONENTS, Cell, Source
 
 __all__ = [
@@ -513,8 +513,6 @@ def _slot_kind(model: Any) -> str | None:
     hook_pattern rows leave (``measure.slot_from_rows``), edited through the pattern alone; None."""
     if "blocks.0.attn.hook_bias_pattern" in set(tl_adapter.hook_names(model)):
         return "hook"
-    from sinkinterp.measure import slot_from_rows
-
     return "rows" if slot_from_rows(model) else None
 
 
