@@ -605,3 +605,23 @@ def test_gpt_oss_learned_sinks_are_the_bias_slot(tmp_path):
     expected_loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1)).item()
     assert abs(result.delta_loss) > 1e-3
     assert result.loss == pytest.approx(expected_loss, abs=1e-5)
+
+
+def test_mpt_bridge_writes_its_kv_cache_only_routed(monkeypatch):
+    """TransformerLens 3.9's MPT bridge recomputes the attention but never wrote the Hugging Face cache:
+    unrouted, a cached step leaves every layer's cache empty (a next step would see only itself).
+    Routed (boot_bridge), the cache holds each layer's keys and values, and the next token read
+    through it gets the logits of the full forward pass. If the first assert starts failing,
+    TransformerLens fixed it: drop "mpt_cache" from tl_adapter._ROUTE_KIND."""
+    tokens = torch.randint(3, V, (2, 5), generator=torch.Generator().manual_seed(1))
+    with monkeypatch.context() as m:
+        m.setattr(tl_adapter, "route_attention", lambda model: False)
+        plain = tl_adapter.wrapped_hf_model(_bridge("mpt"))
+    with torch.no_grad():
+        assert all(layer.keys is None for layer in plain(input_ids=tokens[:, :4], use_cache=True).past_key_values.layers)
+        routed = tl_adapter.wrapped_hf_model(_bridge("mpt"))
+        cache = routed(input_ids=tokens[:, :4], use_cache=True).past_key_values
+        assert [tuple(layer.keys.shape) for layer in cache.layers] == [(2, 4, 4, 8)] * 2
+        step = routed(input_ids=tokens[:, 4:], past_key_values=cache, use_cache=True).logits[:, -1]
+        full = routed(input_ids=tokens).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
