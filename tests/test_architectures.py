@@ -554,8 +554,8 @@ def _gpt_oss(sinks=(2.0, 0.0, -1.0, 1.0)):
     torch.manual_seed(0)
     cfg = transformers.GptOssConfig(**SMALL, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                     num_key_value_heads=2, head_dim=8, intermediate_size=32, num_local_experts=2,
-                                    num_experts_per_tok=1, max_position_embeddings=64, sliding_window=64,
-                                    layer_types=["full_attention", "full_attention"])
+                                    num_experts_per_tok=1, max_position_embeddings=64, sliding_window=4,
+                                    layer_types=["sliding_attention", "full_attention"])  # as gpt-oss alternates
     hf = transformers.GptOssForCausalLM._from_config(cfg, attn_implementation="eager").eval()
     with torch.no_grad():
         for pname, p in hf.named_parameters():
