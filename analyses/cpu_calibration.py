@@ -103,6 +103,8 @@ RECIPES: dict[str, list[str]] = {
     "c_linelubos_s1": [BOS, 'model.attn_op="linear_elu"', *SEED1],
     "c_sinklogitbos_s1": [BOS, 'model.attn_bias="sink_logit"', *SEED1],
     "c_softmax_s1": [*SEED1],
+    "c_kv_s1": ['model.attn_bias="kv"', *SEED1],
+    "c_relbos_s1": [BOS, 'model.pos_emb="relative"', *SEED1],
 }
 
 
@@ -722,7 +724,7 @@ PAPER_ROWS = [
     ("softmax, BOS at position 3 (tokens 1-2 natural)", ["c_bos3"], "fixed token at position 3: 69.64 on it"),
     ("softmax, random tokens at positions 1 and 2 (no BOS)", ["c_rand12"], "Sink_2 14.08, Sink_1 1.98"),
     ("KV bias (k*, v* per head), BOS first", ["c_kvbos", "c_kvbos_s1"], "Sink_* 72.76, Sink_1 0.04"),
-    ("KV bias, no BOS", ["c_kv"], "Sink_* 72.76, Sink_1 0.04; H100: Sink_* 12 at 1k, 23 at 3k"),
+    ("KV bias, no BOS", ["c_kv", "c_kv_s1"], "Sink_* 72.76, Sink_1 0.04; H100: Sink_* 12 at 1k, 23 at 3k"),
     ("K bias only (v* = 0), BOS first", ["c_kbos", "c_kbos_s1"], "Sink_* 73.34, Sink_1 0.00"),
     ("V bias only, BOS first", ["c_vbos", "c_vbos_s1"], "Sink_1 17.53 (the sink stays on token 1)"),
     ("sigmoid without normalization, BOS first", ["c_sigbos", "c_sigbos_s1"], "Sink_1 0.44, loss 3.70 vs 3.73"),
@@ -744,7 +746,7 @@ PAPER_ROWS = [
     ("sinusoidal absolute positions, BOS first", ["c_sinbos"], "32.73 (RoPE 18.18)"),
     ("sinusoidal positions scaled by 0.02 (the embeddings' init std), BOS first", ["c_sinscalebos", "c_sinscalebos_s1"],
      "32.73 (unscaled, RoPE 18.18)"),
-    ("T5 relative position buckets, BOS first", ["c_relbos"], "35.53 (RoPE 18.18)"),
+    ("T5 relative position buckets, BOS first", ["c_relbos", "c_relbos_s1"], "35.53 (RoPE 18.18)"),
     ("sliding window w = 16 (T 64), BOS first", ["c_win16bos"],
      "the first token keeps the sink while t <= w; small windows prevent it (section below)"),
     ("sliding window w = 32 (T 64), BOS first", ["c_win32bos"],
