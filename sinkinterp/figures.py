@@ -161,8 +161,9 @@ def qk_figure(qk: object, title: str = "") -> Any:
     |k_t| over t >= 2; the key norms only when the report measured norms), cosines cos(q, k_1) vs
     mean cos(q, k_t), and logits q.k_1 / sqrt(d_head) vs mean q.k_t / sqrt(d_head) (dashed: plus the
     position bias, when the model adds one: ``bias_q_k1`` / ``bias_q_krest``); the bias slot's key k*
-    in each panel when the report has it (``kstar_norm``, ``cos_q_kstar``, ``logit_q_kstar``), and a
-    learned sink logit (``slot_logit``)."""
+    in each panel when the report has it (``kstar_norm``, ``cos_q_kstar``, ``logit_q_kstar``), a
+    learned sink logit (``slot_logit``), and, dash-dotted, the means after a soft cap on the logits
+    (Gemma 2: ``capped_logit_q_k1`` / ``capped_logit_q_krest``)."""
     if not isinstance(qk, dict):
         raise TypeError(f"qk: expected the dict SinkReport.qk, got {type(qk).__name__}")
     missing = [k for k in _QK_KEYS if k not in qk]
@@ -174,7 +175,8 @@ def qk_figure(qk: object, title: str = "") -> Any:
     n = len(heads)
     series = {k: _vector(qk[k], f"qk[{k!r}]", n) for k in (*_QK_KEYS[1:], "k1_norm", "k_rest_norm", "bias_q_k1",
                                                            "bias_q_krest", "cos_q_kstar", "logit_q_kstar",
-                                                           "kstar_norm", "slot_logit") if k in qk}
+                                                           "kstar_norm", "slot_logit", "capped_logit_q_k1",
+                                                           "capped_logit_q_krest") if k in qk}
     for key in ("k1", "krest"):  # the score the softmax sees: the logit plus the position bias (ALiBi ...)
         if f"bias_q_{key}" in series:
             series[f"score_q_{key}"] = series[f"logit_q_{key}"] + series[f"bias_q_{key}"]
@@ -186,7 +188,7 @@ def qk_figure(qk: object, title: str = "") -> Any:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     # (key, label, color, line style): token 1 in C0, the later keys in C1, the slot's key k* in C2,
-    # |q| in C3; dashed: with the position bias added
+    # |q| in C3; dashed: with the position bias added; dash-dotted: after the soft cap
     panels = (
         (axes[0], "norms", "norm", (("q_norm", "|q|", "C3", "-"), ("k1_norm", "|k_1|", "C0", "-"),
                                     ("k_rest_norm", "mean |k_t|, t >= 2", "C1", "-"), ("kstar_norm", "|k*|", "C2", "-"))),
@@ -195,6 +197,8 @@ def qk_figure(qk: object, title: str = "") -> Any:
         (axes[2], "logits", "q.k / sqrt(d_head)", (("logit_q_k1", "q.k_1", "C0", "-"), ("logit_q_krest", "mean q.k_t", "C1", "-"),
                                                    ("score_q_k1", "q.k_1 + position bias", "C0", "--"),
                                                    ("score_q_krest", "mean q.k_t + position bias", "C1", "--"),
+                                                   ("capped_logit_q_k1", "q.k_1 after the soft cap", "C0", "-."),
+                                                   ("capped_logit_q_krest", "mean q.k_t after the soft cap", "C1", "-."),
                                                    ("logit_q_kstar", "q.k*", "C2", "-"),
                                                    ("slot_logit", "sink logit", "C2", ":"))),
     )

@@ -192,13 +192,19 @@ def qk_source(model: Any, tokens: Tensor, names: set[str] | None = None) -> tupl
                   "with: the rotated queries and keys are not observable")
 
 
+# queries per block when the soft-capped logits are averaged (_Accumulator._capped_logits), at most;
+# fewer when a block's [batch, heads, block, T] logits would pass CAPPED_BLOCK_ELEMENTS
+CAPPED_QUERY_BLOCK = 128
+CAPPED_BLOCK_ELEMENTS = 2 ** 24
+
+
 class _Accumulator:
     """Running sums filled by the hooks. Everything stays on the model's device until ``finish``."""
 
     def __init__(self, *, dims: dict[str, Any], seq_len: int, eps: float, eps_grid: Sequence[float],
                  has_bias: bool, norms: bool, qk_layers: set[int], device: torch.device,
                  first_keys: int | None = None, qk_from: str = "plain", scales: Sequence[float] = (),
-                 rotate: Any = None, slot_keys: dict[int, Tensor] | None = None):
+                 rotate: Any = None, slot_keys: dict[int, Tensor] | None = None, softcap: float | None = None):
         L, H, T = dims["n_layers"], dims["n_heads"], seq_len
         self.L, self.H, self.T, self.eps = L, H, T, eps
         self.first_keys = first_keys
@@ -226,6 +232,7 @@ class _Accumulator:
             self.value_rest = torch.zeros(L, H, **f64)
         self.qk_layers = qk_layers
         self.qk_from, self.scales = qk_from, list(scales)
+        self.softcap = softcap  # c of a model whose softmax sees c * tanh(logit / c) (Gemma 2)
         self.rotate = rotate  # qk_from "module": rotate(x, positions), the model's own rotary embedding
         # the bias slot's key per layer [kv_head, d_head] (SinkTransformer.slot_keys)
         self.slot_keys = {l: k.double().to(device) for l, k in (slot_keys or {}).items() if l in qk_layers}
@@ -233,6 +240,8 @@ class _Accumulator:
             names = ("q_norm", "cos_q_k1", "cos_q_krest", "logit_q_k1", "logit_q_krest")
             if self.slot_keys:
                 names += ("cos_q_kstar", "logit_q_kstar")
+            if softcap is not None:
+                names += ("capped_logit_q_k1", "capped_logit_q_krest")
             self.qk = {name: torch.zeros(L, H, **f64) for name in names}
         self.stash: dict[int, dict[str, Tensor]] = {}
         self.qk_done: set[int] = set()
@@ -356,11 +365,31 @@ class _Accumulator:
         self.qk["cos_q_krest"][layer] += (cos_sum / n_pairs).sum(0)
         logit_sum = (q[:, 1:] * k[:, 1:].cumsum(1)).sum((1, 3)) * scale
         self.qk["logit_q_krest"][layer] += (logit_sum / n_pairs).sum(0)
+        if self.softcap is not None:
+            self._capped_logits(layer, q, k, scale)
         if layer in self.slot_keys:  # the slot's key, as every query scores it
             k_star = self.slot_keys[layer].repeat_interleave(self.group, 0)  # [H, d]
             ks_n = k_star / k_star.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             self.qk["cos_q_kstar"][layer] += (qn * ks_n).sum(-1).mean(1).sum(0)
             self.qk["logit_q_kstar"][layer] += ((q * k_star).sum(-1) * scale).mean(1).sum(0)
+
+    def _capped_logits(self, layer: int, q: Tensor, k: Tensor, scale: float) -> None:
+        """The same two means after the soft cap, c * tanh(logit / c), the scores the softmax sees.
+        tanh does not pass through the prefix sums, so the pairs are made by blocks of queries
+        (``CAPPED_QUERY_BLOCK``, fewer where a block would pass ``CAPPED_BLOCK_ELEMENTS``), never the
+        whole T x T map."""
+        c, T = self.softcap, q.shape[1]
+        block = max(1, min(CAPPED_QUERY_BLOCK, CAPPED_BLOCK_ELEMENTS // (q.shape[0] * q.shape[2] * T)))
+        cap = lambda x: c * torch.tanh(x / c)
+        self.qk["capped_logit_q_k1"][layer] += cap((q * k[:, :1]).sum(-1) * scale).mean(1).sum(0)
+        keys = torch.arange(T, device=q.device)
+        total = torch.zeros(q.shape[0], q.shape[2], dtype=q.dtype, device=q.device)
+        for start in range(1, T, block):
+            queries = keys[start:start + block]
+            logits = cap(torch.einsum("bthd,bshd->bhts", q[:, start:start + block], k) * scale)
+            later = (keys[None, :] >= 1) & (keys[None, :] <= queries[:, None])  # keys 2..t, 1-based
+            total += (logits * later).sum((2, 3))
+        self.qk["capped_logit_q_krest"][layer] += (total / (T * (T - 1) / 2)).sum(0)
 
     # ---- results -----------------------------------------------------------------------------
     def finish(self, k_max: int, qk_heads: list[tuple[int, int]]) -> SinkReport:
@@ -454,7 +483,8 @@ def measure(
             ``extra["qk_skipped"]``) where it cannot. Its logits use the model's own q.k scale
             (``tl_adapter.attn_scale``); a position bias (ALiBi, T5 buckets) the model adds is reported
             beside them (``bias_q_k1`` / ``bias_q_krest``, ``position_bias_terms``), and a soft cap on
-            the logits as ``softcap`` (the logits are before it). The key k* of a bias slot (a learned
+            the logits as ``softcap`` (the logits are before it; ``capped_logit_q_k1`` /
+            ``capped_logit_q_krest`` are the same means after it). The key k* of a bias slot (a learned
             kv / k bias, or the learnable sink token's key) gets the same factors: ``cos_q_kstar``,
             ``logit_q_kstar`` (mean over queries), ``kstar_norm``; a learned sink logit (sinkinterp's
             sink_logit, gpt-oss's sinks) is ``slot_logit``.
@@ -507,7 +537,8 @@ def measure(
                        qk_layers={l for l, _ in heads}, device=device, first_keys=first_keys,
                        qk_from=qk_from or "plain", scales=[tl_adapter.attn_scale(model, l) for l in range(L)],
                        rotate=tl_adapter.hf_key_rotation(tl_adapter.wrapped_hf_model(model)) if qk_from == "module" else None,
-                       slot_keys=_slot_keys(model, {l for l, _ in heads}))
+                       slot_keys=_slot_keys(model, {l for l, _ in heads}),
+                       softcap=tl_adapter.attn_softcap(model) if heads else None)
     on_pattern = acc.on_cols if use_cols else acc.on_pattern
 
     hooks = sink_hooks(L, use_cols=use_cols, on_pattern=on_pattern, on_bias=acc.on_bias_pattern if has_bias else None,

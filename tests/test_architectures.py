@@ -36,6 +36,9 @@ ARCHS = {
     # query_pre_attn_scalar != head_dim: the decomposition must use the model's own scale
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(ROPE, num_key_value_heads=2, head_dim=8, sliding_window=64,
                                                          query_pre_attn_scalar=32, attn_logit_softcapping=None), "rot"),
+    # Gemma 2's soft cap on the attention logits, small enough to bend these sharpened scores
+    "gemma2_cap": ("Gemma2Config", "Gemma2ForCausalLM", dict(ROPE, num_key_value_heads=2, head_dim=8, sliding_window=64,
+                                                             query_pre_attn_scalar=32, attn_logit_softcapping=0.5), "rot"),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(ROPE, num_key_value_heads=2, pad_token_id=0), "cos_sin"),
     "olmo": ("OlmoConfig", "OlmoForCausalLM", dict(ROPE, pad_token_id=0), "rot"),
     "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=32, n_layer=2, n_head=4), "plain"),
@@ -70,6 +73,8 @@ ARCHS = {
 POSITION_BIAS = {"bloom", "mpt"}
 # sliding-window layers: keys outside the window are masked in the scores, not in q.k
 WINDOWED = {"gemma3"}
+# soft-capped scores, c * tanh(q.k scaled / c): the decomposition's logits are before the cap
+CAPPED = {"gemma2_cap"}
 # mixtures of experts: no single set of MLP neurons
 MOE = {"mixtral"}
 # bridges whose TransformerLens 3.9 attention only observes Hugging Face's (hook_pattern right to read,
@@ -175,7 +180,7 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
     expected = ARCHS[name][3]
     assert qk_source(lm.model, tokens)[0] == expected
     report = measure(lm.model, tokens, qk_heads="all")
-    kinds = ("attn_scores",) + (("rot_q", "rot_k") if name in WINDOWED else ("q", "k") if name in POSITION_BIAS else ())
+    kinds = ("attn_scores",) + (("rot_q", "rot_k") if name in WINDOWED | CAPPED else ("q", "k") if name in POSITION_BIAS else ())
     acts = _captured(lm.model, tokens, [f"blocks.{l}.attn.hook_{c}" for l in range(2) for c in kinds])
     att = torch.stack(out.attentions, 1).double()
     n_pairs = T * (T - 1) / 2
@@ -197,6 +202,22 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
             np.testing.assert_allclose(full[..., seen].numpy(), s[..., seen].numpy(), rtol=1e-5, atol=1e-6)
             s = full
         heads = [i for i, (hl, _) in enumerate(report.qk["heads"]) if hl == l]
+        if name in CAPPED:  # the softmax saw the capped scores; the decomposition reports both sides
+            q, k = acts[f"blocks.{l}.attn.hook_rot_q"], acts[f"blocks.{l}.attn.hook_rot_k"]
+            k = k.repeat_interleave(q.shape[2] // k.shape[2], 2)
+            full = torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(lm.model, l)
+            c = report.qk["softcap"]
+            assert c == 0.5
+            np.testing.assert_allclose((c * torch.tanh(full / c))[..., causal].numpy(), s[..., causal].numpy(),
+                                       rtol=1e-5, atol=1e-6)
+            k1 = s[..., :, 0].mean((0, 2))
+            rest = torch.stack([s[:, :, t, 1:t + 1].sum(-1) for t in range(1, T)], -1).sum(-1).mean(0) / n_pairs
+            np.testing.assert_allclose(report.qk["capped_logit_q_k1"][heads], k1.numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(report.qk["capped_logit_q_krest"][heads], rest.numpy(), rtol=1e-5, atol=1e-6)
+            assert (full.abs() > 2 * c).any()  # the cap bends some of these scores
+            s = full
+        else:
+            assert "softcap" not in report.qk and "capped_logit_q_k1" not in report.qk
         if name in POSITION_BIAS:  # scores = scale * q.k + a bias of the positions alone (ALiBi)
             q, k = acts[f"blocks.{l}.attn.hook_q"], acts[f"blocks.{l}.attn.hook_k"]
             logits = torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(lm.model, l)

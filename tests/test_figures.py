@@ -88,6 +88,16 @@ def test_qk_figure_adds_the_position_bias_to_the_logits():
     assert summed[1] < fig.axes[2].lines[0].get_ydata()[1]  # ALiBi pushes key 1 down
 
 
+def test_qk_figure_draws_the_soft_capped_logits():
+    """A report of a soft-capped model: the logits panel adds the capped means, layer by layer."""
+    qk = _qk() | {"softcap": 1.0, "capped_logit_q_k1": np.array([0.9, 0.8, -0.6]),
+                  "capped_logit_q_krest": np.array([0.4, 0.1, 0.3])}
+    fig = figures.qk_figure(qk)
+    assert _legend_labels(fig.axes[2]) == ["q.k_1", "mean q.k_t", "q.k_1 after the soft cap",
+                                           "mean q.k_t after the soft cap"]
+    np.testing.assert_allclose(fig.axes[2].lines[2].get_ydata(), [0.85, -0.6])
+
+
 @pytest.mark.parametrize("change, match", [
     (lambda qk: qk.pop("cos_q_k1"), r"qk: missing keys \['cos_q_k1'\]"),
     (lambda qk: qk.update(q_norm=[1.0, 2.0]), r"qk\['q_norm'\]: expected 3 values, got 2"),

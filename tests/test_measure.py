@@ -372,6 +372,36 @@ def test_a_model_without_position_bias_reports_none_and_a_soft_cap_is_named():
     assert measure(model, tokens, qk_heads=[(0, 0)]).qk["softcap"] == 30.0
 
 
+@pytest.mark.parametrize("block", [128, 3])
+def test_soft_capped_logits_are_the_scores_the_softmax_saw(monkeypatch, block):
+    """A HookedTransformer with attn_scores_soft_cap: the decomposition's logits stay before the cap,
+    capped_logit_q_k1 / capped_logit_q_krest are the means of the capped scores (hook_attn_scores),
+    whatever the block of queries they are summed by."""
+    import sinkinterp.measure as measure_mod
+
+    monkeypatch.setattr(measure_mod, "CAPPED_QUERY_BLOCK", block)
+    model, tokens = _tiny_hooked_transformer()
+    plain = measure(model, tokens, qk_heads="all")
+    model.cfg.attn_scores_soft_cap = 0.2
+    report = measure(model, tokens, qk_heads="all")
+    assert report.qk["softcap"] == 0.2
+    # layer 0 reads the same queries and keys (the cap changes what later layers read)
+    np.testing.assert_allclose(report.qk["logit_q_k1"][:4], plain.qk["logit_q_k1"][:4], rtol=1e-12)
+    _, cache = model.run_with_cache(tokens)
+    T = tokens.shape[1]
+    n_pairs = T * (T - 1) / 2
+    for l in range(model.cfg.n_layers):
+        s = cache[f"blocks.{l}.attn.hook_attn_scores"].double()  # [N, H, T, T], capped
+        assert s[..., torch.ones(T, T, dtype=torch.bool).tril()].abs().max() <= 0.2 + 1e-6
+        heads = [i for i, (hl, _) in enumerate(report.qk["heads"]) if hl == l]
+        k1 = s[..., :, 0].mean((0, 2))
+        rest = torch.stack([s[:, :, t, 1:t + 1].sum(-1) for t in range(1, T)], -1).sum(-1).mean(0) / n_pairs
+        np.testing.assert_allclose(report.qk["capped_logit_q_k1"][heads], k1.numpy(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(report.qk["capped_logit_q_krest"][heads], rest.numpy(), rtol=1e-6, atol=1e-9)
+    # the cap bends them: the capped means are not the plain ones
+    assert np.abs(report.qk["capped_logit_q_k1"] - report.qk["logit_q_k1"]).max() > 0.01
+
+
 @pytest.mark.parametrize("bias, n_kv_heads", [("kv", 4), ("kv", 2), ("sink_token", 2)])
 def test_qk_decomposition_of_the_slot_key(bias, n_kv_heads):
     """The bias slot's key (a kv bias's learned k*, or the learnable sink token's key at position -1)
