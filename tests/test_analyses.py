@@ -4,6 +4,7 @@ alone, the massive-activation and toy-model pages from their own measurements.""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import load_script
@@ -487,3 +488,45 @@ def test_massive_activation_smollm2_measures_and_renders(tmp_path, monkeypatch):
     assert "key norm is 0.25-0.25x" in page and (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
     monkeypatch.setattr(sinkinterp.loading, "smollm2_gguf_path", lambda: None)
     assert mod.main() == 0  # skipped without the wheel
+
+
+def test_streaming_past_length_page_and_reuse(tmp_path, monkeypatch, capsys):
+    """The past-the-training-length page on a stand-in (toy-softmax, a 'training length' of 32 in
+    48-token streams): its cells are the stream runs' and the one-forward losses over the targets
+    inside and past that length; a second run with the same tokens reuses the stream results."""
+    import sinkinterp.cli
+    import sinkinterp.loading
+
+    mod = load_script("analyses/streaming_past_length.py")
+    text = (ROOT / "sinkinterp" / "assets" / "natural_text.txt").read_text()
+    books = []
+    for i, part in enumerate((text[:4000], text[4000:8000])):
+        books.append(tmp_path / f"book{i}.txt")
+        books[-1].write_text(part)
+    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out"),
+                        ("BOOKS", books), ("N_CTX", 32), ("LENGTH", 48), ("FROM", 8), ("W", 4), ("K", 1),
+                        ("CACHE", ["4+1", "4+1,original"])):
+        monkeypatch.setattr(mod, name, value)
+    monkeypatch.setattr(sinkinterp.loading, "smollm2_gguf_path", lambda: "toy-softmax")
+    assert mod.main() == 0
+    page = (tmp_path / "page.md").read_text()
+    rows = {r["name"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["settings"]}
+    assert set(rows) == {"4+1", "4+1,original"} and rows["4+1"]["params"]["length"] == 48
+    curve = rows["4+1,original"]["curve"]
+    within, past = sum(curve[7:31]) / 24, sum(curve[31:47]) / 16
+    assert f"| `4+1,original` | {within:.3f} | {past:.3f} | {past - within:+.3f} |" in page
+    full = np.array(json.loads((tmp_path / "out" / "full_context.json").read_text())["per_stream"])
+    assert full.shape == (2, 47)
+    assert f"| full context, one forward | {full.mean(0)[7:31].mean():.3f} | {full.mean(0)[31:47].mean():.3f} |" in page
+    assert "--tokens" in page and "smollm2_gguf_path as p" in page
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+
+    def no_stream(args):
+        raise AssertionError("the stream run should have been reused")
+
+    monkeypatch.setattr(sinkinterp.cli, "main", no_stream)
+    assert mod.main() == 0
+    assert "reusing" in capsys.readouterr().out
+    books[0].unlink()
+    assert mod.main() == 0 and "Debian corpus is not built" in capsys.readouterr().out
