@@ -91,7 +91,7 @@ def cmd_stream(args: argparse.Namespace, argv: list[str]) -> int:
     for p in specs:
         print(f"-- cache {_label(p)}")
         try:
-            res = stream_loss(lm.model, torch.as_tensor(tokens), batch_size=args.batch_size, **p)
+            res = stream_loss(lm.model, torch.as_tensor(tokens), batch_size=args.batch_size, progress=True, **p)
         except (ValueError, TypeError) as err:
             raise UsageError(f"--cache {_label(p)}: {err}") from None
         curve = res.nll.mean(0)

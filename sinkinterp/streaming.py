@@ -99,10 +99,12 @@ def stream_loss(
     positions: str = "cache",
     batch_size: int = 8,
     first_attention: bool = True,
+    progress: bool = False,
 ) -> StreamResult:
     """Per-token loss of ``model`` reading each row of ``tokens`` (integer ids [batch, length]) as a
     stream through a cache of the first ``n_sink`` tokens plus the last ``window`` (module
-    docstring). Rows are independent streams."""
+    docstring). Rows are independent streams. ``progress``: a progress bar over the rolling
+    policy's steps (on stderr)."""
     window = _int("window", window, 1)
     n_sink = _int("n_sink", n_sink, 0)
     batch_size = _int("batch_size", batch_size, 1)
@@ -132,7 +134,8 @@ def stream_loss(
         else:
             _check_rolling(model, positions)
             run = _rolling
-        parts = [run(model, tokens[i:i + batch_size], window, n_sink, positions, first_attention)
+        label = f"stream {window}+{n_sink}" + (",original" if positions == "original" else "") if progress else None
+        parts = [run(model, tokens[i:i + batch_size], window, n_sink, positions, first_attention, label)
                  for i in range(0, tokens.shape[0], batch_size)]
     nll = torch.cat([p[0] for p in parts])
     att = None
@@ -194,8 +197,18 @@ def _check_rolling(model: Any, positions: str) -> None:
                          "its score would follow the query's cache position; use positions='cache'")
 
 
+def _steps(length: int, label: str | None) -> Any:
+    """range(length - 1), the rolling policy's steps, behind a progress bar named ``label``."""
+    steps = range(length - 1)
+    if label is None:
+        return steps
+    from tqdm.auto import tqdm
+
+    return tqdm(steps, desc=label, unit="token", mininterval=5.0)
+
+
 def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: str,
-             want_attention: bool) -> tuple[Tensor, Tensor | None, int]:
+             want_attention: bool, progress: str | None = None) -> tuple[Tensor, Tensor | None, int]:
     cfg = model.cfg
     device = patching._model_device(model)
     tokens = tokens.to(device)
@@ -224,7 +237,7 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
     where: list[int] = []  # stream position of each cache entry
     nll = torch.empty(b, length - 1, dtype=torch.float64, device=device)  # one host copy at the end
     with tl_adapter.attached_hooks(model, hooks):
-        for t in range(length - 1):
+        for t in _steps(length, progress):
             c = len(where)
             if c == 0:
                 logits = model(tokens[:, t:t + 1])
@@ -333,7 +346,7 @@ def _check_hf_rotation(hf: Any, rotate: Any, token: Tensor) -> None:
 
 
 def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions: str,
-                want_attention: bool) -> tuple[Tensor, Tensor | None, int]:
+                want_attention: bool, progress: str | None = None) -> tuple[Tensor, Tensor | None, int]:
     hf = tl_adapter.wrapped_hf_model(model)
     dims = tl_adapter.model_dims(model)
     device = patching._model_device(model)
@@ -353,7 +366,7 @@ def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions:
     cache: list[tuple[Tensor, Tensor]] = []  # per layer (keys after RoPE, values) [b, kv_head, c, d_head]
     nll = torch.empty(b, length - 1, dtype=torch.float64, device=device)  # one host copy at the end
     with tl_adapter.attached_hooks(model, hooks):
-        for t in range(length - 1):
+        for t in _steps(length, progress):
             c = cache[0][0].shape[2] if cache else 0
             position = (c if positions == "cache" else t) if rotary else None  # ALiBi: the model places it
             out = _hf_step(hf, tokens[:, t:t + 1], cache, position)

@@ -122,6 +122,23 @@ def test_streams_longer_than_the_context():
         model(tokens)
 
 
+def test_progress_bar_changes_nothing(capsys):
+    """progress=True draws a bar over the rolling steps on stderr, on sinkinterp models and on
+    bridges, and the losses and attention are the same as without it."""
+    model = tiny_model("rotary").eval()
+    bridge, _ = _bridge()
+    for m, tokens in ((model, _tokens(7, n=2, length=20)), (bridge, _tokens(9, vocab=61))):
+        plain = stream_loss(m, tokens, window=4, n_sink=1)
+        capsys.readouterr()
+        shown = stream_loss(m, tokens, window=4, n_sink=1, positions="original", progress=True)
+        err = capsys.readouterr().err
+        assert "stream 4+1,original" in err and f"{tokens.shape[1] - 1}/{tokens.shape[1] - 1}" in err
+        again = stream_loss(m, tokens, window=4, n_sink=1, progress=True)
+        torch.testing.assert_close(again.nll, plain.nll, atol=0, rtol=0)
+        torch.testing.assert_close(again.first_attention, plain.first_attention, atol=0, rtol=0)
+        assert shown.nll.shape == plain.nll.shape
+
+
 def test_first_attention_is_the_pattern_of_the_full_cache_rows():
     model = tiny_model("rotary").eval()
     tokens = _tokens(8)
