@@ -116,8 +116,11 @@ def test_triton_backend_trains_like_auto_and_may_change_on_resume(shards, tmp_pa
     b = _weights(tmp_path / "fused" / "checkpoints" / "step_0000004")
     moved = max((a[k] - SinkTransformer(cfg.model).state_dict()[k]).abs().max().item() for k in a)
     assert moved > 1e-3
+    # Adam turns a rounding difference in a near-zero gradient into a visible step, so the bound is
+    # a small share of how far training moved the weights (about 8e-3 here), not float32 rounding:
+    # on one CPU (AMD EPYC, AVX-512) a single entry of 2,048 differed by 1.1e-5
     for k in a:
-        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
+        torch.testing.assert_close(b[k], a[k], atol=5e-3 * moved, rtol=1e-4, msg=k)
     assert auto.model.attn_backend == "auto"
 
 
