@@ -7,6 +7,7 @@
 ``sinkinterp patch``    activation patching of token 1's key / value / score column / residual
 ``sinkinterp stream``   the loss along long streams through a bounded cache (sinkinterp/cli_stream.py)
 ``sinkinterp lengths``  the sink at every sequence length from one pass (sinkinterp/cli_lengths.py)
+``sinkinterp tokens``   sinks past the first position, pooled by token (sinkinterp/cli_tokens.py)
 
 Every argument is checked before any work starts; results.json is written last and atomically,
 so a failed run leaves no partial results behind.
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sinkinterp import cli_lengths
 
     cli_lengths.add_parser(sub, _add_measure_args)
+    from sinkinterp import cli_tokens
+
+    cli_tokens.add_parser(sub, _add_measure_args)
     rr = sub.add_parser("rerun", help="repeat a measurement from its result folder's config.json")
     rr.add_argument("result_dir", help="a folder written by `sinkinterp measure`")
     rr.add_argument("--out", help="write to this folder instead of the original one")
@@ -387,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
             from sinkinterp import cli_lengths
 
             return cli_lengths.cmd_lengths(args, argv)
+        if args.command == "tokens":
+            from sinkinterp import cli_tokens
+
+            return cli_tokens.cmd_tokens(args, argv)
     except UsageError as err:
         print(f"sinkinterp {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -16,7 +16,8 @@ import numpy as np
 from sinkinterp.fileio import atomic_write
 
 __all__ = ["alpha_heatmap", "norms_figure", "sink_by_position", "save_figure", "qk_figure", "effect_bars",
-           "layer_head_heatmap", "sink_over_training", "stream_curves", "sink_by_length", "TRAINING_KEYS"]
+           "layer_head_heatmap", "sink_over_training", "stream_curves", "sink_by_length", "token_sink_bars",
+           "TRAINING_KEYS"]
 
 
 def _plt() -> Any:
@@ -238,6 +239,33 @@ def effect_bars(names: object, values: object, *, errors: object = None, ylabel:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.margins(y=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def token_sink_bars(labels: object, sink_rate: object, expected_rate: object, *, eps: float,
+                    first_rate: float | None = None, title: str = "") -> Any:
+    """Sinks by token (``token_sinks``): each listed token's sink rate beside the rate its positions
+    predict; the first token's Sink_1, when given, as a dashed line (as a note when it is more than
+    three times the tallest bar)."""
+    names = _names(labels, "labels")
+    rate = _vector(sink_rate, "sink_rate", len(names))
+    expected = _vector(expected_rate, "expected_rate", len(names))
+    plt = _plt()
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(names) + 2), 3.6))
+    ax.bar(x - 0.2, rate, width=0.4, color="tab:red", label="this token")
+    ax.bar(x + 0.2, expected, width=0.4, color="tab:gray", label="any token at its positions")
+    top = max(float(rate.max(initial=0.0)), float(expected.max(initial=0.0)))
+    if first_rate is not None and first_rate <= 3 * top:
+        ax.axhline(first_rate, color="black", ls="--", lw=1, label=f"first token (Sink_1 = {first_rate:.1f}%)")
+    elif first_rate is not None:  # a line far above the bars would flatten them: say it instead
+        ax.text(0.99, 0.97, f"first token: Sink_1 = {first_rate:.1f}% (off this scale)", transform=ax.transAxes,
+                ha="right", va="top", fontsize=8)
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(f"% of heads with alpha > {eps}")
+    ax.set_title(title or "sinks by token")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -138,6 +138,20 @@ def test_effect_bars_bad_input(kwargs, error, match):
         figures.effect_bars(**kwargs)
 
 
+def test_token_sink_bars(tmp_path):
+    fig = figures.token_sink_bars([" the", "\\n", "."], [2.0, 0.25, 0.0], [0.15, 0.13, 0.14], eps=0.3,
+                                  first_rate=4.0, title="tokens")
+    ax, = fig.axes
+    assert len(ax.patches) == 6  # two bars per token
+    assert [p.get_height() for p in ax.patches] == [2.0, 0.25, 0.0, 0.15, 0.13, 0.14]
+    assert any(np.allclose(line.get_ydata(), 4.0) for line in ax.lines) and not ax.texts
+    _saved(fig, tmp_path, "tokens")
+    far = figures.token_sink_bars(["a"], [2.0], [0.1], eps=0.3, first_rate=62.0).axes[0]
+    assert not far.lines and "Sink_1 = 62.0% (off this scale)" in far.texts[0].get_text()
+    with pytest.raises(ValueError, match="expected_rate: expected 1 values, got 2"):
+        figures.token_sink_bars(["a"], [1.0], [1.0, 2.0], eps=0.3)
+
+
 def test_layer_head_heatmap(tmp_path):
     values = np.array([[0.5, -1.0, 0.0, 0.2], [2.0, 0.1, -0.3, 0.0], [0.0, 0.0, 0.0, 0.4]])
     fig = figures.layer_head_heatmap(values, title="patching", label="Δ loss", center=0.0)
