@@ -27,6 +27,8 @@ def add_parser(sub: Any, add_common: Any) -> None:
                    help="leave out the first SKIP key positions (default 1: the first token)")
     s.add_argument("--min-queries", type=int_at_least(1), default=None,
                    help="pool a key position only when at least this many queries see it (default min(16, T - skip))")
+    s.add_argument("--first-occurrence", action="store_true",
+                   help="pool only each token's first occurrence in its sequence (default: every occurrence)")
     s.add_argument("--top", type=int_at_least(1), default=20, help="tokens listed (default 20)")
     s.add_argument("--min-count", type=int_at_least(1), default=5,
                    help="list only tokens seen at least this many times at pooled positions (default 5)")
@@ -61,7 +63,7 @@ def cmd_tokens(args: argparse.Namespace, argv: list[str]) -> int:
     started = time.perf_counter()
     try:
         report = token_sinks(lm.model, tokens, eps=args.eps, skip=args.skip, min_queries=args.min_queries,
-                             batch_size=args.batch_size, progress=True)
+                             first_occurrence=args.first_occurrence, batch_size=args.batch_size, progress=True)
     except ValueError as err:
         msg = str(err)
         for name, flag in (("skip", "--skip"), ("min_queries", "--min-queries")):
@@ -74,6 +76,7 @@ def cmd_tokens(args: argparse.Namespace, argv: list[str]) -> int:
     results["top"] = {"rank_by": args.rank_by, "min_count": args.min_count, "index": top.tolist()}
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "skip": args.skip,
+                   "first_occurrence": args.first_occurrence,
                    "min_queries": report.min_queries, "top": args.top, "min_count": args.min_count,
                    "rank_by": args.rank_by, "seconds": round(time.perf_counter() - started, 3)})
     results.update({"model": args.model, "inputs": config["inputs"], "prepend_bos": bool(args.prepend_bos),

@@ -17,8 +17,10 @@ by the token id at that position:
 
 Only key positions ``skip .. T - min_queries`` (0-based) are pooled: alpha_k averages the T - k + 1
 queries that see key k, so the last keys would be averages over a handful of queries (alpha_T is
-one query's attention on itself). The first token's own Sink_1 and massive ratio come from the same
-pass for comparison. Memory: O(vocabulary x residual hooks) plus one (token, layer, head) counter per
+one query's attention on itself). ``first_occurrence=True`` pools only each token's first
+occurrence in its sequence (massive activations are reported on the first delimiter of a sequence,
+not on every one). The first token's own Sink_1 and massive ratio come from the same pass for
+comparison. Memory: O(vocabulary x residual hooks) plus one (token, layer, head) counter per
 pair that ever sank, never a T x T map across batches; the full pattern is read (no fused kernel).
 """
 
@@ -37,7 +39,7 @@ from sinkinterp import tl_adapter
 from sinkinterp.measure import _model_device, run_hooked, sink_hooks, validate_tokens
 from sinkinterp.metrics import alpha_from_pattern, check_eps
 
-__all__ = ["DEFAULT_MIN_QUERIES", "TokenSinkReport", "token_sinks"]
+__all__ = ["DEFAULT_MIN_QUERIES", "TokenSinkReport", "first_in_sequence", "token_sinks"]
 
 DEFAULT_MIN_QUERIES = 16  # queries a key position needs (at most T - skip) to be pooled
 
@@ -62,6 +64,7 @@ class TokenSinkReport:
     n_heads: int
     skip: int
     min_queries: int
+    first_occurrence: bool  # True: only each token's first occurrence in its sequence was pooled
     positions: np.ndarray  # [P] pooled key positions, 0-based
     token_ids: np.ndarray  # [V']
     count: np.ndarray  # [V'] occurrences at pooled positions
@@ -128,7 +131,8 @@ class TokenSinkReport:
                      f"{self.alpha1.mean():7.4f} {'':>13} {first}")
         lines.append(f"Sink % = share of (occurrence, head) pairs with alpha > {self.eps} at key positions "
                      f"{int(self.positions[0]) + 1}..{int(self.positions[-1]) + 1} (1-based; each seen by >= "
-                     f"{self.min_queries} queries); all tokens there: {self.pooled_rate:.2f}%; 'by pos.' = the rate "
+                     f"{self.min_queries} queries{'; first occurrences only' if self.first_occurrence else ''}); "
+                     f"all tokens there: {self.pooled_rate:.2f}%; 'by pos.' = the rate "
                      f"the token's positions predict; tokens seen >= {min_count} times, by {by}")
         return "\n".join(lines)
 
@@ -142,6 +146,7 @@ class TokenSinkReport:
         out: dict[str, Any] = {
             "eps": self.eps, "seq_len": self.seq_len, "num_seqs": self.num_seqs, "n_layers": self.n_layers,
             "n_heads": self.n_heads, "skip": self.skip, "min_queries": self.min_queries,
+            "first_occurrence": self.first_occurrence,
             "positions": [int(self.positions[0]), int(self.positions[-1])],
             "pooled_rate": round(self.pooled_rate, 8), "sink1_pct": round(self.sink1_pct, 8),
             "alpha1": arr(self.alpha1), "first_resid_ratio": arr(self.first_resid_ratio),
@@ -151,6 +156,7 @@ class TokenSinkReport:
                 "expected_rate": arr(self.expected_rate), "lift": arr(self.lift), "mean_alpha": arr(self.mean_alpha),
                 "top_head": self.top_head.tolist(), "top_head_rate": arr(self.top_head_rate),
                 "max_resid_ratio": arr(self.max_resid_ratio()),
+                "max_resid_hook": None if self.resid_ratio is None else self.resid_ratio.argmax(axis=0).tolist(),
             },
         }
         if decode is not None:
@@ -160,11 +166,14 @@ class TokenSinkReport:
 
 class _TokenAccumulator:
     def __init__(self, *, tokens: Tensor, L: int, H: int, V: int, eps: float, skip: int, min_queries: int,
-                 norms: bool, device: torch.device):
+                 norms: bool, device: torch.device, first_occurrence: bool = False):
         T = tokens.shape[1]
         self.tokens = tokens.to(device)
         self.L, self.H, self.T, self.V, self.eps = L, H, T, V, eps
         self.lo, self.hi = skip, T - min_queries + 1  # pooled key positions [lo, hi), 0-based
+        # the occurrences pooled by token: all, or each token's first in its sequence (positions 0..T-1)
+        self.include = (first_in_sequence(tokens) if first_occurrence else torch.ones_like(tokens, dtype=torch.bool))
+        self.include = self.include[:, self.lo:self.hi].to(device)
         f64 = {"dtype": torch.float64, "device": device}
         i64 = {"dtype": torch.int64, "device": device}
         self.alpha_sum = torch.zeros(V, **f64)  # over occurrences, layers and heads
@@ -184,6 +193,9 @@ class _TokenAccumulator:
     def _batch_tokens(self, b: int) -> Tensor:
         return self.tokens[self.num_seqs:self.num_seqs + b, self.lo:self.hi]  # [b, P]
 
+    def _batch_include(self, b: int) -> Tensor:
+        return self.include[self.num_seqs:self.num_seqs + b]  # [b, P]
+
     def on_pattern(self, layer: int, pattern: Float[Tensor, "batch head q k"]) -> None:
         if pattern.shape[-1] != self.T or pattern.shape[1] != self.H:
             raise RuntimeError(
@@ -194,14 +206,16 @@ class _TokenAccumulator:
         self.alpha1_sum[layer] += alpha[:, :, 0].sum(0)
         self.first_events += (alpha[:, :, 0] > self.eps).sum()
         a = alpha[:, :, self.lo:self.hi]  # [b, H, P]
-        tok = self._batch_tokens(b)
+        self.pos_events += (a > self.eps).sum((0, 1))  # every token: the positional baseline
+        inc = self._batch_include(b)
+        tok = self._batch_tokens(b)[inc]  # [m] the pooled occurrences
+        a = a.permute(0, 2, 1)[inc]  # [m, H]
         sink = a > self.eps
-        self.alpha_sum.index_add_(0, tok.reshape(-1), a.sum(1).reshape(-1))
-        self.events.index_add_(0, tok.reshape(-1), sink.sum(1).reshape(-1))
-        self.pos_events += sink.sum((0, 1))
-        seq, head, pos = sink.nonzero(as_tuple=True)
-        if seq.numel():
-            keys = tok[seq, pos] * (self.L * self.H) + layer * self.H + head
+        self.alpha_sum.index_add_(0, tok, a.sum(1))
+        self.events.index_add_(0, tok, sink.sum(1))
+        occ, head = sink.nonzero(as_tuple=True)
+        if occ.numel():
+            keys = tok[occ] * (self.L * self.H) + layer * self.H + head
             uniq, counts = keys.unique(return_counts=True)
             for key, c in zip(uniq.tolist(), counts.tolist()):
                 self.head_events[key] = self.head_events.get(key, 0) + c
@@ -210,24 +224,25 @@ class _TokenAccumulator:
     def on_resid(self, index: int, resid: Float[Tensor, "batch pos d_model"]) -> None:
         norm = resid.detach().double().norm(dim=-1)  # [b, T]
         pooled = norm[:, self.lo:self.hi]
-        self.tok_norm[index].index_add_(0, self._batch_tokens(norm.shape[0]).reshape(-1), pooled.reshape(-1))
-        self.all_norm[index] += pooled.sum()
+        inc = self._batch_include(norm.shape[0])
+        self.tok_norm[index].index_add_(0, self._batch_tokens(norm.shape[0])[inc], pooled[inc])
+        self.all_norm[index] += pooled.sum()  # every token: the norm the ratio is taken against
         self.first_norm[index] += norm[:, 0].sum()
 
-    def finish(self, skip: int, min_queries: int) -> TokenSinkReport:
+    def finish(self, skip: int, min_queries: int, first_occurrence: bool) -> TokenSinkReport:
         missing = sorted(set(range(self.L)) - self.layers_seen)
         if missing:
             raise RuntimeError(f"hook_pattern never fired for layers {missing}: the model does not follow "
                                "the hook-name contract (docs/hook-contract.md)")
         n, LH = self.num_seqs, self.L * self.H
-        pooled = self.tokens[:n, self.lo:self.hi].cpu()
-        count_all = torch.bincount(pooled.reshape(-1), minlength=self.V)
+        inc = self.include[:n].cpu()
+        pooled = self.tokens[:n, self.lo:self.hi].cpu()[inc]  # [m] the pooled occurrences
+        count_all = torch.bincount(pooled, minlength=self.V)
         ids = torch.nonzero(count_all).squeeze(1)
         count = count_all[ids].double()
         P = self.hi - self.lo
         pos_rate = self.pos_events.cpu().double() / (n * LH)  # [P] share of heads sinking by position
-        expected = torch.zeros(self.V, dtype=torch.float64).index_add_(
-            0, pooled.reshape(-1), pos_rate.expand(n, P).reshape(-1))
+        expected = torch.zeros(self.V, dtype=torch.float64).index_add_(0, pooled, pos_rate.expand(n, P)[inc])
         best = torch.zeros(self.V, dtype=torch.int64)
         best_key = torch.full((self.V,), -1, dtype=torch.int64)
         for key, c in sorted(self.head_events.items()):
@@ -238,7 +253,8 @@ class _TokenAccumulator:
         top_head = torch.stack([torch.where(key >= 0, key // self.H, -1), torch.where(key >= 0, key % self.H, -1)], 1)
         report = TokenSinkReport(
             eps=self.eps, seq_len=self.T, num_seqs=n, n_layers=self.L, n_heads=self.H, skip=skip,
-            min_queries=min_queries, positions=np.arange(self.lo, self.hi), token_ids=ids.numpy(),
+            min_queries=min_queries, first_occurrence=first_occurrence, positions=np.arange(self.lo, self.hi),
+            token_ids=ids.numpy(),
             count=count_all[ids].numpy(),
             mean_alpha=(self.alpha_sum.cpu()[ids] / (count * LH)).numpy(),
             sink_rate=(self.events.cpu()[ids].double() / (count * LH) * 100.0).numpy(),
@@ -262,6 +278,7 @@ def token_sinks(
     eps: float = 0.3,
     skip: int = 1,
     min_queries: int | None = None,
+    first_occurrence: bool = False,
     batch_size: int = 8,
     norms: bool = True,
     progress: bool = False,
@@ -275,6 +292,9 @@ def token_sinks(
         skip: key positions before this one (0-based) are left out; 1 leaves out only the first token.
         min_queries: a key position is pooled only when at least this many queries see it (positions
             ``skip .. T - min_queries``); default min(16, T - skip). Must lie in [1, T - skip].
+        first_occurrence: pool only each token's first occurrence in its sequence (earlier
+            positions, the skipped ones included, count as occurrences); the positional baseline
+            (``rate_by_position``) and the norm the ratios divide by stay over all tokens.
         batch_size, norms, progress: as in ``measure``.
     """
     dims = tl_adapter.model_dims(model)
@@ -295,8 +315,17 @@ def token_sinks(
     L, H = dims["n_layers"], dims["n_heads"]
     names = set(tl_adapter.hook_names(model))
     acc = _TokenAccumulator(tokens=tokens, L=L, H=H, V=dims["d_vocab"], eps=eps, skip=skip, min_queries=min_queries,
-                            norms=norms, device=_model_device(model))
+                            norms=norms, device=_model_device(model), first_occurrence=bool(first_occurrence))
     hooks = sink_hooks(L, use_cols=False, on_pattern=acc.on_pattern, on_resid=acc.on_resid if norms else None)
     run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
                progress="tokens" if progress else None)
-    return acc.finish(skip, min_queries)
+    return acc.finish(skip, min_queries, bool(first_occurrence))
+
+
+def first_in_sequence(tokens: Tensor) -> Tensor:
+    """[N, T] bool: True where a token occurs for the first time in its sequence."""
+    order = torch.sort(tokens, dim=1, stable=True)  # equal ids stay in position order
+    first = torch.ones_like(tokens, dtype=torch.bool)
+    first[:, 1:] = order.values[:, 1:] != order.values[:, :-1]
+    out = torch.zeros_like(first)
+    return out.scatter_(1, order.indices, first)

@@ -12,7 +12,7 @@ from test_measure import _tiny_hooked_transformer
 from sinkinterp import cli, tl_adapter
 from sinkinterp.loading import load_model
 from sinkinterp.measure import measure
-from sinkinterp.token_sinks import token_sinks
+from sinkinterp.token_sinks import first_in_sequence, token_sinks
 
 
 class TokenPatternModel(tl_adapter.HookedRootModule):
@@ -95,6 +95,7 @@ def test_exact_values_on_hand_built_patterns():
     d = json.loads(json.dumps(r.to_dict(lambda t: f"tok{t}")))
     assert d["tokens"]["text"][i[7]] == "tok7" and d["tokens"]["lift"][i[4]] is None
     assert d["positions"] == [1, 4] and d["pooled_rate"] == pytest.approx(6.25)
+    assert d["tokens"]["max_resid_hook"][i[7]] == 0 and d["first_occurrence"] is False
 
 
 def test_skip_and_strict_threshold():
@@ -108,6 +109,26 @@ def test_skip_and_strict_threshold():
     assert r3.rate_by_position[-1] == pytest.approx(100 * 3 / 4)
     r4 = token_sinks(TokenPatternModel(), TOKENS, min_queries=4, eps=0.25)
     assert r4.rate_by_position[-1] == 0.0  # alpha 1/4 is not > 0.25
+
+
+def test_first_in_sequence():
+    tokens = torch.tensor([[3, 1, 3, 1, 2], [5, 5, 5, 0, 5]])
+    assert first_in_sequence(tokens).tolist() == [[True, True, False, False, True], [True, False, False, True, False]]
+
+
+def test_first_occurrence_pools_each_tokens_first_only():
+    # sequence 1's second 7 (position 3, never a sink) leaves the pool; the position baseline keeps it
+    r = token_sinks(TokenPatternModel(), TOKENS, min_queries=4, first_occurrence=True)
+    i = {int(t): n for n, t in enumerate(r.token_ids)}
+    assert r.first_occurrence and [int(r.count[i[t]]) for t in (2, 3, 4, 7)] == [2, 2, 1, 2]
+    assert r.sink_rate[i[7]] == pytest.approx(100 * 2 / 8) and r.expected_rate[i[7]] == pytest.approx(12.5)
+    assert r.top_head_rate[i[7]] == pytest.approx(100.0)
+    np.testing.assert_allclose(r.rate_by_position, [12.5, 12.5, 0.0, 0.0])
+    np.testing.assert_allclose(r.resid_ratio[:, i[7]], 7 / (35 / 8))  # still over the norm of all tokens
+    assert "first occurrences only" in r.table(min_count=1) and r.to_dict()["first_occurrence"] is True
+    # a token seen first at a skipped position has no first occurrence in the pool
+    tokens = torch.tensor([[7, 2, 7, 3, 4, 5, 6, 8]])
+    assert 7 not in token_sinks(TokenPatternModel(), tokens, min_queries=4, first_occurrence=True).token_ids
 
 
 def _brute_force(model, tokens, min_queries, eps=0.3):
