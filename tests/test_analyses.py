@@ -530,3 +530,39 @@ def test_streaming_past_length_page_and_reuse(tmp_path, monkeypatch, capsys):
     assert "reusing" in capsys.readouterr().out
     books[0].unlink()
     assert mod.main() == 0 and "Debian corpus is not built" in capsys.readouterr().out
+
+
+def test_token_sinks_page_reports_the_tokens_runs(tmp_path, monkeypatch):
+    """The page's rows are the `sinkinterp tokens` results (top tokens by sink rate, the first token's
+    row); the pretrained part runs on whatever model smollm2_gguf_path names (here toy-softmax) and is
+    replaced by a note when none is installed."""
+    import sinkinterp.loading
+
+    mod = load_script("analyses/token_sinks.py")
+    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out"),
+                        ("TOY_N", 6), ("BIG_T", 64), ("BIG_N", 6), ("MIN_COUNT", 3)):
+        monkeypatch.setattr(mod, name, value)
+    monkeypatch.setattr(sinkinterp.loading, "smollm2_gguf_path", lambda: "toy-softmax")
+    assert mod.main() == 0
+    page = (tmp_path / "page.md").read_text()
+    soft = json.loads((tmp_path / "out" / "toy-softmax" / "results.json").read_text())
+    t = soft["tokens"]
+    i = mod._top(soft)[0]
+    assert t["count"][i] >= 3 and t["sink_rate"][i] == max(r for r, c in zip(t["sink_rate"], t["count"]) if c >= 3)
+    assert f"| toy-softmax | `{t['text'][i]!r}` | {t['count'][i]} | {t['sink_rate'][i]:.2f} |" in page
+    assert f"| toy-softmax | (first token) | 6 | {soft['sink1_pct']:.2f} |" in page
+    first = json.loads((tmp_path / "out" / "smollm2-first" / "results.json").read_text())
+    bos = json.loads((tmp_path / "out" / "smollm2-bos" / "results.json").read_text())
+    assert first["first_occurrence"] is True and bos["prepend_bos"] is True
+    assert sum(first["tokens"]["count"]) < sum(bos["tokens"]["count"])  # repeats left out
+    assert "--first-occurrence" in page and "smollm2_gguf_path as p" in page
+    every = json.loads((tmp_path / "out" / "smollm2-all" / "results.json").read_text())
+    top = mod._top(every)
+    if top and every["tokens"]["sink_rate"][top[0]] > 0:
+        assert f"The strongest sink past the first position here is `{every['tokens']['text'][top[0]]!r}`" in page
+    else:
+        assert "No token seen 3 times or more sinks anywhere past the first position here." in page
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setattr(sinkinterp.loading, "smollm2_gguf_path", lambda: None)
+    assert mod.main() == 0
+    assert "SmolLM2 part not run here" in (tmp_path / "page.md").read_text()
