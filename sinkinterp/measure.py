@@ -272,6 +272,20 @@ class _Accumulator:
         self.col1_sum[layer] += cols[..., 0].detach().sum(0).double()
         self._add_alpha(layer, alpha_from_columns(cols.detach()))
 
+    def on_col1(self, layer: int, cols: Float[Tensor, "batch head q n_cols"]) -> None:
+        """The first key column of the pattern (hook_pattern_cols), for the attention on token 1 by
+        query; alpha comes from ``on_colsum``."""
+        self.col1_sum[layer] += cols[..., 0].detach().sum(0).double()
+
+    def on_colsum(self, layer: int, colsum: Float[Tensor, "batch head k"]) -> None:
+        """Column sums of the pattern over queries t >= k (a sinkinterp model's read-only
+        hook_pattern_colsum): alpha_k = colsum_k / (T - k + 1)."""
+        if tuple(colsum.shape[1:]) != (self.H, self.T):
+            raise RuntimeError(f"blocks.{layer}.attn.hook_pattern_colsum has shape {tuple(colsum.shape)}; expected "
+                               f"[batch, {self.H}, {self.T}]")
+        counts = torch.arange(self.T, 0, -1, device=colsum.device, dtype=torch.float64)
+        self._add_alpha(layer, colsum.detach().double() / counts)
+
     def _add_alpha(self, layer: int, alpha: Float[Tensor, "batch head n_keys"]) -> None:
         self.alpha_sum[layer] += alpha.sum(0).double()
         self.head_counts[layer] += (alpha > self.eps).sum(0)
@@ -491,7 +505,9 @@ def measure(
         first_keys: measure alpha and Sink_k only for the first ``first_keys`` key positions (the
             per-key arrays then have that length). On a sinkinterp model this reads the read-only
             ``hook_pattern_cols`` / ``hook_bias_col`` hooks, so attention stays in the fused kernels
-            and no T x T pattern is made; on other models it slices ``hook_pattern``. None: all keys.
+            and no T x T pattern is made; on other models it slices ``hook_pattern``. None: all keys
+            (on a sinkinterp model from the read-only ``hook_pattern_colsum``: the fused kernel's
+            attention plus one blocked pass over the scores, still no T x T pattern).
         progress: show a progress bar over batches.
 
     Every hook is removed when the call returns, also on error.
@@ -525,6 +541,9 @@ def measure(
     has_bias = "blocks.0.attn.hook_bias_pattern" in names or bool(rows_slot)
     # a sinkinterp model's read-only column hooks keep its fused kernels (models/attention.py)
     use_cols = first_keys is not None and "blocks.0.attn.hook_pattern_cols" in names and hasattr(model, "pattern_cols")
+    # ... and for every key, their read-only column sums (hook_pattern_colsum) with the first column
+    use_colsum = (first_keys is None and "blocks.0.attn.hook_pattern_colsum" in names
+                  and hasattr(model, "pattern_cols"))
     qk_from, qk_note = qk_source(model, tokens, names) if heads else (None, "")
     if heads and qk_from is None:
         if qk_heads != "auto":
@@ -539,10 +558,13 @@ def measure(
                        rotate=tl_adapter.hf_key_rotation(tl_adapter.wrapped_hf_model(model)) if qk_from == "module" else None,
                        slot_keys=_slot_keys(model, {l for l, _ in heads}),
                        softcap=tl_adapter.attn_softcap(model) if heads else None)
-    on_pattern = acc.on_cols if use_cols else acc.on_pattern
+    on_pattern = acc.on_cols if use_cols else acc.on_col1 if use_colsum else acc.on_pattern
 
-    hooks = sink_hooks(L, use_cols=use_cols, on_pattern=on_pattern, on_bias=acc.on_bias_pattern if has_bias else None,
+    hooks = sink_hooks(L, use_cols=use_cols or use_colsum, on_pattern=on_pattern,
+                       on_bias=acc.on_bias_pattern if has_bias else None,
                        on_resid=acc.on_resid if norms else None, rows_slot=rows_slot)
+    if use_colsum:
+        hooks += [(f"blocks.{l}.attn.hook_pattern_colsum", lambda x, hook, l=l: acc.on_colsum(l, x)) for l in range(L)]
     qk_hooks = {"rot": ("rot_q", "rot_k"), "cos_sin": ("q", "cos", "sin"), "module": ("q",),
                 "plain": ("q",)}.get(qk_from or "", ())
     for l in range(L):
@@ -554,7 +576,8 @@ def measure(
             hooks += [(f"blocks.{l}.attn.hook_{kind}", lambda x, hook, l=l, kind=kind: acc.on_qk_input(l, kind, x))
                       for kind in qk_hooks]
     run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
-               pattern_cols=first_keys if use_cols else None, progress="measure" if progress else None)
+               pattern_cols=first_keys if use_cols else 1 if use_colsum else None,
+               progress="measure" if progress else None)
     report = acc.finish(k_max, heads)
     if report.qk is not None:
         report.qk["source"] = qk_note

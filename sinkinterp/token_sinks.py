@@ -21,7 +21,8 @@ one query's attention on itself). ``first_occurrence=True`` pools only each toke
 occurrence in its sequence (massive activations are reported on the first delimiter of a sequence,
 not on every one). The first token's own Sink_1 and massive ratio come from the same pass for
 comparison. Memory: O(vocabulary x residual hooks) plus one (token, layer, head) counter per
-pair that ever sank, never a T x T map across batches; the full pattern is read (no fused kernel).
+pair that ever sank, never a T x T map across batches. On a sinkinterp model alpha comes from the
+read-only ``hook_pattern_colsum`` (its fused kernels stay); on other models from ``hook_pattern``.
 """
 
 from __future__ import annotations
@@ -201,7 +202,17 @@ class _TokenAccumulator:
             raise RuntimeError(
                 f"blocks.{layer}.attn.hook_pattern has shape {tuple(pattern.shape)}; expected "
                 f"[batch, {self.H}, {self.T}, {self.T}] (see docs/hook-contract.md)")
-        alpha = alpha_from_pattern(pattern.detach()).double()  # [b, H, T]
+        self._add_alpha(layer, alpha_from_pattern(pattern.detach()).double())
+
+    def on_colsum(self, layer: int, colsum: Float[Tensor, "batch head k"]) -> None:
+        """A sinkinterp model's read-only hook_pattern_colsum: alpha_k = colsum_k / (T - k + 1)."""
+        if tuple(colsum.shape[1:]) != (self.H, self.T):
+            raise RuntimeError(f"blocks.{layer}.attn.hook_pattern_colsum has shape {tuple(colsum.shape)}; expected "
+                               f"[batch, {self.H}, {self.T}]")
+        counts = torch.arange(self.T, 0, -1, device=colsum.device, dtype=torch.float64)
+        self._add_alpha(layer, colsum.detach().double() / counts)
+
+    def _add_alpha(self, layer: int, alpha: Float[Tensor, "batch head k"]) -> None:
         b = alpha.shape[0]
         self.alpha1_sum[layer] += alpha[:, :, 0].sum(0)
         self.first_events += (alpha[:, :, 0] > self.eps).sum()
@@ -317,6 +328,10 @@ def token_sinks(
     acc = _TokenAccumulator(tokens=tokens, L=L, H=H, V=dims["d_vocab"], eps=eps, skip=skip, min_queries=min_queries,
                             norms=norms, device=_model_device(model), first_occurrence=bool(first_occurrence))
     hooks = sink_hooks(L, use_cols=False, on_pattern=acc.on_pattern, on_resid=acc.on_resid if norms else None)
+    if "blocks.0.attn.hook_pattern_colsum" in names and hasattr(model, "pattern_cols"):
+        # a sinkinterp model: every key's column sum without a T x T pattern (its fused kernels stay)
+        hooks = [h for h in hooks if not h[0].endswith(".hook_pattern")]
+        hooks += [(f"blocks.{l}.attn.hook_pattern_colsum", lambda x, hook, l=l: acc.on_colsum(l, x)) for l in range(L)]
     run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
                progress="tokens" if progress else None)
     return acc.finish(skip, min_queries, bool(first_occurrence))

@@ -330,6 +330,32 @@ def test_column_hooks_equal_the_materialized_pattern_columns(name):
     assert pattern[..., :5].abs().max() > 0.05  # non-degenerate
 
 
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_column_sums_equal_the_materialized_pattern(name, monkeypatch):
+    """hook_pattern_colsum on the fused path (a blocked pass over the scores with each row's
+    log-sum-exp, or the plain path's proxy shares) holds the sums over queries t >= k of every key
+    column of hook_pattern (what alpha_k averages; a prefix LM's look-ahead left out), without the
+    materialized path; on the materialized path it is computed from the pattern itself."""
+    from sinkinterp.models import attention
+
+    model = tiny_model(name)
+    tokens = _tokens(batch=3, seed=1)
+    L = model.cfg.n_layers
+    names = [f"blocks.{l}.attn.hook_pattern_colsum" for l in range(L)]
+    observed = _grab_cols(model, tokens, names + [f"blocks.{l}.attn.hook_pattern" for l in range(L)])
+    with monkeypatch.context() as m:
+        m.setattr(attention.Attention, "_attend_observed", lambda *a, **k: pytest.fail("materialized path used"))
+        m.setattr(attention, "_COLSUM_BLOCK_ELEMENTS", 3 * 4 * T * 5)  # blocks of 5 query rows
+        fast = _grab_cols(model, tokens, names)
+    at_or_after = torch.ones(T, T, dtype=torch.bool).tril()
+    for l in range(L):
+        want = (observed[f"blocks.{l}.attn.hook_pattern"] * at_or_after).sum(-2)
+        assert fast[names[l]].shape == (3, model.cfg.n_heads, T)
+        torch.testing.assert_close(fast[names[l]], want, atol=1e-12, rtol=0)
+        torch.testing.assert_close(observed[names[l]], want, atol=1e-12, rtol=0)
+    assert want[..., 1:].abs().max() > 0.05  # non-degenerate
+
+
 def test_column_hooks_do_not_materialize(monkeypatch):
     """Only the column hooks observed: the materialized path never runs (softmax: the fused flash
     kernel's log-sum-exp on CPU; a kv slot or ALiBi: the blocked log-sum-exp)."""
@@ -348,7 +374,7 @@ def test_column_hooks_do_not_materialize(monkeypatch):
 @pytest.mark.parametrize("name", ["sigmoid", "elu1_norm", "kv_sigmoid", "window_alibi_sigmoid"])
 def test_column_hooks_from_flex_log_sum_exp(name):
     model = tiny_model(name)
-    names = [f"blocks.{l}.attn.hook_pattern_cols" for l in range(model.cfg.n_layers)]
+    names = [f"blocks.{l}.attn.hook_pattern_{c}" for l in range(model.cfg.n_layers) for c in ("cols", "colsum")]
     if model.cfg.has_slot:
         names += [f"blocks.{l}.attn.hook_bias_col" for l in range(model.cfg.n_layers)]
     plain = _grab_cols(model, _tokens(), names)

@@ -136,7 +136,8 @@ def test_where_the_kernel_does_not_apply_the_model_falls_back(name):
 def test_column_hooks_under_the_triton_backend():
     model = SinkTransformer(tiny_config(attn_op="sigmoid_norm", attn_bias="kv"), dtype=torch.float64, device=DEVICE)
     tokens = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0)).to(DEVICE)
-    names = [f"blocks.{l}.attn.hook_{c}" for l in range(model.cfg.n_layers) for c in ("pattern_cols", "bias_col")]
+    names = [f"blocks.{l}.attn.hook_{c}" for l in range(model.cfg.n_layers)
+             for c in ("pattern_cols", "bias_col", "pattern_colsum")]
 
     def grab(m):
         got = {}
@@ -155,6 +156,9 @@ def test_column_hooks_under_the_triton_backend():
                                                  lambda x, hook: patterns.__setitem__(0, x.clone()))]):
         model(tokens)
     torch.testing.assert_close(fused["blocks.1.attn.hook_pattern_cols"], patterns[0][..., :10], atol=1e-10, rtol=0)
+    causal = torch.ones(16, 16, dtype=torch.bool, device=DEVICE).tril()
+    torch.testing.assert_close(fused["blocks.1.attn.hook_pattern_colsum"], (patterns[0] * causal).sum(-2),
+                               atol=1e-10, rtol=0)
 
 
 def test_bad_input_is_named():

@@ -22,7 +22,8 @@ grouped-query attention (``n_kv_heads``), ``tie_embeddings``.
 
 Hook names follow TransformerLens and ``docs/hook-contract.md``; bias-slot models (kv, k,
 sink_token, sink_logit) also have ``blocks.{l}.attn.hook_bias_pattern``. Every model has the
-read-only ``hook_pattern_cols`` (and ``hook_bias_col`` with a slot), which keep the fused kernels. Code: ``config.py``
+read-only ``hook_pattern_cols`` (and ``hook_bias_col`` with a slot) and ``hook_pattern_colsum``, which keep
+the fused kernels. Code: ``config.py``
 (fields), ``attention.py`` (attention variants, fast and observed paths), ``model.py`` (the rest),
 ``checkpoint.py``. Tests: ``tests/test_models_*.py``.
 """

@@ -27,8 +27,11 @@ weight (what ``hook_bias_pattern`` would hold). On the fast path they come from 
 log-sum-exp instead of a T x T pattern: for softmax ops the log-sum-exp of the fused CPU flash kernel
 (plain causal attention on CPU) or of a query-blocked pass over the scores (every other case: memory
 O(block x T), never the whole map); for FlexAttention the kernel's own; for the plain path the row
-sums it already has. The attention output never depends on them: to patch, hook ``hook_pattern``.
-``sinkinterp.measure(..., first_keys=K)`` uses them.
+sums it already has. ``hook_pattern_colsum`` [batch, head, key_pos] holds, for every key k, the sum
+of the pattern's column k over the queries t >= k (what alpha_k averages), from one more pass over the
+scores by blocks of query rows weighted with each row's log-sum-exp (the plain and materialized paths
+sum their pattern). The attention output never depends on them: to patch, hook ``hook_pattern``.
+``sinkinterp.measure`` uses them (``first_keys=K``: the columns; every key: the column sums).
 
 ``hook_pattern`` always covers the T real tokens only. For softmax it is the softmax (with a slot,
 rows sum to 1 - bias weight); for ``softmax_scaled`` it is the softmax before the alpha scaling (the
@@ -70,6 +73,7 @@ __all__ = [
 ATTN_BACKENDS = ("auto", "reference", "flex", "triton")
 DEFAULT_PATTERN_COLS = 10  # key columns carried by hook_pattern_cols unless set_pattern_cols changes it
 _LSE_BLOCK = 256  # query rows per block of the blocked log-sum-exp
+_COLSUM_BLOCK_ELEMENTS = 2 ** 24  # at most this many weights per block of hook_pattern_colsum's pass
 
 
 # =========================================================================================
@@ -317,6 +321,13 @@ def _to_heads(x: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch
     return x.transpose(1, 2)
 
 
+def _at_or_after(ctx: AttnContext, a: int, e: int, n_keys: int) -> Bool[Tensor, "q key"]:
+    """[e - a, n_keys]: key s <= query t for the query rows a..e-1 of the pass (absolute positions
+    ctx.q_start + row): the entries alpha_k averages (t >= k), also where a prefix LM looks ahead."""
+    rows = ctx.q_start + torch.arange(a, e, device=ctx.visible.device)
+    return torch.arange(n_keys, device=rows.device)[None, :] <= rows[:, None]
+
+
 def _grouped_scores(
     q: Float[Tensor, "batch head qpos d_head"], k: Float[Tensor, "kbatch kv_head kpos d_head"]
 ) -> Float[Tensor, "batch head qpos kpos"]:
@@ -406,6 +417,7 @@ class Attention(nn.Module):
             self.hook_bias_pattern = HookPoint()  # [batch, head, query_pos]
         # read-only column hooks (module docstring): no T x T map when only these are observed
         self.hook_pattern_cols = HookPoint()  # [batch, head, query_pos, n_cols]
+        self.hook_pattern_colsum = HookPoint()  # [batch, head, key_pos]: sum over queries t >= k of column k
         if cfg.has_slot:
             self.hook_bias_col = HookPoint()  # [batch, head, query_pos]
         if cfg.attn_gate:
@@ -422,8 +434,41 @@ class Attention(nn.Module):
 
     def cols_observed(self) -> bool:
         """True when a forward hook sits on a read-only column hook."""
-        points = [self.hook_pattern_cols] + ([self.hook_bias_col] if self.cfg.has_slot else [])
+        points = [self.hook_pattern_cols, self.hook_pattern_colsum] + ([self.hook_bias_col] if self.cfg.has_slot else [])
         return any(len(p.fwd_hooks) > 0 for p in points)
+
+    def colsum_observed(self) -> bool:
+        """True when a forward hook sits on the read-only hook_pattern_colsum."""
+        return len(self.hook_pattern_colsum.fwd_hooks) > 0
+
+    def _emit_colsum(self, pattern: Tensor, ctx: AttnContext) -> None:
+        """hook_pattern_colsum from a materialized pattern [batch, head, query, key]."""
+        if self.colsum_observed():
+            self.hook_pattern_colsum((pattern * _at_or_after(ctx, 0, pattern.shape[2], pattern.shape[3])).sum(-2))
+
+    def _emit_colsum_from_lse(self, q, k, pos_bias, ctx: AttnContext, lse: Tensor,
+                              log_sim: Callable[[Tensor, float], Tensor] | None = None) -> None:
+        """hook_pattern_colsum from each row's log normalizer (weight = exp(f(s) - lse), f the identity
+        for softmax or the op's log-similarity), summed over query rows t >= k by blocks of rows:
+        memory O(block x T), never the whole map."""
+        if not self.colsum_observed():
+            return
+        b, h, t, _ = q.shape
+        n = k.shape[2]
+        dtype, out_dtype = lse.dtype, q.dtype
+        q, k = q.to(dtype), k.to(dtype)
+        block = max(1, min(_LSE_BLOCK, _COLSUM_BLOCK_ELEMENTS // max(1, b * h * n)))
+        out = torch.zeros(b, h, n, dtype=dtype, device=q.device)
+        for a in range(0, t, block):
+            e = min(a + block, t)
+            s = _grouped_scores(q[:, :, a:e], k).mul_(self.scale)
+            if pos_bias is not None:
+                s.add_(pos_bias[:, a:e].to(dtype))
+            if log_sim is not None:
+                s = log_sim(s, ctx.sigmoid_bias)
+            w = torch.exp(s.sub_(lse[:, :, a:e, None]))
+            out += w.masked_fill_(~(ctx.visible[a:e] & _at_or_after(ctx, a, e, n)), 0.0).sum(-2)
+        self.hook_pattern_colsum(out.to(out_dtype))
 
     def _emit_cols(self, cols: Tensor, slot_col: Tensor | None) -> None:
         """Pass the column summaries through their hooks (return values are ignored: read-only)."""
@@ -628,6 +673,7 @@ class Attention(nn.Module):
                        log_sim: Callable[[Tensor, float], Tensor] | None = None) -> None:
         """Emit the column hooks from each row's log normalizer: weight = exp(f(s) - lse) with f the
         identity (softmax) or the op's log-similarity (FlexAttention ops)."""
+        self._emit_colsum_from_lse(q, k, pos_bias, ctx, lse, log_sim)
         n = min(self.n_cols, k.shape[2])
         dtype, out_dtype = lse.dtype, q.dtype
         q = q.to(dtype)
@@ -696,6 +742,7 @@ class Attention(nn.Module):
             mag, slot_mag, total = self._proxy_parts(sim, slot_sim)
             n = min(self.n_cols, sim.shape[-1])
             self._emit_cols(mag[..., :n] / total, None if slot_mag is None else (slot_mag / total).squeeze(-1))
+            self._emit_colsum(mag / total, ctx)
         z = _grouped_mix(sim, v)
         return self._finish_sim(z, sim.sum(-1, keepdim=True) if op.normalized else None, slot, slot_sim)
 
@@ -754,6 +801,7 @@ class Attention(nn.Module):
         if cols:
             self._emit_cols(p_real[..., :min(self.n_cols, p_real.shape[-1])],
                             None if slot is None else p_slot.squeeze(-1))
+            self._emit_colsum(p_real, ctx)
         if slot is not None:
             v_slot = self._slot_value(slot, z)
             if v_slot is not None:
@@ -788,6 +836,8 @@ class Attention(nn.Module):
             total = rowsum if slot_sim is None else rowsum + slot_sim
             total = total.clamp_min(torch.finfo(total.dtype).tiny)
             self._emit_cols(sim_n / total, None if slot_sim is None else (slot_sim / total).squeeze(-1))
+            lse = total.squeeze(-1).to(torch.promote_types(q.dtype, torch.float32)).log()
+            self._emit_colsum_from_lse(q, k, None, ctx, lse, log_sim=op.log_sim)
         return self._finish_sim(acc, rowsum, slot, slot_sim)
 
     def _attend_flex(self, q, k, v, slot: Slot | None, pos_bias, ctx: AttnContext, cols: bool = False) -> Tensor:

@@ -268,7 +268,8 @@ class SinkTransformer(HookedRootModule):
     ALiBi / relative bias or prefix, on CUDA or in Triton's interpreter; as "auto" elsewhere; opt-in).
     Whatever the backend, a hook on ``hook_attn_scores`` / ``hook_pattern`` / ``hook_bias_pattern``
     switches that layer to the materialized path for the call. The read-only ``hook_pattern_cols`` (first ``pattern_cols`` key
-    columns) and ``hook_bias_col`` do not: they come from each row's log-sum-exp (attention.py).
+    columns), ``hook_bias_col`` and ``hook_pattern_colsum`` do not: they come from each row's log-sum-exp
+    (attention.py).
     """
 
     def __init__(
