@@ -73,7 +73,7 @@ __all__ = [
 ATTN_BACKENDS = ("auto", "reference", "flex", "triton")
 DEFAULT_PATTERN_COLS = 10  # key columns carried by hook_pattern_cols unless set_pattern_cols changes it
 _LSE_BLOCK = 256  # query rows per block of the blocked log-sum-exp
-_COLSUM_BLOCK_ELEMENTS = 2 ** 24  # at most this many weights per block of hook_pattern_colsum's pass
+_COLSUM_BLOCK_ELEMENTS = 2 ** 22  # weights per block of hook_pattern_colsum's pass, at most (16 MB in float32: fastest on CPU)
 
 
 # =========================================================================================
@@ -461,13 +461,18 @@ class Attention(nn.Module):
         out = torch.zeros(b, h, n, dtype=dtype, device=q.device)
         for a in range(0, t, block):
             e = min(a + block, t)
-            s = _grouped_scores(q[:, :, a:e], k).mul_(self.scale)
+            m = min(n, ctx.q_start + e)  # keys after the block's last query get nothing from it
+            s = _grouped_scores(q[:, :, a:e], k[:, :, :m]).mul_(self.scale)
             if pos_bias is not None:
-                s.add_(pos_bias[:, a:e].to(dtype))
+                s.add_(pos_bias[:, a:e, :m].to(dtype))
             if log_sim is not None:
                 s = log_sim(s, ctx.sigmoid_bias)
-            w = torch.exp(s.sub_(lse[:, :, a:e, None]))
-            out += w.masked_fill_(~(ctx.visible[a:e] & _at_or_after(ctx, a, e, n)), 0.0).sum(-2)
+            w = s.sub_(lse[:, :, a:e, None]).exp_()
+            if ctx.causal_only and ctx.q_start == 0:  # only the block's diagonal square has masked entries
+                w[..., a:m].masked_fill_(~_at_or_after(ctx, a, e, m)[:, a:], 0.0)
+            else:
+                w.masked_fill_(~(ctx.visible[a:e, :m] & _at_or_after(ctx, a, e, m)), 0.0)
+            out[..., :m] += w.sum(-2)
         self.hook_pattern_colsum(out.to(out_dtype))
 
     def _emit_cols(self, cols: Tensor, slot_col: Tensor | None) -> None:
