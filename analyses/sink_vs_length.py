@@ -11,7 +11,6 @@ About 6 minutes on a 2-core CPU (SmolLM2: two 512-token passes over 15 sequences
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,21 +21,6 @@ OUT = Path("runs") / "analyses" / "sink_vs_length"  # relative to the repository
 TOYS = ["toy-softmax", "toy-kv-bias", "toy-sigmoid"]
 TOY_T, TOY_N = 64, 100
 BIG_T, BIG_N = 512, 15  # the shipped text sample holds 15 windows of 512 SmolLM2 tokens
-GGUF_CMD = "$(python -c 'from sinkinterp.loading import smollm2_gguf_path as p; print(p())')"
-
-
-def _run(cli, args: list[str], commands: list[str], gguf: str | None = None) -> dict:
-    cmd = "sinkinterp " + " ".join(args)
-    commands.append(cmd.replace(gguf, GGUF_CMD) if gguf else cmd)
-    out = Path(args[args.index("--out") + 1])
-    if os.environ.get("SINKINTERP_REUSE") == "1" and (out / "results.json").is_file():
-        print(f"-- reusing {out} (SINKINTERP_REUSE=1)")  # for editing the page's text only
-    else:
-        print(f"-- {commands[-1]}")
-        code = cli.main(args)
-        if code:
-            raise SystemExit(code)
-    return json.loads((out / "results.json").read_text())
 
 
 def _at(res: dict, t: int, key: str = "sink_pct", k: int = 0) -> float | None:
@@ -86,7 +70,7 @@ def _figure(curves: list[tuple[str, dict, str]], path: Path) -> None:
 def main() -> int:
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
-    from _common import enter_checkout, finish_page
+    from _common import enter_checkout, finish_page, run_cli
 
     if not enter_checkout("sink_vs_length", TOYS):
         return 1
@@ -97,7 +81,7 @@ def main() -> int:
     commands: list[str] = []
     toy = {}
     for name in TOYS:
-        toy[name] = _run(cli, ["lengths", "--model", name, "--prepend-bos", "--inputs", "natural", "--seq-len",
+        toy[name] = run_cli(cli, ["lengths", "--model", name, "--prepend-bos", "--inputs", "natural", "--seq-len",
                                str(TOY_T), "--num-seqs", str(TOY_N), "--seed", "0", "--out", str(OUT / name)],
                          commands)
     gguf = smollm2_gguf_path()
@@ -105,7 +89,7 @@ def main() -> int:
     big_lengths = [10, *default_table_lengths(BIG_T, smallest=16)]
     if gguf is not None:
         for kind in ("natural", "random"):
-            big[kind] = _run(cli, ["lengths", "--model", gguf, "--inputs", kind, "--seq-len", str(BIG_T),
+            big[kind] = run_cli(cli, ["lengths", "--model", gguf, "--inputs", kind, "--seq-len", str(BIG_T),
                                    "--num-seqs", str(BIG_N), "--seed", "0", "--batch-size", "5",
                                    "--lengths", *map(str, big_lengths),
                                    "--out", str(OUT / f"smollm2-{kind}")], commands, gguf)

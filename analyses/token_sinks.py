@@ -12,7 +12,6 @@ About 6 minutes on a 2-core CPU (SmolLM2: three passes over 60 sequences of 128 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -25,22 +24,6 @@ TOY_T, TOY_N = 64, 100
 BIG_T, BIG_N = 128, 60  # the shipped text sample holds 63 windows of 128 SmolLM2 tokens
 MIN_COUNT = 10  # tokens listed: seen at least this often at pooled positions
 TOP = 6
-
-
-def _run(cli, args: list[str], commands: list[str], gguf: str | None = None) -> dict:
-    from _common import SMOLLM2_ARG
-
-    cmd = "sinkinterp " + " ".join(args)
-    commands.append(cmd.replace(gguf, SMOLLM2_ARG) if gguf else cmd)
-    out = Path(args[args.index("--out") + 1])
-    if os.environ.get("SINKINTERP_REUSE") == "1" and (out / "results.json").is_file():
-        print(f"-- reusing {out} (SINKINTERP_REUSE=1)")  # for editing the page's text only
-    else:
-        print(f"-- {commands[-1]}")
-        code = cli.main(args)
-        if code:
-            raise SystemExit(code)
-    return json.loads((out / "results.json").read_text())
 
 
 def _top(res: dict, n: int = TOP, min_count: int = MIN_COUNT) -> list[int]:
@@ -87,7 +70,7 @@ def _find(res: dict, text: str) -> int | None:
 def main() -> int:
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
-    from _common import enter_checkout, finish_page
+    from _common import enter_checkout, finish_page, run_cli
 
     if not enter_checkout("token_sinks", TOYS):
         return 1
@@ -97,7 +80,7 @@ def main() -> int:
     commands: list[str] = []
     toy = {}
     for name in TOYS:
-        toy[name] = _run(cli, ["tokens", "--model", name, "--prepend-bos", "--inputs", "natural", "--seq-len",
+        toy[name] = run_cli(cli, ["tokens", "--model", name, "--prepend-bos", "--inputs", "natural", "--seq-len",
                                str(TOY_T), "--num-seqs", str(TOY_N), "--seed", "0", "--no-figures",
                                "--out", str(OUT / name)], commands)
     gguf = smollm2_gguf_path()
@@ -106,7 +89,7 @@ def main() -> int:
         common = ["--inputs", "natural", "--seq-len", str(BIG_T), "--num-seqs", str(BIG_N), "--seed", "0",
                   "--batch-size", "4", "--no-figures"]
         for key, extra in (("all", []), ("first", ["--first-occurrence"]), ("bos", ["--prepend-bos"])):
-            big[key] = _run(cli, ["tokens", "--model", gguf, *common, *extra,
+            big[key] = run_cli(cli, ["tokens", "--model", gguf, *common, *extra,
                                   "--out", str(OUT / f"smollm2-{key}")], commands, gguf)
     cfg = json.loads((OUT / TOYS[0] / "config.json").read_text())
     header = ["| model | token | count | Sink % | by position | lift | mean alpha | top head (its rate) | "

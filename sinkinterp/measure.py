@@ -19,7 +19,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sinkinterp import tl_adapter
-from sinkinterp.metrics import alpha_bias_from_pattern, alpha_from_columns, alpha_from_pattern, check_eps
+from sinkinterp.metrics import (alpha_bias_from_pattern, alpha_from_colsums, alpha_from_columns, alpha_from_pattern,
+                                check_eps)
 from sinkinterp.models.attention import rotate_half_partial
 
 __all__ = ["measure", "SinkReport", "DEFAULT_EPS_GRID", "validate_tokens", "sweep_seq_len"]
@@ -283,8 +284,7 @@ class _Accumulator:
         if tuple(colsum.shape[1:]) != (self.H, self.T):
             raise RuntimeError(f"blocks.{layer}.attn.hook_pattern_colsum has shape {tuple(colsum.shape)}; expected "
                                f"[batch, {self.H}, {self.T}]")
-        counts = torch.arange(self.T, 0, -1, device=colsum.device, dtype=torch.float64)
-        self._add_alpha(layer, colsum.detach().double() / counts)
+        self._add_alpha(layer, alpha_from_colsums(colsum.detach()))
 
     def _add_alpha(self, layer: int, alpha: Float[Tensor, "batch head n_keys"]) -> None:
         self.alpha_sum[layer] += alpha.sum(0).double()

@@ -20,6 +20,7 @@ from torch import Tensor
 __all__ = [
     "alpha_from_pattern",
     "alpha_from_columns",
+    "alpha_from_colsums",
     "alpha_bias_from_pattern",
     "alpha_by_length",
     "alpha_bias_by_length",
@@ -93,6 +94,15 @@ def alpha_from_columns(
     col_sums = cols.to(dtype).masked_fill(~visible, 0.0).sum(dim=-2)
     n_queries = torch.arange(t, t - n, -1, device=cols.device, dtype=dtype)  # T - k queries see k
     return col_sums / n_queries
+
+
+def alpha_from_colsums(colsums: Float[Tensor, "*batch key_pos"], name: str = "colsums") -> Float[Tensor, "*batch key_pos"]:
+    """alpha_k for every key from the pattern's column sums over queries t >= k (a sinkinterp
+    model's read-only ``hook_pattern_colsum``): colsum_k / (T - k + 1), in float64."""
+    if colsums.ndim < 1 or colsums.shape[-1] < 1:
+        raise ValueError(f"{name} must have shape [..., T] (one sum per key), got {tuple(colsums.shape)}")
+    t = colsums.shape[-1]
+    return colsums.double() / torch.arange(t, 0, -1, device=colsums.device, dtype=torch.float64)
 
 
 def alpha_bias_from_pattern(

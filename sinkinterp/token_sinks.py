@@ -38,7 +38,7 @@ from torch import Tensor
 
 from sinkinterp import tl_adapter
 from sinkinterp.measure import _model_device, run_hooked, sink_hooks, validate_tokens
-from sinkinterp.metrics import alpha_from_pattern, check_eps
+from sinkinterp.metrics import alpha_from_colsums, alpha_from_pattern, check_eps
 
 __all__ = ["DEFAULT_MIN_QUERIES", "TokenSinkReport", "first_in_sequence", "token_sinks"]
 
@@ -209,8 +209,7 @@ class _TokenAccumulator:
         if tuple(colsum.shape[1:]) != (self.H, self.T):
             raise RuntimeError(f"blocks.{layer}.attn.hook_pattern_colsum has shape {tuple(colsum.shape)}; expected "
                                f"[batch, {self.H}, {self.T}]")
-        counts = torch.arange(self.T, 0, -1, device=colsum.device, dtype=torch.float64)
-        self._add_alpha(layer, colsum.detach().double() / counts)
+        self._add_alpha(layer, alpha_from_colsums(colsum.detach()))
 
     def _add_alpha(self, layer: int, alpha: Float[Tensor, "batch head k"]) -> None:
         b = alpha.shape[0]

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sinkinterp.metrics import alpha_bias_from_pattern, alpha_from_pattern, check_eps, proxy_scores, sink_rate
+from sinkinterp.metrics import (alpha_bias_from_pattern, alpha_from_colsums, alpha_from_pattern, check_eps, proxy_scores,
+                                sink_rate)
 
 
 def uniform_causal(T: int) -> torch.Tensor:
@@ -85,3 +86,15 @@ def test_alpha_of_long_sequences_by_blocks_equals_the_definition(t):
     f32 = alpha_from_pattern(p.float())
     assert f32.dtype == torch.float32
     torch.testing.assert_close(f32.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_alpha_from_colsums_divides_by_the_queries_that_see_each_key():
+    # a hand-built causal pattern: its column sums over t >= k give back alpha_from_pattern exactly
+    p = torch.tensor([[1.0, 0.0, 0.0], [0.25, 0.75, 0.0], [0.5, 0.1, 0.4]], dtype=torch.float64)
+    colsums = torch.tril(p).sum(-2)
+    want = torch.tensor([1.75 / 3, 0.85 / 2, 0.4], dtype=torch.float64)
+    torch.testing.assert_close(alpha_from_colsums(colsums), want, atol=1e-15, rtol=0)
+    torch.testing.assert_close(alpha_from_colsums(colsums[None]), alpha_from_pattern(p[None]), atol=1e-15, rtol=0)
+    assert alpha_from_colsums(torch.ones(2, 3, dtype=torch.float32)).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"colsums must have shape \[\.\.\., T\]"):
+        alpha_from_colsums(torch.zeros(2, 0))
