@@ -58,6 +58,41 @@ def _rows(name: str, res: dict) -> list[str]:
     return out
 
 
+def head_split(model: object, tokens, layer: int, head: int, token_id: int, batch_size: int = 6) -> dict:
+    """Where one head's queries put their weight around a token's first occurrence (positions >= 1)
+    in each sequence: queries before it on token 1; queries from it on, on it and on token 1; and,
+    for the later occurrences, the mean weight from their own queries on. Means over sequences
+    (sequences without the token count only for ``before_on_1``, as ``no_token_on_1``)."""
+    import numpy as np
+    import torch
+
+    from sinkinterp import tl_adapter
+
+    pats = []
+    hook = (f"blocks.{layer}.attn.hook_pattern", lambda x, hook: pats.append(x[:, head].detach().double().cpu()))
+    with torch.no_grad(), tl_adapter.attached_hooks(model, [hook]):
+        for i in range(0, len(tokens), batch_size):
+            model(torch.as_tensor(tokens[i:i + batch_size]))
+    pattern = torch.cat(pats)  # [N, T, T]
+    before, after_on_it, after_on_1, later, without = [], [], [], [], []
+    for s in range(len(tokens)):
+        pos = [p for p in range(1, tokens.shape[1]) if int(tokens[s, p]) == token_id]
+        p = pattern[s]
+        if not pos:
+            without.append(float(p[1:, 0].mean()))
+            continue
+        f = pos[0]
+        if f > 1:
+            before.append(float(p[1:f, 0].mean()))
+        after_on_it.append(float(p[f:, f].mean()))
+        after_on_1.append(float(p[f:, 0].mean()))
+        later += [float(p[q:, q].mean()) for q in pos[1:]]
+    mean = lambda v: float(np.mean(v)) if v else None
+    return {"layer": layer, "head": head, "token_id": token_id, "sequences": len(after_on_it),
+            "without": len(without), "before_on_1": mean(before), "after_on_it": mean(after_on_it),
+            "after_on_1": mean(after_on_1), "later_on_themselves": mean(later), "no_token_on_1": mean(without)}
+
+
 def _f(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -172,6 +207,7 @@ def main() -> int:
             def hook(j: int) -> str:
                 return f"blocks.{j}.hook_resid_pre" if j < a["n_layers"] else f"blocks.{a['n_layers'] - 1}.hook_resid_post"
 
+            fl = fh = -1
             if i_first is None:
                 first_line = "  It has no first occurrence at the pooled positions."
             else:
@@ -183,6 +219,28 @@ def main() -> int:
                               f"(lift {_f(ft['lift'][i_first])}), head L{fl}H{fh} sinking on "
                               f"{ft['top_head_rate'][i_first]:.0f}% of them, residual norm {ft['max_resid_ratio'][i_first]:.2f} x "
                               f"({hook(ft['max_resid_hook'][i_first])}).")
+            split_lines = []
+            if i_first is not None and fl >= 0:
+                from sinkinterp.inputs import make_tokens
+                from sinkinterp.loading import load_model
+
+                lm = load_model(gguf)
+                ids = make_tokens("natural", seq_len=BIG_T, num_seqs=BIG_N, seed=0, vocab_size=lm.d_vocab,
+                                  tokenizer=lm.tokenizer)
+                sp = head_split(lm.model, ids, fl, fh, int(t["id"][best]))
+                split_lines = [
+                    f"- Head L{fl}H{fh} on the same {BIG_N} sequences ({sp['sequences']} hold `{_label(a, best)}` past "
+                    "position 1): its queries before the token's first occurrence put "
+                    f"{_f(sp['before_on_1'], '.2f')} of their weight on token 1; from the first occurrence on,",
+                    f"  {_f(sp['after_on_it'], '.2f')} on that occurrence and {_f(sp['after_on_1'], '.2f')} on token 1; later "
+                    f"occurrences get {_f(sp['later_on_themselves'], '.2f')} from their queries. The head's sink moves",
+                    "  (in part) from token 1 to the token's first occurrence: the same head, a second sink",
+                    f"  (`head_split` in analyses/token_sinks.py; numbers in {OUT.as_posix()}/head_split.json).",
+                ] if (sp["after_on_it"] or 0) > (sp["later_on_themselves"] or 0) else [
+                    f"- Head L{fl}H{fh}: before the first occurrence {_f(sp['before_on_1'], '.2f')} on token 1, "
+                    f"after it {_f(sp['after_on_it'], '.2f')} on it and {_f(sp['after_on_1'], '.2f')} on token 1, later "
+                    f"occurrences {_f(sp['later_on_themselves'], '.2f')}."]
+                (OUT / "head_split.json").write_text(json.dumps(sp, indent=1))
             lines += [
                 "How to read it:",
                 "",
@@ -193,6 +251,7 @@ def main() -> int:
                 + (" (it does not hang on what the first token is)." if i_bos is not None
                    and b["tokens"]["sink_rate"][i_bos] >= t["sink_rate"][best] / 2 else "."),
                 first_line,
+                *split_lines,
                 f"- Its residual norm is {t['max_resid_ratio'][best]:.2f} x the mean at the pooled positions "
                 f"({hook(t['max_resid_hook'][best])}),",
                 f"  against {max(a['first_resid_ratio']):.0f} x for the first token"

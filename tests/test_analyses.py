@@ -566,3 +566,36 @@ def test_token_sinks_page_reports_the_tokens_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(sinkinterp.loading, "smollm2_gguf_path", lambda: None)
     assert mod.main() == 0
     assert "SmolLM2 part not run here" in (tmp_path / "page.md").read_text()
+
+
+def test_token_sinks_head_split_matches_the_cached_pattern():
+    """head_split's means are those of the head's cached pattern around each sequence's first
+    occurrence of the token (toy-softmax, the most frequent token past position 1)."""
+    import torch
+
+    from sinkinterp.inputs import make_tokens
+    from sinkinterp.loading import load_model
+
+    mod = load_script("analyses/token_sinks.py")
+    lm = load_model("toy-softmax")
+    ids = make_tokens("natural", seq_len=32, num_seqs=5, seed=1, vocab_size=lm.d_vocab, tokenizer=lm.tokenizer,
+                      prepend_bos=True, bos_token_id=lm.bos_token_id)
+    tok = int(np.bincount(ids[:, 1:].ravel()).argmax())
+    got = mod.head_split(lm.model, ids, 2, 1, tok, batch_size=2)
+    with torch.no_grad():
+        _, cache = lm.model.run_with_cache(torch.as_tensor(ids))
+    p = cache["blocks.2.attn.hook_pattern"][:, 1].double()
+    before, on_it, on_1, later = [], [], [], []
+    for s in range(5):
+        pos = [i for i in range(1, 32) if ids[s, i] == tok]
+        if pos:
+            f = pos[0]
+            before += [float(p[s, 1:f, 0].mean())] if f > 1 else []
+            on_it.append(float(p[s, f:, f].mean()))
+            on_1.append(float(p[s, f:, 0].mean()))
+            later += [float(p[s, q:, q].mean()) for q in pos[1:]]
+    assert got["sequences"] == len(on_it) > 0 and got["layer"] == 2 and got["head"] == 1
+    assert got["after_on_it"] == pytest.approx(np.mean(on_it), abs=1e-6)
+    assert got["after_on_1"] == pytest.approx(np.mean(on_1), abs=1e-6)
+    assert got["before_on_1"] == pytest.approx(np.mean(before), abs=1e-6)
+    assert got["later_on_themselves"] == (pytest.approx(np.mean(later), abs=1e-6) if later else None)
