@@ -169,6 +169,10 @@ def main() -> int:
         lines += [
             f"## SmolLM2-135M-Instruct (natural text, N = {BIG_N}, T = {BIG_T})",
             "",
+            "One text: the shipped sample (`sinkinterp/assets/natural_text.txt`, original English prose in short",
+            f"documents, cut into windows of {BIG_T} SmolLM2 tokens); code, other languages and longer windows are not",
+            "measured here.",
+            "",
             "Every occurrence, no BOS (the sink of the first token is the first text token's):",
             "",
             *header,
