@@ -29,8 +29,42 @@ SPEC_HELP = (
     "first K: a StreamingLLM cache; add ,norenorm for unnormalized attention), zero_neurons=L:N1,N2 (MLP "
     "neurons of layer L silenced at token 1); ablate and ablate_bias take "
     "=norenorm to zero without "
-    f"renormalizing (default: {' '.join(DEFAULT_DO)})"
+    f"renormalizing. ablate, zero_value, mean_value, scale_value=F, zero_key, mean_key, scale_key=F and scale_resid=F "
+    "act at another key position with @P (0-based, every sequence) or @first:ID (the first occurrence of token ID "
+    "after token 1 in each sequence; @first:ID+D / -D its neighbour D tokens away), e.g. ablate@first:279 "
+    f"(default: {' '.join(DEFAULT_DO)})"
 )
+
+_AT_HELP = "@P (a 0-based position) or @first:ID, @first:ID+D, @first:ID-D (integers)"
+
+
+def _parse_at(spec: str, head: str, where: str) -> Any:
+    """``KIND[=VALUE]@WHERE`` -> an at_position Intervention."""
+    import re
+
+    from sinkinterp import interventions as iv
+
+    name, _, value = head.partition("=")
+    if name not in iv.POSITION_KINDS:
+        raise ValueError(f"{spec!r}: @ applies to {', '.join(iv.POSITION_KINDS)}")
+    kw: dict[str, Any] = {}
+    if name == "ablate":
+        if value not in ("", "norenorm"):
+            raise ValueError(f"{spec!r}: ablate takes no value or =norenorm")
+        kw["renormalize"] = value != "norenorm"
+    elif name.startswith("scale"):
+        try:
+            kw["factor"] = float(value)
+        except ValueError:
+            raise ValueError(f"{spec!r}: {name} needs =float") from None
+    elif value:
+        raise ValueError(f"{spec!r}: {name} takes no value")
+    if re.fullmatch(r"\d+", where):
+        return iv.at_position(name, position=int(where), **kw)
+    m = re.fullmatch(r"first:(\d+)([+-]\d+)?", where)
+    if m is None:
+        raise ValueError(f"{spec!r}: the place after @ must be {_AT_HELP}")
+    return iv.at_position(name, token=int(m.group(1)), offset=int(m.group(2) or 0), **kw)
 
 
 def add_parsers(sub: Any, add_common: Any) -> None:
@@ -77,6 +111,9 @@ def parse_spec(spec: str, bos_token_id: int | None) -> Any:
     """One --do / --corrupt SPEC -> an Intervention; raises ValueError with the allowed forms."""
     from sinkinterp import interventions as iv
 
+    head, at, where = spec.partition("@")
+    if at:
+        return _parse_at(spec, head, where)
     name, _, value = spec.partition("=")
 
     def number(kind: type) -> Any:
@@ -190,6 +227,7 @@ def cmd_intervene(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _intervene_table(results: list[Any]) -> str:
     lines = ["intervention            Δloss (nats)   Sink_1 before → after   Sink_* before → after"]
+    at = [r for r in results if r.edited is not None]
     for r in results:
         s1 = s1b = "      -"
         sb = ""
@@ -199,6 +237,10 @@ def _intervene_table(results: list[Any]) -> str:
                 sb = f"{r.sink_base.sink_bias_pct:7.2f} → {r.sink.sink_bias_pct:7.2f}"
         lines.append(f"{r.name:<24}{r.delta_loss:+12.4f}   {s1b} → {s1}        {sb}")
     lines.append(f"baseline loss {results[0].loss_base:.4f} nats (mean next-token cross entropy)")
+    for r in at:
+        d = r.delta_loss_from_edit
+        lines.append(f"{r.name}: {r.edited} sequences edited; from the edited position on Δloss "
+                     + ("-" if d is None else f"{d:+.4f} (base {r.loss_from_edit_base:.4f})"))
     return "\n".join(lines)
 
 

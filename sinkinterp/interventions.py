@@ -36,6 +36,12 @@ Activation edits (``first_token(kind)``; ``heads`` index key/value heads for key
                     the Hugging Face model's own rotary embedding, applied at hook_k.
 ==================  =====================================================================
 
+Other key positions: ``at_position(kind, position=p | token=id | positions=fn)`` makes the ablate,
+value, key and residual edits at one position of each sequence, fixed or found per sequence (the
+first occurrence of a token, or its neighbour as a control): a sink that sits on a later token (a
+frequent word) tested the way the first token is. It also reports the loss of the predictions from
+the edited position on, where its effects land.
+
 Neuron edit: ``zero_neurons(layer, neurons)`` silences chosen MLP neurons of one layer (units of
 ``blocks.{layer}.mlp.hook_post``) at token 1 only: a massive activation written by a few neurons,
 removed at its source.
@@ -53,8 +59,9 @@ Model-level surgery for trained sinkinterp models: ``rescale_bias(model, which, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +79,9 @@ __all__ = [
     "InterventionResult",
     "HOOK_KINDS",
     "first_token",
+    "at_position",
+    "first_of",
+    "POSITION_KINDS",
     "replace_first",
     "insert_first",
     "start_later",
@@ -117,6 +127,8 @@ class Intervention:
     needs_slot: bool = False
     params: dict[str, Any] = field(default_factory=dict)
     layers: tuple[int, ...] | None = None  # the layers it edits (None: every layer, or the caller's ``layers``)
+    # at_position: each sequence's edited position from its token ids (-1: none); sources read the tokens
+    positions: Callable[[Tensor], Tensor] | None = None
 
     @property
     def head_component(self) -> patching.Component | None:
@@ -134,8 +146,11 @@ def _first_only(new_first: Callable[[Tensor], Tensor]) -> Source:
     return source
 
 
-def _pattern_sources(kind: str, renormalize: bool, has_slot: bool) -> Edits:
-    """Sources for hook_pattern (and hook_bias_pattern) that zero token 1's column or the slot.
+def _drop_keys_sources(drop: Callable[[Tensor], Tensor], renormalize: bool, has_slot: bool) -> Edits:
+    """Sources for hook_pattern (and hook_bias_pattern) that set the pattern entries ``drop(pattern)``
+    marks (a bool mask broadcasting to [batch, head, query, key]) to 0 and, with ``renormalize``
+    (right for softmax), scale each row back to its old total over the kept keys plus the slot: a
+    softmax model then computes exactly the softmax over the kept keys. A bias slot stays visible.
 
     Patterns hold shares that sum to 1 per row over the real keys plus the slot (if any), so the
     slot's share is 1 - sum(row) when the pattern hook fires (before the slot's own hook). The row
@@ -147,18 +162,38 @@ def _pattern_sources(kind: str, renormalize: bool, has_slot: bool) -> Edits:
         # act: [batch, head, query, key]
         p = act.to(torch.promote_types(act.dtype, torch.float32))
         slot = (1.0 - p.sum(-1)).clamp_min(0.0) if has_slot else torch.zeros_like(p[..., 0])
+        out = p.masked_fill(drop(p), 0.0)
+        if renormalize:  # a row with nothing dropped keeps factor 1 exactly (x / x)
+            kept = out.sum(-1) + slot  # computed from what remains: exact when a dropped key held ~all
+            factor = torch.where(kept > 0, p.sum(-1) + slot, 0.0) / kept.clamp_min(torch.finfo(p.dtype).tiny)
+            out = out * factor[..., None]
+        else:  # the slot keeps its weight
+            factor = torch.ones_like(slot)
+        stash[layer] = factor
+        return out.to(act.dtype)
+
+    return _with_slot(pattern, stash, has_slot)
+
+
+def _drop_first_key(p: Tensor) -> Tensor:
+    """Token 1's column for queries 2..T (query 1 sees only token 1: left alone)."""
+    T = p.shape[-1]
+    pos = torch.arange(T, device=p.device)
+    return (pos[None, :] == 0) & (pos[:, None] >= 1)
+
+
+def _pattern_sources(kind: str, renormalize: bool, has_slot: bool) -> Edits:
+    """Sources for hook_pattern (and hook_bias_pattern) that zero token 1's column (``ablate``) or
+    remove or move the bias slot's share (``ablate_bias``, ``bias_to_first``)."""
+    if kind == "ablate":
+        return _drop_keys_sources(_drop_first_key, renormalize, has_slot)
+    stash: dict[int, Tensor] = {}
+
+    def pattern(act: Tensor, layer: int) -> Tensor:
+        p = act.to(torch.promote_types(act.dtype, torch.float32))
+        slot = (1.0 - p.sum(-1)).clamp_min(0.0) if has_slot else torch.zeros_like(p[..., 0])
         out = p.clone()
-        if kind == "ablate":
-            out[:, :, 1:, 0] = 0.0  # query 1 sees only token 1: left alone
-            if renormalize:
-                kept = out.sum(-1) + slot  # computed from what remains: exact when token 1 holds ~all
-                factor = torch.where(kept > 0, p.sum(-1) + slot, 0.0) / kept.clamp_min(torch.finfo(p.dtype).tiny)
-                factor[:, :, 0] = 1.0
-                out = out * factor[..., None]
-                stash[layer] = factor
-            else:  # the slot keeps its weight
-                stash[layer] = torch.ones_like(slot)
-        elif kind == "ablate_bias":
+        if kind == "ablate_bias":
             real = p.sum(-1)
             factor = (real + slot) / real.clamp_min(torch.finfo(p.dtype).tiny) if renormalize else torch.ones_like(real)
             out = out * factor[..., None]
@@ -329,29 +364,200 @@ def first_token(kind: str, *, factor: float = 0.0, renormalize: bool = True, pos
     return Intervention(kind, desc, (comp,), lambda model, has_slot: ((comp, src),), params=params)
 
 
+# -----------------------------------------------------------------------------------------
+# edits at a key position other than the first, possibly a different one in each sequence
+# -----------------------------------------------------------------------------------------
+POSITION_KINDS = ("ablate", "zero_value", "mean_value", "scale_value", "zero_key", "mean_key", "scale_key",
+                  "scale_resid")
+
+_TAPPED: list[Tensor | None] = []  # the token ids of the forward pass in progress, innermost run last
+
+
+def _integer_tensor(x: Any) -> bool:
+    return isinstance(x, Tensor) and not x.is_floating_point() and not x.is_complex() and x.dim() == 2
+
+
+@contextlib.contextmanager
+def _token_tap(model: Any) -> Iterator[None]:
+    """While open, every forward call of ``model`` records its token ids (the first positional
+    argument, or ``tokens=`` / ``input=`` when the call starts from a residual stream, as
+    TransformerLens' start_at_layer does) for the edit sources of ``at_position``, which need each
+    row's tokens to find its position: the rows of a batch can be any slice or stack of copies."""
+
+    def pre_hook(module: Any, args: tuple, kwargs: dict) -> None:
+        found = next((x for x in (*args[:1], kwargs.get("tokens"), kwargs.get("input")) if _integer_tensor(x)), None)
+        _TAPPED[-1] = found
+
+    _TAPPED.append(None)
+    handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+        _TAPPED.pop()
+
+
+def _tapped_positions(where: Callable[[Tensor], Tensor], act: Tensor, name: str) -> Tensor:
+    """The edited position of each row of ``act`` [batch, ...] (-1: none), from the tapped tokens."""
+    if not _TAPPED or _TAPPED[-1] is None:
+        raise RuntimeError(f"{name}: this edit finds its position in each sequence's tokens; run it through "
+                           "run_intervention / compare (they record the tokens of each forward pass)")
+    tokens = _TAPPED[-1]
+    if tokens.shape[0] != act.shape[0]:
+        raise RuntimeError(f"{name}: the forward pass has {tokens.shape[0]} token rows but the activation "
+                           f"{act.shape[0]} rows")
+    return where(tokens).to(act.device)
+
+
+def _positions_of(where: Callable[[Tensor], Tensor], tokens: Tensor, name: str) -> Tensor:
+    """``where(tokens)`` checked: one integer position per row, -1 or inside the sequence."""
+    pos = where(tokens)
+    if not isinstance(pos, Tensor) or pos.shape != (tokens.shape[0],) or pos.is_floating_point():
+        raise ValueError(f"{name}: positions must give one integer position per sequence, a tensor of shape "
+                         f"({tokens.shape[0]},); got {getattr(pos, 'shape', type(pos).__name__)}")
+    bad = (pos < -1) | (pos >= tokens.shape[1])
+    if bool(bad.any()):
+        raise ValueError(f"{name}: position {int(pos[bad][0])} is outside the sequence (0..{tokens.shape[1] - 1}, "
+                         "or -1 to leave a sequence unedited)")
+    return pos.long()
+
+
+def first_of(token: int, *, offset: int = 0, start: int = 1) -> Callable[[Tensor], Tensor]:
+    """Per-sequence positions: the first occurrence of ``token`` at 0-based position ``start`` or later
+    (default 1: the first token is ``first_token``'s business), shifted by ``offset`` (a neighbour of
+    that occurrence, as a control); -1 where the token does not occur there or the shifted position
+    falls outside the sequence."""
+    for arg, val, low in (("token", token, 0), ("start", start, 0)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < low:
+            raise ValueError(f"{arg} must be an integer >= {low}, got {val!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise ValueError(f"offset must be an integer, got {offset!r}")
+
+    def where(tokens: Tensor) -> Tensor:
+        T = tokens.shape[1]
+        hit = tokens == token
+        hit[:, :start] = False
+        pos = torch.where(hit.any(1), hit.int().argmax(1), torch.full_like(hit[:, 0], -1, dtype=torch.long))
+        shifted = pos + offset
+        return torch.where((pos >= 0) & (shifted >= 0) & (shifted < T), shifted, -1).long()
+
+    where.__name__ = f"first_of[{token}{offset:+d}]" if offset else f"first_of[{token}]"
+    return where
+
+
+def _at_rows(new_rows: Callable[[Tensor, Tensor, Tensor], Tensor], where: Callable[[Tensor], Tensor],
+             name: str) -> Source:
+    """A source for [batch, pos, ...] activations that replaces, in each row b with a position p_b >= 0,
+    position p_b by ``new_rows(act[rows], p[rows], rows)``."""
+
+    def source(act: Tensor, layer: int) -> Tensor:
+        pos = _tapped_positions(where, act, name)
+        rows = torch.nonzero(pos >= 0).flatten()
+        out = act.clone()
+        if rows.numel():
+            out[rows, pos[rows]] = new_rows(act[rows], pos[rows], rows).to(act.dtype)
+        return out
+
+    return source
+
+
+def _mean_of_others(a: Tensor, pos: Tensor, rows: Tensor) -> Tensor:
+    """Per row, the mean over every position but pos (a: [rows, T, ...])."""
+    keep = torch.ones(a.shape[:2], dtype=a.dtype, device=a.device)
+    keep[torch.arange(a.shape[0], device=a.device), pos] = 0.0
+    keep = keep.view(*keep.shape, *([1] * (a.dim() - 2)))
+    return (a * keep).sum(1) / (a.shape[1] - 1)
+
+
+def at_position(kind: str, *, position: int | None = None, token: int | None = None, offset: int = 0,
+                positions: Callable[[Tensor], Tensor] | None = None, factor: float = 0.0,
+                renormalize: bool = True) -> Intervention:
+    """An activation edit at one key position of each sequence, not only the first: is a sink that
+    sits elsewhere (the first occurrence of a frequent word) doing the first token's job?
+
+    Where (exactly one): ``position`` (0-based, the same in every sequence; 0 is token 1, as
+    ``first_token``), ``token`` (the first occurrence of that id at positions >= 1 in each
+    sequence, shifted by ``offset``: ``first_of``) or ``positions`` (a function of the token ids
+    [batch, T] giving one position per row, -1 to leave a row unedited; it must look at each row
+    alone, since batches are slices and stacked copies of the input).
+
+    Kinds (``POSITION_KINDS``): ``ablate`` removes key p from the keys of every later query t > p
+    (rows renormalized unless ``renormalize=False``; query p itself is left alone); ``zero_value`` /
+    ``zero_key`` set v_p / k_p to 0, ``mean_value`` / ``mean_key`` to the mean over the sequence's
+    other positions, ``scale_value`` / ``scale_key`` / ``scale_resid`` multiply v_p / k_p / h_p by
+    ``factor``. ``run_intervention`` also reports the loss of the predictions from the edited
+    position on (``loss_from_edit``), where every effect lands.
+    """
+    if kind not in POSITION_KINDS:
+        raise ValueError(f"kind: got {kind!r}, allowed values are {list(POSITION_KINDS)}")
+    if sum(x is not None for x in (position, token, positions)) != 1:
+        raise ValueError("at_position: give exactly one of position, token or positions")
+    if not isinstance(renormalize, bool):
+        raise TypeError(f"renormalize must be a bool, got {type(renormalize).__name__}")
+    if offset and token is None:
+        raise ValueError("offset: applies to token= only (the first occurrence's neighbour)")
+    if position is not None:
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise ValueError(f"position must be a non-negative integer (0-based), got {position!r}")
+
+        def fixed(tokens: Tensor) -> Tensor:  # -1 (no edit) where the sequence is shorter
+            return torch.full((tokens.shape[0],), position if position < tokens.shape[1] else -1, dtype=torch.long)
+
+        where, label = fixed, f"pos[{position}]"
+    elif token is not None:
+        where = first_of(token, offset=offset)
+        label = where.__name__
+    else:
+        if not callable(positions):
+            raise TypeError(f"positions must be a function of the token ids, got {type(positions).__name__}")
+        where, label = positions, f"positions[{getattr(positions, '__name__', 'fn')}]"
+    params: dict[str, Any] = {"where": label}
+    name = f"{kind}@{label}"
+    if kind == "ablate":
+        if not renormalize:
+            name = f"ablate[norenorm]@{label}"
+
+        def drop_key(p: Tensor) -> Tensor:
+            pos = _tapped_positions(where, p, name)  # [batch]
+            idx = torch.arange(p.shape[-1], device=p.device)
+            mask = (idx[None, None, :] == pos[:, None, None]) & (idx[None, :, None] > pos[:, None, None])
+            return mask[:, None]  # [batch, 1, query, key]; rows with pos -1 drop nothing
+
+        params["renormalize"] = renormalize
+        return Intervention(name, f"key at {label} removed from later queries' keys"
+                            + (" (rows renormalized)" if renormalize else ""), ("pattern",),
+                            lambda model, has_slot: _drop_keys_sources(drop_key, renormalize, has_slot),
+                            params=params, positions=where)
+    what, comp = {"value": ("value", "v"), "key": ("key", "k"), "resid": ("residual", "resid_pre")}[kind.split("_")[1]]
+    if kind.startswith("zero"):
+        new, desc = (lambda a, pos, rows: torch.zeros_like(a[:, 0])), f"{what} at {label} set to 0"
+    elif kind.startswith("mean"):
+        new, desc = _mean_of_others, f"{what} at {label} set to the mean of the others"
+    else:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            raise TypeError(f"factor must be a number, got {type(factor).__name__}")
+        f = float(factor)
+        params["factor"] = f
+
+        def new(a: Tensor, pos: Tensor, rows: Tensor) -> Tensor:
+            return a[torch.arange(a.shape[0], device=a.device), pos] * f
+
+        desc = f"{what} at {label} scaled by {f:g}"
+
+    src = _at_rows(new, where, name)
+    return Intervention(name, desc, (comp,), lambda model, has_slot: ((comp, src),), params=params, positions=where)
+
+
 def _window_sources(window: int, keep_first: int, renormalize: bool, has_slot: bool) -> Edits:
     """Sources for hook_pattern (and hook_bias_pattern) that hide every key s from query t unless
     t - s < window or s < keep_first; a bias slot stays visible, as in a windowed model."""
-    stash: dict[int, Tensor] = {}
 
-    def pattern(act: Tensor, layer: int) -> Tensor:
-        p = act.to(torch.promote_types(act.dtype, torch.float32))
+    def outside(p: Tensor) -> Tensor:
         T = p.shape[-1]
         pos = torch.arange(T, device=p.device)
-        dist = pos[:, None] - pos[None, :]
-        keep = (dist < window) | (pos[None, :] < keep_first)  # [query, key]; future keys are 0 already
-        slot = (1.0 - p.sum(-1)).clamp_min(0.0) if has_slot else torch.zeros_like(p[..., 0])
-        out = p * keep.to(p.dtype)
-        if renormalize:
-            kept = out.sum(-1) + slot
-            factor = torch.where(kept > 0, p.sum(-1) + slot, 0.0) / kept.clamp_min(torch.finfo(p.dtype).tiny)
-            out = out * factor[..., None]
-        else:
-            factor = torch.ones_like(slot)
-        stash[layer] = factor
-        return out.to(act.dtype)
+        return ~(((pos[:, None] - pos[None, :]) < window) | (pos[None, :] < keep_first))  # future keys are 0 already
 
-    return _with_slot(pattern, stash, has_slot)
+    return _drop_keys_sources(outside, renormalize, has_slot)
 
 
 def window_cache(window: int, keep_first: int = 0, *, renormalize: bool = True) -> Intervention:
@@ -476,10 +682,21 @@ class InterventionResult:
     per_head: np.ndarray | None = None  # [L, H]
     per_layer: np.ndarray | None = None  # [L]
     params: dict[str, Any] = field(default_factory=dict)
+    # at_position: sequences edited, and the mean loss of the predictions from the edited position on
+    edited: int | None = None
+    loss_from_edit_base: float | None = None
+    loss_from_edit: float | None = None
 
     @property
     def delta_loss(self) -> float:
         return self.loss - self.loss_base
+
+    @property
+    def delta_loss_from_edit(self) -> float | None:
+        """at_position: the loss change of the predictions from each edited position on (None elsewhere)."""
+        if self.loss_from_edit is None or self.loss_from_edit_base is None:
+            return None
+        return self.loss_from_edit - self.loss_from_edit_base
 
     def sink_delta(self) -> np.ndarray | None:
         """Sink_k change (percentage points) for k = 1..k_max."""
@@ -497,6 +714,12 @@ class InterventionResult:
             "delta_loss": round(self.delta_loss, 8),
             "per_head_delta_loss": arr(self.per_head), "per_layer_delta_loss": arr(self.per_layer),
         }
+        if self.edited is not None:
+            out["edited_sequences"] = self.edited
+            out["loss_from_edit_base"] = None if self.loss_from_edit_base is None else round(self.loss_from_edit_base, 8)
+            out["loss_from_edit"] = None if self.loss_from_edit is None else round(self.loss_from_edit, 8)
+            d = self.delta_loss_from_edit
+            out["delta_loss_from_edit"] = None if d is None else round(d, 8)
         if self.sink is not None and self.sink_base is not None:
             out["sink_pct_base"] = arr(self.sink_base.sink_pct)
             out["sink_pct"] = arr(self.sink.sink_pct)
@@ -628,6 +851,7 @@ def run_intervention(
         cells = _selected_cells(dims, inter, layers, heads)
         for comp, _ in edits:
             patching._check_cells(model, comp, [c if comp.head_dim is not None else Cell(c.layer) for c in cells], T)
+    edit_pos = _positions_of(inter.positions, tokens, inter.name) if inter.positions is not None else None
 
     base_nll, sink_base = base if base is not None else baseline(model, tokens, eps=eps, sinks=sinks,
                                                                   batch_size=batch_size)
@@ -647,38 +871,48 @@ def run_intervention(
                                   float(new_nll[:, jj + offset - 1].mean()), sink_base, sink,
                                   params=dict(inter.params))
 
-    hooks = patching.edit_hooks(model, edits, cells)
-    new_nll = _run_loss(model, tokens, hooks, batch_size)
-    loss_base = float(base_nll[:, target_start - 1:].mean())
-    sink = None
-    if sinks:
-        with tl_adapter.attached_hooks(model, hooks):
-            sink = measure(model, tokens, eps=eps, batch_size=batch_size, qk_heads=None)
-    result = InterventionResult(inter.name, inter.description, loss_base,
-                                float(new_nll[:, target_start - 1:].mean()), sink_base, sink,
-                                params=dict(inter.params))
+    # at_position edits read each forward pass's tokens
+    with _token_tap(model) if inter.positions is not None else contextlib.nullcontext():
+        hooks = patching.edit_hooks(model, edits, cells)
+        new_nll = _run_loss(model, tokens, hooks, batch_size)
+        loss_base = float(base_nll[:, target_start - 1:].mean())
+        sink = None
+        if sinks:
+            with tl_adapter.attached_hooks(model, hooks):
+                sink = measure(model, tokens, eps=eps, batch_size=batch_size, qk_heads=None)
+        result = InterventionResult(inter.name, inter.description, loss_base,
+                                    float(new_nll[:, target_start - 1:].mean()), sink_base, sink,
+                                    params=dict(inter.params))
+        if edit_pos is not None:  # the predictions from each sequence's edited position on
+            pos = edit_pos
+            query = torch.arange(T - 1)[None, :]  # column c of the losses: query c predicting token c + 1
+            after = (pos[:, None] >= 0) & (query >= pos[:, None]) & (query >= target_start - 1)
+            result.edited = int((pos >= 0).sum())
+            if bool(after.any()):
+                result.loss_from_edit_base = float(base_nll[after].mean())
+                result.loss_from_edit = float(new_nll[after].mean())
 
-    metric = patching.loss_metric(tokens, target_start)
-    comp = inter.head_component
-    assert comp is not None
-    if per_head:
-        if comp.head_dim is None or "{l}" not in comp.hook:
-            raise ValueError(f"per_head: intervention {inter.name!r} has no per-head edit")
-        n_h = _head_count(dims, comp)
-        head_cells = [Cell(l, h) for l in _layer_list(dims, layers) for h in range(n_h)]
-        vals = patching.run_cells(model, tokens, edits, head_cells, metric, batch_rows=batch_rows, progress=progress)
-        result.per_head = np.full((dims["n_layers"], n_h), np.nan)
-        for c, v in zip(head_cells, vals):
-            result.per_head[c.layer, c.head] = v - loss_base
-    if per_layer:
-        if "{l}" not in comp.hook:
-            raise ValueError(f"per_layer: intervention {inter.name!r} has no per-layer edit")
-        layer_cells = [Cell(l) for l in _layer_list(dims, layers)]
-        vals = patching.run_cells(model, tokens, edits, layer_cells, metric, batch_rows=batch_rows, progress=progress)
-        result.per_layer = np.full(dims["n_layers"], np.nan)
-        for c, v in zip(layer_cells, vals):
-            result.per_layer[c.layer] = v - loss_base
-    return result
+        metric = patching.loss_metric(tokens, target_start)
+        comp = inter.head_component
+        assert comp is not None
+        if per_head:
+            if comp.head_dim is None or "{l}" not in comp.hook:
+                raise ValueError(f"per_head: intervention {inter.name!r} has no per-head edit")
+            n_h = _head_count(dims, comp)
+            head_cells = [Cell(l, h) for l in _layer_list(dims, layers) for h in range(n_h)]
+            vals = patching.run_cells(model, tokens, edits, head_cells, metric, batch_rows=batch_rows, progress=progress)
+            result.per_head = np.full((dims["n_layers"], n_h), np.nan)
+            for c, v in zip(head_cells, vals):
+                result.per_head[c.layer, c.head] = v - loss_base
+        if per_layer:
+            if "{l}" not in comp.hook:
+                raise ValueError(f"per_layer: intervention {inter.name!r} has no per-layer edit")
+            layer_cells = [Cell(l) for l in _layer_list(dims, layers)]
+            vals = patching.run_cells(model, tokens, edits, layer_cells, metric, batch_rows=batch_rows, progress=progress)
+            result.per_layer = np.full(dims["n_layers"], np.nan)
+            for c, v in zip(layer_cells, vals):
+                result.per_layer[c.layer] = v - loss_base
+        return result
 
 
 def compare(model: Any, tokens: Any, interventions: Sequence[Intervention], **kwargs: Any) -> list[InterventionResult]:

@@ -85,7 +85,31 @@ def test_patch_with_a_corrupted_tokens_file(tmp_path, capsys):
     assert not (tmp_path / "q" / "results.json").exists()
 
 
+def test_intervene_at_another_position_equals_the_api(tmp_path, capsys):
+    lm = load_model("default")
+    tokens = make_tokens("random", seq_len=12, num_seqs=4, seed=1, vocab_size=lm.d_vocab)
+    tok = int(tokens[1, 4])
+    out = tmp_path / "at"
+    code, stdout, _ = run(["intervene", *SMALL, "--do", "zero_value@3", f"ablate@first:{tok}+1", "scale_key=2@0",
+                           "--no-figures", "--out", str(out)], capsys)
+    assert code == 0
+    got = json.loads((out / "results.json").read_text())["interventions"]
+    refs = [iv.at_position("zero_value", position=3), iv.at_position("ablate", token=tok, offset=1),
+            iv.at_position("scale_key", position=0, factor=2.0)]
+    assert [g["name"] for g in got] == [r.name for r in refs]
+    for g, inter in zip(got, refs):
+        ref = iv.run_intervention(lm.model, tokens, inter)
+        assert g["delta_loss"] == pytest.approx(ref.delta_loss, abs=1e-6)
+        assert g["delta_loss_from_edit"] == pytest.approx(ref.delta_loss_from_edit, abs=1e-6)
+        assert g["edited_sequences"] == ref.edited
+    assert got[0]["edited_sequences"] == 4 and 1 <= got[1]["edited_sequences"] <= 4
+    assert "from the edited position on" in stdout
+
+
 @pytest.mark.parametrize("args, message", [
+    (["intervene", "--do", "swap_position=2@3"], "--do: 'swap_position=2@3': @ applies to ablate"),
+    (["intervene", "--do", "ablate@x"], "the place after @ must be @P"),
+    (["intervene", "--do", "zero_key=1@2"], "zero_key takes no value"),
     (["intervene", "--do", "scale_value=x"], "--do: 'scale_value=x': scale_value needs =float"),
     (["intervene", "--do", "explode"], "--do: 'explode': unknown intervention"),
     (["intervene", "--do", "normalize_resid=2"], "--do: 'normalize_resid=2': normalize_resid takes no value"),

@@ -536,3 +536,151 @@ def test_zero_neurons_on_a_bridge_and_its_errors(model):
             parse_spec(bad, None)
     with pytest.raises(ValueError, match="layer must be"):
         tl_adapter.mlp_out_weight(model, 5)
+
+
+# =========================================================================================
+# at_position: edits at a key position other than the first, per sequence
+# =========================================================================================
+MARK = 7  # the token whose first occurrence is edited
+
+
+def _marked_tokens():
+    """Four sequences: MARK first at 0-based positions 3, 6 and 1 (again later in the first), and one
+    without it (only at position 0, which first_of skips)."""
+    tokens = torch.randint(10, 50, (4, T), generator=torch.Generator().manual_seed(5))
+    tokens[0, 3] = tokens[0, 8] = MARK
+    tokens[1, 6] = MARK
+    tokens[2, 1] = MARK
+    tokens[3, 0] = MARK
+    return tokens, torch.tensor([3, 6, 1, -1])
+
+
+def test_first_of_finds_the_first_occurrence_after_token_one_and_its_neighbours():
+    tokens, pos = _marked_tokens()
+    assert iv.first_of(MARK)(tokens).tolist() == pos.tolist()
+    assert iv.first_of(MARK, offset=1)(tokens).tolist() == [4, 7, 2, -1]
+    assert iv.first_of(MARK, offset=-2)(tokens).tolist() == [1, 4, -1, -1]  # 1 - 2 < 0: unedited
+    assert iv.first_of(MARK, offset=4)(tokens).tolist() == [7, -1, 5, -1]  # 6 + 4 >= T
+    assert iv.first_of(MARK, start=0)(tokens).tolist() == [3, 6, 1, 0]
+    assert iv.first_of(MARK, start=4)(tokens).tolist() == [8, 6, -1, -1]
+
+
+def _mask_keys_at(pos):
+    """hook_attn_scores edit: key pos[b] hidden from queries t > pos[b] of row b (the reference)."""
+    def hook(act, hook):
+        act = act.clone()
+        for b, p in enumerate(pos.tolist()):
+            if p >= 0:
+                act[b, :, p + 1:, p] = float("-inf")
+        return act
+    return hook
+
+
+def test_ablating_a_per_sequence_key_equals_masking_it_in_the_scores(model):
+    tokens, pos = _marked_tokens()
+    ref = model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_attn_scores"), _mask_keys_at(pos))])
+    res = iv.run_intervention(model, tokens, iv.at_position("ablate", token=MARK))
+    assert res.loss == pytest.approx(float(patching.loss_metric(tokens)(ref)), rel=1e-10)
+    base = model(tokens)
+    per = patching.per_token_loss(ref, tokens).double()
+    per_base = patching.per_token_loss(base, tokens).double()
+    after = torch.zeros_like(per, dtype=torch.bool)
+    for b, p in enumerate(pos.tolist()):
+        if p >= 0:
+            after[b, p:] = True
+    assert res.edited == 3
+    assert res.loss_from_edit == pytest.approx(float(per[after].mean()), rel=1e-10)
+    assert res.loss_from_edit_base == pytest.approx(float(per_base[after].mean()), rel=1e-10)
+    assert res.delta_loss_from_edit != 0.0
+    torch.testing.assert_close(per[3], per_base[3], rtol=1e-12, atol=1e-12)  # the row without the token: unedited
+    # the edited measurement: the pattern rows after each edited key give it nothing
+    with iv._token_tap(model):
+        logits, pats = _patterns(model, tokens, _edit_hooks(model, iv.at_position("ablate", token=MARK)))
+    torch.testing.assert_close(logits, ref, rtol=1e-10, atol=1e-10)
+    for p in pats.values():
+        for b, k in enumerate(pos.tolist()):
+            if k >= 0:
+                assert p[b, :, k + 1:, k].abs().max() == 0
+        torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+    assert tl_adapter.count_attached_hooks(model) == 0 and not model._forward_pre_hooks
+
+
+def test_position_zero_is_the_first_token_edit(model):
+    tokens = _tokens()
+    for kind in ("ablate", "zero_value", "mean_key"):
+        ours = iv.run_intervention(model, tokens, iv.at_position(kind, position=0))
+        ref = iv.run_intervention(model, tokens, iv.first_token(kind))
+        assert ours.loss == pytest.approx(ref.loss, rel=1e-12)
+        np.testing.assert_allclose(ours.sink.sink_pct, ref.sink.sink_pct)
+        assert ours.loss_from_edit == pytest.approx(ours.loss, rel=1e-12)  # every prediction is from position 0 on
+        assert ours.edited == tokens.shape[0]
+
+
+@pytest.mark.parametrize("kind, comp", [("zero_value", "v"), ("mean_value", "v"), ("scale_key", "k"),
+                                        ("mean_key", "k"), ("scale_resid", "resid_pre")])
+def test_value_key_and_residual_edits_set_exactly_the_chosen_position_of_each_row(model, kind, comp):
+    tokens, pos = _marked_tokens()
+    name = f"blocks.1.attn.hook_{comp}" if comp != "resid_pre" else "blocks.1.hook_resid_pre"
+    base = patching.capture(model, tokens, [name])[name]
+    inter = iv.at_position(kind, token=MARK, factor=-2.0)
+    with iv._token_tap(model), tl_adapter.attached_hooks(model, _edit_hooks(model, inter, layers=[1])):
+        got = patching.capture(model, tokens, [name])[name]
+    for b, p in enumerate(pos.tolist()):
+        if p < 0:
+            torch.testing.assert_close(got[b], base[b], rtol=0, atol=0)
+            continue
+        others = torch.cat([base[b, :p], base[b, p + 1:]])
+        expect = {"zero_value": torch.zeros_like(base[b, p]), "mean_value": others.mean(0),
+                  "mean_key": others.mean(0), "scale_key": -2.0 * base[b, p], "scale_resid": -2.0 * base[b, p]}[kind]
+        torch.testing.assert_close(got[b, p], expect)
+        torch.testing.assert_close(torch.cat([got[b, :p], got[b, p + 1:]]), others, rtol=0, atol=0)
+
+
+def test_per_head_effects_at_a_per_sequence_position_equal_one_head_at_a_time(model):
+    """Per-head passes stack copies of the batch; each copy finds its own positions."""
+    tokens, _ = _marked_tokens()
+    inter = iv.at_position("zero_value", token=MARK)
+    res = iv.run_intervention(model, tokens, inter, per_head=True, sinks=False, batch_rows=8)
+    for l, h in [(0, 1), (1, 3)]:
+        one = iv.run_intervention(model, tokens, inter, layers=[l], heads=[h], sinks=False)
+        assert res.per_head[l, h] == pytest.approx(one.delta_loss, abs=1e-12)
+    assert np.ptp(res.per_head) > 0
+
+
+def test_at_position_on_a_hooked_transformer_equals_masked_scores():
+    """TransformerLens' start_at_layer passes the tokens as a keyword: the tap finds them there too."""
+    ht = tl_adapter.hooked_transformer_from_config(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+        positional_embedding_type="rotary", normalization_type="RMS", seed=0)
+    tokens, pos = _marked_tokens()
+    with torch.no_grad():
+        ref = ht.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_attn_scores", _mask_keys_at(pos))])
+    inter = iv.at_position("ablate", token=MARK)
+    res = iv.run_intervention(ht, tokens, inter, layers=[1], per_layer=True, sinks=False)
+    assert res.loss == pytest.approx(float(patching.loss_metric(tokens)(ref)), rel=1e-5)
+    assert res.per_layer[1] == pytest.approx(res.delta_loss, abs=1e-6)
+
+
+def test_at_position_rejects_bad_arguments(model):
+    with pytest.raises(ValueError, match="kind: got 'swap_position'"):
+        iv.at_position("swap_position", position=2)
+    with pytest.raises(ValueError, match="exactly one of position, token or positions"):
+        iv.at_position("ablate")
+    with pytest.raises(ValueError, match="exactly one of position, token or positions"):
+        iv.at_position("ablate", position=1, token=3)
+    with pytest.raises(ValueError, match="offset: applies to token= only"):
+        iv.at_position("ablate", position=1, offset=1)
+    with pytest.raises(ValueError, match="position must be a non-negative integer"):
+        iv.at_position("zero_value", position=-1)
+    with pytest.raises(ValueError, match="token must be an integer >= 0"):
+        iv.first_of(-3)
+    tokens = _tokens()
+    with pytest.raises(ValueError, match=r"positions must give one integer position per sequence.*\(4,\)"):
+        iv.run_intervention(model, tokens, iv.at_position("ablate", positions=lambda t: torch.zeros(t.shape[0], 2)))
+    with pytest.raises(ValueError, match="position 10 is outside the sequence"):
+        iv.run_intervention(model, tokens, iv.at_position("ablate", positions=lambda t: torch.full((4,), 10)))
+    hooks = _edit_hooks(model, iv.at_position("zero_value", token=MARK))
+    # the edit alone cannot find its rows
+    with pytest.raises(RuntimeError, match="run it through run_intervention"), tl_adapter.attached_hooks(model, hooks):
+        model(tokens)
+    assert tl_adapter.count_attached_hooks(model) == 0
