@@ -30,16 +30,28 @@ SPEC_HELP = (
     "neurons of layer L silenced at token 1); ablate and ablate_bias take "
     "=norenorm to zero without "
     f"renormalizing. ablate, zero_value, mean_value, scale_value=F, zero_key, mean_key, scale_key=F and scale_resid=F "
-    "act at another key position with @P (0-based, every sequence) or @first:ID (the first occurrence of token ID "
-    "after token 1 in each sequence; @first:ID+D / -D its neighbour D tokens away), e.g. ablate@first:279 "
+    "act at another key position with @P (0-based, every sequence), @first:ID or @first:\"TEXT\" (the first "
+    "occurrence of that token after token 1 in each sequence; +D / -D after it: its neighbour D tokens away), e.g. "
+    "'ablate@first:\" the\"+1'; --no-sinks skips the Sink measurement "
     f"(default: {' '.join(DEFAULT_DO)})"
 )
 
-_AT_HELP = "@P (a 0-based position) or @first:ID, @first:ID+D, @first:ID-D (integers)"
+_AT_HELP = ('@P (a 0-based position), @first:ID or @first:"TEXT" (one token of the model\'s tokenizer), '
+            "either followed by +D or -D (integers)")
 
 
-def _parse_at(spec: str, head: str, where: str) -> Any:
-    """``KIND[=VALUE]@WHERE`` -> an at_position Intervention."""
+def _token_of(spec: str, text: str, tokenizer: Any) -> int:
+    """The one token id ``text`` encodes to (special tokens not added)."""
+    if tokenizer is None:
+        raise ValueError(f"{spec!r}: the model has no tokenizer; give the token as first:ID")
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if len(ids) != 1:
+        raise ValueError(f"{spec!r}: {text!r} is {len(ids)} tokens {ids} for this model's tokenizer; give one token")
+    return int(ids[0])
+
+
+def _parse_at(spec: str, head: str, where: str, tokenizer: Any) -> Any:
+    """``KIND[=VALUE]@WHERE`` -> an at_position Intervention (``tokenizer`` False: check the syntax only)."""
     import re
 
     from sinkinterp import interventions as iv
@@ -61,10 +73,14 @@ def _parse_at(spec: str, head: str, where: str) -> Any:
         raise ValueError(f"{spec!r}: {name} takes no value")
     if re.fullmatch(r"\d+", where):
         return iv.at_position(name, position=int(where), **kw)
-    m = re.fullmatch(r"first:(\d+)([+-]\d+)?", where)
+    m = re.fullmatch(r'first:(?:(\d+)|"(.+)")([+-]\d+)?', where, flags=re.DOTALL)
     if m is None:
         raise ValueError(f"{spec!r}: the place after @ must be {_AT_HELP}")
-    return iv.at_position(name, token=int(m.group(1)), offset=int(m.group(2) or 0), **kw)
+    if m.group(1) is not None:
+        token = int(m.group(1))
+    else:
+        token = 0 if tokenizer is False else _token_of(spec, m.group(2), tokenizer)
+    return iv.at_position(name, token=token, offset=int(m.group(3) or 0), **kw)
 
 
 def add_parsers(sub: Any, add_common: Any) -> None:
@@ -77,6 +93,7 @@ def add_parsers(sub: Any, add_common: Any) -> None:
     i.add_argument("--per-head", action="store_true", help="also the loss change of each head edited alone")
     i.add_argument("--per-layer", action="store_true", help="also the loss change of each layer edited alone")
     i.add_argument("--batch-rows", type=int_at_least(1), default=64, help="rows per batched pass (per-head runs)")
+    i.add_argument("--no-sinks", action="store_true", help="losses only: skip the Sink_k measurement before and after")
 
     p = sub.add_parser("patch", help="patch token 1's key / value / score column / residual from clean into corrupted")
     add_common(p, single_input=True)
@@ -107,13 +124,15 @@ def _int_list(text: str | None, name: str) -> list[int] | None:
     return out
 
 
-def parse_spec(spec: str, bos_token_id: int | None) -> Any:
-    """One --do / --corrupt SPEC -> an Intervention; raises ValueError with the allowed forms."""
+def parse_spec(spec: str, bos_token_id: int | None, tokenizer: Any = False) -> Any:
+    """One --do / --corrupt SPEC -> an Intervention; raises ValueError with the allowed forms.
+    ``tokenizer``: the model's (Hugging Face) tokenizer or None, for @first:"TEXT"; False checks the
+    syntax only (the text is not resolved)."""
     from sinkinterp import interventions as iv
 
     head, at, where = spec.partition("@")
     if at:
-        return _parse_at(spec, head, where)
+        return _parse_at(spec, head, where, tokenizer)
     name, _, value = spec.partition("=")
 
     def number(kind: type) -> Any:
@@ -192,20 +211,21 @@ def cmd_intervene(args: argparse.Namespace, argv: list[str]) -> int:
             raise UsageError(f"--do: {err}") from None
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     try:
-        inters = [parse_spec(s, lm.bos_token_id) for s in args.do]
+        inters = [parse_spec(s, lm.bos_token_id, lm.tokenizer) for s in args.do]
     except ValueError as err:
         raise UsageError(f"--do: {err}") from None
     tokens = input_tokens(args, lm, kind, tokens, text)
     started = time.perf_counter()
     try:
         results = iv.compare(lm.model, tokens, inters, layers=layers, heads=heads, per_head=args.per_head,
-                             per_layer=args.per_layer, eps=args.eps, batch_size=args.batch_size,
+                             per_layer=args.per_layer, eps=args.eps, batch_size=args.batch_size, sinks=not args.no_sinks,
                              batch_rows=args.batch_rows, seed=args.seed, progress=True)
     except ValueError as err:
         raise UsageError(str(err)) from None
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "do": args.do, "layers": layers, "heads": heads,
                    "per_head": args.per_head, "per_layer": args.per_layer,
+                   "sinks": not args.no_sinks,
                    "seconds": round(time.perf_counter() - started, 3)})
     base = results[0]
     out = Path(args.out)
@@ -244,6 +264,13 @@ def _intervene_table(results: list[Any]) -> str:
     return "\n".join(lines)
 
 
+def _file_stem(name: str) -> str:
+    """An intervention's name as a plain file name (at_position names hold @, [ ], +)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
 def _intervene_figures(results: list[Any], out: Path, label: str) -> None:
     from sinkinterp import figures
 
@@ -253,12 +280,12 @@ def _intervene_figures(results: list[Any], out: Path, label: str) -> None:
         if r.per_head is not None:
             figures.save_figure(figures.layer_head_heatmap(r.per_head, title=f"{r.name}: Δloss per head — {label}",
                                                            label="Δ loss (nats)", center=0.0),
-                                out / f"per_head_{r.name}.png")
+                                out / f"per_head_{_file_stem(r.name)}.png")
         if r.per_layer is not None:
             figures.save_figure(figures.layer_head_heatmap(np.asarray(r.per_layer)[:, None],
                                                            title=f"{r.name}: Δloss per layer — {label}",
                                                            label="Δ loss (nats)", center=0.0),
-                                out / f"per_layer_{r.name}.png")
+                                out / f"per_layer_{_file_stem(r.name)}.png")
 
 
 def cmd_patch(args: argparse.Namespace, argv: list[str]) -> int:

@@ -272,24 +272,25 @@ def token_sink_bars(labels: object, sink_rate: object, expected_rate: object, *,
 
 def layer_head_heatmap(values: object, *, title: str = "", label: str = "", center: int | float | None = None) -> Any:
     """Heat map of ``values[layer, head]`` (per-head effects, patching results; ``[L, 1]`` for
-    per-layer values). With ``center`` a diverging colormap symmetric around it, else viridis."""
+    per-layer values). With ``center`` a diverging colormap symmetric around it, else viridis.
+    NaN marks a cell that was not computed (left blank: effects of the edited layers only)."""
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError("values: expected a 2-D array [layer, head] of numbers") from None
     if arr.ndim != 2 or arr.size == 0:
         raise ValueError(f"values: expected a non-empty 2-D array [layer, head], got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError("values: holds NaN or infinite values")
+    if np.isinf(arr).any() or np.isnan(arr).all():
+        raise ValueError("values: holds infinite values or only NaN (NaN marks cells not computed)")
     n_layers, n_heads = arr.shape
     if center is None:
         style: dict[str, Any] = dict(cmap="viridis")
     else:
-        half = float(np.abs(arr - center).max()) or 1.0
+        half = float(np.nanmax(np.abs(arr - center))) or 1.0
         style = dict(cmap="RdBu_r", vmin=center - half, vmax=center + half)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(3.5, 0.45 * n_heads + 2), max(2.5, 0.3 * n_layers + 1.5)))
-    im = ax.imshow(arr, aspect="auto", origin="upper", **style)
+    im = ax.imshow(np.ma.masked_invalid(arr), aspect="auto", origin="upper", **style)
     ax.set_yticks(np.arange(n_layers))
     ax.set_ylabel("layer")
     if n_heads > 1:

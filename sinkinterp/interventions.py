@@ -426,7 +426,7 @@ def first_of(token: int, *, offset: int = 0, start: int = 1) -> Callable[[Tensor
     """Per-sequence positions: the first occurrence of ``token`` at 0-based position ``start`` or later
     (default 1: the first token is ``first_token``'s business), shifted by ``offset`` (a neighbour of
     that occurrence, as a control); -1 where the token does not occur there or the shifted position
-    falls outside the sequence."""
+    falls before ``start`` or past the sequence (so a neighbour never is the first token)."""
     for arg, val, low in (("token", token, 0), ("start", start, 0)):
         if isinstance(val, bool) or not isinstance(val, int) or val < low:
             raise ValueError(f"{arg} must be an integer >= {low}, got {val!r}")
@@ -439,7 +439,7 @@ def first_of(token: int, *, offset: int = 0, start: int = 1) -> Callable[[Tensor
         hit[:, :start] = False
         pos = torch.where(hit.any(1), hit.int().argmax(1), torch.full_like(hit[:, 0], -1, dtype=torch.long))
         shifted = pos + offset
-        return torch.where((pos >= 0) & (shifted >= 0) & (shifted < T), shifted, -1).long()
+        return torch.where((pos >= 0) & (shifted >= start) & (shifted < T), shifted, -1).long()
 
     where.__name__ = f"first_of[{token}{offset:+d}]" if offset else f"first_of[{token}]"
     return where

@@ -91,19 +91,36 @@ def test_intervene_at_another_position_equals_the_api(tmp_path, capsys):
     tok = int(tokens[1, 4])
     out = tmp_path / "at"
     code, stdout, _ = run(["intervene", *SMALL, "--do", "zero_value@3", f"ablate@first:{tok}+1", "scale_key=2@0",
-                           "--no-figures", "--out", str(out)], capsys)
+                           "--layers", "1", "--per-layer", "--out", str(out)], capsys)
     assert code == 0
     got = json.loads((out / "results.json").read_text())["interventions"]
     refs = [iv.at_position("zero_value", position=3), iv.at_position("ablate", token=tok, offset=1),
             iv.at_position("scale_key", position=0, factor=2.0)]
     assert [g["name"] for g in got] == [r.name for r in refs]
     for g, inter in zip(got, refs):
-        ref = iv.run_intervention(lm.model, tokens, inter)
+        ref = iv.run_intervention(lm.model, tokens, inter, layers=[1])
         assert g["delta_loss"] == pytest.approx(ref.delta_loss, abs=1e-6)
         assert g["delta_loss_from_edit"] == pytest.approx(ref.delta_loss_from_edit, abs=1e-6)
         assert g["edited_sequences"] == ref.edited
     assert got[0]["edited_sequences"] == 4 and 1 <= got[1]["edited_sequences"] <= 4
+    assert got[1]["per_layer_delta_loss"][1] == pytest.approx(got[1]["delta_loss"], abs=1e-6)
+    assert (out / "per_layer_ablate_first_of_" f"{tok}_1.png").read_bytes()[:4] == b"\x89PNG"
     assert "from the edited position on" in stdout
+
+
+def test_a_token_given_as_text_is_resolved_by_the_model_tokenizer():
+    from sinkinterp.cli_intervene import parse_spec
+
+    lm = load_model("default")
+    the = lm.tokenizer(" the", add_special_tokens=False)["input_ids"]
+    assert len(the) == 1
+    inter = parse_spec('zero_value@first:" the"-2', lm.bos_token_id, lm.tokenizer)
+    assert inter.name == iv.at_position("zero_value", token=the[0], offset=-2).name
+    assert parse_spec('ablate=norenorm@first:" the"', 0).params == {"where": "first_of[0]", "renormalize": False}
+    with pytest.raises(ValueError, match=r"' the cat' is 2 tokens"):
+        parse_spec('ablate@first:" the cat"', lm.bos_token_id, lm.tokenizer)
+    with pytest.raises(ValueError, match="the model has no tokenizer"):
+        parse_spec('ablate@first:" the"', 0, None)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -165,12 +165,16 @@ def test_layer_head_heatmap(tmp_path):
     assert per_layer.axes[0].images[0].get_cmap().name == "viridis"
     assert per_layer.axes[0].images[0].get_array().shape == (3, 1)
     assert figures.layer_head_heatmap(np.zeros((2, 2)), center=0).axes[0].images[0].get_clim() == (-1.0, 1.0)
+    partial = figures.layer_head_heatmap([[np.nan], [-3.0], [1.0]], center=0)  # layer 0 not computed: blank
+    im = partial.axes[0].images[0]
+    assert im.get_clim() == (-3.0, 3.0) and im.get_array().mask.tolist() == [[True], [False], [False]]
 
 
 @pytest.mark.parametrize("values, match", [
     (np.ones(4), r"values: expected a non-empty 2-D array \[layer, head\], got shape \(4,\)"),
     (np.ones((2, 2, 2)), "values: expected a non-empty 2-D array"),
-    (np.full((2, 2), np.inf), "values: holds NaN or infinite"),
+    (np.full((2, 2), np.inf), "values: holds infinite values"),
+    (np.full((2, 2), np.nan), "or only NaN"),
 ])
 def test_layer_head_heatmap_bad_input(values, match):
     with pytest.raises(ValueError, match=match):

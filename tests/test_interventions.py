@@ -560,6 +560,7 @@ def test_first_of_finds_the_first_occurrence_after_token_one_and_its_neighbours(
     assert iv.first_of(MARK)(tokens).tolist() == pos.tolist()
     assert iv.first_of(MARK, offset=1)(tokens).tolist() == [4, 7, 2, -1]
     assert iv.first_of(MARK, offset=-2)(tokens).tolist() == [1, 4, -1, -1]  # 1 - 2 < 0: unedited
+    assert iv.first_of(MARK, offset=-1)(tokens).tolist() == [2, 5, -1, -1]  # never the first token itself
     assert iv.first_of(MARK, offset=4)(tokens).tolist() == [7, -1, 5, -1]  # 6 + 4 >= T
     assert iv.first_of(MARK, start=0)(tokens).tolist() == [3, 6, 1, 0]
     assert iv.first_of(MARK, start=4)(tokens).tolist() == [8, 6, -1, -1]
