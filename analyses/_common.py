@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,7 +51,7 @@ def run_cli(cli: Any, args: list[str], commands: list[str], gguf: str | None = N
     """Run one ``sinkinterp`` command (``cli.main(args)``), note it in ``commands`` (SmolLM2's GGUF path
     as SMOLLM2_ARG) and return its results.json. SINKINTERP_REUSE=1 reuses a finished result folder
     (for editing a page's text only)."""
-    cmd = "sinkinterp " + " ".join(args)
+    cmd = "sinkinterp " + shlex.join(args)  # quoted where a shell needs it
     commands.append(cmd.replace(gguf, SMOLLM2_ARG) if gguf else cmd)
     out = Path(args[args.index("--out") + 1])
     if os.environ.get("SINKINTERP_REUSE") == "1" and (out / "results.json").is_file():

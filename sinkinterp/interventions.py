@@ -445,23 +445,22 @@ def first_of(token: int, *, offset: int = 0, start: int = 1) -> Callable[[Tensor
     return where
 
 
-def _at_rows(new_rows: Callable[[Tensor, Tensor, Tensor], Tensor], where: Callable[[Tensor], Tensor],
-             name: str) -> Source:
+def _at_rows(new_rows: Callable[[Tensor, Tensor], Tensor], where: Callable[[Tensor], Tensor], name: str) -> Source:
     """A source for [batch, pos, ...] activations that replaces, in each row b with a position p_b >= 0,
-    position p_b by ``new_rows(act[rows], p[rows], rows)``."""
+    position p_b by ``new_rows(act[rows], p[rows])`` (one new row each)."""
 
     def source(act: Tensor, layer: int) -> Tensor:
         pos = _tapped_positions(where, act, name)
         rows = torch.nonzero(pos >= 0).flatten()
         out = act.clone()
         if rows.numel():
-            out[rows, pos[rows]] = new_rows(act[rows], pos[rows], rows).to(act.dtype)
+            out[rows, pos[rows]] = new_rows(act[rows], pos[rows]).to(act.dtype)
         return out
 
     return source
 
 
-def _mean_of_others(a: Tensor, pos: Tensor, rows: Tensor) -> Tensor:
+def _mean_of_others(a: Tensor, pos: Tensor) -> Tensor:
     """Per row, the mean over every position but pos (a: [rows, T, ...])."""
     keep = torch.ones(a.shape[:2], dtype=a.dtype, device=a.device)
     keep[torch.arange(a.shape[0], device=a.device), pos] = 0.0
@@ -530,7 +529,7 @@ def at_position(kind: str, *, position: int | None = None, token: int | None = N
                             params=params, positions=where)
     what, comp = {"value": ("value", "v"), "key": ("key", "k"), "resid": ("residual", "resid_pre")}[kind.split("_")[1]]
     if kind.startswith("zero"):
-        new, desc = (lambda a, pos, rows: torch.zeros_like(a[:, 0])), f"{what} at {label} set to 0"
+        new, desc = (lambda a, pos: torch.zeros_like(a[:, 0])), f"{what} at {label} set to 0"
     elif kind.startswith("mean"):
         new, desc = _mean_of_others, f"{what} at {label} set to the mean of the others"
     else:
@@ -539,7 +538,7 @@ def at_position(kind: str, *, position: int | None = None, token: int | None = N
         f = float(factor)
         params["factor"] = f
 
-        def new(a: Tensor, pos: Tensor, rows: Tensor) -> Tensor:
+        def new(a: Tensor, pos: Tensor) -> Tensor:
             return a[torch.arange(a.shape[0], device=a.device), pos] * f
 
         desc = f"{what} at {label} scaled by {f:g}"
