@@ -246,7 +246,8 @@ def cmd_intervene(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _intervene_table(results: list[Any]) -> str:
-    lines = ["intervention            Δloss (nats)   Sink_1 before → after   Sink_* before → after"]
+    width = max(24, *(len(r.name) + 2 for r in results))
+    lines = [f"{'intervention':<{width}}Δloss (nats)   Sink_1 before → after   Sink_* before → after"]
     at = [r for r in results if r.edited is not None]
     for r in results:
         s1 = s1b = "      -"
@@ -255,7 +256,7 @@ def _intervene_table(results: list[Any]) -> str:
             s1b, s1 = f"{r.sink_base.sink_pct[0]:7.2f}", f"{r.sink.sink_pct[0]:7.2f}"
             if r.sink.sink_bias_pct is not None:
                 sb = f"{r.sink_base.sink_bias_pct:7.2f} → {r.sink.sink_bias_pct:7.2f}"
-        lines.append(f"{r.name:<24}{r.delta_loss:+12.4f}   {s1b} → {s1}        {sb}")
+        lines.append(f"{r.name:<{width}}{r.delta_loss:+12.4f}   {s1b} → {s1}        {sb}".rstrip())
     lines.append(f"baseline loss {results[0].loss_base:.4f} nats (mean next-token cross entropy)")
     for r in at:
         d = r.delta_loss_from_edit
