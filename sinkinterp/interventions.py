@@ -796,6 +796,33 @@ def baseline(model: Any, tokens: Tensor, *, eps: float = 0.3, sinks: bool = True
             measure(model, tokens, eps=eps, batch_size=batch_size, qk_heads=None) if sinks else None)
 
 
+def _prepare_edits(model: Any, dims: dict[str, Any], tokens: Tensor, inter: Intervention,
+                   layers: Sequence[int] | None, heads: Sequence[int] | None) -> tuple[Any, ...]:
+    """Check an intervention against the model and tokens before any work starts: (layers, slot kind,
+    edits, cells, each sequence's edited position); edits and cells are empty for a token edit."""
+    T = tokens.shape[1]
+    if inter.layers is not None:  # an edit of its own layers (zero_neurons): its cells, per-layer and per-head runs
+        if layers is not None and set(layers) - set(inter.layers):
+            raise ValueError(f"layers: intervention {inter.name!r} edits layers {list(inter.layers)} only")
+        layers = inter.layers if layers is None else layers
+    slot = _slot_kind(model)
+    if inter.needs_slot and slot is None:
+        raise ValueError(f"intervention {inter.name!r} needs a model with a bias slot "
+                         "(blocks.{l}.attn.hook_bias_pattern: k*, a sink token or a sink logit; or a bridge "
+                         "with learned attention sinks, as gpt-oss)")
+    edits: list[tuple[patching.Component, Source]] = []
+    cells: list[Cell] = []
+    if inter.build_edits is not None:
+        # learned sinks without a hook: the pattern edit alone changes their share (1 - the row's sum)
+        edits = [(COMPONENTS[c], s) for c, s in inter.build_edits(model, slot is not None)
+                 if not (slot == "rows" and c == "bias_pattern")]
+        cells = _selected_cells(dims, inter, layers, heads)
+        for comp, _ in edits:
+            patching._check_cells(model, comp, [c if comp.head_dim is not None else Cell(c.layer) for c in cells], T)
+    edit_pos = _positions_of(inter.positions, tokens, inter.name) if inter.positions is not None else None
+    return layers, slot, edits, cells, edit_pos
+
+
 def run_intervention(
     model: Any,
     tokens: Int[Tensor, "num_seqs seq_len"] | np.ndarray,
@@ -833,24 +860,7 @@ def run_intervention(
         raise ValueError(f"target_start must be an integer in [1, {T - 1}], got {target_start!r}")
     if inter.token_edit is not None and (per_head or per_layer or layers is not None or heads is not None):
         raise ValueError("layers / heads / per_head / per_layer apply to activation edits, not token edits")
-    if inter.layers is not None:  # an edit of its own layers (zero_neurons): its cells, per-layer and per-head runs
-        if layers is not None and set(layers) - set(inter.layers):
-            raise ValueError(f"layers: intervention {inter.name!r} edits layers {list(inter.layers)} only")
-        layers = inter.layers if layers is None else layers
-    slot = _slot_kind(model)
-    has_slot = slot is not None
-    if inter.needs_slot and not has_slot:
-        raise ValueError(f"intervention {inter.name!r} needs a model with a bias slot "
-                         "(blocks.{l}.attn.hook_bias_pattern: k*, a sink token or a sink logit; or a bridge "
-                         "with learned attention sinks, as gpt-oss)")
-    if inter.build_edits is not None:  # check before any work starts
-        # learned sinks without a hook: the pattern edit alone changes their share (1 - the row's sum)
-        edits = [(COMPONENTS[c], s) for c, s in inter.build_edits(model, has_slot)
-                 if not (slot == "rows" and c == "bias_pattern")]
-        cells = _selected_cells(dims, inter, layers, heads)
-        for comp, _ in edits:
-            patching._check_cells(model, comp, [c if comp.head_dim is not None else Cell(c.layer) for c in cells], T)
-    edit_pos = _positions_of(inter.positions, tokens, inter.name) if inter.positions is not None else None
+    layers, _, edits, cells, edit_pos = _prepare_edits(model, dims, tokens, inter, layers, heads)
 
     base_nll, sink_base = base if base is not None else baseline(model, tokens, eps=eps, sinks=sinks,
                                                                   batch_size=batch_size)
@@ -922,7 +932,11 @@ def compare(model: Any, tokens: Any, interventions: Sequence[Intervention], **kw
     for inter in interventions:
         if not isinstance(inter, Intervention):
             raise TypeError(f"interventions: expected Intervention objects, got {type(inter).__name__}")
-    tokens = validate_tokens(tokens, tl_adapter.model_dims(model)["d_vocab"])
+    dims = tl_adapter.model_dims(model)
+    tokens = validate_tokens(tokens, dims["d_vocab"])
+    for inter in interventions:  # every edit checked before the first one runs
+        if inter.token_edit is None:
+            _prepare_edits(model, dims, tokens, inter, kwargs.get("layers"), kwargs.get("heads"))
     base = baseline(model, tokens, eps=kwargs.get("eps", 0.3), sinks=kwargs.get("sinks", True),
                     batch_size=kwargs.get("batch_size", 8))
     edit_only = ("layers", "heads", "per_head", "per_layer")

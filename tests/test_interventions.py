@@ -685,3 +685,13 @@ def test_at_position_rejects_bad_arguments(model):
     with pytest.raises(RuntimeError, match="run it through run_intervention"), tl_adapter.attached_hooks(model, hooks):
         model(tokens)
     assert tl_adapter.count_attached_hooks(model) == 0
+
+
+def test_compare_checks_every_edit_before_the_first_runs(model, monkeypatch):
+    """A head outside the key/value heads fails before any pass (no baseline, no earlier edit)."""
+    gqa = SinkTransformer(tiny_config(n_kv_heads=2)).double().eval()
+    calls = []
+    monkeypatch.setattr(iv, "baseline", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match="heads: 3 is outside the model's 2 key/value heads"):
+        iv.compare(gqa, _tokens(), [iv.first_token("ablate"), iv.first_token("zero_value")], heads=[3])
+    assert calls == []
