@@ -192,6 +192,12 @@ def _check_key_bias(nb, out: Path) -> None:
         assert len(p["share_restored_per_head"][c]) == 4 and len(p["share_restored_per_layer"][c]) == 4
     # token 1's residual stream before layer 0 carries everything the corruption changed
     assert p["share_restored_per_layer"]["resid_pre"][0] == pytest.approx(1.0, abs=1e-2)
+    control = res["control_at_position"]
+    for kind in ("ablate", "zero_value"):  # the edit at position T/2 reaches only the predictions from there on
+        c = control[kind]
+        assert c["edited_sequences"] == res["num_seqs"] and c["params"]["where"] == f"pos[{control['position']}]"
+        assert abs(c["delta_loss"]) < abs(c["delta_loss_from_edit"])
+    assert re.search(r"^ablate\s+[-+][\d.]+\s+[-+][\d.]+$", _stdout(_cell(nb, "control")), re.M)
 
     kvv = _stdout(_cell(nb, "kvv"))
     assert all(re.search(rf"^{name}\s", kvv, re.M) for name in KEY_VS_VALUE), kvv
