@@ -256,6 +256,8 @@ def main() -> int:
                    and b["tokens"]["sink_rate"][i_bos] >= t["sink_rate"][best] / 2 else "."),
                 first_line,
                 *split_lines,
+                "- Whether the model needs that sink (its key removed, its value zeroed, against its neighbours):",
+                "  [token-sink-interventions.md](token-sink-interventions.md).",
                 f"- Its residual norm is {t['max_resid_ratio'][best]:.2f} x the mean at the pooled positions "
                 f"({hook(t['max_resid_hook'][best])}),",
                 f"  against {max(a['first_resid_ratio']):.0f} x for the first token"

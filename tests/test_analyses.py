@@ -599,3 +599,29 @@ def test_token_sinks_head_split_matches_the_cached_pattern():
     assert got["after_on_1"] == pytest.approx(np.mean(on_1), abs=1e-6)
     assert got["before_on_1"] == pytest.approx(np.mean(before), abs=1e-6)
     assert got["later_on_themselves"] == (pytest.approx(np.mean(later), abs=1e-6) if later else None)
+
+
+def test_token_sink_interventions_specs_and_table_follow_the_cli_names():
+    """The page's --do specs parse to at_position edits at the first ' the' and its two neighbours, and
+    its tables put each result on its own row (names from the specs, in the order given)."""
+    from sinkinterp.cli_intervene import parse_spec
+
+    mod = load_script("analyses/token_sink_interventions.py")
+    specs = [*mod.specs("ablate"), *mod.specs("zero_value"), "ablate", "zero_value"]
+    inters = [parse_spec(s, 0) for s in specs]  # the text is not resolved: token 0
+    assert [i.name for i in inters] == ["ablate@first_of[0]", "ablate@first_of[0+1]", "ablate@first_of[0-1]",
+                                        "zero_value@first_of[0]", "zero_value@first_of[0+1]",
+                                        "zero_value@first_of[0-1]", "ablate", "zero_value"]
+    results = {"interventions": [
+        {"name": i.name, "delta_loss": k / 100, "delta_loss_from_edit": k / 10 if k < 6 else None,
+         "loss_from_edit_base": 3.0 if k < 6 else None, **({"edited_sequences": 60 - k} if k < 6 else {})}
+        for k, i in enumerate(inters)]}
+    rows = mod._table(results)[2:]
+    assert len(rows) == 8
+    assert rows[1].startswith("| key removed from later queries: the token after it | 59 | +0.0100 | +0.1000 |")
+    assert rows[5].startswith("| value set to 0: the token before it | 55 | +0.0500 | +0.5000 |")
+    assert rows[7] == f"| value set to 0: token 1 (for scale) | {mod.N} | +0.0700 | - | - |"
+    assert mod._ratio(results, 0) == (0.0, pytest.approx(0.15))
+    one = {"interventions": results["interventions"][:3] + results["interventions"][6:7]}
+    rows = mod._table(one, ("ablate",))[2:]
+    assert len(rows) == 4 and rows[3].startswith("| key removed from later queries: token 1 (for scale) |")
