@@ -16,12 +16,16 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.fail("TRITON_INTERPRET=1 must be set before triton is imported on a machine without a GPU")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-from sinkinterp.models import SinkTransformer  # noqa: E402
+from sinkinterp.models import SinkTransformer, triton_attention  # noqa: E402
 from sinkinterp.models.attention import Attention  # noqa: E402
-from sinkinterp.models.testing import tiny_config, tiny_model  # noqa: E402
+from sinkinterp.models.testing import VARIANTS, tiny_config, tiny_model  # noqa: E402
 from sinkinterp.models.triton_attention import (  # noqa: E402
+    column_sums,
+    column_sums_reference,
     sim_attention,
     sim_attention_reference,
+    softmax_lse,
+    softmax_lse_reference,
     triton_available,
 )
 
@@ -161,6 +165,112 @@ def test_column_hooks_under_the_triton_backend():
                                atol=1e-10, rtol=0)
 
 
+COLUMN_CASES = [  # heads, kv heads, T, d_head, window, block
+    (2, 2, 40, 16, None, None),
+    (4, 2, 37, 24, None, None),  # GQA, T not a multiple of the tile, d_head padded
+    (2, 1, 50, 16, 7, None),  # a window shorter than a tile
+    (4, 1, 45, 8, 20, 32),  # a window across tiles, larger tiles
+]
+
+
+@pytest.mark.parametrize("h,hkv,t,d,window,block", COLUMN_CASES)
+def test_column_kernels_match_float64_reference(h, hkv, t, d, window, block):
+    """softmax_lse and column_sums (softmax, sigmoid, elu+1) against materialized float64 maps, in
+    float64 (summation order only) and float32 (float32 rounding)."""
+    q, k, _ = _qkv(h, hkv, t, d)
+    kw = {"window": window}
+    lse = softmax_lse_reference(q, k, **kw)
+    torch.testing.assert_close(softmax_lse(q, k, block=block, **kw), lse, atol=1e-12, rtol=0)
+    torch.testing.assert_close(softmax_lse(q.float(), k.float(), **kw).double(), lse, atol=1e-5, rtol=0)
+    cs = column_sums_reference(q, k, lse, **kw)
+    torch.testing.assert_close(cs.sum(-1), torch.full_like(cs[..., 0], t))  # every row sums to 1
+    assert cs.std() > 0.3  # not uniform: the test would catch a wrong column
+    torch.testing.assert_close(column_sums(q, k, lse, block=block, **kw), cs, atol=1e-11, rtol=0)
+    torch.testing.assert_close(column_sums(q.float(), k.float(), lse, **kw).double(), cs, atol=1e-4, rtol=1e-5)
+    g = torch.Generator().manual_seed(2)
+    log_total = torch.rand(q.shape[:3], generator=g, dtype=torch.float64).add(0.5).mul(t).log().to(DEVICE)
+    for op, bias in (("sigmoid", 0.0), ("sigmoid", -2.5), ("elu1", 0.0)):
+        want = column_sums_reference(q, k, log_total, op=op, bias=bias, **kw)
+        got = column_sums(q, k, log_total, op=op, bias=bias, block=block, **kw)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0, msg=op)
+
+
+# every variant the column kernels apply to (softmax family and sigmoid / elu+1; causal or windowed;
+# bias slots; GQA), and some they do not (ALiBi, relative, prefix, linear attention: PyTorch path)
+COLSUM_VARIANTS = ["rotary", "nope", "gqa", "mqa", "softmax_scaled_2", "kv", "k", "v", "kv_shared", "sink_token",
+                   "sink_logit", "kv_removed_v", "window", "gqa_kv", "mqa_sink_token", "sink_logit_window",
+                   "sigmoid", "sigmoid_logn", "sigmoid_norm", "elu1_norm", "kv_sigmoid", "k_elu1_norm",
+                   "sink_token_sigmoid_norm", "alibi", "prefix", "kv_window_prefix", "linear_elu"]
+KERNEL_APPLIES = {"alibi": False, "prefix": False, "kv_window_prefix": False, "linear_elu": False}
+
+
+@pytest.mark.parametrize("name", COLSUM_VARIANTS)
+def test_model_column_sums_from_the_triton_kernels(name, monkeypatch):
+    """Backend "triton": hook_pattern_colsum (and softmax's row log-sum-exp behind it and
+    hook_pattern_cols) comes from the column kernels where they apply, and equals the column sums of
+    the materialized pattern over queries t >= k; elsewhere the PyTorch path gives the same."""
+    model = SinkTransformer(tiny_config(**VARIANTS[name]), dtype=torch.float64, device=DEVICE)
+    T = 20
+    tokens = torch.randint(0, 50, (3, T), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    L = model.cfg.n_layers
+    names = [f"blocks.{l}.attn.hook_{c}" for l in range(L) for c in ("pattern_colsum", "pattern_cols")]
+    calls = {"column_sums": 0, "softmax_lse": 0}
+    for fn in calls:
+        real = getattr(triton_attention, fn)
+
+        def counted(*a, _fn=fn, _real=real, **k):
+            calls[_fn] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(triton_attention, fn, counted)
+
+    def grab(hook_names):
+        got = {}
+        hooks = [(n, lambda x, hook: got.__setitem__(hook.name, x.detach().clone())) for n in hook_names]
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            model(tokens)
+        return got
+
+    fused = grab(names)
+    assert calls["column_sums"] == 0  # backend "auto": the PyTorch pass
+    model.set_attn_backend("triton")
+    fused_triton = grab(names)
+    applies = KERNEL_APPLIES.get(name, True)
+    assert calls["column_sums"] == (L if applies else 0)
+    softmax_rows = model.cfg.attn_op.startswith("softmax") and (model.cfg.has_slot or model.cfg.window)
+    assert calls["softmax_lse"] == (L if applies and softmax_rows else 0)  # otherwise the CPU flash kernel's
+    observed = grab([f"blocks.{l}.attn.hook_pattern" for l in range(L)])
+    at_or_after = torch.ones(T, T, dtype=torch.bool, device=DEVICE).tril()
+    for l in range(L):
+        pattern = observed[f"blocks.{l}.attn.hook_pattern"]
+        want = (pattern * at_or_after).sum(-2)
+        n = f"blocks.{l}.attn.hook_pattern_colsum"
+        torch.testing.assert_close(fused_triton[n], want, atol=1e-12, rtol=0, msg=n)
+        torch.testing.assert_close(fused[n], want, atol=1e-12, rtol=0, msg=n)
+        n = f"blocks.{l}.attn.hook_pattern_cols"
+        torch.testing.assert_close(fused_triton[n], pattern[..., :10], atol=1e-12, rtol=0, msg=n)
+    assert want[..., 1:].abs().max() > 0.05  # non-degenerate
+
+
+def test_column_kernels_bad_input_is_named():
+    q, k, _ = _qkv(2, 2, 8, 16)
+    lse = softmax_lse_reference(q, k)
+    with pytest.raises(ValueError, match=r"op: got 'linear_elu', allowed values are \['softmax', 'sigmoid', 'elu1'\]"):
+        column_sums(q, k, lse, op="linear_elu")
+    with pytest.raises(ValueError, match=r"lse: expected a float tensor of shape \[2, 2, 8\]"):
+        column_sums(q, k, lse[..., :5])
+    with pytest.raises(ValueError, match=r"k: expected \[2, kv_head, 8, 16\]"):
+        softmax_lse(q, k[:, :, :5])
+    with pytest.raises(ValueError, match="kv heads do not divide"):
+        softmax_lse(q, _qkv(2, 3, 8, 16)[1])
+    with pytest.raises(ValueError, match="one float dtype"):
+        column_sums(q, k.float(), lse)
+    with pytest.raises(ValueError, match="window: a positive integer"):
+        softmax_lse(q, k, window=0)
+    with pytest.raises(ValueError, match="block: a power of two"):
+        column_sums(q, k, lse, block=48)
+
+
 def test_bad_input_is_named():
     q, k, v = _qkv(2, 2, 8, 16)
     with pytest.raises(ValueError, match="op: got 'softmax'"):
@@ -183,6 +293,10 @@ def test_unavailable_without_a_gpu_or_the_interpreter(monkeypatch):
     q, k, v = (x.cpu() for x in _qkv(2, 2, 8, 16))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         sim_attention(q, k, v, op="sigmoid")
+    with pytest.raises(RuntimeError, match="softmax_lse: Triton cannot run on cpu"):
+        softmax_lse(q, k)
+    with pytest.raises(RuntimeError, match="column_sums: Triton cannot run on cpu"):
+        column_sums(q, k, softmax_lse_reference(q, k))
     # the model then stays on its plain path instead of failing
     model = tiny_model("sigmoid")
     tokens = torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0))

@@ -10,7 +10,8 @@
 # It checks and times, in this order: the fused Triton sigmoid / elu+1 kernel against its float64
 # reference (never compiled on a GPU so far), that kernel against FlashAttention-backed SDPA, training
 # throughput and MFU of the reduced-scale model (softmax, k*/v*, sigmoid, elu+1 and the plain compiled
-# SDPA reference), streaming measurement against run_with_cache, and batched patching against
+# SDPA reference), streaming measurement against run_with_cache (every key's column sums in PyTorch
+# and in the Triton column kernels: measure vs measure_triton), and batched patching against
 # TransformerLens's per-cell functions. Back come log.txt and one JSON per benchmark (the device
 # returns at most 8 files): copy the JSON into benchmarks/results/ and update docs/performance.md.
 #
@@ -29,6 +30,7 @@ if [ "$DEVICE" = cuda ]; then
   attention=(--json "$OUT/attention-cuda.json")
   train=(--models reduced --json "$OUT/train-cuda-reduced.json")
   measure=(--device cuda --dtype bfloat16 --models small,large --seq-lens 64,512,2048 --num-seqs 16
+           --methods forward,forward_materialized,measure,measure_first,measure_triton,cache
            --json "$OUT/measure-cuda.json")
   patching=(--device cuda --models 12l --json "$OUT/patching-cuda.json")
   limits=(150 100 220 70 60)

@@ -1,4 +1,6 @@
-"""The Triton kernels of ``sinkinterp.models.triton_attention`` (see its docstring for the maths).
+"""The Triton kernels of ``sinkinterp.models.triton_attention`` (see its docstring for the maths):
+``fwd`` / ``bwd_dkdv`` / ``bwd_dq`` for sigmoid / elu+1 attention, ``softmax_lse`` and ``col_sums``
+for the measurement's column statistics.
 
 Imported only when the kernel first runs: ``triton.jit`` decides at import whether the kernels run
 compiled or in Triton's interpreter (``TRITON_INTERPRET=1``), so set that before the first call.
@@ -166,3 +168,61 @@ def bwd_dq(Q, K, V, DACC, DL, DQ, T, H, GROUP, D, scale, BIAS, WINDOW,
         _, ds = _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC).to(ACC_T)
     _store_rows(DQ + bh * T * D, offs_m, offs_d, T, D, dq * scale)
+
+
+@triton.jit
+@no_type_check
+def softmax_lse(Q, K, LSE, T, H, GROUP, D, scale, WINDOW,
+                HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # log-sum-exp of each causal softmax row, online over tiles of keys (no values, no output)
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    kvh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
+    m = tl.zeros([BLOCK_M], dtype=ACC_T) - 1.0e30  # finite: a row with no visible key in a tile adds 0
+    l = tl.zeros([BLOCK_M], dtype=ACC_T)
+    lo, hi = _key_range(pid_m, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T) * scale
+        s = tl.where(_visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW), s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        l = l * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+        m = m_new
+    tl.store(LSE + bh * T + offs_m, m + tl.log(tl.where(l > 0, l, 1.0)), mask=offs_m < T)
+
+
+@triton.jit
+@no_type_check
+def col_sums(Q, K, LSE, CS, T, H, GROUP, D, scale, BIAS, WINDOW,
+             OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # one block of keys of one query head: sum over the queries that see key s of the weight
+    # exp(s_ts - LSE_t) (OP -1, softmax) or sim(s_ts) exp(-LSE_t) (OP 0 / 1, LSE_t = log of the row total)
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    kvh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
+    cs = tl.zeros([BLOCK_N], dtype=ACC_T)
+    lo = pid_n * BLOCK_N // BLOCK_M * BLOCK_M  # queries before the keys see none of them
+    hi = pid_n * 0 + T
+    if HAS_WINDOW:
+        hi = tl.minimum((pid_n + 1) * BLOCK_N + WINDOW - 1, T)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
+        lse = tl.load(LSE + bh * T + offs_m, mask=offs_m < T, other=0.0).to(ACC_T)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T) * scale
+        visible = _visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW)
+        if OP < 0:
+            p = tl.exp(tl.where(visible, s, float("-inf")) - lse[:, None])
+        else:
+            p = tl.where(visible, _sim(s, BIAS, OP), 0.0) * tl.exp(-lse)[:, None]
+        cs += tl.sum(p, 0)
+    tl.store(CS + bh * T + offs_n, cs, mask=offs_n < T)

@@ -453,6 +453,13 @@ class Attention(nn.Module):
         memory O(block x T), never the whole map."""
         if not self.colsum_observed():
             return
+        if self._triton_cols_apply(q, k, pos_bias, ctx):  # the same sums in a Triton kernel
+            from .triton_attention import column_sums
+
+            op = "softmax" if log_sim is None else self.cfg.attn_op.removesuffix("_norm")
+            self.hook_pattern_colsum(column_sums(q, k, lse, op=op, bias=ctx.sigmoid_bias, scale=self.scale,
+                                                 window=self._kernel_window(q.shape[2])).to(q.dtype))
+            return
         b, h, t, _ = q.shape
         n = k.shape[2]
         dtype, out_dtype = lse.dtype, q.dtype
@@ -657,7 +664,15 @@ class Attention(nn.Module):
 
     def _row_lse(self, q, k, slot: Slot | None, pos_bias, ctx: AttnContext) -> Float[Tensor, "batch head qpos"]:
         """log-sum-exp of every softmax row (visible real keys and the slot), by blocks of query rows:
-        memory O(batch x head x block x T), never the whole map. float32 (float64 for float64 input)."""
+        memory O(batch x head x block x T), never the whole map; in a Triton kernel where
+        ``_triton_cols_apply``. float32 (float64 for float64 input)."""
+        if self._triton_cols_apply(q, k, pos_bias, ctx):
+            from .triton_attention import softmax_lse
+
+            lse = softmax_lse(q, k, scale=self.scale, window=self._kernel_window(q.shape[2]))
+            if slot is not None:
+                lse = torch.logaddexp(lse, self._slot_scores(q.to(lse.dtype), slot).squeeze(-1).to(lse.dtype))
+            return lse
         b, h, t, _ = q.shape
         dtype = torch.promote_types(q.dtype, torch.float32)
         q, k = q.to(dtype), k.to(dtype)  # a bf16 model's scores in float32, as in the fused kernel
@@ -823,15 +838,30 @@ class Attention(nn.Module):
         return (self.cfg.attn_op.removesuffix("_norm") in SIM_OPS and pos_bias is None
                 and self.cfg.prefix_len <= 1 and ctx.q_start == 0 and triton_available(q.device))
 
+    def _triton_cols_apply(self, q: Tensor, k: Tensor, pos_bias, ctx: AttnContext) -> bool:
+        """Backend "triton": the column statistics (softmax's row log-sum-exp, hook_pattern_colsum)
+        come from the Triton kernels of ``triton_attention`` for softmax, sigmoid and elu+1 with
+        causal or sliding-window visibility, no additive positional bias, no prefix and a full pass."""
+        if self.backend != "triton" or pos_bias is not None or self.cfg.prefix_len > 1 or ctx.q_start != 0 \
+                or k.shape[2] != q.shape[2]:
+            return False
+        from .triton_attention import COLUMN_OPS, triton_available
+
+        op = "softmax" if self.op.softmax else self.cfg.attn_op.removesuffix("_norm")
+        return op in COLUMN_OPS and triton_available(q.device)
+
+    def _kernel_window(self, t: int) -> int | None:
+        """The sliding window as the Triton kernels take it (None when it covers every key)."""
+        return self.cfg.window if self.cfg.window is not None and self.cfg.window < t else None
+
     def _attend_triton(self, q, k, v, slot: Slot | None, ctx: AttnContext, cols: bool = False) -> Tensor:
         """Sigmoid / elu+1 ops in the fused Triton kernel (``triton_attention.sim_attention``): it gives
         each row's sum(sim v) and sum(sim); the slot and the normalization are added here."""
         from .triton_attention import sim_attention
 
-        op, t = self.op, q.shape[2]
-        window = self.cfg.window if self.cfg.window is not None and self.cfg.window < t else None
+        op = self.op
         acc, rowsum = sim_attention(q, k, v, op=self.cfg.attn_op.removesuffix("_norm"), bias=ctx.sigmoid_bias,
-                                    scale=self.scale, window=window)
+                                    scale=self.scale, window=self._kernel_window(q.shape[2]))
         rowsum = rowsum.unsqueeze(-1).to(acc.dtype)  # float32 from the kernel; the model's dtype here
         slot_sim = op.sim(self._slot_scores(q, slot), ctx.sigmoid_bias) if slot is not None else None
         if cols:  # the first columns' share of each row's total, as the plain path emits them

@@ -265,7 +265,8 @@ class SinkTransformer(HookedRootModule):
     a plain masked path for the others), "reference" (always the materialized, hooked path),
     "flex" (FlexAttention for sigmoid / elu+1 / linear_elu; opt-in) or "triton" (the fused Triton
     kernel of ``triton_attention`` for sigmoid / elu+1, normalized or not, causal or windowed, without
-    ALiBi / relative bias or prefix, on CUDA or in Triton's interpreter; as "auto" elsewhere; opt-in).
+    ALiBi / relative bias or prefix, on CUDA or in Triton's interpreter; as "auto" elsewhere; opt-in;
+    it also computes the read-only column statistics below in Triton kernels, for softmax too).
     Whatever the backend, a hook on ``hook_attn_scores`` / ``hook_pattern`` / ``hook_bias_pattern``
     switches that layer to the materialized path for the call. The read-only ``hook_pattern_cols`` (first ``pattern_cols`` key
     columns), ``hook_bias_col`` and ``hook_pattern_colsum`` do not: they come from each row's log-sum-exp

@@ -19,6 +19,13 @@ Backward (recomputing sim block by block, like FlashAttention):
 in two kernels (keys outer for dk / dv, queries outer for dq), so no atomics are needed; the dk / dv
 of the query heads that share a kv head are summed afterwards.
 
+The measurement's column statistics (``hook_pattern_colsum``: for every key s, the sum over the
+queries t that see it of the weight w_ts) come from two more kernels that never hold a T x T map
+either: ``softmax_lse`` (each softmax row's log-sum-exp, online over tiles of keys, like the forward
+pass of FlashAttention without the values) and ``column_sums`` (keys outer, queries inner, so no
+atomics: w_ts = exp(s_ts - lse_t) for softmax, sim(s_ts) / total_t for sigmoid / elu+1). They are
+not differentiable (measurement only).
+
 Triton is imported only when the kernel runs. On a machine without a GPU the kernels run in
 Triton's interpreter (``TRITON_INTERPRET=1`` set before the first call, CPU tensors), which is how
 the test suite checks them against ``sim_attention_reference`` in float64, outputs and gradients.
@@ -33,7 +40,17 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["SIM_OPS", "sim_attention", "sim_attention_reference", "triton_available"]
+__all__ = [
+    "COLUMN_OPS",
+    "SIM_OPS",
+    "column_sums",
+    "column_sums_reference",
+    "sim_attention",
+    "sim_attention_reference",
+    "softmax_lse",
+    "softmax_lse_reference",
+    "triton_available",
+]
 
 #: similarity functions the kernel implements (the name of ModelConfig.attn_op, without "_norm")
 SIM_OPS = ("sigmoid", "elu1")
@@ -51,21 +68,26 @@ def triton_available(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, op: str, window: int | None) -> None:
-    if op not in SIM_OPS:
-        raise ValueError(f"op: got {op!r}, allowed values are {list(SIM_OPS)}")
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v: expected [batch, head, pos, d_head], got shapes {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+def _check(q: Tensor, k: Tensor, v: Tensor | None, op: str, window: int | None,
+           ops: tuple[str, ...] = SIM_OPS) -> None:
+    """Shapes, dtypes, op and window of the kernels' inputs (``v`` None: the column kernels, q and k only)."""
+    if op not in ops:
+        raise ValueError(f"op: got {op!r}, allowed values are {list(ops)}")
+    qkv = (q, k) if v is None else (q, k, v)
+    names = "q, k" if v is None else "q, k, v"
+    if any(x.dim() != 4 for x in qkv):
+        raise ValueError(f"{names}: expected [batch, head, pos, d_head], got shapes "
+                         f"{', '.join(str(tuple(x.shape)) for x in qkv)}")
     b, h, t, d = q.shape
-    if k.shape != v.shape or k.shape[0] != b or k.shape[2] != t or k.shape[3] != d:
-        raise ValueError(f"k, v: expected [{b}, kv_head, {t}, {d}], got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[0] != b or k.shape[2] != t or k.shape[3] != d or (v is not None and k.shape != v.shape):
+        got = tuple(k.shape) if v is None else f"{tuple(k.shape)} and {tuple(v.shape)}"
+        raise ValueError(f"{names[3:]}: expected [{b}, kv_head, {t}, {d}], got {got}")
     if h % k.shape[1]:
         raise ValueError(f"k: {k.shape[1]} kv heads do not divide {h} query heads")
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float64, torch.bfloat16,
-                                                              torch.float16):
-        raise ValueError(f"q, k, v: one float dtype (float32, float64, bfloat16, float16), got "
-                         f"{q.dtype}, {k.dtype}, {v.dtype}")
+    if len({x.dtype for x in qkv}) != 1 or q.dtype not in (torch.float32, torch.float64, torch.bfloat16,
+                                                           torch.float16):
+        raise ValueError(f"{names}: one float dtype (float32, float64, bfloat16, float16), got "
+                         f"{', '.join(str(x.dtype) for x in qkv)}")
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         raise ValueError(f"window: a positive integer or None, got {window!r}")
 
@@ -90,20 +112,28 @@ def sim_attention_reference(
     k = k.repeat_interleave(h // k.shape[1], dim=1)
     v = v.repeat_interleave(h // v.shape[1], dim=1)
     s = torch.matmul(q, k.transpose(-1, -2)) * scale
-    pos = torch.arange(t, device=q.device)
-    dist = pos[:, None] - pos[None, :]
-    visible = dist >= 0
-    if window is not None:
-        visible = visible & (dist < window)
+    visible = _visible_mask(t, window, q.device)
     p = _sim_and_grad(s, op, bias)[0].masked_fill(~visible, 0.0)
     return torch.matmul(p, v), p.sum(-1)
 
 
-def _kernels():
-    """The kernels (imported on first use: Triton is optional and ``triton.jit`` reads
+def _visible_mask(t: int, window: int | None, device) -> Tensor:
+    pos = torch.arange(t, device=device)
+    dist = pos[:, None] - pos[None, :]
+    visible = dist >= 0
+    return visible & (dist < window) if window is not None else visible
+
+
+def _kernels_module():
+    """The kernels' module (imported on first use: Triton is optional and ``triton.jit`` reads
     TRITON_INTERPRET when the kernel module is imported)."""
     from . import _triton_sim_kernels as kern
 
+    return kern
+
+
+def _kernels():
+    kern = _kernels_module()
     return kern.fwd, kern.bwd_dkdv, kern.bwd_dq
 
 
@@ -176,12 +206,99 @@ def sim_attention(
     64 on a GPU, 16 in the interpreter; at least 16). Differentiable in q, k and v through both
     outputs. Needs Triton on CUDA, or Triton's interpreter (``triton_available``)."""
     _check(q, k, v, op, window)
+    _check_block(block)
+    _require_triton(q, "sim_attention")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _SimAttention.apply(q, k, v, op, bias, scale, window, block)
+
+
+#: weights ``column_sums`` can sum: softmax's exp(s - lse), or an unnormalized op's sim(s) / total
+COLUMN_OPS = ("softmax", *SIM_OPS)
+
+
+def _check_block(block: int | None) -> None:
     if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 16
                               or block & (block - 1)):
         raise ValueError(f"block: a power of two >= 16 or None, got {block!r}")
+
+
+def _require_triton(q: Tensor, what: str) -> None:
     if not triton_available(q.device):
         raise RuntimeError(
-            f"sim_attention: Triton cannot run on {q.device} here (needs a CUDA device with Triton "
+            f"{what}: Triton cannot run on {q.device} here (needs a CUDA device with Triton "
             "installed, or TRITON_INTERPRET=1 set before the first call for the interpreter)")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return _SimAttention.apply(q, k, v, op, bias, scale, window, block)
+
+
+def _check_lse(q: Tensor, lse: Tensor) -> None:
+    b, h, t, _ = q.shape
+    if lse.shape != (b, h, t) or not lse.is_floating_point():
+        raise ValueError(f"lse: expected a float tensor of shape [{b}, {h}, {t}], got {lse.dtype} {tuple(lse.shape)}")
+
+
+def softmax_lse_reference(q: Tensor, k: Tensor, *, scale: float | None = None,
+                          window: int | None = None) -> Tensor:
+    """``softmax_lse`` from a materialized T x T map in plain PyTorch (the tests run it in float64)."""
+    _check(q, k, None, "softmax", window, ops=("softmax",))
+    h, t, d = q.shape[1], q.shape[2], q.shape[3]
+    scale = d ** -0.5 if scale is None else scale
+    s = torch.matmul(q, k.repeat_interleave(h // k.shape[1], dim=1).transpose(-1, -2)) * scale
+    return torch.logsumexp(s.masked_fill(~_visible_mask(t, window, q.device), float("-inf")), dim=-1)
+
+
+def softmax_lse(q: Tensor, k: Tensor, *, scale: float | None = None, window: int | None = None,
+                block: int | None = None) -> Tensor:
+    """Each causal softmax row's log-sum-exp [batch, head, pos] of the scores q.k * scale over the
+    keys it sees (causal; with ``window``, keys t - window < s <= t), in float32 (float64 for
+    float64 inputs); ``q`` [batch, head, pos, d_head], ``k`` [batch, kv_head, pos, d_head]. Never a
+    T x T map in memory; not differentiable. Needs Triton (``triton_available``)."""
+    _check(q, k, None, "softmax", window, ops=("softmax",))
+    _check_block(block)
+    _require_triton(q, "softmax_lse")
+    kern = _kernels_module()
+    q, k = q.contiguous(), k.contiguous()
+    b, h, t, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    meta = _launch_settings(q, block)
+    out = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
+    kern.softmax_lse[(_cdiv(t, meta["BLOCK_M"]), b * h)](
+        q, k, out, t, h, h // k.shape[1], d, float(scale), int(window or 1), HAS_WINDOW=window is not None,
+        **{key: meta[key] for key in ("PREC", "ACC_T", "BLOCK_M", "BLOCK_N", "BLOCK_D")})
+    return out
+
+
+def column_sums_reference(q: Tensor, k: Tensor, lse: Tensor, *, op: str = "softmax", bias: float = 0.0,
+                          scale: float | None = None, window: int | None = None) -> Tensor:
+    """``column_sums`` from a materialized T x T map in plain PyTorch (the tests run it in float64)."""
+    _check(q, k, None, op, window, ops=COLUMN_OPS)
+    _check_lse(q, lse)
+    h, t, d = q.shape[1], q.shape[2], q.shape[3]
+    scale = d ** -0.5 if scale is None else scale
+    s = torch.matmul(q, k.repeat_interleave(h // k.shape[1], dim=1).transpose(-1, -2)) * scale
+    lse = lse.to(s.dtype)[..., None]
+    w = torch.exp(s - lse) if op == "softmax" else _sim_and_grad(s, op, bias)[0] * torch.exp(-lse)
+    return w.masked_fill(~_visible_mask(t, window, q.device), 0.0).sum(-2)
+
+
+def column_sums(q: Tensor, k: Tensor, lse: Tensor, *, op: str = "softmax", bias: float = 0.0,
+                scale: float | None = None, window: int | None = None, block: int | None = None) -> Tensor:
+    """For every key s, the sum over the queries t that see it (causal, within ``window``) of the
+    weight w_ts [batch, head, key_pos]: ``exp(s_ts - lse_t)`` for ``op="softmax"`` (``lse`` from
+    ``softmax_lse``, plus any extra column such as a bias slot: the weights of the real keys then sum
+    to less than 1), ``sim(s_ts) exp(-lse_t)`` for sigmoid / elu+1 (``lse`` = log of each row's total,
+    ``bias`` = the sigmoid bias). float32 (float64 for float64 inputs); never a T x T map in memory;
+    not differentiable. Needs Triton (``triton_available``)."""
+    _check(q, k, None, op, window, ops=COLUMN_OPS)
+    _check_lse(q, lse)
+    _check_block(block)
+    _require_triton(q, "column_sums")
+    kern = _kernels_module()
+    q, k = q.contiguous(), k.contiguous()
+    b, h, t, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    meta = _launch_settings(q, block)
+    out = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
+    kern.col_sums[(_cdiv(t, meta["BLOCK_N"]), b * h)](
+        q, k, lse.to(_acc_dtype(q)).contiguous(), out, t, h, h // k.shape[1], d, float(scale), float(bias),
+        int(window or 1), OP=COLUMN_OPS.index(op) - 1, HAS_WINDOW=window is not None,
+        **{key: meta[key] for key in ("PREC", "ACC_T", "BLOCK_M", "BLOCK_N", "BLOCK_D")})
+    return out
