@@ -122,6 +122,8 @@ RECIPES: dict[str, list[str]] = {
     "c_bos_lr2e3_3k_s1": [BOS, "lr=0.002", "steps=3000", *SEED1],
     "c_bos_bs4_s1": [BOS, "data.batch_size=4", *SEED1],
     "c_bos_data1m_s1": [BOS, "data.max_train_tokens=1000000", *SEED1],
+    "c_signormbos_12k_s1": [BOS, 'model.attn_op="sigmoid_norm"', "steps=12000", *SEED1],
+    "c_bos_lr5e4_12k_s1": [BOS, "lr=0.0005", "steps=12000", *SEED1],
 }
 
 
@@ -730,7 +732,7 @@ PAPER_ROWS = [
     ("softmax, BOS first, lr 3e-3", ["c_bos_lr3", "c_bos_lr3_s1"], "60M: lr 8e-4 32.23 vs 4e-4 18.18"),
     ("softmax, BOS first, lr 2e-3 for 3,000 steps (lr x steps of the baseline)", ["c_bos_lr2e3_3k", "c_bos_lr2e3_3k_s1"],
      "60M: 2e-4 for 40k steps 16.81 vs 4e-4 for 20k 18.18 (equal lr x steps); 2e-4 for 20k 11.21"),
-    ("softmax, BOS first, lr 5e-4 for 12,000 steps (lr x steps of the baseline)", ["c_bos_lr5e4_12k"],
+    ("softmax, BOS first, lr 5e-4 for 12,000 steps (lr x steps of the baseline)", ["c_bos_lr5e4_12k", "c_bos_lr5e4_12k_s1"],
      "60M: 2e-4 for 40k steps 16.81 vs 2e-4 for 20k 11.21; 1e-4 for 80k 6.29 vs 20k 2.90"),
     ("softmax, BOS first, batch 4 (a quarter of the baseline's, the same 6,000 steps)", ["c_bos_bs4", "c_bos_bs4_s1"],
      "60M, 20k steps each: batch 0.25M to 2M tokens (1M the default): 16.2-18.2 (no effect)"),
@@ -748,7 +750,7 @@ PAPER_ROWS = [
     ("sigmoid without normalization, b = -log n, BOS first", ["c_siglognbos", "c_siglognbos_s1"],
      "not in the paper's table (it used b = 0); Apple's sigmoid attention uses b = -log n"),
     ("sigmoid normalized (rows sum to 1), BOS first", ["c_signormbos", "c_signormbos_s1"], "Sink_1 30.24, loss 3.74"),
-    ("sigmoid normalized, BOS first, 12,000 steps", ["c_signormbos_12k"], "Sink_1 30.24, loss 3.74"),
+    ("sigmoid normalized, BOS first, 12,000 steps", ["c_signormbos_12k", "c_signormbos_12k_s1"], "Sink_1 30.24, loss 3.74"),
     ("linear attention, elu+1 kernel, normalized, BOS first", ["c_linelubos", "c_linelubos_s1"], "Sink_1 53.65, loss 4.19"),
     ("learned sink logit per head (a key bias whose logit ignores the query, v* = 0), BOS first",
      ["c_sinklogitbos", "c_sinklogitbos_s1"], "not in the paper's table (gpt-oss); K bias only: Sink_* 73.34, Sink_1 0.00"),
