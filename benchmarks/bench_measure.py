@@ -514,23 +514,14 @@ def _derive(rows: list[dict[str, Any]]) -> None:
 def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's targets, evaluated on this run's rows."""
     out = []
-    items = [{"model": r["model"], "seq_len": r["seq_len"], "num_seqs": r["num_seqs"],
-              "ratio": round(r["ratio_to_forward"], 4), "met": r["ratio_to_forward"] <= TARGET_TIME_RATIO}
-             for r in rows if r["method"] == "measure" and "ratio_to_forward" in r]
-    out.append({"id": "time_ratio", "target": f"measure time <= {TARGET_TIME_RATIO}x plain forward", "items": items,
-                "met_all": all(i["met"] for i in items) if items else None})
-    items = [{"model": r["model"], "seq_len": r["seq_len"], "num_seqs": r["num_seqs"],
-              "ratio": round(r["ratio_to_forward"], 4), "met": r["ratio_to_forward"] <= TARGET_TIME_RATIO}
-             for r in rows if r["method"] == "measure_first" and "ratio_to_forward" in r]
-    out.append({"id": "time_ratio_first_keys",
-                "target": f"measure(first_keys={FIRST_KEYS}) time <= {TARGET_TIME_RATIO}x plain forward",
-                "items": items, "met_all": all(i["met"] for i in items) if items else None})
-    items = [{"model": r["model"], "seq_len": r["seq_len"], "num_seqs": r["num_seqs"],
-              "ratio": round(r["ratio_to_forward"], 4), "met": r["ratio_to_forward"] <= TARGET_TIME_RATIO}
-             for r in rows if r["method"] == "measure_triton" and "ratio_to_forward" in r]
-    out.append({"id": "time_ratio_triton",
-                "target": f"measure with the Triton column kernels time <= {TARGET_TIME_RATIO}x plain forward",
-                "items": items, "met_all": all(i["met"] for i in items) if items else None})
+    for target_id, method, what in (("time_ratio", "measure", "measure"),
+                                    ("time_ratio_first_keys", "measure_first", f"measure(first_keys={FIRST_KEYS})"),
+                                    ("time_ratio_triton", "measure_triton", "measure with the Triton column kernels")):
+        items = [{"model": r["model"], "seq_len": r["seq_len"], "num_seqs": r["num_seqs"],
+                  "ratio": round(r["ratio_to_forward"], 4), "met": r["ratio_to_forward"] <= TARGET_TIME_RATIO}
+                 for r in rows if r["method"] == method and "ratio_to_forward" in r]
+        out.append({"id": target_id, "target": f"{what} time <= {TARGET_TIME_RATIO}x plain forward", "items": items,
+                    "met_all": all(i["met"] for i in items) if items else None})
 
     items = []
     for r in rows:

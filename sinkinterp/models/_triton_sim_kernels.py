@@ -72,6 +72,18 @@ def _key_range(pid_m, T, WINDOW, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr
 
 @triton.jit
 @no_type_check
+def _query_range(pid_n, T, WINDOW, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """First and end query of the tiles that see a block of keys (queries before the keys see none of
+    them; with a window, none past its reach)."""
+    lo = pid_n * BLOCK_N // BLOCK_M * BLOCK_M
+    hi = pid_n * 0 + T
+    if HAS_WINDOW:
+        hi = tl.minimum((pid_n + 1) * BLOCK_N + WINDOW - 1, T)
+    return lo, hi
+
+
+@triton.jit
+@no_type_check
 def _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW,
               OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr):
     """Scores, visibility and sim of one [M, N] tile (sim 0 where not visible)."""
@@ -130,10 +142,7 @@ def bwd_dkdv(Q, K, V, DACC, DL, DK, DV, T, H, GROUP, D, scale, BIAS, WINDOW,
     v = _load_rows(V + kvh * T * D, offs_n, offs_d, T, D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_T)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_T)
-    lo = pid_n * BLOCK_N // BLOCK_M * BLOCK_M  # queries before the keys see none of them
-    hi = pid_n * 0 + T
-    if HAS_WINDOW:
-        hi = tl.minimum((pid_n + 1) * BLOCK_N + WINDOW - 1, T)
+    lo, hi = _query_range(pid_n, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
@@ -210,10 +219,7 @@ def col_sums(Q, K, LSE, CS, T, H, GROUP, D, scale, BIAS, WINDOW,
     offs_d = tl.arange(0, BLOCK_D)
     k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
     cs = tl.zeros([BLOCK_N], dtype=ACC_T)
-    lo = pid_n * BLOCK_N // BLOCK_M * BLOCK_M  # queries before the keys see none of them
-    hi = pid_n * 0 + T
-    if HAS_WINDOW:
-        hi = tl.minimum((pid_n + 1) * BLOCK_N + WINDOW - 1, T)
+    lo, hi = _query_range(pid_n, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)

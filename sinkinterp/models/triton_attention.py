@@ -235,6 +235,27 @@ def _check_lse(q: Tensor, lse: Tensor) -> None:
         raise ValueError(f"lse: expected a float tensor of shape [{b}, {h}, {t}], got {lse.dtype} {tuple(lse.shape)}")
 
 
+def _launch_row_stat(kernel: str, tile: str, q: Tensor, k: Tensor, cols: tuple | None, scale: float | None,
+                     window: int | None, block: int | None) -> Tensor:
+    """Run ``softmax_lse`` (one program per tile of queries) or ``col_sums`` (per tile of keys;
+    ``cols`` = (lse, sigmoid bias, OP)); returns its [batch, head, pos] output."""
+    q, k = q.contiguous(), k.contiguous()
+    b, h, t, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    meta = _launch_settings(q, block)
+    out = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
+    const = {key: meta[key] for key in ("PREC", "ACC_T", "BLOCK_M", "BLOCK_N", "BLOCK_D")}
+    const["HAS_WINDOW"] = window is not None
+    if cols is None:
+        inputs, scalars = (q, k, out), (float(scale),)
+    else:
+        lse, bias, const["OP"] = cols
+        inputs, scalars = (q, k, lse.to(_acc_dtype(q)).contiguous(), out), (float(scale), bias)
+    getattr(_kernels_module(), kernel)[(_cdiv(t, meta[tile]), b * h)](
+        *inputs, t, h, h // k.shape[1], d, *scalars, int(window or 1), **const)
+    return out
+
+
 def softmax_lse_reference(q: Tensor, k: Tensor, *, scale: float | None = None,
                           window: int | None = None) -> Tensor:
     """``softmax_lse`` from a materialized T x T map in plain PyTorch (the tests run it in float64)."""
@@ -254,16 +275,7 @@ def softmax_lse(q: Tensor, k: Tensor, *, scale: float | None = None, window: int
     _check(q, k, None, "softmax", window, ops=("softmax",))
     _check_block(block)
     _require_triton(q, "softmax_lse")
-    kern = _kernels_module()
-    q, k = q.contiguous(), k.contiguous()
-    b, h, t, d = q.shape
-    scale = d ** -0.5 if scale is None else scale
-    meta = _launch_settings(q, block)
-    out = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
-    kern.softmax_lse[(_cdiv(t, meta["BLOCK_M"]), b * h)](
-        q, k, out, t, h, h // k.shape[1], d, float(scale), int(window or 1), HAS_WINDOW=window is not None,
-        **{key: meta[key] for key in ("PREC", "ACC_T", "BLOCK_M", "BLOCK_N", "BLOCK_D")})
-    return out
+    return _launch_row_stat("softmax_lse", "BLOCK_M", q, k, None, scale, window, block)
 
 
 def column_sums_reference(q: Tensor, k: Tensor, lse: Tensor, *, op: str = "softmax", bias: float = 0.0,
@@ -291,14 +303,5 @@ def column_sums(q: Tensor, k: Tensor, lse: Tensor, *, op: str = "softmax", bias:
     _check_lse(q, lse)
     _check_block(block)
     _require_triton(q, "column_sums")
-    kern = _kernels_module()
-    q, k = q.contiguous(), k.contiguous()
-    b, h, t, d = q.shape
-    scale = d ** -0.5 if scale is None else scale
-    meta = _launch_settings(q, block)
-    out = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
-    kern.col_sums[(_cdiv(t, meta["BLOCK_N"]), b * h)](
-        q, k, lse.to(_acc_dtype(q)).contiguous(), out, t, h, h // k.shape[1], d, float(scale), float(bias),
-        int(window or 1), OP=COLUMN_OPS.index(op) - 1, HAS_WINDOW=window is not None,
-        **{key: meta[key] for key in ("PREC", "ACC_T", "BLOCK_M", "BLOCK_N", "BLOCK_D")})
-    return out
+    return _launch_row_stat("col_sums", "BLOCK_N", q, k, (lse, float(bias), COLUMN_OPS.index(op) - 1), scale,
+                            window, block)
