@@ -415,3 +415,22 @@ def test_pattern_cols_setting():
     for bad in (0, -1, 2.5, True, "3"):
         with pytest.raises(ValueError, match="pattern_cols"):
             model.pattern_cols = bad
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlashAttention's log-sum-exp: CUDA only")
+def test_cuda_flash_kernel_gives_the_log_sum_exp():
+    """On CUDA in bf16 the column hooks take each row's log-sum-exp from FlashAttention-2 itself
+    (``_flash_with_lse``): it must be there, of the right shape, and equal the float64 one."""
+    from sinkinterp.models.attention import _flash_with_lse
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 300, 64, generator=g).to("cuda", torch.bfloat16) for _ in range(3))
+    got = _flash_with_lse(q, k[:, :2], v[:, :2], 0.125)  # GQA: kv heads repeated for the kernel
+    assert got is not None
+    z, lse = got
+    k2, v2 = (x[:, :2].double().repeat_interleave(2, dim=1) for x in (k, v))
+    s = (q.double() @ k2.transpose(-1, -2)) * 0.125
+    s = s.masked_fill(~torch.ones(300, 300, dtype=torch.bool, device="cuda").tril(), float("-inf"))
+    assert lse.dtype == torch.float32 and lse.shape == (2, 4, 300)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(s, -1), atol=2e-2, rtol=0)
+    assert (z.double() - torch.softmax(s, -1) @ v2).abs().max() < 3e-2

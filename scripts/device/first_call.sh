@@ -59,7 +59,8 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run it under its own time limit,
 
 echo "first_call: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') device $DEVICE"
 [ "$DEVICE" = cuda ] || export TRITON_INTERPRET=1  # the CPU smoke test runs the kernel in Triton's interpreter
-step triton-tests "${limits[0]}" $PY -m pytest -q -p no:cacheprovider tests/test_triton_attention.py
+step triton-tests "${limits[0]}" $PY -m pytest -q -p no:cacheprovider tests/test_triton_attention.py \
+  tests/test_models_paths.py::test_cuda_flash_kernel_gives_the_log_sum_exp
 unset TRITON_INTERPRET
 step bench-attention "${limits[1]}" $PY benchmarks/bench_attention.py "${attention[@]}"
 step bench-train "${limits[2]}" $PY benchmarks/bench_train.py "${train[@]}"

@@ -347,18 +347,27 @@ def _grouped_mix(
     return torch.matmul(wg, v.unsqueeze(2)).reshape(b, h, t, v.shape[-1])
 
 
-def _flash_cpu_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor] | None:
-    """Causal attention and each row's log-sum-exp from PyTorch's fused CPU flash kernel (the kernel
-    ``F.scaled_dot_product_attention`` runs on CPU), or None where it does not apply (not CPU, or a
-    PyTorch without this private op): the caller then computes the log-sum-exp by blocks."""
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is None or q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+def _flash_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor] | None:
+    """Causal attention and each row's log-sum-exp [batch, head, pos] from PyTorch's fused flash
+    kernel (on CPU the kernel ``F.scaled_dot_product_attention`` runs; on CUDA FlashAttention-2, for
+    bfloat16 / float16 and d_head <= 256), or None where it does not apply (another device or dtype,
+    or a PyTorch without these private ops): the caller then computes the log-sum-exp by blocks."""
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.bfloat16):
+        op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    elif q.device.type == "cuda" and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] <= 256 \
+            and q.shape[-1] % 8 == 0:
+        op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention", None)
+    else:
+        return None
+    if op is None:
         return None
     if k.shape[1] != q.shape[1]:
         k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
     try:
         z, lse = op(q, k, v, 0.0, True, scale=scale)[:2]
-    except (TypeError, NotImplementedError):  # a private op: another PyTorch may call it differently
+    except (TypeError, NotImplementedError, RuntimeError):  # private ops: another PyTorch or GPU may refuse
+        return None
+    if z.shape != q.shape or lse.shape != q.shape[:3]:
         return None
     return z, lse.to(torch.promote_types(q.dtype, torch.float32))
 
@@ -717,7 +726,7 @@ class Attention(nn.Module):
         hkv = k.shape[1]
         gqa = hkv != h
         if cols and slot is None and pos_bias is None and ctx.causal_only:
-            fused = _flash_cpu_with_lse(q, k, v, self.scale)
+            fused = _flash_with_lse(q, k, v, self.scale)
             if fused is not None:
                 z, lse = fused
                 self._cols_from_lse(q, k, None, None, ctx, lse)
