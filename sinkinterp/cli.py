@@ -31,6 +31,10 @@ from sinkinterp.argtypes import open_unit_float as _eps
 
 __all__ = ["main", "build_parser"]
 
+#: sinkinterp.models.attention.ATTN_BACKENDS, here so that building the parser imports no torch (a test
+#: checks they agree)
+ATTN_BACKEND_CHOICES = ("auto", "reference", "flex", "triton")
+
 class UsageError(Exception):
     """A bad argument: printed as one clear line, exit status 2."""
 
@@ -69,6 +73,10 @@ def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool, several
                             "'none' or heads as L.H,L.H (q.k decomposition)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--attn-backend", default="auto", choices=list(ATTN_BACKEND_CHOICES),
+                   help="how a sinkinterp model runs attention: auto (fused SDPA / plain path), reference "
+                        "(always materialized), flex, triton (Triton kernels for sigmoid / elu+1 attention and "
+                        "for the column sums the measurement reads; CUDA). Other models: auto only")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--out", required=True, metavar="DIR", help="result folder (created; files replaced)")
 
@@ -122,9 +130,13 @@ def _precheck(args: argparse.Namespace, kind: str | None) -> tuple[Any, Any]:
     from sinkinterp import inputs, loading
 
     try:
-        loading.resolve_spec(args.model)
+        model_kind, _ = loading.resolve_spec(args.model)
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(f"--model: {err}") from None
+    try:
+        loading.check_attn_backend(args.attn_backend, model_kind, args.model)
+    except ValueError as err:
+        raise UsageError(f"--attn-backend: {str(err).removeprefix('attn_backend: ')}") from None
     tokens = None
     if getattr(args, "tokens", None):
         if args.prepend_bos:
@@ -264,7 +276,7 @@ def cmd_measure(args: argparse.Namespace, argv: list[str]) -> int:
 
     kind = None if args.tokens else (args.inputs or "natural")
     tokens, (text, qk) = _precheck(args, kind)
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, attn_backend=args.attn_backend)
     if lm.info.get("bos_first") and not args.prepend_bos and tokens is None:
         print(f"note: {args.model} was trained with BOS first in every window; add --prepend-bos to measure it "
               "that way (`sinkinterp report` does)", file=sys.stderr)
@@ -314,7 +326,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     out = Path(args.out)
     notes, rows = [], []
     for label, (one, (text, qk)) in zip(_report_labels(specs), checked):
-        lm = load_model(one.model, device=args.device, dtype=args.dtype)
+        lm = load_model(one.model, device=args.device, dtype=args.dtype, attn_backend=args.attn_backend)
         # a model trained with BOS first in every window is measured the same way
         bos_by_model = bool(lm.info.get("bos_first")) and not args.prepend_bos
         one.prepend_bos = args.prepend_bos or bos_by_model

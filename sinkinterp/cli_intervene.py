@@ -209,7 +209,8 @@ def cmd_intervene(args: argparse.Namespace, argv: list[str]) -> int:
             parse_spec(spec, 0)
         except ValueError as err:
             raise UsageError(f"--do: {err}") from None
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype,
+                    attn_backend=args.attn_backend)
     try:
         inters = [parse_spec(s, lm.bos_token_id, lm.tokenizer) for s in args.do]
     except ValueError as err:
@@ -312,7 +313,8 @@ def cmd_patch(args: argparse.Namespace, argv: list[str]) -> int:
             corrupted = inputs.load_token_file(args.corrupted_tokens)
         except (ValueError, FileNotFoundError) as err:
             raise UsageError(f"--corrupted-tokens: {err}") from None
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype,
+                    attn_backend=args.attn_backend)
     clean = torch.as_tensor(np.asarray(input_tokens(args, lm, kind, tokens, text)), dtype=torch.long)
     if corrupted is None:
         if not args.corrupt.startswith("replace_first="):

@@ -44,7 +44,8 @@ def cmd_lengths(args: argparse.Namespace, argv: list[str]) -> int:
     from sinkinterp.loading import load_model
 
     tokens, text, kind = _prepare(args)
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype,
+                    attn_backend=args.attn_backend)
     n_ctx = tl_adapter.model_dims(lm.model)["n_ctx"]
     if tokens is None:
         if args.seq_len is None:

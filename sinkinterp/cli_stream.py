@@ -73,7 +73,8 @@ def cmd_stream(args: argparse.Namespace, argv: list[str]) -> int:
         specs = None if args.cache is None else [parse_cache_spec(s) for s in args.cache]
     except ValueError as err:
         raise UsageError(f"--cache: {err}") from None
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype,
+                    attn_backend=args.attn_backend)
     n_ctx = tl_adapter.model_dims(lm.model)["n_ctx"]
     if specs is None:
         w = max(1, n_ctx // 2)

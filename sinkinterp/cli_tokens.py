@@ -55,7 +55,8 @@ def cmd_tokens(args: argparse.Namespace, argv: list[str]) -> int:
     if args.k_max is not None:
         raise UsageError("--k-max: not used by `sinkinterp tokens` (it pools every key position; see --skip and "
                          "--min-queries)")
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype,
+                    attn_backend=args.attn_backend)
     n_ctx = tl_adapter.model_dims(lm.model)["n_ctx"]
     if tokens is None and n_ctx and args.seq_len > n_ctx:
         raise UsageError(f"--seq-len: T must be <= the model's n_ctx={n_ctx}, got {args.seq_len}")

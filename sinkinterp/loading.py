@@ -19,7 +19,8 @@ import torch
 
 from sinkinterp import builtin, tl_adapter
 
-__all__ = ["LoadedModel", "load_model", "resolve_spec", "placeholder_tokenizer", "smollm2_gguf_path", "DTYPES"]
+__all__ = ["LoadedModel", "load_model", "resolve_spec", "check_attn_backend", "placeholder_tokenizer", "smollm2_gguf_path",
+           "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NO_WEIGHT_PROCESSING = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
@@ -90,6 +91,18 @@ def resolve_spec(spec: str) -> tuple[str, str]:
         f"({', '.join(_builtin_names())}). sinkinterp never downloads models: hub names such as "
         "'gpt2' must be downloaded by you into a local folder first."
     )
+
+
+def check_attn_backend(attn_backend: str, kind: str, spec: str) -> None:
+    """ValueError unless ``attn_backend`` is one of the model family's backends and, when not "auto",
+    the model (of ``kind``, from ``resolve_spec``) is a sinkinterp model."""
+    from sinkinterp.models.attention import ATTN_BACKENDS
+
+    if attn_backend not in ATTN_BACKENDS:
+        raise ValueError(f"attn_backend: got {attn_backend!r}, allowed values are {list(ATTN_BACKENDS)}")
+    if attn_backend != "auto" and kind != "sinkinterp":
+        raise ValueError(f"attn_backend: {attn_backend!r} applies to sinkinterp models only; {spec!r} is a "
+                         f"{kind} model (run through TransformerBridge), use 'auto'")
 
 
 def placeholder_tokenizer(vocab_size: int) -> Any:
@@ -210,9 +223,14 @@ def _training_info(extra: dict[str, Any]) -> dict[str, Any]:
             "bos_first": bos_first, "note": note}
 
 
-def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
-    """Load a model spec (see ``resolve_spec``) onto ``device`` in ``dtype``, offline."""
+def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float32",
+               attn_backend: str = "auto") -> LoadedModel:
+    """Load a model spec (see ``resolve_spec``) onto ``device`` in ``dtype``, offline.
+
+    ``attn_backend`` ("auto", "reference", "flex", "triton"; ``SinkTransformer.set_attn_backend``)
+    chooses how a sinkinterp model runs attention; other models take "auto" only."""
     kind, location = resolve_spec(spec)
+    check_attn_backend(attn_backend, kind, spec)
     torch_dtype = _dtype(dtype)
     info: dict[str, Any] = {"spec": spec, "kind": kind, "location": location,
                             "dtype": str(torch_dtype).removeprefix("torch."), "device": device,
@@ -220,7 +238,8 @@ def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float
     if kind == "sinkinterp":
         model, tokenizer, extra = _load_sinkinterp(location, torch_dtype, device)
         info.update(extra)
-        return LoadedModel(model, tokenizer, info)
+        info["attn_backend"] = attn_backend
+        return LoadedModel(model.set_attn_backend(attn_backend), tokenizer, info)
     if kind == "builtin":
         hf_model, tokenizer, extra = builtin.BUILTIN_MODELS[location]()
         hf_model = hf_model.to(torch_dtype)

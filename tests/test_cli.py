@@ -48,6 +48,25 @@ def test_measure_first_keys_equals_the_full_measurement(tmp_path, capsys):
     assert json.loads((tmp_path / "first" / "config.json").read_text())["first_keys"] == 3
 
 
+def test_attn_backend_changes_the_path_not_the_numbers(tmp_path, capsys, monkeypatch):
+    """--attn-backend reference materializes every pattern (the fused path patched to fail) and
+    gives the numbers of the default fused path; the choice is recorded with the model."""
+    from sinkinterp.models.attention import ATTN_BACKENDS, Attention
+
+    assert cli.ATTN_BACKEND_CHOICES == ATTN_BACKENDS
+    base = ["measure", "--model", "toy-kv-bias", "--inputs", "random", "--seq-len", "12", "--num-seqs", "4",
+            "--eps", "0.1", "--no-figures"]
+    assert run([*base, "--out", str(tmp_path / "auto")], capsys)[0] == 0
+    monkeypatch.setattr(Attention, "_attend_sdpa", lambda *a, **k: pytest.fail("fused path used"))
+    assert run([*base, "--attn-backend", "reference", "--out", str(tmp_path / "ref")], capsys)[0] == 0
+    auto, ref = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("auto", "ref"))
+    assert ref["sink_pct"] == auto["sink_pct"] and ref["sink_bias_pct"] == auto["sink_bias_pct"]
+    assert auto["sink_bias_pct"] > 0  # the k* slot holds attention: a comparison that can differ
+    np.testing.assert_allclose(np.array(ref["alpha_by_key"]), np.array(auto["alpha_by_key"]), atol=1e-6)
+    cfg = json.loads((tmp_path / "ref" / "config.json").read_text())
+    assert cfg["model_info"]["attn_backend"] == "reference"
+
+
 def test_tokens_file_used_exactly_and_rerun_reproduces(tmp_path, capsys):
     ids = np.random.default_rng(0).integers(0, 258, size=(5, 12))
     np.save(tmp_path / "ids.npy", ids)
@@ -105,6 +124,8 @@ def test_report_runs_three_input_kinds(tmp_path, capsys):
     (["--inputs", "random", "--first-keys", "2", "--k-max", "3"], "k must be <= --first-keys = 2"),
     (["--inputs", "random", "--text", "x.txt"], "--text only applies"),
     (["--inputs", "natural", "--text", "missing.txt"], "text file not found"),
+    (["--model", "tiny-llama-untrained", "--attn-backend", "triton"],
+     "--attn-backend: 'triton' applies to sinkinterp models only; 'tiny-llama-untrained' is a builtin model"),
 ])
 def test_bad_input_stops_with_clear_message_and_no_results(tmp_path, capsys, args, message, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -119,6 +140,7 @@ def test_bad_input_stops_with_clear_message_and_no_results(tmp_path, capsys, arg
     (["--eps", "0"], "open interval"),
     (["--seq-len", "1"], ">= 2"),
     (["--inputs", "sometimes"], "invalid choice"),
+    (["--attn-backend", "fast"], "invalid choice: 'fast'"),
 ])
 def test_argument_errors(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:

@@ -55,6 +55,16 @@ def test_spec_errors(tmp_path):
         resolve_spec(str(tmp_path / "x.gguf"))
     with pytest.raises(ValueError, match="dtype"):
         load_model("default", dtype="int8")
+    with pytest.raises(ValueError, match=r"attn_backend: got 'fast', allowed values are \['auto', 'reference'"):
+        load_model("default", attn_backend="fast")
+    with pytest.raises(ValueError, match="attn_backend: 'flex' applies to sinkinterp models only"):
+        load_model("tiny-llama-untrained", attn_backend="flex")
+
+
+def test_attn_backend_reaches_a_sinkinterp_model():
+    lm = load_model("toy-sigmoid", attn_backend="triton")
+    assert lm.model.attn_backend == "triton" and lm.info["attn_backend"] == "triton"
+    assert load_model("toy-sigmoid").model.attn_backend == "auto"
 
 
 def test_builtin_models_are_offline_and_deterministic():
