@@ -434,3 +434,27 @@ def test_cuda_flash_kernel_gives_the_log_sum_exp():
     assert lse.dtype == torch.float32 and lse.shape == (2, 4, 300)
     torch.testing.assert_close(lse.double(), torch.logsumexp(s, -1), atol=2e-2, rtol=0)
     assert (z.double() - torch.softmax(s, -1) @ v2).abs().max() < 3e-2
+
+
+def test_column_sums_from_one_flash_call_on_cpu(monkeypatch):
+    """Softmax with the plain causal mask (with or without a slot): hook_pattern_colsum comes from
+    one call of the fused CPU flash kernel with keys and queries swapped (``_colsum_flash_cpu``);
+    windows, positional biases and other ops take the blocked pass. The swap itself against a
+    float64 materialized map, in float32 with grouped-query heads and a ragged length."""
+    from sinkinterp.models import attention
+
+    calls = []
+    real = attention._colsum_flash_cpu
+    monkeypatch.setattr(attention, "_colsum_flash_cpu", lambda *a: calls.append(1) or real(*a))
+    for name, used in (("rotary", True), ("gqa_kv", True), ("window", False), ("alibi", False), ("sigmoid", False)):
+        calls.clear()
+        _grab_cols(tiny_model(name), _tokens(), ["blocks.1.attn.hook_pattern_colsum"])
+        assert bool(calls) == used, name
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 4, 33, 8, generator=g), torch.randn(2, 2, 33, 8, generator=g)
+    s = q.double() @ k.double().repeat_interleave(2, dim=1).transpose(-1, -2) * 0.4
+    s = s.masked_fill(~torch.ones(33, 33, dtype=torch.bool).tril(), float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    want = torch.exp(s - lse[..., None]).sum(-2)
+    assert want.std() > 0.5  # far from uniform: a wrong column would show
+    torch.testing.assert_close(real(q, k, lse.float(), 0.4).double(), want, atol=2e-5, rtol=2e-5)

@@ -372,6 +372,30 @@ def _flash_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tens
     return z, lse.to(torch.promote_types(q.dtype, torch.float32))
 
 
+def _colsum_flash_cpu(q: Tensor, k: Tensor, lse: Tensor, scale: float) -> Tensor | None:
+    """For every key s, sum over queries t >= s of exp(scale q_t.k_s - lse_t) [batch, head, key_pos],
+    from one call of PyTorch's fused CPU flash kernel, or None where it does not apply (not CPU, or
+    a PyTorch without the op). The roles swap: keys ask, queries answer, positions reversed so that
+    "t >= s" is the kernel's causal mask, and -lse_t / scale rides along as one more dimension of the
+    answering vectors (against a 1 in the asking ones), so the kernel's own log-sum-exp of each
+    asking row is log(sum_t exp(scale q_t.k_s - lse_t)). Computed in lse's dtype (float32 or float64)."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or q.device.type != "cpu" or lse.dtype not in (torch.float32, torch.float64):
+        return None
+    b, h, t, _ = q.shape
+    if k.shape[1] != h:
+        k = _repeat_kv(k, h)
+    ask = torch.cat([k.to(lse.dtype).flip(2), lse.new_ones(b, h, t, 1)], dim=-1)
+    answer = torch.cat([q.to(lse.dtype).flip(2), (-lse / scale).flip(2).unsqueeze(-1)], dim=-1)
+    try:
+        col_lse = op(ask, answer, torch.zeros_like(ask), 0.0, True, scale=scale)[1]
+    except (TypeError, NotImplementedError, RuntimeError):  # a private op: another PyTorch may refuse
+        return None
+    if col_lse.shape != (b, h, t):
+        return None
+    return col_lse.to(lse.dtype).flip(2).exp()
+
+
 def _repeat_kv(x: Tensor, n_heads: int) -> Tensor:
     """[.., kv_head, ..] -> [.., head, ..] along dim 1 (repeat_interleave, the GQA convention)."""
     return x.repeat_interleave(n_heads // x.shape[1], dim=1)
@@ -469,6 +493,11 @@ class Attention(nn.Module):
             self.hook_pattern_colsum(column_sums(q, k, lse, op=op, bias=ctx.sigmoid_bias, scale=self.scale,
                                                  window=self._kernel_window(q.shape[2])).to(q.dtype))
             return
+        if log_sim is None and pos_bias is None and ctx.causal_only and ctx.q_start == 0 and k.shape[2] == q.shape[2]:
+            fused = _colsum_flash_cpu(q, k, lse, self.scale)  # softmax weights, plain causal mask: one flash call
+            if fused is not None:
+                self.hook_pattern_colsum(fused.to(q.dtype))
+                return
         b, h, t, _ = q.shape
         n = k.shape[2]
         dtype, out_dtype = lse.dtype, q.dtype
