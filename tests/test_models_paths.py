@@ -437,19 +437,23 @@ def test_cuda_flash_kernel_gives_the_log_sum_exp():
 
 
 def test_column_sums_from_one_flash_call_on_cpu(monkeypatch):
-    """Softmax with the plain causal mask (with or without a slot): hook_pattern_colsum comes from
-    one call of the fused CPU flash kernel with keys and queries swapped (``_colsum_flash_cpu``);
+    """Softmax with the plain causal mask (with or without a slot): each row's log-sum-exp comes from
+    the fused CPU flash kernel and hook_pattern_colsum from one more call of it with keys and queries
+    swapped (``_colsum_flash_cpu``);
     windows, positional biases and other ops take the blocked pass. The swap itself against a
     float64 materialized map, in float32 with grouped-query heads and a ragged length."""
     from sinkinterp.models import attention
 
-    calls = []
-    real = attention._colsum_flash_cpu
+    calls, lse_calls = [], []
+    real, real_lse = attention._colsum_flash_cpu, attention._flash_with_lse
     monkeypatch.setattr(attention, "_colsum_flash_cpu", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(attention, "_flash_with_lse", lambda *a: lse_calls.append(1) or real_lse(*a))
     for name, used in (("rotary", True), ("gqa_kv", True), ("window", False), ("alibi", False), ("sigmoid", False)):
         calls.clear()
+        lse_calls.clear()
         _grab_cols(tiny_model(name), _tokens(), ["blocks.1.attn.hook_pattern_colsum"])
         assert bool(calls) == used, name
+        assert bool(lse_calls) == used, name  # with a slot too: the real keys' log-sum-exp from the flash kernel
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 4, 33, 8, generator=g), torch.randn(2, 2, 33, 8, generator=g)
     s = q.double() @ k.double().repeat_interleave(2, dim=1).transpose(-1, -2) * 0.4

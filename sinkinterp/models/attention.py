@@ -713,6 +713,16 @@ class Attention(nn.Module):
             return lse
         b, h, t, _ = q.shape
         dtype = torch.promote_types(q.dtype, torch.float32)
+        if pos_bias is None and ctx.causal_only and ctx.q_start == 0 and k.shape[2] == t:
+            # the real keys' log-sum-exp from a flash call (its output unused: the caller's SDPA call
+            # makes the output, so observing the column hooks leaves the logits bit for bit), the slot
+            # added to it
+            fused = _flash_with_lse(q, k, torch.zeros_like(k), self.scale)
+            if fused is not None:
+                lse = fused[1].to(dtype)
+                if slot is not None:
+                    lse = torch.logaddexp(lse, self._slot_scores(q.to(dtype), slot).squeeze(-1))
+                return lse
         q, k = q.to(dtype), k.to(dtype)  # a bf16 model's scores in float32, as in the fused kernel
         slot_s = self._slot_scores(q, slot) if slot is not None else None
         out = torch.empty(b, h, t, dtype=dtype, device=q.device)
