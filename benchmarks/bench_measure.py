@@ -9,6 +9,9 @@ Methods (one row each per model, sequence length T and number of sequences N; sa
   (T x T scores and pattern per layer), as it must be whenever a hook reads ``hook_pattern``. Splits
   measure's overhead into "materializing attention" and "reducing it in hooks".
 * ``measure``: ``sinkinterp.measure(model, tokens, norms=True, qk_heads="none")``.
+* ``measure_blocks``: ``measure`` with the CPU column sums taken by the blocked pass over the scores
+  instead of one flash call with keys and queries swapped (what ``measure`` did before 2026-12-03);
+  the same numbers, for timing the two against each other. Off CPU it is ``measure``.
 * ``measure_qk``: the same with ``qk_heads="all"`` (the q.k decomposition, prefix sums over keys).
 * ``measure_first``: ``measure(..., first_keys=10)``: alpha and Sink_k for the first 10 keys only, read
   from the model's read-only column hooks, so attention stays in the fused kernel (no T x T pattern).
@@ -73,8 +76,8 @@ MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
     "large": (12, 512, 8),
 }
 
-METHODS = ("forward", "forward_materialized", "measure", "measure_qk", "measure_first", "measure_triton", "lengths",
-           "cache")
+METHODS = ("forward", "forward_materialized", "measure", "measure_blocks", "measure_qk", "measure_first",
+           "measure_triton", "lengths", "cache")
 FIRST_KEYS = 10  # key columns of the measure_first method
 
 #: the targets of issue 6, checked on every run (on a busy machine the time ratios are indicative only)
@@ -295,16 +298,34 @@ def cache_then_reduce(model: Any, tokens: torch.Tensor, batch_size: int, eps: fl
     return out
 
 
+def _backend(name: str, flash_colsum: bool = True) -> Callable[[Any], None]:
+    """Prepare a model: its attention backend, and whether on CPU the column sums may come from one
+    flash call (``attention._colsum_flash_cpu``) or must take the blocked pass (``measure_blocks``)."""
+    def prepare(model: Any) -> None:
+        from sinkinterp.models import attention
+
+        if not _REAL_COLSUM_FLASH:  # only prepare functions replace it, so the first one sees the real one
+            _REAL_COLSUM_FLASH.append(attention._colsum_flash_cpu)
+        model.set_attn_backend(name)
+        attention._colsum_flash_cpu = _REAL_COLSUM_FLASH[0] if flash_colsum else (lambda *a: None)
+
+    return prepare
+
+
+_REAL_COLSUM_FLASH: list[Any] = []
+
+
 #: method -> (prepare model, run)
 _METHOD_FUNCS: dict[str, tuple[Callable[[Any], None], Callable[..., Any]]] = {
-    "forward": (lambda m: m.set_attn_backend("auto"), plain_forward),
-    "forward_materialized": (lambda m: m.set_attn_backend("reference"), plain_forward),
-    "measure": (lambda m: m.set_attn_backend("auto"), streaming_measure("none")),
-    "measure_qk": (lambda m: m.set_attn_backend("auto"), streaming_measure("all")),
-    "measure_first": (lambda m: m.set_attn_backend("auto"), streaming_measure("none", FIRST_KEYS)),
-    "measure_triton": (lambda m: m.set_attn_backend("triton"), streaming_measure("none")),
-    "lengths": (lambda m: m.set_attn_backend("auto"), all_lengths),
-    "cache": (lambda m: m.set_attn_backend("auto"), cache_then_reduce),
+    "forward": (_backend("auto"), plain_forward),
+    "forward_materialized": (_backend("reference"), plain_forward),
+    "measure": (_backend("auto"), streaming_measure("none")),
+    "measure_blocks": (_backend("auto", flash_colsum=False), streaming_measure("none")),
+    "measure_qk": (_backend("auto"), streaming_measure("all")),
+    "measure_first": (_backend("auto"), streaming_measure("none", FIRST_KEYS)),
+    "measure_triton": (_backend("triton"), streaming_measure("none")),
+    "lengths": (_backend("auto"), all_lengths),
+    "cache": (_backend("auto"), cache_then_reduce),
 }
 
 
@@ -332,9 +353,12 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     bs, eps = int(spec["batch_size"]), float(spec["eps"])
     meter = MemoryMeter(device)
     meter.start()
-    for _ in range(int(spec["warmup"])):
-        fn(model, tokens[:bs], bs, eps)
-    times = time_calls(lambda: fn(model, tokens, bs, eps), int(spec["repeats"]), device)
+    try:
+        for _ in range(int(spec["warmup"])):
+            fn(model, tokens[:bs], bs, eps)
+        times = time_calls(lambda: fn(model, tokens, bs, eps), int(spec["repeats"]), device)
+    finally:
+        _backend("auto")(model)  # measure_blocks' switch does not outlive its row
     peak = meter.peak_increase()
     del model, tokens
     row: dict[str, Any] = {"times_s": [round(t, 6) for t in times], **summarize_times(times),

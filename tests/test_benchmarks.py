@@ -139,3 +139,26 @@ def test_resume_reuses_finished_rows(tmp_path):
     # other settings: refuse instead of mixing rows measured differently
     with pytest.raises(SystemExit, match="batch_size"):
         bench_measure.main([*TINY, *first, "--batch-size", "4", "--resume"])
+
+
+def test_measure_blocks_switches_the_cpu_column_sums_and_back():
+    """measure_blocks times the blocked pass: the flash column sums are off for its row only, and
+    both ways give the same alpha."""
+    import numpy as np
+    import torch
+
+    from sinkinterp.models import attention
+    from sinkinterp.models.testing import tiny_model
+
+    real = attention._colsum_flash_cpu
+    model = tiny_model("rotary").float()
+    tokens = torch.randint(0, 50, (4, 24), generator=torch.Generator().manual_seed(0))
+    run = bench_measure.streaming_measure("none")
+    bench_measure._METHOD_FUNCS["measure_blocks"][0](model)
+    assert attention._colsum_flash_cpu(None, None, None, 1.0) is None
+    blocks = run(model, tokens, 2, 0.3)
+    bench_measure._METHOD_FUNCS["measure"][0](model)
+    assert attention._colsum_flash_cpu is real
+    flash = run(model, tokens, 2, 0.3)
+    np.testing.assert_allclose(blocks["alpha_by_key"], flash["alpha_by_key"], atol=1e-6)
+    assert flash["alpha_by_key"].std() > 0.01
