@@ -482,8 +482,9 @@ class Attention(nn.Module):
     def _emit_colsum_from_lse(self, q, k, pos_bias, ctx: AttnContext, lse: Tensor,
                               log_sim: Callable[[Tensor, float], Tensor] | None = None) -> None:
         """hook_pattern_colsum from each row's log normalizer (weight = exp(f(s) - lse), f the identity
-        for softmax or the op's log-similarity), summed over query rows t >= k by blocks of rows:
-        memory O(block x T), never the whole map."""
+        for softmax or the op's log-similarity), summed over query rows t >= k: in Triton kernels
+        where ``_triton_cols_apply``, by one swapped flash call on CPU for softmax with the plain causal
+        mask (``_colsum_flash_cpu``), else by blocks of rows: memory O(block x T), never the whole map."""
         if not self.colsum_observed():
             return
         if self._triton_cols_apply(q, k, pos_bias, ctx):  # the same sums in a Triton kernel
@@ -701,9 +702,10 @@ class Attention(nn.Module):
         return mag, slot_mag, total.clamp_min(torch.finfo(total.dtype).tiny)
 
     def _row_lse(self, q, k, slot: Slot | None, pos_bias, ctx: AttnContext) -> Float[Tensor, "batch head qpos"]:
-        """log-sum-exp of every softmax row (visible real keys and the slot), by blocks of query rows:
-        memory O(batch x head x block x T), never the whole map; in a Triton kernel where
-        ``_triton_cols_apply``. float32 (float64 for float64 input)."""
+        """log-sum-exp of every softmax row (visible real keys and the slot): in a Triton kernel where
+        ``_triton_cols_apply``, from a flash kernel with the plain causal mask where one applies
+        (``_flash_with_lse``), else by blocks of query rows: memory O(batch x head x block x T), never
+        the whole map. float32 (float64 for float64 input)."""
         if self._triton_cols_apply(q, k, pos_bias, ctx):
             from .triton_attention import softmax_lse
 
