@@ -33,7 +33,7 @@ if [ "$DEVICE" = cuda ]; then
            --methods forward,forward_materialized,measure,measure_first,measure_triton,cache
            --json "$OUT/measure-cuda.json")
   patching=(--device cuda --models 12l --json "$OUT/patching-cuda.json")
-  limits=(150 100 220 70 60)
+  limits=(180 100 200 60 60)
 else  # the CPU smoke test: the same steps at toy sizes
   PY="${PYTHON:-python3}"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
