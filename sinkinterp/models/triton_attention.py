@@ -231,8 +231,9 @@ def _require_triton(q: Tensor, what: str) -> None:
 
 def _check_lse(q: Tensor, lse: Tensor) -> None:
     b, h, t, _ = q.shape
-    if lse.shape != (b, h, t) or not lse.is_floating_point():
-        raise ValueError(f"lse: expected a float tensor of shape [{b}, {h}, {t}], got {lse.dtype} {tuple(lse.shape)}")
+    if lse.shape != (b, h, t) or not lse.is_floating_point() or lse.device != q.device:
+        raise ValueError(f"lse: expected a float tensor of shape [{b}, {h}, {t}] on {q.device}, got {lse.dtype} "
+                         f"{tuple(lse.shape)} on {lse.device}")
 
 
 def _launch_row_stat(kernel: str, tile: str, q: Tensor, k: Tensor, cols: tuple | None, scale: float | None,
