@@ -137,21 +137,23 @@ def test_where_the_kernel_does_not_apply_the_model_falls_back(name):
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
 
 
+def _grab(model: SinkTransformer, tokens: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """What the hooks ``names`` see in one forward pass (no gradients)."""
+    got = {}
+    hooks = [(n, lambda x, hook: got.__setitem__(hook.name, x.detach().clone())) for n in names]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(tokens)
+    return got
+
+
 def test_column_hooks_under_the_triton_backend():
     model = SinkTransformer(tiny_config(attn_op="sigmoid_norm", attn_bias="kv"), dtype=torch.float64, device=DEVICE)
     tokens = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     names = [f"blocks.{l}.attn.hook_{c}" for l in range(model.cfg.n_layers)
              for c in ("pattern_cols", "bias_col", "pattern_colsum")]
 
-    def grab(m):
-        got = {}
-        hooks = [(n, lambda x, hook: got.__setitem__(hook.name, x.detach().clone())) for n in names]
-        with torch.no_grad(), m.hooks(fwd_hooks=hooks):
-            m(tokens)
-        return got
-
-    plain = grab(model)
-    fused = grab(model.set_attn_backend("triton"))
+    plain = _grab(model, tokens, names)
+    fused = _grab(model.set_attn_backend("triton"), tokens, names)
     for n in names:
         torch.testing.assert_close(fused[n], plain[n], atol=1e-10, rtol=0, msg=n)
     # and they are the observed pattern's first columns
@@ -223,17 +225,10 @@ def test_model_column_sums_from_the_triton_kernels(name, monkeypatch):
 
         monkeypatch.setattr(triton_attention, fn, counted)
 
-    def grab(hook_names):
-        got = {}
-        hooks = [(n, lambda x, hook: got.__setitem__(hook.name, x.detach().clone())) for n in hook_names]
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            model(tokens)
-        return got
-
-    fused = grab(names)
+    fused = _grab(model, tokens, names)
     assert calls["column_sums"] == 0  # backend "auto": the PyTorch pass
     model.set_attn_backend("triton")
-    fused_triton = grab(names)
+    fused_triton = _grab(model, tokens, names)
     applies = KERNEL_APPLIES.get(name, True)
     assert calls["column_sums"] == (L if applies else 0)
     # softmax rows: the kernel's log-sum-exp, except on CPU without a slot or window (the flash kernel's;
@@ -241,7 +236,7 @@ def test_model_column_sums_from_the_triton_kernels(name, monkeypatch):
     softmax_rows = model.cfg.attn_op.startswith("softmax") and (model.cfg.has_slot or model.cfg.window
                                                                  or DEVICE == "cuda")
     assert calls["softmax_lse"] == (L if applies and softmax_rows else 0)
-    observed = grab([f"blocks.{l}.attn.hook_pattern" for l in range(L)])
+    observed = _grab(model, tokens, [f"blocks.{l}.attn.hook_pattern" for l in range(L)])
     at_or_after = torch.ones(T, T, dtype=torch.bool, device=DEVICE).tril()
     for l in range(L):
         pattern = observed[f"blocks.{l}.attn.hook_pattern"]
