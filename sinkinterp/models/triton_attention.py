@@ -18,6 +18,9 @@ Backward (recomputing sim block by block, like FlashAttention):
 
 in two kernels (keys outer for dk / dv, queries outer for dq), so no atomics are needed; the dk / dv
 of the query heads that share a kv head are summed afterwards.
+Forward and backward are ``torch.library`` custom operators (``sinkinterp::sim_attention_fwd`` /
+``sinkinterp::sim_attention_bwd``) with shape-only fake implementations and an autograd formula, so
+``torch.compile(fullgraph=True)`` sees one opaque node per call and never traces Triton's launcher.
 
 The measurement's column statistics (``hook_pattern_colsum``: for every key s, the sum over the
 queries t that see it of the weight w_ts) come from two more kernels that never hold a T x T map
@@ -36,6 +39,7 @@ inputs multiply in their dtype and accumulate in float32; float64 inputs stay in
 from __future__ import annotations
 
 import os
+from typing import no_type_check
 
 import torch
 from torch import Tensor
@@ -156,41 +160,81 @@ def _acc_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-class _SimAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, op, bias, scale, window, block):
-        fwd, _, _ = _kernels()
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        b, h, t, d = q.shape
-        group = h // k.shape[1]
-        acc = torch.empty_like(q)
-        rowsum = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
-        meta = _launch_settings(q, block)
-        args = (t, h, group, d, float(scale), float(bias), int(window or 1))
-        const = dict(OP=SIM_OPS.index(op), HAS_WINDOW=window is not None, **meta)
-        fwd[(_cdiv(t, meta["BLOCK_M"]), b * h)](q, k, v, acc, rowsum, *args, **const)
-        ctx.save_for_backward(q, k, v)
-        ctx.settings = (args, const, group)
-        return acc, rowsum
+# The kernels are registered as PyTorch custom operators (opaque to torch.compile, with shape-only
+# "fake" implementations and an autograd formula), so a compiled training step traces through the
+# attention without a graph break and without looking inside Triton's launcher. window / block:
+# 0 stands for None (the schema has no optional ints that survive every torch version the same way).
+@torch.library.custom_op("sinkinterp::sim_attention_fwd", mutates_args=())
+@no_type_check  # the test suite's runtime type checker would hide the annotations custom_op reads
+def _sim_fwd(q: Tensor, k: Tensor, v: Tensor, op: str, bias: float, scale: float, window: int,
+             block: int) -> tuple[Tensor, Tensor]:
+    fwd, _, _ = _kernels()
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    b, h, t, _ = q.shape
+    acc = torch.empty_like(q)
+    rowsum = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
+    args, const = _sim_settings(q, k, op, bias, scale, window, block)
+    fwd[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, acc, rowsum, *args, **const)
+    return acc, rowsum
 
-    @staticmethod
-    def backward(ctx, dacc, drowsum):
-        _, bwd_dkdv, bwd_dq = _kernels()
-        q, k, v = ctx.saved_tensors
-        args, const, group = ctx.settings
-        b, h, t, d = q.shape
-        dacc = torch.zeros_like(q) if dacc is None else dacc.contiguous().to(q.dtype)
-        dl = (torch.zeros(b, h, t, device=q.device, dtype=_acc_dtype(q)) if drowsum is None
-              else drowsum.contiguous().to(_acc_dtype(q)))
-        dq = torch.empty_like(q)
-        dk_h = torch.empty_like(q)  # per query head, summed over each kv head's group below
-        dv_h = torch.empty_like(q)
-        bwd_dkdv[(_cdiv(t, const["BLOCK_N"]), b * h)](q, k, v, dacc, dl, dk_h, dv_h, *args, **const)
-        bwd_dq[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, dacc, dl, dq, *args, **const)
-        hkv = k.shape[1]
-        dk = dk_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dk_h
-        dv = dv_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dv_h
-        return dq, dk, dv, None, None, None, None, None
+
+@_sim_fwd.register_fake
+def _(q, k, v, op, bias, scale, window, block):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=_acc_dtype(q))
+
+
+@torch.library.custom_op("sinkinterp::sim_attention_bwd", mutates_args=())
+@no_type_check
+def _sim_bwd(q: Tensor, k: Tensor, v: Tensor, dacc: Tensor, drowsum: Tensor, op: str, bias: float, scale: float,
+             window: int, block: int) -> tuple[Tensor, Tensor, Tensor]:
+    _, bwd_dkdv, bwd_dq = _kernels()
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    dacc, dl = dacc.contiguous().to(q.dtype), drowsum.contiguous().to(_acc_dtype(q))
+    b, h, t, d = q.shape
+    args, const = _sim_settings(q, k, op, bias, scale, window, block)
+    dq = torch.empty_like(q)
+    dk_h = torch.empty_like(q)  # per query head, summed over each kv head's group below
+    dv_h = torch.empty_like(q)
+    bwd_dkdv[(_cdiv(t, const["BLOCK_N"]), b * h)](q, k, v, dacc, dl, dk_h, dv_h, *args, **const)
+    bwd_dq[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, dacc, dl, dq, *args, **const)
+    hkv, group = k.shape[1], h // k.shape[1]
+    dk = dk_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dk_h
+    dv = dv_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dv_h
+    return dq, dk, dv
+
+
+@_sim_bwd.register_fake
+def _(q, k, v, dacc, drowsum, op, bias, scale, window, block):
+    kv = torch.empty_like(k, memory_format=torch.contiguous_format)
+    return torch.empty_like(q, memory_format=torch.contiguous_format), kv, torch.empty_like(kv)
+
+
+def _sim_settings(q: Tensor, k: Tensor, op: str, bias: float, scale: float, window: int,
+                  block: int) -> tuple[tuple, dict]:
+    """The kernels' scalar arguments and compile-time constants (window / block 0: None)."""
+    meta = _launch_settings(q, block or None)
+    _, h, t, d = q.shape
+    args = (t, h, h // k.shape[1], d, float(scale), float(bias), int(window or 1))
+    return args, dict(OP=SIM_OPS.index(op), HAS_WINDOW=window > 0, **meta)
+
+
+def _sim_setup_context(ctx, inputs, output) -> None:
+    q, k, v, *settings = inputs
+    ctx.save_for_backward(q, k, v)
+    ctx.settings = settings
+
+
+def _sim_backward(ctx, dacc, drowsum):
+    q, k, v = ctx.saved_tensors
+    if dacc is None:
+        dacc = torch.zeros_like(q)
+    if drowsum is None:
+        drowsum = q.new_zeros(q.shape[:3], dtype=_acc_dtype(q))
+    dq, dk, dv = _sim_bwd(q, k, v, dacc, drowsum, *ctx.settings)
+    return dq, dk, dv, None, None, None, None, None
+
+
+_sim_fwd.register_autograd(_sim_backward, setup_context=_sim_setup_context)
 
 
 def sim_attention(
@@ -209,7 +253,7 @@ def sim_attention(
     _check_block(block)
     _require_triton(q, "sim_attention")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return _SimAttention.apply(q, k, v, op, bias, scale, window, block)
+    return _sim_fwd(q, k, v, op, float(bias), float(scale), window or 0, block or 0)
 
 
 #: weights ``column_sums`` can sum: softmax's exp(s - lse), or an unnormalized op's sim(s) / total
