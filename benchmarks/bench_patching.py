@@ -11,7 +11,8 @@ TransformerLens function, our component and axes):
 * ``pattern_all_pos``: ``get_act_patch_attn_head_pattern_all_pos``, [layer, head].
 
 Time of one full sweep, including what each way needs from the clean run (``run_with_cache`` for
-TransformerLens, ``patching.capture`` plus the clean and corrupted metric for us). Models are
+TransformerLens, ``patching.capture`` plus the clean and corrupted metric for us); with ``--repeats
+R`` each way runs R times in alternating order and the fastest run counts. Models are
 randomly initialised (the time of a forward pass does not depend on the weights): our
 ``SinkTransformer`` (``--kinds sink``) and TransformerLens' own ``HookedTransformer`` (``--kinds
 hooked``, TransformerLens 3.x), both LLaMA-sized alike (``LxDxH``, d_mlp = 4 d_model for GELU, RoPE +
@@ -103,40 +104,56 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
 
 
 def run_sweep(model: Any, clean: torch.Tensor, corrupted: torch.Tensor, sweep: str, *, batch_rows: int,
-              methods: Sequence[str], skip: str = "auto") -> dict[str, Any]:
-    """Both ways of one sweep: seconds, number of cells, and whether their grids agree."""
+              methods: Sequence[str], skip: str = "auto", repeats: int = 1) -> dict[str, Any]:
+    """Both ways of one sweep: seconds, number of cells, and whether their grids agree.
+
+    ``repeats`` > 1 runs each way that many times, alternating which goes first (ours, tl; tl, ours;
+    ...), so that a slow phase of a shared machine hits both; the row's seconds are each way's
+    fastest run (``ours_s_all`` / ``tl_s_all`` keep every run), and every run's grid is checked."""
     from sinkinterp import patching, tl_adapter
 
     tl_name, comp, kwargs = SWEEPS[sweep]
     device = next(model.parameters()).device
     metric = patching.loss_metric(clean)
     row: dict[str, Any] = {"sweep": sweep, "tl_function": tl_name, "component": comp}
-    grids = {}
-    if "ours" in methods:
-        res, secs = _timed(lambda: patching.patch(model, clean, corrupted, comp, metric, batch_rows=batch_rows,
-                                                  skip=skip, **kwargs), device)
-        grids["ours"] = res.values
-        row.update(ours_s=secs, cells=int(res.values.size), shape=list(res.values.shape))
-    if "tl" in methods:
-        def per_cell() -> np.ndarray:
-            _, cache = model.run_with_cache(clean)
-            with torch.no_grad():
-                return getattr(tl_adapter.patching, tl_name)(model, corrupted, cache, metric).cpu().numpy()
 
-        grids["tl"], row["tl_s"] = _timed(per_cell, device)
-        row.setdefault("cells", int(grids["tl"].size))
-        row.setdefault("shape", list(grids["tl"].shape))
-    if len(grids) == 2:
-        diff = float(np.max(np.abs(grids["ours"] - grids["tl"])))
+    def ours() -> np.ndarray:
+        return patching.patch(model, clean, corrupted, comp, metric, batch_rows=batch_rows, skip=skip,
+                              **kwargs).values
+
+    def per_cell() -> np.ndarray:
+        _, cache = model.run_with_cache(clean)
+        with torch.no_grad():
+            return getattr(tl_adapter.patching, tl_name)(model, corrupted, cache, metric).cpu().numpy()
+
+    ways = {"ours": ours, "tl": per_cell}
+    order = [w for w in ("ours", "tl") if w in methods]
+    grids: dict[str, list[np.ndarray]] = {w: [] for w in order}
+    times: dict[str, list[float]] = {w: [] for w in order}
+    for r in range(repeats):
+        for way in (order if r % 2 == 0 else order[::-1]):
+            grid, secs = _timed(ways[way], device)
+            grids[way].append(np.asarray(grid))
+            times[way].append(secs)
+    first = grids[order[0]][0]
+    row.update(cells=int(first.size), shape=list(first.shape))
+    for way in order:
+        row[f"{way}_s"] = min(times[way])
+        if repeats > 1:
+            row[f"{way}_s_all"] = times[way]
+    if len(order) == 2:
+        diff = max(float(np.max(np.abs(a - b))) for a in grids["ours"] for b in grids["tl"])
         row["max_abs_diff"] = diff
-        row["agree"] = bool(np.allclose(grids["ours"], grids["tl"], atol=ATOL, rtol=RTOL))
+        row["agree"] = all(np.allclose(a, b, atol=ATOL, rtol=RTOL) for a in grids["ours"] for b in grids["tl"])
         row["speedup"] = row["tl_s"] / row["ours_s"]
+        if repeats > 1:  # each repeat's own ratio: how much the machine moved the answer
+            row["speedup_all"] = [t / o for t, o in zip(times["tl"], times["ours"])]
         row["status"] = "ok" if row["agree"] else "failed"
         if not row["agree"]:
             row["reason"] = f"grids differ: max |ours - tl| = {diff:.3g} > atol {ATOL} (rtol {RTOL})"
     else:
         row["status"] = "ok"
-    row["value_range"] = [float(np.min(next(iter(grids.values())))), float(np.max(next(iter(grids.values()))))]
+    row["value_range"] = [float(np.min(first)), float(np.max(first))]
     return row
 
 
@@ -149,7 +166,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{r['kind']:7} {r['model']:9} {r['seq_len']:>5} {r['num_seqs']:>4} {r['sweep']:16} "
                      f"{r.get('cells', '-'):>6} {f('tl_s', '9.2f'):>9} {f('ours_s', '9.2f'):>9} "
                      f"{f('speedup', '7.1f') + ('x' if 'speedup' in r else ''):>8} {f('max_abs_diff', '10.1e'):>10} "
-                     f"{r['status']}")
+                     f"{r['status']}" + (f" (per repeat {min(r['speedup_all']):.1f}-{max(r['speedup_all']):.1f}x)"
+                                         if "speedup_all" in r else ""))
     return "\n".join(lines)
 
 
@@ -172,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what our passes take from the unpatched run (sinkinterp.patching.run_cells): auto = "
                         "blocks before the patched layer and positions before the patched position; layer = "
                         "blocks only; none = every pass in full")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of each way per sweep, alternating which goes first; the table shows each way's "
+                        "fastest run, the JSON every run")
     p.add_argument("--d-vocab", type=int, default=8192)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
@@ -199,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in models:
         _parse_model(m)
     for flag, v, lo in (("--seq-len", args.seq_len, 2), ("--num-seqs", args.num_seqs, 1),
-                        ("--batch-rows", args.batch_rows, 1), ("--d-vocab", args.d_vocab, 2)):
+                        ("--batch-rows", args.batch_rows, 1), ("--d-vocab", args.d_vocab, 2),
+                        ("--repeats", args.repeats, 1)):
         if v < lo:
             raise SystemExit(f"{flag} must be >= {lo}, got {v}")
     if args.init_std is not None and not args.init_std > 0:
@@ -251,7 +273,7 @@ def _run(args: argparse.Namespace, argv: list[str], kinds: list[str], models: li
                     print(f"[bench_patching] {kind} {spec} {sweep} ...", file=sys.stderr, flush=True)
                 try:
                     row = {**base, **run_sweep(model, clean, corrupted, sweep, batch_rows=args.batch_rows,
-                                               methods=methods, skip=args.skip)}
+                                               methods=methods, skip=args.skip, repeats=args.repeats)}
                 except Exception as err:  # noqa: BLE001 - record and go on with the next row
                     row = {**base, "sweep": sweep, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
                 doc["rows"].append(row)

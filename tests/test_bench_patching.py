@@ -49,7 +49,30 @@ def test_only_our_way(tmp_path):
     assert row["status"] == "ok" and "tl_s" not in row and "speedup" not in row and row["shape"] == [2, 6, 4]
 
 
+def test_repeats_alternate_and_keep_every_run(tmp_path, monkeypatch):
+    """--repeats 3: each way runs three times, the order alternating (ours first, then TransformerLens
+    first, ...), the row's seconds are the fastest run and every run is in the JSON."""
+    calls = []
+    real = bench_patching._timed
+
+    def timed(fn, device):
+        calls.append(fn.__name__)
+        return real(fn, device)
+
+    monkeypatch.setattr(bench_patching, "_timed", timed)
+    out = tmp_path / "patching.json"
+    assert bench_patching.main([*TINY, "--kinds", "sink", "--sweeps", "v_all_pos", "--repeats", "3",
+                                "--json", str(out)]) == 0
+    assert calls == ["ours", "per_cell", "per_cell", "ours", "ours", "per_cell"]
+    (row,) = read_json(out)["rows"]
+    assert row["status"] == "ok" and row["agree"]
+    assert len(row["ours_s_all"]) == len(row["tl_s_all"]) == len(row["speedup_all"]) == 3
+    assert row["ours_s"] == min(row["ours_s_all"]) and row["tl_s"] == min(row["tl_s_all"])
+    assert row["speedup"] == row["tl_s"] / row["ours_s"]
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--repeats", "0"], "--repeats"),
     (["--models", "3x10x4"], "--models"),
     (["--sweeps", "k_by_pos,nope"], "--sweeps"),
     (["--kinds", "bridge"], "--kinds"),
