@@ -124,6 +124,9 @@ RECIPES: dict[str, list[str]] = {
     "c_bos_data1m_s1": [BOS, "data.max_train_tokens=1000000", *SEED1],
     "c_signormbos_12k_s1": [BOS, 'model.attn_op="sigmoid_norm"', "steps=12000", *SEED1],
     "c_bos_lr5e4_12k_s1": [BOS, "lr=0.0005", "steps=12000", *SEED1],
+    # repetition between 1 and 6 epochs: the same 6,000 steps over 2M (3 epochs) and 3M (2 epochs) tokens
+    "c_bos_data2m": [BOS, "data.max_train_tokens=2000000"],
+    "c_bos_data3m": [BOS, "data.max_train_tokens=3000000"],
 }
 
 

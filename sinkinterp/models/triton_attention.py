@@ -163,7 +163,7 @@ def _acc_dtype(q: Tensor) -> torch.dtype:
 # The kernels are registered as PyTorch custom operators (opaque to torch.compile, with shape-only
 # "fake" implementations and an autograd formula), so a compiled training step traces through the
 # attention without a graph break and without looking inside Triton's launcher. window / block:
-# 0 stands for None (the schema has no optional ints that survive every torch version the same way).
+# 0 stands for None (plain ints in the operators' schemas; sim_attention checks both before).
 @torch.library.custom_op("sinkinterp::sim_attention_fwd", mutates_args=())
 @no_type_check  # the test suite's runtime type checker would hide the annotations custom_op reads
 def _sim_fwd(q: Tensor, k: Tensor, v: Tensor, op: str, bias: float, scale: float, window: int,
