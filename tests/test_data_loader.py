@@ -106,6 +106,46 @@ def test_max_tokens_limits_the_range_read(data):
     np.testing.assert_array_equal(w.read(0, cap), stream[:cap])
 
 
+def test_spread_cap_reads_evenly_spaced_blocks_of_the_stream(data):
+    """spread_block: max_tokens tokens as blocks of that size spaced evenly over the split, read as one
+    stream: every window is the concatenation of the stored tokens it maps to, the blocks never
+    overlap, the first starts at 0 and the last ends near the end of the split."""
+    shard_dir, stream, tok = data
+    cap, b = 300, 40
+    w = TokenWindows(shard_dir, max_tokens=cap, spread_block=b)
+    assert w.n_tokens == cap
+    n_blocks = -(-cap // b)
+    starts = [j * stream.size // n_blocks for j in range(n_blocks)]
+    expected = np.concatenate([stream[p: p + min(b, cap - j * b)] for j, p in enumerate(starts)])
+    np.testing.assert_array_equal(w.read(0, cap), expected)
+    assert starts[0] == 0 and starts[-1] > stream.size * 0.8
+    assert all(q - p >= b for p, q in zip(starts, starts[1:]))  # no token used twice
+    assert not np.array_equal(expected, stream[:cap])  # not the first tokens
+    np.testing.assert_array_equal(w.read(35, 50), expected[35:85])  # crosses two block seams
+    for step in range(20):
+        batch = w.batch_at(step, BATCH, SEQ, seed=1)
+        for row, s in zip(batch, w.window_starts(step, BATCH, SEQ, seed=1)):
+            assert s + SEQ <= cap
+            np.testing.assert_array_equal(row, expected[s: s + SEQ])
+    # document starts: 0 and right after every EOS of the spread stream, nothing else
+    ds = w.doc_starts()
+    np.testing.assert_array_equal(ds, np.concatenate([[0], np.flatnonzero(expected[:-1] == tok.eos_id) + 1]))
+    aligned = np.concatenate([w.window_starts(s, BATCH, SEQ, doc_aligned=True) for s in range(20)])
+    assert set(aligned.tolist()) <= set(ds.tolist())
+    # capped() keeps the choice
+    np.testing.assert_array_equal(TokenWindows(shard_dir).capped(cap, spread_block=b).read(0, cap), expected)
+
+
+def test_spread_cap_errors_name_the_argument(data):
+    shard_dir, stream, _ = data
+    with pytest.raises(ValueError, match="spread_block: needs max_tokens"):
+        TokenWindows(shard_dir, spread_block=10)
+    with pytest.raises(ValueError, match="spread_block must be an integer >= 1"):
+        TokenWindows(shard_dir, max_tokens=100, spread_block=0)
+    with pytest.raises(ValueError, match=r"spread_block: 2 blocks of .* do not fit"):
+        TokenWindows(shard_dir, max_tokens=stream.size - 10, spread_block=stream.size - 20)
+
+
 def test_bad_arguments_are_clear(data, tmp_path):
     shard_dir, stream, _ = data
     w = TokenWindows(shard_dir)

@@ -208,6 +208,29 @@ def test_max_train_tokens_caps_train_only(shard_dir):
     assert val.windows.n_tokens == val.windows.total_tokens > 0
 
 
+def test_max_train_tokens_spread_draws_the_cap_from_the_whole_split(shard_dir):
+    cfg = DataConfig(shard_dir=str(shard_dir), seq_len=16, batch_size=8, max_train_tokens=200,
+                     max_train_tokens_spread=50)
+    assert DataConfig.from_dict(cfg.to_dict()) == cfg
+    pipe = DataPipeline(cfg)
+    full = TokenWindows(shard_dir)
+    expected = TokenWindows(shard_dir, max_tokens=200, spread_block=50).read(0, 200)
+    assert pipe.windows.n_tokens == 200 and pipe.windows.spread_block == 50
+    np.testing.assert_array_equal(pipe.windows.read(0, 200), expected)
+    np.testing.assert_array_equal(expected[150:], full.read(3 * full.n_tokens // 4, 50))  # the last block
+    for step in range(10):
+        batch = pipe.batch_at(step)
+        for row, s in zip(batch, pipe.windows.window_starts(step, 8, 16, seed=0)):
+            np.testing.assert_array_equal(row, expected[s: s + 16])
+    val = DataPipeline(DataConfig(shard_dir=str(shard_dir), seq_len=16, batch_size=8, split="val",
+                                  max_train_tokens=200, max_train_tokens_spread=50))
+    assert val.windows.n_tokens == val.windows.total_tokens > 0  # the cap is for the train split only
+    with pytest.raises(ValueError, match="max_train_tokens_spread needs max_train_tokens"):
+        DataConfig(shard_dir="x", max_train_tokens_spread=50)
+    with pytest.raises((TypeError, ValueError), match="max_train_tokens_spread"):
+        DataConfig(shard_dir="x", seq_len=16, max_train_tokens=200, max_train_tokens_spread=0)
+
+
 def test_pipeline_checks_ids_against_the_tokenizer(shard_dir):
     with pytest.raises(ValueError, match="token_id=5000 is not below the tokenizer's vocab_size"):
         DataPipeline(DataConfig(shard_dir=str(shard_dir), seq_len=16, batch_size=2,

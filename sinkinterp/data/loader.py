@@ -21,7 +21,12 @@ Window starts for step ``s`` (``B`` = batch size, ``T`` = sequence length, ``N``
   With ``doc_aligned=False`` windows start at arbitrary offsets, mostly mid-document.
 
 ``max_tokens`` keeps only the first ``max_tokens`` tokens of the split (the paper's data-amount
-study; see ``transforms.cap_data``): no window reads past it.
+study; see ``transforms.cap_data``): no window reads past it. With ``spread_block=B`` the
+``max_tokens`` tokens are instead ``ceil(max_tokens / B)`` blocks of ``B`` tokens spaced evenly over
+the whole split, read as one stream of ``n_tokens`` ids: the same amount of data, drawn from every
+part of the corpus rather than from its first documents (the corpus is stored package by package,
+so its first tokens are a few packages' documentation). A window may cross from one block into the
+next (a seam, like a shard boundary).
 """
 
 from __future__ import annotations
@@ -59,11 +64,13 @@ class TokenWindows:
         shard_dir: a folder written by ``write_shards`` (or restored by ``unpack_compressed``).
         split: ``"train"`` or ``"val"``.
         max_tokens: use only the first ``max_tokens`` tokens (None: all).
+        spread_block: with ``max_tokens``, take them as blocks of this many tokens spread evenly
+            over the split instead of from its start (None: from the start).
         verify: check every shard's sha256 first (sizes are always checked).
     """
 
     def __init__(self, shard_dir: str | os.PathLike, split: str = "train", *,
-                 max_tokens: int | None = None, verify: bool = False) -> None:
+                 max_tokens: int | None = None, spread_block: int | None = None, verify: bool = False) -> None:
         self.shard_dir = Path(shard_dir)
         self.split = split
         manifest = verify_shards(self.shard_dir) if verify else read_manifest(self.shard_dir)
@@ -81,10 +88,24 @@ class TokenWindows:
         self.eos_id = int(manifest["tokenizer"]["eos_id"])
         self.vocab_size = int(manifest["tokenizer"]["vocab_size"])
         self._doc_starts: np.ndarray | None = None
+        self.spread_block = None if spread_block is None else _check_int("spread_block", spread_block, 1)
+        self._blocks: np.ndarray | None = None  # [n_blocks] physical start of each logical block
+        if self.spread_block is not None:
+            if max_tokens is None:
+                raise ValueError("spread_block: needs max_tokens (the number of tokens to spread), got None")
+            n_blocks = -(-self.n_tokens // self.spread_block)
+            if n_blocks * self.spread_block > self.total_tokens:
+                raise ValueError(
+                    f"spread_block: {n_blocks} blocks of {self.spread_block} tokens (max_tokens={max_tokens} "
+                    f"rounded up) do not fit in the {self.total_tokens} tokens of split {split!r}; use a smaller "
+                    "block or max_tokens")
+            # block j starts at floor(j * total / n_blocks): evenly spaced, never overlapping (stride >= block)
+            self._blocks = np.arange(n_blocks, dtype=np.int64) * self.total_tokens // n_blocks
 
-    def capped(self, max_tokens: int) -> "TokenWindows":
-        """The same split limited to its first ``max_tokens`` tokens."""
-        return TokenWindows(self.shard_dir, self.split, max_tokens=max_tokens)
+    def capped(self, max_tokens: int, spread_block: int | None = None) -> "TokenWindows":
+        """The same split limited to ``max_tokens`` tokens: its first ones, or with ``spread_block``
+        blocks of that size spread evenly over it."""
+        return TokenWindows(self.shard_dir, self.split, max_tokens=max_tokens, spread_block=spread_block)
 
     def __len__(self) -> int:
         return self.n_tokens
@@ -95,6 +116,20 @@ class TokenWindows:
         start, length = int(start), int(length)
         if start < 0 or length < 0 or start + length > self.n_tokens:
             raise IndexError(f"window [{start}, {start + length}) is outside the {self.n_tokens} tokens in use")
+        if self._blocks is None:
+            return self._read_stored(start, length)
+        out = np.empty(length, dtype=np.int64)
+        pos, filled, b = start, 0, self.spread_block
+        while filled < length:  # logical block j holds stream tokens j*b .. (j+1)*b - 1
+            j, lo = divmod(pos, b)
+            take = min(length - filled, b - lo)
+            out[filled: filled + take] = self._read_stored(int(self._blocks[j]) + lo, take)
+            filled += take
+            pos += take
+        return out
+
+    def _read_stored(self, start: int, length: int) -> np.ndarray:
+        """Tokens ``start .. start + length - 1`` of the split as stored (before any spreading)."""
         out = np.empty(length, dtype=np.int64)
         i = int(np.searchsorted(self._bounds, start, side="right")) - 1
         pos, filled = start, 0
@@ -109,6 +144,14 @@ class TokenWindows:
 
     def doc_starts(self) -> np.ndarray:
         """Positions where a document starts (0 and right after every EOS), below ``n_tokens``."""
+        if self._doc_starts is None and self._blocks is not None:
+            parts = [np.zeros(1, dtype=np.int64)]
+            b = self.spread_block
+            for j in range(len(self._blocks)):
+                block = self.read(j * b, min(b, self.n_tokens - j * b))
+                parts.append(np.flatnonzero(block == self.eos_id).astype(np.int64) + j * b + 1)
+            starts = np.concatenate(parts)
+            self._doc_starts = starts[starts < self.n_tokens]
         if self._doc_starts is None:
             parts = [np.zeros(1, dtype=np.int64)]
             for shard, offset in zip(self._shards, self._bounds[:-1]):

@@ -125,12 +125,14 @@ class FixedTokenAt:
 
 @dataclass(frozen=True)
 class CapData:
-    """Limit a token source to its first ``max_tokens`` tokens."""
+    """Limit a token source to ``max_tokens`` tokens: its first ones, or with ``spread_block`` blocks
+    of that many tokens spread evenly over it (``TokenWindows``)."""
 
     max_tokens: int
+    spread_block: int | None = None
 
     def __call__(self, windows: TokenWindows) -> TokenWindows:
-        return windows.capped(self.max_tokens)
+        return windows.capped(self.max_tokens, spread_block=self.spread_block)
 
 
 def random_tokens_at(positions: int | Sequence[int], vocab_size: int, generator=None) -> RandomTokensAt:
@@ -149,11 +151,15 @@ def fixed_token_at(position: int | Sequence[int], token_id: int) -> FixedTokenAt
     return FixedTokenAt(_positions(position, "position"), int(token_id))
 
 
-def cap_data(max_tokens: int) -> CapData:
-    """A source transform: ``cap_data(n)(windows)`` uses only the first ``n`` tokens."""
+def cap_data(max_tokens: int, spread_block: int | None = None) -> CapData:
+    """A source transform: ``cap_data(n)(windows)`` uses only the first ``n`` tokens;
+    ``cap_data(n, spread_block=b)`` uses ``n`` tokens in blocks of ``b`` spread over the whole source."""
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:
         raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
-    return CapData(int(max_tokens))
+    if spread_block is not None and (isinstance(spread_block, bool) or not isinstance(spread_block, (int, np.integer))
+                                     or spread_block < 1):
+        raise ValueError(f"spread_block must be an integer >= 1 or None, got {spread_block!r}")
+    return CapData(int(max_tokens), None if spread_block is None else int(spread_block))
 
 
 def apply_transforms(tokens, transforms: Sequence, generator=None):
@@ -265,6 +271,11 @@ class DataConfig:
     tuple of :class:`TransformSpec`."""
     max_train_tokens: int | None = None
     """Use only the first N tokens of the train split (None: all); ignored for split "val"."""
+    max_train_tokens_spread: int | None = None
+    """With max_train_tokens: take the N tokens as blocks of this many tokens spread evenly over the
+    whole train split instead of its first N (None: the first N). The corpus is stored package by
+    package, so its first tokens are a few packages' documents; spreading keeps the amount and
+    draws it from everywhere."""
 
     def __post_init__(self) -> None:
         def integer(name: str, minimum: int) -> None:
@@ -287,6 +298,11 @@ class DataConfig:
             raise ValueError(f"DataConfig.doc_aligned must be true or false, got {self.doc_aligned!r}")
         if self.max_train_tokens is not None:
             integer("max_train_tokens", self.seq_len)
+        if self.max_train_tokens_spread is not None:
+            integer("max_train_tokens_spread", 1)
+            if self.max_train_tokens is None:
+                raise ValueError("DataConfig.max_train_tokens_spread needs max_train_tokens (the number of tokens "
+                                 "to spread), got max_train_tokens=None")
         if isinstance(self.transforms, (str, bytes, Mapping)) or not isinstance(self.transforms, Sequence):
             raise ValueError(f"DataConfig.transforms must be a list of transform mappings, got {self.transforms!r}")
         specs = []
@@ -325,7 +341,7 @@ class DataPipeline:
         self.config = config
         windows = TokenWindows(config.shard_dir, config.split)
         if config.max_train_tokens is not None and config.split == "train":
-            windows = cap_data(config.max_train_tokens)(windows)
+            windows = cap_data(config.max_train_tokens, config.max_train_tokens_spread)(windows)
         self.windows = windows
         tok = windows.manifest["tokenizer"]
         self.transforms = [spec.build(int(tok["vocab_size"]), int(tok["eos_id"]), tok.get("bos_id"))

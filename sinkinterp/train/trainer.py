@@ -125,7 +125,8 @@ def _setup_distributed(cfg: TrainConfig) -> tuple[_Dist, torch.device]:
 def _val_config(data: DataConfig, **changes: Any) -> DataConfig:
     # windows drawn across the whole val split with the data seed (fixed for the run): with "sequential"
     # a few thousand tokens would all come from the first validation block, i.e. one package's text
-    return dataclasses.replace(data, split="val", sampling="random", max_train_tokens=None, **changes)
+    return dataclasses.replace(data, split="val", sampling="random", max_train_tokens=None,
+                               max_train_tokens_spread=None, **changes)
 
 
 def held_out_batches(cfg: TrainConfig) -> torch.Tensor:
