@@ -127,6 +127,10 @@ RECIPES: dict[str, list[str]] = {
     # repetition between 1 and 6 epochs: the same 6,000 steps over 2M (3 epochs) and 3M (2 epochs) tokens
     "c_bos_data2m": [BOS, "data.max_train_tokens=2000000"],
     "c_bos_data3m": [BOS, "data.max_train_tokens=3000000"],
+    # controls for the 1M row: the same 1M tokens' worth spread over the whole corpus in 4,096-token
+    # blocks (6 epochs, every package), and the corpus' first 6.1M tokens seen once (its first packages only)
+    "c_bos_data1m_spread": [BOS, "data.max_train_tokens=1000000", "data.max_train_tokens_spread=4096"],
+    "c_bos_data6m": [BOS, "data.max_train_tokens=6144000"],
 }
 
 
@@ -741,6 +745,14 @@ PAPER_ROWS = [
      "60M, 20k steps each: batch 0.25M to 2M tokens (1M the default): 16.2-18.2 (no effect)"),
     ("softmax, BOS first, 1M training tokens (about 6 epochs)", ["c_bos_data1m", "c_bos_data1m_s1"],
      "60M: with 100M tokens or less (vs 5B) the sink stays under 1%"),
+    ("softmax, BOS first, the corpus' first 2M tokens (3 epochs)", ["c_bos_data2m"],
+     "not in the paper: between 1M (6 epochs) and the baseline (1 epoch of the whole corpus)"),
+    ("softmax, BOS first, the corpus' first 3M tokens (2 epochs)", ["c_bos_data3m"],
+     "not in the paper: between 1M (6 epochs) and the baseline (1 epoch of the whole corpus)"),
+    ("softmax, BOS first, the corpus' first 6.1M tokens (1 epoch)", ["c_bos_data6m"],
+     "control: the 1M rows' narrow domain without repetition"),
+    ("softmax, BOS first, 1M tokens spread over the corpus (6 epochs)", ["c_bos_data1m_spread"],
+     "control: the 1M rows' repetition without the narrow domain"),
     ("softmax, random token at position 1 (no BOS)", ["c_rand1", "c_rand1_s1"], "27.03"),
     ("softmax, BOS at position 2 (token 1 natural)", ["c_bos2", "c_bos2_s1"], "fixed token at position 2: 69.03 on it"),
     ("softmax, BOS at position 3 (tokens 1-2 natural)", ["c_bos3", "c_bos3_s1"], "fixed token at position 3: 69.64 on it"),

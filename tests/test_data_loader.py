@@ -3,6 +3,7 @@ document-aligned starts, sequential order, and the data cap."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -119,7 +120,7 @@ def test_spread_cap_reads_evenly_spaced_blocks_of_the_stream(data):
     expected = np.concatenate([stream[p: p + min(b, cap - j * b)] for j, p in enumerate(starts)])
     np.testing.assert_array_equal(w.read(0, cap), expected)
     assert starts[0] == 0 and starts[-1] > stream.size * 0.8
-    assert all(q - p >= b for p, q in zip(starts, starts[1:]))  # no token used twice
+    assert all(q - p >= b for p, q in itertools.pairwise(starts))  # no token used twice
     assert not np.array_equal(expected, stream[:cap])  # not the first tokens
     np.testing.assert_array_equal(w.read(35, 50), expected[35:85])  # crosses two block seams
     for step in range(20):
