@@ -131,6 +131,7 @@ RECIPES: dict[str, list[str]] = {
     # blocks (6 epochs, every package), and the corpus' first 6.1M tokens seen once (its first packages only)
     "c_bos_data1m_spread": [BOS, "data.max_train_tokens=1000000", "data.max_train_tokens_spread=4096"],
     "c_bos_data6m": [BOS, "data.max_train_tokens=6144000"],
+    "c_bos_data1m_spread_s1": [BOS, "data.max_train_tokens=1000000", "data.max_train_tokens_spread=4096", *SEED1],
 }
 
 
