@@ -753,7 +753,7 @@ PAPER_ROWS = [
      "not in the paper: between 1M (6 epochs) and the baseline (1 epoch of the whole corpus)"),
     ("softmax, BOS first, the corpus' first 6.1M tokens (1 epoch)", ["c_bos_data6m"],
      "control: the 1M rows' narrow domain without repetition"),
-    ("softmax, BOS first, 1M tokens spread over the corpus (6 epochs)", ["c_bos_data1m_spread"],
+    ("softmax, BOS first, 1M tokens spread over the corpus (6 epochs)", ["c_bos_data1m_spread", "c_bos_data1m_spread_s1"],
      "control: the 1M rows' repetition without the narrow domain"),
     ("softmax, random token at position 1 (no BOS)", ["c_rand1", "c_rand1_s1"], "27.03"),
     ("softmax, BOS at position 2 (token 1 natural)", ["c_bos2", "c_bos2_s1"], "fixed token at position 2: 69.03 on it"),
