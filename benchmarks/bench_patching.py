@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="ours,tl", help="comma-separated: ours, tl")
     p.add_argument("--seq-len", type=int, default=16, help="T of the clean and corrupted prompts")
     p.add_argument("--num-seqs", type=int, default=4, help="N prompts in the batch")
+    p.add_argument("--corrupt-pos", type=int, default=0,
+                   help="the corrupted prompts replace this position's token (0: the first token, the sink "
+                        "case and the slowest for us: every later position is affected; a middle position is "
+                        "the IOI-style case, where cells before it change nothing)")
     p.add_argument("--batch-rows", type=int, default=64,
                    help="our passes hold max(1, batch_rows // N) cells' copies of the corrupted batch")
     p.add_argument("--skip", choices=("auto", "layer", "none"), default="auto",
@@ -224,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ("--repeats", args.repeats, 1)):
         if v < lo:
             raise SystemExit(f"{flag} must be >= {lo}, got {v}")
+    if not 0 <= args.corrupt_pos < args.seq_len:
+        raise SystemExit(f"--corrupt-pos must be in 0..{args.seq_len - 1} (--seq-len {args.seq_len}), "
+                         f"got {args.corrupt_pos}")
     if args.init_std is not None and not args.init_std > 0:
         raise SystemExit(f"--init-std must be > 0, got {args.init_std}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -249,7 +256,8 @@ def _run(args: argparse.Namespace, argv: list[str], kinds: list[str], models: li
     g = torch.Generator().manual_seed(args.seed)
     clean = torch.randint(0, args.d_vocab, (args.num_seqs, args.seq_len), generator=g).to(device)
     corrupted = clean.clone()
-    corrupted[:, 0] = torch.randint(0, args.d_vocab, (args.num_seqs,), generator=g).to(device)  # a new first token
+    shift = 1 + torch.randint(0, args.d_vocab - 1, (args.num_seqs,), generator=g).to(device)
+    corrupted[:, args.corrupt_pos] = (clean[:, args.corrupt_pos] + shift) % args.d_vocab  # a different token
 
     doc: dict[str, Any] = {
         "benchmark": "patching", "schema_version": SCHEMA_VERSION,
@@ -258,7 +266,7 @@ def _run(args: argparse.Namespace, argv: list[str], kinds: list[str], models: li
         "provenance": provenance_info(["benchmarks/bench_patching.py", *argv]),
         "machine": machine_info(device),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "corruption": "the first token of every prompt replaced by a random token",
+        "corruption": f"the token at position {args.corrupt_pos} of every prompt replaced by a random other token",
         "rows": [], "targets": [],
     }
     for kind in kinds:
@@ -268,7 +276,7 @@ def _run(args: argparse.Namespace, argv: list[str], kinds: list[str], models: li
             n_params = sum(p.numel() for p in model.parameters())
             for sweep in sweeps:
                 base = {"kind": kind, "model": spec, "n_params": n_params, "seq_len": args.seq_len,
-                        "num_seqs": args.num_seqs, "batch_rows": args.batch_rows}
+                        "num_seqs": args.num_seqs, "batch_rows": args.batch_rows, "corrupt_pos": args.corrupt_pos}
                 if not args.quiet:
                     print(f"[bench_patching] {kind} {spec} {sweep} ...", file=sys.stderr, flush=True)
                 try:

@@ -499,11 +499,17 @@ def patch(
     head axis). The result's axes follow transformer_lens.patching: [layer, pos, head] for
     ``get_act_patch_attn_head_k_by_pos``, [layer, head] for ``..._all_pos``, [layer, pos] for
     ``get_act_patch_resid_pre``. ``metric(logits)`` sees the logits of one copy of the corrupted batch.
-    ``skip``: see ``run_cells`` (changes the time, not the result). ``together`` in the result: the
-    metric with every cell patched at once (for example token 1's key at every layer: a mechanism
-    spread over layers that no single cell restores).
+    ``skip``: see ``run_cells`` (changes the time, not the result); unless it is "none", a cell is
+    also narrowed to the positions where the clean and corrupted activations differ, and a cell where
+    they do not differ at all gets the corrupted metric without a pass (for example position p > 0 of
+    layer 0's keys when only the first token was corrupted, or every position before the first
+    corrupted one). ``together`` in the result: the metric with every cell patched at once (for
+    example token 1's key at every layer: a mechanism spread over layers that no single cell
+    restores).
     """
     comp = component(component_name)
+    if skip not in SKIP_MODES:
+        raise ValueError(f"skip: got {skip!r}, allowed values are {list(SKIP_MODES)}")
     dims = _dims(model)
     clean_tokens = validate_tokens(clean_tokens, dims["d_vocab"], "clean_tokens")
     corrupted_tokens = validate_tokens(corrupted_tokens, dims["d_vocab"], "corrupted_tokens")
@@ -534,7 +540,8 @@ def patch(
         axes.append("head")
     cells = [Cell(l, h, p) for l in layer_list for p in pos_cells for h in heads]
 
-    clean_acts = capture(model, clean_tokens, sorted({comp.hook_name(l) for l in layer_list}))
+    hook_list = sorted({comp.hook_name(l) for l in layer_list})
+    clean_acts = capture(model, clean_tokens, hook_list)
 
     def source(act: Tensor, layer: int) -> Tensor:
         clean = clean_acts[comp.hook_name(layer)]
@@ -548,11 +555,58 @@ def patch(
         union = [Cell(l, None, None if positions is None else tuple(pos_list)) for l in layer_list]
         with tl_adapter.attached_hooks(model, edit_hooks(model, [(comp, source)], union)):
             together = float(metric(model(corrupted_tokens.to(device))))
-    values = run_cells(model, corrupted_tokens, [(comp, source)], cells, metric, batch_rows=batch_rows, skip=skip,
-                       progress=progress)
+    if skip == "none":
+        values = run_cells(model, corrupted_tokens, [(comp, source)], cells, metric, batch_rows=batch_rows,
+                           skip=skip, progress=progress)
+    else:  # a cell edits only where clean and corrupted differ; a cell that changes nothing needs no pass
+        narrowed = _narrow_cells(comp, cells, clean_acts, capture(model, corrupted_tokens, hook_list))
+        kept = [i for i, c in enumerate(narrowed) if c is not None]
+        values = np.full(len(cells), corrupted_value, dtype=np.float64)
+        if kept:
+            values[kept] = run_cells(model, corrupted_tokens, [(comp, source)], [narrowed[i] for i in kept],
+                                     metric, batch_rows=batch_rows, skip=skip, progress=progress)
     shape = [len(layer_list)] + ([len(pos_list)] if "pos" in axes else []) + ([len(heads)] if "head" in axes else [])
     return PatchResult(comp.name, values.reshape(shape), tuple(axes), pos_list, clean_value, corrupted_value,
                        together)
+
+
+def _narrow_cells(comp: Component, cells: Sequence[Cell], clean: dict[str, Tensor],
+                  corrupted: dict[str, Tensor]) -> list[Cell | None]:
+    """Each cell reduced to the positions where patching changes the corrupted run (the clean and
+    corrupted activations differ in some sequence, in the cell's head), or None where it changes
+    nothing: then the patched run is the corrupted run. Where the two inputs share a prefix (or
+    tokens whose early activations do not depend on context), passes start later or are not run."""
+    table: dict[str, Tensor] = {}  # hook -> bool [pos or 1, head or 1]: differs anywhere there
+
+    def differs(hook: str) -> Tensor:
+        if hook not in table:
+            d = (clean[hook] != corrupted[hook]).any(0)  # the axes after the batch
+            keep = [a - 1 for a in (comp.pos_dim, comp.head_dim) if a is not None]
+            rest = [a for a in range(d.dim()) if a not in keep]
+            d = d.permute(*keep, *rest).reshape(*(d.shape[a] for a in keep), -1).any(-1)
+            if comp.pos_dim is None:
+                d = d.unsqueeze(0)
+            if comp.head_dim is None:
+                d = d.unsqueeze(-1)
+            table[hook] = d.cpu()
+        return table[hook]
+
+    out: list[Cell | None] = []
+    for cell in cells:
+        d = differs(comp.hook_name(cell.layer))
+        d = d[:, cell.head] if cell.head is not None else d.any(-1)  # [pos or 1]
+        if comp.pos_dim is None:
+            out.append(cell if bool(d.any()) else None)
+            continue
+        wanted = range(d.shape[0]) if cell.pos is None else (cell.pos,) if isinstance(cell.pos, int) else cell.pos
+        changed = tuple(p for p in wanted if bool(d[p]))
+        if not changed:
+            out.append(None)
+        elif len(changed) == len(wanted):
+            out.append(cell)
+        else:
+            out.append(Cell(cell.layer, cell.head, changed[0] if len(changed) == 1 else changed))
+    return out
 
 
 def clean_hooks(model: Any, clean_tokens: object, components: Sequence[str], *,

@@ -41,6 +41,18 @@ def test_both_ways_agree_on_every_sweep_and_model_kind(tmp_path, capsys):
     assert "speedup" in printed and str(out) in printed
 
 
+def test_a_middle_corruption_agrees_too(tmp_path):
+    """--corrupt-pos 3: the corrupted prompts differ from the clean ones at position 3 only, so our
+    sweeps leave out the cells before it; both ways still agree on every sweep and model kind."""
+    out = tmp_path / "patching.json"
+    assert bench_patching.main([*TINY, "--corrupt-pos", "3", "--json", str(out)]) == 0
+    doc = read_json(out)
+    assert "position 3" in doc["corruption"] and doc["settings"]["corrupt_pos"] == 3
+    for r in doc["rows"]:
+        assert r["status"] == "ok" and r["agree"] and r["corrupt_pos"] == 3, r
+        assert r["value_range"][1] - r["value_range"][0] > 1e-4
+
+
 def test_only_our_way(tmp_path):
     out = tmp_path / "patching.json"
     assert bench_patching.main([*TINY, "--kinds", "sink", "--sweeps", "k_by_pos", "--methods", "ours",
@@ -79,6 +91,7 @@ def test_repeats_alternate_and_keep_every_run(tmp_path, monkeypatch):
     (["--seq-len", "1"], "--seq-len"),
     (["--batch-rows", "0"], "--batch-rows"),
     (["--init-std", "0"], "--init-std"),
+    (["--seq-len", "6", "--corrupt-pos", "6"], "--corrupt-pos"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, args, message):
     out = tmp_path / "x.json"

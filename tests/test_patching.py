@@ -180,6 +180,72 @@ def test_start_at_pos_forward():
     assert not m.set_attn_backend("flex").can_start_at_pos(4)
 
 
+def _one_token_pair(p, n=3, T=6, vocab=50):
+    """Clean prompts and the same prompts with the token at position ``p`` replaced (an IOI-style pair)."""
+    clean = _tokens(0, n, T, vocab)
+    corrupted = clean.clone()
+    corrupted[:, p] = (clean[:, p] + 1 + _tokens(1, n, 1, vocab - 1)[:, 0]) % vocab  # a different token
+    assert (corrupted[:, p] != clean[:, p]).all()
+    return clean, corrupted
+
+
+def test_cells_that_change_nothing_need_no_pass():
+    """Clean and corrupted prompts differ at position 3 only: patching cells before it (at every
+    layer) or after it at layer 0 (a key depends only on its own token there) changes nothing, so
+    those cells get the corrupted metric without a pass; all-position cells start at position 3.
+    The grids equal TransformerLens' per-cell functions and full passes (skip="none")."""
+    m = SinkTransformer(tiny_config(n_layers=3)).double().eval()
+    clean, corrupted = _one_token_pair(3)
+    metric = patching.loss_metric(clean)
+    _, cache = m.run_with_cache(clean)
+    seen = []  # (rows, positions) of every pass at block 2
+    m.blocks[2].hook_resid_pre.add_hook(lambda act, hook: seen.append(tuple(act.shape[:2])))
+
+    def passes():  # the edited passes: stacked copies, not the 3-row clean / corrupted / capture runs
+        out = [s for s in seen if s[0] > clean.shape[0]]
+        seen.clear()
+        return out
+
+    by_pos = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 4)  # 4 cells per pass
+    # layer 0: position 3 (4 heads); layers 1-2: positions 3, 4, 5 (12 cells each): 1 + 3 + 3 passes
+    assert len(passes()) == 7
+    slow = patching.patch(m, clean, corrupted, "k", metric, batch_rows=3 * 4, skip="none")
+    assert len(passes()) == 3 * 6 * 4 // 4
+    ref = tlp.get_act_patch_attn_head_k_by_pos(m, corrupted, cache, metric).numpy()
+    np.testing.assert_allclose(by_pos.values, slow.values, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(by_pos.values, ref, rtol=1e-6, atol=1e-6)
+    assert (by_pos.values[:, :3] == by_pos.corrupted).all() and (by_pos.values[0, 4:] == by_pos.corrupted).all()
+    assert np.ptp(by_pos.values[1:, 3:]) > 1e-4
+
+    all_pos = patching.patch(m, clean, corrupted, "v", metric, by_pos=False, batch_rows=3 * 4)
+    assert {s[1] for s in passes()} == {3}  # every pass computes positions 3.. only
+    ref = tlp.get_act_patch_attn_head_v_all_pos(m, corrupted, cache, metric).numpy()
+    np.testing.assert_allclose(all_pos.values, ref, rtol=1e-6, atol=1e-6)
+    m.reset_hooks()
+    assert np.ptp(all_pos.values) > 1e-4
+
+
+def test_a_hooked_transformer_skips_cells_that_change_nothing():
+    ht = tl_adapter.hooked_transformer_from_config(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=16, act_fn="gelu",
+        normalization_type="LN", seed=0, dtype=torch.float64)
+    clean, corrupted = _one_token_pair(2)
+    metric = patching.loss_metric(clean)
+    rows = []
+    ht.blocks[1].hook_resid_pre.add_hook(lambda act, hook: rows.append(act.shape[0]))
+    ours = patching.patch(ht, clean, corrupted, "resid_pre", metric, batch_rows=3 * 5)  # 5 cells per pass
+    # layer 0: position 2 only (a token's embedding is its own); layer 1: positions 2..5: one pass
+    assert [r for r in rows if r > 3] == [15]
+    rows.clear()
+    slow = patching.patch(ht, clean, corrupted, "resid_pre", metric, batch_rows=3 * 5, skip="none")
+    assert [r for r in rows if r > 3] == [15, 15, 6]  # 12 cells
+    ht.reset_hooks()
+    np.testing.assert_allclose(ours.values, slow.values, rtol=1e-10, atol=1e-10)
+    _, cache = ht.run_with_cache(clean)
+    ref = tlp.get_act_patch_resid_pre(ht, corrupted, cache, metric).numpy()
+    np.testing.assert_allclose(ours.values, ref, rtol=1e-6, atol=1e-6)
+
+
 def test_sink_token_models_run_every_pass_in_full(pair):
     m = SinkTransformer(tiny_config(n_layers=3, **VARIANTS["sink_token"])).double().eval()
     assert not m.can_start_at_layer
