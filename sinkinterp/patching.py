@@ -271,8 +271,8 @@ def run_cells(
     are attached for every pass (for example the hooks of a patching source that reads the
     clean run). The edits must not depend on other rows of the batch. ``skip``: what a pass may
     take from the unedited run instead of computing it (``SKIP_MODES``): "auto" the blocks before
-    its first edited layer and, on sinkinterp models, the positions before its first edited
-    position; "layer" only the blocks; "none" nothing (every pass in full). Results are the same.
+    its first edited layer and, on sinkinterp models and HookedTransformers, the positions before its
+    first edited position; "layer" only the blocks; "none" nothing (every pass in full). Results are the same.
     """
     if skip not in SKIP_MODES:
         raise ValueError(f"skip: got {skip!r}, allowed values are {list(SKIP_MODES)}")
@@ -293,8 +293,8 @@ def run_cells(
     start_from = None
     if skip != "none" and not extra_hooks and all("{l}" in c.hook for c, _ in comps):
         start_from = _start_fn(model)
-    # A sinkinterp model also starts each pass at its first edited position, when every edit is of
-    # a per-token activation: earlier positions cannot see the edit (causal attention), so their
+    # A sinkinterp model or a HookedTransformer also starts each pass at its first edited position,
+    # when every edit is of a per-token activation: earlier positions cannot see the edit (causal attention), so their
     # keys and values, and logits, are the unedited run's (_Prefix). Cells are then grouped into
     # passes by blocks of nearby layers and positions, which shortens the passes on both axes.
     prefix = _Prefix.build(model, tokens, comps, cells) if start_from is not None and skip == "auto" else None
@@ -336,32 +336,56 @@ def run_cells(
     return out
 
 
+# (tokens, layer, resid of positions p.., p, [(k, v) of positions ..p-1 per block from layer on]) -> logits of p..
+_ContinueFn = Callable[[Tensor, int, Tensor, int, list[tuple[Tensor, Tensor]]], Tensor]
+
+
+def _continuation(model: Any, comps: Sequence[tuple[Component, Source]],
+                  ) -> tuple[_ContinueFn, str, Callable[[int], bool]] | None:
+    """How ``model`` continues a run from a position: the function, the hook whose keys it takes as
+    the past, and which positions it can start at; None where it cannot (or where a hook to edit
+    would see every position in such a pass)."""
+    if hasattr(model, "can_start_at_pos"):  # a sinkinterp model
+        k_name = "hook_rot_k" if tl_adapter.has_hook(model, "blocks.0.attn.hook_rot_k") else "hook_k"
+        return ((lambda toks, layer, resid, pos, past: model(toks, start_at_layer=layer, resid=resid,
+                                                             start_at_pos=pos, past_kv=past)),
+                k_name, model.can_start_at_pos)
+    fn = tl_adapter.start_at_pos_fn(model)
+    if fn is None or any(c.name == "rot_k" for c, _ in comps):  # TransformerLens rotates every key again
+        return None
+    return (lambda toks, layer, resid, pos, past: fn(layer, resid, pos, past)), "hook_k", lambda pos: True
+
+
 @dataclass
 class _Prefix:
-    """The unedited run of a sinkinterp model, kept to continue edited passes from a position p:
-    residual streams, keys (as the attention uses them) and values of every layer, the edited
-    activations (so edit sources still see whole sequences) and the logits."""
+    """The unedited run of a model that can continue a run from a position p (a sinkinterp model, a
+    HookedTransformer), kept to continue edited passes from p: residual streams, keys and values of
+    every layer, the edited activations (so edit sources still see whole sequences) and the logits."""
 
-    model: Any
     acts: dict[str, Tensor]
     logits: Tensor
     k_name: str
+    n_layers: int
+    run_fn: _ContinueFn
+    can_start: Callable[[int], bool]
 
     @staticmethod
     def build(model: Any, tokens: Tensor, comps: Sequence[tuple[Component, Source]],
               cells: Sequence[Cell]) -> _Prefix | None:
         """The unedited run's record, or None where no pass could start after position 0."""
-        if not hasattr(model, "can_start_at_pos") or any(c.pos_dim != 1 for c, _ in comps):
+        if any(c.pos_dim != 1 for c, _ in comps):
             return None
         if any(c.pos is None for c in cells) or max(_Prefix._min_pos([c]) for c in cells) == 0:
             return None
+        cont = _continuation(model, comps)
+        if cont is None:
+            return None
+        run_fn, k_name, can_start = cont
         L = _dims(model)["n_layers"]
-        names = set(tl_adapter.hook_names(model))
-        k_name = "hook_rot_k" if "blocks.0.attn.hook_rot_k" in names else "hook_k"
         wanted = {f"blocks.{l}.{n}" for l in range(L) for n in ("hook_resid_pre", f"attn.{k_name}", "attn.hook_v")}
         wanted |= {c.hook_name(cell.layer) for c, _ in comps for cell in cells}
         acts, logits = _capture_run(model, tokens, sorted(wanted))
-        return _Prefix(model, acts, logits, k_name)
+        return _Prefix(acts, logits, k_name, L, run_fn, can_start)
 
     @staticmethod
     def _min_pos(chunk: Sequence[Cell]) -> int:
@@ -371,16 +395,16 @@ class _Prefix:
 
     def first_position(self, chunk: Sequence[Cell]) -> int:
         p = self._min_pos(chunk)
-        return p if p and self.model.can_start_at_pos(p) else 0
+        return p if p and self.can_start(p) else 0
 
     def run(self, tokens: Tensor, n: int, layer: int, pos: int) -> Tensor:
         """Logits of n stacked copies, computed from ``layer`` and ``pos`` on (hooks attached by the caller)."""
-        acts, L = self.acts, _dims(self.model)["n_layers"]
+        acts, L = self.acts, self.n_layers
         rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
         past = [(rep(acts[f"blocks.{l}.attn.{self.k_name}"][:, :pos]), rep(acts[f"blocks.{l}.attn.hook_v"][:, :pos]))
                 for l in range(layer, L)]
         resid = rep(acts[f"blocks.{layer}.hook_resid_pre"][:, pos:])
-        new = self.model(tokens.repeat(n, 1), start_at_layer=layer, resid=resid, start_at_pos=pos, past_kv=past)
+        new = self.run_fn(tokens.repeat(n, 1), layer, resid, pos, past)
         return torch.cat([rep(self.logits[:, :pos]), new], dim=1)
 
 

@@ -590,6 +590,42 @@ def start_at_layer_fn(model: Any) -> Callable[[Any, int, Any], Any] | None:
     return lambda tokens, layer, resid: model(resid, start_at_layer=layer, tokens=tokens)
 
 
+CONTINUED_POSITION_TYPES = ("standard", "rotary", "alibi")
+
+
+def start_at_pos_fn(model: Any) -> Callable[[int, Any, int, Sequence[tuple[Any, Any]]], Any] | None:
+    """For a ``HookedTransformer`` (TransformerLens 3.x): ``f(layer, resid, pos, past) -> logits``
+    of positions ``pos``.. only, run from block ``layer`` on ``resid`` (the residual stream of those
+    positions entering it), with ``past`` the keys and values of positions ..pos-1 of blocks
+    ``layer``.. as hook_k / hook_v record them (before rotation), given to TransformerLens as a frozen
+    key-value cache (what its ``generate`` uses). In such a pass every hook sees positions pos..
+    only, except hook_rot_k (TransformerLens rotates the cached keys again with the new ones: every
+    position) and the [query, key] hooks (every key). None where it does not apply: any other model,
+    and positions other than learned, rotary or ALiBi (shortformer positions re-enter every layer)."""
+    if start_at_layer_fn(model) is None or model.cfg.positional_embedding_type not in CONTINUED_POSITION_TYPES:
+        return None
+    import torch
+
+    try:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as Entry
+    except ImportError:  # pragma: no cover - a TransformerLens without this cache
+        return None
+    n_layers = model.cfg.n_layers
+
+    def run(layer: int, resid: Any, pos: int, past: Sequence[tuple[Any, Any]]) -> Any:
+        if len(past) != n_layers - layer:
+            raise ValueError(f"past: expected {n_layers - layer} (k, v) pairs (blocks {layer}..), got {len(past)}")
+        k0, v0 = past[0]
+        unused = [Entry(k0[:, :0], v0[:, :0], frozen=True)] * layer  # blocks before ``layer`` do not run
+        cache = TransformerLensKeyValueCache(
+            entries=unused + [Entry(k, v, frozen=True) for k, v in past],
+            previous_attention_mask=torch.ones(k0.shape[0], pos, dtype=torch.int, device=k0.device), frozen=True)
+        return model(resid, start_at_layer=layer, past_kv_cache=cache)
+
+    return run
+
+
 def wrapped_hf_model(model: Any) -> Any | None:
     """The Hugging Face model a ``TransformerBridge`` wraps (its ``original_model``; calling it runs
     through the bridge's hook points), or None for any other model."""

@@ -246,6 +246,85 @@ def test_a_hooked_transformer_skips_cells_that_change_nothing():
     np.testing.assert_allclose(ours.values, ref, rtol=1e-6, atol=1e-6)
 
 
+HT_VARIANTS = {"standard": {}, "rotary": {"positional_embedding_type": "rotary", "rotary_dim": 8},
+               "alibi": {"positional_embedding_type": "alibi"},
+               "rotary_gqa": {"positional_embedding_type": "rotary", "rotary_dim": 8, "n_key_value_heads": 2}}
+
+
+def _hooked(variant, n_layers=3):
+    return tl_adapter.hooked_transformer_from_config(
+        n_layers=n_layers, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=16, act_fn="gelu",
+        normalization_type="LN", seed=0, dtype=torch.float64, **HT_VARIANTS[variant])
+
+
+@pytest.mark.parametrize("variant", list(HT_VARIANTS))
+def test_hooked_transformer_start_at_pos_forward(variant):
+    """tl_adapter.start_at_pos_fn: a HookedTransformer continued from block l and position p on the
+    full run's keys and values gives the full run's logits of positions p.."""
+    ht = _hooked(variant)
+    tokens = _tokens(2, T=10)
+    logits, cache = ht.run_with_cache(tokens)
+    run = tl_adapter.start_at_pos_fn(ht)
+    for layer, pos in ((0, 1), (1, 4), (2, 9)):
+        past = [(cache[f"blocks.{l}.attn.hook_k"][:, :pos], cache[f"blocks.{l}.attn.hook_v"][:, :pos])
+                for l in range(layer, 3)]
+        out = run(layer, cache[f"blocks.{layer}.hook_resid_pre"][:, pos:], pos, past)
+        torch.testing.assert_close(out, logits[:, pos:], atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match=r"past: expected 2 \(k, v\) pairs"):
+        run(1, cache["blocks.1.hook_resid_pre"][:, 4:], 4, past)
+    shortformer = tl_adapter.hooked_transformer_from_config(
+        n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=50, n_ctx=16, act_fn="gelu",
+        positional_embedding_type="shortformer")
+    assert tl_adapter.start_at_pos_fn(shortformer) is None and tl_adapter.start_at_pos_fn(_tokens) is None
+
+
+@pytest.mark.parametrize("variant, component", [
+    ("standard", "resid_pre"), ("standard", "k"), ("standard", "mlp_out"), ("rotary", "rot_q"), ("rotary", "v"),
+    ("alibi", "z"), ("alibi", "k"), ("rotary_gqa", "k"), ("rotary_gqa", "v")])
+def test_hooked_transformer_passes_start_at_the_patched_position(variant, component):
+    """A HookedTransformer's passes start at their first patched layer and position (a frozen
+    TransformerLens key-value cache holds the earlier positions): the grid equals TransformerLens'
+    per-cell patching and full passes, and the passes compute fewer positions."""
+    ht = _hooked(variant, n_layers=2)
+    clean, corrupted = _tokens(0), _tokens(1)
+    metric = patching.loss_metric(clean)
+    comp = patching.component(component)
+    seen = []  # positions each pass computes at the last block
+    ht.blocks[1].hook_resid_pre.add_hook(lambda act, hook: seen.append(act.shape[1]))
+    ours = patching.patch(ht, clean, corrupted, component, metric, batch_rows=3 * 4)
+    fast_positions = sum(seen)
+    seen.clear()
+    full = patching.patch(ht, clean, corrupted, component, metric, batch_rows=3 * 4, skip="layer")
+    ht.reset_hooks()
+    assert fast_positions < sum(seen)
+    _, cache = ht.run_with_cache(clean)
+    if comp.head_dim is None:
+        setter, axes = tlp.layer_pos_patch_setter, ["layer", "pos"]
+    else:
+        setter, axes = tlp.layer_pos_head_vector_patch_setter, ["layer", "pos", "head"]
+    ref = tlp.generic_activation_patch(ht, corrupted, cache, metric, setter, component, index_axis_names=axes)
+    np.testing.assert_allclose(ours.values, ref.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours.values, full.values, rtol=1e-10, atol=1e-10)
+    assert np.ptp(ours.values) > 1e-4
+
+
+def test_hooked_transformer_rotated_keys_run_from_position_zero():
+    """TransformerLens rotates cached keys again with the new ones (hook_rot_k sees every position),
+    so rot_k passes are not continued from a position; the grid still equals per-cell patching."""
+    ht = _hooked("rotary", n_layers=2)
+    clean, corrupted = _tokens(0), _tokens(1)
+    metric = patching.loss_metric(clean)
+    seen = []
+    ht.blocks[1].hook_resid_pre.add_hook(lambda act, hook: seen.append(act.shape[1]))
+    ours = patching.patch(ht, clean, corrupted, "rot_k", metric, batch_rows=3 * 4)
+    ht.reset_hooks()
+    assert set(seen) == {6}
+    _, cache = ht.run_with_cache(clean)
+    ref = tlp.generic_activation_patch(ht, corrupted, cache, metric, tlp.layer_pos_head_vector_patch_setter,
+                                       "rot_k", index_axis_names=["layer", "pos", "head"])
+    np.testing.assert_allclose(ours.values, ref.numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_sink_token_models_run_every_pass_in_full(pair):
     m = SinkTransformer(tiny_config(n_layers=3, **VARIANTS["sink_token"])).double().eval()
     assert not m.can_start_at_layer
