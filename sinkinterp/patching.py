@@ -271,8 +271,9 @@ def run_cells(
     are attached for every pass (for example the hooks of a patching source that reads the
     clean run). The edits must not depend on other rows of the batch. ``skip``: what a pass may
     take from the unedited run instead of computing it (``SKIP_MODES``): "auto" the blocks before
-    its first edited layer and, on sinkinterp models and HookedTransformers, the positions before its
-    first edited position; "layer" only the blocks; "none" nothing (every pass in full). Results are the same.
+    its first edited layer and, on sinkinterp models and HookedTransformers, the positions before
+    its first edited position; "layer" only the blocks; "none" nothing (every pass in full).
+    Results are the same.
     """
     if skip not in SKIP_MODES:
         raise ValueError(f"skip: got {skip!r}, allowed values are {list(SKIP_MODES)}")
@@ -294,8 +295,8 @@ def run_cells(
     if skip != "none" and not extra_hooks and all("{l}" in c.hook for c, _ in comps):
         start_from = _start_fn(model)
     # A sinkinterp model or a HookedTransformer also starts each pass at its first edited position,
-    # when every edit is of a per-token activation: earlier positions cannot see the edit (causal attention), so their
-    # keys and values, and logits, are the unedited run's (_Prefix). Cells are then grouped into
+    # when every edit is of a per-token activation: earlier positions cannot see the edit (causal
+    # attention), so their keys and values, and logits, are the unedited run's (_Prefix). Cells are then grouped into
     # passes by blocks of nearby layers and positions, which shortens the passes on both axes.
     prefix = _Prefix.build(model, tokens, comps, cells) if start_from is not None and skip == "auto" else None
     order = _block_order(cells, per_pass) if prefix is not None else list(range(len(cells)))

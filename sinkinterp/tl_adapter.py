@@ -601,8 +601,11 @@ def start_at_pos_fn(model: Any) -> Callable[[int, Any, int, Sequence[tuple[Any, 
     key-value cache (what its ``generate`` uses). In such a pass every hook sees positions pos..
     only, except hook_rot_k (TransformerLens rotates the cached keys again with the new ones: every
     position) and the [query, key] hooks (every key). None where it does not apply: any other model,
-    and positions other than learned, rotary or ALiBi (shortformer positions re-enter every layer)."""
+    bidirectional attention, and positions other than learned, rotary or ALiBi (shortformer
+    positions re-enter every layer)."""
     if start_at_layer_fn(model) is None or model.cfg.positional_embedding_type not in CONTINUED_POSITION_TYPES:
+        return None
+    if model.cfg.attention_dir != "causal":  # earlier positions would see the later ones
         return None
     import torch
 

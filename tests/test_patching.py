@@ -118,6 +118,17 @@ def test_passes_start_at_the_patched_layer_with_the_same_results(pair, variant):
     assert np.ptp(fast.values[1:]) > 1e-3
 
 
+def _tl_by_pos(model, clean, corrupted, metric, component):
+    """TransformerLens' generic per-cell patching of ``component`` by position (and head)."""
+    _, cache = model.run_with_cache(clean)
+    if patching.component(component).head_dim is None:
+        setter, axes = tlp.layer_pos_patch_setter, ["layer", "pos"]
+    else:
+        setter, axes = tlp.layer_pos_head_vector_patch_setter, ["layer", "pos", "head"]
+    return tlp.generic_activation_patch(model, corrupted, cache, metric, setter, component,
+                                        index_axis_names=axes).numpy()
+
+
 @pytest.mark.parametrize("component", ["resid_pre", "rot_k", "v", "z", "q", "attn_out", "mlp_out", "resid_mid"])
 def test_position_continued_passes_equal_transformer_lens_per_cell(pair, component):
     """Every per-token component, patched by position (and head), through passes continued from the
@@ -125,15 +136,8 @@ def test_position_continued_passes_equal_transformer_lens_per_cell(pair, compone
     m = SinkTransformer(tiny_config(n_layers=2)).double().eval()
     clean, corrupted = pair
     metric = patching.loss_metric(clean)
-    _, cache = m.run_with_cache(clean)
-    comp = patching.component(component)
     ours = patching.patch(m, clean, corrupted, component, metric, batch_rows=3 * 5)
-    if comp.head_dim is None:
-        setter, axes = tlp.layer_pos_patch_setter, ["layer", "pos"]
-    else:
-        setter, axes = tlp.layer_pos_head_vector_patch_setter, ["layer", "pos", "head"]
-    ref = tlp.generic_activation_patch(m, corrupted, cache, metric, setter, component, index_axis_names=axes)
-    np.testing.assert_allclose(ours.values, ref.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours.values, _tl_by_pos(m, clean, corrupted, metric, component), rtol=1e-6, atol=1e-6)
     assert np.ptp(ours.values) > 1e-4
 
 
@@ -275,7 +279,11 @@ def test_hooked_transformer_start_at_pos_forward(variant):
     shortformer = tl_adapter.hooked_transformer_from_config(
         n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=50, n_ctx=16, act_fn="gelu",
         positional_embedding_type="shortformer")
-    assert tl_adapter.start_at_pos_fn(shortformer) is None and tl_adapter.start_at_pos_fn(_tokens) is None
+    bidirectional = tl_adapter.hooked_transformer_from_config(
+        n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=50, n_ctx=16, act_fn="gelu",
+        attention_dir="bidirectional")
+    assert tl_adapter.start_at_pos_fn(bidirectional) is None and tl_adapter.start_at_pos_fn(shortformer) is None
+    assert tl_adapter.start_at_pos_fn(_tokens) is None
 
 
 @pytest.mark.parametrize("variant, component", [
@@ -288,7 +296,6 @@ def test_hooked_transformer_passes_start_at_the_patched_position(variant, compon
     ht = _hooked(variant, n_layers=2)
     clean, corrupted = _tokens(0), _tokens(1)
     metric = patching.loss_metric(clean)
-    comp = patching.component(component)
     seen = []  # positions each pass computes at the last block
     ht.blocks[1].hook_resid_pre.add_hook(lambda act, hook: seen.append(act.shape[1]))
     ours = patching.patch(ht, clean, corrupted, component, metric, batch_rows=3 * 4)
@@ -297,13 +304,7 @@ def test_hooked_transformer_passes_start_at_the_patched_position(variant, compon
     full = patching.patch(ht, clean, corrupted, component, metric, batch_rows=3 * 4, skip="layer")
     ht.reset_hooks()
     assert fast_positions < sum(seen)
-    _, cache = ht.run_with_cache(clean)
-    if comp.head_dim is None:
-        setter, axes = tlp.layer_pos_patch_setter, ["layer", "pos"]
-    else:
-        setter, axes = tlp.layer_pos_head_vector_patch_setter, ["layer", "pos", "head"]
-    ref = tlp.generic_activation_patch(ht, corrupted, cache, metric, setter, component, index_axis_names=axes)
-    np.testing.assert_allclose(ours.values, ref.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours.values, _tl_by_pos(ht, clean, corrupted, metric, component), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(ours.values, full.values, rtol=1e-10, atol=1e-10)
     assert np.ptp(ours.values) > 1e-4
 
