@@ -566,7 +566,9 @@ def patch(
     cells = [Cell(l, h, p) for l in layer_list for p in pos_cells for h in heads]
 
     hook_list = sorted({comp.hook_name(l) for l in layer_list})
-    clean_acts = capture(model, clean_tokens, hook_list)
+    # one pass each: the activations to patch in (clean) or compare with (corrupted), and the metric
+    clean_acts, clean_logits = _capture_run(model, clean_tokens, hook_list)
+    corrupted_acts, corrupted_logits = _capture_run(model, corrupted_tokens, hook_list)
 
     def source(act: Tensor, layer: int) -> Tensor:
         clean = clean_acts[comp.hook_name(layer)]
@@ -575,8 +577,7 @@ def patch(
 
     with _eval_mode(model), torch.no_grad():
         device = _model_device(model)
-        clean_value = float(metric(model(clean_tokens.to(device))))
-        corrupted_value = float(metric(model(corrupted_tokens.to(device))))
+        clean_value, corrupted_value = float(metric(clean_logits)), float(metric(corrupted_logits))
         union = [Cell(l, None, None if positions is None else tuple(pos_list)) for l in layer_list]
         with tl_adapter.attached_hooks(model, edit_hooks(model, [(comp, source)], union)):
             together = float(metric(model(corrupted_tokens.to(device))))
@@ -584,7 +585,7 @@ def patch(
         values = run_cells(model, corrupted_tokens, [(comp, source)], cells, metric, batch_rows=batch_rows,
                            skip=skip, progress=progress)
     else:  # a cell edits only where clean and corrupted differ; a cell that changes nothing needs no pass
-        narrowed = _narrow_cells(comp, cells, clean_acts, capture(model, corrupted_tokens, hook_list))
+        narrowed = _narrow_cells(comp, cells, clean_acts, corrupted_acts)
         kept = [i for i, c in enumerate(narrowed) if c is not None]
         values = np.full(len(cells), corrupted_value, dtype=np.float64)
         if kept:
