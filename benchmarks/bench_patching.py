@@ -14,9 +14,10 @@ Time of one full sweep, including what each way needs from the clean run (``run_
 TransformerLens, ``patching.capture`` plus the clean and corrupted metric for us); with ``--repeats
 R`` each way runs R times in alternating order and the fastest run counts. Models are
 randomly initialised (the time of a forward pass does not depend on the weights): our
-``SinkTransformer`` (``--kinds sink``) and TransformerLens' own ``HookedTransformer`` (``--kinds
-hooked``, TransformerLens 3.x), both LLaMA-sized alike (``LxDxH``, d_mlp = 4 d_model for GELU, RoPE +
-RMSNorm + SwiGLU for ours).
+``SinkTransformer`` (``--kinds sink``), TransformerLens' own ``HookedTransformer`` (``--kinds
+hooked``, TransformerLens 3.x) and a TransformerBridge over a Hugging Face LLaMA built from its
+config (``--kinds bridge``: how real checkpoints come in; eager attention), all sized alike
+(``LxDxH``, d_mlp = 4 d_model; GELU for the HookedTransformer, RoPE + RMSNorm + SwiGLU for the others).
 
 Run ``python benchmarks/bench_patching.py --help``; see benchmarks/README.md.
 """
@@ -48,7 +49,7 @@ SWEEPS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "v_all_pos": ("get_act_patch_attn_head_v_all_pos", "v", {"by_pos": False}),
     "pattern_all_pos": ("get_act_patch_attn_head_pattern_all_pos", "pattern", {"by_pos": False}),
 }
-KINDS = ("sink", "hooked")
+KINDS = ("sink", "hooked", "bridge")
 MODEL_PRESETS = {"tiny": (2, 32, 4), "12l": (12, 256, 8), "12l-wide": (12, 768, 12)}
 TARGET_SPEEDUP = 5.0  # issue 6: batched patching >= 5x the per-cell functions on a 12-layer model
 ATOL, RTOL = 1e-4, 1e-4  # float32 models: batched and per-cell passes sum in different orders
@@ -89,10 +90,35 @@ def build_model(kind: str, spec: str, *, d_vocab: int, n_ctx: int, seed: int = 0
                                            seed=seed, **std)).eval()
     from sinkinterp import tl_adapter
 
+    if kind == "bridge":
+        return _llama_bridge(L, D, H, d_vocab=d_vocab, n_ctx=n_ctx, seed=seed, init_std=init_std)
     return tl_adapter.hooked_transformer_from_config(
         n_layers=L, d_model=D, n_heads=H, d_head=D // H, d_mlp=4 * D, d_vocab=d_vocab, n_ctx=n_ctx,
         act_fn="gelu", normalization_type="LN", seed=seed,
         **({} if init_std is None else {"initializer_range": init_std})).eval()
+
+
+def _llama_bridge(L: int, D: int, H: int, *, d_vocab: int, n_ctx: int, seed: int, init_std: float | None) -> Any:
+    """A TransformerBridge over a Hugging Face LLaMA built from a config (no files, no hub), with a
+    word-level tokenizer the bridge only keeps (token ids are fed directly)."""
+    import transformers
+    from tokenizers import Tokenizer, models
+
+    from sinkinterp import tl_adapter
+
+    cfg = transformers.LlamaConfig(vocab_size=d_vocab, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
+                                   num_key_value_heads=H, intermediate_size=4 * D, max_position_embeddings=n_ctx,
+                                   **({} if init_std is None else {"initializer_range": init_std}))
+    torch.manual_seed(seed)
+    hf = transformers.LlamaForCausalLM._from_config(cfg, attn_implementation="eager").eval()
+    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(d_vocab)}, unk_token="t0"))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0", bos_token="t1",
+                                                     eos_token="t1")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tl_adapter.boot_bridge(hf, tokenizer, "llama").eval()
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:

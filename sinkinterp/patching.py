@@ -272,7 +272,9 @@ def run_cells(
     clean run). The edits must not depend on other rows of the batch. ``skip``: what a pass may
     take from the unedited run instead of computing it (``SKIP_MODES``): "auto" the blocks before
     its first edited layer and, on sinkinterp models and HookedTransformers, the positions before
-    its first edited position; "layer" only the blocks; "none" nothing (every pass in full).
+    its first edited position; on a TransformerBridge (no layer start) those positions, where its
+    Hugging Face key-value cache reproduces the unedited run (checked once per call); "layer" only
+    the blocks; "none" nothing (every pass in full).
     Results are the same.
     """
     if skip not in SKIP_MODES:
@@ -298,11 +300,19 @@ def run_cells(
     # when every edit is of a per-token activation: earlier positions cannot see the edit (causal
     # attention), so their keys and values, and logits, are the unedited run's (_Prefix). Cells are then grouped into
     # passes by blocks of nearby layers and positions, which shortens the passes on both axes.
-    prefix = _Prefix.build(model, tokens, comps, cells) if start_from is not None and skip == "auto" else None
-    order = _block_order(cells, per_pass) if prefix is not None else list(range(len(cells)))
+    # A TransformerBridge cannot start at a layer, but its Hugging Face model continues a run from
+    # a position through its own key-value cache (_HFPrefix): every layer, positions p.. only.
+    prefix: _Prefix | _HFPrefix | None = None
+    if skip == "auto" and start_from is not None:
+        prefix = _Prefix.build(model, tokens, comps, cells)
+    elif skip == "auto" and not extra_hooks and all("{l}" in c.hook for c, _ in comps):
+        prefix = _HFPrefix.build(model, tokens, comps, cells)
+    order = list(range(len(cells)))
+    if prefix is not None:
+        order = _block_order(cells, per_pass, by_layer=isinstance(prefix, _Prefix))
     chunk_idx = [order[i:i + per_pass] for i in range(0, len(cells), per_pass)]
     resid_at: dict[int, Tensor] = {}
-    if prefix is not None:
+    if isinstance(prefix, _Prefix):
         resid_at = {l: prefix.acts[f"blocks.{l}.hook_resid_pre"] for l in range(dims["n_layers"])}
     elif start_from is not None:
         starts = sorted({min(cells[i].layer for i in idx) for idx in chunk_idx} - {0})
@@ -409,12 +419,78 @@ class _Prefix:
         return torch.cat([rep(self.logits[:, :pos]), new], dim=1)
 
 
-def _block_order(cells: Sequence[Cell], per_pass: int) -> list[int]:
+@dataclass
+class _HFPrefix:
+    """The unedited run of a TransformerBridge, kept to continue edited passes from a position p
+    through its Hugging Face model's key-value cache: the edited activations (so edit sources see
+    whole sequences), the logits and the cache. Built only where one unedited continuation
+    reproduces the run's logits and every edited hook sees positions p.. only in it."""
+
+    acts: dict[str, Tensor]
+    logits: Tensor
+    past: list[tuple[Tensor, Tensor]]
+    cont: Callable[[Tensor, int, list[tuple[Tensor, Tensor]], int], Tensor]
+
+    @staticmethod
+    def build(model: Any, tokens: Tensor, comps: Sequence[tuple[Component, Source]],
+              cells: Sequence[Cell]) -> _HFPrefix | None:
+        if any(c.pos_dim != 1 for c, _ in comps) or any(c.pos is None for c in cells):
+            return None
+        starts = [p for p in (_Prefix._min_pos([c]) for c in cells) if p > 0]
+        fns = tl_adapter.hf_continuation(model)
+        if not starts or fns is None:
+            return None
+        run, cont = fns
+        names = sorted({c.hook_name(cell.layer) for c, _ in comps for cell in cells})
+        acts: dict[str, Tensor] = {}
+        seen: dict[str, int] = {}
+
+        def keep(name: str, store: bool) -> Any:
+            def hook(act: Tensor, hook: Any = None) -> None:
+                if store:
+                    acts[name] = act.detach().clone()
+                else:
+                    seen[name] = act.shape[1]
+
+            return hook
+
+        p = min(starts)
+        with _eval_mode(model), torch.no_grad():
+            with tl_adapter.attached_hooks(model, [(n, keep(n, True)) for n in names]):
+                logits, past = run(tokens)
+            T = tokens.shape[1]
+            if past is None or set(acts) != set(names) or any(k.shape[2] != T for k, _ in past):
+                return None  # e.g. sliding-window layers keep only their last keys
+            try:
+                with tl_adapter.attached_hooks(model, [(n, keep(n, False)) for n in names]):
+                    check = cont(tokens, p, past, 1)
+            except Exception:  # noqa: BLE001 - any failure to continue means: run every pass in full
+                return None
+        want = logits[:, p:].double()
+        if (check.shape != want.shape or any(seen.get(n) != T - p for n in names)
+                or not torch.allclose(check.double(), want, rtol=1e-4, atol=1e-4 * (1 + float(want.abs().max())))):
+            return None  # this architecture's cache does not continue the run: every pass in full
+        return _HFPrefix(acts, logits, past, cont)
+
+    def first_position(self, chunk: Sequence[Cell]) -> int:
+        return _Prefix._min_pos(chunk)
+
+    def run(self, tokens: Tensor, n: int, layer: int, pos: int) -> Tensor:
+        """Logits of n stacked copies, every layer, positions ``pos``.. computed (hooks attached by the caller)."""
+        new = self.cont(tokens, pos, self.past, n)
+        return torch.cat([self.logits[:, :pos].repeat(n, 1, 1), new], dim=1)
+
+
+def _block_order(cells: Sequence[Cell], per_pass: int, by_layer: bool = True) -> list[int]:
     """Cell indices ordered so that consecutive runs of ``per_pass`` cover compact blocks of the
     (layer, first position) grid: a pass costs about (layers after its first) x (positions after
-    its first), which square-ish blocks keep smaller than whole layers or whole positions."""
+    its first), which square-ish blocks keep smaller than whole layers or whole positions. Without
+    ``by_layer`` (passes run every layer) the order is by first position alone."""
     def first_pos(c: Cell) -> int:
         return c.pos if isinstance(c.pos, int) else min(c.pos)  # type: ignore[arg-type]
+
+    if not by_layer:
+        return sorted(range(len(cells)), key=lambda i: (first_pos(cells[i]), cells[i].layer, i))
 
     per_site = max(1, len(cells) // max(1, len({(c.layer, first_pos(c)) for c in cells})))  # e.g. heads
     side = max(1, math.isqrt(max(1, per_pass // per_site)))

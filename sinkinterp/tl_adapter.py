@@ -61,6 +61,7 @@ __all__ = [
     "boot_bridge",
     "hooked_transformer_from_config",
     "wrapped_hf_model",
+    "hf_continuation",
     "hf_rotary_emb",
     "hf_key_rotation",
     "route_attention",
@@ -637,6 +638,41 @@ def wrapped_hf_model(model: Any) -> Any | None:
     except ImportError:  # pragma: no cover - a TransformerLens without bridges
         return None
     return model.original_model if isinstance(model, TransformerBridge) else None
+
+
+HFPast = list[tuple[Any, Any]]  # per layer (keys, values) [batch, kv_head, pos, d_head] as the model caches them
+
+
+def hf_continuation(model: Any) -> tuple[Callable[[Any], tuple[Any, HFPast | None]],
+                                          Callable[[Any, int, HFPast, int], Any]] | None:
+    """For a ``TransformerBridge`` over a decoder-only Hugging Face model: ``(run, cont)`` with
+    ``run(tokens) -> (logits, past)``, one pass through the wrapped model (the bridge's hooks fire as
+    in ``model(tokens)``) that also returns its key-value cache (None where the cache is not a
+    per-layer one), and ``cont(tokens, pos, past, n) -> logits`` of positions pos.. of n stacked
+    copies of ``tokens``, computed from the cached keys and values of positions ..pos-1 (Hugging
+    Face's own incremental decoding: positions come from the cache length). In such a pass the
+    hooks see positions pos.. only (the [query, key] hooks: every key). Whether a given architecture
+    reproduces its full run that way is for the caller to check (``patching`` does, once per sweep).
+    None for any other model."""
+    hf = wrapped_hf_model(model)
+    if hf is None or getattr(getattr(hf, "config", None), "is_encoder_decoder", False):
+        return None
+    from transformers import DynamicCache
+
+    def run(tokens: Any) -> tuple[Any, HFPast | None]:
+        out = hf(input_ids=tokens, use_cache=True)
+        layers = getattr(getattr(out, "past_key_values", None), "layers", None)
+        if not layers or any(getattr(l, "keys", None) is None or l.keys.dim() != 4 for l in layers):
+            return out.logits, None
+        return out.logits, [(l.keys, l.values) for l in layers]
+
+    def cont(tokens: Any, pos: int, past: HFPast, n: int) -> Any:
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(past):
+            cache.update(k[:, :, :pos].repeat(n, 1, 1, 1), v[:, :, :pos].repeat(n, 1, 1, 1), layer)
+        return hf(input_ids=tokens[:, pos:].repeat(n, 1), past_key_values=cache, use_cache=True).logits
+
+    return run, cont
 
 
 def hf_rotary_emb(hf_model: Any) -> Any | None:

@@ -515,6 +515,42 @@ def test_batched_patching_equals_transformer_lens_on_bridges(arch, component, tl
     assert tl_adapter.count_attached_hooks(lm.model) == 0
 
 
+@pytest.mark.parametrize("component, tl_fn", [("resid_pre", "get_act_patch_resid_pre"),
+                                              ("v", "get_act_patch_attn_head_v_all_pos")])
+def test_bridge_passes_start_at_the_corrupted_position(arch, component, tl_fn):
+    """With a token in the middle corrupted, a bridge's passes continue the corrupted run from that
+    position through the Hugging Face key-value cache (earlier positions are not computed again) and
+    give transformer_lens.patching's per-cell values; sliding-window layers, whose cache keeps only
+    the last keys, run every pass in full with the same values."""
+    from sinkinterp import patching
+
+    name, lm, tokens, _ = arch
+    p = 3
+    clean = tokens[:2, :7]
+    corrupted = clean.clone()
+    corrupted[:, p] = (clean[:, p] + 7) % V
+    metric = patching.loss_metric(clean)
+    _, cache = lm.model.run_with_cache(clean)
+    ref = getattr(tl_adapter.patching, tl_fn)(lm.model, corrupted, cache, metric).numpy()
+    lengths = []
+
+    def record(x, hook):
+        if x.shape[0] > 1:  # the adapter's own hook probes run one short sequence: left out
+            lengths.append(x.shape[1])
+
+    with tl_adapter.attached_hooks(lm.model, [("blocks.0.hook_resid_pre", record)]):
+        ours = patching.patch(lm.model, clean, corrupted, component, metric, by_pos=component != "v")
+    np.testing.assert_allclose(ours.values, ref, rtol=1e-6, atol=1e-6)
+    assert np.ptp(ours.values) > 1e-6
+    # full passes: the two captures, the together pass and (continued) the record of the corrupted run
+    lengths = sorted(set(lengths))
+    if name in MOE:  # tokens grouped by expert round earlier positions differently: a pass may start earlier
+        assert lengths[-1] == 7 and 7 - p <= lengths[0] < 7
+    else:
+        assert lengths == ([7] if name in WINDOWED else [7 - p, 7])
+    assert tl_adapter.count_attached_hooks(lm.model) == 0
+
+
 def test_an_alibi_falcon_has_no_rotary_embedding_to_use():
     """Falcon configured with ALiBi keeps a rotary_emb module it never applies: the adapter must not
     offer it as the model's rotation (the decomposition, rotary_position and the rolling cache would

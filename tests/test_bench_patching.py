@@ -21,7 +21,8 @@ TINY = ["--models", "tiny", "--seq-len", "6", "--num-seqs", "2", "--d-vocab", "5
 
 def test_both_ways_agree_on_every_sweep_and_model_kind(tmp_path, capsys):
     out = tmp_path / "patching.json"
-    assert bench_patching.main([*TINY, "--batch-rows", "8", "--json", str(out)]) == 0
+    assert bench_patching.main([*TINY, "--kinds", ",".join(bench_patching.KINDS), "--batch-rows", "8",
+                                "--json", str(out)]) == 0
     doc = read_json(out)
     assert doc["benchmark"] == "patching" and doc["schema_version"] == bench_patching.SCHEMA_VERSION
     assert "--seq-len" in doc["provenance"]["command"] and doc["machine"]["cpu_count"] >= 1
@@ -45,7 +46,8 @@ def test_a_middle_corruption_agrees_too(tmp_path):
     """--corrupt-pos 3: the corrupted prompts differ from the clean ones at position 3 only, so our
     sweeps leave out the cells before it; both ways still agree on every sweep and model kind."""
     out = tmp_path / "patching.json"
-    assert bench_patching.main([*TINY, "--corrupt-pos", "3", "--json", str(out)]) == 0
+    assert bench_patching.main([*TINY, "--kinds", ",".join(bench_patching.KINDS), "--corrupt-pos", "3",
+                                "--json", str(out)]) == 0
     doc = read_json(out)
     assert "position 3" in doc["corruption"] and doc["settings"]["corrupt_pos"] == 3
     for r in doc["rows"]:
@@ -87,7 +89,7 @@ def test_repeats_alternate_and_keep_every_run(tmp_path, monkeypatch):
     (["--repeats", "0"], "--repeats"),
     (["--models", "3x10x4"], "--models"),
     (["--sweeps", "k_by_pos,nope"], "--sweeps"),
-    (["--kinds", "bridge"], "--kinds"),
+    (["--kinds", "sink,nope"], "--kinds"),
     (["--seq-len", "1"], "--seq-len"),
     (["--batch-rows", "0"], "--batch-rows"),
     (["--init-std", "0"], "--init-std"),
