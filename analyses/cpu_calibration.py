@@ -132,6 +132,9 @@ RECIPES: dict[str, list[str]] = {
     "c_bos_data1m_spread": [BOS, "data.max_train_tokens=1000000", "data.max_train_tokens_spread=4096"],
     "c_bos_data6m": [BOS, "data.max_train_tokens=6144000"],
     "c_bos_data1m_spread_s1": [BOS, "data.max_train_tokens=1000000", "data.max_train_tokens_spread=4096", *SEED1],
+    "c_bos_data2m_s1": [BOS, "data.max_train_tokens=2000000", *SEED1],
+    "c_bos_data3m_s1": [BOS, "data.max_train_tokens=3000000", *SEED1],
+    "c_bos_data6m_s1": [BOS, "data.max_train_tokens=6144000", *SEED1],
 }
 
 
