@@ -272,9 +272,9 @@ def run_cells(
     clean run). The edits must not depend on other rows of the batch. ``skip``: what a pass may
     take from the unedited run instead of computing it (``SKIP_MODES``): "auto" the blocks before
     its first edited layer and, on sinkinterp models and HookedTransformers, the positions before
-    its first edited position; on a TransformerBridge (no layer start) those positions, where its
-    Hugging Face key-value cache reproduces the unedited run (checked once per call); "layer" only
-    the blocks; "none" nothing (every pass in full).
+    its first edited position; on a TransformerBridge the same, through its Hugging Face model
+    (recorded block outputs, its own key-value cache), each where it reproduces the unedited run
+    (checked once per call); "layer" only the blocks; "none" nothing (every pass in full).
     Results are the same.
     """
     if skip not in SKIP_MODES:
@@ -300,16 +300,17 @@ def run_cells(
     # when every edit is of a per-token activation: earlier positions cannot see the edit (causal
     # attention), so their keys and values, and logits, are the unedited run's (_Prefix). Cells are then grouped into
     # passes by blocks of nearby layers and positions, which shortens the passes on both axes.
-    # A TransformerBridge cannot start at a layer, but its Hugging Face model continues a run from
-    # a position through its own key-value cache (_HFPrefix): every layer, positions p.. only.
+    # A TransformerBridge starts passes through its Hugging Face model (_HFPrefix): blocks before
+    # the first edited layer return their recorded outputs, positions before p come from the model's
+    # own key-value cache.
     prefix: _Prefix | _HFPrefix | None = None
     if skip == "auto" and start_from is not None:
         prefix = _Prefix.build(model, tokens, comps, cells)
-    elif skip == "auto" and not extra_hooks and all("{l}" in c.hook for c, _ in comps):
-        prefix = _HFPrefix.build(model, tokens, comps, cells)
+    elif skip != "none" and not extra_hooks and all("{l}" in c.hook for c, _ in comps):
+        prefix = _HFPrefix.build(model, tokens, comps, cells, positions=skip == "auto")
     order = list(range(len(cells)))
     if prefix is not None:
-        order = _block_order(cells, per_pass, by_layer=isinstance(prefix, _Prefix))
+        order = _block_order(cells, per_pass, by_layer=isinstance(prefix, _Prefix) or prefix.layers_ok)
     chunk_idx = [order[i:i + per_pass] for i in range(0, len(cells), per_pass)]
     resid_at: dict[int, Tensor] = {}
     if isinstance(prefix, _Prefix):
@@ -331,7 +332,11 @@ def run_cells(
             n = len(chunk)
             first = min(c.layer for c in chunk)
             pos0 = prefix.first_position(chunk) if prefix is not None else 0
-            if pos0:
+            if isinstance(prefix, _HFPrefix) and (pos0 or prefix.first_layer(chunk)):
+                before = (pos0, prefix.acts) if pos0 else None
+                with tl_adapter.attached_hooks(model, edit_hooks(model, comps, chunk, n_copies=n, before=before)):
+                    logits = prefix.run(tokens, n, prefix.first_layer(chunk), pos0)
+            elif pos0:
                 hooks = edit_hooks(model, comps, chunk, n_copies=n, before=(pos0, prefix.acts))
                 with tl_adapter.attached_hooks(model, hooks):
                     logits = prefix.run(tokens, n, first, pos0)
@@ -421,64 +426,88 @@ class _Prefix:
 
 @dataclass
 class _HFPrefix:
-    """The unedited run of a TransformerBridge, kept to continue edited passes from a position p
-    through its Hugging Face model's key-value cache: the edited activations (so edit sources see
-    whole sequences), the logits and the cache. Built only where one unedited continuation
-    reproduces the run's logits and every edited hook sees positions p.. only in it."""
+    """The unedited run of a TransformerBridge, kept to start edited passes later through its
+    Hugging Face model: at a layer (the blocks before it return their recorded outputs) and, for
+    per-token components, at a position p (the keys and values before p from the model's own
+    key-value cache; the edited activations kept so that edit sources see whole sequences). Each
+    way is used only where one unedited pass that starts late reproduces the run's logits (and, for
+    positions, every edited hook saw positions p.. only in it)."""
 
     acts: dict[str, Tensor]
-    logits: Tensor
-    past: list[tuple[Tensor, Tensor]]
-    cont: Callable[[Tensor, int, list[tuple[Tensor, Tensor]], int], Tensor]
+    record: Any  # tl_adapter.HFRecord
+    cont: Callable[[Tensor, int, int, Any, int], Tensor]
+    layers_ok: bool
+    positions_ok: bool
 
     @staticmethod
     def build(model: Any, tokens: Tensor, comps: Sequence[tuple[Component, Source]],
-              cells: Sequence[Cell]) -> _HFPrefix | None:
-        if any(c.pos_dim != 1 for c, _ in comps) or any(c.pos is None for c in cells):
-            return None
-        starts = [p for p in (_Prefix._min_pos([c]) for c in cells) if p > 0]
+              cells: Sequence[Cell], positions: bool = True) -> _HFPrefix | None:
         fns = tl_adapter.hf_continuation(model)
-        if not starts or fns is None:
+        if fns is None:
             return None
         run, cont = fns
+        T = tokens.shape[1]
+        layers = [c.layer for c in cells if c.layer > 0]
+        starts = [] if not positions or any(c.pos_dim != 1 for c, _ in comps) or any(c.pos is None for c in cells) \
+            else [p for p in (_Prefix._min_pos([c]) for c in cells) if p > 0]
+        if not layers and not starts:
+            return None
         names = sorted({c.hook_name(cell.layer) for c, _ in comps for cell in cells})
         acts: dict[str, Tensor] = {}
         seen: dict[str, int] = {}
 
-        def keep(name: str, store: bool) -> Any:
+        def keep(name: str) -> Any:
             def hook(act: Tensor, hook: Any = None) -> None:
-                if store:
-                    acts[name] = act.detach().clone()
-                else:
-                    seen[name] = act.shape[1]
+                acts[name] = act.detach().clone()
 
             return hook
 
-        p = min(starts)
+        def count(name: str) -> Any:
+            def hook(act: Tensor, hook: Any = None) -> None:
+                seen[name] = act.shape[1]
+
+            return hook
+
         with _eval_mode(model), torch.no_grad():
-            with tl_adapter.attached_hooks(model, [(n, keep(n, True)) for n in names]):
-                logits, past = run(tokens)
-            T = tokens.shape[1]
-            if past is None or set(acts) != set(names) or any(k.shape[2] != T for k, _ in past):
-                return None  # e.g. sliding-window layers keep only their last keys
-            try:
-                with tl_adapter.attached_hooks(model, [(n, keep(n, False)) for n in names]):
-                    check = cont(tokens, p, past, 1)
-            except Exception:  # noqa: BLE001 - any failure to continue means: run every pass in full
-                return None
-        want = logits[:, p:].double()
-        if (check.shape != want.shape or any(seen.get(n) != T - p for n in names)
-                or not torch.allclose(check.double(), want, rtol=1e-4, atol=1e-4 * (1 + float(want.abs().max())))):
-            return None  # this architecture's cache does not continue the run: every pass in full
-        return _HFPrefix(acts, logits, past, cont)
+            with tl_adapter.attached_hooks(model, [(n, keep(n)) for n in names]):
+                record = run(tokens)
+            if record.past is None or any(k.shape[2] != T for k, _ in record.past):
+                starts = []  # e.g. sliding-window layers keep only their last keys
+
+            def reproduces(layer: int, pos: int) -> bool:
+                seen.clear()
+                edited = [n for n in names if int(n.split(".")[1]) >= layer]
+                try:
+                    with tl_adapter.attached_hooks(model, [(n, count(n)) for n in edited]):
+                        got = cont(tokens, layer, pos, record, 1)
+                except Exception:  # noqa: BLE001 - a pass that cannot start there runs in full
+                    return False
+                want = record.logits[:, pos:].double()
+                return (got.shape == want.shape and all(n in seen and (not pos or seen[n] == T - pos) for n in edited)
+                        and torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4 * (1 + float(want.abs().max()))))
+
+            p = min(starts) if starts else 0
+            layer = min(layers) if layers else 0
+            layers_ok = bool(layers) and reproduces(layer, 0)
+            positions_ok = bool(starts) and reproduces(layer if layers_ok else 0, p)
+        if not (layers_ok or positions_ok):
+            return None
+        return _HFPrefix(acts, record, cont, layers_ok, positions_ok)
+
+    @property
+    def logits(self) -> Tensor:
+        return self.record.logits
 
     def first_position(self, chunk: Sequence[Cell]) -> int:
-        return _Prefix._min_pos(chunk)
+        return _Prefix._min_pos(chunk) if self.positions_ok else 0
+
+    def first_layer(self, chunk: Sequence[Cell]) -> int:
+        return min(c.layer for c in chunk) if self.layers_ok else 0
 
     def run(self, tokens: Tensor, n: int, layer: int, pos: int) -> Tensor:
-        """Logits of n stacked copies, every layer, positions ``pos``.. computed (hooks attached by the caller)."""
-        new = self.cont(tokens, pos, self.past, n)
-        return torch.cat([self.logits[:, :pos].repeat(n, 1, 1), new], dim=1)
+        """Logits of n stacked copies, from ``layer`` and ``pos`` on (hooks attached by the caller)."""
+        new = self.cont(tokens, layer, pos, self.record, n)
+        return torch.cat([self.logits[:, :pos].repeat(n, 1, 1), new], dim=1) if pos else new
 
 
 def _block_order(cells: Sequence[Cell], per_pass: int, by_layer: bool = True) -> list[int]:
@@ -487,7 +516,7 @@ def _block_order(cells: Sequence[Cell], per_pass: int, by_layer: bool = True) ->
     its first), which square-ish blocks keep smaller than whole layers or whole positions. Without
     ``by_layer`` (passes run every layer) the order is by first position alone."""
     def first_pos(c: Cell) -> int:
-        return c.pos if isinstance(c.pos, int) else min(c.pos)  # type: ignore[arg-type]
+        return 0 if c.pos is None else c.pos if isinstance(c.pos, int) else min(c.pos)
 
     if not by_layer:
         return sorted(range(len(cells)), key=lambda i: (first_pos(cells[i]), cells[i].layer, i))

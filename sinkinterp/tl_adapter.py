@@ -62,6 +62,7 @@ __all__ = [
     "hooked_transformer_from_config",
     "wrapped_hf_model",
     "hf_continuation",
+    "HFRecord",
     "hf_rotary_emb",
     "hf_key_rotation",
     "route_attention",
@@ -643,36 +644,93 @@ def wrapped_hf_model(model: Any) -> Any | None:
 HFPast = list[tuple[Any, Any]]  # per layer (keys, values) [batch, kv_head, pos, d_head] as the model caches them
 
 
-def hf_continuation(model: Any) -> tuple[Callable[[Any], tuple[Any, HFPast | None]],
-                                          Callable[[Any, int, HFPast, int], Any]] | None:
-    """For a ``TransformerBridge`` over a decoder-only Hugging Face model: ``(run, cont)`` with
-    ``run(tokens) -> (logits, past)``, one pass through the wrapped model (the bridge's hooks fire as
-    in ``model(tokens)``) that also returns its key-value cache (None where the cache is not a
-    per-layer one), and ``cont(tokens, pos, past, n) -> logits`` of positions pos.. of n stacked
-    copies of ``tokens``, computed from the cached keys and values of positions ..pos-1 (Hugging
-    Face's own incremental decoding: positions come from the cache length). In such a pass the
-    hooks see positions pos.. only (the [query, key] hooks: every key). Whether a given architecture
-    reproduces its full run that way is for the caller to check (``patching`` does, once per sweep).
-    None for any other model."""
+class HFRecord:
+    """What ``hf_continuation``'s ``run`` keeps of a pass: logits, the per-layer key-value cache
+    (None where the model's cache is not one [batch, kv_head, pos, d_head] pair per layer) and each
+    block's output."""
+
+    def __init__(self, logits: Any, past: HFPast | None, block_outputs: list[Any]):
+        self.logits, self.past, self.block_outputs = logits, past, block_outputs
+
+
+def _cut_block_output(out: Any, pos: int, n: int) -> Any:
+    """A block's output for positions pos.. of n stacked copies: hidden states [batch, pos, d_model],
+    bare or first of a tuple whose other items are None or attention weights [batch, head, query,
+    key] (Bloom, Falcon, MPT, CodeGen: cut to queries pos..); ValueError for any other structure."""
+    import torch
+
+    def cut(t: Any, dims: int, axis: int) -> Any:
+        if not isinstance(t, torch.Tensor) or t.dim() != dims:
+            raise ValueError(f"a block output of shape {getattr(t, 'shape', type(t))} is not {dims}-d")
+        return t[(slice(None),) * axis + (slice(pos, None),)].repeat(n, *([1] * (dims - 1)))
+
+    if isinstance(out, tuple) and out:
+        return (cut(out[0], 3, 1), *(None if o is None else cut(o, 4, 2) for o in out[1:]))
+    return cut(out, 3, 1)
+
+
+def hf_continuation(model: Any) -> tuple[Callable[[Any], HFRecord], Callable[[Any, int, int, HFRecord, int], Any]] | None:
+    """For a ``TransformerBridge`` over a decoder-only Hugging Face model: ``(run, cont)``.
+
+    ``run(tokens) -> HFRecord``: one pass through the wrapped model (the bridge's hooks fire as in
+    ``model(tokens)``) that also keeps its key-value cache and every block's output.
+    ``cont(tokens, layer, pos, record, n) -> logits`` of positions pos.. of n stacked copies of
+    ``tokens``: the keys and values of positions ..pos-1 come from the record's cache (Hugging
+    Face's own incremental decoding; positions follow from the cache length), and blocks
+    ..layer-1 are not run: each returns its recorded output (their hooks do not fire). In such a
+    pass the hooks see positions pos.. only (the [query, key] hooks: every key). Whether a given
+    architecture reproduces its full run that way is for the caller to check (``patching`` does,
+    once per call). None for any other model."""
     hf = wrapped_hf_model(model)
     if hf is None or getattr(getattr(hf, "config", None), "is_encoder_decoder", False):
         return None
+    blocks = list(getattr(model, "blocks", []))
     from transformers import DynamicCache
 
-    def run(tokens: Any) -> tuple[Any, HFPast | None]:
-        out = hf(input_ids=tokens, use_cache=True)
-        layers = getattr(getattr(out, "past_key_values", None), "layers", None)
-        if not layers or any(getattr(l, "keys", None) is None or l.keys.dim() != 4 for l in layers):
-            return out.logits, None
-        return out.logits, [(l.keys, l.values) for l in layers]
+    def run(tokens: Any) -> HFRecord:
+        outs: list[Any] = [None] * len(blocks)
 
-    def cont(tokens: Any, pos: int, past: HFPast, n: int) -> Any:
-        cache = DynamicCache()
-        for layer, (k, v) in enumerate(past):
-            cache.update(k[:, :, :pos].repeat(n, 1, 1, 1), v[:, :, :pos].repeat(n, 1, 1, 1), layer)
-        return hf(input_ids=tokens[:, pos:].repeat(n, 1), past_key_values=cache, use_cache=True).logits
+        def keep(i: int) -> Any:
+            return lambda module, args, out: outs.__setitem__(i, out)
+
+        handles = [b.register_forward_hook(keep(i)) for i, b in enumerate(blocks)]
+        try:
+            out = hf(input_ids=tokens, use_cache=True)
+        finally:
+            for h in handles:
+                h.remove()
+        layers = getattr(getattr(out, "past_key_values", None), "layers", None)
+        past = None
+        if layers and all(getattr(l, "keys", None) is not None and l.keys.dim() == 4 for l in layers):
+            past = [(l.keys, l.values) for l in layers]
+        return HFRecord(out.logits, past, outs)
+
+    def cont(tokens: Any, layer: int, pos: int, record: HFRecord, n: int) -> Any:
+        if pos and record.past is None:
+            raise ValueError("pos: this run kept no per-layer key-value cache to continue from")
+        if not 0 <= layer <= len(blocks):
+            raise ValueError(f"layer: got {layer}, allowed 0..{len(blocks)}")
+        cache = None
+        if pos:
+            cache = DynamicCache()
+            for i, (k, v) in enumerate(record.past):
+                cache.update(k[:, :, :pos].repeat(n, 1, 1, 1), v[:, :, :pos].repeat(n, 1, 1, 1), i)
+        replayed = [_cut_block_output(record.block_outputs[i], pos, n) for i in range(layer)]
+        # an instance attribute shadows the class's forward; set past the bridge's __setattr__, which
+        # would hand it on to the Hugging Face layer inside
+        for i, out in enumerate(replayed):
+            object.__setattr__(blocks[i], "forward", functools.partial(_replay, out))
+        try:
+            return hf(input_ids=tokens[:, pos:].repeat(n, 1), past_key_values=cache, use_cache=bool(pos)).logits
+        finally:
+            for i in range(layer):
+                object.__delattr__(blocks[i], "forward")
 
     return run, cont
+
+
+def _replay(out: Any, *args: Any, **kwargs: Any) -> Any:
+    return out
 
 
 def hf_rotary_emb(hf_model: Any) -> Any | None:

@@ -551,6 +551,29 @@ def test_bridge_passes_start_at_the_corrupted_position(arch, component, tl_fn):
     assert tl_adapter.count_attached_hooks(lm.model) == 0
 
 
+@pytest.mark.parametrize("component, tl_fn, by_pos", [("resid_pre", "get_act_patch_resid_pre", True),
+                                                      ("pattern", "get_act_patch_attn_head_pattern_all_pos", False)])
+def test_bridge_passes_start_at_the_patched_layer(arch, component, tl_fn, by_pos):
+    """A bridge's passes for cells at layer 1 do not run block 0 (it returns its output from the
+    corrupted run) and give transformer_lens.patching's per-cell values of that layer, on every
+    architecture (block outputs with attention weights beside them included)."""
+    from sinkinterp import patching
+
+    name, lm, tokens, _ = arch
+    clean = tokens[:2, :6]
+    corrupted = clean.clone()
+    corrupted[:, 0] = (clean[:, 0] + 7) % V
+    metric = patching.loss_metric(clean)
+    _, cache = lm.model.run_with_cache(clean)
+    ref = getattr(tl_adapter.patching, tl_fn)(lm.model, corrupted, cache, metric).numpy()
+    batches = []
+    with tl_adapter.attached_hooks(lm.model, [("blocks.0.hook_resid_pre", lambda x, hook: batches.append(x.shape[0]))]):
+        ours = patching.patch(lm.model, clean, corrupted, component, metric, by_pos=by_pos, layers=[1])
+    np.testing.assert_allclose(ours.values[0], ref[1], rtol=1e-6, atol=1e-6)
+    assert np.ptp(ours.values) > 1e-6
+    assert max(batches) == 2  # block 0 ran in the unpatched passes only (the patched ones hold 6 or 4 copies)
+
+
 def test_an_alibi_falcon_has_no_rotary_embedding_to_use():
     """Falcon configured with ALiBi keeps a rotary_emb module it never applies: the adapter must not
     offer it as the model's rotation (the decomposition, rotary_position and the rolling cache would
