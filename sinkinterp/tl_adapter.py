@@ -653,20 +653,24 @@ class HFRecord:
         self.logits, self.past, self.block_outputs = logits, past, block_outputs
 
 
+def _hidden_only(out: Any) -> Any:
+    """A block's output as recorded: its hidden states, and None for whatever a tuple holds beside
+    them (Bloom, Falcon, MPT and CodeGen return their attention weights, [batch, head, T, T] per
+    layer, which the model loop drops unless asked for them; a model that uses them fails the
+    caller's check instead of costing that memory)."""
+    return (out[0], *([None] * (len(out) - 1))) if isinstance(out, tuple) and out else out
+
+
 def _cut_block_output(out: Any, pos: int, n: int) -> Any:
-    """A block's output for positions pos.. of n stacked copies: hidden states [batch, pos, d_model],
-    bare or first of a tuple whose other items are None or attention weights [batch, head, query,
-    key] (Bloom, Falcon, MPT, CodeGen: cut to queries pos..); ValueError for any other structure."""
+    """A recorded block output (``_hidden_only``) for positions pos.. of n stacked copies; ValueError
+    where it is not hidden states [batch, pos, d_model]."""
     import torch
 
-    def cut(t: Any, dims: int, axis: int) -> Any:
-        if not isinstance(t, torch.Tensor) or t.dim() != dims:
-            raise ValueError(f"a block output of shape {getattr(t, 'shape', type(t))} is not {dims}-d")
-        return t[(slice(None),) * axis + (slice(pos, None),)].repeat(n, *([1] * (dims - 1)))
-
-    if isinstance(out, tuple) and out:
-        return (cut(out[0], 3, 1), *(None if o is None else cut(o, 4, 2) for o in out[1:]))
-    return cut(out, 3, 1)
+    hidden = out[0] if isinstance(out, tuple) else out
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+        raise ValueError(f"a block output of shape {getattr(hidden, 'shape', type(hidden))} is not hidden states")
+    cut = hidden[:, pos:].repeat(n, 1, 1)
+    return (cut, *out[1:]) if isinstance(out, tuple) else cut
 
 
 def hf_continuation(model: Any) -> tuple[Callable[[Any], HFRecord], Callable[[Any, int, int, HFRecord, int], Any]] | None:
@@ -691,7 +695,7 @@ def hf_continuation(model: Any) -> tuple[Callable[[Any], HFRecord], Callable[[An
         outs: list[Any] = [None] * len(blocks)
 
         def keep(i: int) -> Any:
-            return lambda module, args, out: outs.__setitem__(i, out)
+            return lambda module, args, out: outs.__setitem__(i, _hidden_only(out))
 
         handles = [b.register_forward_hook(keep(i)) for i, b in enumerate(blocks)]
         try:

@@ -574,6 +574,35 @@ def test_bridge_passes_start_at_the_patched_layer(arch, component, tl_fn, by_pos
     assert max(batches) == 2  # block 0 ran in the unpatched passes only (the patched ones hold 6 or 4 copies)
 
 
+def test_hf_continuation_equals_the_full_run_and_leaves_the_bridge_as_it_was():
+    """tl_adapter.hf_continuation: a pass from (layer, pos) gives the full run's logits of positions
+    pos.. for n stacked copies; the blocks it replays get their own forward back, also when a hook
+    raises in the middle of the pass."""
+    bridge = _bridge("llama", n_layers=3)
+    tokens = torch.randint(3, V, (2, 8), generator=torch.Generator().manual_seed(4))
+    run, cont = tl_adapter.hf_continuation(bridge)
+    with torch.no_grad():
+        full = bridge(tokens)
+        record = run(tokens)
+        torch.testing.assert_close(record.logits, full)
+        for layer, pos in [(0, 3), (2, 0), (2, 5), (3, 1)]:
+            got = cont(tokens, layer, pos, record, 2)
+            torch.testing.assert_close(got, full[:, pos:].repeat(2, 1, 1), atol=1e-5, rtol=1e-5)
+
+        def fail(x, hook):
+            raise RuntimeError("a hook failed")
+
+        with pytest.raises(RuntimeError, match="a hook failed"), \
+                tl_adapter.attached_hooks(bridge, [("blocks.2.hook_resid_pre", fail)]):
+            cont(tokens, 2, 0, record, 1)
+        assert not any("forward" in vars(b) for b in bridge.blocks)
+        torch.testing.assert_close(bridge(tokens), full)
+    with pytest.raises(ValueError, match="layer: got 4"):
+        cont(tokens, 4, 0, record, 1)
+    assert tl_adapter.hf_continuation(tl_adapter.hooked_transformer_from_config(
+        n_layers=1, d_model=8, n_heads=2, d_head=4, d_vocab=V, n_ctx=8, act_fn="gelu")) is None
+
+
 def test_an_alibi_falcon_has_no_rotary_embedding_to_use():
     """Falcon configured with ALiBi keeps a rotary_emb module it never applies: the adapter must not
     offer it as the model's rotation (the decomposition, rotary_position and the rolling cache would
