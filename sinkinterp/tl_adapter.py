@@ -580,7 +580,7 @@ def hooked_transformer_from_config(**cfg_kwargs: Any) -> Any:
 def start_at_layer_fn(model: Any) -> Callable[[Any, int, Any], Any] | None:
     """For a ``HookedTransformer`` (TransformerLens 3.x): ``f(tokens, layer, resid) -> logits`` that
     runs the blocks from ``layer`` on, starting from the residual stream ``resid`` entering it
-    (TransformerLens' ``start_at_layer``). None for every other model (bridges run in full) and for
+    (TransformerLens' ``start_at_layer``). None for every other model (bridges: ``hf_continuation``) and for
     configurations where the embedding does more than start the residual stream (shortformer
     positions, which are added again in every layer)."""
     try:
