@@ -493,6 +493,20 @@ def test_zero_neurons_equals_silencing_hugging_face_mlp_units(name):
     assert result.loss == pytest.approx(expected, abs=2e-7)
 
 
+def _pair_with_tl_reference(lm, tl_fn, T=6, p=0):
+    """Clean = the fixture's first two prompts cut to T, corrupted = token p replaced, the loss metric,
+    and transformer_lens.patching's per-cell grid ``tl_fn`` for them."""
+    from sinkinterp import patching
+
+    _, _, tokens, _ = lm
+    clean = tokens[:2, :T]
+    corrupted = clean.clone()
+    corrupted[:, p] = (clean[:, p] + 7) % V
+    metric = patching.loss_metric(clean)
+    _, cache = lm[1].model.run_with_cache(clean)
+    return clean, corrupted, metric, getattr(tl_adapter.patching, tl_fn)(lm[1].model, corrupted, cache, metric).numpy()
+
+
 @pytest.mark.parametrize("component, tl_fn", [("k", "get_act_patch_attn_head_k_by_pos"),
                                               ("v", "get_act_patch_attn_head_v_all_pos"),
                                               ("resid_pre", "get_act_patch_resid_pre")])
@@ -501,13 +515,8 @@ def test_batched_patching_equals_transformer_lens_on_bridges(arch, component, tl
     corrupted run) equals transformer_lens.patching's per-cell functions on every architecture."""
     from sinkinterp import patching
 
-    name, lm, tokens, _ = arch
-    clean = tokens[:2, :6]
-    corrupted = clean.clone()
-    corrupted[:, 0] = (clean[:, 0] + 7) % V
-    metric = patching.loss_metric(clean)
-    _, cache = lm.model.run_with_cache(clean)
-    ref = getattr(tl_adapter.patching, tl_fn)(lm.model, corrupted, cache, metric).numpy()
+    name, lm, _, _ = arch
+    clean, corrupted, metric, ref = _pair_with_tl_reference(arch, tl_fn)
     ours = patching.patch(lm.model, clean, corrupted, component, metric, by_pos=component != "v")
     assert ours.values.shape == ref.shape
     np.testing.assert_allclose(ours.values, ref, rtol=1e-6, atol=1e-6)
@@ -524,14 +533,9 @@ def test_bridge_passes_start_at_the_corrupted_position(arch, component, tl_fn):
     the last keys, run every pass in full with the same values."""
     from sinkinterp import patching
 
-    name, lm, tokens, _ = arch
+    name, lm, _, _ = arch
     p = 3
-    clean = tokens[:2, :7]
-    corrupted = clean.clone()
-    corrupted[:, p] = (clean[:, p] + 7) % V
-    metric = patching.loss_metric(clean)
-    _, cache = lm.model.run_with_cache(clean)
-    ref = getattr(tl_adapter.patching, tl_fn)(lm.model, corrupted, cache, metric).numpy()
+    clean, corrupted, metric, ref = _pair_with_tl_reference(arch, tl_fn, T=7, p=p)
     lengths = []
 
     def record(x, hook):
@@ -559,13 +563,8 @@ def test_bridge_passes_start_at_the_patched_layer(arch, component, tl_fn, by_pos
     architecture (block outputs with attention weights beside them included)."""
     from sinkinterp import patching
 
-    name, lm, tokens, _ = arch
-    clean = tokens[:2, :6]
-    corrupted = clean.clone()
-    corrupted[:, 0] = (clean[:, 0] + 7) % V
-    metric = patching.loss_metric(clean)
-    _, cache = lm.model.run_with_cache(clean)
-    ref = getattr(tl_adapter.patching, tl_fn)(lm.model, corrupted, cache, metric).numpy()
+    name, lm, _, _ = arch
+    clean, corrupted, metric, ref = _pair_with_tl_reference(arch, tl_fn)
     batches = []
     with tl_adapter.attached_hooks(lm.model, [("blocks.0.hook_resid_pre", lambda x, hook: batches.append(x.shape[0]))]):
         ours = patching.patch(lm.model, clean, corrupted, component, metric, by_pos=by_pos, layers=[1])
