@@ -493,18 +493,18 @@ def test_zero_neurons_equals_silencing_hugging_face_mlp_units(name):
     assert result.loss == pytest.approx(expected, abs=2e-7)
 
 
-def _pair_with_tl_reference(lm, tl_fn, T=6, p=0):
-    """Clean = the fixture's first two prompts cut to T, corrupted = token p replaced, the loss metric,
-    and transformer_lens.patching's per-cell grid ``tl_fn`` for them."""
+def _pair_with_tl_reference(arch, tl_fn, T=6, p=0):
+    """For the ``arch`` fixture: clean = its first two prompts cut to T, corrupted = token p
+    replaced, the loss metric, and transformer_lens.patching's per-cell grid ``tl_fn`` for them."""
     from sinkinterp import patching
 
-    _, _, tokens, _ = lm
+    _, lm, tokens, _ = arch
     clean = tokens[:2, :T]
     corrupted = clean.clone()
     corrupted[:, p] = (clean[:, p] + 7) % V
     metric = patching.loss_metric(clean)
-    _, cache = lm[1].model.run_with_cache(clean)
-    return clean, corrupted, metric, getattr(tl_adapter.patching, tl_fn)(lm[1].model, corrupted, cache, metric).numpy()
+    _, cache = lm.model.run_with_cache(clean)
+    return clean, corrupted, metric, getattr(tl_adapter.patching, tl_fn)(lm.model, corrupted, cache, metric).numpy()
 
 
 @pytest.mark.parametrize("component, tl_fn", [("k", "get_act_patch_attn_head_k_by_pos"),
@@ -529,8 +529,8 @@ def test_batched_patching_equals_transformer_lens_on_bridges(arch, component, tl
 def test_bridge_passes_start_at_the_corrupted_position(arch, component, tl_fn):
     """With a token in the middle corrupted, a bridge's passes continue the corrupted run from that
     position through the Hugging Face key-value cache (earlier positions are not computed again) and
-    give transformer_lens.patching's per-cell values; sliding-window layers, whose cache keeps only
-    the last keys, run every pass in full with the same values."""
+    give transformer_lens.patching's per-cell values; with sliding-window layers, whose cache keeps
+    only the last keys, passes run every position, with the same values."""
     from sinkinterp import patching
 
     name, lm, _, _ = arch
