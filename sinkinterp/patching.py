@@ -332,13 +332,11 @@ def run_cells(
             n = len(chunk)
             first = min(c.layer for c in chunk)
             pos0 = prefix.first_position(chunk) if prefix is not None else 0
-            if isinstance(prefix, _HFPrefix) and (pos0 or prefix.first_layer(chunk)):
+            if isinstance(prefix, _HFPrefix):  # a bridge: its blocks may be replayed without a position start
+                first = prefix.first_layer(chunk)
+            if pos0 or (isinstance(prefix, _HFPrefix) and first):
                 before = (pos0, prefix.acts) if pos0 else None
                 with tl_adapter.attached_hooks(model, edit_hooks(model, comps, chunk, n_copies=n, before=before)):
-                    logits = prefix.run(tokens, n, prefix.first_layer(chunk), pos0)
-            elif pos0:
-                hooks = edit_hooks(model, comps, chunk, n_copies=n, before=(pos0, prefix.acts))
-                with tl_adapter.attached_hooks(model, hooks):
                     logits = prefix.run(tokens, n, first, pos0)
             else:
                 hooks = list(extra_hooks) + edit_hooks(model, comps, chunk, n_copies=n)
