@@ -470,7 +470,7 @@ class _HFPrefix:
             with tl_adapter.attached_hooks(model, [(n, keep(n)) for n in names]):
                 record = run(tokens)
             if record.past is None or any(k.shape[2] != T for k, _ in record.past):
-                starts = []  # e.g. sliding-window layers keep only their last keys
+                starts = []  # a layer's cache does not hold one key per position (not one HF can continue from)
 
             def reproduces(layer: int, pos: int) -> bool:
                 seen.clear()

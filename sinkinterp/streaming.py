@@ -320,13 +320,7 @@ def _hf_shift(rotate: Any, keys: Tensor, delta: int) -> Tensor:
 def _hf_step(hf: Any, token: Tensor, cache: list[tuple[Tensor, Tensor]], position: int | None) -> Any:
     """One token through the model on top of ``cache``, at ``position`` (None: the model places it
     itself after the cache, as ALiBi models do)."""
-    from transformers import DynamicCache
-
-    pkv = None
-    if cache:
-        pkv = DynamicCache()
-        for layer, (k, v) in enumerate(cache):
-            pkv.update(k, v, layer)
+    pkv = tl_adapter.hf_cache(cache) if cache else None
     if position is None:
         return hf(input_ids=token, past_key_values=pkv, use_cache=True)
     pos = torch.tensor([[position]], device=token.device).expand(token.shape[0], 1)

@@ -682,14 +682,15 @@ def hf_continuation(model: Any) -> tuple[Callable[[Any], HFRecord], Callable[[An
     ``tokens``: the keys and values of positions ..pos-1 come from the record's cache (Hugging
     Face's own incremental decoding; positions follow from the cache length), and blocks
     ..layer-1 are not run: each returns its recorded output (their hooks do not fire). In such a
-    pass the hooks see positions pos.. only (the [query, key] hooks: every key). Whether a given
+    pass the hooks see positions pos.. only (the [query, key] hooks: every key). The record's
+    cache keeps every key of every layer, sliding-window layers included (the model's own cache
+    would keep only their last keys, too few to continue from an earlier position). Whether a given
     architecture reproduces its full run that way is for the caller to check (``patching`` does,
     once per call). None for any other model."""
     hf = wrapped_hf_model(model)
     if hf is None or getattr(getattr(hf, "config", None), "is_encoder_decoder", False):
         return None
     blocks = list(getattr(model, "blocks", []))
-    from transformers import DynamicCache
 
     def run(tokens: Any) -> HFRecord:
         outs: list[Any] = [None] * len(blocks)
@@ -698,8 +699,8 @@ def hf_continuation(model: Any) -> tuple[Callable[[Any], HFRecord], Callable[[An
             return lambda module, args, out: outs.__setitem__(i, _hidden_only(out))
 
         handles = [b.register_forward_hook(keep(i)) for i, b in enumerate(blocks)]
-        try:
-            out = hf(input_ids=tokens, use_cache=True)
+        try:  # a cache of full layers: sliding-window layers keep every key too (their mask still applies the window)
+            out = hf(input_ids=tokens, use_cache=True, past_key_values=hf_cache([]))
         finally:
             for h in handles:
                 h.remove()
@@ -714,11 +715,8 @@ def hf_continuation(model: Any) -> tuple[Callable[[Any], HFRecord], Callable[[An
             raise ValueError("pos: this run kept no per-layer key-value cache to continue from")
         if not 0 <= layer <= len(blocks):
             raise ValueError(f"layer: got {layer}, allowed 0..{len(blocks)}")
-        cache = None
-        if pos:
-            cache = DynamicCache()
-            for i, (k, v) in enumerate(record.past):
-                cache.update(k[:, :, :pos].repeat(n, 1, 1, 1), v[:, :, :pos].repeat(n, 1, 1, 1), i)
+        cache = hf_cache([(k[:, :, :pos].repeat(n, 1, 1, 1), v[:, :, :pos].repeat(n, 1, 1, 1))
+                          for k, v in record.past]) if pos else None
         replayed = [_cut_block_output(record.block_outputs[i], pos, n) for i in range(layer)]
         # an instance attribute shadows the class's forward; set past the bridge's __setattr__, which
         # would hand it on to the Hugging Face layer inside
@@ -731,6 +729,18 @@ def hf_continuation(model: Any) -> tuple[Callable[[Any], HFRecord], Callable[[An
                 object.__delattr__(blocks[i], "forward")
 
     return run, cont
+
+
+def hf_cache(pairs: Sequence[tuple[Any, Any]]) -> Any:
+    """A Hugging Face ``DynamicCache`` holding one (keys, values) pair [batch, kv_head, pos, d_head]
+    per layer, in order; every layer a full one (built without the model's config, so no layer
+    trims its keys to a sliding window: the model's attention masks apply the window)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(pairs):
+        cache.update(k, v, i)
+    return cache
 
 
 def _replay(out: Any, *args: Any, **kwargs: Any) -> Any:

@@ -529,8 +529,8 @@ def test_batched_patching_equals_transformer_lens_on_bridges(arch, component, tl
 def test_bridge_passes_start_at_the_corrupted_position(arch, component, tl_fn):
     """With a token in the middle corrupted, a bridge's passes continue the corrupted run from that
     position through the Hugging Face key-value cache (earlier positions are not computed again) and
-    give transformer_lens.patching's per-cell values; with sliding-window layers, whose cache keeps
-    only the last keys, passes run every position, with the same values."""
+    give transformer_lens.patching's per-cell values; sliding-window layers included (Gemma 3's
+    window of 4 < T: the recorded cache keeps every key, the model's mask applies the window)."""
     from sinkinterp import patching
 
     name, lm, _, _ = arch
@@ -551,7 +551,7 @@ def test_bridge_passes_start_at_the_corrupted_position(arch, component, tl_fn):
     if name in MOE:  # tokens grouped by expert round earlier positions differently: a pass may start earlier
         assert lengths[-1] == 7 and 7 - p <= lengths[0] < 7
     else:
-        assert lengths == ([7] if name in WINDOWED else [7 - p, 7])
+        assert lengths == [7 - p, 7]
     assert tl_adapter.count_attached_hooks(lm.model) == 0
 
 
@@ -575,10 +575,18 @@ def test_bridge_passes_start_at_the_patched_layer(arch, component, tl_fn, by_pos
 
 def test_hf_continuation_equals_the_full_run_and_leaves_the_bridge_as_it_was():
     """tl_adapter.hf_continuation: a pass from (layer, pos) gives the full run's logits of positions
-    pos.. for n stacked copies; the blocks it replays get their own forward back, also when a hook
+    pos.. for n stacked copies (a sliding-window model too, from positions inside and past its window); the blocks it replays get their own forward back, also when a hook
     raises in the middle of the pass."""
-    bridge = _bridge("llama", n_layers=3)
     tokens = torch.randint(3, V, (2, 8), generator=torch.Generator().manual_seed(4))
+    windowed = _bridge("gemma3")  # a sliding window of 4 < 8 positions: the record keeps every key anyway
+    run, cont = tl_adapter.hf_continuation(windowed)
+    with torch.no_grad():
+        full, record = windowed(tokens), run(tokens)
+        assert all(k.shape[2] == 8 for k, _ in record.past)
+        for pos in (1, 3, 6):
+            torch.testing.assert_close(cont(tokens, 0, pos, record, 2), full[:, pos:].repeat(2, 1, 1),
+                                       atol=1e-5, rtol=1e-5)
+    bridge = _bridge("llama", n_layers=3)
     run, cont = tl_adapter.hf_continuation(bridge)
     with torch.no_grad():
         full = bridge(tokens)
