@@ -41,6 +41,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -183,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'process': each row in a fresh Python process (clean CPU peaks); 'none': all rows "
                         "in this process (fine for CUDA peaks, approximate for CPU). Default: process on "
                         "cpu, none on cuda")
+    p.add_argument("--paired", action="store_true",
+                   help="time the methods of each (model, T, N) in one process, in turns: each of --repeats "
+                        "rounds runs every method once (the order rotating), and 'x fwd' is the median over "
+                        "rounds of the ratio to that round's forward. Steadier ratios on a machine whose speed "
+                        "drifts; no peak memory (run without it for peaks)")
     p.add_argument("--row-timeout", type=float, default=3600.0, help="seconds before a row's process is killed")
     p.add_argument("--parity-init-std", type=float, default=0.3,
                    help="init_std of the parity-check model (large, so attention is far from uniform and "
@@ -367,6 +373,46 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def run_paired(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every method of ``spec["methods"]`` on one model and input, in turns: warm-up for each, then
+    ``repeats`` rounds of one timed call per method, the order rotated each round so that no method
+    always runs first or after the same one. Returns {"times_s": {method: [seconds per round]}}."""
+    model, tokens, device = _build(spec)
+    methods = list(spec["methods"])
+    bs, eps = int(spec["batch_size"]), float(spec["eps"])
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    try:
+        for method in methods:
+            prepare, fn = _METHOD_FUNCS[method]
+            prepare(model)
+            for _ in range(int(spec["warmup"])):
+                fn(model, tokens[:bs], bs, eps)
+        for r in range(int(spec["repeats"])):
+            for method in methods[r % len(methods):] + methods[:r % len(methods)]:
+                prepare, fn = _METHOD_FUNCS[method]
+                prepare(model)
+                times[method] += time_calls(lambda: fn(model, tokens, bs, eps), 1, device)  # noqa: B023
+    finally:
+        _backend("auto")(model)
+    return {"times_s": times, "torch_threads": torch.get_num_threads()}
+
+
+def _paired_rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One row's measurements per method from ``run_paired``'s result (a failed result: every
+    method failed alike); the ratio to forward is the median over rounds of the per-round ratio."""
+    if result.get("status") != "ok":
+        return {m: {k: v for k, v in result.items() if k != "methods"} for m in result["methods"]}
+    times = result["times_s"]
+    rows = {}
+    for method, ts in times.items():
+        row: dict[str, Any] = {"status": "ok", "times_s": [round(t, 6) for t in ts], **summarize_times(ts),
+                               "peak_bytes": None, "paired": True, "torch_threads": result["torch_threads"]}
+        if "forward" in times:
+            row["paired_ratio_to_forward"] = statistics.median(t / f for t, f in zip(ts, times["forward"]))
+        rows[method] = row
+    return rows
+
+
 def run_parity(spec: dict[str, Any]) -> dict[str, Any]:
     """Sink_k^eps, the eps sweep of Sink_1 and alpha_k from cached patterns == measure's (also with
     ``first_keys``, from ``lengths`` and, where Triton runs, from the Triton column kernels)."""
@@ -427,9 +473,12 @@ def run_parity(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+_ROW_FUNCS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"parity": run_parity, "paired": run_paired}
+
+
 def _worker_main(spec_json: str) -> int:
     spec = json.loads(spec_json)
-    result = run_parity(spec) if spec["method"] == "parity" else run_row(spec)
+    result = _ROW_FUNCS.get(spec["method"], run_row)(spec)
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
@@ -438,7 +487,7 @@ def _worker_main(spec_json: str) -> int:
 def _run_in_process(spec: dict[str, Any]) -> dict[str, Any]:
     """One row in this process; running out of memory fails the row, not the benchmark."""
     try:
-        result = run_parity(spec) if spec["method"] == "parity" else run_row(spec)
+        result = _ROW_FUNCS.get(spec["method"], run_row)(spec)
         return {"status": "ok", **result}
     except torch.cuda.OutOfMemoryError as err:
         failed = {"status": "failed", "reason": f"CUDA out of memory: {str(err).splitlines()[0]}"}
@@ -474,7 +523,7 @@ def _run_subprocess(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 # the grid, derived numbers, output
 # =============================================================================================
 _RESUME_SETTINGS = ("device", "dtype", "batch_size", "repeats", "warmup", "eps", "d_vocab", "seed", "threads",
-                    "isolation")
+                    "isolation", "paired")
 _DERIVED = ("ratio_to_forward", "cache_to_measure_peak", "cache_to_measure_peak_lower_bound", "peak_vs_smallest_n")
 
 
@@ -521,17 +570,19 @@ def _derive(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         key = (r["model"], r["seq_len"], r["num_seqs"])
         fwd = ok.get(("forward", *key))
-        if r["status"] == "ok" and fwd and fwd["median_s"] > 0:
+        if r["status"] == "ok" and "paired_ratio_to_forward" in r:
+            r["ratio_to_forward"] = r["paired_ratio_to_forward"]
+        elif r["status"] == "ok" and fwd and fwd["median_s"] > 0:
             r["ratio_to_forward"] = r["median_s"] / fwd["median_s"]
         meas = ok.get(("measure", *key))
-        if r["method"] == "cache" and meas and meas["peak_bytes"] > 0:
-            if r["status"] == "ok":
+        if r["method"] == "cache" and meas and (meas["peak_bytes"] or 0) > 0:
+            if r["status"] == "ok" and r["peak_bytes"]:
                 r["cache_to_measure_peak"] = r["peak_bytes"] / meas["peak_bytes"]
             elif r.get("skipped"):
                 r["cache_to_measure_peak_lower_bound"] = r["pattern_bytes"] / meas["peak_bytes"]
         if r["method"].startswith("measure") and r["status"] == "ok":
             base = ok.get((r["method"], r["model"], r["seq_len"], min_n))
-            if base and base["peak_bytes"] > 0:
+            if base and r["peak_bytes"] and (base["peak_bytes"] or 0) > 0:
                 r["peak_vs_smallest_n"] = r["peak_bytes"] / base["peak_bytes"]
 
 
@@ -565,7 +616,7 @@ def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     items = []
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
-        if r["method"] == "measure" and r["status"] == "ok":
+        if r["method"] == "measure" and r["status"] == "ok" and r["peak_bytes"] is not None:
             groups.setdefault((r["model"], r["seq_len"]), []).append(r)
     for (model, T), rs in groups.items():
         if len(rs) < 2:
@@ -599,7 +650,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             r["method"], r["model"], str(r["seq_len"]), str(r["num_seqs"]),
             f"{r['median_s']:.3f}" if ok else "-",
             f"{r['ratio_to_forward']:.2f}" if "ratio_to_forward" in r else "-",
-            f"{r['peak_bytes'] / 2**20:.1f}" if ok else "-",
+            f"{r['peak_bytes'] / 2**20:.1f}" if ok and r["peak_bytes"] is not None else "-",
             ratio, note[:90],
         ])
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
@@ -695,6 +746,13 @@ def _run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     for m in args.models:
         for T in args.seq_lens:
             for N in args.num_seqs:
+                too_big = _pattern_bytes(configs[m], T, N, args.dtype) > max_cache  # the cache row is skipped
+                timed = [x for x in args.methods if not (x == "cache" and too_big)]
+                paired: dict[str, dict[str, Any]] = {}
+                if args.paired and any((x, m, T, N) not in previous for x in timed):
+                    paired = _paired_rows({"methods": timed, **run(
+                        {**common, "method": "paired", "methods": timed, "model": m, "seq_len": T,
+                         "num_seqs": N, "model_config": configs[m]})})
                 for method in args.methods:
                     if (method, m, T, N) in previous:
                         rows.append(previous[(method, m, T, N)])
@@ -707,12 +765,15 @@ def _run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
                         row.update(status="skipped", skipped=True,
                                    reason=f"patterns alone need {row['pattern_bytes'] / 1e9:.1f} GB "
                                           f"> limit {max_cache / 1e9:.1f} GB (--max-cache-gb)")
+                    elif paired:
+                        row.update(paired[method])
                     else:
                         row.update(run({**common, "method": method, "model": m, "seq_len": T, "num_seqs": N,
                                         "model_config": configs[m]}))
                     rows.append(row)
-                    shown = (f"{row['median_s']:.3f} s, peak {row['peak_bytes'] / 2**20:.1f} MB"
-                             if row["status"] == "ok" else f"{row['status']}: {row.get('reason', '')}")
+                    peak = "" if row.get("peak_bytes") is None else f", peak {row['peak_bytes'] / 2**20:.1f} MB"
+                    shown = (f"{row['median_s']:.3f} s{peak}" if row["status"] == "ok"
+                             else f"{row['status']}: {row.get('reason', '')}")
                     _log(args.quiet, f"{method:>20}  {m}  T={T}  N={N}: {shown}")
                     doc["rows"] = rows
                     write_json(json_path, doc)  # partial results survive an interrupted run

@@ -162,3 +162,34 @@ def test_measure_blocks_switches_the_cpu_column_sums_and_back():
     flash = run(model, tokens, 2, 0.3)
     np.testing.assert_allclose(blocks["alpha_by_key"], flash["alpha_by_key"], atol=1e-6)
     assert flash["alpha_by_key"].std() > 0.01
+
+
+def test_paired_times_every_method_in_turns(tmp_path, monkeypatch):
+    """--paired: the methods of each (model, T, N) share one process and take turns (the order
+    rotating each round); 'x fwd' is the median of the per-round ratios to forward; no peaks; a
+    cache row too big for --max-cache-gb is skipped, not timed."""
+    import statistics
+
+    order = []
+    for name in ("forward", "measure", "cache"):
+        prepare, fn = bench_measure._METHOD_FUNCS[name]
+        monkeypatch.setitem(bench_measure._METHOD_FUNCS, name,
+                            (prepare, lambda *a, _n=name, _f=fn: order.append(_n) or _f(*a)))
+    out = tmp_path / "paired.json"
+    rc = bench_measure.main([*TINY, "--repeats", "3", "--paired", "--isolation", "none", "--methods", "forward,measure,cache",
+                             "--max-cache-gb", "0.00003", "--json", str(out)])
+    assert rc == 0
+    doc = read_json(out)
+    rows = {(r["method"], r["num_seqs"]): r for r in doc["rows"]}
+    assert rows[("cache", 4)]["status"] == "skipped" and rows[("cache", 2)]["status"] == "ok"
+    for (method, n), r in rows.items():
+        if r["status"] != "ok":
+            continue
+        assert r["paired"] and r["peak_bytes"] is None and len(r["times_s"]) == 3
+        want = statistics.median(t / f for t, f in zip(r["times_s"], rows[("forward", n)]["times_s"]))
+        assert r["ratio_to_forward"] == pytest.approx(want, rel=1e-3)
+    assert rows[("forward", 2)]["ratio_to_forward"] == 1.0
+    # warm-up then three rounds per (model, T, N), each starting one method later (N = 2, then N = 4)
+    assert order[3:12] == ["forward", "measure", "cache", "measure", "cache", "forward", "cache", "forward", "measure"]
+    assert order[12:14] == ["forward", "measure"] and "cache" not in order[12:]
+    assert doc["settings"]["paired"] is True
