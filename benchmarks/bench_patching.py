@@ -145,8 +145,29 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+METRICS = ("loss", "last")
+
+
+def make_metric(name: str, clean: torch.Tensor, corrupted: torch.Tensor, corrupt_pos: int
+                ) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[int] | None]:
+    """The sweep's metric and the positions it reads (None: all). "loss": mean next-token cross
+    entropy of the clean tokens (every position). "last": the IOI-style logit difference at the
+    last position between the clean and the corrupted token at ``corrupt_pos`` (one position: our
+    passes unembed it alone, through ``metric_positions``; TransformerLens' per-cell functions
+    compute every position's logits and the metric picks the last)."""
+    from sinkinterp import patching
+
+    if name == "loss":
+        return patching.loss_metric(clean), None
+    if name == "last":
+        return (patching.logit_diff_metric(clean[:, corrupt_pos].tolist(), corrupted[:, corrupt_pos].tolist(),
+                                           pos=-1), [-1])
+    raise ValueError(f"metric: got {name!r}, allowed values are {list(METRICS)}")
+
+
 def run_sweep(model: Any, clean: torch.Tensor, corrupted: torch.Tensor, sweep: str, *, batch_rows: int,
-              methods: Sequence[str], skip: str = "auto", repeats: int = 1) -> dict[str, Any]:
+              methods: Sequence[str], skip: str = "auto", repeats: int = 1, metric_name: str = "loss",
+              corrupt_pos: int = 0) -> dict[str, Any]:
     """Both ways of one sweep: seconds, number of cells, and whether their grids agree.
 
     ``repeats`` > 1 runs each way that many times, alternating which goes first (ours, tl; tl, ours;
@@ -156,12 +177,12 @@ def run_sweep(model: Any, clean: torch.Tensor, corrupted: torch.Tensor, sweep: s
 
     tl_name, comp, kwargs = SWEEPS[sweep]
     device = next(model.parameters()).device
-    metric = patching.loss_metric(clean)
-    row: dict[str, Any] = {"sweep": sweep, "tl_function": tl_name, "component": comp}
+    metric, metric_positions = make_metric(metric_name, clean, corrupted, corrupt_pos)
+    row: dict[str, Any] = {"sweep": sweep, "tl_function": tl_name, "component": comp, "metric": metric_name}
 
     def ours() -> np.ndarray:
         return patching.patch(model, clean, corrupted, comp, metric, batch_rows=batch_rows, skip=skip,
-                              **kwargs).values
+                              metric_positions=metric_positions, **kwargs).values
 
     def per_cell() -> np.ndarray:
         _, cache = model.run_with_cache(clean)
@@ -239,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1,
                    help="runs of each way per sweep, alternating which goes first; the table shows each way's "
                         "fastest run, the JSON every run")
+    p.add_argument("--metric", choices=METRICS, default="loss",
+                   help="loss: mean next-token cross entropy (every position's logits); last: logit difference "
+                        "of the clean vs corrupted token at the last position (ours unembeds that position only)")
     p.add_argument("--d-vocab", type=int, default=8192)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
@@ -330,7 +354,8 @@ def _run(args: argparse.Namespace, argv: list[str], kinds: list[str], models: li
                     print(f"[bench_patching] {kind} {spec} {sweep} ...", file=sys.stderr, flush=True)
                 try:
                     row = {**base, **run_sweep(model, clean, corrupted, sweep, batch_rows=args.batch_rows,
-                                               methods=methods, skip=args.skip, repeats=args.repeats)}
+                                               methods=methods, skip=args.skip, repeats=args.repeats,
+                                               metric_name=args.metric, corrupt_pos=args.corrupt_pos)}
                 except Exception as err:  # noqa: BLE001 - record and go on with the next row
                     row = {**base, "sweep": sweep, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
                 doc["rows"].append(row)

@@ -264,6 +264,7 @@ def run_cells(
     progress: bool = False,
     extra_hooks: Sequence[tuple[str, Any]] = (),
     skip: str = "auto",
+    metric_positions: Sequence[int] | None = None,
 ) -> np.ndarray:
     """``metric`` of the model's logits with the edits applied at each cell separately: [n_cells].
 
@@ -275,13 +276,18 @@ def run_cells(
     its first edited position; on a TransformerBridge the same, through its Hugging Face model
     (recorded block outputs, its own key-value cache), each where it reproduces the unedited run
     (checked once per call); "layer" only the blocks; "none" nothing (every pass in full).
-    Results are the same.
+    Results are the same. ``metric_positions``: the positions (0-based, or negative from the end)
+    whose logits the metric reads, None for all; the metric then gets ``logits[:, metric_positions]``
+    and passes unembed those positions only (``tl_adapter.unembed_positions``: a large
+    vocabulary's unembedding is a large part of a pass that starts at a late layer), and a pass
+    whose edits all come after them is not run.
     """
     if skip not in SKIP_MODES:
         raise ValueError(f"skip: got {skip!r}, allowed values are {list(SKIP_MODES)}")
     comps = [(component(c), s) for c, s in edits]
     dims = _dims(model)
     tokens = validate_tokens(tokens, dims["d_vocab"])
+    mp = _metric_positions(metric_positions, tokens.shape[1])
     for comp, _ in comps:
         _check_cells(model, comp, cells, tokens.shape[1])
     if not isinstance(batch_rows, int) or batch_rows < 1:
@@ -334,19 +340,51 @@ def run_cells(
             pos0 = prefix.first_position(chunk) if prefix is not None else 0
             if isinstance(prefix, _HFPrefix):  # a bridge: its blocks may be replayed without a position start
                 first = prefix.first_layer(chunk)
+            keep = None if mp is None else sorted({p - pos0 for p in mp if p >= pos0})
+            if keep == []:  # every position the metric reads comes before every edit: the unedited logits
+                value = float(metric(prefix.logits[:, mp]))
+                out[idx] = value
+                continue
             if pos0 or (isinstance(prefix, _HFPrefix) and first):
                 before = (pos0, prefix.acts) if pos0 else None
-                with tl_adapter.attached_hooks(model, edit_hooks(model, comps, chunk, n_copies=n, before=before)):
-                    logits = prefix.run(tokens, n, first, pos0)
+                hooks = edit_hooks(model, comps, chunk, n_copies=n, before=before)
+                with tl_adapter.attached_hooks(model, hooks), tl_adapter.unembed_positions(model, keep):
+                    new = prefix.run(tokens, n, first, pos0)
             else:
                 hooks = list(extra_hooks) + edit_hooks(model, comps, chunk, n_copies=n)
-                with tl_adapter.attached_hooks(model, hooks):
+                with tl_adapter.attached_hooks(model, hooks), tl_adapter.unembed_positions(model, keep):
                     if first and first in resid_at:
-                        logits = start_from(tokens.repeat(n, 1), first, resid_at[first].repeat(n, 1, 1))
+                        new = start_from(tokens.repeat(n, 1), first, resid_at[first].repeat(n, 1, 1))
                     else:
-                        logits = model(tokens.repeat(n, 1))
+                        new = model(tokens.repeat(n, 1))
+            if keep is not None:  # the metric's positions, in its order: computed ones, or unedited ones before pos0
+                if new.shape[1] != len(keep):  # a model whose unembedding the adapter does not know: cut here
+                    new = new[:, keep]
+                logits = torch.stack([new[:, keep.index(p - pos0)] if p >= pos0
+                                      else prefix.logits[:, p].repeat(n, 1) for p in mp], dim=1)
+            elif pos0:
+                logits = torch.cat([prefix.logits[:, :pos0].repeat(n, 1, 1), new], dim=1)
+            else:
+                logits = new
             for j, i in enumerate(idx):
                 out[i] = float(metric(logits[j * b:(j + 1) * b]))
+    return out
+
+
+def _metric_positions(positions: object, T: int) -> list[int] | None:
+    """``metric_positions`` as non-negative indices (order kept), or None for every position."""
+    if positions is None:
+        return None
+    if isinstance(positions, (str, bytes)) or not isinstance(positions, Sequence):
+        raise TypeError(f"metric_positions: expected a sequence of integers or None, got {positions!r}")
+    out = []
+    for p in positions:
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not -T <= int(p) < T:
+            raise ValueError(f"metric_positions: {p!r} is not a position of a sequence of {T} "
+                             f"(integers in -{T}..{T - 1})")
+        out.append(int(p) % T)
+    if not out:
+        raise ValueError("metric_positions: empty (None reads every position)")
     return out
 
 
@@ -412,14 +450,14 @@ class _Prefix:
         return p if p and self.can_start(p) else 0
 
     def run(self, tokens: Tensor, n: int, layer: int, pos: int) -> Tensor:
-        """Logits of n stacked copies, computed from ``layer`` and ``pos`` on (hooks attached by the caller)."""
+        """Logits of positions pos.. of n stacked copies, computed from ``layer`` and ``pos`` on (hooks
+        attached by the caller)."""
         acts, L = self.acts, self.n_layers
         rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
         past = [(rep(acts[f"blocks.{l}.attn.{self.k_name}"][:, :pos]), rep(acts[f"blocks.{l}.attn.hook_v"][:, :pos]))
                 for l in range(layer, L)]
         resid = rep(acts[f"blocks.{layer}.hook_resid_pre"][:, pos:])
-        new = self.run_fn(tokens.repeat(n, 1), layer, resid, pos, past)
-        return torch.cat([rep(self.logits[:, :pos]), new], dim=1)
+        return self.run_fn(tokens.repeat(n, 1), layer, resid, pos, past)
 
 
 @dataclass
@@ -503,9 +541,9 @@ class _HFPrefix:
         return min(c.layer for c in chunk) if self.layers_ok else 0
 
     def run(self, tokens: Tensor, n: int, layer: int, pos: int) -> Tensor:
-        """Logits of n stacked copies, from ``layer`` and ``pos`` on (hooks attached by the caller)."""
-        new = self.cont(tokens, layer, pos, self.record, n)
-        return torch.cat([self.logits[:, :pos].repeat(n, 1, 1), new], dim=1) if pos else new
+        """Logits of positions pos.. of n stacked copies, from ``layer`` and ``pos`` on (hooks attached
+        by the caller)."""
+        return self.cont(tokens, layer, pos, self.record, n)
 
 
 def _block_order(cells: Sequence[Cell], per_pass: int, by_layer: bool = True) -> list[int]:
@@ -619,6 +657,7 @@ def patch(
     batch_rows: int = 64,
     progress: bool = False,
     skip: str = "auto",
+    metric_positions: Sequence[int] | None = None,
 ) -> PatchResult:
     """Patch ``component_name`` from the clean run into the corrupted run, one cell at a time.
 
@@ -633,7 +672,9 @@ def patch(
     layer 0's keys when only the first token was corrupted, or every position before the first
     corrupted one). ``together`` in the result: the metric with every cell patched at once (for
     example token 1's key at every layer: a mechanism spread over layers that no single cell
-    restores).
+    restores). ``metric_positions``: the positions whose logits ``metric`` reads (see ``run_cells``;
+    for example ``[-1]`` with ``logit_diff_metric(..., pos=-1)``): it then sees ``logits[:,
+    metric_positions]`` everywhere, the unpatched runs included, and passes unembed those only.
     """
     comp = component(component_name)
     if skip not in SKIP_MODES:
@@ -645,6 +686,8 @@ def patch(
         raise ValueError(f"clean_tokens {tuple(clean_tokens.shape)} and corrupted_tokens "
                          f"{tuple(corrupted_tokens.shape)} must have the same shape")
     T = clean_tokens.shape[1]
+    mp = _metric_positions(metric_positions, T)
+    at = (lambda logits: logits) if mp is None else (lambda logits: logits[:, mp])
     if comp.pos_dim is None and (positions is not None or by_pos):
         if positions is not None:
             raise ValueError(f"positions: component {comp.name!r} has no position axis")
@@ -680,20 +723,21 @@ def patch(
 
     with _eval_mode(model), torch.no_grad():
         device = _model_device(model)
-        clean_value, corrupted_value = float(metric(clean_logits)), float(metric(corrupted_logits))
+        clean_value, corrupted_value = float(metric(at(clean_logits))), float(metric(at(corrupted_logits)))
         union = [Cell(l, None, None if positions is None else tuple(pos_list)) for l in layer_list]
         with tl_adapter.attached_hooks(model, edit_hooks(model, [(comp, source)], union)):
-            together = float(metric(model(corrupted_tokens.to(device))))
+            together = float(metric(at(model(corrupted_tokens.to(device)))))
     if skip == "none":
         values = run_cells(model, corrupted_tokens, [(comp, source)], cells, metric, batch_rows=batch_rows,
-                           skip=skip, progress=progress)
+                           skip=skip, progress=progress, metric_positions=mp)
     else:  # a cell edits only where clean and corrupted differ; a cell that changes nothing needs no pass
         narrowed = _narrow_cells(comp, cells, clean_acts, corrupted_acts)
         kept = [i for i, c in enumerate(narrowed) if c is not None]
         values = np.full(len(cells), corrupted_value, dtype=np.float64)
         if kept:
             values[kept] = run_cells(model, corrupted_tokens, [(comp, source)], [narrowed[i] for i in kept],
-                                     metric, batch_rows=batch_rows, skip=skip, progress=progress)
+                                     metric, batch_rows=batch_rows, skip=skip, progress=progress,
+                                     metric_positions=mp)
     shape = [len(layer_list)] + ([len(pos_list)] if "pos" in axes else []) + ([len(heads)] if "head" in axes else [])
     return PatchResult(comp.name, values.reshape(shape), tuple(axes), pos_list, clean_value, corrupted_value,
                        together)

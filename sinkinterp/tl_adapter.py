@@ -731,6 +731,45 @@ def hf_continuation(model: Any) -> tuple[Callable[[Any], HFRecord], Callable[[An
     return run, cont
 
 
+def unembed_module(model: Any) -> Any | None:
+    """The module that turns the final normalized residual stream [batch, pos, d_model] into logits:
+    a sinkinterp model's or HookedTransformer's ``unembed``, the output embedding of the Hugging
+    Face model a bridge wraps (what its forward calls; GPT-2-style models reshape the hidden states
+    after the last block, so a cut must come after that); None when neither is there."""
+    import torch
+
+    hf = wrapped_hf_model(model)
+    if hf is not None:
+        return hf.get_output_embeddings()
+    unembed = getattr(model, "unembed", None)
+    return unembed if isinstance(unembed, torch.nn.Module) else None
+
+
+@contextlib.contextmanager
+def unembed_positions(model: Any, keep: Sequence[int] | None) -> Iterator[None]:
+    """While inside, the model unembeds only positions ``keep`` of what reaches its unembedding
+    (a forward pre-hook on ``unembed_module``), so its logits have len(keep) positions; no change
+    for ``keep`` None or a model without a known unembedding (the caller checks the shape)."""
+    import torch
+
+    module = None if keep is None else unembed_module(model)
+    if module is None:
+        yield
+        return
+    index = torch.tensor(list(keep))
+
+    def cut(mod: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() != 3:
+            return None
+        return (args[0][:, index.to(args[0].device)], *args[1:])
+
+    handle = module.register_forward_pre_hook(cut)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def hf_cache(pairs: Sequence[tuple[Any, Any]]) -> Any:
     """A Hugging Face ``DynamicCache`` holding one (keys, values) pair [batch, kv_head, pos, d_head]
     per layer, in order; every layer a full one (built without the model's config, so no layer

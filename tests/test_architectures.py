@@ -573,6 +573,34 @@ def test_bridge_passes_start_at_the_patched_layer(arch, component, tl_fn, by_pos
     assert max(batches) == 2  # block 0 ran in the unpatched passes only (the patched ones hold 6 or 4 copies)
 
 
+def test_bridge_patching_unembeds_only_the_metric_positions(arch):
+    """metric_positions=[-1] with a last-position logit difference: every patched pass of a bridge
+    hands one position to the Hugging Face model's output embedding, and the grid equals
+    transformer_lens.patching's per-cell values from full logits (token 3 corrupted: passes
+    continued from it, blocks replayed)."""
+    from sinkinterp import patching
+
+    _, lm, tokens, _ = arch
+    clean = tokens[:2, :7]
+    corrupted = clean.clone()
+    corrupted[:, 3] = (clean[:, 3] + 7) % V
+    metric = patching.logit_diff_metric([5, 6], [7, 8], pos=-1)
+    _, cache = lm.model.run_with_cache(clean)
+    ref = tl_adapter.patching.get_act_patch_resid_pre(lm.model, corrupted, cache, metric).numpy()
+    seen = []
+    head = tl_adapter.wrapped_hf_model(lm.model).get_output_embeddings()
+    handle = head.register_forward_hook(lambda mod, args, out: seen.append(tuple(out.shape[:2])))
+    try:
+        ours = patching.patch(lm.model, clean, corrupted, "resid_pre", metric, metric_positions=[-1])
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(ours.values, ref, rtol=1e-6, atol=1e-6)
+    assert np.ptp(ours.values) > 1e-6
+    patched = [s for s in seen if s[0] > 2]  # stacked copies (the checks and captures run 2 rows)
+    assert patched and {s[1] for s in patched} == {1}
+    assert tl_adapter.count_attached_hooks(lm.model) == 0
+
+
 def test_hf_continuation_equals_the_full_run_and_leaves_the_bridge_as_it_was():
     """tl_adapter.hf_continuation: a pass from (layer, pos) gives the full run's logits of positions
     pos.. for n stacked copies (a sliding-window model too, from positions inside and past its window); the blocks it replays get their own forward back, also when a hook

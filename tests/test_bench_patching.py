@@ -58,6 +58,22 @@ def test_a_middle_corruption_agrees_too(tmp_path):
         assert r["value_range"][1] - r["value_range"][0] > 1e-4
 
 
+def test_a_last_position_metric_agrees_too(tmp_path):
+    """--metric last: the logit difference of the clean vs corrupted token at the last position;
+    our passes unembed that position only (metric_positions), TransformerLens' every position;
+    both ways agree on every sweep and model kind, with a middle corruption too."""
+    out = tmp_path / "patching.json"
+    assert bench_patching.main([*TINY, "--kinds", ",".join(SYNTHETIC), "--metric", "last", "--corrupt-pos", "2",
+                                "--json", str(out)]) == 0
+    doc = read_json(out)
+    assert doc["settings"]["metric"] == "last"
+    for r in doc["rows"]:
+        assert r["status"] == "ok" and r["agree"] and r["metric"] == "last", r
+        assert r["value_range"][1] - r["value_range"][0] > 1e-4
+    with pytest.raises(SystemExit):
+        bench_patching.main([*TINY, "--metric", "mean", "--json", str(out)])
+
+
 def test_only_our_way(tmp_path):
     out = tmp_path / "patching.json"
     assert bench_patching.main([*TINY, "--kinds", "sink", "--sweeps", "k_by_pos", "--methods", "ours",

@@ -453,6 +453,79 @@ def test_logit_diff_metric(model, pair):
         patching.logit_diff_metric([1], [2, 3])
 
 
+def _unembedded_positions(model):
+    """(rows, positions) of the logits each pass's unembedding computes (a forward hook on it)."""
+    seen = []
+    handle = model.unembed.register_forward_hook(lambda mod, args, out: seen.append(tuple(out.shape[:2])))
+    return seen, handle
+
+
+@pytest.mark.parametrize("kind, component, by_pos, p", [
+    ("sink", "v", False, 0), ("sink", "resid_pre", True, 2), ("sink", "resid_post", True, 0),
+    ("hooked", "v", False, 0), ("hooked", "k", True, 3), ("hooked", "pattern", False, 0)])
+def test_metric_positions_unembed_only_what_the_metric_reads(kind, component, by_pos, p):
+    """metric_positions=[-1] with a last-position logit difference gives the grid of the full
+    logits (and TransformerLens' per-cell functions), while every patched pass unembeds one
+    position only (resid_post of the last layer: the cells' edits come first, then the cut)."""
+    m = (SinkTransformer(tiny_config(n_layers=3)).double().eval() if kind == "sink" else _hooked("rotary"))
+    clean, corrupted = _one_token_pair(p)
+    metric = patching.logit_diff_metric([1, 2, 3], [4, 5, 6], pos=-1)
+    full = patching.patch(m, clean, corrupted, component, metric, by_pos=by_pos, batch_rows=12)
+    seen, handle = _unembedded_positions(m)
+    try:
+        cut = patching.patch(m, clean, corrupted, component, metric, by_pos=by_pos, batch_rows=12,
+                             metric_positions=[-1])
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(cut.values, full.values, rtol=1e-10, atol=1e-10)
+    assert (cut.clean, cut.corrupted, cut.together) == pytest.approx((full.clean, full.corrupted, full.together))
+    assert np.ptp(cut.values) > 1e-4
+    patched = [s for s in seen if s[0] > clean.shape[0]]  # stacked copies: the patched passes
+    assert patched and {s[1] for s in patched} == {1}
+    if component in ("v", "k", "resid_pre"):
+        _, cache = m.run_with_cache(clean)
+        tl_fn = {"v": "get_act_patch_attn_head_v_all_pos", "k": "get_act_patch_attn_head_k_by_pos",
+                 "resid_pre": "get_act_patch_resid_pre"}[component]
+        ref = getattr(tlp, tl_fn)(m, corrupted, cache, metric).numpy()
+        np.testing.assert_allclose(cut.values, ref, rtol=1e-6, atol=1e-6)
+    assert tl_adapter.count_attached_hooks(m) == 0
+
+
+def test_metric_positions_in_any_order_and_before_the_edits():
+    """The metric gets logits[:, metric_positions] in the order given; positions before a pass's
+    first edited position come from the unpatched run; a pass whose edits all come after every
+    metric position is not run (its value is the corrupted run's)."""
+    m = SinkTransformer(tiny_config(n_layers=3)).double().eval()
+    clean, corrupted = _one_token_pair(3)
+
+    def metric(logits):  # reads two positions, order-sensitive
+        return (logits[:, 0, 1] - 2 * logits[:, 1, 4]).mean()
+
+    def metric_full(logits):
+        return metric(logits[:, [5, 1]])
+
+    full = patching.patch(m, clean, corrupted, "resid_pre", metric_full)
+    cut = patching.patch(m, clean, corrupted, "resid_pre", metric, metric_positions=[-1, 1])
+    np.testing.assert_allclose(cut.values, full.values, rtol=1e-10, atol=1e-10)
+    assert np.ptp(cut.values) > 1e-4
+    seen, handle = _unembedded_positions(m)
+    try:  # clean and corrupted differ at position 3 only; the metric reads position 2: nothing to run
+        early = patching.patch(m, clean, corrupted, "resid_pre", lambda lg: lg[:, 0, 1].mean(), metric_positions=[2])
+    finally:
+        handle.remove()
+    assert (early.values == early.corrupted).all()
+    assert [s for s in seen if s[0] > clean.shape[0]] == []
+    with pytest.raises(ValueError, match=r"metric_positions: 6 is not a position of a sequence of 6"):
+        patching.patch(m, clean, corrupted, "v", metric, metric_positions=[6])
+    with pytest.raises(ValueError, match="metric_positions: empty"):
+        patching.run_cells(m, clean, [("v", lambda a, l: a)], [patching.Cell(0)], metric, metric_positions=[])
+    # a wrong type may be caught first by the suite's run-time type checker, which names the parameter too
+    with pytest.raises((ValueError, TypeError), match="metric_positions"):
+        patching.patch(m, clean, corrupted, "v", metric, metric_positions=-1)
+    with pytest.raises(TypeError, match="metric_positions: expected a sequence of integers or None, got -1"):
+        patching._metric_positions(-1, 6)
+
+
 def test_hooks_are_removed_when_the_metric_fails(model, pair):
     clean, corrupted = pair
     calls = []
