@@ -601,6 +601,33 @@ def test_bridge_patching_unembeds_only_the_metric_positions(arch):
     assert tl_adapter.count_attached_hooks(lm.model) == 0
 
 
+def test_a_bridge_whose_record_fails_runs_every_pass_in_full(monkeypatch):
+    """When the recording pass of hf_continuation raises (a model whose cache is not a Hugging
+    Face DynamicCache, say), patching runs every pass in full and gives the same grid."""
+    from sinkinterp import patching
+
+    bridge = _bridge("llama", n_layers=2)
+    clean = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(2))
+    corrupted = clean.clone()
+    corrupted[:, 2] = (clean[:, 2] + 7) % V
+    metric = patching.loss_metric(clean)
+    want = patching.patch(bridge, clean, corrupted, "resid_pre", metric, skip="none").values
+    real = tl_adapter.hf_continuation
+
+    def failing(model):
+        _, cont = real(model)
+
+        def run_fails(tokens):
+            raise TypeError("this model keeps another kind of cache")
+
+        return run_fails, cont
+
+    monkeypatch.setattr(tl_adapter, "hf_continuation", failing)
+    got = patching.patch(bridge, clean, corrupted, "resid_pre", metric).values
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert tl_adapter.count_attached_hooks(bridge) == 0
+
+
 def test_hf_continuation_equals_the_full_run_and_leaves_the_bridge_as_it_was():
     """tl_adapter.hf_continuation: a pass from (layer, pos) gives the full run's logits of positions
     pos.. for n stacked copies (a sliding-window model too, from positions inside and past its window); the blocks it replays get their own forward back, also when a hook
