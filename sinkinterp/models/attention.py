@@ -379,8 +379,8 @@ def _colsum_flash_cpu(q: Tensor, k: Tensor, lse: Tensor, scale: float) -> Tensor
     ask, queries answer, positions reversed so that "t >= s" is the kernel's causal mask, and -lse_t
     enters as an additive mask on answering position t (one row, broadcast over the asking ones), so
     the kernel's own log-sum-exp of each asking row is log(sum_t exp(scale q_t.k_s - lse_t)). The
-    head size stays that of q and k (an extra dimension carrying -lse_t / scale made the call about
-    20% slower at d_head 16). Computed in lse's dtype (float32 or float64)."""
+    head size stays that of q and k (no extra dimension carrying -lse_t / scale). Computed in lse's
+    dtype (float32 or float64)."""
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if op is None or q.device.type != "cpu" or lse.dtype not in (torch.float32, torch.float64):
         return None
