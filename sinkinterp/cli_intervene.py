@@ -108,6 +108,9 @@ def add_parsers(sub: Any, add_common: Any) -> None:
     p.add_argument("--positions", default="first", help="'first' (default), 'all' (one cell per position) or 0,1,...")
     p.add_argument("--per-layer", action="store_true", help="patch all heads of a layer together (cells per layer)")
     p.add_argument("--batch-rows", type=int_at_least(1), default=64, help="rows per batched pass")
+    p.add_argument("--metric", choices=("loss", "last-loss"), default="loss",
+                   help="loss: mean next-token cross entropy over every clean target (default); last-loss: the "
+                        "cross entropy of the last clean token only (passes then unembed one position)")
 
 
 def _int_list(text: str | None, name: str) -> list[int] | None:
@@ -331,20 +334,33 @@ def cmd_patch(args: argparse.Namespace, argv: list[str]) -> int:
         if tuple(corrupted_t.shape) != tuple(clean.shape):
             raise UsageError(f"--corrupted-tokens: shape {tuple(corrupted_t.shape)} differs from the clean "
                              f"tokens {tuple(clean.shape)}")
-    metric = patching.loss_metric(clean)
+    metric_positions = None
+    if args.metric == "last-loss":  # the prediction of the last token: logits at position T-2
+        if clean.shape[1] < 2:
+            raise UsageError("--metric last-loss: the inputs need at least 2 tokens")
+        last = clean[:, -1:]
+        metric_positions = [-2]
+
+        def metric(logits):
+            return torch.nn.functional.cross_entropy(logits[:, 0].double(), last[:, 0].to(logits.device))
+        metric_name = "cross entropy of the last clean token (logits of position T-2)"
+    else:
+        metric = patching.loss_metric(clean)
+        metric_name = "mean next-token cross entropy on the clean targets"
     started = time.perf_counter()
     results = {}
     try:
         for c in args.components:
             results[c] = patching.patch(lm.model, clean, corrupted_t, c, metric, positions=positions,
                                         by_pos=args.positions != "first", by_head=not args.per_layer,
-                                        batch_rows=args.batch_rows, progress=True)
+                                        batch_rows=args.batch_rows, progress=True,
+                                        metric_positions=metric_positions)
     except ValueError as err:
         raise UsageError(str(err)) from None
     config = run_config(args, argv, lm, clean)
     config.update({"inputs": "tokens" if args.tokens else kind, "corrupt": None if args.corrupted_tokens else args.corrupt,
                    "corrupted_tokens_file": args.corrupted_tokens, "components": args.components,
-                   "positions": args.positions, "per_layer": args.per_layer, "metric": "mean next-token cross entropy on the clean targets",
+                   "positions": args.positions, "per_layer": args.per_layer, "metric": metric_name,
                    "seconds": round(time.perf_counter() - started, 3)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,30 @@ def test_patch_writes_first_token_grids(tmp_path, capsys):
     assert "share of the gap" in stdout
 
 
+def test_patch_with_the_last_token_loss(tmp_path, capsys):
+    """--metric last-loss: the cross entropy of the last clean token, equal to the API with the
+    same metric on full logits (passes unembed position T-2 only)."""
+    clean = np.random.default_rng(1).integers(0, 258, (3, 9))
+    np.save(tmp_path / "c.npy", clean)
+    out = tmp_path / "p"
+    code, _, _ = run(["patch", "--tokens", str(tmp_path / "c.npy"), "--corrupt", "replace_first=7", "--metric",
+                      "last-loss", "--components", "v", "--no-figures", "--out", str(out)], capsys)
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["metric"].startswith("cross entropy of the last clean token")
+    lm = load_model("default")
+    c = torch.as_tensor(clean)
+    x = c.clone()
+    x[:, 0] = 7
+
+    def full(logits):
+        return torch.nn.functional.cross_entropy(logits[:, -2].double(), c[:, -1])
+
+    ref = patching.patch(lm.model, c, x, "v", full, by_pos=False, positions=[0])
+    np.testing.assert_allclose(res["patches"]["v"]["values"], ref.values, atol=1e-6)
+    assert res["clean"] == pytest.approx(ref.clean, abs=1e-9) and np.ptp(ref.values) > 1e-4
+
+
 def test_patch_with_a_corrupted_tokens_file(tmp_path, capsys):
     clean = np.random.default_rng(0).integers(0, 258, (3, 10))
     corrupted = clean.copy()
