@@ -580,7 +580,8 @@ class _eval_mode:
 
     def __enter__(self) -> None:
         self.was_training = bool(getattr(self.model, "training", False))
-        self.model.eval()
+        if self.was_training:  # eval() walks every module: a bridge's takes ~40 ms on 12 layers
+            self.model.eval()
 
     def __exit__(self, *exc: Any) -> None:
         if self.was_training:

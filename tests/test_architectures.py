@@ -324,6 +324,37 @@ def test_a_hook_that_never_fires_is_refused(name):
     assert tl_adapter.count_attached_hooks(bridge) == 0
 
 
+def test_many_hooks_on_a_bridge_attach_as_one_and_chain_in_order(monkeypatch):
+    """tl_adapter.attached_hooks hands a bridge many hooks as one filter hook (its hooks() rebuilds
+    the alias map once per named hook): two hooks on one point run in the given order, each on
+    the output of the one before; the map is built a fixed number of times, not once per hook; a hook the user attached
+    beforehand stays and runs first."""
+    bridge = _bridge("llama", n_layers=2)
+    tokens = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(3))
+    seen = []
+
+    def user(x, hook):
+        seen.append("user")
+
+    with torch.no_grad():
+        want = bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: (x + 1) * 2)])
+        bridge.blocks[1].hook_resid_pre.add_hook(user)
+        cls, builds = type(bridge), []
+        real = cls.hook_dict
+        monkeypatch.setattr(cls, "hook_dict", property(lambda self: builds.append(1) or real.fget(self)))
+        hooks = [("blocks.1.hook_resid_pre", lambda x, hook: seen.append("add") or x + 1),
+                 ("blocks.1.hook_resid_pre", lambda x, hook: seen.append("double") or x * 2),
+                 ("blocks.0.attn.hook_v", lambda x, hook: seen.append("v"))]
+        hooks += [(f"blocks.{l}.hook_resid_post", lambda x, hook: None) for l in range(2)]
+        with tl_adapter.attached_hooks(bridge, hooks):
+            got = bridge(tokens)
+    assert len(builds) <= 4  # 7 here when the hooks go in one by one (one per named hook, and more)
+    torch.testing.assert_close(got, want)
+    assert seen == ["v", "user", "add", "double"]
+    bridge.reset_hooks()
+    assert tl_adapter.count_attached_hooks(bridge) == 0
+
+
 @pytest.mark.parametrize("name", sorted(ROUTED))
 def test_observation_only_attention_is_routed_through_its_hooks(name, monkeypatch):
     """TransformerLens 3.9's OPT and GPT-J bridges fire hook_pattern and hook_attn_scores on the
