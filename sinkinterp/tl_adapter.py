@@ -135,8 +135,7 @@ def attached_hooks(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *,
 
 def _as_one_filter_hook(model: Any, hooks: list[tuple[str, HookFn]]) -> list[tuple[Any, HookFn]]:
     """A TransformerBridge's ``hooks()`` rebuilds its name -> hook point map (``hook_dict``, with
-    every alias) once per named hook: about 6 ms each on a 12-layer model, a large part of a
-    patching pass's time. The same hooks as one (name filter, dispatcher) pair build it a fixed
+    every alias) once per named hook, a large part of a bridge patching pass's time. The same hooks as one (name filter, dispatcher) pair build it a fixed
     few times (4 in the test) instead of once per hook; each hook point runs its functions in the given order, each seeing the output of the
     one before (as hooks added one by one do). Names the bridge does not list are left out, as
     its ``hooks()`` leaves them out (the caller's silent-hook check then names them)."""
