@@ -22,6 +22,7 @@ MLP's neurons, the input of W_out: [batch, pos, d_mlp]).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -152,6 +153,17 @@ def logit_diff_metric(correct: Sequence[int], wrong: Sequence[int], pos: int = -
 # =========================================================================================
 # the engine
 # =========================================================================================
+def _hook_map_kept(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(model, ...)`` with the model's hook map read once for the whole call
+    (``tl_adapter.hook_dict_kept``: a bridge rebuilds it on every read)."""
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+        with tl_adapter.hook_dict_kept(model):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
+
+
 def _dims(model: Any) -> dict[str, Any]:
     return tl_adapter.model_dims(model)
 
@@ -253,6 +265,7 @@ def _make_hook(comp: Component, source: Source, layer: int, cells: Sequence[Cell
     return hook
 
 
+@_hook_map_kept
 def run_cells(
     model: Any,
     tokens: Int[Tensor, "batch pos"],
@@ -265,6 +278,7 @@ def run_cells(
     extra_hooks: Sequence[tuple[str, Any]] = (),
     skip: str = "auto",
     metric_positions: Sequence[int] | None = None,
+    _unedited: _Run | None = None,
 ) -> np.ndarray:
     """``metric`` of the model's logits with the edits applied at each cell separately: [n_cells].
 
@@ -280,7 +294,9 @@ def run_cells(
     whose logits the metric reads, None for all; the metric then gets ``logits[:, metric_positions]``
     and passes unembed those positions only (``tl_adapter.unembed_positions``: a large
     vocabulary's unembedding is a large part of a pass that starts at a late layer), and a pass
-    whose edits all come after them is not run.
+    whose edits all come after them is not run. ``_unedited`` (internal): a record of the unedited
+    run of ``tokens`` (``_record``) whose activations and, on a bridge, Hugging Face record stand in
+    for the ones this call would otherwise record in a pass of its own.
     """
     if skip not in SKIP_MODES:
         raise ValueError(f"skip: got {skip!r}, allowed values are {list(SKIP_MODES)}")
@@ -311,9 +327,9 @@ def run_cells(
     # own key-value cache.
     prefix: _Prefix | _HFPrefix | None = None
     if skip == "auto" and start_from is not None:
-        prefix = _Prefix.build(model, tokens, comps, cells)
+        prefix = _Prefix.build(model, tokens, comps, cells, _unedited)
     elif skip != "none" and not extra_hooks and all("{l}" in c.hook for c, _ in comps):
-        prefix = _HFPrefix.build(model, tokens, comps, cells, positions=skip == "auto")
+        prefix = _HFPrefix.build(model, tokens, comps, cells, positions=skip == "auto", unedited=_unedited)
     order = list(range(len(cells)))
     if prefix is not None:
         order = _block_order(cells, per_pass, by_layer=isinstance(prefix, _Prefix) or prefix.layers_ok)
@@ -324,7 +340,8 @@ def run_cells(
     elif start_from is not None:
         starts = sorted({min(cells[i].layer for i in idx) for idx in chunk_idx} - {0})
         if starts:
-            captured = capture(model, tokens, [f"blocks.{l}.hook_resid_pre" for l in starts])
+            names = [f"blocks.{l}.hook_resid_pre" for l in starts]
+            captured = _unedited.acts if _unedited is not None and _unedited.has(names) else capture(model, tokens, names)
             resid_at = {l: captured[f"blocks.{l}.hook_resid_pre"].to(device) for l in starts}
     chunks: Iterable[list[int]] = chunk_idx
     if progress:
@@ -423,8 +440,9 @@ class _Prefix:
 
     @staticmethod
     def build(model: Any, tokens: Tensor, comps: Sequence[tuple[Component, Source]],
-              cells: Sequence[Cell]) -> _Prefix | None:
-        """The unedited run's record, or None where no pass could start after position 0."""
+              cells: Sequence[Cell], unedited: _Run | None = None) -> _Prefix | None:
+        """The unedited run's record (taken from ``unedited`` where it holds every activation
+        needed), or None where no pass could start after position 0."""
         if any(c.pos_dim != 1 for c, _ in comps):
             return None
         if any(c.pos is None for c in cells) or max(_Prefix._min_pos([c]) for c in cells) == 0:
@@ -436,7 +454,10 @@ class _Prefix:
         L = _dims(model)["n_layers"]
         wanted = {f"blocks.{l}.{n}" for l in range(L) for n in ("hook_resid_pre", f"attn.{k_name}", "attn.hook_v")}
         wanted |= {c.hook_name(cell.layer) for c, _ in comps for cell in cells}
-        acts, logits = _capture_run(model, tokens, sorted(wanted))
+        if unedited is not None and unedited.has(wanted):
+            acts, logits = unedited.acts, unedited.logits
+        else:
+            acts, logits = _capture_run(model, tokens, sorted(wanted))
         return _Prefix(acts, logits, k_name, L, run_fn, can_start)
 
     @staticmethod
@@ -477,11 +498,14 @@ class _HFPrefix:
 
     @staticmethod
     def build(model: Any, tokens: Tensor, comps: Sequence[tuple[Component, Source]],
-              cells: Sequence[Cell], positions: bool = True) -> _HFPrefix | None:
+              cells: Sequence[Cell], positions: bool = True, unedited: _Run | None = None) -> _HFPrefix | None:
+        """The record (``unedited``'s where it has one with every edited activation, else one more
+        pass) and which ways to start reproduce the run, checked on the first sequence; None where
+        neither does."""
         fns = tl_adapter.hf_continuation(model)
         if fns is None:
             return None
-        run, cont = fns
+        cont = fns[1]
         T = tokens.shape[1]
         layers = [c.layer for c in cells if c.layer > 0]
         starts = [] if not positions or any(c.pos_dim != 1 for c, _ in comps) or any(c.pos is None for c in cells) \
@@ -489,14 +513,7 @@ class _HFPrefix:
         if not layers and not starts:
             return None
         names = sorted({c.hook_name(cell.layer) for c, _ in comps for cell in cells})
-        acts: dict[str, Tensor] = {}
         seen: dict[str, int] = {}
-
-        def keep(name: str) -> Any:
-            def hook(act: Tensor, hook: Any = None) -> None:
-                acts[name] = act.detach().clone()
-
-            return hook
 
         def count(name: str) -> Any:
             def hook(act: Tensor, hook: Any = None) -> None:
@@ -505,23 +522,28 @@ class _HFPrefix:
             return hook
 
         with _eval_mode(model), torch.no_grad():
-            try:
-                with tl_adapter.attached_hooks(model, [(n, keep(n)) for n in names]):
-                    record = run(tokens)
-            except Exception:  # noqa: BLE001 - e.g. a model whose cache is no DynamicCache: passes run in full
-                return None
+            if unedited is not None and unedited.hf is not None and unedited.has(names):
+                acts, record = unedited.acts, unedited.hf
+            else:
+                got = _record(model, tokens, names, hf=True)
+                if got.hf is None:  # e.g. a model whose cache is no DynamicCache: passes run in full
+                    return None
+                acts, record = got.acts, got.hf
             if record.past is None or any(k.shape[2] != T for k, _ in record.past):
                 starts = []  # a layer's cache does not hold one key per position (not one HF can continue from)
+            one = tl_adapter.HFRecord(record.logits[:1], None if record.past is None else
+                                      [(k[:1], v[:1]) for k, v in record.past],
+                                      [_first_row(o) for o in record.block_outputs])
 
             def reproduces(layer: int, pos: int) -> bool:
                 seen.clear()
                 edited = [n for n in names if int(n.split(".")[1]) >= layer]
                 try:
                     with tl_adapter.attached_hooks(model, [(n, count(n)) for n in edited]):
-                        got = cont(tokens, layer, pos, record, 1)
+                        got = cont(tokens[:1], layer, pos, one, 1)
                 except Exception:  # noqa: BLE001 - a pass that cannot start there runs in full
                     return False
-                want = record.logits[:, pos:].double()
+                want = one.logits[:, pos:].double()
                 return (got.shape == want.shape and all(n in seen and (not pos or seen[n] == T - pos) for n in edited)
                         and torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4 * (1 + float(want.abs().max()))))
 
@@ -622,6 +644,71 @@ def _capture_run(model: Any, tokens: Tensor, hook_names: Sequence[str]) -> tuple
 
 
 @dataclass
+class _Run:
+    """A recorded unedited run: activations by hook name, logits and, when recorded through a
+    bridge's Hugging Face model (``tl_adapter.hf_continuation``), that record (key-value cache,
+    block outputs) to continue passes from."""
+
+    acts: dict[str, Tensor]
+    logits: Tensor
+    hf: Any = None  # tl_adapter.HFRecord
+
+    def has(self, names: Iterable[str]) -> bool:
+        return all(n in self.acts for n in names)
+
+
+def _record(model: Any, tokens: Tensor, hook_names: Sequence[str], hf: bool = False) -> _Run:
+    """One pass keeping ``hook_names``; with ``hf``, on a bridge that can continue runs, through
+    ``hf_continuation``'s recording pass (the same hooks fire), so that the same pass serves as the
+    record later passes start from (``hf`` None in the result where that pass raised: a model whose
+    cache is no DynamicCache, for example)."""
+    fns = tl_adapter.hf_continuation(model) if hf else None
+    if fns is None:
+        return _Run(*_capture_run(model, tokens, hook_names))
+    names = set(tl_adapter.hook_names(model))
+    for name in hook_names:
+        if name not in names:
+            raise ValueError(f"model has no hook {name} (see docs/hook-contract.md)")
+    acts: dict[str, Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def hook(act: Tensor, hook: Any = None) -> None:
+            acts[name] = act.detach().clone()
+
+        return hook
+
+    with _eval_mode(model), torch.no_grad():
+        try:
+            with tl_adapter.attached_hooks(model, [(n, keep(n)) for n in hook_names]):
+                record = fns[0](tokens.to(_model_device(model)))
+        except Exception:  # noqa: BLE001 - the caller runs every pass in full
+            return _Run(*_capture_run(model, tokens, hook_names))
+    return _Run(acts, record.logits, record)
+
+
+def _first_row(out: Any) -> Any:
+    """A recorded block output (``tl_adapter._hidden_only``) for the first sequence."""
+    if isinstance(out, tuple):
+        return tuple(o[:1] if isinstance(o, Tensor) else o for o in out)
+    return out[:1] if isinstance(out, Tensor) else out
+
+
+def _unedited_names(model: Any, comp: Component, cells: Sequence[Cell], skip: str) -> list[str]:
+    """What run_cells would record of the unedited run besides the edited activations: every
+    layer's residual stream and, for cells at positions, the keys and values a pass continuing
+    from a position takes."""
+    if skip == "none" or "{l}" not in comp.hook or _start_fn(model) is None:
+        return []
+    L = _dims(model)["n_layers"]
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
+    by_pos = skip == "auto" and comp.pos_dim == 1 and all(c.pos is not None for c in cells)
+    cont = _continuation(model, [(comp, lambda a, l: a)]) if by_pos else None
+    if cont is not None:
+        names += [f"blocks.{l}.attn.{n}" for l in range(L) for n in (cont[1], "hook_v")]
+    return names
+
+
+@dataclass
 class PatchResult:
     """Patching results: ``values`` has axes ``axes`` (a sub-list of layer, pos, head), as in
     transformer_lens.patching; ``clean`` and ``corrupted`` are the metric on the unpatched runs."""
@@ -647,6 +734,7 @@ class PatchResult:
                 "clean": self.clean, "corrupted": self.corrupted, "together": self.together}
 
 
+@_hook_map_kept
 def patch(
     model: Any,
     clean_tokens: object,
@@ -718,7 +806,13 @@ def patch(
     hook_list = sorted({comp.hook_name(l) for l in layer_list})
     # one pass each: the activations to patch in (clean) or compare with (corrupted), and the metric
     clean_acts, clean_logits = _capture_run(model, clean_tokens, hook_list)
-    corrupted_acts, corrupted_logits = _capture_run(model, corrupted_tokens, hook_list)
+    # the corrupted run, recorded once for everything after it: the activations to compare with, the
+    # metric, and what run_cells' passes start from (its residual streams, keys and values; on a
+    # bridge, the Hugging Face record)
+    unedited = _record(model, corrupted_tokens,
+                       sorted(set(hook_list) | set(_unedited_names(model, comp, cells, skip))),
+                       hf=skip != "none")
+    corrupted_acts, corrupted_logits = unedited.acts, unedited.logits
 
     def source(act: Tensor, layer: int) -> Tensor:
         clean = clean_acts[comp.hook_name(layer)]
@@ -733,7 +827,7 @@ def patch(
             together = float(metric(at(model(corrupted_tokens.to(device)))))
     if skip == "none":
         values = run_cells(model, corrupted_tokens, [(comp, source)], cells, metric, batch_rows=batch_rows,
-                           skip=skip, progress=progress, metric_positions=mp)
+                           skip=skip, progress=progress, metric_positions=mp, _unedited=unedited)
     else:  # a cell edits only where clean and corrupted differ; a cell that changes nothing needs no pass
         narrowed = _narrow_cells(comp, cells, clean_acts, corrupted_acts)
         kept = [i for i, c in enumerate(narrowed) if c is not None]
@@ -741,7 +835,7 @@ def patch(
         if kept:
             values[kept] = run_cells(model, corrupted_tokens, [(comp, source)], [narrowed[i] for i in kept],
                                      metric, batch_rows=batch_rows, skip=skip, progress=progress,
-                                     metric_positions=mp)
+                                     metric_positions=mp, _unedited=unedited)
     shape = [len(layer_list)] + ([len(pos_list)] if "pos" in axes else []) + ([len(heads)] if "head" in axes else [])
     return PatchResult(comp.name, values.reshape(shape), tuple(axes), pos_list, clean_value, corrupted_value,
                        together)

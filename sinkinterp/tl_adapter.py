@@ -48,6 +48,7 @@ __all__ = [
     "tl_version",
     "hook_names",
     "has_hook",
+    "hook_dict_kept",
     "attached_hooks",
     "count_attached_hooks",
     "fired_hooks",
@@ -81,17 +82,47 @@ def tl_version() -> str:
 
 def hook_names(model: Any) -> list[str]:
     """All hook names a model answers to (canonical names and aliases)."""
+    return list(_hook_dict(model).keys())
+
+
+def has_hook(model: Any, name: str) -> bool:
+    return name in _hook_dict(model)
+
+
+# id(model) -> its hook_dict, while inside hook_dict_kept(model)
+_KEPT_HOOK_DICTS: dict[int, dict[str, Any]] = {}
+
+
+def _hook_dict(model: Any) -> dict[str, Any]:
+    kept = _KEPT_HOOK_DICTS.get(id(model))
+    if kept is not None:
+        return kept
     hook_dict = getattr(model, "hook_dict", None)
     if hook_dict is None:
         raise TypeError(
             f"model: expected a hooked model (HookedTransformer, TransformerBridge or a sinkinterp "
             f"model) with a `hook_dict`, got {type(model).__name__}"
         )
-    return list(hook_dict.keys())
+    return hook_dict
 
 
-def has_hook(model: Any, name: str) -> bool:
-    return name in model.hook_dict
+@contextlib.contextmanager
+def hook_dict_kept(model: Any) -> Iterator[None]:
+    """Inside, the model's name -> hook point map is read once and kept: ``hook_names``,
+    ``has_hook`` and ``attached_hooks`` use it. A TransformerBridge rebuilds that map, every alias
+    included, on each read of its ``hook_dict`` (its own ``hooks()`` reads it twice per call), a
+    large part of a short pass; with the map kept, ``attached_hooks`` adds a bridge's hooks to its
+    hook points directly. For calls that attach hooks many times and do not change which hook
+    points the model has meanwhile (patching). Nested uses keep the outer map."""
+    key = id(model)
+    if key in _KEPT_HOOK_DICTS:
+        yield
+        return
+    _KEPT_HOOK_DICTS[key] = dict(_hook_dict(model))
+    try:
+        yield
+    finally:
+        del _KEPT_HOOK_DICTS[key]
 
 
 @contextlib.contextmanager
@@ -120,10 +151,14 @@ def attached_hooks(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *,
         return hook_fn
 
     hooks = [(name, recording(name, fn)) for name, fn in fwd_hooks]
-    if len(hooks) > 1 and wrapped_hf_model(model) is not None:
-        hooks = _as_one_filter_hook(model, hooks)
-    with model.hooks(fwd_hooks=hooks):
-        yield model
+    if id(model) in _KEPT_HOOK_DICTS and wrapped_hf_model(model) is not None:
+        with _added_to_points(model, hooks):
+            yield model
+    else:
+        if len(hooks) > 1 and wrapped_hf_model(model) is not None:
+            hooks = _as_one_filter_hook(model, hooks)
+        with model.hooks(fwd_hooks=hooks):
+            yield model
     silent = sorted({name for name, _ in fwd_hooks} - fired - set(optional))
     if fired and silent:
         raise RuntimeError(
@@ -133,13 +168,37 @@ def attached_hooks(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *,
         )
 
 
+@contextlib.contextmanager
+def _added_to_points(model: Any, hooks: list[tuple[str, HookFn]]) -> Iterator[None]:
+    """A bridge's hooks added to its hook points (from the kept map) as its ``hooks()`` adds them
+    (``HookPoint.add_hook``, in order; the gate on hook points that need a setter first; names the
+    bridge does not list left out) and removed again, exactly those, when the block ends."""
+    points = _KEPT_HOOK_DICTS[id(model)]
+    check = getattr(model, "check_hooks_to_add", None)
+    added: list[tuple[Any, Any]] = []
+    try:
+        for name, fn in hooks:
+            point = points.get(name)
+            if point is None:
+                continue
+            if check is not None:
+                check(name)
+            point.add_hook(fn, dir="fwd", level=getattr(model, "context_level", 0) + 1)
+            added.append((point, point.fwd_hooks[-1]))
+        yield
+    finally:
+        for point, handle in reversed(added):
+            handle.hook.remove()
+            point.fwd_hooks.remove(handle)
+
+
 def _as_one_filter_hook(model: Any, hooks: list[tuple[str, HookFn]]) -> list[tuple[Any, HookFn]]:
     """A TransformerBridge's ``hooks()`` rebuilds its name -> hook point map (``hook_dict``, with
     every alias) once per named hook, a large part of a bridge patching pass's time. The same hooks as one (name filter, dispatcher) pair build it a fixed
     few times (4 in the test) instead of once per hook; each hook point runs its functions in the given order, each seeing the output of the
     one before (as hooks added one by one do). Names the bridge does not list are left out, as
     its ``hooks()`` leaves them out (the caller's silent-hook check then names them)."""
-    points = model.hook_dict
+    points = _hook_dict(model)
     by_point: dict[int, list[HookFn]] = {}
     for name, fn in hooks:
         point = points.get(name)

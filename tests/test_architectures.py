@@ -355,6 +355,78 @@ def test_many_hooks_on_a_bridge_attach_as_one_and_chain_in_order(monkeypatch):
     assert tl_adapter.count_attached_hooks(bridge) == 0
 
 
+def test_a_bridge_with_its_hook_map_kept_takes_hooks_at_its_points(monkeypatch):
+    """Inside tl_adapter.hook_dict_kept a bridge's hook map is read once, and attached_hooks adds
+    hooks to its hook points directly: the same output as the bridge's own run_with_hooks, hooks on
+    one point run in the given order after a user's, exactly the added ones are removed (also when
+    the block raises), a hook point gated off by the bridge is refused with its message, and a hook
+    that never fires is still named."""
+    bridge = _bridge("llama", n_layers=2)
+    tokens = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(3))
+    seen = []
+    with torch.no_grad():
+        want = bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: (x + 1) * 2)])
+        bridge.blocks[1].hook_resid_pre.add_hook(lambda x, hook: seen.append("user"))
+        cls, builds = type(bridge), []
+        real = cls.hook_dict
+        monkeypatch.setattr(cls, "hook_dict", property(lambda self: builds.append(1) or real.fget(self)))
+        hooks = [("blocks.1.hook_resid_pre", lambda x, hook: seen.append("add") or x + 1),
+                 ("blocks.1.hook_resid_pre", lambda x, hook: seen.append("double") or x * 2),
+                 ("blocks.0.attn.hook_v", lambda x, hook: seen.append("v"))]
+        with tl_adapter.hook_dict_kept(bridge):
+            for _ in range(3):
+                with tl_adapter.attached_hooks(bridge, hooks):
+                    got = bridge(tokens)
+            assert tl_adapter.has_hook(bridge, "blocks.1.hook_resid_pre")
+            with pytest.raises(ZeroDivisionError), tl_adapter.attached_hooks(bridge, hooks):
+                raise ZeroDivisionError
+            with pytest.raises(ValueError, match="use_attn_result"), \
+                    tl_adapter.attached_hooks(bridge, [("blocks.0.attn.hook_result", lambda x, hook: None)]):
+                pass
+            assert len(builds) == 1
+            with pytest.raises(RuntimeError, match=r"blocks\.0\.hook_resid_pre.*never fired"), \
+                    tl_adapter.attached_hooks(bridge, [("blocks.0.hook_resid_pre", lambda x, hook: None),
+                                                      ("blocks.1.hook_resid_pre", lambda x, hook: None)]):
+                bridge.blocks[1].hook_resid_pre(torch.zeros(1, 6, 16))  # only block 1's point fires
+        torch.testing.assert_close(got, want)
+        assert seen == ["v", "user", "add", "double"] * 3 + ["user"]
+        assert len(bridge.blocks[1].hook_resid_pre.fwd_hooks) == 1  # the user's hook stays
+    bridge.reset_hooks()
+    assert tl_adapter.count_attached_hooks(bridge) == 0
+
+
+def test_bridge_patching_reads_its_hook_map_once_and_records_the_corrupted_run_once(monkeypatch):
+    """patch on a bridge reads the hook map once per call (the bridge rebuilds it on every read) and
+    runs the whole batch through the Hugging Face model three times (clean, corrupted, every cell
+    together): the corrupted run is also the record the passes continue from, and whether they
+    reproduce the run is checked on one sequence; the grid equals full passes."""
+    from sinkinterp import patching
+
+    bridge = _bridge("llama", n_layers=3)
+    clean = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(2))
+    corrupted = clean.clone()
+    corrupted[:, 2] = (clean[:, 2] + 7) % V
+    metric = patching.loss_metric(clean)
+    want = patching.patch(bridge, clean, corrupted, "resid_pre", metric, skip="none").values
+    cls, builds, rows = type(bridge), [], []
+    real = cls.hook_dict
+    monkeypatch.setattr(cls, "hook_dict", property(lambda self: builds.append(1) or real.fget(self)))
+    base = tl_adapter.wrapped_hf_model(bridge).model
+    handle = base.register_forward_pre_hook(
+        lambda mod, args, kw: rows.append(tuple(kw["input_ids"].shape)) if kw.get("input_ids") is not None else None,
+        with_kwargs=True)
+    try:
+        got = patching.patch(bridge, clean, corrupted, "resid_pre", metric, batch_rows=6)
+    finally:
+        handle.remove()
+    assert len(builds) == 1
+    assert rows.count(tuple(clean.shape)) == 3
+    assert any(r[0] == 1 for r in rows)  # the check
+    np.testing.assert_allclose(got.values, want, rtol=1e-6, atol=1e-6)
+    assert np.ptp(got.values) > 1e-6
+    assert tl_adapter.count_attached_hooks(bridge) == 0
+
+
 @pytest.mark.parametrize("name", sorted(ROUTED))
 def test_observation_only_attention_is_routed_through_its_hooks(name, monkeypatch):
     """TransformerLens 3.9's OPT and GPT-J bridges fire hook_pattern and hook_attn_scores on the

@@ -255,6 +255,25 @@ HT_VARIANTS = {"standard": {}, "rotary": {"positional_embedding_type": "rotary",
                "rotary_gqa": {"positional_embedding_type": "rotary", "rotary_dim": 8, "n_key_value_heads": 2}}
 
 
+@pytest.mark.parametrize("kind", ["sink", "hooked"])
+@pytest.mark.parametrize("component, by_pos, skip", [("k", True, "auto"), ("v", False, "auto"), ("resid_pre", True, "layer")])
+def test_the_corrupted_run_is_recorded_once(pair, kind, component, by_pos, skip):
+    """patch runs the unpatched batch three times (the clean run, the corrupted run, every cell
+    together): the corrupted run's record also gives the residual streams, keys and values the
+    patched passes start from, instead of one more pass for them; the grid equals full passes."""
+    m = SinkTransformer(tiny_config(n_layers=3)).double().eval() if kind == "sink" else _hooked("rotary")
+    clean, corrupted = pair
+    metric = patching.loss_metric(clean)
+    calls = _embed_calls(m)
+    got = patching.patch(m, clean, corrupted, component, metric, by_pos=by_pos, batch_rows=3 * 8, skip=skip)
+    unbatched = sum(1 for c in calls if c == clean.shape[0])
+    m.reset_hooks()
+    assert unbatched == 3
+    want = patching.patch(m, clean, corrupted, component, metric, by_pos=by_pos, skip="none")
+    np.testing.assert_allclose(got.values, want.values, rtol=1e-10, atol=1e-10)
+    assert np.ptp(got.values) > 1e-3
+
+
 def _hooked(variant, n_layers=3):
     return tl_adapter.hooked_transformer_from_config(
         n_layers=n_layers, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=16, act_fn="gelu",
