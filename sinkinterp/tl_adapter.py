@@ -189,7 +189,8 @@ def _added_to_points(model: Any, hooks: list[tuple[str, HookFn]]) -> Iterator[No
     finally:
         for point, handle in reversed(added):
             handle.hook.remove()
-            point.fwd_hooks.remove(handle)
+            if handle in point.fwd_hooks:  # not already gone through a reset_hooks() inside the block
+                point.fwd_hooks.remove(handle)
 
 
 def _as_one_filter_hook(model: Any, hooks: list[tuple[str, HookFn]]) -> list[tuple[Any, HookFn]]:

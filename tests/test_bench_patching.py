@@ -41,8 +41,13 @@ def test_both_ways_agree_on_every_sweep_and_model_kind(tmp_path, capsys):
         lo, hi = r["value_range"]
         assert hi - lo > 1e-4  # the cells differ: the agreement is not between two constant grids
     assert doc["targets"] == []  # the target is for 12-layer models only
+    # one batching measurement per model: per-sequence forward time at N and at our passes' batch
+    assert [(b["kind"], b["rows_small"], b["rows_large"]) for b in doc["batching"]] == [(k, 2, 8) for k in SYNTHETIC]
+    for b in doc["batching"]:
+        assert b["s_per_row_small"] > 0 and b["s_per_row_large"] > 0
+        assert b["gain"] == b["s_per_row_small"] / b["s_per_row_large"]
     printed = capsys.readouterr().out
-    assert "speedup" in printed and str(out) in printed
+    assert "speedup" in printed and str(out) in printed and "batching (" in printed
 
 
 def test_a_middle_corruption_agrees_too(tmp_path):
@@ -102,6 +107,7 @@ def test_repeats_alternate_and_keep_every_run(tmp_path, monkeypatch):
     assert len(row["ours_s_all"]) == len(row["tl_s_all"]) == len(row["speedup_all"]) == 3
     assert row["ours_s"] == min(row["ours_s_all"]) and row["tl_s"] == min(row["tl_s_all"])
     assert row["speedup"] == row["tl_s"] / row["ours_s"]
+    assert row["speedup_median"] == sorted(row["speedup_all"])[1]  # of runs that went back to back
 
 
 @pytest.mark.parametrize("args, message", [
