@@ -837,10 +837,16 @@ def unembed_module(model: Any) -> Any | None:
 @contextlib.contextmanager
 def unembed_positions(model: Any, keep: Sequence[int] | None) -> Iterator[None]:
     """While inside, the model unembeds only positions ``keep`` of what reaches its unembedding
-    (a forward pre-hook on ``unembed_module``), so its logits have len(keep) positions; no change
-    for ``keep`` None or a model without a known unembedding (the caller checks the shape)."""
+    (a forward pre-hook on ``unembed_module``; a sinkinterp model through its own ``logits_at``,
+    which also computes its last block for the positions from min(keep) on only), so its logits
+    have len(keep) positions; no change for ``keep`` None or a model without a known unembedding
+    (the caller checks the shape)."""
     import torch
 
+    if keep is not None and hasattr(model, "logits_at"):  # a sinkinterp model: its own, which also cuts the last block
+        with model.logits_at(keep):
+            yield
+        return
     module = None if keep is None else unembed_module(model)
     if module is None:
         yield

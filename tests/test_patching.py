@@ -184,6 +184,50 @@ def test_start_at_pos_forward():
     assert not m.set_attn_backend("flex").can_start_at_pos(4)
 
 
+def test_logits_at_equals_the_full_run_and_cuts_the_last_block():
+    """model.logits_at(positions): the logits of those positions, in order, equal to the full run's
+    (also in a pass continued from a position), for every variant; the last block computes the
+    queries from the first of them on where nothing hooks it or the final norm and a pass could
+    start there, and runs whole otherwise (a hook there, a position inside a bidirectional prefix, the
+    FlexAttention backend); bad positions are refused."""
+    tokens = _tokens(2, T=12)
+    for name, over in VARIANTS.items():
+        m = SinkTransformer(tiny_config(**over)).double().eval()
+        seen = []  # positions entering the last block's MLP (a plain torch hook: no HookPoint is hooked)
+        handle = m.blocks[-1].mlp.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
+        logits, cache = m.run_with_cache(tokens)
+        seen.clear()
+        for keep in ([11], [7, 11, 9], [0, 11]):
+            with m.logits_at(keep):
+                out = m(tokens)
+            torch.testing.assert_close(out, logits[:, keep], atol=1e-10, rtol=0, msg=f"{name} {keep}")
+            want = 12 if min(keep) == 0 or m.cfg.prefix_len > min(keep) else 12 - min(keep)
+            assert seen.pop() == want, (name, keep)
+        if m.can_start_at_pos(4, 0):  # a pass continued from position 4: positions relative to it
+            k_name = "hook_rot_k" if "blocks.0.attn.hook_rot_k" in m.hook_dict else "hook_k"
+            past = [(cache[f"blocks.{l}.attn.{k_name}"][:, :4], cache[f"blocks.{l}.attn.hook_v"][:, :4]) for l in range(2)]
+            with m.logits_at([7, 3]):
+                out = m(tokens, start_at_layer=0, resid=cache["blocks.0.hook_resid_pre"][:, 4:], start_at_pos=4,
+                        past_kv=past)
+            torch.testing.assert_close(out, logits[:, [11, 7]], atol=1e-10, rtol=0, msg=name)
+            assert seen.pop() == 5
+        m.blocks[-1].attn.hook_v.add_hook(lambda act, hook: None)  # a hook on the last block: it runs whole
+        with m.logits_at([11]):
+            out = m(tokens)
+        m.reset_hooks()
+        torch.testing.assert_close(out, logits[:, [11]], atol=1e-10, rtol=0, msg=name)
+        assert seen.pop() == 12
+        handle.remove()
+    m = SinkTransformer(tiny_config()).double().eval()
+    with m.logits_at([12]), pytest.raises(ValueError, match="position 12 is outside the 12 positions"):
+        m(tokens)
+    with pytest.raises(ValueError, match="non-negative positions"), m.logits_at([-1]):
+        pass
+    with m.logits_at([3]), pytest.raises(ValueError, match="only return_type='logits'"):
+        m(tokens, return_type="loss")
+    assert m._logit_positions is None  # restored after each block
+
+
 def _one_token_pair(p, n=3, T=6, vocab=50):
     """Clean prompts and the same prompts with the token at position ``p`` replaced (an IOI-style pair)."""
     clean = _tokens(0, n, T, vocab)

@@ -544,6 +544,12 @@ class Attention(nn.Module):
             k = hk(self.hook_rot_k, apply_rotary(k, *cos_sin))
         return q, k, v
 
+    def keys_values(self, x: Tensor, cos_sin: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """k (rotated when ``cos_sin`` is given) and v of ``x`` as ``_qkv`` computes them, without hook
+        points and without the queries: the ``past`` of a pass that starts after these positions."""
+        k, v = self._project(x, self.W_K), self._project(x, self.W_V)
+        return (k if cos_sin is None else apply_rotary(k, *cos_sin)), v
+
     def slot_key(self) -> Float[Tensor, "kv_head d_head"] | None:
         """The learned key k* every query scores in the bias slot (kv and k biases; shared ones
         repeated per kv head), as the scores use it: not rotated, the same for every position; None

@@ -18,8 +18,9 @@ See ``attention.py`` for the attention variants and the fast / observed paths.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -227,6 +228,16 @@ class TransformerBlock(nn.Module):
                 sink = self.ln2.normalize(sink + self.mlp.compute(sink))
         return post, sink
 
+    def keys_values(self, x: Float[Tensor, "batch pos d_model"], cos_sin: tuple[Tensor, Tensor] | None
+                    ) -> tuple[Tensor, Tensor]:
+        """The keys (after rotary) and values this block's attention computes from block input ``x``
+        (``cos_sin``: those positions' rotary tables), without hook points: what ``past`` holds."""
+        return self.attn.keys_values(self.ln1.normalize(x) if self.pre_norm else x, cos_sin)
+
+    def hooked(self) -> bool:
+        """Whether any hook point of the block has a hook attached."""
+        return any(m.fwd_hooks or m.bwd_hooks for m in self.modules() if isinstance(m, HookPoint))
+
 
 # =========================================================================================
 # loss
@@ -293,6 +304,7 @@ class SinkTransformer(HookedRootModule):
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.ln_final = NORMS[cfg.norm_type](cfg) if cfg.norm_placement == "pre" else nn.Identity()
         self.unembed = TiedUnembed(self.embed) if cfg.tie_embeddings else Unembed(cfg)
+        self._logit_positions: list[int] | None = None  # see logits_at
         self.init_weights()
         self.setup()
         if device is not None or dtype is not None:
@@ -406,9 +418,26 @@ class SinkTransformer(HookedRootModule):
         sink = None
         if self.cfg.attn_bias == "sink_token" and self.cfg.has_slot:
             sink = self.W_sink.view(1, 1, -1)
-        for i, block in enumerate(self.blocks[first:]):
-            x, sink = block(x, ctx, sink, None if past_kv is None else past_kv[i])
-        logits = self.unembed(self.ln_final(x))
+        keep = self._logit_positions
+        if keep is not None and return_type != "logits":
+            raise ValueError("logits_at: only return_type='logits' (the logits of the chosen positions)")
+        blocks = list(self.blocks[first:])
+        cut = self._last_block_from(keep, pos0, n_pos) if blocks else 0
+        for i, block in enumerate(blocks):
+            past = None if past_kv is None else past_kv[i]
+            if cut and i == len(blocks) - 1:  # the last block: queries cut.. only; earlier keys and values unhooked
+                full = build_context(self.cfg, n_pos, x.device, x.dtype)
+                rot = None if full.rotary is None else (full.rotary[0][pos0:pos0 + cut], full.rotary[1][pos0:pos0 + cut])
+                k, v = block.keys_values(x[:, :cut], rot)
+                if past is not None:
+                    k, v = torch.cat([past[0].to(k.dtype), k], dim=1), torch.cat([past[1].to(v.dtype), v], dim=1)
+                x, sink = block(x[:, cut:], full.from_position(pos0 + cut), sink, (k, v))
+            else:
+                x, sink = block(x, ctx, sink, past)
+        x = self.ln_final(x)
+        if keep is not None:  # after the final norm, so that its hooks see every position computed
+            x = x[:, [p - cut for p in keep]]
+        logits = self.unembed(x)
 
         if return_type == "logits":
             return logits
@@ -416,6 +445,39 @@ class SinkTransformer(HookedRootModule):
             return None
         loss = next_token_loss(logits, tokens, self.cfg.prefix_len, loss_mask)
         return loss if return_type == "loss" else (logits, loss)
+
+    @contextlib.contextmanager
+    def logits_at(self, positions: Sequence[int] | None) -> Iterator[None]:
+        """While inside, a forward pass returns the logits of ``positions`` only (indices into the
+        positions it computes: all, or start_at_pos.. when given), in that order, [batch,
+        len(positions), d_vocab]; None: every position. The last block then computes only the
+        queries from the first of them on (its keys and values of earlier positions come from its
+        projections alone), where nothing hooks that block or the final norm and a pass could start
+        there (``can_start_at_pos``); otherwise it runs whole and the logits are cut after the
+        final norm. ``tl_adapter.unembed_positions`` uses this for sinkinterp models (patching
+        passes whose metric reads a few positions)."""
+        if positions is not None:
+            positions = [int(p) for p in positions]
+            if not positions or min(positions) < 0:
+                raise ValueError(f"logits_at: expected a non-empty list of non-negative positions, got {positions!r}")
+        old, self._logit_positions = self._logit_positions, positions
+        try:
+            yield
+        finally:
+            self._logit_positions = old
+
+    def _last_block_from(self, keep: list[int] | None, pos0: int, n_pos: int) -> int:
+        """The first position (relative to the pass) the last block must compute for ``keep``, or 0
+        where it must compute them all."""
+        if keep is None:
+            return 0
+        if max(keep) >= n_pos - pos0:
+            raise ValueError(f"logits_at: position {max(keep)} is outside the {n_pos - pos0} positions this pass computes")
+        cut = min(keep)
+        if cut == 0 or self.attn_backend == "flex" or (self.cfg.prefix_len > 1 and pos0 + cut < self.cfg.prefix_len):
+            return 0
+        norm_hooked = any(m.fwd_hooks or m.bwd_hooks for m in self.ln_final.modules() if isinstance(m, HookPoint))
+        return 0 if norm_hooked or self.blocks[-1].hooked() else cut
 
     @torch.no_grad()
     def slot_keys(self) -> dict[int, Tensor]:
