@@ -66,6 +66,7 @@ class Component:
     head_dim: int | None
     pos_dim: int | None
     kv: bool = False  # head axis counts key/value heads
+    query_dim: int | None = None  # [query, key] components: the query axis (pos_dim is the key axis)
 
     def hook_name(self, layer: int) -> str:
         return self.hook.format(l=layer)
@@ -82,8 +83,8 @@ COMPONENTS: dict[str, Component] = {
     "z": _bphd("z"),
     "rot_q": _bphd("rot_q"),
     "rot_k": _bphd("rot_k", kv=True),
-    "scores": Component("scores", "blocks.{l}.attn.hook_attn_scores", head_dim=1, pos_dim=3),
-    "pattern": Component("pattern", "blocks.{l}.attn.hook_pattern", head_dim=1, pos_dim=3),
+    "scores": Component("scores", "blocks.{l}.attn.hook_attn_scores", head_dim=1, pos_dim=3, query_dim=2),
+    "pattern": Component("pattern", "blocks.{l}.attn.hook_pattern", head_dim=1, pos_dim=3, query_dim=2),
     "bias_pattern": Component("bias_pattern", "blocks.{l}.attn.hook_bias_pattern", head_dim=1, pos_dim=None),
     "pos_embed": Component("pos_embed", "hook_pos_embed", head_dim=None, pos_dim=1),
     "mlp_post": Component("mlp_post", "blocks.{l}.mlp.hook_post", head_dim=None, pos_dim=1),  # W_out's input
@@ -244,10 +245,12 @@ def _make_hook(comp: Component, source: Source, layer: int, cells: Sequence[Cell
                n_copies: int | None, before: tuple[int, dict[str, Tensor]] | None = None) -> Any:
     def hook(act: Tensor, hook: Any = None) -> Tensor:
         if before is not None:  # [rows, pos - p, ...] -> whole sequences, edited, then cut again
-            p, acts = before
-            head = acts[comp.hook_name(layer)][:, :p].to(act.dtype)
+            p, acts = before  # (the query rows of a [query, key] component: its keys are all there)
+            axis = comp.query_dim if comp.query_dim is not None else 1
+            head = acts[comp.hook_name(layer)].narrow(axis, 0, p).to(act.dtype)
             head = head.repeat(act.shape[0] // head.shape[0], *([1] * (head.dim() - 1)))
-            return _edit(torch.cat([head, act], dim=1))[:, p:]
+            edited = _edit(torch.cat([head, act], dim=axis))
+            return edited.narrow(axis, p, edited.shape[axis] - p)
         return _edit(act)
 
     def _edit(act: Tensor) -> Tensor:
@@ -279,6 +282,7 @@ def run_cells(
     skip: str = "auto",
     metric_positions: Sequence[int] | None = None,
     _unedited: _Run | None = None,
+    _query_starts: dict[Cell, int] | None = None,
 ) -> np.ndarray:
     """``metric`` of the model's logits with the edits applied at each cell separately: [n_cells].
 
@@ -296,7 +300,10 @@ def run_cells(
     vocabulary's unembedding is a large part of a pass that starts at a late layer), and a pass
     whose edits all come after them is not run. ``_unedited`` (internal): a record of the unedited
     run of ``tokens`` (``_record``) whose activations and, on a bridge, Hugging Face record stand in
-    for the ones this call would otherwise record in a pass of its own.
+    for the ones this call would otherwise record in a pass of its own. ``_query_starts``
+    (internal): for a [query, key] component, each cell's first query row the edit changes
+    (``patch`` knows it from the clean and corrupted runs), so that its passes start there; without
+    it such passes start at position 0 (an edit's source may need the whole pass).
     """
     if skip not in SKIP_MODES:
         raise ValueError(f"skip: got {skip!r}, allowed values are {list(SKIP_MODES)}")
@@ -327,7 +334,7 @@ def run_cells(
     # own key-value cache.
     prefix: _Prefix | _HFPrefix | None = None
     if skip == "auto" and start_from is not None:
-        prefix = _Prefix.build(model, tokens, comps, cells, _unedited)
+        prefix = _Prefix.build(model, tokens, comps, cells, _unedited, _query_starts)
     elif skip != "none" and not extra_hooks and all("{l}" in c.hook for c, _ in comps):
         prefix = _HFPrefix.build(model, tokens, comps, cells, positions=skip == "auto", unedited=_unedited)
     order = list(range(len(cells)))
@@ -437,15 +444,24 @@ class _Prefix:
     n_layers: int
     run_fn: _ContinueFn
     can_start: Callable[[int], bool]
+    starts: dict[Cell, int]  # each cell's first position an edit changes
 
     @staticmethod
     def build(model: Any, tokens: Tensor, comps: Sequence[tuple[Component, Source]],
-              cells: Sequence[Cell], unedited: _Run | None = None) -> _Prefix | None:
+              cells: Sequence[Cell], unedited: _Run | None = None,
+              query_starts: dict[Cell, int] | None = None) -> _Prefix | None:
         """The unedited run's record (taken from ``unedited`` where it holds every activation
-        needed), or None where no pass could start after position 0."""
-        if any(c.pos_dim != 1 for c, _ in comps):
+        needed), or None where no pass could start after position 0. A cell of a per-token
+        component starts at its first position; a cell of a [query, key] component (scores,
+        pattern) at ``query_starts[cell]``, the first query row its edit changes (the rows before
+        stay the unedited ones: for a patch whose clean and corrupted prompts share a prefix, the
+        rows of that prefix); without ``query_starts`` such edits get None."""
+        if any(c.pos_dim != 1 and c.query_dim is None for c, _ in comps):
             return None
-        if any(c.pos is None for c in cells) or max(_Prefix._min_pos([c]) for c in cells) == 0:
+        if query_starts is None and any(c.query_dim is not None for c, _ in comps):
+            return None
+        if any(c.pos_dim == 1 for c, _ in comps) and (
+                any(c.pos is None for c in cells) or max(_Prefix._min_pos([c]) for c in cells) == 0):
             return None
         cont = _continuation(model, comps)
         if cont is None:
@@ -458,7 +474,11 @@ class _Prefix:
             acts, logits = unedited.acts, unedited.logits
         else:
             acts, logits = _capture_run(model, tokens, sorted(wanted))
-        return _Prefix(acts, logits, k_name, L, run_fn, can_start)
+        starts = {cell: min(_Prefix._min_pos([cell]) if c.query_dim is None else (query_starts or {}).get(cell, 0)
+                            for c, _ in comps) for cell in cells}
+        if max(starts.values()) == 0:
+            return None
+        return _Prefix(acts, logits, k_name, L, run_fn, can_start, starts)
 
     @staticmethod
     def _min_pos(chunk: Sequence[Cell]) -> int:
@@ -467,7 +487,7 @@ class _Prefix:
         return min(c.pos if isinstance(c.pos, int) else min(c.pos) for c in chunk)
 
     def first_position(self, chunk: Sequence[Cell]) -> int:
-        p = self._min_pos(chunk)
+        p = min(self.starts[c] for c in chunk)
         return p if p and self.can_start(p) else 0
 
     def run(self, tokens: Tensor, n: int, layer: int, pos: int) -> Tensor:
@@ -479,6 +499,16 @@ class _Prefix:
                 for l in range(layer, L)]
         resid = rep(acts[f"blocks.{layer}.hook_resid_pre"][:, pos:])
         return self.run_fn(tokens.repeat(n, 1), layer, resid, pos, past)
+
+
+def _first_changed_row(comp: Component, source: Source, acts: dict[str, Tensor], cell: Cell) -> int:
+    """The first query row where ``source`` changes the unedited [query, key] activation inside
+    ``cell`` (the last row where it changes nothing: a pass that starts there gives the unedited
+    logits)."""
+    act = acts[comp.hook_name(cell.layer)]
+    changed = (source(act, cell.layer).to(act.dtype) != act) & _cell_mask(comp, [cell], act)
+    rows = changed.movedim(comp.query_dim, 0).reshape(act.shape[comp.query_dim], -1).any(1).nonzero()
+    return int(rows[0]) if len(rows) else act.shape[comp.query_dim] - 1
 
 
 @dataclass
@@ -701,7 +731,8 @@ def _unedited_names(model: Any, comp: Component, cells: Sequence[Cell], skip: st
         return []
     L = _dims(model)["n_layers"]
     names = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
-    by_pos = skip == "auto" and comp.pos_dim == 1 and all(c.pos is not None for c in cells)
+    by_pos = skip == "auto" and ((comp.pos_dim == 1 and all(c.pos is not None for c in cells))
+                                 or comp.query_dim is not None)
     cont = _continuation(model, [(comp, lambda a, l: a)]) if by_pos else None
     if cont is not None:
         names += [f"blocks.{l}.attn.{n}" for l in range(L) for n in (cont[1], "hook_v")]
@@ -832,10 +863,13 @@ def patch(
         narrowed = _narrow_cells(comp, cells, clean_acts, corrupted_acts)
         kept = [i for i, c in enumerate(narrowed) if c is not None]
         values = np.full(len(cells), corrupted_value, dtype=np.float64)
+        query_starts = None
+        if comp.query_dim is not None and skip == "auto":  # rows before the first that differs stay as they are
+            query_starts = {narrowed[i]: _first_changed_row(comp, source, corrupted_acts, narrowed[i]) for i in kept}
         if kept:
             values[kept] = run_cells(model, corrupted_tokens, [(comp, source)], [narrowed[i] for i in kept],
                                      metric, batch_rows=batch_rows, skip=skip, progress=progress,
-                                     metric_positions=mp, _unedited=unedited)
+                                     metric_positions=mp, _unedited=unedited, _query_starts=query_starts)
     shape = [len(layer_list)] + ([len(pos_list)] if "pos" in axes else []) + ([len(heads)] if "head" in axes else [])
     return PatchResult(comp.name, values.reshape(shape), tuple(axes), pos_list, clean_value, corrupted_value,
                        together)

@@ -194,7 +194,7 @@ def test_logits_at_equals_the_full_run_and_cuts_the_last_block():
     for name, over in VARIANTS.items():
         m = SinkTransformer(tiny_config(**over)).double().eval()
         seen = []  # positions entering the last block's MLP (a plain torch hook: no HookPoint is hooked)
-        handle = m.blocks[-1].mlp.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
+        handle = m.blocks[-1].mlp.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0].shape[1]))
         logits, cache = m.run_with_cache(tokens)
         seen.clear()
         for keep in ([11], [7, 11, 9], [0, 11]):
@@ -271,6 +271,34 @@ def test_cells_that_change_nothing_need_no_pass():
     np.testing.assert_allclose(all_pos.values, ref, rtol=1e-6, atol=1e-6)
     m.reset_hooks()
     assert np.ptp(all_pos.values) > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["sink", "hooked"])
+@pytest.mark.parametrize("component, by_pos", [("pattern", False), ("pattern", True), ("scores", False)])
+def test_query_key_sweeps_start_at_the_first_changed_query_row(kind, component, by_pos):
+    """A [query, key] component (pattern, scores) of prompts that differ at position 3 only: the
+    query rows before 3 are the same in both runs, so every pass computes query positions 3.. only,
+    and a cell of key column j > 3 rows j.. only (the hook sees those rows, edited with the unedited
+    rows put back in front); the grid equals full passes and, for the pattern, TransformerLens'
+    per-cell function."""
+    m = SinkTransformer(tiny_config(n_layers=3)).double().eval() if kind == "sink" else _hooked("rotary")
+    clean, corrupted = _one_token_pair(3)
+    metric = patching.loss_metric(clean)
+    seen = []
+    m.blocks[2].hook_resid_pre.add_hook(lambda act, hook: seen.append(tuple(act.shape[:2])))
+    got = patching.patch(m, clean, corrupted, component, metric, by_pos=by_pos, batch_rows=3 * 4)
+    passes = [s for s in seen if s[0] > clean.shape[0]]
+    m.reset_hooks()
+    # all-position cells: query rows 3.. (3 of 6 positions); a key column j >= 3: rows j.. (causal)
+    assert passes and {s[1] for s in passes} == ({3, 2, 1} if by_pos else {3})
+    want = patching.patch(m, clean, corrupted, component, metric, by_pos=by_pos, skip="none")
+    np.testing.assert_allclose(got.values, want.values, rtol=1e-10, atol=1e-10)
+    assert np.ptp(got.values) > 1e-4
+    if component == "pattern" and not by_pos:
+        _, cache = m.run_with_cache(clean)
+        ref = tlp.get_act_patch_attn_head_pattern_all_pos(m, corrupted, cache, metric).numpy()
+        np.testing.assert_allclose(got.values, ref, rtol=1e-6, atol=1e-6)
+    assert tl_adapter.count_attached_hooks(m) == 0
 
 
 def test_a_hooked_transformer_skips_cells_that_change_nothing():
