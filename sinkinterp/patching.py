@@ -336,7 +336,8 @@ def run_cells(
     if skip == "auto" and start_from is not None:
         prefix = _Prefix.build(model, tokens, comps, cells, _unedited, _query_starts)
     elif skip != "none" and not extra_hooks and all("{l}" in c.hook for c, _ in comps):
-        prefix = _HFPrefix.build(model, tokens, comps, cells, positions=skip == "auto", unedited=_unedited)
+        prefix = _HFPrefix.build(model, tokens, comps, cells, positions=skip == "auto", unedited=_unedited,
+                                 query_starts=_query_starts)
     order = list(range(len(cells)))
     if prefix is not None:
         order = _block_order(cells, per_pass, by_layer=isinstance(prefix, _Prefix) or prefix.layers_ok)
@@ -525,29 +526,36 @@ class _HFPrefix:
     cont: Callable[[Tensor, int, int, Any, int], Tensor]
     layers_ok: bool
     positions_ok: bool
+    starts: dict[Cell, int]  # each cell's first position an edit changes (as _Prefix)
 
     @staticmethod
     def build(model: Any, tokens: Tensor, comps: Sequence[tuple[Component, Source]],
-              cells: Sequence[Cell], positions: bool = True, unedited: _Run | None = None) -> _HFPrefix | None:
+              cells: Sequence[Cell], positions: bool = True, unedited: _Run | None = None,
+              query_starts: dict[Cell, int] | None = None) -> _HFPrefix | None:
         """The record (``unedited``'s where it has one with every edited activation, else one more
         pass) and which ways to start reproduce the run, checked on the first sequence; None where
-        neither does."""
+        neither does. Positions as in ``_Prefix.build`` (``query_starts`` for [query, key] edits)."""
         fns = tl_adapter.hf_continuation(model)
         if fns is None:
             return None
         cont = fns[1]
         T = tokens.shape[1]
         layers = [c.layer for c in cells if c.layer > 0]
-        starts = [] if not positions or any(c.pos_dim != 1 for c, _ in comps) or any(c.pos is None for c in cells) \
-            else [p for p in (_Prefix._min_pos([c]) for c in cells) if p > 0]
+        by_pos = positions and all(c.pos_dim == 1 or (c.query_dim is not None and query_starts is not None)
+                                   for c, _ in comps) \
+            and not (any(c.pos_dim == 1 for c, _ in comps) and any(c.pos is None for c in cells))
+        cell_starts = {cell: min(_Prefix._min_pos([cell]) if c.query_dim is None else (query_starts or {}).get(cell, 0)
+                                 for c, _ in comps) for cell in cells} if by_pos else {}
+        starts = [p for p in cell_starts.values() if p > 0]
         if not layers and not starts:
             return None
         names = sorted({c.hook_name(cell.layer) for c, _ in comps for cell in cells})
+        axis = {c.hook_name(cell.layer): 1 if c.query_dim is None else c.query_dim for c, _ in comps for cell in cells}
         seen: dict[str, int] = {}
 
         def count(name: str) -> Any:
             def hook(act: Tensor, hook: Any = None) -> None:
-                seen[name] = act.shape[1]
+                seen[name] = act.shape[axis[name]]
 
             return hook
 
@@ -583,14 +591,14 @@ class _HFPrefix:
             positions_ok = bool(starts) and reproduces(layer if layers_ok else 0, p)
         if not (layers_ok or positions_ok):
             return None
-        return _HFPrefix(acts, record, cont, layers_ok, positions_ok)
+        return _HFPrefix(acts, record, cont, layers_ok, positions_ok, cell_starts)
 
     @property
     def logits(self) -> Tensor:
         return self.record.logits
 
     def first_position(self, chunk: Sequence[Cell]) -> int:
-        return _Prefix._min_pos(chunk) if self.positions_ok else 0
+        return min(self.starts[c] for c in chunk) if self.positions_ok else 0
 
     def first_layer(self, chunk: Sequence[Cell]) -> int:
         return min(c.layer for c in chunk) if self.layers_ok else 0

@@ -628,12 +628,14 @@ def test_batched_patching_equals_transformer_lens_on_bridges(arch, component, tl
 
 
 @pytest.mark.parametrize("component, tl_fn", [("resid_pre", "get_act_patch_resid_pre"),
-                                              ("v", "get_act_patch_attn_head_v_all_pos")])
+                                              ("v", "get_act_patch_attn_head_v_all_pos"),
+                                              ("pattern", "get_act_patch_attn_head_pattern_all_pos")])
 def test_bridge_passes_start_at_the_corrupted_position(arch, component, tl_fn):
     """With a token in the middle corrupted, a bridge's passes continue the corrupted run from that
     position through the Hugging Face key-value cache (earlier positions are not computed again) and
     give transformer_lens.patching's per-cell values; sliding-window layers included (Gemma 3's
-    window of 4 < T: the recorded cache keeps every key, the model's mask applies the window)."""
+    window of 4 < T: the recorded cache keeps every key, the model's mask applies the window); the
+    pattern from its first changed query row (the pattern hook sees those rows, every key)."""
     from sinkinterp import patching
 
     name, lm, _, _ = arch
@@ -646,7 +648,7 @@ def test_bridge_passes_start_at_the_corrupted_position(arch, component, tl_fn):
             lengths.append(x.shape[1])
 
     with tl_adapter.attached_hooks(lm.model, [("blocks.0.hook_resid_pre", record)]):
-        ours = patching.patch(lm.model, clean, corrupted, component, metric, by_pos=component != "v")
+        ours = patching.patch(lm.model, clean, corrupted, component, metric, by_pos=component == "resid_pre")
     np.testing.assert_allclose(ours.values, ref, rtol=1e-6, atol=1e-6)
     assert np.ptp(ours.values) > 1e-6
     # full passes: the two captures, the together pass and (continued) the record of the corrupted run
