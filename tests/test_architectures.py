@@ -324,30 +324,54 @@ def test_a_hook_that_never_fires_is_refused(name):
     assert tl_adapter.count_attached_hooks(bridge) == 0
 
 
+def _hook_map_reads(bridge, monkeypatch):
+    """A list that grows by one at each read of the bridge's hook_dict (each read rebuilds the map)."""
+    cls, reads = type(bridge), []
+    real = cls.hook_dict
+    monkeypatch.setattr(cls, "hook_dict", property(lambda self: reads.append(1) or real.fget(self)))
+    return reads
+
+
+def _bridge_pair_at_token_2(n_layers):
+    """A bridge, clean prompts (2 x 6) and corrupted ones differing at token 2, the loss metric and
+    the resid_pre grid from full passes."""
+    from sinkinterp import patching
+
+    bridge = _bridge("llama", n_layers=n_layers)
+    clean = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(2))
+    corrupted = clean.clone()
+    corrupted[:, 2] = (clean[:, 2] + 7) % V
+    metric = patching.loss_metric(clean)
+    want = patching.patch(bridge, clean, corrupted, "resid_pre", metric, skip="none").values
+    return bridge, clean, corrupted, metric, want
+
+
+def _chained_hooks_on_a_bridge(monkeypatch):
+    """A 2-layer bridge, tokens, its logits with blocks.1.hook_resid_pre -> (x + 1) * 2, a list
+    ``seen`` a user's hook there writes to, the map-read counter, and three hooks that do the same
+    edit in two steps on that point and note a hook_v read (each writes to ``seen``)."""
+    bridge = _bridge("llama", n_layers=2)
+    tokens = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(3))
+    seen = []
+    with torch.no_grad():
+        want = bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: (x + 1) * 2)])
+    bridge.blocks[1].hook_resid_pre.add_hook(lambda x, hook: seen.append("user"))
+    reads = _hook_map_reads(bridge, monkeypatch)
+    hooks = [("blocks.1.hook_resid_pre", lambda x, hook: seen.append("add") or x + 1),
+             ("blocks.1.hook_resid_pre", lambda x, hook: seen.append("double") or x * 2),
+             ("blocks.0.attn.hook_v", lambda x, hook: seen.append("v"))]
+    return bridge, tokens, want, seen, reads, hooks
+
+
 def test_many_hooks_on_a_bridge_attach_as_one_and_chain_in_order(monkeypatch):
     """tl_adapter.attached_hooks hands a bridge many hooks as one filter hook (its hooks() rebuilds
     the alias map once per named hook): two hooks on one point run in the given order, each on
     the output of the one before; the map is built a fixed number of times, not once per hook; a hook the user attached
     beforehand stays and runs first."""
-    bridge = _bridge("llama", n_layers=2)
-    tokens = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(3))
-    seen = []
-
-    def user(x, hook):
-        seen.append("user")
-
-    with torch.no_grad():
-        want = bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: (x + 1) * 2)])
-        bridge.blocks[1].hook_resid_pre.add_hook(user)
-        cls, builds = type(bridge), []
-        real = cls.hook_dict
-        monkeypatch.setattr(cls, "hook_dict", property(lambda self: builds.append(1) or real.fget(self)))
-        hooks = [("blocks.1.hook_resid_pre", lambda x, hook: seen.append("add") or x + 1),
-                 ("blocks.1.hook_resid_pre", lambda x, hook: seen.append("double") or x * 2),
-                 ("blocks.0.attn.hook_v", lambda x, hook: seen.append("v"))]
-        hooks += [(f"blocks.{l}.hook_resid_post", lambda x, hook: None) for l in range(2)]
-        with tl_adapter.attached_hooks(bridge, hooks):
-            got = bridge(tokens)
+    bridge, tokens, want, seen, builds, hooks = _chained_hooks_on_a_bridge(monkeypatch)
+    hooks += [(f"blocks.{l}.hook_resid_post", lambda x, hook: None) for l in range(2)]
+    with torch.no_grad(), tl_adapter.attached_hooks(bridge, hooks):
+        got = bridge(tokens)
     assert len(builds) <= 4  # 7 here when the hooks go in one by one (one per named hook, and more)
     torch.testing.assert_close(got, want)
     assert seen == ["v", "user", "add", "double"]
@@ -361,18 +385,8 @@ def test_a_bridge_with_its_hook_map_kept_takes_hooks_at_its_points(monkeypatch):
     one point run in the given order after a user's, exactly the added ones are removed (also when
     the block raises), a hook point gated off by the bridge is refused with its message, and a hook
     that never fires is still named."""
-    bridge = _bridge("llama", n_layers=2)
-    tokens = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(3))
-    seen = []
+    bridge, tokens, want, seen, builds, hooks = _chained_hooks_on_a_bridge(monkeypatch)
     with torch.no_grad():
-        want = bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: (x + 1) * 2)])
-        bridge.blocks[1].hook_resid_pre.add_hook(lambda x, hook: seen.append("user"))
-        cls, builds = type(bridge), []
-        real = cls.hook_dict
-        monkeypatch.setattr(cls, "hook_dict", property(lambda self: builds.append(1) or real.fget(self)))
-        hooks = [("blocks.1.hook_resid_pre", lambda x, hook: seen.append("add") or x + 1),
-                 ("blocks.1.hook_resid_pre", lambda x, hook: seen.append("double") or x * 2),
-                 ("blocks.0.attn.hook_v", lambda x, hook: seen.append("v"))]
         with tl_adapter.hook_dict_kept(bridge):
             for _ in range(3):
                 with tl_adapter.attached_hooks(bridge, hooks):
@@ -402,15 +416,8 @@ def test_bridge_patching_reads_its_hook_map_once_and_records_the_corrupted_run_o
     reproduce the run is checked on one sequence; the grid equals full passes."""
     from sinkinterp import patching
 
-    bridge = _bridge("llama", n_layers=3)
-    clean = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(2))
-    corrupted = clean.clone()
-    corrupted[:, 2] = (clean[:, 2] + 7) % V
-    metric = patching.loss_metric(clean)
-    want = patching.patch(bridge, clean, corrupted, "resid_pre", metric, skip="none").values
-    cls, builds, rows = type(bridge), [], []
-    real = cls.hook_dict
-    monkeypatch.setattr(cls, "hook_dict", property(lambda self: builds.append(1) or real.fget(self)))
+    bridge, clean, corrupted, metric, want = _bridge_pair_at_token_2(n_layers=3)
+    builds, rows = _hook_map_reads(bridge, monkeypatch), []
     base = tl_adapter.wrapped_hf_model(bridge).model
     handle = base.register_forward_pre_hook(
         lambda mod, args, kw: rows.append(tuple(kw["input_ids"].shape)) if kw.get("input_ids") is not None else None,
@@ -711,12 +718,7 @@ def test_a_bridge_whose_record_fails_runs_every_pass_in_full(monkeypatch):
     Face DynamicCache, say), patching runs every pass in full and gives the same grid."""
     from sinkinterp import patching
 
-    bridge = _bridge("llama", n_layers=2)
-    clean = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(2))
-    corrupted = clean.clone()
-    corrupted[:, 2] = (clean[:, 2] + 7) % V
-    metric = patching.loss_metric(clean)
-    want = patching.patch(bridge, clean, corrupted, "resid_pre", metric, skip="none").values
+    bridge, clean, corrupted, metric, want = _bridge_pair_at_token_2(n_layers=2)
     real = tl_adapter.hf_continuation
 
     def failing(model):
