@@ -663,7 +663,10 @@ def capture(model: Any, tokens: Tensor, hook_names: Sequence[str]) -> dict[str, 
     return _capture_run(model, tokens, hook_names)[0]
 
 
-def _capture_run(model: Any, tokens: Tensor, hook_names: Sequence[str]) -> tuple[dict[str, Tensor], Tensor]:
+def _capture_run(model: Any, tokens: Tensor, hook_names: Sequence[str],
+                 run: Callable[[Tensor], Any] | None = None) -> tuple[dict[str, Tensor], Any]:
+    """Activations at ``hook_names`` and the output of one pass over ``tokens``: ``model(tokens)``,
+    or ``run(tokens)`` (a pass through the model that fires the same hooks)."""
     store: dict[str, Tensor] = {}
     names = set(tl_adapter.hook_names(model))
     for name in hook_names:
@@ -677,8 +680,8 @@ def _capture_run(model: Any, tokens: Tensor, hook_names: Sequence[str]) -> tuple
         return hook
 
     with _eval_mode(model), torch.no_grad(), tl_adapter.attached_hooks(model, [(n, save(n)) for n in hook_names]):
-        logits = model(tokens.to(_model_device(model)))
-    return store, logits
+        out = (run or model)(tokens.to(_model_device(model)))
+    return store, out
 
 
 @dataclass
@@ -703,24 +706,10 @@ def _record(model: Any, tokens: Tensor, hook_names: Sequence[str], hf: bool = Fa
     fns = tl_adapter.hf_continuation(model) if hf else None
     if fns is None:
         return _Run(*_capture_run(model, tokens, hook_names))
-    names = set(tl_adapter.hook_names(model))
-    for name in hook_names:
-        if name not in names:
-            raise ValueError(f"model has no hook {name} (see docs/hook-contract.md)")
-    acts: dict[str, Tensor] = {}
-
-    def keep(name: str) -> Any:
-        def hook(act: Tensor, hook: Any = None) -> None:
-            acts[name] = act.detach().clone()
-
-        return hook
-
-    with _eval_mode(model), torch.no_grad():
-        try:
-            with tl_adapter.attached_hooks(model, [(n, keep(n)) for n in hook_names]):
-                record = fns[0](tokens.to(_model_device(model)))
-        except Exception:  # noqa: BLE001 - the caller runs every pass in full
-            return _Run(*_capture_run(model, tokens, hook_names))
+    try:
+        acts, record = _capture_run(model, tokens, hook_names, run=fns[0])
+    except Exception:  # noqa: BLE001 - the caller runs every pass in full (a wrong hook name raises again here)
+        return _Run(*_capture_run(model, tokens, hook_names))
     return _Run(acts, record.logits, record)
 
 

@@ -414,7 +414,8 @@ class SinkTransformer(HookedRootModule):
             if hasattr(self, "pos_embed"):
                 pe = self.pos_embed(n_pos, x.dtype, x.device)
                 x = x + self.hook_pos_embed(pe.unsqueeze(0).expand(batch, n_pos, -1))
-        ctx = build_context(self.cfg, n_pos, x.device, x.dtype).from_position(pos0)
+        full_ctx = build_context(self.cfg, n_pos, x.device, x.dtype)
+        ctx = full_ctx.from_position(pos0)
         sink = None
         if self.cfg.attn_bias == "sink_token" and self.cfg.has_slot:
             sink = self.W_sink.view(1, 1, -1)
@@ -426,12 +427,11 @@ class SinkTransformer(HookedRootModule):
         for i, block in enumerate(blocks):
             past = None if past_kv is None else past_kv[i]
             if cut and i == len(blocks) - 1:  # the last block: queries cut.. only; earlier keys and values unhooked
-                full = build_context(self.cfg, n_pos, x.device, x.dtype)
-                rot = None if full.rotary is None else (full.rotary[0][pos0:pos0 + cut], full.rotary[1][pos0:pos0 + cut])
-                k, v = block.keys_values(x[:, :cut], rot)
+                rot = full_ctx.rotary
+                k, v = block.keys_values(x[:, :cut], None if rot is None else (rot[0][pos0:pos0 + cut], rot[1][pos0:pos0 + cut]))
                 if past is not None:
                     k, v = torch.cat([past[0].to(k.dtype), k], dim=1), torch.cat([past[1].to(v.dtype), v], dim=1)
-                x, sink = block(x[:, cut:], full.from_position(pos0 + cut), sink, (k, v))
+                x, sink = block(x[:, cut:], full_ctx.from_position(pos0 + cut), sink, (k, v))
             else:
                 x, sink = block(x, ctx, sink, past)
         x = self.ln_final(x)
