@@ -682,6 +682,16 @@ def start_at_layer_fn(model: Any) -> Callable[[Any, int, Any], Any] | None:
 
 
 CONTINUED_POSITION_TYPES = ("standard", "rotary", "alibi")
+# architectures whose attention changes the keys after hook_k, before they enter the key-value cache
+# (OLMo's QK norm and clamp): recorded hook_k values are not what the cache must hold
+_KEYS_CHANGED_AFTER_HOOK_K = ("OlmoForCausalLM", "OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+
+
+def _cache_keys_are_hook_k(cfg: Any) -> bool:
+    """Whether a HookedTransformer's key-value cache holds its hook_k / hook_v values: not with a QK
+    norm (``use_qk_norm``: Gemma 3, Qwen 3) or OLMo's, nor with ``clip_qkv``, applied after them."""
+    return not (getattr(cfg, "use_qk_norm", False) or getattr(cfg, "clip_qkv", None) is not None
+                or getattr(cfg, "original_architecture", None) in _KEYS_CHANGED_AFTER_HOOK_K)
 
 
 def start_at_pos_fn(model: Any) -> Callable[[int, Any, int, Sequence[tuple[Any, Any]]], Any] | None:
@@ -692,11 +702,12 @@ def start_at_pos_fn(model: Any) -> Callable[[int, Any, int, Sequence[tuple[Any, 
     key-value cache (what its ``generate`` uses). In such a pass every hook sees positions pos..
     only, except hook_rot_k (TransformerLens rotates the cached keys again with the new ones: every
     position) and the [query, key] hooks (every key). None where it does not apply: any other model,
-    bidirectional attention, and positions other than learned, rotary or ALiBi (shortformer
-    positions re-enter every layer)."""
+    bidirectional attention, positions other than learned, rotary or ALiBi (shortformer
+    positions re-enter every layer), and attention that changes the keys after hook_k (a QK norm,
+    ``clip_qkv``: the cache would need the changed keys)."""
     if start_at_layer_fn(model) is None or model.cfg.positional_embedding_type not in CONTINUED_POSITION_TYPES:
         return None
-    if model.cfg.attention_dir != "causal":  # earlier positions would see the later ones
+    if model.cfg.attention_dir != "causal" or not _cache_keys_are_hook_k(model.cfg):  # see above
         return None
     import torch
 

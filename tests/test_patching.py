@@ -377,6 +377,27 @@ def test_hooked_transformer_start_at_pos_forward(variant):
     assert tl_adapter.start_at_pos_fn(_tokens) is None
 
 
+@pytest.mark.parametrize("changed", [{"use_qk_norm": True}, {"clip_qkv": 0.05},
+                                     {"original_architecture": "Olmo2ForCausalLM"}])
+def test_hooked_transformers_that_change_keys_after_hook_k_run_passes_from_position_zero(changed):
+    """A QK norm (Gemma 3, Qwen 3, OLMo) or ``clip_qkv`` changes the keys after hook_k, before
+    TransformerLens caches them, so a pass continued on recorded hook_k values would be wrong: such
+    models get no position start, and patching their keys still equals the per-cell functions."""
+    ht = tl_adapter.hooked_transformer_from_config(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=16, act_fn="silu",
+        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8, seed=0,
+        dtype=torch.float64, **changed)
+    with torch.no_grad():
+        for p in ht.parameters():  # weights large enough that the norm / clamp changes the keys
+            p.normal_(0, 0.5)
+    assert tl_adapter.start_at_pos_fn(ht) is None
+    clean, corrupted = _tokens(0), _tokens(1)
+    metric = patching.loss_metric(clean)
+    ours = patching.patch(ht, clean, corrupted, "k", metric, batch_rows=3 * 4)
+    np.testing.assert_allclose(ours.values, _tl_by_pos(ht, clean, corrupted, metric, "k"), rtol=1e-6, atol=1e-6)
+    assert np.ptp(ours.values) > 1e-4
+
+
 @pytest.mark.parametrize("variant, component", [
     ("standard", "resid_pre"), ("standard", "k"), ("standard", "mlp_out"), ("rotary", "rot_q"), ("rotary", "v"),
     ("alibi", "z"), ("alibi", "k"), ("rotary_gqa", "k"), ("rotary_gqa", "v")])
