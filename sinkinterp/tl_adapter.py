@@ -848,10 +848,11 @@ def unembed_module(model: Any) -> Any | None:
 @contextlib.contextmanager
 def unembed_positions(model: Any, keep: Sequence[int] | None) -> Iterator[None]:
     """While inside, the model unembeds only positions ``keep`` of what reaches its unembedding
-    (a forward pre-hook on ``unembed_module``; a sinkinterp model through its own ``logits_at``,
-    which also computes its last block for the positions from min(keep) on only), so its logits
-    have len(keep) positions; no change for ``keep`` None or a model without a known unembedding
-    (the caller checks the shape)."""
+    (a forward pre-hook on ``unembed_module``; a sinkinterp model through its own ``logits_at``),
+    so its logits have len(keep) positions; no change for ``keep`` None or a model without a known
+    unembedding (the caller checks the shape). A sinkinterp model and a HookedTransformer that a
+    pass could continue from a position (``start_at_pos_fn``) also compute their last block for the
+    positions from min(keep) on only, where nothing hooks that block or the final norm."""
     import torch
 
     if keep is not None and hasattr(model, "logits_at"):  # a sinkinterp model: its own, which also cuts the last block
@@ -863,17 +864,64 @@ def unembed_positions(model: Any, keep: Sequence[int] | None) -> Iterator[None]:
         yield
         return
     index = torch.tensor(list(keep))
+    skipped = [0]  # positions the last block skipped in the current pass
 
     def cut(mod: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() != 3:
             return None
-        return (args[0][:, index.to(args[0].device)], *args[1:])
+        return (args[0][:, (index - skipped[0]).to(args[0].device)], *args[1:])
 
-    handle = module.register_forward_pre_hook(cut)
+    handles = [module.register_forward_pre_hook(cut)]
+    block_cut = _last_block_cut(model, min(keep), skipped)
+    if block_cut is not None:
+        handles.append(model.blocks[-1].register_forward_pre_hook(block_cut, with_kwargs=True))
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+
+
+def _last_block_cut(model: Any, first: int, skipped: list[int]) -> Callable[..., Any] | None:
+    """For a HookedTransformer that a pass could continue from a position: a forward pre-hook
+    (with kwargs) on its last block that gives the block the residual stream of positions
+    ``first``.. only, the keys and values of the positions before as a frozen key-value cache entry
+    (from the block's projections, after any entry the pass already has), and records ``first`` in
+    ``skipped[0]`` (0 for a pass it leaves whole: the last block or the final norm hooked, too few
+    positions). None for other models, or ``first`` 0."""
+    if first == 0 or start_at_pos_fn(model) is None:
+        return None
+    cfg = model.cfg
+    if cfg.use_attn_in or cfg.use_split_qkv_input:  # the block's attention input is per head
+        return None
+    import torch
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as Entry
+
+    block = model.blocks[-1]
+    watched = [m for part in (block, getattr(model, "ln_final", None)) if part is not None
+               for m in part.modules() if isinstance(m, HookPoint)]
+
+    def hook(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        skipped[0] = 0
+        resid = args[0] if args else kwargs.get("resid_pre")
+        if (not isinstance(resid, torch.Tensor) or resid.dim() != 3 or first >= resid.shape[1]
+                or kwargs.get("shortformer_pos_embed") is not None
+                or any(hp._forward_hooks or hp._backward_hooks for hp in watched)):
+            return None
+        x = block.ln1(resid[:, :first])
+        _, k, v = block.attn.calculate_qkv_matrices(x, x, x)
+        past = kwargs.get("past_kv_cache_entry")
+        if past is not None:
+            k, v = torch.cat([past.past_keys, k], dim=1), torch.cat([past.past_values, v], dim=1)
+        kwargs = dict(kwargs, past_kv_cache_entry=Entry(k, v, frozen=True))
+        if args:
+            args = (resid[:, first:], *args[1:])
+        else:
+            kwargs["resid_pre"] = resid[:, first:]
+        skipped[0] = first
+        return args, kwargs
+
+    return hook
 
 
 def hf_cache(pairs: Sequence[tuple[Any, Any]]) -> Any:

@@ -377,6 +377,40 @@ def test_hooked_transformer_start_at_pos_forward(variant):
     assert tl_adapter.start_at_pos_fn(_tokens) is None
 
 
+@pytest.mark.parametrize("variant", list(HT_VARIANTS))
+def test_hooked_transformer_unembed_positions_cuts_the_last_block(variant):
+    """tl_adapter.unembed_positions on a HookedTransformer: the logits of the kept positions equal
+    the full run's, in a full pass, a pass started at a layer and a pass continued from a position;
+    the last block computes only the positions from the first kept one on, and all of them when a
+    hook watches that block or the final norm."""
+    ht = _hooked(variant)
+    tokens = _tokens(2, T=10)
+    logits, cache = ht.run_with_cache(tokens)
+    seen = []  # positions the last block's MLP computes (a plain module hook, not a HookPoint)
+    ht.blocks[-1].mlp.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[1]))
+    keep = [9, 6, 7]
+    with torch.no_grad(), tl_adapter.unembed_positions(ht, keep):
+        full = ht(tokens)
+        from_layer = tl_adapter.start_at_layer_fn(ht)(tokens, 1, cache["blocks.1.hook_resid_pre"])
+    torch.testing.assert_close(full, logits[:, keep], atol=1e-10, rtol=0)
+    torch.testing.assert_close(from_layer, logits[:, keep], atol=1e-10, rtol=0)
+    assert seen == [4, 4]
+    seen.clear()
+    pos = 4
+    past = [(cache[f"blocks.{l}.attn.hook_k"][:, :pos], cache[f"blocks.{l}.attn.hook_v"][:, :pos]) for l in (1, 2)]
+    with torch.no_grad(), tl_adapter.unembed_positions(ht, [2, 5]):  # positions 6 and 9 of the continued pass
+        continued = tl_adapter.start_at_pos_fn(ht)(1, cache["blocks.1.hook_resid_pre"][:, pos:], pos, past)
+    torch.testing.assert_close(continued, logits[:, [6, 9]], atol=1e-10, rtol=0)
+    assert seen == [4]
+    seen.clear()
+    for hooked in ("blocks.2.attn.hook_pattern", "ln_final.hook_normalized"):
+        with torch.no_grad(), tl_adapter.unembed_positions(ht, keep):
+            watched = ht.run_with_hooks(tokens, fwd_hooks=[(hooked, lambda act, hook: act)])
+        torch.testing.assert_close(watched, logits[:, keep], atol=1e-10, rtol=0)
+    assert seen == [10, 10]
+    ht.reset_hooks()
+
+
 @pytest.mark.parametrize("changed", [{"use_qk_norm": True}, {"clip_qkv": 0.05},
                                      {"original_architecture": "Olmo2ForCausalLM"}])
 def test_hooked_transformers_that_change_keys_after_hook_k_run_passes_from_position_zero(changed):
