@@ -30,7 +30,9 @@ Peak memory: increase of the peak over the memory after model build and input cr
 ``benchmarks/common.py``); on CPU each row runs in a fresh process by default.
 
 Before anything is timed, a parity check asserts that Sink / alpha from the cached patterns equal
-``measure``'s on one configuration, so that both sides compute the same thing.
+``measure``'s on one configuration (the first model at the shortest length, 2 x batch + 1
+sequences or as many as ``--max-cache-gb`` holds the patterns of), so that both sides compute the
+same thing.
 
 Run ``python benchmarks/bench_measure.py --help``; see benchmarks/README.md.
 """
@@ -716,8 +718,17 @@ def _run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
 
     # ---- parity first: the comparison is only fair if both ways compute the same numbers ------
     first = args.models[0]
-    parity_spec = {**common, "method": "parity", "model": first, "seq_len": min(args.seq_lens),
-                   "num_seqs": 2 * args.batch_size + 1, "warmup": 0, "repeats": 0,
+    parity_T = min(args.seq_lens)
+    # two batches and a ragged one, or as many sequences as the cached patterns leave room for
+    per_seq = _pattern_bytes(configs[first], parity_T, 1, args.dtype)
+    parity_n = min(2 * args.batch_size + 1, int(max_cache // per_seq)) if max_cache else 2 * args.batch_size + 1
+    if parity_n < 2:
+        print(f"parity check: the patterns of two sequences at T={parity_T} ({2 * per_seq / 1e9:.1f} GB) do not fit "
+              f"in --max-cache-gb ({max_cache / 1e9:.1f} GB); give a shorter length first in --seq-lens or a "
+              "larger --max-cache-gb", file=sys.stderr)
+        return 2
+    parity_spec = {**common, "method": "parity", "model": first, "seq_len": parity_T,
+                   "num_seqs": parity_n, "warmup": 0, "repeats": 0,
                    "model_config": model_config(first, d_vocab=args.d_vocab, n_ctx=n_ctx,
                                                 init_std=args.parity_init_std)}
     _log(args.quiet, f"parity check: {first}, T={parity_spec['seq_len']}, N={parity_spec['num_seqs']} ...")

@@ -77,6 +77,7 @@ def test_benchmark_tiny_in_process(tmp_path, capsys):
     doc = read_json(out)
     _check_document(doc, list(bench_measure.METHODS), skipped={("cache", 4)})
     assert doc["settings"]["isolation"] == "none"
+    assert doc["parity"]["num_seqs"] == 3  # 2 x 2 + 1 sequences' patterns (40 KiB) pass the limit: as many as fit
     printed = capsys.readouterr().out
     assert "cache/measure peak" in printed and "forward_materialized" in printed and str(out) in printed
 
@@ -89,6 +90,16 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
         bench_measure.main(["--methods", "forward,nope", "--json", str(out)])
     with pytest.raises(SystemExit, match="seq-lens"):
         bench_measure.main(["--seq-lens", "1,16", "--json", str(out)])
+    assert not out.exists()
+
+
+def test_a_parity_check_that_cannot_fit_is_refused_before_any_work(tmp_path, capsys):
+    """The parity check caches every pattern of its sequences: where two do not fit in
+    --max-cache-gb (T = 4096 on a small machine) the script says so instead of being killed."""
+    out = tmp_path / "x.json"
+    rc = bench_measure.main([*TINY, "--isolation", "none", "--max-cache-gb", "0.00001", "--json", str(out)])
+    assert rc == 2
+    assert "do not fit in --max-cache-gb" in capsys.readouterr().err
     assert not out.exists()
 
 
