@@ -683,13 +683,14 @@ def start_at_layer_fn(model: Any) -> Callable[[Any, int, Any], Any] | None:
 
 CONTINUED_POSITION_TYPES = ("standard", "rotary", "alibi")
 # architectures whose attention changes the keys after hook_k, before they enter the key-value cache
-# (OLMo's QK norm and clamp): recorded hook_k values are not what the cache must hold
-_KEYS_CHANGED_AFTER_HOOK_K = ("OlmoForCausalLM", "OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+# (the QK norm of OLMoE / OLMo 2 / 3): recorded hook_k values are not what the cache must hold
+_KEYS_CHANGED_AFTER_HOOK_K = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
 def _cache_keys_are_hook_k(cfg: Any) -> bool:
     """Whether a HookedTransformer's key-value cache holds its hook_k / hook_v values: not with a QK
-    norm (``use_qk_norm``: Gemma 3, Qwen 3) or OLMo's, nor with ``clip_qkv``, applied after them."""
+    norm (``use_qk_norm``: Gemma 3, Qwen 3; OLMoE, OLMo 2 / 3 by architecture), nor with
+    ``clip_qkv`` (OLMo), applied after them."""
     return not (getattr(cfg, "use_qk_norm", False) or getattr(cfg, "clip_qkv", None) is not None
                 or getattr(cfg, "original_architecture", None) in _KEYS_CHANGED_AFTER_HOOK_K)
 

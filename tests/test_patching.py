@@ -414,7 +414,7 @@ def test_hooked_transformer_unembed_positions_cuts_the_last_block(variant):
 @pytest.mark.parametrize("changed", [{"use_qk_norm": True}, {"clip_qkv": 0.05},
                                      {"original_architecture": "Olmo2ForCausalLM"}])
 def test_hooked_transformers_that_change_keys_after_hook_k_run_passes_from_position_zero(changed):
-    """A QK norm (Gemma 3, Qwen 3, OLMo) or ``clip_qkv`` changes the keys after hook_k, before
+    """A QK norm (Gemma 3, Qwen 3, OLMoE, OLMo 2 / 3) or ``clip_qkv`` (OLMo) changes the keys after hook_k, before
     TransformerLens caches them, so a pass continued on recorded hook_k values would be wrong: such
     models get no position start, and patching their keys still equals the per-cell functions."""
     ht = tl_adapter.hooked_transformer_from_config(
