@@ -135,6 +135,11 @@ RECIPES: dict[str, list[str]] = {
     "c_bos_data2m_s1": [BOS, "data.max_train_tokens=2000000", *SEED1],
     "c_bos_data3m_s1": [BOS, "data.max_train_tokens=3000000", *SEED1],
     "c_bos_data6m_s1": [BOS, "data.max_train_tokens=6144000", *SEED1],
+    # the rest of the paper's weight-decay sweep: wd 1 (37.71 there) and wd 5, where its sink collapses (0.01)
+    "c_bos_wd5": [BOS, "weight_decay=5.0"],
+    "c_bos_wd5_s1": [BOS, "weight_decay=5.0", *SEED1],
+    "c_bos_wd1": [BOS, "weight_decay=1.0"],
+    "c_bos_wd1_s1": [BOS, "weight_decay=1.0", *SEED1],
 }
 
 
@@ -739,7 +744,9 @@ PAPER_ROWS = [
     ("softmax, no BOS, wd 0.5", ["c_softmax", "c_softmax_s1"], "60M: 41.08 (wd 0.5); H100 reference: 0.9 at 3k, 20.2 at 6k"),
     ("softmax, BOS first, wd 0.1", ["c_bos_wd01", "c_bos_wd01_s1"], "60M: 18.18 (wd 0.1) vs 41.08 (wd 0.5); H100: 2.9 vs 20.2 at 6k"),
     ("softmax, BOS first, wd 0", ["c_bos_wd0", "c_bos_wd0_s1"], "60M: 15.20 (wd 0) vs 18.18 (0.1) vs 41.08 (0.5)"),
+    ("softmax, BOS first, wd 1", ["c_bos_wd1", "c_bos_wd1_s1"], "60M: 37.71 (wd 1) vs 41.08 (0.5) vs 6.13 (2)"),
     ("softmax, BOS first, wd 2", ["c_bos_wd2", "c_bos_wd2_s1"], "60M: 6.13 (wd 2) vs 41.08 (0.5) vs 0.01 (wd 5, loss 5.24)"),
+    ("softmax, BOS first, wd 5", ["c_bos_wd5", "c_bos_wd5_s1"], "60M: 0.01 (wd 5), loss 5.24 (wd 0.5: 41.08, loss 3.72)"),
     ("softmax, BOS first, lr 3e-3", ["c_bos_lr3", "c_bos_lr3_s1"], "60M: lr 8e-4 32.23 vs 4e-4 18.18"),
     ("softmax, BOS first, lr 2e-3 for 3,000 steps (lr x steps of the baseline)", ["c_bos_lr2e3_3k", "c_bos_lr2e3_3k_s1"],
      "60M: 2e-4 for 40k steps 16.81 vs 4e-4 for 20k 18.18 (equal lr x steps); 2e-4 for 20k 11.21"),
