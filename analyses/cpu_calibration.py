@@ -505,7 +505,9 @@ def _figure(runs: dict[str, tuple[dict, list[dict]]]) -> None:
     from sinkinterp.figures import _plt, save_figure
 
     plt = _plt()  # the project's matplotlib set-up (Agg unless inline)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ncol = 6  # the legend of every run goes under the panels, ncol names a row
+    legend_h = 0.16 * -(-len(runs) // ncol)  # inches
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6 + legend_h))
     # one color per recipe (a row of PAPER_ROWS, or a run of its own), one line style per seed, so
     # the seeds of a recipe read as a band
     recipe: dict[str, tuple[int, int]] = {}
@@ -528,9 +530,10 @@ def _figure(runs: dict[str, tuple[dict, list[dict]]]) -> None:
                                 "max ||h_1|| / mean ||h_t||")):
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=6, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / (3.6 + legend_h), 1, 1))
     save_figure(fig, FIG)
 
 
