@@ -823,6 +823,95 @@ def _delta(final: dict, name: str) -> float | None:
     return None if r is None else r["delta_loss"]
 
 
+def _val_loss(cfg: dict, rows: list[dict], final: dict | None) -> float | None:
+    """A run's final validation loss on the same windows for every run, those of data.seed 0 (a
+    run's own val_loss is on windows drawn with its data seed); None where it has none there."""
+    if final is not None and "val_loss_seed0_windows" in final:
+        return final["val_loss_seed0_windows"]
+    if cfg["data"]["seed"] == 0:
+        return [r for r in rows if r.get("val_loss") is not None][-1]["val_loss"]
+    return None
+
+
+# The weight-decay sweep (BOS first, 6,000 steps): wd -> its runs, and the paper's Sink_1 (%) at
+# 60M for the same wd (section 6 of the reference: "the loss climbing from 3.72 to 5.24" for 0 -> 5)
+WD_RUNS = {0.0: ["c_bos_wd0", "c_bos_wd0_s1"], 0.1: ["c_bos_wd01", "c_bos_wd01_s1"], 0.5: ["c_bos", "c_bos_s1"],
+           1.0: ["c_bos_wd1", "c_bos_wd1_s1"], 2.0: ["c_bos_wd2", "c_bos_wd2_s1"], 5.0: ["c_bos_wd5", "c_bos_wd5_s1"]}
+PAPER_WD_SINK1 = {0.0: 15.20, 0.1: 18.18, 0.5: 41.08, 1.0: 37.71, 2.0: 6.13, 5.0: 0.01}
+WD_FIG = ROOT / "docs" / "figures" / "cpu-calibration-weight-decay.png"
+
+
+def _wd_points(runs: dict[str, tuple[dict, list[dict]]]) -> dict[float, list[dict]]:
+    """Per weight decay, one dict per run that has a final.json: Sink_1 (report and tracking),
+    massive ratio, val loss on the seed-0 windows, and the loss change when token 1 is ablated."""
+    out: dict[float, list[dict]] = {}
+    for wd, names in WD_RUNS.items():
+        for n in names:
+            f = DATA / n / "final.json"
+            if n not in runs or not f.is_file():
+                continue
+            cfg, rows = runs[n]
+            fin = json.loads(f.read_text())
+            tracked = [r for r in rows if r.get("sink1") is not None]
+            out.setdefault(wd, []).append(dict(
+                run=n, sink1=fin["sink1"], tracking=tracked[-1]["sink1"], massive=fin["massive_ratio"],
+                val=_val_loss(cfg, rows, fin), ablate=_delta(fin, "ablate")))
+    return out
+
+
+def _wd_section(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
+    """The weight-decay sweep as one table (each seed) and a figure beside the paper's numbers."""
+    points = _wd_points(runs)
+    if len(points) < 2:
+        return []
+    out = ["", "## The weight-decay sweep", "",
+           "Softmax, BOS first, 6,000 steps, weight decay the only change (`c_bos_wd*`, the baseline `c_bos` at",
+           "0.5), seeds 0 / 1. Sink_1 as in the table above (report and tracking), val loss on the seed-0",
+           "windows; the paper's Sink_1 is its 60M model's (section 6 of the reference; its loss climbs from",
+           "3.72 at wd 0 to 5.24 at wd 5).", "",
+           "| weight decay | the paper's Sink_1 (%) | Sink_1 (%) report | Sink_1 (%) tracking | massive ratio | val loss | Δ loss: token 1 ablated |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for wd, pts in points.items():
+        def cell(key: str, fmt: str) -> str:
+            return " / ".join("-" if p[key] is None else format(p[key], fmt) for p in pts)
+        out.append(f"| {wd:g} | {PAPER_WD_SINK1[wd]:.2f} | {cell('sink1', '.1f')} | {cell('tracking', '.1f')} | "
+                   f"{cell('massive', '.1f')} | {cell('val', '.3f')} | {cell('ablate', '+.3f')} |")
+    _wd_figure(points)
+    out += ["", "![Sink_1 and validation loss against weight decay, ours and the paper's]"
+                "(figures/cpu-calibration-weight-decay.png)"]
+    return out
+
+
+def _wd_figure(points: dict[float, list[dict]]) -> None:
+    from sinkinterp.figures import _plt, save_figure
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    xs = sorted(points)
+    pos = {wd: i for i, wd in enumerate(sorted(WD_RUNS))}  # evenly spaced: 0, 0.1, 0.5, 1, 2, 5
+    for ax, key, title in ((axes[0], "sink1", "Sink_1 (%), eps 0.3, report inputs"),
+                           (axes[1], "massive", "massive ratio max ||h_1|| / mean ||h_t||"),
+                           (axes[2], "val", "validation loss (seed-0 windows)")):
+        for seed, marker in ((0, "o"), (1, "s")):
+            got = [(pos[wd], pts[seed][key]) for wd in xs for pts in [points[wd]]
+                   if len(pts) > seed and pts[seed][key] is not None]
+            ax.plot([x for x, _ in got], [y for _, y in got], marker, color="C0", alpha=0.8,
+                    label=f"ours, seed {seed}", linestyle="none")
+        mean = [(pos[wd], sum(p[key] for p in points[wd]) / len(points[wd])) for wd in xs
+                if all(p[key] is not None for p in points[wd])]
+        ax.plot([x for x, _ in mean], [y for _, y in mean], "-", color="C0", alpha=0.5, label="ours, mean")
+        if key == "sink1":
+            ax.plot([pos[w] for w in sorted(PAPER_WD_SINK1)], [PAPER_WD_SINK1[w] for w in sorted(PAPER_WD_SINK1)],
+                    "--", color="C3", marker="x", label="paper (60M, 5B tokens)")
+        ax.set_xticks(range(len(pos)), [f"{w:g}" for w in sorted(pos)])
+        ax.set_xlabel("weight decay")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, WD_FIG)
+
+
 def _paper_rows(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
     out = ["| row | the paper (Sink_1 %, 60M unless noted) | runs | steps | Sink_1 (%) tracking | Sink_* (%) tracking | "
            "Sink_1 (%) report | Sink_* (%) report | massive ratio report | val loss | Δ loss: token 1 ablated | "
@@ -840,14 +929,7 @@ def _paper_rows(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
             last.append(tracked[-1])
             f = DATA / n / "final.json"
             fin.append(json.loads(f.read_text()) if f.is_file() else None)
-            # the same validation windows for every run: those of data.seed 0 (a run's own val_loss
-            # is on windows drawn with its data seed)
-            if fin[-1] is not None and "val_loss_seed0_windows" in fin[-1]:
-                val.append(fin[-1]["val_loss_seed0_windows"])
-            elif cfg["data"]["seed"] == 0:
-                val.append([r for r in rows if r.get("val_loss") is not None][-1]["val_loss"])
-            else:
-                val.append(None)
+            val.append(_val_loss(cfg, rows, fin[-1]))
             steps.append(f"{tracked[-1]['step']:,}" + ("" if tracked[-1]["step"] == cfg["steps"]
                                                       else f" of {cfg['steps']:,} (stopped)"))
         done = [x for x in fin if x is not None]
@@ -994,6 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
         "Verdicts: docs/reproduction.md.",
         "",
         *_paper_rows(runs),
+        *_wd_section(runs),
         *_heads_section(_finals()),
         *_variants_section(_finals(), runs),
         *_masks_section(_finals(), runs),
