@@ -324,7 +324,9 @@ def test_a_hooked_transformer_skips_cells_that_change_nothing():
 
 HT_VARIANTS = {"standard": {}, "rotary": {"positional_embedding_type": "rotary", "rotary_dim": 8},
                "alibi": {"positional_embedding_type": "alibi"},
-               "rotary_gqa": {"positional_embedding_type": "rotary", "rotary_dim": 8, "n_key_value_heads": 2}}
+               "rotary_gqa": {"positional_embedding_type": "rotary", "rotary_dim": 8, "n_key_value_heads": 2},
+               # GPT-Neo's local attention: TransformerLens masks keys more than window_size back
+               "local": {"use_local_attn": True, "attn_types": ["local", "global", "local"], "window_size": 3}}
 
 
 @pytest.mark.parametrize("kind", ["sink", "hooked"])
@@ -359,6 +361,9 @@ def test_hooked_transformer_start_at_pos_forward(variant):
     ht = _hooked(variant)
     tokens = _tokens(2, T=10)
     logits, cache = ht.run_with_cache(tokens)
+    if variant == "local":  # the window is in force: layer 0 sees 3 keys, layer 1 all of them
+        assert (cache["blocks.0.attn.hook_pattern"] > 0).sum(-1).amax().item() == 3
+        assert (cache["blocks.1.attn.hook_pattern"] > 0).sum(-1).amax().item() == 10
     run = tl_adapter.start_at_pos_fn(ht)
     for layer, pos in ((0, 1), (1, 4), (2, 9)):
         past = [(cache[f"blocks.{l}.attn.hook_k"][:, :pos], cache[f"blocks.{l}.attn.hook_v"][:, :pos])
@@ -434,7 +439,7 @@ def test_hooked_transformers_that_change_keys_after_hook_k_run_passes_from_posit
 
 @pytest.mark.parametrize("variant, component", [
     ("standard", "resid_pre"), ("standard", "k"), ("standard", "mlp_out"), ("rotary", "rot_q"), ("rotary", "v"),
-    ("alibi", "z"), ("alibi", "k"), ("rotary_gqa", "k"), ("rotary_gqa", "v")])
+    ("alibi", "z"), ("alibi", "k"), ("rotary_gqa", "k"), ("rotary_gqa", "v"), ("local", "k"), ("local", "v")])
 def test_hooked_transformer_passes_start_at_the_patched_position(variant, component):
     """A HookedTransformer's passes start at their first patched layer and position (a frozen
     TransformerLens key-value cache holds the earlier positions): the grid equals TransformerLens'
