@@ -140,6 +140,10 @@ RECIPES: dict[str, list[str]] = {
     "c_bos_wd5_s1": [BOS, "weight_decay=5.0", *SEED1],
     "c_bos_wd1": [BOS, "weight_decay=1.0"],
     "c_bos_wd1_s1": [BOS, "weight_decay=1.0", *SEED1],
+    # wd 2 for twice the steps: twice the total decay sum_t lr_t * wd (13.2, near the paper's 16.0 at wd 2,
+    # where its sink had fallen to 6.13) against more training (the sink grows with steps at wd 0.5)
+    "c_bos_wd2_12k": [BOS, "weight_decay=2.0", "steps=12000"],
+    "c_bos_wd2_12k_s1": [BOS, "weight_decay=2.0", "steps=12000", *SEED1],
 }
 
 
@@ -837,15 +841,38 @@ def _val_loss(cfg: dict, rows: list[dict], final: dict | None) -> float | None:
 # 60M for the same wd (section 6 of the reference: "the loss climbing from 3.72 to 5.24" for 0 -> 5)
 WD_RUNS = {0.0: ["c_bos_wd0", "c_bos_wd0_s1"], 0.1: ["c_bos_wd01", "c_bos_wd01_s1"], 0.5: ["c_bos", "c_bos_s1"],
            1.0: ["c_bos_wd1", "c_bos_wd1_s1"], 2.0: ["c_bos_wd2", "c_bos_wd2_s1"], 5.0: ["c_bos_wd5", "c_bos_wd5_s1"]}
+# the same weight decay for twice the steps (twice the total decay below)
+WD_LONG_RUNS = {2.0: ["c_bos_wd2_12k", "c_bos_wd2_12k_s1"]}
 PAPER_WD_SINK1 = {0.0: 15.20, 0.1: 18.18, 0.5: 41.08, 1.0: 37.71, 2.0: 6.13, 5.0: 0.01}
+# the paper's schedule (section 3 of the reference): lr 4e-4, 100 warm-up steps, 20k steps; its
+# "cosine" keeps min_lr = lr, so the lr is constant after warm-up
+PAPER_SCHEDULE = {"lr": 4e-4, "warmup_steps": 100, "steps": 20_000, "schedule": "constant"}
 WD_FIG = ROOT / "docs" / "figures" / "cpu-calibration-weight-decay.png"
 
 
-def _wd_points(runs: dict[str, tuple[dict, list[dict]]]) -> dict[float, list[dict]]:
-    """Per weight decay, one dict per run that has a final.json: Sink_1 (report and tracking),
-    massive ratio, val loss on the seed-0 windows, and the loss change when token 1 is ablated."""
+def _decay_total(cfg: dict, **changes) -> float:
+    """sum_t lr_t * wd over a run's updates (its train_config.json, ``changes`` applied): AdamW's
+    decoupled decay multiplies every decayed weight by (1 - lr_t * wd) at update t, so a weight no
+    gradient holds up shrinks by about exp(-this) over the run."""
+    from sinkinterp.train.config import TrainConfig
+    from sinkinterp.train.schedule import lr_at
+
+    c = TrainConfig.from_dict(cfg)
+    if changes:
+        c = c.replace(**changes)
+    return c.weight_decay * sum(lr_at(c, s) for s in range(c.steps))
+
+
+def _paper_decay_total(wd: float) -> float:
+    return _decay_total(json.loads(BASE.read_text()), weight_decay=wd, **PAPER_SCHEDULE)
+
+
+def _wd_points(runs: dict[str, tuple[dict, list[dict]]], table: dict[float, list[str]]) -> dict[float, list[dict]]:
+    """Per weight decay of ``table``, one dict per run that has a final.json: Sink_1 (report and
+    tracking), massive ratio, val loss on the seed-0 windows, the loss change when token 1 is
+    ablated, the run's steps and its total decay."""
     out: dict[float, list[dict]] = {}
-    for wd, names in WD_RUNS.items():
+    for wd, names in table.items():
         for n in names:
             f = DATA / n / "final.json"
             if n not in runs or not f.is_file():
@@ -855,43 +882,57 @@ def _wd_points(runs: dict[str, tuple[dict, list[dict]]]) -> dict[float, list[dic
             tracked = [r for r in rows if r.get("sink1") is not None]
             out.setdefault(wd, []).append(dict(
                 run=n, sink1=fin["sink1"], tracking=tracked[-1]["sink1"], massive=fin["massive_ratio"],
-                val=_val_loss(cfg, rows, fin), ablate=_delta(fin, "ablate")))
+                val=_val_loss(cfg, rows, fin), ablate=_delta(fin, "ablate"), steps=cfg["steps"],
+                decay=_decay_total(cfg)))
     return out
 
 
 def _wd_section(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
-    """The weight-decay sweep as one table (each seed) and a figure beside the paper's numbers."""
-    points = _wd_points(runs)
+    """The weight-decay sweep as one table (each seed) and a figure beside the paper's numbers,
+    by weight decay and by total decay."""
+    points = _wd_points(runs, WD_RUNS)
     if len(points) < 2:
         return []
+    long_points = _wd_points(runs, WD_LONG_RUNS)
+    steps = PAPER_SCHEDULE["steps"]
     out = ["", "## The weight-decay sweep", "",
            "Softmax, BOS first, 6,000 steps, weight decay the only change (`c_bos_wd*`, the baseline `c_bos` at",
            "0.5), seeds 0 / 1. Sink_1 as in the table above (report and tracking), val loss on the seed-0",
            "windows; the paper's Sink_1 is its 60M model's (section 6 of the reference; its loss climbs from",
            "3.72 at wd 0 to 5.24 at wd 5).", "",
-           "| weight decay | the paper's Sink_1 (%) | Sink_1 (%) report | Sink_1 (%) tracking | massive ratio | val loss | Δ loss: token 1 ablated |",
-           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for wd, pts in points.items():
-        def cell(key: str, fmt: str) -> str:
+           "Weight decay alone does not say how far it pulls the weights: AdamW multiplies each decayed",
+           "matrix by (1 - lr_t wd) at every update, so over a run the pull is the total decay",
+           "Σ_t lr_t · wd (a weight no gradient holds up ends at about exp(-Σ) of its size). Ours: cosine from",
+           ("1e-3 to 1e-4 over 6,000 updates (Σ_t lr_t = "
+            f"{_decay_total(json.loads(BASE.read_text()), weight_decay=1.0):.2f}); the paper's: 4e-4, constant after "
+            "100 warm-up updates,"),
+           f"{steps:,} updates (Σ_t lr_t = {_paper_decay_total(1.0):.2f}; the reference notes that the original code's \"cosine\"",
+           "schedule has min_lr = lr). Both computed with `sinkinterp.train.schedule.lr_at`.", "",
+           ("| weight decay | steps | total decay Σ lr·wd: ours / the paper's | the paper's Sink_1 (%) | Sink_1 (%) report | "
+            "Sink_1 (%) tracking | massive ratio | val loss | Δ loss: token 1 ablated |"),
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for wd, pts in [*points.items(), *long_points.items()]:
+        def cell(key: str, fmt: str, pts: list[dict] = pts) -> str:
             return " / ".join("-" if p[key] is None else format(p[key], fmt) for p in pts)
-        out.append(f"| {wd:g} | {PAPER_WD_SINK1[wd]:.2f} | {cell('sink1', '.1f')} | {cell('tracking', '.1f')} | "
+        out.append(f"| {wd:g} | {pts[0]['steps']:,} | {pts[0]['decay']:.2f} / {_paper_decay_total(wd):.2f} | "
+                   f"{PAPER_WD_SINK1[wd]:.2f} | {cell('sink1', '.1f')} | {cell('tracking', '.1f')} | "
                    f"{cell('massive', '.1f')} | {cell('val', '.3f')} | {cell('ablate', '+.3f')} |")
-    _wd_figure(points)
-    out += ["", "![Sink_1 and validation loss against weight decay, ours and the paper's]"
-                "(figures/cpu-calibration-weight-decay.png)"]
+    _wd_figure(points, long_points)
+    out += ["", ("![Sink_1, massive ratio and validation loss against weight decay and against the total decay, "
+                 "ours and the paper's](figures/cpu-calibration-weight-decay.png)")]
     return out
 
 
-def _wd_figure(points: dict[float, list[dict]]) -> None:
+def _wd_figure(points: dict[float, list[dict]], long_points: dict[float, list[dict]]) -> None:
     from sinkinterp.figures import _plt, save_figure
 
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     xs = sorted(points)
     pos = {wd: i for i, wd in enumerate(sorted(WD_RUNS))}  # evenly spaced: 0, 0.1, 0.5, 1, 2, 5
-    for ax, key, title in ((axes[0], "sink1", "Sink_1 (%), eps 0.3, report inputs"),
-                           (axes[1], "massive", "massive ratio max ||h_1|| / mean ||h_t||"),
-                           (axes[2], "val", "validation loss (seed-0 windows)")):
+    for ax, key, title in ((axes[0, 0], "sink1", "Sink_1 (%), eps 0.3, report inputs"),
+                           (axes[1, 0], "massive", "massive ratio max ||h_1|| / mean ||h_t||"),
+                           (axes[1, 1], "val", "validation loss (seed-0 windows)")):
         for seed, marker in ((0, "o"), (1, "s")):
             got = [(pos[wd], pts[seed][key]) for wd in xs for pts in [points[wd]]
                    if len(pts) > seed and pts[seed][key] is not None]
@@ -907,7 +948,32 @@ def _wd_figure(points: dict[float, list[dict]]) -> None:
         ax.set_xlabel("weight decay")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7)
+    ax = axes[0, 1]  # the same Sink_1 against the total decay
+    for seed, marker in ((0, "o"), (1, "s")):
+        got = [(p["decay"], p["sink1"]) for wd in xs for p in points[wd][seed:seed + 1]]
+        ax.plot([x for x, _ in got], [y for _, y in got], marker, color="C0", alpha=0.8, linestyle="none",
+                label=f"ours, 6k steps, seed {seed}")
+        got = [(p["decay"], p["sink1"]) for pts in long_points.values() for p in pts[seed:seed + 1]]
+        if got:
+            ax.plot([x for x, _ in got], [y for _, y in got], "^" if seed == 0 else "v", color="C2",
+                    linestyle="none", label=f"ours, 12k steps, seed {seed}")
+    mean = [(points[wd][0]["decay"], sum(p["sink1"] for p in points[wd]) / len(points[wd])) for wd in xs]
+    ax.plot([x for x, _ in mean], [y for _, y in mean], "-", color="C0", alpha=0.5)
+    paper = sorted((_paper_decay_total(w), sink1, w) for w, sink1 in PAPER_WD_SINK1.items())
+    ax.plot([x for x, _, _ in paper], [y for _, y, _ in paper], "--", color="C3", marker="x", label="paper")
+    for x, y, w in paper:
+        ax.annotate(f"{w:g}", (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7, color="C3")
+    for wd in xs:
+        ax.annotate(f"{wd:g}", (points[wd][0]["decay"], max(p["sink1"] for p in points[wd])),
+                    textcoords="offset points", xytext=(3, 4), fontsize=7, color="C0")
+    ax.set_xscale("symlog", linthresh=0.5)
+    ax.set_xticks([0, 0.3, 1, 3, 10, 30], ["0", "0.3", "1", "3", "10", "30"])
+    ax.minorticks_off()
+    ax.set_xlabel("total decay Σ_t lr_t · wd (labels: wd)")
+    ax.set_title("Sink_1 (%) against the total decay", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, WD_FIG)
 

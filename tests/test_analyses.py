@@ -374,6 +374,28 @@ def test_cpu_calibration_recipes_make_valid_configs_and_match_their_snapshots():
     assert {n for _, names, _ in mod.PAPER_ROWS for n in names} <= set(mod.RECIPES)
 
 
+def test_cpu_calibration_total_decay_sums_the_schedule():
+    """The weight-decay table's total decay is sum_t lr_t * wd over the run's updates: for the
+    paper's constant schedule 4e-4 * (19,900 + 101 / 2) * wd; for ours (cosine 1e-3 -> 1e-4) half
+    way between the two ends plus the warm-up's shortfall; every WD_RUNS / WD_LONG_RUNS name is a
+    recipe with that weight decay."""
+    from sinkinterp.train.cli import load_config
+
+    mod = load_script("analyses/cpu_calibration.py")
+    assert mod._paper_decay_total(2.0) == pytest.approx(2.0 * 4e-4 * (19_900 + 50.5), rel=1e-12)
+    assert mod._paper_decay_total(0.0) == 0.0
+    base = json.loads(mod.BASE.read_text())
+    ours = mod._decay_total(base, weight_decay=1.0)
+    # cosine from lr to lr / 10 over 5,900 updates averages 0.55 lr exactly (the cosine terms cancel in pairs); the 100 warm-up updates give 50.5 lr
+    assert ours == pytest.approx(1e-3 * (5_900 * 0.55 + 50.5), rel=1e-9)
+    assert mod._decay_total(base, weight_decay=2.0, steps=12_000) == pytest.approx(
+        2.0 * 1e-3 * (11_900 * 0.55 + 50.5), rel=1e-9)
+    for table in (mod.WD_RUNS, mod.WD_LONG_RUNS):
+        for wd, names in table.items():
+            for name in names:
+                assert load_config(mod.BASE, mod.RECIPES[name]).weight_decay == wd, name
+
+
 def test_cpu_calibration_train_commands(capsys):
     mod = load_script("analyses/cpu_calibration.py")
     train, snap = mod.train_commands(["c_kvsharedbos"])
