@@ -408,6 +408,14 @@ def test_hooked_transformer_unembed_positions_cuts_the_last_block(variant):
     torch.testing.assert_close(continued, logits[:, [6, 9]], atol=1e-10, rtol=0)
     assert seen == [4]
     seen.clear()
+    mask = torch.ones_like(tokens)
+    mask[0, :3] = 0  # left padding: TransformerLens hands the mask to every block
+    with torch.no_grad():
+        padded = ht(tokens, attention_mask=mask)
+        with tl_adapter.unembed_positions(ht, keep):
+            torch.testing.assert_close(ht(tokens, attention_mask=mask), padded[:, keep], atol=1e-10, rtol=0)
+    assert seen == [10, 4]
+    seen.clear()
     for hooked in ("blocks.2.attn.hook_pattern", "ln_final.hook_normalized"):
         with torch.no_grad(), tl_adapter.unembed_positions(ht, keep):
             watched = ht.run_with_hooks(tokens, fwd_hooks=[(hooked, lambda act, hook: act)])
