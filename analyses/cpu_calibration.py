@@ -238,6 +238,8 @@ def _qk_grids(qk: dict, n_layers: int, n_heads: int) -> dict[str, list[list[floa
         for (layer, head), val in zip(qk["heads"], qk[key]):
             grid[layer, head] = val
         out[key] = grid.round(4).tolist()
+    if "pairs" in qk:  # what the means ran over (the pairs in sight under a window or a prefix)
+        out["pairs"] = qk["pairs"]
     return out
 
 
@@ -587,12 +589,23 @@ def _heads_figure(finals: dict[str, dict]) -> None:
     save_figure(fig, HEADS_FIG)
 
 
-def _angle_vs_norm(heads: dict) -> str:
+def _masked(name: str) -> bool:
+    """Whether the snapshot's run trained with a sliding window or a prefix."""
+    f = DATA / name / "train_config.json"
+    model = json.loads(f.read_text()).get("model", {}) if f.is_file() else {}
+    return model.get("window") is not None or (model.get("prefix_len") or 0) > 1
+
+
+def _angle_vs_norm(heads: dict, masked: bool = False) -> str:
+    """The angle-vs-norm cell of the heads table; ``masked``: the run has a window or a prefix."""
     import numpy as np
 
     qk = heads.get("qk")
     if qk is None:
         return "-"
+    # snapshots measured before the decomposition kept to the pairs a window / prefix leaves in sight
+    stale = " (every causal pair: measured before the q.k means kept to the pairs in sight)" \
+        if masked and "pairs" not in qk else ""
     gap = np.array(qk["cos_q_k1"]) - np.array(qk["cos_q_krest"])
     ratio = np.array(qk["k1_norm"]) / np.array(qk["k_rest_norm"])
     sink = np.array(heads["sink_rate1"]) > 50
@@ -610,7 +623,7 @@ def _angle_vs_norm(heads: dict) -> str:
         logit_gap = np.array(qk["logit_q_k1"]) - np.array(qk["logit_q_krest"])
         text += (f"; position bias on key 1 minus keys 2..t: {np.nanmin(bias_gap):+.2f} to "
                  f"{np.nanmax(bias_gap):+.2f} (q.k logit gap {np.nanmin(logit_gap):+.2f} to {np.nanmax(logit_gap):+.2f})")
-    return text
+    return text + stale
 
 
 def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
@@ -738,7 +751,7 @@ def _heads_section(finals: dict[str, dict]) -> list[str]:
         rates = fin["heads"]["sink_rate1"]
         sinking = [f"L{li}H{hi} ({r:.0f}%)" for li, layer in enumerate(rates) for hi, r in enumerate(layer) if r > 50]
         out.append(f"| {name} | {what} | {' | '.join(cells[:4])} | {', '.join(sinking) or 'none'} | "
-                   f"{_angle_vs_norm(fin['heads'])} |")
+                   f"{_angle_vs_norm(fin['heads'], _masked(name))} |")
     out += ["", "![Mean attention on the sink per layer and head](figures/cpu-calibration-heads.png)"]
     return out
 

@@ -199,13 +199,33 @@ CAPPED_QUERY_BLOCK = 128
 CAPPED_BLOCK_ELEMENTS = 2 ** 24
 
 
+def visible_keys(queries: Tensor, seq_len: int, window: int | None, prefix: int) -> Tensor:
+    """[len(queries), seq_len] bool: which keys each query sees (``tl_adapter.attn_visibility``):
+    s <= t and t - s < window, or both inside the prefix."""
+    keys = torch.arange(seq_len, device=queries.device)
+    dist = queries[:, None] - keys[None, :]
+    seen = dist >= 0
+    if window is not None:
+        seen = seen & (dist < window)
+    if prefix > 0:
+        seen = seen | ((queries[:, None] < prefix) & (keys[None, :] < prefix))
+    return seen
+
+
+def _all_causal(visibility: tuple[int | None, int], seq_len: int) -> bool:
+    """Whether ``(window, prefix)`` leaves every query exactly its causal keys at this length."""
+    window, prefix = visibility
+    return (window is None or window >= seq_len) and prefix <= 1
+
+
 class _Accumulator:
     """Running sums filled by the hooks. Everything stays on the model's device until ``finish``."""
 
     def __init__(self, *, dims: dict[str, Any], seq_len: int, eps: float, eps_grid: Sequence[float],
                  has_bias: bool, norms: bool, qk_layers: set[int], device: torch.device,
                  first_keys: int | None = None, qk_from: str = "plain", scales: Sequence[float] = (),
-                 rotate: Any = None, slot_keys: dict[int, Tensor] | None = None, softcap: float | None = None):
+                 rotate: Any = None, slot_keys: dict[int, Tensor] | None = None, softcap: float | None = None,
+                 visibility: dict[int, tuple[int | None, int]] | None = None):
         L, H, T = dims["n_layers"], dims["n_heads"], seq_len
         self.L, self.H, self.T, self.eps = L, H, T, eps
         self.first_keys = first_keys
@@ -234,6 +254,8 @@ class _Accumulator:
         self.qk_layers = qk_layers
         self.qk_from, self.scales = qk_from, list(scales)
         self.softcap = softcap  # c of a model whose softmax sees c * tanh(logit / c) (Gemma 2)
+        # (window, prefix) of the decomposed layers whose queries do not see every causal key
+        self.visibility = {l: v for l, v in (visibility or {}).items() if l in qk_layers and not _all_causal(v, T)}
         self.rotate = rotate  # qk_from "module": rotate(x, positions), the model's own rotary embedding
         # the bias slot's key per layer [kv_head, d_head] (SinkTransformer.slot_keys)
         self.slot_keys = {l: k.double().to(device) for l, k in (slot_keys or {}).items() if l in qk_layers}
@@ -362,13 +384,26 @@ class _Accumulator:
 
     def _qk_decomposition(self, layer: int, q: Tensor, k: Tensor) -> None:
         """q.k = |q||k|cos(q, k): mean query norm, and cosine / logit of each query with key 1 and
-        with the keys after it it can see (t >= s >= 2 in the paper's 1-based positions)."""
+        with the keys after it it can see (t >= s >= 2 in the paper's 1-based positions; under a
+        sliding window or a prefix, the pairs the attention can use: ``_visible_pairs``)."""
         q = q.double()
         k = self._per_head(k).double()
         scale = self.scales[layer]
         qn = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         kn = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         self.qk["q_norm"][layer] += q.norm(dim=-1).mean(1).sum(0)
+        if layer in self.visibility:
+            self._visible_pairs(layer, q, k, qn, kn, scale, *self.visibility[layer])
+        else:
+            self._causal_pairs(layer, q, k, qn, kn, scale)
+        if layer in self.slot_keys:  # the slot's key, as every query scores it (it is never out of sight)
+            k_star = self.slot_keys[layer].repeat_interleave(self.group, 0)  # [H, d]
+            ks_n = k_star / k_star.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            self.qk["cos_q_kstar"][layer] += (qn * ks_n).sum(-1).mean(1).sum(0)
+            self.qk["logit_q_kstar"][layer] += ((q * k_star).sum(-1) * scale).mean(1).sum(0)
+
+    def _causal_pairs(self, layer: int, q: Tensor, k: Tensor, qn: Tensor, kn: Tensor, scale: float) -> None:
+        """Every query sees key 1 and keys 2..t: the means by prefix sums, no T x T map."""
         self.qk["cos_q_k1"][layer] += (qn * kn[:, :1]).sum(-1).mean(1).sum(0)
         self.qk["logit_q_k1"][layer] += ((q * k[:, :1]).sum(-1) * scale).mean(1).sum(0)
         # mean over the pairs 2 <= s <= t of q_t . k_s = sum_t q_t . (k_2 + ... + k_t) / n_pairs:
@@ -381,11 +416,38 @@ class _Accumulator:
         self.qk["logit_q_krest"][layer] += (logit_sum / n_pairs).sum(0)
         if self.softcap is not None:
             self._capped_logits(layer, q, k, scale)
-        if layer in self.slot_keys:  # the slot's key, as every query scores it
-            k_star = self.slot_keys[layer].repeat_interleave(self.group, 0)  # [H, d]
-            ks_n = k_star / k_star.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            self.qk["cos_q_kstar"][layer] += (qn * ks_n).sum(-1).mean(1).sum(0)
-            self.qk["logit_q_kstar"][layer] += ((q * k_star).sum(-1) * scale).mean(1).sum(0)
+
+    def _visible_pairs(self, layer: int, q: Tensor, k: Tensor, qn: Tensor, kn: Tensor, scale: float,
+                       window: int | None, prefix: int) -> None:
+        """A sliding window or a prefix: the key-1 means over the queries that see key 1, the rest
+        over the pairs (t, s >= 2) the attention can use (``visible_keys``), by blocks of queries
+        as in ``_capped_logits`` (soft-capped means too, when the model caps its logits)."""
+        T = q.shape[1]
+        block = max(1, min(CAPPED_QUERY_BLOCK, CAPPED_BLOCK_ELEMENTS // (q.shape[0] * q.shape[2] * T)))
+        keys = torch.arange(T, device=q.device)
+        capped = self.softcap is not None
+        sums = {name: torch.zeros(q.shape[0], q.shape[2], dtype=q.dtype, device=q.device)
+                for name in ("cos_q_k1", "logit_q_k1", "cos_q_krest", "logit_q_krest")
+                + (("capped_logit_q_k1", "capped_logit_q_krest") if capped else ())}
+        n_first = n_rest = 0
+        for start in range(0, T, block):
+            queries = keys[start:start + block]
+            seen = visible_keys(queries, T, window, prefix)  # [n, T]
+            first, rest = seen[:, 0].to(q.dtype), seen.clone()
+            rest[:, 0] = False
+            rest = rest.to(q.dtype)
+            n_first, n_rest = n_first + first.sum(), n_rest + rest.sum()
+            cos = torch.einsum("bthd,bshd->bhts", qn[:, start:start + block], kn)
+            logits = torch.einsum("bthd,bshd->bhts", q[:, start:start + block], k) * scale
+            parts = [("cos", cos), ("logit", logits)]
+            if capped:
+                c = self.softcap
+                parts.append(("capped_logit", c * torch.tanh(logits / c)))
+            for name, x in parts:
+                sums[f"{name}_q_k1"] += (x[..., 0] * first).sum(2)
+                sums[f"{name}_q_krest"] += (x * rest).sum((2, 3))
+        for name, total in sums.items():
+            self.qk[name][layer] += (total / (n_first if name.endswith("k1") else n_rest)).sum(0)
 
     def _capped_logits(self, layer: int, q: Tensor, k: Tensor, scale: float) -> None:
         """The same two means after the soft cap, c * tanh(logit / c), the scores the softmax sees.
@@ -557,7 +619,8 @@ def measure(
                        qk_from=qk_from or "plain", scales=[tl_adapter.attn_scale(model, l) for l in range(L)],
                        rotate=tl_adapter.hf_key_rotation(tl_adapter.wrapped_hf_model(model)) if qk_from == "module" else None,
                        slot_keys=_slot_keys(model, {l for l, _ in heads}),
-                       softcap=tl_adapter.attn_softcap(model) if heads else None)
+                       softcap=tl_adapter.attn_softcap(model) if heads else None,
+                       visibility={l: tl_adapter.attn_visibility(model, l) for l in {l for l, _ in heads}})
     on_pattern = acc.on_cols if use_cols else acc.on_col1 if use_colsum else acc.on_pattern
 
     hooks = sink_hooks(L, use_cols=use_cols or use_colsum, on_pattern=on_pattern,
@@ -582,7 +645,9 @@ def measure(
     if report.qk is not None:
         report.qk["source"] = qk_note
         report.qk["scale"] = [acc.scales[l] for l, _ in heads]
-        terms, report.qk["position_bias"] = position_bias_terms(model, sorted(acc.qk_layers), T, device)
+        report.qk["pairs"] = _pairs_note(acc.visibility)
+        terms, report.qk["position_bias"] = position_bias_terms(model, sorted(acc.qk_layers), T, device,
+                                                                visibility=acc.visibility)
         if terms:
             report.qk["bias_q_k1"] = np.array([terms[l][0][h] for l, h in heads])
             report.qk["bias_q_krest"] = np.array([terms[l][1][h] for l, h in heads])
@@ -623,15 +688,28 @@ def _slot_logits(model: Any, layers: set[int]) -> dict[int, Tensor]:
     return out
 
 
+def _pairs_note(visibility: dict[int, tuple[int | None, int]]) -> str:
+    """What the decomposition's key-1 and rest means average over, in words."""
+    if not visibility:
+        return "every query with key 1; the causal pairs t >= s >= 2"
+    parts = [f"layer {l}: " + ", ".join(([f"window {w}"] if w is not None else []) + ([f"prefix {p}"] if p > 1 else []))
+             for l, (w, p) in sorted(visibility.items())]
+    return ("the queries that see key 1, and the pairs (t, s >= 2) the attention can use, in "
+            + "; ".join(parts) + "; every query and causal pair elsewhere")
+
+
 def position_bias_terms(model: Any, layers: Sequence[int], seq_len: int, device: torch.device | str = "cpu",
-                        block: int = 256) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], str]:
+                        block: int = 256, visibility: dict[int, tuple[int | None, int]] | None = None,
+                        ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], str]:
     """The position bias's share of the decomposition's logits, per layer: ``{layer: (bias_q_k1,
     bias_q_krest)}`` ([head] each) and the bias's source (``tl_adapter.position_bias``); ``{}`` when the
     model adds none. Each query's bias is taken relative to its own key (b(t, s) - b(t, t): softmax
     ignores a constant per query, and implementations differ by one: Bloom adds slope * s where
     sinkinterp adds -slope * (t - s)), then averaged as the logits are: over all queries for key 1,
-    over the pairs 2 <= s <= t for the rest. Data-independent; computed by blocks of ``block``
-    queries, so O(block x T) memory."""
+    over the pairs 2 <= s <= t for the rest (for a layer in ``visibility``, ``(window, prefix)``:
+    over the queries that see key 1 and the pairs they can use, as the decomposition's logits; by
+    default each layer's ``tl_adapter.attn_visibility``).
+    Data-independent; computed by blocks of ``block`` queries, so O(block x T) memory."""
     T = seq_len
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     source = "none (no head decomposed)"
@@ -640,15 +718,20 @@ def position_bias_terms(model: Any, layers: Sequence[int], seq_len: int, device:
         rows, source = tl_adapter.position_bias(model, layer, T)
         if rows is None:
             return {}, source
+        window, prefix = (visibility or {}).get(layer, (None, 0)) if visibility is not None \
+            else tl_adapter.attn_visibility(model, layer)
         k1 = rest = 0.0
+        n_first = n_rest = 0
         for start in range(0, T, block):
             queries = keys[start:start + block]
             b = rows(queries)  # [H, n, T]
             rel = b - b[:, torch.arange(len(queries), device=device), queries][:, :, None]
-            k1 = k1 + rel[:, :, 0].sum(1)
-            later = (keys[None, :] >= 1) & (keys[None, :] <= queries[:, None])  # keys 2..t, 1-based
+            seen = visible_keys(queries, T, window, prefix)
+            first, later = seen[:, 0], seen & (keys[None, :] >= 1)  # key 1; keys 2.. (1-based) in sight
+            k1 = k1 + (rel[:, :, 0] * first).sum(1)
             rest = rest + (rel * later).sum((1, 2))
-        out[layer] = ((k1 / T).cpu().numpy(), (rest / (T * (T - 1) / 2)).cpu().numpy())
+            n_first, n_rest = n_first + int(first.sum()), n_rest + int(later.sum())
+        out[layer] = ((k1 / n_first).cpu().numpy(), (rest / n_rest).cpu().numpy())
     return out, source
 
 

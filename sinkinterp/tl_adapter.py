@@ -57,6 +57,7 @@ __all__ = [
     "attn_scale",
     "position_bias",
     "attn_softcap",
+    "attn_visibility",
     "learned_sink_logits",
     "model_dims",
     "boot_bridge",
@@ -423,6 +424,36 @@ def attn_softcap(model: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     return None
+
+
+def attn_visibility(model: Any, layer: int) -> tuple[int | None, int]:
+    """Which keys the queries of ``blocks[layer]`` see, as ``(window, prefix)``: query t sees key
+    s when s <= t and, with a window w, t - s < w; with a prefix p, also every pair inside the first
+    p positions. ``(None, 0)``: every causal key. A sinkinterp model's ``cfg.window`` /
+    ``cfg.prefix_len``; a HookedTransformer's ``window_size`` on its "local" layers (GPT-Neo); on a
+    bridge the Hugging Face attention module's own ``sliding_window`` (Gemma 2 / 3, Qwen 2 / 3,
+    Cohere 2, OLMo 3), GPT-Neo's local layers' ``window_size``, else the config's ``sliding_window``
+    for every layer (Mistral, Mixtral, Phi-3, Starcoder 2)."""
+    def window(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    cfg = getattr(model, "cfg", None)
+    hf = wrapped_hf_model(model)
+    if hf is None and hasattr(cfg, "prefix_len") and hasattr(cfg, "window"):  # a sinkinterp model
+        return window(cfg.window), int(cfg.prefix_len)
+    if hf is None:  # a HookedTransformer: GPT-Neo's "local" layers
+        types = getattr(cfg, "attn_types", None) or []
+        local = getattr(cfg, "use_local_attn", False) and layer < len(types) and types[layer] == "local"
+        return (window(getattr(cfg, "window_size", None)) if local else None), 0
+    attn = getattr(model.blocks[layer].attn, "original_component", None)
+    if attn is not None and hasattr(attn, "sliding_window"):
+        return window(attn.sliding_window), 0
+    kind = getattr(attn, "attention_type", None)
+    if kind in ("local", "global"):  # GPT-Neo
+        return (window(getattr(hf.config, "window_size", None)) if kind == "local" else None), 0
+    if getattr(hf.config, "use_sliding_window", True) is False:
+        return None, 0
+    return window(getattr(hf.config, "sliding_window", None)), 0
 
 
 def count_attached_hooks(model: Any) -> int:

@@ -71,7 +71,8 @@ ARCHS = {
 }
 # scores with a term q.k does not hold: ALiBi's position bias
 POSITION_BIAS = {"bloom", "mpt"}
-# sliding-window layers: keys outside the window are masked in the scores, not in q.k
+# sliding-window layers: keys outside the window are masked in the scores, not in q.k; the
+# decomposition averages the pairs in sight
 WINDOWED = {"gemma3"}
 # soft-capped scores, c * tanh(q.k scaled / c): the decomposition's logits are before the cap
 CAPPED = {"gemma2_cap"}
@@ -186,6 +187,7 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
     n_pairs = T * (T - 1) / 2
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     for l in range(2):
+        in_sight = causal
         if name == "gptj":  # rotated inside Hugging Face's code: the scores it really softmaxed
             s = out.gptj_scores[l]
         else:
@@ -193,14 +195,14 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
         # these are the scores Hugging Face's softmax turned into its attention
         np.testing.assert_allclose(s.masked_fill(~causal, float("-inf")).softmax(-1).numpy(),
                                    att[:, l].numpy(), atol=1e-6)
-        if name in WINDOWED:  # the decomposition is q.k over every causal pair, masked by the window or not
+        if name in WINDOWED:  # the decomposition is q.k over the pairs the window leaves in sight
             q, k = acts[f"blocks.{l}.attn.hook_rot_q"], acts[f"blocks.{l}.attn.hook_rot_k"]
             k = k.repeat_interleave(q.shape[2] // k.shape[2], 2)
             full = torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(lm.model, l)
             seen = causal & (s > -1e30)
-            assert (~seen & causal).any() or l == 1  # layer 0's window of 4 hides keys, layer 1 is global
+            assert (~seen & causal).any() == (l == 0)  # layer 0's window of 4 hides keys, layer 1 is global
             np.testing.assert_allclose(full[..., seen].numpy(), s[..., seen].numpy(), rtol=1e-5, atol=1e-6)
-            s = full
+            s, in_sight = full, seen[0, 0]
         heads = [i for i, (hl, _) in enumerate(report.qk["heads"]) if hl == l]
         if name in CAPPED:  # the softmax saw the capped scores; the decomposition reports both sides
             q, k = acts[f"blocks.{l}.attn.hook_rot_q"], acts[f"blocks.{l}.attn.hook_rot_k"]
@@ -233,11 +235,14 @@ def test_qk_decomposition_rebuilds_the_real_attention_scores(arch):
             s = logits
         else:
             assert "bias_q_k1" not in report.qk and report.qk["position_bias"].startswith("none")
-        k1 = s[..., :, 0].mean((0, 2))
-        rest = torch.stack([s[:, :, t, 1:t + 1].sum(-1) for t in range(1, T)], -1).sum(-1).mean(0) / n_pairs
+        later = in_sight.clone()
+        later[:, 0] = False
+        k1 = s[..., in_sight[:, 0], 0].mean((0, 2))
+        rest = s[..., later].mean((0, 2))
         np.testing.assert_allclose(report.qk["logit_q_k1"][heads], k1.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(report.qk["logit_q_krest"][heads], rest.numpy(), rtol=1e-5, atol=1e-6)
     assert np.all(np.abs(report.qk["cos_q_k1"]) <= 1 + 1e-9)
+    assert ("layer 0: window 4" in report.qk["pairs"]) == (name in WINDOWED)
 
 
 def test_first_token_value_edit_acts(arch):
@@ -301,6 +306,58 @@ def test_value_edit_on_fused_projections_matches_hugging_face(name):
     result = run_intervention(bridge, tokens, first_token("zero_value"), sinks=False)
     assert abs(result.delta_loss) > 1e-4
     assert result.loss == pytest.approx(expected, abs=1e-6)
+
+
+# sliding windows of 3 < T, as Hugging Face applies them: every layer from the config (Mistral, Phi-3,
+# Mixtral), some layers from the attention module's own sliding_window (Qwen 2 past max_window_layers,
+# Gemma 2 / 3 by layer type), none where the config switches it off, GPT-Neo's local layers
+WINDOW_CONFIGS = {
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(ROPE, num_key_value_heads=2, sliding_window=3)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(ROPE, num_key_value_heads=2, pad_token_id=0, sliding_window=3)),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(ROPE, num_key_value_heads=2, num_local_experts=2,
+                                                            num_experts_per_tok=1, sliding_window=3)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(ROPE, num_key_value_heads=2, use_sliding_window=True,
+                                                      sliding_window=3, max_window_layers=1)),
+    "qwen2_off": ("Qwen2Config", "Qwen2ForCausalLM", dict(ROPE, num_key_value_heads=2, use_sliding_window=False,
+                                                          sliding_window=3)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(ROPE, num_key_value_heads=2, head_dim=8, sliding_window=3,
+                                                         query_pre_attn_scalar=32)),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(ROPE, num_key_value_heads=2, head_dim=8, sliding_window=3,
+                                                             query_pre_attn_scalar=8,
+                                                             layer_types=["sliding_attention", "full_attention"])),
+    "gpt_neo": ("GPTNeoConfig", "GPTNeoForCausalLM", dict(hidden_size=32, num_layers=2, num_heads=4,
+                                                          max_position_embeddings=64, window_size=3,
+                                                          attention_types=[[["global", "local"], 1]])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WINDOW_CONFIGS))
+def test_attn_visibility_is_the_mask_hugging_face_applies(name):
+    """tl_adapter.attn_visibility names, layer by layer, the keys Hugging Face's own attention lets
+    each query see (its attention probabilities are > 0 exactly there)."""
+    import transformers
+
+    from sinkinterp.measure import visible_keys
+
+    cfg_cls, model_cls, fields = WINDOW_CONFIGS[name]
+    torch.manual_seed(0)
+    hf = getattr(transformers, model_cls)._from_config(getattr(transformers, cfg_cls)(**SMALL, **fields),
+                                                        attn_implementation="eager").eval()
+    tokens = torch.randint(3, V, (2, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        attentions = hf(tokens, output_attentions=True).attentions
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = tl_adapter.boot_bridge(hf, word_tokenizer(V), f"tiny-{name}")
+    windows = []
+    for l, att in enumerate(attentions):
+        window, prefix = tl_adapter.attn_visibility(bridge, l)
+        assert prefix == 0
+        assert torch.equal(visible_keys(torch.arange(8), 8, window, prefix), (att > 0).all(0).all(0)), l
+        windows.append(window)
+    expected = {"qwen2": [None, 3], "qwen2_off": [None, None], "gemma2": [3, None], "gemma3": [3, None],
+                "gpt_neo": [None, 3]}.get(name, [3, 3])
+    assert windows == expected
 
 
 def _bridge(name, n_layers=2):

@@ -332,8 +332,8 @@ def test_attention_on_token_1_by_query_ends_at_the_window():
 def _bias_terms_from_scores(model, tokens, layer):
     """The decomposition's expected position-bias terms, rebuilt from what the model really computed:
     hook_attn_scores minus scale * q.k (hook_q / hook_k: these models rotate nothing), each query's
-    bias taken relative to its own key, averaged as the logits are (key 1: all queries; keys 2..t: the
-    causal pairs)."""
+    bias taken relative to its own key, averaged as the logits are (key 1: the queries that see it;
+    keys 2..: the pairs the attention can use, read off the masked scores)."""
     store = {}
     names = [f"blocks.{layer}.attn.hook_{c}" for c in ("attn_scores", "q", "k")]
     hooks = [(n, lambda x, hook, n=n: store.__setitem__(n, x.detach().double())) for n in names]
@@ -341,17 +341,24 @@ def _bias_terms_from_scores(model, tokens, layer):
         model(tokens)
     s, q, k = (store[n] for n in names)
     k = k.repeat_interleave(q.shape[2] // k.shape[2], 2)
-    T = tokens.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    bias = (s - torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(model, layer)).masked_fill(~causal, 0)
+    seen, first, later = _pairs_in_sight(s)
+    bias = (s - torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(model, layer)).masked_fill(~seen, 0)
     assert torch.allclose(bias, bias[:1].expand_as(bias), atol=1e-5)  # positions only, no data
     rel = bias - bias.diagonal(dim1=-2, dim2=-1)[..., None]
-    k1 = rel[..., 0].mean((0, 2))
-    rest = sum(rel[:, :, t, 1:t + 1].sum(-1) for t in range(1, T)).mean(0) / (T * (T - 1) / 2)
-    return k1.numpy(), rest.numpy()
+    return rel[..., first, 0].mean((0, 2)).numpy(), rel[..., later].mean((0, 2)).numpy()
 
 
-@pytest.mark.parametrize("kind", ["alibi", "relative_sink_token", "hooked_transformer_alibi"])
+def _pairs_in_sight(scores):
+    """From a layer's masked scores [N, H, T, T]: the pairs a query sees ([T, T]), the queries that see
+    key 1 ([T]) and the pairs with keys 2.. in sight ([T, T])."""
+    seen = scores[0, 0] > -1e30
+    later = seen.clone()
+    later[:, 0] = False
+    return seen, seen[:, 0], later
+
+
+@pytest.mark.parametrize("kind", ["alibi", "relative_sink_token", "hooked_transformer_alibi", "alibi_window",
+                                  "relative_prefix"])
 def test_qk_decomposition_reports_the_position_bias_the_model_adds(kind):
     """ALiBi and T5 relative buckets add a bias of the positions to scale * q.k: the decomposition
     reports it beside the logits (bias_q_k1 / bias_q_krest), equal to the scores the model really
@@ -368,7 +375,9 @@ def test_qk_decomposition_reports_the_position_bias_the_model_adds(kind):
     else:
         pos = kind.split("_")[0]
         model = SinkTransformer(ModelConfig(n_layers=2, d_model=32, n_heads=4, d_vocab=50, n_ctx=32, pos_emb=pos,
-                                            attn_bias="sink_token" if "sink" in kind else "none"))
+                                            attn_bias="sink_token" if "sink" in kind else "none",
+                                            window=5 if "window" in kind else None,
+                                            prefix_len=6 if "prefix" in kind else 0))
         if pos == "relative":
             for block in model.blocks:  # a learned table that is not flat, different in each layer
                 torch.nn.init.normal_(block.attn.rel_bias, std=1.0)
@@ -472,3 +481,48 @@ def test_qk_decomposition_of_the_slot_key(bias, n_kv_heads):
     plain = measure(SinkTransformer(ModelConfig(n_layers=1, d_model=32, n_heads=4, d_vocab=50, n_ctx=32,
                                                 attn_bias="sink_logit")), tokens, qk_heads="all")
     assert "cos_q_kstar" not in plain.qk and "kstar_norm" not in plain.qk
+
+
+@pytest.mark.parametrize("kind", ["window", "prefix", "window_prefix", "hooked_transformer_local"])
+def test_qk_decomposition_averages_the_pairs_in_sight(kind):
+    """Under a sliding window or a prefix the key-1 means run over the queries that see key 1 and the
+    rest over the pairs (t, s >= 2) the attention can use, read off the model's own masked scores;
+    tl_adapter.attn_visibility names the same pairs, and qk["pairs"] says what was averaged."""
+    from sinkinterp.measure import visible_keys
+    from sinkinterp.models import ModelConfig, SinkTransformer
+
+    torch.manual_seed(0)
+    if kind == "hooked_transformer_local":
+        model = tl_adapter.hooked_transformer_from_config(
+            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+            positional_embedding_type="rotary", normalization_type="RMS", seed=0,
+            use_local_attn=True, attn_types=["local", "global"], window_size=4)
+    else:
+        model = SinkTransformer(ModelConfig(n_layers=2, d_model=32, n_heads=4, d_vocab=50, n_ctx=32,
+                                            window=4 if "window" in kind else None,
+                                            prefix_len=6 if "prefix" in kind else 0))
+    tokens = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(1))
+    report = measure(model, tokens, qk_heads="all")
+    names = [f"blocks.{l}.attn.hook_{c}" for l in range(2) for c in ("attn_scores", "rot_q", "rot_k")]
+    store = {}
+    with torch.no_grad(), tl_adapter.attached_hooks(
+            model, [(n, lambda x, hook, n=n: store.__setitem__(n, x.detach().double())) for n in names]):
+        model(tokens)
+    plain = []
+    for l in range(2):
+        seen, first, later = _pairs_in_sight(store[f"blocks.{l}.attn.hook_attn_scores"])
+        window, prefix = tl_adapter.attn_visibility(model, l)
+        assert torch.equal(visible_keys(torch.arange(12), 12, window, prefix), seen)
+        plain.append(torch.equal(seen, torch.ones(12, 12, dtype=torch.bool).tril()))
+        q, k = store[f"blocks.{l}.attn.hook_rot_q"], store[f"blocks.{l}.attn.hook_rot_k"]
+        logits = torch.einsum("bthd,bshd->bhts", q, k) * tl_adapter.attn_scale(model, l)
+        cos = torch.einsum("bthd,bshd->bhts", q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True))
+        heads = [i for i, (hl, _) in enumerate(report.qk["heads"]) if hl == l]
+        for name, x in (("logit", logits), ("cos", cos)):
+            np.testing.assert_allclose(report.qk[f"{name}_q_k1"][heads], x[..., first, 0].mean((0, 2)).numpy(),
+                                       rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(report.qk[f"{name}_q_krest"][heads], x[..., later].mean((0, 2)).numpy(),
+                                       rtol=1e-6, atol=1e-6)
+    assert not plain[0] and plain[1] == (kind == "hooked_transformer_local")  # the mask is in force
+    assert ("window 4" in report.qk["pairs"]) == ("window" in kind or "local" in kind)
+    assert ("prefix 6" in report.qk["pairs"]) == ("prefix" in kind)
