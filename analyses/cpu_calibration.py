@@ -766,6 +766,8 @@ PAPER_ROWS = [
     ("softmax, BOS first, wd 0", ["c_bos_wd0", "c_bos_wd0_s1"], "60M: 15.20 (wd 0) vs 18.18 (0.1) vs 41.08 (0.5)"),
     ("softmax, BOS first, wd 1", ["c_bos_wd1", "c_bos_wd1_s1"], "60M: 37.71 (wd 1) vs 41.08 (0.5) vs 6.13 (2)"),
     ("softmax, BOS first, wd 2", ["c_bos_wd2", "c_bos_wd2_s1"], "60M: 6.13 (wd 2) vs 41.08 (0.5) vs 0.01 (wd 5, loss 5.24)"),
+    ("softmax, BOS first, wd 2 for 12,000 steps (total decay 13.2)", ["c_bos_wd2_12k", "c_bos_wd2_12k_s1"],
+     "60M: 6.13 at wd 2 (total decay 16.0)"),
     ("softmax, BOS first, wd 5", ["c_bos_wd5", "c_bos_wd5_s1"], "60M: 0.01 (wd 5), loss 5.24 (wd 0.5: 41.08, loss 3.72)"),
     ("softmax, BOS first, lr 3e-3", ["c_bos_lr3", "c_bos_lr3_s1"], "60M: lr 8e-4 32.23 vs 4e-4 18.18"),
     ("softmax, BOS first, lr 2e-3 for 3,000 steps (lr x steps of the baseline)", ["c_bos_lr2e3_3k", "c_bos_lr2e3_3k_s1"],
@@ -930,6 +932,19 @@ def _wd_section(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
         out.append(f"| {wd:g} | {pts[0]['steps']:,} | {pts[0]['decay']:.2f} / {_paper_decay_total(wd):.2f} | "
                    f"{PAPER_WD_SINK1[wd]:.2f} | {cell('sink1', '.1f')} | {cell('tracking', '.1f')} | "
                    f"{cell('massive', '.1f')} | {cell('val', '.3f')} | {cell('ablate', '+.3f')} |")
+    for wd, pts in long_points.items():  # the same weight decay for more steps: more total decay
+        short = points.get(wd)
+        if not short:
+            continue
+        grew = sum(p["sink1"] for p in pts) / len(pts) > max(p["sink1"] for p in short)
+        verdict = ("more steps raised the sink far more than the extra decay lowered it, so the total decay "
+                   "alone does not say where the sink collapses." if grew else "the sink fell with the extra decay.")
+        longer = " / ".join(f"{p['sink1']:.1f}" for p in pts)
+        shorter = " / ".join(f"{p['sink1']:.1f}" for p in short)
+        out += ["", f"The {pts[0]['steps']:,}-step runs at wd {wd:g} test the total decay as the cause: theirs is "
+                f"{pts[0]['decay']:.1f}, near the paper's {_paper_decay_total(wd):.1f} at wd {wd:g} (Sink_1 "
+                f"{PAPER_WD_SINK1[wd]:.2f} there). Their Sink_1 is {longer}% against {shorter}% after "
+                f"{short[0]['steps']:,} steps: {verdict}"]
     _wd_figure(points, long_points)
     out += ["", ("![Sink_1, massive ratio and validation loss against weight decay and against the total decay, "
                  "ours and the paper's](figures/cpu-calibration-weight-decay.png)")]
@@ -954,6 +969,12 @@ def _wd_figure(points: dict[float, list[dict]], long_points: dict[float, list[di
         mean = [(pos[wd], sum(p[key] for p in points[wd]) / len(points[wd])) for wd in xs
                 if all(p[key] is not None for p in points[wd])]
         ax.plot([x for x, _ in mean], [y for _, y in mean], "-", color="C0", alpha=0.5, label="ours, mean")
+        for seed, marker in ((0, "^"), (1, "v")):
+            got = [(pos[wd], p[key]) for wd, pts in long_points.items() for p in pts[seed:seed + 1]
+                   if p[key] is not None]
+            if got:
+                ax.plot([x for x, _ in got], [y for _, y in got], marker, color="C2", linestyle="none",
+                        label=f"ours, 12k steps, seed {seed}")
         if key == "sink1":
             ax.plot([pos[w] for w in sorted(PAPER_WD_SINK1)], [PAPER_WD_SINK1[w] for w in sorted(PAPER_WD_SINK1)],
                     "--", color="C3", marker="x", label="paper (60M, 5B tokens)")
