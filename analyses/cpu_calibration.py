@@ -936,9 +936,14 @@ def _wd_section(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
         short = points.get(wd)
         if not short:
             continue
-        grew = sum(p["sink1"] for p in pts) / len(pts) > max(p["sink1"] for p in short)
-        verdict = ("more steps raised the sink far more than the extra decay lowered it, so the total decay "
-                   "alone does not say where the sink collapses." if grew else "the sink fell with the extra decay.")
+        mean = sum(p["sink1"] for p in pts) / len(pts)
+        if mean > max(p["sink1"] for p in short):
+            verdict = ("more steps raised the sink more than the extra decay lowered it, so the total decay alone "
+                       "does not say where the sink collapses.")
+        elif mean < min(p["sink1"] for p in short):
+            verdict = "the sink fell with the extra decay."
+        else:
+            verdict = "within the spread of the shorter runs' seeds."
         longer = " / ".join(f"{p['sink1']:.1f}" for p in pts)
         shorter = " / ".join(f"{p['sink1']:.1f}" for p in short)
         out += ["", f"The {pts[0]['steps']:,}-step runs at wd {wd:g} test the total decay as the cause: theirs is "

@@ -718,8 +718,8 @@ def position_bias_terms(model: Any, layers: Sequence[int], seq_len: int, device:
         rows, source = tl_adapter.position_bias(model, layer, T)
         if rows is None:
             return {}, source
-        window, prefix = (visibility or {}).get(layer, (None, 0)) if visibility is not None \
-            else tl_adapter.attn_visibility(model, layer)
+        window, prefix = (visibility.get(layer, (None, 0)) if visibility is not None
+                          else tl_adapter.attn_visibility(model, layer))
         k1 = rest = 0.0
         n_first = n_rest = 0
         for start in range(0, T, block):
