@@ -431,9 +431,10 @@ def attn_visibility(model: Any, layer: int) -> tuple[int | None, int]:
     s when s <= t and, with a window w, t - s < w; with a prefix p, also every pair inside the first
     p positions. ``(None, 0)``: every causal key. A sinkinterp model's ``cfg.window`` /
     ``cfg.prefix_len``; a HookedTransformer's ``window_size`` on its "local" layers (GPT-Neo); on a
-    bridge the Hugging Face attention module's own ``sliding_window`` (Gemma 2 / 3, Qwen 2 / 3,
-    Cohere 2, OLMo 3), GPT-Neo's local layers' ``window_size``, else the config's ``sliding_window``
-    for every layer (Mistral, Mixtral, Phi-3, Starcoder 2)."""
+    bridge the Hugging Face attention module's own ``sliding_window`` (Gemma 2 / 3, Qwen 2 and, by
+    the same attribute, Qwen 3, Cohere 2, OLMo 3), GPT-Neo's local layers' ``window_size``, else the
+    config's ``sliding_window`` for every layer (Mistral, Mixtral, Phi-3). Tested against Hugging
+    Face's masks for the models named first in each group (tests/test_architectures.py)."""
     def window(value: Any) -> int | None:
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
