@@ -20,6 +20,7 @@ overrides its train_config.json records (shown in the table).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -878,6 +879,7 @@ def _decay_total(cfg: dict, **changes) -> float:
     return c.weight_decay * sum(lr_at(c, s) for s in range(c.steps))
 
 
+@functools.cache  # 20,000 updates summed; asked for per table row and figure point
 def _paper_decay_total(wd: float) -> float:
     return _decay_total(json.loads(BASE.read_text()), weight_decay=wd, **PAPER_SCHEDULE)
 
