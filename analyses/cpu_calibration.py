@@ -145,6 +145,10 @@ RECIPES: dict[str, list[str]] = {
     # where its sink had fallen to 6.13) against more training (the sink grows with steps at wd 0.5)
     "c_bos_wd2_12k": [BOS, "weight_decay=2.0", "steps=12000"],
     "c_bos_wd2_12k_s1": [BOS, "weight_decay=2.0", "steps=12000", *SEED1],
+    # wd 5 for twice the steps: total decay 33.0, near the paper's 39.9 at wd 5 (Sink_1 0.01 there); at
+    # 6,000 steps the two seeds split (17.9 / 0.0)
+    "c_bos_wd5_12k": [BOS, "weight_decay=5.0", "steps=12000"],
+    "c_bos_wd5_12k_s1": [BOS, "weight_decay=5.0", "steps=12000", *SEED1],
 }
 
 
