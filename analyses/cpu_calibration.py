@@ -149,6 +149,10 @@ RECIPES: dict[str, list[str]] = {
     # 6,000 steps the two seeds split (17.9 / 0.0)
     "c_bos_wd5_12k": [BOS, "weight_decay=5.0", "steps=12000"],
     "c_bos_wd5_12k_s1": [BOS, "weight_decay=5.0", "steps=12000", *SEED1],
+    # the baseline (wd 0.5) for twice the steps: the 12k-step anchor of the weight-decay runs above
+    # (total decay 6.6) and of the lr x steps rows (the same lr for twice the steps)
+    "c_bos_12k": [BOS, "steps=12000"],
+    "c_bos_12k_s1": [BOS, "steps=12000", *SEED1],
 }
 
 
