@@ -866,7 +866,8 @@ def _val_loss(cfg: dict, rows: list[dict], final: dict | None) -> float | None:
 WD_RUNS = {0.0: ["c_bos_wd0", "c_bos_wd0_s1"], 0.1: ["c_bos_wd01", "c_bos_wd01_s1"], 0.5: ["c_bos", "c_bos_s1"],
            1.0: ["c_bos_wd1", "c_bos_wd1_s1"], 2.0: ["c_bos_wd2", "c_bos_wd2_s1"], 5.0: ["c_bos_wd5", "c_bos_wd5_s1"]}
 # the same weight decay for twice the steps (twice the total decay below)
-WD_LONG_RUNS = {2.0: ["c_bos_wd2_12k", "c_bos_wd2_12k_s1"]}
+WD_LONG_RUNS = {0.5: ["c_bos_12k", "c_bos_12k_s1"], 2.0: ["c_bos_wd2_12k", "c_bos_wd2_12k_s1"],
+                5.0: ["c_bos_wd5_12k", "c_bos_wd5_12k_s1"]}
 PAPER_WD_SINK1 = {0.0: 15.20, 0.1: 18.18, 0.5: 41.08, 1.0: 37.71, 2.0: 6.13, 5.0: 0.01}
 # the paper's schedule (section 3 of the reference): lr 4e-4, 100 warm-up steps, 20k steps; its
 # "cosine" keeps min_lr = lr, so the lr is constant after warm-up
@@ -942,27 +943,69 @@ def _wd_section(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
         out.append(f"| {wd:g} | {pts[0]['steps']:,} | {pts[0]['decay']:.2f} / {_paper_decay_total(wd):.2f} | "
                    f"{PAPER_WD_SINK1[wd]:.2f} | {cell('sink1', '.1f')} | {cell('tracking', '.1f')} | "
                    f"{cell('massive', '.1f')} | {cell('val', '.3f')} | {cell('ablate', '+.3f')} |")
-    for wd, pts in long_points.items():  # the same weight decay for more steps: more total decay
-        short = points.get(wd)
-        if not short:
-            continue
-        mean = sum(p["sink1"] for p in pts) / len(pts)
-        if mean > max(p["sink1"] for p in short):
-            verdict = ("more steps raised the sink more than the extra decay lowered it, so the total decay alone "
-                       "does not say where the sink collapses.")
-        elif mean < min(p["sink1"] for p in short):
-            verdict = "the sink fell with the extra decay."
-        else:
-            verdict = "within the spread of the shorter runs' seeds."
-        longer = " / ".join(f"{p['sink1']:.1f}" for p in pts)
-        shorter = " / ".join(f"{p['sink1']:.1f}" for p in short)
-        out += ["", f"The {pts[0]['steps']:,}-step runs at wd {wd:g} test the total decay as the cause: theirs is "
-                f"{pts[0]['decay']:.1f}, near the paper's {_paper_decay_total(wd):.1f} at wd {wd:g} (Sink_1 "
-                f"{PAPER_WD_SINK1[wd]:.2f} there). Their Sink_1 is {longer}% against {shorter}% after "
-                f"{short[0]['steps']:,} steps: {verdict}"]
+    out += _wd_long_paragraphs(points, long_points)
     _wd_figure(points, long_points)
     out += ["", ("![Sink_1, massive ratio and validation loss against weight decay and against the total decay, "
                  "ours and the paper's](figures/cpu-calibration-weight-decay.png)")]
+    return out
+
+
+def _mean(pts: list[dict], key: str = "sink1") -> float:
+    return sum(p[key] for p in pts) / len(pts)
+
+
+def _seeds(pts: list[dict], key: str = "sink1") -> str:
+    return " / ".join(f"{p[key]:.1f}" for p in pts)
+
+
+def _compare(a: list[dict], b: list[dict], than: bool = False) -> str:
+    """How the Sink_1 of runs ``a`` stands against runs ``b``: above or below every seed of b, or
+    within their spread (``than``: worded to be followed by b's numbers)."""
+    if min(p["sink1"] for p in a) > max(p["sink1"] for p in b):
+        return "higher in every seed" + (" than" if than else "")
+    if max(p["sink1"] for p in a) < min(p["sink1"] for p in b):
+        return "lower in every seed" + (" than" if than else "")
+    return "within the spread of" if than else "within the seeds' spread"
+
+
+def _wd_long_paragraphs(points: dict[float, list[dict]], long_points: dict[float, list[dict]]) -> list[str]:
+    """What the longer runs say: the same weight decay for twice the steps (twice the total decay),
+    a shorter run of the same total decay beside each, and the weight-decay curve at the longer
+    length. Every verdict is computed from the seeds' numbers."""
+    long_points = {wd: pts for wd, pts in sorted(long_points.items()) if pts}
+    if not long_points:
+        return []
+    steps = next(iter(long_points.values()))[0]["steps"]
+    short_steps = next(iter(points.values()))[0]["steps"]
+    same = [f"at wd {wd:g} (total decay {pts[0]['decay']:.1f}; the paper's at wd {wd:g}: {_paper_decay_total(wd):.1f}, "
+            f"Sink_1 {PAPER_WD_SINK1[wd]:.2f}): {_seeds(pts)}% ({_compare(pts, points[wd], than=True)} "
+            f"{_seeds(points[wd])}% at {short_steps:,} steps)" for wd, pts in long_points.items() if wd in points]
+    out = ["", f"**Twice the steps.** The {steps:,}-step runs (the same cosine schedule over twice the updates, "
+           f"so twice the total decay) give Sink_1 " + "; ".join(same) + "."]
+    twins = []  # a longer run and the shorter run whose total decay is nearest, when within 25%
+    for wd, pts in long_points.items():
+        twin = min(points, key=lambda w: abs(points[w][0]["decay"] - pts[0]["decay"]))
+        d_long, d_short = pts[0]["decay"], points[twin][0]["decay"]
+        if abs(d_long - d_short) <= 0.25 * max(d_long, d_short):
+            twins.append(f"wd {wd:g} for {steps:,} steps (total decay {d_long:.1f}) sinks {_seeds(pts)}% and "
+                         f"wd {twin:g} for {short_steps:,} (total decay {d_short:.1f}) {_seeds(points[twin])}%: "
+                         f"{_compare(pts, points[twin])}")
+    if twins:
+        out += ["", "**The same total decay, different runs.** " + "; ".join(twins) + ". "
+                "Where these differ beyond the seeds, the total decay alone does not set the sink: "
+                "the number of updates does too."]
+    if len(long_points) >= 3:
+        wds = list(long_points)
+        means = [_mean(long_points[w]) for w in wds]
+        peak = wds[means.index(max(means))]
+        shape = ("rises to a peak at wd {peak:g} and falls after it" if peak not in (wds[0], wds[-1]) else
+                 "rises with weight decay over this range" if peak == wds[-1] else "falls with weight decay over "
+                 "this range").format(peak=peak)
+        losses = " / ".join(f"{_mean(long_points[w], 'val'):.3f}" for w in wds)
+        massive = " / ".join(f"{_mean(long_points[w], 'massive'):.1f}" for w in wds)
+        out += ["", f"**The curve at {steps:,} steps.** Mean Sink_1 " + " / ".join(f"{m:.1f}" for m in means)
+                + "% at wd " + " / ".join(f"{w:g}" for w in wds) + f": the sink {shape}; mean val loss "
+                f"{losses}, massive ratio {massive}."]
     return out
 
 

@@ -396,6 +396,30 @@ def test_cpu_calibration_total_decay_sums_the_schedule():
                 assert load_config(mod.BASE, mod.RECIPES[name]).weight_decay == wd, name
 
 
+def test_cpu_calibration_long_runs_verdicts():
+    """The paragraphs on the longer weight-decay runs say what the seeds say: above / below every
+    seed of the shorter runs or within their spread, a shorter run of the same total decay (within
+    25%) beside each, and where the curve at the longer length peaks."""
+    mod = load_script("analyses/cpu_calibration.py")
+
+    def pts(decay: float, *sinks: float) -> list[dict]:
+        return [dict(sink1=s, decay=decay, steps=6000, val=4.0, massive=3.0) for s in sinks]
+
+    short = {0.5: pts(1.65, 18.0, 17.0), 1.0: pts(3.3, 10.0, 42.0), 2.0: pts(6.6, 23.0, 55.0), 5.0: pts(16.5, 18.0, 0.0)}
+    long = {wd: [dict(p, steps=12000) for p in ps] for wd, ps in
+            {0.5: pts(3.3, 30.0, 35.0), 2.0: pts(13.2, 72.0, 75.0), 5.0: pts(33.0, 1.0, 0.0)}.items()}
+    text = "\n".join(mod._wd_long_paragraphs(short, long))
+    assert "at wd 0.5 (total decay 3.3;" in text and "30.0 / 35.0% (higher in every seed than 18.0 / 17.0%" in text
+    assert "1.0 / 0.0% (within the spread of 18.0 / 0.0%" in text
+    # wd 0.5 x 12k has wd 1 x 6k's total decay; wd 2 x 12k is within 25% of wd 5 x 6k; wd 5 x 12k has no twin
+    assert "wd 0.5 for 12,000 steps (total decay 3.3) sinks 30.0 / 35.0% and wd 1 for 6,000" in text
+    assert "wd 2 for 12,000 steps (total decay 13.2) sinks 72.0 / 75.0% and wd 5 for 6,000 (total decay 16.5) " \
+        "18.0 / 0.0%: higher in every seed" in text
+    assert "wd 5 for 12,000 steps" not in text
+    assert "Mean Sink_1 32.5 / 73.5 / 0.5% at wd 0.5 / 2 / 5: the sink rises to a peak at wd 2" in text
+    assert mod._wd_long_paragraphs(short, {}) == []
+
+
 def test_cpu_calibration_train_commands(capsys):
     mod = load_script("analyses/cpu_calibration.py")
     train, snap = mod.train_commands(["c_kvsharedbos"])
