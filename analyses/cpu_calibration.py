@@ -897,10 +897,14 @@ def _paper_decay_total(wd: float) -> float:
     return _decay_total(json.loads(BASE.read_text()), weight_decay=wd, **PAPER_SCHEDULE)
 
 
+ONSET_SINK1 = 5.0  # the weight-decay table's onset: the first tracked step with Sink_1 >= this (%, as the table rounds it)
+
+
 def _wd_points(runs: dict[str, tuple[dict, list[dict]]], table: dict[float, list[str]]) -> dict[float, list[dict]]:
     """Per weight decay of ``table``, one dict per run that has a final.json: Sink_1 (report and
     tracking), massive ratio, val loss on the seed-0 windows, the loss change when token 1 is
-    ablated, the run's steps and its total decay."""
+    ablated, the run's steps and its total decay, the first tracked step with Sink_1 >=
+    ``ONSET_SINK1`` (None: never) and the tracking peak with its step."""
     out: dict[float, list[dict]] = {}
     for wd, names in table.items():
         for n in names:
@@ -910,10 +914,13 @@ def _wd_points(runs: dict[str, tuple[dict, list[dict]]], table: dict[float, list
             cfg, rows = runs[n]
             fin = json.loads(f.read_text())
             tracked = [r for r in rows if r.get("sink1") is not None]
+            peak = max(tracked, key=lambda r: r["sink1"])
             out.setdefault(wd, []).append(dict(
                 run=n, sink1=fin["sink1"], tracking=tracked[-1]["sink1"], massive=fin["massive_ratio"],
                 val=_val_loss(cfg, rows, fin), ablate=_delta(fin, "ablate"), steps=cfg["steps"],
-                decay=_decay_total(cfg)))
+                decay=_decay_total(cfg),
+                onset=next((r["step"] for r in tracked if round(r["sink1"], 1) >= ONSET_SINK1), None),
+                peak=peak["sink1"], peak_step=peak["step"]))
     return out
 
 
@@ -939,19 +946,29 @@ def _wd_section(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
            f"{steps:,} updates (Σ_t lr_t = {_paper_decay_total(1.0):.2f}; the reference notes that the original code's \"cosine\"",
            "schedule has min_lr = lr). Both computed with `sinkinterp.train.schedule.lr_at`.", "",
            ("| weight decay | steps | total decay Σ lr·wd: ours / the paper's | the paper's Sink_1 (%) | Sink_1 (%) report | "
-            "Sink_1 (%) tracking | massive ratio | val loss | Δ loss: token 1 ablated |"),
-           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            f"Sink_1 (%) tracking | tracking: first step at >= {ONSET_SINK1:g}% | tracking peak (step) | massive ratio | "
+            "val loss | Δ loss: token 1 ablated |"),
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for wd, pts in [*points.items(), *long_points.items()]:
         def cell(key: str, fmt: str, pts: list[dict] = pts) -> str:
             return " / ".join("-" if p[key] is None else format(p[key], fmt) for p in pts)
         out.append(f"| {wd:g} | {pts[0]['steps']:,} | {pts[0]['decay']:.2f} / {_paper_decay_total(wd):.2f} | "
                    f"{PAPER_WD_SINK1[wd]:.2f} | {cell('sink1', '.1f')} | {cell('tracking', '.1f')} | "
+                   f"{_onsets(pts)} | {_peaks(pts)} | "
                    f"{cell('massive', '.1f')} | {cell('val', '.3f')} | {cell('ablate', '+.3f')} |")
     out += _wd_long_paragraphs(points, long_points)
     _wd_figure(points, long_points)
     out += ["", ("![Sink_1, massive ratio and validation loss against weight decay and against the total decay, "
                  "ours and the paper's](figures/cpu-calibration-weight-decay.png)")]
     return out
+
+
+def _onsets(pts: list[dict]) -> str:
+    return " / ".join("never" if p["onset"] is None else f"{p['onset']:,}" for p in pts)
+
+
+def _peaks(pts: list[dict]) -> str:
+    return " / ".join(f"{p['peak']:.1f} ({p['peak_step']:,})" for p in pts)
 
 
 def _mean(pts: list[dict], key: str = "sink1") -> float:

@@ -420,6 +420,29 @@ def test_cpu_calibration_long_runs_verdicts():
     assert mod._wd_long_paragraphs(short, {}) == []
 
 
+def test_cpu_calibration_wd_points_onset_and_peak(tmp_path, monkeypatch):
+    """The weight-decay table's onset is the first tracked step whose Sink_1 reaches 5% as the table
+    rounds it (4.96 counts, 4.94 does not), never where none does; the peak is the largest tracked
+    Sink_1 with its step; runs without a final.json are left out."""
+    mod = load_script("analyses/cpu_calibration.py")
+    monkeypatch.setattr(mod, "DATA", tmp_path)
+    cfg = json.loads(mod.BASE.read_text())
+    final = {"sink1": 12.5, "massive_ratio": 3.0, "val_loss_seed0_windows": 4.1,
+             "interventions": {"ablate": {"delta_loss": 0.05}}}
+    tracks = {"a": [0.0, 4.94, 4.96, 9.0, 7.0], "b": [0.0, 1.0, 4.94, 2.0, 0.5], "c": [0.0, 8.0, 8.0, 8.0, 8.0]}
+    runs = {}
+    for name, sinks in tracks.items():
+        runs[name] = (cfg, [{"step": 250 * i, "sink1": v} for i, v in enumerate(sinks)])
+        if name != "c":
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "final.json").write_text(json.dumps(final))
+    got = mod._wd_points(runs, {0.5: ["a", "b", "c"]})[0.5]
+    assert [p["run"] for p in got] == ["a", "b"]
+    assert [(p["onset"], p["peak"], p["peak_step"]) for p in got] == [(500, 9.0, 750), (None, 4.94, 500)]
+    assert got[0]["tracking"] == 7.0 and got[0]["sink1"] == 12.5 and got[0]["ablate"] == 0.05
+    assert mod._onsets(got) == "500 / never" and mod._peaks(got) == "9.0 (750) / 4.9 (500)"
+
+
 def test_cpu_calibration_train_commands(capsys):
     mod = load_script("analyses/cpu_calibration.py")
     train, snap = mod.train_commands(["c_kvsharedbos"])
