@@ -402,8 +402,9 @@ def test_cpu_calibration_long_runs_verdicts():
     25%) beside each, and where the curve at the longer length peaks."""
     mod = load_script("analyses/cpu_calibration.py")
 
-    def pts(decay: float, *sinks: float) -> list[dict]:
-        return [dict(sink1=s, decay=decay, steps=6000, val=4.0, massive=3.0) for s in sinks]
+    def pts(decay: float, *sinks: float) -> list[dict]:  # tracking ends at half the report, the peak at twice it
+        return [dict(sink1=s, decay=decay, steps=6000, val=4.0, massive=3.0, tracking=s / 2, peak=2 * s,
+                     peak_step=3000) for s in sinks]
 
     short = {0.5: pts(1.65, 18.0, 17.0), 1.0: pts(3.3, 10.0, 42.0), 2.0: pts(6.6, 23.0, 55.0), 5.0: pts(16.5, 18.0, 0.0)}
     long = {wd: [dict(p, steps=12000) for p in ps] for wd, ps in
@@ -417,6 +418,13 @@ def test_cpu_calibration_long_runs_verdicts():
         "18.0 / 0.0%: higher in every seed" in text
     assert "wd 5 for 12,000 steps" not in text
     assert "Mean Sink_1 32.5 / 73.5 / 0.5% at wd 0.5 / 2 / 5: the sink rises to a peak at wd 2" in text
+    # a tracking Sink_1 that ends under half its peak in every seed (here the peak is 4x the end) is said
+    assert "On the tracking windows the sink formed and then faded in every seed: at wd 0.5 it peaked at " \
+        "60.0 (3,000) / 70.0 (3,000) and ended at 15.0 / 17.5%; at wd 2" in text
+    assert "at wd 5 it peaked" not in text  # a peak of 0 in seed 1: nothing faded
+    long[0.5][0]["tracking"] = 45.0  # seed 0 ends at three quarters of its peak: wd 0.5 no longer counts
+    text = "\n".join(mod._wd_long_paragraphs(short, long))
+    assert "at wd 0.5 it peaked" not in text and "faded in every seed: at wd 2 it peaked" in text
     assert mod._wd_long_paragraphs(short, {}) == []
 
 
