@@ -1001,12 +1001,12 @@ def _wd_long_paragraphs(points: dict[float, list[dict]], long_points: dict[float
     same = [f"at wd {wd:g} (total decay {pts[0]['decay']:.1f}; the paper's at wd {wd:g}: {_paper_decay_total(wd):.1f}, "
             f"Sink_1 {PAPER_WD_SINK1[wd]:.2f}): {_seeds(pts)}% ({_compare(pts, points[wd], than=True)} "
             f"{_seeds(points[wd])}% at {short_steps:,} steps)" for wd, pts in long_points.items() if wd in points]
-    # runs whose tracking Sink_1 ended at under half its peak: formed, then faded while training went on
+    # runs whose tracking Sink_1 ended more than a third below its peak: formed, then faded while training went on
     faded = [f"at wd {wd:g} it peaked at {_peaks(pts)} and ended at {_seeds(pts, 'tracking')}%"
-             for wd, pts in long_points.items() if all(p["tracking"] < 0.5 * p["peak"] for p in pts)]
+             for wd, pts in long_points.items() if all(p["tracking"] < 2 / 3 * p["peak"] for p in pts)]
     out = ["", f"**Twice the steps.** The {steps:,}-step runs (the same cosine schedule over twice the updates, "
            f"so twice the total decay) give Sink_1 " + "; ".join(same) + "."
-           + (" On the tracking windows the sink formed and then faded in every seed: " + "; ".join(faded) + "."
+           + (" On the tracking windows the sink formed and then lost more than a third of its peak in every seed: " + "; ".join(faded) + "."
               if faded else "")]
     twins = []  # a longer run and the shorter run whose total decay is nearest, when within 25%
     for wd, pts in long_points.items():

@@ -418,13 +418,14 @@ def test_cpu_calibration_long_runs_verdicts():
         "18.0 / 0.0%: higher in every seed" in text
     assert "wd 5 for 12,000 steps" not in text
     assert "Mean Sink_1 32.5 / 73.5 / 0.5% at wd 0.5 / 2 / 5: the sink rises to a peak at wd 2" in text
-    # a tracking Sink_1 that ends under half its peak in every seed (here the peak is 4x the end) is said
-    assert "On the tracking windows the sink formed and then faded in every seed: at wd 0.5 it peaked at " \
+    # a tracking Sink_1 that ends more than a third below its peak in every seed (here at a quarter) is said
+    assert "On the tracking windows the sink formed and then lost more than a third of its peak in every seed: " \
+        "at wd 0.5 it peaked at " \
         "60.0 (3,000) / 70.0 (3,000) and ended at 15.0 / 17.5%; at wd 2" in text
     assert "at wd 5 it peaked" not in text  # a peak of 0 in seed 1: nothing faded
     long[0.5][0]["tracking"] = 45.0  # seed 0 ends at three quarters of its peak: wd 0.5 no longer counts
     text = "\n".join(mod._wd_long_paragraphs(short, long))
-    assert "at wd 0.5 it peaked" not in text and "faded in every seed: at wd 2 it peaked" in text
+    assert "at wd 0.5 it peaked" not in text and "in every seed: at wd 2 it peaked" in text
     assert mod._wd_long_paragraphs(short, {}) == []
 
 
