@@ -971,8 +971,10 @@ def _peaks(pts: list[dict]) -> str:
     return " / ".join(f"{p['peak']:.1f} ({p['peak_step']:,})" for p in pts)
 
 
-def _mean(pts: list[dict], key: str = "sink1") -> float:
-    return sum(p[key] for p in pts) / len(pts)
+def _mean(pts: list[dict], key: str = "sink1") -> float | None:
+    """The mean over the runs that have ``key`` (a seed-1 run may have no seed-0-window val loss)."""
+    got = [p[key] for p in pts if p[key] is not None]
+    return sum(got) / len(got) if got else None
 
 
 def _seeds(pts: list[dict], key: str = "sink1") -> str:
@@ -1004,8 +1006,9 @@ def _wd_long_paragraphs(points: dict[float, list[dict]], long_points: dict[float
     # runs whose tracking Sink_1 ended more than a third below its peak: formed, then faded while training went on
     faded = [f"at wd {wd:g} it peaked at {_peaks(pts)} and ended at {_seeds(pts, 'tracking')}%"
              for wd, pts in long_points.items() if all(p["tracking"] < 2 / 3 * p["peak"] for p in pts)]
-    out = ["", f"**Twice the steps.** The {steps:,}-step runs (the same cosine schedule over twice the updates, "
-           f"so twice the total decay) give Sink_1 " + "; ".join(same) + "."
+    times = "twice" if steps == 2 * short_steps else f"{steps / short_steps:g} times"
+    out = ["", f"**{times.capitalize()} the steps.** The {steps:,}-step runs (the same cosine schedule over {times} "
+           f"the updates, so {times} the total decay) give Sink_1 " + "; ".join(same) + "."
            + (" On the tracking windows the sink formed and then lost more than a third of its peak in every seed: " + "; ".join(faded) + "."
               if faded else "")]
     twins = []  # a longer run and the shorter run whose total decay is nearest, when within 25%
@@ -1027,7 +1030,8 @@ def _wd_long_paragraphs(points: dict[float, list[dict]], long_points: dict[float
         shape = ("rises to a peak at wd {peak:g} and falls after it" if peak not in (wds[0], wds[-1]) else
                  "rises with weight decay over this range" if peak == wds[-1] else "falls with weight decay over "
                  "this range").format(peak=peak)
-        losses = " / ".join(f"{_mean(long_points[w], 'val'):.3f}" for w in wds)
+        losses = " / ".join("-" if _mean(long_points[w], "val") is None else f"{_mean(long_points[w], 'val'):.3f}"
+                            for w in wds)
         massive = " / ".join(f"{_mean(long_points[w], 'massive'):.1f}" for w in wds)
         out += ["", f"**The curve at {steps:,} steps.** Mean Sink_1 " + " / ".join(f"{m:.1f}" for m in means)
                 + "% at wd " + " / ".join(f"{w:g}" for w in wds) + f": the sink {shape}; mean val loss "

@@ -427,6 +427,11 @@ def test_cpu_calibration_long_runs_verdicts():
     text = "\n".join(mod._wd_long_paragraphs(short, long))
     assert "at wd 0.5 it peaked" not in text and "in every seed: at wd 2 it peaked" in text
     assert mod._wd_long_paragraphs(short, {}) == []
+    long[2.0][1]["val"] = None  # a run without a val loss on the seed-0 windows: the mean is over the others
+    assert "mean val loss 4.000 / 4.000 / 4.000" in "\n".join(mod._wd_long_paragraphs(short, long))
+    for p in long[2.0]:
+        p["val"] = None
+    assert "mean val loss 4.000 / - / 4.000" in "\n".join(mod._wd_long_paragraphs(short, long))
 
 
 def test_cpu_calibration_wd_points_onset_and_peak(tmp_path, monkeypatch):
