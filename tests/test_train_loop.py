@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from sinkinterp.data.transforms import DataPipeline
 from sinkinterp.models import SinkTransformer, load_checkpoint, read_checkpoint_info
 from sinkinterp.train import METRIC_FIELDS, TrainingDiverged, read_metrics, train
 from sinkinterp.train.cli import sweep_main, train_main
 from sinkinterp.train.testing import make_tiny_shards, tiny_train_config
+from sinkinterp.train.trainer import _StopOnSignal
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +126,63 @@ def test_triton_backend_trains_like_auto_and_may_change_on_resume(shards, tmp_pa
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=5e-3 * moved, rtol=1e-4, msg=k)
     assert auto.model.attn_backend == "auto"
+
+
+def _signal_at_step(monkeypatch, step, signum=signal.SIGTERM):
+    """Send ``signum`` to this process when the training loop asks for the batch of ``step`` (the
+    held-out batches, read before the loop, come from a pipeline with another split)."""
+    original = DataPipeline.batch_at
+
+    def batch_at(self, s):
+        if s == step and self.config.split == "train":
+            os.kill(os.getpid(), signum)
+        return original(self, s)
+
+    monkeypatch.setattr(DataPipeline, "batch_at", batch_at)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes_exactly(shards, tmp_path, monkeypatch):
+    """A signal during step 3 (0-based) stops the run after that step with a checkpoint at 4 (not a
+    multiple of log_every or ckpt_every); resuming gives the weights of an uninterrupted run."""
+    cfg = tiny_train_config(shards, steps=8, warmup_steps=2, log_every=3, eval_every=3, sink_every=5,
+                            ckpt_every=0)
+    full = train(cfg, tmp_path / "full", verbose=False)
+    before = signal.getsignal(signal.SIGTERM)
+    _signal_at_step(monkeypatch, 3)
+    part = train(cfg, tmp_path / "split", verbose=False)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    assert (part.step, part.finished, part.stopped_by) == (4, False, "SIGTERM")
+    assert (tmp_path / "split" / "checkpoints" / "latest").read_text() == "step_0000004"
+    assert not (tmp_path / "split" / "final.json").exists()
+    monkeypatch.undo()
+    rest = train(cfg, tmp_path / "split", verbose=False)
+    assert rest.finished and rest.stopped_by is None and full.stopped_by is None
+    a = _weights(tmp_path / "full" / "checkpoints" / "step_0000008")
+    b = _weights(tmp_path / "split" / "checkpoints" / "step_0000008")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_train_cli_exits_with_the_signal_status(shards, tmp_path, monkeypatch, capsys):
+    cfg = tiny_train_config(shards, steps=6, sink_every=0)
+    c = _write_cfg(tmp_path / "run.json", cfg)
+    _signal_at_step(monkeypatch, 2, signal.SIGINT)
+    assert train_main([str(c), "--out", str(tmp_path / "o")]) == 128 + signal.SIGINT
+    out = capsys.readouterr().out
+    assert "SIGINT: checkpoint saved at step 3" in out and "stopped at step 3" in out
+    monkeypatch.undo()
+    assert train_main([str(c), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "o" / "final.json").read_text())["step"] == 6
+
+
+def test_a_second_signal_interrupts_at_once():
+    stop = _StopOnSignal(enabled=True)
+    with stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt, match="second SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert not _StopOnSignal(enabled=False).enabled
 
 
 def test_resume_refuses_a_changed_config_and_no_resume_refuses_a_used_folder(shards, tmp_path):

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,8 @@ def train_main(argv: list[str] | None = None) -> int:
     if not args.quiet and os.environ.get("RANK", "0") == "0":
         state = "finished" if res.finished else "stopped"
         print(f"[train] {state} at step {res.step}; results in {res.out_dir}")
+    if res.stopped_by:  # the shell's convention for a process ended by a signal (timeout expects it)
+        return 128 + int(signal.Signals[res.stopped_by])
     return 0
 
 

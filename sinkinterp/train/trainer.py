@@ -13,6 +13,11 @@ A step's batch is ``DataPipeline(cfg.data).batch_at(step)``, a pure function of 
 the step, so the checkpoint only records the step; with the optimizer state and the RNG state a
 resumed run continues bit-for-bit (float32 on CPU; tested). Files are written atomically and only
 by rank 0.
+
+SIGTERM or SIGINT (``timeout``, a batch scheduler, Ctrl-C) during a single-process run stops it
+cleanly: the loop saves a checkpoint at its next sync point (every ``log_every`` steps) and returns
+with ``TrainResult.stopped_by`` set, so the same command resumes it; a second signal interrupts at
+once.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,11 +83,43 @@ class TrainResult:
     out_dir: Path
     step: int
     finished: bool
-    """True when the run reached cfg.steps (False when stopped at ``until_step``)."""
+    """True when the run reached cfg.steps (False when stopped at ``until_step`` or by a signal)."""
     final: dict[str, Any]
     """the last value of every metric (as in final.json)."""
     model: SinkTransformer = field(repr=False)
     """the trained model (unwrapped: no DDP, not compiled), on the training device."""
+    stopped_by: str | None = None
+    """the signal's name (``"SIGTERM"``, ``"SIGINT"``) when a signal stopped the run early."""
+
+
+class _StopOnSignal:
+    """While active, SIGTERM / SIGINT set ``signum`` instead of killing the process, so the loop can
+    save a checkpoint and return; a second signal raises ``KeyboardInterrupt`` at once. Only in a
+    single-process run on the main thread (elsewhere signals keep their usual effect: ranks of a
+    distributed run would stop at different steps)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name} while saving a checkpoint")
+        self.signum = signum
+
+    def __enter__(self) -> "_StopOnSignal":
+        if self.enabled:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous.clear()
 
 
 # =========================================================================================
@@ -248,13 +287,15 @@ def train(
 
     dd, device = _setup_distributed(cfg)
     try:
-        return _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_ckpt, verbose)
+        with _StopOnSignal(enabled=dd.world == 1) as stop:
+            return _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_ckpt, verbose, stop)
     finally:
         if dd.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_ckpt, verbose) -> TrainResult:
+def _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_ckpt, verbose,
+         stop: _StopOnSignal) -> TrainResult:
     t_start = time.perf_counter()
     ckpt_root = out_dir / CKPT_DIR
     metrics_path = out_dir / "metrics.jsonl"
@@ -376,6 +417,7 @@ def _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_c
         emit(row)
 
     t_interval = time.perf_counter()
+    stopped_by: str | None = None
     for step in range(start, end):
         lr = lr_at(cfg, step)
         for g in opt.param_groups:
@@ -399,7 +441,8 @@ def _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_c
         done = step + 1
         do_eval = periodic(cfg.eval_every, done)
         do_sink = cfg.sink_every > 0 and periodic(cfg.sink_every, done)
-        do_ckpt = done == end or (cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0)
+        stopping = stop.signum is not None
+        do_ckpt = done == end or stopping or (cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0)
         if not (done % cfg.log_every == 0 or do_eval or do_sink or do_ckpt):
             continue
 
@@ -439,12 +482,19 @@ def _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_c
         if dd.world > 1 and do_ckpt:
             dist.barrier()
         t_interval = time.perf_counter()
+        if stopping:
+            end, stopped_by = done, signal.Signals(stop.signum).name
+            if verbose:
+                print(f"[train] {signal.Signals(stop.signum).name}: checkpoint saved at step {done}; "
+                      "the same command resumes the run", flush=True)
+            break
 
-    finished = end == cfg.steps
+    finished = end == cfg.steps and stopped_by is None
     if dd.main and finished:
         final = {**{k: final.get(k) for k in METRIC_FIELDS}, "step": end, "tokens_seen": end * tokens_per_step,
                  "flops_per_token": fpt, "n_params": model.num_params(), "world_size": dd.world}
         write_json(out_dir / "final.json", final)
     if dd.world > 1:
         dist.barrier()
-    return TrainResult(out_dir=out_dir, step=end, finished=finished, final=final, model=model)
+    return TrainResult(out_dir=out_dir, step=end, finished=finished, final=final, model=model,
+                       stopped_by=stopped_by)

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# A GPU call that trains reference runs within one command's time (docs/reproduction.md, "Plan for the
+# GPU sessions", step 2) and brings back their curves and bf16 models:
+#
+#   command:   bash scripts/device/train_call.sh configs/baseline_small_wd05.json [CONFIG ...]
+#   carry:     [".whl", "data/debian/debian-shards.tar.xz"]
+#   timeout_s: 590
+#
+# Here, first: scripts/device/fetch_wheels.sh and the corpus pack (docs/data.md). Steps, each under its
+# own time limit: the fused Triton kernel's tests (TESTS=0 skips them), then each CONFIG in turn as
+# `sinkinterp train CONFIG --out runs/gpu/NAME` (NAME: the file's stem), each given an equal share of
+# the seconds left before BUDGET_S (default 540) less what packing needs (a run that fails before its
+# first checkpoint is retried once with compile=false in the rest of its share). When its share runs out,
+# `timeout` sends SIGTERM and the trainer saves a checkpoint at the next step and stops (the same
+# command resumes it, where the optimizer state is still on the machine). Then each run's latest
+# checkpoint is re-saved in bf16 with its tokenizer, metrics and config (scripts/ship_models.py) and
+# everything goes into $OUT/runs.tar.xz (split into 15 MiB parts when larger). Back come log.txt and
+# that archive; here: cat runs.tar.xz* > /tmp/runs.tar.xz && tar -xJf /tmp/runs.tar.xz (runs/gpu/...
+# and runs/gpu_models/NAME/), and, when at least 45 s of the budget are left, attention-cuda.json
+# from benchmarks/bench_attention.py. TRAIN_SET="KEY=VALUE ..." adds --set overrides to every run.
+#
+# A smoke test of the plumbing on a CPU (a few steps, no GPU needed):
+#   DEVICE=cpu OUT=/tmp/train_call PYTHON=/tmp/v/bin/python TESTS=0 BUDGET_S=120 \
+#     TRAIN_SET="steps=4 data.batch_size=2 compile=false dtype=float32 sink_eval_seqs=4 eval_batches=1" \
+#     bash scripts/device/train_call.sh configs/baseline_small_wd05.json
+set -u -o pipefail
+cd "$(dirname "$0")/../.."
+DEVICE="${DEVICE:-cuda}"
+OUT="${OUT:?set OUT to the folder that collects the results}"
+BUDGET_S="${BUDGET_S:-540}"
+PACK_S=60  # kept back for the bf16 export and the archive
+[ $# -ge 1 ] || { echo "usage: train_call.sh CONFIG.json [CONFIG.json ...]" >&2; exit 2; }
+for c in "$@"; do [ -f "$c" ] || { echo "train_call.sh: CONFIG $c does not exist" >&2; exit 2; }; done
+mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+
+if [ "$DEVICE" = cuda ]; then
+  source scripts/device/setup.sh
+  PY=python3
+else
+  PY="${PYTHON:-python3}"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+fi
+sets=()
+for kv in ${TRAIN_SET:-}; do sets+=(--set "$kv"); done
+
+export XZ_OPT="${XZ_OPT:--T0}"  # xz on every core for the archive
+failed=()
+rc=0
+step() {  # step NAME LIMIT_SECONDS COMMAND...: run it under its own time limit, say how it ended
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  echo "== $name: limit ${limit}s: $*"
+  timeout --kill-after=15 "$limit" "$@"
+  rc=$?
+  echo "== $name: rc=$rc after $((SECONDS - start))s$([ $rc = 124 ] && echo ' (time limit)')"
+  [ $rc = 0 ] || [ $rc = 124 ] || failed+=("$name")
+}
+
+echo "train_call: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') device $DEVICE budget ${BUDGET_S}s"
+if [ "${TESTS:-1}" = 1 ]; then
+  step triton-tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_triton_attention.py \
+    tests/test_models_paths.py::test_cuda_flash_kernel_gives_the_log_sum_exp
+fi
+
+names=()
+left=$#
+for cfg in "$@"; do
+  name=$(basename "$cfg" .json)
+  share=$(( (BUDGET_S - PACK_S - SECONDS) / left ))
+  left=$((left - 1))
+  if [ "$share" -lt 30 ]; then echo "== train-$name: skipped (only ${share}s left)"; continue; fi
+  t0=$SECONDS
+  step "train-$name" "$share" $PY -m sinkinterp.train train "$cfg" --out "runs/gpu/$name" "${sets[@]}" \
+    --set device="$DEVICE"
+  if [ $rc != 0 ] && [ $rc != 124 ] && [ ! -f "runs/gpu/$name/checkpoints/latest" ] \
+     && [ $((share - SECONDS + t0)) -ge 60 ]; then  # a failure before any checkpoint: try once without compile
+    rm -rf "runs/gpu/$name"
+    step "train-$name-eager" $((share - SECONDS + t0)) $PY -m sinkinterp.train train "$cfg" --out "runs/gpu/$name" \
+      "${sets[@]}" --set device="$DEVICE" --set compile=false
+  fi
+  [ -f "runs/gpu/$name/checkpoints/latest" ] && names+=("$name")
+done
+
+if [ ${#names[@]} -gt 0 ]; then
+  args=()
+  for n in "${names[@]}"; do args+=("$n=runs/gpu/$n"); done
+  step export-bf16 40 $PY scripts/ship_models.py "${args[@]}" --dest runs/gpu_models
+  tar -cJf "$OUT/runs.tar.xz" --exclude=checkpoints runs/gpu runs/gpu_models 2>/dev/null \
+    || tar -cJf "$OUT/runs.tar.xz" --exclude=checkpoints runs/gpu
+  if [ "$(stat -c %s "$OUT/runs.tar.xz")" -gt $((15 * 1024 * 1024)) ]; then
+    split -b 15M "$OUT/runs.tar.xz" "$OUT/runs.tar.xz.part-" && rm "$OUT/runs.tar.xz"
+  fi
+fi
+# what is left of the budget: the kernel-level timing of the fused sigmoid / elu+1 kernel (BENCH=0 skips it)
+left_s=$((BUDGET_S - SECONDS - 5))
+if [ "${BENCH:-1}" = 1 ] && [ "$DEVICE" = cuda ] && [ "$left_s" -ge 45 ]; then
+  step bench-attention "$left_s" $PY benchmarks/bench_attention.py --json "$OUT/attention-cuda.json"
+fi
+echo "train_call: done in ${SECONDS}s; failed: ${failed[*]:-none}"
+ls -la "$OUT"
+[ ${#failed[@]} = 0 ]
