@@ -9,7 +9,12 @@ export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORM
 python3 -c "import transformer_lens, sinkinterp.models; print('device setup: transformer-lens', transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else '?')"
 pack="${1:-data/debian/debian-shards.tar.xz}"
 if [ ! -f data/debian/shards/manifest.json ] && [ -f "$pack" ]; then
-  python3 -m sinkinterp.data unpack "$pack" data/debian/shards
+  if ! python3 -m sinkinterp.data unpack "$pack" data/debian/shards 2>/tmp/unpack.err; then
+    # say what arrived, then let GNU tar detect the compression from the content
+    tail -1 /tmp/unpack.err; ls -la "$pack"; sha256sum "$pack"; head -c 16 "$pack" | od -A x -t x1z | head -1
+    rm -rf data/debian/shards && mkdir -p data/debian/shards && tar -xf "$pack" -C data/debian/shards \
+      && echo "device setup: unpacked $pack with tar" || echo "device setup: tar could not unpack $pack either"
+  fi
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 set +e
