@@ -35,7 +35,7 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
 
 if [ "$DEVICE" = cuda ]; then
-  source scripts/device/setup.sh
+  source scripts/device/setup.sh data/debian/debian-shards.tar.xz  # (a sourced script sees our own "$@" otherwise)
   PY=python3
 else
   PY="${PYTHON:-python3}"
