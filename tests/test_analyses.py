@@ -708,3 +708,51 @@ def test_token_sink_interventions_specs_and_table_follow_the_cli_names():
     one = {"interventions": results["interventions"][:3] + results["interventions"][6:7]}
     rows = mod._table(one, ("ablate",))[2:]
     assert len(rows) == 4 and rows[3].startswith("| key removed from later queries: token 1 (for scale) |")
+
+
+GPU_LOG = """device setup: transformer-lens ?
+NVIDIA H200, 143771 MiB, 580.159.04
+train_call: 2026-12-04T13:47:40Z commit abc1234 device cuda budget 190s
+== train-kv_bias_small: limit 108s: python3 -m sinkinterp.train train configs/kv_bias_small.json
+[train] step=3168 train_loss=2.206
+[train] SIGTERM: checkpoint saved at step 3168; the same command resumes the run
+== train-kv_bias_small: rc=124 after 111s (time limit)
+== export-bf16: rc=0 after 16s
+"""
+
+
+def test_gpu_reference_reads_the_call_log_and_compares_at_the_reference_steps():
+    mod = load_script("analyses/gpu_reference.py")
+    facts = mod.device_facts(GPU_LOG)
+    assert facts["gpu"] == "NVIDIA H200" and facts["gpu_memory_mib"] == 143771 and facts["budget_s"] == 190
+    assert facts["started"] == "2026-12-04T13:47:40Z" and facts["stopped"] == {"signal": "SIGTERM", "step": 3168}
+    assert facts["steps"] == [{"name": "train-kv_bias_small", "rc": 124, "seconds": 111, "time_limit": True},
+                              {"name": "export-bf16", "rc": 0, "seconds": 16, "time_limit": False}]
+    rows = [{"step": 0, "sink_bias": 0.0}, {"step": 1000, "sink_bias": 13.5, "tokens_per_s": 5e4, "mfu": 0.01},
+            {"step": 1050, "tokens_per_s": 2e6, "mfu": 0.2}, {"step": 1100, "tokens_per_s": 1e6, "mfu": 0.1},
+            {"step": 1150, "tokens_per_s": 3e6, "mfu": 0.3}]
+    assert mod.comparison_rows("kv_bias_small", rows) == ["| kv_bias_small | Sink_* | 1,000 | 12 | 13.50 |",
+                                                          "| kv_bias_small | Sink_* | 3,000 | 23 | not reached |"]
+    assert mod.comparison_rows("unknown_run", rows) == []
+    # the first interval (the compile) is left out of the medians
+    assert mod.throughput(rows) == {"tokens_per_s": 2e6, "intervals": 3, "mfu": 0.2}
+
+
+def test_gpu_reference_page_from_the_committed_snapshots(tmp_path, monkeypatch):
+    mod = load_script("analyses/gpu_reference.py")
+    monkeypatch.setattr(mod, "DOC", tmp_path / "page.md")
+    monkeypatch.setattr(mod, "FIG", tmp_path / "fig.png")
+    assert mod.main(["--snapshot", str(tmp_path)]) == 2  # triples only
+    assert mod.main(["--snapshot", str(tmp_path), str(tmp_path), str(tmp_path / "log.txt")]) == 2  # no run there
+    assert mod.main([]) == 0
+    page = (tmp_path / "page.md").read_text()
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
+    for folder in sorted(mod.DATA.glob("*")):
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        last = [r for r in rows if r.get("sink1") is not None][-1]
+        row = next(line for line in page.splitlines() if line.startswith(f"| {folder.name} | `configs/"))
+        assert f"| {last['sink1']:.2f} |" in row and f"{rows[-1]['step']:,} of 9,000" in row
+        report = json.loads((folder / "report.json").read_text())
+        step = json.loads((folder / "device.json").read_text())["model_step"]
+        final = next(line for line in page.splitlines() if line.startswith(f"| {folder.name} | {step:,} |"))
+        assert f"| {report['sink1']:.2f} |" in final and f"| {report['massive_ratio']:.2f} |" in final

@@ -1,0 +1,342 @@
+"""Analysis: the reduced-scale reference runs trained on a GPU (docs/reproduction.md, "Plan for the GPU
+sessions", step 2): 6 layers x 384, T 512, batch 64, 9,000 steps, beside the small-scale calibration
+of ../shared/reference/attention-sink-paper.md section 6 (an independent trainer on an H100).
+
+A run is trained on the GPU machine by ``scripts/device/train_call.sh CONFIG.json`` (one device call;
+docs/performance.md), which brings back the run folder's metrics and the last checkpoint in bf16.
+Here, on CPU, the run is snapshotted into ``analyses/data/gpu_reference/NAME/`` (metrics.jsonl,
+train_config.json, final.json, device.json) and its model measured as ``sinkinterp report`` measures the
+shipped models (report.json: the shipped natural-text sample, T 64, 100 sequences, eps 0.3, per-head
+alpha, q.k decomposition, first-token interventions; ``final_report`` of analyses/cpu_calibration.py):
+
+    .venv/bin/python analyses/gpu_reference.py --snapshot RUN_DIR MODEL_DIR DEVICE_LOG [RUN_DIR MODEL_DIR DEVICE_LOG ...]
+    .venv/bin/python analyses/regenerate.py gpu_reference          # docs/gpu-reference.md + figure
+
+The models themselves (33 MB each in bf16) stay out of git, so the page regenerates from the
+snapshots alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sinkinterp.fileio import write_bytes, write_json  # noqa: E402
+
+DATA = ROOT / "analyses" / "data" / "gpu_reference"
+DOC = ROOT / "docs" / "gpu-reference.md"
+FIG = ROOT / "docs" / "figures" / "gpu-reference-emergence.png"
+
+# ../shared/reference/attention-sink-paper.md section 6 (one H100, 2026-11, its own trainer and a
+# 46.7M-token Debian corpus): the sink-tracking points it reports, by config and step
+REFERENCE = {
+    "baseline_small": {"sink1": {1500: 0.5, 3000: 1.1, 6000: 2.9, 9000: 5.1}},
+    "baseline_small_wd05": {"sink1": {3000: 0.9, 4500: 8.3, 6000: 20.2, 9000: 30.8}},
+    "kv_bias_small": {"sink_bias": {1000: 12.0, 3000: 23.0}, "sink1": {}},
+    "sigmoid_small": {"sink1": {}},
+}
+REFERENCE_TEXT = {
+    "baseline_small": "softmax, wd 0.1: Sink_1 0.5% at 1.5k, 1.1% at 3k, 2.9% at 6k, 5.1% at 9k",
+    "baseline_small_wd05": "softmax, wd 0.5: Sink_1 0.9% at 3k, 8.3% at 4.5k, 20.2% at 6k, 30.8% at 9k",
+    "kv_bias_small": "KV bias: Sink_* 12% at 1k, 23% at 3k; Sink_1 0.0",
+    "sigmoid_small": "sigmoid without normalization: Sink_1 0.3-1% throughout",
+}
+
+
+def _calibration():
+    """analyses/cpu_calibration.py as a module (its final_report measures like the CPU study)."""
+    spec = importlib.util.spec_from_file_location("cpu_calibration", Path(__file__).with_name("cpu_calibration.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def device_facts(log_text: str) -> dict:
+    """What a train_call.sh log says about the call: the start line, the GPU, each step's end."""
+    facts: dict = {}
+    m = re.search(r"train_call: (\S+) commit (\S+) device (\S+) budget (\d+)s", log_text)
+    if m:
+        facts.update(started=m.group(1), device=m.group(3), budget_s=int(m.group(4)))
+    m = re.search(r"^(NVIDIA [^,\n]+), (\d+) MiB, ([\d.]+)$", log_text, re.M)
+    if m:
+        facts.update(gpu=m.group(1), gpu_memory_mib=int(m.group(2)), driver=m.group(3))
+    facts["steps"] = [{"name": n, "rc": int(rc), "seconds": int(s), "time_limit": bool(t)}
+                      for n, rc, s, t in re.findall(r"^== (\S+): rc=(\d+) after (\d+)s( \(time limit\))?", log_text, re.M)]
+    m = re.search(r"^\[train\] (SIGTERM): checkpoint saved at step (\d+)", log_text, re.M)
+    if m:
+        facts["stopped"] = {"signal": m.group(1), "step": int(m.group(2))}
+    return facts
+
+
+def snapshot(args: list[str]) -> int:
+    if not args or len(args) % 3:
+        print("gpu_reference: --snapshot takes triples RUN_DIR MODEL_DIR DEVICE_LOG", file=sys.stderr)
+        return 2
+    cal = None
+    for i in range(0, len(args), 3):
+        run, model, log = map(Path, args[i:i + 3])
+        for need, what in ((run / "metrics.jsonl", "RUN_DIR"), (run / "train_config.json", "RUN_DIR"),
+                           (model / "config.json", "MODEL_DIR"), (log, "DEVICE_LOG")):
+            if not need.is_file():
+                print(f"gpu_reference: {what} {need.parent if what != 'DEVICE_LOG' else need}: {need.name} missing",
+                      file=sys.stderr)
+                return 2
+        dest = DATA / run.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in ("metrics.jsonl", "train_config.json", "final.json"):
+            if (run / f).is_file():
+                write_bytes(dest / f, (run / f).read_bytes())
+        facts = device_facts(log.read_text())
+        step = json.loads((model / "config.json").read_text()).get("extra", {}).get("step")
+        write_json(dest / "device.json", {**facts, "model_step": step})
+        cal = cal or _calibration()
+        write_json(dest / "report.json", cal.final_report(model))
+        print(f"snapshot {run} + {model} -> {dest}")
+    return 0
+
+
+def _runs() -> dict[str, dict]:
+    out = {}
+    for folder in sorted(p for p in DATA.glob("*") if p.is_dir()):
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        run = {"cfg": json.loads((folder / "train_config.json").read_text()), "rows": rows}
+        for f in ("final", "report", "device"):
+            p = folder / f"{f}.json"
+            run[f] = json.loads(p.read_text()) if p.is_file() else None
+        out[folder.name] = run
+    return out
+
+
+def _at(rows: list[dict], key: str, step: int) -> float | None:
+    """The tracked value of ``key`` at ``step`` (None when the run did not log it there)."""
+    for r in rows:
+        if r["step"] == step and r.get(key) is not None:
+            return r[key]
+    return None
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+
+
+def throughput(rows: list[dict]) -> dict:
+    """Median tokens/s and MFU over the logged intervals after the first (which holds the compile)."""
+    timed = [r for r in rows if r.get("tokens_per_s") is not None][1:]
+    if not timed:
+        return {}
+    out = {"tokens_per_s": _median([r["tokens_per_s"] for r in timed]), "intervals": len(timed)}
+    mfu = [r["mfu"] for r in timed if r.get("mfu") is not None]
+    if mfu:
+        out["mfu"] = _median(mfu)
+    return out
+
+
+def comparison_rows(name: str, rows: list[dict]) -> list[str]:
+    """One table row per reference point: the reference's value beside ours at the same step."""
+    out = []
+    for key, label in (("sink1", "Sink_1"), ("sink_bias", "Sink_*")):
+        for step, ref in sorted(REFERENCE.get(name, {}).get(key, {}).items()):
+            ours = _at(rows, key, step)
+            shown = "not reached" if ours is None else f"{ours:.2f}"
+            out.append(f"| {name} | {label} | {step:,} | {ref:g} | {shown} |")
+    return out
+
+
+def _heads(report: dict, key: str = "sink_rate1", at_least: float = 50.0) -> list[str]:
+    """Heads whose alpha_1 reaches eps in at least ``at_least`` percent of the sequences."""
+    grid = report["heads"][key]
+    return [f"L{li}H{hi}" for li, layer in enumerate(grid) for hi, v in enumerate(layer) if v is not None and v >= at_least]
+
+
+def _slot_heads(report: dict, at_least: float = 0.3) -> list[str]:
+    """Heads whose mean attention on the learned k*/v* slot is at least ``at_least`` (the eps)."""
+    grid = report["heads"].get("alpha_bias") or []
+    return [f"L{li}H{hi}" for li, layer in enumerate(grid) for hi, v in enumerate(layer) if v >= at_least]
+
+
+def _figure(runs: dict[str, dict]) -> None:
+    from sinkinterp.figures import _plt, save_figure
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    colors = plt.get_cmap("tab10")
+    for i, (name, run) in enumerate(runs.items()):
+        tracked = [r for r in run["rows"] if r.get("sink1") is not None]
+        steps = [r["step"] for r in tracked]
+        style = dict(color=colors(i), marker=".", markersize=3, label=f"{name} (ours)")
+        axes[0].plot(steps, [r["sink1"] for r in tracked], **style)
+        if any(r.get("sink_bias") is not None for r in tracked):
+            axes[1].plot(steps, [r["sink_bias"] for r in tracked], **style)
+        axes[2].plot(steps, [r["massive_ratio"] for r in tracked], **style)
+        for ax, key in ((axes[0], "sink1"), (axes[1], "sink_bias")):
+            ref = REFERENCE.get(name, {}).get(key) or {}
+            if ref:
+                ax.plot(list(ref), list(ref.values()), linestyle="none", marker="x", markersize=7, color=colors(i),
+                        label=f"{name} (reference, section 6)")
+    for ax, title in zip(axes, ("Sink_1 (%), eps 0.3", "Sink_* on k*/v* (%), eps 0.3", "max ||h_1|| / mean ||h_t||")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    handles, labels = [], []
+    for ax in axes[:2]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    save_figure(fig, FIG)
+
+
+def _fmt(x, spec=".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--snapshot":
+        return snapshot(argv[1:])
+    if argv:
+        print("usage: analyses/gpu_reference.py [--snapshot RUN_DIR MODEL_DIR DEVICE_LOG ...]; with no argument it "
+              f"regenerates docs/gpu-reference.md from the snapshots (got {argv!r})", file=sys.stderr)
+        return 2
+    runs = _runs()
+    if not runs:
+        print(f"gpu_reference: no snapshots in {DATA}", file=sys.stderr)
+        return 2
+    _figure(runs)
+    lines = [
+        "# The reduced-scale reference runs on a GPU",
+        "",
+        "Generated by `analyses/gpu_reference.py` from the snapshots in `analyses/data/gpu_reference/`",
+        "(run `.venv/bin/python analyses/regenerate.py gpu_reference`). Each run was trained on the GPU",
+        "machine in one device call, `bash scripts/device/train_call.sh configs/NAME.json` (carry `.whl` and",
+        "`data/debian/debian-shards.tar.xz`; docs/reproduction.md, \"Plan for the GPU sessions\"), that is",
+        "`sinkinterp train configs/NAME.json --out runs/gpu/NAME --set device=cuda`: 6 layers x 384, 6 heads,",
+        "SwiGLU 1024, RoPE, pre-RMSNorm, T 512, batch 64 (32,768 tokens a step), AdamW lr 1e-3 with 100",
+        "warm-up steps and cosine to 10%, bf16 autocast, compiled, on the 52.5M-token Debian corpus",
+        "(docs/data.md). Sink tracking along training: 100 held-out windows of T 64, eps 0.3, no BOS.",
+        "The reference: ../shared/reference/attention-sink-paper.md section 6, the same model shape and",
+        "protocol trained by an independent trainer on one H100 on a 46.7M-token build of the corpus.",
+        "",
+        "## The runs",
+        "",
+        "| run | config | GPU, date | steps done | tokens | val loss | Sink_1 (%) | Sink_* (%) | massive ratio | tokens/s (median) | MFU (median) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, run in runs.items():
+        rows, dev, cfg = run["rows"], run["device"] or {}, run["cfg"]
+        tracked = [r for r in rows if r.get("sink1") is not None]
+        last = tracked[-1]
+        val = [r for r in rows if r.get("val_loss") is not None][-1]
+        tp = throughput(rows)
+        stopped = f" (stopped by the call's time limit, {dev['stopped']['signal']})" if dev.get("stopped") else ""
+        lines.append(
+            f"| {name} | `configs/{name}.json` (wd {cfg['weight_decay']:g}, attn_bias {cfg['model'].get('attn_bias') or 'none'}) | "
+            f"{dev.get('gpu', '?')}, {str(dev.get('started', '?'))[:10]} | {rows[-1]['step']:,} of {cfg['steps']:,}{stopped} | "
+            f"{rows[-1]['tokens_seen'] / 1e6:.0f}M | {val['val_loss']:.3f} | {last['sink1']:.2f} | "
+            f"{_fmt(last.get('sink_bias'))} | {last['massive_ratio']:.2f} | "
+            f"{tp.get('tokens_per_s', 0) / 1e6:.2f}M | {_fmt(tp.get('mfu'), '.1%')} |")
+    lines += [
+        "",
+        "MFU against the bf16 dense peak of the chip's table (989 TFLOP/s for the H200 and H100 SXM;",
+        "`sinkinterp/train/flops.py`), medians over the logged 50-step intervals after the first, which",
+        "holds the compile; evaluation and sink tracking are not in them.",
+        "",
+        "## Beside the reference (section 6)",
+        "",
+        "| run | metric | step | reference (%) | ours (%) |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for name, run in runs.items():
+        lines += comparison_rows(name, run["rows"])
+    lines += [
+        "",
+        "![Sink_1, Sink_* and the massive-activation ratio along training, with the reference's points](figures/gpu-reference-emergence.png)",
+        "",
+        "## The final models, measured like `sinkinterp report` (CPU)",
+        "",
+        "The last checkpoint of each run (bf16), on the shipped natural-text sample: T 64, 100 sequences,",
+        "eps 0.3, no BOS (`final_report` of analyses/cpu_calibration.py). Sink heads: alpha_1 >= eps in at",
+        "least half the sequences. Δ loss: the loss change (nats) on the first 32 sequences when token 1",
+        "(`ablate`) or the k*/v* slot (`ablate_bias`) is removed from every query's keys (rows",
+        "renormalized), when token 1 is removed without renormalizing, when its value is zeroed, and when",
+        "the slot's mass is moved onto token 1 (`bias_to_first`).",
+        "",
+        "| run | checkpoint step | Sink_1 (%) | Sink_2 (%) | Sink_* (%) | massive ratio | sink heads (token 1) | slot heads (k*) | ablate | ablate, no renorm | zero value | ablate_bias | ablate_bias, no renorm | bias_to_first |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, run in runs.items():
+        rep = run["report"]
+        if rep is None:
+            continue
+        iv = rep.get("interventions", {})
+
+        def d(key):
+            return _fmt((iv.get(key) or {}).get("delta_loss"), "+.3f")
+
+        heads = _heads(rep) or ["none"]
+        slot = "-" if rep["heads"].get("alpha_bias") is None else ", ".join(_slot_heads(rep)) or "none"
+        lines.append(
+            f"| {name} | {_fmt((run['device'] or {}).get('model_step'), ',')} | {rep['sink1']:.2f} | {rep['sink2']:.2f} | "
+            f"{_fmt(rep.get('sink_bias'))} | {rep['massive_ratio']:.2f} | {', '.join(heads)} | {slot} | {d('ablate')} | "
+            f"{d('ablate[norenorm]')} | {d('zero_value')} | {d('ablate_bias')} | {d('ablate_bias[norenorm]')} | "
+            f"{d('bias_to_first')} |")
+    lines += _qk_lines(runs)
+    lines += [
+        "",
+        "Per-step rows: `analyses/data/gpu_reference/NAME/metrics.jsonl`; the call's log facts:",
+        "`device.json`; the final measurement: `report.json`.",
+        "",
+    ]
+    print(f"wrote {write_bytes(DOC, chr(10).join(lines).encode())}")
+    return 0
+
+
+def _qk_lines(runs: dict[str, dict]) -> list[str]:
+    """Angle or norm: in each sink head, cos(q, k_1) against cos(q, k_s) and |k_1| / |k_s|."""
+    out = []
+    for name, run in runs.items():
+        rep = run["report"]
+        if rep is None or not rep["heads"].get("qk"):
+            continue
+        qk = rep["heads"]["qk"]
+        def cell(h):
+            return int(h[1:h.index("H")]), int(h[h.index("H") + 1:])
+
+        picked = [(h, "token 1", "alpha1", "cos_q_k1", "k1_norm") for h in _heads(rep)]
+        if "cos_q_kstar" in qk:
+            picked += [(h, "k*", "alpha_bias", "cos_q_kstar", "kstar_norm") for h in _slot_heads(rep)]
+        if not picked:
+            continue
+        if not out:
+            out += ["", "## Angle or norm in the sink heads", "",
+                    "For each head that sinks on token 1 (or, in a KV-bias model, whose mean attention on k* is at",
+                    "least eps): the mean cosine of the queries with the sink's key against their cosine with",
+                    "every other key k_s, and the sink key's norm over theirs (q.k = |q||k|cos, keys after RoPE).",
+                    "",
+                    "| run | head | sink | mean alpha on it | cos(q, sink key) | cos(q, k_s) | norm(sink key) / norm(k_s) |",
+                    "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        for h, what, alpha_key, cos_key, norm_key in picked:
+            li, hi = cell(h)
+
+            def g(key):
+                grid = qk.get(key)
+                return None if grid is None else grid[li][hi]
+
+            kr = None if g(norm_key) is None or not g("k_rest_norm") else g(norm_key) / g("k_rest_norm")
+            out.append(f"| {name} | {h} | {what} | {rep['heads'][alpha_key][li][hi]:.3f} | {_fmt(g(cos_key), '+.2f')} | "
+                       f"{_fmt(g('cos_q_krest'), '+.2f')} | {_fmt(kr)} |")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
