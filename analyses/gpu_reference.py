@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sinkinterp.fileio import write_bytes, write_json  # noqa: E402
+from sinkinterp.fileio import write_bytes, write_json
 
 DATA = ROOT / "analyses" / "data" / "gpu_reference"
 DOC = ROOT / "docs" / "gpu-reference.md"
@@ -64,12 +64,12 @@ def device_facts(log_text: str) -> dict:
     m = re.search(r"train_call: (\S+) commit (\S+) device (\S+) budget (\d+)s", log_text)
     if m:
         facts.update(started=m.group(1), device=m.group(3), budget_s=int(m.group(4)))
-    m = re.search(r"^(NVIDIA [^,\n]+), (\d+) MiB, ([\d.]+)$", log_text, re.M)
+    m = re.search(r"^(NVIDIA [^,\n]+), (\d+) MiB, ([\d.]+)$", log_text, re.MULTILINE)
     if m:
         facts.update(gpu=m.group(1), gpu_memory_mib=int(m.group(2)), driver=m.group(3))
     facts["steps"] = [{"name": n, "rc": int(rc), "seconds": int(s), "time_limit": bool(t)}
-                      for n, rc, s, t in re.findall(r"^== (\S+): rc=(\d+) after (\d+)s( \(time limit\))?", log_text, re.M)]
-    m = re.search(r"^\[train\] (SIGTERM): checkpoint saved at step (\d+)", log_text, re.M)
+                      for n, rc, s, t in re.findall(r"^== (\S+): rc=(\d+) after (\d+)s( \(time limit\))?", log_text, re.MULTILINE)]
+    m = re.search(r"^\[train\] (SIGTERM): checkpoint saved at step (\d+)", log_text, re.MULTILINE)
     if m:
         facts["stopped"] = {"signal": m.group(1), "step": int(m.group(2))}
     return facts
@@ -171,7 +171,7 @@ def _figure(runs: dict[str, dict]) -> None:
     for i, (name, run) in enumerate(runs.items()):
         tracked = [r for r in run["rows"] if r.get("sink1") is not None]
         steps = [r["step"] for r in tracked]
-        style = dict(color=colors(i), marker=".", markersize=3, label=f"{name} (ours)")
+        style = {"color": colors(i), "marker": ".", "markersize": 3, "label": f"{name} (ours)"}
         axes[0].plot(steps, [r["sink1"] for r in tracked], **style)
         if any(r.get("sink_bias") is not None for r in tracked):
             axes[1].plot(steps, [r["sink_bias"] for r in tracked], **style)
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         iv = rep.get("interventions", {})
 
-        def d(key):
+        def d(key, iv=iv):
             return _fmt((iv.get(key) or {}).get("delta_loss"), "+.3f")
 
         heads = _heads(rep) or ["none"]
@@ -328,7 +328,7 @@ def _qk_lines(runs: dict[str, dict]) -> list[str]:
         for h, what, alpha_key, cos_key, norm_key in picked:
             li, hi = cell(h)
 
-            def g(key):
+            def g(key, qk=qk, li=li, hi=hi):
                 grid = qk.get(key)
                 return None if grid is None else grid[li][hi]
 
