@@ -147,7 +147,7 @@ def _launch_settings(q: Tensor, block: int | None) -> dict:
 
     d = q.shape[-1]
     blk = block if block is not None else (16 if q.device.type == "cpu" else 64)
-    return dict(BLOCK_M=blk, BLOCK_N=blk, BLOCK_D=max(16, triton.next_power_of_2(d)),
+    return dict(BLOCK_M=blk, BLOCK_N=blk, BLOCK_D=max(16, triton.next_power_of_2(d)),  # == d: see _pad_head
                 PREC="ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
                 ACC_T=tl.float64 if q.dtype == torch.float64 else tl.float32)
 
@@ -252,12 +252,30 @@ def sim_attention(
     _check(q, k, v, op, window)
     _check_block(block)
     _require_triton(q, "sim_attention")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return _sim_fwd(q, k, v, op, float(bias), float(scale), window or 0, block or 0)
+    d = q.shape[-1]
+    scale = d ** -0.5 if scale is None else scale
+    q, k, v = (_pad_head(x) for x in (q, k, v))
+    acc, rowsum = _sim_fwd(q, k, v, op, float(bias), float(scale), window or 0, block or 0)
+    return (acc[..., :d] if acc.shape[-1] != d else acc), rowsum
 
 
 #: weights ``column_sums`` can sum: softmax's exp(s - lse), or an unnormalized op's sim(s) / total
 COLUMN_OPS = ("softmax", *SIM_OPS)
+
+
+def _tile_head_dim(d: int) -> int:
+    """The kernels' head-dimension tile for ``d_head``: the next power of two, at least 16 (tl.dot's
+    smallest)."""
+    return max(16, 1 << (d - 1).bit_length())
+
+
+def _pad_head(x: Tensor) -> Tensor:
+    """``x`` [..., d_head] zero-padded to ``_tile_head_dim(d_head)`` columns, so the kernels never mask
+    the head dimension (zero columns add nothing to q.k, and the padded output columns are cut off).
+    On the H200 (2026-12-04) the kernel failed its tests exactly where it masked a head dimension
+    narrower than its tile (d_head 8 and 24) and passed at d_head 16: docs/performance.md."""
+    d = x.shape[-1]
+    return x if d == _tile_head_dim(d) else torch.nn.functional.pad(x, (0, _tile_head_dim(d) - d))
 
 
 def _check_block(block: int | None) -> None:
@@ -284,9 +302,9 @@ def _launch_row_stat(kernel: str, tile: str, q: Tensor, k: Tensor, cols: tuple |
                      window: int | None, block: int | None) -> Tensor:
     """Run ``softmax_lse`` (one program per tile of queries) or ``col_sums`` (per tile of keys;
     ``cols`` = (lse, sigmoid bias, OP)); returns its [batch, head, pos] output."""
-    q, k = q.contiguous(), k.contiguous()
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q, k = _pad_head(q).contiguous(), _pad_head(k).contiguous()
     b, h, t, d = q.shape
-    scale = d ** -0.5 if scale is None else scale
     meta = _launch_settings(q, block)
     out = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
     const = {key: meta[key] for key in ("PREC", "ACC_T", "BLOCK_M", "BLOCK_N", "BLOCK_D")}
