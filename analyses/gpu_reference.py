@@ -10,7 +10,14 @@ shipped models (report.json: the shipped natural-text sample, T 64, 100 sequence
 alpha, q.k decomposition, first-token interventions; ``final_report`` of analyses/cpu_calibration.py):
 
     .venv/bin/python analyses/gpu_reference.py --snapshot RUN_DIR MODEL_DIR DEVICE_LOG [RUN_DIR MODEL_DIR DEVICE_LOG ...]
+    .venv/bin/python analyses/gpu_reference.py --key-value NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/regenerate.py gpu_reference          # docs/gpu-reference.md + figure
+
+``--key-value`` runs ``sinkinterp intervene`` (token 1's value and key zeroed or mean-replaced,
+removed, replaced, shifted; the k*/v* slot removed or moved onto token 1) and ``sinkinterp patch``
+(first-token k, v and residual patched from the clean run into one whose first token is random,
+per layer) on the model, as analyses/key_vs_value.py does for SmolLM2, and keeps their results.json
+as intervene.json and patch.json.
 
 The models themselves (33 MB each in bf16) stay out of git, so the page regenerates from the
 snapshots alone.
@@ -102,12 +109,57 @@ def snapshot(args: list[str]) -> int:
     return 0
 
 
+KV_COMMON = ["--inputs", "natural", "--seq-len", "64", "--eps", "0.3", "--seed", "0"]
+KV_INTERVENE = ["zero_value", "mean_value", "zero_key", "mean_key", "ablate", "ablate=norenorm",
+                "replace_first=random", "insert_first=bos", "start_later=1"]
+KV_SLOT = ["ablate_bias", "bias_to_first"]
+
+
+def key_value_commands(model: str, out: Path, has_slot: bool) -> dict[str, list[str]]:
+    """The ``sinkinterp`` argument lists of the key-vs-value step (as analyses/key_vs_value.py)."""
+    return {
+        "intervene": ["intervene", "--model", model, *KV_COMMON, "--num-seqs", "32", "--batch-size", "8",
+                      "--do", *KV_INTERVENE, *(KV_SLOT if has_slot else []), "--out", str(out / "intervene")],
+        "patch": ["patch", "--model", model, *KV_COMMON, "--num-seqs", "8", "--batch-size", "8",
+                  "--corrupt", "replace_first=random", "--components", "k", "v", "resid_pre", "--per-layer",
+                  "--batch-rows", "16", "--out", str(out / "patch")],
+    }
+
+
+def key_value(args: list[str]) -> int:
+    if not args or len(args) % 2:
+        print("gpu_reference: --key-value takes pairs NAME MODEL_DIR", file=sys.stderr)
+        return 2
+    from sinkinterp import cli
+
+    for name, model in zip(args[::2], args[1::2]):
+        cfg_file = Path(model) / "config.json"
+        if not (DATA / name).is_dir() or not cfg_file.is_file():
+            print(f"gpu_reference: --key-value {name} {model}: snapshot {name} first, and give a model folder",
+                  file=sys.stderr)
+            return 2
+        has_slot = json.loads(cfg_file.read_text())["model_config"].get("attn_bias") not in (None, "none")
+        out = ROOT / "runs" / "analyses" / "gpu_reference" / name
+        for step, argv in key_value_commands(model, out, has_slot).items():
+            print(f"-- {name} {step}: sinkinterp {' '.join(argv)}")
+            code = cli.main(argv)
+            if code:
+                return code
+            result = json.loads((out / step / "results.json").read_text())
+            shown = ("MODEL_DIR" if a == model else a.replace(f"{ROOT}/", "") for a in argv)
+            result["command"] = "sinkinterp " + " ".join(shown)
+            if result.get("model") == model:  # a path on the machine that ran it
+                result["model"] = f"MODEL_DIR ({name}'s bf16 model from the GPU call)"
+            write_json(DATA / name / f"{step}.json", result)
+    return 0
+
+
 def _runs() -> dict[str, dict]:
     out = {}
     for folder in sorted(p for p in DATA.glob("*") if p.is_dir()):
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
         run = {"cfg": json.loads((folder / "train_config.json").read_text()), "rows": rows}
-        for f in ("final", "report", "device"):
+        for f in ("final", "report", "device", "intervene", "patch"):
             p = folder / f"{f}.json"
             run[f] = json.loads(p.read_text()) if p.is_file() else None
         out[folder.name] = run
@@ -204,8 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--snapshot":
         return snapshot(argv[1:])
+    if argv and argv[0] == "--key-value":
+        return key_value(argv[1:])
     if argv:
-        print("usage: analyses/gpu_reference.py [--snapshot RUN_DIR MODEL_DIR DEVICE_LOG ...]; with no argument it "
+        print("usage: analyses/gpu_reference.py [--snapshot RUN_DIR MODEL_DIR DEVICE_LOG ... | --key-value NAME "
+              "MODEL_DIR ...]; with no argument it "
               f"regenerates docs/gpu-reference.md from the snapshots (got {argv!r})", file=sys.stderr)
         return 2
     runs = _runs()
@@ -291,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{d('ablate[norenorm]')} | {d('zero_value')} | {d('ablate_bias')} | {d('ablate_bias[norenorm]')} | "
             f"{d('bias_to_first')} |")
     lines += _qk_lines(runs)
+    lines += _key_value_lines(runs)
     lines += [
         "",
         "Per-step rows: `analyses/data/gpu_reference/NAME/metrics.jsonl`; the call's log facts:",
@@ -299,6 +355,42 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"wrote {write_bytes(DOC, chr(10).join(lines).encode())}")
     return 0
+
+
+def _key_value_lines(runs: dict[str, dict]) -> list[str]:
+    """The intervene and patch results: what token 1 (or k*/v*) carries, its key or its value."""
+    out: list[str] = []
+    done = {n: r for n, r in runs.items() if r.get("intervene") and r.get("patch")}
+    if not done:
+        return out
+    out += ["", "## Key or value: interventions and patching (CPU)", "",
+            "The commands (MODEL_DIR: the bf16 model the call brought back):", ""]
+    for name, run in done.items():
+        out += [f"- {name}: `{run['intervene']['command']}`", f"  and `{run['patch']['command']}`"]
+    out += ["", "Δ loss on 32 sequences of the natural sample (mean next-token cross entropy over the targets",
+            "both inputs contain); Sink_1 and Sink_* before and after, eps 0.3.", "",
+            "| run | intervention | what it does | Δ loss (nats) | Sink_1 (%) | Sink_* (%) |",
+            "| --- | --- | --- | ---: | --- | --- |"]
+    for name, run in done.items():
+        iv = run["intervene"]
+        for r in iv["interventions"]:
+            bias = "-" if r.get("sink_bias_pct") is None else f"{r['sink_bias_pct_base']:.1f} -> {r['sink_bias_pct']:.1f}"
+            out.append(f"| {name} | `{r['name']}` | {r['description']} | {r['delta_loss']:+.4f} | "
+                       f"{r['sink_pct_base'][0]:.1f} -> {r['sink_pct'][0]:.1f} | {bias} |")
+    out += ["", "Patching: the first token replaced by a random one (`replace_first=random`); each component of",
+            "the first position patched back from the clean run, one layer at a time and in every layer at",
+            "once; the share of the clean-corrupted loss gap it closes (on 8 sequences).", "",
+            "| run | clean loss | corrupted | component | share, every layer at once | share by layer (0, 1, ...) |",
+            "| --- | ---: | ---: | --- | ---: | --- |"]
+    for name, run in done.items():
+        pt = run["patch"]
+        gap = pt["clean"] - pt["corrupted"]
+        for comp, res in pt["patches"].items():
+            shares = [(pt["corrupted"] - v) / -gap if gap else float("nan") for v in res["values"]]
+            together = (res["together"] - pt["corrupted"]) / gap if gap else float("nan")
+            out.append(f"| {name} | {pt['clean']:.4f} | {pt['corrupted']:.4f} | {comp} | {together:.0%} | "
+                       f"{', '.join(f'{x:.0%}' for x in shares)} |")
+    return out
 
 
 def _qk_lines(runs: dict[str, dict]) -> list[str]:

@@ -756,3 +756,18 @@ def test_gpu_reference_page_from_the_committed_snapshots(tmp_path, monkeypatch):
         step = json.loads((folder / "device.json").read_text())["model_step"]
         final = next(line for line in page.splitlines() if line.startswith(f"| {folder.name} | {step:,} |"))
         assert f"| {report['sink1']:.2f} |" in final and f"| {report['massive_ratio']:.2f} |" in final
+        if (folder / "intervene.json").is_file():
+            iv = json.loads((folder / "intervene.json").read_text())
+            for r in iv["interventions"]:
+                assert f"| {folder.name} | `{r['name']}` | {r['description']} | {r['delta_loss']:+.4f} |" in page
+            assert iv["command"].startswith("sinkinterp intervene --model MODEL_DIR") and iv["command"] in page
+
+
+def test_gpu_reference_key_value_refuses_bad_arguments(tmp_path, capsys):
+    mod = load_script("analyses/gpu_reference.py")
+    assert mod.main(["--key-value", "baseline_small_wd05"]) == 2
+    assert mod.main(["--key-value", "no_such_run", str(tmp_path)]) == 2
+    assert "snapshot no_such_run first" in capsys.readouterr().err
+    cmds = mod.key_value_commands("M", tmp_path, has_slot=True)
+    assert cmds["intervene"][cmds["intervene"].index("--do") + 1:][-4:-2] == ["ablate_bias", "bias_to_first"]
+    assert "ablate_bias" not in mod.key_value_commands("M", tmp_path, has_slot=False)["intervene"]
