@@ -18,6 +18,10 @@ inputs (a row whose numbers are wrong is ``failed``, not timed). Then ``--warmup
 reason (the Triton kernel and FlexAttention's backward need CUDA). FLOPs count the causal half:
 forward ``2 * 2 * B * H * T^2 * d / 2``, backward 2.5 x that (FlashAttention's convention).
 
+``--tiles 64x4x2,128x8x3,...`` times the Triton rows once per tile setting (square BLOCK, warps,
+stages; ``64`` alone keeps Triton's warps and stages), each row named ``triton_sigmoid@64x4x2``, to
+tune the kernel on a GPU.
+
 Run ``python benchmarks/bench_attention.py --help``; see benchmarks/README.md.
 """
 
@@ -61,7 +65,11 @@ def _reference(method: str, q, k, v) -> torch.Tensor:
     return sim.masked_fill(~mask, 0.0) @ v
 
 
-def _method(method: str, device: torch.device, interpret: bool = False) -> tuple[Callable | None, str | None]:
+Tile = tuple[int, int | None, int | None]  # BLOCK, num_warps, num_stages (None: Triton's default)
+
+
+def _method(method: str, device: torch.device, interpret: bool = False,
+            tile: Tile | None = None) -> tuple[Callable | None, str | None]:
     """(attention function of q, k, v, None) or (None, why it is skipped here)."""
     if method == "sdpa_softmax":
         return (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)), None
@@ -78,7 +86,8 @@ def _method(method: str, device: torch.device, interpret: bool = False) -> tuple
         if not triton_available(device):
             return None, "Triton is not installed"
         op = method.removeprefix("triton_")
-        return (lambda q, k, v: sim_attention(q, k, v, op=op)[0]), None
+        launch = {} if tile is None else {"block": tile[0], "num_warps": tile[1], "num_stages": tile[2]}
+        return (lambda q, k, v: sim_attention(q, k, v, op=op, **launch)[0]), None
     if method == "flex_sigmoid":
         if device.type != "cuda":
             return None, "FlexAttention has no backward on CPU and is fused only under compile on CUDA"
@@ -155,6 +164,30 @@ def _int_list(name: str) -> Callable[[str], list[int]]:
     return parse
 
 
+def _tiles(text: str) -> list[Tile]:
+    """``--tiles``: comma-separated BLOCK[xWARPS[xSTAGES]], e.g. ``64x4x2,128x8x3``."""
+    out: list[Tile] = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        parts = item.split("x")
+        try:
+            nums = [int(x) for x in parts]
+        except ValueError:
+            nums = []
+        if not 1 <= len(nums) <= 3 or nums[0] < 16 or nums[0] & (nums[0] - 1) \
+                or (len(nums) > 1 and nums[1] not in (1, 2, 4, 8, 16)) or (len(nums) > 2 and not 1 <= nums[2] <= 8):
+            raise argparse.ArgumentTypeError(
+                f"--tiles: BLOCK[xWARPS[xSTAGES]] items (BLOCK a power of two >= 16, WARPS 1-16 a power of two, "
+                f"STAGES 1-8), comma-separated, got {item!r}")
+        out.append((nums[0], *(nums[1:] + [None] * (3 - len(nums)))))
+    if not out:
+        raise argparse.ArgumentTypeError(f"--tiles: at least one BLOCK[xWARPS[xSTAGES]], got {text!r}")
+    return out
+
+
+def _tile_name(tile: Tile) -> str:
+    return "x".join(str(x) for x in tile if x is not None)
+
+
 def _methods(text: str) -> list[str]:
     vals = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in vals if x not in METHODS]
@@ -175,6 +208,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--d-head", type=int, default=64)
     p.add_argument("--methods", type=_methods, default=list(METHODS), help=f"comma-separated: {list(METHODS)}")
+    p.add_argument("--tiles", type=_tiles, default=None,
+                   help="time the triton_* rows once per BLOCK[xWARPS[xSTAGES]] (e.g. 64x4x2,128x8x3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls (default 3 on CUDA, 1 on CPU)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls (default 10 on CUDA, 3 on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -222,11 +257,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "dtype": args.dtype, "warmup": args.warmup, "repeats": args.repeats,
                                         "interpret": args.interpret},
                            "rows": []}
-    fns = {m: _method(m, device, args.interpret) for m in args.methods}
+    runs: list[tuple[str, str, Tile | None]] = []  # (row name, method, tile)
+    for m in args.methods:
+        tiles = args.tiles if m.startswith("triton_") and args.tiles else [None]
+        runs += [(m if tile is None else f"{m}@{_tile_name(tile)}", m, tile) for tile in tiles]
+    doc["settings"]["tiles"] = None if args.tiles is None else [list(t) for t in args.tiles]
+    fns = {name: _method(m, device, args.interpret, tile) for name, m, tile in runs}
     for t in args.seq_lens:
-        for m in args.methods:
-            fn, why = fns[m]
-            row: dict[str, Any] = {"method": m, "seq_len": t}
+        for name, m, tile in runs:
+            fn, why = fns[name]
+            row: dict[str, Any] = {"method": name, "seq_len": t}
+            if tile is not None:
+                row["tile"] = {"block": tile[0], "num_warps": tile[1], "num_stages": tile[2]}
             if fn is None:
                 row.update(status="skipped", reason=why)
             else:
@@ -238,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         torch.cuda.empty_cache()
             doc["rows"].append(row)
             if not args.quiet:
-                print(f"T {t} {m}: {row['status']}" + (f" ({row.get('reason')})" if row["status"] != "ok" else ""),
+                print(f"T {t} {name}: {row['status']}" + (f" ({row.get('reason')})" if row["status"] != "ok" else ""),
                       file=sys.stderr, flush=True)
     # x sdpa: the softmax baseline's time over the row's, per T (> 1: faster than softmax)
     for t in args.seq_lens:

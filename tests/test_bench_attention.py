@@ -53,8 +53,8 @@ def test_without_interpret_the_triton_rows_are_skipped(tmp_path):
 def test_a_wrong_kernel_is_a_failed_row_not_a_time(tmp_path, monkeypatch):
     real = bench_attention._method
 
-    def broken(method, device, interpret=False):
-        fn, why = real(method, device, interpret)
+    def broken(method, device, interpret=False, tile=None):
+        fn, why = real(method, device, interpret, tile)
         return (lambda q, k, v: fn(q, k, v) * 1.01), why
 
     monkeypatch.setattr(bench_attention, "_method", broken)
@@ -64,7 +64,32 @@ def test_a_wrong_kernel_is_a_failed_row_not_a_time(tmp_path, monkeypatch):
     assert row["status"] == "failed" and "float32 reference" in row["reason"] and "fwd_median_s" not in row
 
 
+def test_tiles_time_the_triton_rows_once_per_setting(tmp_path, monkeypatch):
+    pytest.importorskip("triton")
+    from sinkinterp.models import triton_attention
+
+    seen = []
+    real = triton_attention.sim_attention
+
+    def spy(*args, **kw):
+        seen.append((kw.get("block"), kw.get("num_warps"), kw.get("num_stages")))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(triton_attention, "sim_attention", spy)
+    out = tmp_path / "a.json"
+    assert bench_attention.main([*TINY, "--interpret", "--seq-lens", "20", "--methods", "sdpa_softmax,triton_sigmoid",
+                                 "--tiles", "16x2x3,32", "--json", str(out)]) == 0
+    doc = read_json(out)
+    assert [r["method"] for r in doc["rows"]] == ["sdpa_softmax", "triton_sigmoid@16x2x3", "triton_sigmoid@32"]
+    assert doc["rows"][1]["tile"] == {"block": 16, "num_warps": 2, "num_stages": 3} and doc["rows"][1]["status"] == "ok"
+    assert doc["settings"]["tiles"] == [[16, 2, 3], [32, None, None]] and doc["target"]["rows"] == 2
+    assert {(16, 2, 3), (32, None, None)} <= set(seen)
+
+
 @pytest.mark.parametrize("argv, needle", [
+    (["--tiles", "24x4"], "--tiles"),
+    (["--tiles", "64x3"], "--tiles"),
+    (["--tiles", "64x4x9"], "--tiles"),
     (["--methods", "sdpa_softmax,nope"], "--methods"),
     (["--seq-lens", "0"], "--seq-lens"),
     (["--device", "tpu"], "--device"),

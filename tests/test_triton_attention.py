@@ -105,6 +105,38 @@ def test_the_kernels_never_mask_the_head_dimension(d, monkeypatch):
     torch.testing.assert_close(cols, column_sums_reference(q.detach(), k, lse), atol=1e-10, rtol=1e-10)
 
 
+def test_launch_options_change_nothing_but_the_launch(monkeypatch):
+    """num_warps / num_stages reach every kernel launch (forward and both backward kernels) and leave
+    the results as they are; out-of-range values are refused with the argument's name."""
+    q, k, v = _qkv(2, 2, 30, 16)
+    q.requires_grad_()
+    base = sim_attention(q, k, v, op="elu1")[0]
+    (g_base,) = torch.autograd.grad(base.sum(), q)
+    launches = []
+    kern = triton_attention._kernels_module()
+
+    class Spy:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((self.name, kwargs.get("num_warps"), kwargs.get("num_stages")))
+                return getattr(kern, self.name)[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(triton_attention, "_kernels", lambda: (Spy("fwd"), Spy("bwd_dkdv"), Spy("bwd_dq")))
+    tuned = sim_attention(q, k, v, op="elu1", num_warps=2, num_stages=3)[0]
+    (g_tuned,) = torch.autograd.grad(tuned.sum(), q)
+    assert launches == [("fwd", 2, 3), ("bwd_dkdv", 2, 3), ("bwd_dq", 2, 3)]
+    torch.testing.assert_close(tuned, base, atol=0, rtol=0)
+    torch.testing.assert_close(g_tuned, g_base, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="num_warps: 1, 2, 4, 8, 16 or None, got 3"):
+        sim_attention(q, k, v, op="elu1", num_warps=3)
+    with pytest.raises(ValueError, match="num_stages: an integer from 1 to 8 or None, got 0"):
+        sim_attention(q, k, v, op="elu1", num_stages=0)
+
+
 def test_window_and_gqa_really_change_the_result():
     """The cases above would pass with a kernel that ignored the window or mixed kv heads up only if
     the reference did too: check the reference itself reacts to both."""
@@ -166,9 +198,9 @@ def test_custom_operators_pass_opcheck():
     g = torch.Generator().manual_seed(1)
     dacc = torch.randn(2, 4, 37, 16, generator=g, dtype=torch.float64).to(DEVICE)
     drowsum = torch.randn(2, 4, 37, generator=g, dtype=torch.float64).to(DEVICE)
-    checks = [(torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "sigmoid", -1.0, 0.25, 7, 16)),
+    checks = [(torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "sigmoid", -1.0, 0.25, 7, 16, 0, 0)),
               (torch.ops.sinkinterp.sim_attention_bwd.default,
-               (q.detach(), k.detach(), v.detach(), dacc, drowsum, "elu1", 0.0, 0.25, 0, 16))]
+               (q.detach(), k.detach(), v.detach(), dacc, drowsum, "elu1", 0.0, 0.25, 0, 16, 4, 2))]
     for op, args in checks:
         result = torch.library.opcheck(op, args)
         assert set(result.values()) == {"SUCCESS"}, (op, result)

@@ -167,26 +167,26 @@ def _acc_dtype(q: Tensor) -> torch.dtype:
 @torch.library.custom_op("sinkinterp::sim_attention_fwd", mutates_args=())
 @no_type_check  # the test suite's runtime type checker would hide the annotations custom_op reads
 def _sim_fwd(q: Tensor, k: Tensor, v: Tensor, op: str, bias: float, scale: float, window: int,
-             block: int) -> tuple[Tensor, Tensor]:
+             block: int, warps: int, stages: int) -> tuple[Tensor, Tensor]:
     fwd, _, _ = _kernels()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     b, h, t, _ = q.shape
     acc = torch.empty_like(q)
     rowsum = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
     args, const = _sim_settings(q, k, op, bias, scale, window, block)
-    fwd[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, acc, rowsum, *args, **const)
+    fwd[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, acc, rowsum, *args, **const, **_tuning(warps, stages))
     return acc, rowsum
 
 
 @_sim_fwd.register_fake
-def _(q, k, v, op, bias, scale, window, block):
+def _(q, k, v, op, bias, scale, window, block, warps, stages):
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=_acc_dtype(q))
 
 
 @torch.library.custom_op("sinkinterp::sim_attention_bwd", mutates_args=())
 @no_type_check
 def _sim_bwd(q: Tensor, k: Tensor, v: Tensor, dacc: Tensor, drowsum: Tensor, op: str, bias: float, scale: float,
-             window: int, block: int) -> tuple[Tensor, Tensor, Tensor]:
+             window: int, block: int, warps: int, stages: int) -> tuple[Tensor, Tensor, Tensor]:
     _, bwd_dkdv, bwd_dq = _kernels()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     dacc, dl = dacc.contiguous().to(q.dtype), drowsum.contiguous().to(_acc_dtype(q))
@@ -195,8 +195,9 @@ def _sim_bwd(q: Tensor, k: Tensor, v: Tensor, dacc: Tensor, drowsum: Tensor, op:
     dq = torch.empty_like(q)
     dk_h = torch.empty_like(q)  # per query head, summed over each kv head's group below
     dv_h = torch.empty_like(q)
-    bwd_dkdv[(_cdiv(t, const["BLOCK_N"]), b * h)](q, k, v, dacc, dl, dk_h, dv_h, *args, **const)
-    bwd_dq[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, dacc, dl, dq, *args, **const)
+    tuning = _tuning(warps, stages)
+    bwd_dkdv[(_cdiv(t, const["BLOCK_N"]), b * h)](q, k, v, dacc, dl, dk_h, dv_h, *args, **const, **tuning)
+    bwd_dq[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, dacc, dl, dq, *args, **const, **tuning)
     hkv, group = k.shape[1], h // k.shape[1]
     dk = dk_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dk_h
     dv = dv_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dv_h
@@ -204,9 +205,14 @@ def _sim_bwd(q: Tensor, k: Tensor, v: Tensor, dacc: Tensor, drowsum: Tensor, op:
 
 
 @_sim_bwd.register_fake
-def _(q, k, v, dacc, drowsum, op, bias, scale, window, block):
+def _(q, k, v, dacc, drowsum, op, bias, scale, window, block, warps, stages):
     kv = torch.empty_like(k, memory_format=torch.contiguous_format)
     return torch.empty_like(q, memory_format=torch.contiguous_format), kv, torch.empty_like(kv)
+
+
+def _tuning(warps: int, stages: int) -> dict:
+    """Triton launch options (0: Triton's default): warps per program and software-pipelining stages."""
+    return {**({"num_warps": warps} if warps else {}), **({"num_stages": stages} if stages else {})}
 
 
 def _sim_settings(q: Tensor, k: Tensor, op: str, bias: float, scale: float, window: int,
@@ -231,7 +237,7 @@ def _sim_backward(ctx, dacc, drowsum):
     if drowsum is None:
         drowsum = q.new_zeros(q.shape[:3], dtype=_acc_dtype(q))
     dq, dk, dv = _sim_bwd(q, k, v, dacc, drowsum, *ctx.settings)
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, *([None] * len(ctx.settings))
 
 
 _sim_fwd.register_autograd(_sim_backward, setup_context=_sim_setup_context)
@@ -239,7 +245,8 @@ _sim_fwd.register_autograd(_sim_backward, setup_context=_sim_setup_context)
 
 def sim_attention(
     q: Tensor, k: Tensor, v: Tensor, *, op: str, bias: float = 0.0, scale: float | None = None,
-    window: int | None = None, block: int | None = None,
+    window: int | None = None, block: int | None = None, num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Fused causal ``op`` attention: (acc [b, h, t, d], rowsum [b, h, t]) as in the module docstring;
     acc in the inputs' dtype, rowsum in float32 (float64 for float64 inputs).
@@ -247,15 +254,23 @@ def sim_attention(
     ``q`` [batch, head, pos, d_head], ``k`` / ``v`` [batch, kv_head, pos, d_head] (after RoPE);
     ``bias`` is the sigmoid bias b (ignored by elu1); ``scale`` defaults to 1 / sqrt(d_head);
     ``window``: query t sees keys t - window < s <= t; ``block``: rows and columns per tile (default
-    64 on a GPU, 16 in the interpreter; at least 16). Differentiable in q, k and v through both
+    64 on a GPU, 16 in the interpreter; at least 16); ``num_warps`` (1, 2, 4, 8 or 16) and ``num_stages``
+    (1 to 8): Triton's launch options for the three kernels (None: Triton's defaults), for tuning on
+    a GPU (``benchmarks/bench_attention.py --tiles``). Differentiable in q, k and v through both
     outputs. Needs Triton on CUDA, or Triton's interpreter (``triton_available``)."""
     _check(q, k, v, op, window)
     _check_block(block)
+    if num_warps is not None and num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps: 1, 2, 4, 8, 16 or None, got {num_warps!r}")
+    if num_stages is not None and (isinstance(num_stages, bool) or not isinstance(num_stages, int)
+                                   or not 1 <= num_stages <= 8):
+        raise ValueError(f"num_stages: an integer from 1 to 8 or None, got {num_stages!r}")
     _require_triton(q, "sim_attention")
     d = q.shape[-1]
     scale = d ** -0.5 if scale is None else scale
     q, k, v = (_pad_head(x) for x in (q, k, v))
-    acc, rowsum = _sim_fwd(q, k, v, op, float(bias), float(scale), window or 0, block or 0)
+    acc, rowsum = _sim_fwd(q, k, v, op, float(bias), float(scale), window or 0, block or 0, num_warps or 0,
+                           num_stages or 0)
     return (acc[..., :d] if acc.shape[-1] != d else acc), rowsum
 
 
