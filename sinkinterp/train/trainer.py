@@ -15,9 +15,9 @@ resumed run continues bit-for-bit (float32 on CPU; tested). Files are written at
 by rank 0.
 
 SIGTERM or SIGINT (``timeout``, a batch scheduler, Ctrl-C) during a single-process run stops it
-cleanly: the loop saves a checkpoint at its next sync point (every ``log_every`` steps) and returns
-with ``TrainResult.stopped_by`` set, so the same command resumes it; a second signal interrupts at
-once.
+cleanly: the step in flight finishes, a checkpoint is saved at it (with a metrics row), and ``train``
+returns with ``TrainResult.stopped_by`` set, so the same command resumes the run; a second signal
+interrupts at once.
 """
 
 from __future__ import annotations
