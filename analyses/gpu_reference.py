@@ -11,13 +11,16 @@ alpha, q.k decomposition, first-token interventions; ``final_report`` of analyse
 
     .venv/bin/python analyses/gpu_reference.py --snapshot RUN_DIR MODEL_DIR DEVICE_LOG [RUN_DIR MODEL_DIR DEVICE_LOG ...]
     .venv/bin/python analyses/gpu_reference.py --key-value NAME MODEL_DIR [NAME MODEL_DIR ...]
+    .venv/bin/python analyses/gpu_reference.py --lengths NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/regenerate.py gpu_reference          # docs/gpu-reference.md + figure
 
 ``--key-value`` runs ``sinkinterp intervene`` (token 1's value and key zeroed or mean-replaced,
 removed, replaced, shifted; the k*/v* slot removed or moved onto token 1) and ``sinkinterp patch``
 (first-token k, v and residual patched from the clean run into one whose first token is random,
 per layer) on the model, as analyses/key_vs_value.py does for SmolLM2, and keeps their results.json
-as intervene.json and patch.json.
+as intervene.json and patch.json. ``--lengths`` runs ``sinkinterp lengths`` (Sink_1, Sink_* and the
+massive-activation ratio on the first T' tokens of the same sequences, T' = 16 ... 512: the models
+trained at T 512 are measured at T 64 by the protocol) and keeps its table as lengths.json.
 
 The models themselves (33 MB each in bf16) stay out of git, so the page regenerates from the
 snapshots alone.
@@ -154,12 +157,57 @@ def key_value(args: list[str]) -> int:
     return 0
 
 
+LENGTHS = [16, 32, 64, 128, 256, 512]
+
+
+def lengths_command(model: str, out: Path) -> list[str]:
+    """``sinkinterp lengths`` on the shipped natural sample: 20 windows of 512 tokens (all it holds)."""
+    return ["lengths", "--model", model, "--inputs", "natural", "--seq-len", "512", "--num-seqs", "20",
+            "--eps", "0.3", "--seed", "0", "--lengths", *map(str, LENGTHS), "--no-figures", "--out", str(out)]
+
+
+def lengths_table(result: dict) -> dict:
+    """The rows of a ``sinkinterp lengths`` result at its table lengths (its results.json also holds
+    every length from 2 and the per-head maps, 300 kB a model)."""
+    at = {t: result["lengths"].index(t) for t in result["table_lengths"]}
+    bias = result.get("sink_bias_pct")
+    return {"eps": result["eps"], "num_seqs": result["num_seqs"], "seq_len": result["seq_len"],
+            "rows": [{"length": t, "sink1": result["sink_pct"][i][0],
+                      "sink_bias": None if bias is None else bias[i],
+                      "mean_alpha1": sum(result["mean_alpha1_by_layer"][i]) / len(result["mean_alpha1_by_layer"][i]),
+                      "massive_ratio": result["max_massive_ratio"][i]} for t, i in at.items()]}
+
+
+def lengths(args: list[str]) -> int:
+    if not args or len(args) % 2:
+        print("gpu_reference: --lengths takes pairs NAME MODEL_DIR", file=sys.stderr)
+        return 2
+    from sinkinterp import cli
+
+    for name, model in zip(args[::2], args[1::2]):
+        if not (DATA / name).is_dir() or not (Path(model) / "config.json").is_file():
+            print(f"gpu_reference: --lengths {name} {model}: snapshot {name} first, and give a model folder",
+                  file=sys.stderr)
+            return 2
+        out = ROOT / "runs" / "analyses" / "gpu_reference" / name / "lengths"
+        argv = lengths_command(model, out)
+        print(f"-- {name} lengths: sinkinterp {' '.join(argv)}")
+        code = cli.main(argv)
+        if code:
+            return code
+        table = lengths_table(json.loads((out / "results.json").read_text()))
+        table["command"] = "sinkinterp " + " ".join("MODEL_DIR" if a == model else a.replace(f"{ROOT}/", "")
+                                                    for a in argv)
+        write_json(DATA / name / "lengths.json", table)
+    return 0
+
+
 def _runs() -> dict[str, dict]:
     out = {}
     for folder in sorted(p for p in DATA.glob("*") if p.is_dir()):
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
         run = {"cfg": json.loads((folder / "train_config.json").read_text()), "rows": rows}
-        for f in ("final", "report", "device", "intervene", "patch"):
+        for f in ("final", "report", "device", "intervene", "patch", "lengths"):
             p = folder / f"{f}.json"
             run[f] = json.loads(p.read_text()) if p.is_file() else None
         out[folder.name] = run
@@ -258,9 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         return snapshot(argv[1:])
     if argv and argv[0] == "--key-value":
         return key_value(argv[1:])
+    if argv and argv[0] == "--lengths":
+        return lengths(argv[1:])
     if argv:
         print("usage: analyses/gpu_reference.py [--snapshot RUN_DIR MODEL_DIR DEVICE_LOG ... | --key-value NAME "
-              "MODEL_DIR ...]; with no argument it "
+              "MODEL_DIR ... | --lengths NAME MODEL_DIR ...]; with no argument it "
               f"regenerates docs/gpu-reference.md from the snapshots (got {argv!r})", file=sys.stderr)
         return 2
     runs = _runs()
@@ -346,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{d('ablate[norenorm]')} | {d('zero_value')} | {d('ablate_bias')} | {d('ablate_bias[norenorm]')} | "
             f"{d('bias_to_first')} |")
     lines += _qk_lines(runs)
+    lines += _lengths_lines(runs)
     lines += _key_value_lines(runs)
     lines += [
         "",
@@ -355,6 +406,27 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"wrote {write_bytes(DOC, chr(10).join(lines).encode())}")
     return 0
+
+
+def _lengths_lines(runs: dict[str, dict]) -> list[str]:
+    """Sink_1 / Sink_* against the length the model is measured at (it trained at T 512)."""
+    done = {n: r["lengths"] for n, r in runs.items() if r.get("lengths")}
+    if not done:
+        return []
+    out = ["", "## The sink against the measured length (CPU)", "",
+           "The models trained on 512-token windows; the protocol measures them at T 64. On the first T'",
+           "tokens of the same 20 windows of the shipped natural sample (all the 512-token windows it",
+           "holds), eps 0.3; mean alpha_1: the attention on token 1 averaged over heads and queries",
+           "(causal attention spread evenly gives (1 + 1/2 + ... + 1/T') / T': 0.074 at T' 64, 0.013 at",
+           "512). Commands:", ""]
+    out += [f"- {name}: `{tab['command']}`" for name, tab in done.items()]
+    out += ["", "| run | T' | Sink_1 (%) | Sink_* (%) | mean alpha_1 | massive ratio |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, tab in done.items():
+        for r in tab["rows"]:
+            out.append(f"| {name} | {r['length']} | {r['sink1']:.2f} | {_fmt(r['sink_bias'])} | "
+                       f"{r['mean_alpha1']:.4f} | {r['massive_ratio']:.2f} |")
+    return out
 
 
 def _key_value_lines(runs: dict[str, dict]) -> list[str]:

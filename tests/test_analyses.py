@@ -761,6 +761,23 @@ def test_gpu_reference_page_from_the_committed_snapshots(tmp_path, monkeypatch):
             for r in iv["interventions"]:
                 assert f"| {folder.name} | `{r['name']}` | {r['description']} | {r['delta_loss']:+.4f} |" in page
             assert iv["command"].startswith("sinkinterp intervene --model MODEL_DIR") and iv["command"] in page
+        if (folder / "lengths.json").is_file():
+            tab = json.loads((folder / "lengths.json").read_text())
+            assert [r["length"] for r in tab["rows"]] == mod.LENGTHS and tab["command"] in page
+            for r in tab["rows"]:
+                assert f"| {folder.name} | {r['length']} | {r['sink1']:.2f} |" in page
+
+
+def test_gpu_reference_lengths_table_keeps_the_table_lengths():
+    mod = load_script("analyses/gpu_reference.py")
+    result = {"eps": 0.3, "num_seqs": 2, "seq_len": 8, "lengths": [2, 3, 4, 8], "table_lengths": [4, 8],
+              "sink_pct": [[10.0, 1.0], [20.0, 2.0], [30.0, 3.0], [40.0, 4.0]], "sink_bias_pct": None,
+              "mean_alpha1_by_layer": [[0.5, 0.5], [0.4, 0.2], [0.3, 0.1], [0.2, 0.0]],
+              "max_massive_ratio": [1.0, 2.0, 3.0, 4.0]}
+    tab = mod.lengths_table(result)
+    assert tab["rows"] == [{"length": 4, "sink1": 30.0, "sink_bias": None, "mean_alpha1": 0.2, "massive_ratio": 3.0},
+                           {"length": 8, "sink1": 40.0, "sink_bias": None, "mean_alpha1": 0.1, "massive_ratio": 4.0}]
+    assert mod.main(["--lengths", "x"]) == 2
 
 
 def test_gpu_reference_key_value_refuses_bad_arguments(tmp_path, capsys):
