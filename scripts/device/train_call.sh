@@ -32,7 +32,7 @@ PACK_S=60  # kept back for the bf16 export and the archive
 [ $# -ge 1 ] || { echo "usage: train_call.sh CONFIG.json [CONFIG.json ...]" >&2; exit 2; }
 for c in "$@"; do [ -f "$c" ] || { echo "train_call.sh: CONFIG $c does not exist" >&2; exit 2; }; done
 mkdir -p "$OUT"
-exec > >(tee "$OUT/log.txt") 2>&1
+exec > >(tee -a "$OUT/${LOG_NAME:-log.txt}") 2>&1  # LOG_NAME: another log file (a caller that logs too)
 
 if [ "$DEVICE" = cuda ]; then
   source scripts/device/setup.sh data/debian/debian-shards.tar.xz  # (a sourced script sees our own "$@" otherwise)
