@@ -129,19 +129,34 @@ def key_value_commands(model: str, out: Path, has_slot: bool) -> dict[str, list[
     }
 
 
-def key_value(args: list[str]) -> int:
+def _model_pairs(flag: str, args: list[str]) -> list[tuple[str, str]] | None:
+    """``NAME MODEL_DIR`` pairs of a snapshotted run and its model folder (None, said why, if not)."""
     if not args or len(args) % 2:
-        print("gpu_reference: --key-value takes pairs NAME MODEL_DIR", file=sys.stderr)
+        print(f"gpu_reference: {flag} takes pairs NAME MODEL_DIR", file=sys.stderr)
+        return None
+    pairs = list(zip(args[::2], args[1::2]))
+    for name, model in pairs:
+        if not (DATA / name).is_dir() or not (Path(model) / "config.json").is_file():
+            print(f"gpu_reference: {flag} {name} {model}: snapshot {name} first, and give a model folder",
+                  file=sys.stderr)
+            return None
+    return pairs
+
+
+def _shown(argv: list[str], model: str) -> str:
+    """A command as the page shows it: the model folder as MODEL_DIR, paths relative to the repo."""
+    return "sinkinterp " + " ".join("MODEL_DIR" if a == model else a.replace(f"{ROOT}/", "") for a in argv)
+
+
+def key_value(args: list[str]) -> int:
+    pairs = _model_pairs("--key-value", args)
+    if pairs is None:
         return 2
     from sinkinterp import cli
 
-    for name, model in zip(args[::2], args[1::2]):
-        cfg_file = Path(model) / "config.json"
-        if not (DATA / name).is_dir() or not cfg_file.is_file():
-            print(f"gpu_reference: --key-value {name} {model}: snapshot {name} first, and give a model folder",
-                  file=sys.stderr)
-            return 2
-        has_slot = json.loads(cfg_file.read_text())["model_config"].get("attn_bias") not in (None, "none")
+    for name, model in pairs:
+        cfg = json.loads((Path(model) / "config.json").read_text())
+        has_slot = cfg["model_config"].get("attn_bias") not in (None, "none")
         out = ROOT / "runs" / "analyses" / "gpu_reference" / name
         for step, argv in key_value_commands(model, out, has_slot).items():
             print(f"-- {name} {step}: sinkinterp {' '.join(argv)}")
@@ -149,8 +164,7 @@ def key_value(args: list[str]) -> int:
             if code:
                 return code
             result = json.loads((out / step / "results.json").read_text())
-            shown = ("MODEL_DIR" if a == model else a.replace(f"{ROOT}/", "") for a in argv)
-            result["command"] = "sinkinterp " + " ".join(shown)
+            result["command"] = _shown(argv, model)
             if result.get("model") == model:  # a path on the machine that ran it
                 result["model"] = f"MODEL_DIR ({name}'s bf16 model from the GPU call)"
             write_json(DATA / name / f"{step}.json", result)
@@ -179,16 +193,12 @@ def lengths_table(result: dict) -> dict:
 
 
 def lengths(args: list[str]) -> int:
-    if not args or len(args) % 2:
-        print("gpu_reference: --lengths takes pairs NAME MODEL_DIR", file=sys.stderr)
+    pairs = _model_pairs("--lengths", args)
+    if pairs is None:
         return 2
     from sinkinterp import cli
 
-    for name, model in zip(args[::2], args[1::2]):
-        if not (DATA / name).is_dir() or not (Path(model) / "config.json").is_file():
-            print(f"gpu_reference: --lengths {name} {model}: snapshot {name} first, and give a model folder",
-                  file=sys.stderr)
-            return 2
+    for name, model in pairs:
         out = ROOT / "runs" / "analyses" / "gpu_reference" / name / "lengths"
         argv = lengths_command(model, out)
         print(f"-- {name} lengths: sinkinterp {' '.join(argv)}")
@@ -196,8 +206,7 @@ def lengths(args: list[str]) -> int:
         if code:
             return code
         table = lengths_table(json.loads((out / "results.json").read_text()))
-        table["command"] = "sinkinterp " + " ".join("MODEL_DIR" if a == model else a.replace(f"{ROOT}/", "")
-                                                    for a in argv)
+        table["command"] = _shown(argv, model)
         write_json(DATA / name / "lengths.json", table)
     return 0
 

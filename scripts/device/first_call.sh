@@ -46,16 +46,7 @@ else  # the CPU smoke test: the same steps at toy sizes
   limits=(300 120 120 120 120)
 fi
 
-failed=()
-step() {  # step NAME LIMIT_SECONDS COMMAND...: run it under its own time limit, say how it ended
-  local name=$1 limit=$2 start=$SECONDS rc
-  shift 2
-  echo "== $name: limit ${limit}s: $*"
-  timeout --kill-after=10 "$limit" "$@"
-  rc=$?
-  echo "== $name: rc=$rc after $((SECONDS - start))s$([ $rc = 124 ] && echo ' (time limit)')"
-  [ $rc = 0 ] || failed+=("$name")
-}
+source scripts/device/steps.sh  # step NAME LIMIT COMMAND...
 
 echo "first_call: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') device $DEVICE"
 [ "$DEVICE" = cuda ] || export TRITON_INTERPRET=1  # the CPU smoke test runs the kernel in Triton's interpreter

@@ -45,16 +45,7 @@ else  # the CPU smoke test: Triton's interpreter, toy sizes
   limits=(120 120)
 fi
 
-failed=()
-step() {  # step NAME LIMIT_SECONDS COMMAND...: run it under its own time limit, say how it ended
-  local name=$1 limit=$2 start=$SECONDS rc
-  shift 2
-  echo "== $name: limit ${limit}s: $*"
-  timeout --kill-after=10 "$limit" "$@"
-  rc=$?
-  echo "== $name: rc=$rc after $((SECONDS - start))s$([ $rc = 124 ] && echo ' (time limit)')"
-  [ $rc = 0 ] || failed+=("$name")
-}
+source scripts/device/steps.sh  # step NAME LIMIT COMMAND...
 
 echo "second_call: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') device $DEVICE budget ${BUDGET_S}s"
 step triton-tests "${limits[0]}" $PY -m pytest -q -p no:cacheprovider --tb=short --maxfail=3 "${tests[@]}"

@@ -45,17 +45,8 @@ sets=()
 for kv in ${TRAIN_SET:-}; do sets+=(--set "$kv"); done
 
 export XZ_OPT="${XZ_OPT:--T0}"  # xz on every core for the archive
-failed=()
-rc=0
-step() {  # step NAME LIMIT_SECONDS COMMAND...: run it under its own time limit, say how it ended
-  local name=$1 limit=$2 start=$SECONDS
-  shift 2
-  echo "== $name: limit ${limit}s: $*"
-  timeout --kill-after=15 "$limit" "$@"
-  rc=$?
-  echo "== $name: rc=$rc after $((SECONDS - start))s$([ $rc = 124 ] && echo ' (time limit)')"
-  [ $rc = 0 ] || [ $rc = 124 ] || failed+=("$name")
-}
+STEP_LIMIT_OK=1  # a training stopped at its share saved its checkpoint: not a failure
+source scripts/device/steps.sh  # step NAME LIMIT COMMAND... (sets $rc)
 
 echo "train_call: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') device $DEVICE budget ${BUDGET_S}s"
 if [ "${TESTS:-1}" = 1 ]; then
