@@ -13,6 +13,7 @@
 # 3. In the time left, `scripts/device/train_call.sh` on CONFIGS (default configs/baseline_small.json,
 #    the reference's wd 0.1 row: about 190 s for 9,000 steps), curves and bf16 models back as
 #    runs.tar.xz parts.
+# TEST_LIMIT / TILES_LIMIT change the two steps' limits (a call in what is left of a session's device time).
 # Back come log.txt (steps 1-2), train_log.txt, attention-tiles.json and the archive. Here, first:
 # scripts/device/fetch_wheels.sh and the corpus pack (docs/data.md).
 #
@@ -35,7 +36,7 @@ if [ "$DEVICE" = cuda ]; then
   tests=(tests/test_triton_attention.py)
   tiles=(--seq-lens 2048,4096 --methods sdpa_softmax,triton_sigmoid
          --tiles 32x4x2,64x4x2,64x4x3,64x8x3,128x4x2,128x8x2,128x8x3)
-  limits=(150 100)
+  limits=("${TEST_LIMIT:-150}" "${TILES_LIMIT:-100}")  # seconds for steps 1 and 2
 else  # the CPU smoke test: Triton's interpreter, toy sizes
   PY="${PYTHON:-python3}"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=1
