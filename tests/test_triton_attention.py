@@ -105,6 +105,41 @@ def test_the_kernels_never_mask_the_head_dimension(d, monkeypatch):
     torch.testing.assert_close(cols, column_sums_reference(q.detach(), k, lse), atol=1e-10, rtol=1e-10)
 
 
+def test_the_kernels_get_scale_and_bias_in_the_accumulation_dtype(monkeypatch):
+    """No Python float reaches a kernel launch: a compiled Triton kernel takes a float argument as
+    float32, which on the H200 put float64 results off by 1e-6 where 1 / sqrt(d_head) or the bias is
+    no float32 number. Scale and bias come as one tensor in the accumulation dtype, with their exact
+    values, to all five kernels."""
+    kern = triton_attention._kernels_module()
+    seen = {}
+
+    class Spy:
+        def __init__(self, name):
+            self.name, self.kernel = name, getattr(kern, name)
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen[self.name] = args
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+
+    for name in ("fwd", "bwd_dkdv", "bwd_dq", "softmax_lse", "col_sums"):
+        monkeypatch.setattr(kern, name, Spy(name))
+    q, k, v = _qkv(2, 1, 20, 24)
+    q.requires_grad_()
+    sim_attention(q, k, v, op="sigmoid", bias=-3.6)[0].sum().backward()
+    lse = softmax_lse(q.detach(), k)
+    column_sums(q.detach(), k, lse, op="sigmoid", bias=-3.6)
+    assert sorted(seen) == ["bwd_dkdv", "bwd_dq", "col_sums", "fwd", "softmax_lse"]
+    for name, args in seen.items():
+        assert not any(isinstance(a, float) for a in args), name
+        sb = [a for a in args if isinstance(a, torch.Tensor) and a.shape == (2,)]
+        assert len(sb) == 1 and sb[0].dtype == torch.float64, name
+        assert sb[0][0].item() == 24 ** -0.5, name
+        if name != "softmax_lse":
+            assert sb[0][1].item() == -3.6, name
+
+
 def test_launch_options_change_nothing_but_the_launch(monkeypatch):
     """num_warps / num_stages reach every kernel launch (forward and both backward kernels) and leave
     the results as they are; out-of-range values are refused with the argument's name."""
@@ -251,8 +286,9 @@ def test_compiled_training_step_is_one_graph(name):
     fresh interpreter: the suite's runtime shape checks wrap forward() in code Dynamo cannot trace."""
     cfg = {"sigmoid_norm_kv_gqa": {"attn_op": "sigmoid_norm", "attn_bias": "kv", "n_kv_heads": 2},
            "elu1_window": {"attn_op": "elu1", "window": 6}}[name]
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # the GPU machine's wheels
     res = subprocess.run([sys.executable, "-c", COMPILE_CHECK, json.dumps(cfg), DEVICE], cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=600,
                          check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])

@@ -160,6 +160,22 @@ def _acc_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
+_SCALE_AND_BIAS: dict[tuple, Tensor] = {}
+
+
+def _scale_and_bias(q: Tensor, scale: float, bias: float) -> Tensor:
+    """[scale, bias] as a tensor in the accumulation dtype on q's device, for the kernels to load: a
+    Python float argument reaches a compiled Triton kernel as float32 (on the H200 that put float64
+    results off by 1e-6 wherever 1 / sqrt(d_head) or the bias is no float32 number). Kept per value, so
+    a training step copies nothing to the device."""
+    key = (float(scale), float(bias), _acc_dtype(q), q.device)
+    if key not in _SCALE_AND_BIAS:
+        if len(_SCALE_AND_BIAS) > 64:
+            _SCALE_AND_BIAS.clear()
+        _SCALE_AND_BIAS[key] = torch.tensor([float(scale), float(bias)], dtype=key[2], device=q.device)
+    return _SCALE_AND_BIAS[key]
+
+
 # The kernels are registered as PyTorch custom operators (opaque to torch.compile, with shape-only
 # "fake" implementations and an autograd formula), so a compiled training step traces through the
 # attention without a graph break and without looking inside Triton's launcher. window / block:
@@ -220,7 +236,7 @@ def _sim_settings(q: Tensor, k: Tensor, op: str, bias: float, scale: float, wind
     """The kernels' scalar arguments and compile-time constants (window / block 0: None)."""
     meta = _launch_settings(q, block or None)
     _, h, t, d = q.shape
-    args = (t, h, h // k.shape[1], d, float(scale), float(bias), int(window or 1))
+    args = (t, h, h // k.shape[1], d, _scale_and_bias(q, scale, bias), int(window or 1))
     return args, dict(OP=SIM_OPS.index(op), HAS_WINDOW=window > 0, **meta)
 
 
@@ -325,12 +341,12 @@ def _launch_row_stat(kernel: str, tile: str, q: Tensor, k: Tensor, cols: tuple |
     const = {key: meta[key] for key in ("PREC", "ACC_T", "BLOCK_M", "BLOCK_N", "BLOCK_D")}
     const["HAS_WINDOW"] = window is not None
     if cols is None:
-        inputs, scalars = (q, k, out), (float(scale),)
+        inputs, bias = (q, k, out), 0.0
     else:
         lse, bias, const["OP"] = cols
-        inputs, scalars = (q, k, lse.to(_acc_dtype(q)).contiguous(), out), (float(scale), bias)
+        inputs = (q, k, lse.to(_acc_dtype(q)).contiguous(), out)
     getattr(_kernels_module(), kernel)[(_cdiv(t, meta[tile]), b * h)](
-        *inputs, t, h, h // k.shape[1], d, *scalars, int(window or 1), **const)
+        *inputs, t, h, h // k.shape[1], d, _scale_and_bias(q, scale, bias), int(window or 1), **const)
     return out
 
 
