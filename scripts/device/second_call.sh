@@ -13,7 +13,8 @@
 # 3. In the time left, `scripts/device/train_call.sh` on CONFIGS (default configs/baseline_small.json,
 #    the reference's wd 0.1 row: about 190 s for 9,000 steps), curves and bf16 models back as
 #    runs.tar.xz parts.
-# TEST_LIMIT / TILES_LIMIT change the two steps' limits (a call in what is left of a session's device time).
+# TEST_LIMIT / TILES_LIMIT change the two steps' limits (a call in what is left of a session's device time;
+# TILES_LIMIT=0 skips the sweep, which ran on the H200 on 2026-12-04: benchmarks/results/attention-tiles-h200.json).
 # Back come log.txt (steps 1-2), train_log.txt, attention-tiles.json and the archive. Here, first:
 # scripts/device/fetch_wheels.sh and the corpus pack (docs/data.md).
 #
@@ -43,14 +44,18 @@ else  # the CPU smoke test: Triton's interpreter, toy sizes
   tests=(tests/test_triton_attention.py -k "never_mask and 8")
   tiles=(--device cpu --interpret --seq-lens 32 --batch-size 1 --heads 2 --d-head 16 --warmup 0 --repeats 1
          --methods sdpa_softmax,triton_sigmoid --tiles 16x2x2,32)
-  limits=(120 120)
+  limits=("${TEST_LIMIT:-120}" "${TILES_LIMIT:-120}")
 fi
 
 source scripts/device/steps.sh  # step NAME LIMIT COMMAND...
 
 echo "second_call: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') device $DEVICE budget ${BUDGET_S}s"
 step triton-tests "${limits[0]}" $PY -m pytest -q -p no:cacheprovider --tb=short --maxfail=3 "${tests[@]}"
-step bench-tiles "${limits[1]}" $PY benchmarks/bench_attention.py "${tiles[@]}" --json "$OUT/attention-tiles.json"
+if [ "${limits[1]}" -gt 0 ]; then
+  step bench-tiles "${limits[1]}" $PY benchmarks/bench_attention.py "${tiles[@]}" --json "$OUT/attention-tiles.json"
+else
+  echo "== bench-tiles: skipped (TILES_LIMIT=0)"
+fi
 left=$((BUDGET_S - SECONDS))
 if [ "$left" -ge 120 ]; then
   # train_call.sh sets itself up again (quick: the shards are unpacked) and logs to train_log.txt
