@@ -54,6 +54,10 @@ CASES = [  # op, heads, kv heads, T, d_head, window, sigmoid bias
     ("sigmoid", 2, 1, 50, 16, 7, 0.0),  # a window shorter than a tile, keys skipped by tiles
     ("elu1", 2, 2, 33, 16, None, 0.0),
     ("elu1", 4, 1, 45, 8, 20, 0.0),  # d_head below the 16-wide tile
+    # long enough for key tiles that every query of a block sees whole (scored without a mask), between
+    # the masked diagonal and, with a window, the masked window edge: on CPU (16-wide tiles) and CUDA (64)
+    ("sigmoid", 2, 1, 200, 16, 150, -1.0),
+    ("elu1", 2, 2, 130, 16, None, 0.0),
 ]
 
 

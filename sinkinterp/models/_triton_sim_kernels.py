@@ -92,22 +92,77 @@ def _query_range(pid_n, T, WINDOW, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constex
 
 @triton.jit
 @no_type_check
+def _full_key_tiles(pid_m, lo, hi, WINDOW, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[full_lo, full_hi): the key tiles within [lo, hi) that every query of block pid_m sees whole
+    (key n0 + BLOCK_N - 1 <= the block's first query; with a window, its last query within reach of
+    key n0), so their scores need no mask. The tiles before (the window's edge) and after (the
+    diagonal, and keys past T) are masked."""
+    m0 = pid_m * BLOCK_M
+    full_hi = tl.maximum(tl.minimum((m0 + 1) // BLOCK_N * BLOCK_N, hi), lo)
+    full_lo = lo
+    if HAS_WINDOW:
+        reach = tl.maximum(m0 + BLOCK_M - WINDOW, 0)  # the first key the block's last query sees
+        full_lo = tl.maximum((reach + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo)
+    return tl.minimum(full_lo, full_hi), full_hi
+
+
+@triton.jit
+@no_type_check
+def _full_query_tiles(pid_n, lo, hi, WINDOW, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
+    """[full_lo, full_hi): the query tiles within [lo, hi) that see key block pid_n whole (first query
+    >= the block's last key; with a window, the tile's last query within reach of its first key).
+    Rows past T in the last tile add nothing: their q, dacc and drowsum load as zeros."""
+    n0 = pid_n * BLOCK_N
+    full_lo = tl.minimum(tl.maximum((n0 + BLOCK_N - 1 + BLOCK_M - 1) // BLOCK_M * BLOCK_M, lo), hi)
+    full_hi = hi
+    if HAS_WINDOW:
+        last = n0 + WINDOW - BLOCK_M  # the last first-query of a tile whose last query reaches key n0
+        full_hi = tl.where(last >= 0, (tl.maximum(last, 0) // BLOCK_M + 1) * BLOCK_M, 0)
+        full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
+    return full_lo, full_hi
+
+
+@triton.jit
+@no_type_check
 def _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW,
-              OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr):
-    """Scores, visibility and sim of one [M, N] tile (sim 0 where not visible)."""
+              OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+              MASK: tl.constexpr):
+    """Scores and sim of one [M, N] tile (with MASK, sim 0 where not visible)."""
     s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T) * scale
-    visible = _visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW)
-    return s, visible, tl.where(visible, _sim(s, BIAS, OP), 0.0)
+    p = _sim(s, BIAS, OP)
+    if MASK:
+        p = tl.where(_visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW), p, 0.0)
+    return s, p
 
 
 @triton.jit
 @no_type_check
 def _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW,
-                OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr):
+                OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+                MASK: tl.constexpr):
     """sim and dS = (dacc . v + drowsum) * sim'(s) of one [M, N] tile."""
-    s, visible, p = _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T)
+    s, p = _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T, MASK)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC).to(ACC_T) + dl[:, None]
-    return p, tl.where(visible, dp * _dsim(s, p, OP), 0.0)
+    ds = dp * _dsim(s, p, OP)
+    if MASK:  # elu+1's derivative is 1, not 0, where a masked score is positive
+        ds = tl.where(_visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW), ds, 0.0)
+    return p, ds
+
+
+@triton.jit
+@no_type_check
+def _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, start, end, T, D, scale, BIAS, WINDOW,
+               OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+               BLOCK_N: tl.constexpr, MASK: tl.constexpr):
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
+        v = _load_rows(V + kvh * T * D, offs_n, offs_d, T, D)
+        _, p = _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T, MASK)
+        rowsum += tl.sum(p, 1)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=PREC).to(ACC_T)
+    return acc, rowsum
 
 
 @triton.jit
@@ -125,15 +180,33 @@ def fwd(Q, K, V, ACC, L, T, H, GROUP, D, SB, WINDOW,
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_T)
     rowsum = tl.zeros([BLOCK_M], dtype=ACC_T)
     lo, hi = _key_range(pid_m, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
-        v = _load_rows(V + kvh * T * D, offs_n, offs_d, T, D)
-        _, _, p = _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T)
-        rowsum += tl.sum(p, 1)
-        acc += tl.dot(p.to(v.dtype), v, input_precision=PREC).to(ACC_T)
+    full_lo, full_hi = _full_key_tiles(pid_m, lo, hi, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    # the window's edge, the tiles seen whole (no mask), the diagonal
+    acc, rowsum = _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, lo, full_lo, T, D, scale, BIAS, WINDOW,
+                             OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
+    acc, rowsum = _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, full_lo, full_hi, T, D, scale, BIAS,
+                             WINDOW, OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, False)
+    acc, rowsum = _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, full_hi, hi, T, D, scale, BIAS, WINDOW,
+                             OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
     _store_rows(ACC + bh * T * D, offs_m, offs_d, T, D, acc)
     tl.store(L + bh * T + offs_m, rowsum, mask=offs_m < T)
+
+
+@triton.jit
+@no_type_check
+def _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, bh, offs_n, offs_d, start, end, T, D, scale, BIAS, WINDOW,
+                OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+                BLOCK_M: tl.constexpr, MASK: tl.constexpr):
+    for start_m in range(start, end, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
+        do = _load_rows(DACC + bh * T * D, offs_m, offs_d, T, D)
+        dl = tl.load(DL + bh * T + offs_m, mask=offs_m < T, other=0.0)
+        p, ds = _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T,
+                            MASK)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC).to(ACC_T)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC).to(ACC_T)
+    return dk, dv
 
 
 @triton.jit
@@ -153,16 +226,31 @@ def bwd_dkdv(Q, K, V, DACC, DL, DK, DV, T, H, GROUP, D, SB, WINDOW,
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_T)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_T)
     lo, hi = _query_range(pid_n, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    for start_m in range(lo, hi, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
-        do = _load_rows(DACC + bh * T * D, offs_m, offs_d, T, D)
-        dl = tl.load(DL + bh * T + offs_m, mask=offs_m < T, other=0.0)
-        p, ds = _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC).to(ACC_T)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC).to(ACC_T)
+    full_lo, full_hi = _full_query_tiles(pid_n, lo, hi, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    # the diagonal, the tiles that see the keys whole (no mask), the window's edge
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, bh, offs_n, offs_d, lo, full_lo, T, D, scale, BIAS, WINDOW,
+                         OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, True)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, bh, offs_n, offs_d, full_lo, full_hi, T, D, scale, BIAS,
+                         WINDOW, OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, False)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, bh, offs_n, offs_d, full_hi, hi, T, D, scale, BIAS, WINDOW,
+                         OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, True)
     _store_rows(DK + bh * T * D, offs_n, offs_d, T, D, dk * scale)
     _store_rows(DV + bh * T * D, offs_n, offs_d, T, D, dv)
+
+
+@triton.jit
+@no_type_check
+def _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, start, end, T, D, scale, BIAS, WINDOW,
+              OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+              BLOCK_N: tl.constexpr, MASK: tl.constexpr):
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
+        v = _load_rows(V + kvh * T * D, offs_n, offs_d, T, D)
+        _, ds = _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T,
+                            MASK)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC).to(ACC_T)
+    return dq
 
 
 @triton.jit
@@ -181,12 +269,13 @@ def bwd_dq(Q, K, V, DACC, DL, DQ, T, H, GROUP, D, SB, WINDOW,
     dl = tl.load(DL + bh * T + offs_m, mask=offs_m < T, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_T)
     lo, hi = _key_range(pid_m, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
-        v = _load_rows(V + kvh * T * D, offs_n, offs_d, T, D)
-        _, ds = _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T)
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC).to(ACC_T)
+    full_lo, full_hi = _full_key_tiles(pid_m, lo, hi, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    dq = _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, lo, full_lo, T, D, scale, BIAS, WINDOW,
+                   OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
+    dq = _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, full_lo, full_hi, T, D, scale, BIAS, WINDOW,
+                   OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, False)
+    dq = _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, full_hi, hi, T, D, scale, BIAS, WINDOW,
+                   OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
     _store_rows(DQ + bh * T * D, offs_m, offs_d, T, D, dq * scale)
 
 
