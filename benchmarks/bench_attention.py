@@ -6,6 +6,8 @@ Methods (``--methods``):
 
 * ``sdpa_softmax``: ``F.scaled_dot_product_attention(q, k, v, is_causal=True)``, the baseline ("x sdpa").
 * ``triton_sigmoid`` / ``triton_elu1``: ``sim_attention`` (our kernel), unnormalized, bias 0.
+* ``triton_sigmoid_atomic`` / ``triton_elu1_atomic``: the same with ``dq="atomic"`` (one backward
+  kernel that adds dq atomically instead of a second pass over the scores).
 * ``plain_sigmoid``: ``sigmoid(q k^T / sqrt(d))`` masked, ``@ v`` (what ``attn_backend="auto"`` runs:
   a B x H x T x T map).
 * ``flex_sigmoid``: ``torch.compile(flex_attention)`` with ``score_mod = logsigmoid``, the output
@@ -44,7 +46,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 from benchmarks.common import machine_info, provenance_info, summarize_times, sync, time_calls  # noqa: E402
 
 SCHEMA_VERSION = 1
-METHODS = ("sdpa_softmax", "triton_sigmoid", "triton_elu1", "plain_sigmoid", "flex_sigmoid")
+METHODS = ("sdpa_softmax", "triton_sigmoid", "triton_elu1", "triton_sigmoid_atomic", "triton_elu1_atomic",
+           "plain_sigmoid", "flex_sigmoid")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: the issue's stretch target: a fused sigmoid kernel faster than softmax (FlashSigmoid)
 TARGET_X_SDPA = 1.0
@@ -61,7 +64,7 @@ def _reference(method: str, q, k, v) -> torch.Tensor:
     mask = _causal(q.shape[2], q.device)
     if method == "sdpa_softmax":
         return torch.softmax(s.masked_fill(~mask, float("-inf")), -1) @ v
-    sim = F.elu(s) + 1 if method == "triton_elu1" else torch.sigmoid(s)
+    sim = F.elu(s) + 1 if method.startswith("triton_elu1") else torch.sigmoid(s)
     return sim.masked_fill(~mask, 0.0) @ v
 
 
@@ -85,8 +88,9 @@ def _method(method: str, device: torch.device, interpret: bool = False,
             return None, "the Triton kernel runs on CUDA (on CPU only in Triton's interpreter: --interpret)"
         if not triton_available(device):
             return None, "Triton is not installed"
-        op = method.removeprefix("triton_")
+        op, _, dq = method.removeprefix("triton_").partition("_")
         launch = {} if tile is None else {"block": tile[0], "num_warps": tile[1], "num_stages": tile[2]}
+        launch["dq"] = dq or "two_pass"
         return (lambda q, k, v: sim_attention(q, k, v, op=op, **launch)[0]), None
     if method == "flex_sigmoid":
         if device.type != "cuda":

@@ -61,23 +61,27 @@ CASES = [  # op, heads, kv heads, T, d_head, window, sigmoid bias
 ]
 
 
+@pytest.mark.parametrize("dq", ["two_pass", "atomic"])
 @pytest.mark.parametrize("op,h,hkv,t,d,window,bias", CASES)
-def test_kernel_matches_float64_reference(op, h, hkv, t, d, window, bias):
+def test_kernel_matches_float64_reference(op, h, hkv, t, d, window, bias, dq):
+    """Outputs and gradients against a materialized float64 reference, with dq from the second kernel
+    or added atomically by the dk / dv kernel."""
     q, k, v = _qkv(h, hkv, t, d)
     g = torch.Generator().manual_seed(1)
     g_acc = torch.randn(2, h, t, d, generator=g, dtype=torch.float64).to(DEVICE)
     g_sum = torch.randn(2, h, t, generator=g, dtype=torch.float64).to(DEVICE)
     kw = dict(op=op, bias=bias, window=window)
     expected = _value_and_grads(sim_attention_reference, q, k, v, g_acc, g_sum, **kw)
+    kw_kernel = {**kw, "dq": dq}
     assert expected[0].abs().max() > 0.1 and expected[2].abs().max() > 0.01  # non-degenerate
     names = ("acc", "rowsum", "dq", "dk", "dv")
     # float64 through the kernel: the same numbers up to summation order
-    got64 = _value_and_grads(sim_attention, q, k, v, g_acc, g_sum, **kw)
+    got64 = _value_and_grads(sim_attention, q, k, v, g_acc, g_sum, **kw_kernel)
     for n, a, b in zip(names, got64, expected):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=n)
     # float32 (exact float32 products, no TF32): float32 rounding only
     q32, k32, v32 = (x.float() for x in (q, k, v))
-    got32 = _value_and_grads(sim_attention, q32, k32, v32, g_acc, g_sum, **kw)
+    got32 = _value_and_grads(sim_attention, q32, k32, v32, g_acc, g_sum, **kw_kernel)
     for n, a, b in zip(names, got32, expected):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=n)
 
@@ -109,11 +113,8 @@ def test_the_kernels_never_mask_the_head_dimension(d, monkeypatch):
     torch.testing.assert_close(cols, column_sums_reference(q.detach(), k, lse), atol=1e-10, rtol=1e-10)
 
 
-def test_the_kernels_get_scale_and_bias_in_the_accumulation_dtype(monkeypatch):
-    """No Python float reaches a kernel launch: a compiled Triton kernel takes a float argument as
-    float32, which on the H200 put float64 results off by 1e-6 where 1 / sqrt(d_head) or the bias is
-    no float32 number. Scale and bias come as one tensor in the accumulation dtype, with their exact
-    values, to all five kernels."""
+def _spy_launches(monkeypatch) -> dict:
+    """{kernel name: the positional arguments of its last launch}, for the five kernels."""
     kern = triton_attention._kernels_module()
     seen = {}
 
@@ -129,6 +130,33 @@ def test_the_kernels_get_scale_and_bias_in_the_accumulation_dtype(monkeypatch):
 
     for name in ("fwd", "bwd_dkdv", "bwd_dq", "softmax_lse", "col_sums"):
         monkeypatch.setattr(kern, name, Spy(name))
+    return seen
+
+
+def test_atomic_dq_runs_one_backward_kernel(monkeypatch):
+    """dq="atomic": the dk / dv kernel also gives dq (no second pass over the scores) and the
+    gradients are those of the two-pass backward; an unknown mode is refused by name."""
+    q, k, v = _qkv(2, 1, 40, 16)
+    grads = {}
+    for mode in ("two_pass", "atomic"):
+        seen = _spy_launches(monkeypatch)
+        x = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        sim_attention(*x, op="elu1", window=25, dq=mode)[0].pow(2).sum().backward()
+        assert ("bwd_dq" in seen) == (mode == "two_pass"), (mode, sorted(seen))
+        grads[mode] = [t.grad for t in x]
+        monkeypatch.undo()
+    for a, b in zip(grads["atomic"], grads["two_pass"]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="dq: one of 'two_pass', 'atomic', got 'fast'"):
+        sim_attention(q, k, v, op="sigmoid", dq="fast")
+
+
+def test_the_kernels_get_scale_and_bias_in_the_accumulation_dtype(monkeypatch):
+    """No Python float reaches a kernel launch: a compiled Triton kernel takes a float argument as
+    float32, which on the H200 put float64 results off by 1e-6 where 1 / sqrt(d_head) or the bias is
+    no float32 number. Scale and bias come as one tensor in the accumulation dtype, with their exact
+    values, to all five kernels."""
+    seen = _spy_launches(monkeypatch)
     q, k, v = _qkv(2, 1, 20, 24)
     q.requires_grad_()
     sim_attention(q, k, v, op="sigmoid", bias=-3.6)[0].sum().backward()
@@ -237,9 +265,11 @@ def test_custom_operators_pass_opcheck():
     g = torch.Generator().manual_seed(1)
     dacc = torch.randn(2, 4, 37, 16, generator=g, dtype=torch.float64).to(DEVICE)
     drowsum = torch.randn(2, 4, 37, generator=g, dtype=torch.float64).to(DEVICE)
-    checks = [(torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "sigmoid", -1.0, 0.25, 7, 16, 0, 0)),
-              (torch.ops.sinkinterp.sim_attention_bwd.default,
-               (q.detach(), k.detach(), v.detach(), dacc, drowsum, "elu1", 0.0, 0.25, 0, 16, 4, 2))]
+    bwd = torch.ops.sinkinterp.sim_attention_bwd.default
+    checks = [(torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "sigmoid", -1.0, 0.25, 7, 16, 0, 0, 0)),
+              (torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "elu1", 0.0, 0.25, 0, 16, 0, 0, 1)),
+              (bwd, (q.detach(), k.detach(), v.detach(), dacc, drowsum, "elu1", 0.0, 0.25, 0, 16, 4, 2, 0)),
+              (bwd, (q.detach(), k.detach(), v.detach(), dacc, drowsum, "sigmoid", -1.0, 0.25, 7, 16, 0, 0, 1))]
     for op, args in checks:
         result = torch.library.opcheck(op, args)
         assert set(result.values()) == {"SUCCESS"}, (op, result)

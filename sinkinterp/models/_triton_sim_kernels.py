@@ -194,9 +194,9 @@ def fwd(Q, K, V, ACC, L, T, H, GROUP, D, SB, WINDOW,
 
 @triton.jit
 @no_type_check
-def _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, bh, offs_n, offs_d, start, end, T, D, scale, BIAS, WINDOW,
+def _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, start, end, T, D, scale, BIAS, WINDOW,
                 OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
-                BLOCK_M: tl.constexpr, MASK: tl.constexpr):
+                BLOCK_M: tl.constexpr, MASK: tl.constexpr, FUSE_DQ: tl.constexpr):
     for start_m in range(start, end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
@@ -206,15 +206,20 @@ def _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, bh, offs_n, offs_d, start, end, T, D,
                             MASK)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC).to(ACC_T)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC).to(ACC_T)
+        if FUSE_DQ:  # this key block's share of dq, added into the [T, D] accumulator (ACC_T) of the head
+            dq = tl.dot(ds.to(k.dtype), k, input_precision=PREC).to(ACC_T) * scale
+            tl.atomic_add(DQ + bh * T * D + offs_m[:, None] * D + offs_d[None, :], dq,
+                          mask=(offs_m[:, None] < T) & (offs_d[None, :] < D), sem="relaxed")
     return dk, dv
 
 
 @triton.jit
 @no_type_check
-def bwd_dkdv(Q, K, V, DACC, DL, DK, DV, T, H, GROUP, D, SB, WINDOW,
+def bwd_dkdv(Q, K, V, DACC, DL, DK, DV, DQ, T, H, GROUP, D, SB, WINDOW,
              OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    # one block of keys of one query head; dk / dv per query head (summed over the group later)
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FUSE_DQ: tl.constexpr):
+    # one block of keys of one query head; dk / dv per query head (summed over the group later); with
+    # FUSE_DQ also dq, added atomically into DQ (zeros in ACC_T) tile by tile, and bwd_dq does not run
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     scale, BIAS = _scale_and_bias(SB, ACC_T)
@@ -228,12 +233,12 @@ def bwd_dkdv(Q, K, V, DACC, DL, DK, DV, T, H, GROUP, D, SB, WINDOW,
     lo, hi = _query_range(pid_n, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
     full_lo, full_hi = _full_query_tiles(pid_n, lo, hi, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
     # the diagonal, the tiles that see the keys whole (no mask), the window's edge
-    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, bh, offs_n, offs_d, lo, full_lo, T, D, scale, BIAS, WINDOW,
-                         OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, True)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, bh, offs_n, offs_d, full_lo, full_hi, T, D, scale, BIAS,
-                         WINDOW, OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, False)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, bh, offs_n, offs_d, full_hi, hi, T, D, scale, BIAS, WINDOW,
-                         OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, True)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, lo, full_lo, T, D, scale, BIAS, WINDOW,
+                         OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, True, FUSE_DQ)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, full_lo, full_hi, T, D, scale, BIAS,
+                         WINDOW, OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, False, FUSE_DQ)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, full_hi, hi, T, D, scale, BIAS, WINDOW,
+                         OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, True, FUSE_DQ)
     _store_rows(DK + bh * T * D, offs_n, offs_d, T, D, dk * scale)
     _store_rows(DV + bh * T * D, offs_n, offs_d, T, D, dv)
 

@@ -46,6 +46,7 @@ from torch import Tensor
 
 __all__ = [
     "COLUMN_OPS",
+    "DQ_MODES",
     "SIM_OPS",
     "column_sums",
     "column_sums_reference",
@@ -58,6 +59,8 @@ __all__ = [
 
 #: similarity functions the kernel implements (the name of ModelConfig.attn_op, without "_norm")
 SIM_OPS = ("sigmoid", "elu1")
+#: how the backward computes dq (``sim_attention(dq=...)``)
+DQ_MODES = ("two_pass", "atomic")
 
 
 def triton_available(device: torch.device | str) -> bool:
@@ -183,7 +186,7 @@ def _scale_and_bias(q: Tensor, scale: float, bias: float) -> Tensor:
 @torch.library.custom_op("sinkinterp::sim_attention_fwd", mutates_args=())
 @no_type_check  # the test suite's runtime type checker would hide the annotations custom_op reads
 def _sim_fwd(q: Tensor, k: Tensor, v: Tensor, op: str, bias: float, scale: float, window: int,
-             block: int, warps: int, stages: int) -> tuple[Tensor, Tensor]:
+             block: int, warps: int, stages: int, dq_mode: int) -> tuple[Tensor, Tensor]:
     fwd, _, _ = _kernels()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     b, h, t, _ = q.shape
@@ -195,25 +198,30 @@ def _sim_fwd(q: Tensor, k: Tensor, v: Tensor, op: str, bias: float, scale: float
 
 
 @_sim_fwd.register_fake
-def _(q, k, v, op, bias, scale, window, block, warps, stages):
+def _(q, k, v, op, bias, scale, window, block, warps, stages, dq_mode):
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=_acc_dtype(q))
 
 
 @torch.library.custom_op("sinkinterp::sim_attention_bwd", mutates_args=())
 @no_type_check
 def _sim_bwd(q: Tensor, k: Tensor, v: Tensor, dacc: Tensor, drowsum: Tensor, op: str, bias: float, scale: float,
-             window: int, block: int, warps: int, stages: int) -> tuple[Tensor, Tensor, Tensor]:
+             window: int, block: int, warps: int, stages: int, dq_mode: int) -> tuple[Tensor, Tensor, Tensor]:
     _, bwd_dkdv, bwd_dq = _kernels()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     dacc, dl = dacc.contiguous().to(q.dtype), drowsum.contiguous().to(_acc_dtype(q))
     b, h, t, d = q.shape
     args, const = _sim_settings(q, k, op, bias, scale, window, block)
-    dq = torch.empty_like(q)
     dk_h = torch.empty_like(q)  # per query head, summed over each kv head's group below
     dv_h = torch.empty_like(q)
     tuning = _tuning(warps, stages)
-    bwd_dkdv[(_cdiv(t, const["BLOCK_N"]), b * h)](q, k, v, dacc, dl, dk_h, dv_h, *args, **const, **tuning)
-    bwd_dq[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, dacc, dl, dq, *args, **const, **tuning)
+    fused = DQ_MODES[dq_mode] == "atomic"
+    dq = torch.zeros(q.shape, device=q.device, dtype=_acc_dtype(q)) if fused else torch.empty_like(q)
+    bwd_dkdv[(_cdiv(t, const["BLOCK_N"]), b * h)](q, k, v, dacc, dl, dk_h, dv_h, dq, *args, **const, **tuning,
+                                                   FUSE_DQ=fused)
+    if fused:
+        dq = dq.to(q.dtype)
+    else:
+        bwd_dq[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, dacc, dl, dq, *args, **const, **tuning)
     hkv, group = k.shape[1], h // k.shape[1]
     dk = dk_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dk_h
     dv = dv_h.view(b, hkv, group, t, d).sum(2) if group > 1 else dv_h
@@ -221,7 +229,7 @@ def _sim_bwd(q: Tensor, k: Tensor, v: Tensor, dacc: Tensor, drowsum: Tensor, op:
 
 
 @_sim_bwd.register_fake
-def _(q, k, v, dacc, drowsum, op, bias, scale, window, block, warps, stages):
+def _(q, k, v, dacc, drowsum, op, bias, scale, window, block, warps, stages, dq_mode):
     kv = torch.empty_like(k, memory_format=torch.contiguous_format)
     return torch.empty_like(q, memory_format=torch.contiguous_format), kv, torch.empty_like(kv)
 
@@ -262,7 +270,7 @@ _sim_fwd.register_autograd(_sim_backward, setup_context=_sim_setup_context)
 def sim_attention(
     q: Tensor, k: Tensor, v: Tensor, *, op: str, bias: float = 0.0, scale: float | None = None,
     window: int | None = None, block: int | None = None, num_warps: int | None = None,
-    num_stages: int | None = None,
+    num_stages: int | None = None, dq: str = "two_pass",
 ) -> tuple[Tensor, Tensor]:
     """Fused causal ``op`` attention: (acc [b, h, t, d], rowsum [b, h, t]) as in the module docstring;
     acc in the inputs' dtype, rowsum in float32 (float64 for float64 inputs).
@@ -272,7 +280,11 @@ def sim_attention(
     ``window``: query t sees keys t - window < s <= t; ``block``: rows and columns per tile (default
     64 on a GPU, 16 in the interpreter; at least 16); ``num_warps`` (1, 2, 4, 8 or 16) and ``num_stages``
     (1 to 8): Triton's launch options for the three kernels (None: Triton's defaults), for tuning on
-    a GPU (``benchmarks/bench_attention.py --tiles``). Differentiable in q, k and v through both
+    a GPU (``benchmarks/bench_attention.py --tiles``). ``dq``: how the backward computes dq:
+    ``"two_pass"`` (a second kernel over query blocks recomputes the scores; deterministic) or
+    ``"atomic"`` (the dk / dv kernel adds each key block's share of dq into a float32 accumulator with
+    atomic adds, as FlashAttention-2's backward does: the scores are computed once, five tile products
+    instead of seven, the order of the additions not fixed). Differentiable in q, k and v through both
     outputs. Needs Triton on CUDA, or Triton's interpreter (``triton_available``)."""
     _check(q, k, v, op, window)
     _check_block(block)
@@ -281,12 +293,14 @@ def sim_attention(
     if num_stages is not None and (isinstance(num_stages, bool) or not isinstance(num_stages, int)
                                    or not 1 <= num_stages <= 8):
         raise ValueError(f"num_stages: an integer from 1 to 8 or None, got {num_stages!r}")
+    if dq not in DQ_MODES:
+        raise ValueError(f"dq: one of {', '.join(map(repr, DQ_MODES))}, got {dq!r}")
     _require_triton(q, "sim_attention")
     d = q.shape[-1]
     scale = d ** -0.5 if scale is None else scale
     q, k, v = (_pad_head(x) for x in (q, k, v))
     acc, rowsum = _sim_fwd(q, k, v, op, float(bias), float(scale), window or 0, block or 0, num_warps or 0,
-                           num_stages or 0)
+                           num_stages or 0, DQ_MODES.index(dq))
     return (acc[..., :d] if acc.shape[-1] != d else acc), rowsum
 
 
