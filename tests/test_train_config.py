@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -180,3 +181,8 @@ def test_shipped_configs_parse():
     assert cfgs["kv_bias_small"].model == m.replace(attn_bias="kv")
     assert cfgs["sigmoid_small"].model == m.replace(attn_op="sigmoid")
     assert cfgs["tiny_cpu"].device == "cpu" and not cfgs["tiny_cpu"].compile
+    for name in ("baseline_small", "baseline_small_wd05"):  # second seeds: the seeds and nothing else differ
+        s1 = cfgs[f"{name}_s1"]
+        assert (s1.seed, s1.model.seed, s1.data.seed) == (1, 1, 1)
+        assert s1 == cfgs[name].replace(seed=1, model=cfgs[name].model.replace(seed=1),
+                                        data=dataclasses.replace(cfgs[name].data, seed=1))

@@ -6,17 +6,20 @@
 #   carry:     [".whl", "data/debian/debian-shards.tar.xz"]
 #   timeout_s: 590
 #
-# 1. The fused kernel's tests with their failure messages (`--tb=short`, stopping after 3 failures):
-#    on the H200 on 2026-12-04, 13 of 18 failed where the head dimension was masked, since padded.
-# 2. The tile sweep of the fused sigmoid kernel against SDPA softmax at T 2048 / 4096
-#    (`bench_attention.py --tiles`), which picks the kernel's launch defaults.
-# 3. In the time left, `scripts/device/train_call.sh` on CONFIGS (default configs/baseline_small.json,
-#    the reference's wd 0.1 row: about 190 s for 9,000 steps), curves and bf16 models back as
-#    runs.tar.xz parts.
-# TEST_LIMIT / TILES_LIMIT change the two steps' limits (a call in what is left of a session's device time;
-# TILES_LIMIT=0 skips the sweep, which ran on the H200 on 2026-12-04: benchmarks/results/attention-tiles-h200.json).
-# Back come log.txt (steps 1-2), train_log.txt, attention-tiles.json and the archive. Here, first:
-# scripts/device/fetch_wheels.sh and the corpus pack (docs/data.md).
+# 1. The fused kernel's tests with their failure messages (`--tb=short`, stopping after 3 failures).
+#    On the H200 on 2026-12-04 (second session) all that ran passed after the float32-scalar fix but
+#    the compiled-step test (its subprocess lost PYTHONPATH, since fixed); the whole file needs about
+#    4 minutes compiled: TEST_LIMIT=240.
+# 2. bench_attention.py: SDPA softmax against the fused kernel, two-pass and atomic dq (since the
+#    second session: whole tiles scored without a mask, `sim_attention(dq="atomic")`), sigmoid and
+#    elu+1, at T 512 / 2048 / 4096 -> attention-cuda.json. BENCH_ARGS replaces its arguments (the tile
+#    sweep of 2026-12-04: `--seq-lens 2048,4096 --methods sdpa_softmax,triton_sigmoid --tiles
+#    32x4x2,64x4x2,...`, benchmarks/results/attention-tiles-h200.json).
+# 3. In the time left, `scripts/device/train_call.sh` on CONFIGS (default configs/kv_bias_small.json,
+#    to 9,000 steps: about 175 s), curves and bf16 models back as runs.tar.xz parts.
+# TEST_LIMIT / BENCH_LIMIT change the first two steps' limits (0 skips a step): a call in what is left
+# of a session's device time. Back come log.txt (steps 1-2), train_log.txt, attention-cuda.json and
+# the archive. Here, first: scripts/device/fetch_wheels.sh and the corpus pack (docs/data.md).
 #
 # A smoke test of the plumbing on a CPU (Triton's interpreter, toy sizes):
 #   DEVICE=cpu OUT=/tmp/second_call PYTHON=/tmp/v/bin/python BUDGET_S=200 \
@@ -27,7 +30,7 @@ cd "$(dirname "$0")/../.."
 DEVICE="${DEVICE:-cuda}"
 OUT="${OUT:?set OUT to the folder that collects the results}"
 BUDGET_S="${BUDGET_S:-550}"
-CONFIGS="${CONFIGS:-configs/baseline_small.json}"
+CONFIGS="${CONFIGS:-configs/kv_bias_small.json}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
 
@@ -35,26 +38,31 @@ if [ "$DEVICE" = cuda ]; then
   source scripts/device/setup.sh data/debian/debian-shards.tar.xz  # (a sourced script sees our "$@" otherwise)
   PY=python3
   tests=(tests/test_triton_attention.py)
-  tiles=(--seq-lens 2048,4096 --methods sdpa_softmax,triton_sigmoid
-         --tiles 32x4x2,64x4x2,64x4x3,64x8x3,128x4x2,128x8x2,128x8x3)
-  limits=("${TEST_LIMIT:-150}" "${TILES_LIMIT:-100}")  # seconds for steps 1 and 2
+  bench=(--seq-lens 512,2048,4096
+         --methods sdpa_softmax,triton_sigmoid,triton_sigmoid_atomic,triton_elu1,triton_elu1_atomic)
+  limits=("${TEST_LIMIT:-240}" "${BENCH_LIMIT:-90}")  # seconds for steps 1 and 2
 else  # the CPU smoke test: Triton's interpreter, toy sizes
   PY="${PYTHON:-python3}"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=1
   tests=(tests/test_triton_attention.py -k "never_mask and 8")
-  tiles=(--device cpu --interpret --seq-lens 32 --batch-size 1 --heads 2 --d-head 16 --warmup 0 --repeats 1
-         --methods sdpa_softmax,triton_sigmoid --tiles 16x2x2,32)
-  limits=("${TEST_LIMIT:-120}" "${TILES_LIMIT:-120}")
+  bench=(--device cpu --interpret --seq-lens 32 --batch-size 1 --heads 2 --d-head 16 --warmup 0 --repeats 1
+         --methods sdpa_softmax,triton_sigmoid,triton_sigmoid_atomic)
+  limits=("${TEST_LIMIT:-120}" "${BENCH_LIMIT:-120}")
 fi
 
 source scripts/device/steps.sh  # step NAME LIMIT COMMAND...
 
 echo "second_call: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') device $DEVICE budget ${BUDGET_S}s"
-step triton-tests "${limits[0]}" $PY -m pytest -q -p no:cacheprovider --tb=short --maxfail=3 "${tests[@]}"
-if [ "${limits[1]}" -gt 0 ]; then
-  step bench-tiles "${limits[1]}" $PY benchmarks/bench_attention.py "${tiles[@]}" --json "$OUT/attention-tiles.json"
+if [ "${limits[0]}" -gt 0 ]; then
+  step triton-tests "${limits[0]}" $PY -m pytest -q -p no:cacheprovider --tb=short --maxfail=3 "${tests[@]}"
 else
-  echo "== bench-tiles: skipped (TILES_LIMIT=0)"
+  echo "== triton-tests: skipped (TEST_LIMIT=0)"
+fi
+if [ -n "${BENCH_ARGS:-}" ]; then read -r -a bench <<< "$BENCH_ARGS"; fi
+if [ "${limits[1]}" -gt 0 ]; then
+  step bench-attention "${limits[1]}" $PY benchmarks/bench_attention.py "${bench[@]}" --json "$OUT/attention-cuda.json"
+else
+  echo "== bench-attention: skipped (BENCH_LIMIT=0)"
 fi
 left=$((BUDGET_S - SECONDS))
 if [ "$left" -ge 120 ]; then
