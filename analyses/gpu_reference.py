@@ -43,6 +43,7 @@ from sinkinterp.fileio import write_bytes, write_json
 DATA = ROOT / "analyses" / "data" / "gpu_reference"
 DOC = ROOT / "docs" / "gpu-reference.md"
 FIG = ROOT / "docs" / "figures" / "gpu-reference-emergence.png"
+HEADS_FIG = ROOT / "docs" / "figures" / "gpu-reference-heads.png"
 
 # ../shared/reference/attention-sink-paper.md section 6 (one H100, 2026-11, its own trainer and a
 # 46.7M-token Debian corpus): the sink-tracking points it reports, by config and step
@@ -305,6 +306,42 @@ def _figure(runs: dict[str, dict]) -> None:
     save_figure(fig, FIG)
 
 
+def _heads_figure(runs: dict[str, dict]) -> None:
+    """Per final model: mean attention on the sink (alpha_1; alpha_* on k*/v* where the model has the
+    slot) per layer and head, on one colour scale; and the massive-activation ratio after each layer."""
+    import numpy as np
+
+    from sinkinterp.figures import _plt, save_figure
+
+    reports = {n: r["report"] for n, r in runs.items() if r["report"] is not None}
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(reports) + 1, figsize=(3.1 * (len(reports) + 1), 3.4), layout="constrained")
+    grids = {n: np.asarray(rep["heads"]["alpha_bias"] if rep["heads"].get("alpha_bias") else rep["heads"]["alpha1"],
+                           dtype=float) for n, rep in reports.items()}
+    top = max(float(g.max()) for g in grids.values())
+    for ax, (name, grid) in zip(axes, grids.items()):
+        im = ax.imshow(grid, vmin=0.0, vmax=top, cmap="viridis", aspect="auto")
+        slot = reports[name]["heads"].get("alpha_bias") is not None
+        ax.set_title(f"{name}\nmean alpha on {'k*' if slot else 'token 1'}", fontsize=8)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(grid.shape[1]))
+        ax.set_yticks(range(grid.shape[0]))
+        for (li, hi), v in np.ndenumerate(grid):
+            if v >= 0.3:  # the eps of the protocol
+                ax.text(hi, li, f"{v:.2f}", ha="center", va="center", fontsize=6, color="black")
+    fig.colorbar(im, ax=list(axes[:-1]), fraction=0.02, pad=0.02, label="mean alpha")
+    ax = axes[-1]
+    for name, rep in reports.items():
+        ratios = rep.get("massive_ratio_sums") or []
+        ax.plot(range(len(ratios)), ratios, marker="o", markersize=3, label=name)
+    ax.set_title("||s_1|| / mean ||s_t|| of each block's\nresidual sums (x + attn, x + mlp)", fontsize=8)
+    ax.set_xlabel("layer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, frameon=False)
+    save_figure(fig, HEADS_FIG)
+
+
 def _fmt(x, spec=".2f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -327,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_reference: no snapshots in {DATA}", file=sys.stderr)
         return 2
     _figure(runs)
+    _heads_figure(runs)
     lines = [
         "# The reduced-scale reference runs on a GPU",
         "",
@@ -404,6 +442,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{_fmt(rep.get('sink_bias'))} | {rep['massive_ratio']:.2f} | {', '.join(heads)} | {slot} | {d('ablate')} | "
             f"{d('ablate[norenorm]')} | {d('zero_value')} | {d('ablate_bias')} | {d('ablate_bias[norenorm]')} | "
             f"{d('bias_to_first')} |")
+    lines += [
+        "",
+        "Mean attention on the sink per layer and head (alpha_1; alpha_* on k*/v* for the KV model;",
+        "values >= eps 0.3 printed), and the massive-activation ratio of each block's residual sums:",
+        "",
+        "![Per-head mean attention on the sink and the massive-activation ratio by layer, final models](figures/gpu-reference-heads.png)",
+    ]
     lines += _qk_lines(runs)
     lines += _lengths_lines(runs)
     lines += _key_value_lines(runs)
