@@ -282,8 +282,8 @@ def sim_attention(
     (1 to 8): Triton's launch options for the three kernels (None: Triton's defaults), for tuning on
     a GPU (``benchmarks/bench_attention.py --tiles``). ``dq``: how the backward computes dq:
     ``"two_pass"`` (a second kernel over query blocks recomputes the scores; deterministic) or
-    ``"atomic"`` (the dk / dv kernel adds each key block's share of dq into a float32 accumulator with
-    atomic adds, as FlashAttention-2's backward does: the scores are computed once, five tile products
+    ``"atomic"`` (the dk / dv kernel adds each key block's share of dq into an accumulator in float32,
+    float64 for float64 inputs, with atomic adds, as FlashAttention-2's backward does: the scores are computed once, five tile products
     instead of seven, the order of the additions not fixed). Differentiable in q, k and v through both
     outputs. Needs Triton on CUDA, or Triton's interpreter (``triton_available``)."""
     _check(q, k, v, op, window)
