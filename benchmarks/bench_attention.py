@@ -20,9 +20,9 @@ inputs (a row whose numbers are wrong is ``failed``, not timed). Then ``--warmup
 reason (the Triton kernel and FlexAttention's backward need CUDA). FLOPs count the causal half:
 forward ``2 * 2 * B * H * T^2 * d / 2``, backward 2.5 x that (FlashAttention's convention).
 
-``--tiles 64x4x2,128x8x3,...`` times the Triton rows once per tile setting (square BLOCK, warps,
-stages; ``64`` alone keeps Triton's warps and stages), each row named ``triton_sigmoid@64x4x2``, to
-tune the kernel on a GPU.
+``--tiles 64x4x2,128x8x3,128/64x8x3,...`` times the Triton rows once per tile setting (BLOCK, or
+BLOCK_M/BLOCK_N for query rows and key columns apart; warps, stages; ``64`` alone keeps Triton's warps
+and stages), each row named ``triton_sigmoid@64x4x2``, to tune the kernel on a GPU.
 
 Run ``python benchmarks/bench_attention.py --help``; see benchmarks/README.md.
 """
@@ -68,7 +68,8 @@ def _reference(method: str, q, k, v) -> torch.Tensor:
     return sim.masked_fill(~mask, 0.0) @ v
 
 
-Tile = tuple[int, int | None, int | None]  # BLOCK, num_warps, num_stages (None: Triton's default)
+# BLOCK (or (BLOCK_M, BLOCK_N)), num_warps, num_stages (None: Triton's default)
+Tile = tuple[int | tuple[int, int], int | None, int | None]
 
 
 def _method(method: str, device: torch.device, interpret: bool = False,
@@ -169,27 +170,31 @@ def _int_list(name: str) -> Callable[[str], list[int]]:
 
 
 def _tiles(text: str) -> list[Tile]:
-    """``--tiles``: comma-separated BLOCK[xWARPS[xSTAGES]], e.g. ``64x4x2,128x8x3``."""
+    """``--tiles``: comma-separated BLOCK[xWARPS[xSTAGES]], BLOCK a power of two >= 16 or
+    BLOCK_M/BLOCK_N, e.g. ``64x4x2,128x8x3,128/64x8x3``."""
     out: list[Tile] = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
         parts = item.split("x")
         try:
-            nums = [int(x) for x in parts]
+            blocks = [int(x) for x in parts[0].split("/")]
+            nums = [int(x) for x in parts[1:]]
         except ValueError:
-            nums = []
-        if not 1 <= len(nums) <= 3 or nums[0] < 16 or nums[0] & (nums[0] - 1) \
-                or (len(nums) > 1 and nums[1] not in (1, 2, 4, 8, 16)) or (len(nums) > 2 and not 1 <= nums[2] <= 8):
+            blocks, nums = [], []
+        if not 1 <= len(blocks) <= 2 or any(b < 16 or b & (b - 1) for b in blocks) or len(nums) > 2 \
+                or (nums and nums[0] not in (1, 2, 4, 8, 16)) or (len(nums) > 1 and not 1 <= nums[1] <= 8):
             raise argparse.ArgumentTypeError(
-                f"--tiles: BLOCK[xWARPS[xSTAGES]] items (BLOCK a power of two >= 16, WARPS 1-16 a power of two, "
-                f"STAGES 1-8), comma-separated, got {item!r}")
-        out.append((nums[0], *(nums[1:] + [None] * (3 - len(nums)))))
+                f"--tiles: BLOCK[xWARPS[xSTAGES]] items (BLOCK a power of two >= 16 or BLOCK_M/BLOCK_N, WARPS 1-16 "
+                f"a power of two, STAGES 1-8), comma-separated, got {item!r}")
+        block = blocks[0] if len(blocks) == 1 else (blocks[0], blocks[1])
+        out.append((block, *(nums + [None] * (2 - len(nums)))))
     if not out:
         raise argparse.ArgumentTypeError(f"--tiles: at least one BLOCK[xWARPS[xSTAGES]], got {text!r}")
     return out
 
 
 def _tile_name(tile: Tile) -> str:
-    return "x".join(str(x) for x in tile if x is not None)
+    block = tile[0] if isinstance(tile[0], int) else "/".join(map(str, tile[0]))
+    return "x".join(str(x) for x in (block, *tile[1:]) if x is not None)
 
 
 def _methods(text: str) -> list[str]:

@@ -78,16 +78,22 @@ def test_tiles_time_the_triton_rows_once_per_setting(tmp_path, monkeypatch):
     monkeypatch.setattr(triton_attention, "sim_attention", spy)
     out = tmp_path / "a.json"
     assert bench_attention.main([*TINY, "--interpret", "--seq-lens", "20", "--methods", "sdpa_softmax,triton_sigmoid",
-                                 "--tiles", "16x2x3,32", "--json", str(out)]) == 0
+                                 "--tiles", "16x2x3,32,32/16x2", "--json", str(out)]) == 0
     doc = read_json(out)
-    assert [r["method"] for r in doc["rows"]] == ["sdpa_softmax", "triton_sigmoid@16x2x3", "triton_sigmoid@32"]
+    assert [r["method"] for r in doc["rows"]] == ["sdpa_softmax", "triton_sigmoid@16x2x3", "triton_sigmoid@32",
+                                                  "triton_sigmoid@32/16x2"]
     assert doc["rows"][1]["tile"] == {"block": 16, "num_warps": 2, "num_stages": 3} and doc["rows"][1]["status"] == "ok"
-    assert doc["settings"]["tiles"] == [[16, 2, 3], [32, None, None]] and doc["target"]["rows"] == 2
-    assert {(16, 2, 3), (32, None, None)} <= set(seen)
+    assert doc["rows"][3]["tile"] == {"block": [32, 16], "num_warps": 2, "num_stages": None}
+    assert doc["rows"][3]["status"] == "ok"
+    assert doc["settings"]["tiles"] == [[16, 2, 3], [32, None, None], [[32, 16], 2, None]]
+    assert doc["target"]["rows"] == 3
+    assert {(16, 2, 3), (32, None, None), ((32, 16), 2, None)} <= set(seen)
 
 
 @pytest.mark.parametrize("argv, needle", [
     (["--tiles", "24x4"], "--tiles"),
+    (["--tiles", "64/24x4"], "--tiles"),
+    (["--tiles", "64/32/16"], "--tiles"),
     (["--tiles", "64x3"], "--tiles"),
     (["--tiles", "64x4x9"], "--tiles"),
     (["--methods", "sdpa_softmax,nope"], "--methods"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,8 +95,8 @@ def test_the_kernels_never_mask_the_head_dimension(d, monkeypatch):
     seen = []
     settings = triton_attention._launch_settings
 
-    def spy(q, block):
-        meta = settings(q, block)
+    def spy(q, block, block_n=None):
+        meta = settings(q, block, block_n)
         seen.append((q.shape[-1], meta["BLOCK_D"]))
         return meta
 
@@ -111,6 +112,28 @@ def test_the_kernels_never_mask_the_head_dimension(d, monkeypatch):
     ref = sim_attention_reference(q.detach(), k, v, op="sigmoid")
     torch.testing.assert_close(acc.detach(), ref[0], atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(cols, column_sums_reference(q.detach(), k, lse), atol=1e-10, rtol=1e-10)
+
+
+# (BLOCK_M, BLOCK_N) pairs: query rows and key columns per tile apart (FlashAttention's Triton forward
+# uses 128 x 64 on Hopper); on CPU the interpreter's sizes
+PAIRS = [(16, 32), (32, 16)] if DEVICE == "cpu" else [(128, 64), (64, 128)]
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+@pytest.mark.parametrize("case,dq", [(1, "two_pass"), (5, "atomic")])
+def test_asymmetric_tiles_match_float64_reference(pair, case, dq):
+    """Tiles of BLOCK_M query rows by BLOCK_N key columns: the ranges of whole and masked tiles, the
+    grids of the three kernels, GQA, windows and T not a multiple of either, against float64."""
+    op, h, hkv, t, d, window, bias = CASES[case]
+    q, k, v = _qkv(h, hkv, t, d)
+    g = torch.Generator().manual_seed(1)
+    g_acc = torch.randn(2, h, t, d, generator=g, dtype=torch.float64).to(DEVICE)
+    g_sum = torch.randn(2, h, t, generator=g, dtype=torch.float64).to(DEVICE)
+    kw = dict(op=op, bias=bias, window=window)
+    expected = _value_and_grads(sim_attention_reference, q, k, v, g_acc, g_sum, **kw)
+    got = _value_and_grads(sim_attention, q, k, v, g_acc, g_sum, **kw, block=pair, dq=dq)
+    for n, a, b in zip(("acc", "rowsum", "dq", "dk", "dv"), got, expected):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=n)
 
 
 def _spy_launches(monkeypatch) -> dict:
@@ -266,10 +289,10 @@ def test_custom_operators_pass_opcheck():
     dacc = torch.randn(2, 4, 37, 16, generator=g, dtype=torch.float64).to(DEVICE)
     drowsum = torch.randn(2, 4, 37, generator=g, dtype=torch.float64).to(DEVICE)
     bwd = torch.ops.sinkinterp.sim_attention_bwd.default
-    checks = [(torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "sigmoid", -1.0, 0.25, 7, 16, 0, 0, 0)),
-              (torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "elu1", 0.0, 0.25, 0, 16, 0, 0, 1)),
-              (bwd, (q.detach(), k.detach(), v.detach(), dacc, drowsum, "elu1", 0.0, 0.25, 0, 16, 4, 2, 0)),
-              (bwd, (q.detach(), k.detach(), v.detach(), dacc, drowsum, "sigmoid", -1.0, 0.25, 7, 16, 0, 0, 1))]
+    checks = [(torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "sigmoid", -1.0, 0.25, 7, 16, 0, 0, 0, 0)),
+              (torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "elu1", 0.0, 0.25, 0, 16, 0, 0, 1, 32)),
+              (bwd, (q.detach(), k.detach(), v.detach(), dacc, drowsum, "elu1", 0.0, 0.25, 0, 16, 4, 2, 0, 0)),
+              (bwd, (q.detach(), k.detach(), v.detach(), dacc, drowsum, "sigmoid", -1.0, 0.25, 7, 32, 0, 0, 1, 16))]
     for op, args in checks:
         result = torch.library.opcheck(op, args)
         assert set(result.values()) == {"SUCCESS"}, (op, result)
@@ -469,7 +492,7 @@ def test_column_kernels_bad_input_is_named():
         column_sums(q, k.float(), lse)
     with pytest.raises(ValueError, match="window: a positive integer"):
         softmax_lse(q, k, window=0)
-    with pytest.raises(ValueError, match="block: a power of two"):
+    with pytest.raises(ValueError, match=r"block: a power of two >= 16 or None, got 48"):
         column_sums(q, k, lse, block=48)
 
 
@@ -479,6 +502,10 @@ def test_bad_input_is_named():
         sim_attention(q, k, v, op="softmax")
     with pytest.raises(ValueError, match="block: a power of two"):
         sim_attention(q, k, v, op="sigmoid", block=24)
+    for bad in ((16, 24), (8, 16), (16, True)):
+        with pytest.raises(ValueError, match=r"block: a power of two >= 16, a pair of them \(BLOCK_M, BLOCK_N\), or "
+                                             rf"None, got {re.escape(repr(bad))}"):
+            sim_attention(q, k, v, op="sigmoid", block=bad)
     with pytest.raises(ValueError, match="window: a positive integer"):
         sim_attention(q, k, v, op="sigmoid", window=0)
     with pytest.raises(ValueError, match="kv heads do not divide"):

@@ -10,9 +10,10 @@
 #    On the H200 on 2026-12-04 (second session) all that ran passed after the float32-scalar fix but
 #    the compiled-step test (its subprocess lost PYTHONPATH, since fixed); the whole file needs about
 #    4 minutes compiled: TEST_LIMIT=240.
-# 2. bench_attention.py: SDPA softmax against the fused kernel, two-pass and atomic dq (since the
-#    second session: whole tiles scored without a mask, `sim_attention(dq="atomic")`), sigmoid and
-#    elu+1, at T 512 / 2048 / 4096 -> attention-cuda.json. BENCH_ARGS replaces its arguments (the tile
+# 2. bench_attention.py: SDPA softmax against the fused kernel, two-pass and atomic dq, square 64 x 64
+#    tiles and 128 x 64 ones with 8 warps (FlashAttention's Triton setting on Hopper) (all since the
+#    second session's calls: whole tiles scored without a mask, `sim_attention(dq="atomic")`,
+#    `block=(BLOCK_M, BLOCK_N)`), sigmoid and elu+1, at T 2048 / 4096 -> attention-cuda.json. BENCH_ARGS replaces its arguments (the tile
 #    sweep of 2026-12-04: `--seq-lens 2048,4096 --methods sdpa_softmax,triton_sigmoid --tiles
 #    32x4x2,64x4x2,...`, benchmarks/results/attention-tiles-h200.json).
 # 3. In the time left, `scripts/device/train_call.sh` on CONFIGS (default configs/kv_bias_small.json,
@@ -38,15 +39,15 @@ if [ "$DEVICE" = cuda ]; then
   source scripts/device/setup.sh data/debian/debian-shards.tar.xz  # (a sourced script sees our "$@" otherwise)
   PY=python3
   tests=(tests/test_triton_attention.py)
-  bench=(--seq-lens 512,2048,4096
+  bench=(--seq-lens 2048,4096 --tiles 64,128/64x8x3
          --methods sdpa_softmax,triton_sigmoid,triton_sigmoid_atomic,triton_elu1,triton_elu1_atomic)
-  limits=("${TEST_LIMIT:-240}" "${BENCH_LIMIT:-90}")  # seconds for steps 1 and 2
+  limits=("${TEST_LIMIT:-240}" "${BENCH_LIMIT:-90}")  # the bench: 18 rows, about 50 s  # seconds for steps 1 and 2
 else  # the CPU smoke test: Triton's interpreter, toy sizes
   PY="${PYTHON:-python3}"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=1
   tests=(tests/test_triton_attention.py -k "never_mask and 8")
   bench=(--device cpu --interpret --seq-lens 32 --batch-size 1 --heads 2 --d-head 16 --warmup 0 --repeats 1
-         --methods sdpa_softmax,triton_sigmoid,triton_sigmoid_atomic)
+         --methods sdpa_softmax,triton_sigmoid,triton_sigmoid_atomic --tiles 16,16/32x2)
   limits=("${TEST_LIMIT:-120}" "${BENCH_LIMIT:-120}")
 fi
 

@@ -144,13 +144,13 @@ def _kernels():
     return kern.fwd, kern.bwd_dkdv, kern.bwd_dq
 
 
-def _launch_settings(q: Tensor, block: int | None) -> dict:
+def _launch_settings(q: Tensor, block: int | None, block_n: int | None = None) -> dict:
     import triton
     import triton.language as tl
 
     d = q.shape[-1]
     blk = block if block is not None else (16 if q.device.type == "cpu" else 64)
-    return dict(BLOCK_M=blk, BLOCK_N=blk, BLOCK_D=max(16, triton.next_power_of_2(d)),  # == d: see _pad_head
+    return dict(BLOCK_M=blk, BLOCK_N=block_n or blk, BLOCK_D=max(16, triton.next_power_of_2(d)),  # == d: see _pad_head
                 PREC="ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
                 ACC_T=tl.float64 if q.dtype == torch.float64 else tl.float32)
 
@@ -186,31 +186,32 @@ def _scale_and_bias(q: Tensor, scale: float, bias: float) -> Tensor:
 @torch.library.custom_op("sinkinterp::sim_attention_fwd", mutates_args=())
 @no_type_check  # the test suite's runtime type checker would hide the annotations custom_op reads
 def _sim_fwd(q: Tensor, k: Tensor, v: Tensor, op: str, bias: float, scale: float, window: int,
-             block: int, warps: int, stages: int, dq_mode: int) -> tuple[Tensor, Tensor]:
+             block: int, warps: int, stages: int, dq_mode: int, block_n: int) -> tuple[Tensor, Tensor]:
     fwd, _, _ = _kernels()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     b, h, t, _ = q.shape
     acc = torch.empty_like(q)
     rowsum = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
-    args, const = _sim_settings(q, k, op, bias, scale, window, block)
+    args, const = _sim_settings(q, k, op, bias, scale, window, block, block_n)
     fwd[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, acc, rowsum, *args, **const, **_tuning(warps, stages))
     return acc, rowsum
 
 
 @_sim_fwd.register_fake
-def _(q, k, v, op, bias, scale, window, block, warps, stages, dq_mode):
+def _(q, k, v, op, bias, scale, window, block, warps, stages, dq_mode, block_n):
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=_acc_dtype(q))
 
 
 @torch.library.custom_op("sinkinterp::sim_attention_bwd", mutates_args=())
 @no_type_check
 def _sim_bwd(q: Tensor, k: Tensor, v: Tensor, dacc: Tensor, drowsum: Tensor, op: str, bias: float, scale: float,
-             window: int, block: int, warps: int, stages: int, dq_mode: int) -> tuple[Tensor, Tensor, Tensor]:
+             window: int, block: int, warps: int, stages: int, dq_mode: int,
+             block_n: int) -> tuple[Tensor, Tensor, Tensor]:
     _, bwd_dkdv, bwd_dq = _kernels()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     dacc, dl = dacc.contiguous().to(q.dtype), drowsum.contiguous().to(_acc_dtype(q))
     b, h, t, d = q.shape
-    args, const = _sim_settings(q, k, op, bias, scale, window, block)
+    args, const = _sim_settings(q, k, op, bias, scale, window, block, block_n)
     dk_h = torch.empty_like(q)  # per query head, summed over each kv head's group below
     dv_h = torch.empty_like(q)
     tuning = _tuning(warps, stages)
@@ -229,7 +230,7 @@ def _sim_bwd(q: Tensor, k: Tensor, v: Tensor, dacc: Tensor, drowsum: Tensor, op:
 
 
 @_sim_bwd.register_fake
-def _(q, k, v, dacc, drowsum, op, bias, scale, window, block, warps, stages, dq_mode):
+def _(q, k, v, dacc, drowsum, op, bias, scale, window, block, warps, stages, dq_mode, block_n):
     kv = torch.empty_like(k, memory_format=torch.contiguous_format)
     return torch.empty_like(q, memory_format=torch.contiguous_format), kv, torch.empty_like(kv)
 
@@ -240,9 +241,10 @@ def _tuning(warps: int, stages: int) -> dict:
 
 
 def _sim_settings(q: Tensor, k: Tensor, op: str, bias: float, scale: float, window: int,
-                  block: int) -> tuple[tuple, dict]:
-    """The kernels' scalar arguments and compile-time constants (window / block 0: None)."""
-    meta = _launch_settings(q, block or None)
+                  block: int, block_n: int) -> tuple[tuple, dict]:
+    """The kernels' scalar arguments and compile-time constants (window / block / block_n 0: None;
+    block_n None: block)."""
+    meta = _launch_settings(q, block or None, block_n or None)
     _, h, t, d = q.shape
     args = (t, h, h // k.shape[1], d, _scale_and_bias(q, scale, bias), int(window or 1))
     return args, dict(OP=SIM_OPS.index(op), HAS_WINDOW=window > 0, **meta)
@@ -269,7 +271,7 @@ _sim_fwd.register_autograd(_sim_backward, setup_context=_sim_setup_context)
 
 def sim_attention(
     q: Tensor, k: Tensor, v: Tensor, *, op: str, bias: float = 0.0, scale: float | None = None,
-    window: int | None = None, block: int | None = None, num_warps: int | None = None,
+    window: int | None = None, block: int | tuple[int, int] | None = None, num_warps: int | None = None,
     num_stages: int | None = None, dq: str = "two_pass",
 ) -> tuple[Tensor, Tensor]:
     """Fused causal ``op`` attention: (acc [b, h, t, d], rowsum [b, h, t]) as in the module docstring;
@@ -278,16 +280,21 @@ def sim_attention(
     ``q`` [batch, head, pos, d_head], ``k`` / ``v`` [batch, kv_head, pos, d_head] (after RoPE);
     ``bias`` is the sigmoid bias b (ignored by elu1); ``scale`` defaults to 1 / sqrt(d_head);
     ``window``: query t sees keys t - window < s <= t; ``block``: rows and columns per tile (default
-    64 on a GPU, 16 in the interpreter; at least 16); ``num_warps`` (1, 2, 4, 8 or 16) and ``num_stages``
+    64 on a GPU, 16 in the interpreter; at least 16), or (BLOCK_M, BLOCK_N): query rows and key
+    columns per tile apart (FlashAttention's Triton kernels use 128 x 64 on Hopper); ``num_warps`` (1, 2, 4, 8 or 16) and ``num_stages``
     (1 to 8): Triton's launch options for the three kernels (None: Triton's defaults), for tuning on
     a GPU (``benchmarks/bench_attention.py --tiles``). ``dq``: how the backward computes dq:
     ``"two_pass"`` (a second kernel over query blocks recomputes the scores; deterministic) or
     ``"atomic"`` (the dk / dv kernel adds each key block's share of dq into an accumulator in float32,
-    float64 for float64 inputs, with atomic adds, as FlashAttention-2's backward does: the scores are computed once, five tile products
-    instead of seven, the order of the additions not fixed). Differentiable in q, k and v through both
+    float64 for float64 inputs, with atomic adds, as FlashAttention-2's backward does: the scores
+    are computed once, five tile products instead of seven, the order of the additions not fixed). Differentiable in q, k and v through both
     outputs. Needs Triton on CUDA, or Triton's interpreter (``triton_available``)."""
     _check(q, k, v, op, window)
-    _check_block(block)
+    given, block_n = block, None
+    if isinstance(block, tuple) and len(block) == 2:
+        block, block_n = block
+        _check_block(block_n, given, pairs=True)
+    _check_block(block, given, pairs=True)
     if num_warps is not None and num_warps not in (1, 2, 4, 8, 16):
         raise ValueError(f"num_warps: 1, 2, 4, 8, 16 or None, got {num_warps!r}")
     if num_stages is not None and (isinstance(num_stages, bool) or not isinstance(num_stages, int)
@@ -300,7 +307,7 @@ def sim_attention(
     scale = d ** -0.5 if scale is None else scale
     q, k, v = (_pad_head(x) for x in (q, k, v))
     acc, rowsum = _sim_fwd(q, k, v, op, float(bias), float(scale), window or 0, block or 0, num_warps or 0,
-                           num_stages or 0, DQ_MODES.index(dq))
+                           num_stages or 0, DQ_MODES.index(dq), block_n or 0)
     return (acc[..., :d] if acc.shape[-1] != d else acc), rowsum
 
 
@@ -323,10 +330,13 @@ def _pad_head(x: Tensor) -> Tensor:
     return x if d == _tile_head_dim(d) else torch.nn.functional.pad(x, (0, _tile_head_dim(d) - d))
 
 
-def _check_block(block: int | None) -> None:
+def _check_block(block: object, shown: object = None, pairs: bool = False) -> None:
+    """``block`` a power of two >= 16 or None (``shown``: the argument as given, named in the error;
+    ``pairs``: the caller also takes a (BLOCK_M, BLOCK_N) pair)."""
     if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 16
                               or block & (block - 1)):
-        raise ValueError(f"block: a power of two >= 16 or None, got {block!r}")
+        allowed = "a power of two >= 16" + (", a pair of them (BLOCK_M, BLOCK_N)," if pairs else "")
+        raise ValueError(f"block: {allowed} or None, got {block if shown is None else shown!r}")
 
 
 def _require_triton(q: Tensor, what: str) -> None:
