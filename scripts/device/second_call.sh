@@ -13,9 +13,9 @@
 # 2. bench_attention.py: SDPA softmax against the fused kernel, two-pass and atomic dq, square 64 x 64
 #    tiles and 128 x 64 ones with 8 warps (FlashAttention's Triton setting on Hopper) (all since the
 #    second session's calls: whole tiles scored without a mask, `sim_attention(dq="atomic")`,
-#    `block=(BLOCK_M, BLOCK_N)`), sigmoid and elu+1, at T 2048 / 4096 -> attention-cuda.json. BENCH_ARGS replaces its arguments (the tile
-#    sweep of 2026-12-04: `--seq-lens 2048,4096 --methods sdpa_softmax,triton_sigmoid --tiles
-#    32x4x2,64x4x2,...`, benchmarks/results/attention-tiles-h200.json).
+#    `block=(BLOCK_M, BLOCK_N)`), sigmoid and elu+1, at T 2048 / 4096 -> attention-cuda.json.
+#    BENCH_ARGS replaces its arguments (the tile sweep of 2026-12-04: `--seq-lens 2048,4096 --methods
+#    sdpa_softmax,triton_sigmoid --tiles 32x4x2,64x4x2,...`, benchmarks/results/attention-tiles-h200.json).
 # 3. In the time left, `scripts/device/train_call.sh` on CONFIGS (default configs/kv_bias_small.json,
 #    to 9,000 steps: about 175 s), curves and bf16 models back as runs.tar.xz parts.
 # TEST_LIMIT / BENCH_LIMIT change the first two steps' limits (0 skips a step): a call in what is left
@@ -41,7 +41,7 @@ if [ "$DEVICE" = cuda ]; then
   tests=(tests/test_triton_attention.py)
   bench=(--seq-lens 2048,4096 --tiles 64,128/64x8x3
          --methods sdpa_softmax,triton_sigmoid,triton_sigmoid_atomic,triton_elu1,triton_elu1_atomic)
-  limits=("${TEST_LIMIT:-240}" "${BENCH_LIMIT:-90}")  # the bench: 18 rows, about 50 s  # seconds for steps 1 and 2
+  limits=("${TEST_LIMIT:-240}" "${BENCH_LIMIT:-90}")  # seconds for steps 1 and 2 (the bench: 18 rows, about 50 s)
 else  # the CPU smoke test: Triton's interpreter, toy sizes
   PY="${PYTHON:-python3}"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=1
