@@ -450,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "![Per-head mean attention on the sink and the massive-activation ratio by layer, final models](figures/gpu-reference-heads.png)",
     ]
     lines += _qk_lines(runs)
+    lines += _score_lines(runs)
     lines += _lengths_lines(runs)
     lines += _key_value_lines(runs)
     lines += [
@@ -555,6 +556,31 @@ def _qk_lines(runs: dict[str, dict]) -> list[str]:
                        f"{_fmt(g('cos_q_krest'), '+.2f')} | {_fmt(kr)} |")
     return out
 
+
+
+def _score_lines(runs: dict[str, dict]) -> list[str]:
+    """Per layer, the mean attention score q.k / sqrt(d) on key 1 and on keys 2..T, averaged over the
+    layer's heads, with the range over heads of the latter: how each model spends attention it does not
+    need (softmax must place it; sigmoid without normalization can keep every score low)."""
+    out = ["", "## Where the spare attention goes: mean scores per layer", "",
+           "The mean score q.k / sqrt(d_head) (after RoPE) of every query on key 1 and on keys 2..T,",
+           "averaged over each layer's heads, and the lowest / highest head's mean on keys 2..T",
+           "(`heads.qk.logit_q_k1` / `logit_q_krest` of report.json). Under sigmoid without normalization a",
+           "score s gives weight sigmoid(s) whatever the other keys do, so a model that needs little",
+           "attention can keep every score negative instead of piling the spare mass on one key.",
+           "",
+           "| run | layer | mean score on key 1 | mean score on keys 2..T | lowest / highest head on keys 2..T |",
+           "| --- | ---: | ---: | ---: | --- |"]
+    rows = 0
+    for name, run in runs.items():
+        qk = (run["report"] or {}).get("heads", {}).get("qk") or {}
+        if not qk.get("logit_q_krest"):
+            continue
+        for li, (first, rest) in enumerate(zip(qk["logit_q_k1"], qk["logit_q_krest"])):
+            out.append(f"| {name} | {li} | {sum(first) / len(first):+.2f} | {sum(rest) / len(rest):+.2f} | "
+                       f"{min(rest):+.2f} / {max(rest):+.2f} |")
+            rows += 1
+    return out if rows else []
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -755,6 +755,8 @@ def test_gpu_reference_page_from_the_committed_snapshots(tmp_path, monkeypatch):
         row = next(line for line in page.splitlines() if line.startswith(f"| {folder.name} | `configs/"))
         assert f"| {last['sink1']:.2f} |" in row and f"{rows[-1]['step']:,} of 9,000" in row
         report = json.loads((folder / "report.json").read_text())
+        rest = report["heads"]["qk"]["logit_q_krest"][0]
+        assert f"| {folder.name} | 0 | " in page and f"{sum(rest) / len(rest):+.2f} | {min(rest):+.2f} / {max(rest):+.2f} |" in page
         step = json.loads((folder / "device.json").read_text())["model_step"]
         final = next(line for line in page.splitlines() if line.startswith(f"| {folder.name} | {step:,} |"))
         assert f"| {report['sink1']:.2f} |" in final and f"| {report['massive_ratio']:.2f} |" in final
