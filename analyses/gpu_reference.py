@@ -12,6 +12,7 @@ alpha, q.k decomposition, first-token interventions; ``final_report`` of analyse
     .venv/bin/python analyses/gpu_reference.py --snapshot RUN_DIR MODEL_DIR DEVICE_LOG [RUN_DIR MODEL_DIR DEVICE_LOG ...]
     .venv/bin/python analyses/gpu_reference.py --key-value NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/gpu_reference.py --lengths NAME MODEL_DIR [NAME MODEL_DIR ...]
+    .venv/bin/python analyses/gpu_reference.py --inputs NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/regenerate.py gpu_reference          # docs/gpu-reference.md + figure
 
 ``--key-value`` runs ``sinkinterp intervene`` (token 1's value and key zeroed or mean-replaced,
@@ -21,6 +22,9 @@ per layer) on the model, as analyses/key_vs_value.py does for SmolLM2, and keeps
 as intervene.json and patch.json. ``--lengths`` runs ``sinkinterp lengths`` (Sink_1, Sink_* and the
 massive-activation ratio on the first T' tokens of the same sequences, T' = 16 ... 512: the models
 trained at T 512 are measured at T 64 by the protocol) and keeps its table as lengths.json.
+``--inputs`` runs ``sinkinterp measure`` on natural text, uniformly random tokens and one repeated
+token (T 64, 100 sequences, eps 0.3) and keeps Sink_1, Sink_2, Sink_* and the massive-activation
+ratio of each as inputs.json.
 
 The models themselves (33 MB each in bf16) stay out of git, so the page regenerates from the
 snapshots alone.
@@ -212,12 +216,45 @@ def lengths(args: list[str]) -> int:
     return 0
 
 
+INPUT_KINDS = ("natural", "random", "repeat")
+
+
+def inputs_command(model: str, kind: str, out: Path) -> list[str]:
+    """``sinkinterp measure`` on one kind of input, the report protocol (T 64, 100 sequences, eps 0.3)."""
+    return ["measure", "--model", model, "--inputs", kind, "--seq-len", "64", "--num-seqs", "100", "--eps", "0.3",
+            "--seed", "0", "--no-figures", "--out", str(out)]
+
+
+def inputs(args: list[str]) -> int:
+    pairs = _model_pairs("--inputs", args)
+    if pairs is None:
+        return 2
+    from sinkinterp import cli
+
+    for name, model in pairs:
+        rows = []
+        for kind in INPUT_KINDS:
+            out = ROOT / "runs" / "analyses" / "gpu_reference" / name / f"inputs-{kind}"
+            argv = inputs_command(model, kind, out)
+            print(f"-- {name} {kind}: sinkinterp {' '.join(argv)}")
+            code = cli.main(argv)
+            if code:
+                return code
+            res = json.loads((out / "results.json").read_text())
+            rows.append({"inputs": kind, "sink1": res["sink_pct"][0], "sink2": res["sink_pct"][1],
+                         "sink_bias": res.get("sink_bias_pct"),
+                         "massive_ratio": max(res["norms"]["resid"]["massive_ratio"])})
+        write_json(DATA / name / "inputs.json", {"command": _shown(inputs_command(model, "KIND", Path("OUT")), model),
+                                                 "rows": rows})
+    return 0
+
+
 def _runs() -> dict[str, dict]:
     out = {}
     for folder in sorted(p for p in DATA.glob("*") if p.is_dir()):
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
         run = {"cfg": json.loads((folder / "train_config.json").read_text()), "rows": rows}
-        for f in ("final", "report", "device", "intervene", "patch", "lengths"):
+        for f in ("final", "report", "device", "intervene", "patch", "lengths", "inputs"):
             p = folder / f"{f}.json"
             run[f] = json.loads(p.read_text()) if p.is_file() else None
         out[folder.name] = run
@@ -354,9 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         return key_value(argv[1:])
     if argv and argv[0] == "--lengths":
         return lengths(argv[1:])
+    if argv and argv[0] == "--inputs":
+        return inputs(argv[1:])
     if argv:
         print("usage: analyses/gpu_reference.py [--snapshot RUN_DIR MODEL_DIR DEVICE_LOG ... | --key-value NAME "
-              "MODEL_DIR ... | --lengths NAME MODEL_DIR ...]; with no argument it "
+              "MODEL_DIR ... | --lengths NAME MODEL_DIR ... | --inputs NAME MODEL_DIR ...]; with no argument it "
               f"regenerates docs/gpu-reference.md from the snapshots (got {argv!r})", file=sys.stderr)
         return 2
     runs = _runs()
@@ -449,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "![Per-head mean attention on the sink and the massive-activation ratio by layer, final models](figures/gpu-reference-heads.png)",
     ]
+    lines += _inputs_lines(runs)
     lines += _qk_lines(runs)
     lines += _score_lines(runs)
     lines += _lengths_lines(runs)
@@ -581,6 +621,24 @@ def _score_lines(runs: dict[str, dict]) -> list[str]:
                        f"{min(rest):+.2f} / {max(rest):+.2f} |")
             rows += 1
     return out if rows else []
+
+
+def _inputs_lines(runs: dict[str, dict]) -> list[str]:
+    """Sink_1 / Sink_2 / Sink_* and the massive-activation ratio on natural, random and repeated inputs."""
+    have = {n: r["inputs"] for n, r in runs.items() if r.get("inputs")}
+    if not have:
+        return []
+    command = next(iter(have.values()))["command"]
+    out = ["", "## Natural, random and repeated inputs (CPU)", "",
+           f"`{command}` with KIND natural (the shipped sample), random (uniform token ids) and repeat (one",
+           "token repeated), no BOS. The paper finds the sink on the first token whatever the input.", "",
+           "| run | inputs | Sink_1 (%) | Sink_2 (%) | Sink_* (%) | massive ratio |",
+           "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for name, tab in have.items():
+        for r in tab["rows"]:
+            out.append(f"| {name} | {r['inputs']} | {r['sink1']:.2f} | {r['sink2']:.2f} | {_fmt(r['sink_bias'])} | "
+                       f"{r['massive_ratio']:.2f} |")
+    return out
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -765,6 +765,11 @@ def test_gpu_reference_page_from_the_committed_snapshots(tmp_path, monkeypatch):
             for r in iv["interventions"]:
                 assert f"| {folder.name} | `{r['name']}` | {r['description']} | {r['delta_loss']:+.4f} |" in page
             assert iv["command"].startswith("sinkinterp intervene --model MODEL_DIR") and iv["command"] in page
+        if (folder / "inputs.json").is_file():
+            tab = json.loads((folder / "inputs.json").read_text())
+            assert [r["inputs"] for r in tab["rows"]] == list(mod.INPUT_KINDS) and tab["command"] in page
+            for r in tab["rows"]:
+                assert f"| {folder.name} | {r['inputs']} | {r['sink1']:.2f} | {r['sink2']:.2f} |" in page
         if (folder / "lengths.json").is_file():
             tab = json.loads((folder / "lengths.json").read_text())
             assert [r["length"] for r in tab["rows"]] == mod.LENGTHS and tab["command"] in page
