@@ -13,6 +13,7 @@ alpha, q.k decomposition, first-token interventions; ``final_report`` of analyse
     .venv/bin/python analyses/gpu_reference.py --key-value NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/gpu_reference.py --lengths NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/gpu_reference.py --inputs NAME MODEL_DIR [NAME MODEL_DIR ...]
+    .venv/bin/python analyses/gpu_reference.py --tokens NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/regenerate.py gpu_reference          # docs/gpu-reference.md + figure
 
 ``--key-value`` runs ``sinkinterp intervene`` (token 1's value and key zeroed or mean-replaced,
@@ -24,7 +25,9 @@ massive-activation ratio on the first T' tokens of the same sequences, T' = 16 .
 trained at T 512 are measured at T 64 by the protocol) and keeps its table as lengths.json.
 ``--inputs`` runs ``sinkinterp measure`` on natural text, uniformly random tokens and one repeated
 token (T 64, 100 sequences, eps 0.3) and keeps Sink_1, Sink_2, Sink_* and the massive-activation
-ratio of each as inputs.json.
+ratio of each as inputs.json. ``--tokens`` runs ``sinkinterp tokens`` (sinks past the first
+position, pooled by token, against the rate their positions predict; T 512, 20 windows) and keeps
+the pooled rate and the ten tokens with the highest sink rate as tokens.json.
 
 The models themselves (33 MB each in bf16) stay out of git, so the page regenerates from the
 snapshots alone.
@@ -249,12 +252,41 @@ def inputs(args: list[str]) -> int:
     return 0
 
 
+def tokens_command(model: str, out: Path) -> list[str]:
+    """``sinkinterp tokens`` on the 512-token windows of the shipped natural sample."""
+    return ["tokens", "--model", model, "--inputs", "natural", "--seq-len", "512", "--num-seqs", "20", "--eps", "0.3",
+            "--seed", "0", "--top", "10", "--no-figures", "--out", str(out)]
+
+
+def tokens(args: list[str]) -> int:
+    pairs = _model_pairs("--tokens", args)
+    if pairs is None:
+        return 2
+    from sinkinterp import cli
+
+    for name, model in pairs:
+        out = ROOT / "runs" / "analyses" / "gpu_reference" / name / "tokens"
+        argv = tokens_command(model, out)
+        print(f"-- {name} tokens: sinkinterp {' '.join(argv)}")
+        code = cli.main(argv)
+        if code:
+            return code
+        res = json.loads((out / "results.json").read_text())
+        tok = res["tokens"]
+        top = [{key: tok[key][i] for key in ("text", "id", "count", "sink_rate", "expected_rate", "lift", "mean_alpha",
+                                             "top_head")} for i in res["top"]["index"]]
+        write_json(DATA / name / "tokens.json", {
+            "command": _shown(argv, model), "positions": res["positions"], "pooled_rate": res["pooled_rate"],
+            "sink1_pct": res["sink1_pct"], "top": top})
+    return 0
+
+
 def _runs() -> dict[str, dict]:
     out = {}
     for folder in sorted(p for p in DATA.glob("*") if p.is_dir()):
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
         run = {"cfg": json.loads((folder / "train_config.json").read_text()), "rows": rows}
-        for f in ("final", "report", "device", "intervene", "patch", "lengths", "inputs"):
+        for f in ("final", "report", "device", "intervene", "patch", "lengths", "inputs", "tokens"):
             p = folder / f"{f}.json"
             run[f] = json.loads(p.read_text()) if p.is_file() else None
         out[folder.name] = run
@@ -393,9 +425,12 @@ def main(argv: list[str] | None = None) -> int:
         return lengths(argv[1:])
     if argv and argv[0] == "--inputs":
         return inputs(argv[1:])
+    if argv and argv[0] == "--tokens":
+        return tokens(argv[1:])
     if argv:
         print("usage: analyses/gpu_reference.py [--snapshot RUN_DIR MODEL_DIR DEVICE_LOG ... | --key-value NAME "
-              "MODEL_DIR ... | --lengths NAME MODEL_DIR ... | --inputs NAME MODEL_DIR ...]; with no argument it "
+              "MODEL_DIR ... | --lengths NAME MODEL_DIR ... | --inputs NAME MODEL_DIR ... | --tokens NAME MODEL_DIR ...]; "
+              "with no argument it "
               f"regenerates docs/gpu-reference.md from the snapshots (got {argv!r})", file=sys.stderr)
         return 2
     runs = _runs()
@@ -492,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += _qk_lines(runs)
     lines += _score_lines(runs)
     lines += _lengths_lines(runs)
+    lines += _tokens_lines(runs)
     lines += _key_value_lines(runs)
     lines += [
         "",
@@ -638,6 +674,29 @@ def _inputs_lines(runs: dict[str, dict]) -> list[str]:
         for r in tab["rows"]:
             out.append(f"| {name} | {r['inputs']} | {r['sink1']:.2f} | {r['sink2']:.2f} | {_fmt(r['sink_bias'])} | "
                        f"{r['massive_ratio']:.2f} |")
+    return out
+
+
+def _tokens_lines(runs: dict[str, dict]) -> list[str]:
+    """Sinks past the first position, pooled by token (``sinkinterp tokens``)."""
+    have = {n: r["tokens"] for n, r in runs.items() if r.get("tokens")}
+    if not have:
+        return []
+    out = ["", "## Sinks past the first position, by token (CPU)", ""]
+    for name, tab in have.items():
+        lo, hi = tab["positions"]
+        out += [f"{name}: `{tab['command']}`. Sink % = the share of (occurrence, head) pairs with alpha > 0.3 at",
+                f"key positions {lo + 1}..{hi + 1} (each seen by at least 16 queries): all tokens there "
+                f"{tab['pooled_rate']:.3f}%; token 1 on the same windows {tab['sink1_pct']:.2f}%. The ten tokens with",
+                "the highest rate (seen at least 5 times):", "",
+                "| run | token | id | count | sink % | predicted by its positions (%) | mean alpha | top head |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for t in tab["top"]:
+            text = t["text"].replace("\n", "\\n").replace("|", "\\|")
+            li, hi = t["top_head"] or (-1, -1)
+            out.append(f"| {name} | `{text}` | {t['id']} | {t['count']} | {t['sink_rate']:.2f} | "
+                       f"{t['expected_rate']:.2f} | {t['mean_alpha']:.4f} | {f'L{li}H{hi}' if li >= 0 else '-'} |")
+        out.append("")
     return out
 
 if __name__ == "__main__":

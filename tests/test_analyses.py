@@ -765,6 +765,11 @@ def test_gpu_reference_page_from_the_committed_snapshots(tmp_path, monkeypatch):
             for r in iv["interventions"]:
                 assert f"| {folder.name} | `{r['name']}` | {r['description']} | {r['delta_loss']:+.4f} |" in page
             assert iv["command"].startswith("sinkinterp intervene --model MODEL_DIR") and iv["command"] in page
+        if (folder / "tokens.json").is_file():
+            tab = json.loads((folder / "tokens.json").read_text())
+            assert len(tab["top"]) == 10 and tab["command"] in page
+            first = tab["top"][0]
+            assert f"| {first['id']} | {first['count']} | {first['sink_rate']:.2f} |" in page
         if (folder / "inputs.json").is_file():
             tab = json.loads((folder / "inputs.json").read_text())
             assert [r["inputs"] for r in tab["rows"]] == list(mod.INPUT_KINDS) and tab["command"] in page
