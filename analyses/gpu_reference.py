@@ -244,9 +244,12 @@ def inputs(args: list[str]) -> int:
             if code:
                 return code
             res = json.loads((out / "results.json").read_text())
+            sweep = res["eps_sweep"]
             rows.append({"inputs": kind, "sink1": res["sink_pct"][0], "sink2": res["sink_pct"][1],
                          "sink_bias": res.get("sink_bias_pct"),
-                         "massive_ratio": max(res["norms"]["resid"]["massive_ratio"])})
+                         "massive_ratio": max(res["norms"]["resid"]["massive_ratio"]),
+                         "eps_sweep": {"eps": sweep["eps"], "sink1": sweep["sink1_pct"],
+                                       "sink_bias": sweep.get("sink_bias_pct")}})
         write_json(DATA / name / "inputs.json", {"command": _shown(inputs_command(model, "KIND", Path("OUT")), model),
                                                  "rows": rows})
     return 0
@@ -674,6 +677,16 @@ def _inputs_lines(runs: dict[str, dict]) -> list[str]:
         for r in tab["rows"]:
             out.append(f"| {name} | {r['inputs']} | {r['sink1']:.2f} | {r['sink2']:.2f} | {_fmt(r['sink_bias'])} | "
                        f"{r['massive_ratio']:.2f} |")
+    shown = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+    out += ["", "Sink_1 (Sink_* for a k*/v* model) against eps on the natural inputs (the same measurement's",
+            "eps sweep):", "",
+            "| run | " + " | ".join(f"eps {e:g}" for e in shown) + " |",
+            "| --- |" + " ---: |" * len(shown)]
+    for name, tab in have.items():
+        sweep = next(r for r in tab["rows"] if r["inputs"] == "natural")["eps_sweep"]
+        vals = sweep["sink_bias"] or sweep["sink1"]
+        at = {round(e, 4): v for e, v in zip(sweep["eps"], vals)}
+        out.append(f"| {name} | " + " | ".join(_fmt(at.get(e)) for e in shown) + " |")
     return out
 
 

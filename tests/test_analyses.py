@@ -775,6 +775,10 @@ def test_gpu_reference_page_from_the_committed_snapshots(tmp_path, monkeypatch):
             assert [r["inputs"] for r in tab["rows"]] == list(mod.INPUT_KINDS) and tab["command"] in page
             for r in tab["rows"]:
                 assert f"| {folder.name} | {r['inputs']} | {r['sink1']:.2f} | {r['sink2']:.2f} |" in page
+            natural = next(r for r in tab["rows"] if r["inputs"] == "natural")
+            sweep = dict(zip(natural["eps_sweep"]["eps"], natural["eps_sweep"]["sink_bias"] or natural["eps_sweep"]["sink1"]))
+            assert abs(sweep[0.3] - (natural["sink_bias"] or natural["sink1"])) < 1e-6  # the sweep holds eps 0.3 itself
+            assert any(line.startswith(f"| {folder.name} | {sweep[0.05]:.2f} | {sweep[0.1]:.2f} |") for line in page.splitlines())
         if (folder / "lengths.json").is_file():
             tab = json.loads((folder / "lengths.json").read_text())
             assert [r["length"] for r in tab["rows"]] == mod.LENGTHS and tab["command"] in page
