@@ -24,8 +24,8 @@ as intervene.json and patch.json. ``--lengths`` runs ``sinkinterp lengths`` (Sin
 massive-activation ratio on the first T' tokens of the same sequences, T' = 16 ... 512: the models
 trained at T 512 are measured at T 64 by the protocol) and keeps its table as lengths.json.
 ``--inputs`` runs ``sinkinterp measure`` on natural text, uniformly random tokens and one repeated
-token (T 64, 100 sequences, eps 0.3) and keeps Sink_1, Sink_2, Sink_* and the massive-activation
-ratio of each as inputs.json. ``--tokens`` runs ``sinkinterp tokens`` (sinks past the first
+token (T 64, 100 sequences, eps 0.3) and keeps Sink_1, Sink_2, Sink_*, the massive-activation
+ratio and the eps sweep of each as inputs.json. ``--tokens`` runs ``sinkinterp tokens`` (sinks past the first
 position, pooled by token, against the rate their positions predict; T 512, 20 windows) and keeps
 the pooled rate and the ten tokens with the highest sink rate as tokens.json.
 
