@@ -14,6 +14,7 @@ alpha, q.k decomposition, first-token interventions; ``final_report`` of analyse
     .venv/bin/python analyses/gpu_reference.py --lengths NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/gpu_reference.py --inputs NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/gpu_reference.py --tokens NAME MODEL_DIR [NAME MODEL_DIR ...]
+    .venv/bin/python analyses/gpu_reference.py --per-head NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/regenerate.py gpu_reference          # docs/gpu-reference.md + figure
 
 ``--key-value`` runs ``sinkinterp intervene`` (token 1's value and key zeroed or mean-replaced,
@@ -27,7 +28,9 @@ trained at T 512 are measured at T 64 by the protocol) and keeps its table as le
 token (T 64, 100 sequences, eps 0.3) and keeps Sink_1, Sink_2, Sink_*, the massive-activation
 ratio and the eps sweep of each as inputs.json. ``--tokens`` runs ``sinkinterp tokens`` (sinks past the first
 position, pooled by token, against the rate their positions predict; T 512, 20 windows) and keeps
-the pooled rate and the ten tokens with the highest sink rate as tokens.json.
+the pooled rate and the ten tokens with the highest sink rate as tokens.json. ``--per-head`` runs
+``sinkinterp intervene --per-head`` (token 1 removed from the keys, or its value zeroed, in one
+head at a time) and keeps the per-head loss changes as per_head.json.
 
 The models themselves (33 MB each in bf16) stay out of git, so the page regenerates from the
 snapshots alone.
@@ -284,12 +287,43 @@ def tokens(args: list[str]) -> int:
     return 0
 
 
+PER_HEAD = ["ablate", "zero_value"]
+
+
+def per_head_command(model: str, out: Path) -> list[str]:
+    """``sinkinterp intervene --per-head``: each head's own loss change when token 1 leaves its keys or
+    its value is zeroed there (32 sequences, as the key-vs-value step)."""
+    return ["intervene", "--model", model, *KV_COMMON, "--num-seqs", "32", "--batch-size", "8", "--do", *PER_HEAD,
+            "--per-head", "--no-figures", "--out", str(out)]
+
+
+def per_head(args: list[str]) -> int:
+    pairs = _model_pairs("--per-head", args)
+    if pairs is None:
+        return 2
+    from sinkinterp import cli
+
+    for name, model in pairs:
+        out = ROOT / "runs" / "analyses" / "gpu_reference" / name / "per_head"
+        argv = per_head_command(model, out)
+        print(f"-- {name} per-head: sinkinterp {' '.join(argv)}")
+        code = cli.main(argv)
+        if code:
+            return code
+        res = json.loads((out / "results.json").read_text())
+        write_json(DATA / name / "per_head.json", {
+            "command": _shown(argv, model), "loss_base": res["loss_base"],
+            "interventions": [{"name": iv["name"], "delta_loss": iv["delta_loss"],
+                               "per_head_delta_loss": iv["per_head_delta_loss"]} for iv in res["interventions"]]})
+    return 0
+
+
 def _runs() -> dict[str, dict]:
     out = {}
     for folder in sorted(p for p in DATA.glob("*") if p.is_dir()):
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
         run = {"cfg": json.loads((folder / "train_config.json").read_text()), "rows": rows}
-        for f in ("final", "report", "device", "intervene", "patch", "lengths", "inputs", "tokens"):
+        for f in ("final", "report", "device", "intervene", "patch", "lengths", "inputs", "tokens", "per_head"):
             p = folder / f"{f}.json"
             run[f] = json.loads(p.read_text()) if p.is_file() else None
         out[folder.name] = run
@@ -430,9 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         return inputs(argv[1:])
     if argv and argv[0] == "--tokens":
         return tokens(argv[1:])
+    if argv and argv[0] == "--per-head":
+        return per_head(argv[1:])
     if argv:
         print("usage: analyses/gpu_reference.py [--snapshot RUN_DIR MODEL_DIR DEVICE_LOG ... | --key-value NAME "
-              "MODEL_DIR ... | --lengths NAME MODEL_DIR ... | --inputs NAME MODEL_DIR ... | --tokens NAME MODEL_DIR ...]; "
+              "MODEL_DIR ... | --lengths NAME MODEL_DIR ... | --inputs NAME MODEL_DIR ... | --tokens NAME MODEL_DIR ... | "
+              "--per-head NAME MODEL_DIR ...]; "
               "with no argument it "
               f"regenerates docs/gpu-reference.md from the snapshots (got {argv!r})", file=sys.stderr)
         return 2
@@ -532,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += _lengths_lines(runs)
     lines += _tokens_lines(runs)
     lines += _key_value_lines(runs)
+    lines += _per_head_lines(runs)
     lines += [
         "",
         "Per-step rows: `analyses/data/gpu_reference/NAME/metrics.jsonl`; the call's log facts:",
@@ -710,6 +748,28 @@ def _tokens_lines(runs: dict[str, dict]) -> list[str]:
             out.append(f"| {name} | `{text}` | {t['id']} | {t['count']} | {t['sink_rate']:.2f} | "
                        f"{t['expected_rate']:.2f} | {t['mean_alpha']:.4f} | {f'L{li}H{hi}' if li >= 0 else '-'} |")
         out.append("")
+    return out
+
+
+def _per_head_lines(runs: dict[str, dict]) -> list[str]:
+    """The heads whose own use of token 1 matters most for the loss."""
+    have = {n: r for n, r in runs.items() if r.get("per_head")}
+    if not have:
+        return []
+    command = next(iter(have.values()))["per_head"]["command"]
+    out = ["", "## Which heads need token 1 (CPU)", "",
+           f"`{command}`: the loss change when the edit is made in one head alone (all other heads",
+           "untouched), the six largest per intervention, beside the head's mean attention on token 1",
+           "(alpha_1 from the final-model measurement) and the edit made in every head at once.", "",
+           "| run | intervention | every head at once | head | Δ loss in that head alone | its mean alpha_1 |",
+           "| --- | --- | ---: | --- | ---: | ---: |"]
+    for name, run in have.items():
+        alpha = (run["report"] or {}).get("heads", {}).get("alpha1")
+        for iv in run["per_head"]["interventions"]:
+            cells = [(v, li, hi) for li, layer in enumerate(iv["per_head_delta_loss"]) for hi, v in enumerate(layer)]
+            for v, li, hi in sorted(cells, reverse=True)[:6]:
+                a = _fmt(alpha[li][hi], ".3f") if alpha else "-"
+                out.append(f"| {name} | `{iv['name']}` | {iv['delta_loss']:+.4f} | L{li}H{hi} | {v:+.4f} | {a} |")
     return out
 
 if __name__ == "__main__":

@@ -765,6 +765,11 @@ def test_gpu_reference_page_from_the_committed_snapshots(tmp_path, monkeypatch):
             for r in iv["interventions"]:
                 assert f"| {folder.name} | `{r['name']}` | {r['description']} | {r['delta_loss']:+.4f} |" in page
             assert iv["command"].startswith("sinkinterp intervene --model MODEL_DIR") and iv["command"] in page
+        if (folder / "per_head.json").is_file():
+            tab = json.loads((folder / "per_head.json").read_text())
+            for iv in tab["interventions"]:
+                best = max((v, li, hi) for li, layer in enumerate(iv["per_head_delta_loss"]) for hi, v in enumerate(layer))
+                assert f"| {folder.name} | `{iv['name']}` | {iv['delta_loss']:+.4f} | L{best[1]}H{best[2]} | {best[0]:+.4f} |" in page
         if (folder / "tokens.json").is_file():
             tab = json.loads((folder / "tokens.json").read_text())
             assert len(tab["top"]) == 10 and tab["command"] in page
