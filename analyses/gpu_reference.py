@@ -159,22 +159,28 @@ def _shown(argv: list[str], model: str) -> str:
     return "sinkinterp " + " ".join("MODEL_DIR" if a == model else a.replace(f"{ROOT}/", "") for a in argv)
 
 
+RUNS_OUT = ROOT / "runs" / "analyses" / "gpu_reference"
+
+
+def _run_cli(name: str, what: str, argv: list[str], out: Path) -> dict | None:
+    """Run ``sinkinterp ARGV`` for one model's step and return its results.json (None if it failed)."""
+    from sinkinterp import cli
+
+    print(f"-- {name} {what}: sinkinterp {' '.join(argv)}")
+    return None if cli.main(argv) else json.loads((out / "results.json").read_text())
+
+
 def key_value(args: list[str]) -> int:
     pairs = _model_pairs("--key-value", args)
     if pairs is None:
         return 2
-    from sinkinterp import cli
-
     for name, model in pairs:
         cfg = json.loads((Path(model) / "config.json").read_text())
         has_slot = cfg["model_config"].get("attn_bias") not in (None, "none")
-        out = ROOT / "runs" / "analyses" / "gpu_reference" / name
-        for step, argv in key_value_commands(model, out, has_slot).items():
-            print(f"-- {name} {step}: sinkinterp {' '.join(argv)}")
-            code = cli.main(argv)
-            if code:
-                return code
-            result = json.loads((out / step / "results.json").read_text())
+        for step, argv in key_value_commands(model, RUNS_OUT / name, has_slot).items():
+            result = _run_cli(name, step, argv, RUNS_OUT / name / step)
+            if result is None:
+                return 1
             result["command"] = _shown(argv, model)
             if result.get("model") == model:  # a path on the machine that ran it
                 result["model"] = f"MODEL_DIR ({name}'s bf16 model from the GPU call)"
@@ -207,16 +213,12 @@ def lengths(args: list[str]) -> int:
     pairs = _model_pairs("--lengths", args)
     if pairs is None:
         return 2
-    from sinkinterp import cli
-
     for name, model in pairs:
-        out = ROOT / "runs" / "analyses" / "gpu_reference" / name / "lengths"
-        argv = lengths_command(model, out)
-        print(f"-- {name} lengths: sinkinterp {' '.join(argv)}")
-        code = cli.main(argv)
-        if code:
-            return code
-        table = lengths_table(json.loads((out / "results.json").read_text()))
+        argv = lengths_command(model, RUNS_OUT / name / "lengths")
+        res = _run_cli(name, "lengths", argv, RUNS_OUT / name / "lengths")
+        if res is None:
+            return 1
+        table = lengths_table(res)
         table["command"] = _shown(argv, model)
         write_json(DATA / name / "lengths.json", table)
     return 0
@@ -235,18 +237,13 @@ def inputs(args: list[str]) -> int:
     pairs = _model_pairs("--inputs", args)
     if pairs is None:
         return 2
-    from sinkinterp import cli
-
     for name, model in pairs:
         rows = []
         for kind in INPUT_KINDS:
-            out = ROOT / "runs" / "analyses" / "gpu_reference" / name / f"inputs-{kind}"
-            argv = inputs_command(model, kind, out)
-            print(f"-- {name} {kind}: sinkinterp {' '.join(argv)}")
-            code = cli.main(argv)
-            if code:
-                return code
-            res = json.loads((out / "results.json").read_text())
+            out = RUNS_OUT / name / f"inputs-{kind}"
+            res = _run_cli(name, kind, inputs_command(model, kind, out), out)
+            if res is None:
+                return 1
             sweep = res["eps_sweep"]
             rows.append({"inputs": kind, "sink1": res["sink_pct"][0], "sink2": res["sink_pct"][1],
                          "sink_bias": res.get("sink_bias_pct"),
@@ -268,16 +265,11 @@ def tokens(args: list[str]) -> int:
     pairs = _model_pairs("--tokens", args)
     if pairs is None:
         return 2
-    from sinkinterp import cli
-
     for name, model in pairs:
-        out = ROOT / "runs" / "analyses" / "gpu_reference" / name / "tokens"
-        argv = tokens_command(model, out)
-        print(f"-- {name} tokens: sinkinterp {' '.join(argv)}")
-        code = cli.main(argv)
-        if code:
-            return code
-        res = json.loads((out / "results.json").read_text())
+        argv = tokens_command(model, RUNS_OUT / name / "tokens")
+        res = _run_cli(name, "tokens", argv, RUNS_OUT / name / "tokens")
+        if res is None:
+            return 1
         tok = res["tokens"]
         top = [{key: tok[key][i] for key in ("text", "id", "count", "sink_rate", "expected_rate", "lift", "mean_alpha",
                                              "top_head")} for i in res["top"]["index"]]
@@ -301,16 +293,11 @@ def per_head(args: list[str]) -> int:
     pairs = _model_pairs("--per-head", args)
     if pairs is None:
         return 2
-    from sinkinterp import cli
-
     for name, model in pairs:
-        out = ROOT / "runs" / "analyses" / "gpu_reference" / name / "per_head"
-        argv = per_head_command(model, out)
-        print(f"-- {name} per-head: sinkinterp {' '.join(argv)}")
-        code = cli.main(argv)
-        if code:
-            return code
-        res = json.loads((out / "results.json").read_text())
+        argv = per_head_command(model, RUNS_OUT / name / "per_head")
+        res = _run_cli(name, "per-head", argv, RUNS_OUT / name / "per_head")
+        if res is None:
+            return 1
         write_json(DATA / name / "per_head.json", {
             "command": _shown(argv, model), "loss_base": res["loss_base"],
             "interventions": [{"name": iv["name"], "delta_loss": iv["delta_loss"],
