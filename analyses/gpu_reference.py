@@ -724,8 +724,8 @@ def _tokens_lines(runs: dict[str, dict]) -> list[str]:
     for name, tab in have.items():
         lo, hi = tab["positions"]
         out += [f"{name}: `{tab['command']}`. Sink % = the share of (occurrence, head) pairs with alpha > 0.3 at",
-                f"key positions {lo + 1}..{hi + 1} (each seen by at least 16 queries): all tokens there "
-                f"{tab['pooled_rate']:.3f}%; token 1 on the same windows {tab['sink1_pct']:.2f}%. The ten tokens with",
+                (f"key positions {lo + 1}..{hi + 1} (each seen by at least 16 queries): all tokens there "
+                 f"{tab['pooled_rate']:.3f}%; token 1 on the same windows {tab['sink1_pct']:.2f}%. The ten tokens with"),
                 "the highest rate (seen at least 5 times):", "",
                 "| run | token | id | count | sink % | predicted by its positions (%) | mean alpha | top head |",
                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]

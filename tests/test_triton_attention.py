@@ -42,6 +42,13 @@ def _qkv(h: int, hkv: int, t: int, d: int, dtype=torch.float64, seed: int = 0, b
             for n in (h, hkv, hkv)]
 
 
+def _output_grads(h: int, t: int, d: int):
+    """Fixed random gradients of acc [2, h, t, d] and rowsum [2, h, t] (float64)."""
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(2, h, t, d, generator=g, dtype=torch.float64).to(DEVICE),
+            torch.randn(2, h, t, generator=g, dtype=torch.float64).to(DEVICE))
+
+
 def _value_and_grads(fn, q, k, v, g_acc, g_sum, **kw):
     q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
     acc, rowsum = fn(q, k, v, **kw)
@@ -68,9 +75,7 @@ def test_kernel_matches_float64_reference(op, h, hkv, t, d, window, bias, dq):
     """Outputs and gradients against a materialized float64 reference, with dq from the second kernel
     or added atomically by the dk / dv kernel."""
     q, k, v = _qkv(h, hkv, t, d)
-    g = torch.Generator().manual_seed(1)
-    g_acc = torch.randn(2, h, t, d, generator=g, dtype=torch.float64).to(DEVICE)
-    g_sum = torch.randn(2, h, t, generator=g, dtype=torch.float64).to(DEVICE)
+    g_acc, g_sum = _output_grads(h, t, d)
     kw = dict(op=op, bias=bias, window=window)
     expected = _value_and_grads(sim_attention_reference, q, k, v, g_acc, g_sum, **kw)
     kw_kernel = {**kw, "dq": dq}
@@ -126,9 +131,7 @@ def test_asymmetric_tiles_match_float64_reference(pair, case, dq):
     grids of the three kernels, GQA, windows and T not a multiple of either, against float64."""
     op, h, hkv, t, d, window, bias = CASES[case]
     q, k, v = _qkv(h, hkv, t, d)
-    g = torch.Generator().manual_seed(1)
-    g_acc = torch.randn(2, h, t, d, generator=g, dtype=torch.float64).to(DEVICE)
-    g_sum = torch.randn(2, h, t, generator=g, dtype=torch.float64).to(DEVICE)
+    g_acc, g_sum = _output_grads(h, t, d)
     kw = dict(op=op, bias=bias, window=window)
     expected = _value_and_grads(sim_attention_reference, q, k, v, g_acc, g_sum, **kw)
     got = _value_and_grads(sim_attention, q, k, v, g_acc, g_sum, **kw, block=pair, dq=dq)
@@ -549,9 +552,8 @@ def test_bf16_gradients_on_cuda_are_close_to_float64(dq):
     """bf16 backward in both dq modes (T 300: whole tiles between the masked ones, a partial last
     tile) against the float64 reference's gradients, each relative to its largest entry."""
     q, k, v = _qkv(4, 2, 300, 64, dtype=torch.bfloat16)
-    g = torch.Generator().manual_seed(1)
-    g_acc = torch.randn(2, 4, 300, 64, generator=g, dtype=torch.float64).to(DEVICE)
-    g_sum = torch.zeros(2, 4, 300, dtype=torch.float64, device=DEVICE)
+    g_acc, g_sum = _output_grads(4, 300, 64)
+    g_sum = torch.zeros_like(g_sum)
     got = _value_and_grads(sim_attention, q, k, v, g_acc, g_sum, op="sigmoid", window=200, dq=dq)
     ref = _value_and_grads(sim_attention_reference, q.double(), k.double(), v.double(), g_acc, g_sum, op="sigmoid",
                            window=200)
