@@ -209,19 +209,24 @@ def lengths_table(result: dict) -> dict:
                       "massive_ratio": result["max_massive_ratio"][i]} for t, i in at.items()]}
 
 
-def lengths(args: list[str]) -> int:
-    pairs = _model_pairs("--lengths", args)
+def _one_step(flag: str, step: str, args: list[str], command, summary) -> int:
+    """For each NAME MODEL_DIR pair: run ``sinkinterp`` with ``command(model, out)``, keep
+    ``summary(results)`` plus the command as analyses/data/gpu_reference/NAME/STEP.json."""
+    pairs = _model_pairs(flag, args)
     if pairs is None:
         return 2
     for name, model in pairs:
-        argv = lengths_command(model, RUNS_OUT / name / "lengths")
-        res = _run_cli(name, "lengths", argv, RUNS_OUT / name / "lengths")
+        out = RUNS_OUT / name / step
+        argv = command(model, out)
+        res = _run_cli(name, step, argv, out)
         if res is None:
             return 1
-        table = lengths_table(res)
-        table["command"] = _shown(argv, model)
-        write_json(DATA / name / "lengths.json", table)
+        write_json(DATA / name / f"{step}.json", {"command": _shown(argv, model), **summary(res)})
     return 0
+
+
+def lengths(args: list[str]) -> int:
+    return _one_step("--lengths", "lengths", args, lengths_command, lengths_table)
 
 
 INPUT_KINDS = ("natural", "random", "repeat")
@@ -261,22 +266,16 @@ def tokens_command(model: str, out: Path) -> list[str]:
             "--seed", "0", "--top", "10", "--no-figures", "--out", str(out)]
 
 
+def tokens_summary(res: dict) -> dict:
+    """The pooled rate past the first position and the ten tokens with the highest sink rate."""
+    tok = res["tokens"]
+    keys = ("text", "id", "count", "sink_rate", "expected_rate", "lift", "mean_alpha", "top_head")
+    return {"positions": res["positions"], "pooled_rate": res["pooled_rate"], "sink1_pct": res["sink1_pct"],
+            "top": [{key: tok[key][i] for key in keys} for i in res["top"]["index"]]}
+
+
 def tokens(args: list[str]) -> int:
-    pairs = _model_pairs("--tokens", args)
-    if pairs is None:
-        return 2
-    for name, model in pairs:
-        argv = tokens_command(model, RUNS_OUT / name / "tokens")
-        res = _run_cli(name, "tokens", argv, RUNS_OUT / name / "tokens")
-        if res is None:
-            return 1
-        tok = res["tokens"]
-        top = [{key: tok[key][i] for key in ("text", "id", "count", "sink_rate", "expected_rate", "lift", "mean_alpha",
-                                             "top_head")} for i in res["top"]["index"]]
-        write_json(DATA / name / "tokens.json", {
-            "command": _shown(argv, model), "positions": res["positions"], "pooled_rate": res["pooled_rate"],
-            "sink1_pct": res["sink1_pct"], "top": top})
-    return 0
+    return _one_step("--tokens", "tokens", args, tokens_command, tokens_summary)
 
 
 PER_HEAD = ["ablate", "zero_value"]
@@ -290,19 +289,10 @@ def per_head_command(model: str, out: Path) -> list[str]:
 
 
 def per_head(args: list[str]) -> int:
-    pairs = _model_pairs("--per-head", args)
-    if pairs is None:
-        return 2
-    for name, model in pairs:
-        argv = per_head_command(model, RUNS_OUT / name / "per_head")
-        res = _run_cli(name, "per-head", argv, RUNS_OUT / name / "per_head")
-        if res is None:
-            return 1
-        write_json(DATA / name / "per_head.json", {
-            "command": _shown(argv, model), "loss_base": res["loss_base"],
-            "interventions": [{"name": iv["name"], "delta_loss": iv["delta_loss"],
-                               "per_head_delta_loss": iv["per_head_delta_loss"]} for iv in res["interventions"]]})
-    return 0
+    return _one_step("--per-head", "per_head", args, per_head_command, lambda res: {
+        "loss_base": res["loss_base"],
+        "interventions": [{"name": iv["name"], "delta_loss": iv["delta_loss"],
+                           "per_head_delta_loss": iv["per_head_delta_loss"]} for iv in res["interventions"]]})
 
 
 def _runs() -> dict[str, dict]:
