@@ -8,6 +8,10 @@ Methods (``--methods``):
 * ``triton_sigmoid`` / ``triton_elu1``: ``sim_attention`` (our kernel), unnormalized, bias 0.
 * ``triton_sigmoid_atomic`` / ``triton_elu1_atomic``: the same with ``dq="atomic"`` (one backward
   kernel that adds dq atomically instead of a second pass over the scores).
+* ``triton_sigmoid_portable`` / ``triton_elu1_portable``: ``sim_impl="portable"``, sim from ``tl.exp``
+  and a division as before 2026-12-04's third session (the default on CUDA is now ``"mufu"``);
+  ``triton_sigmoid_tanh`` / ``triton_sigmoid_atomic_tanh``: ``sim_impl="tanh"`` (one special-function
+  operation per weight; docs/performance.md, "The kernel's instruction budget").
 * ``plain_sigmoid``: ``sigmoid(q k^T / sqrt(d))`` masked, ``@ v`` (what ``attn_backend="auto"`` runs:
   a B x H x T x T map).
 * ``flex_sigmoid``: ``torch.compile(flex_attention)`` with ``score_mod = logsigmoid``, the output
@@ -47,6 +51,7 @@ from benchmarks.common import machine_info, provenance_info, summarize_times, sy
 
 SCHEMA_VERSION = 1
 METHODS = ("sdpa_softmax", "triton_sigmoid", "triton_elu1", "triton_sigmoid_atomic", "triton_elu1_atomic",
+           "triton_sigmoid_portable", "triton_elu1_portable", "triton_sigmoid_tanh", "triton_sigmoid_atomic_tanh",
            "plain_sigmoid", "flex_sigmoid")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: the issue's stretch target: a fused sigmoid kernel faster than softmax (FlashSigmoid)
@@ -89,9 +94,12 @@ def _method(method: str, device: torch.device, interpret: bool = False,
             return None, "the Triton kernel runs on CUDA (on CPU only in Triton's interpreter: --interpret)"
         if not triton_available(device):
             return None, "Triton is not installed"
-        op, _, dq = method.removeprefix("triton_").partition("_")
+        op, *mods = method.removeprefix("triton_").split("_")
         launch = {} if tile is None else {"block": tile[0], "num_warps": tile[1], "num_stages": tile[2]}
-        launch["dq"] = dq or "two_pass"
+        launch["dq"] = "atomic" if "atomic" in mods else "two_pass"
+        launch["sim_impl"] = next((m for m in mods if m in ("portable", "mufu", "tanh")), None)
+        if launch["sim_impl"] in ("mufu", "tanh") and (device.type != "cuda" or interpret):
+            return None, f"sim_impl {launch['sim_impl']!r} is PTX: the kernel compiled on CUDA only"
         return (lambda q, k, v: sim_attention(q, k, v, op=op, **launch)[0]), None
     if method == "flex_sigmoid":
         if device.type != "cuda":

@@ -9,8 +9,9 @@ Rows (per model preset):
 * one row per variant and attention backend (``--backends``) of ``SinkTransformer``: ``softmax``;
   ``kv`` (softmax with learnable per-head k*/v*, ``attn_bias="kv"``); ``sigmoid`` (sigmoid attention
   without normalization, bias 0); ``elu1`` (elu+1 without normalization). ``flex`` applies only where
-  the op has a FlexAttention path, ``triton`` (the fused kernel of ``sinkinterp.models.triton_attention``)
-  only to sigmoid / elu1 on CUDA (a skipped row otherwise); a row that raises is a failed row.
+  the op has a FlexAttention path, ``triton`` (the fused kernel of ``sinkinterp.models.triton_attention``,
+  its defaults) and ``triton_fast`` (the same with ``sim_impl="tanh"`` and ``dq="atomic"``) only to
+  sigmoid / elu1 on CUDA (a skipped row otherwise); a row that raises is a failed row.
 
 Each row runs the trainer's step (``sinkinterp.train.trainer._run``): lr set per group, forward under
 bf16 autocast (``--dtype bfloat16``) through ``torch.compile`` (``--compile``), backward, gradient
@@ -73,7 +74,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sigmoid": {"attn_op": "sigmoid", "sigmoid_bias": 0.0},  # sigmoid(s), no normalization
     "elu1": {"attn_op": "elu1"},  # elu(s) + 1, no normalization
 }
-BACKENDS = ("auto", "reference", "flex", "triton")
+BACKENDS = ("auto", "reference", "flex", "triton", "triton_fast")
+#: the kernel settings of a backend (``SinkTransformer.set_triton_kernel``): "triton_fast" is the fused
+#: kernel with sigmoid from the hardware tanh and dq added atomically (the fewest cycles per tile by
+#: benchmarks/kernel_codegen.py), "triton" its defaults
+TRITON_KERNELS = {"triton": (None, "two_pass"), "triton_fast": ("tanh", "atomic")}
 
 #: the issue's targets, checked on every run
 TARGET_SOFTMAX_VS_REFERENCE = 1.0  # softmax tokens/s >= reference tokens/s (same model)
@@ -263,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=_name_list("--variants", tuple(VARIANTS)), default=list(VARIANTS),
                    help="SinkTransformer variants: softmax, kv (learnable k*/v*), sigmoid (unnormalized, bias 0), "
                         "elu1 (elu+1, unnormalized)")
-    p.add_argument("--backends", type=_name_list("--backends", BACKENDS), default=["auto", "flex", "triton"],
+    p.add_argument("--backends", type=_name_list("--backends", BACKENDS),
+                   default=["auto", "flex", "triton", "triton_fast"],
                    help="attention backends to time for every variant (flex only where the op has a "
                         "FlexAttention path, triton only for sigmoid / elu1 on CUDA; 'reference' is the "
                         "materialized path)")
@@ -380,7 +386,9 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
         opt = _reference_optimizer(model, tcfg, device)
     else:
         model = SinkTransformer(cfg).to(device)
-        model.set_attn_backend(spec["backend"])
+        backend = spec["backend"]
+        model.set_attn_backend("triton" if backend in TRITON_KERNELS else backend)
+        model.set_triton_kernel(*TRITON_KERNELS.get(backend, (None, "two_pass")))
         opt = build_optimizer(model, tcfg, device)
     model.train()
     fwd: Any = torch.compile(model) if spec["compile"] else model
@@ -711,7 +719,7 @@ def _run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         if backend == "flex" and not _flex_supported(variant):
             row.update(status="skipped", reason=f"attn_op {cfg.attn_op!r} has no FlexAttention path "
                                                 "(log_sim is None): softmax ops run in SDPA")
-        elif backend == "triton" and (why := _triton_skip_reason(variant, args.device)) is not None:
+        elif backend in TRITON_KERNELS and (why := _triton_skip_reason(variant, args.device)) is not None:
             row.update(status="skipped", reason=why)
         else:
             _log(args.quiet, f"{m} {variant if method == 'sinkinterp' else 'reference'} {backend} ...")

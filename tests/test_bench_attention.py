@@ -37,7 +37,10 @@ def test_every_method_runs_or_says_why(tmp_path, capsys):
             assert math.isfinite(r["fwd_median_s"]) and r["fwd_bwd_median_s"] > 0 and r["fwd_x_sdpa"] > 0
         assert rows[("sdpa_softmax", t)]["fwd_x_sdpa"] == 1.0
         assert rows[("flex_sigmoid", t)]["status"] == "skipped" and "CPU" in rows[("flex_sigmoid", t)]["reason"]
-    assert doc["target"]["rows"] == 8  # the four fused methods at two lengths
+        for m in ("triton_sigmoid_tanh", "triton_sigmoid_atomic_tanh"):  # PTX: compiled on CUDA only
+            assert rows[(m, t)]["status"] == "skipped" and "PTX" in rows[(m, t)]["reason"]
+        assert rows[("triton_sigmoid_portable", t)]["rel_err"] == rows[("triton_sigmoid", t)]["rel_err"]  # the default here
+    assert doc["target"]["rows"] == 12  # the six fused methods that run in the interpreter, at two lengths
     table = capsys.readouterr().out
     assert "triton_sigmoid" in table and "target: fused sigmoid" in table
 

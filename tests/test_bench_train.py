@@ -36,7 +36,7 @@ def test_benchmark_tiny_in_process(tmp_path, capsys):
     from sinkinterp.train.flops import flops_per_token
 
     out = tmp_path / "train-cpu.json"
-    rc = bench_train.main([*TINY, "--variants", ",".join(VARIANTS), "--backends", "auto,flex,triton", "--json", str(out)])
+    rc = bench_train.main([*TINY, "--variants", ",".join(VARIANTS), "--backends", "auto,flex,triton,triton_fast", "--json", str(out)])
     assert rc == 0
     doc = read_json(out)
     assert doc["benchmark"] == "train" and doc["schema_version"] == bench_train.SCHEMA_VERSION
@@ -65,7 +65,7 @@ def test_benchmark_tiny_in_process(tmp_path, capsys):
     # one row per (variant, backend) after the reference, in order
     rows = doc["rows"]
     assert [(r["method"], r["variant"], r["backend"]) for r in rows] == \
-        [("reference", "softmax", "sdpa")] + [("sinkinterp", v, b) for v in VARIANTS for b in ("auto", "flex", "triton")]
+        [("reference", "softmax", "sdpa")] + [("sinkinterp", v, b) for v in VARIANTS for b in ("auto", "flex", "triton", "triton_fast")]
     by = {("reference" if r["method"] == "reference" else r["variant"], r["backend"]): r for r in rows}
     for r in rows:
         assert ROW_FIELDS <= r.keys()
@@ -88,10 +88,11 @@ def test_benchmark_tiny_in_process(tmp_path, capsys):
     for v in ("sigmoid", "elu1"):
         assert by[(v, "flex")]["status"] in ("ok", "failed")
     # the Triton kernel: sigmoid / elu+1 only, and on CUDA only (the interpreter is for tests)
-    for v in ("softmax", "kv"):
-        assert by[(v, "triton")]["status"] == "skipped" and "no Triton kernel" in by[(v, "triton")]["reason"]
-    for v in ("sigmoid", "elu1"):
-        assert by[(v, "triton")]["status"] == "skipped" and "runs on CUDA" in by[(v, "triton")]["reason"]
+    for b in ("triton", "triton_fast"):
+        for v in ("softmax", "kv"):
+            assert by[(v, b)]["status"] == "skipped" and "no Triton kernel" in by[(v, b)]["reason"]
+        for v in ("sigmoid", "elu1"):
+            assert by[(v, b)]["status"] == "skipped" and "runs on CUDA" in by[(v, b)]["reason"]
     assert by[("softmax", "auto")]["num_params"] == by[("reference", "sdpa")]["num_params"] == check["num_params"]
     assert by[("kv", "auto")]["num_params"] > check["num_params"]  # + k*, v*
     assert by[("softmax", "auto")]["x_softmax"] == 1.0 and by[("reference", "sdpa")]["x_reference"] == 1.0

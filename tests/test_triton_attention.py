@@ -198,6 +198,57 @@ def test_the_kernels_get_scale_and_bias_in_the_accumulation_dtype(monkeypatch):
             assert sb[0][1].item() == -3.6, name
 
 
+def test_sim_impl_is_resolved_for_the_device_and_checked(monkeypatch):
+    """sim_impl None: "portable" here (interpreter, and for float64 anywhere), "mufu" compiled on CUDA;
+    the PTX ones ("mufu", "tanh") are refused where they cannot run, with the reason; an unknown one
+    is refused by name; "portable" asked for is what None gives here, to the bit, and reaches the
+    kernels as their IMPL constant."""
+    q, k, v = _qkv(2, 1, 24, 16, dtype=torch.float32)
+    impls = []
+    real = triton_attention._sim_settings
+
+    def spy(*args):
+        out = real(*args)
+        impls.append(out[1]["IMPL"])
+        return out
+
+    monkeypatch.setattr(triton_attention, "_sim_settings", spy)
+    base = sim_attention(q, k, v, op="sigmoid")[0]
+    torch.testing.assert_close(sim_attention(q, k, v, op="sigmoid", sim_impl="portable")[0], base, atol=0, rtol=0)
+    expected = 1 if DEVICE == "cuda" else 0
+    assert impls == [expected, 0], impls
+    assert triton_attention._sim_impl(q.double(), None) == "portable"
+    if DEVICE == "cpu":
+        for impl in ("mufu", "tanh"):
+            with pytest.raises(ValueError, match=rf"sim_impl: '{impl}' is PTX for a kernel compiled on an NVIDIA "
+                                                 r"GPU .* here \(cpu, torch.float32, Triton interpreter\)"):
+                sim_attention(q, k, v, op="sigmoid", sim_impl=impl)
+    with pytest.raises(ValueError, match="sim_impl: one of 'portable', 'mufu', 'tanh' or None, got 'fast'"):
+        sim_attention(q, k, v, op="sigmoid", sim_impl="fast")
+
+
+def test_the_model_hands_its_kernel_settings_to_every_layer(monkeypatch):
+    """SinkTransformer.set_triton_kernel reaches sim_attention in every layer (the trainer's
+    triton_sim_impl / triton_dq), and bad values are refused by name."""
+    model = tiny_model("sigmoid").set_attn_backend("triton")
+    calls = []
+    real = triton_attention.sim_attention
+
+    def spy(*args, **kwargs):
+        calls.append({k: kwargs.get(k) for k in ("sim_impl", "dq")})
+        return real(*args, **{**kwargs, "sim_impl": None})  # "tanh" is PTX: run the default here
+
+    monkeypatch.setattr(triton_attention, "sim_attention", spy)
+    tokens = torch.randint(0, 50, (1, 12), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    with torch.no_grad():
+        model.to(DEVICE).set_triton_kernel("tanh", "atomic")(tokens)
+    assert calls and calls == [{"sim_impl": "tanh", "dq": "atomic"}] * model.cfg.n_layers
+    with pytest.raises(ValueError, match=r"sim_impl: got 'fast', allowed values are \['portable', 'mufu', 'tanh'\]"):
+        model.set_triton_kernel("fast")
+    with pytest.raises(ValueError, match=r"dq: got 'one', allowed values are \['two_pass', 'atomic'\]"):
+        model.set_triton_kernel(None, "one")
+
+
 def test_launch_options_change_nothing_but_the_launch(monkeypatch):
     """num_warps / num_stages reach every kernel launch (forward and both backward kernels) and leave
     the results as they are; out-of-range values are refused with the argument's name."""
@@ -292,10 +343,10 @@ def test_custom_operators_pass_opcheck():
     dacc = torch.randn(2, 4, 37, 16, generator=g, dtype=torch.float64).to(DEVICE)
     drowsum = torch.randn(2, 4, 37, generator=g, dtype=torch.float64).to(DEVICE)
     bwd = torch.ops.sinkinterp.sim_attention_bwd.default
-    checks = [(torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "sigmoid", -1.0, 0.25, 7, 16, 0, 0, 0, 0)),
-              (torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "elu1", 0.0, 0.25, 0, 16, 0, 0, 1, 32)),
-              (bwd, (q.detach(), k.detach(), v.detach(), dacc, drowsum, "elu1", 0.0, 0.25, 0, 16, 4, 2, 0, 0)),
-              (bwd, (q.detach(), k.detach(), v.detach(), dacc, drowsum, "sigmoid", -1.0, 0.25, 7, 32, 0, 0, 1, 16))]
+    checks = [(torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "sigmoid", -1.0, 0.25, 7, 16, 0, 0, 0, 0, 0)),
+              (torch.ops.sinkinterp.sim_attention_fwd.default, (q, k, v, "elu1", 0.0, 0.25, 0, 16, 0, 0, 1, 32, 0)),
+              (bwd, (q.detach(), k.detach(), v.detach(), dacc, drowsum, "elu1", 0.0, 0.25, 0, 16, 4, 2, 0, 0, 0)),
+              (bwd, (q.detach(), k.detach(), v.detach(), dacc, drowsum, "sigmoid", -1.0, 0.25, 7, 32, 0, 0, 1, 16, 0))]
     for op, args in checks:
         result = torch.library.opcheck(op, args)
         assert set(result.values()) == {"SUCCESS"}, (op, result)
@@ -537,24 +588,55 @@ def test_unavailable_without_a_gpu_or_the_interpreter(monkeypatch):
                                    model.set_attn_backend("auto")(tokens), atol=0, rtol=0)
 
 
+# the largest error, relative to the reference's largest entry, of bf16 inputs per sim_impl: bf16
+# rounding (2^-9) dominates "portable" and "mufu"; "tanh" adds the hardware tanh's (about 2^-11)
+BF16_TOL = {"portable": 2e-2, "mufu": 2e-2, "tanh": 3e-2}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tiles run compiled on CUDA only")
+@pytest.mark.parametrize("sim_impl", ["portable", "mufu", "tanh"])
 @pytest.mark.parametrize("op", ["sigmoid", "elu1"])
-def test_bf16_on_cuda_is_close_to_float64(op):
+def test_bf16_on_cuda_is_close_to_float64(op, sim_impl):
     q, k, v = _qkv(4, 2, 300, 64, dtype=torch.bfloat16)
-    got = sim_attention(q, k, v, op=op)[0].double()
+    got = sim_attention(q, k, v, op=op, sim_impl=sim_impl)[0].double()
     ref = sim_attention_reference(q.double(), k.double(), v.double(), op=op)[0]
-    assert ((got - ref).abs().max() / ref.abs().max()).item() < 2e-2
+    err = ((got - ref).abs().max() / ref.abs().max()).item()
+    print(f"bf16 {op} {sim_impl}: relative max error {err:.3g}")
+    assert err < BF16_TOL[sim_impl]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled on CUDA only")
+@pytest.mark.parametrize("sim_impl", ["mufu", "tanh"])
+def test_ptx_weights_on_cuda_against_float64(sim_impl):
+    """float32 inputs, scores about N(0, 1) plus a bias of -4 (weights from about 1e-4 to 0.5, mostly
+    small, as in the trained sigmoid models whose scores are all negative): the weights' sum (rowsum) of
+    "mufu" within float32 rounding, "tanh" within the hardware tanh's error (at most about 2.4e-4
+    absolute per weight; the mean per weight is printed for the record)."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 2, 256, 64, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 2, 256, 64, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 2, 256, 64, generator=g, dtype=torch.float64)
+    bias = -4.0
+    ref_acc, ref_sum = sim_attention_reference(q, k, v, op="sigmoid", bias=bias)
+    acc, rowsum = sim_attention(*(x.float().cuda() for x in (q, k, v)), op="sigmoid", bias=bias, sim_impl=sim_impl)
+    n = torch.arange(1, 257, dtype=torch.float64)  # keys each row sums over
+    per_weight = ((rowsum.double().cpu() - ref_sum).abs() / n).max().item()
+    print(f"float32 sigmoid {sim_impl}: mean |error| per weight at most {per_weight:.3g}")
+    assert per_weight < (1e-6 if sim_impl == "mufu" else 2.5e-4)
+    torch.testing.assert_close(acc.double().cpu(), ref_acc, atol=1e-4 if sim_impl == "mufu" else 2e-2,
+                               rtol=1e-4 if sim_impl == "mufu" else 2e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tiles run compiled on CUDA only")
+@pytest.mark.parametrize("sim_impl", ["portable", "mufu", "tanh"])
 @pytest.mark.parametrize("dq", ["two_pass", "atomic"])
-def test_bf16_gradients_on_cuda_are_close_to_float64(dq):
-    """bf16 backward in both dq modes (T 300: whole tiles between the masked ones, a partial last
-    tile) against the float64 reference's gradients, each relative to its largest entry."""
+def test_bf16_gradients_on_cuda_are_close_to_float64(dq, sim_impl):
+    """bf16 backward in both dq modes and every sim_impl (T 300: whole tiles between the masked ones,
+    a partial last tile) against the float64 reference's gradients, each relative to its largest entry."""
     q, k, v = _qkv(4, 2, 300, 64, dtype=torch.bfloat16)
     g_acc, g_sum = _output_grads(4, 300, 64)
     g_sum = torch.zeros_like(g_sum)
-    got = _value_and_grads(sim_attention, q, k, v, g_acc, g_sum, op="sigmoid", window=200, dq=dq)
+    got = _value_and_grads(sim_attention, q, k, v, g_acc, g_sum, op="sigmoid", window=200, dq=dq, sim_impl=sim_impl)
     ref = _value_and_grads(sim_attention_reference, q.double(), k.double(), v.double(), g_acc, g_sum, op="sigmoid",
                            window=200)
     for name, a, b in zip(("acc", "rowsum", "dq", "dk", "dv"), got, ref):

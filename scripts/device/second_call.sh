@@ -6,19 +6,23 @@
 #   carry:     [".whl", "data/debian/debian-shards.tar.xz"]
 #   timeout_s: 590
 #
-# 1. The fused kernel's tests with their failure messages (`--tb=short`, stopping after 3 failures).
+# 1. bench_attention.py (each row checks its output against a float32 reference before it is timed):
+#    SDPA softmax against the fused kernel with each way of computing a weight (sim_impl "mufu", the
+#    default now, "portable", the code that ran before, and "tanh"), two-pass and atomic dq, square
+#    64 x 64 tiles and 128 x 64 ones with 8 warps (FlashAttention's Triton setting on Hopper), sigmoid
+#    and elu+1, at T 2048 / 4096 -> attention-cuda.json. None of it has run on a GPU: since the second
+#    session's calls, whole tiles are scored without a mask, `sim_attention(dq="atomic")`,
+#    `block=(BLOCK_M, BLOCK_N)` and `sim_impl` (docs/performance.md, "The kernel's instruction
+#    budget": its estimates are what this step checks). BENCH_ARGS replaces the arguments (the tile
+#    sweep of 2026-12-04: `--seq-lens 2048,4096 --methods sdpa_softmax,triton_sigmoid --tiles
+#    32x4x2,64x4x2,...`, benchmarks/results/attention-tiles-h200.json).
+# 2. The fused kernel's tests with their failure messages (`--tb=short`, stopping after 3 failures).
 #    On the H200 on 2026-12-04 (second session) all that ran passed after the float32-scalar fix but
-#    the compiled-step test (its subprocess lost PYTHONPATH, since fixed); the whole file needs about
-#    4 minutes compiled: TEST_LIMIT=240.
-# 2. bench_attention.py: SDPA softmax against the fused kernel, two-pass and atomic dq, square 64 x 64
-#    tiles and 128 x 64 ones with 8 warps (FlashAttention's Triton setting on Hopper) (all since the
-#    second session's calls: whole tiles scored without a mask, `sim_attention(dq="atomic")`,
-#    `block=(BLOCK_M, BLOCK_N)`), sigmoid and elu+1, at T 2048 / 4096 -> attention-cuda.json.
-#    BENCH_ARGS replaces its arguments (the tile sweep of 2026-12-04: `--seq-lens 2048,4096 --methods
-#    sdpa_softmax,triton_sigmoid --tiles 32x4x2,64x4x2,...`, benchmarks/results/attention-tiles-h200.json).
+#    the compiled-step test (its subprocess lost PYTHONPATH, since fixed); the whole file needed about
+#    4 minutes compiled then, more now (each sim_impl in the bf16 tests): TEST_LIMIT=240.
 # 3. In the time left, `scripts/device/train_call.sh` on CONFIGS (default configs/kv_bias_small.json,
 #    to 9,000 steps: about 175 s), curves and bf16 models back as runs.tar.xz parts.
-# TEST_LIMIT / BENCH_LIMIT change the first two steps' limits (0 skips a step): a call in what is left
+# BENCH_LIMIT / TEST_LIMIT change the first two steps' limits (0 skips a step): a call in what is left
 # of a session's device time. Back come log.txt (steps 1-2), train_log.txt, attention-cuda.json and
 # the archive. Here, first: scripts/device/fetch_wheels.sh and the corpus pack (docs/data.md).
 #
@@ -40,30 +44,31 @@ if [ "$DEVICE" = cuda ]; then
   PY=python3
   tests=(tests/test_triton_attention.py)
   bench=(--seq-lens 2048,4096 --tiles 64,128/64x8x3
-         --methods sdpa_softmax,triton_sigmoid,triton_sigmoid_atomic,triton_elu1,triton_elu1_atomic)
-  limits=("${TEST_LIMIT:-240}" "${BENCH_LIMIT:-90}")  # seconds for steps 1 and 2 (the bench: 18 rows, about 50 s)
+         --methods "sdpa_softmax,triton_sigmoid,triton_sigmoid_portable,triton_sigmoid_tanh,triton_sigmoid_atomic,\
+triton_sigmoid_atomic_tanh,triton_elu1,triton_elu1_portable,triton_elu1_atomic")
+  limits=("${BENCH_LIMIT:-150}" "${TEST_LIMIT:-240}")  # seconds for steps 1 and 2 (the bench: 38 rows; 18 took 50 s)
 else  # the CPU smoke test: Triton's interpreter, toy sizes
   PY="${PYTHON:-python3}"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=1
   tests=(tests/test_triton_attention.py -k "never_mask and 8")
   bench=(--device cpu --interpret --seq-lens 32 --batch-size 1 --heads 2 --d-head 16 --warmup 0 --repeats 1
          --methods sdpa_softmax,triton_sigmoid,triton_sigmoid_atomic --tiles 16,16/32x2)
-  limits=("${TEST_LIMIT:-120}" "${BENCH_LIMIT:-120}")
+  limits=("${BENCH_LIMIT:-120}" "${TEST_LIMIT:-120}")
 fi
 
 source scripts/device/steps.sh  # step NAME LIMIT COMMAND...
 
 echo "second_call: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') device $DEVICE budget ${BUDGET_S}s"
-if [ "${limits[0]}" -gt 0 ]; then
-  step triton-tests "${limits[0]}" $PY -m pytest -q -p no:cacheprovider --tb=short --maxfail=3 "${tests[@]}"
-else
-  echo "== triton-tests: skipped (TEST_LIMIT=0)"
-fi
 if [ -n "${BENCH_ARGS:-}" ]; then read -r -a bench <<< "$BENCH_ARGS"; fi
-if [ "${limits[1]}" -gt 0 ]; then
-  step bench-attention "${limits[1]}" $PY benchmarks/bench_attention.py "${bench[@]}" --json "$OUT/attention-cuda.json"
+if [ "${limits[0]}" -gt 0 ]; then
+  step bench-attention "${limits[0]}" $PY benchmarks/bench_attention.py "${bench[@]}" --json "$OUT/attention-cuda.json"
 else
   echo "== bench-attention: skipped (BENCH_LIMIT=0)"
+fi
+if [ "${limits[1]}" -gt 0 ]; then
+  step triton-tests "${limits[1]}" $PY -m pytest -q -s -p no:cacheprovider --tb=short --maxfail=3 "${tests[@]}"
+else
+  echo "== triton-tests: skipped (TEST_LIMIT=0)"
 fi
 left=$((BUDGET_S - SECONDS))
 if [ "$left" -ge 120 ]; then

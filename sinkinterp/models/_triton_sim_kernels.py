@@ -5,7 +5,7 @@ for the measurement's column statistics.
 Imported only when the kernel first runs: ``triton.jit`` decides at import whether the kernels run
 compiled or in Triton's interpreter (``TRITON_INTERPRET=1``), so set that before the first call.
 Pointers are to contiguous [batch, head, pos, d_head] tensors; ``GROUP`` query heads share a kv head.
-OP: 0 = sigmoid(s + BIAS), 1 = elu(s) + 1. ACC_T: the accumulation dtype (float32; float64 for float64
+OP: 0 = sigmoid(s + BIAS), 1 = elu(s) + 1; IMPL: how (below). ACC_T: the accumulation dtype (float32; float64 for float64
 inputs). ``SB`` points to [scale, BIAS] in ACC_T: a Python float argument reaches a compiled kernel as
 float32, which on the H200 put float64 results off by up to 1e-6 (relative) wherever the scale or bias
 is not a float32 number (d_head 8, 24; bias -3.6).
@@ -26,6 +26,56 @@ def _scale_and_bias(SB, ACC_T: tl.constexpr):
     return tl.load(SB).to(ACC_T), tl.load(SB + 1).to(ACC_T)
 
 
+# IMPL: how sim is computed from a tile's raw products q.k (``triton_attention.SIM_IMPLS``).
+# 0 "portable": tl.exp and a division (Triton's interpreter, float64; on CUDA float32 they compile to
+#   ex2.approx / div.full with range fix-ups: about 14 instructions and two special-function-unit
+#   (MUFU) operations per sigmoid weight). 1 "mufu": the same two MUFU operations from PTX without the
+#   fix-ups (subnormal results flushed to zero), constants folded into one multiply-add. 2 "tanh":
+#   sigmoid(x) = 0.5 + 0.5 tanh(x / 2) from one tanh.approx (one MUFU operation; PTX documents a
+#   relative error up to 2^-11 for tanh, so up to about 2.4e-4 absolute on a weight); elu+1 as in 1.
+# Per 64 x 64 tile the tensor cores need about 128 cycles per product, the MUFU 256 cycles per
+# operation per weight, so two MUFU operations per weight cap the forward pass at half of FlashAttention's
+# speed (docs/performance.md, "The kernel's instruction budget").
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+@no_type_check
+def _ex2(x):
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
+@no_type_check
+def _rcp(x):
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
+@no_type_check
+def _tanh(x):
+    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
+@no_type_check
+def _sim_constants(SB, OP: tl.constexpr, IMPL: tl.constexpr, ACC_T: tl.constexpr):
+    """(scale, c1, c2): sim of a raw product x = q.k is computed from x * c1 (+ c2) by ``_sim_of``."""
+    scale, BIAS = _scale_and_bias(SB, ACC_T)
+    if IMPL == 0:
+        return scale, scale, BIAS
+    elif OP == 0 and IMPL == 1:  # sigmoid = 1 / (1 + 2^-(s + b) log2 e)
+        return scale, -scale * LOG2E, -BIAS * LOG2E
+    elif OP == 0:  # tanh: sigmoid = 0.5 + 0.5 tanh((s + b) / 2)
+        return scale, 0.5 * scale, 0.5 * BIAS
+    else:  # elu+1 = 2^min(u, 0) + max(u, 0) ln 2, u = s log2 e
+        return scale, scale * LOG2E, BIAS
+
+
 @triton.jit
 @no_type_check
 def _sim(s, BIAS, OP: tl.constexpr):
@@ -37,11 +87,28 @@ def _sim(s, BIAS, OP: tl.constexpr):
 
 @triton.jit
 @no_type_check
-def _dsim(s, p, OP: tl.constexpr):
+def _sim_of(x, c1, c2, OP: tl.constexpr, IMPL: tl.constexpr):
+    """sim of the raw products ``x`` (``_sim_constants``)."""
+    if IMPL == 0:
+        return _sim(x * c1, c2, OP)
+    elif OP == 0 and IMPL == 1:
+        return _rcp(1.0 + _ex2(x * c1 + c2))
+    elif OP == 0:
+        return 0.5 * _tanh(x * c1 + c2) + 0.5
+    else:
+        u = x * c1
+        return _ex2(tl.minimum(u, 0.0)) + tl.maximum(u, 0.0) * LN2
+
+
+@triton.jit
+@no_type_check
+def _dsim(p, OP: tl.constexpr):
+    """sim'(s) from sim(s) alone: sigmoid p (1 - p); elu+1 1 where s > 0 (p > 1), else p: min(p, 1).
+    0 where a mask set p to 0."""
     if OP == 0:
         return p * (1.0 - p)
     else:
-        return tl.where(s > 0, 1.0, p)
+        return tl.minimum(p, 1.0)
 
 
 @triton.jit
@@ -125,41 +192,37 @@ def _full_query_tiles(pid_n, lo, hi, WINDOW, HAS_WINDOW: tl.constexpr, BLOCK_M: 
 
 @triton.jit
 @no_type_check
-def _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW,
-              OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
-              MASK: tl.constexpr):
-    """Scores and sim of one [M, N] tile (with MASK, sim 0 where not visible)."""
-    s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T) * scale
-    p = _sim(s, BIAS, OP)
+def _tile_sim(q, k, offs_m, offs_n, T, c1, c2, WINDOW,
+              OP: tl.constexpr, IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr,
+              ACC_T: tl.constexpr, MASK: tl.constexpr):
+    """sim of one [M, N] tile (with MASK, 0 where not visible)."""
+    p = _sim_of(tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T), c1, c2, OP, IMPL)
     if MASK:
         p = tl.where(_visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW), p, 0.0)
-    return s, p
+    return p
 
 
 @triton.jit
 @no_type_check
-def _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW,
-                OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
-                MASK: tl.constexpr):
-    """sim and dS = (dacc . v + drowsum) * sim'(s) of one [M, N] tile."""
-    s, p = _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T, MASK)
+def _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, c1, c2, WINDOW,
+                OP: tl.constexpr, IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr,
+                ACC_T: tl.constexpr, MASK: tl.constexpr):
+    """sim and dS = (dacc . v + drowsum) * sim'(s) of one [M, N] tile (sim' from sim: 0 where masked)."""
+    p = _tile_sim(q, k, offs_m, offs_n, T, c1, c2, WINDOW, OP, IMPL, HAS_WINDOW, PREC, ACC_T, MASK)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC).to(ACC_T) + dl[:, None]
-    ds = dp * _dsim(s, p, OP)
-    if MASK:  # elu+1's derivative is 1, not 0, where a masked score is positive
-        ds = tl.where(_visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW), ds, 0.0)
-    return p, ds
+    return p, dp * _dsim(p, OP)
 
 
 @triton.jit
 @no_type_check
-def _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, start, end, T, D, scale, BIAS, WINDOW,
-               OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+def _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, start, end, T, D, c1, c2, WINDOW,
+               OP: tl.constexpr, IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
                BLOCK_N: tl.constexpr, MASK: tl.constexpr):
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
         v = _load_rows(V + kvh * T * D, offs_n, offs_d, T, D)
-        _, p = _tile_sim(q, k, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T, MASK)
+        p = _tile_sim(q, k, offs_m, offs_n, T, c1, c2, WINDOW, OP, IMPL, HAS_WINDOW, PREC, ACC_T, MASK)
         rowsum += tl.sum(p, 1)
         acc += tl.dot(p.to(v.dtype), v, input_precision=PREC).to(ACC_T)
     return acc, rowsum
@@ -168,11 +231,11 @@ def _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, start, end, T, D, scal
 @triton.jit
 @no_type_check
 def fwd(Q, K, V, ACC, L, T, H, GROUP, D, SB, WINDOW,
-        OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+        OP: tl.constexpr, IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    scale, BIAS = _scale_and_bias(SB, ACC_T)
+    _, c1, c2 = _sim_constants(SB, OP, IMPL, ACC_T)
     kvh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -182,28 +245,28 @@ def fwd(Q, K, V, ACC, L, T, H, GROUP, D, SB, WINDOW,
     lo, hi = _key_range(pid_m, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
     full_lo, full_hi = _full_key_tiles(pid_m, lo, hi, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
     # the window's edge, the tiles seen whole (no mask), the diagonal
-    acc, rowsum = _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, lo, full_lo, T, D, scale, BIAS, WINDOW,
-                             OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
-    acc, rowsum = _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, full_lo, full_hi, T, D, scale, BIAS,
-                             WINDOW, OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, False)
-    acc, rowsum = _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, full_hi, hi, T, D, scale, BIAS, WINDOW,
-                             OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
+    acc, rowsum = _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, lo, full_lo, T, D, c1, c2, WINDOW,
+                             OP, IMPL, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
+    acc, rowsum = _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, full_lo, full_hi, T, D, c1, c2,
+                             WINDOW, OP, IMPL, HAS_WINDOW, PREC, ACC_T, BLOCK_N, False)
+    acc, rowsum = _fwd_tiles(acc, rowsum, q, K, V, kvh, offs_m, offs_d, full_hi, hi, T, D, c1, c2, WINDOW,
+                             OP, IMPL, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
     _store_rows(ACC + bh * T * D, offs_m, offs_d, T, D, acc)
     tl.store(L + bh * T + offs_m, rowsum, mask=offs_m < T)
 
 
 @triton.jit
 @no_type_check
-def _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, start, end, T, D, scale, BIAS, WINDOW,
-                OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+def _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, start, end, T, D, scale, c1, c2, WINDOW,
+                OP: tl.constexpr, IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
                 BLOCK_M: tl.constexpr, MASK: tl.constexpr, FUSE_DQ: tl.constexpr):
     for start_m in range(start, end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
         do = _load_rows(DACC + bh * T * D, offs_m, offs_d, T, D)
         dl = tl.load(DL + bh * T + offs_m, mask=offs_m < T, other=0.0)
-        p, ds = _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T,
-                            MASK)
+        p, ds = _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, c1, c2, WINDOW, OP, IMPL, HAS_WINDOW, PREC,
+                            ACC_T, MASK)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC).to(ACC_T)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC).to(ACC_T)
         if FUSE_DQ:  # this key block's share of dq, added into the [T, D] accumulator (ACC_T) of the head
@@ -216,13 +279,13 @@ def _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, start, end, T
 @triton.jit
 @no_type_check
 def bwd_dkdv(Q, K, V, DACC, DL, DK, DV, DQ, T, H, GROUP, D, SB, WINDOW,
-             OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+             OP: tl.constexpr, IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FUSE_DQ: tl.constexpr):
     # one block of keys of one query head; dk / dv per query head (summed over the group later); with
     # FUSE_DQ also dq, added atomically into DQ (zeros in ACC_T) tile by tile, and bwd_dq does not run
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    scale, BIAS = _scale_and_bias(SB, ACC_T)
+    scale, c1, c2 = _sim_constants(SB, OP, IMPL, ACC_T)
     kvh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -233,27 +296,27 @@ def bwd_dkdv(Q, K, V, DACC, DL, DK, DV, DQ, T, H, GROUP, D, SB, WINDOW,
     lo, hi = _query_range(pid_n, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
     full_lo, full_hi = _full_query_tiles(pid_n, lo, hi, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
     # the diagonal, the tiles that see the keys whole (no mask), the window's edge
-    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, lo, full_lo, T, D, scale, BIAS, WINDOW,
-                         OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, True, FUSE_DQ)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, full_lo, full_hi, T, D, scale, BIAS,
-                         WINDOW, OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, False, FUSE_DQ)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, full_hi, hi, T, D, scale, BIAS, WINDOW,
-                         OP, HAS_WINDOW, PREC, ACC_T, BLOCK_M, True, FUSE_DQ)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, lo, full_lo, T, D, scale, c1, c2, WINDOW,
+                         OP, IMPL, HAS_WINDOW, PREC, ACC_T, BLOCK_M, True, FUSE_DQ)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, full_lo, full_hi, T, D, scale, c1, c2,
+                         WINDOW, OP, IMPL, HAS_WINDOW, PREC, ACC_T, BLOCK_M, False, FUSE_DQ)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DACC, DL, DQ, bh, offs_n, offs_d, full_hi, hi, T, D, scale, c1, c2, WINDOW,
+                         OP, IMPL, HAS_WINDOW, PREC, ACC_T, BLOCK_M, True, FUSE_DQ)
     _store_rows(DK + bh * T * D, offs_n, offs_d, T, D, dk * scale)
     _store_rows(DV + bh * T * D, offs_n, offs_d, T, D, dv)
 
 
 @triton.jit
 @no_type_check
-def _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, start, end, T, D, scale, BIAS, WINDOW,
-              OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+def _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, start, end, T, D, c1, c2, WINDOW,
+              OP: tl.constexpr, IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
               BLOCK_N: tl.constexpr, MASK: tl.constexpr):
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
         v = _load_rows(V + kvh * T * D, offs_n, offs_d, T, D)
-        _, ds = _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, scale, BIAS, WINDOW, OP, HAS_WINDOW, PREC, ACC_T,
-                            MASK)
+        _, ds = _tile_grads(q, k, v, do, dl, offs_m, offs_n, T, c1, c2, WINDOW, OP, IMPL, HAS_WINDOW, PREC,
+                            ACC_T, MASK)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC).to(ACC_T)
     return dq
 
@@ -261,11 +324,11 @@ def _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, start, end, T, D, scale,
 @triton.jit
 @no_type_check
 def bwd_dq(Q, K, V, DACC, DL, DQ, T, H, GROUP, D, SB, WINDOW,
-           OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+           OP: tl.constexpr, IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    scale, BIAS = _scale_and_bias(SB, ACC_T)
+    scale, c1, c2 = _sim_constants(SB, OP, IMPL, ACC_T)
     kvh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -275,12 +338,12 @@ def bwd_dq(Q, K, V, DACC, DL, DQ, T, H, GROUP, D, SB, WINDOW,
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_T)
     lo, hi = _key_range(pid_m, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
     full_lo, full_hi = _full_key_tiles(pid_m, lo, hi, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    dq = _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, lo, full_lo, T, D, scale, BIAS, WINDOW,
-                   OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
-    dq = _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, full_lo, full_hi, T, D, scale, BIAS, WINDOW,
-                   OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, False)
-    dq = _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, full_hi, hi, T, D, scale, BIAS, WINDOW,
-                   OP, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
+    dq = _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, lo, full_lo, T, D, c1, c2, WINDOW,
+                   OP, IMPL, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
+    dq = _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, full_lo, full_hi, T, D, c1, c2, WINDOW,
+                   OP, IMPL, HAS_WINDOW, PREC, ACC_T, BLOCK_N, False)
+    dq = _dq_tiles(dq, q, do, dl, K, V, kvh, offs_m, offs_d, full_hi, hi, T, D, c1, c2, WINDOW,
+                   OP, IMPL, HAS_WINDOW, PREC, ACC_T, BLOCK_N, True)
     _store_rows(DQ + bh * T * D, offs_m, offs_d, T, D, dq * scale)
 
 

@@ -421,6 +421,7 @@ class Attention(nn.Module):
         self.gain = cfg.softmax_alpha if cfg.attn_op == "softmax_scaled" else 1.0
         self.scale = 1.0 / math.sqrt(dh)
         self.backend = "auto"
+        self.triton_kernel: dict = {}  # sim_attention's sim_impl / dq (SinkTransformer.set_triton_kernel)
         self.n_cols = DEFAULT_PATTERN_COLS
 
         self.W_Q = nn.Parameter(torch.empty(h, d, dh))
@@ -920,7 +921,7 @@ class Attention(nn.Module):
 
         op = self.op
         acc, rowsum = sim_attention(q, k, v, op=self.cfg.attn_op.removesuffix("_norm"), bias=ctx.sigmoid_bias,
-                                    scale=self.scale, window=self._kernel_window(q.shape[2]))
+                                    scale=self.scale, window=self._kernel_window(q.shape[2]), **self.triton_kernel)
         rowsum = rowsum.unsqueeze(-1).to(acc.dtype)  # float32 from the kernel; the model's dtype here
         slot_sim = op.sim(self._slot_scores(q, slot), ctx.sigmoid_bias) if slot is not None else None
         if cols:  # the first columns' share of each row's total, as the plain path emits them

@@ -337,6 +337,19 @@ class SinkTransformer(HookedRootModule):
             block.attn.backend = backend
         return self
 
+    def set_triton_kernel(self, sim_impl: str | None = None, dq: str = "two_pass") -> SinkTransformer:
+        """How the fused kernel of ``attn_backend="triton"`` runs in every layer: ``sim_impl`` and ``dq`` as
+        ``triton_attention.sim_attention`` takes them (None: the kernel's default for the device)."""
+        from .triton_attention import DQ_MODES, SIM_IMPLS
+
+        if sim_impl is not None and sim_impl not in SIM_IMPLS:
+            raise ValueError(f"sim_impl: got {sim_impl!r}, allowed values are {list(SIM_IMPLS)} or None")
+        if dq not in DQ_MODES:
+            raise ValueError(f"dq: got {dq!r}, allowed values are {list(DQ_MODES)}")
+        for block in self.blocks:
+            block.attn.triton_kernel = {"sim_impl": sim_impl, "dq": dq}
+        return self
+
     @property
     def attn_backend(self) -> str:
         return self.blocks[0].attn.backend

@@ -17,7 +17,11 @@ Backward (recomputing sim block by block, like FlashAttention):
     dq_t = scale sum_s dS_ts k_s          dk_s = scale sum_t dS_ts q_t          dv_s = sum_t sim(s_ts) dacc_t
 
 in two kernels (keys outer for dk / dv, queries outer for dq), so no atomics are needed; the dk / dv
-of the query heads that share a kv head are summed afterwards.
+of the query heads that share a kv head are summed afterwards (or, ``dq="atomic"``, one kernel that
+adds dq atomically). sim'(s) is taken from sim(s) alone (sigmoid: p (1 - p); elu+1: min(p, 1)), so a
+masked weight (0) has no gradient. How each weight is computed on a GPU (``sim_impl``: "portable",
+"mufu", "tanh") decides the kernel's speed: the elementwise work, not the tile products, bounds it
+(docs/performance.md, "The kernel's instruction budget"; ``benchmarks/kernel_codegen.py``).
 Forward and backward are ``torch.library`` custom operators (``sinkinterp::sim_attention_fwd`` /
 ``sinkinterp::sim_attention_bwd``) with shape-only fake implementations and an autograd formula, so
 ``torch.compile(fullgraph=True)`` sees one opaque node per call and never traces Triton's launcher.
@@ -47,6 +51,7 @@ from torch import Tensor
 __all__ = [
     "COLUMN_OPS",
     "DQ_MODES",
+    "SIM_IMPLS",
     "SIM_OPS",
     "column_sums",
     "column_sums_reference",
@@ -61,6 +66,8 @@ __all__ = [
 SIM_OPS = ("sigmoid", "elu1")
 #: how the backward computes dq (``sim_attention(dq=...)``)
 DQ_MODES = ("two_pass", "atomic")
+#: how the kernels compute sim from a score (``sim_attention(sim_impl=...)``; ``_triton_sim_kernels``, IMPL)
+SIM_IMPLS = ("portable", "mufu", "tanh")
 
 
 def triton_available(device: torch.device | str) -> bool:
@@ -186,19 +193,19 @@ def _scale_and_bias(q: Tensor, scale: float, bias: float) -> Tensor:
 @torch.library.custom_op("sinkinterp::sim_attention_fwd", mutates_args=())
 @no_type_check  # the test suite's runtime type checker would hide the annotations custom_op reads
 def _sim_fwd(q: Tensor, k: Tensor, v: Tensor, op: str, bias: float, scale: float, window: int,
-             block: int, warps: int, stages: int, dq_mode: int, block_n: int) -> tuple[Tensor, Tensor]:
+             block: int, warps: int, stages: int, dq_mode: int, block_n: int, impl: int) -> tuple[Tensor, Tensor]:
     fwd, _, _ = _kernels()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     b, h, t, _ = q.shape
     acc = torch.empty_like(q)
     rowsum = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
-    args, const = _sim_settings(q, k, op, bias, scale, window, block, block_n)
+    args, const = _sim_settings(q, k, op, bias, scale, window, block, block_n, impl)
     fwd[(_cdiv(t, const["BLOCK_M"]), b * h)](q, k, v, acc, rowsum, *args, **const, **_tuning(warps, stages))
     return acc, rowsum
 
 
 @_sim_fwd.register_fake
-def _(q, k, v, op, bias, scale, window, block, warps, stages, dq_mode, block_n):
+def _(q, k, v, op, bias, scale, window, block, warps, stages, dq_mode, block_n, impl):
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=_acc_dtype(q))
 
 
@@ -206,12 +213,12 @@ def _(q, k, v, op, bias, scale, window, block, warps, stages, dq_mode, block_n):
 @no_type_check
 def _sim_bwd(q: Tensor, k: Tensor, v: Tensor, dacc: Tensor, drowsum: Tensor, op: str, bias: float, scale: float,
              window: int, block: int, warps: int, stages: int, dq_mode: int,
-             block_n: int) -> tuple[Tensor, Tensor, Tensor]:
+             block_n: int, impl: int) -> tuple[Tensor, Tensor, Tensor]:
     _, bwd_dkdv, bwd_dq = _kernels()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     dacc, dl = dacc.contiguous().to(q.dtype), drowsum.contiguous().to(_acc_dtype(q))
     b, h, t, d = q.shape
-    args, const = _sim_settings(q, k, op, bias, scale, window, block, block_n)
+    args, const = _sim_settings(q, k, op, bias, scale, window, block, block_n, impl)
     dk_h = torch.empty_like(q)  # per query head, summed over each kv head's group below
     dv_h = torch.empty_like(q)
     tuning = _tuning(warps, stages)
@@ -230,7 +237,7 @@ def _sim_bwd(q: Tensor, k: Tensor, v: Tensor, dacc: Tensor, drowsum: Tensor, op:
 
 
 @_sim_bwd.register_fake
-def _(q, k, v, dacc, drowsum, op, bias, scale, window, block, warps, stages, dq_mode, block_n):
+def _(q, k, v, dacc, drowsum, op, bias, scale, window, block, warps, stages, dq_mode, block_n, impl):
     kv = torch.empty_like(k, memory_format=torch.contiguous_format)
     return torch.empty_like(q, memory_format=torch.contiguous_format), kv, torch.empty_like(kv)
 
@@ -241,13 +248,13 @@ def _tuning(warps: int, stages: int) -> dict:
 
 
 def _sim_settings(q: Tensor, k: Tensor, op: str, bias: float, scale: float, window: int,
-                  block: int, block_n: int) -> tuple[tuple, dict]:
+                  block: int, block_n: int, impl: int) -> tuple[tuple, dict]:
     """The kernels' scalar arguments and compile-time constants (window / block / block_n 0: None;
-    block_n None: block)."""
+    block_n None: block; impl: an index into SIM_IMPLS)."""
     meta = _launch_settings(q, block or None, block_n or None)
     _, h, t, d = q.shape
     args = (t, h, h // k.shape[1], d, _scale_and_bias(q, scale, bias), int(window or 1))
-    return args, dict(OP=SIM_OPS.index(op), HAS_WINDOW=window > 0, **meta)
+    return args, dict(OP=SIM_OPS.index(op), IMPL=impl, HAS_WINDOW=window > 0, **meta)
 
 
 def _sim_setup_context(ctx, inputs, output) -> None:
@@ -272,7 +279,7 @@ _sim_fwd.register_autograd(_sim_backward, setup_context=_sim_setup_context)
 def sim_attention(
     q: Tensor, k: Tensor, v: Tensor, *, op: str, bias: float = 0.0, scale: float | None = None,
     window: int | None = None, block: int | tuple[int, int] | None = None, num_warps: int | None = None,
-    num_stages: int | None = None, dq: str = "two_pass",
+    num_stages: int | None = None, dq: str = "two_pass", sim_impl: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Fused causal ``op`` attention: (acc [b, h, t, d], rowsum [b, h, t]) as in the module docstring;
     acc in the inputs' dtype, rowsum in float32 (float64 for float64 inputs).
@@ -287,8 +294,16 @@ def sim_attention(
     ``"two_pass"`` (a second kernel over query blocks recomputes the scores; deterministic) or
     ``"atomic"`` (the dk / dv kernel adds each key block's share of dq into an accumulator in float32,
     float64 for float64 inputs, with atomic adds, as FlashAttention-2's backward does: the scores
-    are computed once, five tile products instead of seven, the order of the additions not fixed). Differentiable in q, k and v through both
-    outputs. Needs Triton on CUDA, or Triton's interpreter (``triton_available``)."""
+    are computed once, five tile products instead of seven, the order of the additions not fixed).
+    ``sim_impl``: how sim is computed from each score (``_triton_sim_kernels``, IMPL): ``"portable"``
+    (``tl.exp`` and a division; the only one in Triton's interpreter and for float64), ``"mufu"`` (the
+    same two special-function operations from PTX without their range fix-ups, subnormal results
+    flushed to zero: about as accurate, fewer instructions; the default of a compiled CUDA kernel),
+    ``"tanh"`` (sigmoid from one ``tanh.approx``: one special-function operation per weight instead of
+    two, PTX's documented relative error of tanh up to 2^-11, so up to about 2.4e-4 absolute on a
+    weight: for bf16 / fp16 training, where a weight is rounded to 2^-9 relative anyway; elu+1 as
+    ``"mufu"``); None: the default. Differentiable in q, k and v through both outputs. Needs Triton on
+    CUDA, or Triton's interpreter (``triton_available``)."""
     _check(q, k, v, op, window)
     given, block_n = block, None
     if isinstance(block, tuple) and len(block) == 2:
@@ -303,12 +318,34 @@ def sim_attention(
     if dq not in DQ_MODES:
         raise ValueError(f"dq: one of {', '.join(map(repr, DQ_MODES))}, got {dq!r}")
     _require_triton(q, "sim_attention")
+    impl = _sim_impl(q, sim_impl)
     d = q.shape[-1]
     scale = d ** -0.5 if scale is None else scale
     q, k, v = (_pad_head(x) for x in (q, k, v))
     acc, rowsum = _sim_fwd(q, k, v, op, float(bias), float(scale), window or 0, block or 0, num_warps or 0,
-                           num_stages or 0, DQ_MODES.index(dq), block_n or 0)
+                           num_stages or 0, DQ_MODES.index(dq), block_n or 0, SIM_IMPLS.index(impl))
     return (acc[..., :d] if acc.shape[-1] != d else acc), rowsum
+
+
+def _compiled_for_cuda(q: Tensor) -> bool:
+    """Whether the kernels run compiled for an NVIDIA GPU (not in Triton's interpreter)."""
+    return q.device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1" and torch.version.hip is None
+
+
+def _sim_impl(q: Tensor, sim_impl: str | None) -> str:
+    """``sim_attention``'s ``sim_impl`` resolved (None: "mufu" compiled on CUDA below float64, else
+    "portable"); "mufu" / "tanh" are PTX and need that."""
+    if sim_impl is not None and sim_impl not in SIM_IMPLS:
+        raise ValueError(f"sim_impl: one of {', '.join(map(repr, SIM_IMPLS))} or None, got {sim_impl!r}")
+    ptx = _compiled_for_cuda(q) and q.dtype != torch.float64
+    if sim_impl is None:
+        return "mufu" if ptx else "portable"
+    if sim_impl != "portable" and not ptx:
+        raise ValueError(f"sim_impl: {sim_impl!r} is PTX for a kernel compiled on an NVIDIA GPU with float32, "
+                         f"bfloat16 or float16 inputs; here ({q.device.type}, {q.dtype}"
+                         f"{', Triton interpreter' if os.environ.get('TRITON_INTERPRET') == '1' else ''}) "
+                         f"only 'portable' or None")
+    return sim_impl
 
 
 #: weights ``column_sums`` can sum: softmax's exp(s - lse), or an unnormalized op's sim(s) / total

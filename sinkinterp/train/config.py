@@ -18,6 +18,7 @@ from typing import Any
 from sinkinterp.data.transforms import DataConfig
 from sinkinterp.models.attention import ATTN_BACKENDS
 from sinkinterp.models.config import ModelConfig
+from sinkinterp.models.triton_attention import DQ_MODES, SIM_IMPLS
 
 __all__ = ["TrainConfig", "SCHEDULES", "DECAY_PARAMS", "DTYPES", "RESUME_SAFE_FIELDS"]
 
@@ -27,7 +28,7 @@ DTYPES = ("float32", "bfloat16")
 
 #: fields that may differ between a checkpointed run and the config it is resumed with (they do
 #: not change the weights a step produces); any other difference refuses to resume.
-RESUME_SAFE_FIELDS = ("log_every", "ckpt_every", "device", "compile", "attn_backend")
+RESUME_SAFE_FIELDS = ("log_every", "ckpt_every", "device", "compile", "attn_backend", "triton_sim_impl", "triton_dq")
 
 
 def _int(name: str, value: Any, minimum: int) -> None:
@@ -91,6 +92,12 @@ class TrainConfig:
     """the model's attention backend while training (``SinkTransformer.set_attn_backend``): "auto" |
     "reference" | "flex" | "triton" (the fused sigmoid / elu+1 kernel, on CUDA). The same numbers up
     to rounding, so a run may resume with another one."""
+    triton_sim_impl: str | None = None
+    """with attn_backend "triton": how the kernel computes each weight (``sim_attention``'s ``sim_impl``):
+    "portable" | "mufu" | "tanh" (sigmoid from one hardware tanh: the fastest, an approximation of
+    about 2^-11 relative on the tanh) | null (the kernel's default: "mufu" on a GPU)."""
+    triton_dq: str = "two_pass"
+    """with attn_backend "triton": "two_pass" | "atomic" (``sim_attention``'s ``dq``)."""
     log_every: int = 10
     """write a metrics.jsonl row (train loss, lr, tokens/s, MFU) every this many updates (>= 1);
     the loss stays on the device in between (no per-step host sync)."""
@@ -164,6 +171,9 @@ class TrainConfig:
         if not isinstance(self.compile, bool):
             raise TypeError(f"TrainConfig.compile: expected true or false, got {self.compile!r}")
         _choice("attn_backend", self.attn_backend, ATTN_BACKENDS)
+        if self.triton_sim_impl is not None:
+            _choice("triton_sim_impl", self.triton_sim_impl, SIM_IMPLS)
+        _choice("triton_dq", self.triton_dq, DQ_MODES)
         _int("log_every", self.log_every, 1)
         _int("eval_every", self.eval_every, 0)
         _int("eval_batches", self.eval_batches, 1)

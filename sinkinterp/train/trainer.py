@@ -302,7 +302,7 @@ def _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_c
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = SinkTransformer(cfg.model).to(device)
-    model.set_attn_backend(cfg.attn_backend)
+    model.set_attn_backend(cfg.attn_backend).set_triton_kernel(cfg.triton_sim_impl, cfg.triton_dq)
     model.train()
     opt = build_optimizer(model, cfg, device)
     fused = device.type == "cuda"

@@ -1,0 +1,302 @@
+"""Static benchmark: what the fused sigmoid / elu+1 kernels compile to on an NVIDIA GPU, without one.
+
+Triton compiles a kernel for a target architecture on any machine (its wheel brings ``ptxas``), so
+this script builds the kernels of ``sinkinterp/models/_triton_sim_kernels.py`` for sm_90 (H100 /
+H200) on the CPU, disassembles them and counts, in the loop over whole tiles (the kernel's hot loop:
+the loop with tensor-core instructions and the fewest instructions), per warp and tile:
+
+* ``instr``: SASS instructions, each issued in one cycle by the warp's scheduler;
+* ``mufu``: special-function-unit operations (``MUFU.*``: exp2, reciprocal, tanh); on Hopper a
+  scheduler's unit does 4 lanes a cycle, so one warp-wide operation occupies it 8 cycles;
+* ``mma``: tensor-core instructions.
+
+From them, for a BLOCK_M x BLOCK_N tile with head size D, an issue-bound estimate in cycles per tile
+on one SM: ``max(issue, mufu, tensor)`` with issue = instr x warps per scheduler, mufu = 8 x mufu x
+warps per scheduler, tensor = the tile's products (forward 2, dk / dv 4, dq 3, dk / dv with atomic dq
+5) x 2 BLOCK_M BLOCK_N D flops / 4096 flops per cycle per SM (989 TFLOP/s dense bf16 over 132 SMs at
+1.83 GHz). The same counts for a plain online-softmax forward kernel (defined here, FlashAttention's
+forward loop in Triton, same tiles) give the forward pass's estimate for softmax: ``x softmax`` is
+its cycles over the kernel's (above 1: fewer cycles than softmax would need).
+
+It is a model, not a timing: it ignores latency, memory and occupancy, and the Triton version of the
+GPU machine may schedule differently. Checked against the H200 timings of 2026-12-04 in
+docs/performance.md ("The kernel's instruction budget"): the kernel then scored every tile with the mask
+(``--kernels-file`` on that commit's kernels). Performance claims stay with ``bench_attention.py`` on a GPU.
+
+Run ``python benchmarks/kernel_codegen.py --help``; the table is printed and the JSON written
+(default benchmarks/results/kernel-codegen-sm90.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, no_type_check
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SCHEMA_VERSION = 1
+OPS = ("sigmoid", "elu1")
+IMPLS = ("portable", "mufu", "tanh")
+KERNELS = ("fwd", "dkdv", "dkdv_atomic", "dq")
+PRODUCTS = {"fwd": 2, "dkdv": 4, "dkdv_atomic": 5, "dq": 3, "softmax_fwd": 2}
+FLOPS_PER_CYCLE_SM = 4096  # dense bf16 tensor-core flops per cycle per SM, Hopper
+MUFU_CYCLES = 8  # cycles a warp-wide MUFU operation holds one scheduler's unit (4 lanes a cycle)
+SCHEDULERS = 4  # per SM
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def _softmax_reference():
+    """A plain causal online-softmax forward kernel (FlashAttention's loop, exp2 with the scale folded
+    in, whole tiles without a mask, the diagonal with one), the softmax side of the comparison."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    @no_type_check
+    def _tiles(acc, m_i, l_i, q, K, V, offs_m, offs_d, start, end, qk_scale, D, BLOCK_N: tl.constexpr,
+               MASK: tl.constexpr):
+        for start_n in range(start, end, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            k = tl.load(K + offs_n[:, None] * D + offs_d[None, :])
+            v = tl.load(V + offs_n[:, None] * D + offs_d[None, :])
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            if MASK:
+                s = tl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        return acc, m_i, l_i
+
+    @triton.jit
+    @no_type_check
+    def softmax_fwd(Q, K, V, O, T, D, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        base = bh * T * D
+        q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :])
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        whole = pid_m * BLOCK_M // BLOCK_N * BLOCK_N
+        acc, m_i, l_i = _tiles(acc, m_i, l_i, q, K + base, V + base, offs_m, offs_d, 0, whole, qk_scale, D,
+                               BLOCK_N, False)
+        acc, m_i, l_i = _tiles(acc, m_i, l_i, q, K + base, V + base, offs_m, offs_d, whole, (pid_m + 1) * BLOCK_M,
+                               qk_scale, D, BLOCK_N, True)
+        tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], (acc / l_i[:, None]).to(O.dtype.element_ty))
+
+    return softmax_fwd
+
+
+def _kernels(path: Path | None):
+    if path is None:
+        from sinkinterp.models import _triton_sim_kernels as kern
+        return kern
+    spec = importlib.util.spec_from_file_location("_kernels_under_test", path)
+    kern = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kern)
+    return kern
+
+
+def _compile(fn, types: dict[str, str], consts: dict[str, Any], warps: int, stages: int, arch: int):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = fn.arg_names
+    consts = {k: v for k, v in consts.items() if k in names}  # an older kernel file may lack IMPL
+    sig = {n: "constexpr" if n in consts else types[n] for n in names}
+    # pointers and the sizes a launch gets (T, D multiples of 16 at these shapes) as Triton specializes them
+    div16 = [n for n in names if n in types and (types[n].startswith("*") or n in ("T", "D"))]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div16}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages))
+
+
+def _sass(cubin: bytes) -> tuple[str, str]:
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        res = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
+        dis = subprocess.run([str(tool), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
+    return res, dis
+
+
+def loop_counts(dis: str) -> list[collections.Counter]:
+    """Opcode counts of every loop body (from a backward branch's target to the branch)."""
+    ins = [(int(a, 16), op, rest) for a, op, rest in _LINE.findall(dis)]
+    out = []
+    for addr, op, rest in ins:
+        m = re.search(r"0x([0-9a-f]+)", rest) if op.startswith("BRA") else None
+        if m and int(m.group(1), 16) < addr:
+            out.append(collections.Counter(o for a, o, _ in ins if int(m.group(1), 16) <= a <= addr))
+    return out
+
+
+def analyse(compiled, kernel: str, block_m: int, block_n: int, d: int, warps: int) -> dict[str, Any]:
+    res, dis = _sass(compiled.asm["cubin"])
+    regs = int(re.search(r"REG:(\d+)", res).group(1))
+    stack = int(re.search(r"STACK:(\d+)", res).group(1))
+    loops = [c for c in loop_counts(dis) if any("GMMA" in k or k.startswith("HMMA") for k in c)]
+    if not loops:
+        raise RuntimeError(f"{kernel}: no loop with tensor-core instructions in the SASS")
+    hot = min(loops, key=lambda c: sum(c.values()))
+    instr = sum(hot.values())
+    mufu = sum(v for k, v in hot.items() if k.startswith("MUFU"))
+    per_thread = block_m * block_n / (32 * warps)  # tile weights per thread
+    per_sched = max(1, warps // SCHEDULERS)
+    cycles = {"issue": instr * per_sched, "mufu": MUFU_CYCLES * mufu * per_sched,
+              "tensor": PRODUCTS[kernel] * 2 * block_m * block_n * d / FLOPS_PER_CYCLE_SM}
+    limiter = max(cycles, key=cycles.get)
+    return {"regs": regs, "stack_bytes": stack, "loops": len(loops), "instr": instr, "mufu": mufu,
+            "mma": sum(v for k, v in hot.items() if "GMMA" in k or k.startswith("HMMA")),
+            "instr_per_weight": instr / per_thread, "mufu_per_weight": mufu / per_thread,
+            "cycles": cycles, "bound_cycles": cycles[limiter], "limiter": limiter,
+            "top": hot.most_common(6)}
+
+
+def _tiles(text: str) -> list[tuple[int, int, int, int]]:
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        m = re.fullmatch(r"(\d+)(?:/(\d+))?x(\d+)x(\d+)", item)
+        if not m:
+            raise argparse.ArgumentTypeError(f"--tiles: BLOCK[/BLOCK_N]xWARPSxSTAGES items, got {item!r}")
+        bm, bn, w, s = int(m[1]), int(m[2] or m[1]), int(m[3]), int(m[4])
+        if any(b < 16 or b & (b - 1) for b in (bm, bn)) or w not in (1, 2, 4, 8, 16) or not 1 <= s <= 8:
+            raise argparse.ArgumentTypeError(f"--tiles: blocks powers of two >= 16, warps 1-16, stages 1-8: {item!r}")
+        out.append((bm, bn, w, s))
+    return out
+
+
+def _choice_list(name: str, allowed: Sequence[str]):
+    def parse(text: str) -> list[str]:
+        vals = [x.strip() for x in text.split(",") if x.strip()]
+        if not vals or any(v not in allowed for v in vals):
+            raise argparse.ArgumentTypeError(f"{name}: comma-separated from {list(allowed)}, got {text!r}")
+        return vals
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (default 90: H100 / H200)")
+    p.add_argument("--tiles", type=_tiles, default=[(64, 64, 4, 3)],
+                   help="BLOCK[/BLOCK_N]xWARPSxSTAGES, comma-separated (default 64x4x3: the kernel's tile and "
+                        "Triton's default warps and stages)")
+    p.add_argument("--ops", type=_choice_list("--ops", OPS), default=list(OPS))
+    p.add_argument("--impls", type=_choice_list("--impls", IMPLS), default=list(IMPLS))
+    p.add_argument("--kernels", type=_choice_list("--kernels", KERNELS), default=list(KERNELS))
+    p.add_argument("--d-head", type=int, default=64, choices=(16, 32, 64, 128))
+    p.add_argument("--kernels-file", type=Path, default=None,
+                   help="compile the kernels of this file instead (e.g. an older commit's, from git show)")
+    p.add_argument("--json", default=None, help="output file (default benchmarks/results/kernel-codegen-sm<arch>.json)")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import triton
+    import triton.language as tl
+
+    from benchmarks.common import provenance_info
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("kernel_codegen.py compiles kernels: unset TRITON_INTERPRET")
+    kern = _kernels(args.kernels_file)
+    bf, f32 = "*bf16", "*fp32"
+    # (scale and BIAS: the float arguments of the kernels before 2026-12-04's second session, for --kernels-file)
+    sizes = dict(T="i32", H="i32", GROUP="i32", D="i32", SB=f32, WINDOW="i32", scale="fp32", BIAS="fp32")
+    types = {"fwd": dict(Q=bf, K=bf, V=bf, ACC=bf, L=f32, **sizes),
+             "dkdv": dict(Q=bf, K=bf, V=bf, DACC=bf, DL=f32, DK=bf, DV=bf, DQ=f32, **sizes),
+             "dq": dict(Q=bf, K=bf, V=bf, DACC=bf, DL=f32, DQ=bf, **sizes)}
+    fns = {"fwd": kern.fwd, "dkdv": kern.bwd_dkdv, "dkdv_atomic": kern.bwd_dkdv, "dq": kern.bwd_dq}
+    d = args.d_head
+    rows = []
+    for bm, bn, warps, stages in args.tiles:
+        tile = f"{bm}/{bn}x{warps}x{stages}"
+        ref = analyse(_compile(_softmax_reference(), dict(Q=bf, K=bf, V=bf, O=bf, T="i32", D="i32", qk_scale="fp32"),
+                               dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=d), warps, stages, args.arch),
+                      "softmax_fwd", bm, bn, d, warps)
+        rows.append({"kernel": "softmax_fwd", "op": "softmax", "impl": "-", "tile": tile, **ref})
+        for op in args.ops:
+            for impl in args.impls:
+                if op == "elu1" and impl == "tanh":
+                    continue  # elu+1 has no tanh form: "tanh" runs it as "mufu"
+                for kernel in args.kernels:
+                    consts = dict(OP=OPS.index(op), IMPL=IMPLS.index(impl), HAS_WINDOW=False, PREC="tf32",
+                                  ACC_T=tl.float32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=d)
+                    if kernel.startswith("dkdv"):
+                        consts["FUSE_DQ"] = kernel == "dkdv_atomic"
+                    names = fns[kernel].arg_names
+                    if ("IMPL" not in names and impl != "portable") or \
+                            (kernel == "dkdv_atomic" and "FUSE_DQ" not in names):
+                        continue  # an older kernel file without these
+                    row = analyse(_compile(fns[kernel], types[kernel.removesuffix("_atomic")], consts, warps,
+                                           stages, args.arch), kernel, bm, bn, d, warps)
+                    if kernel == "fwd":
+                        row["x_softmax"] = ref["bound_cycles"] / row["bound_cycles"]
+                    rows.append({"kernel": kernel, "op": op, "impl": impl, "tile": tile, **row})
+    return {"benchmark": "kernel_codegen", "schema_version": SCHEMA_VERSION,
+            "provenance": provenance_info(["benchmarks/kernel_codegen.py", *args.argv]),
+            "settings": {"arch": args.arch, "d_head": d, "dtype": "bfloat16", "triton": triton.__version__,
+                         "kernels_file": None if args.kernels_file is None else str(args.kernels_file),
+                         "model": {"flops_per_cycle_sm": FLOPS_PER_CYCLE_SM, "mufu_cycles": MUFU_CYCLES,
+                                   "schedulers": SCHEDULERS, "products": PRODUCTS}},
+            "rows": rows}
+
+
+def table(doc: dict[str, Any]) -> str:
+    head = ["tile", "kernel", "op", "impl", "regs", "stack B", "instr", "instr/w", "MUFU/w", "issue", "mufu",
+            "tensor", "limiter", "x softmax"]
+    lines = [head]
+    for r in doc["rows"]:
+        c = r["cycles"]
+        lines.append([r["tile"], r["kernel"], r["op"], r["impl"], str(r["regs"]), str(r["stack_bytes"]), str(r["instr"]),
+                      f"{r['instr_per_weight']:.1f}", f"{r['mufu_per_weight']:.2f}", f"{c['issue']:.0f}",
+                      f"{c['mufu']:.0f}", f"{c['tensor']:.0f}", r["limiter"],
+                      f"{r['x_softmax']:.2f}" if "x_softmax" in r else "-"])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    out = ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    out.append("cycles per tile on one SM (issue / MUFU / tensor cores; the largest bounds it); x softmax: the "
+               "softmax forward kernel's bound over the row's (forward rows)")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.argv = argv
+    from sinkinterp.fileio import write_json
+
+    doc = run(args)
+    path = Path(args.json) if args.json else REPO / "benchmarks" / "results" / f"kernel-codegen-sm{args.arch}.json"
+    write_json(path, doc)
+    if not args.quiet:
+        print(table(doc))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
