@@ -10,6 +10,11 @@ the loop with tensor-core instructions and the fewest instructions), per warp an
   scheduler's unit does 4 lanes a cycle, so one warp-wide operation occupies it 8 cycles;
 * ``mma``: tensor-core instructions.
 
+Kernels: the attention's ``fwd``, ``dkdv`` (``dkdv_atomic``: with dq added atomically) and ``dq`` for
+sigmoid and elu+1; the measurement's ``lse`` (``softmax_lse``) and ``colsum`` (``col_sums`` of softmax
+weights: every key's column sum, the full measurement's second pass), whose "x softmax" is the
+softmax forward kernel's cycles over theirs (the pass's cost against the attention's own forward).
+
 From them, for a BLOCK_M x BLOCK_N tile with head size D, an issue-bound estimate in cycles per tile
 on one SM: ``max(issue, mufu, tensor)`` with issue = instr x warps per scheduler, mufu = 8 x mufu x
 warps per scheduler, tensor = the tile's products (forward 2, dk / dv 4, dq 3, dk / dv with atomic dq
@@ -48,8 +53,9 @@ if str(REPO) not in sys.path:
 SCHEMA_VERSION = 1
 OPS = ("sigmoid", "elu1")
 IMPLS = ("portable", "mufu", "tanh")
-KERNELS = ("fwd", "dkdv", "dkdv_atomic", "dq")
-PRODUCTS = {"fwd": 2, "dkdv": 4, "dkdv_atomic": 5, "dq": 3, "softmax_fwd": 2}
+KERNELS = ("fwd", "dkdv", "dkdv_atomic", "dq", "lse", "colsum")
+#: tile products per kernel; "lse" / "colsum" are the measurement's softmax_lse and col_sums (softmax)
+PRODUCTS = {"fwd": 2, "dkdv": 4, "dkdv_atomic": 5, "dq": 3, "softmax_fwd": 2, "lse": 1, "colsum": 1}
 FLOPS_PER_CYCLE_SM = 4096  # dense bf16 tensor-core flops per cycle per SM, Hopper
 MUFU_CYCLES = 8  # cycles a warp-wide MUFU operation holds one scheduler's unit (4 lanes a cycle)
 SCHEDULERS = 4  # per SM
@@ -229,7 +235,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     types = {"fwd": dict(Q=bf, K=bf, V=bf, ACC=bf, L=f32, **sizes),
              "dkdv": dict(Q=bf, K=bf, V=bf, DACC=bf, DL=f32, DK=bf, DV=bf, DQ=f32, **sizes),
              "dq": dict(Q=bf, K=bf, V=bf, DACC=bf, DL=f32, DQ=bf, **sizes)}
-    fns = {"fwd": kern.fwd, "dkdv": kern.bwd_dkdv, "dkdv_atomic": kern.bwd_dkdv, "dq": kern.bwd_dq}
+    fns = {"fwd": kern.fwd, "dkdv": kern.bwd_dkdv, "dkdv_atomic": kern.bwd_dkdv, "dq": kern.bwd_dq,
+           "lse": kern.softmax_lse, "colsum": kern.col_sums}
+    types["lse"] = dict(Q=bf, K=bf, LSE=f32, **sizes)
+    types["colsum"] = dict(Q=bf, K=bf, LSE=f32, CS=f32, **sizes)
     d = args.d_head
     rows = []
     for bm, bn, warps, stages in args.tiles:
@@ -238,11 +247,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=d), warps, stages, args.arch),
                       "softmax_fwd", bm, bn, d, warps)
         rows.append({"kernel": "softmax_fwd", "op": "softmax", "impl": "-", "tile": tile, **ref})
+        for kernel in (k for k in ("lse", "colsum") if k in args.kernels):  # softmax weights; no "tanh"
+            for impl in (i for i in args.impls if i != "tanh"):
+                consts = dict(OP=-1, IMPL=IMPLS.index(impl), HAS_WINDOW=False, PREC="tf32", ACC_T=tl.float32,
+                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=d)
+                if "IMPL" not in fns[kernel].arg_names and impl != "portable":
+                    continue
+                row = analyse(_compile(fns[kernel], types[kernel], consts, warps, stages, args.arch), kernel, bm, bn,
+                              d, warps)
+                rows.append({"kernel": kernel, "op": "softmax", "impl": impl, "tile": tile, **row,
+                             "x_softmax": ref["bound_cycles"] / row["bound_cycles"]})
         for op in args.ops:
             for impl in args.impls:
                 if op == "elu1" and impl == "tanh":
                     continue  # elu+1 has no tanh form: "tanh" runs it as "mufu"
-                for kernel in args.kernels:
+                for kernel in (k for k in args.kernels if k not in ("lse", "colsum")):
                     consts = dict(OP=OPS.index(op), IMPL=IMPLS.index(impl), HAS_WINDOW=False, PREC="tf32",
                                   ACC_T=tl.float32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=d)
                     if kernel.startswith("dkdv"):
@@ -279,7 +298,7 @@ def table(doc: dict[str, Any]) -> str:
     out = ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     out.append("cycles per tile on one SM (issue / MUFU / tensor cores; the largest bounds it); x softmax: the "
-               "softmax forward kernel's bound over the row's (forward rows)")
+               "softmax forward kernel's bound over the row's (forward and measurement rows)")
     return "\n".join(out)
 
 

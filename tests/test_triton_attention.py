@@ -454,6 +454,10 @@ COLUMN_CASES = [  # heads, kv heads, T, d_head, window, block
     (4, 2, 37, 24, None, None),  # GQA, T not a multiple of the tile, d_head padded
     (2, 1, 50, 16, 7, None),  # a window shorter than a tile
     (4, 1, 45, 8, 20, 32),  # a window across tiles, larger tiles
+    # query tiles that see a key block whole (summed without a mask) before a partial last tile, with
+    # 16-wide tiles here and 64-wide ones on CUDA; and the same with a window's masked edge after them
+    (2, 1, 200, 16, None, None),
+    (2, 2, 150, 16, 90, None),
 ]
 
 

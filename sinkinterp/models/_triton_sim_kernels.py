@@ -349,13 +349,39 @@ def bwd_dq(Q, K, V, DACC, DL, DQ, T, H, GROUP, D, SB, WINDOW,
 
 @triton.jit
 @no_type_check
+def _lse_tiles(m, l, q, K, kvh, offs_m, offs_d, start, end, T, D, c1, WINDOW,
+               IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+               BLOCK_N: tl.constexpr, MASK: tl.constexpr):
+    """The online maximum m and sum l of exp (IMPL 0) or 2^ (IMPL 1: scores in log2 units) over key tiles."""
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T) * c1
+        if MASK:
+            s = tl.where(_visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW), s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        if IMPL == 0:
+            l = l * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+        else:
+            l = l * _ex2(m - m_new) + tl.sum(_ex2(s - m_new[:, None]), 1)
+        m = m_new
+    return m, l
+
+
+@triton.jit
+@no_type_check
 def softmax_lse(Q, K, LSE, T, H, GROUP, D, SB, WINDOW,
-                HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
+                IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    # log-sum-exp of each causal softmax row, online over tiles of keys (no values, no output)
+    # log-sum-exp of each causal softmax row, online over tiles of keys (no values, no output); whole
+    # tiles without the mask, as in fwd; IMPL 1: in log2 units with PTX's exp2
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    scale, BIAS = _scale_and_bias(SB, ACC_T)
+    scale, _ = _scale_and_bias(SB, ACC_T)
+    if IMPL == 0:
+        c1 = scale
+    else:
+        c1 = scale * LOG2E
     kvh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -363,42 +389,79 @@ def softmax_lse(Q, K, LSE, T, H, GROUP, D, SB, WINDOW,
     m = tl.zeros([BLOCK_M], dtype=ACC_T) - 1.0e30  # finite: a row with no visible key in a tile adds 0
     l = tl.zeros([BLOCK_M], dtype=ACC_T)
     lo, hi = _key_range(pid_m, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T) * scale
-        s = tl.where(_visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW), s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        l = l * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
-        m = m_new
-    tl.store(LSE + bh * T + offs_m, m + tl.log(tl.where(l > 0, l, 1.0)), mask=offs_m < T)
+    full_lo, full_hi = _full_key_tiles(pid_m, lo, hi, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    m, l = _lse_tiles(m, l, q, K, kvh, offs_m, offs_d, lo, full_lo, T, D, c1, WINDOW, IMPL, HAS_WINDOW, PREC,
+                      ACC_T, BLOCK_N, True)
+    m, l = _lse_tiles(m, l, q, K, kvh, offs_m, offs_d, full_lo, full_hi, T, D, c1, WINDOW, IMPL, HAS_WINDOW, PREC,
+                      ACC_T, BLOCK_N, False)
+    m, l = _lse_tiles(m, l, q, K, kvh, offs_m, offs_d, full_hi, hi, T, D, c1, WINDOW, IMPL, HAS_WINDOW, PREC,
+                      ACC_T, BLOCK_N, True)
+    if IMPL == 0:
+        lse = m + tl.log(tl.where(l > 0, l, 1.0))
+    else:  # m in log2 units
+        lse = m * LN2 + tl.log(tl.where(l > 0, l, 1.0))
+    tl.store(LSE + bh * T + offs_m, lse, mask=offs_m < T)
+
+
+@triton.jit
+@no_type_check
+def _col_tiles(cs, k, Q, LSE, bh, offs_n, offs_d, start, end, T, D, c1, c2, WINDOW,
+               OP: tl.constexpr, IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr,
+               ACC_T: tl.constexpr, BLOCK_M: tl.constexpr, MASK: tl.constexpr):
+    """Adds the weights of query tiles [start, end) to the [BLOCK_M, BLOCK_N] accumulator ``cs`` (its
+    rows summed once at the end, not per tile)."""
+    for start_m in range(start, end, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
+        lse = tl.load(LSE + bh * T + offs_m, mask=offs_m < T, other=0.0).to(ACC_T)
+        x = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T)
+        if OP < 0:  # exp(s - lse); IMPL 1: 2^(x scale log2 e - lse log2 e)
+            if IMPL == 0:
+                p = tl.exp(x * c1 - lse[:, None])
+            else:
+                p = _ex2(x * c1 - (lse * LOG2E)[:, None])
+        else:  # sim(s) / total, total = exp(lse)
+            if IMPL == 0:
+                p = _sim_of(x, c1, c2, OP, IMPL) * tl.exp(-lse)[:, None]
+            else:
+                p = _sim_of(x, c1, c2, OP, IMPL) * _ex2(-lse * LOG2E)[:, None]
+        if MASK:  # (a masked score may overflow exp: where picks 0 without arithmetic on it)
+            p = tl.where(_visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW), p, 0.0)
+        cs += p
+    return cs
 
 
 @triton.jit
 @no_type_check
 def col_sums(Q, K, LSE, CS, T, H, GROUP, D, SB, WINDOW,
-             OP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr, ACC_T: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+             OP: tl.constexpr, IMPL: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr,
+             ACC_T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # one block of keys of one query head: sum over the queries that see key s of the weight
-    # exp(s_ts - LSE_t) (OP -1, softmax) or sim(s_ts) exp(-LSE_t) (OP 0 / 1, LSE_t = log of the row total)
+    # exp(s_ts - LSE_t) (OP -1, softmax) or sim(s_ts) exp(-LSE_t) (OP 0 / 1, LSE_t = log of the row total);
+    # the diagonal and the window's edge masked, the query tiles that see the block whole not
+    # (rows past T excluded from those: a zero query row would weigh exp(0 - 0))
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    scale, BIAS = _scale_and_bias(SB, ACC_T)
+    if OP < 0:
+        scale, c2 = _scale_and_bias(SB, ACC_T)  # (c2 unused)
+        if IMPL == 0:
+            c1 = scale
+        else:
+            c1 = scale * LOG2E
+    else:
+        _, c1, c2 = _sim_constants(SB, OP, IMPL, ACC_T)
     kvh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     k = _load_rows(K + kvh * T * D, offs_n, offs_d, T, D)
-    cs = tl.zeros([BLOCK_N], dtype=ACC_T)
+    cs = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC_T)
     lo, hi = _query_range(pid_n, T, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    for start_m in range(lo, hi, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        q = _load_rows(Q + bh * T * D, offs_m, offs_d, T, D)
-        lse = tl.load(LSE + bh * T + offs_m, mask=offs_m < T, other=0.0).to(ACC_T)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC_T) * scale
-        visible = _visible(offs_m, offs_n, T, WINDOW, HAS_WINDOW)
-        if OP < 0:
-            p = tl.exp(tl.where(visible, s, float("-inf")) - lse[:, None])
-        else:
-            p = tl.where(visible, _sim(s, BIAS, OP), 0.0) * tl.exp(-lse)[:, None]
-        cs += tl.sum(p, 0)
-    tl.store(CS + bh * T + offs_n, cs, mask=offs_n < T)
+    full_lo, full_hi = _full_query_tiles(pid_n, lo, hi, WINDOW, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    full_hi = tl.maximum(tl.minimum(full_hi, T // BLOCK_M * BLOCK_M), full_lo)
+    cs = _col_tiles(cs, k, Q, LSE, bh, offs_n, offs_d, lo, full_lo, T, D, c1, c2, WINDOW, OP, IMPL, HAS_WINDOW,
+                    PREC, ACC_T, BLOCK_M, True)
+    cs = _col_tiles(cs, k, Q, LSE, bh, offs_n, offs_d, full_lo, full_hi, T, D, c1, c2, WINDOW, OP, IMPL,
+                    HAS_WINDOW, PREC, ACC_T, BLOCK_M, False)
+    cs = _col_tiles(cs, k, Q, LSE, bh, offs_n, offs_d, full_hi, hi, T, D, c1, c2, WINDOW, OP, IMPL, HAS_WINDOW,
+                    PREC, ACC_T, BLOCK_M, True)
+    tl.store(CS + bh * T + offs_n, tl.sum(cs, 0), mask=offs_n < T)

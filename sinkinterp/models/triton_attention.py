@@ -401,6 +401,7 @@ def _launch_row_stat(kernel: str, tile: str, q: Tensor, k: Tensor, cols: tuple |
     out = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
     const = {key: meta[key] for key in ("PREC", "ACC_T", "BLOCK_M", "BLOCK_N", "BLOCK_D")}
     const["HAS_WINDOW"] = window is not None
+    const["IMPL"] = SIM_IMPLS.index(_sim_impl(q, None))  # "mufu" compiled on CUDA below float64, else "portable"
     if cols is None:
         inputs, bias = (q, k, out), 0.0
     else:
