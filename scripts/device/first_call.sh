@@ -34,7 +34,7 @@ if [ "$DEVICE" = cuda ]; then
            --methods forward,forward_materialized,measure,measure_first,measure_triton,cache
            --json "$OUT/measure-cuda.json")
   patching=(--device cuda --models 12l --json "$OUT/patching-cuda.json")
-  limits=("${TEST_LIMIT:-180}" "${ATTENTION_LIMIT:-100}" 200 60 60)
+  limits=("${TEST_LIMIT:-180}" "${ATTENTION_LIMIT:-100}" 260 60 60)  # bench-train: 11 compiled rows (triton_fast added)
 else  # the CPU smoke test: the same steps at toy sizes
   PY="${PYTHON:-python3}"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
