@@ -199,10 +199,10 @@ def test_the_kernels_get_scale_and_bias_in_the_accumulation_dtype(monkeypatch):
 
 
 def test_sim_impl_is_resolved_for_the_device_and_checked(monkeypatch):
-    """sim_impl None: "portable" here (interpreter, and for float64 anywhere), "mufu" compiled on CUDA;
-    the PTX ones ("mufu", "tanh") are refused where they cannot run, with the reason; an unknown one
-    is refused by name; "portable" asked for is what None gives here, to the bit, and reaches the
-    kernels as their IMPL constant."""
+    """sim_impl None: "portable" in the interpreter and for float64 anywhere, "mufu" compiled on CUDA;
+    the PTX ones are refused for float64 on CUDA, with the reason; an unknown one is refused by name;
+    "portable" asked for is what None gives in the interpreter, to the bit, and reaches the kernels as
+    their IMPL constant."""
     q, k, v = _qkv(2, 1, 24, 16, dtype=torch.float32)
     impls = []
     real = triton_attention._sim_settings
@@ -218,13 +218,30 @@ def test_sim_impl_is_resolved_for_the_device_and_checked(monkeypatch):
     expected = 1 if DEVICE == "cuda" else 0
     assert impls == [expected, 0], impls
     assert triton_attention._sim_impl(q.double(), None) == "portable"
-    if DEVICE == "cpu":
-        for impl in ("mufu", "tanh"):
-            with pytest.raises(ValueError, match=rf"sim_impl: '{impl}' is PTX for a kernel compiled on an NVIDIA "
-                                                 r"GPU .* here \(cpu, torch.float32, Triton interpreter\)"):
-                sim_attention(q, k, v, op="sigmoid", sim_impl=impl)
+    if DEVICE == "cuda":
+        with pytest.raises(ValueError, match=r"sim_impl: 'tanh' is PTX on float32 registers: float32, bfloat16 or "
+                                             r"float16 inputs, got torch.float64"):
+            sim_attention(q.double(), k.double(), v.double(), op="sigmoid", sim_impl="tanh")
     with pytest.raises(ValueError, match="sim_impl: one of 'portable', 'mufu', 'tanh' or None, got 'fast'"):
         sim_attention(q, k, v, op="sigmoid", sim_impl="fast")
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="exact only in the interpreter; on CUDA the PTX tests below")
+@pytest.mark.parametrize("sim_impl", ["mufu", "tanh"])
+@pytest.mark.parametrize("op,h,hkv,t,d,window,bias", [CASES[1], CASES[4], CASES[5], CASES[6]])
+def test_ptx_formulas_match_float64_in_the_interpreter(op, h, hkv, t, d, window, bias, sim_impl):
+    """The "mufu" / "tanh" formulas (constants folded into one multiply-add, log2 units, sigmoid as
+    0.5 + 0.5 tanh(x / 2), elu+1 as 2^min(u, 0) + max(u, 0) ln 2, sim' from sim) with exact exp2,
+    reciprocal and tanh, as Triton's interpreter runs them: outputs and gradients equal the float64
+    reference in both dq modes. What the GPU adds is only the hardware's rounding."""
+    q, k, v = _qkv(h, hkv, t, d)
+    g_acc, g_sum = _output_grads(h, t, d)
+    expected = _value_and_grads(sim_attention_reference, q, k, v, g_acc, g_sum, op=op, bias=bias, window=window)
+    for dq in ("two_pass", "atomic"):
+        got = _value_and_grads(sim_attention, q, k, v, g_acc, g_sum, op=op, bias=bias, window=window, dq=dq,
+                               sim_impl=sim_impl)
+        for n, a, b in zip(("acc", "rowsum", "dq", "dk", "dv"), got, expected):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=f"{n} {dq}")
 
 
 def test_the_model_hands_its_kernel_settings_to_every_layer(monkeypatch):
@@ -481,6 +498,14 @@ def test_column_kernels_match_float64_reference(h, hkv, t, d, window, block):
         want = column_sums_reference(q, k, log_total, op=op, bias=bias, **kw)
         got = column_sums(q, k, log_total, op=op, bias=bias, block=block, **kw)
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0, msg=op)
+        if DEVICE == "cpu":  # the PTX formulas with exact functions (the interpreter): the same numbers
+            for impl in ("mufu", "tanh"):
+                got = column_sums(q, k, log_total, op=op, bias=bias, block=block, sim_impl=impl, **kw)
+                torch.testing.assert_close(got, want, atol=1e-11, rtol=0, msg=f"{op} {impl}")
+    if DEVICE == "cpu":
+        torch.testing.assert_close(softmax_lse(q, k, block=block, sim_impl="mufu", **kw), lse, atol=1e-12, rtol=0)
+        torch.testing.assert_close(column_sums(q, k, lse, block=block, sim_impl="mufu", **kw), cs, atol=1e-11,
+                                   rtol=0)
 
 
 # every variant the column kernels apply to (softmax family and sigmoid / elu+1; causal or windowed;

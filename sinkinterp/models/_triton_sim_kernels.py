@@ -11,6 +11,7 @@ float32, which on the H200 put float64 results off by up to 1e-6 (relative) wher
 is not a float32 number (d_head 8, 24; bias -3.6).
 """
 
+import os
 from typing import no_type_check
 
 import triton
@@ -38,27 +39,41 @@ def _scale_and_bias(SB, ACC_T: tl.constexpr):
 # speed (docs/performance.md, "The kernel's instruction budget").
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+# The PTX operations exist only in a kernel compiled for an NVIDIA GPU. In Triton's interpreter IMPL 1
+# and 2 run the same formulas with exact exp2, reciprocal and tanh (the tests check their algebra
+# against float64 that way; the hardware's rounding is checked on a GPU). Fixed for the process:
+# triton.jit reads TRITON_INTERPRET once, when this module is imported.
+PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
 @no_type_check
 def _ex2(x):
-    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                     pack=1)
+    if PTX:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return tl.exp2(x)
 
 
 @triton.jit
 @no_type_check
 def _rcp(x):
-    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                     pack=1)
+    if PTX:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return 1.0 / x
 
 
 @triton.jit
 @no_type_check
 def _tanh(x):
-    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                     pack=1)
+    if PTX:
+        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
 
 
 @triton.jit

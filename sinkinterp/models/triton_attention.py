@@ -302,7 +302,8 @@ def sim_attention(
     ``"tanh"`` (sigmoid from one ``tanh.approx``: one special-function operation per weight instead of
     two, PTX's documented relative error of tanh up to 2^-11, so up to about 2.4e-4 absolute on a
     weight: for bf16 / fp16 training, where a weight is rounded to 2^-9 relative anyway; elu+1 as
-    ``"mufu"``); None: the default. Differentiable in q, k and v through both outputs. Needs Triton on
+    ``"mufu"``); None: the default. In Triton's interpreter "mufu" and "tanh" run their formulas with
+    exact exp2, reciprocal and tanh (the tests check the algebra in float64 that way). Differentiable in q, k and v through both outputs. Needs Triton on
     CUDA, or Triton's interpreter (``triton_available``)."""
     _check(q, k, v, op, window)
     given, block_n = block, None
@@ -333,18 +334,17 @@ def _compiled_for_cuda(q: Tensor) -> bool:
 
 
 def _sim_impl(q: Tensor, sim_impl: str | None) -> str:
-    """``sim_attention``'s ``sim_impl`` resolved (None: "mufu" compiled on CUDA below float64, else
-    "portable"); "mufu" / "tanh" are PTX and need that."""
+    """``sim_impl`` resolved (None: "mufu" compiled on CUDA below float64, else "portable"). "mufu" /
+    "tanh" are PTX on float32 registers when compiled on CUDA (float32, bfloat16 and float16 inputs);
+    in Triton's interpreter they run the same formulas with exact functions, for any dtype."""
     if sim_impl is not None and sim_impl not in SIM_IMPLS:
         raise ValueError(f"sim_impl: one of {', '.join(map(repr, SIM_IMPLS))} or None, got {sim_impl!r}")
-    ptx = _compiled_for_cuda(q) and q.dtype != torch.float64
+    compiled = _compiled_for_cuda(q)
     if sim_impl is None:
-        return "mufu" if ptx else "portable"
-    if sim_impl != "portable" and not ptx:
-        raise ValueError(f"sim_impl: {sim_impl!r} is PTX for a kernel compiled on an NVIDIA GPU with float32, "
-                         f"bfloat16 or float16 inputs; here ({q.device.type}, {q.dtype}"
-                         f"{', Triton interpreter' if os.environ.get('TRITON_INTERPRET') == '1' else ''}) "
-                         f"only 'portable' or None")
+        return "mufu" if compiled and q.dtype != torch.float64 else "portable"
+    if sim_impl != "portable" and compiled and q.dtype == torch.float64:
+        raise ValueError(f"sim_impl: {sim_impl!r} is PTX on float32 registers: float32, bfloat16 or float16 "
+                         f"inputs, got {q.dtype} (float64 runs 'portable')")
     return sim_impl
 
 
@@ -391,7 +391,7 @@ def _check_lse(q: Tensor, lse: Tensor) -> None:
 
 
 def _launch_row_stat(kernel: str, tile: str, q: Tensor, k: Tensor, cols: tuple | None, scale: float | None,
-                     window: int | None, block: int | None) -> Tensor:
+                     window: int | None, block: int | None, sim_impl: str | None = None) -> Tensor:
     """Run ``softmax_lse`` (one program per tile of queries) or ``col_sums`` (per tile of keys;
     ``cols`` = (lse, sigmoid bias, OP)); returns its [batch, head, pos] output."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -401,7 +401,7 @@ def _launch_row_stat(kernel: str, tile: str, q: Tensor, k: Tensor, cols: tuple |
     out = torch.empty(b, h, t, device=q.device, dtype=_acc_dtype(q))
     const = {key: meta[key] for key in ("PREC", "ACC_T", "BLOCK_M", "BLOCK_N", "BLOCK_D")}
     const["HAS_WINDOW"] = window is not None
-    const["IMPL"] = SIM_IMPLS.index(_sim_impl(q, None))  # "mufu" compiled on CUDA below float64, else "portable"
+    const["IMPL"] = SIM_IMPLS.index(_sim_impl(q, sim_impl))
     if cols is None:
         inputs, bias = (q, k, out), 0.0
     else:
@@ -423,15 +423,16 @@ def softmax_lse_reference(q: Tensor, k: Tensor, *, scale: float | None = None,
 
 
 def softmax_lse(q: Tensor, k: Tensor, *, scale: float | None = None, window: int | None = None,
-                block: int | None = None) -> Tensor:
+                block: int | None = None, sim_impl: str | None = None) -> Tensor:
     """Each causal softmax row's log-sum-exp [batch, head, pos] of the scores q.k * scale over the
     keys it sees (causal; with ``window``, keys t - window < s <= t), in float32 (float64 for
     float64 inputs); ``q`` [batch, head, pos, d_head], ``k`` [batch, kv_head, pos, d_head]. Never a
-    T x T map in memory; not differentiable. Needs Triton (``triton_available``)."""
+    T x T map in memory; not differentiable. ``sim_impl`` as ``sim_attention``'s ("mufu" and "tanh"
+    both take exp2 from PTX here). Needs Triton (``triton_available``)."""
     _check(q, k, None, "softmax", window, ops=("softmax",))
     _check_block(block)
     _require_triton(q, "softmax_lse")
-    return _launch_row_stat("softmax_lse", "BLOCK_M", q, k, None, scale, window, block)
+    return _launch_row_stat("softmax_lse", "BLOCK_M", q, k, None, scale, window, block, sim_impl)
 
 
 def column_sums_reference(q: Tensor, k: Tensor, lse: Tensor, *, op: str = "softmax", bias: float = 0.0,
@@ -448,16 +449,18 @@ def column_sums_reference(q: Tensor, k: Tensor, lse: Tensor, *, op: str = "softm
 
 
 def column_sums(q: Tensor, k: Tensor, lse: Tensor, *, op: str = "softmax", bias: float = 0.0,
-                scale: float | None = None, window: int | None = None, block: int | None = None) -> Tensor:
+                scale: float | None = None, window: int | None = None, block: int | None = None,
+                sim_impl: str | None = None) -> Tensor:
     """For every key s, the sum over the queries t that see it (causal, within ``window``) of the
     weight w_ts [batch, head, key_pos]: ``exp(s_ts - lse_t)`` for ``op="softmax"`` (``lse`` from
     ``softmax_lse``, plus any extra column such as a bias slot: the weights of the real keys then sum
     to less than 1), ``sim(s_ts) exp(-lse_t)`` for sigmoid / elu+1 (``lse`` = log of each row's total,
     ``bias`` = the sigmoid bias). float32 (float64 for float64 inputs); never a T x T map in memory;
-    not differentiable. Needs Triton (``triton_available``)."""
+    not differentiable. ``sim_impl`` as ``sim_attention``'s (for softmax "tanh" is "mufu"). Needs
+    Triton (``triton_available``)."""
     _check(q, k, None, op, window, ops=COLUMN_OPS)
     _check_lse(q, lse)
     _check_block(block)
     _require_triton(q, "column_sums")
     return _launch_row_stat("col_sums", "BLOCK_N", q, k, (lse, float(bias), COLUMN_OPS.index(op) - 1), scale,
-                            window, block)
+                            window, block, sim_impl)
