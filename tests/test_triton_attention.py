@@ -224,6 +224,12 @@ def test_sim_impl_is_resolved_for_the_device_and_checked(monkeypatch):
             sim_attention(q.double(), k.double(), v.double(), op="sigmoid", sim_impl="tanh")
     with pytest.raises(ValueError, match="sim_impl: one of 'portable', 'mufu', 'tanh' or None, got 'fast'"):
         sim_attention(q, k, v, op="sigmoid", sim_impl="fast")
+    # a GPU Triton compiles for that is no NVIDIA one (ROCm), outside the interpreter: no PTX
+    monkeypatch.setattr(triton_attention, "_compiled_for_cuda", lambda x: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="sim_impl: 'mufu' is PTX, for a kernel compiled on an NVIDIA GPU"):
+        triton_attention._sim_impl(q, "mufu")
+    assert triton_attention._sim_impl(q, None) == "portable"
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="exact only in the interpreter; on CUDA the PTX tests below")

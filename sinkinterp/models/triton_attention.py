@@ -345,6 +345,9 @@ def _sim_impl(q: Tensor, sim_impl: str | None) -> str:
     if sim_impl != "portable" and compiled and q.dtype == torch.float64:
         raise ValueError(f"sim_impl: {sim_impl!r} is PTX on float32 registers: float32, bfloat16 or float16 "
                          f"inputs, got {q.dtype} (float64 runs 'portable')")
+    if sim_impl != "portable" and not compiled and os.environ.get("TRITON_INTERPRET") != "1":  # e.g. ROCm
+        raise ValueError(f"sim_impl: {sim_impl!r} is PTX, for a kernel compiled on an NVIDIA GPU (or emulated in "
+                         f"Triton's interpreter); here only 'portable' or None")
     return sim_impl
 
 
