@@ -48,32 +48,33 @@ PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 @triton.jit
 @no_type_check
+def _mufu(x, ASM: tl.constexpr):
+    """One PTX special-function instruction on float32 registers (``ASM``: "op $0, $1;")."""
+    return tl.inline_asm_elementwise(ASM, "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+@no_type_check
 def _ex2(x):
     if PTX:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                         pack=1)
-    else:
-        return tl.exp2(x)
+        return _mufu(x, "ex2.approx.ftz.f32 $0, $1;")
+    return tl.exp2(x)
 
 
 @triton.jit
 @no_type_check
 def _rcp(x):
     if PTX:
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                         pack=1)
-    else:
-        return 1.0 / x
+        return _mufu(x, "rcp.approx.ftz.f32 $0, $1;")
+    return 1.0 / x
 
 
 @triton.jit
 @no_type_check
 def _tanh(x):
     if PTX:
-        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                         pack=1)
-    else:
-        return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+        return _mufu(x, "tanh.approx.f32 $0, $1;")
+    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
 
 
 @triton.jit
