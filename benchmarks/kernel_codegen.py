@@ -290,7 +290,8 @@ def table(doc: dict[str, Any]) -> str:
     lines = [head]
     for r in doc["rows"]:
         c = r["cycles"]
-        lines.append([r["tile"], r["kernel"], r["op"], r["impl"], str(r["regs"]), str(r["stack_bytes"]), str(r["instr"]),
+        lines.append([r["tile"], r["kernel"], r["op"], r["impl"], str(r["regs"]), str(r["stack_bytes"]),
+                      str(r["instr"]),
                       f"{r['instr_per_weight']:.1f}", f"{r['mufu_per_weight']:.2f}", f"{c['issue']:.0f}",
                       f"{c['mufu']:.0f}", f"{c['tensor']:.0f}", r["limiter"],
                       f"{r['x_softmax']:.2f}" if "x_softmax" in r else "-"])

@@ -29,7 +29,8 @@ def rows(tmp_path_factory):
     subprocess.run([sys.executable, "benchmarks/kernel_codegen.py", "--kernels", "fwd,dq,colsum", "--quiet",
                     "--json", str(out)], cwd=REPO, env=env, check=True, timeout=600)
     doc = json.loads(out.read_text())
-    assert doc["settings"]["arch"] == 90 and "benchmarks/kernel_codegen.py --kernels fwd,dq,colsum" in doc["provenance"]["command"]
+    assert doc["settings"]["arch"] == 90
+    assert "benchmarks/kernel_codegen.py --kernels fwd,dq,colsum" in doc["provenance"]["command"]
     return {(r["kernel"], r["op"], r["impl"]): r for r in doc["rows"]}
 
 

@@ -624,7 +624,7 @@ def test_unavailable_without_a_gpu_or_the_interpreter(monkeypatch):
 
 
 # the largest error, relative to the reference's largest entry, of bf16 inputs per sim_impl: bf16
-# rounding (2^-9) dominates "portable" and "mufu"; "tanh" adds the hardware tanh's (about 2^-11)
+# rounding (2^-9) dominates "portable" and "mufu"; "tanh" adds the hardware tanh's (1.1e-5 relative)
 BF16_TOL = {"portable": 2e-2, "mufu": 2e-2, "tanh": 3e-2}
 
 
@@ -645,8 +645,9 @@ def test_bf16_on_cuda_is_close_to_float64(op, sim_impl):
 def test_ptx_weights_on_cuda_against_float64(sim_impl):
     """float32 inputs, scores about N(0, 1) plus a bias of -4 (weights from about 1e-4 to 0.5, mostly
     small, as in the trained sigmoid models whose scores are all negative): the weights' sum (rowsum) of
-    "mufu" within float32 rounding, "tanh" within the hardware tanh's error (at most about 2.4e-4
-    absolute per weight; the mean per weight is printed for the record)."""
+    "mufu" within float32 rounding, "tanh" within the hardware tanh's error (measured elsewhere at up
+    to 1.1e-5 relative on tanh: about 6e-6 absolute per weight; bound here with a margin, the mean per
+    weight printed for the record)."""
     g = torch.Generator().manual_seed(3)
     q = torch.randn(2, 2, 256, 64, generator=g, dtype=torch.float64)
     k = torch.randn(2, 2, 256, 64, generator=g, dtype=torch.float64)
@@ -657,7 +658,7 @@ def test_ptx_weights_on_cuda_against_float64(sim_impl):
     n = torch.arange(1, 257, dtype=torch.float64)  # keys each row sums over
     per_weight = ((rowsum.double().cpu() - ref_sum).abs() / n).max().item()
     print(f"float32 sigmoid {sim_impl}: mean |error| per weight at most {per_weight:.3g}")
-    assert per_weight < (1e-6 if sim_impl == "mufu" else 2.5e-4)
+    assert per_weight < (1e-6 if sim_impl == "mufu" else 3e-5)
     torch.testing.assert_close(acc.double().cpu(), ref_acc, atol=1e-4 if sim_impl == "mufu" else 2e-2,
                                rtol=1e-4 if sim_impl == "mufu" else 2e-2)
 

@@ -94,8 +94,8 @@ class TrainConfig:
     to rounding, so a run may resume with another one."""
     triton_sim_impl: str | None = None
     """with attn_backend "triton": how the kernel computes each weight (``sim_attention``'s ``sim_impl``):
-    "portable" | "mufu" | "tanh" (sigmoid from one hardware tanh: the fastest, an approximation of
-    about 2^-11 relative on the tanh) | null (the kernel's default: "mufu" on a GPU)."""
+    "portable" | "mufu" | "tanh" (sigmoid from one hardware tanh: the fastest, an approximation, up to
+    about 6e-6 absolute on a weight) | null (the kernel's default: "mufu" on a GPU)."""
     triton_dq: str = "two_pass"
     """with attn_backend "triton": "two_pass" | "atomic" (``sim_attention``'s ``dq``)."""
     log_every: int = 10
