@@ -58,6 +58,9 @@ KERNELS = ("fwd", "dkdv", "dkdv_atomic", "dq", "lse", "colsum")
 PRODUCTS = {"fwd": 2, "dkdv": 4, "dkdv_atomic": 5, "dq": 3, "softmax_fwd": 2, "lse": 1, "colsum": 1}
 FLOPS_PER_CYCLE_SM = 4096  # dense bf16 tensor-core flops per cycle per SM, Hopper
 MUFU_CYCLES = 8  # cycles a warp-wide MUFU operation holds one scheduler's unit (4 lanes a cycle)
+#: SDPA's (FlashAttention-2's) forward + backward in this model's cycles per 64 x 64 tile, as the H200's
+#: timings of 2026-12-04 imply for the kernels of commit 150ad90 at T 4096 (998-1,055; docs/performance.md)
+SDPA_FWD_BWD_CYCLES_64 = 1030
 SCHEDULERS = 4  # per SM
 _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
@@ -216,6 +219,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--kernels-file", type=Path, default=None,
                    help="compile the kernels of this file instead (e.g. an older commit's, from git show)")
     p.add_argument("--json", default=None, help="output file (default benchmarks/results/kernel-codegen-sm<arch>.json)")
+    p.add_argument("--sdpa-cycles", type=float, default=SDPA_FWD_BWD_CYCLES_64,
+                   help="SDPA's forward + backward cycles per 64 x 64 tile, for the predicted ratios (default: the "
+                        "H200 calibration)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -281,7 +287,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "kernels_file": None if args.kernels_file is None else str(args.kernels_file),
                          "model": {"flops_per_cycle_sm": FLOPS_PER_CYCLE_SM, "mufu_cycles": MUFU_CYCLES,
                                    "schedulers": SCHEDULERS, "products": PRODUCTS}},
-            "rows": rows}
+            "rows": rows, "predictions": predictions(rows, args.sdpa_cycles)}
+
+
+def predictions(rows: list[dict[str, Any]], sdpa_cycles: float) -> list[dict[str, Any]]:
+    """Forward + backward estimates per (tile, op, sim_impl, dq): the kernels' bounds summed (fwd + dkdv
+    + dq, or fwd + dkdv_atomic) and SDPA's cycles (``sdpa_cycles`` per 64 x 64 tile, scaled to the
+    tile) over them: what ``bench_attention.py``'s fwd_bwd_x_sdpa should read at long T."""
+    by = {(r["tile"], r["kernel"], r["op"], r["impl"]): r["bound_cycles"] for r in rows}
+    out = []
+    for tile, kernel, op, impl in by:
+        if kernel != "fwd":
+            continue
+        bm, bn = (int(x) for x in tile.split("x")[0].split("/"))
+        sdpa = sdpa_cycles * bm * bn / (64 * 64)
+        for dq, parts in (("two_pass", ("fwd", "dkdv", "dq")), ("atomic", ("fwd", "dkdv_atomic"))):
+            if all((tile, p, op, impl) in by for p in parts):
+                cycles = sum(by[(tile, p, op, impl)] for p in parts)
+                out.append({"tile": tile, "op": op, "impl": impl, "dq": dq, "cycles": cycles,
+                            "fwd_bwd_x_sdpa": sdpa / cycles})
+    return out
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -300,6 +325,9 @@ def table(doc: dict[str, Any]) -> str:
     out.insert(1, "  ".join("-" * w for w in widths))
     out.append("cycles per tile on one SM (issue / MUFU / tensor cores; the largest bounds it); x softmax: the "
                "softmax forward kernel's bound over the row's (forward and measurement rows)")
+    for p in doc.get("predictions", []):
+        out.append(f"predicted {p['tile']} {p['op']} {p['impl']} dq={p['dq']}: {p['cycles']:.0f} cycles forward + "
+                   f"backward, {p['fwd_bwd_x_sdpa']:.2f} x SDPA")
     return "\n".join(out)
 
 

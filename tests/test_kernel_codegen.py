@@ -26,12 +26,14 @@ def rows(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the script compiles
     env.update(PYTHONPATH=str(REPO), TRITON_DEFAULT_FP_FUSION="1",
                TRITON_CACHE_DIR=str(out.parent / "triton-cache"))
-    subprocess.run([sys.executable, "benchmarks/kernel_codegen.py", "--kernels", "fwd,dq,colsum", "--quiet",
+    subprocess.run([sys.executable, "benchmarks/kernel_codegen.py", "--kernels", "fwd,dq,dkdv,colsum", "--quiet",
                     "--json", str(out)], cwd=REPO, env=env, check=True, timeout=600)
     doc = json.loads(out.read_text())
     assert doc["settings"]["arch"] == 90
-    assert "benchmarks/kernel_codegen.py --kernels fwd,dq,colsum" in doc["provenance"]["command"]
-    return {(r["kernel"], r["op"], r["impl"]): r for r in doc["rows"]}
+    assert "benchmarks/kernel_codegen.py --kernels fwd,dq,dkdv,colsum" in doc["provenance"]["command"]
+    rows = {(r["kernel"], r["op"], r["impl"]): r for r in doc["rows"]}
+    rows["predictions"] = doc["predictions"]
+    return rows
 
 
 @pytest.mark.parametrize("kernel", ["fwd", "dq"])
@@ -75,3 +77,15 @@ def test_the_measurement_column_pass_costs_less_than_the_attention_forward(rows)
     assert portable["mufu_per_weight"] == mufu["mufu_per_weight"] == 1
     assert mufu["instr"] < portable["instr"] * 2 / 3
     assert mufu["x_softmax"] > 1 and mufu["stack_bytes"] == 0
+
+
+def test_predictions_sum_the_kernels_bounds(rows):
+    """The two-pass forward + backward prediction is the sum of its three kernels' bounds, against
+    SDPA's calibrated 1,030 cycles per 64 x 64 tile; no atomic prediction without its kernel."""
+    preds = {(p["op"], p["impl"], p["dq"]): p for p in rows["predictions"]}
+    assert not any(dq == "atomic" for _, _, dq in preds)  # dkdv_atomic was not compiled here
+    for (op, impl, _), p in preds.items():
+        want = sum(rows[(k, op, impl)]["bound_cycles"] for k in ("fwd", "dkdv", "dq"))
+        assert p["cycles"] == want and p["fwd_bwd_x_sdpa"] == 1030 / want
+    assert preds[("sigmoid", "tanh", "two_pass")]["fwd_bwd_x_sdpa"] > preds[("sigmoid", "portable", "two_pass")][
+        "fwd_bwd_x_sdpa"]
