@@ -6,9 +6,9 @@ Imported only when the kernel first runs: ``triton.jit`` decides at import wheth
 compiled or in Triton's interpreter (``TRITON_INTERPRET=1``), so set that before the first call.
 Pointers are to contiguous [batch, head, pos, d_head] tensors; ``GROUP`` query heads share a kv head.
 OP: 0 = sigmoid(s + BIAS), 1 = elu(s) + 1; IMPL: how (below). ACC_T: the accumulation dtype (float32;
-float64 for float64 inputs). ``SB`` points to [scale, BIAS] in ACC_T: a Python float argument reaches a compiled kernel as
-float32, which on the H200 put float64 results off by up to 1e-6 (relative) wherever the scale or bias
-is not a float32 number (d_head 8, 24; bias -3.6).
+float64 for float64 inputs). ``SB`` points to [scale, BIAS] in ACC_T: a Python float argument reaches a
+compiled kernel as float32, which on the H200 put float64 results off by up to 1e-6 (relative) wherever
+the scale or bias is not a float32 number (d_head 8, 24; bias -3.6).
 """
 
 import os

@@ -285,28 +285,27 @@ def sim_attention(
     acc in the inputs' dtype, rowsum in float32 (float64 for float64 inputs).
 
     ``q`` [batch, head, pos, d_head], ``k`` / ``v`` [batch, kv_head, pos, d_head] (after RoPE);
-    ``bias`` is the sigmoid bias b (ignored by elu1); ``scale`` defaults to 1 / sqrt(d_head);
-    ``window``: query t sees keys t - window < s <= t; ``block``: rows and columns per tile (default
-    64 on a GPU, 16 in the interpreter; at least 16), or (BLOCK_M, BLOCK_N): query rows and key
-    columns per tile apart (FlashAttention's Triton kernels use 128 x 64 on Hopper); ``num_warps`` (1,
-    2, 4, 8 or 16) and ``num_stages`` (1 to 8): Triton's launch options for the three kernels (None: Triton's defaults), for tuning on
-    a GPU (``benchmarks/bench_attention.py --tiles``). ``dq``: how the backward computes dq:
-    ``"two_pass"`` (a second kernel over query blocks recomputes the scores; deterministic) or
-    ``"atomic"`` (the dk / dv kernel adds each key block's share of dq into an accumulator in float32,
-    float64 for float64 inputs, with atomic adds, as FlashAttention-2's backward does: the scores
-    are computed once, five tile products instead of seven, the order of the additions not fixed).
-    ``sim_impl``: how sim is computed from each score (``_triton_sim_kernels``, IMPL): ``"portable"``
-    (``tl.exp`` and a division; the default in Triton's interpreter and the only one for float64 on a
-    GPU), ``"mufu"`` (the same two special-function operations from PTX without their range fix-ups,
-    subnormal results flushed to zero: about as accurate, fewer instructions; the default of a
-    compiled CUDA kernel),
-    ``"tanh"`` (sigmoid from one ``tanh.approx``: one special-function operation per weight instead of
-    two; an approximation, its relative error measured at up to 1.1e-5 (N. Juffa, NVIDIA developer
-    forums, 2021), so up to about 6e-6 absolute on a weight: under bf16's rounding for weights above
-    about 1e-3, relatively more for smaller ones; elu+1 as ``"mufu"``); None: the default. In Triton's
-    interpreter "mufu" and "tanh" run their formulas with exact exp2, reciprocal and tanh (the tests
-    check the algebra in float64 that way). Differentiable in q, k and v through both outputs. Needs
-    Triton on CUDA, or Triton's interpreter (``triton_available``)."""
+    ``bias`` is the sigmoid bias b (ignored by elu1); ``scale`` defaults to 1 / sqrt(d_head); ``window``:
+    query t sees keys t - window < s <= t; ``block``: rows and columns per tile (default 64 on a GPU, 16 in
+    the interpreter; at least 16), or (BLOCK_M, BLOCK_N): query rows and key columns per tile apart
+    (FlashAttention's Triton kernels use 128 x 64 on Hopper); ``num_warps`` (1, 2, 4, 8 or 16) and
+    ``num_stages`` (1 to 8): Triton's launch options for the three kernels (None: Triton's defaults), for
+    tuning on a GPU (``benchmarks/bench_attention.py --tiles``). ``dq``: how the backward computes dq:
+    ``"two_pass"`` (a second kernel over query blocks recomputes the scores; deterministic) or ``"atomic"``
+    (the dk / dv kernel adds each key block's share of dq into an accumulator in float32, float64 for
+    float64 inputs, with atomic adds, as FlashAttention-2's backward does: the scores are computed once,
+    five tile products instead of seven, the order of the additions not fixed). ``sim_impl``: how sim is
+    computed from each score (``_triton_sim_kernels``, IMPL): ``"portable"`` (``tl.exp`` and a division; the
+    default in Triton's interpreter and the only one for float64 on a GPU), ``"mufu"`` (the same two
+    special-function operations from PTX without their range fix-ups, subnormal results flushed to zero:
+    about as accurate, fewer instructions; the default of a compiled CUDA kernel), ``"tanh"`` (sigmoid from
+    one ``tanh.approx``: one special-function operation per weight instead of two; an approximation, its
+    relative error measured at up to 1.1e-5 (N. Juffa, NVIDIA developer forums, 2021), so up to about 6e-6
+    absolute on a weight: under bf16's rounding for weights above about 1e-3, relatively more for smaller
+    ones; elu+1 as ``"mufu"``); None: the default. In Triton's interpreter "mufu" and "tanh" run their
+    formulas with exact exp2, reciprocal and tanh (the tests check the algebra in float64 that way).
+    Differentiable in q, k and v through both outputs. Needs Triton on CUDA, or Triton's interpreter
+    (``triton_available``)."""
     _check(q, k, v, op, window)
     given, block_n = block, None
     if isinstance(block, tuple) and len(block) == 2:
