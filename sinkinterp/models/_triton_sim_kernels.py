@@ -53,12 +53,15 @@ def _mufu(x, ASM: tl.constexpr):
     return tl.inline_asm_elementwise(ASM, "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
 
 
+# (if / else with a return in each branch, as in _sim: a form the H200's Triton, whatever its version,
+# compiled on 2026-12-04)
 @triton.jit
 @no_type_check
 def _ex2(x):
     if PTX:
         return _mufu(x, "ex2.approx.ftz.f32 $0, $1;")
-    return tl.exp2(x)
+    else:
+        return tl.exp2(x)
 
 
 @triton.jit
@@ -66,7 +69,8 @@ def _ex2(x):
 def _rcp(x):
     if PTX:
         return _mufu(x, "rcp.approx.ftz.f32 $0, $1;")
-    return 1.0 / x
+    else:
+        return 1.0 / x
 
 
 @triton.jit
@@ -74,7 +78,8 @@ def _rcp(x):
 def _tanh(x):
     if PTX:
         return _mufu(x, "tanh.approx.f32 $0, $1;")
-    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+    else:
+        return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
 
 
 @triton.jit
