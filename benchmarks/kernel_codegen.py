@@ -59,7 +59,10 @@ IMPLS = ("portable", "mufu", "tanh")
 KERNELS = ("fwd", "dkdv", "dkdv_atomic", "dq", "lse", "colsum")
 #: tile products per kernel; "lse" / "colsum" are the measurement's softmax_lse and col_sums (softmax)
 PRODUCTS = {"fwd": 2, "dkdv": 4, "dkdv_atomic": 5, "dq": 3, "softmax_fwd": 2, "lse": 1, "colsum": 1}
-FLOPS_PER_CYCLE_SM = 4096  # dense bf16 tensor-core flops per cycle per SM, Hopper
+#: dense bf16 tensor-core flops per cycle per SM: A100 (312 TFLOP/s, 108 SMs, 1.41 GHz), H100 / H200
+#: (989 TFLOP/s, 132 SMs, 1.83 GHz); MUFU: 16 operations per cycle per SM on both
+FLOPS_PER_CYCLE_SM_BY_ARCH = {80: 2048, 90: 4096}
+FLOPS_PER_CYCLE_SM = FLOPS_PER_CYCLE_SM_BY_ARCH[90]
 MUFU_CYCLES = 8  # cycles a warp-wide MUFU operation holds one scheduler's unit (4 lanes a cycle)
 #: SDPA's (FlashAttention-2's) forward + backward in this model's cycles per 64 x 64 tile, as the H200's
 #: timings of 2026-12-04 imply for the kernels of commit 150ad90 at T 4096 (998-1,055; docs/performance.md)
@@ -164,7 +167,8 @@ def loop_counts(dis: str) -> list[collections.Counter]:
     return out
 
 
-def analyse(compiled, kernel: str, block_m: int, block_n: int, d: int, warps: int) -> dict[str, Any]:
+def analyse(compiled, kernel: str, block_m: int, block_n: int, d: int, warps: int,
+            flops_per_cycle: int = FLOPS_PER_CYCLE_SM) -> dict[str, Any]:
     res, dis = _sass(compiled.asm["cubin"])
     regs = int(re.search(r"REG:(\d+)", res).group(1))
     stack = int(re.search(r"STACK:(\d+)", res).group(1))
@@ -177,7 +181,7 @@ def analyse(compiled, kernel: str, block_m: int, block_n: int, d: int, warps: in
     per_thread = block_m * block_n / (32 * warps)  # tile weights per thread
     per_sched = max(1, warps // SCHEDULERS)
     cycles = {"issue": instr * per_sched, "mufu": MUFU_CYCLES * mufu * per_sched,
-              "tensor": PRODUCTS[kernel] * 2 * block_m * block_n * d / FLOPS_PER_CYCLE_SM}
+              "tensor": PRODUCTS[kernel] * 2 * block_m * block_n * d / flops_per_cycle}
     limiter = max(cycles, key=cycles.get)
     return {"regs": regs, "stack_bytes": stack, "loops": len(loops), "instr": instr, "mufu": mufu,
             "mma": sum(v for k, v in hot.items() if "GMMA" in k or k.startswith("HMMA")),
@@ -211,7 +215,9 @@ def _choice_list(name: str, allowed: Sequence[str]):
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (default 90: H100 / H200)")
+    p.add_argument("--arch", type=int, default=90, choices=tuple(FLOPS_PER_CYCLE_SM_BY_ARCH),
+                   help="CUDA compute capability x 10: 90 (H100 / H200, the default) or 80 (A100); the "
+                        "predictions against SDPA exist for 90 only (calibrated on the H200)")
     p.add_argument("--tiles", type=_tiles, default=[(64, 64, 4, 3)],
                    help="BLOCK[/BLOCK_N]xWARPSxSTAGES, comma-separated (default 64x4x3: the kernel's tile and "
                         "Triton's default warps and stages)")
@@ -249,12 +255,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     types["lse"] = dict(Q=bf, K=bf, LSE=f32, **sizes)
     types["colsum"] = dict(Q=bf, K=bf, LSE=f32, CS=f32, **sizes)
     d = args.d_head
+    flops = FLOPS_PER_CYCLE_SM_BY_ARCH[args.arch]
     rows = []
     for bm, bn, warps, stages in args.tiles:
         tile = f"{bm}/{bn}x{warps}x{stages}"
         ref = analyse(_compile(_softmax_reference(), dict(Q=bf, K=bf, V=bf, O=bf, T="i32", D="i32", qk_scale="fp32"),
                                dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=d), warps, stages, args.arch),
-                      "softmax_fwd", bm, bn, d, warps)
+                      "softmax_fwd", bm, bn, d, warps, flops)
         rows.append({"kernel": "softmax_fwd", "op": "softmax", "impl": "-", "tile": tile, **ref})
         for kernel in (k for k in ("lse", "colsum") if k in args.kernels):  # softmax weights; no "tanh"
             for impl in (i for i in args.impls if i != "tanh"):
@@ -263,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "IMPL" not in fns[kernel].arg_names and impl != "portable":
                     continue
                 row = analyse(_compile(fns[kernel], types[kernel], consts, warps, stages, args.arch), kernel, bm, bn,
-                              d, warps)
+                              d, warps, flops)
                 rows.append({"kernel": kernel, "op": "softmax", "impl": impl, "tile": tile, **row,
                              "x_softmax": ref["bound_cycles"] / row["bound_cycles"]})
         for op in args.ops:
@@ -280,7 +287,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             (kernel == "dkdv_atomic" and "FUSE_DQ" not in names):
                         continue  # an older kernel file without these
                     row = analyse(_compile(fns[kernel], types[kernel.removesuffix("_atomic")], consts, warps,
-                                           stages, args.arch), kernel, bm, bn, d, warps)
+                                           stages, args.arch), kernel, bm, bn, d, warps, flops)
                     if kernel == "fwd":
                         row["x_softmax"] = ref["bound_cycles"] / row["bound_cycles"]
                     rows.append({"kernel": kernel, "op": op, "impl": impl, "tile": tile, **row})
@@ -288,9 +295,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "provenance": provenance_info(["benchmarks/kernel_codegen.py", *args.argv]),
             "settings": {"arch": args.arch, "d_head": d, "dtype": "bfloat16", "triton": triton.__version__,
                          "kernels_file": None if args.kernels_file is None else str(args.kernels_file),
-                         "model": {"flops_per_cycle_sm": FLOPS_PER_CYCLE_SM, "mufu_cycles": MUFU_CYCLES,
+                         "model": {"flops_per_cycle_sm": flops, "mufu_cycles": MUFU_CYCLES,
                                    "schedulers": SCHEDULERS, "products": PRODUCTS}},
-            "rows": rows, "predictions": predictions(rows, args.sdpa_cycles)}
+            "rows": rows, "predictions": predictions(rows, args.sdpa_cycles) if args.arch == 90 else []}
 
 
 def predictions(rows: list[dict[str, Any]], sdpa_cycles: float) -> list[dict[str, Any]]:
