@@ -88,7 +88,7 @@ def _method(method: str, device: torch.device, interpret: bool = False,
             return torch.sigmoid(s).masked_fill(~_causal(q.shape[2], q.device), 0.0) @ v
         return plain, None
     if method.startswith("triton_"):
-        from sinkinterp.models.triton_attention import sim_attention, triton_available
+        from sinkinterp.models.triton_attention import SIM_IMPLS, sim_attention, triton_available
 
         if device.type != "cuda" and not interpret:
             return None, "the Triton kernel runs on CUDA (on CPU only in Triton's interpreter: --interpret)"
@@ -97,8 +97,8 @@ def _method(method: str, device: torch.device, interpret: bool = False,
         op, *mods = method.removeprefix("triton_").split("_")
         launch = {} if tile is None else {"block": tile[0], "num_warps": tile[1], "num_stages": tile[2]}
         launch["dq"] = "atomic" if "atomic" in mods else "two_pass"
-        launch["sim_impl"] = next((m for m in mods if m in ("portable", "mufu", "tanh")), None)
-        if launch["sim_impl"] in ("mufu", "tanh") and (device.type != "cuda" or interpret):
+        launch["sim_impl"] = next((m for m in mods if m in SIM_IMPLS), None)
+        if launch["sim_impl"] not in (None, "portable") and (device.type != "cuda" or interpret):
             return None, f"sim_impl {launch['sim_impl']!r} is PTX: the kernel compiled on CUDA only"
         return (lambda q, k, v: sim_attention(q, k, v, op=op, **launch)[0]), None
     if method == "flex_sigmoid":

@@ -54,8 +54,8 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 SCHEMA_VERSION = 1
-OPS = ("sigmoid", "elu1")
-IMPLS = ("portable", "mufu", "tanh")
+from sinkinterp.models.triton_attention import SIM_IMPLS as IMPLS  # the kernels' IMPL order
+from sinkinterp.models.triton_attention import SIM_OPS as OPS  # the kernels' OP order
 KERNELS = ("fwd", "dkdv", "dkdv_atomic", "dq", "lse", "colsum")
 #: tile products per kernel; "lse" / "colsum" are the measurement's softmax_lse and col_sums (softmax)
 PRODUCTS = {"fwd": 2, "dkdv": 4, "dkdv_atomic": 5, "dq": 3, "softmax_fwd": 2, "lse": 1, "colsum": 1}
