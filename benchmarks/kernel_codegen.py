@@ -79,8 +79,8 @@ def _softmax_reference():
 
     @triton.jit
     @no_type_check
-    def _tiles(acc, m_i, l_i, q, K, V, offs_m, offs_d, start, end, qk_scale, D, BLOCK_N: tl.constexpr,
-               MASK: tl.constexpr):
+    def _ref_tiles(acc, m_i, l_i, q, K, V, offs_m, offs_d, start, end, qk_scale, D, BLOCK_N: tl.constexpr,
+                   MASK: tl.constexpr):
         for start_n in range(start, end, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             k = tl.load(K + offs_n[:, None] * D + offs_d[None, :])
@@ -110,9 +110,9 @@ def _softmax_reference():
         m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         whole = pid_m * BLOCK_M // BLOCK_N * BLOCK_N
-        acc, m_i, l_i = _tiles(acc, m_i, l_i, q, K + base, V + base, offs_m, offs_d, 0, whole, qk_scale, D,
+        acc, m_i, l_i = _ref_tiles(acc, m_i, l_i, q, K + base, V + base, offs_m, offs_d, 0, whole, qk_scale, D,
                                BLOCK_N, False)
-        acc, m_i, l_i = _tiles(acc, m_i, l_i, q, K + base, V + base, offs_m, offs_d, whole, (pid_m + 1) * BLOCK_M,
+        acc, m_i, l_i = _ref_tiles(acc, m_i, l_i, q, K + base, V + base, offs_m, offs_d, whole, (pid_m + 1) * BLOCK_M,
                                qk_scale, D, BLOCK_N, True)
         tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], (acc / l_i[:, None]).to(O.dtype.element_ty))
 

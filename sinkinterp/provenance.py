@@ -10,7 +10,7 @@ from pathlib import Path
 
 __all__ = ["versions", "git_commit"]
 
-_PACKAGES = ("sinkinterp", "torch", "transformer-lens", "transformers", "numpy")
+_PACKAGES = ("sinkinterp", "torch", "triton", "transformer-lens", "transformers", "numpy")
 
 
 def versions() -> dict[str, str]:

@@ -89,3 +89,22 @@ def test_predictions_sum_the_kernels_bounds(rows):
         assert p["cycles"] == want and p["fwd_bwd_x_sdpa"] == 1030 / want
     assert preds[("sigmoid", "tanh", "two_pass")]["fwd_bwd_x_sdpa"] > preds[("sigmoid", "portable", "two_pass")][
         "fwd_bwd_x_sdpa"]
+
+
+@pytest.mark.parametrize("path", ["benchmarks/kernel_codegen.py", "sinkinterp/models/_triton_sim_kernels.py"])
+def test_nested_jit_helpers_do_not_share_a_module_level_name(path):
+    """Triton 3.6-3.8 (the device's torch 2.11 brings one of these) resolve a name called inside a
+    kernel in the module's globals before the enclosing function's: a nested @triton.jit helper named
+    like a module-level function compiles with 3.9 but fails there ("Unsupported function
+    referenced"), as kernel_codegen.py's reference kernel did with `_tiles` until 2026-12-04."""
+    import ast
+
+    tree = ast.parse((REPO / path).read_text())
+    top = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    top |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    nested = [n.name for f in tree.body if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
+              if isinstance(n, ast.FunctionDef) and n is not f
+              and any("jit" in ast.unparse(d) for d in n.decorator_list)]
+    assert not set(nested) & top, set(nested) & top
+    if path.startswith("benchmarks"):
+        assert "_ref_tiles" in nested  # the check sees the reference kernel's helper
