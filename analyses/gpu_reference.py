@@ -15,6 +15,7 @@ alpha, q.k decomposition, first-token interventions; ``final_report`` of analyse
     .venv/bin/python analyses/gpu_reference.py --inputs NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/gpu_reference.py --tokens NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/gpu_reference.py --per-head NAME MODEL_DIR [NAME MODEL_DIR ...]
+    .venv/bin/python analyses/gpu_reference.py --massive NAME MODEL_DIR [NAME MODEL_DIR ...]
     .venv/bin/python analyses/regenerate.py gpu_reference          # docs/gpu-reference.md + figure
 
 ``--key-value`` runs ``sinkinterp intervene`` (token 1's value and key zeroed or mean-replaced,
@@ -30,7 +31,10 @@ ratio and the eps sweep of each as inputs.json. ``--tokens`` runs ``sinkinterp t
 position, pooled by token, against the rate their positions predict; T 512, 20 windows) and keeps
 the pooled rate and the ten tokens with the highest sink rate as tokens.json. ``--per-head`` runs
 ``sinkinterp intervene --per-head`` (token 1 removed from the keys, or its value zeroed, in one
-head at a time) and keeps the per-head loss changes as per_head.json.
+head at a time) and keeps the per-head loss changes as per_head.json. ``--massive`` runs the
+massive-activation study of analyses/massive_activation_smollm2.py (residual norms at token 1 against
+the rest, the sublayer that writes h_1, h_1 rescaled to the others' norm at every layer and one layer
+at a time, the MLP neurons that write it silenced at token 1) and keeps it as massive.json.
 
 The models themselves (33 MB each in bf16) stay out of git, so the page regenerates from the
 snapshots alone.
@@ -71,12 +75,17 @@ REFERENCE_TEXT = {
 }
 
 
-def _calibration():
-    """analyses/cpu_calibration.py as a module (its final_report measures like the CPU study)."""
-    spec = importlib.util.spec_from_file_location("cpu_calibration", Path(__file__).with_name("cpu_calibration.py"))
+def _load_analysis(stem: str):
+    """Another analysis script of this folder as a module."""
+    spec = importlib.util.spec_from_file_location(stem, Path(__file__).with_name(f"{stem}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _calibration():
+    """analyses/cpu_calibration.py as a module (its final_report measures like the CPU study)."""
+    return _load_analysis("cpu_calibration")
 
 
 def device_facts(log_text: str) -> dict:
@@ -295,12 +304,55 @@ def per_head(args: list[str]) -> int:
                            "per_head_delta_loss": iv["per_head_delta_loss"]} for iv in res["interventions"]]})
 
 
+MASSIVE_SEQS = 32
+ALPHA_SHOWN = 0.15  # the heads the massive-activation page lists one by one
+MASSIVE_DO = ("normalize_resid", "scale_resid=0.5", "zero_value", "ablate")
+
+
+def massive(args: list[str]) -> int:
+    """The massive-activation study of analyses/massive_activation_smollm2.py on each model (natural
+    sample, T 64, 32 sequences, eps 0.3, no BOS): where ||h_1|| grows and which sublayer writes it,
+    h_1 rescaled to the others' norm at every layer and at one layer at a time, and the MLP neurons
+    that write it silenced at token 1 (beside as many weak writers). Kept as massive.json."""
+    import torch
+
+    from sinkinterp import interventions as iv
+    from sinkinterp import provenance
+    from sinkinterp.inputs import make_tokens
+    from sinkinterp.loading import load_model
+
+    pairs = _model_pairs("--massive", args)
+    if pairs is None:
+        return 2
+    study = _load_analysis("massive_activation_smollm2").massive_study
+    for name, model in pairs:
+        print(f"-- {name} massive activation: {model}")
+        lm = load_model(model)
+        tokens = torch.as_tensor(make_tokens("natural", seq_len=64, num_seqs=MASSIVE_SEQS, seed=0,
+                                             vocab_size=lm.d_vocab, tokenizer=lm.tokenizer))
+        res = study(lm.model, tokens, lm.bos_token_id, do=MASSIVE_DO, eps=0.3, seed=0)
+        neurons = res["neurons"]  # and the strongest writer alone
+        one = iv.compare(lm.model, tokens, [iv.zero_neurons(neurons["layer"], [neurons["top"][0]["neuron"]])],
+                         eps=0.3, seed=0)[0]
+        neurons["top1"] = {"name": one.name, "delta_loss": one.delta_loss, "sink1_after": float(one.sink.sink_pct[0]),
+                           "massive_ratio_after": float(max(one.sink.norms["resid"]["massive_ratio"])),
+                           "alpha1_after": one.sink.alpha.tolist()}
+        write_json(DATA / name / "massive.json", {
+            "command": f"analyses/gpu_reference.py --massive {name} MODEL_DIR",
+            "config": {"inputs": "natural (shipped sample)", "prepend_bos": False, "seq_len": 64,
+                       "num_seqs": MASSIVE_SEQS, "eps": 0.3, "seed": 0, "do": list(MASSIVE_DO), "dtype": "float32",
+                       "device": "cpu", "versions": provenance.versions(), "git_commit": provenance.git_commit()},
+            "results": res})
+    return 0
+
+
 def _runs() -> dict[str, dict]:
     out = {}
     for folder in sorted(p for p in DATA.glob("*") if p.is_dir()):
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
         run = {"cfg": json.loads((folder / "train_config.json").read_text()), "rows": rows}
-        for f in ("final", "report", "device", "intervene", "patch", "lengths", "inputs", "tokens", "per_head"):
+        for f in ("final", "report", "device", "intervene", "patch", "lengths", "inputs", "tokens", "per_head",
+                  "massive"):
             p = folder / f"{f}.json"
             run[f] = json.loads(p.read_text()) if p.is_file() else None
         out[folder.name] = run
@@ -443,10 +495,12 @@ def main(argv: list[str] | None = None) -> int:
         return tokens(argv[1:])
     if argv and argv[0] == "--per-head":
         return per_head(argv[1:])
+    if argv and argv[0] == "--massive":
+        return massive(argv[1:])
     if argv:
         print("usage: analyses/gpu_reference.py [--snapshot RUN_DIR MODEL_DIR DEVICE_LOG ... | --key-value NAME "
               "MODEL_DIR ... | --lengths NAME MODEL_DIR ... | --inputs NAME MODEL_DIR ... | --tokens NAME MODEL_DIR ... | "
-              "--per-head NAME MODEL_DIR ...]; "
+              "--per-head NAME MODEL_DIR ... | --massive NAME MODEL_DIR ...]; "
               "with no argument it "
               f"regenerates docs/gpu-reference.md from the snapshots (got {argv!r})", file=sys.stderr)
         return 2
@@ -547,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += _tokens_lines(runs)
     lines += _key_value_lines(runs)
     lines += _per_head_lines(runs)
+    lines += _massive_lines(runs)
     lines += [
         "",
         "Per-step rows: `analyses/data/gpu_reference/NAME/metrics.jsonl`; the call's log facts:",
@@ -747,6 +802,84 @@ def _per_head_lines(runs: dict[str, dict]) -> list[str]:
             for v, li, hi in sorted(cells, reverse=True)[:6]:
                 a = _fmt(alpha[li][hi], ".3f") if alpha else "-"
                 out.append(f"| {name} | `{iv['name']}` | {iv['delta_loss']:+.4f} | L{li}H{hi} | {v:+.4f} | {a} |")
+    return out
+
+
+def _massive_lines(runs: dict[str, dict]) -> list[str]:
+    """Where the massive activation on token 1 is written, and what the sink and the loss lose
+    without it (the study of docs/massive-activation-pretrained.md)."""
+    have = {n: r for n, r in runs.items() if r.get("massive")}
+    if not have:
+        return []
+    first = next(iter(have.values()))["massive"]
+    cfg = first["config"]
+    out = ["", "## The massive activation and the sink (CPU)", "",
+           "`analyses/gpu_reference.py --massive NAME MODEL_DIR`: the study of",
+           "[massive-activation-pretrained.md](massive-activation-pretrained.md) on the final models (the shipped",
+           (f"natural-text sample, T {cfg['seq_len']}, {cfg['num_seqs']} sequences, eps {cfg['eps']:g}, no BOS, "
+            f"{cfg['dtype']} on {cfg['device']}). ||h_1|| against the mean ||h_t|| of the"),
+           "other positions at each block's resid_pre (the last column: the final residual), with their ratio:",
+           ""]
+    n_res = max(len(r["massive"]["results"]["resid_first"]) for r in have.values())
+    out += ["| run | " + " | ".join(f"L{i}" if i < n_res - 1 else "final" for i in range(n_res)) + " |",
+            "| --- | " + " | ".join("---:" for _ in range(n_res)) + " |"]
+    for name, run in have.items():
+        res = run["massive"]["results"]
+        out.append(f"| {name} | " + " | ".join(f"{a:.0f} / {b:.0f} ({r:.1f})" for a, b, r in
+                                              zip(res["resid_first"], res["resid_rest"], res["massive_ratio"])) + " |")
+    out += ["", "The sublayer that writes the most into h_1 (its output's norm at token 1 against the other",
+            "positions' mean), and token 1's value norm against the others' where the ratio peaks; then the",
+            "loss change and Sink_1 after each edit at every layer (`normalize_resid`: h_1 rescaled to the others'",
+            "mean norm, direction kept; `scale_resid=0.5`: h_1 halved at every resid_pre), `normalize_resid` at",
+            "one layer alone (the layer where it costs most), and the MLP neurons that write h_1 silenced at",
+            "token 1 (the strongest writer alone, the fewest that carry 95% of the write or the eight",
+            "strongest, and as many of the weaker half as a control):", "",
+            "| run | writer (token 1 / others) | value norm, token 1 / others | Sink_1 (%) | edit | Δ loss (nats) | Sink_1 after (%) | massive ratio after |",
+            "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for name, run in have.items():
+        res = run["massive"]["results"]
+        subs = [(k, li, v) for k, vs in res["sublayers"].items() for li, v in enumerate(vs)]
+        kind, li, (a, b) = max(subs, key=lambda t: t[2][0] - t[2][1])
+        ratio = res["massive_ratio"][:len(res["value_first"])]
+        peak = max(range(len(ratio)), key=lambda i: ratio[i])
+        vr = res["value_first"][peak] / max(res["value_rest"][peak], 1e-12)
+        head = f"| {name} | {kind} of layer {li} ({a:.0f} / {b:.0f}) | {vr:.2f} (layer {peak}) | {res['sink1']:.1f} |"
+        blank = "| | | | |"
+        specs = run["massive"]["config"]["do"]
+        rows = [(f"`{spec}` (every layer)", x["delta_loss"], x["sink1_after"], None)
+                for spec, x in zip(specs, res["interventions"])]
+        per = res["normalize_per_layer"]
+        worst = max(range(len(per)), key=lambda i: per[i])
+        rows.append((f"`normalize_resid` at layer {worst} alone", per[worst], None, None))
+        ne = res["neurons"]
+        top = ne["top"][0]
+        if ne.get("top1"):
+            what = (f"neuron {top['neuron']} of layer {ne['layer']} silenced at token 1 (activation "
+                    f"{top['act_first']:.1f} there, mean absolute activation {top['act_rest']:.2f} elsewhere; "
+                    f"{ne['share'][0]:.0%} of the write)")
+            rows.append((what, ne["top1"]["delta_loss"], ne["top1"]["sink1_after"], ne["top1"]["massive_ratio_after"]))
+        for x, what in zip(ne["interventions"], (f"its {ne['k']} strongest writers ({ne['share'][ne['k'] - 1]:.0%})",
+                                                f"{ne['k']} of its weaker half (control)")):
+            rows.append((f"{what} silenced", x["delta_loss"], x["sink1_after"], x["massive_ratio_after"]))
+        for i, (edit, dl, s1, mr) in enumerate(rows):
+            out.append(f"{head if i == 0 else blank} {edit} | {dl:+.3f} | {_fmt(s1, '.1f')} | {_fmt(mr, '.1f')} |")
+    heads = []
+    for name, run in have.items():
+        res = run["massive"]["results"]
+        ne = res["neurons"]
+        after = [ne.get("top1", {}).get("alpha1_after"), *(x.get("alpha1_after") for x in ne["interventions"])]
+        if res.get("alpha1") is None or None in after:
+            continue
+        a = res["alpha1"]
+        shown = [(layer, h) for layer in range(len(a)) for h in range(len(a[layer])) if a[layer][h] >= ALPHA_SHOWN]
+        for li, hi in sorted(shown, key=lambda t: -a[t[0]][t[1]]):
+            heads.append(f"| {name} | L{li}H{hi} | {a[li][hi]:.3f} | " + " | ".join(f"{x[li][hi]:.3f}" for x in after)
+                         + " |")
+    if heads:
+        out += ["", f"Per head: the mean attention on token 1 (alpha_1) of every head with alpha_1 >= {ALPHA_SHOWN:g},",
+                "before and after the neuron edits above:", "",
+                "| run | head | alpha_1 | strongest writer silenced | strongest writers silenced | control |",
+                "| --- | --- | ---: | ---: | ---: | ---: |", *heads]
     return out
 
 if __name__ == "__main__":

