@@ -58,6 +58,7 @@ DATA = ROOT / "analyses" / "data" / "gpu_reference"
 DOC = ROOT / "docs" / "gpu-reference.md"
 FIG = ROOT / "docs" / "figures" / "gpu-reference-emergence.png"
 HEADS_FIG = ROOT / "docs" / "figures" / "gpu-reference-heads.png"
+MASSIVE_FIG = ROOT / "docs" / "figures" / "gpu-reference-massive.png"
 
 # ../shared/reference/attention-sink-paper.md section 6 (one H100, 2026-11, its own trainer and a
 # 46.7M-token Debian corpus): the sink-tracking points it reports, by config and step
@@ -477,6 +478,48 @@ def _heads_figure(runs: dict[str, dict]) -> None:
     save_figure(fig, HEADS_FIG)
 
 
+def _massive_figure(runs: dict[str, dict]) -> bool:
+    """||h_1|| against the other tokens' mean norm at each resid_pre, per model with a massive.json;
+    and, for the first model with a massive activation, alpha_1 of its heads before and after the
+    neuron edits. False (nothing written) when no run has the study."""
+    from sinkinterp.figures import _plt, save_figure
+
+    have = {n: r["massive"]["results"] for n, r in runs.items() if r.get("massive")}
+    if not have:
+        return False
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+    for i, (name, res) in enumerate(have.items()):
+        x = range(len(res["resid_first"]))
+        ax.plot(x, res["resid_first"], marker="o", ms=3, color=f"C{i}", label=f"{name}: ||h_1||")
+        ax.plot(x, res["resid_rest"], ls="--", marker=".", color=f"C{i}", label=f"{name}: mean ||h_t||, t > 1")
+    ax.set_yscale("log")
+    ax.set_xlabel("resid_pre of layer (last: the final residual)")
+    ax.set_ylabel("residual norm")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    name, res = max(have.items(), key=lambda kv: max(kv[1]["massive_ratio"]))
+    ne = res["neurons"]
+    a = res.get("alpha1")
+    if a is not None and ne.get("top1", {}).get("alpha1_after") is not None:
+        heads = sorted(((li, hi) for li in range(len(a)) for hi in range(len(a[li]))), key=lambda t: -a[t[0]][t[1]])[:10]
+        series = [("as trained", a), (f"neuron {ne['top'][0]['neuron']} of layer {ne['layer']} silenced at token 1",
+                                      ne["top1"]["alpha1_after"]),
+                  (f"its {ne['k']} strongest writers silenced", ne["interventions"][0]["alpha1_after"])]
+        width = 0.8 / len(series)
+        for j, (label, grid) in enumerate(series):
+            bx.bar([i + j * width for i in range(len(heads))], [grid[li][hi] for li, hi in heads], width, label=label)
+        bx.set_xticks([i + width for i in range(len(heads))], [f"L{li}H{hi}" for li, hi in heads], fontsize=7)
+        bx.axhline(0.3, color="grey", lw=0.8, ls=":")
+        bx.set_ylabel("mean alpha_1")
+        bx.set_title(f"{name}: the ten heads with the most attention on token 1", fontsize=8)
+        bx.legend(fontsize=7, frameon=False)
+        bx.grid(alpha=0.3, axis="y")
+    fig.suptitle("The massive activation on token 1, and the sink heads without its strongest writer", fontsize=9)
+    save_figure(fig, MASSIVE_FIG)
+    return True
+
+
 def _fmt(x, spec=".2f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -880,6 +923,9 @@ def _massive_lines(runs: dict[str, dict]) -> list[str]:
                 "before and after the neuron edits above:", "",
                 "| run | head | alpha_1 | strongest writer silenced | strongest writers silenced | control |",
                 "| --- | --- | ---: | ---: | ---: | ---: |", *heads]
+    if _massive_figure(runs):
+        out += ["", ("![Residual norms at token 1 against the others by layer, and the sink heads' alpha_1 with the "
+                     "massive activation's writers silenced](figures/gpu-reference-massive.png)")]
     return out
 
 if __name__ == "__main__":

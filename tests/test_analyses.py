@@ -743,12 +743,15 @@ def test_gpu_reference_page_from_the_committed_snapshots(tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "DOC", tmp_path / "page.md")
     monkeypatch.setattr(mod, "FIG", tmp_path / "fig.png")
     monkeypatch.setattr(mod, "HEADS_FIG", tmp_path / "heads.png")
+    monkeypatch.setattr(mod, "MASSIVE_FIG", tmp_path / "massive.png")
     assert mod.main(["--snapshot", str(tmp_path)]) == 2  # triples only
     assert mod.main(["--snapshot", str(tmp_path), str(tmp_path), str(tmp_path / "log.txt")]) == 2  # no run there
     assert mod.main([]) == 0
     page = (tmp_path / "page.md").read_text()
     assert (tmp_path / "fig.png").stat().st_size > 10_000
     assert (tmp_path / "heads.png").stat().st_size > 10_000 and "figures/gpu-reference-heads.png" in page
+    if any((folder / "massive.json").is_file() for folder in mod.DATA.glob("*")):
+        assert (tmp_path / "massive.png").stat().st_size > 10_000 and "figures/gpu-reference-massive.png" in page
     for folder in sorted(mod.DATA.glob("*")):
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         last = [r for r in rows if r.get("sink1") is not None][-1]
