@@ -232,6 +232,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="SDPA's forward + backward cycles per 64 x 64 tile, for the predicted ratios (default: the "
                         "H200 calibration)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--compare", type=Path, default=None, metavar="ATTENTION_JSON",
+                   help="compile nothing: set the Triton rows of this bench_attention.py JSON beside the estimates "
+                        "of --codegen-json (printed; written to --json when given)")
+    p.add_argument("--codegen-json", type=Path, default=None,
+                   help="with --compare: this script's earlier JSON (default benchmarks/results/kernel-codegen-sm<arch>.json)")
+    p.add_argument("--default-impl", choices=IMPLS, default="mufu",
+                   help="with --compare: the sim_impl of rows whose name has none (the kernel's default when they "
+                        "were timed: mufu; portable for timings before 2026-12-04's third session)")
     return p.parse_args(argv)
 
 
@@ -319,6 +327,57 @@ def predictions(rows: list[dict[str, Any]], sdpa_cycles: float) -> list[dict[str
     return out
 
 
+def _bench_tile(tile: dict[str, Any] | None) -> str:
+    """bench_attention.py's tile of a row (None: the kernel's default launch, 64 x 64 tiles with
+    Triton's 4 warps and 3 stages) under this script's tile name, BLOCK_M/BLOCK_NxWARPSxSTAGES."""
+    tile = tile or {}
+    block = tile.get("block") or 64
+    bm, bn = (block, block) if isinstance(block, int) else block
+    return f"{bm}/{bn}x{tile.get('num_warps') or 4}x{tile.get('num_stages') or 3}"
+
+
+def compare(codegen: dict[str, Any], attention: dict[str, Any], default_impl: str = "mufu") -> list[dict[str, Any]]:
+    """Each timed Triton row of a ``bench_attention.py`` JSON beside this script's estimate for the same
+    kernels: op, dq mode and sim_impl from the row's name (``default_impl`` where the name has none: the
+    kernel's default when the timings were taken, "portable" before 2026-12-04's third session), tile
+    from its ``tile``. Predicted forward x SDPA is the forward kernel's ``x_softmax`` (SDPA's forward at
+    the softmax kernel's cycles); forward + backward from ``predictions`` (made from the rows for a JSON
+    written before they were). Rows without an estimate
+    (another tile, an op or impl not compiled) get None there."""
+    made = codegen.get("predictions") or predictions(codegen["rows"], SDPA_FWD_BWD_CYCLES_64)  # older JSONs: none
+    preds = {(p["tile"], p["op"], p["impl"], p["dq"]): p["fwd_bwd_x_sdpa"] for p in made}
+    fwd = {(r["tile"], r["op"], r["impl"]): r.get("x_softmax") for r in codegen["rows"] if r["kernel"] == "fwd"}
+    out = []
+    for r in attention["rows"]:
+        base = r["method"].partition("@")[0]
+        if not base.startswith("triton_") or r.get("status") != "ok":
+            continue
+        op, *mods = base.removeprefix("triton_").split("_")
+        dq = "atomic" if "atomic" in mods else "two_pass"
+        impl = next((m for m in mods if m in IMPLS), default_impl)
+        tile = _bench_tile(r.get("tile"))
+        out.append({"method": r["method"], "seq_len": r["seq_len"], "tile": tile, "op": op, "impl": impl, "dq": dq,
+                    "predicted_fwd_x_sdpa": fwd.get((tile, op, impl)), "measured_fwd_x_sdpa": r["fwd_x_sdpa"],
+                    "predicted_fwd_bwd_x_sdpa": preds.get((tile, op, impl, dq)),
+                    "measured_fwd_bwd_x_sdpa": r["fwd_bwd_x_sdpa"]})
+    return out
+
+
+def compare_table(rows: list[dict[str, Any]]) -> str:
+    def f(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    head = ["method", "T", "tile", "impl", "dq", "fwd est", "fwd meas", "fwd+bwd est", "fwd+bwd meas"]
+    lines = [head] + [[r["method"], str(r["seq_len"]), r["tile"], r["impl"], r["dq"], f(r["predicted_fwd_x_sdpa"]),
+                       f(r["measured_fwd_x_sdpa"]), f(r["predicted_fwd_bwd_x_sdpa"]), f(r["measured_fwd_bwd_x_sdpa"])]
+                      for r in rows]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    out = ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    out.append("x SDPA softmax (above 1: faster); est: this script's issue-bound model, meas: bench_attention.py")
+    return "\n".join(out)
+
+
 def table(doc: dict[str, Any]) -> str:
     head = ["tile", "kernel", "op", "impl", "regs", "stack B", "instr", "instr/w", "MUFU/w", "issue", "mufu",
             "tensor", "limiter", "x softmax"]
@@ -347,6 +406,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     from sinkinterp.fileio import write_json
 
+    if args.compare is not None:
+        import json
+
+        codegen_path = args.codegen_json or REPO / "benchmarks" / "results" / f"kernel-codegen-sm{args.arch}.json"
+        for flag, path in (("--compare", args.compare), ("--codegen-json", codegen_path)):
+            if not path.is_file():
+                raise SystemExit(f"kernel_codegen.py: {flag} {path}: no such file")
+        rows = compare(json.loads(codegen_path.read_text()), json.loads(args.compare.read_text()), args.default_impl)
+        print(compare_table(rows))
+        if args.json:
+            from benchmarks.common import provenance_info
+
+            doc = {"benchmark": "kernel_codegen_compare", "schema_version": SCHEMA_VERSION,
+                   "provenance": provenance_info(["benchmarks/kernel_codegen.py", *argv]),
+                   "codegen_json": str(codegen_path), "attention_json": str(args.compare), "rows": rows}
+            print(f"wrote {write_json(Path(args.json), doc)}")
+        return 0
     doc = run(args)
     path = Path(args.json) if args.json else REPO / "benchmarks" / "results" / f"kernel-codegen-sm{args.arch}.json"
     write_json(path, doc)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -110,3 +111,47 @@ def test_bad_arguments_fail_before_any_work(tmp_path, argv, needle, capsys):
         bench_attention.main([*argv, "--json", str(out)])
     assert needle in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_kernel_codegen_compare_pairs_each_timed_row_with_its_estimate(tmp_path, capsys):
+    """kernel_codegen.py --compare reads a bench_attention JSON (no compile): op, dq and sim_impl from
+    the row's name (the default where it has none), the tile from the row, and the estimate of exactly
+    those kernels; an unmatched tile gets no estimate; a missing file is named."""
+    from benchmarks import kernel_codegen as kc
+
+    def row(kernel, op, impl, tile, cycles, **extra):
+        return {"kernel": kernel, "op": op, "impl": impl, "tile": tile, "bound_cycles": cycles, **extra}
+
+    rows = [row("fwd", "sigmoid", i, "64/64x4x3", c, x_softmax=329 / c) for i, c in (("mufu", 512), ("tanh", 280))]
+    rows += [row(k, "sigmoid", i, "64/64x4x3", c) for i in ("mufu", "tanh")
+             for k, c in (("dkdv", 512), ("dq", 400), ("dkdv_atomic", 640))]
+    codegen = {"rows": rows}  # an older JSON: predictions made from the rows
+
+    def timed(method, tile=None):
+        return {"method": method, "seq_len": 2048, "status": "ok", "fwd_x_sdpa": 0.5, "fwd_bwd_x_sdpa": 0.6,
+                "tile": tile}
+
+    attention = {"rows": [timed("sdpa_softmax"), timed("triton_sigmoid"), timed("triton_sigmoid_atomic_tanh"),
+                          timed("triton_sigmoid@64", {"block": 64, "num_warps": None, "num_stages": None}),
+                          timed("triton_sigmoid@128/64x8x3", {"block": [128, 64], "num_warps": 8, "num_stages": 3}),
+                          {**timed("triton_sigmoid_tanh"), "status": "error"}]}
+    out = kc.compare(codegen, attention, default_impl="mufu")
+    assert [r["method"] for r in out] == ["triton_sigmoid", "triton_sigmoid_atomic_tanh", "triton_sigmoid@64",
+                                          "triton_sigmoid@128/64x8x3"]
+    plain, fast, tiled, other = out
+    assert (plain["impl"], plain["dq"], plain["tile"]) == ("mufu", "two_pass", "64/64x4x3")
+    assert plain["predicted_fwd_bwd_x_sdpa"] == kc.SDPA_FWD_BWD_CYCLES_64 / (512 + 512 + 400)
+    assert plain["predicted_fwd_x_sdpa"] == 329 / 512 and plain["measured_fwd_bwd_x_sdpa"] == 0.6
+    assert (fast["impl"], fast["dq"]) == ("tanh", "atomic")
+    assert fast["predicted_fwd_bwd_x_sdpa"] == kc.SDPA_FWD_BWD_CYCLES_64 / (280 + 640)
+    assert tiled["predicted_fwd_bwd_x_sdpa"] == plain["predicted_fwd_bwd_x_sdpa"]  # the default launch's tile
+    assert other["tile"] == "128/64x8x3" and other["predicted_fwd_bwd_x_sdpa"] is None
+    assert kc.compare(codegen, attention, default_impl="portable")[0]["predicted_fwd_x_sdpa"] is None
+    assert "triton_sigmoid_atomic_tanh" in kc.compare_table(out)
+    (tmp_path / "codegen.json").write_text(json.dumps(codegen))
+    (tmp_path / "attention.json").write_text(json.dumps(attention))
+    assert kc.main(["--compare", str(tmp_path / "attention.json"), "--codegen-json", str(tmp_path / "codegen.json"),
+                    "--json", str(tmp_path / "cmp.json")]) == 0
+    assert json.loads((tmp_path / "cmp.json").read_text())["rows"] == json.loads(json.dumps(out))
+    with pytest.raises(SystemExit, match="--compare .*no such file"):
+        kc.main(["--compare", str(tmp_path / "missing.json")])
