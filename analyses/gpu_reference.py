@@ -76,17 +76,12 @@ REFERENCE_TEXT = {
 }
 
 
-def _load_analysis(stem: str):
-    """Another analysis script of this folder as a module."""
-    spec = importlib.util.spec_from_file_location(stem, Path(__file__).with_name(f"{stem}.py"))
+def _calibration():
+    """analyses/cpu_calibration.py as a module (its final_report measures like the CPU study)."""
+    spec = importlib.util.spec_from_file_location("cpu_calibration", Path(__file__).with_name("cpu_calibration.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def _calibration():
-    """analyses/cpu_calibration.py as a module (its final_report measures like the CPU study)."""
-    return _load_analysis("cpu_calibration")
 
 
 def device_facts(log_text: str) -> dict:
@@ -307,43 +302,34 @@ def per_head(args: list[str]) -> int:
 
 MASSIVE_SEQS = 32
 ALPHA_SHOWN = 0.15  # the heads the massive-activation page lists one by one
-MASSIVE_DO = ("normalize_resid", "scale_resid=0.5", "zero_value", "ablate")
+
+
+def massive_command(model: str, out: Path) -> list[str]:
+    """``sinkinterp massive`` on the final model, the protocol of the key-vs-value step (32 sequences)."""
+    return ["massive", "--model", model, *KV_COMMON, "--num-seqs", str(MASSIVE_SEQS), "--no-figures",
+            "--out", str(out)]
 
 
 def massive(args: list[str]) -> int:
-    """The massive-activation study of analyses/massive_activation_smollm2.py on each model (natural
-    sample, T 64, 32 sequences, eps 0.3, no BOS): where ||h_1|| grows and which sublayer writes it,
-    h_1 rescaled to the others' norm at every layer and at one layer at a time, and the MLP neurons
-    that write it silenced at token 1 (beside as many weak writers). Kept as massive.json."""
-    import torch
-
-    from sinkinterp import interventions as iv
-    from sinkinterp import provenance
-    from sinkinterp.inputs import make_tokens
-    from sinkinterp.loading import load_model
-
+    """``sinkinterp massive`` (sinkinterp.massive: where ||h_1|| grows and which sublayer and MLP neurons
+    write it, h_1 rescaled or its writers silenced at token 1) on each model; kept as massive.json with
+    the run's settings."""
     pairs = _model_pairs("--massive", args)
     if pairs is None:
         return 2
-    study = _load_analysis("massive_activation_smollm2").massive_study
+    keep = ("inputs", "prepend_bos", "seq_len", "num_seqs", "eps", "seed", "do", "max_neurons", "share", "dtype",
+            "device", "versions", "git_commit")
     for name, model in pairs:
-        print(f"-- {name} massive activation: {model}")
-        lm = load_model(model)
-        tokens = torch.as_tensor(make_tokens("natural", seq_len=64, num_seqs=MASSIVE_SEQS, seed=0,
-                                             vocab_size=lm.d_vocab, tokenizer=lm.tokenizer))
-        res = study(lm.model, tokens, lm.bos_token_id, do=MASSIVE_DO, eps=0.3, seed=0)
-        neurons = res["neurons"]  # and the strongest writer alone
-        one = iv.compare(lm.model, tokens, [iv.zero_neurons(neurons["layer"], [neurons["top"][0]["neuron"]])],
-                         eps=0.3, seed=0)[0]
-        neurons["top1"] = {"name": one.name, "delta_loss": one.delta_loss, "sink1_after": float(one.sink.sink_pct[0]),
-                           "massive_ratio_after": float(max(one.sink.norms["resid"]["massive_ratio"])),
-                           "alpha1_after": one.sink.alpha.tolist()}
-        write_json(DATA / name / "massive.json", {
-            "command": f"analyses/gpu_reference.py --massive {name} MODEL_DIR",
-            "config": {"inputs": "natural (shipped sample)", "prepend_bos": False, "seq_len": 64,
-                       "num_seqs": MASSIVE_SEQS, "eps": 0.3, "seed": 0, "do": list(MASSIVE_DO), "dtype": "float32",
-                       "device": "cpu", "versions": provenance.versions(), "git_commit": provenance.git_commit()},
-            "results": res})
+        out = RUNS_OUT / name / "massive"
+        argv = massive_command(model, out)
+        res = _run_cli(name, "massive", argv, out)
+        if res is None:
+            return 1
+        config = json.loads((out / "config.json").read_text())
+        for key in ("model", "inputs", "prepend_bos", "dtype", "eps", "num_seqs", "seq_len"):
+            res.pop(key, None)  # in the config
+        write_json(DATA / name / "massive.json", {"command": _shown(argv, model),
+                                                  "config": {k: config[k] for k in keep}, "results": res})
     return 0
 
 
@@ -479,44 +465,14 @@ def _heads_figure(runs: dict[str, dict]) -> None:
 
 
 def _massive_figure(runs: dict[str, dict]) -> bool:
-    """||h_1|| against the other tokens' mean norm at each resid_pre, per model with a massive.json;
-    and, for the first model with a massive activation, alpha_1 of its heads before and after the
-    neuron edits. False (nothing written) when no run has the study."""
-    from sinkinterp.figures import _plt, save_figure
+    """sinkinterp.figures.massive_activation of every model with a massive.json (False: none has one)."""
+    from sinkinterp.figures import massive_activation, save_figure
 
     have = {n: r["massive"]["results"] for n, r in runs.items() if r.get("massive")}
     if not have:
         return False
-    plt = _plt()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
-    for i, (name, res) in enumerate(have.items()):
-        x = range(len(res["resid_first"]))
-        ax.plot(x, res["resid_first"], marker="o", ms=3, color=f"C{i}", label=f"{name}: ||h_1||")
-        ax.plot(x, res["resid_rest"], ls="--", marker=".", color=f"C{i}", label=f"{name}: mean ||h_t||, t > 1")
-    ax.set_yscale("log")
-    ax.set_xlabel("resid_pre of layer (last: the final residual)")
-    ax.set_ylabel("residual norm")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
-    name, res = max(have.items(), key=lambda kv: max(kv[1]["massive_ratio"]))
-    ne = res["neurons"]
-    a = res.get("alpha1")
-    if a is not None and ne.get("top1", {}).get("alpha1_after") is not None:
-        heads = sorted(((li, hi) for li in range(len(a)) for hi in range(len(a[li]))), key=lambda t: -a[t[0]][t[1]])[:10]
-        series = [("as trained", a), (f"neuron {ne['top'][0]['neuron']} of layer {ne['layer']} silenced at token 1",
-                                      ne["top1"]["alpha1_after"]),
-                  (f"its {ne['k']} strongest writers silenced", ne["interventions"][0]["alpha1_after"])]
-        width = 0.8 / len(series)
-        for j, (label, grid) in enumerate(series):
-            bx.bar([i + j * width for i in range(len(heads))], [grid[li][hi] for li, hi in heads], width, label=label)
-        bx.set_xticks([i + width for i in range(len(heads))], [f"L{li}H{hi}" for li, hi in heads], fontsize=7)
-        bx.axhline(0.3, color="grey", lw=0.8, ls=":")
-        bx.set_ylabel("mean alpha_1")
-        bx.set_title(f"{name}: the ten heads with the most attention on token 1", fontsize=8)
-        bx.legend(fontsize=7, frameon=False)
-        bx.grid(alpha=0.3, axis="y")
-    fig.suptitle("The massive activation on token 1, and the sink heads without its strongest writer", fontsize=9)
-    save_figure(fig, MASSIVE_FIG)
+    save_figure(massive_activation(have, title="The massive activation on token 1, and the sink heads without "
+                                               "its strongest writers"), MASSIVE_FIG)
     return True
 
 
@@ -857,10 +813,11 @@ def _massive_lines(runs: dict[str, dict]) -> list[str]:
     first = next(iter(have.values()))["massive"]
     cfg = first["config"]
     out = ["", "## The massive activation and the sink (CPU)", "",
-           "`analyses/gpu_reference.py --massive NAME MODEL_DIR`: the study of",
-           "[massive-activation-pretrained.md](massive-activation-pretrained.md) on the final models (the shipped",
-           (f"natural-text sample, T {cfg['seq_len']}, {cfg['num_seqs']} sequences, eps {cfg['eps']:g}, no BOS, "
-            f"{cfg['dtype']} on {cfg['device']}). ||h_1|| against the mean ||h_t|| of the"),
+           f"`{first['command']}`",
+           "(`analyses/gpu_reference.py --massive NAME MODEL_DIR`; the study of",
+           "[massive-activation-pretrained.md](massive-activation-pretrained.md), sinkinterp.massive) on the final",
+           (f"models: the shipped natural-text sample, T {cfg['seq_len']}, {cfg['num_seqs']} sequences, eps "
+            f"{cfg['eps']:g}, no BOS, {cfg['dtype']} on {cfg['device']}. ||h_1|| against the mean ||h_t|| of the"),
            "other positions at each block's resid_pre (the last column: the final residual), with their ratio:",
            ""]
     n_res = max(len(r["massive"]["results"]["resid_first"]) for r in have.values())

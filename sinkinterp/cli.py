@@ -8,6 +8,8 @@
 ``sinkinterp stream``   the loss along long streams through a bounded cache (sinkinterp/cli_stream.py)
 ``sinkinterp lengths``  the sink at every sequence length from one pass (sinkinterp/cli_lengths.py)
 ``sinkinterp tokens``   sinks past the first position, pooled by token (sinkinterp/cli_tokens.py)
+``sinkinterp massive``  where the massive activation on token 1 is written, and whether the sink needs it
+                        (sinkinterp/cli_massive.py)
 
 Every argument is checked before any work starts; results.json is written last and atomically,
 so a failed run leaves no partial results behind.
@@ -106,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sinkinterp import cli_tokens
 
     cli_tokens.add_parser(sub, _add_measure_args)
+    from sinkinterp import cli_massive
+
+    cli_massive.add_parser(sub, _add_measure_args)
     rr = sub.add_parser("rerun", help="repeat a measurement from its result folder's config.json")
     rr.add_argument("result_dir", help="a folder written by `sinkinterp measure`")
     rr.add_argument("--out", help="write to this folder instead of the original one")
@@ -407,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
             from sinkinterp import cli_tokens
 
             return cli_tokens.cmd_tokens(args, argv)
+        if args.command == "massive":
+            from sinkinterp import cli_massive
+
+            return cli_massive.cmd_massive(args, argv)
     except UsageError as err:
         print(f"sinkinterp {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from sinkinterp.fileio import atomic_write
 
 __all__ = ["alpha_heatmap", "norms_figure", "sink_by_position", "save_figure", "qk_figure", "effect_bars",
            "layer_head_heatmap", "sink_over_training", "stream_curves", "sink_by_length", "token_sink_bars",
-           "TRAINING_KEYS"]
+           "massive_activation", "TRAINING_KEYS"]
 
 
 def _plt() -> Any:
@@ -425,4 +425,46 @@ def sink_by_length(lengths: object, sink_pct: object, *, eps: float, alpha1_by_l
         ax.set_xlabel("sequence length T'")
     fig.suptitle(title or "the sink against the sequence length")
     fig.tight_layout()
+    return fig
+
+
+def massive_activation(studies: dict[str, dict[str, Any]], *, title: str = "", heads: int = 10) -> Any:
+    """``sinkinterp.massive.massive_study`` results by model name: ||h_1|| against the other tokens' mean
+    norm at each block's input for every model (left), and for the model with the largest ratio its
+    ``heads`` heads with the most attention on token 1, alpha_1 as measured and with the massive
+    activation's strongest writer, and its strongest writers together, silenced at token 1 (right)."""
+    if not studies:
+        raise ValueError("studies: at least one massive_study result")
+    for name, res in studies.items():
+        missing = {"resid_first", "resid_rest", "massive_ratio", "alpha1", "neurons"} - set(res)
+        if missing:
+            raise ValueError(f"studies[{name!r}]: not a massive_study result (missing {sorted(missing)})")
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+    for i, (name, res) in enumerate(studies.items()):
+        x = range(len(res["resid_first"]))
+        ax.plot(x, res["resid_first"], marker="o", ms=3, color=f"C{i}", label=f"{name}: ||h_1||")
+        ax.plot(x, res["resid_rest"], ls="--", marker=".", color=f"C{i}", label=f"{name}: mean ||h_t||, t > 1")
+    ax.set_yscale("log")
+    ax.set_xlabel("resid_pre of layer (last: the final residual)")
+    ax.set_ylabel("residual norm")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    name, res = max(studies.items(), key=lambda kv: max(kv[1]["massive_ratio"]))
+    a, ne = np.asarray(res["alpha1"], dtype=np.float64), res["neurons"]
+    order = sorted(np.ndindex(*a.shape), key=lambda lh: -a[lh])[:heads]
+    series = [("as measured", a),
+              (f"neuron {ne['top'][0]['neuron']} of MLP {ne['layer']} silenced at token 1", ne["top1"]["alpha1_after"]),
+              (f"its {ne['k']} strongest writers silenced", ne["interventions"][0]["alpha1_after"])]
+    width = 0.8 / len(series)
+    for j, (label, grid) in enumerate(series):
+        grid = np.asarray(grid, dtype=np.float64)
+        bx.bar([i + j * width for i in range(len(order))], [grid[lh] for lh in order], width, label=label)
+    bx.set_xticks([i + width for i in range(len(order))], [f"L{l}H{h}" for l, h in order], fontsize=7)
+    bx.set_ylabel("mean alpha_1")
+    bx.set_title(f"{name}: the {len(order)} heads with the most attention on token 1", fontsize=8)
+    bx.legend(fontsize=7, frameon=False)
+    bx.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig

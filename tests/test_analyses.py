@@ -828,10 +828,11 @@ def test_gpu_reference_key_value_refuses_bad_arguments(tmp_path, capsys):
 
 
 def test_gpu_reference_massive_step_on_a_shipped_model(tmp_path, monkeypatch):
-    """``--massive`` runs the SmolLM2 page's study on a sinkinterp checkpoint folder and keeps it as
-    massive.json, with the strongest MLP writer silenced alone beside the study's own edits."""
+    """``--massive`` runs ``sinkinterp massive`` on a sinkinterp checkpoint folder and keeps its results
+    and settings as massive.json."""
     mod = load_script("analyses/gpu_reference.py")
     monkeypatch.setattr(mod, "DATA", tmp_path)
+    monkeypatch.setattr(mod, "RUNS_OUT", tmp_path / "runs")
     monkeypatch.setattr(mod, "MASSIVE_SEQS", 4)
     model = str(Path(__file__).resolve().parents[1] / "sinkinterp" / "assets" / "models" / "toy-softmax")
     assert mod.main(["--massive", "toy", model]) == 2  # not snapshotted
@@ -839,10 +840,13 @@ def test_gpu_reference_massive_step_on_a_shipped_model(tmp_path, monkeypatch):
     assert mod.main(["--massive", "toy", model]) == 0
     doc = json.loads((tmp_path / "toy" / "massive.json").read_text())
     res, cfg = doc["results"], doc["config"]
-    assert doc["command"] == "analyses/gpu_reference.py --massive toy MODEL_DIR"
-    assert cfg["num_seqs"] == 4 and cfg["do"] == list(mod.MASSIVE_DO) and cfg["prepend_bos"] is False
+    from sinkinterp.massive import DEFAULT_DO
+
+    assert doc["command"].startswith("sinkinterp massive --model MODEL_DIR --inputs natural --seq-len 64 --eps 0.3 "
+                                     "--seed 0 --num-seqs 4 --no-figures --out ")
+    assert cfg["num_seqs"] == 4 and cfg["do"] == list(DEFAULT_DO) and cfg["prepend_bos"] is False
     assert len(res["resid_first"]) == len(res["massive_ratio"]) == 5  # 4 layers' resid_pre and the output
-    assert len(res["interventions"]) == len(mod.MASSIVE_DO) and len(res["normalize_per_layer"]) == 4
+    assert len(res["interventions"]) == len(DEFAULT_DO) and len(res["normalize_per_layer"]) == 4
     ne = res["neurons"]
     assert ne["top1"]["name"] == f"zero_neurons[L{ne['layer']}:{ne['top'][0]['neuron']}]"
     assert ne["top"][0]["write"] >= ne["top"][1]["write"] and ne["top"][0]["neuron"] not in ne["control"]
