@@ -10,7 +10,10 @@ sequences of T = 64, eps 0.3, seed 0), with BOS first (as trained) and with a te
 2. ``interventions.compare``: ``normalize_resid`` (h_1 rescaled to the others' mean norm at every
    layer: the massive activation removed, direction kept), ``scale_resid=0.5``, ``zero_value`` and
    ``ablate`` (``ablate=norenorm`` for sigmoid; for scale), loss change, Sink_1 / Sink_* after, per-layer effects;
-3. the massive ratio beside Sink_1 / Sink_* along training, from the committed calibration
+3. with BOS first, ``sinkinterp.massive.neuron_study``: the MLP that writes the most into h_1, its
+   strongest writer silenced at token 1, the fewest that carry 95% of the write, and as many weak
+   writers as a control (loss change, Sink_1 / Sink_*, massive ratio after);
+4. the massive ratio beside Sink_1 / Sink_* along training, from the committed calibration
    snapshots (analyses/data/cpu_calibration/).
 
 Writes runs/analyses/massive_activation/results.json, docs/figures/massive-activation.png and
@@ -42,7 +45,7 @@ def _measure_all() -> tuple[dict, dict]:
     from sinkinterp.cli_intervene import parse_spec
     from sinkinterp.inputs import make_tokens
     from sinkinterp.loading import load_model
-    from sinkinterp.massive import sublayer_norms
+    from sinkinterp.massive import neuron_study, sublayer_norms
     from sinkinterp.measure import measure
 
     res: dict = {}
@@ -72,6 +75,9 @@ def _measure_all() -> tuple[dict, dict]:
                  "loss_base": x.loss_base, "sink1_after": float(x.sink.sink_pct[0]),
                  "sink_bias_after": x.sink.sink_bias_pct, "per_layer": x.per_layer.tolist()}
                 for x in results]
+            if first == "bos":  # the MLP neurons that write BOS's massive activation, silenced at token 1
+                entry[first]["neurons"] = neuron_study(lm.model, tokens, entry[first]["sublayers"], eps=EPS,
+                                                       seed=SEED)
         res[name] = entry
     config = {"models": list(MODELS), "inputs": "natural (shipped sample)", "seq_len": SEQ_LEN,
               "num_seqs": NUM_SEQS, "eps": EPS, "seed": SEED, "do": list(DO), "dtype": "float32",
@@ -98,6 +104,27 @@ def _figure(res: dict) -> None:
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, FIG)
+
+
+def _neuron_rows(res: dict) -> list[str]:
+    out = ["| model | MLP | strongest writer: activation at BOS / mean absolute elsewhere | share of the write: 1 / k "
+           "neurons | edit at token 1 | Δ loss (nats) | Sink_1 after (%) | massive ratio after |",
+           "| --- | ---: | --- | --- | --- | ---: | ---: | ---: |"]
+    for name in MODELS:
+        e = res[name]["bos"]
+        ne = e["neurons"]
+        top = ne["top"][0]
+        head = (f"| {name} | {ne['layer']} | neuron {top['neuron']}: {top['act_first']:.2f} / {top['act_rest']:.2f} | "
+                f"{ne['share'][0]:.0%} / {ne['share'][ne['k'] - 1]:.0%} ({ne['k']}) |")
+        rows = [("none (as trained)", 0.0, e["sink1"], max(e["massive_ratio"])),
+                ("the strongest writer silenced", ne["top1"]["delta_loss"], ne["top1"]["sink1_after"],
+                 ne["top1"]["massive_ratio_after"])]
+        rows += [(what, x["delta_loss"], x["sink1_after"], x["massive_ratio_after"])
+                 for what, x in zip((f"the {ne['k']} strongest silenced", f"{ne['k']} weak writers silenced (control)"),
+                                    ne["interventions"])]
+        for i, (what, dl, s1, mr) in enumerate(rows):
+            out.append(f"{head if i == 0 else '| | | | |'} {what} | {dl:+.4f} | {s1:.2f} | {mr:.2f} |")
+    return out
 
 
 def _training_rows() -> list[str]:
@@ -168,6 +195,7 @@ def main() -> int:
     unused_kv = abs(kv["normalize_resid"]["delta_loss"]) < 0.01 and abs(kv["ablate"]["delta_loss"]) < 0.01
     soft_drop = res["toy-softmax"]["bos"]["sink1"] - soft["normalize_resid"]["sink1_after"]
     sig = res["toy-sigmoid"]["bos"]
+    sn, kn = res["toy-softmax"]["bos"]["neurons"], res["toy-kv-bias"]["bos"]["neurons"]
     sg = d["toy-sigmoid"]
     calib = {r: [json.loads(l) for l in (CALIB / r / "metrics.jsonl").read_text().splitlines() if l.strip()]
              for r in ("c_softmax", "c_kv") if (CALIB / r / "metrics.jsonl").exists()}
@@ -188,12 +216,26 @@ def main() -> int:
          if unused_kv else
          f"- **In toy-kv-bias it is used**: `normalize_resid` {kv['normalize_resid']['delta_loss']:+.4f} nats, "
          f"`ablate` {kv['ablate']['delta_loss']:+.4f}."),
-        f"- **In toy-softmax the sink does not need it, and neither does the loss.** Rescaling h_1 to the "
-        f"others' norm at every layer costs {soft['normalize_resid']['delta_loss']:+.4f} nats (ablating token "
-        f"1: {soft['ablate']['delta_loss']:+.4f}) and lowers Sink_1 by {soft_drop:.1f} points, to "
-        f"{soft['normalize_resid']['sink1_after']:.1f}%, not to 0. In pre-norm blocks the norm of h_1 only sets how "
-        "far later writes can turn it; the key that draws attention comes from its direction. \"No massive "
-        "activation <=> no sink\" holds across our training recipes as a correlation, not as a mechanism.",
+        (f"- **In toy-softmax the sink needs the massive activation's direction, not its norm.** Rescaling h_1 to "
+         f"the others' norm at every layer (direction kept) costs {soft['normalize_resid']['delta_loss']:+.4f} "
+         f"nats and lowers Sink_1 by {soft_drop:.1f} points, to {soft['normalize_resid']['sink1_after']:.1f}%, "
+         "not to 0: in pre-norm blocks the norm of h_1 only sets how far later writes can turn it. Silencing "
+         f"the neuron that writes it (MLP {sn['layer']}, neuron {sn['top'][0]['neuron']}: activation "
+         f"{sn['top'][0]['act_first']:.1f} at BOS, mean absolute activation {sn['top'][0]['act_rest']:.2f} "
+         f"elsewhere, {sn['share'][0]:.0%} of that MLP's write into h_1) at token 1 alone takes the massive "
+         f"ratio from {max(res['toy-softmax']['bos']['massive_ratio']):.1f} to "
+         f"{sn['top1']['massive_ratio_after']:.1f} and Sink_1 from {res['toy-softmax']['bos']['sink1']:.2f}% to "
+         f"**{sn['top1']['sink1_after']:.2f}%**, at {sn['top1']['delta_loss']:+.4f} nats (removing BOS "
+         f"altogether: {soft['ablate']['delta_loss']:+.4f}); {len(sn['control'])} weak writers of the same layer: "
+         f"{sn['interventions'][1]['sink1_after']:.2f}%, {sn['interventions'][1]['delta_loss']:+.4f} nats. "
+         "So \"no massive activation <=> no sink\" holds here as a mechanism once the activation is removed "
+         "where it is written (until 2026-12-04 this page read \"a correlation, not a mechanism\", from the "
+         "norm rescaling alone)."),
+        (f"- **In toy-kv-bias the same edit changes nothing that matters**: silencing its writer (MLP "
+         f"{kn['layer']}, neuron {kn['top'][0]['neuron']}) takes the ratio from "
+         f"{max(res['toy-kv-bias']['bos']['massive_ratio']):.1f} to {kn['top1']['massive_ratio_after']:.1f} at "
+         f"{kn['top1']['delta_loss']:+.4f} nats, Sink_* {f(res['toy-kv-bias']['bos']['sink_bias'])}% -> "
+         f"{f(kn['top1'].get('sink_bias_after'))}%."),
         f"- **In toy-sigmoid token 1 works as a value bias in layer 0.** No head passes eps 0.3 on it, yet "
         f"removing it costs {sg['ablate[norenorm]']['delta_loss']:+.4f} nats (layer 0: "
         f"{sg['ablate[norenorm]']['per_layer'][0]:+.4f}) and zeroing its value "
@@ -241,6 +283,16 @@ def main() -> int:
         "Per layer: the loss change with the edit at that layer only. The text-first rows are the control.",
         "",
         *iv_rows,
+        "",
+        "## The neurons that write it (BOS first)",
+        "",
+        "`sinkinterp.massive.neuron_study` (`sinkinterp massive --model MODEL --prepend-bos`): the MLP whose",
+        "output at token 1 most exceeds its output elsewhere, its neurons ranked by |mean activation at",
+        "token 1| x ||W_out row||, and three edits at token 1 only: the strongest neuron silenced, the fewest",
+        "that carry 95% of that MLP's write into h_1 (along its own direction; at most 8), and as many",
+        "drawn from the weaker half as a control.",
+        "",
+        *_neuron_rows(res),
         "",
         "## Along training (calibration snapshots)",
         "",

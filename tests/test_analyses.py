@@ -138,6 +138,11 @@ def test_massive_activation_page_reports_its_own_measurements(tmp_path, monkeypa
         assert names[:3] == ["normalize_resid", "scale_resid", "zero_value"]
         for x in bos["interventions"]:
             assert f"| {model} | BOS | `{x['name']}` | {x['delta_loss']:+.4f} |" in page
+        ne = bos["neurons"]
+        assert f"| {model} | {ne['layer']} | neuron {ne['top'][0]['neuron']}: " in page
+        assert f"| the strongest writer silenced | {ne['top1']['delta_loss']:+.4f} | {ne['top1']['sink1_after']:.2f} |" in page
+    soft = res["results"]["toy-softmax"]["bos"]["neurons"]
+    assert f"Sink_1 from {res['results']['toy-softmax']['bos']['sink1']:.2f}% to **{soft['top1']['sink1_after']:.2f}%**" in page
     kv = res["results"]["toy-kv-bias"]
     assert f"up to {max(kv['bos']['massive_ratio']):.1f}x the others" in page
     assert kv["bos"]["sink1"] == 0.0 and kv["bos"]["sink_bias"] > 20  # the shipped model's sink is on k*
