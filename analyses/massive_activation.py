@@ -18,6 +18,14 @@ sequences of T = 64, eps 0.3, seed 0), with BOS first (as trained) and with a te
 
 Writes runs/analyses/massive_activation/results.json, docs/figures/massive-activation.png and
 docs/massive-activation.md. About a minute on a 2-core CPU.
+
+Along training (the checkpoints of a calibration run, which stay out of git): ::
+
+    .venv/bin/python analyses/massive_activation.py --along-training runs/cpu/c_bos_12k
+
+runs ``sinkinterp massive --prepend-bos`` on every checkpoint of the run (32 sequences) and keeps a
+summary per step in analyses/data/massive_training/RUN.json, from which the page's section
+"Along training: the writer neuron" and docs/figures/massive-activation-training.png are made.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ DOC = ROOT / "docs" / "massive-activation.md"
 FIG = ROOT / "docs" / "figures" / "massive-activation.png"
 OUT = Path("runs") / "analyses" / "massive_activation"  # relative to the repository root
 CALIB = ROOT / "analyses" / "data" / "cpu_calibration"
+TRAINING = ROOT / "analyses" / "data" / "massive_training"
+TRAINING_FIG = ROOT / "docs" / "figures" / "massive-activation-training.png"
 MODELS = ("toy-softmax", "toy-kv-bias", "toy-sigmoid")
 SEQ_LEN, NUM_SEQS, EPS, SEED = 64, 32, 0.3, 0
 DO = ("normalize_resid", "scale_resid=0.5", "zero_value", "ABLATE")  # ABLATE: the model's own ablation
@@ -147,10 +157,131 @@ def _training_rows() -> list[str]:
     return out
 
 
-def main() -> int:
+def along_training(run_dir: Path) -> int:
+    """``sinkinterp massive --prepend-bos`` on every checkpoint of a calibration run (BOS-first recipe),
+    kept as one summary row per step in analyses/data/massive_training/RUN.json."""
+    from sinkinterp import cli
+    from sinkinterp.fileio import write_json
+
+    steps = sorted(run_dir.glob("checkpoints/step_*"))
+    if not steps or not (run_dir / "train_config.json").is_file():
+        print(f"massive_activation: --along-training {run_dir}: no checkpoints/step_* or train_config.json",
+              file=sys.stderr)
+        return 2
+    rows = []
+    for ckpt in steps:
+        out = OUT / run_dir.name / ckpt.name
+        argv = ["massive", "--model", str(ckpt), "--prepend-bos", "--inputs", "natural", "--seq-len", str(SEQ_LEN),
+                "--num-seqs", str(NUM_SEQS), "--eps", str(EPS), "--seed", str(SEED), "--no-figures", "--out", str(out)]
+        if cli.main(argv):
+            return 1
+        res = json.loads((out / "results.json").read_text())
+        ne = res["neurons"]
+        norm = next(x for x in res["interventions"] if x["spec"] == "normalize_resid")
+        rows.append({"step": int(ckpt.name.removeprefix("step_")), "sink1": res["sink1"],
+                     "massive_ratio": max(res["massive_ratio"]), "layer": ne["layer"],
+                     "neuron": ne["top"][0]["neuron"], "act_first": ne["top"][0]["act_first"],
+                     "share1": ne["share"][0], "k": ne["k"], "share_k": ne["share"][ne["k"] - 1],
+                     "top1": {key: ne["top1"][key] for key in ("delta_loss", "sink1_after", "massive_ratio_after")},
+                     "topk": {key: ne["interventions"][0][key] for key in ("delta_loss", "sink1_after",
+                                                                             "massive_ratio_after")},
+                     "control": {key: ne["interventions"][1][key] for key in ("delta_loss", "sink1_after",
+                                                                                "massive_ratio_after")},
+                     "normalize_resid": {"delta_loss": norm["delta_loss"], "sink1_after": norm["sink1_after"]}})
+    cfg = json.loads((run_dir / "train_config.json").read_text())
+    shown = " ".join(a.replace(str(run_dir), "RUN_DIR").replace(steps[-1].name, "step_N") for a in argv[:-2])
+    write_json(TRAINING / f"{run_dir.name}.json", {
+        "run": run_dir.name, "command": f"sinkinterp {shown}", "train_config": cfg,
+        "analysis": f"analyses/massive_activation.py --along-training runs/cpu/{run_dir.name}", "rows": rows})
+    print(f"wrote {TRAINING / f'{run_dir.name}.json'}")
+    return 0
+
+
+def _training_neuron_lines() -> list[str]:
+    """The page's section from the along-training snapshots (none: no section)."""
+    snaps = [json.loads(p.read_text()) for p in sorted(TRAINING.glob("*.json"))]
+    if not snaps:
+        return []
+    out = ["", "## Along training: the writer neuron", "",
+           "The massive activation's writer and the sink at every saved checkpoint of a BOS-first calibration",
+           "run (checkpoints out of git; one summary row per step in `analyses/data/massive_training/`), each",
+           "checkpoint studied as the shipped models above (BOS first, 32 sequences, T 64, eps 0.3):", ""]
+    for snap in snaps:
+        cfg = snap["train_config"]
+        out += [f"`{snap['run']}` (`{snap['analysis']}`; per checkpoint `{snap['command']}`): weight decay "
+                f"{cfg['weight_decay']:g}, lr {cfg['lr']:g}, {cfg['steps']:,} steps, seed {cfg['seed']}.", "",
+                "| step | Sink_1 (%) | massive ratio | writer: MLP, neuron (activation at BOS) | its share / k neurons' | "
+                "strongest silenced: Δ loss, Sink_1, ratio | k silenced: Δ loss, Sink_1 | control: Sink_1 | "
+                "`normalize_resid`: Δ loss, Sink_1 |",
+                "| ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- |"]
+        for r in snap["rows"]:
+            t1, tk, c, nr = r["top1"], r["topk"], r["control"], r["normalize_resid"]
+            out.append(f"| {r['step']:,} | {r['sink1']:.2f} | {r['massive_ratio']:.2f} | MLP {r['layer']}, "
+                       f"{r['neuron']} ({r['act_first']:.1f}) | {r['share1']:.0%} / {r['share_k']:.0%} ({r['k']}) | "
+                       f"{t1['delta_loss']:+.4f}, {t1['sink1_after']:.2f}, {t1['massive_ratio_after']:.2f} | "
+                       f"{tk['delta_loss']:+.4f}, {tk['sink1_after']:.2f} | {c['sink1_after']:.2f} | "
+                       f"{nr['delta_loss']:+.4f}, {nr['sink1_after']:.2f} |")
+        rows = snap["rows"]
+        first_sink = next((r for r in rows if r["sink1"] >= 5), None)
+        same = len({(r["layer"], r["neuron"]) for r in rows}) == 1
+        out += [f"In `{snap['run']}` " + (f"one neuron, MLP {rows[0]['layer']}'s {rows[0]['neuron']}, writes BOS's massive "
+                f"activation at every checkpoint" if same else "the strongest writer changes along training")
+                + f", {rows[0]['share1']:.0%} of its MLP's write at step {rows[0]['step']:,} and {rows[-1]['share1']:.0%} "
+                f"at {rows[-1]['step']:,}; the massive ratio is {rows[0]['massive_ratio']:.1f} at step {rows[0]['step']:,}, "
+                + (f"before the sink (Sink_1 first at 5% or more at step {first_sink['step']:,})" if first_sink
+                   else "and the sink never reaches 5%")
+                + f". Silencing that neuron at BOS leaves Sink_1 at most "
+                f"{max(r['top1']['sink1_after'] for r in rows):.2f}% at every checkpoint, at a loss cost that grows "
+                f"with the sink ({rows[0]['top1']['delta_loss']:+.4f} to {rows[-1]['top1']['delta_loss']:+.4f} nats), "
+                "while rescaling h_1's norm keeps most of it "
+                f"({rows[-1]['normalize_resid']['sink1_after']:.1f}% of {rows[-1]['sink1']:.1f}% at the end).", ""]
+    _training_figure(snaps)
+    out.append("![Sink_1 with and without the writer neuron, and the massive ratio, along training]"
+               "(figures/massive-activation-training.png)")
+    return out
+
+
+def _training_figure(snaps: list[dict]) -> None:
+    from sinkinterp.figures import _plt, save_figure
+
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained")
+    for i, snap in enumerate(snaps):
+        steps = [r["step"] for r in snap["rows"]]
+        ax.plot(steps, [r["sink1"] for r in snap["rows"]], marker="o", ms=3, color=f"C{i}",
+                label=f"{snap['run']}: Sink_1")
+        ax.plot(steps, [r["top1"]["sink1_after"] for r in snap["rows"]], ls="--", marker="x", color=f"C{i}",
+                label=f"{snap['run']}: Sink_1, writer neuron silenced at BOS")
+        ax.plot(steps, [r["normalize_resid"]["sink1_after"] for r in snap["rows"]], ls=":", color=f"C{i}",
+                label=f"{snap['run']}: Sink_1, h_1 rescaled to the others' norm")
+        bx.plot(steps, [r["massive_ratio"] for r in snap["rows"]], marker="o", ms=3, color=f"C{i}",
+                label=f"{snap['run']}: as trained")
+        bx.plot(steps, [r["top1"]["massive_ratio_after"] for r in snap["rows"]], ls="--", marker="x",
+                color=f"C{i}", label=f"{snap['run']}: writer neuron silenced")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("Sink_1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    bx.set_xlabel("training step")
+    bx.set_ylabel("massive ratio (max over layers)")
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=7, frameon=False)
+    save_figure(fig, TRAINING_FIG)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = argv or []  # analyses/regenerate.py calls main() with none
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
     from _common import enter_checkout
+
+    if argv:
+        if argv[0] != "--along-training" or len(argv) != 2:
+            print(f"usage: analyses/massive_activation.py [--along-training RUN_DIR] (got {argv!r})", file=sys.stderr)
+            return 2
+        run_dir = Path(argv[1]).resolve()
+        enter_checkout("massive_activation", ())
+        return along_training(run_dir)
 
     if not enter_checkout("massive_activation", MODELS):
         return 2
@@ -294,6 +425,8 @@ def main() -> int:
         "",
         *_neuron_rows(res),
         "",
+        *_training_neuron_lines(),
+        "",
         "## Along training (calibration snapshots)",
         "",
         "From `analyses/data/cpu_calibration/` (docs/cpu-calibration.md; massive ratio = max over layers",
@@ -308,4 +441,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -149,6 +149,35 @@ def test_massive_activation_page_reports_its_own_measurements(tmp_path, monkeypa
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_massive_activation_along_training_snapshot(tmp_path, monkeypatch):
+    """--along-training runs `sinkinterp massive --prepend-bos` on every checkpoint of a run and keeps
+    one row per step (here the shipped toy-softmax twice, as two checkpoints); a folder without
+    checkpoints is refused. The page section is made from the snapshots."""
+    mod = load_script("analyses/massive_activation.py")
+    shipped = Path(__file__).resolve().parents[1] / "sinkinterp" / "assets" / "models" / "toy-softmax"
+    run = tmp_path / "c_fake"
+    (run / "checkpoints").mkdir(parents=True)
+    for step in ("step_0000010", "step_0000020"):
+        (run / "checkpoints" / step).symlink_to(shipped, target_is_directory=True)
+    (run / "train_config.json").write_text((shipped / "train_config.json").read_text())
+    monkeypatch.setattr(mod, "TRAINING", tmp_path / "snaps")
+    monkeypatch.setattr(mod, "TRAINING_FIG", tmp_path / "training.png")
+    monkeypatch.setattr(mod, "OUT", tmp_path / "out")
+    monkeypatch.setattr(mod, "NUM_SEQS", 4)
+    monkeypatch.chdir(tmp_path)
+    assert mod.main(["--along-training", str(tmp_path)]) == 2  # no checkpoints there
+    assert mod.main(["--along-training"]) == 2
+    assert mod.main(["--along-training", str(run)]) == 0
+    snap = json.loads((tmp_path / "snaps" / "c_fake.json").read_text())
+    assert [r["step"] for r in snap["rows"]] == [10, 20]
+    a, b = snap["rows"]
+    assert {**a, "step": 0} == {**b, "step": 0}  # the same model twice
+    assert snap["command"].startswith("sinkinterp massive --model RUN_DIR/checkpoints/step_N --prepend-bos")
+    lines = mod._training_neuron_lines()
+    assert f"| 10 | {a['sink1']:.2f} | {a['massive_ratio']:.2f} | MLP {a['layer']}, {a['neuron']} " in "\n".join(lines)
+    assert (tmp_path / "training.png").stat().st_size > 10_000
+
+
 def test_toy_models_page_reports_the_report_command(tmp_path, monkeypatch):
     mod = load_script("analyses/toy_models.py")
     monkeypatch.chdir(tmp_path)
