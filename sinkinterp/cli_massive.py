@@ -59,7 +59,8 @@ def cmd_massive(args: argparse.Namespace, argv: list[str]) -> int:
     started = time.perf_counter()
     try:
         results = massive_study(lm.model, tokens, eps=args.eps, seed=args.seed, do=args.do,
-                                bos_token_id=lm.bos_token_id, max_neurons=args.max_neurons, share=args.share,
+                                bos_token_id=lm.bos_token_id, tokenizer=lm.tokenizer, max_neurons=args.max_neurons,
+                                share=args.share,
                                 progress=True)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None

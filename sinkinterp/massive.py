@@ -100,10 +100,11 @@ def neuron_study(model: Any, tokens: torch.Tensor, sublayers: dict[str, list[lis
 
 
 def massive_study(model: Any, tokens: Any, *, eps: float = 0.3, seed: int = 0,
-                  do: Sequence[str] = DEFAULT_DO, bos_token_id: int | None = None, max_neurons: int = 8,
-                  share: float = 0.95, progress: bool = False) -> dict[str, Any]:
-    """The whole study (module docstring) on ``tokens`` [N, T] (a tensor or array of ids); ``do``: edits of token 1 at every layer,
-    as ``sinkinterp intervene --do`` specs. Returns plain lists and floats (JSON-ready)."""
+                  do: Sequence[str] = DEFAULT_DO, bos_token_id: int | None = None, tokenizer: Any = False,
+                  max_neurons: int = 8, share: float = 0.95, progress: bool = False) -> dict[str, Any]:
+    """The whole study (module docstring) on ``tokens`` [N, T] (a tensor or array of ids); ``do``: edits
+    as ``sinkinterp intervene --do`` specs (``tokenizer`` for specs that name a token by its text).
+    Returns plain lists and floats (JSON-ready)."""
     from sinkinterp import interventions as iv
     from sinkinterp.cli_intervene import parse_spec
     from sinkinterp.measure import measure
@@ -111,7 +112,7 @@ def massive_study(model: Any, tokens: Any, *, eps: float = 0.3, seed: int = 0,
     tokens = torch.as_tensor(tokens)
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be [N, T] with T >= 2 (token 1 against the others), got {tuple(tokens.shape)}")
-    edits = [parse_spec(s, bos_token_id) for s in do]
+    edits = [parse_spec(s, bos_token_id, tokenizer) for s in do]
     rep = measure(model, tokens, eps=eps, qk_heads=None)
     r = rep.norms["resid"]
     res: dict[str, Any] = {
@@ -150,7 +151,7 @@ def summary(res: dict[str, Any]) -> str:
               f"{res['value_first'][vpeak] / max(res['value_rest'][vpeak], 1e-30):.2f} / "
               f"{res['key_first'][vpeak] / max(res['key_rest'][vpeak], 1e-30):.2f}"),
              f"largest write into h_1: {kind} of layer {layer} ({a:.1f} at token 1, {b:.1f} elsewhere)",
-             f"Sink_1 {res['sink1']:.2f}%; edits of token 1 at every layer (delta loss, Sink_1 after):"]
+             f"Sink_1 {res['sink1']:.2f}%; the --do edits at every layer (delta loss, Sink_1 after):"]
     for x in res["interventions"]:
         lines.append(f"  {x['spec']:<18} {x['delta_loss']:+.4f} nats  {x['sink1_after']:6.2f}%")
     per = res["normalize_per_layer"]
