@@ -31,10 +31,10 @@ ratio and the eps sweep of each as inputs.json. ``--tokens`` runs ``sinkinterp t
 position, pooled by token, against the rate their positions predict; T 512, 20 windows) and keeps
 the pooled rate and the ten tokens with the highest sink rate as tokens.json. ``--per-head`` runs
 ``sinkinterp intervene --per-head`` (token 1 removed from the keys, or its value zeroed, in one
-head at a time) and keeps the per-head loss changes as per_head.json. ``--massive`` runs the
-massive-activation study of analyses/massive_activation_smollm2.py (residual norms at token 1 against
-the rest, the sublayer that writes h_1, h_1 rescaled to the others' norm at every layer and one layer
-at a time, the MLP neurons that write it silenced at token 1) and keeps it as massive.json.
+head at a time) and keeps the per-head loss changes as per_head.json. ``--massive`` runs
+``sinkinterp massive`` (sinkinterp.massive: residual norms at token 1 against the rest, the sublayer
+that writes h_1, h_1 rescaled to the others' norm at every layer and one layer at a time, the MLP
+neurons that write it silenced at token 1) and keeps its results and settings as massive.json.
 
 The models themselves (33 MB each in bf16) stay out of git, so the page regenerates from the
 snapshots alone.
