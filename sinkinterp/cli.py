@@ -194,6 +194,19 @@ def input_tokens(args: argparse.Namespace, lm: Any, kind: str | None, tokens: An
     return tokens
 
 
+def model_and_tokens(args: argparse.Namespace, kind: str | None, tokens: Any, text: str | None) -> tuple[Any, Any]:
+    """Load --model and make the run's token ids (``input_tokens``), refusing a --seq-len past the
+    model's n_ctx for generated inputs (single-input commands that need no other model-specific check)."""
+    from sinkinterp import tl_adapter
+    from sinkinterp.loading import load_model
+
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, attn_backend=args.attn_backend)
+    n_ctx = tl_adapter.model_dims(lm.model)["n_ctx"]
+    if tokens is None and n_ctx and args.seq_len > n_ctx:
+        raise UsageError(f"--seq-len: T must be <= the model's n_ctx={n_ctx}, got {args.seq_len}")
+    return lm, input_tokens(args, lm, kind, tokens, text)
+
+
 def run_config(args: argparse.Namespace, argv: list[str], lm: Any, tokens: Any) -> dict[str, Any]:
     """What every result folder's config.json records about the run."""
     import numpy as np

@@ -36,11 +36,10 @@ def add_parser(sub: Any, add_common: Any) -> None:
 
 
 def cmd_massive(args: argparse.Namespace, argv: list[str]) -> int:
-    from sinkinterp import figures, tl_adapter
-    from sinkinterp.cli import UsageError, input_tokens, run_config
+    from sinkinterp import figures
+    from sinkinterp.cli import UsageError, model_and_tokens, run_config
     from sinkinterp.cli_intervene import _prepare, parse_spec
     from sinkinterp.fileio import write_json
-    from sinkinterp.loading import load_model
     from sinkinterp.massive import massive_study, summary
 
     tokens, text, kind = _prepare(args)
@@ -51,11 +50,7 @@ def cmd_massive(args: argparse.Namespace, argv: list[str]) -> int:
             parse_spec(spec, 0)
         except ValueError as err:
             raise UsageError(f"--do: {err}") from None
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, attn_backend=args.attn_backend)
-    n_ctx = tl_adapter.model_dims(lm.model)["n_ctx"]
-    if tokens is None and n_ctx and args.seq_len > n_ctx:
-        raise UsageError(f"--seq-len: T must be <= the model's n_ctx={n_ctx}, got {args.seq_len}")
-    tokens = input_tokens(args, lm, kind, tokens, text)
+    lm, tokens = model_and_tokens(args, kind, tokens, text)
     started = time.perf_counter()
     try:
         results = massive_study(lm.model, tokens, eps=args.eps, seed=args.seed, do=args.do,

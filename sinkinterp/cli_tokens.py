@@ -44,23 +44,17 @@ def _decoder(lm: Any) -> Any:
 
 
 def cmd_tokens(args: argparse.Namespace, argv: list[str]) -> int:
-    from sinkinterp import figures, tl_adapter
-    from sinkinterp.cli import UsageError, input_tokens, run_config
+    from sinkinterp import figures
+    from sinkinterp.cli import UsageError, model_and_tokens, run_config
     from sinkinterp.cli_intervene import _prepare
     from sinkinterp.fileio import write_json
-    from sinkinterp.loading import load_model
     from sinkinterp.token_sinks import token_sinks
 
     tokens, text, kind = _prepare(args)
     if args.k_max is not None:
         raise UsageError("--k-max: not used by `sinkinterp tokens` (it pools every key position; see --skip and "
                          "--min-queries)")
-    lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    attn_backend=args.attn_backend)
-    n_ctx = tl_adapter.model_dims(lm.model)["n_ctx"]
-    if tokens is None and n_ctx and args.seq_len > n_ctx:
-        raise UsageError(f"--seq-len: T must be <= the model's n_ctx={n_ctx}, got {args.seq_len}")
-    tokens = input_tokens(args, lm, kind, tokens, text)
+    lm, tokens = model_and_tokens(args, kind, tokens, text)
     started = time.perf_counter()
     try:
         report = token_sinks(lm.model, tokens, eps=args.eps, skip=args.skip, min_queries=args.min_queries,
