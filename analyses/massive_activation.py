@@ -224,6 +224,8 @@ def _training_neuron_lines() -> list[str]:
         rows = snap["rows"]
         first_sink = next((r for r in rows if r["sink1"] >= 5), None)
         same = len({(r["layer"], r["neuron"]) for r in rows}) == 1
+        k_lo, k_hi = min(r["k"] for r in rows), max(r["k"] for r in rows)
+        ks = str(k_lo) if k_lo == k_hi else f"{k_lo}-{k_hi}"
         out += [f"In `{snap['run']}` " + (f"one neuron, MLP {rows[0]['layer']}'s {rows[0]['neuron']}, writes BOS's massive "
                 f"activation at every checkpoint" if same else "the strongest writer changes along training")
                 + f", {rows[0]['share1']:.0%} of its MLP's write at step {rows[0]['step']:,} and {rows[-1]['share1']:.0%} "
@@ -231,10 +233,11 @@ def _training_neuron_lines() -> list[str]:
                 + (f"before the sink (Sink_1 first at 5% or more at step {first_sink['step']:,})" if first_sink
                    else "and the sink never reaches 5%")
                 + f". Silencing that neuron at BOS leaves Sink_1 at most "
-                f"{max(r['top1']['sink1_after'] for r in rows):.2f}% at every checkpoint, at a loss cost that grows "
-                f"with the sink ({rows[0]['top1']['delta_loss']:+.4f} to {rows[-1]['top1']['delta_loss']:+.4f} nats), "
-                "while rescaling h_1's norm keeps most of it "
-                f"({rows[-1]['normalize_resid']['sink1_after']:.1f}% of {rows[-1]['sink1']:.1f}% at the end).", ""]
+                f"{max(r['top1']['sink1_after'] for r in rows):.2f}% at any checkpoint ({rows[-1]['top1']['sink1_after']:.2f}% "
+                f"of {rows[-1]['sink1']:.2f}% at the end, {rows[-1]['top1']['delta_loss']:+.4f} nats); silencing the "
+                f"fewest writers that carry 95% of the write ({ks} neurons) at most {max(r['topk']['sink1_after'] for r in rows):.2f}% "
+                f"({rows[-1]['topk']['delta_loss']:+.4f} nats at the end); rescaling h_1's norm keeps "
+                f"{rows[-1]['normalize_resid']['sink1_after']:.1f}% of {rows[-1]['sink1']:.1f}% at the end.", ""]
     _training_figure(snaps)
     out.append("![Sink_1 with and without the writer neuron, and the massive ratio, along training]"
                "(figures/massive-activation-training.png)")
@@ -252,6 +255,8 @@ def _training_figure(snaps: list[dict]) -> None:
                 label=f"{snap['run']}: Sink_1")
         ax.plot(steps, [r["top1"]["sink1_after"] for r in snap["rows"]], ls="--", marker="x", color=f"C{i}",
                 label=f"{snap['run']}: Sink_1, writer neuron silenced at BOS")
+        ax.plot(steps, [r["topk"]["sink1_after"] for r in snap["rows"]], ls="-.", marker="+", color=f"C{i}",
+                label=f"{snap['run']}: Sink_1, the writers of 95% silenced")
         ax.plot(steps, [r["normalize_resid"]["sink1_after"] for r in snap["rows"]], ls=":", color=f"C{i}",
                 label=f"{snap['run']}: Sink_1, h_1 rescaled to the others' norm")
         bx.plot(steps, [r["massive_ratio"] for r in snap["rows"]], marker="o", ms=3, color=f"C{i}",
