@@ -38,13 +38,12 @@ def sublayer_norms(model: Any, tokens: torch.Tensor) -> dict[str, list[list[floa
     from sinkinterp import patching, tl_adapter
 
     n_layers = tl_adapter.model_dims(model)["n_layers"]
-    out: dict[str, list[list[float]]] = {"attn_out": [], "mlp_out": []}
-    for kind, pairs in out.items():
-        names = [f"blocks.{l}.hook_{kind}" for l in range(n_layers)]
-        acts = patching.capture(model, tokens, names)
-        for n in names:
-            norm = acts[n].float().norm(dim=-1)
-            pairs.append([float(norm[:, 0].mean()), float(norm[:, 1:].mean())])
+    kinds = ("attn_out", "mlp_out")
+    acts = patching.capture(model, tokens, [f"blocks.{l}.hook_{k}" for k in kinds for l in range(n_layers)])
+    out: dict[str, list[list[float]]] = {}
+    for k in kinds:
+        norms = [acts[f"blocks.{l}.hook_{k}"].float().norm(dim=-1) for l in range(n_layers)]
+        out[k] = [[float(n[:, 0].mean()), float(n[:, 1:].mean())] for n in norms]
     return out
 
 
@@ -88,8 +87,11 @@ def neuron_study(model: Any, tokens: torch.Tensor, sublayers: dict[str, list[lis
     gen = torch.Generator().manual_seed(seed)
     pool = order[len(order) // 2:]  # the lower half of writers
     control = sorted(pool[i] for i in torch.randperm(len(pool), generator=gen)[:k].tolist())
-    runs = iv.compare(model, tokens, [iv.zero_neurons(layer, order[:1]), iv.zero_neurons(layer, order[:k]),
-                                      iv.zero_neurons(layer, control)], eps=eps, seed=seed)
+    edits = [iv.zero_neurons(layer, order[:1]), *([iv.zero_neurons(layer, order[:k])] if k > 1 else []),
+             iv.zero_neurons(layer, control)]
+    runs = iv.compare(model, tokens, edits, eps=eps, seed=seed)
+    if k == 1:  # the strongest writer alone already carries the share: one run for both rows
+        runs.insert(1, runs[0])
     return {
         "layer": layer, "k": k, "share": shares, "share_wanted": share, "control": control,
         "top": [{"neuron": i, "act_first": float(post[:, 0, i].mean()), "act_rest": float(post[:, 1:, i].abs().mean()),
