@@ -10,6 +10,8 @@
 ``sinkinterp tokens``   sinks past the first position, pooled by token (sinkinterp/cli_tokens.py)
 ``sinkinterp massive``  where the massive activation on token 1 is written, and whether the sink needs it
                         (sinkinterp/cli_massive.py)
+``sinkinterp gate``     is the sink a gate? how much each head writes against its weight on the sink, and
+                        the loss with the gate opened or fixed (sinkinterp/cli_gate.py)
 
 Every argument is checked before any work starts; results.json is written last and atomically,
 so a failed run leaves no partial results behind.
@@ -111,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sinkinterp import cli_massive
 
     cli_massive.add_parser(sub, _add_measure_args)
+    from sinkinterp import cli_gate
+
+    cli_gate.add_parser(sub, _add_measure_args)
     rr = sub.add_parser("rerun", help="repeat a measurement from its result folder's config.json")
     rr.add_argument("result_dir", help="a folder written by `sinkinterp measure`")
     rr.add_argument("--out", help="write to this folder instead of the original one")
@@ -429,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
             from sinkinterp import cli_massive
 
             return cli_massive.cmd_massive(args, argv)
+        if args.command == "gate":
+            from sinkinterp import cli_gate
+
+            return cli_gate.cmd_gate(args, argv)
     except UsageError as err:
         print(f"sinkinterp {args.command}: error: {err}", file=sys.stderr)
         return 2

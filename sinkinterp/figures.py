@@ -17,7 +17,7 @@ from sinkinterp.fileio import atomic_write
 
 __all__ = ["alpha_heatmap", "norms_figure", "sink_by_position", "save_figure", "qk_figure", "effect_bars",
            "layer_head_heatmap", "sink_over_training", "stream_curves", "sink_by_length", "token_sink_bars",
-           "massive_activation", "TRAINING_KEYS"]
+           "massive_activation", "gate_figure", "TRAINING_KEYS"]
 
 
 def _plt() -> Any:
@@ -465,6 +465,55 @@ def massive_activation(studies: dict[str, dict[str, Any]], *, title: str = "", h
     bx.set_title(f"{name}: the {len(order)} heads with the most attention on token 1", fontsize=8)
     bx.legend(fontsize=7, frameon=False)
     bx.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "") -> Any:
+    """``sinkinterp.gate.gate_study`` results by model name, one point per head: the effective gate
+    (mean ||write|| / ||read||) against the mean weight on the sink, with the line g = 1 - a that a sink
+    with a silent value gives under softmax (left); the gate's spread within a query position (its
+    dependence on the content) against the same weight (middle); and, where measured, the loss change of
+    opening every gate and of fixing it to its mean by position (right)."""
+    if not studies:
+        raise ValueError("studies: at least one gate_study result")
+    for name, res in studies.items():
+        missing = {"sink_mass", "gate", "gate_std_within", "sink"} - set(res)
+        if missing:
+            raise ValueError(f"studies[{name!r}]: not a gate_study result (missing {sorted(missing)})")
+    plt = _plt()
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    for i, (name, res) in enumerate(studies.items()):
+        a = np.asarray(res["sink_mass"], dtype=np.float64).ravel()
+        g = np.asarray(res["gate"], dtype=np.float64).ravel()
+        w = np.asarray(res["gate_std_within"], dtype=np.float64).ravel()
+        where = "token 1" if res["sink"] == "first" else "slot"
+        ax.scatter(a, g, s=10, color=f"C{i}", alpha=0.7, label=f"{name} (sink: {where})")
+        bx.scatter(a, w, s=10, color=f"C{i}", alpha=0.7, label=name)
+    ax.plot([0, 1], [1, 0], color="0.5", lw=0.8, ls="--", label="g = 1 - a")
+    ax.set_xlabel("mean weight on the sink, a")
+    ax.set_ylabel("mean effective gate, ||write|| / ||read||")
+    ax.legend(fontsize=7, frameon=False)
+    ax.grid(alpha=0.3)
+    bx.set_xlabel("mean weight on the sink, a")
+    bx.set_ylabel("std of the gate within a query position")
+    bx.grid(alpha=0.3)
+    measured = [(name, res["interventions"]) for name, res in studies.items() if res.get("interventions")]
+    if measured:
+        width = 0.38
+        for j, label in enumerate(("open", "fixed")):
+            vals = [next((x["delta_loss"] for x in runs if x["label"] == label), np.nan) for _, runs in measured]
+            cx.bar([i + j * width for i in range(len(measured))], vals, width,
+                   label={"open": "gate opened (sink removed)", "fixed": "gate fixed to its mean by position"}[label])
+        cx.set_xticks([i + width / 2 for i in range(len(measured))], [n for n, _ in measured], fontsize=7,
+                      rotation=20, ha="right")
+        cx.set_ylabel("Δ loss (nats)")
+        cx.legend(fontsize=7, frameon=False)
+        cx.grid(alpha=0.3, axis="y")
+    else:
+        cx.set_axis_off()
+        cx.text(0.5, 0.5, "no interventions run", ha="center", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

@@ -1,0 +1,87 @@
+"""``sinkinterp gate``: is the sink a gate? For every head, how much of what it reads it writes, query
+by query, how that follows the weight on the sink, and what the loss loses when the gate is opened or
+fixed to its mean by position (sinkinterp.gate). Same --model / --tokens / --inputs / --out
+conventions as ``sinkinterp measure``; writes config.json, results.json (last) and gate.png.
+
+    sinkinterp gate --model smollm2.gguf --inputs natural --seq-len 64 --num-seqs 32 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "cmd_gate"]
+
+
+def _closed(text: str) -> float:
+    from sinkinterp.gate import GATE_MAX
+
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, {GATE_MAX}), got {text!r}") from None
+    if not 0 < x < GATE_MAX:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, {GATE_MAX}), got {text!r}")
+    return x
+
+
+def add_parser(sub: Any, add_common: Any) -> None:
+    from sinkinterp.gate import SINKS
+
+    s = sub.add_parser("gate", help="is the sink a gate? per head, how much of what it reads it writes, against "
+                                    "the weight on the sink, and the loss with the gate opened or fixed")
+    add_common(s, single_input=True, per_key=False)
+    s.add_argument("--sink", choices=list(SINKS), default="auto",
+                   help="where the sink is: token 1 (first) or the bias slot (slot); auto: the slot if the model "
+                        "has one (default auto)")
+    s.add_argument("--closed", type=_closed, default=0.1,
+                   help="report the share of queries whose effective gate is below this (default 0.1)")
+    s.add_argument("--per-head", action="store_true",
+                   help="also the loss change of opening / fixing each head's gate alone")
+    s.add_argument("--no-interventions", action="store_true", help="measure only (no loss runs)")
+    s.set_defaults(num_seqs=32, batch_size=8)
+
+
+def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
+    from sinkinterp import figures
+    from sinkinterp.cli import UsageError, model_and_tokens, run_config
+    from sinkinterp.cli_intervene import _prepare
+    from sinkinterp.fileio import write_json
+    from sinkinterp.gate import gate_study, summary
+
+    tokens, text, kind = _prepare(args)
+    if args.k_max is not None:
+        raise UsageError("--k-max: not used by `sinkinterp gate` (it reports Sink_1 and Sink_*)")
+    if args.per_head and args.no_interventions:
+        raise UsageError("--per-head: needs the interventions (drop --no-interventions)")
+    if args.seq_len < 3 and not args.tokens:
+        raise UsageError(f"--seq-len: the gate study needs T >= 3, got {args.seq_len}")
+    lm, tokens = model_and_tokens(args, kind, tokens, text)
+    started = time.perf_counter()
+    try:
+        results = gate_study(lm.model, tokens, sink=args.sink, closed=args.closed, eps=args.eps,
+                             interventions=not args.no_interventions, per_head=args.per_head,
+                             batch_size=args.batch_size, progress=True)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    config = run_config(args, argv, lm, tokens)
+    config.update({"inputs": "tokens" if args.tokens else kind, "sink": args.sink, "closed": args.closed,
+                   "per_head": args.per_head, "interventions": not args.no_interventions,
+                   "seconds": round(time.perf_counter() - started, 3)})
+    results.update({"model": args.model, "inputs": config["inputs"], "prepend_bos": bool(args.prepend_bos),
+                    "dtype": lm.info.get("dtype"), "eps": args.eps, "num_seqs": int(tokens.shape[0]),
+                    "seq_len": int(tokens.shape[1])})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.no_figures:
+        label = f"{Path(args.model).name} · {config['inputs']} · N={tokens.shape[0]}, T={tokens.shape[1]}"
+        figures.save_figure(figures.gate_figure({Path(args.model).name: results}, title=f"the sink as a gate — {label}"),
+                            out / "gate.png")
+    write_json(out / "config.json", config)
+    write_json(out / "results.json", results)  # last: the run completed
+    print(summary(results))
+    print(f"wrote {out}/results.json")
+    return 0

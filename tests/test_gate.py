@@ -1,0 +1,237 @@
+"""sinkinterp.gate and ``sinkinterp gate``: the per-head gate statistics against a direct computation
+from captured activations (numpy loops, explicit W_O products), against Hugging Face eager attention on
+a bridge, the exact identity g = m when the sink has no value, the fixed-gate edit, and errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_llama, word_tokenizer
+
+from sinkinterp import cli, patching, tl_adapter
+from sinkinterp import interventions as iv
+from sinkinterp.gate import fixed_gate, gate_stats, gate_study, head_table, summary
+from sinkinterp.models.testing import tiny_model
+
+T = 10
+
+
+def _tokens(n: int = 5, seed: int = 0, vocab: int = 50) -> torch.Tensor:
+    return torch.randint(0, vocab, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+def _direct(model, tokens, sink: str):
+    """Per-head mean a, m, g, value share, within-position std of g and corr(g, m) over queries
+    1..T-1, and per-position mean m, computed query by query from captured hook_v / hook_pattern /
+    hook_z (and hook_bias_pattern) with explicit W_O products."""
+    dims = tl_adapter.model_dims(model)
+    L, H = dims["n_layers"], dims["n_heads"]
+    names = set(tl_adapter.hook_names(model))
+    slot = "blocks.0.attn.hook_bias_pattern" in names
+    want = [f"blocks.{l}.attn.hook_{k}" for l in range(L) for k in ("v", "pattern", "z")]
+    want += [f"blocks.{l}.attn.hook_bias_pattern" for l in range(L)] if slot else []
+    acts = {k: v.double().numpy() for k, v in patching.capture(model, tokens, want).items()}
+    n = tokens.shape[0]
+    out = {k: np.zeros((L, H)) for k in ("a", "m", "g", "vshare", "within", "corr")}
+    mass_pos = np.full((L, H, T), np.nan)
+    for l in range(L):
+        p, v, z = (acts[f"blocks.{l}.attn.hook_{k}"] for k in ("pattern", "v", "z"))
+        w_o = model.blocks[l].attn.W_O.detach().double().numpy()
+        for h in range(H):
+            vh = v[:, :, h * v.shape[2] // H]
+            a, m, g, res, wr = (np.zeros((n, T - 1)) for _ in range(5))
+            for b in range(n):
+                for t in range(1, T):
+                    row = p[b, h, t].copy()
+                    if sink == "first":
+                        a[b, t - 1] = row[0]
+                        row[0] = 0.0
+                    else:
+                        a[b, t - 1] = acts[f"blocks.{l}.attn.hook_bias_pattern"][b, h, t]
+                    m[b, t - 1] = row.sum()
+                    o = row @ vh[b] / row.sum()
+                    write, read = z[b, t, h] @ w_o[h], o @ w_o[h]
+                    g[b, t - 1] = np.linalg.norm(write) / np.linalg.norm(read)
+                    res[b, t - 1] = np.linalg.norm(write - m[b, t - 1] * read)
+                    wr[b, t - 1] = np.linalg.norm(write)
+            out["a"][l, h], out["m"][l, h], out["g"][l, h] = a.mean(), m.mean(), g.mean()
+            out["vshare"][l, h] = res.sum() / wr.sum()
+            out["within"][l, h] = np.sqrt(((g - g.mean(0)) ** 2).mean())
+            out["corr"][l, h] = np.corrcoef(g.ravel(), m.ravel())[0, 1]
+            mass_pos[l, h, 1:] = m.mean(0)
+    return out, mass_pos
+
+
+@pytest.mark.parametrize(("variant", "sink"), [("rotary", "first"), ("gqa", "first"), ("gqa_kv", "slot"),
+                                                ("sink_token", "slot"), ("kv", "first"), ("window", "first")])
+def test_stats_equal_a_direct_computation(variant, sink):
+    model = tiny_model(variant).eval()
+    tokens = _tokens()
+    res = gate_stats(model, tokens, sink=sink, batch_size=2)  # two batches and a remainder
+    ref, mass_pos = _direct(model, tokens, sink)
+    assert res["sink"] == sink and res["normalized"]
+    for key, name in (("a", "sink_mass"), ("m", "mass"), ("g", "gate"), ("vshare", "value_share"),
+                      ("within", "gate_std_within"), ("corr", "corr_gate_mass")):
+        np.testing.assert_allclose(res[name], ref[key], rtol=1e-9, atol=1e-11, err_msg=name)
+    np.testing.assert_allclose(np.asarray(res["mass_pos"])[..., 1:], mass_pos[..., 1:], rtol=1e-9, atol=1e-12)
+    assert np.isnan(np.asarray(res["mass_pos"])[..., 0]).all()
+    assert np.asarray(res["queries_per_head"]).min() == tokens.shape[0] * (T - 1)
+
+
+def test_a_sink_without_value_gates_exactly():
+    """K bias only (v* = 0): the slot's weight writes nothing, so each query's gate is its weight on
+    the real keys, g_t = m_t, and nothing of the write is left over."""
+    model = tiny_model("k").eval()
+    res = gate_stats(model, _tokens(), sink="slot")
+    np.testing.assert_allclose(res["gate"], res["mass"], rtol=1e-10)
+    np.testing.assert_allclose(res["corr_gate_mass"], 1.0, atol=1e-9)
+    assert np.max(res["value_share"]) < 1e-9
+    np.testing.assert_allclose(np.asarray(res["sink_mass"]) + np.asarray(res["mass"]), 1.0, atol=1e-12)
+    assert "explicit_gate" not in res
+
+
+def test_auto_picks_the_slot_and_quantiles_are_ordered():
+    res = gate_stats(tiny_model("kv").eval(), _tokens(), closed=0.5)
+    assert res["sink"] == "slot" and res["slot"] == "hook"
+    q10, q50, q90 = (np.asarray(res[k]) for k in ("gate_q10", "gate_q50", "gate_q90"))
+    assert (q10 <= q50).all() and (q50 <= q90).all()
+    g = np.asarray(res["gate"])
+    assert ((q10 <= g + 0.01) & (g <= q90 + 0.01)).all()
+    assert 0.0 <= np.min(res["closed_share"]) and np.max(res["closed_share"]) <= 1.0
+    rows = head_table(res, [(0, 1), (1, 3)])
+    assert [r["head"] for r in rows] == ["L0H1", "L1H3"] and rows[1]["gate"] == res["gate"][1][3]
+
+
+def test_explicit_gate_is_reported_and_measured():
+    model = tiny_model("gated").eval()
+    tokens = _tokens()
+    res = gate_stats(model, tokens)
+    acts = patching.capture(model, tokens, ["blocks.1.attn.hook_z", "blocks.1.attn.hook_gate"])
+    z, gate = acts["blocks.1.attn.hook_z"].double(), acts["blocks.1.attn.hook_gate"].double()
+    w_o = model.blocks[1].attn.W_O.detach().double()
+    h = 2
+    write = torch.einsum("bte,ed->btd", z[:, 1:, h], w_o[h]).norm(dim=-1)
+    ungated = torch.einsum("bte,ed->btd", z[:, 1:, h] / gate[:, 1:, h], w_o[h]).norm(dim=-1)
+    assert res["explicit_gate"][1][h] == pytest.approx(float((write / ungated).mean()), rel=1e-9)
+    assert 0.0 < np.min(res["explicit_gate"]) and np.max(res["explicit_gate"]) < 1.0 + 1e-9
+
+
+def test_unnormalized_attention_reports_shares_and_skips_the_fixed_gate():
+    model = tiny_model("sigmoid").eval()
+    res = gate_study(model, _tokens(4), eps=0.3)
+    assert res["pattern_is_share"] and not res["normalized"]
+    assert [x["label"] for x in res["interventions"]] == ["open"]
+    assert res["interventions"][0]["name"] == "ablate[norenorm]"
+    assert "not normalized" in summary(res)
+
+
+def test_bridge_sink_mass_matches_hugging_face_eager_attention():
+    hf = tiny_llama(n_kv_heads=2)
+    tokens = torch.randint(3, 61, (3, T), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = torch.stack(hf(tokens, output_attentions=True).attentions, 1).double()  # [N, L, H, T, T]
+    bridge = tl_adapter.boot_bridge(hf, word_tokenizer(61), "llama")
+    res = gate_stats(bridge, tokens)
+    assert res["sink"] == "first" and res["normalized"]
+    np.testing.assert_allclose(res["sink_mass"], ref[..., 1:, 0].mean(dim=(0, 3)).numpy(), rtol=1e-5, atol=1e-7)
+    ours, _ = _direct(bridge, tokens, "first")
+    np.testing.assert_allclose(res["gate"], ours["g"], rtol=1e-5)
+
+
+@pytest.mark.parametrize(("variant", "sink"), [("rotary", "first"), ("kv", "slot"), ("sink_logit", "slot")])
+def test_fixed_gate_sets_the_weight_and_keeps_rows_whole(variant, sink):
+    model = tiny_model(variant).eval()
+    tokens = _tokens(4)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    table = np.full((L, H, T), 0.5)
+    table[0, 1, 3] = np.nan  # left alone
+    table[1, 2, 5] = 0.8
+    hooks = patching.edit_hooks(model, [(patching.COMPONENTS[c], s) for c, s in
+                                        fixed_gate(table, sink=sink, normalized=True).build_edits(model, sink == "slot")],
+                                [patching.Cell(l) for l in range(L)])
+    clean = gate_stats(model, tokens, sink=sink)
+    with tl_adapter.attached_hooks(model, hooks):
+        edited = gate_stats(model, tokens, sink=sink)
+    got = np.asarray(edited["mass_pos"])
+    want = table.copy()
+    want[0, 1, 3] = np.asarray(clean["mass_pos"])[0, 1, 3]
+    np.testing.assert_allclose(got[..., 1:], want[..., 1:], atol=1e-12)
+    assert edited["row_error"] < 1e-12  # the sink took the difference
+
+
+def test_fixed_gate_at_a_sequences_own_weights_changes_nothing():
+    model = tiny_model("rotary").eval()
+    tokens = _tokens(1, seed=5)
+    own = gate_stats(model, tokens)["mass_pos"]
+    res = iv.run_intervention(model, tokens, fixed_gate(own, sink="first", normalized=True), sinks=False)
+    assert abs(res.delta_loss) < 1e-12
+
+
+def test_study_runs_open_and_cross_fitted_fixed_with_per_head_effects():
+    model = tiny_model("kv").eval()
+    res = gate_study(model, _tokens(6), per_head=True)
+    labels = [x["label"] for x in res["interventions"]]
+    assert labels == ["open", "fixed"] and res["interventions"][1]["cross_fitted"]
+    opened, fixed = res["interventions"]
+    assert opened["name"] == "ablate_bias" and opened["sink_bias_after"] == 0.0
+    assert np.asarray(fixed["per_head_delta_loss"]).shape == (2, 4)
+    assert np.isfinite(fixed["delta_loss"]) and fixed["loss_base"] == pytest.approx(opened["loss_base"], rel=1e-12)
+    text = summary(res)
+    assert "open" in text and "fixed" in text and "L" in text
+
+
+def test_bad_arguments_are_named():
+    model = tiny_model("rotary").eval()
+    with pytest.raises(ValueError, match="sink: got 'key'"):
+        gate_stats(model, _tokens(), sink="key")
+    with pytest.raises(ValueError, match="sink='slot' needs a model with a bias slot"):
+        gate_stats(model, _tokens(), sink="slot")
+    with pytest.raises(ValueError, match="closed must be"):
+        gate_stats(model, _tokens(), closed=0.0)
+    with pytest.raises(ValueError, match="at least 3 positions"):
+        gate_stats(model, _tokens()[:, :2])
+    with pytest.raises(ValueError, match="batch_size"):
+        gate_stats(model, _tokens(), batch_size=0)
+    with pytest.raises(ValueError, match="sink: got 'both'"):
+        fixed_gate(np.zeros((2, 4, T)), sink="both", normalized=True)
+    with pytest.raises(ValueError, match=r"\[layers, heads, positions\]"):
+        fixed_gate(np.zeros((2, 4)), sink="first", normalized=True)
+    with pytest.raises(ValueError, match="the table is"):
+        iv.run_intervention(model, _tokens(), fixed_gate(np.zeros((2, 3, T)), sink="first", normalized=True), sinks=False)
+
+
+def test_cli_writes_results_and_refuses_bad_options(tmp_path, capsys):
+    out = tmp_path / "gate"
+    assert cli.main(["gate", "--model", "toy-softmax", "--prepend-bos", "--num-seqs", "4", "--seq-len", "12",
+                     "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    cfg = json.loads((out / "config.json").read_text())
+    assert res["sink"] == "first" and res["num_seqs"] == 4 and res["seq_len"] == 12
+    assert [x["label"] for x in res["interventions"]] == ["open", "fixed"]
+    assert cfg["command"].startswith("sinkinterp gate") and (out / "gate.png").stat().st_size > 0
+    assert "effective gate" in capsys.readouterr().out
+    for argv, msg in ((["--closed", "3"], "--closed"), (["--per-head", "--no-interventions"], "--per-head"),
+                      (["--sink", "slot"], "bias slot"), (["--seq-len", "2"], "T >= 3")):
+        code = None
+        try:
+            code = cli.main(["gate", "--model", "toy-softmax", "--num-seqs", "2", "--out", str(tmp_path / "x"), *argv])
+        except SystemExit as err:  # argparse's own errors
+            code = err.code
+        assert code == 2, argv
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "x" / "results.json").exists()
+
+
+def test_figure_refuses_what_is_not_a_study():
+    from sinkinterp import figures
+
+    with pytest.raises(ValueError, match="at least one"):
+        figures.gate_figure({})
+    with pytest.raises(ValueError, match="not a gate_study result"):
+        figures.gate_figure({"m": {"sink_mass": [[0.1]]}})
+    res = gate_stats(tiny_model("rotary").eval(), _tokens(2))
+    fig = figures.gate_figure({"tiny": res})  # no interventions: the third panel says so
+    assert len(fig.axes) == 3 and not fig.axes[2].axison
