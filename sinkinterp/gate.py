@@ -25,21 +25,27 @@ TransformerBridge), streaming over batches (no T x T map is kept), for every hea
 * with an explicit gate (``hook_gate``, gated attention): ``explicit_gate``, the mean of
   ||z_t W_O|| / ||(z_t / gate_t) W_O||.
 
-Two interventions then ask whether the model needs the gate to follow the content (``interventions``):
+Three interventions then ask what the model needs of the gate (``interventions``):
 
 * ``open``: the sink removed, rows renormalized (``first_token("ablate")`` or ``"ablate_bias"``): every
   query's gate fully open;
 * ``fixed`` (normalized attention only): every query's m_t set to the mean of m_t at its (layer, head,
-  position) over the other half of the measured sequences (cross-fitted), the other keys keeping their
-  relative weights and the sink taking the rest: the gate keeps its average by position but no longer
-  depends on the content.
+  position) over the other half of the measured sequences, the other keys keeping their relative
+  weights and the sink taking the rest: the gate keeps its average by position but no longer depends
+  on the content (``fixed_gate``);
+* ``donor`` (normalized attention only): every query's m_t set to the m_t of a text of the other half
+  at the same (layer, head, position): a real gate pattern, spread included, that belongs to another
+  text (``donor_gate``).
 
 For attention that does not normalize (sinkinterp's sigmoid, elu+1 and identity kernels, whose hook_pattern
 holds each key's share of the row's weight), a_t and m_t are shares, g_t carries the row's total weight,
-``open`` drops the sink without renormalizing, and ``fixed`` is not run.
+``corr_gate_mass`` and ``value_share`` are None (the write cannot be split without the weights), ``open``
+drops the sink without renormalizing, and ``fixed`` and ``donor`` are not run.
 
-If ``fixed`` costs little against ``open``, the sink acts as a constant damping (a bias) per position;
-if it costs about as much, what the sink does is choose, query by query, how much a head writes.
+Reading them: ``open`` prices the damping itself; ``fixed`` the gate's dependence on the content, with
+its average kept; ``donor`` whether the gate must match its own text (if it costs no more than
+``fixed``, a gate of the right spread would do; if more, each text needs its own pattern of open and
+closed queries).
 ``sinkinterp gate`` (sinkinterp/cli_gate.py) runs it from the command line.
 """
 
@@ -52,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GATE_BINS", "GATE_MAX", "SINKS", "fixed_gate", "gate_stats", "gate_study", "head_table", "summary"]
+__all__ = ["GATE_BINS", "GATE_MAX", "SINKS", "donor_gate", "fixed_gate", "gate_stats", "gate_study", "head_table", "summary"]
 
 SINKS = ("auto", "first", "slot")
 #: histogram of the effective gate per head: bins of width GATE_MAX / GATE_BINS on [0, GATE_MAX), one overflow
@@ -135,6 +141,13 @@ def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     """The measurement part of the study (module docstring): per-head statistics over queries 2..T of
     ``tokens`` [N, T] and the per-position means of m_t and g_t (``mass_pos``, ``gate_pos``, [L][H][T],
     position 0 = query 1 is NaN). JSON-ready."""
+    return _stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, progress=progress)[0]
+
+
+def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int, progress: bool = False,
+           keep_seq: bool = False) -> tuple[dict[str, Any], Tensor | None]:
+    """``gate_stats``, and with ``keep_seq`` every sequence's m_t too ([N, L, H, T], NaN at query 1 and
+    where a head reads nothing besides the sink)."""
     from sinkinterp import patching, tl_adapter
     from sinkinterp.measure import validate_tokens
 
@@ -165,6 +178,8 @@ def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
         grams.append(w_o @ w_o.transpose(1, 2))  # [H, dh, dh]: ||x W_O||^2 = x G x^T
     acc = _Accumulator(L, H, T, gated)
     stash: dict[tuple[int, str], Tensor] = {}
+    seq = torch.full((n, L, H, T), float("nan"), dtype=torch.float64) if keep_seq else None
+    offset = [0]
 
     def keep(layer: int, kind: str) -> Any:
         def hook(act: Tensor, hook: Any = None) -> None:
@@ -215,6 +230,8 @@ def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
             acc.row_error = max(acc.row_error, float((p.sum(-1) + slot_w - 1.0)[..., q].abs().max()))
             acc.add(layer, a[..., q], m[..., q], g[..., q], write[..., q], read[..., q], resid[..., q], valid[..., q],
                     None if explicit is None else explicit[..., q])
+            if seq is not None:
+                seq[offset[0]:offset[0] + b, layer, :, 1:] = torch.where(m > _TINY, m, float("nan"))[..., 1:].cpu()
 
         return hook
 
@@ -235,8 +252,9 @@ def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     with patching._eval_mode(model), torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
         for s in starts:
             stash.clear()
+            offset[0] = s
             model(tokens[s:s + batch_size].to(device))
-    return _finish(acc, sink, slot, closed, gated, _weights_unnormalized(model))
+    return _finish(acc, sink, slot, closed, gated, _weights_unnormalized(model)), seq
 
 
 def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated: bool,
@@ -283,6 +301,9 @@ def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated
         **quant,
         "mass_pos": out(m_pos), "gate_pos": out(g_pos),
     }
+    if shares:  # m_t is a share, not the weight the head applies: the split of the write is not defined
+        blank = [[None] * H for _ in range(L)]
+        res["corr_gate_mass"], res["value_share"] = blank, [list(r) for r in blank]
     if gated and acc.explicit is not None:
         e_mean = mean(acc.explicit[0])
         res["explicit_gate"] = out(e_mean)
@@ -290,38 +311,23 @@ def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated
     return res
 
 
-def fixed_gate(mass_pos: Any, *, sink: str, normalized: bool) -> Any:
-    """An intervention that sets each query's weight on the non-sink keys, m_t, to ``mass_pos[layer][head][t]``
-    (a [L, H, T] table; NaN entries leave their rows alone), scaling the other keys' weights together;
-    with ``normalized`` the sink takes the difference, so rows keep their total (softmax), otherwise the
-    sink's weight is kept. ``sink``: "first" (token 1's column) or "slot" (the bias slot). Query 1 is left
-    alone. Tables for other sequence lengths: positions past the table are left alone too."""
+def _gate_edit(targets: Any, sink: str, normalized: bool, name: str, description: str,
+               params: dict[str, Any]) -> Any:
+    """An intervention that sets each query's weight on the non-sink keys, m_t, to ``targets(p, layer)``
+    ([batch, head, query]; NaN leaves a row alone), scaling the other keys' weights together; with
+    ``normalized`` the sink takes the difference, so rows keep their total (softmax), otherwise the
+    sink's weight is kept. Query 1 is always left alone."""
     from sinkinterp.interventions import Intervention
 
     if sink not in ("first", "slot"):
         raise ValueError(f"sink: got {sink!r}, allowed values are ['first', 'slot']")
-    table = torch.as_tensor(np.asarray(mass_pos, dtype=np.float64))
-    if table.dim() != 3:
-        raise ValueError(f"mass_pos must be a [layers, heads, positions] table, got shape {tuple(table.shape)}")
-
-    def rows(p: Tensor, layer: int) -> tuple[Tensor, Tensor]:
-        """(target m per [batch, head, query], mask of the rows to edit)."""
-        if layer >= table.shape[0] or p.shape[1] != table.shape[1]:
-            raise ValueError(f"fixed_gate: the table is [{table.shape[0]} layers, {table.shape[1]} heads]; "
-                             f"blocks.{layer}.attn.hook_pattern has {p.shape[1]} heads")
-        T = p.shape[-1]
-        t = torch.full((table.shape[1], T), float("nan"), dtype=torch.float64)
-        k = min(T, table.shape[2])
-        t[:, :k] = table[layer, :, :k]
-        t[:, 0] = float("nan")  # query 1
-        t = t.to(p.device, p.dtype).expand(p.shape[0], -1, -1)
-        return t.nan_to_num(0.0), ~t.isnan()
-
     stash: dict[int, Tensor] = {}
 
     def pattern(act: Tensor, layer: int) -> Tensor:
         p = act.to(torch.promote_types(act.dtype, torch.float64))
-        target, edit = rows(p, layer)
+        t = targets(p, layer).to(p.device, p.dtype).clone()
+        t[..., 0] = float("nan")  # query 1
+        target, edit = t.nan_to_num(0.0), ~t.isnan()
         rest = p.clone()
         if sink == "first":
             rest[..., 0] = 0.0
@@ -340,17 +346,85 @@ def fixed_gate(mass_pos: Any, *, sink: str, normalized: bool) -> Any:
     def bias_pattern(act: Tensor, layer: int) -> Tensor:
         if layer not in stash:
             raise RuntimeError(f"blocks.{layer}.attn.hook_bias_pattern fired before hook_pattern (docs/hook-contract.md)")
-        new = stash.pop(layer)
-        return new.reshape(act.shape).to(act.dtype)
+        return stash.pop(layer).reshape(act.shape).to(act.dtype)
 
     def edits(model: Any, has_slot: bool) -> tuple[tuple[str, Any], ...]:
         if sink == "slot" and not has_slot:
-            raise ValueError("fixed_gate(sink='slot'): the model has no bias slot")
+            raise ValueError(f"{name}(sink='slot'): the model has no bias slot")
         return (("pattern", pattern), ("bias_pattern", bias_pattern)) if has_slot else (("pattern", pattern),)
 
+    return Intervention(name, description, ("pattern",), edits, needs_slot=sink == "slot",
+                        params={"sink": sink, "normalized": normalized, **params})
+
+
+def _check_table(table: Tensor, p: Tensor, layer: int, name: str) -> None:
+    if layer >= table.shape[-3] or p.shape[1] != table.shape[-2]:
+        raise ValueError(f"{name}: the table is [{table.shape[-3]} layers, {table.shape[-2]} heads]; "
+                         f"blocks.{layer}.attn.hook_pattern has {p.shape[1]} heads")
+
+
+def _padded(x: Tensor, T: int) -> Tensor:
+    """[..., T'] -> [..., T]: cut, or padded with NaN (positions past the table are left alone)."""
+    out = torch.full((*x.shape[:-1], T), float("nan"), dtype=torch.float64)
+    k = min(T, x.shape[-1])
+    out[..., :k] = x[..., :k]
+    return out
+
+
+def fixed_gate(mass_pos: Any, *, sink: str, normalized: bool) -> Any:
+    """Each query's weight on the non-sink keys, m_t, set to ``mass_pos[layer][head][t]`` (a [L, H, T]
+    table; NaN entries leave their rows alone), the other keys scaled together; with ``normalized`` the
+    sink takes the difference (rows keep their total, as softmax), otherwise the sink's weight is kept.
+    ``sink``: "first" (token 1's column) or "slot" (the bias slot). Query 1 is left alone, and so are
+    positions past the table."""
+    if sink not in ("first", "slot"):
+        raise ValueError(f"sink: got {sink!r}, allowed values are ['first', 'slot']")
+    table = torch.as_tensor(np.asarray(mass_pos, dtype=np.float64))
+    if table.dim() != 3:
+        raise ValueError(f"mass_pos must be a [layers, heads, positions] table, got shape {tuple(table.shape)}")
+
+    def targets(p: Tensor, layer: int) -> Tensor:
+        _check_table(table, p, layer, "fixed_gate")
+        return _padded(table[layer], p.shape[-1]).expand(p.shape[0], -1, -1)
+
     where = "token 1" if sink == "first" else "the bias slot"
-    return Intervention("fixed_gate", f"each query's weight off {where} set to its (layer, head, position) mean",
-                        ("pattern",), edits, needs_slot=sink == "slot", params={"sink": sink, "normalized": normalized})
+    return _gate_edit(targets, sink, normalized, "fixed_gate",
+                      f"each query's weight off {where} set to its (layer, head, position) mean", {})
+
+
+def donor_gate(tokens: Any, masses: Any, *, sink: str, normalized: bool) -> Any:
+    """Each query's weight on the non-sink keys, m_t, set to a donor's: the sequence ``tokens[i]`` takes
+    ``masses[i]`` ([N, L, H, T], measured on other sequences), so the gate keeps a real query-by-query
+    pattern, with its spread, that does not belong to this text. Rows are matched to their sequence by
+    their token ids (a pass that starts at a later position matches its tail), so it runs through
+    ``run_intervention`` and batched per-head passes alike inside ``interventions._token_tap``; a row
+    that matches no sequence of ``tokens`` is an error."""
+    from sinkinterp.interventions import _TAPPED
+
+    if sink not in ("first", "slot"):
+        raise ValueError(f"sink: got {sink!r}, allowed values are ['first', 'slot']")
+    toks = torch.as_tensor(tokens)
+    table = torch.as_tensor(np.asarray(masses, dtype=np.float64))
+    if toks.dim() != 2 or table.dim() != 4 or table.shape[0] != toks.shape[0]:
+        raise ValueError(f"tokens [N, T] and masses [N, layers, heads, positions] must agree, got "
+                         f"{tuple(toks.shape)} and {tuple(table.shape)}")
+
+    def targets(p: Tensor, layer: int) -> Tensor:
+        _check_table(table, p, layer, "donor_gate")
+        run = _TAPPED[-1] if _TAPPED else None
+        if run is None or run.shape[0] != p.shape[0]:
+            raise RuntimeError("donor_gate: needs the token ids of each forward pass (run it inside "
+                               "interventions._token_tap, as gate_study does)")
+        n = run.shape[1]
+        match = (toks[None, :, -n:].to(run.device) == run[:, None, :]).all(-1)  # [rows, N]
+        if not bool(match.any(1).all()):
+            raise RuntimeError("donor_gate: a row of the pass matches none of the sequences it was built for")
+        idx = match.int().argmax(1).cpu()
+        return _padded(table[idx, layer], p.shape[-1])
+
+    where = "token 1" if sink == "first" else "the bias slot"
+    return _gate_edit(targets, sink, normalized, "donor_gate",
+                      f"each query's weight off {where} taken from another text at the same (layer, head, position)", {})
 
 
 def _record(label: str, x: Any) -> dict[str, Any]:
@@ -379,11 +453,14 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
                interventions: bool = True, per_head: bool = False, batch_size: int = 8,
                progress: bool = False) -> dict[str, Any]:
     """The whole study (module docstring): ``gate_stats`` and, with ``interventions``, the loss and Sink
-    changes of opening every gate and of fixing it to its mean by position (``per_head``: also each
-    head alone). The fixed gate is cross-fitted: the sequences are split in two halves, each half is
-    edited with the means measured on the other, and the two results are pooled, so the means never
-    come from the sequences they are tested on. JSON-ready."""
+    changes of opening every gate (``open``), of fixing it to its mean by position (``fixed``) and of
+    giving each text another text's gate (``donor``); ``per_head``: also each head alone (``donor``'s
+    per-head runs only on models whose passes all go through their forward, not on bridges). The fixed
+    and donor gates are cross-fitted: the sequences are split in two halves, each half is edited with
+    what was measured on the other, and the two results are pooled, so no sequence is edited with its
+    own measurements. JSON-ready."""
     from sinkinterp import interventions as iv
+    from sinkinterp import tl_adapter
 
     res = gate_stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, progress=progress)
     if not interventions:
@@ -394,13 +471,23 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     open_ = iv.first_token("ablate" if sink_kind == "first" else "ablate_bias", renormalize=normalized)
     res["interventions"] = [_record("open", iv.run_intervention(model, tokens, open_, eps=eps, per_head=per_head,
                                                                 batch_size=batch_size, progress=progress))]
-    if normalized and n >= 2:  # fixing m_t moves weight between the sink and the other keys: a softmax row's budget
-        halves = (tokens[: n // 2], tokens[n // 2:])
-        tables = [gate_stats(model, h, sink=sink_kind, closed=closed, batch_size=batch_size)["mass_pos"] for h in halves]
-        parts = [(len(halves[i]), _record("fixed", iv.run_intervention(
-            model, halves[i], fixed_gate(tables[1 - i], sink=sink_kind, normalized=True), eps=eps,
-            per_head=per_head, batch_size=batch_size, progress=progress))) for i in (0, 1)]
-        res["interventions"].append({**_pooled(parts), "cross_fitted": True})
+    if not normalized or n < 2:  # fixing m_t moves weight between the sink and the other keys: a softmax row's budget
+        return res
+    halves = (tokens[: n // 2], tokens[n // 2:])
+    measured = [_stats(model, h, sink=sink_kind, closed=closed, batch_size=batch_size, keep_seq=True) for h in halves]
+    fixed, donor = [], []
+    donor_heads = per_head and tl_adapter.wrapped_hf_model(model) is None
+    for i in (0, 1):
+        mine, other = halves[i], measured[1 - i]
+        fixed.append((len(mine), _record("fixed", iv.run_intervention(
+            model, mine, fixed_gate(other[0]["mass_pos"], sink=sink_kind, normalized=True), eps=eps,
+            per_head=per_head, batch_size=batch_size, progress=progress))))
+        masses = other[1][torch.arange(len(mine)) % len(other[1])]  # text j of this half takes text j of the other's
+        with iv._token_tap(model):
+            donor.append((len(mine), _record("donor", iv.run_intervention(
+                model, mine, donor_gate(mine, masses, sink=sink_kind, normalized=True), eps=eps,
+                per_head=donor_heads, batch_size=batch_size, progress=progress))))
+    res["interventions"] += [{**_pooled(fixed), "cross_fitted": True}, {**_pooled(donor), "cross_fitted": True}]
     return res
 
 
@@ -418,10 +505,14 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
              (f"the {heads} heads with the most weight on the sink (mean a = sink {what}, m = the other keys' "
              f"{what}, g = effective gate ||write|| / ||read||):"),
              f"  head      a      m      g   std(g)  within-t  corr(g,m)  g<{res['closed']:.2g}  value share"]
+    def num(x: float | None, fmt: str) -> str:
+        return "  -   " if x is None else format(x, fmt)
+
     for l, h in _top_heads(res, heads):
         lines.append(f"  L{l}H{h:<4} {res['sink_mass'][l][h]:.3f}  {res['mass'][l][h]:.3f}  {res['gate'][l][h]:.3f}  "
-                     f"{res['gate_std'][l][h]:.3f}   {res['gate_std_within'][l][h]:.3f}     {res['corr_gate_mass'][l][h]:+.3f}"
-                     f"     {res['closed_share'][l][h]:.2f}   {res['value_share'][l][h]:.3f}")
+                     f"{res['gate_std'][l][h]:.3f}   {res['gate_std_within'][l][h]:.3f}     "
+                     f"{num(res['corr_gate_mass'][l][h], '+.3f')}     {res['closed_share'][l][h]:.2f}   "
+                     f"{num(res['value_share'][l][h], '.3f')}")
     if "explicit_gate" in res:
         e = np.asarray(res["explicit_gate"], dtype=np.float64)
         lines.append(f"explicit gate (hook_gate): mean over heads {np.nanmean(e):.3f}, heads from {np.nanmin(e):.3f} "
@@ -431,9 +522,12 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
         lines.append(f"{x['label']:<6} ({x['description']}): {x['delta_loss']:+.4f} nats, "
                      f"Sink_1 {x['sink1_base']:.2f} -> {x['sink1_after']:.2f}%{bias}")
     runs = {x["label"]: x for x in res.get("interventions", [])}
-    if "open" in runs and "fixed" in runs and runs["open"]["delta_loss"] > 0:
-        lines.append(f"fixing the gate to its mean by position costs {runs['fixed']['delta_loss'] / runs['open']['delta_loss']:.0%} "
-                     "of what opening it costs")
+    if "open" in runs and runs["open"]["delta_loss"] > 0:
+        for label, what in (("fixed", "fixing the gate to its mean by position"),
+                            ("donor", "giving each text another text's gate")):
+            if label in runs:
+                lines.append(f"{what} costs {runs[label]['delta_loss'] / runs['open']['delta_loss']:.0%} of what "
+                             "opening it costs")
     return "\n".join(lines)
 
 

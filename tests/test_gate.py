@@ -13,7 +13,7 @@ from conftest import tiny_llama, word_tokenizer
 
 from sinkinterp import cli, patching, tl_adapter
 from sinkinterp import interventions as iv
-from sinkinterp.gate import fixed_gate, gate_stats, gate_study, head_table, summary
+from sinkinterp.gate import _stats, donor_gate, fixed_gate, gate_stats, gate_study, head_table, summary
 from sinkinterp.models.testing import tiny_model
 
 T = 10
@@ -125,6 +125,8 @@ def test_unnormalized_attention_reports_shares_and_skips_the_fixed_gate():
     assert res["pattern_is_share"] and not res["normalized"]
     assert [x["label"] for x in res["interventions"]] == ["open"]
     assert res["interventions"][0]["name"] == "ablate[norenorm]"
+    assert res["value_share"][0][0] is None and res["corr_gate_mass"][1][3] is None
+    assert min(min(r) for r in res["gate"]) > 0
     assert "not normalized" in summary(res)
 
 
@@ -174,13 +176,41 @@ def test_study_runs_open_and_cross_fitted_fixed_with_per_head_effects():
     model = tiny_model("kv").eval()
     res = gate_study(model, _tokens(6), per_head=True)
     labels = [x["label"] for x in res["interventions"]]
-    assert labels == ["open", "fixed"] and res["interventions"][1]["cross_fitted"]
-    opened, fixed = res["interventions"]
+    assert labels == ["open", "fixed", "donor"] and res["interventions"][1]["cross_fitted"]
+    opened, fixed, donor = res["interventions"]
+    assert np.asarray(donor["per_head_delta_loss"]).shape == (2, 4) and donor["name"] == "donor_gate"
     assert opened["name"] == "ablate_bias" and opened["sink_bias_after"] == 0.0
     assert np.asarray(fixed["per_head_delta_loss"]).shape == (2, 4)
     assert np.isfinite(fixed["delta_loss"]) and fixed["loss_base"] == pytest.approx(opened["loss_base"], rel=1e-12)
     text = summary(res)
     assert "open" in text and "fixed" in text and "L" in text
+
+
+def _seq_masses(model, tokens):
+    return _stats(model, tokens, sink="first", closed=0.1, batch_size=3, keep_seq=True)[1]
+
+
+def test_donor_gate_gives_each_text_its_donors_weights():
+    model = tiny_model("gqa").eval()
+    tokens = _tokens(4, seed=3)
+    own = _seq_masses(model, tokens)
+    assert torch.isnan(own[..., 0]).all() and not torch.isnan(own[..., 1:]).any()
+    with iv._token_tap(model):  # each text with its own weights: nothing changes
+        same = iv.run_intervention(model, tokens, donor_gate(tokens, own, sink="first", normalized=True), sinks=False)
+    assert abs(same.delta_loss) < 1e-12
+    donors = own[[2, 3, 0, 1]]
+    inter = donor_gate(tokens, donors, sink="first", normalized=True)
+    hooks = patching.edit_hooks(model, [(patching.COMPONENTS[c], s) for c, s in inter.build_edits(model, False)],
+                                [patching.Cell(l) for l in range(model.cfg.n_layers)])
+    with iv._token_tap(model), tl_adapter.attached_hooks(model, hooks):
+        got = _seq_masses(model, tokens)
+    np.testing.assert_allclose(got[..., 1:].numpy(), donors[..., 1:].numpy(), atol=1e-12)
+    with pytest.raises(RuntimeError, match="_token_tap"):  # no tap: no way to know the rows' texts
+        iv.run_intervention(model, tokens, inter, sinks=False)
+    with iv._token_tap(model), pytest.raises(RuntimeError, match="matches none"):
+        iv.run_intervention(model, _tokens(4, seed=9), inter, sinks=False)
+    with pytest.raises(ValueError, match="must agree"):
+        donor_gate(tokens, own[:3], sink="first", normalized=True)
 
 
 def test_bad_arguments_are_named():
@@ -210,7 +240,7 @@ def test_cli_writes_results_and_refuses_bad_options(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     cfg = json.loads((out / "config.json").read_text())
     assert res["sink"] == "first" and res["num_seqs"] == 4 and res["seq_len"] == 12
-    assert [x["label"] for x in res["interventions"]] == ["open", "fixed"]
+    assert [x["label"] for x in res["interventions"]] == ["open", "fixed", "donor"]
     assert cfg["command"].startswith("sinkinterp gate") and (out / "gate.png").stat().st_size > 0
     assert "effective gate" in capsys.readouterr().out
     for argv, msg in ((["--closed", "3"], "--closed"), (["--per-head", "--no-interventions"], "--per-head"),
