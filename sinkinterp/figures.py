@@ -470,12 +470,14 @@ def massive_activation(studies: dict[str, dict[str, Any]], *, title: str = "", h
     return fig
 
 
-def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "") -> Any:
+def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: float = 1.5, spread_max: float = 0.6) -> Any:
     """``sinkinterp.gate.gate_study`` results by model name, one point per head: the effective gate
     (mean ||write|| / ||read||) against the mean weight on the sink, with the line g = 1 - a that a sink
     with a silent value gives under softmax (left); the gate's spread within a query position (its
-    dependence on the content) against the same weight (middle); and, where measured, the loss change of
-    opening every gate and of fixing it to its mean by position (right)."""
+    dependence on the content) against the same weight (middle); heads past ``g_max`` / ``spread_max``
+    (unnormalized attention, whose gate is the row's total weight) are drawn on the top edge. Right,
+    where measured: the loss change of opening every gate, of fixing it to its mean by position and of
+    giving each text another text's gate."""
     if not studies:
         raise ValueError("studies: at least one gate_study result")
     for name, res in studies.items():
@@ -483,30 +485,38 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "") -> Any:
         if missing:
             raise ValueError(f"studies[{name!r}]: not a gate_study result (missing {sorted(missing)})")
     plt = _plt()
-    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(14, 4.0), layout="constrained")
+    clipped = []
     for i, (name, res) in enumerate(studies.items()):
         a = np.asarray(res["sink_mass"], dtype=np.float64).ravel()
         g = np.asarray(res["gate"], dtype=np.float64).ravel()
         w = np.asarray(res["gate_std_within"], dtype=np.float64).ravel()
+        if (g > g_max).any() or (w > spread_max).any():
+            clipped.append(name)
         where = "token 1" if res["sink"] == "first" else "slot"
-        ax.scatter(a, g, s=10, color=f"C{i}", alpha=0.7, label=f"{name} (sink: {where})")
-        bx.scatter(a, w, s=10, color=f"C{i}", alpha=0.7, label=name)
+        ax.scatter(a, np.minimum(g, g_max), s=10, color=f"C{i}", alpha=0.7, label=f"{name} (sink: {where})")
+        bx.scatter(a, np.minimum(w, spread_max), s=10, color=f"C{i}", alpha=0.7, label=name)
     ax.plot([0, 1], [1, 0], color="0.5", lw=0.8, ls="--", label="g = 1 - a")
+    ax.set_ylim(0, g_max * 1.04)
+    bx.set_ylim(0, spread_max * 1.04)
     ax.set_xlabel("mean weight on the sink, a")
     ax.set_ylabel("mean effective gate, ||write|| / ||read||")
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=6, frameon=False)
     ax.grid(alpha=0.3)
     bx.set_xlabel("mean weight on the sink, a")
     bx.set_ylabel("std of the gate within a query position")
     bx.grid(alpha=0.3)
+    if clipped:
+        bx.set_title("heads past the top edge drawn on it: " + ", ".join(clipped), fontsize=7)
     measured = [(name, res["interventions"]) for name, res in studies.items() if res.get("interventions")]
     if measured:
-        width = 0.38
-        for j, label in enumerate(("open", "fixed")):
+        labels = {"open": "gate opened (sink removed)", "fixed": "gate fixed to its mean by position",
+                  "donor": "another text's gate"}
+        width = 0.8 / len(labels)
+        for j, label in enumerate(labels):
             vals = [next((x["delta_loss"] for x in runs if x["label"] == label), np.nan) for _, runs in measured]
-            cx.bar([i + j * width for i in range(len(measured))], vals, width,
-                   label={"open": "gate opened (sink removed)", "fixed": "gate fixed to its mean by position"}[label])
-        cx.set_xticks([i + width / 2 for i in range(len(measured))], [n for n, _ in measured], fontsize=7,
+            cx.bar([i + j * width for i in range(len(measured))], vals, width, label=labels[label])
+        cx.set_xticks([i + width for i in range(len(measured))], [n for n, _ in measured], fontsize=7,
                       rotation=20, ha="right")
         cx.set_ylabel("Δ loss (nats)")
         cx.legend(fontsize=7, frameon=False)

@@ -884,3 +884,40 @@ def test_gpu_reference_massive_step_on_a_shipped_model(tmp_path, monkeypatch):
     ne = res["neurons"]
     assert ne["top1"]["name"] == f"zero_neurons[L{ne['layer']}:{ne['top'][0]['neuron']}]"
     assert ne["top"][0]["write"] >= ne["top"][1]["write"] and ne["top"][0]["neuron"] not in ne["control"]
+
+
+def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
+    mod = load_script("analyses/sink_gate.py")
+    monkeypatch.chdir(tmp_path)  # main() changes directory; restored afterwards
+    data = tmp_path / "data"
+    data.mkdir()
+    toks = np.random.default_rng(0).integers(2, 500, (4, 12))
+    np.save(data / "val_bos.npy", np.concatenate([np.ones((4, 1), dtype=np.int64), toks[:, :-1]], axis=1))
+    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out"),
+                        ("DATA", data), ("NUM_SEQS", 4), ("SEQ_LEN", 12),
+                        ("TOKENS", data / "val.npy"), ("TOKENS_BOS", data / "val_bos.npy")):
+        monkeypatch.setattr(mod, name, value)
+    np.save(data / "val.npy", toks)
+    monkeypatch.setattr(mod, "MODELS", {"toy-softmax": ("toy-softmax", True, False, "shipped")})
+    monkeypatch.setattr(mod, "INPUTS", {"toy-softmax": ("debian", "natural")})
+    assert mod.main() == 0
+    snap = json.loads((data / "toy-softmax__debian.json").read_text())
+    nat = json.loads((data / "toy-softmax__natural.json").read_text())
+    assert "mass_pos" not in snap and len(snap["pos_top"]) == mod.KEEP_POS
+    assert f"--tokens {data / 'val_bos.npy'}" in snap["command"] and "--prepend-bos" in nat["command"]
+    assert nat["num_seqs"] == 4 and snap["seq_len"] == 12
+    opened, fixed, donor = snap["interventions"]
+    page = (tmp_path / "page.md").read_text()
+    assert "| toy-softmax, Debian held-out | token 1 |" in page and "| toy-softmax, English sample |" in page
+    assert f"| {opened['delta_loss']:+.3f} | {fixed['delta_loss']:+.4f} | {donor['delta_loss']:+.4f} |" in page
+    assert f"- `{snap['command']}`" in page
+    # a model that is not here: its snapshot is used and named; one without a snapshot is left out
+    (data / "ghost__natural.json").write_text((data / "toy-softmax__natural.json").read_text())
+    monkeypatch.setattr(mod, "MODELS", {"ghost": (str(tmp_path / "no-model"), False, False, "absent"),
+                                        "nobody": (str(tmp_path / "no-model"), False, False, "absent")})
+    monkeypatch.setattr(mod, "INPUTS", {"ghost": ("natural",), "nobody": ("natural",)})
+    assert mod.main() == 0
+    page = (tmp_path / "page.md").read_text()
+    assert "| ghost, English sample | token 1 |" in page and "nobody" not in page.split("Commands:")[0]
+    assert "(from analyses/data/sink_gate/ghost__natural.json: the model is not here)" in page
+    assert "nobody__natural: model not here and no snapshot" in capsys.readouterr().out

