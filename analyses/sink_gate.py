@@ -34,6 +34,7 @@ SINK_HEAD = 0.3  # a head with mean sink weight above this is a sink head here
 
 TOKENS = DATA / "debian_val64.npy"  # in-domain inputs of the models trained on the Debian corpus (no BOS)
 TOKENS_BOS = DATA / "debian_val64_bos.npy"  # the same windows with BOS first (its last token dropped)
+TOKENS_B, TOKENS_B_BOS = DATA / "debian_val64_b.npy", DATA / "debian_val64_b_bos.npy"  # a second set, between those
 SHARDS = ROOT / "data" / "debian" / "shards"  # where TOKENS come from (`sinkinterp data`; not in git)
 BOS_ID = 1  # the Debian tokenizer's BOS (the toy and GPU models share it)
 
@@ -43,23 +44,31 @@ MODELS = {
     "toy-kv-bias": ("toy-kv-bias", True, True, "shipped; softmax with a learned k*/v* per head, BOS first"),
     "toy-sigmoid": ("toy-sigmoid", True, True, "shipped; sigmoid attention without normalization (b = 0), BOS first"),
     "c_gatebos": ("runs/cpu/c_gatebos/checkpoints/step_0006000", True, True,
-                  "the toy recipe with gated attention (model.attn_gate=true), BOS first, 6,000 steps; not in git"),
+                  ("the toy recipe with gated attention (model.attn_gate=true), BOS first, 6,000 steps, retrained on "
+                  "2026-12-04 on one thread by the command `analyses/cpu_calibration.py --train c_gatebos --dry-run` "
+                  "prints (val loss 3.955 at 6k against the committed run's 3.949: not bit-identical across thread "
+                  "counts); not in git")),
     "baseline_small": ("runs/gpu_models/baseline_small", False, False,
                        "6 x 384 softmax, wd 0.1, 9k steps on an H200, no BOS; not in git"),
     "sigmoid_small": ("runs/gpu_models/sigmoid_small", False, False,
                       "6 x 384 sigmoid (b = 0), 9k steps on an H200, no BOS; not in git"),
     "smollm2": (None, False, False, "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
 }
-# inputs per model: the Debian-trained models on held-out Debian windows (in domain) and on the shipped
-# English sample (what the other pages use; out of their domain); SmolLM2 on the English sample
-INPUTS = {name: (("natural",) if spec is None else ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
+# inputs per model, the first in the model's own domain: the Debian-trained models on held-out Debian
+# windows and on the shipped English sample (what the other pages use; out of their domain), SmolLM2 on the
+# English sample; the softmax models with a sink also on a second set of inputs (a replicate of the first)
+REPLICATE = {"debian": "debian_b", "natural": "natural_s1"}
+INPUTS = {name: (("natural", "natural_s1") if spec is None else
+                 ("debian", "debian_b", "natural") if name in ("toy-softmax", "toy-kv-bias", "baseline_small") else
+                 ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
 
 
 def _debian_tokens() -> None:
     """TOKENS / TOKENS_BOS from the held-out split of the Debian shards: NUM_SEQS windows of SEQ_LEN
-    tokens at evenly spaced starts (made once, then committed: the shards are not in git)."""
-    if TOKENS.is_file() and TOKENS_BOS.is_file():
+    tokens at evenly spaced starts, and TOKENS_B / TOKENS_B_BOS halfway between them (made once, then
+    committed: the shards are not in git)."""
+    if all(p.is_file() for p in (TOKENS, TOKENS_BOS, TOKENS_B, TOKENS_B_BOS)):
         return
     import numpy as np
 
@@ -70,10 +79,15 @@ def _debian_tokens() -> None:
         raise SystemExit(f"sink_gate: {TOKENS} is missing and {SHARDS} is not here to make it from")
     val = np.concatenate([np.asarray(x) for x in open_split(SHARDS, "val")]).astype(np.int64)
     starts = np.linspace(0, len(val) - SEQ_LEN, NUM_SEQS).astype(np.int64)
-    toks = np.stack([val[i:i + SEQ_LEN] for i in starts])
-    bos = np.concatenate([np.full((NUM_SEQS, 1), BOS_ID, dtype=np.int64), toks[:, :-1]], axis=1)
-    for path, arr in ((TOKENS, toks), (TOKENS_BOS, bos)):
-        atomic_write(path, lambda f, arr=arr: np.save(f, arr))
+    half = (starts[1] - starts[0]) // 2 if NUM_SEQS > 1 else SEQ_LEN
+    between = np.minimum(starts + half, len(val) - SEQ_LEN)  # the last one may overlap the last window
+    for plain, with_bos, at in ((TOKENS, TOKENS_BOS, starts), (TOKENS_B, TOKENS_B_BOS, between)):
+        if plain.is_file() and with_bos.is_file():
+            continue
+        toks = np.stack([val[i:i + SEQ_LEN] for i in at])
+        bos = np.concatenate([np.full((NUM_SEQS, 1), BOS_ID, dtype=np.int64), toks[:, :-1]], axis=1)
+        for path, arr in ((plain, toks), (with_bos, bos)):
+            atomic_write(path, lambda f, arr=arr: np.save(f, arr))
 
 
 def _snapshot(res: dict, config: dict) -> dict:
@@ -98,12 +112,13 @@ def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool, commands: 
     from sinkinterp.fileio import write_json
 
     out = OUT / key
-    if inputs == "debian":
-        path = TOKENS_BOS if bos else TOKENS
+    if inputs.startswith("debian"):
+        path = {("debian", False): TOKENS, ("debian", True): TOKENS_BOS,
+                ("debian_b", False): TOKENS_B, ("debian_b", True): TOKENS_B_BOS}[(inputs, bos)]
         source = ["--tokens", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)]
     else:
-        source = ["--inputs", "natural", "--seq-len", str(SEQ_LEN), "--num-seqs", str(NUM_SEQS), "--seed", str(SEED),
-                  *(["--prepend-bos"] if bos else [])]
+        source = ["--inputs", "natural", "--seq-len", str(SEQ_LEN), "--num-seqs", str(NUM_SEQS),
+                  "--seed", str(SEED + (inputs == "natural_s1")), *(["--prepend-bos"] if bos else [])]
     args = ["gate", "--model", spec, *source, "--eps", str(EPS), *(["--per-head"] if per_head else []),
             "--no-figures", "--out", str(out)]
     res = run_cli(cli, args, commands, gguf)
@@ -116,7 +131,8 @@ def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool, commands: 
 def _label(key: str) -> str:
     """"toy-softmax__debian" -> "toy-softmax, Debian held-out"."""
     name, _, inputs = key.partition("__")
-    return f"{name}, " + {"debian": "Debian held-out", "natural": "English sample"}.get(inputs, inputs)
+    return f"{name}, " + {"debian": "Debian held-out", "debian_b": "Debian held-out, second set",
+                          "natural": "English sample", "natural_s1": "English sample, seed 1"}.get(inputs, inputs)
 
 
 def _in_domain(key: str) -> bool:
@@ -157,7 +173,7 @@ def main() -> int:
         for inputs in INPUTS[name]:
             key = f"{name}__{inputs}"
             if here:
-                if inputs == "debian":
+                if inputs.startswith("debian"):
                     _debian_tokens()
                 results[key] = _run(key, gguf if spec is None else spec, inputs, bos, per_head and inputs == "debian",
                                     commands, gguf)
@@ -300,17 +316,27 @@ def main() -> int:
 
 def _summary(results: dict) -> list[str]:
     """In-domain runs of normalized models with a sink head: the fixed and donor costs against opening."""
-    pairs = []
-    for key, res in results.items():
-        runs = {x["label"]: x for x in res.get("interventions", [])}
+    def shares(res: dict | None) -> tuple[float, float] | None:
+        runs = {x["label"]: x for x in (res or {}).get("interventions", [])}
         op, fx, dn = runs.get("open"), runs.get("fixed"), runs.get("donor")
-        if _in_domain(key) and res["normalized"] and _sink_heads(res) and op and fx and dn and op["delta_loss"] > 0:
-            pairs.append((key.partition("__")[0], fx["delta_loss"] / op["delta_loss"], dn["delta_loss"] / op["delta_loss"]))
+        if not (op and fx and dn and op["delta_loss"] > 0):
+            return None
+        return fx["delta_loss"] / op["delta_loss"], dn["delta_loss"] / op["delta_loss"]
+
+    pairs, shown = [], []
+    for key, res in results.items():
+        got = shares(res)
+        if not (_in_domain(key) and res["normalized"] and _sink_heads(res) and got):
+            continue
+        name, _, inputs = key.partition("__")
+        pairs.append((name, *got))
+        again = shares(results.get(f"{name}__{REPLICATE.get(inputs, '')}"))
+        shown.append(f"{name} {got[0]:.0%} / {got[1]:.0%}"
+                     + (f" (second set of inputs: {again[0]:.0%} / {again[1]:.0%})" if again else ""))
     if not pairs:
         return []
     line = ("**Summary, each model in its own domain** (the softmax models with a sink head, in the order of the "
-            "table; fixed and donor's gate as a share of what opening the gate costs): "
-            + "; ".join(f"{n} {f:.0%} / {d:.0%}" for n, f, d in pairs) + ".")
+            "table; fixed and donor's gate as a share of what opening the gate costs): " + "; ".join(shown) + ".")
     if len(pairs) > 2 and all(b[1] > a[1] and b[2] > a[2] for a, b in itertools.pairwise(pairs)):
         line += (" Both shares grow along the list, from the 4-layer toy models to the 6 x 384 model and SmolLM2: "
                  "in the first ones a gate fixed at its mean keeps most of what the sink is worth (its average "
