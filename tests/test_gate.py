@@ -143,6 +143,28 @@ def test_bridge_sink_mass_matches_hugging_face_eager_attention():
     np.testing.assert_allclose(res["gate"], ours["g"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_kv", [None, 2])
+def test_a_users_hooked_transformer(n_kv):
+    """A HookedTransformer (grouped keys and values too): the same statistics as the direct computation,
+    and the study's donor runs per head through start_at_layer (tokens as a keyword)."""
+    kw = {} if n_kv is None else {"n_key_value_heads": n_kv}
+    ht = tl_adapter.hooked_transformer_from_config(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+        positional_embedding_type="rotary", normalization_type="RMS", seed=0, dtype=torch.float64, **kw)
+    with torch.no_grad():
+        for block in ht.blocks:  # sharper attention than the default init
+            block.attn.W_Q.mul_(8.0)
+    tokens = _tokens()
+    res = gate_stats(ht, tokens)
+    ref, _ = _direct(ht, tokens, "first")
+    for key, name in (("a", "sink_mass"), ("g", "gate"), ("vshare", "value_share")):
+        np.testing.assert_allclose(res[name], ref[key], rtol=1e-9, atol=1e-11, err_msg=name)
+    if n_kv is None:
+        study = gate_study(ht, tokens, per_head=True)
+        donor = study["interventions"][2]
+        assert donor["label"] == "donor" and np.isfinite(donor["per_head_delta_loss"]).all()
+
+
 @pytest.mark.parametrize(("variant", "sink"), [("rotary", "first"), ("kv", "slot"), ("sink_logit", "slot")])
 def test_fixed_gate_sets_the_weight_and_keeps_rows_whole(variant, sink):
     model = tiny_model(variant).eval()
