@@ -212,6 +212,30 @@ def model_and_tokens(args: argparse.Namespace, kind: str | None, tokens: Any, te
     return lm, input_tokens(args, lm, kind, tokens, text)
 
 
+def finish_study(args: argparse.Namespace, lm: Any, tokens: Any, config: dict[str, Any], results: dict[str, Any],
+                 figure: tuple[str, Any], summary: str) -> int:
+    """The end shared by the single-model study commands (``massive``, ``gate``): the run's fields added to
+    ``results``, the figure ``figure = (file name, make(model name, results, title label))`` unless
+    --no-figures, config.json, then results.json last (atomically: a failed run leaves none), the summary."""
+    from sinkinterp import figures
+    from sinkinterp.fileio import write_json
+
+    results.update({"model": args.model, "inputs": config["inputs"], "prepend_bos": bool(args.prepend_bos),
+                    "dtype": lm.info.get("dtype"), "eps": args.eps, "num_seqs": int(tokens.shape[0]),
+                    "seq_len": int(tokens.shape[1])})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.no_figures:
+        label = f"{Path(args.model).name} · {config['inputs']} · N={tokens.shape[0]}, T={tokens.shape[1]}"
+        name, make = figure
+        figures.save_figure(make(Path(args.model).name, results, label), out / name)
+    write_json(out / "config.json", config)
+    write_json(out / "results.json", results)  # last: the run completed
+    print(summary)
+    print(f"wrote {out}/results.json")
+    return 0
+
+
 def run_config(args: argparse.Namespace, argv: list[str], lm: Any, tokens: Any) -> dict[str, Any]:
     """What every result folder's config.json records about the run."""
     import numpy as np

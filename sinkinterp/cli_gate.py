@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
+
+from sinkinterp.argtypes import int_at_least
 
 __all__ = ["add_parser", "cmd_gate"]
 
@@ -42,14 +43,16 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--per-head", action="store_true",
                    help="also the loss change of opening / fixing each head's gate alone")
     s.add_argument("--no-interventions", action="store_true", help="measure only (no loss runs)")
+    s.add_argument("--token-heads", type=int_at_least(0), default=6,
+                   help="for this many heads with the most sink weight, the query tokens that open and close "
+                        "their gate most (default 6; 0: none)")
     s.set_defaults(num_seqs=32, batch_size=8)
 
 
 def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
     from sinkinterp import figures
-    from sinkinterp.cli import UsageError, model_and_tokens, run_config
+    from sinkinterp.cli import UsageError, finish_study, model_and_tokens, run_config
     from sinkinterp.cli_intervene import _prepare
-    from sinkinterp.fileio import write_json
     from sinkinterp.gate import gate_study, summary
 
     tokens, text, kind = _prepare(args)
@@ -64,24 +67,18 @@ def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         results = gate_study(lm.model, tokens, sink=args.sink, closed=args.closed, eps=args.eps,
                              interventions=not args.no_interventions, per_head=args.per_head,
-                             batch_size=args.batch_size, progress=True)
+                             batch_size=args.batch_size, token_heads=args.token_heads, progress=True)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
+    if lm.tokenizer is not None:
+        for x in results.get("open_tokens") or []:
+            for row in x["open"] + x["closed"]:
+                row["text"] = lm.tokenizer.decode([row["id"]])
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "sink": args.sink, "closed": args.closed,
+                   "token_heads": args.token_heads,
                    "per_head": args.per_head, "interventions": not args.no_interventions,
                    "seconds": round(time.perf_counter() - started, 3)})
-    results.update({"model": args.model, "inputs": config["inputs"], "prepend_bos": bool(args.prepend_bos),
-                    "dtype": lm.info.get("dtype"), "eps": args.eps, "num_seqs": int(tokens.shape[0]),
-                    "seq_len": int(tokens.shape[1])})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.no_figures:
-        label = f"{Path(args.model).name} · {config['inputs']} · N={tokens.shape[0]}, T={tokens.shape[1]}"
-        figures.save_figure(figures.gate_figure({Path(args.model).name: results}, title=f"the sink as a gate — {label}"),
-                            out / "gate.png")
-    write_json(out / "config.json", config)
-    write_json(out / "results.json", results)  # last: the run completed
-    print(summary(results))
-    print(f"wrote {out}/results.json")
-    return 0
+    return finish_study(args, lm, tokens, config, results,
+                        ("gate.png", lambda name, res, label: figures.gate_figure(
+                            {name: res}, title=f"the sink as a gate — {label}")), summary(results))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 from sinkinterp.argtypes import int_at_least, open_unit_float
@@ -37,9 +36,8 @@ def add_parser(sub: Any, add_common: Any) -> None:
 
 def cmd_massive(args: argparse.Namespace, argv: list[str]) -> int:
     from sinkinterp import figures
-    from sinkinterp.cli import UsageError, model_and_tokens, run_config
+    from sinkinterp.cli import UsageError, finish_study, model_and_tokens, run_config
     from sinkinterp.cli_intervene import _prepare, parse_spec
-    from sinkinterp.fileio import write_json
     from sinkinterp.massive import massive_study, summary
 
     tokens, text, kind = _prepare(args)
@@ -63,18 +61,6 @@ def cmd_massive(args: argparse.Namespace, argv: list[str]) -> int:
     config.update({"inputs": "tokens" if args.tokens else kind, "do": list(args.do),
                    "max_neurons": args.max_neurons, "share": args.share,
                    "seconds": round(time.perf_counter() - started, 3)})
-    results.update({"model": args.model, "inputs": config["inputs"], "prepend_bos": bool(args.prepend_bos),
-                    "dtype": lm.info.get("dtype"), "eps": args.eps, "num_seqs": int(tokens.shape[0]),
-                    "seq_len": int(tokens.shape[1])})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.no_figures:
-        label = f"{Path(args.model).name} · {config['inputs']} · N={tokens.shape[0]}, T={tokens.shape[1]}"
-        figures.save_figure(figures.massive_activation({Path(args.model).name: results},
-                                                       title=f"the massive activation on token 1 — {label}"),
-                            out / "massive.png")
-    write_json(out / "config.json", config)
-    write_json(out / "results.json", results)  # last: the run completed
-    print(summary(results))
-    print(f"wrote {out}/results.json")
-    return 0
+    return finish_study(args, lm, tokens, config, results,
+                        ("massive.png", lambda name, res, label: figures.massive_activation(
+                            {name: res}, title=f"the massive activation on token 1 — {label}")), summary(results))

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GATE_BINS", "GATE_MAX", "SINKS", "donor_gate", "fixed_gate", "gate_stats", "gate_study", "head_table", "summary"]
+__all__ = ["GATE_BINS", "GATE_MAX", "SINKS", "TOKEN_TABLE_LIMIT", "donor_gate", "fixed_gate", "gate_stats", "gate_study", "head_table", "summary"]
 
 SINKS = ("auto", "first", "slot")
 #: histogram of the effective gate per head: bins of width GATE_MAX / GATE_BINS on [0, GATE_MAX), one overflow
@@ -136,12 +136,70 @@ def _quantile(hist: np.ndarray, q: float) -> float:
     return float((i + (q * total - below) / max(hist[i], 1e-300)) * width)
 
 
+#: at most this many per-query values ([N, L, H, T]) are kept for the by-token table of ``gate_stats``
+TOKEN_TABLE_LIMIT = 20_000_000
+
+
 def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0.1, batch_size: int = 8,
-               progress: bool = False) -> dict[str, Any]:
+               token_heads: int = 0, min_count: int = 3, progress: bool = False) -> dict[str, Any]:
     """The measurement part of the study (module docstring): per-head statistics over queries 2..T of
     ``tokens`` [N, T] and the per-position means of m_t and g_t (``mass_pos``, ``gate_pos``, [L][H][T],
-    position 0 = query 1 is NaN). JSON-ready."""
-    return _stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, progress=progress)[0]
+    position 0 = query 1 is NaN). With ``token_heads`` > 0, also ``open_tokens``: for that many heads
+    with the most weight on the sink, the query tokens (seen at least ``min_count`` times) on which the
+    head's weight off the sink, m_t, is largest and smallest on average, and the share of m_t's variance
+    that the query token explains (``token_r2``, over the queries whose token is seen that often; it is
+    biased up by tokens seen few times: compare heads, not absolute values). Skipped, with a note, past
+    TOKEN_TABLE_LIMIT per-query values. JSON-ready."""
+    for arg, val, low in (("token_heads", token_heads, 0), ("min_count", min_count, 1)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < low:
+            raise ValueError(f"{arg} must be an integer >= {low}, got {val!r}")
+    toks = torch.as_tensor(tokens)
+    dims_ok = toks.dim() == 2
+    keep = bool(token_heads) and dims_ok and toks.numel() * _layers_heads(model) <= TOKEN_TABLE_LIMIT
+    res, seq = _stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, progress=progress, keep_seq=keep)
+    if token_heads:
+        if seq is None:
+            res["open_tokens"] = None
+            res["open_tokens_note"] = (f"skipped: {toks.numel() * _layers_heads(model):,} per-query values past "
+                                       f"TOKEN_TABLE_LIMIT = {TOKEN_TABLE_LIMIT:,}")
+        else:
+            res["open_tokens"] = _open_tokens(res, seq, toks, token_heads, min_count)
+    return res
+
+
+def _layers_heads(model: Any) -> int:
+    from sinkinterp import tl_adapter
+
+    dims = tl_adapter.model_dims(model)
+    return int(dims["n_layers"] * dims["n_heads"])
+
+
+def _open_tokens(res: dict[str, Any], seq: Tensor, tokens: Tensor, k: int, min_count: int,
+                 shown: int = 8) -> list[dict[str, Any]]:
+    """Per head (the ``k`` with the most sink weight): mean m_t by query token, the ``shown`` largest and
+    smallest (tokens seen at least ``min_count`` times) and the share of variance the token explains."""
+    out = []
+    for l, h in _top_heads(res, k):
+        m = seq[:, l, h, 1:].reshape(-1)
+        ids = tokens[:, 1:].reshape(-1).long()
+        ok = ~m.isnan()
+        m, ids = m[ok], ids[ok]
+        uniq, inv, count = torch.unique(ids, return_inverse=True, return_counts=True)
+        mean = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, m) / count
+        often = count >= min_count
+        sel = often[inv]
+        r2 = None
+        if int(sel.sum()) > 1 and float(m[sel].var()) > 0:
+            between = float(((mean[inv][sel] - m[sel].mean()) ** 2).mean())
+            r2 = between / float(m[sel].var(unbiased=False))
+        order = torch.nonzero(often).flatten()
+        order = order[mean[order].argsort(descending=True)]
+
+        table = [{"id": int(uniq[i]), "count": int(count[i]), "m": float(mean[i])} for i in order.tolist()]
+        out.append({"head": f"L{l}H{h}", "layer": l, "head_index": h, "sink_mass": res["sink_mass"][l][h],
+                    "token_r2": r2, "tokens_seen": int(often.sum()), "min_count": min_count,
+                    "open": table[:shown], "closed": table[::-1][:shown]})
+    return out
 
 
 def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int, progress: bool = False,
@@ -450,7 +508,7 @@ def _pooled(parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
 
 
 def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0.1, eps: float = 0.3,
-               interventions: bool = True, per_head: bool = False, batch_size: int = 8,
+               interventions: bool = True, per_head: bool = False, batch_size: int = 8, token_heads: int = 6,
                progress: bool = False) -> dict[str, Any]:
     """The whole study (module docstring): ``gate_stats`` and, with ``interventions``, the loss and Sink
     changes of opening every gate (``open``), of fixing it to its mean by position (``fixed``) and of
@@ -458,11 +516,12 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     per-head runs only on models whose passes all go through their forward, not on bridges). The fixed
     and donor gates are cross-fitted: the sequences are split in two halves, each half is edited with
     what was measured on the other, and the two results are pooled, so no sequence is edited with its
-    own measurements. JSON-ready."""
+    own measurements. ``token_heads``: the by-token table of ``gate_stats`` for that many heads. JSON-ready."""
     from sinkinterp import interventions as iv
     from sinkinterp import tl_adapter
 
-    res = gate_stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, progress=progress)
+    res = gate_stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, token_heads=token_heads,
+                     progress=progress)
     if not interventions:
         return res
     tokens = torch.as_tensor(tokens)
@@ -513,6 +572,13 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
                      f"{res['gate_std'][l][h]:.3f}   {res['gate_std_within'][l][h]:.3f}     "
                      f"{num(res['corr_gate_mass'][l][h], '+.3f')}     {res['closed_share'][l][h]:.2f}   "
                      f"{num(res['value_share'][l][h], '.3f')}")
+    for x in (res.get("open_tokens") or [])[:3]:
+        def shown(rows: list[dict[str, Any]]) -> str:
+            return ", ".join(f"{r.get('text', r['id'])!r} {r['m']:.2f}" for r in rows[:5])
+
+        r2 = "-" if x["token_r2"] is None else f"{x['token_r2']:.2f}"
+        lines.append(f"{x['head']} (a {x['sink_mass']:.2f}): the query token explains {r2} of m's variance; "
+                     f"most open on {shown(x['open'])}; most closed on {shown(x['closed'])}")
     if "explicit_gate" in res:
         e = np.asarray(res["explicit_gate"], dtype=np.float64)
         lines.append(f"explicit gate (hook_gate): mean over heads {np.nanmean(e):.3f}, heads from {np.nanmin(e):.3f} "

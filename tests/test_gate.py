@@ -235,6 +235,36 @@ def test_donor_gate_gives_each_text_its_donors_weights():
         donor_gate(tokens, own[:3], sink="first", normalized=True)
 
 
+def test_open_tokens_group_each_heads_weight_by_query_token(monkeypatch):
+    from sinkinterp import gate
+
+    model = tiny_model("rotary").eval()
+    tokens = torch.randint(0, 6, (6, T), generator=torch.Generator().manual_seed(4))  # few ids: many repeats
+    res = gate_stats(model, tokens, token_heads=2, min_count=4)
+    seq = _seq_masses(model, tokens).numpy()
+    a = np.asarray(res["sink_mass"])
+    top = sorted(np.ndindex(*a.shape), key=lambda lh: -a[lh])[:2]
+    assert [x["head"] for x in res["open_tokens"]] == [f"L{l}H{h}" for l, h in top]
+    for x, (l, h) in zip(res["open_tokens"], top):
+        m, ids = seq[:, l, h, 1:].ravel(), tokens[:, 1:].numpy().ravel()
+        means = {int(i): m[ids == i].mean() for i in np.unique(ids) if (ids == i).sum() >= 4}
+        want = sorted(means, key=lambda i: -means[i])
+        assert [r["id"] for r in x["open"]] == want[:8] and [r["id"] for r in x["closed"]] == want[::-1][:8]
+        assert all(r["count"] == int((ids == r["id"]).sum()) and r["m"] == pytest.approx(means[r["id"]], rel=1e-12)
+                   for r in x["open"])
+        keep = np.isin(ids, list(means))
+        between = np.mean([(means[int(i)] - m[keep].mean()) ** 2 for i in ids[keep]])
+        assert x["token_r2"] == pytest.approx(between / m[keep].var(), rel=1e-9)
+        assert 0 <= x["token_r2"] <= 1
+    monkeypatch.setattr(gate, "TOKEN_TABLE_LIMIT", 10)
+    skipped = gate_stats(model, tokens, token_heads=2)
+    assert skipped["open_tokens"] is None and "TOKEN_TABLE_LIMIT" in skipped["open_tokens_note"]
+    with pytest.raises(ValueError, match="token_heads must be"):
+        gate_stats(model, tokens, token_heads=-1)
+    with pytest.raises(ValueError, match="min_count must be"):
+        gate_stats(model, tokens, token_heads=1, min_count=0)
+
+
 def test_bad_arguments_are_named():
     model = tiny_model("rotary").eval()
     with pytest.raises(ValueError, match="sink: got 'key'"):
@@ -264,6 +294,7 @@ def test_cli_writes_results_and_refuses_bad_options(tmp_path, capsys):
     assert res["sink"] == "first" and res["num_seqs"] == 4 and res["seq_len"] == 12
     assert [x["label"] for x in res["interventions"]] == ["open", "fixed", "donor"]
     assert cfg["command"].startswith("sinkinterp gate") and (out / "gate.png").stat().st_size > 0
+    assert len(res["open_tokens"]) == 6 and all(isinstance(r["text"], str) for r in res["open_tokens"][0]["open"])
     assert "effective gate" in capsys.readouterr().out
     for argv, msg in ((["--closed", "3"], "--closed"), (["--per-head", "--no-interventions"], "--per-head"),
                       (["--sink", "slot"], "bias slot"), (["--seq-len", "2"], "T >= 3")):
