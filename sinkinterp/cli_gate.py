@@ -44,8 +44,9 @@ def add_parser(sub: Any, add_common: Any) -> None:
                    help="also the loss change of opening / fixing each head's gate alone")
     s.add_argument("--no-interventions", action="store_true", help="measure only (no loss runs)")
     s.add_argument("--token-heads", type=int_at_least(0), default=6,
-                   help="for this many heads with the most sink weight, the query tokens that open and close "
-                        "their gate most (default 6; 0: none)")
+                   help="for this many heads whose gate varies most with the content (among those with at least "
+                        "10%% of their weight on the sink), the query tokens that open and close their gate most "
+                        "(default 6; 0: none)")
     s.set_defaults(num_seqs=32, batch_size=8)
 
 

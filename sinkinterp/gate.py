@@ -145,7 +145,8 @@ def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     """The measurement part of the study (module docstring): per-head statistics over queries 2..T of
     ``tokens`` [N, T] and the per-position means of m_t and g_t (``mass_pos``, ``gate_pos``, [L][H][T],
     position 0 = query 1 is NaN). With ``token_heads`` > 0, also ``open_tokens``: for that many heads
-    with the most weight on the sink, the query tokens (seen at least ``min_count`` times) on which the
+    whose gate varies most with the content (within a position) among those with at least 10% of their
+    weight on the sink, the query tokens (seen at least ``min_count`` times) on which the
     head's weight off the sink, m_t, is largest and smallest on average, and the share of m_t's variance
     that the query token explains (``token_r2``, over the queries whose token is seen that often; it is
     biased up by tokens seen few times: compare heads, not absolute values). Skipped, with a note, past
@@ -174,12 +175,21 @@ def _layers_heads(model: Any) -> int:
     return int(dims["n_layers"] * dims["n_heads"])
 
 
+def _content_heads(res: dict[str, Any], k: int, floor: float = 0.1) -> list[tuple[int, int]]:
+    """The ``k`` heads whose gate varies most within a query position (with the content), among those
+    with a mean sink weight of at least ``floor`` (all heads if none has)."""
+    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    w = np.asarray(res["gate_std_within"], dtype=np.float64)
+    heads = [lh for lh in np.ndindex(*a.shape) if a[lh] >= floor] or list(np.ndindex(*a.shape))
+    return sorted(heads, key=lambda lh: -w[lh])[:k]
+
+
 def _open_tokens(res: dict[str, Any], seq: Tensor, tokens: Tensor, k: int, min_count: int,
                  shown: int = 8) -> list[dict[str, Any]]:
-    """Per head (the ``k`` with the most sink weight): mean m_t by query token, the ``shown`` largest and
+    """Per head (the ``k`` of ``_content_heads``): mean m_t by query token, the ``shown`` largest and
     smallest (tokens seen at least ``min_count`` times) and the share of variance the token explains."""
     out = []
-    for l, h in _top_heads(res, k):
+    for l, h in _content_heads(res, k):
         m = seq[:, l, h, 1:].reshape(-1)
         ids = tokens[:, 1:].reshape(-1).long()
         ok = ~m.isnan()

@@ -242,9 +242,9 @@ def test_open_tokens_group_each_heads_weight_by_query_token(monkeypatch):
     tokens = torch.randint(0, 6, (6, T), generator=torch.Generator().manual_seed(4))  # few ids: many repeats
     res = gate_stats(model, tokens, token_heads=2, min_count=4)
     seq = _seq_masses(model, tokens).numpy()
-    a = np.asarray(res["sink_mass"])
-    top = sorted(np.ndindex(*a.shape), key=lambda lh: -a[lh])[:2]
-    assert [x["head"] for x in res["open_tokens"]] == [f"L{l}H{h}" for l, h in top]
+    a, w = np.asarray(res["sink_mass"]), np.asarray(res["gate_std_within"])
+    top = sorted([lh for lh in np.ndindex(*a.shape) if a[lh] >= 0.1], key=lambda lh: -w[lh])[:2]
+    assert len(top) == 2 and [x["head"] for x in res["open_tokens"]] == [f"L{l}H{h}" for l, h in top]
     for x, (l, h) in zip(res["open_tokens"], top):
         m, ids = seq[:, l, h, 1:].ravel(), tokens[:, 1:].numpy().ravel()
         means = {int(i): m[ids == i].mean() for i in np.unique(ids) if (ids == i).sum() >= 4}
