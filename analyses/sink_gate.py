@@ -249,6 +249,20 @@ def main() -> int:
                          f"over queries of {np.min(es):.2f} to {np.max(es):.2f}; sink heads (a > {SINK_HEAD}): "
                          f"{len(_sink_heads(res))}.")
 
+    token_rows = [("| model | head | a | share of m's variance the query token explains | most open on (mean m) | "
+                  "most closed on (mean m) |"), "| --- | --- | ---: | ---: | --- | --- |"]
+    for key, res in results.items():
+        if not (_in_domain(key) and res["normalized"] and _sink_heads(res)):
+            continue
+        for x in (res.get("open_tokens") or [])[:3]:
+            def shown(rows: list) -> str:
+                return ", ".join("`" + repr(r.get("text", r["id"])).replace("|", "\\|").replace("`", "'") + "`"
+                                 + f" {r['m']:.2f}" for r in rows[:5])
+
+            r2 = "-" if x["token_r2"] is None else f"{x['token_r2']:.2f}"
+            token_rows.append(f"| {_label(key)} | {x['head']} | {x['sink_mass']:.3f} | {r2} | {shown(x['open'])} | "
+                              f"{shown(x['closed'])} |")
+
     lines = [
         "# Is the sink a gate?",
         "",
@@ -290,6 +304,14 @@ def main() -> int:
         "The sink heads (at most six per model, by sink weight; per-head effects where run):",
         "",
         *head_rows,
+        "",
+        "What opens the gate: for the three heads of each softmax model (in its own domain) whose gate varies most",
+        "with the content (within a query position) among those with at least 10% of their weight on the sink,",
+        "the mean weight off the sink, m, by query token (tokens seen at least 3 times among the 32 x 63 queries),",
+        "and the share of m's variance that the query token alone explains (biased up by tokens seen few times:",
+        "compare heads rather than read it as a fraction of the gate's content dependence).",
+        "",
+        *(token_rows if len(token_rows) > 2 else ["(no by-token table in these results)"]),
         "",
         "Where the attention does not normalize, or gates itself:",
         "",
