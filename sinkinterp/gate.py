@@ -58,7 +58,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GATE_BINS", "GATE_MAX", "SINKS", "TOKEN_TABLE_LIMIT", "donor_gate", "fixed_gate", "gate_stats", "gate_study", "head_table", "summary"]
+__all__ = ["GATE_BINS", "GATE_MAX", "SINKS", "TOKEN_TABLE_LIMIT", "donor_gate", "fixed_gate", "gate_stats",
+           "gate_study", "head_table", "summary"]
 
 SINKS = ("auto", "first", "slot")
 #: histogram of the effective gate per head: bins of width GATE_MAX / GATE_BINS on [0, GATE_MAX), one overflow
@@ -93,11 +94,13 @@ class _Accumulator:
 
     def __init__(self, n_layers: int, n_heads: int, seq_len: int, gated: bool):
         shape = (n_layers, n_heads, seq_len)
+
         def z() -> Tensor:
             return torch.zeros(shape, dtype=torch.float64)
 
         self.count, self.a, self.m, self.m2, self.g, self.g2, self.gm = z(), z(), z(), z(), z(), z(), z()
         self.write, self.read, self.rest = z(), z(), z()
+        self.count_all, self.a_all, self.m_all = z(), z(), z()  # every query, read or not (a_t = 1 - m_t there)
         self.hist = torch.zeros((n_layers, n_heads, GATE_BINS + 1), dtype=torch.float64)
         self.explicit = (z(), z()) if gated else None
         self.row_error = 0.0  # max |row sum + slot - 1| over the queries measured: 0 for normalized attention
@@ -105,14 +108,18 @@ class _Accumulator:
     def add(self, layer: int, a: Tensor, m: Tensor, g: Tensor, write: Tensor, read: Tensor, rest: Tensor,
             valid: Tensor, explicit: Tensor | None) -> None:
         """[batch, head, query] tensors (float64) for queries 1..T-1 of one batch."""
-        w = valid.double()
-        for acc, x in ((self.count, w), (self.a, a * w), (self.m, m * w), (self.m2, m * m * w), (self.g, g * w),
-                       (self.g2, g * g * w), (self.gm, g * m * w), (self.write, write * w), (self.read, read * w),
-                       (self.rest, rest * w)):
-            acc[layer, :, 1:] += x.sum(0).cpu()
+        def kept(x: Tensor) -> Tensor:  # a query without a read (m_t = 0) adds nothing, not 0 * inf
+            return torch.where(valid, x, 0.0).sum(0).cpu()
+
+        self.count_all[layer, :, 1:] += a.shape[0]
+        self.a_all[layer, :, 1:] += a.sum(0).cpu()
+        self.m_all[layer, :, 1:] += m.sum(0).cpu()
+        for acc, x in ((self.count, valid.double()), (self.a, a), (self.m, m), (self.m2, m * m), (self.g, g),
+                       (self.g2, g * g), (self.gm, g * m), (self.write, write), (self.read, read), (self.rest, rest)):
+            acc[layer, :, 1:] += kept(x)
         if explicit is not None and self.explicit is not None:
-            self.explicit[0][layer, :, 1:] += (explicit * w).sum(0).cpu()
-            self.explicit[1][layer, :, 1:] += (explicit * explicit * w).sum(0).cpu()
+            self.explicit[0][layer, :, 1:] += kept(explicit)
+            self.explicit[1][layer, :, 1:] += kept(explicit * explicit)
         idx = (g / (GATE_MAX / GATE_BINS)).floor().clamp(0, GATE_BINS).long()
         idx = torch.where(valid, idx, torch.full_like(idx, -1))
         H = idx.shape[1]
@@ -333,6 +340,12 @@ def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated
     def mean(x: Tensor) -> Tensor:
         return x.sum(-1) / c
 
+    nan = float("nan")
+    none = cnt == 0  # heads that read nothing besides the sink on every query: no gate to measure
+
+    def per_head(x: Tensor) -> Tensor:
+        return torch.where(none, torch.full_like(x, nan), x)
+
     g_mean, m_mean = mean(acc.g), mean(acc.m)
     g_var = (mean(acc.g2) - g_mean ** 2).clamp_min(0.0)
     m_var = (mean(acc.m2) - m_mean ** 2).clamp_min(0.0)
@@ -343,9 +356,10 @@ def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated
     pc = acc.count.clamp_min(1.0)
     g_pos, m_pos = acc.g / pc, acc.m / pc
     within = ((acc.g2 - acc.count * g_pos ** 2).clamp_min(0.0)).sum(-1) / c
-    nan = float("nan")
     g_pos = torch.where(acc.count > 0, g_pos, torch.full_like(g_pos, nan))
-    m_pos = torch.where(acc.count > 0, m_pos, torch.full_like(m_pos, nan))
+    # the weights over every query (a query that reads nothing besides the sink has m_t = 0)
+    all_c = acc.count_all.sum(-1).clamp_min(1.0)
+    m_pos = torch.where(acc.count_all > 0, acc.m_all / acc.count_all.clamp_min(1.0), torch.full_like(acc.m_all, nan))
     hist = acc.hist.numpy()
     L, H = cnt.shape
     closed_bins = int(np.floor(closed / (GATE_MAX / GATE_BINS)))
@@ -359,11 +373,11 @@ def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated
         "sink": sink, "slot": slot, "normalized": bool(acc.row_error < 1e-2 and not shares),
         "pattern_is_share": shares, "row_error": acc.row_error,
         "closed": closed, "queries_per_head": out(cnt),
-        "sink_mass": out(mean(acc.a)), "mass": out(m_mean), "gate": out(g_mean),
-        "gate_std": out(g_var.sqrt()), "gate_std_within": out(within.sqrt()),
-        "corr_gate_mass": out(corr),
-        "value_share": out(acc.rest.sum(-1) / acc.write.sum(-1).clamp_min(1e-300)),
-        "write_norm": out(mean(acc.write)), "read_norm": out(mean(acc.read)),
+        "sink_mass": out(acc.a_all.sum(-1) / all_c), "mass": out(acc.m_all.sum(-1) / all_c),
+        "gate": out(per_head(g_mean)), "gate_std": out(per_head(g_var.sqrt())),
+        "gate_std_within": out(per_head(within.sqrt())), "corr_gate_mass": out(corr),
+        "value_share": out(per_head(acc.rest.sum(-1) / acc.write.sum(-1).clamp_min(1e-300))),
+        "write_norm": out(per_head(mean(acc.write))), "read_norm": out(per_head(mean(acc.read))),
         "closed_share": [[float(hist[l, h, :closed_bins].sum() / max(hist[l, h].sum(), 1.0)) for h in range(H)]
                          for l in range(L)],
         **quant,
@@ -373,7 +387,7 @@ def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated
         blank = [[None] * H for _ in range(L)]
         res["corr_gate_mass"], res["value_share"] = blank, [list(r) for r in blank]
     if gated and acc.explicit is not None:
-        e_mean = mean(acc.explicit[0])
+        e_mean = per_head(mean(acc.explicit[0]))
         res["explicit_gate"] = out(e_mean)
         res["explicit_gate_std"] = out((mean(acc.explicit[1]) - e_mean ** 2).clamp_min(0.0).sqrt())
     return res

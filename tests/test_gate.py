@@ -93,6 +93,23 @@ def test_a_sink_without_value_gates_exactly():
     assert "explicit_gate" not in res
 
 
+def test_a_head_that_reads_nothing_has_weights_but_no_gate():
+    """Layer 0's sink logit at +60: its heads put all their weight on the slot (m_t < 1e-20), so they
+    have a sink weight of 1 and no gate to measure (NaN, not 0 or inf), and layer 1 is unaffected."""
+    model = tiny_model("sink_logit").eval()
+    tokens = _tokens()
+    before = gate_stats(model, tokens)
+    with torch.no_grad():
+        model.blocks[0].attn.sink_logit.fill_(60.0)
+    res = gate_stats(model, tokens)
+    np.testing.assert_allclose(res["sink_mass"][0], 1.0, atol=1e-12)
+    np.testing.assert_allclose(res["mass"][0], 0.0, atol=1e-12)
+    assert res["queries_per_head"][0] == [0.0] * 4 and np.isnan(res["gate"][0]).all()
+    assert np.isnan(res["value_share"][0]).all() and np.isnan(np.asarray(res["mass_pos"])[0, :, 1:]).sum() == 0
+    assert np.isfinite(res["gate"][1]).all() and np.isfinite(res["sink_mass"]).all()
+    assert res["gate"][1] != before["gate"][1]  # layer 1 reads a different residual now, but is measured
+
+
 def test_auto_picks_the_slot_and_quantiles_are_ordered():
     res = gate_stats(tiny_model("kv").eval(), _tokens(), closed=0.5)
     assert res["sink"] == "slot" and res["slot"] == "hook"
