@@ -246,8 +246,8 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
     gated = all(f"blocks.{l}.attn.hook_gate" in names for l in range(L))
     grams = []
     for l in range(L):
-        w_o = model.blocks[l].attn.W_O
-        if tuple(w_o.shape[:1]) != (H,) or w_o.dim() != 3:
+        w_o = tl_adapter.attn_out_weight(model, l)
+        if w_o.shape[0] != H:
             raise TypeError(f"model: blocks[{l}].attn.W_O has shape {tuple(w_o.shape)}, expected [n_heads, d_head, d_model]")
         w_o = w_o.detach().double()
         grams.append(w_o @ w_o.transpose(1, 2))  # [H, dh, dh]: ||x W_O||^2 = x G x^T

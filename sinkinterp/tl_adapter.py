@@ -70,6 +70,7 @@ __all__ = [
     "route_attention",
     "hf_architecture",
     "mlp_out_weight",
+    "attn_out_weight",
     "patching",
 ]
 
@@ -1038,6 +1039,20 @@ def mlp_out_weight(model: Any, layer: int) -> Any:
     w = getattr(blocks[layer].mlp, "W_out", None)
     if w is None:
         raise TypeError(f"model: blocks[{layer}].mlp has no W_out (a gated or MoE MLP this adapter does not know)")
+    return w
+
+
+def attn_out_weight(model: Any, layer: int) -> Any:
+    """Each head's output matrix W_O [n_heads, d_head, d_model] of ``blocks[layer]`` (HookedTransformer, a
+    TransformerBridge and sinkinterp models all expose it under that name): head h writes
+    ``hook_z[..., h, :] @ W_O[h]`` into the residual stream."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not 0 <= layer < len(blocks):
+        raise ValueError(f"layer must be in [0, {len(blocks) if blocks is not None else 0}), got {layer!r}")
+    w = getattr(blocks[layer].attn, "W_O", None)
+    if w is None or w.dim() != 3:
+        raise TypeError(f"model: blocks[{layer}].attn has no W_O of shape [n_heads, d_head, d_model] "
+                        f"(got {None if w is None else tuple(w.shape)})")
     return w
 
 
