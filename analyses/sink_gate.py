@@ -14,7 +14,7 @@ Each model is run with ``sinkinterp gate`` (T = 64, 32 sequences of the shipped 
 seed 0, eps 0.3); the per-head results of every run are kept in analyses/data/sink_gate/NAME.json, so
 the page regenerates from them where a model is missing here (the GPU models and c_gatebos are not in
 git). Writes docs/sink-gate.md and docs/figures/sink-gate.png. About 10 minutes on a 2-core CPU with
-every model present.
+every model present, and about 40 more for SmolLM2's per-head effects.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ MODELS = {
                        "6 x 384 softmax, wd 0.1, 9k steps on an H200, no BOS; not in git"),
     "sigmoid_small": ("runs/gpu_models/sigmoid_small", False, False,
                       "6 x 384 sigmoid (b = 0), 9k steps on an H200, no BOS; not in git"),
-    "smollm2": (None, False, False, "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
+    "smollm2": (None, False, True, "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
 }
 # inputs per model, the first in the model's own domain: the Debian-trained models on held-out Debian
 # windows and on the shipped English sample (what the other pages use; out of their domain), SmolLM2 on the
@@ -175,8 +175,8 @@ def main() -> int:
             if here:
                 if inputs.startswith("debian"):
                     _debian_tokens()
-                results[key] = _run(key, gguf if spec is None else spec, inputs, bos, per_head and inputs == "debian",
-                                    commands, gguf)
+                results[key] = _run(key, gguf if spec is None else spec, inputs, bos,
+                                    per_head and inputs == INPUTS[name][0], commands, gguf)
                 sources[key] = "run now"
             elif (DATA / f"{key}.json").is_file():
                 results[key] = json.loads((DATA / f"{key}.json").read_text())
@@ -249,6 +249,24 @@ def main() -> int:
                          f"over queries of {np.min(es):.2f} to {np.max(es):.2f}; sink heads (a > {SINK_HEAD}): "
                          f"{len(_sink_heads(res))}.")
 
+    # per head: whose content-dependent gate matters most (the fixed gate's cost, one head at a time)
+    top_rows = [("| model | head | a | g's std within a position | Δ loss, this head's gate fixed | Δ loss, this head's "
+                "gate opened |"), "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for key, res in results.items():
+        runs = {x["label"]: x for x in res.get("interventions", [])}
+        fx, op = runs.get("fixed"), runs.get("open")
+        if not (_in_domain(key) and fx and fx.get("per_head_delta_loss") is not None):
+            continue
+        per = np.asarray(fx["per_head_delta_loss"], dtype=np.float64)
+        opened = np.asarray(op["per_head_delta_loss"], dtype=np.float64) if op and op.get("per_head_delta_loss") else None
+        order = sorted(np.ndindex(*per.shape), key=lambda lh, per=per: -per[lh])[:8]
+        total = float(np.nansum(per))
+        for l, h in order:
+            top_rows.append(f"| {_label(key)} | L{l}H{h} | {res['sink_mass'][l][h]:.3f} | {res['gate_std_within'][l][h]:.3f} | "
+                            f"{per[l, h]:+.4f} | {'-' if opened is None else f'{opened[l, h]:+.4f}'} |")
+        top_rows.append(f"| {_label(key)} | sum over all {per.size} heads | | | {total:+.4f} | "
+                        f"{'-' if opened is None else f'{float(np.nansum(opened)):+.4f}'} |")
+
     token_rows = [("| model | head | a | share of m's variance the query token explains | most open on (mean m) | "
                   "most closed on (mean m) |"), "| --- | --- | ---: | ---: | --- | --- |"]
     for key, res in results.items():
@@ -304,6 +322,12 @@ def main() -> int:
         "The sink heads (at most six per model, by sink weight; per-head effects where run):",
         "",
         *head_rows,
+        "",
+        "Whose gate matters: each head's gate fixed (or opened) alone, the eight costliest heads per model in its",
+        "own domain where per-head effects were run (the fixed gate cross-fitted as above), and the sum over all",
+        "heads, to set against fixing every gate at once in the first table (the effects need not add up).",
+        "",
+        *(top_rows if len(top_rows) > 2 else ["(no per-head effects in these results)"]),
         "",
         "What opens the gate: for the three heads of each softmax model (in its own domain) whose gate varies most",
         "with the content (within a query position) among those with at least 10% of their weight on the sink,",

@@ -898,7 +898,7 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
                         ("TOKENS", data / "val.npy"), ("TOKENS_BOS", data / "val_bos.npy")):
         monkeypatch.setattr(mod, name, value)
     np.save(data / "val.npy", toks)
-    monkeypatch.setattr(mod, "MODELS", {"toy-softmax": ("toy-softmax", True, False, "shipped")})
+    monkeypatch.setattr(mod, "MODELS", {"toy-softmax": ("toy-softmax", True, True, "shipped")})
     monkeypatch.setattr(mod, "INPUTS", {"toy-softmax": ("debian", "natural")})
     assert mod.main() == 0
     snap = json.loads((data / "toy-softmax__debian.json").read_text())
@@ -910,7 +910,11 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     page = (tmp_path / "page.md").read_text()
     assert "| toy-softmax, Debian held-out | token 1 |" in page and "| toy-softmax, English sample |" in page
     assert f"| {opened['delta_loss']:+.3f} | {fixed['delta_loss']:+.4f} | {donor['delta_loss']:+.4f} |" in page
-    assert f"- `{snap['command']}`" in page
+    assert f"- `{snap['command']}`" in page and "--per-head" in snap["command"] and "--per-head" not in nat["command"]
+    per = np.asarray(fixed["per_head_delta_loss"])
+    worst = np.unravel_index(np.argmax(per), per.shape)
+    assert f"| toy-softmax, Debian held-out | L{worst[0]}H{worst[1]} |" in page
+    assert f"| toy-softmax, Debian held-out | sum over all 16 heads | | | {per.sum():+.4f} |" in page
     # a model that is not here: its snapshot is used and named; one without a snapshot is left out
     (data / "ghost__natural.json").write_text((data / "toy-softmax__natural.json").read_text())
     monkeypatch.setattr(mod, "MODELS", {"ghost": (str(tmp_path / "no-model"), False, False, "absent"),
