@@ -11,7 +11,7 @@
 ``sinkinterp massive``  where the massive activation on token 1 is written, and whether the sink needs it
                         (sinkinterp/cli_massive.py)
 ``sinkinterp gate``     is the sink a gate? how much each head writes against its weight on the sink, and
-                        the loss with the gate opened or fixed (sinkinterp/cli_gate.py)
+                        the loss with the gate opened, fixed, or taken from another text (sinkinterp/cli_gate.py)
 
 Every argument is checked before any work starts; results.json is written last and atomically,
 so a failed run leaves no partial results behind.
