@@ -250,6 +250,7 @@ def main() -> int:
                          f"{len(_sink_heads(res))}.")
 
     # per head: whose content-dependent gate matters most (the fixed gate's cost, one head at a time)
+    top_notes: list[str] = []
     top_rows = [("| model | head | a | g's std within a position | Δ loss, this head's gate fixed | Δ loss, this head's "
                 "gate opened |"), "| --- | --- | ---: | ---: | ---: | ---: |"]
     for key, res in results.items():
@@ -266,6 +267,14 @@ def main() -> int:
                             f"{per[l, h]:+.4f} | {'-' if opened is None else f'{opened[l, h]:+.4f}'} |")
         top_rows.append(f"| {_label(key)} | sum over all {per.size} heads | | | {total:+.4f} | "
                         f"{'-' if opened is None else f'{float(np.nansum(opened)):+.4f}'} |")
+        if opened is not None:
+            worst = max(np.ndindex(*opened.shape), key=lambda lh, o=opened: o[lh])
+            top_notes.append(
+                f"- {_label(key)}: one head's gate opened at a time sums to {float(np.nansum(opened)):+.3f} nats against "
+                f"{op['delta_loss']:+.3f} for every gate at once; the costliest single head, L{worst[0]}H{worst[1]}, "
+                f"{opened[worst]:+.3f} alone" + (" (more than every gate at once)." if opened[worst] > op["delta_loss"]
+                                                 else ".")
+                + f" Fixed one at a time: {total:+.4f} against {fx['delta_loss']:+.4f} at once.")
 
     token_rows = [("| model | head | a | share of m's variance the query token explains | most open on (mean m) | "
                   "most closed on (mean m) |"), "| --- | --- | ---: | ---: | --- | --- |"]
@@ -329,6 +338,8 @@ def main() -> int:
         "heads, to set against fixing every gate at once in the first table (the effects need not add up).",
         "",
         *(top_rows if len(top_rows) > 2 else ["(no per-head effects in these results)"]),
+        "",
+        *top_notes,
         "",
         "What opens the gate: for the three heads of each softmax model (in its own domain) whose gate varies most",
         "with the content (within a query position) among those with at least 10% of their weight on the sink,",
