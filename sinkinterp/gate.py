@@ -51,7 +51,6 @@ closed queries).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -59,7 +58,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["GATE_BINS", "GATE_MAX", "SINKS", "TOKEN_TABLE_LIMIT", "donor_gate", "fixed_gate", "gate_stats",
-           "gate_study", "head_table", "summary"]
+           "gate_study", "summary"]
 
 SINKS = ("auto", "first", "slot")
 #: histogram of the effective gate per head: bins of width GATE_MAX / GATE_BINS on [0, GATE_MAX), one overflow
@@ -90,42 +89,52 @@ def _resolve_sink(model: Any, sink: str) -> tuple[str, str | None]:
 
 
 class _Accumulator:
-    """Per-head, per-position sums over queries; everything float64 on the CPU."""
+    """Per-head, per-position sums over queries, float64 on the model's device (moved to the CPU once, by
+    ``to_cpu``): the hooks add to them without a host synchronisation per layer."""
 
-    def __init__(self, n_layers: int, n_heads: int, seq_len: int, gated: bool):
+    def __init__(self, n_layers: int, n_heads: int, seq_len: int, gated: bool, device: Any):
         shape = (n_layers, n_heads, seq_len)
 
         def z() -> Tensor:
-            return torch.zeros(shape, dtype=torch.float64)
+            return torch.zeros(shape, dtype=torch.float64, device=device)
 
         self.count, self.a, self.m, self.m2, self.g, self.g2, self.gm = z(), z(), z(), z(), z(), z(), z()
         self.write, self.read, self.rest = z(), z(), z()
         self.count_all, self.a_all, self.m_all = z(), z(), z()  # every query, read or not (a_t = 1 - m_t there)
-        self.hist = torch.zeros((n_layers, n_heads, GATE_BINS + 1), dtype=torch.float64)
+        self.hist = torch.zeros((n_layers, n_heads, GATE_BINS + 1), dtype=torch.float64, device=device)
         self.explicit = (z(), z()) if gated else None
-        self.row_error = 0.0  # max |row sum + slot - 1| over the queries measured: 0 for normalized attention
+        # max |row sum + slot - 1| over the queries measured: 0 for normalized attention
+        self.row_error = torch.zeros((), dtype=torch.float64, device=device)
 
     def add(self, layer: int, a: Tensor, m: Tensor, g: Tensor, write: Tensor, read: Tensor, rest: Tensor,
-            valid: Tensor, explicit: Tensor | None) -> None:
+            valid: Tensor, explicit: Tensor | None, row_error: Tensor) -> None:
         """[batch, head, query] tensors (float64) for queries 1..T-1 of one batch."""
         def kept(x: Tensor) -> Tensor:  # a query without a read (m_t = 0) adds nothing, not 0 * inf
-            return torch.where(valid, x, 0.0).sum(0).cpu()
+            return torch.where(valid, x, 0.0).sum(0)
 
+        self.row_error = torch.maximum(self.row_error, row_error)
         self.count_all[layer, :, 1:] += a.shape[0]
-        self.a_all[layer, :, 1:] += a.sum(0).cpu()
-        self.m_all[layer, :, 1:] += m.sum(0).cpu()
+        self.a_all[layer, :, 1:] += a.sum(0)
+        self.m_all[layer, :, 1:] += m.sum(0)
         for acc, x in ((self.count, valid.double()), (self.a, a), (self.m, m), (self.m2, m * m), (self.g, g),
                        (self.g2, g * g), (self.gm, g * m), (self.write, write), (self.read, read), (self.rest, rest)):
             acc[layer, :, 1:] += kept(x)
         if explicit is not None and self.explicit is not None:
             self.explicit[0][layer, :, 1:] += kept(explicit)
             self.explicit[1][layer, :, 1:] += kept(explicit * explicit)
-        idx = (g / (GATE_MAX / GATE_BINS)).floor().clamp(0, GATE_BINS).long()
-        idx = torch.where(valid, idx, torch.full_like(idx, -1))
-        H = idx.shape[1]
-        for h in range(H):
-            sel = idx[:, h][idx[:, h] >= 0]
-            self.hist[layer, h] += torch.bincount(sel.cpu(), minlength=GATE_BINS + 1).double()
+        # one histogram per head from one bincount: bin + head * (GATE_BINS + 1), unread queries dropped
+        n_bins, H = GATE_BINS + 1, g.shape[1]
+        idx = (g / (GATE_MAX / GATE_BINS)).nan_to_num(0.0).floor().clamp(0, GATE_BINS).long()
+        idx = idx + torch.arange(H, device=idx.device)[None, :, None] * n_bins
+        self.hist[layer] += torch.bincount(idx[valid], minlength=H * n_bins).double().view(H, n_bins)
+
+    def to_cpu(self) -> _Accumulator:
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(self, name, value.cpu())
+        if self.explicit is not None:
+            self.explicit = (self.explicit[0].cpu(), self.explicit[1].cpu())
+        return self
 
 
 def _quantile(hist: np.ndarray, q: float) -> float:
@@ -251,7 +260,7 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
             raise TypeError(f"model: blocks[{l}].attn.W_O has shape {tuple(w_o.shape)}, expected [n_heads, d_head, d_model]")
         w_o = w_o.detach().double()
         grams.append(w_o @ w_o.transpose(1, 2))  # [H, dh, dh]: ||x W_O||^2 = x G x^T
-    acc = _Accumulator(L, H, T, gated)
+    acc = _Accumulator(L, H, T, gated, patching._model_device(model))
     stash: dict[tuple[int, str], Tensor] = {}
     seq = torch.full((n, L, H, T), float("nan"), dtype=torch.float64) if keep_seq else None
     offset = [0]
@@ -302,9 +311,8 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
                 gate = stash.pop((layer, "gate")).double().transpose(1, 2)
                 explicit = write / norm(zh / gate.clamp_min(_TINY)).clamp_min(_TINY)
             q = slice(1, None)
-            acc.row_error = max(acc.row_error, float((p.sum(-1) + slot_w - 1.0)[..., q].abs().max()))
             acc.add(layer, a[..., q], m[..., q], g[..., q], write[..., q], read[..., q], resid[..., q], valid[..., q],
-                    None if explicit is None else explicit[..., q])
+                    None if explicit is None else explicit[..., q], (p.sum(-1) + slot_w - 1.0)[..., q].abs().max())
             if seq is not None:
                 seq[offset[0]:offset[0] + b, layer, :, 1:] = torch.where(m > _TINY, m, float("nan"))[..., 1:].cpu()
 
@@ -334,6 +342,8 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
 
 def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated: bool,
             shares: bool) -> dict[str, Any]:
+    acc = acc.to_cpu()
+    row_error = float(acc.row_error)
     cnt = acc.count.sum(-1)
     c = cnt.clamp_min(1.0)
 
@@ -370,8 +380,8 @@ def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated
         return x.tolist()
 
     res: dict[str, Any] = {
-        "sink": sink, "slot": slot, "normalized": bool(acc.row_error < 1e-2 and not shares),
-        "pattern_is_share": shares, "row_error": acc.row_error,
+        "sink": sink, "slot": slot, "normalized": bool(row_error < 1e-2 and not shares),
+        "pattern_is_share": shares, "row_error": row_error,
         "closed": closed, "queries_per_head": out(cnt),
         "sink_mass": out(acc.a_all.sum(-1) / all_c), "mass": out(acc.m_all.sum(-1) / all_c),
         "gate": out(per_head(g_mean)), "gate_std": out(per_head(g_var.sqrt())),
@@ -619,10 +629,3 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
                 lines.append(f"{what} costs {runs[label]['delta_loss'] / runs['open']['delta_loss']:.0%} of what "
                              "opening it costs")
     return "\n".join(lines)
-
-
-def head_table(res: dict[str, Any], heads: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
-    """Per-head rows of the study for ``heads`` [(layer, head)]: every per-head statistic by name."""
-    keys = ("sink_mass", "mass", "gate", "gate_std", "gate_std_within", "corr_gate_mass", "closed_share",
-            "value_share", "gate_q10", "gate_q50", "gate_q90", "explicit_gate")
-    return [{"head": f"L{l}H{h}", **{k: res[k][l][h] for k in keys if k in res}} for l, h in heads]
