@@ -1,7 +1,9 @@
 """``sinkinterp gate``: is the sink a gate? For every head, how much of what it reads it writes, query
 by query, how that follows the weight on the sink, which query tokens open it, and what the loss loses
-when the gate is opened, fixed to its mean by position, or taken from another text (sinkinterp.gate). Same --model / --tokens / --inputs / --out
-conventions as ``sinkinterp measure``; writes config.json, results.json (last) and gate.png.
+when the gate is opened, fixed to its mean by position, made to follow only the position and the query
+token, or taken from another text, and how much of the gate the position, the query token and the rest of
+the text explain (sinkinterp.gate). Same --model / --tokens / --inputs / --out conventions as
+``sinkinterp measure``; writes config.json, results.json (last) and gate.png.
 
     sinkinterp gate --model smollm2.gguf --inputs natural --seq-len 64 --num-seqs 32 --out DIR
 """
@@ -33,8 +35,8 @@ def add_parser(sub: Any, add_common: Any) -> None:
     from sinkinterp.gate import SINKS
 
     s = sub.add_parser("gate", help="is the sink a gate? per head, how much of what it reads it writes, against "
-                                    "the weight on the sink, and the loss with the gate opened, fixed or another "
-                                    "text's")
+                                    "the weight on the sink, and the loss with the gate opened, fixed, following "
+                                    "only the query token, or another text's")
     add_common(s, single_input=True, per_key=False)
     s.add_argument("--sink", choices=list(SINKS), default="auto",
                    help="where the sink is: token 1 (first) or the bias slot (slot); auto: the slot if the model "

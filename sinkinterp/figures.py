@@ -511,12 +511,12 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
     measured = [(name, res["interventions"]) for name, res in studies.items() if res.get("interventions")]
     if measured:
         labels = {"open": "gate opened (sink removed)", "fixed": "gate fixed to its mean by position",
-                  "donor": "another text's gate"}
+                  "token": "gate of position and query token", "donor": "another text's gate"}
         width = 0.8 / len(labels)
         for j, label in enumerate(labels):
             vals = [next((x["delta_loss"] for x in runs if x["label"] == label), np.nan) for _, runs in measured]
             cx.bar([i + j * width for i in range(len(measured))], vals, width, label=labels[label])
-        cx.set_xticks([i + width for i in range(len(measured))], [n for n, _ in measured], fontsize=7,
+        cx.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(measured))], [n for n, _ in measured], fontsize=7,
                       rotation=20, ha="right")
         cx.set_ylabel("Δ loss (nats)")
         cx.legend(fontsize=7, frameon=False)

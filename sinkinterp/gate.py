@@ -33,9 +33,18 @@ Three interventions then ask what the model needs of the gate (``interventions``
   position) over the other half of the measured sequences, the other keys keeping their relative
   weights and the sink taking the rest: the gate keeps its average by position but no longer depends
   on the content (``fixed_gate``);
+* ``token`` (normalized attention only): every query's m_t set to the mean at its (layer, head,
+  position) plus the mean deviation from it of its query token, both from the other half (``token_gate``):
+  the gate follows the position and the query token, but no longer the rest of the text before it;
 * ``donor`` (normalized attention only): every query's m_t set to the m_t of a text of the other half
   at the same (layer, head, position): a real gate pattern, spread included, that belongs to another
   text (``donor_gate``).
+
+What drives the gate (``drivers``, normalized attention): per head, the share of m_t's variance over
+queries that the position explains, the share the query token adds, and the rest (the text before the
+query: the keys' content and the token's interaction with it, plus the noise of the fitted means), each
+out of sample: the means are fitted on one half of the sequences and scored on the other (and the other
+way round), so a token seen once cannot explain its own query (the by-token table's ``token_r2`` can).
 
 For attention that does not normalize (sinkinterp's sigmoid, elu+1 and identity kernels, whose hook_pattern
 holds each key's share of the row's weight), a_t and m_t are shares, g_t carries the row's total weight,
@@ -43,7 +52,7 @@ holds each key's share of the row's weight), a_t and m_t are shares, g_t carries
 drops the sink without renormalizing, and ``fixed`` and ``donor`` are not run.
 
 Reading them: ``open`` prices the damping itself; ``fixed`` the gate's dependence on the content, with
-its average kept; ``donor`` whether the gate must match its own text (if it costs no more than
+its average kept; ``token`` how much of that dependence the query token carries; ``donor`` whether the gate must match its own text (if it costs no more than
 ``fixed``, a gate of the right spread would do; if more, each text needs its own pattern of open and
 closed queries).
 ``sinkinterp gate`` (sinkinterp/cli_gate.py) runs it from the command line.
@@ -57,8 +66,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GATE_BINS", "GATE_MAX", "SINKS", "TOKEN_TABLE_LIMIT", "donor_gate", "fixed_gate", "gate_stats",
-           "gate_study", "summary"]
+__all__ = ["DRIVER_FLOOR", "GATE_BINS", "GATE_MAX", "SINKS", "TOKEN_SHRINK", "TOKEN_TABLE_LIMIT", "donor_gate",
+           "drivers", "fixed_gate", "gate_stats", "gate_study", "pooled_drivers", "summary", "token_gate"]
 
 SINKS = ("auto", "first", "slot")
 #: histogram of the effective gate per head: bins of width GATE_MAX / GATE_BINS on [0, GATE_MAX), one overflow
@@ -519,6 +528,113 @@ def donor_gate(tokens: Any, masses: Any, *, sink: str, normalized: bool) -> Any:
                       f"each query's weight off {where} taken from another text at the same (layer, head, position)", {})
 
 
+#: the query tokens' deviations from the position mean are shrunk toward 0: sum / (count + TOKEN_SHRINK), so
+#: a token seen once moves its prediction by a third of what it showed, one seen 20 times by 91%
+TOKEN_SHRINK = 2.0
+
+
+def _token_table(tokens: Any, masses: Any, mass_pos: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """From measured sequences (``tokens`` [N, T], ``masses`` [N, L, H, T]: m_t, NaN where not measured) and
+    a position table ``mass_pos`` [L, H, T]: (position table [L, H, T], the query-token ids seen at queries
+    2..T, sorted [U], and each one's mean deviation of m_t from its position's mean, shrunk toward 0 by
+    TOKEN_SHRINK, [L, H, U])."""
+    toks = torch.as_tensor(tokens).long()
+    seq = torch.as_tensor(np.asarray(masses, dtype=np.float64))
+    pos = torch.as_tensor(np.asarray(mass_pos, dtype=np.float64))
+    if toks.dim() != 2 or seq.dim() != 4 or pos.dim() != 3 or seq.shape[0] != toks.shape[0] \
+            or seq.shape[-1] != toks.shape[1] or seq.shape[1:] != pos.shape:
+        raise ValueError(f"tokens [N, T], masses [N, layers, heads, T] and mass_pos [layers, heads, T] must agree, got "
+                         f"{tuple(toks.shape)}, {tuple(seq.shape)} and {tuple(pos.shape)}")
+    _, L, H, _ = seq.shape
+    resid = (seq - pos[None])[..., 1:].permute(1, 2, 0, 3).reshape(L, H, -1)  # [L, H, N * (T - 1)], row-major (n, t)
+    ids, inv = torch.unique(toks[:, 1:].reshape(-1), return_inverse=True)
+    ok = ~resid.isnan()
+    sums = torch.zeros((L, H, len(ids)), dtype=torch.float64).index_add_(2, inv, torch.where(ok, resid, 0.0))
+    counts = torch.zeros((L, H, len(ids)), dtype=torch.float64).index_add_(2, inv, ok.double())
+    return pos, ids, sums / (counts + TOKEN_SHRINK)
+
+
+def _token_predict(pos: Tensor, ids: Tensor, dev: Tensor, tokens: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+    """The token gate's m_t for ``tokens`` [b, T'] at ``layer``: [b, H, T'] (position mean plus the query
+    token's deviation, clamped to [0, 1]; NaN past the table), and whether each query's token was seen."""
+    tokens = tokens.long().cpu()
+    at = torch.searchsorted(ids, tokens).clamp_max(max(len(ids) - 1, 0))
+    seen = (ids[at] == tokens) if len(ids) else torch.zeros_like(tokens, dtype=torch.bool)
+    d = dev[layer][:, at].permute(1, 0, 2) if len(ids) else torch.zeros((tokens.shape[0], dev.shape[1], tokens.shape[1]),
+                                                                          dtype=torch.float64)
+    d = torch.where(seen[:, None, :], d, 0.0)
+    return (_padded(pos[layer], tokens.shape[1])[None] + d).clamp(0.0, 1.0), seen
+
+
+def token_gate(tokens: Any, masses: Any, mass_pos: Any, *, sink: str, normalized: bool) -> Any:
+    """Each query's weight on the non-sink keys, m_t, set to the mean at its (layer, head, position),
+    ``mass_pos``, plus its query token's mean deviation from that mean on the measured sequences
+    ``tokens`` [N, T] with their ``masses`` [N, L, H, T] (shrunk by TOKEN_SHRINK; 0 for a token not seen
+    there), clamped to [0, 1]: the gate follows the position and the query token, not the rest of the text.
+    The other keys are scaled together; with ``normalized`` the sink takes the difference. The query
+    tokens are those of each forward pass, so it runs inside ``interventions._token_tap`` (as gate_study
+    does). Query 1 is left alone, and so are positions past the table."""
+    from sinkinterp.interventions import _TAPPED
+
+    if sink not in ("first", "slot"):
+        raise ValueError(f"sink: got {sink!r}, allowed values are ['first', 'slot']")
+    pos, ids, dev = _token_table(tokens, masses, mass_pos)
+
+    def targets(p: Tensor, layer: int) -> Tensor:
+        _check_table(pos, p, layer, "token_gate")
+        run = _TAPPED[-1] if _TAPPED else None
+        if run is None or run.shape[0] != p.shape[0] or run.shape[1] != p.shape[-1]:
+            raise RuntimeError("token_gate: needs the token ids of each forward pass (run it inside "
+                               "interventions._token_tap, as gate_study does)")
+        return _token_predict(pos, ids, dev, run, layer)[0]
+
+    where = "token 1" if sink == "first" else "the bias slot"
+    return _gate_edit(targets, sink, normalized, "token_gate",
+                      f"each query's weight off {where} set to its (layer, head, position) mean plus its query "
+                      "token's mean deviation", {"shrink": TOKEN_SHRINK})
+
+
+def drivers(halves: Any, measured: Any) -> dict[str, Any]:
+    """What drives the gate, out of sample. ``halves``: two sets of sequences [N_i, T]; ``measured``: for
+    each, (gate_stats result, masses [N_i, L, H, T]) as ``_stats(..., keep_seq=True)`` returns. Each half's
+    m_t (queries 2..T) is predicted from the other half's measurements by its grand mean (per head), by the
+    mean at its position, and by that plus its query token's deviation (``token_gate``'s target), and the
+    squared errors are summed over both halves. Per head ([L][H]): ``position`` = 1 - SSE_pos / SST,
+    ``token`` = (SSE_pos - SSE_token) / SST, ``rest`` = SSE_token / SST (the text before the query, and the
+    fitted means' noise); shares can be negative where a fitted mean does worse than the one before it.
+    ``sst``, ``sse_position``, ``sse_token`` are the sums, for pooling over heads; ``token_coverage`` the
+    share of scored queries whose token the other half had seen."""
+    sst = sse_pos = sse_tok = None
+    seen_n = total_n = 0
+    for i in (0, 1):
+        toks = torch.as_tensor(halves[i]).long()
+        mine, (other_res, other_seq) = measured[i][1], measured[1 - i]
+        other_toks = torch.as_tensor(halves[1 - i]).long()
+        pos, ids, dev = _token_table(other_toks, other_seq, other_res["mass_pos"])
+        grand = other_seq[..., 1:].nanmean(dim=(0, 3))  # [L, H]
+        m = mine[..., 1:]  # [N, L, H, T - 1]
+        tok = torch.stack([_token_predict(pos, ids, dev, toks, l)[0] for l in range(pos.shape[0])], 1)[..., 1:]
+        seen = _token_predict(pos, ids, dev, toks, 0)[1][:, 1:]
+        ok = ~m.isnan()
+
+        def sse(pred: Tensor, m: Tensor = m, ok: Tensor = ok) -> Tensor:
+            return torch.where(ok, (m - pred) ** 2, 0.0).sum(dim=(0, 3))
+
+        parts = (sse(grand[None, :, :, None]), sse(_padded(pos, mine.shape[-1])[None, ..., 1:]), sse(tok))
+        sst, sse_pos, sse_tok = (parts if sst is None else (sst + parts[0], sse_pos + parts[1], sse_tok + parts[2]))
+        seen_n += int(seen.sum())
+        total_n += seen.numel()
+    nan = torch.full_like(sst, float("nan"))
+    safe = sst.clamp_min(1e-300)
+
+    def share(x: Tensor) -> list[Any]:
+        return torch.where(sst > 1e-20, x / safe, nan).tolist()
+
+    return {"position": share(sst - sse_pos), "token": share(sse_pos - sse_tok), "rest": share(sse_tok),
+            "sst": sst.tolist(), "sse_position": sse_pos.tolist(), "sse_token": sse_tok.tolist(),
+            "token_coverage": seen_n / max(total_n, 1), "shrink": TOKEN_SHRINK}
+
+
 def _record(label: str, x: Any) -> dict[str, Any]:
     bias_base, bias = x.sink_base.sink_bias_pct, x.sink.sink_bias_pct
     return {"label": label, "name": x.name, "description": x.description, "loss_base": x.loss_base,
@@ -546,11 +662,13 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
                progress: bool = False) -> dict[str, Any]:
     """The whole study (module docstring): ``gate_stats`` and, with ``interventions``, the loss and Sink
     changes of opening every gate (``open``), of fixing it to its mean by position (``fixed``) and of
-    giving each text another text's gate (``donor``); ``per_head``: also each head alone (``donor``'s
-    per-head runs only on models whose passes all go through their forward, not on bridges). The fixed
+    giving each text another text's gate (``donor``); ``per_head``: also each head alone (``token``'s and
+    ``donor``'s per-head runs only on models whose passes all go through their forward, not on bridges). The fixed
     and donor gates are cross-fitted: the sequences are split in two halves, each half is edited with
     what was measured on the other, and the two results are pooled, so no sequence is edited with its
-    own measurements. ``token_heads``: the by-token table of ``gate_stats`` for that many heads. JSON-ready."""
+    own measurements; so is the token gate (``token``: position mean plus the query token's deviation), and
+    ``drivers`` splits each head's m_t variance into position, query token and the rest, out of sample, on
+    the same halves. ``token_heads``: the by-token table of ``gate_stats`` for that many heads. JSON-ready."""
     from sinkinterp import interventions as iv
     from sinkinterp import tl_adapter
 
@@ -568,20 +686,47 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
         return res
     halves = (tokens[: n // 2], tokens[n // 2:])
     measured = [_stats(model, h, sink=sink_kind, closed=closed, batch_size=batch_size, keep_seq=True) for h in halves]
-    fixed, donor = [], []
-    donor_heads = per_head and tl_adapter.wrapped_hf_model(model) is None
+    res["drivers"] = drivers(halves, measured)
+    fixed, token, donor = [], [], []
+    tapped_heads = per_head and tl_adapter.wrapped_hf_model(model) is None  # per-head passes that go through forward
     for i in (0, 1):
-        mine, other = halves[i], measured[1 - i]
+        mine, other, other_toks = halves[i], measured[1 - i], halves[1 - i]
         fixed.append((len(mine), _record("fixed", iv.run_intervention(
             model, mine, fixed_gate(other[0]["mass_pos"], sink=sink_kind, normalized=True), eps=eps,
             per_head=per_head, batch_size=batch_size, progress=progress))))
         masses = other[1][torch.arange(len(mine)) % len(other[1])]  # text j of this half takes text j of the other's
         with iv._token_tap(model):
+            token.append((len(mine), _record("token", iv.run_intervention(
+                model, mine, token_gate(other_toks, other[1], other[0]["mass_pos"], sink=sink_kind, normalized=True),
+                eps=eps, per_head=tapped_heads, batch_size=batch_size, progress=progress))))
             donor.append((len(mine), _record("donor", iv.run_intervention(
                 model, mine, donor_gate(mine, masses, sink=sink_kind, normalized=True), eps=eps,
-                per_head=donor_heads, batch_size=batch_size, progress=progress))))
-    res["interventions"] += [{**_pooled(fixed), "cross_fitted": True}, {**_pooled(donor), "cross_fitted": True}]
+                per_head=tapped_heads, batch_size=batch_size, progress=progress))))
+    res["interventions"] += [{**_pooled(x), "cross_fitted": True} for x in (fixed, token, donor)]
     return res
+
+
+#: ``pooled_drivers`` pools the heads with at least this mean weight on the sink
+DRIVER_FLOOR = 0.1
+
+
+def pooled_drivers(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | None:
+    """``drivers`` pooled over ``heads`` ((layer, head) pairs; default: those with mean sink weight >=
+    DRIVER_FLOOR): the shares of the summed variance (sums of squares over the heads), and how many heads;
+    None without drivers or heads."""
+    d = res.get("drivers")
+    if not d:
+        return None
+    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    if heads is None:
+        heads = [lh for lh in np.ndindex(*a.shape) if a[lh] >= DRIVER_FLOOR]
+    heads = list(heads)
+    sst = sum(d["sst"][l][h] for l, h in heads)
+    if not heads or sst <= 0:
+        return None
+    pos = sum(d["sse_position"][l][h] for l, h in heads)
+    tok = sum(d["sse_token"][l][h] for l, h in heads)
+    return {"heads": len(heads), "position": 1 - pos / sst, "token": (pos - tok) / sst, "rest": tok / sst}
 
 
 def _top_heads(res: dict[str, Any], k: int) -> list[tuple[int, int]]:
@@ -621,9 +766,18 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
         bias = "" if x["sink_bias_after"] is None else f", Sink_* {x['sink_bias_base']:.2f} -> {x['sink_bias_after']:.2f}%"
         lines.append(f"{x['label']:<6} ({x['description']}): {x['delta_loss']:+.4f} nats, "
                      f"Sink_1 {x['sink1_base']:.2f} -> {x['sink1_after']:.2f}%{bias}")
+    if res.get("drivers"):
+        pooled = pooled_drivers(res)
+        if pooled is not None:
+            lines.append(f"what the gate follows (m's variance over queries, out of sample, pooled over the "
+                         f"{pooled['heads']} heads with a >= {DRIVER_FLOOR}): position {pooled['position']:.0%}, the "
+                         f"query token {pooled['token']:+.0%} more, the rest {pooled['rest']:.0%} (the text before "
+                         f"the query, and noise); query tokens seen in the other half: "
+                         f"{res['drivers']['token_coverage']:.0%}")
     runs = {x["label"]: x for x in res.get("interventions", [])}
     if "open" in runs and runs["open"]["delta_loss"] > 0:
         for label, what in (("fixed", "fixing the gate to its mean by position"),
+                            ("token", "a gate that follows only the position and the query token"),
                             ("donor", "giving each text another text's gate")):
             if label in runs:
                 lines.append(f"{what} costs {runs[label]['delta_loss'] / runs['open']['delta_loss']:.0%} of what "

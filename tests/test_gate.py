@@ -14,12 +14,16 @@ from conftest import tiny_llama, word_tokenizer
 from sinkinterp import cli, patching, tl_adapter
 from sinkinterp import interventions as iv
 from sinkinterp.gate import (
+    TOKEN_SHRINK,
     _stats,
     donor_gate,
+    drivers,
     fixed_gate,
     gate_stats,
     gate_study,
+    pooled_drivers,
     summary,
+    token_gate,
 )
 from sinkinterp.models.testing import tiny_model
 
@@ -183,7 +187,7 @@ def test_a_users_hooked_transformer(n_kv):
         np.testing.assert_allclose(res[name], ref[key], rtol=1e-9, atol=1e-11, err_msg=name)
     if n_kv is None:
         study = gate_study(ht, tokens, per_head=True)
-        donor = study["interventions"][2]
+        donor = study["interventions"][3]
         assert donor["label"] == "donor" and np.isfinite(donor["per_head_delta_loss"]).all()
 
 
@@ -220,8 +224,9 @@ def test_study_runs_open_and_cross_fitted_fixed_with_per_head_effects():
     model = tiny_model("kv").eval()
     res = gate_study(model, _tokens(6), per_head=True)
     labels = [x["label"] for x in res["interventions"]]
-    assert labels == ["open", "fixed", "donor"] and res["interventions"][1]["cross_fitted"]
-    opened, fixed, donor = res["interventions"]
+    assert labels == ["open", "fixed", "token", "donor"] and res["interventions"][1]["cross_fitted"]
+    opened, fixed, token, donor = res["interventions"]
+    assert np.asarray(token["per_head_delta_loss"]).shape == (2, 4) and token["name"] == "token_gate"
     assert np.asarray(donor["per_head_delta_loss"]).shape == (2, 4) and donor["name"] == "donor_gate"
     assert opened["name"] == "ablate_bias" and opened["sink_bias_after"] == 0.0
     assert np.asarray(fixed["per_head_delta_loss"]).shape == (2, 4)
@@ -255,6 +260,93 @@ def test_donor_gate_gives_each_text_its_donors_weights():
         iv.run_intervention(model, _tokens(4, seed=9), inter, sinks=False)
     with pytest.raises(ValueError, match="must agree"):
         donor_gate(tokens, own[:3], sink="first", normalized=True)
+
+
+def _token_targets(tokens_fit, seq_fit, pos, tokens):
+    """The token gate's m_t for ``tokens``, by numpy loops: the position mean plus the query token's summed
+    deviation over ``count + TOKEN_SHRINK`` on the fitted sequences, clamped to [0, 1]; NaN at query 1."""
+    n, L, H, T_ = seq_fit.shape
+    out = np.full((tokens.shape[0], L, H, tokens.shape[1]), np.nan)
+    for l, h in np.ndindex(L, H):
+        sums, counts = {}, {}
+        for b, t in np.ndindex(n, T_):
+            if t == 0 or np.isnan(seq_fit[b, l, h, t]):
+                continue
+            i = int(tokens_fit[b, t])
+            sums[i] = sums.get(i, 0.0) + seq_fit[b, l, h, t] - pos[l, h, t]
+            counts[i] = counts.get(i, 0) + 1
+        for b, t in np.ndindex(tokens.shape):
+            if t == 0:
+                continue
+            i = int(tokens[b, t])
+            dev = sums[i] / (counts[i] + TOKEN_SHRINK) if i in sums else 0.0
+            out[b, l, h, t] = min(max(pos[l, h, t] + dev, 0.0), 1.0)
+    return out
+
+
+@pytest.mark.parametrize(("variant", "sink"), [("gqa", "first"), ("kv", "slot")])
+def test_token_gate_sets_each_query_to_its_position_and_token_mean(variant, sink):
+    model = tiny_model(variant).eval()
+    fit = torch.randint(0, 8, (4, T), generator=torch.Generator().manual_seed(1))  # few ids: tokens repeat
+    res, seq = _stats(model, fit, sink=sink, closed=0.1, batch_size=3, keep_seq=True)
+    tokens = torch.randint(0, 10, (3, T), generator=torch.Generator().manual_seed(2))  # ids 8, 9 never seen
+    want = _token_targets(fit.numpy(), seq.numpy(), np.asarray(res["mass_pos"]), tokens.numpy())
+    inter = token_gate(fit, seq, res["mass_pos"], sink=sink, normalized=True)
+    hooks = patching.edit_hooks(model, [(patching.COMPONENTS[c], s) for c, s in inter.build_edits(model, sink == "slot")],
+                                [patching.Cell(l) for l in range(model.cfg.n_layers)])
+    with iv._token_tap(model), tl_adapter.attached_hooks(model, hooks):
+        got_res, got = _stats(model, tokens, sink=sink, closed=0.1, batch_size=2, keep_seq=True)
+    np.testing.assert_allclose(got[..., 1:].numpy(), want[..., 1:], atol=1e-12)
+    assert got_res["row_error"] < 1e-12
+    assert (tokens[:, 1:] >= 8).any()  # the unseen ids took the position mean (checked above)
+    with pytest.raises(RuntimeError, match="_token_tap"):
+        iv.run_intervention(model, tokens, inter, sinks=False)
+    with pytest.raises(ValueError, match="must agree"):
+        token_gate(fit[:3], seq, res["mass_pos"], sink=sink, normalized=True)
+    with pytest.raises(ValueError, match="sink: got 'both'"):
+        token_gate(fit, seq, res["mass_pos"], sink="both", normalized=True)
+
+
+def test_token_gate_without_token_deviations_is_the_fixed_gate():
+    model = tiny_model("rotary").eval()
+    tokens = _tokens(4, seed=6)
+    res, seq = _stats(model, tokens, sink="first", closed=0.1, batch_size=4, keep_seq=True)
+    flat = np.broadcast_to(np.asarray(res["mass_pos"])[None], seq.shape).copy()  # every query at its position mean
+    with iv._token_tap(model):
+        by_token = iv.run_intervention(model, tokens, token_gate(tokens, flat, res["mass_pos"], sink="first",
+                                                                 normalized=True), sinks=False)
+    fixed = iv.run_intervention(model, tokens, fixed_gate(res["mass_pos"], sink="first", normalized=True), sinks=False)
+    assert by_token.delta_loss == pytest.approx(fixed.delta_loss, abs=1e-12) and abs(fixed.delta_loss) > 1e-6
+
+
+def test_drivers_split_the_variance_out_of_sample():
+    model = tiny_model("kv").eval()
+    tokens = torch.randint(0, 8, (6, T), generator=torch.Generator().manual_seed(7))
+    halves = (tokens[:3], tokens[3:])
+    measured = [_stats(model, h, sink="slot", closed=0.1, batch_size=2, keep_seq=True) for h in halves]
+    got = drivers(halves, measured)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    sst, sse_pos, sse_tok = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))
+    seen = 0
+    for i in (0, 1):
+        (res_o, seq_o), seq_m = measured[1 - i], measured[i][1].numpy()
+        pos = np.asarray(res_o["mass_pos"])
+        pred = _token_targets(halves[1 - i].numpy(), seq_o.numpy(), pos, halves[i].numpy())
+        grand = np.nanmean(seq_o.numpy()[..., 1:], axis=(0, 3))
+        m = seq_m[..., 1:]
+        sst += ((m - grand[None, :, :, None]) ** 2).sum(axis=(0, 3))
+        sse_pos += ((m - pos[None, ..., 1:]) ** 2).sum(axis=(0, 3))
+        sse_tok += ((m - pred[..., 1:]) ** 2).sum(axis=(0, 3))
+        seen += np.isin(halves[i].numpy()[:, 1:], halves[1 - i].numpy()[:, 1:]).sum()
+    np.testing.assert_allclose(got["position"], 1 - sse_pos / sst, rtol=1e-9)
+    np.testing.assert_allclose(got["token"], (sse_pos - sse_tok) / sst, rtol=1e-9)
+    np.testing.assert_allclose(got["rest"], sse_tok / sst, rtol=1e-9)
+    assert got["token_coverage"] == pytest.approx(seen / (6 * (T - 1)))
+    res = {"sink_mass": [[0.5] * H, [0.0] * H], "drivers": got}
+    pooled = pooled_drivers(res)  # the heads of layer 0 only
+    assert pooled["heads"] == H
+    assert pooled["rest"] == pytest.approx(sse_tok[0].sum() / sst[0].sum(), rel=1e-9)
+    assert pooled_drivers({"sink_mass": [[0.0]], "drivers": got}) is None
 
 
 def test_open_tokens_group_each_heads_weight_by_query_token(monkeypatch):
@@ -314,7 +406,8 @@ def test_cli_writes_results_and_refuses_bad_options(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     cfg = json.loads((out / "config.json").read_text())
     assert res["sink"] == "first" and res["num_seqs"] == 4 and res["seq_len"] == 12
-    assert [x["label"] for x in res["interventions"]] == ["open", "fixed", "donor"]
+    assert [x["label"] for x in res["interventions"]] == ["open", "fixed", "token", "donor"]
+    assert set(res["drivers"]) >= {"position", "token", "rest", "token_coverage"}
     assert cfg["command"].startswith("sinkinterp gate") and (out / "gate.png").stat().st_size > 0
     assert len(res["open_tokens"]) == 6 and all(isinstance(r["text"], str) for r in res["open_tokens"][0]["open"])
     assert "effective gate" in capsys.readouterr().out
