@@ -19,7 +19,8 @@ held-out Debian windows (analyses/data/sink_gate/debian_val64*.npy) and on the s
 analyses/data/sink_gate/NAME.json, so the page regenerates from them where a model is missing here (the
 GPU models and the retrained toy models are not in git). Writes docs/sink-gate.md and
 docs/figures/sink-gate.png. About 15 minutes on a 2-core CPU with every model present, and about 40 more
-for SmolLM2's per-head effects.
+for SmolLM2's per-head effects; ``--only NAME ...`` runs those models alone and takes the others from
+their snapshots (to add a model without rerunning the rest).
 """
 
 from __future__ import annotations
@@ -173,7 +174,14 @@ def _fmt_range(vals: list[float], fmt: str = "{:.2f}") -> str:
     return fmt.format(lo) if abs(hi - lo) < 5e-3 else f"{fmt.format(lo)} to {fmt.format(hi)}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(MODELS),
+                        help="run only these models; the others come from their snapshots in analyses/data/sink_gate "
+                             f"(choices: {', '.join(MODELS)})")
+    args = parser.parse_args(argv or [])
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
     from _common import SMOLLM2_ARG, enter_checkout, finish_page
@@ -188,7 +196,8 @@ def main() -> int:
     sources: dict[str, str] = {}
     for name, (spec, bos, per_head, _) in MODELS.items():
         gguf = loading.smollm2_gguf_path() if spec is None else None
-        here = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
+        present = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
+        here = present and (args.only is None or name in args.only)
         for inputs in INPUTS[name]:
             key = f"{name}__{inputs}"
             if here:
@@ -201,7 +210,8 @@ def main() -> int:
                 results[key] = json.loads((DATA / f"{key}.json").read_text())
                 sources[key] = "snapshot"
                 commands.append(results[key]["command"].replace(str(loading.smollm2_gguf_path() or "\0"), SMOLLM2_ARG)
-                                + f"  (from analyses/data/sink_gate/{key}.json: the model is not here)")
+                                + f"  (from analyses/data/sink_gate/{key}.json: "
+                                + ("an earlier run of this script)" if present else "the model is not here)"))
             else:
                 print(f"sink_gate: {key}: model not here and no snapshot; left out")
     if not results:
@@ -522,4 +532,4 @@ def _reading(results: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

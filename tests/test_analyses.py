@@ -931,3 +931,15 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     assert "| ghost, English sample | token 1 |" in page and "nobody" not in page.split("Commands:")[0]
     assert "(from analyses/data/sink_gate/ghost__natural.json: the model is not here)" in page
     assert "nobody__natural: model not here and no snapshot" in capsys.readouterr().out
+    # --only: the model named runs, the other one here comes from its snapshot, said so
+    monkeypatch.setattr(mod, "MODELS", {"toy-softmax": ("toy-softmax", True, False, "shipped"),
+                                        "ghost": ("toy-softmax", True, False, "present, not run")})
+    monkeypatch.setattr(mod, "INPUTS", {"toy-softmax": ("natural",), "ghost": ("natural",)})
+    before = (data / "ghost__natural.json").read_text()
+    assert mod.main(["--only", "toy-softmax"]) == 0
+    page = (tmp_path / "page.md").read_text()
+    assert "(from analyses/data/sink_gate/ghost__natural.json: an earlier run of this script)" in page
+    assert (data / "ghost__natural.json").read_text() == before and "toy-softmax__natural.json" not in page
+    with pytest.raises(SystemExit):
+        mod.main(["--only", "nobody"])
+    assert "invalid choice: 'nobody'" in capsys.readouterr().err
