@@ -25,7 +25,7 @@ TransformerBridge), streaming over batches (no T x T map is kept), for every hea
 * with an explicit gate (``hook_gate``, gated attention): ``explicit_gate``, the mean of
   ||z_t W_O|| / ||(z_t / gate_t) W_O||.
 
-Three interventions then ask what the model needs of the gate (``interventions``):
+Four interventions then ask what the model needs of the gate (``interventions``):
 
 * ``open``: the sink removed, rows renormalized (``first_token("ablate")`` or ``"ablate_bias"``): every
   query's gate fully open;
@@ -49,12 +49,12 @@ way round), so a token seen once cannot explain its own query (the by-token tabl
 For attention that does not normalize (sinkinterp's sigmoid, elu+1 and identity kernels, whose hook_pattern
 holds each key's share of the row's weight), a_t and m_t are shares, g_t carries the row's total weight,
 ``corr_gate_mass`` and ``value_share`` are None (the write cannot be split without the weights), ``open``
-drops the sink without renormalizing, and ``fixed`` and ``donor`` are not run.
+drops the sink without renormalizing, and ``fixed``, ``token``, ``donor`` and ``drivers`` are not run.
 
 Reading them: ``open`` prices the damping itself; ``fixed`` the gate's dependence on the content, with
-its average kept; ``token`` how much of that dependence the query token carries; ``donor`` whether the gate must match its own text (if it costs no more than
-``fixed``, a gate of the right spread would do; if more, each text needs its own pattern of open and
-closed queries).
+its average kept; ``token`` how much of that dependence the query token carries; ``donor`` whether the
+gate must match its own text (if it costs no more than ``fixed``, a gate of the right spread would do;
+if more, each text needs its own pattern of open and closed queries).
 ``sinkinterp gate`` (sinkinterp/cli_gate.py) runs it from the command line.
 """
 
@@ -713,14 +713,15 @@ DRIVER_FLOOR = 0.1
 def pooled_drivers(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | None:
     """``drivers`` pooled over ``heads`` ((layer, head) pairs; default: those with mean sink weight >=
     DRIVER_FLOOR): the shares of the summed variance (sums of squares over the heads), and how many heads;
-    None without drivers or heads."""
+    a head without a measured gate (NaN sums: it read nothing besides the sink) is left out. None without
+    drivers or heads."""
     d = res.get("drivers")
     if not d:
         return None
     a = np.asarray(res["sink_mass"], dtype=np.float64)
     if heads is None:
         heads = [lh for lh in np.ndindex(*a.shape) if a[lh] >= DRIVER_FLOOR]
-    heads = list(heads)
+    heads = [(l, h) for l, h in heads if all(np.isfinite(d[k][l][h]) for k in ("sst", "sse_position", "sse_token"))]
     sst = sum(d["sst"][l][h] for l, h in heads)
     if not heads or sst <= 0:
         return None

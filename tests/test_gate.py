@@ -347,6 +347,8 @@ def test_drivers_split_the_variance_out_of_sample():
     assert pooled["heads"] == H
     assert pooled["rest"] == pytest.approx(sse_tok[0].sum() / sst[0].sum(), rel=1e-9)
     assert pooled_drivers({"sink_mass": [[0.0]], "drivers": got}) is None
+    unread = {**got, "sst": [[float("nan")] + got["sst"][0][1:], got["sst"][1]]}  # a head that read nothing
+    assert pooled_drivers({"sink_mass": res["sink_mass"], "drivers": unread})["heads"] == H - 1
 
 
 def test_open_tokens_group_each_heads_weight_by_query_token(monkeypatch):
