@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                 + f" Fixed one at a time: {total:+.4f} against {fx['delta_loss']:+.4f} at once.")
 
     driver_rows = [("| model | heads pooled (a >= 0.1) | position | query token (added) | rest | query tokens seen in "
-                    "the other half | Δ loss: fixed / position and token's / donor's, as a share of opened |"),
-                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+                    "the other half | query token (added), on those queries alone | Δ loss: fixed / position and "
+                    "token's / donor's, as a share of opened |"),
+                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for key, res in results.items():
         pooled = gate.pooled_drivers(res)
         if pooled is None:
@@ -319,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         costs = " / ".join(f"{runs[k]['delta_loss'] / op['delta_loss']:.0%}" if k in runs and op and op["delta_loss"] > 0
                            else "-" for k in ("fixed", "token", "donor"))
         driver_rows.append(f"| {_label(key)} | {pooled['heads']} | {pooled['position']:.0%} | {pooled['token']:+.0%} | "
-                           f"{pooled['rest']:.0%} | {res['drivers']['token_coverage']:.0%} | {costs} |")
+                           f"{pooled['rest']:.0%} | {res['drivers']['token_coverage']:.0%} | "
+                           + (f"{pooled['token_seen']:+.0%}" if "token_seen" in pooled else "-") + f" | {costs} |")
 
     token_rows = [("| model | head | a | share of m's variance the query token explains | most open on (mean m) | "
                   "most closed on (mean m) |"), "| --- | --- | ---: | ---: | --- | --- |"]
@@ -404,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         "of squares): **position** is the share of m's variance the position mean removes, **query token** the",
         "share the token adds, **rest** what neither explains: the text before the query (the keys' content and",
         "the token's interaction with it) and the noise of means fitted on 16 sequences. Shares sum to 1; a",
-        "negative one is a fitted mean that predicts worse than the simpler one. The last column sets the three",
+        "negative one is a fitted mean that predicts worse than the simpler one. A query whose token the other half",
+        "never saw gets the position mean, so the token's share is also given on the queries whose token was seen",
+        "(the same sums over those queries alone). The last column sets the three",
         "gate edits side by side; the token gate's prediction is the one scored here, so the two answer the",
         "same question, by variance and by loss.",
         "",
@@ -524,7 +528,9 @@ def _reading(results: dict) -> list[str]:
             pooled = gate.pooled_drivers(res)
             if pooled is not None:
                 text += (f"; in the {pooled['heads']} heads with a >= 0.1 the position explains {pooled['position']:.0%} "
-                         f"of m's variance out of sample, the query token {pooled['token']:+.0%} more, and "
+                         f"of m's variance out of sample, the query token {pooled['token']:+.0%} more "
+                         f"({pooled.get('token_seen', float('nan')):+.0%} on the "
+                         f"{res['drivers']['token_coverage']:.0%} of queries whose token the other half saw), and "
                          f"{pooled['rest']:.0%} is left to the text before the query (and noise)")
             text += "."
         out.append(text)

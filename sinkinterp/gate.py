@@ -603,8 +603,9 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
     ``token`` = (SSE_pos - SSE_token) / SST, ``rest`` = SSE_token / SST (the text before the query, and the
     fitted means' noise); shares can be negative where a fitted mean does worse than the one before it.
     ``sst``, ``sse_position``, ``sse_token`` are the sums, for pooling over heads; ``token_coverage`` the
-    share of scored queries whose token the other half had seen."""
-    sst = sse_pos = sse_tok = None
+    share of scored queries whose token the other half had seen; ``token_seen`` the token's share on those
+    queries alone (its sums: the same keys with ``_seen``), where an unseen token cannot dilute it."""
+    sums: dict[str, Tensor] = {}
     seen_n = total_n = 0
     for i in (0, 1):
         toks = torch.as_tensor(halves[i]).long()
@@ -617,21 +618,22 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
         seen = _token_predict(pos, ids, dev, toks, 0)[1][:, 1:]
         ok = ~m.isnan()
 
-        def sse(pred: Tensor, m: Tensor = m, ok: Tensor = ok) -> Tensor:
-            return torch.where(ok, (m - pred) ** 2, 0.0).sum(dim=(0, 3))
-
-        parts = (sse(grand[None, :, :, None]), sse(_padded(pos, mine.shape[-1])[None, ..., 1:]), sse(tok))
-        sst, sse_pos, sse_tok = (parts if sst is None else (sst + parts[0], sse_pos + parts[1], sse_tok + parts[2]))
+        preds = {"sst": grand[None, :, :, None], "sse_position": _padded(pos, mine.shape[-1])[None, ..., 1:],
+                 "sse_token": tok}
+        for suffix, where in (("", ok), ("_seen", ok & seen[:, None, None, :])):
+            for key, pred in preds.items():
+                x = torch.where(where, (m - pred) ** 2, 0.0).sum(dim=(0, 3))
+                sums[key + suffix] = sums[key + suffix] + x if key + suffix in sums else x
         seen_n += int(seen.sum())
         total_n += seen.numel()
-    nan = torch.full_like(sst, float("nan"))
-    safe = sst.clamp_min(1e-300)
 
-    def share(x: Tensor) -> list[Any]:
-        return torch.where(sst > 1e-20, x / safe, nan).tolist()
+    def share(x: Tensor, sst: Tensor) -> list[Any]:
+        return torch.where(sst > 1e-20, x / sst.clamp_min(1e-300), torch.full_like(sst, float("nan"))).tolist()
 
-    return {"position": share(sst - sse_pos), "token": share(sse_pos - sse_tok), "rest": share(sse_tok),
-            "sst": sst.tolist(), "sse_position": sse_pos.tolist(), "sse_token": sse_tok.tolist(),
+    sst, sse_pos, sse_tok = sums["sst"], sums["sse_position"], sums["sse_token"]
+    return {"position": share(sst - sse_pos, sst), "token": share(sse_pos - sse_tok, sst), "rest": share(sse_tok, sst),
+            "token_seen": share(sums["sse_position_seen"] - sums["sse_token_seen"], sums["sst_seen"]),
+            **{k: v.tolist() for k, v in sums.items()},
             "token_coverage": seen_n / max(total_n, 1), "shrink": TOKEN_SHRINK}
 
 
@@ -727,7 +729,12 @@ def pooled_drivers(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | N
         return None
     pos = sum(d["sse_position"][l][h] for l, h in heads)
     tok = sum(d["sse_token"][l][h] for l, h in heads)
-    return {"heads": len(heads), "position": 1 - pos / sst, "token": (pos - tok) / sst, "rest": tok / sst}
+    out = {"heads": len(heads), "position": 1 - pos / sst, "token": (pos - tok) / sst, "rest": tok / sst}
+    if "sst_seen" in d:  # the token's share on the queries whose token the other half had seen
+        seen = sum(d["sst_seen"][l][h] for l, h in heads)
+        gain = sum(d["sse_position_seen"][l][h] - d["sse_token_seen"][l][h] for l, h in heads)
+        out["token_seen"] = gain / seen if seen > 0 else float("nan")
+    return out
 
 
 def _top_heads(res: dict[str, Any], k: int) -> list[tuple[int, int]]:
@@ -774,7 +781,8 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
                          f"{pooled['heads']} heads with a >= {DRIVER_FLOOR}): position {pooled['position']:.0%}, the "
                          f"query token {pooled['token']:+.0%} more, the rest {pooled['rest']:.0%} (the text before "
                          f"the query, and noise); query tokens seen in the other half: "
-                         f"{res['drivers']['token_coverage']:.0%}")
+                         f"{res['drivers']['token_coverage']:.0%}, on those the token adds "
+                         f"{pooled.get('token_seen', float('nan')):+.0%}")
     runs = {x["label"]: x for x in res.get("interventions", [])}
     if "open" in runs and runs["open"]["delta_loss"] > 0:
         for label, what in (("fixed", "fixing the gate to its mean by position"),

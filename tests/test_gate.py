@@ -327,6 +327,7 @@ def test_drivers_split_the_variance_out_of_sample():
     got = drivers(halves, measured)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     sst, sse_pos, sse_tok = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))
+    seen_sst, seen_pos, seen_tok = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))
     seen = 0
     for i in (0, 1):
         (res_o, seq_o), seq_m = measured[1 - i], measured[i][1].numpy()
@@ -337,15 +338,21 @@ def test_drivers_split_the_variance_out_of_sample():
         sst += ((m - grand[None, :, :, None]) ** 2).sum(axis=(0, 3))
         sse_pos += ((m - pos[None, ..., 1:]) ** 2).sum(axis=(0, 3))
         sse_tok += ((m - pred[..., 1:]) ** 2).sum(axis=(0, 3))
-        seen += np.isin(halves[i].numpy()[:, 1:], halves[1 - i].numpy()[:, 1:]).sum()
+        known = np.isin(halves[i].numpy()[:, 1:], halves[1 - i].numpy()[:, 1:])[:, None, None, :]
+        seen_sst += np.where(known, (m - grand[None, :, :, None]) ** 2, 0).sum(axis=(0, 3))
+        seen_pos += np.where(known, (m - pos[None, ..., 1:]) ** 2, 0).sum(axis=(0, 3))
+        seen_tok += np.where(known, (m - pred[..., 1:]) ** 2, 0).sum(axis=(0, 3))
+        seen += known.sum()
     np.testing.assert_allclose(got["position"], 1 - sse_pos / sst, rtol=1e-9)
     np.testing.assert_allclose(got["token"], (sse_pos - sse_tok) / sst, rtol=1e-9)
     np.testing.assert_allclose(got["rest"], sse_tok / sst, rtol=1e-9)
-    assert got["token_coverage"] == pytest.approx(seen / (6 * (T - 1)))
+    assert got["token_coverage"] == pytest.approx(seen / (6 * (T - 1))) and 0.2 < got["token_coverage"] < 1
+    np.testing.assert_allclose(got["token_seen"], (seen_pos - seen_tok) / seen_sst, rtol=1e-9)
     res = {"sink_mass": [[0.5] * H, [0.0] * H], "drivers": got}
     pooled = pooled_drivers(res)  # the heads of layer 0 only
     assert pooled["heads"] == H
     assert pooled["rest"] == pytest.approx(sse_tok[0].sum() / sst[0].sum(), rel=1e-9)
+    assert pooled["token_seen"] == pytest.approx((seen_pos[0] - seen_tok[0]).sum() / seen_sst[0].sum(), rel=1e-9)
     assert pooled_drivers({"sink_mass": [[0.0]], "drivers": got}) is None
     unread = {**got, "sst": [[float("nan")] + got["sst"][0][1:], got["sst"][1]]}  # a head that read nothing
     assert pooled_drivers({"sink_mass": res["sink_mass"], "drivers": unread})["heads"] == H - 1
