@@ -664,15 +664,13 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
                progress: bool = False) -> dict[str, Any]:
     """The whole study (module docstring): ``gate_stats`` and, with ``interventions``, the loss and Sink
     changes of opening every gate (``open``), of fixing it to its mean by position (``fixed``) and of
-    giving each text another text's gate (``donor``); ``per_head``: also each head alone (``token``'s and
-    ``donor``'s per-head runs only on models whose passes all go through their forward, not on bridges). The fixed
+    giving each text another text's gate (``donor``); ``per_head``: also each head alone. The fixed
     and donor gates are cross-fitted: the sequences are split in two halves, each half is edited with
     what was measured on the other, and the two results are pooled, so no sequence is edited with its
     own measurements; so is the token gate (``token``: position mean plus the query token's deviation), and
     ``drivers`` splits each head's m_t variance into position, query token and the rest, out of sample, on
     the same halves. ``token_heads``: the by-token table of ``gate_stats`` for that many heads. JSON-ready."""
     from sinkinterp import interventions as iv
-    from sinkinterp import tl_adapter
 
     res = gate_stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, token_heads=token_heads,
                      progress=progress)
@@ -690,7 +688,6 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     measured = [_stats(model, h, sink=sink_kind, closed=closed, batch_size=batch_size, keep_seq=True) for h in halves]
     res["drivers"] = drivers(halves, measured)
     fixed, token, donor = [], [], []
-    tapped_heads = per_head and tl_adapter.wrapped_hf_model(model) is None  # per-head passes that go through forward
     for i in (0, 1):
         mine, other, other_toks = halves[i], measured[1 - i], halves[1 - i]
         fixed.append((len(mine), _record("fixed", iv.run_intervention(
@@ -700,10 +697,10 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
         with iv._token_tap(model):
             token.append((len(mine), _record("token", iv.run_intervention(
                 model, mine, token_gate(other_toks, other[1], other[0]["mass_pos"], sink=sink_kind, normalized=True),
-                eps=eps, per_head=tapped_heads, batch_size=batch_size, progress=progress))))
+                eps=eps, per_head=per_head, batch_size=batch_size, progress=progress))))
             donor.append((len(mine), _record("donor", iv.run_intervention(
                 model, mine, donor_gate(mine, masses, sink=sink_kind, normalized=True), eps=eps,
-                per_head=tapped_heads, batch_size=batch_size, progress=progress))))
+                per_head=per_head, batch_size=batch_size, progress=progress))))
     res["interventions"] += [{**_pooled(x), "cross_fitted": True} for x in (fixed, token, donor)]
     return res
 

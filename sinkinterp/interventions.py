@@ -381,19 +381,31 @@ def _integer_tensor(x: Any) -> bool:
 def _token_tap(model: Any) -> Iterator[None]:
     """While open, every forward call of ``model`` records its token ids (the first positional
     argument, or ``tokens=`` / ``input=`` when the call starts from a residual stream, as
-    TransformerLens' start_at_layer does) for the edit sources of ``at_position``, which need each
-    row's tokens to find its position: the rows of a batch can be any slice or stack of copies."""
+    TransformerLens' start_at_layer does) for the edit sources of ``at_position`` and the gate edits
+    (``gate.token_gate``, ``gate.donor_gate``), which need each row's tokens: the rows of a batch can be
+    any slice or stack of copies. On a bridge, calls of the Hugging Face model inside are recorded too
+    (``input_ids``): the batched passes of ``tl_adapter.hf_continuation`` call it directly."""
+    from sinkinterp import tl_adapter
 
     def pre_hook(module: Any, args: tuple, kwargs: dict) -> None:
         found = next((x for x in (*args[:1], kwargs.get("tokens"), kwargs.get("input")) if _integer_tensor(x)), None)
         _TAPPED[-1] = found
 
+    def hf_pre_hook(module: Any, args: tuple, kwargs: dict) -> None:
+        found = next((x for x in (kwargs.get("input_ids"), *args[:1]) if _integer_tensor(x)), None)
+        if found is not None:  # a call from embeddings keeps what the bridge's own call recorded
+            _TAPPED[-1] = found
+
     _TAPPED.append(None)
-    handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    handles = [model.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+    hf = tl_adapter.wrapped_hf_model(model)
+    if hf is not None:
+        handles.append(hf.register_forward_pre_hook(hf_pre_hook, with_kwargs=True))
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         _TAPPED.pop()
 
 

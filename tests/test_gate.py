@@ -169,6 +169,24 @@ def test_bridge_sink_mass_matches_hugging_face_eager_attention():
     np.testing.assert_allclose(res["gate"], ours["g"], rtol=1e-5)
 
 
+def test_bridge_per_head_token_and_donor_gates_match_single_head_runs():
+    """Batched per-head passes of a bridge continue inside the Hugging Face model
+    (``tl_adapter.hf_continuation``); the token tap must see their token ids there too."""
+    bridge = tl_adapter.boot_bridge(tiny_llama(n_kv_heads=2), word_tokenizer(61), "llama")
+    tokens = torch.randint(3, 12, (4, T), generator=torch.Generator().manual_seed(8))  # few ids: tokens repeat
+    fit = torch.randint(3, 12, (3, T), generator=torch.Generator().manual_seed(9))
+    res, seq = _stats(bridge, fit, sink="first", closed=0.1, batch_size=3, keep_seq=True)
+    for inter in (token_gate(fit, seq, res["mass_pos"], sink="first", normalized=True),
+                  donor_gate(tokens, seq[[0, 1, 2, 0]], sink="first", normalized=True)):
+        with iv._token_tap(bridge):  # three cells a pass: the last (layer 1 only) continues inside the HF model
+            batched = iv.run_intervention(bridge, tokens, inter, per_head=True, sinks=False, batch_rows=12).per_head
+        assert np.abs(batched).max() > 1e-6
+        for l, h in ((0, 1), (1, 3)):
+            with iv._token_tap(bridge):
+                alone = iv.run_intervention(bridge, tokens, inter, layers=[l], heads=[h], sinks=False)
+            assert batched[l, h] == pytest.approx(alone.delta_loss, abs=1e-5), (inter.name, l, h)
+
+
 @pytest.mark.parametrize("n_kv", [None, 2])
 def test_a_users_hooked_transformer(n_kv):
     """A HookedTransformer (grouped keys and values too): the same statistics as the direct computation,
