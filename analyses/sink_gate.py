@@ -45,7 +45,8 @@ TOKENS_B, TOKENS_B_BOS = DATA / "debian_val64_b.npy", DATA / "debian_val64_b_bos
 SHARDS = ROOT / "data" / "debian" / "shards"  # where TOKENS come from (`sinkinterp data`; not in git)
 BOS_ID = 1  # the Debian tokenizer's BOS (the toy and GPU models share it)
 
-# name -> (model spec or None for SmolLM2, BOS first?, per-head effects?, what it is)
+# name -> (model spec or None for SmolLM2, BOS first?, per-head effects (True: of every edit; or the edits named:
+# SmolLM2's take about 20 minutes each), what it is)
 MODELS = {
     "toy-softmax": ("toy-softmax", True, True, "shipped; softmax, BOS first, 4 x 128"),
     "toy-kv-bias": ("toy-kv-bias", True, True, "shipped; softmax with a learned k*/v* per head, BOS first"),
@@ -64,7 +65,7 @@ MODELS = {
                        "6 x 384 softmax, wd 0.1, 9k steps on an H200, no BOS; not in git"),
     "sigmoid_small": ("runs/gpu_models/sigmoid_small", False, False,
                       "6 x 384 sigmoid (b = 0), 9k steps on an H200, no BOS; not in git"),
-    "smollm2": (None, False, True, "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
+    "smollm2": (None, False, ("open", "fixed"), "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
 }
 SEED_OF = {"toy-softmax-s1": "toy-softmax", "toy-kv-bias-s1": "toy-kv-bias"}  # second seeds: in-domain inputs only
 # inputs per model, the first in the model's own domain: the Debian-trained models on held-out Debian
@@ -118,7 +119,8 @@ def _snapshot(res: dict, config: dict) -> dict:
     return out
 
 
-def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool, commands: list[str], gguf: str | None) -> dict:
+def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool | tuple, commands: list[str],
+         gguf: str | None) -> dict:
     from _common import run_cli
 
     from sinkinterp import cli
@@ -132,7 +134,8 @@ def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool, commands: 
     else:
         source = ["--inputs", "natural", "--seq-len", str(SEQ_LEN), "--num-seqs", str(NUM_SEQS),
                   "--seed", str(SEED + (inputs == "natural_s1")), *(["--prepend-bos"] if bos else [])]
-    args = ["gate", "--model", spec, *source, "--eps", str(EPS), *(["--per-head"] if per_head else []),
+    heads = ["--per-head", *([] if per_head is True else per_head)] if per_head else []
+    args = ["gate", "--model", spec, *source, "--eps", str(EPS), *heads,
             "--no-figures", "--out", str(out)]
     res = run_cli(cli, args, commands, gguf)
     config = json.loads((out / "config.json").read_text())
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 if inputs.startswith("debian"):
                     _debian_tokens()
                 results[key] = _run(key, gguf if spec is None else spec, inputs, bos,
-                                    per_head and inputs == INPUTS[name][0], commands, gguf)
+                                    per_head if inputs == INPUTS[name][0] else False, commands, gguf)
                 sources[key] = "run now"
             elif (DATA / f"{key}.json").is_file():
                 results[key] = json.loads((DATA / f"{key}.json").read_text())
@@ -308,9 +311,10 @@ def main(argv: list[str] | None = None) -> int:
                 + f" Fixed one at a time: {total:+.4f} against {fx['delta_loss']:+.4f} at once.")
 
     driver_rows = [("| model | heads pooled (a >= 0.1) | position | query token (added) | rest | query tokens seen in "
-                    "the other half | query token (added), on those queries alone | Δ loss: fixed / position and "
+                    "the other half | query token (added), on those queries alone | its token occurred earlier "
+                    "(added to position) | m on such repeats minus on new tokens | Δ loss: fixed / position and "
                     "token's / donor's, as a share of opened |"),
-                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for key, res in results.items():
         pooled = gate.pooled_drivers(res)
         if pooled is None:
@@ -321,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
                            else "-" for k in ("fixed", "token", "donor"))
         driver_rows.append(f"| {_label(key)} | {pooled['heads']} | {pooled['position']:.0%} | {pooled['token']:+.0%} | "
                            f"{pooled['rest']:.0%} | {res['drivers']['token_coverage']:.0%} | "
-                           + (f"{pooled['token_seen']:+.0%}" if "token_seen" in pooled else "-") + f" | {costs} |")
+                           + (f"{pooled['token_seen']:+.0%}" if "token_seen" in pooled else "-")
+                           + (f" | {pooled['repeat']:+.0%} (of {res['drivers']['repeat_rate']:.0%} of queries) | "
+                              f"{pooled['repeat_diff']:+.3f}" if "repeat" in pooled else " | - | -")
+                           + f" | {costs} |")
 
     token_rows = [("| model | head | a | share of m's variance the query token explains | most open on (mean m) | "
                   "most closed on (mean m) |"), "| --- | --- | ---: | ---: | --- | --- |"]
@@ -408,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         "the token's interaction with it) and the noise of means fitted on 16 sequences. Shares sum to 1; a",
         "negative one is a fitted mean that predicts worse than the simpler one. A query whose token the other half",
         "never saw gets the position mean, so the token's share is also given on the queries whose token was seen",
-        "(the same sums over those queries alone). The last column sets the three",
+        "(the same sums over those queries alone). One feature of the text before the query is tested on its own:",
+        "whether the query's token already occurred in it (what a copying or induction head needs), fitted the",
+        "same way (the other half's mean deviation from the position mean of repeated and of new tokens) and",
+        "scored against the position mean alone; the next column gives its direction (in sample, averaged over",
+        "the pooled heads). The last column sets the three",
         "gate edits side by side; the token gate's prediction is the one scored here, so the two answer the",
         "same question, by variance and by loss.",
         "",
@@ -532,6 +543,9 @@ def _reading(results: dict) -> list[str]:
                          f"({pooled.get('token_seen', float('nan')):+.0%} on the "
                          f"{res['drivers']['token_coverage']:.0%} of queries whose token the other half saw), and "
                          f"{pooled['rest']:.0%} is left to the text before the query (and noise)")
+                if "repeat" in pooled:
+                    text += (f"; whether the query's token occurred earlier adds {pooled['repeat']:+.0%} to the "
+                             f"position (m {pooled['repeat_diff']:+.3f} on repeats)")
             text += "."
         out.append(text)
     return out or ["- (no normalized model with a sink head here)"]

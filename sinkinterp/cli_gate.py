@@ -32,7 +32,7 @@ def _closed(text: str) -> float:
 
 
 def add_parser(sub: Any, add_common: Any) -> None:
-    from sinkinterp.gate import SINKS
+    from sinkinterp.gate import GATE_EDITS, SINKS
 
     s = sub.add_parser("gate", help="is the sink a gate? per head, how much of what it reads it writes, against "
                                     "the weight on the sink, and the loss with the gate opened, fixed, following "
@@ -43,8 +43,9 @@ def add_parser(sub: Any, add_common: Any) -> None:
                         "has one (default auto)")
     s.add_argument("--closed", type=_closed, default=0.1,
                    help="report the share of queries whose effective gate is below this (default 0.1)")
-    s.add_argument("--per-head", action="store_true",
-                   help="also the loss change of opening / fixing each head's gate alone")
+    s.add_argument("--per-head", nargs="*", choices=list(GATE_EDITS), default=None, metavar="EDIT",
+                   help="also each head's loss change with its gate edited alone; bare: for every edit, or only "
+                        f"for those named ({', '.join(GATE_EDITS)}): one pass per head each")
     s.add_argument("--no-interventions", action="store_true", help="measure only (no loss runs)")
     s.add_argument("--token-heads", type=int_at_least(0), default=6,
                    help="for this many heads whose gate varies most with the content (among those with at least "
@@ -62,7 +63,8 @@ def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
     tokens, text, kind = _prepare(args)
     if args.k_max is not None:
         raise UsageError("--k-max: not used by `sinkinterp gate` (it reports Sink_1 and Sink_*)")
-    if args.per_head and args.no_interventions:
+    per_head = False if args.per_head is None else (list(args.per_head) or True)
+    if per_head and args.no_interventions:
         raise UsageError("--per-head: needs the interventions (drop --no-interventions)")
     if args.seq_len < 3 and not args.tokens:
         raise UsageError(f"--seq-len: the gate study needs T >= 3, got {args.seq_len}")
@@ -70,7 +72,7 @@ def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
     started = time.perf_counter()
     try:
         results = gate_study(lm.model, tokens, sink=args.sink, closed=args.closed, eps=args.eps,
-                             interventions=not args.no_interventions, per_head=args.per_head,
+                             interventions=not args.no_interventions, per_head=per_head,
                              batch_size=args.batch_size, token_heads=args.token_heads, progress=True)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
@@ -81,7 +83,7 @@ def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "sink": args.sink, "closed": args.closed,
                    "token_heads": args.token_heads,
-                   "per_head": args.per_head, "interventions": not args.no_interventions,
+                   "per_head": per_head, "interventions": not args.no_interventions,
                    "seconds": round(time.perf_counter() - started, 3)})
     return finish_study(args, lm, tokens, config, results,
                         ("gate.png", lambda name, res, label: figures.gate_figure(

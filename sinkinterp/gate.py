@@ -60,14 +60,16 @@ if more, each text needs its own pattern of open and closed queries).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DRIVER_FLOOR", "GATE_BINS", "GATE_MAX", "SINKS", "TOKEN_SHRINK", "TOKEN_TABLE_LIMIT", "donor_gate",
-           "drivers", "fixed_gate", "gate_stats", "gate_study", "pooled_drivers", "summary", "token_gate"]
+__all__ = ["DRIVER_FLOOR", "GATE_BINS", "GATE_EDITS", "GATE_MAX", "SINKS", "TOKEN_SHRINK", "TOKEN_TABLE_LIMIT", "donor_gate",
+           "drivers", "fixed_gate", "gate_stats", "gate_study", "pooled_drivers", "repeated", "summary",
+           "token_gate"]
 
 SINKS = ("auto", "first", "slot")
 #: histogram of the effective gate per head: bins of width GATE_MAX / GATE_BINS on [0, GATE_MAX), one overflow
@@ -594,6 +596,21 @@ def token_gate(tokens: Any, masses: Any, mass_pos: Any, *, sink: str, normalized
                       "token's mean deviation", {"shrink": TOKEN_SHRINK})
 
 
+def repeated(tokens: Any) -> Tensor:
+    """[N, T] bool: whether each position's token already occurred earlier in its sequence (among the
+    keys a causal query at that position sees besides itself)."""
+    toks = torch.as_tensor(tokens).long()
+    if toks.dim() != 2:
+        raise ValueError(f"tokens must be [N, T], got shape {tuple(toks.shape)}")
+    out = torch.zeros(toks.shape, dtype=torch.bool)
+    pos = torch.arange(toks.shape[1])
+    for i, row in enumerate(toks.cpu()):
+        _, inv = torch.unique(row, return_inverse=True)
+        first = torch.full((int(inv.max()) + 1,), toks.shape[1], dtype=torch.long).scatter_reduce(0, inv, pos, "amin")
+        out[i] = pos > first[inv]
+    return out
+
+
 def drivers(halves: Any, measured: Any) -> dict[str, Any]:
     """What drives the gate, out of sample. ``halves``: two sets of sequences [N_i, T]; ``measured``: for
     each, (gate_stats result, masses [N_i, L, H, T]) as ``_stats(..., keep_seq=True)`` returns. Each half's
@@ -604,9 +621,17 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
     fitted means' noise); shares can be negative where a fitted mean does worse than the one before it.
     ``sst``, ``sse_position``, ``sse_token`` are the sums, for pooling over heads; ``token_coverage`` the
     share of scored queries whose token the other half had seen; ``token_seen`` the token's share on those
-    queries alone (its sums: the same keys with ``_seen``), where an unseen token cannot dilute it."""
+    queries alone (its sums: the same keys with ``_seen``), where an unseen token cannot dilute it.
+
+    One feature of the keys' content is tested on its own: whether the query's token already occurred
+    earlier in the text (``repeated``; what an induction or copying head needs). ``repeat`` is the share
+    it adds to the position mean (the same fit: the other half's mean deviation of repeated and of new
+    tokens; sums ``sse_repeat``), ``repeat_rate`` the share of scored queries that repeat a token, and
+    ``repeat_diff`` per head the mean of m_t - its position's mean over repeated tokens minus over new
+    ones, over both halves (in sample: the direction, not a test)."""
     sums: dict[str, Tensor] = {}
-    seen_n = total_n = 0
+    moments: dict[str, Tensor] = {}
+    seen_n = total_n = rep_n = 0
     for i in (0, 1):
         toks = torch.as_tensor(halves[i]).long()
         mine, (other_res, other_seq) = measured[i][1], measured[1 - i]
@@ -617,9 +642,20 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
         tok = torch.stack([_token_predict(pos, ids, dev, toks, l)[0] for l in range(pos.shape[0])], 1)[..., 1:]
         seen = _token_predict(pos, ids, dev, toks, 0)[1][:, 1:]
         ok = ~m.isnan()
+        # the same fit with two "tokens": the query's token is new (0) or repeats an earlier one (1)
+        rep, other_rep = repeated(toks).long(), repeated(other_toks).long()
+        _, rep_ids, rep_dev = _token_table(other_rep, other_seq, other_res["mass_pos"])
+        by_rep = torch.stack([_token_predict(pos, rep_ids, rep_dev, rep, l)[0] for l in range(pos.shape[0])], 1)
+        resid = torch.where(ok, m - _padded(pos, mine.shape[-1])[None, ..., 1:], 0.0)
+        flag = rep[:, None, None, 1:].bool()
+        for key, x in (("rep_sum", torch.where(flag, resid, 0.0)), ("rep_n", (ok & flag).double()),
+                       ("new_sum", torch.where(~flag, resid, 0.0)), ("new_n", (ok & ~flag).double())):
+            x = x.sum(dim=(0, 3))
+            moments[key] = moments[key] + x if key in moments else x
+        rep_n += int(rep[:, 1:].sum())
 
         preds = {"sst": grand[None, :, :, None], "sse_position": _padded(pos, mine.shape[-1])[None, ..., 1:],
-                 "sse_token": tok}
+                 "sse_token": tok, "sse_repeat": by_rep[..., 1:]}
         for suffix, where in (("", ok), ("_seen", ok & seen[:, None, None, :])):
             for key, pred in preds.items():
                 x = torch.where(where, (m - pred) ** 2, 0.0).sum(dim=(0, 3))
@@ -633,8 +669,11 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
     sst, sse_pos, sse_tok = sums["sst"], sums["sse_position"], sums["sse_token"]
     return {"position": share(sst - sse_pos, sst), "token": share(sse_pos - sse_tok, sst), "rest": share(sse_tok, sst),
             "token_seen": share(sums["sse_position_seen"] - sums["sse_token_seen"], sums["sst_seen"]),
-            **{k: v.tolist() for k, v in sums.items()},
-            "token_coverage": seen_n / max(total_n, 1), "shrink": TOKEN_SHRINK}
+            "repeat": share(sse_pos - sums["sse_repeat"], sst),
+            "repeat_diff": (moments["rep_sum"] / moments["rep_n"] - moments["new_sum"] / moments["new_n"]).tolist(),
+            **{k: v.tolist() for k, v in sums.items() if not k.endswith("_repeat_seen")},
+            "token_coverage": seen_n / max(total_n, 1), "repeat_rate": rep_n / max(total_n, 1),
+            "shrink": TOKEN_SHRINK}
 
 
 def _record(label: str, x: Any) -> dict[str, Any]:
@@ -659,12 +698,18 @@ def _pooled(parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+#: the study's interventions, in the order they run
+GATE_EDITS = ("open", "fixed", "token", "donor")
+
+
 def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0.1, eps: float = 0.3,
-               interventions: bool = True, per_head: bool = False, batch_size: int = 8, token_heads: int = 6,
-               progress: bool = False) -> dict[str, Any]:
+               interventions: bool = True, per_head: bool | Sequence[str] = False, batch_size: int = 8,
+               token_heads: int = 6, progress: bool = False) -> dict[str, Any]:
     """The whole study (module docstring): ``gate_stats`` and, with ``interventions``, the loss and Sink
     changes of opening every gate (``open``), of fixing it to its mean by position (``fixed``) and of
-    giving each text another text's gate (``donor``); ``per_head``: also each head alone. The fixed
+    giving each text another text's gate (``donor``); ``per_head``: also each head alone (True: for every
+    intervention; or the labels of those that get it, from GATE_EDITS: per-head runs cost one pass per
+    head on large models). The fixed
     and donor gates are cross-fitted: the sequences are split in two halves, each half is edited with
     what was measured on the other, and the two results are pooled, so no sequence is edited with its
     own measurements; so is the token gate (``token``: position mean plus the query token's deviation), and
@@ -672,6 +717,13 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     the same halves. ``token_heads``: the by-token table of ``gate_stats`` for that many heads. JSON-ready."""
     from sinkinterp import interventions as iv
 
+    if isinstance(per_head, bool):
+        heads_for = set(GATE_EDITS) if per_head else set()
+    else:
+        heads_for = set(per_head) if not isinstance(per_head, str) else {per_head}
+        if not heads_for <= set(GATE_EDITS):
+            raise ValueError(f"per_head: got {sorted(heads_for - set(GATE_EDITS))}; allowed: True, False or labels "
+                             f"from {list(GATE_EDITS)}")
     res = gate_stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, token_heads=token_heads,
                      progress=progress)
     if not interventions:
@@ -680,8 +732,9 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     n = tokens.shape[0]
     sink_kind, normalized = res["sink"], res["normalized"]
     open_ = iv.first_token("ablate" if sink_kind == "first" else "ablate_bias", renormalize=normalized)
-    res["interventions"] = [_record("open", iv.run_intervention(model, tokens, open_, eps=eps, per_head=per_head,
-                                                                batch_size=batch_size, progress=progress))]
+    res["interventions"] = [_record("open", iv.run_intervention(model, tokens, open_, eps=eps,
+                                                                per_head="open" in heads_for, batch_size=batch_size,
+                                                                progress=progress))]
     if not normalized or n < 2:  # fixing m_t moves weight between the sink and the other keys: a softmax row's budget
         return res
     halves = (tokens[: n // 2], tokens[n // 2:])
@@ -692,15 +745,15 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
         mine, other, other_toks = halves[i], measured[1 - i], halves[1 - i]
         fixed.append((len(mine), _record("fixed", iv.run_intervention(
             model, mine, fixed_gate(other[0]["mass_pos"], sink=sink_kind, normalized=True), eps=eps,
-            per_head=per_head, batch_size=batch_size, progress=progress))))
+            per_head="fixed" in heads_for, batch_size=batch_size, progress=progress))))
         masses = other[1][torch.arange(len(mine)) % len(other[1])]  # text j of this half takes text j of the other's
         with iv._token_tap(model):
             token.append((len(mine), _record("token", iv.run_intervention(
                 model, mine, token_gate(other_toks, other[1], other[0]["mass_pos"], sink=sink_kind, normalized=True),
-                eps=eps, per_head=per_head, batch_size=batch_size, progress=progress))))
+                eps=eps, per_head="token" in heads_for, batch_size=batch_size, progress=progress))))
             donor.append((len(mine), _record("donor", iv.run_intervention(
                 model, mine, donor_gate(mine, masses, sink=sink_kind, normalized=True), eps=eps,
-                per_head=per_head, batch_size=batch_size, progress=progress))))
+                per_head="donor" in heads_for, batch_size=batch_size, progress=progress))))
     res["interventions"] += [{**_pooled(x), "cross_fitted": True} for x in (fixed, token, donor)]
     return res
 
@@ -727,6 +780,10 @@ def pooled_drivers(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | N
     pos = sum(d["sse_position"][l][h] for l, h in heads)
     tok = sum(d["sse_token"][l][h] for l, h in heads)
     out = {"heads": len(heads), "position": 1 - pos / sst, "token": (pos - tok) / sst, "rest": tok / sst}
+    if "sse_repeat" in d:  # whether the query's token occurred earlier in the text, against the position alone
+        out["repeat"] = (pos - sum(d["sse_repeat"][l][h] for l, h in heads)) / sst
+        diffs = [d["repeat_diff"][l][h] for l, h in heads if np.isfinite(d["repeat_diff"][l][h])]
+        out["repeat_diff"] = float(np.mean(diffs)) if diffs else float("nan")  # NaN: no query repeats (or none is new)
     if "sst_seen" in d:  # the token's share on the queries whose token the other half had seen
         seen = sum(d["sst_seen"][l][h] for l, h in heads)
         gain = sum(d["sse_position_seen"][l][h] - d["sse_token_seen"][l][h] for l, h in heads)
@@ -780,6 +837,10 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
                          f"the query, and noise); query tokens seen in the other half: "
                          f"{res['drivers']['token_coverage']:.0%}, on those the token adds "
                          f"{pooled.get('token_seen', float('nan')):+.0%}")
+            if "repeat" in pooled:
+                lines.append(f"  whether the query's token occurred earlier in the text ({res['drivers']['repeat_rate']:.0%} "
+                             f"of queries) adds {pooled['repeat']:+.0%} to the position; m is "
+                             f"{pooled['repeat_diff']:+.3f} higher on repeated tokens (mean over those heads)")
     runs = {x["label"]: x for x in res.get("interventions", [])}
     if "open" in runs and runs["open"]["delta_loss"] > 0:
         for label, what in (("fixed", "fixing the gate to its mean by position"),

@@ -22,6 +22,7 @@ from sinkinterp.gate import (
     gate_stats,
     gate_study,
     pooled_drivers,
+    repeated,
     summary,
     token_gate,
 )
@@ -346,6 +347,7 @@ def test_drivers_split_the_variance_out_of_sample():
     L, H = model.cfg.n_layers, model.cfg.n_heads
     sst, sse_pos, sse_tok = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))
     seen_sst, seen_pos, seen_tok = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))
+    sse_rep, rep_sum, rep_n, new_sum, new_n = (np.zeros((L, H)) for _ in range(5))
     seen = 0
     for i in (0, 1):
         (res_o, seq_o), seq_m = measured[1 - i], measured[i][1].numpy()
@@ -356,6 +358,14 @@ def test_drivers_split_the_variance_out_of_sample():
         sst += ((m - grand[None, :, :, None]) ** 2).sum(axis=(0, 3))
         sse_pos += ((m - pos[None, ..., 1:]) ** 2).sum(axis=(0, 3))
         sse_tok += ((m - pred[..., 1:]) ** 2).sum(axis=(0, 3))
+        flags = [np.array([[int(row[t] in row[:t]) for t in range(T)] for row in halves[j].numpy()]) for j in (i, 1 - i)]
+        by_rep = _token_targets(flags[1], seq_o.numpy(), pos, flags[0])  # the same fit, "tokens" new / repeated
+        sse_rep += ((m - by_rep[..., 1:]) ** 2).sum(axis=(0, 3))
+        resid, rep = m - pos[None, ..., 1:], flags[0][:, None, None, 1:].astype(bool)
+        rep_sum += np.where(rep, resid, 0).sum(axis=(0, 3))
+        new_sum += np.where(rep, 0, resid).sum(axis=(0, 3))
+        rep_n += rep.sum(axis=(0, 3))
+        new_n += (~rep).sum(axis=(0, 3))
         known = np.isin(halves[i].numpy()[:, 1:], halves[1 - i].numpy()[:, 1:])[:, None, None, :]
         seen_sst += np.where(known, (m - grand[None, :, :, None]) ** 2, 0).sum(axis=(0, 3))
         seen_pos += np.where(known, (m - pos[None, ..., 1:]) ** 2, 0).sum(axis=(0, 3))
@@ -366,14 +376,34 @@ def test_drivers_split_the_variance_out_of_sample():
     np.testing.assert_allclose(got["rest"], sse_tok / sst, rtol=1e-9)
     assert got["token_coverage"] == pytest.approx(seen / (6 * (T - 1))) and 0.2 < got["token_coverage"] < 1
     np.testing.assert_allclose(got["token_seen"], (seen_pos - seen_tok) / seen_sst, rtol=1e-9)
+    np.testing.assert_allclose(got["repeat"], (sse_pos - sse_rep) / sst, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got["repeat_diff"], rep_sum / rep_n - new_sum / new_n, rtol=1e-9)
+    assert 0.3 < got["repeat_rate"] < 1  # ids 0..7 over 9 queries: most repeat
     res = {"sink_mass": [[0.5] * H, [0.0] * H], "drivers": got}
     pooled = pooled_drivers(res)  # the heads of layer 0 only
     assert pooled["heads"] == H
     assert pooled["rest"] == pytest.approx(sse_tok[0].sum() / sst[0].sum(), rel=1e-9)
     assert pooled["token_seen"] == pytest.approx((seen_pos[0] - seen_tok[0]).sum() / seen_sst[0].sum(), rel=1e-9)
+    assert pooled["repeat"] == pytest.approx((sse_pos[0] - sse_rep[0]).sum() / sst[0].sum(), rel=1e-9)
     assert pooled_drivers({"sink_mass": [[0.0]], "drivers": got}) is None
     unread = {**got, "sst": [[float("nan")] + got["sst"][0][1:], got["sst"][1]]}  # a head that read nothing
     assert pooled_drivers({"sink_mass": res["sink_mass"], "drivers": unread})["heads"] == H - 1
+
+
+def test_repeated_marks_tokens_seen_earlier_in_their_sequence():
+    got = repeated(torch.tensor([[5, 3, 5, 5, 2, 3], [1, 2, 3, 4, 5, 6]]))
+    assert got.tolist() == [[False, False, True, True, False, True], [False] * 6]
+    with pytest.raises(ValueError, match=r"tokens must be \[N, T\]"):
+        repeated(torch.tensor([1, 2, 3]))
+
+
+def test_per_head_effects_only_for_the_edits_named():
+    model = tiny_model("rotary").eval()
+    res = gate_study(model, _tokens(4), per_head=["fixed", "donor"], token_heads=0)
+    has = {x["label"]: x["per_head_delta_loss"] is not None for x in res["interventions"]}
+    assert has == {"open": False, "fixed": True, "token": False, "donor": True}
+    with pytest.raises(ValueError, match=r"per_head: got \['close'\]"):
+        gate_study(model, _tokens(4), per_head=["fixed", "close"])
 
 
 def test_open_tokens_group_each_heads_weight_by_query_token(monkeypatch):
@@ -439,6 +469,7 @@ def test_cli_writes_results_and_refuses_bad_options(tmp_path, capsys):
     assert len(res["open_tokens"]) == 6 and all(isinstance(r["text"], str) for r in res["open_tokens"][0]["open"])
     assert "effective gate" in capsys.readouterr().out
     for argv, msg in ((["--closed", "3"], "--closed"), (["--per-head", "--no-interventions"], "--per-head"),
+                      (["--per-head", "close"], "invalid choice: 'close'"),
                       (["--sink", "slot"], "bias slot"), (["--seq-len", "2"], "T >= 3")):
         code = None
         try:
