@@ -330,6 +330,20 @@ def main(argv: list[str] | None = None) -> int:
                               f"{pooled['repeat_diff']:+.3f}" if "repeat" in pooled else " | - | -")
                            + f" | {costs} |")
 
+    repeat_rows = [("| model | head | a | position | its token occurred earlier (added to position) | m on repeats "
+                    "minus on new tokens |"), "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for key, res in results.items():
+        d = res.get("drivers")
+        if not (d and "repeat" in d and _in_domain(key)):
+            continue
+        a = np.asarray(res["sink_mass"], dtype=np.float64)
+        rep = np.asarray(d["repeat"], dtype=np.float64)
+        heads = sorted((lh for lh in np.ndindex(*a.shape) if a[lh] >= gate.DRIVER_FLOOR and np.isfinite(rep[lh])),
+                       key=lambda lh, rep=rep: -rep[lh])[:3]
+        for l, h in heads:
+            repeat_rows.append(f"| {_label(key)} | L{l}H{h} | {a[l, h]:.3f} | {d['position'][l][h]:.0%} | {rep[l, h]:+.0%} | "
+                               f"{d['repeat_diff'][l][h]:+.3f} |")
+
     token_rows = [("| model | head | a | share of m's variance the query token explains | most open on (mean m) | "
                   "most closed on (mean m) |"), "| --- | --- | ---: | ---: | --- | --- |"]
     for key, res in results.items():
@@ -424,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
         "same question, by variance and by loss.",
         "",
         *(driver_rows if len(driver_rows) > 2 else ["(no drivers in these results)"]),
+        "",
+        "The heads whose gate follows a repeated query token most (out of sample, among those with a >= 0.1, each",
+        "model in its own domain):",
+        "",
+        *(repeat_rows if len(repeat_rows) > 2 else ["(no such heads in these results)"]),
         "",
         "Where the attention does not normalize, or gates itself:",
         "",

@@ -916,6 +916,9 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     pooled = mod_gate.pooled_drivers(snap)  # the drivers row, from the snapshot's sums of squares
     assert (f"| toy-softmax, Debian held-out | {pooled['heads']} | {pooled['position']:.0%} | {pooled['token']:+.0%} | "
             f"{pooled['rest']:.0%} |") in page
+    a, rep = np.asarray(snap["sink_mass"]), np.asarray(snap["drivers"]["repeat"])
+    top = max((lh for lh in np.ndindex(*a.shape) if a[lh] >= 0.1), key=lambda lh: rep[lh])
+    assert f"| toy-softmax, Debian held-out | L{top[0]}H{top[1]} | {a[top]:.3f} |" in page.split("follows a repeated")[1]
     assert f"- `{snap['command']}`" in page and "--per-head" in snap["command"] and "--per-head" not in nat["command"]
     per = np.asarray(fixed["per_head_delta_loss"])
     worst = np.unravel_index(np.argmax(per), per.shape)
