@@ -433,9 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         "whether the query's token already occurred in it (what a copying or induction head needs), fitted the",
         "same way (the other half's mean deviation from the position mean of repeated and of new tokens) and",
         "scored against the position mean alone; the next column gives its direction (in sample, averaged over",
-        "the pooled heads). The last column sets the three",
-        "gate edits side by side; the token gate's prediction is the one scored here, so the two answer the",
-        "same question, by variance and by loss.",
+        "the pooled heads). The last column sets the three gate edits side by side; the token gate's prediction",
+        "is the one scored here, so the two answer the same question, by variance and by loss.",
         "",
         *(driver_rows if len(driver_rows) > 2 else ["(no drivers in these results)"]),
         "",
@@ -451,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         "## Reading",
         "",
         *_summary(results),
+        "",
+        *_drivers_summary(results),
         "",
         *_reading(results),
         "",
@@ -511,6 +512,42 @@ def _summary(results: dict) -> list[str]:
     return [line]
 
 
+def _drivers_summary(results: dict) -> list[str]:
+    """In-domain runs of normalized models with a sink head: what drives the gate, as ranges over them."""
+    from sinkinterp import gate
+
+    rows = []
+    for key, res in results.items():
+        runs = {x["label"]: x for x in res.get("interventions", [])}
+        pooled = gate.pooled_drivers(res)
+        fx, tk = runs.get("fixed"), runs.get("token")
+        if not (_in_domain(key) and res["normalized"] and _sink_heads(res) and pooled and "repeat" in pooled
+                and fx and tk and fx["delta_loss"] > 0):
+            continue
+        rows.append((key, pooled, (fx["delta_loss"] - tk["delta_loss"]) / fx["delta_loss"]))
+    if not rows:
+        return []
+
+    def span(vals: list[float], sign: str = "") -> str:
+        return _fmt_range([100 * v for v in vals], "{:" + sign + ".0f}") + "%"
+
+    names = ", ".join(_label(k).split(", ")[0] for k, _, _ in rows)
+    line = (f"**What drives the gate, each model in its own domain** ({names}; out of sample, pooled over the heads "
+            f"with a >= 0.1): the position explains {span([p['position'] for _, p, _ in rows])} of the variance of "
+            f"the weight off the sink, the query token adds {span([p['token'] for _, p, _ in rows], '+')} "
+            f"({span([p['token_seen'] for _, p, _ in rows], '+')} on the queries whose token was seen), whether that "
+            f"token occurred earlier in the text {span([p['repeat'] for _, p, _ in rows], '+')}, and "
+            f"{span([p['rest'] for _, p, _ in rows])} is left to the rest of the text before the query (with the "
+            f"fitted means' noise: the position mean alone, fitted on half the sequences, adds about 1 / "
+            f"{NUM_SEQS // 2} of what it leaves). By loss, a gate that follows the query token as well as the position recovers "
+            f"{span([b for _, _, b in rows])} of what the gate fixed by position loses.")
+    if all(p["rest"] > p["token"] and p["rest"] > p["repeat"] for _, p, _ in rows) and all(b < 0.5 for _, _, b in rows):
+        line += (" So what the sink's gate follows, beyond its average by position, is mostly neither the query "
+                 "token itself nor whether it repeats, but the rest of the context before it (alone or with the "
+                 "token): which heads write depends on the text so far.")
+    return [line]
+
+
 def _reading(results: dict) -> list[str]:
     """The page's generated reading: only statements the numbers above support."""
     from sinkinterp import gate
@@ -550,11 +587,11 @@ def _reading(results: dict) -> list[str]:
                 text += ("The query-by-query variation carries a part of the sink's value"
                          + (", most of it in its match to the text (another text's gate, with the same spread, costs "
                             "more than the mean)." if d > f else "."))
-        if fx and tk and fx["delta_loss"] > 0:
-            back = (fx["delta_loss"] - tk["delta_loss"]) / fx["delta_loss"]
-            text += (f" A gate that follows the query token as well as the position costs {tk['delta_loss']:+.4f}: it "
-                     f"{'recovers' if back >= 0 else 'adds'} {abs(back):.0%} of what the fixed gate "
-                     f"{'loses' if back >= 0 else 'costs'}")
+        if fx and tk:
+            back = (fx["delta_loss"] - tk["delta_loss"]) / fx["delta_loss"] if fx["delta_loss"] > 0 else float("nan")
+            text += f" A gate that follows the query token as well as the position costs {tk['delta_loss']:+.4f}"
+            text += (f": it recovers {back:.0%} of what the fixed gate loses" if 0 <= back <= 1 else
+                     f", against {fx['delta_loss']:+.4f} for the fixed gate")
             pooled = gate.pooled_drivers(res)
             if pooled is not None:
                 text += (f"; in the {pooled['heads']} heads with a >= 0.1 the position explains {pooled['position']:.0%} "
