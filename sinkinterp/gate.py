@@ -714,7 +714,7 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     what was measured on the other, and the two results are pooled, so no sequence is edited with its
     own measurements; so is the token gate (``token``: position mean plus the query token's deviation), and
     ``drivers`` splits each head's m_t variance into position, query token and the rest, out of sample, on
-    the same halves. ``token_heads``: the by-token table of ``gate_stats`` for that many heads. JSON-ready."""
+    the same halves (also without ``interventions``: it only measures). ``token_heads``: the by-token table of ``gate_stats`` for that many heads. JSON-ready."""
     from sinkinterp import interventions as iv
 
     if isinstance(per_head, bool):
@@ -726,20 +726,24 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
                              f"from {list(GATE_EDITS)}")
     res = gate_stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, token_heads=token_heads,
                      progress=progress)
-    if not interventions:
-        return res
     tokens = torch.as_tensor(tokens)
     n = tokens.shape[0]
     sink_kind, normalized = res["sink"], res["normalized"]
+    # fixing m_t moves weight between the sink and the other keys: a softmax row's budget; the drivers need it too
+    split = normalized and n >= 2
+    if split:
+        halves = (tokens[: n // 2], tokens[n // 2:])
+        measured = [_stats(model, h, sink=sink_kind, closed=closed, batch_size=batch_size, keep_seq=True)
+                    for h in halves]
+        res["drivers"] = drivers(halves, measured)
+    if not interventions:
+        return res
     open_ = iv.first_token("ablate" if sink_kind == "first" else "ablate_bias", renormalize=normalized)
     res["interventions"] = [_record("open", iv.run_intervention(model, tokens, open_, eps=eps,
                                                                 per_head="open" in heads_for, batch_size=batch_size,
                                                                 progress=progress))]
-    if not normalized or n < 2:  # fixing m_t moves weight between the sink and the other keys: a softmax row's budget
+    if not split:
         return res
-    halves = (tokens[: n // 2], tokens[n // 2:])
-    measured = [_stats(model, h, sink=sink_kind, closed=closed, batch_size=batch_size, keep_seq=True) for h in halves]
-    res["drivers"] = drivers(halves, measured)
     fixed, token, donor = [], [], []
     for i in (0, 1):
         mine, other, other_toks = halves[i], measured[1 - i], halves[1 - i]

@@ -397,6 +397,16 @@ def test_repeated_marks_tokens_seen_earlier_in_their_sequence():
         repeated(torch.tensor([1, 2, 3]))
 
 
+def test_drivers_are_measured_without_the_interventions_too():
+    model = tiny_model("rotary").eval()
+    tokens = torch.randint(0, 8, (4, T), generator=torch.Generator().manual_seed(2))  # repeats: no NaN to compare
+    measured = gate_study(model, tokens, interventions=False, token_heads=0)
+    full = gate_study(model, tokens, token_heads=0)
+    assert "interventions" not in measured and measured["drivers"] == full["drivers"]
+    unnormalized = gate_study(tiny_model("sigmoid").eval(), tokens, interventions=False, token_heads=0)
+    assert "drivers" not in unnormalized  # m_t is a share there, not the weight the head applies
+
+
 def test_per_head_effects_only_for_the_edits_named():
     model = tiny_model("rotary").eval()
     res = gate_study(model, _tokens(4), per_head=["fixed", "donor"], token_heads=0)
