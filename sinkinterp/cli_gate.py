@@ -36,7 +36,7 @@ def add_parser(sub: Any, add_common: Any) -> None:
 
     s = sub.add_parser("gate", help="is the sink a gate? per head, how much of what it reads it writes, against "
                                     "the weight on the sink, and the loss with the gate opened, fixed, following "
-                                    "only the query token, or another text's")
+                                    "only the position and query token, or another text's; what drives it")
     add_common(s, single_input=True, per_key=False)
     s.add_argument("--sink", choices=list(SINKS), default="auto",
                    help="where the sink is: token 1 (first) or the bias slot (slot); auto: the slot if the model "

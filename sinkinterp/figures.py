@@ -516,8 +516,8 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
         for j, label in enumerate(labels):
             vals = [next((x["delta_loss"] for x in runs if x["label"] == label), np.nan) for _, runs in measured]
             cx.bar([i + j * width for i in range(len(measured))], vals, width, label=labels[label])
-        cx.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(measured))], [n for n, _ in measured], fontsize=7,
-                      rotation=20, ha="right")
+        centres = [i + width * (len(labels) - 1) / 2 for i in range(len(measured))]
+        cx.set_xticks(centres, [n for n, _ in measured], fontsize=7, rotation=20, ha="right")
         cx.set_ylabel("Δ loss (nats)")
         cx.legend(fontsize=7, frameon=False)
         cx.grid(alpha=0.3, axis="y")
