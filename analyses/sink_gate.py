@@ -19,7 +19,7 @@ held-out Debian windows (analyses/data/sink_gate/debian_val64*.npy) and on the s
 analyses/data/sink_gate/NAME.json, so the page regenerates from them where a model is missing here (the
 GPU models and the retrained toy models are not in git). Writes docs/sink-gate.md and
 docs/figures/sink-gate.png. About 15 minutes on a 2-core CPU with every model present, and about 35 more
-for SmolLM2's per-head effects; ``--only NAME ...`` runs those models alone and takes the others from
+for SmolLM2's per-head effects (opened and fixed); ``--only NAME ...`` runs those models alone and takes the others from
 their snapshots (to add a model without rerunning the rest).
 """
 
@@ -46,7 +46,8 @@ SHARDS = ROOT / "data" / "debian" / "shards"  # where TOKENS come from (`sinkint
 BOS_ID = 1  # the Debian tokenizer's BOS (the toy and GPU models share it)
 
 # name -> (model spec or None for SmolLM2, BOS first?, per-head effects (True: of every edit; or the edits named:
-# SmolLM2's take about 9 minutes each on a 2-core CPU), what it is)
+# SmolLM2's take about 17 minutes each on a 2-core CPU: token and donor, which bridges now run per head too,
+# would add 35 minutes), what it is)
 MODELS = {
     "toy-softmax": ("toy-softmax", True, True, "shipped; softmax, BOS first, 4 x 128"),
     "toy-kv-bias": ("toy-kv-bias", True, True, "shipped; softmax with a learned k*/v* per head, BOS first"),
@@ -65,7 +66,7 @@ MODELS = {
                        "6 x 384 softmax, wd 0.1, 9k steps on an H200, no BOS; not in git"),
     "sigmoid_small": ("runs/gpu_models/sigmoid_small", False, False,
                       "6 x 384 sigmoid (b = 0), 9k steps on an H200, no BOS; not in git"),
-    "smollm2": (None, False, True, "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
+    "smollm2": (None, False, ("open", "fixed"), "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
 }
 SEED_OF = {"toy-softmax-s1": "toy-softmax", "toy-kv-bias-s1": "toy-kv-bias"}  # second seeds: in-domain inputs only
 # inputs per model, the first in the model's own domain: the Debian-trained models on held-out Debian
