@@ -165,10 +165,15 @@ def _sink_heads(res: dict) -> list[tuple[int, int]]:
     return sorted((lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD), key=lambda lh: -a[lh])
 
 
+MIN_STD = 0.01  # a head whose m_t varies less than this over queries (std) gets no per-head shares: noise
+
+
 def _head_drivers(res: dict, l: int, h: int) -> str:
     d = res.get("drivers")
     if not d or d["position"][l][h] is None or math.isnan(d["position"][l][h]):
         return "-"
+    if d["sst"][l][h] < MIN_STD ** 2 * max(res["queries_per_head"][l][h], 1):
+        return f"- (m's std < {MIN_STD})"
     return f"{d['position'][l][h]:.0%} / {d['token'][l][h]:+.0%} / {d['rest'][l][h]:.0%}"
 
 
@@ -402,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         "Sink heads' values are ranges over the heads with mean sink weight a > 0.3 (none: `-`). Δ loss in nats",
         "(mean next-token cross entropy on the same targets). The fixed and donor's Δ loss pool the two halves.",
         "",
-        "The sink heads (at most six per model, by sink weight; per-head effects where run):",
+        "The sink heads (at most six per model, by sink weight; per-head effects where run; m's variance split",
+        "as in the drivers table below, per head, not given where m hardly varies):",
         "",
         *head_rows,
         "",
