@@ -74,7 +74,9 @@ SEED_OF = {"toy-softmax-s1": "toy-softmax", "toy-kv-bias-s1": "toy-kv-bias"}  # 
 # windows and on the shipped English sample (what the other pages use; out of their domain), SmolLM2 on the
 # English sample; the softmax models with a sink also on a second set of inputs (a replicate of the first)
 REPLICATE = {"debian": "debian_b", "natural": "natural_s1"}
-INPUTS = {name: (("natural", "natural_s1") if spec is None else ("debian",) if name in SEED_OF else
+# measurement only (no loss runs), with more sequences: are the drivers' shares stable with 4x the queries?
+MEASURE_ONLY = {"natural_n128": 128}
+INPUTS = {name: (("natural", "natural_s1", "natural_n128") if spec is None else ("debian",) if name in SEED_OF else
                  ("debian", "debian_b", "natural") if name in ("toy-softmax", "toy-kv-bias", "baseline_small") else
                  ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
@@ -134,8 +136,9 @@ def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool | tuple, co
                 ("debian_b", False): TOKENS_B, ("debian_b", True): TOKENS_B_BOS}[(inputs, bos)]
         source = ["--tokens", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)]
     else:
-        source = ["--inputs", "natural", "--seq-len", str(SEQ_LEN), "--num-seqs", str(NUM_SEQS),
-                  "--seed", str(SEED + (inputs == "natural_s1")), *(["--prepend-bos"] if bos else [])]
+        source = ["--inputs", "natural", "--seq-len", str(SEQ_LEN), "--num-seqs", str(MEASURE_ONLY.get(inputs, NUM_SEQS)),
+                  "--seed", str(SEED + (inputs == "natural_s1")), *(["--prepend-bos"] if bos else []),
+                  *(["--no-interventions"] if inputs in MEASURE_ONLY else [])]
     heads = ["--per-head", *([] if per_head is True else per_head)] if per_head else []
     args = ["gate", "--model", spec, *source, "--eps", str(EPS), *heads,
             "--no-figures", "--out", str(out)]
@@ -150,7 +153,8 @@ def _label(key: str) -> str:
     """"toy-softmax__debian" -> "toy-softmax, Debian held-out"."""
     name, _, inputs = key.partition("__")
     return f"{name}, " + {"debian": "Debian held-out", "debian_b": "Debian held-out, second set",
-                          "natural": "English sample", "natural_s1": "English sample, seed 1"}.get(inputs, inputs)
+                          "natural": "English sample", "natural_s1": "English sample, seed 1",
+                          "natural_n128": "English sample, 128 sequences, measured only"}.get(inputs, inputs)
 
 
 def _in_domain(key: str) -> bool:
@@ -188,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(MODELS),
-                        help="run only these models; the others come from their snapshots in analyses/data/sink_gate "
-                             f"(choices: {', '.join(MODELS)})")
+    keys = [f"{name}__{inputs}" for name in MODELS for inputs in INPUTS[name]]
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=[*MODELS, *keys],
+                        help="run only these models (NAME) or runs (NAME__INPUTS); the others come from their "
+                             f"snapshots in analyses/data/sink_gate (models: {', '.join(MODELS)})")
     args = parser.parse_args(argv or [])
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
@@ -207,10 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (spec, bos, per_head, _) in MODELS.items():
         gguf = loading.smollm2_gguf_path() if spec is None else None
         present = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
-        here = present and (args.only is None or name in args.only)
         for inputs in INPUTS[name]:
             key = f"{name}__{inputs}"
-            if here:
+            if present and (args.only is None or name in args.only or key in args.only):
                 if inputs.startswith("debian"):
                     _debian_tokens()
                 results[key] = _run(key, gguf if spec is None else spec, inputs, bos,
@@ -553,6 +557,18 @@ def _drivers_summary(results: dict) -> list[str]:
         line += (" So what the sink's gate follows, beyond its average by position, is mostly neither the query "
                  "token itself nor whether it repeats, but the rest of the context before it (alone or with the "
                  "token): which heads write depends on the text so far.")
+    for key, res in results.items():  # the same with more sequences, where measured
+        name, _, inputs = key.partition("__")
+        pooled, base = gate.pooled_drivers(res), gate.pooled_drivers(results.get(f"{name}__{INPUTS[name][0]}", {}))
+        if inputs not in MEASURE_ONLY or not pooled or not base:
+            continue
+        d, d0 = res["drivers"], results[f"{name}__{INPUTS[name][0]}"]["drivers"]
+        line += (f" With {MEASURE_ONLY[inputs]} sequences instead of {NUM_SEQS} ({name}, measured only), the query "
+                 f"tokens seen in the other half go from {d0['token_coverage']:.0%} to {d['token_coverage']:.0%} of "
+                 f"queries and the shares become: position {pooled['position']:.0%} ({base['position']:.0%} with "
+                 f"{NUM_SEQS}), query token {pooled['token']:+.0%} ({base['token']:+.0%}; on seen tokens "
+                 f"{pooled['token_seen']:+.0%}, {base['token_seen']:+.0%}), repeat {pooled['repeat']:+.0%} "
+                 f"({base['repeat']:+.0%}), rest {pooled['rest']:.0%} ({base['rest']:.0%}).")
     return [line]
 
 
