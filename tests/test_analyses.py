@@ -943,6 +943,10 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     page = (tmp_path / "page.md").read_text()
     assert "(from analyses/data/sink_gate/ghost__natural.json: an earlier run of this script)" in page
     assert (data / "ghost__natural.json").read_text() == before and "toy-softmax__natural.json" not in page
+    assert mod.main(["--only", "ghost__natural"]) == 0  # one run by its key: the other model from its snapshot
+    page = (tmp_path / "page.md").read_text()
+    assert "(from analyses/data/sink_gate/toy-softmax__natural.json: an earlier run of this script)" in page
+    assert "ghost__natural.json" not in page
     with pytest.raises(SystemExit):
         mod.main(["--only", "nobody"])
     assert "invalid choice: 'nobody'" in capsys.readouterr().err
