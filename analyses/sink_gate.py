@@ -74,9 +74,10 @@ SEED_OF = {"toy-softmax-s1": "toy-softmax", "toy-kv-bias-s1": "toy-kv-bias"}  # 
 # windows and on the shipped English sample (what the other pages use; out of their domain), SmolLM2 on the
 # English sample; the softmax models with a sink also on a second set of inputs (a replicate of the first)
 REPLICATE = {"debian": "debian_b", "natural": "natural_s1"}
-# measurement only (no loss runs), with more sequences: are the drivers' shares stable with 4x the queries?
-MEASURE_ONLY = {"natural_n128": 128}
-INPUTS = {name: (("natural", "natural_s1", "natural_n128") if spec is None else ("debian",) if name in SEED_OF else
+# measurement only (no loss runs), with more sequences (the sample holds 122 windows of 64 SmolLM2 tokens): are the
+# drivers' shares stable with 3.75x the queries?
+MEASURE_ONLY = {"natural_n120": 120}
+INPUTS = {name: (("natural", "natural_s1", "natural_n120") if spec is None else ("debian",) if name in SEED_OF else
                  ("debian", "debian_b", "natural") if name in ("toy-softmax", "toy-kv-bias", "baseline_small") else
                  ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
@@ -154,7 +155,7 @@ def _label(key: str) -> str:
     name, _, inputs = key.partition("__")
     return f"{name}, " + {"debian": "Debian held-out", "debian_b": "Debian held-out, second set",
                           "natural": "English sample", "natural_s1": "English sample, seed 1",
-                          "natural_n128": "English sample, 128 sequences, measured only"}.get(inputs, inputs)
+                          "natural_n120": "English sample, 120 sequences, measured only"}.get(inputs, inputs)
 
 
 def _in_domain(key: str) -> bool:
