@@ -15,7 +15,7 @@ the position, the query token and the rest of the text explain, out of sample. O
 
 Each model is run with ``sinkinterp gate`` (T = 64, 32 sequences, eps 0.3): the Debian-trained models on
 held-out Debian windows (analyses/data/sink_gate/debian_val64*.npy) and on the shipped English sample
-(seed 0), SmolLM2 on the English sample (seeds 0 and 1). The per-head results of every run are kept in
+(seed 0), SmolLM2 on the English sample (seeds 0 and 1, and 120 sequences measured without loss runs). The per-head results of every run are kept in
 analyses/data/sink_gate/NAME.json, so the page regenerates from them where a model is missing here (the
 GPU models and the retrained toy models are not in git). Writes docs/sink-gate.md and
 docs/figures/sink-gate.png. About 15 minutes on a 2-core CPU with every model present, and about 35 more
