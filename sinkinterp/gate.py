@@ -639,8 +639,9 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
         pos, ids, dev = _token_table(other_toks, other_seq, other_res["mass_pos"])
         grand = other_seq[..., 1:].nanmean(dim=(0, 3))  # [L, H]
         m = mine[..., 1:]  # [N, L, H, T - 1]
-        tok = torch.stack([_token_predict(pos, ids, dev, toks, l)[0] for l in range(pos.shape[0])], 1)[..., 1:]
-        seen = _token_predict(pos, ids, dev, toks, 0)[1][:, 1:]
+        per_layer = [_token_predict(pos, ids, dev, toks, l) for l in range(pos.shape[0])]
+        tok = torch.stack([x[0] for x in per_layer], 1)[..., 1:]
+        seen = per_layer[0][1][:, 1:]  # whether each query's token was seen: the same in every layer
         ok = ~m.isnan()
         # the same fit with two "tokens": the query's token is new (0) or repeats an earlier one (1)
         rep, other_rep = repeated(toks).long(), repeated(other_toks).long()
@@ -656,9 +657,10 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
 
         preds = {"sst": grand[None, :, :, None], "sse_position": _padded(pos, mine.shape[-1])[None, ..., 1:],
                  "sse_token": tok, "sse_repeat": by_rep[..., 1:]}
-        for suffix, where in (("", ok), ("_seen", ok & seen[:, None, None, :])):
-            for key, pred in preds.items():
-                x = torch.where(where, (m - pred) ** 2, 0.0).sum(dim=(0, 3))
+        for suffix, where, keys in (("", ok, preds), ("_seen", ok & seen[:, None, None, :],
+                                                      ("sst", "sse_position", "sse_token"))):
+            for key in keys:
+                x = torch.where(where, (m - preds[key]) ** 2, 0.0).sum(dim=(0, 3))
                 sums[key + suffix] = sums[key + suffix] + x if key + suffix in sums else x
         seen_n += int(seen.sum())
         total_n += seen.numel()
@@ -671,7 +673,7 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
             "token_seen": share(sums["sse_position_seen"] - sums["sse_token_seen"], sums["sst_seen"]),
             "repeat": share(sse_pos - sums["sse_repeat"], sst),
             "repeat_diff": (moments["rep_sum"] / moments["rep_n"] - moments["new_sum"] / moments["new_n"]).tolist(),
-            **{k: v.tolist() for k, v in sums.items() if not k.endswith("_repeat_seen")},
+            **{k: v.tolist() for k, v in sums.items()},
             "token_coverage": seen_n / max(total_n, 1), "repeat_rate": rep_n / max(total_n, 1),
             "shrink": TOKEN_SHRINK}
 
