@@ -45,6 +45,15 @@ queries that the position explains, the share the query token adds, and the rest
 query: the keys' content and the token's interaction with it, plus the noise of the fitted means), each
 out of sample: the means are fitted on one half of the sequences and scored on the other (and the other
 way round), so a token seen once cannot explain its own query (the by-token table's ``token_r2`` can).
+Two features of the context are tested the same way: whether the query's token occurred earlier in the
+text (``repeat``) and the token before the query (``previous``).
+
+Which side of the softmax moves the gate (``logit_split``, softmax attention whose ``hook_attn_scores``
+the pattern is the softmax of): the log-odds on the sink, lam_t = log(a_t / m_t), is exactly the sink's
+logit s_t minus the log-sum-exp c_t of the other keys' logits, so its variance splits exactly into
+cov(lam, s) / var(lam) (``sink_side``: the query turns toward or away from the sink's key; for a learned
+sink logit s_t is constant and the share is 0) and the rest, -cov(lam, c) / var(lam) (the other keys
+match the query better or worse), over all queries and within positions (``_within``).
 
 For attention that does not normalize (sinkinterp's sigmoid, elu+1 and identity kernels, whose hook_pattern
 holds each key's share of the row's weight), a_t and m_t are shares, g_t carries the row's total weight,
@@ -67,9 +76,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DRIVER_FLOOR", "GATE_BINS", "GATE_EDITS", "GATE_MAX", "SINKS", "TOKEN_SHRINK", "TOKEN_TABLE_LIMIT", "donor_gate",
-           "drivers", "fixed_gate", "gate_stats", "gate_study", "pooled_drivers", "repeated", "summary",
-           "token_gate"]
+__all__ = ["DRIVER_FLOOR", "GATE_BINS", "GATE_EDITS", "GATE_MAX", "LOGIT_TOLERANCE", "SINKS", "TOKEN_SHRINK",
+           "TOKEN_TABLE_LIMIT", "donor_gate", "drivers", "fixed_gate", "gate_stats", "gate_study", "pooled_drivers",
+           "pooled_logit_split", "repeated", "summary", "token_gate"]
 
 SINKS = ("auto", "first", "slot")
 #: histogram of the effective gate per head: bins of width GATE_MAX / GATE_BINS on [0, GATE_MAX), one overflow
@@ -99,6 +108,12 @@ def _resolve_sink(model: Any, sink: str) -> tuple[str, str | None]:
     return sink, slot
 
 
+#: the per-(layer, head, position) sums behind the softmax split (``_Accumulator.add_logits``)
+LOGIT_SUMS = ("n", "lam", "s", "c", "lam2", "lam_s", "lam_c", "s2", "c2")
+#: the split is reported only where the pattern is the softmax of hook_attn_scores to this L1 error per row
+LOGIT_TOLERANCE = 1e-3
+
+
 class _Accumulator:
     """Per-head, per-position sums over queries, float64 on the model's device (moved to the CPU once, by
     ``to_cpu``): the hooks add to them without a host synchronisation per layer."""
@@ -116,6 +131,11 @@ class _Accumulator:
         self.explicit = (z(), z()) if gated else None
         # max |row sum + slot - 1| over the queries measured: 0 for normalized attention
         self.row_error = torch.zeros((), dtype=torch.float64, device=device)
+        # the softmax split of each query's log-odds on the sink (``_logit_sides``): sums over the queries
+        # with both weights > 0 of 1, lam, s, c and their products, and the layers that fired hook_attn_scores
+        self.logit = {k: z() for k in LOGIT_SUMS}
+        self.logit_layers: set[int] = set()
+        self.logit_error = torch.zeros((), dtype=torch.float64, device=device)
 
     def add(self, layer: int, a: Tensor, m: Tensor, g: Tensor, write: Tensor, read: Tensor, rest: Tensor,
             valid: Tensor, explicit: Tensor | None, row_error: Tensor) -> None:
@@ -139,7 +159,19 @@ class _Accumulator:
         idx = idx + torch.arange(H, device=idx.device)[None, :, None] * n_bins
         self.hist[layer] += torch.bincount(idx[valid], minlength=H * n_bins).double().view(H, n_bins)
 
+    def add_logits(self, layer: int, lam: Tensor, s: Tensor, c: Tensor, ok: Tensor, error: Tensor) -> None:
+        """[batch, head, query] tensors for queries 1..T-1: the log-odds on the sink ``lam`` = s - c, the
+        sink's logit ``s`` and the log-sum-exp of the other keys' logits ``c``; ``ok`` where both weights
+        are > 0; ``error``: how far the pattern is from the softmax of the scores (L1 per row, max)."""
+        self.logit_layers.add(layer)
+        self.logit_error = torch.maximum(self.logit_error, error)
+        terms = {"n": torch.ones_like(lam), "lam": lam, "s": s, "c": c, "lam2": lam * lam, "lam_s": lam * s,
+                 "lam_c": lam * c, "s2": s * s, "c2": c * c}
+        for key in LOGIT_SUMS:
+            self.logit[key][layer, :, 1:] += torch.where(ok, terms[key], 0.0).sum(0)
+
     def to_cpu(self) -> _Accumulator:
+        self.logit = {k: v.cpu() for k, v in self.logit.items()}
         for name, value in vars(self).items():
             if isinstance(value, Tensor):
                 setattr(self, name, value.cpu())
@@ -177,7 +209,12 @@ def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     head's weight off the sink, m_t, is largest and smallest on average, and the share of m_t's variance
     that the query token explains (``token_r2``, over the queries whose token is seen that often; it is
     biased up by tokens seen few times: compare heads, not absolute values). Skipped, with a note, past
-    TOKEN_TABLE_LIMIT per-query values. JSON-ready."""
+    TOKEN_TABLE_LIMIT per-query values. ``logit_split`` (module docstring; per head [L][H], over the queries
+    with both weights > 0): ``sink_side`` and ``sink_side_within``, the variances and covariances they are
+    made of (``logit_var``, ``logit_cov_sink``), the spreads of the two sides (``sink_std``,
+    ``content_std``), their means (``sink_logit``, ``content_lse``), ``queries`` and ``scores_error`` (the
+    L1 distance per row between the pattern and the softmax of the scores); None, with
+    ``logit_split_note`` saying why, where it cannot be measured. JSON-ready."""
     for arg, val, low in (("token_heads", token_heads, 0), ("min_count", min_count, 1)):
         if isinstance(val, bool) or not isinstance(val, int) or val < low:
             raise ValueError(f"{arg} must be an integer >= {low}, got {val!r}")
@@ -264,6 +301,8 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
         raise ValueError(f"model has no hook {missing[0]} (the gate study reads hook_v, hook_pattern and hook_z; "
                          "see docs/hook-contract.md)")
     gated = all(f"blocks.{l}.attn.hook_gate" in names for l in range(L))
+    # the softmax split needs the scores the pattern is the softmax of: not for attention that does not normalize
+    scored = all(f"blocks.{l}.attn.hook_attn_scores" in names for l in range(L)) and not _weights_unnormalized(model)
     grams = []
     for l in range(L):
         w_o = tl_adapter.attn_out_weight(model, l)
@@ -322,6 +361,9 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
                 gate = stash.pop((layer, "gate")).double().transpose(1, 2)
                 explicit = write / norm(zh / gate.clamp_min(_TINY)).clamp_min(_TINY)
             q = slice(1, None)
+            scores = stash.pop((layer, "scores"), None)
+            if scores is not None:
+                _add_logit_sides(acc, layer, scores, rest, a, m)
             acc.add(layer, a[..., q], m[..., q], g[..., q], write[..., q], read[..., q], resid[..., q], valid[..., q],
                     None if explicit is None else explicit[..., q], (p.sum(-1) + slot_w - 1.0)[..., q].abs().max())
             if seq is not None:
@@ -336,6 +378,8 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
             hooks.append((f"blocks.{l}.attn.hook_bias_pattern", keep(l, "bias")))
         if gated:
             hooks.append((f"blocks.{l}.attn.hook_gate", keep(l, "gate")))
+        if scored:
+            hooks.append((f"blocks.{l}.attn.hook_attn_scores", keep(l, "scores")))
         hooks.append((f"blocks.{l}.attn.hook_z", on_z(l)))
     device = patching._model_device(model)
     starts = range(0, n, batch_size)
@@ -349,6 +393,57 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
             offset[0] = s
             model(tokens[s:s + batch_size].to(device))
     return _finish(acc, sink, slot, closed, gated, _weights_unnormalized(model)), seq
+
+
+def _add_logit_sides(acc: _Accumulator, layer: int, scores: Tensor, rest: Tensor, a: Tensor, m: Tensor) -> None:
+    """Split each query's log-odds on the sink, lam_t = log(a_t / m_t), into the sink's logit and the
+    other keys' log-sum-exp: with softmax, lam_t = s_t - c_t, c_t = logsumexp of the scores of the keys
+    with weight in ``rest`` ([b, H, T, T]: the pattern without the sink), and s_t = lam_t + c_t the
+    sink's logit on the same scale (token 1's score, or the bias slot's). ``scores``: hook_attn_scores."""
+    sc = scores.double()
+    visible = rest > 0  # a key whose weight underflowed to 0 adds nothing to the log-sum-exp either
+    masked = torch.where(visible, sc, float("-inf"))
+    c = torch.logsumexp(masked, -1)
+    ok = (a > _TINY) & (m > _TINY) & c.isfinite()
+    c = torch.where(ok, c, 0.0)
+    lam = torch.where(ok, a.clamp_min(_TINY).log() - m.clamp_min(_TINY).log(), 0.0)
+    soft = torch.where(visible, (masked - c[..., None]).exp() * m[..., None], 0.0)
+    error = torch.where(ok, (soft - rest).abs().sum(-1), 0.0).max()
+    q = slice(1, None)
+    acc.add_logits(layer, lam[..., q], (lam + c)[..., q], c[..., q], ok[..., q], error)
+
+
+def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """The per-head softmax split (``gate_stats``'s ``logit_split``), or None and why not."""
+    if not normalized:
+        return None, "the attention does not normalize: its weights are not a softmax of the scores"
+    if len(acc.logit_layers) != n_layers:
+        return None, "the model did not fire hook_attn_scores in every layer"
+    error = float(acc.logit_error)
+    if error > LOGIT_TOLERANCE:
+        return None, (f"the pattern is not the softmax of hook_attn_scores (L1 error {error:.2g} per row): e.g. a "
+                      "normalized sigmoid or elu+1 kernel, or scores hooked before a soft cap")
+    g = acc.logit
+    n = g["n"].sum(-1)
+    nan = torch.full_like(n, float("nan"))
+
+    def cov(x: str, y: str, xy: str, within: bool) -> Tensor:
+        if within:  # around each position's mean, pooled over positions
+            return (g[xy] - g[x] * g[y] / g["n"].clamp_min(1.0)).sum(-1) / n.clamp_min(1.0)
+        return (g[xy].sum(-1) - g[x].sum(-1) * g[y].sum(-1) / n.clamp_min(1.0)) / n.clamp_min(1.0)
+
+    out: dict[str, Any] = {"queries": n.tolist(), "scores_error": error,
+                           "sink_logit": (g["s"].sum(-1) / n.clamp_min(1.0)).tolist(),
+                           "content_lse": (g["c"].sum(-1) / n.clamp_min(1.0)).tolist()}
+    for suffix, within in (("", False), ("_within", True)):
+        var, cs = cov("lam", "lam", "lam2", within), cov("lam", "s", "lam_s", within)
+        keep = (n >= 2) & (var > 1e-20)
+        out["sink_side" + suffix] = torch.where(keep, cs / var.clamp_min(1e-300), nan).tolist()
+        out["logit_var" + suffix] = torch.where(n >= 2, var.clamp_min(0.0), nan).tolist()
+        out["logit_cov_sink" + suffix] = torch.where(n >= 2, cs, nan).tolist()
+        for key, name in (("s", "sink_std"), ("c", "content_std")):
+            out[name + suffix] = torch.where(n >= 2, cov(key, key, f"{key}2", within).clamp_min(0.0).sqrt(), nan).tolist()
+    return out, None
 
 
 def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated: bool,
@@ -407,6 +502,9 @@ def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated
     if shares:  # m_t is a share, not the weight the head applies: the split of the write is not defined
         blank = [[None] * H for _ in range(L)]
         res["corr_gate_mass"], res["value_share"] = blank, [list(r) for r in blank]
+    res["logit_split"], note = _logit_split(acc, L, res["normalized"])
+    if note:
+        res["logit_split_note"] = note
     if gated and acc.explicit is not None:
         e_mean = per_head(mean(acc.explicit[0]))
         res["explicit_gate"] = out(e_mean)
@@ -628,7 +726,9 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
     it adds to the position mean (the same fit: the other half's mean deviation of repeated and of new
     tokens; sums ``sse_repeat``), ``repeat_rate`` the share of scored queries that repeat a token, and
     ``repeat_diff`` per head the mean of m_t - its position's mean over repeated tokens minus over new
-    ones, over both halves (in sample: the direction, not a test)."""
+    ones, over both halves (in sample: the direction, not a test). ``previous``: the share the token before
+    the query adds to the position mean, fitted as the query token is (sums ``sse_previous``): whether the
+    gate follows the last token the query has seen rather than its own."""
     sums: dict[str, Tensor] = {}
     moments: dict[str, Tensor] = {}
     seen_n = total_n = rep_n = 0
@@ -647,6 +747,10 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
         rep, other_rep = repeated(toks).long(), repeated(other_toks).long()
         _, rep_ids, rep_dev = _token_table(other_rep, other_seq, other_res["mass_pos"])
         by_rep = torch.stack([_token_predict(pos, rep_ids, rep_dev, rep, l)[0] for l in range(pos.shape[0])], 1)
+        # and with the token before the query in place of the query's own (position 0 is never scored)
+        prev, other_prev = (torch.cat([x[:, :1], x[:, :-1]], 1) for x in (toks, other_toks))
+        _, prev_ids, prev_dev = _token_table(other_prev, other_seq, other_res["mass_pos"])
+        by_prev = torch.stack([_token_predict(pos, prev_ids, prev_dev, prev, l)[0] for l in range(pos.shape[0])], 1)
         resid = torch.where(ok, m - _padded(pos, mine.shape[-1])[None, ..., 1:], 0.0)
         flag = rep[:, None, None, 1:].bool()
         for key, x in (("rep_sum", torch.where(flag, resid, 0.0)), ("rep_n", (ok & flag).double()),
@@ -656,7 +760,7 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
         rep_n += int(rep[:, 1:].sum())
 
         preds = {"sst": grand[None, :, :, None], "sse_position": _padded(pos, mine.shape[-1])[None, ..., 1:],
-                 "sse_token": tok, "sse_repeat": by_rep[..., 1:]}
+                 "sse_token": tok, "sse_repeat": by_rep[..., 1:], "sse_previous": by_prev[..., 1:]}
         for suffix, where, keys in (("", ok, preds), ("_seen", ok & seen[:, None, None, :],
                                                       ("sst", "sse_position", "sse_token"))):
             for key in keys:
@@ -671,7 +775,7 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
     sst, sse_pos, sse_tok = sums["sst"], sums["sse_position"], sums["sse_token"]
     return {"position": share(sst - sse_pos, sst), "token": share(sse_pos - sse_tok, sst), "rest": share(sse_tok, sst),
             "token_seen": share(sums["sse_position_seen"] - sums["sse_token_seen"], sums["sst_seen"]),
-            "repeat": share(sse_pos - sums["sse_repeat"], sst),
+            "repeat": share(sse_pos - sums["sse_repeat"], sst), "previous": share(sse_pos - sums["sse_previous"], sst),
             "repeat_diff": (moments["rep_sum"] / moments["rep_n"] - moments["new_sum"] / moments["new_n"]).tolist(),
             **{k: v.tolist() for k, v in sums.items()},
             "token_coverage": seen_n / max(total_n, 1), "repeat_rate": rep_n / max(total_n, 1),
@@ -790,11 +894,35 @@ def pooled_drivers(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | N
         out["repeat"] = (pos - sum(d["sse_repeat"][l][h] for l, h in heads)) / sst
         diffs = [d["repeat_diff"][l][h] for l, h in heads if np.isfinite(d["repeat_diff"][l][h])]
         out["repeat_diff"] = float(np.mean(diffs)) if diffs else float("nan")  # NaN: no query repeats (or none is new)
+    if "sse_previous" in d:  # the token before the query, against the position alone
+        out["previous"] = (pos - sum(d["sse_previous"][l][h] for l, h in heads)) / sst
     if "sst_seen" in d:  # the token's share on the queries whose token the other half had seen
         seen = sum(d["sst_seen"][l][h] for l, h in heads)
         gain = sum(d["sse_position_seen"][l][h] - d["sse_token_seen"][l][h] for l, h in heads)
         out["token_seen"] = gain / seen if seen > 0 else float("nan")
     return out
+
+
+def pooled_logit_split(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | None:
+    """``logit_split`` within positions over ``heads`` ((layer, head) pairs; default: those with mean sink
+    weight >= DRIVER_FLOOR and a measured split): the median of the heads' sink-side shares, the share of
+    the summed variance (each head's log-odds variance weighs in), and how many heads are sink-led (share >
+    0.5). None without a split or heads."""
+    d = res.get("logit_split")
+    if not d:
+        return None
+    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    share = np.asarray(d["sink_side_within"], dtype=np.float64)
+    if heads is None:
+        heads = [lh for lh in np.ndindex(*a.shape) if a[lh] >= DRIVER_FLOOR]
+    heads = [(l, h) for l, h in heads if np.isfinite(share[l, h])]
+    if not heads:
+        return None
+    var = sum(d["logit_var_within"][l][h] for l, h in heads)
+    shares = [float(share[l, h]) for l, h in heads]
+    return {"heads": len(heads), "median": float(np.median(shares)),
+            "pooled": sum(d["logit_cov_sink_within"][l][h] for l, h in heads) / var if var > 0 else float("nan"),
+            "sink_led": sum(x > 0.5 for x in shares)}
 
 
 def _top_heads(res: dict[str, Any], k: int) -> list[tuple[int, int]]:
@@ -847,6 +975,18 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
                 lines.append(f"  whether the query's token occurred earlier in the text ({res['drivers']['repeat_rate']:.0%} "
                              f"of queries) adds {pooled['repeat']:+.0%} to the position; m is "
                              f"{pooled['repeat_diff']:+.3f} higher on repeated tokens (mean over those heads)")
+            if "previous" in pooled:
+                lines.append(f"  the token before the query, in place of its own, adds {pooled['previous']:+.0%} to the "
+                             "position")
+    split = pooled_logit_split(res)
+    if split is not None:
+        lines.append(f"which side of the softmax moves the gate (the log-odds on the sink, log a_t/m_t = sink logit - "
+                     f"log-sum-exp of the other keys' logits, its variance within positions over the {split['heads']} "
+                     f"heads with a >= {DRIVER_FLOOR}): the sink's logit carries {split['median']:.0%} in the median head "
+                     f"({split['pooled']:.0%} of the summed variance), {split['sink_led']} heads are led by it; the rest "
+                     "is the other keys'")
+    elif res.get("logit_split_note"):
+        lines.append(f"softmax split: not measured ({res['logit_split_note']})")
     runs = {x["label"]: x for x in res.get("interventions", [])}
     if "open" in runs and runs["open"]["delta_loss"] > 0:
         for label, what in (("fixed", "fixing the gate to its mean by position"),

@@ -5,6 +5,7 @@ a bridge, the exact identity g = m when the sink has no value, the fixed-gate ed
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from sinkinterp.gate import (
     gate_stats,
     gate_study,
     pooled_drivers,
+    pooled_logit_split,
     repeated,
     summary,
     token_gate,
@@ -91,6 +93,73 @@ def test_stats_equal_a_direct_computation(variant, sink):
     np.testing.assert_allclose(np.asarray(res["mass_pos"])[..., 1:], mass_pos[..., 1:], rtol=1e-9, atol=1e-12)
     assert np.isnan(np.asarray(res["mass_pos"])[..., 0]).all()
     assert np.asarray(res["queries_per_head"]).min() == tokens.shape[0] * (T - 1)
+
+
+def _direct_logits(model, tokens, sink: str):
+    """Per head, over queries 1..T-1, the within-position sink-side share of the log-odds on the sink,
+    query by query from captured hook_attn_scores / hook_pattern (/ hook_bias_pattern): lam = log a - log m,
+    c = log-sum-exp of the other keys' scores, s = token 1's score (first) or lam + c (slot)."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    want = [f"blocks.{l}.attn.hook_{k}" for l in range(L) for k in ("attn_scores", "pattern")]
+    want += [f"blocks.{l}.attn.hook_bias_pattern" for l in range(L)] if sink == "slot" else []
+    acts = {k: v.double().numpy() for k, v in patching.capture(model, tokens, want).items()}
+    share, s_std = np.zeros((L, H)), np.zeros((L, H))
+    for l, h in np.ndindex(L, H):
+        p, sc = acts[f"blocks.{l}.attn.hook_pattern"][:, h], acts[f"blocks.{l}.attn.hook_attn_scores"][:, h]
+        lam, s = np.zeros((len(tokens), T - 1)), np.zeros((len(tokens), T - 1))
+        for b, t in np.ndindex(len(tokens), T):
+            if t == 0:
+                continue
+            keys = [j for j in range(t + 1) if p[b, t, j] > 0 and (sink == "slot" or j > 0)]
+            a = p[b, t, 0] if sink == "first" else acts[f"blocks.{l}.attn.hook_bias_pattern"][b, h, t]
+            if a <= 0 or not keys:  # token 1 out of a window: no log-odds (NaN, left out)
+                lam[b, t - 1] = s[b, t - 1] = np.nan
+                continue
+            c = np.log(np.sum(np.exp(sc[b, t, keys])))
+            lam[b, t - 1] = np.log(a) - np.log(p[b, t, keys].sum())
+            s[b, t - 1] = sc[b, t, 0] if sink == "first" else lam[b, t - 1] + c
+        with warnings.catch_warnings():  # positions where token 1 is out of every query's window: all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            dl, ds = lam - np.nanmean(lam, 0), s - np.nanmean(s, 0)
+        share[l, h] = np.nansum(dl * ds) / np.nansum(dl * dl)
+        s_std[l, h] = np.sqrt(np.nanmean(ds * ds))
+    return share, s_std
+
+
+@pytest.mark.parametrize(("variant", "sink"), [("rotary", "first"), ("alibi", "first"), ("window", "first"),
+                                                ("kv", "first"), ("gqa_kv", "slot"), ("sink_token", "slot")])
+def test_softmax_split_of_the_log_odds_equals_a_direct_computation(variant, sink):
+    """With sink 'first' the sink's logit is token 1's own score, so lam = s - c is checked, not assumed."""
+    model = tiny_model(variant).eval()
+    tokens = _tokens()
+    res = gate_stats(model, tokens, sink=sink, batch_size=2)
+    split = res["logit_split"]
+    share, s_std = _direct_logits(model, tokens, sink)
+    np.testing.assert_allclose(split["sink_side_within"], share, rtol=1e-7)
+    np.testing.assert_allclose(split["sink_std_within"], s_std, rtol=1e-7)
+    assert split["scores_error"] < 1e-12 and 0.05 < np.median(share) < 0.95  # both sides move somewhere
+    pooled = pooled_logit_split(res, heads=[(0, 1), (1, 0), (1, 3)])
+    picked = [share[0, 1], share[1, 0], share[1, 3]]
+    assert pooled["median"] == pytest.approx(np.median(picked), rel=1e-7)
+    assert pooled["sink_led"] == sum(x > 0.5 for x in picked)
+    var, cov = np.asarray(split["logit_var_within"]), np.asarray(split["logit_cov_sink_within"])
+    np.testing.assert_allclose(np.asarray(split["sink_side_within"]), cov / var, rtol=1e-12)
+
+
+def test_a_learned_sink_logit_leaves_the_gate_to_the_other_keys():
+    """A sink logit is one number per head: the sink's side of the log-odds never moves (up to the
+    float32 pattern's rounding: the slot's weight is 1 - the row sum), and a model whose pattern is no
+    softmax of its scores gets no split, with the reason."""
+    res = gate_stats(tiny_model("sink_logit").eval(), _tokens())
+    split = res["logit_split"]
+    assert np.abs(split["sink_side"]).max() < 1e-6 and np.max(split["sink_std"]) < 1e-6
+    assert min(min(r) for r in split["content_std_within"]) > 0.01
+    pooled = pooled_logit_split(res, heads=[(0, 0), (1, 2)])
+    assert pooled["heads"] == 2 and abs(pooled["median"]) < 1e-6 and pooled["sink_led"] == 0
+    for variant, why in (("sigmoid_norm", "not the softmax of hook_attn_scores"), ("sigmoid", "does not normalize")):
+        res = gate_stats(tiny_model(variant).eval(), _tokens())
+        assert res["logit_split"] is None and why in res["logit_split_note"]
+        assert pooled_logit_split(res) is None and why in summary(res)
 
 
 def test_a_sink_without_value_gates_exactly():
@@ -168,6 +237,8 @@ def test_bridge_sink_mass_matches_hugging_face_eager_attention():
     np.testing.assert_allclose(res["sink_mass"], ref[..., 1:, 0].mean(dim=(0, 3)).numpy(), rtol=1e-5, atol=1e-7)
     ours, _ = _direct(bridge, tokens, "first")
     np.testing.assert_allclose(res["gate"], ours["g"], rtol=1e-5)
+    # the adapter's eager attention fires hook_attn_scores on the scores it softmaxes: the split is measured
+    assert res["logit_split"]["scores_error"] < 1e-5 and np.isfinite(res["logit_split"]["sink_side_within"]).all()
 
 
 def test_bridge_per_head_token_and_donor_gates_match_single_head_runs():
@@ -204,6 +275,8 @@ def test_a_users_hooked_transformer(n_kv):
     ref, _ = _direct(ht, tokens, "first")
     for key, name in (("a", "sink_mass"), ("g", "gate"), ("vshare", "value_share")):
         np.testing.assert_allclose(res[name], ref[key], rtol=1e-9, atol=1e-11, err_msg=name)
+    share, _ = _direct_logits(ht, tokens, "first")
+    np.testing.assert_allclose(res["logit_split"]["sink_side_within"], share, rtol=1e-7)
     if n_kv is None:
         study = gate_study(ht, tokens, per_head=True)
         donor = study["interventions"][3]
@@ -347,7 +420,7 @@ def test_drivers_split_the_variance_out_of_sample():
     L, H = model.cfg.n_layers, model.cfg.n_heads
     sst, sse_pos, sse_tok = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))
     seen_sst, seen_pos, seen_tok = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))
-    sse_rep, rep_sum, rep_n, new_sum, new_n = (np.zeros((L, H)) for _ in range(5))
+    sse_rep, sse_prev, rep_sum, rep_n, new_sum, new_n = (np.zeros((L, H)) for _ in range(6))
     seen = 0
     for i in (0, 1):
         (res_o, seq_o), seq_m = measured[1 - i], measured[i][1].numpy()
@@ -361,6 +434,9 @@ def test_drivers_split_the_variance_out_of_sample():
         flags = [np.array([[int(row[t] in row[:t]) for t in range(T)] for row in halves[j].numpy()]) for j in (i, 1 - i)]
         by_rep = _token_targets(flags[1], seq_o.numpy(), pos, flags[0])  # the same fit, "tokens" new / repeated
         sse_rep += ((m - by_rep[..., 1:]) ** 2).sum(axis=(0, 3))
+        before = [np.concatenate([halves[j].numpy()[:, :1], halves[j].numpy()[:, :-1]], 1) for j in (i, 1 - i)]
+        by_prev = _token_targets(before[1], seq_o.numpy(), pos, before[0])  # the token before each query
+        sse_prev += ((m - by_prev[..., 1:]) ** 2).sum(axis=(0, 3))
         resid, rep = m - pos[None, ..., 1:], flags[0][:, None, None, 1:].astype(bool)
         rep_sum += np.where(rep, resid, 0).sum(axis=(0, 3))
         new_sum += np.where(rep, 0, resid).sum(axis=(0, 3))
@@ -378,6 +454,8 @@ def test_drivers_split_the_variance_out_of_sample():
     np.testing.assert_allclose(got["token_seen"], (seen_pos - seen_tok) / seen_sst, rtol=1e-9)
     np.testing.assert_allclose(got["repeat"], (sse_pos - sse_rep) / sst, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(got["repeat_diff"], rep_sum / rep_n - new_sum / new_n, rtol=1e-9)
+    np.testing.assert_allclose(got["previous"], (sse_pos - sse_prev) / sst, rtol=1e-9, atol=1e-12)
+    assert not np.allclose(got["previous"], got["token"])
     assert 0.3 < got["repeat_rate"] < 1  # ids 0..7 over 9 queries: most repeat
     res = {"sink_mass": [[0.5] * H, [0.0] * H], "drivers": got}
     pooled = pooled_drivers(res)  # the heads of layer 0 only
@@ -385,6 +463,7 @@ def test_drivers_split_the_variance_out_of_sample():
     assert pooled["rest"] == pytest.approx(sse_tok[0].sum() / sst[0].sum(), rel=1e-9)
     assert pooled["token_seen"] == pytest.approx((seen_pos[0] - seen_tok[0]).sum() / seen_sst[0].sum(), rel=1e-9)
     assert pooled["repeat"] == pytest.approx((sse_pos[0] - sse_rep[0]).sum() / sst[0].sum(), rel=1e-9)
+    assert pooled["previous"] == pytest.approx((sse_pos[0] - sse_prev[0]).sum() / sst[0].sum(), rel=1e-9)
     assert pooled_drivers({"sink_mass": [[0.0]], "drivers": got}) is None
     unread = {**got, "sst": [[float("nan")] + got["sst"][0][1:], got["sst"][1]]}  # a head that read nothing
     assert pooled_drivers({"sink_mass": res["sink_mass"], "drivers": unread})["heads"] == H - 1
