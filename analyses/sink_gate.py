@@ -3,7 +3,9 @@ gate g = ||z W_O|| / ||o W_O||, o the normalized read of the keys other than the
 weight on the sink; what the loss loses when the gate is opened (the sink removed), fixed to its mean by
 (layer, head, position), made to follow only the position and the query token, or taken from another
 text (the last three cross-fitted over two halves of the sequences); and how much of the gate's variance
-the position, the query token and the rest of the text explain, out of sample. On:
+the position, the query token and the rest of the text explain, out of sample (and the token before the
+query, and whether the query's token repeats); and which side of the softmax moves it: the sink's logit
+or the other keys' log-sum-exp. On:
 
 * the shipped toy models (toy-softmax, toy-kv-bias, toy-sigmoid; BOS first, as trained), per head too,
   and the second seeds of the first two (runs/cpu/c_bos_s1, c_kvbos_s1; not in git), when they are here;
@@ -20,7 +22,7 @@ analyses/data/sink_gate/NAME.json, so the page regenerates from them where a mod
 GPU models and the retrained toy models are not in git). Writes docs/sink-gate.md and
 docs/figures/sink-gate.png. About 15 minutes on a 2-core CPU with every model present, and about 35 more
 for SmolLM2's per-head effects (opened and fixed); ``--only NAME ...`` runs those models alone and takes the others from
-their snapshots (to add a model without rerunning the rest).
+their snapshots (to add a model without rerunning the rest), ``--snapshots`` runs none (the page alone).
 """
 
 from __future__ import annotations
@@ -197,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", choices=[*MODELS, *keys],
                         help="run only these models (NAME) or runs (NAME__INPUTS); the others come from their "
                              f"snapshots in analyses/data/sink_gate (models: {', '.join(MODELS)})")
+    parser.add_argument("--snapshots", action="store_true",
+                        help="run no model: render the page from the snapshots in analyses/data/sink_gate")
     args = parser.parse_args(argv or [])
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         present = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
         for inputs in INPUTS[name]:
             key = f"{name}__{inputs}"
-            if present and (args.only is None or name in args.only or key in args.only):
+            if present and not args.snapshots and (args.only is None or name in args.only or key in args.only):
                 if inputs.startswith("debian"):
                     _debian_tokens()
                 results[key] = _run(key, gguf if spec is None else spec, inputs, bos,
@@ -324,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
 
     driver_rows = [("| model | heads pooled (a >= 0.1) | position | query token (added) | rest | query tokens seen in "
                     "the other half | query token (added), on those queries alone | its token occurred earlier "
-                    "(added to position) | m on such repeats minus on new tokens | Δ loss: fixed / position and "
-                    "token's / donor's, as a share of opened |"),
-                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+                    "(added to position) | m on such repeats minus on new tokens | the token before the query "
+                    "(added to position) | Δ loss: fixed / position and token's / donor's, as a share of opened |"),
+                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for key, res in results.items():
         pooled = gate.pooled_drivers(res)
         if pooled is None:
@@ -340,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                            + (f"{pooled['token_seen']:+.0%}" if "token_seen" in pooled else "-")
                            + (f" | {pooled['repeat']:+.0%} (of {res['drivers']['repeat_rate']:.0%} of queries) | "
                               f"{pooled['repeat_diff']:+.3f}" if "repeat" in pooled else " | - | -")
+                           + (f" | {pooled['previous']:+.0%}" if "previous" in pooled else " | -")
                            + f" | {costs} |")
 
     repeat_rows = [("| model | head | a | position | its token occurred earlier (added to position) | m on repeats "
@@ -355,6 +360,22 @@ def main(argv: list[str] | None = None) -> int:
         for l, h in heads:
             repeat_rows.append(f"| {_label(key)} | L{l}H{h} | {a[l, h]:.3f} | {d['position'][l][h]:.0%} | {rep[l, h]:+.0%} | "
                                f"{d['repeat_diff'][l][h]:+.3f} |")
+
+    split_rows = [("| model | heads pooled (a >= 0.1) | sink's logit: median head's share | share of the summed "
+                   "variance | heads led by the sink's logit | the sink heads (a > 0.3): sink's logit share, "
+                   "std of the sink's logit / of the other keys' log-sum-exp |"),
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for key, res in results.items():
+        split = gate.pooled_logit_split(res)
+        if split is None:
+            continue
+        d = res["logit_split"]
+        per = ", ".join(f"L{l}H{h} {d['sink_side_within'][l][h]:.0%} ({d['sink_std_within'][l][h]:.2f} / "
+                        f"{d['content_std_within'][l][h]:.2f})" for l, h in _sink_heads(res)[:6]) or "-"
+        split_rows.append(f"| {_label(key)} | {split['heads']} | {split['median']:.0%} | {split['pooled']:.0%} | "
+                          f"{split['sink_led']} of {split['heads']} | {per} |")
+    unsplit = sorted({res["logit_split_note"] for res in results.values()
+                      if res.get("normalized") and res.get("logit_split") is None and res.get("logit_split_note")})
 
     token_rows = [("| model | head | a | share of m's variance the query token explains | most open on (mean m) | "
                   "most closed on (mean m) |"), "| --- | --- | ---: | ---: | --- | --- |"]
@@ -451,6 +472,20 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *(driver_rows if len(driver_rows) > 2 else ["(no drivers in these results)"]),
         "",
+        "Which side of the softmax moves the gate: the log-odds on the sink, log(a_t / m_t), is exactly the sink's",
+        "logit s_t (token 1's score, or the bias slot's) minus the log-sum-exp c_t of the other keys' logits, so",
+        "its variance over queries at the same position splits exactly into cov(log-odds, s) / var(log-odds), the",
+        "**sink's logit**: the query turning toward or away from the sink's key (a fixed key where the sink is BOS",
+        "or k*; also the first token's identity where it is not), and the rest, the **other keys**: the keys",
+        "before the query matching it better or worse. Within positions, over the queries with both weights > 0",
+        "(log-odds, not m: a saturated head weighs more here than in the drivers' table), per head, then the",
+        "median over the heads with a >= 0.1, the share of their summed variance (dominated by the heads whose",
+        "log-odds vary most) and how many have a share above 50%. From `hook_attn_scores`, checked against the",
+        f"pattern (the softmax of the scores to {gate.LOGIT_TOLERANCE:g} in L1 per row, or no split).",
+        "",
+        *(split_rows if len(split_rows) > 2 else ["(no softmax split in these results)"]),
+        *([""] + [f"Not split: {x}." for x in unsplit] if unsplit else []),
+        "",
         "The heads whose gate follows a repeated query token most (out of sample, among those with a >= 0.1, each",
         "model in its own domain):",
         "",
@@ -465,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         *_summary(results),
         "",
         *_drivers_summary(results),
+        "",
+        *_split_summary(results),
         "",
         *_reading(results),
         "",
@@ -549,15 +586,17 @@ def _drivers_summary(results: dict) -> list[str]:
             f"with a >= 0.1): the position explains {span([p['position'] for _, p, _ in rows])} of the variance of "
             f"the weight off the sink, the query token adds {span([p['token'] for _, p, _ in rows], '+')} "
             f"({span([p['token_seen'] for _, p, _ in rows], '+')} on the queries whose token was seen), whether that "
-            f"token occurred earlier in the text {span([p['repeat'] for _, p, _ in rows], '+')}, and "
+            f"token occurred earlier in the text {span([p['repeat'] for _, p, _ in rows], '+')}, the token before "
+            f"the query, in place of its own, {span([p['previous'] for _, p, _ in rows if 'previous' in p], '+')}, and "
             f"{span([p['rest'] for _, p, _ in rows])} is left to the rest of the text before the query (with the "
             f"fitted means' noise: the position mean alone, fitted on half the sequences, adds about 1 / "
             f"{NUM_SEQS // 2} of what it leaves). By loss, a gate that follows the query token as well as the position recovers "
             f"{span([b for _, _, b in rows])} of what the gate fixed by position loses.")
-    if all(p["rest"] > p["token"] and p["rest"] > p["repeat"] for _, p, _ in rows) and all(b < 0.5 for _, _, b in rows):
+    if all(p["rest"] > max(p["token"], p["repeat"], p.get("previous", -1.0)) for _, p, _ in rows) \
+            and all(b < 0.5 for _, _, b in rows):
         line += (" So what the sink's gate follows, beyond its average by position, is mostly neither the query "
-                 "token itself nor whether it repeats, but the rest of the context before it (alone or with the "
-                 "token): which heads write depends on the text so far.")
+                 "token itself, nor the token before it, nor whether it repeats, but the rest of the context before "
+                 "it (alone or with the token): which heads write depends on the text so far.")
     for key, res in results.items():  # the same with more sequences, where measured
         name, _, inputs = key.partition("__")
         pooled, base = gate.pooled_drivers(res), gate.pooled_drivers(results.get(f"{name}__{INPUTS[name][0]}", {}))
@@ -569,7 +608,40 @@ def _drivers_summary(results: dict) -> list[str]:
                  f"queries and the shares become: position {pooled['position']:.0%} ({base['position']:.0%} with "
                  f"{NUM_SEQS}), query token {pooled['token']:+.0%} ({base['token']:+.0%}; on seen tokens "
                  f"{pooled['token_seen']:+.0%}, {base['token_seen']:+.0%}), repeat {pooled['repeat']:+.0%} "
-                 f"({base['repeat']:+.0%}), rest {pooled['rest']:.0%} ({base['rest']:.0%}).")
+                 f"({base['repeat']:+.0%}), "
+                 + (f"token before the query {pooled['previous']:+.0%} ({base['previous']:+.0%}), "
+                    if "previous" in pooled and "previous" in base else "")
+                 + f"rest {pooled['rest']:.0%} ({base['rest']:.0%}).")
+        split, split0 = gate.pooled_logit_split(res), gate.pooled_logit_split(results[f"{name}__{INPUTS[name][0]}"])
+        if split and split0:
+            line += (f" The sink's logit's share of the log-odds' variance there: median head {split['median']:.0%} "
+                     f"({split0['median']:.0%} with {NUM_SEQS}).")
+    return [line]
+
+
+def _split_summary(results: dict) -> list[str]:
+    """In-domain runs of softmax models with a sink head: which side of the softmax moves the gate."""
+    from sinkinterp import gate
+
+    rows = [(key, split) for key, res in results.items() if _in_domain(key) and res["normalized"] and _sink_heads(res)
+            and (split := gate.pooled_logit_split(res))]
+    if not rows:
+        return []
+    line = ("**Which side of the softmax moves the gate, each model in its own domain** (the share of the log-odds' "
+            "variance within positions that the sink's logit carries, in the median head with a >= 0.1; the rest is "
+            "the other keys' log-sum-exp): " + "; ".join(
+                f"{_label(k).split(', ')[0]} {x['median']:.0%} ({x['sink_led']} of {x['heads']} heads led by the "
+                f"sink's logit; {x['pooled']:.0%} of the summed variance)" for k, x in rows) + ".")
+    led = [k for k, x in rows if x["median"] > 0.5]
+    if not led:
+        line += (" In every one the other keys lead: a head opens mostly because keys before the query match it "
+                 "better (or closes because they match it worse), less because the query turns away from the sink.")
+    elif len(led) == len(rows):
+        line += (" In every one the sink's logit leads: a head opens mostly because the query turns away from the "
+                 "sink's key, a gate the query itself sets, less because other keys match it better.")
+    else:
+        line += (" The models differ: the sink's logit leads in " + ", ".join(_label(k).split(", ")[0] for k in led)
+                 + ", the other keys in the rest.")
     return [line]
 
 
@@ -627,6 +699,12 @@ def _reading(results: dict) -> list[str]:
                 if "repeat" in pooled:
                     text += (f"; whether the query's token occurred earlier adds {pooled['repeat']:+.0%} to the "
                              f"position (m {pooled['repeat_diff']:+.3f} on repeats)")
+                if "previous" in pooled:
+                    text += f", the token before the query {pooled['previous']:+.0%}"
+            split = gate.pooled_logit_split(res)
+            if split is not None:
+                text += (f"; of the log-odds on the sink, the sink's logit carries {split['median']:.0%} of the variance "
+                         f"within positions in the median head ({split['sink_led']} of {split['heads']} heads led by it)")
             text += "."
         out.append(text)
     return out or ["- (no normalized model with a sink head here)"]

@@ -916,6 +916,10 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     pooled = mod_gate.pooled_drivers(snap)  # the drivers row, from the snapshot's sums of squares
     assert (f"| toy-softmax, Debian held-out | {pooled['heads']} | {pooled['position']:.0%} | {pooled['token']:+.0%} | "
             f"{pooled['rest']:.0%} |") in page
+    assert f"| {pooled['previous']:+.0%} | " in page.split(f"| toy-softmax, Debian held-out | {pooled['heads']} |")[1]
+    split = mod_gate.pooled_logit_split(snap)  # the softmax split's row
+    assert (f"| toy-softmax, Debian held-out | {split['heads']} | {split['median']:.0%} | {split['pooled']:.0%} | "
+            f"{split['sink_led']} of {split['heads']} |") in page
     a, rep = np.asarray(snap["sink_mass"]), np.asarray(snap["drivers"]["repeat"])
     top = max((lh for lh in np.ndindex(*a.shape) if a[lh] >= 0.1), key=lambda lh: rep[lh])
     assert f"| toy-softmax, Debian held-out | L{top[0]}H{top[1]} | {a[top]:.3f} |" in page.split("follows a repeated")[1]
@@ -947,6 +951,12 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     page = (tmp_path / "page.md").read_text()
     assert "(from analyses/data/sink_gate/toy-softmax__natural.json: an earlier run of this script)" in page
     assert "ghost__natural.json" not in page
+    before = {p.name: p.read_text() for p in data.glob("*.json")}
+    assert mod.main(["--snapshots"]) == 0  # the page alone: nothing runs, every run named as a snapshot
+    page = (tmp_path / "page.md").read_text()
+    assert {p.name: p.read_text() for p in data.glob("*.json")} == before
+    assert "(from analyses/data/sink_gate/toy-softmax__natural.json: an earlier run of this script)" in page
+    assert "(from analyses/data/sink_gate/ghost__natural.json: an earlier run of this script)" in page
     with pytest.raises(SystemExit):
         mod.main(["--only", "nobody"])
     assert "invalid choice: 'nobody'" in capsys.readouterr().err
