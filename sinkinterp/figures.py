@@ -477,7 +477,9 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
     dependence on the content) against the same weight (middle); heads past ``g_max`` / ``spread_max``
     (unnormalized attention, whose gate is the row's total weight) are drawn on the top edge. Right,
     where measured: the loss change of opening every gate, of fixing it to its mean by position and of
-    giving each text another text's gate."""
+    giving each text another text's gate. Fourth, where the softmax split was measured: each head's share
+    of its log-odds on the sink (within positions) that the sink's logit carries, against the same
+    weight (clipped to [-0.2, 1.2])."""
     if not studies:
         raise ValueError("studies: at least one gate_study result")
     for name, res in studies.items():
@@ -485,8 +487,8 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
         if missing:
             raise ValueError(f"studies[{name!r}]: not a gate_study result (missing {sorted(missing)})")
     plt = _plt()
-    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(14, 4.0), layout="constrained")
-    clipped = []
+    fig, (ax, bx, cx, dx) = plt.subplots(1, 4, figsize=(18, 4.0), layout="constrained")
+    clipped, split = [], False
     for i, (name, res) in enumerate(studies.items()):
         a = np.asarray(res["sink_mass"], dtype=np.float64).ravel()
         g = np.asarray(res["gate"], dtype=np.float64).ravel()
@@ -496,6 +498,10 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
         where = "token 1" if res["sink"] == "first" else "slot"
         ax.scatter(a, np.minimum(g, g_max), s=10, color=f"C{i}", alpha=0.7, label=f"{name} (sink: {where})")
         bx.scatter(a, np.minimum(w, spread_max), s=10, color=f"C{i}", alpha=0.7, label=name)
+        if res.get("logit_split"):
+            share = np.asarray(res["logit_split"]["sink_side_within"], dtype=np.float64).ravel()
+            dx.scatter(a, np.clip(share, -0.2, 1.2), s=10, color=f"C{i}", alpha=0.7, label=name)
+            split = True
     ax.plot([0, 1], [1, 0], color="0.5", lw=0.8, ls="--", label="g = 1 - a")
     ax.set_ylim(0, g_max * 1.04)
     bx.set_ylim(0, spread_max * 1.04)
@@ -524,6 +530,16 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
     else:
         cx.set_axis_off()
         cx.text(0.5, 0.5, "no interventions run", ha="center", va="center", fontsize=8)
+    if split:
+        dx.axhline(0.5, color="0.5", lw=0.8, ls="--")
+        dx.set_ylim(-0.25, 1.25)
+        dx.set_xlabel("mean weight on the sink, a")
+        dx.set_ylabel("share of the log-odds' variance on the sink's logit")
+        dx.set_title("above 0.5: the query turns from the sink; below: other keys match", fontsize=7)
+        dx.grid(alpha=0.3)
+    else:
+        dx.set_axis_off()
+        dx.text(0.5, 0.5, "no softmax split measured", ha="center", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

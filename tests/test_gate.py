@@ -579,4 +579,6 @@ def test_figure_refuses_what_is_not_a_study():
         figures.gate_figure({"m": {"sink_mass": [[0.1]]}})
     res = gate_stats(tiny_model("rotary").eval(), _tokens(2))
     fig = figures.gate_figure({"tiny": res})  # no interventions: the third panel says so
-    assert len(fig.axes) == 3 and not fig.axes[2].axison
+    assert len(fig.axes) == 4 and not fig.axes[2].axison and fig.axes[3].axison
+    sigmoid = gate_stats(tiny_model("sigmoid").eval(), _tokens(2))  # no softmax split: the fourth panel says so
+    assert not figures.gate_figure({"tiny": sigmoid}).axes[3].axison
