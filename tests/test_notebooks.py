@@ -209,7 +209,31 @@ def _check_key_bias(nb, out: Path) -> None:
         assert (out / name).stat().st_size > 1000, name
 
 
-CHECKS = {"quickstart.ipynb": _check_quickstart, "key_bias_patching.ipynb": _check_key_bias}
+def _check_gate(nb, out: Path) -> None:
+    res = json.loads((out / "gate_results.json").read_text())
+    assert res["model"] == "default" and res["normalized"] and res["sink"] == "first"
+    assert max(max(r) for r in res["sink_mass"]) > 0.3  # the trained default has sink heads
+    assert [x["label"] for x in res["interventions"]] == ["open", "fixed", "token", "donor"]
+    assert all(math.isfinite(x["delta_loss"]) for x in res["interventions"])
+    assert res["interventions"][0]["delta_loss"] > 0 and res["interventions"][0]["sink1_after"] == 0.0
+    split = res["logit_split"]
+    assert split is not None and split["scores_error"] < 1e-3
+    study = _stdout(_cell(nb, "study"))
+    assert "what the gate follows" in study and "which side of the softmax moves the gate" in study
+    assert len(re.findall(r"^L\d+H\d+\s+[\d.]+", _stdout(_cell(nb, "heads")), re.M)) == 8
+    drivers = _stdout(_cell(nb, "drivers"))
+    shares = {k: float(v) / 100 for k, v in re.findall(r"^  (position|rest)\s+([-+\d.]+)%", drivers, re.M)}
+    token = float(re.search(r"^  query token \(added\)\s+([-+\d.]+)%", drivers, re.M)[1]) / 100
+    assert shares["position"] + token + shares["rest"] == pytest.approx(1.0, abs=2e-3)  # printed to 0.1%
+    assert "the sink's logit carries" in _stdout(_cell(nb, "split"))
+    assert re.search(r"^open\s+\+[\d.]+\s+100%", _stdout(_cell(nb, "edits")), re.M)
+    assert _count(nb, "image/png") >= 2
+    for name in ("sink_side.png", "gate.png"):
+        assert (out / name).stat().st_size > 1000, name
+
+
+CHECKS = {"quickstart.ipynb": _check_quickstart, "key_bias_patching.ipynb": _check_key_bias,
+          "sink_gate.ipynb": _check_gate}
 ALL_NOTEBOOKS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 
 
