@@ -709,6 +709,13 @@ def repeated(tokens: Any) -> Tensor:
     return out
 
 
+def _fit_by(ids: Tensor, other_ids: Tensor, other_seq: Tensor, mass_pos: Any) -> Tensor:
+    """The token gate's prediction [N, L, H, T] for queries labelled ``ids`` [N, T], fitted on the other
+    half's labels ``other_ids`` and masses: any per-query label in place of the query token."""
+    pos, f_ids, f_dev = _token_table(other_ids, other_seq, mass_pos)
+    return torch.stack([_token_predict(pos, f_ids, f_dev, ids, l)[0] for l in range(pos.shape[0])], 1)
+
+
 def drivers(halves: Any, measured: Any) -> dict[str, Any]:
     """What drives the gate, out of sample. ``halves``: two sets of sequences [N_i, T]; ``measured``: for
     each, (gate_stats result, masses [N_i, L, H, T]) as ``_stats(..., keep_seq=True)`` returns. Each half's
@@ -743,14 +750,12 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
         tok = torch.stack([x[0] for x in per_layer], 1)[..., 1:]
         seen = per_layer[0][1][:, 1:]  # whether each query's token was seen: the same in every layer
         ok = ~m.isnan()
-        # the same fit with two "tokens": the query's token is new (0) or repeats an earlier one (1)
-        rep, other_rep = repeated(toks).long(), repeated(other_toks).long()
-        _, rep_ids, rep_dev = _token_table(other_rep, other_seq, other_res["mass_pos"])
-        by_rep = torch.stack([_token_predict(pos, rep_ids, rep_dev, rep, l)[0] for l in range(pos.shape[0])], 1)
-        # and with the token before the query in place of the query's own (position 0 is never scored)
-        prev, other_prev = (torch.cat([x[:, :1], x[:, :-1]], 1) for x in (toks, other_toks))
-        _, prev_ids, prev_dev = _token_table(other_prev, other_seq, other_res["mass_pos"])
-        by_prev = torch.stack([_token_predict(pos, prev_ids, prev_dev, prev, l)[0] for l in range(pos.shape[0])], 1)
+        # two "tokens": the query's token is new (0) or repeats an earlier one (1)
+        rep = repeated(toks).long()
+        by_rep = _fit_by(rep, repeated(other_toks).long(), other_seq, other_res["mass_pos"])
+        # the token before the query in place of the query's own (position 0 is never scored)
+        by_prev = _fit_by(*(torch.cat([x[:, :1], x[:, :-1]], 1) for x in (toks, other_toks)), other_seq,
+                          other_res["mass_pos"])
         resid = torch.where(ok, m - _padded(pos, mine.shape[-1])[None, ..., 1:], 0.0)
         flag = rep[:, None, None, 1:].bool()
         for key, x in (("rep_sum", torch.where(flag, resid, 0.0)), ("rep_n", (ok & flag).double()),
