@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         "(log-odds, not m: a saturated head weighs more here than in the drivers' table), per head, then the",
         "median over the heads with a >= 0.1, the share of their summed variance (dominated by the heads whose",
         "log-odds vary most) and how many have a share above 50%. From `hook_attn_scores`, checked against the",
-        f"pattern (the softmax of the scores to {gate.LOGIT_TOLERANCE:g} in L1 per row, or no split).",
+        f"pattern (the softmax of the scores to {gate.LOGIT_TOLERANCE:g} in L1 per row in float32, or no split).",
         "",
         *(split_rows if len(split_rows) > 2 else ["(no softmax split in these results)"]),
         *([""] + [f"Not split: {x}." for x in unsplit] if unsplit else []),

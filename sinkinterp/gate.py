@@ -111,6 +111,7 @@ def _resolve_sink(model: Any, sink: str) -> tuple[str, str | None]:
 #: the per-(layer, head, position) sums behind the softmax split (``_Accumulator.add_logits``)
 LOGIT_SUMS = ("n", "lam", "s", "c", "lam2", "lam_s", "lam_c", "s2", "c2")
 #: the split is reported only where the pattern is the softmax of hook_attn_scores to this L1 error per row
+#: (or to 4 x the machine epsilon of a coarser dtype of the scores or the pattern: bfloat16 allows 0.031)
 LOGIT_TOLERANCE = 1e-3
 
 
@@ -131,11 +132,13 @@ class _Accumulator:
         self.explicit = (z(), z()) if gated else None
         # max |row sum + slot - 1| over the queries measured: 0 for normalized attention
         self.row_error = torch.zeros((), dtype=torch.float64, device=device)
-        # the softmax split of each query's log-odds on the sink (``_logit_sides``): sums over the queries
-        # with both weights > 0 of 1, lam, s, c and their products, and the layers that fired hook_attn_scores
+        # the softmax split of each query's log-odds on the sink (``_add_logit_sides``): sums over the queries
+        # with both weights > 0 of 1, lam, s, c and their products, the layers that fired hook_attn_scores,
+        # the largest L1 distance of a row from the softmax of its scores and what the dtypes seen allow
         self.logit = {k: z() for k in LOGIT_SUMS}
         self.logit_layers: set[int] = set()
         self.logit_error = torch.zeros((), dtype=torch.float64, device=device)
+        self.logit_tolerance = LOGIT_TOLERANCE
 
     def add(self, layer: int, a: Tensor, m: Tensor, g: Tensor, write: Tensor, read: Tensor, rest: Tensor,
             valid: Tensor, explicit: Tensor | None, row_error: Tensor) -> None:
@@ -314,6 +317,7 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
     stash: dict[tuple[int, str], Tensor] = {}
     seq = torch.full((n, L, H, T), float("nan"), dtype=torch.float64) if keep_seq else None
     offset = [0]
+    pattern_dtype = [torch.float64]
 
     def keep(layer: int, kind: str) -> Any:
         def hook(act: Tensor, hook: Any = None) -> None:
@@ -324,6 +328,7 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
     def on_z(layer: int) -> Any:
         def hook(z: Tensor, hook: Any = None) -> None:
             try:
+                pattern_dtype[0] = stash[(layer, "pattern")].dtype
                 p, v = stash.pop((layer, "pattern")).double(), stash.pop((layer, "v")).double()
             except KeyError:
                 raise RuntimeError(f"blocks.{layer}.attn.hook_z fired before hook_v / hook_pattern of its layer; "
@@ -363,6 +368,9 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
             q = slice(1, None)
             scores = stash.pop((layer, "scores"), None)
             if scores is not None:
+                for dt in (scores.dtype, pattern_dtype[0]):
+                    if dt.is_floating_point:
+                        acc.logit_tolerance = max(acc.logit_tolerance, 4 * torch.finfo(dt).eps)
                 _add_logit_sides(acc, layer, scores, rest, a, m)
             acc.add(layer, a[..., q], m[..., q], g[..., q], write[..., q], read[..., q], resid[..., q], valid[..., q],
                     None if explicit is None else explicit[..., q], (p.sum(-1) + slot_w - 1.0)[..., q].abs().max())
@@ -420,7 +428,7 @@ def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[di
     if len(acc.logit_layers) != n_layers:
         return None, "the model did not fire hook_attn_scores in every layer"
     error = float(acc.logit_error)
-    if error > LOGIT_TOLERANCE:
+    if error > acc.logit_tolerance:
         return None, (f"the pattern is not the softmax of hook_attn_scores (L1 error {error:.2g} per row): e.g. a "
                       "normalized sigmoid or elu+1 kernel, or scores hooked before a soft cap")
     g = acc.logit
@@ -432,7 +440,7 @@ def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[di
             return (g[xy] - g[x] * g[y] / g["n"].clamp_min(1.0)).sum(-1) / n.clamp_min(1.0)
         return (g[xy].sum(-1) - g[x].sum(-1) * g[y].sum(-1) / n.clamp_min(1.0)) / n.clamp_min(1.0)
 
-    out: dict[str, Any] = {"queries": n.tolist(), "scores_error": error,
+    out: dict[str, Any] = {"queries": n.tolist(), "scores_error": error, "tolerance": acc.logit_tolerance,
                            "sink_logit": (g["s"].sum(-1) / n.clamp_min(1.0)).tolist(),
                            "content_lse": (g["c"].sum(-1) / n.clamp_min(1.0)).tolist()}
     for suffix, within in (("", False), ("_within", True)):
