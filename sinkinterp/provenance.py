@@ -3,6 +3,7 @@ commit of the sinkinterp checkout (None outside a git checkout)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import platform
 import subprocess
@@ -23,7 +24,10 @@ def versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
 def git_commit() -> str | None:
+    """HEAD of the checkout sinkinterp runs from, read once per process: a process runs the code it
+    imported, so a commit made while it runs (a long analysis or training run) is not recorded as its own."""
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)
