@@ -227,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
                 sources[key] = "run now"
             elif (DATA / f"{key}.json").is_file():
                 results[key] = json.loads((DATA / f"{key}.json").read_text())
-                sources[key] = "snapshot"
+                at = f" at commit {results[key]['git_commit'][:7]}" if results[key].get("git_commit") else ""
+                sources[key] = f"snapshot{at}"
                 commands.append(results[key]["command"].replace(str(loading.smollm2_gguf_path() or "\0"), SMOLLM2_ARG)
                                 + f"  (from analyses/data/sink_gate/{key}.json: "
-                                + ("an earlier run of this script)" if present else "the model is not here)"))
+                                + (f"an earlier run of this script{at})" if present else f"the model is not here; run{at})"))
             else:
                 print(f"sink_gate: {key}: model not here and no snapshot; left out")
     if not results:
@@ -642,6 +643,24 @@ def _split_summary(results: dict) -> list[str]:
     else:
         line += (" The models differ: the sink's logit leads in " + ", ".join(_label(k).split(", ")[0] for k in led)
                  + ", the other keys in the rest.")
+    import numpy as np
+
+    for key, x in rows:  # with enough heads: does the split change with how much a head sinks?
+        res = results[key]
+        a = np.asarray(res["sink_mass"], dtype=np.float64).ravel()
+        share = np.asarray(res["logit_split"]["sink_side_within"], dtype=np.float64).ravel()
+        ok = (a >= gate.DRIVER_FLOOR) & np.isfinite(share)
+        high, low = ok & (a > 0.5), ok & (a < 0.3)
+        if ok.sum() < 20 or high.sum() < 5 or low.sum() < 5:
+            continue
+        rank = [np.argsort(np.argsort(v[ok])) for v in (a, share)]
+        hi, lo = np.median(share[high]), np.median(share[low])
+        lean = ("the heads that sink most lean furthest to the other keys" if hi < lo else
+                "the heads that sink most lean furthest to the sink's logit" if hi > lo else "the heads agree")
+        line += (f" In {_label(key).split(', ')[0]} {lean}: the "
+                 f"{int(high.sum())} heads with a > 0.5 have a median share of {hi:.0%}, the "
+                 f"{int(low.sum())} with a < 0.3 {lo:.0%} (rank correlation of a and the share over "
+                 f"the {int(ok.sum())} heads {np.corrcoef(*rank)[0, 1]:+.2f}).")
     return [line]
 
 

@@ -936,7 +936,7 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     assert mod.main() == 0
     page = (tmp_path / "page.md").read_text()
     assert "| ghost, English sample | token 1 |" in page and "nobody" not in page.split("Commands:")[0]
-    assert "(from analyses/data/sink_gate/ghost__natural.json: the model is not here)" in page
+    assert "(from analyses/data/sink_gate/ghost__natural.json: the model is not here; run at commit " in page
     assert "nobody__natural: model not here and no snapshot" in capsys.readouterr().out
     # --only: the model named runs, the other one here comes from its snapshot, said so
     monkeypatch.setattr(mod, "MODELS", {"toy-softmax": ("toy-softmax", True, False, "shipped"),
@@ -945,18 +945,18 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     before = (data / "ghost__natural.json").read_text()
     assert mod.main(["--only", "toy-softmax"]) == 0
     page = (tmp_path / "page.md").read_text()
-    assert "(from analyses/data/sink_gate/ghost__natural.json: an earlier run of this script)" in page
+    assert "(from analyses/data/sink_gate/ghost__natural.json: an earlier run of this script at commit " in page
     assert (data / "ghost__natural.json").read_text() == before and "toy-softmax__natural.json" not in page
     assert mod.main(["--only", "ghost__natural"]) == 0  # one run by its key: the other model from its snapshot
     page = (tmp_path / "page.md").read_text()
-    assert "(from analyses/data/sink_gate/toy-softmax__natural.json: an earlier run of this script)" in page
+    assert "(from analyses/data/sink_gate/toy-softmax__natural.json: an earlier run of this script at commit " in page
     assert "ghost__natural.json" not in page
     before = {p.name: p.read_text() for p in data.glob("*.json")}
     assert mod.main(["--snapshots"]) == 0  # the page alone: nothing runs, every run named as a snapshot
     page = (tmp_path / "page.md").read_text()
     assert {p.name: p.read_text() for p in data.glob("*.json")} == before
-    assert "(from analyses/data/sink_gate/toy-softmax__natural.json: an earlier run of this script)" in page
-    assert "(from analyses/data/sink_gate/ghost__natural.json: an earlier run of this script)" in page
+    assert "(from analyses/data/sink_gate/toy-softmax__natural.json: an earlier run of this script at commit " in page
+    assert "(from analyses/data/sink_gate/ghost__natural.json: an earlier run of this script at commit " in page
     with pytest.raises(SystemExit):
         mod.main(["--only", "nobody"])
     assert "invalid choice: 'nobody'" in capsys.readouterr().err
