@@ -363,9 +363,10 @@ def main(argv: list[str] | None = None) -> int:
                                f"{d['repeat_diff'][l][h]:+.3f} |")
 
     split_rows = [("| model | heads pooled (a >= 0.1) | sink's logit: median head's share | share of the summed "
-                   "variance | heads led by the sink's logit | the sink heads (a > 0.3): sink's logit share, "
+                   "variance | heads led by the sink's logit | the best-matching other key's logit: median head | "
+                   "the other keys' spread: median head | the sink heads (a > 0.3): sink's logit share, "
                    "std of the sink's logit / of the other keys' log-sum-exp |"),
-                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for key, res in results.items():
         split = gate.pooled_logit_split(res)
         if split is None:
@@ -373,8 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         d = res["logit_split"]
         per = ", ".join(f"L{l}H{h} {d['sink_side_within'][l][h]:.0%} ({d['sink_std_within'][l][h]:.2f} / "
                         f"{d['content_std_within'][l][h]:.2f})" for l, h in _sink_heads(res)[:6]) or "-"
+        more = (f"{split['top_key_median']:.0%} | {split['spread_median']:.0%}" if "top_key_median" in split
+                else "- | -")
         split_rows.append(f"| {_label(key)} | {split['heads']} | {split['median']:.0%} | {split['pooled']:.0%} | "
-                          f"{split['sink_led']} of {split['heads']} | {per} |")
+                          f"{split['sink_led']} of {split['heads']} | {more} | {per} |")
     unsplit = sorted({res["logit_split_note"] for res in results.values()
                       if res.get("normalized") and res.get("logit_split") is None and res.get("logit_split_note")})
 
@@ -481,7 +484,10 @@ def main(argv: list[str] | None = None) -> int:
         "before the query matching it better or worse. Within positions, over the queries with both weights > 0",
         "(log-odds, not m: a saturated head weighs more here than in the drivers' table), per head, then the",
         "median over the heads with a >= 0.1, the share of their summed variance (dominated by the heads whose",
-        "log-odds vary most) and how many have a share above 50%. From `hook_attn_scores`, checked against the",
+        "log-odds vary most) and how many have a share above 50%. The other keys' side splits once more, exactly:",
+        "c_t = x_t + (c_t - x_t), x_t the logit of the best-matching other key (one key matching the query, as in",
+        "retrieval) and the rest their **spread** (how many keys match: the log of their effective number); the",
+        "three medians need not sum to 1. From `hook_attn_scores`, checked against the",
         f"pattern (the softmax of the scores to {gate.LOGIT_TOLERANCE:g} in L1 per row in float32, or no split).",
         "",
         *(split_rows if len(split_rows) > 2 else ["(no softmax split in these results)"]),
@@ -632,7 +638,10 @@ def _split_summary(results: dict) -> list[str]:
             "variance within positions that the sink's logit carries, in the median head with a >= 0.1; the rest is "
             "the other keys' log-sum-exp): " + "; ".join(
                 f"{_label(k).split(', ')[0]} {x['median']:.0%} ({x['sink_led']} of {x['heads']} heads led by the "
-                f"sink's logit; {x['pooled']:.0%} of the summed variance)" for k, x in rows) + ".")
+                f"sink's logit; {x['pooled']:.0%} of the summed variance"
+                + (f"; the best-matching other key {x['top_key_median']:.0%} and the other keys' spread "
+                   f"{x['spread_median']:.0%} in the median head" if "top_key_median" in x else "") + ")"
+                for k, x in rows) + ".")
     led = [k for k, x in rows if x["median"] > 0.5]
     if not led:
         line += (" In every one the other keys lead: a head opens mostly because keys before the query match it "

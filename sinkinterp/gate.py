@@ -53,7 +53,10 @@ the pattern is the softmax of): the log-odds on the sink, lam_t = log(a_t / m_t)
 logit s_t minus the log-sum-exp c_t of the other keys' logits, so its variance splits exactly into
 cov(lam, s) / var(lam) (``sink_side``: the query turns toward or away from the sink's key; for a learned
 sink logit s_t is constant and the share is 0) and the rest, -cov(lam, c) / var(lam) (the other keys
-match the query better or worse), over all queries and within positions (``_within``).
+match the query better or worse), over all queries and within positions (``_within``). The other keys'
+side splits once more, exactly, with c_t = x_t + (c_t - x_t), x_t the best-matching other key's logit:
+``top_key_side`` = -cov(lam, x) / var(lam) (one key matching the query, as in retrieval), and what is left,
+1 - sink_side - top_key_side (the spread: how many keys match, log of their effective number).
 
 For attention that does not normalize (sinkinterp's sigmoid, elu+1 and identity kernels, whose hook_pattern
 holds each key's share of the row's weight), a_t and m_t are shares, g_t carries the row's total weight,
@@ -109,7 +112,7 @@ def _resolve_sink(model: Any, sink: str) -> tuple[str, str | None]:
 
 
 #: the per-(layer, head, position) sums behind the softmax split (``_Accumulator.add_logits``)
-LOGIT_SUMS = ("n", "lam", "s", "c", "lam2", "lam_s", "lam_c", "s2", "c2")
+LOGIT_SUMS = ("n", "lam", "s", "c", "x", "lam2", "lam_s", "lam_c", "lam_x", "s2", "c2", "x2")
 #: the split is reported only where the pattern is the softmax of hook_attn_scores to this L1 error per row
 #: (or to 4 x the machine epsilon of a coarser dtype of the scores or the pattern: bfloat16 allows 0.031)
 LOGIT_TOLERANCE = 1e-3
@@ -162,14 +165,16 @@ class _Accumulator:
         idx = idx + torch.arange(H, device=idx.device)[None, :, None] * n_bins
         self.hist[layer] += torch.bincount(idx[valid], minlength=H * n_bins).double().view(H, n_bins)
 
-    def add_logits(self, layer: int, lam: Tensor, s: Tensor, c: Tensor, ok: Tensor, error: Tensor) -> None:
+    def add_logits(self, layer: int, lam: Tensor, s: Tensor, c: Tensor, x: Tensor, ok: Tensor,
+                   error: Tensor) -> None:
         """[batch, head, query] tensors for queries 1..T-1: the log-odds on the sink ``lam`` = s - c, the
-        sink's logit ``s`` and the log-sum-exp of the other keys' logits ``c``; ``ok`` where both weights
-        are > 0; ``error``: how far the pattern is from the softmax of the scores (L1 per row, max)."""
+        sink's logit ``s``, the log-sum-exp of the other keys' logits ``c`` and the largest of them ``x``;
+        ``ok`` where both weights are > 0; ``error``: how far the pattern is from the softmax of the scores
+        (L1 per row, max)."""
         self.logit_layers.add(layer)
         self.logit_error = torch.maximum(self.logit_error, error)
-        terms = {"n": torch.ones_like(lam), "lam": lam, "s": s, "c": c, "lam2": lam * lam, "lam_s": lam * s,
-                 "lam_c": lam * c, "s2": s * s, "c2": c * c}
+        terms = {"n": torch.ones_like(lam), "lam": lam, "s": s, "c": c, "x": x, "lam2": lam * lam, "lam_s": lam * s,
+                 "lam_c": lam * c, "lam_x": lam * x, "s2": s * s, "c2": c * c, "x2": x * x}
         for key in LOGIT_SUMS:
             self.logit[key][layer, :, 1:] += torch.where(ok, terms[key], 0.0).sum(0)
 
@@ -213,9 +218,10 @@ def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     that the query token explains (``token_r2``, over the queries whose token is seen that often; it is
     biased up by tokens seen few times: compare heads, not absolute values). Skipped, with a note, past
     TOKEN_TABLE_LIMIT per-query values. ``logit_split`` (module docstring; per head [L][H], over the queries
-    with both weights > 0): ``sink_side`` and ``sink_side_within``, the variances and covariances they are
-    made of (``logit_var``, ``logit_cov_sink``), the spreads of the two sides (``sink_std``,
-    ``content_std``), their means (``sink_logit``, ``content_lse``), ``queries`` and ``scores_error`` (the
+    with both weights > 0): ``sink_side``, ``top_key_side`` and their ``_within`` versions, the variances
+    and covariances they are made of (``logit_var``, ``logit_cov_sink``, ``logit_cov_top``), the spreads of
+    the sides (``sink_std``, ``content_std``, ``top_key_std``), the means of the sink's logit and the other
+    keys' log-sum-exp (``sink_logit``, ``content_lse``), ``queries``, ``tolerance`` and ``scores_error`` (the
     L1 distance per row between the pattern and the softmax of the scores); None, with
     ``logit_split_note`` saying why, where it cannot be measured. JSON-ready."""
     for arg, val, low in (("token_heads", token_heads, 0), ("min_count", min_count, 1)):
@@ -414,11 +420,12 @@ def _add_logit_sides(acc: _Accumulator, layer: int, scores: Tensor, rest: Tensor
     c = torch.logsumexp(masked, -1)
     ok = (a > _TINY) & (m > _TINY) & c.isfinite()
     c = torch.where(ok, c, 0.0)
+    top = torch.where(ok, masked.amax(-1), 0.0)  # the best-matching other key's logit
     lam = torch.where(ok, a.clamp_min(_TINY).log() - m.clamp_min(_TINY).log(), 0.0)
     soft = torch.where(visible, (masked - c[..., None]).exp() * m[..., None], 0.0)
     error = torch.where(ok, (soft - rest).abs().sum(-1), 0.0).max()
     q = slice(1, None)
-    acc.add_logits(layer, lam[..., q], (lam + c)[..., q], c[..., q], ok[..., q], error)
+    acc.add_logits(layer, lam[..., q], (lam + c)[..., q], c[..., q], top[..., q], ok[..., q], error)
 
 
 def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[dict[str, Any] | None, str | None]:
@@ -444,12 +451,15 @@ def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[di
                            "sink_logit": (g["s"].sum(-1) / n.clamp_min(1.0)).tolist(),
                            "content_lse": (g["c"].sum(-1) / n.clamp_min(1.0)).tolist()}
     for suffix, within in (("", False), ("_within", True)):
-        var, cs = cov("lam", "lam", "lam2", within), cov("lam", "s", "lam_s", within)
+        var, cs, cx = cov("lam", "lam", "lam2", within), cov("lam", "s", "lam_s", within), cov("lam", "x", "lam_x", within)
         keep = (n >= 2) & (var > 1e-20)
         out["sink_side" + suffix] = torch.where(keep, cs / var.clamp_min(1e-300), nan).tolist()
+        # the other keys' side, -cov(lam, c) / var, split as c = x + (c - x): the best key's logit and the spread
+        out["top_key_side" + suffix] = torch.where(keep, -cx / var.clamp_min(1e-300), nan).tolist()
         out["logit_var" + suffix] = torch.where(n >= 2, var.clamp_min(0.0), nan).tolist()
         out["logit_cov_sink" + suffix] = torch.where(n >= 2, cs, nan).tolist()
-        for key, name in (("s", "sink_std"), ("c", "content_std")):
+        out["logit_cov_top" + suffix] = torch.where(n >= 2, cx, nan).tolist()
+        for key, name in (("s", "sink_std"), ("c", "content_std"), ("x", "top_key_std")):
             out[name + suffix] = torch.where(n >= 2, cov(key, key, f"{key}2", within).clamp_min(0.0).sqrt(), nan).tolist()
     return out, None
 
@@ -920,7 +930,8 @@ def pooled_logit_split(res: dict[str, Any], heads: Any = None) -> dict[str, Any]
     """``logit_split`` within positions over ``heads`` ((layer, head) pairs; default: those with mean sink
     weight >= DRIVER_FLOOR and a measured split): the median of the heads' sink-side shares, the share of
     the summed variance (each head's log-odds variance weighs in), and how many heads are sink-led (share >
-    0.5). None without a split or heads."""
+    0.5); with the best other key's side too, its median and summed share and the spread's median
+    (``top_key_median``, ``top_key_pooled``, ``spread_median``). None without a split or heads."""
     d = res.get("logit_split")
     if not d:
         return None
@@ -933,9 +944,16 @@ def pooled_logit_split(res: dict[str, Any], heads: Any = None) -> dict[str, Any]
         return None
     var = sum(d["logit_var_within"][l][h] for l, h in heads)
     shares = [float(share[l, h]) for l, h in heads]
-    return {"heads": len(heads), "median": float(np.median(shares)),
-            "pooled": sum(d["logit_cov_sink_within"][l][h] for l, h in heads) / var if var > 0 else float("nan"),
-            "sink_led": sum(x > 0.5 for x in shares)}
+    out = {"heads": len(heads), "median": float(np.median(shares)),
+           "pooled": sum(d["logit_cov_sink_within"][l][h] for l, h in heads) / var if var > 0 else float("nan"),
+           "sink_led": sum(x > 0.5 for x in shares)}
+    if "top_key_side_within" in d:  # the best other key's logit, and the spread of the others
+        top = [float(d["top_key_side_within"][l][h]) for l, h in heads]
+        out["top_key_median"] = float(np.median(top))
+        out["spread_median"] = float(np.median([1.0 - x - y for x, y in zip(shares, top, strict=True)]))
+        out["top_key_pooled"] = (-sum(d["logit_cov_top_within"][l][h] for l, h in heads) / var if var > 0
+                                 else float("nan"))
+    return out
 
 
 def _top_heads(res: dict[str, Any], k: int) -> list[tuple[int, int]]:
@@ -997,7 +1015,9 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
                      f"log-sum-exp of the other keys' logits, its variance within positions over the {split['heads']} "
                      f"heads with a >= {DRIVER_FLOOR}): the sink's logit carries {split['median']:.0%} in the median head "
                      f"({split['pooled']:.0%} of the summed variance), {split['sink_led']} heads are led by it; the rest "
-                     "is the other keys'")
+                     "is the other keys'" + (f": the best-matching key's logit {split['top_key_median']:.0%} and their "
+                                             f"spread {split['spread_median']:.0%} in the median head"
+                                             if "top_key_median" in split else ""))
     elif res.get("logit_split_note"):
         lines.append(f"softmax split: not measured ({res['logit_split_note']})")
     runs = {x["label"]: x for x in res.get("interventions", [])}

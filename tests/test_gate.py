@@ -103,27 +103,29 @@ def _direct_logits(model, tokens, sink: str):
     want = [f"blocks.{l}.attn.hook_{k}" for l in range(L) for k in ("attn_scores", "pattern")]
     want += [f"blocks.{l}.attn.hook_bias_pattern" for l in range(L)] if sink == "slot" else []
     acts = {k: v.double().numpy() for k, v in patching.capture(model, tokens, want).items()}
-    share, s_std = np.zeros((L, H)), np.zeros((L, H))
+    share, s_std, top_share = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))
     for l, h in np.ndindex(L, H):
         p, sc = acts[f"blocks.{l}.attn.hook_pattern"][:, h], acts[f"blocks.{l}.attn.hook_attn_scores"][:, h]
-        lam, s = np.zeros((len(tokens), T - 1)), np.zeros((len(tokens), T - 1))
+        lam, s, top = (np.zeros((len(tokens), T - 1)) for _ in range(3))
         for b, t in np.ndindex(len(tokens), T):
             if t == 0:
                 continue
             keys = [j for j in range(t + 1) if p[b, t, j] > 0 and (sink == "slot" or j > 0)]
             a = p[b, t, 0] if sink == "first" else acts[f"blocks.{l}.attn.hook_bias_pattern"][b, h, t]
             if a <= 0 or not keys:  # token 1 out of a window: no log-odds (NaN, left out)
-                lam[b, t - 1] = s[b, t - 1] = np.nan
+                lam[b, t - 1] = s[b, t - 1] = top[b, t - 1] = np.nan
                 continue
+            top[b, t - 1] = max(sc[b, t, keys])
             c = np.log(np.sum(np.exp(sc[b, t, keys])))
             lam[b, t - 1] = np.log(a) - np.log(p[b, t, keys].sum())
             s[b, t - 1] = sc[b, t, 0] if sink == "first" else lam[b, t - 1] + c
         with warnings.catch_warnings():  # positions where token 1 is out of every query's window: all NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            dl, ds = lam - np.nanmean(lam, 0), s - np.nanmean(s, 0)
+            dl, ds, dx = lam - np.nanmean(lam, 0), s - np.nanmean(s, 0), top - np.nanmean(top, 0)
         share[l, h] = np.nansum(dl * ds) / np.nansum(dl * dl)
+        top_share[l, h] = -np.nansum(dl * dx) / np.nansum(dl * dl)
         s_std[l, h] = np.sqrt(np.nanmean(ds * ds))
-    return share, s_std
+    return share, s_std, top_share
 
 
 @pytest.mark.parametrize(("variant", "sink"), [("rotary", "first"), ("alibi", "first"), ("window", "first"),
@@ -134,13 +136,18 @@ def test_softmax_split_of_the_log_odds_equals_a_direct_computation(variant, sink
     tokens = _tokens()
     res = gate_stats(model, tokens, sink=sink, batch_size=2)
     split = res["logit_split"]
-    share, s_std = _direct_logits(model, tokens, sink)
+    share, s_std, top_share = _direct_logits(model, tokens, sink)
     np.testing.assert_allclose(split["sink_side_within"], share, rtol=1e-7)
+    np.testing.assert_allclose(split["top_key_side_within"], top_share, rtol=1e-7, atol=1e-12)
+    assert np.median(np.abs(top_share)) > 0.05
     np.testing.assert_allclose(split["sink_std_within"], s_std, rtol=1e-7)
     assert split["scores_error"] < 1e-12 and 0.05 < np.median(share) < 0.95  # both sides move somewhere
     pooled = pooled_logit_split(res, heads=[(0, 1), (1, 0), (1, 3)])
     picked = [share[0, 1], share[1, 0], share[1, 3]]
     assert pooled["median"] == pytest.approx(np.median(picked), rel=1e-7)
+    tops = [top_share[0, 1], top_share[1, 0], top_share[1, 3]]
+    assert pooled["top_key_median"] == pytest.approx(np.median(tops), rel=1e-7)
+    assert pooled["spread_median"] == pytest.approx(np.median([1 - x - y for x, y in zip(picked, tops)]), rel=1e-7)
     assert pooled["sink_led"] == sum(x > 0.5 for x in picked)
     var, cov = np.asarray(split["logit_var_within"]), np.asarray(split["logit_cov_sink_within"])
     np.testing.assert_allclose(np.asarray(split["sink_side_within"]), cov / var, rtol=1e-12)
@@ -286,7 +293,7 @@ def test_a_users_hooked_transformer(n_kv):
     ref, _ = _direct(ht, tokens, "first")
     for key, name in (("a", "sink_mass"), ("g", "gate"), ("vshare", "value_share")):
         np.testing.assert_allclose(res[name], ref[key], rtol=1e-9, atol=1e-11, err_msg=name)
-    share, _ = _direct_logits(ht, tokens, "first")
+    share, _, _ = _direct_logits(ht, tokens, "first")
     np.testing.assert_allclose(res["logit_split"]["sink_side_within"], share, rtol=1e-7)
     if n_kv is None:
         study = gate_study(ht, tokens, per_head=True)
