@@ -516,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         "domain, without per-head effects); 32 sequences of T = 64; the fixed gate's means come from",
         "16 sequences per half, so they carry sampling noise besides removing the content; opening the gate also",
         "removes what the sink's value writes (the value share above). SmolLM2 is measured on the English sample",
-        "only (its training data is not here); the Debian-trained models on both, and the two disagree.",
+        "only (its training data is not here); the Debian-trained models on both, and the two disagree. The softmax",
+        "split is of the log-odds within positions; where token 1 is not BOS (the GPU models, SmolLM2) the sink's",
+        "logit also varies with which token comes first, so its side is an upper bound on what the query alone does.",
         "",
         "Models: " + "; ".join(f"{n}: {MODELS[n][3]}" + " (" + ", ".join(
             f"{_label(k).split(', ', 1)[1]}: {sources[k]}" for k in results if k.partition("__")[0] == n) + ")"
