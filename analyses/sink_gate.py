@@ -330,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     driver_rows = [("| model | heads pooled (a >= 0.1) | position | query token (added) | rest | query tokens seen in "
                     "the other half | query token (added), on those queries alone | its token occurred earlier "
                     "(added to position) | m on such repeats minus on new tokens | the token before the query "
-                    "(added to position) | Δ loss: fixed / position and token's / donor's, as a share of opened |"),
-                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+                    "(added to position) | a constant per text (added to position) | Δ loss: fixed / position and "
+                    "token's / donor's, as a share of opened |"),
+                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for key, res in results.items():
         pooled = gate.pooled_drivers(res)
         if pooled is None:
@@ -346,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                            + (f" | {pooled['repeat']:+.0%} (of {res['drivers']['repeat_rate']:.0%} of queries) | "
                               f"{pooled['repeat_diff']:+.3f}" if "repeat" in pooled else " | - | -")
                            + (f" | {pooled['previous']:+.0%}" if "previous" in pooled else " | -")
+                           + (f" | {pooled['text']:+.0%}" if "text" in pooled else " | -")
                            + f" | {costs} |")
 
     repeat_rows = [("| model | head | a | position | its token occurred earlier (added to position) | m on repeats "
@@ -471,8 +473,12 @@ def main(argv: list[str] | None = None) -> int:
         "whether the query's token already occurred in it (what a copying or induction head needs), fitted the",
         "same way (the other half's mean deviation from the position mean of repeated and of new tokens) and",
         "scored against the position mean alone; the next column gives its direction (in sample, averaged over",
-        "the pooled heads). The last column sets the three gate edits side by side; the token gate's prediction",
-        "is the one scored here, so the two answer the same question, by variance and by loss.",
+        "the pooled heads). So are the token before the query (in place of its own) and a constant per text:",
+        "each half of a sequence's queries predicted by the position mean plus the text's mean offset from it",
+        "over the other half of its queries (far apart, so local context does not carry over: what is one offset",
+        "per text, its topic or its first token, rather than query by query). The last column sets the three",
+        "gate edits side by side; the token gate's prediction is the one scored here, so the two answer the same",
+        "question, by variance and by loss.",
         "",
         *(driver_rows if len(driver_rows) > 2 else ["(no drivers in these results)"]),
         "",
@@ -596,7 +602,8 @@ def _drivers_summary(results: dict) -> list[str]:
             f"the weight off the sink, the query token adds {span([p['token'] for _, p, _ in rows], '+')} "
             f"({span([p['token_seen'] for _, p, _ in rows], '+')} on the queries whose token was seen), whether that "
             f"token occurred earlier in the text {span([p['repeat'] for _, p, _ in rows], '+')}, the token before "
-            f"the query, in place of its own, {span([p['previous'] for _, p, _ in rows if 'previous' in p], '+')}, and "
+            f"the query, in place of its own, {span([p['previous'] for _, p, _ in rows if 'previous' in p], '+')}, a "
+            f"constant per text {span([p['text'] for _, p, _ in rows if 'text' in p], '+')}, and "
             f"{span([p['rest'] for _, p, _ in rows])} is left to the rest of the text before the query (with the "
             f"fitted means' noise: the position mean alone, fitted on half the sequences, adds about 1 / "
             f"{NUM_SEQS // 2} of what it leaves). By loss, a gate that follows the query token as well as the position recovers "
@@ -606,6 +613,14 @@ def _drivers_summary(results: dict) -> list[str]:
         line += (" So what the sink's gate follows, beyond its average by position, is mostly neither the query "
                  "token itself, nor the token before it, nor whether it repeats, but the rest of the context before "
                  "it (alone or with the token): which heads write depends on the text so far.")
+    texts = [(p["text"], p["rest"]) for _, p, _ in rows if "text" in p]
+    if texts:
+        line += (f" A constant per text accounts for {span([t for t, _ in texts], '+')} of the variance against "
+                 f"{span([r for _, r in texts])} left to the rest: "
+                 + ("most of what the position leaves varies from query to query within a text, not as one offset "
+                    "per text." if all(t < r / 2 for t, r in texts) else
+                    "a good part of what the position leaves is one offset per text." if all(t >= r / 2 for t, r in texts)
+                    else "in some models one offset per text, in others query by query."))
     for key, res in results.items():  # the same with more sequences, where measured
         name, _, inputs = key.partition("__")
         pooled, base = gate.pooled_drivers(res), gate.pooled_drivers(results.get(f"{name}__{INPUTS[name][0]}", {}))
@@ -620,6 +635,8 @@ def _drivers_summary(results: dict) -> list[str]:
                  f"({base['repeat']:+.0%}), "
                  + (f"token before the query {pooled['previous']:+.0%} ({base['previous']:+.0%}), "
                     if "previous" in pooled and "previous" in base else "")
+                 + (f"a constant per text {pooled['text']:+.0%} ({base['text']:+.0%}), "
+                    if "text" in pooled and "text" in base else "")
                  + f"rest {pooled['rest']:.0%} ({base['rest']:.0%}).")
         split, split0 = gate.pooled_logit_split(res), gate.pooled_logit_split(results[f"{name}__{INPUTS[name][0]}"])
         if split and split0:
@@ -731,6 +748,8 @@ def _reading(results: dict) -> list[str]:
                              f"position (m {pooled['repeat_diff']:+.3f} on repeats)")
                 if "previous" in pooled:
                     text += f", the token before the query {pooled['previous']:+.0%}"
+                if "text" in pooled:
+                    text += f", a constant per text {pooled['text']:+.0%}"
             split = gate.pooled_logit_split(res)
             if split is not None:
                 text += (f"; of the log-odds on the sink, the sink's logit carries {split['median']:.0%} of the variance "

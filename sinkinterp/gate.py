@@ -45,8 +45,9 @@ queries that the position explains, the share the query token adds, and the rest
 query: the keys' content and the token's interaction with it, plus the noise of the fitted means), each
 out of sample: the means are fitted on one half of the sequences and scored on the other (and the other
 way round), so a token seen once cannot explain its own query (the by-token table's ``token_r2`` can).
-Two features of the context are tested the same way: whether the query's token occurred earlier in the
-text (``repeat``) and the token before the query (``previous``).
+Three features of the context are tested the same way: whether the query's token occurred earlier in the
+text (``repeat``), the token before the query (``previous``), and a constant per text (``text``: its mean
+offset over the other half of its queries).
 
 Which side of the softmax moves the gate (``logit_split``, softmax attention whose ``hook_attn_scores``
 the pattern is the softmax of): the log-odds on the sink, lam_t = log(a_t / m_t), is exactly the sink's
@@ -753,7 +754,10 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
     ``repeat_diff`` per head the mean of m_t - its position's mean over repeated tokens minus over new
     ones, over both halves (in sample: the direction, not a test). ``previous``: the share the token before
     the query adds to the position mean, fitted as the query token is (sums ``sse_previous``): whether the
-    gate follows the last token the query has seen rather than its own."""
+    gate follows the last token the query has seen rather than its own. ``text``: the share a constant per
+    text adds to the position mean, each half of a sequence's queries predicted by the text's mean
+    deviation over its other half (sums ``sse_text``; shrunk as the token's): the part of the rest that is
+    one offset per text (its topic, its first token) rather than query by query."""
     sums: dict[str, Tensor] = {}
     moments: dict[str, Tensor] = {}
     seen_n = total_n = rep_n = 0
@@ -781,9 +785,17 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
             x = x.sum(dim=(0, 3))
             moments[key] = moments[key] + x if key in moments else x
         rep_n += int(rep[:, 1:].sum())
+        # a constant per text: each half of a sequence's queries gets the position mean plus the text's mean
+        # deviation from it over the other half of its queries (far apart: a per-text offset, not local context)
+        pos_pred = _padded(pos, mine.shape[-1])[None, ..., 1:]
+        cut = m.shape[-1] // 2
+        dev = [resid[..., sl].sum(-1) / (ok[..., sl].double().sum(-1) + TOKEN_SHRINK)
+               for sl in (slice(None, cut), slice(cut, None))]
+        by_text = (pos_pred + torch.cat([dev[1][..., None].expand(*dev[1].shape, cut),
+                                         dev[0][..., None].expand(*dev[0].shape, m.shape[-1] - cut)], -1)).clamp(0, 1)
 
-        preds = {"sst": grand[None, :, :, None], "sse_position": _padded(pos, mine.shape[-1])[None, ..., 1:],
-                 "sse_token": tok, "sse_repeat": by_rep[..., 1:], "sse_previous": by_prev[..., 1:]}
+        preds = {"sst": grand[None, :, :, None], "sse_position": pos_pred,
+                 "sse_token": tok, "sse_repeat": by_rep[..., 1:], "sse_previous": by_prev[..., 1:], "sse_text": by_text}
         for suffix, where, keys in (("", ok, preds), ("_seen", ok & seen[:, None, None, :],
                                                       ("sst", "sse_position", "sse_token"))):
             for key in keys:
@@ -799,6 +811,7 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
     return {"position": share(sst - sse_pos, sst), "token": share(sse_pos - sse_tok, sst), "rest": share(sse_tok, sst),
             "token_seen": share(sums["sse_position_seen"] - sums["sse_token_seen"], sums["sst_seen"]),
             "repeat": share(sse_pos - sums["sse_repeat"], sst), "previous": share(sse_pos - sums["sse_previous"], sst),
+            "text": share(sse_pos - sums["sse_text"], sst),
             "repeat_diff": (moments["rep_sum"] / moments["rep_n"] - moments["new_sum"] / moments["new_n"]).tolist(),
             **{k: v.tolist() for k, v in sums.items()},
             "token_coverage": seen_n / max(total_n, 1), "repeat_rate": rep_n / max(total_n, 1),
@@ -919,6 +932,8 @@ def pooled_drivers(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | N
         out["repeat_diff"] = float(np.mean(diffs)) if diffs else float("nan")  # NaN: no query repeats (or none is new)
     if "sse_previous" in d:  # the token before the query, against the position alone
         out["previous"] = (pos - sum(d["sse_previous"][l][h] for l, h in heads)) / sst
+    if "sse_text" in d:  # a constant per text, against the position alone
+        out["text"] = (pos - sum(d["sse_text"][l][h] for l, h in heads)) / sst
     if "sst_seen" in d:  # the token's share on the queries whose token the other half had seen
         seen = sum(d["sst_seen"][l][h] for l, h in heads)
         gain = sum(d["sse_position_seen"][l][h] - d["sse_token_seen"][l][h] for l, h in heads)
@@ -1009,6 +1024,9 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
             if "previous" in pooled:
                 lines.append(f"  the token before the query, in place of its own, adds {pooled['previous']:+.0%} to the "
                              "position")
+            if "text" in pooled:
+                lines.append(f"  a constant per text (its mean offset over the other half of its queries) adds "
+                             f"{pooled['text']:+.0%} to the position")
     split = pooled_logit_split(res)
     if split is not None:
         lines.append(f"which side of the softmax moves the gate (the log-odds on the sink, log a_t/m_t = sink logit - "

@@ -438,7 +438,7 @@ def test_drivers_split_the_variance_out_of_sample():
     L, H = model.cfg.n_layers, model.cfg.n_heads
     sst, sse_pos, sse_tok = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))
     seen_sst, seen_pos, seen_tok = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))
-    sse_rep, sse_prev, rep_sum, rep_n, new_sum, new_n = (np.zeros((L, H)) for _ in range(6))
+    sse_rep, sse_prev, sse_text, rep_sum, rep_n, new_sum, new_n = (np.zeros((L, H)) for _ in range(7))
     seen = 0
     for i in (0, 1):
         (res_o, seq_o), seq_m = measured[1 - i], measured[i][1].numpy()
@@ -455,6 +455,14 @@ def test_drivers_split_the_variance_out_of_sample():
         before = [np.concatenate([halves[j].numpy()[:, :1], halves[j].numpy()[:, :-1]], 1) for j in (i, 1 - i)]
         by_prev = _token_targets(before[1], seq_o.numpy(), pos, before[0])  # the token before each query
         sse_prev += ((m - by_prev[..., 1:]) ** 2).sum(axis=(0, 3))
+        by_text = np.zeros_like(m)  # each half of a text's queries: its mean offset over the other half
+        cut = (T - 1) // 2
+        for b, l, h in np.ndindex(m.shape[:3]):
+            r = m[b, l, h] - pos[l, h, 1:]
+            halves_dev = [r[:cut].sum() / (cut + TOKEN_SHRINK), r[cut:].sum() / (T - 1 - cut + TOKEN_SHRINK)]
+            by_text[b, l, h, :cut] = pos[l, h, 1:cut + 1] + halves_dev[1]
+            by_text[b, l, h, cut:] = pos[l, h, cut + 1:] + halves_dev[0]
+        sse_text += ((m - np.clip(by_text, 0, 1)) ** 2).sum(axis=(0, 3))
         resid, rep = m - pos[None, ..., 1:], flags[0][:, None, None, 1:].astype(bool)
         rep_sum += np.where(rep, resid, 0).sum(axis=(0, 3))
         new_sum += np.where(rep, 0, resid).sum(axis=(0, 3))
@@ -474,6 +482,7 @@ def test_drivers_split_the_variance_out_of_sample():
     np.testing.assert_allclose(got["repeat_diff"], rep_sum / rep_n - new_sum / new_n, rtol=1e-9)
     np.testing.assert_allclose(got["previous"], (sse_pos - sse_prev) / sst, rtol=1e-9, atol=1e-12)
     assert not np.allclose(got["previous"], got["token"])
+    np.testing.assert_allclose(got["text"], (sse_pos - sse_text) / sst, rtol=1e-9, atol=1e-12)
     assert 0.3 < got["repeat_rate"] < 1  # ids 0..7 over 9 queries: most repeat
     res = {"sink_mass": [[0.5] * H, [0.0] * H], "drivers": got}
     pooled = pooled_drivers(res)  # the heads of layer 0 only
@@ -482,6 +491,7 @@ def test_drivers_split_the_variance_out_of_sample():
     assert pooled["token_seen"] == pytest.approx((seen_pos[0] - seen_tok[0]).sum() / seen_sst[0].sum(), rel=1e-9)
     assert pooled["repeat"] == pytest.approx((sse_pos[0] - sse_rep[0]).sum() / sst[0].sum(), rel=1e-9)
     assert pooled["previous"] == pytest.approx((sse_pos[0] - sse_prev[0]).sum() / sst[0].sum(), rel=1e-9)
+    assert pooled["text"] == pytest.approx((sse_pos[0] - sse_text[0]).sum() / sst[0].sum(), rel=1e-9)
     assert pooled_drivers({"sink_mass": [[0.0]], "drivers": got}) is None
     unread = {**got, "sst": [[float("nan")] + got["sst"][0][1:], got["sst"][1]]}  # a head that read nothing
     assert pooled_drivers({"sink_mass": res["sink_mass"], "drivers": unread})["heads"] == H - 1

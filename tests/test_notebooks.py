@@ -225,6 +225,7 @@ def _check_gate(nb, out: Path) -> None:
     shares = {k: float(v) / 100 for k, v in re.findall(r"^  (position|rest)\s+([-+\d.]+)%", drivers, re.M)}
     token = float(re.search(r"^  query token \(added\)\s+([-+\d.]+)%", drivers, re.M)[1]) / 100
     assert shares["position"] + token + shares["rest"] == pytest.approx(1.0, abs=2e-3)  # printed to 0.1%
+    assert re.search(r"^  a constant per text \(added\)\s+[-+][\d.]+%", drivers, re.M)
     split_out = _stdout(_cell(nb, "split"))
     assert "the sink's logit carries" in split_out and "the best-matching other key carries" in split_out
     assert re.search(r"^open\s+\+[\d.]+\s+100%", _stdout(_cell(nb, "edits")), re.M)
