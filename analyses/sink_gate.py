@@ -17,12 +17,13 @@ or the other keys' log-sum-exp. On:
 
 Each model is run with ``sinkinterp gate`` (T = 64, 32 sequences, eps 0.3): the Debian-trained models on
 held-out Debian windows (analyses/data/sink_gate/debian_val64*.npy) and on the shipped English sample
-(seed 0), SmolLM2 on the English sample (seeds 0 and 1, and 120 sequences measured without loss runs). The per-head results of every run are kept in
-analyses/data/sink_gate/NAME.json, so the page regenerates from them where a model is missing here (the
-GPU models and the retrained toy models are not in git). Writes docs/sink-gate.md and
-docs/figures/sink-gate.png. About 15 minutes on a 2-core CPU with every model present, and about 35 more
-for SmolLM2's per-head effects (opened and fixed); ``--only NAME ...`` runs those models alone and takes the others from
-their snapshots (to add a model without rerunning the rest), ``--snapshots`` runs none (the page alone).
+(seed 0), SmolLM2 on the English sample (seeds 0 and 1, and 120 sequences measured without loss runs).
+The per-head results of every run are kept in analyses/data/sink_gate/NAME.json, so the page regenerates
+from them where a model is missing here (the GPU models and the retrained toy models are not in git).
+Writes docs/sink-gate.md and docs/figures/sink-gate.png. About 15 minutes on a 2-core CPU with every model
+present, and about 40 more for SmolLM2's per-head effects of the four edits (about 10 minutes each with
+nothing else running); ``--only NAME ...`` runs those models alone and takes the others from their
+snapshots (to add a model without rerunning the rest), ``--snapshots`` runs none (the page alone).
 """
 
 from __future__ import annotations
@@ -48,8 +49,7 @@ SHARDS = ROOT / "data" / "debian" / "shards"  # where TOKENS come from (`sinkint
 BOS_ID = 1  # the Debian tokenizer's BOS (the toy and GPU models share it)
 
 # name -> (model spec or None for SmolLM2, BOS first?, per-head effects (True: of every edit; or the edits named:
-# SmolLM2's take about 17 minutes each on a 2-core CPU: token and donor, which bridges now run per head too,
-# would add 35 minutes), what it is)
+# SmolLM2's take about 10 minutes each on a 2-core CPU with nothing else running), what it is)
 MODELS = {
     "toy-softmax": ("toy-softmax", True, True, "shipped; softmax, BOS first, 4 x 128"),
     "toy-kv-bias": ("toy-kv-bias", True, True, "shipped; softmax with a learned k*/v* per head, BOS first"),
@@ -69,7 +69,7 @@ MODELS = {
                        "6 x 384 softmax, wd 0.1, 9k steps on an H200, no BOS; not in git"),
     "sigmoid_small": ("runs/gpu_models/sigmoid_small", False, False,
                       "6 x 384 sigmoid (b = 0), 9k steps on an H200, no BOS; not in git"),
-    "smollm2": (None, False, ("open", "fixed"), "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
+    "smollm2": (None, False, True, "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
 }
 SEED_OF = {"toy-softmax-s1": "toy-softmax", "toy-kv-bias-s1": "toy-kv-bias"}  # second seeds: in-domain inputs only
 # inputs per model, the first in the model's own domain: the Debian-trained models on held-out Debian
