@@ -325,7 +325,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{op['delta_loss']:+.3f} for every gate at once; the costliest single head, L{worst[0]}H{worst[1]}, "
                 f"{opened[worst]:+.3f} alone" + (" (more than every gate at once)." if opened[worst] > op["delta_loss"]
                                                  else ".")
-                + f" Fixed one at a time: {total:+.4f} against {fx['delta_loss']:+.4f} at once.")
+                + f" Fixed one at a time: {total:+.4f} against {fx['delta_loss']:+.4f} at once"
+                + "".join(f"; {what} one at a time {float(np.nansum(runs[k]['per_head_delta_loss'])):+.4f} against "
+                          f"{runs[k]['delta_loss']:+.4f}" for k, what in (("token", "position and token's"),
+                                                                         ("donor", "donor's"))
+                          if k in runs and runs[k].get("per_head_delta_loss") is not None)
+                + ".")
 
     driver_rows = [("| model | heads pooled (a >= 0.1) | position | query token (added) | rest | query tokens seen in "
                     "the other half | query token (added), on those queries alone | its token occurred earlier "
@@ -671,6 +676,13 @@ def _split_summary(results: dict) -> list[str]:
     else:
         line += (" The models differ: the sink's logit leads in " + ", ".join(_label(k).split(", ")[0] for k in led)
                  + ", the other keys in the rest.")
+    tops = [x for _, x in rows if "top_key_median" in x]
+    if tops and all(x["top_key_median"] > 0.5 and x["spread_median"] < 0 for x in tops):
+        line += (f" Within the other keys' side, the best-matching key's logit carries "
+                 f"{_fmt_range([100 * x['top_key_median'] for x in tops], '{:.0f}')}% of the log-odds' variance in the "
+                 f"median head and the other keys' spread {_fmt_range([100 * x['spread_median'] for x in tops], '{:+.0f}')}%: "
+                 "the gate opens when one key before the query matches it well (as in retrieval), and a key that "
+                 "stands out leaves fewer keys in effect, which pulls a little the other way.")
     import numpy as np
 
     for key, x in rows:  # with enough heads: does the split change with how much a head sinks?
