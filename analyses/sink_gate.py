@@ -4,8 +4,8 @@ weight on the sink; what the loss loses when the gate is opened (the sink remove
 (layer, head, position), made to follow only the position and the query token, or taken from another
 text (the last three cross-fitted over two halves of the sequences); and how much of the gate's variance
 the position, the query token and the rest of the text explain, out of sample (and the token before the
-query, and whether the query's token repeats); and which side of the softmax moves it: the sink's logit
-or the other keys' log-sum-exp. On:
+query, whether the query's token repeats, and a constant per text); and which side of the softmax moves
+it: the sink's logit, the best-matching other key's or the other keys' spread. On:
 
 * the shipped toy models (toy-softmax, toy-kv-bias, toy-sigmoid; BOS first, as trained), per head too,
   and the second seeds of the first two (runs/cpu/c_bos_s1, c_kvbos_s1; not in git), when they are here;
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         "removes what the sink's value writes (the value share above). SmolLM2 is measured on the English sample",
         "only (its training data is not here); the Debian-trained models on both, and the two disagree. The softmax",
         "split is of the log-odds within positions; where token 1 is not BOS (the GPU models, SmolLM2) the sink's",
-        "logit also varies with which token comes first, so its side is an upper bound on what the query alone does.",
+        "logit also varies with which token comes first, so its side mixes the query's turn with that token's key.",
         "",
         "Models: " + "; ".join(f"{n}: {MODELS[n][3]}" + " (" + ", ".join(
             f"{_label(k).split(', ', 1)[1]}: {sources[k]}" for k in results if k.partition("__")[0] == n) + ")"
