@@ -1032,7 +1032,8 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
         lines.append(f"which side of the softmax moves the gate (the log-odds on the sink, log a_t/m_t = sink logit - "
                      f"log-sum-exp of the other keys' logits, its variance within positions over the {split['heads']} "
                      f"heads with a >= {DRIVER_FLOOR}): the sink's logit carries {split['median']:.0%} in the median head "
-                     f"({split['pooled']:.0%} of the summed variance), {split['sink_led']} heads are led by it; the rest "
+                     f"({split['pooled']:.0%} of the summed variance), {split['sink_led']} of {split['heads']} heads "
+                     f"led by it; the rest "
                      "is the other keys'" + (f": the best-matching key's logit {split['top_key_median']:.0%} and their "
                                              f"spread {split['spread_median']:.0%} in the median head"
                                              if "top_key_median" in split else ""))
