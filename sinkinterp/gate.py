@@ -143,6 +143,7 @@ class _Accumulator:
         self.logit_layers: set[int] = set()
         self.logit_error = torch.zeros((), dtype=torch.float64, device=device)
         self.logit_tolerance = LOGIT_TOLERANCE
+        self.logit_wanted = True  # False: the caller asked for no split (``_stats(..., logits=False)``)
 
     def add(self, layer: int, a: Tensor, m: Tensor, g: Tensor, write: Tensor, read: Tensor, rest: Tensor,
             valid: Tensor, explicit: Tensor | None, row_error: Tensor) -> None:
@@ -287,9 +288,10 @@ def _open_tokens(res: dict[str, Any], seq: Tensor, tokens: Tensor, k: int, min_c
 
 
 def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int, progress: bool = False,
-           keep_seq: bool = False) -> tuple[dict[str, Any], Tensor | None]:
+           keep_seq: bool = False, logits: bool = True) -> tuple[dict[str, Any], Tensor | None]:
     """``gate_stats``, and with ``keep_seq`` every sequence's m_t too ([N, L, H, T], NaN at query 1 and
-    where a head reads nothing besides the sink)."""
+    where a head reads nothing besides the sink); without ``logits`` no softmax split (``logit_split``
+    None, with a note): the study's half passes need only m_t."""
     from sinkinterp import patching, tl_adapter
     from sinkinterp.measure import validate_tokens
 
@@ -312,7 +314,8 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
                          "see docs/hook-contract.md)")
     gated = all(f"blocks.{l}.attn.hook_gate" in names for l in range(L))
     # the softmax split needs the scores the pattern is the softmax of: not for attention that does not normalize
-    scored = all(f"blocks.{l}.attn.hook_attn_scores" in names for l in range(L)) and not _weights_unnormalized(model)
+    scored = logits and all(f"blocks.{l}.attn.hook_attn_scores" in names for l in range(L)) \
+        and not _weights_unnormalized(model)
     grams = []
     for l in range(L):
         w_o = tl_adapter.attn_out_weight(model, l)
@@ -321,6 +324,7 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
         w_o = w_o.detach().double()
         grams.append(w_o @ w_o.transpose(1, 2))  # [H, dh, dh]: ||x W_O||^2 = x G x^T
     acc = _Accumulator(L, H, T, gated, patching._model_device(model))
+    acc.logit_wanted = logits
     stash: dict[tuple[int, str], Tensor] = {}
     seq = torch.full((n, L, H, T), float("nan"), dtype=torch.float64) if keep_seq else None
     offset = [0]
@@ -431,6 +435,8 @@ def _add_logit_sides(acc: _Accumulator, layer: int, scores: Tensor, rest: Tensor
 
 def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[dict[str, Any] | None, str | None]:
     """The per-head softmax split (``gate_stats``'s ``logit_split``), or None and why not."""
+    if not acc.logit_wanted:
+        return None, "not asked for"
     if not normalized:
         return None, "the attention does not normalize: its weights are not a softmax of the scores"
     if len(acc.logit_layers) != n_layers:
@@ -875,8 +881,8 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     split = normalized and n >= 2
     if split:
         halves = (tokens[: n // 2], tokens[n // 2:])
-        measured = [_stats(model, h, sink=sink_kind, closed=closed, batch_size=batch_size, keep_seq=True)
-                    for h in halves]
+        measured = [_stats(model, h, sink=sink_kind, closed=closed, batch_size=batch_size, keep_seq=True,
+                           logits=False) for h in halves]
         res["drivers"] = drivers(halves, measured)
     if not interventions:
         return res

@@ -174,6 +174,8 @@ def test_a_learned_sink_logit_leaves_the_gate_to_the_other_keys():
     assert min(min(r) for r in split["content_std_within"]) > 0.01
     pooled = pooled_logit_split(res, heads=[(0, 0), (1, 2)])
     assert pooled["heads"] == 2 and abs(pooled["median"]) < 1e-6 and pooled["sink_led"] == 0
+    unasked, _ = _stats(tiny_model("rotary").eval(), _tokens(), sink="first", closed=0.1, batch_size=8, logits=False)
+    assert unasked["logit_split"] is None and unasked["logit_split_note"] == "not asked for"  # the study's halves
     for variant, why in (("sigmoid_norm", "not the softmax of hook_attn_scores"), ("sigmoid", "does not normalize")):
         res = gate_stats(tiny_model(variant).eval(), _tokens())
         assert res["logit_split"] is None and why in res["logit_split_note"]
