@@ -56,9 +56,13 @@ def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool, several
                        help="Hugging Face checkpoint folder, .gguf file, sinkinterp checkpoint folder, or a "
                             "built-in name (default: the embedded default model)")
     if single_input:
+        from sinkinterp.inputs import INPUT_KINDS
+
         src = p.add_mutually_exclusive_group()
         src.add_argument("--tokens", metavar="IDS.npy", help="integer array [N, T] of token ids, used exactly as given")
-        src.add_argument("--inputs", choices=["natural", "random", "repeat"], help="generated inputs (default natural)")
+        src.add_argument("--inputs", choices=list(INPUT_KINDS),
+                             help="generated inputs: natural text, uniform random ids, one id repeated, or random ids "
+                                  "whose second half copies the first (copy) (default natural)")
     p.add_argument("--text", nargs="+", metavar="FILE", help="text files for natural inputs (default: shipped sample)")
     p.add_argument("--seq-len", type=_int_at_least(2), default=64, help="T, BOS included (default 64)")
     p.add_argument("--num-seqs", type=_int_at_least(1), default=100, help="N sequences (default 100)")

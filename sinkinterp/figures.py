@@ -17,7 +17,7 @@ from sinkinterp.fileio import atomic_write
 
 __all__ = ["alpha_heatmap", "norms_figure", "sink_by_position", "save_figure", "qk_figure", "effect_bars",
            "layer_head_heatmap", "sink_over_training", "stream_curves", "sink_by_length", "token_sink_bars",
-           "massive_activation", "gate_figure", "TRAINING_KEYS"]
+           "massive_activation", "gate_figure", "targets_figure", "TRAINING_KEYS"]
 
 
 def _plt() -> Any:
@@ -540,6 +540,69 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
     else:
         dx.set_axis_off()
         dx.text(0.5, 0.5, "no softmax split measured", ha="center", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def targets_figure(studies: dict[str, dict[str, Any]], copy_curves: dict[str, Any] | None = None, *,
+                   title: str = "") -> Any:
+    """Where the weight off the sink goes (``sinkinterp.gate`` ``targets``), by model name: left, the share
+    of the summed weight off the sink, over the heads with mean sink weight >= ``gate.DRIVER_FLOOR``, that
+    lands on each key category (bars; the share spreading it evenly over the causal keys would give as
+    ticks); middle, the same weight by the key's distance from the query. Right, where ``copy_curves``
+    holds (positions, m on random ids, m on copied random ids, first copied position) per model: the
+    mean weight off the sink by query position of its induction heads, on the two inputs."""
+    from sinkinterp import gate
+
+    if not studies:
+        raise ValueError("studies: at least one gate_stats result with targets")
+    pooled = {}
+    for name, res in studies.items():
+        if not isinstance(res, dict) or "sink_mass" not in res or not res.get("targets"):
+            raise ValueError(f"studies[{name!r}]: not a gate_stats result with targets")
+        pooled[name] = gate.pooled_targets(res)
+    plt = _plt()
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4.0), layout="constrained")
+    cats = list(gate.TARGETS)
+    names = [n for n, p in pooled.items() if p is not None]
+    left = np.zeros(len(names))
+    for c, cat in enumerate(cats):
+        vals = np.array([pooled[n]["share"][cat] for n in names])
+        ax.barh(range(len(names)), vals, left=left, color=f"C{c}", label=cat)
+        uni = np.array([pooled[n]["uniform"][cat] for n in names])
+        if uni.any():  # where each category would end if the weight were spread evenly over the keys
+            cum_uni = np.array([sum(pooled[n]["uniform"][k] for k in cats[:c + 1]) for n in names])
+            ax.scatter(cum_uni, range(len(names)), marker="|", s=120, color="k", lw=1.0,
+                       label="spread evenly (cumulative)" if c == 1 else None)
+        left += vals
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"share of the weight off the sink (heads with a >= {gate.DRIVER_FLOOR:g})")
+    ax.legend(fontsize=6, frameon=False, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    for i, n in enumerate(names):
+        bins = list(pooled[n]["distance_share"])
+        bx.plot(range(len(bins)), [pooled[n]["distance_share"][b] for b in bins], marker="o", ms=3, color=f"C{i}",
+                label=n)
+        bx.set_xticks(range(len(bins)), bins, fontsize=7)
+    bx.set_xlabel("distance from the query, t - j")
+    bx.set_ylabel("share of the weight off the sink")
+    bx.legend(fontsize=6, frameon=False)
+    bx.grid(alpha=0.3)
+    if copy_curves:
+        for i, (name, (pos, m_random, m_copy, start)) in enumerate(copy_curves.items()):
+            cx.plot(pos, m_copy, color=f"C{i}", label=f"{name}: copied half")
+            cx.plot(pos, m_random, color=f"C{i}", ls="--", lw=0.8, label=f"{name}: random ids")
+            cx.axvline(start, color=f"C{i}", lw=0.6, ls=":")
+        cx.set_xlabel("query position (0-based)")
+        cx.set_ylabel("mean weight off the sink, m, of the induction heads")
+        cx.set_ylim(0, 1)
+        cx.legend(fontsize=6, frameon=False)
+        cx.grid(alpha=0.3)
+    else:
+        cx.set_axis_off()
+        cx.text(0.5, 0.5, "no induction heads on copied inputs", ha="center", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

@@ -59,6 +59,18 @@ side splits once more, exactly, with c_t = x_t + (c_t - x_t), x_t the best-match
 ``top_key_side`` = -cov(lam, x) / var(lam) (one key matching the query, as in retrieval), and what is left,
 1 - sink_side - top_key_side (the spread: how many keys match, log of their effective number).
 
+Where the weight off the sink goes (``targets``, any attention): each key besides the sink falls, for its
+query, in the first of TARGETS that fits it: token 1 (when the sink is the bias slot), the query itself,
+the key before it, an induction target (the key right after an earlier occurrence of the query's token),
+an earlier occurrence of the query's token, or another key. Per head: each category's share of the
+weight off the sink (pooled over queries: where the open gate's weight lands), how often the best key
+besides the sink is of each category and how much more open than its position's mean the gate is on those
+queries (``open_by_top``: does the head open when it finds an induction target?), the weight and the best
+key by distance t - j (bins 0, 1, 2, 3-4, 5-8, ...); per category, the share of queries that have such a
+key (``available``) and its share of the causal keys (``uniform``: what attention spread evenly would
+give). ``inputs.make_tokens("copy", ...)`` (random ids whose second half copies the first) gives every
+query of the second half an induction target.
+
 For attention that does not normalize (sinkinterp's sigmoid, elu+1 and identity kernels, whose hook_pattern
 holds each key's share of the row's weight), a_t and m_t are shares, g_t carries the row's total weight,
 ``corr_gate_mass`` and ``value_share`` are None (the write cannot be split without the weights), ``open``
@@ -80,9 +92,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DRIVER_FLOOR", "GATE_BINS", "GATE_EDITS", "GATE_MAX", "LOGIT_TOLERANCE", "SINKS", "TOKEN_SHRINK",
-           "TOKEN_TABLE_LIMIT", "donor_gate", "drivers", "fixed_gate", "gate_stats", "gate_study", "pooled_drivers",
-           "pooled_logit_split", "repeated", "summary", "token_gate"]
+__all__ = ["DRIVER_FLOOR", "GATE_BINS", "GATE_EDITS", "GATE_MAX", "LOGIT_TOLERANCE", "SINKS", "TARGETS",
+           "TOKEN_SHRINK", "TOKEN_TABLE_LIMIT", "distance_bins", "donor_gate", "drivers", "fixed_gate", "gate_stats",
+           "gate_study", "pooled_drivers", "pooled_logit_split", "pooled_targets", "repeated", "summary",
+           "token_gate"]
 
 SINKS = ("auto", "first", "slot")
 #: histogram of the effective gate per head: bins of width GATE_MAX / GATE_BINS on [0, GATE_MAX), one overflow
@@ -110,6 +123,57 @@ def _resolve_sink(model: Any, sink: str) -> tuple[str, str | None]:
     if sink == "auto":
         sink = "slot" if slot is not None else "first"
     return sink, slot
+
+
+#: where the weight off the sink goes (``targets``): each key besides the sink, for query t, falls in the first of
+#: these that fits it: token 1 (only when the sink is the bias slot), the query itself, the key just before it, an
+#: induction target (a key right after an earlier occurrence of the query's token), an earlier occurrence of the
+#: query's token (a duplicate), or none of these
+TARGETS = ("first", "self", "previous", "induction", "duplicate", "other")
+
+
+def distance_bins(seq_len: int) -> tuple[list[str], list[int]]:
+    """The bins of a key's distance t - j from its query (``targets``): 0, 1, 2, 3-4, 5-8, 9-16, ... up to
+    seq_len - 1, as (labels, lower edges)."""
+    edges = [0, 1, 2]
+    while edges[-1] * 2 - 1 < seq_len:
+        edges.append(edges[-1] * 2 - 1)
+    edges = [e for e in edges if e < max(seq_len, 1)]
+    highs = [e - 1 for e in edges[1:]] + [seq_len - 1]
+    return [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in zip(edges, highs, strict=True)], edges
+
+
+def _target_map(tokens: Tensor, sink_first: bool) -> Tensor:
+    """[b, T, T] long: each key's category for each query (an index into TARGETS), len(TARGETS) where the
+    key is not counted (after the query, or token 1 when it is the sink)."""
+    b, T = tokens.shape
+    C = len(TARGETS)
+    t = torch.arange(T, device=tokens.device)
+    causal = t[None, :] <= t[:, None]  # [query, key]
+    same = tokens[:, :, None] == tokens[:, None, :]  # [b, query, key]
+    after_same = torch.zeros_like(same)
+    after_same[:, :, 1:] = same[:, :, :-1]  # key j follows an occurrence of the query's token at j - 1
+    out = torch.full((b, T, T), C, dtype=torch.long, device=tokens.device)
+    rules = [(TARGETS.index("other"), causal[None].expand(b, T, T)),
+             (TARGETS.index("duplicate"), same & causal),
+             (TARGETS.index("induction"), after_same & causal),
+             (TARGETS.index("previous"), (t[None, :] == t[:, None] - 1)[None].expand(b, T, T)),
+             (TARGETS.index("self"), (t[None, :] == t[:, None])[None].expand(b, T, T)),
+             (TARGETS.index("first"), ((t[None, :] == 0) & causal)[None].expand(b, T, T))]
+    for code, where in rules:  # the later rules win: the order of TARGETS
+        out = torch.where(where, code, out)
+    if sink_first:
+        out[:, :, 0] = C
+    return out
+
+
+def _distance_map(seq_len: int, device: Any) -> Tensor:
+    """[T, T] long: each key's distance bin from its query (``distance_bins``), the number of bins after it."""
+    _, edges = distance_bins(seq_len)
+    t = torch.arange(seq_len, device=device)
+    d = t[:, None] - t[None, :]
+    idx = torch.bucketize(d.clamp_min(0), torch.tensor(edges, device=device), right=True) - 1
+    return torch.where(d >= 0, idx, len(edges))
 
 
 #: the per-(layer, head, position) sums behind the softmax split (``_Accumulator.add_logits``)
@@ -144,6 +208,17 @@ class _Accumulator:
         self.logit_error = torch.zeros((), dtype=torch.float64, device=device)
         self.logit_tolerance = LOGIT_TOLERANCE
         self.logit_wanted = True  # False: the caller asked for no split (``_stats(..., logits=False)``)
+        # where the weight off the sink goes (``add_targets``): per key category (TARGETS) and distance bin
+        C, D = len(TARGETS), len(distance_bins(seq_len)[0])
+
+        def zc(*tail: int) -> Tensor:
+            return torch.zeros((n_layers, n_heads, *tail), dtype=torch.float64, device=device)
+
+        self.t_weight, self.t_dist, self.t_top_dist = zc(C), zc(D), zc(D)
+        self.t_top, self.t_top_m = zc(seq_len, C), zc(seq_len, C)  # per query position: counts and sums of m_t
+        # per category: queries (the same in each), those with a key of it, its share of their keys (uniform weight)
+        self.t_keys = torch.zeros((3, C), dtype=torch.float64, device=device)
+        self.t_wanted = True
 
     def add(self, layer: int, a: Tensor, m: Tensor, g: Tensor, write: Tensor, read: Tensor, rest: Tensor,
             valid: Tensor, explicit: Tensor | None, row_error: Tensor) -> None:
@@ -179,6 +254,38 @@ class _Accumulator:
                  "lam_c": lam * c, "lam_x": lam * x, "s2": s * s, "c2": c * c, "x2": x * x}
         for key in LOGIT_SUMS:
             self.logit[key][layer, :, 1:] += torch.where(ok, terms[key], 0.0).sum(0)
+
+    def add_targets(self, layer: int, rest: Tensor, m: Tensor, valid: Tensor, cat: Tensor, dist: Tensor) -> None:
+        """Where the weight off the sink goes, for queries 1..T-1 of one batch: ``rest`` [b, H, T, T] (the
+        pattern without the sink), ``m`` and ``valid`` [b, H, T] as in ``add``, ``cat`` [b, T, T] each key's
+        category (``_target_map``; len(TARGETS) for keys that are not counted) and ``dist`` [T, T] each
+        key's distance bin (the number of bins for keys after the query)."""
+        b, H, T, _ = rest.shape
+        C, D = self.t_weight.shape[-1], self.t_dist.shape[-1]
+        q, v = slice(1, None), valid[..., 1:, None]
+        cats = cat[:, None].expand(b, H, T, T)
+        dists = dist[None, None].expand(b, H, T, T)
+        for acc, index, n in ((self.t_weight, cats, C), (self.t_dist, dists, D)):
+            by = torch.zeros((b, H, T, n + 1), dtype=rest.dtype, device=rest.device).scatter_add_(-1, index, rest)
+            acc[layer] += torch.where(v, by[:, :, q, :n], 0.0).sum((0, 2))
+        top = rest.argmax(-1, keepdim=True)  # the best-matching key besides the sink
+        hot = torch.nn.functional.one_hot(cats.gather(-1, top)[..., 0][:, :, q], C + 1)[..., :C].double() * v
+        self.t_top[layer, :, 1:] += hot.sum(0)
+        self.t_top_m[layer, :, 1:] += (hot * m[:, :, q, None]).sum(0)
+        hot_d = torch.nn.functional.one_hot(dists.gather(-1, top)[..., 0][:, :, q], D + 1)[..., :D].double() * v
+        self.t_top_dist[layer] += hot_d.sum((0, 2))
+
+    def add_target_keys(self, cat: Tensor) -> None:
+        """Per batch (the same for every head): for queries 1..T-1, how many there are, how many have a key of
+        each category, and the share of each category among their keys (what spreading the weight evenly over
+        the causal keys besides the sink would give)."""
+        C = self.t_keys.shape[-1]
+        counts = torch.nn.functional.one_hot(cat[:, 1:], C + 1)[..., :C].sum(2).double()  # [b, T - 1, C]
+        total = counts.sum(-1, keepdim=True)
+        keep = total[..., 0] > 0
+        self.t_keys[0] += keep.sum()
+        self.t_keys[1] += ((counts > 0) & keep[..., None]).sum((0, 1))
+        self.t_keys[2] += torch.where(keep[..., None], counts / total.clamp_min(1.0), 0.0).sum((0, 1))
 
     def to_cpu(self) -> _Accumulator:
         self.logit = {k: v.cpu() for k, v in self.logit.items()}
@@ -225,7 +332,10 @@ def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     the sides (``sink_std``, ``content_std``, ``top_key_std``), the means of the sink's logit and the other
     keys' log-sum-exp (``sink_logit``, ``content_lse``), ``queries``, ``tolerance`` and ``scores_error`` (the
     L1 distance per row between the pattern and the softmax of the scores); None, with
-    ``logit_split_note`` saying why, where it cannot be measured. JSON-ready."""
+    ``logit_split_note`` saying why, where it cannot be measured. ``targets`` (module docstring): per head
+    [L][H][category] ``share``, ``top_count``, ``top_rate``, ``open_by_top``, [L][H][bin] ``distance_share``
+    and ``top_distance``, [L][H] ``weight`` (the summed weight off the sink), per category ``available``
+    and ``uniform``, and the ``categories``, ``distance_bins`` and ``queries`` they are over. JSON-ready."""
     for arg, val, low in (("token_heads", token_heads, 0), ("min_count", min_count, 1)):
         if isinstance(val, bool) or not isinstance(val, int) or val < low:
             raise ValueError(f"{arg} must be an integer >= {low}, got {val!r}")
@@ -288,10 +398,11 @@ def _open_tokens(res: dict[str, Any], seq: Tensor, tokens: Tensor, k: int, min_c
 
 
 def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int, progress: bool = False,
-           keep_seq: bool = False, logits: bool = True) -> tuple[dict[str, Any], Tensor | None]:
+           keep_seq: bool = False, logits: bool = True, targets: bool = True) -> tuple[dict[str, Any], Tensor | None]:
     """``gate_stats``, and with ``keep_seq`` every sequence's m_t too ([N, L, H, T], NaN at query 1 and
     where a head reads nothing besides the sink); without ``logits`` no softmax split (``logit_split``
-    None, with a note): the study's half passes need only m_t."""
+    None, with a note), without ``targets`` no ``targets`` (None, with a note): the study's half passes
+    need only m_t."""
     from sinkinterp import patching, tl_adapter
     from sinkinterp.measure import validate_tokens
 
@@ -324,7 +435,9 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
         w_o = w_o.detach().double()
         grams.append(w_o @ w_o.transpose(1, 2))  # [H, dh, dh]: ||x W_O||^2 = x G x^T
     acc = _Accumulator(L, H, T, gated, patching._model_device(model))
-    acc.logit_wanted = logits
+    acc.logit_wanted, acc.t_wanted = logits, targets
+    dist = _distance_map(T, patching._model_device(model)) if targets else None
+    cat: list[Tensor | None] = [None]  # this batch's key categories (``_target_map``)
     stash: dict[tuple[int, str], Tensor] = {}
     seq = torch.full((n, L, H, T), float("nan"), dtype=torch.float64) if keep_seq else None
     offset = [0]
@@ -385,6 +498,8 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
                 _add_logit_sides(acc, layer, scores, rest, a, m)
             acc.add(layer, a[..., q], m[..., q], g[..., q], write[..., q], read[..., q], resid[..., q], valid[..., q],
                     None if explicit is None else explicit[..., q], (p.sum(-1) + slot_w - 1.0)[..., q].abs().max())
+            if cat[0] is not None:
+                acc.add_targets(layer, rest, m, valid, cat[0].to(rest.device), dist.to(rest.device))
             if seq is not None:
                 seq[offset[0]:offset[0] + b, layer, :, 1:] = torch.where(m > _TINY, m, float("nan"))[..., 1:].cpu()
 
@@ -410,7 +525,11 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
         for s in starts:
             stash.clear()
             offset[0] = s
-            model(tokens[s:s + batch_size].to(device))
+            batch = tokens[s:s + batch_size].to(device)
+            if targets:
+                cat[0] = _target_map(batch, sink == "first")
+                acc.add_target_keys(cat[0])
+            model(batch)
     return _finish(acc, sink, slot, closed, gated, _weights_unnormalized(model)), seq
 
 
@@ -469,6 +588,31 @@ def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[di
         for key, name in (("s", "sink_std"), ("c", "content_std"), ("x", "top_key_std")):
             out[name + suffix] = torch.where(n >= 2, cov(key, key, f"{key}2", within).clamp_min(0.0).sqrt(), nan).tolist()
     return out, None
+
+
+def _targets(acc: _Accumulator) -> dict[str, Any]:
+    """Where each head's weight off the sink goes (``gate_stats``'s ``targets``), from the sums of
+    ``add_targets`` and ``add_target_keys``."""
+    nan = float("nan")
+    T = acc.t_top.shape[2]
+    weight = acc.t_weight.sum(-1)
+    top_n = acc.t_top.sum(2)  # [L, H, C]
+    # each query's m_t against the mean m_t of its (layer, head, position) over the queries measured
+    pos_mean = torch.where(acc.count > 0, acc.m / acc.count.clamp_min(1.0), 0.0)
+    dev = (acc.t_top_m - acc.t_top * pos_mean[..., None]).sum(2)
+    queries, with_key, uniform = acc.t_keys
+    labels, _ = distance_bins(T)
+
+    def ratio(x: Tensor, y: Tensor) -> list[Any]:
+        return torch.where(y > 0, x / y.clamp_min(1e-300), nan).tolist()
+
+    return {"categories": list(TARGETS), "distance_bins": labels,
+            "weight": weight.tolist(), "share": ratio(acc.t_weight, weight[..., None]),
+            "top_count": top_n.tolist(), "top_rate": ratio(top_n, top_n.sum(-1, keepdim=True)),
+            "open_by_top": ratio(dev, top_n),
+            "distance_share": ratio(acc.t_dist, acc.t_dist.sum(-1, keepdim=True)),
+            "top_distance": ratio(acc.t_top_dist, acc.t_top_dist.sum(-1, keepdim=True)),
+            "queries": int(queries[0]), "available": ratio(with_key, queries), "uniform": ratio(uniform, queries)}
 
 
 def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated: bool,
@@ -530,6 +674,9 @@ def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated
     res["logit_split"], note = _logit_split(acc, L, res["normalized"])
     if note:
         res["logit_split_note"] = note
+    res["targets"] = _targets(acc) if acc.t_wanted else None
+    if not acc.t_wanted:
+        res["targets_note"] = "not asked for"
     if gated and acc.explicit is not None:
         e_mean = per_head(mean(acc.explicit[0]))
         res["explicit_gate"] = out(e_mean)
@@ -882,7 +1029,7 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     if split:
         halves = (tokens[: n // 2], tokens[n // 2:])
         measured = [_stats(model, h, sink=sink_kind, closed=closed, batch_size=batch_size, keep_seq=True,
-                           logits=False) for h in halves]
+                           logits=False, targets=False) for h in halves]
         res["drivers"] = drivers(halves, measured)
     if not interventions:
         return res
@@ -977,6 +1124,40 @@ def pooled_logit_split(res: dict[str, Any], heads: Any = None) -> dict[str, Any]
     return out
 
 
+def pooled_targets(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | None:
+    """``targets`` pooled over ``heads`` ((layer, head) pairs; default: those with mean sink weight >=
+    DRIVER_FLOOR): per category (a dict keyed by TARGETS), the share of the heads' summed weight off the sink
+    (``share``), the share of their queries whose best key besides the sink is of it (``top_rate``) and
+    how much more open than its position's mean the gate is on those queries (``open_by_top``, NaN where
+    no query's best key is of it); per distance bin, the share of the weight (``distance_share``); the
+    inputs' ``available`` and ``uniform`` shares, and how many heads. None without targets or heads."""
+    d = res.get("targets")
+    if not d:
+        return None
+    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    weight = np.asarray(d["weight"], dtype=np.float64)
+    if heads is None:
+        heads = [lh for lh in np.ndindex(*a.shape) if a[lh] >= DRIVER_FLOOR]
+    heads = [(l, h) for l, h in heads if weight[l, h] > 0]
+    if not heads:
+        return None
+    idx = tuple(np.asarray(heads).T)
+    share = np.asarray(d["share"], dtype=np.float64)[idx]  # [heads, C]
+    count = np.asarray(d["top_count"], dtype=np.float64)[idx]
+    dev = np.nan_to_num(np.asarray(d["open_by_top"], dtype=np.float64)[idx]) * count
+    dist = np.asarray(d["distance_share"], dtype=np.float64)[idx]
+    w = weight[idx][:, None]
+    n = count.sum(0)
+    cats = d["categories"]
+    return {"heads": len(heads), "share": dict(zip(cats, ((share * w).sum(0) / w.sum()).tolist(), strict=True)),
+            "top_rate": dict(zip(cats, (n / n.sum()).tolist(), strict=True)),
+            "open_by_top": dict(zip(cats, np.where(n > 0, dev.sum(0) / np.maximum(n, 1e-300), np.nan).tolist(),
+                                    strict=True)),
+            "distance_share": dict(zip(d["distance_bins"], ((dist * w).sum(0) / w.sum()).tolist(), strict=True)),
+            "available": dict(zip(cats, d["available"], strict=True)),
+            "uniform": dict(zip(cats, d["uniform"], strict=True))}
+
+
 def _top_heads(res: dict[str, Any], k: int) -> list[tuple[int, int]]:
     a = np.asarray(res["sink_mass"], dtype=np.float64)
     return sorted(np.ndindex(*a.shape), key=lambda lh: -a[lh])[:k]
@@ -1045,6 +1226,17 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
                                              if "top_key_median" in split else ""))
     elif res.get("logit_split_note"):
         lines.append(f"softmax split: not measured ({res['logit_split_note']})")
+    where_to = pooled_targets(res)
+    if where_to is not None:
+        names = {"first": "token 1", "self": "itself", "previous": "the token before", "induction": "induction targets",
+                 "duplicate": "earlier copies of its token", "other": "other keys"}
+        used = [c for c in TARGETS if where_to["uniform"][c] > 0 or where_to["share"][c] > 0]
+        lines.append(f"where the weight off the sink goes (the {where_to['heads']} heads with a >= {DRIVER_FLOOR}, pooled; "
+                     "spread evenly over the keys in brackets): "
+                     + ", ".join(f"{names[c]} {where_to['share'][c]:.0%} ({where_to['uniform'][c]:.0%})" for c in used))
+        lines.append("  the gate against its position's mean, by the query's best key: "
+                     + ", ".join(f"{names[c]} {where_to['open_by_top'][c]:+.3f} ({where_to['top_rate'][c]:.0%} of queries)"
+                                 for c in used if where_to["top_rate"][c] > 0))
     runs = {x["label"]: x for x in res.get("interventions", [])}
     if "open" in runs and runs["open"]["delta_loss"] > 0:
         for label, what in (("fixed", "fixing the gate to its mean by position"),

@@ -1,5 +1,5 @@
-"""Input sequences for the measurement: natural text, uniform random tokens, one token repeated, or
-an explicit array of ids. BOS is added only when asked (``prepend_bos``); the default is the paper's:
+"""Input sequences for the measurement: natural text, uniform random tokens, one token repeated,
+random tokens whose second half copies the first, or an explicit array of ids. BOS is added only when asked (``prepend_bos``); the default is the paper's:
 no BOS. ``seq_len`` always counts every position the model sees, a prepended BOS included.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["INPUT_KINDS", "make_tokens", "load_token_file", "default_text", "read_texts"]
 
-INPUT_KINDS = ("natural", "random", "repeat")
+INPUT_KINDS = ("natural", "random", "repeat", "copy")
 
 
 def default_text() -> str:
@@ -76,7 +76,10 @@ def make_tokens(
       without replacement with ``seed``;
     * ``random``: ids drawn uniformly from ``[0, vocab_size)``;
     * ``repeat``: one id repeated over the whole sequence (``repeat_token``, or a random id per
-      sequence).
+      sequence);
+    * ``copy``: uniform random ids whose second half copies the first (the first ceil(n / 2) ids of
+      the sequence, then as many of them again as fit): the induction-head test, where every token of
+      the second half has an earlier occurrence whose successor predicts its own.
 
     With ``prepend_bos`` the first position holds ``bos_token_id`` and the rest ``seq_len - 1``
     tokens of the chosen kind.
@@ -101,10 +104,13 @@ def make_tokens(
                 raise ValueError(f"repeat_token must be in [0, {vocab_size - 1}], got {repeat_token}")
             tok = np.full((num_seqs, 1), int(repeat_token), dtype=np.int64)
         ids = np.repeat(tok, body, axis=1)
+    elif kind == "copy":
+        half = rng.integers(0, vocab_size, size=(num_seqs, (body + 1) // 2), dtype=np.int64)
+        ids = np.concatenate([half, half], axis=1)[:, :body]
     else:
         if tokenizer is None:
             raise ValueError("inputs=natural needs a tokenizer, and this model has none; "
-                             "use --inputs random|repeat or --tokens IDS.npy")
+                             "use --inputs random|repeat|copy or --tokens IDS.npy")
         stream = np.asarray(tokenizer(text if text is not None else default_text(),
                                       add_special_tokens=False)["input_ids"], dtype=np.int64)
         n_chunks = len(stream) // body

@@ -2,6 +2,7 @@
 alone, the massive-activation and toy-model pages from their own measurements."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -960,3 +961,48 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         mod.main(["--only", "nobody"])
     assert "invalid choice: 'nobody'" in capsys.readouterr().err
+
+
+def test_gate_targets_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
+    """The page's rows from the runs' snapshots (pooled targets; the copy test's halves from m by position),
+    and a model that is not here taken from its snapshot."""
+    from sinkinterp import gate as mod_gate
+
+    mod = load_script("analyses/gate_targets.py")
+    sink_gate = load_script("analyses/sink_gate.py")
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    toks = np.random.default_rng(0).integers(2, 500, (4, 12))
+    np.save(data / "val_bos.npy", np.concatenate([np.ones((4, 1), dtype=np.int64), toks[:, :-1]], axis=1))
+    np.save(data / "val.npy", toks)
+    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out"),
+                        ("DATA", data), ("NUM_SEQS", 6), ("SEQ_LEN", 12), ("INDUCTION", 0.0)):
+        monkeypatch.setattr(mod, name, value)
+    models = {"toy-softmax": ("toy-softmax", True, True, "shipped")}
+    monkeypatch.setattr(mod, "_models", lambda: (models, data / "val.npy", data / "val_bos.npy"))
+    monkeypatch.setattr(sink_gate, "_debian_tokens", lambda: None)
+    monkeypatch.setitem(sys.modules, "sink_gate", sink_gate)  # what main() imports for the Debian windows
+    assert mod.main() == 0
+    dom, rnd, cpy = (json.loads((data / f"toy-softmax__{k}.json").read_text()) for k in ("debian", "random", "copy"))
+    assert f"--tokens {data / 'val_bos.npy'}" in dom["command"] and "--inputs copy" in cpy["command"]
+    assert cpy["prepend_bos"] and cpy["num_seqs"] == 6 and mod._copy_start(cpy) == 1 + 6
+    page = (tmp_path / "page.md").read_text()
+    p = mod_gate.pooled_targets(dom)
+    assert (f"| toy-softmax, Debian held-out | {p['heads']} | 0% (0%) | {p['share']['self']:.0%} "
+            f"({p['uniform']['self']:.0%}) |") in page
+    # the copy row: every head is an induction head at a floor of 0; m's change on the copied half by hand
+    m_r, m_c = (np.asarray([[[np.nan if x is None else x for x in r] for r in l] for l in s["mass_pos"]]) for s in (rnd, cpy))
+    change = np.median(np.nanmean(m_c[..., 7:], -1) - np.nanmean(m_r[..., 7:], -1))
+    control = np.median(np.nanmean(m_c[..., 1:7], -1) - np.nanmean(m_r[..., 1:7], -1))
+    assert "| toy-softmax | 16 | " in page and f"| {change:+.3f} | {control:+.3f} |" in page
+    assert (tmp_path / "fig.png").stat().st_size > 0 and f"- `{cpy['command']}`" in page
+    # the model gone: its snapshots are used and named
+    models.clear()
+    models["ghost"] = (str(tmp_path / "no-model"), True, False, "absent")
+    for k in ("debian", "random", "copy"):
+        (data / f"ghost__{k}.json").write_text((data / f"toy-softmax__{k}.json").read_text())
+    assert mod.main() == 0
+    page = (tmp_path / "page.md").read_text()
+    assert "| ghost, Debian held-out |" in page and "(from analyses/data/gate_targets/ghost__copy.json: the model is not here" in page
+    assert mod.main(["--snapshots"]) == 0

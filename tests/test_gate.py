@@ -15,8 +15,11 @@ from conftest import tiny_llama, word_tokenizer
 from sinkinterp import cli, patching, tl_adapter
 from sinkinterp import interventions as iv
 from sinkinterp.gate import (
+    TARGETS,
     TOKEN_SHRINK,
     _stats,
+    _target_map,
+    distance_bins,
     donor_gate,
     drivers,
     fixed_gate,
@@ -24,6 +27,7 @@ from sinkinterp.gate import (
     gate_study,
     pooled_drivers,
     pooled_logit_split,
+    pooled_targets,
     repeated,
     summary,
     token_gate,
@@ -182,6 +186,125 @@ def test_a_learned_sink_logit_leaves_the_gate_to_the_other_keys():
         assert pooled_logit_split(res) is None and why in summary(res)
 
 
+def _category(toks, t: int, j: int, sink_first: bool) -> str | None:
+    """Key j's category for query t, by the rules of ``TARGETS`` written out one by one."""
+    if j > t or (j == 0 and sink_first):
+        return None
+    if j == 0:
+        return "first"
+    if j == t:
+        return "self"
+    if j == t - 1:
+        return "previous"
+    if toks[j - 1] == toks[t]:
+        return "induction"
+    if toks[j] == toks[t]:
+        return "duplicate"
+    return "other"
+
+
+def _direct_targets(model, tokens, sink: str):
+    """Per head, over queries 1..T-1 with weight besides the sink, query by query from captured hook_pattern:
+    each category's share of the weight off the sink, how many queries' best key is of it, the gate's mean
+    deviation from its position's mean on those queries, the weight by distance bin (0, 1, 2, then
+    1 + bit length of d - 1), and per category the share of queries with such a key and its share of their keys."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    acts = {k: v.double().numpy() for k, v in patching.capture(
+        model, tokens, [f"blocks.{l}.attn.hook_pattern" for l in range(L)]).items()}
+    toks = tokens.numpy()
+    C, n = len(TARGETS), len(toks)
+    D = len(distance_bins(T)[0])
+    share, count, dev, dist = np.zeros((L, H, C)), np.zeros((L, H, C)), np.zeros((L, H, C)), np.zeros((L, H, D))
+    avail, uniform = np.zeros(C), np.zeros(C)
+    cats = {(b, t, j): _category(toks[b], t, j, sink == "first") for b in range(n) for t in range(T) for j in range(T)}
+    for b, t in np.ndindex(n, T):
+        if t == 0:
+            continue
+        kinds = [cats[b, t, j] for j in range(T) if cats[b, t, j] is not None]
+        for c, name in enumerate(TARGETS):
+            avail[c] += name in kinds
+            uniform[c] += kinds.count(name) / len(kinds)
+    for l, h in np.ndindex(L, H):
+        p = acts[f"blocks.{l}.attn.hook_pattern"][:, h].copy()
+        if sink == "first":
+            p[:, :, 0] = 0.0
+        m = p.sum(-1)  # [b, t]
+        pos_mean = np.array([m[:, t][m[:, t] > 1e-12].mean() if t else 0.0 for t in range(T)])
+        for b, t in np.ndindex(n, T):
+            if t == 0 or m[b, t] <= 1e-12:
+                continue
+            for j in range(t + 1):
+                if cats[b, t, j] is not None:
+                    share[l, h, TARGETS.index(cats[b, t, j])] += p[b, t, j]
+                    d = t - j
+                    dist[l, h, 0 if d == 0 else 1 + (d - 1).bit_length()] += p[b, t, j]
+            c = TARGETS.index(cats[b, t, int(np.argmax(p[b, t]))])
+            count[l, h, c] += 1
+            dev[l, h, c] += m[b, t] - pos_mean[t]
+    with np.errstate(invalid="ignore"):
+        return (share / share.sum(-1, keepdims=True), count, dev / count, dist / dist.sum(-1, keepdims=True),
+                avail / (n * (T - 1)), uniform / (n * (T - 1)))
+
+
+def test_target_categories_follow_their_order():
+    toks = torch.tensor([[5, 7, 5, 5, 9, 5]])
+    first, slot = _target_map(toks, True)[0], _target_map(toks, False)[0]
+    names = {i: c for i, c in enumerate(TARGETS)} | {len(TARGETS): None}
+    for t, j in np.ndindex(6, 6):
+        assert names[int(first[t, j])] == _category(toks[0].tolist(), t, j, True)
+        assert names[int(slot[t, j])] == _category(toks[0].tolist(), t, j, False)
+    # query 6 (token 5): key 2 follows the 5 at key 1 (induction), key 3 is an earlier 5 (a duplicate), key 4 is
+    # both (induction first)
+    assert [names[int(x)] for x in first[5]] == [None, "induction", "duplicate", "induction", "previous", "self"]
+    assert distance_bins(64) == (["0", "1", "2", "3-4", "5-8", "9-16", "17-32", "33-63"], [0, 1, 2, 3, 5, 9, 17, 33])
+    assert distance_bins(3)[0] == ["0", "1", "2"] and distance_bins(10)[0][-1] == "9"
+
+
+@pytest.mark.parametrize(("variant", "sink"), [("rotary", "first"), ("window", "first"), ("gqa_kv", "slot"),
+                                                ("sink_token", "slot")])
+def test_where_the_weight_off_the_sink_goes_equals_a_direct_computation(variant, sink):
+    model = tiny_model(variant).eval()
+    tokens = _tokens(vocab=5)  # few ids: repeats, duplicates and induction targets in every sequence
+    res = gate_stats(model, tokens, sink=sink, batch_size=2)
+    got = res["targets"]
+    share, count, dev, dist, avail, uniform = _direct_targets(model, tokens, sink)
+    np.testing.assert_allclose(got["share"], share, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(got["top_count"], count)
+    np.testing.assert_allclose(got["open_by_top"], dev, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(got["distance_share"], dist, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got["available"], avail, rtol=1e-12)
+    np.testing.assert_allclose(got["uniform"], uniform, rtol=1e-12)
+    assert got["queries"] == tokens.shape[0] * (T - 1)
+    assert (np.asarray(got["share"])[..., TARGETS.index("first")] == 0).all() == (sink == "first")
+    assert min(avail[TARGETS.index(c)] for c in ("induction", "duplicate")) > 0.3
+    heads = [(0, 1), (1, 2)]
+    pooled = pooled_targets(res, heads=heads)
+    w = np.asarray([got["weight"][l][h] for l, h in heads])
+    for c, name in enumerate(TARGETS):
+        assert pooled["share"][name] == pytest.approx((share[0, 1, c] * w[0] + share[1, 2, c] * w[1]) / w.sum(), rel=1e-9)
+        n = count[0, 1, c] + count[1, 2, c]
+        assert pooled["top_rate"][name] == pytest.approx(n / (count[0, 1].sum() + count[1, 2].sum()), rel=1e-12)
+        if n:
+            both = np.nan_to_num(dev[0, 1, c]) * count[0, 1, c] + np.nan_to_num(dev[1, 2, c]) * count[1, 2, c]
+            assert pooled["open_by_top"][name] == pytest.approx(both / n, rel=1e-7, abs=1e-12)
+
+
+def test_targets_on_a_bridge_and_when_not_asked():
+    hf = tiny_llama(n_kv_heads=2)
+    bridge = tl_adapter.boot_bridge(hf, word_tokenizer(hf.config.vocab_size), name="tiny")
+    tokens = _tokens(vocab=5)
+    got = gate_stats(bridge, tokens)["targets"]
+    share, count, *_ = _direct_targets(bridge, tokens, "first")
+    np.testing.assert_allclose(got["share"], share, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(got["top_count"], count)
+    np.testing.assert_allclose(np.asarray(got["top_rate"]).sum(-1), 1.0, atol=1e-12)
+    unasked, _ = _stats(tiny_model("rotary").eval(), tokens, sink="first", closed=0.1, batch_size=8, targets=False)
+    assert unasked["targets"] is None and unasked["targets_note"] == "not asked for"
+    assert pooled_targets(unasked) is None and "where the weight off the sink goes" not in summary(unasked)
+    res = gate_stats(tiny_model("rotary").eval(), tokens)
+    assert "where the weight off the sink goes" in summary(res) and "induction targets" in summary(res)
+
+
 def test_a_sink_without_value_gates_exactly():
     """K bias only (v* = 0): the slot's weight writes nothing, so each query's gate is its weight on
     the real keys, g_t = m_t, and nothing of the write is left over."""
@@ -297,6 +420,9 @@ def test_a_users_hooked_transformer(n_kv):
         np.testing.assert_allclose(res[name], ref[key], rtol=1e-9, atol=1e-11, err_msg=name)
     share, _, _ = _direct_logits(ht, tokens, "first")
     np.testing.assert_allclose(res["logit_split"]["sink_side_within"], share, rtol=1e-7)
+    share, count, *_ = _direct_targets(ht, tokens, "first")
+    np.testing.assert_allclose(res["targets"]["share"], share, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(res["targets"]["top_count"], count)
     if n_kv is None:
         study = gate_study(ht, tokens, per_head=True)
         donor = study["interventions"][3]
@@ -612,3 +738,11 @@ def test_figure_refuses_what_is_not_a_study():
     assert len(fig.axes) == 4 and not fig.axes[2].axison and fig.axes[3].axison
     sigmoid = gate_stats(tiny_model("sigmoid").eval(), _tokens(2))  # no softmax split: the fourth panel says so
     assert not figures.gate_figure({"tiny": sigmoid}).axes[3].axison
+    with pytest.raises(ValueError, match="at least one"):
+        figures.targets_figure({})
+    unasked, _ = _stats(tiny_model("rotary").eval(), _tokens(2), sink="first", closed=0.1, batch_size=8, targets=False)
+    with pytest.raises(ValueError, match="not a gate_stats result with targets"):
+        figures.targets_figure({"tiny": unasked})
+    fig = figures.targets_figure({"tiny": res, "sigmoid": sigmoid})  # no copy curves: the third panel says so
+    assert len(fig.axes) == 3 and not fig.axes[2].axison
+    assert len(fig.axes[0].patches) == 2 * len(TARGETS)  # one bar per model and category

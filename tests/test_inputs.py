@@ -26,6 +26,22 @@ def test_repeat_holds_one_token_per_sequence():
         make_tokens("repeat", seq_len=5, num_seqs=2, vocab_size=10, repeat_token=42)
 
 
+@pytest.mark.parametrize(("seq_len", "bos"), [(10, False), (11, False), (11, True)])
+def test_copy_repeats_the_first_half_of_random_ids(seq_len, bos):
+    ids = make_tokens("copy", seq_len=seq_len, num_seqs=6, vocab_size=1000, seed=2, prepend_bos=bos,
+                      bos_token_id=999 if bos else None)
+    assert ids.shape == (6, seq_len)
+    body = ids[:, 1:] if bos else ids
+    if bos:
+        assert (ids[:, 0] == 999).all()
+    half = (body.shape[1] + 1) // 2
+    np.testing.assert_array_equal(body[:, half:], body[:, :body.shape[1] - half])
+    assert len({tuple(r) for r in body[:, :half]}) == 6  # a fresh random half per sequence
+    again = make_tokens("copy", seq_len=seq_len, num_seqs=6, vocab_size=1000, seed=2, prepend_bos=bos,
+                        bos_token_id=999 if bos else None)
+    np.testing.assert_array_equal(ids, again)
+
+
 def test_natural_windows_come_from_the_text_without_overlap():
     tok = byte_tokenizer()
     ids = make_tokens("natural", seq_len=16, num_seqs=5, vocab_size=258, tokenizer=tok, text=TEXT, seed=1)

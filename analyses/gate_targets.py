@@ -1,0 +1,342 @@
+"""Analysis: where a sink head's weight goes when its gate opens. For every head, the weight it puts on
+keys besides the sink, split by what the key is to its query (token 1 where the sink is the bias slot,
+the query itself, the token before it, an induction target: the key right after an earlier occurrence of
+the query's token, an earlier occurrence of that token, or another key) and by distance; which kind of
+key is the query's best match, and how open the gate is then against its position's mean
+(``sinkinterp gate``'s ``targets``). Then the induction test: the same models on uniform random ids and on
+random ids whose second half copies the first (``--inputs copy``), where every query of the second half
+has an induction target: do the heads that read induction targets open their gate when there is one?
+
+The models are those of analyses/sink_gate.py (the shipped toy models, their second seeds, the toy gated
+model, the GPU models and SmolLM2, each where it is here), each on its own domain (the Debian-trained
+models on the 32 held-out windows of analyses/data/sink_gate, with BOS first where trained so; SmolLM2 on
+120 windows of the shipped English sample) and on 64 sequences of random and of copied random ids (T = 64,
+seed 0, BOS first for the models trained with it), measured only (`sinkinterp gate --no-interventions`).
+The per-head results are kept in analyses/data/gate_targets/KEY.json, so the page regenerates from them
+where a model is missing here. Writes docs/gate-targets.md and docs/figures/gate-targets.png. About
+4 minutes on a 2-core CPU with every model present; ``--only NAME ...`` runs those models alone (the
+others from their snapshots), ``--snapshots`` runs none.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "gate-targets.md"
+FIG = ROOT / "docs" / "figures" / "gate-targets.png"
+DATA = ROOT / "analyses" / "data" / "gate_targets"
+OUT = Path("runs") / "analyses" / "gate_targets"  # relative to the repository root
+SEQ_LEN, NUM_SEQS, NATURAL_SEQS, SEED = 64, 64, 120, 0
+SINK_HEAD = 0.3  # a head with mean sink weight above this on its own domain is a sink head here
+INDUCTION = 0.3  # a head that puts at least this share of its weight off the sink on induction targets, on copied ids
+NAMES = {"first": "token 1", "self": "itself", "previous": "the token before", "induction": "induction target",
+         "duplicate": "earlier copy of its token", "other": "other"}
+BEST = {"first": "token 1", "self": "the query itself", "previous": "the token before", "induction": "an induction target",
+        "duplicate": "an earlier copy of the query's token", "other": "another key"}
+
+
+def _models() -> tuple[dict, Path, Path]:
+    """sink_gate's models (name -> (spec or None for SmolLM2, BOS first?, ...)) and its held-out windows."""
+    import sink_gate
+
+    return sink_gate.MODELS, sink_gate.TOKENS, sink_gate.TOKENS_BOS
+
+
+def _inputs(spec: str | None) -> tuple[str, str, str]:
+    return ("natural" if spec is None else "debian", "random", "copy")
+
+
+def _label(key: str) -> str:
+    name, _, inputs = key.partition("__")
+    return f"{name}, " + {"debian": "Debian held-out", "natural": "English sample",
+                          "random": "random ids", "copy": "random ids, second half copied"}.get(inputs, inputs)
+
+
+def _snapshot(res: dict, config: dict) -> dict:
+    """What the page needs of a run: per head the sink weight, the targets, m by position (5 digits) and
+    the drivers' repeat difference; the command and provenance."""
+    keep = ("sink", "slot", "normalized", "sink_mass", "targets", "num_seqs", "seq_len", "prepend_bos")
+    out = {k: res.get(k) for k in keep}
+    out["mass_pos"] = [[[None if x is None or math.isnan(x) else round(x, 5) for x in row] for row in layer]
+                       for layer in res["mass_pos"]]
+    out["repeat_diff"] = (res.get("drivers") or {}).get("repeat_diff")
+    for k in ("command", "versions", "git_commit"):
+        out[k] = config.get(k)
+    return out
+
+
+def _run(key: str, spec: str, inputs: str, bos: bool, commands: list[str], gguf: str | None) -> dict:
+    from _common import run_cli
+
+    from sinkinterp import cli
+    from sinkinterp.fileio import write_json
+
+    _, tokens, tokens_bos = _models()
+    out = OUT / key
+    if inputs == "debian":
+        path = tokens_bos if bos else tokens
+        source = ["--tokens", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)]
+    else:
+        n = NATURAL_SEQS if inputs == "natural" else NUM_SEQS
+        source = ["--inputs", inputs, "--seq-len", str(SEQ_LEN), "--num-seqs", str(n), "--seed", str(SEED),
+                  *(["--prepend-bos"] if bos else [])]
+    args = ["gate", "--model", spec, *source, "--no-interventions", "--token-heads", "0", "--no-figures",
+            "--out", str(out)]
+    res = run_cli(cli, args, commands, gguf)
+    snap = _snapshot(res, json.loads((out / "config.json").read_text()))
+    write_json(DATA / f"{key}.json", snap)
+    return snap
+
+
+def _copy_start(res: dict) -> int:
+    """The first query position (0-based) whose token copies an earlier one in ``--inputs copy``."""
+    bos = int(bool(res["prepend_bos"]))
+    return bos + (res["seq_len"] - bos + 1) // 2
+
+
+def _induction_heads(copy: dict) -> list[tuple[int, int]]:
+    import numpy as np
+
+    share = np.asarray(copy["targets"]["share"], dtype=np.float64)[..., copy["targets"]["categories"].index("induction")]
+    return sorted((lh for lh in np.ndindex(*share.shape) if share[lh] >= INDUCTION), key=lambda lh: -share[lh])
+
+
+def _half_means(res: dict, start: int) -> tuple:
+    """Per head [L, H]: mean m over the queries 1..start-1 and start..T-1 (NaN-aware)."""
+    import warnings
+
+    import numpy as np
+
+    m = np.asarray([[[np.nan if x is None else x for x in row] for row in layer] for layer in res["mass_pos"]],
+                   dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(m[..., 1:start], -1), np.nanmean(m[..., start:], -1), m
+
+
+def _pct(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    if str(ROOT / "analyses") not in sys.path:
+        sys.path.insert(0, str(ROOT / "analyses"))
+    models, _, _ = _models()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(models),
+                        help=f"run only these models; the others come from their snapshots ({', '.join(models)})")
+    parser.add_argument("--snapshots", action="store_true", help="run no model: render the page from the snapshots")
+    args = parser.parse_args(argv or [])
+    from _common import SMOLLM2_ARG, enter_checkout, finish_page
+
+    enter_checkout("gate_targets", [])
+    import numpy as np
+
+    from sinkinterp import builtin, figures, gate, loading
+
+    commands: list[str] = []
+    results: dict[str, dict] = {}
+    for name, (spec, bos, *_rest) in models.items():
+        gguf = loading.smollm2_gguf_path() if spec is None else None
+        present = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
+        for inputs in _inputs(spec):
+            key = f"{name}__{inputs}"
+            if present and not args.snapshots and (args.only is None or name in args.only):
+                if inputs == "debian":
+                    import sink_gate
+
+                    sink_gate._debian_tokens()
+                results[key] = _run(key, gguf if spec is None else spec, inputs, bos, commands, gguf)
+            elif (DATA / f"{key}.json").is_file():
+                results[key] = json.loads((DATA / f"{key}.json").read_text())
+                at = f" at commit {results[key]['git_commit'][:7]}" if results[key].get("git_commit") else ""
+                commands.append(results[key]["command"].replace(str(loading.smollm2_gguf_path() or "\0"), SMOLLM2_ARG)
+                                + f"  (from analyses/data/gate_targets/{key}.json: "
+                                + (f"an earlier run of this script{at})" if present else f"the model is not here; run{at})"))
+            else:
+                why = "not run (--only / --snapshots)" if present else "model not here"
+                print(f"gate_targets: {key}: {why} and no snapshot; left out")
+    if not results:
+        print("gate_targets: no model to run", file=sys.stderr)
+        return 1
+    domain = {k: r for k, r in results.items() if k.partition("__")[2] in ("debian", "natural")}
+    cats = list(gate.TARGETS)
+
+    share_rows = ["| model | heads (a >= 0.1) | " + " | ".join(NAMES[c] for c in cats) + " |",
+                  "| --- | ---: |" + " ---: |" * len(cats)]
+    best_rows = ["| model | " + " | ".join(NAMES[c] for c in cats) + " |", "| --- |" + " --- |" * len(cats)]
+    bins = max((r["targets"]["distance_bins"] for r in domain.values()), key=len, default=[])
+    dist_rows = ["| model | " + " | ".join(bins) + " |", "| --- |" + " ---: |" * len(bins)]
+    pooled_of = {}
+    for key, res in domain.items():
+        p = gate.pooled_targets(res)
+        if p is None:
+            continue
+        pooled_of[key] = p
+        share_rows.append(f"| {_label(key)} | {p['heads']} | " + " | ".join(
+            f"{_pct(p['share'][c])} ({_pct(p['uniform'][c])})" for c in cats) + " |")
+        best_rows.append(f"| {_label(key)} | " + " | ".join(
+            "-" if p["top_rate"][c] == 0 else f"{_pct(p['top_rate'][c])}, {p['open_by_top'][c]:+.3f}" for c in cats) + " |")
+        dist_rows.append(f"| {_label(key)} | " + " | ".join(_pct(p["distance_share"].get(b)) for b in bins) + " |")
+
+    copy_rows = [("| model | induction heads (>= 30% of the weight off the sink on induction targets, copied ids) | of them "
+                  "sink heads in their own domain (a > 0.3) | their a in their own domain | their m on the copied half: "
+                  "random ids -> copied | m's change on the copied half (median head) | on the first half (the "
+                  "control: the same random ids) | all sink heads: m's change on the copied half (median) |"),
+                 "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
+    head_rows = [("| model | head | a, own domain | on induction targets, own domain | on induction targets, copied "
+                  "ids | m on the copied half: random -> copied | m's change on the first half | m on repeated "
+                  "minus new query tokens, own domain |"), "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    curves: dict[str, tuple] = {}
+    copy_notes: list[str] = []
+    for name in models:
+        dom_key = next((k for k in domain if k.startswith(f"{name}__")), None)
+        rnd, cpy = results.get(f"{name}__random"), results.get(f"{name}__copy")
+        if dom_key is None or rnd is None or cpy is None:
+            continue
+        dom = domain[dom_key]
+        start = _copy_start(cpy)
+        first_r, second_r, m_r = _half_means(rnd, start)
+        first_c, second_c, m_c = _half_means(cpy, start)
+        heads = _induction_heads(cpy)
+        a = np.asarray(dom["sink_mass"], dtype=np.float64)
+        ind = cats.index("induction")
+        share_dom = np.asarray(dom["targets"]["share"], dtype=np.float64)[..., ind]
+        share_cpy = np.asarray(cpy["targets"]["share"], dtype=np.float64)[..., ind]
+        sinks = [lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD]
+        all_sink = f"{np.nanmedian([second_c[lh] - second_r[lh] for lh in sinks]):+.3f}" if sinks else "-"
+        if heads:
+            idx = tuple(np.asarray(heads).T)
+            n_sink = sum(a[lh] > SINK_HEAD for lh in heads)
+            copy_rows.append(
+                f"| {name} | {len(heads)} | {n_sink} | {np.min(a[idx]):.2f} to {np.max(a[idx]):.2f} (median "
+                f"{np.median(a[idx]):.2f}) | {np.median(second_r[idx]):.2f} -> {np.median(second_c[idx]):.2f} | "
+                f"{np.median(second_c[idx] - second_r[idx]):+.3f} | {np.median(first_c[idx] - first_r[idx]):+.3f} | "
+                f"{all_sink} |")
+            curves[name] = (np.arange(1, m_c.shape[-1]), np.nanmean(m_r[idx][:, 1:], 0), np.nanmean(m_c[idx][:, 1:], 0),
+                            start)
+            rep = dom.get("repeat_diff")
+            for l, h in heads[:8]:
+                head_rows.append(
+                    f"| {name} | L{l}H{h} | {a[l, h]:.3f} | {_pct(share_dom[l, h])} | {_pct(share_cpy[l, h])} | "
+                    f"{second_r[l, h]:.2f} -> {second_c[l, h]:.2f} | {first_c[l, h] - first_r[l, h]:+.3f} | "
+                    + ("-" if rep is None or rep[l][h] is None else f"{rep[l][h]:+.3f}") + " |")
+            copy_notes.append((name, len(heads), n_sink, float(np.median(a[idx])),
+                               float(np.median(second_c[idx] - second_r[idx])),
+                               float(np.median(first_c[idx] - first_r[idx]))))
+        else:
+            best = float(np.nanmax(share_cpy)) if np.isfinite(share_cpy).any() else float("nan")
+            copy_rows.append(f"| {name} | 0 (largest share {_pct(best)}) | - | - | - | - | - | {all_sink} |")
+
+    shown = {_label(k): r for k, r in domain.items() if k in pooled_of}
+    if shown:
+        figures.save_figure(figures.targets_figure(shown, {n: c for n, c in curves.items()},
+                                                   title="where the weight off the sink goes (T = 64)"), FIG)
+
+    lines = [
+        "# Where the gate opens to",
+        "",
+        "Generated by `analyses/gate_targets.py` (run `.venv/bin/python analyses/regenerate.py gate_targets`); the",
+        "command behind each run is listed at the end. T = 64, CPU, float32. Each model on its own domain (the",
+        "Debian-trained models on the 32 held-out windows that docs/sink-gate.md uses, with BOS first for the",
+        "models trained so; SmolLM2 on 120 windows of the shipped English sample) and on 64 sequences of uniform",
+        "random ids and of random ids whose second half copies the first (`--inputs copy`, seed 0).",
+        "",
+        "## The question",
+        "",
+        "[docs/sink-gate.md](sink-gate.md) found that a sink head's gate opens when one key before the query",
+        "matches it well (the best-matching key's logit carries most of the log-odds on the sink), not because",
+        "the query turns from the sink. Which key? `sinkinterp gate` now sorts each key besides the sink, for",
+        "its query, into the first of these that fits: **token 1** (only where the sink is the bias slot k*:",
+        "where token 1 is the sink it is left out), the query **itself**, **the token before** it, an",
+        "**induction target** (the key right after an earlier occurrence of the query's token: what an induction",
+        "head reads), an **earlier copy** of the query's token, or **other**. Per head it sums the weight off",
+        "the sink by category and by distance, finds each query's best key besides the sink, and compares the",
+        "gate (m, the weight off the sink) on those queries with its position's mean. The bracketed shares are",
+        "what spreading the weight evenly over the causal keys besides the sink would give.",
+        "",
+        "## Results",
+        "",
+        ("![left: where the weight off the sink goes, by key category; middle: by distance; right: the induction "
+         "heads' weight off the sink by position on random and on copied ids](figures/gate-targets.png)"),
+        "",
+        "Where the weight off the sink goes, over the heads with a >= 0.1 in each model's own domain (pooled:",
+        "each head weighs in with its weight off the sink; evenly spread in brackets):",
+        "",
+        *(share_rows if len(share_rows) > 2 else ["(no such heads in these results)"]),
+        "",
+        "The query's best key besides the sink: the share of queries whose best key is of each kind, and the mean",
+        "of m minus its position's mean on those queries (positive: the gate is more open than usual at that",
+        "position when the head's best match is of this kind):",
+        "",
+        *(best_rows if len(best_rows) > 2 else ["(no such heads in these results)"]),
+        "",
+        "The weight off the sink by the key's distance from the query, t - j (same heads, pooled):",
+        "",
+        *(dist_rows if len(dist_rows) > 2 else ["(no such heads in these results)"]),
+        "",
+        "## The induction test",
+        "",
+        "On random ids whose second half copies the first, every query of the second half has an induction",
+        "target and a head that copies can open its gate there; on uniform random ids at the same positions it",
+        "has none. An induction head here is one that puts at least 30% of its weight off the sink on induction",
+        "targets on the copied ids. m's change on the copied half is, per head, the mean over those positions of",
+        "m on copied ids minus m on random ids (the first half, where the two inputs are alike, is the control).",
+        "",
+        *copy_rows,
+        "",
+        "The induction heads (at most eight per model, by their share on induction targets on copied ids):",
+        "",
+        *(head_rows if len(head_rows) > 2 else ["(no induction heads in these results)"]),
+        "",
+        "## Reading",
+        "",
+        *_reading(pooled_of, copy_notes),
+        "",
+        "## Limits",
+        "",
+        "- The categories are exclusive and ordered: a key that is both the token before and an induction target",
+        "  counts as the token before. 'Other' holds everything else, semantic matches included.",
+        "- The best key is the one with the most weight besides the sink; a head that spreads its weight has a",
+        "  best key that means little (see the evenly spread shares).",
+        "- The gate's deviation by best key is a correlation within positions, not an intervention.",
+        "- Random ids are out of every model's domain; the toy and GPU models never saw copied text of this kind",
+        "  (the Debian corpus repeats lines and words, not 32-token stretches of random ids).",
+        "",
+    ]
+    return finish_page(DOC, lines, commands)
+
+
+def _reading(pooled_of: dict, copy_notes: list) -> list[str]:
+    """The plain-language reading, from the numbers (nothing here is fixed text about a result)."""
+    out = []
+    for key, p in pooled_of.items():
+        ratios = {c: p["share"][c] / p["uniform"][c] for c in p["share"] if p["uniform"][c] > 0}
+        over = sorted(ratios, key=lambda c: -ratios[c])[:2]
+        gate_best = max((c for c in p["open_by_top"] if p["top_rate"][c] >= 0.02), key=lambda c: p["open_by_top"][c],
+                        default=None)
+        line = (f"- **{_label(key)}**: over its {p['heads']} heads with a >= 0.1, the weight off the sink lands most "
+                f"above an even spread on " + " and ".join(f"{NAMES[c]} ({_pct(p['share'][c])} against "
+                                                           f"{_pct(p['uniform'][c])})" for c in over))
+        if gate_best is not None:
+            line += (f"; the gate is most open, against its position's mean, when the best key is {BEST[gate_best]} "
+                     f"({p['open_by_top'][gate_best]:+.3f}, {_pct(p['top_rate'][gate_best])} of queries)")
+        out.append(line + ".")
+    for name, n, n_sink, a_med, d_copy, d_first in copy_notes:
+        verb = "opens" if d_copy > 0.02 else "closes" if d_copy < -0.02 else "hardly moves"
+        out.append(f"- **{name}**: {n} induction heads, {n_sink} of them sink heads in its own domain (median a "
+                   f"{a_med:.2f}). On the copied half their gate {verb} (m {d_copy:+.3f} in the median head, against "
+                   f"{d_first:+.3f} on the first half).")
+    if not copy_notes:
+        out.append("- No model here has an induction head by this test.")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
