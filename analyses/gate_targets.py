@@ -56,14 +56,29 @@ def _label(key: str) -> str:
                           "random": "random ids", "copy": "random ids, second half copied"}.get(inputs, inputs)
 
 
+def _rounded(x: object, digits: int) -> object:
+    """``x`` with every float rounded to ``digits`` decimals (NaN as None): the snapshots stay small."""
+    if isinstance(x, float):
+        return None if math.isnan(x) else round(x, digits)
+    if isinstance(x, list):
+        return [_rounded(v, digits) for v in x]
+    if isinstance(x, dict):
+        return {k: _rounded(v, digits) for k, v in x.items()}
+    return x
+
+
 def _snapshot(res: dict, config: dict) -> dict:
-    """What the page needs of a run: per head the sink weight, the targets, m by position (5 digits) and
-    the drivers' repeat difference; the command and provenance."""
-    keep = ("sink", "slot", "normalized", "sink_mass", "targets", "num_seqs", "seq_len", "prepend_bos")
+    """What the page needs of a run: per head the sink weight, the targets (without the per-head best-key
+    rates and distances, which it does not show), the gate by position (m; the effective gate g too where
+    the attention does not normalize) and the drivers' repeat difference, rounded; the command and provenance."""
+    keep = ("sink", "slot", "normalized", "sink_mass", "num_seqs", "seq_len", "prepend_bos")
     out = {k: res.get(k) for k in keep}
-    out["mass_pos"] = [[[None if x is None or math.isnan(x) else round(x, 5) for x in row] for row in layer]
-                       for layer in res["mass_pos"]]
+    out["targets"] = {k: v for k, v in res["targets"].items() if k not in ("top_rate", "top_distance")}
+    out["mass_pos"] = res["mass_pos"]
+    if not res["normalized"]:
+        out["gate_pos"] = res["gate_pos"]
     out["repeat_diff"] = (res.get("drivers") or {}).get("repeat_diff")
+    out = _rounded(out, 6)
     for k in ("command", "versions", "git_commit"):
         out[k] = config.get(k)
     return out
@@ -106,13 +121,15 @@ def _induction_heads(copy: dict) -> list[tuple[int, int]]:
 
 
 def _half_means(res: dict, start: int) -> tuple:
-    """Per head [L, H]: mean m over the queries 1..start-1 and start..T-1 (NaN-aware)."""
+    """Per head [L, H]: the mean gate over the queries 1..start-1 and start..T-1 (NaN-aware), and the gate
+    by position: m, the weight off the sink, or where the attention does not normalize (m is then a share
+    of the row's weight) the effective gate g, which carries the row's total weight."""
     import warnings
 
     import numpy as np
 
-    m = np.asarray([[[np.nan if x is None else x for x in row] for row in layer] for layer in res["mass_pos"]],
-                   dtype=np.float64)
+    m = np.asarray([[[np.nan if x is None else x for x in row] for row in layer]
+                    for layer in res["mass_pos" if res["normalized"] else "gate_pos"]], dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(m[..., 1:start], -1), np.nanmean(m[..., start:], -1), m
@@ -194,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                   "ids | m on the copied half: random -> copied | m's change on the first half | m on repeated "
                   "minus new query tokens, own domain |"), "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
     curves: dict[str, tuple] = {}
-    copy_notes: list[str] = []
+    copy_notes: list[tuple] = []
+    none: list[str] = []  # the models measured on copied ids without an induction head
     for name in models:
         dom_key = next((k for k in domain if k.startswith(f"{name}__")), None)
         rnd, cpy = results.get(f"{name}__random"), results.get(f"{name}__copy")
@@ -211,28 +229,30 @@ def main(argv: list[str] | None = None) -> int:
         share_cpy = np.asarray(cpy["targets"]["share"], dtype=np.float64)[..., ind]
         sinks = [lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD]
         all_sink = f"{np.nanmedian([second_c[lh] - second_r[lh] for lh in sinks]):+.3f}" if sinks else "-"
+        shown = name if cpy["normalized"] else f"{name} (not normalized: the gate g in place of m)"
         if heads:
             idx = tuple(np.asarray(heads).T)
             n_sink = sum(a[lh] > SINK_HEAD for lh in heads)
             copy_rows.append(
-                f"| {name} | {len(heads)} | {n_sink} | {np.min(a[idx]):.2f} to {np.max(a[idx]):.2f} (median "
+                f"| {shown} | {len(heads)} | {n_sink} | {np.min(a[idx]):.2f} to {np.max(a[idx]):.2f} (median "
                 f"{np.median(a[idx]):.2f}) | {np.median(second_r[idx]):.2f} -> {np.median(second_c[idx]):.2f} | "
                 f"{np.median(second_c[idx] - second_r[idx]):+.3f} | {np.median(first_c[idx] - first_r[idx]):+.3f} | "
                 f"{all_sink} |")
-            curves[name] = (np.arange(1, m_c.shape[-1]), np.nanmean(m_r[idx][:, 1:], 0), np.nanmean(m_c[idx][:, 1:], 0),
+            curves[name if cpy["normalized"] else f"{name} (g)"] = (np.arange(1, m_c.shape[-1]), np.nanmean(m_r[idx][:, 1:], 0), np.nanmean(m_c[idx][:, 1:], 0),
                             start)
             rep = dom.get("repeat_diff")
             for l, h in heads[:8]:
                 head_rows.append(
-                    f"| {name} | L{l}H{h} | {a[l, h]:.3f} | {_pct(share_dom[l, h])} | {_pct(share_cpy[l, h])} | "
+                    f"| {shown} | L{l}H{h} | {a[l, h]:.3f} | {_pct(share_dom[l, h])} | {_pct(share_cpy[l, h])} | "
                     f"{second_r[l, h]:.2f} -> {second_c[l, h]:.2f} | {first_c[l, h] - first_r[l, h]:+.3f} | "
                     + ("-" if rep is None or rep[l][h] is None else f"{rep[l][h]:+.3f}") + " |")
-            copy_notes.append((name, len(heads), n_sink, float(np.median(a[idx])),
+            copy_notes.append((shown, len(heads), n_sink, float(np.median(a[idx])),
                                float(np.median(second_c[idx] - second_r[idx])),
                                float(np.median(first_c[idx] - first_r[idx]))))
         else:
             best = float(np.nanmax(share_cpy)) if np.isfinite(share_cpy).any() else float("nan")
-            copy_rows.append(f"| {name} | 0 (largest share {_pct(best)}) | - | - | - | - | - | {all_sink} |")
+            none.append(name)
+            copy_rows.append(f"| {shown} | 0 (largest share {_pct(best)}) | - | - | - | - | - | {all_sink} |")
 
     shown = {_label(k): r for k, r in domain.items() if k in pooled_of}
     if shown:
@@ -252,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "[docs/sink-gate.md](sink-gate.md) found that a sink head's gate opens when one key before the query",
         "matches it well (the best-matching key's logit carries most of the log-odds on the sink), not because",
-        "the query turns from the sink. Which key? `sinkinterp gate` now sorts each key besides the sink, for",
+        "the query turns from the sink. Which key? `sinkinterp gate` sorts each key besides the sink, for",
         "its query, into the first of these that fits: **token 1** (only where the sink is the bias slot k*:",
         "where token 1 is the sink it is left out), the query **itself**, **the token before** it, an",
         "**induction target** (the key right after an earlier occurrence of the query's token: what an induction",
@@ -297,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Reading",
         "",
-        *_reading(pooled_of, copy_notes),
+        *_reading(pooled_of, copy_notes, none),
         "",
         "## Limits",
         "",
@@ -313,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     return finish_page(DOC, lines, commands)
 
 
-def _reading(pooled_of: dict, copy_notes: list) -> list[str]:
+def _reading(pooled_of: dict, copy_notes: list, none: list) -> list[str]:
     """The plain-language reading, from the numbers (nothing here is fixed text about a result)."""
     out = []
     for key, p in pooled_of.items():
@@ -321,7 +341,7 @@ def _reading(pooled_of: dict, copy_notes: list) -> list[str]:
         over = sorted(ratios, key=lambda c: -ratios[c])[:2]
         gate_best = max((c for c in p["open_by_top"] if p["top_rate"][c] >= 0.02), key=lambda c: p["open_by_top"][c],
                         default=None)
-        line = (f"- **{_label(key)}**: over its {p['heads']} heads with a >= 0.1, the weight off the sink lands most "
+        line = (f"- **{_label(key)}**: over its {p['heads']} head{'s' if p['heads'] != 1 else ''} with a >= 0.1, the weight off the sink lands most "
                 f"above an even spread on " + " and ".join(f"{NAMES[c]} ({_pct(p['share'][c])} against "
                                                            f"{_pct(p['uniform'][c])})" for c in over))
         if gate_best is not None:
@@ -330,11 +350,21 @@ def _reading(pooled_of: dict, copy_notes: list) -> list[str]:
         out.append(line + ".")
     for name, n, n_sink, a_med, d_copy, d_first in copy_notes:
         verb = "opens" if d_copy > 0.02 else "closes" if d_copy < -0.02 else "hardly moves"
-        out.append(f"- **{name}**: {n} induction heads, {n_sink} of them sink heads in its own domain (median a "
-                   f"{a_med:.2f}). On the copied half their gate {verb} (m {d_copy:+.3f} in the median head, against "
-                   f"{d_first:+.3f} on the first half).")
-    if not copy_notes:
+        out.append(f"- **{name}**: {n} induction head{'s' if n != 1 else ''}, {n_sink} of them sink heads in its own domain (median a "
+                   f"{a_med:.2f}). On the copied half their gate {verb} ({d_copy:+.3f} in the median head, against "
+                   f"{d_first:+.3f} on the first half, where the inputs do not differ).")
+    if copy_notes:
+        n, n_sink = sum(x[1] for x in copy_notes), sum(x[2] for x in copy_notes)
+        opened = sum(x[4] > 0.02 for x in copy_notes)
+        out.append(f"- Over the models with induction heads, {n_sink} of {n} induction heads are sink heads in their own "
+                   f"domain, and in {opened} of {len(copy_notes)} models their gate opens on the copied half: "
+                   + ("a head that copies sits on the sink until the text offers something to copy (the active-dormant "
+                      "heads of Guo et al., 2024, seen through the gate)." if n_sink > n / 2 and opened == len(copy_notes)
+                      else "the sink and copying do not line up in every model here."))
+    else:
         out.append("- No model here has an induction head by this test.")
+    if copy_notes and none:
+        out.append(f"- No induction head by this test in {', '.join(none)}.")
     return out
 
 

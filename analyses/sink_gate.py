@@ -500,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         "retrieval) and the rest their **spread** (how many keys match: the log of their effective number); the",
         "three medians need not sum to 1. From `hook_attn_scores`, checked against the",
         f"pattern (the softmax of the scores to {gate.LOGIT_TOLERANCE:g} in L1 per row in float32, or no split).",
+        "Which keys those best matches are (the token before the query, induction targets, ...) and how the gate",
+        "follows them: [gate-targets.md](gate-targets.md).",
         "",
         *(split_rows if len(split_rows) > 2 else ["(no softmax split in these results)"]),
         *([""] + [f"Not split: {x}." for x in unsplit] if unsplit else []),
