@@ -79,7 +79,7 @@ def _snapshot(res: dict, config: dict) -> dict:
         out["gate_pos"] = res["gate_pos"]
     out["repeat_diff"] = (res.get("drivers") or {}).get("repeat_diff")
     out = _rounded(out, 6)
-    for k in ("command", "versions", "git_commit"):
+    for k in ("command", "versions", "git_commit", "tokens_sha256"):
         out[k] = config.get(k)
     return out
 
@@ -135,6 +135,60 @@ def _half_means(res: dict, start: int) -> tuple:
         return np.nanmean(m[..., 1:start], -1), np.nanmean(m[..., start:], -1), m
 
 
+def _controls(heads: list, a) -> list:
+    """For each induction head, the sink head (a > SINK_HEAD in its own domain) that is not an induction head
+    with the closest sink weight, each used once: the control set of the closing test."""
+    import numpy as np
+
+    pool = [lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD and lh not in heads]
+    out = []
+    for lh in heads:
+        if not pool:
+            break
+        best = min(pool, key=lambda x, lh=lh: abs(a[x] - a[lh]))
+        out.append(best)
+        pool.remove(best)
+    return out
+
+
+def _close(name: str, spec: str, bos: bool, heads: list, controls: list, rnd: dict, cpy: dict) -> dict:
+    """The closing test on ``cpy``'s copied ids (made again, checked against its token hash): the loss on the
+    copied half's predictable targets (from the second copied token on) with the gate of ``heads``, then of
+    ``controls``, held on the copied half at its mean by position on random ids (``rnd``: what the head does
+    with nothing to copy), the other keys scaled together and the sink taking the rest (``gate.fixed_gate``
+    with NaN, left alone, everywhere else)."""
+    import hashlib
+
+    import numpy as np
+
+    from sinkinterp import gate, inputs, loading, provenance
+    from sinkinterp import interventions as iv
+
+    lm = loading.load_model(spec)
+    toks = inputs.make_tokens("copy", seq_len=cpy["seq_len"], num_seqs=cpy["num_seqs"], seed=SEED,
+                              vocab_size=lm.d_vocab, prepend_bos=bos, bos_token_id=lm.bos_token_id)
+    sha = hashlib.sha256(np.ascontiguousarray(toks, dtype=np.int64).tobytes()).hexdigest()
+    if cpy.get("tokens_sha256") and sha != cpy["tokens_sha256"]:
+        raise SystemExit(f"gate_targets: {name}: the copied ids made again differ from the measured run's")
+    start = _copy_start(cpy)
+    _, _, m_r = _half_means(rnd, start)
+    out = {"heads": [list(map(int, lh)) for lh in heads], "controls": [list(map(int, lh)) for lh in controls],
+           "start": start, "target_start": start + 1, "num_seqs": int(toks.shape[0]), "tokens_sha256": sha,
+           "git_commit": provenance.git_commit(), "versions": provenance.versions()}
+    for label, which in (("induction", heads), ("control", controls)):
+        table = np.full(m_r.shape, np.nan)
+        for l, h in which:
+            table[l, h, start:] = m_r[l, h, start:]
+        res = iv.run_intervention(lm.model, toks, gate.fixed_gate(table, sink=cpy["sink"], normalized=True),
+                                  target_start=start + 1, sinks=False)
+        out[label] = {"loss_base": res.loss_base, "loss": res.loss, "delta_loss": res.delta_loss}
+    return out
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
 def _pct(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
 
@@ -159,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
 
     commands: list[str] = []
     results: dict[str, dict] = {}
+    present_of: dict[str, str | None] = {}  # name -> the spec to load, when the model is here and is to run
     for name, (spec, bos, *_rest) in models.items():
         gguf = loading.smollm2_gguf_path() if spec is None else None
         present = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
+        run_it = present and not args.snapshots and (args.only is None or name in args.only)
+        present_of[name] = (gguf if spec is None else spec) if run_it else None
         for inputs in _inputs(spec):
             key = f"{name}__{inputs}"
             if present and not args.snapshots and (args.only is None or name in args.only):
@@ -210,9 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     head_rows = [("| model | head | a, own domain | on induction targets, own domain | on induction targets, copied "
                   "ids | m on the copied half: random -> copied | m's change on the first half | m on repeated "
                   "minus new query tokens, own domain |"), "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    closing: dict[str, tuple] = {}  # models whose induction heads get the closing test
     curves: dict[str, tuple] = {}
     copy_notes: list[tuple] = []
     none: list[str] = []  # the models measured on copied ids without an induction head
+    close_notes: list[tuple] = []
     for name in models:
         dom_key = next((k for k in domain if k.startswith(f"{name}__")), None)
         rnd, cpy = results.get(f"{name}__random"), results.get(f"{name}__copy")
@@ -246,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {shown} | L{l}H{h} | {a[l, h]:.3f} | {_pct(share_dom[l, h])} | {_pct(share_cpy[l, h])} | "
                     f"{second_r[l, h]:.2f} -> {second_c[l, h]:.2f} | {first_c[l, h] - first_r[l, h]:+.3f} | "
                     + ("-" if rep is None or rep[l][h] is None else f"{rep[l][h]:+.3f}") + " |")
+            if cpy["normalized"]:
+                closing[name] = (spec, bos, heads, _controls(heads, a), rnd, cpy, present_of[name])
             copy_notes.append((shown, len(heads), n_sink, float(np.median(a[idx])),
                                float(np.median(second_c[idx] - second_r[idx])),
                                float(np.median(first_c[idx] - first_r[idx]))))
@@ -253,6 +314,30 @@ def main(argv: list[str] | None = None) -> int:
             best = float(np.nanmax(share_cpy)) if np.isfinite(share_cpy).any() else float("nan")
             none.append(name)
             copy_rows.append(f"| {shown} | 0 (largest share {_pct(best)}) | - | - | - | - | - | {all_sink} |")
+
+    close_rows = [("| model | induction heads held | Δ loss on the copied half, their gate held at its random-ids level | "
+                   "other sink heads held so (closest sink weight; as many as there are, up to the same number) | their "
+                   "Δ loss | loss on the copied half, unedited | where it comes from |"),
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for name, (spec, bos, heads, controls, rnd, cpy, load) in closing.items():
+        path = DATA / f"{name}__closing.json"
+        if load is not None:
+            from sinkinterp.fileio import write_json
+
+            print(f"-- closing test on {name}: {len(heads)} induction heads, {len(controls)} controls")
+            done = _close(name, load, bos, heads, controls, rnd, cpy)
+            write_json(path, done)
+            where = "run now"
+        elif path.is_file():
+            done = json.loads(path.read_text())
+            where = f"snapshot at commit {(done.get('git_commit') or '?')[:7]}"
+        else:
+            continue
+        close_rows.append(f"| {name} | {len(done['heads'])} | {done['induction']['delta_loss']:+.3f} | "
+                          f"{len(done['controls'])} | {_signed(done['control']['delta_loss']) if done['controls'] else '-'} | "
+                          f"{done['induction']['loss_base']:.3f} | "
+                          f"`analyses/gate_targets.py` (`_close`), {where}: analyses/data/gate_targets/{path.name} |")
+        close_notes.append((name, done))
 
     shown = {_label(k): r for k, r in domain.items() if k in pooled_of}
     if shown:
@@ -315,9 +400,19 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *(head_rows if len(head_rows) > 2 else ["(no induction heads in these results)"]),
         "",
+        "Does copying need the gate to open? On the same copied ids, each induction head's weight off the sink",
+        "on the copied half is held at its mean by position on random ids (what the head does with nothing to",
+        "copy: `gate.fixed_gate`, the other keys scaled together and the sink taking the rest; every other head and",
+        "position left alone), and the loss is scored on the predictable targets (from the second copied token",
+        "on). The control holds other sink heads (a > 0.3 in the model's own domain), for each induction head the",
+        "not yet chosen non-induction sink head closest in sink weight (fewer where the model has fewer), at their",
+        "random-ids level the same way. Softmax models with induction heads only.",
+        "",
+        *(close_rows if len(close_rows) > 2 else ["(no closing test in these results)"]),
+        "",
         "## Reading",
         "",
-        *_reading(pooled_of, copy_notes, none),
+        *_reading(pooled_of, copy_notes, none, close_notes),
         "",
         "## Limits",
         "",
@@ -333,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     return finish_page(DOC, lines, commands)
 
 
-def _reading(pooled_of: dict, copy_notes: list, none: list) -> list[str]:
+def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list) -> list[str]:
     """The plain-language reading, from the numbers (nothing here is fixed text about a result)."""
     out = []
     for key, p in pooled_of.items():
@@ -365,6 +460,14 @@ def _reading(pooled_of: dict, copy_notes: list, none: list) -> list[str]:
         out.append("- No model here has an induction head by this test.")
     if copy_notes and none:
         out.append(f"- No induction head by this test in {', '.join(none)}.")
+    for name, done in close_notes:
+        ind, ctl = done["induction"]["delta_loss"], done["control"]["delta_loss"]
+        out.append(f"- **{name}**, closing test: holding its {len(done['heads'])} induction heads' gate at the "
+                   f"random-ids level on the copied half costs {ind:+.3f} nats there (loss "
+                   f"{done['induction']['loss_base']:.3f} -> {done['induction']['loss']:.3f}), "
+                   + (f"{len(done['controls'])} other sink head{'s' if len(done['controls']) != 1 else ''} {ctl:+.3f}: "
+                      if done["controls"] else "(no other sink head to compare): ") + ("copying needs the induction heads' gate open." if ind > max(0.05, 3 * abs(ctl))
+                                      else "the gate's opening is not what copying rests on here."))
     return out
 
 

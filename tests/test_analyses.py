@@ -997,6 +997,12 @@ def test_gate_targets_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys
     control = np.median(np.nanmean(m_c[..., 1:7], -1) - np.nanmean(m_r[..., 1:7], -1))
     assert "| toy-softmax | 16 | " in page and f"| {change:+.3f} | {control:+.3f} |" in page
     assert (tmp_path / "fig.png").stat().st_size > 0 and f"- `{cpy['command']}`" in page
+    # the closing test: every head held at its random-ids level on the copied half (no sink head left for controls)
+    close = json.loads((data / "toy-softmax__closing.json").read_text())
+    assert close["start"] == 7 and close["target_start"] == 8 and close["tokens_sha256"] == cpy["tokens_sha256"]
+    assert len(close["heads"]) == 16 and close["controls"] == [] and abs(close["control"]["delta_loss"]) < 1e-5
+    assert abs(close["induction"]["delta_loss"]) > 1e-3  # the float64 round trip of the untouched pattern: 1e-7
+    assert f"| toy-softmax | 16 | {close['induction']['delta_loss']:+.3f} | 0 | - |" in page
     # the model gone: its snapshots are used and named
     models.clear()
     models["ghost"] = (str(tmp_path / "no-model"), True, False, "absent")
