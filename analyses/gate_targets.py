@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                     + ("-" if rep is None or rep[l][h] is None else f"{rep[l][h]:+.3f}") + " |")
             if cpy["normalized"]:
                 closing[name] = (spec, bos, heads, _controls(heads, a), rnd, cpy, present_of[name])
-            copy_notes.append((shown, len(heads), n_sink, float(np.median(a[idx])),
+            copy_notes.append((shown, bool(cpy["normalized"]), len(heads), n_sink, float(np.median(a[idx])),
                                float(np.median(second_c[idx] - second_r[idx])),
                                float(np.median(first_c[idx] - first_r[idx]))))
         else:
@@ -443,20 +443,25 @@ def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list) -
             line += (f"; the gate is most open, against its position's mean, when the best key is {BEST[gate_best]} "
                      f"({p['open_by_top'][gate_best]:+.3f}, {_pct(p['top_rate'][gate_best])} of queries)")
         out.append(line + ".")
-    for name, n, n_sink, a_med, d_copy, d_first in copy_notes:
+    for name, _, n, n_sink, a_med, d_copy, d_first in copy_notes:
         verb = "opens" if d_copy > 0.02 else "closes" if d_copy < -0.02 else "hardly moves"
         out.append(f"- **{name}**: {n} induction head{'s' if n != 1 else ''}, {n_sink} of them sink heads in its own domain (median a "
                    f"{a_med:.2f}). On the copied half their gate {verb} ({d_copy:+.3f} in the median head, against "
                    f"{d_first:+.3f} on the first half, where the inputs do not differ).")
-    if copy_notes:
-        n, n_sink = sum(x[1] for x in copy_notes), sum(x[2] for x in copy_notes)
-        opened = sum(x[4] > 0.02 for x in copy_notes)
-        out.append(f"- Over the models with induction heads, {n_sink} of {n} induction heads are sink heads in their own "
-                   f"domain, and in {opened} of {len(copy_notes)} models their gate opens on the copied half: "
-                   + ("a head that copies sits on the sink until the text offers something to copy (the active-dormant "
-                      "heads of Guo et al., 2024, seen through the gate)." if n_sink > n / 2 and opened == len(copy_notes)
+    soft = [x for x in copy_notes if x[1]]
+    if soft:
+        n, n_sink = sum(x[2] for x in soft), sum(x[3] for x in soft)
+        opened = sum(x[5] > 0.02 for x in soft)
+        out.append(f"- Over the softmax models with induction heads, {n_sink} of {n} induction heads are sink heads in "
+                   f"their own domain, and in {opened} of {len(soft)} models their gate opens on the copied half: "
+                   + ("a head that copies sits on the sink until the text offers something to copy (compare the "
+                      "active and dormant heads of Guo et al., 2024)." if n_sink > n / 2 and opened == len(soft)
                       else "the sink and copying do not line up in every model here."))
-    else:
+    for name, _, n, _, _, d_copy, _ in (x for x in copy_notes if not x[1]):
+        out.append(f"- **{name}** has no sink to park on: its induction head{'s' if n != 1 else ''} "
+                   + ("open" if n != 1 else "opens") + f" the row's total weight instead ({d_copy:+.3f} in the median "
+                   "head), the gate sigmoid attention has without a sink.")
+    if not copy_notes:
         out.append("- No model here has an induction head by this test.")
     if copy_notes and none:
         out.append(f"- No induction head by this test in {', '.join(none)}.")

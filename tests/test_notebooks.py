@@ -229,8 +229,14 @@ def _check_gate(nb, out: Path) -> None:
     split_out = _stdout(_cell(nb, "split"))
     assert "the sink's logit carries" in split_out and "the best-matching other key carries" in split_out
     assert re.search(r"^open\s+\+[\d.]+\s+100%", _stdout(_cell(nb, "edits")), re.M)
-    assert _count(nb, "image/png") >= 2
-    for name in ("sink_side.png", "gate.png"):
+    targets = _stdout(_cell(nb, "targets"))
+    shares = [float(x) for x in re.findall(r"^  (?:token 1|itself|the token before|induction target|earlier copy|other)"
+                                            r"\s+([\d.]+)%", targets, re.M)]
+    assert len(shares) == 6 and sum(shares) == pytest.approx(100, abs=3)  # six categories, printed to 1%
+    assert "the induction test" in targets and len(re.findall(r"^L\d+H\d+\s+[\d.]+\s+\d+%\s+[\d.]+ -> [\d.]+$",
+                                                               targets, re.M)) == 5
+    assert _count(nb, "image/png") >= 3
+    for name in ("sink_side.png", "gate.png", "targets.png"):
         assert (out / name).stat().st_size > 1000, name
 
 
