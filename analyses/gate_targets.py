@@ -11,10 +11,11 @@ The models are those of analyses/sink_gate.py (the shipped toy models, their sec
 model, the GPU models and SmolLM2, each where it is here), each on its own domain (the Debian-trained
 models on the 32 held-out windows of analyses/data/sink_gate, with BOS first where trained so; SmolLM2 on
 120 windows of the shipped English sample) and on 64 sequences of random and of copied random ids (T = 64,
-seed 0, BOS first for the models trained with it), measured only (`sinkinterp gate --no-interventions`).
+seed 0, and a replicate at T = 128, seed 1; BOS first for the models trained with it), measured only
+(`sinkinterp gate --no-interventions`); the closing test (``_close``) runs through the Python API.
 The per-head results are kept in analyses/data/gate_targets/KEY.json, so the page regenerates from them
 where a model is missing here. Writes docs/gate-targets.md and docs/figures/gate-targets.png. About
-4 minutes on a 2-core CPU with every model present; ``--only NAME ...`` runs those models alone (the
+8 minutes on a 2-core CPU with every model present; ``--only NAME ...`` runs those models alone (the
 others from their snapshots), ``--snapshots`` runs none.
 """
 
@@ -31,6 +32,26 @@ FIG = ROOT / "docs" / "figures" / "gate-targets.png"
 DATA = ROOT / "analyses" / "data" / "gate_targets"
 OUT = Path("runs") / "analyses" / "gate_targets"  # relative to the repository root
 SEQ_LEN, NUM_SEQS, NATURAL_SEQS, SEED = 64, 64, 120, 0
+REPLICATE = (128, 1)  # the induction test's replicate: T (at most the model's context length) and seed
+# each pair of random and copied ids is one induction test: the first at SEQ_LEN and SEED, then the replicate
+PAIRS = (("", "random", "copy"), ("_r", "random_r", "copy_r"))
+GENERATED = ("random", "copy", "random_r", "copy_r")
+
+
+def _generated(inputs: str, n_ctx: int | None) -> tuple[str, int, int]:
+    """(kind, T, seed) of a generated input of the induction test, for a model of context length ``n_ctx``."""
+    kind, _, rep = inputs.partition("_")
+    return (kind, min(REPLICATE[0], n_ctx or REPLICATE[0]), REPLICATE[1]) if rep else (kind, SEQ_LEN, SEED)
+
+
+def _n_ctx(spec: str) -> int | None:
+    """A sinkinterp checkpoint's context length (from its config.json); None for other models."""
+    from sinkinterp import loading
+
+    kind, location = loading.resolve_spec(spec)
+    if kind != "sinkinterp":
+        return None
+    return json.loads((Path(location) / "config.json").read_text())["model_config"].get("n_ctx")
 SINK_HEAD = 0.3  # a head with mean sink weight above this on its own domain is a sink head here
 INDUCTION = 0.3  # a head that puts at least this share of its weight off the sink on induction targets, on copied ids
 NAMES = {"first": "token 1", "self": "itself", "previous": "the token before", "induction": "induction target",
@@ -46,14 +67,20 @@ def _models() -> tuple[dict, Path, Path]:
     return sink_gate.MODELS, sink_gate.TOKENS, sink_gate.TOKENS_BOS
 
 
-def _inputs(spec: str | None) -> tuple[str, str, str]:
-    return ("natural" if spec is None else "debian", "random", "copy")
+def _inputs(spec: str | None) -> tuple[str, ...]:
+    return ("natural" if spec is None else "debian", *GENERATED)
+
+
+def _pair_label(res: dict) -> str:
+    return f"T {res['seq_len']}, seed {res.get('seed')}"
 
 
 def _label(key: str) -> str:
     name, _, inputs = key.partition("__")
     return f"{name}, " + {"debian": "Debian held-out", "natural": "English sample",
-                          "random": "random ids", "copy": "random ids, second half copied"}.get(inputs, inputs)
+                          "random": "random ids", "copy": "random ids, second half copied",
+                          "random_r": "random ids, replicate", "copy_r": "random ids, second half copied, replicate"
+                          }.get(inputs, inputs)
 
 
 def _rounded(x: object, digits: int) -> object:
@@ -96,13 +123,15 @@ def _run(key: str, spec: str, inputs: str, bos: bool, commands: list[str], gguf:
         path = tokens_bos if bos else tokens
         source = ["--tokens", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)]
     else:
+        kind, T, seed = _generated(inputs, _n_ctx(spec)) if inputs in GENERATED else (inputs, SEQ_LEN, SEED)
         n = NATURAL_SEQS if inputs == "natural" else NUM_SEQS
-        source = ["--inputs", inputs, "--seq-len", str(SEQ_LEN), "--num-seqs", str(n), "--seed", str(SEED),
+        source = ["--inputs", kind, "--seq-len", str(T), "--num-seqs", str(n), "--seed", str(seed),
                   *(["--prepend-bos"] if bos else [])]
     args = ["gate", "--model", spec, *source, "--no-interventions", "--token-heads", "0", "--no-figures",
             "--out", str(out)]
     res = run_cli(cli, args, commands, gguf)
     snap = _snapshot(res, json.loads((out / "config.json").read_text()))
+    snap["seed"] = SEED if inputs == "debian" else seed
     write_json(DATA / f"{key}.json", snap)
     return snap
 
@@ -151,7 +180,7 @@ def _controls(heads: list, a) -> list:
     return out
 
 
-def _close(name: str, spec: str, bos: bool, heads: list, controls: list, rnd: dict, cpy: dict) -> dict:
+def _close(name: str, spec: str, bos: bool, heads: list, controls: list, rnd: dict, cpy: dict, seed: int) -> dict:
     """The closing test on ``cpy``'s copied ids (made again, checked against its token hash): the loss on the
     copied half's predictable targets (from the second copied token on) with the gate of ``heads``, then of
     ``controls``, held on the copied half at its mean by position on random ids (``rnd``: what the head does
@@ -165,7 +194,7 @@ def _close(name: str, spec: str, bos: bool, heads: list, controls: list, rnd: di
     from sinkinterp import interventions as iv
 
     lm = loading.load_model(spec)
-    toks = inputs.make_tokens("copy", seq_len=cpy["seq_len"], num_seqs=cpy["num_seqs"], seed=SEED,
+    toks = inputs.make_tokens("copy", seq_len=cpy["seq_len"], num_seqs=cpy["num_seqs"], seed=seed,
                               vocab_size=lm.d_vocab, prepend_bos=bos, bos_token_id=lm.bos_token_id)
     sha = hashlib.sha256(np.ascontiguousarray(toks, dtype=np.int64).tobytes()).hexdigest()
     if cpy.get("tokens_sha256") and sha != cpy["tokens_sha256"]:
@@ -173,7 +202,8 @@ def _close(name: str, spec: str, bos: bool, heads: list, controls: list, rnd: di
     start = _copy_start(cpy)
     _, _, m_r = _half_means(rnd, start)
     out = {"heads": [list(map(int, lh)) for lh in heads], "controls": [list(map(int, lh)) for lh in controls],
-           "start": start, "target_start": start + 1, "num_seqs": int(toks.shape[0]), "tokens_sha256": sha,
+           "start": start, "target_start": start + 1, "num_seqs": int(toks.shape[0]), "seq_len": int(toks.shape[1]),
+           "seed": seed, "tokens_sha256": sha,
            "git_commit": provenance.git_commit(), "versions": provenance.versions()}
     for label, which in (("induction", heads), ("control", controls)):
         table = np.full(m_r.shape, np.nan)
@@ -267,14 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     head_rows = [("| model | head | a, own domain | on induction targets, own domain | on induction targets, copied "
                   "ids | m on the copied half: random -> copied | m's change on the first half | m on repeated "
                   "minus new query tokens, own domain |"), "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
-    closing: dict[str, tuple] = {}  # models whose induction heads get the closing test
+    closing: dict[tuple, tuple] = {}  # (model, test) whose induction heads get the closing test
     curves: dict[str, tuple] = {}
     copy_notes: list[tuple] = []
     none: list[str] = []  # the models measured on copied ids without an induction head
     close_notes: list[tuple] = []
-    for name in models:
+    for name, suffix, rnd_key, cpy_key in ((n, *p) for n in models for p in PAIRS):
         dom_key = next((k for k in domain if k.startswith(f"{name}__")), None)
-        rnd, cpy = results.get(f"{name}__random"), results.get(f"{name}__copy")
+        rnd, cpy = results.get(f"{name}__{rnd_key}"), results.get(f"{name}__{cpy_key}")
         if dom_key is None or rnd is None or cpy is None:
             continue
         dom = domain[dom_key]
@@ -288,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         share_cpy = np.asarray(cpy["targets"]["share"], dtype=np.float64)[..., ind]
         sinks = [lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD]
         all_sink = f"{np.nanmedian([second_c[lh] - second_r[lh] for lh in sinks]):+.3f}" if sinks else "-"
-        shown = name if cpy["normalized"] else f"{name} (not normalized: the gate g in place of m)"
+        shown = (f"{name}, replicate at {_pair_label(cpy)}" if suffix else name) + (
+            "" if cpy["normalized"] else " (not normalized: the gate g in place of m)")
         if heads:
             idx = tuple(np.asarray(heads).T)
             n_sink = sum(a[lh] > SINK_HEAD for lh in heads)
@@ -297,35 +328,38 @@ def main(argv: list[str] | None = None) -> int:
                 f"{np.median(a[idx]):.2f}) | {np.median(second_r[idx]):.2f} -> {np.median(second_c[idx]):.2f} | "
                 f"{np.median(second_c[idx] - second_r[idx]):+.3f} | {np.median(first_c[idx] - first_r[idx]):+.3f} | "
                 f"{all_sink} |")
-            curves[name if cpy["normalized"] else f"{name} (g)"] = (np.arange(1, m_c.shape[-1]), np.nanmean(m_r[idx][:, 1:], 0), np.nanmean(m_c[idx][:, 1:], 0),
-                            start)
+            if not suffix:  # the figure and the per-head table: the first test only
+                curves[name if cpy["normalized"] else f"{name} (g)"] = (
+                    np.arange(1, m_c.shape[-1]), np.nanmean(m_r[idx][:, 1:], 0), np.nanmean(m_c[idx][:, 1:], 0), start)
             rep = dom.get("repeat_diff")
-            for l, h in heads[:8]:
+            for l, h in heads[:8] if not suffix else []:
                 head_rows.append(
                     f"| {shown} | L{l}H{h} | {a[l, h]:.3f} | {_pct(share_dom[l, h])} | {_pct(share_cpy[l, h])} | "
                     f"{second_r[l, h]:.2f} -> {second_c[l, h]:.2f} | {first_c[l, h] - first_r[l, h]:+.3f} | "
                     + ("-" if rep is None or rep[l][h] is None else f"{rep[l][h]:+.3f}") + " |")
             if cpy["normalized"]:
-                closing[name] = (spec, bos, heads, _controls(heads, a), rnd, cpy, present_of[name])
-            copy_notes.append((shown, bool(cpy["normalized"]), len(heads), n_sink, float(np.median(a[idx])),
+                closing[(name, suffix)] = (shown, models[name][1], heads, _controls(heads, a), rnd, cpy, present_of[name],
+                                          cpy.get("seed", SEED))
+            copy_notes.append((shown, bool(cpy["normalized"]), bool(suffix), len(heads), n_sink, float(np.median(a[idx])),
                                float(np.median(second_c[idx] - second_r[idx])),
                                float(np.median(first_c[idx] - first_r[idx]))))
         else:
             best = float(np.nanmax(share_cpy)) if np.isfinite(share_cpy).any() else float("nan")
-            none.append(name)
+            if not suffix:
+                none.append(name)
             copy_rows.append(f"| {shown} | 0 (largest share {_pct(best)}) | - | - | - | - | - | {all_sink} |")
 
     close_rows = [("| model | induction heads held | Δ loss on the copied half, their gate held at its random-ids level | "
                    "other sink heads held so (closest sink weight; as many as there are, up to the same number) | their "
                    "Δ loss | loss on the copied half, unedited | where it comes from |"),
                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for name, (spec, bos, heads, controls, rnd, cpy, load) in closing.items():
-        path = DATA / f"{name}__closing.json"
+    for (model, suffix), (name, bos, heads, controls, rnd, cpy, load, seed) in closing.items():
+        path = DATA / f"{model}__closing{suffix}.json"
         if load is not None:
             from sinkinterp.fileio import write_json
 
             print(f"-- closing test on {name}: {len(heads)} induction heads, {len(controls)} controls")
-            done = _close(name, load, bos, heads, controls, rnd, cpy)
+            done = _close(name, load, bos, heads, controls, rnd, cpy, seed)
             write_json(path, done)
             where = "run now"
         elif path.is_file():
@@ -348,10 +382,11 @@ def main(argv: list[str] | None = None) -> int:
         "# Where the gate opens to",
         "",
         "Generated by `analyses/gate_targets.py` (run `.venv/bin/python analyses/regenerate.py gate_targets`); the",
-        "command behind each run is listed at the end. T = 64, CPU, float32. Each model on its own domain (the",
+        "command behind each run is listed at the end. CPU, float32. Each model on its own domain at T = 64 (the",
         "Debian-trained models on the 32 held-out windows that docs/sink-gate.md uses, with BOS first for the",
         "models trained so; SmolLM2 on 120 windows of the shipped English sample) and on 64 sequences of uniform",
-        "random ids and of random ids whose second half copies the first (`--inputs copy`, seed 0).",
+        "random ids and of random ids whose second half copies the first (`--inputs copy`): T = 64, seed 0, and",
+        "a replicate at T = 128, seed 1.",
         "",
         "## The question",
         "",
@@ -393,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         "has none. An induction head here is one that puts at least 30% of its weight off the sink on induction",
         "targets on the copied ids. m's change on the copied half is, per head, the mean over those positions of",
         "m on copied ids minus m on random ids (the first half, where the two inputs are alike, is the control).",
+        (f"The replicate (T {REPLICATE[0]} where the model's context allows it, else its context length; seed "
+         f"{REPLICATE[1]}) selects its induction heads on its own copied ids."),
         "",
         *copy_rows,
         "",
@@ -436,28 +473,30 @@ def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list) -
         over = sorted(ratios, key=lambda c: -ratios[c])[:2]
         gate_best = max((c for c in p["open_by_top"] if p["top_rate"][c] >= 0.02), key=lambda c: p["open_by_top"][c],
                         default=None)
-        line = (f"- **{_label(key)}**: over its {p['heads']} head{'s' if p['heads'] != 1 else ''} with a >= 0.1, the weight off the sink lands most "
-                f"above an even spread on " + " and ".join(f"{NAMES[c]} ({_pct(p['share'][c])} against "
+        line = (f"- **{_label(key)}**: over its {p['heads']} head{'s' if p['heads'] != 1 else ''} with a >= 0.1, the "
+                "weight off the sink lands most above an even spread on " + " and ".join(f"{NAMES[c]} ({_pct(p['share'][c])} against "
                                                            f"{_pct(p['uniform'][c])})" for c in over))
         if gate_best is not None:
             line += (f"; the gate is most open, against its position's mean, when the best key is {BEST[gate_best]} "
                      f"({p['open_by_top'][gate_best]:+.3f}, {_pct(p['top_rate'][gate_best])} of queries)")
         out.append(line + ".")
-    for name, _, n, n_sink, a_med, d_copy, d_first in copy_notes:
+    for name, _, _, n, n_sink, a_med, d_copy, d_first in copy_notes:
         verb = "opens" if d_copy > 0.02 else "closes" if d_copy < -0.02 else "hardly moves"
         out.append(f"- **{name}**: {n} induction head{'s' if n != 1 else ''}, {n_sink} of them sink heads in its own domain (median a "
                    f"{a_med:.2f}). On the copied half their gate {verb} ({d_copy:+.3f} in the median head, against "
                    f"{d_first:+.3f} on the first half, where the inputs do not differ).")
-    soft = [x for x in copy_notes if x[1]]
+    soft = [x for x in copy_notes if x[1] and not x[2]]  # the first test of each softmax model
     if soft:
-        n, n_sink = sum(x[2] for x in soft), sum(x[3] for x in soft)
-        opened = sum(x[5] > 0.02 for x in soft)
+        n, n_sink = sum(x[3] for x in soft), sum(x[4] for x in soft)
+        opened = sum(x[6] > 0.02 for x in soft)
+        again = [x for x in copy_notes if x[1] and x[2]]
         out.append(f"- Over the softmax models with induction heads, {n_sink} of {n} induction heads are sink heads in "
-                   f"their own domain, and in {opened} of {len(soft)} models their gate opens on the copied half: "
+                   f"their own domain, and in {opened} of {len(soft)} models their gate opens on the copied half "
+                   + (f"({sum(x[6] > 0.02 for x in again)} of {len(again)} in the replicates)" if again else "") + ": "
                    + ("a head that copies sits on the sink until the text offers something to copy (compare the "
                       "active and dormant heads of Guo et al., 2024)." if n_sink > n / 2 and opened == len(soft)
                       else "the sink and copying do not line up in every model here."))
-    for name, _, n, _, _, d_copy, _ in (x for x in copy_notes if not x[1]):
+    for name, _, _, n, _, _, d_copy, _ in (x for x in copy_notes if not x[1] and not x[2]):
         out.append(f"- **{name}** has no sink to park on: its induction head{'s' if n != 1 else ''} "
                    + ("open" if n != 1 else "opens") + f" the row's total weight instead ({d_copy:+.3f} in the median "
                    "head), the gate sigmoid attention has without a sink.")
@@ -471,8 +510,9 @@ def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list) -
                    f"random-ids level on the copied half costs {ind:+.3f} nats there (loss "
                    f"{done['induction']['loss_base']:.3f} -> {done['induction']['loss']:.3f}), "
                    + (f"{len(done['controls'])} other sink head{'s' if len(done['controls']) != 1 else ''} {ctl:+.3f}: "
-                      if done["controls"] else "(no other sink head to compare): ") + ("copying needs the induction heads' gate open." if ind > max(0.05, 3 * abs(ctl))
-                                      else "the gate's opening is not what copying rests on here."))
+                      if done["controls"] else "(no other sink head to compare): ")
+                   + ("copying needs the induction heads' gate open." if ind > max(0.05, 3 * abs(ctl))
+                      else "the gate's opening is not what copying rests on here."))
     return out
 
 

@@ -996,6 +996,10 @@ def test_gate_targets_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys
     change = np.median(np.nanmean(m_c[..., 7:], -1) - np.nanmean(m_r[..., 7:], -1))
     control = np.median(np.nanmean(m_c[..., 1:7], -1) - np.nanmean(m_r[..., 1:7], -1))
     assert "| toy-softmax | 16 | " in page and f"| {change:+.3f} | {control:+.3f} |" in page
+    again = json.loads((data / "toy-softmax__copy_r.json").read_text())  # the replicate: at most the model's context
+    assert (again["seq_len"], again["seed"], cpy["seed"]) == (64, 1, 0) and "--seed 1" in again["command"]
+    assert "| toy-softmax, replicate at T 64, seed 1 | 16 | " in page
+    assert (data / "toy-softmax__closing_r.json").is_file()
     assert (tmp_path / "fig.png").stat().st_size > 0 and f"- `{cpy['command']}`" in page
     # the closing test: every head held at its random-ids level on the copied half (no sink head left for controls)
     close = json.loads((data / "toy-softmax__closing.json").read_text())
