@@ -94,6 +94,15 @@ def _rounded(x: object, digits: int) -> object:
     return x
 
 
+def _write(path: Path, obj: dict) -> None:
+    """A snapshot as JSON with one top-level key per line (compact within it: the per-head arrays of SmolLM2
+    would take five times the room indented), written atomically."""
+    from sinkinterp.fileio import atomic_write
+
+    text = "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in obj.items())
+    atomic_write(path, lambda f: f.write((text + "\n}\n").encode()))
+
+
 def _snapshot(res: dict, config: dict) -> dict:
     """What the page needs of a run: per head the sink weight, the targets (without the per-head best-key
     rates and distances, which it does not show), the gate by position (m; the effective gate g too where
@@ -115,7 +124,6 @@ def _run(key: str, spec: str, inputs: str, bos: bool, commands: list[str], gguf:
     from _common import run_cli
 
     from sinkinterp import cli
-    from sinkinterp.fileio import write_json
 
     _, tokens, tokens_bos = _models()
     out = OUT / key
@@ -132,7 +140,7 @@ def _run(key: str, spec: str, inputs: str, bos: bool, commands: list[str], gguf:
     res = run_cli(cli, args, commands, gguf)
     snap = _snapshot(res, json.loads((out / "config.json").read_text()))
     snap["seed"] = SEED if inputs == "debian" else seed
-    write_json(DATA / f"{key}.json", snap)
+    _write(DATA / f"{key}.json", snap)
     return snap
 
 
@@ -302,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     copy_notes: list[tuple] = []
     none: list[str] = []  # the models measured on copied ids without an induction head
     close_notes: list[tuple] = []
+    lost: list[str] = []  # replicates without an induction head where the first test had some
     for name, suffix, rnd_key, cpy_key in ((n, *p) for n in models for p in PAIRS):
         dom_key = next((k for k in domain if k.startswith(f"{name}__")), None)
         rnd, cpy = results.get(f"{name}__{rnd_key}"), results.get(f"{name}__{cpy_key}")
@@ -347,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             best = float(np.nanmax(share_cpy)) if np.isfinite(share_cpy).any() else float("nan")
             if not suffix:
                 none.append(name)
+            elif name not in none:  # a replicate that loses the first test's induction heads
+                lost.append(f"{shown} (largest share {_pct(best)})")
             copy_rows.append(f"| {shown} | 0 (largest share {_pct(best)}) | - | - | - | - | - | {all_sink} |")
 
     close_rows = [("| model | induction heads held | Δ loss on the copied half, their gate held at its random-ids level | "
@@ -356,11 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     for (model, suffix), (name, bos, heads, controls, rnd, cpy, load, seed) in closing.items():
         path = DATA / f"{model}__closing{suffix}.json"
         if load is not None:
-            from sinkinterp.fileio import write_json
-
             print(f"-- closing test on {name}: {len(heads)} induction heads, {len(controls)} controls")
             done = _close(name, load, bos, heads, controls, rnd, cpy, seed)
-            write_json(path, done)
+            _write(path, done)
             where = "run now"
         elif path.is_file():
             done = json.loads(path.read_text())
@@ -449,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Reading",
         "",
-        *_reading(pooled_of, copy_notes, none, close_notes),
+        *_reading(pooled_of, copy_notes, none, close_notes, lost),
         "",
         "## Limits",
         "",
@@ -465,7 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     return finish_page(DOC, lines, commands)
 
 
-def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list) -> list[str]:
+def _heads(n: int) -> str:
+    return f"{n} induction head{'s' if n != 1 else ''}"
+
+
+def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list, lost: list) -> list[str]:
     """The plain-language reading, from the numbers (nothing here is fixed text about a result)."""
     out = []
     for key, p in pooled_of.items():
@@ -482,7 +495,8 @@ def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list) -
         out.append(line + ".")
     for name, _, _, n, n_sink, a_med, d_copy, d_first in copy_notes:
         verb = "opens" if d_copy > 0.02 else "closes" if d_copy < -0.02 else "hardly moves"
-        out.append(f"- **{name}**: {n} induction head{'s' if n != 1 else ''}, {n_sink} of them sink heads in its own domain (median a "
+        out.append(f"- **{name}**: {_heads(n)}, of which {n_sink} "
+                   f"{'is a sink head' if n_sink == 1 else 'are sink heads'} in its own domain (median a "
                    f"{a_med:.2f}). On the copied half their gate {verb} ({d_copy:+.3f} in the median head, against "
                    f"{d_first:+.3f} on the first half, where the inputs do not differ).")
     soft = [x for x in copy_notes if x[1] and not x[2]]  # the first test of each softmax model
@@ -504,9 +518,12 @@ def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list) -
         out.append("- No model here has an induction head by this test.")
     if copy_notes and none:
         out.append(f"- No induction head by this test in {', '.join(none)}.")
+    if lost:
+        out.append(f"- Replicates that find no induction head at the {INDUCTION:.0%} floor where the first test found some: "
+                   f"{', '.join(lost)}.")
     for name, done in close_notes:
         ind, ctl = done["induction"]["delta_loss"], done["control"]["delta_loss"]
-        out.append(f"- **{name}**, closing test: holding its {len(done['heads'])} induction heads' gate at the "
+        out.append(f"- **{name}**, closing test: holding the gate of its {_heads(len(done['heads']))} at the "
                    f"random-ids level on the copied half costs {ind:+.3f} nats there (loss "
                    f"{done['induction']['loss_base']:.3f} -> {done['induction']['loss']:.3f}), "
                    + (f"{len(done['controls'])} other sink head{'s' if len(done['controls']) != 1 else ''} {ctl:+.3f}: "

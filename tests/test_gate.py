@@ -710,9 +710,11 @@ def test_cli_writes_results_and_refuses_bad_options(tmp_path, capsys):
     assert res["sink"] == "first" and res["num_seqs"] == 4 and res["seq_len"] == 12
     assert [x["label"] for x in res["interventions"]] == ["open", "fixed", "token", "donor"]
     assert set(res["drivers"]) >= {"position", "token", "rest", "token_coverage"}
+    assert res["targets"]["categories"] == list(TARGETS) and res["targets"]["queries"] == 4 * 11
     assert cfg["command"].startswith("sinkinterp gate") and (out / "gate.png").stat().st_size > 0
     assert len(res["open_tokens"]) == 6 and all(isinstance(r["text"], str) for r in res["open_tokens"][0]["open"])
-    assert "effective gate" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "effective gate" in printed and "where the weight off the sink goes" in printed
     for argv, msg in ((["--closed", "3"], "--closed"), (["--per-head", "--no-interventions"], "--per-head"),
                       (["--per-head", "close"], "invalid choice: 'close'"),
                       (["--sink", "slot"], "bias slot"), (["--seq-len", "2"], "T >= 3")):
