@@ -144,6 +144,21 @@ def _run(key: str, spec: str, inputs: str, bos: bool, commands: list[str], gguf:
     return snap
 
 
+def _alone(dom_key: str) -> dict | None:
+    """The per-head loss changes of opening and of fixing one head's gate alone ({"open": [L][H], "fixed":
+    [L][H]}) from analyses/sink_gate.py's snapshot of the same model in its own domain (32 sequences), where
+    it has them; None otherwise."""
+    import sink_gate
+
+    path = sink_gate.DATA / f"{dom_key}.json"
+    if not path.is_file():
+        return None
+    runs = {x["label"]: x for x in json.loads(path.read_text()).get("interventions", [])}
+    if not all(runs.get(k, {}).get("per_head_delta_loss") for k in ("open", "fixed")):
+        return None
+    return {k: runs[k]["per_head_delta_loss"] for k in ("open", "fixed")}
+
+
 def _copy_start(res: dict) -> int:
     """The first query position (0-based) whose token copies an earlier one in ``--inputs copy``."""
     bos = int(bool(res["prepend_bos"]))
@@ -304,13 +319,15 @@ def main(argv: list[str] | None = None) -> int:
                  "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
     head_rows = [("| model | head | a, own domain | on induction targets, own domain | on induction targets, copied "
                   "ids | m on the copied half: random -> copied | m's change on the first half | m on repeated "
-                  "minus new query tokens, own domain |"), "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+                  "minus new query tokens, own domain | Δ loss on its own domain, this head's gate opened / fixed "
+                  "alone (docs/sink-gate.md) |"), "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
     closing: dict[tuple, tuple] = {}  # (model, test) whose induction heads get the closing test
     curves: dict[str, tuple] = {}
     copy_notes: list[tuple] = []
     none: list[str] = []  # the models measured on copied ids without an induction head
     close_notes: list[tuple] = []
     lost: list[str] = []  # replicates without an induction head where the first test had some
+    alone_notes: list[tuple] = []  # per-head gate edits on the model's own domain, from sink_gate's snapshot
     for name, suffix, rnd_key, cpy_key in ((n, *p) for n in models for p in PAIRS):
         dom_key = next((k for k in domain if k.startswith(f"{name}__")), None)
         rnd, cpy = results.get(f"{name}__{rnd_key}"), results.get(f"{name}__{cpy_key}")
@@ -341,11 +358,17 @@ def main(argv: list[str] | None = None) -> int:
                 curves[name if cpy["normalized"] else f"{name} (g)"] = (
                     np.arange(1, m_c.shape[-1]), np.nanmean(m_r[idx][:, 1:], 0), np.nanmean(m_c[idx][:, 1:], 0), start)
             rep = dom.get("repeat_diff")
+            alone = _alone(dom_key)
+            if alone and not suffix:
+                worst = max(heads, key=lambda lh, o=alone["open"]: o[lh[0]][lh[1]])
+                alone_notes.append((name, len(heads), max(abs(alone["fixed"][l][h]) for l, h in heads),
+                                    f"L{worst[0]}H{worst[1]}", alone["open"][worst[0]][worst[1]]))
             for l, h in heads[:8] if not suffix else []:
                 head_rows.append(
                     f"| {shown} | L{l}H{h} | {a[l, h]:.3f} | {_pct(share_dom[l, h])} | {_pct(share_cpy[l, h])} | "
                     f"{second_r[l, h]:.2f} -> {second_c[l, h]:.2f} | {first_c[l, h] - first_r[l, h]:+.3f} | "
-                    + ("-" if rep is None or rep[l][h] is None else f"{rep[l][h]:+.3f}") + " |")
+                    + ("-" if rep is None or rep[l][h] is None else f"{rep[l][h]:+.3f}")
+                    + (f" | {alone['open'][l][h]:+.3f} / {alone['fixed'][l][h]:+.4f} |" if alone else " | - |"))
             if cpy["normalized"]:
                 closing[(name, suffix)] = (shown, models[name][1], heads, _controls(heads, a), rnd, cpy, present_of[name],
                                           cpy.get("seed", SEED))
@@ -459,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         "## Reading",
         "",
         *_reading(pooled_of, copy_notes, none, close_notes, lost),
+        *[f"- **{name}** on its own domain (docs/sink-gate.md, one head at a time, 32 sequences of 64): fixing the "
+          f"gate of one of its {_heads(n)} to its mean by position costs at most {fixed:.4f} nats in absolute value, "
+          f"opening one costs up to {opened:+.3f} ({head})"
+          + (": there a shut gate matters, its variation hardly." if fixed < 0.01 and opened > 10 * fixed else ".")
+          for name, n, fixed, head, opened in alone_notes],
         "",
         "## Limits",
         "",
