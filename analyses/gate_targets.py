@@ -238,10 +238,6 @@ def _close(name: str, spec: str, bos: bool, heads: list, controls: list, rnd: di
     return out
 
 
-def _signed(x: float) -> str:
-    return f"{x:+.3f}"
-
-
 def _pct(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
 
@@ -274,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         present_of[name] = (gguf if spec is None else spec) if run_it else None
         for inputs in _inputs(spec):
             key = f"{name}__{inputs}"
-            if present and not args.snapshots and (args.only is None or name in args.only):
+            if run_it:
                 if inputs == "debian":
                     import sink_gate
 
@@ -400,14 +396,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             continue
         close_rows.append(f"| {name} | {len(done['heads'])} | {done['induction']['delta_loss']:+.3f} | "
-                          f"{len(done['controls'])} | {_signed(done['control']['delta_loss']) if done['controls'] else '-'} | "
+                          f"{len(done['controls'])} | "
+                          + (f"{done['control']['delta_loss']:+.3f}" if done["controls"] else "-") + " | "
                           f"{done['induction']['loss_base']:.3f} | "
                           f"`analyses/gate_targets.py` (`_close`), {where}: analyses/data/gate_targets/{path.name} |")
         close_notes.append((name, done))
 
     shown = {_label(k): r for k, r in domain.items() if k in pooled_of}
     if shown:
-        figures.save_figure(figures.targets_figure(shown, {n: c for n, c in curves.items()},
+        figures.save_figure(figures.targets_figure(shown, curves,
                                                    title="where the weight off the sink goes (T = 64)"), FIG)
 
     lines = [
