@@ -303,8 +303,8 @@ def cmd_patch(args: argparse.Namespace, argv: list[str]) -> int:
 
     tokens, text, kind = _prepare(args)
     for c in args.components:
-        if c not in patching.COMPONENTS or c in ("bias_pattern", "pos_embed"):
-            allowed = sorted(set(patching.COMPONENTS) - {"bias_pattern", "pos_embed"})
+        if c not in patching.COMPONENTS or c in ("bias_pattern", "row_weight", "pos_embed"):
+            allowed = sorted(set(patching.COMPONENTS) - {"bias_pattern", "row_weight", "pos_embed"})
             raise UsageError(f"--components: got {c!r}, allowed values are {allowed}")
     if args.positions in ("first", "all"):
         positions = [0] if args.positions == "first" else None

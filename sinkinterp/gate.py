@@ -71,10 +71,15 @@ key (``available``) and its share of the causal keys (``uniform``: what attentio
 give). ``inputs.make_tokens("copy", ...)`` (random ids whose second half copies the first) gives every
 query of the second half an induction target.
 
-For attention that does not normalize (sinkinterp's sigmoid, elu+1 and identity kernels, whose hook_pattern
-holds each key's share of the row's weight), a_t and m_t are shares, g_t carries the row's total weight,
-``corr_gate_mass`` and ``value_share`` are None (the write cannot be split without the weights), ``open``
-drops the sink without renormalizing, and ``fixed``, ``token``, ``donor`` and ``drivers`` are not run.
+For attention that does not normalize (sinkinterp's sigmoid and elu+1 kernels, whose hook_pattern holds
+each key's share of the row's weight), the weights are the shares times ``hook_row_weight`` (each row's
+total weight; ``weights_from_row_weight``), so a_t and m_t are the weights on the sink and on the other keys,
+no longer tied by a_t + m_t = 1: m_t is the gate this attention has without a sink. Everything above is
+measured on them; ``open`` drops the sink without renormalizing, and ``fixed``, ``token`` and ``donor`` set
+m_t as a weight (the other keys scaled together, the sink keeping its weight, so the row's total changes;
+the token gate clamped at 0 only). For the identity kernel, whose weights carry a sign the shares drop,
+a_t and m_t stay shares (``pattern_is_share``), ``corr_gate_mass`` and ``value_share`` are None, and only
+``open`` runs.
 
 Reading them: ``open`` prices the damping itself; ``fixed`` the gate's dependence on the content, with
 its average kept; ``token`` how much of that dependence the query token carries; ``donor`` whether the
@@ -85,6 +90,7 @@ if more, each text needs its own pattern of open and closed queries).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,11 +109,22 @@ GATE_BINS, GATE_MAX = 200, 2.0
 _TINY = 1e-12
 
 
+def _attn_op(model: Any) -> Any:
+    return getattr(getattr(getattr(model, "blocks", [None])[0], "attn", None), "op", None)
+
+
 def _weights_unnormalized(model: Any) -> bool:
     """True for a sinkinterp model whose attention op does not normalize (sigmoid, elu+1, identity
     kernel): its hook_pattern holds each key's share of the row's weight, not the weight itself."""
-    op = getattr(getattr(getattr(model, "blocks", [None])[0], "attn", None), "op", None)
+    op = _attn_op(model)
     return op is not None and not getattr(op, "normalized", True)
+
+
+def _row_weighted(model: Any) -> bool:
+    """True for a sinkinterp model whose attention does not normalize and whose weights are the shares of
+    hook_pattern times hook_row_weight (sigmoid and elu+1; not the identity kernel, whose weights carry a
+    sign the shares drop): the study then reads the weights themselves."""
+    return _weights_unnormalized(model) and not getattr(_attn_op(model), "signed", False)
 
 
 def _resolve_sink(model: Any, sink: str) -> tuple[str, str | None]:
@@ -418,11 +435,14 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
     sink, slot = _resolve_sink(model, sink)
     L, H = dims["n_layers"], dims["n_heads"]
     names = set(tl_adapter.hook_names(model))
-    need = [f"blocks.{l}.attn.hook_{k}" for l in range(L) for k in ("v", "pattern", "z")]
+    # attention that does not normalize: the weights are the shares of hook_pattern times hook_row_weight
+    weighted = _row_weighted(model)
+    need = [f"blocks.{l}.attn.hook_{k}" for l in range(L)
+            for k in ("v", "pattern", "z", *(["row_weight"] if weighted else []))]
     missing = [x for x in need if x not in names]
     if missing:
-        raise ValueError(f"model has no hook {missing[0]} (the gate study reads hook_v, hook_pattern and hook_z; "
-                         "see docs/hook-contract.md)")
+        raise ValueError(f"model has no hook {missing[0]} (the gate study reads hook_v, hook_pattern and hook_z, and "
+                         "hook_row_weight where attention does not normalize; see docs/hook-contract.md)")
     gated = all(f"blocks.{l}.attn.hook_gate" in names for l in range(L))
     # the softmax split needs the scores the pattern is the softmax of: not for attention that does not normalize
     scored = logits and all(f"blocks.{l}.attn.hook_attn_scores" in names for l in range(L)) \
@@ -465,6 +485,10 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
                 slot_w = (1.0 - p.sum(-1)).clamp_min(0.0)
             else:
                 slot_w = torch.zeros_like(p[..., 0])
+            row_error = (p.sum(-1) + slot_w - 1.0)[..., 1:].abs().max()  # of the shares: 0 where they are shares
+            if weighted:  # shares -> the weights the head applies
+                row = stash.pop((layer, "row")).double().reshape(b, H, -1)
+                p, slot_w = p * row[..., None], slot_w * row
             if v.shape[2] != H:  # grouped keys / values: one value head per group of query heads
                 v = v.repeat_interleave(H // v.shape[2], dim=2)
             vh, zh = v.transpose(1, 2), z.detach().double().transpose(1, 2)  # [b, H, T, dh]
@@ -497,7 +521,7 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
                         acc.logit_tolerance = max(acc.logit_tolerance, 4 * torch.finfo(dt).eps)
                 _add_logit_sides(acc, layer, scores, rest, a, m)
             acc.add(layer, a[..., q], m[..., q], g[..., q], write[..., q], read[..., q], resid[..., q], valid[..., q],
-                    None if explicit is None else explicit[..., q], (p.sum(-1) + slot_w - 1.0)[..., q].abs().max())
+                    None if explicit is None else explicit[..., q], row_error)
             if cat[0] is not None:
                 acc.add_targets(layer, rest, m, valid, cat[0].to(rest.device), dist.to(rest.device))
             if seq is not None:
@@ -514,6 +538,8 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
             hooks.append((f"blocks.{l}.attn.hook_gate", keep(l, "gate")))
         if scored:
             hooks.append((f"blocks.{l}.attn.hook_attn_scores", keep(l, "scores")))
+        if weighted:
+            hooks.append((f"blocks.{l}.attn.hook_row_weight", keep(l, "row")))
         hooks.append((f"blocks.{l}.attn.hook_z", on_z(l)))
     device = patching._model_device(model)
     starts = range(0, n, batch_size)
@@ -530,7 +556,7 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
                 cat[0] = _target_map(batch, sink == "first")
                 acc.add_target_keys(cat[0])
             model(batch)
-    return _finish(acc, sink, slot, closed, gated, _weights_unnormalized(model)), seq
+    return _finish(acc, sink, slot, closed, gated, _weights_unnormalized(model), weighted), seq
 
 
 def _add_logit_sides(acc: _Accumulator, layer: int, scores: Tensor, rest: Tensor, a: Tensor, m: Tensor) -> None:
@@ -616,7 +642,8 @@ def _targets(acc: _Accumulator) -> dict[str, Any]:
 
 
 def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated: bool,
-            shares: bool) -> dict[str, Any]:
+            unnormalized: bool, weighted: bool) -> dict[str, Any]:
+    shares = unnormalized and not weighted  # m_t a share of the row, not the weight the head applies
     acc = acc.to_cpu()
     row_error = float(acc.row_error)
     cnt = acc.count.sum(-1)
@@ -655,8 +682,8 @@ def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated
         return x.tolist()
 
     res: dict[str, Any] = {
-        "sink": sink, "slot": slot, "normalized": bool(row_error < 1e-2 and not shares),
-        "pattern_is_share": shares, "row_error": row_error,
+        "sink": sink, "slot": slot, "normalized": bool(row_error < 1e-2 and not unnormalized),
+        "pattern_is_share": shares, "weights_from_row_weight": weighted, "row_error": row_error,
         "closed": closed, "queries_per_head": out(cnt),
         "sink_mass": out(acc.a_all.sum(-1) / all_c), "mass": out(acc.m_all.sum(-1) / all_c),
         "gate": out(per_head(g_mean)), "gate_std": out(per_head(g_var.sqrt())),
@@ -689,12 +716,20 @@ def _gate_edit(targets: Any, sink: str, normalized: bool, name: str, description
     """An intervention that sets each query's weight on the non-sink keys, m_t, to ``targets(p, layer)``
     ([batch, head, query]; NaN leaves a row alone), scaling the other keys' weights together; with
     ``normalized`` the sink takes the difference, so rows keep their total (softmax), otherwise the
-    sink's weight is kept. Query 1 is always left alone."""
+    sink's weight is kept and the targets are weights: the pattern's shares times ``hook_row_weight``
+    where the model has it (attention that does not normalize), the pattern itself elsewhere. Query 1 is
+    always left alone."""
+    from sinkinterp import tl_adapter
     from sinkinterp.interventions import Intervention
 
     if sink not in ("first", "slot"):
         raise ValueError(f"sink: got {sink!r}, allowed values are ['first', 'slot']")
     stash: dict[int, Tensor] = {}
+    rows: dict[int, Tensor] = {}  # each layer's hook_row_weight in this pass, where the weights need it
+
+    def row_weight(act: Tensor, layer: int) -> Tensor:
+        rows[layer] = act.detach()
+        return act
 
     def pattern(act: Tensor, layer: int) -> Tensor:
         p = act.to(torch.promote_types(act.dtype, torch.float64))
@@ -705,6 +740,8 @@ def _gate_edit(targets: Any, sink: str, normalized: bool, name: str, description
         if sink == "first":
             rest[..., 0] = 0.0
         m = rest.sum(-1)
+        if not normalized and layer in rows:  # the weight on the other keys, not their share
+            m = m * rows.pop(layer).to(p.device, p.dtype).reshape(m.shape)
         edit = edit & (m > _TINY)
         scale = torch.where(edit, target / m.clamp_min(_TINY), 1.0)
         out = p * scale[..., None]
@@ -724,7 +761,10 @@ def _gate_edit(targets: Any, sink: str, normalized: bool, name: str, description
     def edits(model: Any, has_slot: bool) -> tuple[tuple[str, Any], ...]:
         if sink == "slot" and not has_slot:
             raise ValueError(f"{name}(sink='slot'): the model has no bias slot")
-        return (("pattern", pattern), ("bias_pattern", bias_pattern)) if has_slot else (("pattern", pattern),)
+        out = (("pattern", pattern), ("bias_pattern", bias_pattern)) if has_slot else (("pattern", pattern),)
+        if not normalized and "blocks.0.attn.hook_row_weight" in set(tl_adapter.hook_names(model)):
+            out = (*out, ("row_weight", row_weight))  # fires before hook_pattern (docs/hook-contract.md)
+        return out
 
     return Intervention(name, description, ("pattern",), edits, needs_slot=sink == "slot",
                         params={"sink": sink, "normalized": normalized, **params})
@@ -826,23 +866,26 @@ def _token_table(tokens: Any, masses: Any, mass_pos: Any) -> tuple[Tensor, Tenso
     return pos, ids, sums / (counts + TOKEN_SHRINK)
 
 
-def _token_predict(pos: Tensor, ids: Tensor, dev: Tensor, tokens: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+def _token_predict(pos: Tensor, ids: Tensor, dev: Tensor, tokens: Tensor, layer: int,
+                   upper: float = 1.0) -> tuple[Tensor, Tensor]:
     """The token gate's m_t for ``tokens`` [b, T'] at ``layer``: [b, H, T'] (position mean plus the query
-    token's deviation, clamped to [0, 1]; NaN past the table), and whether each query's token was seen."""
+    token's deviation, clamped to [0, ``upper``]: 1 for softmax's weights, inf for attention that does not
+    normalize; NaN past the table), and whether each query's token was seen."""
     tokens = tokens.long().cpu()
     at = torch.searchsorted(ids, tokens).clamp_max(max(len(ids) - 1, 0))
     seen = (ids[at] == tokens) if len(ids) else torch.zeros_like(tokens, dtype=torch.bool)
     d = dev[layer][:, at].permute(1, 0, 2) if len(ids) else torch.zeros((tokens.shape[0], dev.shape[1], tokens.shape[1]),
                                                                           dtype=torch.float64)
     d = torch.where(seen[:, None, :], d, 0.0)
-    return (_padded(pos[layer], tokens.shape[1])[None] + d).clamp(0.0, 1.0), seen
+    return (_padded(pos[layer], tokens.shape[1])[None] + d).clamp(0.0, upper), seen
 
 
 def token_gate(tokens: Any, masses: Any, mass_pos: Any, *, sink: str, normalized: bool) -> Any:
     """Each query's weight on the non-sink keys, m_t, set to the mean at its (layer, head, position),
     ``mass_pos``, plus its query token's mean deviation from that mean on the measured sequences
     ``tokens`` [N, T] with their ``masses`` [N, L, H, T] (shrunk by TOKEN_SHRINK; 0 for a token not seen
-    there), clamped to [0, 1]: the gate follows the position and the query token, not the rest of the text.
+    there), clamped to [0, 1] (at 0 only, without ``normalized``): the gate follows the position and the
+    query token, not the rest of the text.
     The other keys are scaled together; with ``normalized`` the sink takes the difference. The query
     tokens are those of each forward pass, so it runs inside ``interventions._token_tap`` (as gate_study
     does). Query 1 is left alone, and so are positions past the table."""
@@ -858,7 +901,7 @@ def token_gate(tokens: Any, masses: Any, mass_pos: Any, *, sink: str, normalized
         if run is None or run.shape[0] != p.shape[0] or run.shape[1] != p.shape[-1]:
             raise RuntimeError("token_gate: needs the token ids of each forward pass (run it inside "
                                "interventions._token_tap, as gate_study does)")
-        return _token_predict(pos, ids, dev, run, layer)[0]
+        return _token_predict(pos, ids, dev, run, layer, 1.0 if normalized else math.inf)[0]
 
     where = "token 1" if sink == "first" else "the bias slot"
     return _gate_edit(targets, sink, normalized, "token_gate",
@@ -881,11 +924,11 @@ def repeated(tokens: Any) -> Tensor:
     return out
 
 
-def _fit_by(ids: Tensor, other_ids: Tensor, other_seq: Tensor, mass_pos: Any) -> Tensor:
+def _fit_by(ids: Tensor, other_ids: Tensor, other_seq: Tensor, mass_pos: Any, upper: float) -> Tensor:
     """The token gate's prediction [N, L, H, T] for queries labelled ``ids`` [N, T], fitted on the other
     half's labels ``other_ids`` and masses: any per-query label in place of the query token."""
     pos, f_ids, f_dev = _token_table(other_ids, other_seq, mass_pos)
-    return torch.stack([_token_predict(pos, f_ids, f_dev, ids, l)[0] for l in range(pos.shape[0])], 1)
+    return torch.stack([_token_predict(pos, f_ids, f_dev, ids, l, upper)[0] for l in range(pos.shape[0])], 1)
 
 
 def drivers(halves: Any, measured: Any) -> dict[str, Any]:
@@ -919,18 +962,19 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
         mine, (other_res, other_seq) = measured[i][1], measured[1 - i]
         other_toks = torch.as_tensor(halves[1 - i]).long()
         pos, ids, dev = _token_table(other_toks, other_seq, other_res["mass_pos"])
+        upper = 1.0 if other_res["normalized"] else math.inf  # m_t: a softmax weight, or a row's weight
         grand = other_seq[..., 1:].nanmean(dim=(0, 3))  # [L, H]
         m = mine[..., 1:]  # [N, L, H, T - 1]
-        per_layer = [_token_predict(pos, ids, dev, toks, l) for l in range(pos.shape[0])]
+        per_layer = [_token_predict(pos, ids, dev, toks, l, upper) for l in range(pos.shape[0])]
         tok = torch.stack([x[0] for x in per_layer], 1)[..., 1:]
         seen = per_layer[0][1][:, 1:]  # whether each query's token was seen: the same in every layer
         ok = ~m.isnan()
         # two "tokens": the query's token is new (0) or repeats an earlier one (1)
         rep = repeated(toks).long()
-        by_rep = _fit_by(rep, repeated(other_toks).long(), other_seq, other_res["mass_pos"])
+        by_rep = _fit_by(rep, repeated(other_toks).long(), other_seq, other_res["mass_pos"], upper)
         # the token before the query in place of the query's own (position 0 is never scored)
         by_prev = _fit_by(*(torch.cat([x[:, :1], x[:, :-1]], 1) for x in (toks, other_toks)), other_seq,
-                          other_res["mass_pos"])
+                          other_res["mass_pos"], upper)
         resid = torch.where(ok, m - _padded(pos, mine.shape[-1])[None, ..., 1:], 0.0)
         flag = rep[:, None, None, 1:].bool()
         for key, x in (("rep_sum", torch.where(flag, resid, 0.0)), ("rep_n", (ok & flag).double()),
@@ -945,7 +989,7 @@ def drivers(halves: Any, measured: Any) -> dict[str, Any]:
         dev = [resid[..., sl].sum(-1) / (ok[..., sl].double().sum(-1) + TOKEN_SHRINK)
                for sl in (slice(None, cut), slice(cut, None))]
         by_text = (pos_pred + torch.cat([dev[1][..., None].expand(*dev[1].shape, cut),
-                                         dev[0][..., None].expand(*dev[0].shape, m.shape[-1] - cut)], -1)).clamp(0, 1)
+                                         dev[0][..., None].expand(*dev[0].shape, m.shape[-1] - cut)], -1)).clamp(0, upper)
 
         preds = {"sst": grand[None, :, :, None], "sse_position": pos_pred,
                  "sse_token": tok, "sse_repeat": by_rep[..., 1:], "sse_previous": by_prev[..., 1:], "sse_text": by_text}
@@ -1024,8 +1068,9 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     tokens = torch.as_tensor(tokens)
     n = tokens.shape[0]
     sink_kind, normalized = res["sink"], res["normalized"]
-    # fixing m_t moves weight between the sink and the other keys: a softmax row's budget; the drivers need it too
-    split = normalized and n >= 2
+    # fixing m_t moves weight between the sink and the other keys (a softmax row's budget), or sets the other keys'
+    # weight where attention does not normalize; the drivers need m_t as a weight too (not a share of the row)
+    split = (normalized or bool(res.get("weights_from_row_weight"))) and n >= 2
     if split:
         halves = (tokens[: n // 2], tokens[n // 2:])
         measured = [_stats(model, h, sink=sink_kind, closed=closed, batch_size=batch_size, keep_seq=True,
@@ -1043,15 +1088,15 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     for i in (0, 1):
         mine, other, other_toks = halves[i], measured[1 - i], halves[1 - i]
         fixed.append((len(mine), _record("fixed", iv.run_intervention(
-            model, mine, fixed_gate(other[0]["mass_pos"], sink=sink_kind, normalized=True), eps=eps,
+            model, mine, fixed_gate(other[0]["mass_pos"], sink=sink_kind, normalized=normalized), eps=eps,
             per_head="fixed" in heads_for, batch_size=batch_size, progress=progress))))
         masses = other[1][torch.arange(len(mine)) % len(other[1])]  # text j of this half takes text j of the other's
         with iv._token_tap(model):
             token.append((len(mine), _record("token", iv.run_intervention(
-                model, mine, token_gate(other_toks, other[1], other[0]["mass_pos"], sink=sink_kind, normalized=True),
+                model, mine, token_gate(other_toks, other[1], other[0]["mass_pos"], sink=sink_kind, normalized=normalized),
                 eps=eps, per_head="token" in heads_for, batch_size=batch_size, progress=progress))))
             donor.append((len(mine), _record("donor", iv.run_intervention(
-                model, mine, donor_gate(mine, masses, sink=sink_kind, normalized=True), eps=eps,
+                model, mine, donor_gate(mine, masses, sink=sink_kind, normalized=normalized), eps=eps,
                 per_head="donor" in heads_for, batch_size=batch_size, progress=progress))))
     res["interventions"] += [{**_pooled(x), "cross_fitted": True} for x in (fixed, token, donor)]
     return res

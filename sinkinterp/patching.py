@@ -17,7 +17,9 @@ v index the key/value heads of a grouped-query model), "scores" and "pattern" ([
 key]: a position is a *key* column, so position 0 is the column of token 1 seen by every query; note
 that TransformerLens' ``get_act_patch_attn_head_pattern_by_pos`` indexes query rows instead),
 "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out" ([batch, pos, d_model]), "mlp_post" (the
-MLP's neurons, the input of W_out: [batch, pos, d_mlp]).
+MLP's neurons, the input of W_out: [batch, pos, d_mlp]); for interventions, "bias_pattern" (the bias
+slot's weight) and "row_weight" (sinkinterp attention other than softmax: the factor each ``hook_pattern``
+row is multiplied by), both [batch, head, query] without a position axis.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ COMPONENTS: dict[str, Component] = {
     "scores": Component("scores", "blocks.{l}.attn.hook_attn_scores", head_dim=1, pos_dim=3, query_dim=2),
     "pattern": Component("pattern", "blocks.{l}.attn.hook_pattern", head_dim=1, pos_dim=3, query_dim=2),
     "bias_pattern": Component("bias_pattern", "blocks.{l}.attn.hook_bias_pattern", head_dim=1, pos_dim=None),
+    # attention other than softmax (sinkinterp models): [batch, head, query], the factor of each hook_pattern row
+    "row_weight": Component("row_weight", "blocks.{l}.attn.hook_row_weight", head_dim=1, pos_dim=None),
     "pos_embed": Component("pos_embed", "hook_pos_embed", head_dim=None, pos_dim=1),
     "mlp_post": Component("mlp_post", "blocks.{l}.mlp.hook_post", head_dim=None, pos_dim=1),  # W_out's input
     **{name: Component(name, f"blocks.{{l}}.hook_{name}", head_dim=None, pos_dim=1)

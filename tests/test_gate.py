@@ -44,14 +44,23 @@ def _tokens(n: int = 5, seed: int = 0, vocab: int = 50) -> torch.Tensor:
 def _direct(model, tokens, sink: str):
     """Per-head mean a, m, g, value share, within-position std of g and corr(g, m) over queries
     1..T-1, and per-position mean m, computed query by query from captured hook_v / hook_pattern /
-    hook_z (and hook_bias_pattern) with explicit W_O products."""
+    hook_z (and hook_bias_pattern) with explicit W_O products; where attention does not normalize, the
+    weights are the pattern's shares times hook_row_weight."""
     dims = tl_adapter.model_dims(model)
     L, H = dims["n_layers"], dims["n_heads"]
     names = set(tl_adapter.hook_names(model))
     slot = "blocks.0.attn.hook_bias_pattern" in names
+    weighted = "blocks.0.attn.hook_row_weight" in names and not model.blocks[0].attn.op.normalized
     want = [f"blocks.{l}.attn.hook_{k}" for l in range(L) for k in ("v", "pattern", "z")]
     want += [f"blocks.{l}.attn.hook_bias_pattern" for l in range(L)] if slot else []
+    want += [f"blocks.{l}.attn.hook_row_weight" for l in range(L)] if weighted else []
     acts = {k: v.double().numpy() for k, v in patching.capture(model, tokens, want).items()}
+    if weighted:  # shares -> weights
+        for l in range(L):
+            row = acts[f"blocks.{l}.attn.hook_row_weight"]
+            acts[f"blocks.{l}.attn.hook_pattern"] = acts[f"blocks.{l}.attn.hook_pattern"] * row[..., None]
+            if slot:
+                acts[f"blocks.{l}.attn.hook_bias_pattern"] = acts[f"blocks.{l}.attn.hook_bias_pattern"] * row
     n = tokens.shape[0]
     out = {k: np.zeros((L, H)) for k in ("a", "m", "g", "vshare", "within", "corr")}
     mass_pos = np.full((L, H, T), np.nan)
@@ -84,13 +93,16 @@ def _direct(model, tokens, sink: str):
 
 
 @pytest.mark.parametrize(("variant", "sink"), [("rotary", "first"), ("gqa", "first"), ("gqa_kv", "slot"),
-                                                ("sink_token", "slot"), ("kv", "first"), ("window", "first")])
+                                                ("sink_token", "slot"), ("kv", "first"), ("window", "first"),
+                                                ("sigmoid", "first"), ("kv_sigmoid", "slot"), ("elu1", "first")])
 def test_stats_equal_a_direct_computation(variant, sink):
     model = tiny_model(variant).eval()
     tokens = _tokens()
     res = gate_stats(model, tokens, sink=sink, batch_size=2)  # two batches and a remainder
     ref, mass_pos = _direct(model, tokens, sink)
-    assert res["sink"] == sink and res["normalized"]
+    normalized = model.blocks[0].attn.op.normalized
+    assert res["sink"] == sink and res["normalized"] == normalized
+    assert res["weights_from_row_weight"] == (not normalized) and not res["pattern_is_share"]
     for key, name in (("a", "sink_mass"), ("m", "mass"), ("g", "gate"), ("vshare", "value_share"),
                       ("within", "gate_std_within"), ("corr", "corr_gate_mass")):
         np.testing.assert_allclose(res[name], ref[key], rtol=1e-9, atol=1e-11, err_msg=name)
@@ -358,15 +370,21 @@ def test_explicit_gate_is_reported_and_measured():
     assert 0.0 < np.min(res["explicit_gate"]) and np.max(res["explicit_gate"]) < 1.0 + 1e-9
 
 
-def test_unnormalized_attention_reports_shares_and_skips_the_fixed_gate():
+def test_unnormalized_attention_runs_the_study_on_its_weights():
+    """Sigmoid attention: m_t is the other keys' weight (shares x hook_row_weight), so the gate edits set
+    weights, the sink keeping its own; the identity kernel, whose weights carry a sign, stays on shares."""
     model = tiny_model("sigmoid").eval()
-    res = gate_study(model, _tokens(4), eps=0.3)
-    assert res["pattern_is_share"] and not res["normalized"]
-    assert [x["label"] for x in res["interventions"]] == ["open"]
+    res = gate_study(model, _tokens(4), eps=0.3, token_heads=0)
+    assert not res["pattern_is_share"] and not res["normalized"] and res["weights_from_row_weight"]
+    assert [x["label"] for x in res["interventions"]] == ["open", "fixed", "token", "donor"]
     assert res["interventions"][0]["name"] == "ablate[norenorm]"
-    assert res["value_share"][0][0] is None and res["corr_gate_mass"][1][3] is None
-    assert min(min(r) for r in res["gate"]) > 0
-    assert "not normalized" in summary(res)
+    assert all(np.isfinite(x["delta_loss"]) for x in res["interventions"])
+    assert np.max(res["mass"]) > 1.0  # weights, not shares: the row's total is not 1
+    assert np.isfinite(np.asarray(res["value_share"], dtype=float)).all()
+    assert "not normalized" in summary(res) and "fixing the gate" in summary(res)
+    signed = gate_study(tiny_model("linear_identity").eval(), _tokens(4), eps=0.3, token_heads=0)
+    assert signed["pattern_is_share"] and [x["label"] for x in signed["interventions"]] == ["open"]
+    assert signed["value_share"][0][0] is None and "drivers" not in signed
 
 
 def test_bridge_sink_mass_matches_hugging_face_eager_attention():
@@ -427,6 +445,33 @@ def test_a_users_hooked_transformer(n_kv):
         study = gate_study(ht, tokens, per_head=True)
         donor = study["interventions"][3]
         assert donor["label"] == "donor" and np.isfinite(donor["per_head_delta_loss"]).all()
+
+
+@pytest.mark.parametrize(("variant", "sink"), [("sigmoid", "first"), ("kv_sigmoid", "slot"), ("rotary", "first")])
+def test_fixed_gate_without_normalizing_sets_the_weight_and_keeps_the_sinks(variant, sink):
+    """normalized=False: m_t set as a weight (for sigmoid through hook_row_weight; softmax's pattern is the
+    weight), the other keys scaled together, the sink's weight kept."""
+    model = tiny_model(variant).eval()
+    tokens = _tokens(4)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    clean = gate_stats(model, tokens, sink=sink)
+    table = 0.5 * np.asarray(clean["mass_pos"])
+    table[0, 1, 3] = np.nan  # left alone
+    table[1, 2, 5] = 3.0
+    inter = fixed_gate(table, sink=sink, normalized=False)
+    assert {c for c, _ in inter.build_edits(model, sink == "slot")} >= ({"row_weight"} if variant != "rotary" else set())
+    hooks = patching.edit_hooks(model, [(patching.COMPONENTS[c], s) for c, s in inter.build_edits(model, sink == "slot")],
+                                [patching.Cell(l) for l in range(L)])
+    with tl_adapter.attached_hooks(model, hooks):
+        edited = gate_stats(model, tokens, sink=sink)
+    want = table.copy()
+    want[0, 1, 3] = np.asarray(clean["mass_pos"])[0, 1, 3]
+    np.testing.assert_allclose(np.asarray(edited["mass_pos"])[..., 1:], want[..., 1:], rtol=1e-10, atol=1e-12)
+    # the sink keeps its weight (layer 0: later layers' inputs change)
+    np.testing.assert_allclose(edited["sink_mass"][0], clean["sink_mass"][0], rtol=1e-10, atol=1e-12)
+    own = iv.run_intervention(model, tokens[:1], fixed_gate(gate_stats(model, tokens[:1], sink=sink)["mass_pos"],
+                                                            sink=sink, normalized=False), sinks=False)
+    assert abs(own.delta_loss) < 1e-12
 
 
 @pytest.mark.parametrize(("variant", "sink"), [("rotary", "first"), ("kv", "slot"), ("sink_logit", "slot")])
@@ -639,7 +684,11 @@ def test_drivers_are_measured_without_the_interventions_too():
     full = gate_study(model, tokens, token_heads=0)
     assert "interventions" not in measured and measured["drivers"] == full["drivers"]
     unnormalized = gate_study(tiny_model("sigmoid").eval(), tokens, interventions=False, token_heads=0)
-    assert "drivers" not in unnormalized  # m_t is a share there, not the weight the head applies
+    # m_t is a row's weight there, above 1: the fits are not clipped to [0, 1], so the position explains a share
+    assert np.min(unnormalized["mass"]) > 1.0
+    assert 0.0 < np.min(unnormalized["drivers"]["position"]) and np.max(unnormalized["drivers"]["position"]) <= 1.0
+    for key in ("token", "repeat", "previous", "text"):  # clipped at 1, each fit would lose more than the position gains
+        assert np.min(unnormalized["drivers"][key]) > -0.5, key
 
 
 def test_per_head_effects_only_for_the_edits_named():

@@ -175,6 +175,47 @@ def test_unnormalized_ops_emit_proxy_scores():
     torch.testing.assert_close(cache["blocks.1.attn.hook_pattern"], s.abs() / s.abs().sum(-1, keepdim=True))
 
 
+@pytest.mark.parametrize("name", ["sigmoid", "sigmoid_logn", "elu1", "kv_sigmoid", "sigmoid_norm"])
+def test_row_weight_turns_the_shares_into_the_weights(name):
+    """hook_row_weight [batch, head, query] (attention other than softmax) fires before hook_pattern with
+    the factor of each row: for unnormalized ops the row's total weight, slot included, so pattern x
+    row_weight is each key's weight (sim); what the hook returns is used; hooking it alone takes the
+    materialized path, with the fast path's output."""
+    model = tiny_model(name)
+    tokens = _tokens(batch=2)
+    order: list[str] = []
+    with torch.no_grad():
+        fast = model(tokens)
+        hooks = [(f"blocks.0.attn.hook_{k}", lambda x, hook, k=k: order.append(k)) for k in ("row_weight", "pattern")]
+        with model.hooks(fwd_hooks=hooks):
+            assert model.blocks[0].attn.observed() and not model.blocks[1].attn.observed()
+            torch.testing.assert_close(model(tokens), fast, atol=1e-10, rtol=0)
+        assert order == ["row_weight", "pattern"]
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.startswith("blocks.0.attn"))
+    pre = "blocks.0.attn."
+    row, pattern = cache[pre + "hook_row_weight"], cache[pre + "hook_pattern"]
+    assert row.shape == pattern.shape[:-1]
+    attn = model.blocks[0].attn
+    sim = attn.op.sim(cache[pre + "hook_attn_scores"], -math.log(tokens.shape[1]) if "logn" in name else 0.0)
+    slot = cache[pre + "hook_bias_pattern"] if model.cfg.has_slot else torch.zeros_like(row)
+    total = sim.sum(-1) + slot * row  # the slot's share times the factor is its weight
+    if attn.op.normalized:  # rows sum to 1: the factor is sum / (sum + eps), about 1
+        torch.testing.assert_close(row, total / (total + model.cfg.attn_eps), atol=1e-10, rtol=0)
+    else:
+        torch.testing.assert_close(pattern * row[..., None], sim, atol=1e-10, rtol=0)
+        torch.testing.assert_close(row, total, atol=1e-10, rtol=0)
+    if not model.cfg.has_slot:  # doubling the factor doubles the output
+        with torch.no_grad():
+            with model.hooks(fwd_hooks=[(pre + "hook_row_weight", lambda x, hook: 2 * x)]):
+                _, doubled = model.run_with_cache(tokens, names_filter=pre + "hook_z")
+        torch.testing.assert_close(doubled[pre + "hook_z"], 2 * cache[pre + "hook_z"], atol=1e-10, rtol=0)
+
+
+def test_softmax_has_no_row_weight_hook():
+    assert not hasattr(tiny_model("rotary").blocks[0].attn, "hook_row_weight")
+    assert not hasattr(tiny_model("softmax_scaled_2").blocks[0].attn, "hook_row_weight")
+
+
 def test_softmax_scaled_pattern_is_the_share_and_output_scales():
     tokens = _tokens(batch=1)
     base = tiny_model("rotary")

@@ -11,7 +11,8 @@ Three things vary, each in one place:
 
 Two paths compute the same numbers:
 
-* **fast** (nothing hooked on ``hook_attn_scores`` / ``hook_pattern`` / ``hook_bias_pattern``): softmax
+* **fast** (nothing hooked on ``hook_attn_scores`` / ``hook_pattern`` / ``hook_bias_pattern`` /
+  ``hook_row_weight``): softmax
   ops run in ``F.scaled_dot_product_attention`` (is_causal, or a boolean / additive float mask; a slot
   is an extra key column); the other ops run a plain masked ``q k^T -> sim -> @ v`` without the proxy
   bookkeeping (compilable; ``attn_backend="flex"`` runs them in FlexAttention instead, and
@@ -39,7 +40,10 @@ share of each key); for the other ops it is each key's share ``sim / sum(sim)`` 
 unnormalized ops; ``|sim| / sum|sim|`` for ``linear_identity``, whose sim can be negative), the slot
 included in the sum, so rows sum to 1 - bias weight. The weight used is recovered from the (possibly
 hooked) pattern: ``alpha * p`` for softmax_scaled, ``p * sum / (sum + eps)`` for normalized ops,
-``p * sum`` (times sign(sim)) for unnormalized ops.
+``p * sum`` (times sign(sim)) for unnormalized ops. That factor, [batch, head, query_pos], passes through
+``hook_row_weight`` (the ops other than softmax; it fires before ``hook_pattern``, and what the hook returns
+is used): for unnormalized ops it is each row's total weight, slot included, so a hook reads the weights
+themselves (``pattern * row_weight``) and can scale a row's total without touching its shares.
 """
 
 from __future__ import annotations
@@ -452,6 +456,8 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         if cfg.has_slot:
             self.hook_bias_pattern = HookPoint()  # [batch, head, query_pos]
+        if not self.op.softmax:  # the factor that turns hook_pattern's shares into weights
+            self.hook_row_weight = HookPoint()  # [batch, head, query_pos]
         # read-only column hooks (module docstring): no T x T map when only these are observed
         self.hook_pattern_cols = HookPoint()  # [batch, head, query_pos, n_cols]
         self.hook_pattern_colsum = HookPoint()  # [batch, head, key_pos]: sum over queries t >= k of column k
@@ -467,6 +473,8 @@ class Attention(nn.Module):
         points = [self.hook_attn_scores, self.hook_pattern]
         if self.cfg.has_slot:
             points.append(self.hook_bias_pattern)
+        if not self.op.softmax:
+            points.append(self.hook_row_weight)
         return any(len(p.fwd_hooks) + len(p.bwd_hooks) > 0 for p in points)
 
     def cols_observed(self) -> bool:
@@ -868,6 +876,7 @@ class Attention(nn.Module):
             p_real = mag / total
             p_slot = slot_mag / total if slot_mag is not None else None
             factor = total / (total + eps) if op.normalized else total
+            factor = self.hook_row_weight(factor.squeeze(-1)).unsqueeze(-1)
 
             def to_weight(pat: Tensor, s: Tensor) -> Tensor:
                 w = pat * factor
