@@ -453,7 +453,7 @@ def test_fixed_gate_without_normalizing_sets_the_weight_and_keeps_the_sinks(vari
     weight), the other keys scaled together, the sink's weight kept."""
     model = tiny_model(variant).eval()
     tokens = _tokens(4)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
+    L = model.cfg.n_layers
     clean = gate_stats(model, tokens, sink=sink)
     table = 0.5 * np.asarray(clean["mass_pos"])
     table[0, 1, 3] = np.nan  # left alone

@@ -205,9 +205,8 @@ def test_row_weight_turns_the_shares_into_the_weights(name):
         torch.testing.assert_close(pattern * row[..., None], sim, atol=1e-10, rtol=0)
         torch.testing.assert_close(row, total, atol=1e-10, rtol=0)
     if not model.cfg.has_slot:  # doubling the factor doubles the output
-        with torch.no_grad():
-            with model.hooks(fwd_hooks=[(pre + "hook_row_weight", lambda x, hook: 2 * x)]):
-                _, doubled = model.run_with_cache(tokens, names_filter=pre + "hook_z")
+        with torch.no_grad(), model.hooks(fwd_hooks=[(pre + "hook_row_weight", lambda x, hook: 2 * x)]):
+            _, doubled = model.run_with_cache(tokens, names_filter=pre + "hook_z")
         torch.testing.assert_close(doubled[pre + "hook_z"], 2 * cache[pre + "hook_z"], atol=1e-10, rtol=0)
 
 
