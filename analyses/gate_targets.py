@@ -103,11 +103,20 @@ def _write(path: Path, obj: dict) -> None:
     atomic_write(path, lambda f: f.write((text + "\n}\n").encode()))
 
 
+def _sink_share(res: dict):
+    """[L, H]: each head's mean share of its rows' weight on the sink (the weight itself where attention
+    normalizes): what picks the sink heads."""
+    from sinkinterp.gate import sink_share
+
+    return sink_share(res)
+
+
 def _snapshot(res: dict, config: dict) -> dict:
     """What the page needs of a run: per head the sink weight, the targets (without the per-head best-key
     rates and distances, which it does not show), the gate by position (m; the effective gate g too where
     the attention does not normalize) and the drivers' repeat difference, rounded; the command and provenance."""
-    keep = ("sink", "slot", "normalized", "sink_mass", "num_seqs", "seq_len", "prepend_bos")
+    keep = ("sink", "slot", "normalized", "weights_from_row_weight", "sink_mass", "sink_share", "num_seqs", "seq_len",
+            "prepend_bos")
     out = {k: res.get(k) for k in keep}
     out["targets"] = {k: v for k, v in res["targets"].items() if k not in ("top_rate", "top_distance")}
     out["mass_pos"] = res["mass_pos"]
@@ -172,27 +181,37 @@ def _induction_heads(copy: dict) -> list[tuple[int, int]]:
     return sorted((lh for lh in np.ndindex(*share.shape) if share[lh] >= INDUCTION), key=lambda lh: -share[lh])
 
 
+def _weighted(res: dict) -> bool:
+    """Whether m in ``res`` is a weight: normalized attention, or attention that does not normalize measured
+    through hook_row_weight (runs before it have m as a share of the row and the effective gate g in its place)."""
+    return bool(res["normalized"] or res.get("weights_from_row_weight"))
+
+
 def _half_means(res: dict, start: int) -> tuple:
     """Per head [L, H]: the mean gate over the queries 1..start-1 and start..T-1 (NaN-aware), and the gate
-    by position: m, the weight off the sink, or where the attention does not normalize (m is then a share
-    of the row's weight) the effective gate g, which carries the row's total weight."""
+    by position: m, the weight off the sink, or in a run where m is a share of the row's weight (attention
+    that does not normalize, measured without hook_row_weight) the effective gate g, which carries the row's
+    total weight."""
     import warnings
 
     import numpy as np
 
     m = np.asarray([[[np.nan if x is None else x for x in row] for row in layer]
-                    for layer in res["mass_pos" if res["normalized"] else "gate_pos"]], dtype=np.float64)
+                    for layer in res["mass_pos" if _weighted(res) else "gate_pos"]], dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(m[..., 1:start], -1), np.nanmean(m[..., start:], -1), m
 
 
-def _controls(heads: list, a) -> list:
-    """For each induction head, the sink head (a > SINK_HEAD in its own domain) that is not an induction head
-    with the closest sink weight, each used once: the control set of the closing test."""
+def _controls(heads: list, a, sinks: bool = True) -> list:
+    """For each induction head, the head that is not an induction head with the closest value of ``a`` ([L, H]),
+    each used once: the control set of the closing test. ``sinks``: only sink heads (a > SINK_HEAD: ``a`` is the
+    sink share in the model's own domain); otherwise every other head (``a``: the weight off the sink, for
+    attention that does not normalize)."""
     import numpy as np
 
-    pool = [lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD and lh not in heads]
+    pool = [lh for lh in np.ndindex(*a.shape) if (a[lh] > SINK_HEAD or not sinks) and lh not in heads
+            and np.isfinite(a[lh])]
     out = []
     for lh in heads:
         if not pool:
@@ -225,14 +244,15 @@ def _close(name: str, spec: str, bos: bool, heads: list, controls: list, rnd: di
     start = _copy_start(cpy)
     _, _, m_r = _half_means(rnd, start)
     out = {"heads": [list(map(int, lh)) for lh in heads], "controls": [list(map(int, lh)) for lh in controls],
-           "start": start, "target_start": start + 1, "num_seqs": int(toks.shape[0]), "seq_len": int(toks.shape[1]),
+           "normalized": bool(cpy["normalized"]), "start": start, "target_start": start + 1, "num_seqs": int(toks.shape[0]), "seq_len": int(toks.shape[1]),
            "seed": seed, "tokens_sha256": sha,
            "git_commit": provenance.git_commit(), "versions": provenance.versions()}
     for label, which in (("induction", heads), ("control", controls)):
         table = np.full(m_r.shape, np.nan)
         for l, h in which:
             table[l, h, start:] = m_r[l, h, start:]
-        res = iv.run_intervention(lm.model, toks, gate.fixed_gate(table, sink=cpy["sink"], normalized=True),
+        res = iv.run_intervention(lm.model, toks, gate.fixed_gate(table, sink=cpy["sink"],
+                                                                  normalized=bool(cpy["normalized"])),
                                   target_start=start + 1, sinks=False)
         out[label] = {"loss_base": res.loss_base, "loss": res.loss, "delta_loss": res.delta_loss}
     return out
@@ -334,14 +354,15 @@ def main(argv: list[str] | None = None) -> int:
         first_r, second_r, m_r = _half_means(rnd, start)
         first_c, second_c, m_c = _half_means(cpy, start)
         heads = _induction_heads(cpy)
-        a = np.asarray(dom["sink_mass"], dtype=np.float64)
+        a = _sink_share(dom)
         ind = cats.index("induction")
         share_dom = np.asarray(dom["targets"]["share"], dtype=np.float64)[..., ind]
         share_cpy = np.asarray(cpy["targets"]["share"], dtype=np.float64)[..., ind]
         sinks = [lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD]
         all_sink = f"{np.nanmedian([second_c[lh] - second_r[lh] for lh in sinks]):+.3f}" if sinks else "-"
         shown = (f"{name}, replicate at {_pair_label(cpy)}" if suffix else name) + (
-            "" if cpy["normalized"] else " (not normalized: the gate g in place of m)")
+            "" if cpy["normalized"] else " (not normalized: m is the row's weight off the sink)" if _weighted(cpy)
+            else " (not normalized: the gate g in place of m)")
         if heads:
             idx = tuple(np.asarray(heads).T)
             n_sink = sum(a[lh] > SINK_HEAD for lh in heads)
@@ -351,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{np.median(second_c[idx] - second_r[idx]):+.3f} | {np.median(first_c[idx] - first_r[idx]):+.3f} | "
                 f"{all_sink} |")
             if not suffix:  # the figure and the per-head table: the first test only
-                curves[name if cpy["normalized"] else f"{name} (g)"] = (
+                curves[name if _weighted(cpy) else f"{name} (g)"] = (
                     np.arange(1, m_c.shape[-1]), np.nanmean(m_r[idx][:, 1:], 0), np.nanmean(m_c[idx][:, 1:], 0), start)
             rep = dom.get("repeat_diff")
             alone = _alone(dom_key)
@@ -365,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{second_r[l, h]:.2f} -> {second_c[l, h]:.2f} | {first_c[l, h] - first_r[l, h]:+.3f} | "
                     + ("-" if rep is None or rep[l][h] is None else f"{rep[l][h]:+.3f}")
                     + (f" | {alone['open'][l][h]:+.3f} / {alone['fixed'][l][h]:+.4f} |" if alone else " | - |"))
-            if cpy["normalized"]:
-                closing[(name, suffix)] = (shown, models[name][1], heads, _controls(heads, a), rnd, cpy, present_of[name],
+            if _weighted(cpy):  # softmax: controls among the sink heads; otherwise the heads of closest weight
+                controls = _controls(heads, a) if cpy["normalized"] else _controls(heads, second_r, sinks=False)
+                closing[(name, suffix)] = (shown, models[name][1], heads, controls, rnd, cpy, present_of[name],
                                           cpy.get("seed", SEED))
             copy_notes.append((shown, bool(cpy["normalized"]), bool(suffix), len(heads), n_sink, float(np.median(a[idx])),
                                float(np.median(second_c[idx] - second_r[idx])),
@@ -380,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             copy_rows.append(f"| {shown} | 0 (largest share {_pct(best)}) | - | - | - | - | - | {all_sink} |")
 
     close_rows = [("| model | induction heads held | Δ loss on the copied half, their gate held at its random-ids level | "
-                   "other sink heads held so (closest sink weight; as many as there are, up to the same number) | their "
+                   "control heads held so (other sink heads of closest sink weight; without normalization, other heads "
+                   "of closest weight off the sink; as many as there are, up to the same number) | their "
                    "Δ loss | loss on the copied half, unedited | where it comes from |"),
                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for (model, suffix), (name, bos, heads, controls, rnd, cpy, load, seed) in closing.items():
@@ -472,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         "position left alone), and the loss is scored on the predictable targets (from the second copied token",
         "on). The control holds other sink heads (a > 0.3 in the model's own domain), for each induction head the",
         "not yet chosen non-induction sink head closest in sink weight (fewer where the model has fewer), at their",
-        "random-ids level the same way. Softmax models with induction heads only.",
+        "random-ids level the same way. Where attention does not normalize (sigmoid), m is the row's weight off",
+        "the sink (`hook_row_weight`): it is held the same way, but the sink keeps its weight, so the row's total",
+        "changes, and the control holds, for each induction head, the other head with the closest weight off the",
+        "sink on the copied half of the random ids.",
         "",
         *(close_rows if len(close_rows) > 2 else ["(no closing test in these results)"]),
         "",
@@ -548,11 +574,12 @@ def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list, l
                    f"{', '.join(lost)}.")
     for name, done in close_notes:
         ind, ctl = done["induction"]["delta_loss"], done["control"]["delta_loss"]
+        kind = "sink head" if done.get("normalized", True) else "head"
         out.append(f"- **{name}**, closing test: holding the gate of its {_heads(len(done['heads']))} at the "
                    f"random-ids level on the copied half costs {ind:+.3f} nats there (loss "
                    f"{done['induction']['loss_base']:.3f} -> {done['induction']['loss']:.3f}), "
-                   + (f"{len(done['controls'])} other sink head{'s' if len(done['controls']) != 1 else ''} {ctl:+.3f}: "
-                      if done["controls"] else "(no other sink head to compare): ")
+                   + (f"{len(done['controls'])} other {kind}{'s' if len(done['controls']) != 1 else ''} {ctl:+.3f}: "
+                      if done["controls"] else f"(no other {kind} to compare): ")
                    + ("copying needs the induction heads' gate open." if ind > max(0.05, 3 * abs(ctl))
                       else "the gate's opening is not what copying rests on here."))
     return out

@@ -111,12 +111,20 @@ def _debian_tokens() -> None:
             atomic_write(path, lambda f, arr=arr: np.save(f, arr))
 
 
+def _sink_share(res: dict):
+    """[L, H]: each head's mean share of its rows' weight on the sink (the weight itself where attention
+    normalizes): what picks the sink heads."""
+    from sinkinterp.gate import sink_share
+
+    return sink_share(res)
+
+
 def _snapshot(res: dict, config: dict) -> dict:
     """What the page needs of a run: the per-head arrays and interventions, the per-position gate of the
     heads with the most sink weight (not every head's: the snapshots stay small)."""
     import numpy as np
 
-    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    a = _sink_share(res)
     top = sorted(np.ndindex(*a.shape), key=lambda lh: -a[lh])[:KEEP_POS]
     out = {k: v for k, v in res.items() if k not in ("mass_pos", "gate_pos")}
     out["pos_top"] = {f"L{l}H{h}": {"mass": res["mass_pos"][l][h], "gate": res["gate_pos"][l][h]} for l, h in top}
@@ -168,7 +176,7 @@ def _in_domain(key: str) -> bool:
 def _sink_heads(res: dict) -> list[tuple[int, int]]:
     import numpy as np
 
-    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    a = _sink_share(res)
     return sorted((lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD), key=lambda lh: -a[lh])
 
 
@@ -289,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         w = np.asarray(res["gate_std_within"], dtype=np.float64)
         free_rows.append(f"- **{_label(name)}** (not normalized): mean effective gate per head {np.min(g):.2f} to {np.max(g):.2f} "
                          f"(median head {np.median(g):.2f}); its spread within a query position {np.min(w):.2f} to "
-                         f"{np.max(w):.2f}; no sink head (largest mean weight on token 1 "
-                         f"{np.max(res['sink_mass']):.3f}). The row's total weight is the gate: no sink is needed for it.")
+                         f"{np.max(w):.2f}; no sink head (largest mean share on token 1 "
+                         f"{np.max(_sink_share(res)):.3f} of a row's weight). The row's total weight is the gate: no sink is needed "
+                         "for it.")
     gated = [(n, r) for n, r in results.items() if "explicit_gate" in r]
     for name, res in gated:
         e = np.asarray(res["explicit_gate"], dtype=np.float64)
@@ -361,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         d = res.get("drivers")
         if not (d and "repeat" in d and _in_domain(key)):
             continue
-        a = np.asarray(res["sink_mass"], dtype=np.float64)
+        a = _sink_share(res)
         rep = np.asarray(d["repeat"], dtype=np.float64)
         heads = sorted((lh for lh in np.ndindex(*a.shape) if a[lh] >= gate.DRIVER_FLOOR and np.isfinite(rep[lh])),
                        key=lambda lh, rep=rep: -rep[lh])[:3]
@@ -689,7 +698,7 @@ def _split_summary(results: dict) -> list[str]:
 
     for key, x in rows:  # with enough heads: does the split change with how much a head sinks?
         res = results[key]
-        a = np.asarray(res["sink_mass"], dtype=np.float64).ravel()
+        a = _sink_share(res).ravel()
         share = np.asarray(res["logit_split"]["sink_side_within"], dtype=np.float64).ravel()
         ok = (a >= gate.DRIVER_FLOOR) & np.isfinite(share)
         high, low = ok & (a > 0.5), ok & (a < 0.3)

@@ -480,6 +480,8 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
     giving each text another text's gate. Fourth, where the softmax split was measured: each head's share
     of its log-odds on the sink (within positions) that the sink's logit carries, against the same
     weight (clipped to [-0.2, 1.2])."""
+    from sinkinterp import gate
+
     if not studies:
         raise ValueError("studies: at least one gate_study result")
     for name, res in studies.items():
@@ -490,7 +492,7 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
     fig, (ax, bx, cx, dx) = plt.subplots(1, 4, figsize=(18, 4.0), layout="constrained")
     clipped, split = [], False
     for i, (name, res) in enumerate(studies.items()):
-        a = np.asarray(res["sink_mass"], dtype=np.float64).ravel()
+        a = gate.sink_share(res).ravel()  # the weight itself where attention normalizes
         g = np.asarray(res["gate"], dtype=np.float64).ravel()
         w = np.asarray(res["gate_std_within"], dtype=np.float64).ravel()
         if (g > g_max).any() or (w > spread_max).any():
@@ -505,7 +507,7 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
     ax.plot([0, 1], [1, 0], color="0.5", lw=0.8, ls="--", label="g = 1 - a")
     ax.set_ylim(0, g_max * 1.04)
     bx.set_ylim(0, spread_max * 1.04)
-    ax.set_xlabel("mean weight on the sink, a")
+    ax.set_xlabel("mean weight on the sink, a (its share of the row where not normalized)")
     ax.set_ylabel("mean effective gate, ||write|| / ||read||")
     ax.legend(fontsize=6, frameon=False)
     ax.grid(alpha=0.3)
@@ -548,7 +550,7 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
 def targets_figure(studies: dict[str, dict[str, Any]], copy_curves: dict[str, Any] | None = None, *,
                    title: str = "") -> Any:
     """Where the weight off the sink goes (``sinkinterp.gate`` ``targets``), by model name: left, the share
-    of the summed weight off the sink, over the heads with mean sink weight >= ``gate.DRIVER_FLOOR``, that
+    of the summed weight off the sink, over the heads with mean sink share >= ``gate.DRIVER_FLOOR``, that
     lands on each key category (bars; the share spreading it evenly over the causal keys would give as
     ticks); middle, the same weight by the key's distance from the query. Right, where ``copy_curves``
     holds (positions, m on random ids, m on copied random ids, first copied position) per model: the

@@ -14,7 +14,8 @@ attention needs no sink for this: its weights need not sum to 1, so m_t is free.
 ``gate_study`` measures this on any hooked model (sinkinterp models, HookedTransformer, a
 TransformerBridge), streaming over batches (no T x T map is kept), for every head over queries t >= 2:
 
-* ``sink_mass``: mean a_t; ``mass``: mean m_t;
+* ``sink_mass``: mean a_t; ``mass``: mean m_t; ``sink_share``: the mean share of each row's weight on the
+  sink (``sink_mass`` where attention normalizes; what picks the sink heads, ``DRIVER_FLOOR``, everywhere);
 * ``gate``: the effective gate g_t = ||z_t W_O|| / ||o_t W_O|| (how much of what it reads the head
   writes; m_t exactly when the sink's value is 0 and no explicit gate acts), its mean, spread, and the
   part of the spread left within a query position (``gate_std_within``: the gate's dependence on the
@@ -100,7 +101,7 @@ from torch import Tensor
 
 __all__ = ["DRIVER_FLOOR", "GATE_BINS", "GATE_EDITS", "GATE_MAX", "LOGIT_TOLERANCE", "SINKS", "TARGETS",
            "TOKEN_SHRINK", "TOKEN_TABLE_LIMIT", "distance_bins", "donor_gate", "drivers", "fixed_gate", "gate_stats",
-           "gate_study", "pooled_drivers", "pooled_logit_split", "pooled_targets", "repeated", "summary",
+           "gate_study", "pooled_drivers", "pooled_logit_split", "pooled_targets", "repeated", "sink_share", "summary",
            "token_gate"]
 
 SINKS = ("auto", "first", "slot")
@@ -213,6 +214,7 @@ class _Accumulator:
         self.count, self.a, self.m, self.m2, self.g, self.g2, self.gm = z(), z(), z(), z(), z(), z(), z()
         self.write, self.read, self.rest = z(), z(), z()
         self.count_all, self.a_all, self.m_all = z(), z(), z()  # every query, read or not (a_t = 1 - m_t there)
+        self.share_all = z()  # the sink's share of each row's weight (a_t itself where attention normalizes)
         self.hist = torch.zeros((n_layers, n_heads, GATE_BINS + 1), dtype=torch.float64, device=device)
         self.explicit = (z(), z()) if gated else None
         # max |row sum + slot - 1| over the queries measured: 0 for normalized attention
@@ -238,14 +240,16 @@ class _Accumulator:
         self.t_wanted = True
 
     def add(self, layer: int, a: Tensor, m: Tensor, g: Tensor, write: Tensor, read: Tensor, rest: Tensor,
-            valid: Tensor, explicit: Tensor | None, row_error: Tensor) -> None:
-        """[batch, head, query] tensors (float64) for queries 1..T-1 of one batch."""
+            valid: Tensor, explicit: Tensor | None, row_error: Tensor, share: Tensor | None = None) -> None:
+        """[batch, head, query] tensors (float64) for queries 1..T-1 of one batch; ``share``: the sink's share of
+        each row's weight where ``a`` is not it."""
         def kept(x: Tensor) -> Tensor:  # a query without a read (m_t = 0) adds nothing, not 0 * inf
             return torch.where(valid, x, 0.0).sum(0)
 
         self.row_error = torch.maximum(self.row_error, row_error)
         self.count_all[layer, :, 1:] += a.shape[0]
         self.a_all[layer, :, 1:] += a.sum(0)
+        self.share_all[layer, :, 1:] += (a if share is None else share).sum(0)
         self.m_all[layer, :, 1:] += m.sum(0)
         for acc, x in ((self.count, valid.double()), (self.a, a), (self.m, m), (self.m2, m * m), (self.g, g),
                        (self.g2, g * g), (self.gm, g * m), (self.write, write), (self.read, read), (self.rest, rest)):
@@ -379,8 +383,8 @@ def _layers_heads(model: Any) -> int:
 
 def _content_heads(res: dict[str, Any], k: int, floor: float = 0.1) -> list[tuple[int, int]]:
     """The ``k`` heads whose gate varies most within a query position (with the content), among those
-    with a mean sink weight of at least ``floor`` (all heads if none has)."""
-    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    with a mean sink share (``sink_share``) of at least ``floor`` (all heads if none has)."""
+    a = sink_share(res)
     w = np.asarray(res["gate_std_within"], dtype=np.float64)
     heads = [lh for lh in np.ndindex(*a.shape) if a[lh] >= floor] or list(np.ndindex(*a.shape))
     return sorted(heads, key=lambda lh: -w[lh])[:k]
@@ -486,6 +490,7 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
             else:
                 slot_w = torch.zeros_like(p[..., 0])
             row_error = (p.sum(-1) + slot_w - 1.0)[..., 1:].abs().max()  # of the shares: 0 where they are shares
+            share = p[..., 0] if sink == "first" else slot_w  # the sink's share of the row's weight
             if weighted:  # shares -> the weights the head applies
                 row = stash.pop((layer, "row")).double().reshape(b, H, -1)
                 p, slot_w = p * row[..., None], slot_w * row
@@ -521,7 +526,7 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
                         acc.logit_tolerance = max(acc.logit_tolerance, 4 * torch.finfo(dt).eps)
                 _add_logit_sides(acc, layer, scores, rest, a, m)
             acc.add(layer, a[..., q], m[..., q], g[..., q], write[..., q], read[..., q], resid[..., q], valid[..., q],
-                    None if explicit is None else explicit[..., q], row_error)
+                    None if explicit is None else explicit[..., q], row_error, share[..., q])
             if cat[0] is not None:
                 acc.add_targets(layer, rest, m, valid, cat[0].to(rest.device), dist.to(rest.device))
             if seq is not None:
@@ -686,6 +691,7 @@ def _finish(acc: _Accumulator, sink: str, slot: str | None, closed: float, gated
         "pattern_is_share": shares, "weights_from_row_weight": weighted, "row_error": row_error,
         "closed": closed, "queries_per_head": out(cnt),
         "sink_mass": out(acc.a_all.sum(-1) / all_c), "mass": out(acc.m_all.sum(-1) / all_c),
+        "sink_share": out(acc.share_all.sum(-1) / all_c),
         "gate": out(per_head(g_mean)), "gate_std": out(per_head(g_var.sqrt())),
         "gate_std_within": out(per_head(within.sqrt())), "corr_gate_mass": out(corr),
         "value_share": out(per_head(acc.rest.sum(-1) / acc.write.sum(-1).clamp_min(1e-300))),
@@ -1102,19 +1108,20 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     return res
 
 
-#: ``pooled_drivers`` pools the heads with at least this mean weight on the sink
+#: ``pooled_drivers`` (and the other pooled views) pool the heads with at least this mean share of their weight on
+#: the sink (``sink_share``: the weight itself where attention normalizes)
 DRIVER_FLOOR = 0.1
 
 
 def pooled_drivers(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | None:
-    """``drivers`` pooled over ``heads`` ((layer, head) pairs; default: those with mean sink weight >=
+    """``drivers`` pooled over ``heads`` ((layer, head) pairs; default: those with mean sink share >=
     DRIVER_FLOOR): the shares of the summed variance (sums of squares over the heads), and how many heads;
     a head without a measured gate (NaN sums: it read nothing besides the sink) is left out. None without
     drivers or heads."""
     d = res.get("drivers")
     if not d:
         return None
-    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    a = sink_share(res)
     if heads is None:
         heads = [lh for lh in np.ndindex(*a.shape) if a[lh] >= DRIVER_FLOOR]
     heads = [(l, h) for l, h in heads if all(np.isfinite(d[k][l][h]) for k in ("sst", "sse_position", "sse_token"))]
@@ -1148,7 +1155,7 @@ def pooled_logit_split(res: dict[str, Any], heads: Any = None) -> dict[str, Any]
     d = res.get("logit_split")
     if not d:
         return None
-    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    a = sink_share(res)
     share = np.asarray(d["sink_side_within"], dtype=np.float64)
     if heads is None:
         heads = [lh for lh in np.ndindex(*a.shape) if a[lh] >= DRIVER_FLOOR]
@@ -1170,7 +1177,7 @@ def pooled_logit_split(res: dict[str, Any], heads: Any = None) -> dict[str, Any]
 
 
 def pooled_targets(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | None:
-    """``targets`` pooled over ``heads`` ((layer, head) pairs; default: those with mean sink weight >=
+    """``targets`` pooled over ``heads`` ((layer, head) pairs; default: those with mean sink share >=
     DRIVER_FLOOR): per category (a dict keyed by TARGETS), the share of the heads' summed weight off the sink
     (``share``), the share of their queries whose best key besides the sink is of it (``top_rate``) and
     how much more open than its position's mean the gate is on those queries (``open_by_top``, NaN where
@@ -1179,7 +1186,7 @@ def pooled_targets(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | N
     d = res.get("targets")
     if not d:
         return None
-    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    a = sink_share(res)
     weight = np.asarray(d["weight"], dtype=np.float64)
     if heads is None:
         heads = [lh for lh in np.ndindex(*a.shape) if a[lh] >= DRIVER_FLOOR]
@@ -1203,8 +1210,14 @@ def pooled_targets(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | N
             "uniform": dict(zip(cats, d["uniform"], strict=True))}
 
 
+def sink_share(res: dict[str, Any]) -> np.ndarray:
+    """[L, H]: each head's mean share of its rows' weight on the sink, what picks the sink heads (``sink_mass``
+    in a result without ``sink_share``: normalized attention, where they are the same, or an earlier run)."""
+    return np.asarray(res.get("sink_share", res["sink_mass"]), dtype=np.float64)
+
+
 def _top_heads(res: dict[str, Any], k: int) -> list[tuple[int, int]]:
-    a = np.asarray(res["sink_mass"], dtype=np.float64)
+    a = sink_share(res)
     return sorted(np.ndindex(*a.shape), key=lambda lh: -a[lh])[:k]
 
 
@@ -1214,7 +1227,7 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
     what = "share of the row's weight" if res.get("pattern_is_share") else "weight"
     lines = [(f"sink: {where}; attention {'normalized' if res['normalized'] else 'not normalized'} "
              f"(max |row sum - 1| {res['row_error']:.2g}); queries 2..T"),
-             (f"the {heads} heads with the most weight on the sink (mean a = sink {what}, m = the other keys' "
+             (f"the {heads} heads with the largest share of their weight on the sink (mean a = sink {what}, m = the other keys' "
              f"{what}, g = effective gate ||write|| / ||read||):"),
              f"  head      a      m      g   std(g)  within-t  corr(g,m)  g<{res['closed']:.2g}  value share"]
     def num(x: float | None, fmt: str) -> str:

@@ -103,6 +103,13 @@ def test_stats_equal_a_direct_computation(variant, sink):
     normalized = model.blocks[0].attn.op.normalized
     assert res["sink"] == sink and res["normalized"] == normalized
     assert res["weights_from_row_weight"] == (not normalized) and not res["pattern_is_share"]
+    # the sink's share of each row's weight, from the shares hook_pattern (and hook_bias_pattern) hold
+    L = model.cfg.n_layers
+    name = "hook_pattern" if sink == "first" else "hook_bias_pattern"
+    acts = patching.capture(model, tokens, [f"blocks.{l}.attn.{name}" for l in range(L)])
+    share = np.stack([acts[f"blocks.{l}.attn.{name}"].double().numpy() for l in range(L)], 1)  # [N, L, H, T(, T)]
+    share = share[..., 1:, 0] if sink == "first" else share[..., 1:]
+    np.testing.assert_allclose(res["sink_share"], share.mean(axis=(0, 3)), rtol=1e-9, atol=1e-12)
     for key, name in (("a", "sink_mass"), ("m", "mass"), ("g", "gate"), ("vshare", "value_share"),
                       ("within", "gate_std_within"), ("corr", "corr_gate_mass")):
         np.testing.assert_allclose(res[name], ref[key], rtol=1e-9, atol=1e-11, err_msg=name)
