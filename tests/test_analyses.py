@@ -963,6 +963,37 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     assert "invalid choice: 'nobody'" in capsys.readouterr().err
 
 
+def test_sink_gate_page_reads_sigmoid_weights_against_softmax(tmp_path, monkeypatch):
+    """A sigmoid model's gate is its rows' weight off token 1: the page gives what holding and swapping it cost
+    (from the snapshot) and sets that beside the softmax counterpart's held gate."""
+    mod = load_script("analyses/sink_gate.py")
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    toks = np.random.default_rng(1).integers(2, 500, (4, 12))
+    np.save(data / "val_bos.npy", np.concatenate([np.ones((4, 1), dtype=np.int64), toks[:, :-1]], axis=1))
+    np.save(data / "val.npy", toks)
+    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out"),
+                        ("DATA", data), ("NUM_SEQS", 4), ("SEQ_LEN", 12),
+                        ("TOKENS", data / "val.npy"), ("TOKENS_BOS", data / "val_bos.npy")):
+        monkeypatch.setattr(mod, name, value)
+    monkeypatch.setattr(mod, "MODELS", {"toy-softmax": ("toy-softmax", True, False, "shipped"),
+                                        "toy-sigmoid": ("toy-sigmoid", True, False, "shipped")})
+    monkeypatch.setattr(mod, "INPUTS", {"toy-softmax": ("debian",), "toy-sigmoid": ("debian",)})
+    assert mod.main() == 0
+    sig, soft = (json.loads((data / f"{n}__debian.json").read_text()) for n in ("toy-sigmoid", "toy-softmax"))
+    assert sig["weights_from_row_weight"] and not sig["normalized"]
+    held = {x["label"]: x["delta_loss"] for x in sig["interventions"]}
+    held_soft = {x["label"]: x["delta_loss"] for x in soft["interventions"]}
+    page = (tmp_path / "page.md").read_text()
+    row = page.split("- **toy-sigmoid, Debian held-out** (not normalized; m is each row's weight off token 1")[1]
+    assert f"costs {held['fixed']:+.3f} nats; m of position and query token {held['token']:+.3f}" in row.split("\n")[0]
+    m = np.asarray(sig["mass"])
+    assert f"m per head {m.min():.2f} to {m.max():.2f}" in row.split("\n")[0]
+    assert (f"toy-sigmoid {held['fixed']:+.3f} / {held['donor']:+.3f} nats against toy-softmax "
+            f"{held_soft['fixed']:+.3f} / {held_soft['donor']:+.3f}") in page.split("The gate without a sink")[1]
+
+
 def test_gate_targets_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     """The page's rows from the runs' snapshots (pooled targets; the copy test's halves from m by position),
     and a model that is not here taken from its snapshot."""
