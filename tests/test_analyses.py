@@ -994,6 +994,23 @@ def test_sink_gate_page_reads_sigmoid_weights_against_softmax(tmp_path, monkeypa
             f"{held_soft['fixed']:+.3f} / {held_soft['donor']:+.3f}") in page.split("The gate without a sink")[1]
 
 
+def test_gate_targets_controls_and_gate_by_attention_kind():
+    """The closing test's controls: other sink heads of closest sink share under softmax, any other head of
+    closest weight where attention does not normalize; the gate read is m wherever m is a weight."""
+    mod = load_script("analyses/gate_targets.py")
+    a = np.array([[0.2, 0.25], [0.9, 0.5]])
+    assert mod._controls([(0, 0)], a) == [(1, 1)]  # among the sink heads (a > 0.3) only
+    assert mod._controls([(0, 0)], a, sinks=False) == [(0, 1)]
+    a[0, 1] = np.nan  # a head without a measured gate is never a control
+    assert mod._controls([(0, 0)], a, sinks=False) == [(1, 1)]
+    pos = [[[None, 0.5, 0.7, 0.9]]]
+    res = {"normalized": False, "weights_from_row_weight": True, "mass_pos": pos, "gate_pos": [[[None, 9.0, 9.0, 9.0]]]}
+    first, second, _ = mod._half_means(res, 2)
+    assert first[0, 0] == 0.5 and second[0, 0] == pytest.approx(0.8)
+    first, _, _ = mod._half_means({**res, "weights_from_row_weight": False}, 2)  # an older run: m was a share
+    assert first[0, 0] == 9.0
+
+
 def test_gate_targets_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     """The page's rows from the runs' snapshots (pooled targets; the copy test's halves from m by position),
     and a model that is not here taken from its snapshot."""
