@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["INPUT_KINDS", "make_tokens", "load_token_file", "default_text", "read_texts"]
+__all__ = ["INPUT_KINDS", "copy_first_half", "make_tokens", "load_token_file", "default_text", "read_texts"]
 
-INPUT_KINDS = ("natural", "random", "repeat", "copy")
+INPUT_KINDS = ("natural", "random", "repeat", "copy", "copy-natural")
 
 
 def default_text() -> str:
@@ -56,6 +56,20 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def copy_first_half(tokens: Any, start: int = 0) -> np.ndarray:
+    """``tokens`` [N, T] with the positions from ``start`` on split in two, the second half (from
+    ``start`` + ceil((T - start) / 2)) replaced by a copy of the first: every query there has an earlier
+    occurrence of its token whose successor predicts its own (``start`` = 1 keeps a BOS first out of it)."""
+    ids = np.array(tokens, dtype=np.int64, copy=True)
+    if ids.ndim != 2:
+        raise ValueError(f"tokens must be [N, T], got shape {ids.shape}")
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= ids.shape[1] - 2:
+        raise ValueError(f"start must be an integer in [0, {ids.shape[1] - 2}], got {start!r}")
+    half = start + (ids.shape[1] - start + 1) // 2
+    ids[:, half:] = ids[:, start:start + ids.shape[1] - half]
+    return ids
+
+
 def make_tokens(
     kind: str,
     *,
@@ -79,7 +93,10 @@ def make_tokens(
       sequence);
     * ``copy``: uniform random ids whose second half copies the first (the first ceil(n / 2) ids of
       the sequence, then as many of them again as fit): the induction-head test, where every token of
-      the second half has an earlier occurrence whose successor predicts its own.
+      the second half has an earlier occurrence whose successor predicts its own;
+    * ``copy-natural``: the ``natural`` windows (the same ones, for the same seed) with their second half
+      replaced by a copy of their first (``copy_first_half``): the induction test on real text, whose
+      unrepeated windows are the control.
 
     With ``prepend_bos`` the first position holds ``bos_token_id`` and the rest ``seq_len - 1``
     tokens of the chosen kind.
@@ -107,9 +124,9 @@ def make_tokens(
     elif kind == "copy":
         half = rng.integers(0, vocab_size, size=(num_seqs, (body + 1) // 2), dtype=np.int64)
         ids = np.concatenate([half, half], axis=1)[:, :body]
-    else:
+    else:  # natural, copy-natural
         if tokenizer is None:
-            raise ValueError("inputs=natural needs a tokenizer, and this model has none; "
+            raise ValueError(f"inputs={kind} needs a tokenizer, and this model has none; "
                              "use --inputs random|repeat|copy or --tokens IDS.npy")
         stream = np.asarray(tokenizer(text if text is not None else default_text(),
                                       add_special_tokens=False)["input_ids"], dtype=np.int64)
@@ -123,6 +140,8 @@ def make_tokens(
         ids = np.stack([stream[c * body:(c + 1) * body] for c in chosen])
         if ids.max(initial=0) >= vocab_size:
             raise ValueError(f"the tokenizer produced ids >= the model's vocabulary size {vocab_size}")
+        if kind == "copy-natural":
+            ids = copy_first_half(ids)
     if prepend_bos:
         ids = np.concatenate([np.full((num_seqs, 1), int(bos_token_id), dtype=np.int64), ids], axis=1)
     return ids

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from sinkinterp.builtin import byte_tokenizer
-from sinkinterp.inputs import default_text, load_token_file, make_tokens
+from sinkinterp.inputs import (
+    copy_first_half,
+    default_text,
+    load_token_file,
+    make_tokens,
+)
 
 TEXT = "It was a bright cold day in the valley, and the river ran quickly past the mill. " * 30
 
@@ -40,6 +45,26 @@ def test_copy_repeats_the_first_half_of_random_ids(seq_len, bos):
     again = make_tokens("copy", seq_len=seq_len, num_seqs=6, vocab_size=1000, seed=2, prepend_bos=bos,
                         bos_token_id=999 if bos else None)
     np.testing.assert_array_equal(ids, again)
+
+
+@pytest.mark.parametrize(("seq_len", "bos"), [(16, False), (17, False), (17, True)])
+def test_copy_natural_is_the_natural_windows_with_their_first_half_copied(seq_len, bos):
+    tok = byte_tokenizer()
+    kw = {"seq_len": seq_len, "num_seqs": 5, "vocab_size": 258, "tokenizer": tok, "text": TEXT, "seed": 1,
+          "prepend_bos": bos, "bos_token_id": 257 if bos else None}
+    nat, cpy = make_tokens("natural", **kw), make_tokens("copy-natural", **kw)
+    start = int(bos)
+    half = start + (seq_len - start + 1) // 2
+    np.testing.assert_array_equal(cpy[:, :half], nat[:, :half])  # the same windows: the control is the text itself
+    np.testing.assert_array_equal(cpy[:, half:], nat[:, start:start + seq_len - half])
+    assert (cpy[:, half:] != nat[:, half:]).any()
+    np.testing.assert_array_equal(copy_first_half(nat, start), cpy)
+    with pytest.raises(ValueError, match="copy-natural needs a tokenizer"):
+        make_tokens("copy-natural", seq_len=8, num_seqs=1, vocab_size=10)
+    with pytest.raises(ValueError, match=r"start must be an integer in \[0, 14\]"):
+        copy_first_half(nat[:, :16], 15)
+    with pytest.raises(ValueError, match=r"tokens must be \[N, T\]"):
+        copy_first_half(nat[0])
 
 
 def test_natural_windows_come_from_the_text_without_overlap():
