@@ -5,7 +5,10 @@ the query's token, an earlier occurrence of that token, or another key) and by d
 key is the query's best match, and how open the gate is then against its position's mean
 (``sinkinterp gate``'s ``targets``). Then the induction test: the same models on uniform random ids and on
 random ids whose second half copies the first (``--inputs copy``), where every query of the second half
-has an induction target: do the heads that read induction targets open their gate when there is one?
+has an induction target: do the heads that read induction targets open their gate when there is one? A third
+test does the same on each model's own text: its own-domain windows against the same windows with their
+second half replaced by a copy of their first (``--inputs copy-natural`` for SmolLM2; for the Debian-trained
+models the held-out windows so copied, analyses/data/gate_targets/*_copied.npy, made once by ``_copied_file``).
 
 The models are those of analyses/sink_gate.py (the shipped toy models, their second seeds, the toy gated
 model, the GPU models and SmolLM2, each where it is here), each on its own domain (the Debian-trained
@@ -16,7 +19,8 @@ seed 0, and a replicate at T = 128, seed 1; BOS first for the models trained wit
 The per-head results are kept in analyses/data/gate_targets/KEY.json, so the page regenerates from them
 where a model is missing here. Writes docs/gate-targets.md and docs/figures/gate-targets.png. About
 8 minutes on a 2-core CPU with every model present; ``--only NAME ...`` runs those models alone (the
-others from their snapshots), ``--snapshots`` runs none.
+others from their snapshots; ``NAME__INPUTS`` runs one run of a model, and its pair's closing test),
+``--snapshots`` runs none.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ DATA = ROOT / "analyses" / "data" / "gate_targets"
 OUT = Path("runs") / "analyses" / "gate_targets"  # relative to the repository root
 SEQ_LEN, NUM_SEQS, NATURAL_SEQS, SEED = 64, 64, 120, 0
 REPLICATE = (128, 1)  # the induction test's replicate: T (at most the model's context length) and seed
-# each pair of random and copied ids is one induction test: the first at SEQ_LEN and SEED, then the replicate
-PAIRS = (("", "random", "copy"), ("_r", "random_r", "copy_r"))
+# each pair of random and copied ids is one induction test: the first at SEQ_LEN and SEED, then the replicate;
+# then the model's own text (None: its own-domain run) against the same windows with their second half copied
+PAIRS = (("", "random", "copy"), ("_r", "random_r", "copy_r"), ("_t", None, "copy_text"))
 GENERATED = ("random", "copy", "random_r", "copy_r")
 
 
@@ -68,7 +73,22 @@ def _models() -> tuple[dict, Path, Path]:
 
 
 def _inputs(spec: str | None) -> tuple[str, ...]:
-    return ("natural" if spec is None else "debian", *GENERATED)
+    return ("natural" if spec is None else "debian", *GENERATED, "copy_text")
+
+
+def _copied_file(path: Path, bos: bool) -> Path:
+    """The held-out windows of ``path`` with their second half (after BOS, where first) a copy of their first:
+    analyses/data/gate_targets/STEM_copied.npy, made once (``inputs.copy_first_half``) and committed."""
+    import numpy as np
+
+    from sinkinterp.fileio import atomic_write
+    from sinkinterp.inputs import copy_first_half
+
+    out = DATA / f"{path.stem}_copied.npy"
+    if not out.is_file():
+        ids = copy_first_half(np.load(path), int(bos))
+        atomic_write(out, lambda f: np.save(f, ids))
+    return out
 
 
 def _pair_label(res: dict) -> str:
@@ -79,8 +99,8 @@ def _label(key: str) -> str:
     name, _, inputs = key.partition("__")
     return f"{name}, " + {"debian": "Debian held-out", "natural": "English sample",
                           "random": "random ids", "copy": "random ids, second half copied",
-                          "random_r": "random ids, replicate", "copy_r": "random ids, second half copied, replicate"
-                          }.get(inputs, inputs)
+                          "random_r": "random ids, replicate", "copy_r": "random ids, second half copied, replicate",
+                          "copy_text": "own text, second half copied"}.get(inputs, inputs)
 
 
 def _rounded(x: object, digits: int) -> object:
@@ -136,9 +156,14 @@ def _run(key: str, spec: str, inputs: str, bos: bool, commands: list[str], gguf:
 
     _, tokens, tokens_bos = _models()
     out = OUT / key
-    if inputs == "debian":
+    seed = SEED
+    if inputs in ("debian", "copy_text") and gguf is None:
         path = tokens_bos if bos else tokens
+        path = _copied_file(path, bos) if inputs == "copy_text" else path
         source = ["--tokens", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)]
+    elif inputs == "copy_text":  # SmolLM2: the windows of its own-domain run ("natural"), second half copied
+        source = ["--inputs", "copy-natural", "--seq-len", str(SEQ_LEN), "--num-seqs", str(NATURAL_SEQS), "--seed",
+                  str(SEED), *(["--prepend-bos"] if bos else [])]
     else:
         kind, T, seed = _generated(inputs, _n_ctx(spec)) if inputs in GENERATED else (inputs, SEQ_LEN, SEED)
         n = NATURAL_SEQS if inputs == "natural" else NUM_SEQS
@@ -148,7 +173,7 @@ def _run(key: str, spec: str, inputs: str, bos: bool, commands: list[str], gguf:
             "--out", str(out)]
     res = run_cli(cli, args, commands, gguf)
     snap = _snapshot(res, json.loads((out / "config.json").read_text()))
-    snap["seed"] = SEED if inputs == "debian" else seed
+    snap["seed"] = seed
     _write(DATA / f"{key}.json", snap)
     return snap
 
@@ -222,22 +247,41 @@ def _controls(heads: list, a, sinks: bool = True) -> list:
     return out
 
 
-def _close(name: str, spec: str, bos: bool, heads: list, controls: list, rnd: dict, cpy: dict, seed: int) -> dict:
-    """The closing test on ``cpy``'s copied ids (made again, checked against its token hash): the loss on the
-    copied half's predictable targets (from the second copied token on) with the gate of ``heads``, then of
-    ``controls``, held on the copied half at its mean by position on random ids (``rnd``: what the head does
-    with nothing to copy), the other keys scaled together and the sink taking the rest (``gate.fixed_gate``
-    with NaN, left alone, everywhere else)."""
+def _copied_ids(kind: str, lm, cpy: dict, bos: bool, seed: int):
+    """The ids ``cpy`` was measured on, made again: random ids copied (``copy``, ``copy_r``), or the model's own
+    text copied (``copy_text``: SmolLM2's English windows, or the committed copied Debian windows)."""
+    import numpy as np
+
+    from sinkinterp import inputs
+
+    if kind != "copy_text":
+        return inputs.make_tokens("copy", seq_len=cpy["seq_len"], num_seqs=cpy["num_seqs"], seed=seed,
+                                  vocab_size=lm.d_vocab, prepend_bos=bos, bos_token_id=lm.bos_token_id)
+    if lm.tokenizer is not None and "--inputs copy-natural" in (cpy.get("command") or ""):
+        return inputs.make_tokens("copy-natural", seq_len=cpy["seq_len"], num_seqs=cpy["num_seqs"], seed=seed,
+                                  vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, prepend_bos=bos,
+                                  bos_token_id=lm.bos_token_id)
+    _, tokens, tokens_bos = _models()
+    return np.load(_copied_file(tokens_bos if bos else tokens, bos))
+
+
+def _close(name: str, spec: str, bos: bool, heads: list, controls: list, rnd: dict, cpy: dict, seed: int,
+           kind: str = "copy") -> dict:
+    """The closing test on ``cpy``'s copied ids (``kind``: its inputs; made again, checked against its token
+    hash): the loss on the copied half's predictable targets (from the second copied token on) with the gate
+    of ``heads``, then of ``controls``, held on the copied half at its mean by position on the same positions
+    without the copy (``rnd``: random ids, or the unrepeated text: what the head does with nothing to copy),
+    the other keys scaled together and the sink taking the rest (``gate.fixed_gate`` with NaN, left alone,
+    everywhere else)."""
     import hashlib
 
     import numpy as np
 
-    from sinkinterp import gate, inputs, loading, provenance
+    from sinkinterp import gate, loading, provenance
     from sinkinterp import interventions as iv
 
     lm = loading.load_model(spec)
-    toks = inputs.make_tokens("copy", seq_len=cpy["seq_len"], num_seqs=cpy["num_seqs"], seed=seed,
-                              vocab_size=lm.d_vocab, prepend_bos=bos, bos_token_id=lm.bos_token_id)
+    toks = _copied_ids(kind, lm, cpy, bos, seed)
     sha = hashlib.sha256(np.ascontiguousarray(toks, dtype=np.int64).tobytes()).hexdigest()
     if cpy.get("tokens_sha256") and sha != cpy["tokens_sha256"]:
         raise SystemExit(f"gate_targets: {name}: the copied ids made again differ from the measured run's")
@@ -269,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT / "analyses"))
     models, _, _ = _models()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(models),
-                        help=f"run only these models; the others come from their snapshots ({', '.join(models)})")
+    keys = [f"{n}__{i}" for n, (spec, *_) in models.items() for i in _inputs(spec)]
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=list(models) + keys,
+                        help=("run only these models, or runs by their key NAME__INPUTS (and the closing test of a "
+                              "copied run's pair); the others come from their snapshots "
+                              f"({', '.join(models)})"))
     parser.add_argument("--snapshots", action="store_true", help="run no model: render the page from the snapshots")
     args = parser.parse_args(argv or [])
     from _common import SMOLLM2_ARG, enter_checkout, finish_page
@@ -283,19 +330,22 @@ def main(argv: list[str] | None = None) -> int:
     commands: list[str] = []
     results: dict[str, dict] = {}
     present_of: dict[str, str | None] = {}  # name -> the spec to load, when the model is here and is to run
+    ran: set[str] = set()  # the runs made now (their pair's closing test runs again)
     for name, (spec, bos, *_rest) in models.items():
         gguf = loading.smollm2_gguf_path() if spec is None else None
         present = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
         run_it = present and not args.snapshots and (args.only is None or name in args.only)
-        present_of[name] = (gguf if spec is None else spec) if run_it else None
+        runs_of = {i for i in _inputs(spec) if run_it or (present and not args.snapshots and f"{name}__{i}" in args.only)}
+        present_of[name] = (gguf if spec is None else spec) if runs_of else None
         for inputs in _inputs(spec):
             key = f"{name}__{inputs}"
-            if run_it:
+            if inputs in runs_of:
                 if inputs == "debian":
                     import sink_gate
 
                     sink_gate._debian_tokens()
                 results[key] = _run(key, gguf if spec is None else spec, inputs, bos, commands, gguf)
+                ran.add(key)
             elif (DATA / f"{key}.json").is_file():
                 results[key] = json.loads((DATA / f"{key}.json").read_text())
                 at = f" at commit {results[key]['git_commit'][:7]}" if results[key].get("git_commit") else ""
@@ -330,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
 
     copy_rows = [("| model | induction heads (>= 30% of the weight off the sink on induction targets, copied ids) | of them "
                   "sink heads in their own domain (a > 0.3) | their a in their own domain | their m on the copied half: "
-                  "random ids -> copied | m's change on the copied half (median head) | on the first half (the "
-                  "control: the same random ids) | all sink heads: m's change on the copied half (median) |"),
+                  "without the copy -> copied | m's change on the copied half (median head) | on the first half (the "
+                  "control: the same ids) | all sink heads: m's change on the copied half (median) |"),
                  "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
     head_rows = [("| model | head | a, own domain | on induction targets, own domain | on induction targets, copied "
                   "ids | m on the copied half: random -> copied | m's change on the first half | m on repeated "
@@ -346,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     alone_notes: list[tuple] = []  # per-head gate edits on the model's own domain, from sink_gate's snapshot
     for name, suffix, rnd_key, cpy_key in ((n, *p) for n in models for p in PAIRS):
         dom_key = next((k for k in domain if k.startswith(f"{name}__")), None)
-        rnd, cpy = results.get(f"{name}__{rnd_key}"), results.get(f"{name}__{cpy_key}")
+        rnd = results.get(f"{name}__{rnd_key}") if rnd_key else domain.get(dom_key)  # None: the own text
+        cpy = results.get(f"{name}__{cpy_key}")
         if dom_key is None or rnd is None or cpy is None:
             continue
         dom = domain[dom_key]
@@ -360,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         share_cpy = np.asarray(cpy["targets"]["share"], dtype=np.float64)[..., ind]
         sinks = [lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD]
         all_sink = f"{np.nanmedian([second_c[lh] - second_r[lh] for lh in sinks]):+.3f}" if sinks else "-"
-        shown = (f"{name}, replicate at {_pair_label(cpy)}" if suffix else name) + (
+        shown = {"": name, "_r": f"{name}, replicate at {_pair_label(cpy)}", "_t": f"{name}, its own text copied"}[suffix] + (
             "" if cpy["normalized"] else " (not normalized: m is the row's weight off the sink)" if _weighted(cpy)
             else " (not normalized: the gate g in place of m)")
         if heads:
@@ -388,9 +439,10 @@ def main(argv: list[str] | None = None) -> int:
                     + (f" | {alone['open'][l][h]:+.3f} / {alone['fixed'][l][h]:+.4f} |" if alone else " | - |"))
             if _weighted(cpy):  # softmax: controls among the sink heads; otherwise the heads of closest weight
                 controls = _controls(heads, a) if cpy["normalized"] else _controls(heads, second_r, sinks=False)
-                closing[(name, suffix)] = (shown, models[name][1], heads, controls, rnd, cpy, present_of[name],
-                                          cpy.get("seed", SEED))
-            copy_notes.append((shown, bool(cpy["normalized"]), bool(suffix), len(heads), n_sink, float(np.median(a[idx])),
+                load = present_of[name] if f"{name}__{cpy_key}" in ran else None
+                closing[(name, suffix)] = (shown, models[name][1], heads, controls, rnd, cpy, load, cpy.get("seed", SEED),
+                                          cpy_key)
+            copy_notes.append((shown, bool(cpy["normalized"]), suffix, len(heads), n_sink, float(np.median(a[idx])),
                                float(np.median(second_c[idx] - second_r[idx])),
                                float(np.median(first_c[idx] - first_r[idx]))))
         else:
@@ -401,16 +453,16 @@ def main(argv: list[str] | None = None) -> int:
                 lost.append(f"{shown} (largest share {_pct(best)})")
             copy_rows.append(f"| {shown} | 0 (largest share {_pct(best)}) | - | - | - | - | - | {all_sink} |")
 
-    close_rows = [("| model | induction heads held | Δ loss on the copied half, their gate held at its random-ids level | "
+    close_rows = [("| model | induction heads held | Δ loss on the copied half, their gate held at its level without the copy | "
                    "control heads held so (other sink heads of closest sink weight; without normalization, other heads "
                    "of closest weight off the sink; as many as there are, up to the same number) | their "
                    "Δ loss | loss on the copied half, unedited | where it comes from |"),
                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for (model, suffix), (name, bos, heads, controls, rnd, cpy, load, seed) in closing.items():
+    for (model, suffix), (name, bos, heads, controls, rnd, cpy, load, seed, kind) in closing.items():
         path = DATA / f"{model}__closing{suffix}.json"
         if load is not None:
             print(f"-- closing test on {name}: {len(heads)} induction heads, {len(controls)} controls")
-            done = _close(name, load, bos, heads, controls, rnd, cpy, seed)
+            done = _close(name, load, bos, heads, controls, rnd, cpy, seed, kind)
             _write(path, done)
             where = "run now"
         elif path.is_file():
@@ -481,7 +533,10 @@ def main(argv: list[str] | None = None) -> int:
         "targets on the copied ids. m's change on the copied half is, per head, the mean over those positions of",
         "m on copied ids minus m on random ids (the first half, where the two inputs are alike, is the control).",
         (f"The replicate (T {REPLICATE[0]} where the model's context allows it, else its context length; seed "
-         f"{REPLICATE[1]}) selects its induction heads on its own copied ids."),
+         f"{REPLICATE[1]}) selects its induction heads on its own copied ids. The third test is on real text: each "
+         "model's own-domain windows (SmolLM2's English windows, `--inputs copy-natural`; the Debian held-out "
+         "windows, analyses/data/gate_targets/*_copied.npy) with their second half replaced by a copy of their "
+         "first, against the same windows unrepeated (random ids -> copied reads: unrepeated text -> copied)."),
         "",
         *copy_rows,
         "",
@@ -490,15 +545,15 @@ def main(argv: list[str] | None = None) -> int:
         *(head_rows if len(head_rows) > 2 else ["(no induction heads in these results)"]),
         "",
         "Does copying need the gate to open? On the same copied ids, each induction head's weight off the sink",
-        "on the copied half is held at its mean by position on random ids (what the head does with nothing to",
-        "copy: `gate.fixed_gate`, the other keys scaled together and the sink taking the rest; every other head and",
+        "on the copied half is held at its mean by position on random ids, or on the unrepeated text for the",
+        "third test (what the head does with nothing to copy: `gate.fixed_gate`, the other keys scaled together and the sink taking the rest; every other head and",
         "position left alone), and the loss is scored on the predictable targets (from the second copied token",
         "on). The control holds other sink heads (a > 0.3 in the model's own domain), for each induction head the",
         "not yet chosen non-induction sink head closest in sink weight (fewer where the model has fewer), at their",
-        "random-ids level the same way. Where attention does not normalize (sigmoid), m is the row's weight off",
+        "level without the copy the same way. Where attention does not normalize (sigmoid), m is the row's weight off",
         "the sink (`hook_row_weight`): it is held the same way, but the sink keeps its weight, so the row's total",
         "changes, and the control holds, for each induction head, the other head with the closest weight off the",
-        "sink on the copied half of the random ids.",
+        "sink on the copied half without the copy.",
         "",
         *(close_rows if len(close_rows) > 2 else ["(no closing test in these results)"]),
         "",
@@ -550,18 +605,24 @@ def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list, l
                    f"{'is a sink head' if n_sink == 1 else 'are sink heads'} in its own domain (median a "
                    f"{a_med:.2f}). On the copied half their gate {verb} ({d_copy:+.3f} in the median head, against "
                    f"{d_first:+.3f} on the first half, where the inputs do not differ).")
-    soft = [x for x in copy_notes if x[1] and not x[2]]  # the first test of each softmax model
+    soft = [x for x in copy_notes if x[1] and x[2] == ""]  # the first test of each softmax model
     if soft:
         n, n_sink = sum(x[3] for x in soft), sum(x[4] for x in soft)
         opened = sum(x[6] > 0.02 for x in soft)
-        again = [x for x in copy_notes if x[1] and x[2]]
+        again = [x for x in copy_notes if x[1] and x[2] == "_r"]
         out.append(f"- Over the softmax models with induction heads, {n_sink} of {n} induction heads are sink heads in "
                    f"their own domain, and in {opened} of {len(soft)} models their gate opens on the copied half "
                    + (f"({sum(x[6] > 0.02 for x in again)} of {len(again)} in the replicates)" if again else "") + ": "
                    + ("a head that copies sits on the sink until the text offers something to copy (compare the "
                       "active and dormant heads of Guo et al., 2024)." if n_sink > n / 2 and opened == len(soft)
                       else "the sink and copying do not line up in every model here."))
-    for name, _, _, n, _, _, d_copy, _ in (x for x in copy_notes if not x[1] and not x[2]):
+    text = [x for x in copy_notes if x[2] == "_t"]
+    if text:
+        opened = [x for x in text if x[6] > 0.02]
+        out.append(f"- **On the models' own text** with its second half copied (the unrepeated windows the control), "
+                   f"{len(text)} model{'s' if len(text) != 1 else ''} have induction heads, and their gate opens on "
+                   f"the copied half in {len(opened)} of them: the test does not need random ids.")
+    for name, _, _, n, _, _, d_copy, _ in (x for x in copy_notes if not x[1] and x[2] == ""):
         out.append(f"- **{name}** has no sink to park on: its induction head{'s' if n != 1 else ''} "
                    + ("open" if n != 1 else "opens") + f" the row's total weight instead ({d_copy:+.3f} in the median "
                    "head), the gate sigmoid attention has without a sink.")
@@ -570,13 +631,13 @@ def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list, l
     if copy_notes and none:
         out.append(f"- No induction head by this test in {', '.join(none)}.")
     if lost:
-        out.append(f"- Replicates that find no induction head at the {INDUCTION:.0%} floor where the first test found some: "
-                   f"{', '.join(lost)}.")
+        out.append(f"- Later tests (the replicate, the model's own text copied) that find no induction head at the "
+                   f"{INDUCTION:.0%} floor where the first test found some: {', '.join(lost)}.")
     for name, done in close_notes:
         ind, ctl = done["induction"]["delta_loss"], done["control"]["delta_loss"]
         kind = "sink head" if done.get("normalized", True) else "head"
         out.append(f"- **{name}**, closing test: holding the gate of its {_heads(len(done['heads']))} at the "
-                   f"random-ids level on the copied half costs {ind:+.3f} nats there (loss "
+                   f"level without the copy on the copied half costs {ind:+.3f} nats there (loss "
                    f"{done['induction']['loss_base']:.3f} -> {done['induction']['loss']:.3f}), "
                    + (f"{len(done['controls'])} other {kind}{'s' if len(done['controls']) != 1 else ''} {ctl:+.3f}: "
                       if done["controls"] else f"(no other {kind} to compare): ")
