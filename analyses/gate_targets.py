@@ -174,6 +174,8 @@ def _run(key: str, spec: str, inputs: str, bos: bool, commands: list[str], gguf:
     res = run_cli(cli, args, commands, gguf)
     snap = _snapshot(res, json.loads((out / "config.json").read_text()))
     snap["seed"] = seed
+    if inputs.startswith("copy"):  # the first copied position: after BOS where the model has it first, also in a file
+        snap["copy_start"] = int(bos) + (snap["seq_len"] - int(bos) + 1) // 2
     _write(DATA / f"{key}.json", snap)
     return snap
 
@@ -194,7 +196,10 @@ def _alone(dom_key: str) -> dict | None:
 
 
 def _copy_start(res: dict) -> int:
-    """The first query position (0-based) whose token copies an earlier one in ``--inputs copy``."""
+    """The first query position (0-based) whose token copies an earlier one in a copied run (``copy_start``; in
+    a snapshot from before it, from ``--prepend-bos``, as ``--inputs copy`` places it)."""
+    if res.get("copy_start") is not None:
+        return int(res["copy_start"])
     bos = int(bool(res["prepend_bos"]))
     return bos + (res["seq_len"] - bos + 1) // 2
 

@@ -1015,6 +1015,7 @@ def test_gate_targets_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys
     """The page's rows from the runs' snapshots (pooled targets; the copy test's halves from m by position),
     and a model that is not here taken from its snapshot."""
     from sinkinterp import gate as mod_gate
+    from sinkinterp.inputs import copy_first_half
 
     mod = load_script("analyses/gate_targets.py")
     sink_gate = load_script("analyses/sink_gate.py")
@@ -1055,6 +1056,19 @@ def test_gate_targets_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys
     assert len(close["heads"]) == 16 and close["controls"] == [] and abs(close["control"]["delta_loss"]) < 1e-5
     assert abs(close["induction"]["delta_loss"]) > 1e-3  # the float64 round trip of the untouched pattern: 1e-7
     assert f"| toy-softmax | 16 | {close['induction']['delta_loss']:+.3f} | 0 | - |" in page
+    # the third test: the own-domain windows against the same windows with their second half copied (after BOS)
+    text = json.loads((data / "toy-softmax__copy_text.json").read_text())
+    copied = np.load(data / "val_bos_copied.npy")
+    np.testing.assert_array_equal(copied, copy_first_half(np.load(data / "val_bos.npy"), 1))
+    assert f"--tokens {data / 'val_bos_copied.npy'}" in text["command"] and mod._copy_start(text) == 1 + 6
+    assert "| toy-softmax, its own text copied | 16 | " in page
+    close_t = json.loads((data / "toy-softmax__closing_t.json").read_text())
+    assert close_t["tokens_sha256"] == text["tokens_sha256"] and close_t["num_seqs"] == 4
+    # --only by key: that run and its pair's closing test alone
+    before = (data / "toy-softmax__copy.json").read_text()
+    (data / "toy-softmax__closing_t.json").unlink()
+    assert mod.main(["--only", "toy-softmax__copy_text"]) == 0
+    assert (data / "toy-softmax__closing_t.json").is_file() and (data / "toy-softmax__copy.json").read_text() == before
     # the model gone: its snapshots are used and named
     models.clear()
     models["ghost"] = (str(tmp_path / "no-model"), True, False, "absent")
