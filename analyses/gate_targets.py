@@ -29,6 +29,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "gate-targets.md"
@@ -277,10 +278,11 @@ def _close(name: str, spec: str, bos: bool, heads: list, controls: list, rnd: di
     of ``heads``, then of ``controls``, held on the copied half at its mean by position on the same positions
     without the copy (``rnd``: random ids, or the unrepeated text: what the head does with nothing to copy),
     the other keys scaled together and the sink taking the rest (``gate.fixed_gate`` with NaN, left alone,
-    everywhere else)."""
+    everywhere else); then each induction head held alone (``alone``: [layer, head, Δ loss])."""
     import hashlib
 
     import numpy as np
+    import torch
 
     from sinkinterp import gate, loading, provenance
     from sinkinterp import interventions as iv
@@ -293,18 +295,47 @@ def _close(name: str, spec: str, bos: bool, heads: list, controls: list, rnd: di
     start = _copy_start(cpy)
     _, _, m_r = _half_means(rnd, start)
     out = {"heads": [list(map(int, lh)) for lh in heads], "controls": [list(map(int, lh)) for lh in controls],
-           "normalized": bool(cpy["normalized"]), "start": start, "target_start": start + 1, "num_seqs": int(toks.shape[0]), "seq_len": int(toks.shape[1]),
-           "seed": seed, "tokens_sha256": sha,
+           "normalized": bool(cpy["normalized"]), "start": start, "target_start": start + 1,
+           "num_seqs": int(toks.shape[0]), "seq_len": int(toks.shape[1]), "seed": seed, "tokens_sha256": sha,
            "git_commit": provenance.git_commit(), "versions": provenance.versions()}
-    for label, which in (("induction", heads), ("control", controls)):
+    toks = torch.as_tensor(toks)
+    base = iv.baseline(lm.model, toks, sinks=False)
+
+    def held(which: list) -> Any:
         table = np.full(m_r.shape, np.nan)
         for l, h in which:
             table[l, h, start:] = m_r[l, h, start:]
-        res = iv.run_intervention(lm.model, toks, gate.fixed_gate(table, sink=cpy["sink"],
-                                                                  normalized=bool(cpy["normalized"])),
-                                  target_start=start + 1, sinks=False)
+        return iv.run_intervention(lm.model, toks, gate.fixed_gate(table, sink=cpy["sink"],
+                                                                   normalized=bool(cpy["normalized"])),
+                                   target_start=start + 1, sinks=False, base=base)
+
+    for label, which in (("induction", heads), ("control", controls)):
+        res = held(which)
         out[label] = {"loss_base": res.loss_base, "loss": res.loss, "delta_loss": res.delta_loss}
+    out["alone"] = [[int(l), int(h), held([(l, h)]).delta_loss] for l, h in heads] if len(heads) > 1 else []
     return out
+
+
+def _alone_text(done: dict) -> str:
+    """A closing test's heads held one at a time: their summed Δ loss and the costliest three ("-" without)."""
+    alone = done.get("alone") or []
+    if not alone:
+        return "-"
+    top = sorted(alone, key=lambda x: -x[2])[:3]
+    return f"{sum(x[2] for x in alone):+.3f} (" + ", ".join(f"L{l}H{h} {d:+.3f}" for l, h, d in top) + ")"
+
+
+def _alone_reading(joint: float, alone: list) -> str:
+    """The heads held together against one at a time, in words (empty without per-head runs)."""
+    if not alone or joint <= 0.05:
+        return ""
+    total = sum(x[2] for x in alone)
+    worst = max(alone, key=lambda x: x[2])
+    how = ("more than the sum of each held alone: they stand in for one another, so closing one leaves the others "
+           "to copy" if joint > 1.25 * total else "less than the sum of each held alone" if joint < 0.8 * total
+           else "about the sum of each held alone")
+    return (f" Together they cost {how} ({total:+.3f}; the costliest, L{worst[0]}H{worst[1]}, {worst[2]:+.3f} "
+            f"alone, {max(worst[2], 0) / joint:.0%} of the joint cost).")
 
 
 def _pct(x: float) -> str:
@@ -459,10 +490,11 @@ def main(argv: list[str] | None = None) -> int:
             copy_rows.append(f"| {shown} | 0 (largest share {_pct(best)}) | - | - | - | - | - | {all_sink} |")
 
     close_rows = [("| model | induction heads held | Δ loss on the copied half, their gate held at its level without the copy | "
+                   "each induction head held alone: Δ loss summed over them (the costliest three) | "
                    "control heads held so (other sink heads of closest sink weight; without normalization, other heads "
                    "of closest weight off the sink; as many as there are, up to the same number) | their "
                    "Δ loss | loss on the copied half, unedited | where it comes from |"),
-                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+                  "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     for (model, suffix), (name, bos, heads, controls, rnd, cpy, load, seed, kind) in closing.items():
         path = DATA / f"{model}__closing{suffix}.json"
         if load is not None:
@@ -476,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             continue
         close_rows.append(f"| {name} | {len(done['heads'])} | {done['induction']['delta_loss']:+.3f} | "
-                          f"{len(done['controls'])} | "
+                          f"{_alone_text(done)} | {len(done['controls'])} | "
                           + (f"{done['control']['delta_loss']:+.3f}" if done["controls"] else "-") + " | "
                           f"{done['induction']['loss_base']:.3f} | "
                           f"`analyses/gate_targets.py` (`_close`), {where}: analyses/data/gate_targets/{path.name} |")
@@ -647,7 +679,8 @@ def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list, l
                    + (f"{len(done['controls'])} other {kind}{'s' if len(done['controls']) != 1 else ''} {ctl:+.3f}: "
                       if done["controls"] else f"(no other {kind} to compare): ")
                    + ("copying needs the induction heads' gate open." if ind > max(0.05, 3 * abs(ctl))
-                      else "the gate's opening is not what copying rests on here."))
+                      else "the gate's opening is not what copying rests on here.")
+                   + _alone_reading(ind, done.get("alone") or []))
     return out
 
 

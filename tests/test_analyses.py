@@ -1055,7 +1055,11 @@ def test_gate_targets_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys
     assert close["start"] == 7 and close["target_start"] == 8 and close["tokens_sha256"] == cpy["tokens_sha256"]
     assert len(close["heads"]) == 16 and close["controls"] == [] and abs(close["control"]["delta_loss"]) < 1e-5
     assert abs(close["induction"]["delta_loss"]) > 1e-3  # the float64 round trip of the untouched pattern: 1e-7
-    assert f"| toy-softmax | 16 | {close['induction']['delta_loss']:+.3f} | 0 | - |" in page
+    assert sorted((l, h) for l, h, _ in close["alone"]) == sorted(map(tuple, close["heads"]))  # each head alone
+    top = max(close["alone"], key=lambda x: x[2])
+    assert f"L{top[0]}H{top[1]} {top[2]:+.3f}" in mod._alone_text(close)
+    assert (f"| toy-softmax | 16 | {close['induction']['delta_loss']:+.3f} | {mod._alone_text(close)} | 0 | - |"
+            in page)
     # the third test: the own-domain windows against the same windows with their second half copied (after BOS)
     text = json.loads((data / "toy-softmax__copy_text.json").read_text())
     copied = np.load(data / "val_bos_copied.npy")
