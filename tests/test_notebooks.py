@@ -235,6 +235,14 @@ def _check_gate(nb, out: Path) -> None:
     assert len(shares) == 6 and sum(shares) == pytest.approx(100, abs=3)  # six categories, printed to 1%
     assert "the induction test" in targets and len(re.findall(r"^L\d+H\d+\s+[\d.]+\s+\d+%\s+[\d.]+ -> [\d.]+$",
                                                                targets, re.M)) == 5
+    sig = _stdout(_cell(nb, "sigmoid"))  # the gate without a sink: toy-sigmoid's row weights and edits
+    totals = [float(x) for x in re.search(r"each head's total weight \[([^\]]+)\]", sig)[1].split()]
+    assert len(totals) == 4 and max(abs(x - 1.0) for x in totals) > 0.1  # not softmax's 1
+    assert re.search(r"largest share of a row on token 1 0\.\d+ \(no sink\)", sig)
+    edits = re.findall(r"^(fixed|token|donor)\s+([-+][\d.]+)\s+([-+][\d.]+)$", sig, re.M)
+    assert [e[0] for e in edits] == ["fixed", "token", "donor"]
+    runs = {x["label"]: x for x in res["interventions"]}
+    assert [float(e[2]) for e in edits] == [pytest.approx(runs[k]["delta_loss"], abs=1e-4) for k in ("fixed", "token", "donor")]
     assert _count(nb, "image/png") >= 3
     for name in ("sink_side.png", "gate.png", "targets.png"):
         assert (out / name).stat().st_size > 1000, name
