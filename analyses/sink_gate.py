@@ -20,7 +20,9 @@ by the same edits with token 1 keeping its weight, and read against their softma
 
 Each model is run with ``sinkinterp gate`` (T = 64, 32 sequences, eps 0.3): the Debian-trained models on
 held-out Debian windows (analyses/data/sink_gate/debian_val64*.npy) and on the shipped English sample
-(seed 0), SmolLM2 on the English sample (seeds 0 and 1, and 120 sequences measured without loss runs).
+(seed 0), SmolLM2 on the English sample (seeds 0 and 1, and 120 sequences measured without loss runs) and,
+as a second domain, on the two sets of held-out Debian windows decoded to text (``DEBIAN_TEXT``, made once by
+``_debian_text``; SmolLM2's own tokenizer cuts its windows).
 The per-head results of every run are kept in analyses/data/sink_gate/NAME.json, so the page regenerates
 from them where a model is missing here (the GPU models and the retrained toy models are not in git).
 Writes docs/sink-gate.md and docs/figures/sink-gate.png. About 15 minutes on a 2-core CPU with every model
@@ -48,6 +50,8 @@ SINK_HEAD = 0.3  # a head with mean sink weight above this is a sink head here
 TOKENS = DATA / "debian_val64.npy"  # in-domain inputs of the models trained on the Debian corpus (no BOS)
 TOKENS_BOS = DATA / "debian_val64_bos.npy"  # the same windows with BOS first (its last token dropped)
 TOKENS_B, TOKENS_B_BOS = DATA / "debian_val64_b.npy", DATA / "debian_val64_b_bos.npy"  # a second set, between those
+# the two sets decoded to text (the toy models' tokenizer), one window per paragraph: SmolLM2's second domain
+DEBIAN_TEXT = DATA / "debian_val_text.txt"
 SHARDS = ROOT / "data" / "debian" / "shards"  # where TOKENS come from (`sinkinterp data`; not in git)
 BOS_ID = 1  # the Debian tokenizer's BOS (the toy and GPU models share it)
 
@@ -82,7 +86,7 @@ REPLICATE = {"debian": "debian_b", "natural": "natural_s1"}
 # measurement only (no loss runs), with more sequences (the sample holds 122 windows of 64 SmolLM2 tokens): are the
 # drivers' shares stable with 3.75x the queries?
 MEASURE_ONLY = {"natural_n120": 120}
-INPUTS = {name: (("natural", "natural_s1", "natural_n120") if spec is None else ("debian",) if name in SEED_OF else
+INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text") if spec is None else ("debian",) if name in SEED_OF else
                  ("debian", "debian_b", "natural") if name in ("toy-softmax", "toy-kv-bias", "baseline_small") else
                  ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
@@ -122,6 +126,22 @@ def _sink_share(res: dict):
     return sink_share(res)
 
 
+def _debian_text() -> None:
+    """DEBIAN_TEXT from TOKENS and TOKENS_B: each held-out window decoded with the toy models' tokenizer (the
+    Debian corpus' BPE), one per paragraph (made once, then committed)."""
+    if DEBIAN_TEXT.is_file():
+        return
+    import numpy as np
+
+    from sinkinterp.fileio import atomic_write
+    from sinkinterp.loading import load_model
+
+    _debian_tokens()
+    tok = load_model("toy-softmax").tokenizer
+    text = "\n\n".join(tok.decode(row.tolist()).strip() for path in (TOKENS, TOKENS_B) for row in np.load(path))
+    atomic_write(DEBIAN_TEXT, lambda f: f.write((text + "\n").encode()))
+
+
 def _snapshot(res: dict, config: dict) -> dict:
     """What the page needs of a run: the per-head arrays and interventions, the per-position gate of the
     heads with the most sink weight (not every head's: the snapshots stay small)."""
@@ -149,6 +169,11 @@ def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool | tuple, co
         path = {("debian", False): TOKENS, ("debian", True): TOKENS_BOS,
                 ("debian_b", False): TOKENS_B, ("debian_b", True): TOKENS_B_BOS}[(inputs, bos)]
         source = ["--tokens", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)]
+    elif inputs == "debian_text":  # a model with its own tokenizer (SmolLM2) on the held-out Debian windows as text
+        _debian_text()
+        source = ["--inputs", "natural", "--text", str(DEBIAN_TEXT.relative_to(ROOT) if DEBIAN_TEXT.is_relative_to(ROOT)
+                                                      else DEBIAN_TEXT),
+                  "--seq-len", str(SEQ_LEN), "--num-seqs", str(NUM_SEQS), "--seed", str(SEED)]
     else:
         source = ["--inputs", "natural", "--seq-len", str(SEQ_LEN), "--num-seqs", str(MEASURE_ONLY.get(inputs, NUM_SEQS)),
                   "--seed", str(SEED + (inputs == "natural_s1")), *(["--prepend-bos"] if bos else []),
@@ -168,7 +193,8 @@ def _label(key: str) -> str:
     name, _, inputs = key.partition("__")
     return f"{name}, " + {"debian": "Debian held-out", "debian_b": "Debian held-out, second set",
                           "natural": "English sample", "natural_s1": "English sample, seed 1",
-                          "natural_n120": "English sample, 120 sequences, measured only"}.get(inputs, inputs)
+                          "natural_n120": "English sample, 120 sequences, measured only",
+                          "debian_text": "Debian held-out text"}.get(inputs, inputs)
 
 
 def _in_domain(key: str) -> bool:
@@ -425,7 +451,9 @@ def main(argv: list[str] | None = None) -> int:
         "head: the models trained on the Debian corpus (the toy models and the GPU models) on 32 held-out windows",
         "of it (`analyses/data/sink_gate/debian_val64.npy`, evenly spaced over the validation split; with BOS first",
         "for the models trained that way, `debian_val64_bos.npy`) and, as on the other pages, on the shipped English",
-        "sample (seed 0), which is out of their domain; SmolLM2 on the English sample. CPU, float32 (the GPU models'",
+        "sample (seed 0), which is out of their domain; SmolLM2 on the English sample and, as a second domain, on the",
+        "held-out Debian windows decoded to text (`analyses/data/sink_gate/debian_val_text.txt`, cut into its own",
+        "windows of 64 tokens). CPU, float32 (the GPU models'",
         "bfloat16 weights cast to float32). Per-head effects for the toy models on their held-out windows.",
         "",
         "## The question",
@@ -547,8 +575,9 @@ def main(argv: list[str] | None = None) -> int:
         "Limits: one trained model (one seed) per row, except the two toy softmax models' second seeds (in their own",
         "domain, without per-head effects); 32 sequences of T = 64; the fixed gate's means come from",
         "16 sequences per half, so they carry sampling noise besides removing the content; opening the gate also",
-        "removes what the sink's value writes (the value share above). SmolLM2 is measured on the English sample",
-        "only (its training data is not here); the Debian-trained models on both, and the two disagree. The softmax",
+        "removes what the sink's value writes (the value share above). SmolLM2's training data is not here: it is",
+        "measured on the English sample and on the Debian text, both out of its training set as far as we know, its",
+        "per-head effects on the first only; the Debian-trained models on both, and the two disagree. The softmax",
         "split is of the log-odds within positions; where token 1 is not BOS (the GPU models, SmolLM2) the sink's",
         "logit also varies with which token comes first, so its side mixes the query's turn with that token's key.",
         "",
