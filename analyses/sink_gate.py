@@ -165,7 +165,7 @@ def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool | tuple, co
     from sinkinterp.fileio import write_json
 
     out = OUT / key
-    if inputs.startswith("debian"):
+    if inputs in ("debian", "debian_b"):
         path = {("debian", False): TOKENS, ("debian", True): TOKENS_BOS,
                 ("debian_b", False): TOKENS_B, ("debian_b", True): TOKENS_B_BOS}[(inputs, bos)]
         source = ["--tokens", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)]
@@ -688,6 +688,9 @@ def _summary(results: dict) -> list[str]:
         again = shares(results.get(f"{name}__{REPLICATE.get(inputs, '')}"))
         if again:
             extra.append(f"second set of inputs: {text(again)}")
+        other_domain = shares(results.get(f"{name}__debian_text")) if inputs != "debian_text" else None
+        if other_domain:
+            extra.append(f"Debian held-out text, a second domain: {text(other_domain)}")
         for seed, of in SEED_OF.items():
             other = shares(results.get(f"{seed}__{inputs}")) if of == name else None
             if other:

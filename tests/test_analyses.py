@@ -963,6 +963,28 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     assert "invalid choice: 'nobody'" in capsys.readouterr().err
 
 
+def test_sink_gate_debian_text_is_the_held_out_windows_decoded(tmp_path, monkeypatch):
+    """SmolLM2's second domain: each held-out Debian window decoded with the toy models' tokenizer, one per
+    paragraph, made once; the gate run reads it as natural text with SmolLM2's own tokenizer."""
+    from sinkinterp.loading import load_model
+
+    mod = load_script("analyses/sink_gate.py")
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(3, 500, (2, 12)), rng.integers(3, 500, (3, 12))
+    for name, arr in (("TOKENS", a), ("TOKENS_B", b)):
+        np.save(tmp_path / f"{name}.npy", arr)
+        monkeypatch.setattr(mod, name, tmp_path / f"{name}.npy")
+    monkeypatch.setattr(mod, "_debian_tokens", lambda: None)
+    monkeypatch.setattr(mod, "DEBIAN_TEXT", tmp_path / "text.txt")
+    mod._debian_text()
+    tok = load_model("toy-softmax").tokenizer
+    assert (tmp_path / "text.txt").read_text() == "\n\n".join(tok.decode(r.tolist()).strip() for r in [*a, *b]) + "\n"
+    (tmp_path / "text.txt").write_text("kept")
+    mod._debian_text()  # made once: an existing file is left alone
+    assert (tmp_path / "text.txt").read_text() == "kept"
+    assert mod.INPUTS["smollm2"][-1] == "debian_text" and mod._label("smollm2__debian_text") == "smollm2, Debian held-out text"
+
+
 def test_sink_gate_page_reads_sigmoid_weights_against_softmax(tmp_path, monkeypatch):
     """A sigmoid model's gate is its rows' weight off token 1: the page gives what holding and swapping it cost
     (from the snapshot) and sets that beside the softmax counterpart's held gate."""
