@@ -1257,11 +1257,14 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
         bias = "" if x["sink_bias_after"] is None else f", Sink_* {x['sink_bias_base']:.2f} -> {x['sink_bias_after']:.2f}%"
         lines.append(f"{x['label']:<6} ({x['description']}): {x['delta_loss']:+.4f} nats, "
                      f"Sink_1 {x['sink1_base']:.2f} -> {x['sink1_after']:.2f}%{bias}")
+    # without a sink every head has a gate (its row's weight): pool over all heads, not those with a sink share
+    every = list(np.ndindex(*a_of.shape)) if weighted else None
+    over = "" if weighted else f" with a >= {DRIVER_FLOOR}"
     if res.get("drivers"):
-        pooled = pooled_drivers(res)
+        pooled = pooled_drivers(res, every)
         if pooled is not None:
             lines.append(f"what the gate follows (m's variance over queries, out of sample, pooled over the "
-                         f"{pooled['heads']} heads with a >= {DRIVER_FLOOR}): position {pooled['position']:.0%}, the "
+                         f"{pooled['heads']} heads{over}): position {pooled['position']:.0%}, the "
                          f"query token {pooled['token']:+.0%} more, the rest {pooled['rest']:.0%} (the text before "
                          f"the query, and noise); query tokens seen in the other half: "
                          f"{res['drivers']['token_coverage']:.0%}, on those the token adds "
@@ -1288,12 +1291,12 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
                                              if "top_key_median" in split else ""))
     elif res.get("logit_split_note"):
         lines.append(f"softmax split: not measured ({res['logit_split_note']})")
-    where_to = pooled_targets(res)
+    where_to = pooled_targets(res, every)
     if where_to is not None:
         names = {"first": "token 1", "self": "itself", "previous": "the token before", "induction": "induction targets",
                  "duplicate": "earlier copies of its token", "other": "other keys"}
         used = [c for c in TARGETS if where_to["uniform"][c] > 0 or where_to["share"][c] > 0]
-        lines.append(f"where the weight off the sink goes (the {where_to['heads']} heads with a >= {DRIVER_FLOOR}, pooled; "
+        lines.append(f"where the weight off the sink goes (the {where_to['heads']} heads{over}, pooled; "
                      "spread evenly over the keys in brackets): "
                      + ", ".join(f"{names[c]} {where_to['share'][c]:.0%} ({where_to['uniform'][c]:.0%})" for c in used))
         lines.append("  the gate against its position's mean, by the query's best key: "

@@ -390,6 +390,7 @@ def test_unnormalized_attention_runs_the_study_on_its_weights():
     assert np.isfinite(np.asarray(res["value_share"], dtype=float)).all()
     text = summary(res)  # no cost ratios against "open": without normalizing it only drops token 1
     assert "not normalized" in text and "hook_row_weight" in text and "fixing the gate" not in text
+    assert "pooled over the 8 heads):" in text and "(the 8 heads, pooled;" in text  # every head has a gate here
     signed = gate_study(tiny_model("linear_identity").eval(), _tokens(4), eps=0.3, token_heads=0)
     assert signed["pattern_is_share"] and [x["label"] for x in signed["interventions"]] == ["open"]
     assert signed["value_share"][0][0] is None and "drivers" not in signed
