@@ -404,11 +404,13 @@ def main(argv: list[str] | None = None) -> int:
     dist_rows = ["| model | " + " | ".join(bins) + " |", "| --- |" + " ---: |" * len(bins)]
     pooled_of = {}
     for key, res in domain.items():
-        p = gate.pooled_targets(res)
+        free = bool(res.get("weights_from_row_weight"))  # no sink: every head has a gate, its row's weight
+        p = gate.pooled_targets(res, list(np.ndindex(*_sink_share(res).shape)) if free else None)
         if p is None:
             continue
+        p["every_head"] = free
         pooled_of[key] = p
-        share_rows.append(f"| {_label(key)} | {p['heads']} | " + " | ".join(
+        share_rows.append(f"| {_label(key)} | {p['heads']}{' (every head: no sink)' if free else ''} | " + " | ".join(
             f"{_pct(p['share'][c])} ({_pct(p['uniform'][c])})" for c in cats) + " |")
         best_rows.append(f"| {_label(key)} | " + " | ".join(
             "-" if p["top_rate"][c] == 0 else f"{_pct(p['top_rate'][c])}, {p['open_by_top'][c]:+.3f}" for c in cats) + " |")
@@ -629,7 +631,8 @@ def _reading(pooled_of: dict, copy_notes: list, none: list, close_notes: list, l
         over = sorted(ratios, key=lambda c: -ratios[c])[:2]
         gate_best = max((c for c in p["open_by_top"] if p["top_rate"][c] >= 0.02), key=lambda c: p["open_by_top"][c],
                         default=None)
-        line = (f"- **{_label(key)}**: over its {p['heads']} head{'s' if p['heads'] != 1 else ''} with a >= 0.1, the "
+        line = (f"- **{_label(key)}**: over its {p['heads']} head{'s' if p['heads'] != 1 else ''}"
+                + (" (every head: no sink)" if p.get("every_head") else " with a >= 0.1") + ", the "
                 "weight off the sink lands most above an even spread on " + " and ".join(f"{NAMES[c]} ({_pct(p['share'][c])} against "
                                                            f"{_pct(p['uniform'][c])})" for c in over))
         if gate_best is not None:
