@@ -371,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         gguf = loading.smollm2_gguf_path() if spec is None else None
         present = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
         run_it = present and not args.snapshots and (args.only is None or name in args.only)
-        runs_of = {i for i in _inputs(spec) if run_it or (present and not args.snapshots and f"{name}__{i}" in args.only)}
+        runs_of = {i for i in _inputs(spec)
+                   if run_it or (present and not args.snapshots and f"{name}__{i}" in args.only)}
         present_of[name] = (gguf if spec is None else spec) if runs_of else None
         for inputs in _inputs(spec):
             key = f"{name}__{inputs}"
@@ -449,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         share_cpy = np.asarray(cpy["targets"]["share"], dtype=np.float64)[..., ind]
         sinks = [lh for lh in np.ndindex(*a.shape) if a[lh] > SINK_HEAD]
         all_sink = f"{np.nanmedian([second_c[lh] - second_r[lh] for lh in sinks]):+.3f}" if sinks else "-"
-        shown = {"": name, "_r": f"{name}, replicate at {_pair_label(cpy)}", "_t": f"{name}, its own text copied"}[suffix] + (
+        shown = {"": name, "_r": f"{name}, replicate at {_pair_label(cpy)}",
+                 "_t": f"{name}, its own text copied"}[suffix] + (
             "" if cpy["normalized"] else " (not normalized: m is the row's weight off the sink)" if _weighted(cpy)
             else " (not normalized: the gate g in place of m)")
         if heads:
@@ -491,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                 lost.append(f"{shown} (largest share {_pct(best)})")
             copy_rows.append(f"| {shown} | 0 (largest share {_pct(best)}) | - | - | - | - | - | {all_sink} |")
 
-    close_rows = [("| model | induction heads held | Δ loss on the copied half, their gate held at its level without the copy | "
+    close_rows = [("| model | induction heads held | Δ loss on the copied half, their gate held at its level without the "
+                   "copy | "
                    "each induction head held alone: Δ loss summed over them (the costliest three) | "
                    "control heads held so (other sink heads of closest sink weight; without normalization, other heads "
                    "of closest weight off the sink; as many as there are, up to the same number) | their "
@@ -585,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Does copying need the gate to open? On the same copied ids, each induction head's weight off the sink",
         "on the copied half is held at its mean by position on random ids, or on the unrepeated text for the",
-        "third test (what the head does with nothing to copy: `gate.fixed_gate`, the other keys scaled together and the sink taking the rest; every other head and",
+        "third test (what the head does with nothing to copy: `gate.fixed_gate`, the other keys scaled together",
+        "and the sink taking the rest; every other head and",
         "position left alone), and the loss is scored on the predictable targets (from the second copied token",
         "on). The control holds other sink heads (a > 0.3 in the model's own domain), for each induction head the",
         "not yet chosen non-induction sink head closest in sink weight (fewer where the model has fewer), at their",

@@ -86,7 +86,8 @@ REPLICATE = {"debian": "debian_b", "natural": "natural_s1"}
 # measurement only (no loss runs), with more sequences (the sample holds 122 windows of 64 SmolLM2 tokens): are the
 # drivers' shares stable with 3.75x the queries?
 MEASURE_ONLY = {"natural_n120": 120}
-INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text") if spec is None else ("debian",) if name in SEED_OF else
+INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text") if spec is None else
+                 ("debian",) if name in SEED_OF else
                  ("debian", "debian_b", "natural") if name in ("toy-softmax", "toy-kv-bias", "baseline_small") else
                  ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight

@@ -887,20 +887,29 @@ def test_gpu_reference_massive_step_on_a_shipped_model(tmp_path, monkeypatch):
     assert ne["top"][0]["write"] >= ne["top"][1]["write"] and ne["top"][0]["neuron"] not in ne["control"]
 
 
+def _gate_page(tmp_path, monkeypatch, mod, seed: int, settings: tuple) -> Path:
+    """A gate page script pointed at tmp_path: 4 windows of 12 random ids as its held-out inputs (data/val.npy, and
+    data/val_bos.npy with BOS first), its page, figure, output and snapshot folder there, and ``settings``
+    ((module attribute, value) pairs) set; main() changes directory, restored afterwards. Returns data/."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    toks = np.random.default_rng(seed).integers(2, 500, (4, 12))
+    np.save(data / "val_bos.npy", np.concatenate([np.ones((4, 1), dtype=np.int64), toks[:, :-1]], axis=1))
+    np.save(data / "val.npy", toks)
+    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out"),
+                        ("DATA", data), *settings):
+        monkeypatch.setattr(mod, name, value)
+    return data
+
+
 def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     from sinkinterp import gate as mod_gate
 
     mod = load_script("analyses/sink_gate.py")
-    monkeypatch.chdir(tmp_path)  # main() changes directory; restored afterwards
-    data = tmp_path / "data"
-    data.mkdir()
-    toks = np.random.default_rng(0).integers(2, 500, (4, 12))
-    np.save(data / "val_bos.npy", np.concatenate([np.ones((4, 1), dtype=np.int64), toks[:, :-1]], axis=1))
-    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out"),
-                        ("DATA", data), ("NUM_SEQS", 4), ("SEQ_LEN", 12),
-                        ("TOKENS", data / "val.npy"), ("TOKENS_BOS", data / "val_bos.npy")):
-        monkeypatch.setattr(mod, name, value)
-    np.save(data / "val.npy", toks)
+    data = _gate_page(tmp_path, monkeypatch, mod, 0, (("NUM_SEQS", 4), ("SEQ_LEN", 12),
+                                                     ("TOKENS", tmp_path / "data" / "val.npy"),
+                                                     ("TOKENS_BOS", tmp_path / "data" / "val_bos.npy")))
     monkeypatch.setattr(mod, "MODELS", {"toy-softmax": ("toy-softmax", True, True, "shipped")})
     monkeypatch.setattr(mod, "INPUTS", {"toy-softmax": ("debian", "natural")})
     assert mod.main() == 0
@@ -982,23 +991,17 @@ def test_sink_gate_debian_text_is_the_held_out_windows_decoded(tmp_path, monkeyp
     (tmp_path / "text.txt").write_text("kept")
     mod._debian_text()  # made once: an existing file is left alone
     assert (tmp_path / "text.txt").read_text() == "kept"
-    assert mod.INPUTS["smollm2"][-1] == "debian_text" and mod._label("smollm2__debian_text") == "smollm2, Debian held-out text"
+    assert mod.INPUTS["smollm2"][-1] == "debian_text"
+    assert mod._label("smollm2__debian_text") == "smollm2, Debian held-out text"
 
 
 def test_sink_gate_page_reads_sigmoid_weights_against_softmax(tmp_path, monkeypatch):
     """A sigmoid model's gate is its rows' weight off token 1: the page gives what holding and swapping it cost
     (from the snapshot) and sets that beside the softmax counterpart's held gate."""
     mod = load_script("analyses/sink_gate.py")
-    monkeypatch.chdir(tmp_path)
-    data = tmp_path / "data"
-    data.mkdir()
-    toks = np.random.default_rng(1).integers(2, 500, (4, 12))
-    np.save(data / "val_bos.npy", np.concatenate([np.ones((4, 1), dtype=np.int64), toks[:, :-1]], axis=1))
-    np.save(data / "val.npy", toks)
-    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out"),
-                        ("DATA", data), ("NUM_SEQS", 4), ("SEQ_LEN", 12),
-                        ("TOKENS", data / "val.npy"), ("TOKENS_BOS", data / "val_bos.npy")):
-        monkeypatch.setattr(mod, name, value)
+    data = _gate_page(tmp_path, monkeypatch, mod, 1, (("NUM_SEQS", 4), ("SEQ_LEN", 12),
+                                                     ("TOKENS", tmp_path / "data" / "val.npy"),
+                                                     ("TOKENS_BOS", tmp_path / "data" / "val_bos.npy")))
     monkeypatch.setattr(mod, "MODELS", {"toy-softmax": ("toy-softmax", True, False, "shipped"),
                                         "toy-sigmoid": ("toy-sigmoid", True, False, "shipped")})
     monkeypatch.setattr(mod, "INPUTS", {"toy-softmax": ("debian",), "toy-sigmoid": ("debian",)})
@@ -1041,15 +1044,7 @@ def test_gate_targets_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys
 
     mod = load_script("analyses/gate_targets.py")
     sink_gate = load_script("analyses/sink_gate.py")
-    monkeypatch.chdir(tmp_path)
-    data = tmp_path / "data"
-    data.mkdir()
-    toks = np.random.default_rng(0).integers(2, 500, (4, 12))
-    np.save(data / "val_bos.npy", np.concatenate([np.ones((4, 1), dtype=np.int64), toks[:, :-1]], axis=1))
-    np.save(data / "val.npy", toks)
-    for name, value in (("DOC", tmp_path / "page.md"), ("FIG", tmp_path / "fig.png"), ("OUT", tmp_path / "out"),
-                        ("DATA", data), ("NUM_SEQS", 6), ("SEQ_LEN", 12), ("INDUCTION", 0.0)):
-        monkeypatch.setattr(mod, name, value)
+    data = _gate_page(tmp_path, monkeypatch, mod, 0, (("NUM_SEQS", 6), ("SEQ_LEN", 12), ("INDUCTION", 0.0)))
     models = {"toy-softmax": ("toy-softmax", True, True, "shipped")}
     monkeypatch.setattr(mod, "_models", lambda: (models, data / "val.npy", data / "val_bos.npy"))
     monkeypatch.setattr(sink_gate, "_debian_tokens", lambda: None)

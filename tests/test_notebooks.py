@@ -242,7 +242,8 @@ def _check_gate(nb, out: Path) -> None:
     edits = re.findall(r"^(fixed|token|donor)\s+([-+][\d.]+)\s+([-+][\d.]+)$", sig, re.M)
     assert [e[0] for e in edits] == ["fixed", "token", "donor"]
     runs = {x["label"]: x for x in res["interventions"]}
-    assert [float(e[2]) for e in edits] == [pytest.approx(runs[k]["delta_loss"], abs=1e-4) for k in ("fixed", "token", "donor")]
+    want = [pytest.approx(runs[k]["delta_loss"], abs=1e-4) for k in ("fixed", "token", "donor")]
+    assert [float(e[2]) for e in edits] == want
     assert _count(nb, "image/png") >= 3
     for name in ("sink_side.png", "gate.png", "targets.png"):
         assert (out / name).stat().st_size > 1000, name
