@@ -18,7 +18,8 @@ seed 0, and a replicate at T = 128, seed 1; BOS first for the models trained wit
 (`sinkinterp gate --no-interventions`); the closing test (``_close``) runs through the Python API.
 The per-head results are kept in analyses/data/gate_targets/KEY.json, so the page regenerates from them
 where a model is missing here. Writes docs/gate-targets.md and docs/figures/gate-targets.png. About
-8 minutes on a 2-core CPU with every model present; ``--only NAME ...`` runs those models alone (the
+20 minutes on a 2-core CPU with every model present (SmolLM2's closing tests, each induction head also held
+alone, about 10 of them); ``--only NAME ...`` runs those models alone (the
 others from their snapshots; ``NAME__INPUTS`` runs one run of a model, and its pair's closing test),
 ``--snapshots`` runs none.
 """

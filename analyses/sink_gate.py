@@ -644,24 +644,26 @@ def _free_reading(results: dict) -> list[str]:
         return []
     more = all(ra["fixed"]["delta_loss"] > 2 * max(rb["fixed"]["delta_loss"], 0.0) for _, _, ra, rb in pairs)
 
-    def over(run: dict) -> str:  # heads whose gate, held alone, costs more than 0.005 nats
+    def over(run: dict) -> tuple[int, int]:  # heads whose gate, held alone, costs more than 0.005 nats; all heads
         per = [x for row in run["per_head_delta_loss"] for x in row]
-        return f"{sum(x > 0.005 for x in per)} of {len(per)}"
+        return sum(x > 0.005 for x in per), len(per)
 
-    alone = [f"{over(ra['fixed'])} heads of {sig} against {over(rb['fixed'])} of {soft}" for sig, soft, ra, rb in pairs
-             if ra["fixed"].get("per_head_delta_loss") and rb["fixed"].get("per_head_delta_loss")]
+    counted = [(sig, soft, over(ra["fixed"]), over(rb["fixed"])) for sig, soft, ra, rb in pairs
+               if ra["fixed"].get("per_head_delta_loss") and rb["fixed"].get("per_head_delta_loss")]
+    alone = [f"{n} of {total} heads of {sig} against {m} of {total_b} of {soft}"
+             for sig, soft, (n, total), (m, total_b) in counted]
+    spread = counted and all(n >= total / 2 and m <= total_b / 4 for _, _, (n, total), (m, total_b) in counted)
     return ["", "- **The gate without a sink.** Each model in its own domain, the gate held at its mean by position "
             "(sigmoid: the row's weight off token 1; softmax: the weight off the sink) and another text's gate: "
             + "; ".join(f"{sig} {ra['fixed']['delta_loss']:+.3f} / {ra['donor']['delta_loss']:+.3f} nats against "
                         f"{soft} {rb['fixed']['delta_loss']:+.3f} / {rb['donor']['delta_loss']:+.3f}"
                         for sig, soft, ra, rb in pairs)
             + (". The sigmoid models lean on a gate that follows the text more than their softmax counterparts do: "
-               "sigmoid attention has no sink and still gates, and its gate is in every head (a row's weight grows "
-               "with how many keys match), where softmax gives one only to the heads that park weight on a sink."
-               if more else ". The sigmoid models do not lean on their gate more than their softmax counterparts "
-               "do on the sink's.")
-            + (" One head at a time, holding the gate costs more than 0.005 nats in " + "; ".join(alone) + "."
-               if alone else "")]
+               "sigmoid attention has no sink and still gates." if more else ". The sigmoid models do not lean on "
+               "their gate more than their softmax counterparts do on the sink's.")
+            + (" One head at a time, holding the gate costs more than 0.005 nats in " + "; ".join(alone)
+               + (": without a sink most heads gate (a row's weight grows with how many keys match), where softmax "
+                  "gates only the few heads that park weight on a sink." if spread else ".") if alone else "")]
 
 
 def _summary(results: dict) -> list[str]:
