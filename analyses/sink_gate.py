@@ -8,7 +8,7 @@ query, whether the query's token repeats, and a constant per text); and which si
 it: the sink's logit, the best-matching other key's or the other keys' spread. On:
 
 * the shipped toy models (toy-softmax, toy-kv-bias, toy-sigmoid; BOS first, as trained), per head too,
-  and the second seeds of the first two (runs/cpu/c_bos_s1, c_kvbos_s1; not in git), when they are here;
+  and the second seeds of all three (runs/cpu/c_bos_s1, c_kvbos_s1, c_sigbos_s1; not in git), when they are here;
 * the toy gated-attention model `c_gatebos` (the toy recipe with `model.attn_gate=true`), when
   runs/cpu/c_gatebos is here (retrain: `analyses/cpu_calibration.py --train c_gatebos`);
 * the 6 x 384 models trained on an H200 (runs/gpu_models/baseline_small, sigmoid_small; not in git),
@@ -67,6 +67,10 @@ MODELS = {
                         "command `analyses/cpu_calibration.py --train c_kvbos_s1 --dry-run` prints (val loss 4.197 at 6k "
                         "against the committed run's 4.193); not in git")),
     "toy-sigmoid": ("toy-sigmoid", True, True, "shipped; sigmoid attention without normalization (b = 0), BOS first"),
+    "toy-sigmoid-s1": ("runs/cpu/c_sigbos_s1/checkpoints/step_0006000", True, False,
+                       ("toy-sigmoid's recipe with seed 1 (`c_sigbos_s1`), retrained on 2026-12-05 on one thread by the "
+                        "command `analyses/cpu_calibration.py --train c_sigbos_s1 --dry-run` prints, without its "
+                        "snapshot step (val loss VAL_S1 at 6k against the committed run's 4.505); not in git")),
     "c_gatebos": ("runs/cpu/c_gatebos/checkpoints/step_0006000", True, True,
                   ("the toy recipe with gated attention (model.attn_gate=true), BOS first, 6,000 steps, retrained on "
                   "2026-12-04 on one thread by the command `analyses/cpu_calibration.py --train c_gatebos --dry-run` "
@@ -78,7 +82,8 @@ MODELS = {
                       "6 x 384 sigmoid (b = 0), 9k steps on an H200, no BOS; not in git"),
     "smollm2": (None, False, True, "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32, no BOS"),
 }
-SEED_OF = {"toy-softmax-s1": "toy-softmax", "toy-kv-bias-s1": "toy-kv-bias"}  # second seeds: in-domain inputs only
+# second seeds: in-domain inputs only
+SEED_OF = {"toy-softmax-s1": "toy-softmax", "toy-kv-bias-s1": "toy-kv-bias", "toy-sigmoid-s1": "toy-sigmoid"}
 # inputs per model, the first in the model's own domain: the Debian-trained models on held-out Debian
 # windows and on the shipped English sample (what the other pages use; out of their domain), SmolLM2 on the
 # English sample; the softmax models with a sink also on a second set of inputs (a replicate of the first)
@@ -573,8 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         *_reading(results),
         *_free_reading(results),
         "",
-        "Limits: one trained model (one seed) per row, except the two toy softmax models' second seeds (in their own",
-        "domain, without per-head effects); 32 sequences of T = 64; the fixed gate's means come from",
+        "Limits: one trained model (one seed) per row, except the three shipped toy models' second seeds (in their",
+        "own domain, without per-head effects); 32 sequences of T = 64; the fixed gate's means come from",
         "16 sequences per half, so they carry sampling noise besides removing the content; opening the gate also",
         "removes what the sink's value writes (the value share above). SmolLM2's training data is not here: it is",
         "measured on the English sample and on the Debian text, both out of its training set as far as we know, its",
@@ -591,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # the softmax model each sigmoid model is read against (same recipe otherwise)
-SOFTMAX_OF = {"toy-sigmoid": "toy-softmax", "sigmoid_small": "baseline_small"}
+SOFTMAX_OF = {"toy-sigmoid": "toy-softmax", "toy-sigmoid-s1": "toy-softmax-s1", "sigmoid_small": "baseline_small"}
 
 
 def _free_row(key: str, res: dict) -> str:
