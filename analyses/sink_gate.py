@@ -70,7 +70,7 @@ MODELS = {
     "toy-sigmoid-s1": ("runs/cpu/c_sigbos_s1/checkpoints/step_0006000", True, False,
                        ("toy-sigmoid's recipe with seed 1 (`c_sigbos_s1`), retrained on 2026-12-05 on one thread by the "
                         "command `analyses/cpu_calibration.py --train c_sigbos_s1 --dry-run` prints, without its "
-                        "snapshot step (val loss VAL_S1 at 6k against the committed run's 4.505); not in git")),
+                        "snapshot step (val loss 4.5051 at 6k against the committed run's 4.5052); not in git")),
     "c_gatebos": ("runs/cpu/c_gatebos/checkpoints/step_0006000", True, True,
                   ("the toy recipe with gated attention (model.attn_gate=true), BOS first, 6,000 steps, retrained on "
                   "2026-12-04 on one thread by the command `analyses/cpu_calibration.py --train c_gatebos --dry-run` "
