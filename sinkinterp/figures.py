@@ -511,7 +511,7 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
     ax.set_ylabel("mean effective gate, ||write|| / ||read||")
     ax.legend(fontsize=6, frameon=False)
     ax.grid(alpha=0.3)
-    bx.set_xlabel("mean weight on the sink, a")
+    bx.set_xlabel("mean weight on the sink, a (its share of the row where not normalized)")
     bx.set_ylabel("std of the gate within a query position")
     bx.grid(alpha=0.3)
     if clipped:
