@@ -125,14 +125,6 @@ def _write(path: Path, obj: dict) -> None:
     atomic_write(path, lambda f: f.write((text + "\n}\n").encode()))
 
 
-def _sink_share(res: dict):
-    """[L, H]: each head's mean share of its rows' weight on the sink (the weight itself where attention
-    normalizes): what picks the sink heads."""
-    from sinkinterp.gate import sink_share
-
-    return sink_share(res)
-
-
 def _snapshot(res: dict, config: dict) -> dict:
     """What the page needs of a run: per head the sink weight, the targets (without the per-head best-key
     rates and distances, which it does not show), the gate by position (m; the effective gate g too where
@@ -407,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     pooled_of = {}
     for key, res in domain.items():
         free = bool(res.get("weights_from_row_weight"))  # no sink: every head has a gate, its row's weight
-        p = gate.pooled_targets(res, list(np.ndindex(*_sink_share(res).shape)) if free else None)
+        p = gate.pooled_targets(res, list(np.ndindex(*gate.sink_share(res).shape)) if free else None)
         if p is None:
             continue
         p["every_head"] = free
@@ -445,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         first_r, second_r, m_r = _half_means(rnd, start)
         first_c, second_c, m_c = _half_means(cpy, start)
         heads = _induction_heads(cpy)
-        a = _sink_share(dom)
+        a = gate.sink_share(dom)
         ind = cats.index("induction")
         share_dom = np.asarray(dom["targets"]["share"], dtype=np.float64)[..., ind]
         share_cpy = np.asarray(cpy["targets"]["share"], dtype=np.float64)[..., ind]
