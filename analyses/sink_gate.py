@@ -417,10 +417,11 @@ def main(argv: list[str] | None = None) -> int:
                                f"{d['repeat_diff'][l][h]:+.3f} |")
 
     split_rows = [("| model | heads pooled (a >= 0.1) | sink's logit: median head's share | share of the summed "
-                   "variance | heads led by the sink's logit | the best-matching other key's logit: median head | "
+                   "variance | heads led by the sink's logit | the sink's logit as the query's turn / token 1's key: "
+                   "median head | the best-matching other key's logit: median head | "
                    "the other keys' spread: median head | the sink heads (a > 0.3): sink's logit share, "
                    "std of the sink's logit / of the other keys' log-sum-exp |"),
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for key, res in results.items():
         split = gate.pooled_logit_split(res)
         if split is None:
@@ -430,8 +431,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"{d['content_std_within'][l][h]:.2f})" for l, h in _sink_heads(res)[:6]) or "-"
         more = (f"{split['top_key_median']:.0%} | {split['spread_median']:.0%}" if "top_key_median" in split
                 else "- | -")
+        turn = (f"{split['turn_median']:.0%} / {split['identity_median']:+.0%}" if "turn_median" in split
+                else "- (the sink is k*)" if res["sink"] != "first" else "-")
         split_rows.append(f"| {_label(key)} | {split['heads']} | {split['median']:.0%} | {split['pooled']:.0%} | "
-                          f"{split['sink_led']} of {split['heads']} | {more} | {per} |")
+                          f"{split['sink_led']} of {split['heads']} | {turn} | {more} | {per} |")
     unsplit = sorted({res["logit_split_note"] for res in results.values()
                       if res.get("normalized") and res.get("logit_split") is None and res.get("logit_split_note")})
 
@@ -544,7 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         "its variance over queries at the same position splits exactly into cov(log-odds, s) / var(log-odds), the",
         "**sink's logit**: the query turning toward or away from the sink's key (a fixed key where the sink is BOS",
         "or k*; also the first token's identity where it is not), and the rest, the **other keys**: the keys",
-        "before the query matching it better or worse. Within positions, over the queries with both weights > 0",
+        "before the query matching it better or worse. Where the sink is token 1 the sink's side splits once more,",
+        "exactly: a second pass scores every query against a fixed key, token 1's key averaged over the texts (put",
+        "in at `hook_k` in every layer, each layer's scores then given back their own first column, so the rest of",
+        "the pass is the first one's; checked on the logits): the **query's turn**, and the rest, **token 1's",
+        "key** (which token comes first in this text; 0 where it is always BOS). Within positions, over the",
+        "queries with both weights > 0",
         "(log-odds, not m: a saturated head weighs more here than in the drivers' table), per head, then the",
         "median over the heads with a >= 0.1, the share of their summed variance (dominated by the heads whose",
         "log-odds vary most) and how many have a share above 50%. The other keys' side splits once more, exactly:",
@@ -584,8 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         "removes what the sink's value writes (the value share above). SmolLM2's training data is not here: it is",
         "measured on the English sample and on the Debian text, both out of its training set as far as we know, its",
         "per-head effects on the first only; the Debian-trained models on both, and the two disagree. The softmax",
-        "split is of the log-odds within positions; where token 1 is not BOS (the GPU models, SmolLM2) the sink's",
-        "logit also varies with which token comes first, so its side mixes the query's turn with that token's key.",
+        "split is of the log-odds within positions: it says which logit moves with the gate, not what moves that",
+        "logit (the query's turn is the query's content meeting a fixed key).",
         "",
         "Models: " + "; ".join(f"{n}: {MODELS[n][3]}" + " (" + ", ".join(
             f"{_label(k).split(', ', 1)[1]}: {sources[k]}" for k in results if k.partition("__")[0] == n) + ")"
@@ -818,6 +826,7 @@ def _split_summary(results: dict) -> list[str]:
                  f"median head and the other keys' spread {_fmt_range([100 * x['spread_median'] for x in tops], '{:+.0f}')}%: "
                  "the gate opens when one key before the query matches it well (as in retrieval), and a key that "
                  "stands out leaves fewer keys in effect, which pulls a little the other way.")
+    line += _turn_summary(rows)
     import numpy as np
 
     for key, x in rows:  # with enough heads: does the split change with how much a head sinks?
@@ -837,6 +846,32 @@ def _split_summary(results: dict) -> list[str]:
                  f"{int(low.sum())} with a < 0.3 {lo:.0%} (rank correlation of a and the share over "
                  f"the {int(ok.sum())} heads {np.corrcoef(*rank)[0, 1]:+.2f}).")
     return [line]
+
+
+def _turn_summary(rows: list[tuple[str, dict]]) -> str:
+    """The sink's side as the query's turn toward a fixed key and token 1's own key, for the in-domain runs
+    that have it (``rows`` as in ``_split_summary``): what the page may say about them."""
+    turned = [(k, x) for k, x in rows if "turn_median" in x]
+    if not turned:
+        return ""
+    fixed = [(k, x) for k, x in turned if MODELS[k.partition("__")[0]][1]]  # BOS first: one key in every text
+    words = [(k, x) for k, x in turned if not MODELS[k.partition("__")[0]][1]]
+    out = (" The sink's side, split once more (the query's turn toward token 1's mean key / what token 1's own key "
+           "adds, in the median head; of the summed variance in brackets): " + "; ".join(
+               f"{_label(k).split(', ')[0]} {x['turn_median']:.0%} / {x['identity_median']:+.0%} "
+               f"({x['turn_pooled']:.0%} / {x['identity_pooled']:+.0%})" for k, x in turned) + ".")
+    if fixed and all(abs(x["identity_pooled"]) < 0.005 for _, x in fixed):
+        out += (" Where BOS comes first its key is the same in every text, and token 1's key adds nothing, as it "
+                "must: there the sink's side is the query's turn alone.")
+    for k, x in words:
+        name = _label(k).split(", ")[0]
+        if x["identity_pooled"] > x["turn_pooled"]:
+            out += (f" In {name} (no BOS: token 1 is the text's first word) token 1's own key carries more of the "
+                    "sink's side than the query's turn: which word opens the text moves the gate.")
+        else:
+            out += (f" In {name} (no BOS: token 1 is the text's first word) the query's turn carries more of the "
+                    "sink's side than token 1's own key: the query sets it, whichever word opens the text.")
+    return out
 
 
 def _reading(results: dict) -> list[str]:

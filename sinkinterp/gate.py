@@ -59,6 +59,14 @@ match the query better or worse), over all queries and within positions (``_with
 side splits once more, exactly, with c_t = x_t + (c_t - x_t), x_t the best-matching other key's logit:
 ``top_key_side`` = -cov(lam, x) / var(lam) (one key matching the query, as in retrieval), and what is left,
 1 - sink_side - top_key_side (the spread: how many keys match, log of their effective number).
+Where the sink is token 1, its logit s_t = score(q_t, k_1) moves with the query and with token 1's key,
+which differs between texts unless token 1 is the same token (BOS): a second pass over the same tokens
+scores each query against a fixed key instead (token 1's key at ``hook_k``, averaged over the texts, put in
+place of token 1's in every layer, each layer's hook_attn_scores then given back its own column 1, so the
+rest of the pass is the first one's; checked on the logits), u_t, and the sink's side splits exactly into
+``turn_side`` = cov(lam, u) / var(lam) (the query turning toward or away from a key that is the same in
+every text) and ``identity_side`` = cov(lam, s - u) / var(lam) (which key token 1 has in this text); for a
+BOS first, whose key is the same in every text, the second is 0.
 
 Where the weight off the sink goes (``targets``, any attention): each key besides the sink falls, for its
 query, in the first of TARGETS that fits it: token 1 (when the sink is the bias slot), the query itself,
@@ -196,6 +204,8 @@ def _distance_map(seq_len: int, device: Any) -> Tensor:
 
 #: the per-(layer, head, position) sums behind the softmax split (``_Accumulator.add_logits``)
 LOGIT_SUMS = ("n", "lam", "s", "c", "x", "lam2", "lam_s", "lam_c", "lam_x", "s2", "c2", "x2")
+# the sink's logit against a fixed key (``_turn_pass``): u_t, and its products with lam_t and s_t
+TURN_SUMS = ("u", "u2", "lam_u", "s_u")
 #: the split is reported only where the pattern is the softmax of hook_attn_scores to this L1 error per row
 #: (or to 4 x the machine epsilon of a coarser dtype of the scores or the pattern: bfloat16 allows 0.031)
 LOGIT_TOLERANCE = 1e-3
@@ -227,6 +237,10 @@ class _Accumulator:
         self.logit_error = torch.zeros((), dtype=torch.float64, device=device)
         self.logit_tolerance = LOGIT_TOLERANCE
         self.logit_wanted = True  # False: the caller asked for no split (``_stats(..., logits=False)``)
+        # the sink's logit against a fixed key (``_turn_pass``), over the same queries as ``logit``
+        self.turn = {k: z() for k in TURN_SUMS}
+        self.turn_layers: set[int] = set()
+        self.turn_note: str | None = "not measured"
         # where the weight off the sink goes (``add_targets``): per key category (TARGETS) and distance bin
         C, D = len(TARGETS), len(distance_bins(seq_len)[0])
 
@@ -276,6 +290,15 @@ class _Accumulator:
         for key in LOGIT_SUMS:
             self.logit[key][layer, :, 1:] += torch.where(ok, terms[key], 0.0).sum(0)
 
+    def add_turn(self, layer: int, lam: Tensor, s: Tensor, u: Tensor, ok: Tensor) -> None:
+        """[batch, head, query] tensors for queries 1..T-1 (float64): ``lam`` and ``s`` as in ``add_logits``,
+        ``u`` the sink's logit against the fixed key (``_turn_pass``), ``ok`` the queries ``add_logits`` kept."""
+        self.turn_layers.add(layer)
+        u = torch.where(ok, u, 0.0)
+        terms = {"u": u, "u2": u * u, "lam_u": lam * u, "s_u": s * u}
+        for key in TURN_SUMS:
+            self.turn[key][layer, :, 1:] += torch.where(ok, terms[key], 0.0).sum(0)
+
     def add_targets(self, layer: int, rest: Tensor, m: Tensor, valid: Tensor, cat: Tensor, dist: Tensor) -> None:
         """Where the weight off the sink goes, for queries 1..T-1 of one batch: ``rest`` [b, H, T, T] (the
         pattern without the sink), ``m`` and ``valid`` [b, H, T] as in ``add``, ``cat`` [b, T, T] each key's
@@ -310,6 +333,7 @@ class _Accumulator:
 
     def to_cpu(self) -> _Accumulator:
         self.logit = {k: v.cpu() for k, v in self.logit.items()}
+        self.turn = {k: v.cpu() for k, v in self.turn.items()}
         for name, value in vars(self).items():
             if isinstance(value, Tensor):
                 setattr(self, name, value.cpu())
@@ -465,6 +489,16 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
     stash: dict[tuple[int, str], Tensor] = {}
     seq = torch.full((n, L, H, T), float("nan"), dtype=torch.float64) if keep_seq else None
     offset = [0]
+    # the sink's logit against a fixed key (``_turn_pass``): token 1 as the sink, the split measured, hook_k there
+    turn_ok = scored and sink == "first" and all(f"blocks.{l}.attn.hook_k" in names for l in range(L))
+    turn: dict[str, Any] | None = {"rows": {}, "k1": {}, "digest": {}} if turn_ok else None
+
+    def on_k(layer: int) -> Any:  # token 1's keys, summed over the texts: the fixed key's mean
+        def hook(k: Tensor, hook: Any = None) -> None:
+            first = k.detach()[:, 0].double().sum(0)
+            turn["k1"][layer] = turn["k1"][layer] + first if layer in turn["k1"] else first
+
+        return hook
     pattern_dtype = [torch.float64]
 
     def keep(layer: int, kind: str) -> Any:
@@ -524,7 +558,9 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
                 for dt in (scores.dtype, pattern_dtype[0]):
                     if dt.is_floating_point:
                         acc.logit_tolerance = max(acc.logit_tolerance, 4 * torch.finfo(dt).eps)
-                _add_logit_sides(acc, layer, scores, rest, a, m)
+                lam, s_logit, ok = _add_logit_sides(acc, layer, scores, rest, a, m)
+                if turn is not None:  # what the second pass needs: the raw column 1 (to give back), lam, s, ok
+                    turn["rows"][(offset[0], layer)] = (scores[..., 0].clone(), lam, s_logit, ok)
             acc.add(layer, a[..., q], m[..., q], g[..., q], write[..., q], read[..., q], resid[..., q], valid[..., q],
                     None if explicit is None else explicit[..., q], row_error, share[..., q])
             if cat[0] is not None:
@@ -545,6 +581,8 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
             hooks.append((f"blocks.{l}.attn.hook_attn_scores", keep(l, "scores")))
         if weighted:
             hooks.append((f"blocks.{l}.attn.hook_row_weight", keep(l, "row")))
+        if turn is not None:
+            hooks.append((f"blocks.{l}.attn.hook_k", on_k(l)))
         hooks.append((f"blocks.{l}.attn.hook_z", on_z(l)))
     device = patching._model_device(model)
     starts = range(0, n, batch_size)
@@ -560,15 +598,92 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
             if targets:
                 cat[0] = _target_map(batch, sink == "first")
                 acc.add_target_keys(cat[0])
-            model(batch)
+            out = model(batch)
+            if turn is not None:
+                turn["digest"][s] = _digest(out)
+    if turn is not None:
+        with patching._eval_mode(model), torch.no_grad():
+            acc.turn_note = _turn_pass(model, tokens, turn, acc, batch_size, L, device)
+    elif scored:
+        acc.turn_note = ("the sink is not token 1" if sink != "first" else
+                         "the model has no hook_k in every layer")
     return _finish(acc, sink, slot, closed, gated, _weights_unnormalized(model), weighted), seq
 
 
-def _add_logit_sides(acc: _Accumulator, layer: int, scores: Tensor, rest: Tensor, a: Tensor, m: Tensor) -> None:
+def _digest(out: Any) -> Tensor:
+    """A forward pass's output, summed over the vocabulary ([batch, pos], float64): what ``_turn_pass``
+    compares to tell that its second pass is the first one again."""
+    logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"model returned {type(out).__name__}; the gate study's second pass needs its logits")
+    return logits.detach().double().sum(-1)
+
+
+TURN_TOLERANCE = 1e-6  # the second pass's logits (summed over the vocabulary) against the first's, relative
+
+
+def _turn_pass(model: Any, tokens: Tensor, turn: dict[str, Any], acc: _Accumulator, batch_size: int, L: int,
+               device: Any) -> str | None:
+    """The second pass of the softmax split (module docstring): each layer's hook_k gets token 1's key
+    averaged over the texts in place of token 1's own, hook_attn_scores records column 1 (u_t: the query
+    against that fixed key) and gives back the first pass's column, so every layer sees the first pass's
+    residual stream. Adds u_t to ``acc`` and returns None, or why the split was left out (the hooks did
+    not act: the logits changed, or u_t is s_t while token 1's key differs between texts)."""
+    from sinkinterp import tl_adapter
+
+    k_mean = {l: turn["k1"][l] / tokens.shape[0] for l in range(L)}
+    rows, start = turn["rows"], [0]
+    moved = {"keys": 0.0, "logits": 0.0}  # how far token 1's keys are from their mean; how far u_t is from s_t
+
+    def on_k(layer: int) -> Any:
+        def hook(k: Tensor, hook: Any = None) -> Tensor:
+            mean = k_mean[layer].to(k.device)
+            scale = float(mean.abs().max()) or 1.0
+            moved["keys"] = max(moved["keys"], float((k[:, 0].double() - mean).abs().max()) / scale)
+            out = k.clone()
+            out[:, 0] = mean.to(k.dtype)
+            return out
+
+        return hook
+
+    def on_scores(layer: int) -> Any:
+        def hook(scores: Tensor, hook: Any = None) -> Tensor:
+            raw, lam, s, ok = rows.pop((start[0], layer))
+            u = scores[..., 0].double()
+            q = slice(1, None)
+            moved["logits"] = max(moved["logits"], float(torch.where(ok, (u - s).abs(), 0.0).max()))
+            acc.add_turn(layer, lam[..., q], s[..., q], u[..., q], ok[..., q])
+            out = scores.clone()
+            out[..., 0] = raw
+            return out
+
+        return hook
+
+    hooks = [(f"blocks.{l}.attn.hook_{kind}", fn(l)) for l in range(L)
+             for kind, fn in (("k", on_k), ("attn_scores", on_scores))]
+    worst = 0.0
+    with tl_adapter.attached_hooks(model, hooks):
+        for s0 in range(0, tokens.shape[0], batch_size):
+            start[0] = s0
+            again, first = _digest(model(tokens[s0:s0 + batch_size].to(device))), turn["digest"][s0]
+            worst = max(worst, float((again - first).abs().max() / first.abs().max().clamp_min(1.0)))
+    if worst > TURN_TOLERANCE or rows:
+        acc.turn_layers.clear()
+        return (f"the second pass did not reproduce the first (logits off by {worst:.2g}, relative): the model "
+                "does not use what hook_attn_scores returns")
+    if moved["keys"] > 1e-6 and moved["logits"] == 0.0:
+        acc.turn_layers.clear()
+        return "token 1's key at hook_k differs between texts but the scores did not move: hook_k edits do not act"
+    return None
+
+
+def _add_logit_sides(acc: _Accumulator, layer: int, scores: Tensor, rest: Tensor, a: Tensor,
+                     m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Split each query's log-odds on the sink, lam_t = log(a_t / m_t), into the sink's logit and the
     other keys' log-sum-exp: with softmax, lam_t = s_t - c_t, c_t = logsumexp of the scores of the keys
     with weight in ``rest`` ([b, H, T, T]: the pattern without the sink), and s_t = lam_t + c_t the
-    sink's logit on the same scale (token 1's score, or the bias slot's). ``scores``: hook_attn_scores."""
+    sink's logit on the same scale (token 1's score, or the bias slot's). ``scores``: hook_attn_scores.
+    Returns lam, s and ok ([b, H, T], every query) for ``_turn_pass``."""
     sc = scores.double()
     visible = rest > 0  # a key whose weight underflowed to 0 adds nothing to the log-sum-exp either
     masked = torch.where(visible, sc, float("-inf"))
@@ -581,6 +696,7 @@ def _add_logit_sides(acc: _Accumulator, layer: int, scores: Tensor, rest: Tensor
     error = torch.where(ok, (soft - rest).abs().sum(-1), 0.0).max()
     q = slice(1, None)
     acc.add_logits(layer, lam[..., q], (lam + c)[..., q], c[..., q], top[..., q], ok[..., q], error)
+    return lam, lam + c, ok
 
 
 def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[dict[str, Any] | None, str | None]:
@@ -595,7 +711,7 @@ def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[di
     if error > acc.logit_tolerance:
         return None, (f"the pattern is not the softmax of hook_attn_scores (L1 error {error:.2g} per row): e.g. a "
                       "normalized sigmoid or elu+1 kernel, or scores hooked before a soft cap")
-    g = acc.logit
+    g = {**acc.logit, **acc.turn}  # the turn sums are zero where no second pass ran
     n = g["n"].sum(-1)
     nan = torch.full_like(n, float("nan"))
 
@@ -607,6 +723,9 @@ def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[di
     out: dict[str, Any] = {"queries": n.tolist(), "scores_error": error, "tolerance": acc.logit_tolerance,
                            "sink_logit": (g["s"].sum(-1) / n.clamp_min(1.0)).tolist(),
                            "content_lse": (g["c"].sum(-1) / n.clamp_min(1.0)).tolist()}
+    turned = len(acc.turn_layers) == n_layers  # the second pass ran: the sink's side splits once more
+    if not turned:
+        out["turn_note"] = acc.turn_note or "not measured"
     for suffix, within in (("", False), ("_within", True)):
         var, cs, cx = cov("lam", "lam", "lam2", within), cov("lam", "s", "lam_s", within), cov("lam", "x", "lam_x", within)
         keep = (n >= 2) & (var > 1e-20)
@@ -618,6 +737,16 @@ def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[di
         out["logit_cov_top" + suffix] = torch.where(n >= 2, cx, nan).tolist()
         for key, name in (("s", "sink_std"), ("c", "content_std"), ("x", "top_key_std")):
             out[name + suffix] = torch.where(n >= 2, cov(key, key, f"{key}2", within).clamp_min(0.0).sqrt(), nan).tolist()
+        if turned:  # the sink's side, cov(lam, s), as the query's turn (a fixed key) and token 1's own key
+            cu = cov("lam", "u", "lam_u", within)
+            out["turn_side" + suffix] = torch.where(keep, cu / var.clamp_min(1e-300), nan).tolist()
+            out["identity_side" + suffix] = torch.where(keep, (cs - cu) / var.clamp_min(1e-300), nan).tolist()
+            out["logit_cov_turn" + suffix] = torch.where(n >= 2, cu, nan).tolist()
+            # var(u) and var(s - u) = var(s) + var(u) - 2 cov(s, u)
+            vu = cov("u", "u", "u2", within)
+            vd = cov("s", "s", "s2", within) + vu - 2 * cov("s", "u", "s_u", within)
+            out["turn_std" + suffix] = torch.where(n >= 2, vu.clamp_min(0.0).sqrt(), nan).tolist()
+            out["identity_std" + suffix] = torch.where(n >= 2, vd.clamp_min(0.0).sqrt(), nan).tolist()
     return out, None
 
 
@@ -1151,7 +1280,9 @@ def pooled_logit_split(res: dict[str, Any], heads: Any = None) -> dict[str, Any]
     weight >= DRIVER_FLOOR and a measured split): the median of the heads' sink-side shares, the share of
     the summed variance (each head's log-odds variance weighs in), and how many heads are sink-led (share >
     0.5); with the best other key's side too, its median and summed share and the spread's median
-    (``top_key_median``, ``top_key_pooled``, ``spread_median``). None without a split or heads."""
+    (``top_key_median``, ``top_key_pooled``, ``spread_median``); where the second pass ran (token 1 the sink),
+    the sink's side as the query's turn and token 1's key (``turn_median``, ``identity_median``,
+    ``turn_pooled``, ``identity_pooled``). None without a split or heads."""
     d = res.get("logit_split")
     if not d:
         return None
@@ -1173,6 +1304,12 @@ def pooled_logit_split(res: dict[str, Any], heads: Any = None) -> dict[str, Any]
         out["spread_median"] = float(np.median([1.0 - x - y for x, y in zip(shares, top, strict=True)]))
         out["top_key_pooled"] = (-sum(d["logit_cov_top_within"][l][h] for l, h in heads) / var if var > 0
                                  else float("nan"))
+    if "turn_side_within" in d:  # the sink's side: the query's turn toward a fixed key, and token 1's own key
+        turn = [float(d["turn_side_within"][l][h]) for l, h in heads]
+        out["turn_median"] = float(np.median(turn))
+        out["identity_median"] = float(np.median([x - y for x, y in zip(shares, turn, strict=True)]))
+        out["turn_pooled"] = sum(d["logit_cov_turn_within"][l][h] for l, h in heads) / var if var > 0 else float("nan")
+        out["identity_pooled"] = out["pooled"] - out["turn_pooled"]
     return out
 
 
@@ -1289,6 +1426,10 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
                      "is the other keys'" + (f": the best-matching key's logit {split['top_key_median']:.0%} and their "
                                              f"spread {split['spread_median']:.0%} in the median head"
                                              if "top_key_median" in split else ""))
+        if "turn_median" in split:
+            lines.append(f"  the sink's logit against token 1's mean key (the query's turn) {split['turn_median']:.0%}, "
+                         f"what token 1's own key adds {split['identity_median']:+.0%} in the median head "
+                         f"({split['turn_pooled']:.0%} / {split['identity_pooled']:+.0%} of the summed variance)")
     elif res.get("logit_split_note"):
         lines.append(f"softmax split: not measured ({res['logit_split_note']})")
     where_to = pooled_targets(res, every)

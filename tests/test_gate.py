@@ -118,10 +118,11 @@ def test_stats_equal_a_direct_computation(variant, sink):
     assert np.asarray(res["queries_per_head"]).min() == tokens.shape[0] * (T - 1)
 
 
-def _direct_logits(model, tokens, sink: str):
+def _direct_logits(model, tokens, sink: str, rows: dict | None = None):
     """Per head, over queries 1..T-1, the within-position sink-side share of the log-odds on the sink,
     query by query from captured hook_attn_scores / hook_pattern (/ hook_bias_pattern): lam = log a - log m,
-    c = log-sum-exp of the other keys' scores, s = token 1's score (first) or lam + c (slot)."""
+    c = log-sum-exp of the other keys' scores, s = token 1's score (first) or lam + c (slot). ``rows``, when
+    given, gets each head's [N, T - 1] lam and s (NaN where left out)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     want = [f"blocks.{l}.attn.hook_{k}" for l in range(L) for k in ("attn_scores", "pattern")]
     want += [f"blocks.{l}.attn.hook_bias_pattern" for l in range(L)] if sink == "slot" else []
@@ -142,6 +143,8 @@ def _direct_logits(model, tokens, sink: str):
             c = np.log(np.sum(np.exp(sc[b, t, keys])))
             lam[b, t - 1] = np.log(a) - np.log(p[b, t, keys].sum())
             s[b, t - 1] = sc[b, t, 0] if sink == "first" else lam[b, t - 1] + c
+        if rows is not None:
+            rows[(l, h)] = (lam, s)
         with warnings.catch_warnings():  # positions where token 1 is out of every query's window: all NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             dl, ds, dx = lam - np.nanmean(lam, 0), s - np.nanmean(s, 0), top - np.nanmean(top, 0)
@@ -174,6 +177,125 @@ def test_softmax_split_of_the_log_odds_equals_a_direct_computation(variant, sink
     assert pooled["sink_led"] == sum(x > 0.5 for x in picked)
     var, cov = np.asarray(split["logit_var_within"]), np.asarray(split["logit_cov_sink_within"])
     np.testing.assert_allclose(np.asarray(split["sink_side_within"]), cov / var, rtol=1e-12)
+
+
+def _rotated_qk(model, tokens):
+    """Per layer, the queries [N, T, H, d] and keys [N, T, kv, d] the attention multiplies: hook_rot_q /
+    hook_rot_k where the model has them, else hook_q / hook_k (no rotary: ALiBi), or on a Hugging Face
+    LLaMA bridge hook_q / hook_k rotated with the wrapped model's own rotary embedding."""
+    L = tl_adapter.model_dims(model)["n_layers"]
+    names = set(tl_adapter.hook_names(model))
+    hf = tl_adapter.wrapped_hf_model(model)
+    kinds = ("rot_q", "rot_k") if "blocks.0.attn.hook_rot_q" in names and hf is None else ("q", "k")
+    acts = patching.capture(model, tokens, [f"blocks.{l}.attn.hook_{k}" for l in range(L) for k in kinds])
+    out = []
+    for l in range(L):
+        q, k = (acts[f"blocks.{l}.attn.hook_{x}"].double() for x in kinds)
+        if hf is not None:
+            from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+            pos = torch.arange(tokens.shape[1])[None]
+            cos, sin = hf.model.rotary_emb(q, pos)
+            q, k = (x.transpose(1, 2) for x in apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2),
+                                                                     cos.double(), sin.double()))
+        out.append((q, k))
+    return out
+
+
+def _direct_turn(model, tokens):
+    """Per head, the within-position shares of the log-odds' variance that the query's turn and token 1's
+    key carry, query by query: u = s + scale q_t . (k1_mean - k1), k1_mean token 1's key averaged over the
+    texts (the scores are linear in the key: any position bias of key 1 stays in both)."""
+    rows: dict = {}
+    _direct_logits(model, tokens, "first", rows)
+    dims = tl_adapter.model_dims(model)
+    L, H = dims["n_layers"], dims["n_heads"]
+    turn, ident = np.zeros((L, H)), np.zeros((L, H))
+    for l, (q, k) in enumerate(_rotated_qk(model, tokens)):
+        k1 = k[:, 0].repeat_interleave(H // k.shape[2], dim=1)  # [N, H, d]
+        shift = torch.einsum("nthd,nhd->nht", q, k1.mean(0, keepdim=True) - k1).numpy()
+        shift *= tl_adapter.attn_scale(model, l)
+        for h in range(H):
+            lam, s = rows[(l, h)]
+            u = s + shift[:, h, 1:]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                dl, ds, du = lam - np.nanmean(lam, 0), s - np.nanmean(s, 0), u - np.nanmean(u, 0)
+            turn[l, h] = np.nansum(dl * du) / np.nansum(dl * dl)
+            ident[l, h] = np.nansum(dl * (ds - du)) / np.nansum(dl * dl)
+    return turn, ident
+
+
+@pytest.mark.parametrize("variant", ["rotary", "alibi", "window", "kv", "gqa", "ht", "bridge"])
+def test_the_sinks_side_splits_into_the_querys_turn_and_token_1s_key(variant):
+    """The second pass scores every query against token 1's mean key: its share of the log-odds' variance
+    equals q_t . k1_mean computed from the rotated queries and keys, on sinkinterp models (ALiBi, a window,
+    k*/v* beside token 1, grouped keys), a HookedTransformer and a Hugging Face LLaMA bridge; the two parts
+    add up to the sink's side; the rest of the second pass is the first one's (the study's other numbers
+    are unchanged); a BOS first (the same key in every text) leaves token 1's key nothing."""
+    if variant == "ht":
+        model = tl_adapter.hooked_transformer_from_config(
+            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+            positional_embedding_type="rotary", normalization_type="RMS", seed=0, dtype=torch.float64,
+            n_key_value_heads=2)
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.W_Q.mul_(8.0)
+    elif variant == "bridge":
+        model = tl_adapter.boot_bridge(tiny_llama(n_kv_heads=2), word_tokenizer(61), "llama")
+    else:
+        model = tiny_model(variant).eval()
+    tokens = _tokens()
+    res = gate_stats(model, tokens, sink="first", batch_size=2)
+    split = res["logit_split"]
+    assert "turn_note" not in split
+    turn, ident = _direct_turn(model, tokens)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if variant == "bridge" else {"rtol": 1e-7, "atol": 1e-9}
+    np.testing.assert_allclose(split["turn_side_within"], turn, **tol)
+    np.testing.assert_allclose(split["identity_side_within"], ident, **tol)
+    np.testing.assert_allclose(np.add(split["turn_side_within"], split["identity_side_within"]),
+                               split["sink_side_within"], rtol=1e-9, atol=1e-12)
+    assert np.median(np.abs(ident)) > 0.05 and np.median(np.abs(turn)) > 0.01  # both parts move here
+    heads = [(0, 1), (1, 0), (1, 3)]
+    pooled = pooled_logit_split(res, heads=heads)
+    assert pooled["turn_median"] == pytest.approx(np.median([split["turn_side_within"][l][h] for l, h in heads]))
+    assert pooled["identity_median"] == pytest.approx(np.median([split["identity_side_within"][l][h] for l, h in heads]))
+    var = sum(split["logit_var_within"][l][h] for l, h in heads)
+    assert pooled["turn_pooled"] == pytest.approx(sum(turn[l, h] * split["logit_var_within"][l][h]
+                                                      for l, h in heads) / var, rel=tol["rtol"])
+    assert "against token 1's mean key (the query's turn)" in summary(res)
+    # the second pass left the first's numbers alone: the same as without it
+    plain, _ = _stats(model, tokens, sink="first", closed=0.1, batch_size=2, logits=False)
+    np.testing.assert_allclose(res["sink_mass"], plain["sink_mass"], rtol=1e-12)
+    bos = tokens.clone()
+    bos[:, 0] = 1
+    fixed = gate_stats(model, bos, sink="first", batch_size=2)["logit_split"]
+    exact = 1e-6 if variant == "bridge" else 1e-9  # the bridge in float32: its scores' rounding
+    assert np.abs(fixed["identity_side_within"]).max() < exact
+    np.testing.assert_allclose(fixed["turn_side_within"], fixed["sink_side_within"], rtol=exact, atol=exact)
+
+
+def test_the_turn_split_is_left_out_where_it_cannot_be_measured(monkeypatch):
+    """A bias slot as the sink has one key already (no second pass); a model that ignores what
+    hook_attn_scores returns cannot be restored: the split of the sink's side is left out, with the reason."""
+    split = gate_stats(tiny_model("gqa_kv").eval(), _tokens(), sink="slot")["logit_split"]
+    assert "turn_side_within" not in split and split["turn_note"] == "the sink is not token 1"
+    model = tiny_model("rotary").eval()
+    attached = tl_adapter.attached_hooks
+
+    def scores_ignored(model, hooks):  # the second pass's hook_attn_scores edits do nothing
+        def observe(fn):
+            def hook(act, hook=None):
+                fn(act, hook)
+
+            return hook
+
+        return attached(model, [(n, observe(f) if n.endswith("hook_attn_scores") else f) for n, f in hooks])
+
+    monkeypatch.setattr(tl_adapter, "attached_hooks", scores_ignored)
+    split = gate_stats(model, _tokens(), sink="first")["logit_split"]
+    assert "turn_side" not in split and "did not reproduce the first" in split["turn_note"]
+    assert np.isfinite(split["sink_side_within"]).all()  # the rest of the split stands
 
 
 def test_softmax_split_in_bfloat16_allows_its_rounding():
