@@ -929,7 +929,10 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     assert f"| {pooled['previous']:+.0%} | " in page.split(f"| toy-softmax, Debian held-out | {pooled['heads']} |")[1]
     split = mod_gate.pooled_logit_split(snap)  # the softmax split's row
     assert (f"| toy-softmax, Debian held-out | {split['heads']} | {split['median']:.0%} | {split['pooled']:.0%} | "
-            f"{split['sink_led']} of {split['heads']} | {split['top_key_median']:.0%} | {split['spread_median']:.0%} |") in page
+            f"{split['sink_led']} of {split['heads']} | {split['turn_median']:.0%} / {split['identity_median']:+.0%} | "
+            f"{split['top_key_median']:.0%} | {split['spread_median']:.0%} |") in page
+    # BOS first: token 1's key is the same in every text, so the sink's side is the query's turn alone
+    assert abs(split["identity_pooled"]) < 1e-6 and "Where BOS comes first its key is the same in every text" in page
     a, rep = np.asarray(snap["sink_mass"]), np.asarray(snap["drivers"]["repeat"])
     top = max((lh for lh in np.ndindex(*a.shape) if a[lh] >= 0.1), key=lambda lh: rep[lh])
     assert f"| toy-softmax, Debian held-out | L{top[0]}H{top[1]} | {a[top]:.3f} |" in page.split("follows a repeated")[1]
