@@ -228,6 +228,9 @@ def _check_gate(nb, out: Path) -> None:
     assert re.search(r"^  a constant per text \(added\)\s+[-+][\d.]+%", drivers, re.M)
     split_out = _stdout(_cell(nb, "split"))
     assert "the sink's logit carries" in split_out and "the best-matching other key carries" in split_out
+    # BOS first: token 1's key is the same in every text, so the sink's side is the query's turn alone
+    turn = re.search(r"query's turn toward token 1's mean key (\d+)% and what token 1's own key adds ([-+]\d+)%", split_out)
+    assert turn and abs(int(turn[2])) == 0 and max(abs(x) for r in split["identity_side_within"] for x in r if math.isfinite(x)) < 1e-6
     assert re.search(r"^open\s+\+[\d.]+\s+100%", _stdout(_cell(nb, "edits")), re.M)
     targets = _stdout(_cell(nb, "targets"))
     shares = [float(x) for x in re.findall(r"^  (?:token 1|itself|the token before|induction target|earlier copy|other)"
