@@ -95,6 +95,9 @@ INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text") if spe
                  ("debian",) if name in SEED_OF else
                  ("debian", "debian_b", "natural") if name in ("toy-softmax", "toy-kv-bias", "baseline_small") else
                  ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
+# per-head effects outside a model's own domain (the edits named): SmolLM2 on its second domain, to compare the
+# heads that matter there with those on English (about 12 minutes per edit on a 2-core CPU with nothing else running)
+PER_HEAD_ALSO = {"smollm2__debian_text": ("open", "fixed")}
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
 
 
@@ -266,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                 if inputs.startswith("debian"):
                     _debian_tokens()
                 results[key] = _run(key, gguf if spec is None else spec, inputs, bos,
-                                    per_head if inputs == INPUTS[name][0] else False, commands, gguf)
+                                    per_head if inputs == INPUTS[name][0] else PER_HEAD_ALSO.get(key, False),
+                                    commands, gguf)
                 sources[key] = "run now"
             elif (DATA / f"{key}.json").is_file():
                 results[key] = json.loads((DATA / f"{key}.json").read_text())
@@ -354,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, res in results.items():
         runs = {x["label"]: x for x in res.get("interventions", [])}
         fx, op = runs.get("fixed"), runs.get("open")
-        if not (_in_domain(key) and res["normalized"] and fx and fx.get("per_head_delta_loss") is not None):
+        if not ((_in_domain(key) or key in PER_HEAD_ALSO) and res["normalized"] and fx
+                and fx.get("per_head_delta_loss") is not None):
             continue  # (attention that does not normalize: below, with the gate it has without a sink)
         per = np.asarray(fx["per_head_delta_loss"], dtype=np.float64)
         opened = np.asarray(op["per_head_delta_loss"], dtype=np.float64) if op and op.get("per_head_delta_loss") else None
@@ -505,12 +510,14 @@ def main(argv: list[str] | None = None) -> int:
         *head_rows,
         "",
         "Whose gate matters: each head's gate fixed (or opened) alone, the eight costliest heads per model in its",
-        "own domain where per-head effects were run (the fixed gate cross-fitted as above), and the sum over all",
-        "heads, to set against fixing every gate at once in the first table (the effects need not add up).",
+        "own domain where per-head effects were run (the fixed gate cross-fitted as above; SmolLM2 also on its",
+        "second domain, the Debian text), and the sum over all heads, to set against fixing every gate at once in",
+        "the first table (the effects need not add up).",
         "",
         *(top_rows if len(top_rows) > 2 else ["(no per-head effects in these results)"]),
         "",
         *top_notes,
+        *_domains_note(results),
         "",
         "What opens the gate: for the three heads of each softmax model (in its own domain) whose gate varies most",
         "with the content (within a query position) among those with at least 10% of their weight on the sink,",
@@ -591,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         "16 sequences per half, so they carry sampling noise besides removing the content; opening the gate also",
         "removes what the sink's value writes (the value share above). SmolLM2's training data is not here: it is",
         "measured on the English sample and on the Debian text, both out of its training set as far as we know, its",
-        "per-head effects on the first only; the Debian-trained models on both, and the two disagree. The softmax",
+        ("per-head effects on both (on the Debian text for the gate fixed and opened only)" if _domains_note(results)
+         else "per-head effects on the first only") + "; the Debian-trained models on both, and the two disagree. The softmax",
         "split is of the log-odds within positions: it says which logit moves with the gate, not what moves that",
         "logit (the query's turn is the query's content meeting a fixed key).",
         "",
@@ -639,6 +647,37 @@ def _free_row(key: str, res: dict) -> str:
         out += (f" One head at a time, holding m costs {float(np.nansum(per)):+.3f} summed over the {per.size} heads, "
                 f"{sum(per[lh] > 0.005 for lh in order)} of them over 0.005 nats; the costliest "
                 + ", ".join(f"L{l}H{h} {per[l, h]:+.3f}" for l, h in order[:3]) + ".")
+    return out
+
+
+def _domains_note(results: dict) -> list[str]:
+    """For a model with per-head effects in two domains (``PER_HEAD_ALSO``): are the heads whose gate matters
+    the same? The rank correlation of the per-head costs over every head, and the overlap of the eight costliest."""
+    import numpy as np
+
+    out = []
+    for other in PER_HEAD_ALSO:
+        name = other.partition("__")[0]
+        own = f"{name}__{INPUTS[name][0]}"
+        if own not in results or other not in results:
+            continue
+        parts = []
+        for label, what in (("fixed", "fixed"), ("open", "opened")):
+            runs = [{x["label"]: x for x in results[k].get("interventions", [])}.get(label) for k in (own, other)]
+            if not all(r and r.get("per_head_delta_loss") is not None for r in runs):
+                continue
+            a, b = (np.asarray(r["per_head_delta_loss"], dtype=np.float64).ravel() for r in runs)
+            ok = np.isfinite(a) & np.isfinite(b)
+            rank = np.corrcoef(*(np.argsort(np.argsort(x[ok])) for x in (a, b)))[0, 1]
+            top = [set(np.argsort(-np.where(ok, x, -np.inf))[:8]) for x in (a, b)]
+            shared = sorted(top[0] & top[1])
+            shape = np.shape(runs[0]["per_head_delta_loss"])
+            named = ", ".join(f"L{i // shape[1]}H{i % shape[1]}" for i in shared)
+            parts.append(f"the gate {what} one head at a time: rank correlation of the {int(ok.sum())} heads' costs "
+                         f"{rank:+.2f}, {len(shared)} of the eight costliest heads in both" + (f" ({named})" if named else ""))
+        if parts:
+            out.append(f"- {name} in two domains ({_label(own).split(', ', 1)[1]} / {_label(other).split(', ', 1)[1]}): "
+                       + "; ".join(parts) + ".")
     return out
 
 

@@ -1022,6 +1022,32 @@ def test_sink_gate_page_reads_sigmoid_weights_against_softmax(tmp_path, monkeypa
             f"{held_soft['fixed']:+.3f} / {held_soft['donor']:+.3f}") in page.split("The gate without a sink")[1]
 
 
+def test_sink_gate_compares_per_head_costs_across_domains():
+    """A model with per-head effects in two domains: the rank correlation of its heads' costs and the heads
+    among the eight costliest in both, from the two runs' per-head arrays; nothing without both runs."""
+    mod = load_script("analyses/sink_gate.py")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 4))
+    b = a + 0.3 * rng.normal(size=(3, 4))
+    b[0, 0] = np.nan  # a head without a measured effect in one domain is left out
+
+    def run(per):
+        return {"interventions": [{"label": "fixed", "per_head_delta_loss": per.tolist()},
+                                  {"label": "open", "per_head_delta_loss": (-per).tolist()}]}
+
+    results = {"smollm2__natural": run(a), "smollm2__debian_text": run(b)}
+    (note,) = mod._domains_note(results)
+    ok = np.isfinite(b).ravel()
+    x, y = a.ravel()[ok], b.ravel()[ok]
+    rank = np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
+    assert f"rank correlation of the 11 heads' costs {rank:+.2f}" in note.split("opened")[0]
+    top = lambda v: {i for i in np.argsort(-np.where(ok, v.ravel(), -np.inf))[:8]}  # noqa: E731
+    shared = sorted(top(a) & top(b))
+    assert f"{len(shared)} of the eight costliest heads in both (" + ", ".join(f"L{i // 4}H{i % 4}" for i in shared) in note
+    assert note.startswith("- smollm2 in two domains (English sample / Debian held-out text): the gate fixed")
+    assert mod._domains_note({"smollm2__natural": run(a)}) == []
+
+
 def test_gate_targets_controls_and_gate_by_attention_kind():
     """The closing test's controls: other sink heads of closest sink share under softmax, any other head of
     closest weight where attention does not normalize; the gate read is m wherever m is a weight."""
