@@ -1041,7 +1041,7 @@ def test_sink_gate_compares_per_head_costs_across_domains():
     x, y = a.ravel()[ok], b.ravel()[ok]
     rank = np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
     assert f"rank correlation of the 11 heads' costs {rank:+.2f}" in note.split("opened")[0]
-    top = lambda v: {i for i in np.argsort(-np.where(ok, v.ravel(), -np.inf))[:8]}  # noqa: E731
+    top = lambda v: {i for i in np.argsort(-np.where(ok, v.ravel(), -np.inf))[:8]}
     shared = sorted(top(a) & top(b))
     assert f"{len(shared)} of the eight costliest heads in both (" + ", ".join(f"L{i // 4}H{i % 4}" for i in shared) in note
     assert note.startswith("- smollm2 in two domains (English sample / Debian held-out text): the gate fixed")
