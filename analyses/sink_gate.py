@@ -206,6 +206,11 @@ def _label(key: str) -> str:
                           "debian_text": "Debian held-out text"}.get(inputs, inputs)
 
 
+def _bos_first(key: str) -> bool:
+    """Whether the run's model reads BOS first (token 1 the same token, and key, in every text)."""
+    return MODELS[key.partition("__")[0]][1]
+
+
 def _in_domain(key: str) -> bool:
     name, _, inputs = key.partition("__")
     return inputs == INPUTS.get(name, (inputs,))[0]
@@ -424,16 +429,19 @@ def main(argv: list[str] | None = None) -> int:
     split_rows = [("| model | heads pooled (a >= 0.1) | sink's logit: median head's share | share of the summed "
                    "variance | heads led by the sink's logit | the sink's logit as the query's turn / token 1's key: "
                    "median head | the best-matching other key's logit: median head | "
-                   "the other keys' spread: median head | the sink heads (a > 0.3): sink's logit share, "
-                   "std of the sink's logit / of the other keys' log-sum-exp |"),
+                   "the other keys' spread: median head | the sink heads (a > 0.3): sink's logit share (without BOS: as the "
+                   "query's turn and token 1's key), std of the sink's logit / of the other keys' log-sum-exp |"),
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for key, res in results.items():
         split = gate.pooled_logit_split(res)
         if split is None:
             continue
         d = res["logit_split"]
-        per = ", ".join(f"L{l}H{h} {d['sink_side_within'][l][h]:.0%} ({d['sink_std_within'][l][h]:.2f} / "
-                        f"{d['content_std_within'][l][h]:.2f})" for l, h in _sink_heads(res)[:6]) or "-"
+        per = ", ".join(f"L{l}H{h} {d['sink_side_within'][l][h]:.0%} ("
+                        + (f"turn {d['turn_side_within'][l][h]:.0%}, key {d['identity_side_within'][l][h]:+.0%}; "
+                           if "turn_side_within" in d and not _bos_first(key) else "")
+                        + f"{d['sink_std_within'][l][h]:.2f} / {d['content_std_within'][l][h]:.2f})"
+                        for l, h in _sink_heads(res)[:6]) or "-"
         more = (f"{split['top_key_median']:.0%} | {split['spread_median']:.0%}" if "top_key_median" in split
                 else "- | -")
         turn = (f"{split['turn_median']:.0%} / {split['identity_median']:+.0%}" if "turn_median" in split
@@ -893,8 +901,8 @@ def _turn_summary(rows: list[tuple[str, dict]]) -> str:
     turned = [(k, x) for k, x in rows if "turn_median" in x]
     if not turned:
         return ""
-    fixed = [(k, x) for k, x in turned if MODELS[k.partition("__")[0]][1]]  # BOS first: one key in every text
-    words = [(k, x) for k, x in turned if not MODELS[k.partition("__")[0]][1]]
+    fixed = [(k, x) for k, x in turned if _bos_first(k)]  # BOS first: one key in every text
+    words = [(k, x) for k, x in turned if not _bos_first(k)]
     out = (" The sink's side, split once more (the query's turn toward token 1's mean key / what token 1's own key "
            "adds, in the median head; of the summed variance in brackets): " + "; ".join(
                f"{_label(k).split(', ')[0]} {x['turn_median']:.0%} / {x['identity_median']:+.0%} "
