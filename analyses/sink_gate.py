@@ -873,7 +873,7 @@ def _split_summary(results: dict) -> list[str]:
                  f"median head and the other keys' spread {_fmt_range([100 * x['spread_median'] for x in tops], '{:+.0f}')}%: "
                  "the gate opens when one key before the query matches it well (as in retrieval), and a key that "
                  "stands out leaves fewer keys in effect, which pulls a little the other way.")
-    line += _turn_summary(rows)
+    line += _turn_summary(rows, results)
     import numpy as np
 
     for key, x in rows:  # with enough heads: does the split change with how much a head sinks?
@@ -895,9 +895,13 @@ def _split_summary(results: dict) -> list[str]:
     return [line]
 
 
-def _turn_summary(rows: list[tuple[str, dict]]) -> str:
+def _turn_summary(rows: list[tuple[str, dict]], results: dict) -> str:
     """The sink's side as the query's turn toward a fixed key and token 1's own key, for the in-domain runs
     that have it (``rows`` as in ``_split_summary``): what the page may say about them."""
+    import numpy as np
+
+    from sinkinterp import gate
+
     turned = [(k, x) for k, x in rows if "turn_median" in x]
     if not turned:
         return ""
@@ -911,13 +915,24 @@ def _turn_summary(rows: list[tuple[str, dict]]) -> str:
         out += (" Where BOS comes first its key is the same in every text, and token 1's key adds nothing, as it "
                 "must: there the sink's side is the query's turn alone.")
     for k, x in words:
-        name = _label(k).split(", ")[0]
-        if x["identity_pooled"] > x["turn_pooled"]:
+        name, d = _label(k).split(", ")[0], results[k]["logit_split"]
+        a = _sink_share(results[k])
+        heads = [lh for lh in np.ndindex(*a.shape) if a[lh] >= gate.DRIVER_FLOOR and np.isfinite(d["turn_std_within"][lh[0]][lh[1]])]
+        turn_std, key_std = (float(np.median([d[f"{w}_std_within"][l][h] for l, h in heads]))
+                             for w in ("turn", "identity"))
+        moves = (f"its part of the sink's logit moves by {key_std:.2f} (std within positions, median head) against "
+                 f"{turn_std:.2f} for the query's turn")
+        if key_std < 0.1 * turn_std:
+            out += (f" In {name} (no BOS: token 1 is the text's first word) token 1's own key adds almost nothing: "
+                    f"{moves}. Whichever word opens the text, these heads' queries score its key nearly alike, as they "
+                    "would a BOS: as the queries read it, the first position, not the word, makes the sink's key.")
+        elif x["identity_pooled"] > x["turn_pooled"]:
             out += (f" In {name} (no BOS: token 1 is the text's first word) token 1's own key carries more of the "
-                    "sink's side than the query's turn: which word opens the text moves the gate.")
+                    f"sink's side than the query's turn ({moves}): which word opens the text moves the gate.")
         else:
-            out += (f" In {name} (no BOS: token 1 is the text's first word) the query's turn carries more of the "
-                    "sink's side than token 1's own key: the query sets it, whichever word opens the text.")
+            out += (f" In {name} (no BOS: token 1 is the text's first word) token 1's own key carries less of the "
+                    f"sink's side than the query's turn, but not nothing ({moves}): which word opens the text moves "
+                    "the gate too.")
     return out
 
 
