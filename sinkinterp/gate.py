@@ -1350,7 +1350,7 @@ def pooled_targets(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | N
 def sink_share(res: dict[str, Any]) -> np.ndarray:
     """[L, H]: each head's mean share of its rows' weight on the sink, what picks the sink heads (``sink_mass``
     in a result without ``sink_share``: normalized attention, where they are the same, or an earlier run)."""
-    return np.asarray(res.get("sink_share", res["sink_mass"]), dtype=np.float64)
+    return np.asarray(res["sink_share"] if "sink_share" in res else res["sink_mass"], dtype=np.float64)
 
 
 def _top_heads(res: dict[str, Any], k: int) -> list[tuple[int, int]]:

@@ -1048,6 +1048,27 @@ def test_sink_gate_compares_per_head_costs_across_domains():
     assert mod._domains_note({"smollm2__natural": run(a)}) == []
 
 
+def test_sink_gate_grades_what_token_1s_own_key_adds():
+    """Without BOS the page says how much token 1's own key moves the sink's logit against the query's turn:
+    almost nothing (a tenth of the turn's spread or less), less than the turn, or more; with BOS, nothing."""
+    mod = load_script("analyses/sink_gate.py")
+
+    def case(key_std: float, key: float, turn: float = 0.3, name: str = "smollm2") -> str:
+        res = {"sink_share": [[0.5, 0.05, 0.5]],  # the middle head sinks too little to be pooled
+               "logit_split": {"turn_std_within": [[1.0, 9.0, 1.2]], "identity_std_within": [[key_std, 9.0, key_std]]}}
+        x = {"turn_median": turn, "identity_median": key, "turn_pooled": turn, "identity_pooled": key}
+        return mod._turn_summary([(f"{name}__natural", x)], {f"{name}__natural": res})
+
+    small = case(0.05, 0.01)
+    assert "smollm2 30% / +1% (30% / +1%)" in small
+    assert "adds almost nothing: its part of the sink's logit moves by 0.05" in small and "against 1.10" in small
+    assert "but not nothing (its part of the sink's logit moves by 0.50" in case(0.5, 0.2)
+    assert "carries more of the sink's side than the query's turn" in case(0.5, 0.4)
+    bos = case(0.0, 0.0, name="toy-softmax")
+    assert "Where BOS comes first its key is the same in every text" in bos and "no BOS" not in bos
+    assert mod._turn_summary([("smollm2__natural", {"median": 0.2})], {}) == ""  # no second pass in the run
+
+
 def test_gate_targets_controls_and_gate_by_attention_kind():
     """The closing test's controls: other sink heads of closest sink share under softmax, any other head of
     closest weight where attention does not normalize; the gate read is m wherever m is a weight."""
