@@ -60,10 +60,10 @@ side splits once more, exactly, with c_t = x_t + (c_t - x_t), x_t the best-match
 ``top_key_side`` = -cov(lam, x) / var(lam) (one key matching the query, as in retrieval), and what is left,
 1 - sink_side - top_key_side (the spread: how many keys match, log of their effective number).
 Where the sink is token 1, its logit s_t = score(q_t, k_1) moves with the query and with token 1's key,
-which differs between texts unless token 1 is the same token (BOS): a second pass over the same tokens
-scores each query against a fixed key instead (token 1's key at ``hook_k``, averaged over the texts, put in
-place of token 1's in every layer, each layer's hook_attn_scores then given back its own column 1, so the
-rest of the pass is the first one's; checked on the logits), u_t, and the sink's side splits exactly into
+which differs between texts unless token 1 is the same token (BOS): a second pass over each batch scores
+each query against a fixed key instead (token 1's key at ``hook_k``, averaged over the texts by a pass that
+observes hook_k alone, put in place of token 1's in every layer, each layer's hook_attn_scores then given
+back its own column 1, so the rest of the pass is the first one's; checked on the logits), u_t, and the sink's side splits exactly into
 ``turn_side`` = cov(lam, u) / var(lam) (the query turning toward or away from a key that is the same in
 every text) and ``identity_side`` = cov(lam, s - u) / var(lam) (which key token 1 has in this text); for a
 BOS first, whose key is the same in every text, the second is 0.
@@ -491,14 +491,9 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
     offset = [0]
     # the sink's logit against a fixed key (``_turn_pass``): token 1 as the sink, the split measured, hook_k there
     turn_ok = scored and sink == "first" and all(f"blocks.{l}.attn.hook_k" in names for l in range(L))
-    turn: dict[str, Any] | None = {"rows": {}, "k1": {}, "digest": {}} if turn_ok else None
-
-    def on_k(layer: int) -> Any:  # token 1's keys, summed over the texts: the fixed key's mean
-        def hook(k: Tensor, hook: Any = None) -> None:
-            first = k.detach()[:, 0].double().sum(0)
-            turn["k1"][layer] = turn["k1"][layer] + first if layer in turn["k1"] else first
-
-        return hook
+    # k_mean: token 1's key per layer averaged over the texts (None once the second pass fails); rows: this
+    # batch's raw first score column, lam, s and ok per layer; moved: how far keys and logits moved, over batches
+    turn: dict[str, Any] = {"k_mean": None, "rows": {}, "keys": 0.0, "logits": 0.0}
     pattern_dtype = [torch.float64]
 
     def keep(layer: int, kind: str) -> Any:
@@ -559,8 +554,8 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
                     if dt.is_floating_point:
                         acc.logit_tolerance = max(acc.logit_tolerance, 4 * torch.finfo(dt).eps)
                 lam, s_logit, ok = _add_logit_sides(acc, layer, scores, rest, a, m)
-                if turn is not None:  # what the second pass needs: the raw column 1 (to give back), lam, s, ok
-                    turn["rows"][(offset[0], layer)] = (scores[..., 0].clone(), lam, s_logit, ok)
+                if turn["k_mean"] is not None:  # what the second pass needs: the raw column 1 (to give back), lam, s, ok
+                    turn["rows"][layer] = (scores[..., 0].clone(), lam, s_logit, ok)
             acc.add(layer, a[..., q], m[..., q], g[..., q], write[..., q], read[..., q], resid[..., q], valid[..., q],
                     None if explicit is None else explicit[..., q], row_error, share[..., q])
             if cat[0] is not None:
@@ -581,8 +576,6 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
             hooks.append((f"blocks.{l}.attn.hook_attn_scores", keep(l, "scores")))
         if weighted:
             hooks.append((f"blocks.{l}.attn.hook_row_weight", keep(l, "row")))
-        if turn is not None:
-            hooks.append((f"blocks.{l}.attn.hook_k", on_k(l)))
         hooks.append((f"blocks.{l}.attn.hook_z", on_z(l)))
     device = patching._model_device(model)
     starts = range(0, n, batch_size)
@@ -590,7 +583,12 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="gate", unit="batch")
-    with patching._eval_mode(model), torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
+    with patching._eval_mode(model), torch.no_grad():
+        if turn_ok:
+            turn["k_mean"] = _first_key_mean(model, tokens, L, batch_size, device)
+            acc.turn_note = None
+        elif scored:
+            acc.turn_note = "the sink is not token 1" if sink != "first" else "the model has no hook_k in every layer"
         for s in starts:
             stash.clear()
             offset[0] = s
@@ -598,48 +596,68 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
             if targets:
                 cat[0] = _target_map(batch, sink == "first")
                 acc.add_target_keys(cat[0])
-            out = model(batch)
-            if turn is not None:
-                turn["digest"][s] = _digest(out)
-    if turn is not None:
-        with patching._eval_mode(model), torch.no_grad():
-            acc.turn_note = _turn_pass(model, tokens, turn, acc, batch_size, L, device)
-    elif scored:
-        acc.turn_note = ("the sink is not token 1" if sink != "first" else
-                         "the model has no hook_k in every layer")
+            with tl_adapter.attached_hooks(model, hooks):
+                out = model(batch)
+            if turn["k_mean"] is not None:
+                note = _turn_batch(model, batch, turn, _digest(out), acc, L)
+                if note is not None:  # the split of the sink's side is left out: no later batch adds to it
+                    acc.turn_note, turn["k_mean"] = note, None
+                    acc.turn_layers.clear()
+            turn["rows"].clear()
+    if turn["k_mean"] is not None and turn["keys"] > 1e-6 and turn["logits"] == 0.0:
+        acc.turn_layers.clear()
+        acc.turn_note = "token 1's key at hook_k differs between texts but the scores did not move: hook_k edits do not act"
     return _finish(acc, sink, slot, closed, gated, _weights_unnormalized(model), weighted), seq
 
 
-def _digest(out: Any) -> Tensor:
-    """A forward pass's output, summed over the vocabulary ([batch, pos], float64): what ``_turn_pass``
-    compares to tell that its second pass is the first one again."""
+def _digest(out: Any) -> Tensor | None:
+    """A forward pass's logits, summed over the vocabulary ([batch, pos], float64): what ``_turn_pass``
+    compares to tell that its second pass is the first one again; None where the output holds no logits."""
     logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"model returned {type(out).__name__}; the gate study's second pass needs its logits")
-    return logits.detach().double().sum(-1)
+    return logits.detach().double().sum(-1) if isinstance(logits, Tensor) else None
 
 
 TURN_TOLERANCE = 1e-6  # the second pass's logits (summed over the vocabulary) against the first's, relative
 
 
-def _turn_pass(model: Any, tokens: Tensor, turn: dict[str, Any], acc: _Accumulator, batch_size: int, L: int,
-               device: Any) -> str | None:
-    """The second pass of the softmax split (module docstring): each layer's hook_k gets token 1's key
-    averaged over the texts in place of token 1's own, hook_attn_scores records column 1 (u_t: the query
-    against that fixed key) and gives back the first pass's column, so every layer sees the first pass's
-    residual stream. Adds u_t to ``acc`` and returns None, or why the split was left out (the hooks did
-    not act: the logits changed, or u_t is s_t while token 1's key differs between texts)."""
+def _first_key_mean(model: Any, tokens: Tensor, L: int, batch_size: int, device: Any) -> dict[int, Tensor]:
+    """Token 1's key at each layer's hook_k, averaged over the texts (float64): the fixed key of the second
+    pass (``_turn_batch``), from a pass over ``tokens`` that observes hook_k alone."""
     from sinkinterp import tl_adapter
 
-    k_mean = {l: turn["k1"][l] / tokens.shape[0] for l in range(L)}
-    rows, start = turn["rows"], [0]
-    moved = {"keys": 0.0, "logits": 0.0}  # how far token 1's keys are from their mean; how far u_t is from s_t
+    sums: dict[int, Tensor] = {}
+
+    def on_k(layer: int) -> Any:
+        def hook(k: Tensor, hook: Any = None) -> None:
+            first = k.detach()[:, 0].double().sum(0)
+            sums[layer] = sums[layer] + first if layer in sums else first
+
+        return hook
+
+    with tl_adapter.attached_hooks(model, [(f"blocks.{l}.attn.hook_k", on_k(l)) for l in range(L)]):
+        for s in range(0, tokens.shape[0], batch_size):
+            model(tokens[s:s + batch_size].to(device))
+    return {l: x / tokens.shape[0] for l, x in sums.items()}
+
+
+def _turn_batch(model: Any, batch: Tensor, turn: dict[str, Any], digest: Tensor | None, acc: _Accumulator,
+                L: int) -> str | None:
+    """The second pass of the softmax split (module docstring) over one batch: each layer's hook_k gets
+    ``turn["k_mean"]`` in place of token 1's key, hook_attn_scores records column 1 (u_t: the query against
+    that fixed key) and gives back the first pass's column (``turn["rows"]``), so every layer sees the first
+    pass's residual stream. Adds u_t to ``acc`` and returns None, or why the split must be left out (no
+    logits to check against, or the logits changed: the model does not use what hook_attn_scores returns)."""
+    from sinkinterp import tl_adapter
+
+    if digest is None:
+        return "the model's forward returned no logits to check the second pass against"
+    rows, k_mean = turn["rows"], turn["k_mean"]
 
     def on_k(layer: int) -> Any:
         def hook(k: Tensor, hook: Any = None) -> Tensor:
             mean = k_mean[layer].to(k.device)
             scale = float(mean.abs().max()) or 1.0
-            moved["keys"] = max(moved["keys"], float((k[:, 0].double() - mean).abs().max()) / scale)
+            turn["keys"] = max(turn["keys"], float((k[:, 0].double() - mean).abs().max()) / scale)
             out = k.clone()
             out[:, 0] = mean.to(k.dtype)
             return out
@@ -648,10 +666,10 @@ def _turn_pass(model: Any, tokens: Tensor, turn: dict[str, Any], acc: _Accumulat
 
     def on_scores(layer: int) -> Any:
         def hook(scores: Tensor, hook: Any = None) -> Tensor:
-            raw, lam, s, ok = rows.pop((start[0], layer))
+            raw, lam, s, ok = rows.pop(layer)
             u = scores[..., 0].double()
             q = slice(1, None)
-            moved["logits"] = max(moved["logits"], float(torch.where(ok, (u - s).abs(), 0.0).max()))
+            turn["logits"] = max(turn["logits"], float(torch.where(ok, (u - s).abs(), 0.0).max()))
             acc.add_turn(layer, lam[..., q], s[..., q], u[..., q], ok[..., q])
             out = scores.clone()
             out[..., 0] = raw
@@ -661,19 +679,12 @@ def _turn_pass(model: Any, tokens: Tensor, turn: dict[str, Any], acc: _Accumulat
 
     hooks = [(f"blocks.{l}.attn.hook_{kind}", fn(l)) for l in range(L)
              for kind, fn in (("k", on_k), ("attn_scores", on_scores))]
-    worst = 0.0
     with tl_adapter.attached_hooks(model, hooks):
-        for s0 in range(0, tokens.shape[0], batch_size):
-            start[0] = s0
-            again, first = _digest(model(tokens[s0:s0 + batch_size].to(device))), turn["digest"][s0]
-            worst = max(worst, float((again - first).abs().max() / first.abs().max().clamp_min(1.0)))
+        again = _digest(model(batch))
+    worst = float((again - digest).abs().max() / digest.abs().max().clamp_min(1.0))
     if worst > TURN_TOLERANCE or rows:
-        acc.turn_layers.clear()
         return (f"the second pass did not reproduce the first (logits off by {worst:.2g}, relative): the model "
                 "does not use what hook_attn_scores returns")
-    if moved["keys"] > 1e-6 and moved["logits"] == 0.0:
-        acc.turn_layers.clear()
-        return "token 1's key at hook_k differs between texts but the scores did not move: hook_k edits do not act"
     return None
 
 
