@@ -1046,6 +1046,12 @@ def test_sink_gate_compares_per_head_costs_across_domains():
     assert f"{len(shared)} of the eight costliest heads in both (" + ", ".join(f"L{i // 4}H{i % 4}" for i in shared) in note
     assert note.startswith("- smollm2 in two domains (English sample / Debian held-out text): the gate fixed")
     assert mod._domains_note({"smollm2__natural": run(a)}) == []
+    assert "largely the same in both domains" not in note  # both kinds of cost agree here
+    shuffled = {"smollm2__natural": run(a), "smollm2__debian_text": run(a)}  # opened alike, fixed in another order
+    shuffled["smollm2__debian_text"]["interventions"][0]["per_head_delta_loss"] = a.ravel()[::-1].reshape(3, 4).tolist()
+    (note,) = mod._domains_note(shuffled)
+    assert "rank correlation of the 12 heads' costs +1.00" in note.split("opened")[1]
+    assert f"each of those costs at most {np.nanmax(a):.3f} nats alone" in note
 
 
 def test_sink_gate_grades_what_token_1s_own_key_adds():
