@@ -161,6 +161,16 @@ def main() -> int:
         f"norm {min(v_ratio[l] for l in late):.2f}-{max(v_ratio[l] for l in late):.2f}x (means over heads): "
         "the paper's small-key, small-value first token, with a huge residual behind them.",
     ] if first_big else []
+    if first_big and "key_first_spread" in res:  # the same key whatever the first word: what makes it a fixed place
+        ks, kr = res["key_first_spread"], res["key_rest_spread"]
+        findings.append(
+            f"- **One key whatever the first word.** How much token 1's key differs between texts (the RMS distance "
+            f"from its mean over texts, relative to its RMS norm; means over heads; no BOS, so token 1 is a different "
+            f"word in each text): {ks[0]:.2f} at layer 0, {min(ks[l] for l in late):.3f}-{max(ks[l] for l in late):.3f} "
+            f"from layer {first_big} on, against {min(kr[l] for l in late):.2f}-{max(kr[l] for l in late):.2f} for the "
+            "other keys at a fixed position. With the massive activation behind it, the first position's key is "
+            "nearly the same in every text, as a BOS's would be: the sink's key is made by the position, not by the "
+            "word (the gate study finds the same from the queries' side: docs/sink-gate.md).")
     nu = res["neurons"]
     top_k = [t["neuron"] for t in nu["top"][:nu["k"]]]
     zero_top, zero_ctl = nu["interventions"]

@@ -124,6 +124,9 @@ def massive_study(model: Any, tokens: Any, *, eps: float = 0.3, seed: int = 0,
         "value_rest": rep.norms["value"]["rest"].mean(1).tolist(),
         "key_first": rep.norms["key"]["first"].mean(1).tolist(),
         "key_rest": rep.norms["key"]["rest"].mean(1).tolist(),
+        # how much the keys differ between texts at the same position, relative to their RMS norm (mean over heads)
+        "key_first_spread": rep.norms["key"]["first_spread"].mean(1).tolist(),
+        "key_rest_spread": rep.norms["key"]["rest_spread"].mean(1).tolist(),
         "sink1": float(rep.sink_pct[0]), "alpha1": rep.alpha.tolist(),
         "sublayers": sublayer_norms(model, tokens),
     }
@@ -153,6 +156,9 @@ def summary(res: dict[str, Any]) -> str:
               f"{res['value_first'][vpeak] / max(res['value_rest'][vpeak], 1e-30):.2f} / "
               f"{res['key_first'][vpeak] / max(res['key_rest'][vpeak], 1e-30):.2f}"),
              f"largest write into h_1: {kind} of layer {layer} ({a:.1f} at token 1, {b:.1f} elsewhere)",
+             *([f"token 1's key differs between texts by {res['key_first_spread'][vpeak]:.3f} of its RMS norm at layer "
+                f"{vpeak} (the other keys {res['key_rest_spread'][vpeak]:.3f}); by layer "
+                + " ".join(f"{x:.2f}" for x in res["key_first_spread"])] if "key_first_spread" in res else []),
              f"Sink_1 {res['sink1']:.2f}%; the --do edits at every layer (delta loss, Sink_1 after):"]
     for x in res["interventions"]:
         lines.append(f"  {x['spec']:<18} {x['delta_loss']:+.4f} nats  {x['sink1_after']:6.2f}%")

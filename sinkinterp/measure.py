@@ -249,6 +249,13 @@ class _Accumulator:
             self.resid_pos_sum = torch.zeros(L + 1, T, **f64)
             self.key_first = torch.zeros(L, H, **f64)
             self.key_rest = torch.zeros(L, H, **f64)
+            # how much the keys differ between texts at the same position (``_key_spread``): per layer and head,
+            # sums over pairs of consecutive sequences of a batch of ||k_b - k_b'||^2, the pairs, and sums of ||k||^2
+            # (token 1; then keys 2..T, pooled over positions)
+            self.key_pair = torch.zeros(2, L, H, **f64)
+            self.key_sq = torch.zeros(2, L, H, **f64)
+            self.key_pairs = torch.zeros(2, **f64)
+            self.key_count = torch.zeros(2, **f64)
             self.value_first = torch.zeros(L, H, **f64)
             self.value_rest = torch.zeros(L, H, **f64)
         self.qk_layers = qk_layers
@@ -333,11 +340,33 @@ class _Accumulator:
         sees) and, for the decomposition, the keys before any rotation."""
         k = k.detach()
         if self.norms:
-            n = self._per_head(k).double().norm(dim=-1)  # [b, T, H]
+            kh = self._per_head(k).double()
+            n = kh.norm(dim=-1)  # [b, T, H]
             self.key_first[layer] += n[:, 0].sum(0)
             self.key_rest[layer] += n[:, 1:].mean(1).sum(0)
+            self._key_spread(layer, kh)
         if layer in self.qk_layers and self.qk_from != "rot":
             self._stash(layer, "k", k)
+
+    def _key_spread(self, layer: int, k: Float[Tensor, "batch pos head d_head"]) -> None:
+        """Sums for how much keys differ between texts at the same position: for token 1 and for keys 2..T,
+        the squared distance between consecutive sequences of the batch (2 x the variance over texts, in
+        expectation, for texts drawn independently) and the squared norms; ``finish`` turns them into the
+        spread over texts relative to the keys' RMS norm (``_spread_of``)."""
+        b = k.shape[0]
+        for i, part in enumerate((k[:, :1], k[:, 1:])):
+            if part.shape[1] == 0:
+                continue
+            self.key_sq[i, layer] += part.pow(2).sum(-1).sum((0, 1))
+            if b > 1:
+                self.key_pair[i, layer] += (part[1:] - part[:-1]).pow(2).sum(-1).sum((0, 1))
+            if layer == 0:
+                self.key_count[i] += b * part.shape[1]
+                self.key_pairs[i] += (b - 1) * part.shape[1]
+
+    def _spread(self, i: int) -> np.ndarray:
+        """[L, H]: the keys' spread over texts relative to their RMS norm, token 1 (i = 0) or keys 2..T (1)."""
+        return _spread_of(self.key_pair[i], self.key_sq[i], float(self.key_pairs[i]), float(self.key_count[i]))
 
     def on_qk_input(self, layer: int, kind: str, x: Tensor) -> None:
         """hook_q, hook_rot_q, hook_rot_k, hook_cos or hook_sin of a layer in the decomposition."""
@@ -499,7 +528,8 @@ class _Accumulator:
                     "first": first, "rest": rest, "massive_ratio": first / np.maximum(rest, 1e-30),
                     "by_position": resid,
                 },
-                "key": {"first": cpu(self.key_first / n), "rest": cpu(self.key_rest / n)},
+                "key": {"first": cpu(self.key_first / n), "rest": cpu(self.key_rest / n),
+                        "first_spread": self._spread(0), "rest_spread": self._spread(1)},
                 "value": {"first": cpu(self.value_first / n), "rest": cpu(self.value_rest / n)},
             }
         if qk_heads:
@@ -514,6 +544,16 @@ class _Accumulator:
                 report.qk["kstar_norm"] = np.array([
                     float(self.slot_keys[l][h // self.group].norm()) for l, h in qk_heads])
         return report
+
+
+def _spread_of(pair: Tensor, sq: Tensor, pairs: float, count: float) -> np.ndarray:
+    """sqrt(var / E ||k||^2) per layer and head, var = E ||k_b - k_b'||^2 / 2 over pairs of texts: 0 where the
+    key is the same in every text, about 1 where nothing of it is (a little over 1 by sampling noise); NaN
+    without a pair."""
+    if pairs <= 0 or count <= 0:
+        return np.full(tuple(pair.shape), np.nan)
+    var = pair / (2 * pairs)
+    return (var.clamp_min(0.0) / (sq / count).clamp_min(1e-300)).sqrt().cpu().numpy()
 
 
 def _batches(tokens: Tensor, batch_size: int) -> Iterator[Tensor]:

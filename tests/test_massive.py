@@ -83,6 +83,9 @@ def test_the_edits_at_every_layer_and_their_summary(study):
     assert len(study["alpha1"]) == 3 and len(study["alpha1"][0]) == 4
     text = summary(study)
     assert f"MLP 0: neuron {NEURON} writes" in text and "normalize_resid" in text and "(control)" in text
+    spread = study["key_first_spread"]  # token 1's key between texts, from the measurement's pairs of texts
+    assert len(spread) == len(study["key_rest_spread"]) == 3 and all(0 <= x < 1.5 for x in spread)
+    assert "by layer " + " ".join(f"{x:.2f}" for x in spread) in text
 
 
 def test_bad_arguments_are_named(planted):

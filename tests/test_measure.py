@@ -526,3 +526,36 @@ def test_qk_decomposition_averages_the_pairs_in_sight(kind):
     assert not plain[0] and plain[1] == (kind == "hooked_transformer_local")  # the mask is in force
     assert ("window 4" in report.qk["pairs"]) == ("window" in kind or "local" in kind)
     assert ("prefix 6" in report.qk["pairs"]) == ("prefix" in kind)
+
+
+@pytest.mark.parametrize("batch_size", [3, 7])
+def test_key_spread_over_texts_equals_a_direct_computation(batch_size):
+    """How much token 1's key (and the other keys) differ between texts at the same position, relative to their
+    RMS norm: sqrt(var / E ||k||^2), var from the squared distances of consecutive sequences of each batch
+    (halved); a first token that is the same in every text has a key that does not move (spread 0)."""
+    from sinkinterp import patching
+    from sinkinterp.models.testing import tiny_model
+
+    model = tiny_model("gqa").eval()
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    tokens = torch.randint(0, 50, (7, 9), generator=torch.Generator().manual_seed(4))
+    rep = measure(model, tokens, eps=0.3, batch_size=batch_size)
+    acts = patching.capture(model, tokens, [f"blocks.{l}.attn.hook_k" for l in range(L)])
+    for i, (pos, name) in enumerate(((slice(0, 1), "first_spread"), (slice(1, None), "rest_spread"))):
+        want = np.zeros((L, H))
+        for l in range(L):
+            k = acts[f"blocks.{l}.attn.hook_k"].double()
+            k = k.repeat_interleave(H // k.shape[2], dim=2)[:, pos]  # [N, P, H, d]
+            pair = sum(((k[s + 1:s + batch_size] - k[s:s + batch_size - 1]) ** 2).sum((0, 1, 3))
+                       for s in range(0, len(tokens), batch_size) if len(k[s:s + batch_size]) > 1)
+            n_pairs = sum(max(len(k[s:s + batch_size]) - 1, 0) for s in range(0, len(tokens), batch_size)) * k.shape[1]
+            var = pair.numpy() / (2 * n_pairs)
+            want[l] = np.sqrt(var / (k ** 2).sum(-1).mean((0, 1)).numpy())
+        np.testing.assert_allclose(rep.norms["key"][name], want, rtol=1e-9, err_msg=name)
+        assert (want > 0.05).all()
+    same = tokens.clone()
+    same[:, 0] = 1
+    spread = measure(model, same, eps=0.3, batch_size=batch_size).norms["key"]
+    assert np.abs(spread["first_spread"]).max() < 1e-6 and (spread["rest_spread"] > 0.05).all()
+    single = measure(model, tokens, eps=0.3, batch_size=1).norms["key"]  # no pair of texts in any batch
+    assert np.isnan(single["first_spread"]).all()
