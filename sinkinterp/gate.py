@@ -63,10 +63,10 @@ Where the sink is token 1, its logit s_t = score(q_t, k_1) moves with the query 
 which differs between texts unless token 1 is the same token (BOS): a second pass over each batch scores
 each query against a fixed key instead (token 1's key at ``hook_k``, averaged over the texts by a pass that
 observes hook_k alone, put in place of token 1's in every layer, each layer's hook_attn_scores then given
-back its own column 1, so the rest of the pass is the first one's; checked on the logits), u_t, and the sink's side splits exactly into
-``turn_side`` = cov(lam, u) / var(lam) (the query turning toward or away from a key that is the same in
-every text) and ``identity_side`` = cov(lam, s - u) / var(lam) (which key token 1 has in this text); for a
-BOS first, whose key is the same in every text, the second is 0.
+back its own column 1, so the rest of the pass is the first one's; checked on the logits), u_t, and the
+sink's side splits exactly into ``turn_side`` = cov(lam, u) / var(lam) (the query turning toward or away
+from a key that is the same in every text) and ``identity_side`` = cov(lam, s - u) / var(lam) (which key
+token 1 has in this text); for a BOS first, whose key is the same in every text, the second is 0.
 
 Where the weight off the sink goes (``targets``, any attention): each key besides the sink falls, for its
 query, in the first of TARGETS that fits it: token 1 (when the sink is the bias slot), the query itself,
@@ -204,7 +204,7 @@ def _distance_map(seq_len: int, device: Any) -> Tensor:
 
 #: the per-(layer, head, position) sums behind the softmax split (``_Accumulator.add_logits``)
 LOGIT_SUMS = ("n", "lam", "s", "c", "x", "lam2", "lam_s", "lam_c", "lam_x", "s2", "c2", "x2")
-# the sink's logit against a fixed key (``_turn_pass``): u_t, and its products with lam_t and s_t
+# the sink's logit against a fixed key (``_turn_batch``): u_t, and its products with lam_t and s_t
 TURN_SUMS = ("u", "u2", "lam_u", "s_u")
 #: the split is reported only where the pattern is the softmax of hook_attn_scores to this L1 error per row
 #: (or to 4 x the machine epsilon of a coarser dtype of the scores or the pattern: bfloat16 allows 0.031)
@@ -237,7 +237,7 @@ class _Accumulator:
         self.logit_error = torch.zeros((), dtype=torch.float64, device=device)
         self.logit_tolerance = LOGIT_TOLERANCE
         self.logit_wanted = True  # False: the caller asked for no split (``_stats(..., logits=False)``)
-        # the sink's logit against a fixed key (``_turn_pass``), over the same queries as ``logit``
+        # the sink's logit against a fixed key (``_turn_batch``), over the same queries as ``logit``
         self.turn = {k: z() for k in TURN_SUMS}
         self.turn_layers: set[int] = set()
         self.turn_note: str | None = "not measured"
@@ -292,7 +292,7 @@ class _Accumulator:
 
     def add_turn(self, layer: int, lam: Tensor, s: Tensor, u: Tensor, ok: Tensor) -> None:
         """[batch, head, query] tensors for queries 1..T-1 (float64): ``lam`` and ``s`` as in ``add_logits``,
-        ``u`` the sink's logit against the fixed key (``_turn_pass``), ``ok`` the queries ``add_logits`` kept."""
+        ``u`` the sink's logit against the fixed key (``_turn_batch``), ``ok`` the queries ``add_logits`` kept."""
         self.turn_layers.add(layer)
         u = torch.where(ok, u, 0.0)
         terms = {"u": u, "u2": u * u, "lam_u": lam * u, "s_u": s * u}
@@ -489,10 +489,11 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
     stash: dict[tuple[int, str], Tensor] = {}
     seq = torch.full((n, L, H, T), float("nan"), dtype=torch.float64) if keep_seq else None
     offset = [0]
-    # the sink's logit against a fixed key (``_turn_pass``): token 1 as the sink, the split measured, hook_k there
+    # the sink's logit against a fixed key (``_turn_batch``): token 1 as the sink, the split measured, hook_k there
     turn_ok = scored and sink == "first" and all(f"blocks.{l}.attn.hook_k" in names for l in range(L))
     # k_mean: token 1's key per layer averaged over the texts (None once the second pass fails); rows: this
-    # batch's raw first score column, lam, s and ok per layer; moved: how far keys and logits moved, over batches
+    # batch's raw first score column, lam, s and ok per layer; keys / logits: how far token 1's keys were from
+    # their mean and u_t from s_t, over batches (``_turn_batch``)
     turn: dict[str, Any] = {"k_mean": None, "rows": {}, "keys": 0.0, "logits": 0.0}
     pattern_dtype = [torch.float64]
 
@@ -611,7 +612,7 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
 
 
 def _digest(out: Any) -> Tensor | None:
-    """A forward pass's logits, summed over the vocabulary ([batch, pos], float64): what ``_turn_pass``
+    """A forward pass's logits, summed over the vocabulary ([batch, pos], float64): what ``_turn_batch``
     compares to tell that its second pass is the first one again; None where the output holds no logits."""
     logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
     return logits.detach().double().sum(-1) if isinstance(logits, Tensor) else None
@@ -694,7 +695,7 @@ def _add_logit_sides(acc: _Accumulator, layer: int, scores: Tensor, rest: Tensor
     other keys' log-sum-exp: with softmax, lam_t = s_t - c_t, c_t = logsumexp of the scores of the keys
     with weight in ``rest`` ([b, H, T, T]: the pattern without the sink), and s_t = lam_t + c_t the
     sink's logit on the same scale (token 1's score, or the bias slot's). ``scores``: hook_attn_scores.
-    Returns lam, s and ok ([b, H, T], every query) for ``_turn_pass``."""
+    Returns lam, s and ok ([b, H, T], every query) for ``_turn_batch``."""
     sc = scores.double()
     visible = rest > 0  # a key whose weight underflowed to 0 adds nothing to the log-sum-exp either
     masked = torch.where(visible, sc, float("-inf"))
