@@ -27,7 +27,7 @@ The per-head results of every run are kept in analyses/data/sink_gate/NAME.json,
 from them where a model is missing here (the GPU models and the retrained toy models are not in git).
 Writes docs/sink-gate.md and docs/figures/sink-gate.png. About 15 minutes on a 2-core CPU with every model
 present, and about 40 more for SmolLM2's per-head effects of the four edits (about 10 minutes each with
-nothing else running); ``--only NAME ...`` runs those models alone and takes the others from their
+nothing else running) and about 25 for those of two edits on its Debian text (``PER_HEAD_ALSO``); ``--only NAME ...`` runs those models alone and takes the others from their
 snapshots (to add a model without rerunning the rest), ``--snapshots`` runs none (the page alone).
 """
 
@@ -96,7 +96,7 @@ INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text") if spe
                  ("debian", "debian_b", "natural") if name in ("toy-softmax", "toy-kv-bias", "baseline_small") else
                  ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
 # per-head effects outside a model's own domain (the edits named): SmolLM2 on its second domain, to compare the
-# heads that matter there with those on English (about 12 minutes per edit on a 2-core CPU with nothing else running)
+# heads that matter there with those on English (the run took 28 minutes on a 2-core CPU, a test suite beside it a while)
 PER_HEAD_ALSO = {"smollm2__debian_text": ("open", "fixed")}
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
 
@@ -689,7 +689,7 @@ def _domains_note(results: dict) -> list[str]:
             if ranks.keys() == {"fixed", "open"} and ranks["open"] > 0.5 and ranks["fixed"] < 0.3:
                 read = (" The heads whose sink matters are largely the same in both domains; the heads whose gate must "
                         "follow the text are not, though each of those costs at most "
-                        f"{largest['fixed']:.3f} nats alone, small enough for the noise of the 16-sequence means to "
+                        f"{largest['fixed']:.3f} nats alone, small enough for the noise of the {NUM_SEQS // 2}-sequence means to "
                         "decide their order (no replicate per head).")
             out.append(f"- {name} in two domains ({_label(own).split(', ', 1)[1]} / {_label(other).split(', ', 1)[1]}): "
                        + "; ".join(parts) + "." + read)
