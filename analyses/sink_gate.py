@@ -666,8 +666,8 @@ def _domains_note(results: dict) -> list[str]:
     out = []
     for other in PER_HEAD_ALSO:
         name = other.partition("__")[0]
-        own = f"{name}__{INPUTS[name][0]}"
-        if own not in results or other not in results:
+        own = f"{name}__{INPUTS[name][0]}" if name in INPUTS else None
+        if own not in results or other not in results:  # (a model not in this page's MODELS: nothing to compare)
             continue
         parts, ranks, largest = [], {}, {}
         for label, what in (("fixed", "fixed"), ("open", "opened")):
