@@ -97,7 +97,8 @@ INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text") if spe
                  ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
 # per-head effects outside a model's own domain (the edits named): SmolLM2 on its second domain, to compare the
 # heads that matter there with those on English (the run took 28 minutes on a 2-core CPU, a test suite beside it a while)
-PER_HEAD_ALSO = {"smollm2__debian_text": ("open", "fixed")}
+# and the fixed gate on the second English set: a replicate, for how much of the per-head order is noise
+PER_HEAD_ALSO = {"smollm2__debian_text": ("open", "fixed"), "smollm2__natural_s1": ("fixed",)}
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
 
 
