@@ -520,8 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Whose gate matters: each head's gate fixed (or opened) alone, the eight costliest heads per model in its",
         "own domain where per-head effects were run (the fixed gate cross-fitted as above; SmolLM2 also on its",
-        "second domain, the Debian text), and the sum over all heads, to set against fixing every gate at once in",
-        "the first table (the effects need not add up).",
+        "second domain, the Debian text, and its fixed gate on the second English set, a replicate), and the sum",
+        "over all heads, to set against fixing every gate at once in the first table (the effects need not add up).",
         "",
         *(top_rows if len(top_rows) > 2 else ["(no per-head effects in these results)"]),
         "",
@@ -607,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
         "16 sequences per half, so they carry sampling noise besides removing the content; opening the gate also",
         "removes what the sink's value writes (the value share above). SmolLM2's training data is not here: it is",
         "measured on the English sample and on the Debian text, both out of its training set as far as we know, its",
-        ("per-head effects on both (on the Debian text for the gate fixed and opened only)" if _domains_note(results)
+        ("per-head effects on both (on the Debian text for the gate fixed and opened only)"
+         if any(x.get("per_head_delta_loss") is not None
+                for x in results.get("smollm2__debian_text", {}).get("interventions", []))
          else "per-head effects on the first only") + "; the Debian-trained models on both, and the two disagree. The softmax",
         "split is of the log-odds within positions: it says which logit moves with the gate, not what moves that",
         "logit (the query's turn is the query's content meeting a fixed key).",
@@ -660,11 +662,13 @@ def _free_row(key: str, res: dict) -> str:
 
 
 def _domains_note(results: dict) -> list[str]:
-    """For a model with per-head effects in two domains (``PER_HEAD_ALSO``): are the heads whose gate matters
-    the same? The rank correlation of the per-head costs over every head, and the overlap of the eight costliest."""
+    """For a model with per-head effects on a second set of inputs (``PER_HEAD_ALSO``): are the heads whose gate
+    matters the same? The rank correlation of the per-head costs over every head, and the overlap of the eight
+    costliest, against its own domain's run: in another domain, or on other texts of the same one (a replicate,
+    which says how much of the per-head order is noise)."""
     import numpy as np
 
-    out = []
+    comps = {}
     for other in PER_HEAD_ALSO:
         name = other.partition("__")[0]
         own = f"{name}__{INPUTS[name][0]}" if name in INPUTS else None
@@ -686,14 +690,30 @@ def _domains_note(results: dict) -> list[str]:
             parts.append(f"the gate {what} one head at a time: rank correlation of the {int(ok.sum())} heads' costs "
                          f"{rank:+.2f}, {len(shared)} of the eight costliest heads in both" + (f" ({named})" if named else ""))
         if parts:
-            read = ""
-            if ranks.keys() == {"fixed", "open"} and ranks["open"] > 0.5 and ranks["fixed"] < 0.3:
-                read = (" The heads whose sink matters are largely the same in both domains; the heads whose gate must "
-                        "follow the text are not, though each of those costs at most "
-                        f"{largest['fixed']:.3f} nats alone, small enough for the noise of the {NUM_SEQS // 2}-sequence means to "
-                        "decide their order (no replicate per head).")
-            out.append(f"- {name} in two domains ({_label(own).split(', ', 1)[1]} / {_label(other).split(', ', 1)[1]}): "
-                       + "; ".join(parts) + "." + read)
+            comps[other] = (own, parts, ranks, largest)
+    out = []
+    for other, (own, parts, ranks, largest) in comps.items():
+        name, inputs = other.partition("__")[0], other.partition("__")[2]
+        same = inputs in REPLICATE.values()  # other texts of the model's own domain
+        where = (f"on two sets of texts of its own domain ({_label(own).split(', ', 1)[1]} / "
+                 f"{_label(other).split(', ', 1)[1]})" if same else
+                 f"in two domains ({_label(own).split(', ', 1)[1]} / {_label(other).split(', ', 1)[1]})")
+        read = ""
+        if not same and ranks.keys() == {"fixed", "open"} and ranks["open"] > 0.5 and ranks["fixed"] < 0.3:
+            rep = next((r["fixed"] for o, (_, _, r, _) in comps.items()
+                        if o.partition("__")[0] == name and o.partition("__")[2] in REPLICATE.values() and "fixed" in r), None)
+            read = (" The heads whose sink matters are largely the same in both domains; the heads whose gate must "
+                    f"follow the text are not, each costing at most {largest['fixed']:.3f} nats alone")
+            if rep is None:
+                read += (f", small enough for the noise of the {NUM_SEQS // 2}-sequence means to decide their order "
+                         "(no replicate per head).")
+            elif rep < 0.3:
+                read += (f"; but on a second set of texts of its own domain they do not rank alike either ({rep:+.2f}): "
+                         "at this size the order of the per-head fixed costs is mostly noise, not the domain.")
+            else:
+                read += (f"; on a second set of texts of its own domain they rank alike ({rep:+.2f}): the domains "
+                         "differ beyond that noise.")
+        out.append(f"- {name} {where}: " + "; ".join(parts) + "." + read)
     return out
 
 

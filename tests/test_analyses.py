@@ -1051,7 +1051,16 @@ def test_sink_gate_compares_per_head_costs_across_domains():
     shuffled["smollm2__debian_text"]["interventions"][0]["per_head_delta_loss"] = a.ravel()[::-1].reshape(3, 4).tolist()
     (note,) = mod._domains_note(shuffled)
     assert "rank correlation of the 12 heads' costs +1.00" in note.split("opened")[1]
-    assert f"each of those costs at most {np.nanmax(a):.3f} nats alone" in note
+    assert f"each costing at most {np.nanmax(a):.3f} nats alone, small enough for the noise" in note
+    # a replicate (other texts of the same domain) whose fixed costs rank apart too: the order is noise
+    shuffled["smollm2__natural_s1"] = {"interventions": [{"label": "fixed",
+                                                         "per_head_delta_loss": (-a).tolist()}]}
+    domains, replicate = mod._domains_note(shuffled)
+    assert replicate.startswith("- smollm2 on two sets of texts of its own domain (English sample / English sample, "
+                                "seed 1): the gate fixed one head at a time: rank correlation of the 12 heads' costs -1.00")
+    assert "they do not rank alike either (-1.00): at this size the order of the per-head fixed costs is mostly noise" in domains
+    shuffled["smollm2__natural_s1"] = run(a)  # ... or alike: the domains differ beyond that noise
+    assert "they rank alike (+1.00): the domains differ beyond that noise" in mod._domains_note(shuffled)[0]
 
 
 def test_sink_gate_grades_what_token_1s_own_key_adds():
