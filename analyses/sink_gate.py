@@ -711,8 +711,8 @@ def _domains_note(results: dict) -> list[str]:
                 read += (f"; but on a second set of texts of its own domain they do not rank alike either ({rep:+.2f}): "
                          "at this size the order of the per-head fixed costs is mostly noise, not the domain.")
             else:
-                read += (f"; on a second set of texts of its own domain they rank alike ({rep:+.2f}): the domains "
-                         "differ beyond that noise.")
+                read += (f"; on a second set of texts of its own domain they rank far more alike ({rep:+.2f} against "
+                         f"{ranks['fixed']:+.2f}): the domains differ beyond that noise.")
         out.append(f"- {name} {where}: " + "; ".join(parts) + "." + read)
     return out
 
