@@ -494,7 +494,9 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
     # k_mean: token 1's key per layer averaged over the texts (None once the second pass fails); rows: this
     # batch's raw first score column, lam, s and ok per layer; keys / logits: how far token 1's keys were from
     # their mean and u_t from s_t, over batches (``_turn_batch``)
-    turn: dict[str, Any] = {"k_mean": None, "rows": {}, "keys": 0.0, "logits": 0.0}
+    # (device tensors: no host synchronisation per layer)
+    zero = torch.zeros((), dtype=torch.float64, device=patching._model_device(model))
+    turn: dict[str, Any] = {"k_mean": None, "rows": {}, "keys": zero, "logits": zero}
     pattern_dtype = [torch.float64]
 
     def keep(layer: int, kind: str) -> Any:
@@ -605,7 +607,7 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
                     acc.turn_note, turn["k_mean"] = note, None
                     acc.turn_layers.clear()
             turn["rows"].clear()
-    if turn["k_mean"] is not None and turn["keys"] > 1e-6 and turn["logits"] == 0.0:
+    if turn["k_mean"] is not None and float(turn["keys"]) > 1e-6 and float(turn["logits"]) == 0.0:
         acc.turn_layers.clear()
         acc.turn_note = "token 1's key at hook_k differs between texts but the scores did not move: hook_k edits do not act"
     return _finish(acc, sink, slot, closed, gated, _weights_unnormalized(model), weighted), seq
@@ -615,7 +617,7 @@ def _digest(out: Any) -> Tensor | None:
     """A forward pass's logits, summed over the vocabulary ([batch, pos], float64): what ``_turn_batch``
     compares to tell that its second pass is the first one again; None where the output holds no logits."""
     logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
-    return logits.detach().double().sum(-1) if isinstance(logits, Tensor) else None
+    return logits.detach().sum(-1, dtype=torch.float64) if isinstance(logits, Tensor) else None
 
 
 TURN_TOLERANCE = 1e-6  # the second pass's logits (summed over the vocabulary) against the first's, relative
@@ -657,9 +659,9 @@ def _turn_batch(model: Any, batch: Tensor, turn: dict[str, Any], digest: Tensor 
     def on_k(layer: int) -> Any:
         def hook(k: Tensor, hook: Any = None) -> Tensor:
             mean = k_mean[layer].to(k.device)
-            scale = float(mean.abs().max()) or 1.0
-            turn["keys"] = max(turn["keys"], float((k[:, 0].double() - mean).abs().max()) / scale)
-            out = k.clone()
+            moved = (k[:, 0].double() - mean).abs().max() / mean.abs().max().clamp_min(1e-30)
+            turn["keys"] = torch.maximum(turn["keys"], moved)
+            out = k.clone()  # (hook_k may be a view of a fused projection: not edited in place)
             out[:, 0] = mean.to(k.dtype)
             return out
 
@@ -670,11 +672,10 @@ def _turn_batch(model: Any, batch: Tensor, turn: dict[str, Any], digest: Tensor 
             raw, lam, s, ok = rows.pop(layer)
             u = scores[..., 0].double()
             q = slice(1, None)
-            turn["logits"] = max(turn["logits"], float(torch.where(ok, (u - s).abs(), 0.0).max()))
+            turn["logits"] = torch.maximum(turn["logits"], torch.where(ok, (u - s).abs(), 0.0).max())
             acc.add_turn(layer, lam[..., q], s[..., q], u[..., q], ok[..., q])
-            out = scores.clone()
-            out[..., 0] = raw
-            return out
+            scores[..., 0] = raw  # in place: the scores are this pass's own fresh T x T tensor
+            return scores
 
         return hook
 

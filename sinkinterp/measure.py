@@ -340,15 +340,15 @@ class _Accumulator:
         sees) and, for the decomposition, the keys before any rotation."""
         k = k.detach()
         if self.norms:
-            kh = self._per_head(k).double()
-            n = kh.norm(dim=-1)  # [b, T, H]
+            kd = k.double()  # [b, T, kv_head, d]: per kv head, then repeated for the query heads that share it
+            n = self._per_head(kd.norm(dim=-1, keepdim=True))[..., 0]  # [b, T, H]
             self.key_first[layer] += n[:, 0].sum(0)
             self.key_rest[layer] += n[:, 1:].mean(1).sum(0)
-            self._key_spread(layer, kh)
+            self._key_spread(layer, kd)
         if layer in self.qk_layers and self.qk_from != "rot":
             self._stash(layer, "k", k)
 
-    def _key_spread(self, layer: int, k: Float[Tensor, "batch pos head d_head"]) -> None:
+    def _key_spread(self, layer: int, k: Float[Tensor, "batch pos kv_head d_head"]) -> None:
         """Sums for how much keys differ between texts at the same position: for token 1 and for keys 2..T,
         the squared distance between consecutive sequences of the batch (2 x the variance over texts, in
         expectation, for texts drawn independently) and the squared norms; ``finish`` turns them into the
@@ -357,9 +357,10 @@ class _Accumulator:
         for i, part in enumerate((k[:, :1], k[:, 1:])):
             if part.shape[1] == 0:
                 continue
-            self.key_sq[i, layer] += part.pow(2).sum(-1).sum((0, 1))
+            self.key_sq[i, layer] += self._per_head(part.pow(2).sum((0, 1, 3))[None, None, :, None])[0, 0, :, 0]
             if b > 1:
-                self.key_pair[i, layer] += (part[1:] - part[:-1]).pow(2).sum(-1).sum((0, 1))
+                pair = (part[1:] - part[:-1]).pow(2).sum((0, 1, 3))
+                self.key_pair[i, layer] += self._per_head(pair[None, None, :, None])[0, 0, :, 0]
             if layer == 0:
                 self.key_count[i] += b * part.shape[1]
                 self.key_pairs[i] += (b - 1) * part.shape[1]

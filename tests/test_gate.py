@@ -283,10 +283,10 @@ def test_the_turn_split_is_left_out_where_it_cannot_be_measured(monkeypatch):
     model = tiny_model("rotary").eval()
     attached = tl_adapter.attached_hooks
 
-    def scores_ignored(model, hooks):  # the second pass's hook_attn_scores edits do nothing
+    def scores_ignored(model, hooks):  # hook_attn_scores sees a copy, and what it returns is dropped
         def observe(fn):
             def hook(act, hook=None):
-                fn(act, hook)
+                fn(act.clone(), hook)
 
             return hook
 
