@@ -67,6 +67,11 @@ back its own column 1, so the rest of the pass is the first one's; checked on th
 sink's side splits exactly into ``turn_side`` = cov(lam, u) / var(lam) (the query turning toward or away
 from a key that is the same in every text) and ``identity_side`` = cov(lam, s - u) / var(lam) (which key
 token 1 has in this text); for a BOS first, whose key is the same in every text, the second is 0.
+What in the query makes the turn (``turn_sources``): in the same second pass each block's residual input
+is made a leaf of autograd and ln1's scale is held, so u_t = g_t . x_t + b_t is affine in the input x_t,
+which is the sum of the embedding and each earlier block's attention and MLP outputs; source c's part of
+u_t is g_t . x_c (direct attribution through the frozen norm scale), and cov(lam, u_c) / var(lam) over the
+sources, with the rest b_t (biases; checked not to move with the text), sums to ``turn_side``.
 
 Where the weight off the sink goes (``targets``, any attention): each key besides the sink falls, for its
 query, in the first of TARGETS that fits it: token 1 (when the sink is the bias slot), the query itself,
@@ -100,6 +105,7 @@ if more, each text needs its own pattern of open and closed queries).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,7 +115,7 @@ from torch import Tensor
 
 __all__ = ["DRIVER_FLOOR", "GATE_BINS", "GATE_EDITS", "GATE_MAX", "LOGIT_TOLERANCE", "SINKS", "TARGETS",
            "TOKEN_SHRINK", "TOKEN_TABLE_LIMIT", "distance_bins", "donor_gate", "drivers", "fixed_gate", "gate_stats",
-           "gate_study", "pooled_drivers", "pooled_logit_split", "pooled_targets", "repeated", "sink_share", "summary",
+           "gate_study", "pooled_drivers", "pooled_logit_split", "pooled_targets", "pooled_turn_sources", "repeated", "sink_share", "summary",
            "token_gate"]
 
 SINKS = ("auto", "first", "slot")
@@ -209,6 +215,13 @@ TURN_SUMS = ("u", "u2", "lam_u", "s_u")
 #: the split is reported only where the pattern is the softmax of hook_attn_scores to this L1 error per row
 #: (or to 4 x the machine epsilon of a coarser dtype of the scores or the pattern: bfloat16 allows 0.031)
 LOGIT_TOLERANCE = 1e-3
+#: the sources of the turn (``turn_sources``) are left out, with a note, past this many per-position sums
+#: (n_layers x n_heads x (2 n_layers + 1) x T, three of them, float64)
+TURN_SOURCE_LIMIT = 50_000_000
+#: the residual stream entering each block must be the sum of the sources to this relative error (L2 per
+#: position) and the part of u_t they leave must stay the same across texts at a position to this share
+#: of u_t's spread (or to 4 x the machine epsilon of a coarser dtype of the residual stream)
+SOURCE_TOLERANCE = 1e-3
 
 
 class _Accumulator:
@@ -241,6 +254,15 @@ class _Accumulator:
         self.turn = {k: z() for k in TURN_SUMS}
         self.turn_layers: set[int] = set()
         self.turn_note: str | None = "not measured"
+        # the turn by source (``add_turn_sources``): None unless asked for; per source [L, H, C, T] sums of u_c,
+        # u_c^2 and lam u_c, the part the sources leave (``rest``: [L, H, T] sums of b, b^2, lam b), the largest
+        # relative distance of a block's residual input from the sum of the sources, and the dtype tolerance
+        self.src: dict[str, Tensor] | None = None
+        self.src_rest: dict[str, Tensor] | None = None
+        self.src_wanted = False
+        self.src_note: str | None = None
+        self.src_additive = torch.zeros((), dtype=torch.float64, device=device)
+        self.src_tolerance = SOURCE_TOLERANCE
         # where the weight off the sink goes (``add_targets``): per key category (TARGETS) and distance bin
         C, D = len(TARGETS), len(distance_bins(seq_len)[0])
 
@@ -299,6 +321,26 @@ class _Accumulator:
         for key in TURN_SUMS:
             self.turn[key][layer, :, 1:] += torch.where(ok, terms[key], 0.0).sum(0)
 
+    def init_sources(self, n_sources: int) -> None:
+        L, H, T = self.count.shape
+        z = {"dtype": torch.float64, "device": self.count.device}
+        self.src = {k: torch.zeros((L, H, n_sources, T), **z) for k in ("u", "u2", "lam_u")}
+        self.src_rest = {k: torch.zeros((L, H, T), **z) for k in ("u", "u2", "lam_u")}
+
+    def add_turn_sources(self, layer: int, lam: Tensor, parts: Tensor, rest: Tensor, ok: Tensor) -> None:
+        """Queries 1..T-1 of one batch (float64): ``lam`` [b, H, T - 1] as in ``add_turn``, ``parts`` [C_l, b, H,
+        T - 1] each source's part of u_t (the embedding, then attention and MLP of each earlier block),
+        ``rest`` [b, H, T - 1] what they leave of u_t (``_turn_batch``), ``ok`` the queries ``add_logits`` kept."""
+        if self.src is None or self.src_rest is None:
+            return
+        parts = torch.where(ok, parts, 0.0)
+        n = parts.shape[0]
+        for key, x in (("u", parts), ("u2", parts * parts), ("lam_u", lam * parts)):
+            self.src[key][layer, :, :n, 1:] += x.sum(1).transpose(0, 1)
+        rest = torch.where(ok, rest, 0.0)
+        for key, x in (("u", rest), ("u2", rest * rest), ("lam_u", lam * rest)):
+            self.src_rest[key][layer, :, 1:] += x.sum(0)
+
     def add_targets(self, layer: int, rest: Tensor, m: Tensor, valid: Tensor, cat: Tensor, dist: Tensor) -> None:
         """Where the weight off the sink goes, for queries 1..T-1 of one batch: ``rest`` [b, H, T, T] (the
         pattern without the sink), ``m`` and ``valid`` [b, H, T] as in ``add``, ``cat`` [b, T, T] each key's
@@ -334,6 +376,9 @@ class _Accumulator:
     def to_cpu(self) -> _Accumulator:
         self.logit = {k: v.cpu() for k, v in self.logit.items()}
         self.turn = {k: v.cpu() for k, v in self.turn.items()}
+        if self.src is not None and self.src_rest is not None:
+            self.src = {k: v.cpu() for k, v in self.src.items()}
+            self.src_rest = {k: v.cpu() for k, v in self.src_rest.items()}
         for name, value in vars(self).items():
             if isinstance(value, Tensor):
                 setattr(self, name, value.cpu())
@@ -362,7 +407,8 @@ TOKEN_TABLE_LIMIT = 20_000_000
 
 
 def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0.1, batch_size: int = 8,
-               token_heads: int = 0, min_count: int = 3, progress: bool = False) -> dict[str, Any]:
+               token_heads: int = 0, min_count: int = 3, progress: bool = False,
+               turn_sources: bool = False) -> dict[str, Any]:
     """The measurement part of the study (module docstring): per-head statistics over queries 2..T of
     ``tokens`` [N, T] and the per-position means of m_t and g_t (``mass_pos``, ``gate_pos``, [L][H][T],
     position 0 = query 1 is NaN). With ``token_heads`` > 0, also ``open_tokens``: for that many heads
@@ -380,14 +426,26 @@ def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     ``logit_split_note`` saying why, where it cannot be measured. ``targets`` (module docstring): per head
     [L][H][category] ``share``, ``top_count``, ``top_rate``, ``open_by_top``, [L][H][bin] ``distance_share``
     and ``top_distance``, [L][H] ``weight`` (the summed weight off the sink), per category ``available``
-    and ``uniform``, and the ``categories``, ``distance_bins`` and ``queries`` they are over. JSON-ready."""
+    and ``uniform``, and the ``categories``, ``distance_bins`` and ``queries`` they are over.
+
+    ``turn_sources`` (token 1 the sink, the turn measured; one backward per head and layer on each batch):
+    ``logit_split["turn_sources"]``, the query's turn u_t split by what writes the query's input (module
+    docstring): ``names`` (the embedding, then ``attn l`` and ``mlp l`` of each block), per head and source
+    [L][H][C] ``share`` and ``share_within`` (cov(lam, u_c) / var(lam): they sum, with ``rest_share``, to
+    ``turn_side``; NaN for a source at or after the head's block) and ``std_within`` (u_c's spread within
+    positions), per head ``rest_share`` / ``rest_share_within`` (what no source carries: biases, the
+    position; 0 within positions, checked); None, with ``turn_sources_note`` saying why, where it cannot
+    be measured. JSON-ready."""
+    if not isinstance(turn_sources, bool):
+        raise TypeError(f"turn_sources must be True or False, got {turn_sources!r}")
     for arg, val, low in (("token_heads", token_heads, 0), ("min_count", min_count, 1)):
         if isinstance(val, bool) or not isinstance(val, int) or val < low:
             raise ValueError(f"{arg} must be an integer >= {low}, got {val!r}")
     toks = torch.as_tensor(tokens)
     dims_ok = toks.dim() == 2
     keep = bool(token_heads) and dims_ok and toks.numel() * _layers_heads(model) <= TOKEN_TABLE_LIMIT
-    res, seq = _stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, progress=progress, keep_seq=keep)
+    res, seq = _stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, progress=progress, keep_seq=keep,
+                      sources=turn_sources)
     if token_heads:
         if seq is None:
             res["open_tokens"] = None
@@ -443,11 +501,12 @@ def _open_tokens(res: dict[str, Any], seq: Tensor, tokens: Tensor, k: int, min_c
 
 
 def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int, progress: bool = False,
-           keep_seq: bool = False, logits: bool = True, targets: bool = True) -> tuple[dict[str, Any], Tensor | None]:
+           keep_seq: bool = False, logits: bool = True, targets: bool = True,
+           sources: bool = False) -> tuple[dict[str, Any], Tensor | None]:
     """``gate_stats``, and with ``keep_seq`` every sequence's m_t too ([N, L, H, T], NaN at query 1 and
     where a head reads nothing besides the sink); without ``logits`` no softmax split (``logit_split``
     None, with a note), without ``targets`` no ``targets`` (None, with a note): the study's half passes
-    need only m_t."""
+    need only m_t. ``sources``: the turn by source (``gate_stats``'s ``turn_sources``)."""
     from sinkinterp import patching, tl_adapter
     from sinkinterp.measure import validate_tokens
 
@@ -496,7 +555,22 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
     # their mean and u_t from s_t, over batches (``_turn_batch``)
     # (device tensors: no host synchronisation per layer)
     zero = torch.zeros((), dtype=torch.float64, device=patching._model_device(model))
-    turn: dict[str, Any] = {"k_mean": None, "rows": {}, "keys": zero, "logits": zero}
+    turn: dict[str, Any] = {"k_mean": None, "rows": {}, "keys": zero, "logits": zero, "sources": False}
+    if sources:
+        acc.src_wanted = True
+        parts = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "ln1.hook_scale")
+        lacking = [f"blocks.{l}.{x}" for l in range(L) for x in parts if f"blocks.{l}.{x}" not in names]
+        size = L * H * (2 * L + 1) * T
+        if not turn_ok:
+            acc.src_note = "the sink's logit against a fixed key is not measured here (see turn_note)"
+        elif lacking:
+            acc.src_note = (f"the model has no hook {lacking[0]} (the sources of the turn read hook_resid_pre, "
+                            "hook_attn_out, hook_mlp_out and ln1.hook_scale in every block)")
+        elif size > TURN_SOURCE_LIMIT:
+            acc.src_note = f"skipped: {size:,} per-position sums past TURN_SOURCE_LIMIT = {TURN_SOURCE_LIMIT:,}"
+        else:
+            acc.init_sources(2 * L + 1)
+            turn["sources"] = True
     pattern_dtype = [torch.float64]
 
     def keep(layer: int, kind: str) -> Any:
@@ -621,6 +695,9 @@ def _digest(out: Any) -> Tensor | None:
 
 
 TURN_TOLERANCE = 1e-6  # the second pass's logits (summed over the vocabulary) against the first's, relative
+#: the same with ln1's scale held (``turn_sources``): a bridge then rebuilds its norms' outputs from the held
+#: scale instead of running Hugging Face's own norm, which rounds differently in float32 (1.5e-6 on SmolLM2)
+HELD_TOLERANCE = 1e-5
 
 
 def _first_key_mean(model: Any, tokens: Tensor, L: int, batch_size: int, device: Any) -> dict[int, Tensor]:
@@ -649,17 +726,28 @@ def _turn_batch(model: Any, batch: Tensor, turn: dict[str, Any], digest: Tensor 
     ``turn["k_mean"]`` in place of token 1's key, hook_attn_scores records column 1 (u_t: the query against
     that fixed key) and gives back the first pass's column (``turn["rows"]``), so every layer sees the first
     pass's residual stream. Adds u_t to ``acc`` and returns None, or why the split must be left out (no
-    logits to check against, or the logits changed: the model does not use what hook_attn_scores returns)."""
+    logits to check against, or the logits changed: the model does not use what hook_attn_scores returns).
+
+    With ``turn["sources"]``, u_t is also split by where the query's input comes from: each block's residual
+    input x_t (hook_resid_pre) is made a leaf of autograd and ln1's scale (hook_scale) is held, so u_t is
+    affine in x_t, u_t = g_t . x_t + b_t with g_t = du_t/dx_t (one backward per head, from u_t to the leaf
+    only); x_t is the sum of the embedding (block 0's hook_resid_pre) and each earlier block's hook_attn_out
+    and hook_mlp_out (checked), so source c's part is g_t . x_c. b_t, the rest (a query or norm bias, a
+    position's rotation of it), may depend on the position but not on the text: checked in ``_logit_split``."""
     from sinkinterp import tl_adapter
 
     if digest is None:
         return "the model's forward returned no logits to check the second pass against"
     rows, k_mean = turn["rows"], turn["k_mean"]
+    sourced = bool(turn["sources"]) and acc.src is not None
+    parts: list[Tensor] = []  # the sources seen so far this pass: embedding, attn 0, mlp 0, attn 1, ... ([b, T, d])
+    leaves: dict[int, Tensor] = {}
+    total: list[Tensor] = []  # their running sum (float64)
 
     def on_k(layer: int) -> Any:
         def hook(k: Tensor, hook: Any = None) -> Tensor:
             mean = k_mean[layer].to(k.device)
-            moved = (k[:, 0].double() - mean).abs().max() / mean.abs().max().clamp_min(1e-30)
+            moved = (k.detach()[:, 0].double() - mean).abs().max() / mean.abs().max().clamp_min(1e-30)
             turn["keys"] = torch.maximum(turn["keys"], moved)
             out = k.clone()  # (hook_k may be a view of a fused projection: not edited in place)
             out[:, 0] = mean.to(k.dtype)
@@ -670,24 +758,79 @@ def _turn_batch(model: Any, batch: Tensor, turn: dict[str, Any], digest: Tensor 
     def on_scores(layer: int) -> Any:
         def hook(scores: Tensor, hook: Any = None) -> Tensor:
             raw, lam, s, ok = rows.pop(layer)
-            u = scores[..., 0].double()
+            u = scores[..., 0].detach().double()
             q = slice(1, None)
             turn["logits"] = torch.maximum(turn["logits"], torch.where(ok, (u - s).abs(), 0.0).max())
             acc.add_turn(layer, lam[..., q], s[..., q], u[..., q], ok[..., q])
+            if sourced:
+                _add_sources(acc, layer, scores, leaves.pop(layer), parts[:2 * layer + 1], lam, u, ok)
+            scores = scores.detach()
             scores[..., 0] = raw  # in place: the scores are this pass's own fresh T x T tensor
             return scores
 
         return hook
 
+    def on_resid(layer: int) -> Any:
+        def hook(x: Tensor, hook: Any = None) -> Tensor:
+            xd = x.detach()
+            if layer == 0:
+                parts.append(xd)
+                total.append(xd.double())
+            else:  # the block's input against the sum of the sources before it
+                err = (xd.double() - total[0]).norm(dim=-1) / xd.double().norm(dim=-1).clamp_min(1e-30)
+                acc.src_additive = torch.maximum(acc.src_additive, err.max())
+            leaves[layer] = xd.clone().requires_grad_(True)
+            return leaves[layer]
+
+        return hook
+
+    def on_source(layer: int, kind: str) -> Any:
+        def hook(x: Tensor, hook: Any = None) -> None:
+            if len(parts) != 2 * layer + (1 if kind == "attn" else 2):  # the hooks fire in the order of the sources
+                acc.src_additive = torch.full_like(acc.src_additive, float("inf"))
+            parts.append(x.detach())
+            total[0] = total[0] + x.detach().double()
+
+        return hook
+
+    def held(x: Tensor, hook: Any = None) -> Tensor:
+        return x.detach()
+
     hooks = [(f"blocks.{l}.attn.hook_{kind}", fn(l)) for l in range(L)
              for kind, fn in (("k", on_k), ("attn_scores", on_scores))]
-    with tl_adapter.attached_hooks(model, hooks):
+    if sourced:
+        hooks += [(f"blocks.{l}.{name}", fn) for l in range(L) for name, fn in (
+            ("hook_resid_pre", on_resid(l)), ("ln1.hook_scale", held), ("hook_attn_out", on_source(l, "attn")),
+            ("hook_mlp_out", on_source(l, "mlp")))]
+    with tl_adapter.attached_hooks(model, hooks), torch.set_grad_enabled(sourced), warnings.catch_warnings():
+        # a bridge warns that a held norm scale makes it rebuild the norm's output: the logits are checked below
+        warnings.filterwarnings("ignore", message=".*edited hook_scale.*")
         again = _digest(model(batch))
     worst = float((again - digest).abs().max() / digest.abs().max().clamp_min(1.0))
-    if worst > TURN_TOLERANCE or rows:
+    if worst > (HELD_TOLERANCE if sourced else TURN_TOLERANCE) or rows:
         return (f"the second pass did not reproduce the first (logits off by {worst:.2g}, relative): the model "
                 "does not use what hook_attn_scores returns")
     return None
+
+
+def _add_sources(acc: _Accumulator, layer: int, scores: Tensor, leaf: Tensor, parts: list[Tensor], lam: Tensor,
+                 u: Tensor, ok: Tensor) -> None:
+    """Split this layer's u_t (column 1 of ``scores``, computed from ``leaf``, the block's residual input with
+    ln1's scale held) by source (``_turn_batch``): g_t = du_t/dx_t per head, then g_t . x_c for each source
+    in ``parts``, and the rest u_t - sum_c g_t . x_c; adds them to ``acc``."""
+    col = scores[..., 0]  # [b, H, T]
+    grads = []
+    for h in range(col.shape[1]):
+        g = torch.autograd.grad(col[:, h].sum(), leaf, retain_graph=True, allow_unused=True)[0] \
+            if col.requires_grad else None
+        grads.append(torch.zeros_like(leaf) if g is None else g)
+    dtype = leaf.dtype
+    if dtype.is_floating_point:
+        acc.src_tolerance = max(acc.src_tolerance, 4 * torch.finfo(dtype).eps)
+    g = torch.stack(grads, 1).double()  # [b, H, T, d]
+    split = torch.stack([torch.einsum("bhtd,btd->bht", g, x.double()) for x in parts])  # [C_l, b, H, T]
+    q = slice(1, None)
+    acc.add_turn_sources(layer, lam[..., q], split[..., q], (u - split.sum(0))[..., q], ok[..., q])
 
 
 def _add_logit_sides(acc: _Accumulator, layer: int, scores: Tensor, rest: Tensor, a: Tensor,
@@ -760,6 +903,64 @@ def _logit_split(acc: _Accumulator, n_layers: int, normalized: bool) -> tuple[di
             vd = cov("s", "s", "s2", within) + vu - 2 * cov("s", "u", "s_u", within)
             out["turn_std" + suffix] = torch.where(n >= 2, vu.clamp_min(0.0).sqrt(), nan).tolist()
             out["identity_std" + suffix] = torch.where(n >= 2, vd.clamp_min(0.0).sqrt(), nan).tolist()
+    if acc.src_wanted:
+        vu = cov("u", "u", "u2", True) if turned else None
+        out["turn_sources"], note = _turn_sources(acc, g, vu, n_layers)
+        if note:
+            out["turn_sources_note"] = note
+    return out, None
+
+
+def _turn_sources(acc: _Accumulator, g: dict[str, Tensor], var_u: Tensor | None,
+                  n_layers: int) -> tuple[dict[str, Any] | None, str | None]:
+    """``logit_split``'s ``turn_sources`` from the sums of ``add_turn_sources``, or None and why not.
+    ``g``: the split's sums, ``var_u``: u_t's variance within positions per head (None: no second pass)."""
+    if var_u is None:
+        return None, f"the sink's logit against a fixed key is not measured ({acc.turn_note or 'not measured'})"
+    if acc.src is None or acc.src_rest is None:
+        return None, acc.src_note or "not measured"
+    additive = float(acc.src_additive)
+    if not additive <= acc.src_tolerance:
+        return None, (f"the residual stream entering a block is not the sum of the embedding and the earlier blocks' "
+                      f"hook_attn_out and hook_mlp_out (off by {additive:.2g}, relative): e.g. a post-norm model")
+    nan = float("nan")
+    n_pos, lam_pos = g["n"], g["lam"]
+
+    def split(sums: dict[str, Tensor], np_: Tensor, lp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Over all queries and within positions: cov(lam, x) and within positions var(x)."""
+        n, c = np_.sum(-1).clamp_min(1.0), np_.clamp_min(1.0)
+        cov_all = (sums["lam_u"].sum(-1) - lp.sum(-1) * sums["u"].sum(-1) / n) / n
+        cov_in = (sums["lam_u"] - lp * sums["u"] / c).sum(-1) / n
+        var_in = (sums["u2"] - sums["u"] ** 2 / c).sum(-1) / n
+        return cov_all, cov_in, var_in
+
+    n = n_pos.sum(-1)
+    c = n.clamp_min(1.0)
+    var_lam = {False: (g["lam2"].sum(-1) - g["lam"].sum(-1) ** 2 / c) / c,
+               True: (g["lam2"] - g["lam"] ** 2 / n_pos.clamp_min(1.0)).sum(-1) / c}
+    rest_all, rest_in, rest_var = split(acc.src_rest, n_pos, lam_pos)
+    # the rest must not move with the text: its spread within positions against u_t's
+    ratio = rest_var.clamp_min(0.0).sqrt() / var_u.clamp_min(0.0).sqrt().clamp_min(1e-30)
+    moving = torch.where((n >= 2) & (var_u > 1e-20), ratio, 0.0).max()
+    if float(moving) > acc.src_tolerance:
+        return None, (f"what the sources leave of u_t changes with the text ({float(moving):.2g} of u_t's spread "
+                      "within positions): the query is not affine in the block's residual input with ln1's scale "
+                      "held (a norm on the queries themselves, or a model that ignores what ln1.hook_scale returns)")
+    src_all, src_in, src_var = split(acc.src, n_pos[:, :, None], lam_pos[:, :, None])
+    C = src_all.shape[-1]
+    upstream = torch.arange(C)[None, None, :] < (2 * torch.arange(n_layers) + 1)[:, None, None]  # [L, 1, C]
+    names = ["embed"] + [f"{kind} {l}" for l in range(n_layers) for kind in ("attn", "mlp")]
+    out: dict[str, Any] = {"names": names, "additive_error": additive, "rest_error": float(moving),
+                           "tolerance": acc.src_tolerance}
+    for suffix, within in (("", False), ("_within", True)):
+        var = var_lam[within]
+        keep = (n >= 2) & (var > 1e-20)
+        x = src_in if within else src_all
+        out["share" + suffix] = torch.where(keep[..., None] & upstream, x / var.clamp_min(1e-300)[..., None],
+                                            nan).tolist()
+        out["rest_share" + suffix] = torch.where(keep, (rest_in if within else rest_all) / var.clamp_min(1e-300),
+                                                 nan).tolist()
+    out["std_within"] = torch.where((n >= 2)[..., None] & upstream, src_var.clamp_min(0.0).sqrt(), nan).tolist()
     return out, None
 
 
@@ -1191,7 +1392,7 @@ GATE_EDITS = ("open", "fixed", "token", "donor")
 
 def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0.1, eps: float = 0.3,
                interventions: bool = True, per_head: bool | Sequence[str] = False, batch_size: int = 8,
-               token_heads: int = 6, progress: bool = False) -> dict[str, Any]:
+               token_heads: int = 6, progress: bool = False, turn_sources: bool = False) -> dict[str, Any]:
     """The whole study (module docstring): ``gate_stats`` and, with ``interventions``, the loss and Sink
     changes of opening every gate (``open``), of fixing it to its mean by position (``fixed``) and of
     giving each text another text's gate (``donor``); ``per_head``: also each head alone (True: for every
@@ -1201,7 +1402,8 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     what was measured on the other, and the two results are pooled, so no sequence is edited with its
     own measurements; so is the token gate (``token``: position mean plus the query token's deviation), and
     ``drivers`` splits each head's m_t variance into position, query token and the rest, out of sample, on
-    the same halves (also without ``interventions``: it only measures). ``token_heads``: the by-token table of ``gate_stats`` for that many heads. JSON-ready."""
+    the same halves (also without ``interventions``: it only measures). ``token_heads``: the by-token table of
+    ``gate_stats`` for that many heads; ``turn_sources``: its split of the query's turn by source. JSON-ready."""
     from sinkinterp import interventions as iv
 
     if isinstance(per_head, bool):
@@ -1212,7 +1414,7 @@ def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
             raise ValueError(f"per_head: got {sorted(heads_for - set(GATE_EDITS))}; allowed: True, False or labels "
                              f"from {list(GATE_EDITS)}")
     res = gate_stats(model, tokens, sink=sink, closed=closed, batch_size=batch_size, token_heads=token_heads,
-                     progress=progress)
+                     progress=progress, turn_sources=turn_sources)
     tokens = torch.as_tensor(tokens)
     n = tokens.shape[0]
     sink_kind, normalized = res["sink"], res["normalized"]
@@ -1324,6 +1526,37 @@ def pooled_logit_split(res: dict[str, Any], heads: Any = None) -> dict[str, Any]
         out["turn_pooled"] = sum(d["logit_cov_turn_within"][l][h] for l, h in heads) / var if var > 0 else float("nan")
         out["identity_pooled"] = out["pooled"] - out["turn_pooled"]
     return out
+
+
+def pooled_turn_sources(res: dict[str, Any], heads: Any = None, top: int = 5) -> dict[str, Any] | None:
+    """``turn_sources`` within positions pooled over ``heads`` ((layer, head) pairs; default: those with mean
+    sink weight >= DRIVER_FLOOR and a measured split), each head weighing in with its log-odds variance as in
+    ``pooled_logit_split``'s ``turn_pooled``: per source its share of the summed variance (``shares``, 0 for
+    a head downstream of nothing), by kind (``embed``, ``attn``, ``mlp``), what no source carries (``rest``),
+    their sum (``turn``, = ``turn_pooled``), and the ``top`` sources by size (``largest``: [name, share]).
+    None without them or heads."""
+    d = res.get("logit_split") or {}
+    ts = d.get("turn_sources")
+    if not ts:
+        return None
+    a = sink_share(res)
+    share = np.asarray(ts["share_within"], dtype=np.float64)  # [L, H, C]
+    rest = np.asarray(ts["rest_share_within"], dtype=np.float64)
+    if heads is None:
+        heads = [lh for lh in np.ndindex(*a.shape) if a[lh] >= DRIVER_FLOOR]
+    heads = [(l, h) for l, h in heads if np.isfinite(rest[l, h])]
+    var = np.asarray(d["logit_var_within"], dtype=np.float64)
+    total = sum(var[l, h] for l, h in heads)
+    if not heads or not total > 0:
+        return None
+    shares = sum(np.nan_to_num(share[l, h]) * var[l, h] for l, h in heads) / total
+    names = ts["names"]
+    kinds = {k: float(sum(x for name, x in zip(names, shares, strict=True) if name.split()[0] == k))
+             for k in ("embed", "attn", "mlp")}
+    r = float(sum(rest[l, h] * var[l, h] for l, h in heads) / total)
+    order = sorted(range(len(names)), key=lambda i: -abs(shares[i]))[:top]
+    return {"heads": len(heads), "names": names, "shares": shares.tolist(), **kinds, "rest": r,
+            "turn": float(shares.sum()) + r, "largest": [[names[i], float(shares[i])] for i in order]}
 
 
 def pooled_targets(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | None:
@@ -1443,6 +1676,13 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
             lines.append(f"  the sink's logit against token 1's mean key (the query's turn) {split['turn_median']:.0%}, "
                          f"what token 1's own key adds {split['identity_median']:+.0%} in the median head "
                          f"({split['turn_pooled']:.0%} / {split['identity_pooled']:+.0%} of the summed variance)")
+        src = pooled_turn_sources(res)
+        if src is not None:
+            lines.append(f"  the turn by what writes the query's input (of the summed variance): the embedding "
+                         f"{src['embed']:+.0%}, attention {src['attn']:+.0%}, MLPs {src['mlp']:+.0%}; largest: "
+                         + ", ".join(f"{name} {x:+.0%}" for name, x in src["largest"]))
+        elif (res["logit_split"] or {}).get("turn_sources_note"):
+            lines.append(f"  the turn by source: not measured ({res['logit_split']['turn_sources_note']})")
     elif res.get("logit_split_note"):
         lines.append(f"softmax split: not measured ({res['logit_split_note']})")
     where_to = pooled_targets(res, every)

@@ -13,6 +13,7 @@ import torch
 from conftest import tiny_llama, word_tokenizer
 
 from sinkinterp import cli, patching, tl_adapter
+from sinkinterp import gate as gate_module
 from sinkinterp import interventions as iv
 from sinkinterp.gate import (
     TARGETS,
@@ -28,6 +29,7 @@ from sinkinterp.gate import (
     pooled_drivers,
     pooled_logit_split,
     pooled_targets,
+    pooled_turn_sources,
     repeated,
     summary,
     token_gate,
@@ -273,6 +275,156 @@ def test_the_sinks_side_splits_into_the_querys_turn_and_token_1s_key(variant):
     exact = 1e-6 if variant == "bridge" else 1e-9  # the bridge in float32: its scores' rounding
     assert np.abs(fixed["identity_side_within"]).max() < exact
     np.testing.assert_allclose(fixed["turn_side_within"], fixed["sink_side_within"], rtol=exact, atol=exact)
+
+
+def _direct_sources(model, tokens):
+    """Per head and source, the within-position share of the log-odds' variance that the source's part of
+    the query's turn carries, each part from forward passes alone (no autograd): block l's residual input
+    replaced by one source (the embedding, an earlier block's attention or MLP output) with ln1's scale held
+    at its own value and token 1's key at its mean over the texts, column 1 of block l's scores read,
+    minus the same with a zero input (what no source carries). Returns the shares [L, H, C] (NaN after
+    block l) and the rest's [L, H]."""
+    rows: dict = {}
+    _direct_logits(model, tokens, "first", rows)
+    dims = tl_adapter.model_dims(model)
+    L, H = dims["n_layers"], dims["n_heads"]
+    want = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.{x}" for l in range(L)
+                                          for x in ("hook_attn_out", "hook_mlp_out", "ln1.hook_scale", "attn.hook_k")]
+    acts = patching.capture(model, tokens, want)
+    sources = [acts["blocks.0.hook_resid_pre"]] + [acts[f"blocks.{l}.hook_{k}_out"] for l in range(L)
+                                                   for k in ("attn", "mlp")]
+
+    def score(l, x):
+        k_mean = acts[f"blocks.{l}.attn.hook_k"][:, 0].mean(0)
+        got = {}
+
+        def first_key(k, hook):
+            k = k.clone()
+            k[:, 0] = k_mean
+            return k
+
+        def read(sc, hook):
+            got["u"] = sc[..., 0].double().numpy()
+
+        hooks = [(f"blocks.{l}.hook_resid_pre", lambda r, hook: x.to(r.dtype)),
+                 (f"blocks.{l}.ln1.hook_scale", lambda sc, hook: acts[f"blocks.{l}.ln1.hook_scale"]),
+                 (f"blocks.{l}.attn.hook_k", first_key), (f"blocks.{l}.attn.hook_attn_scores", read)]
+        with torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
+            model(tokens)
+        return got["u"][:, :, 1:]  # [N, H, T - 1]
+
+    C = 2 * L + 1
+    shares, rest = np.full((L, H, C), np.nan), np.zeros((L, H))
+
+    def share(lam, u):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            dl, du = lam - np.nanmean(lam, 0), u - np.nanmean(np.where(np.isnan(lam), np.nan, u), 0)
+        return np.nansum(dl * du) / np.nansum(dl * dl)
+
+    for l in range(L):
+        zero = score(l, torch.zeros_like(sources[0]))
+        parts = [score(l, sources[c]) - zero for c in range(2 * l + 1)]
+        for h in range(H):
+            lam = rows[(l, h)][0]
+            rest[l, h] = share(lam, zero[:, h])
+            for c in range(2 * l + 1):
+                shares[l, h, c] = share(lam, parts[c][:, h])
+    return shares, rest
+
+
+@pytest.mark.filterwarnings("ignore:A forward hook edited hook_scale")  # the direct passes hold the bridge's scale
+@pytest.mark.parametrize("variant", ["rotary", "alibi", "learned", "layernorm", "gqa", "kv", "ht", "bridge"])
+def test_the_querys_turn_splits_by_what_writes_the_querys_input(variant):
+    """turn_sources: each source's share of the turn (the embedding, each earlier block's attention and MLP)
+    equals the part the source makes of u_t, read from forward passes with the source alone in the block's
+    input (ln1's scale held, token 1's key at its mean) -- on sinkinterp models (rotary, ALiBi, learned
+    positions, LayerNorm, grouped keys, k*/v* beside token 1), a HookedTransformer and a LLaMA bridge; the
+    shares and the rest add up to turn_side; within positions the rest is 0; the study's other numbers
+    are the same as without it."""
+    if variant == "ht":
+        model = tl_adapter.hooked_transformer_from_config(
+            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+            positional_embedding_type="rotary", normalization_type="RMS", seed=0, dtype=torch.float64,
+            n_key_value_heads=2)
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.W_Q.mul_(8.0)
+    elif variant == "bridge":
+        model = tl_adapter.boot_bridge(tiny_llama(n_kv_heads=2), word_tokenizer(61), "llama")
+    else:
+        model = tiny_model(variant).eval()
+    tokens = _tokens()
+    res = gate_stats(model, tokens, sink="first", batch_size=2, turn_sources=True)
+    split = res["logit_split"]
+    ts = split["turn_sources"]
+    assert "turn_sources_note" not in split
+    L = len(split["turn_side"])
+    assert ts["names"] == ["embed"] + [f"{k} {l}" for l in range(L) for k in ("attn", "mlp")]
+    shares, rest = _direct_sources(model, tokens)
+    tol = {"rtol": 2e-3, "atol": 2e-4} if variant == "bridge" else {"rtol": 1e-6, "atol": 1e-9}
+    np.testing.assert_allclose(ts["share_within"], shares, **tol)
+    # within positions what no source carries is nothing, here and in the direct passes
+    np.testing.assert_allclose(ts["rest_share_within"], rest, atol=1e-4 if variant == "bridge" else 1e-9)
+    assert np.abs(rest).max() < (1e-4 if variant == "bridge" else 1e-9)
+    for suffix in ("", "_within"):  # the parts add up to the turn, over all queries and within positions
+        total = np.nansum(np.asarray(ts["share" + suffix]), -1) + np.asarray(ts["rest_share" + suffix])
+        np.testing.assert_allclose(total, split["turn_side" + suffix], rtol=1e-6, atol=1e-9)
+    assert np.isnan(np.asarray(ts["share_within"])[0, :, 1:]).all()  # block 0 reads the embedding only
+    assert np.nanmax(np.abs(np.asarray(ts["share_within"])[1:, :, 1:])) > 1e-3  # later sources move it here
+    if variant == "alibi":  # a position-only term outside the sources: the rest carries it over all queries
+        assert np.abs(ts["rest_share"]).max() > 1e-3
+    heads = [(0, 1), (1, 0), (1, 3)]
+    pooled = pooled_turn_sources(res, heads=heads)
+    var = np.asarray(split["logit_var_within"])
+    expect = sum(np.nan_to_num(np.asarray(ts["share_within"])[l, h]) * var[l, h] for l, h in heads) / sum(
+        var[l, h] for l, h in heads)
+    np.testing.assert_allclose(pooled["shares"], expect, rtol=1e-9)
+    assert pooled["turn"] == pytest.approx(pooled_logit_split(res, heads=heads)["turn_pooled"], rel=1e-6, abs=1e-9)
+    assert pooled["attn"] == pytest.approx(expect[1::2].sum()) and pooled["mlp"] == pytest.approx(expect[2::2].sum())
+    assert abs(pooled["largest"][0][1]) == pytest.approx(np.abs(expect).max())
+    assert "the turn by what writes the query's input" in summary(res)
+    plain = gate_stats(model, tokens, sink="first", batch_size=2)
+    assert "turn_sources" not in plain["logit_split"]
+    for key in ("sink_mass", "gate"):
+        np.testing.assert_allclose(res[key], plain[key], rtol=1e-12)
+    # (the bridge rebuilds its norm's output from the held scale: float32 rounding, within the logits' check)
+    np.testing.assert_allclose(split["turn_side_within"], plain["logit_split"]["turn_side_within"],
+                               **({"rtol": 1e-4, "atol": 1e-6} if variant == "bridge" else {"rtol": 1e-9, "atol": 1e-12}))
+
+
+def test_the_turn_by_source_is_left_out_where_it_cannot_be_measured(monkeypatch):
+    """Post-norm (the block's input is not a sum of sources), a bias slot as the sink (no turn), a model that
+    ignores what ln1.hook_scale returns (the query is then not affine in its input: the rest moves with the
+    text), a table past the limit, and a flag that is not a bool: each says why."""
+    tokens = _tokens()
+    note = gate_stats(tiny_model("post_norm").eval(), tokens, sink="first", turn_sources=True)["logit_split"]
+    assert note["turn_sources"] is None and "not the sum of the embedding" in note["turn_sources_note"]
+    note = gate_stats(tiny_model("gqa_kv").eval(), tokens, sink="slot", turn_sources=True)["logit_split"]
+    assert note["turn_sources"] is None and "the sink is not token 1" in note["turn_sources_note"]
+    with pytest.raises(TypeError, match="turn_sources"):
+        gate_stats(tiny_model("rotary").eval(), tokens, turn_sources=1)
+    monkeypatch.setattr(gate_module, "TURN_SOURCE_LIMIT", 10)
+    note = gate_stats(tiny_model("rotary").eval(), tokens, sink="first", turn_sources=True)["logit_split"]
+    assert "past TURN_SOURCE_LIMIT" in note["turn_sources_note"]
+    monkeypatch.undo()
+    attached = tl_adapter.attached_hooks
+
+    def scale_ignored(model, hooks):  # ln1.hook_scale is seen, what it returns is dropped
+        def observe(fn):
+            def hook(act, hook=None):
+                fn(act, hook)
+
+            return hook
+
+        return attached(model, [(n, observe(f) if n.endswith("ln1.hook_scale") else f) for n, f in hooks])
+
+    monkeypatch.setattr(tl_adapter, "attached_hooks", scale_ignored)
+    split = gate_stats(tiny_model("rotary").eval(), tokens, sink="first", turn_sources=True)["logit_split"]
+    assert split["turn_sources"] is None and "changes with the text" in split["turn_sources_note"]
+    assert np.isfinite(split["turn_side_within"]).all()  # the turn itself stands
+    assert "the turn by source: not measured" in summary(
+        gate_stats(tiny_model("rotary").eval(), tokens, sink="first", turn_sources=True))
 
 
 def test_the_turn_split_is_left_out_where_it_cannot_be_measured(monkeypatch):
@@ -895,6 +1047,14 @@ def test_cli_writes_results_and_refuses_bad_options(tmp_path, capsys):
     assert len(res["open_tokens"]) == 6 and all(isinstance(r["text"], str) for r in res["open_tokens"][0]["open"])
     printed = capsys.readouterr().out
     assert "effective gate" in printed and "where the weight off the sink goes" in printed
+    assert "turn_sources" not in res["logit_split"] and "turn_sources" not in cfg
+    src = tmp_path / "src"  # no BOS: token 1's key differs between texts, and the turn splits by source
+    assert cli.main(["gate", "--model", "toy-softmax", "--num-seqs", "4", "--seq-len", "12", "--no-interventions",
+                     "--turn-sources", "--token-heads", "0", "--no-figures", "--out", str(src)]) == 0
+    res = json.loads((src / "results.json").read_text())
+    assert len(res["logit_split"]["turn_sources"]["names"]) == 2 * len(res["sink_mass"]) + 1
+    assert json.loads((src / "config.json").read_text())["turn_sources"] is True
+    assert "the turn by what writes the query's input" in capsys.readouterr().out
     for argv, msg in ((["--closed", "3"], "--closed"), (["--per-head", "--no-interventions"], "--per-head"),
                       (["--per-head", "close"], "invalid choice: 'close'"),
                       (["--sink", "slot"], "bias slot"), (["--seq-len", "2"], "T >= 3")):
