@@ -99,6 +99,9 @@ INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text") if spe
 # heads that matter there with those on English (the run took 28 minutes on a 2-core CPU, a test suite beside it a while)
 # and the fixed gate on the second English set: a replicate, for how much of the per-head order is noise
 PER_HEAD_ALSO = {"smollm2__debian_text": ("open", "fixed"), "smollm2__natural_s1": ("fixed",)}
+# the runs that also split the query's turn by what writes the query's input (``--turn-sources``): SmolLM2 on its
+# 120 English texts (measurement only, about 3 minutes on a 2-core CPU) and toy-softmax in its own domain (BOS first)
+TURN_SOURCES = ("smollm2__natural_n120", "toy-softmax__debian")
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
 
 
@@ -161,6 +164,11 @@ def _snapshot(res: dict, config: dict) -> dict:
     top = sorted(np.ndindex(*a.shape), key=lambda lh: -a[lh])[:KEEP_POS]
     out = {k: v for k, v in res.items() if k not in ("mass_pos", "gate_pos")}
     out["pos_top"] = {f"L{l}H{h}": {"mass": res["mass_pos"][l][h], "gate": res["gate_pos"][l][h]} for l, h in top}
+    ts = (out.get("logit_split") or {}).get("turn_sources")
+    if ts:  # the page reads the shares within positions: the rest of the [L][H][C] arrays stays in the run's folder
+        out["logit_split"] = {**out["logit_split"], "turn_sources": {
+            k: (np.round(np.asarray(v, dtype=np.float64), 5).tolist() if k == "share_within" else v)
+            for k, v in ts.items() if k not in ("share", "std_within")}}
     out["command"] = config["command"]
     out["versions"] = config.get("versions")
     out["git_commit"] = config.get("git_commit")
@@ -190,7 +198,7 @@ def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool | tuple, co
                   *(["--no-interventions"] if inputs in MEASURE_ONLY else [])]
     heads = ["--per-head", *([] if per_head is True else per_head)] if per_head else []
     args = ["gate", "--model", spec, *source, "--eps", str(EPS), *heads,
-            "--no-figures", "--out", str(out)]
+            *(["--turn-sources"] if key in TURN_SOURCES else []), "--no-figures", "--out", str(out)]
     res = run_cli(cli, args, commands, gguf)
     config = json.loads((out / "config.json").read_text())
     snap = _snapshot(res, config)
@@ -449,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                 else "- (the sink is k*)" if res["sink"] != "first" else "-")
         split_rows.append(f"| {_label(key)} | {split['heads']} | {split['median']:.0%} | {split['pooled']:.0%} | "
                           f"{split['sink_led']} of {split['heads']} | {turn} | {more} | {per} |")
+    source_rows = _source_rows(results)
     unsplit = sorted({res["logit_split_note"] for res in results.values()
                       if res.get("normalized") and res.get("logit_split") is None and res.get("logit_split_note")})
 
@@ -582,6 +591,17 @@ def main(argv: list[str] | None = None) -> int:
         *(split_rows if len(split_rows) > 2 else ["(no softmax split in these results)"]),
         *([""] + [f"Not split: {x}." for x in unsplit] if unsplit else []),
         "",
+        "What in the query makes the turn (the runs with `--turn-sources`): the second pass also makes each block's",
+        "residual input a leaf of autograd with ln1's scale held, so the query's score against token 1's mean key",
+        "is affine in that input, u_t = g_t . x_t + b_t; the input is the sum of the embedding and each earlier",
+        "block's attention and MLP outputs (checked), so each source's part of u_t is g_t . x_c (direct",
+        "attribution through the frozen norm scale), and its covariance with the log-odds, over their variance",
+        "within positions, is its share of the sink's side: the shares and the rest b_t (biases, checked not to",
+        "move with the text) sum to the turn's share. Pooled over the heads with a >= 0.1 as the turn's share of",
+        "the summed variance is; then the sink heads (a > 0.3) one by one.",
+        "",
+        *(source_rows or ["(no run with the turn by source in these results)"]),
+        "",
         "The heads whose gate follows a repeated query token most (out of sample, among those with a >= 0.1, each",
         "model in its own domain):",
         "",
@@ -599,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *_split_summary(results),
         "",
+        *([_source_summary(results), ""] if _source_summary(results) else []),
         *_reading(results),
         *_free_reading(results),
         "",
@@ -611,8 +632,9 @@ def main(argv: list[str] | None = None) -> int:
          if any(x.get("per_head_delta_loss") is not None
                 for x in results.get("smollm2__debian_text", {}).get("interventions", []))
          else "per-head effects on the first only") + "; the Debian-trained models on both, and the two disagree. The softmax",
-        "split is of the log-odds within positions: it says which logit moves with the gate, not what moves that",
-        "logit (the query's turn is the query's content meeting a fixed key).",
+        "split is of the log-odds within positions: it says which logit moves with the gate; the turn by source",
+        "says which writes into the query's input move the query's turn, by direct attribution through ln1's scale",
+        "as it is on each text (not what the turn would be without a source), on the runs named above only.",
         "",
         "Models: " + "; ".join(f"{n}: {MODELS[n][3]}" + " (" + ", ".join(
             f"{_label(k).split(', ', 1)[1]}: {sources[k]}" for k in results if k.partition("__")[0] == n) + ")"
@@ -921,6 +943,75 @@ def _split_summary(results: dict) -> list[str]:
                  f"{int(low.sum())} with a < 0.3 {lo:.0%} (rank correlation of a and the share over "
                  f"the {int(ok.sum())} heads {np.corrcoef(*rank)[0, 1]:+.2f}).")
     return [line]
+
+
+def _source_rows(results: dict) -> list[str]:
+    """The table of the turn by source (``--turn-sources`` runs): pooled over the heads with a >= 0.1, then
+    each of the six sink heads with the most weight on the sink."""
+    import numpy as np
+
+    from sinkinterp import gate
+
+    rows = []
+    for key, res in results.items():
+        src = gate.pooled_turn_sources(res)
+        if src is None:
+            continue
+        d = res["logit_split"]
+        ts = d["turn_sources"]
+        share = np.asarray(ts["share_within"], dtype=np.float64)
+
+        def largest(x: np.ndarray, k: int) -> str:
+            return ", ".join(f"{ts['names'][i]} {x[i]:+.0%}" for i in np.argsort(-np.abs(x))[:k])
+
+        rows.append(f"| {_label(key)} | {src['heads']} heads pooled | {src['turn']:.0%} | {src['embed']:+.0%} | "
+                    f"{src['attn']:+.0%} | {src['mlp']:+.0%} | {src['rest']:+.1%} | "
+                    + ", ".join(f"{n} {x:+.1%}" for n, x in src["largest"]) + " |")
+        for l, h in _sink_heads(res)[:6]:
+            x = np.nan_to_num(share[l, h])
+            rows.append(f"| | L{l}H{h} (a {_sink_share(res)[l, h]:.2f}) | {d['turn_side_within'][l][h]:.0%} | "
+                        f"{x[0]:+.0%} | {x[1::2].sum():+.0%} | {x[2::2].sum():+.0%} | "
+                        f"{ts['rest_share_within'][l][h]:+.1%} | {largest(x, 3)} |")
+    if not rows:
+        return []
+    return ["| model | heads | the query's turn: share of the log-odds' variance | the embedding | attention | MLPs | "
+            "rest (biases) | largest sources |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |", *rows]
+
+
+def _source_summary(results: dict) -> str:
+    """What the page may say about the turn by source: where the attention writes and the MLP writes pull."""
+    import numpy as np
+
+    from sinkinterp import gate
+
+    out = []
+    for key, res in results.items():
+        src = gate.pooled_turn_sources(res)
+        if src is None or not abs(src["turn"]) > 0.01:
+            continue
+        name = _label(key).split(", ")[0]
+        kinds = {"the embedding": src["embed"], "the attention layers": src["attn"], "the MLPs": src["mlp"]}
+        lead = max(kinds, key=lambda k: kinds[k] * (1 if src["turn"] > 0 else -1))
+        against = [k for k, v in kinds.items() if v * src["turn"] < 0 and abs(v) >= 0.1 * abs(src["turn"])]
+        text = (f" In {name} the query's turn ({src['turn']:.0%} of the summed variance) comes mostly from "
+                f"{lead} ({kinds[lead]:+.0%})")
+        text += (", while " + " and ".join(f"{k} ({kinds[k]:+.0%})" for k in against) + " pull the other way"
+                 if against else "") + "; "
+        top = src["largest"][0]
+        text += (f"no single source carries much: the largest, {top[0]}, {top[1]:+.1%}."
+                 if abs(top[1]) < 0.25 * abs(src["turn"]) else f"the largest source is {top[0]} ({top[1]:+.0%}).")
+        heads = _sink_heads(res)
+        if len(heads) >= 3:  # the sink heads one by one: do attention and MLP writes pull together?
+            share = np.nan_to_num(np.asarray(res["logit_split"]["turn_sources"]["share_within"], dtype=np.float64))
+            attn = [float(share[l, h, 1::2].sum()) for l, h in heads]
+            mlp = [float(share[l, h, 2::2].sum()) for l, h in heads]
+            opposed = sum(x * y < 0 for x, y in zip(attn, mlp, strict=True))
+            text += (f" In its {len(heads)} sink heads (a > {SINK_HEAD:g}) the MLPs carry {np.median(mlp):+.0%} and "
+                     f"attention {np.median(attn):+.0%} in the median head")
+            text += (f": in {opposed} of them the attention layers' writes turn the query the other way from the "
+                     "MLPs', so the turn is what is left of the two." if opposed > len(heads) / 2 else ".")
+        out.append(text)
+    return ("**What in the query makes the turn** (the runs with `--turn-sources`):" + "".join(out)) if out else ""
 
 
 def _turn_summary(rows: list[tuple[str, dict]], results: dict) -> str:

@@ -933,6 +933,14 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
             f"{split['top_key_median']:.0%} | {split['spread_median']:.0%} |") in page
     # BOS first: token 1's key is the same in every text, so the sink's side is the query's turn alone
     assert abs(split["identity_pooled"]) < 1e-6 and "Where BOS comes first its key is the same in every text" in page
+    # the turn by source: the run named in TURN_SOURCES has it, its snapshot keeps the shares within positions
+    assert "--turn-sources" in snap["command"] and "--turn-sources" not in nat["command"]
+    ts = snap["logit_split"]["turn_sources"]
+    assert "share" not in ts and "std_within" not in ts and len(ts["names"]) == 2 * len(snap["sink_mass"]) + 1
+    src = mod_gate.pooled_turn_sources(snap)
+    assert (f"| toy-softmax, Debian held-out | {src['heads']} heads pooled | {src['turn']:.0%} | {src['embed']:+.0%} | "
+            f"{src['attn']:+.0%} | {src['mlp']:+.0%} |") in page
+    assert src["turn"] == pytest.approx(split["turn_pooled"], abs=1e-4)  # the snapshot's shares are rounded to 1e-5
     a, rep = np.asarray(snap["sink_mass"]), np.asarray(snap["drivers"]["repeat"])
     top = max((lh for lh in np.ndindex(*a.shape) if a[lh] >= 0.1), key=lambda lh: rep[lh])
     assert f"| toy-softmax, Debian held-out | L{top[0]}H{top[1]} | {a[top]:.3f} |" in page.split("follows a repeated")[1]
@@ -1082,6 +1090,29 @@ def test_sink_gate_grades_what_token_1s_own_key_adds():
     bos = case(0.0, 0.0, name="toy-softmax")
     assert "Where BOS comes first its key is the same in every text" in bos and "no BOS" not in bos
     assert mod._turn_summary([("smollm2__natural", {"median": 0.2})], {}) == ""  # no second pass in the run
+
+
+def test_sink_gate_reads_the_turn_by_source():
+    """The page names the kind of source that carries the query's turn, the kinds that pull the other way,
+    and, over the sink heads, whether the attention layers' writes turn the query against the MLPs'."""
+    mod = load_script("analyses/sink_gate.py")
+
+    def case(attn: float, mlp: float, embed: float = 0.0) -> str:
+        row = [embed, attn / 2, mlp / 2, attn / 2, mlp / 2]  # embed, attn 0, mlp 0, attn 1, mlp 1
+        res = {"sink_share": [[0.05, 0.05, 0.05], [0.6, 0.5, 0.4]],
+               "logit_split": {"logit_var_within": [[1.0] * 3, [1.0] * 3],
+                               "turn_sources": {"names": ["embed", "attn 0", "mlp 0", "attn 1", "mlp 1"],
+                                                "share_within": [[[embed, *[float("nan")] * 4]] * 3, [row] * 3],
+                                                "rest_share_within": [[0.0] * 3, [0.0] * 3]}}}
+        return mod._source_summary({"smollm2__natural_n120": res})
+
+    against = case(-0.10, 0.30)
+    assert "In smollm2 the query's turn (20% of the summed variance) comes mostly from the MLPs (+30%), while the " \
+           "attention layers (-10%) pull the other way" in against
+    assert "In its 3 sink heads (a > 0.3) the MLPs carry +30% and attention -10% in the median head: in 3 of them" in against
+    together = case(0.10, 0.30)
+    assert "pull the other way" not in together and "attention +10% in the median head." in together
+    assert mod._source_summary({"smollm2__natural": {"logit_split": {}}}) == ""  # no turn by source in the run
 
 
 def test_gate_targets_controls_and_gate_by_attention_kind():

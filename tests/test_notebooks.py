@@ -209,6 +209,12 @@ def _check_key_bias(nb, out: Path) -> None:
         assert (out / name).stat().st_size > 1000, name
 
 
+def pooled_turn(res: dict) -> float:
+    from sinkinterp.gate import pooled_logit_split
+
+    return pooled_logit_split(res)["turn_pooled"]
+
+
 def _check_gate(nb, out: Path) -> None:
     res = json.loads((out / "gate_results.json").read_text())
     assert res["model"] == "default" and res["normalized"] and res["sink"] == "first"
@@ -231,6 +237,11 @@ def _check_gate(nb, out: Path) -> None:
     # BOS first: token 1's key is the same in every text, so the sink's side is the query's turn alone
     turn = re.search(r"query's turn toward token 1's mean key (\d+)% and what token 1's own key adds ([-+]\d+)%", split_out)
     assert turn and abs(int(turn[2])) == 0 and max(abs(x) for r in split["identity_side_within"] for x in r if math.isfinite(x)) < 1e-6
+    # the turn by source: embedding, attention, MLPs and the rest sum to the turn's share (printed to 0.1%)
+    src = re.search(r"the turn by source \(of the summed variance\): the embedding ([-+][\d.]+)%, attention ([-+][\d.]+)%, "
+                    r"MLPs ([-+][\d.]+)%, rest ([-+][\d.]+)% \(sum ([-\d.]+)%\)", split_out)
+    assert src and sum(float(src[i]) for i in range(1, 5)) == pytest.approx(float(src[5]), abs=0.25)
+    assert float(src[5]) == pytest.approx(100 * pooled_turn(res), abs=0.06) and abs(float(src[4])) < 0.1
     assert re.search(r"^open\s+\+[\d.]+\s+100%", _stdout(_cell(nb, "edits")), re.M)
     targets = _stdout(_cell(nb, "targets"))
     shares = [float(x) for x in re.findall(r"^  (?:token 1|itself|the token before|induction target|earlier copy|other)"
