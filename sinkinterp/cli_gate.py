@@ -51,10 +51,11 @@ def add_parser(sub: Any, add_common: Any) -> None:
                    help="for this many heads whose gate varies most with the content (among those with at least "
                         "10%% of their weight on the sink), the query tokens that open and close their gate most "
                         "(default 6; 0: none)")
-    s.add_argument("--turn-sources", action="store_true",
+    s.add_argument("--turn-sources", nargs="?", const="layers", choices=["layers", "heads"], default=None,
                    help="with token 1 as the sink, also split the query's turn toward token 1's mean key by what "
                         "writes the query's input: the embedding and each earlier block's attention and MLP "
-                        "(one backward pass per head and layer on each batch)")
+                        "(one backward pass per head and layer on each batch); 'heads': each earlier attention "
+                        "head's write too")
     s.set_defaults(num_seqs=32, batch_size=8)
 
 
@@ -78,7 +79,7 @@ def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
         results = gate_study(lm.model, tokens, sink=args.sink, closed=args.closed, eps=args.eps,
                              interventions=not args.no_interventions, per_head=per_head,
                              batch_size=args.batch_size, token_heads=args.token_heads, progress=True,
-                             turn_sources=args.turn_sources)
+                             turn_sources={None: False, "layers": True, "heads": "heads"}[args.turn_sources])
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     if lm.tokenizer is not None:
@@ -87,7 +88,7 @@ def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
                 row["text"] = lm.tokenizer.decode([row["id"]])
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "sink": args.sink, "closed": args.closed,
-                   "token_heads": args.token_heads, **({"turn_sources": True} if args.turn_sources else {}),
+                   "token_heads": args.token_heads, **({"turn_sources": args.turn_sources} if args.turn_sources else {}),
                    "per_head": per_head, "interventions": not args.no_interventions,
                    "seconds": round(time.perf_counter() - started, 3)})
     return finish_study(args, lm, tokens, config, results,

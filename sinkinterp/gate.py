@@ -71,7 +71,8 @@ What in the query makes the turn (``turn_sources``): in the same second pass eac
 is made a leaf of autograd and ln1's scale is held, so u_t = g_t . x_t + b_t is affine in the input x_t,
 which is the sum of the embedding and each earlier block's attention and MLP outputs; source c's part of
 u_t is g_t . x_c (direct attribution through the frozen norm scale), and cov(lam, u_c) / var(lam) over the
-sources, with the rest b_t (biases; checked not to move with the text), sums to ``turn_side``.
+sources, with the rest b_t (biases; checked not to move with the text), sums to ``turn_side``; with
+``turn_sources="heads"`` each earlier attention head's write z_h W_O[h] is a source too.
 
 Where the weight off the sink goes (``targets``, any attention): each key besides the sink falls, for its
 query, in the first of TARGETS that fits it: token 1 (when the sink is the bias slot), the query itself,
@@ -259,6 +260,7 @@ class _Accumulator:
         # relative distance of a block's residual input from the sum of the sources, and the dtype tolerance
         self.src: dict[str, Tensor] | None = None
         self.src_rest: dict[str, Tensor] | None = None
+        self.src_heads: dict[str, Tensor] | None = None
         self.src_wanted = False
         self.src_note: str | None = None
         self.src_additive = torch.zeros((), dtype=torch.float64, device=device)
@@ -321,11 +323,23 @@ class _Accumulator:
         for key in TURN_SUMS:
             self.turn[key][layer, :, 1:] += torch.where(ok, terms[key], 0.0).sum(0)
 
-    def init_sources(self, n_sources: int) -> None:
+    def init_sources(self, n_sources: int, heads: bool = False) -> None:
         L, H, T = self.count.shape
         z = {"dtype": torch.float64, "device": self.count.device}
         self.src = {k: torch.zeros((L, H, n_sources, T), **z) for k in ("u", "u2", "lam_u")}
         self.src_rest = {k: torch.zeros((L, H, T), **z) for k in ("u", "u2", "lam_u")}
+        # per earlier head (``turn_sources="heads"``): [L, H, L, H, T] sums of u_c and lam u_c
+        self.src_heads = {k: torch.zeros((L, H, L, H, T), **z) for k in ("u", "lam_u")} if heads else None
+
+    def add_head_sources(self, layer: int, lam: Tensor, parts: Tensor, ok: Tensor) -> None:
+        """Queries 1..T-1 of one batch: ``parts`` [layer, b, H, T - 1, H'] each earlier head's part of u_t (its
+        write z_h W_O[h] as a source), ``lam`` and ``ok`` as in ``add_turn_sources``."""
+        if self.src_heads is None:
+            return
+        parts = torch.where(ok[..., None], parts, 0.0)
+        n = parts.shape[0]
+        for key, x in (("u", parts), ("lam_u", lam[..., None] * parts)):
+            self.src_heads[key][layer, :, :n, :, 1:] += x.sum(1).permute(1, 0, 3, 2)
 
     def add_turn_sources(self, layer: int, lam: Tensor, parts: Tensor, rest: Tensor, ok: Tensor) -> None:
         """Queries 1..T-1 of one batch (float64): ``lam`` [b, H, T - 1] as in ``add_turn``, ``parts`` [C_l, b, H,
@@ -379,6 +393,8 @@ class _Accumulator:
         if self.src is not None and self.src_rest is not None:
             self.src = {k: v.cpu() for k, v in self.src.items()}
             self.src_rest = {k: v.cpu() for k, v in self.src_rest.items()}
+        if self.src_heads is not None:
+            self.src_heads = {k: v.cpu() for k, v in self.src_heads.items()}
         for name, value in vars(self).items():
             if isinstance(value, Tensor):
                 setattr(self, name, value.cpu())
@@ -408,7 +424,7 @@ TOKEN_TABLE_LIMIT = 20_000_000
 
 def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0.1, batch_size: int = 8,
                token_heads: int = 0, min_count: int = 3, progress: bool = False,
-               turn_sources: bool = False) -> dict[str, Any]:
+               turn_sources: bool | str = False) -> dict[str, Any]:
     """The measurement part of the study (module docstring): per-head statistics over queries 2..T of
     ``tokens`` [N, T] and the per-position means of m_t and g_t (``mass_pos``, ``gate_pos``, [L][H][T],
     position 0 = query 1 is NaN). With ``token_heads`` > 0, also ``open_tokens``: for that many heads
@@ -435,9 +451,11 @@ def gate_stats(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0
     ``turn_side``; NaN for a source at or after the head's block) and ``std_within`` (u_c's spread within
     positions), per head ``rest_share`` / ``rest_share_within`` (what no source carries: biases, the
     position; 0 within positions, checked); None, with ``turn_sources_note`` saying why, where it cannot
-    be measured. JSON-ready."""
-    if not isinstance(turn_sources, bool):
-        raise TypeError(f"turn_sources must be True or False, got {turn_sources!r}")
+    be measured. ``turn_sources="heads"`` splits the attention layers further, by head: each earlier head's
+    write z_h W_O[h] as a source, ``head_share_within`` [L][H][L'][H'] (NaN for l' >= l; an attention
+    layer's share less the sum of its heads' is its output bias's). JSON-ready."""
+    if turn_sources not in (False, True, "heads") or not isinstance(turn_sources, (bool, str)):
+        raise ValueError(f"turn_sources must be True, False or 'heads', got {turn_sources!r}")
     for arg, val, low in (("token_heads", token_heads, 0), ("min_count", min_count, 1)):
         if isinstance(val, bool) or not isinstance(val, int) or val < low:
             raise ValueError(f"{arg} must be an integer >= {low}, got {val!r}")
@@ -502,7 +520,7 @@ def _open_tokens(res: dict[str, Any], seq: Tensor, tokens: Tensor, k: int, min_c
 
 def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int, progress: bool = False,
            keep_seq: bool = False, logits: bool = True, targets: bool = True,
-           sources: bool = False) -> tuple[dict[str, Any], Tensor | None]:
+           sources: bool | str = False) -> tuple[dict[str, Any], Tensor | None]:
     """``gate_stats``, and with ``keep_seq`` every sequence's m_t too ([N, L, H, T], NaN at query 1 and
     where a head reads nothing besides the sink); without ``logits`` no softmax split (``logit_split``
     None, with a note), without ``targets`` no ``targets`` (None, with a note): the study's half passes
@@ -560,7 +578,7 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
         acc.src_wanted = True
         parts = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "ln1.hook_scale")
         lacking = [f"blocks.{l}.{x}" for l in range(L) for x in parts if f"blocks.{l}.{x}" not in names]
-        size = L * H * (2 * L + 1) * T
+        size = L * H * (2 * L + 1) * T + (L * H * L * H * T if sources == "heads" else 0)
         if not turn_ok:
             acc.src_note = "the sink's logit against a fixed key is not measured here (see turn_note)"
         elif lacking:
@@ -569,8 +587,10 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
         elif size > TURN_SOURCE_LIMIT:
             acc.src_note = f"skipped: {size:,} per-position sums past TURN_SOURCE_LIMIT = {TURN_SOURCE_LIMIT:,}"
         else:
-            acc.init_sources(2 * L + 1)
+            acc.init_sources(2 * L + 1, heads=sources == "heads")
             turn["sources"] = True
+            if sources == "heads":  # each head's W_O, to split an attention layer's write by head
+                turn["w_o"] = [tl_adapter.attn_out_weight(model, l).detach() for l in range(L)]
     pattern_dtype = [torch.float64]
 
     def keep(layer: int, kind: str) -> Any:
@@ -741,6 +761,7 @@ def _turn_batch(model: Any, batch: Tensor, turn: dict[str, Any], digest: Tensor 
     rows, k_mean = turn["rows"], turn["k_mean"]
     sourced = bool(turn["sources"]) and acc.src is not None
     parts: list[Tensor] = []  # the sources seen so far this pass: embedding, attn 0, mlp 0, attn 1, ... ([b, T, d])
+    zs: list[Tensor] = []  # with per-head sources: each earlier layer's hook_z ([b, T, H, d_head])
     leaves: dict[int, Tensor] = {}
     total: list[Tensor] = []  # their running sum (float64)
 
@@ -763,7 +784,8 @@ def _turn_batch(model: Any, batch: Tensor, turn: dict[str, Any], digest: Tensor 
             turn["logits"] = torch.maximum(turn["logits"], torch.where(ok, (u - s).abs(), 0.0).max())
             acc.add_turn(layer, lam[..., q], s[..., q], u[..., q], ok[..., q])
             if sourced:
-                _add_sources(acc, layer, scores, leaves.pop(layer), parts[:2 * layer + 1], lam, u, ok)
+                _add_sources(acc, layer, scores, leaves.pop(layer), parts[:2 * layer + 1], lam, u, ok,
+                             (zs[:layer], turn["w_o"][:layer]) if acc.src_heads is not None else None)
             scores = scores.detach()
             scores[..., 0] = raw  # in place: the scores are this pass's own fresh T x T tensor
             return scores
@@ -796,12 +818,22 @@ def _turn_batch(model: Any, batch: Tensor, turn: dict[str, Any], digest: Tensor 
     def held(x: Tensor, hook: Any = None) -> Tensor:
         return x.detach()
 
+    def on_z(layer: int) -> Any:
+        def hook(z: Tensor, hook: Any = None) -> None:
+            if len(zs) != layer:  # the layers fire in order
+                acc.src_additive = torch.full_like(acc.src_additive, float("inf"))
+            zs.append(z.detach())
+
+        return hook
+
     hooks = [(f"blocks.{l}.attn.hook_{kind}", fn(l)) for l in range(L)
              for kind, fn in (("k", on_k), ("attn_scores", on_scores))]
     if sourced:
         hooks += [(f"blocks.{l}.{name}", fn) for l in range(L) for name, fn in (
             ("hook_resid_pre", on_resid(l)), ("ln1.hook_scale", held), ("hook_attn_out", on_source(l, "attn")),
             ("hook_mlp_out", on_source(l, "mlp")))]
+        if acc.src_heads is not None:
+            hooks += [(f"blocks.{l}.attn.hook_z", on_z(l)) for l in range(L)]
     with tl_adapter.attached_hooks(model, hooks), torch.set_grad_enabled(sourced), warnings.catch_warnings():
         # a bridge warns that a held norm scale makes it rebuild the norm's output: the logits are checked below
         warnings.filterwarnings("ignore", message=".*edited hook_scale.*")
@@ -814,10 +846,11 @@ def _turn_batch(model: Any, batch: Tensor, turn: dict[str, Any], digest: Tensor 
 
 
 def _add_sources(acc: _Accumulator, layer: int, scores: Tensor, leaf: Tensor, parts: list[Tensor], lam: Tensor,
-                 u: Tensor, ok: Tensor) -> None:
+                 u: Tensor, ok: Tensor, heads: tuple[list[Tensor], list[Tensor]] | None = None) -> None:
     """Split this layer's u_t (column 1 of ``scores``, computed from ``leaf``, the block's residual input with
     ln1's scale held) by source (``_turn_batch``): g_t = du_t/dx_t per head, then g_t . x_c for each source
-    in ``parts``, and the rest u_t - sum_c g_t . x_c; adds them to ``acc``."""
+    in ``parts``, and the rest u_t - sum_c g_t . x_c; adds them to ``acc``. ``heads``: each earlier layer's
+    hook_z and W_O, whose heads' writes z_h W_O[h] are sources too (g_t W_O[h]^T . z_h)."""
     col = scores[..., 0]  # [b, H, T]
     grads = []
     for h in range(col.shape[1]):
@@ -831,6 +864,10 @@ def _add_sources(acc: _Accumulator, layer: int, scores: Tensor, leaf: Tensor, pa
     split = torch.stack([torch.einsum("bhtd,btd->bht", g, x.double()) for x in parts])  # [C_l, b, H, T]
     q = slice(1, None)
     acc.add_turn_sources(layer, lam[..., q], split[..., q], (u - split.sum(0))[..., q], ok[..., q])
+    if heads is not None and layer > 0:
+        per = torch.stack([torch.einsum("bhtkj,btkj->bhtk", torch.einsum("bhtd,kjd->bhtkj", g, w.double().to(g.device)),
+                                        z.double()) for z, w in zip(*heads, strict=True)])  # [layer, b, H, T, H']
+        acc.add_head_sources(layer, lam[..., q], per[..., q, :], ok[..., q])
 
 
 def _add_logit_sides(acc: _Accumulator, layer: int, scores: Tensor, rest: Tensor, a: Tensor,
@@ -961,6 +998,14 @@ def _turn_sources(acc: _Accumulator, g: dict[str, Tensor], var_u: Tensor | None,
         out["rest_share" + suffix] = torch.where(keep, (rest_in if within else rest_all) / var.clamp_min(1e-300),
                                                  nan).tolist()
     out["std_within"] = torch.where((n >= 2)[..., None] & upstream, src_var.clamp_min(0.0).sqrt(), nan).tolist()
+    if acc.src_heads is not None:  # each earlier head's write as a source, within positions: [L, H, L', H']
+        hs = acc.src_heads
+        cov = (hs["lam_u"] - lam_pos[:, :, None, None] * hs["u"] / n_pos[:, :, None, None].clamp_min(1.0)).sum(-1) / c[
+            ..., None, None]
+        earlier = torch.arange(n_layers)[None, None, :, None] < torch.arange(n_layers)[:, None, None, None]
+        keep = ((n >= 2) & (var_lam[True] > 1e-20))[..., None, None] & earlier
+        out["head_share_within"] = torch.where(keep, cov / var_lam[True].clamp_min(1e-300)[..., None, None],
+                                               nan).tolist()
     return out, None
 
 
@@ -1392,7 +1437,7 @@ GATE_EDITS = ("open", "fixed", "token", "donor")
 
 def gate_study(model: Any, tokens: Any, *, sink: str = "auto", closed: float = 0.1, eps: float = 0.3,
                interventions: bool = True, per_head: bool | Sequence[str] = False, batch_size: int = 8,
-               token_heads: int = 6, progress: bool = False, turn_sources: bool = False) -> dict[str, Any]:
+               token_heads: int = 6, progress: bool = False, turn_sources: bool | str = False) -> dict[str, Any]:
     """The whole study (module docstring): ``gate_stats`` and, with ``interventions``, the loss and Sink
     changes of opening every gate (``open``), of fixing it to its mean by position (``fixed``) and of
     giving each text another text's gate (``donor``); ``per_head``: also each head alone (True: for every
@@ -1533,8 +1578,10 @@ def pooled_turn_sources(res: dict[str, Any], heads: Any = None, top: int = 5) ->
     sink weight >= DRIVER_FLOOR and a measured split), each head weighing in with its log-odds variance as in
     ``pooled_logit_split``'s ``turn_pooled``: per source its share of the summed variance (``shares``, 0 for
     a head downstream of nothing), by kind (``embed``, ``attn``, ``mlp``), what no source carries (``rest``),
-    their sum (``turn``, = ``turn_pooled``), and the ``top`` sources by size (``largest``: [name, share]).
-    None without them or heads."""
+    their sum (``turn``, = ``turn_pooled``), and the ``top`` sources by size (``largest``: [name, share]);
+    with per-head sources (``turn_sources="heads"``) also each earlier head's share (``head_shares``
+    [L'][H']) and the ``top`` heads by size (``largest_heads``: ["L{l}H{h}", share]). None without them or
+    heads."""
     d = res.get("logit_split") or {}
     ts = d.get("turn_sources")
     if not ts:
@@ -1555,8 +1602,15 @@ def pooled_turn_sources(res: dict[str, Any], heads: Any = None, top: int = 5) ->
              for k in ("embed", "attn", "mlp")}
     r = float(sum(rest[l, h] * var[l, h] for l, h in heads) / total)
     order = sorted(range(len(names)), key=lambda i: -abs(shares[i]))[:top]
-    return {"heads": len(heads), "names": names, "shares": shares.tolist(), **kinds, "rest": r,
-            "turn": float(shares.sum()) + r, "largest": [[names[i], float(shares[i])] for i in order]}
+    out = {"heads": len(heads), "names": names, "shares": shares.tolist(), **kinds, "rest": r,
+           "turn": float(shares.sum()) + r, "largest": [[names[i], float(shares[i])] for i in order]}
+    if "head_share_within" in ts:
+        per = np.asarray(ts["head_share_within"], dtype=np.float64)  # [L, H, L', H']
+        pooled = sum(np.nan_to_num(per[l, h]) * var[l, h] for l, h in heads) / total
+        best = sorted(np.ndindex(*pooled.shape), key=lambda lh: -abs(pooled[lh]))[:top]
+        out["head_shares"] = pooled.tolist()
+        out["largest_heads"] = [[f"L{l}H{h}", float(pooled[l, h])] for l, h in best]
+    return out
 
 
 def pooled_targets(res: dict[str, Any], heads: Any = None) -> dict[str, Any] | None:
@@ -1681,6 +1735,9 @@ def summary(res: dict[str, Any], heads: int = 6) -> str:
             lines.append(f"  the turn by what writes the query's input (of the summed variance): the embedding "
                          f"{src['embed']:+.0%}, attention {src['attn']:+.0%}, MLPs {src['mlp']:+.0%}; largest: "
                          + ", ".join(f"{name} {x:+.0%}" for name, x in src["largest"]))
+            if "largest_heads" in src:
+                lines.append("  the attention heads whose writes move it most: "
+                             + ", ".join(f"{name} {x:+.1%}" for name, x in src["largest_heads"]))
         elif (res["logit_split"] or {}).get("turn_sources_note"):
             lines.append(f"  the turn by source: not measured ({res['logit_split']['turn_sources_note']})")
     elif res.get("logit_split_note"):

@@ -277,19 +277,21 @@ def test_the_sinks_side_splits_into_the_querys_turn_and_token_1s_key(variant):
     np.testing.assert_allclose(fixed["turn_side_within"], fixed["sink_side_within"], rtol=exact, atol=exact)
 
 
-def _direct_sources(model, tokens):
+def _direct_sources(model, tokens, heads: bool = False):
     """Per head and source, the within-position share of the log-odds' variance that the source's part of
     the query's turn carries, each part from forward passes alone (no autograd): block l's residual input
     replaced by one source (the embedding, an earlier block's attention or MLP output) with ln1's scale held
     at its own value and token 1's key at its mean over the texts, column 1 of block l's scores read,
     minus the same with a zero input (what no source carries). Returns the shares [L, H, C] (NaN after
-    block l) and the rest's [L, H]."""
+    block l) and the rest's [L, H]; with ``heads`` also each earlier head's write z_h W_O[h] as a source,
+    [L, H, L, H] (NaN unless l' < l)."""
     rows: dict = {}
     _direct_logits(model, tokens, "first", rows)
     dims = tl_adapter.model_dims(model)
     L, H = dims["n_layers"], dims["n_heads"]
     want = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.{x}" for l in range(L)
-                                          for x in ("hook_attn_out", "hook_mlp_out", "ln1.hook_scale", "attn.hook_k")]
+                                          for x in ("hook_attn_out", "hook_mlp_out", "ln1.hook_scale", "attn.hook_k",
+                                                    "attn.hook_z")]
     acts = patching.capture(model, tokens, want)
     sources = [acts["blocks.0.hook_resid_pre"]] + [acts[f"blocks.{l}.hook_{k}_out"] for l in range(L)
                                                    for k in ("attn", "mlp")]
@@ -322,6 +324,7 @@ def _direct_sources(model, tokens):
             dl, du = lam - np.nanmean(lam, 0), u - np.nanmean(np.where(np.isnan(lam), np.nan, u), 0)
         return np.nansum(dl * du) / np.nansum(dl * dl)
 
+    by_head = np.full((L, H, L, H), np.nan)
     for l in range(L):
         zero = score(l, torch.zeros_like(sources[0]))
         parts = [score(l, sources[c]) - zero for c in range(2 * l + 1)]
@@ -330,7 +333,13 @@ def _direct_sources(model, tokens):
             rest[l, h] = share(lam, zero[:, h])
             for c in range(2 * l + 1):
                 shares[l, h, c] = share(lam, parts[c][:, h])
-    return shares, rest
+        for lp, hp in np.ndindex(l if heads else 0, H):
+            w_o = tl_adapter.attn_out_weight(model, lp).detach()
+            write = acts[f"blocks.{lp}.attn.hook_z"][:, :, hp].to(w_o.dtype) @ w_o[hp]
+            part = score(l, write) - zero
+            for h in range(H):
+                by_head[l, h, lp, hp] = share(rows[(l, h)][0], part[:, h])
+    return (shares, rest, by_head) if heads else (shares, rest)
 
 
 @pytest.mark.filterwarnings("ignore:A forward hook edited hook_scale")  # the direct passes hold the bridge's scale
@@ -393,6 +402,55 @@ def test_the_querys_turn_splits_by_what_writes_the_querys_input(variant):
                                **({"rtol": 1e-4, "atol": 1e-6} if variant == "bridge" else {"rtol": 1e-9, "atol": 1e-12}))
 
 
+@pytest.mark.filterwarnings("ignore:A forward hook edited hook_scale")
+@pytest.mark.parametrize("variant", ["rotary", "gqa", "ht", "bridge"])
+def test_the_turn_splits_by_each_earlier_heads_write(variant):
+    """turn_sources="heads": each earlier head's write z_h W_O[h] as a source, against forward passes with that
+    write alone in the block's input; where the attention has no output bias the heads' shares add up to their
+    layer's."""
+    if variant == "ht":
+        model = tl_adapter.hooked_transformer_from_config(
+            n_layers=3, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+            positional_embedding_type="rotary", normalization_type="RMS", seed=0, dtype=torch.float64,
+            n_key_value_heads=2)
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.W_Q.mul_(8.0)
+                block.attn.b_O.normal_(0.0, 0.5)  # an output bias: the layer's share is more than its heads'
+    elif variant == "bridge":
+        model = tl_adapter.boot_bridge(tiny_llama(n_kv_heads=2), word_tokenizer(61), "llama")
+    else:
+        model = tiny_model(variant).eval()
+    tokens = _tokens()
+    res = gate_stats(model, tokens, sink="first", batch_size=2, turn_sources="heads")
+    ts = res["logit_split"]["turn_sources"]
+    _, _, by_head = _direct_sources(model, tokens, heads=True)
+    tol = {"rtol": 2e-3, "atol": 2e-4} if variant == "bridge" else {"rtol": 1e-6, "atol": 1e-9}
+    np.testing.assert_allclose(ts["head_share_within"], by_head, **tol)
+    per = np.asarray(ts["head_share_within"])
+    layer = np.asarray(ts["share_within"])[:, :, 1::2]  # attn 0, attn 1, ...
+    L = per.shape[0]
+    assert np.isnan(per[0]).all() and np.isfinite(per[L - 1, :, : L - 1]).all()
+    summed = np.nansum(per, -1)
+    later = np.arange(L)[None, None, :] < np.arange(L)[:, None, None]
+    gap = np.abs(np.where(np.broadcast_to(later, summed.shape), summed - np.nan_to_num(layer[..., :L]), 0.0)).max()
+    if variant == "ht":  # the output bias's part: what the heads leave of their layer's share
+        assert gap > 1e-4
+    else:
+        assert gap < (1e-4 if variant == "bridge" else 1e-9)
+    heads = [(1, 0), (1, 3), (L - 1, 2)]
+    pooled = pooled_turn_sources(res, heads=heads)
+    var = np.asarray(res["logit_split"]["logit_var_within"])
+    expect = sum(np.nan_to_num(per[l, h]) * var[l, h] for l, h in heads) / sum(var[l, h] for l, h in heads)
+    np.testing.assert_allclose(pooled["head_shares"], expect, rtol=1e-9)
+    top = np.unravel_index(np.argmax(np.abs(expect)), expect.shape)
+    assert pooled["largest_heads"][0] == [f"L{top[0]}H{top[1]}", pytest.approx(expect[top])]
+    assert "the attention heads whose writes move it most: L" in summary(res)
+    plain = gate_stats(model, tokens, sink="first", batch_size=2, turn_sources=True)["logit_split"]["turn_sources"]
+    assert "head_share_within" not in plain
+    np.testing.assert_allclose(plain["share_within"], ts["share_within"], rtol=1e-6, atol=1e-9)
+
+
 def test_the_turn_by_source_is_left_out_where_it_cannot_be_measured(monkeypatch):
     """Post-norm (the block's input is not a sum of sources), a bias slot as the sink (no turn), a model that
     ignores what ln1.hook_scale returns (the query is then not affine in its input: the rest moves with the
@@ -402,8 +460,10 @@ def test_the_turn_by_source_is_left_out_where_it_cannot_be_measured(monkeypatch)
     assert note["turn_sources"] is None and "not the sum of the embedding" in note["turn_sources_note"]
     note = gate_stats(tiny_model("gqa_kv").eval(), tokens, sink="slot", turn_sources=True)["logit_split"]
     assert note["turn_sources"] is None and "the sink is not token 1" in note["turn_sources_note"]
-    with pytest.raises(TypeError, match="turn_sources"):
+    with pytest.raises((ValueError, TypeError), match="turn_sources"):  # (the test run type-checks: TypeError)
         gate_stats(tiny_model("rotary").eval(), tokens, turn_sources=1)
+    with pytest.raises(ValueError, match="turn_sources must be True, False or 'heads', got 'yes'"):
+        gate_stats(tiny_model("rotary").eval(), tokens, turn_sources="yes")
     monkeypatch.setattr(gate_module, "TURN_SOURCE_LIMIT", 10)
     note = gate_stats(tiny_model("rotary").eval(), tokens, sink="first", turn_sources=True)["logit_split"]
     assert "past TURN_SOURCE_LIMIT" in note["turn_sources_note"]
@@ -1053,7 +1113,7 @@ def test_cli_writes_results_and_refuses_bad_options(tmp_path, capsys):
                      "--turn-sources", "--token-heads", "0", "--no-figures", "--out", str(src)]) == 0
     res = json.loads((src / "results.json").read_text())
     assert len(res["logit_split"]["turn_sources"]["names"]) == 2 * len(res["sink_mass"]) + 1
-    assert json.loads((src / "config.json").read_text())["turn_sources"] is True
+    assert json.loads((src / "config.json").read_text())["turn_sources"] == "layers"
     assert "the turn by what writes the query's input" in capsys.readouterr().out
     for argv, msg in ((["--closed", "3"], "--closed"), (["--per-head", "--no-interventions"], "--per-head"),
                       (["--per-head", "close"], "invalid choice: 'close'"),
