@@ -4,6 +4,7 @@ itself: regenerate.py skips names that start with an underscore)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -62,6 +63,30 @@ def run_cli(cli: Any, args: list[str], commands: list[str], gguf: str | None = N
         if code:
             raise SystemExit(code)
     return json.loads((out / "results.json").read_text())
+
+
+#: significant digits a snapshot keeps of each float (the pages print at most four)
+SNAPSHOT_DIGITS = 6
+
+
+def _rounded(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if not math.isfinite(x) or x == 0.0 else float(f"{x:.{SNAPSHOT_DIGITS}g}")
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    return x
+
+
+def write_snapshot(path: Path, obj: Any) -> Path:
+    """Write a page's snapshot (analyses/data/...) as compact JSON with its floats rounded to SNAPSHOT_DIGITS
+    significant digits, atomically: the snapshots are tracked, and every GPU call carries the tracked tree
+    under the device's 64 MiB transfer limit beside the corpus pack (tests/test_device_budget.py)."""
+    from sinkinterp.fileio import atomic_write
+
+    data = (json.dumps(_rounded(obj), separators=(",", ":"), allow_nan=True) + "\n").encode()
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def finish_page(doc: Path, lines: list[str], commands: Iterable[str]) -> int:

@@ -38,6 +38,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "sink-gate.md"
@@ -99,8 +100,9 @@ INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text") if spe
 # heads that matter there with those on English (the run took 28 minutes on a 2-core CPU, a test suite beside it a while)
 # and the fixed gate on the second English set: a replicate, for how much of the per-head order is noise
 PER_HEAD_ALSO = {"smollm2__debian_text": ("open", "fixed"), "smollm2__natural_s1": ("fixed",)}
-# the runs that also split the query's turn by what writes the query's input (``--turn-sources``): SmolLM2 on its
-# 120 English texts (measurement only, about 3 minutes on a 2-core CPU) and toy-softmax in its own domain (BOS first)
+# the runs that also split the query's turn by what writes the query's input (``--turn-sources heads``: the
+# embedding, each block's attention and MLP, each attention head): SmolLM2 on its 120 English texts (measurement
+# only) and toy-softmax in its own domain (BOS first)
 TURN_SOURCES = ("smollm2__natural_n120", "toy-softmax__debian")
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
 
@@ -166,9 +168,14 @@ def _snapshot(res: dict, config: dict) -> dict:
     out["pos_top"] = {f"L{l}H{h}": {"mass": res["mass_pos"][l][h], "gate": res["gate_pos"][l][h]} for l, h in top}
     ts = (out.get("logit_split") or {}).get("turn_sources")
     if ts:  # the page reads the shares within positions: the rest of the [L][H][C] arrays stays in the run's folder
-        out["logit_split"] = {**out["logit_split"], "turn_sources": {
-            k: (np.round(np.asarray(v, dtype=np.float64), 5).tolist() if k == "share_within" else v)
-            for k, v in ts.items() if k not in ("share", "std_within")}}
+        from sinkinterp.gate import pooled_turn_sources
+
+        kept = {k: v for k, v in ts.items() if k not in ("share", "std_within", "head_share_within")}
+        if "head_share_within" in ts:  # per earlier head: pooled, and for the sink heads the page shows
+            per = np.asarray(ts["head_share_within"], dtype=np.float64)
+            kept["head_share_pooled"] = (pooled_turn_sources(res) or {}).get("head_shares")
+            kept["head_share_top"] = {f"L{l}H{h}": per[l, h].tolist() for l, h in _sink_heads(res)[:6]}
+        out["logit_split"] = {**out["logit_split"], "turn_sources": kept}
     out["command"] = config["command"]
     out["versions"] = config.get("versions")
     out["git_commit"] = config.get("git_commit")
@@ -177,10 +184,9 @@ def _snapshot(res: dict, config: dict) -> dict:
 
 def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool | tuple, commands: list[str],
          gguf: str | None) -> dict:
-    from _common import run_cli
+    from _common import run_cli, write_snapshot
 
     from sinkinterp import cli
-    from sinkinterp.fileio import write_json
 
     out = OUT / key
     if inputs in ("debian", "debian_b"):
@@ -198,12 +204,12 @@ def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool | tuple, co
                   *(["--no-interventions"] if inputs in MEASURE_ONLY else [])]
     heads = ["--per-head", *([] if per_head is True else per_head)] if per_head else []
     args = ["gate", "--model", spec, *source, "--eps", str(EPS), *heads,
-            *(["--turn-sources"] if key in TURN_SOURCES else []), "--no-figures", "--out", str(out)]
+            *(["--turn-sources", "heads"] if key in TURN_SOURCES else []), "--no-figures", "--out", str(out)]
     res = run_cli(cli, args, commands, gguf)
     config = json.loads((out / "config.json").read_text())
     snap = _snapshot(res, config)
-    write_json(DATA / f"{key}.json", snap)
-    return snap
+    path = write_snapshot(DATA / f"{key}.json", snap)
+    return json.loads(path.read_text())  # as written (rounded): the page is the same run now or from the snapshot
 
 
 def _label(key: str) -> str:
@@ -961,21 +967,30 @@ def _source_rows(results: dict) -> list[str]:
         ts = d["turn_sources"]
         share = np.asarray(ts["share_within"], dtype=np.float64)
 
-        def largest(x: np.ndarray, k: int) -> str:
-            return ", ".join(f"{ts['names'][i]} {x[i]:+.0%}" for i in np.argsort(-np.abs(x))[:k])
+        def largest(x: np.ndarray, k: int, names: list[str] = ts["names"]) -> str:
+            return ", ".join(f"{names[i]} {x[i]:+.0%}" for i in np.argsort(-np.abs(x))[:k])
+
+        def by_head(x: Any, k: int) -> str:
+            if x is None:
+                return ""
+            x = np.nan_to_num(np.asarray(x, dtype=np.float64))
+            return "; heads: " + ", ".join(f"L{l}H{h} {x[l, h]:+.1%}" for l, h in
+                                           sorted(np.ndindex(*x.shape), key=lambda lh: -abs(x[lh]))[:k])
 
         rows.append(f"| {_label(key)} | {src['heads']} heads pooled | {src['turn']:.0%} | {src['embed']:+.0%} | "
                     f"{src['attn']:+.0%} | {src['mlp']:+.0%} | {src['rest']:+.1%} | "
-                    + ", ".join(f"{n} {x:+.1%}" for n, x in src["largest"]) + " |")
+                    + ", ".join(f"{n} {x:+.1%}" for n, x in src["largest"]) + by_head(ts.get("head_share_pooled"), 5)
+                    + " |")
         for l, h in _sink_heads(res)[:6]:
             x = np.nan_to_num(share[l, h])
             rows.append(f"| | L{l}H{h} (a {_sink_share(res)[l, h]:.2f}) | {d['turn_side_within'][l][h]:.0%} | "
                         f"{x[0]:+.0%} | {x[1::2].sum():+.0%} | {x[2::2].sum():+.0%} | "
-                        f"{ts['rest_share_within'][l][h]:+.1%} | {largest(x, 3)} |")
+                        f"{ts['rest_share_within'][l][h]:+.1%} | {largest(x, 3)}"
+                        f"{by_head((ts.get('head_share_top') or {}).get(f'L{l}H{h}'), 3)} |")
     if not rows:
         return []
-    return ["| model | heads | the query's turn: share of the log-odds' variance | the embedding | attention | MLPs | "
-            "rest (biases) | largest sources |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |", *rows]
+    return [("| model | heads | the query's turn: share of the log-odds' variance | the embedding | attention | MLPs | "
+             "rest (biases) | largest sources |"), "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |", *rows]
 
 
 def _source_summary(results: dict) -> str:
@@ -1010,6 +1025,16 @@ def _source_summary(results: dict) -> str:
                      f"attention {np.median(attn):+.0%} in the median head")
             text += (f": in {opposed} of them the attention layers' writes turn the query the other way from the "
                      "MLPs', so the turn is what is left of the two." if opposed > len(heads) / 2 else ".")
+        pooled_heads = res["logit_split"]["turn_sources"].get("head_share_pooled")
+        if pooled_heads is not None:
+            x = np.nan_to_num(np.asarray(pooled_heads, dtype=np.float64))
+            top = sorted(np.ndindex(*x.shape), key=lambda lh: -abs(x[lh]))[:5]
+            sinks = set(_sink_heads(res))
+            text += (" By head, the attention writes that move the turn most: "
+                     + ", ".join(f"L{l}H{h} {x[l, h]:+.1%}" + (" (a sink head)" if (l, h) in sinks else "")
+                                 for l, h in top)
+                     + f"; together the {x.size} heads {float(x.sum()):+.0%} against the attention layers' "
+                       f"{src['attn']:+.0%} (the rest their output biases').")
         out.append(text)
     return ("**What in the query makes the turn** (the runs with `--turn-sources`):" + "".join(out)) if out else ""
 

@@ -7,11 +7,17 @@
 # pygments, beartype: the suite's run-time type checks) for running tests/test_triton_attention.py on the GPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-mkdir -p .git/info .whl
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
-python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
-  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 -d .whl \
-  transformer-lens==3.9.0 better-abc==0.0.3 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
-  pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0 beartype==0.23.1
-ls -la .whl
+# Two folders: .whl (what sinkinterp needs to run there, 2.4 MB) and .whl-test (pytest and the rest, 3.3 MB):
+# a call that runs no tests carries .whl alone, which keeps the tracked tree, the wheels and the corpus pack
+# under the device's 64 MiB transfer limit (tests/test_device_budget.py).
+mkdir -p .git/info .whl .whl-test
+for d in /.whl/ /.whl-test/; do grep -qx "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
+download() {
+  python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$@"
+}
+download .whl transformer-lens==3.9.0 better-abc==0.0.3 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+download .whl-test pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0 beartype==0.23.1
+rm -f .whl/pytest-* .whl/pluggy-* .whl/iniconfig-* .whl/pygments-* .whl/beartype-*  # from before the split
+ls -la .whl .whl-test

@@ -5,7 +5,7 @@
 #
 # Here, first: scripts/device/fetch_wheels.sh. Then the device tool's run with
 #   command:   bash scripts/device/first_call.sh
-#   carry:     [".whl"]
+#   carry:     [".whl", ".whl-test"]
 #   timeout_s: 590
 # It checks and times, in this order: the fused Triton sigmoid / elu+1 kernel against its float64
 # reference, that kernel against FlashAttention-backed SDPA (both also in second_call.sh, which ran

@@ -3,7 +3,8 @@
 # first"), one command of under 10 minutes, each step under its own time limit:
 #
 #   command:   bash scripts/device/second_call.sh
-#   carry:     [".whl", "data/debian/debian-shards.tar.xz"]
+#   carry:     [".whl", ".whl-test", "data/debian/debian-shards.tar.xz"] (the pack only where BUDGET_S > 0
+#              trains; with it and the tests' wheels the tree must stay under 64 MiB: tests/test_device_budget.py)
 #   timeout_s: 590
 #
 # 1. bench_attention.py (each row checks its output against a float32 reference before it is timed):

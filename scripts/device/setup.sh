@@ -1,10 +1,12 @@
 # Source THERE, on the GPU machine, at the start of every `run` command (the machine starts bare):
 #   source scripts/device/setup.sh [PACK.tar.xz]
-# carry: [".whl", "data/debian/debian-shards.tar.xz"]. Installs the carried wheels into /tmp/site,
+# carry: [".whl", "data/debian/debian-shards.tar.xz"], and ".whl-test" for a call that runs the tests (pytest and
+# what it needs; scripts/device/fetch_wheels.sh makes both folders here). Installs the carried wheels into /tmp/site,
 # puts them and the repository on PYTHONPATH, and restores the token shards from the pack (checksums
 # verified) into data/debian/shards unless they are already there.
 set -e
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  $(ls .whl-test/*.whl 2>/dev/null)
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 python3 -c "import transformer_lens, sinkinterp.models; print('device setup: transformer-lens', transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else '?')"
 pack="${1:-data/debian/debian-shards.tar.xz}"

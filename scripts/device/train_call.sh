@@ -3,7 +3,7 @@
 # GPU sessions", step 2) and brings back their curves and bf16 models:
 #
 #   command:   bash scripts/device/train_call.sh configs/baseline_small_wd05.json [CONFIG ...]
-#   carry:     [".whl", "data/debian/debian-shards.tar.xz"]
+#   carry:     [".whl", "data/debian/debian-shards.tar.xz"] (and ".whl-test" unless TESTS=0)
 #   timeout_s: 590
 #
 # Here, first: scripts/device/fetch_wheels.sh and the corpus pack (docs/data.md). Steps, each under its
