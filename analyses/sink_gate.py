@@ -1025,16 +1025,18 @@ def _source_summary(results: dict) -> str:
                      f"attention {np.median(attn):+.0%} in the median head")
             text += (f": in {opposed} of them the attention layers' writes turn the query the other way from the "
                      "MLPs', so the turn is what is left of the two." if opposed > len(heads) / 2 else ".")
-        pooled_heads = res["logit_split"]["turn_sources"].get("head_share_pooled")
-        if pooled_heads is not None:
-            x = np.nan_to_num(np.asarray(pooled_heads, dtype=np.float64))
-            top = sorted(np.ndindex(*x.shape), key=lambda lh: -abs(x[lh]))[:5]
+        x = np.nan_to_num(np.asarray(res["logit_split"]["turn_sources"].get("head_share_pooled") or [[0.0]],
+                                     dtype=np.float64))
+        top = [lh for lh in sorted(np.ndindex(*x.shape), key=lambda lh: -abs(x[lh])) if x[lh] != 0.0][:5]
+        if top:  # per head (``--turn-sources heads``)
             sinks = set(_sink_heads(res))
             text += (" By head, the attention writes that move the turn most: "
                      + ", ".join(f"L{l}H{h} {x[l, h]:+.1%}" + (" (a sink head)" if (l, h) in sinks else "")
                                  for l, h in top)
-                     + f"; together the {x.size} heads {float(x.sum()):+.0%} against the attention layers' "
-                       f"{src['attn']:+.0%} (the rest their output biases').")
+                     + f"; together the {x.size} heads {float(x.sum()):+.1%} against the attention layers' "
+                       f"{src['attn']:+.1%}"
+                     + (" (the rest their output biases')" if abs(float(x.sum()) - src["attn"]) >= 0.005 else "")
+                     + (": no one head carries much of it" if abs(x[top[0]]) < 0.01 else "") + ".")
         out.append(text)
     return ("**What in the query makes the turn** (the runs with `--turn-sources`):" + "".join(out)) if out else ""
 

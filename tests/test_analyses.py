@@ -1113,6 +1113,21 @@ def test_sink_gate_reads_the_turn_by_source():
     together = case(0.10, 0.30)
     assert "pull the other way" not in together and "attention +10% in the median head." in together
     assert mod._source_summary({"smollm2__natural": {"logit_split": {}}}) == ""  # no turn by source in the run
+    # by head: the attention heads whose writes move the turn most, which of them are sink heads themselves
+    res = {"sink_share": [[0.05, 0.05, 0.05], [0.6, 0.5, 0.4]],
+           "logit_split": {"logit_var_within": [[1.0] * 3, [1.0] * 3],
+                           "turn_sources": {"names": ["embed", "attn 0", "mlp 0", "attn 1", "mlp 1"],
+                                            "share_within": [[[0.0] + [float("nan")] * 4] * 3,
+                                                             [[0.0, -0.1, 0.3, float("nan"), float("nan")]] * 3],
+                                            "rest_share_within": [[0.0] * 3, [0.0] * 3],
+                                            "head_share_pooled": [[-0.06, -0.03, -0.01], [0.0, 0.0, 0.0]]}}}
+    text = mod._source_summary({"smollm2__natural_n120": res})
+    assert "By head, the attention writes that move the turn most: L0H0 -6.0%, L0H1 -3.0%, L0H2 -1.0%" in text
+    assert "together the 6 heads -10.0% against the attention layers' -10.0%." in text and "(a sink head)" not in text
+    res["logit_split"]["turn_sources"]["head_share_pooled"] = [[0.0, 0.0, 0.0], [-0.004, 0.0, 0.0]]
+    text = mod._source_summary({"smollm2__natural_n120": res})
+    assert "L1H0 -0.4% (a sink head)" in text and "(the rest their output biases')" in text
+    assert "no one head carries much of it" in text
 
 
 def test_gate_targets_controls_and_gate_by_attention_kind():
