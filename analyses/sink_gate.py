@@ -90,9 +90,9 @@ SEED_OF = {"toy-softmax-s1": "toy-softmax", "toy-kv-bias-s1": "toy-kv-bias", "to
 # English sample; the softmax models with a sink also on a second set of inputs (a replicate of the first)
 REPLICATE = {"debian": "debian_b", "natural": "natural_s1"}
 # measurement only (no loss runs), with more sequences (the sample holds 122 windows of 64 SmolLM2 tokens): are the
-# drivers' shares stable with 3.75x the queries?
-MEASURE_ONLY = {"natural_n120": 120}
-INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text") if spec is None else
+# drivers' shares stable with 3.75x the queries? And SmolLM2 on its second domain, for the turn by source there
+MEASURE_ONLY = {"natural_n120": 120, "debian_text_m": 64}
+INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text", "debian_text_m") if spec is None else
                  ("debian",) if name in SEED_OF else
                  ("debian", "debian_b", "natural") if name in ("toy-softmax", "toy-kv-bias", "baseline_small") else
                  ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
@@ -102,8 +102,9 @@ INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text") if spe
 PER_HEAD_ALSO = {"smollm2__debian_text": ("open", "fixed"), "smollm2__natural_s1": ("fixed",)}
 # the runs that also split the query's turn by what writes the query's input (``--turn-sources heads``: the
 # embedding, each block's attention and MLP, each attention head): SmolLM2 on its 120 English texts (measurement
-# only) and toy-softmax in its own domain (BOS first)
-TURN_SOURCES = ("smollm2__natural_n120", "toy-softmax__debian")
+# only), SmolLM2 on the Debian text (its second domain, measurement only) and toy-softmax in its own domain
+# (BOS first)
+TURN_SOURCES = ("smollm2__natural_n120", "smollm2__debian_text_m", "toy-softmax__debian")
 KEEP_POS = 4  # per-position gate curves kept in the snapshot for this many heads with the most sink weight
 
 
@@ -193,11 +194,12 @@ def _run(key: str, spec: str, inputs: str, bos: bool, per_head: bool | tuple, co
         path = {("debian", False): TOKENS, ("debian", True): TOKENS_BOS,
                 ("debian_b", False): TOKENS_B, ("debian_b", True): TOKENS_B_BOS}[(inputs, bos)]
         source = ["--tokens", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)]
-    elif inputs == "debian_text":  # a model with its own tokenizer (SmolLM2) on the held-out Debian windows as text
+    elif inputs.startswith("debian_text"):  # a model with its own tokenizer (SmolLM2) on the held-out Debian text
         _debian_text()
         source = ["--inputs", "natural", "--text", str(DEBIAN_TEXT.relative_to(ROOT) if DEBIAN_TEXT.is_relative_to(ROOT)
                                                       else DEBIAN_TEXT),
-                  "--seq-len", str(SEQ_LEN), "--num-seqs", str(NUM_SEQS), "--seed", str(SEED)]
+                  "--seq-len", str(SEQ_LEN), "--num-seqs", str(MEASURE_ONLY.get(inputs, NUM_SEQS)), "--seed", str(SEED),
+                  *(["--no-interventions"] if inputs in MEASURE_ONLY else [])]
     else:
         source = ["--inputs", "natural", "--seq-len", str(SEQ_LEN), "--num-seqs", str(MEASURE_ONLY.get(inputs, NUM_SEQS)),
                   "--seed", str(SEED + (inputs == "natural_s1")), *(["--prepend-bos"] if bos else []),
@@ -218,7 +220,8 @@ def _label(key: str) -> str:
     return f"{name}, " + {"debian": "Debian held-out", "debian_b": "Debian held-out, second set",
                           "natural": "English sample", "natural_s1": "English sample, seed 1",
                           "natural_n120": "English sample, 120 sequences, measured only",
-                          "debian_text": "Debian held-out text"}.get(inputs, inputs)
+                          "debian_text": "Debian held-out text",
+                          "debian_text_m": "Debian held-out text, 64 sequences, measured only"}.get(inputs, inputs)
 
 
 def _bos_first(key: str) -> bool:
@@ -1004,7 +1007,8 @@ def _source_summary(results: dict) -> str:
         src = gate.pooled_turn_sources(res)
         if src is None or not abs(src["turn"]) > 0.01:
             continue
-        name = _label(key).split(", ")[0]
+        name, _, inputs = _label(key).partition(", ")
+        name = f"{name} ({inputs})"
         kinds = {"the embedding": src["embed"], "the attention layers": src["attn"], "the MLPs": src["mlp"]}
         lead = max(kinds, key=lambda k: kinds[k] * (1 if src["turn"] > 0 else -1))
         against = [k for k, v in kinds.items() if v * src["turn"] < 0 and abs(v) >= 0.1 * abs(src["turn"])]

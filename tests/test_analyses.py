@@ -1002,8 +1002,26 @@ def test_sink_gate_debian_text_is_the_held_out_windows_decoded(tmp_path, monkeyp
     (tmp_path / "text.txt").write_text("kept")
     mod._debian_text()  # made once: an existing file is left alone
     assert (tmp_path / "text.txt").read_text() == "kept"
-    assert mod.INPUTS["smollm2"][-1] == "debian_text"
+    assert mod.INPUTS["smollm2"][-2:] == ("debian_text", "debian_text_m")
     assert mod._label("smollm2__debian_text") == "smollm2, Debian held-out text"
+    # the measurement-only run on the same text: more sequences, no loss runs, the turn by head
+    commands: list[str] = []
+    monkeypatch.setattr(mod, "OUT", tmp_path / "out")
+    monkeypatch.setattr(mod, "DATA", tmp_path / "data")
+    seen = {}
+
+    def fake_run_cli(cli, args, commands, gguf):
+        seen["args"] = args
+        raise SystemExit(0)
+
+    import _common
+
+    monkeypatch.setattr(_common, "run_cli", fake_run_cli)
+    with pytest.raises(SystemExit):
+        mod._run("smollm2__debian_text_m", "model.gguf", "debian_text_m", False, False, commands, None)
+    args = " ".join(seen["args"])
+    assert f"--text {tmp_path / 'text.txt'}" in args and "--num-seqs 64" in args and "--no-interventions" in args
+    assert "--turn-sources heads" in args
 
 
 def test_sink_gate_page_reads_sigmoid_weights_against_softmax(tmp_path, monkeypatch):
@@ -1107,7 +1125,8 @@ def test_sink_gate_reads_the_turn_by_source():
         return mod._source_summary({"smollm2__natural_n120": res})
 
     against = case(-0.10, 0.30)
-    assert "In smollm2 the query's turn (20% of the summed variance) comes mostly from the MLPs (+30%), while the " \
+    assert "In smollm2 (English sample, 120 sequences, measured only) the query's turn (20% of the summed variance) " \
+           "comes mostly from the MLPs (+30%), while the " \
            "attention layers (-10%) pull the other way" in against
     assert "In its 3 sink heads (a > 0.3) the MLPs carry +30% and attention -10% in the median head: in 3 of them" in against
     together = case(0.10, 0.30)
