@@ -826,7 +826,8 @@ def run_hooked(model: Any, tokens: Tensor, hooks: list[tuple[str, Any]], acc: An
     and ``acc.end_batch()`` runs when the accumulator has one. Every attached hook must
     fire (``tl_adapter.attached_hooks``) except a layer's bias-slot hooks. ``pattern_cols``: the number of key columns a
     sinkinterp model's read-only hook_pattern_cols carries for the run (restored after). The model's
-    training mode and every hook are restored, also on error. ``progress``: a progress-bar label."""
+    training mode and every hook are restored, also on error. ``progress``: a progress-bar label. The logits
+    are not read, so the model unembeds the last position only (``tl_adapter.unembed_positions``)."""
     for name, _ in hooks:
         if name not in names:
             raise ValueError(f"model has no hook {name} (needed for this measurement; see docs/hook-contract.md)")
@@ -846,7 +847,10 @@ def run_hooked(model: Any, tokens: Tensor, hooks: list[tuple[str, Any]], acc: An
         optional = [n for n, _ in hooks if n.endswith((".hook_bias_pattern", ".hook_bias_col"))]
         with torch.no_grad(), tl_adapter.attached_hooks(model, hooks, optional=optional):
             for batch in batches:
-                model(batch.to(device))
+                # the logits are not read: unembed the last position only (the unembedding is a large share of a
+                # forward pass where the vocabulary is large; the hooked blocks still run whole)
+                with tl_adapter.unembed_positions(model, [batch.shape[1] - 1]):
+                    model(batch.to(device))
                 acc.num_seqs += batch.shape[0]
                 if hasattr(acc, "end_batch"):
                     acc.end_batch()

@@ -559,3 +559,33 @@ def test_key_spread_over_texts_equals_a_direct_computation(batch_size):
     assert np.abs(spread["first_spread"]).max() < 1e-6 and (spread["rest_spread"] > 0.05).all()
     single = measure(model, tokens, eps=0.3, batch_size=1).norms["key"]  # no pair of texts in any batch
     assert np.isnan(single["first_spread"]).all()
+
+
+@pytest.mark.parametrize("kind", ["sinkinterp", "ht", "bridge"])
+def test_measure_unembeds_only_the_last_position(kind):
+    """measure reads no logits: the unembedding sees one position per sequence (it is a large share of a
+    forward pass where the vocabulary is large), and the report is the one a full forward pass gives."""
+    from sinkinterp.models.testing import tiny_model
+
+    if kind == "ht":
+        model = tl_adapter.hooked_transformer_from_config(
+            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+            positional_embedding_type="rotary", normalization_type="RMS", seed=0)
+    elif kind == "bridge":
+        model = tl_adapter.boot_bridge(tiny_llama(), word_tokenizer(61), "tiny")
+    else:
+        model = tiny_model("rotary").eval()
+    tokens = torch.randint(0, 50, (5, 12), generator=torch.Generator().manual_seed(0))
+    seen = []
+    handle = tl_adapter.unembed_module(model).register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))
+    try:
+        report = measure(model, tokens, batch_size=2, norms=True)
+    finally:
+        handle.remove()
+    assert seen[-3:] == [1, 1, 1]  # the three batches
+    assert seen[:-3] in ([], [12])  # a bridge's probe of which hooks fire: one sequence, before them
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    layers = len(report.alpha)
+    full = np.stack([alpha_from_pattern(cache[f"blocks.{l}.attn.hook_pattern"]).mean(0).detach().numpy()
+                     for l in range(layers)])
+    np.testing.assert_allclose(report.alpha, full[..., 0], rtol=1e-5, atol=1e-6)  # alpha_1 per layer and head
