@@ -693,7 +693,9 @@ def _stats(model: Any, tokens: Any, *, sink: str, closed: float, batch_size: int
             if targets:
                 cat[0] = _target_map(batch, sink == "first")
                 acc.add_target_keys(cat[0])
-            with tl_adapter.attached_hooks(model, hooks):
+            # the logits are read only to check the turn's second pass: otherwise the last position alone is unembedded
+            cut = None if turn["k_mean"] is not None else [batch.shape[1] - 1]
+            with tl_adapter.attached_hooks(model, hooks), tl_adapter.unembed_positions(model, cut):
                 out = model(batch)
             if turn["k_mean"] is not None:
                 note = _turn_batch(model, batch, turn, _digest(out), acc, L)
@@ -736,7 +738,8 @@ def _first_key_mean(model: Any, tokens: Tensor, L: int, batch_size: int, device:
 
     with tl_adapter.attached_hooks(model, [(f"blocks.{l}.attn.hook_k", on_k(l)) for l in range(L)]):
         for s in range(0, tokens.shape[0], batch_size):
-            model(tokens[s:s + batch_size].to(device))
+            with tl_adapter.unembed_positions(model, [tokens.shape[1] - 1]):  # no logits read
+                model(tokens[s:s + batch_size].to(device))
     return {l: x / tokens.shape[0] for l, x in sums.items()}
 
 

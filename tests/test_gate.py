@@ -1148,3 +1148,29 @@ def test_figure_refuses_what_is_not_a_study():
     fig = figures.targets_figure({"tiny": res, "sigmoid": sigmoid})  # no copy curves: the third panel says so
     assert len(fig.axes) == 3 and not fig.axes[2].axison
     assert len(fig.axes[0].patches) == 2 * len(TARGETS)  # one bar per model and category
+
+
+def test_passes_that_read_no_logits_unembed_one_position():
+    """The gate study reads the logits only to check the turn's second pass against the first: the key-mean
+    pass, and every pass where there is no turn to measure (a bias slot as the sink, the drivers' halves),
+    unembed the last position alone."""
+    seen: list[int] = []
+
+    def count(model):
+        return tl_adapter.unembed_module(model).register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))
+
+    model = tiny_model("gqa_kv").eval()
+    handle = count(model)
+    try:
+        gate_stats(model, _tokens(), sink="slot", batch_size=2)
+    finally:
+        handle.remove()
+    assert seen == [1, 1, 1]  # three batches, no turn
+    seen.clear()
+    model = tiny_model("rotary").eval()
+    handle = count(model)
+    try:
+        gate_stats(model, _tokens(), sink="first", batch_size=2)
+    finally:
+        handle.remove()
+    assert seen == [1, 1, 1] + [T, T] * 3  # the key means, then each batch's two passes whose logits are compared
