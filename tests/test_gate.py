@@ -228,6 +228,25 @@ def _direct_turn(model, tokens):
     return turn, ident
 
 
+def _turn_model(variant: str, n_layers: int = 2, output_bias: bool = False):
+    """A model for the turn tests: a HookedTransformer with grouped keys and queries scaled up (so heads sink),
+    a Hugging Face LLaMA bridge, or a sinkinterp test model of ``variant``."""
+    if variant == "ht":
+        model = tl_adapter.hooked_transformer_from_config(
+            n_layers=n_layers, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+            positional_embedding_type="rotary", normalization_type="RMS", seed=0, dtype=torch.float64,
+            n_key_value_heads=2)
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.W_Q.mul_(8.0)
+                if output_bias:
+                    block.attn.b_O.normal_(0.0, 0.5)
+        return model
+    if variant == "bridge":
+        return tl_adapter.boot_bridge(tiny_llama(n_kv_heads=2), word_tokenizer(61), "llama")
+    return tiny_model(variant).eval()
+
+
 @pytest.mark.parametrize("variant", ["rotary", "alibi", "window", "kv", "gqa", "ht", "bridge"])
 def test_the_sinks_side_splits_into_the_querys_turn_and_token_1s_key(variant):
     """The second pass scores every query against token 1's mean key: its share of the log-odds' variance
@@ -235,18 +254,7 @@ def test_the_sinks_side_splits_into_the_querys_turn_and_token_1s_key(variant):
     k*/v* beside token 1, grouped keys), a HookedTransformer and a Hugging Face LLaMA bridge; the two parts
     add up to the sink's side; the rest of the second pass is the first one's (the study's other numbers
     are unchanged); a BOS first (the same key in every text) leaves token 1's key nothing."""
-    if variant == "ht":
-        model = tl_adapter.hooked_transformer_from_config(
-            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
-            positional_embedding_type="rotary", normalization_type="RMS", seed=0, dtype=torch.float64,
-            n_key_value_heads=2)
-        with torch.no_grad():
-            for block in model.blocks:
-                block.attn.W_Q.mul_(8.0)
-    elif variant == "bridge":
-        model = tl_adapter.boot_bridge(tiny_llama(n_kv_heads=2), word_tokenizer(61), "llama")
-    else:
-        model = tiny_model(variant).eval()
+    model = _turn_model(variant)
     tokens = _tokens()
     res = gate_stats(model, tokens, sink="first", batch_size=2)
     split = res["logit_split"]
@@ -351,18 +359,7 @@ def test_the_querys_turn_splits_by_what_writes_the_querys_input(variant):
     positions, LayerNorm, grouped keys, k*/v* beside token 1), a HookedTransformer and a LLaMA bridge; the
     shares and the rest add up to turn_side; within positions the rest is 0; the study's other numbers
     are the same as without it."""
-    if variant == "ht":
-        model = tl_adapter.hooked_transformer_from_config(
-            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
-            positional_embedding_type="rotary", normalization_type="RMS", seed=0, dtype=torch.float64,
-            n_key_value_heads=2)
-        with torch.no_grad():
-            for block in model.blocks:
-                block.attn.W_Q.mul_(8.0)
-    elif variant == "bridge":
-        model = tl_adapter.boot_bridge(tiny_llama(n_kv_heads=2), word_tokenizer(61), "llama")
-    else:
-        model = tiny_model(variant).eval()
+    model = _turn_model(variant)
     tokens = _tokens()
     res = gate_stats(model, tokens, sink="first", batch_size=2, turn_sources=True)
     split = res["logit_split"]
@@ -408,19 +405,8 @@ def test_the_turn_splits_by_each_earlier_heads_write(variant):
     """turn_sources="heads": each earlier head's write z_h W_O[h] as a source, against forward passes with that
     write alone in the block's input; where the attention has no output bias the heads' shares add up to their
     layer's."""
-    if variant == "ht":
-        model = tl_adapter.hooked_transformer_from_config(
-            n_layers=3, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
-            positional_embedding_type="rotary", normalization_type="RMS", seed=0, dtype=torch.float64,
-            n_key_value_heads=2)
-        with torch.no_grad():
-            for block in model.blocks:
-                block.attn.W_Q.mul_(8.0)
-                block.attn.b_O.normal_(0.0, 0.5)  # an output bias: the layer's share is more than its heads'
-    elif variant == "bridge":
-        model = tl_adapter.boot_bridge(tiny_llama(n_kv_heads=2), word_tokenizer(61), "llama")
-    else:
-        model = tiny_model(variant).eval()
+    # (the HookedTransformer with 3 layers and an output bias: the layer's share is more than its heads')
+    model = _turn_model(variant, n_layers=3, output_bias=True)
     tokens = _tokens()
     res = gate_stats(model, tokens, sink="first", batch_size=2, turn_sources="heads")
     ts = res["logit_split"]["turn_sources"]
@@ -1154,23 +1140,18 @@ def test_passes_that_read_no_logits_unembed_one_position():
     """The gate study reads the logits only to check the turn's second pass against the first: the key-mean
     pass, and every pass where there is no turn to measure (a bias slot as the sink, the drivers' halves),
     unembed the last position alone."""
-    seen: list[int] = []
 
-    def count(model):
-        return tl_adapter.unembed_module(model).register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))
+    def unembedded(variant: str, sink: str) -> list[int]:
+        seen: list[int] = []
+        model = tiny_model(variant).eval()
+        handle = tl_adapter.unembed_module(model).register_forward_hook(
+            lambda mod, args, out: seen.append(out.shape[1]))
+        try:
+            gate_stats(model, _tokens(), sink=sink, batch_size=2)
+        finally:
+            handle.remove()
+        return seen
 
-    model = tiny_model("gqa_kv").eval()
-    handle = count(model)
-    try:
-        gate_stats(model, _tokens(), sink="slot", batch_size=2)
-    finally:
-        handle.remove()
-    assert seen == [1, 1, 1]  # three batches, no turn
-    seen.clear()
-    model = tiny_model("rotary").eval()
-    handle = count(model)
-    try:
-        gate_stats(model, _tokens(), sink="first", batch_size=2)
-    finally:
-        handle.remove()
-    assert seen == [1, 1, 1] + [T, T] * 3  # the key means, then each batch's two passes whose logits are compared
+    assert unembedded("gqa_kv", "slot") == [1, 1, 1]  # three batches, no turn
+    # the key means, then each batch's two passes whose logits are compared
+    assert unembedded("rotary", "first") == [1, 1, 1] + [T, T] * 3
