@@ -25,7 +25,7 @@ as a second domain, on the two sets of held-out Debian windows decoded to text (
 ``_debian_text``; SmolLM2's own tokenizer cuts its windows).
 The per-head results of every run are kept in analyses/data/sink_gate/NAME.json, so the page regenerates
 from them where a model is missing here (the GPU models and the retrained toy models are not in git).
-Writes docs/sink-gate.md and docs/figures/sink-gate.png. About 15 minutes on a 2-core CPU with every model
+Writes docs/sink-gate.md, docs/figures/sink-gate.png and docs/figures/sink-gate-turn-sources.png. About 15 minutes on a 2-core CPU with every model
 present, and about 40 more for SmolLM2's per-head effects of the four edits (about 10 minutes each with
 nothing else running) and about 25 for those of two edits on its Debian text (``PER_HEAD_ALSO``); ``--only NAME ...`` runs those models alone and takes the others from their
 snapshots (to add a model without rerunning the rest), ``--snapshots`` runs none (the page alone).
@@ -43,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "sink-gate.md"
 FIG = ROOT / "docs" / "figures" / "sink-gate.png"
+FIG_SOURCES = "sink-gate-turn-sources.png"  # the turn by source, beside FIG
 DATA = ROOT / "analyses" / "data" / "sink_gate"
 OUT = Path("runs") / "analyses" / "sink_gate"  # relative to the repository root
 SEQ_LEN, NUM_SEQS, EPS, SEED = 64, 32, 0.3, 0
@@ -310,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
 
     shown = {_label(k): r for k, r in results.items() if _in_domain(k)} or {_label(k): r for k, r in results.items()}
     figures.save_figure(figures.gate_figure(shown, title="the sink as a gate (T = 64, each model in its own domain)"), FIG)
+    turned = {_label(k): r for k, r in results.items() if gate.pooled_turn_sources(r)}
+    if turned:  # beside FIG (the tests point FIG elsewhere)
+        figures.save_figure(figures.turn_sources_figure(turned, title="what writes the query's input, as its share "
+                                                        "of the query's turn toward token 1's mean key"),
+                            FIG.with_name(FIG_SOURCES))
 
     rows = [("| model | sink | Sink_1 (%) | Sink_* (%) | sink heads (a > 0.3) | their a | their g | corr(g, m) | "
             "g's std within a position | value share | Δ loss, gate opened | Δ loss, gate fixed | "
@@ -610,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         "the summed variance is; then the sink heads (a > 0.3) one by one.",
         "",
         *(source_rows or ["(no run with the turn by source in these results)"]),
+        *(["", f"![the turn by source, block by block](figures/{FIG_SOURCES})"] if source_rows else []),
         "",
         "The heads whose gate follows a repeated query token most (out of sample, among those with a >= 0.1, each",
         "model in its own domain):",
@@ -1019,6 +1026,13 @@ def _source_summary(results: dict) -> str:
         top = src["largest"][0]
         text += (f"no single source carries much: the largest, {top[0]}, {top[1]:+.1%}."
                  if abs(top[1]) < 0.25 * abs(src["turn"]) else f"the largest source is {top[0]} ({top[1]:+.0%}).")
+        attn_by_block = np.asarray(src["shares"], dtype=np.float64)[1::2]
+        third = max(1, len(attn_by_block) // 3)
+        early, late = float(attn_by_block[:third].sum()), float(attn_by_block[third:].sum())
+        if early * late < 0 and min(abs(early), abs(late)) >= 0.01:
+            text += (f" By block, the attention of the first {third} blocks turns the query {'toward' if early > 0 else 'away from'} "
+                     f"the sink ({early:+.0%}), that of the later ones {'toward' if late > 0 else 'away from'} it "
+                     f"({late:+.0%}).")
         heads = _sink_heads(res)
         if len(heads) >= 3:  # the sink heads one by one: do attention and MLP writes pull together?
             share = np.nan_to_num(np.asarray(res["logit_split"]["turn_sources"]["share_within"], dtype=np.float64))

@@ -17,7 +17,7 @@ from sinkinterp.fileio import atomic_write
 
 __all__ = ["alpha_heatmap", "norms_figure", "sink_by_position", "save_figure", "qk_figure", "effect_bars",
            "layer_head_heatmap", "sink_over_training", "stream_curves", "sink_by_length", "token_sink_bars",
-           "massive_activation", "gate_figure", "targets_figure", "TRAINING_KEYS"]
+           "massive_activation", "gate_figure", "targets_figure", "turn_sources_figure", "TRAINING_KEYS"]
 
 
 def _plt() -> Any:
@@ -544,6 +544,43 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
         dx.text(0.5, 0.5, "no softmax split measured", ha="center", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def turn_sources_figure(studies: dict[str, dict[str, Any]], *, title: str = "") -> Any:
+    """``gate_stats(..., turn_sources=True)`` results by run name, one panel each: what writes the query's
+    input, as its share of the query's turn (within positions, pooled over the heads with a >= DRIVER_FLOOR as
+    ``gate.pooled_turn_sources`` does), by block: the embedding, then each block's attention and MLP output
+    side by side; the panel's title gives the turn's share and the three kinds' sums."""
+    from sinkinterp import gate
+
+    if not studies:
+        raise ValueError("studies: at least one gate result with the turn by source")
+    pooled = {}
+    for name, res in studies.items():
+        src = gate.pooled_turn_sources(res) if isinstance(res, dict) and "logit_split" in res else None
+        if src is None:
+            raise ValueError(f"studies[{name!r}]: no turn by source (run gate_stats / sinkinterp gate with "
+                             "turn_sources / --turn-sources on a model whose sink is token 1)")
+        pooled[name] = src
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(pooled), figsize=(6.0 * len(pooled), 3.8), layout="constrained", squeeze=False)
+    for ax, (name, src) in zip(axes[0], pooled.items(), strict=True):
+        x = np.asarray(src["shares"], dtype=np.float64)
+        L = (len(x) - 1) // 2
+        at = np.arange(L)
+        ax.bar([-1], [x[0]], width=0.8, color="0.5", label="embedding")
+        ax.bar(at - 0.2, x[1::2], width=0.4, color="C0", label="attention")
+        ax.bar(at + 0.2, x[2::2], width=0.4, color="C1", label="MLP")
+        ax.axhline(0.0, color="0.3", lw=0.6)
+        ax.set_xlabel("block (-1: the embedding)")
+        ax.set_ylabel("share of the log-odds' variance")
+        ax.set_title(f"{name}\nturn {src['turn']:.0%} = embedding {src['embed']:+.0%}, attention {src['attn']:+.0%}, "
+                     f"MLPs {src['mlp']:+.0%} ({src['heads']} heads)", fontsize=8)
+        ax.legend(fontsize=7, frameon=False)
+        ax.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title)
     return fig
 
 

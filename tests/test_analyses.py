@@ -940,7 +940,8 @@ def test_sink_gate_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     src = mod_gate.pooled_turn_sources(snap)
     assert (f"| toy-softmax, Debian held-out | {src['heads']} heads pooled | {src['turn']:.0%} | {src['embed']:+.0%} | "
             f"{src['attn']:+.0%} | {src['mlp']:+.0%} |") in page
-    assert src["turn"] == pytest.approx(split["turn_pooled"], abs=1e-4)  # the snapshot's shares are rounded to 1e-5
+    assert src["turn"] == pytest.approx(split["turn_pooled"], abs=1e-4)  # the snapshot keeps 6 significant digits
+    assert (tmp_path / mod.FIG_SOURCES).stat().st_size > 1000 and f"](figures/{mod.FIG_SOURCES})" in page
     a, rep = np.asarray(snap["sink_mass"]), np.asarray(snap["drivers"]["repeat"])
     top = max((lh for lh in np.ndindex(*a.shape) if a[lh] >= 0.1), key=lambda lh: rep[lh])
     assert f"| toy-softmax, Debian held-out | L{top[0]}H{top[1]} | {a[top]:.3f} |" in page.split("follows a repeated")[1]
@@ -1131,6 +1132,15 @@ def test_sink_gate_reads_the_turn_by_source():
     assert "In its 3 sink heads (a > 0.3) the MLPs carry +30% and attention -10% in the median head: in 3 of them" in against
     together = case(0.10, 0.30)
     assert "pull the other way" not in together and "attention +10% in the median head." in together
+    assert "By block" not in against  # both blocks' attention pulls the same way
+    res = {"sink_share": [[0.05, 0.05, 0.05], [0.6, 0.5, 0.4]],
+           "logit_split": {"logit_var_within": [[1.0] * 3, [1.0] * 3],
+                           "turn_sources": {"names": ["embed", "attn 0", "mlp 0", "attn 1", "mlp 1"],
+                                            "share_within": [[[0.0] + [float("nan")] * 4] * 3,
+                                                             [[0.0, 0.04, 0.3, -0.08, 0.0]] * 3],
+                                            "rest_share_within": [[0.0] * 3, [0.0] * 3]}}}
+    assert ("By block, the attention of the first 1 blocks turns the query toward the sink (+4%), that of the later "
+            "ones away from it (-8%).") in mod._source_summary({"smollm2__natural_n120": res})
     assert mod._source_summary({"smollm2__natural": {"logit_split": {}}}) == ""  # no turn by source in the run
     # by head: the attention heads whose writes move the turn most, which of them are sink heads themselves
     res = {"sink_share": [[0.05, 0.05, 0.05], [0.6, 0.5, 0.4]],

@@ -293,3 +293,30 @@ def test_sink_by_length_draws_sinks_layers_and_the_uniform_reference(tmp_path):
 def test_sink_by_length_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         figures.sink_by_length(np.arange(2, 11), eps=0.3, **kwargs)
+
+
+def test_turn_sources_figure_draws_each_blocks_share(tmp_path):
+    """One panel per run: the embedding's bar, then each block's attention and MLP bars at the pooled shares
+    of gate.pooled_turn_sources; a result without the turn by source is refused by name."""
+    from sinkinterp.gate import gate_stats, pooled_turn_sources
+
+    model = tiny_model("rotary").eval()
+    tokens = torch.randint(0, 50, (6, 10), generator=torch.Generator().manual_seed(0))
+    res = gate_stats(model, tokens, sink="first", batch_size=3, turn_sources=True)
+    fig = figures.turn_sources_figure({"tiny": res, "again": res}, title="t")
+    assert len(fig.axes) == 2
+    bars = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
+    heights = [[r.get_height() for r in c] for c in bars]
+    src = pooled_turn_sources(res)
+    L = len(res["sink_mass"])
+    np.testing.assert_allclose(heights[0], [src["shares"][0]])
+    np.testing.assert_allclose(heights[1], src["shares"][1::2])  # attention, block by block
+    np.testing.assert_allclose(heights[2], src["shares"][2::2])  # MLPs
+    assert len(heights[1]) == L and f"turn {src['turn']:.0%}" in fig.axes[0].get_title()
+    figures.save_figure(fig, tmp_path / "turn.png")
+    assert (tmp_path / "turn.png").stat().st_size > 1000
+    plain = gate_stats(model, tokens, sink="first", batch_size=3)
+    with pytest.raises(ValueError, match=r"studies\['plain'\]: no turn by source"):
+        figures.turn_sources_figure({"plain": plain})
+    with pytest.raises(ValueError, match="studies: at least one"):
+        figures.turn_sources_figure({})
