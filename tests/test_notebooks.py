@@ -259,7 +259,7 @@ def _check_gate(nb, out: Path) -> None:
     want = [pytest.approx(runs[k]["delta_loss"], abs=1e-4) for k in ("fixed", "token", "donor")]
     assert [float(e[2]) for e in edits] == want
     assert _count(nb, "image/png") >= 3
-    for name in ("sink_side.png", "gate.png", "targets.png"):
+    for name in ("sink_side.png", "gate.png", "targets.png", "turn_sources.png"):
         assert (out / name).stat().st_size > 1000, name
 
 
