@@ -663,8 +663,13 @@ def _model_device(model: Any) -> torch.device:
 # activation patching
 # =========================================================================================
 def capture(model: Any, tokens: Tensor, hook_names: Sequence[str]) -> dict[str, Tensor]:
-    """Activations at ``hook_names`` for one forward pass on ``tokens`` (hooks removed afterwards)."""
-    return _capture_run(model, tokens, hook_names)[0]
+    """Activations at ``hook_names`` for one forward pass on ``tokens`` (hooks removed afterwards). The
+    logits are not returned, so the model unembeds the last position only, unless a hook asked for is the
+    unembedding's own (``tl_adapter.unembed_positions``)."""
+    if any("unembed" in name for name in hook_names):
+        return _capture_run(model, tokens, hook_names)[0]
+    with tl_adapter.unembed_positions(model, [tokens.shape[-1] - 1]):
+        return _capture_run(model, tokens, hook_names)[0]
 
 
 def _capture_run(model: Any, tokens: Tensor, hook_names: Sequence[str],

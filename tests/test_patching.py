@@ -721,3 +721,37 @@ def test_bad_input(model, pair):
         patching.run_cells(model, clean, [("v", lambda a, l: a)], [patching.Cell(0, 4)], metric)
     with pytest.raises(ValueError, match="batch_rows"):
         patching.run_cells(model, clean, [("v", lambda a, l: a)], [patching.Cell(0)], metric, batch_rows=0)
+
+
+@pytest.mark.parametrize("kind", ["sinkinterp", "ht", "bridge"])
+def test_capture_unembeds_the_last_position_only(kind):
+    """capture returns no logits: the unembedding sees one position (the activations are those of a full pass),
+    unless the unembedding's own hook is asked for."""
+    from conftest import tiny_llama, word_tokenizer
+
+    from sinkinterp.models.testing import tiny_model
+
+    if kind == "ht":
+        model = tl_adapter.hooked_transformer_from_config(
+            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+            positional_embedding_type="rotary", normalization_type="RMS", seed=0)
+    elif kind == "bridge":
+        model = tl_adapter.boot_bridge(tiny_llama(), word_tokenizer(61), "tiny")
+    else:
+        model = tiny_model("rotary").eval()
+    tokens = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(0))
+    seen: list[int] = []
+    handle = tl_adapter.unembed_module(model).register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))
+    names = ["blocks.1.hook_resid_post", "blocks.1.attn.hook_pattern", "blocks.0.hook_mlp_out"]
+    try:
+        got = patching.capture(model, tokens, names)
+        assert seen[-1] == 1
+        if kind == "bridge":  # the unembedding's own hook asked for: every position
+            out = patching.capture(model, tokens, ["unembed.hook_out"])
+            assert seen[-1] == 9 and out["unembed.hook_out"].shape[1] == 9
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    for name in names:
+        torch.testing.assert_close(got[name], cache[name])
