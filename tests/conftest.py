@@ -86,6 +86,23 @@ def tiny_gpt2(seed: int = 0, vocab: int = 61, scale: float = 15.0):
     return model
 
 
+def hooked_model(kind: str):
+    """One tiny model of each kind the measurement speaks to: a sinkinterp model ("sinkinterp"), a
+    HookedTransformer ("ht", rotary, RMSNorm) or a TransformerBridge over a Hugging Face LLaMA ("bridge")."""
+    from sinkinterp import tl_adapter
+    from sinkinterp.models.testing import tiny_model
+
+    if kind == "ht":
+        return tl_adapter.hooked_transformer_from_config(
+            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+            positional_embedding_type="rotary", normalization_type="RMS", seed=0)
+    if kind == "bridge":
+        return tl_adapter.boot_bridge(tiny_llama(), word_tokenizer(61), "tiny")
+    if kind == "sinkinterp":
+        return tiny_model("rotary").eval()
+    raise ValueError(f"kind: got {kind!r}; allowed: 'sinkinterp', 'ht', 'bridge'")
+
+
 def hf_attentions(model, tokens):
     """Reference attention probabilities [N, L, H, T, T] from HF eager attention (on a copy: the
     bridge later rewires the model it wraps)."""

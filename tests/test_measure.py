@@ -565,16 +565,9 @@ def test_key_spread_over_texts_equals_a_direct_computation(batch_size):
 def test_measure_unembeds_only_the_last_position(kind):
     """measure reads no logits: the unembedding sees one position per sequence (it is a large share of a
     forward pass where the vocabulary is large), and the report is the one a full forward pass gives."""
-    from sinkinterp.models.testing import tiny_model
+    from conftest import hooked_model
 
-    if kind == "ht":
-        model = tl_adapter.hooked_transformer_from_config(
-            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
-            positional_embedding_type="rotary", normalization_type="RMS", seed=0)
-    elif kind == "bridge":
-        model = tl_adapter.boot_bridge(tiny_llama(), word_tokenizer(61), "tiny")
-    else:
-        model = tiny_model("rotary").eval()
+    model = hooked_model(kind)
     tokens = torch.randint(0, 50, (5, 12), generator=torch.Generator().manual_seed(0))
     seen = []
     handle = tl_adapter.unembed_module(model).register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))

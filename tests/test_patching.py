@@ -727,18 +727,9 @@ def test_bad_input(model, pair):
 def test_capture_unembeds_the_last_position_only(kind):
     """capture returns no logits: the unembedding sees one position (the activations are those of a full pass),
     unless the unembedding's own hook is asked for."""
-    from conftest import tiny_llama, word_tokenizer
+    from conftest import hooked_model
 
-    from sinkinterp.models.testing import tiny_model
-
-    if kind == "ht":
-        model = tl_adapter.hooked_transformer_from_config(
-            n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
-            positional_embedding_type="rotary", normalization_type="RMS", seed=0)
-    elif kind == "bridge":
-        model = tl_adapter.boot_bridge(tiny_llama(), word_tokenizer(61), "tiny")
-    else:
-        model = tiny_model("rotary").eval()
+    model = hooked_model(kind)
     tokens = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(0))
     seen: list[int] = []
     handle = tl_adapter.unembed_module(model).register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))
