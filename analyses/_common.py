@@ -79,14 +79,16 @@ def _rounded(x: Any) -> Any:
     return x
 
 
-def write_snapshot(path: Path, obj: Any) -> Path:
-    """Write a page's snapshot (analyses/data/...) as compact JSON with its floats rounded to SNAPSHOT_DIGITS
-    significant digits, atomically: the snapshots are tracked, and every GPU call carries the tracked tree
+def write_snapshot(path: Path, obj: dict[str, Any]) -> Path:
+    """Write a page's snapshot (analyses/data/...) atomically as JSON with one top-level key per line, compact
+    within it (the per-head arrays of SmolLM2 would take five times the room indented), its floats rounded to
+    SNAPSHOT_DIGITS significant digits: the snapshots are tracked, and every GPU call carries the tracked tree
     under the device's 64 MiB transfer limit beside the corpus pack (tests/test_device_budget.py)."""
     from sinkinterp.fileio import atomic_write
 
-    data = (json.dumps(_rounded(obj), separators=(",", ":"), allow_nan=True) + "\n").encode()
-    return atomic_write(path, lambda f: f.write(data))
+    text = "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(_rounded(v), separators=(',', ':'), allow_nan=True)}"
+                               for k, v in obj.items())
+    return atomic_write(path, lambda f: f.write((text + "\n}\n").encode()))
 
 
 def finish_page(doc: Path, lines: list[str], commands: Iterable[str]) -> int:

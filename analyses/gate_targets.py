@@ -116,15 +116,6 @@ def _rounded(x: object, digits: int) -> object:
     return x
 
 
-def _write(path: Path, obj: dict) -> None:
-    """A snapshot as JSON with one top-level key per line (compact within it: the per-head arrays of SmolLM2
-    would take five times the room indented), written atomically."""
-    from sinkinterp.fileio import atomic_write
-
-    text = "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in obj.items())
-    atomic_write(path, lambda f: f.write((text + "\n}\n").encode()))
-
-
 def _snapshot(res: dict, config: dict) -> dict:
     """What the page needs of a run: per head the sink weight, the targets (without the per-head best-key
     rates and distances, which it does not show), the gate by position (m; the effective gate g too where
@@ -144,7 +135,7 @@ def _snapshot(res: dict, config: dict) -> dict:
 
 
 def _run(key: str, spec: str, inputs: str, bos: bool, commands: list[str], gguf: str | None) -> dict:
-    from _common import run_cli
+    from _common import run_cli, write_snapshot
 
     from sinkinterp import cli
 
@@ -170,7 +161,7 @@ def _run(key: str, spec: str, inputs: str, bos: bool, commands: list[str], gguf:
     snap["seed"] = seed
     if inputs.startswith("copy"):  # the first copied position: after BOS where the model has it first, also in a file
         snap["copy_start"] = int(bos) + (snap["seq_len"] - int(bos) + 1) // 2
-    _write(DATA / f"{key}.json", snap)
+    write_snapshot(DATA / f"{key}.json", snap)
     return snap
 
 
@@ -349,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"({', '.join(models)})"))
     parser.add_argument("--snapshots", action="store_true", help="run no model: render the page from the snapshots")
     args = parser.parse_args(argv or [])
-    from _common import SMOLLM2_ARG, enter_checkout, finish_page
+    from _common import SMOLLM2_ARG, enter_checkout, finish_page, write_snapshot
 
     enter_checkout("gate_targets", [])
     import numpy as np
@@ -498,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         if load is not None:
             print(f"-- closing test on {name}: {len(heads)} induction heads, {len(controls)} controls")
             done = _close(name, load, bos, heads, controls, rnd, cpy, seed, kind)
-            _write(path, done)
+            write_snapshot(path, done)
             where = "run now"
         elif path.is_file():
             done = json.loads(path.read_text())

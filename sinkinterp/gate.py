@@ -962,7 +962,8 @@ def _turn_sources(acc: _Accumulator, g: dict[str, Tensor], var_u: Tensor | None,
     additive = float(acc.src_additive)
     if not additive <= acc.src_tolerance:
         return None, (f"the residual stream entering a block is not the sum of the embedding and the earlier blocks' "
-                      f"hook_attn_out and hook_mlp_out (off by {additive:.2g}, relative): e.g. a post-norm model")
+                      f"hook_attn_out and hook_mlp_out (off by {additive:.2g}, relative): e.g. a post-norm model, or "
+                      "hooks that fire out of the blocks' order")
     nan = float("nan")
     n_pos, lam_pos = g["n"], g["lam"]
 
