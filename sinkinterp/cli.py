@@ -12,6 +12,8 @@
                         (sinkinterp/cli_massive.py)
 ``sinkinterp gate``     is the sink a gate? how much each head writes against its weight on the sink, and
                         the loss with the gate opened, fixed, or taken from another text (sinkinterp/cli_gate.py)
+``sinkinterp paths``    what writes the sink: each component's direct path (path patching) to the sink heads'
+                        keys at token 1 and to their queries (sinkinterp/cli_paths.py)
 
 Every argument is checked before any work starts; results.json is written last and atomically,
 so a failed run leaves no partial results behind.
@@ -120,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sinkinterp import cli_gate
 
     cli_gate.add_parser(sub, _add_measure_args)
+    from sinkinterp import cli_paths
+
+    cli_paths.add_parser(sub, _add_measure_args)
     rr = sub.add_parser("rerun", help="repeat a measurement from its result folder's config.json")
     rr.add_argument("result_dir", help="a folder written by `sinkinterp measure`")
     rr.add_argument("--out", help="write to this folder instead of the original one")
@@ -466,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
             from sinkinterp import cli_gate
 
             return cli_gate.cmd_gate(args, argv)
+        if args.command == "paths":
+            from sinkinterp import cli_paths
+
+            return cli_paths.cmd_paths(args, argv)
     except UsageError as err:
         print(f"sinkinterp {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -17,7 +17,8 @@ from sinkinterp.fileio import atomic_write
 
 __all__ = ["alpha_heatmap", "norms_figure", "sink_by_position", "save_figure", "qk_figure", "effect_bars",
            "layer_head_heatmap", "sink_over_training", "stream_curves", "sink_by_length", "token_sink_bars",
-           "massive_activation", "gate_figure", "targets_figure", "turn_sources_figure", "TRAINING_KEYS"]
+           "massive_activation", "gate_figure", "targets_figure", "turn_sources_figure", "sink_paths_figure",
+           "TRAINING_KEYS"]
 
 
 def _plt() -> Any:
@@ -581,6 +582,46 @@ def turn_sources_figure(studies: dict[str, dict[str, Any]], *, title: str = "") 
         ax.grid(alpha=0.3, axis="y")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def sink_paths_figure(results: dict[str, Any], *, title: str = "") -> Any:
+    """``paths.sink_paths`` results: one heat map per side (key, query), a row per layer with sink heads, a
+    column per sender, the change of the heads' mean weight on token 1 with the sender ablated along its
+    direct path (blank: a sender after the layer); the last column ("all"): the whole residual input."""
+    if not isinstance(results, dict) or "layers" not in results or "senders" not in results:
+        raise ValueError("results: expected paths.sink_paths' result (with 'layers' and 'senders')")
+    rows = results["layers"]
+    if not rows:
+        raise ValueError("results: no layer with sink heads to draw")
+    senders = list(results["senders"])
+    col = {name: i for i, name in enumerate(senders)}
+    sides = list(results["sides"])
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(sides), figsize=(max(5.0, 0.16 * len(senders) + 3) * len(sides),
+                                                      max(2.6, 0.28 * len(rows) + 1.6)),
+                             layout="constrained", squeeze=False)
+    for ax, side in zip(axes[0], sides, strict=True):
+        arr = np.full((len(rows), len(senders) + 1), np.nan)
+        for r, row in enumerate(rows):
+            d = row[side]
+            for name, v in zip(d["senders"], d["values"], strict=True):
+                arr[r, col[name]] = v - d["base"]
+            arr[r, -1] = d["together"] - d["base"]
+        half = float(np.nanmax(np.abs(arr))) or 1.0
+        im = ax.imshow(np.ma.masked_invalid(arr), aspect="auto", cmap="RdBu_r", vmin=-half, vmax=half)
+        labels = [*senders, "all"]
+        step = max(1, len(labels) // 24)
+        ax.set_xticks(np.arange(0, len(labels), step), [labels[i] for i in range(0, len(labels), step)],
+                      rotation=90, fontsize=6)
+        ax.set_yticks(np.arange(len(rows)), [f"L{row['layer']} ({len(row['heads'])})" for row in rows], fontsize=6)
+        how = results["key_ablation"] if side == "key" else results["query_ablation"]
+        where = "at token 1, into their keys" if side == "key" else "at queries 2..T, into their queries"
+        ax.set_title(f"{side} side: sender {how}-ablated {where}", fontsize=8)
+        ax.set_ylabel("sink heads' layer (count)")
+        fig.colorbar(im, ax=ax, label="Δ mean weight on token 1")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig
 
 

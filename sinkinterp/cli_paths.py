@@ -1,0 +1,70 @@
+"""``sinkinterp paths``: what writes the first-token sink, along direct paths (sinkinterp.paths.sink_paths):
+for each layer's sink heads, each earlier component's write sent through the residual stream alone to their
+keys (ablated at token 1) and to their queries (ablated at the queries), by the heads' weight on token 1.
+Same --model / --tokens / --inputs / --out conventions as ``sinkinterp measure``; writes config.json,
+results.json (last) and paths.png.
+
+    sinkinterp paths --model smollm2.gguf --inputs natural --seq-len 64 --num-seqs 8 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from sinkinterp.argtypes import int_at_least, open_unit_float
+
+__all__ = ["add_parser", "cmd_paths"]
+
+
+def add_parser(sub: Any, add_common: Any) -> None:
+    from sinkinterp.paths import ABLATIONS, SENDER_KINDS, SIDES
+
+    s = sub.add_parser("paths", help="what writes the first-token sink: each earlier component's direct path "
+                                     "(path patching) to the sink heads' keys at token 1 and to their queries")
+    add_common(s, single_input=True, per_key=False)
+    s.add_argument("--threshold", type=open_unit_float, default=0.3,
+                   help="a sink head's mean weight on token 1 over queries 2..T is above this (default 0.3)")
+    s.add_argument("--senders", choices=["blocks", *SENDER_KINDS], default="blocks",
+                   help="the senders: blocks (the embedding and each layer's attention and MLP outputs; "
+                        "default), z (each head), attn_out, mlp_out or embed")
+    s.add_argument("--sides", nargs="+", choices=list(SIDES), default=list(SIDES),
+                   help="the sink heads' inputs the paths end at (default both)")
+    s.add_argument("--key-ablation", choices=list(ABLATIONS), default="mean",
+                   help="what a sender's write at token 1 becomes on the key side (default mean: an ordinary "
+                        "token's, its mean over positions 2..T)")
+    s.add_argument("--query-ablation", choices=list(ABLATIONS), default="zero",
+                   help="what a sender's write at the queries becomes on the query side (default zero)")
+    s.add_argument("--layers", nargs="+", type=int_at_least(1), default=None, metavar="L",
+                   help="only the sink heads of these layers (0-based, after the first; default every layer): "
+                        "each costs two passes of its first blocks per sender before it")
+    s.add_argument("--batch-rows", type=int_at_least(1), default=64,
+                   help="rows per forward pass: copies of the batch, one per sender (default 64)")
+    s.set_defaults(num_seqs=8)
+
+
+def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
+    from sinkinterp import figures
+    from sinkinterp.cli import UsageError, finish_study, model_and_tokens, run_config
+    from sinkinterp.cli_intervene import _prepare
+    from sinkinterp.paths import sink_paths, sink_paths_summary
+
+    tokens, text, kind = _prepare(args)
+    if args.k_max is not None:
+        raise UsageError("--k-max: not used by `sinkinterp paths` (it reads the weight on token 1)")
+    lm, tokens = model_and_tokens(args, kind, tokens, text)
+    started = time.perf_counter()
+    try:
+        results = sink_paths(lm.model, tokens, threshold=args.threshold, senders=args.senders,
+                             sides=list(dict.fromkeys(args.sides)), key_ablation=args.key_ablation,
+                             query_ablation=args.query_ablation, layers=args.layers, batch_rows=args.batch_rows)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise UsageError(str(err)) from None
+    config = run_config(args, argv, lm, tokens)
+    config.update({"inputs": "tokens" if args.tokens else kind, "threshold": args.threshold,
+                   "senders": args.senders, "sides": results["sides"], "key_ablation": args.key_ablation,
+                   "query_ablation": args.query_ablation, "layers": args.layers, "seconds": round(time.perf_counter() - started, 3)})
+    return finish_study(args, lm, tokens, config, results,
+                        ("paths.png", lambda name, res, label: figures.sink_paths_figure(
+                            res, title=f"direct paths into the sink heads — {label}")), sink_paths_summary(results))

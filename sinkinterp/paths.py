@@ -1,0 +1,576 @@
+"""Path patching: what one component sends to chosen heads' queries, keys or values along the residual
+stream alone, on any model that speaks the hook-name contract.
+
+Activation patching (``patching.patch``) gives a component's *total* effect: everything downstream of
+it recomputes. Path patching (Wang et al., 2022, "Interpretability in the Wild"; Goldowsky-Dill et al.,
+2023) asks what travels along one path: from a *sender* (the embedding, a layer's attention output,
+one head's output, an MLP's output) directly, through the residual stream only, into *receivers* (the
+query, key or value inputs of chosen heads, or the unembedding). Two passes per sender, both of the
+*base* run (the corrupted tokens, or the unedited run for an ablation):
+
+1. the sender's activation takes its new value (the clean run's, or an ablation's), every attention
+   and MLP output after it is frozen at the base run's value, and the receivers' activations
+   (``hook_q`` / ``hook_k`` / ``hook_v`` of their layers: each is computed from a residual stream
+   that differs from the base run's by the sender's change alone, its norm recomputed) are kept;
+2. the base run again, with only the receivers' activations put in from pass 1; the metric reads its
+   logits, or any activation of it (``metric_hook``: for example the receiving heads' own pattern).
+
+With ``receivers="logits"`` pass 1 is the whole run: the sender's direct effect on the logits through
+the final norm. ``free_mlps=True`` does not freeze the MLPs, so paths through them count as part of
+the residual stream (as in the IOI paper's path patching), the attention outputs stay frozen.
+
+Senders are patched together at ``positions`` (default all), and every pass holds several senders'
+copies of the base batch (``batch_rows``), as ``patching.run_cells`` does; a pass stops once what it is
+for is computed (the receivers' activations, or the metric's hook). A sender that comes after every
+receiver cannot reach them: its value is the base run's metric, without a pass.
+
+``path_patch(model, clean_tokens, corrupted_tokens, metric, ...)`` puts the clean run's sender values
+into the corrupted run, as ``patching.patch`` does; ``path_ablate(model, tokens, metric, ablation=...)``
+removes a sender's value instead: ``"zero"``; ``"mean"``, its mean over every sequence and every
+position but the first (at token 1, what makes token 1's write different from an ordinary token's; at
+the other positions, what the text adds); ``"position_mean"``, its mean over the sequences at each
+position (what the text adds at that position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sinkinterp import tl_adapter
+from sinkinterp.measure import validate_tokens
+from sinkinterp.patching import (
+    COMPONENTS,
+    Cell,
+    Component,
+    Metric,
+    _capture_run,
+    _eval_mode,
+    _hook_map_kept,
+    _make_hook,
+    _model_device,
+)
+
+__all__ = ["ABLATIONS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender", "path_ablate",
+           "path_patch", "senders_of", "sink_paths"]
+
+SENDER_KINDS = ("embed", "attn_out", "z", "mlp_out")
+RECEIVER_KINDS = ("q", "k", "v")
+ABLATIONS = ("zero", "mean", "position_mean")
+_EMBED = Component("embed", "hook_embed", head_dim=None, pos_dim=1)
+
+
+@dataclass(frozen=True)
+class Sender:
+    """A sender: ``kind`` in SENDER_KINDS; ``layer`` (ignored for "embed"); ``head`` for "z" only."""
+
+    kind: str
+    layer: int = 0
+    head: int | None = None
+
+    @property
+    def order(self) -> int:
+        """Where it writes in the residual stream: the embedding 0, attention l 2l + 1, MLP l 2l + 2."""
+        return 0 if self.kind == "embed" else 2 * self.layer + (2 if self.kind == "mlp_out" else 1)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "embed":
+            return "embed"
+        if self.kind == "z":
+            return f"L{self.layer}H{self.head}"
+        return f"{'attn' if self.kind == 'attn_out' else 'mlp'} {self.layer}"
+
+    def component(self) -> Component:
+        return _EMBED if self.kind == "embed" else COMPONENTS[self.kind]
+
+    def hook_name(self) -> str:
+        return self.component().hook_name(self.layer)
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """A receiver: the ``kind`` ("q", "k" or "v") input of head ``head`` (None: every head; for "k" and
+    "v" a key/value head of a grouped-query model) at ``layer``."""
+
+    layer: int
+    kind: str
+    head: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"L{self.layer}{'' if self.head is None else f'H{self.head}'}.{self.kind}"
+
+
+@dataclass
+class PathResult:
+    """The metric with each sender's path to the receivers patched: ``values[i]`` for ``senders[i]``.
+    ``base``: the metric of the run the passes edit (the corrupted run, or the unablated one);
+    ``source``: the clean run's metric (patching; None for an ablation)."""
+
+    senders: list[Sender]
+    receivers: str
+    values: np.ndarray
+    base: float
+    source: float | None
+    positions: list[int] | None
+    how: str  # "clean" or the ablation
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.senders]
+
+    def effects(self) -> np.ndarray:
+        """values - base: what each path changes."""
+        return self.values - self.base
+
+    def normalized(self) -> np.ndarray:
+        """(values - base) / (source - base): 1 = the path restores the clean run's metric (patching)."""
+        if self.source is None:
+            raise ValueError("normalized: an ablation has no clean run to normalize by; use effects()")
+        span = self.source - self.base
+        if span == 0:
+            raise ZeroDivisionError("the clean and corrupted metrics are equal; nothing to normalize by")
+        return (self.values - self.base) / span
+
+    def by_head(self) -> np.ndarray:
+        """The values of "z" senders as [layer, head] (NaN where a head was not sent)."""
+        zs = [(s, v) for s, v in zip(self.senders, self.values) if s.kind == "z"]
+        if not zs:
+            raise ValueError("by_head: no head ('z') senders in this result")
+        out = np.full((max(s.layer for s, _ in zs) + 1, max(s.head for s, _ in zs) + 1), np.nan)  # type: ignore[type-var]
+        for s, v in zs:
+            out[s.layer, s.head] = v
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"senders": self.labels, "receivers": self.receivers, "how": self.how, "positions": self.positions,
+                "values": np.asarray(self.values, dtype=np.float64).round(8).tolist(), "base": self.base,
+                "source": self.source}
+
+
+def senders_of(model: Any, kind: str, layers: Sequence[int] | None = None) -> list[Sender]:
+    """Every sender of ``kind`` ("embed", "attn_out", "z": each head, "mlp_out"; or "blocks": the
+    embedding and each layer's attention and MLP outputs, the residual stream's terms) in ``layers``
+    (default all)."""
+    dims = tl_adapter.model_dims(model)
+    L, H = dims["n_layers"], dims["n_heads"]
+    allowed = (*SENDER_KINDS, "blocks")
+    if kind not in allowed:
+        raise ValueError(f"senders: got {kind!r}, allowed values are {list(allowed)} or a list of Sender")
+    layer_list = list(range(L)) if layers is None else [int(l) for l in layers]
+    for l in layer_list:
+        if not 0 <= l < L:
+            raise ValueError(f"layers: {l} is outside the model (0..{L - 1})")
+    if kind == "embed":
+        return [Sender("embed")]
+    if kind == "blocks":
+        return [Sender("embed"), *[Sender(k, l) for l in layer_list for k in ("attn_out", "mlp_out")]]
+    if kind == "z":
+        return [Sender("z", l, h) for l in layer_list for h in range(H)]
+    return [Sender(kind, l) for l in layer_list]
+
+
+class _Stop(Exception):  # control flow: a pass has computed what it is for
+    pass
+
+
+def _check_senders(model: Any, senders: Sequence[Sender]) -> None:
+    dims = tl_adapter.model_dims(model)
+    names = set(tl_adapter.hook_names(model))
+    if not senders:
+        raise ValueError("senders: empty")
+    for s in senders:
+        if not isinstance(s, Sender):
+            raise TypeError(f"senders: expected a kind or Sender objects, got {type(s).__name__}")
+        if s.kind not in SENDER_KINDS:
+            raise ValueError(f"senders: kind {s.kind!r} is not one of {list(SENDER_KINDS)}")
+        if s.kind != "embed" and not 0 <= s.layer < dims["n_layers"]:
+            raise ValueError(f"senders: layer {s.layer} is outside the model (0..{dims['n_layers'] - 1})")
+        if (s.head is None) != (s.kind != "z"):
+            raise ValueError(f"senders: {s.kind!r} senders take {'a head' if s.kind == 'z' else 'no head'}, got {s.head!r}")
+        if s.head is not None and not 0 <= s.head < dims["n_heads"]:
+            raise ValueError(f"senders: head {s.head} is outside the model's {dims['n_heads']} heads")
+        if s.hook_name() not in names:
+            raise ValueError(f"model has no hook {s.hook_name()} (sender {s.label}; see docs/hook-contract.md)")
+
+
+def _check_receivers(model: Any, receivers: object) -> list[Receiver] | None:
+    if isinstance(receivers, str):
+        if receivers != "logits":
+            raise ValueError(f"receivers: got {receivers!r}; allowed: 'logits' or a list of Receiver")
+        return None
+    dims = tl_adapter.model_dims(model)
+    out = [r if isinstance(r, Receiver) else Receiver(*r) for r in receivers]  # type: ignore[attr-defined]
+    if not out:
+        raise ValueError("receivers: empty")
+    for r in out:
+        if r.kind not in RECEIVER_KINDS:
+            raise ValueError(f"receivers: kind {r.kind!r} is not one of {list(RECEIVER_KINDS)}")
+        if not 0 <= r.layer < dims["n_layers"]:
+            raise ValueError(f"receivers: layer {r.layer} is outside the model (0..{dims['n_layers'] - 1})")
+        n = dims["n_heads"] if r.kind == "q" else dims["n_kv_heads"]
+        if r.head is not None and not 0 <= r.head < n:
+            kind = "heads" if r.kind == "q" else "key/value heads"
+            raise ValueError(f"receivers: head {r.head} is outside the model's {n} {kind}")
+        name = COMPONENTS[r.kind].hook_name(r.layer)
+        if not tl_adapter.has_hook(model, name):
+            raise ValueError(f"model has no hook {name} (receiver {r.label}; see docs/hook-contract.md)")
+    return out
+
+
+@_hook_map_kept
+def path_patch(model: Any, clean_tokens: object, corrupted_tokens: object, metric: Metric, *,
+               senders: str | Sequence[Sender] = "z", receivers: str | Sequence[Receiver | tuple] = "logits",
+               positions: Sequence[int] | None = None, free_mlps: bool = False,
+               metric_hook: str | Sequence[str] | None = None, batch_rows: int = 64) -> PathResult:
+    """The corrupted run with each sender's clean value sent along its paths to ``receivers`` only (see the
+    module's docstring). ``senders``: a kind for ``senders_of`` or a list of Sender; ``receivers``: "logits"
+    or a list of Receiver (or (layer, kind, head) tuples); ``positions``: where the senders are patched (all
+    by default); ``metric(x)`` sees one copy of the corrupted batch: its logits, or with ``metric_hook`` the
+    activation at that hook (a list of them, in order, for several hooks)."""
+    dims = tl_adapter.model_dims(model)
+    clean = validate_tokens(clean_tokens, dims["d_vocab"], "clean_tokens")
+    corrupted = validate_tokens(corrupted_tokens, dims["d_vocab"], "corrupted_tokens")
+    if clean.shape != corrupted.shape:
+        raise ValueError(f"clean_tokens {tuple(clean.shape)} and corrupted_tokens {tuple(corrupted.shape)} "
+                         "must have the same shape")
+    return _paths(model, corrupted, metric, senders, receivers, positions, free_mlps, metric_hook, batch_rows,
+                  how="clean", clean=clean)
+
+
+@_hook_map_kept
+def path_ablate(model: Any, tokens: object, metric: Metric, *, ablation: str = "mean",
+                senders: str | Sequence[Sender] = "z", receivers: str | Sequence[Receiver | tuple] = "logits",
+                positions: Sequence[int] | None = None, free_mlps: bool = False,
+                metric_hook: str | Sequence[str] | None = None, batch_rows: int = 64) -> PathResult:
+    """``tokens``' run with each sender's value ablated (``ablation`` in ABLATIONS, measured on ``tokens``
+    themselves) along its paths to ``receivers`` only; the arguments as in ``path_patch``."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation: got {ablation!r}, allowed values are {list(ABLATIONS)}")
+    dims = tl_adapter.model_dims(model)
+    tokens = validate_tokens(tokens, dims["d_vocab"])
+    return _paths(model, tokens, metric, senders, receivers, positions, free_mlps, metric_hook, batch_rows,
+                  how=ablation)
+
+
+def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, receivers: object,
+           positions: Sequence[int] | None, free_mlps: bool, metric_hook: str | Sequence[str] | None,
+           batch_rows: int, how: str, clean: Tensor | None = None) -> PathResult:
+    dims = tl_adapter.model_dims(model)
+    L = dims["n_layers"]
+    sender_list = senders_of(model, senders) if isinstance(senders, str) else list(senders)  # type: ignore[arg-type]
+    _check_senders(model, sender_list)
+    recv = _check_receivers(model, receivers)
+    if not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    if not isinstance(free_mlps, bool):
+        raise TypeError(f"free_mlps must be True or False, got {free_mlps!r}")
+    hooks_m = [metric_hook] if isinstance(metric_hook, str) else (None if metric_hook is None else list(metric_hook))
+    if hooks_m is not None:
+        if recv is None:
+            raise ValueError("metric_hook: with receivers='logits' the metric reads the logits (pass 1 freezes "
+                             "everything after the sender, so no activation of it is a path's end)")
+        if not hooks_m:
+            raise ValueError("metric_hook: empty")
+        for name in hooks_m:
+            if not tl_adapter.has_hook(model, name):
+                raise ValueError(f"metric_hook: model has no hook {name} (see docs/hook-contract.md)")
+    T = base_tokens.shape[1]
+    pos = None if positions is None else sorted({int(p) for p in positions})
+    if pos is not None:
+        if not pos:
+            raise ValueError("positions: empty")
+        for p in pos:
+            if not 0 <= p < T:
+                raise ValueError(f"positions: {p} is outside the sequence (0..{T - 1})")
+
+    # what a pass needs of the base run: frozen outputs, and the senders' values for an ablation
+    last = L if recv is None else max(r.layer for r in recv)  # receivers read resid_pre of their layer
+    frozen = [(f"blocks.{l}.hook_attn_out", 2 * l + 1) for l in range(last)]
+    if not free_mlps:  # (a model without MLPs has no hook_mlp_out)
+        frozen += [(f"blocks.{l}.hook_mlp_out", 2 * l + 2) for l in range(last)
+                   if tl_adapter.has_hook(model, f"blocks.{l}.hook_mlp_out")]
+    sender_names = sorted({s.hook_name() for s in sender_list})
+    tl_adapter.check_editable(model, sorted({*sender_names, *(n for n, _ in frozen),
+                                             *(COMPONENTS[r.kind].hook_name(r.layer) for r in recv or [])}))
+    device = _model_device(model)
+    base_tokens = base_tokens.to(device)
+    readout = hooks_m or []
+    base_acts, base_out = _capture_run(model, base_tokens, sorted({n for n, _ in frozen} | set(sender_names) | set(readout)))
+    base_value = float(metric(_read(base_acts, base_out, hooks_m)))
+    source_value = None
+    if clean is not None:
+        clean_acts, clean_out = _capture_run(model, clean.to(device), sorted(set(sender_names) | set(readout)))
+        source_value = float(metric(_read(clean_acts, clean_out, hooks_m)))
+        new_values = clean_acts
+    else:
+        new_values = {n: _ablated(base_acts[n], how) for n in sender_names}
+
+    reach = 2 * last + 1  # a sender reaches a receiver of layer l if its order < 2 l + 1 (the logits: any)
+    values = np.full(len(sender_list), base_value, dtype=np.float64)
+    todo = [i for i, s in enumerate(sender_list) if s.order < reach]
+    b = base_tokens.shape[0]
+    per_pass = max(1, batch_rows // b)
+    with _eval_mode(model), torch.no_grad():
+        for start in range(0, len(todo), per_pass):
+            idx = todo[start:start + per_pass]
+            chunk = [sender_list[i] for i in idx]
+            n = len(chunk)
+            tokens = base_tokens.repeat(n, 1)
+            hooks = _sender_hooks(chunk, new_values, pos, n) + _freeze_hooks(chunk, frozen, base_acts, n, recv)
+            if recv is None:
+                with tl_adapter.attached_hooks(model, hooks):
+                    logits = model(tokens)
+                got = [logits[j * b:(j + 1) * b] for j in range(n)]
+            else:
+                sent = _pass_until(model, tokens, hooks, [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
+                got = _receive(model, tokens, recv, sent, hooks_m, n, b)
+            for j, i in enumerate(idx):
+                values[i] = float(metric(got[j]))
+    desc = "logits" if recv is None else ", ".join(r.label for r in recv)
+    return PathResult(sender_list, desc, values, base_value, source_value, pos, how)
+
+
+def _read(acts: dict[str, Tensor], out: Any, hooks_m: list[str] | None) -> Any:
+    if hooks_m is None:
+        return out
+    return acts[hooks_m[0]] if len(hooks_m) == 1 else [acts[n] for n in hooks_m]
+
+
+def _ablated(act: Tensor, how: str) -> Tensor:
+    """The value an ablation gives an activation [batch, pos, ...] (broadcast over the batch)."""
+    if how == "zero":
+        return torch.zeros_like(act[:1])
+    if how == "position_mean":
+        return act.mean(0, keepdim=True)
+    if act.shape[1] < 2:  # pragma: no cover - validate_tokens asks for T >= 2
+        raise ValueError("mean ablation needs positions after the first")
+    return act[:, 1:].mean((0, 1), keepdim=True).expand(1, *act.shape[1:])
+
+
+def _sender_hooks(chunk: Sequence[Sender], new_values: dict[str, Tensor], pos: list[int] | None,
+                  n: int) -> list[tuple[str, Any]]:
+    """Copy j's sender takes its new value at ``pos`` (patching.run_cells' stacked copies)."""
+    cells = [Cell(s.layer, s.head, None if pos is None else tuple(pos)) for s in chunk]
+    hooks = []
+    for name in sorted({s.hook_name() for s in chunk}):
+        idx = [j for j, s in enumerate(chunk) if s.hook_name() == name]
+        comp = chunk[idx[0]].component()
+        value = new_values[name]
+
+        def source(act: Tensor, layer: int, value: Tensor = value) -> Tensor:
+            return value.to(act.device).repeat(act.shape[0] // value.shape[0], *([1] * (value.dim() - 1)))
+
+        hooks.append((name, _make_hook(comp, source, chunk[idx[0]].layer, cells, idx, n)))
+    return hooks
+
+
+def _freeze_hooks(chunk: Sequence[Sender], frozen: Sequence[tuple[str, int]], base_acts: dict[str, Tensor],
+                  n: int, recv: list[Receiver] | None) -> list[tuple[str, Any]]:
+    """Every attention / MLP output after copy j's sender keeps the base run's value (in copy j)."""
+    hooks = []
+    for name, order in frozen:
+        rows = torch.tensor([s.order < order for s in chunk])
+        if not rows.any():
+            continue
+        value = base_acts[name]
+
+        def hook(act: Tensor, hook: Any = None, value: Tensor = value, rows: Tensor = rows) -> Tensor:
+            b = act.shape[0] // n
+            mask = rows.to(act.device).repeat_interleave(b).view(-1, *([1] * (act.dim() - 1)))
+            return torch.where(mask, value.to(act.device, act.dtype).repeat(n, *([1] * (act.dim() - 1))), act)
+
+        hooks.append((name, hook))
+    return hooks
+
+
+def _combined(hooks: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """One hook per name, applying that name's hooks in order."""
+    by_name: dict[str, list[Any]] = {}
+    for name, fn in hooks:
+        by_name.setdefault(name, []).append(fn)
+
+    def chain(fns: list[Any]) -> Any:
+        def hook(act: Tensor, hook: Any = None) -> Tensor:
+            for fn in fns:
+                out = fn(act, hook=hook)
+                act = act if out is None else out
+            return act
+
+        return hook
+
+    return [(name, fns[0] if len(fns) == 1 else chain(fns)) for name, fns in by_name.items()]
+
+
+def _pass_until(model: Any, tokens: Tensor, hooks: Sequence[tuple[str, Any]], keep: Sequence[str]) -> dict[str, Tensor]:
+    """Run with ``hooks``, keeping the activations at ``keep`` (after the hooks' edits), stopping the pass
+    once all of them are kept."""
+    store: dict[str, Tensor] = {}
+    wanted = set(keep)
+
+    def save(name: str) -> Callable[..., None]:
+        def hook(act: Tensor, hook: Any = None) -> None:
+            store[name] = act.detach().clone()
+            if wanted <= store.keys():
+                raise _Stop
+
+        return hook
+
+    try:
+        with tl_adapter.attached_hooks(model, _combined([*hooks, *[(k, save(k)) for k in sorted(wanted)]])):
+            model(tokens)
+    except _Stop:
+        pass
+    missing = wanted - store.keys()
+    if missing:  # pragma: no cover - attached_hooks raises first for a hook that never fires
+        raise RuntimeError(f"path patching: hooks {sorted(missing)} did not fire")
+    return store
+
+
+def _receive(model: Any, tokens: Tensor, recv: list[Receiver], sent: dict[str, Tensor],
+             hooks_m: list[str] | None, n: int, b: int) -> list[Any]:
+    """Pass 2: the base run with the receivers' activations from pass 1; each copy's metric input."""
+    hooks = []
+    for r in recv:
+        comp = COMPONENTS[r.kind]
+        name = comp.hook_name(r.layer)
+
+        def put(act: Tensor, hook: Any = None, r: Receiver = r, name: str = name) -> Tensor:
+            new = sent[name].to(act.device, act.dtype)
+            if r.head is None:
+                return new
+            out = act.clone()
+            out[:, :, r.head] = new[:, :, r.head]
+            return out
+
+        hooks.append((name, put))
+    if hooks_m is None:
+        with tl_adapter.attached_hooks(model, _combined(hooks)):
+            logits = model(tokens)
+        return [logits[j * b:(j + 1) * b] for j in range(n)]
+    read = _pass_until(model, tokens, hooks, hooks_m)
+    if len(hooks_m) == 1:
+        return [read[hooks_m[0]][j * b:(j + 1) * b] for j in range(n)]
+    return [[read[name][j * b:(j + 1) * b] for name in hooks_m] for j in range(n)]
+
+
+SIDES = ("key", "query")
+
+
+def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: str = "blocks",
+               sides: Sequence[str] = SIDES, key_ablation: str = "mean", query_ablation: str = "zero",
+               layers: Sequence[int] | None = None, batch_rows: int = 64) -> dict[str, Any]:
+    """What writes the first-token sink, along direct paths: for each layer with sink heads (mean weight on
+    token 1 over queries 2..T above ``threshold``; of ``layers`` only, when given: each layer costs two passes
+    of its first blocks per sender before it), each sender's path to those heads' keys and to their
+    queries, by the heads' mean weight on token 1 (``metric_hook``: the layer's pattern).
+
+    * ``"key"``: the sender ablated at token 1 only (``key_ablation``; "mean": token 1's write made an
+      ordinary token's) and sent to the sink heads' keys (their key/value heads): what makes token 1's key
+      the one every query finds; ``together``: token 1's whole residual input ablated the same way (every
+      sender at once: the key computed from an ordinary token's residual);
+    * ``"query"``: the sender ablated at every query position 2..T (``query_ablation``; "zero": its write
+      removed) and sent to the sink heads' queries: what turns the queries toward token 1's key;
+      ``together``: the queries' whole residual input ablated.
+
+    Returns {"layers": [{"layer", "heads", "base", "key": PathResult.to_dict() + "together", "query": ...}],
+    "senders": labels, settings}. Softmax-like attention whose ``hook_pattern`` holds the weights."""
+    dims = tl_adapter.model_dims(model)
+    tokens = validate_tokens(tokens, dims["d_vocab"])
+    if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
+    bad = [s for s in sides if s not in SIDES]
+    if bad or not sides:
+        raise ValueError(f"sides: got {list(sides)!r}, allowed values are {list(SIDES)} (one or both)")
+    for name, how in (("key_ablation", key_ablation), ("query_ablation", query_ablation)):
+        if how not in ABLATIONS:
+            raise ValueError(f"{name}: got {how!r}, allowed values are {list(ABLATIONS)}")
+    L, T = dims["n_layers"], tokens.shape[1]
+    wanted = range(1, L) if layers is None else sorted({int(l) for l in layers})
+    for l in wanted:
+        if not 1 <= l < L:
+            raise ValueError(f"layers: {l} is not a layer after the first (1..{L - 1}): layer 0's heads have no "
+                             "sender before them but the embedding")
+    group = dims["n_heads"] // dims["n_kv_heads"]
+    pats = [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
+    with tl_adapter.hook_dict_kept(model):
+        acts, _ = _capture_run(model, tokens, pats)
+        layers = []
+        for l in wanted:
+            a = acts[pats[l]][:, :, 1:, 0].double().mean((0, 2))
+            heads = [int(h) for h in torch.nonzero(a > threshold).flatten()]
+            if heads:
+                layers.append((l, heads))
+        out: dict[str, Any] = {"threshold": threshold, "senders_kind": senders, "key_ablation": key_ablation,
+                               "receiver_layers": None if layers is None else list(wanted),
+                               "query_ablation": query_ablation, "sides": list(sides), "layers": []}
+        for l, heads in layers:
+            hook = pats[l]
+
+            def metric(p: Tensor, heads: list[int] = heads) -> Tensor:
+                return p[:, heads, 1:, 0].double().mean()
+
+            row: dict[str, Any] = {"layer": l, "heads": heads}
+            send = [s for s in senders_of(model, senders) if s.order < 2 * l + 1]
+            for side in sides:
+                if side == "key":
+                    recv = [Receiver(l, "k", g) for g in sorted({h // group for h in heads})]
+                    how, pos = key_ablation, [0]
+                else:
+                    recv = [Receiver(l, "q", h) for h in heads]
+                    how, pos = query_ablation, list(range(1, T))
+                res = path_ablate(model, tokens, metric, ablation=how, senders=send, receivers=recv,
+                                  positions=pos, metric_hook=hook, batch_rows=batch_rows)
+                d = res.to_dict()
+                d["together"] = _together(model, tokens, metric, l, recv, how, pos, hook)
+                row[side] = d
+                row["base"] = res.base
+            out["layers"].append(row)
+        out["senders"] = [s.label for s in senders_of(model, senders)]
+    return out
+
+
+def _together(model: Any, tokens: Tensor, metric: Metric, layer: int, recv: list[Receiver], how: str,
+              pos: list[int], hook: str) -> float:
+    """The receivers' inputs computed from the layer's whole residual input ablated at ``pos``."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    device = _model_device(model)
+    tokens = tokens.to(device)
+    with _eval_mode(model), torch.no_grad():
+        resid = _capture_run(model, tokens, [name])[0][name]
+        value = _ablated(resid, how).to(resid.dtype)
+
+        def edit(act: Tensor, hook: Any = None) -> Tensor:
+            out = act.clone()
+            out[:, pos] = value.expand_as(act)[:, pos].to(act.dtype)
+            return out
+
+        sent = _pass_until(model, tokens, [(name, edit)], [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
+        return float(metric(_receive(model, tokens, recv, sent, [hook], 1, tokens.shape[0])[0]))
+
+
+def sink_paths_summary(results: dict[str, Any], top: int = 3) -> str:
+    """One line per layer with sink heads: their weight on token 1 and, per side, the whole residual's and
+    the largest senders' effects on it."""
+    head = (f"direct paths into the sink heads (mean weight on token 1 above {results['threshold']}): the change of "
+            f"that weight with a sender ablated along its path only (key side: at token 1, "
+            f"{results['key_ablation']}; query side: at queries 2..T, {results['query_ablation']})")
+    lines = [head]
+    if not results["layers"]:
+        lines.append("no sink heads after layer 0")
+    for row in results["layers"]:
+        parts = [f"L{row['layer']} heads {','.join(map(str, row['heads']))}: weight {row['base']:.3f}"]
+        for side in results["sides"]:
+            d = row[side]
+            eff = np.asarray(d["values"]) - d["base"]
+            order = np.argsort(eff)[:top]
+            parts.append(f"{side}: all {d['together'] - d['base']:+.3f}, "
+                         + ", ".join(f"{d['senders'][i]} {eff[i]:+.3f}" for i in order))
+        lines.append("; ".join(parts))
+    return "\n".join(lines)

@@ -1,0 +1,415 @@
+"""Path patching (sinkinterp/paths.py) against a one-sender-at-a-time reference, against identities that
+hold without it (a one-layer model's activation patching; the direct effect on the logits through the
+final residual; the receivers' inputs through ln1's output), on our models, a HookedTransformer and a
+bridge, and its errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_llama, word_tokenizer
+
+from sinkinterp import patching, paths, tl_adapter
+from sinkinterp.models.model import SinkTransformer
+from sinkinterp.models.testing import tiny_config
+from sinkinterp.paths import Receiver, Sender
+
+
+def _model(kind: str, n_layers: int = 3):
+    if kind == "sinkinterp":
+        return SinkTransformer(tiny_config(n_layers=n_layers, n_kv_heads=2)).double().eval()
+    if kind == "ht":
+        return tl_adapter.hooked_transformer_from_config(
+            n_layers=n_layers, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=50, act_fn="gelu",
+            positional_embedding_type="rotary", normalization_type="RMS", seed=0)
+    assert n_layers == 2
+    return tl_adapter.boot_bridge(tiny_llama(), word_tokenizer(61), "tiny")
+
+
+def _tokens(seed: int, vocab: int = 50, shape=(3, 9)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(2, vocab, shape, generator=g)
+
+
+def _pair(vocab: int = 50):
+    clean = _tokens(0, vocab)
+    corrupted = clean.clone()
+    corrupted[:, 0] = _tokens(1, vocab)[:, 0]  # the first token changed: the sink case
+    corrupted[:, 4] = _tokens(2, vocab)[:, 4]
+    return clean, corrupted
+
+
+def _logit_metric(logits):
+    return (logits[:, -1, 3] - logits[:, -1, 5]).mean() + logits[:, 2, 7].mean()
+
+
+_FROZEN: dict = {}  # (model, base tokens) -> the base run's head and MLP outputs, for _reference
+
+
+def _reference(model, base, new, sender, receivers, metric, metric_hook=None, free_mlps=False, positions=None):
+    """One sender at a time: freeze every head's output (hook_z) and MLP output after it at the base
+    run's value, keep the receivers, then the base run with them."""
+    L = tl_adapter.model_dims(model)["n_layers"]
+    names = [f"blocks.{l}.attn.hook_z" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+    key = (model, base.numpy().tobytes())  # the model itself: kept alive, its id cannot be reused meanwhile
+    if key not in _FROZEN:
+        _FROZEN.clear()
+        _FROZEN[key] = patching.capture(model, base, names)
+    base_acts = _FROZEN[key]
+    sname = sender.hook_name()
+
+    def send(act, hook=None):
+        out = act.clone()
+        pos = slice(None) if positions is None else list(positions)
+        if sender.head is None:
+            out[:, pos] = new[sname][:, pos].to(act.dtype)
+        else:
+            out[:, pos, sender.head] = new[sname][:, pos, sender.head].to(act.dtype)
+        return out
+
+    def freeze(name):
+        return lambda act, hook=None: base_acts[name].to(act.dtype)
+
+    hooks = [(sname, send)]
+    for l in range(L):
+        if 2 * l + 1 > sender.order:
+            hooks.append((f"blocks.{l}.attn.hook_z", freeze(f"blocks.{l}.attn.hook_z")))
+        if not free_mlps and 2 * l + 2 > sender.order:
+            hooks.append((f"blocks.{l}.hook_mlp_out", freeze(f"blocks.{l}.hook_mlp_out")))
+    if receivers == "logits":
+        with torch.no_grad(), tl_adapter.attached_hooks(model, hooks):
+            return float(metric(model(base)))
+    store = {}
+
+    def keep(name):
+        def hook(act, hook=None):
+            store[name] = act.clone()
+        return hook
+
+    rnames = [patching.COMPONENTS[r.kind].hook_name(r.layer) for r in receivers]
+    with torch.no_grad(), tl_adapter.attached_hooks(model, hooks + [(n, keep(n)) for n in set(rnames)]):
+        model(base)
+
+    def put(r, name):
+        def hook(act, hook=None):
+            out = act.clone()
+            if r.head is None:
+                return store[name]
+            out[:, :, r.head] = store[name][:, :, r.head]
+            return out
+        return hook
+
+    read = {}
+
+    def save(act, hook=None):
+        read["x"] = act.clone()
+
+    with torch.no_grad(), tl_adapter.attached_hooks(
+            model, [(n, put(r, n)) for r, n in zip(receivers, rnames)] + ([(metric_hook, save)] if metric_hook else [])):
+        logits = model(base)
+    return float(metric(read["x"] if metric_hook else logits))
+
+
+def _pattern_metric(head):
+    return lambda p: p[:, head, 1:, 0].mean()
+
+
+@pytest.mark.parametrize(("kind", "free_mlps"), [("sinkinterp", False), ("sinkinterp", True), ("ht", False),
+                                                  ("bridge", False)])
+def test_batched_paths_equal_the_reference_one_sender_at_a_time(kind, free_mlps):
+    L = 2 if kind == "bridge" else 3
+    model = _model(kind, L)
+    vocab = tl_adapter.model_dims(model)["d_vocab"]
+    clean, corrupted = _pair(min(vocab, 50))
+    clean_acts = patching.capture(model, clean, sorted({s.hook_name() for s in paths.senders_of(model, "blocks")}
+                                                       | {s.hook_name() for s in paths.senders_of(model, "z")}))
+    last = L - 1
+    cases = [  # (receivers, metric hook, metric, senders)
+        ("logits", None, _logit_metric, "blocks"),
+        ([Receiver(last, "q", 1), Receiver(last, "k", 0)], f"blocks.{last}.attn.hook_pattern", _pattern_metric(1), "z"),
+        ([(last, "v", None)], None, _logit_metric, "blocks"),
+    ]
+    if free_mlps:  # only the MLPs change: the paths that go through them
+        cases = cases[:1]
+    for receivers, hook, metric, kind_s in cases:
+        res = paths.path_patch(model, clean, corrupted, metric, senders=kind_s, receivers=receivers,
+                               metric_hook=hook, free_mlps=free_mlps, batch_rows=7)
+        recv = receivers if receivers == "logits" else [r if isinstance(r, Receiver) else Receiver(*r)
+                                                        for r in receivers]
+        for s, v in zip(res.senders, res.values):
+            ref = _reference(model, corrupted, clean_acts, s, recv, metric, hook, free_mlps)
+            assert v == pytest.approx(ref, rel=1e-9 if kind == "sinkinterp" else 1e-5, abs=1e-9), (receivers, s)
+        with torch.no_grad():
+            base = float(metric(patching.capture(model, corrupted, [hook])[hook] if hook else model(corrupted)))
+        assert res.base == pytest.approx(base, rel=1e-6)
+    # the paths carry something: not every value is the corrupted run's
+    res = paths.path_patch(model, clean, corrupted, _logit_metric, senders="blocks", free_mlps=free_mlps)
+    assert (abs(res.effects()) > 1e-6).sum() >= 2
+
+
+def test_one_layer_with_free_mlps_is_activation_patching():
+    """Nothing after a one-layer model's heads but its MLP and the unembedding: every path is the total
+    effect, so path patching to the logits with the MLPs free equals patching.patch."""
+    model = _model("sinkinterp", 1)
+    clean, corrupted = _pair()
+    res = paths.path_patch(model, clean, corrupted, _logit_metric, senders="z", free_mlps=True)
+    act = patching.patch(model, clean, corrupted, "z", _logit_metric, by_pos=False, skip="none")
+    torch.testing.assert_close(torch.tensor(res.by_head()[0]), torch.tensor(act.values[0]), rtol=1e-10, atol=1e-12)
+    assert res.source == pytest.approx(act.clean) and res.base == pytest.approx(act.corrupted)
+    assert res.normalized() == pytest.approx(act.normalized()[0])
+
+
+@pytest.mark.parametrize("kind", ["sinkinterp", "ht"])
+def test_logits_receiver_is_the_direct_effect_through_the_final_residual(kind):
+    """The sender's change added to the last block's output, the final norm recomputed."""
+    model = _model(kind, 3)
+    clean, corrupted = _pair()
+    for s in (Sender("attn_out", 0), Sender("mlp_out", 1), Sender("embed")):
+        name = s.hook_name()
+        delta = (patching.capture(model, clean, [name])[name] - patching.capture(model, corrupted, [name])[name])
+
+        def add(act, hook=None, delta=delta):
+            return act + delta
+
+        with torch.no_grad(), tl_adapter.attached_hooks(model, [("blocks.2.hook_resid_post", add)]):
+            ref = float(_logit_metric(model(corrupted)))
+        res = paths.path_patch(model, clean, corrupted, _logit_metric, senders=[s])
+        assert res.values[0] == pytest.approx(ref, rel=1e-9 if kind == "sinkinterp" else 1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sinkinterp", "ht"])
+def test_qkv_receivers_are_the_heads_input_through_ln1(kind):
+    """Receiving every head's q, k and v at layer 1 equals putting ln1's output of a run with the sender
+    patched (and layer 0's MLP frozen) into the corrupted run: a different hook, the same path."""
+    model = _model(kind, 2)
+    clean, corrupted = _pair()
+    name = "blocks.0.hook_attn_out"
+    clean_attn = patching.capture(model, clean, [name])[name]
+    mlp0 = patching.capture(model, corrupted, ["blocks.0.hook_mlp_out"])["blocks.0.hook_mlp_out"]
+    kept = {}
+
+    def keep(act, hook=None):
+        kept["x"] = act.clone()
+
+    with torch.no_grad(), tl_adapter.attached_hooks(model, [
+            (name, lambda act, hook=None: clean_attn), ("blocks.0.hook_mlp_out", lambda act, hook=None: mlp0),
+            ("blocks.1.ln1.hook_normalized", keep)]):
+        model(corrupted)
+    with torch.no_grad(), tl_adapter.attached_hooks(model, [("blocks.1.ln1.hook_normalized",
+                                                            lambda act, hook=None: kept["x"])]):
+        ref = float(_logit_metric(model(corrupted)))
+    res = paths.path_patch(model, clean, corrupted, _logit_metric, senders=[Sender("attn_out", 0)],
+                           receivers=[(1, "q"), (1, "k"), (1, "v")])
+    assert res.values[0] == pytest.approx(ref, rel=1e-9 if kind == "sinkinterp" else 1e-5)
+
+
+def test_positions_unreachable_senders_and_equal_runs():
+    model = _model("sinkinterp", 3)
+    clean, corrupted = _pair()
+    # patched at the first token only: equal to the reference patched there
+    clean_acts = patching.capture(model, clean, ["blocks.0.attn.hook_z"])
+    recv = [Receiver(2, "k", 1)]
+    res = paths.path_patch(model, clean, corrupted, _pattern_metric(2), senders=[Sender("z", 0, 3)],
+                           receivers=recv, positions=[0], metric_hook="blocks.2.attn.hook_pattern")
+    ref = _reference(model, corrupted, clean_acts, Sender("z", 0, 3), recv, _pattern_metric(2),
+                     "blocks.2.attn.hook_pattern", positions=[0])
+    assert res.values[0] == pytest.approx(ref, rel=1e-10) and res.positions == [0]
+    # senders at or after the receivers' layer reach nothing: the base value exactly
+    res = paths.path_patch(model, clean, corrupted, _logit_metric, senders="blocks", receivers=[(1, "q")])
+    late = [i for i, s in enumerate(res.senders) if s.order >= 3]
+    assert late and all(res.values[i] == res.base for i in late)
+    assert any(res.values[i] != res.base for i in range(len(res.senders)) if i not in late)
+    # clean == corrupted: nothing changes anywhere
+    res = paths.path_patch(model, corrupted, corrupted, _logit_metric, senders="blocks")
+    torch.testing.assert_close(torch.tensor(res.values), torch.full((len(res.senders),), res.base,
+                                                                     dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_ablations():
+    model = _model("sinkinterp", 3)
+    tokens = _tokens(5)
+    s = Sender("mlp_out", 0)
+    name = s.hook_name()
+    act = patching.capture(model, tokens, [name])[name]
+    expected = {"zero": torch.zeros_like(act),
+                "mean": act[:, 1:].mean((0, 1), keepdim=True).expand_as(act),
+                "position_mean": act.mean(0, keepdim=True).expand_as(act)}
+    for how, value in expected.items():
+        res = paths.path_ablate(model, tokens, _logit_metric, ablation=how, senders=[s])
+        ref = _reference(model, tokens, {name: value}, s, "logits", _logit_metric)
+        assert res.values[0] == pytest.approx(ref, rel=1e-10), how
+        assert res.source is None and res.how == how
+    # one sequence: its own mean by position is itself
+    res = paths.path_ablate(model, tokens[:1], _logit_metric, ablation="position_mean", senders="blocks")
+    assert res.values == pytest.approx([res.base] * len(res.senders), rel=1e-12)
+    # the mean at token 1 only: token 1's write made an ordinary token's
+    res = paths.path_ablate(model, tokens, _logit_metric, senders=[s], positions=[0])
+    value = act.clone()
+    value[:, 0] = act[:, 1:].mean((0, 1))
+    assert res.values[0] == pytest.approx(_reference(model, tokens, {name: value}, s, "logits", _logit_metric,
+                                                     positions=[0]), rel=1e-10)
+    with pytest.raises(ValueError, match="normalize"):
+        res.normalized()
+
+
+def test_results_and_errors():
+    model = _model("sinkinterp", 3)
+    clean, corrupted = _pair()
+    res = paths.path_patch(model, clean, corrupted, _logit_metric, senders="z")
+    assert res.by_head().shape == (3, 4) and res.labels[:2] == ["L0H0", "L0H1"]
+    d = res.to_dict()
+    assert d["receivers"] == "logits" and len(d["values"]) == 12 and d["how"] == "clean"
+    assert [s.label for s in paths.senders_of(model, "blocks", layers=[1])] == ["embed", "attn 1", "mlp 1"]
+    with pytest.raises(ValueError, match="no head"):
+        paths.path_patch(model, clean, corrupted, _logit_metric, senders="blocks").by_head()
+    bad = [
+        (dict(senders="heads"), "senders: got 'heads'"),
+        (dict(senders=[]), "senders: empty"),
+        (dict(senders=[Sender("z", 0)]), "take a head"),
+        (dict(senders=[Sender("mlp_out", 0, 1)]), "take no head"),
+        (dict(senders=[Sender("z", 5, 0)]), "layer 5 is outside"),
+        (dict(senders=[Sender("z", 0, 9)]), "head 9 is outside"),
+        (dict(senders=[Sender("resid_pre", 0)]), "kind 'resid_pre'"),
+        (dict(receivers="q"), "receivers: got 'q'"),
+        (dict(receivers=[]), "receivers: empty"),
+        (dict(receivers=[(1, "z")]), "kind 'z'"),
+        (dict(receivers=[(3, "q")]), "layer 3 is outside"),
+        (dict(receivers=[(1, "k", 2)]), "head 2 is outside the model's 2 key/value heads"),
+        (dict(metric_hook="blocks.1.attn.hook_pattern"), "receivers='logits'"),
+        (dict(receivers=[(1, "q")], metric_hook="blocks.1.attn.hook_nothing"), "no hook"),
+        (dict(receivers=[(1, "q")], metric_hook=[]), "metric_hook: empty"),
+        (dict(positions=[9]), "positions: 9 is outside"),
+        (dict(positions=[]), "positions: empty"),
+        (dict(batch_rows=0), "batch_rows"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            paths.path_patch(model, clean, corrupted, _logit_metric, **kwargs)
+    with pytest.raises(TypeError, match="free_mlps"):
+        paths.path_patch(model, clean, corrupted, _logit_metric, free_mlps=1)
+    with pytest.raises(ValueError, match="same shape"):
+        paths.path_patch(model, clean, corrupted[:2], _logit_metric)
+    with pytest.raises(ValueError, match="ablation: got 'resample'"):
+        paths.path_ablate(model, clean, _logit_metric, ablation="resample")
+
+
+def _sink_model():
+    """A 3-layer model with heads that lean on token 1 (threshold 0.2 finds some after layer 0)."""
+    return _model("sinkinterp", 3)
+
+
+def test_sink_paths_equal_the_reference_on_both_sides():
+    model = _sink_model()
+    tokens = _tokens(7, shape=(4, 10))
+    res = paths.sink_paths(model, tokens, threshold=0.2)
+    pats = patching.capture(model, tokens, [f"blocks.{l}.attn.hook_pattern" for l in range(3)])
+    found = {l: [h for h in range(4) if float(pats[f"blocks.{l}.attn.hook_pattern"][:, h, 1:, 0].mean()) > 0.2]
+             for l in (1, 2)}
+    assert [(r["layer"], r["heads"]) for r in res["layers"]] == [(l, hs) for l, hs in found.items() if hs]
+    assert res["layers"], "the test model should have sink heads after layer 0"
+    names = sorted({s.hook_name() for s in paths.senders_of(model, "blocks")})
+    acts = patching.capture(model, tokens, names)
+    for row in res["layers"]:
+        l, heads = row["layer"], row["heads"]
+        hook = f"blocks.{l}.attn.hook_pattern"
+
+        def metric(p, heads=heads):
+            return p[:, heads, 1:, 0].double().mean()
+
+        assert row["base"] == pytest.approx(float(metric(pats[hook])), rel=1e-12)
+        for side in ("key", "query"):
+            d = row[side]
+            if side == "key":  # the model's 2 key/value heads: head h reads key head h // 2
+                recv = [Receiver(l, "k", g) for g in sorted({h // 2 for h in heads})]
+                new = {n: x.clone() for n, x in acts.items()}
+                for n, x in new.items():
+                    x[:, 0] = acts[n][:, 1:].mean((0, 1))
+                pos = [0]
+            else:
+                recv = [Receiver(l, "q", h) for h in heads]
+                new = {n: torch.zeros_like(a) for n, a in acts.items()}
+                pos = list(range(1, 10))
+            senders = [s for s in paths.senders_of(model, "blocks") if s.order < 2 * l + 1]
+            assert d["senders"] == [s.label for s in senders]
+            for s, v in zip(senders, d["values"]):
+                assert v == pytest.approx(_reference(model, tokens, new, s, recv, metric, hook, positions=pos),
+                                          abs=1e-8), (l, side, s)  # to_dict keeps 8 decimals
+            # the whole residual input ablated: the receivers computed from it, the rest of the run as it was
+            name = f"blocks.{l}.hook_resid_pre"
+            resid = patching.capture(model, tokens, [name])[name]
+            edited = resid.clone()
+            edited[:, pos] = resid[:, 1:].mean((0, 1)) if side == "key" else 0.0
+            rnames = [patching.COMPONENTS[r.kind].hook_name(l) for r in recv]
+            kept = {}
+            with torch.no_grad(), tl_adapter.attached_hooks(
+                    model, [(name, lambda a, hook=None, edited=edited: edited)]
+                    + [(n, lambda a, hook=None, n=n, kept=kept: kept.__setitem__(n, a.clone())) for n in set(rnames)]):
+                model(tokens)
+            read = {}
+
+            def put(r, n, kept=kept):
+                def fn(act, hook=None):
+                    out = act.clone()
+                    out[:, :, r.head] = kept[n][:, :, r.head]
+                    return out
+                return fn
+
+            with torch.no_grad(), tl_adapter.attached_hooks(
+                    model, [(n, put(r, n)) for r, n in zip(recv, rnames)]
+                    + [(hook, lambda a, hook=None, read=read: read.__setitem__("p", a.clone()))]):
+                model(tokens)
+            assert d["together"] == pytest.approx(float(metric(read["p"])), rel=1e-9)
+    text = paths.sink_paths_summary(res)
+    assert f"L{res['layers'][0]['layer']} heads" in text and "key: all" in text and "query: all" in text
+    # one side, one layer
+    only = paths.sink_paths(model, tokens, threshold=0.2, sides=["query"], layers=[res["layers"][-1]["layer"]])
+    assert len(only["layers"]) == 1 and "key" not in only["layers"][0]
+    assert only["layers"][0]["query"]["values"] == pytest.approx(res["layers"][-1]["query"]["values"], rel=1e-12)
+    from sinkinterp import figures
+
+    fig = figures.sink_paths_figure(res, title="t")
+    assert len(fig.axes) == 4  # two panels and their colour bars
+
+
+def test_sink_paths_errors():
+    from sinkinterp import figures
+
+    model = _sink_model()
+    tokens = _tokens(7, shape=(2, 6))
+    for kwargs, match in ((dict(threshold=1.5), "threshold"), (dict(sides=["value"]), "sides"),
+                          (dict(sides=[]), "sides"), (dict(key_ablation="one"), "key_ablation"),
+                          (dict(query_ablation="one"), "query_ablation"), (dict(layers=[0]), "layers: 0"),
+                          (dict(layers=[3]), "layers: 3"), (dict(senders="heads"), "senders: got")):
+        with pytest.raises(ValueError, match=match):
+            paths.sink_paths(model, tokens, **kwargs)
+    empty = paths.sink_paths(model, tokens, threshold=0.99)
+    assert empty["layers"] == [] and "no sink heads" in paths.sink_paths_summary(empty)
+    with pytest.raises(ValueError, match="no layer with sink heads"):
+        figures.sink_paths_figure(empty)
+    with pytest.raises(ValueError, match="sink_paths"):
+        figures.sink_paths_figure({"x": 1})
+
+
+def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
+    import json
+
+    from sinkinterp import cli
+
+    out = tmp_path / "p"
+    assert cli.main(["paths", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos", "--layers", "3",
+                     "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["layers"] == [3] and config["key_ablation"] == "mean" and config["query_ablation"] == "zero"
+    assert res["num_seqs"] == 2 and res["receiver_layers"] == [3]
+    assert [r["layer"] for r in res["layers"]] == [3]  # the default model (toy-softmax) sinks there with BOS
+    assert (out / "paths.png").stat().st_size > 10_000
+    assert len(res["layers"][0]["key"]["values"]) == 7  # the embedding, attention and MLP of layers 0..2
+    assert "direct paths into the sink heads" in capsys.readouterr().out
+    base = ["paths", "--num-seqs", "2", "--seq-len", "8", "--out", str(tmp_path / "x")]
+    for bad, flag in ((["--layers", "9"], "layers"), (["--k-max", "3"], "--k-max")):
+        assert cli.main([*base, *bad]) == 2
+        assert flag in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([*base, "--sides", "value"])
+    assert not (tmp_path / "x" / "results.json").exists()
