@@ -39,6 +39,9 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--layers", nargs="+", type=int_at_least(1), default=None, metavar="L",
                    help="only the sink heads of these layers (0-based, after the first; default every layer): "
                         "each costs two passes of its first blocks per sender before it")
+    s.add_argument("--free-mlps", action="store_true",
+                   help="let the MLPs after a sender recompute: its paths through them count (default: frozen, "
+                        "the direct path only)")
     s.add_argument("--batch-rows", type=int_at_least(1), default=64,
                    help="rows per forward pass: copies of the batch, one per sender (default 64)")
     s.set_defaults(num_seqs=8)
@@ -58,13 +61,15 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         results = sink_paths(lm.model, tokens, threshold=args.threshold, senders=args.senders,
                              sides=list(dict.fromkeys(args.sides)), key_ablation=args.key_ablation,
-                             query_ablation=args.query_ablation, layers=args.layers, batch_rows=args.batch_rows)
+                             query_ablation=args.query_ablation, layers=args.layers, free_mlps=args.free_mlps,
+                             batch_rows=args.batch_rows, progress=True)
     except (ValueError, TypeError, RuntimeError) as err:
         raise UsageError(str(err)) from None
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "threshold": args.threshold,
                    "senders": args.senders, "sides": results["sides"], "key_ablation": args.key_ablation,
-                   "query_ablation": args.query_ablation, "layers": args.layers, "seconds": round(time.perf_counter() - started, 3)})
+                   "query_ablation": args.query_ablation, "layers": args.layers, "free_mlps": args.free_mlps,
+                   "seconds": round(time.perf_counter() - started, 3)})
     return finish_study(args, lm, tokens, config, results,
                         ("paths.png", lambda name, res, label: figures.sink_paths_figure(
                             res, title=f"direct paths into the sink heads — {label}")), sink_paths_summary(results))

@@ -586,9 +586,11 @@ def turn_sources_figure(studies: dict[str, dict[str, Any]], *, title: str = "") 
 
 
 def sink_paths_figure(results: dict[str, Any], *, title: str = "") -> Any:
-    """``paths.sink_paths`` results: one heat map per side (key, query), a row per layer with sink heads, a
-    column per sender, the change of the heads' mean weight on token 1 with the sender ablated along its
-    direct path (blank: a sender after the layer); the last column ("all"): the whole residual input."""
+    """``paths.sink_paths`` results: one heat map per side (key, query; one above the other), a row per layer
+    with sink heads, a column per sender, the change of the heads' mean weight on token 1 with the sender
+    ablated along its direct path (blank: a sender after the layer). The colours span the single senders'
+    effects; the last column ("all", the whole residual input ablated) is printed in its cells (its colour
+    clipped at the senders' span)."""
     if not isinstance(results, dict) or "layers" not in results or "senders" not in results:
         raise ValueError("results: expected paths.sink_paths' result (with 'layers' and 'senders')")
     rows = results["layers"]
@@ -597,29 +599,33 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "") -> Any:
     senders = list(results["senders"])
     col = {name: i for i, name in enumerate(senders)}
     sides = list(results["sides"])
+    labels = [*senders, "all"]
     plt = _plt()
-    fig, axes = plt.subplots(1, len(sides), figsize=(max(5.0, 0.16 * len(senders) + 3) * len(sides),
-                                                      max(2.6, 0.28 * len(rows) + 1.6)),
+    fig, axes = plt.subplots(len(sides), 1, figsize=(max(6.0, 0.15 * len(labels) + 2.5),
+                                                      len(sides) * max(2.4, 0.3 * len(rows) + 1.4)),
                              layout="constrained", squeeze=False)
-    for ax, side in zip(axes[0], sides, strict=True):
-        arr = np.full((len(rows), len(senders) + 1), np.nan)
+    free = " (MLPs free)" if results.get("free_mlps") else ""
+    for ax, side in zip(axes[:, 0], sides, strict=True):
+        arr = np.full((len(rows), len(labels)), np.nan)
         for r, row in enumerate(rows):
             d = row[side]
             for name, v in zip(d["senders"], d["values"], strict=True):
                 arr[r, col[name]] = v - d["base"]
             arr[r, -1] = d["together"] - d["base"]
-        half = float(np.nanmax(np.abs(arr))) or 1.0
+        half = float(np.nanmax(np.abs(arr[:, :-1]))) if np.isfinite(arr[:, :-1]).any() else 0.0
+        half = half or float(np.nanmax(np.abs(arr))) or 1.0
         im = ax.imshow(np.ma.masked_invalid(arr), aspect="auto", cmap="RdBu_r", vmin=-half, vmax=half)
-        labels = [*senders, "all"]
-        step = max(1, len(labels) // 24)
-        ax.set_xticks(np.arange(0, len(labels), step), [labels[i] for i in range(0, len(labels), step)],
-                      rotation=90, fontsize=6)
+        for r in range(len(rows)):
+            dark = abs(arr[r, -1]) > 0.6 * half  # on a dark cell, white text
+            ax.text(len(labels) - 1, r, f"{arr[r, -1]:+.2f}", ha="center", va="center", fontsize=5,
+                    color="white" if dark else "0.1")
+        ax.set_xticks(np.arange(len(labels)), labels, rotation=90, fontsize=5 if len(labels) > 30 else 7)
         ax.set_yticks(np.arange(len(rows)), [f"L{row['layer']} ({len(row['heads'])})" for row in rows], fontsize=6)
         how = results["key_ablation"] if side == "key" else results["query_ablation"]
         where = "at token 1, into their keys" if side == "key" else "at queries 2..T, into their queries"
-        ax.set_title(f"{side} side: sender {how}-ablated {where}", fontsize=8)
-        ax.set_ylabel("sink heads' layer (count)")
-        fig.colorbar(im, ax=ax, label="Δ mean weight on token 1")
+        ax.set_title(f"{side} side: sender {how}-ablated {where}{free}", fontsize=8)
+        ax.set_ylabel("sink heads' layer (count)", fontsize=7)
+        fig.colorbar(im, ax=ax, label="Δ mean weight on token 1", shrink=0.9)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

@@ -34,6 +34,7 @@ position (what the text adds at that position).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -465,7 +466,8 @@ SIDES = ("key", "query")
 
 def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: str = "blocks",
                sides: Sequence[str] = SIDES, key_ablation: str = "mean", query_ablation: str = "zero",
-               layers: Sequence[int] | None = None, batch_rows: int = 64) -> dict[str, Any]:
+               layers: Sequence[int] | None = None, free_mlps: bool = False, batch_rows: int = 64,
+               progress: bool = False) -> dict[str, Any]:
     """What writes the first-token sink, along direct paths: for each layer with sink heads (mean weight on
     token 1 over queries 2..T above ``threshold``; of ``layers`` only, when given: each layer costs two passes
     of its first blocks per sender before it), each sender's path to those heads' keys and to their
@@ -478,6 +480,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     * ``"query"``: the sender ablated at every query position 2..T (``query_ablation``; "zero": its write
       removed) and sent to the sink heads' queries: what turns the queries toward token 1's key;
       ``together``: the queries' whole residual input ablated.
+
+    ``free_mlps``: the MLPs after a sender recompute (its paths through them count; ``path_patch``).
 
     Returns {"layers": [{"layer", "heads", "base", "key": PathResult.to_dict() + "together", "query": ...}],
     "senders": labels, settings}. Softmax-like attention whose ``hook_pattern`` holds the weights."""
@@ -497,27 +501,31 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
         if not 1 <= l < L:
             raise ValueError(f"layers: {l} is not a layer after the first (1..{L - 1}): layer 0's heads have no "
                              "sender before them but the embedding")
+    all_senders = senders_of(model, senders)
     group = dims["n_heads"] // dims["n_kv_heads"]
     pats = [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
     with tl_adapter.hook_dict_kept(model):
         acts, _ = _capture_run(model, tokens, pats)
-        layers = []
+        found = []
         for l in wanted:
             a = acts[pats[l]][:, :, 1:, 0].double().mean((0, 2))
             heads = [int(h) for h in torch.nonzero(a > threshold).flatten()]
             if heads:
-                layers.append((l, heads))
-        out: dict[str, Any] = {"threshold": threshold, "senders_kind": senders, "key_ablation": key_ablation,
+                found.append((l, heads))
+        out: dict[str, Any] = {"threshold": threshold, "senders_kind": senders, "free_mlps": free_mlps,
+                               "key_ablation": key_ablation,
                                "receiver_layers": None if layers is None else list(wanted),
                                "query_ablation": query_ablation, "sides": list(sides), "layers": []}
-        for l, heads in layers:
+        for l, heads in found:
+            send = [s for s in all_senders if s.order < 2 * l + 1]
+            if progress:
+                print(f"paths: layer {l}, sink heads {heads}, {len(send)} senders", file=sys.stderr, flush=True)
             hook = pats[l]
 
             def metric(p: Tensor, heads: list[int] = heads) -> Tensor:
                 return p[:, heads, 1:, 0].double().mean()
 
             row: dict[str, Any] = {"layer": l, "heads": heads}
-            send = [s for s in senders_of(model, senders) if s.order < 2 * l + 1]
             for side in sides:
                 if side == "key":
                     recv = [Receiver(l, "k", g) for g in sorted({h // group for h in heads})]
@@ -526,13 +534,13 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                     recv = [Receiver(l, "q", h) for h in heads]
                     how, pos = query_ablation, list(range(1, T))
                 res = path_ablate(model, tokens, metric, ablation=how, senders=send, receivers=recv,
-                                  positions=pos, metric_hook=hook, batch_rows=batch_rows)
+                                  positions=pos, free_mlps=free_mlps, metric_hook=hook, batch_rows=batch_rows)
                 d = res.to_dict()
                 d["together"] = _together(model, tokens, metric, l, recv, how, pos, hook)
                 row[side] = d
                 row["base"] = res.base
             out["layers"].append(row)
-        out["senders"] = [s.label for s in senders_of(model, senders)]
+        out["senders"] = [s.label for s in all_senders]
     return out
 
 
@@ -560,7 +568,8 @@ def sink_paths_summary(results: dict[str, Any], top: int = 3) -> str:
     the largest senders' effects on it."""
     head = (f"direct paths into the sink heads (mean weight on token 1 above {results['threshold']}): the change of "
             f"that weight with a sender ablated along its path only (key side: at token 1, "
-            f"{results['key_ablation']}; query side: at queries 2..T, {results['query_ablation']})")
+            f"{results['key_ablation']}; query side: at queries 2..T, {results['query_ablation']})"
+            + ("; the MLPs after the sender recompute (paths through them count)" if results.get("free_mlps") else ""))
     lines = [head]
     if not results["layers"]:
         lines.append("no sink heads after layer 0")

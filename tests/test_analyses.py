@@ -1239,3 +1239,41 @@ def test_gate_targets_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys
     page = (tmp_path / "page.md").read_text()
     assert "| ghost, Debian held-out |" in page and "(from analyses/data/gate_targets/ghost__copy.json: the model is not here" in page
     assert mod.main(["--snapshots"]) == 0
+
+
+def test_sink_paths_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
+    """The page's rows from the runs' snapshots, its figures drawn from them, and a model that is not here
+    (SmolLM2 without its wheel) taken from its snapshot."""
+    from sinkinterp import loading
+
+    mod = load_script("analyses/sink_paths.py")
+    for attr, value in (("DOC", tmp_path / "page.md"), ("FIGS", tmp_path / "figs"), ("DATA", tmp_path / "data"),
+                        ("OUT", tmp_path / "runs")):
+        monkeypatch.setattr(mod, attr, value)
+    small = ["--inputs", "natural", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos", "--layers", "3"]
+    monkeypatch.setattr(mod, "RUNS", {"toy-softmax__debian": ("toy-softmax", small, "toy-softmax, small"),
+                                      "toy-softmax__debian_free": ("toy-softmax", [*small, "--free-mlps"], "free"),
+                                      "smollm2__natural": (None, small, "SmolLM2, small")})
+    monkeypatch.setattr(loading, "smollm2_gguf_path", lambda: None)
+    (tmp_path / "data").mkdir()
+    assert mod.main(["--only", "toy-softmax__debian", "toy-softmax__debian_free"]) == 0
+    snap = json.loads((tmp_path / "data" / "toy-softmax__debian.json").read_text())
+    free = json.loads((tmp_path / "data" / "toy-softmax__debian_free.json").read_text())
+    assert snap["command"].startswith("sinkinterp paths --model toy-softmax --inputs natural") and free["free_mlps"]
+    row = snap["layers"][0]
+    page = (tmp_path / "page.md").read_text()
+    k = row["key"]
+    top = min(zip(k["senders"], (v - k["base"] for v in k["values"])), key=lambda x: x[1])
+    assert (f"| L3 | {', '.join(map(str, row['heads']))} | {row['base']:.3f} | {k['together'] - row['base']:+.3f} | "
+            f"{top[0]} {top[1]:+.3f}") in page
+    assert f"- `{snap['command']}`" in page and "**toy-softmax** (Debian, L3's sink head" in page
+    assert (tmp_path / "figs" / "sink-paths-toy-softmax__debian.png").stat().st_size > 10_000
+    assert "SmolLM2" not in page.split("## Reading")[1].split("## Limits")[0]  # no SmolLM2 run, no snapshot
+    # SmolLM2 not here: its snapshot stands (here the toy run's, renamed), and the page reads it
+    (tmp_path / "data" / "smollm2__natural.json").write_text((tmp_path / "data" / "toy-softmax__debian.json").read_text())
+    assert mod.main([]) == 0
+    assert "the model is not here" in capsys.readouterr().out
+    page = (tmp_path / "page.md").read_text()
+    assert "### SmolLM2, small" in page and "**SmolLM2, key side**" in page and "**SmolLM2, query side**" in page
+    before = page
+    assert mod.main(["--snapshots"]) == 0 and (tmp_path / "page.md").read_text() == before

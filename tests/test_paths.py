@@ -145,6 +145,7 @@ def test_batched_paths_equal_the_reference_one_sender_at_a_time(kind, free_mlps)
     # the paths carry something: not every value is the corrupted run's
     res = paths.path_patch(model, clean, corrupted, _logit_metric, senders="blocks", free_mlps=free_mlps)
     assert (abs(res.effects()) > 1e-6).sum() >= 2
+    assert tl_adapter.count_attached_hooks(model) == 0  # passes stopped early leave no hook behind
 
 
 def test_one_layer_with_free_mlps_is_activation_patching():
@@ -365,6 +366,19 @@ def test_sink_paths_equal_the_reference_on_both_sides():
     only = paths.sink_paths(model, tokens, threshold=0.2, sides=["query"], layers=[res["layers"][-1]["layer"]])
     assert len(only["layers"]) == 1 and "key" not in only["layers"][0]
     assert only["layers"][0]["query"]["values"] == pytest.approx(res["layers"][-1]["query"]["values"], rel=1e-12)
+    # the MLPs free: the embedding's path through them counts
+    last = res["layers"][-1]
+    free = paths.sink_paths(model, tokens, threshold=0.2, sides=["key"], layers=[last["layer"]], free_mlps=True)
+    assert free["free_mlps"] is True and "MLPs after the sender recompute" in paths.sink_paths_summary(free)
+    new = {n: x.clone() for n, x in acts.items()}
+    new["hook_embed"][:, 0] = acts["hook_embed"][:, 1:].mean((0, 1))
+    heads = last["heads"]
+    ref = _reference(model, tokens, new, Sender("embed"), [Receiver(last["layer"], "k", g) for g in
+                                                            sorted({h // 2 for h in heads})],
+                     lambda p: p[:, heads, 1:, 0].double().mean(), f"blocks.{last['layer']}.attn.hook_pattern",
+                     free_mlps=True, positions=[0])
+    assert free["layers"][0]["key"]["values"][0] == pytest.approx(ref, abs=1e-8)
+    assert free["layers"][0]["key"]["values"][0] != pytest.approx(last["key"]["values"][0], abs=1e-6)
     from sinkinterp import figures
 
     fig = figures.sink_paths_figure(res, title="t")
@@ -384,6 +398,9 @@ def test_sink_paths_errors():
             paths.sink_paths(model, tokens, **kwargs)
     empty = paths.sink_paths(model, tokens, threshold=0.99)
     assert empty["layers"] == [] and "no sink heads" in paths.sink_paths_summary(empty)
+    assert empty["receiver_layers"] is None
+    with pytest.raises(ValueError, match="senders: got 'heads'"):  # checked also where no layer has sink heads
+        paths.sink_paths(model, tokens, threshold=0.99, senders="heads")
     with pytest.raises(ValueError, match="no layer with sink heads"):
         figures.sink_paths_figure(empty)
     with pytest.raises(ValueError, match="sink_paths"):

