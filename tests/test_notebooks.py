@@ -203,9 +203,18 @@ def _check_key_bias(nb, out: Path) -> None:
     assert all(re.search(rf"^{name}\s", kvv, re.M) for name in KEY_VS_VALUE), kvv
     assert "loss clean" in _stdout(_cell(nb, "patch"))
     assert len(re.findall(r"^\s+\d+\s+-?[\d.]+%", _stdout(_cell(nb, "per-layer")), re.M)) == 4
-    assert _count(nb, "image/png") >= 6  # effect bars, 2 per-head maps, 3 patching maps
+    # path patching: the default model (toy-softmax, BOS first) has sink heads, and MLP 0's write at BOS makes
+    # their key (docs/sink-paths.md); with the MLPs free, BOS's embedding does it through MLP 0
+    direct, free = res["paths"]["direct"], res["paths"]["mlps_free"]
+    assert direct["layers"] and [r["layer"] for r in free["layers"]] == [r["layer"] for r in direct["layers"]]
+    last = direct["layers"][-1]["key"]
+    assert min(zip(last["values"], last["senders"]))[1] == "mlp 0"
+    assert min(zip(free["layers"][-1]["key"]["values"], free["layers"][-1]["key"]["senders"]))[1] in ("embed", "mlp 0")
+    text = _stdout(_cell(nb, "paths"))
+    assert len(re.findall(r"^L\d+ heads [\d,]+: weight [\d.]+; key: all [-+][\d.]+", text, re.M)) == 2 * len(direct["layers"])
+    assert _count(nb, "image/png") >= 7  # effect bars, 2 per-head maps, 3 patching maps, the paths
     for name in ("key_vs_value.png", "per_head_zero_value.png", "per_head_ablate.png", "patch_k.png",
-                 "patch_v.png", "patch_resid_pre.png"):
+                 "patch_v.png", "patch_resid_pre.png", "paths.png"):
         assert (out / name).stat().st_size > 1000, name
 
 
