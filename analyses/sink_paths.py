@@ -290,8 +290,10 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                                 for r in rep["layers"]))
             if rep_free and rep_free["layers"]:
                 text += ("; with the MLPs free: " + ", ".join(
-                    f"L{r['layer']} {_top(r['key'], 1)[0][0]} {_top(r['key'], 1)[0][1] / _all(r, 'key'):.0%}, "
-                    f"attn 0 {_effects(r, 'key')['attn 0'] / _all(r, 'key'):.0%}" for r in rep_free["layers"]))
+                    f"L{r['layer']} {_top(r['key'], 1)[0][0]} {_top(r['key'], 1)[0][1] / _all(r, 'key'):.0%}"
+                    + ("" if _top(r["key"], 1)[0][0] == "attn 0"
+                       else f" (attn 0 {_effects(r, 'key')['attn 0'] / _all(r, 'key'):.0%})")
+                    for r in rep_free["layers"]))
             text += ("; query side, the leading sender: " + ", ".join(
                 f"L{r['layer']} {_top(r['query'], 1)[0][0]}" for r in rep["layers"] if "query" in r) + ".")
             out.append(text)

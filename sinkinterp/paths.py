@@ -21,8 +21,10 @@ the residual stream (as in the IOI paper's path patching), the attention outputs
 
 Senders are patched together at ``positions`` (default all), and every pass holds several senders'
 copies of the base batch (``batch_rows``), as ``patching.run_cells`` does; a pass stops once what it is
-for is computed (the receivers' activations, or the metric's hook). A sender that comes after every
-receiver cannot reach them: its value is the base run's metric, without a pass.
+for is computed (the receivers' activations, or the metric's hook), and on sinkinterp models and
+HookedTransformers it starts at a block, from the base run's residual stream: pass 1 at its first sender's,
+pass 2 at the first receiver's. A sender that comes after every receiver cannot reach them: its value is the
+base run's metric, without a pass.
 
 ``path_patch(model, clean_tokens, corrupted_tokens, metric, ...)`` puts the clean run's sender values
 into the corrupted run, as ``patching.patch`` does; ``path_ablate(model, tokens, metric, ablation=...)``
@@ -59,7 +61,7 @@ from sinkinterp.patching import (
 )
 
 __all__ = ["ABLATIONS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender", "path_ablate",
-           "path_patch", "senders_of", "sink_paths"]
+           "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
 
 SENDER_KINDS = ("embed", "attn_out", "z", "mlp_out")
 RECEIVER_KINDS = ("q", "k", "v")
@@ -69,7 +71,8 @@ _EMBED = Component("embed", "hook_embed", head_dim=None, pos_dim=1)
 
 @dataclass(frozen=True)
 class Sender:
-    """A sender: ``kind`` in SENDER_KINDS; ``layer`` (ignored for "embed"); ``head`` for "z" only."""
+    """A sender: ``kind`` in SENDER_KINDS ("embed": the token embedding, ``hook_embed``; a learned position
+    embedding is not a sender); ``layer`` (ignored for "embed"); ``head`` for "z" only."""
 
     kind: str
     layer: int = 0
