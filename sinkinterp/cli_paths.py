@@ -19,7 +19,7 @@ __all__ = ["add_parser", "cmd_paths"]
 
 
 def add_parser(sub: Any, add_common: Any) -> None:
-    from sinkinterp.paths import ABLATIONS, SENDER_KINDS, SIDES
+    from sinkinterp.paths import ABLATIONS, PATH_SINKS, SENDER_KINDS, SIDES
 
     s = sub.add_parser("paths", help="what writes the first-token sink: each earlier component's direct path "
                                      "(path patching) to the sink heads' keys at token 1 and to their queries")
@@ -29,8 +29,11 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--senders", choices=["blocks", *SENDER_KINDS], default="blocks",
                    help="the senders: blocks (the embedding and each layer's attention and MLP outputs; "
                         "default), z (each head), attn_out, mlp_out or embed")
-    s.add_argument("--sides", nargs="+", choices=list(SIDES), default=list(SIDES),
-                   help="the sink heads' inputs the paths end at (default both)")
+    s.add_argument("--sink", choices=list(PATH_SINKS), default="auto",
+                   help="token 1 (first) or the bias slot (slot: k*/v*, a sink token, a sink logit; its key is a "
+                        "parameter, so only the query side applies); auto: the slot if the model has one (default)")
+    s.add_argument("--sides", nargs="+", choices=list(SIDES), default=None,
+                   help="the sink heads' inputs the paths end at (default both; the query side for the slot)")
     s.add_argument("--key-ablation", choices=list(ABLATIONS), default="mean",
                    help="what a sender's write at token 1 becomes on the key side (default mean: an ordinary "
                         "token's, its mean over positions 2..T)")
@@ -60,14 +63,15 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
     started = time.perf_counter()
     try:
         results = sink_paths(lm.model, tokens, threshold=args.threshold, senders=args.senders,
-                             sides=list(dict.fromkeys(args.sides)), key_ablation=args.key_ablation,
+                             sides=None if args.sides is None else list(dict.fromkeys(args.sides)),
+                             sink=args.sink, key_ablation=args.key_ablation,
                              query_ablation=args.query_ablation, layers=args.layers, free_mlps=args.free_mlps,
                              batch_rows=args.batch_rows, progress=True)
     except (ValueError, TypeError, RuntimeError) as err:
         raise UsageError(str(err)) from None
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "threshold": args.threshold,
-                   "senders": args.senders, "sides": results["sides"], "key_ablation": args.key_ablation,
+                   "senders": args.senders, "sink": results["sink"], "sides": results["sides"], "key_ablation": args.key_ablation,
                    "query_ablation": args.query_ablation, "layers": args.layers, "free_mlps": args.free_mlps,
                    "seconds": round(time.perf_counter() - started, 3)})
     return finish_study(args, lm, tokens, config, results,

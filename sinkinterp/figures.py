@@ -605,6 +605,7 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "") -> Any:
                                                       len(sides) * max(2.4, 0.3 * len(rows) + 1.4)),
                              layout="constrained", squeeze=False)
     free = " (MLPs free)" if results.get("free_mlps") else ""
+    sink_name = "the bias slot" if results.get("sink") == "slot" else "token 1"
     for ax, side in zip(axes[:, 0], sides, strict=True):
         arr = np.full((len(rows), len(labels)), np.nan)
         for r, row in enumerate(rows):
@@ -622,10 +623,10 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "") -> Any:
         ax.set_xticks(np.arange(len(labels)), labels, rotation=90, fontsize=5 if len(labels) > 30 else 7)
         ax.set_yticks(np.arange(len(rows)), [f"L{row['layer']} ({len(row['heads'])})" for row in rows], fontsize=6)
         how = results["key_ablation"] if side == "key" else results["query_ablation"]
-        where = "at token 1, into their keys" if side == "key" else "at queries 2..T, into their queries"
-        ax.set_title(f"{side} side: sender {how}-ablated {where}{free}", fontsize=8)
+        at = "at token 1, into their keys" if side == "key" else "at queries 2..T, into their queries"
+        ax.set_title(f"{side} side: sender {how}-ablated {at}{free}", fontsize=8)
         ax.set_ylabel("sink heads' layer (count)", fontsize=7)
-        fig.colorbar(im, ax=ax, label="Δ mean weight on token 1", shrink=0.9)
+        fig.colorbar(im, ax=ax, label=f"Δ mean weight on {sink_name}", shrink=0.9)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

@@ -60,7 +60,7 @@ from sinkinterp.patching import (
     _start_fn,
 )
 
-__all__ = ["ABLATIONS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender", "path_ablate",
+__all__ = ["ABLATIONS", "PATH_SINKS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender", "path_ablate",
            "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
 
 SENDER_KINDS = ("embed", "attn_out", "z", "mlp_out")
@@ -498,10 +498,12 @@ def _receive(run: Callable[[Tensor], Any], model: Any, tokens: Tensor, recv: lis
 
 
 SIDES = ("key", "query")
+PATH_SINKS = ("auto", "first", "slot")
 
 
 def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: str = "blocks",
-               sides: Sequence[str] = SIDES, key_ablation: str = "mean", query_ablation: str = "zero",
+               sides: Sequence[str] | None = None, key_ablation: str = "mean", query_ablation: str = "zero",
+               sink: str = "first",
                layers: Sequence[int] | None = None, free_mlps: bool = False, batch_rows: int = 64,
                progress: bool = False) -> dict[str, Any]:
     """What writes the first-token sink, along direct paths: for each layer with sink heads (mean weight on
@@ -519,12 +521,31 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
 
     ``free_mlps``: the MLPs after a sender recompute (its paths through them count; ``path_patch``).
 
+    ``sink="slot"`` (a model with a bias slot reported by ``hook_bias_pattern``: k*/v*, a sink token, a sink
+    logit; "auto": the slot where the model has one, else token 1): the sink heads are those whose mean
+    weight on the slot is above ``threshold``, the reading is that weight, and only the query side applies
+    (the slot's key is a parameter, written by no sender). ``sides`` default: both for token 1, the query
+    side for the slot.
+
     Returns {"layers": [{"layer", "heads", "base", "key": PathResult.to_dict() + "together", "query": ...}],
     "senders": labels, settings}. Softmax-like attention whose ``hook_pattern`` holds the weights."""
     dims = tl_adapter.model_dims(model)
     tokens = validate_tokens(tokens, dims["d_vocab"])
     if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
+    if sink not in PATH_SINKS:
+        raise ValueError(f"sink: got {sink!r}, allowed values are {list(PATH_SINKS)}")
+    has_slot = tl_adapter.has_hook(model, "blocks.0.attn.hook_bias_pattern")
+    if sink == "slot" and not has_slot:
+        raise ValueError("sink='slot' needs a model whose bias slot (k*/v*, a sink token, a sink logit) is reported "
+                         "by hook_bias_pattern; this model has none: use sink='first'")
+    if sink == "auto":
+        sink = "slot" if has_slot else "first"
+    if sides is None:
+        sides = ("query",) if sink == "slot" else SIDES
+    if sink == "slot" and "key" in sides:
+        raise ValueError("sides: the bias slot's key is a parameter that no sender writes; with sink='slot' only "
+                         "the query side applies")
     bad = [s for s in sides if s not in SIDES]
     if bad or not sides:
         raise ValueError(f"sides: got {list(sides)!r}, allowed values are {list(SIDES)} (one or both)")
@@ -539,16 +560,21 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                              "sender before them but the embedding")
     all_senders = senders_of(model, senders)
     group = dims["n_heads"] // dims["n_kv_heads"]
-    pats = [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
+    slot = sink == "slot"
+    pats = [f"blocks.{l}.attn.hook_{'bias_pattern' if slot else 'pattern'}" for l in range(L)]
+
+    def weight(p: Tensor) -> Tensor:  # [batch, head, query 2..T]: the weight on the sink
+        return p[:, :, 1:] if slot else p[:, :, 1:, 0]
+
     with tl_adapter.hook_dict_kept(model):
         acts, _ = _capture_run(model, tokens, pats)
         found = []
         for l in wanted:
-            a = acts[pats[l]][:, :, 1:, 0].double().mean((0, 2))
+            a = weight(acts[pats[l]]).double().mean((0, 2))
             heads = [int(h) for h in torch.nonzero(a > threshold).flatten()]
             if heads:
                 found.append((l, heads))
-        out: dict[str, Any] = {"threshold": threshold, "senders_kind": senders, "free_mlps": free_mlps,
+        out: dict[str, Any] = {"sink": sink, "threshold": threshold, "senders_kind": senders, "free_mlps": free_mlps,
                                "key_ablation": key_ablation,
                                "receiver_layers": None if layers is None else list(wanted),
                                "query_ablation": query_ablation, "sides": list(sides), "layers": []}
@@ -559,7 +585,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
             hook = pats[l]
 
             def metric(p: Tensor, heads: list[int] = heads) -> Tensor:
-                return p[:, heads, 1:, 0].double().mean()
+                return weight(p)[:, heads].double().mean()
 
             row: dict[str, Any] = {"layer": l, "heads": heads}
             for side in sides:
@@ -602,9 +628,11 @@ def _together(model: Any, tokens: Tensor, metric: Metric, layer: int, recv: list
 def sink_paths_summary(results: dict[str, Any], top: int = 3) -> str:
     """One line per layer with sink heads: their weight on token 1 and, per side, the whole residual's and
     the largest senders' effects on it."""
-    head = (f"direct paths into the sink heads (mean weight on token 1 above {results['threshold']}): the change of "
-            f"that weight with a sender ablated along its path only (key side: at token 1, "
-            f"{results['key_ablation']}; query side: at queries 2..T, {results['query_ablation']})"
+    where = "the bias slot" if results.get("sink") == "slot" else "token 1"
+    how = {"key": f"key side: at token 1, {results['key_ablation']}",
+           "query": f"query side: at queries 2..T, {results['query_ablation']}"}
+    head = (f"direct paths into the sink heads (mean weight on {where} above {results['threshold']}): the change of "
+            f"that weight with a sender ablated along its path only ({'; '.join(how[x] for x in results['sides'])})"
             + ("; the MLPs after the sender recompute (paths through them count)" if results.get("free_mlps") else ""))
     lines = [head]
     if not results["layers"]:

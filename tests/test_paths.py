@@ -383,6 +383,8 @@ def test_sink_paths_equal_the_reference_on_both_sides():
 
     fig = figures.sink_paths_figure(res, title="t")
     assert len(fig.axes) == 4  # two panels and their colour bars
+    assert fig.axes[2].get_ylabel() == "Δ mean weight on token 1"
+    assert fig.axes[0].get_title() == "key side: sender mean-ablated at token 1, into their keys"
 
 
 def test_sink_paths_errors():
@@ -423,7 +425,16 @@ def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     assert (out / "paths.png").stat().st_size > 10_000
     assert len(res["layers"][0]["key"]["values"]) == 7  # the embedding, attention and MLP of layers 0..2
     assert "direct paths into the sink heads" in capsys.readouterr().out
+    # the shipped k*/v* model: its slot is the sink (--sink auto), the query side only
+    kv = tmp_path / "kv"
+    assert cli.main(["paths", "--model", "toy-kv-bias", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos",
+                     "--layers", "1", "--out", str(kv)]) == 0
+    res = json.loads((kv / "results.json").read_text())
+    assert res["sink"] == "slot" and res["sides"] == ["query"] and json.loads((kv / "config.json").read_text())["sink"] == "slot"
+    assert "mean weight on the bias slot" in capsys.readouterr().out
     base = ["paths", "--num-seqs", "2", "--seq-len", "8", "--out", str(tmp_path / "x")]
+    assert cli.main([*base, "--model", "toy-kv-bias", "--sink", "slot", "--sides", "key"]) == 2
+    assert "only the query side" in capsys.readouterr().err
     for bad, flag in ((["--layers", "9"], "layers"), (["--k-max", "3"], "--k-max")):
         assert cli.main([*base, *bad]) == 2
         assert flag in capsys.readouterr().err
@@ -455,3 +466,42 @@ def test_passes_start_at_the_first_sender_and_the_first_receiver(kind):
                          "blocks.2.attn.hook_pattern")
         assert v == pytest.approx(ref, rel=1e-9 if kind == "sinkinterp" else 1e-5, abs=1e-9), s
     assert (abs(res.effects()) > 1e-9).any()
+
+
+def test_sink_paths_on_the_bias_slot():
+    """A k*/v* model: the sink heads by their weight on the slot (hook_bias_pattern), the query side only,
+    each sender's value the reference's; token 1 and the slot are told apart, and the key side refused."""
+    model = SinkTransformer(tiny_config(n_layers=3, attn_bias="kv")).double().eval()
+    tokens = _tokens(3, shape=(3, 9))
+    res = paths.sink_paths(model, tokens, threshold=0.1, sink="auto")
+    assert res["sink"] == "slot" and res["sides"] == ["query"]
+    bias = patching.capture(model, tokens, [f"blocks.{l}.attn.hook_bias_pattern" for l in range(3)])
+    found = [(l, [h for h in range(4) if float(bias[f"blocks.{l}.attn.hook_bias_pattern"][:, h, 1:].mean()) > 0.1])
+             for l in (1, 2)]
+    assert [(r["layer"], r["heads"]) for r in res["layers"]] == [(l, hs) for l, hs in found if hs]
+    assert res["layers"], "the test model should lean on its slot after layer 0"
+    names = sorted({s.hook_name() for s in paths.senders_of(model, "blocks")})
+    zeros = {n: torch.zeros_like(x) for n, x in patching.capture(model, tokens, names).items()}
+    for row in res["layers"]:
+        l, heads = row["layer"], row["heads"]
+        hook = f"blocks.{l}.attn.hook_bias_pattern"
+        assert "key" not in row and row["base"] == pytest.approx(float(bias[hook][:, heads, 1:].mean()), rel=1e-12)
+        senders = [s for s in paths.senders_of(model, "blocks") if s.order < 2 * l + 1]
+        for s, v in zip(senders, row["query"]["values"]):
+            ref = _reference(model, tokens, zeros, s, [Receiver(l, "q", h) for h in heads],
+                             lambda p, heads=heads: p[:, heads, 1:].double().mean(), hook, positions=range(1, 9))
+            assert v == pytest.approx(ref, abs=1e-8), (l, s)
+    assert "mean weight on the bias slot" in paths.sink_paths_summary(res)
+    from sinkinterp import figures
+
+    fig = figures.sink_paths_figure(res)
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "Δ mean weight on the bias slot"
+    assert fig.axes[0].get_title() == "query side: sender zero-ablated at queries 2..T, into their queries"
+    first = paths.sink_paths(model, tokens, threshold=0.1, sink="first")
+    assert first["sink"] == "first" and first["sides"] == ["key", "query"]
+    with pytest.raises(ValueError, match="only the query side"):
+        paths.sink_paths(model, tokens, sink="slot", sides=["key", "query"])
+    with pytest.raises(ValueError, match="needs a model whose bias slot"):
+        paths.sink_paths(_sink_model(), tokens, sink="slot")
+    with pytest.raises(ValueError, match="sink: got 'k'"):
+        paths.sink_paths(model, tokens, sink="k")
