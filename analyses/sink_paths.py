@@ -37,6 +37,8 @@ FIGS = ROOT / "docs" / "figures"
 DATA = ROOT / "analyses" / "data" / "sink_paths"
 OUT = Path("runs") / "analyses" / "sink_paths"  # relative to the repository root
 TOY_TOKENS = "analyses/data/sink_gate/debian_val64_bos.npy"
+GPU_TOKENS = "analyses/data/sink_gate/debian_val64.npy"  # the same windows without BOS
+GPU_BASELINE = "runs/gpu_models/baseline_small"
 # name -> (model spec, None for SmolLM2; the inputs' arguments; what they are)
 SMOLLM2_LAYERS = ["3", "6", "9", "12", "13", "16", "20", "24", "28"]
 REPLICATE_LAYERS = ["3", "13", "24"]
@@ -55,6 +57,12 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
     "smollm2__natural_free": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4",
                                      "--layers", *SMOLLM2_LAYERS, "--sides", "key", "--free-mlps"],
                               "SmolLM2-135M, the same, key side, MLPs free (paths through them count)"),
+    # the 6 x 384 GPU baseline (no BOS; runs/gpu_models, not in git: retrain it from its config,
+    # docs/reproduction.md), on the held-out Debian windows without BOS, where it is here
+    "baseline_small__debian": (GPU_BASELINE, ["--tokens", GPU_TOKENS],
+                               "baseline_small (6 x 384, GPU-trained, no BOS), 32 held-out Debian windows"),
+    "baseline_small__debian_free": (GPU_BASELINE, ["--tokens", GPU_TOKENS, "--sides", "key", "--free-mlps"],
+                                    "baseline_small, the same, key side, MLPs free"),
     # a replicate on 16 other windows (seed 1) at three of the layers
     "smollm2__natural_r": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed", "1",
                                   "--layers", *REPLICATE_LAYERS],
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshots", action="store_true", help="run nothing: the page from the snapshots")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     enter_checkout("sink_paths", [])
-    from sinkinterp import loading
+    from sinkinterp import builtin, loading
 
     gguf = loading.smollm2_gguf_path()
     commands: list[str] = []
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (spec, inputs, _) in RUNS.items():
         snap = DATA / f"{name}.json"
         wanted = not args.snapshots and (args.only is None or name in args.only)
-        here = spec is not None or gguf is not None
+        here = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
         if wanted and here:
             results[name] = _run(name, spec or gguf, inputs, commands, gguf)  # type: ignore[arg-type]
         elif snap.is_file():
@@ -134,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             commands.append(results[name]["command"])
             if wanted:
                 print(f"sink_paths: {name}: the model is not here; its snapshot stands")
+        elif wanted:
+            print(f"sink_paths: {name}: the model is not here and has no snapshot; left out")
     if not results:
         print("sink_paths: no run and no snapshot", file=sys.stderr)
         return 1
@@ -251,6 +261,12 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                  f"{_top(r['query'], 1)[0][1]:+.3f} of {_all(r, 'query'):+.3f}" for r in kv["layers"]]
         out.append("- **toy-kv-bias** (its sink is the learned k* slot, so only the query side applies): the sender "
                    "whose write the queries need most to find k*, by layer: " + "; ".join(parts) + ".")
+    gpu, gpu_free = results.get("baseline_small__debian"), results.get("baseline_small__debian_free")
+    if gpu and gpu["layers"]:
+        out.append("- **baseline_small** (GPU-trained, no BOS): key side, the leading sender by layer: "
+                   + _lead(gpu, "key") + "; query side: " + _lead(gpu, "query")
+                   + ("; key side with the MLPs free: " + _lead(gpu_free, "key") if gpu_free and gpu_free["layers"]
+                      else "") + ".")
     smol, smol_free = results.get("smollm2__natural"), results.get("smollm2__natural_free")
     if smol and smol["layers"]:
         parts = []

@@ -1253,7 +1253,8 @@ def test_sink_paths_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     small = ["--inputs", "natural", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos", "--layers", "3"]
     monkeypatch.setattr(mod, "RUNS", {"toy-softmax__debian": ("toy-softmax", small, "toy-softmax, small"),
                                       "toy-softmax__debian_free": ("toy-softmax", [*small, "--free-mlps"], "free"),
-                                      "smollm2__natural": (None, small, "SmolLM2, small")})
+                                      "smollm2__natural": (None, small, "SmolLM2, small"),
+                                      "ghost": (str(tmp_path / "no-model"), small, "a GPU model not here")})
     monkeypatch.setattr(loading, "smollm2_gguf_path", lambda: None)
     (tmp_path / "data").mkdir()
     assert mod.main(["--only", "toy-softmax__debian", "toy-softmax__debian_free"]) == 0
@@ -1272,8 +1273,11 @@ def test_sink_paths_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     # SmolLM2 not here: its snapshot stands (here the toy run's, renamed), and the page reads it
     (tmp_path / "data" / "smollm2__natural.json").write_text((tmp_path / "data" / "toy-softmax__debian.json").read_text())
     assert mod.main([]) == 0
-    assert "the model is not here" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "smollm2__natural: the model is not here; its snapshot stands" in printed
+    assert "ghost: the model is not here and has no snapshot; left out" in printed
     page = (tmp_path / "page.md").read_text()
     assert "### SmolLM2, small" in page and "**SmolLM2, key side**" in page and "**SmolLM2, query side**" in page
+    assert "a GPU model not here" not in page
     before = page
     assert mod.main(["--snapshots"]) == 0 and (tmp_path / "page.md").read_text() == before
