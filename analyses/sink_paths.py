@@ -63,6 +63,11 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                "baseline_small (6 x 384, GPU-trained, no BOS), 32 held-out Debian windows"),
     "baseline_small__debian_free": (GPU_BASELINE, ["--tokens", GPU_TOKENS, "--sides", "key", "--free-mlps"],
                                     "baseline_small, the same, key side, MLPs free"),
+    # by head: which heads' writes the queries need, at the first and a late layer the query side was led by
+    # attention (attn 1, attn 21)
+    "smollm2__natural_z": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "3", "24",
+                                  "--senders", "z", "--sides", "query"],
+                           "SmolLM2-135M, 4 English windows, layers 3 and 24, query side by head"),
     # a replicate on 16 other windows (seed 1) at three of the layers
     "smollm2__natural_r": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed", "1",
                                   "--layers", *REPLICATE_LAYERS],
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from sinkinterp import figures
 
     for name, res in results.items():  # from the snapshot, as written: a fresh run and a snapshot draw alike
-        if res["layers"]:
+        if res["layers"] and res.get("senders_kind") != "z":  # by head: hundreds of columns, the table instead
             label = f"{Path(res['model']).name} · {res['inputs']} · N={res['num_seqs']}, T={res['seq_len']}"
             figures.save_figure(figures.sink_paths_figure(res, title=f"direct paths into the sink heads — {label}"),
                                 FIGS / f"sink-paths-{name}.png")
@@ -324,6 +329,19 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
             text += ("; query side, the leading sender: " + ", ".join(
                 f"L{r['layer']} {_top(r['query'], 1)[0][0]}" for r in rep["layers"] if "query" in r) + ".")
             out.append(text)
+        by_head = results.get("smollm2__natural_z")
+        if by_head and by_head["layers"]:
+            parts = []
+            for r in by_head["layers"]:
+                top = _top(r["query"], 6)
+                group = sum(1 for n, _ in top if n.rsplit("H", 1)[1] in ("3", "4", "5"))
+                parts.append(f"L{r['layer']}: " + ", ".join(f"{n} {v:+.3f}" for n, v in top)
+                             + f" ({group} of these 6 are heads 3-5; one head at a time adds up to "
+                             f"{sum(_effects(r, 'query').values()):+.3f} of all {_all(r, 'query'):+.3f})")
+            out.append("- **SmolLM2, query side by head** (each earlier head's write removed from the queries): "
+                       + "; ".join(parts) + ". SmolLM2's 9 heads share 3 key/value heads, heads 3-5 the second: "
+                       "the writes the queries need come from one key/value group in several layers, and from "
+                       "many heads a little each.")
         parts = []
         for row in smol["layers"]:
             a, m = _kind_sums(row, "query")

@@ -337,7 +337,7 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
             chunk = [sender_list[i] for i in idx]
             n = len(chunk)
             tokens = base_tokens.repeat(n, 1)
-            hooks = _sender_hooks(chunk, new_values, pos, n) + _freeze_hooks(chunk, frozen, base_acts, n, recv)
+            hooks = _sender_hooks(chunk, new_values, pos, n) + _freeze_hooks(chunk, frozen, base_acts, n)
             first = 0 if any(s.kind == "embed" for s in chunk) else min(s.layer for s in chunk)
             run1 = _runner(model, start_from, first, base_acts, n)
             if recv is None:
@@ -390,7 +390,7 @@ def _sender_hooks(chunk: Sequence[Sender], new_values: dict[str, Tensor], pos: l
 
 
 def _freeze_hooks(chunk: Sequence[Sender], frozen: Sequence[tuple[str, int]], base_acts: dict[str, Tensor],
-                  n: int, recv: list[Receiver] | None) -> list[tuple[str, Any]]:
+                  n: int) -> list[tuple[str, Any]]:
     """Every attention / MLP output after copy j's sender keeps the base run's value (in copy j)."""
     hooks = []
     for name, order in frozen:
