@@ -27,8 +27,9 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--threshold", type=open_unit_float, default=0.3,
                    help="a sink head's mean weight on token 1 over queries 2..T is above this (default 0.3)")
     s.add_argument("--senders", choices=["blocks", *SENDER_KINDS], default="blocks",
-                   help="the senders: blocks (the embedding and each layer's attention and MLP outputs; "
-                        "default), z (each head), attn_out, mlp_out or embed")
+                   help="the senders: blocks (the embedding, a learned or sinusoidal position embedding where the "
+                        "model adds one, and each layer's attention and MLP outputs; default), z (each head), "
+                        "attn_out, mlp_out, embed or pos_embed")
     s.add_argument("--sink", choices=list(PATH_SINKS), default="auto",
                    help="token 1 (first) or the bias slot (slot: k*/v*, a sink token, a sink logit; its key is a "
                         "parameter, so only the query side applies); auto: the slot if the model has one (default)")

@@ -63,7 +63,7 @@ from sinkinterp.patching import (
 __all__ = ["ABLATIONS", "PATH_SINKS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender", "path_ablate",
            "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
 
-SENDER_KINDS = ("embed", "attn_out", "z", "mlp_out")
+SENDER_KINDS = ("embed", "pos_embed", "attn_out", "z", "mlp_out")
 RECEIVER_KINDS = ("q", "k", "v")
 ABLATIONS = ("zero", "mean", "position_mean")
 _EMBED = Component("embed", "hook_embed", head_dim=None, pos_dim=1)
@@ -71,8 +71,9 @@ _EMBED = Component("embed", "hook_embed", head_dim=None, pos_dim=1)
 
 @dataclass(frozen=True)
 class Sender:
-    """A sender: ``kind`` in SENDER_KINDS ("embed": the token embedding, ``hook_embed``; a learned position
-    embedding is not a sender); ``layer`` (ignored for "embed"); ``head`` for "z" only."""
+    """A sender: ``kind`` in SENDER_KINDS ("embed": the token embedding, ``hook_embed``; "pos_embed": a learned
+    or sinusoidal position embedding added to it, ``hook_pos_embed``); ``layer`` (ignored for the embeddings);
+    ``head`` for "z" only."""
 
     kind: str
     layer: int = 0
@@ -80,19 +81,21 @@ class Sender:
 
     @property
     def order(self) -> int:
-        """Where it writes in the residual stream: the embedding 0, attention l 2l + 1, MLP l 2l + 2."""
-        return 0 if self.kind == "embed" else 2 * self.layer + (2 if self.kind == "mlp_out" else 1)
+        """Where it writes in the residual stream: the embeddings 0, attention l 2l + 1, MLP l 2l + 2."""
+        if self.kind in ("embed", "pos_embed"):
+            return 0
+        return 2 * self.layer + (2 if self.kind == "mlp_out" else 1)
 
     @property
     def label(self) -> str:
-        if self.kind == "embed":
-            return "embed"
+        if self.kind in ("embed", "pos_embed"):
+            return self.kind
         if self.kind == "z":
             return f"L{self.layer}H{self.head}"
         return f"{'attn' if self.kind == 'attn_out' else 'mlp'} {self.layer}"
 
     def component(self) -> Component:
-        return _EMBED if self.kind == "embed" else COMPONENTS[self.kind]
+        return _EMBED if self.kind == "embed" else COMPONENTS[self.kind]  # pos_embed: hook_pos_embed
 
     def hook_name(self) -> str:
         return self.component().hook_name(self.layer)
@@ -160,9 +163,9 @@ class PathResult:
 
 
 def senders_of(model: Any, kind: str, layers: Sequence[int] | None = None) -> list[Sender]:
-    """Every sender of ``kind`` ("embed", "attn_out", "z": each head, "mlp_out"; or "blocks": the
-    embedding and each layer's attention and MLP outputs, the residual stream's terms) in ``layers``
-    (default all)."""
+    """Every sender of ``kind`` ("embed", "pos_embed", "attn_out", "z": each head, "mlp_out"; or "blocks": the
+    embedding, the position embedding where the model adds one to it, and each layer's attention and MLP
+    outputs, the residual stream's terms) in ``layers`` (default all)."""
     dims = tl_adapter.model_dims(model)
     L, H = dims["n_layers"], dims["n_heads"]
     allowed = (*SENDER_KINDS, "blocks")
@@ -172,13 +175,22 @@ def senders_of(model: Any, kind: str, layers: Sequence[int] | None = None) -> li
     for l in layer_list:
         if not 0 <= l < L:
             raise ValueError(f"layers: {l} is outside the model (0..{L - 1})")
-    if kind == "embed":
-        return [Sender("embed")]
+    if kind in ("embed", "pos_embed"):
+        return [Sender(kind)]
     if kind == "blocks":
-        return [Sender("embed"), *[Sender(k, l) for l in layer_list for k in ("attn_out", "mlp_out")]]
+        pos = [Sender("pos_embed")] if _adds_positions(model) else []
+        return [Sender("embed"), *pos, *[Sender(k, l) for l in layer_list for k in ("attn_out", "mlp_out")]]
     if kind == "z":
         return [Sender("z", l, h) for l in layer_list for h in range(H)]
     return [Sender(kind, l) for l in layer_list]
+
+
+def _adds_positions(model: Any) -> bool:
+    """Whether the model adds a position embedding to the token embedding at ``hook_pos_embed`` (a bridge
+    over a rotary model lists the hook but never fires it)."""
+    if not tl_adapter.has_hook(model, "hook_pos_embed"):
+        return False
+    return tl_adapter.wrapped_hf_model(model) is None or tl_adapter.hook_fires(model, "hook_pos_embed")
 
 
 class _Stop(Exception):  # control flow: a pass has computed what it is for
@@ -195,7 +207,7 @@ def _check_senders(model: Any, senders: Sequence[Sender]) -> None:
             raise TypeError(f"senders: expected a kind or Sender objects, got {type(s).__name__}")
         if s.kind not in SENDER_KINDS:
             raise ValueError(f"senders: kind {s.kind!r} is not one of {list(SENDER_KINDS)}")
-        if s.kind != "embed" and not 0 <= s.layer < dims["n_layers"]:
+        if s.kind not in ("embed", "pos_embed") and not 0 <= s.layer < dims["n_layers"]:
             raise ValueError(f"senders: layer {s.layer} is outside the model (0..{dims['n_layers'] - 1})")
         if (s.head is None) != (s.kind != "z"):
             raise ValueError(f"senders: {s.kind!r} senders take {'a head' if s.kind == 'z' else 'no head'}, got {s.head!r}")
@@ -338,7 +350,7 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
             n = len(chunk)
             tokens = base_tokens.repeat(n, 1)
             hooks = _sender_hooks(chunk, new_values, pos, n) + _freeze_hooks(chunk, frozen, base_acts, n)
-            first = 0 if any(s.kind == "embed" for s in chunk) else min(s.layer for s in chunk)
+            first = 0 if any(s.order == 0 for s in chunk) else min(s.layer for s in chunk)
             run1 = _runner(model, start_from, first, base_acts, n)
             if recv is None:
                 with tl_adapter.attached_hooks(model, hooks):

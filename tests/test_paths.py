@@ -505,3 +505,38 @@ def test_sink_paths_on_the_bias_slot():
         paths.sink_paths(_sink_model(), tokens, sink="slot")
     with pytest.raises(ValueError, match="sink: got 'k'"):
         paths.sink_paths(model, tokens, sink="k")
+
+
+@pytest.mark.parametrize("kind", ["learned", "gpt2_bridge"])
+def test_a_learned_position_embedding_is_a_sender(kind):
+    """Where the model adds a position embedding (sinkinterp's learned positions, a GPT-2 bridge), "blocks"
+    has it as a sender: at token 1 made an ordinary position's, its path into the logits as the reference's."""
+    from conftest import tiny_gpt2
+
+    from sinkinterp.models.testing import tiny_model
+
+    model = tiny_model("learned") if kind == "learned" else tl_adapter.boot_bridge(tiny_gpt2(), word_tokenizer(61), "g")
+    labels = [s.label for s in paths.senders_of(model, "blocks")]
+    assert labels[:3] == ["embed", "pos_embed", "attn 0"]
+    tokens = _tokens(4)
+    name = "hook_pos_embed"
+    act = patching.capture(model, tokens, [name])[name]
+    value = act.clone()
+    value[:, 0] = act[:, 1:].mean((0, 1))
+    def at_first(logits):  # the direct path from token 1's residual reaches token 1's logits only
+        return (logits[:, 0, 3] - logits[:, 0, 5]).mean()
+
+    res = paths.path_ablate(model, tokens, at_first, senders=[Sender("pos_embed")], positions=[0])
+    ref = _reference(model, tokens, {name: value}, Sender("pos_embed"), "logits", at_first, positions=[0])
+    assert res.values[0] == pytest.approx(ref, rel=1e-9 if kind == "learned" else 1e-5)
+    assert res.values[0] != pytest.approx(res.base, abs=1e-6)
+    # and the later positions' logits do not see it along the direct path
+    assert paths.path_ablate(model, tokens, _logit_metric, senders=[Sender("pos_embed")], positions=[0]).effects()[0] == 0
+
+
+def test_a_rotary_bridge_has_no_position_sender():
+    model = _model("bridge", 2)
+    assert tl_adapter.has_hook(model, "hook_pos_embed")  # listed, never fired
+    assert "pos_embed" not in [s.label for s in paths.senders_of(model, "blocks")]
+    with pytest.raises(RuntimeError, match="hook_pos_embed"):
+        paths.path_ablate(model, _tokens(4), _logit_metric, senders=[Sender("pos_embed")])
