@@ -410,11 +410,13 @@ def _freeze_hooks(chunk: Sequence[Sender], frozen: Sequence[tuple[str, int]], ba
         if not rows.any():
             continue
         value = base_acts[name]
+        mask = rows.view(n, 1, *([1] * (value.dim() - 1)))  # copy j's rows: [n, 1 (its batch), ...]
 
-        def hook(act: Tensor, hook: Any = None, value: Tensor = value, rows: Tensor = rows) -> Tensor:
-            b = act.shape[0] // n
-            mask = rows.to(act.device).repeat_interleave(b).view(-1, *([1] * (act.dim() - 1)))
-            return torch.where(mask, value.to(act.device, act.dtype).repeat(n, *([1] * (act.dim() - 1))), act)
+        def hook(act: Tensor, hook: Any = None, value: Tensor = value, mask: Tensor = mask) -> Tensor:
+            # the n copies as [n, batch, ...]: the base value broadcast over the copies, nothing repeated
+            copies = act.reshape(n, -1, *act.shape[1:])
+            out = torch.where(mask.to(act.device), value.to(act.device, act.dtype).unsqueeze(0), copies)
+            return out.reshape(act.shape)
 
         hooks.append((name, hook))
     return hooks
@@ -579,7 +581,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
         return p[:, :, 1:] if slot else p[:, :, 1:, 0]
 
     with tl_adapter.hook_dict_kept(model):
-        acts, _ = _capture_run(model, tokens, pats)
+        # the patterns pick the sink heads; the residual inputs are what ``together`` ablates
+        acts, _ = _capture_run(model, tokens, pats + [f"blocks.{l}.hook_resid_pre" for l in wanted])
         found = []
         for l in wanted:
             a = weight(acts[pats[l]]).double().mean((0, 2))
@@ -610,7 +613,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                 res = path_ablate(model, tokens, metric, ablation=how, senders=send, receivers=recv,
                                   positions=pos, free_mlps=free_mlps, metric_hook=hook, batch_rows=batch_rows)
                 d = res.to_dict()
-                d["together"] = _together(model, tokens, metric, l, recv, how, pos, hook)
+                d["together"] = _together(model, tokens, acts[f"blocks.{l}.hook_resid_pre"], metric, l, recv, how,
+                                          pos, hook)
                 row[side] = d
                 row["base"] = res.base
             out["layers"].append(row)
@@ -618,14 +622,13 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     return out
 
 
-def _together(model: Any, tokens: Tensor, metric: Metric, layer: int, recv: list[Receiver], how: str,
-              pos: list[int], hook: str) -> float:
-    """The receivers' inputs computed from the layer's whole residual input ablated at ``pos``."""
+def _together(model: Any, tokens: Tensor, resid: Tensor, metric: Metric, layer: int, recv: list[Receiver],
+              how: str, pos: list[int], hook: str) -> float:
+    """The receivers' inputs computed from the layer's whole residual input ``resid`` (the unedited run's)
+    ablated at ``pos``."""
     name = f"blocks.{layer}.hook_resid_pre"
-    device = _model_device(model)
-    tokens = tokens.to(device)
+    tokens = tokens.to(_model_device(model))
     with _eval_mode(model), torch.no_grad():
-        resid = _capture_run(model, tokens, [name])[0][name]
         value = _ablated(resid, how).to(resid.dtype)
 
         def edit(act: Tensor, hook: Any = None) -> Tensor:
