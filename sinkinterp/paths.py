@@ -422,24 +422,6 @@ def _freeze_hooks(chunk: Sequence[Sender], frozen: Sequence[tuple[str, int]], ba
     return hooks
 
 
-def _combined(hooks: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """One hook per name, applying that name's hooks in order."""
-    by_name: dict[str, list[Any]] = {}
-    for name, fn in hooks:
-        by_name.setdefault(name, []).append(fn)
-
-    def chain(fns: list[Any]) -> Any:
-        def hook(act: Tensor, hook: Any = None) -> Tensor:
-            for fn in fns:
-                out = fn(act, hook=hook)
-                act = act if out is None else out
-            return act
-
-        return hook
-
-    return [(name, fns[0] if len(fns) == 1 else chain(fns)) for name, fns in by_name.items()]
-
-
 def _block_of(name: str) -> int | None:
     """The block a hook name belongs to ("blocks.L. ..."), None for hooks outside the blocks."""
     head, _, rest = name.partition(".")
@@ -473,7 +455,7 @@ def _pass_until(run: Callable[[Tensor], Any], model: Any, tokens: Tensor, hooks:
         return hook
 
     try:
-        with tl_adapter.attached_hooks(model, _combined([*hooks, *[(k, save(k)) for k in sorted(wanted)]])):
+        with tl_adapter.attached_hooks(model, [*hooks, *[(k, save(k)) for k in sorted(wanted)]]):
             run(tokens)
     except _Stop:
         pass
@@ -502,7 +484,7 @@ def _receive(run: Callable[[Tensor], Any], model: Any, tokens: Tensor, recv: lis
 
         hooks.append((name, put))
     if hooks_m is None:
-        with tl_adapter.attached_hooks(model, _combined(hooks)):
+        with tl_adapter.attached_hooks(model, hooks):
             logits = run(tokens)
         return [logits[j * b:(j + 1) * b] for j in range(n)]
     read = _pass_until(run, model, tokens, hooks, hooks_m)
