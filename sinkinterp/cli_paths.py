@@ -29,7 +29,11 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--senders", choices=["blocks", *SENDER_KINDS], default="blocks",
                    help="the senders: blocks (the embedding, a learned or sinusoidal position embedding where the "
                         "model adds one, and each layer's attention and MLP outputs; default), z (each head), "
-                        "attn_out, mlp_out, embed or pos_embed")
+                        "attn_out, mlp_out, neuron (each unit of the MLPs: name them with --sender-layers), embed "
+                        "or pos_embed")
+    s.add_argument("--sender-layers", nargs="+", type=int_at_least(0), default=None, metavar="L",
+                   help="only the senders of these layers (0-based; default every layer; the embeddings are "
+                        "always in 'blocks'); a layer's sink heads before every sender are not read")
     s.add_argument("--sink", choices=list(PATH_SINKS), default="auto",
                    help="token 1 (first) or the bias slot (slot: k*/v*, a sink token, a sink logit; its key is a "
                         "parameter, so only the query side applies); auto: the slot if the model has one (default)")
@@ -64,15 +68,19 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
     started = time.perf_counter()
     try:
         results = sink_paths(lm.model, tokens, threshold=args.threshold, senders=args.senders,
+                             sender_layers=args.sender_layers,
                              sides=None if args.sides is None else list(dict.fromkeys(args.sides)),
                              sink=args.sink, key_ablation=args.key_ablation,
                              query_ablation=args.query_ablation, layers=args.layers, free_mlps=args.free_mlps,
                              batch_rows=args.batch_rows, progress=True)
     except (ValueError, TypeError, RuntimeError) as err:
         raise UsageError(str(err)) from None
+    if not results["layers"]:  # nothing to draw; the summary says so
+        args.no_figures = True
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "threshold": args.threshold,
-                   "senders": args.senders, "sink": results["sink"], "sides": results["sides"], "key_ablation": args.key_ablation,
+                   "senders": args.senders, "sender_layers": args.sender_layers, "sink": results["sink"],
+                   "sides": results["sides"], "key_ablation": args.key_ablation,
                    "query_ablation": args.query_ablation, "layers": args.layers, "free_mlps": args.free_mlps,
                    "seconds": round(time.perf_counter() - started, 3)})
     return finish_study(args, lm, tokens, config, results,

@@ -585,20 +585,34 @@ def turn_sources_figure(studies: dict[str, dict[str, Any]], *, title: str = "") 
     return fig
 
 
-def sink_paths_figure(results: dict[str, Any], *, title: str = "") -> Any:
+def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: int = 60) -> Any:
     """``paths.sink_paths`` results: one heat map per side (key, query; one above the other), a row per layer
     with sink heads, a column per sender, the change of the heads' mean weight on token 1 with the sender
     ablated along its direct path (blank: a sender after the layer). The colours span the single senders'
     effects; the last column ("all", the whole residual input ablated) is printed in its cells (its colour
-    clipped at the senders' span)."""
+    clipped at the senders' span). With more than ``max_senders`` senders (neurons) only the ``max_senders``
+    with the largest effect anywhere are drawn, in their order, and the title says so."""
     if not isinstance(results, dict) or "layers" not in results or "senders" not in results:
         raise ValueError("results: expected paths.sink_paths' result (with 'layers' and 'senders')")
     rows = results["layers"]
     if not rows:
         raise ValueError("results: no layer with sink heads to draw")
+    if not isinstance(max_senders, int) or max_senders < 1:
+        raise ValueError(f"max_senders must be a positive integer, got {max_senders!r}")
     senders = list(results["senders"])
-    col = {name: i for i, name in enumerate(senders)}
     sides = list(results["sides"])
+    shown = ""
+    if len(senders) > max_senders:
+        size = dict.fromkeys(senders, 0.0)
+        for row in rows:
+            for side in sides:
+                d = row[side]
+                for name, v in zip(d["senders"], d["values"], strict=True):
+                    size[name] = max(size[name], abs(v - d["base"]))
+        keep = set(sorted(senders, key=lambda n: -size[n])[:max_senders])
+        shown = f" — the {max_senders} of {len(senders)} senders with the largest effects"
+        senders = [n for n in senders if n in keep]
+    col = {name: i for i, name in enumerate(senders)}
     labels = [*senders, "all"]
     plt = _plt()
     fig, axes = plt.subplots(len(sides), 1, figsize=(max(6.0, 0.15 * len(labels) + 2.5),
@@ -611,7 +625,8 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "") -> Any:
         for r, row in enumerate(rows):
             d = row[side]
             for name, v in zip(d["senders"], d["values"], strict=True):
-                arr[r, col[name]] = v - d["base"]
+                if name in col:
+                    arr[r, col[name]] = v - d["base"]
             arr[r, -1] = d["together"] - d["base"]
         half = float(np.nanmax(np.abs(arr[:, :-1]))) if np.isfinite(arr[:, :-1]).any() else 0.0
         half = half or float(np.nanmax(np.abs(arr))) or 1.0
@@ -627,8 +642,8 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "") -> Any:
         ax.set_title(f"{side} side: sender {how}-ablated {at}{free}", fontsize=8)
         ax.set_ylabel("sink heads' layer (count)", fontsize=7)
         fig.colorbar(im, ax=ax, label=f"Δ mean weight on {sink_name}", shrink=0.9)
-    if title:
-        fig.suptitle(title, fontsize=9)
+    if title or shown:
+        fig.suptitle(title + shown, fontsize=9)
     return fig
 
 

@@ -4,7 +4,8 @@ stream alone, on any model that speaks the hook-name contract.
 Activation patching (``patching.patch``) gives a component's *total* effect: everything downstream of
 it recomputes. Path patching (Wang et al., 2022, "Interpretability in the Wild"; Goldowsky-Dill et al.,
 2023) asks what travels along one path: from a *sender* (the embedding, a layer's attention output,
-one head's output, an MLP's output) directly, through the residual stream only, into *receivers* (the
+one head's output, an MLP's output, one MLP neuron: a unit of ``blocks.L.mlp.hook_post``, what it writes
+through its row of W_out) directly, through the residual stream only, into *receivers* (the
 query, key or value inputs of chosen heads, or the unembedding). Two passes per sender, both of the
 *base* run (the corrupted tokens, or the unedited run for an ablation):
 
@@ -63,28 +64,31 @@ from sinkinterp.patching import (
 __all__ = ["ABLATIONS", "PATH_SINKS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender", "path_ablate",
            "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
 
-SENDER_KINDS = ("embed", "pos_embed", "attn_out", "z", "mlp_out")
+SENDER_KINDS = ("embed", "pos_embed", "attn_out", "z", "mlp_out", "neuron")
 RECEIVER_KINDS = ("q", "k", "v")
 ABLATIONS = ("zero", "mean", "position_mean")
 _EMBED = Component("embed", "hook_embed", head_dim=None, pos_dim=1)
+_NEURON = Component("neuron", "blocks.{l}.mlp.hook_post", head_dim=2, pos_dim=1)  # [batch, pos, d_mlp]
 
 
 @dataclass(frozen=True)
 class Sender:
     """A sender: ``kind`` in SENDER_KINDS ("embed": the token embedding, ``hook_embed``; "pos_embed": a learned
-    or sinusoidal position embedding added to it, ``hook_pos_embed``); ``layer`` (ignored for the embeddings);
-    ``head`` for "z" only."""
+    or sinusoidal position embedding added to it, ``hook_pos_embed``; "neuron": unit ``neuron`` of layer
+    ``layer``'s ``mlp.hook_post``, W_out's input); ``layer`` (ignored for the embeddings); ``head`` for "z"
+    only."""
 
     kind: str
     layer: int = 0
     head: int | None = None
+    neuron: int | None = None
 
     @property
     def order(self) -> int:
         """Where it writes in the residual stream: the embeddings 0, attention l 2l + 1, MLP l 2l + 2."""
         if self.kind in ("embed", "pos_embed"):
             return 0
-        return 2 * self.layer + (2 if self.kind == "mlp_out" else 1)
+        return 2 * self.layer + (2 if self.kind in ("mlp_out", "neuron") else 1)
 
     @property
     def label(self) -> str:
@@ -92,10 +96,18 @@ class Sender:
             return self.kind
         if self.kind == "z":
             return f"L{self.layer}H{self.head}"
+        if self.kind == "neuron":
+            return f"L{self.layer}N{self.neuron}"
         return f"{'attn' if self.kind == 'attn_out' else 'mlp'} {self.layer}"
 
     def component(self) -> Component:
+        if self.kind == "neuron":
+            return _NEURON
         return _EMBED if self.kind == "embed" else COMPONENTS[self.kind]  # pos_embed: hook_pos_embed
+
+    def cell(self, pos: tuple[int, ...] | None) -> Cell:
+        """Where it edits its component: the head or the neuron axis' unit, at ``pos``."""
+        return Cell(self.layer, self.neuron if self.kind == "neuron" else self.head, pos)
 
     def hook_name(self) -> str:
         return self.component().hook_name(self.layer)
@@ -163,9 +175,9 @@ class PathResult:
 
 
 def senders_of(model: Any, kind: str, layers: Sequence[int] | None = None) -> list[Sender]:
-    """Every sender of ``kind`` ("embed", "pos_embed", "attn_out", "z": each head, "mlp_out"; or "blocks": the
-    embedding, the position embedding where the model adds one to it, and each layer's attention and MLP
-    outputs, the residual stream's terms) in ``layers`` (default all)."""
+    """Every sender of ``kind`` ("embed", "pos_embed", "attn_out", "z": each head, "mlp_out", "neuron": each
+    unit of the MLP; or "blocks": the embedding, the position embedding where the model adds one to it, and
+    each layer's attention and MLP outputs, the residual stream's terms) in ``layers`` (default all)."""
     dims = tl_adapter.model_dims(model)
     L, H = dims["n_layers"], dims["n_heads"]
     allowed = (*SENDER_KINDS, "blocks")
@@ -182,7 +194,18 @@ def senders_of(model: Any, kind: str, layers: Sequence[int] | None = None) -> li
         return [Sender("embed"), *pos, *[Sender(k, l) for l in layer_list for k in ("attn_out", "mlp_out")]]
     if kind == "z":
         return [Sender("z", l, h) for l in layer_list for h in range(H)]
+    if kind == "neuron":
+        return [Sender("neuron", l, neuron=u) for l in layer_list for u in range(_d_mlp(model, l))]
     return [Sender(kind, l) for l in layer_list]
+
+
+def _d_mlp(model: Any, layer: int) -> int:
+    """The number of neurons of layer ``layer``'s MLP (rows of its W_out)."""
+    try:
+        return int(tl_adapter.mlp_out_weight(model, layer).shape[0])
+    except (TypeError, AttributeError) as err:
+        raise ValueError(f"senders: neuron senders need the MLP's W_out, which blocks[{layer}] does not expose "
+                         f"({err})") from None
 
 
 def _adds_positions(model: Any) -> bool:
@@ -200,6 +223,7 @@ class _Stop(Exception):  # control flow: a pass has computed what it is for
 def _check_senders(model: Any, senders: Sequence[Sender]) -> None:
     dims = tl_adapter.model_dims(model)
     names = set(tl_adapter.hook_names(model))
+    d_mlp: dict[int, int] = {}
     if not senders:
         raise ValueError("senders: empty")
     for s in senders:
@@ -213,8 +237,16 @@ def _check_senders(model: Any, senders: Sequence[Sender]) -> None:
             raise ValueError(f"senders: {s.kind!r} senders take {'a head' if s.kind == 'z' else 'no head'}, got {s.head!r}")
         if s.head is not None and not 0 <= s.head < dims["n_heads"]:
             raise ValueError(f"senders: head {s.head} is outside the model's {dims['n_heads']} heads")
+        if (s.neuron is None) != (s.kind != "neuron"):
+            raise ValueError(f"senders: {s.kind!r} senders take {'a neuron' if s.kind == 'neuron' else 'no neuron'}, "
+                             f"got {s.neuron!r}")
         if s.hook_name() not in names:
             raise ValueError(f"model has no hook {s.hook_name()} (sender {s.label}; see docs/hook-contract.md)")
+        if s.kind == "neuron":
+            if s.layer not in d_mlp:
+                d_mlp[s.layer] = _d_mlp(model, s.layer)
+            if not 0 <= s.neuron < d_mlp[s.layer]:  # type: ignore[operator]
+                raise ValueError(f"senders: neuron {s.neuron} is outside blocks.{s.layer}.mlp (d_mlp = {d_mlp[s.layer]})")
 
 
 def _check_receivers(model: Any, receivers: object) -> list[Receiver] | None:
@@ -387,7 +419,7 @@ def _ablated(act: Tensor, how: str) -> Tensor:
 def _sender_hooks(chunk: Sequence[Sender], new_values: dict[str, Tensor], pos: list[int] | None,
                   n: int) -> list[tuple[str, Any]]:
     """Copy j's sender takes its new value at ``pos`` (patching.run_cells' stacked copies)."""
-    cells = [Cell(s.layer, s.head, None if pos is None else tuple(pos)) for s in chunk]
+    cells = [s.cell(None if pos is None else tuple(pos)) for s in chunk]
     hooks = []
     for name in sorted({s.hook_name() for s in chunk}):
         idx = [j for j, s in enumerate(chunk) if s.hook_name() == name]
@@ -497,8 +529,8 @@ SIDES = ("key", "query")
 PATH_SINKS = ("auto", "first", "slot")
 
 
-def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: str = "blocks",
-               sides: Sequence[str] | None = None, key_ablation: str = "mean", query_ablation: str = "zero",
+def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: str | Sequence[Sender] = "blocks",
+               sender_layers: Sequence[int] | None = None, sides: Sequence[str] | None = None, key_ablation: str = "mean", query_ablation: str = "zero",
                sink: str = "first",
                layers: Sequence[int] | None = None, free_mlps: bool = False, batch_rows: int = 64,
                progress: bool = False) -> dict[str, Any]:
@@ -516,6 +548,9 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
       ``together``: the queries' whole residual input ablated.
 
     ``free_mlps``: the MLPs after a sender recompute (its paths through them count; ``path_patch``).
+    ``senders``: a kind for ``senders_of`` (of ``sender_layers`` only, when given: "neuron" senders are every
+    unit of those layers' MLPs) or a list of Sender; a layer whose heads come before every sender is not
+    read (``layers`` naming one is an error).
 
     ``sink="slot"`` (a model with a bias slot reported by ``hook_bias_pattern``: k*/v*, a sink token, a sink
     logit; "auto": the slot where the model has one, else token 1): the sink heads are those whose mean
@@ -549,12 +584,23 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
         if how not in ABLATIONS:
             raise ValueError(f"{name}: got {how!r}, allowed values are {list(ABLATIONS)}")
     L, T = dims["n_layers"], tokens.shape[1]
-    wanted = range(1, L) if layers is None else sorted({int(l) for l in layers})
+    if isinstance(senders, str):
+        all_senders = senders_of(model, senders, sender_layers)
+    else:
+        if sender_layers is not None:
+            raise ValueError("sender_layers: only with a kind of senders (a list of Sender names its layers itself)")
+        all_senders = list(senders)
+    _check_senders(model, all_senders)
+    first = min(all_senders, key=lambda s: s.order)
+    wanted = [l for l in range(1, L) if 2 * l + 1 > first.order] if layers is None else sorted({int(l) for l in layers})
     for l in wanted:
         if not 1 <= l < L:
             raise ValueError(f"layers: {l} is not a layer after the first (1..{L - 1}): layer 0's heads have no "
                              "sender before them but the embedding")
-    all_senders = senders_of(model, senders)
+        if 2 * l + 1 <= first.order:
+            raise ValueError(f"layers: layer {l}'s heads come before every sender (the first is {first.label})")
+    if not wanted:
+        raise ValueError(f"senders: no layer's heads come after a sender (the first is {first.label})")
     group = dims["n_heads"] // dims["n_kv_heads"]
     slot = sink == "slot"
     pats = [f"blocks.{l}.attn.hook_{'bias_pattern' if slot else 'pattern'}" for l in range(L)]
@@ -571,7 +617,10 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
             heads = [int(h) for h in torch.nonzero(a > threshold).flatten()]
             if heads:
                 found.append((l, heads))
-        out: dict[str, Any] = {"sink": sink, "threshold": threshold, "senders_kind": senders, "free_mlps": free_mlps,
+        out: dict[str, Any] = {"sink": sink, "threshold": threshold,
+                               "senders_kind": senders if isinstance(senders, str) else "list",
+                               "sender_layers": None if sender_layers is None else sorted({int(l) for l in sender_layers}),
+                               "free_mlps": free_mlps,
                                "key_ablation": key_ablation,
                                "receiver_layers": None if layers is None else list(wanted),
                                "query_ablation": query_ablation, "sides": list(sides), "layers": []}

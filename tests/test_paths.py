@@ -58,13 +58,15 @@ def _reference(model, base, new, sender, receivers, metric, metric_hook=None, fr
     base_acts = _FROZEN[key]
     sname = sender.hook_name()
 
+    unit = sender.neuron if sender.kind == "neuron" else sender.head  # hook_post's neuron axis, hook_z's head axis
+
     def send(act, hook=None):
         out = act.clone()
         pos = slice(None) if positions is None else list(positions)
-        if sender.head is None:
+        if unit is None:
             out[:, pos] = new[sname][:, pos].to(act.dtype)
         else:
-            out[:, pos, sender.head] = new[sname][:, pos, sender.head].to(act.dtype)
+            out[:, pos, unit] = new[sname][:, pos, unit].to(act.dtype)
         return out
 
     def freeze(name):
@@ -432,7 +434,23 @@ def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     res = json.loads((kv / "results.json").read_text())
     assert res["sink"] == "slot" and res["sides"] == ["query"] and json.loads((kv / "config.json").read_text())["sink"] == "slot"
     assert "mean weight on the bias slot" in capsys.readouterr().out
+    # the neurons of MLP 0 (the default model's has 344), layer 3's key side
+    nr = tmp_path / "n"
+    assert cli.main(["paths", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos", "--layers", "3", "--sides", "key",
+                     "--senders", "neuron", "--sender-layers", "0", "--out", str(nr)]) == 0
+    res = json.loads((nr / "results.json").read_text())
+    assert json.loads((nr / "config.json").read_text())["sender_layers"] == [0]
+    assert res["senders"] == [f"L0N{u}" for u in range(344)] and len(res["layers"][0]["key"]["values"]) == 344
+    capsys.readouterr()
     base = ["paths", "--num-seqs", "2", "--seq-len", "8", "--out", str(tmp_path / "x")]
+    assert cli.main([*base, "--senders", "mlp_out", "--sender-layers", "3", "--layers", "2"]) == 2
+    assert "layer 2's heads come before every sender" in capsys.readouterr().err
+    # no sink heads (no BOS, a short window): the summary says so, no figure, the results written
+    none = tmp_path / "none"
+    assert cli.main(["paths", "--num-seqs", "2", "--seq-len", "8", "--layers", "2", "--threshold", "0.99",
+                     "--out", str(none)]) == 0
+    assert json.loads((none / "results.json").read_text())["layers"] == [] and not (none / "paths.png").exists()
+    assert "no sink heads" in capsys.readouterr().out
     assert cli.main([*base, "--model", "toy-kv-bias", "--sink", "slot", "--sides", "key"]) == 2
     assert "only the query side" in capsys.readouterr().err
     for bad, flag in ((["--layers", "9"], "layers"), (["--k-max", "3"], "--k-max")):
@@ -540,3 +558,118 @@ def test_a_rotary_bridge_has_no_position_sender():
     assert "pos_embed" not in [s.label for s in paths.senders_of(model, "blocks")]
     with pytest.raises(RuntimeError, match="hook_pos_embed"):
         paths.path_ablate(model, _tokens(4), _logit_metric, senders=[Sender("pos_embed")])
+
+
+def _some_neurons(model, per_layer=3):
+    """A few neurons of every layer's MLP: the first, one in the middle, the last."""
+    out = []
+    for l in range(tl_adapter.model_dims(model)["n_layers"]):
+        d = tl_adapter.mlp_out_weight(model, l).shape[0]
+        out += [Sender("neuron", l, neuron=u) for u in sorted({0, d // 2, d - 1})][:per_layer]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["sinkinterp", "ht", "bridge"])
+def test_neuron_senders_equal_the_reference(kind):
+    """One MLP neuron (a unit of hook_post) as the sender: its clean value put in, what it writes through
+    W_out sent along the residual stream alone; the MLP output of its own layer recomputes (it carries the
+    neuron's write), every later one is frozen."""
+    L = 2 if kind == "bridge" else 3
+    model = _model(kind, L)
+    vocab = tl_adapter.model_dims(model)["d_vocab"]
+    clean, corrupted = _pair(min(vocab, 50))
+    senders = _some_neurons(model)
+    clean_acts = patching.capture(model, clean, sorted({s.hook_name() for s in senders}))
+    last = L - 1
+    for receivers, hook, metric in (("logits", None, _logit_metric),
+                                    ([Receiver(last, "q", 1), Receiver(last, "k", 0)],
+                                     f"blocks.{last}.attn.hook_pattern", _pattern_metric(1))):
+        res = paths.path_patch(model, clean, corrupted, metric, senders=senders, receivers=receivers,
+                               metric_hook=hook, batch_rows=5)
+        assert res.labels[:2] == ["L0N0", f"L0N{senders[1].neuron}"]
+        for s, v in zip(res.senders, res.values):
+            if receivers != "logits" and s.layer >= last:
+                assert v == res.base  # an MLP at or after the receivers' layer cannot reach them
+                continue
+            ref = _reference(model, corrupted, clean_acts, s, receivers, metric, hook)
+            assert v == pytest.approx(ref, rel=1e-9 if kind == "sinkinterp" else 1e-5, abs=1e-9), (receivers, s)
+        assert (abs(res.effects()) > 1e-7).sum() >= 2  # the neurons' paths carry something
+    assert tl_adapter.count_attached_hooks(model) == 0
+
+
+def test_all_neurons_of_a_layer_at_once_are_the_mlp_sender():
+    """Patching every neuron of one MLP is patching its output: a hand-made sender over all of hook_post
+    (the neuron component, every unit) equals the "mlp_out" sender; and a neuron that writes nothing (its
+    W_out row zeroed) sends nothing."""
+    model = _model("sinkinterp", 3)
+    clean, corrupted = _pair()
+    mlp = paths.path_patch(model, clean, corrupted, _logit_metric, senders=[Sender("mlp_out", 1)])
+    whole = paths._NEURON  # every unit: a cell with no neuron index
+    acts = patching.capture(model, clean, [whole.hook_name(1)])
+
+    def put(act, hook=None):
+        return acts[whole.hook_name(1)].to(act.dtype)
+
+    frozen = [f"blocks.{l}.hook_attn_out" for l in (2,)] + [f"blocks.{l}.hook_mlp_out" for l in (2,)]
+    base = patching.capture(model, corrupted, frozen)
+    with torch.no_grad(), tl_adapter.attached_hooks(
+            model, [(whole.hook_name(1), put)] + [(n, lambda a, hook=None, n=n: base[n]) for n in frozen]):
+        ref = float(_logit_metric(model(corrupted)))
+    assert mlp.values[0] == pytest.approx(ref, rel=1e-10)
+    d = tl_adapter.mlp_out_weight(model, 1).shape[0]
+    with torch.no_grad():
+        tl_adapter.mlp_out_weight(model, 1)[5] = 0.0
+    res = paths.path_patch(model, clean, corrupted, _logit_metric,
+                           senders=[Sender("neuron", 1, neuron=5), Sender("neuron", 1, neuron=6)])
+    assert res.values[0] == pytest.approx(res.base, abs=1e-12) and abs(res.effects()[1]) > 1e-9
+    assert [s.label for s in paths.senders_of(model, "neuron", layers=[2])] == [f"L2N{u}" for u in range(d)]
+    for kwargs, match in ((dict(senders=[Sender("neuron", 1)]), "take a neuron"),
+                          (dict(senders=[Sender("mlp_out", 1, neuron=3)]), "take no neuron"),
+                          (dict(senders=[Sender("neuron", 1, neuron=d)]), f"neuron {d} is outside blocks.1.mlp")):
+        with pytest.raises(ValueError, match=match):
+            paths.path_patch(model, clean, corrupted, _logit_metric, **kwargs)
+
+
+def test_sink_paths_with_neuron_senders_and_sender_layers():
+    model = _sink_model()
+    tokens = _tokens(7, shape=(4, 10))
+    full = paths.sink_paths(model, tokens, threshold=0.2)
+    last = full["layers"][-1]["layer"]
+    res = paths.sink_paths(model, tokens, threshold=0.2, senders="neuron", sender_layers=[1], sides=["key"])
+    # layer 1's heads come before layer 1's MLP: only later layers are read
+    assert [r["layer"] for r in res["layers"]] == [r["layer"] for r in full["layers"] if r["layer"] > 1]
+    assert res["sender_layers"] == [1] and res["senders_kind"] == "neuron"
+    row = res["layers"][-1]
+    d_mlp = tl_adapter.mlp_out_weight(model, 1).shape[0]
+    assert row["key"]["senders"] == [f"L1N{u}" for u in range(d_mlp)]
+    assert row["key"]["together"] == pytest.approx(full["layers"][-1]["key"]["together"], rel=1e-12)
+    heads = row["heads"]
+    hook = f"blocks.{last}.attn.hook_pattern"
+    acts = patching.capture(model, tokens, ["blocks.1.mlp.hook_post"])
+    new = {n: x.clone() for n, x in acts.items()}
+    new["blocks.1.mlp.hook_post"][:, 0] = acts["blocks.1.mlp.hook_post"][:, 1:].mean((0, 1))
+    recv = [Receiver(last, "k", g) for g in sorted({h // 2 for h in heads})]
+    for u in (0, 7, d_mlp - 1):
+        ref = _reference(model, tokens, new, Sender("neuron", 1, neuron=u), recv,
+                         lambda p: p[:, heads, 1:, 0].double().mean(), hook, positions=[0])
+        assert row["key"]["values"][u] == pytest.approx(ref, abs=1e-8)
+    # a list of senders; the errors
+    mixed = paths.sink_paths(model, tokens, threshold=0.2, senders=[Sender("embed"), Sender("neuron", 0, neuron=3)],
+                             sides=["query"], layers=[last])
+    assert mixed["senders"] == ["embed", "L0N3"] and mixed["senders_kind"] == "list"
+    for kwargs, match in ((dict(senders="neuron", sender_layers=[2], layers=[1]), "layer 1's heads come before"),
+                          (dict(senders="neuron", sender_layers=[2]), "no layer's heads come after"),
+                          (dict(senders=[Sender("embed")], sender_layers=[0]), "sender_layers: only with a kind"),
+                          (dict(senders="z", sender_layers=[4]), "layers: 4 is outside")):
+        with pytest.raises(ValueError, match=match):
+            paths.sink_paths(model, tokens, threshold=0.2, **kwargs)
+    from sinkinterp import figures
+
+    fig = figures.sink_paths_figure(res, max_senders=10)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    eff = {n: abs(v - row["key"]["base"]) for n, v in zip(row["key"]["senders"], row["key"]["values"])}
+    top = sorted(eff, key=lambda n: -eff[n])[:10]
+    assert len(labels) == 11 and labels[-1] == "all" and set(labels[:-1]) == set(top)
+    assert f"the 10 of {d_mlp} senders with the largest effects" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="max_senders"):
+        figures.sink_paths_figure(res, max_senders=0)
