@@ -15,7 +15,19 @@ from typing import Any
 
 from sinkinterp.argtypes import int_at_least, open_unit_float
 
-__all__ = ["add_parser", "cmd_paths"]
+__all__ = ["add_parser", "cmd_paths", "neuron_group"]
+
+
+def neuron_group(text: str) -> tuple[int, tuple[int, ...]]:
+    """``L:N1,N2,...``: the neurons of layer L's MLP, one sender."""
+    layer, colon, units = text.partition(":")
+    try:
+        got = (int(layer), tuple(int(u) for u in units.split(",")))
+    except ValueError:
+        got = None
+    if not colon or got is None or got[0] < 0 or any(u < 0 for u in got[1]):
+        raise argparse.ArgumentTypeError(f"must be LAYER:N1,N2,... (non-negative integers), got {text!r}")
+    return got
 
 
 def add_parser(sub: Any, add_common: Any) -> None:
@@ -34,6 +46,9 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--sender-layers", nargs="+", type=int_at_least(0), default=None, metavar="L",
                    help="only the senders of these layers (0-based; default every layer; the embeddings are "
                         "always in 'blocks'); a layer's sink heads before every sender are not read")
+    s.add_argument("--neurons", nargs="+", type=neuron_group, default=None, metavar="L:N1,N2",
+                   help="more senders: each the listed neurons of layer L's MLP sent together (one neuron: L:N), "
+                        "after those of --senders")
     s.add_argument("--sink", choices=list(PATH_SINKS), default="auto",
                    help="token 1 (first) or the bias slot (slot: k*/v*, a sink token, a sink logit; its key is a "
                         "parameter, so only the query side applies); auto: the slot if the model has one (default)")
@@ -59,7 +74,7 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
     from sinkinterp import figures
     from sinkinterp.cli import UsageError, finish_study, model_and_tokens, run_config
     from sinkinterp.cli_intervene import _prepare
-    from sinkinterp.paths import sink_paths, sink_paths_summary
+    from sinkinterp.paths import Sender, senders_of, sink_paths, sink_paths_summary
 
     tokens, text, kind = _prepare(args)
     if args.k_max is not None:
@@ -67,8 +82,14 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
     lm, tokens = model_and_tokens(args, kind, tokens, text)
     started = time.perf_counter()
     try:
-        results = sink_paths(lm.model, tokens, threshold=args.threshold, senders=args.senders,
-                             sender_layers=args.sender_layers,
+        senders: Any = args.senders
+        layers_of_kind = args.sender_layers
+        if args.neurons:  # the kind's senders, then each group
+            senders = [*senders_of(lm.model, args.senders, args.sender_layers),
+                       *(Sender("neuron", l, neuron=units[0] if len(units) == 1 else units) for l, units in args.neurons)]
+            layers_of_kind = None
+        results = sink_paths(lm.model, tokens, threshold=args.threshold, senders=senders,
+                             sender_layers=layers_of_kind,
                              sides=None if args.sides is None else list(dict.fromkeys(args.sides)),
                              sink=args.sink, key_ablation=args.key_ablation,
                              query_ablation=args.query_ablation, layers=args.layers, free_mlps=args.free_mlps,
@@ -79,7 +100,9 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
         args.no_figures = True
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "threshold": args.threshold,
-                   "senders": args.senders, "sender_layers": args.sender_layers, "sink": results["sink"],
+                   "senders": args.senders, "sender_layers": args.sender_layers,
+                   "neurons": None if args.neurons is None else [f"{l}:{','.join(map(str, u))}" for l, u in args.neurons],
+                   "sink": results["sink"],
                    "sides": results["sides"], "key_ablation": args.key_ablation,
                    "query_ablation": args.query_ablation, "layers": args.layers, "free_mlps": args.free_mlps,
                    "seconds": round(time.perf_counter() - started, 3)})

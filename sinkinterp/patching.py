@@ -107,11 +107,11 @@ def component(name: object) -> Component:
 
 @dataclass(frozen=True)
 class Cell:
-    """One place to edit: ``layer``; ``head`` (None: every head); ``pos`` (None: every position, an
-    int or a tuple of positions)."""
+    """One place to edit: ``layer``; ``head`` (None: every head; a tuple: several units of the head axis);
+    ``pos`` (None: every position, an int or a tuple of positions)."""
 
     layer: int
-    head: int | None = None
+    head: int | tuple[int, ...] | None = None
     pos: int | tuple[int, ...] | None = None
 
 
@@ -213,13 +213,19 @@ def _cell_mask(comp: Component, cells: Sequence[Cell], act: Tensor) -> Tensor:
     if comp.pos_dim is not None:
         shape[comp.pos_dim] = act.shape[comp.pos_dim]
     mask = torch.zeros(shape, dtype=torch.bool, device=act.device)
+
+    def axis(dim: int, chosen: int | tuple[int, ...]) -> Tensor:  # the chosen units of one axis, broadcastable
+        sel = torch.zeros(act.shape[dim], dtype=torch.bool, device=act.device)
+        sel[[chosen] if isinstance(chosen, int) else list(chosen)] = True
+        return sel.view([-1 if d == dim else 1 for d in range(1, act.dim())])
+
     for i, cell in enumerate(cells):
-        index: list[Any] = [i] + [slice(None)] * (act.dim() - 1)
-        if cell.head is not None:
-            index[comp.head_dim] = cell.head  # type: ignore[index]
+        m = torch.ones(shape[1:], dtype=torch.bool, device=act.device)
+        if cell.head is not None:  # a head, or (path patching's neuron senders) several units of that axis
+            m = m & axis(comp.head_dim, cell.head)  # type: ignore[arg-type]
         if cell.pos is not None:
-            index[comp.pos_dim] = cell.pos if isinstance(cell.pos, int) else list(cell.pos)  # type: ignore[index]
-        mask[tuple(index)] = True
+            m = m & axis(comp.pos_dim, cell.pos)  # type: ignore[arg-type]
+        mask[i] = m
     return mask
 
 

@@ -75,13 +75,13 @@ _NEURON = Component("neuron", "blocks.{l}.mlp.hook_post", head_dim=2, pos_dim=1)
 class Sender:
     """A sender: ``kind`` in SENDER_KINDS ("embed": the token embedding, ``hook_embed``; "pos_embed": a learned
     or sinusoidal position embedding added to it, ``hook_pos_embed``; "neuron": unit ``neuron`` of layer
-    ``layer``'s ``mlp.hook_post``, W_out's input); ``layer`` (ignored for the embeddings); ``head`` for "z"
-    only."""
+    ``layer``'s ``mlp.hook_post``, W_out's input, or a tuple of units sent together); ``layer`` (ignored for
+    the embeddings); ``head`` for "z" only."""
 
     kind: str
     layer: int = 0
     head: int | None = None
-    neuron: int | None = None
+    neuron: int | tuple[int, ...] | None = None
 
     @property
     def order(self) -> int:
@@ -97,7 +97,8 @@ class Sender:
         if self.kind == "z":
             return f"L{self.layer}H{self.head}"
         if self.kind == "neuron":
-            return f"L{self.layer}N{self.neuron}"
+            units = self.neuron if isinstance(self.neuron, tuple) else (self.neuron,)
+            return f"L{self.layer}N{'+'.join(map(str, units))}"
         return f"{'attn' if self.kind == 'attn_out' else 'mlp'} {self.layer}"
 
     def component(self) -> Component:
@@ -245,8 +246,12 @@ def _check_senders(model: Any, senders: Sequence[Sender]) -> None:
         if s.kind == "neuron":
             if s.layer not in d_mlp:
                 d_mlp[s.layer] = _d_mlp(model, s.layer)
-            if not 0 <= s.neuron < d_mlp[s.layer]:  # type: ignore[operator]
-                raise ValueError(f"senders: neuron {s.neuron} is outside blocks.{s.layer}.mlp (d_mlp = {d_mlp[s.layer]})")
+            units = s.neuron if isinstance(s.neuron, tuple) else (s.neuron,)
+            if not units or len(set(units)) != len(units):
+                raise ValueError(f"senders: {s.label} needs one neuron or a tuple of distinct neurons, got {s.neuron!r}")
+            for u in units:
+                if not isinstance(u, int) or not 0 <= u < d_mlp[s.layer]:
+                    raise ValueError(f"senders: neuron {u!r} is outside blocks.{s.layer}.mlp (d_mlp = {d_mlp[s.layer]})")
 
 
 def _check_receivers(model: Any, receivers: object) -> list[Receiver] | None:

@@ -66,7 +66,8 @@ def _reference(model, base, new, sender, receivers, metric, metric_hook=None, fr
         if unit is None:
             out[:, pos] = new[sname][:, pos].to(act.dtype)
         else:
-            out[:, pos, unit] = new[sname][:, pos, unit].to(act.dtype)
+            for u in unit if isinstance(unit, tuple) else (unit,):
+                out[:, pos, u] = new[sname][:, pos, u].to(act.dtype)
         return out
 
     def freeze(name):
@@ -441,8 +442,25 @@ def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     res = json.loads((nr / "results.json").read_text())
     assert json.loads((nr / "config.json").read_text())["sender_layers"] == [0]
     assert res["senders"] == [f"L0N{u}" for u in range(344)] and len(res["layers"][0]["key"]["values"]) == 344
+    # groups of neurons sent together, after the kind's senders
+    gr = tmp_path / "g"
+    assert cli.main(["paths", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos", "--layers", "3", "--sides", "key",
+                     "--senders", "mlp_out", "--sender-layers", "0", "--neurons", "0:253", "0:253,261",
+                     "--out", str(gr)]) == 0
+    res = json.loads((gr / "results.json").read_text())
+    assert res["senders"] == ["mlp 0", "L0N253", "L0N253+261"]
+    assert json.loads((gr / "config.json").read_text())["neurons"] == ["0:253", "0:253,261"]
+    one = dict(zip(json.loads((nr / "results.json").read_text())["senders"],
+                   json.loads((nr / "results.json").read_text())["layers"][0]["key"]["values"]))
+    assert res["layers"][0]["key"]["values"][1] == pytest.approx(one["L0N253"], abs=1e-8)
     capsys.readouterr()
     base = ["paths", "--num-seqs", "2", "--seq-len", "8", "--out", str(tmp_path / "x")]
+    for bad in ("0-253", "0:", "a:1", "0:-1"):
+        with pytest.raises(SystemExit):
+            cli.main([*base, "--neurons", bad])
+        assert "LAYER:N1,N2" in capsys.readouterr().err
+    assert cli.main([*base, "--neurons", "0:344"]) == 2
+    assert "neuron 344 is outside blocks.0.mlp" in capsys.readouterr().err
     assert cli.main([*base, "--senders", "mlp_out", "--sender-layers", "3", "--layers", "2"]) == 2
     assert "layer 2's heads come before every sender" in capsys.readouterr().err
     # no sink heads (no BOS, a short window): the summary says so, no figure, the results written
@@ -560,12 +578,12 @@ def test_a_rotary_bridge_has_no_position_sender():
         paths.path_ablate(model, _tokens(4), _logit_metric, senders=[Sender("pos_embed")])
 
 
-def _some_neurons(model, per_layer=3):
-    """A few neurons of every layer's MLP: the first, one in the middle, the last."""
+def _some_neurons(model):
+    """A few neurons of every layer's MLP: the first, one in the middle, the last, and two sent together."""
     out = []
     for l in range(tl_adapter.model_dims(model)["n_layers"]):
         d = tl_adapter.mlp_out_weight(model, l).shape[0]
-        out += [Sender("neuron", l, neuron=u) for u in sorted({0, d // 2, d - 1})][:per_layer]
+        out += [*(Sender("neuron", l, neuron=u) for u in (0, d // 2, d - 1)), Sender("neuron", l, neuron=(1, d - 2))]
     return out
 
 
@@ -598,24 +616,20 @@ def test_neuron_senders_equal_the_reference(kind):
 
 
 def test_all_neurons_of_a_layer_at_once_are_the_mlp_sender():
-    """Patching every neuron of one MLP is patching its output: a hand-made sender over all of hook_post
-    (the neuron component, every unit) equals the "mlp_out" sender; and a neuron that writes nothing (its
-    W_out row zeroed) sends nothing."""
+    """Every neuron of one MLP sent together is its output sent (the MLP output is W_out of hook_post), at
+    every position and at some; and a neuron that writes nothing (its W_out row zeroed) sends nothing."""
     model = _model("sinkinterp", 3)
     clean, corrupted = _pair()
-    mlp = paths.path_patch(model, clean, corrupted, _logit_metric, senders=[Sender("mlp_out", 1)])
-    whole = paths._NEURON  # every unit: a cell with no neuron index
-    acts = patching.capture(model, clean, [whole.hook_name(1)])
-
-    def put(act, hook=None):
-        return acts[whole.hook_name(1)].to(act.dtype)
-
-    frozen = [f"blocks.{l}.hook_attn_out" for l in (2,)] + [f"blocks.{l}.hook_mlp_out" for l in (2,)]
-    base = patching.capture(model, corrupted, frozen)
-    with torch.no_grad(), tl_adapter.attached_hooks(
-            model, [(whole.hook_name(1), put)] + [(n, lambda a, hook=None, n=n: base[n]) for n in frozen]):
-        ref = float(_logit_metric(model(corrupted)))
-    assert mlp.values[0] == pytest.approx(ref, rel=1e-10)
+    d = tl_adapter.mlp_out_weight(model, 1).shape[0]
+    for pos in (None, [0, 2, 8]):
+        for receivers, hook, metric in (("logits", None, _logit_metric),
+                                        ([Receiver(2, "k", 0)], "blocks.2.attn.hook_pattern", _pattern_metric(1))):
+            res = paths.path_patch(model, clean, corrupted, metric, receivers=receivers, metric_hook=hook,
+                                   positions=pos, senders=[Sender("mlp_out", 1), Sender("neuron", 1, neuron=tuple(range(d))),
+                                                           Sender("neuron", 1, neuron=tuple(range(0, d, 2)))])
+            assert res.labels[1] == "L1N" + "+".join(map(str, range(d)))
+            assert res.values[1] == pytest.approx(res.values[0], rel=1e-10) and abs(res.effects()[0]) > 1e-6
+            assert abs(res.values[2] - res.values[0]) > 1e-8  # half the neurons are not the MLP
     d = tl_adapter.mlp_out_weight(model, 1).shape[0]
     with torch.no_grad():
         tl_adapter.mlp_out_weight(model, 1)[5] = 0.0
@@ -624,6 +638,9 @@ def test_all_neurons_of_a_layer_at_once_are_the_mlp_sender():
     assert res.values[0] == pytest.approx(res.base, abs=1e-12) and abs(res.effects()[1]) > 1e-9
     assert [s.label for s in paths.senders_of(model, "neuron", layers=[2])] == [f"L2N{u}" for u in range(d)]
     for kwargs, match in ((dict(senders=[Sender("neuron", 1)]), "take a neuron"),
+                          (dict(senders=[Sender("neuron", 1, neuron=(2, 2))]), "tuple of distinct neurons"),
+                          (dict(senders=[Sender("neuron", 1, neuron=())]), "tuple of distinct neurons"),
+                          (dict(senders=[Sender("neuron", 1, neuron=(2, -1))]), "neuron -1 is outside"),
                           (dict(senders=[Sender("mlp_out", 1, neuron=3)]), "take no neuron"),
                           (dict(senders=[Sender("neuron", 1, neuron=d)]), f"neuron {d} is outside blocks.1.mlp")):
         with pytest.raises(ValueError, match=match):
