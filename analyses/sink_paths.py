@@ -75,7 +75,45 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
     "smollm2__natural_r_free": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed", "1",
                                        "--layers", *REPLICATE_LAYERS, "--sides", "key", "--free-mlps"],
                                 "SmolLM2-135M, replicate, key side, MLPs free"),
+    # by neuron: each neuron of the MLPs that lead above, then the strongest ones sent together (GROUPS)
+    "toy-softmax__debian_neurons": ("toy-softmax", ["--tokens", TOY_TOKENS, "--senders", "neuron",
+                                                    "--sender-layers", "0", "1"],
+                                    "toy-softmax, 32 held-out Debian windows, BOS first, each neuron of MLPs 0 and 1"),
+    "toy-softmax__debian_groups": ("toy-softmax", ["--tokens", TOY_TOKENS, "--senders", "mlp_out",
+                                                   "--sender-layers", "0", "1"],
+                                   "toy-softmax, the same, MLPs 0 and 1 and their strongest neurons sent together"),
+    "smollm2__natural_neurons": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "3",
+                                        "13", "--sides", "key", "--senders", "neuron", "--sender-layers", "2", "11"],
+                                 "SmolLM2-135M, 4 English windows, layers 3 and 13, key side, each neuron of MLPs 2 "
+                                 "and 11"),
+    "smollm2__natural_groups": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "3",
+                                       "13", "--sides", "key", "--senders", "mlp_out", "--sender-layers", "2", "11"],
+                                "SmolLM2-135M, the same, MLPs 2 and 11 and their strongest neurons sent together"),
 }
+# a group run's --neurons: from its source run's ranking (each neuron alone, by its effect on that side at that
+# layer), the k strongest of an MLP sent together, and fixed groups (SmolLM2's massive-activation writers,
+# docs/massive-activation-pretrained.md)
+GROUPS: dict[str, tuple[str, list[tuple[str, int, int, tuple[int, ...]]], list[str]]] = {
+    "toy-softmax__debian_groups": ("toy-softmax__debian_neurons",
+                                   [("key", 3, 0, (1, 2, 4, 8, 16)), ("query", 3, 1, (1, 4, 16, 64))], []),
+    "smollm2__natural_groups": ("smollm2__natural_neurons",
+                                [("key", 3, 2, (1, 2, 4, 8, 16, 64)), ("key", 13, 11, (1, 2, 4, 8, 16, 64))],
+                                ["11:1229,1487"]),
+}
+
+
+def _group_args(source: dict[str, Any], plan: list[tuple[str, int, int, tuple[int, ...]]], fixed: list[str]) -> list[str]:
+    """``--neurons`` for a group run: per (side, receiving layer, MLP layer, sizes), the strongest neurons of that
+    MLP by their single effect there (most negative first), k at a time, then ``fixed``."""
+    groups = []
+    for side, layer, mlp, sizes in plan:
+        row = next((r for r in source["layers"] if r["layer"] == layer), None)
+        if row is None:
+            raise ValueError(f"sink_paths: the neuron run has no sink heads at layer {layer}")
+        eff = {int(n.split("N")[1]): v for n, v in _effects(row, side).items() if n.startswith(f"L{mlp}N")}
+        ranked = sorted(eff, key=lambda u: eff[u])
+        groups += [f"{mlp}:{','.join(map(str, sorted(ranked[:k])))}" for k in sizes]
+    return list(dict.fromkeys([*groups, *fixed]))
 
 
 def _run(name: str, spec: str, inputs: list[str], commands: list[str], gguf: str | None) -> dict[str, Any]:
@@ -140,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         snap = DATA / f"{name}.json"
         wanted = not args.snapshots and (args.only is None or name in args.only)
         here = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
+        if wanted and here and name in GROUPS:
+            source = results.get(GROUPS[name][0])
+            if source is None:
+                print(f"sink_paths: {name}: its neuron run {GROUPS[name][0]} is neither run nor in a snapshot; left out")
+                continue
+            inputs = [*inputs, "--neurons", *_group_args(source, *GROUPS[name][1:])]
         if wanted and here:
             results[name] = _run(name, spec or gguf, inputs, commands, gguf)  # type: ignore[arg-type]
         elif snap.is_file():
@@ -155,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     from sinkinterp import figures
 
     for name, res in results.items():  # from the snapshot, as written: a fresh run and a snapshot draw alike
-        if res["layers"] and res.get("senders_kind") != "z":  # by head: hundreds of columns, the table instead
+        if res["layers"] and res.get("senders_kind") not in ("z", "list"):  # by head: the table instead
             label = f"{Path(res['model']).name} · {res['inputs']} · N={res['num_seqs']}, T={res['seq_len']}"
             figures.save_figure(figures.sink_paths_figure(res, title=f"direct paths into the sink heads — {label}"),
                                 FIGS / f"sink-paths-{name}.png")
@@ -235,6 +279,44 @@ def _kind_sums(row: dict[str, Any], side: str) -> tuple[float, float]:
 
 def _all(row: dict[str, Any], side: str) -> float:
     return row[side]["together"] - row["base"]
+
+
+def _neuron_reading(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The neuron runs: per (model, layer, side, MLP), the MLP's own path, the strongest neurons alone, and the
+    k strongest sent together (shares of the MLP's effect)."""
+    out = []
+    for name, (source, plan, fixed) in GROUPS.items():
+        res, single = results.get(name), results.get(source)
+        if not res or not single or not res["layers"]:
+            continue
+        model = RUNS[name][2].split(",")[0]
+        out += [(f"**{model}, by neuron** (`{source}`, then `{name}`: the strongest neurons of the single-neuron "
+                 "ranking sent together; the share is of the whole MLP's effect along the same path):"), "",
+                "| layer, side | MLP | the MLP's path | strongest neurons alone | the k strongest together: k, effect (share) |",
+                "| --- | --- | ---: | --- | --- |"]
+        for side, layer, mlp, sizes in plan:
+            row = next((r for r in res["layers"] if r["layer"] == layer), None)
+            srow = next((r for r in single["layers"] if r["layer"] == layer), None)
+            if row is None or srow is None:
+                continue
+            eff = _effects(row, side)
+            whole = eff[f"mlp {mlp}"]
+            alone = sorted(((n, v) for n, v in _effects(srow, side).items() if n.startswith(f"L{mlp}N")),
+                           key=lambda x: x[1])[:3]
+            wanted = {_group_label(g): "k" for g in _group_args(single, [(side, layer, mlp, sizes)], [])}
+            wanted.update({_group_label(f): "fixed" for f in fixed if int(f.split(":")[0]) == mlp})
+            cells = [(f"{n.count('+') + 1}: " if wanted[n] == "k" else f"{n} (the massive-activation writers): ")
+                     + f"{v:+.3f} ({v / whole:.0%})" for n, v in eff.items() if n in wanted]
+            out.append(f"| L{layer}, {side} | {mlp} | {whole:+.3f} | "
+                       + ", ".join(f"{n} {v:+.3f}" for n, v in alone) + " | " + "; ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def _group_label(spec: str) -> str:
+    """A ``--neurons`` group "L:N1,N2" as its sender's label "LLN1+N2"."""
+    layer, units = spec.split(":")
+    return f"L{layer}N{units.replace(',', '+')}"
 
 
 def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -351,6 +433,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                    + ". Compare docs/sink-gate.md's turn by source, a different question: there the MLPs carry the "
                    "query's *variation* toward and away from the sink across queries (which queries open the gate); "
                    "here each write's removal from every query measures the *level* the queries need.")
+    out += _neuron_reading(results)
     out += [
         ("- The key side asks what is *special* about token 1's write (its mean-ablation keeps an ordinary token's "
          "write); the query side asks what the queries *need* to find it (zero-ablation removes the write). A "
@@ -362,7 +445,9 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         "",
         ("- Direct paths, except where the MLPs are free: a sender's effect through later components is credited "
          "to them. The attention layers stay frozen in every run."),
-        "- Block-level senders; `sinkinterp paths --senders z` splits the attention layers by head (not run here).",
+        ("- Senders are blocks, heads (SmolLM2 at two layers, query side) and single MLP neurons or groups of them "
+         "(the MLPs that lead the key side, and toy-softmax's MLP 1 on the query side); receivers take the change at "
+         "every position."),
         ("- SmolLM2 at nine layers on 4 windows, with a replicate at three layers on 16 other windows: each layer "
          "costs two passes of its first blocks per sender before it."),
         "- One model per kind; the GPU-trained models are not here (docs/reproduction.md).",
