@@ -84,8 +84,7 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                    "toy-softmax, the same, MLPs 0 and 1 and their strongest neurons sent together"),
     "smollm2__natural_neurons": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "3",
                                         "13", "--sides", "key", "--senders", "neuron", "--sender-layers", "2", "11"],
-                                 "SmolLM2-135M, 4 English windows, layers 3 and 13, key side, each neuron of MLPs 2 "
-                                 "and 11"),
+                                 "SmolLM2-135M, 4 English windows, layers 3 and 13, key side, each neuron of MLPs 2 and 11"),
     "smollm2__natural_groups": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "3",
                                        "13", "--sides", "key", "--senders", "mlp_out", "--sender-layers", "2", "11"],
                                 "SmolLM2-135M, the same, MLPs 2 and 11 and their strongest neurons sent together"),
