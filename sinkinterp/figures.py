@@ -585,7 +585,7 @@ def turn_sources_figure(studies: dict[str, dict[str, Any]], *, title: str = "") 
     return fig
 
 
-def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: int = 60) -> Any:
+def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: int = 100) -> Any:
     """``paths.sink_paths`` results: one heat map per side (key, query; one above the other), a row per layer
     with sink heads, a column per sender, the change of the heads' mean weight on token 1 with the sender
     ablated along its direct path (blank: a sender after the layer). The colours span the single senders'
