@@ -134,6 +134,13 @@ def _top(side: dict[str, Any], k: int = 3) -> list[tuple[str, float]]:
     return [(side["senders"][i], float(eff[i])) for i in np.argsort(eff)[:k]]
 
 
+def _short(name: str) -> str:
+    """A sender's label for a table: a group of more than two neurons as its layer and size."""
+    if name.count("+") < 2:
+        return name
+    return f"{name.split('N')[0]}N[{name.count('+') + 1} neurons]"
+
+
 def _rows(res: dict[str, Any], sides: list[str]) -> list[str]:
     out = []
     for row in res["layers"]:
@@ -141,7 +148,7 @@ def _rows(res: dict[str, Any], sides: list[str]) -> list[str]:
         for side in sides:
             d = row[side]
             cells.append(f"{d['together'] - d['base']:+.3f}")
-            cells.append(", ".join(f"{n} {v:+.3f}" for n, v in _top(d)))
+            cells.append(", ".join(f"{_short(n)} {v:+.3f}" for n, v in _top(d)))
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -154,7 +161,7 @@ def _lead(res: dict[str, Any], side: str) -> str:
         name, v = _top(d, 1)[0]
         whole = d["together"] - d["base"]
         share = f" ({v / whole:.0%} of all)" if whole < 0 and v < 0 else ""
-        parts.append(f"L{row['layer']}: {name} {v:+.3f}{share}")
+        parts.append(f"L{row['layer']}: {_short(name)} {v:+.3f}{share}")
     return "; ".join(parts)
 
 
@@ -200,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, res in results.items():  # from the snapshot, as written: a fresh run and a snapshot draw alike
         if res["layers"] and res.get("senders_kind") not in ("z", "list"):  # by head: the table instead
             label = f"{Path(res['model']).name} · {res['inputs']} · N={res['num_seqs']}, T={res['seq_len']}"
-            figures.save_figure(figures.sink_paths_figure(res, title=f"direct paths into the sink heads — {label}"),
+            figures.save_figure(figures.sink_paths_figure(res, title=f"direct paths into the sink heads — {label}",
+                                                          max_senders=40 if res.get("senders_kind") == "neuron" else 100),
                                 FIGS / f"sink-paths-{name}.png")
     any_res = next(iter(results.values()))
     lines = [
@@ -216,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "A sink head puts most of its weight on token 1 because its queries match token 1's key better than any",
         "other. Which components make that so? Activation patching gives a component's total effect (everything",
         "after it recomputes); **path patching** (Wang et al., 2022; `sinkinterp.paths`) sends a change along one",
-        "path only: from a *sender* (the embedding, a layer's attention output, an MLP's output) through the",
+        "path only: from a *sender* (the embedding, a layer's attention output, an MLP's output, one MLP neuron) through the",
         "residual stream alone into chosen heads' keys or queries. A first pass computes those inputs with the",
         "sender changed and every attention and MLP output after it frozen at the unedited run's value (the",
         "norms recomputed); a second pass is the unedited run with only those inputs put in. For each layer",
@@ -285,6 +293,7 @@ def _neuron_reading(results: dict[str, dict[str, Any]]) -> list[str]:
     k strongest sent together (shares of the MLP's effect)."""
     out = []
     for name, (source, plan, fixed) in GROUPS.items():
+        notes: list[str] = []
         res, single = results.get(name), results.get(source)
         if not res or not single or not res["layers"]:
             continue
@@ -302,14 +311,66 @@ def _neuron_reading(results: dict[str, dict[str, Any]]) -> list[str]:
             whole = eff[f"mlp {mlp}"]
             alone = sorted(((n, v) for n, v in _effects(srow, side).items() if n.startswith(f"L{mlp}N")),
                            key=lambda x: x[1])[:3]
-            wanted = {_group_label(g): "k" for g in _group_args(single, [(side, layer, mlp, sizes)], [])}
-            wanted.update({_group_label(f): "fixed" for f in fixed if int(f.split(":")[0]) == mlp})
-            cells = [(f"{n.count('+') + 1}: " if wanted[n] == "k" else f"{n} (the massive-activation writers): ")
-                     + f"{v:+.3f} ({v / whole:.0%})" for n, v in eff.items() if n in wanted]
+            ranked = {_group_label(g) for g in _group_args(single, [(side, layer, mlp, sizes)], [])}
+            named = {_group_label(f) for f in fixed if int(f.split(":")[0]) == mlp}
+            cells = []
+            for n, v in eff.items():
+                if n in ranked or n in named:
+                    k = n.count("+") + 1
+                    what = (f"{k} = {n}, the massive-activation writers" if n in ranked and n in named
+                            else f"{n}, the massive-activation writers" if n in named else str(k))
+                    cells.append(f"{what}: {v:+.3f} ({v / whole:.0%})")
             out.append(f"| L{layer}, {side} | {mlp} | {whole:+.3f} | "
                        + ", ".join(f"{n} {v:+.3f}" for n, v in alone) + " | " + "; ".join(cells) + " |")
-        out.append("")
+            together = {n.count("+") + 1: v for n, v in eff.items() if n in ranked}
+            against = max(((n, v) for n, v in _effects(srow, side).items() if n.startswith(f"L{mlp}N")),
+                          key=lambda x: x[1])
+            notes.append(_neuron_note(layer, side, mlp, whole, alone, together, against))
+        out += ["", *notes, ""]
+    toy = results.get("toy-softmax__debian_neurons")
+    smol = results.get("smollm2__natural_groups")
+    if toy and smol and toy["layers"] and smol["layers"]:
+        top = _top(toy["layers"][-1]["key"], 1)[0][0]
+        row = next((r for r in smol["layers"] if r["layer"] == 13), None)
+        pair = None if row is None else _effects(row, "key").get("L11N1229+1487")
+        first = next((r for r in results.get("smollm2__natural_neurons", {}).get("layers", []) if r["layer"] == 3), None)
+        early = "" if first is None else ", ".join(n.split("N")[1] for n, _ in _top(first["key"], 2))
+        if top == "L0N253" and pair is not None and early:
+            out += [(f"- The neurons that write the massive activation at token 1 make the sink's key along the direct "
+                    f"path too: toy-softmax's MLP 0 neuron 253 (docs/massive-activation.md) leads MLP 0's neurons, and "
+                    f"SmolLM2's MLP 11 neurons 1229 and 1487 (docs/massive-activation-pretrained.md), made ordinary "
+                    f"together, lower layer 13's sink heads' weight by {pair:+.3f} of the whole residual's "
+                    f"{_all(row, 'key'):+.3f}, while one at a time they do almost nothing: either one makes the key. "
+                    f"Layer 3's leading MLP 2 neurons ({early}) come before the massive activation; whether they write "
+                    "its first phase is not measured here."), ""]
     return out
+
+
+def _neuron_note(layer: int, side: str, mlp: int, whole: float, alone: list[tuple[str, float]],
+                 together: dict[int, float], against: tuple[str, float]) -> str:
+    """One reading of a row of the neuron table: how few neurons carry the MLP's path; whether the second
+    neuron alone understates what it adds to the first (a backup: it writes the same thing once the first is
+    gone); whether groups do more than the whole MLP; the neuron whose write works against the sink most."""
+    (n1, v1), (n2, v2) = alone[0], alone[1]
+    k_max = max(together)
+    text = (f"- L{layer}, {side} side, MLP {mlp}: {n1} alone carries {v1 / whole:.0%} of the MLP's path, the "
+            f"{k_max} strongest together {together[k_max] / whole:.0%}")
+    reach = [k for k in sorted(together) if together[k] / whole >= 0.75]
+    text += f"; the {reach[0]} strongest reach 75%" if reach else "; none of the groups tried reaches 75%"
+    if 2 in together and (together[2] - v1) / whole > 0.1 and abs(together[2] - v1) > 5 * abs(v2):
+        text += (f". {n2} alone moves the weight by {v2:+.3f}, but sent with {n1} adds {together[2] - v1:+.3f}: "
+                 f"once {n1}'s write is made ordinary, {n2}'s alone still makes the key (a backup; the single-neuron "
+                 "ranking understates it)")
+    beyond = [k for k in sorted(together) if together[k] / whole > 1.05]
+    if beyond:
+        top = max(together[k] / whole for k in beyond)
+        text += (f". From {beyond[0]} neurons on, a group does more than the whole MLP (up to {top:.0%}): with them "
+                 "made ordinary, the rest of the MLP's write there works against the sink, and making the whole "
+                 "MLP's write ordinary takes that away too")
+    n, v = against
+    if v > 0.25 * abs(whole):
+        text += f". {n}'s write works against the sink: made ordinary alone, the weight rises by {v:+.3f}"
+    return text + "."
 
 
 def _group_label(spec: str) -> str:

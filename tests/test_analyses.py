@@ -1281,3 +1281,45 @@ def test_sink_paths_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     assert "a GPU model not here" not in page
     before = page
     assert mod.main(["--snapshots"]) == 0 and (tmp_path / "page.md").read_text() == before
+
+
+def test_sink_paths_neuron_groups_come_from_the_neuron_run(tmp_path, monkeypatch, capsys):
+    """A group run's --neurons are the strongest neurons of its neuron run's ranking (k at a time), and the
+    page's neuron table reads both runs; without its neuron run a group run is left out."""
+    mod = load_script("analyses/sink_paths.py")
+    for attr, value in (("DOC", tmp_path / "page.md"), ("FIGS", tmp_path / "figs"), ("DATA", tmp_path / "data"),
+                        ("OUT", tmp_path / "runs")):
+        monkeypatch.setattr(mod, attr, value)
+    small = ["--inputs", "natural", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos", "--layers", "3"]
+    monkeypatch.setattr(mod, "RUNS", {
+        "toy-softmax__debian_neurons": ("toy-softmax", [*small, "--senders", "neuron", "--sender-layers", "0", "1"],
+                                        "toy-softmax, by neuron"),
+        "toy-softmax__debian_groups": ("toy-softmax", [*small, "--senders", "mlp_out", "--sender-layers", "0", "1"],
+                                       "toy-softmax, groups")})
+    monkeypatch.setattr(mod, "GROUPS", {"toy-softmax__debian_groups": (
+        "toy-softmax__debian_neurons", [("key", 3, 0, (1, 2)), ("query", 3, 1, (1, 4))], ["0:7,9"])})
+    (tmp_path / "data").mkdir()
+    assert mod.main(["--only", "toy-softmax__debian_groups"]) == 1  # nothing to write a page from
+    assert "its neuron run toy-softmax__debian_neurons is neither run nor in a snapshot; left out" in capsys.readouterr().out
+    assert not (tmp_path / "data" / "toy-softmax__debian_groups.json").exists()
+    assert mod.main([]) == 0
+    single = json.loads((tmp_path / "data" / "toy-softmax__debian_neurons.json").read_text())
+    groups = json.loads((tmp_path / "data" / "toy-softmax__debian_groups.json").read_text())
+    row = single["layers"][0]
+    key = sorted((v - row["key"]["base"], n) for n, v in zip(row["key"]["senders"], row["key"]["values"]) if n.startswith("L0N"))
+    query = sorted((v - row["query"]["base"], n) for n, v in zip(row["query"]["senders"], row["query"]["values"])
+                   if n.startswith("L1N"))
+    top_key = [int(n[3:]) for _, n in key[:2]]
+    expected = [f"0:{top_key[0]}", f"0:{','.join(map(str, sorted(top_key)))}", f"1:{query[0][1][3:]}",
+                f"1:{','.join(str(u) for u in sorted(int(n[3:]) for _, n in query[:4]))}", "0:7,9"]
+    assert groups["command"].endswith("--neurons " + " ".join(dict.fromkeys(expected)) + " --out "
+                                      + str(tmp_path / "runs" / "toy-softmax__debian_groups"))
+    assert groups["senders"][:2] == ["mlp 0", "mlp 1"] and len(groups["senders"]) == 2 + len(set(expected))
+    g = groups["layers"][0]
+    whole = g["key"]["values"][0] - g["key"]["base"]
+    page = (tmp_path / "page.md").read_text()
+    assert "**toy-softmax, by neuron** (`toy-softmax__debian_neurons`, then `toy-softmax__debian_groups`" in page
+    assert f"| L3, key | 0 | {whole:+.3f} | {key[0][1]} {key[0][0]:+.3f}" in page
+    assert "L0N7+9, the massive-activation writers:" in page and "- L3, query side, MLP 1:" in page
+    assert (tmp_path / "figs" / "sink-paths-toy-softmax__debian_neurons.png").is_file()
+    assert not (tmp_path / "figs" / "sink-paths-toy-softmax__debian_groups.png").exists()
