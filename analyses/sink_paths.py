@@ -14,10 +14,13 @@ queries at k*); SmolLM2-135M-Instruct (the
 massive activation's first phase is written; 12 to 28: after layer 11's MLP writes the massive one,
 docs/massive-activation-pretrained.md), since each layer costs two passes of its first blocks per sender,
 and a replicate on 16 other windows (seed 1) at layers 3, 13 and 24; toy-softmax and SmolLM2 again with the
-MLPs free (``--free-mlps``: paths through them count).
+MLPs free (``--free-mlps``: paths through them count). By neuron: each neuron of the MLPs that lead the key
+side (toy-softmax's MLP 0, SmolLM2's MLPs 2 and 11 at layers 3 and 13) and of toy-softmax's MLP 1 (its query
+side), then the strongest of them sent together, k at a time (GROUPS: the k come from the single-neuron
+ranking), with SmolLM2's two massive-activation writers of layer 11 as a fixed group, also at layers 20-28.
 Each run's results are kept in analyses/data/sink_paths/NAME.json, so the page regenerates from them where a
-model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png. About 10 minutes on a
-2-core CPU (SmolLM2; the toy runs take seconds); ``--only NAME ...`` runs those alone (the others from their
+model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png. About 30 minutes on a
+2-core CPU (SmolLM2, 18 of them its neuron run; the toy runs take seconds to a minute); ``--only NAME ...`` runs those alone (the others from their
 snapshots), ``--snapshots`` runs none.
 """
 
@@ -88,6 +91,11 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
     "smollm2__natural_groups": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "3",
                                        "13", "--sides", "key", "--senders", "mlp_out", "--sender-layers", "2", "11"],
                                 "SmolLM2-135M, the same, MLPs 2 and 11 and their strongest neurons sent together"),
+    "smollm2__natural_groups_late": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers",
+                                            "20", "24", "28", "--sides", "key", "--senders", "mlp_out",
+                                            "--sender-layers", "11"],
+                                     ("SmolLM2-135M, the same windows, layers 20, 24 and 28: MLP 11 and its strongest "
+                                      "neurons (ranked at layer 13) sent together")),
 }
 # a group run's --neurons: from its source run's ranking (each neuron alone, by its effect on that side at that
 # layer), the k strongest of an MLP sent together, and fixed groups (SmolLM2's massive-activation writers,
@@ -98,6 +106,8 @@ GROUPS: dict[str, tuple[str, list[tuple[str, int, int, tuple[int, ...]]], list[s
     "smollm2__natural_groups": ("smollm2__natural_neurons",
                                 [("key", 3, 2, (1, 2, 4, 8, 16, 64)), ("key", 13, 11, (1, 2, 4, 8, 16, 64))],
                                 ["11:1229,1487"]),
+    "smollm2__natural_groups_late": ("smollm2__natural_neurons", [("key", 13, 11, (1, 2, 4, 8, 16, 64))],
+                                     ["11:1229,1487"]),
 }
 
 
@@ -302,30 +312,43 @@ def _neuron_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                  "ranking sent together; the share is of the whole MLP's effect along the same path):"), "",
                 "| layer, side | MLP | the MLP's path | strongest neurons alone | the k strongest together: k, effect (share) |",
                 "| --- | --- | ---: | --- | --- |"]
-        for side, layer, mlp, sizes in plan:
-            row = next((r for r in res["layers"] if r["layer"] == layer), None)
-            srow = next((r for r in single["layers"] if r["layer"] == layer), None)
-            if row is None or srow is None:
+        for side, rank_layer, mlp, sizes in plan:
+            srow = next((r for r in single["layers"] if r["layer"] == rank_layer), None)
+            if srow is None:
                 continue
-            eff = _effects(row, side)
-            whole = eff[f"mlp {mlp}"]
+            ranked = {_group_label(g) for g in _group_args(single, [(side, rank_layer, mlp, sizes)], [])}
+            named = {_group_label(f) for f in fixed if int(f.split(":")[0]) == mlp}
             alone = sorted(((n, v) for n, v in _effects(srow, side).items() if n.startswith(f"L{mlp}N")),
                            key=lambda x: x[1])[:3]
-            ranked = {_group_label(g) for g in _group_args(single, [(side, layer, mlp, sizes)], [])}
-            named = {_group_label(f) for f in fixed if int(f.split(":")[0]) == mlp}
-            cells = []
-            for n, v in eff.items():
-                if n in ranked or n in named:
-                    k = n.count("+") + 1
-                    what = (f"{k} = {n}, the massive-activation writers" if n in ranked and n in named
-                            else f"{n}, the massive-activation writers" if n in named else str(k))
-                    cells.append(f"{what}: {v:+.3f} ({v / whole:.0%})")
-            out.append(f"| L{layer}, {side} | {mlp} | {whole:+.3f} | "
-                       + ", ".join(f"{n} {v:+.3f}" for n, v in alone) + " | " + "; ".join(cells) + " |")
-            together = {n.count("+") + 1: v for n, v in eff.items() if n in ranked}
-            against = max(((n, v) for n, v in _effects(srow, side).items() if n.startswith(f"L{mlp}N")),
-                          key=lambda x: x[1])
-            notes.append(_neuron_note(layer, side, mlp, whole, alone, together, against))
+            shares = []
+            for row in res["layers"]:  # the ranking layer's row, and any later layer the groups were sent to
+                eff = _effects(row, side) if side in row else {}
+                if f"mlp {mlp}" not in eff:
+                    continue
+                whole = eff[f"mlp {mlp}"]
+                cells = []
+                for n, v in eff.items():
+                    if n in ranked or n in named:
+                        k = n.count("+") + 1
+                        what = (f"{k} = {n}, the massive-activation writers" if n in ranked and n in named
+                                else f"{n}, the massive-activation writers" if n in named else str(k))
+                        cells.append(f"{what}: {v:+.3f} ({v / whole:.0%})")
+                single_cell = (", ".join(f"{n} {v:+.3f}" for n, v in alone) if row["layer"] == rank_layer
+                               else f"(ranked at L{rank_layer})")
+                out.append(f"| L{row['layer']}, {side} | {mlp} | {whole:+.3f} | {single_cell} | " + "; ".join(cells) + " |")
+                if row["layer"] == rank_layer:
+                    together = {n.count("+") + 1: v for n, v in eff.items() if n in ranked}
+                    against = max(((n, v) for n, v in _effects(srow, side).items() if n.startswith(f"L{mlp}N")),
+                                  key=lambda x: x[1])
+                    notes.append(_neuron_note(rank_layer, side, mlp, whole, alone, together, against))
+                else:
+                    pair = next((v for n, v in eff.items() if n in named), None)
+                    if pair is not None:
+                        shares.append(f"L{row['layer']} {pair:+.3f} ({pair / whole:.0%} of MLP {mlp}'s "
+                                      f"{whole:+.3f}, {pair / _all(row, side):.0%} of the whole residual's)")
+            if shares:
+                notes.append(f"- Later layers, {side} side, the massive-activation writers of MLP {mlp} made ordinary "
+                             "together: " + "; ".join(shares) + ".")
         out += ["", *notes, ""]
     toy = results.get("toy-softmax__debian_neurons")
     smol = results.get("smollm2__natural_groups")
