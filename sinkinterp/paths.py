@@ -117,15 +117,18 @@ class Sender:
 @dataclass(frozen=True)
 class Receiver:
     """A receiver: the ``kind`` ("q", "k" or "v") input of head ``head`` (None: every head; for "k" and
-    "v" a key/value head of a grouped-query model) at ``layer``."""
+    "v" a key/value head of a grouped-query model) at ``layer``, at ``positions`` only (None: every position;
+    the IOI paper's receivers take the change at the final position's queries alone)."""
 
     layer: int
     kind: str
     head: int | None = None
+    positions: Sequence[int] | None = None
 
     @property
     def label(self) -> str:
-        return f"L{self.layer}{'' if self.head is None else f'H{self.head}'}.{self.kind}"
+        at = "" if self.positions is None else "@" + ",".join(map(str, self.positions))
+        return f"L{self.layer}{'' if self.head is None else f'H{self.head}'}.{self.kind}{at}"
 
 
 @dataclass
@@ -254,7 +257,7 @@ def _check_senders(model: Any, senders: Sequence[Sender]) -> None:
                     raise ValueError(f"senders: neuron {u!r} is outside blocks.{s.layer}.mlp (d_mlp = {d_mlp[s.layer]})")
 
 
-def _check_receivers(model: Any, receivers: object) -> list[Receiver] | None:
+def _check_receivers(model: Any, receivers: object, seq_len: int) -> list[Receiver] | None:
     if isinstance(receivers, str):
         if receivers != "logits":
             raise ValueError(f"receivers: got {receivers!r}; allowed: 'logits' or a list of Receiver")
@@ -275,6 +278,15 @@ def _check_receivers(model: Any, receivers: object) -> list[Receiver] | None:
         name = COMPONENTS[r.kind].hook_name(r.layer)
         if not tl_adapter.has_hook(model, name):
             raise ValueError(f"model has no hook {name} (receiver {r.label}; see docs/hook-contract.md)")
+    for i, r in enumerate(out):
+        if r.positions is not None:
+            pos = sorted({int(p) for p in r.positions})
+            if not pos:
+                raise ValueError(f"receivers: {r.label} has no positions (None: every position)")
+            bad = [p for p in pos if not 0 <= p < seq_len]
+            if bad:
+                raise ValueError(f"receivers: position {bad[0]} of {r.label} is outside the sequence (0..{seq_len - 1})")
+            out[i] = Receiver(r.layer, r.kind, r.head, tuple(pos))
     return out
 
 
@@ -320,7 +332,7 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
     L = dims["n_layers"]
     sender_list = senders_of(model, senders) if isinstance(senders, str) else list(senders)  # type: ignore[arg-type]
     _check_senders(model, sender_list)
-    recv = _check_receivers(model, receivers)
+    recv = _check_receivers(model, receivers, base_tokens.shape[1])
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")
     if not isinstance(free_mlps, bool):
@@ -513,10 +525,14 @@ def _receive(run: Callable[[Tensor], Any], model: Any, tokens: Tensor, recv: lis
 
         def put(act: Tensor, hook: Any = None, r: Receiver = r, name: str = name) -> Tensor:
             new = sent[name].to(act.device, act.dtype)
-            if r.head is None:
+            if r.head is None and r.positions is None:
                 return new
+            pos: Any = slice(None) if r.positions is None else list(r.positions)
             out = act.clone()
-            out[:, :, r.head] = new[:, :, r.head]
+            if r.head is None:
+                out[:, pos] = new[:, pos]
+            else:
+                out[:, pos, r.head] = new[:, pos, r.head]
             return out
 
         hooks.append((name, put))

@@ -5,6 +5,7 @@ bridge, and its errors."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_llama, word_tokenizer
@@ -96,9 +97,11 @@ def _reference(model, base, new, sender, receivers, metric, metric_hook=None, fr
     def put(r, name):
         def hook(act, hook=None):
             out = act.clone()
-            if r.head is None:
-                return store[name]
-            out[:, :, r.head] = store[name][:, :, r.head]
+            for p in range(act.shape[1]) if r.positions is None else r.positions:
+                if r.head is None:
+                    out[:, p] = store[name][:, p]
+                else:
+                    out[:, p, r.head] = store[name][:, p, r.head]
             return out
         return hook
 
@@ -131,6 +134,9 @@ def test_batched_paths_equal_the_reference_one_sender_at_a_time(kind, free_mlps)
         ("logits", None, _logit_metric, "blocks"),
         ([Receiver(last, "q", 1), Receiver(last, "k", 0)], f"blocks.{last}.attn.hook_pattern", _pattern_metric(1), "z"),
         ([(last, "v", None)], None, _logit_metric, "blocks"),
+        # receivers at some positions only (the IOI paper's final-position queries)
+        ([Receiver(last, "q", 1, (8,)), Receiver(last, "k", 0, (0, 4))], f"blocks.{last}.attn.hook_pattern",
+         _pattern_metric(1), "blocks"),
     ]
     if free_mlps:  # only the MLPs change: the paths that go through them
         cases = cases[:1]
@@ -690,3 +696,32 @@ def test_sink_paths_with_neuron_senders_and_sender_layers():
     assert f"the 10 of {d_mlp} senders with the largest effects" in fig._suptitle.get_text()
     with pytest.raises(ValueError, match="max_senders"):
         figures.sink_paths_figure(res, max_senders=0)
+
+
+def test_receivers_at_chosen_positions():
+    """A receiver at every position is the receiver without positions; at some positions it takes the change
+    there only (a query row the metric does not read changes nothing); its label names them; bad positions
+    are refused."""
+    model = _model("sinkinterp", 3)
+    clean, corrupted = _pair()
+    hook = "blocks.2.attn.hook_pattern"
+
+    def row_metric(p):  # query 8's weight on token 1, head 1
+        return p[:, 1, 8, 0].mean()
+
+    every = paths.path_patch(model, clean, corrupted, row_metric, senders="blocks", receivers=[Receiver(2, "q", 1)],
+                             metric_hook=hook)
+    listed = paths.path_patch(model, clean, corrupted, row_metric, senders="blocks",
+                              receivers=[Receiver(2, "q", 1, tuple(range(9)))], metric_hook=hook)
+    np.testing.assert_allclose(listed.values, every.values, rtol=1e-12)
+    at8 = paths.path_patch(model, clean, corrupted, row_metric, senders="blocks",
+                           receivers=[Receiver(2, "q", 1, [8, 8])], metric_hook=hook)
+    np.testing.assert_allclose(at8.values, every.values, rtol=1e-12)  # query 8 is the only row the metric reads
+    assert at8.receivers == "L2H1.q@8"
+    elsewhere = paths.path_patch(model, clean, corrupted, row_metric, senders="blocks",
+                                 receivers=[Receiver(2, "q", 1, (3, 5))], metric_hook=hook)
+    assert np.all(elsewhere.values == elsewhere.base) and np.any(every.effects() != 0)
+    for receivers, match in (([Receiver(2, "q", 1, ())], "has no positions"),
+                             ([Receiver(2, "q", 1, (9,))], "position 9 of L2H1.q@9 is outside the sequence")):
+        with pytest.raises(ValueError, match=match):
+            paths.path_patch(model, clean, corrupted, row_metric, receivers=receivers, metric_hook=hook)
