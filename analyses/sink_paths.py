@@ -321,18 +321,20 @@ def _neuron_reading(results: dict[str, dict[str, Any]]) -> list[str]:
             alone = sorted(((n, v) for n, v in _effects(srow, side).items() if n.startswith(f"L{mlp}N")),
                            key=lambda x: x[1])[:3]
             shares = []
-            for row in res["layers"]:  # the ranking layer's row, and any later layer the groups were sent to
+            own = {l for _, l, _, _ in plan}
+            for row in res["layers"]:  # the ranking layer's row, and later layers the run reaches for this MLP alone
                 eff = _effects(row, side) if side in row else {}
-                if f"mlp {mlp}" not in eff:
+                if f"mlp {mlp}" not in eff or (row["layer"] != rank_layer and row["layer"] in own):
                     continue
                 whole = eff[f"mlp {mlp}"]
+                big = abs(whole) >= 0.25 * abs(_all(row, side))  # a share of a small path says little
                 cells = []
                 for n, v in eff.items():
                     if n in ranked or n in named:
                         k = n.count("+") + 1
                         what = (f"{k} = {n}, the massive-activation writers" if n in ranked and n in named
                                 else f"{n}, the massive-activation writers" if n in named else str(k))
-                        cells.append(f"{what}: {v:+.3f} ({v / whole:.0%})")
+                        cells.append(f"{what}: {v:+.3f}" + (f" ({v / whole:.0%})" if big else ""))
                 single_cell = (", ".join(f"{n} {v:+.3f}" for n, v in alone) if row["layer"] == rank_layer
                                else f"(ranked at L{rank_layer})")
                 out.append(f"| L{row['layer']}, {side} | {mlp} | {whole:+.3f} | {single_cell} | " + "; ".join(cells) + " |")
@@ -343,12 +345,21 @@ def _neuron_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                     notes.append(_neuron_note(rank_layer, side, mlp, whole, alone, together, against))
                 else:
                     pair = next((v for n, v in eff.items() if n in named), None)
+                    one = next((v for n, v in eff.items() if n in ranked and "+" not in n), None)
                     if pair is not None:
-                        shares.append(f"L{row['layer']} {pair:+.3f} ({pair / whole:.0%} of MLP {mlp}'s "
-                                      f"{whole:+.3f}, {pair / _all(row, side):.0%} of the whole residual's)")
+                        shares.append((row["layer"], f"L{row['layer']} {pair:+.3f} ("
+                                       + (f"{pair / whole:.0%} of MLP {mlp}'s {whole:+.3f}, " if big
+                                          else f"MLP {mlp}'s whole path {whole:+.3f}, ")
+                                       + f"{pair / _all(row, side):.0%} of the whole residual's {_all(row, side):+.3f})",
+                                       one))
             if shares:
-                notes.append(f"- Later layers, {side} side, the massive-activation writers of MLP {mlp} made ordinary "
-                             "together: " + "; ".join(shares) + ".")
+                text = (f"- Later layers, {side} side, the massive-activation writers of MLP {mlp} made ordinary "
+                        "together: " + "; ".join(t for _, t, _ in shares) + ".")
+                ups = [(l, v) for l, _, v in shares if v is not None and v > 0]
+                if ups:
+                    text += (f" The strongest neuron of layer {rank_layer}'s ranking, {alone[0][0]}, made ordinary "
+                             "alone raises the weight instead: " + ", ".join(f"L{l} {v:+.3f}" for l, v in ups) + ".")
+                notes.append(text)
         out += ["", *notes, ""]
     toy = results.get("toy-softmax__debian_neurons")
     smol = results.get("smollm2__natural_groups")
