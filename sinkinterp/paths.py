@@ -253,7 +253,9 @@ def _check_senders(model: Any, senders: Sequence[Sender]) -> None:
             if not units or len(set(units)) != len(units):
                 raise ValueError(f"senders: {s.label} needs one neuron or a tuple of distinct neurons, got {s.neuron!r}")
             for u in units:
-                if not isinstance(u, int) or not 0 <= u < d_mlp[s.layer]:
+                if isinstance(u, bool) or not isinstance(u, (int, np.integer)):
+                    raise ValueError(f"senders: a neuron is an integer or a tuple of integers, got {s.neuron!r}")
+                if not 0 <= u < d_mlp[s.layer]:
                     raise ValueError(f"senders: neuron {u!r} is outside blocks.{s.layer}.mlp (d_mlp = {d_mlp[s.layer]})")
 
 
