@@ -212,6 +212,12 @@ def _check_key_bias(nb, out: Path) -> None:
     assert min(zip(free["layers"][-1]["key"]["values"], free["layers"][-1]["key"]["senders"]))[1] in ("embed", "mlp 0")
     text = _stdout(_cell(nb, "paths"))
     assert len(re.findall(r"^L\d+ heads [\d,]+: weight [\d.]+; key: all [-+][\d.]+", text, re.M)) == 2 * len(direct["layers"])
+    # by neuron: MLP 0's neurons, of which 253 (the massive activation's writer, docs/massive-activation.md) leads
+    neurons = res["paths"]["neurons"]
+    assert neurons["senders"] == [f"L0N{u}" for u in range(344)] and neurons["sender_layers"] == [0]
+    key = neurons["layers"][0]["key"]
+    assert min(zip(key["values"], key["senders"]))[1] == "L0N253"
+    assert "mlp 0; its neurons, each alone:" in _stdout(_cell(nb, "paths-neurons"))
     assert _count(nb, "image/png") >= 7  # effect bars, 2 per-head maps, 3 patching maps, the paths
     for name in ("key_vs_value.png", "per_head_zero_value.png", "per_head_ablate.png", "patch_k.png",
                  "patch_v.png", "patch_resid_pre.png", "paths.png"):
