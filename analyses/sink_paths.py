@@ -91,6 +91,12 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
     "smollm2__natural_groups": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "3",
                                        "13", "--sides", "key", "--senders", "mlp_out", "--sender-layers", "2", "11"],
                                 "SmolLM2-135M, the same, MLPs 2 and 11 and their strongest neurons sent together"),
+    # the same groups (ranked on the first 4 windows) on the replicate's 16 other windows: out of sample
+    "smollm2__natural_r_groups": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed", "1",
+                                         "--layers", "3", "13", "28", "--sides", "key", "--senders", "mlp_out",
+                                         "--sender-layers", "2", "11"],
+                                  ("SmolLM2-135M, replicate: 16 other English windows (seed 1), layers 3, 13 and 28: "
+                                   "the groups ranked on the first windows")),
     "smollm2__natural_groups_late": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers",
                                             "20", "24", "28", "--sides", "key", "--senders", "mlp_out",
                                             "--sender-layers", "11"],
@@ -108,7 +114,14 @@ GROUPS: dict[str, tuple[str, list[tuple[str, int, int, tuple[int, ...]]], list[s
                                 ["11:1229,1487"]),
     "smollm2__natural_groups_late": ("smollm2__natural_neurons", [("key", 13, 11, (1, 2, 4, 8, 16, 64))],
                                      ["11:1229,1487"]),
+    "smollm2__natural_r_groups": ("smollm2__natural_neurons",
+                                  [("key", 3, 2, (1, 2, 4, 8, 16, 64)), ("key", 13, 11, (1, 2, 4, 8, 16, 64))],
+                                  ["11:1229,1487"]),
 }
+
+
+# group runs on other windows than their ranking's, and the run on the ranking's own windows they replicate
+GROUP_REPLICATES = {"smollm2__natural_r_groups": "smollm2__natural_groups"}
 
 
 def _group_args(source: dict[str, Any], plan: list[tuple[str, int, int, tuple[int, ...]]], fixed: list[str]) -> list[str]:
@@ -308,8 +321,11 @@ def _neuron_reading(results: dict[str, dict[str, Any]]) -> list[str]:
         if not res or not single or not res["layers"]:
             continue
         model = RUNS[name][2].split(",")[0]
+        first = results.get(GROUP_REPLICATES.get(name, ""))
         out += [(f"**{model}, by neuron** (`{source}`, then `{name}`: the strongest neurons of the single-neuron "
-                 "ranking sent together; the share is of the whole MLP's effect along the same path):"), "",
+                 "ranking sent together; the share is of the whole MLP's effect along the same path"
+                 + (f"; on other windows than the ranking's, `{GROUP_REPLICATES[name]}`'s groups out of sample"
+                    if name in GROUP_REPLICATES else "") + "):"), "",
                 "| layer, side | MLP | the MLP's path | strongest neurons alone | the k strongest together: k, effect (share) |",
                 "| --- | --- | ---: | --- | --- |"]
         for side, rank_layer, mlp, sizes in plan:
@@ -322,10 +338,10 @@ def _neuron_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                            key=lambda x: x[1])[:3]
             shares = []
             own = {l for _, l, _, _ in plan}
-            for row in res["layers"]:  # the ranking layer's row, and later layers the run reaches for this MLP alone
+            for row in res["layers"]:  # the ranking layer's row, and later layers the run reaches
                 eff = _effects(row, side) if side in row else {}
-                if f"mlp {mlp}" not in eff or (row["layer"] != rank_layer and row["layer"] in own):
-                    continue
+                if f"mlp {mlp}" not in eff or (row["layer"] != rank_layer and (row["layer"] in own or not named)):
+                    continue  # later layers: for the MLPs with a named group only
                 whole = eff[f"mlp {mlp}"]
                 big = abs(whole) >= 0.25 * abs(_all(row, side))  # a share of a small path says little
                 cells = []
@@ -335,10 +351,21 @@ def _neuron_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                         what = (f"{k} = {n}, the massive-activation writers" if n in ranked and n in named
                                 else f"{n}, the massive-activation writers" if n in named else str(k))
                         cells.append(f"{what}: {v:+.3f}" + (f" ({v / whole:.0%})" if big else ""))
-                single_cell = (", ".join(f"{n} {v:+.3f}" for n, v in alone) if row["layer"] == rank_layer
-                               else f"(ranked at L{rank_layer})")
+                single_cell = (f"(ranked at L{rank_layer})" if row["layer"] != rank_layer
+                               else "(ranked on the first windows)" if name in GROUP_REPLICATES
+                               else ", ".join(f"{n} {v:+.3f}" for n, v in alone))
                 out.append(f"| L{row['layer']}, {side} | {mlp} | {whole:+.3f} | {single_cell} | " + "; ".join(cells) + " |")
-                if row["layer"] == rank_layer:
+                if row["layer"] == rank_layer and name in GROUP_REPLICATES:
+                    frow = next((r for r in (first or {}).get("layers", []) if r["layer"] == rank_layer), None)
+                    if frow is not None and big:
+                        feff = _effects(frow, side)
+                        fwhole = feff[f"mlp {mlp}"]
+                        pairs = [(n.count("+") + 1, v / whole, feff[n] / fwhole) for n, v in eff.items()
+                                 if n in ranked and n in feff]
+                        notes.append(f"- L{rank_layer}, {side} side, MLP {mlp}, out of sample: the k strongest's share of "
+                                     "the MLP's path here / on the ranking's windows: "
+                                     + ", ".join(f"k = {k} {a:.0%} / {b:.0%}" for k, a, b in pairs) + ".")
+                elif row["layer"] == rank_layer:
                     together = {n.count("+") + 1: v for n, v in eff.items() if n in ranked}
                     against = max(((n, v) for n, v in _effects(srow, side).items() if n.startswith(f"L{mlp}N")),
                                   key=lambda x: x[1])
