@@ -269,7 +269,7 @@ def _make_hook(comp: Component, source: Source, layer: int, cells: Sequence[Cell
             mask = _cell_mask(comp, [cells[i] for i in idx], act).any(0, keepdim=True)
         else:
             rows = act.shape[0] // n_copies
-            mask = torch.zeros((n_copies, *_cell_mask(comp, cells[:1], act).shape[1:]), dtype=torch.bool,
+            mask = torch.zeros((n_copies, *_cell_mask(comp, [cells[idx[0]]], act).shape[1:]), dtype=torch.bool,
                                device=act.device)
             mask[idx] = _cell_mask(comp, [cells[i] for i in idx], act)
             mask = mask.repeat_interleave(rows, dim=0)

@@ -22,9 +22,10 @@ the residual stream (as in the IOI paper's path patching), the attention outputs
 
 Senders are patched together at ``positions`` (default all), and every pass holds several senders'
 copies of the base batch (``batch_rows``), as ``patching.run_cells`` does; a pass stops once what it is
-for is computed (the receivers' activations, or the metric's hook), and on sinkinterp models and
-HookedTransformers it starts at a block, from the base run's residual stream: pass 1 at its first sender's,
-pass 2 at the first receiver's. A sender that comes after every receiver cannot reach them: its value is the
+for is computed (the receivers' activations, or the metric's hook), and it starts at a block: pass 1 at its
+first sender's, pass 2 at the first receiver's (sinkinterp models and HookedTransformers from the base run's
+residual stream; bridges from the base run recorded through their Hugging Face model, the blocks before the
+start returning their recorded outputs, where one such pass reproduces the run). A sender that comes after every receiver cannot reach them: its value is the
 base run's metric, without a pass.
 
 ``path_patch(model, clean_tokens, corrupted_tokens, metric, ...)`` puts the clean run's sender values
@@ -55,9 +56,11 @@ from sinkinterp.patching import (
     Metric,
     _capture_run,
     _eval_mode,
+    _first_row,
     _hook_map_kept,
     _make_hook,
     _model_device,
+    _record,
     _start_fn,
 )
 
@@ -371,11 +374,25 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
     base_tokens = base_tokens.to(device)
     readout = hooks_m or []
     # sinkinterp models and HookedTransformers start a pass at a block, from the base run's residual stream:
-    # pass 1 at its first sender's layer, pass 2 at the first receiver's (where the metric's hooks come after it)
+    # pass 1 at its first sender's layer, pass 2 at the first receiver's (where the metric's hooks come after it);
+    # a bridge continues from the base run recorded through its Hugging Face model (the blocks before the start
+    # return their recorded outputs), where one such pass reproduces the run
     start_from = _start_fn(model)
     resids = [f"blocks.{l}.hook_resid_pre" for l in range(min(last + 1, L))] if start_from is not None else []
-    base_acts, base_out = _capture_run(model, base_tokens,
-                                       sorted({n for n, _ in frozen} | set(sender_names) | set(readout) | set(resids)))
+    names = sorted({n for n, _ in frozen} | set(sender_names) | set(readout) | set(resids))
+    bridge = tl_adapter.hf_continuation(model) if start_from is None else None
+    cont = None
+    if bridge is not None:
+        run = _record(model, base_tokens, names, hf=True)
+        base_acts, base_out = run.acts, run.logits
+        starts = [s.layer for s in sender_list if s.order > 0 and s.layer > 0] + [r.layer for r in recv or [] if r.layer]
+        if run.hf is not None and starts and _continues(bridge[1], base_tokens, run.hf, min(starts)):
+            record = run.hf
+
+            def cont(layer: int, n: int) -> Tensor:
+                return bridge[1](base_tokens, layer, 0, record, n)
+    else:
+        base_acts, base_out = _capture_run(model, base_tokens, names)
     base_value = float(metric(_read(base_acts, base_out, hooks_m)))
     source_value = None
     if clean is not None:
@@ -391,8 +408,8 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
     b = base_tokens.shape[0]
     per_pass = max(1, batch_rows // b)
     first_recv = None if recv is None else min(r.layer for r in recv)
-    if start_from is None or (hooks_m is not None and any(_block_of(n) is None or _block_of(n) < first_recv  # type: ignore[operator]
-                                                          for n in hooks_m)):
+    if (start_from is None and cont is None) or (hooks_m is not None and any(
+            _block_of(n) is None or _block_of(n) < first_recv for n in hooks_m)):  # type: ignore[operator]
         first_recv = None  # pass 2 runs in full
     with _eval_mode(model), torch.no_grad():
         for start in range(0, len(todo), per_pass):
@@ -402,7 +419,7 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
             tokens = base_tokens.repeat(n, 1)
             hooks = _sender_hooks(chunk, new_values, pos, n) + _freeze_hooks(chunk, frozen, base_acts, n)
             first = 0 if any(s.order == 0 for s in chunk) else min(s.layer for s in chunk)
-            run1 = _runner(model, start_from, first, base_acts, n)
+            run1 = _runner(model, start_from, first, base_acts, n, cont)
             if recv is None:
                 with tl_adapter.attached_hooks(model, hooks):
                     logits = run1(tokens)
@@ -410,7 +427,7 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
             else:
                 sent = _pass_until(run1, model, tokens, hooks,
                                    [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
-                run2 = _runner(model, start_from, first_recv or 0, base_acts, n)
+                run2 = _runner(model, start_from, first_recv or 0, base_acts, n, cont)
                 got = _receive(run2, model, tokens, recv, sent, hooks_m, n, b)
             for j, i in enumerate(idx):
                 values[i] = float(metric(got[j]))
@@ -480,12 +497,30 @@ def _block_of(name: str) -> int | None:
     return int(number) if head == "blocks" and number.isdigit() else None
 
 
+def _continues(cont: Callable[..., Tensor], tokens: Tensor, record: Any, layer: int) -> bool:
+    """Whether a bridge's pass that starts at ``layer`` from ``record`` (the blocks before it replayed)
+    reproduces the recorded logits, checked on the first sequence."""
+    one = tl_adapter.HFRecord(record.logits[:1], None if record.past is None else
+                              [(k[:1], v[:1]) for k, v in record.past], [_first_row(o) for o in record.block_outputs])
+    try:
+        with torch.no_grad():
+            got = cont(tokens[:1], layer, 0, one, 1)
+    except Exception:  # noqa: BLE001 - a pass that cannot start there runs in full
+        return False
+    want = one.logits.double()
+    return got.shape == want.shape and torch.allclose(got.double(), want, rtol=1e-4,
+                                                      atol=1e-4 * (1 + float(want.abs().max())))
+
+
 def _runner(model: Any, start_from: Callable[[Tensor, int, Tensor], Tensor] | None, layer: int,
-            base_acts: dict[str, Tensor], n: int) -> Callable[[Tensor], Any]:
+            base_acts: dict[str, Tensor], n: int, cont: Callable[[int, int], Tensor] | None = None
+            ) -> Callable[[Tensor], Any]:
     """A pass over ``n`` stacked copies of the base tokens: from block ``layer`` on, on the base run's residual
     stream entering it (every copy's is the base run's there), where the model can start there; else whole."""
-    if start_from is None or layer == 0:
+    if layer == 0:
         return model
+    if start_from is None:  # a bridge continues from its recorded base run (``cont``), or runs in full
+        return model if cont is None else (lambda tokens: cont(layer, n))
     resid = base_acts[f"blocks.{layer}.hook_resid_pre"]
     return lambda tokens: start_from(tokens, layer, resid.repeat(n, *([1] * (resid.dim() - 1))))
 

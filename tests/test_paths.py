@@ -725,3 +725,44 @@ def test_receivers_at_chosen_positions():
                              ([Receiver(2, "q", 1, (9,))], "position 9 of L2H1.q@9 is outside the sequence")):
         with pytest.raises(ValueError, match=match):
             paths.path_patch(model, clean, corrupted, row_metric, receivers=receivers, metric_hook=hook)
+
+
+def test_bridge_passes_continue_from_the_recorded_base_run():
+    """On a bridge, the base run is recorded through its Hugging Face model and a pass that starts at a later
+    block replays the blocks before it: block 0's attention runs in the clean and base runs and in the passes
+    that start at it, nowhere else; the values are the reference's."""
+    model = _model("bridge", 2)
+    clean, corrupted = _pair(50)
+
+    def late():  # one pass of five senders' copies (batch_rows 15: a chunk with a head-less sender after heads)
+        return paths.path_patch(model, clean, corrupted, _logit_metric,
+                                senders=[*(Sender("z", 1, h) for h in range(4)), Sender("mlp_out", 1)], batch_rows=15)
+
+    def early():
+        return paths.path_patch(model, clean, corrupted, _pattern_metric(0), senders="z", receivers=[(1, "q", 0)],
+                                metric_hook="blocks.1.attn.hook_pattern", batch_rows=12)
+
+    late(), early()  # the bridge's once-per-hook-kind editability probes (tl_adapter.check_editable) run here
+    calls = {"n": 0}
+    handle = model.blocks[0].attn.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        late_res = late()
+        n_late = calls["n"]
+        calls["n"] = 0
+        early_res = early()
+        n_early = calls["n"]
+    finally:
+        handle.remove()
+    late, early = late_res, early_res
+    assert n_late == 2  # the clean and the base run: pass 1 starts at block 1, for every sender
+    assert n_early == 3  # and one pass 1 from block 0 (the layer-0 heads' copies); pass 2 starts at block 1
+    names = sorted({s.hook_name() for s in late.senders} | {s.hook_name() for s in early.senders})
+    clean_acts = patching.capture(model, clean, names)
+    for res, recv, metric, hook in ((late, "logits", _logit_metric, None),
+                                    (early, [Receiver(1, "q", 0)], _pattern_metric(0), "blocks.1.attn.hook_pattern")):
+        for s, v in zip(res.senders, res.values):
+            if s.layer >= 1 and recv != "logits":
+                continue
+            ref = _reference(model, corrupted, clean_acts, s, recv, metric, hook)
+            assert v == pytest.approx(ref, rel=1e-5, abs=1e-7), s
+        assert (abs(res.effects()) > 1e-7).any()
