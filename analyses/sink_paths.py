@@ -21,8 +21,8 @@ ranking), with SmolLM2's two massive-activation writers of layer 11 as a fixed g
 Each run's results are kept in analyses/data/sink_paths/NAME.json, so the page regenerates from them where a
 model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png. About 30 minutes on a
 2-core CPU before the bridges' late starts (SmolLM2, 18 of them its neuron run; the toy runs take seconds to a
-minute); the SmolLM2 runs rerun since took 3.6-3.9 x less (the blocks run 118 s, the neuron run 273 s); ``--only NAME ...`` runs those alone (the others from their
-snapshots), ``--snapshots`` runs none.
+minute); the SmolLM2 runs rerun since took 3.6-3.9 x less (the blocks run 118 s, the neuron run 273 s);
+``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
 """
 
 from __future__ import annotations
