@@ -19,10 +19,9 @@ side (toy-softmax's MLP 0, SmolLM2's MLPs 2 and 11 at layers 3 and 13) and of to
 side), then the strongest of them sent together, k at a time (GROUPS: the k come from the single-neuron
 ranking), with SmolLM2's two massive-activation writers of layer 11 as a fixed group, also at layers 20-28.
 Each run's results are kept in analyses/data/sink_paths/NAME.json, so the page regenerates from them where a
-model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png. About 30 minutes on a
-2-core CPU before the bridges' late starts (SmolLM2, 18 of them its neuron run; the toy runs take seconds to a
-minute); the SmolLM2 runs rerun since took 3.6-3.9 x less (the blocks run 118 s, the neuron run 273 s);
-``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
+model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png. About 12 minutes on a
+2-core CPU (SmolLM2's nine runs: 711 s on 2026-12-05, 4.5 of them its neuron run; 39 minutes before the bridges'
+late starts; the toy runs take seconds to a minute); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
 """
 
 from __future__ import annotations
