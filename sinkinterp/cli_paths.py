@@ -50,8 +50,8 @@ def add_parser(sub: Any, add_common: Any) -> None:
                    help="more senders: each the listed neurons of layer L's MLP sent together (one neuron: L:N), "
                         "after those of --senders")
     s.add_argument("--sink", choices=list(PATH_SINKS), default="auto",
-                   help="token 1 (first) or the bias slot (slot: k*/v*, a sink token, a sink logit; its key is a "
-                        "parameter, so only the query side applies); auto: the slot if the model has one (default)")
+                   help="token 1 (first) or the bias slot (slot: k*/v*, a sink token, a sink logit, gpt-oss's learned "
+                        "sinks; its key is a parameter, so only the query side applies); auto: the slot if the model has one (default)")
     s.add_argument("--sides", nargs="+", choices=list(SIDES), default=None,
                    help="the sink heads' inputs the paths end at (default both; the query side for the slot)")
     s.add_argument("--key-ablation", choices=list(ABLATIONS), default="mean",

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from sinkinterp import tl_adapter
-from sinkinterp.measure import validate_tokens
+from sinkinterp.measure import _row_slot, slot_from_rows, validate_tokens
 from sinkinterp.patching import (
     COMPONENTS,
     Cell,
@@ -611,7 +611,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     read (``layers`` naming one is an error).
 
     ``sink="slot"`` (a model with a bias slot reported by ``hook_bias_pattern``: k*/v*, a sink token, a sink
-    logit; "auto": the slot where the model has one, else token 1): the sink heads are those whose mean
+    logit; or a bridge's learned attention sinks, gpt-oss, whose weight is what ``hook_pattern``'s rows leave;
+    "auto": the slot where the model has one, else token 1): the sink heads are those whose mean
     weight on the slot is above ``threshold``, the reading is that weight, and only the query side applies
     (the slot's key is a parameter, written by no sender). ``sides`` default: both for token 1, the query
     side for the slot.
@@ -624,10 +625,13 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
         raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
     if sink not in PATH_SINKS:
         raise ValueError(f"sink: got {sink!r}, allowed values are {list(PATH_SINKS)}")
-    has_slot = tl_adapter.has_hook(model, "blocks.0.attn.hook_bias_pattern")
+    hooked_slot = tl_adapter.has_hook(model, "blocks.0.attn.hook_bias_pattern")
+    rows_slot = not hooked_slot and bool(slot_from_rows(model))  # gpt-oss: what hook_pattern's rows leave
+    has_slot = hooked_slot or rows_slot
     if sink == "slot" and not has_slot:
-        raise ValueError("sink='slot' needs a model whose bias slot (k*/v*, a sink token, a sink logit) is reported "
-                         "by hook_bias_pattern; this model has none: use sink='first'")
+        raise ValueError("sink='slot' needs a model with a bias slot (k*/v*, a sink token, a sink logit, reported by "
+                         "hook_bias_pattern; or learned attention sinks, gpt-oss); this model has none: use "
+                         "sink='first'")
     if sink == "auto":
         sink = "slot" if has_slot else "first"
     if sides is None:
@@ -661,10 +665,12 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
         raise ValueError(f"senders: no layer's heads come after a sender (the first is {first.label})")
     group = dims["n_heads"] // dims["n_kv_heads"]
     slot = sink == "slot"
-    pats = [f"blocks.{l}.attn.hook_{'bias_pattern' if slot else 'pattern'}" for l in range(L)]
+    pats = [f"blocks.{l}.attn.hook_{'bias_pattern' if slot and not rows_slot else 'pattern'}" for l in range(L)]
 
     def weight(p: Tensor) -> Tensor:  # [batch, head, query 2..T]: the weight on the sink
-        return p[:, :, 1:] if slot else p[:, :, 1:, 0]
+        if slot:  # the slot's weight: hook_bias_pattern, or what the pattern's rows leave (learned sinks)
+            return _row_slot(p)[:, :, 1:] if rows_slot else p[:, :, 1:]
+        return p[:, :, 1:, 0]
 
     with tl_adapter.hook_dict_kept(model):
         # the patterns pick the sink heads; the residual inputs are what ``together`` ablates

@@ -543,7 +543,7 @@ def test_sink_paths_on_the_bias_slot():
     assert first["sink"] == "first" and first["sides"] == ["key", "query"]
     with pytest.raises(ValueError, match="only the query side"):
         paths.sink_paths(model, tokens, sink="slot", sides=["key", "query"])
-    with pytest.raises(ValueError, match="needs a model whose bias slot"):
+    with pytest.raises(ValueError, match="needs a model with a bias slot"):
         paths.sink_paths(_sink_model(), tokens, sink="slot")
     with pytest.raises(ValueError, match="sink: got 'k'"):
         paths.sink_paths(model, tokens, sink="k")
@@ -766,3 +766,49 @@ def test_bridge_passes_continue_from_the_recorded_base_run():
             ref = _reference(model, corrupted, clean_acts, s, recv, metric, hook)
             assert v == pytest.approx(ref, rel=1e-5, abs=1e-7), s
         assert (abs(res.effects()) > 1e-7).any()
+
+
+def test_sink_paths_on_gpt_oss_learned_sinks(tmp_path):
+    """gpt-oss's learned attention sinks have no hook of their own: the slot's weight is what hook_pattern's
+    rows leave. sink_paths finds it (--sink auto), picks the heads by it and reads it, the query side only;
+    each sender's value is the reference's (its write at the queries zeroed, sent into the heads' queries)."""
+    import warnings
+
+    from test_architectures import T, V, _gpt_oss
+
+    from sinkinterp.loading import load_model
+
+    _gpt_oss().save_pretrained(tmp_path)
+    word_tokenizer(V).save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(str(tmp_path)).model
+    tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
+    res = paths.sink_paths(model, tokens, threshold=0.2, sink="auto")
+    assert res["sink"] == "slot" and res["sides"] == ["query"]
+    hook = "blocks.1.attn.hook_pattern"
+    pat = patching.capture(model, tokens, [hook])[hook]
+    share = (1 - pat.double().sum(-1))[:, :, 1:].mean((0, 2))  # [head]: the slot's mean weight, queries 2..T
+    assert [r["layer"] for r in res["layers"]] == [1]
+    row = res["layers"][0]
+    assert row["heads"] == [h for h in range(4) if share[h] > 0.2] and row["heads"]
+    heads = row["heads"]
+
+    def metric(p):
+        return (1 - p.double().sum(-1))[:, heads, 1:].mean()
+
+    assert row["base"] == pytest.approx(float(share[heads].mean()), rel=1e-6)
+    senders = paths.senders_of(model, "blocks")
+    acts = patching.capture(model, tokens, sorted({s.hook_name() for s in senders}))
+    new = {n: torch.zeros_like(a) for n, a in acts.items()}
+    for s, v in zip(senders, row["query"]["values"]):
+        if s.order >= 3:
+            continue
+        ref = _reference(model, tokens, new, s, [Receiver(1, "q", h) for h in heads], metric, hook,
+                         positions=list(range(1, T)))
+        assert v == pytest.approx(ref, abs=1e-6), s
+    assert max(abs(v - row["base"]) for v in row["query"]["values"]) > 1e-3  # the senders' writes matter
+    with pytest.raises(ValueError, match="only the query side"):
+        paths.sink_paths(model, tokens, threshold=0.2, sink="slot", sides=["key"])
+    first = paths.sink_paths(model, tokens, threshold=0.05, sink="first")
+    assert first["sink"] == "first"
