@@ -65,6 +65,12 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--free-mlps", action="store_true",
                    help="let the MLPs after a sender recompute: its paths through them count (default: frozen, "
                         "the direct path only)")
+    s.add_argument("--search-neurons", nargs="+", type=int_at_least(0), default=None, metavar="M",
+                   help="for each of these MLPs (0-based, before a sink layer read): search for the few of its neurons "
+                        "that, ablated together along their paths, lower the weight most, with the neurons that back "
+                        "each other up (each alone, each kept alone, then a beam search; paths.neuron_search)")
+    s.add_argument("--search-size", type=int_at_least(1), default=4,
+                   help="the search's largest group (default 4)")
     s.add_argument("--batch-rows", type=int_at_least(1), default=64,
                    help="rows per forward pass: copies of the batch, one per sender (default 64)")
     s.set_defaults(num_seqs=8)
@@ -93,7 +99,8 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                              sides=None if args.sides is None else list(dict.fromkeys(args.sides)),
                              sink=args.sink, key_ablation=args.key_ablation,
                              query_ablation=args.query_ablation, layers=args.layers, free_mlps=args.free_mlps,
-                             batch_rows=args.batch_rows, progress=True)
+                             batch_rows=args.batch_rows, search_mlps=args.search_neurons,
+                             search_size=args.search_size, progress=True)
     except (ValueError, TypeError, RuntimeError) as err:
         raise UsageError(str(err)) from None
     if not results["layers"]:  # nothing to draw; the summary says so
@@ -105,6 +112,8 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                    "sink": results["sink"],
                    "sides": results["sides"], "key_ablation": args.key_ablation,
                    "query_ablation": args.query_ablation, "layers": args.layers, "free_mlps": args.free_mlps,
+                   "search_neurons": args.search_neurons,
+                   "search_size": args.search_size if args.search_neurons else None,
                    "seconds": round(time.perf_counter() - started, 3)})
     return finish_study(args, lm, tokens, config, results,
                         ("paths.png", lambda name, res, label: figures.sink_paths_figure(

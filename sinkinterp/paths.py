@@ -64,8 +64,8 @@ from sinkinterp.patching import (
     _start_fn,
 )
 
-__all__ = ["ABLATIONS", "PATH_SINKS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender", "path_ablate",
-           "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
+__all__ = ["ABLATIONS", "PATH_SINKS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender", "neuron_search",
+           "path_ablate", "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
 
 SENDER_KINDS = ("embed", "pos_embed", "attn_out", "z", "mlp_out", "neuron")
 RECEIVER_KINDS = ("q", "k", "v")
@@ -583,6 +583,93 @@ def _receive(run: Callable[[Tensor], Any], model: Any, tokens: Tensor, recv: lis
     return [[read[name][j * b:(j + 1) * b] for name in hooks_m] for j in range(n)]
 
 
+DIRECTIONS = ("decrease", "increase")
+
+
+def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, receivers: str | Sequence[Receiver | tuple],
+                  ablation: str = "mean", positions: Sequence[int] | None = None,
+                  metric_hook: str | Sequence[str] | None = None, direction: str = "decrease", size: int = 4,
+                  pool: int = 32, beam: int = 4, pairs: int = 8, free_mlps: bool = False,
+                  batch_rows: int = 64) -> dict[str, Any]:
+    """Which few neurons of MLP ``mlp``, ablated together along their direct paths to ``receivers``
+    (``path_ablate``'s passes and arguments), move the metric most in ``direction`` ("decrease" or
+    "increase"). Ranking neurons one at a time misses neurons that back each other up: with two that
+    each make the same write (either one suffices), ablating one does nothing. So the search reads each
+    neuron two ways and then builds groups:
+
+    * ``alone``: the effect of the neuron ablated alone (what the metric needs from it given the others);
+    * ``others``: the effect of every neuron *but* this one ablated; ``whole`` - ``others`` is what the
+      neuron, kept alone, holds up of the whole MLP's effect (``whole``: every neuron ablated);
+    * a beam search over ``pool``: the ``pool`` strongest by each reading. Size 1 is the best single
+      neurons; each larger size extends each of the ``beam`` best groups of the size before by one pool
+      neuron, and size 2 also tries every pair of the ``pairs`` strongest by the second reading (two that
+      back each other up are each strong by it, weak alone); the ``beam`` groups with the largest effects
+      go on.
+
+    Returns {"mlp", "d_mlp", "direction", "base": the unablated metric, "whole", "alone", "others": effects
+    (metric - base) per neuron, "pool", "pairs": [{"neurons", "effect", "synergy": effect minus the two
+    neurons' effects alone}], "best": [{"neurons", "effect", "share": effect / whole}] for sizes 1..size,
+    "groups_run": the number of groups (senders) run}."""
+    dims = tl_adapter.model_dims(model)
+    if isinstance(mlp, bool) or not isinstance(mlp, (int, np.integer)) or not 0 <= mlp < dims["n_layers"]:
+        raise ValueError(f"mlp: a layer of the model (0..{dims['n_layers'] - 1}), got {mlp!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction: got {direction!r}, allowed values are {list(DIRECTIONS)}")
+    for name, value, least in (("size", size, 1), ("pool", pool, 1), ("beam", beam, 1), ("pairs", pairs, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    d = _d_mlp(model, int(mlp))
+    if d < 2 or size > d:
+        raise ValueError(f"size: {size} is more than MLP {mlp}'s {d} neurons (and the search needs two or more)")
+    sign = -1.0 if direction == "decrease" else 1.0
+
+    def run(groups: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, float]:
+        res = path_ablate(model, tokens, metric, ablation=ablation, receivers=receivers, positions=positions,
+                          metric_hook=metric_hook, free_mlps=free_mlps, batch_rows=batch_rows,
+                          senders=[Sender("neuron", int(mlp), neuron=g[0] if len(g) == 1 else g) for g in groups])
+        return res.effects(), res.base
+
+    units = list(range(d))
+    eff, base = run([(u,) for u in units] + [tuple(units)] + [(*units[:u], *units[u + 1:]) for u in units])
+    alone, whole, others = eff[:d], float(eff[d]), eff[d + 1:]
+    kept = sign * (whole - others)  # > 0: the neuron kept alone holds up that much of the whole effect
+    by_alone = [int(u) for u in np.argsort(-sign * alone, kind="stable")[:pool]]
+    by_kept = [int(u) for u in np.argsort(-kept, kind="stable")[:pool]]
+    cands = list(dict.fromkeys(by_alone + by_kept))
+    done: dict[tuple[int, ...], float] = {(u,): float(alone[u]) for u in units}
+    n_run = 2 * d + 1
+
+    def top(groups: set[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        return sorted(groups, key=lambda g: (-sign * done[g], g))[:beam]
+
+    pair_groups = {(a, b) for i, a in enumerate(sorted(by_kept[:pairs])) for b in sorted(by_kept[:pairs])[i + 1:]}
+    level = top({(u,) for u in cands})
+    best = [level[0]]
+    for k in range(2, size + 1):
+        grown = {tuple(sorted((*g, c))) for g in level for c in cands if c not in g}
+        if k == 2:
+            grown |= pair_groups
+        new = sorted(g for g in grown if g not in done)
+        if new:
+            got, _ = run(new)
+            done.update(zip(new, map(float, got)))
+            n_run += len(new)
+        if not grown:  # the pool is used up
+            break
+        level = top(grown)
+        best.append(level[0])
+
+    def share(e: float) -> float | None:
+        return None if whole == 0 else round(e / whole, 6)
+
+    return {"mlp": int(mlp), "d_mlp": d, "direction": direction, "base": base, "whole": round(whole, 8),
+            "alone": alone.round(8).tolist(), "others": np.asarray(others).round(8).tolist(), "pool": cands,
+            "pairs": [{"neurons": list(g), "effect": round(done[g], 8),
+                       "synergy": round(done[g] - done[g[:1]] - done[g[1:]], 8)} for g in sorted(pair_groups)],
+            "best": [{"neurons": list(g), "effect": round(done[g], 8), "share": share(done[g])} for g in best],
+            "groups_run": n_run}
+
+
 SIDES = ("key", "query")
 PATH_SINKS = ("auto", "first", "slot")
 
@@ -591,6 +678,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                sender_layers: Sequence[int] | None = None, sides: Sequence[str] | None = None, key_ablation: str = "mean", query_ablation: str = "zero",
                sink: str = "first",
                layers: Sequence[int] | None = None, free_mlps: bool = False, batch_rows: int = 64,
+               search_mlps: Sequence[int] | None = None, search_size: int = 4,
                progress: bool = False) -> dict[str, Any]:
     """What writes the first-token sink, along direct paths: for each layer with sink heads (mean weight on
     token 1 over queries 2..T above ``threshold``; of ``layers`` only, when given: each layer costs two passes
@@ -609,6 +697,10 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     ``senders``: a kind for ``senders_of`` (of ``sender_layers`` only, when given: "neuron" senders are every
     unit of those layers' MLPs) or a list of Sender; a layer whose heads come before every sender is not
     read (``layers`` naming one is an error).
+
+    ``search_mlps``: for each of these MLPs before a sink layer, ``neuron_search`` on each side (the groups of
+    up to ``search_size`` of its neurons that lower the weight most along their paths, with the neurons
+    that back each other up), in the side's ``"search"`` list.
 
     ``sink="slot"`` (a model with a bias slot reported by ``hook_bias_pattern``: k*/v*, a sink token, a sink
     logit; or a bridge's learned attention sinks, gpt-oss, whose weight is what ``hook_pattern``'s rows leave;
@@ -663,6 +755,14 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
             raise ValueError(f"layers: layer {l}'s heads come before every sender (the first is {first.label})")
     if not wanted:
         raise ValueError(f"senders: no layer's heads come after a sender (the first is {first.label})")
+    searched = [] if search_mlps is None else sorted({int(m) for m in search_mlps})
+    if search_mlps is not None and not searched:
+        raise ValueError("search_mlps: empty (None: no search)")
+    if searched and (isinstance(search_size, bool) or not isinstance(search_size, int) or search_size < 1):
+        raise ValueError(f"search_size must be an integer >= 1, got {search_size!r}")
+    for m in searched:
+        if not 0 <= m < max(wanted):
+            raise ValueError(f"search_mlps: MLP {m} is not before a sink layer read (0..{max(wanted) - 1})")
     group = dims["n_heads"] // dims["n_kv_heads"]
     slot = sink == "slot"
     pats = [f"blocks.{l}.attn.hook_{'bias_pattern' if slot and not rows_slot else 'pattern'}" for l in range(L)]
@@ -687,7 +787,9 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                                "free_mlps": free_mlps,
                                "key_ablation": key_ablation,
                                "receiver_layers": None if layers is None else list(wanted),
-                               "query_ablation": query_ablation, "sides": list(sides), "layers": []}
+                               "query_ablation": query_ablation, "sides": list(sides),
+                               "search_mlps": searched or None, "search_size": search_size if searched else None,
+                               "layers": []}
         for l, heads in found:
             send = [s for s in all_senders if s.order < 2 * l + 1]
             if progress:
@@ -710,6 +812,12 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                 d = res.to_dict()
                 d["together"] = _together(model, tokens, acts[f"blocks.{l}.hook_resid_pre"], metric, l, recv, how,
                                           pos, hook)
+                for m in (m for m in searched if m < l):
+                    if progress:
+                        print(f"paths: layer {l}, {side} side, searching MLP {m}'s neurons", file=sys.stderr, flush=True)
+                    d.setdefault("search", []).append(neuron_search(
+                        model, tokens, metric, mlp=m, receivers=recv, ablation=how, positions=pos, metric_hook=hook,
+                        size=search_size, free_mlps=free_mlps, batch_rows=batch_rows))
                 row[side] = d
                 row["base"] = res.base
             out["layers"].append(row)
@@ -756,4 +864,23 @@ def sink_paths_summary(results: dict[str, Any], top: int = 3) -> str:
             parts.append(f"{side}: all {d['together'] - d['base']:+.3f}, "
                          + ", ".join(f"{d['senders'][i]} {eff[i]:+.3f}" for i in order))
         lines.append("; ".join(parts))
+        for side in results["sides"]:
+            for srch in row[side].get("search", []):
+                lines.append(f"  L{row['layer']} {side} side, MLP {srch['mlp']}'s neurons (all {srch['whole']:+.3f}): "
+                             + _search_line(srch))
     return "\n".join(lines)
+
+
+def _search_line(search: dict[str, Any]) -> str:
+    """The best group of each size, and the pair whose effect together is furthest beyond its two alone."""
+    def share(x: dict[str, Any]) -> str:
+        return "" if x["share"] is None else f" ({100 * x['share']:.0f}%)"
+
+    out = ", ".join(f"N{'+'.join(map(str, b['neurons']))} {b['effect']:+.3f}{share(b)}" for b in search["best"])
+    if search["pairs"]:
+        sign = -1.0 if search["direction"] == "decrease" else 1.0
+        p = max(search["pairs"], key=lambda x: sign * x["synergy"])
+        alone = search["alone"]
+        out += (f"; backup pair N{p['neurons'][0]}+{p['neurons'][1]}: {p['effect']:+.3f} together, "
+                f"{alone[p['neurons'][0]]:+.3f} and {alone[p['neurons'][1]]:+.3f} alone")
+    return out

@@ -459,8 +459,19 @@ def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     one = dict(zip(json.loads((nr / "results.json").read_text())["senders"],
                    json.loads((nr / "results.json").read_text())["layers"][0]["key"]["values"]))
     assert res["layers"][0]["key"]["values"][1] == pytest.approx(one["L0N253"], abs=1e-8)
-    capsys.readouterr()
+    # the search: MLP 0's neuron 253 leads, and 261, nearly nothing alone, is its backup (docs/sink-paths.md)
+    se = tmp_path / "s"
+    assert cli.main(["paths", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos", "--layers", "3", "--sides", "key",
+                     "--senders", "mlp_out", "--sender-layers", "0", "--search-neurons", "0", "--search-size", "2",
+                     "--out", str(se)]) == 0
+    search = json.loads((se / "results.json").read_text())["layers"][0]["key"]["search"][0]
+    assert [b["neurons"] for b in search["best"]] == [[253], [253, 261]]
+    assert search["alone"][261] > 0.1 * search["alone"][253] and search["best"][1]["share"] > 0.75
+    assert json.loads((se / "config.json").read_text())["search_neurons"] == [0]
+    assert "backup pair N253+261" in capsys.readouterr().out
     base = ["paths", "--num-seqs", "2", "--seq-len", "8", "--out", str(tmp_path / "x")]
+    assert cli.main([*base, "--layers", "2", "--search-neurons", "2"]) == 2
+    assert "search_mlps: MLP 2 is not before a sink layer read" in capsys.readouterr().err
     for bad in ("0-253", "0:", "a:1", "0:-1"):
         with pytest.raises(SystemExit):
             cli.main([*base, "--neurons", bad])
@@ -812,3 +823,86 @@ def test_sink_paths_on_gpt_oss_learned_sinks(tmp_path):
         paths.sink_paths(model, tokens, threshold=0.2, sink="slot", sides=["key"])
     first = paths.sink_paths(model, tokens, threshold=0.05, sink="first")
     assert first["sink"] == "first"
+
+
+def _search_setup():
+    model = _sink_model()
+    tokens = _tokens(7, shape=(4, 10))
+    pat = patching.capture(model, tokens, ["blocks.2.attn.hook_pattern"])["blocks.2.attn.hook_pattern"]
+    head = int(pat[:, :, 1:, 0].mean((0, 2)).argmax())
+    kw = dict(receivers=[Receiver(2, "k", head // 2)], ablation="mean", positions=[0],
+              metric_hook="blocks.2.attn.hook_pattern")
+    return model, tokens, (lambda p: p[:, head, 1:, 0].double().mean()), kw
+
+
+def test_neuron_search_reads_its_groups_as_path_ablate_does_and_finds_the_best_pair():
+    """Each reading of the search is path_ablate's value for that group of neurons; with the pool and the beam
+    holding every neuron the size-2 step tries every pair, so its best is the brute-force best pair."""
+    model, tokens, metric, kw = _search_setup()
+    d = tl_adapter.mlp_out_weight(model, 1).shape[0]
+    res = paths.neuron_search(model, tokens, metric, mlp=1, size=2, pool=d, beam=d, pairs=4, **kw)
+    assert res["d_mlp"] == d and len(res["alone"]) == len(res["others"]) == d and res["direction"] == "decrease"
+    units = tuple(range(d))
+    check = [Sender("neuron", 1, neuron=u) for u in (0, 5, d - 1)]
+    check += [Sender("neuron", 1, neuron=units[:u] + units[u + 1:]) for u in (0, 5)] + [Sender("mlp_out", 1)]
+    ref = paths.path_ablate(model, tokens, metric, senders=check, **kw).effects()
+    assert [res["alone"][u] for u in (0, 5, d - 1)] == pytest.approx(ref[:3], abs=1e-8)
+    assert [res["others"][u] for u in (0, 5)] == pytest.approx(ref[3:5], abs=1e-8)
+    assert res["whole"] == pytest.approx(ref[5], abs=1e-8) and abs(ref[5]) > 1e-4  # every neuron: the MLP
+    pairs = [(a, b) for a in range(d) for b in range(a + 1, d)]
+    every = paths.path_ablate(model, tokens, metric, senders=[Sender("neuron", 1, neuron=g) for g in pairs],
+                              **kw).effects()
+    assert res["best"][0]["neurons"] == [int(np.argmin(res["alone"]))]
+    assert res["best"][1]["neurons"] == list(pairs[int(np.argmin(every))])
+    assert res["best"][1]["effect"] == pytest.approx(every.min(), abs=1e-8)
+    assert res["best"][1]["share"] == pytest.approx(every.min() / res["whole"], abs=1e-5)
+    assert res["groups_run"] == 2 * d + 1 + len(pairs)
+    # the pairs: every pair of the 4 neurons that, kept alone, hold up the most of the whole effect
+    kept = -(res["whole"] - np.asarray(res["others"]))
+    top4 = sorted(int(u) for u in np.argsort(-kept, kind="stable")[:4])
+    assert [p["neurons"] for p in res["pairs"]] == [[a, b] for i, a in enumerate(top4) for b in top4[i + 1:]]
+    for p in res["pairs"]:
+        a, b = p["neurons"]
+        assert p["effect"] == pytest.approx(every[pairs.index((a, b))], abs=1e-8)
+        assert p["synergy"] == pytest.approx(p["effect"] - res["alone"][a] - res["alone"][b], abs=1e-7)
+    # "increase": the group that raises the metric most
+    up = paths.neuron_search(model, tokens, metric, mlp=1, size=2, pool=d, beam=d, pairs=0, direction="increase", **kw)
+    assert up["best"][0]["neurons"] == [int(np.argmax(up["alone"]))]
+    assert up["best"][1]["neurons"] == list(pairs[int(np.argmax(every))]) and up["pairs"] == []
+    # a small pool and beam: the groups come from the pool, and each size's best extends the beam before it
+    small = paths.neuron_search(model, tokens, metric, mlp=1, size=3, pool=3, beam=2, pairs=2, **kw)
+    assert len(small["pool"]) <= 6 and all(u in small["pool"] for b in small["best"] for u in b["neurons"])
+    assert [len(b["neurons"]) for b in small["best"]] == [1, 2, 3]
+    n = len(small["pool"])  # size 2: the beam's 2 singles grown by the pool, and 1 pair; size 3: grown again
+    assert 2 * d + 1 + 3 < small["groups_run"] <= 2 * d + 1 + 2 * (n - 1) + 1 + 2 * (n - 2)
+
+
+def test_neuron_search_in_sink_paths_and_its_errors():
+    model, tokens, metric, kw = _search_setup()
+    res = paths.sink_paths(model, tokens, threshold=0.2, senders="mlp_out", sides=["key"], layers=[2],
+                           search_mlps=[0, 1], search_size=2)
+    row = res["layers"][0]
+    assert res["search_mlps"] == [0, 1] and res["search_size"] == 2
+    assert [s["mlp"] for s in row["key"]["search"]] == [0, 1]
+    heads = row["heads"]
+    recv = [Receiver(2, "k", g) for g in sorted({h // 2 for h in heads})]
+    direct = paths.neuron_search(model, tokens, lambda p: p[:, heads, 1:, 0].double().mean(), mlp=1, size=2,
+                                 receivers=recv, ablation="mean", positions=[0],
+                                 metric_hook="blocks.2.attn.hook_pattern")
+    got = row["key"]["search"][1]
+    assert got["best"] == direct["best"] and got["alone"] == pytest.approx(direct["alone"], abs=1e-10)
+    # the whole MLP's path, read by the search, is the mlp_out sender's
+    assert got["whole"] == pytest.approx(row["key"]["values"][1] - row["key"]["base"], abs=1e-8)
+    assert "L2 key side, MLP 1's neurons" in paths.sink_paths_summary(res)
+    d = tl_adapter.mlp_out_weight(model, 1).shape[0]
+    for kwargs, match in ((dict(mlp=3), "mlp: a layer"), (dict(mlp=True), "mlp: a layer"),
+                          (dict(direction="up"), "direction"), (dict(size=0), "size must be"),
+                          (dict(size=d + 1), f"MLP 1's {d} neurons"), (dict(pool=0), "pool must be"),
+                          (dict(beam=0), "beam must be"), (dict(pairs=-1), "pairs must be")):
+        with pytest.raises(ValueError, match=match):
+            paths.neuron_search(model, tokens, metric, **{"mlp": 1, **kw, **kwargs})
+    for kwargs, match in ((dict(search_mlps=[2]), "MLP 2 is not before a sink layer"),
+                          (dict(search_mlps=[]), "search_mlps: empty"),
+                          (dict(search_mlps=[1], search_size=0), "search_size must be")):
+        with pytest.raises(ValueError, match=match):
+            paths.sink_paths(model, tokens, threshold=0.2, layers=[2], **kwargs)
