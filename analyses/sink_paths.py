@@ -102,6 +102,22 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                             "--sender-layers", "11"],
                                      ("SmolLM2-135M, the same windows, layers 20, 24 and 28: MLP 11 and its strongest "
                                       "neurons (ranked at layer 13) sent together")),
+    # the search (paths.neuron_search): each neuron of an MLP alone and kept alone (every other ablated), then a
+    # beam search for the few that lower the weight most together, pairs that back each other up included
+    "toy-softmax__debian_search": ("toy-softmax", ["--tokens", TOY_TOKENS, "--layers", "3", "--senders", "mlp_out",
+                                                   "--sender-layers", "0", "1", "--search-neurons", "0", "1"],
+                                   "toy-softmax, 32 held-out Debian windows, BOS first, layer 3: the search over MLPs 0 "
+                                   "and 1"),
+    "smollm2__natural_search": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "3",
+                                       "13", "--sides", "key", "--senders", "mlp_out", "--sender-layers", "2", "11",
+                                       "--search-neurons", "2", "11"],
+                                "SmolLM2-135M, 4 English windows, layers 3 and 13, key side: the search over MLPs 2 "
+                                "and 11"),
+    "smollm2__natural_r_search": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed", "1",
+                                         "--layers", "13", "--sides", "key", "--senders", "mlp_out", "--sender-layers",
+                                         "11", "--search-neurons", "11"],
+                                  "SmolLM2-135M, replicate: 16 other English windows (seed 1), layer 13, key side: the "
+                                  "search over MLP 11"),
 }
 # a group run's --neurons: from its source run's ranking (each neuron alone, by its effect on that side at that
 # layer), the k strongest of an MLP sent together, and fixed groups (SmolLM2's massive-activation writers,
