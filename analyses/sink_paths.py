@@ -462,6 +462,66 @@ def _pair_replicate(rep: dict[str, Any] | None) -> str:
             + ", ".join(f"L{l} {v:+.3f} of {a:+.3f}" for l, v, a in rows) + ".")
 
 
+# search runs, and the group runs on the same windows whose groups are the k strongest of a single-neuron ranking
+SEARCH_VS = {"toy-softmax__debian_search": "toy-softmax__debian_groups",
+             "smollm2__natural_search": "smollm2__natural_groups",
+             "smollm2__natural_r_search": "smollm2__natural_r_groups"}
+
+
+def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The search runs: per layer, side and MLP, the best group of each size (share of every neuron's effect),
+    the strongest pair among the neurons that, kept alone, hold up most, and the ranking's k strongest beside
+    the search's best k."""
+    from sinkinterp.paths import backup_pairs
+
+    rows, notes = [], []
+    for name, vs in SEARCH_VS.items():
+        res = results.get(name)
+        if not res or not res["layers"]:
+            continue
+        model = RUNS[name][2].split(",")[0] + ("" if "_r_" not in name else " (replicate)")
+        ranked = results.get(vs)
+        for row in res["layers"]:
+            for side in ("key", "query"):
+                for srch in row.get(side, {}).get("search", []):
+                    whole, best, alone = srch["whole"], srch["best"], srch["alone"]
+                    kept = -(whole - np.asarray(srch["others"]))  # what the neuron kept alone holds up
+                    top_kept = [int(u) for u in np.argsort(-kept, kind="stable")[:3]]
+                    pair = next(iter(backup_pairs(srch)), None)
+                    cells = [f"N{'+'.join(map(str, b['neurons']))} {b['effect']:+.3f} ({b['share']:.0%})" for b in best]
+                    pair_cell = ("none" if pair is None else
+                                 f"N{pair['neurons'][0]}+{pair['neurons'][1]}: {pair['effect']:+.3f} "
+                                 f"({alone[pair['neurons'][0]]:+.3f}, {alone[pair['neurons'][1]]:+.3f} alone)")
+                    rows.append(f"| {model} | L{row['layer']}, {side} | {srch['mlp']} | {whole:+.3f} | "
+                                + "; ".join(cells) + f" | {pair_cell} | "
+                                + ", ".join(f"N{u} {kept[u] / whole:.0%}" for u in top_kept) + " |")
+                    rrow = next((r for r in (ranked or {}).get("layers", []) if r["layer"] == row["layer"]), None)
+                    if rrow is None or side not in rrow:
+                        continue
+                    eff = _effects(rrow, side)
+                    by_k: dict[int, float] = {}
+                    for n, v in eff.items():
+                        if n.startswith(f"L{srch['mlp']}N") and n != "L11N1229+1487":
+                            by_k.setdefault(n.count("+") + 1, v)
+                    same = [(b, by_k[len(b["neurons"])]) for b in best if len(b["neurons"]) in by_k]
+                    if same:
+                        where = " (the ranking's from the first 4 windows: out of sample)" if "_r_" in name else ""
+                        notes.append(f"- {model}, L{row['layer']} {side} side, MLP {srch['mlp']}: the search's best k "
+                                     f"against the k strongest of the single-neuron ranking{where}: "
+                                     + ", ".join(f"k = {len(b['neurons'])} {b['share']:.0%} / {v / whole:.0%}"
+                                                 for b, v in same) + ".")
+    if not rows:
+        return []
+    return [("**The search** (`paths.neuron_search`, `sinkinterp paths --search-neurons M`): each neuron of the MLP "
+             "ablated alone, and kept alone with every other ablated (what it holds up of the whole MLP's effect: a "
+             "neuron another one backs up does nothing alone but holds the key up by itself); then a beam search "
+             "(beam 4) over the 32 strongest by each reading, groups of up to 4, with every pair of the 8 strongest "
+             "kept alone tried at size 2. The share is of every neuron's effect together (the MLP's path)."), "",
+            "| run | layer, side | MLP | all neurons | the best group of each size: effect (share) | a backup pair "
+            "(together beyond its two alone by > 10% of all): together (alone) | kept alone, holding up (share) |",
+            "| --- | --- | --- | ---: | --- | --- | --- |", *rows, "", *notes, ""]
+
+
 def _group_label(spec: str) -> str:
     """A ``--neurons`` group "L:N1,N2" as its sender's label "LLN1+N2"."""
     layer, units = spec.split(":")
@@ -583,6 +643,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                    "query's *variation* toward and away from the sink across queries (which queries open the gate); "
                    "here each write's removal from every query measures the *level* the queries need.")
     out += _neuron_reading(results)
+    out += _search_reading(results)
     out += [
         ("- The key side asks what is *special* about token 1's write (its mean-ablation keeps an ordinary token's "
          "write); the query side asks what the queries *need* to find it (zero-ablation removes the write). A "

@@ -64,8 +64,8 @@ from sinkinterp.patching import (
     _start_fn,
 )
 
-__all__ = ["ABLATIONS", "PATH_SINKS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender", "neuron_search",
-           "path_ablate", "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
+__all__ = ["ABLATIONS", "PATH_SINKS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender",
+           "backup_pairs", "neuron_search", "path_ablate", "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
 
 SENDER_KINDS = ("embed", "pos_embed", "attn_out", "z", "mlp_out", "neuron")
 RECEIVER_KINDS = ("q", "k", "v")
@@ -871,16 +871,26 @@ def sink_paths_summary(results: dict[str, Any], top: int = 3) -> str:
     return "\n".join(lines)
 
 
+def backup_pairs(search: dict[str, Any], min_share: float = 0.1) -> list[dict[str, Any]]:
+    """The pairs of a ``neuron_search`` result that do more together than their two alone, by more than
+    ``min_share`` of every neuron's effect (in the search's direction), the furthest first: neurons that back
+    each other up."""
+    sign = -1.0 if search["direction"] == "decrease" else 1.0
+    found = [p for p in search["pairs"] if sign * p["synergy"] > min_share * abs(search["whole"])]
+    return sorted(found, key=lambda p: -sign * p["synergy"])
+
+
 def _search_line(search: dict[str, Any]) -> str:
     """The best group of each size, and the pair whose effect together is furthest beyond its two alone."""
     def share(x: dict[str, Any]) -> str:
         return "" if x["share"] is None else f" ({100 * x['share']:.0f}%)"
 
     out = ", ".join(f"N{'+'.join(map(str, b['neurons']))} {b['effect']:+.3f}{share(b)}" for b in search["best"])
-    if search["pairs"]:
-        sign = -1.0 if search["direction"] == "decrease" else 1.0
-        p = max(search["pairs"], key=lambda x: sign * x["synergy"])
-        alone = search["alone"]
+    backups = backup_pairs(search)
+    if backups:
+        p, alone = backups[0], search["alone"]
         out += (f"; backup pair N{p['neurons'][0]}+{p['neurons'][1]}: {p['effect']:+.3f} together, "
                 f"{alone[p['neurons'][0]]:+.3f} and {alone[p['neurons'][1]]:+.3f} alone")
+    elif search["pairs"]:
+        out += "; no backup pair among the neurons strongest kept alone"
     return out

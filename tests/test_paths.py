@@ -865,6 +865,12 @@ def test_neuron_search_reads_its_groups_as_path_ablate_does_and_finds_the_best_p
         a, b = p["neurons"]
         assert p["effect"] == pytest.approx(every[pairs.index((a, b))], abs=1e-8)
         assert p["synergy"] == pytest.approx(p["effect"] - res["alone"][a] - res["alone"][b], abs=1e-7)
+    # backup pairs: those beyond their two alone (in the search's direction) by more than a share of the whole
+    syn = [p for p in res["pairs"] if p["synergy"] < 0]
+    assert paths.backup_pairs(res, 0.0) == sorted(syn, key=lambda p: p["synergy"])
+    assert paths.backup_pairs(res, 1e9) == []
+    strong = [p for p in res["pairs"] if -p["synergy"] > 0.1 * abs(res["whole"])]
+    assert len(paths.backup_pairs(res)) == len(strong)
     # "increase": the group that raises the metric most
     up = paths.neuron_search(model, tokens, metric, mlp=1, size=2, pool=d, beam=d, pairs=0, direction="increase", **kw)
     assert up["best"][0]["neurons"] == [int(np.argmax(up["alone"]))]
