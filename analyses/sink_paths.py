@@ -249,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             figures.save_figure(figures.sink_paths_figure(res, title=f"direct paths into the sink heads — {label}",
                                                           max_senders=40 if res.get("senders_kind") == "neuron" else 100),
                                 FIGS / f"sink-paths-{name}.png")
+        if any(row.get(side, {}).get("search") for row in res["layers"] for side in ("key", "query")):
+            label = f"{Path(res['model']).name} · {res['inputs']} · N={res['num_seqs']}, T={res['seq_len']}"
+            figures.save_figure(figures.neuron_search_figure(res, title=f"neuron search — {label}"),
+                                FIGS / f"sink-paths-{name}-search.png")
     any_res = next(iter(results.values()))
     lines = [
         "# What writes the sink: direct paths into the sink heads",
@@ -512,6 +516,10 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                                                  for b, v in same) + ".")
     if not rows:
         return []
+    figs = [f"![the neuron search, {RUNS[name][2]}](figures/sink-paths-{name}-search.png)" for name in SEARCH_VS
+            if (FIGS / f"sink-paths-{name}-search.png").is_file()]
+    notes += ["", "Each search's neurons (left: ablated alone against kept alone, both as shares of the whole MLP's "
+              "effect) and its best group by size (right):", "", *figs] if figs else []
     return [("**The search** (`paths.neuron_search`, `sinkinterp paths --search-neurons M`): each neuron of the MLP "
              "ablated alone, and kept alone with every other ablated (what it holds up of the whole MLP's effect: a "
              "neuron another one backs up does nothing alone but holds the key up by itself); then a beam search "

@@ -2,7 +2,7 @@
 for each layer's sink heads, each earlier component's write sent through the residual stream alone to their
 keys (ablated at token 1) and to their queries (ablated at the queries), by the heads' weight on token 1.
 Same --model / --tokens / --inputs / --out conventions as ``sinkinterp measure``; writes config.json,
-results.json (last) and paths.png.
+results.json (last), paths.png and, with --search-neurons, search.png.
 
     sinkinterp paths --model smollm2.gguf --inputs natural --seq-len 64 --num-seqs 8 --out DIR
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from sinkinterp.argtypes import int_at_least, open_unit_float
@@ -80,7 +81,7 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
     from sinkinterp import figures
     from sinkinterp.cli import UsageError, finish_study, model_and_tokens, run_config
     from sinkinterp.cli_intervene import _prepare
-    from sinkinterp.paths import Sender, senders_of, sink_paths, sink_paths_summary
+    from sinkinterp.paths import SIDES, Sender, senders_of, sink_paths, sink_paths_summary
 
     tokens, text, kind = _prepare(args)
     if args.k_max is not None:
@@ -105,6 +106,12 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(str(err)) from None
     if not results["layers"]:  # nothing to draw; the summary says so
         args.no_figures = True
+    if not args.no_figures and any(row.get(side, {}).get("search") for row in results["layers"] for side in SIDES):
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        figures.save_figure(figures.neuron_search_figure(
+            results, title=f"neuron search — {Path(args.model).name} · N={tokens.shape[0]}, T={tokens.shape[1]}"),
+            out / "search.png")
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "threshold": args.threshold,
                    "senders": args.senders, "sender_layers": args.sender_layers,

@@ -708,3 +708,52 @@ def targets_figure(studies: dict[str, dict[str, Any]], copy_curves: dict[str, An
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def neuron_search_figure(results: dict[str, Any], *, title: str = "", label: int = 4) -> Any:
+    """The neuron searches of ``paths.sink_paths`` results (``search_mlps``): a row per (layer, side, MLP).
+    Left: each neuron's two readings as shares of every neuron's effect: ablated alone (x) and, kept alone with
+    every other ablated, what it holds up (y); a neuron that another backs up sits high and to the left, and
+    the ``label`` strongest by each reading are named (those above 2%). Right: the best group's share by its
+    size."""
+    if not isinstance(results, dict) or "layers" not in results:
+        raise ValueError("results: expected paths.sink_paths' result (with 'layers')")
+    found = [(row["layer"], side, s) for row in results["layers"] for side in ("key", "query")
+             for s in row.get(side, {}).get("search", [])]
+    if not found:
+        raise ValueError("results: no neuron search to draw (sink_paths(search_mlps=...))")
+    if not isinstance(label, int) or label < 0:
+        raise ValueError(f"label must be a non-negative integer, got {label!r}")
+    plt = _plt()
+    fig, axes = plt.subplots(len(found), 2, figsize=(8.0, 2.8 * len(found)), layout="constrained", squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]})
+    for (ax, bx), (layer, side, s) in zip(axes, found, strict=True):
+        whole = s["whole"] or 1.0
+        alone = np.asarray(s["alone"], dtype=np.float64) / whole
+        kept = (whole - np.asarray(s["others"], dtype=np.float64)) / whole  # held up by the neuron kept alone
+        ax.scatter(alone, kept, s=6, color="0.55", alpha=0.7, linewidths=0)
+        named = [u for u in dict.fromkeys([*np.argsort(-alone, kind="stable")[:label],
+                                           *np.argsort(-kept, kind="stable")[:label]])
+                 if max(alone[u], kept[u]) > 0.02]  # (not the crowd near 0)
+        for u in named:
+            ax.scatter([alone[u]], [kept[u]], s=14, color="C3")
+            ax.annotate(f"N{u}", (alone[u], kept[u]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.axhline(0, color="0.8", lw=0.6)
+        ax.axvline(0, color="0.8", lw=0.6)
+        ax.set_xlabel("ablated alone: share of the whole MLP's effect", fontsize=7)
+        ax.set_ylabel("kept alone: share held up", fontsize=7)
+        ax.set_title(f"L{layer} {side} side, MLP {s['mlp']}'s {s['d_mlp']} neurons (all {s['whole']:+.3f})", fontsize=8)
+        ax.tick_params(labelsize=6)
+        sizes = [len(b["neurons"]) for b in s["best"]]
+        shares = [b["effect"] / whole for b in s["best"]]
+        bx.plot(sizes, shares, marker="o", color="C0")
+        for k, sh, b in zip(sizes, shares, s["best"], strict=True):
+            bx.annotate("+".join(map(str, b["neurons"])), (k, sh), fontsize=5, xytext=(2, -8), textcoords="offset points")
+        bx.axhline(1, color="0.6", lw=0.6, ls="--")
+        bx.set_xticks(sizes)
+        bx.set_xlabel("group size", fontsize=7)
+        bx.set_ylabel("the best group's share", fontsize=7)
+        bx.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig

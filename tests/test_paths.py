@@ -468,6 +468,7 @@ def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     assert [b["neurons"] for b in search["best"]] == [[253], [253, 261]]
     assert search["alone"][261] > 0.1 * search["alone"][253] and search["best"][1]["share"] > 0.75
     assert json.loads((se / "config.json").read_text())["search_neurons"] == [0]
+    assert (se / "search.png").stat().st_size > 10_000 and not (gr / "search.png").exists()
     assert "backup pair N253+261" in capsys.readouterr().out
     base = ["paths", "--num-seqs", "2", "--seq-len", "8", "--out", str(tmp_path / "x")]
     assert cli.main([*base, "--layers", "2", "--search-neurons", "2"]) == 2
@@ -900,6 +901,14 @@ def test_neuron_search_in_sink_paths_and_its_errors():
     # the whole MLP's path, read by the search, is the mlp_out sender's
     assert got["whole"] == pytest.approx(row["key"]["values"][1] - row["key"]["base"], abs=1e-8)
     assert "L2 key side, MLP 1's neurons" in paths.sink_paths_summary(res)
+    from sinkinterp import figures
+
+    fig = figures.neuron_search_figure(res, title="t")
+    assert len(fig.axes) == 4 and fig.axes[0].get_title() == f"L2 key side, MLP 0's {tl_adapter.mlp_out_weight(model, 0).shape[0]} neurons (all {row['key']['search'][0]['whole']:+.3f})"
+    assert list(fig.axes[1].lines[0].get_xdata()) == [1, 2]
+    for bad, match in (({"layers": []}, "no neuron search"), ({"senders": []}, "expected paths.sink_paths")):
+        with pytest.raises(ValueError, match=match):
+            figures.neuron_search_figure(bad)
     d = tl_adapter.mlp_out_weight(model, 1).shape[0]
     for kwargs, match in ((dict(mlp=3), "mlp: a layer"), (dict(mlp=True), "mlp: a layer"),
                           (dict(direction="up"), "direction"), (dict(size=0), "size must be"),
