@@ -100,7 +100,7 @@ INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text", "debia
 # per-head effects outside a model's own domain (the edits named): SmolLM2 on its second domain, to compare the
 # heads that matter there with those on English (the run took 28 minutes on a 2-core CPU, a test suite beside it a while)
 # and the fixed gate on the second English set: a replicate, for how much of the per-head order is noise
-PER_HEAD_ALSO = {"smollm2__debian_text": ("open", "fixed"), "smollm2__natural_s1": ("fixed",)}
+PER_HEAD_ALSO = {"smollm2__debian_text": ("open", "fixed", "token", "donor"), "smollm2__natural_s1": ("fixed",)}
 # the runs that also split the query's turn by what writes the query's input (``--turn-sources heads``: the
 # embedding, each block's attention and MLP, each attention head): SmolLM2 on its 120 English texts (measurement
 # only), SmolLM2 on the Debian text (its second domain, measurement only) and toy-softmax in its own domain
@@ -713,7 +713,8 @@ def _domains_note(results: dict) -> list[str]:
         if own not in results or other not in results:  # (a model not in this page's MODELS: nothing to compare)
             continue
         parts, ranks, largest = [], {}, {}
-        for label, what in (("fixed", "fixed"), ("open", "opened")):
+        for label, what in (("fixed", "fixed"), ("open", "opened"), ("token", "made to follow the position and token"),
+                            ("donor", "taken from another text")):
             runs = [{x["label"]: x for x in results[k].get("interventions", [])}.get(label) for k in (own, other)]
             if not all(r and r.get("per_head_delta_loss") is not None for r in runs):
                 continue
@@ -737,7 +738,7 @@ def _domains_note(results: dict) -> list[str]:
                  f"{_label(other).split(', ', 1)[1]})" if same else
                  f"in two domains ({_label(own).split(', ', 1)[1]} / {_label(other).split(', ', 1)[1]})")
         read = ""
-        if not same and ranks.keys() == {"fixed", "open"} and ranks["open"] > 0.5 and ranks["fixed"] < 0.3:
+        if not same and {"fixed", "open"} <= ranks.keys() and ranks["open"] > 0.5 and ranks["fixed"] < 0.3:
             rep = next((r["fixed"] for o, (_, _, r, _) in comps.items()
                         if o.partition("__")[0] == name and o.partition("__")[2] in REPLICATE.values() and "fixed" in r), None)
             read = (" The heads whose sink matters are largely the same in both domains; the heads whose gate must "
