@@ -503,9 +503,10 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                     if rrow is None or side not in rrow:
                         continue
                     eff = _effects(rrow, side)
+                    fixed = {_group_label(f) for f in GROUPS.get(vs, ("", [], []))[2]}
                     by_k: dict[int, float] = {}
                     for n, v in eff.items():
-                        if n.startswith(f"L{srch['mlp']}N") and n != "L11N1229+1487":
+                        if n.startswith(f"L{srch['mlp']}N") and n not in fixed:
                             by_k.setdefault(n.count("+") + 1, v)
                     same = [(b, by_k[len(b["neurons"])]) for b in best if len(b["neurons"]) in by_k]
                     if same:

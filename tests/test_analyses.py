@@ -1295,7 +1295,11 @@ def test_sink_paths_neuron_groups_come_from_the_neuron_run(tmp_path, monkeypatch
         "toy-softmax__debian_neurons": ("toy-softmax", [*small, "--senders", "neuron", "--sender-layers", "0", "1"],
                                         "toy-softmax, by neuron"),
         "toy-softmax__debian_groups": ("toy-softmax", [*small, "--senders", "mlp_out", "--sender-layers", "0", "1"],
-                                       "toy-softmax, groups")})
+                                       "toy-softmax, groups"),
+        "toy-softmax__debian_search": ("toy-softmax", [*small, "--sides", "key", "--senders", "mlp_out",
+                                                       "--sender-layers", "0", "--search-neurons", "0", "--search-size",
+                                                       "2"], "toy-softmax, search")})
+    monkeypatch.setattr(mod, "SEARCH_VS", {"toy-softmax__debian_search": "toy-softmax__debian_groups"})
     monkeypatch.setattr(mod, "GROUPS", {"toy-softmax__debian_groups": (
         "toy-softmax__debian_neurons", [("key", 3, 0, (1, 2)), ("query", 3, 1, (1, 4))], ["0:7,9"])})
     (tmp_path / "data").mkdir()
@@ -1323,3 +1327,15 @@ def test_sink_paths_neuron_groups_come_from_the_neuron_run(tmp_path, monkeypatch
     assert "L0N7+9, the massive-activation writers:" in page and "- L3, query side, MLP 1:" in page
     assert (tmp_path / "figs" / "sink-paths-toy-softmax__debian_neurons.png").is_file()
     assert not (tmp_path / "figs" / "sink-paths-toy-softmax__debian_groups.png").exists()
+    # the search: its table row (the best group of each size, the backup pair), its best groups against the
+    # ranking's k strongest on the same windows, its figure
+    search = json.loads((tmp_path / "data" / "toy-softmax__debian_search.json").read_text())
+    s = search["layers"][0]["key"]["search"][0]
+    best = "; ".join(f"N{'+'.join(map(str, b['neurons']))} {b['effect']:+.3f} ({b['share']:.0%})" for b in s["best"])
+    assert f"| toy-softmax | L3, key | 0 | {s['whole']:+.3f} | {best} | N253+261: " in page
+    by_k = {n.count("+") + 1: v - g["key"]["base"] for n, v in zip(g["key"]["senders"], g["key"]["values"])
+            if n.startswith("L0N") and n != "L0N7+9"}
+    assert (f"- toy-softmax, L3 key side, MLP 0: the search's best k against the k strongest of the single-neuron "
+            f"ranking: k = 1 {s['best'][0]['share']:.0%} / {by_k[1] / s['whole']:.0%}, "
+            f"k = 2 {s['best'][1]['share']:.0%} / {by_k[2] / s['whole']:.0%}.") in page
+    assert (tmp_path / "figs" / "sink-paths-toy-softmax__debian_search-search.png").stat().st_size > 10_000
