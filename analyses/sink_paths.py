@@ -667,9 +667,11 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         ("- Senders are blocks, heads (SmolLM2 at two layers, query side) and single MLP neurons or groups of them "
          "(the MLPs that lead the key side, and toy-softmax's MLP 1 on the query side); the receivers take the change "
          "at every position (`Receiver(..., positions=...)` can restrict them; on the key side only token 1 changes)."),
-        ("- The neuron runs rank each neuron alone, and a group is the strongest k of that ranking: a neuron that only "
-         "matters with another gone (a backup) ranks low, so the groups can miss such pairs; SmolLM2's by-neuron runs "
-         "use one set of 4 windows, with no replicate."),
+        ("- The group runs' groups are the strongest k of a ranking of neurons one at a time: a neuron that only "
+         "matters with another gone (a backup) ranks low, so they can miss such pairs. The search runs also read each "
+         "neuron kept alone and grow groups by a beam search (beam 4, up to 4 neurons, from 64 candidates at most): "
+         "not exhaustive, so a group of three or more that acts only together can still be missed. SmolLM2's "
+         "single-neuron ranking uses one set of 4 windows; its search is repeated at layer 13 on 16 other windows."),
         ("- SmolLM2 at nine layers on 4 windows, with a replicate at three layers on 16 other windows: each layer "
          "costs two passes of its first blocks per sender before it."),
         "- One model per kind; the GPU-trained models are not here (docs/reproduction.md).",
