@@ -491,14 +491,16 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                     whole, best, alone = srch["whole"], srch["best"], srch["alone"]
                     kept = -(whole - np.asarray(srch["others"]))  # what the neuron kept alone holds up
                     top_kept = [int(u) for u in np.argsort(-kept, kind="stable")[:3]]
-                    pair = next(iter(backup_pairs(srch)), None)
-                    cells = [f"N{'+'.join(map(str, b['neurons']))} {b['effect']:+.3f} ({b['share']:.0%})" for b in best]
+                    pair = next(iter(backup_pairs(srch, min_effect=0.01)), None)
+                    big = abs(whole) >= 0.25 * abs(_all(row, side))  # a share of a small path says little
+                    cells = [f"N{'+'.join(map(str, b['neurons']))} {b['effect']:+.3f}"
+                             + (f" ({b['share']:.0%})" if big else "") for b in best]
                     pair_cell = ("none" if pair is None else
                                  f"N{pair['neurons'][0]}+{pair['neurons'][1]}: {pair['effect']:+.3f} "
                                  f"({alone[pair['neurons'][0]]:+.3f}, {alone[pair['neurons'][1]]:+.3f} alone)")
                     rows.append(f"| {model} | L{row['layer']}, {side} | {srch['mlp']} | {whole:+.3f} | "
                                 + "; ".join(cells) + f" | {pair_cell} | "
-                                + ", ".join(f"N{u} {kept[u] / whole:.0%}" for u in top_kept) + " |")
+                                + (", ".join(f"N{u} {kept[u] / whole:.0%}" for u in top_kept) if big else "-") + " |")
                     rrow = next((r for r in (ranked or {}).get("layers", []) if r["layer"] == row["layer"]), None)
                     if rrow is None or side not in rrow:
                         continue
@@ -508,7 +510,7 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                     for n, v in eff.items():
                         if n.startswith(f"L{srch['mlp']}N") and n not in fixed:
                             by_k.setdefault(n.count("+") + 1, v)
-                    same = [(b, by_k[len(b["neurons"])]) for b in best if len(b["neurons"]) in by_k]
+                    same = [(b, by_k[len(b["neurons"])]) for b in best if len(b["neurons"]) in by_k] if big else []
                     if same:
                         where = " (the ranking's from the first 4 windows: out of sample)" if "_r_" in name else ""
                         notes.append(f"- {model}, L{row['layer']} {side} side, MLP {srch['mlp']}: the search's best k "
@@ -525,9 +527,11 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
              "ablated alone, and kept alone with every other ablated (what it holds up of the whole MLP's effect: a "
              "neuron another one backs up does nothing alone but holds the key up by itself); then a beam search "
              "(beam 4) over the 32 strongest by each reading, groups of up to 4, with every pair of the 8 strongest "
-             "kept alone tried at size 2. The share is of every neuron's effect together (the MLP's path)."), "",
+             "kept alone tried at size 2. The share is of every neuron's effect together (the MLP's path; shown "
+             "where that is at least a quarter of the whole residual's)."), "",
             "| run | layer, side | MLP | all neurons | the best group of each size: effect (share) | a backup pair "
-            "(together beyond its two alone by > 10% of all): together (alone) | kept alone, holding up (share) |",
+            "(together beyond either alone by > 10% of all neurons' effect and 0.01): together (alone) | kept alone, "
+            "holding up (share) |",
             "| --- | --- | --- | ---: | --- | --- | --- |", *rows, "", *notes, ""]
 
 

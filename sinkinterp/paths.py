@@ -871,12 +871,20 @@ def sink_paths_summary(results: dict[str, Any], top: int = 3) -> str:
     return "\n".join(lines)
 
 
-def backup_pairs(search: dict[str, Any], min_share: float = 0.1) -> list[dict[str, Any]]:
-    """The pairs of a ``neuron_search`` result that do more together than their two alone, by more than
-    ``min_share`` of every neuron's effect (in the search's direction), the furthest first: neurons that back
-    each other up."""
+def backup_pairs(search: dict[str, Any], min_share: float = 0.1, min_effect: float = 0.0) -> list[dict[str, Any]]:
+    """The pairs of a ``neuron_search`` result whose effect together goes (in the search's direction) beyond
+    both the sum of their effects alone (synergy) and either one alone, by more than ``min_share`` of every
+    neuron's effect and ``min_effect``: neurons that back each other up (with one ablated, the other still
+    writes what the metric needs). Pairs that add up, or whose one neuron works the other way, are not. The
+    largest synergy first."""
     sign = -1.0 if search["direction"] == "decrease" else 1.0
-    found = [p for p in search["pairs"] if sign * p["synergy"] > min_share * abs(search["whole"])]
+    alone = search["alone"]
+
+    def beyond(p: dict[str, Any]) -> float:
+        return sign * p["effect"] - max(sign * alone[p["neurons"][0]], sign * alone[p["neurons"][1]])
+
+    floor = max(min_share * abs(search["whole"]), min_effect)
+    found = [p for p in search["pairs"] if sign * p["synergy"] > floor and beyond(p) > floor]
     return sorted(found, key=lambda p: -sign * p["synergy"])
 
 
@@ -886,7 +894,7 @@ def _search_line(search: dict[str, Any]) -> str:
         return "" if x["share"] is None else f" ({100 * x['share']:.0f}%)"
 
     out = ", ".join(f"N{'+'.join(map(str, b['neurons']))} {b['effect']:+.3f}{share(b)}" for b in search["best"])
-    backups = backup_pairs(search)
+    backups = backup_pairs(search, min_effect=0.01)  # (the weight: 1 point)
     if backups:
         p, alone = backups[0], search["alone"]
         out += (f"; backup pair N{p['neurons'][0]}+{p['neurons'][1]}: {p['effect']:+.3f} together, "

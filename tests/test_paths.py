@@ -867,11 +867,21 @@ def test_neuron_search_reads_its_groups_as_path_ablate_does_and_finds_the_best_p
         assert p["effect"] == pytest.approx(every[pairs.index((a, b))], abs=1e-8)
         assert p["synergy"] == pytest.approx(p["effect"] - res["alone"][a] - res["alone"][b], abs=1e-7)
     # backup pairs: those beyond their two alone (in the search's direction) by more than a share of the whole
-    syn = [p for p in res["pairs"] if p["synergy"] < 0]
-    assert paths.backup_pairs(res, 0.0) == sorted(syn, key=lambda p: p["synergy"])
-    assert paths.backup_pairs(res, 1e9) == []
-    strong = [p for p in res["pairs"] if -p["synergy"] > 0.1 * abs(res["whole"])]
-    assert len(paths.backup_pairs(res)) == len(strong)
+    def beyond(p):  # how much more the pair lowers the metric than either neuron alone
+        return -p["effect"] - max(-res["alone"][p["neurons"][0]], -res["alone"][p["neurons"][1]])
+
+    def backed(p, floor):
+        return -p["synergy"] > floor and beyond(p) > floor
+
+    assert paths.backup_pairs(res, 0.0) == sorted([p for p in res["pairs"] if backed(p, 0)], key=lambda p: p["synergy"])
+    assert paths.backup_pairs(res, 1e9) == [] and paths.backup_pairs(res, 0.0, min_effect=1e9) == []
+    assert len(paths.backup_pairs(res)) == sum(backed(p, 0.1 * abs(res["whole"])) for p in res["pairs"])
+    # by hand: a pair that adds up, one whose neuron works the other way, and two that back each other up
+    hand = {"direction": "decrease", "whole": -1.0, "alone": [-0.5, -0.3, 0.4, -0.01, -0.02],
+            "pairs": [{"neurons": [0, 1], "effect": -0.8, "synergy": 0.0},
+                      {"neurons": [0, 2], "effect": -0.3, "synergy": -0.2},
+                      {"neurons": [3, 4], "effect": -0.6, "synergy": -0.57}]}
+    assert [p["neurons"] for p in paths.backup_pairs(hand)] == [[3, 4]]
     # "increase": the group that raises the metric most
     up = paths.neuron_search(model, tokens, metric, mlp=1, size=2, pool=d, beam=d, pairs=0, direction="increase", **kw)
     assert up["best"][0]["neurons"] == [int(np.argmax(up["alone"]))]
