@@ -489,8 +489,9 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
             for side in ("key", "query"):
                 for srch in row.get(side, {}).get("search", []):
                     whole, best, alone = srch["whole"], srch["best"], srch["alone"]
-                    kept = -(whole - np.asarray(srch["others"]))  # what the neuron kept alone holds up
-                    top_kept = [int(u) for u in np.argsort(-kept, kind="stable")[:3]]
+                    # the share of every neuron's effect that the neuron, kept alone, holds up
+                    held = (whole - np.asarray(srch["others"])) / (whole or 1.0)
+                    top_kept = [int(u) for u in np.argsort(-held, kind="stable")[:3]]
                     pair = next(iter(backup_pairs(srch, min_effect=0.01)), None)
                     big = abs(whole) >= 0.25 * abs(_all(row, side))  # a share of a small path says little
                     cells = [f"N{'+'.join(map(str, b['neurons']))} {b['effect']:+.3f}"
@@ -500,7 +501,7 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                                  f"({alone[pair['neurons'][0]]:+.3f}, {alone[pair['neurons'][1]]:+.3f} alone)")
                     rows.append(f"| {model} | L{row['layer']}, {side} | {srch['mlp']} | {whole:+.3f} | "
                                 + "; ".join(cells) + f" | {pair_cell} | "
-                                + (", ".join(f"N{u} {kept[u] / whole:.0%}" for u in top_kept) if big else "-") + " |")
+                                + (", ".join(f"N{u} {held[u]:.0%}" for u in top_kept) if big else "-") + " |")
                     rrow = next((r for r in (ranked or {}).get("layers", []) if r["layer"] == row["layer"]), None)
                     if rrow is None or side not in rrow:
                         continue

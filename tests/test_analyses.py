@@ -1332,7 +1332,9 @@ def test_sink_paths_neuron_groups_come_from_the_neuron_run(tmp_path, monkeypatch
     search = json.loads((tmp_path / "data" / "toy-softmax__debian_search.json").read_text())
     s = search["layers"][0]["key"]["search"][0]
     best = "; ".join(f"N{'+'.join(map(str, b['neurons']))} {b['effect']:+.3f} ({b['share']:.0%})" for b in s["best"])
+    held = (s["whole"] - np.asarray(s["others"])) / s["whole"]
     assert f"| toy-softmax | L3, key | 0 | {s['whole']:+.3f} | {best} | N253+261: " in page
+    assert f" | N253 {held[253]:.0%}, N261 {held[261]:.0%}" in page and held[253] > 0.5
     by_k = {n.count("+") + 1: v - g["key"]["base"] for n, v in zip(g["key"]["senders"], g["key"]["values"])
             if n.startswith("L0N") and n != "L0N7+9"}
     assert (f"- toy-softmax, L3 key side, MLP 0: the search's best k against the k strongest of the single-neuron "
