@@ -478,7 +478,8 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
     the search's best k."""
     from sinkinterp.paths import backup_pairs
 
-    rows, notes = [], []
+    rows, notes, backups = [], [], []
+    compared: list[tuple[int, float, float]] = []  # (k, the search's share, the ranking's), on the ranking's windows
     for name, vs in SEARCH_VS.items():
         res = results.get(name)
         if not res or not res["layers"]:
@@ -494,6 +495,11 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                     top_kept = [int(u) for u in np.argsort(-held, kind="stable")[:3]]
                     pair = next(iter(backup_pairs(srch, min_effect=0.01)), None)
                     big = abs(whole) >= 0.25 * abs(_all(row, side))  # a share of a small path says little
+                    if pair is not None and big and "_r_" not in name:
+                        a, b = pair["neurons"]
+                        backups.append(f"{model}'s L{row['layer']} {side} side, MLP {srch['mlp']}: N{a} and N{b} "
+                                       f"ablated alone {alone[a] / whole:.0%} and {alone[b] / whole:.0%}, kept alone "
+                                       f"{held[a]:.0%} and {held[b]:.0%}")
                     cells = [f"N{'+'.join(map(str, b['neurons']))} {b['effect']:+.3f}"
                              + (f" ({b['share']:.0%})" if big else "") for b in best]
                     pair_cell = ("none" if pair is None else
@@ -506,12 +512,18 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                     if rrow is None or side not in rrow:
                         continue
                     eff = _effects(rrow, side)
-                    fixed = {_group_label(f) for f in GROUPS.get(vs, ("", [], []))[2]}
+                    source, plan, _ = GROUPS.get(vs, ("", [], []))
+                    mine = [x for x in plan if x[:3] == (side, row["layer"], srch["mlp"])]
+                    if source not in results or not mine:
+                        continue
+                    labels = {_group_label(g) for g in _group_args(results[source], mine, [])}
                     by_k: dict[int, float] = {}
                     for n, v in eff.items():
-                        if n.startswith(f"L{srch['mlp']}N") and n not in fixed:
+                        if n in labels:
                             by_k.setdefault(n.count("+") + 1, v)
                     same = [(b, by_k[len(b["neurons"])]) for b in best if len(b["neurons"]) in by_k] if big else []
+                    if same and "_r_" not in name:
+                        compared += [(len(b["neurons"]), b["share"], v / whole) for b, v in same]
                     if same:
                         where = " (the ranking's from the first 4 windows: out of sample)" if "_r_" in name else ""
                         notes.append(f"- {model}, L{row['layer']} {side} side, MLP {srch['mlp']}: the search's best k "
@@ -520,6 +532,22 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                                                  for b, v in same) + ".")
     if not rows:
         return []
+    if compared:
+        small = [(k, a, b) for k, a, b in compared if k <= 2]
+        large = [(k, a, b) for k, a, b in compared if k > 2]
+        text = ("- **What the search adds.** On the ranking's own windows, at k <= 2 the search's best group carries "
+                + ("the same share as the ranking's k strongest" if all(abs(a - b) < 0.005 for _, a, b in small)
+                   else "more than the ranking's k strongest in some cases") + f" (all {len(small)} compared)")
+        if large:
+            gains = [a - b for _, a, b in large]
+            text += (f"; at larger k it carries more in {sum(g > 0.005 for g in gains)} of {len(large)} (by up to "
+                     f"{100 * max(gains):.0f} points)")
+        text += "."
+        if backups:
+            text += (" Its second reading shows what the ranking cannot: neurons that back each other up, whose share "
+                     "ablated alone understates them (the other still writes the key) while kept alone, every other "
+                     "neuron ablated, they hold up far more: " + "; ".join(backups) + ".")
+        notes.append(text)
     figs = [f"![the neuron search, {RUNS[name][2]}](figures/sink-paths-{name}-search.png)" for name in SEARCH_VS
             if (FIGS / f"sink-paths-{name}-search.png").is_file()]
     notes += ["", "Each search's neurons (left: ablated alone against kept alone, both as shares of the whole MLP's "

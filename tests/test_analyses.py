@@ -1341,3 +1341,5 @@ def test_sink_paths_neuron_groups_come_from_the_neuron_run(tmp_path, monkeypatch
             f"ranking: k = 1 {s['best'][0]['share']:.0%} / {by_k[1] / s['whole']:.0%}, "
             f"k = 2 {s['best'][1]['share']:.0%} / {by_k[2] / s['whole']:.0%}.") in page
     assert (tmp_path / "figs" / "sink-paths-toy-softmax__debian_search-search.png").stat().st_size > 10_000
+    assert ("**What the search adds.** On the ranking's own windows, at k <= 2" in page
+            and f"MLP 0: N253 and N261 ablated alone {s['alone'][253] / s['whole']:.0%}" in page)
