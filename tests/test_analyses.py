@@ -1058,16 +1058,21 @@ def test_sink_gate_compares_per_head_costs_across_domains():
     b = a + 0.3 * rng.normal(size=(3, 4))
     b[0, 0] = np.nan  # a head without a measured effect in one domain is left out
 
-    def run(per):
+    def run(per, token=False):
         return {"interventions": [{"label": "fixed", "per_head_delta_loss": per.tolist()},
-                                  {"label": "open", "per_head_delta_loss": (-per).tolist()}]}
+                                  {"label": "open", "per_head_delta_loss": (-per).tolist()},
+                                  {"label": "token", "per_head_delta_loss": (2 * per).tolist() if token else None}]}
 
-    results = {"smollm2__natural": run(a), "smollm2__debian_text": run(b)}
+    results = {"smollm2__natural": run(a, True), "smollm2__debian_text": run(b, True)}
     (note,) = mod._domains_note(results)
     ok = np.isfinite(b).ravel()
     x, y = a.ravel()[ok], b.ravel()[ok]
     rank = np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
     assert f"rank correlation of the 11 heads' costs {rank:+.2f}" in note.split("opened")[0]
+    # the other edits where both runs have them per head (the token edit: twice the fixed costs, the same order)
+    assert (f"the gate made to follow the position and token one head at a time: rank correlation of the 11 heads' "
+            f"costs {rank:+.2f}") in note and "taken from another text" not in note
+    assert "made to follow" not in mod._domains_note({"smollm2__natural": run(a, True), "smollm2__debian_text": run(b)})[0]
     top = lambda v: {i for i in np.argsort(-np.where(ok, v.ravel(), -np.inf))[:8]}
     shared = sorted(top(a) & top(b))
     assert f"{len(shared)} of the eight costliest heads in both (" + ", ".join(f"L{i // 4}H{i % 4}" for i in shared) in note
