@@ -18,10 +18,15 @@ MLPs free (``--free-mlps``: paths through them count). By neuron: each neuron of
 side (toy-softmax's MLP 0, SmolLM2's MLPs 2 and 11 at layers 3 and 13) and of toy-softmax's MLP 1 (its query
 side), then the strongest of them sent together, k at a time (GROUPS: the k come from the single-neuron
 ranking), with SmolLM2's two massive-activation writers of layer 11 as a fixed group, also at layers 20-28.
+The neuron search (``--search-neurons``, ``paths.neuron_search``: each neuron ablated alone and kept alone, then a
+beam search for groups of up to 4): toy-softmax's MLPs 0 and 1 at layer 3, SmolLM2's MLPs 2 and 11 at layers 3
+and 13 (key side), and MLP 11 at layer 13 on the replicate's 16 windows; the page sets its best groups beside the
+ranking's k strongest.
 Each run's results are kept in analyses/data/sink_paths/NAME.json, so the page regenerates from them where a
-model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png. About 12 minutes on a
-2-core CPU (SmolLM2's nine runs: 711 s on 2026-12-05, 4.5 of them its neuron run; 39 minutes before the bridges'
-late starts; the toy runs take seconds to a minute); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
+model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png (and -search.png). About
+12 minutes on a 2-core CPU without the searches (SmolLM2's nine runs: 711 s on 2026-12-05, 4.5 of them its neuron
+run; 39 minutes before the bridges' late starts; the toy runs take seconds to a minute); the searches about 37 more
+(2026-12-05, with tests running beside them: toy-softmax 139 s, SmolLM2 970 s, its replicate 1129 s); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
 """
 
 from __future__ import annotations
@@ -472,6 +477,16 @@ SEARCH_VS = {"toy-softmax__debian_search": "toy-softmax__debian_groups",
              "smollm2__natural_r_search": "smollm2__natural_r_groups"}
 
 
+# a search run on other windows, and the run it replicates
+SEARCH_REPLICATES = {"smollm2__natural_r_search": "smollm2__natural_search"}
+
+
+def _search_of(res: dict[str, Any] | None) -> dict[tuple[int, str, int], dict[str, Any]]:
+    """A run's searches by (receiving layer, side, MLP)."""
+    return {(row["layer"], side, s["mlp"]): s for row in (res or {}).get("layers", [])
+            for side in ("key", "query") for s in row.get(side, {}).get("search", [])}
+
+
 def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
     """The search runs: per layer, side and MLP, the best group of each size (share of every neuron's effect),
     the strongest pair among the neurons that, kept alone, hold up most, and the ranking's k strongest beside
@@ -547,6 +562,16 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
             text += (" Its second reading shows what the ranking cannot: neurons that back each other up, whose share "
                      "ablated alone understates them (the other still writes the key) while kept alone, every other "
                      "neuron ablated, they hold up far more: " + "; ".join(backups) + ".")
+        for rep, first in SEARCH_REPLICATES.items():
+            found = [_search_of(results.get(x)) for x in (rep, first)]
+            same = [(key, [b["neurons"] for b in found[0][key]["best"]], [b["neurons"] for b in found[1][key]["best"]])
+                    for key in found[0] if key in found[1]]
+            for (layer, side, mlp), a, b in same:
+                agree = [len(x) for x, y in zip(a, b) if x == y]
+                text += (f" On {results[rep]['num_seqs']} other windows (`{rep}`), L{layer} {side} side, MLP {mlp}: the "
+                         + (f"same best group at sizes {', '.join(map(str, agree))} of {len(a)}" if agree
+                            else "best groups differ at every size") + " (" + "; ".join(
+                             "+".join(map(str, x)) for x in a) + ").")
         notes.append(text)
     figs = [f"![the neuron search, {RUNS[name][2]}](figures/sink-paths-{name}-search.png)" for name in SEARCH_VS
             if (FIGS / f"sink-paths-{name}-search.png").is_file()]
