@@ -889,7 +889,7 @@ def backup_pairs(search: dict[str, Any], min_share: float = 0.1, min_effect: flo
 
 
 def _search_line(search: dict[str, Any]) -> str:
-    """The best group of each size, and the pair whose effect together is furthest beyond its two alone."""
+    """The best group of each size, and the strongest backup pair (``backup_pairs``) if there is one."""
     def share(x: dict[str, Any]) -> str:
         return "" if x["share"] is None else f" ({100 * x['share']:.0f}%)"
 
