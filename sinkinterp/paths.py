@@ -634,8 +634,8 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
     alone, whole, others = eff[:d], float(eff[d]), eff[d + 1:]
     kept = sign * (whole - others)  # > 0: the neuron kept alone holds up that much of the whole effect
     by_alone = [int(u) for u in np.argsort(-sign * alone, kind="stable")[:pool]]
-    by_kept = [int(u) for u in np.argsort(-kept, kind="stable")[:pool]]
-    cands = list(dict.fromkeys(by_alone + by_kept))
+    by_kept = [int(u) for u in np.argsort(-kept, kind="stable")]
+    cands = list(dict.fromkeys(by_alone + by_kept[:pool]))
     done: dict[tuple[int, ...], float] = {(u,): float(alone[u]) for u in units}
     n_run = 2 * d + 1
 

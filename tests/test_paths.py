@@ -890,6 +890,15 @@ def test_neuron_search_reads_its_groups_as_path_ablate_does_and_finds_the_best_p
     small = paths.neuron_search(model, tokens, metric, mlp=1, size=3, pool=3, beam=2, pairs=2, **kw)
     assert len(small["pool"]) <= 6 and all(u in small["pool"] for b in small["best"] for u in b["neurons"])
     assert [len(b["neurons"]) for b in small["best"]] == [1, 2, 3]
+    # a pool and beam of one: size 2 is the best single grown by the other pool neuron (if the two readings' best
+    # differ), or a pair of the 8 strongest kept alone, whichever does most
+    one = paths.neuron_search(model, tokens, metric, mlp=1, size=2, pool=1, beam=1, pairs=8, **kw)
+    tried = {tuple(p["neurons"]): p["effect"] for p in one["pairs"]}
+    if len(one["pool"]) == 2:
+        tried[tuple(sorted(one["pool"]))] = every[pairs.index(tuple(sorted(one["pool"])))]
+    assert len(one["pairs"]) == 28 and len(one["pool"]) <= 2
+    assert tuple(one["best"][1]["neurons"]) == min(tried, key=lambda g: (tried[g], g))
+    assert one["groups_run"] == 2 * d + 1 + len(tried)  # every pair run once, and the grown single
     n = len(small["pool"])  # size 2: the beam's 2 singles grown by the pool, and 1 pair; size 3: grown again
     assert 2 * d + 1 + 3 < small["groups_run"] <= 2 * d + 1 + 2 * (n - 1) + 1 + 2 * (n - 2)
 
