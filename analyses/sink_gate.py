@@ -27,7 +27,8 @@ The per-head results of every run are kept in analyses/data/sink_gate/NAME.json,
 from them where a model is missing here (the GPU models and the retrained toy models are not in git).
 Writes docs/sink-gate.md, docs/figures/sink-gate.png and docs/figures/sink-gate-turn-sources.png. About 15 minutes on a 2-core CPU with every model
 present, and about 40 more for SmolLM2's per-head effects of the four edits (about 10 minutes each with
-nothing else running) and about 25 for those of two edits on its Debian text (``PER_HEAD_ALSO``); ``--only NAME ...`` runs those models alone and takes the others from their
+nothing else running) and about 50 for those of the four edits on its Debian text (``PER_HEAD_ALSO``; 51 minutes
+on 2026-12-05, tests running beside it for the first 10); ``--only NAME ...`` runs those models alone and takes the others from their
 snapshots (to add a model without rerunning the rest), ``--snapshots`` runs none (the page alone).
 """
 
@@ -743,6 +744,10 @@ def _domains_note(results: dict) -> list[str]:
                         if o.partition("__")[0] == name and o.partition("__")[2] in REPLICATE.values() and "fixed" in r), None)
             read = (" The heads whose sink matters are largely the same in both domains; the heads whose gate must "
                     f"follow the text are not, each costing at most {largest['fixed']:.3f} nats alone")
+            others = [(k, ranks[k]) for k in ("token", "donor") if k in ranks]
+            if others and all(r < 0.3 for _, r in others):
+                read += (" (nor are those of the gate made to follow the position and token, or taken from another "
+                         "text: " + ", ".join(f"{k} {r:+.2f}" for k, r in others) + ")")
             if rep is None:
                 read += (f", small enough for the noise of the {NUM_SEQS // 2}-sequence means to decide their order "
                          "(no replicate per head).")

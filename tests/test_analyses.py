@@ -1084,6 +1084,7 @@ def test_sink_gate_compares_per_head_costs_across_domains():
     (note,) = mod._domains_note(shuffled)
     assert "rank correlation of the 12 heads' costs +1.00" in note.split("opened")[1]
     assert f"each costing at most {np.nanmax(a):.3f} nats alone, small enough for the noise" in note
+    assert "nor are those of the gate made to follow" not in note  # (no token edit per head in these runs)
     # a replicate (other texts of the same domain) whose fixed costs rank apart too: the order is noise
     shuffled["smollm2__natural_s1"] = {"interventions": [{"label": "fixed",
                                                          "per_head_delta_loss": (-a).tolist()}]}
