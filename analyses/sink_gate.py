@@ -645,10 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         "16 sequences per half, so they carry sampling noise besides removing the content; opening the gate also",
         "removes what the sink's value writes (the value share above). SmolLM2's training data is not here: it is",
         "measured on the English sample and on the Debian text, both out of its training set as far as we know, its",
-        ("per-head effects on both (on the Debian text for the gate fixed and opened only)"
-         if any(x.get("per_head_delta_loss") is not None
-                for x in results.get("smollm2__debian_text", {}).get("interventions", []))
-         else "per-head effects on the first only") + "; the Debian-trained models on both, and the two disagree. The softmax",
+        _debian_per_head(results) + "; the Debian-trained models on both, and the two disagree. The softmax",
         "split is of the log-odds within positions: it says which logit moves with the gate; the turn by source",
         "says which writes into the query's input move the query's turn, by direct attribution through ln1's scale",
         "as it is on each text (not what the turn would be without a source), on the runs named above only.",
@@ -698,6 +695,17 @@ def _free_row(key: str, res: dict) -> str:
                 f"{sum(per[lh] > 0.005 for lh in order)} of them over 0.005 nats; the costliest "
                 + ", ".join(f"L{l}H{h} {per[l, h]:+.3f}" for l, h in order[:3]) + ".")
     return out
+
+
+def _debian_per_head(results: dict) -> str:
+    """Which edits SmolLM2's Debian-text run has per head, for the limits."""
+    have = [x["label"] for x in results.get("smollm2__debian_text", {}).get("interventions", [])
+            if x.get("per_head_delta_loss") is not None]
+    if not have:
+        return "per-head effects on the first only"
+    if {"open", "fixed", "token", "donor"} <= set(have):
+        return "per-head effects of every edit on both"
+    return f"per-head effects on both (on the Debian text for {', '.join(have)} only)"
 
 
 def _domains_note(results: dict) -> list[str]:

@@ -1073,6 +1073,11 @@ def test_sink_gate_compares_per_head_costs_across_domains():
     assert (f"the gate made to follow the position and token one head at a time: rank correlation of the 11 heads' "
             f"costs {rank:+.2f}") in note and "taken from another text" not in note
     assert "made to follow" not in mod._domains_note({"smollm2__natural": run(a, True), "smollm2__debian_text": run(b)})[0]
+    # the limits say which edits the Debian run has per head
+    assert mod._debian_per_head({}) == "per-head effects on the first only"
+    assert mod._debian_per_head({"smollm2__debian_text": run(b)}).endswith("(on the Debian text for fixed, open only)")
+    every = {"interventions": [{"label": k, "per_head_delta_loss": [[0.0]]} for k in ("open", "fixed", "token", "donor")]}
+    assert mod._debian_per_head({"smollm2__debian_text": every}) == "per-head effects of every edit on both"
     top = lambda v: {i for i in np.argsort(-np.where(ok, v.ravel(), -np.inf))[:8]}
     shared = sorted(top(a) & top(b))
     assert f"{len(shared)} of the eight costliest heads in both (" + ", ".join(f"L{i // 4}H{i % 4}" for i in shared) in note
