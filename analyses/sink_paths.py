@@ -123,6 +123,11 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                          "11", "--search-neurons", "11"],
                                   "SmolLM2-135M, replicate: 16 other English windows (seed 1), layer 13, key side: the "
                                   "search over MLP 11"),
+    # the query side by neuron: MLP 6, the MLP whose write the queries need most at layers 12, 13 and 16 (by block)
+    "smollm2__natural_q_search": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "13",
+                                         "--sides", "query", "--senders", "mlp_out", "--sender-layers", "6",
+                                         "--search-neurons", "6"],
+                                  "SmolLM2-135M, 4 English windows, layer 13, query side: the search over MLP 6"),
 }
 # a group run's --neurons: from its source run's ranking (each neuron alone, by its effect on that side at that
 # layer), the k strongest of an MLP sent together, and fixed groups (SmolLM2's massive-activation writers,
@@ -472,9 +477,11 @@ def _pair_replicate(rep: dict[str, Any] | None) -> str:
 
 
 # search runs, and the group runs on the same windows whose groups are the k strongest of a single-neuron ranking
+# (a block run where there is none: the search then stands alone)
 SEARCH_VS = {"toy-softmax__debian_search": "toy-softmax__debian_groups",
              "smollm2__natural_search": "smollm2__natural_groups",
-             "smollm2__natural_r_search": "smollm2__natural_r_groups"}
+             "smollm2__natural_r_search": "smollm2__natural_r_groups",
+             "smollm2__natural_q_search": "smollm2__natural"}
 
 
 # a search run on other windows, and the run it replicates
