@@ -19,15 +19,18 @@ from sinkinterp.argtypes import int_at_least, open_unit_float
 __all__ = ["add_parser", "cmd_paths", "neuron_group"]
 
 
-def neuron_group(text: str) -> tuple[int, tuple[int, ...]]:
-    """``L:N1,N2,...``: the neurons of layer L's MLP, one sender."""
+def neuron_group(text: str) -> tuple[int, tuple[int, ...], bool]:
+    """``L:N1,N2,...``: the neurons of layer L's MLP, one sender; ``L:~N1,N2,...``: every neuron of it but
+    these (returned with ``complement`` True)."""
     layer, colon, units = text.partition(":")
+    complement = units.startswith("~")
     try:
-        got = (int(layer), tuple(int(u) for u in units.split(",")))
+        got = (int(layer), tuple(int(u) for u in units.removeprefix("~").split(",")), complement)
     except ValueError:
         got = None
     if not colon or got is None or got[0] < 0 or any(u < 0 for u in got[1]):
-        raise argparse.ArgumentTypeError(f"must be LAYER:N1,N2,... (non-negative integers), got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be LAYER:N1,N2,... or LAYER:~N1,N2,... (every neuron but these; "
+                                         f"non-negative integers), got {text!r}")
     return got
 
 
@@ -48,8 +51,8 @@ def add_parser(sub: Any, add_common: Any) -> None:
                    help="only the senders of these layers (0-based; default every layer; the embeddings are "
                         "always in 'blocks'); a layer's sink heads before every sender are not read")
     s.add_argument("--neurons", nargs="+", type=neuron_group, default=None, metavar="L:N1,N2",
-                   help="more senders: each the listed neurons of layer L's MLP sent together (one neuron: L:N), "
-                        "after those of --senders")
+                   help="more senders: each the listed neurons of layer L's MLP sent together (one neuron: L:N; "
+                        "L:~N1,N2: every neuron of it but these, which keeps them alone), after those of --senders")
     s.add_argument("--sink", choices=list(PATH_SINKS), default="auto",
                    help="token 1 (first) or the bias slot (slot: k*/v*, a sink token, a sink logit, gpt-oss's learned "
                         "sinks; its key is a parameter, so only the query side applies); auto: the slot if the model has one (default)")
@@ -93,7 +96,8 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
         layers_of_kind = args.sender_layers
         if args.neurons:  # the kind's senders, then each group
             senders = [*senders_of(lm.model, args.senders, args.sender_layers),
-                       *(Sender("neuron", l, neuron=units[0] if len(units) == 1 else units) for l, units in args.neurons)]
+                       *(Sender("neuron", l, neuron=units[0] if len(units) == 1 else units, complement=but)
+                         for l, units, but in args.neurons)]
             layers_of_kind = None
         results = sink_paths(lm.model, tokens, threshold=args.threshold, senders=senders,
                              sender_layers=layers_of_kind,
@@ -115,7 +119,8 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "threshold": args.threshold,
                    "senders": args.senders, "sender_layers": args.sender_layers,
-                   "neurons": None if args.neurons is None else [f"{l}:{','.join(map(str, u))}" for l, u in args.neurons],
+                   "neurons": None if args.neurons is None else [f"{l}:{'~' if but else ''}{','.join(map(str, u))}"
+                                                                 for l, u, but in args.neurons],
                    "sink": results["sink"],
                    "sides": results["sides"], "key_ablation": args.key_ablation,
                    "query_ablation": args.query_ablation, "layers": args.layers, "free_mlps": args.free_mlps,

@@ -79,12 +79,14 @@ class Sender:
     """A sender: ``kind`` in SENDER_KINDS ("embed": the token embedding, ``hook_embed``; "pos_embed": a learned
     or sinusoidal position embedding added to it, ``hook_pos_embed``; "neuron": unit ``neuron`` of layer
     ``layer``'s ``mlp.hook_post``, W_out's input, or a tuple of units sent together); ``layer`` (ignored for
-    the embeddings); ``head`` for "z" only."""
+    the embeddings); ``head`` for "z" only. ``complement`` ("neuron" only): the sender is every unit of the
+    MLP *but* ``neuron`` (a neuron kept alone while the rest are ablated, without a tuple of d_mlp - 1 units)."""
 
     kind: str
     layer: int = 0
     head: int | None = None
     neuron: int | tuple[int, ...] | None = None
+    complement: bool = False
 
     @property
     def order(self) -> int:
@@ -101,7 +103,7 @@ class Sender:
             return f"L{self.layer}H{self.head}"
         if self.kind == "neuron":
             units = self.neuron if isinstance(self.neuron, tuple) else (self.neuron,)
-            return f"L{self.layer}N{'+'.join(map(str, units))}"
+            return f"L{self.layer}{' all but N' if self.complement else 'N'}{'+'.join(map(str, units))}"
         return f"{'attn' if self.kind == 'attn_out' else 'mlp'} {self.layer}"
 
     def component(self) -> Component:
@@ -109,9 +111,17 @@ class Sender:
             return _NEURON
         return _EMBED if self.kind == "embed" else COMPONENTS[self.kind]  # pos_embed: hook_pos_embed
 
-    def cell(self, pos: tuple[int, ...] | None) -> Cell:
-        """Where it edits its component: the head or the neuron axis' unit, at ``pos``."""
-        return Cell(self.layer, self.neuron if self.kind == "neuron" else self.head, pos)
+    def cell(self, pos: tuple[int, ...] | None, d_mlp: int | None = None) -> Cell:
+        """Where it edits its component: the head or the neuron axis' units, at ``pos`` (a complement's units
+        need the MLP's ``d_mlp``)."""
+        if self.kind != "neuron":
+            return Cell(self.layer, self.head, pos)
+        if not self.complement:
+            return Cell(self.layer, self.neuron, pos)
+        if d_mlp is None:
+            raise ValueError(f"{self.label}: a complement sender's cell needs d_mlp")
+        left = {self.neuron} if isinstance(self.neuron, int) else set(self.neuron or ())
+        return Cell(self.layer, tuple(u for u in range(d_mlp) if u not in left), pos)
 
     def hook_name(self) -> str:
         return self.component().hook_name(self.layer)
@@ -247,6 +257,9 @@ def _check_senders(model: Any, senders: Sequence[Sender]) -> None:
         if (s.neuron is None) != (s.kind != "neuron"):
             raise ValueError(f"senders: {s.kind!r} senders take {'a neuron' if s.kind == 'neuron' else 'no neuron'}, "
                              f"got {s.neuron!r}")
+        if not isinstance(s.complement, bool) or (s.complement and s.kind != "neuron"):
+            raise ValueError(f"senders: complement is True or False, and True for 'neuron' senders only; got "
+                             f"{s.complement!r} for a {s.kind!r} sender")
         if s.hook_name() not in names:
             raise ValueError(f"model has no hook {s.hook_name()} (sender {s.label}; see docs/hook-contract.md)")
         if s.kind == "neuron":
@@ -260,6 +273,9 @@ def _check_senders(model: Any, senders: Sequence[Sender]) -> None:
                     raise ValueError(f"senders: a neuron is an integer or a tuple of integers, got {s.neuron!r}")
                 if not 0 <= u < d_mlp[s.layer]:
                     raise ValueError(f"senders: neuron {u!r} is outside blocks.{s.layer}.mlp (d_mlp = {d_mlp[s.layer]})")
+            if s.complement and len(units) >= d_mlp[s.layer]:
+                raise ValueError(f"senders: {s.label} leaves no neuron of blocks.{s.layer}.mlp (d_mlp = "
+                                 f"{d_mlp[s.layer]}) to send")
 
 
 def _check_receivers(model: Any, receivers: object, seq_len: int) -> list[Receiver] | None:
@@ -455,7 +471,8 @@ def _ablated(act: Tensor, how: str) -> Tensor:
 def _sender_hooks(chunk: Sequence[Sender], new_values: dict[str, Tensor], pos: list[int] | None,
                   n: int) -> list[tuple[str, Any]]:
     """Copy j's sender takes its new value at ``pos`` (patching.run_cells' stacked copies)."""
-    cells = [s.cell(None if pos is None else tuple(pos)) for s in chunk]
+    cells = [s.cell(None if pos is None else tuple(pos),
+                    new_values[s.hook_name()].shape[_NEURON.head_dim] if s.kind == "neuron" else None) for s in chunk]
     hooks = []
     for name in sorted({s.hook_name() for s in chunk}):
         idx = [j for j, s in enumerate(chunk) if s.hook_name() == name]
@@ -623,14 +640,16 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
         raise ValueError(f"size: {size} is more than MLP {mlp}'s {d} neurons (and the search needs two or more)")
     sign = -1.0 if direction == "decrease" else 1.0
 
-    def run(groups: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, float]:
+    def run(groups: Sequence[tuple[int, ...]], kept_alone: Sequence[int] = ()) -> tuple[np.ndarray, float]:
+        # ``kept_alone``: the groups of every neuron but u, as complement senders (not d_mlp tuples of d_mlp - 1)
         res = path_ablate(model, tokens, metric, ablation=ablation, receivers=receivers, positions=positions,
                           metric_hook=metric_hook, free_mlps=free_mlps, batch_rows=batch_rows,
-                          senders=[Sender("neuron", int(mlp), neuron=g[0] if len(g) == 1 else g) for g in groups])
+                          senders=[Sender("neuron", int(mlp), neuron=g[0] if len(g) == 1 else g) for g in groups]
+                          + [Sender("neuron", int(mlp), neuron=u, complement=True) for u in kept_alone])
         return res.effects(), res.base
 
     units = list(range(d))
-    eff, base = run([(u,) for u in units] + [tuple(units)] + [(*units[:u], *units[u + 1:]) for u in units])
+    eff, base = run([(u,) for u in units] + [tuple(units)], kept_alone=units)
     alone, whole, others = eff[:d], float(eff[d]), eff[d + 1:]
     kept = sign * (whole - others)  # > 0: the neuron kept alone holds up that much of the whole effect
     by_alone = [int(u) for u in np.argsort(-sign * alone, kind="stable")[:pool]]

@@ -451,11 +451,11 @@ def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     # groups of neurons sent together, after the kind's senders
     gr = tmp_path / "g"
     assert cli.main(["paths", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos", "--layers", "3", "--sides", "key",
-                     "--senders", "mlp_out", "--sender-layers", "0", "--neurons", "0:253", "0:253,261",
+                     "--senders", "mlp_out", "--sender-layers", "0", "--neurons", "0:253", "0:253,261", "0:~253",
                      "--out", str(gr)]) == 0
     res = json.loads((gr / "results.json").read_text())
-    assert res["senders"] == ["mlp 0", "L0N253", "L0N253+261"]
-    assert json.loads((gr / "config.json").read_text())["neurons"] == ["0:253", "0:253,261"]
+    assert res["senders"] == ["mlp 0", "L0N253", "L0N253+261", "L0 all but N253"]
+    assert json.loads((gr / "config.json").read_text())["neurons"] == ["0:253", "0:253,261", "0:~253"]
     one = dict(zip(json.loads((nr / "results.json").read_text())["senders"],
                    json.loads((nr / "results.json").read_text())["layers"][0]["key"]["values"]))
     assert res["layers"][0]["key"]["values"][1] == pytest.approx(one["L0N253"], abs=1e-8)
@@ -467,16 +467,20 @@ def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     search = json.loads((se / "results.json").read_text())["layers"][0]["key"]["search"][0]
     assert [b["neurons"] for b in search["best"]] == [[253], [253, 261]]
     assert search["alone"][261] > 0.1 * search["alone"][253] and search["best"][1]["share"] > 0.75
+    key = res["layers"][0]["key"]  # N253 kept alone (0:~253): the search's second reading of it
+    assert key["values"][3] - key["base"] == pytest.approx(search["others"][253], abs=1e-8)
     assert json.loads((se / "config.json").read_text())["search_neurons"] == [0]
     assert (se / "search.png").stat().st_size > 10_000 and not (gr / "search.png").exists()
     assert "backup pair N253+261" in capsys.readouterr().out
     base = ["paths", "--num-seqs", "2", "--seq-len", "8", "--out", str(tmp_path / "x")]
     assert cli.main([*base, "--layers", "2", "--search-neurons", "2"]) == 2
     assert "search_mlps: MLP 2 is not before a sink layer read" in capsys.readouterr().err
-    for bad in ("0-253", "0:", "a:1", "0:-1"):
+    for bad in ("0-253", "0:", "a:1", "0:-1", "0:~", "~0:1"):
         with pytest.raises(SystemExit):
             cli.main([*base, "--neurons", bad])
         assert "LAYER:N1,N2" in capsys.readouterr().err
+    assert cli.main([*base, "--neurons", "0:~" + ",".join(map(str, range(344)))]) == 2
+    assert "leaves no neuron of blocks.0.mlp" in capsys.readouterr().err
     assert cli.main([*base, "--neurons", "0:344"]) == 2
     assert "neuron 344 is outside blocks.0.mlp" in capsys.readouterr().err
     assert cli.main([*base, "--senders", "mlp_out", "--sender-layers", "3", "--layers", "2"]) == 2
@@ -663,6 +667,42 @@ def test_all_neurons_of_a_layer_at_once_are_the_mlp_sender():
                           (dict(senders=[Sender("neuron", 1, neuron=d)]), f"neuron {d} is outside blocks.1.mlp")):
         with pytest.raises(ValueError, match=match):
             paths.path_patch(model, clean, corrupted, _logit_metric, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["sinkinterp", "ht"])
+def test_a_complement_sender_is_its_tuple_of_every_other_neuron(kind):
+    """Sender(..., complement=True) is every neuron of the MLP but the named ones, sent together: the same
+    value as the explicit tuple, patched and ablated, at every position and at some (the neuron search keeps
+    each neuron alone this way, without d_mlp tuples of d_mlp - 1 units)."""
+    model = _model(kind, 3)
+    clean, corrupted = _pair()
+    d = tl_adapter.mlp_out_weight(model, 1).shape[0]
+    units = tuple(range(d))
+    comp = [Sender("neuron", 1, neuron=5, complement=True), Sender("neuron", 1, neuron=(0, d - 1), complement=True),
+            Sender("neuron", 0, neuron=tuple(range(1, d)), complement=True)]
+    full = [Sender("neuron", 1, neuron=units[:5] + units[6:]), Sender("neuron", 1, neuron=units[1:d - 1]),
+            Sender("neuron", 0, neuron=0)]
+    assert [s.label for s in comp] == ["L1 all but N5", f"L1 all but N0+{d - 1}",
+                                       "L0 all but N" + "+".join(map(str, range(1, d)))]
+    for pos in (None, [0, 8]):
+        for receivers, hook, metric in (("logits", None, _logit_metric),
+                                        ([Receiver(2, "k")], "blocks.2.attn.hook_pattern", _pattern_metric(1))):
+            kw = dict(receivers=receivers, metric_hook=hook, positions=pos, batch_rows=4)
+            res = paths.path_patch(model, clean, corrupted, metric, senders=comp + full, **kw)
+            got = res.values
+            assert got[:3] == pytest.approx(got[3:], rel=1e-10, abs=1e-12)
+            assert abs(got[0] - got[1]) > 1e-9 and abs(got[0] - res.base) > 1e-6  # each complement is its own
+            abl = paths.path_ablate(model, corrupted, metric, ablation="zero", senders=comp + full, **kw).values
+            assert abl[:3] == pytest.approx(abl[3:], rel=1e-10, abs=1e-12)
+    for sender, match in ((Sender("neuron", 1, neuron=units, complement=True), "leaves no neuron"),
+                          (Sender("mlp_out", 1, complement=True), "True for 'neuron' senders only"),
+                          (Sender("neuron", 1, neuron=(3, 3), complement=True), "tuple of distinct neurons"),
+                          (Sender("neuron", 1, neuron=d, complement=True), f"neuron {d} is outside")):
+        with pytest.raises(ValueError, match=match):
+            paths.path_patch(model, clean, corrupted, _logit_metric, senders=[sender])
+    with pytest.raises(ValueError, match="needs d_mlp"):
+        comp[0].cell(None)
+    assert comp[0].cell((0,), 4) == patching.Cell(1, (0, 1, 2, 3), (0,))
 
 
 def test_sink_paths_with_neuron_senders_and_sender_layers():
