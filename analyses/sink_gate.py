@@ -100,8 +100,9 @@ INPUTS = {name: (("natural", "natural_s1", "natural_n120", "debian_text", "debia
                  ("debian", "natural")) for name, (spec, *_) in MODELS.items()}
 # per-head effects outside a model's own domain (the edits named): SmolLM2 on its second domain, to compare the
 # heads that matter there with those on English (the run took 28 minutes on a 2-core CPU, a test suite beside it a while)
-# and the fixed gate on the second English set: a replicate, for how much of the per-head order is noise
-PER_HEAD_ALSO = {"smollm2__debian_text": ("open", "fixed", "token", "donor"), "smollm2__natural_s1": ("fixed",)}
+# and the edits that hold the gate on the second English set: a replicate, for how much of the per-head order is noise
+PER_HEAD_ALSO = {"smollm2__debian_text": ("open", "fixed", "token", "donor"),
+                 "smollm2__natural_s1": ("fixed", "token", "donor")}
 # the runs that also split the query's turn by what writes the query's input (``--turn-sources heads``: the
 # embedding, each block's attention and MLP, each attention head): SmolLM2 on its 120 English texts (measurement
 # only), SmolLM2 on the Debian text (its second domain, measurement only) and toy-softmax in its own domain
