@@ -500,7 +500,7 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
     the search's best k."""
     from sinkinterp.paths import backup_pairs
 
-    rows, notes, backups = [], [], []
+    rows, notes, backups, queries = [], [], [], []
     compared: list[tuple[int, float, float]] = []  # (k, the search's share, the ranking's), on the ranking's windows
     for name, vs in SEARCH_VS.items():
         res = results.get(name)
@@ -530,6 +530,8 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                     rows.append(f"| {model} | L{row['layer']}, {side} | {srch['mlp']} | {whole:+.3f} | "
                                 + "; ".join(cells) + f" | {pair_cell} | "
                                 + (", ".join(f"N{u} {held[u]:.0%}" for u in top_kept) if big else "-") + " |")
+                    if side == "query" and whole:
+                        queries.append(_query_search(model, row, srch))
                     rrow = next((r for r in (ranked or {}).get("layers", []) if r["layer"] == row["layer"]), None)
                     if rrow is None or side not in rrow:
                         continue
@@ -580,6 +582,10 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                             else "best groups differ at every size") + " (" + "; ".join(
                              "+".join(map(str, x)) for x in a) + ").")
         notes.append(text)
+    if queries:
+        notes.append("- **The query side by neuron** (what the queries need from an MLP's neurons, each write removed "
+                     "from every query; the shares are of the MLP's own path, which may be a small part of the "
+                     "queries' whole one): " + "; ".join(queries) + ".")
     figs = [f"![the neuron search, {RUNS[name][2]}](figures/sink-paths-{name}-search.png)" for name in SEARCH_VS
             if (FIGS / f"sink-paths-{name}-search.png").is_file()]
     notes += ["", "Each search's neurons (left: ablated alone against kept alone, both as shares of the whole MLP's "
@@ -594,6 +600,20 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
             "(together beyond either alone by > 10% of all neurons' effect and 0.01): together (alone) | kept alone, "
             "holding up (share) |",
             "| --- | --- | --- | ---: | --- | --- | --- |", *rows, "", *notes, ""]
+
+
+def _query_search(model: str, row: dict[str, Any], srch: dict[str, Any]) -> str:
+    """One query-side search: the MLP's path and its part of the queries' whole path, the best groups' shares of
+    it, how many neurons each carry a tenth of it alone, and whether the strongest pairs add up."""
+    whole, best = srch["whole"], srch["best"]
+    shares = ", ".join(f"{len(b['neurons'])}: {b['effect'] / whole:.0%} (N{'+'.join(map(str, b['neurons']))})"
+                       for b in best if len(b["neurons"]) in (1, 2, len(best)))
+    tenth = int(sum(round(a / whole, 2) >= 0.1 for a in srch["alone"]))  # as the shares are shown
+    syn = max((abs(p["synergy"]) for p in srch["pairs"]), default=0.0) / abs(whole)
+    return (f"{model} L{row['layer']}, MLP {srch['mlp']} ({whole:+.3f}, {whole / _all(row, 'query'):.0%} of the queries' "
+            f"whole path): its best groups carry {shares} of it; {tenth} neuron{'s' if tenth != 1 else ''} carr"
+            f"{'y' if tenth != 1 else 'ies'} a tenth or more alone, and the pairs of the strongest kept alone "
+            + ("add up (synergy at most " if syn < 0.05 else "do not add up (synergy up to ") + f"{syn:.1%} of the path)")
 
 
 def _group_label(spec: str) -> str:
@@ -730,7 +750,8 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         ("- Direct paths, except where the MLPs are free: a sender's effect through later components is credited "
          "to them. The attention layers stay frozen in every run."),
         ("- Senders are blocks, heads (SmolLM2 at two layers, query side) and single MLP neurons or groups of them "
-         "(the MLPs that lead the key side, and toy-softmax's MLP 1 on the query side); the receivers take the change "
+         "(the MLPs that lead the key side; on the query side toy-softmax's MLP 1 and, by a search on 4 windows without "
+         "a replicate, SmolLM2's MLP 6 at layer 13); the receivers take the change "
          "at every position (`Receiver(..., positions=...)` can restrict them; on the key side only token 1 changes)."),
         ("- The group runs' groups are the strongest k of a ranking of neurons one at a time: a neuron that only "
          "matters with another gone (a backup) ranks low, so they can miss such pairs. The search runs also read each "

@@ -1354,3 +1354,22 @@ def test_sink_paths_neuron_groups_come_from_the_neuron_run(tmp_path, monkeypatch
     assert (tmp_path / "figs" / "sink-paths-toy-softmax__debian_search-search.png").stat().st_size > 10_000
     assert ("**What the search adds.** On the ranking's own windows, at k <= 2" in page
             and f"MLP 0: N253 and N261 ablated alone {s['alone'][253] / s['whole']:.0%}" in page)
+
+
+def test_sink_paths_query_search_reading():
+    """A query-side search's sentence: the MLP's path and its part of the queries' whole one, the best groups'
+    shares, the neurons carrying a tenth or more alone (as shown, rounded), whether the strongest pairs add up."""
+    mod = load_script("analyses/sink_paths.py")
+    row = {"layer": 5, "base": 0.5, "query": {"together": 0.1}}  # the queries' whole path: -0.4
+    srch = {"mlp": 2, "whole": -0.1, "alone": [-0.05, -0.0096, -0.02, 0.004],
+            "best": [{"neurons": [0], "effect": -0.05}, {"neurons": [0, 2], "effect": -0.07},
+                     {"neurons": [0, 1, 2], "effect": -0.08}],
+            "pairs": [{"neurons": [0, 2], "effect": -0.07, "synergy": 0.0}, {"neurons": [0, 1], "synergy": -0.002}]}
+    assert mod._query_search("M", row, srch) == (
+        "M L5, MLP 2 (-0.100, 25% of the queries' whole path): its best groups carry 1: 50% (N0), 2: 70% (N0+2), "
+        "3: 80% (N0+1+2) of it; 3 neurons carry a tenth or more alone, and the pairs of the strongest kept alone add "
+        "up (synergy at most 2.0% of the path)")
+    srch["pairs"][1]["synergy"] = -0.03
+    srch["alone"][1] = -0.009
+    assert mod._query_search("M", row, srch).endswith("2 neurons carry a tenth or more alone, and the pairs of the "
+                                                      "strongest kept alone do not add up (synergy up to 30.0% of the path)")
