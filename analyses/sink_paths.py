@@ -128,6 +128,12 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                          "--sides", "query", "--senders", "mlp_out", "--sender-layers", "6",
                                          "--search-neurons", "6"],
                                   "SmolLM2-135M, 4 English windows, layer 13, query side: the search over MLP 6"),
+    # the query-side search's best groups (SEARCH_GROUPS) on the replicate's 16 other windows: out of sample
+    "smollm2__natural_r_q_groups": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed", "1",
+                                           "--layers", "13", "--sides", "query", "--senders", "mlp_out",
+                                           "--sender-layers", "6"],
+                                    ("SmolLM2-135M, replicate: 16 other English windows (seed 1), layer 13, query side: "
+                                     "MLP 6 and the search's best groups from the first windows")),
 }
 # a group run's --neurons: from its source run's ranking (each neuron alone, by its effect on that side at that
 # layer), the k strongest of an MLP sent together, and fixed groups (SmolLM2's massive-activation writers,
@@ -144,6 +150,20 @@ GROUPS: dict[str, tuple[str, list[tuple[str, int, int, tuple[int, ...]]], list[s
                                   [("key", 3, 2, (1, 2, 4, 8, 16, 64)), ("key", 13, 11, (1, 2, 4, 8, 16, 64))],
                                   ["11:1229,1487"]),
 }
+
+
+# group runs whose --neurons are a search's best group of each size: (the search run, (side, layer, MLP))
+SEARCH_GROUPS: dict[str, tuple[str, tuple[str, int, int]]] = {
+    "smollm2__natural_r_q_groups": ("smollm2__natural_q_search", ("query", 13, 6))}
+
+
+def _search_group_args(search: dict[str, Any], where: tuple[str, int, int]) -> list[str]:
+    """``--neurons`` for a search-group run: the search's best group of each size at (side, layer, MLP)."""
+    side, layer, mlp = where
+    found = _search_of(search).get((layer, side, mlp))
+    if found is None:
+        raise ValueError(f"sink_paths: the search run has no search of MLP {mlp} at layer {layer}, {side} side")
+    return [f"{mlp}:{','.join(map(str, b['neurons']))}" for b in found["best"]]
 
 
 # group runs on other windows than their ranking's, and the run on the ranking's own windows they replicate
@@ -239,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"sink_paths: {name}: its neuron run {GROUPS[name][0]} is neither run nor in a snapshot; left out")
                 continue
             inputs = [*inputs, "--neurons", *_group_args(source, *GROUPS[name][1:])]
+        if wanted and here and name in SEARCH_GROUPS:
+            source = results.get(SEARCH_GROUPS[name][0])
+            if source is None:
+                print(f"sink_paths: {name}: its search run {SEARCH_GROUPS[name][0]} is neither run nor in a snapshot; "
+                      "left out")
+                continue
+            inputs = [*inputs, "--neurons", *_search_group_args(source, SEARCH_GROUPS[name][1])]
         if wanted and here:
             results[name] = _run(name, spec or gguf, inputs, commands, gguf)  # type: ignore[arg-type]
         elif snap.is_file():
@@ -585,7 +612,7 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
     if queries:
         notes.append("- **The query side by neuron** (what the queries need from an MLP's neurons, each write removed "
                      "from every query; the shares are of the MLP's own path, which may be a small part of the "
-                     "queries' whole one): " + "; ".join(queries) + ".")
+                     "queries' whole one): " + "; ".join(queries) + "." + _search_groups_note(results))
     figs = [f"![the neuron search, {RUNS[name][2]}](figures/sink-paths-{name}-search.png)" for name in SEARCH_VS
             if (FIGS / f"sink-paths-{name}-search.png").is_file()]
     notes += ["", "Each search's neurons (left: ablated alone against kept alone, both as shares of the whole MLP's "
@@ -600,6 +627,27 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
             "(together beyond either alone by > 10% of all neurons' effect and 0.01): together (alone) | kept alone, "
             "holding up (share) |",
             "| --- | --- | --- | ---: | --- | --- | --- |", *rows, "", *notes, ""]
+
+
+def _search_groups_note(results: dict[str, dict[str, Any]]) -> str:
+    """The search-group runs: a search's best groups on other windows, their share of the MLP's path there
+    against the search's own."""
+    out = []
+    for name, (src, (side, layer, mlp)) in SEARCH_GROUPS.items():
+        res, found = results.get(name), _search_of(results.get(src)).get((layer, side, mlp))
+        row = next((r for r in (res or {}).get("layers", []) if r["layer"] == layer and side in r), None)
+        if row is None or found is None:
+            continue
+        eff = _effects(row, side)
+        whole = eff.get(f"mlp {mlp}")
+        got = [(b, eff.get(f"L{mlp}N{'+'.join(map(str, b['neurons']))}")) for b in found["best"]]
+        if not whole or any(v is None for _, v in got):
+            continue
+        out.append(f" On {res['num_seqs']} other windows (`{name}`, out of sample), MLP {mlp}'s path at L{layer} is "
+                   f"{whole:+.3f} ({whole / _all(row, side):.0%} of the queries' whole path there), and the search's "
+                   "best groups carry " + ", ".join(f"{len(b['neurons'])}: {v / whole:.0%} ({b['effect'] / found['whole']:.0%} "
+                                                    "on the search's windows)" for b, v in got) + " of it.")
+    return "".join(out)
 
 
 def _query_search(model: str, row: dict[str, Any], srch: dict[str, Any]) -> str:
