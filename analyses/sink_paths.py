@@ -612,7 +612,9 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
     if queries:
         notes.append("- **The query side by neuron** (what the queries need from an MLP's neurons, each write removed "
                      "from every query; the shares are of the MLP's own path, which may be a small part of the "
-                     "queries' whole one): " + "; ".join(queries) + "." + _search_groups_note(results))
+                     "queries' whole one): " + "; ".join(queries) + ".")
+    if _search_groups_note(results):
+        notes.append("- **The search's groups out of sample.**" + _search_groups_note(results))
     figs = [f"![the neuron search, {RUNS[name][2]}](figures/sink-paths-{name}-search.png)" for name in SEARCH_VS
             if (FIGS / f"sink-paths-{name}-search.png").is_file()]
     notes += ["", "Each search's neurons (left: ablated alone against kept alone, both as shares of the whole MLP's "
@@ -643,8 +645,8 @@ def _search_groups_note(results: dict[str, dict[str, Any]]) -> str:
         got = [(b, eff.get(f"L{mlp}N{'+'.join(map(str, b['neurons']))}")) for b in found["best"]]
         if not whole or any(v is None for _, v in got):
             continue
-        out.append(f" On {res['num_seqs']} other windows (`{name}`, out of sample), MLP {mlp}'s path at L{layer} is "
-                   f"{whole:+.3f} ({whole / _all(row, side):.0%} of the queries' whole path there), and the search's "
+        out.append(f" On {res['num_seqs']} other windows (`{name}`), MLP {mlp}'s path at L{layer}, {side} side, is "
+                   f"{whole:+.3f} ({whole / _all(row, side):.0%} of the whole residual's there), and the search's "
                    "best groups carry " + ", ".join(f"{len(b['neurons'])}: {v / whole:.0%} ({b['effect'] / found['whole']:.0%} "
                                                     "on the search's windows)" for b, v in got) + " of it.")
     return "".join(out)
@@ -798,8 +800,8 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         ("- Direct paths, except where the MLPs are free: a sender's effect through later components is credited "
          "to them. The attention layers stay frozen in every run."),
         ("- Senders are blocks, heads (SmolLM2 at two layers, query side) and single MLP neurons or groups of them "
-         "(the MLPs that lead the key side; on the query side toy-softmax's MLP 1 and, by a search on 4 windows without "
-         "a replicate, SmolLM2's MLP 6 at layer 13); the receivers take the change "
+         "(the MLPs that lead the key side; on the query side toy-softmax's MLP 1 and, by a search on 4 windows whose best "
+         "groups were checked on 16 others, SmolLM2's MLP 6 at layer 13); the receivers take the change "
          "at every position (`Receiver(..., positions=...)` can restrict them; on the key side only token 1 changes)."),
         ("- The group runs' groups are the strongest k of a ranking of neurons one at a time: a neuron that only "
          "matters with another gone (a backup) ranks low, so they can miss such pairs. The search runs also read each "

@@ -1096,9 +1096,26 @@ def test_sink_gate_compares_per_head_costs_across_domains():
     domains, replicate = mod._domains_note(shuffled)
     assert replicate.startswith("- smollm2 on two sets of texts of its own domain (English sample / English sample, "
                                 "seed 1): the gate fixed one head at a time: rank correlation of the 12 heads' costs -1.00")
-    assert "they do not rank alike either (-1.00): at this size the order of the per-head fixed costs is mostly noise" in domains
+    assert ("on a second set of texts of its own domain, the rank correlation of the same edit's costs: fixed -1.00 "
+            "(against -0.20 across domains: at this size the order is mostly noise, not the domain).") in domains
     shuffled["smollm2__natural_s1"] = run(a)  # ... or alike: the domains differ beyond that noise
-    assert "they rank far more alike (+1.00 against -0.20): the domains differ" in mod._domains_note(shuffled)[0]
+    assert "fixed +1.00 (against -0.20 across domains: the domains differ beyond that noise)." in mod._domains_note(shuffled)[0]
+    # every edit that holds the gate, each against its own replicate (the token edit: reversed across the
+    # domains, nearly the same order on the replicate's texts: the domains differ beyond the noise)
+    for k in ("smollm2__natural", "smollm2__debian_text", "smollm2__natural_s1"):
+        shuffled[k] = run(a, True) if k != "smollm2__debian_text" else shuffled[k]
+    shuffled["smollm2__debian_text"]["interventions"][2]["per_head_delta_loss"] = (2 * a.ravel()[::-1]).reshape(3, 4).tolist()
+    c = a.copy()
+    c.ravel()[[0, 5]] = c.ravel()[[5, 0]]  # two heads swapped: nearly the same order
+    shuffled["smollm2__natural_s1"]["interventions"][2]["per_head_delta_loss"] = (2 * c).tolist()
+    domains = mod._domains_note(shuffled)[0]
+    tok = np.corrcoef(np.argsort(np.argsort(a.ravel())), np.argsort(np.argsort(c.ravel())))[0, 1]
+    assert f"fixed +1.00 (against -0.20 across domains: the domains differ beyond that noise), token {tok:+.2f}" in domains
+    shuffled["smollm2__debian_text"]["interventions"][2]["per_head_delta_loss"] = (2 * c).tolist()  # token alike in both
+    domains = mod._domains_note(shuffled)[0]
+    assert "(nor are those" not in domains and f"token {tok:+.2f} (against {tok:+.2f} across domains: no clear difference)." in domains
+    shuffled["smollm2__natural_s1"]["interventions"][2]["per_head_delta_loss"] = (-a).tolist()  # the replicate reversed
+    assert f"token -1.00 (against {tok:+.2f} across domains: at this size the order is mostly noise" in mod._domains_note(shuffled)[0]
 
 
 def test_sink_gate_grades_what_token_1s_own_key_adds():
@@ -1309,14 +1326,19 @@ def test_sink_paths_neuron_groups_come_from_the_neuron_run(tmp_path, monkeypatch
                                        "toy-softmax, groups"),
         "toy-softmax__debian_search": ("toy-softmax", [*small, "--sides", "key", "--senders", "mlp_out",
                                                        "--sender-layers", "0", "--search-neurons", "0", "--search-size",
-                                                       "2"], "toy-softmax, search")})
+                                                       "2"], "toy-softmax, search"),
+        "toy-softmax__r_groups": ("toy-softmax", [*small, "--seed", "1", "--sides", "key", "--senders", "mlp_out",
+                                                  "--sender-layers", "0"], "toy-softmax, the search's groups, seed 1")})
     monkeypatch.setattr(mod, "SEARCH_VS", {"toy-softmax__debian_search": "toy-softmax__debian_groups"})
+    monkeypatch.setattr(mod, "SEARCH_GROUPS", {"toy-softmax__r_groups": ("toy-softmax__debian_search", ("key", 3, 0))})
     monkeypatch.setattr(mod, "GROUPS", {"toy-softmax__debian_groups": (
         "toy-softmax__debian_neurons", [("key", 3, 0, (1, 2)), ("query", 3, 1, (1, 4))], ["0:7,9"])})
     (tmp_path / "data").mkdir()
     assert mod.main(["--only", "toy-softmax__debian_groups"]) == 1  # nothing to write a page from
     assert "its neuron run toy-softmax__debian_neurons is neither run nor in a snapshot; left out" in capsys.readouterr().out
     assert not (tmp_path / "data" / "toy-softmax__debian_groups.json").exists()
+    assert mod.main(["--only", "toy-softmax__r_groups"]) == 1
+    assert "its search run toy-softmax__debian_search is neither run nor in a snapshot; left out" in capsys.readouterr().out
     assert mod.main([]) == 0
     single = json.loads((tmp_path / "data" / "toy-softmax__debian_neurons.json").read_text())
     groups = json.loads((tmp_path / "data" / "toy-softmax__debian_groups.json").read_text())
@@ -1354,6 +1376,15 @@ def test_sink_paths_neuron_groups_come_from_the_neuron_run(tmp_path, monkeypatch
     assert (tmp_path / "figs" / "sink-paths-toy-softmax__debian_search-search.png").stat().st_size > 10_000
     assert ("**What the search adds.** On the ranking's own windows, at k <= 2" in page
             and f"MLP 0: N253 and N261 ablated alone {s['alone'][253] / s['whole']:.0%}" in page)
+    # the search's best groups as senders on other windows (seed 1): their shares of MLP 0's path there
+    rep = json.loads((tmp_path / "data" / "toy-softmax__r_groups.json").read_text())
+    assert rep["command"].endswith("--neurons 0:253 0:253,261 --out " + str(tmp_path / "runs" / "toy-softmax__r_groups"))
+    eff = {n: v - rep["layers"][0]["key"]["base"] for n, v in zip(rep["senders"], rep["layers"][0]["key"]["values"])}
+    assert (f"- **The search's groups out of sample.** On 2 other windows (`toy-softmax__r_groups`), MLP 0's path at L3, "
+            f"key side, is {eff['mlp 0']:+.3f}") in page
+    assert (f"the search's best groups carry 1: {eff['L0N253'] / eff['mlp 0']:.0%} ({s['best'][0]['share']:.0%} on the "
+            f"search's windows), 2: {eff['L0N253+261'] / eff['mlp 0']:.0%} ({s['best'][1]['share']:.0%} on the "
+            "search's windows) of it.") in page
 
 
 def test_sink_paths_query_search_reading():
