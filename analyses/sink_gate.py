@@ -546,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Whose gate matters: each head's gate fixed (or opened) alone, the eight costliest heads per model in its",
         "own domain where per-head effects were run (the fixed gate cross-fitted as above; SmolLM2 also on its",
-        "second domain, the Debian text, and its fixed gate on the second English set, a replicate), and the sum",
+        ("second domain, the Debian text, and its " + ", ".join(PER_HEAD_ALSO.get("smollm2__natural_s1", ("fixed",)))
+         + " edits on the second English set, a replicate), and the sum"),
         "over all heads, to set against fixing every gate at once in the first table (the effects need not add up).",
         "",
         *(top_rows if len(top_rows) > 2 else ["(no per-head effects in these results)"]),
@@ -749,23 +750,24 @@ def _domains_note(results: dict) -> list[str]:
                  f"in two domains ({_label(own).split(', ', 1)[1]} / {_label(other).split(', ', 1)[1]})")
         read = ""
         if not same and {"fixed", "open"} <= ranks.keys() and ranks["open"] > 0.5 and ranks["fixed"] < 0.3:
-            rep = next((r["fixed"] for o, (_, _, r, _) in comps.items()
-                        if o.partition("__")[0] == name and o.partition("__")[2] in REPLICATE.values() and "fixed" in r), None)
+            reps = next((r for o, (_, _, r, _) in comps.items()
+                         if o.partition("__")[0] == name and o.partition("__")[2] in REPLICATE.values()), {})
+            held = [k for k in ("fixed", "token", "donor") if k in ranks and k in reps]  # the edits that hold the gate
             read = (" The heads whose sink matters are largely the same in both domains; the heads whose gate must "
                     f"follow the text are not, each costing at most {largest['fixed']:.3f} nats alone")
             others = [(k, ranks[k]) for k in ("token", "donor") if k in ranks]
             if others and all(r < 0.3 for _, r in others):
                 read += (" (nor are those of the gate made to follow the position and token, or taken from another "
                          "text: " + ", ".join(f"{k} {r:+.2f}" for k, r in others) + ")")
-            if rep is None:
+            if not held:
                 read += (f", small enough for the noise of the {NUM_SEQS // 2}-sequence means to decide their order "
                          "(no replicate per head).")
-            elif rep < 0.3:
-                read += (f"; but on a second set of texts of its own domain they do not rank alike either ({rep:+.2f}): "
-                         "at this size the order of the per-head fixed costs is mostly noise, not the domain.")
-            else:
-                read += (f"; on a second set of texts of its own domain they rank far more alike ({rep:+.2f} against "
-                         f"{ranks['fixed']:+.2f}): the domains differ beyond that noise.")
+            else:  # each edit's order on other texts of the same domain: the noise the domains' order is read against
+                read += ("; on a second set of texts of its own domain, the rank correlation of the same edit's costs: "
+                         + ", ".join(f"{k} {reps[k]:+.2f} (against {ranks[k]:+.2f} across domains: " + (
+                             "the domains differ beyond that noise)" if reps[k] >= 0.3 and reps[k] - ranks[k] >= 0.2
+                             else "at this size the order is mostly noise, not the domain)" if reps[k] < 0.3
+                             else "no clear difference)") for k in held) + ".")
         out.append(f"- {name} {where}: " + "; ".join(parts) + "." + read)
     return out
 
