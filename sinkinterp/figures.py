@@ -711,15 +711,18 @@ def targets_figure(studies: dict[str, dict[str, Any]], copy_curves: dict[str, An
 
 
 def neuron_search_figure(results: dict[str, Any], *, title: str = "", label: int = 4) -> Any:
-    """The neuron searches of ``paths.sink_paths`` results (``search_mlps``): a row per (layer, side, MLP).
-    Left: each neuron's two readings as shares of every neuron's effect: ablated alone (x) and, kept alone with
+    """The neuron searches of ``paths.sink_paths`` results (``search_mlps``): a row per (layer, side, MLP); or
+    one ``paths.neuron_search`` result (any metric), one row. Left: each neuron's two readings as shares of every neuron's effect: ablated alone (x) and, kept alone with
     every other ablated, what it holds up (y); a neuron that another backs up sits high and to the left, and
     the ``label`` strongest by each reading are named (those above 2%). Right: the best group's share by its
     size."""
-    if not isinstance(results, dict) or "layers" not in results:
-        raise ValueError("results: expected paths.sink_paths' result (with 'layers')")
-    found = [(row["layer"], side, s) for row in results["layers"] for side in ("key", "query")
-             for s in row.get(side, {}).get("search", [])]
+    if isinstance(results, dict) and {"alone", "others", "best", "mlp"} <= results.keys():  # one neuron_search
+        found = [(None, None, results)]
+    elif not isinstance(results, dict) or "layers" not in results:
+        raise ValueError("results: expected paths.sink_paths' result (with 'layers') or paths.neuron_search's")
+    else:
+        found = [(row["layer"], side, s) for row in results["layers"] for side in ("key", "query")
+                 for s in row.get(side, {}).get("search", [])]
     if not found:
         raise ValueError("results: no neuron search to draw (sink_paths(search_mlps=...))")
     if not isinstance(label, int) or label < 0:
@@ -742,7 +745,8 @@ def neuron_search_figure(results: dict[str, Any], *, title: str = "", label: int
         ax.axvline(0, color="0.8", lw=0.6)
         ax.set_xlabel("ablated alone: share of the whole MLP's effect", fontsize=7)
         ax.set_ylabel("kept alone: share held up", fontsize=7)
-        ax.set_title(f"L{layer} {side} side, MLP {s['mlp']}'s {s['d_mlp']} neurons (all {s['whole']:+.3f})", fontsize=8)
+        where = "" if layer is None else f"L{layer} {side} side, "
+        ax.set_title(f"{where}MLP {s['mlp']}'s {s['d_mlp']} neurons (all {s['whole']:+.3f})", fontsize=8)
         ax.tick_params(labelsize=6)
         sizes = [len(b["neurons"]) for b in s["best"]]
         shares = [b["effect"] / whole for b in s["best"]]

@@ -218,9 +218,14 @@ def _check_key_bias(nb, out: Path) -> None:
     key = neurons["layers"][0]["key"]
     assert min(zip(key["values"], key["senders"]))[1] == "L0N253"
     assert "mlp 0; its neurons, each alone:" in _stdout(_cell(nb, "paths-neurons"))
-    assert _count(nb, "image/png") >= 7  # effect bars, 2 per-head maps, 3 patching maps, the paths
+    # the search: 253 first, then 261 beside it, its backup (nearly nothing alone: 253 still writes the key)
+    search = res["paths"]["search"]
+    assert search["mlp"] == 0 and [b["neurons"] for b in search["best"]] == [[253], [253, 261]]
+    assert abs(search["alone"][261]) < 0.1 * abs(search["alone"][253])
+    assert "backup pair N253+N261:" in _stdout(_cell(nb, "paths-search"))
+    assert _count(nb, "image/png") >= 8  # effect bars, 2 per-head maps, 3 patching maps, the paths, the search
     for name in ("key_vs_value.png", "per_head_zero_value.png", "per_head_ablate.png", "patch_k.png",
-                 "patch_v.png", "patch_resid_pre.png", "paths.png"):
+                 "patch_v.png", "patch_resid_pre.png", "paths.png", "search.png"):
         assert (out / name).stat().st_size > 1000, name
 
 

@@ -965,7 +965,9 @@ def test_neuron_search_in_sink_paths_and_its_errors():
     fig = figures.neuron_search_figure(res, title="t")
     assert len(fig.axes) == 4 and fig.axes[0].get_title() == f"L2 key side, MLP 0's {tl_adapter.mlp_out_weight(model, 0).shape[0]} neurons (all {row['key']['search'][0]['whole']:+.3f})"
     assert list(fig.axes[1].lines[0].get_xdata()) == [1, 2]
-    for bad, match in (({"layers": []}, "no neuron search"), ({"senders": []}, "expected paths.sink_paths")):
+    one = figures.neuron_search_figure(direct)  # one neuron_search result: one row, no layer or side to name
+    assert len(one.axes) == 2 and one.axes[0].get_title().startswith(f"MLP 1's {tl_adapter.mlp_out_weight(model, 1).shape[0]} neurons")
+    for bad, match in (({"layers": []}, "no neuron search"), ({"senders": []}, "expected paths.sink_paths' result .* or paths.neuron_search's")):
         with pytest.raises(ValueError, match=match):
             figures.neuron_search_figure(bad)
     d = tl_adapter.mlp_out_weight(model, 1).shape[0]
