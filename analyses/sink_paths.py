@@ -128,6 +128,11 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                          "--sides", "query", "--senders", "mlp_out", "--sender-layers", "6",
                                          "--search-neurons", "6"],
                                   "SmolLM2-135M, 4 English windows, layer 13, query side: the search over MLP 6"),
+    # and at layer 20, where the MLPs' writes carry more of the query side than the attention's: its leading MLP
+    "smollm2__natural_q20_search": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers",
+                                           "20", "--sides", "query", "--senders", "mlp_out", "--sender-layers", "16",
+                                           "--search-neurons", "16"],
+                                    "SmolLM2-135M, 4 English windows, layer 20, query side: the search over MLP 16"),
     # the query-side search's best groups (SEARCH_GROUPS) on the replicate's 16 other windows: out of sample
     "smollm2__natural_r_q_groups": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed", "1",
                                            "--layers", "13", "--sides", "query", "--senders", "mlp_out",
@@ -508,7 +513,8 @@ def _pair_replicate(rep: dict[str, Any] | None) -> str:
 SEARCH_VS = {"toy-softmax__debian_search": "toy-softmax__debian_groups",
              "smollm2__natural_search": "smollm2__natural_groups",
              "smollm2__natural_r_search": "smollm2__natural_r_groups",
-             "smollm2__natural_q_search": "smollm2__natural"}
+             "smollm2__natural_q_search": "smollm2__natural",
+             "smollm2__natural_q20_search": "smollm2__natural"}
 
 
 # a search run on other windows, and the run it replicates
