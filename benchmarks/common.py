@@ -15,6 +15,7 @@ Peak memory is measured as an *increase* over a baseline taken after the model a
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import gc
 import os
 import platform
@@ -31,6 +32,7 @@ import torch
 
 __all__ = [
     "REPO_ROOT",
+    "start_provenance",
     "DTYPES",
     "MemoryMeter",
     "machine_info",
@@ -214,7 +216,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+@functools.cache
 def _git_dirty() -> bool | None:
+    """Whether tracked files differ from HEAD, read once per process (``start_provenance``)."""
     try:
         res = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=10)
@@ -223,8 +227,17 @@ def _git_dirty() -> bool | None:
     return bool(res.stdout.strip()) if res.returncode == 0 else None
 
 
+def start_provenance() -> None:
+    """Read the git commit and whether the tree is dirty now, as the benchmark starts: both are cached, so a
+    commit or edit made while it runs (minutes) is not recorded as what it ran. Called on import."""
+    from sinkinterp import provenance
+
+    provenance.git_commit()
+    _git_dirty()
+
+
 def provenance_info(argv: list[str]) -> dict[str, Any]:
-    """Versions, git commit, date and the exact command line of this run."""
+    """Versions, git commit (as the process started), date and the exact command line of this run."""
     import shlex
 
     from sinkinterp import provenance
@@ -236,3 +249,6 @@ def provenance_info(argv: list[str]) -> dict[str, Any]:
         "git_commit": provenance.git_commit(),
         "git_dirty": _git_dirty(),
     }
+
+
+start_provenance()

@@ -47,3 +47,33 @@ def test_the_cli_reads_the_commit_when_it_starts(monkeypatch):
         assert provenance.git_commit() == "c" * 40
     finally:
         provenance.git_commit.cache_clear()
+
+
+def test_benchmarks_record_the_commit_and_tree_state_they_started_from(monkeypatch):
+    """A benchmark writes its provenance after it ran: the commit and whether the tree was dirty are read when
+    benchmarks.common is imported (start_provenance), not when the JSON is written."""
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import common
+
+    state = {"head": "e" * 40, "status": ""}
+
+    def fake_run(cmd, **kwargs):
+        out = state["head"] + "\n" if cmd[1] == "rev-parse" else state["status"]
+        return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    provenance.git_commit.cache_clear()
+    common._git_dirty.cache_clear()
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    try:
+        common.start_provenance()
+        state.update(head="f" * 40, status=" M sinkinterp/paths.py\n")  # a commit and an edit while it runs
+        info = common.provenance_info(["benchmarks/x.py"])
+        assert info["git_commit"] == "e" * 40 and info["git_dirty"] is False
+    finally:
+        provenance.git_commit.cache_clear()
+        common._git_dirty.cache_clear()
