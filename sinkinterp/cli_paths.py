@@ -75,6 +75,9 @@ def add_parser(sub: Any, add_common: Any) -> None:
                         "each other up (each alone, each kept alone, then a beam search; paths.neuron_search)")
     s.add_argument("--search-size", type=int_at_least(1), default=4,
                    help="the search's largest group (default 4)")
+    s.add_argument("--search-triples", type=int_at_least(0), default=0, metavar="K",
+                   help="size 3 of the search also tries every triple of the K neurons that, kept alone, hold up the "
+                        "most (three that each suffice; default 0: none)")
     s.add_argument("--batch-rows", type=int_at_least(1), default=64,
                    help="rows per forward pass: copies of the batch, one per sender (default 64)")
     s.set_defaults(num_seqs=8)
@@ -105,7 +108,7 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                              sink=args.sink, key_ablation=args.key_ablation,
                              query_ablation=args.query_ablation, layers=args.layers, free_mlps=args.free_mlps,
                              batch_rows=args.batch_rows, search_mlps=args.search_neurons,
-                             search_size=args.search_size, progress=True)
+                             search_size=args.search_size, search_triples=args.search_triples, progress=True)
     except (ValueError, TypeError, RuntimeError) as err:
         raise UsageError(str(err)) from None
     if not results["layers"]:  # nothing to draw; the summary says so
@@ -126,6 +129,7 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                    "query_ablation": args.query_ablation, "layers": args.layers, "free_mlps": args.free_mlps,
                    "search_neurons": args.search_neurons,
                    "search_size": args.search_size if args.search_neurons else None,
+                   "search_triples": args.search_triples if args.search_neurons else None,
                    "seconds": round(time.perf_counter() - started, 3)})
     return finish_study(args, lm, tokens, config, results,
                         ("paths.png", lambda name, res, label: figures.sink_paths_figure(

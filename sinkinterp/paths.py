@@ -38,6 +38,7 @@ position (what the text adds at that position).
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -606,7 +607,7 @@ DIRECTIONS = ("decrease", "increase")
 def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, receivers: str | Sequence[Receiver | tuple],
                   ablation: str = "mean", positions: Sequence[int] | None = None,
                   metric_hook: str | Sequence[str] | None = None, direction: str = "decrease", size: int = 4,
-                  pool: int = 32, beam: int = 4, pairs: int = 8, free_mlps: bool = False,
+                  pool: int = 32, beam: int = 4, pairs: int = 8, triples: int = 0, free_mlps: bool = False,
                   batch_rows: int = 64) -> dict[str, Any]:
     """Which few neurons of MLP ``mlp``, ablated together along their direct paths to ``receivers``
     (``path_ablate``'s passes and arguments), move the metric most in ``direction`` ("decrease" or
@@ -620,11 +621,13 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
     * a beam search over ``pool``: the ``pool`` strongest by each reading. Size 1 is the best single
       neurons; each larger size extends each of the ``beam`` best groups of the size before by one pool
       neuron, and size 2 also tries every pair of the ``pairs`` strongest by the second reading (two that
-      back each other up are each strong by it, weak alone); the ``beam`` groups with the largest effects
-      go on.
+      back each other up are each strong by it, weak alone); size 3 also every triple of the ``triples``
+      strongest by it (three that each suffice: no pair of them does anything, so the beam cannot reach
+      them; default 0: none); the ``beam`` groups with the largest effects go on.
 
     Returns {"mlp", "d_mlp", "direction", "base": the unablated metric, "whole", "alone", "others": effects
-    (metric - base) per neuron, "pool", "pairs": [{"neurons", "effect", "synergy": effect minus the two
+    (metric - base) per neuron, "pool", "triples": [{"neurons", "effect"}] (those tried: size >= 3),
+    "pairs": [{"neurons", "effect", "synergy": effect minus the two
     neurons' effects alone}], "best": [{"neurons", "effect", "share": effect / whole}] for sizes 1..size,
     "groups_run": the number of groups (senders) run}."""
     dims = tl_adapter.model_dims(model)
@@ -632,7 +635,8 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
         raise ValueError(f"mlp: a layer of the model (0..{dims['n_layers'] - 1}), got {mlp!r}")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction: got {direction!r}, allowed values are {list(DIRECTIONS)}")
-    for name, value, least in (("size", size, 1), ("pool", pool, 1), ("beam", beam, 1), ("pairs", pairs, 0)):
+    for name, value, least in (("size", size, 1), ("pool", pool, 1), ("beam", beam, 1), ("pairs", pairs, 0),
+                               ("triples", triples, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     d = _d_mlp(model, int(mlp))
@@ -662,12 +666,15 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
         return sorted(groups, key=lambda g: (-sign * done[g], g))[:beam]
 
     pair_groups = {(a, b) for i, a in enumerate(sorted(by_kept[:pairs])) for b in sorted(by_kept[:pairs])[i + 1:]}
+    triple_groups = set(itertools.combinations(sorted(by_kept[:triples]), 3))
     level = top({(u,) for u in cands})
     best = [level[0]]
     for k in range(2, size + 1):
         grown = {tuple(sorted((*g, c))) for g in level for c in cands if c not in g}
         if k == 2:
             grown |= pair_groups
+        if k == 3:
+            grown |= triple_groups
         new = sorted(g for g in grown if g not in done)
         if new:
             got, _ = run(new)
@@ -683,6 +690,7 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
 
     return {"mlp": int(mlp), "d_mlp": d, "direction": direction, "base": base, "whole": round(whole, 8),
             "alone": alone.round(8).tolist(), "others": np.asarray(others).round(8).tolist(), "pool": cands,
+            "triples": [{"neurons": list(g), "effect": round(done[g], 8)} for g in sorted(triple_groups) if g in done],
             "pairs": [{"neurons": list(g), "effect": round(done[g], 8),
                        "synergy": round(done[g] - done[g[:1]] - done[g[1:]], 8)} for g in sorted(pair_groups)],
             "best": [{"neurons": list(g), "effect": round(done[g], 8), "share": share(done[g])} for g in best],
@@ -697,7 +705,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                sender_layers: Sequence[int] | None = None, sides: Sequence[str] | None = None, key_ablation: str = "mean", query_ablation: str = "zero",
                sink: str = "first",
                layers: Sequence[int] | None = None, free_mlps: bool = False, batch_rows: int = 64,
-               search_mlps: Sequence[int] | None = None, search_size: int = 4,
+               search_mlps: Sequence[int] | None = None, search_size: int = 4, search_triples: int = 0,
                progress: bool = False) -> dict[str, Any]:
     """What writes the first-token sink, along direct paths: for each layer with sink heads (mean weight on
     token 1 over queries 2..T above ``threshold``; of ``layers`` only, when given: each layer costs two passes
@@ -719,7 +727,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
 
     ``search_mlps``: for each of these MLPs before a sink layer, ``neuron_search`` on each side (the groups of
     up to ``search_size`` of its neurons that lower the weight most along their paths, with the neurons
-    that back each other up), in the side's ``"search"`` list.
+    that back each other up; ``search_triples``: its ``triples``), in the side's ``"search"`` list.
 
     ``sink="slot"`` (a model with a bias slot reported by ``hook_bias_pattern``: k*/v*, a sink token, a sink
     logit; or a bridge's learned attention sinks, gpt-oss, whose weight is what ``hook_pattern``'s rows leave;
@@ -779,6 +787,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
         raise ValueError("search_mlps: empty (None: no search)")
     if searched and (isinstance(search_size, bool) or not isinstance(search_size, int) or search_size < 1):
         raise ValueError(f"search_size must be an integer >= 1, got {search_size!r}")
+    if searched and (isinstance(search_triples, bool) or not isinstance(search_triples, int) or search_triples < 0):
+        raise ValueError(f"search_triples must be an integer >= 0, got {search_triples!r}")
     for m in searched:
         if not 0 <= m < max(wanted):
             raise ValueError(f"search_mlps: MLP {m} is not before a sink layer read (0..{max(wanted) - 1})")
@@ -808,6 +818,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                                "receiver_layers": None if layers is None else list(wanted),
                                "query_ablation": query_ablation, "sides": list(sides),
                                "search_mlps": searched or None, "search_size": search_size if searched else None,
+                               "search_triples": search_triples if searched else None,
                                "layers": []}
         for l, heads in found:
             send = [s for s in all_senders if s.order < 2 * l + 1]
@@ -836,7 +847,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                         print(f"paths: layer {l}, {side} side, searching MLP {m}'s neurons", file=sys.stderr, flush=True)
                     d.setdefault("search", []).append(neuron_search(
                         model, tokens, metric, mlp=m, receivers=recv, ablation=how, positions=pos, metric_hook=hook,
-                        size=search_size, free_mlps=free_mlps, batch_rows=batch_rows))
+                        size=search_size, triples=search_triples, free_mlps=free_mlps, batch_rows=batch_rows))
                 row[side] = d
                 row["base"] = res.base
             out["layers"].append(row)

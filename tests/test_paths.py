@@ -5,6 +5,8 @@ bridge, and its errors."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -462,10 +464,11 @@ def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     # the search: MLP 0's neuron 253 leads, and 261, nearly nothing alone, is its backup (docs/sink-paths.md)
     se = tmp_path / "s"
     assert cli.main(["paths", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos", "--layers", "3", "--sides", "key",
-                     "--senders", "mlp_out", "--sender-layers", "0", "--search-neurons", "0", "--search-size", "2",
-                     "--out", str(se)]) == 0
+                     "--senders", "mlp_out", "--sender-layers", "0", "--search-neurons", "0", "--search-size", "3",
+                     "--search-triples", "4", "--out", str(se)]) == 0
     search = json.loads((se / "results.json").read_text())["layers"][0]["key"]["search"][0]
-    assert [b["neurons"] for b in search["best"]] == [[253], [253, 261]]
+    assert [b["neurons"] for b in search["best"]][:2] == [[253], [253, 261]] and len(search["triples"]) == 4
+    assert json.loads((se / "config.json").read_text())["search_triples"] == 4
     assert search["alone"][261] > 0.1 * search["alone"][253] and search["best"][1]["share"] > 0.75
     key = res["layers"][0]["key"]  # N253 kept alone (0:~253): the search's second reading of it
     assert key["values"][3] - key["base"] == pytest.approx(search["others"][253], abs=1e-8)
@@ -941,6 +944,16 @@ def test_neuron_search_reads_its_groups_as_path_ablate_does_and_finds_the_best_p
     assert one["groups_run"] == 2 * d + 1 + len(tried)  # every pair run once, and the grown single
     n = len(small["pool"])  # size 2: the beam's 2 singles grown by the pool, and 1 pair; size 3: grown again
     assert 2 * d + 1 + 3 < small["groups_run"] <= 2 * d + 1 + 2 * (n - 1) + 1 + 2 * (n - 2)
+    assert small["triples"] == []  # (none asked for)
+    # triples: with a pool and beam of one, size 3 is at least as good as every triple of the 6 strongest kept
+    # alone (three that each suffice are reached no other way), each triple read as path_ablate does
+    tri = paths.neuron_search(model, tokens, metric, mlp=1, size=3, pool=1, beam=1, pairs=0, triples=6, **kw)
+    kept6 = sorted(int(u) for u in np.argsort(-kept, kind="stable")[:6])
+    assert [t["neurons"] for t in tri["triples"]] == [list(g) for g in itertools.combinations(kept6, 3)]
+    ref = paths.path_ablate(model, tokens, metric, senders=[Sender("neuron", 1, neuron=tuple(t["neurons"]))
+                                                            for t in tri["triples"]], **kw).effects()
+    assert [t["effect"] for t in tri["triples"]] == pytest.approx(ref, abs=1e-8)
+    assert tri["best"][2]["effect"] <= ref.min() + 1e-12 and len(tri["best"][2]["neurons"]) == 3
 
 
 def test_neuron_search_in_sink_paths_and_its_errors():
@@ -948,7 +961,7 @@ def test_neuron_search_in_sink_paths_and_its_errors():
     res = paths.sink_paths(model, tokens, threshold=0.2, senders="mlp_out", sides=["key"], layers=[2],
                            search_mlps=[0, 1], search_size=2)
     row = res["layers"][0]
-    assert res["search_mlps"] == [0, 1] and res["search_size"] == 2
+    assert res["search_mlps"] == [0, 1] and res["search_size"] == 2 and res["search_triples"] == 0
     assert [s["mlp"] for s in row["key"]["search"]] == [0, 1]
     heads = row["heads"]
     recv = [Receiver(2, "k", g) for g in sorted({h // 2 for h in heads})]
@@ -974,11 +987,13 @@ def test_neuron_search_in_sink_paths_and_its_errors():
     for kwargs, match in ((dict(mlp=3), "mlp: a layer"), (dict(mlp=True), "mlp: a layer"),
                           (dict(direction="up"), "direction"), (dict(size=0), "size must be"),
                           (dict(size=d + 1), f"MLP 1's {d} neurons"), (dict(pool=0), "pool must be"),
-                          (dict(beam=0), "beam must be"), (dict(pairs=-1), "pairs must be")):
+                          (dict(beam=0), "beam must be"), (dict(pairs=-1), "pairs must be"),
+                          (dict(triples=-1), "triples must be")):
         with pytest.raises(ValueError, match=match):
             paths.neuron_search(model, tokens, metric, **{"mlp": 1, **kw, **kwargs})
     for kwargs, match in ((dict(search_mlps=[2]), "MLP 2 is not before a sink layer"),
                           (dict(search_mlps=[]), "search_mlps: empty"),
-                          (dict(search_mlps=[1], search_size=0), "search_size must be")):
+                          (dict(search_mlps=[1], search_size=0), "search_size must be"),
+                          (dict(search_mlps=[1], search_triples=-1), "search_triples must be")):
         with pytest.raises(ValueError, match=match):
             paths.sink_paths(model, tokens, threshold=0.2, layers=[2], **kwargs)
