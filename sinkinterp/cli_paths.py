@@ -69,6 +69,9 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--free-mlps", action="store_true",
                    help="let the MLPs after a sender recompute: its paths through them count (default: frozen, "
                         "the direct path only)")
+    s.add_argument("--free-attn", action="store_true",
+                   help="let the attention layers after a sender recompute too: its paths through later heads count "
+                        "(with --free-mlps nothing is frozen: the sender's total effect on the receivers)")
     s.add_argument("--search-neurons", nargs="+", type=int_at_least(0), default=None, metavar="M",
                    help="for each of these MLPs (0-based, before a sink layer read): search for the few of its neurons "
                         "that, ablated together along their paths, lower the weight most, with the neurons that back "
@@ -107,6 +110,7 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                              sides=None if args.sides is None else list(dict.fromkeys(args.sides)),
                              sink=args.sink, key_ablation=args.key_ablation,
                              query_ablation=args.query_ablation, layers=args.layers, free_mlps=args.free_mlps,
+                             free_attn=args.free_attn,
                              batch_rows=args.batch_rows, search_mlps=args.search_neurons,
                              search_size=args.search_size, search_triples=args.search_triples, progress=True)
     except (ValueError, TypeError, RuntimeError) as err:
@@ -127,6 +131,7 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                    "sink": results["sink"],
                    "sides": results["sides"], "key_ablation": args.key_ablation,
                    "query_ablation": args.query_ablation, "layers": args.layers, "free_mlps": args.free_mlps,
+                   "free_attn": args.free_attn,
                    "search_neurons": args.search_neurons,
                    "search_size": args.search_size if args.search_neurons else None,
                    "search_triples": args.search_triples if args.search_neurons else None,

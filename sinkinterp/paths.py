@@ -18,7 +18,9 @@ query, key or value inputs of chosen heads, or the unembedding). Two passes per 
 
 With ``receivers="logits"`` pass 1 is the whole run: the sender's direct effect on the logits through
 the final norm. ``free_mlps=True`` does not freeze the MLPs, so paths through them count as part of
-the residual stream (as in the IOI paper's path patching), the attention outputs stay frozen.
+the residual stream (as in the IOI paper's path patching), the attention outputs stay frozen;
+``free_attn=True`` does not freeze the attention outputs (paths through later heads, across positions,
+count). With both, nothing is frozen: pass 1 is activation patching of the sender, read at the receivers.
 
 Senders are patched together at ``positions`` (default all), and every pass holds several senders'
 copies of the base batch (``batch_rows``), as ``patching.run_cells`` does; a pass stops once what it is
@@ -316,7 +318,8 @@ def _check_receivers(model: Any, receivers: object, seq_len: int) -> list[Receiv
 def path_patch(model: Any, clean_tokens: object, corrupted_tokens: object, metric: Metric, *,
                senders: str | Sequence[Sender] = "z", receivers: str | Sequence[Receiver | tuple] = "logits",
                positions: Sequence[int] | None = None, free_mlps: bool = False,
-               metric_hook: str | Sequence[str] | None = None, batch_rows: int = 64) -> PathResult:
+               metric_hook: str | Sequence[str] | None = None, batch_rows: int = 64,
+               free_attn: bool = False) -> PathResult:
     """The corrupted run with each sender's clean value sent along its paths to ``receivers`` only (see the
     module's docstring). ``senders``: a kind for ``senders_of`` or a list of Sender; ``receivers``: "logits"
     or a list of Receiver (or (layer, kind, head) tuples); ``positions``: where the senders are patched (all
@@ -329,14 +332,15 @@ def path_patch(model: Any, clean_tokens: object, corrupted_tokens: object, metri
         raise ValueError(f"clean_tokens {tuple(clean.shape)} and corrupted_tokens {tuple(corrupted.shape)} "
                          "must have the same shape")
     return _paths(model, corrupted, metric, senders, receivers, positions, free_mlps, metric_hook, batch_rows,
-                  how="clean", clean=clean)
+                  how="clean", clean=clean, free_attn=free_attn)
 
 
 @_hook_map_kept
 def path_ablate(model: Any, tokens: object, metric: Metric, *, ablation: str = "mean",
                 senders: str | Sequence[Sender] = "z", receivers: str | Sequence[Receiver | tuple] = "logits",
                 positions: Sequence[int] | None = None, free_mlps: bool = False,
-                metric_hook: str | Sequence[str] | None = None, batch_rows: int = 64) -> PathResult:
+                metric_hook: str | Sequence[str] | None = None, batch_rows: int = 64,
+                free_attn: bool = False) -> PathResult:
     """``tokens``' run with each sender's value ablated (``ablation`` in ABLATIONS, measured on ``tokens``
     themselves) along its paths to ``receivers`` only; the arguments as in ``path_patch``."""
     if ablation not in ABLATIONS:
@@ -344,12 +348,12 @@ def path_ablate(model: Any, tokens: object, metric: Metric, *, ablation: str = "
     dims = tl_adapter.model_dims(model)
     tokens = validate_tokens(tokens, dims["d_vocab"])
     return _paths(model, tokens, metric, senders, receivers, positions, free_mlps, metric_hook, batch_rows,
-                  how=ablation)
+                  how=ablation, free_attn=free_attn)
 
 
 def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, receivers: object,
            positions: Sequence[int] | None, free_mlps: bool, metric_hook: str | Sequence[str] | None,
-           batch_rows: int, how: str, clean: Tensor | None = None) -> PathResult:
+           batch_rows: int, how: str, clean: Tensor | None = None, free_attn: bool = False) -> PathResult:
     dims = tl_adapter.model_dims(model)
     L = dims["n_layers"]
     sender_list = senders_of(model, senders) if isinstance(senders, str) else list(senders)  # type: ignore[arg-type]
@@ -357,8 +361,9 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
     recv = _check_receivers(model, receivers, base_tokens.shape[1])
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")
-    if not isinstance(free_mlps, bool):
-        raise TypeError(f"free_mlps must be True or False, got {free_mlps!r}")
+    for name, flag in (("free_mlps", free_mlps), ("free_attn", free_attn)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     hooks_m = [metric_hook] if isinstance(metric_hook, str) else (None if metric_hook is None else list(metric_hook))
     if hooks_m is not None:
         if recv is None:
@@ -380,7 +385,7 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
 
     # what a pass needs of the base run: frozen outputs, and the senders' values for an ablation
     last = L if recv is None else max(r.layer for r in recv)  # receivers read resid_pre of their layer
-    frozen = [(f"blocks.{l}.hook_attn_out", 2 * l + 1) for l in range(last)]
+    frozen = [] if free_attn else [(f"blocks.{l}.hook_attn_out", 2 * l + 1) for l in range(last)]
     if not free_mlps:  # (a model without MLPs has no hook_mlp_out)
         frozen += [(f"blocks.{l}.hook_mlp_out", 2 * l + 2) for l in range(last)
                    if tl_adapter.has_hook(model, f"blocks.{l}.hook_mlp_out")]
@@ -608,7 +613,7 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
                   ablation: str = "mean", positions: Sequence[int] | None = None,
                   metric_hook: str | Sequence[str] | None = None, direction: str = "decrease", size: int = 4,
                   pool: int = 32, beam: int = 4, pairs: int = 8, triples: int = 0, free_mlps: bool = False,
-                  batch_rows: int = 64) -> dict[str, Any]:
+                  batch_rows: int = 64, free_attn: bool = False) -> dict[str, Any]:
     """Which few neurons of MLP ``mlp``, ablated together along their direct paths to ``receivers``
     (``path_ablate``'s passes and arguments), move the metric most in ``direction`` ("decrease" or
     "increase"). Ranking neurons one at a time misses neurons that back each other up: with two that
@@ -647,7 +652,7 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
     def run(groups: Sequence[tuple[int, ...]], kept_alone: Sequence[int] = ()) -> tuple[np.ndarray, float]:
         # ``kept_alone``: the groups of every neuron but u, as complement senders (not d_mlp tuples of d_mlp - 1)
         res = path_ablate(model, tokens, metric, ablation=ablation, receivers=receivers, positions=positions,
-                          metric_hook=metric_hook, free_mlps=free_mlps, batch_rows=batch_rows,
+                          metric_hook=metric_hook, free_mlps=free_mlps, free_attn=free_attn, batch_rows=batch_rows,
                           senders=[Sender("neuron", int(mlp), neuron=g[0] if len(g) == 1 else g) for g in groups]
                           + [Sender("neuron", int(mlp), neuron=u, complement=True) for u in kept_alone])
         return res.effects(), res.base
@@ -706,7 +711,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                sink: str = "first",
                layers: Sequence[int] | None = None, free_mlps: bool = False, batch_rows: int = 64,
                search_mlps: Sequence[int] | None = None, search_size: int = 4, search_triples: int = 0,
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, free_attn: bool = False) -> dict[str, Any]:
     """What writes the first-token sink, along direct paths: for each layer with sink heads (mean weight on
     token 1 over queries 2..T above ``threshold``; of ``layers`` only, when given: each layer costs two passes
     of its first blocks per sender before it), each sender's path to those heads' keys and to their
@@ -720,7 +725,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
       removed) and sent to the sink heads' queries: what turns the queries toward token 1's key;
       ``together``: the queries' whole residual input ablated.
 
-    ``free_mlps``: the MLPs after a sender recompute (its paths through them count; ``path_patch``).
+    ``free_mlps``: the MLPs after a sender recompute (its paths through them count; ``path_patch``);
+    ``free_attn``: the attention layers after it too (with both: its total effect on the receivers).
     ``senders``: a kind for ``senders_of`` (of ``sender_layers`` only, when given: "neuron" senders are every
     unit of those layers' MLPs) or a list of Sender; a layer whose heads come before every sender is not
     read (``layers`` naming one is an error).
@@ -813,7 +819,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
         out: dict[str, Any] = {"sink": sink, "threshold": threshold,
                                "senders_kind": senders if isinstance(senders, str) else "list",
                                "sender_layers": None if sender_layers is None else sorted({int(l) for l in sender_layers}),
-                               "free_mlps": free_mlps,
+                               "free_mlps": free_mlps, "free_attn": free_attn,
                                "key_ablation": key_ablation,
                                "receiver_layers": None if layers is None else list(wanted),
                                "query_ablation": query_ablation, "sides": list(sides),
@@ -838,7 +844,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                     recv = [Receiver(l, "q", h) for h in heads]
                     how, pos = query_ablation, list(range(1, T))
                 res = path_ablate(model, tokens, metric, ablation=how, senders=send, receivers=recv,
-                                  positions=pos, free_mlps=free_mlps, metric_hook=hook, batch_rows=batch_rows)
+                                  positions=pos, free_mlps=free_mlps, free_attn=free_attn, metric_hook=hook,
+                                  batch_rows=batch_rows)
                 d = res.to_dict()
                 d["together"] = _together(model, tokens, acts[f"blocks.{l}.hook_resid_pre"], metric, l, recv, how,
                                           pos, hook)
@@ -847,7 +854,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                         print(f"paths: layer {l}, {side} side, searching MLP {m}'s neurons", file=sys.stderr, flush=True)
                     d.setdefault("search", []).append(neuron_search(
                         model, tokens, metric, mlp=m, receivers=recv, ablation=how, positions=pos, metric_hook=hook,
-                        size=search_size, triples=search_triples, free_mlps=free_mlps, batch_rows=batch_rows))
+                        size=search_size, triples=search_triples, free_mlps=free_mlps, free_attn=free_attn,
+                        batch_rows=batch_rows))
                 row[side] = d
                 row["base"] = res.base
             out["layers"].append(row)
@@ -881,7 +889,9 @@ def sink_paths_summary(results: dict[str, Any], top: int = 3) -> str:
            "query": f"query side: at queries 2..T, {results['query_ablation']}"}
     head = (f"direct paths into the sink heads (mean weight on {where} above {results['threshold']}): the change of "
             f"that weight with a sender ablated along its path only ({'; '.join(how[x] for x in results['sides'])})"
-            + ("; the MLPs after the sender recompute (paths through them count)" if results.get("free_mlps") else ""))
+            + ("; the MLPs after the sender recompute (paths through them count)" if results.get("free_mlps") else "")
+            + ("; the attention layers after the sender recompute (paths through later heads count)"
+               if results.get("free_attn") else ""))
     lines = [head]
     if not results["layers"]:
         lines.append("no sink heads after layer 0")

@@ -172,6 +172,25 @@ def test_one_layer_with_free_mlps_is_activation_patching():
 
 
 @pytest.mark.parametrize("kind", ["sinkinterp", "ht"])
+def test_nothing_frozen_is_activation_patching_and_free_attn_lets_later_heads_carry_it(kind):
+    """With the MLPs and the attention free nothing after a sender is frozen: to the logits, every head's path
+    is its total effect (patching.patch), in every layer. Attention free alone sits between: a layer-0 head's
+    value differs from the direct path and from the total effect."""
+    model = _model(kind, 3)
+    clean, corrupted = _pair()
+    act = patching.patch(model, clean, corrupted, "z", _logit_metric, by_pos=False, skip="none")
+    both = paths.path_patch(model, clean, corrupted, _logit_metric, senders="z", free_mlps=True, free_attn=True)
+    torch.testing.assert_close(torch.tensor(both.by_head()), torch.tensor(act.values), rtol=1e-9, atol=1e-10)
+    direct = paths.path_patch(model, clean, corrupted, _logit_metric, senders="z")
+    attn = paths.path_patch(model, clean, corrupted, _logit_metric, senders="z", free_attn=True)
+    first = slice(0, tl_adapter.model_dims(model)["n_heads"])  # layer 0's heads: later blocks between them and the logits
+    for other in (direct, both):
+        assert np.abs(attn.values[first] - other.values[first]).max() > 1e-6
+    last = slice(-tl_adapter.model_dims(model)["n_heads"], None)  # the last layer's heads: nothing after them but its MLP
+    np.testing.assert_allclose(attn.values[last], direct.values[last], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["sinkinterp", "ht"])
 def test_logits_receiver_is_the_direct_effect_through_the_final_residual(kind):
     """The sender's change added to the last block's output, the final norm recomputed."""
     model = _model(kind, 3)
@@ -436,6 +455,13 @@ def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     assert (out / "paths.png").stat().st_size > 10_000
     assert len(res["layers"][0]["key"]["values"]) == 7  # the embedding, attention and MLP of layers 0..2
     assert "direct paths into the sink heads" in capsys.readouterr().out
+    # nothing frozen: each sender's total effect on the sink heads' keys
+    tot = tmp_path / "total"
+    assert cli.main(["paths", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos", "--layers", "3", "--sides", "key",
+                     "--free-mlps", "--free-attn", "--no-figures", "--out", str(tot)]) == 0
+    config = json.loads((tot / "config.json").read_text())
+    assert config["free_attn"] and config["free_mlps"] and json.loads((tot / "results.json").read_text())["free_attn"]
+    assert "the attention layers after the sender recompute" in capsys.readouterr().out
     # the shipped k*/v* model: its slot is the sink (--sink auto), the query side only
     kv = tmp_path / "kv"
     assert cli.main(["paths", "--model", "toy-kv-bias", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos",
