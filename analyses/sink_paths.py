@@ -804,10 +804,11 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         "## Limits",
         "",
         ("- Direct paths, except where the MLPs are free: a sender's effect through later components is credited "
-         "to them. The attention layers stay frozen in every run."),
+         "to them. The attention layers stay frozen in every run (`free_attn` would let them recompute too; not run "
+         "here)."),
         ("- Senders are blocks, heads (SmolLM2 at two layers, query side) and single MLP neurons or groups of them "
          "(the MLPs that lead the key side; on the query side toy-softmax's MLP 1 and, by a search on 4 windows whose best "
-         "groups were checked on 16 others, SmolLM2's MLP 6 at layer 13); the receivers take the change "
+         "groups were checked on 16 others, SmolLM2's MLP 6 at layer 13, and on 4 windows only its MLP 16 at layer 20); the receivers take the change "
          "at every position (`Receiver(..., positions=...)` can restrict them; on the key side only token 1 changes)."),
         ("- The group runs' groups are the strongest k of a ranking of neurons one at a time: a neuron that only "
          "matters with another gone (a backup) ranks low, so they can miss such pairs. The search runs also read each "
