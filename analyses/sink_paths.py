@@ -65,6 +65,10 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
     "smollm2__natural_free": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4",
                                      "--layers", *SMOLLM2_LAYERS, "--sides", "key", "--free-mlps"],
                               "SmolLM2-135M, the same, key side, MLPs free (paths through them count)"),
+    "smollm2__natural_total": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "3",
+                                      "13", "24", "--sides", "query", "--free-mlps", "--free-attn"],
+                               "SmolLM2-135M, the same, query side, nothing frozen (each block's total effect on the "
+                               "queries)"),
     # the 6 x 384 GPU baseline (no BOS; runs/gpu_models, not in git: retrain it from its config,
     # docs/reproduction.md), on the held-out Debian windows without BOS, where it is here
     "baseline_small__debian": (GPU_BASELINE, ["--tokens", GPU_TOKENS],
