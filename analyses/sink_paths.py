@@ -641,6 +641,36 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
             "| --- | --- | --- | ---: | --- | --- | --- |", *rows, "", *notes, ""]
 
 
+def _total_reading(results: dict[str, dict[str, Any]]) -> list[str]:
+    """SmolLM2's query side with nothing frozen against the direct paths: per layer the leading senders' total
+    effects (direct in brackets) and the summed effects by kind, both ways."""
+    total, direct = results.get("smollm2__natural_total"), results.get("smollm2__natural")
+    if not total or not direct:
+        return []
+    by_layer = {r["layer"]: r for r in direct["layers"] if "query" in r}
+    parts, kinds, through = [], [], []
+    for row in total["layers"]:
+        d = by_layer.get(row["layer"])
+        if d is None or "query" not in row:
+            continue
+        eff, deff = _effects(row, "query"), _effects(d, "query")
+        lead = [(n, v) for n, v in _top(row["query"], 2)]
+        parts.append(f"L{row['layer']} " + ", ".join(f"{n} {v:+.3f} ({deff.get(n, float('nan')):+.3f})" for n, v in lead))
+        through += [f"{n} at L{row['layer']}" for n, v in lead if abs(deff.get(n, v)) < 0.25 * abs(v)]
+        (ta, tm), (da, dm) = _kind_sums(row, "query"), _kind_sums(d, "query")
+        kinds.append(f"L{row['layer']} attention {ta:+.3f} ({da:+.3f}), MLPs {tm:+.3f} ({dm:+.3f}), the embedding "
+                     f"{eff.get('embed', float('nan')):+.3f} ({deff.get('embed', float('nan')):+.3f})")
+    if not parts:
+        return []
+    return [("- **SmolLM2, query side, nothing frozen** (`smollm2__natural_total`: each block's write removed from the "
+             "queries and every later attention and MLP recomputing: its total effect, against its direct path in "
+             "brackets, the same windows): the leading senders by layer: " + "; ".join(parts) + ". Summed by kind: "
+             + "; ".join(kinds) + "." + (f" Acting mostly through later components (direct under a quarter of the "
+                                         f"total): {', '.join(through)}." if through else "")
+             + " Single senders need not add up, and removing a write from every query is a large edit: read these "
+             "as which writes matter in total, not as a decomposition.")]
+
+
 def _search_groups_note(results: dict[str, dict[str, Any]]) -> str:
     """The search-group runs: a search's best groups on other windows, their share of the MLP's path there
     against the search's own."""
@@ -796,6 +826,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                    + ". Compare docs/sink-gate.md's turn by source, a different question: there the MLPs carry the "
                    "query's *variation* toward and away from the sink across queries (which queries open the gate); "
                    "here each write's removal from every query measures the *level* the queries need.")
+    out += _total_reading(results)
     out += _neuron_reading(results)
     out += _search_reading(results)
     out += [
@@ -808,8 +839,8 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         "## Limits",
         "",
         ("- Direct paths, except where the MLPs are free: a sender's effect through later components is credited "
-         "to them. The attention layers stay frozen in every run (`free_attn` would let them recompute too; not run "
-         "here)."),
+         "to them. The attention layers stay frozen in every run but `smollm2__natural_total` (nothing frozen, "
+         "`free_attn`: SmolLM2's query side at three layers)."),
         ("- Senders are blocks, heads (SmolLM2 at two layers, query side) and single MLP neurons or groups of them "
          "(the MLPs that lead the key side; on the query side toy-softmax's MLP 1 and, by a search on 4 windows whose best "
          "groups were checked on 16 others, SmolLM2's MLP 6 at layer 13, and on 4 windows only its MLP 16 at layer 20); the receivers take the change "

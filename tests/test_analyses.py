@@ -1404,3 +1404,21 @@ def test_sink_paths_query_search_reading():
     srch["alone"][1] = -0.009
     assert mod._query_search("M", row, srch).endswith("2 neurons carry a tenth or more alone, and the pairs of the "
                                                       "strongest kept alone do not add up (synergy up to 30.0% of the path)")
+
+
+def test_sink_paths_total_reading():
+    """The query side with nothing frozen against the direct paths: each layer's two leading senders (direct in
+    brackets), the sums by kind, and the senders whose direct path is under a quarter of their total."""
+    mod = load_script("analyses/sink_paths.py")
+
+    def run(values):  # one layer (13), query side; base 0.5, together 0.1
+        senders = ["embed", "attn 0", "mlp 0", "attn 1"]
+        return {"layers": [{"layer": 13, "base": 0.5, "query": {"senders": senders, "base": 0.5, "together": 0.1,
+                                                                "values": [0.5 + v for v in values]}}]}
+
+    total, direct = run([0.01, -0.2, 0.1, -0.08]), run([0.0, -0.15, -0.05, -0.01])
+    assert mod._total_reading({"smollm2__natural_total": total}) == []  # (no direct run to set it against)
+    (line,) = mod._total_reading({"smollm2__natural_total": total, "smollm2__natural": direct})
+    assert "the leading senders by layer: L13 attn 0 -0.200 (-0.150), attn 1 -0.080 (-0.010)." in line
+    assert "Summed by kind: L13 attention -0.280 (-0.160), MLPs +0.100 (-0.050), the embedding +0.010 (+0.000)." in line
+    assert "(direct under a quarter of the total): attn 1 at L13." in line
