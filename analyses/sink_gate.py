@@ -28,7 +28,9 @@ from them where a model is missing here (the GPU models and the retrained toy mo
 Writes docs/sink-gate.md, docs/figures/sink-gate.png and docs/figures/sink-gate-turn-sources.png. About 15 minutes on a 2-core CPU with every model
 present, and about 40 more for SmolLM2's per-head effects of the four edits (about 10 minutes each with
 nothing else running) and about 50 for those of the four edits on its Debian text (``PER_HEAD_ALSO``; 51 minutes
-on 2026-12-05, tests running beside it for the first 10); ``--only NAME ...`` runs those models alone and takes the others from their
+on 2026-12-05, tests running beside it for the first 10) and those of the fixed, token and donor edits on its
+second English set (57 minutes on 2026-12-05, with two other analyses and tests beside it for most of them);
+``--only NAME ...`` runs those models alone and takes the others from their
 snapshots (to add a model without rerunning the rest), ``--snapshots`` runs none (the page alone).
 """
 
