@@ -21,12 +21,17 @@ ranking), with SmolLM2's two massive-activation writers of layer 11 as a fixed g
 The neuron search (``--search-neurons``, ``paths.neuron_search``: each neuron ablated alone and kept alone, then a
 beam search for groups of up to 4): toy-softmax's MLPs 0 and 1 at layer 3, SmolLM2's MLPs 2 and 11 at layers 3
 and 13 (key side), and MLP 11 at layer 13 on the replicate's 16 windows; the page sets its best groups beside the
-ranking's k strongest.
+ranking's k strongest. On the query side: SmolLM2's MLP 6 at layer 13 (its best groups then sent on the
+replicate's 16 windows, SEARCH_GROUPS) and MLP 16 at layer 20. SmolLM2's query side with nothing frozen
+(``--free-mlps --free-attn``: each block's total effect) at layers 3, 13 and 24, against the direct paths.
 Each run's results are kept in analyses/data/sink_paths/NAME.json, so the page regenerates from them where a
 model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png (and -search.png). About
 12 minutes on a 2-core CPU without the searches (SmolLM2's nine runs: 711 s on 2026-12-05, 4.5 of them its neuron
 run; 39 minutes before the bridges' late starts; the toy runs take seconds to a minute); the searches about 37 more
-(2026-12-05, with tests running beside them: toy-softmax 139 s, SmolLM2 970 s, its replicate 1129 s); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
+(2026-12-05, with tests running beside them: toy-softmax 139 s, SmolLM2 970 s, its replicate 1129 s), the
+query-side ones about 30 (SmolLM2 layer 13 796 s, layer 20 910 s, its groups on 16 windows 78 s, each with
+another analysis beside it) and the run with nothing frozen 146 s; ``--only NAME ...`` runs those alone (the others
+from their snapshots), ``--snapshots`` runs none.
 """
 
 from __future__ import annotations
@@ -137,12 +142,24 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                            "20", "--sides", "query", "--senders", "mlp_out", "--sender-layers", "16",
                                            "--search-neurons", "16"],
                                     "SmolLM2-135M, 4 English windows, layer 20, query side: the search over MLP 16"),
-    # the query-side search's best groups (SEARCH_GROUPS) on the replicate's 16 other windows: out of sample
+    # the key-side search at layer 13 again with every triple of the 8 neurons strongest kept alone tried at size 3
+    # (three that each suffice are out of the beam's reach)
+    "smollm2__natural_search_t": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "13",
+                                         "--sides", "key", "--senders", "mlp_out", "--sender-layers", "11",
+                                         "--search-neurons", "11", "--search-size", "3", "--search-triples", "8"],
+                                  "SmolLM2-135M, 4 English windows, layer 13, key side: the search over MLP 11 with "
+                                  "triples"),
+    # the query-side searches' best groups (SEARCH_GROUPS) on the replicate's 16 other windows: out of sample
     "smollm2__natural_r_q_groups": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed", "1",
                                            "--layers", "13", "--sides", "query", "--senders", "mlp_out",
                                            "--sender-layers", "6"],
                                     ("SmolLM2-135M, replicate: 16 other English windows (seed 1), layer 13, query side: "
                                      "MLP 6 and the search's best groups from the first windows")),
+    "smollm2__natural_r_q20_groups": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed",
+                                             "1", "--layers", "20", "--sides", "query", "--senders", "mlp_out",
+                                             "--sender-layers", "16"],
+                                      ("SmolLM2-135M, replicate: 16 other English windows (seed 1), layer 20, query "
+                                       "side: MLP 16 and the search's best groups from the first windows")),
 }
 # a group run's --neurons: from its source run's ranking (each neuron alone, by its effect on that side at that
 # layer), the k strongest of an MLP sent together, and fixed groups (SmolLM2's massive-activation writers,
@@ -163,7 +180,8 @@ GROUPS: dict[str, tuple[str, list[tuple[str, int, int, tuple[int, ...]]], list[s
 
 # group runs whose --neurons are a search's best group of each size: (the search run, (side, layer, MLP))
 SEARCH_GROUPS: dict[str, tuple[str, tuple[str, int, int]]] = {
-    "smollm2__natural_r_q_groups": ("smollm2__natural_q_search", ("query", 13, 6))}
+    "smollm2__natural_r_q_groups": ("smollm2__natural_q_search", ("query", 13, 6)),
+    "smollm2__natural_r_q20_groups": ("smollm2__natural_q20_search", ("query", 20, 16))}
 
 
 def _search_group_args(search: dict[str, Any], where: tuple[str, int, int]) -> list[str]:
@@ -625,6 +643,7 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
                      "queries' whole one): " + "; ".join(queries) + ".")
     if _search_groups_note(results):
         notes.append("- **The search's groups out of sample.**" + _search_groups_note(results))
+    notes += _triples_note(results)
     figs = [f"![the neuron search, {RUNS[name][2]}](figures/sink-paths-{name}-search.png)" for name in SEARCH_VS
             if (FIGS / f"sink-paths-{name}-search.png").is_file()]
     notes += ["", "Each search's neurons (left: ablated alone against kept alone, both as shares of the whole MLP's "
@@ -639,6 +658,42 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
             "(together beyond either alone by > 10% of all neurons' effect and 0.01): together (alone) | kept alone, "
             "holding up (share) |",
             "| --- | --- | --- | ---: | --- | --- | --- |", *rows, "", *notes, ""]
+
+
+# a search run again with triples (``--search-triples``), and the run without them it checks
+TRIPLES = {"smollm2__natural_search_t": "smollm2__natural_search"}
+
+
+def _triples_note(results: dict[str, dict[str, Any]]) -> list[str]:
+    """A search with every triple of the strongest kept alone tried at size 3, against the same search without:
+    does a triple the beam cannot reach (three that each suffice) do more than the beam's best triple?"""
+    out = []
+    for name, base in TRIPLES.items():
+        res, got, was = results.get(name), _search_of(results.get(name)), _search_of(results.get(base))
+        for (layer, side, mlp), srch in got.items():
+            old = was.get((layer, side, mlp))
+            b3 = next((b for b in srch["best"] if len(b["neurons"]) == 3), None)
+            o3 = next((b for b in (old or {}).get("best", []) if len(b["neurons"]) == 3), None)
+            if not srch.get("triples") or b3 is None or o3 is None:
+                continue
+            sign = -1.0 if srch["direction"] == "decrease" else 1.0
+            top = max(srch["triples"], key=lambda t: sign * t["effect"])
+
+            def name_of(b: dict[str, Any]) -> str:
+                return "N" + "+".join(map(str, b["neurons"]))
+
+            same = b3["neurons"] == o3["neurons"]
+            out.append(f"- **Triples** (`{name}`: the same search with every triple of the {res.get('search_triples')} "
+                       f"neurons strongest kept alone tried at size 3, {len(srch['triples'])} triples): L{layer} {side} "
+                       f"side, MLP {mlp}: the best triple is {name_of(b3)} {b3['effect']:+.3f}, "
+                       + ("the beam's own" if same else f"against the beam's {name_of(o3)} {o3['effect']:+.3f}")
+                       + f"; the strongest of the triples tried, {name_of(top)}, {top['effect']:+.3f}. "
+                       + ("No triple of neurons that each suffice does more than the beam found."
+                          if sign * top["effect"] <= sign * o3["effect"] + 1e-9 else
+                          "A triple out of the beam's reach does more: the beam missed it."))
+        if out and (FIGS / f"sink-paths-{name}-search.png").is_file():
+            out += ["", f"![the neuron search with triples, {RUNS[name][2]}](figures/sink-paths-{name}-search.png)", ""]
+    return out
 
 
 def _total_reading(results: dict[str, dict[str, Any]]) -> list[str]:

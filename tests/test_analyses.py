@@ -1422,3 +1422,32 @@ def test_sink_paths_total_reading():
     assert "the leading senders by layer: L13 attn 0 -0.200 (-0.150), attn 1 -0.080 (-0.010)." in line
     assert "Summed by kind: L13 attention -0.280 (-0.160), MLPs +0.100 (-0.050), the embedding +0.010 (+0.000)." in line
     assert "(direct under a quarter of the total): attn 1 at L13." in line
+
+
+def test_sink_paths_triples_note(tmp_path, monkeypatch):
+    """A search rerun with triples against the same search without: the best triple either way, the strongest
+    triple tried, and whether it beats the beam's best triple."""
+    mod = load_script("analyses/sink_paths.py")
+    monkeypatch.setattr(mod, "FIGS", tmp_path)
+
+    def run(best3, triples=None, k=None):
+        srch = {"mlp": 11, "direction": "decrease", "best": [{"neurons": [1], "effect": -0.1},
+                                                             {"neurons": [1, 2], "effect": -0.2}, best3]}
+        if triples is not None:
+            srch["triples"] = triples
+        return {"search_triples": k, "layers": [{"layer": 13, "key": {"search": [srch]}}]}
+
+    beam = {"neurons": [1, 2, 3], "effect": -0.3}
+    tried = [{"neurons": [4, 5, 6], "effect": -0.25}, {"neurons": [1, 2, 4], "effect": -0.28}]
+    results = {"smollm2__natural_search": run(beam), "smollm2__natural_search_t": run(beam, tried, 4)}
+    (line,) = mod._triples_note(results)
+    assert line.startswith("- **Triples** (`smollm2__natural_search_t`: the same search with every triple of the 4 "
+                           "neurons strongest kept alone tried at size 3, 2 triples): L13 key side, MLP 11: the best "
+                           "triple is N1+2+3 -0.300, the beam's own; the strongest of the triples tried, N1+2+4, -0.280.")
+    assert line.endswith("No triple of neurons that each suffice does more than the beam found.")
+    better = {"neurons": [4, 5, 6], "effect": -0.4}
+    results["smollm2__natural_search_t"] = run(better, [better, *tried], 4)
+    (line,) = mod._triples_note(results)
+    assert "the best triple is N4+5+6 -0.400, against the beam's N1+2+3 -0.300" in line
+    assert line.endswith("A triple out of the beam's reach does more: the beam missed it.")
+    assert mod._triples_note({"smollm2__natural_search": run(beam)}) == []
