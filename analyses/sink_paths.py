@@ -22,15 +22,17 @@ The neuron search (``--search-neurons``, ``paths.neuron_search``: each neuron ab
 beam search for groups of up to 4): toy-softmax's MLPs 0 and 1 at layer 3, SmolLM2's MLPs 2 and 11 at layers 3
 and 13 (key side), and MLP 11 at layer 13 on the replicate's 16 windows; the page sets its best groups beside the
 ranking's k strongest. On the query side: SmolLM2's MLP 6 at layer 13 (its best groups then sent on the
-replicate's 16 windows, SEARCH_GROUPS) and MLP 16 at layer 20. SmolLM2's query side with nothing frozen
+replicate's 16 windows, SEARCH_GROUPS) and MLP 16 at layer 20 (the same); the layer-13 key search again with every
+triple of the 8 neurons strongest kept alone (TRIPLES). SmolLM2's query side with nothing frozen
 (``--free-mlps --free-attn``: each block's total effect) at layers 3, 13 and 24, against the direct paths.
 Each run's results are kept in analyses/data/sink_paths/NAME.json, so the page regenerates from them where a
 model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png (and -search.png). About
 12 minutes on a 2-core CPU without the searches (SmolLM2's nine runs: 711 s on 2026-12-05, 4.5 of them its neuron
 run; 39 minutes before the bridges' late starts; the toy runs take seconds to a minute); the searches about 37 more
 (2026-12-05, with tests running beside them: toy-softmax 139 s, SmolLM2 970 s, its replicate 1129 s), the
-query-side ones about 30 (SmolLM2 layer 13 796 s, layer 20 910 s, its groups on 16 windows 78 s, each with
-another analysis beside it) and the run with nothing frozen 146 s; ``--only NAME ...`` runs those alone (the others
+query-side ones about 30 (SmolLM2 layer 13 796 s, layer 20 910 s, their groups on 16 windows 78 s and 90 s, each
+with another analysis or the tests beside it), the layer-13 key search with triples 639 s (the tests beside it) and
+the run with nothing frozen 146 s; ``--only NAME ...`` runs those alone (the others
 from their snapshots), ``--snapshots`` runs none.
 """
 
@@ -897,14 +899,16 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
          "to them. The attention layers stay frozen in every run but `smollm2__natural_total` (nothing frozen, "
          "`free_attn`: SmolLM2's query side at three layers)."),
         ("- Senders are blocks, heads (SmolLM2 at two layers, query side) and single MLP neurons or groups of them "
-         "(the MLPs that lead the key side; on the query side toy-softmax's MLP 1 and, by a search on 4 windows whose best "
-         "groups were checked on 16 others, SmolLM2's MLP 6 at layer 13, and on 4 windows only its MLP 16 at layer 20); the receivers take the change "
+         "(the MLPs that lead the key side; on the query side toy-softmax's MLP 1 and, by searches on 4 windows whose best "
+         "groups were checked on 16 others, SmolLM2's MLP 6 at layer 13 and MLP 16 at layer 20); the receivers take the change "
          "at every position (`Receiver(..., positions=...)` can restrict them; on the key side only token 1 changes)."),
         ("- The group runs' groups are the strongest k of a ranking of neurons one at a time: a neuron that only "
          "matters with another gone (a backup) ranks low, so they can miss such pairs. The search runs also read each "
          "neuron kept alone and grow groups by a beam search (beam 4, up to 4 neurons, from 64 candidates at most): "
-         "not exhaustive, so a group of three or more that acts only together can still be missed. SmolLM2's "
-         "single-neuron ranking uses one set of 4 windows; its search is repeated at layer 13 on 16 other windows."),
+         "not exhaustive, so a group of three or more that acts only together can still be missed (the triples run "
+         "checks, at SmolLM2's layer 13 only, every triple of the 8 neurons strongest kept alone; groups of four or "
+         "more that act only together stay unchecked). SmolLM2's single-neuron ranking uses one set of 4 windows; its "
+         "search is repeated at layer 13 on 16 other windows."),
         ("- SmolLM2 at nine layers on 4 windows, with a replicate at three layers on 16 other windows: each layer "
          "costs two passes of its first blocks per sender before it."),
         "- One model per kind; the GPU-trained models are not here (docs/reproduction.md).",
