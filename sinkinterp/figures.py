@@ -712,10 +712,10 @@ def targets_figure(studies: dict[str, dict[str, Any]], copy_curves: dict[str, An
 
 def neuron_search_figure(results: dict[str, Any], *, title: str = "", label: int = 4) -> Any:
     """The neuron searches of ``paths.sink_paths`` results (``search_mlps``): a row per (layer, side, MLP); or
-    one ``paths.neuron_search`` result (any metric), one row. Left: each neuron's two readings as shares of every neuron's effect: ablated alone (x) and, kept alone with
-    every other ablated, what it holds up (y); a neuron that another backs up sits high and to the left, and
-    the ``label`` strongest by each reading are named (those above 2%). Right: the best group's share by its
-    size."""
+    one ``paths.neuron_search`` result (any metric), one row. Left: each neuron's two readings as shares of
+    every neuron's effect: ablated alone (x) and, kept alone with every other ablated, what it holds up (y); a
+    neuron that another backs up sits high and to the left, and the ``label`` strongest by each reading are
+    named (those above 2%). Right: the best group's share by its size."""
     if isinstance(results, dict) and {"alone", "others", "best", "mlp"} <= results.keys():  # one neuron_search
         found = [(None, None, results)]
     elif not isinstance(results, dict) or "layers" not in results:
