@@ -144,6 +144,11 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                            "20", "--sides", "query", "--senders", "mlp_out", "--sender-layers", "16",
                                            "--search-neurons", "16"],
                                     "SmolLM2-135M, 4 English windows, layer 20, query side: the search over MLP 16"),
+    # toy-kv-bias's query side by neuron: MLP 0 leads what points its queries at k* (88% at layer 1)
+    "toy-kv-bias__debian_search": ("toy-kv-bias", ["--tokens", TOY_TOKENS, "--layers", "1", "--senders", "mlp_out",
+                                                   "--sender-layers", "0", "--search-neurons", "0"],
+                                   "toy-kv-bias, 32 held-out Debian windows, BOS first, layer 1 (its k* slot, query "
+                                   "side): the search over MLP 0"),
     # the key-side search at layer 13 again with every triple of the 8 neurons strongest kept alone tried at size 3
     # (three that each suffice are out of the beam's reach)
     "smollm2__natural_search_t": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "13",
@@ -538,7 +543,8 @@ SEARCH_VS = {"toy-softmax__debian_search": "toy-softmax__debian_groups",
              "smollm2__natural_search": "smollm2__natural_groups",
              "smollm2__natural_r_search": "smollm2__natural_r_groups",
              "smollm2__natural_q_search": "smollm2__natural",
-             "smollm2__natural_q20_search": "smollm2__natural"}
+             "smollm2__natural_q20_search": "smollm2__natural",
+             "toy-kv-bias__debian_search": "toy-kv-bias__debian"}
 
 
 # a search run on other windows, and the run it replicates
