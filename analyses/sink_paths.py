@@ -21,7 +21,8 @@ ranking), with SmolLM2's two massive-activation writers of layer 11 as a fixed g
 The neuron search (``--search-neurons``, ``paths.neuron_search``: each neuron ablated alone and kept alone, then a
 beam search for groups of up to 4): toy-softmax's MLPs 0 and 1 at layer 3, SmolLM2's MLPs 2 and 11 at layers 3
 and 13 (key side), and MLP 11 at layer 13 on the replicate's 16 windows; the page sets its best groups beside the
-ranking's k strongest. On the query side: SmolLM2's MLP 6 at layer 13 (its best groups then sent on the
+ranking's k strongest. On the query side: toy-kv-bias's MLP 0 at layer 1 (what points its queries at k*; 21 s),
+SmolLM2's MLP 6 at layer 13 (its best groups then sent on the
 replicate's 16 windows, SEARCH_GROUPS) and MLP 16 at layer 20 (the same); the layer-13 key search again with every
 triple of the 8 neurons strongest kept alone (TRIPLES). SmolLM2's query side with nothing frozen
 (``--free-mlps --free-attn``: each block's total effect) at layers 3, 13 and 24, against the direct paths.
@@ -905,7 +906,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
          "to them. The attention layers stay frozen in every run but `smollm2__natural_total` (nothing frozen, "
          "`free_attn`: SmolLM2's query side at three layers)."),
         ("- Senders are blocks, heads (SmolLM2 at two layers, query side) and single MLP neurons or groups of them "
-         "(the MLPs that lead the key side; on the query side toy-softmax's MLP 1 and, by searches on 4 windows whose best "
+         "(the MLPs that lead the key side; on the query side toy-softmax's MLP 1, toy-kv-bias's MLP 0 and, by searches on 4 windows whose best "
          "groups were checked on 16 others, SmolLM2's MLP 6 at layer 13 and MLP 16 at layer 20); the receivers take the change "
          "at every position (`Receiver(..., positions=...)` can restrict them; on the key side only token 1 changes)."),
         ("- The group runs' groups are the strongest k of a ranking of neurons one at a time: a neuron that only "
