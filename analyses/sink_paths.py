@@ -650,8 +650,9 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
         notes.append("- **The query side by neuron** (what the queries need from an MLP's neurons, each write removed "
                      "from every query; the shares are of the MLP's own path, which may be a small part of the "
                      "queries' whole one): " + "; ".join(queries) + ".")
-    if _search_groups_note(results):
-        notes.append("- **The search's groups out of sample.**" + _search_groups_note(results))
+    out_of_sample = _search_groups_note(results)
+    if out_of_sample:
+        notes.append("- **The search's groups out of sample.**" + out_of_sample)
     notes += _triples_note(results)
     figs = [f"![the neuron search, {RUNS[name][2]}](figures/sink-paths-{name}-search.png)" for name in SEARCH_VS
             if (FIGS / f"sink-paths-{name}-search.png").is_file()]

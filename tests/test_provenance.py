@@ -77,3 +77,22 @@ def test_benchmarks_record_the_commit_and_tree_state_they_started_from(monkeypat
     finally:
         provenance.git_commit.cache_clear()
         common._git_dirty.cache_clear()
+
+
+def test_training_reads_the_commit_when_it_starts(monkeypatch, tmp_path):
+    """train() (the CLI's, a sweep's and the Python API's entry) reads HEAD first: the checkpoints it writes
+    over minutes or hours record the commit it started from."""
+    from sinkinterp.train.testing import make_tiny_shards, tiny_train_config
+    from sinkinterp.train.trainer import train
+
+    cfg = tiny_train_config(make_tiny_shards(tmp_path / "shards"))
+
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout="a" * 40 + "\n",
+                                                                                         stderr=""))
+    provenance.git_commit.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="until_step"):
+            train(cfg, tmp_path / "run", until_step=0)  # refused in train's body, after it read HEAD
+        assert provenance.git_commit.cache_info().currsize == 1
+    finally:
+        provenance.git_commit.cache_clear()

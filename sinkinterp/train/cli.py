@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sinkinterp import provenance
 from sinkinterp.fileio import read_json, write_json
 
 __all__ = ["train_main", "sweep_main", "load_config", "SUMMARY_COLUMNS"]
@@ -82,7 +81,6 @@ def _train_parser(prog: str = "sinkinterp train") -> argparse.ArgumentParser:
 
 def train_main(argv: list[str] | None = None) -> int:
     """``sinkinterp train``; returns the exit status (2 for a bad argument or config)."""
-    provenance.git_commit()  # the commit the run starts from (its checkpoints record it, not a later one)
     args = _train_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -153,7 +151,6 @@ def sweep_main(argv: list[str] | None = None) -> int:
     then write ``--out/summary.json`` and print a table. ``--print-commands`` prints one
     ``sinkinterp train`` command per run (for a cluster scheduler) and trains nothing;
     ``--collect`` only gathers the results of runs made that way."""
-    provenance.git_commit()  # the commit the sweep starts from
     p = argparse.ArgumentParser(prog="sinkinterp sweep", description=sweep_main.__doc__)
     p.add_argument("configs", nargs="+", metavar="CONFIG.json")
     p.add_argument("--out", required=True, metavar="DIR", help="sweep folder: one sub-folder per config")

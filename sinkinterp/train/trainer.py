@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from sinkinterp import provenance
 from sinkinterp.data.transforms import DataConfig, DataPipeline
 from sinkinterp.fileio import atomic_write, read_json, write_json
 from sinkinterp.models import SinkTransformer, load_checkpoint, save_checkpoint
@@ -252,6 +253,7 @@ def train(
     ``batch_size / world_size`` rows of the step's batch, and only rank 0 writes files and runs
     the evaluations. Raises ``TrainingDiverged`` naming the step when the loss becomes NaN/inf.
     """
+    provenance.git_commit()  # the commit the run starts from: its checkpoints record it, not one made while it runs
     if isinstance(cfg, dict):
         cfg = TrainConfig.from_dict(cfg)
     if not isinstance(cfg, TrainConfig):
