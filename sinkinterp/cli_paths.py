@@ -1,6 +1,7 @@
 """``sinkinterp paths``: what writes the first-token sink, along direct paths (sinkinterp.paths.sink_paths):
 for each layer's sink heads, each earlier component's write sent through the residual stream alone to their
-keys (ablated at token 1) and to their queries (ablated at the queries), by the heads' weight on token 1.
+keys (ablated at token 1) and to their queries (ablated at the queries), by the heads' weight on token 1;
+with --gate, what makes their gate vary from text to text (paths.gate_paths).
 Same --model / --tokens / --inputs / --out conventions as ``sinkinterp measure``; writes config.json,
 results.json (last), paths.png and, with --search-neurons, search.png.
 
@@ -35,7 +36,7 @@ def neuron_group(text: str) -> tuple[int, tuple[int, ...], bool]:
 
 
 def add_parser(sub: Any, add_common: Any) -> None:
-    from sinkinterp.paths import ABLATIONS, PATH_SINKS, SENDER_KINDS, SIDES
+    from sinkinterp.paths import ABLATIONS, GATE_SIDES, PATH_SINKS, SENDER_KINDS, SIDES
 
     s = sub.add_parser("paths", help="what writes the first-token sink: each earlier component's direct path "
                                      "(path patching) to the sink heads' keys at token 1 and to their queries")
@@ -56,13 +57,20 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--sink", choices=list(PATH_SINKS), default="auto",
                    help="token 1 (first) or the bias slot (slot: k*/v*, a sink token, a sink logit, gpt-oss's learned "
                         "sinks; its key is a parameter, so only the query side applies); auto: the slot if the model has one (default)")
-    s.add_argument("--sides", nargs="+", choices=list(SIDES), default=None,
-                   help="the sink heads' inputs the paths end at (default both; the query side for the slot)")
-    s.add_argument("--key-ablation", choices=list(ABLATIONS), default="mean",
+    s.add_argument("--gate", action="store_true",
+                   help="read what makes the sink heads' gate vary from text to text instead of their weight: each "
+                        "sender's write made its mean by position (what the text adds removed) along its path, by "
+                        "the variance over texts of the heads' log-odds on the sink (paths.gate_paths)")
+    s.add_argument("--sides", nargs="+", choices=list(dict.fromkeys([*SIDES, *GATE_SIDES])), default=None,
+                   help="the sink heads' inputs the paths end at: key, query (default both; the query side for the "
+                        "slot); with --gate: query, sink_key (token 1's key), keys (the other keys; default all "
+                        "three; query and keys for the slot)")
+    s.add_argument("--key-ablation", choices=list(ABLATIONS), default=None,
                    help="what a sender's write at token 1 becomes on the key side (default mean: an ordinary "
-                        "token's, its mean over positions 2..T)")
-    s.add_argument("--query-ablation", choices=list(ABLATIONS), default="zero",
-                   help="what a sender's write at the queries becomes on the query side (default zero)")
+                        "token's, its mean over positions 2..T; not with --gate)")
+    s.add_argument("--query-ablation", choices=list(ABLATIONS), default=None,
+                   help="what a sender's write at the queries becomes on the query side (default zero; not with "
+                        "--gate)")
     s.add_argument("--layers", nargs="+", type=int_at_least(1), default=None, metavar="L",
                    help="only the sink heads of these layers (0-based, after the first; default every layer): "
                         "each costs two passes of its first blocks per sender before it")
@@ -90,11 +98,27 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
     from sinkinterp import figures
     from sinkinterp.cli import UsageError, finish_study, model_and_tokens, run_config
     from sinkinterp.cli_intervene import _prepare
-    from sinkinterp.paths import SIDES, Sender, senders_of, sink_paths, sink_paths_summary
+    from sinkinterp.paths import (
+        SIDES,
+        Sender,
+        gate_paths,
+        gate_paths_summary,
+        senders_of,
+        sink_paths,
+        sink_paths_summary,
+    )
 
     tokens, text, kind = _prepare(args)
     if args.k_max is not None:
         raise UsageError("--k-max: not used by `sinkinterp paths` (it reads the weight on token 1)")
+    if args.gate:
+        used = [flag for flag, value in (("--key-ablation", args.key_ablation), ("--query-ablation", args.query_ablation),
+                                         ("--search-neurons", args.search_neurons)) if value is not None]
+        if used:
+            raise UsageError(f"{used[0]}: not used with --gate (every sender's write is made its mean by position)")
+    else:
+        args.key_ablation = args.key_ablation or "mean"
+        args.query_ablation = args.query_ablation or "zero"
     lm, tokens = model_and_tokens(args, kind, tokens, text)
     started = time.perf_counter()
     try:
@@ -105,19 +129,25 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                        *(Sender("neuron", l, neuron=units[0] if len(units) == 1 else units, complement=but)
                          for l, units, but in args.neurons)]
             layers_of_kind = None
-        results = sink_paths(lm.model, tokens, threshold=args.threshold, senders=senders,
-                             sender_layers=layers_of_kind,
-                             sides=None if args.sides is None else list(dict.fromkeys(args.sides)),
-                             sink=args.sink, key_ablation=args.key_ablation,
-                             query_ablation=args.query_ablation, layers=args.layers, free_mlps=args.free_mlps,
-                             free_attn=args.free_attn,
-                             batch_rows=args.batch_rows, search_mlps=args.search_neurons,
-                             search_size=args.search_size, search_triples=args.search_triples, progress=True)
+        sides = None if args.sides is None else list(dict.fromkeys(args.sides))
+        if args.gate:
+            results = gate_paths(lm.model, tokens, threshold=args.threshold, senders=senders,
+                                 sender_layers=layers_of_kind, sides=sides, sink=args.sink, layers=args.layers,
+                                 free_mlps=args.free_mlps, free_attn=args.free_attn, batch_rows=args.batch_rows,
+                                 progress=True)
+        else:
+            results = sink_paths(lm.model, tokens, threshold=args.threshold, senders=senders,
+                                 sender_layers=layers_of_kind, sides=sides, sink=args.sink,
+                                 key_ablation=args.key_ablation, query_ablation=args.query_ablation,
+                                 layers=args.layers, free_mlps=args.free_mlps, free_attn=args.free_attn,
+                                 batch_rows=args.batch_rows, search_mlps=args.search_neurons,
+                                 search_size=args.search_size, search_triples=args.search_triples, progress=True)
     except (ValueError, TypeError, RuntimeError) as err:
         raise UsageError(str(err)) from None
     if not results["layers"]:  # nothing to draw; the summary says so
         args.no_figures = True
-    if not args.no_figures and any(row.get(side, {}).get("search") for row in results["layers"] for side in SIDES):
+    if not args.no_figures and not args.gate and any(row.get(side, {}).get("search") for row in results["layers"]
+                                                     for side in SIDES):
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         figures.save_figure(figures.neuron_search_figure(
@@ -128,7 +158,7 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                    "senders": args.senders, "sender_layers": args.sender_layers,
                    "neurons": None if args.neurons is None else [f"{l}:{'~' if but else ''}{','.join(map(str, u))}"
                                                                  for l, u, but in args.neurons],
-                   "sink": results["sink"],
+                   "sink": results["sink"], "gate": args.gate,
                    "sides": results["sides"], "key_ablation": args.key_ablation,
                    "query_ablation": args.query_ablation, "layers": args.layers, "free_mlps": args.free_mlps,
                    "free_attn": args.free_attn,
@@ -136,6 +166,7 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                    "search_size": args.search_size if args.search_neurons else None,
                    "search_triples": args.search_triples if args.search_neurons else None,
                    "seconds": round(time.perf_counter() - started, 3)})
+    what = "what makes the sink heads' gate vary, by direct path" if args.gate else "direct paths into the sink heads"
     return finish_study(args, lm, tokens, config, results,
-                        ("paths.png", lambda name, res, label: figures.sink_paths_figure(
-                            res, title=f"direct paths into the sink heads — {label}")), sink_paths_summary(results))
+                        ("paths.png", lambda name, res, label: figures.sink_paths_figure(res, title=f"{what} — {label}")),
+                        (gate_paths_summary if args.gate else sink_paths_summary)(results))

@@ -588,7 +588,8 @@ def turn_sources_figure(studies: dict[str, dict[str, Any]], *, title: str = "") 
 def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: int = 100) -> Any:
     """``paths.sink_paths`` results: one heat map per side (key, query; one above the other), a row per layer
     with sink heads, a column per sender, the change of the heads' mean weight on token 1 with the sender
-    ablated along its direct path (blank: a sender after the layer). The colours span the single senders'
+    ablated along its direct path (blank: a sender after the layer); ``paths.gate_paths`` results the same
+    way, per side (query, sink_key, keys), the change of the gate's variance over texts in % of it. The colours span the single senders'
     effects; the last column ("all", the whole residual input ablated) is printed in its cells (its colour
     clipped at the senders' span). With more than ``max_senders`` senders (neurons) only the ``max_senders``
     with the largest effect anywhere are drawn, in their order, and the title says so."""
@@ -614,6 +615,7 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: 
         senders = [n for n in senders if n in keep]
     col = {name: i for i, name in enumerate(senders)}
     labels = [*senders, "all"]
+    gate = results.get("reading") == "gate"  # paths.gate_paths: the change as a share of the gate's variance
     plt = _plt()
     fig, axes = plt.subplots(len(sides), 1, figsize=(max(6.0, 0.15 * len(labels) + 2.5),
                                                       len(sides) * max(2.4, 0.3 * len(rows) + 1.4)),
@@ -624,24 +626,32 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: 
         arr = np.full((len(rows), len(labels)), np.nan)
         for r, row in enumerate(rows):
             d = row[side]
+            scale = 100 / d["base"] if gate and d["base"] else 1.0
             for name, v in zip(d["senders"], d["values"], strict=True):
                 if name in col:
-                    arr[r, col[name]] = v - d["base"]
-            arr[r, -1] = d["together"] - d["base"]
+                    arr[r, col[name]] = scale * (v - d["base"])
+            arr[r, -1] = scale * (d["together"] - d["base"])
         half = float(np.nanmax(np.abs(arr[:, :-1]))) if np.isfinite(arr[:, :-1]).any() else 0.0
         half = half or float(np.nanmax(np.abs(arr))) or 1.0
         im = ax.imshow(np.ma.masked_invalid(arr), aspect="auto", cmap="RdBu_r", vmin=-half, vmax=half)
         for r in range(len(rows)):
             dark = abs(arr[r, -1]) > 0.6 * half  # on a dark cell, white text
-            ax.text(len(labels) - 1, r, f"{arr[r, -1]:+.2f}", ha="center", va="center", fontsize=5,
+            ax.text(len(labels) - 1, r, f"{arr[r, -1]:+.0f}%" if gate else f"{arr[r, -1]:+.2f}", ha="center",
+                    va="center", fontsize=5,
                     color="white" if dark else "0.1")
         ax.set_xticks(np.arange(len(labels)), labels, rotation=90, fontsize=5 if len(labels) > 30 else 7)
         ax.set_yticks(np.arange(len(rows)), [f"L{row['layer']} ({len(row['heads'])})" for row in rows], fontsize=6)
-        how = results["key_ablation"] if side == "key" else results["query_ablation"]
-        at = "at token 1, into their keys" if side == "key" else "at queries 2..T, into their queries"
-        ax.set_title(f"{side} side: sender {how}-ablated {at}{free}", fontsize=8)
+        if gate:
+            at = {"query": "at queries 2..T, into their queries", "sink_key": "at token 1, into its key",
+                  "keys": "at the other positions, into their keys"}[side]
+            ax.set_title(f"{side} side: sender's write made its mean by position {at}{free}", fontsize=8)
+        else:
+            how = results["key_ablation"] if side == "key" else results["query_ablation"]
+            at = "at token 1, into their keys" if side == "key" else "at queries 2..T, into their queries"
+            ax.set_title(f"{side} side: sender {how}-ablated {at}{free}", fontsize=8)
         ax.set_ylabel("sink heads' layer (count)", fontsize=7)
-        fig.colorbar(im, ax=ax, label=f"Δ mean weight on {sink_name}", shrink=0.9)
+        label = f"Δ gate variance on {sink_name}, %" if gate else f"Δ mean weight on {sink_name}"
+        fig.colorbar(im, ax=ax, label=label, shrink=0.9)
     if title or shown:
         fig.suptitle(title + shown, fontsize=9)
     return fig

@@ -68,7 +68,7 @@ from sinkinterp.patching import (
 )
 
 __all__ = ["ABLATIONS", "PATH_SINKS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender",
-           "backup_pairs", "neuron_search", "path_ablate", "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
+           "backup_pairs", "GATE_SIDES", "gate_paths", "gate_paths_summary", "gate_variance", "neuron_search", "path_ablate", "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
 
 SENDER_KINDS = ("embed", "pos_embed", "attn_out", "z", "mlp_out", "neuron")
 RECEIVER_KINDS = ("q", "k", "v")
@@ -748,17 +748,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     tokens = validate_tokens(tokens, dims["d_vocab"])
     if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
-    if sink not in PATH_SINKS:
-        raise ValueError(f"sink: got {sink!r}, allowed values are {list(PATH_SINKS)}")
-    hooked_slot = tl_adapter.has_hook(model, "blocks.0.attn.hook_bias_pattern")
-    rows_slot = not hooked_slot and bool(slot_from_rows(model))  # gpt-oss: what hook_pattern's rows leave
-    has_slot = hooked_slot or rows_slot
-    if sink == "slot" and not has_slot:
-        raise ValueError("sink='slot' needs a model with a bias slot (k*/v*, a sink token, a sink logit, reported by "
-                         "hook_bias_pattern; or learned attention sinks, gpt-oss); this model has none: use "
-                         "sink='first'")
-    if sink == "auto":
-        sink = "slot" if has_slot else "first"
+    sink, pats, weight = _sink_reading(model, sink)
     if sides is None:
         sides = ("query",) if sink == "slot" else SIDES
     if sink == "slot" and "key" in sides:
@@ -778,16 +768,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
             raise ValueError("sender_layers: only with a kind of senders (a list of Sender names its layers itself)")
         all_senders = list(senders)
     _check_senders(model, all_senders)
-    first = min(all_senders, key=lambda s: s.order)
-    wanted = [l for l in range(1, L) if 2 * l + 1 > first.order] if layers is None else sorted({int(l) for l in layers})
-    for l in wanted:
-        if not 1 <= l < L:
-            raise ValueError(f"layers: {l} is not a layer after the first (1..{L - 1}): layer 0's heads have no "
-                             "sender before them but the embedding")
-        if 2 * l + 1 <= first.order:
-            raise ValueError(f"layers: layer {l}'s heads come before every sender (the first is {first.label})")
-    if not wanted:
-        raise ValueError(f"senders: no layer's heads come after a sender (the first is {first.label})")
+    wanted = _read_layers(L, all_senders, layers)
     searched = [] if search_mlps is None else sorted({int(m) for m in search_mlps})
     if search_mlps is not None and not searched:
         raise ValueError("search_mlps: empty (None: no search)")
@@ -799,23 +780,10 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
         if not 0 <= m < max(wanted):
             raise ValueError(f"search_mlps: MLP {m} is not before a sink layer read (0..{max(wanted) - 1})")
     group = dims["n_heads"] // dims["n_kv_heads"]
-    slot = sink == "slot"
-    pats = [f"blocks.{l}.attn.hook_{'bias_pattern' if slot and not rows_slot else 'pattern'}" for l in range(L)]
-
-    def weight(p: Tensor) -> Tensor:  # [batch, head, query 2..T]: the weight on the sink
-        if slot:  # the slot's weight: hook_bias_pattern, or what the pattern's rows leave (learned sinks)
-            return _row_slot(p)[:, :, 1:] if rows_slot else p[:, :, 1:]
-        return p[:, :, 1:, 0]
-
     with tl_adapter.hook_dict_kept(model):
         # the patterns pick the sink heads; the residual inputs are what ``together`` ablates
         acts, _ = _capture_run(model, tokens, pats + [f"blocks.{l}.hook_resid_pre" for l in wanted])
-        found = []
-        for l in wanted:
-            a = weight(acts[pats[l]]).double().mean((0, 2))
-            heads = [int(h) for h in torch.nonzero(a > threshold).flatten()]
-            if heads:
-                found.append((l, heads))
+        found = _sink_heads(acts, pats, weight, wanted, threshold)
         out: dict[str, Any] = {"sink": sink, "threshold": threshold,
                                "senders_kind": senders if isinstance(senders, str) else "list",
                                "sender_layers": None if sender_layers is None else sorted({int(l) for l in sender_layers}),
@@ -837,8 +805,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
 
             row: dict[str, Any] = {"layer": l, "heads": heads}
             for side in sides:
-                if side == "key":
-                    recv = [Receiver(l, "k", g) for g in sorted({h // group for h in heads})]
+                if side == "key":  # (with free_attn the later heads carry token 1's change to the other keys: not these)
+                    recv = [Receiver(l, "k", g, (0,) if free_attn else None) for g in sorted({h // group for h in heads})]
                     how, pos = key_ablation, [0]
                 else:
                     recv = [Receiver(l, "q", h) for h in heads]
@@ -861,6 +829,195 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
             out["layers"].append(row)
         out["senders"] = [s.label for s in all_senders]
     return out
+
+
+def _sink_reading(model: Any, sink: str) -> tuple[str, list[str], Callable[[Tensor], Tensor]]:
+    """``sink`` resolved ("auto": the bias slot where the model has one, else "first"), each layer's hook
+    that holds the sink's weight, and ``weight(activation)``: [batch, head, query 2..T], the weight on it."""
+    if sink not in PATH_SINKS:
+        raise ValueError(f"sink: got {sink!r}, allowed values are {list(PATH_SINKS)}")
+    hooked_slot = tl_adapter.has_hook(model, "blocks.0.attn.hook_bias_pattern")
+    rows_slot = not hooked_slot and bool(slot_from_rows(model))  # gpt-oss: what hook_pattern's rows leave
+    has_slot = hooked_slot or rows_slot
+    if sink == "slot" and not has_slot:
+        raise ValueError("sink='slot' needs a model with a bias slot (k*/v*, a sink token, a sink logit, reported by "
+                         "hook_bias_pattern; or learned attention sinks, gpt-oss); this model has none: use "
+                         "sink='first'")
+    if sink == "auto":
+        sink = "slot" if has_slot else "first"
+    slot = sink == "slot"
+    L = tl_adapter.model_dims(model)["n_layers"]
+    pats = [f"blocks.{l}.attn.hook_{'bias_pattern' if slot and not rows_slot else 'pattern'}" for l in range(L)]
+
+    def weight(p: Tensor) -> Tensor:
+        if slot:  # the slot's weight: hook_bias_pattern, or what the pattern's rows leave (learned sinks)
+            return _row_slot(p)[:, :, 1:] if rows_slot else p[:, :, 1:]
+        return p[:, :, 1:, 0]
+
+    return sink, pats, weight
+
+
+def _read_layers(L: int, senders: Sequence[Sender], layers: Sequence[int] | None) -> list[int]:
+    """The layers whose sink heads are read: ``layers`` (checked), or every layer after the first sender."""
+    first = min(senders, key=lambda s: s.order)
+    wanted = [l for l in range(1, L) if 2 * l + 1 > first.order] if layers is None else sorted({int(l) for l in layers})
+    for l in wanted:
+        if not 1 <= l < L:
+            raise ValueError(f"layers: {l} is not a layer after the first (1..{L - 1}): layer 0's heads have no "
+                             "sender before them but the embedding")
+        if 2 * l + 1 <= first.order:
+            raise ValueError(f"layers: layer {l}'s heads come before every sender (the first is {first.label})")
+    if not wanted:
+        raise ValueError(f"senders: no layer's heads come after a sender (the first is {first.label})")
+    return wanted
+
+
+def _sink_heads(acts: dict[str, Tensor], pats: list[str], weight: Callable[[Tensor], Tensor], wanted: list[int],
+                threshold: float) -> list[tuple[int, list[int]]]:
+    """(layer, its heads whose mean weight on the sink is above ``threshold``) for the layers with any."""
+    found = []
+    for l in wanted:
+        a = weight(acts[pats[l]]).double().mean((0, 2))
+        heads = [int(h) for h in torch.nonzero(a > threshold).flatten()]
+        if heads:
+            found.append((l, heads))
+    return found
+
+
+GATE_SIDES = ("query", "sink_key", "keys")
+_LOG_ODDS_CLIP = 1e-6
+
+
+def gate_variance(weights: Tensor) -> Tensor:
+    """The gate's variance from text to text: the sink weights ``weights`` [batch, head, query] (in (0, 1);
+    clipped to [1e-6, 1 - 1e-6]) as log-odds log(w / (1 - w)), their variance over the batch (the texts;
+    population variance) at each head and query position, averaged over heads and positions. The position's
+    own average is not in it: this is what varies between texts at the same position."""
+    if weights.dim() != 3:
+        raise ValueError(f"weights: expected [batch, head, query], got shape {tuple(weights.shape)}")
+    if weights.shape[0] < 2:
+        raise ValueError(f"weights: the variance over texts needs at least 2 sequences, got {weights.shape[0]}")
+    w = weights.double().clamp(_LOG_ODDS_CLIP, 1 - _LOG_ODDS_CLIP)
+    return torch.log(w / (1 - w)).var(0, unbiased=False).mean()
+
+
+def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: str | Sequence[Sender] = "blocks",
+               sender_layers: Sequence[int] | None = None, sides: Sequence[str] | None = None, sink: str = "first",
+               layers: Sequence[int] | None = None, free_mlps: bool = False, free_attn: bool = False,
+               batch_rows: int = 64, progress: bool = False) -> dict[str, Any]:
+    """What makes the sink heads' gate vary from text to text, along direct paths: for each layer's sink heads
+    (as in ``sink_paths``), each sender's write made the same in every text (``"position_mean"``: its mean
+    over the sequences at each position, so what it adds by position stays and what it adds by text goes)
+    along its path to one input of those heads, read by ``gate_variance`` of their weight on the sink (the
+    log-odds' variance over texts within positions). A sender whose text-dependence moves the gate lowers it.
+
+    * ``"query"``: at the queries 2..T, into the heads' queries (what the query brings);
+    * ``"sink_key"``: at token 1, into token 1's key (which word opens the text; not for the bias slot,
+      whose key is a parameter);
+    * ``"keys"``: at positions 2..T, into the other keys (the text before the query; for the slot every
+      position's key is another key).
+
+    ``together``: the layer's whole residual input made the same way at those positions (every sender at
+    once). ``tokens`` needs two sequences or more (sixteen or more give a steadier variance). Other
+    arguments as in ``sink_paths`` (``free_mlps`` / ``free_attn``: paths through later MLPs / heads count; the
+    receivers stay the side's positions). Returns {"reading": "gate", "sink", "threshold", "sides",
+    "ablation": "position_mean", "layers": [{"layer", "heads", "weight": their mean weight on the sink,
+    "base": the gate's variance, side: PathResult.to_dict() + "together"}], "senders": labels, settings}."""
+    dims = tl_adapter.model_dims(model)
+    tokens = validate_tokens(tokens, dims["d_vocab"])
+    if tokens.shape[0] < 2:
+        raise ValueError(f"tokens: the gate's variance over texts needs at least 2 sequences, got {tokens.shape[0]}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
+    sink, pats, weight = _sink_reading(model, sink)
+    slot = sink == "slot"
+    if sides is None:
+        sides = ("query", "keys") if slot else GATE_SIDES
+    sides = list(dict.fromkeys(sides))
+    bad = [x for x in sides if x not in GATE_SIDES]
+    if bad or not sides:
+        raise ValueError(f"sides: got {sides!r}, allowed values are {list(GATE_SIDES)} (one or more)")
+    if slot and "sink_key" in sides:
+        raise ValueError("sides: the bias slot's key is a parameter that no sender writes; with sink='slot' the "
+                         "sides are 'query' and 'keys'")
+    L, T = dims["n_layers"], tokens.shape[1]
+    if isinstance(senders, str):
+        all_senders = senders_of(model, senders, sender_layers)
+    else:
+        if sender_layers is not None:
+            raise ValueError("sender_layers: only with a kind of senders (a list of Sender names its layers itself)")
+        all_senders = list(senders)
+    _check_senders(model, all_senders)
+    wanted = _read_layers(L, all_senders, layers)
+    group = dims["n_heads"] // dims["n_kv_heads"]
+    where = {"query": list(range(1, T)), "sink_key": [0], "keys": list(range(0 if slot else 1, T))}
+    with tl_adapter.hook_dict_kept(model):
+        acts, _ = _capture_run(model, tokens, pats + [f"blocks.{l}.hook_resid_pre" for l in wanted])
+        found = _sink_heads(acts, pats, weight, wanted, threshold)
+        out: dict[str, Any] = {"reading": "gate", "sink": sink, "threshold": threshold, "sides": sides,
+                               "ablation": "position_mean",
+                               "senders_kind": senders if isinstance(senders, str) else "list",
+                               "sender_layers": None if sender_layers is None else sorted({int(l) for l in sender_layers}),
+                               "receiver_layers": None if layers is None else list(wanted),
+                               "free_mlps": free_mlps, "free_attn": free_attn, "layers": []}
+        for l, heads in found:
+            send = [s for s in all_senders if s.order < 2 * l + 1]
+            if progress:
+                print(f"gate paths: layer {l}, sink heads {heads}, {len(send)} senders", file=sys.stderr, flush=True)
+            hook = pats[l]
+
+            def metric(p: Tensor, heads: list[int] = heads) -> Tensor:
+                return gate_variance(weight(p)[:, heads])
+
+            row: dict[str, Any] = {"layer": l, "heads": heads,
+                                   "weight": round(float(weight(acts[hook])[:, heads].double().mean()), 8)}
+            for side in sides:
+                pos = where[side]
+                if side == "query":
+                    recv = [Receiver(l, "q", h, pos) for h in heads]
+                else:
+                    recv = [Receiver(l, "k", g, pos) for g in sorted({h // group for h in heads})]
+                res = path_ablate(model, tokens, metric, ablation="position_mean", senders=send, receivers=recv,
+                                  positions=pos, free_mlps=free_mlps, free_attn=free_attn, metric_hook=hook,
+                                  batch_rows=batch_rows)
+                d = res.to_dict()
+                d["together"] = _together(model, tokens, acts[f"blocks.{l}.hook_resid_pre"], metric, l, recv,
+                                          "position_mean", pos, hook)
+                row[side] = d
+                row["base"] = res.base
+            out["layers"].append(row)
+        out["senders"] = [s.label for s in all_senders]
+    return out
+
+
+_GATE_SIDE_TEXT = {"query": "the queries 2..T", "sink_key": "token 1's key", "keys": "the other keys"}
+
+
+def gate_paths_summary(results: dict[str, Any], top: int = 3) -> str:
+    """One line per layer with sink heads: the gate's variance over texts and, per side, the share of it
+    that the whole residual input and the largest senders carry (1 - ablated / base)."""
+    where = "the bias slot" if results.get("sink") == "slot" else "token 1"
+    lines = [f"what makes the sink heads' gate vary from text to text (mean weight on {where} above "
+             f"{results['threshold']}; the log-odds' variance over texts within positions): the share of it removed "
+             f"with a sender's write made its mean by position along its path to "
+             + ", ".join(_GATE_SIDE_TEXT[x] for x in results["sides"])
+             + ("; the MLPs after the sender recompute" if results.get("free_mlps") else "")
+             + ("; the attention layers after the sender recompute" if results.get("free_attn") else "")]
+    if not results["layers"]:
+        lines.append("no sink heads after layer 0")
+    for row in results["layers"]:
+        base = row["base"]
+        parts = [f"L{row['layer']} heads {','.join(map(str, row['heads']))}: weight {row['weight']:.3f}, "
+                 f"variance {base:.3f}"]
+        for side in results["sides"]:
+            d = row[side]
+            share = (1 - np.asarray(d["values"]) / base) if base else np.zeros(len(d["values"]))
+            order = np.argsort(-share)[:top]
+            whole = 1 - d["together"] / base if base else 0.0
+            parts.append(f"{side}: all {100 * whole:.0f}%, "
+                         + ", ".join(f"{d['senders'][i]} {100 * share[i]:.0f}%" for i in order))
+        lines.append("; ".join(parts))
+    return "\n".join(lines)
 
 
 def _together(model: Any, tokens: Tensor, resid: Tensor, metric: Metric, layer: int, recv: list[Receiver],

@@ -1023,3 +1023,186 @@ def test_neuron_search_in_sink_paths_and_its_errors():
                           (dict(search_mlps=[1], search_triples=-1), "search_triples must be")):
         with pytest.raises(ValueError, match=match):
             paths.sink_paths(model, tokens, threshold=0.2, layers=[2], **kwargs)
+
+
+def test_gate_variance_is_the_log_odds_variance_over_texts_within_positions():
+    # two texts, one head, two query positions: log-odds (0, -log 4) and (log 4, -log 4)
+    w = torch.tensor([[[0.5, 0.2]], [[0.8, 0.2]]], dtype=torch.float64)
+    assert float(paths.gate_variance(w)) == pytest.approx(np.log(4) ** 2 / 8, rel=1e-12)
+    # the same weights in every text: nothing varies, whatever the position's own level
+    assert float(paths.gate_variance(torch.tensor([[[0.9, 0.1]]] * 3))) == 0.0
+    # weights of 0 and 1 are clipped, not infinite
+    assert np.isfinite(float(paths.gate_variance(torch.tensor([[[0.0]], [[1.0]]]))))
+    with pytest.raises(ValueError, match="at least 2 sequences"):
+        paths.gate_variance(torch.full((1, 2, 3), 0.5))
+    with pytest.raises(ValueError, match=r"\[batch, head, query\]"):
+        paths.gate_variance(torch.full((2, 3), 0.5))
+
+
+def _gate_reference_together(model, tokens, l, recv, pos, metric, hook):
+    """The layer's residual input made its mean over the texts at ``pos``, sent to the receivers only."""
+    name = f"blocks.{l}.hook_resid_pre"
+    resid = patching.capture(model, tokens, [name])[name]
+    edited = resid.clone()
+    edited[:, pos] = resid.mean(0, keepdim=True).expand_as(resid)[:, pos]
+    rnames = [patching.COMPONENTS[r.kind].hook_name(l) for r in recv]
+    kept = {}
+    with torch.no_grad(), tl_adapter.attached_hooks(
+            model, [(name, lambda a, hook=None: edited)]
+            + [(n, lambda a, hook=None, n=n: kept.__setitem__(n, a.clone())) for n in set(rnames)]):
+        model(tokens)
+
+    def put(r, n):
+        def fn(act, hook=None):
+            out = act.clone()
+            out[:, list(r.positions), r.head] = kept[n][:, list(r.positions), r.head]
+            return out
+        return fn
+
+    read = {}
+    with torch.no_grad(), tl_adapter.attached_hooks(
+            model, [(n, put(r, n)) for r, n in zip(recv, rnames)]
+            + [(hook, lambda a, hook=None: read.__setitem__("p", a.clone()))]):
+        model(tokens)
+    return float(metric(read["p"]))
+
+
+def test_gate_paths_equal_the_reference_on_every_side():
+    """Each sender's write made its mean over the texts at each position, along its path to the sink heads'
+    queries (2..T), token 1's key or the other keys (2..T), read by the gate's variance: the reference's."""
+    model = _sink_model()
+    tokens = _tokens(7, shape=(6, 10))
+    res = paths.gate_paths(model, tokens, threshold=0.2)
+    assert res["reading"] == "gate" and res["sides"] == ["query", "sink_key", "keys"]
+    ref_heads = paths.sink_paths(model, tokens, threshold=0.2, sides=["query"])
+    assert [(r["layer"], r["heads"]) for r in res["layers"]] == [(r["layer"], r["heads"]) for r in ref_heads["layers"]]
+    assert res["layers"]
+    names = sorted({s.hook_name() for s in paths.senders_of(model, "blocks")})
+    acts = patching.capture(model, tokens, names)
+    means = {n: x.mean(0, keepdim=True).expand_as(x).clone() for n, x in acts.items()}
+    pats = patching.capture(model, tokens, [f"blocks.{l}.attn.hook_pattern" for l in range(3)])
+    where = {"query": list(range(1, 10)), "sink_key": [0], "keys": list(range(1, 10))}
+    moved = set()
+    for row in res["layers"]:
+        l, heads = row["layer"], row["heads"]
+        hook = f"blocks.{l}.attn.hook_pattern"
+
+        def metric(p, heads=heads):
+            return paths.gate_variance(p[:, heads, 1:, 0])
+
+        assert row["base"] == pytest.approx(float(metric(pats[hook])), rel=1e-12)
+        assert row["weight"] == pytest.approx(float(pats[hook][:, heads, 1:, 0].mean()), abs=1e-8)
+        senders = [s for s in paths.senders_of(model, "blocks") if s.order < 2 * l + 1]
+        for side, pos in where.items():
+            recv = ([Receiver(l, "q", h, tuple(pos)) for h in heads] if side == "query" else
+                    [Receiver(l, "k", g, tuple(pos)) for g in sorted({h // 2 for h in heads})])
+            d = row[side]
+            assert d["how"] == "position_mean" and d["positions"] == pos
+            for s, v in zip(senders, d["values"]):
+                assert v == pytest.approx(_reference(model, tokens, means, s, recv, metric, hook, positions=pos),
+                                          abs=1e-8), (l, side, s)
+                moved.add((side, abs(v - row["base"]) > 1e-6))
+            assert d["together"] == pytest.approx(_gate_reference_together(model, tokens, l, recv, pos, metric, hook),
+                                                  rel=1e-9)
+    assert ("query", True) in moved and ("keys", True) in moved and ("sink_key", True) in moved
+    text = paths.gate_paths_summary(res)
+    assert "gate vary from text to text" in text and "query: all" in text and "sink_key: all" in text
+    from sinkinterp import figures
+
+    fig = figures.sink_paths_figure(res, title="t")
+    assert len(fig.axes) == 6 and fig.axes[3].get_ylabel() == "Δ gate variance on token 1, %"
+    assert fig.axes[1].get_title() == "sink_key side: sender's write made its mean by position at token 1, into its key"
+
+
+def test_gate_paths_a_write_the_same_in_every_text_moves_nothing_and_errors():
+    """A learned position embedding is the same in every text: made its mean by position it is unchanged, so
+    the gate's variance is the base's on every side; and token 1 the same in every text (BOS) leaves the
+    sink key's side with nothing to remove."""
+    from sinkinterp.models.testing import tiny_model
+
+    model = tiny_model("learned")
+    tokens = _tokens(4, shape=(5, 9))
+    res = paths.gate_paths(model, tokens, threshold=0.05, senders=[Sender("pos_embed"), Sender("embed")])
+    assert res["layers"]
+    for row in res["layers"]:
+        for side in ("query", "sink_key", "keys"):
+            assert row[side]["values"][0] == pytest.approx(row["base"], rel=1e-9)  # pos_embed
+        assert row["query"]["values"][1] != pytest.approx(row["base"], rel=1e-6)  # the token embedding is text
+    bos = tokens.clone()
+    bos[:, 0] = 1
+    res = paths.gate_paths(model, bos, threshold=0.05, sides=["sink_key"])
+    for row in res["layers"]:
+        assert row["sink_key"]["together"] == pytest.approx(row["base"], rel=1e-9)
+        assert row["sink_key"]["values"] == pytest.approx([row["base"]] * len(row["sink_key"]["values"]), rel=1e-9)
+    for kwargs, match in ((dict(sides=["key"]), "sides: got"), (dict(sides=[]), "sides"),
+                          (dict(threshold=0.0), "threshold"), (dict(sink="k"), "sink: got 'k'"),
+                          (dict(sink="slot"), "needs a model with a bias slot"),
+                          (dict(sender_layers=[1], senders=[Sender("embed")]), "sender_layers"),
+                          (dict(layers=[0]), "layers: 0")):
+        with pytest.raises(ValueError, match=match):
+            paths.gate_paths(model, tokens, **kwargs)
+    with pytest.raises(ValueError, match="at least 2 sequences"):
+        paths.gate_paths(model, tokens[:1])
+    slot = SinkTransformer(tiny_config(n_layers=3, attn_bias="kv")).double().eval()
+    with pytest.raises(ValueError, match="the sides are 'query' and 'keys'"):
+        paths.gate_paths(slot, tokens, sink="slot", sides=["sink_key"])
+
+
+def test_gate_paths_on_the_bias_slot_read_every_key_as_another_key():
+    model = SinkTransformer(tiny_config(n_layers=3, attn_bias="kv")).double().eval()
+    tokens = _tokens(3, shape=(5, 9))
+    res = paths.gate_paths(model, tokens, threshold=0.1, sink="auto")
+    assert res["sink"] == "slot" and res["sides"] == ["query", "keys"] and res["layers"]
+    dims = tl_adapter.model_dims(model)
+    group = dims["n_heads"] // dims["n_kv_heads"]
+    bias = patching.capture(model, tokens, [f"blocks.{l}.attn.hook_bias_pattern" for l in range(3)])
+    names = sorted({s.hook_name() for s in paths.senders_of(model, "blocks")})
+    acts = patching.capture(model, tokens, names)
+    means = {n: x.mean(0, keepdim=True).expand_as(x).clone() for n, x in acts.items()}
+    for row in res["layers"]:
+        l, heads = row["layer"], row["heads"]
+        hook = f"blocks.{l}.attn.hook_bias_pattern"
+        assert row["base"] == pytest.approx(float(paths.gate_variance(bias[hook][:, heads, 1:])), rel=1e-12)
+        assert row["keys"]["positions"] == list(range(9))
+        s = paths.senders_of(model, "blocks")[0]
+        ref = _reference(model, tokens, means, s, [Receiver(l, "k", g, tuple(range(9))) for g in
+                                                   sorted({h // group for h in heads})],
+                         lambda p, heads=heads: paths.gate_variance(p[:, heads, 1:]), hook, positions=range(9))
+        assert row["keys"]["values"][0] == pytest.approx(ref, abs=1e-8)
+    assert "mean weight on the bias slot" in paths.gate_paths_summary(res)
+
+
+def test_cli_paths_gate_writes_the_study_and_refuses_the_weight_reading_flags(tmp_path, capsys):
+    import json
+
+    from sinkinterp import cli
+
+    out = tmp_path / "g"
+    assert cli.main(["paths", "--gate", "--seq-len", "16", "--num-seqs", "4", "--prepend-bos", "--layers", "3",
+                     "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert res["reading"] == "gate" and config["gate"] is True and res["sides"] == ["query", "sink_key", "keys"]
+    assert config["key_ablation"] is None and config["query_ablation"] is None
+    row = res["layers"][0]
+    assert row["layer"] == 3 and len(row["query"]["values"]) == 7
+    # BOS opens every text: token 1's key is the same in each, so the sink key's side removes nothing
+    assert row["sink_key"]["together"] == pytest.approx(row["base"], rel=1e-6)
+    assert (out / "paths.png").stat().st_size > 10_000
+    assert "gate vary from text to text" in capsys.readouterr().out
+    one = tmp_path / "one"
+    assert cli.main(["paths", "--gate", "--seq-len", "16", "--num-seqs", "4", "--prepend-bos", "--layers", "3",
+                     "--sides", "query", "--no-figures", "--out", str(one)]) == 0
+    assert json.loads((one / "results.json").read_text())["layers"][0]["query"]["values"] == row["query"]["values"]
+    capsys.readouterr()
+    base = ["paths", "--gate", "--num-seqs", "2", "--seq-len", "8", "--out", str(tmp_path / "x")]
+    for bad, msg in ((["--key-ablation", "zero"], "--key-ablation: not used with --gate"),
+                     (["--query-ablation", "mean"], "--query-ablation: not used with --gate"),
+                     (["--search-neurons", "0"], "--search-neurons: not used with --gate"),
+                     (["--sides", "key"], "sides: got ['key']"),
+                     (["--num-seqs", "1"], "at least 2 sequences")):
+        assert cli.main([*base, *bad]) == 2
+        assert msg in capsys.readouterr().err
+    assert cli.main(["paths", "--num-seqs", "2", "--seq-len", "8", "--sides", "keys", "--out", str(tmp_path / "y")]) == 2
+    assert "sides: got ['keys']" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "results.json").exists()
