@@ -589,7 +589,7 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: 
     """``paths.sink_paths`` results: one heat map per side (key, query; one above the other), a row per layer
     with sink heads, a column per sender, the change of the heads' mean weight on token 1 with the sender
     ablated along its direct path (blank: a sender after the layer); ``paths.gate_paths`` results the same
-    way, per side (query, sink_key, keys), the change of the gate's variance over texts in % of it. The colours span the single senders'
+    way, per side (query, sink_key, keys), the share of the gate's variance over texts each path carries, in %. The colours span the single senders'
     effects; the last column ("all", the whole residual input ablated) is printed in its cells (its colour
     clipped at the senders' span). With more than ``max_senders`` senders (neurons) only the ``max_senders``
     with the largest effect anywhere are drawn, in their order, and the title says so."""
@@ -626,7 +626,7 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: 
         arr = np.full((len(rows), len(labels)), np.nan)
         for r, row in enumerate(rows):
             d = row[side]
-            scale = 100 / d["base"] if gate and d["base"] else 1.0
+            scale = 100.0 if gate else 1.0  # gate_paths: shares of the gate's variance, in %
             for name, v in zip(d["senders"], d["values"], strict=True):
                 if name in col:
                     arr[r, col[name]] = scale * (v - d["base"])
@@ -650,7 +650,7 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: 
             at = "at token 1, into their keys" if side == "key" else "at queries 2..T, into their queries"
             ax.set_title(f"{side} side: sender {how}-ablated {at}{free}", fontsize=8)
         ax.set_ylabel("sink heads' layer (count)", fontsize=7)
-        label = f"Δ gate variance on {sink_name}, %" if gate else f"Δ mean weight on {sink_name}"
+        label = f"share of the gate's variance on {sink_name}, %" if gate else f"Δ mean weight on {sink_name}"
         fig.colorbar(im, ax=ax, label=label, shrink=0.9)
     if title or shown:
         fig.suptitle(title + shown, fontsize=9)

@@ -68,7 +68,7 @@ from sinkinterp.patching import (
 )
 
 __all__ = ["ABLATIONS", "PATH_SINKS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender",
-           "backup_pairs", "GATE_SIDES", "gate_paths", "gate_paths_summary", "gate_variance", "neuron_search", "path_ablate", "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
+           "backup_pairs", "GATE_SIDES", "gate_paths", "gate_paths_summary", "gate_share", "gate_variance", "neuron_search", "path_ablate", "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
 
 SENDER_KINDS = ("embed", "pos_embed", "attn_out", "z", "mlp_out", "neuron")
 RECEIVER_KINDS = ("q", "k", "v")
@@ -897,8 +897,36 @@ def gate_variance(weights: Tensor) -> Tensor:
         raise ValueError(f"weights: expected [batch, head, query], got shape {tuple(weights.shape)}")
     if weights.shape[0] < 2:
         raise ValueError(f"weights: the variance over texts needs at least 2 sequences, got {weights.shape[0]}")
+    return _log_odds(weights).var(0, unbiased=False).mean()
+
+
+def _varies(var: Tensor, g: Tensor) -> bool:
+    """Whether a variance over texts is more than rounding: above 1e-10 of the log-odds' mean square."""
+    return float(var) > 1e-10 * max(float((g * g).mean()), 1e-12)
+
+
+def _log_odds(weights: Tensor) -> Tensor:
     w = weights.double().clamp(_LOG_ODDS_CLIP, 1 - _LOG_ODDS_CLIP)
-    return torch.log(w / (1 - w)).var(0, unbiased=False).mean()
+    return torch.log(w / (1 - w))
+
+
+def gate_share(base: Tensor, edited: Tensor) -> Tensor:
+    """The share of the gate's variance over texts that an edit carries: with g the log-odds of the sink
+    weights ``base`` and g' those of ``edited`` (both [batch, head, query], as in ``gate_variance``), the
+    covariance over the batch of the change g - g' with g, over g's variance, each summed over heads and query
+    positions (the share of the summed variance: heads and positions that vary more weigh more). For an edit
+    that takes away one additive part of g (g = a + b, the edit making a its mean), it is cov(a, g) / var(g):
+    the parts' shares add up to 1, and a part that works against the rest has a negative share."""
+    if base.shape != edited.shape:
+        raise ValueError(f"edited {tuple(edited.shape)} must have the shape of base {tuple(base.shape)}")
+    var = gate_variance(base)  # (checks the shape and the batch)
+    g = _log_odds(base)
+    if not _varies(var, g):
+        raise ValueError("base: the gate does not vary between the texts (its variance is 0 to rounding): no share "
+                         "to split")
+    change = g - _log_odds(edited)
+    cov = ((change - change.mean(0)) * (g - g.mean(0))).mean(0)
+    return cov.mean() / var
 
 
 def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: str | Sequence[Sender] = "blocks",
@@ -908,8 +936,10 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     """What makes the sink heads' gate vary from text to text, along direct paths: for each layer's sink heads
     (as in ``sink_paths``), each sender's write made the same in every text (``"position_mean"``: its mean
     over the sequences at each position, so what it adds by position stays and what it adds by text goes)
-    along its path to one input of those heads, read by ``gate_variance`` of their weight on the sink (the
-    log-odds' variance over texts within positions). A sender whose text-dependence moves the gate lowers it.
+    along its path to one input of those heads, read by ``gate_share``: the share of the variance over texts
+    of the heads' log-odds on the sink (within positions) that the change carries. A sender whose text-driven
+    write moves the gate with its variation has a positive share; one that works against the rest a negative
+    one; for additive parts the shares add up to 1.
 
     * ``"query"``: at the queries 2..T, into the heads' queries (what the query brings);
     * ``"sink_key"``: at token 1, into token 1's key (which word opens the text; not for the bias slot,
@@ -918,11 +948,18 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
       position's key is another key).
 
     ``together``: the layer's whole residual input made the same way at those positions (every sender at
-    once). ``tokens`` needs two sequences or more (sixteen or more give a steadier variance). Other
-    arguments as in ``sink_paths`` (``free_mlps`` / ``free_attn``: paths through later MLPs / heads count; the
-    receivers stay the side's positions). Returns {"reading": "gate", "sink", "threshold", "sides",
-    "ablation": "position_mean", "layers": [{"layer", "heads", "weight": their mean weight on the sink,
-    "base": the gate's variance, side: PathResult.to_dict() + "together"}], "senders": labels, settings}."""
+    once; ``together_variance``: the gate's variance then, which can exceed the base's where the side's
+    text-driven part works against the rest). With every side run, ``match`` = 1 - the sides' ``together``
+    shares: the share only the match of the queries and the keys carries (all inputs made their means by
+    position leave every text the same gate, a share of exactly 1; the sides alone take the query's and the
+    keys' own parts and, each, the match again, as the two main effects and the interaction of an analysis of
+    variance). ``tokens`` needs two sequences or more (sixteen or more give a
+    steadier variance). Other arguments as in ``sink_paths`` (``free_mlps`` / ``free_attn``: paths through later
+    MLPs / heads count; the receivers stay the side's positions). Returns {"reading": "gate", "sink",
+    "threshold", "sides", "ablation": "position_mean", "layers": [{"layer", "heads", "weight": their mean
+    weight on the sink, "variance": the gate's variance (``gate_variance``), "base": 0 (the unedited run's
+    share), side: PathResult.to_dict() (values: the shares) + "together" + "together_variance", "match"
+    (every side run)}], "senders": labels, settings}."""
     dims = tl_adapter.model_dims(model)
     tokens = validate_tokens(tokens, dims["d_vocab"])
     if tokens.shape[0] < 2:
@@ -965,12 +1002,19 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
             if progress:
                 print(f"gate paths: layer {l}, sink heads {heads}, {len(send)} senders", file=sys.stderr, flush=True)
             hook = pats[l]
+            base_w = weight(acts[hook])[:, heads]
+            if not _varies(gate_variance(base_w), _log_odds(base_w)):
+                raise ValueError(f"tokens: the sink heads' gate at layer {l} does not vary between the texts (are "
+                                 "they the same?)")
 
-            def metric(p: Tensor, heads: list[int] = heads) -> Tensor:
+            def metric(p: Tensor, heads: list[int] = heads, base_w: Tensor = base_w) -> Tensor:
+                return gate_share(base_w, weight(p)[:, heads])
+
+            def variance(p: Tensor, heads: list[int] = heads) -> Tensor:
                 return gate_variance(weight(p)[:, heads])
 
-            row: dict[str, Any] = {"layer": l, "heads": heads,
-                                   "weight": round(float(weight(acts[hook])[:, heads].double().mean()), 8)}
+            row: dict[str, Any] = {"layer": l, "heads": heads, "weight": round(float(base_w.double().mean()), 8),
+                                   "variance": round(float(gate_variance(base_w)), 8)}
             for side in sides:
                 pos = where[side]
                 if side == "query":
@@ -981,10 +1025,13 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                                   positions=pos, free_mlps=free_mlps, free_attn=free_attn, metric_hook=hook,
                                   batch_rows=batch_rows)
                 d = res.to_dict()
-                d["together"] = _together(model, tokens, acts[f"blocks.{l}.hook_resid_pre"], metric, l, recv,
-                                          "position_mean", pos, hook)
+                resid = acts[f"blocks.{l}.hook_resid_pre"]
+                d["together"] = _together(model, tokens, resid, metric, l, recv, "position_mean", pos, hook)
+                d["together_variance"] = _together(model, tokens, resid, variance, l, recv, "position_mean", pos, hook)
                 row[side] = d
                 row["base"] = res.base
+            if len(sides) == (2 if slot else 3):  # every input of the heads' logits at queries 2..T: the rest
+                row["match"] = round(1 - sum(row[side]["together"] for side in sides), 8)
             out["layers"].append(row)
         out["senders"] = [s.label for s in all_senders]
     return out
@@ -995,27 +1042,27 @@ _GATE_SIDE_TEXT = {"query": "the queries 2..T", "sink_key": "token 1's key", "ke
 
 def gate_paths_summary(results: dict[str, Any], top: int = 3) -> str:
     """One line per layer with sink heads: the gate's variance over texts and, per side, the share of it
-    that the whole residual input and the largest senders carry (1 - ablated / base)."""
+    that the whole residual input and the largest senders carry (``gate_share``)."""
     where = "the bias slot" if results.get("sink") == "slot" else "token 1"
     lines = [f"what makes the sink heads' gate vary from text to text (mean weight on {where} above "
-             f"{results['threshold']}; the log-odds' variance over texts within positions): the share of it removed "
-             f"with a sender's write made its mean by position along its path to "
+             f"{results['threshold']}; the log-odds' variance over texts within positions): the share of it carried "
+             f"by a sender's write, made its mean by position along its path to "
              + ", ".join(_GATE_SIDE_TEXT[x] for x in results["sides"])
              + ("; the MLPs after the sender recompute" if results.get("free_mlps") else "")
              + ("; the attention layers after the sender recompute" if results.get("free_attn") else "")]
     if not results["layers"]:
         lines.append("no sink heads after layer 0")
     for row in results["layers"]:
-        base = row["base"]
         parts = [f"L{row['layer']} heads {','.join(map(str, row['heads']))}: weight {row['weight']:.3f}, "
-                 f"variance {base:.3f}"]
+                 f"variance {row['variance']:.3f}"]
         for side in results["sides"]:
             d = row[side]
-            share = (1 - np.asarray(d["values"]) / base) if base else np.zeros(len(d["values"]))
-            order = np.argsort(-share)[:top]
-            whole = 1 - d["together"] / base if base else 0.0
-            parts.append(f"{side}: all {100 * whole:.0f}%, "
-                         + ", ".join(f"{d['senders'][i]} {100 * share[i]:.0f}%" for i in order))
+            share = np.asarray(d["values"], dtype=np.float64)
+            order = np.argsort(-np.abs(share), kind="stable")[:top]
+            parts.append(f"{side}: all {100 * d['together']:+.0f}%, "
+                         + ", ".join(f"{d['senders'][i]} {100 * share[i]:+.0f}%" for i in order))
+        if "match" in row:
+            parts.append(f"the match of queries and keys (the rest): {100 * row['match']:+.0f}%")
         lines.append("; ".join(parts))
     return "\n".join(lines)
 

@@ -1039,6 +1039,30 @@ def test_gate_variance_is_the_log_odds_variance_over_texts_within_positions():
         paths.gate_variance(torch.full((2, 3), 0.5))
 
 
+def test_gate_share_is_the_covariance_of_the_change_with_the_gate_over_its_variance():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 2, 3, generator=g, dtype=torch.float64), torch.randn(7, 2, 3, generator=g, dtype=torch.float64)
+    a[:, 1] *= 3  # a head that varies more weighs more
+    base = torch.sigmoid(a + b)
+    edited = torch.sigmoid(a.mean(0, keepdim=True) + b)  # a made its mean over the texts
+    gate = a + b
+
+    def cov(x, y):
+        return ((x - x.mean(0)) * (y - y.mean(0))).mean(0).sum()
+
+    want = float(cov(a, gate) / cov(gate, gate))
+    assert float(paths.gate_share(base, edited)) == pytest.approx(want, rel=1e-9)
+    other = torch.sigmoid(a + b.mean(0, keepdim=True))
+    assert float(paths.gate_share(base, edited) + paths.gate_share(base, other)) == pytest.approx(1.0, rel=1e-9)
+    assert float(paths.gate_share(base, base)) == 0.0
+    assert float(paths.gate_share(base, torch.full_like(base, 0.3))) == pytest.approx(1.0, rel=1e-12)
+    assert float(paths.gate_share(base, torch.sigmoid(a + 2 * b))) < 0  # the edit doubles b's part: against it
+    with pytest.raises(ValueError, match="must have the shape of base"):
+        paths.gate_share(base, base[:, :1])
+    with pytest.raises(ValueError, match="does not vary between the texts"):
+        paths.gate_share(torch.full_like(base, 0.4), base)
+
+
 def _gate_reference_together(model, tokens, l, recv, pos, metric, hook):
     """The layer's residual input made its mean over the texts at ``pos``, sent to the receivers only."""
     name = f"blocks.{l}.hook_resid_pre"
@@ -1074,6 +1098,7 @@ def test_gate_paths_equal_the_reference_on_every_side():
     tokens = _tokens(7, shape=(6, 10))
     res = paths.gate_paths(model, tokens, threshold=0.2)
     assert res["reading"] == "gate" and res["sides"] == ["query", "sink_key", "keys"]
+    resids = patching.capture(model, tokens, [f"blocks.{l}.hook_resid_pre" for l in range(3)])
     ref_heads = paths.sink_paths(model, tokens, threshold=0.2, sides=["query"])
     assert [(r["layer"], r["heads"]) for r in res["layers"]] == [(r["layer"], r["heads"]) for r in ref_heads["layers"]]
     assert res["layers"]
@@ -1087,11 +1112,26 @@ def test_gate_paths_equal_the_reference_on_every_side():
         l, heads = row["layer"], row["heads"]
         hook = f"blocks.{l}.attn.hook_pattern"
 
-        def metric(p, heads=heads):
+        def metric(p, heads=heads, hook=hook):
+            return paths.gate_share(pats[hook][:, heads, 1:, 0], p[:, heads, 1:, 0])
+
+        def variance(p, heads=heads):
             return paths.gate_variance(p[:, heads, 1:, 0])
 
-        assert row["base"] == pytest.approx(float(metric(pats[hook])), rel=1e-12)
+        assert row["base"] == pytest.approx(0.0, abs=1e-12)
+        assert row["variance"] == pytest.approx(float(variance(pats[hook])), abs=1e-8)
         assert row["weight"] == pytest.approx(float(pats[hook][:, heads, 1:, 0].mean()), abs=1e-8)
+        # every input of the heads' logits made its mean by position: every text's gate the same, a share of 1,
+        # so what the three sides' shares leave is the match of queries and keys
+        name = f"blocks.{l}.hook_resid_pre"
+        mean = resids[name].mean(0, keepdim=True).expand_as(resids[name]).clone()
+        read = {}
+        with torch.no_grad(), tl_adapter.attached_hooks(
+                model, [(name, lambda a, hook=None, mean=mean: mean),
+                        (hook, lambda a, hook=None, read=read: read.__setitem__("p", a.clone()))]):
+            model(tokens)
+        assert float(metric(read["p"])) == pytest.approx(1.0, rel=1e-9)
+        assert row["match"] == pytest.approx(1 - sum(row[side]["together"] for side in where), abs=1e-8)
         senders = [s for s in paths.senders_of(model, "blocks") if s.order < 2 * l + 1]
         for side, pos in where.items():
             recv = ([Receiver(l, "q", h, tuple(pos)) for h in heads] if side == "query" else
@@ -1101,16 +1141,19 @@ def test_gate_paths_equal_the_reference_on_every_side():
             for s, v in zip(senders, d["values"]):
                 assert v == pytest.approx(_reference(model, tokens, means, s, recv, metric, hook, positions=pos),
                                           abs=1e-8), (l, side, s)
-                moved.add((side, abs(v - row["base"]) > 1e-6))
+                moved.add((side, abs(v) > 1e-6))
             assert d["together"] == pytest.approx(_gate_reference_together(model, tokens, l, recv, pos, metric, hook),
                                                   rel=1e-9)
+            assert d["together_variance"] == pytest.approx(
+                _gate_reference_together(model, tokens, l, recv, pos, variance, hook), rel=1e-9)
     assert ("query", True) in moved and ("keys", True) in moved and ("sink_key", True) in moved
     text = paths.gate_paths_summary(res)
     assert "gate vary from text to text" in text and "query: all" in text and "sink_key: all" in text
+    assert "the match of queries and keys (the rest)" in text
     from sinkinterp import figures
 
     fig = figures.sink_paths_figure(res, title="t")
-    assert len(fig.axes) == 6 and fig.axes[3].get_ylabel() == "Δ gate variance on token 1, %"
+    assert len(fig.axes) == 6 and fig.axes[3].get_ylabel() == "share of the gate's variance on token 1, %"
     assert fig.axes[1].get_title() == "sink_key side: sender's write made its mean by position at token 1, into its key"
 
 
@@ -1126,14 +1169,14 @@ def test_gate_paths_a_write_the_same_in_every_text_moves_nothing_and_errors():
     assert res["layers"]
     for row in res["layers"]:
         for side in ("query", "sink_key", "keys"):
-            assert row[side]["values"][0] == pytest.approx(row["base"], rel=1e-9)  # pos_embed
-        assert row["query"]["values"][1] != pytest.approx(row["base"], rel=1e-6)  # the token embedding is text
+            assert row[side]["values"][0] == pytest.approx(0.0, abs=1e-9)  # pos_embed
+        assert abs(row["query"]["values"][1]) > 1e-3  # the token embedding is text
     bos = tokens.clone()
     bos[:, 0] = 1
     res = paths.gate_paths(model, bos, threshold=0.05, sides=["sink_key"])
     for row in res["layers"]:
-        assert row["sink_key"]["together"] == pytest.approx(row["base"], rel=1e-9)
-        assert row["sink_key"]["values"] == pytest.approx([row["base"]] * len(row["sink_key"]["values"]), rel=1e-9)
+        assert row["sink_key"]["together"] == pytest.approx(0.0, abs=1e-9) and "match" not in row
+        assert row["sink_key"]["values"] == pytest.approx([0.0] * len(row["sink_key"]["values"]), abs=1e-9)
     for kwargs, match in ((dict(sides=["key"]), "sides: got"), (dict(sides=[]), "sides"),
                           (dict(threshold=0.0), "threshold"), (dict(sink="k"), "sink: got 'k'"),
                           (dict(sink="slot"), "needs a model with a bias slot"),
@@ -1143,6 +1186,8 @@ def test_gate_paths_a_write_the_same_in_every_text_moves_nothing_and_errors():
             paths.gate_paths(model, tokens, **kwargs)
     with pytest.raises(ValueError, match="at least 2 sequences"):
         paths.gate_paths(model, tokens[:1])
+    with pytest.raises(ValueError, match="does not vary between the texts"):
+        paths.gate_paths(model, tokens[:1].repeat(3, 1), threshold=0.05)
     slot = SinkTransformer(tiny_config(n_layers=3, attn_bias="kv")).double().eval()
     with pytest.raises(ValueError, match="the sides are 'query' and 'keys'"):
         paths.gate_paths(slot, tokens, sink="slot", sides=["sink_key"])
@@ -1162,12 +1207,14 @@ def test_gate_paths_on_the_bias_slot_read_every_key_as_another_key():
     for row in res["layers"]:
         l, heads = row["layer"], row["heads"]
         hook = f"blocks.{l}.attn.hook_bias_pattern"
-        assert row["base"] == pytest.approx(float(paths.gate_variance(bias[hook][:, heads, 1:])), rel=1e-12)
+        assert row["variance"] == pytest.approx(float(paths.gate_variance(bias[hook][:, heads, 1:])), abs=1e-8)
+        assert row["match"] == pytest.approx(1 - row["query"]["together"] - row["keys"]["together"], abs=1e-8)
         assert row["keys"]["positions"] == list(range(9))
         s = paths.senders_of(model, "blocks")[0]
         ref = _reference(model, tokens, means, s, [Receiver(l, "k", g, tuple(range(9))) for g in
                                                    sorted({h // group for h in heads})],
-                         lambda p, heads=heads: paths.gate_variance(p[:, heads, 1:]), hook, positions=range(9))
+                         lambda p, heads=heads, hook=hook: paths.gate_share(bias[hook][:, heads, 1:], p[:, heads, 1:]),
+                         hook, positions=range(9))
         assert row["keys"]["values"][0] == pytest.approx(ref, abs=1e-8)
     assert "mean weight on the bias slot" in paths.gate_paths_summary(res)
 
@@ -1186,8 +1233,8 @@ def test_cli_paths_gate_writes_the_study_and_refuses_the_weight_reading_flags(tm
     assert config["key_ablation"] is None and config["query_ablation"] is None
     row = res["layers"][0]
     assert row["layer"] == 3 and len(row["query"]["values"]) == 7
-    # BOS opens every text: token 1's key is the same in each, so the sink key's side removes nothing
-    assert row["sink_key"]["together"] == pytest.approx(row["base"], rel=1e-6)
+    # BOS opens every text: token 1's key is the same in each, so the sink key's side carries nothing
+    assert row["sink_key"]["together"] == pytest.approx(0.0, abs=1e-6)
     assert (out / "paths.png").stat().st_size > 10_000
     assert "gate vary from text to text" in capsys.readouterr().out
     one = tmp_path / "one"
