@@ -68,7 +68,7 @@ from sinkinterp.patching import (
 )
 
 __all__ = ["ABLATIONS", "PATH_SINKS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES", "PathResult", "Receiver", "Sender",
-           "backup_pairs", "GATE_SIDES", "gate_paths", "gate_paths_summary", "gate_share", "gate_variance", "neuron_search", "path_ablate", "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
+           "backup_pairs", "GATE_SIDES", "gate_paths", "gate_paths_summary", "gate_share", "gate_share_by_text", "gate_variance", "neuron_search", "path_ablate", "path_patch", "senders_of", "sink_paths", "sink_paths_summary"]
 
 SENDER_KINDS = ("embed", "pos_embed", "attn_out", "z", "mlp_out", "neuron")
 RECEIVER_KINDS = ("q", "k", "v")
@@ -911,12 +911,19 @@ def _log_odds(weights: Tensor) -> Tensor:
 
 
 def gate_share(base: Tensor, edited: Tensor) -> Tensor:
-    """The share of the gate's variance over texts that an edit carries: with g the log-odds of the sink
+    """``gate_share_by_text(base, edited)`` summed over the texts (see there)."""
+    return gate_share_by_text(base, edited).sum()
+
+
+def gate_share_by_text(base: Tensor, edited: Tensor) -> Tensor:
+    """The share of the gate's variance over texts that an edit carries, by text: with g the log-odds of the sink
     weights ``base`` and g' those of ``edited`` (both [batch, head, query], as in ``gate_variance``), the
     covariance over the batch of the change g - g' with g, over g's variance, each summed over heads and query
     positions (the share of the summed variance: heads and positions that vary more weigh more). For an edit
     that takes away one additive part of g (g = a + b, the edit making a its mean), it is cov(a, g) / var(g):
-    the parts' shares add up to 1, and a part that works against the rest has a negative share."""
+    the parts' shares add up to 1, and a part that works against the rest has a negative share. By text:
+    [batch], each text's term of that covariance (their sum is the share), so one text that carries most
+    of it shows."""
     if base.shape != edited.shape:
         raise ValueError(f"edited {tuple(edited.shape)} must have the shape of base {tuple(base.shape)}")
     var = gate_variance(base)  # (checks the shape and the batch)
@@ -925,8 +932,8 @@ def gate_share(base: Tensor, edited: Tensor) -> Tensor:
         raise ValueError("base: the gate does not vary between the texts (its variance is 0 to rounding): no share "
                          "to split")
     change = g - _log_odds(edited)
-    cov = ((change - change.mean(0)) * (g - g.mean(0))).mean(0)
-    return cov.mean() / var
+    terms = (change - change.mean(0)) * (g - g.mean(0))  # [batch, head, query]: mean over the batch is the cov
+    return terms.flatten(1).mean(1) / (g.shape[0] * var)
 
 
 def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: str | Sequence[Sender] = "blocks",
@@ -958,7 +965,9 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     MLPs / heads count; the receivers stay the side's positions). Returns {"reading": "gate", "sink",
     "threshold", "sides", "ablation": "position_mean", "layers": [{"layer", "heads", "weight": their mean
     weight on the sink, "variance": the gate's variance (``gate_variance``), "base": 0 (the unedited run's
-    share), side: PathResult.to_dict() (values: the shares) + "together" + "together_variance", "match"
+    share), "resid_peak" / "resid_peak_at": per text, its largest residual norm at the layer's input after token
+    1 over the median one there (a second massive token: > 10) and where, side: PathResult.to_dict() (values:
+    the shares) + "together" + "together_by_text" (``gate_share_by_text``) + "together_variance", "match"
     (every side run)}], "senders": labels, settings}."""
     dims = tl_adapter.model_dims(model)
     tokens = validate_tokens(tokens, dims["d_vocab"])
@@ -1010,11 +1019,13 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
             def metric(p: Tensor, heads: list[int] = heads, base_w: Tensor = base_w) -> Tensor:
                 return gate_share(base_w, weight(p)[:, heads])
 
-            def variance(p: Tensor, heads: list[int] = heads) -> Tensor:
-                return gate_variance(weight(p)[:, heads])
-
+            # each text's largest residual norm after token 1 over the median one there: a second massive token
+            norm = acts[f"blocks.{l}.hook_resid_pre"][:, 1:].double().norm(dim=-1)  # [batch, T - 1]
+            ratio = norm / norm.median()
             row: dict[str, Any] = {"layer": l, "heads": heads, "weight": round(float(base_w.double().mean()), 8),
-                                   "variance": round(float(gate_variance(base_w)), 8)}
+                                   "variance": round(float(gate_variance(base_w)), 8),
+                                   "resid_peak": ratio.max(1).values.round(decimals=4).tolist(),
+                                   "resid_peak_at": (ratio.argmax(1) + 1).tolist()}
             for side in sides:
                 pos = where[side]
                 if side == "query":
@@ -1026,8 +1037,11 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                                   batch_rows=batch_rows)
                 d = res.to_dict()
                 resid = acts[f"blocks.{l}.hook_resid_pre"]
-                d["together"] = _together(model, tokens, resid, metric, l, recv, "position_mean", pos, hook)
-                d["together_variance"] = _together(model, tokens, resid, variance, l, recv, "position_mean", pos, hook)
+                got = weight(_together_read(model, tokens, resid, l, recv, "position_mean", pos, hook))[:, heads]
+                by_text = gate_share_by_text(base_w, got)
+                d["together"] = float(by_text.sum())
+                d["together_by_text"] = by_text.round(decimals=8).tolist()
+                d["together_variance"] = float(gate_variance(got))
                 row[side] = d
                 row["base"] = res.base
             if len(sides) == (2 if slot else 3):  # every input of the heads' logits at queries 2..T: the rest
@@ -1070,7 +1084,13 @@ def gate_paths_summary(results: dict[str, Any], top: int = 3) -> str:
 def _together(model: Any, tokens: Tensor, resid: Tensor, metric: Metric, layer: int, recv: list[Receiver],
               how: str, pos: list[int], hook: str) -> float:
     """The receivers' inputs computed from the layer's whole residual input ``resid`` (the unedited run's)
-    ablated at ``pos``."""
+    ablated at ``pos``: the metric of the run with them."""
+    return float(metric(_together_read(model, tokens, resid, layer, recv, how, pos, hook)))
+
+
+def _together_read(model: Any, tokens: Tensor, resid: Tensor, layer: int, recv: list[Receiver], how: str,
+                   pos: list[int], hook: str) -> Tensor:
+    """``_together``'s run: the activation at ``hook``."""
     name = f"blocks.{layer}.hook_resid_pre"
     tokens = tokens.to(_model_device(model))
     with _eval_mode(model), torch.no_grad():
@@ -1082,7 +1102,7 @@ def _together(model: Any, tokens: Tensor, resid: Tensor, metric: Metric, layer: 
             return out
 
         sent = _pass_until(model, model, tokens, [(name, edit)], [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
-        return float(metric(_receive(model, model, tokens, recv, sent, [hook], 1, tokens.shape[0])[0]))
+        return _receive(model, model, tokens, recv, sent, [hook], 1, tokens.shape[0])[0]
 
 
 def sink_paths_summary(results: dict[str, Any], top: int = 3) -> str:

@@ -1055,6 +1055,14 @@ def test_gate_share_is_the_covariance_of_the_change_with_the_gate_over_its_varia
     other = torch.sigmoid(a + b.mean(0, keepdim=True))
     assert float(paths.gate_share(base, edited) + paths.gate_share(base, other)) == pytest.approx(1.0, rel=1e-9)
     assert float(paths.gate_share(base, base)) == 0.0
+    # by text: the terms of the covariance, summing to the share; a text whose part alone moves carries it all
+    by_text = paths.gate_share_by_text(base, edited)
+    assert by_text.shape == (7,) and float(by_text.sum()) == pytest.approx(want, rel=1e-9)
+    spike = a.clone()
+    spike[3] += 10.0
+    one = paths.gate_share_by_text(torch.sigmoid(spike + b), torch.sigmoid(torch.where(
+        torch.arange(7).view(7, 1, 1) == 3, spike - 10.0, spike) + b))
+    assert int(one.abs().argmax()) == 3
     assert float(paths.gate_share(base, torch.full_like(base, 0.3))) == pytest.approx(1.0, rel=1e-12)
     assert float(paths.gate_share(base, torch.sigmoid(a + 2 * b))) < 0  # the edit doubles b's part: against it
     with pytest.raises(ValueError, match="must have the shape of base"):
@@ -1132,6 +1140,9 @@ def test_gate_paths_equal_the_reference_on_every_side():
             model(tokens)
         assert float(metric(read["p"])) == pytest.approx(1.0, rel=1e-9)
         assert row["match"] == pytest.approx(1 - sum(row[side]["together"] for side in where), abs=1e-8)
+        norm = resids[name][:, 1:].norm(dim=-1)
+        assert row["resid_peak"] == pytest.approx((norm.max(1).values / norm.median()).tolist(), abs=1e-4)
+        assert row["resid_peak_at"] == (norm.argmax(1) + 1).tolist()
         senders = [s for s in paths.senders_of(model, "blocks") if s.order < 2 * l + 1]
         for side, pos in where.items():
             recv = ([Receiver(l, "q", h, tuple(pos)) for h in heads] if side == "query" else
@@ -1144,6 +1155,8 @@ def test_gate_paths_equal_the_reference_on_every_side():
                 moved.add((side, abs(v) > 1e-6))
             assert d["together"] == pytest.approx(_gate_reference_together(model, tokens, l, recv, pos, metric, hook),
                                                   rel=1e-9)
+            assert sum(d["together_by_text"]) == pytest.approx(d["together"], abs=1e-6)
+            assert len(d["together_by_text"]) == 6
             assert d["together_variance"] == pytest.approx(
                 _gate_reference_together(model, tokens, l, recv, pos, variance, hook), rel=1e-9)
     assert ("query", True) in moved and ("keys", True) in moved and ("sink_key", True) in moved
