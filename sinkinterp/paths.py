@@ -966,7 +966,8 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     "threshold", "sides", "ablation": "position_mean", "layers": [{"layer", "heads", "weight": their mean
     weight on the sink, "variance": the gate's variance (``gate_variance``), "base": 0 (the unedited run's
     share), "resid_peak" / "resid_peak_at": per text, its largest residual norm at the layer's input after token
-    1 over the median one there (a second massive token: > 10) and where, side: PathResult.to_dict() (values:
+    1 over the median one there (a second massive token: > 10) and where, "peak_weight" (token 1 the sink) the
+    heads' mean weight on that position from it on, "weight_by_text", side: PathResult.to_dict() (values:
     the shares) + "together" + "together_by_text" (``gate_share_by_text``) + "together_variance", "match"
     (every side run)}], "senders": labels, settings}."""
     dims = tl_adapter.model_dims(model)
@@ -1022,10 +1023,15 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
             # each text's largest residual norm after token 1 over the median one there: a second massive token
             norm = acts[f"blocks.{l}.hook_resid_pre"][:, 1:].double().norm(dim=-1)  # [batch, T - 1]
             ratio = norm / norm.median()
+            peak_at = ratio.argmax(1) + 1
             row: dict[str, Any] = {"layer": l, "heads": heads, "weight": round(float(base_w.double().mean()), 8),
                                    "variance": round(float(gate_variance(base_w)), 8),
+                                   "weight_by_text": base_w.double().mean((1, 2)).round(decimals=6).tolist(),
                                    "resid_peak": ratio.max(1).values.round(decimals=4).tolist(),
-                                   "resid_peak_at": (ratio.argmax(1) + 1).tolist()}
+                                   "resid_peak_at": peak_at.tolist()}
+            if not slot:  # the heads' mean weight on that position, over the queries from it on
+                pat = acts[hook][:, heads].double()  # [batch, head, query, key]
+                row["peak_weight"] = [round(float(pat[b, :, int(k):, int(k)].mean()), 6) for b, k in enumerate(peak_at)]
             for side in sides:
                 pos = where[side]
                 if side == "query":

@@ -1143,6 +1143,9 @@ def test_gate_paths_equal_the_reference_on_every_side():
         norm = resids[name][:, 1:].norm(dim=-1)
         assert row["resid_peak"] == pytest.approx((norm.max(1).values / norm.median()).tolist(), abs=1e-4)
         assert row["resid_peak_at"] == (norm.argmax(1) + 1).tolist()
+        assert row["weight_by_text"] == pytest.approx(pats[hook][:, heads, 1:, 0].mean((1, 2)).tolist(), abs=1e-6)
+        k = row["resid_peak_at"][2]
+        assert row["peak_weight"][2] == pytest.approx(float(pats[hook][2, heads, k:, k].mean()), abs=1e-6)
         senders = [s for s in paths.senders_of(model, "blocks") if s.order < 2 * l + 1]
         for side, pos in where.items():
             recv = ([Receiver(l, "q", h, tuple(pos)) for h in heads] if side == "query" else
@@ -1223,6 +1226,7 @@ def test_gate_paths_on_the_bias_slot_read_every_key_as_another_key():
         assert row["variance"] == pytest.approx(float(paths.gate_variance(bias[hook][:, heads, 1:])), abs=1e-8)
         assert row["match"] == pytest.approx(1 - row["query"]["together"] - row["keys"]["together"], abs=1e-8)
         assert row["keys"]["positions"] == list(range(9))
+        assert "peak_weight" not in row and len(row["weight_by_text"]) == 5
         s = paths.senders_of(model, "blocks")[0]
         ref = _reference(model, tokens, means, s, [Receiver(l, "k", g, tuple(range(9))) for g in
                                                    sorted({h // group for h in heads})],
