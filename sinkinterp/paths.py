@@ -760,15 +760,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     for name, how in (("key_ablation", key_ablation), ("query_ablation", query_ablation)):
         if how not in ABLATIONS:
             raise ValueError(f"{name}: got {how!r}, allowed values are {list(ABLATIONS)}")
-    L, T = dims["n_layers"], tokens.shape[1]
-    if isinstance(senders, str):
-        all_senders = senders_of(model, senders, sender_layers)
-    else:
-        if sender_layers is not None:
-            raise ValueError("sender_layers: only with a kind of senders (a list of Sender names its layers itself)")
-        all_senders = list(senders)
-    _check_senders(model, all_senders)
-    wanted = _read_layers(L, all_senders, layers)
+    T = tokens.shape[1]
+    all_senders, wanted = _senders_and_layers(model, senders, sender_layers, layers)
     searched = [] if search_mlps is None else sorted({int(m) for m in search_mlps})
     if search_mlps is not None and not searched:
         raise ValueError("search_mlps: empty (None: no search)")
@@ -855,6 +848,20 @@ def _sink_reading(model: Any, sink: str) -> tuple[str, list[str], Callable[[Tens
         return p[:, :, 1:, 0]
 
     return sink, pats, weight
+
+
+def _senders_and_layers(model: Any, senders: str | Sequence[Sender], sender_layers: Sequence[int] | None,
+                        layers: Sequence[int] | None) -> tuple[list[Sender], list[int]]:
+    """The senders (a kind for ``senders_of``, of ``sender_layers`` only, or a list of Sender), checked, and
+    the layers whose sink heads are read (``_read_layers``)."""
+    if isinstance(senders, str):
+        all_senders = senders_of(model, senders, sender_layers)
+    else:
+        if sender_layers is not None:
+            raise ValueError("sender_layers: only with a kind of senders (a list of Sender names its layers itself)")
+        all_senders = list(senders)
+    _check_senders(model, all_senders)
+    return all_senders, _read_layers(tl_adapter.model_dims(model)["n_layers"], all_senders, layers)
 
 
 def _read_layers(L: int, senders: Sequence[Sender], layers: Sequence[int] | None) -> list[int]:
@@ -987,15 +994,8 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     if slot and "sink_key" in sides:
         raise ValueError("sides: the bias slot's key is a parameter that no sender writes; with sink='slot' the "
                          "sides are 'query' and 'keys'")
-    L, T = dims["n_layers"], tokens.shape[1]
-    if isinstance(senders, str):
-        all_senders = senders_of(model, senders, sender_layers)
-    else:
-        if sender_layers is not None:
-            raise ValueError("sender_layers: only with a kind of senders (a list of Sender names its layers itself)")
-        all_senders = list(senders)
-    _check_senders(model, all_senders)
-    wanted = _read_layers(L, all_senders, layers)
+    T = tokens.shape[1]
+    all_senders, wanted = _senders_and_layers(model, senders, sender_layers, layers)
     group = dims["n_heads"] // dims["n_kv_heads"]
     where = {"query": list(range(1, T)), "sink_key": [0], "keys": list(range(0 if slot else 1, T))}
     with tl_adapter.hook_dict_kept(model):
