@@ -90,7 +90,7 @@ def _rows(res: dict[str, Any]) -> list[str]:
             d = row[side]
             cells.append(_pct(d["together"]))
             cells.append(", ".join(f"{n} {_pct(v)}" for n, v in _top(d)))
-        cells.append(_pct(row["match"]) if "match" in row else "")
+        cells.append(_pct(row["rest"]) if "rest" in row else "")
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -137,13 +137,13 @@ def _outliers(name: str, res: dict[str, Any], floor: float = 0.2) -> list[str]:
 
 
 def _model_line(label: str, res: dict[str, Any]) -> str:
-    """Per layer: each side's whole share and the match; which side leads."""
+    """Per layer: each side's whole share and the rest."""
     parts = []
     for row in res["layers"]:
         sides = ", ".join(f"{SIDE_NAMES[s]} {_pct(row[s]['together'])}" for s in res["sides"])
-        match = f", their match {_pct(row['match'])}" if "match" in row else ""
+        rest = f", the rest {_pct(row['rest'])}" if "rest" in row else ""
         parts.append(f"L{row['layer']} ({len(row['heads'])} head{'s' if len(row['heads']) > 1 else ''}, weight "
-                     f"{row['weight']:.2f}): {sides}{match}")
+                     f"{row['weight']:.2f}): {sides}{rest}")
     return f"- **{label}**: " + "; ".join(parts) + "."
 
 
@@ -152,8 +152,8 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
     shown = [(name, res) for name, res in results.items() if res["layers"]]
     if not shown:
         return [*out, "No run found sink heads.", ""]
-    out.append("Each side's whole input made its mean by position (*all*), by layer, and what only the match of "
-               "queries and keys carries (the rest to 100%, where every side was run):")
+    out.append("Each side's whole input made its mean by position (*all*), by layer, and the rest to 100% (where "
+               "every side was run; negative where the sides overlap):")
     out.append("")
     out += [_model_line(_label(name, res), res) for name, res in shown]
     out.append("")
@@ -211,13 +211,13 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         pairs = [(ra, rb) for ra in a["layers"] for rb in b["layers"] if ra["layer"] == rb["layer"]]
         gaps = [(abs(ra[s]["together"] - rb[s]["together"]), f"L{ra['layer']} {SIDE_NAMES[s]}", ra[s]["together"],
                  rb[s]["together"]) for ra, rb in pairs for s in a["sides"] if s in rb]
-        gaps += [(abs(ra["match"] - rb["match"]), f"L{ra['layer']} match", ra["match"], rb["match"])
-                 for ra, rb in pairs if "match" in ra and "match" in rb]
+        gaps += [(abs(ra["rest"] - rb["rest"]), f"L{ra['layer']} rest", ra["rest"], rb["rest"])
+                 for ra, rb in pairs if "rest" in ra and "rest" in rb]
         if not gaps:
             continue
         big = max(gaps)
         same = [ra["layer"] for ra, rb in pairs if _top(ra["query"], 1)[0][0] == _top(rb["query"], 1)[0][0]]
-        out.append(f"- **Replicate** (`{rep}` against `{first}`, other windows): the sides' whole shares and the match "
+        out.append(f"- **Replicate** (`{rep}` against `{first}`, other windows): the sides' whole shares and the rest "
                    f"differ by a median {100 * float(np.median([g[0] for g in gaps])):.0f} points at the layers both "
                    f"read, at most {100 * big[0]:.0f} ({big[1]}: {_pct(big[2])} against {_pct(big[3])}); the query "
                    f"side's leading sender is the same at {len(same)} of {len(pairs)} layers"
@@ -313,17 +313,20 @@ def main(argv: list[str] | None = None) -> int:
         "For a gate made of additive parts, making one part its mean gives that part's share, and the parts' shares",
         "add up to 100%; a part that works against the others has a negative share. *All* makes the side's whole",
         "residual input its mean by position. Making every input its mean leaves every text the same gate, a share",
-        "of exactly 100%, so what the three sides' *all* leave to 100% is the **match**: the part of the gate only",
-        "the query and the keys *together* carry (how well this query fits these keys), which each side's edit",
-        "removes only in part. Tested against a one-sender-at-a-time reference on every side, on a bias slot, with",
-        "writes that are the same in every text (a position embedding, a BOS) carrying nothing, and the shares",
-        "against hand-built additive gates (tests/test_paths.py).",
+        "of exactly 100%; the **rest** is 100% minus the three sides' *all*. It is 0 where the gate is a part that",
+        "follows the query plus parts that follow the keys; it is negative where the sides overlap: a part that moves",
+        "only with the query and the keys together (a product of the two, how well this query fits these keys) is",
+        "taken by each side's edit, so the sides count it twice; it is positive where some of the variance goes",
+        "only with both sides made their means. Tested against a one-sender-at-a-time reference on every side, on a",
+        "bias slot, with writes that are the same in every text (a position embedding, a BOS) carrying nothing, and",
+        "the shares against hand-built gates: additive (the shares add up to 100%) and a product (they overlap)",
+        "(tests/test_paths.py).",
         "",
         "## Results",
         "",
         "Per run and layer: the sink heads, their mean weight on the sink, the variance of their log-odds over",
         "texts (mean over heads and positions), each side's *all* and its three largest single paths (by size),",
-        "and the match.",
+        "and the rest.",
         "",
     ]
     for name, res in results.items():
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += ["No sink heads after layer 0.", ""]
             continue
         head = "".join(f" {SIDE_NAMES[s]}: all | {SIDE_NAMES[s]}: largest paths |" for s in res["sides"])
-        lines += [f"| layer | sink heads | weight on the sink | gate variance |{head} match |",
+        lines += [f"| layer | sink heads | weight on the sink | gate variance |{head} rest |",
                   "| --- | --- | ---: | ---: |" + " ---: | --- |" * len(res["sides"]) + " ---: |", *_rows(res), ""]
         if (FIGS / f"gate-paths-{name}.png").is_file():
             lines += [f"![what makes the gate vary, {label}](figures/gate-paths-{name}.png)", ""]

@@ -963,11 +963,12 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
 
     ``together``: the layer's whole residual input made the same way at those positions (every sender at
     once; ``together_variance``: the gate's variance then, which can exceed the base's where the side's
-    text-driven part works against the rest). With every side run, ``match`` = 1 - the sides' ``together``
-    shares: the share only the match of the queries and the keys carries (all inputs made their means by
-    position leave every text the same gate, a share of exactly 1; the sides alone take the query's and the
-    keys' own parts and, each, the match again, as the two main effects and the interaction of an analysis of
-    variance). ``tokens`` needs two sequences or more (sixteen or more give a
+    text-driven part works against the rest). With every side run, ``rest`` = 1 - the sides' ``together``
+    shares (all inputs made their means by position leave every text the same gate, a share of exactly 1): 0
+    where the gate is a query part plus keys parts; negative where the sides' edits overlap, as for a part that
+    moves only with query and keys together (a product of the two: how well this query fits these keys),
+    which each side's edit takes, so the sides count it twice; positive where some of the variance goes only
+    with both sides made their means. ``tokens`` needs two sequences or more (sixteen or more give a
     steadier variance). Other arguments as in ``sink_paths`` (``free_mlps`` / ``free_attn``: paths through later
     MLPs / heads count; the receivers stay the side's positions). Returns {"reading": "gate", "sink",
     "threshold", "sides", "ablation": "position_mean", "layers": [{"layer", "heads", "weight": their mean
@@ -975,7 +976,7 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     share), "resid_peak" / "resid_peak_at": per text, its largest residual norm at the layer's input after token
     1 over the median one there (a second massive token: > 10) and where, "peak_weight" (token 1 the sink) the
     heads' mean weight on that position from it on, "weight_by_text", side: PathResult.to_dict() (values:
-    the shares) + "together" + "together_by_text" (``gate_share_by_text``) + "together_variance", "match"
+    the shares) + "together" + "together_by_text" (``gate_share_by_text``) + "together_variance", "rest"
     (every side run)}], "senders": labels, settings}."""
     dims = tl_adapter.model_dims(model)
     tokens = validate_tokens(tokens, dims["d_vocab"])
@@ -1051,7 +1052,7 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                 row[side] = d
                 row["base"] = res.base
             if len(sides) == (2 if slot else 3):  # every input of the heads' logits at queries 2..T: the rest
-                row["match"] = round(1 - sum(row[side]["together"] for side in sides), 8)
+                row["rest"] = round(1 - sum(row[side]["together"] for side in sides), 8)
             out["layers"].append(row)
         out["senders"] = [s.label for s in all_senders]
     return out
@@ -1081,8 +1082,8 @@ def gate_paths_summary(results: dict[str, Any], top: int = 3) -> str:
             order = np.argsort(-np.abs(share), kind="stable")[:top]
             parts.append(f"{side}: all {100 * d['together']:+.0f}%, "
                          + ", ".join(f"{d['senders'][i]} {100 * share[i]:+.0f}%" for i in order))
-        if "match" in row:
-            parts.append(f"the match of queries and keys (the rest): {100 * row['match']:+.0f}%")
+        if "rest" in row:
+            parts.append(f"the rest (100% minus the sides; < 0: they overlap): {100 * row['rest']:+.0f}%")
         lines.append("; ".join(parts))
     return "\n".join(lines)
 

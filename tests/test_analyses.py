@@ -1454,7 +1454,7 @@ def test_sink_paths_triples_note(tmp_path, monkeypatch):
 
 
 def test_gate_paths_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
-    """The page's rows from the runs' snapshots (the shares, the match), its figures, a replicate read against
+    """The page's rows from the runs' snapshots (the shares, the rest), its figures, a replicate read against
     its first run, and a model that is not here (SmolLM2 without its wheel) taken from its snapshot."""
     from sinkinterp import loading
 
@@ -1480,8 +1480,8 @@ def test_gate_paths_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):
     top = max(zip(q["senders"], q["values"]), key=lambda x: abs(x[1]))
     assert (f"| L3 | {', '.join(map(str, row['heads']))} | {row['weight']:.3f} | {row['variance']:.3f} | "
             f"{100 * q['together']:+.0f}% | {top[0]} {100 * top[1]:+.0f}%") in page
-    assert f"{100 * row['match']:+.0f}% |" in page and f"- `{snap['command']}`" in page
-    assert row["match"] == pytest.approx(1 - sum(row[s]["together"] for s in ("query", "sink_key", "keys")), abs=1e-5)
+    assert f"{100 * row['rest']:+.0f}% |" in page and f"- `{snap['command']}`" in page
+    assert row["rest"] == pytest.approx(1 - sum(row[s]["together"] for s in ("query", "sink_key", "keys")), abs=1e-5)
     # BOS opens every text: token 1's key carries nothing, and the reading says why
     assert "Where BOS opens every text (2 rows)" in page
     assert "- **Replicate** (`toy-softmax__natural` against `toy-softmax__debian`" in page
@@ -1505,12 +1505,12 @@ def test_gate_paths_reading_names_the_leading_side_the_outlier_text_and_the_repl
         return {"senders": ["embed", "mlp 0"], "values": list(values), "base": 0.0, "together": together,
                 "together_by_text": by_text}
 
-    def row(layer, q, k, by_text_k, match):
+    def row(layer, q, k, by_text_k, rest):
         return {"layer": layer, "heads": [0, 1], "weight": 0.5, "variance": 1.0,
                 "weight_by_text": [0.5, 0.2, 0.5, 0.6], "resid_peak": [2.0, 80.0, 3.0, 2.5],
                 "resid_peak_at": [5, 1, 7, 9], "peak_weight": [0.01, 0.4, 0.02, 0.01],
                 "query": side(q, [q / 4] * 4), "sink_key": side(0.02, [0.005] * 4), "keys": side(k, by_text_k),
-                "match": match}
+                "rest": rest}
 
     first = {"inputs": "natural", "sides": ["query", "sink_key", "keys"],
              "layers": [row(3, 0.1, 0.7, [0.05, 0.55, 0.05, 0.05], 0.18), row(13, 0.9, -0.1, [-0.025] * 4, 0.18)]}

@@ -1065,6 +1065,12 @@ def test_gate_share_is_the_covariance_of_the_change_with_the_gate_over_its_varia
     assert int(one.abs().argmax()) == 3
     assert float(paths.gate_share(base, torch.full_like(base, 0.3))) == pytest.approx(1.0, rel=1e-12)
     assert float(paths.gate_share(base, torch.sigmoid(a + 2 * b))) < 0  # the edit doubles b's part: against it
+    # a product of the two (how well one fits the other): each one's edit takes the product's part, so the two
+    # shares overlap and add up to more than 1 (gate_paths' rest is negative)
+    prod = torch.sigmoid((1 + a) * (1 + b))
+    shares = [float(paths.gate_share(prod, torch.sigmoid((1 + x) * (1 + y)))) for x, y in
+              ((a.mean(0, keepdim=True), b), (a, b.mean(0, keepdim=True)))]
+    assert all(0 < x < 1 for x in shares) and sum(shares) > 1.1
     with pytest.raises(ValueError, match="must have the shape of base"):
         paths.gate_share(base, base[:, :1])
     with pytest.raises(ValueError, match="does not vary between the texts"):
@@ -1130,7 +1136,7 @@ def test_gate_paths_equal_the_reference_on_every_side():
         assert row["variance"] == pytest.approx(float(variance(pats[hook])), abs=1e-8)
         assert row["weight"] == pytest.approx(float(pats[hook][:, heads, 1:, 0].mean()), abs=1e-8)
         # every input of the heads' logits made its mean by position: every text's gate the same, a share of 1,
-        # so what the three sides' shares leave is the match of queries and keys
+        # so the three sides' shares and the rest add up to 1
         name = f"blocks.{l}.hook_resid_pre"
         mean = resids[name].mean(0, keepdim=True).expand_as(resids[name]).clone()
         read = {}
@@ -1139,7 +1145,7 @@ def test_gate_paths_equal_the_reference_on_every_side():
                         (hook, lambda a, hook=None, read=read: read.__setitem__("p", a.clone()))]):
             model(tokens)
         assert float(metric(read["p"])) == pytest.approx(1.0, rel=1e-9)
-        assert row["match"] == pytest.approx(1 - sum(row[side]["together"] for side in where), abs=1e-8)
+        assert row["rest"] == pytest.approx(1 - sum(row[side]["together"] for side in where), abs=1e-8)
         norm = resids[name][:, 1:].norm(dim=-1)
         assert row["resid_peak"] == pytest.approx((norm.max(1).values / norm.median()).tolist(), abs=1e-4)
         assert row["resid_peak_at"] == (norm.argmax(1) + 1).tolist()
@@ -1165,7 +1171,7 @@ def test_gate_paths_equal_the_reference_on_every_side():
     assert ("query", True) in moved and ("keys", True) in moved and ("sink_key", True) in moved
     text = paths.gate_paths_summary(res)
     assert "gate vary from text to text" in text and "query: all" in text and "sink_key: all" in text
-    assert "the match of queries and keys (the rest)" in text
+    assert "the rest (100% minus the sides; < 0: they overlap)" in text
     from sinkinterp import figures
 
     fig = figures.sink_paths_figure(res, title="t")
@@ -1191,7 +1197,7 @@ def test_gate_paths_a_write_the_same_in_every_text_moves_nothing_and_errors():
     bos[:, 0] = 1
     res = paths.gate_paths(model, bos, threshold=0.05, sides=["sink_key"])
     for row in res["layers"]:
-        assert row["sink_key"]["together"] == pytest.approx(0.0, abs=1e-9) and "match" not in row
+        assert row["sink_key"]["together"] == pytest.approx(0.0, abs=1e-9) and "rest" not in row
         assert row["sink_key"]["values"] == pytest.approx([0.0] * len(row["sink_key"]["values"]), abs=1e-9)
     for kwargs, match in ((dict(sides=["key"]), "sides: got"), (dict(sides=[]), "sides"),
                           (dict(threshold=0.0), "threshold"), (dict(sink="k"), "sink: got 'k'"),
@@ -1224,7 +1230,7 @@ def test_gate_paths_on_the_bias_slot_read_every_key_as_another_key():
         l, heads = row["layer"], row["heads"]
         hook = f"blocks.{l}.attn.hook_bias_pattern"
         assert row["variance"] == pytest.approx(float(paths.gate_variance(bias[hook][:, heads, 1:])), abs=1e-8)
-        assert row["match"] == pytest.approx(1 - row["query"]["together"] - row["keys"]["together"], abs=1e-8)
+        assert row["rest"] == pytest.approx(1 - row["query"]["together"] - row["keys"]["together"], abs=1e-8)
         assert row["keys"]["positions"] == list(range(9))
         assert "peak_weight" not in row and len(row["weight_by_text"]) == 5
         s = paths.senders_of(model, "blocks")[0]
