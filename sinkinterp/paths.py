@@ -36,6 +36,10 @@ removes a sender's value instead: ``"zero"``; ``"mean"``, its mean over every se
 position but the first (at token 1, what makes token 1's write different from an ordinary token's; at
 the other positions, what the text adds); ``"position_mean"``, its mean over the sequences at each
 position (what the text adds at that position).
+
+``gate_paths`` asks along the same paths what makes the sink heads' weight on the sink vary from text to
+text: each sender's write made its mean by position, read by the share of the gate's variance the change
+carries (``gate_share``).
 """
 
 from __future__ import annotations
@@ -974,7 +978,8 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     "threshold", "sides", "ablation": "position_mean", "layers": [{"layer", "heads", "weight": their mean
     weight on the sink, "variance": the gate's variance (``gate_variance``), "base": 0 (the unedited run's
     share), "resid_peak" / "resid_peak_at": per text, its largest residual norm at the layer's input after token
-    1 over the median one there (a second massive token: > 10) and where, "peak_weight" (token 1 the sink) the
+    1 over the median one there (a second massive token stands out far above the rest) and where, "peak_weight"
+    (token 1 the sink) the
     heads' mean weight on that position from it on, "weight_by_text", side: PathResult.to_dict() (values:
     the shares) + "together" + "together_by_text" (``gate_share_by_text``) + "together_variance", "rest"
     (every side run)}], "senders": labels, settings}."""
