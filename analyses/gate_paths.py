@@ -39,6 +39,9 @@ TOY_TOKENS = "analyses/data/sink_gate/debian_val64_bos.npy"
 GPU_TOKENS = "analyses/data/sink_gate/debian_val64.npy"  # the same windows without BOS
 SMOLLM2 = ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "32"]
 SMOLLM2_LAYERS = ["--layers", "3", "13", "24"]
+# the replicate's windows without its texts that hold a second massive token (written from the replicate's run)
+KEPT_TOKENS = "analyses/data/gate_paths/smollm2_natural_s1_kept.npy"
+PEAK_LIMIT = 20.0  # a text is left out where a residual after token 1 is over this many times the median
 # name -> (model spec, None for SmolLM2; the inputs' arguments after --gate; what they are)
 RUNS: dict[str, tuple[str | None, list[str], str]] = {
     "toy-softmax__debian": ("toy-softmax", ["--tokens", TOY_TOKENS],
@@ -51,10 +54,15 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                          "SmolLM2-135M, 32 English windows (seed 0), no BOS, layers 3, 13 and 24"),
     "smollm2__natural_s1": (None, [*SMOLLM2, "--seed", "1", *SMOLLM2_LAYERS],
                             "SmolLM2-135M, replicate: 32 other English windows (seed 1), layers 3, 13 and 24"),
+    "smollm2__natural_s1_kept": (None, ["--tokens", KEPT_TOKENS, *SMOLLM2_LAYERS],
+                                 ("SmolLM2-135M, the replicate's windows without those with a second massive token (a "
+                                  f"residual after token 1 over {PEAK_LIMIT:.0f} x the median at a layer read)")),
     "baseline_small__debian": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS],
                                "baseline_small (6 x 384, GPU-trained, no BOS), 32 held-out Debian windows"),
 }
 REPLICATES = {"smollm2__natural_s1": "smollm2__natural"}
+# runs on a source run's windows without its outlier texts: name -> the source run (its seed)
+KEPT = {"smollm2__natural_s1_kept": ("smollm2__natural_s1", 1)}
 SIDE_NAMES = {"query": "query", "sink_key": "token 1's key", "keys": "other keys"}
 
 
@@ -70,6 +78,38 @@ def _run(name: str, spec: str, inputs: list[str], commands: list[str], gguf: str
            "date": config.get("date"), "seconds": config.get("seconds")}
     write_snapshot(DATA / f"{name}.json", res)
     return json.loads((DATA / f"{name}.json").read_text())
+
+
+def _outlier_texts(source: dict[str, Any]) -> list[int]:
+    """The texts of a run with a residual after token 1 over PEAK_LIMIT x the median at any layer read."""
+    return sorted({b for row in source["layers"] for b, peak in enumerate(row["resid_peak"]) if peak > PEAK_LIMIT})
+
+
+def _write_kept(source: dict[str, Any], seed: int, gguf: str) -> list[int]:
+    """KEPT_TOKENS: SmolLM2's English windows of the source run (``--inputs natural``, its length, count and
+    ``seed``, made as the CLI makes them) without its outlier texts; checked against the source run (the
+    kept texts' mean gate at its first layer); returns the texts left out."""
+    from sinkinterp import inputs
+    from sinkinterp.fileio import atomic_write
+    from sinkinterp.loading import load_model
+
+    lm = load_model(gguf)
+    tokens = inputs.make_tokens("natural", seq_len=source["seq_len"], num_seqs=source["num_seqs"], seed=seed,
+                                vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, bos_token_id=lm.bos_token_id)
+    out = _outlier_texts(source)
+    keep = [b for b in range(tokens.shape[0]) if b not in out]
+    ids = np.ascontiguousarray(tokens[keep]).astype(np.int32)
+    atomic_write(ROOT / KEPT_TOKENS, lambda f: np.save(f, ids))
+    return out
+
+
+def _check_kept(source: dict[str, Any], kept: dict[str, Any]) -> None:
+    """The kept run's texts are the source run's but its outliers: their mean gates at the first layer agree."""
+    out = _outlier_texts(source)
+    want = [w for b, w in enumerate(source["layers"][0]["weight_by_text"]) if b not in out]
+    got = kept["layers"][0]["weight_by_text"]
+    if len(got) != len(want) or not np.allclose(got, want, atol=1e-4):
+        raise RuntimeError(f"gate_paths: {KEPT_TOKENS} are not the source run's windows without texts {out}")
 
 
 def _pct(x: float) -> str:
@@ -222,6 +262,22 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                    f"read, at most {100 * big[0]:.0f} ({big[1]}: {_pct(big[2])} against {_pct(big[3])}); the query "
                    f"side's leading sender is the same at {len(same)} of {len(pairs)} layers"
                    + (f" ({', '.join(f'L{l}' for l in same)})" if same else "") + ".")
+    for name, (src, _) in KEPT.items():
+        kept, source, first = results.get(name), results.get(src), results.get(REPLICATES.get(src, ""))
+        if not (kept and source and kept["layers"] and source["layers"]):
+            continue
+        out_texts = _outlier_texts(source)
+
+        def sides_at(res: dict[str, Any] | None, layer: int) -> str:
+            row = next((r for r in (res or {}).get("layers", []) if r["layer"] == layer), None)
+            return "-" if row is None else " / ".join(_pct(row[s]["together"]) for s in ("query", "keys") if s in row)
+
+        peaks = ", ".join(f"text {b}: {max(r['resid_peak'][b] for r in source['layers']):.0f} x" for b in out_texts)
+        out.append(f"- **Without the texts with a second massive token** (`{name}`: `{src}`'s windows without "
+                   f"{len(out_texts)} text{'s' if len(out_texts) != 1 else ''}, {peaks} at most): query / other keys, "
+                   "by layer, the replicate without them against the replicate and the first set: "
+                   + "; ".join(f"L{r['layer']} {sides_at(kept, r['layer'])} against {sides_at(source, r['layer'])} "
+                               f"and {sides_at(first, r['layer'])}" for r in kept["layers"]) + ".")
     notes = [line for name, res in shown for line in _outliers(name, res)]
     if notes:
         out.append("- **One text can carry a side** (where one text carries more than half of a side's whole share of "
@@ -266,8 +322,17 @@ def main(argv: list[str] | None = None) -> int:
         snap = DATA / f"{name}.json"
         wanted = not args.snapshots and (args.only is None or name in args.only)
         here = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
+        if wanted and here and name in KEPT:
+            source = results.get(KEPT[name][0])
+            if source is None:
+                print(f"gate_paths: {name}: its source run {KEPT[name][0]} is neither run nor in a snapshot; left out")
+                continue
+            dropped = _write_kept(source, KEPT[name][1], gguf)  # type: ignore[arg-type]
+            print(f"gate_paths: {name}: {KEPT_TOKENS} holds {KEPT[name][0]}'s windows without texts {dropped}")
         if wanted and here:
             results[name] = _run(name, spec or gguf, inputs, commands, gguf)  # type: ignore[arg-type]
+            if name in KEPT:  # the same windows: the kept texts' gates are the source run's
+                _check_kept(results[KEPT[name][0]], results[name])
         elif snap.is_file():
             results[name] = json.loads(snap.read_text())
             commands.append(results[name]["command"])
