@@ -146,9 +146,10 @@ def _kind_sums(d: dict[str, Any]) -> dict[str, float]:
 
 
 def _label(name: str, res: dict[str, Any]) -> str:
-    """A run's short name: the model, its inputs, and whether it is a replicate."""
-    inputs = {"tokens": "Debian", "natural": "English"}.get(res.get("inputs", ""), res.get("inputs", ""))
-    return f"{RUNS[name][2].split(',')[0]} {inputs}{' (replicate)' if name in REPLICATES else ''}"
+    """A run's short name: the model, its inputs (the run's name says which), and whether it is a replicate."""
+    inputs = "English" if "__natural" in name else "Debian"
+    what = " (replicate)" if name in REPLICATES else " (replicate, without its outlier texts)" if name in KEPT else ""
+    return f"{RUNS[name][2].split(',')[0]} {inputs}{what}"
 
 
 def _outliers(name: str, res: dict[str, Any], floor: float = 0.2) -> list[str]:
@@ -199,7 +200,8 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
     out.append("")
     out += [_model_line(_label(name, res), res) for name, res in shown]
     out.append("")
-    rows = [(name, row) for name, res in shown for row in res["layers"]]
+    # the counts and the leading paths over the runs on their own windows (a kept run repeats its source's)
+    rows = [(name, row) for name, res in shown if name not in KEPT for row in res["layers"]]
 
     def where(found: list[tuple[str, dict[str, Any]]]) -> str:
         return ", ".join(f"{_label(n, results[n])} L{r['layer']}" for n, r in found)
@@ -270,16 +272,43 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
             continue
         out_texts = _outlier_texts(source)
 
+        def at(res: dict[str, Any] | None, layer: int) -> dict[str, Any] | None:
+            return next((r for r in (res or {}).get("layers", []) if r["layer"] == layer), None)
+
         def sides_at(res: dict[str, Any] | None, layer: int) -> str:
-            row = next((r for r in (res or {}).get("layers", []) if r["layer"] == layer), None)
+            row = at(res, layer)
             return "-" if row is None else " / ".join(_pct(row[s]["together"]) for s in ("query", "keys") if s in row)
 
+        def gap(a: dict[str, Any] | None, b: dict[str, Any] | None, kept: dict[str, Any] = kept) -> float | None:
+            pairs = [(at(a, r["layer"]), at(b, r["layer"])) for r in kept["layers"]]
+            gaps = [abs(x[s]["together"] - y[s]["together"]) for x, y in pairs if x and y
+                    for s in ("query", "keys") if s in x and s in y]
+            return max(gaps) if gaps else None
+
         peaks = ", ".join(f"text {b}: {max(r['resid_peak'][b] for r in source['layers']):.0f} x" for b in out_texts)
-        out.append(f"- **Without the texts with a second massive token** (`{name}`: `{src}`'s windows without "
-                   f"{len(out_texts)} text{'s' if len(out_texts) != 1 else ''}, {peaks} at most): query / other keys, "
-                   "by layer, the replicate without them against the replicate and the first set: "
-                   + "; ".join(f"L{r['layer']} {sides_at(kept, r['layer'])} against {sides_at(source, r['layer'])} "
-                               f"and {sides_at(first, r['layer'])}" for r in kept["layers"]) + ".")
+        text = (f"- **Without the texts with a second massive token** (`{name}`: `{src}`'s windows without "
+                f"{len(out_texts)} text{'s' if len(out_texts) != 1 else ''}, {peaks} at most): query / other keys, "
+                "by layer, the replicate without them against the replicate and the first set: "
+                + "; ".join(f"L{r['layer']} {sides_at(kept, r['layer'])} against {sides_at(source, r['layer'])} "
+                            f"and {sides_at(first, r['layer'])}" for r in kept["layers"]) + ".")
+        g_kept, g_rep = gap(kept, first), gap(source, first)
+        if g_kept is not None and g_rep is not None and g_kept < 0.1 < g_rep:
+            last = source["layers"][-1]
+            text += (f" Without {'it' if len(out_texts) == 1 else 'them'} the replicate agrees with the first set "
+                     f"within {100 * g_kept:.0f} points at every layer (with {'it' if len(out_texts) == 1 else 'them'}: "
+                     f"up to {100 * g_rep:.0f}): the replicate's difference came from "
+                     f"{'that text' if len(out_texts) == 1 else 'those texts'}")
+            if "peak_weight" in last:
+                med = float(np.median(last["weight_by_text"]))
+                text += (" (at L" + str(last["layer"]) + ", " + ", ".join(
+                    f"text {b}'s sink heads put {last['weight_by_text'][b]:.2f} of their weight on token 1, against a "
+                    f"median {med:.2f}, and {last['peak_weight'][b]:.2f} on position {last['resid_peak_at'][b] + 1}"
+                    for b in out_texts) + ": a second sink)")
+            one = len(out_texts) == 1
+            text += (f". {len(out_texts)} of {source['num_seqs']} texts with a second massive token "
+                     f"move{'s' if one else ''} a side's share by up to {100 * g_rep:.0f} points: the shares are of a "
+                     "variance that a rare kind of text can dominate.")
+        out.append(text)
     notes = [line for name, res in shown for line in _outliers(name, res)]
     if notes:
         out.append("- **One text can carry a side** (where one text carries more than half of a side's whole share of "
