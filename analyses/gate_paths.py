@@ -89,8 +89,8 @@ def _outlier_texts(source: dict[str, Any]) -> list[int]:
 
 def _write_kept(source: dict[str, Any], seed: int, gguf: str) -> list[int]:
     """KEPT_TOKENS: SmolLM2's English windows of the source run (``--inputs natural``, its length, count and
-    ``seed``, made as the CLI makes them) without its outlier texts; checked against the source run (the
-    kept texts' mean gate at its first layer); returns the texts left out."""
+    ``seed``, made as the CLI makes them) without its outlier texts (``_check_kept`` checks the run on them
+    against the source run); returns the texts left out."""
     from sinkinterp import inputs
     from sinkinterp.fileio import atomic_write
     from sinkinterp.loading import load_model
