@@ -100,3 +100,34 @@ def finish_page(doc: Path, lines: list[str], commands: Iterable[str]) -> int:
     lines = [*lines, "Commands:", "", *[f"- `{c}`" for c in commands], ""]
     print(f"wrote {write_bytes(doc, chr(10).join(lines).encode())}")
     return 0
+
+
+def runs_parser(doc: str, runs: Iterable[str]) -> Any:
+    """The command line of an analysis made of named runs: ``--only NAME ...`` runs those alone (the others
+    from their snapshots), ``--snapshots`` runs none."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=list(runs), default=None, help="run these only")
+    parser.add_argument("--snapshots", action="store_true", help="run nothing: the page from the snapshots")
+    return parser
+
+
+def model_here(spec: str | None, gguf: str | None) -> bool:
+    """Whether a run's model is here: SmolLM2's GGUF (``spec`` None), a shipped model or a checkpoint folder."""
+    from sinkinterp import builtin
+
+    return (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
+
+
+def from_snapshot(script: str, name: str, snap: Path, wanted: bool, results: dict[str, dict[str, Any]],
+                  commands: list[str]) -> None:
+    """A run that is not run here: its snapshot stands where there is one (its command listed), else it is
+    left out; either said where the run was ``wanted``."""
+    if snap.is_file():
+        results[name] = json.loads(snap.read_text())
+        commands.append(results[name]["command"])
+        if wanted:
+            print(f"{script}: {name}: the model is not here; its snapshot stands")
+    elif wanted:
+        print(f"{script}: {name}: the model is not here and has no snapshot; left out")

@@ -24,7 +24,6 @@ none.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -337,14 +336,17 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
-    from _common import enter_checkout, finish_page
+    from _common import (
+        enter_checkout,
+        finish_page,
+        from_snapshot,
+        model_here,
+        runs_parser,
+    )
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=list(RUNS), default=None, help="run these only")
-    parser.add_argument("--snapshots", action="store_true", help="run nothing: the page from the snapshots")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = runs_parser(__doc__, RUNS).parse_args(sys.argv[1:] if argv is None else argv)
     enter_checkout("gate_paths", [])
-    from sinkinterp import builtin, figures, loading
+    from sinkinterp import figures, loading
 
     gguf = loading.smollm2_gguf_path()
     commands: list[str] = []
@@ -352,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (spec, inputs, _) in RUNS.items():
         snap = DATA / f"{name}.json"
         wanted = not args.snapshots and (args.only is None or name in args.only)
-        here = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
+        here = model_here(spec, gguf)
         if wanted and here and name in KEPT:
             source = results.get(KEPT[name][0])
             if source is None:
@@ -364,13 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = _run(name, spec or gguf, inputs, commands, gguf)  # type: ignore[arg-type]
             if name in KEPT:  # the same windows: the kept texts' gates are the source run's
                 _check_kept(results[KEPT[name][0]], results[name])
-        elif snap.is_file():
-            results[name] = json.loads(snap.read_text())
-            commands.append(results[name]["command"])
-            if wanted:
-                print(f"gate_paths: {name}: the model is not here; its snapshot stands")
-        elif wanted:
-            print(f"gate_paths: {name}: the model is not here and has no snapshot; left out")
+        else:
+            from_snapshot("gate_paths", name, snap, wanted, results, commands)
     if not results:
         print("gate_paths: no run and no snapshot", file=sys.stderr)
         return 1

@@ -39,7 +39,6 @@ from their snapshots), ``--snapshots`` runs none.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -272,14 +271,17 @@ def _lead(res: dict[str, Any], side: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     if str(ROOT / "analyses") not in sys.path:
         sys.path.insert(0, str(ROOT / "analyses"))
-    from _common import enter_checkout, finish_page
+    from _common import (
+        enter_checkout,
+        finish_page,
+        from_snapshot,
+        model_here,
+        runs_parser,
+    )
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=list(RUNS), default=None, help="run these only")
-    parser.add_argument("--snapshots", action="store_true", help="run nothing: the page from the snapshots")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = runs_parser(__doc__, RUNS).parse_args(sys.argv[1:] if argv is None else argv)
     enter_checkout("sink_paths", [])
-    from sinkinterp import builtin, loading
+    from sinkinterp import loading
 
     gguf = loading.smollm2_gguf_path()
     commands: list[str] = []
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (spec, inputs, _) in RUNS.items():
         snap = DATA / f"{name}.json"
         wanted = not args.snapshots and (args.only is None or name in args.only)
-        here = (gguf is not None) if spec is None else (spec in builtin.shipped_models() or Path(spec).is_dir())
+        here = model_here(spec, gguf)
         if wanted and here and name in GROUPS:
             source = results.get(GROUPS[name][0])
             if source is None:
@@ -303,13 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             inputs = [*inputs, "--neurons", *_search_group_args(source, SEARCH_GROUPS[name][1])]
         if wanted and here:
             results[name] = _run(name, spec or gguf, inputs, commands, gguf)  # type: ignore[arg-type]
-        elif snap.is_file():
-            results[name] = json.loads(snap.read_text())
-            commands.append(results[name]["command"])
-            if wanted:
-                print(f"sink_paths: {name}: the model is not here; its snapshot stands")
-        elif wanted:
-            print(f"sink_paths: {name}: the model is not here and has no snapshot; left out")
+        else:
+            from_snapshot("sink_paths", name, snap, wanted, results, commands)
     if not results:
         print("sink_paths: no run and no snapshot", file=sys.stderr)
         return 1
