@@ -59,8 +59,9 @@ def add_parser(sub: Any, add_common: Any) -> None:
                         "sinks; its key is a parameter, so only the query side applies); auto: the slot if the model has one (default)")
     s.add_argument("--gate", action="store_true",
                    help="read what makes the sink heads' gate vary from text to text instead of their weight: each "
-                        "sender's write made its mean by position (what the text adds removed) along its path, by "
-                        "the variance over texts of the heads' log-odds on the sink (paths.gate_paths)")
+                        "sender's write made its mean by position (what the text adds removed) along its path, read as "
+                        "the share of the variance over texts of the heads' log-odds on the sink that the path carries "
+                        "(paths.gate_paths)")
     s.add_argument("--sides", nargs="+", choices=list(dict.fromkeys([*SIDES, *GATE_SIDES])), default=None,
                    help="the sink heads' inputs the paths end at: key, query (default both; the query side for the "
                         "slot); with --gate: query, sink_key (token 1's key), keys (the other keys; default all "
