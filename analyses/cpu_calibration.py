@@ -549,7 +549,7 @@ def _figure(runs: dict[str, tuple[dict, list[dict]]]) -> None:
         ax.grid(alpha=0.3)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=6, frameon=False)
     fig.tight_layout(rect=(0, legend_h / (3.6 + legend_h), 1, 1))
-    save_figure(fig, FIG)
+    save_figure(fig, FIG, palette=True)
 
 
 def _finals() -> dict[str, dict]:
@@ -595,7 +595,7 @@ def _heads_figure(finals: dict[str, dict]) -> None:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6)
-    save_figure(fig, HEADS_FIG)
+    save_figure(fig, HEADS_FIG, palette=True)
 
 
 def _masked(name: str) -> bool:
@@ -1097,7 +1097,7 @@ def _wd_figure(points: dict[float, list[dict]], long_points: dict[float, list[di
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    save_figure(fig, WD_FIG)
+    save_figure(fig, WD_FIG, palette=True)
 
 
 def _paper_rows(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:

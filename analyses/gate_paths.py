@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         if res["layers"]:
             label = f"{Path(res['model']).name} · {res['inputs']} · N={res['num_seqs']}, T={res['seq_len']}"
             figures.save_figure(figures.sink_paths_figure(res, title=f"what makes the gate vary — {label}"),
-                                FIGS / f"gate-paths-{name}.png")
+                                FIGS / f"gate-paths-{name}.png", palette=True)
     any_res = next(iter(results.values()))
     lines = [
         "# What makes the sink's gate vary from text to text, by direct path",

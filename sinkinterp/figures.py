@@ -31,10 +31,19 @@ def _plt() -> Any:
     return plt
 
 
-def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+def save_figure(fig: Any, path: str | os.PathLike, *, palette: bool = False) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (atomically) and close it. ``palette``: with 256 colours (about a
+    third of the bytes; the figures tracked in docs/ travel with every device call, under its 64 MiB)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
+    if palette:
+        from PIL import Image
+
+        out = io.BytesIO()
+        image = Image.open(buf).convert("RGB")
+        image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, format="png", optimize=True)
+        buf = out
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
@@ -650,7 +659,7 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: 
             at = "at token 1, into their keys" if side == "key" else "at queries 2..T, into their queries"
             ax.set_title(f"{side} side: sender {how}-ablated {at}{free}", fontsize=8)
         ax.set_ylabel("sink heads' layer (count)", fontsize=7)
-        label = f"share of the gate's variance on {sink_name}, %" if gate else f"Δ mean weight on {sink_name}"
+        label = "share of gate variance, %" if gate else f"Δ mean weight on {sink_name}"
         fig.colorbar(im, ax=ax, label=label, shrink=0.9)
     if title or shown:
         fig.suptitle(title + shown, fontsize=9)

@@ -320,3 +320,18 @@ def test_turn_sources_figure_draws_each_blocks_share(tmp_path):
         figures.turn_sources_figure({"plain": plain})
     with pytest.raises(ValueError, match="studies: at least one"):
         figures.turn_sources_figure({})
+
+
+def test_save_figure_with_a_palette_is_smaller_and_looks_the_same(tmp_path):
+    from PIL import Image
+
+    def heat():
+        return figures.alpha_heatmap(np.linspace(0, 1, 30 * 9).reshape(30, 9), title="t", eps=0.5)
+
+    full = figures.save_figure(heat(), tmp_path / "full.png")
+    small = figures.save_figure(heat(), tmp_path / "small.png", palette=True)
+    a, b = Image.open(full), Image.open(small)
+    assert b.mode == "P" and a.size == b.size
+    assert small.stat().st_size < 0.7 * full.stat().st_size
+    diff = np.abs(np.asarray(a.convert("RGB"), dtype=np.int16) - np.asarray(b.convert("RGB"), dtype=np.int16))
+    assert diff.mean() < 2.0 and not list(tmp_path.glob(".*.tmp"))

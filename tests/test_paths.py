@@ -1175,7 +1175,7 @@ def test_gate_paths_equal_the_reference_on_every_side():
     from sinkinterp import figures
 
     fig = figures.sink_paths_figure(res, title="t")
-    assert len(fig.axes) == 6 and fig.axes[3].get_ylabel() == "share of the gate's variance on token 1, %"
+    assert len(fig.axes) == 6 and fig.axes[3].get_ylabel() == "share of gate variance, %"
     assert fig.axes[1].get_title() == "sink_key side: sender's write made its mean by position at token 1, into its key"
 
 
