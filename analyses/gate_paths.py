@@ -312,6 +312,18 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                      f"move{'s' if one else ''} a side's share by up to {100 * g_rep:.0f} points: the shares are of a "
                      "variance that a rare kind of text can dominate.")
         out.append(text)
+    peaks = [(name, res) for name, res in shown if name not in KEPT and "keys" in res["sides"]
+             and all("resid_peak" in r for r in res["layers"])]
+    if peaks:
+        parts = []
+        for name, res in peaks:
+            texts = _outlier_texts(res)
+            keys = ", ".join(f"L{r['layer']} {_pct(r['keys']['together'])} ({_top(r['keys'], 1)[0][0]} "
+                             f"{_pct(_top(r['keys'], 1)[0][1])})" for r in res["layers"])
+            parts.append(f"{_label(name, res)}: {'texts ' + ', '.join(map(str, texts)) if texts else 'none'}; {keys}")
+        out.append(f"- **Second massive tokens, run by run** (the texts with a residual after token 1 over "
+                   f"{PEAK_LIMIT:.0f} x the median at a layer read; then the other keys' whole share and their largest "
+                   "path, by layer): " + "; ".join(parts) + ".")
     notes = [line for name, res in shown for line in _outliers(name, res)]
     if notes:
         out.append("- **One text can carry a side** (where one text carries more than half of a side's whole share of "

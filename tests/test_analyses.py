@@ -1526,6 +1526,9 @@ def test_gate_paths_reading_names_the_leading_side_the_outlier_text_and_the_repl
             "that position 0.40") in lines
     assert "at most 40 (L13 other keys: -10% against +30%)" in lines
     assert "Where the first word opens the text (4 rows) its key carries +2% to +2%" in lines
+    assert ("- **Second massive tokens, run by run** (the texts with a residual after token 1 over 20 x the median at "
+            "a layer read; then the other keys' whole share and their largest path, by layer): SmolLM2-135M English: "
+            "texts 1; L3 +70% (embed +10%), L13 -10% (embed +10%); SmolLM2-135M English (replicate): texts 1;") in lines
 
 
 def test_gate_paths_kept_windows_leave_out_the_second_sink_texts_and_are_checked():
