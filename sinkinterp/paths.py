@@ -802,8 +802,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
 
             row: dict[str, Any] = {"layer": l, "heads": heads}
             for side in sides:
-                if side == "key":  # (with free_attn the later heads carry token 1's change to the other keys: not these)
-                    recv = [Receiver(l, "k", g, (0,) if free_attn else None) for g in sorted({h // group for h in heads})]
+                if side == "key":  # token 1's key only (with free_attn later heads also carry its change to the others)
+                    recv = [Receiver(l, "k", g, (0,)) for g in sorted({h // group for h in heads})]
                     how, pos = key_ablation, [0]
                 else:
                     recv = [Receiver(l, "q", h) for h in heads]

@@ -350,8 +350,9 @@ def test_sink_paths_equal_the_reference_on_both_sides():
         assert row["base"] == pytest.approx(float(metric(pats[hook])), rel=1e-12)
         for side in ("key", "query"):
             d = row[side]
-            if side == "key":  # the model's 2 key/value heads: head h reads key head h // 2
+            if side == "key":  # the model's 2 key/value heads: head h reads key head h // 2; token 1's key only
                 recv = [Receiver(l, "k", g) for g in sorted({h // 2 for h in heads})]
+                assert all(r.endswith(".k@0") for r in d["receivers"].split(", "))
                 new = {n: x.clone() for n, x in acts.items()}
                 for n, x in new.items():
                     x[:, 0] = acts[n][:, 1:].mean((0, 1))
@@ -1107,7 +1108,8 @@ def _gate_reference_together(model, tokens, l, recv, pos, metric, hook):
 
 def test_gate_paths_equal_the_reference_on_every_side():
     """Each sender's write made its mean over the texts at each position, along its path to the sink heads'
-    queries (2..T), token 1's key or the other keys (2..T), read by the gate's variance: the reference's."""
+    queries (2..T), token 1's key or the other keys (2..T), read by the share of the gate's variance it carries:
+    the reference's."""
     model = _sink_model()
     tokens = _tokens(7, shape=(6, 10))
     res = paths.gate_paths(model, tokens, threshold=0.2)
