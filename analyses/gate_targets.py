@@ -506,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = {_label(k): r for k, r in domain.items() if k in pooled_of}
     if shown:
         figures.save_figure(figures.targets_figure(shown, curves,
-                                                   title="where the weight off the sink goes (T = 64)"), FIG)
+                                                   title="where the weight off the sink goes (T = 64)"), FIG,
+                            palette=True)
 
     lines = [
         "# Where the gate opens to",

@@ -314,12 +314,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     shown = {_label(k): r for k, r in results.items() if _in_domain(k)} or {_label(k): r for k, r in results.items()}
-    figures.save_figure(figures.gate_figure(shown, title="the sink as a gate (T = 64, each model in its own domain)"), FIG)
+    figures.save_figure(figures.gate_figure(shown, title="the sink as a gate (T = 64, each model in its own domain)"), FIG,
+                        palette=True)
     turned = {_label(k): r for k, r in results.items() if gate.pooled_turn_sources(r)}
     if turned:  # beside FIG (the tests point FIG elsewhere)
         figures.save_figure(figures.turn_sources_figure(turned, title="what writes the query's input, as its share "
                                                         "of the query's turn toward token 1's mean key"),
-                            FIG.with_name(FIG_SOURCES))
+                            FIG.with_name(FIG_SOURCES), palette=True)
 
     rows = [("| model | sink | Sink_1 (%) | Sink_* (%) | sink heads (a > 0.3) | their a | their g | corr(g, m) | "
             "g's std within a position | value share | Δ loss, gate opened | Δ loss, gate fixed | "

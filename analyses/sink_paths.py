@@ -317,11 +317,11 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{Path(res['model']).name} · {res['inputs']} · N={res['num_seqs']}, T={res['seq_len']}"
             figures.save_figure(figures.sink_paths_figure(res, title=f"direct paths into the sink heads — {label}",
                                                           max_senders=40 if res.get("senders_kind") == "neuron" else 100),
-                                FIGS / f"sink-paths-{name}.png")
+                                FIGS / f"sink-paths-{name}.png", palette=True)
         if any(row.get(side, {}).get("search") for row in res["layers"] for side in ("key", "query")):
             label = f"{Path(res['model']).name} · {res['inputs']} · N={res['num_seqs']}, T={res['seq_len']}"
             figures.save_figure(figures.neuron_search_figure(res, title=f"neuron search — {label}"),
-                                FIGS / f"sink-paths-{name}-search.png")
+                                FIGS / f"sink-paths-{name}-search.png", palette=True)
     any_res = next(iter(results.values()))
     lines = [
         "# What writes the sink: direct paths into the sink heads",

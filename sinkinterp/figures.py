@@ -517,11 +517,11 @@ def gate_figure(studies: dict[str, dict[str, Any]], *, title: str = "", g_max: f
     ax.plot([0, 1], [1, 0], color="0.5", lw=0.8, ls="--", label="g = 1 - a")
     ax.set_ylim(0, g_max * 1.04)
     bx.set_ylim(0, spread_max * 1.04)
-    ax.set_xlabel("mean weight on the sink, a (its share of the row where not normalized)")
+    ax.set_xlabel("mean weight on the sink, a\n(its share of the row where not normalized)")
     ax.set_ylabel("mean effective gate, ||write|| / ||read||")
     ax.legend(fontsize=6, frameon=False)
     ax.grid(alpha=0.3)
-    bx.set_xlabel("mean weight on the sink, a (its share of the row where not normalized)")
+    bx.set_xlabel("mean weight on the sink, a\n(its share of the row where not normalized)")
     bx.set_ylabel("std of the gate within a query position")
     bx.grid(alpha=0.3)
     if clipped:
