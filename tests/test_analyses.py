@@ -1560,3 +1560,97 @@ def test_gate_paths_kept_windows_leave_out_the_second_sink_texts_and_are_checked
     assert ("Without them the replicate agrees with the first set within 9 points at every layer (with them: up to 48): "
             "the replicate's difference came from those texts. 2 of 4 texts with a second massive token move a side's "
             "share by up to 48 points") in lines
+    # counted on the windows without those texts: the kept run in place of the replicate (which the keys lead)
+    assert ("Counting each run on its windows without the texts with a second massive token (below; a run without them "
+            "in place of its source), the query leads in 4 of 4 rows.") in lines
+    assert "The queries' own text-driven part carries the most (by size) in 2 of 4 (run, layer) rows" in lines
+    # a source that is not a replicate (the Debian text): the kept run against its source alone
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        monkeypatch.setattr(mod, "KEPT", {"smollm2__debian_text_kept": ("smollm2__debian_text", 0, "x.txt", "x.npy")})
+        lines = "\n".join(mod._reading({"smollm2__debian_text": source, "smollm2__debian_text_kept": kept}))
+    finally:
+        monkeypatch.undo()
+    assert ("(`smollm2__debian_text_kept`: `smollm2__debian_text`'s windows without 2 texts, text 1: 175 x, text 2: 25 x "
+            "at most): query / other keys, by layer, without them against with them: L13 +90% / +20% against +64% / "
+            "+77%; L24 +90% / +20% against +64% / +77%. Leaving them out moves a side's whole share by up to 57 points "
+            "(L13 other keys: +20% against +77%). The other keys' largest path, by layer, without them against with "
+            "them: L13 embed +0% against embed +0%") in lines
+    assert "SmolLM2-135M Debian (without its outlier texts)" in mod._label("smollm2__debian_text_kept", kept)
+
+
+def test_gate_paths_kept_windows_of_a_text_file_are_the_cli_windows_without_the_outliers(tmp_path):
+    """_write_kept makes the source run's windows of its --text file as the CLI does, and leaves the outliers out."""
+    from sinkinterp import inputs
+    from sinkinterp.loading import load_model
+
+    mod = load_script("analyses/gate_paths.py")
+    text_file = "analyses/data/sink_gate/debian_val_text.txt"
+    source = {"seq_len": 16, "num_seqs": 5,
+              "layers": [{"resid_peak": [1.0, 30.0, 2.0, 1.0, 21.0]}, {"resid_peak": [1.0, 2.0, 2.0, 1.0, 1.0]}]}
+    path = tmp_path / "kept.npy"
+    assert mod._write_kept(source, 3, text_file, str(path), "toy-softmax") == [1, 4]
+    lm = load_model("toy-softmax")
+    want = inputs.make_tokens("natural", seq_len=16, num_seqs=5, seed=3, vocab_size=lm.d_vocab, tokenizer=lm.tokenizer,
+                              text=inputs.read_texts([str(mod.ROOT / text_file)]))
+    got = np.load(path)
+    assert got.dtype == np.int32 and np.array_equal(got, want[[0, 2, 3]])
+    # the shipped sample's windows (text None) differ from the Debian text's
+    mod._write_kept(source, 3, None, str(path), "toy-softmax")
+    assert not np.array_equal(np.load(path), want[[0, 2, 3]])
+
+
+def test_gate_paths_resampled_run_is_read_against_the_mean_and_left_out_of_the_counts():
+    mod = load_script("analyses/gate_paths.py")
+
+    def side(together, values):
+        return {"senders": ["embed", "attn 0", "mlp 0"], "values": list(values), "base": 0.0, "together": together,
+                "together_by_text": [together / 2] * 2}
+
+    def run(q, q_values, k, **extra):
+        return {"inputs": "natural", "sides": ["query", "keys"], "num_seqs": 2, **extra,
+                "layers": [{"layer": 3, "heads": [0], "weight": 0.5, "variance": 1.0, "weight_by_text": [0.5, 0.5],
+                            "resid_peak": [1.0, 1.0], "resid_peak_at": [1, 1], "query": side(q, q_values),
+                            "keys": side(k, [0.01, 0.0, 0.0]), "rest": 1 - q - k}]}
+
+    mean = run(0.8, [0.05, 0.1, 0.6], 0.1)
+    resampled = run(0.7, [0.3, 0.1, 0.4], 0.15, ablation="resample", shifts=[8, 16, 24])
+    lines = "\n".join(mod._reading({"smollm2__natural": mean, "smollm2__natural_resample": resampled}))
+    assert ("`smollm2__natural_resample` (shifts 8, 16, 24) against `smollm2__natural`: L3 query: all +80% against "
+            "+70%, embedding +5% against +30%, largest path mlp 0 +60% against mlp 0 +40%.") in lines
+    assert "L3 other keys" not in lines.split("Other texts' writes")[1]  # under 20% in both
+    assert "in 1 of 1 (run, layer) rows (SmolLM2-135M English L3)" in lines
+    assert mod._label("smollm2__natural_resample", resampled) == "SmolLM2-135M English (other texts' writes)"
+    assert (mod._label("smollm2__natural_free_resample", resampled)
+            == "SmolLM2-135M English (paths through later MLPs, other texts' writes)")
+
+
+def test_gate_paths_free_run_is_read_against_its_direct_run_and_left_out_of_the_counts():
+    mod = load_script("analyses/gate_paths.py")
+
+    def side(together, values):
+        return {"senders": ["embed", "attn 0", "mlp 0"], "values": list(values), "base": 0.0, "together": together,
+                "together_by_text": [together / 2] * 2}
+
+    def run(q_values, k_values):
+        return {"inputs": "natural", "sides": ["query", "keys"], "num_seqs": 2,
+                "layers": [{"layer": 3, "heads": [0], "weight": 0.5, "variance": 1.0, "weight_by_text": [0.5, 0.5],
+                            "resid_peak": [1.0, 1.0], "resid_peak_at": [1, 1], "query": side(0.8, q_values),
+                            "keys": side(0.1, k_values), "rest": 0.1}]}
+
+    direct = run([0.0, 0.1, 0.6], [0.0, 0.05, 0.05])
+    free = run([0.6, 0.5, 0.6], [0.0, 0.05, 0.05])
+    lines = "\n".join(mod._reading({"smollm2__natural": direct, "smollm2__natural_free": free}))
+    assert ("- **Through later MLPs** (each run against its direct-path run on the same windows") in lines
+    assert ("`smollm2__natural_free` against `smollm2__natural`: L3 query (all +80%): MLPs +60%, attention +10%, "
+            "embedding +0% (mlp 0 +60%) against MLPs +60%, attention +50%, embedding +60% (embed +60%). The token "
+            "embeddings at the side's positions carry at most 0% by their direct path and "
+            "+60% to +60% through the MLPs after them, at least 75% of the side's whole share in every row: which "
+            "tokens stand there is needed") in lines
+    weak = run([0.3, 0.5, 0.6], [0.0, 0.05, 0.05])  # under half the side's share through the MLPs: the bare numbers
+    lines = "\n".join(mod._reading({"smollm2__natural": direct, "smollm2__natural_free": weak}))
+    assert "is needed" not in lines and "carry at most 0% by their direct path and +30% to +30% through" in lines
+    assert "L3 other keys" not in lines  # a whole share under 20%
+    # the free run repeats the direct run's windows: counted once
+    assert "in 1 of 1 (run, layer) rows (SmolLM2-135M English L3)" in lines
+    assert mod._label("smollm2__natural_free", free) == "SmolLM2-135M English (paths through later MLPs)"
