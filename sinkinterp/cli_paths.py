@@ -62,13 +62,17 @@ def add_parser(sub: Any, add_common: Any) -> None:
                         "sender's write made its mean by position (what the text adds removed) along its path, read as "
                         "the share of the variance over texts of the heads' log-odds on the sink that the path carries "
                         "(paths.gate_paths)")
+    s.add_argument("--resample", type=int_at_least(0), default=0, metavar="K",
+                   help="with --gate: take each sender's write from other texts at the same position instead of its "
+                        "mean (a value the model meets), averaged over K shifts of the texts (default 0: the mean by "
+                        "position)")
     s.add_argument("--sides", nargs="+", choices=list(dict.fromkeys([*SIDES, *GATE_SIDES])), default=None,
                    help="the sink heads' inputs the paths end at: key, query (default both; the query side for the "
                         "slot); with --gate: query, sink_key (token 1's key), keys (the other keys; default all "
                         "three; query and keys for the slot)")
     s.add_argument("--key-ablation", choices=list(ABLATIONS), default=None,
                    help="what a sender's write at token 1 becomes on the key side (default mean: an ordinary "
-                        "token's, its mean over positions 2..T; not with --gate)")
+                        "token's, its mean over positions 2..T; resample: the next text's; not with --gate)")
     s.add_argument("--query-ablation", choices=list(ABLATIONS), default=None,
                    help="what a sender's write at the queries becomes on the query side (default zero; not with "
                         "--gate)")
@@ -116,8 +120,12 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
         used = [flag for flag, value in (("--key-ablation", args.key_ablation), ("--query-ablation", args.query_ablation),
                                          ("--search-neurons", args.search_neurons)) if value is not None]
         if used:
-            raise UsageError(f"{used[0]}: not used with --gate (every sender's write is made its mean by position)")
+            raise UsageError(f"{used[0]}: not used with --gate (every sender's write is made its mean by position, "
+                             "or with --resample taken from other texts)")
     else:
+        if args.resample:
+            raise UsageError("--resample: only with --gate (the weight reading takes --key-ablation / "
+                             "--query-ablation resample)")
         args.key_ablation = args.key_ablation or "mean"
         args.query_ablation = args.query_ablation or "zero"
     lm, tokens = model_and_tokens(args, kind, tokens, text)
@@ -135,7 +143,7 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
             results = gate_paths(lm.model, tokens, threshold=args.threshold, senders=senders,
                                  sender_layers=layers_of_kind, sides=sides, sink=args.sink, layers=args.layers,
                                  free_mlps=args.free_mlps, free_attn=args.free_attn, batch_rows=args.batch_rows,
-                                 progress=True)
+                                 progress=True, resample=args.resample)
         else:
             results = sink_paths(lm.model, tokens, threshold=args.threshold, senders=senders,
                                  sender_layers=layers_of_kind, sides=sides, sink=args.sink,
@@ -162,7 +170,7 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                    "sink": results["sink"], "gate": args.gate,
                    "sides": results["sides"], "key_ablation": args.key_ablation,
                    "query_ablation": args.query_ablation, "layers": args.layers, "free_mlps": args.free_mlps,
-                   "free_attn": args.free_attn,
+                   "free_attn": args.free_attn, "resample": args.resample if args.gate else None,
                    "search_neurons": args.search_neurons,
                    "search_size": args.search_size if args.search_neurons else None,
                    "search_triples": args.search_triples if args.search_neurons else None,

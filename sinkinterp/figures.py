@@ -653,7 +653,9 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: 
         if gate:
             at = {"query": "at queries 2..T, into their queries", "sink_key": "at token 1, into its key",
                   "keys": "at the other positions, into their keys"}[side]
-            ax.set_title(f"{side} side: sender's write made its mean by position {at}{free}", fontsize=8)
+            edit = ("taken from other texts" if results.get("ablation") == "resample" else
+                    "made its mean by position")
+            ax.set_title(f"{side} side: sender's write {edit} {at}{free}", fontsize=8)
         else:
             how = results["key_ablation"] if side == "key" else results["query_ablation"]
             at = "at token 1, into their keys" if side == "key" else "at queries 2..T, into their queries"

@@ -35,11 +35,13 @@ into the corrupted run, as ``patching.patch`` does; ``path_ablate(model, tokens,
 removes a sender's value instead: ``"zero"``; ``"mean"``, its mean over every sequence and every
 position but the first (at token 1, what makes token 1's write different from an ordinary token's; at
 the other positions, what the text adds); ``"position_mean"``, its mean over the sequences at each
-position (what the text adds at that position).
+position (what the text adds at that position); ``"resample"``, its value at the same position in another
+sequence of the batch (the one ``shift`` after it, cyclically: what another text writes there, a value
+the model meets, where a mean may be one no text produces).
 
 ``gate_paths`` asks along the same paths what makes the sink heads' weight on the sink vary from text to
 text: each sender's write made its mean by position, read by the share of the gate's variance the change
-carries (``gate_share``).
+carries (``gate_share``), or each sender's write taken from other texts (``resample``).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ __all__ = ["ABLATIONS", "PATH_SINKS", "RECEIVER_KINDS", "SENDER_KINDS", "SIDES",
 
 SENDER_KINDS = ("embed", "pos_embed", "attn_out", "z", "mlp_out", "neuron")
 RECEIVER_KINDS = ("q", "k", "v")
-ABLATIONS = ("zero", "mean", "position_mean")
+ABLATIONS = ("zero", "mean", "position_mean", "resample")
 _EMBED = Component("embed", "hook_embed", head_dim=None, pos_dim=1)
 _NEURON = Component("neuron", "blocks.{l}.mlp.hook_post", head_dim=2, pos_dim=1)  # [batch, pos, d_mlp]
 
@@ -344,20 +346,32 @@ def path_ablate(model: Any, tokens: object, metric: Metric, *, ablation: str = "
                 senders: str | Sequence[Sender] = "z", receivers: str | Sequence[Receiver | tuple] = "logits",
                 positions: Sequence[int] | None = None, free_mlps: bool = False,
                 metric_hook: str | Sequence[str] | None = None, batch_rows: int = 64,
-                free_attn: bool = False) -> PathResult:
+                free_attn: bool = False, shift: int = 1) -> PathResult:
     """``tokens``' run with each sender's value ablated (``ablation`` in ABLATIONS, measured on ``tokens``
-    themselves) along its paths to ``receivers`` only; the arguments as in ``path_patch``."""
+    themselves) along its paths to ``receivers`` only; the arguments as in ``path_patch``. ``shift``: with
+    ``"resample"``, sequence b takes the sender's value of sequence (b + shift) mod batch (1 to batch - 1)."""
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation: got {ablation!r}, allowed values are {list(ABLATIONS)}")
     dims = tl_adapter.model_dims(model)
     tokens = validate_tokens(tokens, dims["d_vocab"])
+    if ablation == "resample":
+        _check_shift(shift, tokens.shape[0])
     return _paths(model, tokens, metric, senders, receivers, positions, free_mlps, metric_hook, batch_rows,
-                  how=ablation, free_attn=free_attn)
+                  how=ablation, free_attn=free_attn, shift=shift)
+
+
+def _check_shift(shift: object, batch: int) -> None:
+    if batch < 2:
+        raise ValueError(f"tokens: the resample ablation takes values from other sequences and needs at least 2, "
+                         f"got {batch}")
+    if isinstance(shift, bool) or not isinstance(shift, int) or not 1 <= shift < batch:
+        raise ValueError(f"shift must be an integer from 1 to the number of sequences - 1 ({batch - 1}), got {shift!r}")
 
 
 def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, receivers: object,
            positions: Sequence[int] | None, free_mlps: bool, metric_hook: str | Sequence[str] | None,
-           batch_rows: int, how: str, clean: Tensor | None = None, free_attn: bool = False) -> PathResult:
+           batch_rows: int, how: str, clean: Tensor | None = None, free_attn: bool = False,
+           shift: int = 1) -> PathResult:
     dims = tl_adapter.model_dims(model)
     L = dims["n_layers"]
     sender_list = senders_of(model, senders) if isinstance(senders, str) else list(senders)  # type: ignore[arg-type]
@@ -426,7 +440,7 @@ def _paths(model: Any, base_tokens: Tensor, metric: Metric, senders: object, rec
         source_value = float(metric(_read(clean_acts, clean_out, hooks_m)))
         new_values = clean_acts
     else:
-        new_values = {n: _ablated(base_acts[n], how) for n in sender_names}
+        new_values = {n: _ablated(base_acts[n], how, shift) for n in sender_names}
 
     reach = 2 * last + 1  # a sender reaches a receiver of layer l if its order < 2 l + 1 (the logits: any)
     values = np.full(len(sender_list), base_value, dtype=np.float64)
@@ -467,8 +481,11 @@ def _read(acts: dict[str, Tensor], out: Any, hooks_m: list[str] | None) -> Any:
     return acts[hooks_m[0]] if len(hooks_m) == 1 else [acts[n] for n in hooks_m]
 
 
-def _ablated(act: Tensor, how: str) -> Tensor:
-    """The value an ablation gives an activation [batch, pos, ...] (broadcast over the batch)."""
+def _ablated(act: Tensor, how: str, shift: int = 1) -> Tensor:
+    """The value an ablation gives an activation [batch, pos, ...] (broadcast over the batch where its first
+    axis is 1; ``"resample"``: sequence b takes sequence (b + shift) mod batch's)."""
+    if how == "resample":
+        return act.roll(-shift, 0)
     if how == "zero":
         return torch.zeros_like(act[:1])
     if how == "position_mean":
@@ -950,7 +967,7 @@ def gate_share_by_text(base: Tensor, edited: Tensor) -> Tensor:
 def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: str | Sequence[Sender] = "blocks",
                sender_layers: Sequence[int] | None = None, sides: Sequence[str] | None = None, sink: str = "first",
                layers: Sequence[int] | None = None, free_mlps: bool = False, free_attn: bool = False,
-               batch_rows: int = 64, progress: bool = False) -> dict[str, Any]:
+               batch_rows: int = 64, progress: bool = False, resample: int = 0) -> dict[str, Any]:
     """What makes the sink heads' gate vary from text to text, along direct paths: for each layer's sink heads
     (as in ``sink_paths``), each sender's write made the same in every text (``"position_mean"``: its mean
     over the sequences at each position, so what it adds by position stays and what it adds by text goes)
@@ -973,9 +990,14 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     moves only with query and keys together (a product of the two: how well this query fits these keys),
     which each side's edit takes, so the sides count it twice; positive where some of the variance goes only
     with both sides made their means. ``tokens`` needs two sequences or more (sixteen or more give a
-    steadier variance). Other arguments as in ``sink_paths`` (``free_mlps`` / ``free_attn``: paths through later
-    MLPs / heads count; the receivers stay the side's positions). Returns {"reading": "gate", "sink",
-    "threshold", "sides", "ablation": "position_mean", "layers": [{"layer", "heads", "weight": their mean
+    steadier variance). ``resample`` > 0: each write (and each side's whole input) is instead taken from
+    another text at the same position (``"resample"``: what another text writes there, a value the model
+    meets, where a mean may be one no text produces), with ``resample`` shifts spread evenly over 1..batch - 1
+    (text b takes text b + shift's) and the shares averaged over them; for additive parts of the gate its
+    expected shares are the mean edit's, with noise that more shifts lower. Other arguments as in
+    ``sink_paths`` (``free_mlps`` / ``free_attn``: paths through later MLPs / heads count; the receivers stay
+    the side's positions). Returns {"reading": "gate", "sink", "threshold", "sides", "ablation":
+    "position_mean" or "resample", "shifts": the shifts (resample), "layers": [{"layer", "heads", "weight": their mean
     weight on the sink, "variance": the gate's variance (``gate_variance``), "base": 0 (the unedited run's
     share), "resid_peak" / "resid_peak_at": per text, its largest residual norm at the layer's input after token
     1 over the median one there (a second massive token stands out far above the rest) and where, "peak_weight"
@@ -989,6 +1011,12 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
         raise ValueError(f"tokens: the gate's variance over texts needs at least 2 sequences, got {tokens.shape[0]}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
+    B = tokens.shape[0]
+    if isinstance(resample, bool) or not isinstance(resample, int) or not 0 <= resample < B:
+        raise ValueError(f"resample: the number of shifts must be an integer from 0 (the mean by position) to the "
+                         f"number of sequences - 1 ({B - 1}), got {resample!r}")
+    shifts = sorted({round(j * B / (resample + 1)) for j in range(1, resample + 1)})
+    how = "resample" if shifts else "position_mean"
     sink, pats, weight = _sink_reading(model, sink)
     slot = sink == "slot"
     if sides is None:
@@ -1008,7 +1036,7 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
         acts, _ = _capture_run(model, tokens, pats + [f"blocks.{l}.hook_resid_pre" for l in wanted])
         found = _sink_heads(acts, pats, weight, wanted, threshold)
         out: dict[str, Any] = {"reading": "gate", "sink": sink, "threshold": threshold, "sides": sides,
-                               "ablation": "position_mean",
+                               "ablation": how, **({"shifts": shifts} if shifts else {}),
                                "senders_kind": senders if isinstance(senders, str) else "list",
                                "sender_layers": None if sender_layers is None else sorted({int(l) for l in sender_layers}),
                                "receiver_layers": None if layers is None else list(wanted),
@@ -1044,16 +1072,22 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                     recv = [Receiver(l, "q", h, pos) for h in heads]
                 else:
                     recv = [Receiver(l, "k", g, pos) for g in sorted({h // group for h in heads})]
-                res = path_ablate(model, tokens, metric, ablation="position_mean", senders=send, receivers=recv,
-                                  positions=pos, free_mlps=free_mlps, free_attn=free_attn, metric_hook=hook,
-                                  batch_rows=batch_rows)
-                d = res.to_dict()
                 resid = acts[f"blocks.{l}.hook_resid_pre"]
-                got = weight(_together_read(model, tokens, resid, l, recv, "position_mean", pos, hook))[:, heads]
-                by_text = gate_share_by_text(base_w, got)
-                d["together"] = float(by_text.sum())
-                d["together_by_text"] = by_text.round(decimals=8).tolist()
-                d["together_variance"] = float(gate_variance(got))
+                values, by_text, variance = [], [], []
+                for shift in shifts or [1]:  # (the mean by position: one edit)
+                    res = path_ablate(model, tokens, metric, ablation=how, senders=send, receivers=recv,
+                                      positions=pos, free_mlps=free_mlps, free_attn=free_attn, metric_hook=hook,
+                                      batch_rows=batch_rows, shift=shift)
+                    values.append(res.values)
+                    got = weight(_together_read(model, tokens, resid, l, recv, how, pos, hook, shift))[:, heads]
+                    by_text.append(gate_share_by_text(base_w, got))
+                    variance.append(float(gate_variance(got)))
+                d = res.to_dict()
+                d["values"] = np.mean(values, axis=0).round(8).tolist()
+                mean_by_text = torch.stack(by_text).mean(0)
+                d["together"] = float(mean_by_text.sum())
+                d["together_by_text"] = mean_by_text.round(decimals=8).tolist()
+                d["together_variance"] = float(np.mean(variance))
                 row[side] = d
                 row["base"] = res.base
             if len(sides) == (2 if slot else 3):  # every input of the heads' logits at queries 2..T: the rest
@@ -1072,7 +1106,9 @@ def gate_paths_summary(results: dict[str, Any], top: int = 3) -> str:
     where = "the bias slot" if results.get("sink") == "slot" else "token 1"
     lines = [f"what makes the sink heads' gate vary from text to text (mean weight on {where} above "
              f"{results['threshold']}; the log-odds' variance over texts within positions): the share of it carried "
-             f"by a sender's write, made its mean by position along its path to "
+             + ("by a sender's write, taken from other texts at the same position (averaged over shifts "
+                + ", ".join(map(str, results["shifts"])) + ")" if results.get("ablation") == "resample"
+                else "by a sender's write, made its mean by position") + " along its path to "
              + ", ".join(_GATE_SIDE_TEXT[x] for x in results["sides"])
              + ("; the MLPs after the sender recompute" if results.get("free_mlps") else "")
              + ("; the attention layers after the sender recompute" if results.get("free_attn") else "")]
@@ -1094,19 +1130,19 @@ def gate_paths_summary(results: dict[str, Any], top: int = 3) -> str:
 
 
 def _together(model: Any, tokens: Tensor, resid: Tensor, metric: Metric, layer: int, recv: list[Receiver],
-              how: str, pos: list[int], hook: str) -> float:
+              how: str, pos: list[int], hook: str, shift: int = 1) -> float:
     """The receivers' inputs computed from the layer's whole residual input ``resid`` (the unedited run's)
     ablated at ``pos``: the metric of the run with them."""
-    return float(metric(_together_read(model, tokens, resid, layer, recv, how, pos, hook)))
+    return float(metric(_together_read(model, tokens, resid, layer, recv, how, pos, hook, shift)))
 
 
 def _together_read(model: Any, tokens: Tensor, resid: Tensor, layer: int, recv: list[Receiver], how: str,
-                   pos: list[int], hook: str) -> Tensor:
+                   pos: list[int], hook: str, shift: int = 1) -> Tensor:
     """``_together``'s run: the activation at ``hook``."""
     name = f"blocks.{layer}.hook_resid_pre"
     tokens = tokens.to(_model_device(model))
     with _eval_mode(model), torch.no_grad():
-        value = _ablated(resid, how).to(resid.dtype)
+        value = _ablated(resid, how, shift).to(resid.dtype)
 
         def edit(act: Tensor, hook: Any = None) -> Tensor:
             out = act.clone()

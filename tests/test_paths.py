@@ -1078,12 +1078,15 @@ def test_gate_share_is_the_covariance_of_the_change_with_the_gate_over_its_varia
         paths.gate_share(torch.full_like(base, 0.4), base)
 
 
-def _gate_reference_together(model, tokens, l, recv, pos, metric, hook):
-    """The layer's residual input made its mean over the texts at ``pos``, sent to the receivers only."""
+def _gate_reference_together(model, tokens, l, recv, pos, metric, hook, shift=None):
+    """The layer's residual input made its mean over the texts at ``pos`` (``shift``: text b takes text
+    (b + shift) mod batch's), sent to the receivers only."""
     name = f"blocks.{l}.hook_resid_pre"
     resid = patching.capture(model, tokens, [name])[name]
     edited = resid.clone()
-    edited[:, pos] = resid.mean(0, keepdim=True).expand_as(resid)[:, pos]
+    new = resid.mean(0, keepdim=True).expand_as(resid) if shift is None else resid[(torch.arange(len(resid)) + shift)
+                                                                                    % len(resid)]
+    edited[:, pos] = new[:, pos]
     rnames = [patching.COMPONENTS[r.kind].hook_name(l) for r in recv]
     kept = {}
     with torch.no_grad(), tl_adapter.attached_hooks(
@@ -1181,6 +1184,66 @@ def test_gate_paths_equal_the_reference_on_every_side():
     assert fig.axes[1].get_title() == "sink_key side: sender's write made its mean by position at token 1, into its key"
 
 
+def test_gate_paths_resample_takes_each_write_from_other_texts_averaged_over_the_shifts():
+    """``resample``: each sender's write (and each side's whole input) taken from the text ``shift`` after it at
+    the same position, the shares averaged over shifts spread evenly over 1..batch - 1: the reference's, shift by
+    shift; path_ablate's "resample" alone against the one-sender reference."""
+    model = _sink_model()
+    tokens = _tokens(7, shape=(6, 10))
+    res = paths.gate_paths(model, tokens, threshold=0.2, resample=2, sides=["query", "keys"])
+    assert res["ablation"] == "resample" and res["shifts"] == [2, 4] and res["layers"]
+    names = sorted({s.hook_name() for s in paths.senders_of(model, "blocks")})
+    acts = patching.capture(model, tokens, names)
+    pats = patching.capture(model, tokens, [f"blocks.{l}.attn.hook_pattern" for l in range(3)])
+    rolled = {k: {n: x[(torch.arange(6) + k) % 6].clone() for n, x in acts.items()} for k in (2, 4)}
+    moved = False
+    for row in res["layers"]:
+        l, heads = row["layer"], row["heads"]
+        hook = f"blocks.{l}.attn.hook_pattern"
+
+        def metric(p, heads=heads, hook=hook):
+            return paths.gate_share(pats[hook][:, heads, 1:, 0], p[:, heads, 1:, 0])
+
+        senders = [s for s in paths.senders_of(model, "blocks") if s.order < 2 * l + 1]
+        pos = list(range(1, 10))
+        for side in ("query", "keys"):
+            recv = ([Receiver(l, "q", h, tuple(pos)) for h in heads] if side == "query" else
+                    [Receiver(l, "k", g, tuple(pos)) for g in sorted({h // 2 for h in heads})])
+            d = row[side]
+            assert d["how"] == "resample"
+            for s, v in zip(senders, d["values"]):
+                want = np.mean([_reference(model, tokens, rolled[k], s, recv, metric, hook, positions=pos)
+                                for k in (2, 4)])
+                assert v == pytest.approx(want, abs=1e-7), (l, side, s)
+                moved |= abs(v) > 1e-6
+            want = np.mean([_gate_reference_together(model, tokens, l, recv, pos, metric, hook, shift=k)
+                            for k in (2, 4)])
+            assert d["together"] == pytest.approx(want, rel=1e-8)
+            assert sum(d["together_by_text"]) == pytest.approx(d["together"], abs=1e-6)
+        one = paths.path_ablate(model, tokens, metric, ablation="resample", shift=4, senders=senders[:2],
+                                receivers=[Receiver(l, "q", h, tuple(pos)) for h in heads], positions=pos,
+                                metric_hook=hook)
+        for s, v in zip(senders[:2], one.values):
+            assert v == pytest.approx(_reference(model, tokens, rolled[4], s, [Receiver(l, "q", h, tuple(pos))
+                                                                               for h in heads], metric, hook,
+                                                 positions=pos), abs=1e-8)
+    assert moved
+    assert "taken from other texts at the same position (averaged over shifts 2, 4)" in paths.gate_paths_summary(res)
+    # every shift: 1..5
+    assert paths.gate_paths(model, tokens, threshold=0.2, resample=5, sides=["query"])["shifts"] == [1, 2, 3, 4, 5]
+    for bad in (6, -1, True):  # (a float: the runtime type check refuses it first)
+        with pytest.raises(ValueError, match="resample: the number of shifts must be an integer from 0"):
+            paths.gate_paths(model, tokens, threshold=0.2, resample=bad)
+    metric = lambda p: p.sum()  # noqa: E731
+    for shift in (0, 6, True):
+        with pytest.raises(ValueError, match=r"shift must be an integer from 1 to the number of sequences - 1 \(5\)"):
+            paths.path_ablate(model, tokens, metric, ablation="resample", shift=shift, senders=senders[:1],
+                              receivers=[Receiver(1, "q", 0)], metric_hook="blocks.1.attn.hook_pattern")
+    with pytest.raises(ValueError, match="needs at least 2, got 1"):
+        paths.path_ablate(model, tokens[:1], metric, ablation="resample", senders=senders[:1],
+                          receivers=[Receiver(1, "q", 0)], metric_hook="blocks.1.attn.hook_pattern")
+
+
 def test_gate_paths_a_write_the_same_in_every_text_moves_nothing_and_errors():
     """A learned position embedding is the same in every text: made its mean by position it is unchanged, so
     the gate's variance is the base's on every side; and token 1 the same in every text (BOS) leaves the
@@ -1195,6 +1258,11 @@ def test_gate_paths_a_write_the_same_in_every_text_moves_nothing_and_errors():
         for side in ("query", "sink_key", "keys"):
             assert row[side]["values"][0] == pytest.approx(0.0, abs=1e-9)  # pos_embed
         assert abs(row["query"]["values"][1]) > 1e-3  # the token embedding is text
+    res = paths.gate_paths(model, tokens, threshold=0.05, senders=[Sender("pos_embed"), Sender("embed")], resample=4)
+    for row in res["layers"]:  # another text's position embedding is the same one
+        for side in ("query", "sink_key", "keys"):
+            assert row[side]["values"][0] == pytest.approx(0.0, abs=1e-9)
+        assert abs(row["query"]["values"][1]) > 1e-3
     bos = tokens.clone()
     bos[:, 0] = 1
     res = paths.gate_paths(model, bos, threshold=0.05, sides=["sink_key"])
@@ -1266,15 +1334,26 @@ def test_cli_paths_gate_writes_the_study_and_refuses_the_weight_reading_flags(tm
     assert cli.main(["paths", "--gate", "--seq-len", "16", "--num-seqs", "4", "--prepend-bos", "--layers", "3",
                      "--sides", "query", "--no-figures", "--out", str(one)]) == 0
     assert json.loads((one / "results.json").read_text())["layers"][0]["query"]["values"] == row["query"]["values"]
+    re = tmp_path / "re"
+    assert cli.main(["paths", "--gate", "--seq-len", "16", "--num-seqs", "4", "--prepend-bos", "--layers", "3",
+                     "--sides", "query", "--resample", "3", "--no-figures", "--out", str(re)]) == 0
+    got = json.loads((re / "results.json").read_text())
+    assert got["ablation"] == "resample" and got["shifts"] == [1, 2, 3]
+    assert json.loads((re / "config.json").read_text())["resample"] == 3
+    assert got["layers"][0]["query"]["values"] != row["query"]["values"]
+    assert "taken from other texts at the same position" in capsys.readouterr().out
     capsys.readouterr()
     base = ["paths", "--gate", "--num-seqs", "2", "--seq-len", "8", "--out", str(tmp_path / "x")]
     for bad, msg in ((["--key-ablation", "zero"], "--key-ablation: not used with --gate"),
                      (["--query-ablation", "mean"], "--query-ablation: not used with --gate"),
                      (["--search-neurons", "0"], "--search-neurons: not used with --gate"),
                      (["--sides", "key"], "sides: got ['key']"),
-                     (["--num-seqs", "1"], "at least 2 sequences")):
+                     (["--num-seqs", "1"], "at least 2 sequences"),
+                     (["--resample", "2"], "resample: the number of shifts must be an integer from 0")):
         assert cli.main([*base, *bad]) == 2
         assert msg in capsys.readouterr().err
     assert cli.main(["paths", "--num-seqs", "2", "--seq-len", "8", "--sides", "keys", "--out", str(tmp_path / "y")]) == 2
     assert "sides: got ['keys']" in capsys.readouterr().err
+    assert cli.main(["paths", "--num-seqs", "2", "--seq-len", "8", "--resample", "1", "--out", str(tmp_path / "y")]) == 2
+    assert "--resample: only with --gate" in capsys.readouterr().err
     assert not (tmp_path / "x" / "results.json").exists()
