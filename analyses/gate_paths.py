@@ -189,6 +189,22 @@ def _by_kind(d: dict[str, Any]) -> str:
             f"({top_name} {_pct(top_v)})")
 
 
+def _paired_sides(res: dict[str, Any], ref: dict[str, Any], floor: float = 0.2,
+                  either: bool = False) -> list[tuple[int, str, dict[str, Any], dict[str, Any]]]:
+    """(layer, side, ``ref``'s side, ``res``'s) for each layer both runs read and each side whose whole share is
+    ``floor`` or more in size in ``ref`` (``either``: in either run)."""
+    out = []
+    for row in res["layers"]:
+        r_row = next((r for r in ref["layers"] if r["layer"] == row["layer"]), None)
+        for side in res["sides"] if r_row else []:
+            if side not in r_row:  # type: ignore[operator]
+                continue
+            a, b = r_row[side], row[side]  # type: ignore[index]
+            if max(abs(a["together"]), abs(b["together"]) if either else 0.0) >= floor:
+                out.append((row["layer"], side, a, b))
+    return out
+
+
 def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
     """Each resampled run against its run with the mean by position: per layer and side whose whole share is
     20% or more in size in either, the whole shares, the embedding's and the largest path."""
@@ -197,19 +213,10 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
         res, mean = results.get(name), results.get(mean_name)
         if not (res and mean and res["layers"] and mean["layers"]):
             continue
-        cells = []
-        for row in res["layers"]:
-            m_row = next((r for r in mean["layers"] if r["layer"] == row["layer"]), None)
-            if m_row is None:
-                continue
-            for side in res["sides"]:
-                if side not in m_row or max(abs(row[side]["together"]), abs(m_row[side]["together"])) < 0.2:
-                    continue
-                a, b = m_row[side], row[side]
-                cells.append(f"L{row['layer']} {SIDE_NAMES[side]}: all {_pct(a['together'])} against "
-                             f"{_pct(b['together'])}, embedding {_pct(_kind_sums(a)['embedding'])} against "
-                             f"{_pct(_kind_sums(b)['embedding'])}, largest path {_top(a, 1)[0][0]} "
-                             f"{_pct(_top(a, 1)[0][1])} against {_top(b, 1)[0][0]} {_pct(_top(b, 1)[0][1])}")
+        cells = [f"L{layer} {SIDE_NAMES[side]}: all {_pct(a['together'])} against {_pct(b['together'])}, embedding "
+                 f"{_pct(_kind_sums(a)['embedding'])} against {_pct(_kind_sums(b)['embedding'])}, largest path "
+                 f"{_top(a, 1)[0][0]} {_pct(_top(a, 1)[0][1])} against {_top(b, 1)[0][0]} {_pct(_top(b, 1)[0][1])}"
+                 for layer, side, a, b in _paired_sides(res, mean, either=True)]
         if cells:
             shifts = ", ".join(map(str, res.get("shifts", [])))
             parts.append(f"`{name}` (shifts {shifts}) against `{mean_name}`: " + "; ".join(cells))
@@ -433,17 +440,9 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         if not (free and direct and free["layers"] and direct["layers"]):
             continue
         parts = []
-        for row in free["layers"]:
-            d_row = next((r for r in direct["layers"] if r["layer"] == row["layer"]), None)
-            if d_row is None:
-                continue
-            for side in free["sides"]:
-                if side not in d_row or abs(d_row[side]["together"]) < 0.2:
-                    continue
-                parts.append(f"L{row['layer']} {SIDE_NAMES[side]} (all {_pct(d_row[side]['together'])}): "
-                             f"{_by_kind(d_row[side])} against {_by_kind(row[side])}")
-                embed.append((_kind_sums(d_row[side])["embedding"], _kind_sums(row[side])["embedding"],
-                              d_row[side]["together"]))
+        for layer, side, a, b in _paired_sides(free, direct):
+            parts.append(f"L{layer} {SIDE_NAMES[side]} (all {_pct(a['together'])}): {_by_kind(a)} against {_by_kind(b)}")
+            embed.append((_kind_sums(a)["embedding"], _kind_sums(b)["embedding"], a["together"]))
         if parts:
             runs.append(f"`{name}` against `{direct_name}`: " + "; ".join(parts))
     if runs:
@@ -590,6 +589,14 @@ def main(argv: list[str] | None = None) -> int:
         "bias slot, with writes that are the same in every text (a position embedding, a BOS) carrying nothing, and",
         "the shares against hand-built gates: additive (the shares add up to 100%) and a product (they overlap)",
         "(tests/test_paths.py).",
+        "",
+        "Two variants run on the same windows as a run above. **Through later MLPs** (`--free-mlps`): the MLPs after",
+        "the sender recompute, so a sender's share also counts what it moves through them (the attention outputs",
+        "stay frozen, so the change stays at the positions edited). **Other texts' writes** (`--resample K`): a",
+        "write made its mean by position can be a vector no text produces (a mean token embedding above all), so",
+        "each write (and each side's whole input) is instead taken from another text at the same position, text b",
+        "taking text b + shift's (cyclically), and the shares are averaged over K shifts spread evenly over the",
+        "texts; for additive parts of the gate the expected shares are the mean edit's.",
         "",
         "## Results",
         "",
