@@ -1229,6 +1229,19 @@ def test_gate_paths_resample_takes_each_write_from_other_texts_averaged_over_the
                                                  positions=pos), abs=1e-8)
     assert moved
     assert "taken from other texts at the same position (averaged over shifts 2, 4)" in paths.gate_paths_summary(res)
+    # the weight reading takes it too: token 1's write from the next text (shift 1), on the key side
+    sp = paths.sink_paths(model, tokens, threshold=0.2, sides=["key"], key_ablation="resample")
+    rolled1 = {n: x[(torch.arange(6) + 1) % 6].clone() for n, x in acts.items()}
+    for row in sp["layers"]:
+        l, heads = row["layer"], row["heads"]
+        hook = f"blocks.{l}.attn.hook_pattern"
+        recv = [Receiver(l, "k", g, (0,)) for g in sorted({h // 2 for h in heads})]
+        senders = [s for s in paths.senders_of(model, "blocks") if s.order < 2 * l + 1]
+        assert row["key"]["how"] == "resample"
+        for s, v in zip(senders, row["key"]["values"]):
+            assert v == pytest.approx(_reference(model, tokens, rolled1, s, recv,
+                                                 lambda p, heads=heads: p[:, heads, 1:, 0].double().mean(), hook,
+                                                 positions=[0]), abs=1e-8)
     # every shift: 1..5
     assert paths.gate_paths(model, tokens, threshold=0.2, resample=5, sides=["query"])["shifts"] == [1, 2, 3, 4, 5]
     for bad in (6, -1, True):  # (a float: the runtime type check refuses it first)
