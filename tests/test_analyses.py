@@ -1619,6 +1619,9 @@ def test_gate_paths_resampled_run_is_read_against_the_mean_and_left_out_of_the_c
     assert ("`smollm2__natural_resample` (shifts 8, 16, 24) against `smollm2__natural`: L3 query: all +80% against "
             "+70%, embedding +5% against +30%, largest path mlp 0 +60% against mlp 0 +40%.") in lines
     assert "L3 other keys" not in lines.split("Other texts' writes")[1]  # under 20% in both
+    assert ("The side that carries the most (query or other keys) is the same in 1 of 1 (run, layer) rows; the query's "
+            "and the other keys' whole shares move by a median 8 points, at most 10 (`smollm2__natural_resample` L3 "
+            "query).") in lines
     assert "in 1 of 1 (run, layer) rows (SmolLM2-135M English L3)" in lines
     assert mod._label("smollm2__natural_resample", resampled) == "SmolLM2-135M English (other texts' writes)"
     assert (mod._label("smollm2__natural_free_resample", resampled)
