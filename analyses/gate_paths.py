@@ -300,10 +300,11 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
     shown = [(name, res) for name, res in results.items() if res["layers"]]
     if not shown:
         return [*out, "No run found sink heads.", ""]
-    out.append("Each side's whole input made its mean by position (*all*), by layer, and the rest to 100% (where "
-               "every side was run; negative where the sides overlap):")
+    out.append("Each side's whole input made its mean by position (*all*; in the runs of other texts' writes, taken "
+               "from them), by layer, and the rest to 100% (where every side was run; negative where the sides "
+               "overlap); a run through later MLPs has its direct run's, the whole input having no later MLP to pass:")
     out.append("")
-    out += [_model_line(_label(name, res), res) for name, res in shown]
+    out += [_model_line(_label(name, res), res) for name, res in shown if name not in FREE]
     out.append("")
     # the counts and the leading paths over the runs on their own windows and paths (a kept run repeats its
     # source's windows, a free run its direct run's)
@@ -412,10 +413,10 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         second_sink = ""
         if "peak_weight" in last:
             med = float(np.median(last["weight_by_text"]))
-            second_sink = (" (at L" + str(last["layer"]) + ", " + ", ".join(
+            second_sink = ("at L" + str(last["layer"]) + ", " + ", ".join(
                 f"text {b}'s sink heads put {last['weight_by_text'][b]:.2f} of their weight on token 1, against a "
                 f"median {med:.2f}, and {last['peak_weight'][b]:.2f} on position {last['resid_peak_at'][b] + 1}"
-                for b in out_texts) + ": a second sink)")
+                for b in out_texts) + ": a second sink")
         peaks = ", ".join(f"text {b}: {max(r['resid_peak'][b] for r in source['layers']):.0f} x" for b in out_texts)
         head = (f"- **Without the texts with a second massive token** (`{name}`: `{src}`'s windows without "
                 f"{len(out_texts)} text{'s' if len(out_texts) != 1 else ''}, {peaks} at most): query / other keys, "
@@ -428,7 +429,8 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
             if g_kept is not None and g_rep is not None and g_kept < 0.1 < g_rep:
                 text += (f" Without {them} the replicate agrees with the first set within {100 * g_kept:.0f} points at "
                          f"every layer (with {them}: up to {100 * g_rep:.0f}): the replicate's difference came from "
-                         f"{'that text' if len(out_texts) == 1 else 'those texts'}{second_sink}")
+                         f"{'that text' if len(out_texts) == 1 else 'those texts'}"
+                         + (f" ({second_sink})" if second_sink else ""))
                 one = len(out_texts) == 1
                 text += (f". {len(out_texts)} of {source['num_seqs']} texts with a second massive token "
                          f"move{'s' if one else ''} a side's share by up to {100 * g_rep:.0f} points: the shares are of "
@@ -441,7 +443,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
             if found:
                 g, where, a, b = max(found, key=lambda x: x[0])  # the first of equal gaps
                 text += (f" Leaving {them} out moves a side's whole share by up to {100 * g:.0f} points ({where}: "
-                         f"{_pct(a)} against {_pct(b)}){second_sink}.")
+                         f"{_pct(a)} against {_pct(b)})" + (f"; {second_sink}" if second_sink else "") + ".")
         keys = [(r, at(source, r["layer"])) for r in kept["layers"] if "keys" in r]
         if keys:
             text += (f" The other keys' largest path, by layer, without {them} against with {them}: " + "; ".join(
@@ -471,14 +473,22 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         ratio = min(f / whole for _, f, whole in embed)  # (the rows' whole shares are 20% or more)
         text += (f" The token embeddings at the side's positions carry at most {100 * d_max:.0f}% by their direct "
                  f"path and {_pct(f_lo)} to {_pct(f_hi)} through the MLPs after them")
+        note = ""
+        for r_name, f_name in RESAMPLED.items():  # the same rows with other texts' tokens in place of the mean
+            resampled, direct = results.get(r_name), results.get(FREE.get(f_name, ""))
+            if f_name in FREE and resampled and direct and resampled["layers"] and direct["layers"]:
+                got = [_kind_sums(b)["embedding"] for _, _, _, b in _paired_sides(resampled, direct)]
+                if got:
+                    note += (f" (with other texts' tokens in place of the mean, `{r_name}`: {_pct(min(got))} to "
+                             f"{_pct(max(got))} in `{FREE[f_name]}`'s rows)")
         if ratio >= 0.5 and d_max < 0.1:
-            text += (f", at least {100 * ratio:.0f}% of the side's whole share in every row: which tokens stand there "
+            text += (f", at least {100 * ratio:.0f}% of the side's whole share in every row{note}: which tokens stand there "
                      "is needed for most of what the side carries, once MLPs make it into the features the heads "
                      "read. Needed, not enough: the attention outputs stay as they are in this edit, so the MLPs mix "
                      "the tokens with the context they bring, and docs/sink-gate.md's out-of-sample test finds that "
                      "the query token alone (its mean gate) adds a small part of the variation beyond position.")
         else:
-            text += "."
+            text += note + "."
         out.append(text)
     out += _resampled(results)
     peaks = [(name, res) for name, res in shown if name not in variants and "keys" in res["sides"]

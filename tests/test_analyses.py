@@ -1650,6 +1650,10 @@ def test_gate_paths_free_run_is_read_against_its_direct_run_and_left_out_of_the_
             "embeddings at the side's positions carry at most 0% by their direct path and "
             "+60% to +60% through the MLPs after them, at least 75% of the side's whole share in every row: which "
             "tokens stand there is needed") in lines
+    lines = "\n".join(mod._reading({"smollm2__natural": direct, "smollm2__natural_free": free,
+                                    "smollm2__natural_free_resample": run([0.7, 0.5, 0.6], [0.0, 0.05, 0.05])}))
+    assert ("at least 75% of the side's whole share in every row (with other texts' tokens in place of the mean, "
+            "`smollm2__natural_free_resample`: +70% to +70% in `smollm2__natural`'s rows): which tokens") in lines
     weak = run([0.3, 0.5, 0.6], [0.0, 0.05, 0.05])  # under half the side's share through the MLPs: the bare numbers
     lines = "\n".join(mod._reading({"smollm2__natural": direct, "smollm2__natural_free": weak}))
     assert "is needed" not in lines and "carry at most 0% by their direct path and +30% to +30% through" in lines
