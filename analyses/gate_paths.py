@@ -307,7 +307,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
     out += [_model_line(_label(name, res), res) for name, res in shown if name not in FREE]
     out.append("")
     # the counts and the leading paths over the runs on their own windows and paths (a kept run repeats its
-    # source's windows, a free run its direct run's)
+    # source's windows, a free or resampled run its reference run's)
     variants = {*KEPT, *FREE, *RESAMPLED}  # runs on another run's windows
     rows = [(name, row) for name, res in shown if name not in variants for row in res["layers"]]
 
@@ -441,8 +441,8 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                                 for r in kept["layers"]) + ".")
             found = gaps(kept, source)
             if found:
-                g, where, a, b = max(found, key=lambda x: x[0])  # the first of equal gaps
-                text += (f" Leaving {them} out moves a side's whole share by up to {100 * g:.0f} points ({where}: "
+                g, row_side, a, b = max(found, key=lambda x: x[0])  # the first of equal gaps
+                text += (f" Leaving {them} out moves a side's whole share by up to {100 * g:.0f} points ({row_side}: "
                          f"{_pct(a)} against {_pct(b)})" + (f"; {second_sink}" if second_sink else "") + ".")
         keys = [(r, at(source, r["layer"])) for r in kept["layers"] if "keys" in r]
         if keys:
