@@ -21,8 +21,8 @@ through later MLPs). The 6 x 384 GPU baseline on the Debian windows without BOS,
 MLPs, where it is here (runs/gpu_models, not in git). Each run's results are kept in
 analyses/data/gate_paths/NAME.json, so the page regenerates from them where a model is missing here. Writes
 docs/gate-paths.md and docs/figures/gate-paths-NAME.png. The toy runs take seconds; SmolLM2's about 5 to 6
-minutes each on a 2-core CPU, K times that with ``--resample K`` (2026-12-05/06, each run's time in its
-header); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
+minutes each on a 2-core CPU alone (up to 9 beside other work), K times that with ``--resample K``
+(2026-12-05/06, each run's time in its header); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
 """
 
 from __future__ import annotations
