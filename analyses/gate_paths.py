@@ -15,9 +15,9 @@ tokens of the English sample (the windows of docs/sink-gate.md's SmolLM2 runs, s
 (seed 1), a replicate, on 32 windows of the held-out Debian text (its second domain), and on the replicate's
 and the Debian text's windows without those that hold a second massive token (KEPT: each written from its
 source run, a residual after token 1 over 20 x the median at a layer read). Variants on a run's windows:
-through later MLPs (FREE, ``--free-mlps``: SmolLM2's first set and Debian text) and with each write taken
-from other texts (RESAMPLED, ``--resample K``: toy-softmax's Debian windows, SmolLM2's first set, direct and
-through later MLPs). The 6 x 384 GPU baseline on the Debian windows without BOS, direct and through later
+through later MLPs (FREE, ``--free-mlps``: SmolLM2's first set, replicate and Debian text) and with each write
+taken from other texts (RESAMPLED, ``--resample K``: toy-softmax's Debian windows, SmolLM2's first set, direct
+and through later MLPs, and its Debian text through later MLPs). The 6 x 384 GPU baseline on the Debian windows without BOS, direct and through later
 MLPs, where it is here (runs/gpu_models, not in git). Each run's results are kept in
 analyses/data/gate_paths/NAME.json, so the page regenerates from them where a model is missing here. Writes
 docs/gate-paths.md and docs/figures/gate-paths-NAME.png. The toy runs take seconds; SmolLM2's about 5 to 6
@@ -77,6 +77,9 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                          "32", *SMOLLM2_LAYERS, "--free-mlps"],
                                   ("SmolLM2-135M, the Debian text's windows, paths through later MLPs counted "
                                    "(`--free-mlps`)")),
+    "smollm2__natural_s1_free": (None, [*SMOLLM2, "--seed", "1", *SMOLLM2_LAYERS, "--free-mlps"],
+                                 ("SmolLM2-135M, the replicate's windows, paths through later MLPs counted "
+                                  "(`--free-mlps`)")),
     "toy-softmax__debian_resample": ("toy-softmax", ["--tokens", TOY_TOKENS, "--resample", "8"],
                                      ("toy-softmax, the Debian windows, each write taken from other texts (`--resample "
                                       "8`: 8 shifts)")),
@@ -86,6 +89,10 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
     "smollm2__natural_free_resample": (None, [*SMOLLM2, *SMOLLM2_LAYERS, "--free-mlps", "--resample", "3"],
                                        ("SmolLM2-135M, the first set's windows, paths through later MLPs, each write "
                                         "taken from other texts (`--free-mlps --resample 3`)")),
+    "smollm2__debian_text_free_resample": (None, ["--inputs", "natural", "--text", DEBIAN_TEXT, "--seq-len", "64",
+                                                  "--num-seqs", "32", *SMOLLM2_LAYERS, "--free-mlps", "--resample", "3"],
+                                           ("SmolLM2-135M, the Debian text's windows, paths through later MLPs, each "
+                                            "write taken from other texts (`--free-mlps --resample 3`)")),
     "baseline_small__debian": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS],
                                "baseline_small (6 x 384, GPU-trained, no BOS), 32 held-out Debian windows"),
     "baseline_small__debian_free": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS, "--free-mlps"],
@@ -100,11 +107,12 @@ KEPT: dict[str, tuple[str, int, str | None, str]] = {
     "smollm2__debian_text_kept": ("smollm2__debian_text", 0, DEBIAN_TEXT, KEPT_DEBIAN_TOKENS),
 }
 # runs on a direct-path run's windows with paths through later components counted: name -> the direct run
-FREE = {"smollm2__natural_free": "smollm2__natural", "smollm2__debian_text_free": "smollm2__debian_text",
-        "baseline_small__debian_free": "baseline_small__debian"}
+FREE = {"smollm2__natural_free": "smollm2__natural", "smollm2__natural_s1_free": "smollm2__natural_s1",
+        "smollm2__debian_text_free": "smollm2__debian_text", "baseline_small__debian_free": "baseline_small__debian"}
 # runs with each write taken from other texts (``--resample``): name -> the run with the mean by position
 RESAMPLED = {"toy-softmax__debian_resample": "toy-softmax__debian", "smollm2__natural_resample": "smollm2__natural",
-             "smollm2__natural_free_resample": "smollm2__natural_free"}
+             "smollm2__natural_free_resample": "smollm2__natural_free",
+             "smollm2__debian_text_free_resample": "smollm2__debian_text_free"}
 SIDE_NAMES = {"query": "query", "sink_key": "token 1's key", "keys": "other keys"}
 
 
@@ -254,6 +262,8 @@ def _label(name: str, res: dict[str, Any]) -> str:
                 " (other texts' writes)" if name in RESAMPLED else "")
         if name in RESAMPLED and RESAMPLED[name] in FREE:
             what = " (paths through later MLPs, other texts' writes)"
+        if name in FREE and FREE[name] in REPLICATES:
+            what = " (replicate, paths through later MLPs)"
     return f"{RUNS[name][2].split(',')[0]} {inputs}{what}"
 
 
@@ -514,7 +524,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         "",
         ("- Direct paths: a sender's write is made its mean along its path through the residual stream alone, every "
          "attention and MLP output after it frozen; what it moves through later components is credited to them. "
-         "`--free-mlps` (later MLPs recompute) is run on SmolLM2's first set and Debian text only; `--free-attn` (later heads "
+         "`--free-mlps` (later MLPs recompute) is run on SmolLM2's three sets of windows only; `--free-attn` (later heads "
          "recompute) is not run."),
         ("- Through later MLPs, the embedding made its mean by position is a vector no token has, and the MLPs "
          "after it meet it: its share there is how much of the variation needs the tokens, not what they alone "

@@ -1661,3 +1661,4 @@ def test_gate_paths_free_run_is_read_against_its_direct_run_and_left_out_of_the_
     # the free run repeats the direct run's windows: counted once
     assert "in 1 of 1 (run, layer) rows (SmolLM2-135M English L3)" in lines
     assert mod._label("smollm2__natural_free", free) == "SmolLM2-135M English (paths through later MLPs)"
+    assert mod._label("smollm2__natural_s1_free", free) == "SmolLM2-135M English (replicate, paths through later MLPs)"

@@ -320,8 +320,8 @@ def test_results_and_errors():
         paths.path_patch(model, clean, corrupted, _logit_metric, free_mlps=1)
     with pytest.raises(ValueError, match="same shape"):
         paths.path_patch(model, clean, corrupted[:2], _logit_metric)
-    with pytest.raises(ValueError, match="ablation: got 'resample'"):
-        paths.path_ablate(model, clean, _logit_metric, ablation="resample")
+    with pytest.raises(ValueError, match="ablation: got 'shuffle'"):
+        paths.path_ablate(model, clean, _logit_metric, ablation="shuffle")
 
 
 def _sink_model():
