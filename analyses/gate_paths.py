@@ -221,7 +221,7 @@ def _paired_sides(res: dict[str, Any], ref: dict[str, Any], floor: float = 0.2,
 def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
     """Each resampled run against its run with the mean by position: per layer and side whose whole share is
     20% or more in size in either, the whole shares, the embedding's and the largest path."""
-    parts, same, layers, gaps = [], 0, 0, []
+    parts, same, layers, gaps, flipped = [], 0, 0, [], []
     for name, mean_name in RESAMPLED.items():
         res, mean = results.get(name), results.get(mean_name)
         if not (res and mean and res["layers"] and mean["layers"]):
@@ -232,6 +232,9 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
                     for r in rows]
             same += lead[0] == lead[1]
             layers += 1
+            if lead[0] != lead[1]:
+                flipped.append(f"`{name}` L{layer}: {SIDE_NAMES[lead[0]]} with the mean, {SIDE_NAMES[lead[1]]} with "
+                               "other texts' writes")
         gaps += [(abs(a["together"] - b["together"]), f"`{name}` L{layer} {SIDE_NAMES[side]}")
                  for layer, side, a, b in _paired_sides(res, mean, floor=0.0) if side != "sink_key"]
         cells = [f"L{layer} {SIDE_NAMES[side]}: all {_pct(a['together'])} against {_pct(b['together'])}, embedding "
@@ -243,13 +246,15 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
             parts.append(f"`{name}` (shifts {shifts}) against `{mean_name}`: " + "; ".join(cells))
     if not parts:
         return []
+    median, (top, where) = float(np.median([g for g, _ in gaps])), max(gaps)
     return ["- **Other texts' writes in place of the mean** (`--resample`: each write, and each side's whole input, "
             "taken from the text a shift after it at the same position, a value the model meets; the shares averaged "
             "over the shifts; for additive parts the same shares are expected, with noise): per layer and side with a "
             "whole share of 20% or more in size, the mean by position against other texts' writes. "
             + ". ".join(parts) + f". The side that carries the most (query or other keys) is the same in {same} of "
-            f"{layers} (run, layer) rows; the query's and the other keys' whole shares move by a median {100 * float(np.median([g for g, _ in gaps])):.0f} "
-            f"points, at most {100 * max(gaps)[0]:.0f} ({max(gaps)[1]})."]
+            f"{layers} (run, layer) rows" + (f" (not at {', '.join(flipped)})" if flipped else "")
+            + f"; the query's and the other keys' whole shares move by a median {100 * median:.0f} points, at most "
+            f"{100 * top:.0f} ({where})."]
 
 
 def _label(name: str, res: dict[str, Any]) -> str:
@@ -483,14 +488,14 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         ratio = min(f / whole for _, f, whole in embed)  # (the rows' whole shares are 20% or more)
         text += (f" The token embeddings at the side's positions carry at most {100 * d_max:.0f}% by their direct "
                  f"path and {_pct(f_lo)} to {_pct(f_hi)} through the MLPs after them")
-        note = ""
+        notes = []
         for r_name, f_name in RESAMPLED.items():  # the same rows with other texts' tokens in place of the mean
             resampled, direct = results.get(r_name), results.get(FREE.get(f_name, ""))
             if f_name in FREE and resampled and direct and resampled["layers"] and direct["layers"]:
                 got = [_kind_sums(b)["embedding"] for _, _, _, b in _paired_sides(resampled, direct)]
                 if got:
-                    note += (f" (with other texts' tokens in place of the mean, `{r_name}`: {_pct(min(got))} to "
-                             f"{_pct(max(got))} in `{FREE[f_name]}`'s rows)")
+                    notes.append(f"{_pct(min(got))} to {_pct(max(got))} in `{FREE[f_name]}`'s rows (`{r_name}`)")
+        note = f" (with other texts' tokens in place of the mean: {'; '.join(notes)})" if notes else ""
         if ratio >= 0.5 and d_max < 0.1:
             text += (f", at least {100 * ratio:.0f}% of the side's whole share in every row{note}: which tokens stand there "
                      "is needed for most of what the side carries, once MLPs make it into the features the heads "

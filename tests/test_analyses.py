@@ -1623,6 +1623,10 @@ def test_gate_paths_resampled_run_is_read_against_the_mean_and_left_out_of_the_c
             "and the other keys' whole shares move by a median 8 points, at most 10 (`smollm2__natural_resample` L3 "
             "query).") in lines
     assert "in 1 of 1 (run, layer) rows (SmolLM2-135M English L3)" in lines
+    flipped = run(0.3, [0.1, 0.1, 0.1], 0.5, ablation="resample", shifts=[8, 16, 24])
+    lines = "\n".join(mod._reading({"smollm2__natural": mean, "smollm2__natural_resample": flipped}))
+    assert ("is the same in 0 of 1 (run, layer) rows (not at `smollm2__natural_resample` L3: query with the mean, "
+            "other keys with other texts' writes)") in lines
     assert mod._label("smollm2__natural_resample", resampled) == "SmolLM2-135M English (other texts' writes)"
     assert (mod._label("smollm2__natural_free_resample", resampled)
             == "SmolLM2-135M English (paths through later MLPs, other texts' writes)")
@@ -1652,8 +1656,8 @@ def test_gate_paths_free_run_is_read_against_its_direct_run_and_left_out_of_the_
             "tokens stand there is needed") in lines
     lines = "\n".join(mod._reading({"smollm2__natural": direct, "smollm2__natural_free": free,
                                     "smollm2__natural_free_resample": run([0.7, 0.5, 0.6], [0.0, 0.05, 0.05])}))
-    assert ("at least 75% of the side's whole share in every row (with other texts' tokens in place of the mean, "
-            "`smollm2__natural_free_resample`: +70% to +70% in `smollm2__natural`'s rows): which tokens") in lines
+    assert ("at least 75% of the side's whole share in every row (with other texts' tokens in place of the mean: "
+            "+70% to +70% in `smollm2__natural`'s rows (`smollm2__natural_free_resample`)): which tokens") in lines
     weak = run([0.3, 0.5, 0.6], [0.0, 0.05, 0.05])  # under half the side's share through the MLPs: the bare numbers
     lines = "\n".join(mod._reading({"smollm2__natural": direct, "smollm2__natural_free": weak}))
     assert "is needed" not in lines and "carry at most 0% by their direct path and +30% to +30% through" in lines
