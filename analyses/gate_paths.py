@@ -17,12 +17,13 @@ and the Debian text's windows without those that hold a second massive token (KE
 source run, a residual after token 1 over 20 x the median at a layer read). Variants on a run's windows:
 through later MLPs (FREE, ``--free-mlps``: SmolLM2's first set, replicate and Debian text) and with each write
 taken from other texts (RESAMPLED, ``--resample K``: toy-softmax's Debian windows, SmolLM2's first set, direct
-and through later MLPs, and its Debian text through later MLPs). The 6 x 384 GPU baseline on the Debian windows without BOS, direct and through later
-MLPs, where it is here (runs/gpu_models, not in git). Each run's results are kept in
-analyses/data/gate_paths/NAME.json, so the page regenerates from them where a model is missing here. Writes
-docs/gate-paths.md and docs/figures/gate-paths-NAME.png. The toy runs take seconds; SmolLM2's about 5 to 6
-minutes each on a 2-core CPU alone (up to 9 beside other work), K times that with ``--resample K``
-(2026-12-05/06, each run's time in its header); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
+and through later MLPs, and its Debian text through later MLPs). The 6 x 384 GPU baseline on the Debian
+windows without BOS, direct and through later MLPs, where it is here (runs/gpu_models, not in git). Each run's
+results are kept in analyses/data/gate_paths/NAME.json, so the page regenerates from them where a model is
+missing here. Writes docs/gate-paths.md and docs/figures/gate-paths-NAME.png. The toy runs take seconds;
+SmolLM2's about 5 to 6 minutes each on a 2-core CPU alone (up to 9 beside other work), K times that with
+``--resample K`` (2026-12-05/06, each run's time in its header); ``--only NAME ...`` runs those alone (the
+others from their snapshots), ``--snapshots`` runs none.
 """
 
 from __future__ import annotations
