@@ -600,8 +600,9 @@ def sink_paths_figure(results: dict[str, Any], *, title: str = "", max_senders: 
     ablated along its direct path (blank: a sender after the layer); ``paths.gate_paths`` results the same
     way, per side (query, sink_key, keys), the share of the gate's variance over texts each path carries, in
     %. The colours span the single senders' effects; the last column ("all", the whole residual input
-    ablated) is printed in its cells (its colour clipped at the senders' span). With more than ``max_senders`` senders (neurons) only the ``max_senders``
-    with the largest effect anywhere are drawn, in their order, and the title says so."""
+    ablated) is printed in its cells (its colour clipped at the senders' span). With more than
+    ``max_senders`` senders (neurons) only the ``max_senders`` with the largest effect anywhere are drawn, in
+    their order, and the title says so."""
     if not isinstance(results, dict) or "layers" not in results or "senders" not in results:
         raise ValueError("results: expected paths.sink_paths' result (with 'layers' and 'senders')")
     rows = results["layers"]

@@ -997,14 +997,14 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     expected shares are the mean edit's, with noise that more shifts lower. Other arguments as in
     ``sink_paths`` (``free_mlps`` / ``free_attn``: paths through later MLPs / heads count; the receivers stay
     the side's positions). Returns {"reading": "gate", "sink", "threshold", "sides", "ablation":
-    "position_mean" or "resample", "shifts": the shifts (resample), "layers": [{"layer", "heads", "weight": their mean
-    weight on the sink, "variance": the gate's variance (``gate_variance``), "base": 0 (the unedited run's
-    share), "resid_peak" / "resid_peak_at": per text, its largest residual norm at the layer's input after token
-    1 over the median one there (a second massive token stands out far above the rest) and where, "peak_weight"
-    (token 1 the sink) the
-    heads' mean weight on that position from it on, "weight_by_text", side: PathResult.to_dict() (values:
-    the shares) + "together" + "together_by_text" (``gate_share_by_text``) + "together_variance", "rest"
-    (every side run)}], "senders": labels, settings}."""
+    "position_mean" or "resample", "shifts": the shifts (resample), "layers": [{"layer", "heads", "weight":
+    their mean weight on the sink, "variance": the gate's variance (``gate_variance``), "base": 0 (the
+    unedited run's share), "resid_peak" / "resid_peak_at": per text, its largest residual norm at the layer's
+    input after token 1 over the median one there (a second massive token stands out far above the rest) and
+    where, "peak_weight" (token 1 the sink): the heads' mean weight on that position from it on,
+    "weight_by_text", side: PathResult.to_dict() (values: the shares, averaged over the shifts) + "together"
+    + "together_by_text" (``gate_share_by_text``) + "together_variance", "rest" (every side run)}],
+    "senders": labels, settings}."""
     dims = tl_adapter.model_dims(model)
     tokens = validate_tokens(tokens, dims["d_vocab"])
     if tokens.shape[0] < 2:
