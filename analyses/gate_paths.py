@@ -16,8 +16,8 @@ tokens of the English sample (the windows of docs/sink-gate.md's SmolLM2 runs, s
 and the Debian text's windows without those that hold a second massive token (KEPT: each written from its
 source run, a residual after token 1 over 20 x the median at a layer read). Variants on a run's windows:
 through later MLPs (FREE, ``--free-mlps``: SmolLM2's first set, replicate and Debian text) and with each write
-taken from other texts (RESAMPLED, ``--resample K``: toy-softmax's Debian windows, SmolLM2's first set, direct
-and through later MLPs, and its Debian text through later MLPs). The 6 x 384 GPU baseline on the Debian
+taken from other texts (RESAMPLED, ``--resample K``: toy-softmax's Debian windows, SmolLM2's first set, replicate
+and Debian text, and its first set and Debian text through later MLPs). The 6 x 384 GPU baseline on the Debian
 windows without BOS, direct and through later MLPs, where it is here (runs/gpu_models, not in git). Each run's
 results are kept in analyses/data/gate_paths/NAME.json, so the page regenerates from them where a model is
 missing here. Writes docs/gate-paths.md and docs/figures/gate-paths-NAME.png. The toy runs take seconds;
@@ -94,6 +94,13 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                                   "--num-seqs", "32", *SMOLLM2_LAYERS, "--free-mlps", "--resample", "3"],
                                            ("SmolLM2-135M, the Debian text's windows, paths through later MLPs, each "
                                             "write taken from other texts (`--free-mlps --resample 3`)")),
+    "smollm2__natural_s1_resample": (None, [*SMOLLM2, "--seed", "1", *SMOLLM2_LAYERS, "--resample", "3"],
+                                     ("SmolLM2-135M, the replicate's windows, each write taken from other texts "
+                                      "(`--resample 3`)")),
+    "smollm2__debian_text_resample": (None, ["--inputs", "natural", "--text", DEBIAN_TEXT, "--seq-len", "64",
+                                             "--num-seqs", "32", *SMOLLM2_LAYERS, "--resample", "3"],
+                                      ("SmolLM2-135M, the Debian text's windows, each write taken from other texts "
+                                       "(`--resample 3`)")),
     "baseline_small__debian": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS],
                                "baseline_small (6 x 384, GPU-trained, no BOS), 32 held-out Debian windows"),
     "baseline_small__debian_free": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS, "--free-mlps"],
@@ -113,7 +120,8 @@ FREE = {"smollm2__natural_free": "smollm2__natural", "smollm2__natural_s1_free":
 # runs with each write taken from other texts (``--resample``): name -> the run with the mean by position
 RESAMPLED = {"toy-softmax__debian_resample": "toy-softmax__debian", "smollm2__natural_resample": "smollm2__natural",
              "smollm2__natural_free_resample": "smollm2__natural_free",
-             "smollm2__debian_text_free_resample": "smollm2__debian_text_free"}
+             "smollm2__debian_text_free_resample": "smollm2__debian_text_free",
+             "smollm2__natural_s1_resample": "smollm2__natural_s1", "smollm2__debian_text_resample": "smollm2__debian_text"}
 SIDE_NAMES = {"query": "query", "sink_key": "token 1's key", "keys": "other keys"}
 
 
