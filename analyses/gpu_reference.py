@@ -425,7 +425,7 @@ def _figure(runs: dict[str, dict]) -> None:
                 labels.append(lab)
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
-    save_figure(fig, FIG)
+    save_figure(fig, FIG, palette=True)
 
 
 def _heads_figure(runs: dict[str, dict]) -> None:
@@ -461,7 +461,7 @@ def _heads_figure(runs: dict[str, dict]) -> None:
     ax.set_xlabel("layer")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, frameon=False)
-    save_figure(fig, HEADS_FIG)
+    save_figure(fig, HEADS_FIG, palette=True)
 
 
 def _massive_figure(runs: dict[str, dict]) -> bool:
@@ -472,7 +472,7 @@ def _massive_figure(runs: dict[str, dict]) -> bool:
     if not have:
         return False
     save_figure(massive_activation(have, title="The massive activation on token 1, and the sink heads without "
-                                               "its strongest writers"), MASSIVE_FIG)
+                                               "its strongest writers"), MASSIVE_FIG, palette=True)
     return True
 
 

@@ -14,7 +14,6 @@ on a 2-core CPU.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def main() -> int:
     gguf = enter_with_smollm2("key_vs_value")
     if gguf is None:
         return 0
-    from sinkinterp import cli
+    from sinkinterp import cli, figures
     from sinkinterp.fileio import atomic_write
     runs = {
         "intervene": ["intervene", "--model", gguf, *COMMON, "--num-seqs", "32", "--batch-size", "8",
@@ -78,9 +77,9 @@ def main() -> int:
     cfg = json.loads((OUT / "intervene" / "config.json").read_text())
     figs = ROOT / "docs" / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(OUT / "intervene" / "effects.png", figs / "key-bias-effects.png")
+    figures.copy_figure(OUT / "intervene" / "effects.png", figs / "key-bias-effects.png")
     for c in ("k", "v"):
-        shutil.copyfile(OUT / "patch" / f"patch_{c}.png", figs / f"key-bias-patch-{c}.png")
+        figures.copy_figure(OUT / "patch" / f"patch_{c}.png", figs / f"key-bias-patch-{c}.png")
 
     iv = res["intervene"]
     by_name = {r["name"]: r for r in iv["interventions"]}

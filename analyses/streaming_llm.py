@@ -14,7 +14,6 @@ minutes on a 2-core CPU.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def main() -> int:
 
     if not enter_checkout("streaming_llm", MODELS):
         return 2
-    from sinkinterp import cli
+    from sinkinterp import cli, figures
 
     res, cmds = {}, {}
     for model in MODELS:
@@ -57,7 +56,7 @@ def main() -> int:
             return code
         res[model] = {r["name"]: r for r in json.loads((OUT / model / "results.json").read_text())["settings"]}
         FIGS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(OUT / model / "stream_loss.png", FIGS / f"streaming-llm-{model}.png")
+        figures.copy_figure(OUT / model / "stream_loss.png", FIGS / f"streaming-llm-{model}.png")
     cfg = json.loads((OUT / MODELS[0] / "config.json").read_text())
     n_ctx = cfg["n_ctx"]
 

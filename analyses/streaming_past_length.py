@@ -115,7 +115,7 @@ def main() -> int:
     curves = {name: res[name]["curve"] for name in CACHE} | {FULL: full.mean(0).tolist()}
     FIG.parent.mkdir(parents=True, exist_ok=True)
     figures.save_figure(figures.stream_curves(curves, n_ctx=N_CTX, bin_size=128, title=(
-        f"SmolLM2-135M, {len(tokens)} streams of {LENGTH} tokens (KJV Genesis, Exodus): loss along the stream")), FIG)
+        f"SmolLM2-135M, {len(tokens)} streams of {LENGTH} tokens (KJV Genesis, Exodus): loss along the stream")), FIG, palette=True)
 
     def mean(name: str, lo: int, hi: int) -> float:  # targets at stream positions lo..hi-1
         c = curves[name][lo - 1:hi - 1]

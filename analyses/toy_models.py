@@ -10,7 +10,6 @@ LLaMA3-8B?), value norms, and the per-head alpha maps. About 30 s on a 2-core CP
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -109,7 +108,7 @@ def _loss_section(loss: dict[str, np.ndarray]) -> tuple[list[str], str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    save_figure(fig, FIGS / "toy-models-loss-by-position.png")
+    save_figure(fig, FIGS / "toy-models-loss-by-position.png", palette=True)
 
     def binned(x: np.ndarray, a: int, b: int) -> float:
         return float(x[a - 1:b - 1].mean())
@@ -152,11 +151,11 @@ def main() -> int:
 
     for m in MODELS:
         for name in ("alpha_heatmap.png", "norms.png", "qk.png"):
-            shutil.copyfile(OUT / m / "natural" / name, FIGS / f"toy-models-{m}-{name}")
+            figures.copy_figure(OUT / m / "natural" / name, FIGS / f"toy-models-{m}-{name}")
         if res[m]["natural"].get("alpha_bias") is not None:  # where the slot took the sink
             figures.save_figure(figures.layer_head_heatmap(res[m]["natural"]["alpha_bias"],
                                                            title=f"alpha_* (k*) — {m} · natural", label="alpha_*"),
-                                FIGS / f"toy-models-{m}-alpha_bias.png")
+                                FIGS / f"toy-models-{m}-alpha_bias.png", palette=True)
 
     table = ["| model | input | Sink_1 (%) | Sink_2 (%) | Sink_* (%) | max ||h_1|| / mean ||h_t|| | "
              "mean cos(q_t, k_1) / cos(q_t, k_s) | mean ||k_1|| / ||k_s|| |",

@@ -42,3 +42,16 @@ def test_a_test_call_fits_the_transfer_limit():
     second_call.sh where it trains nothing)."""
     tree = _tracked_bytes()
     assert tree + WHEELS + TEST_WHEELS <= LIMIT - MARGIN
+
+
+def test_doc_figures_are_palette_pngs():
+    """The figures in docs/figures travel with every call: each is a 256-colour PNG, about a third of a
+    full-colour one (analyses write them with ``figures.save_figure(..., palette=True)`` or copy a command's
+    figure with ``figures.copy_figure``)."""
+    from PIL import Image
+
+    pngs = sorted((ROOT / "docs" / "figures").glob("*.png"))
+    if not pngs:
+        pytest.skip("no docs/figures here")
+    full = [p.name for p in pngs if Image.open(p).mode != "P"]
+    assert not full, f"full-colour figures in docs/figures (write them with palette=True): {full}"

@@ -335,3 +335,28 @@ def test_save_figure_with_a_palette_is_smaller_and_looks_the_same(tmp_path):
     assert small.stat().st_size < 0.7 * full.stat().st_size
     diff = np.abs(np.asarray(a.convert("RGB"), dtype=np.int16) - np.asarray(b.convert("RGB"), dtype=np.int16))
     assert diff.mean() < 2.0 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_copy_figure_writes_what_save_figure_writes_with_a_palette(tmp_path):
+    """A figure a command saved in full colour, copied into docs, is the figure ``save_figure(palette=True)``
+    writes: byte for byte; copying it again changes nothing; without ``palette`` it is a plain copy."""
+    def heat():
+        return figures.alpha_heatmap(np.linspace(0, 1, 12 * 4).reshape(12, 4), title="t", eps=0.5)
+
+    full = figures.save_figure(heat(), tmp_path / "full.png")
+    direct = figures.save_figure(heat(), tmp_path / "direct.png", palette=True)
+    copied = figures.copy_figure(full, tmp_path / "docs" / "copied.png")
+    assert copied.read_bytes() == direct.read_bytes() != full.read_bytes()
+    again = figures.copy_figure(copied, tmp_path / "again.png")
+    assert again.read_bytes() == copied.read_bytes()
+    assert figures.copy_figure(full, tmp_path / "plain.png", palette=False).read_bytes() == full.read_bytes()
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_copy_figure_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="src: no figure"):
+        figures.copy_figure(tmp_path / "missing.png", tmp_path / "out.png")
+    (tmp_path / "notes.txt").write_text("not a picture")
+    with pytest.raises(ValueError, match="src: .* is not a PNG"):
+        figures.copy_figure(tmp_path / "notes.txt", tmp_path / "out.png")
+    assert not (tmp_path / "out.png").exists()
