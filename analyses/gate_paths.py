@@ -278,6 +278,8 @@ def _label(name: str, res: dict[str, Any]) -> str:
             what = " (paths through later MLPs, other texts' writes)"
         if name in FREE and FREE[name] in REPLICATES:
             what = " (replicate, paths through later MLPs)"
+        if name in RESAMPLED and RESAMPLED[name] in REPLICATES:
+            what = " (replicate, other texts' writes)"
     return f"{RUNS[name][2].split(',')[0]} {inputs}{what}"
 
 

@@ -1630,6 +1630,8 @@ def test_gate_paths_resampled_run_is_read_against_the_mean_and_left_out_of_the_c
     assert mod._label("smollm2__natural_resample", resampled) == "SmolLM2-135M English (other texts' writes)"
     assert (mod._label("smollm2__natural_free_resample", resampled)
             == "SmolLM2-135M English (paths through later MLPs, other texts' writes)")
+    assert (mod._label("smollm2__natural_s1_resample", resampled)
+            == "SmolLM2-135M English (replicate, other texts' writes)")
 
 
 def test_gate_paths_free_run_is_read_against_its_direct_run_and_left_out_of_the_counts():
