@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sinkinterp.argtypes import int_at_least
 
 __all__ = ["add_parser", "cmd_stream", "parse_cache_spec"]
 

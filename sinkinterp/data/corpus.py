@@ -31,7 +31,6 @@ import bz2
 import dataclasses
 import gzip
 import hashlib
-import html
 import json
 import lzma
 import os
