@@ -15,7 +15,8 @@ tokens of the English sample (the windows of docs/sink-gate.md's SmolLM2 runs, s
 (seed 1), a replicate, on 32 windows of the held-out Debian text (its second domain), and on the replicate's
 and the Debian text's windows without those that hold a second massive token (KEPT: each written from its
 source run, a residual after token 1 over 20 x the median at a layer read). Variants on a run's windows:
-through later MLPs (FREE, ``--free-mlps``: SmolLM2's first set, replicate and Debian text) and with each write
+through later MLPs (FREE, ``--free-mlps``: SmolLM2's first set, replicate and Debian text), through every later
+component (TOTAL, ``--free-mlps --free-attn``, total effects: SmolLM2's first set) and with each write
 taken from other texts (RESAMPLED, ``--resample K``: toy-softmax's Debian windows, SmolLM2's first set, replicate
 and Debian text, and its first set and Debian text through later MLPs). The 6 x 384 GPU baseline on the Debian
 windows without BOS, direct and through later MLPs, where it is here (runs/gpu_models, not in git). Each run's
@@ -101,6 +102,9 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                              "--num-seqs", "32", *SMOLLM2_LAYERS, "--resample", "3"],
                                       ("SmolLM2-135M, the Debian text's windows, each write taken from other texts "
                                        "(`--resample 3`)")),
+    "smollm2__natural_total": (None, [*SMOLLM2, *SMOLLM2_LAYERS, "--free-mlps", "--free-attn"],
+                               ("SmolLM2-135M, the first set's windows, each sender's total effect (`--free-mlps "
+                                "--free-attn`: every MLP and head after the sender recomputes)")),
     "baseline_small__debian": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS],
                                "baseline_small (6 x 384, GPU-trained, no BOS), 32 held-out Debian windows"),
     "baseline_small__debian_free": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS, "--free-mlps"],
@@ -117,6 +121,8 @@ KEPT: dict[str, tuple[str, int, str | None, str]] = {
 # runs on a direct-path run's windows with paths through later components counted: name -> the direct run
 FREE = {"smollm2__natural_free": "smollm2__natural", "smollm2__natural_s1_free": "smollm2__natural_s1",
         "smollm2__debian_text_free": "smollm2__debian_text", "baseline_small__debian_free": "baseline_small__debian"}
+# runs with every later component free (``--free-mlps --free-attn``): name -> the direct run on its windows
+TOTAL = {"smollm2__natural_total": "smollm2__natural"}
 # runs with each write taken from other texts (``--resample``): name -> the run with the mean by position
 RESAMPLED = {"toy-softmax__debian_resample": "toy-softmax__debian", "smollm2__natural_resample": "smollm2__natural",
              "smollm2__natural_free_resample": "smollm2__natural_free",
@@ -266,6 +272,40 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
             f"{100 * top:.0f} ({where})."]
 
 
+def _total(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Each total-effect run (``--free-mlps --free-attn``) against its direct run: per layer and side whose whole
+    share is 20% or more, the embedding's share against the side's whole share, and the largest paths."""
+    parts, gaps = [], []
+    for name, direct_name in TOTAL.items():
+        res, direct = results.get(name), results.get(direct_name)
+        if not (res and direct and res["layers"] and direct["layers"]):
+            continue
+        cells = []
+        for layer, side, a, b in _paired_sides(res, direct):
+            embed = _kind_sums(b)["embedding"]
+            gaps.append((abs(embed - a["together"]), f"L{layer} {SIDE_NAMES[side]}"))
+            rest = [(n, v) for n, v in _top(b, 4) if n != "embed"][:3]
+            cells.append(f"L{layer} {SIDE_NAMES[side]} (all {_pct(a['together'])}): embedding {_pct(embed)}; "
+                         + ", ".join(f"{n} {_pct(v)}" for n, v in rest))
+        if cells:
+            parts.append(f"`{name}`: " + "; ".join(cells))
+    if not parts:
+        return []
+    top, where = max(gaps)
+    return ["- **Total effects** (`--free-mlps --free-attn`: every MLP and head after the sender recomputes, so a "
+            "sender's share counts each route to the side's positions, through later heads across positions too; "
+            "the embedding's route includes every later write that depends on the tokens, and single shares "
+            "overlap far past 100%): per side with a whole share of 20% or more, the token embeddings' share "
+            "against the side's whole share, and the three largest other paths. " + ". ".join(parts)
+            + (f". The embeddings' total share is within {100 * top:.0f} points of the side's whole share in every "
+               f"such row (the largest gap at {where}): two edits that reach the side's input by different routes "
+               "(the tokens made their mean and the model run on, against the side's input made its mean) take about "
+               "the same part of the gate's variance." if top < 0.15 else
+               f". The embeddings' total share and the side's whole share differ by up to {100 * top:.0f} points "
+               f"({where}): making the tokens their mean and running the model on is not the same edit as making the "
+               "side's input its mean.")]
+
+
 def _label(name: str, res: dict[str, Any]) -> str:
     """A run's short name: the model, its inputs (the run's name says which), and whether it is a replicate."""
     inputs = "English" if "__natural" in name else "Debian"
@@ -273,6 +313,7 @@ def _label(name: str, res: dict[str, Any]) -> str:
         what = " (replicate, without its outlier texts)" if KEPT[name][0] in REPLICATES else " (without its outlier texts)"
     else:
         what = (" (replicate)" if name in REPLICATES else " (paths through later MLPs)" if name in FREE else
+                " (total effects)" if name in TOTAL else
                 " (other texts' writes)" if name in RESAMPLED else "")
         if name in RESAMPLED and RESAMPLED[name] in FREE:
             what = " (paths through later MLPs, other texts' writes)"
@@ -330,11 +371,11 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                "from them), by layer, and the rest to 100% (where every side was run; negative where the sides "
                "overlap); a run through later MLPs has its direct run's, the whole input having no later MLP to pass:")
     out.append("")
-    out += [_model_line(_label(name, res), res) for name, res in shown if name not in FREE]
+    out += [_model_line(_label(name, res), res) for name, res in shown if name not in FREE and name not in TOTAL]
     out.append("")
     # the counts and the leading paths over the runs on their own windows and paths (a kept run repeats its
     # source's windows, a free or resampled run its reference run's)
-    variants = {*KEPT, *FREE, *RESAMPLED}  # runs on another run's windows
+    variants = {*KEPT, *FREE, *TOTAL, *RESAMPLED}  # runs on another run's windows
     rows = [(name, row) for name, res in shown if name not in variants for row in res["layers"]]
 
     def where(found: list[tuple[str, dict[str, Any]]]) -> str:
@@ -359,7 +400,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
     out.append(text)
     # each run on its windows without its texts with a second massive token: a kept run in place of its source
     sources = {src for name, (src, *_) in KEPT.items() if name in results}
-    clean = [(name, row) for name, res in shown if name not in FREE and name not in RESAMPLED and name not in sources
+    clean = [(name, row) for name, res in shown if name not in variants - set(KEPT) and name not in sources
              and (name in KEPT or not ("resid_peak" in res["layers"][0] and _outlier_texts(res)))
              for row in res["layers"] if "keys" in row]
     if sources and clean:
@@ -516,6 +557,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         else:
             text += note + "."
         out.append(text)
+    out += _total(results)
     out += _resampled(results)
     peaks = [(name, res) for name, res in shown if name not in variants and "keys" in res["sides"]
              and all("resid_peak" in r for r in res["layers"])]
@@ -541,7 +583,8 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         ("- Direct paths: a sender's write is made its mean along its path through the residual stream alone, every "
          "attention and MLP output after it frozen; what it moves through later components is credited to them. "
          "`--free-mlps` (later MLPs recompute) is run on SmolLM2's three sets of windows only; `--free-attn` (later heads "
-         "recompute) is not run."),
+         "recompute too: total effects) "
+         + ("on its first set only." if any(results.get(n, {}).get("layers") for n in TOTAL) else "is not run.")),
         ("- Through later MLPs, the embedding made its mean by position is a vector no token has, and the MLPs "
          "after it meet it: its share there is how much of the variation needs the tokens, not what they alone "
          "decide."),

@@ -1668,3 +1668,35 @@ def test_gate_paths_free_run_is_read_against_its_direct_run_and_left_out_of_the_
     assert "in 1 of 1 (run, layer) rows (SmolLM2-135M English L3)" in lines
     assert mod._label("smollm2__natural_free", free) == "SmolLM2-135M English (paths through later MLPs)"
     assert mod._label("smollm2__natural_s1_free", free) == "SmolLM2-135M English (replicate, paths through later MLPs)"
+
+
+def test_gate_paths_total_run_is_read_against_the_side_and_left_out_of_the_counts():
+    mod = load_script("analyses/gate_paths.py")
+
+    def side(together, values):
+        return {"senders": ["embed", "attn 0", "mlp 0", "attn 1"], "values": list(values), "base": 0.0,
+                "together": together, "together_by_text": [together / 2] * 2}
+
+    def run(q_values, k_values, **extra):
+        return {"inputs": "natural", "sides": ["query", "keys"], "num_seqs": 2, **extra,
+                "layers": [{"layer": 3, "heads": [0], "weight": 0.5, "variance": 1.0, "weight_by_text": [0.5, 0.5],
+                            "resid_peak": [1.0, 1.0], "resid_peak_at": [1, 1], "query": side(0.8, q_values),
+                            "keys": side(0.1, k_values), "rest": 0.1}]}
+
+    direct = run([0.0, 0.1, 0.6, 0.05], [0.0, 0.05, 0.05, 0.0])
+    free = run([0.6, 0.5, 0.6, 0.05], [0.0, 0.05, 0.05, 0.0])
+    total = run([0.9, 0.7, 0.2, 0.4], [0.3, 0.05, 0.05, 0.0], free_attn=True)
+    runs = {"smollm2__natural": direct, "smollm2__natural_free": free, "smollm2__natural_total": total}
+    lines = "\n".join(mod._reading(runs))
+    assert ("`smollm2__natural_total`: L3 query (all +80%): embedding +90%; attn 0 +70%, attn 1 +40%, mlp 0 +20%. "
+            "The embeddings' total share is within 10 points of the side's whole share in every such row (the "
+            "largest gap at L3 query)") in lines
+    assert "L3 other keys (all" not in lines.split("Total effects")[1]  # a whole share under 20%
+    assert "in 1 of 1 (run, layer) rows (SmolLM2-135M English L3)" in lines  # the same windows: counted once
+    assert "on its first set only." in lines and "is not run." not in lines
+    far = run([0.4, 0.7, 0.2, 0.4], [0.3, 0.05, 0.05, 0.0], free_attn=True)
+    lines = "\n".join(mod._reading({**runs, "smollm2__natural_total": far}))
+    assert "differ by up to 40 points (L3 query): making the tokens their mean" in lines
+    without = "\n".join(mod._reading({"smollm2__natural_free": free, "smollm2__natural_total": total}))
+    assert "Total effects" not in without and "is not run." in "\n".join(mod._reading({"smollm2__natural": direct}))
+    assert mod._label("smollm2__natural_total", total) == "SmolLM2-135M English (total effects)"
