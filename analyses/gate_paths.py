@@ -236,20 +236,24 @@ def _paired_sides(res: dict[str, Any], ref: dict[str, Any], floor: float = 0.2,
 def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
     """Each resampled run against its run with the mean by position: per layer and side whose whole share is
     20% or more in size in either, the whole shares, the embedding's and the largest path."""
-    parts, same, layers, gaps, flipped = [], 0, 0, [], []
+    parts, same, layers, gaps, flipped, clean = [], 0, 0, [], [], [0, 0]
     for name, mean_name in RESAMPLED.items():
         res, mean = results.get(name), results.get(mean_name)
         if not (res and mean and res["layers"] and mean["layers"]):
             continue
+        peaks = "resid_peak" in mean["layers"][0] and bool(_outlier_texts(mean))  # a second massive token
         for layer in sorted({x[0] for x in _paired_sides(res, mean, floor=0.0)}):
             rows = [next(r for r in run["layers"] if r["layer"] == layer) for run in (mean, res)]
             lead = [max((s for s in ("query", "keys") if s in r), key=lambda s, r=r: abs(r[s]["together"]))
                     for r in rows]
             same += lead[0] == lead[1]
             layers += 1
+            if not peaks:
+                clean[0] += lead[0] == lead[1]
+                clean[1] += 1
             if lead[0] != lead[1]:
-                flipped.append(f"`{name}` L{layer}: {SIDE_NAMES[lead[0]]} with the mean, {SIDE_NAMES[lead[1]]} with "
-                               "other texts' writes")
+                flipped.append((f"`{name}` L{layer}: {SIDE_NAMES[lead[0]]} with the mean, {SIDE_NAMES[lead[1]]} with "
+                                "other texts' writes", peaks))
         gaps += [(abs(a["together"] - b["together"]), f"`{name}` L{layer} {SIDE_NAMES[side]}")
                  for layer, side, a, b in _paired_sides(res, mean, floor=0.0) if side != "sink_key"]
         cells = [f"L{layer} {SIDE_NAMES[side]}: all {_pct(a['together'])} against {_pct(b['together'])}, embedding "
@@ -267,7 +271,10 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
             "over the shifts; for additive parts the same shares are expected, with noise): per layer and side with a "
             "whole share of 20% or more in size, the mean by position against other texts' writes. "
             + ". ".join(parts) + f". The side that carries the most (query or other keys) is the same in {same} of "
-            f"{layers} (run, layer) rows" + (f" (not at {', '.join(flipped)})" if flipped else "")
+            f"{layers} (run, layer) rows" + (f" (not at {'; '.join(f for f, _ in flipped)})" if flipped else "")
+            + (f", and in {clean[0]} of {clean[1]} on windows without a text that holds a second massive token: every "
+               "row where it changes is on windows with such a text" if flipped and all(p for _, p in flipped)
+               and clean[1] else "")
             + f"; the query's and the other keys' whole shares move by a median {100 * median:.0f} points, at most "
             f"{100 * top:.0f} ({where})."]
 

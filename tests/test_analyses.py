@@ -1627,6 +1627,14 @@ def test_gate_paths_resampled_run_is_read_against_the_mean_and_left_out_of_the_c
     lines = "\n".join(mod._reading({"smollm2__natural": mean, "smollm2__natural_resample": flipped}))
     assert ("is the same in 0 of 1 (run, layer) rows (not at `smollm2__natural_resample` L3: query with the mean, "
             "other keys with other texts' writes)") in lines
+    assert "second massive token: every row" not in lines  # the flip is on windows without one
+    peaked = run(0.8, [0.05, 0.1, 0.6], 0.1)
+    peaked["layers"][0]["resid_peak"] = [1.0, 30.0]  # text 1 holds a second massive token
+    lines = "\n".join(mod._reading({"smollm2__natural": mean, "smollm2__natural_resample": resampled,
+                                    "smollm2__natural_s1": peaked, "smollm2__natural_s1_resample": flipped}))
+    assert ("is the same in 1 of 2 (run, layer) rows (not at `smollm2__natural_s1_resample` L3: query with the mean, "
+            "other keys with other texts' writes), and in 1 of 1 on windows without a text that holds a second "
+            "massive token: every row where it changes is on windows with such a text;") in lines
     assert mod._label("smollm2__natural_resample", resampled) == "SmolLM2-135M English (other texts' writes)"
     assert (mod._label("smollm2__natural_free_resample", resampled)
             == "SmolLM2-135M English (paths through later MLPs, other texts' writes)")
