@@ -282,35 +282,52 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
 def _total(results: dict[str, dict[str, Any]]) -> list[str]:
     """Each total-effect run (``--free-mlps --free-attn``) against its direct run: per layer and side whose whole
     share is 20% or more, the embedding's share against the side's whole share, and the largest paths."""
-    parts, gaps = [], []
+    parts, gaps, leads = [], [], []
     for name, direct_name in TOTAL.items():
         res, direct = results.get(name), results.get(direct_name)
         if not (res and direct and res["layers"] and direct["layers"]):
             continue
+        free = results.get(next((f for f, d in FREE.items() if d == direct_name), ""))
+        mlps = {(l, side): _kind_sums(b)["embedding"] for l, side, _, b in (_paired_sides(free, direct) if free else [])}
         cells = []
         for layer, side, a, b in _paired_sides(res, direct):
             embed = _kind_sums(b)["embedding"]
-            gaps.append((abs(embed - a["together"]), f"L{layer} {SIDE_NAMES[side]}"))
+            gaps.append((abs(embed - a["together"]), side, layer))
             rest = [(n, v) for n, v in _top(b, 4) if n != "embed"][:3]
-            cells.append(f"L{layer} {SIDE_NAMES[side]} (all {_pct(a['together'])}): embedding {_pct(embed)}; "
+            leads.append((rest[0][0], rest[0][1] / embed if embed > 0 else float("nan"),
+                          abs(rest[1][1]) if len(rest) > 1 else 0.0))
+            through = f" ({_pct(mlps[layer, side])} through later MLPs alone)" if (layer, side) in mlps else ""
+            cells.append(f"L{layer} {SIDE_NAMES[side]} (all {_pct(a['together'])}): embedding {_pct(embed)}{through}; "
                          + ", ".join(f"{n} {_pct(v)}" for n, v in rest))
         if cells:
             parts.append(f"`{name}`: " + "; ".join(cells))
     if not parts:
         return []
-    top, where = max(gaps)
+    by_side = {side: max((g, l) for g, s, l in gaps if s == side) for side in dict.fromkeys(s for _, s, _ in gaps)}
+    near = [s for s, (g, _) in by_side.items() if g < 0.15]
+    agree = ("The embeddings' total share against the side's whole share: "
+             + ", ".join(f"within {100 * g:.0f} points on {'the ' if s == 'query' else ''}{SIDE_NAMES[s]} (the largest gap "
+                         f"at L{l})" for s, (g, l) in by_side.items()) + ". ")
+    if near:
+        agree += (f"On {' and '.join(('the ' if s == 'query' else '') + SIDE_NAMES[s] for s in near)} two edits that "
+                  "reach the input by different routes (the tokens made their mean and the model run on, against the "
+                  "input made its mean) take about the same part of the gate's variance" + ("." if len(near) == len(by_side)
+                  else "; elsewhere they are not the same edit."))
+    else:
+        agree += "Making the tokens their mean and running the model on is not the same edit as making the input its mean."
+    first = ""
+    if len({n for n, _, _ in leads}) == 1 and all(r == r for _, r, _ in leads):  # one sender leads every row
+        ratios = [r for _, r, _ in leads]
+        first = (f" After the embeddings, {leads[0][0]} carries the most in every such row, {100 * min(ratios):.0f}% to "
+                 f"{100 * max(ratios):.0f}% of the embeddings' share; no other single write carries more than "
+                 f"{_pct(max(x for _, _, x in leads))}" + (": the tokens reach the side mostly through it." if min(ratios) >= 0.5
+                                                     else "."))
     return ["- **Total effects** (`--free-mlps --free-attn`: every MLP and head after the sender recomputes, so a "
             "sender's share counts each route to the side's positions, through later heads across positions too; "
             "the embedding's route includes every later write that depends on the tokens, and single shares "
             "overlap far past 100%): per side with a whole share of 20% or more, the token embeddings' share "
-            "against the side's whole share, and the three largest other paths. " + ". ".join(parts)
-            + (f". The embeddings' total share is within {100 * top:.0f} points of the side's whole share in every "
-               f"such row (the largest gap at {where}): two edits that reach the side's input by different routes "
-               "(the tokens made their mean and the model run on, against the side's input made its mean) take about "
-               "the same part of the gate's variance." if top < 0.15 else
-               f". The embeddings' total share and the side's whole share differ by up to {100 * top:.0f} points "
-               f"({where}): making the tokens their mean and running the model on is not the same edit as making the "
-               "side's input its mean.")]
+            "against the side's whole share, and the three largest other paths. " + ". ".join(parts) + ". " + agree
+            + first]
 
 
 def _label(name: str, res: dict[str, Any]) -> str:
@@ -694,9 +711,11 @@ def main(argv: list[str] | None = None) -> int:
         "the shares against hand-built gates: additive (the shares add up to 100%) and a product (they overlap)",
         "(tests/test_paths.py).",
         "",
-        "Two variants run on the same windows as a run above. **Through later MLPs** (`--free-mlps`): the MLPs after",
-        "the sender recompute, so a sender's share also counts what it moves through them (the attention outputs",
-        "stay frozen, so the change stays at the positions edited). **Other texts' writes** (`--resample K`): a",
+        "Three variants run on the same windows as a run above. **Through later MLPs** (`--free-mlps`): the MLPs",
+        "after the sender recompute, so a sender's share also counts what it moves through them (the attention",
+        "outputs stay frozen, so the change stays at the positions edited). **Total effects** (`--free-mlps",
+        "--free-attn`): the heads after the sender recompute too, so its change also moves to later positions",
+        "and a share counts every route from the sender to the side. **Other texts' writes** (`--resample K`): a",
         "write made its mean by position can be a vector no text produces (a mean token embedding above all), so",
         "each write (and each side's whole input) is instead taken from another text at the same position, text b",
         "taking text b + shift's (cyclically), and the shares are averaged over K shifts spread evenly over the",
