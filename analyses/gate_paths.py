@@ -16,7 +16,7 @@ tokens of the English sample (the windows of docs/sink-gate.md's SmolLM2 runs, s
 and the Debian text's windows without those that hold a second massive token (KEPT: each written from its
 source run, a residual after token 1 over 20 x the median at a layer read). Variants on a run's windows:
 through later MLPs (FREE, ``--free-mlps``: SmolLM2's first set, replicate and Debian text), through every later
-component (TOTAL, ``--free-mlps --free-attn``, total effects: SmolLM2's first set) and with each write
+component (TOTAL, ``--free-mlps --free-attn``, total effects: the same three sets) and with each write
 taken from other texts (RESAMPLED, ``--resample K``: toy-softmax's Debian windows, SmolLM2's first set, replicate
 and Debian text, and its first set and Debian text through later MLPs). The 6 x 384 GPU baseline on the Debian
 windows without BOS, direct and through later MLPs, where it is here (runs/gpu_models, not in git). Each run's
@@ -105,6 +105,11 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
     "smollm2__natural_total": (None, [*SMOLLM2, *SMOLLM2_LAYERS, "--free-mlps", "--free-attn"],
                                ("SmolLM2-135M, the first set's windows, each sender's total effect (`--free-mlps "
                                 "--free-attn`: every MLP and head after the sender recomputes)")),
+    "smollm2__natural_s1_total": (None, [*SMOLLM2, "--seed", "1", *SMOLLM2_LAYERS, "--free-mlps", "--free-attn"],
+                                  "SmolLM2-135M, the replicate's windows, each sender's total effect"),
+    "smollm2__debian_text_total": (None, ["--inputs", "natural", "--text", DEBIAN_TEXT, "--seq-len", "64", "--num-seqs",
+                                          "32", *SMOLLM2_LAYERS, "--free-mlps", "--free-attn"],
+                                   "SmolLM2-135M, the Debian text's windows, each sender's total effect"),
     "baseline_small__debian": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS],
                                "baseline_small (6 x 384, GPU-trained, no BOS), 32 held-out Debian windows"),
     "baseline_small__debian_free": ("runs/gpu_models/baseline_small", ["--tokens", GPU_TOKENS, "--free-mlps"],
@@ -122,7 +127,8 @@ KEPT: dict[str, tuple[str, int, str | None, str]] = {
 FREE = {"smollm2__natural_free": "smollm2__natural", "smollm2__natural_s1_free": "smollm2__natural_s1",
         "smollm2__debian_text_free": "smollm2__debian_text", "baseline_small__debian_free": "baseline_small__debian"}
 # runs with every later component free (``--free-mlps --free-attn``): name -> the direct run on its windows
-TOTAL = {"smollm2__natural_total": "smollm2__natural"}
+TOTAL = {"smollm2__natural_total": "smollm2__natural", "smollm2__natural_s1_total": "smollm2__natural_s1",
+         "smollm2__debian_text_total": "smollm2__debian_text"}
 # runs with each write taken from other texts (``--resample``): name -> the run with the mean by position
 RESAMPLED = {"toy-softmax__debian_resample": "toy-softmax__debian", "smollm2__natural_resample": "smollm2__natural",
              "smollm2__natural_free_resample": "smollm2__natural_free",
@@ -345,6 +351,8 @@ def _label(name: str, res: dict[str, Any]) -> str:
             what = " (replicate, paths through later MLPs)"
         if name in RESAMPLED and RESAMPLED[name] in REPLICATES:
             what = " (replicate, other texts' writes)"
+        if name in TOTAL and TOTAL[name] in REPLICATES:
+            what = " (replicate, total effects)"
     return f"{RUNS[name][2].split(',')[0]} {inputs}{what}"
 
 
@@ -608,7 +616,8 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
          "attention and MLP output after it frozen; what it moves through later components is credited to them. "
          "`--free-mlps` (later MLPs recompute) is run on SmolLM2's three sets of windows only; `--free-attn` (later heads "
          "recompute too: total effects) "
-         + ("on its first set only." if any(results.get(n, {}).get("layers") for n in TOTAL) else "is not run.")),
+         + (f"on {', '.join(f'`{n}`' for n in TOTAL if results.get(n, {}).get('layers'))}."
+            if any(results.get(n, {}).get("layers") for n in TOTAL) else "is not run.")),
         ("- Through later MLPs, the embedding made its mean by position is a vector no token has, and the MLPs "
          "after it meet it: its share there is how much of the variation needs the tokens, not what they alone "
          "decide."),

@@ -1705,7 +1705,7 @@ def test_gate_paths_total_run_is_read_against_the_side_and_left_out_of_the_count
             "other single write carries more than +40%: the tokens reach the side mostly through it.") in lines
     assert "L3 other keys (all" not in lines.split("Total effects")[1]  # a whole share under 20%
     assert "in 1 of 1 (run, layer) rows (SmolLM2-135M English L3)" in lines  # the same windows: counted once
-    assert "on its first set only." in lines and "is not run." not in lines
+    assert "recompute too: total effects) on `smollm2__natural_total`." in lines and "is not run." not in lines
     far = run([0.4, 0.7, 0.2, 0.4], [0.3, 0.05, 0.05, 0.0], free_attn=True)
     lines = "\n".join(mod._reading({**runs, "smollm2__natural_total": far}))
     assert ("within 40 points on the query (the largest gap at L3). Making the tokens their mean and running the "
@@ -1723,3 +1723,4 @@ def test_gate_paths_total_run_is_read_against_the_side_and_left_out_of_the_count
     without = "\n".join(mod._reading({"smollm2__natural_free": free, "smollm2__natural_total": total}))
     assert "Total effects" not in without and "is not run." in "\n".join(mod._reading({"smollm2__natural": direct}))
     assert mod._label("smollm2__natural_total", total) == "SmolLM2-135M English (total effects)"
+    assert mod._label("smollm2__natural_s1_total", total) == "SmolLM2-135M English (replicate, total effects)"
