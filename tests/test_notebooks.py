@@ -269,6 +269,15 @@ def _check_gate(nb, out: Path) -> None:
     assert len(shares) == 6 and sum(shares) == pytest.approx(100, abs=3)  # six categories, printed to 1%
     assert "the induction test" in targets and len(re.findall(r"^L\d+H\d+\s+[\d.]+\s+\d+%\s+[\d.]+ -> [\d.]+$",
                                                                targets, re.M)) == 5
+    paths = _stdout(_cell(nb, "paths"))  # what makes the gate vary, by input (paths.gate_paths)
+    layers = re.split(r"^layer \d+: ", paths, flags=re.M)[1:]
+    assert layers, paths
+    for block in layers:  # every side run: the sides' whole shares and the rest add up to 100% (printed to 0.1%)
+        alls = {k: float(v) for k, v in re.findall(r"^  (query|sink_key|keys)\s+all\s+([-+][\d.]+)%", block, re.M)}
+        rest = float(re.search(r"^  rest\s+([-+][\d.]+)%", block, re.M)[1])
+        assert set(alls) == {"query", "sink_key", "keys"} and sum(alls.values()) + rest == pytest.approx(100, abs=0.25)
+        assert abs(alls["sink_key"]) < 0.05  # BOS first: token 1's key is the same in every text
+    assert (out / "gate_paths.png").stat().st_size > 0
     sig = _stdout(_cell(nb, "sigmoid"))  # the gate without a sink: toy-sigmoid's row weights and edits
     totals = [float(x) for x in re.search(r"each head's total weight \[([^\]]+)\]", sig)[1].split()]
     assert len(totals) == 4 and max(abs(x - 1.0) for x in totals) > 0.1  # not softmax's 1
