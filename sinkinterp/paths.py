@@ -996,14 +996,19 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     (text b takes text b + shift's) and the shares averaged over them; for additive parts of the gate its
     expected shares are the mean edit's, with noise that more shifts lower. Other arguments as in
     ``sink_paths`` (``free_mlps`` / ``free_attn``: paths through later MLPs / heads count; the receivers stay
-    the side's positions). Returns {"reading": "gate", "sink", "threshold", "sides", "ablation":
+    the side's positions). With ``free_mlps``, each side at a layer after 0 also reads ``attention_all``: the
+    share with every attention output before the layer made its mean (or another text's) at the side's
+    positions, the MLPs recomputing, so that what still varies there is the tokens and what the MLPs make of
+    them; for additive parts, ``together`` minus it is the share those tokens carry alone, without the context
+    the heads bring. Returns {"reading": "gate", "sink", "threshold", "sides", "ablation":
     "position_mean" or "resample", "shifts": the shifts (resample), "layers": [{"layer", "heads", "weight":
     their mean weight on the sink, "variance": the gate's variance (``gate_variance``), "base": 0 (the
     unedited run's share), "resid_peak" / "resid_peak_at": per text, its largest residual norm at the layer's
     input after token 1 over the median one there (a second massive token stands out far above the rest) and
     where, "peak_weight" (token 1 the sink): the heads' mean weight on that position from it on,
     "weight_by_text", side: PathResult.to_dict() (values: the shares, averaged over the shifts) + "together"
-    + "together_by_text" (``gate_share_by_text``) + "together_variance", "rest" (every side run)}],
+    + "together_by_text" (``gate_share_by_text``) + "together_variance" + "attention_all" (``free_mlps``,
+    layers after 0), "rest" (every side run)}],
     "senders": labels, settings}."""
     dims = tl_adapter.model_dims(model)
     tokens = validate_tokens(tokens, dims["d_vocab"])
@@ -1033,7 +1038,11 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     group = dims["n_heads"] // dims["n_kv_heads"]
     where = {"query": list(range(1, T)), "sink_key": [0], "keys": list(range(0 if slot else 1, T))}
     with tl_adapter.hook_dict_kept(model):
-        acts, _ = _capture_run(model, tokens, pats + [f"blocks.{l}.hook_resid_pre" for l in wanted])
+        # with free MLPs, every attention output before the last receiver layer (the tokens-alone reading)
+        attn = [f"blocks.{m}.hook_attn_out" for m in range(max(wanted, default=0))] if free_mlps else []
+        if attn:
+            tl_adapter.check_editable(model, attn)
+        acts, _ = _capture_run(model, tokens, pats + [f"blocks.{l}.hook_resid_pre" for l in wanted] + attn)
         found = _sink_heads(acts, pats, weight, wanted, threshold)
         out: dict[str, Any] = {"reading": "gate", "sink": sink, "threshold": threshold, "sides": sides,
                                "ablation": how, **({"shifts": shifts} if shifts else {}),
@@ -1073,7 +1082,7 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                 else:
                     recv = [Receiver(l, "k", g, pos) for g in sorted({h // group for h in heads})]
                 resid = acts[f"blocks.{l}.hook_resid_pre"]
-                values, by_text, variance = [], [], []
+                values, by_text, variance, no_attn = [], [], [], []
                 for shift in shifts or [1]:  # (the mean by position: one edit)
                     res = path_ablate(model, tokens, metric, ablation=how, senders=send, receivers=recv,
                                       positions=pos, free_mlps=free_mlps, free_attn=free_attn, metric_hook=hook,
@@ -1082,12 +1091,18 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                     got = weight(_together_read(model, tokens, resid, l, recv, how, pos, hook, shift))[:, heads]
                     by_text.append(gate_share_by_text(base_w, got))
                     variance.append(float(gate_variance(got)))
+                    if free_mlps and l > 0:  # every attention write made its mean, the MLPs recomputing
+                        got = weight(_attn_mean_read(model, tokens, [acts[n] for n in attn[:l]], l, recv, how, pos,
+                                                     hook, shift))[:, heads]
+                        no_attn.append(float(gate_share(base_w, got)))
                 d = res.to_dict()
                 d["values"] = np.mean(values, axis=0).round(8).tolist()
                 mean_by_text = torch.stack(by_text).mean(0)
                 d["together"] = float(mean_by_text.sum())
                 d["together_by_text"] = mean_by_text.round(decimals=8).tolist()
                 d["together_variance"] = float(np.mean(variance))
+                if no_attn:
+                    d["attention_all"] = round(float(np.mean(no_attn)), 8)
                 row[side] = d
                 row["base"] = res.base
             if len(sides) == (2 if slot else 3):  # every input of the heads' logits at queries 2..T: the rest
@@ -1122,7 +1137,9 @@ def gate_paths_summary(results: dict[str, Any], top: int = 3) -> str:
             share = np.asarray(d["values"], dtype=np.float64)
             order = np.argsort(-np.abs(share), kind="stable")[:top]
             parts.append(f"{side}: all {100 * d['together']:+.0f}%, "
-                         + ", ".join(f"{d['senders'][i]} {100 * share[i]:+.0f}%" for i in order))
+                         + ", ".join(f"{d['senders'][i]} {100 * share[i]:+.0f}%" for i in order)
+                         + (f", every attention write {100 * d['attention_all']:+.0f}% (the tokens alone "
+                            f"{100 * (d['together'] - d['attention_all']):+.0f}%)" if "attention_all" in d else ""))
         if "rest" in row:
             parts.append(f"the rest (100% minus the sides; < 0: they overlap): {100 * row['rest']:+.0f}%")
         lines.append("; ".join(parts))
@@ -1150,6 +1167,28 @@ def _together_read(model: Any, tokens: Tensor, resid: Tensor, layer: int, recv: 
             return out
 
         sent = _pass_until(model, model, tokens, [(name, edit)], [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
+        return _receive(model, model, tokens, recv, sent, [hook], 1, tokens.shape[0])[0]
+
+
+def _attn_mean_read(model: Any, tokens: Tensor, attn: list[Tensor], layer: int, recv: list[Receiver], how: str,
+                    pos: list[int], hook: str, shift: int = 1) -> Tensor:
+    """The receivers' inputs from a run with every attention output before ``layer`` (``attn``: the unedited
+    run's, layer by layer) ablated at ``pos``, the MLPs recomputing from the tokens and those writes: the
+    activation at ``hook``. What varies from text to text in those inputs is then the tokens at each position
+    and what the MLPs make of them."""
+    tokens = tokens.to(_model_device(model))
+    edits = []
+    for m, act_m in enumerate(attn[:layer]):
+        value = _ablated(act_m, how, shift).to(act_m.dtype)
+
+        def edit(act: Tensor, hook: Any = None, value: Tensor = value) -> Tensor:
+            out = act.clone()
+            out[:, pos] = value.expand_as(act)[:, pos].to(act.dtype)
+            return out
+
+        edits.append((f"blocks.{m}.hook_attn_out", edit))
+    with _eval_mode(model), torch.no_grad():
+        sent = _pass_until(model, model, tokens, edits, [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
         return _receive(model, model, tokens, recv, sent, [hook], 1, tokens.shape[0])[0]
 
 

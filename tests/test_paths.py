@@ -1184,6 +1184,82 @@ def test_gate_paths_equal_the_reference_on_every_side():
     assert fig.axes[1].get_title() == "sink_key side: sender's write made its mean by position at token 1, into its key"
 
 
+def _gate_reference_no_attn(model, tokens, l, recv, pos, metric, hook, shift=None):
+    """Every attention output before layer ``l`` made its mean over the texts at ``pos`` (``shift``: text b
+    takes text (b + shift) mod batch's), the MLPs recomputing; the receivers' inputs of that run sent alone."""
+    names = [f"blocks.{m}.hook_attn_out" for m in range(l)]
+    acts = patching.capture(model, tokens, names)
+    rnames = [patching.COMPONENTS[r.kind].hook_name(l) for r in recv]
+
+    def edit(name):
+        x = acts[name]
+        new = x.mean(0, keepdim=True).expand_as(x) if shift is None else x[(torch.arange(len(x)) + shift) % len(x)]
+
+        def fn(act, hook=None):
+            out = act.clone()
+            out[:, pos] = new[:, pos]
+            return out
+        return fn
+
+    kept = {}
+    with torch.no_grad(), tl_adapter.attached_hooks(
+            model, [(n, edit(n)) for n in names]
+            + [(n, lambda a, hook=None, n=n: kept.__setitem__(n, a.clone())) for n in set(rnames)]):
+        model(tokens)
+
+    def put(r, n):
+        def fn(act, hook=None):
+            out = act.clone()
+            out[:, list(r.positions), r.head] = kept[n][:, list(r.positions), r.head]
+            return out
+        return fn
+
+    read = {}
+    with torch.no_grad(), tl_adapter.attached_hooks(
+            model, [(n, put(r, n)) for r, n in zip(recv, rnames)]
+            + [(hook, lambda a, hook=None: read.__setitem__("p", a.clone()))]):
+        model(tokens)
+    return float(metric(read["p"]))
+
+
+def test_gate_paths_attention_all_leaves_the_tokens_alone():
+    """With free MLPs each side also reads every attention output before the layer made its mean (or another
+    text's) at the side's positions, the MLPs recomputing: the reference's, mean and resampled; at layer 1 it is
+    the one sender attn 0's share; without free MLPs it is not read."""
+    model = _sink_model()
+    tokens = _tokens(7, shape=(6, 10))
+    pats = patching.capture(model, tokens, [f"blocks.{l}.attn.hook_pattern" for l in range(3)])
+    where = {"query": list(range(1, 10)), "sink_key": [0], "keys": list(range(1, 10))}
+    layers_seen, moved = set(), False
+    for resample, shifts in ((0, [None]), (2, [2, 4])):
+        res = paths.gate_paths(model, tokens, threshold=0.2, free_mlps=True, resample=resample)
+        assert res["layers"]
+        for row in res["layers"]:
+            l, heads = row["layer"], row["heads"]
+            layers_seen.add(l)
+            hook = f"blocks.{l}.attn.hook_pattern"
+
+            def metric(p, heads=heads, hook=hook):
+                return paths.gate_share(pats[hook][:, heads, 1:, 0], p[:, heads, 1:, 0])
+
+            for side, pos in where.items():
+                recv = ([Receiver(l, "q", h, tuple(pos)) for h in heads] if side == "query" else
+                        [Receiver(l, "k", g, tuple(pos)) for g in sorted({h // 2 for h in heads})])
+                d = row[side]
+                want = np.mean([_gate_reference_no_attn(model, tokens, l, recv, pos, metric, hook, shift=k)
+                                for k in shifts])
+                assert d["attention_all"] == pytest.approx(want, abs=1e-7), (resample, l, side)
+                moved |= abs(d["attention_all"]) > 1e-4
+                if l == 1:  # one attention layer before it: the group is the sender attn 0
+                    assert d["attention_all"] == pytest.approx(d["values"][d["senders"].index("attn 0")], abs=1e-7)
+    assert moved and layers_seen == {1, 2}
+    d = res["layers"][-1]["query"]
+    assert (f"every attention write {100 * d['attention_all']:+.0f}% (the tokens alone "
+            f"{100 * (d['together'] - d['attention_all']):+.0f}%)") in paths.gate_paths_summary(res)
+    plain = paths.gate_paths(model, tokens, threshold=0.2, sides=["query"])
+    assert all("attention_all" not in row["query"] for row in plain["layers"])
+
+
 def test_gate_paths_resample_takes_each_write_from_other_texts_averaged_over_the_shifts():
     """``resample``: each sender's write (and each side's whole input) taken from the text ``shift`` after it at
     the same position, the shares averaged over shifts spread evenly over 1..batch - 1: the reference's, shift by
