@@ -285,6 +285,42 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
             f"{100 * top:.0f} ({where})."]
 
 
+def _alone(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The runs through later MLPs that read every attention write made its mean (``attention_all``): per layer
+    and side whose whole share is 20% or more in size, what the tokens carry alone (the side's whole share
+    less that edit's) against the whole share."""
+    cells, ratios = [], []
+    for name in FREE:
+        res = results.get(name)
+        if not (res and res["layers"]):
+            continue
+        got = []
+        for row in res["layers"]:
+            for side in res["sides"]:
+                d = row[side]
+                if "attention_all" not in d or abs(d["together"]) < 0.2:
+                    continue
+                alone = d["together"] - d["attention_all"]
+                got.append(f"L{row['layer']} {SIDE_NAMES[side]} {_pct(alone)} of {_pct(d['together'])}")
+                ratios.append(alone / d["together"])
+        if got:
+            cells.append(f"`{name}`: " + ", ".join(got))
+    if not cells:
+        return []
+    lo, hi = min(ratios), max(ratios)
+    text = ("- **The tokens alone** (the runs through later MLPs also make every attention write before the layer "
+            "its mean at the side's positions, the MLPs recomputing, so that what still varies there is the tokens "
+            "and what the MLPs make of them; the side's whole share less that edit's is what those tokens carry "
+            "without the context the heads bring): per layer and side with a whole share of 20% or more, the tokens "
+            "alone against the side's whole share. " + "; ".join(cells) + f". That is {100 * lo:.0f}% to "
+            f"{100 * hi:.0f}% of the side's whole share")
+    if lo >= 0.5:
+        text += ": the tokens at the side's positions decide most of its variation on their own"
+    elif hi < 0.5:
+        text += ": most of it needs the context the heads bring"
+    return [text + "."]
+
+
 def _total(results: dict[str, dict[str, Any]]) -> list[str]:
     """Each total-effect run (``--free-mlps --free-attn``) against its direct run: per layer and side whose whole
     share is 20% or more, the embedding's share against the side's whole share, and the largest paths."""
@@ -589,6 +625,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         else:
             text += note + "."
         out.append(text)
+    out += _alone(results)
     out += _total(results)
     out += _resampled(results)
     peaks = [(name, res) for name, res in shown if name not in variants and "keys" in res["sides"]
@@ -620,7 +657,10 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
             if any(results.get(n, {}).get("layers") for n in TOTAL) else "is not run.")),
         ("- Through later MLPs, the embedding made its mean by position is a vector no token has, and the MLPs "
          "after it meet it: its share there is how much of the variation needs the tokens, not what they alone "
-         "decide."),
+         "decide" + ("; the tokens alone are read the other way round, with every attention write made its mean "
+                     "instead (a mean attention write, too, is a vector no text produces)."
+                     if any("attention_all" in row[side] for n in FREE if results.get(n, {}).get("layers")
+                            for row in results[n]["layers"] for side in results[n]["sides"]) else ".")),
         ("- Other texts' writes (`--resample`): 3 shifts for SmolLM2, 8 for toy-softmax; each shift pairs every "
          "text with one other, so the shares carry the noise of those pairings, and a text's write can land in a "
          "text it does not fit (a second massive token's, say)."),
