@@ -258,8 +258,8 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
                 clean[0] += lead[0] == lead[1]
                 clean[1] += 1
             if lead[0] != lead[1]:
-                flipped.append((f"`{name}` L{layer}: {SIDE_NAMES[lead[0]]} with the mean, {SIDE_NAMES[lead[1]]} with "
-                                "other texts' writes", peaks))
+                flipped.append(((f"`{name}` L{layer}: {SIDE_NAMES[lead[0]]} with the mean, {SIDE_NAMES[lead[1]]} "
+                                 "with other texts' writes"), peaks))
         gaps += [(abs(a["together"] - b["together"]), f"`{name}` L{layer} {SIDE_NAMES[side]}")
                  for layer, side, a, b in _paired_sides(res, mean, floor=0.0) if side != "sink_key"]
         cells = [f"L{layer} {SIDE_NAMES[side]}: all {_pct(a['together'])} against {_pct(b['together'])}, embedding "
@@ -358,7 +358,7 @@ def _total(results: dict[str, dict[str, Any]]) -> list[str]:
     else:
         agree += "Making the tokens their mean and running the model on is not the same edit as making the input its mean."
     first = ""
-    if len({n for n, _, _ in leads}) == 1 and all(r == r for _, r, _ in leads):  # one sender leads every row
+    if len({n for n, _, _ in leads}) == 1 and all(np.isfinite(r) for _, r, _ in leads):  # one sender leads
         ratios = [r for _, r, _ in leads]
         first = (f" After the embeddings, {leads[0][0]} carries the most in every such row, {100 * min(ratios):.0f}% to "
                  f"{100 * max(ratios):.0f}% of the embeddings' share; no other single write carries more than "
