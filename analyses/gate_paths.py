@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -323,7 +324,8 @@ def _alone(results: dict[str, dict[str, Any]]) -> list[str]:
 
 def _total(results: dict[str, dict[str, Any]]) -> list[str]:
     """Each total-effect run (``--free-mlps --free-attn``) against its direct run: per layer and side whose whole
-    share is 20% or more, the embedding's share against the side's whole share, and the largest paths."""
+    share is 20% or more, the embedding's share against the side's whole share, and the largest paths; per side,
+    the sender that leads after the embeddings."""
     parts, gaps, leads = [], [], []
     for name, direct_name in TOTAL.items():
         res, direct = results.get(name), results.get(direct_name)
@@ -331,13 +333,13 @@ def _total(results: dict[str, dict[str, Any]]) -> list[str]:
             continue
         free = results.get(next((f for f, d in FREE.items() if d == direct_name), ""))
         mlps = {(l, side): _kind_sums(b)["embedding"] for l, side, _, b in (_paired_sides(free, direct) if free else [])}
+        peaks = "resid_peak" in direct["layers"][0] and bool(_outlier_texts(direct))  # a second massive token
         cells = []
         for layer, side, a, b in _paired_sides(res, direct):
             embed = _kind_sums(b)["embedding"]
             gaps.append((abs(embed - a["together"]), side, layer))
             rest = [(n, v) for n, v in _top(b, 4) if n != "embed"][:3]
-            leads.append((rest[0][0], rest[0][1] / embed if embed > 0 else float("nan"),
-                          abs(rest[1][1]) if len(rest) > 1 else 0.0))
+            leads.append((side, rest[0][0], rest[0][1] / embed if embed > 0 else float("nan"), peaks))
             through = f" ({_pct(mlps[layer, side])} through later MLPs alone)" if (layer, side) in mlps else ""
             cells.append(f"L{layer} {SIDE_NAMES[side]} (all {_pct(a['together'])}): embedding {_pct(embed)}{through}; "
                          + ", ".join(f"{n} {_pct(v)}" for n, v in rest))
@@ -346,30 +348,28 @@ def _total(results: dict[str, dict[str, Any]]) -> list[str]:
     if not parts:
         return []
     by_side = {side: max((g, l) for g, s, l in gaps if s == side) for side in dict.fromkeys(s for _, s, _ in gaps)}
-    near = [s for s, (g, _) in by_side.items() if g < 0.15]
-    agree = ("The embeddings' total share against the side's whole share: "
-             + ", ".join(f"within {100 * g:.0f} points on {'the ' if s == 'query' else ''}{SIDE_NAMES[s]} (the largest gap "
-                         f"at L{l})" for s, (g, l) in by_side.items()) + ". ")
-    if near:
-        agree += (f"On {' and '.join(('the ' if s == 'query' else '') + SIDE_NAMES[s] for s in near)} two edits that "
-                  "reach the input by different routes (the tokens made their mean and the model run on, against the "
-                  "input made its mean) take about the same part of the gate's variance" + ("." if len(near) == len(by_side)
-                  else "; elsewhere they are not the same edit."))
-    else:
-        agree += "Making the tokens their mean and running the model on is not the same edit as making the input its mean."
-    first = ""
-    if len({n for n, _, _ in leads}) == 1 and all(np.isfinite(r) for _, r, _ in leads):  # one sender leads
-        ratios = [r for _, r, _ in leads]
-        first = (f" After the embeddings, {leads[0][0]} carries the most in every such row, {100 * min(ratios):.0f}% to "
-                 f"{100 * max(ratios):.0f}% of the embeddings' share; no other single write carries more than "
-                 f"{_pct(max(x for _, _, x in leads))}" + (": the tokens reach the side mostly through it." if min(ratios) >= 0.5
-                                                     else "."))
+    text = ("The embeddings' total share against the side's whole share, two edits that reach the input by different "
+            "routes (the tokens made their mean and the model run on, against the input made its mean): "
+            + ", ".join(f"within {100 * g:.0f} points on {'the ' if s == 'query' else ''}{SIDE_NAMES[s]} (the largest "
+                        f"gap at L{l})" for s, (g, l) in by_side.items()) + ".")
+    for side in by_side:
+        rows = [(n, r, pk) for s, n, r, pk in leads if s == side]
+        count = Counter(n for n, _, _ in rows)
+        top, k = count.most_common(1)[0]
+        ratios = [r for n, r, _ in rows if n == top and np.isfinite(r)]
+        text += (f" After the embeddings, on {'the ' if side == 'query' else ''}{SIDE_NAMES[side]} {top} carries the "
+                 f"most in {k} of {len(rows)} rows" + (f" ({100 * min(ratios):.0f}% to {100 * max(ratios):.0f}% of the "
+                                                       "embeddings' share)" if ratios else ""))
+        others = [(n, pk) for n, _, pk in rows if n != top]
+        if others:
+            text += ("; " + ", ".join(f"{n} in {c}" for n, c in Counter(n for n, _ in others).items())
+                     + (", each on windows with a second massive token" if all(pk for _, pk in others) else ""))
+        text += "."
     return ["- **Total effects** (`--free-mlps --free-attn`: every MLP and head after the sender recomputes, so a "
             "sender's share counts each route to the side's positions, through later heads across positions too; "
             "the embedding's route includes every later write that depends on the tokens, and single shares "
             "overlap far past 100%): per side with a whole share of 20% or more, the token embeddings' share "
-            "against the side's whole share, and the three largest other paths. " + ". ".join(parts) + ". " + agree
-            + first]
+            "against the side's whole share, and the three largest other paths. " + ". ".join(parts) + ". " + text]
 
 
 def _label(name: str, res: dict[str, Any]) -> str:

@@ -1706,29 +1706,27 @@ def test_gate_paths_total_run_is_read_against_the_side_and_left_out_of_the_count
     runs = {"smollm2__natural": direct, "smollm2__natural_free": free, "smollm2__natural_total": total}
     lines = "\n".join(mod._reading(runs))
     assert ("`smollm2__natural_total`: L3 query (all +80%): embedding +90% (+60% through later MLPs alone); attn 0 "
-            "+70%, attn 1 +40%, mlp 0 +20%. The embeddings' total share against the side's whole share: within 10 "
-            "points on the query (the largest gap at L3). On the query two edits that reach the input by different "
-            "routes (the tokens made their mean and the model run on, against the input made its mean) take about "
-            "the same part of the gate's variance. After") in lines
-    assert ("After the embeddings, attn 0 carries the most in every such row, 78% to 78% of the embeddings' share; no "
-            "other single write carries more than +40%: the tokens reach the side mostly through it.") in lines
+            "+70%, attn 1 +40%, mlp 0 +20%. The embeddings' total share against the side's whole share, two edits "
+            "that reach the input by different routes (the tokens made their mean and the model run on, against the "
+            "input made its mean): within 10 points on the query (the largest gap at L3). After the embeddings, on the "
+            "query attn 0 carries the most in 1 of 1 rows (78% to 78% of the embeddings' share).") in lines
     assert "L3 other keys (all" not in lines.split("Total effects")[1]  # a whole share under 20%
     assert "in 1 of 1 (run, layer) rows (SmolLM2-135M English L3)" in lines  # the same windows: counted once
     assert "recompute too: total effects) on `smollm2__natural_total`." in lines and "is not run." not in lines
-    far = run([0.4, 0.7, 0.2, 0.4], [0.3, 0.05, 0.05, 0.0], free_attn=True)
-    lines = "\n".join(mod._reading({**runs, "smollm2__natural_total": far}))
-    assert ("within 40 points on the query (the largest gap at L3). Making the tokens their mean and running the "
-            "model on is not the same edit") in lines
-    both = run([0.9, 0.7, 0.2, 0.4], [0.9, 0.05, 0.05, 0.0], free_attn=True)
-    both["layers"][0]["keys"]["together"] = 0.3
+    # the keys side too, and a second run on windows with a second massive token whose keys another MLP leads
+    both = run([0.9, 0.7, 0.2, 0.4], [0.9, 0.05, 0.6, 0.0], free_attn=True)
     direct2 = run([0.0, 0.1, 0.6, 0.05], [0.0, 0.05, 0.05, 0.0])
     direct2["layers"][0]["keys"]["together"] = 0.3
-    lines = "\n".join(mod._reading({"smollm2__natural": direct2, "smollm2__natural_total": both}))
+    peaked = run([0.0, 0.1, 0.6, 0.05], [0.0, 0.05, 0.05, 0.0])
+    peaked["layers"][0]["keys"]["together"] = 0.3
+    peaked["layers"][0]["resid_peak"] = [1.0, 30.0]
+    other = run([0.9, 0.7, 0.2, 0.4], [0.9, 0.05, 0.1, 0.5], free_attn=True)
+    lines = "\n".join(mod._reading({"smollm2__natural": direct2, "smollm2__natural_total": both,
+                                    "smollm2__natural_s1": peaked, "smollm2__natural_s1_total": other}))
     assert ("within 10 points on the query (the largest gap at L3), within 60 points on other keys (the largest gap "
-            "at L3). On the query two edits") in lines and "; elsewhere they are not the same edit." in lines
-    weak = run([0.9, 0.3, 0.2, 0.25], [0.3, 0.05, 0.05, 0.0], free_attn=True)  # attn 0: a third of the embeddings'
-    lines = "\n".join(mod._reading({**runs, "smollm2__natural_total": weak}))
-    assert "33% to 33% of the embeddings' share; no other single write carries more than +25%." in lines
+            "at L3). After the embeddings, on the query attn 0 carries the most in 2 of 2 rows (78% to 78% of the "
+            "embeddings' share). After the embeddings, on other keys mlp 0 carries the most in 1 of 2 rows (67% to "
+            "67% of the embeddings' share); attn 1 in 1, each on windows with a second massive token.") in lines
     without = "\n".join(mod._reading({"smollm2__natural_free": free, "smollm2__natural_total": total}))
     assert "Total effects" not in without and "is not run." in "\n".join(mod._reading({"smollm2__natural": direct}))
     assert mod._label("smollm2__natural_total", total) == "SmolLM2-135M English (total effects)"
