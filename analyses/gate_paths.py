@@ -289,8 +289,8 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
 def _alone(results: dict[str, dict[str, Any]]) -> list[str]:
     """The runs through later MLPs that read every attention write made its mean (``attention_all``): per layer
     and side whose whole share is 20% or more in size, what the tokens carry alone (the side's whole share
-    less that edit's) against the whole share."""
-    cells, ratios = [], []
+    less that edit's) against the whole share; per side, the range of that ratio."""
+    cells, ratios = [], {}
     for name in FREE:
         res = results.get(name)
         if not (res and res["layers"]):
@@ -303,23 +303,26 @@ def _alone(results: dict[str, dict[str, Any]]) -> list[str]:
                     continue
                 alone = d["together"] - d["attention_all"]
                 got.append(f"L{row['layer']} {SIDE_NAMES[side]} {_pct(alone)} of {_pct(d['together'])}")
-                ratios.append(alone / d["together"])
+                ratios.setdefault(side, []).append(alone / d["together"])
         if got:
             cells.append(f"`{name}`: " + ", ".join(got))
     if not cells:
         return []
-    lo, hi = min(ratios), max(ratios)
-    text = ("- **The tokens alone** (the runs through later MLPs also make every attention write before the layer "
+    sums = []
+    for side, got in ratios.items():
+        lo, hi = min(got), max(got)
+        text = (f"on {'the ' if side == 'query' else ''}{SIDE_NAMES[side]} {100 * lo:.0f}% to {100 * hi:.0f}% of the "
+                f"side's whole share ({len(got)} rows)")
+        if lo >= 0.5:
+            text += ": the tokens at those positions decide most of it on their own"
+        elif hi < 0.5:
+            text += ": most of it needs the context the heads bring"
+        sums.append(text)
+    return ["- **The tokens alone** (the runs through later MLPs also make every attention write before the layer "
             "its mean at the side's positions, the MLPs recomputing, so that what still varies there is the tokens "
             "and what the MLPs make of them; the side's whole share less that edit's is what those tokens carry "
             "without the context the heads bring): per layer and side with a whole share of 20% or more, the tokens "
-            "alone against the side's whole share. " + "; ".join(cells) + f". That is {100 * lo:.0f}% to "
-            f"{100 * hi:.0f}% of the side's whole share")
-    if lo >= 0.5:
-        text += ": the tokens at the side's positions decide most of its variation on their own"
-    elif hi < 0.5:
-        text += ": most of it needs the context the heads bring"
-    return [text + "."]
+            "alone against the side's whole share. " + "; ".join(cells) + ". That is " + "; ".join(sums) + "."]
 
 
 def _total(results: dict[str, dict[str, Any]]) -> list[str]:
