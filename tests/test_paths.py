@@ -1078,20 +1078,12 @@ def test_gate_share_is_the_covariance_of_the_change_with_the_gate_over_its_varia
         paths.gate_share(torch.full_like(base, 0.4), base)
 
 
-def _gate_reference_together(model, tokens, l, recv, pos, metric, hook, shift=None):
-    """The layer's residual input made its mean over the texts at ``pos`` (``shift``: text b takes text
-    (b + shift) mod batch's), sent to the receivers only."""
-    name = f"blocks.{l}.hook_resid_pre"
-    resid = patching.capture(model, tokens, [name])[name]
-    edited = resid.clone()
-    new = resid.mean(0, keepdim=True).expand_as(resid) if shift is None else resid[(torch.arange(len(resid)) + shift)
-                                                                                    % len(resid)]
-    edited[:, pos] = new[:, pos]
+def _sent_alone(model, tokens, edits, l, recv, metric, hook):
+    """The receivers' inputs of a run with ``edits``, put into the unedited run alone: the metric there."""
     rnames = [patching.COMPONENTS[r.kind].hook_name(l) for r in recv]
     kept = {}
     with torch.no_grad(), tl_adapter.attached_hooks(
-            model, [(name, lambda a, hook=None: edited)]
-            + [(n, lambda a, hook=None, n=n: kept.__setitem__(n, a.clone())) for n in set(rnames)]):
+            model, edits + [(n, lambda a, hook=None, n=n: kept.__setitem__(n, a.clone())) for n in set(rnames)]):
         model(tokens)
 
     def put(r, n):
@@ -1107,6 +1099,18 @@ def _gate_reference_together(model, tokens, l, recv, pos, metric, hook, shift=No
             + [(hook, lambda a, hook=None: read.__setitem__("p", a.clone()))]):
         model(tokens)
     return float(metric(read["p"]))
+
+
+def _gate_reference_together(model, tokens, l, recv, pos, metric, hook, shift=None):
+    """The layer's residual input made its mean over the texts at ``pos`` (``shift``: text b takes text
+    (b + shift) mod batch's), sent to the receivers only."""
+    name = f"blocks.{l}.hook_resid_pre"
+    resid = patching.capture(model, tokens, [name])[name]
+    edited = resid.clone()
+    new = resid.mean(0, keepdim=True).expand_as(resid) if shift is None else resid[(torch.arange(len(resid)) + shift)
+                                                                                    % len(resid)]
+    edited[:, pos] = new[:, pos]
+    return _sent_alone(model, tokens, [(name, lambda a, hook=None: edited)], l, recv, metric, hook)
 
 
 def test_gate_paths_equal_the_reference_on_every_side():
@@ -1189,7 +1193,6 @@ def _gate_reference_no_attn(model, tokens, l, recv, pos, metric, hook, shift=Non
     takes text (b + shift) mod batch's), the MLPs recomputing; the receivers' inputs of that run sent alone."""
     names = [f"blocks.{m}.hook_attn_out" for m in range(l)]
     acts = patching.capture(model, tokens, names)
-    rnames = [patching.COMPONENTS[r.kind].hook_name(l) for r in recv]
 
     def edit(name):
         x = acts[name]
@@ -1201,25 +1204,7 @@ def _gate_reference_no_attn(model, tokens, l, recv, pos, metric, hook, shift=Non
             return out
         return fn
 
-    kept = {}
-    with torch.no_grad(), tl_adapter.attached_hooks(
-            model, [(n, edit(n)) for n in names]
-            + [(n, lambda a, hook=None, n=n: kept.__setitem__(n, a.clone())) for n in set(rnames)]):
-        model(tokens)
-
-    def put(r, n):
-        def fn(act, hook=None):
-            out = act.clone()
-            out[:, list(r.positions), r.head] = kept[n][:, list(r.positions), r.head]
-            return out
-        return fn
-
-    read = {}
-    with torch.no_grad(), tl_adapter.attached_hooks(
-            model, [(n, put(r, n)) for r, n in zip(recv, rnames)]
-            + [(hook, lambda a, hook=None: read.__setitem__("p", a.clone()))]):
-        model(tokens)
-    return float(metric(read["p"]))
+    return _sent_alone(model, tokens, [(n, edit(n)) for n in names], l, recv, metric, hook)
 
 
 def test_gate_paths_attention_all_leaves_the_tokens_alone():
