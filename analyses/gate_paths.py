@@ -312,7 +312,7 @@ def _alone(results: dict[str, dict[str, Any]]) -> list[str]:
     for side, got in ratios.items():
         lo, hi = min(got), max(got)
         text = (f"on {'the ' if side == 'query' else ''}{SIDE_NAMES[side]} {100 * lo:.0f}% to {100 * hi:.0f}% of the "
-                f"side's whole share ({len(got)} rows)")
+                f"side's whole share ({len(got)} row{'s' if len(got) != 1 else ''})")
         if lo >= 0.5:
             text += ": the tokens at those positions decide most of it on their own"
         elif hi < 0.5:

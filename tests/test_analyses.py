@@ -1678,10 +1678,10 @@ def test_gate_paths_free_run_is_read_against_its_direct_run_and_left_out_of_the_
     alone["layers"][0]["query"]["attention_all"] = 0.2  # every attention write made its mean: 20 of the 80 points
     lines = "\n".join(mod._reading({"smollm2__natural": direct, "smollm2__natural_free": alone}))
     assert ("`smollm2__natural_free`: L3 query +60% of +80%. That is on the query 75% to 75% of the side's whole "
-            "share (1 rows): the tokens at those positions decide most of it on their own.") in lines
+            "share (1 row): the tokens at those positions decide most of it on their own.") in lines
     alone["layers"][0]["query"]["attention_all"] = 0.6
     lines = "\n".join(mod._reading({"smollm2__natural": direct, "smollm2__natural_free": alone}))
-    assert "L3 query +20% of +80%. That is on the query 25% to 25% of the side's whole share (1 rows): most of it" in lines
+    assert "L3 query +20% of +80%. That is on the query 25% to 25% of the side's whole share (1 row): most of it" in lines
     assert "The tokens alone" not in "\n".join(mod._reading({"smollm2__natural": direct, "smollm2__natural_free": free}))
     assert mod._label("smollm2__natural_free", free) == "SmolLM2-135M English (paths through later MLPs)"
     assert mod._label("smollm2__natural_s1_free", free) == "SmolLM2-135M English (replicate, paths through later MLPs)"
