@@ -157,6 +157,11 @@ def _outlier_texts(source: dict[str, Any]) -> list[int]:
     return sorted({b for row in source["layers"] for b, peak in enumerate(row["resid_peak"]) if peak > PEAK_LIMIT})
 
 
+def _second_sinks(run: dict[str, Any]) -> bool:
+    """Whether a run's windows hold a text with a second massive token (runs that read the residual peaks)."""
+    return "resid_peak" in run["layers"][0] and bool(_outlier_texts(run))
+
+
 def _write_kept(source: dict[str, Any], seed: int, text_file: str | None, path: str, gguf: str) -> list[int]:
     """``path``: SmolLM2's windows of the source run (``--inputs natural`` of ``text_file``, None for the shipped
     English sample, with the run's length, count and ``seed``, made as the CLI makes them) without its outlier
@@ -248,7 +253,7 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
         res, mean = results.get(name), results.get(mean_name)
         if not (res and mean and res["layers"] and mean["layers"]):
             continue
-        peaks = "resid_peak" in mean["layers"][0] and bool(_outlier_texts(mean))  # a second massive token
+        peaks = _second_sinks(mean)
         for layer in sorted({x[0] for x in _paired_sides(res, mean, floor=0.0)}):
             rows = [next(r for r in run["layers"] if r["layer"] == layer) for run in (mean, res)]
             lead = [max((s for s in ("query", "keys") if s in r), key=lambda s, r=r: abs(r[s]["together"]))
@@ -336,7 +341,7 @@ def _total(results: dict[str, dict[str, Any]]) -> list[str]:
             continue
         free = results.get(next((f for f, d in FREE.items() if d == direct_name), ""))
         mlps = {(l, side): _kind_sums(b)["embedding"] for l, side, _, b in (_paired_sides(free, direct) if free else [])}
-        peaks = "resid_peak" in direct["layers"][0] and bool(_outlier_texts(direct))  # a second massive token
+        peaks = _second_sinks(direct)
         cells = []
         for layer, side, a, b in _paired_sides(res, direct):
             embed = _kind_sums(b)["embedding"]
@@ -472,7 +477,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
     # each run on its windows without its texts with a second massive token: a kept run in place of its source
     sources = {src for name, (src, *_) in KEPT.items() if name in results}
     clean = [(name, row) for name, res in shown if name not in variants - set(KEPT) and name not in sources
-             and (name in KEPT or not ("resid_peak" in res["layers"][0] and _outlier_texts(res)))
+             and (name in KEPT or not _second_sinks(res))
              for row in res["layers"] if "keys" in row]
     if sources and clean:
         q_clean = [(n, r) for n, r in clean if r["query"]["together"] > abs(r["keys"]["together"])]

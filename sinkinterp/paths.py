@@ -1156,18 +1156,7 @@ def _together(model: Any, tokens: Tensor, resid: Tensor, metric: Metric, layer: 
 def _together_read(model: Any, tokens: Tensor, resid: Tensor, layer: int, recv: list[Receiver], how: str,
                    pos: list[int], hook: str, shift: int = 1) -> Tensor:
     """``_together``'s run: the activation at ``hook``."""
-    name = f"blocks.{layer}.hook_resid_pre"
-    tokens = tokens.to(_model_device(model))
-    with _eval_mode(model), torch.no_grad():
-        value = _ablated(resid, how, shift).to(resid.dtype)
-
-        def edit(act: Tensor, hook: Any = None) -> Tensor:
-            out = act.clone()
-            out[:, pos] = value.expand_as(act)[:, pos].to(act.dtype)
-            return out
-
-        sent = _pass_until(model, model, tokens, [(name, edit)], [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
-        return _receive(model, model, tokens, recv, sent, [hook], 1, tokens.shape[0])[0]
+    return _ablated_read(model, tokens, {f"blocks.{layer}.hook_resid_pre": resid}, recv, how, pos, hook, shift)
 
 
 def _attn_mean_read(model: Any, tokens: Tensor, attn: list[Tensor], layer: int, recv: list[Receiver], how: str,
@@ -1176,18 +1165,25 @@ def _attn_mean_read(model: Any, tokens: Tensor, attn: list[Tensor], layer: int, 
     run's, layer by layer) ablated at ``pos``, the MLPs recomputing from the tokens and those writes: the
     activation at ``hook``. What varies from text to text in those inputs is then the tokens at each position
     and what the MLPs make of them."""
-    tokens = tokens.to(_model_device(model))
-    edits = []
-    for m, act_m in enumerate(attn[:layer]):
-        value = _ablated(act_m, how, shift).to(act_m.dtype)
+    return _ablated_read(model, tokens, {f"blocks.{m}.hook_attn_out": a for m, a in enumerate(attn[:layer])}, recv,
+                         how, pos, hook, shift)
 
-        def edit(act: Tensor, hook: Any = None, value: Tensor = value) -> Tensor:
+
+def _ablated_read(model: Any, tokens: Tensor, acts: dict[str, Tensor], recv: list[Receiver], how: str,
+                  pos: list[int], hook: str, shift: int) -> Tensor:
+    """A run with each activation in ``acts`` (hook name -> the unedited run's value) ablated at ``pos``; its
+    receivers' inputs sent alone into the unedited run: the activation at ``hook`` there."""
+    tokens = tokens.to(_model_device(model))
+
+    def edit(value: Tensor) -> Callable[..., Tensor]:
+        def fn(act: Tensor, hook: Any = None) -> Tensor:
             out = act.clone()
             out[:, pos] = value.expand_as(act)[:, pos].to(act.dtype)
             return out
+        return fn
 
-        edits.append((f"blocks.{m}.hook_attn_out", edit))
     with _eval_mode(model), torch.no_grad():
+        edits = [(name, edit(_ablated(act, how, shift).to(act.dtype))) for name, act in acts.items()]
         sent = _pass_until(model, model, tokens, edits, [COMPONENTS[r.kind].hook_name(r.layer) for r in recv])
         return _receive(model, model, tokens, recv, sent, [hook], 1, tokens.shape[0])[0]
 
