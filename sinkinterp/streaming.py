@@ -26,9 +26,9 @@ per context, batched), at ``window`` times the cost.
 The rolling cache runs on Hugging Face models with rotate-half RoPE from their base model's shared
 ``rotary_emb``, full or partial (LLaMA, Mistral, Qwen 2/3, Gemma, OLMo, Phi-3, StableLM, GPT-NeoX /
 Pythia, Falcon; SmolLM2 included) or GPT-J's sin|cos table (``tl_adapter.hf_key_rotation``), and on
-Bloom and MPT (ALiBi), loaded through ``TransformerBridge`` (``sinkinterp.loading``): the model's own key/value
-cache, rotary keys re-rotated by -1 position when an entry before them is evicted (checked once
-against the model's own rotation; Bloom's and MPT's keys carry no position and it builds its ALiBi bias from the
+Bloom, MPT and Falcon with ALiBi (Falcon-RW), loaded through ``TransformerBridge`` (``sinkinterp.loading``): the model's
+own key/value cache, rotary keys re-rotated by -1 position when an entry before them is evicted (checked once
+against the model's own rotation; an ALiBi model's keys carry no position and it builds its bias from the
 cache length, so its keys sit at their cache index unturned, and only ``positions="cache"`` applies); and on sinkinterp models (``SinkTransformer.forward``'s
 ``start_at_pos`` / ``past_kv`` continuation, one token a step), without learned or sinusoidal position embeddings (a
 cached state would keep the absolute position it was read at, while new tokens get cache positions)
@@ -282,11 +282,12 @@ def _rolling(model: Any, tokens: Tensor, window: int, n_sink: int, positions: st
 # ------------------------------------------------------------------------------- Hugging Face
 def _hf_position_scheme(hf: Any) -> str | None:
     """"rotary" (cached keys carry their rotation; ``tl_adapter.hf_key_rotation`` turns them), "alibi"
-    (Bloom, MPT: keys carry no position, the model adds slope x cache index to the scores, so the cache
-    positions come for free), or None. Falcon with ALiBi never gets here (``boot_bridge`` refuses it)."""
+    (Bloom, MPT, Falcon with ALiBi: keys carry no position, the model adds slope x cache index to the
+    scores, so the cache positions come for free), or None."""
     if tl_adapter.hf_key_rotation(hf) is not None:
         return "rotary"
-    if getattr(hf.config, "model_type", None) in ("bloom", "mpt"):
+    mtype = getattr(hf.config, "model_type", None)
+    if mtype in ("bloom", "mpt") or (mtype == "falcon" and getattr(hf.config, "alibi", False)):
         return "alibi"
     return None
 
@@ -297,7 +298,7 @@ def _check_rolling_hf(hf: Any, positions: str) -> None:
     if scheme is None:
         raise ValueError(f"model: the rolling cache on a Hugging Face model needs a rotary embedding sinkinterp "
                          f"can turn cached keys with (a base model's rotate-half rotary_emb: LLaMA, Mistral, Qwen, "
-                         f"Gemma, OLMo, Phi-3, StableLM, GPT-NeoX, Falcon ...; GPT-J's table) or Bloom's / MPT's ALiBi, "
+                         f"Gemma, OLMo, Phi-3, StableLM, GPT-NeoX, Falcon ...; GPT-J's table) or ALiBi (Bloom, MPT, Falcon-RW), "
                          f"got {mtype!r}; policy='recompute' works")
     if scheme == "alibi" and positions != "cache":
         raise ValueError("positions: an ALiBi model's rolling cache places keys at their cache index (the model "
@@ -347,7 +348,7 @@ def _rolling_hf(model: Any, tokens: Tensor, window: int, n_sink: int, positions:
     tokens = tokens.to(device)
     b, length = tokens.shape
     n_layers, cap = dims["n_layers"], n_sink + window
-    rotate = tl_adapter.hf_key_rotation(hf)  # None for ALiBi (Bloom, MPT): keys are not turned
+    rotate = tl_adapter.hf_key_rotation(hf)  # None for ALiBi (Bloom, MPT, Falcon-RW): keys are not turned
     rotary = rotate is not None
     if rotary:
         _check_hf_rotation(hf, rotate, tokens[:1, :1])

@@ -359,8 +359,10 @@ def position_bias(model: Any, layer: int, n_pos: int) -> tuple[PositionRows | No
     none it knows of; ``source`` says which (or what is left out). Known: a sinkinterp model's ALiBi
     and T5 relative buckets; a HookedTransformer's ALiBi; Hugging Face Bloom and MPT, through their
     own functions (Bloom adds slope * key index, MPT slope * (key index - n_pos + 1): per query the
-    same as -slope * distance up to a constant). Falcon with ALiBi is refused by ``boot_bridge``
-    while its eager attention adds the bias twice (``falcon_alibi_defect``)."""
+    same as -slope * distance up to a constant) and Falcon with ALiBi (slope * key index / sqrt(d_head),
+    folded into the attention mask by its ``FalconModel``)."""
+    import math
+
     import torch
 
     own = getattr(getattr(model.blocks[layer], "attn", None), "position_bias", None)
@@ -388,6 +390,14 @@ def position_bias(model: Any, layer: int, n_pos: int) -> tuple[PositionRows | No
             table = build_mpt_alibi_tensor(config.n_heads, config.max_seq_len, attn_config.alibi_bias_max)
             keys = table[:, 0, -n_pos:].double()  # MPT slices the keys' columns off the end
             label = "ALiBi, slope * (key index - n + 1) (Hugging Face MPT's build_mpt_alibi_tensor)"
+        elif kind == "falcon" and getattr(config, "alibi", False):
+            from transformers.models.falcon.modeling_falcon import build_alibi_tensor
+
+            keys = build_alibi_tensor(torch.ones(1, n_pos, dtype=torch.long), config.num_attention_heads,
+                                      torch.float32)[:, 0].double()
+            keys = keys / math.sqrt(config.hidden_size // config.num_attention_heads)
+            label = ("ALiBi, slope * key index / sqrt(d_head) (Hugging Face Falcon's build_alibi_tensor, which its "
+                     "FalconModel folds into the attention mask)")
         elif getattr(config, "alibi", False) or getattr(attn_config, "alibi", False):
             return None, f"not included: {kind or type(hf).__name__} is configured with ALiBi this adapter does not know"
         else:
@@ -500,18 +510,16 @@ def _tokenizer_for_bridge(tokenizer: Any, name: str) -> Any:
     return tok
 
 
-# Architectures whose bridge, in a TransformerLens line, computes something other than the model:
-# refused by boot_bridge instead of measured wrongly (tests/test_architectures.py shows each).
-
-
 @functools.lru_cache(maxsize=1)
 def falcon_alibi_defect() -> str | None:
     """Why the installed transformers' eager Falcon attention with ALiBi is not the model, or None.
 
     In transformers 5.23 ``FalconModel.forward`` folds the ALiBi bias into the causal mask and the
-    eager attention adds it again (the SDPA path adds it once), so a hooked
-    (eager) Falcon-ALiBi computes another attention. Checked by behaviour, once per process: a tiny
-    random Falcon with ALiBi, the same weights run eager and SDPA, logits compared."""
+    eager attention adds it again (the SDPA path adds it once, as Falcon-RW was trained), and
+    TransformerLens 3.9's ALiBi attention bridge copies the eager path. While this holds,
+    ``route_attention`` drops the bridge's second copy (``_falcon_alibi_once``). Checked by behaviour,
+    once per process: a tiny random Falcon with ALiBi, the same weights run eager and SDPA, logits
+    compared."""
     import torch
     import transformers
 
@@ -528,10 +536,9 @@ def falcon_alibi_defect() -> str | None:
         gap = float((eager(tokens).logits - sdpa(tokens).logits).abs().max())
     if gap <= 1e-3:
         return None
-    return (f"Hugging Face transformers {transformers.__version__}: Falcon's eager attention (the one hooks observe) "
-            f"adds the ALiBi bias twice, once in the causal mask and once itself, while its SDPA path adds it "
-            f"once (logits differ by {gap:.2g} on a random 1-layer model); its patterns would not be the trained "
-            "model's")
+    return (f"Hugging Face transformers {transformers.__version__}: Falcon's eager attention adds the ALiBi bias "
+            f"twice, once in the causal mask and once itself, while its SDPA path adds it once (logits differ by "
+            f"{gap:.2g} on a random 1-layer model)")
 
 
 def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -> Any:
@@ -547,10 +554,6 @@ def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -
 
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
-    if getattr(hf_model.config, "model_type", "") == "falcon" and getattr(hf_model.config, "alibi", False):
-        defect = falcon_alibi_defect()
-        if defect:
-            raise ValueError(f"model: Falcon configured with ALiBi is not supported: {defect}")
     bridge = TransformerBridge.boot_transformers(
         name,
         hf_model=hf_model,
@@ -568,6 +571,8 @@ def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -
 # Hugging Face's AttentionInterface (OPT's attention calls it); "gptj" replaces GPT-J's ``_attn``.
 # "mpt_cache" is another repair: TransformerLens 3.9's MPT bridge recomputes the attention itself (its
 # hooks act) but never writes the KV cache, so a cached step saw only its own token.
+# "falcon_alibi" (Falcon configured with ALiBi, chosen by ``_route_kind``): the same missing cache write,
+# and the bias added a second time while ``falcon_alibi_defect`` holds (``_falcon_alibi_once``).
 # "cohere_rope" too: TransformerLens 3.9's Cohere bridge rotates queries and keys with LLaMA's rotate-half
 # where Cohere pairs adjacent dimensions (attention off by ~1e-3); the bridge's own adjacent-pairs
 # rotation (GLM's) is switched on and given Cohere's cos / sin in the layout it expects.
@@ -617,10 +622,10 @@ def _gptj_hooked_attn(self: Any, query: Any, key: Any, value: Any, attention_mas
     return torch.matmul(self.attn_dropout(weights), value), None
 
 
-def _mpt_attention_with_cache(self: Any, q: Any, k: Any, v: Any, **kwargs: Any) -> Any:
-    """The MPT attention bridge's own ``_reconstruct_attention`` (ALiBi sliced to the key length, the
+def _attention_with_cache(self: Any, q: Any, k: Any, v: Any, **kwargs: Any) -> Any:
+    """An ALiBi attention bridge's own ``_reconstruct_attention`` (MPT's, Falcon's: the bias, the
     bridge's hooks), with the keys and values first passed through the Hugging Face cache it was
-    given (TransformerLens's ``_update_kv_cache``), as Hugging Face's MPT attention does."""
+    given (TransformerLens's ``_update_kv_cache``), as Hugging Face's attention does."""
     reconstruct = type(self)._reconstruct_attention
     if kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None:
         return reconstruct(self, q, k, v, **kwargs)
@@ -636,6 +641,22 @@ def _mpt_attention_with_cache(self: Any, q: Any, k: Any, v: Any, **kwargs: Any) 
         return reconstruct(self, q, k, v, **kwargs)
     finally:
         del self.__dict__["_reshape_qkv_to_heads"]
+
+
+def _falcon_alibi_once(self: Any, q: Any, k: Any, v: Any, **kwargs: Any) -> Any:
+    """Falcon's ALiBi attention bridge without its second copy of the bias: ``FalconModel`` already
+    folded ALiBi / sqrt(d_head) into the attention mask the bridge adds to its scores, so the
+    ``alibi`` argument (which the bridge would add again, as transformers' eager attention does) is
+    dropped, and the scores are then the ones Falcon's SDPA path softmaxes: (q.k + ALiBi) / sqrt(d_head)
+    plus the causal mask. Keys and values go through the cache (``_attention_with_cache``)."""
+    return _attention_with_cache(self, q, k, v, **{**kwargs, "alibi": None})
+
+
+def _route_kind(model: Any, hf: Any) -> str | None:
+    """The repair ``route_attention`` applies to this bridge (``_ROUTE_KIND``), or None."""
+    if getattr(hf.config, "model_type", "") == "falcon" and getattr(hf.config, "alibi", False):
+        return "falcon_alibi"
+    return _ROUTE_KIND.get(hf_architecture(model) or "")
 
 
 def _cohere_position_embeddings(self: Any, position_embeddings: Any) -> Any:
@@ -655,22 +676,26 @@ def route_attention(model: Any) -> bool:
     then runs eager attention in this module that fires the hooks and uses what they return (tested
     equal to Hugging Face's eager attention). MPT's bridge, which recomputes the attention itself but
     never wrote the KV cache (cached steps saw only their own token), gets its cache written
-    (``_mpt_attention_with_cache``); Cohere's bridge, which rotated with the wrong pairing, rotates
-    adjacent pairs (``_cohere_position_embeddings``). ``boot_bridge`` calls it; returns whether this
-    model was routed (False for architectures that need no routing or that this adapter does not know)."""
+    (``_attention_with_cache``); Cohere's bridge, which rotated with the wrong pairing, rotates
+    adjacent pairs (``_cohere_position_embeddings``); Falcon's ALiBi bridge gets its cache written and,
+    while ``falcon_alibi_defect`` holds, the bias added once (``_falcon_alibi_once``; tested equal to
+    Falcon's SDPA path). ``boot_bridge`` calls it; returns whether this model was routed (False for
+    architectures that need no routing or that this adapter does not know)."""
     import types
 
     hf = wrapped_hf_model(model)
-    kind = _ROUTE_KIND.get(hf_architecture(model) or "") if hf is not None else None
+    kind = _route_kind(model, hf) if hf is not None else None
     if kind is None:
         return False
+    once = kind == "falcon_alibi" and falcon_alibi_defect() is not None
     for block in model.blocks:
         module = block.attn.original_component
         module.__dict__[_HOOKS_ATTR] = block.attn  # a plain attribute: no submodule cycle
         if kind == "gptj":
             module._attn = types.MethodType(_gptj_hooked_attn, module)
-        if kind == "mpt_cache":
-            block.attn.__dict__["_reconstruct_attention"] = types.MethodType(_mpt_attention_with_cache, block.attn)
+        if kind in ("mpt_cache", "falcon_alibi"):
+            block.attn.__dict__["_reconstruct_attention"] = types.MethodType(
+                _falcon_alibi_once if once else _attention_with_cache, block.attn)
         if kind == "cohere_rope":
             block.attn.__dict__["_apply_position_embedding_hooks"] = types.MethodType(
                 _cohere_position_embeddings, block.attn)

@@ -245,13 +245,13 @@ def test_hf_rolling_cache_renumbered_on_one_layer_equals_recomputation():
     torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["bloom", "codegen", "cohere", "falcon", "gemma", "gpt_neox", "gptj", "granite", "mistral", "mpt", "olmo",
+@pytest.mark.parametrize("name", ["bloom", "codegen", "cohere", "falcon", "falcon_alibi", "gemma", "gpt_neox", "gptj", "granite", "mistral", "mpt", "olmo",
                                   "olmo2", "phi", "phi3", "qwen2", "qwen3", "stablelm"])
 def test_hf_rolling_cache_on_architectures(name):
     """Every architecture whose base model has a shared rotary_emb (partial rotary included: GPT-NeoX,
-    StableLM, Phi), a GPT-J-style sin|cos table (GPT-J, CodeGen), or ALiBi (Bloom, MPT: keys carry no
-    position, the bias follows the cache length, so keys sit at their cache index unturned; MPT's
-    bridge writes its cache through tl_adapter.route_attention): nothing evicted is the full forward;
+    StableLM, Phi), a GPT-J-style sin|cos table (GPT-J, CodeGen), or ALiBi (Bloom, MPT, Falcon-RW's layout: keys
+    carry no position, the bias follows the cache length, so keys sit at their cache index unturned;
+    MPT's and Falcon's bridges write their cache through tl_adapter.route_attention): nothing evicted is the full forward;
     on one layer, re-numbered positions equal re-computation."""
     import copy
 
@@ -271,7 +271,7 @@ def test_hf_rolling_cache_on_architectures(name):
     recompute = stream_loss(bridges[1], tokens, window=5, n_sink=2, policy="recompute")
     torch.testing.assert_close(rolling.nll, recompute.nll, atol=1e-6, rtol=0)
     assert (rolling.nll - _full_nll(bridges[1], tokens)).abs().max() > 1e-4  # the window did evict
-    if name in ("bloom", "mpt"):
+    if name in ("bloom", "mpt", "falcon_alibi"):
         two = stream_loss(bridges[2], tokens, window=5, n_sink=2, first_attention=True)
         assert (two.nll - stream_loss(bridges[2], tokens, window=5, n_sink=2, policy="recompute").nll).abs().max() > 1e-6
         assert two.first_attention.shape == (2, 4)

@@ -1,0 +1,87 @@
+"""Write a tiny Hugging Face causal LM as a GGUF file, for the GGUF loading tests (no network, no
+llama.cpp): the tensors in the layout llama.cpp's converter writes them (the inverse of what
+transformers' GGUF tensor processors undo on load), the config fields transformers reads back
+(``GGUF_CONFIG_MAPPING``, inverted), and a byte-level BPE vocabulary of words t0..t{V-1} (t1 BOS,
+t2 EOS, t0 padding, as ``conftest.word_tokenizer``). Weights are stored in float32, unquantized."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Hugging Face model_type -> the GGUF architecture llama.cpp writes it under
+GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3", "stablelm": "stablelm",
+             "falcon": "falcon", "gpt2": "gpt2", "bloom": "bloom", "gemma2": "gemma2", "starcoder2": "starcoder2"}
+# config fields llama.cpp writes that transformers reads under another name than its mapping's
+_CONTEXT = ("max_position_embeddings", "n_positions")
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's q / k permutation for LLaMA (rotate-half pairs -> adjacent pairs)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _to_gguf_layout(arch: str, gguf_name: str, a: np.ndarray, cfg: Any) -> np.ndarray:
+    if arch == "llama" and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
+        heads = cfg.num_attention_heads if ".attn_q." in gguf_name else cfg.num_key_value_heads
+        return _permute(a, heads)
+    if arch == "gpt2" and any(k in gguf_name for k in ("attn_qkv.weight", "ffn_down.weight", "ffn_up.weight",
+                                                         "attn_output.weight")):
+        return a.T.copy()  # Conv1D stores [in, out]
+    if arch == "bloom" and "attn_qkv" in gguf_name:  # per head [q k v] -> [all q; all k; all v]
+        h, e = cfg.n_head, cfg.hidden_size
+        return a.reshape(h, 3, e // h, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape)
+    if arch == "gemma2" and "norm.weight" in gguf_name:
+        return a + 1  # llama.cpp stores Gemma's RMSNorm scale as 1 + w
+    return a
+
+
+def write_gguf(hf_model: Any, path: str | Path) -> Path:
+    """Write ``hf_model`` (one of ``GGUF_ARCH``'s model types) to ``path`` as GGUF; returns the path."""
+    import gguf
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+    )
+
+    cfg = hf_model.config
+    arch = GGUF_ARCH[cfg.model_type]
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=cfg.to_dict())
+    to_gguf = {hf: g for g, hf in get_gguf_hf_weights_map(hf_model, processor, model_type=arch).items()}
+    path = Path(path)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(f"tiny-{cfg.model_type}")
+    for key, attr in GGUF_CONFIG_MAPPING[arch].items():
+        names = _CONTEXT if key == "context_length" else (attr,)
+        value = next((getattr(cfg, n) for n in names if n and getattr(cfg, n, None) is not None), None)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            writer.add_uint32(f"{arch}.{key}", value)
+        elif isinstance(value, float):
+            writer.add_float32(f"{arch}.{key}", value)
+    vocab = int(cfg.vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(vocab)])
+    writer.add_token_types([1] * vocab)
+    writer.add_token_scores([0.0] * vocab)
+    writer.add_token_merges([])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(0)
+    written = set()
+    for name, tensor in hf_model.state_dict().items():
+        gguf_name = to_gguf.get(name)
+        if gguf_name is None or gguf_name in written:  # tied weights: written once
+            continue
+        written.add(gguf_name)
+        writer.add_tensor(gguf_name, _to_gguf_layout(arch, gguf_name, tensor.detach().float().numpy().copy(), cfg))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
