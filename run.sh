@@ -4,13 +4,20 @@
 #   ./run.sh test [ARGS]     the test suite (pytest ARGS; add --run-slow for real-model tests)
 #   ./run.sh ARGS            any other `sinkinterp ARGS`
 # The environment is rebuilt when pyproject.toml or constraints.txt change.
+# SINKINTERP_TL=4.3.0 (with its own SINKINTERP_VENV) installs that TransformerLens release instead of
+# constraints.txt's pin, to run the suite against another TransformerLens line.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${SINKINTERP_VENV:-.venv}"
 if [ -z "${PYTHON:-}" ]; then
   if command -v python3.11 >/dev/null 2>&1; then PYTHON=python3.11; else PYTHON=python3; fi
 fi
-stamp="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+TL="${SINKINTERP_TL:-}"
+stamp_source() {
+  cat pyproject.toml constraints.txt
+  if [ -n "$TL" ]; then echo "transformer-lens==$TL"; fi
+}
+stamp="$(stamp_source | sha256sum | cut -c1-16)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.sinkinterp-stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "run.sh: setting up $VENV (first run takes a few minutes)..." >&2
   "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sinkinterp needs Python >= 3.11")'
@@ -18,7 +25,12 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.sinkinterp-stamp" 2>/dev/null
   pip_q=(-q --disable-pip-version-check)
   # torch first, pinned to the CPU build, so no dependency pulls a multi-GB CUDA build.
   "$VENV/bin/pip" install "${pip_q[@]}" "$(grep '^torch==' constraints.txt)"
-  "$VENV/bin/pip" install "${pip_q[@]}" -c constraints.txt -e ".[test]"
+  constraints=constraints.txt
+  if [ -n "$TL" ]; then
+    constraints="$VENV/constraints-tl.txt"
+    sed "s/^transformer-lens==.*/transformer-lens==$TL/" constraints.txt > "$constraints"
+  fi
+  "$VENV/bin/pip" install "${pip_q[@]}" -c "$constraints" -e ".[test]"
   echo "$stamp" > "$VENV/.sinkinterp-stamp"
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

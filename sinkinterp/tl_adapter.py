@@ -18,6 +18,7 @@ import contextlib
 import copy
 import functools
 import importlib.metadata
+import inspect
 import os
 import re
 import weakref
@@ -177,14 +178,18 @@ def _added_to_points(model: Any, hooks: list[tuple[str, HookFn]]) -> Iterator[No
     bridge does not list left out) and removed again, exactly those, when the block ends."""
     points = _KEPT_HOOK_DICTS[id(model)]
     check = getattr(model, "check_hooks_to_add", None)
+    # TransformerLens 3.9's bridge takes the name alone; 4.x's takes HookedRootModule's arguments
+    by_name = check is not None and "hook_point" not in inspect.signature(check).parameters
     added: list[tuple[Any, Any]] = []
     try:
         for name, fn in hooks:
             point = points.get(name)
             if point is None:
                 continue
-            if check is not None:
+            if by_name:
                 check(name)
+            elif check is not None:
+                check(point, name, fn, dir="fwd")
             point.add_hook(fn, dir="fwd", level=getattr(model, "context_level", 0) + 1)
             added.append((point, point.fwd_hooks[-1]))
         yield
@@ -469,14 +474,16 @@ def attn_visibility(model: Any, layer: int) -> tuple[int | None, int]:
 
 
 def count_attached_hooks(model: Any) -> int:
-    """Number of forward and backward hook functions currently attached to any hook point."""
+    """Number of forward and backward hook functions currently attached to any hook point, leaving out
+    permanent ones, which a model wires itself (TransformerLens 4.3's OPT bridge ties its MLP hooks so)."""
     total = 0
     seen: set[int] = set()
     for hp in model.hook_dict.values():
         if id(hp) in seen:  # aliases point at the same HookPoint
             continue
         seen.add(id(hp))
-        total += len(getattr(hp, "fwd_hooks", [])) + len(getattr(hp, "bwd_hooks", []))
+        handles = [*getattr(hp, "fwd_hooks", []), *getattr(hp, "bwd_hooks", [])]
+        total += sum(1 for h in handles if not getattr(h, "is_permanent", False))
     return total
 
 
@@ -578,6 +585,10 @@ def boot_bridge(hf_model: Any, tokenizer: Any, name: str, device: str = "cpu") -
 # rotation (GLM's) is switched on and given Cohere's cos / sin in the layout it expects.
 _ROUTE_KIND = {"OPTForCausalLM": "interface", "GPTJForCausalLM": "gptj", "MptForCausalLM": "mpt_cache",
                "CohereForCausalLM": "cohere_rope"}
+# repairs of TransformerLens 3.9 defects that 4.3 fixed itself (its MPT and Falcon-ALiBi bridges write the
+# cache, its Cohere bridge rotates adjacent pairs: tests/test_architectures.py shows each): applied on 3.x only,
+# since on a fixed bridge they would act twice
+_TL3_ONLY = ("mpt_cache", "cohere_rope")
 _ROUTE_NAME = "sinkinterp_hooked"
 _HOOKS_ATTR = "_sinkinterp_attn_hooks"  # on the Hugging Face attention module: its AttentionBridge
 
@@ -652,6 +663,11 @@ def _falcon_alibi_once(self: Any, q: Any, k: Any, v: Any, **kwargs: Any) -> Any:
     return _attention_with_cache(self, q, k, v, **{**kwargs, "alibi": None})
 
 
+def _falcon_alibi_once_only(self: Any, q: Any, k: Any, v: Any, **kwargs: Any) -> Any:
+    """``_falcon_alibi_once`` on a bridge that writes its own cache (TransformerLens 4.x)."""
+    return type(self)._reconstruct_attention(self, q, k, v, **{**kwargs, "alibi": None})
+
+
 def _route_kind(model: Any, hf: Any) -> str | None:
     """The repair ``route_attention`` applies to this bridge (``_ROUTE_KIND``), or None."""
     if getattr(hf.config, "model_type", "") == "falcon" and getattr(hf.config, "alibi", False):
@@ -685,17 +701,22 @@ def route_attention(model: Any) -> bool:
 
     hf = wrapped_hf_model(model)
     kind = _route_kind(model, hf) if hf is not None else None
-    if kind is None:
+    tl3 = tl_version().startswith("3.")
+    if kind is None or (kind in _TL3_ONLY and not tl3):
         return False
     once = kind == "falcon_alibi" and falcon_alibi_defect() is not None
+    if kind == "falcon_alibi" and not (once or tl3):
+        return False
     for block in model.blocks:
         module = block.attn.original_component
         module.__dict__[_HOOKS_ATTR] = block.attn  # a plain attribute: no submodule cycle
         if kind == "gptj":
             module._attn = types.MethodType(_gptj_hooked_attn, module)
-        if kind in ("mpt_cache", "falcon_alibi"):
+        if kind == "mpt_cache" or (kind == "falcon_alibi" and tl3):
             block.attn.__dict__["_reconstruct_attention"] = types.MethodType(
                 _falcon_alibi_once if once else _attention_with_cache, block.attn)
+        elif kind == "falcon_alibi":  # 4.x writes the cache itself
+            block.attn.__dict__["_reconstruct_attention"] = types.MethodType(_falcon_alibi_once_only, block.attn)
         if kind == "cohere_rope":
             block.attn.__dict__["_apply_position_embedding_hooks"] = types.MethodType(
                 _cohere_position_embeddings, block.attn)
@@ -711,13 +732,18 @@ def route_attention(model: Any) -> bool:
     return True
 
 
+class HookedTransformerUnavailable(RuntimeError):
+    """The installed TransformerLens has no ``HookedTransformer`` (4.x removed it)."""
+
+
 def hooked_transformer_from_config(**cfg_kwargs: Any) -> Any:
     """A randomly initialised ``HookedTransformer`` (TransformerLens 3.x only): for tests and users
-    who already work with one. Raises a clear error on TransformerLens 4.x, which removed it."""
+    who already work with one. Raises ``HookedTransformerUnavailable`` on TransformerLens 4.x, which
+    removed it."""
     try:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
     except ImportError as err:  # pragma: no cover - 4.x
-        raise RuntimeError(
+        raise HookedTransformerUnavailable(
             f"HookedTransformer is not available in TransformerLens {tl_version()}; "
             "use a TransformerBridge or a sinkinterp model"
         ) from err
