@@ -23,7 +23,8 @@ windows without BOS, direct and through later MLPs, where it is here (runs/gpu_m
 results are kept in analyses/data/gate_paths/NAME.json, so the page regenerates from them where a model is
 missing here. Writes docs/gate-paths.md and docs/figures/gate-paths-NAME.png. The toy runs take seconds;
 SmolLM2's about 5 to 6 minutes each on a 2-core CPU alone (up to 9 beside other work), K times that with
-``--resample K`` (2026-12-05/06, each run's time in its header); ``--only NAME ...`` runs those alone (the
+``--resample K`` (2026-12-05/06, each run's time in its header; the two resampled runs through later MLPs,
+rerun on 2026-12-06 to read the tokens alone, 3,688 s and 2,880 s beside test runs); ``--only NAME ...`` runs those alone (the
 others from their snapshots), ``--snapshots`` runs none.
 """
 
@@ -291,15 +292,24 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
             f"{100 * top:.0f} ({where})."]
 
 
+def _reads_attention_all(results: dict[str, dict[str, Any]], names: Any) -> bool:
+    """Whether any of the runs ``names`` read the tokens alone (``attention_all``)."""
+    return any("attention_all" in row[side] for n in names if results.get(n, {}).get("layers")
+               for row in results[n]["layers"] for side in results[n]["sides"])
+
+
 def _alone(results: dict[str, dict[str, Any]]) -> list[str]:
     """The runs through later MLPs that read every attention write made its mean (``attention_all``): per layer
     and side whose whole share is 20% or more in size, what the tokens carry alone (the side's whole share
-    less that edit's) against the whole share; per side, the range of that ratio."""
-    cells, ratios = [], {}
+    less that edit's) against the whole share, and the same with other texts' writes where the run's
+    resampled counterpart read it; per side and kind of edit, the range of that ratio."""
+    cells, ratios, r_ratios, pairs = [], {}, {}, []
     for name in FREE:
         res = results.get(name)
         if not (res and res["layers"]):
             continue
+        other = results.get(next((r for r, f in RESAMPLED.items() if f == name), ""))
+        other_rows = {row["layer"]: row for row in (other or {}).get("layers", [])}
         got = []
         for row in res["layers"]:
             for side in res["sides"]:
@@ -307,8 +317,15 @@ def _alone(results: dict[str, dict[str, Any]]) -> list[str]:
                 if "attention_all" not in d or abs(d["together"]) < 0.2:
                     continue
                 alone = d["together"] - d["attention_all"]
-                got.append(f"L{row['layer']} {SIDE_NAMES[side]} {_pct(alone)} of {_pct(d['together'])}")
+                text = f"L{row['layer']} {SIDE_NAMES[side]} {_pct(alone)} of {_pct(d['together'])}"
                 ratios.setdefault(side, []).append(alone / d["together"])
+                o = other_rows.get(row["layer"], {}).get(side, {})
+                if "attention_all" in o and abs(o["together"]) >= 0.2:
+                    o_alone = o["together"] - o["attention_all"]
+                    text += f" (other texts' writes: {_pct(o_alone)} of {_pct(o['together'])})"
+                    r_ratios.setdefault(side, []).append(o_alone / o["together"])
+                    pairs.append((alone / d["together"], o_alone / o["together"]))
+                got.append(text)
         if got:
             cells.append(f"`{name}`: " + ", ".join(got))
     if not cells:
@@ -323,11 +340,22 @@ def _alone(results: dict[str, dict[str, Any]]) -> list[str]:
         elif hi < 0.5:
             text += ": most of it needs the context the heads bring"
         sums.append(text)
+    resampled = [f"on {'the ' if side == 'query' else ''}{SIDE_NAMES[side]} {100 * min(got):.0f}% to "
+                 f"{100 * max(got):.0f}% ({len(got)} row{'s' if len(got) != 1 else ''})" for side, got in r_ratios.items()]
     return ["- **The tokens alone** (the runs through later MLPs also make every attention write before the layer "
             "its mean at the side's positions, the MLPs recomputing, so that what still varies there is the tokens "
             "and what the MLPs make of them; the side's whole share less that edit's is what those tokens carry "
-            "without the context the heads bring): per layer and side with a whole share of 20% or more, the tokens "
-            "alone against the side's whole share. " + "; ".join(cells) + ". That is " + "; ".join(sums) + "."]
+            "without the context the heads bring; in brackets the same with each attention write taken from other "
+            "texts instead, `--resample`, which leaves no write at a vector no text produces): per layer and side "
+            "with a whole share of 20% or more, the tokens alone against the side's whole share. "
+            + "; ".join(cells) + ". That is " + "; ".join(sums)
+            + (f"; with other texts' writes {'; '.join(resampled)}" if resampled else "") + "."
+            + (f" Where both were read, other texts' writes leave the tokens alone a smaller part of the side's "
+               f"share in {sum(r < m for m, r in pairs)} of {len(pairs)} rows (by {100 * min(m - r for m, r in pairs):.0f} "
+               f"to {100 * max(m - r for m, r in pairs):.0f} points): of the two readings, the one with means gives "
+               "the tokens the larger part." if pairs and all(r < m for m, r in pairs) else
+               f" Where both were read, other texts' writes leave the tokens alone a smaller part of the side's "
+               f"share in {sum(r < m for m, r in pairs)} of {len(pairs)} rows." if pairs else "")]
 
 
 def _total(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -666,9 +694,10 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         ("- Through later MLPs, the embedding made its mean by position is a vector no token has, and the MLPs "
          "after it meet it: its share there is how much of the variation needs the tokens, not what they alone "
          "decide" + ("; the tokens alone are read the other way round, with every attention write made its mean "
-                     "instead (a mean attention write, too, is a vector no text produces)."
-                     if any("attention_all" in row[side] for n in FREE if results.get(n, {}).get("layers")
-                            for row in results[n]["layers"] for side in results[n]["sides"]) else ".")),
+                     "instead (a mean attention write, too, is a vector no text produces" +
+                     ("; the resampled runs through later MLPs take other texts' writes instead)."
+                      if _reads_attention_all(results, [r for r, f in RESAMPLED.items() if f in FREE]) else ").")
+                     if _reads_attention_all(results, FREE) else ".")),
         ("- Other texts' writes (`--resample`): 3 shifts for SmolLM2, 8 for toy-softmax; each shift pairs every "
          "text with one other, so the shares carry the noise of those pairings, and a text's write can land in a "
          "text it does not fit (a second massive token's, say)."),
