@@ -13,7 +13,7 @@ import numpy as np
 
 # Hugging Face model_type -> the GGUF architecture llama.cpp writes it under
 GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3", "stablelm": "stablelm",
-             "falcon": "falcon", "gpt2": "gpt2", "bloom": "bloom", "gemma2": "gemma2", "starcoder2": "starcoder2"}
+             "falcon": "falcon", "gpt2": "gpt2", "bloom": "bloom", "gemma2": "gemma2"}
 # config fields llama.cpp writes that transformers reads under another name than its mapping's
 _CONTEXT = ("max_position_embeddings", "n_positions")
 

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from gguf_export import GGUF_ARCH, write_gguf
+from gguf_export import write_gguf
 from test_architectures import ARCHS, V, _build
 
 from sinkinterp.loading import load_model
@@ -29,7 +29,6 @@ GGUF_OVERRIDES = {
 @pytest.mark.parametrize("name", sorted(GGUF_OVERRIDES))
 def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path):
     hf = _build(name, **GGUF_OVERRIDES[name])
-    assert GGUF_ARCH[hf.config.model_type]
     path = write_gguf(hf, tmp_path / f"{name}.gguf")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
