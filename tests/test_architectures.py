@@ -878,8 +878,8 @@ def test_falcon_alibi_bridge_adds_the_bias_once_and_writes_its_cache(monkeypatch
     builds, and again itself), its SDPA path once, as Falcon-RW was trained; TransformerLens 3.9's ALiBi
     bridge copies the eager path and never writes the KV cache. The defect is measured here directly
     (eager vs SDPA, same weights) and falcon_alibi_defect must follow it. Unrouted, the bridge gives
-    eager's logits and an empty cache; routed (boot_bridge), SDPA's logits, and a step read through the
-    cache the full pass's. If the unrouted asserts start failing, transformers or TransformerLens
+    eager's logits and (on 3.x; TransformerLens 4.3 writes it) an empty cache; routed (boot_bridge),
+    SDPA's logits, and a step read through the cache the full pass's. If the unrouted asserts start failing, transformers or TransformerLens
     changed: revisit tl_adapter._falcon_alibi_once."""
     hf = _build("falcon_alibi")
     tokens = torch.randint(3, V, (2, T), generator=torch.Generator().manual_seed(1))
@@ -907,8 +907,8 @@ def test_falcon_alibi_bridge_adds_the_bias_once_and_writes_its_cache(monkeypatch
 def test_cohere_needs_its_rotation_routed(monkeypatch):
     """TransformerLens 3.9's Cohere bridge rotates with LLaMA's rotate-half where Cohere pairs adjacent
     dimensions: unrouted, its pattern is not the model's. boot_bridge routes it (route_attention), and
-    the ARCHS tests hold it to Hugging Face. If the first assert starts failing, TransformerLens fixed
-    it: drop "cohere_rope" from tl_adapter._ROUTE_KIND."""
+    the ARCHS tests hold it to Hugging Face. TransformerLens 4.3 fixed it, so there the unrouted pattern
+    is already the model's and route_attention leaves Cohere alone (tl_adapter._TL3_ONLY)."""
     tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = torch.stack(_build("cohere")(tokens, output_attentions=True).attentions, 1).double()
@@ -985,8 +985,8 @@ def test_mpt_bridge_writes_its_kv_cache_only_routed(monkeypatch):
     """TransformerLens 3.9's MPT bridge recomputes the attention but never wrote the Hugging Face cache:
     unrouted, a cached step leaves every layer's cache empty (a next step would see only itself).
     Routed (boot_bridge), the cache holds each layer's keys and values, and the next token read
-    through it gets the logits of the full forward pass. If the first assert starts failing,
-    TransformerLens fixed it: drop "mpt_cache" from tl_adapter._ROUTE_KIND."""
+    through it gets the logits of the full forward pass. TransformerLens 4.3 fixed it, so there the
+    unrouted cache is written and route_attention leaves MPT alone (tl_adapter._TL3_ONLY)."""
     tokens = torch.randint(3, V, (2, 5), generator=torch.Generator().manual_seed(1))
     with monkeypatch.context() as m:
         m.setattr(tl_adapter, "route_attention", lambda model: False)
