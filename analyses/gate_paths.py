@@ -350,12 +350,22 @@ def _alone(results: dict[str, dict[str, Any]]) -> list[str]:
             "with a whole share of 20% or more, the tokens alone against the side's whole share. "
             + "; ".join(cells) + ". That is " + "; ".join(sums)
             + (f"; with other texts' writes {'; '.join(resampled)}" if resampled else "") + "."
-            + (f" Where both were read, other texts' writes leave the tokens alone a smaller part of the side's "
-               f"share in {sum(r < m for m, r in pairs)} of {len(pairs)} rows (by {100 * min(m - r for m, r in pairs):.0f} "
-               f"to {100 * max(m - r for m, r in pairs):.0f} points): of the two readings, the one with means gives "
-               "the tokens the larger part." if pairs and all(r < m for m, r in pairs) else
-               f" Where both were read, other texts' writes leave the tokens alone a smaller part of the side's "
-               f"share in {sum(r < m for m, r in pairs)} of {len(pairs)} rows." if pairs else "")]
+            + _both_readings(pairs)]
+
+
+def _both_readings(pairs: list[tuple[float, float]]) -> str:
+    """(the tokens alone with means, with other texts' writes), as parts of the side's share, per row read both
+    ways: how often the second is the smaller."""
+    if not pairs:
+        return ""
+    smaller = sum(r < m for m, r in pairs)
+    text = (f" Where both were read, other texts' writes leave the tokens alone a smaller part of the side's share in "
+            f"{smaller} of {len(pairs)} rows")
+    if smaller < len(pairs):
+        return text + "."
+    gaps = [m - r for m, r in pairs]
+    return (text + f" (by {100 * min(gaps):.0f} to {100 * max(gaps):.0f} points): of the two readings, the one with "
+            "means gives the tokens the larger part.")
 
 
 def _total(results: dict[str, dict[str, Any]]) -> list[str]:

@@ -171,6 +171,13 @@ def attached_hooks(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]], *,
         )
 
 
+@functools.lru_cache(maxsize=None)
+def _checks_by_name(bridge_type: type) -> bool:
+    """Whether a bridge class's ``check_hooks_to_add`` takes the hook name alone (TransformerLens 3.9) rather
+    than HookedRootModule's arguments (4.x)."""
+    return "hook_point" not in inspect.signature(bridge_type.check_hooks_to_add).parameters
+
+
 @contextlib.contextmanager
 def _added_to_points(model: Any, hooks: list[tuple[str, HookFn]]) -> Iterator[None]:
     """A bridge's hooks added to its hook points (from the kept map) as its ``hooks()`` adds them
@@ -178,8 +185,7 @@ def _added_to_points(model: Any, hooks: list[tuple[str, HookFn]]) -> Iterator[No
     bridge does not list left out) and removed again, exactly those, when the block ends."""
     points = _KEPT_HOOK_DICTS[id(model)]
     check = getattr(model, "check_hooks_to_add", None)
-    # TransformerLens 3.9's bridge takes the name alone; 4.x's takes HookedRootModule's arguments
-    by_name = check is not None and "hook_point" not in inspect.signature(check).parameters
+    by_name = check is not None and _checks_by_name(type(model))
     added: list[tuple[Any, Any]] = []
     try:
         for name, fn in hooks:
@@ -704,19 +710,21 @@ def route_attention(model: Any) -> bool:
     tl3 = tl_version().startswith("3.")
     if kind is None or (kind in _TL3_ONLY and not tl3):
         return False
-    once = kind == "falcon_alibi" and falcon_alibi_defect() is not None
-    if kind == "falcon_alibi" and not (once or tl3):
-        return False
+    # the bridge's own _reconstruct_attention, replaced: the cache written (3.x), the second ALiBi dropped
+    reconstruct = _attention_with_cache if kind == "mpt_cache" else None
+    if kind == "falcon_alibi":
+        once = falcon_alibi_defect() is not None
+        reconstruct = ((_falcon_alibi_once if once else _attention_with_cache) if tl3
+                       else _falcon_alibi_once_only if once else None)  # 4.x writes the cache itself
+        if reconstruct is None:
+            return False
     for block in model.blocks:
         module = block.attn.original_component
         module.__dict__[_HOOKS_ATTR] = block.attn  # a plain attribute: no submodule cycle
         if kind == "gptj":
             module._attn = types.MethodType(_gptj_hooked_attn, module)
-        if kind == "mpt_cache" or (kind == "falcon_alibi" and tl3):
-            block.attn.__dict__["_reconstruct_attention"] = types.MethodType(
-                _falcon_alibi_once if once else _attention_with_cache, block.attn)
-        elif kind == "falcon_alibi":  # 4.x writes the cache itself
-            block.attn.__dict__["_reconstruct_attention"] = types.MethodType(_falcon_alibi_once_only, block.attn)
+        if reconstruct is not None:
+            block.attn.__dict__["_reconstruct_attention"] = types.MethodType(reconstruct, block.attn)
         if kind == "cohere_rope":
             block.attn.__dict__["_apply_position_embedding_hooks"] = types.MethodType(
                 _cohere_position_embeddings, block.attn)

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-# Hugging Face model_type -> the GGUF architecture llama.cpp writes it under
-GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3", "stablelm": "stablelm",
-             "falcon": "falcon", "gpt2": "gpt2", "bloom": "bloom", "gemma2": "gemma2"}
-# config fields llama.cpp writes that transformers reads under another name than its mapping's
+# the Hugging Face model types written (each the name of its GGUF architecture), those the tests load
+GGUF_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "stablelm", "falcon", "gpt2", "bloom", "gemma2")
+# where a config keeps its context length (transformers' mapping names n_ctx for GPT-2, whose config keeps
+# n_positions)
 _CONTEXT = ("max_position_embeddings", "n_positions")
 
 
@@ -39,7 +39,7 @@ def _to_gguf_layout(arch: str, gguf_name: str, a: np.ndarray, cfg: Any) -> np.nd
 
 
 def write_gguf(hf_model: Any, path: str | Path) -> Path:
-    """Write ``hf_model`` (one of ``GGUF_ARCH``'s model types) to ``path`` as GGUF; returns the path."""
+    """Write ``hf_model`` (one of ``GGUF_ARCHS``) to ``path`` as GGUF; returns the path."""
     import gguf
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
     from transformers.modeling_gguf_pytorch_utils import (
@@ -49,7 +49,9 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
     )
 
     cfg = hf_model.config
-    arch = GGUF_ARCH[cfg.model_type]
+    arch = cfg.model_type
+    if arch not in GGUF_ARCHS:
+        raise ValueError(f"hf_model: model_type {arch!r}; this writer knows {GGUF_ARCHS}")
     processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=cfg.to_dict())
     to_gguf = {hf: g for g, hf in get_gguf_hf_weights_map(hf_model, processor, model_type=arch).items()}
     path = Path(path)
