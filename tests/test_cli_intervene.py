@@ -127,7 +127,9 @@ def test_intervene_at_another_position_equals_the_api(tmp_path, capsys):
         assert g["delta_loss_from_edit"] == pytest.approx(ref.delta_loss_from_edit, abs=1e-6)
         assert g["edited_sequences"] == ref.edited
     assert got[0]["edited_sequences"] == 4 and 1 <= got[1]["edited_sequences"] <= 4
-    assert got[1]["per_layer_delta_loss"][1] == pytest.approx(got[1]["delta_loss"], abs=1e-6)
+    # the per-layer value comes from batched passes started at the edited layer: float32 losses near
+    # 5 nats, a few ulp (4.8e-7 each) apart from the plain pass, depending on the CPU's kernels
+    assert got[1]["per_layer_delta_loss"][1] == pytest.approx(got[1]["delta_loss"], abs=5e-6)
     assert (out / "per_layer_ablate_first_of_" f"{tok}_1.png").read_bytes()[:4] == b"\x89PNG"
     assert "from the edited position on" in stdout
 
