@@ -683,6 +683,8 @@ def measure(
                pattern_cols=first_keys if use_cols else 1 if use_colsum else None,
                progress="measure" if progress else None)
     report = acc.finish(k_max, heads)
+    if report.norms is not None:  # the residual and value norms depend on it (tl_adapter.weight_processing)
+        report.norms["weight_processing"] = tl_adapter.weight_processing(model)
     if report.qk is not None:
         report.qk["source"] = qk_note
         report.qk["scale"] = [acc.scales[l] for l, _ in heads]

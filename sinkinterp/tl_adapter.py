@@ -493,6 +493,24 @@ def count_attached_hooks(model: Any) -> int:
     return total
 
 
+def weight_processing(model: Any) -> str | None:
+    """How TransformerLens rewrote ``model``'s weights, or None where they are the checkpoint's own (sinkinterp
+    boots bridges without processing; ``loading.NO_WEIGHT_PROCESSING``). A bridge after ``process_weights`` or
+    ``enable_compatibility_mode()``, and a HookedTransformer whose norms were folded (``normalization_type``
+    LNPre / RMSPre, as ``from_pretrained`` loads by default), compute the same logits and attention, but by
+    default with centered writing weights (LayerNorm models: the residual stream loses its mean, so its norms
+    change) and with the value biases folded into the output bias (``hook_v`` and the value norms without
+    them; a value edit leaves the bias in place). Which folds ran is not recorded by TransformerLens, so the
+    defaults are named."""
+    defaults = "by default: norms folded, writing weights centered, value biases folded into b_O"
+    if getattr(model, "_weights_processed", False) is True:
+        return f"TransformerBridge.process_weights / enable_compatibility_mode ({defaults})"
+    norm = getattr(getattr(model, "cfg", None), "normalization_type", None)
+    if norm in ("LNPre", "RMSPre"):
+        return f"HookedTransformer with processed weights (normalization_type {norm}; {defaults})"
+    return None
+
+
 def model_dims(model: Any) -> dict[str, Any]:
     """n_layers, n_heads, n_kv_heads, d_model, d_head, d_vocab of any hooked model (from ``cfg``)."""
     cfg = getattr(model, "cfg", None)

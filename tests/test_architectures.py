@@ -421,6 +421,74 @@ def _hook_map_reads(bridge, monkeypatch):
     return reads
 
 
+def _with_biases(name):
+    """A tiny model whose biases and norm weights are random (Hugging Face initializes them to 0 and 1,
+    which would hide what weight processing moves)."""
+    hf = _build(name)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for pname, p in hf.named_parameters():
+            if pname.endswith("bias") or "ln" in pname or "norm" in pname:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return hf
+
+
+def test_processed_weights_keep_the_attention_and_are_named_beside_the_norms_they_change():
+    """A bridge after enable_compatibility_mode() (TransformerLens's weight processing, as a user may hand
+    one over) computes the same attention: alpha, Sink, key norms and the q.k decomposition equal the
+    unprocessed bridge's. On GPT-2 (LayerNorm, value biases) its centered writing weights move the residual
+    norms and its folded value biases the value norms and what zeroing token 1's value does; the report
+    names the processing. Unprocessed bridges (load_model's) report None."""
+    hf = _with_biases("gpt2")
+    tokens = torch.randint(3, V, (4, T), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = tl_adapter.boot_bridge(copy.deepcopy(hf), word_tokenizer(V), "gpt2")
+        processed = tl_adapter.boot_bridge(copy.deepcopy(hf), word_tokenizer(V), "gpt2")
+        processed.enable_compatibility_mode(disable_warnings=True)
+    with torch.no_grad():
+        torch.testing.assert_close(processed(tokens).log_softmax(-1), plain(tokens).log_softmax(-1),
+                                   atol=1e-5, rtol=0)
+    a, b = measure(plain, tokens, eps=0.3), measure(processed, tokens, eps=0.3)
+    assert a.norms["weight_processing"] is None
+    assert "enable_compatibility_mode" in b.norms["weight_processing"]
+    assert "value biases folded" in b.norms["weight_processing"]
+    np.testing.assert_allclose(b.alpha_by_key, a.alpha_by_key, atol=1e-6)
+    np.testing.assert_array_equal(b.sink_pct_by_key, a.sink_pct_by_key)
+    for key in ("first", "rest"):
+        np.testing.assert_allclose(b.norms["key"][key], a.norms["key"][key], rtol=1e-5)
+    for key in ("q_norm", "cos_q_k1", "logit_q_k1", "logit_q_krest"):
+        np.testing.assert_allclose(b.qk[key], a.qk[key], atol=1e-5)
+    assert np.abs(b.norms["resid"]["rest"] - a.norms["resid"]["rest"]).max() > 1e-3
+    assert np.abs(b.norms["value"]["first"] - a.norms["value"]["first"]).max() > 1e-2
+    zero_plain = run_intervention(plain, tokens, first_token("zero_value"), sinks=False).delta_loss
+    zero_processed = run_intervention(processed, tokens, first_token("zero_value"), sinks=False).delta_loss
+    assert abs(zero_plain - zero_processed) > 1e-4  # the folded bias stays when the value is zeroed
+    ablate = [run_intervention(m, tokens, first_token("zero_key"), sinks=False).delta_loss for m in (plain, processed)]
+    assert ablate[0] == pytest.approx(ablate[1], abs=1e-6)
+
+
+def test_a_hooked_transformer_with_processed_weights_is_named():
+    """HookedTransformer.from_pretrained folds its norms by default (normalization_type LNPre); the
+    report says so, and the attention is unchanged."""
+    ht = tl_adapter.hooked_transformer_from_config(n_layers=2, d_model=32, n_heads=4, d_head=8, d_vocab=V,
+                                                   n_ctx=32, act_fn="gelu", normalization_type="LN", seed=0)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for pname, p in ht.named_parameters():
+            if pname.startswith("blocks") and ("ln" in pname or ".b_" in pname):
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+            if "W_Q" in pname or "W_K" in pname:
+                p.mul_(8.0)
+    tokens = torch.randint(3, V, (4, T), generator=torch.Generator().manual_seed(1))
+    before = measure(ht, tokens, eps=0.3)
+    assert before.norms["weight_processing"] is None
+    ht.process_weights_()
+    after = measure(ht, tokens, eps=0.3)
+    assert "normalization_type LNPre" in after.norms["weight_processing"]
+    np.testing.assert_allclose(after.alpha_by_key, before.alpha_by_key, atol=1e-5)
+
+
 def _bridge_pair_at_token_2(n_layers):
     """A bridge, clean prompts (2 x 6) and corrupted ones differing at token 2, the loss metric and
     the resid_pre grid from full passes."""
