@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (or reuse) the virtual environment in .venv, then run a sinkinterp command.
 #   ./run.sh report [ARGS]   the main job: a sink report on the embedded default model (CPU, offline)
-#   ./run.sh test [ARGS]     the test suite (pytest ARGS; add --run-slow for real-model tests)
+#   ./run.sh test [ARGS]     the test suite (pytest ARGS; add --run-slow for real-model tests), in up to 4
+#                            parallel workers, one torch thread each (pass -n 0 for one process)
 #   ./run.sh ARGS            any other `sinkinterp ARGS`
 # The environment is rebuilt when pyproject.toml or constraints.txt change.
 # SINKINTERP_TL=4.3.0 (with its own SINKINTERP_VENV) installs that TransformerLens release instead of
@@ -37,6 +38,18 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cmd="${1:-report}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  test) exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)
+    # parallel workers (pytest-xdist), one torch thread each: the suite's small tensors leave a second thread
+    # idle, so two workers on two cores take about half the time; -n / -p no:xdist of the caller win
+    workers=$(( $(nproc 2>/dev/null || echo 1) < 4 ? $(nproc 2>/dev/null || echo 1) : 4 ))
+    chosen=0
+    for arg in "$@"; do
+      case "$arg" in -n|-n*|--numprocesses*|no:xdist) chosen=1 ;; esac
+    done
+    if [ "$chosen" -eq 0 ] && [ "$workers" -gt 1 ]; then
+      export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+      exec "$VENV/bin/python" -m pytest -n "$workers" "$@"
+    fi
+    exec "$VENV/bin/python" -m pytest "$@" ;;
   *) exec "$VENV/bin/sinkinterp" "$cmd" "$@" ;;
 esac
