@@ -41,7 +41,8 @@ case "$cmd" in
   test)
     # parallel workers (pytest-xdist), one torch thread each: the suite's small tensors leave a second thread
     # idle, so two workers on two cores take about half the time; -n / -p no:xdist of the caller win
-    workers=$(( $(nproc 2>/dev/null || echo 1) < 4 ? $(nproc 2>/dev/null || echo 1) : 4 ))
+    cores=$(nproc 2>/dev/null || echo 1)
+    workers=$(( cores < 4 ? cores : 4 ))
     chosen=0
     for arg in "$@"; do
       case "$arg" in -n|-n*|--numprocesses*|no:xdist) chosen=1 ;; esac

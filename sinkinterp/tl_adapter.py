@@ -497,7 +497,7 @@ def weight_processing(model: Any) -> str | None:
     """How TransformerLens rewrote ``model``'s weights, or None where they are the checkpoint's own (sinkinterp
     boots bridges without processing; ``loading.NO_WEIGHT_PROCESSING``). A bridge after ``process_weights`` or
     ``enable_compatibility_mode()``, and a HookedTransformer whose norms were folded (``normalization_type``
-    LNPre / RMSPre, as ``from_pretrained`` loads by default), compute the same logits and attention, but by
+    LNPre / RMSPre, as ``from_pretrained`` loads by default), compute the same log-probabilities and attention, but by
     default with centered writing weights (LayerNorm models: the residual stream loses its mean, so its norms
     change) and with the value biases folded into the output bias (``hook_v`` and the value norms without
     them; a value edit leaves the bias in place). Which folds ran is not recorded by TransformerLens, so the
