@@ -697,6 +697,9 @@ class InterventionResult:
     edited: int | None = None
     loss_from_edit_base: float | None = None
     loss_from_edit: float | None = None
+    # activation edits on weights TransformerLens processed (tl_adapter.weight_processing): a value edit then
+    # leaves the value bias, folded into b_O, in place
+    weight_processing: str | None = None
 
     @property
     def delta_loss(self) -> float:
@@ -731,6 +734,8 @@ class InterventionResult:
             out["loss_from_edit"] = None if self.loss_from_edit is None else round(self.loss_from_edit, 8)
             d = self.delta_loss_from_edit
             out["delta_loss_from_edit"] = None if d is None else round(d, 8)
+        if self.weight_processing is not None:
+            out["weight_processing"] = self.weight_processing
         if self.sink is not None and self.sink_base is not None:
             out["sink_pct_base"] = arr(self.sink_base.sink_pct)
             out["sink_pct"] = arr(self.sink.sink_pct)
@@ -903,7 +908,7 @@ def run_intervention(
                 sink = measure(model, tokens, eps=eps, batch_size=batch_size, qk_heads=None)
         result = InterventionResult(inter.name, inter.description, loss_base,
                                     float(new_nll[:, target_start - 1:].mean()), sink_base, sink,
-                                    params=dict(inter.params))
+                                    params=dict(inter.params), weight_processing=tl_adapter.weight_processing(model))
         if edit_pos is not None:  # the predictions from each sequence's edited position on
             pos = edit_pos
             query = torch.arange(T - 1)[None, :]  # column c of the losses: query c predicting token c + 1

@@ -461,9 +461,11 @@ def test_processed_weights_keep_the_attention_and_are_named_beside_the_norms_the
         np.testing.assert_allclose(b.qk[key], a.qk[key], atol=1e-5)
     assert np.abs(b.norms["resid"]["rest"] - a.norms["resid"]["rest"]).max() > 1e-3
     assert np.abs(b.norms["value"]["first"] - a.norms["value"]["first"]).max() > 1e-2
-    zero_plain = run_intervention(plain, tokens, first_token("zero_value"), sinks=False).delta_loss
-    zero_processed = run_intervention(processed, tokens, first_token("zero_value"), sinks=False).delta_loss
-    assert abs(zero_plain - zero_processed) > 1e-4  # the folded bias stays when the value is zeroed
+    zero_plain = run_intervention(plain, tokens, first_token("zero_value"), sinks=False)
+    zero_processed = run_intervention(processed, tokens, first_token("zero_value"), sinks=False)
+    assert abs(zero_plain.delta_loss - zero_processed.delta_loss) > 1e-4  # the folded bias stays in b_O
+    assert "weight_processing" not in zero_plain.to_dict()
+    assert zero_processed.to_dict()["weight_processing"] == b.norms["weight_processing"]
     ablate = [run_intervention(m, tokens, first_token("zero_key"), sinks=False).delta_loss for m in (plain, processed)]
     assert ablate[0] == pytest.approx(ablate[1], abs=1e-6)
 
