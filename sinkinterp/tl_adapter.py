@@ -493,22 +493,114 @@ def count_attached_hooks(model: Any) -> int:
     return total
 
 
+def _mean_free(w: Any) -> bool | None:
+    """Whether every row of ``w`` (the mean taken over its last dimension, n entries) has mean 0 up to
+    rounding, against the matrix's root mean square: TransformerLens centers in float32, which leaves at most
+    about 36 float32 ulp / sqrt(n) (measured on a 576 x 49,152 matrix), and a cast to bf16 about one bf16 ulp /
+    sqrt(n); an uncentered random matrix has about 1 / sqrt(n) (10^7 float32 ulp, 400 bf16 ulp), SmolLM2's
+    weights more. The bound, 256 float32 ulp + 8 of ``w``'s dtype, over sqrt(n), lies between; it is taken
+    against the root mean square of blocks of rows, read block by block, so an uncentered matrix is told by
+    its first block. None where ``w`` is missing, not floating point or all zero."""
+    import torch
+
+    if not isinstance(w, torch.Tensor) or w.numel() == 0 or w.dim() < 1 or not w.dtype.is_floating_point:
+        return None
+    n = w.shape[-1]
+    rows = w.detach().reshape(-1, n)
+    tol = (256 * torch.finfo(torch.float32).eps + 8 * torch.finfo(w.dtype).eps) / n**0.5
+    seen = False
+    step = max(1, (1 << 20) // n)  # float64 copies of about 8 MB at a time: an embedding can be large, and
+    for i in range(0, rows.shape[0], step):  # an uncentered one is told by its first rows
+        chunk = rows[i:i + step].double()
+        rms = float(chunk.pow(2).mean().sqrt())
+        if rms == 0:
+            continue
+        seen = True
+        if float(chunk.mean(-1).abs().max()) > tol * rms:
+            return False
+    return True if seen else None
+
+
+def _getattr_quiet(obj: Any, name: str) -> Any:
+    """``getattr(obj, name, None)``, also where a bridge's weight property raises for a component it
+    does not have (an MoE MLP's W_out, say)."""
+    try:
+        return getattr(obj, name, None)
+    except (AttributeError, KeyError, NotImplementedError, RuntimeError, TypeError):
+        return None
+
+
+def _is_hooked_transformer(model: Any) -> bool:
+    return any(c.__name__ == "HookedTransformer" and c.__module__.startswith("transformer_lens")
+               for c in type(model).__mro__)
+
+
+def _folds_in_weights(model: Any) -> dict[str, bool | None]:
+    """What TransformerLens's weight processing leaves in the weights, read from them (it records no
+    options): the norms folded (a HookedTransformer's ``normalization_type`` LNPre / RMSPre; a bridge's
+    norms left with constant weights, 1 or 0), the writing weights centered (W_E, W_pos, every W_O and
+    W_out with mean 0 over d_model), the unembedding centered (W_U with mean 0 over the vocabulary), the
+    value biases zero. None where the model has no such weights."""
+    import torch
+
+    blocks = list(_getattr_quiet(model, "blocks") or [])
+    norm_type = getattr(getattr(model, "cfg", None), "normalization_type", None)
+    if _is_hooked_transformer(model):
+        folded: bool | None = norm_type in ("LNPre", "RMSPre") if norm_type is not None else None
+    else:
+        norms = [m for b in blocks for m in (_getattr_quiet(b, "ln1"), _getattr_quiet(b, "ln2")) if m is not None]
+        params = [p for m in norms for p in m.parameters() if p.dim() == 1 and p.numel() > 1]
+        folded = all(bool((p == p[0]).all()) for p in params) if params else None
+    writing = [lambda b=b: _getattr_quiet(_getattr_quiet(b, "attn"), "W_O") for b in blocks]
+    writing += [lambda b=b: _getattr_quiet(_getattr_quiet(b, "mlp"), "W_out") for b in blocks]
+    writing += [lambda: _getattr_quiet(model, "W_E"), lambda: _getattr_quiet(model, "W_pos")]
+    centered: bool | None = None
+    for get in writing:  # smallest first; the first uncentered one decides
+        c = _mean_free(get())
+        if c is False:
+            centered = False
+            break
+        centered = centered or c
+    value_biases = [_getattr_quiet(_getattr_quiet(b, "attn"), "b_V") for b in blocks]
+    value_biases = [v for v in value_biases if isinstance(v, torch.Tensor)]
+    return {
+        "norms folded": folded,
+        "writing weights centered": centered,
+        "unembedding centered": _mean_free(_getattr_quiet(model, "W_U")),
+        "value biases zero": all(not bool(v.any()) for v in value_biases) if value_biases else None,
+    }
+
+
 def weight_processing(model: Any) -> str | None:
     """How TransformerLens rewrote ``model``'s weights, or None where they are the checkpoint's own (sinkinterp
     boots bridges without processing; ``loading.NO_WEIGHT_PROCESSING``). A bridge after ``process_weights`` or
-    ``enable_compatibility_mode()``, and a HookedTransformer whose norms were folded (``normalization_type``
-    LNPre / RMSPre, as ``from_pretrained`` loads by default), compute the same log-probabilities and attention, but by
-    default with centered writing weights (LayerNorm models: the residual stream loses its mean, so its norms
-    change) and with the value biases folded into the output bias (``hook_v`` and the value norms without
-    them; a value edit leaves the bias in place). Which folds ran is not recorded by TransformerLens, so the
-    defaults are named."""
-    defaults = "by default: norms folded, writing weights centered, value biases folded into b_O"
-    if getattr(model, "_weights_processed", False) is True:
-        return f"TransformerBridge.process_weights / enable_compatibility_mode ({defaults})"
+    ``enable_compatibility_mode()``, and a HookedTransformer from ``from_pretrained``, compute the same
+    log-probabilities and attention, but may have centered writing weights (LayerNorm models: the residual
+    stream loses its mean, so its norms change) and value biases folded into the output bias (``hook_v`` and
+    the value norms without them; a value edit leaves the bias in place).
+
+    TransformerLens records which steps ran for neither, so they are read from the weights
+    (``_folds_in_weights``): a bridge counts as processed by its ``_weights_processed`` flag; a
+    HookedTransformer by folded norms, centered writing weights or a centered unembedding (one processed
+    with none of those three, value biases folded alone, is not recognized: its zero b_V looks like a
+    model without value biases). The answer names the steps found and those not found; "value biases zero"
+    cannot tell folded biases from none."""
+    bridge = getattr(model, "_weights_processed", None) is True
+    if not bridge and not _is_hooked_transformer(model):
+        return None
+    found = _folds_in_weights(model)
+    evidence = ("norms folded", "writing weights centered", "unembedding centered")
+    if not bridge and not any(found[k] for k in evidence):
+        return None
+    who = ("TransformerBridge.process_weights / enable_compatibility_mode" if bridge
+           else "HookedTransformer with processed weights")
     norm = getattr(getattr(model, "cfg", None), "normalization_type", None)
-    if norm in ("LNPre", "RMSPre"):
-        return f"HookedTransformer with processed weights (normalization_type {norm}; {defaults})"
-    return None
+    yes = [k + (f" (normalization_type {norm})" if k == "norms folded" and not bridge else "")
+           + (" (folded into b_O, or the checkpoint has none)" if k == "value biases zero" else "")
+           for k, v in found.items() if v]
+    no = [k for k, v in found.items() if v is False]
+    return (f"{who}, read from the weights: {', '.join(yes) or 'no step found'}"
+            + (f"; not: {', '.join(no)}" if no else ""))
 
 
 def model_dims(model: Any) -> dict[str, Any]:

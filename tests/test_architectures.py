@@ -451,8 +451,10 @@ def test_processed_weights_keep_the_attention_and_are_named_beside_the_norms_the
                                    atol=1e-5, rtol=0)
     a, b = measure(plain, tokens, eps=0.3), measure(processed, tokens, eps=0.3)
     assert a.norms["weight_processing"] is None
-    assert "enable_compatibility_mode" in b.norms["weight_processing"]
-    assert "value biases folded" in b.norms["weight_processing"]
+    assert b.norms["weight_processing"] == (
+        "TransformerBridge.process_weights / enable_compatibility_mode, read from the weights: norms folded, "
+        "writing weights centered, unembedding centered, value biases zero (folded into b_O, or the checkpoint "
+        "has none)")
     np.testing.assert_allclose(b.alpha_by_key, a.alpha_by_key, atol=1e-6)
     np.testing.assert_array_equal(b.sink_pct_by_key, a.sink_pct_by_key)
     for key in ("first", "rest"):
@@ -487,8 +489,69 @@ def test_a_hooked_transformer_with_processed_weights_is_named():
     assert before.norms["weight_processing"] is None
     ht.process_weights_()
     after = measure(ht, tokens, eps=0.3)
-    assert "normalization_type LNPre" in after.norms["weight_processing"]
+    assert after.norms["weight_processing"].startswith(
+        "HookedTransformer with processed weights, read from the weights: norms folded (normalization_type LNPre), "
+        "writing weights centered, unembedding centered")
     np.testing.assert_allclose(after.alpha_by_key, before.alpha_by_key, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps, found, not_found", [
+    ({}, ["writing weights centered", "unembedding centered"], ["norms folded"]),
+    ({"center_writing_weights": False}, ["unembedding centered"], ["norms folded", "writing weights centered"]),
+    ({"center_writing_weights": False, "center_unembed": False}, None, None),
+])
+def test_which_steps_processed_a_hooked_transformer_is_read_from_its_weights(steps, found, not_found):
+    """TransformerLens records no processing options, so the steps are read from the weights: a
+    HookedTransformer processed without folding its norms is still recognized by its centered writing
+    weights or unembedding, and the steps that did not run are named; one processed with none of the three
+    (its value biases folded alone, which its zero b_V cannot show) reads as unprocessed."""
+    ht = tl_adapter.hooked_transformer_from_config(n_layers=2, d_model=32, n_heads=4, d_head=8, d_vocab=V,
+                                                   n_ctx=32, act_fn="gelu", normalization_type="LN", seed=0)
+    ht.process_weights_(fold_ln=False, **steps)
+    said = tl_adapter.weight_processing(ht)
+    if found is None:
+        assert said is None
+        return
+    assert said.startswith("HookedTransformer with processed weights, read from the weights: " + ", ".join(found))
+    assert said.endswith("; not: " + ", ".join(not_found))
+
+
+@pytest.mark.parametrize("name, steps, said", [
+    ("gpt2", {"fold_ln": False, "center_writing_weights": False, "center_unembed": False},
+     ("value biases zero (folded into b_O, or the checkpoint has none); not: norms folded, writing weights "
+      "centered, unembedding centered")),
+    ("gpt2", {"fold_value_biases": False},
+     "norms folded, writing weights centered, unembedding centered; not: value biases zero"),
+    ("llama", {}, "norms folded, unembedding centered; not: writing weights centered"),  # RMSNorm: no centering
+])
+def test_which_steps_processed_a_bridge_is_read_from_its_weights(name, steps, said):
+    """A bridge's own flag says only that processing ran; the steps are read from the weights: folded
+    norms left constant, writing weights and the unembedding with mean 0, zero value biases. Options turned
+    off show as steps not found; TransformerLens centers no RMSNorm model's writing weights."""
+    hf = _with_biases(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = tl_adapter.boot_bridge(hf, word_tokenizer(V), name)
+        assert tl_adapter.weight_processing(bridge) is None
+        bridge.process_weights(**steps)
+    assert tl_adapter.weight_processing(bridge) == (
+        "TransformerBridge.process_weights / enable_compatibility_mode, read from the weights: " + said)
+
+
+def test_centering_is_told_from_rounding_in_float32_and_bf16():
+    """A row mean of 0 up to the rounding of centering in float32 (tens of float32 ulp / sqrt(n) on a large
+    matrix) and of a cast to bf16 counts as centered; an uncentered random matrix, whose row means are about
+    1 / sqrt(n) of its size, does not, in float32 or bf16; missing, integer or all-zero weights say nothing."""
+    w = torch.randn(576, 8192, generator=torch.Generator().manual_seed(0))
+    centered = w - w.mean(-1, keepdim=True)
+    assert tl_adapter._mean_free(centered) is True
+    assert tl_adapter._mean_free(centered.bfloat16()) is True
+    assert tl_adapter._mean_free(w) is False
+    assert tl_adapter._mean_free(w.bfloat16()) is False
+    assert tl_adapter._mean_free(centered + 1e-3 * w.std()) is False  # a small common offset is not rounding
+    assert tl_adapter._mean_free(None) is None
+    assert tl_adapter._mean_free(torch.zeros(4, 8)) is None
+    assert tl_adapter._mean_free(torch.ones(4, 8, dtype=torch.int64)) is None
 
 
 def _bridge_pair_at_token_2(n_layers):
