@@ -153,6 +153,10 @@ RECIPES: dict[str, list[str]] = {
     # (total decay 6.6) and of the lr x steps rows (the same lr for twice the steps)
     "c_bos_12k": [BOS, "steps=12000"],
     "c_bos_12k_s1": [BOS, "steps=12000", *SEED1],
+    # beyond the paper: softmax-off-by-one (Miller 2023; Kaul et al. 2024's softmax-1), a sink logit held at 0
+    # (value 0) beside the learned one of c_sinklogitbos: does a slot the model cannot tune still take the sink?
+    "c_zerologitbos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0"],
+    "c_zerologitbos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0", *SEED1],
 }
 
 
@@ -816,6 +820,8 @@ PAPER_ROWS = [
     ("linear attention, elu+1 kernel, normalized, BOS first", ["c_linelubos", "c_linelubos_s1"], "Sink_1 53.65, loss 4.19"),
     ("learned sink logit per head (a key bias whose logit ignores the query, v* = 0), BOS first",
      ["c_sinklogitbos", "c_sinklogitbos_s1"], "not in the paper's table (gpt-oss); K bias only: Sink_* 73.34, Sink_1 0.00"),
+    ("softmax-off-by-one (a sink logit held at 0, v* = 0), BOS first", ["c_zerologitbos", "c_zerologitbos_s1"],
+     "not in the paper (Miller 2023; Kaul et al. 2024's softmax-1 against first-token dominance)"),
     ("KV bias shared by all heads, BOS first", ["c_kvsharedbos", "c_kvsharedbos_s1"], "Sink_1 comes back to 12.44"),
     ("learnable sink token, BOS first", ["c_sinktokbos", "c_sinktokbos_s1"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
     ("learnable sink token, no BOS", ["c_sinktok", "c_sinktok_s1"], "Sink_* 74.12, Sink_1 0.00"),

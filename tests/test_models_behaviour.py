@@ -241,6 +241,40 @@ def test_sink_logit_mass_follows_the_logit():
     assert high["blocks.0.attn.hook_z"].abs().max() < 1e-6
 
 
+def test_a_fixed_zero_sink_logit_is_softmax_off_by_one_and_is_never_trained():
+    """sink_logit_fixed=0.0: every attention weight is exp(s_j) / (1 + sum_i exp(s_i)) of the scores the
+    model computed (its hook_attn_scores), the slot holds the rest, and the logit is a buffer: no
+    optimizer sees it, so a training step leaves it at 0, and a checkpoint's state keeps it."""
+    model = tiny_model("sink_logit_fixed")
+    attn = model.blocks[0].attn
+    assert "blocks.0.attn.sink_logit" not in dict(model.named_parameters())
+    assert "blocks.0.attn.sink_logit" in model.state_dict()
+    tokens = _tokens()
+    with torch.no_grad():
+        hooked, cache = model.run_with_cache(tokens, names_filter=lambda n: n.startswith("blocks.0.attn"))
+        torch.testing.assert_close(model(tokens), hooked, atol=1e-10, rtol=0)  # the fused path, unobserved
+    scores = cache["blocks.0.attn.hook_attn_scores"]  # [batch, head, query, key], -inf above the diagonal
+    expected = scores.exp() / (1 + scores.exp().sum(-1, keepdim=True))
+    torch.testing.assert_close(cache["blocks.0.attn.hook_pattern"], expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(cache["blocks.0.attn.hook_bias_pattern"],  # [batch, head, query]
+                               1 / (1 + scores.exp().sum(-1)), atol=1e-12, rtol=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    model(tokens, return_type="loss").backward()
+    opt.step()
+    assert attn.sink_logit.requires_grad is False and float(attn.sink_logit.abs().max()) == 0.0
+    assert model.cfg.to_dict()["sink_logit_fixed"] == 0.0
+
+
+def test_sink_logit_fixed_is_checked():
+    with pytest.raises(ValueError, match="sink_logit_fixed: only applies to attn_bias='sink_logit', got attn_bias='kv'"):
+        tiny_config(attn_bias="kv", sink_logit_fixed=0.0)
+    with pytest.raises(TypeError, match="sink_logit_fixed: expected None or a finite number, got nan"):
+        tiny_config(attn_bias="sink_logit", sink_logit_fixed=float("nan"))
+    for bad in (True, "0"):  # the runtime type check may answer first
+        with pytest.raises(TypeError, match="sink_logit_fixed"):
+            tiny_config(attn_bias="sink_logit", sink_logit_fixed=bad)
+
+
 def test_sink_token_state_is_shared_by_all_sequences():
     model = tiny_model("sink_token")
     a, b = _tokens(batch=1, seed=1), _tokens(batch=1, seed=2)

@@ -443,8 +443,10 @@ class Attention(nn.Module):
             self.v_star = nn.Parameter(torch.empty(n_bias, dh))
         if cfg.attn_bias == "v":  # added to every query head's output, as in the paper's code
             self.v_star = nn.Parameter(torch.empty(1 if cfg.attn_bias_shared else h, dh))
-        if cfg.attn_bias == "sink_logit":
+        if cfg.attn_bias == "sink_logit" and cfg.sink_logit_fixed is None:
             self.sink_logit = nn.Parameter(torch.empty(1 if cfg.attn_bias_shared else h))
+        elif cfg.attn_bias == "sink_logit":  # softmax-off-by-one at 0.0: held, never trained or decayed
+            self.register_buffer("sink_logit", torch.full((1 if cfg.attn_bias_shared else h,), float(cfg.sink_logit_fixed)))
 
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]

@@ -167,6 +167,10 @@ class ModelConfig:
     (gpt-oss: a learned per-head logit in the softmax denominator, value 0)."""
     attn_bias_shared: bool = False
     """one k* / v* / sink logit shared by all heads instead of one per head (kv, k, v, sink_logit)."""
+    sink_logit_fixed: float | None = None
+    """attn_bias="sink_logit" with the logit held at this value instead of learned (a buffer, not a
+    parameter): 0.0 is softmax-off-by-one, exp(s_j) / (1 + sum_i exp(s_i)) (Miller 2023, "Attention is off
+    by one"; Kaul et al. 2024's softmax-1); None = learned per head (gpt-oss)."""
     attn_bias_removed: str = "none"
     """bias removed after training (the paper's ablation): "none" | "v" (v* treated as 0, the slot
     keeps its key) | "all" (no slot, no v*). Parameters stay in the model so the removal is reversible;
@@ -268,6 +272,14 @@ class ModelConfig:
                 f"ModelConfig.attn_bias_shared: only applies to attn_bias in "
                 f"{['kv', 'k', 'v', 'sink_logit']}, got attn_bias={self.attn_bias!r}"
             )
+        if self.sink_logit_fixed is not None:
+            if isinstance(self.sink_logit_fixed, bool) or not isinstance(self.sink_logit_fixed, (int, float)) \
+                    or not math.isfinite(self.sink_logit_fixed):
+                raise TypeError(f"ModelConfig.sink_logit_fixed: expected None or a finite number, "
+                                f"got {self.sink_logit_fixed!r}")
+            if self.attn_bias != "sink_logit":
+                raise ValueError(f"ModelConfig.sink_logit_fixed: only applies to attn_bias='sink_logit', "
+                                 f"got attn_bias={self.attn_bias!r}")
         if self.attn_bias == "sink_logit" and self.attn_op in KERNEL_OPS:
             raise ValueError(
                 f"ModelConfig.attn_bias: 'sink_logit' needs a score-based attn_op, not kernel "

@@ -65,6 +65,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sink_token": dict(attn_bias="sink_token"),
     "sink_logit": dict(attn_bias="sink_logit"),
     "sink_logit_shared": dict(attn_bias="sink_logit", attn_bias_shared=True),
+    "sink_logit_fixed": dict(attn_bias="sink_logit", sink_logit_fixed=0.0),
     "kv_removed_v": dict(attn_bias="kv", attn_bias_removed="v"),
     # masks
     "window": dict(window=4),
