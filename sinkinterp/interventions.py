@@ -988,7 +988,8 @@ def key_vs_value(model: Any, tokens: Any, **kwargs: Any) -> list[InterventionRes
 def rescale_bias(model: Any, which: str, factor: float) -> Any:
     """A copy of a trained sinkinterp model with its learned k* (``"k"``), v* (``"v"``) or sink
     logit (``"logit"``: ``factor`` is added in log space, i.e. the sink's weight is multiplied by
-    ``factor``) rescaled. The input model is unchanged."""
+    ``factor``) rescaled; a logit held fixed (``sink_logit_fixed``) is held at the new value, its config
+    saying so. The input model is unchanged."""
     from sinkinterp.models import SinkTransformer
 
     if not isinstance(model, SinkTransformer):
@@ -1009,4 +1010,13 @@ def rescale_bias(model: Any, which: str, factor: float) -> Any:
                 p.add_(float(np.log(factor)))
             else:
                 p.mul_(float(factor))
+    fixed = model.cfg.sink_logit_fixed
+    if which == "logit" and fixed is not None:  # a held logit: the config says where it is held now
+        held = SinkTransformer(model.cfg.replace(sink_logit_fixed=float(fixed + np.log(factor))))
+        param = next(model.parameters())
+        held.to(device=param.device, dtype=param.dtype)
+        held.load_state_dict(new.state_dict())
+        held.set_attn_backend(model.attn_backend)
+        held.train(model.training)
+        return held
     return new

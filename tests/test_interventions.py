@@ -326,6 +326,12 @@ def test_rescale_bias():
     new = iv.rescale_bias(m, "logit", 4.0)
     assert float(new.blocks[0].attn.sink_logit[0]) == pytest.approx(0.5 + np.log(4.0))
     assert float(m.blocks[0].attn.sink_logit[0]) == 0.5  # the input is unchanged
+    held = SinkTransformer(tiny_config(attn_bias="sink_logit", sink_logit_fixed=0.0)).double()
+    moved = iv.rescale_bias(held, "logit", 4.0)  # a held logit moves, and its config says where
+    assert moved.cfg.sink_logit_fixed == pytest.approx(np.log(4.0))
+    assert all(float(b.attn.sink_logit[0]) == pytest.approx(np.log(4.0)) for b in moved.blocks)
+    assert "blocks.0.attn.sink_logit" not in dict(moved.named_parameters())
+    assert held.cfg.sink_logit_fixed == 0.0 and float(held.blocks[0].attn.sink_logit[0]) == 0.0
     kv = SinkTransformer(tiny_config(attn_bias="kv")).double()
     zero_k = iv.rescale_bias(kv, "k", 0.0)
     assert zero_k.blocks[1].attn.k_star.abs().max() == 0
