@@ -157,6 +157,8 @@ RECIPES: dict[str, list[str]] = {
     # (value 0) beside the learned one of c_sinklogitbos: does a slot the model cannot tune still take the sink?
     "c_zerologitbos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0"],
     "c_zerologitbos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0", *SEED1],
+    "c_zerologit": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0"],
+    "c_zerologit_s1": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0", *SEED1],
 }
 
 
@@ -644,7 +646,21 @@ def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[
     post = [n for n, f in finals.items() if "massive_ratio_sums" in f
             and runs.get(n, ({}, []))[0].get("model", {}).get("norm_placement") == "post"]
     gated = [n for n, f in finals.items() if "gate_mean" in f]
+    fixed = [n for n, f in finals.items() if runs.get(n, ({}, []))[0].get("model", {}).get("sink_logit_fixed") is not None
+             and "logit_q_krest" in f["heads"].get("qk", {})]
     out = []
+    if fixed:
+        out += ["", "## Softmax-off-by-one: how a slot held at logit 0 takes the sink", "",
+                "With the sink logit held at 0 the slot's weight for query t is 1 / (1 + sum_s exp(s_ts)): the model",
+                "cannot raise the slot, only lower every real key's logit. Per head (0..H-1), on the report sequences:",
+                "the slot's alpha_*, and the mean q.k logits (`logit_q_k1`, `logit_q_krest` of the q.k decomposition)",
+                "on token 1 and on keys 2..t:", "",
+                "| run | layer | alpha_* | logit on token 1 | logit on keys 2..t |", "| --- | ---: | --- | --- | --- |"]
+        for n in fixed:
+            h = finals[n]["heads"]
+            for layer, (a, l1, lr) in enumerate(zip(h["alpha_bias"], h["qk"]["logit_q_k1"], h["qk"]["logit_q_krest"])):
+                out.append(f"| {n} | {layer} | {' / '.join(f'{x:.2f}' for x in a)} | "
+                           f"{' / '.join(f'{x:+.2f}' for x in l1)} | {' / '.join(f'{x:+.2f}' for x in lr)} |")
     if post:
         out += ["", "## Post-norm: the massive activation before the norms", "",
                 "In a post-norm block the residual stream is the output of a norm, so its massive-activation",
@@ -822,6 +838,8 @@ PAPER_ROWS = [
      ["c_sinklogitbos", "c_sinklogitbos_s1"], "not in the paper's table (gpt-oss); K bias only: Sink_* 73.34, Sink_1 0.00"),
     ("softmax-off-by-one (a sink logit held at 0, v* = 0), BOS first", ["c_zerologitbos", "c_zerologitbos_s1"],
      "not in the paper (Miller 2023; Kaul et al. 2024's softmax-1 against first-token dominance)"),
+    ("softmax-off-by-one, no BOS", ["c_zerologit", "c_zerologit_s1"],
+     "not in the paper; its KV bias without BOS: Sink_* 72.76, Sink_1 0.04"),
     ("KV bias shared by all heads, BOS first", ["c_kvsharedbos", "c_kvsharedbos_s1"], "Sink_1 comes back to 12.44"),
     ("learnable sink token, BOS first", ["c_sinktokbos", "c_sinktokbos_s1"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
     ("learnable sink token, no BOS", ["c_sinktok", "c_sinktok_s1"], "Sink_* 74.12, Sink_1 0.00"),
