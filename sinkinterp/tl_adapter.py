@@ -495,12 +495,13 @@ def count_attached_hooks(model: Any) -> int:
 
 def _mean_free(w: Any) -> bool | None:
     """Whether every row of ``w`` (the mean taken over its last dimension, n entries) has mean 0 up to
-    rounding, against the matrix's root mean square: TransformerLens centers in float32, which leaves at most
-    about 36 float32 ulp / sqrt(n) (measured on a 576 x 49,152 matrix), and a cast to bf16 about one bf16 ulp /
-    sqrt(n); an uncentered random matrix has about 1 / sqrt(n) (10^7 float32 ulp, 400 bf16 ulp), SmolLM2's
-    weights more. The bound, 256 float32 ulp + 8 of ``w``'s dtype, over sqrt(n), lies between; it is taken
-    against the root mean square of blocks of rows, read block by block, so an uncentered matrix is told by
-    its first block. None where ``w`` is missing, not floating point or all zero."""
+    rounding, against the matrix's root mean square: TransformerLens centers in float32, which leaves row means
+    of some float32 ulp / sqrt(n), and a cast to bf16 adds about one bf16 ulp / sqrt(n); an uncentered random
+    matrix has row means of about 1 / sqrt(n) of its size. The bound, 256 float32 ulp + 8 of ``w``'s dtype, over
+    sqrt(n), lies between (tests/test_architectures.py: a float32-centered matrix of SmolLM2's unembedding's
+    shape, 576 x 49,152, passes, centered or not in float32 and bf16 told apart); it is taken against the root
+    mean square of blocks of rows, read block by block, so an uncentered matrix is told by its first block.
+    None where ``w`` is missing, not floating point or all zero."""
     import torch
 
     if not isinstance(w, torch.Tensor) or w.numel() == 0 or w.dim() < 1 or not w.dtype.is_floating_point:
