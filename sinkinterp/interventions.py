@@ -991,6 +991,7 @@ def rescale_bias(model: Any, which: str, factor: float) -> Any:
     ``factor``) rescaled; a logit held fixed (``sink_logit_fixed``) is held at the new value, its config
     saying so. The input model is unchanged."""
     from sinkinterp.models import SinkTransformer
+    from sinkinterp.models.model import rebuilt
 
     if not isinstance(model, SinkTransformer):
         raise TypeError(f"model: expected a SinkTransformer, got {type(model).__name__}")
@@ -1002,7 +1003,11 @@ def rescale_bias(model: Any, which: str, factor: float) -> Any:
     attn = model.blocks[0].attn
     if not hasattr(attn, params[which]):
         raise ValueError(f"which={which!r}: the model (attn_bias={model.cfg.attn_bias!r}) has no {params[which]}")
-    new = copy.deepcopy(model)
+    fixed = model.cfg.sink_logit_fixed
+    if which == "logit" and fixed is not None:  # a held logit: the copy's config says where it is held now
+        new = rebuilt(model, model.cfg.replace(sink_logit_fixed=float(fixed + np.log(factor))))
+    else:
+        new = copy.deepcopy(model)
     with torch.no_grad():
         for block in new.blocks:
             p = getattr(block.attn, params[which])
@@ -1010,13 +1015,4 @@ def rescale_bias(model: Any, which: str, factor: float) -> Any:
                 p.add_(float(np.log(factor)))
             else:
                 p.mul_(float(factor))
-    fixed = model.cfg.sink_logit_fixed
-    if which == "logit" and fixed is not None:  # a held logit: the config says where it is held now
-        held = SinkTransformer(model.cfg.replace(sink_logit_fixed=float(fixed + np.log(factor))))
-        param = next(model.parameters())
-        held.to(device=param.device, dtype=param.dtype)
-        held.load_state_dict(new.state_dict())
-        held.set_attn_backend(model.attn_backend)
-        held.train(model.training)
-        return held
     return new

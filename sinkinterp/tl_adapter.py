@@ -589,13 +589,28 @@ def weight_processing(model: Any) -> str | None:
     bridge = getattr(model, "_weights_processed", None) is True
     if not bridge and not _is_hooked_transformer(model):
         return None
+    # measure and every edit ask again; reading a processed model's weights takes a pass over all of them, so
+    # the answer is kept while the weights are the same tensors at the same versions (in-place edits bump them)
+    norm = getattr(getattr(model, "cfg", None), "normalization_type", None)
+    key = (bridge, norm, tuple((p.data_ptr(), p._version) for p in model.parameters()))
+    seen = _PROCESSING_SEEN.get(model)
+    if seen is not None and seen[0] == key:
+        return seen[1]
+    answer = _processing_from_weights(model, bridge, norm)
+    _PROCESSING_SEEN[model] = (key, answer)
+    return answer
+
+
+_PROCESSING_SEEN: weakref.WeakKeyDictionary[Any, tuple[tuple, str | None]] = weakref.WeakKeyDictionary()
+
+
+def _processing_from_weights(model: Any, bridge: bool, norm: str | None) -> str | None:
     found = _folds_in_weights(model)
     evidence = ("norms folded", "writing weights centered", "unembedding centered")
     if not bridge and not any(found[k] for k in evidence):
         return None
     who = ("TransformerBridge.process_weights / enable_compatibility_mode" if bridge
            else "HookedTransformer with processed weights")
-    norm = getattr(getattr(model, "cfg", None), "normalization_type", None)
     yes = [k + (f" (normalization_type {norm})" if k == "norms folded" and not bridge else "")
            + (" (folded into b_O, or the checkpoint has none)" if k == "value biases zero" else "")
            for k, v in found.items() if v]

@@ -538,6 +538,22 @@ def test_which_steps_processed_a_bridge_is_read_from_its_weights(name, steps, sa
         "TransformerBridge.process_weights / enable_compatibility_mode, read from the weights: " + said)
 
 
+def test_the_weights_are_read_again_only_when_they_change(monkeypatch):
+    """measure and every edit ask for the processing; the weights are read once while they stay the same
+    tensors, and again after an in-place edit."""
+    ht = tl_adapter.hooked_transformer_from_config(n_layers=2, d_model=32, n_heads=4, d_head=8, d_vocab=V,
+                                                   n_ctx=32, act_fn="gelu", normalization_type="LN", seed=0)
+    ht.process_weights_()
+    reads = []
+    real = tl_adapter._folds_in_weights
+    monkeypatch.setattr(tl_adapter, "_folds_in_weights", lambda m: reads.append(1) or real(m))
+    first = tl_adapter.weight_processing(ht)
+    assert tl_adapter.weight_processing(ht) == first and len(reads) == 1
+    with torch.no_grad():
+        ht.blocks[0].attn.W_O.add_(1.0)  # no longer centered
+    assert "not: writing weights centered" in tl_adapter.weight_processing(ht) and len(reads) == 2
+
+
 def test_centering_is_told_from_rounding_in_float32_and_bf16():
     """A row mean of 0 up to the rounding of centering in float32 and of a cast to bf16 counts as centered; an uncentered random matrix, whose row means are about
     1 / sqrt(n) of its size, does not, in float32 or bf16; missing, integer or all-zero weights say nothing."""

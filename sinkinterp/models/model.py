@@ -615,8 +615,14 @@ def remove_attention_bias(model: SinkTransformer, which: str = "kv") -> SinkTran
     new_removed = allowed[cfg.attn_bias]
     if cfg.attn_bias_removed == "all" or cfg.attn_bias_removed == new_removed:
         raise ValueError(f"the attention bias is already removed (attn_bias_removed={cfg.attn_bias_removed!r})")
+    return rebuilt(model, cfg.replace(attn_bias_removed=new_removed))
+
+
+def rebuilt(model: SinkTransformer, cfg: ModelConfig) -> SinkTransformer:
+    """A new model of config ``cfg`` holding ``model``'s state (parameters and buffers), on its device and
+    dtype, with its attention backend and train / eval mode: model surgery whose change lives in the config."""
     param = next(model.parameters())
-    new = SinkTransformer(cfg.replace(attn_bias_removed=new_removed))
+    new = SinkTransformer(cfg)
     new.to(device=param.device, dtype=param.dtype)
     new.load_state_dict(model.state_dict())
     new.set_attn_backend(model.attn_backend)
