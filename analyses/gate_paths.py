@@ -104,6 +104,14 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                              "--num-seqs", "32", *SMOLLM2_LAYERS, "--resample", "3"],
                                       ("SmolLM2-135M, the Debian text's windows, each write taken from other texts "
                                        "(`--resample 3`)")),
+    "smollm2__natural_resample7": (None, [*SMOLLM2, *SMOLLM2_LAYERS, "--resample", "7"],
+                                   ("SmolLM2-135M, the first set's windows, each write taken from other texts, 7 "
+                                    "shifts (`--resample 7`; they include the 3 of `smollm2__natural_resample`): how "
+                                    "far one shift's shares lie from another's")),
+    "smollm2__natural_free_resample7": (None, [*SMOLLM2, "--layers", "24", "--sides", "keys", "--free-mlps",
+                                               "--resample", "7"],
+                                        ("SmolLM2-135M, the first set's windows, layer 24's other keys through later "
+                                         "MLPs, 7 shifts (`--free-mlps --resample 7`), the tokens alone among them")),
     "smollm2__natural_total": (None, [*SMOLLM2, *SMOLLM2_LAYERS, "--free-mlps", "--free-attn"],
                                ("SmolLM2-135M, the first set's windows, each sender's total effect (`--free-mlps "
                                 "--free-attn`: every MLP and head after the sender recomputes)")),
@@ -136,6 +144,10 @@ RESAMPLED = {"toy-softmax__debian_resample": "toy-softmax__debian", "smollm2__na
              "smollm2__natural_free_resample": "smollm2__natural_free",
              "smollm2__debian_text_free_resample": "smollm2__debian_text_free",
              "smollm2__natural_s1_resample": "smollm2__natural_s1", "smollm2__debian_text_resample": "smollm2__debian_text"}
+# runs with more shifts, each shift's shares kept: name -> (the run with fewer shifts on the same windows and
+# paths, whose shifts are among its own; the run with the mean by position)
+SHIFTS = {"smollm2__natural_resample7": ("smollm2__natural_resample", "smollm2__natural"),
+          "smollm2__natural_free_resample7": ("smollm2__natural_free_resample", "smollm2__natural_free")}
 SIDE_NAMES = {"query": "query", "sink_key": "token 1's key", "keys": "other keys"}
 
 
@@ -292,6 +304,77 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
             f"{100 * top:.0f} ({where})."]
 
 
+def _spread(each: list[float], shifts: list[int], few: list[int]) -> tuple[str, float]:
+    """A share read one shift at a time: the text (its mean, range and standard deviation over the shifts, and the
+    mean of the shifts ``few`` alone; the bracket left open) and the standard deviation."""
+    x = np.asarray(each, dtype=np.float64)
+    sd = float(x.std(ddof=1))
+    sub = float(np.mean([x[shifts.index(k)] for k in few]))
+    text = (f"{_pct(float(x.mean()))} (one shift at a time {_pct(float(x.min()))} to {_pct(float(x.max()))}, sd "
+            f"{100 * sd:.0f} points; shifts {', '.join(map(str, few))} alone {_pct(sub)}")
+    return text, sd
+
+
+def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The runs with more shifts (SHIFTS), each shift's shares kept: per layer and side whose whole share is 20%
+    or more in size, the whole share (and through later MLPs the embedding's and the tokens alone) over the
+    shifts against the run with fewer shifts (the same shifts among them: the mean of those alone is its value)
+    and the mean by position; then how far a mean of K shifts can move: the standard deviation over shifts over
+    sqrt(K), were the shifts independent draws."""
+    cells, sds, k_few, k_many = [], [], 0, 0
+    for name, (few_name, mean_name) in SHIFTS.items():
+        res, few, mean = results.get(name), results.get(few_name), results.get(mean_name)
+        if not (res and res["layers"] and "together_by_shift" in res["layers"][0][res["sides"][0]]):
+            continue
+        shifts = res["shifts"]
+        few_shifts = [k for k in (few or {}).get("shifts", []) if k in shifts]
+        k_few, k_many = max(k_few, len(few_shifts)), max(k_many, len(shifts))
+        got = []
+        for row in res["layers"]:
+            for side in res["sides"]:
+                d = row[side]
+                if abs(d["together"]) < 0.2:
+                    continue
+                f_d = next((r.get(side) for r in (few or {}).get("layers", []) if r["layer"] == row["layer"]), None)
+                m_d = next((r.get(side) for r in (mean or {}).get("layers", []) if r["layer"] == row["layer"]), None)
+                text, sd = _spread(d["together_by_shift"], shifts, few_shifts or shifts[:1])
+                text += (f", `{few_name}` {_pct(f_d['together'])}" if f_d else "") + ")"
+                text += f", the mean by position {_pct(m_d['together'])}" if m_d else ""
+                sds.append((sd, f"`{name}` L{row['layer']} {SIDE_NAMES[side]}"))
+                parts = [f"L{row['layer']} {SIDE_NAMES[side]}: all {text}"]
+                if "attention_all_by_shift" in d:  # the tokens alone: the whole share less every attention write's
+                    alone = [t - a for t, a in zip(d["together_by_shift"], d["attention_all_by_shift"], strict=True)]
+                    a_text, a_sd = _spread(alone, shifts, few_shifts or shifts[:1])
+                    a_text += (f", `{few_name}` {_pct(f_d['together'] - f_d['attention_all'])}"
+                               if f_d and "attention_all" in f_d else "") + ")"
+                    a_text += (f", the mean by position {_pct(m_d['together'] - m_d['attention_all'])}"
+                               if m_d and "attention_all" in m_d else "")
+                    parts.append(f"the tokens alone {a_text}")
+                    sds.append((a_sd, f"`{name}` L{row['layer']} {SIDE_NAMES[side]}, the tokens alone"))
+                embed = [i for i, n in enumerate(d["senders"]) if n == "embed"]
+                if embed and "values_by_shift" in d and res.get("free_mlps"):
+                    e_text, _ = _spread([v[embed[0]] for v in d["values_by_shift"]], shifts,
+                                           few_shifts or shifts[:1])
+                    parts.append(f"the embedding {e_text})")
+                got.append("; ".join(parts))
+        if got:
+            cells.append(f"`{name}` (shifts {', '.join(map(str, shifts))}): " + ". ".join(got))
+    if not cells:
+        return []
+    sd_med, (sd_top, where) = float(np.median([x for x, _ in sds])), max(sds)
+    text = ("- **One shift at a time** (runs that keep each shift's shares: each write taken from the text a shift "
+            "after it, so one shift's share is a draw of the pairings, and the runs above average 3 of them): per "
+            "layer and side with a whole share of 20% or more, the mean over the shifts, their range and standard "
+            "deviation, and the mean of the fewer-shift run's shifts alone beside that run's value and the mean by "
+            "position's. " + ". ".join(cells) + f". The standard deviation over shifts is a median {100 * sd_med:.0f} "
+            f"points, at most {100 * sd_top:.0f} ({where})")
+    if k_few:
+        text += (f"; were the shifts independent, a mean of {k_few} shifts would move by about sd / sqrt({k_few}): a "
+                 f"median {100 * sd_med / np.sqrt(k_few):.0f} points, at most {100 * sd_top / np.sqrt(k_few):.0f}; "
+                 f"of {k_many}, {100 * sd_med / np.sqrt(k_many):.0f} and {100 * sd_top / np.sqrt(k_many):.0f}")
+    return [text + "."]
+
+
 def _reads_attention_all(results: dict[str, dict[str, Any]], names: Any) -> bool:
     """Whether any of the runs ``names`` read the tokens alone (``attention_all``)."""
     return any("attention_all" in row[side] for n in names if results.get(n, {}).get("layers")
@@ -435,6 +518,8 @@ def _label(name: str, res: dict[str, Any]) -> str:
             what = " (replicate, other texts' writes)"
         if name in TOTAL and TOTAL[name] in REPLICATES:
             what = " (replicate, total effects)"
+        if name in SHIFTS:
+            what = f" ({_label(SHIFTS[name][0], res).split('(')[1][:-1]}, {len(res.get('shifts', []))} shifts)"
     return f"{RUNS[name][2].split(',')[0]} {inputs}{what}"
 
 
@@ -485,11 +570,12 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                "from them), by layer, and the rest to 100% (where every side was run; negative where the sides "
                "overlap); a run through later MLPs has its direct run's, the whole input having no later MLP to pass:")
     out.append("")
-    out += [_model_line(_label(name, res), res) for name, res in shown if name not in FREE and name not in TOTAL]
+    out += [_model_line(_label(name, res), res) for name, res in shown
+            if name not in FREE and name not in TOTAL and name not in SHIFTS]
     out.append("")
     # the counts and the leading paths over the runs on their own windows and paths (a kept run repeats its
     # source's windows, a free or resampled run its reference run's)
-    variants = {*KEPT, *FREE, *TOTAL, *RESAMPLED}  # runs on another run's windows
+    variants = {*KEPT, *FREE, *TOTAL, *RESAMPLED, *SHIFTS}  # runs on another run's windows
     rows = [(name, row) for name, res in shown if name not in variants for row in res["layers"]]
 
     def where(found: list[tuple[str, dict[str, Any]]]) -> str:
@@ -674,6 +760,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
     out += _alone(results)
     out += _total(results)
     out += _resampled(results)
+    out += _shifts(results)
     peaks = [(name, res) for name, res in shown if name not in variants and "keys" in res["sides"]
              and all("resid_peak" in r for r in res["layers"])]
     if peaks:
@@ -686,7 +773,7 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         out.append(f"- **Second massive tokens, run by run** (the texts with a residual after token 1 over "
                    f"{PEAK_LIMIT:.0f} x the median at a layer read; then the other keys' whole share and their largest "
                    "path, by layer): " + "; ".join(parts) + ".")
-    notes = [line for name, res in shown for line in _outliers(name, res)]
+    notes = [line for name, res in shown if name not in SHIFTS for line in _outliers(name, res)]
     if notes:
         out.append("- **One text can carry a side** (where one text carries more than half of a side's whole share of "
                    "20% or more; the text's largest residual norm after token 1 over the median one there, with the "
@@ -708,9 +795,11 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
                      ("; the resampled runs through later MLPs take other texts' writes instead)."
                       if _reads_attention_all(results, [r for r, f in RESAMPLED.items() if f in FREE]) else ").")
                      if _reads_attention_all(results, FREE) else ".")),
-        ("- Other texts' writes (`--resample`): 3 shifts for SmolLM2, 8 for toy-softmax; each shift pairs every "
-         "text with one other, so the shares carry the noise of those pairings, and a text's write can land in a "
-         "text it does not fit (a second massive token's, say)."),
+        ("- Other texts' writes (`--resample`): 3 shifts for SmolLM2"
+         + (" (7 in the runs read one shift at a time, on the first set's windows only)"
+            if any(results.get(n, {}).get("layers") for n in SHIFTS) else "")
+         + ", 8 for toy-softmax; each shift pairs every text with one other, so the shares carry the noise of those "
+         "pairings, and a text's write can land in a text it does not fit (a second massive token's, say)."),
         ("- The mean over 32 texts by position is the reference a write is moved to. Made its mean, a residual input "
          "is not one any text produces (it is shorter, and a norm scales it back), so the shares of the whole inputs "
          "are of an edit off the model's inputs; the single senders' are milder edits."),

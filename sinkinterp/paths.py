@@ -1008,7 +1008,9 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
     where, "peak_weight" (token 1 the sink): the heads' mean weight on that position from it on,
     "weight_by_text", side: PathResult.to_dict() (values: the shares, averaged over the shifts) + "together"
     + "together_by_text" (``gate_share_by_text``) + "together_variance" + "attention_all" (``free_mlps``,
-    layers after 0), "rest" (every side run)}],
+    layers after 0) + with ``resample``, each shift's own "values_by_shift" / "together_by_shift" /
+    "attention_all_by_shift" (in the order of "shifts"; their mean is the side's value), "rest" (every side
+    run)}],
     "senders": labels, settings}."""
     dims = tl_adapter.model_dims(model)
     tokens = validate_tokens(tokens, dims["d_vocab"])
@@ -1103,6 +1105,11 @@ def gate_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                 d["together_variance"] = float(np.mean(variance))
                 if no_attn:
                     d["attention_all"] = round(float(np.mean(no_attn)), 8)
+                if shifts:  # each shift's own shares, in the order of "shifts": their spread is the noise
+                    d["values_by_shift"] = np.round(values, 8).tolist()
+                    d["together_by_shift"] = [round(float(t.sum()), 8) for t in by_text]
+                    if no_attn:
+                        d["attention_all_by_shift"] = [round(x, 8) for x in no_attn]
                 row[side] = d
                 row["base"] = res.base
             if len(sides) == (2 if slot else 3):  # every input of the heads' logits at queries 2..T: the rest
@@ -1136,7 +1143,10 @@ def gate_paths_summary(results: dict[str, Any], top: int = 3) -> str:
             d = row[side]
             share = np.asarray(d["values"], dtype=np.float64)
             order = np.argsort(-np.abs(share), kind="stable")[:top]
-            parts.append(f"{side}: all {100 * d['together']:+.0f}%, "
+            spread = d.get("together_by_shift", [])
+            parts.append(f"{side}: all {100 * d['together']:+.0f}%"
+                         + (f" (one shift at a time {100 * min(spread):+.0f}% to {100 * max(spread):+.0f}%)"
+                            if len(spread) > 1 else "") + ", "
                          + ", ".join(f"{d['senders'][i]} {100 * share[i]:+.0f}%" for i in order)
                          + (f", every attention write {100 * d['attention_all']:+.0f}% (the tokens alone "
                             f"{100 * (d['together'] - d['attention_all']):+.0f}%)" if "attention_all" in d else ""))

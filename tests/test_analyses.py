@@ -1642,6 +1642,60 @@ def test_gate_paths_resampled_run_is_read_against_the_mean_and_left_out_of_the_c
             == "SmolLM2-135M English (replicate, other texts' writes)")
 
 
+def test_gate_paths_shift_by_shift_run_gives_the_spread_and_the_fewer_shifts_mean():
+    """A run that keeps each shift's shares: its whole share over the shifts (mean, range, sd), the mean of the
+    fewer-shift run's shifts alone beside that run's value, the tokens alone through later MLPs, the embedding's
+    path, and how far a mean of K shifts moves; it is left out of the counts and the per-run lines."""
+    mod = load_script("analyses/gate_paths.py")
+    shifts = [4, 8, 12, 16, 20, 24, 28]
+
+    def side(together, **extra):
+        return {"senders": ["embed", "attn 0", "mlp 0"], "values": [0.0, 0.1, 0.6], "base": 0.0,
+                "together": together, "together_by_text": [together / 2] * 2, **extra}
+
+    def run(q, k, **extra):
+        return {"inputs": "natural", "sides": ["query", "keys"], "num_seqs": 32, **extra,
+                "layers": [{"layer": 24, "heads": [0], "weight": 0.5, "variance": 1.0, "weight_by_text": [0.5, 0.5],
+                            "resid_peak": [1.0, 1.0], "resid_peak_at": [1, 1], "query": q, "keys": k,
+                            "rest": 0.0}]}
+
+    each = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]  # mean 0.4, sd 0.216; shifts 8, 16, 24: 0.2, 0.4, 0.6
+    seven = run(side(0.4, together_by_shift=each, values_by_shift=[[0.0, 0.1, 0.6]] * 7), side(0.05),
+                ablation="resample", shifts=shifts)
+    results = {"smollm2__natural": run(side(0.9), side(0.1)),
+               "smollm2__natural_resample": run(side(0.4), side(0.1), ablation="resample", shifts=[8, 16, 24]),
+               "smollm2__natural_resample7": seven}
+    lines = "\n".join(mod._reading(results))
+    assert ("`smollm2__natural_resample7` (shifts 4, 8, 12, 16, 20, 24, 28): L24 query: all +40% (one shift at a time "
+            "+10% to +70%, sd 22 points; shifts 8, 16, 24 alone +40%, `smollm2__natural_resample` +40%), the mean by "
+            "position +90%. The standard deviation over shifts is a median 22 points, at most 22 "
+            "(`smollm2__natural_resample7` L24 query); were the shifts independent, a mean of 3 shifts would move by "
+            "about sd / sqrt(3): a median 12 points, at most 12; of 7, 8 and 8.") in lines
+    bullet = next(x for x in lines.split("\n") if x.startswith("- **One shift at a time**"))
+    assert "L24 other keys: all" not in bullet  # under 20%
+    assert "the embedding" not in bullet  # direct paths: the embedding's share is not read shift by shift
+    assert mod._label("smollm2__natural_resample7", seven) == "SmolLM2-135M English (other texts' writes, 7 shifts)"
+    base = "\n".join(mod._reading({k: v for k, v in results.items() if k != "smollm2__natural_resample7"}))
+    # the run adds its bullet (no per-run line, no count) and says so in the limits
+    assert lines.replace(bullet + "\n", "").split("## Limits")[0] == base.split("## Limits")[0]
+    assert "(7 in the runs read one shift at a time" in lines and "(7 in the runs" not in base
+    # through later MLPs: the tokens alone (whole share less every attention write's), shift by shift
+    free = side(0.3, together_by_shift=[0.3] * 7, attention_all_by_shift=[0.6, 0.8, 0.4, 0.8, 0.2, 0.8, 0.6],
+                attention_all=0.6, values_by_shift=[[0.8, 0.0, 0.0], [0.9, 0.0, 0.0]] + [[0.8, 0.0, 0.0]] * 5)
+    results = {"smollm2__natural_free": run(side(0.9), side(0.3, attention_all=0.4), free_mlps=True),
+               "smollm2__natural_free_resample": run(side(0.9), side(0.3, attention_all=0.5), free_mlps=True,
+                                                     ablation="resample", shifts=[8, 16, 24]),
+               "smollm2__natural_free_resample7": {**run(free, free, free_mlps=True, ablation="resample",
+                                                         shifts=shifts), "sides": ["keys"]}}
+    lines = next(x for x in mod._reading(results) if x.startswith("- **One shift at a time**"))
+    assert ("L24 other keys: all +30% (one shift at a time +30% to +30%, sd 0 points; shifts 8, 16, 24 alone +30%, "
+            "`smollm2__natural_free_resample` +30%), the mean by position +30%; the tokens alone -30% (one shift at a "
+            "time -50% to +10%, sd 23 points; shifts 8, 16, 24 alone -50%, `smollm2__natural_free_resample` -20%), "
+            "the mean by position -10%; the embedding +81% (one shift at a time +80% to +90%, sd 4 points; shifts "
+            "8, 16, 24 alone +83%).") in lines
+    assert "L24 query" not in lines  # a side the run did not read
+
+
 def test_gate_paths_free_run_is_read_against_its_direct_run_and_left_out_of_the_counts():
     mod = load_script("analyses/gate_paths.py")
 

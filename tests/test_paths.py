@@ -1231,9 +1231,12 @@ def test_gate_paths_attention_all_leaves_the_tokens_alone():
                 recv = ([Receiver(l, "q", h, tuple(pos)) for h in heads] if side == "query" else
                         [Receiver(l, "k", g, tuple(pos)) for g in sorted({h // 2 for h in heads})])
                 d = row[side]
-                want = np.mean([_gate_reference_no_attn(model, tokens, l, recv, pos, metric, hook, shift=k)
-                                for k in shifts])
-                assert d["attention_all"] == pytest.approx(want, abs=1e-7), (resample, l, side)
+                each = [_gate_reference_no_attn(model, tokens, l, recv, pos, metric, hook, shift=k) for k in shifts]
+                assert d["attention_all"] == pytest.approx(np.mean(each), abs=1e-7), (resample, l, side)
+                if resample:
+                    assert d["attention_all_by_shift"] == pytest.approx(each, abs=1e-7), (l, side)
+                else:
+                    assert not {"values_by_shift", "together_by_shift", "attention_all_by_shift"} & set(d)
                 moved |= abs(d["attention_all"]) > 1e-4
                 if l == 1:  # one attention layer before it: the group is the sender attn 0
                     assert d["attention_all"] == pytest.approx(d["values"][d["senders"].index("attn 0")], abs=1e-7)
@@ -1272,15 +1275,20 @@ def test_gate_paths_resample_takes_each_write_from_other_texts_averaged_over_the
                     [Receiver(l, "k", g, tuple(pos)) for g in sorted({h // 2 for h in heads})])
             d = row[side]
             assert d["how"] == "resample"
-            for s, v in zip(senders, d["values"]):
-                want = np.mean([_reference(model, tokens, rolled[k], s, recv, metric, hook, positions=pos)
-                                for k in (2, 4)])
-                assert v == pytest.approx(want, abs=1e-7), (l, side, s)
+            assert len(d["values_by_shift"]) == 2 and "attention_all_by_shift" not in d
+            for i, (s, v) in enumerate(zip(senders, d["values"], strict=True)):
+                each = [_reference(model, tokens, rolled[k], s, recv, metric, hook, positions=pos) for k in (2, 4)]
+                assert [x[i] for x in d["values_by_shift"]] == pytest.approx(each, abs=1e-7), (l, side, s)
+                assert v == pytest.approx(np.mean(each), abs=1e-7), (l, side, s)
                 moved |= abs(v) > 1e-6
-            want = np.mean([_gate_reference_together(model, tokens, l, recv, pos, metric, hook, shift=k)
-                            for k in (2, 4)])
-            assert d["together"] == pytest.approx(want, rel=1e-8)
+            each = [_gate_reference_together(model, tokens, l, recv, pos, metric, hook, shift=k) for k in (2, 4)]
+            assert d["together_by_shift"] == pytest.approx(each, rel=1e-6)
+            assert d["together"] == pytest.approx(np.mean(each), rel=1e-8)
             assert sum(d["together_by_text"]) == pytest.approx(d["together"], abs=1e-6)
+            assert d["together_by_shift"][0] != pytest.approx(d["together_by_shift"][1], abs=1e-4)
+            lo, hi = min(d["together_by_shift"]), max(d["together_by_shift"])
+            assert (f"{side}: all {100 * d['together']:+.0f}% (one shift at a time {100 * lo:+.0f}% to "
+                    f"{100 * hi:+.0f}%)") in paths.gate_paths_summary(res)
         one = paths.path_ablate(model, tokens, metric, ablation="resample", shift=4, senders=senders[:2],
                                 receivers=[Receiver(l, "q", h, tuple(pos)) for h in heads], positions=pos,
                                 metric_hook=hook)
