@@ -18,7 +18,9 @@ source run, a residual after token 1 over 20 x the median at a layer read). Vari
 through later MLPs (FREE, ``--free-mlps``: SmolLM2's first set, replicate and Debian text), through every later
 component (TOTAL, ``--free-mlps --free-attn``, total effects: the same three sets) and with each write
 taken from other texts (RESAMPLED, ``--resample K``: toy-softmax's Debian windows, SmolLM2's first set, replicate
-and Debian text, and its first set and Debian text through later MLPs). The 6 x 384 GPU baseline on the Debian
+and Debian text, and its first set and Debian text through later MLPs), and with 7 shifts whose shares are kept one
+by one (SHIFTS: SmolLM2's first set, and its layer-24 other keys through later MLPs), to read how far one shift's
+shares lie from another's. The 6 x 384 GPU baseline on the Debian
 windows without BOS, direct and through later MLPs, where it is here (runs/gpu_models, not in git). Each run's
 results are kept in analyses/data/gate_paths/NAME.json, so the page regenerates from them where a model is
 missing here. Writes docs/gate-paths.md and docs/figures/gate-paths-NAME.png. The toy runs take seconds;
@@ -353,8 +355,7 @@ def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
                     sds.append((a_sd, f"`{name}` L{row['layer']} {SIDE_NAMES[side]}, the tokens alone"))
                 embed = [i for i, n in enumerate(d["senders"]) if n == "embed"]
                 if embed and "values_by_shift" in d and res.get("free_mlps"):
-                    e_text, _ = _spread([v[embed[0]] for v in d["values_by_shift"]], shifts,
-                                           few_shifts or shifts[:1])
+                    e_text, _ = _spread([v[embed[0]] for v in d["values_by_shift"]], shifts, few_shifts or shifts[:1])
                     parts.append(f"the embedding {e_text})")
                 got.append("; ".join(parts))
         if got:
@@ -363,7 +364,8 @@ def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
         return []
     sd_med, (sd_top, where) = float(np.median([x for x, _ in sds])), max(sds)
     text = ("- **One shift at a time** (runs that keep each shift's shares: each write taken from the text a shift "
-            "after it, so one shift's share is a draw of the pairings, and the runs above average 3 of them): per "
+            "after it, so one shift's share is a draw of the pairings"
+            + (f", and the runs above average {k_few} of them" if k_few else "") + "): per "
             "layer and side with a whole share of 20% or more, the mean over the shifts, their range and standard "
             "deviation, and the mean of the fewer-shift run's shifts alone beside that run's value and the mean by "
             "position's. " + ". ".join(cells) + f". The standard deviation over shifts is a median {100 * sd_med:.0f} "
