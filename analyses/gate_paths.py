@@ -306,6 +306,11 @@ def _resampled(results: dict[str, dict[str, Any]]) -> list[str]:
             f"{100 * top:.0f} ({where})."]
 
 
+def _points(x: float) -> str:
+    """A share's difference in percentage points, rounded: "1 point", "12 points"."""
+    return f"{100 * x:.0f} point{'' if round(100 * x) == 1 else 's'}"
+
+
 def _spread(each: list[float], shifts: list[int], few: list[int]) -> tuple[str, float]:
     """A share read one shift at a time: the text (its mean, range and standard deviation over the shifts, and the
     mean of the shifts ``few`` alone; the bracket left open) and the standard deviation."""
@@ -313,7 +318,7 @@ def _spread(each: list[float], shifts: list[int], few: list[int]) -> tuple[str, 
     sd = float(x.std(ddof=1))
     sub = float(np.mean([x[shifts.index(k)] for k in few]))
     text = (f"{_pct(float(x.mean()))} (one shift at a time {_pct(float(x.min()))} to {_pct(float(x.max()))}, sd "
-            f"{100 * sd:.0f} points; shifts {', '.join(map(str, few))} alone {_pct(sub)}")
+            f"{_points(sd)}; shifts {', '.join(map(str, few))} alone {_pct(sub)}")
     return text, sd
 
 
@@ -368,11 +373,11 @@ def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
             + (f", and the runs above average {k_few} of them" if k_few else "") + "): per "
             "layer and side with a whole share of 20% or more, the mean over the shifts, their range and standard "
             "deviation, and the mean of the fewer-shift run's shifts alone beside that run's value and the mean by "
-            "position's. " + ". ".join(cells) + f". The standard deviation over shifts is a median {100 * sd_med:.0f} "
-            f"points, at most {100 * sd_top:.0f} ({where})")
+            "position's. " + ". ".join(cells) + f". The standard deviation over shifts is a median {_points(sd_med)}, "
+            f"at most {_points(sd_top)} ({where})")
     if k_few:
         text += (f"; were the shifts independent, a mean of {k_few} shifts would move by about sd / sqrt({k_few}): a "
-                 f"median {100 * sd_med / np.sqrt(k_few):.0f} points, at most {100 * sd_top / np.sqrt(k_few):.0f}; "
+                 f"median {_points(sd_med / np.sqrt(k_few))}, at most {100 * sd_top / np.sqrt(k_few):.0f}; "
                  f"of {k_many}, {100 * sd_med / np.sqrt(k_many):.0f} and {100 * sd_top / np.sqrt(k_many):.0f}")
     return [text + "."]
 

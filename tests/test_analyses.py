@@ -1668,7 +1668,7 @@ def test_gate_paths_shift_by_shift_run_gives_the_spread_and_the_fewer_shifts_mea
     lines = "\n".join(mod._reading(results))
     assert ("`smollm2__natural_resample7` (shifts 4, 8, 12, 16, 20, 24, 28): L24 query: all +40% (one shift at a time "
             "+10% to +70%, sd 22 points; shifts 8, 16, 24 alone +40%, `smollm2__natural_resample` +40%), the mean by "
-            "position +90%. The standard deviation over shifts is a median 22 points, at most 22 "
+            "position +90%. The standard deviation over shifts is a median 22 points, at most 22 points "
             "(`smollm2__natural_resample7` L24 query); were the shifts independent, a mean of 3 shifts would move by "
             "about sd / sqrt(3): a median 12 points, at most 12; of 7, 8 and 8.") in lines
     bullet = next(x for x in lines.split("\n") if x.startswith("- **One shift at a time**"))
@@ -1694,6 +1694,7 @@ def test_gate_paths_shift_by_shift_run_gives_the_spread_and_the_fewer_shifts_mea
             "the mean by position -10%; the embedding +81% (one shift at a time +80% to +90%, sd 4 points; shifts "
             "8, 16, 24 alone +83%).") in lines
     assert "L24 query" not in lines  # a side the run did not read
+    assert [mod._points(x) for x in (0.0, 0.01, 0.014, 0.226)] == ["0 points", "1 point", "1 point", "23 points"]
 
 
 def test_gate_paths_free_run_is_read_against_its_direct_run_and_left_out_of_the_counts():
