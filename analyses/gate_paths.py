@@ -327,8 +327,9 @@ def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
     or more in size, the whole share (and through later MLPs the embedding's and the tokens alone) over the
     shifts against the run with fewer shifts (the same shifts among them: the mean of those alone is its value)
     and the mean by position; then how far a mean of K shifts can move: the standard deviation over shifts over
-    sqrt(K), were the shifts independent draws."""
-    cells, sds, k_few, k_many = [], [], 0, 0
+    sqrt(K), were the shifts independent draws; and how many readings' gap to the mean by position is over three
+    times one shift's standard deviation."""
+    cells, sds, gaps, k_few, k_many = [], [], [], 0, 0  # gaps: (|shifts' mean - mean by position|, one shift's sd)
     for name, (few_name, mean_name) in SHIFTS.items():
         res, few, mean = results.get(name), results.get(few_name), results.get(mean_name)
         if not (res and res["layers"] and "together_by_shift" in res["layers"][0][res["sides"][0]]):
@@ -348,6 +349,8 @@ def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
                 text += (f", `{few_name}` {_pct(f_d['together'])}" if f_d else "") + ")"
                 text += f", the mean by position {_pct(m_d['together'])}" if m_d else ""
                 sds.append((sd, f"`{name}` L{row['layer']} {SIDE_NAMES[side]}"))
+                if m_d:
+                    gaps.append((abs(d["together"] - m_d["together"]), sd))
                 parts = [f"L{row['layer']} {SIDE_NAMES[side]}: all {text}"]
                 if "attention_all_by_shift" in d:  # the tokens alone: the whole share less every attention write's
                     alone = [t - a for t, a in zip(d["together_by_shift"], d["attention_all_by_shift"], strict=True)]
@@ -358,6 +361,8 @@ def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
                                if m_d and "attention_all" in m_d else "")
                     parts.append(f"the tokens alone {a_text}")
                     sds.append((a_sd, f"`{name}` L{row['layer']} {SIDE_NAMES[side]}, the tokens alone"))
+                    if m_d and "attention_all" in m_d:
+                        gaps.append((abs(float(np.mean(alone)) - (m_d["together"] - m_d["attention_all"])), a_sd))
                 embed = [i for i, n in enumerate(d["senders"]) if n == "embed"]
                 if embed and "values_by_shift" in d and res.get("free_mlps"):
                     e_text, _ = _spread([v[embed[0]] for v in d["values_by_shift"]], shifts, few_shifts or shifts[:1])
@@ -379,6 +384,13 @@ def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
         text += (f"; were the shifts independent, a mean of {k_few} shifts would move by about sd / sqrt({k_few}): a "
                  f"median {_points(sd_med / np.sqrt(k_few))}, at most {100 * sd_top / np.sqrt(k_few):.0f}; "
                  f"of {k_many}, {100 * sd_med / np.sqrt(k_many):.0f} and {100 * sd_top / np.sqrt(k_many):.0f}")
+    if gaps:
+        far = sum(g > 3 * sd for g, sd in gaps)
+        text += (f". The mean over the shifts lies more than three times one shift's sd from the mean by position's "
+                 f"in {far} of {len(gaps)} readings (the gap a median {_points(float(np.median([g for g, _ in gaps])))}, "
+                 f"at most {_points(max(g for g, _ in gaps))})"
+                 + (": the gaps between other texts' writes and the mean by position are the two edits' difference, "
+                    "not the pairings' noise" if far == len(gaps) else ""))
     return [text + "."]
 
 

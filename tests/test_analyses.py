@@ -1662,15 +1662,18 @@ def test_gate_paths_shift_by_shift_run_gives_the_spread_and_the_fewer_shifts_mea
     each = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]  # mean 0.4, sd 0.216; shifts 8, 16, 24: 0.2, 0.4, 0.6
     seven = run(side(0.4, together_by_shift=each, values_by_shift=[[0.0, 0.1, 0.6]] * 7), side(0.05),
                 ablation="resample", shifts=shifts)
-    results = {"smollm2__natural": run(side(0.9), side(0.1)),
+    results = {"smollm2__natural": run(side(1.2), side(0.1)),
                "smollm2__natural_resample": run(side(0.4), side(0.1), ablation="resample", shifts=[8, 16, 24]),
                "smollm2__natural_resample7": seven}
     lines = "\n".join(mod._reading(results))
     assert ("`smollm2__natural_resample7` (shifts 4, 8, 12, 16, 20, 24, 28): L24 query: all +40% (one shift at a time "
             "+10% to +70%, sd 22 points; shifts 8, 16, 24 alone +40%, `smollm2__natural_resample` +40%), the mean by "
-            "position +90%. The standard deviation over shifts is a median 22 points, at most 22 points "
+            "position +120%. The standard deviation over shifts is a median 22 points, at most 22 points "
             "(`smollm2__natural_resample7` L24 query); were the shifts independent, a mean of 3 shifts would move by "
-            "about sd / sqrt(3): a median 12 points, at most 12; of 7, 8 and 8.") in lines
+            "about sd / sqrt(3): a median 12 points, at most 12; of 7, 8 and 8. The mean over the shifts lies more "
+            "than three times one shift's sd from the mean by position's in 1 of 1 readings (the gap a median 80 "
+            "points, at most 80 points): the gaps between other texts' writes and the mean by position are the two "
+            "edits' difference, not the pairings' noise.") in lines
     bullet = next(x for x in lines.split("\n") if x.startswith("- **One shift at a time**"))
     assert "L24 other keys: all" not in bullet  # under 20%
     assert "the embedding" not in bullet  # direct paths: the embedding's share is not read shift by shift
@@ -1695,6 +1698,9 @@ def test_gate_paths_shift_by_shift_run_gives_the_spread_and_the_fewer_shifts_mea
             "8, 16, 24 alone +83%).") in lines
     assert "L24 query" not in lines  # a side the run did not read
     assert [mod._points(x) for x in (0.0, 0.01, 0.014, 0.226)] == ["0 points", "1 point", "1 point", "23 points"]
+    # the whole share's gap (0: the same +30% both ways) and the tokens alone's (20 points, sd 23) are not far
+    assert ("lies more than three times one shift's sd from the mean by position's in 0 of 2 readings (the gap a median "
+            "10 points, at most 20 points).") in lines
 
 
 def test_gate_paths_free_run_is_read_against_its_direct_run_and_left_out_of_the_counts():
