@@ -64,8 +64,8 @@ def add_parser(sub: Any, add_common: Any) -> None:
                         "(paths.gate_paths)")
     s.add_argument("--resample", type=int_at_least(0), default=0, metavar="K",
                    help="with --gate: take each sender's write from other texts at the same position instead of its "
-                        "mean (a value the model meets), averaged over K shifts of the texts (default 0: the mean by "
-                        "position)")
+                        "mean (a value the model meets), averaged over K shifts of the texts, each shift's shares also kept in "
+                        "results.json (default 0: the mean by position)")
     s.add_argument("--sides", nargs="+", choices=list(dict.fromkeys([*SIDES, *GATE_SIDES])), default=None,
                    help="the sink heads' inputs the paths end at: key, query (default both; the query side for the "
                         "slot); with --gate: query, sink_key (token 1's key), keys (the other keys; default all "
