@@ -313,12 +313,12 @@ def _points(x: float) -> str:
 
 def _spread(each: list[float], shifts: list[int], few: list[int]) -> tuple[str, float]:
     """A share read one shift at a time: the text (its mean, range and standard deviation over the shifts, and the
-    mean of the shifts ``few`` alone; the bracket left open) and the standard deviation."""
+    mean of the shifts ``few`` alone where there are any; the bracket left open) and the standard deviation."""
     x = np.asarray(each, dtype=np.float64)
     sd = float(x.std(ddof=1))
-    sub = float(np.mean([x[shifts.index(k)] for k in few]))
-    text = (f"{_pct(float(x.mean()))} (one shift at a time {_pct(float(x.min()))} to {_pct(float(x.max()))}, sd "
-            f"{_points(sd)}; shifts {', '.join(map(str, few))} alone {_pct(sub)}")
+    text = f"{_pct(float(x.mean()))} (one shift at a time {_pct(float(x.min()))} to {_pct(float(x.max()))}, sd {_points(sd)}"
+    if few:
+        text += f"; shifts {', '.join(map(str, few))} alone {_pct(float(np.mean([x[shifts.index(k)] for k in few])))}"
     return text, sd
 
 
@@ -345,7 +345,7 @@ def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
                     continue
                 f_d = next((r.get(side) for r in (few or {}).get("layers", []) if r["layer"] == row["layer"]), None)
                 m_d = next((r.get(side) for r in (mean or {}).get("layers", []) if r["layer"] == row["layer"]), None)
-                text, sd = _spread(d["together_by_shift"], shifts, few_shifts or shifts[:1])
+                text, sd = _spread(d["together_by_shift"], shifts, few_shifts)
                 text += (f", `{few_name}` {_pct(f_d['together'])}" if f_d else "") + ")"
                 text += f", the mean by position {_pct(m_d['together'])}" if m_d else ""
                 sds.append((sd, f"`{name}` L{row['layer']} {SIDE_NAMES[side]}"))
@@ -354,7 +354,7 @@ def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
                 parts = [f"L{row['layer']} {SIDE_NAMES[side]}: all {text}"]
                 if "attention_all_by_shift" in d:  # the tokens alone: the whole share less every attention write's
                     alone = [t - a for t, a in zip(d["together_by_shift"], d["attention_all_by_shift"], strict=True)]
-                    a_text, a_sd = _spread(alone, shifts, few_shifts or shifts[:1])
+                    a_text, a_sd = _spread(alone, shifts, few_shifts)
                     a_text += (f", `{few_name}` {_pct(f_d['together'] - f_d['attention_all'])}"
                                if f_d and "attention_all" in f_d else "") + ")"
                     a_text += (f", the mean by position {_pct(m_d['together'] - m_d['attention_all'])}"
@@ -365,7 +365,7 @@ def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
                         gaps.append((abs(float(np.mean(alone)) - (m_d["together"] - m_d["attention_all"])), a_sd))
                 embed = [i for i, n in enumerate(d["senders"]) if n == "embed"]
                 if embed and "values_by_shift" in d and res.get("free_mlps"):
-                    e_text, _ = _spread([v[embed[0]] for v in d["values_by_shift"]], shifts, few_shifts or shifts[:1])
+                    e_text, _ = _spread([v[embed[0]] for v in d["values_by_shift"]], shifts, few_shifts)
                     parts.append(f"the embedding {e_text})")
                 got.append("; ".join(parts))
         if got:
@@ -377,8 +377,8 @@ def _shifts(results: dict[str, dict[str, Any]]) -> list[str]:
             "after it, so one shift's share is a draw of the pairings"
             + (f", and the runs above average {k_few} of them" if k_few else "") + "): per "
             "layer and side with a whole share of 20% or more, the mean over the shifts, their range and standard "
-            "deviation, and the mean of the fewer-shift run's shifts alone beside that run's value and the mean by "
-            "position's. " + ". ".join(cells) + f". The standard deviation over shifts is a median {_points(sd_med)}, "
+            "deviation, " + ("the mean of the fewer-shift run's shifts alone beside that run's value, " if k_few else "")
+            + "and the mean by position's. " + ". ".join(cells) + f". The standard deviation over shifts is a median {_points(sd_med)}, "
             f"at most {_points(sd_top)} ({where})")
     if k_few:
         text += (f"; were the shifts independent, a mean of {k_few} shifts would move by about sd / sqrt({k_few}): a "

@@ -1697,6 +1697,11 @@ def test_gate_paths_shift_by_shift_run_gives_the_spread_and_the_fewer_shifts_mea
             "the mean by position -10%; the embedding +81% (one shift at a time +80% to +90%, sd 4 points; shifts "
             "8, 16, 24 alone +83%).") in lines
     assert "L24 query" not in lines  # a side the run did not read
+    # without the fewer-shift run: no "shifts ... alone" (nothing to set it beside)
+    lines = next(x for x in mod._reading({k: v for k, v in results.items() if k != "smollm2__natural_free_resample"})
+                 if x.startswith("- **One shift at a time**"))
+    assert "L24 other keys: all +30% (one shift at a time +30% to +30%, sd 0 points), the mean by position" in lines
+    assert "shifts alone" not in lines and "8, 16, 24 alone" not in lines and "average" not in lines
     assert [mod._points(x) for x in (0.0, 0.01, 0.014, 0.226)] == ["0 points", "1 point", "1 point", "23 points"]
     # the whole share's gap (0: the same +30% both ways) and the tokens alone's (20 points, sd 23) are not far
     assert ("lies more than three times one shift's sd from the mean by position's in 0 of 2 readings (the gap a median "

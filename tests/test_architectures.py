@@ -555,8 +555,9 @@ def test_the_weights_are_read_again_only_when_they_change(monkeypatch):
 
 
 def test_centering_is_told_from_rounding_in_float32_and_bf16():
-    """A row mean of 0 up to the rounding of centering in float32 and of a cast to bf16 counts as centered; an uncentered random matrix, whose row means are about
-    1 / sqrt(n) of its size, does not, in float32 or bf16; missing, integer or all-zero weights say nothing."""
+    """A row mean of 0 up to the rounding of centering in float32 and of a cast to bf16 counts as centered; an
+    uncentered random matrix, whose row means are about 1 / sqrt(n) of its size, does not, in float32 or bf16;
+    missing, integer or all-zero weights say nothing."""
     w = torch.randn(576, 49152, generator=torch.Generator().manual_seed(0))  # SmolLM2's W_U: d_model x vocabulary
     centered = w - w.mean(-1, keepdim=True)
     assert tl_adapter._mean_free(centered) is True
