@@ -159,6 +159,13 @@ RECIPES: dict[str, list[str]] = {
     "c_zerologitbos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0", *SEED1],
     "c_zerologit": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0"],
     "c_zerologit_s1": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0", *SEED1],
+    # the same slot held lower: at -2 / -4 it weighs e^-2 / e^-4 of a key whose logit is 0, so taking the
+    # sink costs that much more lowering of every real logit. Where does the sink go back to token 1?
+    "c_logitm1bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0"],
+    "c_logitm1bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0", *SEED1],
+    "c_logitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-2.0"],
+    "c_logitm2bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-2.0", *SEED1],
+    "c_logitm4bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-4.0"],
 }
 
 
@@ -256,6 +263,15 @@ def _qk_grids(qk: dict, n_layers: int, n_heads: int) -> dict[str, list[list[floa
     if "pairs" in qk:  # what the means ran over (the pairs in sight under a window or a prefix)
         out["pairs"] = qk["pairs"]
     return out
+
+
+def _slot_logits(model) -> list[list[float]] | None:
+    """The logit of the sink-logit slot per [layer][head] (``attn_bias="sink_logit"``: learned, or
+    held by ``sink_logit_fixed``; one shared value is repeated over the heads); None for other models."""
+    if getattr(model.cfg, "attn_bias", None) != "sink_logit":
+        return None
+    return [[round(float(x), 4) for x in block.attn.sink_logit.detach().expand(model.cfg.n_heads)]
+            for block in model.blocks]
 
 
 def _seed0_val_loss(model, checkpoint: Path | str) -> float | None:
@@ -449,7 +465,9 @@ def final_report(checkpoint: Path | str) -> dict:
                      # (where alpha_1 comes from; under a window it ends at the window's edge)
                      "attn1_by_query": rep.attn1_by_query.mean(1).round(4).tolist(),
                      # q.k = |q||k|cos per head (keys after rotary; k_s: every key after the first)
-                     "qk": _qk_grids(rep.qk, rep.n_layers, rep.n_heads)}}
+                     "qk": _qk_grids(rep.qk, rep.n_layers, rep.n_heads),
+                     # the sink-logit slot's own logit per [layer][head] (learned, or held), else None
+                     "slot_logit": _slot_logits(lm.model)}}
     out.update(_block_stats(lm.model, tokens))
     win = _window_stats(lm.model, tokens)
     if win is not None:
@@ -646,20 +664,26 @@ def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[
     post = [n for n, f in finals.items() if "massive_ratio_sums" in f
             and runs.get(n, ({}, []))[0].get("model", {}).get("norm_placement") == "post"]
     gated = [n for n, f in finals.items() if "gate_mean" in f]
-    fixed = [n for n, f in finals.items() if runs.get(n, ({}, []))[0].get("model", {}).get("sink_logit_fixed") is not None
+    slots = [n for n, f in finals.items() if runs.get(n, ({}, []))[0].get("model", {}).get("attn_bias") == "sink_logit"
              and "logit_q_krest" in f["heads"].get("qk", {})]
     out = []
-    if fixed:
-        out += ["", "## Softmax-off-by-one: how a slot held at logit 0 takes the sink", "",
-                "With the sink logit held at 0 the slot's weight for query t is 1 / (1 + sum_s exp(s_ts)): the model",
-                "cannot raise the slot, only lower every real key's logit. Per head (0..H-1), on the report sequences:",
-                "the slot's alpha_*, and the mean q.k logits (`logit_q_k1`, `logit_q_krest` of the q.k decomposition)",
-                "on token 1 and on keys 2..t:", "",
-                "| run | layer | alpha_* | logit on token 1 | logit on keys 2..t |", "| --- | ---: | --- | --- | --- |"]
-        for n in fixed:
+    if slots:
+        out += ["", "## Softmax-off-by-one and the sink logit: how the slot takes the sink", "",
+                "With the slot's logit held at b the slot's weight for query t is e^b / (e^b + sum_s exp(s_ts)): the",
+                "model cannot raise the slot, only lower every real key's logit (b = 0 is softmax-off-by-one); a learned",
+                "logit can rise instead. Per head (0..H-1), on the report sequences: the slot's logit (held, or as",
+                "learned), its alpha_*, and the mean q.k logits (`logit_q_k1`, `logit_q_krest` of the q.k",
+                "decomposition) on token 1 and on keys 2..t:", "",
+                "| run | layer | slot logit | alpha_* | logit on token 1 | logit on keys 2..t |",
+                "| --- | ---: | --- | --- | --- | --- |"]
+        for n in slots:
             h = finals[n]["heads"]
+            held = runs[n][0]["model"].get("sink_logit_fixed")
+            learned = h.get("slot_logit")
             for layer, (a, l1, lr) in enumerate(zip(h["alpha_bias"], h["qk"]["logit_q_k1"], h["qk"]["logit_q_krest"])):
-                out.append(f"| {n} | {layer} | {' / '.join(f'{x:.2f}' for x in a)} | "
+                slot = (f"held {held:+.1f}" if held is not None else "learned: not kept" if learned is None
+                        else "learned " + " / ".join(f"{x:+.2f}" for x in learned[layer]))
+                out.append(f"| {n} | {layer} | {slot} | {' / '.join(f'{x:.2f}' for x in a)} | "
                            f"{' / '.join(f'{x:+.2f}' for x in l1)} | {' / '.join(f'{x:+.2f}' for x in lr)} |")
     if post:
         out += ["", "## Post-norm: the massive activation before the norms", "",
@@ -840,6 +864,12 @@ PAPER_ROWS = [
      "not in the paper (Miller 2023; Kaul et al. 2024's softmax-1 against first-token dominance)"),
     ("softmax-off-by-one, no BOS", ["c_zerologit", "c_zerologit_s1"],
      "not in the paper; its KV bias without BOS: Sink_* 72.76, Sink_1 0.04"),
+    ("a sink logit held at -1 (v* = 0), BOS first", ["c_logitm1bos", "c_logitm1bos_s1"],
+     "not in the paper; softmax-off-by-one with the slot weighing e^-1 of a key at logit 0"),
+    ("a sink logit held at -2 (v* = 0), BOS first", ["c_logitm2bos", "c_logitm2bos_s1"],
+     "not in the paper; softmax-off-by-one with the slot weighing e^-2 of a key at logit 0"),
+    ("a sink logit held at -4 (v* = 0), BOS first", ["c_logitm4bos"],
+     "not in the paper; softmax-off-by-one with the slot weighing e^-4 of a key at logit 0"),
     ("KV bias shared by all heads, BOS first", ["c_kvsharedbos", "c_kvsharedbos_s1"], "Sink_1 comes back to 12.44"),
     ("learnable sink token, BOS first", ["c_sinktokbos", "c_sinktokbos_s1"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
     ("learnable sink token, no BOS", ["c_sinktok", "c_sinktok_s1"], "Sink_* 74.12, Sink_1 0.00"),
@@ -1156,9 +1186,10 @@ def _paper_rows(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
 
 def add_heads(pairs: list[str]) -> int:
     """``NAME=MODEL``: put the per-head numbers of ``final_report(MODEL)`` into NAME's final.json when
-    it has none (snapshots made before final.json had them; MODEL is the run's final checkpoint, or
-    the shipped model made from it). The other numbers of final.json are kept; ``heads_source`` says
-    where the heads came from."""
+    it lacks some (snapshots made before final.json had the q.k grids, their logits or the slot's logit;
+    MODEL is the run's final checkpoint, or the shipped model made from it, or the same recipe trained
+    again: Sink_1 and Sink_* must agree within 0.5 points). The other numbers of final.json are kept;
+    ``heads_source`` says where the heads came from."""
     for pair in pairs:
         name, sep, spec = pair.partition("=")
         final_file = DATA / name / "final.json"
@@ -1167,7 +1198,8 @@ def add_heads(pairs: list[str]) -> int:
                   f"got {pair!r}", file=sys.stderr)
             return 2
         final = json.loads(final_file.read_text())
-        if "qk" in final.get("heads", {}):
+        heads = final.get("heads", {})
+        if "logit_q_krest" in heads.get("qk", {}) and "slot_logit" in heads:
             continue
         fresh = final_report(Path(spec) if Path(spec).exists() else spec)
         for key in ("sink1", "sink_bias"):

@@ -391,6 +391,59 @@ def test_cpu_calibration_final_report_of_a_window_run_with_bos_second(tmp_path):
     assert set(moved["interventions"]) == set(final["interventions"]) == {"ablate", "ablate[norenorm]", "zero_value"}
 
 
+def test_cpu_calibration_slot_logits_held_and_learned(tmp_path, monkeypatch):
+    """A sink-logit run's final report keeps the slot's logit per layer and head (the held value, or the
+    learned parameter, a shared one repeated over the heads); the slot table names it, and a run whose
+    snapshot predates it says the learned value was not kept. ``--add-heads`` fills a final.json that
+    lacks the logits from the same model and refuses another one."""
+    from safetensors.torch import load_file
+
+    from sinkinterp.train import train
+    from sinkinterp.train.testing import make_tiny_shards, tiny_train_config
+
+    mod = load_script("analyses/cpu_calibration.py")
+    shards = make_tiny_shards(tmp_path / "shards")
+    finals, runs = {}, {}
+    for name, model in (("held", dict(attn_bias="sink_logit", sink_logit_fixed=-2.0)),
+                        ("learned", dict(attn_bias="sink_logit", attn_bias_shared=True)),
+                        ("plain", {})):
+        cfg = tiny_train_config(shards, steps=2, eval_every=0, sink_every=0, model=model)
+        train(cfg, tmp_path / name, verbose=False)
+        finals[name] = mod.final_report(tmp_path / name / "checkpoints" / "step_0000002")
+        runs[name] = (cfg.to_dict(), [])
+    n_layers, n_heads = cfg.model.n_layers, cfg.model.n_heads
+    assert finals["held"]["heads"]["slot_logit"] == [[-2.0] * n_heads] * n_layers
+    assert finals["plain"]["heads"]["slot_logit"] is None
+    state = load_file(tmp_path / "learned" / "checkpoints" / "step_0000002" / "model.safetensors")
+    learned = [float(state[f"blocks.{layer}.attn.sink_logit"][0]) for layer in range(n_layers)]
+    assert [row[0] for row in finals["learned"]["heads"]["slot_logit"]] == pytest.approx(learned, abs=1e-4)
+    assert all(len(set(row)) == 1 and len(row) == n_heads for row in finals["learned"]["heads"]["slot_logit"])
+    old = json.loads(json.dumps(finals["learned"]))
+    del old["heads"]["slot_logit"]
+    finals["old"], runs["old"] = old, runs["learned"]
+    page = "\n".join(mod._variants_section(finals, runs))
+    rows = {"/".join(line[2:].split(" | ")[:2]): line for line in page.splitlines()
+            if line[2:].split(" | ")[0] in finals}
+    assert "| held | 0 | held -2.0 |" in rows["held/0"]
+    assert f"| learned | 1 | learned {learned[1]:+.2f} / " in rows["learned/1"]
+    assert "| old | 0 | learned: not kept |" in rows["old/0"]
+    assert not any(key.startswith("plain/") for key in rows)
+
+    monkeypatch.setattr(mod, "DATA", tmp_path / "data")
+    for name in ("learned", "plain"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    (tmp_path / "data" / "learned" / "final.json").write_text(json.dumps(old))
+    assert mod.main(["--add-heads", f"learned={tmp_path / 'learned' / 'checkpoints' / 'step_0000002'}"]) == 0
+    filled = json.loads((tmp_path / "data" / "learned" / "final.json").read_text())
+    assert filled["heads"]["slot_logit"] == finals["learned"]["heads"]["slot_logit"]
+    assert filled["heads_source"].endswith("step_0000002")
+    # another model (no slot: Sink_* None against a number) is refused and the file left as it was
+    (tmp_path / "data" / "plain" / "final.json").write_text(json.dumps(old))
+    assert mod.main(["--add-heads", f"plain={tmp_path / 'plain' / 'checkpoints' / 'step_0000002'}"]) == 2
+    assert json.loads((tmp_path / "data" / "plain" / "final.json").read_text()) == old
+    assert mod.main(["--add-heads", "missing=toy-softmax"]) == 2
+
+
 def test_cpu_calibration_recipes_make_valid_configs_and_match_their_snapshots():
     """Every toy-scale recipe builds a valid TrainConfig; every committed snapshot was trained with
     exactly its recipe's overrides, so ``--train NAME`` reproduces it; every paper row names recipes."""
