@@ -685,6 +685,26 @@ def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[
                         else "learned " + " / ".join(f"{x:+.2f}" for x in learned[layer]))
                 out.append(f"| {n} | {layer} | {slot} | {' / '.join(f'{x:.2f}' for x in a)} | "
                            f"{' / '.join(f'{x:+.2f}' for x in l1)} | {' / '.join(f'{x:+.2f}' for x in lr)} |")
+        learned = [n for n in slots if runs[n][0]["model"].get("sink_logit_fixed") is None
+                   and finals[n]["heads"].get("slot_logit") is not None]
+        if learned:
+            # Adam moves a parameter whose gradient keeps its sign by about lr per update, so from 0 at
+            # init a learned logit can reach about sum_t lr_t (the decay total at weight decay 1)
+            reach = {n: _decay_total(runs[n][0], weight_decay=1.0) for n in learned}
+            out += ["", "Where the learned logits end: " + "; ".join(
+                f"{n} {min(map(min, finals[n]['heads']['slot_logit'])):+.2f} to "
+                f"{max(map(max, finals[n]['heads']['slot_logit'])):+.2f}" for n in learned)
+                + ". They start at 0, and Adam moves a parameter whose gradient keeps its sign by about lr per "
+                "update, so the run's learning-rate sum (" + ", ".join(f"{reach[n]:.2f}" for n in learned)
+                + ") is about as far as one can get."]
+        borrowed = [n for n in slots if "heads_source_sink" in finals[n]]
+        if borrowed:
+            out += ["", "Per-head numbers measured on another copy of the model (`--add-heads`; the snapshot's own "
+                    "Sink_1 / Sink_* against the copy's):"]
+            for n in borrowed:
+                f, g = finals[n], finals[n]["heads_source_sink"]
+                out.append(f"- {n}: `{f['heads_source']}`, Sink_1 {f['sink1']:.2f} / {g['sink1']:.2f}, "
+                           f"Sink_* {f['sink_bias']:.2f} / {g['sink_bias']:.2f}")
     if post:
         out += ["", "## Post-norm: the massive activation before the norms", "",
                 "In a post-norm block the residual stream is the output of a norm, so its massive-activation",
@@ -1208,7 +1228,8 @@ def add_heads(pairs: list[str]) -> int:
                 print(f"cpu_calibration: {spec} gives {key} {a}, {name}'s final.json {b}: not the same model",
                       file=sys.stderr)
                 return 2
-        final.update(heads=fresh["heads"], heads_source=str(spec))
+        final.update(heads=fresh["heads"], heads_source=str(spec),
+                     heads_source_sink={"sink1": fresh["sink1"], "sink_bias": fresh["sink_bias"]})
         if "val_loss_seed0_windows" in fresh and "val_loss_seed0_windows" not in final:
             final["val_loss_seed0_windows"] = fresh["val_loss_seed0_windows"]
         write_json(final_file, final)

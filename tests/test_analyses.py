@@ -399,13 +399,15 @@ def test_cpu_calibration_slot_logits_held_and_learned(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from sinkinterp.train import train
+    from sinkinterp.train.config import TrainConfig
+    from sinkinterp.train.schedule import lr_at
     from sinkinterp.train.testing import make_tiny_shards, tiny_train_config
 
     mod = load_script("analyses/cpu_calibration.py")
     shards = make_tiny_shards(tmp_path / "shards")
     finals, runs = {}, {}
-    for name, model in (("held", dict(attn_bias="sink_logit", sink_logit_fixed=-2.0)),
-                        ("learned", dict(attn_bias="sink_logit", attn_bias_shared=True)),
+    for name, model in (("held", {"attn_bias": "sink_logit", "sink_logit_fixed": -2.0}),
+                        ("learned", {"attn_bias": "sink_logit", "attn_bias_shared": True}),
                         ("plain", {})):
         cfg = tiny_train_config(shards, steps=2, eval_every=0, sink_every=0, model=model)
         train(cfg, tmp_path / name, verbose=False)
@@ -418,6 +420,10 @@ def test_cpu_calibration_slot_logits_held_and_learned(tmp_path, monkeypatch):
     learned = [float(state[f"blocks.{layer}.attn.sink_logit"][0]) for layer in range(n_layers)]
     assert [row[0] for row in finals["learned"]["heads"]["slot_logit"]] == pytest.approx(learned, abs=1e-4)
     assert all(len(set(row)) == 1 and len(row) == n_heads for row in finals["learned"]["heads"]["slot_logit"])
+    # the learning-rate sum comes from the run's config: the calibration runs' 6,000-step schedule here
+    calib = json.loads(mod.BASE.read_text())
+    calib["model"] = {**calib["model"], **runs["learned"][0]["model"]}
+    runs["learned"] = (calib, [])
     old = json.loads(json.dumps(finals["learned"]))
     del old["heads"]["slot_logit"]
     finals["old"], runs["old"] = old, runs["learned"]
@@ -428,6 +434,12 @@ def test_cpu_calibration_slot_logits_held_and_learned(tmp_path, monkeypatch):
     assert f"| learned | 1 | learned {learned[1]:+.2f} / " in rows["learned/1"]
     assert "| old | 0 | learned: not kept |" in rows["old/0"]
     assert not any(key.startswith("plain/") for key in rows)
+    lo, hi = min(map(min, finals["learned"]["heads"]["slot_logit"])), max(map(max, finals["learned"]["heads"]["slot_logit"]))
+    calib_cfg = TrainConfig.from_dict(calib)
+    reach = sum(lr_at(calib_cfg, step) for step in range(calib_cfg.steps))
+    assert reach > 1.0
+    assert f"Where the learned logits end: learned {lo:+.2f} to {hi:+.2f}." in page
+    assert f"learning-rate sum ({reach:.2f})" in page and "old " not in page.split("Where the learned")[1]
 
     monkeypatch.setattr(mod, "DATA", tmp_path / "data")
     for name in ("learned", "plain"):
@@ -437,6 +449,10 @@ def test_cpu_calibration_slot_logits_held_and_learned(tmp_path, monkeypatch):
     filled = json.loads((tmp_path / "data" / "learned" / "final.json").read_text())
     assert filled["heads"]["slot_logit"] == finals["learned"]["heads"]["slot_logit"]
     assert filled["heads_source"].endswith("step_0000002")
+    assert filled["heads_source_sink"] == {"sink1": finals["learned"]["sink1"], "sink_bias": finals["learned"]["sink_bias"]}
+    note = "\n".join(mod._variants_section({"learned": filled}, {"learned": runs["learned"]}))
+    assert f"- learned: `{filled['heads_source']}`, Sink_1 {old['sink1']:.2f} / {old['sink1']:.2f}" in note
+    assert "another copy" not in page  # the runs measured on their own checkpoints say nothing
     # another model (no slot: Sink_* None against a number) is refused and the file left as it was
     (tmp_path / "data" / "plain" / "final.json").write_text(json.dumps(old))
     assert mod.main(["--add-heads", f"plain={tmp_path / 'plain' / 'checkpoints' / 'step_0000002'}"]) == 2
