@@ -166,6 +166,8 @@ RECIPES: dict[str, list[str]] = {
     "c_logitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-2.0"],
     "c_logitm2bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-2.0", *SEED1],
     "c_logitm4bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-4.0"],
+    # a learned logit started at -2 instead of 0: is the slot's sink decided by where the logit starts?
+    "c_sinklogitinitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0"],
 }
 
 

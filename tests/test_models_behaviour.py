@@ -275,6 +275,39 @@ def test_sink_logit_fixed_is_checked():
             tiny_config(attn_bias="sink_logit", sink_logit_fixed=bad)
 
 
+def test_a_learned_sink_logit_starts_at_sink_logit_init_and_nothing_else_moves():
+    """sink_logit_init sets a learned sink logit's starting value (every layer and head; shared or not);
+    every other weight is drawn as with the default 0, the slot weighs exp(init) against the scores, the
+    logit stays a trained parameter, and the field is checked."""
+    start = SinkTransformer(tiny_config(attn_bias="sink_logit", sink_logit_init=-2.0))
+    plain = SinkTransformer(tiny_config(attn_bias="sink_logit"))
+    for (name, p), (_, q) in zip(start.named_parameters(), plain.named_parameters(), strict=True):
+        if name.endswith("sink_logit"):
+            assert p.requires_grad and torch.equal(p, torch.full_like(p, -2.0)) and torch.equal(q, torch.zeros_like(q))
+        else:
+            assert torch.equal(p, q), name
+    shared = SinkTransformer(tiny_config(attn_bias="sink_logit", attn_bias_shared=True, sink_logit_init=1.5))
+    assert [b.attn.sink_logit.tolist() for b in shared.blocks] == [[1.5]] * len(shared.blocks)
+    start = start.double()
+    tokens = _tokens()
+    with torch.no_grad():
+        _, cache = start.run_with_cache(tokens, names_filter=lambda n: n.startswith("blocks.0.attn"))
+    scores = cache["blocks.0.attn.hook_attn_scores"]
+    torch.testing.assert_close(cache["blocks.0.attn.hook_bias_pattern"],
+                               math.exp(-2.0) / (math.exp(-2.0) + scores.exp().sum(-1)), atol=1e-12, rtol=0)
+    assert ModelConfig.from_dict(start.cfg.to_dict()).sink_logit_init == -2.0
+    with pytest.raises(ValueError, match="sink_logit_init: only applies to a learned sink logit .* attn_bias='kv'"):
+        tiny_config(attn_bias="kv", sink_logit_init=-2.0)
+    with pytest.raises(ValueError, match="sink_logit_init: only applies .* sink_logit_fixed=0.0"):
+        tiny_config(attn_bias="sink_logit", sink_logit_fixed=0.0, sink_logit_init=-2.0)
+    with pytest.raises(TypeError, match="sink_logit_init: expected a finite number, got inf"):
+        tiny_config(attn_bias="sink_logit", sink_logit_init=float("inf"))
+    for bad in (True, None):  # the runtime type check may answer first
+        with pytest.raises(TypeError, match="sink_logit_init"):
+            tiny_config(attn_bias="sink_logit", sink_logit_init=bad)
+    assert tiny_config(attn_bias="kv").sink_logit_init == 0.0  # the default applies everywhere
+
+
 def test_sink_token_state_is_shared_by_all_sequences():
     model = tiny_model("sink_token")
     a, b = _tokens(batch=1, seed=1), _tokens(batch=1, seed=2)

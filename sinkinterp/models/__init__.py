@@ -18,7 +18,8 @@ alibi / relative), ``norm_placement`` (pre / post), ``norm_type`` (rmsnorm / lay
 (swiglu / geglu / reglu / gelu / relu), ``attn_op`` (softmax / softmax_scaled / sigmoid /
 sigmoid_norm / elu1 / elu1_norm / linear_elu / linear_identity), ``attn_gate``, ``attn_bias``
 (none / kv / k / v / sink_token / sink_logit, ``attn_bias_shared``; ``sink_logit_fixed`` holds the sink
-logit instead of learning it, 0.0 = softmax-off-by-one), ``window``, ``prefix_len``,
+logit instead of learning it, 0.0 = softmax-off-by-one; ``sink_logit_init`` starts a learned one elsewhere
+than 0), ``window``, ``prefix_len``,
 grouped-query attention (``n_kv_heads``), ``tie_embeddings``.
 
 Hook names follow TransformerLens and ``docs/hook-contract.md``; bias-slot models (kv, k,

@@ -171,6 +171,10 @@ class ModelConfig:
     """attn_bias="sink_logit" with the logit held at this value instead of learned (a buffer, not a
     parameter): 0.0 is softmax-off-by-one, exp(s_j) / (1 + sum_i exp(s_i)) (Miller 2023, "Attention is off
     by one"; Kaul et al. 2024's softmax-1); None = learned per head (gpt-oss)."""
+    sink_logit_init: float = 0.0
+    """a learned sink logit's value at initialization (attn_bias="sink_logit", sink_logit_fixed None): 0.0
+    starts it where softmax-off-by-one holds it; a lower start asks whether the slot still takes the sink
+    when it has to climb to it."""
     attn_bias_removed: str = "none"
     """bias removed after training (the paper's ablation): "none" | "v" (v* treated as 0, the slot
     keeps its key) | "all" (no slot, no v*). Parameters stay in the model so the removal is reversible;
@@ -280,6 +284,13 @@ class ModelConfig:
             if self.attn_bias != "sink_logit":
                 raise ValueError(f"ModelConfig.sink_logit_fixed: only applies to attn_bias='sink_logit', "
                                  f"got attn_bias={self.attn_bias!r}")
+        if isinstance(self.sink_logit_init, bool) or not isinstance(self.sink_logit_init, (int, float)) \
+                or not math.isfinite(self.sink_logit_init):
+            raise TypeError(f"ModelConfig.sink_logit_init: expected a finite number, got {self.sink_logit_init!r}")
+        if self.sink_logit_init != 0.0 and (self.attn_bias != "sink_logit" or self.sink_logit_fixed is not None):
+            raise ValueError(f"ModelConfig.sink_logit_init: only applies to a learned sink logit (attn_bias='sink_logit', "
+                             f"sink_logit_fixed None), got attn_bias={self.attn_bias!r}, "
+                             f"sink_logit_fixed={self.sink_logit_fixed!r}")
         if self.attn_bias == "sink_logit" and self.attn_op in KERNEL_OPS:
             raise ValueError(
                 f"ModelConfig.attn_bias: 'sink_logit' needs a score-based attn_op, not kernel "

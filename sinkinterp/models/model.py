@@ -314,7 +314,7 @@ class SinkTransformer(HookedRootModule):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Normal(0, init_std) for matrices, init_std / sqrt(2 n_layers) for the output projections
-        (W_O, W_out), ones / zeros for norms, zeros for sink logits; drawn from a private generator
+        (W_O, W_out), ones / zeros for norms, ``sink_logit_init`` (0) for sink logits; drawn from a private generator
         seeded with ``cfg.seed`` in parameter-name order, so a config always gives the same model."""
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -323,8 +323,10 @@ class SinkTransformer(HookedRootModule):
             leaf = name.rsplit(".", 1)[-1]
             if leaf == "w":
                 p.fill_(1.0)
-            elif leaf in ("b", "sink_logit"):
+            elif leaf == "b":
                 p.zero_()
+            elif leaf == "sink_logit":
+                p.fill_(float(cfg.sink_logit_init))
             else:
                 std = out_std if leaf in ("W_O", "W_out") else cfg.init_std
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * std)
