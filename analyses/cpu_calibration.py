@@ -693,12 +693,13 @@ def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[
             # Adam moves a parameter whose gradient keeps its sign by about lr per update, so from 0 at
             # init a learned logit can reach about sum_t lr_t (the decay total at weight decay 1)
             reach = {n: _decay_total(runs[n][0], weight_decay=1.0) for n in learned}
-            out += ["", "Where the learned logits end: " + "; ".join(
+            out += ["", "Where the learned logits end (from where they start, `sink_logit_init`): " + "; ".join(
                 f"{n} {min(map(min, finals[n]['heads']['slot_logit'])):+.2f} to "
-                f"{max(map(max, finals[n]['heads']['slot_logit'])):+.2f}" for n in learned)
-                + ". They start at 0, and Adam moves a parameter whose gradient keeps its sign by about lr per "
-                "update, so the run's learning-rate sum (" + ", ".join(f"{reach[n]:.2f}" for n in learned)
-                + ") is about as far as one can get."]
+                f"{max(map(max, finals[n]['heads']['slot_logit'])):+.2f} "
+                f"(from {runs[n][0]['model'].get('sink_logit_init', 0.0):+.1f})" for n in learned)
+                + ". Adam moves a parameter whose gradient keeps its sign by about lr per update, so the run's "
+                "learning-rate sum (" + ", ".join(f"{reach[n]:.2f}" for n in learned)
+                + ") is about as far as one can move from its start."]
         borrowed = [n for n in slots if "heads_source_sink" in finals[n]]
         if borrowed:
             out += ["", "Per-head numbers measured on another copy of the model (`--add-heads`; the snapshot's own "

@@ -407,7 +407,7 @@ def test_cpu_calibration_slot_logits_held_and_learned(tmp_path, monkeypatch):
     shards = make_tiny_shards(tmp_path / "shards")
     finals, runs = {}, {}
     for name, model in (("held", {"attn_bias": "sink_logit", "sink_logit_fixed": -2.0}),
-                        ("learned", {"attn_bias": "sink_logit", "attn_bias_shared": True}),
+                        ("learned", {"attn_bias": "sink_logit", "attn_bias_shared": True, "sink_logit_init": -1.0}),
                         ("plain", {})):
         cfg = tiny_train_config(shards, steps=2, eval_every=0, sink_every=0, model=model)
         train(cfg, tmp_path / name, verbose=False)
@@ -438,7 +438,8 @@ def test_cpu_calibration_slot_logits_held_and_learned(tmp_path, monkeypatch):
     calib_cfg = TrainConfig.from_dict(calib)
     reach = sum(lr_at(calib_cfg, step) for step in range(calib_cfg.steps))
     assert reach > 1.0
-    assert f"Where the learned logits end: learned {lo:+.2f} to {hi:+.2f}." in page
+    assert f"`sink_logit_init`): learned {lo:+.2f} to {hi:+.2f} (from -1.0)." in page
+    assert -1.01 < lo <= hi < -0.99  # two small updates from the start
     assert f"learning-rate sum ({reach:.2f})" in page and "old " not in page.split("Where the learned")[1]
 
     monkeypatch.setattr(mod, "DATA", tmp_path / "data")
