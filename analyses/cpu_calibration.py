@@ -887,6 +887,8 @@ PAPER_ROWS = [
      "not in the paper (Miller 2023; Kaul et al. 2024's softmax-1 against first-token dominance)"),
     ("softmax-off-by-one, no BOS", ["c_zerologit", "c_zerologit_s1"],
      "not in the paper; its KV bias without BOS: Sink_* 72.76, Sink_1 0.04"),
+    ("a learned sink logit started at -2 instead of 0 (`sink_logit_init`), BOS first", ["c_sinklogitinitm2bos"],
+     "not in the paper; the learned logit above starts at 0"),
     ("a sink logit held at -1 (v* = 0), BOS first", ["c_logitm1bos", "c_logitm1bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-1 of a key at logit 0"),
     ("a sink logit held at -2 (v* = 0), BOS first", ["c_logitm2bos", "c_logitm2bos_s1"],
