@@ -159,8 +159,8 @@ RECIPES: dict[str, list[str]] = {
     "c_zerologitbos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0", *SEED1],
     "c_zerologit": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0"],
     "c_zerologit_s1": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0", *SEED1],
-    # the same slot held lower: at -2 / -4 it weighs e^-2 / e^-4 of a key whose logit is 0, so taking the
-    # sink costs that much more lowering of every real logit. Where does the sink go back to token 1?
+    # the same slot held lower: at b < 0 it weighs e^b of a key whose logit is 0, so taking the sink
+    # costs that much more lowering of every real logit. Where does the sink go back to token 1?
     "c_logitm1bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0"],
     "c_logitm1bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0", *SEED1],
     "c_logitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-2.0"],
@@ -690,8 +690,8 @@ def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[
         learned = [n for n in slots if runs[n][0]["model"].get("sink_logit_fixed") is None
                    and finals[n]["heads"].get("slot_logit") is not None]
         if learned:
-            # Adam moves a parameter whose gradient keeps its sign by about lr per update, so from 0 at
-            # init a learned logit can reach about sum_t lr_t (the decay total at weight decay 1)
+            # Adam moves a parameter whose gradient keeps its sign by about lr per update, so a learned
+            # logit can get about sum_t lr_t (the decay total at weight decay 1) away from its start
             reach = {n: _decay_total(runs[n][0], weight_decay=1.0) for n in learned}
             out += ["", "Where the learned logits end (from where they start, `sink_logit_init`): " + "; ".join(
                 f"{n} {min(map(min, finals[n]['heads']['slot_logit'])):+.2f} to "

@@ -314,8 +314,8 @@ class SinkTransformer(HookedRootModule):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Normal(0, init_std) for matrices, init_std / sqrt(2 n_layers) for the output projections
-        (W_O, W_out), ones / zeros for norms, ``sink_logit_init`` (0) for sink logits; drawn from a private generator
-        seeded with ``cfg.seed`` in parameter-name order, so a config always gives the same model."""
+        (W_O, W_out), ones / zeros for norms, ``sink_logit_init`` (0) for sink logits; drawn from a private
+        generator seeded with ``cfg.seed`` in parameter-name order, so a config always gives the same model."""
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed)
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
