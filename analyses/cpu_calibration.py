@@ -681,10 +681,10 @@ def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[
         for n in slots:
             h = finals[n]["heads"]
             held = runs[n][0]["model"].get("sink_logit_fixed")
-            learned = h.get("slot_logit")
+            kept = h.get("slot_logit")
             for layer, (a, l1, lr) in enumerate(zip(h["alpha_bias"], h["qk"]["logit_q_k1"], h["qk"]["logit_q_krest"])):
-                slot = (f"held {held:+.1f}" if held is not None else "learned: not kept" if learned is None
-                        else "learned " + " / ".join(f"{x:+.2f}" for x in learned[layer]))
+                slot = (f"held {held:+.1f}" if held is not None else "learned: not kept" if kept is None
+                        else "learned " + " / ".join(f"{x:+.2f}" for x in kept[layer]))
                 out.append(f"| {n} | {layer} | {slot} | {' / '.join(f'{x:.2f}' for x in a)} | "
                            f"{' / '.join(f'{x:+.2f}' for x in l1)} | {' / '.join(f'{x:+.2f}' for x in lr)} |")
         learned = [n for n in slots if runs[n][0]["model"].get("sink_logit_fixed") is None
