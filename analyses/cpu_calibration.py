@@ -161,13 +161,17 @@ RECIPES: dict[str, list[str]] = {
     "c_zerologit_s1": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=0.0", *SEED1],
     # the same slot held lower: at b < 0 it weighs e^b of a key whose logit is 0, so taking the sink
     # costs that much more lowering of every real logit. Where does the sink go back to token 1?
+    "c_logitm05bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-0.5"],
+    "c_logitm05bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-0.5", *SEED1],
     "c_logitm1bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0"],
     "c_logitm1bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0", *SEED1],
     "c_logitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-2.0"],
     "c_logitm2bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-2.0", *SEED1],
     "c_logitm4bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-4.0"],
+    "c_logitm4bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-4.0", *SEED1],
     # a learned logit started at -2 instead of 0: is the slot's sink decided by where the logit starts?
     "c_sinklogitinitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0"],
+    "c_sinklogitinitm2bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0", *SEED1],
 }
 
 
@@ -887,13 +891,15 @@ PAPER_ROWS = [
      "not in the paper (Miller 2023; Kaul et al. 2024's softmax-1 against first-token dominance)"),
     ("softmax-off-by-one, no BOS", ["c_zerologit", "c_zerologit_s1"],
      "not in the paper; its KV bias without BOS: Sink_* 72.76, Sink_1 0.04"),
-    ("a learned sink logit started at -2 instead of 0 (`sink_logit_init`), BOS first", ["c_sinklogitinitm2bos"],
+    ("a learned sink logit started at -2 instead of 0 (`sink_logit_init`), BOS first", ["c_sinklogitinitm2bos", "c_sinklogitinitm2bos_s1"],
      "not in the paper; the learned logit above starts at 0"),
+    ("a sink logit held at -0.5 (v* = 0), BOS first", ["c_logitm05bos", "c_logitm05bos_s1"],
+     "not in the paper; softmax-off-by-one with the slot weighing e^-0.5 of a key at logit 0"),
     ("a sink logit held at -1 (v* = 0), BOS first", ["c_logitm1bos", "c_logitm1bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-1 of a key at logit 0"),
     ("a sink logit held at -2 (v* = 0), BOS first", ["c_logitm2bos", "c_logitm2bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-2 of a key at logit 0"),
-    ("a sink logit held at -4 (v* = 0), BOS first", ["c_logitm4bos"],
+    ("a sink logit held at -4 (v* = 0), BOS first", ["c_logitm4bos", "c_logitm4bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-4 of a key at logit 0"),
     ("KV bias shared by all heads, BOS first", ["c_kvsharedbos", "c_kvsharedbos_s1"], "Sink_1 comes back to 12.44"),
     ("learnable sink token, BOS first", ["c_sinktokbos", "c_sinktokbos_s1"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
