@@ -541,7 +541,7 @@ def _folds_in_weights(model: Any) -> dict[str, bool | None]:
     options): the norms folded (a HookedTransformer's ``normalization_type`` LNPre / RMSPre; a bridge's
     norms left with constant weights, 1 or 0), the writing weights centered (W_E, W_pos, every W_O and
     W_out with mean 0 over d_model), the unembedding centered (W_U with mean 0 over the vocabulary), the
-    value biases zero. None where the model has no such weights."""
+    value biases zero, the output biases zero. None where the model has no such weights."""
     import torch
 
     blocks = list(_getattr_quiet(model, "blocks") or [])
@@ -562,13 +562,18 @@ def _folds_in_weights(model: Any) -> dict[str, bool | None]:
             centered = False
             break
         centered = centered or c
-    value_biases = [_getattr_quiet(_getattr_quiet(b, "attn"), "b_V") for b in blocks]
+    value_biases, output_biases = ([_getattr_quiet(_getattr_quiet(b, "attn"), name) for b in blocks]
+                                   for name in ("b_V", "b_O"))
     value_biases = [v for v in value_biases if isinstance(v, torch.Tensor)]
+    output_biases = [o for o in output_biases if isinstance(o, torch.Tensor)]
     return {
         "norms folded": folded,
         "writing weights centered": centered,
         "unembedding centered": _mean_free(_getattr_quiet(model, "W_U")),
         "value biases zero": all(not bool(v.any()) for v in value_biases) if value_biases else None,
+        # folding adds sum_h b_V[h] W_O[h] to b_O, which is then zero only where b_V was (or b_V W_O cancels b_O
+        # exactly): zero output biases beside zero value biases mean the checkpoint had none to fold
+        "output biases zero": all(not bool(o.any()) for o in output_biases) if output_biases else None,
     }
 
 
@@ -584,8 +589,9 @@ def weight_processing(model: Any) -> str | None:
     (``_folds_in_weights``): a bridge counts as processed by its ``_weights_processed`` flag; a
     HookedTransformer by folded norms, centered writing weights or a centered unembedding (one processed
     with none of those three, value biases folded alone, is not recognized: its zero b_V looks like a
-    model without value biases). The answer names the steps found and those not found; "value biases zero"
-    cannot tell folded biases from none."""
+    model without value biases). The answer names the steps found and those not found; zero value biases
+    beside zero output biases mean the checkpoint had none (folding would have left b_O nonzero), beside a
+    nonzero b_O that they were folded, or that the checkpoint has an output bias only (GPT-Neo)."""
     bridge = getattr(model, "_weights_processed", None) is True
     if not bridge and not _is_hooked_transformer(model):
         return None
@@ -611,8 +617,11 @@ def _processing_from_weights(model: Any, bridge: bool, norm: str | None) -> str 
         return None
     who = ("TransformerBridge.process_weights / enable_compatibility_mode" if bridge
            else "HookedTransformer with processed weights")
+    no_output_bias = found.pop("output biases zero") is not False
+    why = (" (the output biases are zero too: the checkpoint has none)" if no_output_bias
+           else " (folded into b_O; or a checkpoint with an output bias and none on the values, as GPT-Neo)")
     yes = [k + (f" (normalization_type {norm})" if k == "norms folded" and not bridge else "")
-           + (" (folded into b_O, or the checkpoint has none)" if k == "value biases zero" else "")
+           + (why if k == "value biases zero" else "")
            for k, v in found.items() if v]
     no = [k for k, v in found.items() if v is False]
     return (f"{who}, read from the weights: {', '.join(yes) or 'no step found'}"

@@ -453,8 +453,8 @@ def test_processed_weights_keep_the_attention_and_are_named_beside_the_norms_the
     assert a.norms["weight_processing"] is None
     assert b.norms["weight_processing"] == (
         "TransformerBridge.process_weights / enable_compatibility_mode, read from the weights: norms folded, "
-        "writing weights centered, unembedding centered, value biases zero (folded into b_O, or the checkpoint "
-        "has none)")
+        "writing weights centered, unembedding centered, value biases zero (folded into b_O; or a checkpoint "
+        "with an output bias and none on the values, as GPT-Neo)")
     np.testing.assert_allclose(b.alpha_by_key, a.alpha_by_key, atol=1e-6)
     np.testing.assert_array_equal(b.sink_pct_by_key, a.sink_pct_by_key)
     for key in ("first", "rest"):
@@ -489,9 +489,10 @@ def test_a_hooked_transformer_with_processed_weights_is_named():
     assert before.norms["weight_processing"] is None
     ht.process_weights_()
     after = measure(ht, tokens, eps=0.3)
-    assert after.norms["weight_processing"].startswith(
+    assert after.norms["weight_processing"] == (
         "HookedTransformer with processed weights, read from the weights: norms folded (normalization_type LNPre), "
-        "writing weights centered, unembedding centered")
+        "writing weights centered, unembedding centered, value biases zero (folded into b_O; or a checkpoint with "
+        "an output bias and none on the values, as GPT-Neo)")
     np.testing.assert_allclose(after.alpha_by_key, before.alpha_by_key, atol=1e-5)
 
 
@@ -512,14 +513,16 @@ def test_which_steps_processed_a_hooked_transformer_is_read_from_its_weights(ste
     if found is None:
         assert said is None
         return
-    assert said.startswith("HookedTransformer with processed weights, read from the weights: " + ", ".join(found))
-    assert said.endswith("; not: " + ", ".join(not_found))
+    # built from a config, its value and output biases are zero: nothing was folded, and the answer says so
+    assert said == ("HookedTransformer with processed weights, read from the weights: " + ", ".join(found)
+                    + ", value biases zero (the output biases are zero too: the checkpoint has none)"
+                    + "; not: " + ", ".join(not_found))
 
 
 @pytest.mark.parametrize("name, steps, said", [
     ("gpt2", {"fold_ln": False, "center_writing_weights": False, "center_unembed": False},
-     ("value biases zero (folded into b_O, or the checkpoint has none); not: norms folded, writing weights "
-      "centered, unembedding centered")),
+     ("value biases zero (folded into b_O; or a checkpoint with an output bias and none on the values, as "
+      "GPT-Neo); not: norms folded, writing weights centered, unembedding centered")),
     ("gpt2", {"fold_value_biases": False},
      "norms folded, writing weights centered, unembedding centered; not: value biases zero"),
     ("llama", {}, "norms folded, unembedding centered; not: writing weights centered"),  # RMSNorm: no centering
