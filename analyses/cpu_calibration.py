@@ -168,10 +168,12 @@ RECIPES: dict[str, list[str]] = {
     "c_logitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-2.0"],
     "c_logitm2bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-2.0", *SEED1],
     "c_logitm4bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-4.0"],
-    "c_logitm4bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-4.0", *SEED1],
+    # held at -1 without BOS: with no fixed first token to compete with, does the slot take the sink that
+    # it leaves to BOS at -1 (and that it takes at 0 with or without BOS)?
+    "c_logitm1": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0"],
+    "c_logitm1_s1": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0", *SEED1],
     # a learned logit started at -2 instead of 0: is the slot's sink decided by where the logit starts?
     "c_sinklogitinitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0"],
-    "c_sinklogitinitm2bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0", *SEED1],
 }
 
 
@@ -891,15 +893,17 @@ PAPER_ROWS = [
      "not in the paper (Miller 2023; Kaul et al. 2024's softmax-1 against first-token dominance)"),
     ("softmax-off-by-one, no BOS", ["c_zerologit", "c_zerologit_s1"],
      "not in the paper; its KV bias without BOS: Sink_* 72.76, Sink_1 0.04"),
-    ("a learned sink logit started at -2 instead of 0 (`sink_logit_init`), BOS first", ["c_sinklogitinitm2bos", "c_sinklogitinitm2bos_s1"],
+    ("a learned sink logit started at -2 instead of 0 (`sink_logit_init`), BOS first", ["c_sinklogitinitm2bos"],
      "not in the paper; the learned logit above starts at 0"),
     ("a sink logit held at -0.5 (v* = 0), BOS first", ["c_logitm05bos", "c_logitm05bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-0.5 of a key at logit 0"),
     ("a sink logit held at -1 (v* = 0), BOS first", ["c_logitm1bos", "c_logitm1bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-1 of a key at logit 0"),
+    ("a sink logit held at -1, no BOS", ["c_logitm1", "c_logitm1_s1"],
+     "not in the paper; the slot at e^-1 with no BOS to compete with"),
     ("a sink logit held at -2 (v* = 0), BOS first", ["c_logitm2bos", "c_logitm2bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-2 of a key at logit 0"),
-    ("a sink logit held at -4 (v* = 0), BOS first", ["c_logitm4bos", "c_logitm4bos_s1"],
+    ("a sink logit held at -4 (v* = 0), BOS first", ["c_logitm4bos"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-4 of a key at logit 0"),
     ("KV bias shared by all heads, BOS first", ["c_kvsharedbos", "c_kvsharedbos_s1"], "Sink_1 comes back to 12.44"),
     ("learnable sink token, BOS first", ["c_sinktokbos", "c_sinktokbos_s1"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
