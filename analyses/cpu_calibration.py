@@ -30,6 +30,7 @@ DATA = ROOT / "analyses" / "data" / "cpu_calibration"
 DOC = ROOT / "docs" / "cpu-calibration.md"
 FIG = ROOT / "docs" / "figures" / "cpu-calibration-emergence.png"
 HEADS_FIG = ROOT / "docs" / "figures" / "cpu-calibration-heads.png"
+SLOT_FIG = ROOT / "docs" / "figures" / "cpu-calibration-slot.png"
 BASE = ROOT / "configs" / "cpu_calib_wd05.json"
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
@@ -584,6 +585,55 @@ def _figure(runs: dict[str, tuple[dict, list[dict]]]) -> None:
     save_figure(fig, FIG, palette=True)
 
 
+def _slot_key(cfg: dict) -> tuple[str, float]:
+    """A sink-logit run's slot as (label, start): "held b" / "learned from b", b the held value or the start."""
+    held = cfg["model"].get("sink_logit_fixed")
+    if held is not None:
+        return f"held {held:+g}", float(held)
+    start = float(cfg["model"].get("sink_logit_init", 0.0))
+    return f"learned from {start:+g}", start
+
+
+def _slot_runs(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
+    """The runs whose attention has a sink-logit slot (held or learned)."""
+    return [n for n, (cfg, _) in runs.items() if cfg.get("model", {}).get("attn_bias") == "sink_logit"]
+
+
+def _slot_figure(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
+    """Sink_* on the slot and Sink_1 along training for every sink-logit run, one color per held value or
+    learned start, a marker for BOS first or not, a line style per seed; the runs it drew (none: no figure)."""
+    from sinkinterp.figures import _plt, save_figure
+
+    names = _slot_runs(runs)
+    if not names:
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    keys = sorted({_slot_key(runs[n][0]) for n in names}, key=lambda k: (k[0].startswith("learned"), -k[1]))
+    cmap = plt.get_cmap("viridis")
+    for name in names:
+        cfg, rows = runs[name]
+        key = _slot_key(cfg)
+        bos = any(t.get("kind") == "fixed_token" and t.get("token_id") == "bos" and list(t.get("positions", [])) == [0]
+                  for t in cfg.get("data", {}).get("transforms") or [])
+        tracked = [r for r in rows if r.get("sink1") is not None]
+        style = {"color": cmap(keys.index(key) / max(len(keys) - 1, 1)), "marker": "." if bos else "x",
+                 "markersize": 4, "linestyle": "-" if int(cfg.get("seed", 0)) == 0 else "--",
+                 "label": f"{name} ({key[0]}{'' if bos else ', no BOS'})"}
+        steps = [r["step"] for r in tracked]
+        axes[0].plot(steps, [r.get("sink_bias") or 0.0 for r in tracked], **style)
+        axes[1].plot(steps, [r["sink1"] for r in tracked], **style)
+    for ax, title in zip(axes, ("Sink_* on the slot (%), eps 0.3", "Sink_1 (%), eps 0.3")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
+               frameon=False)
+    fig.tight_layout()
+    save_figure(fig, SLOT_FIG, palette=True)
+    return names
+
+
 def _finals() -> dict[str, dict]:
     """final.json of every snapshot that has per-head numbers, in PAPER_ROWS order (seeds together)."""
     order = [n for _, names, _ in PAPER_ROWS for n in names]
@@ -677,6 +727,11 @@ def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[
     out = []
     if slots:
         out += ["", "## Softmax-off-by-one and the sink logit: how the slot takes the sink", "",
+                *(["Sink_* on the slot and Sink_1 along training for every sink-logit run (`_slot_figure`; color:",
+                   "the held logit, darkest at 0, then the learned logits by their start, lightest; dots: BOS first,",
+                   "crosses: no BOS; dashed: seed 1), on the runs' tracking windows:", "",
+                   ("![Sink_* on the slot and Sink_1 along training, per held or learned sink logit]"
+                    "(figures/cpu-calibration-slot.png)"), ""] if _slot_runs(runs) else []),
                 "With the slot's logit held at b the slot's weight for query t is e^b / (e^b + sum_s exp(s_ts)): the",
                 "model cannot raise the slot, only lower every real key's logit (b = 0 is softmax-off-by-one); a learned",
                 "logit can rise instead. Per head (0..H-1), on the report sequences: the slot's logit (held, or as",
@@ -1311,6 +1366,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cpu_calibration: no snapshots in {DATA}", file=sys.stderr)
         return 2
     _figure(runs)
+    _slot_figure(runs)
     lines = [
         "# Sink emergence at CPU scale (calibration runs)",
         "",

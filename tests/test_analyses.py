@@ -395,7 +395,8 @@ def test_cpu_calibration_slot_logits_held_and_learned(tmp_path, monkeypatch):
     """A sink-logit run's final report keeps the slot's logit per layer and head (the held value, or the
     learned parameter, a shared one repeated over the heads); the slot table names it, and a run whose
     snapshot predates it says the learned value was not kept. ``--add-heads`` fills a final.json that
-    lacks the logits from the same model and refuses another one."""
+    lacks the logits from the same model and refuses another one. The curves' figure draws the slot runs
+    only, as a palette PNG, labelled by the held value or the learned logit's start."""
     from safetensors.torch import load_file
 
     from sinkinterp.train import train
@@ -430,6 +431,16 @@ def test_cpu_calibration_slot_logits_held_and_learned(tmp_path, monkeypatch):
     page = "\n".join(mod._variants_section(finals, runs))
     rows = {"/".join(line[2:].split(" | ")[:2]): line for line in page.splitlines()
             if line[2:].split(" | ")[0] in finals}
+    # the figure of the slot runs' curves: drawn by main (never by the page's text), linked by the section
+    assert "(figures/cpu-calibration-slot.png)" in page
+    monkeypatch.setattr(mod, "SLOT_FIG", tmp_path / "slot.png")
+    curve = [{"step": s, "sink1": 1.0, "sink_bias": 2.0} for s in (0, 1, 2)]
+    assert mod._slot_figure({n: (cfg, curve) for n, (cfg, _) in runs.items()}) == ["held", "learned", "old"]
+    assert (tmp_path / "slot.png").read_bytes()[25] == 3  # PNG colour type 3: a palette
+    assert mod._slot_key(runs["held"][0]) == ("held -2", -2.0)
+    assert mod._slot_key(runs["learned"][0]) == ("learned from -1", -1.0)
+    assert mod._slot_figure({"plain": runs["plain"]}) == [] and "(figures/cpu-calibration-slot.png)" not in "\n".join(
+        mod._variants_section({"plain": finals["plain"]}, {"plain": runs["plain"]}))
     assert "| held | 0 | held -2.0 |" in rows["held/0"]
     assert f"| learned | 1 | learned {learned[1]:+.2f} / " in rows["learned/1"]
     assert "| old | 0 | learned: not kept |" in rows["old/0"]
