@@ -71,6 +71,8 @@ def test_comment_keys_ignored():
     ("sink_seq_len", 65, "sink_seq_len.*n_ctx"),
     ("sink_eps", 1.0, "sink_eps"),
     ("log_every", 0, "log_every"),
+    ("init_from", "", "init_from.*model / run folder"),
+    ("init_from", 3, "init_from"),
 ])
 def test_bad_values_name_the_field(field, value, needle):
     # wrong types may be caught first by the test suite's run-time type checker (jaxtyping +

@@ -105,6 +105,55 @@ def test_resume_is_exact(shards, tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "split")] == [0, 3, 4, 5, 6, 8]
 
 
+def test_init_from_copies_the_parameters_keeps_added_slots_fresh_and_resumes_exactly(shards, tmp_path):
+    """``init_from`` starts a run from a trained model: every parameter copied (its step-0 validation loss
+    is the source's final one), a slot the source lacks left at its fresh initialization, a held sink
+    logit taken from the new config, what was done recorded in init_from.json; once the run has a
+    checkpoint, resuming takes over and continues exactly."""
+    from sinkinterp.train.trainer import init_weights_from
+
+    src = train(tiny_train_config(shards, steps=4), tmp_path / "src", verbose=False)
+    assert src.finished
+    source = load_checkpoint(tmp_path / "src" / "checkpoints" / "step_0000004")
+    cfg = tiny_train_config(shards, steps=4, init_from=str(tmp_path / "src"))  # a run folder: its newest checkpoint
+    train(cfg, tmp_path / "ft", verbose=False)
+    rows = {r["step"]: r for r in read_metrics(tmp_path / "ft")}
+    assert rows[0]["val_loss"] == pytest.approx(read_metrics(tmp_path / "src")[-1]["val_loss"], abs=1e-6)
+    done = json.loads((tmp_path / "ft" / "init_from.json").read_text())
+    assert done["source"] == str(tmp_path / "src" / "checkpoints" / "step_0000004") and done["source_step"] == 4
+    assert done["copied"] == sorted(n for n, _ in source.named_parameters()) and done["fresh"] == []
+    # the same run stopped after one update and resumed: the checkpoint's weights, not the source's again
+    train(cfg, tmp_path / "split", until_step=1, verbose=False)
+    train(cfg, tmp_path / "split", verbose=False)
+    a, b = (_weights(tmp_path / d / "checkpoints" / "step_0000004") for d in ("ft", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # a learned sink logit added: copied weights equal the source's, the logits keep their init
+    learned = SinkTransformer(tiny_train_config(shards, model={"attn_bias": "sink_logit", "sink_logit_init": -1.0}).model)
+    done = init_weights_from(learned, tmp_path / "src" / "checkpoints" / "step_0000004")
+    assert done["fresh"] == ["blocks.0.attn.sink_logit", "blocks.1.attn.sink_logit"]
+    theirs = dict(source.named_parameters())
+    for name, p in learned.named_parameters():
+        assert torch.equal(p, theirs[name]) if name in theirs else bool((p == -1.0).all()), name
+    # a held one comes from the new config (a buffer: never copied)
+    held = SinkTransformer(tiny_train_config(shards, model={"attn_bias": "sink_logit", "sink_logit_fixed": 0.0}).model)
+    assert init_weights_from(held, tmp_path / "src")["fresh"] == []
+    assert bool((held.blocks[0].attn.sink_logit == 0.0).all())
+
+    # a source the new model has no place for, or of other shapes, or no model at all: clear errors
+    train(tiny_train_config(shards, steps=2, model={"attn_bias": "kv"}), tmp_path / "kv", verbose=False)
+    plain = SinkTransformer(tiny_train_config(shards).model)
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    with pytest.raises(ValueError, match=r"init_from.*no parameter here for \['blocks.0.attn.k_star'"):
+        init_weights_from(plain, tmp_path / "kv")
+    assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())  # nothing copied
+    wide = SinkTransformer(tiny_train_config(shards, model={"d_ff": 96}).model)
+    with pytest.raises(ValueError, match=r"other shapes: \['blocks.0.mlp.W_in"):
+        init_weights_from(wide, tmp_path / "src")
+    with pytest.raises(FileNotFoundError, match="init_from.*neither a model folder"):
+        train(tiny_train_config(shards, init_from=str(tmp_path / "nothing")), tmp_path / "bad", verbose=False)
+
+
 def test_triton_backend_trains_like_auto_and_may_change_on_resume(shards, tmp_path):
     """attn_backend="triton" (the fused sigmoid kernel, here in Triton's interpreter) trains to the
     weights of the plain path up to rounding; a run resumes with another backend."""

@@ -122,6 +122,14 @@ class TrainConfig:
     weights, only the newest keeps optimizer.pt."""
     seed: int = 0
     """seed of torch's global RNG for the run (the init seed is model.seed, the data seed data.seed)."""
+    init_from: str | None = None
+    """start the weights from a trained model instead of model.seed's initialization: a model folder
+    (model.safetensors + config.json: a checkpoint's ``step_N`` folder, a shipped model) or a run's folder
+    (its newest checkpoint). Every parameter of the folder is copied; the new model's parameters the folder
+    lacks (a slot added: k*/v*, a learned sink logit, a sink token) keep their fresh initialization, and its
+    buffers (a held sink logit) come from this config. A folder parameter the new model has no place for,
+    or of another shape, is an error. The optimizer, the schedule and the data start at step 0 (a second
+    phase of training); once the run has a checkpoint, resuming takes over. None: a fresh model."""
     device: str = "auto"
     """"auto" (cuda if available, else cpu) | "cpu" | "cuda" | "cuda:N"; under DDP "auto"/"cuda"
     become cuda:LOCAL_RANK."""
@@ -196,6 +204,8 @@ class TrainConfig:
                                  f"exist in sink sequences of length {self.sink_seq_len}")
         _int("ckpt_every", self.ckpt_every, 0)
         _int("seed", self.seed, 0)
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise TypeError(f"TrainConfig.init_from: expected None or a model / run folder path, got {self.init_from!r}")
         dev = self.device
         if not isinstance(dev, str) or not (
             dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())

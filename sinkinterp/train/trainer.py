@@ -8,6 +8,8 @@ Output folder::
     out_dir/checkpoints/step_0001000/  model.safetensors + config.json (save_checkpoint), and in the
                                        newest folder only optimizer.pt (AdamW state, RNG state, step)
     out_dir/checkpoints/latest         the name of the newest complete checkpoint folder
+    out_dir/init_from.json             with ``cfg.init_from``: the folder the weights started from, its step,
+                                       the parameters copied from it and those freshly initialized
 
 A step's batch is ``DataPipeline(cfg.data).batch_at(step)``, a pure function of the data config and
 the step, so the checkpoint only records the step; with the optimizer state and the RNG state a
@@ -41,7 +43,12 @@ import torch.distributed as dist
 from sinkinterp import provenance
 from sinkinterp.data.transforms import DataConfig, DataPipeline
 from sinkinterp.fileio import atomic_write, read_json, write_json
-from sinkinterp.models import SinkTransformer, load_checkpoint, save_checkpoint
+from sinkinterp.models import (
+    SinkTransformer,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+)
 
 from .config import RESUME_SAFE_FIELDS, TrainConfig
 from .flops import flops_per_token, peak_flops
@@ -296,6 +303,34 @@ def train(
             dist.destroy_process_group()
 
 
+def init_weights_from(model: SinkTransformer, source: str | os.PathLike) -> dict[str, Any]:
+    """Copy the parameters of the model in ``source`` (a model folder, or a run folder: its newest
+    checkpoint) into ``model`` (``TrainConfig.init_from``). Parameters ``model`` has and the source lacks
+    keep their values; buffers are not copied. Returns what was done: the source folder, its step, the
+    parameters copied and those left fresh. A source parameter ``model`` has no place for, or of another
+    shape, raises a ValueError naming it (nothing is copied then)."""
+    folder = Path(source)
+    if (folder / CKPT_DIR / LATEST).is_file():
+        folder = folder / CKPT_DIR / (folder / CKPT_DIR / LATEST).read_text().strip()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"TrainConfig.init_from: {str(source)!r} is neither a model folder (model.safetensors "
+                                f"+ config.json) nor a run folder with {CKPT_DIR}/{LATEST}")
+    theirs = dict(load_checkpoint(folder, device="cpu", dtype=torch.float32).named_parameters())
+    ours = dict(model.named_parameters())
+    no_place = sorted(set(theirs) - set(ours))
+    reshaped = [f"{n} {tuple(theirs[n].shape)} vs {tuple(ours[n].shape)}" for n in theirs
+                if n in ours and theirs[n].shape != ours[n].shape]
+    if no_place or reshaped:
+        raise ValueError(f"TrainConfig.init_from: the model in {str(folder)!r} does not fit this config's model: "
+                         + "; ".join(([f"no parameter here for {no_place}"] if no_place else [])
+                                     + ([f"other shapes: {reshaped}"] if reshaped else [])))
+    with torch.no_grad():
+        for name, p in theirs.items():
+            ours[name].copy_(p.to(device=ours[name].device, dtype=ours[name].dtype))
+    return {"source": str(folder), "source_step": read_checkpoint_info(folder).get("extra", {}).get("step"),
+            "copied": sorted(theirs), "fresh": sorted(set(ours) - set(theirs))}
+
+
 def _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_ckpt, verbose,
          stop: _StopOnSignal) -> TrainResult:
     t_start = time.perf_counter()
@@ -304,6 +339,7 @@ def _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_c
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = SinkTransformer(cfg.model).to(device)
+    started = init_weights_from(model, cfg.init_from) if cfg.init_from is not None and not has_ckpt else None
     model.set_attn_backend(cfg.attn_backend).set_triton_kernel(cfg.triton_sim_impl, cfg.triton_dq)
     model.train()
     opt = build_optimizer(model, cfg, device)
@@ -329,6 +365,11 @@ def _run(cfg, out_dir, dd, device, pipeline, val_tokens, sink_tokens, end, has_c
     if dd.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "train_config.json", cfg.to_dict())
+        if started is not None:
+            write_json(out_dir / "init_from.json", started)
+            if verbose:
+                print(f"[train] weights from {started['source']} (step {started['source_step']}); "
+                      f"fresh: {started['fresh'] or 'none'}", flush=True)
         _write_jsonl(metrics_path, rows)  # drops rows logged after the checkpoint we resume from
 
     fwd: torch.nn.Module = model
