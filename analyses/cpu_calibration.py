@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -173,6 +174,12 @@ RECIPES: dict[str, list[str]] = {
     # it leaves to BOS at -1 (and that it takes at 0 with or without BOS)?
     "c_logitm1": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0"],
     "c_logitm1_s1": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0", *SEED1],
+    # a second phase of 2,000 steps from the shipped toy-softmax (c_bos trained, its sink on BOS):
+    # with a slot held at 0 added, does the slot take over an established sink? And the same phase
+    # without the slot, the control (`init_from`: the weights start from the model, the schedule anew)
+    "c_ft_zerologitbos": [BOS, 'init_from="sinkinterp/assets/models/toy-softmax"', 'model.attn_bias="sink_logit"',
+                          "model.sink_logit_fixed=0.0", "steps=2000"],
+    "c_ft_bos": [BOS, 'init_from="sinkinterp/assets/models/toy-softmax"', "steps=2000"],
     # a learned logit started at -2 instead of 0: is the slot's sink decided by where the logit starts?
     "c_sinklogitinitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0"],
 }
@@ -956,6 +963,10 @@ PAPER_ROWS = [
      "not in the paper; softmax-off-by-one with the slot weighing e^-1 of a key at logit 0"),
     ("a sink logit held at -1, no BOS", ["c_logitm1", "c_logitm1_s1"],
      "not in the paper; the slot at e^-1 with no BOS to compete with"),
+    ("2,000 more steps from toy-softmax (c_bos) with a slot held at 0 added, BOS first", ["c_ft_zerologitbos"],
+     "not in the paper; softmax-off-by-one added to a model whose sink is on BOS"),
+    ("2,000 more steps from toy-softmax (c_bos), unchanged: the control, BOS first", ["c_ft_bos"],
+     "not in the paper; the second phase without the slot"),
     ("a sink logit held at -2 (v* = 0), BOS first", ["c_logitm2bos", "c_logitm2bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-2 of a key at logit 0"),
     ("a sink logit held at -4 (v* = 0), BOS first", ["c_logitm4bos"],
@@ -1274,12 +1285,17 @@ def _paper_rows(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
     return out
 
 
-def add_heads(pairs: list[str]) -> int:
+def add_heads(pairs: list[str], within: float = 0.5) -> int:
     """``NAME=MODEL``: put the per-head numbers of ``final_report(MODEL)`` into NAME's final.json when
     it lacks some (snapshots made before final.json had the q.k grids, their logits or the slot's logit;
     MODEL is the run's final checkpoint, or the shipped model made from it, or the same recipe trained
-    again: Sink_1 and Sink_* must agree within 0.5 points). The other numbers of final.json are kept;
-    ``heads_source`` says where the heads came from."""
+    again: Sink_1 and Sink_* must agree within ``within`` points, 0.5 unless ``--within`` says more: a
+    recipe trained again on another machine is not bit-equal). The other numbers of final.json are kept;
+    ``heads_source`` says where the heads came from, ``heads_source_sink`` the copy's Sink_1 / Sink_*
+    (the page prints both beside the snapshot's)."""
+    if not math.isfinite(within) or within < 0:
+        print(f"cpu_calibration: --within takes a number of points >= 0, got {within!r}", file=sys.stderr)
+        return 2
     for pair in pairs:
         name, sep, spec = pair.partition("=")
         final_file = DATA / name / "final.json"
@@ -1294,7 +1310,7 @@ def add_heads(pairs: list[str]) -> int:
         fresh = final_report(Path(spec) if Path(spec).exists() else spec)
         for key in ("sink1", "sink_bias"):
             a, b = fresh[key], final[key]
-            if (a is None) != (b is None) or (a is not None and abs(a - b) > 0.5):
+            if (a is None) != (b is None) or (a is not None and abs(a - b) > within):
                 print(f"cpu_calibration: {spec} gives {key} {a}, {name}'s final.json {b}: not the same model",
                       file=sys.stderr)
                 return 2
@@ -1347,7 +1363,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--snapshot":
         return snapshot(argv[1:])
     if argv and argv[0] == "--add-heads":
-        return add_heads(argv[1:])
+        rest = list(argv[1:])
+        within = 0.5
+        if "--within" in rest:  # --within POINTS: how far the copy's Sink_1 / Sink_* may be from the snapshot's
+            i = rest.index("--within")
+            try:
+                within = float(rest[i + 1])
+            except (IndexError, ValueError):
+                print(f"cpu_calibration: --within takes a number of points, got {rest[i + 1:i + 2]}", file=sys.stderr)
+                return 2
+            del rest[i:i + 2]
+        return add_heads(rest, within=within)
     if argv and argv[0] == "--window-reference":
         return window_reference(argv[1:])
     if argv and argv[0] == "--train":
@@ -1355,7 +1381,7 @@ def main(argv: list[str] | None = None) -> int:
         return train_recipes([a for a in argv[1:] if a != "--dry-run"], dry_run=dry)
     if argv:
         print("usage: analyses/cpu_calibration.py [--train NAME... [--dry-run] | --snapshot RUN_DIR... | "
-              "--add-heads ... | --window-reference ...]; with no argument it regenerates "
+              "--add-heads NAME=MODEL... [--within POINTS] | --window-reference ...]; with no argument it regenerates "
               f"docs/cpu-calibration.md from the snapshots (got {argv!r})", file=sys.stderr)
         return 2
     from sinkinterp.train.config import TrainConfig

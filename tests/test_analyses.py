@@ -470,6 +470,21 @@ def test_cpu_calibration_slot_logits_held_and_learned(tmp_path, monkeypatch):
     assert mod.main(["--add-heads", f"plain={tmp_path / 'plain' / 'checkpoints' / 'step_0000002'}"]) == 2
     assert json.loads((tmp_path / "data" / "plain" / "final.json").read_text()) == old
     assert mod.main(["--add-heads", "missing=toy-softmax"]) == 2
+    # a copy further off than 0.5 points (the same recipe trained on another machine) only with --within
+    shifted = json.loads(json.dumps(finals["held"]))
+    del shifted["heads"]["slot_logit"]
+    shifted["sink1"] += 1.0
+    (tmp_path / "data" / "held").mkdir()
+    (tmp_path / "data" / "held" / "final.json").write_text(json.dumps(shifted))
+    held_ckpt = f"held={tmp_path / 'held' / 'checkpoints' / 'step_0000002'}"
+    assert mod.main(["--add-heads", held_ckpt]) == 2
+    assert mod.main(["--add-heads", held_ckpt, "--within", "x"]) == 2
+    assert mod.main(["--add-heads", held_ckpt, "--within", "-1"]) == 2
+    assert "slot_logit" not in json.loads((tmp_path / "data" / "held" / "final.json").read_text())["heads"]
+    assert mod.main(["--add-heads", held_ckpt, "--within", "1.5"]) == 0
+    filled = json.loads((tmp_path / "data" / "held" / "final.json").read_text())
+    assert filled["heads"]["slot_logit"] == finals["held"]["heads"]["slot_logit"]
+    assert filled["sink1"] == shifted["sink1"] and filled["heads_source_sink"]["sink1"] == finals["held"]["sink1"]
 
 
 def test_cpu_calibration_recipes_make_valid_configs_and_match_their_snapshots():
