@@ -180,6 +180,12 @@ RECIPES: dict[str, list[str]] = {
     "c_ft_zerologitbos": [BOS, 'init_from="sinkinterp/assets/models/toy-softmax"', 'model.attn_bias="sink_logit"',
                           "model.sink_logit_fixed=0.0", "steps=2000"],
     "c_ft_bos": [BOS, 'init_from="sinkinterp/assets/models/toy-softmax"', "steps=2000"],
+    "c_ft_zerologitbos_s1": [BOS, 'init_from="sinkinterp/assets/models/toy-softmax"', 'model.attn_bias="sink_logit"',
+                             "model.sink_logit_fixed=0.0", "steps=2000", *SEED1],
+    # the other way: c_zerologitbos's slot (held at 0) has the sink; held at -1 for 2,000 more steps, does
+    # the sink go back to BOS (as in c_logitm1bos from scratch)? Needs runs/cpu/c_zerologitbos (train it first)
+    "c_ft_m1fromzerobos": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
+                           "model.sink_logit_fixed=-1.0", "steps=2000"],
     # a learned logit started at -2 instead of 0: is the slot's sink decided by where the logit starts?
     "c_sinklogitinitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0"],
 }
@@ -626,7 +632,8 @@ def _slot_figure(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
         tracked = [r for r in rows if r.get("sink1") is not None]
         style = {"color": cmap(keys.index(key) / max(len(keys) - 1, 1)), "marker": "." if bos else "x",
                  "markersize": 4, "linestyle": "-" if int(cfg.get("seed", 0)) == 0 else "--",
-                 "label": f"{name} ({key[0]}{'' if bos else ', no BOS'})"}
+                 "label": f"{name} ({key[0]}{'' if bos else ', no BOS'}"
+                          + (f", 2nd phase from {Path(cfg['init_from']).name})" if cfg.get("init_from") else ")")}
         steps = [r["step"] for r in tracked]
         axes[0].plot(steps, [r.get("sink_bias") or 0.0 for r in tracked], **style)
         axes[1].plot(steps, [r["sink1"] for r in tracked], **style)
@@ -736,7 +743,8 @@ def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[
         out += ["", "## Softmax-off-by-one and the sink logit: how the slot takes the sink", "",
                 *(["Sink_* on the slot and Sink_1 along training for every sink-logit run (`_slot_figure`; color:",
                    "the held logit, darkest at 0, then the learned logits by their start, lightest; dots: BOS first,",
-                   "crosses: no BOS; dashed: seed 1), on the runs' tracking windows:", "",
+                   "crosses: no BOS; dashed: seed 1; a second phase from a trained model starts at its Sink_1), on",
+                   "the runs' tracking windows:", "",
                    ("![Sink_* on the slot and Sink_1 along training, per held or learned sink logit]"
                     "(figures/cpu-calibration-slot.png)"), ""] if _slot_runs(runs) else []),
                 "With the slot's logit held at b the slot's weight for query t is e^b / (e^b + sum_s exp(s_ts)): the",
@@ -963,10 +971,13 @@ PAPER_ROWS = [
      "not in the paper; softmax-off-by-one with the slot weighing e^-1 of a key at logit 0"),
     ("a sink logit held at -1, no BOS", ["c_logitm1", "c_logitm1_s1"],
      "not in the paper; the slot at e^-1 with no BOS to compete with"),
-    ("2,000 more steps from toy-softmax (c_bos) with a slot held at 0 added, BOS first", ["c_ft_zerologitbos"],
+    ("2,000 more steps from toy-softmax (c_bos) with a slot held at 0 added, BOS first",
+     ["c_ft_zerologitbos", "c_ft_zerologitbos_s1"],
      "not in the paper; softmax-off-by-one added to a model whose sink is on BOS"),
     ("2,000 more steps from toy-softmax (c_bos), unchanged: the control, BOS first", ["c_ft_bos"],
      "not in the paper; the second phase without the slot"),
+    ("2,000 more steps from c_zerologitbos (its slot has the sink) with the slot held at -1 instead of 0, BOS first",
+     ["c_ft_m1fromzerobos"], "not in the paper; from scratch at -1 (c_logitm1bos) the sink is on BOS"),
     ("a sink logit held at -2 (v* = 0), BOS first", ["c_logitm2bos", "c_logitm2bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-2 of a key at logit 0"),
     ("a sink logit held at -4 (v* = 0), BOS first", ["c_logitm4bos"],
