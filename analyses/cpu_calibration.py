@@ -623,14 +623,14 @@ def _slot_figure(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     keys = sorted({_slot_key(runs[n][0]) for n in names}, key=lambda k: (k[0].startswith("learned"), -k[1]))
-    cmap = plt.get_cmap("viridis")
+    cmap = plt.get_cmap("tab10")
     for name in names:
         cfg, rows = runs[name]
         key = _slot_key(cfg)
         bos = any(t.get("kind") == "fixed_token" and t.get("token_id") == "bos" and list(t.get("positions", [])) == [0]
                   for t in cfg.get("data", {}).get("transforms") or [])
         tracked = [r for r in rows if r.get("sink1") is not None]
-        style = {"color": cmap(keys.index(key) / max(len(keys) - 1, 1)), "marker": "." if bos else "x",
+        style = {"color": cmap(keys.index(key) % 10), "marker": "." if bos else "x",
                  "markersize": 4, "linestyle": "-" if int(cfg.get("seed", 0)) == 0 else "--",
                  "label": f"{name} ({key[0]}{'' if bos else ', no BOS'}"
                           + (f", 2nd phase from {Path(cfg['init_from']).name})" if cfg.get("init_from") else ")")}
@@ -741,10 +741,9 @@ def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[
     out = []
     if slots:
         out += ["", "## Softmax-off-by-one and the sink logit: how the slot takes the sink", "",
-                *(["Sink_* on the slot and Sink_1 along training for every sink-logit run (`_slot_figure`; color:",
-                   "the held logit, darkest at 0, then the learned logits by their start, lightest; dots: BOS first,",
-                   "crosses: no BOS; dashed: seed 1; a second phase from a trained model starts at its Sink_1), on",
-                   "the runs' tracking windows:", "",
+                *(["Sink_* on the slot and Sink_1 along training for every sink-logit run (`_slot_figure`; one color",
+                   "per held logit or learned logit's start; dots: BOS first, crosses: no BOS; dashed: seed 1; a second",
+                   "phase from a trained model starts at that model's Sink_1), on the runs' tracking windows:", "",
                    ("![Sink_* on the slot and Sink_1 along training, per held or learned sink logit]"
                     "(figures/cpu-calibration-slot.png)"), ""] if _slot_runs(runs) else []),
                 "With the slot's logit held at b the slot's weight for query t is e^b / (e^b + sum_s exp(s_ts)): the",
