@@ -186,6 +186,11 @@ RECIPES: dict[str, list[str]] = {
     # the sink go back to BOS (as in c_logitm1bos from scratch)? Needs runs/cpu/c_zerologitbos (train it first)
     "c_ft_m1fromzerobos": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
                            "model.sink_logit_fixed=-1.0", "steps=2000"],
+    "c_ft_m1fromzerobos_s1": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
+                              "model.sink_logit_fixed=-1.0", "steps=2000", *SEED1],
+    # its control: the same phase with the slot left at 0
+    "c_ft_zerofromzerobos": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
+                             "model.sink_logit_fixed=0.0", "steps=2000"],
     # a learned logit started at -2 instead of 0: is the slot's sink decided by where the logit starts?
     "c_sinklogitinitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0"],
 }
@@ -976,7 +981,10 @@ PAPER_ROWS = [
     ("2,000 more steps from toy-softmax (c_bos), unchanged: the control, BOS first", ["c_ft_bos"],
      "not in the paper; the second phase without the slot"),
     ("2,000 more steps from c_zerologitbos (its slot has the sink) with the slot held at -1 instead of 0, BOS first",
-     ["c_ft_m1fromzerobos"], "not in the paper; from scratch at -1 (c_logitm1bos) the sink is on BOS"),
+     ["c_ft_m1fromzerobos", "c_ft_m1fromzerobos_s1"],
+     "not in the paper; from scratch at -1 (c_logitm1bos) the sink is on BOS"),
+    ("2,000 more steps from c_zerologitbos, the slot left at 0: the control, BOS first", ["c_ft_zerofromzerobos"],
+     "not in the paper; the second phase with the slot unchanged"),
     ("a sink logit held at -2 (v* = 0), BOS first", ["c_logitm2bos", "c_logitm2bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-2 of a key at logit 0"),
     ("a sink logit held at -4 (v* = 0), BOS first", ["c_logitm4bos"],
