@@ -135,10 +135,20 @@ def test_init_from_copies_the_parameters_keeps_added_slots_fresh_and_resumes_exa
     theirs = dict(source.named_parameters())
     for name, p in learned.named_parameters():
         assert torch.equal(p, theirs[name]) if name in theirs else bool((p == -1.0).all()), name
-    # a held one comes from the new config (a buffer: never copied)
-    held = SinkTransformer(tiny_train_config(shards, model={"attn_bias": "sink_logit", "sink_logit_fixed": 0.0}).model)
-    assert init_weights_from(held, tmp_path / "src")["fresh"] == []
-    assert bool((held.blocks[0].attn.sink_logit == 0.0).all())
+    # a held one comes from the new config (a buffer: never copied), also from a source that held it elsewhere
+    train(tiny_train_config(shards, steps=2, model={"attn_bias": "sink_logit", "sink_logit_fixed": 0.0}),
+          tmp_path / "held0", verbose=False)
+    held = SinkTransformer(tiny_train_config(shards, model={"attn_bias": "sink_logit", "sink_logit_fixed": -1.0}).model)
+    assert init_weights_from(held, tmp_path / "held0")["fresh"] == []
+    assert all(bool((b.attn.sink_logit == -1.0).all()) for b in held.blocks)
+    # a shipped model by its name, as every command names models
+    from sinkinterp.builtin import shipped_models
+    from sinkinterp.models import ModelConfig
+
+    info = read_checkpoint_info(shipped_models()["toy-softmax"])
+    shipped = SinkTransformer(ModelConfig.from_dict(info["model_config"]))
+    done = init_weights_from(shipped, "toy-softmax")
+    assert done["fresh"] == [] and done["source_step"] == info["extra"]["step"]
 
     # a source the new model has no place for, or of other shapes, or no model at all: clear errors
     train(tiny_train_config(shards, steps=2, model={"attn_bias": "kv"}), tmp_path / "kv", verbose=False)
@@ -152,6 +162,13 @@ def test_init_from_copies_the_parameters_keeps_added_slots_fresh_and_resumes_exa
         init_weights_from(wide, tmp_path / "src")
     with pytest.raises(FileNotFoundError, match="init_from.*neither a model folder"):
         train(tiny_train_config(shards, init_from=str(tmp_path / "nothing")), tmp_path / "bad", verbose=False)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+    hf = tmp_path / "hf"  # a Hugging Face folder: not a model a run can start from
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="init_from.*is a hf model"):
+        init_weights_from(plain, hf)
 
 
 def test_triton_backend_trains_like_auto_and_may_change_on_resume(shards, tmp_path):

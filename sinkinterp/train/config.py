@@ -124,8 +124,8 @@ class TrainConfig:
     """seed of torch's global RNG for the run (the init seed is model.seed, the data seed data.seed)."""
     init_from: str | None = None
     """start the weights from a trained model instead of model.seed's initialization: a model folder
-    (model.safetensors + config.json: a checkpoint's ``step_N`` folder, a shipped model) or a run's folder
-    (its newest checkpoint). Every parameter of the folder is copied; the new model's parameters the folder
+    (model.safetensors + config.json: a checkpoint's ``step_N`` folder), a shipped model's name
+    ("toy-softmax") or a run's folder (its newest checkpoint). Every parameter of the folder is copied; the new model's parameters the folder
     lacks (a slot added: k*/v*, a learned sink logit, a sink token) keep their fresh initialization, and its
     buffers (a held sink logit) come from this config. A folder parameter the new model has no place for,
     or of another shape, is an error. The optimizer, the schedule and the data start at step 0 (a second

@@ -304,17 +304,27 @@ def train(
 
 
 def init_weights_from(model: SinkTransformer, source: str | os.PathLike) -> dict[str, Any]:
-    """Copy the parameters of the model in ``source`` (a model folder, or a run folder: its newest
-    checkpoint) into ``model`` (``TrainConfig.init_from``). Parameters ``model`` has and the source lacks
+    """Copy the parameters of the model in ``source`` (a model folder, a shipped model's name, or a run
+    folder: its newest checkpoint) into ``model`` (``TrainConfig.init_from``). Parameters ``model`` has and the source lacks
     keep their values; buffers are not copied. Returns what was done: the source folder, its step, the
     parameters copied and those left fresh. A source parameter ``model`` has no place for, or of another
     shape, raises a ValueError naming it (nothing is copied then)."""
+    from sinkinterp.loading import resolve_spec
+
     folder = Path(source)
     if (folder / CKPT_DIR / LATEST).is_file():
         folder = folder / CKPT_DIR / (folder / CKPT_DIR / LATEST).read_text().strip()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"TrainConfig.init_from: {str(source)!r} is neither a model folder (model.safetensors "
-                                f"+ config.json) nor a run folder with {CKPT_DIR}/{LATEST}")
+    else:  # a sinkinterp model folder or a shipped model's name, as every command names models
+        try:
+            kind, where = resolve_spec(str(source))
+        except (ValueError, FileNotFoundError) as err:
+            raise FileNotFoundError(f"TrainConfig.init_from: {str(source)!r} is neither a model folder (model.safetensors "
+                                    f"+ config.json), a shipped model nor a run folder with {CKPT_DIR}/{LATEST} "
+                                    f"({err})") from None
+        if kind != "sinkinterp":
+            raise ValueError(f"TrainConfig.init_from: {str(source)!r} is a {kind} model; a run starts only from a "
+                             "sinkinterp model (a checkpoint folder, a shipped model, a run folder)")
+        folder = Path(where)
     theirs = dict(load_checkpoint(folder, device="cpu", dtype=torch.float32).named_parameters())
     ours = dict(model.named_parameters())
     no_place = sorted(set(theirs) - set(ours))
