@@ -577,6 +577,40 @@ def _folds_in_weights(model: Any) -> dict[str, bool | None]:
     }
 
 
+# Whether an architecture's checkpoints carry value biases, where zero value biases beside a nonzero output bias
+# leave it open (folded into b_O, or none to begin with): a fixed answer, or the Hugging Face config flag that
+# switches them and its default (a HookedTransformer keeps no Hugging Face config: the default then). Checked
+# against the installed transformers' attention modules; LLaMA-style configs name theirs ``attention_bias``.
+_VALUE_BIASES: dict[str, bool | tuple[str, bool]] = {
+    "GPT2LMHeadModel": True, "GPTBigCodeForCausalLM": True, "BloomForCausalLM": True, "PhiForCausalLM": True,
+    "Qwen2ForCausalLM": True, "QWenLMHeadModel": True, "BertForMaskedLM": True,
+    "OPTForCausalLM": ("enable_bias", True), "GPTNeoXForCausalLM": ("attention_bias", True),
+    "FalconForCausalLM": ("bias", False), "StableLmForCausalLM": ("use_qkv_bias", False),
+    "GPTNeoForCausalLM": False, "GPTJForCausalLM": False, "CodeGenForCausalLM": False,
+    "MistralForCausalLM": False, "MixtralForCausalLM": False, "Phi3ForCausalLM": False,
+}
+
+
+def checkpoint_value_biases(model: Any) -> tuple[bool | None, str | None]:
+    """(whether the checkpoint behind ``model`` has value biases, its architecture): read from the
+    architecture's name (a HookedTransformer's ``cfg.original_architecture``, a bridge's ``cfg.architecture``)
+    and, for a bridge, its Hugging Face config's flag; (None, name) where neither tells."""
+    cfg = getattr(model, "cfg", None)
+    arch = getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None)
+    hf = wrapped_hf_model(model)
+    hf_cfg = getattr(hf, "config", None)
+    if arch is None and hf_cfg is not None:
+        arch = (getattr(hf_cfg, "architectures", None) or [None])[0]
+    if not isinstance(arch, str):
+        return None, None
+    rule = _VALUE_BIASES.get(arch)
+    if isinstance(rule, bool):
+        return rule, arch
+    flag, default = rule if rule is not None else ("attention_bias", None)
+    value = getattr(hf_cfg, flag, default) if hf_cfg is not None else default
+    return (bool(value) if value is not None else None), arch
+
+
 def weight_processing(model: Any) -> str | None:
     """How TransformerLens rewrote ``model``'s weights, or None where they are the checkpoint's own (sinkinterp
     boots bridges without processing; ``loading.NO_WEIGHT_PROCESSING``). A bridge after ``process_weights`` or
@@ -587,11 +621,14 @@ def weight_processing(model: Any) -> str | None:
 
     TransformerLens records which steps ran for neither, so they are read from the weights
     (``_folds_in_weights``): a bridge counts as processed by its ``_weights_processed`` flag; a
-    HookedTransformer by folded norms, centered writing weights or a centered unembedding (one processed
-    with none of those three, value biases folded alone, is not recognized: its zero b_V looks like a
-    model without value biases). The answer names the steps found and those not found; zero value biases
-    beside zero output biases mean the checkpoint had none (folding would have left b_O nonzero), beside a
-    nonzero b_O that they were folded, or that the checkpoint has an output bias only (GPT-Neo)."""
+    HookedTransformer by folded norms, centered writing weights or a centered unembedding, or by zero value
+    biases where its architecture's checkpoints have them (``checkpoint_value_biases``: GPT-2, Pythia, OPT,
+    ...; so value biases folded alone are found there; one built from a config names no architecture, and
+    its zero b_V looks like a model without value biases). The answer names the steps found and those not
+    found; zero value biases are told apart by the architecture where it is known (folded, or none to
+    begin with as GPT-Neo), else by the output biases: zero too means the checkpoint had none (folding
+    would have left b_O nonzero), nonzero that they were folded, or that the checkpoint has an output
+    bias only (GPT-Neo)."""
     bridge = getattr(model, "_weights_processed", None) is True
     if not bridge and not _is_hooked_transformer(model):
         return None
@@ -612,14 +649,21 @@ _PROCESSING_SEEN: weakref.WeakKeyDictionary[Any, tuple[tuple, str | None]] = wea
 
 def _processing_from_weights(model: Any, bridge: bool, norm: str | None) -> str | None:
     found = _folds_in_weights(model)
+    has_value_biases, arch = checkpoint_value_biases(model)
     evidence = ("norms folded", "writing weights centered", "unembedding centered")
-    if not bridge and not any(found[k] for k in evidence):
+    folded_values = bool(found["value biases zero"]) and has_value_biases is True
+    if not bridge and not folded_values and not any(found[k] for k in evidence):
         return None
     who = ("TransformerBridge.process_weights / enable_compatibility_mode" if bridge
            else "HookedTransformer with processed weights")
     no_output_bias = found.pop("output biases zero") is not False
-    why = (" (the output biases are zero too: the checkpoint has none)" if no_output_bias
-           else " (folded into b_O; or a checkpoint with an output bias and none on the values, as GPT-Neo)")
+    if has_value_biases is not None:
+        why = (f" (folded into b_O: the checkpoint ({arch}) has value biases)" if has_value_biases
+               else f" (the checkpoint ({arch}) has none)")
+    elif no_output_bias:
+        why = " (the output biases are zero too: the checkpoint has none)"
+    else:
+        why = " (folded into b_O; or a checkpoint with an output bias and none on the values, as GPT-Neo)"
     yes = [k + (f" (normalization_type {norm})" if k == "norms folded" and not bridge else "")
            + (why if k == "value biases zero" else "")
            for k, v in found.items() if v]

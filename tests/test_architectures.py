@@ -421,10 +421,10 @@ def _hook_map_reads(bridge, monkeypatch):
     return reads
 
 
-def _with_biases(name):
+def _with_biases(name, **overrides):
     """A tiny model whose biases and norm weights are random (Hugging Face initializes them to 0 and 1,
     which would hide what weight processing moves)."""
-    hf = _build(name)
+    hf = _build(name, **overrides)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for pname, p in hf.named_parameters():
@@ -453,8 +453,8 @@ def test_processed_weights_keep_the_attention_and_are_named_beside_the_norms_the
     assert a.norms["weight_processing"] is None
     assert b.norms["weight_processing"] == (
         "TransformerBridge.process_weights / enable_compatibility_mode, read from the weights: norms folded, "
-        "writing weights centered, unembedding centered, value biases zero (folded into b_O; or a checkpoint "
-        "with an output bias and none on the values, as GPT-Neo)")
+        "writing weights centered, unembedding centered, value biases zero (folded into b_O: the checkpoint "
+        "(GPT2LMHeadModel) has value biases)")
     np.testing.assert_allclose(b.alpha_by_key, a.alpha_by_key, atol=1e-6)
     np.testing.assert_array_equal(b.sink_pct_by_key, a.sink_pct_by_key)
     for key in ("first", "rest"):
@@ -519,19 +519,25 @@ def test_which_steps_processed_a_hooked_transformer_is_read_from_its_weights(ste
                     + "; not: " + ", ".join(not_found))
 
 
-@pytest.mark.parametrize("name, steps, said", [
-    ("gpt2", {"fold_ln": False, "center_writing_weights": False, "center_unembed": False},
-     ("value biases zero (folded into b_O; or a checkpoint with an output bias and none on the values, as "
-      "GPT-Neo); not: norms folded, writing weights centered, unembedding centered")),
-    ("gpt2", {"fold_value_biases": False},
+@pytest.mark.parametrize("name, config, steps, said", [
+    ("gpt2", {}, {"fold_ln": False, "center_writing_weights": False, "center_unembed": False},
+     ("value biases zero (folded into b_O: the checkpoint (GPT2LMHeadModel) has value biases); not: norms "
+      "folded, writing weights centered, unembedding centered")),
+    ("gpt2", {}, {"fold_value_biases": False},
      "norms folded, writing weights centered, unembedding centered; not: value biases zero"),
-    ("llama", {}, "norms folded, unembedding centered; not: writing weights centered"),  # RMSNorm: no centering
+    ("llama", {}, {}, "norms folded, unembedding centered; not: writing weights centered"),  # RMSNorm: no centering
+    # LLaMA with value and output biases (no grouped heads: TransformerLens 3.9 cannot fold grouped value
+    # biases): its config's attention_bias says the zero b_V were folded
+    ("llama", {"attention_bias": True, "num_key_value_heads": None}, {"fold_ln": False},
+     ("unembedding centered, value biases zero (folded into b_O: the checkpoint (LlamaForCausalLM) has value "
+      "biases); not: norms folded, writing weights centered")),
 ])
-def test_which_steps_processed_a_bridge_is_read_from_its_weights(name, steps, said):
+def test_which_steps_processed_a_bridge_is_read_from_its_weights(name, config, steps, said):
     """A bridge's own flag says only that processing ran; the steps are read from the weights: folded
-    norms left constant, writing weights and the unembedding with mean 0, zero value biases. Options turned
-    off show as steps not found; TransformerLens centers no RMSNorm model's writing weights."""
-    hf = _with_biases(name)
+    norms left constant, writing weights and the unembedding with mean 0, zero value biases (folded: the
+    architecture, or its config's flag, says the checkpoint has them). Options turned off show as steps not
+    found; TransformerLens centers no RMSNorm model's writing weights."""
+    hf = _with_biases(name, **config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bridge = tl_adapter.boot_bridge(hf, word_tokenizer(V), name)
@@ -539,6 +545,43 @@ def test_which_steps_processed_a_bridge_is_read_from_its_weights(name, steps, sa
         bridge.process_weights(**steps)
     assert tl_adapter.weight_processing(bridge) == (
         "TransformerBridge.process_weights / enable_compatibility_mode, read from the weights: " + said)
+
+
+@pytest.mark.parametrize("arch, processed, said", [
+    # GPT-2's checkpoints have value biases: zero ones were folded, the one step that ran, and it is found
+    ("GPT2LMHeadModel", True, ("value biases zero (folded into b_O: the checkpoint (GPT2LMHeadModel) has value "
+                               "biases); not: norms folded, writing weights centered, unembedding centered")),
+    ("GPT2LMHeadModel", False, None),
+    # GPT-Neo's have none beside an output bias: the same weights unprocessed are the checkpoint's own
+    ("GPTNeoForCausalLM", False, None),
+    (None, True, None),  # built from a config, no architecture named: folded alone stays unrecognized
+])
+def test_value_biases_folded_alone_are_found_by_the_architecture(arch, processed, said):
+    """TransformerLens's fold_value_biases alone leaves b_V zero and moves it into a nonzero b_O, which the
+    weights cannot tell from a checkpoint with an output bias and no value biases (GPT-Neo). A
+    HookedTransformer from from_pretrained names its architecture (cfg.original_architecture), which does."""
+    ht = tl_adapter.hooked_transformer_from_config(n_layers=2, d_model=32, n_heads=4, d_head=8, d_vocab=V,
+                                                   n_ctx=32, act_fn="gelu", normalization_type="LN", seed=0,
+                                                   original_architecture=arch)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for block in ht.blocks:
+            block.attn.b_O.add_(0.3 * torch.randn(block.attn.b_O.shape, generator=g))
+            if arch != "GPTNeoForCausalLM":
+                block.attn.b_V.add_(0.3 * torch.randn(block.attn.b_V.shape, generator=g))
+    tokens = torch.randint(3, V, (2, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = ht(tokens).log_softmax(-1)
+    if processed:
+        # process_weights_ always folds value biases (from_pretrained's fold_value_biases=True)
+        ht.process_weights_(fold_ln=False, center_writing_weights=False, center_unembed=False)
+        assert not any(bool(b.attn.b_V.any()) for b in ht.blocks)
+        with torch.no_grad():
+            torch.testing.assert_close(ht(tokens).log_softmax(-1), before, atol=1e-5, rtol=0)
+    assert tl_adapter.weight_processing(ht) == (
+        None if said is None else "HookedTransformer with processed weights, read from the weights: " + said)
+    assert tl_adapter.checkpoint_value_biases(ht) == ({"GPT2LMHeadModel": True, "GPTNeoForCausalLM": False}.get(arch),
+                                                      arch)
 
 
 def test_the_weights_are_read_again_only_when_they_change(monkeypatch):
