@@ -20,6 +20,7 @@ import torch
 from sinkinterp import builtin, tl_adapter
 
 __all__ = ["LoadedModel", "load_model", "resolve_spec", "check_attn_backend", "placeholder_tokenizer", "smollm2_gguf_path",
+           "llama_cpp_config_fields",
            "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -169,15 +170,74 @@ def _load_hf_folder(path: str, dtype: torch.dtype) -> tuple[Any, Any | None]:
     return hf_model.eval(), tokenizer
 
 
-def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+# llama.cpp's defaults for Gemma 2's soft caps where a file has no key for them (its llama_hparams)
+_LLAMA_CPP_GEMMA2_CAPS = {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
+_LLAMA_CPP_GEMMA2_27B_LAYERS = 46  # llama.cpp takes a 46-layer Gemma 2 for the 27B and scales it by d_model / heads
+
+
+def llama_cpp_config_fields(arch: str, meta: dict[str, Any], hidden_size: int, n_heads: int) -> dict[str, Any]:
+    """The config fields a GGUF file sets in llama.cpp that transformers' GGUF reader (5.23) has no key
+    for, read as llama.cpp reads them (a GGUF file means what llama.cpp computes from it; transformers
+    would leave the config class's default, right for the released models only). ``meta``: the file's
+    metadata by key (``general.architecture`` is ``arch``); ``hidden_size`` / ``n_heads`` from the config.
+
+    - Qwen 3: ``head_dim`` from ``qwen3.attention.key_length``, else d_model / heads (llama.cpp's
+      default; transformers' is 128);
+    - Gemma 2: the soft caps from ``gemma2.attn_logit_softcapping`` / ``final_logit_softcapping`` (else
+      llama.cpp's 50 / 30), and ``query_pre_attn_scalar`` as llama.cpp scales the queries: the head size,
+      or d_model / heads for a 46-layer model, which it takes for the 27B (transformers' is 256);
+    - GPT-2: ``n_positions``, the position table's size, from ``gpt2.context_length`` (transformers reads it
+      into ``n_ctx`` only, so a table other than 1024 would not load)."""
+    def key(name: str) -> Any:
+        return meta.get(f"{arch}.{name}")
+
+    fields: dict[str, Any] = {}
+    if arch in ("qwen3", "qwen3moe"):
+        fields["head_dim"] = int(key("attention.key_length") or hidden_size // n_heads)
+    elif arch == "gemma2":
+        for name, default in _LLAMA_CPP_GEMMA2_CAPS.items():
+            value = key(name)
+            fields[name] = float(default if value is None else value)
+        head_dim = int(key("attention.key_length") or hidden_size // n_heads)
+        big = key("block_count") == _LLAMA_CPP_GEMMA2_27B_LAYERS
+        fields["query_pre_attn_scalar"] = hidden_size // n_heads if big else head_dim
+    elif arch == "gpt2" and key("context_length") is not None:
+        fields["n_positions"] = int(key("context_length"))
+    return fields
+
+
+def _gguf_metadata(path: str) -> dict[str, Any]:
+    """A GGUF file's metadata by key (scalars as values, arrays as lists; the tokenizer's long arrays
+    left out), through transformers' own field reader."""
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import read_field
+
+    reader = GGUFReader(path)
+    meta: dict[str, Any] = {}
+    for name in reader.fields:
+        if name.startswith("tokenizer."):
+            continue
+        value = read_field(reader, name)
+        meta[name] = value[0] if len(value) == 1 else value
+    return meta
+
+
+def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = os.path.split(os.path.abspath(path))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, attn_implementation="eager",
+    config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    meta = _gguf_metadata(os.path.join(folder, name))
+    fields = llama_cpp_config_fields(str(meta.get("general.architecture")), meta,
+                                     int(getattr(config, "hidden_size", 0) or 0),
+                                     int(getattr(config, "num_attention_heads", 0) or 1))
+    for field_name, value in fields.items():
+        setattr(config, field_name, value)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, attn_implementation="eager",
                                                     dtype=dtype, local_files_only=True)
     _strip_quantization_marker(hf_model)
-    return hf_model.eval(), tokenizer
+    return hf_model.eval(), tokenizer, {"gguf_fields_as_llama_cpp": fields} if fields else {}
 
 
 def _load_sinkinterp(path: str, dtype: torch.dtype, device: str) -> tuple[Any, Any | None, dict[str, Any]]:
@@ -245,7 +305,8 @@ def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float
         hf_model = hf_model.to(torch_dtype)
         info.update(extra)
     elif kind == "gguf":
-        hf_model, tokenizer = _load_gguf(location, torch_dtype)
+        hf_model, tokenizer, extra = _load_gguf(location, torch_dtype)
+        info.update(extra)
     else:
         hf_model, tokenizer = _load_hf_folder(location, torch_dtype)
     real_tokenizer = tokenizer is not None

@@ -1,7 +1,8 @@
 """Write a tiny Hugging Face causal LM as a GGUF file, for the GGUF loading tests (no network, no
 llama.cpp): the tensors in the layout llama.cpp's converter writes them (the inverse of what
 transformers' GGUF tensor processors undo on load), the config fields transformers reads back
-(``GGUF_CONFIG_MAPPING``, inverted), and a byte-level BPE vocabulary of words t0..t{V-1} (t1 BOS,
+(``GGUF_CONFIG_MAPPING``, inverted) and those llama.cpp's converter adds that sinkinterp reads as llama.cpp
+does (``loading.llama_cpp_config_fields``: the head size, Gemma 2's soft caps), and a byte-level BPE vocabulary of words t0..t{V-1} (t1 BOS,
 t2 EOS, t0 padding, as ``conftest.word_tokenizer``). Weights are stored in float32, unquantized."""
 
 from __future__ import annotations
@@ -57,8 +58,13 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
     path = Path(path)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(f"tiny-{cfg.model_type}")
-    for key, attr in GGUF_CONFIG_MAPPING[arch].items():
-        names = _CONTEXT if key == "context_length" else (attr,)
+    keys = {key: (_CONTEXT if key == "context_length" else (attr,)) for key, attr in GGUF_CONFIG_MAPPING[arch].items()}
+    # keys llama.cpp's converter writes and transformers does not read (sinkinterp.loading.llama_cpp_config_fields)
+    keys.setdefault("attention.key_length", ("head_dim",))
+    if arch == "gemma2":
+        keys.update({"attn_logit_softcapping": ("attn_logit_softcapping",),
+                     "final_logit_softcapping": ("final_logit_softcapping",)})
+    for key, names in keys.items():
         value = next((getattr(cfg, n) for n in names if n and getattr(cfg, n, None) is not None), None)
         if isinstance(value, bool) or value is None:
             continue

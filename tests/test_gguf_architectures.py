@@ -11,18 +11,19 @@ import torch
 from gguf_export import write_gguf
 from test_architectures import ARCHS, V, _build
 
-from sinkinterp.loading import load_model
+from sinkinterp.loading import llama_cpp_config_fields, load_model
 from sinkinterp.measure import measure
 
 T = 12
-# config fields the GGUF metadata transformers reads has no key for are left at their defaults
-# (None drops a field from test_architectures.ARCHS): Qwen 3's head_dim (128, as in every Qwen 3
-# release), Gemma 2's query_pre_attn_scalar (256) and soft caps (50 / 30); GPT-2's context length is read
-# into n_ctx, not the n_positions that sizes its position table, so only 1024 (every GPT-2 release) loads
+# the fields transformers' GGUF reader has no key for are read as llama.cpp reads them
+# (loading.llama_cpp_config_fields), so the models differ from the releases' defaults there: Qwen 3's
+# head_dim not d_model / heads (nor transformers' 128), Gemma 2's soft caps not 50 / 30; GPT-2's position
+# table not 1024 long (ARCHS: 64). Gemma 2's queries are scaled by the head size, as llama.cpp scales every
+# Gemma 2 but the 27B (a query_pre_attn_scalar of its own cannot be written to a GGUF file)
 GGUF_OVERRIDES = {
-    "llama": {}, "qwen2": {}, "qwen3": {"head_dim": 128}, "phi3": {}, "stablelm": {}, "falcon": {},
-    "gpt2": {"n_positions": 1024},
-    "bloom": {}, "gemma2": {"query_pre_attn_scalar": None, "attn_logit_softcapping": None},
+    "llama": {}, "qwen2": {}, "qwen3": {"head_dim": 16}, "phi3": {}, "stablelm": {}, "falcon": {},
+    "gpt2": {},
+    "bloom": {}, "gemma2": {"query_pre_attn_scalar": 8, "attn_logit_softcapping": 0.5, "final_logit_softcapping": 5.0},
 }
 
 
@@ -34,6 +35,11 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path):
         warnings.simplefilter("ignore")
         lm = load_model(str(path))
     assert lm.info["kind"] == "gguf" and lm.info["hf_architecture"] == ARCHS[name][1]
+    # the fields read as llama.cpp reads them, recorded in the load's info
+    assert lm.info.get("gguf_fields_as_llama_cpp", {}) == {
+        "qwen3": {"head_dim": 16}, "gpt2": {"n_positions": 64},
+        "gemma2": {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 5.0, "query_pre_attn_scalar": 8},
+    }.get(name, {})
     assert lm.tokenizer.convert_ids_to_tokens([0, 1, 2, V - 1]) == ["t0", "t1", "t2", f"t{V - 1}"]
     tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -45,3 +51,23 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path):
     ref = torch.stack([att[..., k:, k].mean(-1) for k in range(T)], -1).mean(0)
     assert float(ref[..., 0].max()) > 0.2  # token 1 draws attention somewhere: alpha is not trivially flat
     np.testing.assert_allclose(report.alpha_by_key, ref.numpy(), atol=1e-6)
+
+
+def test_the_fields_transformers_does_not_read_are_read_as_llama_cpp_reads_them():
+    """The released models' shapes: Qwen 3's head size from its key length (d_model / heads without one,
+    llama.cpp's default); Gemma 2's queries scaled by the head size (2B, 9B) or, at 46 layers, by
+    d_model / heads (27B: 4608 / 32 = 144, as its query_pre_attn_scalar), its soft caps llama.cpp's 50 / 30
+    where the file has none; GPT-2's position table from its context length; nothing for the others."""
+    assert llama_cpp_config_fields("qwen3", {}, 64, 4) == {"head_dim": 16}
+    assert llama_cpp_config_fields("qwen3", {"qwen3.attention.key_length": 128}, 1024, 16) == {"head_dim": 128}
+    caps = {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
+    for layers, hidden, heads, head_dim, scalar in ((26, 2304, 8, 256, 256), (42, 3584, 16, 256, 256),
+                                                    (46, 4608, 32, 128, 144)):
+        meta = {"gemma2.block_count": layers, "gemma2.attention.key_length": head_dim}
+        assert llama_cpp_config_fields("gemma2", meta, hidden, heads) == {**caps, "query_pre_attn_scalar": scalar}
+    meta = {"gemma2.block_count": 2, "gemma2.attn_logit_softcapping": 0.5, "gemma2.final_logit_softcapping": 25.0}
+    assert llama_cpp_config_fields("gemma2", meta, 32, 4) == {
+        "attn_logit_softcapping": 0.5, "final_logit_softcapping": 25.0, "query_pre_attn_scalar": 8}
+    assert llama_cpp_config_fields("gpt2", {"gpt2.context_length": 2048}, 768, 12) == {"n_positions": 2048}
+    assert llama_cpp_config_fields("gpt2", {}, 768, 12) == {}
+    assert llama_cpp_config_fields("llama", {"llama.attention.key_length": 64}, 576, 9) == {}
