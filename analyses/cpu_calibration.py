@@ -44,6 +44,8 @@ from sinkinterp.fileio import write_bytes, write_json  # noqa: E402
 # recipe). ``--train NAME ...`` trains and snapshots them one after another.
 BOS = 'data.transforms=[{"kind":"fixed_token","positions":[0],"token_id":"bos"}]'
 SEED1 = ["seed=1", "model.seed=1", "data.seed=1"]
+SEED2 = ["seed=2", "model.seed=2", "data.seed=2"]
+SEED3 = ["seed=3", "model.seed=3", "data.seed=3"]
 RECIPES: dict[str, list[str]] = {
     "c_softmax": [],
     "c_kv": ['model.attn_bias="kv"'],
@@ -165,11 +167,15 @@ RECIPES: dict[str, list[str]] = {
     # costs that much more lowering of every real logit. Where does the sink go back to token 1?
     "c_logitm05bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-0.5"],
     "c_logitm05bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-0.5", *SEED1],
+    # its two seeds split (one sinks on the slot, one on BOS): two more seeds for the odds
+    "c_logitm05bos_s2": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-0.5", *SEED2],
+    "c_logitm05bos_s3": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-0.5", *SEED3],
     "c_logitm1bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0"],
     "c_logitm1bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0", *SEED1],
     "c_logitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-2.0"],
     "c_logitm2bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-2.0", *SEED1],
     "c_logitm4bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-4.0"],
+    "c_logitm4bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_fixed=-4.0", *SEED1],
     # held at -1 without BOS: with no fixed first token to compete with, does the slot take the sink that
     # it leaves to BOS at -1 (and that it takes at 0 with or without BOS)?
     "c_logitm1": ['model.attn_bias="sink_logit"', "model.sink_logit_fixed=-1.0"],
@@ -191,8 +197,17 @@ RECIPES: dict[str, list[str]] = {
     # its control: the same phase with the slot left at 0
     "c_ft_zerofromzerobos": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
                              "model.sink_logit_fixed=0.0", "steps=2000"],
+    "c_ft_zerofromzerobos_s1": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
+                                "model.sink_logit_fixed=0.0", "steps=2000", *SEED1],
+    # both second phases at a lower peak lr (3e-4 instead of 1e-3, the same warm-up and cosine): does the result
+    # hang on the schedule warming up again to the from-scratch peak?
+    "c_ft_zerologitbos_lr3e4": [BOS, 'init_from="sinkinterp/assets/models/toy-softmax"', 'model.attn_bias="sink_logit"',
+                                "model.sink_logit_fixed=0.0", "steps=2000", "lr=0.0003"],
+    "c_ft_m1fromzerobos_lr3e4": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
+                                 "model.sink_logit_fixed=-1.0", "steps=2000", "lr=0.0003"],
     # a learned logit started at -2 instead of 0: is the slot's sink decided by where the logit starts?
     "c_sinklogitinitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0"],
+    "c_sinklogitinitm2bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0", *SEED1],
 }
 
 
@@ -967,9 +982,9 @@ PAPER_ROWS = [
      "not in the paper (Miller 2023; Kaul et al. 2024's softmax-1 against first-token dominance)"),
     ("softmax-off-by-one, no BOS", ["c_zerologit", "c_zerologit_s1"],
      "not in the paper; its KV bias without BOS: Sink_* 72.76, Sink_1 0.04"),
-    ("a learned sink logit started at -2 instead of 0 (`sink_logit_init`), BOS first", ["c_sinklogitinitm2bos"],
+    ("a learned sink logit started at -2 instead of 0 (`sink_logit_init`), BOS first", ["c_sinklogitinitm2bos", "c_sinklogitinitm2bos_s1"],
      "not in the paper; the learned logit above starts at 0"),
-    ("a sink logit held at -0.5 (v* = 0), BOS first", ["c_logitm05bos", "c_logitm05bos_s1"],
+    ("a sink logit held at -0.5 (v* = 0), BOS first", ["c_logitm05bos", "c_logitm05bos_s1", "c_logitm05bos_s2", "c_logitm05bos_s3"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-0.5 of a key at logit 0"),
     ("a sink logit held at -1 (v* = 0), BOS first", ["c_logitm1bos", "c_logitm1bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-1 of a key at logit 0"),
@@ -983,11 +998,15 @@ PAPER_ROWS = [
     ("2,000 more steps from c_zerologitbos (its slot has the sink) with the slot held at -1 instead of 0, BOS first",
      ["c_ft_m1fromzerobos", "c_ft_m1fromzerobos_s1"],
      "not in the paper; from scratch at -1 (c_logitm1bos) the sink is on BOS"),
-    ("2,000 more steps from c_zerologitbos, the slot left at 0: the control, BOS first", ["c_ft_zerofromzerobos"],
-     "not in the paper; the second phase with the slot unchanged"),
+    ("2,000 more steps from c_zerologitbos, the slot left at 0: the control, BOS first",
+     ["c_ft_zerofromzerobos", "c_ft_zerofromzerobos_s1"], "not in the paper; the second phase with the slot unchanged"),
+    ("the slot held at 0 added to toy-softmax for 2,000 steps at peak lr 3e-4 (the phase above: 1e-3), BOS first",
+     ["c_ft_zerologitbos_lr3e4"], "not in the paper; does the result hang on the lr warming up again?"),
+    ("c_zerologitbos's slot lowered to -1 for 2,000 steps at peak lr 3e-4 (above: 1e-3), BOS first",
+     ["c_ft_m1fromzerobos_lr3e4"], "not in the paper; does the result hang on the lr warming up again?"),
     ("a sink logit held at -2 (v* = 0), BOS first", ["c_logitm2bos", "c_logitm2bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-2 of a key at logit 0"),
-    ("a sink logit held at -4 (v* = 0), BOS first", ["c_logitm4bos"],
+    ("a sink logit held at -4 (v* = 0), BOS first", ["c_logitm4bos", "c_logitm4bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-4 of a key at logit 0"),
     ("KV bias shared by all heads, BOS first", ["c_kvsharedbos", "c_kvsharedbos_s1"], "Sink_1 comes back to 12.44"),
     ("learnable sink token, BOS first", ["c_sinktokbos", "c_sinktokbos_s1"], "Sink_* 74.12, Sink_1 0.00 (no BOS)"),
