@@ -175,11 +175,12 @@ _LLAMA_CPP_GEMMA2_CAPS = {"attn_logit_softcapping": 50.0, "final_logit_softcappi
 _LLAMA_CPP_GEMMA2_27B_LAYERS = 46  # llama.cpp takes a 46-layer Gemma 2 for the 27B and scales it by d_model / heads
 
 
-def llama_cpp_config_fields(arch: str, meta: dict[str, Any], hidden_size: int, n_heads: int) -> dict[str, Any]:
+def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dict[str, Any]:
     """The config fields a GGUF file sets in llama.cpp that transformers' GGUF reader (5.23) has no key
     for, read as llama.cpp reads them (a GGUF file means what llama.cpp computes from it; transformers
     would leave the config class's default, right for the released models only). ``meta``: the file's
-    metadata by key (``general.architecture`` is ``arch``); ``hidden_size`` / ``n_heads`` from the config.
+    metadata by key (``general.architecture`` is ``arch``); ``config``: what transformers read from it (its
+    ``hidden_size``, ``num_attention_heads``, ``head_dim`` and ``rope_parameters``).
 
     - Qwen 3: ``head_dim`` from ``qwen3.attention.key_length``, else d_model / heads (llama.cpp's
       default; transformers' is 128);
@@ -187,23 +188,40 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], hidden_size: int, n
       llama.cpp's 50 / 30), and ``query_pre_attn_scalar`` as llama.cpp scales the queries: the head size,
       or d_model / heads for a 46-layer model, which it takes for the 27B (transformers' is 256);
     - GPT-2: ``n_positions``, the position table's size, from ``gpt2.context_length`` (transformers reads it
-      into ``n_ctx`` only, so a table other than 1024 would not load)."""
+      into ``n_ctx`` only, so a table other than 1024 would not load);
+    - a partly rotated head (Phi-3, StableLM: a ``partial_rotary_factor`` in ``rope_parameters``): the
+      factor from ``ARCH.rope.dimension_count``, the rotated size, over the head size (transformers keeps
+      the class's 1.0 / 0.25; Phi-4-mini rotates 0.75)."""
     def key(name: str) -> Any:
         return meta.get(f"{arch}.{name}")
 
+    heads = max(int(getattr(config, "num_attention_heads", 0) or 1), 1)
+    per_head = int(getattr(config, "hidden_size", 0) or 0) // heads
     fields: dict[str, Any] = {}
     if arch in ("qwen3", "qwen3moe"):
-        fields["head_dim"] = int(key("attention.key_length") or hidden_size // n_heads)
+        fields["head_dim"] = int(key("attention.key_length") or per_head)
     elif arch == "gemma2":
         for name, default in _LLAMA_CPP_GEMMA2_CAPS.items():
             value = key(name)
             fields[name] = float(default if value is None else value)
-        head_dim = int(key("attention.key_length") or hidden_size // n_heads)
+        head_dim = int(key("attention.key_length") or per_head)
         big = key("block_count") == _LLAMA_CPP_GEMMA2_27B_LAYERS
-        fields["query_pre_attn_scalar"] = hidden_size // n_heads if big else head_dim
+        fields["query_pre_attn_scalar"] = per_head if big else head_dim
     elif arch == "gpt2" and key("context_length") is not None:
         fields["n_positions"] = int(key("context_length"))
+    rope = getattr(config, "rope_parameters", None)
+    if isinstance(rope, dict) and "partial_rotary_factor" in rope and key("rope.dimension_count") is not None:
+        head_dim = fields.get("head_dim") or getattr(config, "head_dim", None) or per_head
+        fields["partial_rotary_factor"] = int(key("rope.dimension_count")) / int(head_dim)
     return fields
+
+
+def _set_config_field(config: Any, name: str, value: Any) -> None:
+    if name == "partial_rotary_factor":  # transformers 5 reads it from rope_parameters; some classes keep a copy
+        config.rope_parameters = {**config.rope_parameters, name: value}
+        if not hasattr(config, name):
+            return
+    setattr(config, name, value)
 
 
 def _gguf_metadata(path: str) -> dict[str, Any]:
@@ -229,11 +247,13 @@ def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
     config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
     meta = _gguf_metadata(os.path.join(folder, name))
-    fields = llama_cpp_config_fields(str(meta.get("general.architecture")), meta,
-                                     int(getattr(config, "hidden_size", 0) or 0),
-                                     int(getattr(config, "num_attention_heads", 0) or 1))
+    found = llama_cpp_config_fields(str(meta.get("general.architecture")), meta, config)
+    rope = getattr(config, "rope_parameters", None) or {}
+    # what differs from what transformers read (its defaults): set, and recorded in the load's info
+    fields = {k: v for k, v in found.items()
+              if (rope.get(k) if k == "partial_rotary_factor" else getattr(config, k, None)) != v}
     for field_name, value in fields.items():
-        setattr(config, field_name, value)
+        _set_config_field(config, field_name, value)
     hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, attn_implementation="eager",
                                                     dtype=dtype, local_files_only=True)
     _strip_quantization_marker(hf_model)

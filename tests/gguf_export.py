@@ -64,8 +64,13 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
     if arch == "gemma2":
         keys.update({"attn_logit_softcapping": ("attn_logit_softcapping",),
                      "final_logit_softcapping": ("final_logit_softcapping",)})
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    per_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if "partial_rotary_factor" in rope:  # the rotated size, as llama.cpp's converter writes it
+        keys["rope.dimension_count"] = (int(per_head * rope["partial_rotary_factor"]),)
     for key, names in keys.items():
-        value = next((getattr(cfg, n) for n in names if n and getattr(cfg, n, None) is not None), None)
+        value = next((n if isinstance(n, int) else getattr(cfg, n) for n in names
+                      if isinstance(n, int) or (n and getattr(cfg, n, None) is not None)), None)
         if isinstance(value, bool) or value is None:
             continue
         if isinstance(value, int):

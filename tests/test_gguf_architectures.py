@@ -4,6 +4,7 @@ Phi-3, StableLM, Falcon, GPT-2, Bloom, Gemma 2 besides LLaMA), written as llama.
 attention of the model they were written from, and the measurement on top of them."""
 
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,10 +19,12 @@ T = 12
 # the fields transformers' GGUF reader has no key for are read as llama.cpp reads them
 # (loading.llama_cpp_config_fields), so the models differ from the releases' defaults there: Qwen 3's
 # head_dim not d_model / heads (nor transformers' 128), Gemma 2's soft caps not 50 / 30; GPT-2's position
-# table not 1024 long (ARCHS: 64). Gemma 2's queries are scaled by the head size, as llama.cpp scales every
-# Gemma 2 but the 27B (a query_pre_attn_scalar of its own cannot be written to a GGUF file)
+# table not 1024 long (ARCHS: 64); Phi-3 and StableLM rotating half of each head (not 1.0 / 0.25).
+# Gemma 2's queries are scaled by the head size, as llama.cpp scales every Gemma 2 but the 27B (a
+# query_pre_attn_scalar of its own cannot be written to a GGUF file)
 GGUF_OVERRIDES = {
-    "llama": {}, "qwen2": {}, "qwen3": {"head_dim": 16}, "phi3": {}, "stablelm": {}, "falcon": {},
+    "llama": {}, "qwen2": {}, "qwen3": {"head_dim": 16}, "phi3": {"partial_rotary_factor": 0.5},
+    "stablelm": {"partial_rotary_factor": 0.5}, "falcon": {},
     "gpt2": {},
     "bloom": {}, "gemma2": {"query_pre_attn_scalar": 8, "attn_logit_softcapping": 0.5, "final_logit_softcapping": 5.0},
 }
@@ -38,6 +41,7 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path):
     # the fields read as llama.cpp reads them, recorded in the load's info
     assert lm.info.get("gguf_fields_as_llama_cpp", {}) == {
         "qwen3": {"head_dim": 16}, "gpt2": {"n_positions": 64},
+        "phi3": {"partial_rotary_factor": 0.5}, "stablelm": {"partial_rotary_factor": 0.5},
         "gemma2": {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 5.0, "query_pre_attn_scalar": 8},
     }.get(name, {})
     assert lm.tokenizer.convert_ids_to_tokens([0, 1, 2, V - 1]) == ["t0", "t1", "t2", f"t{V - 1}"]
@@ -53,21 +57,33 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path):
     np.testing.assert_allclose(report.alpha_by_key, ref.numpy(), atol=1e-6)
 
 
+def _config(hidden, heads, **more):
+    return SimpleNamespace(hidden_size=hidden, num_attention_heads=heads, **more)
+
+
 def test_the_fields_transformers_does_not_read_are_read_as_llama_cpp_reads_them():
     """The released models' shapes: Qwen 3's head size from its key length (d_model / heads without one,
     llama.cpp's default); Gemma 2's queries scaled by the head size (2B, 9B) or, at 46 layers, by
     d_model / heads (27B: 4608 / 32 = 144, as its query_pre_attn_scalar), its soft caps llama.cpp's 50 / 30
-    where the file has none; GPT-2's position table from its context length; nothing for the others."""
-    assert llama_cpp_config_fields("qwen3", {}, 64, 4) == {"head_dim": 16}
-    assert llama_cpp_config_fields("qwen3", {"qwen3.attention.key_length": 128}, 1024, 16) == {"head_dim": 128}
+    where the file has none; GPT-2's position table from its context length; the rotated share of a head
+    from the rotated size (Phi-4-mini: 96 of 128); nothing for the others."""
+    assert llama_cpp_config_fields("qwen3", {}, _config(64, 4)) == {"head_dim": 16}
+    meta = {"qwen3.attention.key_length": 128}
+    assert llama_cpp_config_fields("qwen3", meta, _config(1024, 16)) == {"head_dim": 128}
     caps = {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
     for layers, hidden, heads, head_dim, scalar in ((26, 2304, 8, 256, 256), (42, 3584, 16, 256, 256),
                                                     (46, 4608, 32, 128, 144)):
         meta = {"gemma2.block_count": layers, "gemma2.attention.key_length": head_dim}
-        assert llama_cpp_config_fields("gemma2", meta, hidden, heads) == {**caps, "query_pre_attn_scalar": scalar}
+        expected = {**caps, "query_pre_attn_scalar": scalar}
+        assert llama_cpp_config_fields("gemma2", meta, _config(hidden, heads)) == expected
     meta = {"gemma2.block_count": 2, "gemma2.attn_logit_softcapping": 0.5, "gemma2.final_logit_softcapping": 25.0}
-    assert llama_cpp_config_fields("gemma2", meta, 32, 4) == {
+    assert llama_cpp_config_fields("gemma2", meta, _config(32, 4)) == {
         "attn_logit_softcapping": 0.5, "final_logit_softcapping": 25.0, "query_pre_attn_scalar": 8}
-    assert llama_cpp_config_fields("gpt2", {"gpt2.context_length": 2048}, 768, 12) == {"n_positions": 2048}
-    assert llama_cpp_config_fields("gpt2", {}, 768, 12) == {}
-    assert llama_cpp_config_fields("llama", {"llama.attention.key_length": 64}, 576, 9) == {}
+    assert llama_cpp_config_fields("gpt2", {"gpt2.context_length": 2048}, _config(768, 12)) == {"n_positions": 2048}
+    assert llama_cpp_config_fields("gpt2", {}, _config(768, 12)) == {}
+    phi4_mini = _config(3072, 24, rope_parameters={"partial_rotary_factor": 1.0})
+    meta = {"phi3.rope.dimension_count": 96}
+    assert llama_cpp_config_fields("phi3", meta, phi4_mini) == {"partial_rotary_factor": 0.75}
+    assert llama_cpp_config_fields("phi3", {}, phi4_mini) == {}  # no key: transformers' value stays
+    assert llama_cpp_config_fields("llama", {"llama.attention.key_length": 64, "llama.rope.dimension_count": 64},
+                                   _config(576, 9, rope_parameters={"rope_theta": 1e4})) == {}
