@@ -20,7 +20,7 @@ import torch
 from sinkinterp import builtin, tl_adapter
 
 __all__ = ["LoadedModel", "load_model", "resolve_spec", "check_attn_backend", "placeholder_tokenizer", "smollm2_gguf_path",
-           "llama_cpp_config_fields",
+           "llama_cpp_config_fields", "apply_rope_freq_factors",
            "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -224,9 +224,11 @@ def _set_config_field(config: Any, name: str, value: Any) -> None:
     setattr(config, name, value)
 
 
-def _gguf_metadata(path: str) -> dict[str, Any]:
+def _gguf_metadata(path: str) -> tuple[dict[str, Any], Any]:
     """A GGUF file's metadata by key (scalars as values, arrays as lists; the tokenizer's long arrays
-    left out), through transformers' own field reader."""
+    left out), through transformers' own field reader; and its ``rope_freqs.weight`` (llama.cpp's RoPE
+    frequency factors, float32) or None."""
+    import numpy as np
     from gguf import GGUFReader
     from transformers.modeling_gguf_pytorch_utils import read_field
 
@@ -237,7 +239,30 @@ def _gguf_metadata(path: str) -> dict[str, Any]:
             continue
         value = read_field(reader, name)
         meta[name] = value[0] if len(value) == 1 else value
-    return meta
+    freqs = next((np.array(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors
+                  if t.name == "rope_freqs.weight"), None)
+    return meta, freqs
+
+
+def apply_rope_freq_factors(hf_model: Any, factors: Any) -> dict[str, Any]:
+    """Divide the rotary frequencies of ``hf_model`` by llama.cpp's per-frequency factors (a GGUF file's
+    ``rope_freqs.weight``: how llama.cpp stores LLaMA 3's RoPE scaling, theta_i = p base^(-2i/d) / f_i),
+    which transformers' GGUF reader ignores. Its shared ``rotary_emb`` (``inv_freq``, and the
+    ``original_inv_freq`` it restores) is changed in place, so the bridge and the rolling cache use it
+    too. Raises ValueError where the model has no such rotary embedding or other frequencies."""
+    import torch
+
+    rotary = tl_adapter.hf_rotary_emb(hf_model)
+    inv = getattr(rotary, "inv_freq", None)
+    if not isinstance(inv, torch.Tensor) or inv.numel() != len(factors):
+        have = "no shared rotary embedding" if inv is None else f"{inv.numel()} rotary frequencies"
+        raise ValueError(f"model: the GGUF file's rope_freqs.weight holds {len(factors)} frequency factors "
+                         f"(llama.cpp's RoPE scaling), but the model transformers built from it has {have}")
+    f = torch.as_tensor(factors, dtype=inv.dtype, device=inv.device).reshape(inv.shape)
+    for name in ("inv_freq", "original_inv_freq"):
+        if isinstance(getattr(rotary, name, None), torch.Tensor):
+            setattr(rotary, name, getattr(rotary, name) / f)
+    return {"n": int(f.numel()), "min": float(f.min()), "max": float(f.max())}
 
 
 def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]:
@@ -246,7 +271,7 @@ def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]
     folder, name = os.path.split(os.path.abspath(path))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
     config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    meta = _gguf_metadata(os.path.join(folder, name))
+    meta, rope_freqs = _gguf_metadata(os.path.join(folder, name))
     found = llama_cpp_config_fields(str(meta.get("general.architecture")), meta, config)
     rope = getattr(config, "rope_parameters", None) or {}
     # what differs from what transformers read (its defaults): set, and recorded in the load's info
@@ -254,10 +279,13 @@ def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]
               if (rope.get(k) if k == "partial_rotary_factor" else getattr(config, k, None)) != v}
     for field_name, value in fields.items():
         _set_config_field(config, field_name, value)
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, attn_implementation="eager",
-                                                    dtype=dtype, local_files_only=True)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
+                                                    attn_implementation="eager", dtype=dtype, local_files_only=True)
     _strip_quantization_marker(hf_model)
-    return hf_model.eval(), tokenizer, {"gguf_fields_as_llama_cpp": fields} if fields else {}
+    info: dict[str, Any] = {"gguf_fields_as_llama_cpp": fields} if fields else {}
+    if rope_freqs is not None:  # the model as llama.cpp runs it: its RoPE scaling
+        info["gguf_rope_freq_factors"] = apply_rope_freq_factors(hf_model, rope_freqs)
+    return hf_model.eval(), tokenizer, info
 
 
 def _load_sinkinterp(path: str, dtype: torch.dtype, device: str) -> tuple[Any, Any | None, dict[str, Any]]:

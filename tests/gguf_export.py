@@ -2,8 +2,9 @@
 llama.cpp): the tensors in the layout llama.cpp's converter writes them (the inverse of what
 transformers' GGUF tensor processors undo on load), the config fields transformers reads back
 (``GGUF_CONFIG_MAPPING``, inverted) and those llama.cpp's converter adds that sinkinterp reads as llama.cpp
-does (``loading.llama_cpp_config_fields``: the head size, Gemma 2's soft caps), and a byte-level BPE vocabulary of words t0..t{V-1} (t1 BOS,
-t2 EOS, t0 padding, as ``conftest.word_tokenizer``). Weights are stored in float32, unquantized."""
+does (``loading.llama_cpp_config_fields``: the head size, Gemma 2's soft caps, the rotated size; LLaMA 3's
+RoPE factors as ``rope_freqs.weight``), and a byte-level BPE vocabulary of words t0..t{V-1} (t1 BOS, t2 EOS,
+t0 padding, as ``conftest.word_tokenizer``). Weights are stored in float32, unquantized."""
 
 from __future__ import annotations
 
@@ -37,6 +38,29 @@ def _to_gguf_layout(arch: str, gguf_name: str, a: np.ndarray, cfg: Any) -> np.nd
     if arch == "gemma2" and "norm.weight" in gguf_name:
         return a + 1  # llama.cpp stores Gemma's RMSNorm scale as 1 + w
     return a
+
+
+def llama3_rope_factors(cfg: Any) -> np.ndarray:
+    """LLaMA 3's RoPE scaling as llama.cpp's converter writes it, one factor per rotary frequency f:
+    1 for wavelengths under original_max_position_embeddings / high_freq_factor, ``factor`` above
+    original / low_freq_factor, between them 1 / ((1 - s) / factor + s) with s = (original / wavelength -
+    low) / (high - low); llama.cpp divides each frequency by its factor."""
+    rope = cfg.rope_parameters
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    freqs = 1.0 / rope["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    original = rope["original_max_position_embeddings"]
+    out = []
+    for f in freqs:
+        wavelength = 2 * np.pi / f
+        if wavelength < original / high:
+            out.append(1.0)
+        elif wavelength > original / low:
+            out.append(factor)
+        else:
+            s = (original / wavelength - low) / (high - low)
+            out.append(1.0 / ((1 - s) / factor + s))
+    return np.array(out, dtype=np.float32)
 
 
 def write_gguf(hf_model: Any, path: str | Path) -> Path:
@@ -93,6 +117,9 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
             continue
         written.add(gguf_name)
         writer.add_tensor(gguf_name, _to_gguf_layout(arch, gguf_name, tensor.detach().float().numpy().copy(), cfg))
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    if rope.get("rope_type") == "llama3":  # llama.cpp's converter stores LLaMA 3's scaling as frequency factors
+        writer.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

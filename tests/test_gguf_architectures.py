@@ -12,6 +12,7 @@ import torch
 from gguf_export import write_gguf
 from test_architectures import ARCHS, V, _build
 
+from sinkinterp import loading
 from sinkinterp.loading import llama_cpp_config_fields, load_model
 from sinkinterp.measure import measure
 
@@ -87,3 +88,31 @@ def test_the_fields_transformers_does_not_read_are_read_as_llama_cpp_reads_them(
     assert llama_cpp_config_fields("phi3", {}, phi4_mini) == {}  # no key: transformers' value stays
     assert llama_cpp_config_fields("llama", {"llama.attention.key_length": 64, "llama.rope.dimension_count": 64},
                                    _config(576, 9, rope_parameters={"rope_theta": 1e4})) == {}
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16, "rope_theta": 10000.0}
+
+
+def test_llama3_rope_scaling_stored_as_frequency_factors_is_applied(tmp_path, monkeypatch):
+    """llama.cpp's converter stores LLaMA 3's RoPE scaling as rope_freqs.weight, one factor per rotary
+    frequency (LLaMA 3.1 / 3.2 / 3.3 files), which transformers' GGUF reader ignores: the frequencies are
+    divided by them on load, so the model is the one the file was written from (here the scaling acts on
+    wavelengths over 4 tokens, so it shows at 12). Without that step the logits differ; factors that do
+    not fit the model's rotary embedding are refused."""
+    apply = loading.apply_rope_freq_factors
+    hf = _build("llama", rope_parameters=LLAMA3_ROPE)
+    path = write_gguf(hf, tmp_path / "llama3.gguf")
+    tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = load_model(str(path))
+        with torch.no_grad():
+            torch.testing.assert_close(lm.model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
+        assert lm.info["gguf_rope_freq_factors"]["n"] == 4 and lm.info["gguf_rope_freq_factors"]["max"] == 8.0
+        monkeypatch.setattr(loading, "apply_rope_freq_factors", lambda model, factors: {})
+        plain = load_model(str(path))
+        with torch.no_grad():
+            assert float((plain.model(tokens) - hf(tokens).logits).abs().max()) > 1e-2
+    with pytest.raises(ValueError, match=r"rope_freqs.weight holds 3 frequency factors .* has 4 rotary frequencies"):
+        apply(_build("llama"), np.ones(3, dtype=np.float32))
