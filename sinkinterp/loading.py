@@ -172,7 +172,8 @@ def _load_hf_folder(path: str, dtype: torch.dtype) -> tuple[Any, Any | None]:
 
 # llama.cpp's defaults for Gemma 2's soft caps where a file has no key for them (its llama_hparams)
 _LLAMA_CPP_GEMMA2_CAPS = {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
-_LLAMA_CPP_GEMMA2_27B_LAYERS = 46  # llama.cpp takes a 46-layer Gemma 2 for the 27B and scales it by d_model / heads
+# llama.cpp takes a Gemma 2 of 46 layers, a Gemma 3 of 62, for the 27B, and scales its queries by d_model / heads
+_LLAMA_CPP_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 
 
 def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dict[str, Any]:
@@ -185,8 +186,11 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dic
     - Qwen 3: ``head_dim`` from ``qwen3.attention.key_length``, else d_model / heads (llama.cpp's
       default; transformers' is 128);
     - Gemma 2: the soft caps from ``gemma2.attn_logit_softcapping`` / ``final_logit_softcapping`` (else
-      llama.cpp's 50 / 30), and ``query_pre_attn_scalar`` as llama.cpp scales the queries: the head size,
-      or d_model / heads for a 46-layer model, which it takes for the 27B (transformers' is 256);
+      llama.cpp's 50 / 30); Gemma 2 and 3: ``query_pre_attn_scalar`` as llama.cpp scales the queries: the
+      head size, or d_model / heads for a model of 46 / 62 layers, which it takes for the 27B
+      (transformers' is 256);
+    - linear RoPE scaling (``ARCH.rope.scaling.type`` linear, ``.factor``) into ``rope_parameters``; Gemma
+      3's on its global layers, as llama.cpp applies it (the 4B, 12B, 27B releases: factor 8);
     - GPT-2: ``n_positions``, the position table's size, from ``gpt2.context_length`` (transformers reads it
       into ``n_ctx`` only, so a table other than 1024 would not load);
     - a partly rotated head (Phi-3, StableLM: a ``partial_rotary_factor`` in ``rope_parameters``): the
@@ -200,16 +204,24 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dic
     fields: dict[str, Any] = {}
     if arch in ("qwen3", "qwen3moe"):
         fields["head_dim"] = int(key("attention.key_length") or per_head)
-    elif arch == "gemma2":
+    elif arch == "gpt2" and key("context_length") is not None:
+        fields["n_positions"] = int(key("context_length"))
+    if arch == "gemma2":
         for name, default in _LLAMA_CPP_GEMMA2_CAPS.items():
             value = key(name)
             fields[name] = float(default if value is None else value)
+    if arch in _LLAMA_CPP_GEMMA_27B_LAYERS:
         head_dim = int(key("attention.key_length") or per_head)
-        big = key("block_count") == _LLAMA_CPP_GEMMA2_27B_LAYERS
+        big = key("block_count") == _LLAMA_CPP_GEMMA_27B_LAYERS[arch]
         fields["query_pre_attn_scalar"] = per_head if big else head_dim
-    elif arch == "gpt2" and key("context_length") is not None:
-        fields["n_positions"] = int(key("context_length"))
     rope = getattr(config, "rope_parameters", None)
+    if isinstance(rope, dict) and key("rope.scaling.type") == "linear" and key("rope.scaling.factor") is not None:
+        # linear scaling: llama.cpp divides every position by the factor (Gemma 3: on its global layers only)
+        linear = {"rope_type": "linear", "factor": float(key("rope.scaling.factor"))}
+        if arch == "gemma3":
+            fields["rope_parameters"] = {**rope, "full_attention": {**rope.get("full_attention", {}), **linear}}
+        else:
+            fields["rope_parameters"] = {**rope, **linear}
     if isinstance(rope, dict) and "partial_rotary_factor" in rope and key("rope.dimension_count") is not None:
         head_dim = fields.get("head_dim") or getattr(config, "head_dim", None) or per_head
         fields["partial_rotary_factor"] = int(key("rope.dimension_count")) / int(head_dim)

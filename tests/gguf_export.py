@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 # the Hugging Face model types written (each the name of its GGUF architecture), those the tests load
-GGUF_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "stablelm", "falcon", "gpt2", "bloom", "gemma2")
+GGUF_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "stablelm", "falcon", "gpt2", "bloom", "gemma2", "gemma3")
+# Hugging Face model types whose GGUF architecture is named otherwise
+_GGUF_NAME = {"gemma3_text": "gemma3"}
 # where a config keeps its context length (transformers' mapping names n_ctx for GPT-2, whose config keeps
 # n_positions)
 _CONTEXT = ("max_position_embeddings", "n_positions")
@@ -35,8 +37,8 @@ def _to_gguf_layout(arch: str, gguf_name: str, a: np.ndarray, cfg: Any) -> np.nd
     if arch == "bloom" and "attn_qkv" in gguf_name:  # per head [q k v] -> [all q; all k; all v]
         h, e = cfg.n_head, cfg.hidden_size
         return a.reshape(h, 3, e // h, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape)
-    if arch == "gemma2" and "norm.weight" in gguf_name:
-        return a + 1  # llama.cpp stores Gemma's RMSNorm scale as 1 + w
+    if arch in ("gemma2", "gemma3") and "norm.weight" in gguf_name:
+        return a + 1  # llama.cpp stores Gemma's RMSNorm scale as 1 + w (Gemma 3's q / k norms too)
     return a
 
 
@@ -74,7 +76,7 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
     )
 
     cfg = hf_model.config
-    arch = cfg.model_type
+    arch = _GGUF_NAME.get(cfg.model_type, cfg.model_type)
     if arch not in GGUF_ARCHS:
         raise ValueError(f"hf_model: model_type {arch!r}; this writer knows {GGUF_ARCHS}")
     processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=cfg.to_dict())
@@ -89,12 +91,21 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
         keys.update({"attn_logit_softcapping": ("attn_logit_softcapping",),
                      "final_logit_softcapping": ("final_logit_softcapping",)})
     rope = getattr(cfg, "rope_parameters", None) or {}
+    # linear RoPE scaling (Gemma 3: its global layers'), as llama.cpp's converter writes it
+    scaled = rope.get("full_attention", rope) if arch == "gemma3" else rope
+    if scaled.get("rope_type") == "linear":
+        writer.add_string(f"{arch}.rope.scaling.type", "linear")
+        writer.add_float32(f"{arch}.rope.scaling.factor", float(scaled["factor"]))
+    if arch == "gemma3":  # its global layers' base; the sliding ones' is llama.cpp's fixed 10,000
+        rope = rope.get("full_attention", {})
     per_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     if "partial_rotary_factor" in rope:  # the rotated size, as llama.cpp's converter writes it
         keys["rope.dimension_count"] = (int(per_head * rope["partial_rotary_factor"]),)
+    if "rope_theta" in rope:  # transformers 5 keeps the base in rope_parameters
+        keys["rope.freq_base"] = (float(rope["rope_theta"]),)
     for key, names in keys.items():
-        value = next((n if isinstance(n, int) else getattr(cfg, n) for n in names
-                      if isinstance(n, int) or (n and getattr(cfg, n, None) is not None)), None)
+        value = next((n if isinstance(n, (int, float)) else getattr(cfg, n) for n in names
+                      if isinstance(n, (int, float)) or (n and getattr(cfg, n, None) is not None)), None)
         if isinstance(value, bool) or value is None:
             continue
         if isinstance(value, int):

@@ -1,5 +1,5 @@
 """GGUF files beyond LLaMA: tiny models of the architectures transformers reads from GGUF (Qwen 2 / 3,
-Phi-3, StableLM, Falcon, GPT-2, Bloom, Gemma 2 besides LLaMA), written as llama.cpp lays them out
+Phi-3, StableLM, Falcon, GPT-2, Bloom, Gemma 2 / 3 besides LLaMA), written as llama.cpp lays them out
 (``gguf_export``), loaded offline through ``load_model`` (a TransformerBridge): the logits and the
 attention of the model they were written from, and the measurement on top of them."""
 
@@ -23,11 +23,16 @@ T = 12
 # table not 1024 long (ARCHS: 64); Phi-3 and StableLM rotating half of each head (not 1.0 / 0.25).
 # Gemma 2's queries are scaled by the head size, as llama.cpp scales every Gemma 2 but the 27B (a
 # query_pre_attn_scalar of its own cannot be written to a GGUF file)
+GEMMA3_ROPE = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
 GGUF_OVERRIDES = {
     "llama": {}, "qwen2": {}, "qwen3": {"head_dim": 16}, "phi3": {"partial_rotary_factor": 0.5},
     "stablelm": {"partial_rotary_factor": 0.5}, "falcon": {},
     "gpt2": {},
     "bloom": {}, "gemma2": {"query_pre_attn_scalar": 8, "attn_logit_softcapping": 0.5, "final_logit_softcapping": 5.0},
+    # six layers, the fifth-sliding-then-global pattern llama.cpp fixes (two would both be sliding there), and
+    # the 4B-27B releases' linear RoPE scaling on the global layer (factor 8)
+    "gemma3": {"n_layers": 6, "layer_types": None, "query_pre_attn_scalar": 8, "rope_parameters": GEMMA3_ROPE},
 }
 
 
@@ -44,6 +49,7 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path):
         "qwen3": {"head_dim": 16}, "gpt2": {"n_positions": 64},
         "phi3": {"partial_rotary_factor": 0.5}, "stablelm": {"partial_rotary_factor": 0.5},
         "gemma2": {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 5.0, "query_pre_attn_scalar": 8},
+        "gemma3": {"query_pre_attn_scalar": 8, "rope_parameters": GEMMA3_ROPE},
     }.get(name, {})
     assert lm.tokenizer.convert_ids_to_tokens([0, 1, 2, V - 1]) == ["t0", "t1", "t2", f"t{V - 1}"]
     tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
@@ -88,6 +94,20 @@ def test_the_fields_transformers_does_not_read_are_read_as_llama_cpp_reads_them(
     assert llama_cpp_config_fields("phi3", {}, phi4_mini) == {}  # no key: transformers' value stays
     assert llama_cpp_config_fields("llama", {"llama.attention.key_length": 64, "llama.rope.dimension_count": 64},
                                    _config(576, 9, rope_parameters={"rope_theta": 1e4})) == {}
+    # linear RoPE scaling: the whole model's, or Gemma 3's global layers' (27B: 62 layers, 5376 / 32 = 168)
+    meta = {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}
+    assert llama_cpp_config_fields("llama", meta, _config(576, 9, rope_parameters={"rope_theta": 1e4})) == {
+        "rope_parameters": {"rope_theta": 1e4, "rope_type": "linear", "factor": 4.0}}
+    rope = {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+    meta = {"gemma3.block_count": 62, "gemma3.attention.key_length": 128, "gemma3.rope.scaling.type": "linear",
+            "gemma3.rope.scaling.factor": 8.0}
+    assert llama_cpp_config_fields("gemma3", meta, _config(5376, 32, rope_parameters=rope)) == {
+        "query_pre_attn_scalar": 168,
+        "rope_parameters": {**rope, "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}}}
+    meta = {"gemma3.block_count": 26, "gemma3.attention.key_length": 256}  # Gemma 3 1B: no scaling
+    assert llama_cpp_config_fields("gemma3", meta, _config(1152, 4, rope_parameters=rope)) == {
+        "query_pre_attn_scalar": 256}
 
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
