@@ -17,7 +17,8 @@
 # everything goes into $OUT/runs.tar.xz (split into 15 MiB parts when larger). Back come log.txt and
 # that archive; here: cat runs.tar.xz* > /tmp/runs.tar.xz && tar -xJf /tmp/runs.tar.xz (runs/gpu/...
 # and runs/gpu_models/NAME/), and, when at least 45 s of the budget are left, attention-cuda.json
-# from benchmarks/bench_attention.py. TRAIN_SET="KEY=VALUE ..." adds --set overrides to every run.
+# from benchmarks/bench_attention.py. TRAIN_SET="KEY=VALUE ..." adds --set overrides to every run;
+# WEIGHTS="3 1 1" shares the time unequally (a long first run, two short second phases from it).
 #
 # A smoke test of the plumbing on a CPU (a few steps, no GPU needed):
 #   DEVICE=cpu OUT=/tmp/train_call PYTHON=/tmp/v/bin/python TESTS=0 BUDGET_S=120 \
@@ -55,11 +56,21 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 
 names=()
-left=$#
+# WEIGHTS="3 1 1": the runs' shares of the time in these proportions (default: equal), each taken from
+# what is left when it starts, so a run that ends early leaves its time to the ones after it
+read -r -a weights <<< "${WEIGHTS:-}"
+if [ ${#weights[@]} -eq 0 ]; then for _ in "$@"; do weights+=(1); done; fi
+if [ ${#weights[@]} -ne $# ]; then echo "train_call.sh: WEIGHTS has ${#weights[@]} numbers for $# configs" >&2; exit 2; fi
+for w in "${weights[@]}"; do
+  case "$w" in ''|*[!0-9]*|0) echo "train_call.sh: WEIGHTS takes positive whole numbers, got '$w'" >&2; exit 2;; esac
+done
+i=0
 for cfg in "$@"; do
   name=$(basename "$cfg" .json)
-  share=$(( (BUDGET_S - PACK_S - SECONDS) / left ))
-  left=$((left - 1))
+  rest=0
+  for w in "${weights[@]:$i}"; do rest=$((rest + w)); done
+  share=$(( (BUDGET_S - PACK_S - SECONDS) * ${weights[$i]} / rest ))
+  i=$((i + 1))
   if [ "$share" -lt 30 ]; then echo "== train-$name: skipped (only ${share}s left)"; continue; fi
   t0=$SECONDS
   step "train-$name" "$share" $PY -m sinkinterp.train train "$cfg" --out "runs/gpu/$name" "${sets[@]}" \
