@@ -190,7 +190,9 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dic
       head size, or d_model / heads for a model of 46 / 62 layers, which it takes for the 27B
       (transformers' is 256);
     - linear RoPE scaling (``ARCH.rope.scaling.type`` linear, ``.factor``) into ``rope_parameters``; Gemma
-      3's on its global layers, as llama.cpp applies it (the 4B, 12B, 27B releases: factor 8);
+      3's on its global layers, as llama.cpp applies it (the 4B, 12B, 27B releases: factor 8); YaRN (type
+      yarn, ``.factor``, ``.original_context_length``; Qwen's long-context setting) with llama.cpp's
+      defaults for the rest, which are transformers' too;
     - GPT-2: ``n_positions``, the position table's size, from ``gpt2.context_length`` (transformers reads it
       into ``n_ctx`` only, so a table other than 1024 would not load);
     - a partly rotated head (Phi-3, StableLM: a ``partial_rotary_factor`` in ``rope_parameters``): the
@@ -215,13 +217,21 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dic
         big = key("block_count") == _LLAMA_CPP_GEMMA_27B_LAYERS[arch]
         fields["query_pre_attn_scalar"] = per_head if big else head_dim
     rope = getattr(config, "rope_parameters", None)
-    if isinstance(rope, dict) and key("rope.scaling.type") == "linear" and key("rope.scaling.factor") is not None:
+    scaling, factor = key("rope.scaling.type"), key("rope.scaling.factor")
+    if isinstance(rope, dict) and scaling == "linear" and factor is not None:
         # linear scaling: llama.cpp divides every position by the factor (Gemma 3: on its global layers only)
-        linear = {"rope_type": "linear", "factor": float(key("rope.scaling.factor"))}
+        linear = {"rope_type": "linear", "factor": float(factor)}
         if arch == "gemma3":
             fields["rope_parameters"] = {**rope, "full_attention": {**rope.get("full_attention", {}), **linear}}
         else:
             fields["rope_parameters"] = {**rope, **linear}
+    elif (isinstance(rope, dict) and "rope_theta" in rope and scaling == "yarn" and factor is not None
+          and key("rope.scaling.original_context_length") is not None):
+        # YaRN with llama.cpp's defaults (beta_fast 32, beta_slow 1, attention scaled by 1 + 0.1 ln factor), as
+        # transformers' own YaRN defaults them
+        original = int(key("rope.scaling.original_context_length"))
+        fields["rope_parameters"] = {**rope, "rope_type": "yarn", "factor": float(factor),
+                                     "original_max_position_embeddings": original}
     if isinstance(rope, dict) and "partial_rotary_factor" in rope and key("rope.dimension_count") is not None:
         head_dim = fields.get("head_dim") or getattr(config, "head_dim", None) or per_head
         fields["partial_rotary_factor"] = int(key("rope.dimension_count")) / int(head_dim)

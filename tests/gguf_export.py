@@ -91,11 +91,14 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
         keys.update({"attn_logit_softcapping": ("attn_logit_softcapping",),
                      "final_logit_softcapping": ("final_logit_softcapping",)})
     rope = getattr(cfg, "rope_parameters", None) or {}
-    # linear RoPE scaling (Gemma 3: its global layers'), as llama.cpp's converter writes it
+    # linear RoPE scaling (Gemma 3: its global layers') and YaRN, as llama.cpp's converter writes them
     scaled = rope.get("full_attention", rope) if arch == "gemma3" else rope
-    if scaled.get("rope_type") == "linear":
-        writer.add_string(f"{arch}.rope.scaling.type", "linear")
+    if scaled.get("rope_type") in ("linear", "yarn"):
+        writer.add_string(f"{arch}.rope.scaling.type", scaled["rope_type"])
         writer.add_float32(f"{arch}.rope.scaling.factor", float(scaled["factor"]))
+    if scaled.get("rope_type") == "yarn":
+        original = int(scaled["original_max_position_embeddings"])
+        writer.add_uint32(f"{arch}.rope.scaling.original_context_length", original)
     if arch == "gemma3":  # its global layers' base; the sliding ones' is llama.cpp's fixed 10,000
         rope = rope.get("full_attention", {})
     per_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

@@ -105,6 +105,11 @@ def test_the_fields_transformers_does_not_read_are_read_as_llama_cpp_reads_them(
     assert llama_cpp_config_fields("gemma3", meta, _config(5376, 32, rope_parameters=rope)) == {
         "query_pre_attn_scalar": 168,
         "rope_parameters": {**rope, "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}}}
+    meta = {"qwen2.rope.scaling.type": "yarn", "qwen2.rope.scaling.factor": 4.0,
+            "qwen2.rope.scaling.original_context_length": 32768}  # Qwen 2.5's long-context setting
+    assert llama_cpp_config_fields("qwen2", meta, _config(896, 14, rope_parameters={"rope_theta": 1e6})) == {
+        "rope_parameters": {"rope_theta": 1e6, "rope_type": "yarn", "factor": 4.0,
+                            "original_max_position_embeddings": 32768}}
     meta = {"gemma3.block_count": 26, "gemma3.attention.key_length": 256}  # Gemma 3 1B: no scaling
     assert llama_cpp_config_fields("gemma3", meta, _config(1152, 4, rope_parameters=rope)) == {
         "query_pre_attn_scalar": 256}
@@ -112,6 +117,27 @@ def test_the_fields_transformers_does_not_read_are_read_as_llama_cpp_reads_them(
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16, "rope_theta": 10000.0}
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_yarn_rope_scaling_is_read(name, tmp_path):
+    """YaRN (Qwen's long-context setting: rope.scaling.type yarn, factor, original context length), which
+    transformers' GGUF reader ignores for these architectures, goes into rope_parameters with llama.cpp's
+    defaults for the rest (transformers' too): the model loads with its logits, here with a YaRN that acts
+    at 12 tokens (original context 8)."""
+    rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8, "rope_theta": 10000.0}
+    hf = _build(name, rope_parameters=rope)
+    path = write_gguf(hf, tmp_path / f"{name}-yarn.gguf")
+    tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = load_model(str(path))
+        with torch.no_grad():
+            torch.testing.assert_close(lm.model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
+            plain = _build(name, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+            plain.load_state_dict(hf.state_dict())
+            assert float((plain(tokens).logits - hf(tokens).logits).abs().max()) > 1e-2  # YaRN matters here
+    assert lm.info["gguf_fields_as_llama_cpp"]["rope_parameters"]["rope_type"] == "yarn"
 
 
 def test_llama3_rope_scaling_stored_as_frequency_factors_is_applied(tmp_path, monkeypatch):
