@@ -61,6 +61,8 @@ __all__ = [
     "attn_visibility",
     "learned_sink_logits",
     "model_dims",
+    "weight_processing",
+    "checkpoint_value_biases",
     "boot_bridge",
     "hooked_transformer_from_config",
     "wrapped_hf_model",
