@@ -651,7 +651,7 @@ def _slot_figure(runs: dict[str, tuple[dict, list[dict]]]) -> list[str]:
                   for t in cfg.get("data", {}).get("transforms") or [])
         tracked = [r for r in rows if r.get("sink1") is not None]
         style = {"color": cmap(keys.index(key) % 10), "marker": "." if bos else "x",
-                 "markersize": 4, "linestyle": "-" if int(cfg.get("seed", 0)) == 0 else "--",
+                 "markersize": 4, "linestyle": ("-", "--", ":", "-.")[int(cfg.get("seed", 0)) % 4],
                  "label": f"{name} ({key[0]}{'' if bos else ', no BOS'}"
                           + (f", 2nd phase from {Path(cfg['init_from']).name})" if cfg.get("init_from") else ")")}
         steps = [r["step"] for r in tracked]
@@ -762,8 +762,9 @@ def _variants_section(finals: dict[str, dict], runs: dict[str, tuple[dict, list[
     if slots:
         out += ["", "## Softmax-off-by-one and the sink logit: how the slot takes the sink", "",
                 *(["Sink_* on the slot and Sink_1 along training for every sink-logit run (`_slot_figure`; one color",
-                   "per held logit or learned logit's start; dots: BOS first, crosses: no BOS; dashed: seed 1; a second",
-                   "phase from a trained model starts at that model's Sink_1), on the runs' tracking windows:", "",
+                   "per held logit or learned logit's start; dots: BOS first, crosses: no BOS; solid, dashed, dotted,",
+                   "dash-dot: seeds 0-3; a second phase from a trained model starts at that model's Sink_1), on the",
+                   "runs' tracking windows:", "",
                    ("![Sink_* on the slot and Sink_1 along training, per held or learned sink logit]"
                     "(figures/cpu-calibration-slot.png)"), ""] if _slot_runs(runs) else []),
                 "With the slot's logit held at b the slot's weight for query t is e^b / (e^b + sum_s exp(s_ts)): the",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from sinkinterp import builtin, tl_adapter
 
 __all__ = ["LoadedModel", "load_model", "resolve_spec", "check_attn_backend", "placeholder_tokenizer", "smollm2_gguf_path",
-           "llama_cpp_config_fields", "apply_rope_freq_factors",
+           "llama_cpp_config_fields", "apply_rope_freq_factors", "gguf_not_read",
            "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -263,7 +264,25 @@ def _gguf_metadata(path: str) -> tuple[dict[str, Any], Any]:
         meta[name] = value[0] if len(value) == 1 else value
     freqs = next((np.array(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors
                   if t.name == "rope_freqs.weight"), None)
+    meta["_rope_tensors"] = sorted({t.name for t in reader.tensors if t.name.startswith("rope_")})
     return meta, freqs
+
+
+def gguf_not_read(arch: str, meta: dict[str, Any]) -> list[str]:
+    """What a GGUF file sets for llama.cpp that neither transformers' reader nor
+    ``llama_cpp_config_fields`` / ``apply_rope_freq_factors`` read: the model loads without it, so it may
+    differ from the one llama.cpp runs (``_load_gguf`` warns and records the list). ``meta``: the
+    file's metadata, with ``_rope_tensors`` the names of its ``rope_*`` tensors."""
+    out = []
+    long_rope = [t for t in meta.get("_rope_tensors", []) if t.startswith("rope_factors_")]
+    if long_rope:
+        out.append(f"LongRoPE's per-frequency factors ({', '.join(long_rope)}; Phi-3.5 / Phi-4-mini's long context)")
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if arch not in ("gpt-oss", "gpt_oss") and scaling not in (None, "none", "linear", "yarn"):
+        out.append(f"RoPE scaling type {scaling!r}")
+    if scaling == "yarn" and meta.get(f"{arch}.rope.scaling.yarn_log_multiplier") is not None:
+        out.append("YaRN's log multiplier (DeepSeek's attention scale)")
+    return out
 
 
 def apply_rope_freq_factors(hf_model: Any, factors: Any) -> dict[str, Any]:
@@ -307,6 +326,11 @@ def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]
     info: dict[str, Any] = {"gguf_fields_as_llama_cpp": fields} if fields else {}
     if rope_freqs is not None:  # the model as llama.cpp runs it: its RoPE scaling
         info["gguf_rope_freq_factors"] = apply_rope_freq_factors(hf_model, rope_freqs)
+    unread = gguf_not_read(str(meta.get("general.architecture")), meta)
+    if unread:
+        info["gguf_not_read"] = unread
+        warnings.warn(f"model: {path} sets {'; '.join(unread)}, which sinkinterp does not read yet: the model "
+                      "loads without it and may differ from the one llama.cpp runs", UserWarning, stacklevel=3)
     return hf_model.eval(), tokenizer, info
 
 

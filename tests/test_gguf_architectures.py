@@ -13,7 +13,7 @@ from gguf_export import write_gguf
 from test_architectures import ARCHS, V, _build
 
 from sinkinterp import loading
-from sinkinterp.loading import llama_cpp_config_fields, load_model
+from sinkinterp.loading import gguf_not_read, llama_cpp_config_fields, load_model
 from sinkinterp.measure import measure
 
 T = 12
@@ -162,3 +162,35 @@ def test_llama3_rope_scaling_stored_as_frequency_factors_is_applied(tmp_path, mo
             assert float((plain.model(tokens) - hf(tokens).logits).abs().max()) > 1e-2
     with pytest.raises(ValueError, match=r"rope_freqs.weight holds 3 frequency factors .* has 4 rotary frequencies"):
         apply(_build("llama"), np.ones(3, dtype=np.float32))
+
+
+def test_what_no_reader_reads_is_named():
+    """LongRoPE's factor tensors (Phi-3.5 / Phi-4-mini), other scaling types and DeepSeek's YaRN log
+    multiplier are read by neither transformers nor sinkinterp: they are named (and load_model warns),
+    rather than loading a model that silently differs from llama.cpp's; what is read names nothing."""
+    meta = {"_rope_tensors": ["rope_factors_long.weight", "rope_factors_short.weight"]}
+    assert gguf_not_read("phi3", meta) == [("LongRoPE's per-frequency factors (rope_factors_long.weight, "
+                                            "rope_factors_short.weight; Phi-3.5 / Phi-4-mini's long context)")]
+    assert gguf_not_read("llama", {"llama.rope.scaling.type": "longrope"}) == ["RoPE scaling type 'longrope'"]
+    meta = {"deepseek2.rope.scaling.type": "yarn", "deepseek2.rope.scaling.yarn_log_multiplier": 0.1}
+    assert gguf_not_read("deepseek2", meta) == ["YaRN's log multiplier (DeepSeek's attention scale)"]
+    for meta in ({}, {"llama.rope.scaling.type": "linear"}, {"llama.rope.scaling.type": "yarn"},
+                 {"_rope_tensors": ["rope_freqs.weight"]}, {"llama.rope.scaling.type": "none"}):
+        assert gguf_not_read("llama", meta) == []
+
+
+def test_a_gguf_file_with_what_no_reader_reads_loads_with_a_warning(tmp_path, monkeypatch):
+    """The load names what it did not read in a warning and in its info; a file with nothing such has
+    neither (the tiny LLaMA: no rope_* tensors, no scaling)."""
+    path = write_gguf(_build("llama"), tmp_path / "llama.gguf")
+    meta, freqs = loading._gguf_metadata(str(path))
+    assert meta["_rope_tensors"] == [] and freqs is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing to warn about
+        warnings.filterwarnings("ignore", message=r"(?!model: ).*")  # other libraries' warnings
+        assert "gguf_not_read" not in load_model(str(path)).info
+    real = loading._gguf_metadata
+    monkeypatch.setattr(loading, "_gguf_metadata", lambda p: ({**real(p)[0], "llama.rope.scaling.type": "su"}, None))
+    with pytest.warns(UserWarning, match=r"llama.gguf sets RoPE scaling type 'su', which sinkinterp does not read yet"):
+        lm = load_model(str(path))
+    assert lm.info["gguf_not_read"] == ["RoPE scaling type 'su'"]
