@@ -115,6 +115,19 @@ def test_the_fields_transformers_does_not_read_are_read_as_llama_cpp_reads_them(
         "query_pre_attn_scalar": 256}
 
 
+def _round_trip(hf, path):
+    """``hf`` written to ``path`` as GGUF and loaded back (warnings quiet): the load, whose logits equal
+    ``hf``'s, and the tokens they were compared on."""
+    write_gguf(hf, path)
+    tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = load_model(str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
+    return lm, tokens
+
+
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16, "rope_theta": 10000.0}
 
@@ -127,16 +140,11 @@ def test_yarn_rope_scaling_is_read(name, tmp_path):
     at 12 tokens (original context 8)."""
     rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8, "rope_theta": 10000.0}
     hf = _build(name, rope_parameters=rope)
-    path = write_gguf(hf, tmp_path / f"{name}-yarn.gguf")
-    tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lm = load_model(str(path))
-        with torch.no_grad():
-            torch.testing.assert_close(lm.model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
-            plain = _build(name, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-            plain.load_state_dict(hf.state_dict())
-            assert float((plain(tokens).logits - hf(tokens).logits).abs().max()) > 1e-2  # YaRN matters here
+    lm, tokens = _round_trip(hf, tmp_path / f"{name}-yarn.gguf")
+    plain = _build(name, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    plain.load_state_dict(hf.state_dict())
+    with torch.no_grad():
+        assert float((plain(tokens).logits - hf(tokens).logits).abs().max()) > 1e-2  # YaRN matters here
     assert lm.info["gguf_fields_as_llama_cpp"]["rope_parameters"]["rope_type"] == "yarn"
 
 
@@ -148,15 +156,12 @@ def test_llama3_rope_scaling_stored_as_frequency_factors_is_applied(tmp_path, mo
     not fit the model's rotary embedding are refused."""
     apply = loading.apply_rope_freq_factors
     hf = _build("llama", rope_parameters=LLAMA3_ROPE)
-    path = write_gguf(hf, tmp_path / "llama3.gguf")
-    tokens = torch.randint(3, V, (3, T), generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "llama3.gguf"
+    lm, tokens = _round_trip(hf, path)
+    assert lm.info["gguf_rope_freq_factors"]["n"] == 4 and lm.info["gguf_rope_freq_factors"]["max"] == 8.0
+    monkeypatch.setattr(loading, "apply_rope_freq_factors", lambda model, factors: {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lm = load_model(str(path))
-        with torch.no_grad():
-            torch.testing.assert_close(lm.model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
-        assert lm.info["gguf_rope_freq_factors"]["n"] == 4 and lm.info["gguf_rope_freq_factors"]["max"] == 8.0
-        monkeypatch.setattr(loading, "apply_rope_freq_factors", lambda model, factors: {})
         plain = load_model(str(path))
         with torch.no_grad():
             assert float((plain.model(tokens) - hf(tokens).logits).abs().max()) > 1e-2
