@@ -190,6 +190,9 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dic
       llama.cpp's 50 / 30); Gemma 2 and 3: ``query_pre_attn_scalar`` as llama.cpp scales the queries: the
       head size, or d_model / heads for a model of 46 / 62 layers, which it takes for the 27B
       (transformers' is 256);
+    - LongRoPE (Phi-3.5 / Phi-4-mini: two factor tensors, the original context, the attention factor) into
+      ``rope_parameters`` as transformers' longrope, which takes the long factors past the original context
+      within each sequence (llama.cpp takes them by the context size it is started with);
     - linear RoPE scaling (``ARCH.rope.scaling.type`` linear, ``.factor``) into ``rope_parameters``; Gemma
       3's on its global layers, as llama.cpp applies it (the 4B, 12B, 27B releases: factor 8); YaRN (type
       yarn, ``.factor``, ``.original_context_length``; Qwen's long-context setting) with llama.cpp's
@@ -226,6 +229,10 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dic
             fields["rope_parameters"] = {**rope, "full_attention": {**rope.get("full_attention", {}), **linear}}
         else:
             fields["rope_parameters"] = {**rope, **linear}
+    elif isinstance(rope, dict) and _longrope(arch, meta, rope):
+        fields["rope_parameters"] = _longrope(arch, meta, rope)
+        if hasattr(config, "original_max_position_embeddings"):  # Phi-3's config keeps a copy it standardizes from
+            fields["original_max_position_embeddings"] = fields["rope_parameters"]["original_max_position_embeddings"]
     elif (isinstance(rope, dict) and "rope_theta" in rope and scaling == "yarn" and factor is not None
           and key("rope.scaling.original_context_length") is not None):
         # YaRN with llama.cpp's defaults (beta_fast 32, beta_slow 1, attention scaled by 1 + 0.1 ln factor), as
@@ -237,6 +244,21 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dic
         head_dim = fields.get("head_dim") or getattr(config, "head_dim", None) or per_head
         fields["partial_rotary_factor"] = int(key("rope.dimension_count")) / int(head_dim)
     return fields
+
+
+def _longrope(arch: str, meta: dict[str, Any], rope: dict[str, Any]) -> dict[str, Any] | None:
+    """LongRoPE as llama.cpp's converter stores it (Phi-3.5 / Phi-4-mini: the rope_factors_long / _short
+    tensors, ``ARCH.rope.scaling.original_context_length``, ``.attn_factor``) as transformers'
+    ``rope_parameters``; None where the file has not all of it or ``rope`` has per-layer-type entries."""
+    long, short = meta.get("_rope_factors_long.weight"), meta.get("_rope_factors_short.weight")
+    original = meta.get(f"{arch}.rope.scaling.original_context_length")
+    if long is None or short is None or original is None or "rope_theta" not in rope:
+        return None
+    out = {**rope, "rope_type": "longrope", "long_factor": list(long), "short_factor": list(short),
+           "original_max_position_embeddings": int(original)}
+    if meta.get(f"{arch}.rope.scaling.attn_factor") is not None:
+        out["attention_factor"] = float(meta[f"{arch}.rope.scaling.attn_factor"])
+    return out
 
 
 def _set_config_field(config: Any, name: str, value: Any) -> None:
@@ -265,6 +287,9 @@ def _gguf_metadata(path: str) -> tuple[dict[str, Any], Any]:
     freqs = next((np.array(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors
                   if t.name == "rope_freqs.weight"), None)
     meta["_rope_tensors"] = sorted({t.name for t in reader.tensors if t.name.startswith("rope_")})
+    for t in reader.tensors:  # LongRoPE's factors (Phi-3.5, Phi-4-mini): short lists, read by llama_cpp_config_fields
+        if t.name in ("rope_factors_long.weight", "rope_factors_short.weight"):
+            meta["_" + t.name] = [float(x) for x in np.array(t.data, dtype=np.float32).reshape(-1)]
     return meta, freqs
 
 
@@ -275,7 +300,7 @@ def gguf_not_read(arch: str, meta: dict[str, Any]) -> list[str]:
     file's metadata, with ``_rope_tensors`` the names of its ``rope_*`` tensors."""
     out = []
     long_rope = [t for t in meta.get("_rope_tensors", []) if t.startswith("rope_factors_")]
-    if long_rope:
+    if long_rope and not _longrope(arch, meta, {"rope_theta": 0.0}):
         out.append(f"LongRoPE's per-frequency factors ({', '.join(long_rope)}; Phi-3.5 / Phi-4-mini's long context)")
     scaling = meta.get(f"{arch}.rope.scaling.type")
     if arch not in ("gpt-oss", "gpt_oss") and scaling not in (None, "none", "linear", "yarn"):

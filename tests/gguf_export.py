@@ -8,6 +8,7 @@ t0 padding, as ``conftest.word_tokenizer``). Weights are stored in float32, unqu
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,12 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
     if scaled.get("rope_type") in ("linear", "yarn"):
         writer.add_string(f"{arch}.rope.scaling.type", scaled["rope_type"])
         writer.add_float32(f"{arch}.rope.scaling.factor", float(scaled["factor"]))
+    if scaled.get("rope_type") == "longrope":  # Phi-3.5: llama.cpp's converter writes these keys and two tensors
+        original = int(scaled["original_max_position_embeddings"])
+        scale = cfg.max_position_embeddings / original
+        writer.add_uint32(f"{arch}.rope.scaling.original_context_length", original)
+        writer.add_float32(f"{arch}.rope.scaling.attn_factor",
+                           math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
     if scaled.get("rope_type") == "yarn":
         original = int(scaled["original_max_position_embeddings"])
         writer.add_uint32(f"{arch}.rope.scaling.original_context_length", original)
@@ -134,6 +141,9 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
     rope = getattr(cfg, "rope_parameters", None) or {}
     if rope.get("rope_type") == "llama3":  # llama.cpp's converter stores LLaMA 3's scaling as frequency factors
         writer.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
+    if rope.get("rope_type") == "longrope":
+        for which in ("long", "short"):
+            writer.add_tensor(f"rope_factors_{which}.weight", np.array(rope[f"{which}_factor"], dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -169,6 +169,26 @@ def test_llama3_rope_scaling_stored_as_frequency_factors_is_applied(tmp_path, mo
         apply(_build("llama"), np.ones(3, dtype=np.float32))
 
 
+def test_longrope_is_read_as_transformers_longrope(tmp_path, monkeypatch):
+    """Phi-3.5 / Phi-4-mini's LongRoPE, as llama.cpp's converter stores it (rope_factors_long / _short
+    tensors, the original context, the attention factor 1.22 here): the model loads with its logits below
+    the original context (12 tokens: short factors) and past it (24: long factors, as transformers switches
+    within a sequence). Without the reading the load warns that it was not read."""
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.5, 2.0, 4.0],
+            "long_factor": [1.0, 3.0, 8.0, 16.0], "original_max_position_embeddings": 16}
+    hf = _build("phi3", rope_parameters=rope, original_max_position_embeddings=16)
+    path = tmp_path / "phi3-longrope.gguf"
+    lm, _ = _round_trip(hf, path)
+    assert lm.info["gguf_fields_as_llama_cpp"]["rope_parameters"]["attention_factor"] == pytest.approx(1.5 ** 0.5)
+    assert "gguf_not_read" not in lm.info
+    tokens = torch.randint(3, V, (3, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(loading, "_longrope", lambda arch, meta, rope: None)
+    with pytest.warns(UserWarning, match=r"sets LongRoPE's per-frequency factors \(rope_factors_long.weight, "):
+        load_model(str(path))
+
+
 def test_what_no_reader_reads_is_named():
     """LongRoPE's factor tensors (Phi-3.5 / Phi-4-mini), other scaling types and DeepSeek's YaRN log
     multiplier are read by neither transformers nor sinkinterp: they are named (and load_model warns),
