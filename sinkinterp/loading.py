@@ -300,10 +300,12 @@ def gguf_not_read(arch: str, meta: dict[str, Any]) -> list[str]:
     file's metadata, with ``_rope_tensors`` the names of its ``rope_*`` tensors."""
     out = []
     long_rope = [t for t in meta.get("_rope_tensors", []) if t.startswith("rope_factors_")]
-    if long_rope and not _longrope(arch, meta, {"rope_theta": 0.0}):
+    read_longrope = _longrope(arch, meta, {"rope_theta": 0.0}) is not None
+    if long_rope and not read_longrope:
         out.append(f"LongRoPE's per-frequency factors ({', '.join(long_rope)}; Phi-3.5 / Phi-4-mini's long context)")
     scaling = meta.get(f"{arch}.rope.scaling.type")
-    if arch not in ("gpt-oss", "gpt_oss") and scaling not in (None, "none", "linear", "yarn"):
+    if (arch not in ("gpt-oss", "gpt_oss") and scaling not in (None, "none", "linear", "yarn")
+            and not (read_longrope and scaling in ("longrope", "su"))):
         out.append(f"RoPE scaling type {scaling!r}")
     if scaling == "yarn" and meta.get(f"{arch}.rope.scaling.yarn_log_multiplier") is not None:
         out.append("YaRN's log multiplier (DeepSeek's attention scale)")

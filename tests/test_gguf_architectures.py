@@ -197,6 +197,10 @@ def test_what_no_reader_reads_is_named():
     assert gguf_not_read("phi3", meta) == [("LongRoPE's per-frequency factors (rope_factors_long.weight, "
                                             "rope_factors_short.weight; Phi-3.5 / Phi-4-mini's long context)")]
     assert gguf_not_read("llama", {"llama.rope.scaling.type": "longrope"}) == ["RoPE scaling type 'longrope'"]
+    full = {"phi3.rope.scaling.type": "longrope", "_rope_factors_long.weight": [1.0],
+            "_rope_factors_short.weight": [1.0], "phi3.rope.scaling.original_context_length": 4096,
+            "_rope_tensors": ["rope_factors_long.weight"]}
+    assert gguf_not_read("phi3", full) == []  # all of LongRoPE there: read
     meta = {"deepseek2.rope.scaling.type": "yarn", "deepseek2.rope.scaling.yarn_log_multiplier": 0.1}
     assert gguf_not_read("deepseek2", meta) == ["YaRN's log multiplier (DeepSeek's attention scale)"]
     for meta in ({}, {"llama.rope.scaling.type": "linear"}, {"llama.rope.scaling.type": "yarn"},
