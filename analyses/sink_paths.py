@@ -156,6 +156,12 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                          "--search-neurons", "11", "--search-size", "3", "--search-triples", "8"],
                                   "SmolLM2-135M, 4 English windows, layer 13, key side: the search over MLP 11 with "
                                   "triples"),
+    # and with every group of four of the 8 strongest kept alone tried at size 4 (the beam as the first search's)
+    "smollm2__natural_search_q": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "4", "--layers", "13",
+                                         "--sides", "key", "--senders", "mlp_out", "--sender-layers", "11",
+                                         "--search-neurons", "11", "--search-size", "4", "--search-quads", "8"],
+                                  "SmolLM2-135M, 4 English windows, layer 13, key side: the search over MLP 11 with "
+                                  "groups of four"),
     # the query-side searches' best groups (SEARCH_GROUPS) on the replicate's 16 other windows: out of sample
     "smollm2__natural_r_q_groups": (None, ["--inputs", "natural", "--seq-len", "64", "--num-seqs", "16", "--seed", "1",
                                            "--layers", "13", "--sides", "query", "--senders", "mlp_out",
@@ -667,39 +673,48 @@ def _search_reading(results: dict[str, dict[str, Any]]) -> list[str]:
             "| --- | --- | --- | ---: | --- | --- | --- |", *rows, "", *notes, ""]
 
 
-# a search run again with triples (``--search-triples``), and the run without them it checks
+# a search run again with triples (``--search-triples``) or groups of four (``--search-quads``), and the run
+# without them it checks
 TRIPLES = {"smollm2__natural_search_t": "smollm2__natural_search"}
+QUADS = {"smollm2__natural_search_q": "smollm2__natural_search"}
+# per group size: the runs, the results' key, the option, the word for one group and for several
+_FORCED = {3: (TRIPLES, "triples", "search_triples", "triple", "Triples"),
+           4: (QUADS, "quads", "search_quads", "group of four", "Groups of four")}
 
 
 def _triples_note(results: dict[str, dict[str, Any]]) -> list[str]:
-    """A search with every triple of the strongest kept alone tried at size 3, against the same search without:
-    does a triple the beam cannot reach (three that each suffice) do more than the beam's best triple?"""
+    """A search with every triple (group of four) of the strongest kept alone tried at size 3 (4), against the
+    same search without: does a group the beam cannot reach (neurons that each suffice) do more than the
+    beam's best group of that size?"""
     out = []
-    for name, base in TRIPLES.items():
-        res, got, was = results.get(name), _search_of(results.get(name)), _search_of(results.get(base))
-        for (layer, side, mlp), srch in got.items():
-            old = was.get((layer, side, mlp))
-            b3 = next((b for b in srch["best"] if len(b["neurons"]) == 3), None)
-            o3 = next((b for b in (old or {}).get("best", []) if len(b["neurons"]) == 3), None)
-            if not srch.get("triples") or b3 is None or o3 is None:
-                continue
-            sign = -1.0 if srch["direction"] == "decrease" else 1.0
-            top = max(srch["triples"], key=lambda t: sign * t["effect"])
+    for k, (runs, key, option, one, title) in _FORCED.items():
+        for name, base in runs.items():
+            res, got, was = results.get(name), _search_of(results.get(name)), _search_of(results.get(base))
+            lines = []
+            for (layer, side, mlp), srch in got.items():
+                old = was.get((layer, side, mlp))
+                bk = next((b for b in srch["best"] if len(b["neurons"]) == k), None)
+                ok = next((b for b in (old or {}).get("best", []) if len(b["neurons"]) == k), None)
+                if not srch.get(key) or bk is None or ok is None:
+                    continue
+                sign = -1.0 if srch["direction"] == "decrease" else 1.0
+                top = max(srch[key], key=lambda t: sign * t["effect"])
 
-            def name_of(b: dict[str, Any]) -> str:
-                return "N" + "+".join(map(str, b["neurons"]))
+                def name_of(b: dict[str, Any]) -> str:
+                    return "N" + "+".join(map(str, b["neurons"]))
 
-            same = b3["neurons"] == o3["neurons"]
-            out.append(f"- **Triples** (`{name}`: the same search with every triple of the {res.get('search_triples')} "
-                       f"neurons strongest kept alone tried at size 3, {len(srch['triples'])} triples): L{layer} {side} "
-                       f"side, MLP {mlp}: the best triple is {name_of(b3)} {b3['effect']:+.3f}, "
-                       + ("the beam's own" if same else f"against the beam's {name_of(o3)} {o3['effect']:+.3f}")
-                       + f"; the strongest of the triples tried, {name_of(top)}, {top['effect']:+.3f}. "
-                       + ("No triple of neurons that each suffice does more than the beam found."
-                          if sign * top["effect"] <= sign * o3["effect"] + 1e-9 else
-                          "A triple out of the beam's reach does more: the beam missed it."))
-        if out and (FIGS / f"sink-paths-{name}-search.png").is_file():
-            out += ["", f"![the neuron search with triples, {RUNS[name][2]}](figures/sink-paths-{name}-search.png)", ""]
+                same = bk["neurons"] == ok["neurons"]
+                lines.append(f"- **{title}** (`{name}`: the same search with every {one} of the {res.get(option)} "
+                             f"neurons strongest kept alone tried at size {k}, {len(srch[key])} {key}): L{layer} "
+                             f"{side} side, MLP {mlp}: the best {one} is {name_of(bk)} {bk['effect']:+.3f}, "
+                             + ("the beam's own" if same else f"against the beam's {name_of(ok)} {ok['effect']:+.3f}")
+                             + f"; the strongest of the {key} tried, {name_of(top)}, {top['effect']:+.3f}. "
+                             + (f"No {one} of neurons that each suffice does more than the beam found."
+                                if sign * top["effect"] <= sign * ok["effect"] + 1e-9 else
+                                f"A {one} out of the beam's reach does more: the beam missed it."))
+            out += lines
+            if lines and (FIGS / f"sink-paths-{name}-search.png").is_file():
+                out += ["", f"![the neuron search with {key}, {RUNS[name][2]}](figures/sink-paths-{name}-search.png)", ""]
     return out
 
 

@@ -94,6 +94,9 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--search-triples", type=int_at_least(0), default=0, metavar="K",
                    help="size 3 of the search also tries every triple of the K neurons that, kept alone, hold up the "
                         "most (three that each suffice; default 0: none)")
+    s.add_argument("--search-quads", type=int_at_least(0), default=0, metavar="K",
+                   help="size 4 of the search also tries every group of four of the K neurons that, kept alone, hold "
+                        "up the most (four that each suffice; default 0: none)")
     s.add_argument("--batch-rows", type=int_at_least(1), default=64,
                    help="rows per forward pass: copies of the batch, one per sender (default 64)")
     s.set_defaults(num_seqs=8)
@@ -150,7 +153,8 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                                  key_ablation=args.key_ablation, query_ablation=args.query_ablation,
                                  layers=args.layers, free_mlps=args.free_mlps, free_attn=args.free_attn,
                                  batch_rows=args.batch_rows, search_mlps=args.search_neurons,
-                                 search_size=args.search_size, search_triples=args.search_triples, progress=True)
+                                 search_size=args.search_size, search_triples=args.search_triples,
+                                 search_quads=args.search_quads, progress=True)
     except (ValueError, TypeError, RuntimeError) as err:
         raise UsageError(str(err)) from None
     if not results["layers"]:  # nothing to draw; the summary says so
@@ -174,6 +178,7 @@ def cmd_paths(args: argparse.Namespace, argv: list[str]) -> int:
                    "search_neurons": args.search_neurons,
                    "search_size": args.search_size if args.search_neurons else None,
                    "search_triples": args.search_triples if args.search_neurons else None,
+                   "search_quads": args.search_quads if args.search_neurons else None,
                    "seconds": round(time.perf_counter() - started, 3)})
     what = "what makes the sink heads' gate vary, by direct path" if args.gate else "direct paths into the sink heads"
     return finish_study(args, lm, tokens, config, results,

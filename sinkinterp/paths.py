@@ -634,7 +634,7 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
                   ablation: str = "mean", positions: Sequence[int] | None = None,
                   metric_hook: str | Sequence[str] | None = None, direction: str = "decrease", size: int = 4,
                   pool: int = 32, beam: int = 4, pairs: int = 8, triples: int = 0, free_mlps: bool = False,
-                  batch_rows: int = 64, free_attn: bool = False) -> dict[str, Any]:
+                  batch_rows: int = 64, free_attn: bool = False, quads: int = 0) -> dict[str, Any]:
     """Which few neurons of MLP ``mlp``, ablated together along their direct paths to ``receivers``
     (``path_ablate``'s passes and arguments), move the metric most in ``direction`` ("decrease" or
     "increase"). Ranking neurons one at a time misses neurons that back each other up: with two that
@@ -649,12 +649,15 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
       neuron, and size 2 also tries every pair of the ``pairs`` strongest by the second reading (two that
       back each other up are each strong by it, weak alone); size 3 also every triple of the ``triples``
       strongest by it (three that each suffice: no pair of them does anything, so the beam cannot reach
-      them; default 0: none); the ``beam`` groups with the largest effects go on.
+      them; default 0: none), and size 4 every group of four of the ``quads`` strongest (default 0: none);
+      the ``beam`` groups with the largest effects go on.
 
     Returns {"mlp", "d_mlp", "direction", "base": the unablated metric, "whole", "alone", "others": effects
-    (metric - base) per neuron, "pool", "triples": [{"neurons", "effect"}] (those tried: size >= 3),
+    (metric - base) per neuron, "pool", "triples": [{"neurons", "effect"}] (those tried: size >= 3), "quads"
+    likewise (size >= 4),
     "pairs": [{"neurons", "effect", "synergy": effect minus the two
-    neurons' effects alone}], "best": [{"neurons", "effect", "share": effect / whole}] for sizes 1..size,
+    neurons' effects alone}], "best": [{"neurons", "effect", "share": effect / whole}] for sizes 1..size (a
+    size with no group to try left out),
     "groups_run": the number of groups (senders) run}."""
     dims = tl_adapter.model_dims(model)
     if isinstance(mlp, bool) or not isinstance(mlp, (int, np.integer)) or not 0 <= mlp < dims["n_layers"]:
@@ -662,7 +665,7 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
     if direction not in DIRECTIONS:
         raise ValueError(f"direction: got {direction!r}, allowed values are {list(DIRECTIONS)}")
     for name, value, least in (("size", size, 1), ("pool", pool, 1), ("beam", beam, 1), ("pairs", pairs, 0),
-                               ("triples", triples, 0)):
+                               ("triples", triples, 0), ("quads", quads, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     d = _d_mlp(model, int(mlp))
@@ -693,20 +696,21 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
 
     pair_groups = {(a, b) for i, a in enumerate(sorted(by_kept[:pairs])) for b in sorted(by_kept[:pairs])[i + 1:]}
     triple_groups = set(itertools.combinations(sorted(by_kept[:triples]), 3))
+    quad_groups = set(itertools.combinations(sorted(by_kept[:quads]), 4))
     level = top({(u,) for u in cands})
     best = [level[0]]
+    forced = {2: pair_groups, 3: triple_groups, 4: quad_groups}
     for k in range(2, size + 1):
-        grown = {tuple(sorted((*g, c))) for g in level for c in cands if c not in g}
-        if k == 2:
-            grown |= pair_groups
-        if k == 3:
-            grown |= triple_groups
+        grown = {tuple(sorted((*g, c))) for g in level if len(g) == k - 1 for c in cands if c not in g}
+        grown |= forced.get(k, set())
         new = sorted(g for g in grown if g not in done)
         if new:
             got, _ = run(new)
             done.update(zip(new, map(float, got)))
             n_run += len(new)
-        if not grown:  # the pool is used up
+        if not grown:  # the pool is used up: stop, unless a larger size has groups of its own to try
+            if any(forced.get(j) for j in range(k + 1, size + 1)):
+                continue
             break
         level = top(grown)
         best.append(level[0])
@@ -717,6 +721,7 @@ def neuron_search(model: Any, tokens: object, metric: Metric, *, mlp: int, recei
     return {"mlp": int(mlp), "d_mlp": d, "direction": direction, "base": base, "whole": round(whole, 8),
             "alone": alone.round(8).tolist(), "others": np.asarray(others).round(8).tolist(), "pool": cands,
             "triples": [{"neurons": list(g), "effect": round(done[g], 8)} for g in sorted(triple_groups) if g in done],
+            "quads": [{"neurons": list(g), "effect": round(done[g], 8)} for g in sorted(quad_groups) if g in done],
             "pairs": [{"neurons": list(g), "effect": round(done[g], 8),
                        "synergy": round(done[g] - done[g[:1]] - done[g[1:]], 8)} for g in sorted(pair_groups)],
             "best": [{"neurons": list(g), "effect": round(done[g], 8), "share": share(done[g])} for g in best],
@@ -732,7 +737,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                sink: str = "first",
                layers: Sequence[int] | None = None, free_mlps: bool = False, batch_rows: int = 64,
                search_mlps: Sequence[int] | None = None, search_size: int = 4, search_triples: int = 0,
-               progress: bool = False, free_attn: bool = False) -> dict[str, Any]:
+               progress: bool = False, free_attn: bool = False, search_quads: int = 0) -> dict[str, Any]:
     """What writes the first-token sink, along direct paths: for each layer with sink heads (mean weight on
     token 1 over queries 2..T above ``threshold``; of ``layers`` only, when given: each layer costs two passes
     of its first blocks per sender before it), each sender's path to those heads' keys and to their
@@ -754,7 +759,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
 
     ``search_mlps``: for each of these MLPs before a sink layer, ``neuron_search`` on each side (the groups of
     up to ``search_size`` of its neurons that lower the weight most along their paths, with the neurons
-    that back each other up; ``search_triples``: its ``triples``), in the side's ``"search"`` list.
+    that back each other up; ``search_triples`` / ``search_quads``: its ``triples`` / ``quads``), in the
+    side's ``"search"`` list.
 
     ``sink="slot"`` (a model with a bias slot reported by ``hook_bias_pattern``: k*/v*, a sink token, a sink
     logit; or a bridge's learned attention sinks, gpt-oss, whose weight is what ``hook_pattern``'s rows leave;
@@ -788,8 +794,9 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
         raise ValueError("search_mlps: empty (None: no search)")
     if searched and (isinstance(search_size, bool) or not isinstance(search_size, int) or search_size < 1):
         raise ValueError(f"search_size must be an integer >= 1, got {search_size!r}")
-    if searched and (isinstance(search_triples, bool) or not isinstance(search_triples, int) or search_triples < 0):
-        raise ValueError(f"search_triples must be an integer >= 0, got {search_triples!r}")
+    for name, value in (("search_triples", search_triples), ("search_quads", search_quads)):
+        if searched and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     for m in searched:
         if not 0 <= m < max(wanted):
             raise ValueError(f"search_mlps: MLP {m} is not before a sink layer read (0..{max(wanted) - 1})")
@@ -807,6 +814,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                                "query_ablation": query_ablation, "sides": list(sides),
                                "search_mlps": searched or None, "search_size": search_size if searched else None,
                                "search_triples": search_triples if searched else None,
+                               "search_quads": search_quads if searched else None,
                                "layers": []}
         for l, heads in found:
             send = [s for s in all_senders if s.order < 2 * l + 1]
@@ -836,7 +844,8 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                         print(f"paths: layer {l}, {side} side, searching MLP {m}'s neurons", file=sys.stderr, flush=True)
                     d.setdefault("search", []).append(neuron_search(
                         model, tokens, metric, mlp=m, receivers=recv, ablation=how, positions=pos, metric_hook=hook,
-                        size=search_size, triples=search_triples, free_mlps=free_mlps, free_attn=free_attn,
+                        size=search_size, triples=search_triples, quads=search_quads, free_mlps=free_mlps,
+                        free_attn=free_attn,
                         batch_rows=batch_rows))
                 row[side] = d
                 row["base"] = res.base

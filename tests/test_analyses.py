@@ -1547,6 +1547,19 @@ def test_sink_paths_triples_note(tmp_path, monkeypatch):
     assert "the best triple is N4+5+6 -0.400, against the beam's N1+2+3 -0.300" in line
     assert line.endswith("A triple out of the beam's reach does more: the beam missed it.")
     assert mod._triples_note({"smollm2__natural_search": run(beam)}) == []
+    # groups of four likewise, read at size 4
+    four = {"neurons": [1, 2, 3, 7], "effect": -0.35}
+    base = run(beam)
+    base["layers"][0]["key"]["search"][0]["best"].append(four)
+    quad = run(beam)
+    quad["search_quads"] = 8
+    quad["layers"][0]["key"]["search"][0].update(best=[*base["layers"][0]["key"]["search"][0]["best"]],
+                                                 quads=[{"neurons": [4, 5, 6, 8], "effect": -0.31}])
+    (line,) = mod._triples_note({"smollm2__natural_search": base, "smollm2__natural_search_q": quad})
+    assert line == ("- **Groups of four** (`smollm2__natural_search_q`: the same search with every group of four of "
+                    "the 8 neurons strongest kept alone tried at size 4, 1 quads): L13 key side, MLP 11: the best group "
+                    "of four is N1+2+3+7 -0.350, the beam's own; the strongest of the quads tried, N4+5+6+8, -0.310. "
+                    "No group of four of neurons that each suffice does more than the beam found.")
 
 
 def test_gate_paths_page_from_runs_and_snapshots(tmp_path, monkeypatch, capsys):

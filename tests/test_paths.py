@@ -492,10 +492,12 @@ def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     se = tmp_path / "s"
     assert cli.main(["paths", "--seq-len", "16", "--num-seqs", "2", "--prepend-bos", "--layers", "3", "--sides", "key",
                      "--senders", "mlp_out", "--sender-layers", "0", "--search-neurons", "0", "--search-size", "3",
-                     "--search-triples", "4", "--out", str(se)]) == 0
+                     "--search-triples", "4", "--search-quads", "5", "--out", str(se)]) == 0
     search = json.loads((se / "results.json").read_text())["layers"][0]["key"]["search"][0]
     assert [b["neurons"] for b in search["best"]][:2] == [[253], [253, 261]] and len(search["triples"]) == 4
     assert json.loads((se / "config.json").read_text())["search_triples"] == 4
+    assert json.loads((se / "config.json").read_text())["search_quads"] == 5
+    assert search["quads"] == []  # groups of four come at size 4, past this search's largest
     assert search["alone"][261] > 0.1 * search["alone"][253] and search["best"][1]["share"] > 0.75
     key = res["layers"][0]["key"]  # N253 kept alone (0:~253): the search's second reading of it
     assert key["values"][3] - key["base"] == pytest.approx(search["others"][253], abs=1e-8)
@@ -981,6 +983,15 @@ def test_neuron_search_reads_its_groups_as_path_ablate_does_and_finds_the_best_p
                                                             for t in tri["triples"]], **kw).effects()
     assert [t["effect"] for t in tri["triples"]] == pytest.approx(ref, abs=1e-8)
     assert tri["best"][2]["effect"] <= ref.min() + 1e-12 and len(tri["best"][2]["neurons"]) == 3
+    # groups of four likewise: every four of the 6 strongest kept alone tried at size 4, read as path_ablate does
+    quad = paths.neuron_search(model, tokens, metric, mlp=1, size=4, pool=1, beam=1, pairs=0, quads=6, **kw)
+    assert quad["triples"] == [] and [q["neurons"] for q in quad["quads"]] == [
+        list(g) for g in itertools.combinations(kept6, 4)]
+    ref4 = paths.path_ablate(model, tokens, metric, senders=[Sender("neuron", 1, neuron=tuple(q["neurons"]))
+                                                             for q in quad["quads"]], **kw).effects()
+    assert [q["effect"] for q in quad["quads"]] == pytest.approx(ref4, abs=1e-8)
+    # (the pool of one is used up before size 3: the search goes on to size 4's groups of their own)
+    assert quad["best"][-1]["effect"] <= ref4.min() + 1e-12 and len(quad["best"][-1]["neurons"]) == 4
 
 
 def test_neuron_search_in_sink_paths_and_its_errors():
@@ -989,6 +1000,7 @@ def test_neuron_search_in_sink_paths_and_its_errors():
                            search_mlps=[0, 1], search_size=2)
     row = res["layers"][0]
     assert res["search_mlps"] == [0, 1] and res["search_size"] == 2 and res["search_triples"] == 0
+    assert res["search_quads"] == 0
     assert [s["mlp"] for s in row["key"]["search"]] == [0, 1]
     heads = row["heads"]
     recv = [Receiver(2, "k", g) for g in sorted({h // 2 for h in heads})]
@@ -1015,13 +1027,14 @@ def test_neuron_search_in_sink_paths_and_its_errors():
                           (dict(direction="up"), "direction"), (dict(size=0), "size must be"),
                           (dict(size=d + 1), f"MLP 1's {d} neurons"), (dict(pool=0), "pool must be"),
                           (dict(beam=0), "beam must be"), (dict(pairs=-1), "pairs must be"),
-                          (dict(triples=-1), "triples must be")):
+                          (dict(triples=-1), "triples must be"), (dict(quads=-2), "quads must be")):
         with pytest.raises(ValueError, match=match):
             paths.neuron_search(model, tokens, metric, **{"mlp": 1, **kw, **kwargs})
     for kwargs, match in ((dict(search_mlps=[2]), "MLP 2 is not before a sink layer"),
                           (dict(search_mlps=[]), "search_mlps: empty"),
                           (dict(search_mlps=[1], search_size=0), "search_size must be"),
-                          (dict(search_mlps=[1], search_triples=-1), "search_triples must be")):
+                          (dict(search_mlps=[1], search_triples=-1), "search_triples must be"),
+                          (dict(search_mlps=[1], search_quads=True), "search_quads must be")):
         with pytest.raises(ValueError, match=match):
             paths.sink_paths(model, tokens, threshold=0.2, layers=[2], **kwargs)
 
