@@ -926,8 +926,9 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
          "matters with another gone (a backup) ranks low, so they can miss such pairs. The search runs also read each "
          "neuron kept alone and grow groups by a beam search (beam 4, up to 4 neurons, from 64 candidates at most): "
          "not exhaustive, so a group of three or more that acts only together can still be missed (the triples run "
-         "checks, at SmolLM2's layer 13 only, every triple of the 8 neurons strongest kept alone; groups of four or "
-         "more that act only together stay unchecked). SmolLM2's single-neuron ranking uses one set of 4 windows; its "
+         "checks, at SmolLM2's layer 13 only, every triple of the 8 neurons strongest kept alone, and the groups-of-four "
+         "run every group of four of them; larger groups, and groups drawn from beyond the 8, that act only together "
+         "stay unchecked). SmolLM2's single-neuron ranking uses one set of 4 windows; its "
          "search is repeated at layer 13 on 16 other windows."),
         ("- SmolLM2 at nine layers on 4 windows, with a replicate at three layers on 16 other windows: each layer "
          "costs two passes of its first blocks per sender before it."),
