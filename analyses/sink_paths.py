@@ -24,7 +24,7 @@ and 13 (key side), and MLP 11 at layer 13 on the replicate's 16 windows; the pag
 ranking's k strongest. On the query side: toy-kv-bias's MLP 0 at layer 1 (what points its queries at k*; 21 s),
 SmolLM2's MLP 6 at layer 13 (its best groups then sent on the
 replicate's 16 windows, SEARCH_GROUPS) and MLP 16 at layer 20 (the same); the layer-13 key search again with every
-triple of the 8 neurons strongest kept alone (TRIPLES). SmolLM2's query side with nothing frozen
+triple, and every group of four, of the 8 neurons strongest kept alone (TRIPLES, QUADS). SmolLM2's query side with nothing frozen
 (``--free-mlps --free-attn``: each block's total effect) at layers 3, 13 and 24, against the direct paths.
 Each run's results are kept in analyses/data/sink_paths/NAME.json, so the page regenerates from them where a
 model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAME.png (and -search.png). About
@@ -32,8 +32,8 @@ model is missing here. Writes docs/sink-paths.md and docs/figures/sink-paths-NAM
 run; 39 minutes before the bridges' late starts; the toy runs take seconds to a minute); the searches about 37 more
 (2026-12-05, with tests running beside them: toy-softmax 139 s, SmolLM2 970 s, its replicate 1129 s), the
 query-side ones about 30 (SmolLM2 layer 13 796 s, layer 20 910 s, their groups on 16 windows 78 s and 90 s, each
-with another analysis or the tests beside it), the layer-13 key search with triples 639 s (the tests beside it) and
-the run with nothing frozen 146 s; ``--only NAME ...`` runs those alone (the others
+with another analysis or the tests beside it), the layer-13 key search with triples 639 s (the tests beside it),
+with groups of four 387 s (2026-12-06, two trainings beside it) and the run with nothing frozen 146 s; ``--only NAME ...`` runs those alone (the others
 from their snapshots), ``--snapshots`` runs none.
 """
 
