@@ -32,6 +32,14 @@ BUDGET_S="${BUDGET_S:-540}"
 PACK_S=60  # kept back for the bf16 export and the archive
 [ $# -ge 1 ] || { echo "usage: train_call.sh CONFIG.json [CONFIG.json ...]" >&2; exit 2; }
 for c in "$@"; do [ -f "$c" ] || { echo "train_call.sh: CONFIG $c does not exist" >&2; exit 2; }; done
+# WEIGHTS="3 1 1": the runs' shares of the time in these proportions (default: equal), each taken from
+# what is left when it starts, so a run that ends early leaves its time to the ones after it
+read -r -a weights <<< "${WEIGHTS:-}"
+if [ ${#weights[@]} -eq 0 ]; then for _ in "$@"; do weights+=(1); done; fi
+if [ ${#weights[@]} -ne $# ]; then echo "train_call.sh: WEIGHTS has ${#weights[@]} numbers for $# configs" >&2; exit 2; fi
+for w in "${weights[@]}"; do
+  case "$w" in ''|*[!0-9]*|0) echo "train_call.sh: WEIGHTS takes positive whole numbers, got '$w'" >&2; exit 2;; esac
+done
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/${LOG_NAME:-log.txt}") 2>&1  # LOG_NAME: another log file (a caller that logs too)
 
@@ -56,14 +64,6 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 
 names=()
-# WEIGHTS="3 1 1": the runs' shares of the time in these proportions (default: equal), each taken from
-# what is left when it starts, so a run that ends early leaves its time to the ones after it
-read -r -a weights <<< "${WEIGHTS:-}"
-if [ ${#weights[@]} -eq 0 ]; then for _ in "$@"; do weights+=(1); done; fi
-if [ ${#weights[@]} -ne $# ]; then echo "train_call.sh: WEIGHTS has ${#weights[@]} numbers for $# configs" >&2; exit 2; fi
-for w in "${weights[@]}"; do
-  case "$w" in ''|*[!0-9]*|0) echo "train_call.sh: WEIGHTS takes positive whole numbers, got '$w'" >&2; exit 2;; esac
-done
 i=0
 for cfg in "$@"; do
   name=$(basename "$cfg" .json)
