@@ -221,28 +221,34 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dic
         big = key("block_count") == _LLAMA_CPP_GEMMA_27B_LAYERS[arch]
         fields["query_pre_attn_scalar"] = per_head if big else head_dim
     rope = getattr(config, "rope_parameters", None)
+    if not isinstance(rope, dict):
+        return fields
+    new_rope = dict(rope)  # what the file says of the rotary embedding, merged into transformers' reading
     scaling, factor = key("rope.scaling.type"), key("rope.scaling.factor")
-    if isinstance(rope, dict) and scaling == "linear" and factor is not None:
+    if scaling == "linear" and factor is not None:
         # linear scaling: llama.cpp divides every position by the factor (Gemma 3: on its global layers only)
         linear = {"rope_type": "linear", "factor": float(factor)}
         if arch == "gemma3":
-            fields["rope_parameters"] = {**rope, "full_attention": {**rope.get("full_attention", {}), **linear}}
+            new_rope["full_attention"] = {**rope.get("full_attention", {}), **linear}
         else:
-            fields["rope_parameters"] = {**rope, **linear}
-    elif isinstance(rope, dict) and _longrope(arch, meta, rope):
-        fields["rope_parameters"] = _longrope(arch, meta, rope)
+            new_rope.update(linear)
+    elif (longrope := _longrope(arch, meta, rope)) is not None:
+        new_rope = longrope
         if hasattr(config, "original_max_position_embeddings"):  # Phi-3's config keeps a copy it standardizes from
-            fields["original_max_position_embeddings"] = fields["rope_parameters"]["original_max_position_embeddings"]
-    elif (isinstance(rope, dict) and "rope_theta" in rope and scaling == "yarn" and factor is not None
+            fields["original_max_position_embeddings"] = longrope["original_max_position_embeddings"]
+    elif (scaling == "yarn" and factor is not None and "rope_theta" in rope
           and key("rope.scaling.original_context_length") is not None):
         # YaRN with llama.cpp's defaults (beta_fast 32, beta_slow 1, attention scaled by 1 + 0.1 ln factor), as
         # transformers' own YaRN defaults them
-        original = int(key("rope.scaling.original_context_length"))
-        fields["rope_parameters"] = {**rope, "rope_type": "yarn", "factor": float(factor),
-                                     "original_max_position_embeddings": original}
-    if isinstance(rope, dict) and "partial_rotary_factor" in rope and key("rope.dimension_count") is not None:
+        new_rope.update(rope_type="yarn", factor=float(factor),
+                        original_max_position_embeddings=int(key("rope.scaling.original_context_length")))
+    if "partial_rotary_factor" in rope and key("rope.dimension_count") is not None:
         head_dim = fields.get("head_dim") or getattr(config, "head_dim", None) or per_head
-        fields["partial_rotary_factor"] = int(key("rope.dimension_count")) / int(head_dim)
+        new_rope["partial_rotary_factor"] = int(key("rope.dimension_count")) / int(head_dim)
+        if hasattr(config, "partial_rotary_factor"):  # Phi-3's config keeps a copy too
+            fields["partial_rotary_factor"] = new_rope["partial_rotary_factor"]
+    if new_rope != rope:
+        fields["rope_parameters"] = new_rope
     return fields
 
 
@@ -252,21 +258,13 @@ def _longrope(arch: str, meta: dict[str, Any], rope: dict[str, Any]) -> dict[str
     ``rope_parameters``; None where the file has not all of it or ``rope`` has per-layer-type entries."""
     long, short = meta.get("_rope_factors_long.weight"), meta.get("_rope_factors_short.weight")
     original = meta.get(f"{arch}.rope.scaling.original_context_length")
-    if long is None or short is None or original is None or "rope_theta" not in rope:
+    if long is None or short is None or original is None or any(isinstance(v, dict) for v in rope.values()):
         return None
     out = {**rope, "rope_type": "longrope", "long_factor": list(long), "short_factor": list(short),
            "original_max_position_embeddings": int(original)}
     if meta.get(f"{arch}.rope.scaling.attn_factor") is not None:
         out["attention_factor"] = float(meta[f"{arch}.rope.scaling.attn_factor"])
     return out
-
-
-def _set_config_field(config: Any, name: str, value: Any) -> None:
-    if name == "partial_rotary_factor":  # transformers 5 reads it from rope_parameters; some classes keep a copy
-        config.rope_parameters = {**config.rope_parameters, name: value}
-        if not hasattr(config, name):
-            return
-    setattr(config, name, value)
 
 
 def _gguf_metadata(path: str) -> tuple[dict[str, Any], Any]:
@@ -300,7 +298,7 @@ def gguf_not_read(arch: str, meta: dict[str, Any]) -> list[str]:
     file's metadata, with ``_rope_tensors`` the names of its ``rope_*`` tensors."""
     out = []
     long_rope = [t for t in meta.get("_rope_tensors", []) if t.startswith("rope_factors_")]
-    read_longrope = _longrope(arch, meta, {"rope_theta": 0.0}) is not None
+    read_longrope = _longrope(arch, meta, {}) is not None
     if long_rope and not read_longrope:
         out.append(f"LongRoPE's per-frequency factors ({', '.join(long_rope)}; Phi-3.5 / Phi-4-mini's long context)")
     scaling = meta.get(f"{arch}.rope.scaling.type")
@@ -341,12 +339,10 @@ def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]
     config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
     meta, rope_freqs = _gguf_metadata(os.path.join(folder, name))
     found = llama_cpp_config_fields(str(meta.get("general.architecture")), meta, config)
-    rope = getattr(config, "rope_parameters", None) or {}
     # what differs from what transformers read (its defaults): set, and recorded in the load's info
-    fields = {k: v for k, v in found.items()
-              if (rope.get(k) if k == "partial_rotary_factor" else getattr(config, k, None)) != v}
+    fields = {k: v for k, v in found.items() if getattr(config, k, None) != v}
     for field_name, value in fields.items():
-        _set_config_field(config, field_name, value)
+        setattr(config, field_name, value)
     hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
                                                     attn_implementation="eager", dtype=dtype, local_files_only=True)
     _strip_quantization_marker(hf_model)

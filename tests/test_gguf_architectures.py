@@ -37,7 +37,7 @@ GGUF_OVERRIDES = {
 
 
 @pytest.mark.parametrize("name", sorted(GGUF_OVERRIDES))
-def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path):
+def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path, monkeypatch):
     hf = _build(name, **GGUF_OVERRIDES[name])
     path = write_gguf(hf, tmp_path / f"{name}.gguf")
     with warnings.catch_warnings():
@@ -47,7 +47,8 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path):
     # the fields read as llama.cpp reads them, recorded in the load's info
     assert lm.info.get("gguf_fields_as_llama_cpp", {}) == {
         "qwen3": {"head_dim": 16}, "gpt2": {"n_positions": 64},
-        "phi3": {"partial_rotary_factor": 0.5}, "stablelm": {"partial_rotary_factor": 0.5},
+        "phi3": {"rope_parameters": getattr(hf.config, "rope_parameters", None)},
+        "stablelm": {"rope_parameters": getattr(hf.config, "rope_parameters", None)},
         "gemma2": {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 5.0, "query_pre_attn_scalar": 8},
         "gemma3": {"query_pre_attn_scalar": 8, "rope_parameters": GEMMA3_ROPE},
     }.get(name, {})
@@ -62,6 +63,17 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path):
     ref = torch.stack([att[..., k:, k].mean(-1) for k in range(T)], -1).mean(0)
     assert float(ref[..., 0].max()) > 0.2  # token 1 draws attention somewhere: alpha is not trivially flat
     np.testing.assert_allclose(report.alpha_by_key, ref.numpy(), atol=1e-6)
+    if lm.info.get("gguf_fields_as_llama_cpp"):  # without that reading: no load, or other logits
+        monkeypatch.setattr(loading, "llama_cpp_config_fields", lambda arch, meta, config: {})
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                plain = load_model(str(path))
+        except RuntimeError:  # transformers refuses weights of other shapes (Qwen 3's heads, GPT-2's table)
+            assert name in ("qwen3", "gpt2")
+        else:
+            with torch.no_grad():
+                assert float((plain.model(tokens) - out.logits).abs().max()) > 1e-2
 
 
 def _config(hidden, heads, **more):
@@ -90,7 +102,7 @@ def test_the_fields_transformers_does_not_read_are_read_as_llama_cpp_reads_them(
     assert llama_cpp_config_fields("gpt2", {}, _config(768, 12)) == {}
     phi4_mini = _config(3072, 24, rope_parameters={"partial_rotary_factor": 1.0})
     meta = {"phi3.rope.dimension_count": 96}
-    assert llama_cpp_config_fields("phi3", meta, phi4_mini) == {"partial_rotary_factor": 0.75}
+    assert llama_cpp_config_fields("phi3", meta, phi4_mini) == {"rope_parameters": {"partial_rotary_factor": 0.75}}
     assert llama_cpp_config_fields("phi3", {}, phi4_mini) == {}  # no key: transformers' value stays
     assert llama_cpp_config_fields("llama", {"llama.attention.key_length": 64, "llama.rope.dimension_count": 64},
                                    _config(576, 9, rope_parameters={"rope_theta": 1e4})) == {}
