@@ -87,6 +87,9 @@ def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool, several
                    help="how a sinkinterp model runs attention: auto (fused SDPA / plain path), reference "
                         "(always materialized), flex, triton (Triton kernels for sigmoid / elu+1 attention and "
                         "for the column sums the measurement reads; CUDA). Other models: auto only")
+    p.add_argument("--gguf-context", type=_int_at_least(1), default=None, metavar="N",
+                   help="a GGUF file's context size as llama.cpp's -c (default: the file's own, llama.cpp's "
+                        "default); it picks LongRoPE's factor set (Phi-3.5 / Phi-4-mini)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--out", required=True, metavar="DIR", help="result folder (created; files replaced)")
 
@@ -156,6 +159,8 @@ def _precheck(args: argparse.Namespace, kind: str | None) -> tuple[Any, Any]:
         loading.check_attn_backend(args.attn_backend, model_kind, args.model)
     except ValueError as err:
         raise UsageError(f"--attn-backend: {str(err).removeprefix('attn_backend: ')}") from None
+    if getattr(args, "gguf_context", None) is not None and model_kind != "gguf":
+        raise UsageError(f"--gguf-context: only for a GGUF file, but --model {args.model} is a {model_kind} model")
     tokens = None
     if getattr(args, "tokens", None):
         if args.prepend_bos:
@@ -214,7 +219,8 @@ def model_and_tokens(args: argparse.Namespace, kind: str | None, tokens: Any, te
     from sinkinterp import tl_adapter
     from sinkinterp.loading import load_model
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, attn_backend=args.attn_backend)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, attn_backend=args.attn_backend,
+                    gguf_context=args.gguf_context)
     n_ctx = tl_adapter.model_dims(lm.model)["n_ctx"]
     if tokens is None and n_ctx and args.seq_len > n_ctx:
         raise UsageError(f"--seq-len: T must be <= the model's n_ctx={n_ctx}, got {args.seq_len}")
@@ -332,7 +338,8 @@ def cmd_measure(args: argparse.Namespace, argv: list[str]) -> int:
 
     kind = None if args.tokens else (args.inputs or "natural")
     tokens, (text, qk) = _precheck(args, kind)
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, attn_backend=args.attn_backend)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, attn_backend=args.attn_backend,
+                    gguf_context=args.gguf_context)
     if lm.info.get("bos_first") and not args.prepend_bos and tokens is None:
         print(f"note: {args.model} was trained with BOS first in every window; add --prepend-bos to measure it "
               "that way (`sinkinterp report` does)", file=sys.stderr)
@@ -382,7 +389,8 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     out = Path(args.out)
     notes, rows = [], []
     for label, (one, (text, qk)) in zip(_report_labels(specs), checked):
-        lm = load_model(one.model, device=args.device, dtype=args.dtype, attn_backend=args.attn_backend)
+        lm = load_model(one.model, device=args.device, dtype=args.dtype, attn_backend=args.attn_backend,
+                        gguf_context=args.gguf_context)
         # a model trained with BOS first in every window is measured the same way
         bos_by_model = bool(lm.info.get("bos_first")) and not args.prepend_bos
         one.prepend_bos = args.prepend_bos or bos_by_model

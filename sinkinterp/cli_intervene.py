@@ -213,7 +213,7 @@ def cmd_intervene(args: argparse.Namespace, argv: list[str]) -> int:
         except ValueError as err:
             raise UsageError(f"--do: {err}") from None
     lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    attn_backend=args.attn_backend)
+                    attn_backend=args.attn_backend, gguf_context=args.gguf_context)
     try:
         inters = [parse_spec(s, lm.bos_token_id, lm.tokenizer) for s in args.do]
     except ValueError as err:
@@ -317,7 +317,7 @@ def cmd_patch(args: argparse.Namespace, argv: list[str]) -> int:
         except (ValueError, FileNotFoundError) as err:
             raise UsageError(f"--corrupted-tokens: {err}") from None
     lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    attn_backend=args.attn_backend)
+                    attn_backend=args.attn_backend, gguf_context=args.gguf_context)
     clean = torch.as_tensor(np.asarray(input_tokens(args, lm, kind, tokens, text)), dtype=torch.long)
     if corrupted is None:
         if not args.corrupt.startswith("replace_first="):

@@ -45,7 +45,7 @@ def cmd_lengths(args: argparse.Namespace, argv: list[str]) -> int:
 
     tokens, text, kind = _prepare(args)
     lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    attn_backend=args.attn_backend)
+                    attn_backend=args.attn_backend, gguf_context=args.gguf_context)
     n_ctx = tl_adapter.model_dims(lm.model)["n_ctx"]
     if tokens is None:
         if args.seq_len is None:

@@ -73,7 +73,7 @@ def cmd_stream(args: argparse.Namespace, argv: list[str]) -> int:
     except ValueError as err:
         raise UsageError(f"--cache: {err}") from None
     lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    attn_backend=args.attn_backend)
+                    attn_backend=args.attn_backend, gguf_context=args.gguf_context)
     n_ctx = tl_adapter.model_dims(lm.model)["n_ctx"]
     if specs is None:
         w = max(1, n_ctx // 2)

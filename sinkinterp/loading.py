@@ -10,6 +10,7 @@ tokenizer's BOS token.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch
 from sinkinterp import builtin, tl_adapter
 
 __all__ = ["LoadedModel", "load_model", "resolve_spec", "check_attn_backend", "placeholder_tokenizer", "smollm2_gguf_path",
-           "llama_cpp_config_fields", "apply_rope_freq_factors", "gguf_not_read",
+           "llama_cpp_config_fields", "apply_rope_freq_factors", "gguf_not_read", "longrope_factors",
            "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -177,26 +178,35 @@ _LLAMA_CPP_GEMMA2_CAPS = {"attn_logit_softcapping": 50.0, "final_logit_softcappi
 _LLAMA_CPP_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 
 
-def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dict[str, Any]:
+def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any, context: int | None = None
+                            ) -> dict[str, Any]:
     """The config fields a GGUF file sets in llama.cpp that transformers' GGUF reader (5.23) has no key
     for, read as llama.cpp reads them (a GGUF file means what llama.cpp computes from it; transformers
     would leave the config class's default, right for the released models only). ``meta``: the file's
     metadata by key (``general.architecture`` is ``arch``); ``config``: what transformers read from it (its
-    ``hidden_size``, ``num_attention_heads``, ``head_dim`` and ``rope_parameters``).
+    ``hidden_size``, ``num_attention_heads``, ``head_dim`` and ``rope_parameters``); ``context``: the context
+    size llama.cpp would run the file with (its ``-c``; None: the file's ``context_length``, llama.cpp's default).
 
     - Qwen 3: ``head_dim`` from ``qwen3.attention.key_length``, else d_model / heads (llama.cpp's
       default; transformers' is 128);
     - Gemma 2: the soft caps from ``gemma2.attn_logit_softcapping`` / ``final_logit_softcapping`` (else
-      llama.cpp's 50 / 30); Gemma 2 and 3: ``query_pre_attn_scalar`` as llama.cpp scales the queries: the
-      head size, or d_model / heads for a model of 46 / 62 layers, which it takes for the 27B
-      (transformers' is 256);
-    - LongRoPE (Phi-3.5 / Phi-4-mini: two factor tensors, the original context, the attention factor) into
-      ``rope_parameters`` as transformers' longrope, which takes the long factors past the original context
-      within each sequence (llama.cpp takes them by the context size it is started with);
-    - linear RoPE scaling (``ARCH.rope.scaling.type`` linear, ``.factor``) into ``rope_parameters``; Gemma
-      3's on its global layers, as llama.cpp applies it (the 4B, 12B, 27B releases: factor 8); YaRN (type
-      yarn, ``.factor``, ``.original_context_length``; Qwen's long-context setting) with llama.cpp's
-      defaults for the rest, which are transformers' too;
+      llama.cpp's 50 / 30); Gemma 3: a final soft cap where the file has one (llama.cpp's default: none);
+      Gemma 2 and 3: ``query_pre_attn_scalar`` as llama.cpp scales the queries: the head size, or d_model /
+      heads for a model of 46 / 62 layers, which it takes for the 27B (transformers' is 256); which layers
+      window their attention from ``ARCH.attention.sliding_window_pattern`` (every n-th layer global, or
+      one flag per layer) where the file has it; Gemma 3's sliding layers' RoPE base from
+      ``gemma3.rope.freq_base_swa`` (else llama.cpp's 10,000);
+    - LongRoPE (Phi-3.5 / Phi-4-mini: two factor tensors, the original context, the attention factor, 1.0
+      where the file has none as in llama.cpp) into ``rope_parameters`` as transformers' longrope, with the
+      one set of factors llama.cpp picks by its context size: the long ones where ``context`` is past the
+      original context (so by default, the file's full context), else the short ones (transformers alone
+      would switch from short to long within a sequence);
+    - linear RoPE scaling (``ARCH.rope.scaling.type`` linear or absent, as llama.cpp defaults it; the factor
+      from ``.factor`` or the older ``ARCH.rope.scale_linear``) into ``rope_parameters``; Gemma 3's on its
+      global layers, as llama.cpp applies it (the 4B, 12B, 27B releases: factor 8); YaRN (type yarn,
+      ``.factor``, ``.original_context_length``, else the file's context length; Qwen's long-context
+      setting; ``.attn_factor`` multiplies its attention scale 1 + 0.1 ln factor, as llama.cpp does; beta
+      fast / slow where the file has them) with llama.cpp's defaults for the rest, which are transformers' too;
     - GPT-2: ``n_positions``, the position table's size, from ``gpt2.context_length`` (transformers reads it
       into ``n_ctx`` only, so a table other than 1024 would not load);
     - a partly rotated head (Phi-3, StableLM: a ``partial_rotary_factor`` in ``rope_parameters``): the
@@ -216,32 +226,46 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dic
         for name, default in _LLAMA_CPP_GEMMA2_CAPS.items():
             value = key(name)
             fields[name] = float(default if value is None else value)
+    if arch == "gemma3" and key("final_logit_softcapping") is not None:
+        fields["final_logit_softcapping"] = float(key("final_logit_softcapping"))
     if arch in _LLAMA_CPP_GEMMA_27B_LAYERS:
         head_dim = int(key("attention.key_length") or per_head)
         big = key("block_count") == _LLAMA_CPP_GEMMA_27B_LAYERS[arch]
         fields["query_pre_attn_scalar"] = per_head if big else head_dim
+        layer_types = _sliding_layers(key("attention.sliding_window_pattern"), getattr(config, "layer_types", None))
+        if layer_types is not None:
+            fields["layer_types"] = layer_types
     rope = getattr(config, "rope_parameters", None)
     if not isinstance(rope, dict):
         return fields
     new_rope = dict(rope)  # what the file says of the rotary embedding, merged into transformers' reading
     scaling, factor = key("rope.scaling.type"), key("rope.scaling.factor")
-    if scaling == "linear" and factor is not None:
-        # linear scaling: llama.cpp divides every position by the factor (Gemma 3: on its global layers only)
-        linear = {"rope_type": "linear", "factor": float(factor)}
+    linear_factor = factor if factor is not None else key("rope.scale_linear")
+    if arch == "gemma3" and key("rope.freq_base_swa") is not None and isinstance(rope.get("sliding_attention"), dict):
+        new_rope["sliding_attention"] = {**rope["sliding_attention"], "rope_theta": float(key("rope.freq_base_swa"))}
+    original = key("rope.scaling.original_context_length") or key("context_length")
+    if scaling in ("linear", None) and linear_factor is not None and float(linear_factor) != 1.0:
+        # linear scaling (llama.cpp's type where the file names none): every position divided by the factor
+        # (Gemma 3: on its global layers only)
+        linear = {"rope_type": "linear", "factor": float(linear_factor)}
         if arch == "gemma3":
             new_rope["full_attention"] = {**rope.get("full_attention", {}), **linear}
         else:
             new_rope.update(linear)
-    elif (longrope := _longrope(arch, meta, rope)) is not None:
+    elif (longrope := _longrope(arch, meta, rope, context)) is not None:
         new_rope = longrope
         if hasattr(config, "original_max_position_embeddings"):  # Phi-3's config keeps a copy it standardizes from
             fields["original_max_position_embeddings"] = longrope["original_max_position_embeddings"]
-    elif (scaling == "yarn" and factor is not None and "rope_theta" in rope
-          and key("rope.scaling.original_context_length") is not None):
+    elif scaling == "yarn" and factor is not None and "rope_theta" in rope and original is not None:
         # YaRN with llama.cpp's defaults (beta_fast 32, beta_slow 1, attention scaled by 1 + 0.1 ln factor), as
-        # transformers' own YaRN defaults them
-        new_rope.update(rope_type="yarn", factor=float(factor),
-                        original_max_position_embeddings=int(key("rope.scaling.original_context_length")))
+        # transformers' own YaRN defaults them; a file's attention factor multiplies that scale in llama.cpp
+        new_rope.update(rope_type="yarn", factor=float(factor), original_max_position_embeddings=int(original))
+        if key("rope.scaling.attn_factor") is not None:
+            yarn_scale = 1.0 + 0.1 * math.log(float(factor)) if float(factor) > 1 else 1.0
+            new_rope["attention_factor"] = float(key("rope.scaling.attn_factor")) * yarn_scale
+        for beta in ("beta_fast", "beta_slow"):
+            if key(f"rope.scaling.yarn_{beta}") is not None:
+                new_rope[beta] = float(key(f"rope.scaling.yarn_{beta}"))
     if "partial_rotary_factor" in rope and key("rope.dimension_count") is not None:
         head_dim = fields.get("head_dim") or getattr(config, "head_dim", None) or per_head
         new_rope["partial_rotary_factor"] = int(key("rope.dimension_count")) / int(head_dim)
@@ -252,16 +276,50 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any) -> dic
     return fields
 
 
-def _longrope(arch: str, meta: dict[str, Any], rope: dict[str, Any]) -> dict[str, Any] | None:
+def _sliding_layers(pattern: Any, layer_types: Any) -> list[str] | None:
+    """A Gemma 2 / 3 file's ``sliding_window_pattern`` as transformers' ``layer_types``, where it differs from
+    ``layer_types`` (transformers' reading: the class's pattern): n, every n-th layer global (llama.cpp's
+    ``set_swa_pattern``: layer i windows where i % n < n - 1), or one flag per layer (true: windowed)."""
+    if pattern is None or not isinstance(layer_types, list):
+        return None
+    n_layers = len(layer_types)
+    if isinstance(pattern, list):
+        if len(pattern) != n_layers:
+            raise ValueError(f"model: the GGUF file's sliding_window_pattern has {len(pattern)} flags for "
+                             f"{n_layers} layers")
+        windowed = [bool(x) for x in pattern]
+    else:
+        windowed = [i % int(pattern) < int(pattern) - 1 for i in range(n_layers)]
+    out = ["sliding_attention" if w else "full_attention" for w in windowed]
+    return out if out != layer_types else None
+
+
+def longrope_factors(arch: str, meta: dict[str, Any], context: int | None = None) -> str | None:
+    """Which of a LongRoPE file's factor sets llama.cpp runs at context size ``context`` (None: the file's
+    ``context_length``, llama.cpp's default): "long" past the original context, else "short"; None where the
+    file has no LongRoPE or neither size. llama.cpp picks one set for the whole context."""
+    original = meta.get(f"{arch}.rope.scaling.original_context_length")
+    n_ctx = context if context is not None else meta.get(f"{arch}.context_length")
+    if "_rope_factors_long.weight" not in meta or original is None or n_ctx is None:
+        return None
+    return "long" if int(n_ctx) > int(original) else "short"
+
+
+def _longrope(arch: str, meta: dict[str, Any], rope: dict[str, Any], context: int | None = None
+              ) -> dict[str, Any] | None:
     """LongRoPE as llama.cpp's converter stores it (Phi-3.5 / Phi-4-mini: the rope_factors_long / _short
     tensors, ``ARCH.rope.scaling.original_context_length``, ``.attn_factor``) as transformers'
-    ``rope_parameters``; None where the file has not all of it or ``rope`` has per-layer-type entries."""
+    ``rope_parameters``, both of its sets being the one llama.cpp runs at ``context`` (``longrope_factors``);
+    None where the file has not all of it or ``rope`` has per-layer-type entries."""
     long, short = meta.get("_rope_factors_long.weight"), meta.get("_rope_factors_short.weight")
     original = meta.get(f"{arch}.rope.scaling.original_context_length")
     if long is None or short is None or original is None or any(isinstance(v, dict) for v in rope.values()):
         return None
-    out = {**rope, "rope_type": "longrope", "long_factor": list(long), "short_factor": list(short),
-           "original_max_position_embeddings": int(original)}
+    chosen = {"long": long, "short": short}.get(longrope_factors(arch, meta, context))
+    out = {**rope, "rope_type": "longrope", "long_factor": list(chosen or long), "short_factor": list(chosen or short),
+           "original_max_position_embeddings": int(original),
+           # llama.cpp scales cos / sin by the file's attention factor, 1.0 without one (transformers would derive one)
+           "attention_factor": 1.0}
     if meta.get(f"{arch}.rope.scaling.attn_factor") is not None:
         out["attention_factor"] = float(meta[f"{arch}.rope.scaling.attn_factor"])
     return out
@@ -305,8 +363,15 @@ def gguf_not_read(arch: str, meta: dict[str, Any]) -> list[str]:
     if (arch not in ("gpt-oss", "gpt_oss") and scaling not in (None, "none", "linear", "yarn")
             and not (read_longrope and scaling in ("longrope", "su"))):
         out.append(f"RoPE scaling type {scaling!r}")
-    if scaling == "yarn" and meta.get(f"{arch}.rope.scaling.yarn_log_multiplier") is not None:
-        out.append("YaRN's log multiplier (DeepSeek's attention scale)")
+    if scaling == "yarn":
+        if meta.get(f"{arch}.rope.scaling.yarn_log_multiplier") is not None:
+            out.append("YaRN's log multiplier (DeepSeek's attention scale)")
+        for name in ("yarn_ext_factor", "yarn_attn_factor"):
+            if meta.get(f"{arch}.rope.scaling.{name}") is not None:
+                out.append(f"YaRN's {name.removeprefix('yarn_')} ({arch}.rope.scaling.{name})")
+        if (meta.get(f"{arch}.rope.scaling.original_context_length") is None
+                and meta.get(f"{arch}.context_length") is None):
+            out.append("YaRN without an original context length")
     return out
 
 
@@ -331,14 +396,15 @@ def apply_rope_freq_factors(hf_model: Any, factors: Any) -> dict[str, Any]:
     return {"n": int(f.numel()), "min": float(f.min()), "max": float(f.max())}
 
 
-def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]:
+def _load_gguf(path: str, dtype: torch.dtype, context: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = os.path.split(os.path.abspath(path))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
     config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
     meta, rope_freqs = _gguf_metadata(os.path.join(folder, name))
-    found = llama_cpp_config_fields(str(meta.get("general.architecture")), meta, config)
+    arch = str(meta.get("general.architecture"))
+    found = llama_cpp_config_fields(arch, meta, config, context)
     # what differs from what transformers read (its defaults): set, and recorded in the load's info
     fields = {k: v for k, v in found.items() if getattr(config, k, None) != v}
     for field_name, value in fields.items():
@@ -347,9 +413,14 @@ def _load_gguf(path: str, dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]
                                                     attn_implementation="eager", dtype=dtype, local_files_only=True)
     _strip_quantization_marker(hf_model)
     info: dict[str, Any] = {"gguf_fields_as_llama_cpp": fields} if fields else {}
+    which = longrope_factors(arch, meta, context) if "longrope" in str(fields.get("rope_parameters")) else None
+    if which is not None:  # the one set llama.cpp runs at this context size
+        n_ctx = context if context is not None else int(meta[f"{arch}.context_length"])
+        info["gguf_longrope_factors"] = (f"{which} (context {n_ctx}, original "
+                                         f"{int(meta[f'{arch}.rope.scaling.original_context_length'])})")
     if rope_freqs is not None:  # the model as llama.cpp runs it: its RoPE scaling
         info["gguf_rope_freq_factors"] = apply_rope_freq_factors(hf_model, rope_freqs)
-    unread = gguf_not_read(str(meta.get("general.architecture")), meta)
+    unread = gguf_not_read(arch, meta)
     if unread:
         info["gguf_not_read"] = unread
         warnings.warn(f"model: {path} sets {'; '.join(unread)}, which sinkinterp does not read yet: the model "
@@ -401,13 +472,19 @@ def _training_info(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float32",
-               attn_backend: str = "auto") -> LoadedModel:
+               attn_backend: str = "auto", gguf_context: int | None = None) -> LoadedModel:
     """Load a model spec (see ``resolve_spec``) onto ``device`` in ``dtype``, offline.
 
     ``attn_backend`` ("auto", "reference", "flex", "triton"; ``SinkTransformer.set_attn_backend``)
-    chooses how a sinkinterp model runs attention; other models take "auto" only."""
+    chooses how a sinkinterp model runs attention; other models take "auto" only. ``gguf_context``: for a
+    GGUF file, the context size llama.cpp would run it with (its ``-c``; None: the file's own, llama.cpp's
+    default), which decides what llama.cpp's RoPE depends on it for (LongRoPE's factor set)."""
     kind, location = resolve_spec(spec)
     check_attn_backend(attn_backend, kind, spec)
+    if gguf_context is not None and (kind != "gguf" or isinstance(gguf_context, bool)
+                                     or not isinstance(gguf_context, int) or gguf_context < 1):
+        raise ValueError(f"gguf_context: a context size >= 1 for a GGUF file, got {gguf_context!r} for a "
+                         f"{kind} model ({spec})")
     torch_dtype = _dtype(dtype)
     info: dict[str, Any] = {"spec": spec, "kind": kind, "location": location,
                             "dtype": str(torch_dtype).removeprefix("torch."), "device": device,
@@ -422,7 +499,7 @@ def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float
         hf_model = hf_model.to(torch_dtype)
         info.update(extra)
     elif kind == "gguf":
-        hf_model, tokenizer, extra = _load_gguf(location, torch_dtype)
+        hf_model, tokenizer, extra = _load_gguf(location, torch_dtype, gguf_context)
         info.update(extra)
     else:
         hf_model, tokenizer = _load_hf_folder(location, torch_dtype)

@@ -106,6 +106,19 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
     if scaled.get("rope_type") == "yarn":
         original = int(scaled["original_max_position_embeddings"])
         writer.add_uint32(f"{arch}.rope.scaling.original_context_length", original)
+        if scaled.get("attention_factor") is not None:  # llama.cpp multiplies its 1 + 0.1 ln factor by this
+            yarn_scale = 1 + 0.1 * math.log(scaled["factor"]) if scaled["factor"] > 1 else 1.0
+            writer.add_float32(f"{arch}.rope.scaling.attn_factor", scaled["attention_factor"] / yarn_scale)
+    layer_types = getattr(cfg, "layer_types", None)
+    if arch in ("gemma2", "gemma3") and layer_types:  # which layers window: every n-th global, else a flag each
+        windowed = [t == "sliding_attention" for t in layer_types]
+        periodic = [n for n in range(2, len(windowed) + 1) if windowed == [i % n < n - 1 for i in range(len(windowed))]]
+        writer.add_sliding_window_pattern(periodic[0] if periodic else windowed)
+    if arch == "gemma3":
+        if getattr(cfg, "final_logit_softcapping", None) is not None:
+            writer.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
+        if "rope_theta" in rope.get("sliding_attention", {}):  # the sliding layers' base, as newer converters write it
+            writer.add_rope_freq_base_swa(float(rope["sliding_attention"]["rope_theta"]))
     if arch == "gemma3":  # its global layers' base; the sliding ones' is llama.cpp's fixed 10,000
         rope = rope.get("full_attention", {})
     per_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

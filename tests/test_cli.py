@@ -126,6 +126,8 @@ def test_report_runs_three_input_kinds(tmp_path, capsys):
     (["--inputs", "natural", "--text", "missing.txt"], "text file not found"),
     (["--model", "tiny-llama-untrained", "--attn-backend", "triton"],
      "--attn-backend: 'triton' applies to sinkinterp models only; 'tiny-llama-untrained' is a builtin model"),
+    (["--model", "tiny-llama-untrained", "--gguf-context", "4096"],
+     "--gguf-context: only for a GGUF file, but --model tiny-llama-untrained is a builtin model"),
 ])
 def test_bad_input_stops_with_clear_message_and_no_results(tmp_path, capsys, args, message, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -141,6 +143,7 @@ def test_bad_input_stops_with_clear_message_and_no_results(tmp_path, capsys, arg
     (["--seq-len", "1"], ">= 2"),
     (["--inputs", "sometimes"], "invalid choice"),
     (["--attn-backend", "fast"], "invalid choice: 'fast'"),
+    (["--gguf-context", "0"], "--gguf-context"),
 ])
 def test_argument_errors(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:

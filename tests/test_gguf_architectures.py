@@ -64,7 +64,7 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path, monk
     assert float(ref[..., 0].max()) > 0.2  # token 1 draws attention somewhere: alpha is not trivially flat
     np.testing.assert_allclose(report.alpha_by_key, ref.numpy(), atol=1e-6)
     if lm.info.get("gguf_fields_as_llama_cpp"):  # without that reading: no load, or other logits
-        monkeypatch.setattr(loading, "llama_cpp_config_fields", lambda arch, meta, config: {})
+        monkeypatch.setattr(loading, "llama_cpp_config_fields", lambda *args: {})
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -181,24 +181,129 @@ def test_llama3_rope_scaling_stored_as_frequency_factors_is_applied(tmp_path, mo
         apply(_build("llama"), np.ones(3, dtype=np.float32))
 
 
-def test_longrope_is_read_as_transformers_longrope(tmp_path, monkeypatch):
-    """Phi-3.5 / Phi-4-mini's LongRoPE, as llama.cpp's converter stores it (rope_factors_long / _short
-    tensors, the original context, the attention factor 1.22 here): the model loads with its logits below
-    the original context (12 tokens: short factors) and past it (24: long factors, as transformers switches
-    within a sequence). Without the reading the load warns that it was not read."""
-    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.5, 2.0, 4.0],
+LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.5, 2.0, 4.0],
             "long_factor": [1.0, 3.0, 8.0, 16.0], "original_max_position_embeddings": 16}
-    hf = _build("phi3", rope_parameters=rope, original_max_position_embeddings=16)
-    path = tmp_path / "phi3-longrope.gguf"
-    lm, _ = _round_trip(hf, path)
-    assert lm.info["gguf_fields_as_llama_cpp"]["rope_parameters"]["attention_factor"] == pytest.approx(1.5 ** 0.5)
-    assert "gguf_not_read" not in lm.info
-    tokens = torch.randint(3, V, (3, 24), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        torch.testing.assert_close(lm.model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
-    monkeypatch.setattr(loading, "_longrope", lambda arch, meta, rope: None)
+
+
+def test_longrope_runs_the_factor_set_llama_cpp_picks_by_its_context_size(tmp_path, monkeypatch):
+    """Phi-3.5 / Phi-4-mini's LongRoPE, as llama.cpp's converter stores it (rope_factors_long / _short
+    tensors, the original context 16, the attention factor 1.22 here). llama.cpp runs one set of factors for
+    its whole context: the long ones where its context size is past the original context, by default (the
+    file's 64 here), else the short ones (``gguf_context=16``). The load equals the model the file was
+    written from with that one set, on sequences of 12 and of 24 tokens (transformers alone would take the
+    short set at 12 and the long one at 24), and records which set it took. Without the reading the load
+    warns that it was not read; ``gguf_context`` is refused for other models and below 1."""
+    hf = _build("phi3", rope_parameters=LONGROPE, original_max_position_embeddings=16)
+    path = write_gguf(hf, tmp_path / "phi3-longrope.gguf")
+    for context, which in ((None, "long"), (16, "short"), (17, "long")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lm = load_model(str(path), gguf_context=context)
+        assert lm.info["gguf_longrope_factors"] == f"{which} (context {context or 64}, original 16)"
+        assert lm.info["gguf_fields_as_llama_cpp"]["rope_parameters"]["attention_factor"] == pytest.approx(1.5 ** 0.5)
+        assert "gguf_not_read" not in lm.info
+        one_set = _build("phi3", rope_parameters={**LONGROPE, "short_factor": LONGROPE[f"{which}_factor"],
+                                                  "long_factor": LONGROPE[f"{which}_factor"]},
+                         original_max_position_embeddings=16)
+        one_set.load_state_dict(hf.state_dict())
+        for n in (12, 24):
+            tokens = torch.randint(3, V, (3, n), generator=torch.Generator().manual_seed(n))
+            with torch.no_grad():
+                torch.testing.assert_close(lm.model(tokens), one_set(tokens).logits, atol=1e-5, rtol=1e-5)
+                # the other set is another model at this length
+                other = hf(tokens).logits if (n > 16) != (which == "long") else None
+                if other is not None:
+                    assert float((lm.model(tokens) - other).abs().max()) > 1e-2
+    monkeypatch.setattr(loading, "_longrope", lambda *args: None)
     with pytest.warns(UserWarning, match=r"sets LongRoPE's per-frequency factors \(rope_factors_long.weight, "):
         load_model(str(path))
+    with pytest.raises(ValueError, match=r"gguf_context: a context size >= 1 for a GGUF file, got 4096 for a builtin"):
+        load_model("tiny-llama-untrained", gguf_context=4096)
+    with pytest.raises(ValueError, match=r"gguf_context: .* got 0 for a gguf model"):
+        load_model(str(path), gguf_context=0)
+
+
+def test_rope_and_window_keys_read_as_llama_cpp_reads_them():
+    """The keys llama.cpp reads beyond the released files' usual ones: a linear factor without a scaling type
+    (llama.cpp's default type) or under the older ``rope.scale_linear`` (a factor of 1 changes nothing);
+    YaRN's original context from the context length where the file has none, its attention factor
+    multiplying 1 + 0.1 ln factor, its beta fast / slow; LongRoPE's attention factor 1.0 where the file
+    has none and the one factor set for the context size; Gemma 3's final soft cap, its sliding layers'
+    RoPE base; and which Gemma layers window (every n-th global, or a flag per layer; as transformers
+    reads them already: nothing)."""
+    rope = {"rope_theta": 1e4}
+    for meta in ({"llama.rope.scaling.factor": 4.0}, {"llama.rope.scale_linear": 4.0}):
+        assert llama_cpp_config_fields("llama", meta, _config(64, 4, rope_parameters=rope)) == {
+            "rope_parameters": {"rope_theta": 1e4, "rope_type": "linear", "factor": 4.0}}
+    assert llama_cpp_config_fields("llama", {"llama.rope.scale_linear": 1.0}, _config(64, 4, rope_parameters=rope)) == {}
+    meta = {"qwen2.rope.scaling.type": "yarn", "qwen2.rope.scaling.factor": 4.0, "qwen2.context_length": 32768,
+            "qwen2.rope.scaling.attn_factor": 0.5, "qwen2.rope.scaling.yarn_beta_fast": 16.0}
+    assert llama_cpp_config_fields("qwen2", meta, _config(64, 4, rope_parameters=rope)) == {
+        "rope_parameters": {"rope_theta": 1e4, "rope_type": "yarn", "factor": 4.0,
+                            "original_max_position_embeddings": 32768,
+                            "attention_factor": pytest.approx(0.5 * (1 + 0.1 * np.log(4.0))), "beta_fast": 16.0}}
+    meta = {"_rope_factors_long.weight": [2.0], "_rope_factors_short.weight": [1.0], "phi3.context_length": 128,
+            "phi3.rope.scaling.original_context_length": 64}
+    fields = llama_cpp_config_fields("phi3", meta, _config(64, 4, rope_parameters=rope))
+    assert fields["rope_parameters"] == {"rope_theta": 1e4, "rope_type": "longrope", "long_factor": [2.0],
+                                         "short_factor": [2.0], "original_max_position_embeddings": 64,
+                                         "attention_factor": 1.0}
+    assert llama_cpp_config_fields("phi3", meta, _config(64, 4, rope_parameters=rope), context=64)[
+        "rope_parameters"]["long_factor"] == [1.0]
+    assert loading.longrope_factors("phi3", meta) == "long"
+    assert loading.longrope_factors("phi3", meta, 64) == "short" and loading.longrope_factors("llama", meta) is None
+    gemma3 = {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+              "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+    six = ["sliding_attention"] * 5 + ["full_attention"]
+    meta = {"gemma3.block_count": 6, "gemma3.attention.key_length": 16, "gemma3.final_logit_softcapping": 30.0,
+            "gemma3.rope.freq_base_swa": 500.0, "gemma3.attention.sliding_window_pattern": 6}
+    assert llama_cpp_config_fields("gemma3", meta, _config(64, 4, rope_parameters=gemma3, layer_types=six)) == {
+        "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 16,
+        "rope_parameters": {**gemma3, "sliding_attention": {"rope_type": "default", "rope_theta": 500.0}}}
+    for pattern in (2, [True, False, True, False, True, False]):
+        meta = {"gemma2.block_count": 6, "gemma2.attention.sliding_window_pattern": pattern}
+        assert llama_cpp_config_fields("gemma2", meta, _config(64, 4, layer_types=six))["layer_types"] == [
+            "sliding_attention", "full_attention"] * 3
+    with pytest.raises(ValueError, match="sliding_window_pattern has 2 flags for 6 layers"):
+        llama_cpp_config_fields("gemma2", {"gemma2.attention.sliding_window_pattern": [True, False]},
+                                _config(64, 4, layer_types=six))
+
+
+# Gemma 3 as newer llama.cpp files can set it apart from the releases: its sliding layers' RoPE base, a final
+# soft cap, and which layers window (every second one global here, not every sixth)
+GEMMA3_KEYS = {
+    "freq_base_swa": {"rope_parameters": {**GEMMA3_ROPE, "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}}},
+    "final_logit_softcapping": {"final_logit_softcapping": 0.05},  # the tiny model's logits are small
+    "sliding_window_pattern": {"layer_types": ["sliding_attention", "full_attention"] * 3},
+}
+
+
+@pytest.mark.parametrize("key", sorted(GEMMA3_KEYS))
+def test_gemma3_keys_beyond_transformers_reader_are_read(key, tmp_path):
+    """Each key loads as the model the file was written from; the same weights with the releases' setting
+    (transformers' default, what it reads without the key) give other logits."""
+    base = {**GGUF_OVERRIDES["gemma3"], "rope_parameters": GEMMA3_ROPE}
+    hf = _build("gemma3", **{**base, **GEMMA3_KEYS[key]})
+    lm, tokens = _round_trip(hf, tmp_path / f"gemma3-{key}.gguf")
+    assert lm.info["gguf_fields_as_llama_cpp"].keys() >= {{"freq_base_swa": "rope_parameters", "sliding_window_pattern": "layer_types"}.get(key, key)}
+    releases = _build("gemma3", **base)
+    releases.load_state_dict(hf.state_dict())
+    with torch.no_grad():
+        assert float((releases(tokens).logits - hf(tokens).logits).abs().max()) > 1e-2
+
+
+def test_yarn_attention_factor_is_read(tmp_path):
+    """A YaRN file's ``rope.scaling.attn_factor`` (OLMo's converter writes one) scales the attention as
+    llama.cpp scales it, times its own 1 + 0.1 ln factor: the model loads with its logits, and without the
+    factor (the scale YaRN computes alone) they differ."""
+    rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8, "rope_theta": 10000.0}
+    hf = _build("qwen2", rope_parameters={**rope, "attention_factor": 0.6})
+    lm, tokens = _round_trip(hf, tmp_path / "qwen2-yarn-attn.gguf")
+    assert lm.info["gguf_fields_as_llama_cpp"]["rope_parameters"]["attention_factor"] == pytest.approx(0.6)
+    plain = _build("qwen2", rope_parameters=rope)
+    plain.load_state_dict(hf.state_dict())
+    with torch.no_grad():
+        assert float((plain(tokens).logits - hf(tokens).logits).abs().max()) > 1e-2
 
 
 def test_what_no_reader_reads_is_named():
@@ -213,9 +318,13 @@ def test_what_no_reader_reads_is_named():
             "_rope_factors_short.weight": [1.0], "phi3.rope.scaling.original_context_length": 4096,
             "_rope_tensors": ["rope_factors_long.weight"]}
     assert gguf_not_read("phi3", full) == []  # all of LongRoPE there: read
-    meta = {"deepseek2.rope.scaling.type": "yarn", "deepseek2.rope.scaling.yarn_log_multiplier": 0.1}
+    meta = {"deepseek2.rope.scaling.type": "yarn", "deepseek2.rope.scaling.yarn_log_multiplier": 0.1,
+            "deepseek2.context_length": 4096}
     assert gguf_not_read("deepseek2", meta) == ["YaRN's log multiplier (DeepSeek's attention scale)"]
-    for meta in ({}, {"llama.rope.scaling.type": "linear"}, {"llama.rope.scaling.type": "yarn"},
+    meta = {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.yarn_ext_factor": 0.5}
+    assert gguf_not_read("llama", meta) == ["YaRN's ext_factor (llama.rope.scaling.yarn_ext_factor)",
+                                            "YaRN without an original context length"]
+    for meta in ({}, {"llama.rope.scaling.type": "linear"}, {"llama.rope.scaling.type": "yarn", "llama.context_length": 64},
                  {"_rope_tensors": ["rope_freqs.weight"]}, {"llama.rope.scaling.type": "none"}):
         assert gguf_not_read("llama", meta) == []
 
