@@ -205,6 +205,23 @@ RECIPES: dict[str, list[str]] = {
                                 "model.sink_logit_fixed=0.0", "steps=2000", "lr=0.0003"],
     "c_ft_m1fromzerobos_lr3e4": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
                                  "model.sink_logit_fixed=-1.0", "steps=2000", "lr=0.0003"],
+    # both second phases for the config's 6,000 steps instead of 2,000 (warm-up, cosine over 6,000):
+    # does the slot added to toy-softmax take the sink given as long as from scratch, and does the lowered
+    # slot give back the half it keeps?
+    "c_ft_zerologitbos_6k": [BOS, 'init_from="sinkinterp/assets/models/toy-softmax"', 'model.attn_bias="sink_logit"',
+                             "model.sink_logit_fixed=0.0"],
+    "c_ft_m1fromzerobos_6k": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
+                              "model.sink_logit_fixed=-1.0"],
+    # the forward phase from a second source model: c_bos_s1 (the baseline's second seed, its sink on BOS; needs
+    # runs/cpu/c_bos_s1, `--train c_bos_s1` first, about 40 minutes of one core)
+    "c_ft_zerologitbos_src1": [BOS, 'init_from="runs/cpu/c_bos_s1"', 'model.attn_bias="sink_logit"',
+                               "model.sink_logit_fixed=0.0", "steps=2000"],
+    # the reverse phase and its control from a second source model: c_zerologitbos_s1 (its slot has the sink too;
+    # needs runs/cpu/c_zerologitbos_s1, `--train c_zerologitbos_s1` first)
+    "c_ft_m1fromzerobos_src1": [BOS, 'init_from="runs/cpu/c_zerologitbos_s1"', 'model.attn_bias="sink_logit"',
+                                "model.sink_logit_fixed=-1.0", "steps=2000"],
+    "c_ft_zerofromzerobos_src1": [BOS, 'init_from="runs/cpu/c_zerologitbos_s1"', 'model.attn_bias="sink_logit"',
+                                  "model.sink_logit_fixed=0.0", "steps=2000"],
     # a learned logit started at -2 instead of 0: is the slot's sink decided by where the logit starts?
     "c_sinklogitinitm2bos": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0"],
     "c_sinklogitinitm2bos_s1": [BOS, 'model.attn_bias="sink_logit"', "model.sink_logit_init=-2.0", *SEED1],
@@ -1005,6 +1022,16 @@ PAPER_ROWS = [
      ["c_ft_zerologitbos_lr3e4"], "not in the paper; does the result hang on the lr warming up again?"),
     ("c_zerologitbos's slot lowered to -1 for 2,000 steps at peak lr 3e-4 (above: 1e-3), BOS first",
      ["c_ft_m1fromzerobos_lr3e4"], "not in the paper; does the result hang on the lr warming up again?"),
+    ("the slot held at 0 added to toy-softmax for 6,000 steps (the phase above: 2,000), BOS first",
+     ["c_ft_zerologitbos_6k"], "not in the paper; given as many steps as from scratch, does the slot take the sink?"),
+    ("c_zerologitbos's slot lowered to -1 for 6,000 steps (above: 2,000), BOS first",
+     ["c_ft_m1fromzerobos_6k"], "not in the paper; does the lowered slot give back the half it keeps?"),
+    ("2,000 more steps from c_bos_s1 (a second source; its sink on BOS) with a slot held at 0 added, BOS first",
+     ["c_ft_zerologitbos_src1"], "not in the paper; the forward phase from another model"),
+    ("2,000 more steps from c_zerologitbos_s1 (a second source; its slot has the sink) with the slot held at -1, BOS first",
+     ["c_ft_m1fromzerobos_src1"], "not in the paper; the reverse phase from another model"),
+    ("2,000 more steps from c_zerologitbos_s1, the slot left at 0: the control, BOS first",
+     ["c_ft_zerofromzerobos_src1"], "not in the paper; the second source's control"),
     ("a sink logit held at -2 (v* = 0), BOS first", ["c_logitm2bos", "c_logitm2bos_s1"],
      "not in the paper; softmax-off-by-one with the slot weighing e^-2 of a key at logit 0"),
     ("a sink logit held at -4 (v* = 0), BOS first", ["c_logitm4bos", "c_logitm4bos_s1"],
