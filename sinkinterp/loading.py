@@ -372,6 +372,8 @@ def gguf_not_read(arch: str, meta: dict[str, Any]) -> list[str]:
         if (meta.get(f"{arch}.rope.scaling.original_context_length") is None
                 and meta.get(f"{arch}.context_length") is None):
             out.append("YaRN without an original context length")
+        if arch == "gemma3":  # its RoPE settings are per layer type: llama_cpp_config_fields sets YaRN on neither
+            out.append("YaRN on Gemma 3's per-layer-type RoPE")
     return out
 
 
@@ -413,7 +415,8 @@ def _load_gguf(path: str, dtype: torch.dtype, context: int | None = None) -> tup
                                                     attn_implementation="eager", dtype=dtype, local_files_only=True)
     _strip_quantization_marker(hf_model)
     info: dict[str, Any] = {"gguf_fields_as_llama_cpp": fields} if fields else {}
-    which = longrope_factors(arch, meta, context) if "longrope" in str(fields.get("rope_parameters")) else None
+    longrope = (fields.get("rope_parameters") or {}).get("rope_type") == "longrope"
+    which = longrope_factors(arch, meta, context) if longrope else None
     if which is not None:  # the one set llama.cpp runs at this context size
         n_ctx = context if context is not None else int(meta[f"{arch}.context_length"])
         info["gguf_longrope_factors"] = (f"{which} (context {n_ctx}, original "
@@ -478,7 +481,7 @@ def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float
     ``attn_backend`` ("auto", "reference", "flex", "triton"; ``SinkTransformer.set_attn_backend``)
     chooses how a sinkinterp model runs attention; other models take "auto" only. ``gguf_context``: for a
     GGUF file, the context size llama.cpp would run it with (its ``-c``; None: the file's own, llama.cpp's
-    default), which decides what llama.cpp's RoPE depends on it for (LongRoPE's factor set)."""
+    default), by which llama.cpp picks LongRoPE's factor set (Phi-3.5 / Phi-4-mini)."""
     kind, location = resolve_spec(spec)
     check_attn_backend(attn_backend, kind, spec)
     if gguf_context is not None and (kind != "gguf" or isinstance(gguf_context, bool)

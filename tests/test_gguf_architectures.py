@@ -324,6 +324,8 @@ def test_what_no_reader_reads_is_named():
     meta = {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.yarn_ext_factor": 0.5}
     assert gguf_not_read("llama", meta) == ["YaRN's ext_factor (llama.rope.scaling.yarn_ext_factor)",
                                             "YaRN without an original context length"]
+    meta = {"gemma3.rope.scaling.type": "yarn", "gemma3.context_length": 64}
+    assert gguf_not_read("gemma3", meta) == ["YaRN on Gemma 3's per-layer-type RoPE"]
     for meta in ({}, {"llama.rope.scaling.type": "linear"}, {"llama.rope.scaling.type": "yarn", "llama.context_length": 64},
                  {"_rope_tensors": ["rope_freqs.weight"]}, {"llama.rope.scaling.type": "none"}):
         assert gguf_not_read("llama", meta) == []
