@@ -119,7 +119,7 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
             writer.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
         if "rope_theta" in rope.get("sliding_attention", {}):  # the sliding layers' base, as newer converters write it
             writer.add_rope_freq_base_swa(float(rope["sliding_attention"]["rope_theta"]))
-    if arch == "gemma3":  # its global layers' base; the sliding ones' is llama.cpp's fixed 10,000
+    if arch == "gemma3":  # its global layers' base (the sliding ones': freq_base_swa above)
         rope = rope.get("full_attention", {})
     per_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     if "partial_rotary_factor" in rope:  # the rotated size, as llama.cpp's converter writes it
