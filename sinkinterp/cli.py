@@ -159,7 +159,7 @@ def _precheck(args: argparse.Namespace, kind: str | None) -> tuple[Any, Any]:
         loading.check_attn_backend(args.attn_backend, model_kind, args.model)
     except ValueError as err:
         raise UsageError(f"--attn-backend: {str(err).removeprefix('attn_backend: ')}") from None
-    if getattr(args, "gguf_context", None) is not None and model_kind != "gguf":
+    if args.gguf_context is not None and model_kind != "gguf":
         raise UsageError(f"--gguf-context: only for a GGUF file, but --model {args.model} is a {model_kind} model")
     tokens = None
     if getattr(args, "tokens", None):

@@ -845,8 +845,7 @@ def sink_paths(model: Any, tokens: object, *, threshold: float = 0.3, senders: s
                     d.setdefault("search", []).append(neuron_search(
                         model, tokens, metric, mlp=m, receivers=recv, ablation=how, positions=pos, metric_hook=hook,
                         size=search_size, triples=search_triples, quads=search_quads, free_mlps=free_mlps,
-                        free_attn=free_attn,
-                        batch_rows=batch_rows))
+                        free_attn=free_attn, batch_rows=batch_rows))
                 row[side] = d
                 row["base"] = res.base
             out["layers"].append(row)
