@@ -194,7 +194,8 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any, contex
       Gemma 2 and 3: ``query_pre_attn_scalar`` as llama.cpp scales the queries: the head size, or d_model /
       heads for a model of 46 / 62 layers, which it takes for the 27B (transformers' is 256); which layers
       window their attention from ``ARCH.attention.sliding_window_pattern`` (every n-th layer global, or
-      one flag per layer) where the file has it; Gemma 3's sliding layers' RoPE base from
+      one flag per layer) where the file has it, and for Gemma 3 none where the file has no
+      ``gemma3.attention.sliding_window`` (or 0: llama.cpp then runs every layer global); Gemma 3's sliding layers' RoPE base from
       ``gemma3.rope.freq_base_swa`` (else llama.cpp's 10,000);
     - LongRoPE (Phi-3.5 / Phi-4-mini: two factor tensors, the original context, the attention factor, 1.0
       where the file has none as in llama.cpp) into ``rope_parameters`` as transformers' longrope, with the
@@ -232,7 +233,15 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any, contex
         head_dim = int(key("attention.key_length") or per_head)
         big = key("block_count") == _LLAMA_CPP_GEMMA_27B_LAYERS[arch]
         fields["query_pre_attn_scalar"] = per_head if big else head_dim
-        layer_types = _sliding_layers(key("attention.sliding_window_pattern"), getattr(config, "layer_types", None))
+        read_types = getattr(config, "layer_types", None)
+        window = key("attention.sliding_window")
+        if arch == "gemma3" and (window is None or int(window) <= 0) and isinstance(read_types, list):
+            # llama.cpp runs a Gemma 3 file without a window (no key, or 0) with every layer global, each on
+            # the global base and scaling; its pattern is then not read (transformers: the class's pattern)
+            layer_types = ["full_attention"] * len(read_types)
+            layer_types = None if layer_types == read_types else layer_types
+        else:
+            layer_types = _sliding_layers(key("attention.sliding_window_pattern"), read_types)
         if layer_types is not None:
             fields["layer_types"] = layer_types
     rope = getattr(config, "rope_parameters", None)
@@ -349,12 +358,23 @@ def _gguf_metadata(path: str) -> tuple[dict[str, Any], Any]:
     return meta, freqs
 
 
-def gguf_not_read(arch: str, meta: dict[str, Any]) -> list[str]:
+def gguf_not_read(arch: str, meta: dict[str, Any], config: Any = None) -> list[str]:
     """What a GGUF file sets for llama.cpp that neither transformers' reader nor
     ``llama_cpp_config_fields`` / ``apply_rope_freq_factors`` read: the model loads without it, so it may
     differ from the one llama.cpp runs (``_load_gguf`` warns and records the list). ``meta``: the
-    file's metadata, with ``_rope_tensors`` the names of its ``rope_*`` tensors."""
+    file's metadata, with ``_rope_tensors`` the names of its ``rope_*`` tensors; ``config``: the config the
+    model is built from (with what ``llama_cpp_config_fields`` read), where given: a rotated size
+    (``ARCH.rope.dimension_count``) short of the head size on a model that rotates all of each head."""
     out = []
+    n_rot = meta.get(f"{arch}.rope.dimension_count")
+    if config is not None and n_rot is not None:
+        heads = max(int(getattr(config, "num_attention_heads", 0) or 1), 1)
+        head = int(getattr(config, "head_dim", None) or int(getattr(config, "hidden_size", 0) or 0) // heads)
+        rope = getattr(config, "rope_parameters", None) or {}
+        partial = any("partial_rotary_factor" in r for r in (rope, *rope.values()) if isinstance(r, dict))
+        if 0 < int(n_rot) < head and not partial:
+            out.append(f"a rotated size of {int(n_rot)} of each head's {head} dimensions ({arch}.rope.dimension_count: "
+                       "llama.cpp rotates only those, the model transformers builds rotates all)")
     long_rope = [t for t in meta.get("_rope_tensors", []) if t.startswith("rope_factors_")]
     read_longrope = _longrope(arch, meta, {}) is not None
     if long_rope and not read_longrope:
@@ -423,7 +443,7 @@ def _load_gguf(path: str, dtype: torch.dtype, context: int | None = None) -> tup
                                          f"{int(meta[f'{arch}.rope.scaling.original_context_length'])})")
     if rope_freqs is not None:  # the model as llama.cpp runs it: its RoPE scaling
         info["gguf_rope_freq_factors"] = apply_rope_freq_factors(hf_model, rope_freqs)
-    unread = gguf_not_read(arch, meta)
+    unread = gguf_not_read(arch, meta, config)
     if unread:
         info["gguf_not_read"] = unread
         warnings.warn(f"model: {path} sets {'; '.join(unread)}, which sinkinterp does not read yet: the model "

@@ -110,10 +110,12 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
             yarn_scale = 1 + 0.1 * math.log(scaled["factor"]) if scaled["factor"] > 1 else 1.0
             writer.add_float32(f"{arch}.rope.scaling.attn_factor", scaled["attention_factor"] / yarn_scale)
     layer_types = getattr(cfg, "layer_types", None)
-    if arch in ("gemma2", "gemma3") and layer_types:  # which layers window: every n-th global, else a flag each
-        windowed = [t == "sliding_attention" for t in layer_types]
+    windowed = [t == "sliding_attention" for t in layer_types or []]
+    if arch in ("gemma2", "gemma3") and any(windowed):  # which layers window: every n-th global, else a flag each
         periodic = [n for n in range(2, len(windowed) + 1) if windowed == [i % n < n - 1 for i in range(len(windowed))]]
         writer.add_sliding_window_pattern(periodic[0] if periodic else windowed)
+    if arch == "gemma3" and not any(windowed):  # no layer windows: no window written (llama.cpp: all global)
+        keys.pop("attention.sliding_window", None)
     if arch == "gemma3":
         if getattr(cfg, "final_logit_softcapping", None) is not None:
             writer.add_final_logit_softcapping(float(cfg.final_logit_softcapping))

@@ -256,10 +256,17 @@ def test_rope_and_window_keys_read_as_llama_cpp_reads_them():
               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
     six = ["sliding_attention"] * 5 + ["full_attention"]
     meta = {"gemma3.block_count": 6, "gemma3.attention.key_length": 16, "gemma3.final_logit_softcapping": 30.0,
-            "gemma3.rope.freq_base_swa": 500.0, "gemma3.attention.sliding_window_pattern": 6}
+            "gemma3.rope.freq_base_swa": 500.0, "gemma3.attention.sliding_window_pattern": 6,
+            "gemma3.attention.sliding_window": 512}
     assert llama_cpp_config_fields("gemma3", meta, _config(64, 4, rope_parameters=gemma3, layer_types=six)) == {
         "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 16,
         "rope_parameters": {**gemma3, "sliding_attention": {"rope_type": "default", "rope_theta": 500.0}}}
+    # a Gemma 3 file without a window (no key, or 0): every layer global in llama.cpp, whatever its pattern says
+    for window in ({}, {"gemma3.attention.sliding_window": 0}):
+        meta = {"gemma3.block_count": 6, "gemma3.attention.sliding_window_pattern": 2, **window}
+        assert llama_cpp_config_fields("gemma3", meta, _config(64, 4, layer_types=six))["layer_types"] == [
+            "full_attention"] * 6
+        assert "layer_types" not in llama_cpp_config_fields("gemma3", meta, _config(64, 4, layer_types=["full_attention"] * 6))
     for pattern in (2, [True, False, True, False, True, False]):
         meta = {"gemma2.block_count": 6, "gemma2.attention.sliding_window_pattern": pattern}
         assert llama_cpp_config_fields("gemma2", meta, _config(64, 4, layer_types=six))["layer_types"] == [
@@ -275,6 +282,8 @@ GEMMA3_KEYS = {
     "freq_base_swa": {"rope_parameters": {**GEMMA3_ROPE, "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}}},
     "final_logit_softcapping": {"final_logit_softcapping": 0.05},  # the tiny model's logits are small
     "sliding_window_pattern": {"layer_types": ["sliding_attention", "full_attention"] * 3},
+    # no window at all (no gemma3.attention.sliding_window): llama.cpp runs every layer global
+    "no_sliding_window": {"layer_types": ["full_attention"] * 6},
 }
 
 
@@ -285,7 +294,8 @@ def test_gemma3_keys_beyond_transformers_reader_are_read(key, tmp_path):
     base = {**GGUF_OVERRIDES["gemma3"], "rope_parameters": GEMMA3_ROPE}
     hf = _build("gemma3", **{**base, **GEMMA3_KEYS[key]})
     lm, tokens = _round_trip(hf, tmp_path / f"gemma3-{key}.gguf")
-    assert lm.info["gguf_fields_as_llama_cpp"].keys() >= {{"freq_base_swa": "rope_parameters", "sliding_window_pattern": "layer_types"}.get(key, key)}
+    assert lm.info["gguf_fields_as_llama_cpp"].keys() >= {{"freq_base_swa": "rope_parameters", "sliding_window_pattern": "layer_types",
+                                                           "no_sliding_window": "layer_types"}.get(key, key)}
     releases = _build("gemma3", **base)
     releases.load_state_dict(hf.state_dict())
     with torch.no_grad():
@@ -326,6 +336,16 @@ def test_what_no_reader_reads_is_named():
                                             "YaRN without an original context length"]
     meta = {"gemma3.rope.scaling.type": "yarn", "gemma3.context_length": 64}
     assert gguf_not_read("gemma3", meta) == ["YaRN on Gemma 3's per-layer-type RoPE"]
+    # a rotated size short of the head size: named where the model rotates all of each head (Qwen 2 here), not
+    # where it has a rotated share llama_cpp_config_fields sets (Phi-3), nor where it is the head size
+    qwen2 = _config(64, 4, rope_parameters={"rope_theta": 1e4})
+    assert gguf_not_read("qwen2", {"qwen2.rope.dimension_count": 8}, qwen2) == [
+        ("a rotated size of 8 of each head's 16 dimensions (qwen2.rope.dimension_count: llama.cpp rotates only "
+         "those, the model transformers builds rotates all)")]
+    assert gguf_not_read("qwen2", {"qwen2.rope.dimension_count": 16}, qwen2) == []
+    assert gguf_not_read("qwen2", {"qwen2.rope.dimension_count": 8}) == []  # no config: not checked
+    phi3 = _config(64, 4, rope_parameters={"rope_theta": 1e4, "partial_rotary_factor": 0.5})
+    assert gguf_not_read("phi3", {"phi3.rope.dimension_count": 8}, phi3) == []
     for meta in ({}, {"llama.rope.scaling.type": "linear"}, {"llama.rope.scaling.type": "yarn", "llama.context_length": 64},
                  {"_rope_tensors": ["rope_freqs.weight"]}, {"llama.rope.scaling.type": "none"}):
         assert gguf_not_read("llama", meta) == []
@@ -346,3 +366,7 @@ def test_a_gguf_file_with_what_no_reader_reads_loads_with_a_warning(tmp_path, mo
     with pytest.warns(UserWarning, match=r"llama.gguf sets RoPE scaling type 'su', which sinkinterp does not read yet"):
         lm = load_model(str(path))
     assert lm.info["gguf_not_read"] == ["RoPE scaling type 'su'"]
+    # a short rotated size is checked against the config the model was built from (the tiny LLaMA: head size 8)
+    monkeypatch.setattr(loading, "_gguf_metadata", lambda p: ({**real(p)[0], "llama.rope.dimension_count": 4}, None))
+    with pytest.warns(UserWarning, match=r"a rotated size of 4 of each head's 8 dimensions"):
+        load_model(str(path))
