@@ -625,9 +625,9 @@ def weight_processing(model: Any) -> str | None:
     (``_folds_in_weights``): a bridge counts as processed by its ``_weights_processed`` flag; a
     HookedTransformer by folded norms, centered writing weights or a centered unembedding, or by zero value
     biases where its architecture's checkpoints have them (``checkpoint_value_biases``: GPT-2, Pythia, OPT,
-    ...; so value biases folded alone are found there; one built from a config names no architecture, and
-    its zero b_V looks like a model without value biases). The answer names the steps found and those not
-    found; zero value biases are told apart by the architecture where it is known (folded, or none to
+    ...; so value biases folded alone are found there; one built from a config names no architecture, so
+    its zero b_V beside a nonzero b_O is answered as perhaps processed: folded, or never there). The answer
+    names the steps found and those not found; zero value biases are told apart by the architecture where it is known (folded, or none to
     begin with as GPT-Neo), else by the output biases: zero too means the checkpoint had none (folding
     would have left b_O nonzero), nonzero that they were folded, or that the checkpoint has an output
     bias only (GPT-Neo)."""
@@ -654,10 +654,14 @@ def _processing_from_weights(model: Any, bridge: bool, norm: str | None) -> str 
     has_value_biases, arch = checkpoint_value_biases(model)
     evidence = ("norms folded", "writing weights centered", "unembedding centered")
     folded_values = bool(found["value biases zero"]) and has_value_biases is True
-    if not bridge and not folded_values and not any(found[k] for k in evidence):
+    # no architecture named (a HookedTransformer built from a config): zero value biases beside nonzero output
+    # biases may have been folded, or the model may never have had value biases; the answer says it cannot tell
+    perhaps = (bool(found["value biases zero"]) and has_value_biases is None and found["output biases zero"] is False)
+    if not bridge and not folded_values and not perhaps and not any(found[k] for k in evidence):
         return None
     who = ("TransformerBridge.process_weights / enable_compatibility_mode" if bridge
-           else "HookedTransformer with processed weights")
+           else "HookedTransformer with processed weights" if folded_values or any(found[k] for k in evidence)
+           else "HookedTransformer, perhaps with processed weights (no architecture named to tell)")
     no_output_bias = found.pop("output biases zero") is not False
     if has_value_biases is not None:
         why = (f" (folded into b_O: the checkpoint ({arch}) has value biases)" if has_value_biases
