@@ -88,8 +88,9 @@ def _add_measure_args(p: argparse.ArgumentParser, *, single_input: bool, several
                         "(always materialized), flex, triton (Triton kernels for sigmoid / elu+1 attention and "
                         "for the column sums the measurement reads; CUDA). Other models: auto only")
     p.add_argument("--gguf-context", type=_int_at_least(1), default=None, metavar="N",
-                   help="a GGUF file's context size as llama.cpp's -c (default: the file's own, llama.cpp's "
-                        "default); it picks LongRoPE's factor set (Phi-3.5 / Phi-4-mini)")
+                   help="a GGUF file's context per sequence as llama.cpp's -c (default: the file's own, as "
+                        "recent llama.cpp's -c 0; older releases defaulted to 4096); it picks LongRoPE's factor "
+                        "set (Phi-3.5 / Phi-4-mini)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--out", required=True, metavar="DIR", help="result folder (created; files replaced)")
 

@@ -500,8 +500,9 @@ def load_model(spec: str, device: str = "cpu", dtype: str | torch.dtype = "float
 
     ``attn_backend`` ("auto", "reference", "flex", "triton"; ``SinkTransformer.set_attn_backend``)
     chooses how a sinkinterp model runs attention; other models take "auto" only. ``gguf_context``: for a
-    GGUF file, the context size llama.cpp would run it with (its ``-c``; None: the file's own, llama.cpp's
-    default), by which llama.cpp picks LongRoPE's factor set (Phi-3.5 / Phi-4-mini)."""
+    GGUF file, the context per sequence llama.cpp would run it with (its ``-c`` over its parallel sequences;
+    None: the file's own, the default of llama.cpp's recent tools, ``-c 0``; older ones defaulted to 4096), by
+    which llama.cpp picks LongRoPE's factor set (Phi-3.5 / Phi-4-mini)."""
     kind, location = resolve_spec(spec)
     check_attn_backend(attn_backend, kind, spec)
     if gguf_context is not None and (kind != "gguf" or isinstance(gguf_context, bool)
