@@ -212,6 +212,16 @@ RECIPES: dict[str, list[str]] = {
                              "model.sink_logit_fixed=0.0"],
     "c_ft_m1fromzerobos_6k": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
                               "model.sink_logit_fixed=-1.0"],
+    # ... with a second seed (the phase's data order; the source model is the same, the held slot has no parameters)
+    "c_ft_zerologitbos_6k_s1": [BOS, 'init_from="sinkinterp/assets/models/toy-softmax"', 'model.attn_bias="sink_logit"',
+                                "model.sink_logit_fixed=0.0", *SEED1],
+    "c_ft_m1fromzerobos_6k_s1": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
+                                 "model.sink_logit_fixed=-1.0", *SEED1],
+    # their controls over the same 6,000 steps: toy-softmax unchanged (does token 1's sink grow as much without the
+    # slot?), and c_zerologitbos with its slot left at 0 (how much does the slot keep with no change at all?)
+    "c_ft_bos_6k": [BOS, 'init_from="sinkinterp/assets/models/toy-softmax"'],
+    "c_ft_zerofromzerobos_6k": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
+                                "model.sink_logit_fixed=0.0"],
     # the forward phase from a second source model: c_bos_s1 (the baseline's second seed, its sink on BOS; needs
     # runs/cpu/c_bos_s1, `--train c_bos_s1` first, about 40 minutes of one core)
     "c_ft_zerologitbos_src1": [BOS, 'init_from="runs/cpu/c_bos_s1"', 'model.attn_bias="sink_logit"',
@@ -1023,9 +1033,15 @@ PAPER_ROWS = [
     ("c_zerologitbos's slot lowered to -1 for 2,000 steps at peak lr 3e-4 (above: 1e-3), BOS first",
      ["c_ft_m1fromzerobos_lr3e4"], "not in the paper; does the result hang on the lr warming up again?"),
     ("the slot held at 0 added to toy-softmax for 6,000 steps (the phase above: 2,000), BOS first",
-     ["c_ft_zerologitbos_6k"], "not in the paper; given as many steps as from scratch, does the slot take the sink?"),
+     ["c_ft_zerologitbos_6k", "c_ft_zerologitbos_6k_s1"],
+     "not in the paper; given as many steps as from scratch, does the slot take the sink?"),
+    ("6,000 more steps from toy-softmax (c_bos), unchanged: the control, BOS first", ["c_ft_bos_6k"],
+     "not in the paper; does token 1's sink grow as much without the slot?"),
     ("c_zerologitbos's slot lowered to -1 for 6,000 steps (above: 2,000), BOS first",
-     ["c_ft_m1fromzerobos_6k"], "not in the paper; does the lowered slot give back the half it keeps?"),
+     ["c_ft_m1fromzerobos_6k", "c_ft_m1fromzerobos_6k_s1"],
+     "not in the paper; does the lowered slot give back the half it keeps?"),
+    ("6,000 more steps from c_zerologitbos, the slot left at 0: the control, BOS first", ["c_ft_zerofromzerobos_6k"],
+     "not in the paper; how much does the slot keep with nothing changed?"),
     ("2,000 more steps from c_bos_s1 (a second source; its sink on BOS) with a slot held at 0 added, BOS first",
      ["c_ft_zerologitbos_src1"], "not in the paper; the forward phase from another model"),
     ("2,000 more steps from c_zerologitbos_s1 (a second source; its slot has the sink) with the slot held at -1, BOS first",
