@@ -195,8 +195,8 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any, contex
       heads for a model of 46 / 62 layers, which it takes for the 27B (transformers' is 256); which layers
       window their attention from ``ARCH.attention.sliding_window_pattern`` (every n-th layer global, or
       one flag per layer) where the file has it, and for Gemma 3 none where the file has no
-      ``gemma3.attention.sliding_window`` (or 0: llama.cpp then runs every layer global); Gemma 3's sliding layers' RoPE base from
-      ``gemma3.rope.freq_base_swa`` (else llama.cpp's 10,000);
+      ``gemma3.attention.sliding_window`` (or 0: llama.cpp then runs every layer global); Gemma 3's sliding
+      layers' RoPE base from ``gemma3.rope.freq_base_swa`` (else llama.cpp's 10,000);
     - LongRoPE (Phi-3.5 / Phi-4-mini: two factor tensors, the original context, the attention factor, 1.0
       where the file has none as in llama.cpp) into ``rope_parameters`` as transformers' longrope, with the
       one set of factors llama.cpp picks by its context size: the long ones where ``context`` is past the
@@ -373,8 +373,9 @@ def gguf_not_read(arch: str, meta: dict[str, Any], config: Any = None) -> list[s
         rope = getattr(config, "rope_parameters", None) or {}
         partial = any("partial_rotary_factor" in r for r in (rope, *rope.values()) if isinstance(r, dict))
         if 0 < int(n_rot) < head and not partial:
-            out.append(f"a rotated size of {int(n_rot)} of each head's {head} dimensions ({arch}.rope.dimension_count: "
-                       "llama.cpp rotates only those, the model transformers builds rotates all)")
+            out.append(f"a rotated size of {int(n_rot)} of each head's {head} dimensions "
+                       f"({arch}.rope.dimension_count: llama.cpp rotates only those (LLaMA and Falcon files it "
+                       "refuses), the model transformers builds rotates all)")
     long_rope = [t for t in meta.get("_rope_tensors", []) if t.startswith("rope_factors_")]
     read_longrope = _longrope(arch, meta, {}) is not None
     if long_rope and not read_longrope:

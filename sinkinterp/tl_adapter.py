@@ -627,10 +627,10 @@ def weight_processing(model: Any) -> str | None:
     biases where its architecture's checkpoints have them (``checkpoint_value_biases``: GPT-2, Pythia, OPT,
     ...; so value biases folded alone are found there; one built from a config names no architecture, so
     its zero b_V beside a nonzero b_O is answered as perhaps processed: folded, or never there). The answer
-    names the steps found and those not found; zero value biases are told apart by the architecture where it is known (folded, or none to
-    begin with as GPT-Neo), else by the output biases: zero too means the checkpoint had none (folding
-    would have left b_O nonzero), nonzero that they were folded, or that the checkpoint has an output
-    bias only (GPT-Neo)."""
+    names the steps found and those not found; zero value biases are told apart by the architecture where it
+    is known (folded, or none to begin with as GPT-Neo), else by the output biases: zero too means the
+    checkpoint had none (folding would have left b_O nonzero), nonzero that they were folded, or that the
+    checkpoint has an output bias only (GPT-Neo)."""
     bridge = getattr(model, "_weights_processed", None) is True
     if not bridge and not _is_hooked_transformer(model):
         return None

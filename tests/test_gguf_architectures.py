@@ -341,7 +341,7 @@ def test_what_no_reader_reads_is_named():
     qwen2 = _config(64, 4, rope_parameters={"rope_theta": 1e4})
     assert gguf_not_read("qwen2", {"qwen2.rope.dimension_count": 8}, qwen2) == [
         ("a rotated size of 8 of each head's 16 dimensions (qwen2.rope.dimension_count: llama.cpp rotates only "
-         "those, the model transformers builds rotates all)")]
+         "those (LLaMA and Falcon files it refuses), the model transformers builds rotates all)")]
     assert gguf_not_read("qwen2", {"qwen2.rope.dimension_count": 16}, qwen2) == []
     assert gguf_not_read("qwen2", {"qwen2.rope.dimension_count": 8}) == []  # no config: not checked
     phi3 = _config(64, 4, rope_parameters={"rope_theta": 1e4, "partial_rotary_factor": 0.5})
@@ -366,7 +366,8 @@ def test_a_gguf_file_with_what_no_reader_reads_loads_with_a_warning(tmp_path, mo
     with pytest.warns(UserWarning, match=r"llama.gguf sets RoPE scaling type 'su', which sinkinterp does not read yet"):
         lm = load_model(str(path))
     assert lm.info["gguf_not_read"] == ["RoPE scaling type 'su'"]
-    # a short rotated size is checked against the config the model was built from (the tiny LLaMA: head size 8)
+    # a short rotated size is checked against the config the model was built from (the tiny LLaMA: head size 8;
+    # the plumbing only: from a real LLaMA file transformers reads the key as the head size)
     monkeypatch.setattr(loading, "_gguf_metadata", lambda p: ({**real(p)[0], "llama.rope.dimension_count": 4}, None))
     with pytest.warns(UserWarning, match=r"a rotated size of 4 of each head's 8 dimensions"):
         load_model(str(path))
