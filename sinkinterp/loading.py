@@ -22,7 +22,7 @@ import torch
 from sinkinterp import builtin, tl_adapter
 
 __all__ = ["LoadedModel", "load_model", "resolve_spec", "check_attn_backend", "placeholder_tokenizer", "smollm2_gguf_path",
-           "llama_cpp_config_fields", "apply_rope_freq_factors", "gguf_not_read", "longrope_factors",
+           "llama_cpp_config_fields", "apply_rope_freq_factors", "gguf_not_read", "longrope_factors", "gguf_config",
            "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -208,6 +208,10 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any, contex
       ``.factor``, ``.original_context_length``, else the file's context length; Qwen's long-context
       setting; ``.attn_factor`` multiplies its attention scale 1 + 0.1 ln factor, as llama.cpp does; beta
       fast / slow where the file has them) with llama.cpp's defaults for the rest, which are transformers' too;
+    - the RoPE base from ``ARCH.rope.freq_base`` where transformers keeps another (it has no key for it in
+      StableLM and StarCoder2 files; llama.cpp reads it for every architecture);
+    - Falcon: ``layer_norm_epsilon`` from ``falcon.attention.layer_norm_epsilon`` (transformers' default,
+      1e-5, is the releases' own);
     - GPT-2: ``n_positions``, the position table's size, from ``gpt2.context_length`` (transformers reads it
       into ``n_ctx`` only, so a table other than 1024 would not load);
     - a partly rotated head (Phi-3, StableLM: a ``partial_rotary_factor`` in ``rope_parameters``): the
@@ -223,6 +227,10 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any, contex
         fields["head_dim"] = int(key("attention.key_length") or per_head)
     elif arch == "gpt2" and key("context_length") is not None:
         fields["n_positions"] = int(key("context_length"))
+    eps = key("attention.layer_norm_epsilon")
+    if arch == "falcon" and eps is not None and not math.isclose(float(eps), config.layer_norm_epsilon, rel_tol=1e-6):
+        # llama.cpp's Falcon files name their LayerNorm's epsilon so; transformers maps only an RMS one for Falcon
+        fields["layer_norm_epsilon"] = float(eps)
     if arch == "gemma2":
         for name, default in _LLAMA_CPP_GEMMA2_CAPS.items():
             value = key(name)
@@ -248,6 +256,11 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any, contex
     if not isinstance(rope, dict):
         return fields
     new_rope = dict(rope)  # what the file says of the rotary embedding, merged into transformers' reading
+    base = key("rope.freq_base")
+    if base is not None and "rope_theta" in rope and float(rope["rope_theta"]) != float(base):
+        # the base llama.cpp reads for every architecture; transformers maps it for some only (not for StableLM or
+        # StarCoder2: llama.cpp's StarCoder2-3B vocabulary file says 999,999.44, transformers alone 10,000)
+        new_rope["rope_theta"] = float(base)
     scaling, factor = key("rope.scaling.type"), key("rope.scaling.factor")
     linear_factor = factor if factor is not None else key("rope.scale_linear")
     if arch == "gemma3" and key("rope.freq_base_swa") is not None and isinstance(rope.get("sliding_attention"), dict):
@@ -419,19 +432,46 @@ def apply_rope_freq_factors(hf_model: Any, factors: Any) -> dict[str, Any]:
     return {"n": int(f.numel()), "min": float(f.min()), "max": float(f.max())}
 
 
-def _load_gguf(path: str, dtype: torch.dtype, context: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def _not_built(path: str, arch: str, error: Exception) -> ValueError:
+    import transformers
+
+    first = str(error).splitlines()[0] if str(error) else ""
+    return ValueError(f"model: transformers {transformers.__version__} builds no model from {path} (GGUF "
+                      f"architecture {arch!r}): {type(error).__name__}: {first}")
+
+
+def gguf_config(path: str, context: int | None = None) -> tuple[Any, dict[str, Any], dict[str, Any], Any]:
+    """The config a GGUF file's model is built from: transformers' reading of it, with the fields
+    ``llama_cpp_config_fields`` reads set where they differ. Returns the config, those fields, the file's
+    metadata (``_gguf_metadata``) and its ``rope_freqs.weight`` (or None). Needs no tensors, so it reads
+    vocabulary-only files too. Raises ValueError naming the architecture where transformers builds no config."""
+    from transformers import AutoConfig
 
     folder, name = os.path.split(os.path.abspath(path))
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
     meta, rope_freqs = _gguf_metadata(os.path.join(folder, name))
     arch = str(meta.get("general.architecture"))
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    except Exception as e:  # an architecture transformers' GGUF reader lacks, or reads into an invalid config
+        raise _not_built(path, arch, e) from e
     found = llama_cpp_config_fields(arch, meta, config, context)
     # what differs from what transformers read (its defaults): set, and recorded in the load's info
     fields = {k: v for k, v in found.items() if getattr(config, k, None) != v}
     for field_name, value in fields.items():
         setattr(config, field_name, value)
+    return config, fields, meta, rope_freqs
+
+
+def _load_gguf(path: str, dtype: torch.dtype, context: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = os.path.split(os.path.abspath(path))
+    config, fields, meta, rope_freqs = gguf_config(path, context)
+    arch = str(meta.get("general.architecture"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    except Exception as e:
+        raise _not_built(path, arch, e) from e
     hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
                                                     attn_implementation="eager", dtype=dtype, local_files_only=True)
     _strip_quantization_marker(hf_model)

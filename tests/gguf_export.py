@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 # the Hugging Face model types written (each the name of its GGUF architecture), those the tests load
-GGUF_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "stablelm", "falcon", "gpt2", "bloom", "gemma2", "gemma3")
+GGUF_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "stablelm", "falcon", "gpt2", "bloom", "gemma2", "gemma3",
+              "starcoder2")
 # Hugging Face model types whose GGUF architecture is named otherwise
 _GGUF_NAME = {"gemma3_text": "gemma3"}
 # where a config keeps its context length (transformers' mapping names n_ctx for GPT-2, whose config keeps
@@ -88,6 +89,8 @@ def write_gguf(hf_model: Any, path: str | Path) -> Path:
     keys = {key: (_CONTEXT if key == "context_length" else (attr,)) for key, attr in GGUF_CONFIG_MAPPING[arch].items()}
     # keys llama.cpp's converter writes and transformers does not read (sinkinterp.loading.llama_cpp_config_fields)
     keys.setdefault("attention.key_length", ("head_dim",))
+    if arch == "falcon":  # its LayerNorm's epsilon, as llama.cpp's converter names it
+        keys["attention.layer_norm_epsilon"] = ("layer_norm_epsilon",)
     if arch == "gemma2":
         keys.update({"attn_logit_softcapping": ("attn_logit_softcapping",),
                      "final_logit_softcapping": ("final_logit_softcapping",)})

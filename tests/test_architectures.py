@@ -1,6 +1,7 @@
 """The measurement and the interventions on the Hugging Face architectures attention-sink studies use
 (GPT-2, Pythia / GPT-NeoX, OPT, LLaMA-style, Mistral, Mixtral, Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-2, Phi-3,
-OLMo 1 / 2, Granite, Cohere, Bloom, MPT, Falcon with RoPE and with ALiBi, GPT-J, CodeGen, GPT-BigCode, StableLM), each a tiny model
+OLMo 1 / 2, Granite, Cohere, Bloom, MPT, Falcon with RoPE and with ALiBi, GPT-J, CodeGen, GPT-BigCode, StableLM,
+StarCoder2), each a tiny model
 built from its config, saved to a folder and loaded offline through ``load_model`` (a TransformerBridge): alpha against Hugging Face eager attention, residual norms
 against its hidden states, the q.k decomposition against the scores the model really computed, key
 norms that are really measured, and first-token edits that really act."""
@@ -70,6 +71,9 @@ ARCHS = {
     "cohere": ("CohereConfig", "CohereForCausalLM", dict(ROPE, num_key_value_heads=2, pad_token_id=0, logit_scale=0.5),
                "rot"),
     "mpt": ("MptConfig", "MptForCausalLM", dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=64), "plain"),
+    # LayerNorm with biases, biased attention and GELU MLP, rotate-half RoPE (its real base near 1e6)
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", dict(ROPE, num_key_value_heads=2, sliding_window=None,
+                                                                     rope_theta=999999.4375), "rot"),
     "codegen": ("CodeGenConfig", "CodeGenForCausalLM", dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4),
                 "module"),
 }
@@ -763,7 +767,8 @@ def test_observation_only_attention_is_routed_through_its_hooks(name, monkeypatc
     assert run_intervention(routed, tokens, first_token("ablate"), sinks=False).delta_loss != 0
 
 
-@pytest.mark.parametrize("name", ["codegen", "cohere", "falcon", "gpt_neox", "llama", "phi3", "stablelm"])
+@pytest.mark.parametrize("name", ["codegen", "cohere", "falcon", "gpt_neox", "llama", "phi3", "stablelm",
+                                  "starcoder2"])
 def test_rotary_position_moves_token_1_on_bridges(name):
     """Layer 0's queries and keys depend on the token and its position only, so after the edit query
     t scores token 1 exactly as it scores token 1's id placed at position p (t > p); partial rotary
@@ -854,7 +859,8 @@ def test_unobservable_rotation_is_skipped_or_refused(monkeypatch):
 # the module whose input is the MLP's hidden units (blocks.{l}.mlp.hook_post) in each Hugging Face model
 MLP_OUT = {"gpt2": "mlp.c_proj", "gpt_neox": "mlp.dense_4h_to_h", "opt": "fc2", "bloom": "mlp.dense_4h_to_h",
            "falcon": "mlp.dense_4h_to_h", "falcon_alibi": "mlp.dense_4h_to_h", "gptj": "mlp.fc_out", "phi": "mlp.fc2", "gpt_bigcode": "mlp.c_proj",
-           "mpt": "ffn.down_proj", "codegen": "mlp.fc_out"}
+           "mpt": "ffn.down_proj", "codegen": "mlp.fc_out",
+           "starcoder2": "mlp.c_proj"}
 
 
 @pytest.mark.parametrize("name", sorted(ARCHS))

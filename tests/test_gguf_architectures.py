@@ -1,9 +1,11 @@
 """GGUF files beyond LLaMA: tiny models of the architectures transformers reads from GGUF (Qwen 2 / 3,
-Phi-3, StableLM, Falcon, GPT-2, Bloom, Gemma 2 / 3 besides LLaMA), written as llama.cpp lays them out
+Phi-3, StableLM, StarCoder2, Falcon, GPT-2, Bloom, Gemma 2 / 3 besides LLaMA), written as llama.cpp lays them out
 (``gguf_export``), loaded offline through ``load_model`` (a TransformerBridge): the logits and the
 attention of the model they were written from, and the measurement on top of them."""
 
+import json
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,14 +22,17 @@ T = 12
 # the fields transformers' GGUF reader has no key for are read as llama.cpp reads them
 # (loading.llama_cpp_config_fields), so the models differ from the releases' defaults there: Qwen 3's
 # head_dim not d_model / heads (nor transformers' 128), Gemma 2's soft caps not 50 / 30; GPT-2's position
-# table not 1024 long (ARCHS: 64); Phi-3 and StableLM rotating half of each head (not 1.0 / 0.25).
+# table not 1024 long (ARCHS: 64); Phi-3 and StableLM rotating half of each head (not 1.0 / 0.25); StableLM's
+# and StarCoder2's RoPE base (transformers maps it for neither: its default 10,000 would stay); Falcon's LayerNorm
+# epsilon (transformers maps an RMS one only).
 # Gemma 2's queries are scaled by the head size, as llama.cpp scales every Gemma 2 but the 27B (a
 # query_pre_attn_scalar of its own cannot be written to a GGUF file)
 GEMMA3_ROPE = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
 GGUF_OVERRIDES = {
     "llama": {}, "qwen2": {}, "qwen3": {"head_dim": 16}, "phi3": {"partial_rotary_factor": 0.5},
-    "stablelm": {"partial_rotary_factor": 0.5}, "falcon": {},
+    "stablelm": {"partial_rotary_factor": 0.5, "rope_theta": 100.0}, "falcon": {"layer_norm_epsilon": 0.01},
+    "starcoder2": {},  # its base near 1e6 (ARCHS)
     "gpt2": {},
     "bloom": {}, "gemma2": {"query_pre_attn_scalar": 8, "attn_logit_softcapping": 0.5, "final_logit_softcapping": 5.0},
     # six layers, the fifth-sliding-then-global pattern llama.cpp fixes (two would both be sliding there), and
@@ -49,6 +54,8 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path, monk
         "qwen3": {"head_dim": 16}, "gpt2": {"n_positions": 64},
         "phi3": {"rope_parameters": getattr(hf.config, "rope_parameters", None)},
         "stablelm": {"rope_parameters": getattr(hf.config, "rope_parameters", None)},
+        "starcoder2": {"rope_parameters": getattr(hf.config, "rope_parameters", None)},
+        "falcon": {"layer_norm_epsilon": float(np.float32(0.01))},  # as the file stores it
         "gemma2": {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 5.0, "query_pre_attn_scalar": 8},
         "gemma3": {"query_pre_attn_scalar": 8, "rope_parameters": GEMMA3_ROPE},
     }.get(name, {})
@@ -371,3 +378,104 @@ def test_a_gguf_file_with_what_no_reader_reads_loads_with_a_warning(tmp_path, mo
     monkeypatch.setattr(loading, "_gguf_metadata", lambda p: ({**real(p)[0], "llama.rope.dimension_count": 4}, None))
     with pytest.warns(UserWarning, match=r"a rotated size of 4 of each head's 8 dimensions"):
         load_model(str(path))
+
+
+REAL_METADATA = Path(__file__).parent / "data" / "llama_cpp_vocab_metadata.json"
+# the real files' architectures transformers (5.23) builds a config for; the others it refuses
+BUILT = {"llama", "falcon", "gpt2", "phi3", "qwen2", "starcoder2"}
+
+
+def _real_metadata():
+    return json.loads(REAL_METADATA.read_text())["files"]
+
+
+def _write_metadata_only(entry, path):
+    """A GGUF file with a real file's metadata (its keys, values and GGUF types), no tensors and a placeholder
+    vocabulary of 8 tokens (the real ones run to 262,144, slow to write and read, and the vocabulary size
+    comes from their count, not from the metadata tested here)."""
+    import gguf
+
+    meta = entry["metadata"]
+    writer = gguf.GGUFWriter(str(path), meta["general.architecture"][1])
+    for key, (kind, value) in meta.items():
+        if key == "general.architecture":
+            continue
+        if kind.startswith("ARRAY:"):
+            writer.add_key_value(key, value, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType[kind[6:]])
+        else:
+            writer.add_key_value(key, value, gguf.GGUFValueType[kind])
+    n = 8
+    writer.add_token_list([f"t{i}" for i in range(n)])
+    writer.add_token_types([1] * n)
+    if "tokenizer.ggml.scores" in entry["tokenizer_array_lengths"]:
+        writer.add_token_scores([0.0] * n)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+def _as_llama_cpp_reads(meta):
+    """What llama.cpp reads from the metadata (its generic keys, its defaults: RoPE base 10,000; linear
+    scaling where the type is linear or absent and a factor is given)."""
+    arch = meta["general.architecture"]
+
+    def key(name, default=None):
+        return meta.get(f"{arch}.{name}", default)
+
+    heads = key("attention.head_count")
+    out = {"layers": key("block_count"), "d_model": key("embedding_length"), "heads": heads,
+           "kv_heads": key("attention.head_count_kv", heads), "ffn": key("feed_forward_length"),
+           "context": key("context_length"),
+           "eps": key("attention.layer_norm_rms_epsilon", key("attention.layer_norm_epsilon"))}
+    if arch != "gpt2":  # learned positions; the others rotate
+        out["rope_theta"] = float(key("rope.freq_base", 10000.0))
+        factor = key("rope.scaling.factor")
+        linear = key("rope.scaling.type") in (None, "linear") and factor not in (None, 1.0)
+        out["rope"] = ("linear", float(factor)) if linear else ("default", None)
+    return out
+
+
+def _as_built(config):
+    """The same quantities of the config a model is built from."""
+    heads = config.num_attention_heads
+    ffn = next(getattr(config, n) for n in ("intermediate_size", "ffn_hidden_size", "n_inner")
+               if hasattr(config, n))
+    eps = next(getattr(config, n) for n in ("rms_norm_eps", "layer_norm_epsilon", "norm_epsilon") if hasattr(config, n))
+    eps = float(np.float32(eps))  # the file's precision (transformers' default 1e-5 for Falcon)
+    out = {"layers": config.num_hidden_layers, "d_model": config.hidden_size, "heads": heads,
+           "kv_heads": getattr(config, "num_key_value_heads", None) or heads, "ffn": ffn or 4 * config.hidden_size,
+           "context": config.max_position_embeddings, "eps": eps}
+    rope = getattr(config, "rope_parameters", None)
+    if rope is not None:
+        out["rope_theta"] = float(rope["rope_theta"])
+        out["rope"] = (rope.get("rope_type", "default"), rope.get("factor"))
+    return out
+
+
+def test_real_llama_cpp_metadata_builds_the_model_llama_cpp_runs(tmp_path):
+    """llama.cpp's vocabulary-only files (tests/data, from its source tree: written by its converter from
+    released checkpoints; scripts/llama_cpp_metadata.py) carry every key but the weights. For each
+    architecture transformers reads, the config the load builds from the metadata has the shape, norm epsilon,
+    context and RoPE llama.cpp reads from it, and nothing is left unread; two files need sinkinterp's reading:
+    StarCoder2's base near 1e6 and DeepSeek-Coder's linear scaling by 4 (transformers alone: base 10,000, no
+    scaling). Architectures it does not read (Baichuan, BERT, Command-R, Gemma 4, GPT-NeoX, MPT, ...) are
+    refused with their name."""
+    files = _real_metadata()
+    assert {e["metadata"]["general.architecture"][1] for e in files.values()} >= BUILT  # the fixture covers them
+    for name, entry in sorted(files.items()):
+        meta = {k: v for k, (_, v) in entry["metadata"].items()}
+        arch = meta["general.architecture"]
+        path = _write_metadata_only(entry, tmp_path / name)
+        if arch not in BUILT:
+            with pytest.raises(ValueError, match=rf"builds no model from .*{name} \(GGUF architecture '{arch}'\)"):
+                load_model(str(path))
+            continue
+        config, fields, read, _ = loading.gguf_config(str(path))
+        assert _as_built(config) == _as_llama_cpp_reads(meta), name
+        assert gguf_not_read(arch, read, config) == [], name
+        assert ("rope_parameters" in fields) == (name in ("ggml-vocab-starcoder.gguf", "ggml-vocab-deepseek-coder.gguf"))
+    starcoder = loading.gguf_config(str(tmp_path / "ggml-vocab-starcoder.gguf"))[0]
+    assert starcoder.rope_parameters["rope_theta"] == pytest.approx(999999.44, rel=1e-6)
+    assert loading.gguf_config(str(tmp_path / "ggml-vocab-deepseek-coder.gguf"))[0].rope_parameters == {
+        "rope_theta": 100000.0, "rope_type": "linear", "factor": 4.0}

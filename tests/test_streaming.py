@@ -250,7 +250,8 @@ def test_hf_rolling_cache_renumbered_on_one_layer_equals_recomputation():
 
 
 @pytest.mark.parametrize("name", ["bloom", "codegen", "cohere", "falcon", "falcon_alibi", "gemma", "gpt_neox", "gptj", "granite", "mistral", "mpt", "olmo",
-                                  "olmo2", "phi", "phi3", "qwen2", "qwen3", "stablelm"])
+                                  "olmo2", "phi", "phi3", "qwen2", "qwen3", "stablelm",
+                                  "starcoder2"])
 def test_hf_rolling_cache_on_architectures(name):
     """Every architecture whose base model has a shared rotary_emb (partial rotary included: GPT-NeoX,
     StableLM, Phi), a GPT-J-style sin|cos table (GPT-J, CodeGen), or ALiBi (Bloom, MPT, Falcon-RW's layout: keys
