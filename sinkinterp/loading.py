@@ -23,6 +23,7 @@ from sinkinterp import builtin, tl_adapter
 
 __all__ = ["LoadedModel", "load_model", "resolve_spec", "check_attn_backend", "placeholder_tokenizer", "smollm2_gguf_path",
            "llama_cpp_config_fields", "apply_rope_freq_factors", "gguf_not_read", "longrope_factors", "gguf_config",
+           "gguf_tokenizer",
            "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -462,16 +463,26 @@ def gguf_config(path: str, context: int | None = None) -> tuple[Any, dict[str, A
     return config, fields, meta, rope_freqs
 
 
+def gguf_tokenizer(path: str) -> Any:
+    """The tokenizer transformers rebuilds from a GGUF file's vocabulary (the one ``load_model`` gives a GGUF
+    model). Not always the model's own: on llama.cpp's tokenizer tests some files' texts come out otherwise
+    (docs/hook-contract.md, "Real metadata"; ``scripts/gguf_tokenizer_check.py``)."""
+    from transformers import AutoTokenizer
+
+    folder, name = os.path.split(os.path.abspath(path))
+    try:
+        return AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    except Exception as e:
+        raise _not_built(path, str(_gguf_metadata(path)[0].get("general.architecture")), e) from e
+
+
 def _load_gguf(path: str, dtype: torch.dtype, context: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     folder, name = os.path.split(os.path.abspath(path))
     config, fields, meta, rope_freqs = gguf_config(path, context)
     arch = str(meta.get("general.architecture"))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    except Exception as e:
-        raise _not_built(path, arch, e) from e
+    tokenizer = gguf_tokenizer(path)
     hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
                                                     attn_implementation="eager", dtype=dtype, local_files_only=True)
     _strip_quantization_marker(hf_model)

@@ -479,3 +479,55 @@ def test_real_llama_cpp_metadata_builds_the_model_llama_cpp_runs(tmp_path):
     assert starcoder.rope_parameters["rope_theta"] == pytest.approx(999999.44, rel=1e-6)
     assert loading.gguf_config(str(tmp_path / "ggml-vocab-deepseek-coder.gguf"))[0].rope_parameters == {
         "rope_theta": 100000.0, "rope_type": "linear", "factor": 4.0}
+
+
+def _script(name):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tokenizer_check_compares_ids_with_llama_cpp_s_expected_ones(tmp_path, capsys):
+    """scripts/gguf_tokenizer_check.py on a folder laid out as llama.cpp's models/: the texts of ``.inp``
+    (split at its separator lines) tokenized as a GGUF model loads, against the ids of ``.out``, one line each;
+    here the second line is altered, so one case of two differs. A folder without tests is refused."""
+    check = _script("gguf_tokenizer_check")
+    path = write_gguf(_build("llama"), tmp_path / "ggml-vocab-tiny.gguf")
+    tok = loading.gguf_tokenizer(str(path))
+    texts = ["t1 t2", "t0 t1"]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert all(ids)
+    Path(f"{path}.inp").write_text(check.SEPARATOR.join(texts), encoding="utf-8")
+    altered = [ids[0], [*ids[1], 3]]
+    Path(f"{path}.out").write_text("\n".join(" ".join(map(str, i)) for i in altered) + "\n", encoding="utf-8")
+    result = check.check(path)
+    assert (result["cases"], result["equal"]) == (2, 1)
+    assert result["differ"] == [{"text": texts[1], "got": ids[1], "want": altered[1]}]
+    assert check.main([str(tmp_path)]) == 0
+    assert "| ggml-vocab-tiny.gguf |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no ggml-vocab"):
+        check.main([str(tmp_path / "empty")])
+
+
+def test_the_metadata_script_writes_what_the_real_metadata_test_reads(tmp_path):
+    """scripts/llama_cpp_metadata.py on a folder of GGUF files: each file's metadata with its GGUF types, the
+    tokenizer's arrays as lengths only, and the file's checksum; written whole (no temporary file left)."""
+    import hashlib
+
+    meta_script = _script("llama_cpp_metadata")
+    path = write_gguf(_build("qwen2"), tmp_path / "ggml-vocab-tiny.gguf")
+    out = tmp_path / "out" / "meta.json"
+    assert meta_script.main([str(tmp_path), "--source", "a test", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    entry = data["files"]["ggml-vocab-tiny.gguf"]
+    assert data["source"] == "a test" and entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert entry["metadata"]["qwen2.block_count"] == ["UINT32", 2]
+    assert entry["metadata"]["general.architecture"] == ["STRING", "qwen2"]
+    assert entry["tokenizer_array_lengths"]["tokenizer.ggml.tokens"] == V
+    assert [p.name for p in out.parent.iterdir()] == ["meta.json"]
+    rebuilt = _write_metadata_only(entry, tmp_path / "rebuilt.gguf")  # the test's writer reads it back
+    assert loading.gguf_config(str(rebuilt))[0].num_hidden_layers == 2
