@@ -349,17 +349,17 @@ def _longrope(arch: str, meta: dict[str, Any], rope: dict[str, Any], context: in
 
 
 def _gguf_metadata(path: str) -> tuple[dict[str, Any], Any]:
-    """A GGUF file's metadata by key (scalars as values, arrays as lists; the tokenizer's long arrays
-    left out), through transformers' own field reader; and its ``rope_freqs.weight`` (llama.cpp's RoPE
+    """A GGUF file's metadata by key (scalars as values, arrays as lists; the tokenizer's arrays left out,
+    its scalars kept), through transformers' own field reader; and its ``rope_freqs.weight`` (llama.cpp's RoPE
     frequency factors, float32) or None."""
     import numpy as np
-    from gguf import GGUFReader
+    from gguf import GGUFReader, GGUFValueType
     from transformers.modeling_gguf_pytorch_utils import read_field
 
     reader = GGUFReader(path)
     meta: dict[str, Any] = {}
-    for name in reader.fields:
-        if name.startswith("tokenizer."):
+    for name, gguf_field in reader.fields.items():
+        if name.startswith("tokenizer.") and gguf_field.types and gguf_field.types[0] == GGUFValueType.ARRAY:
             continue
         value = read_field(reader, name)
         meta[name] = value[0] if len(value) == 1 else value
@@ -463,17 +463,37 @@ def gguf_config(path: str, context: int | None = None) -> tuple[Any, dict[str, A
     return config, fields, meta, rope_freqs
 
 
-def gguf_tokenizer(path: str) -> Any:
-    """The tokenizer transformers rebuilds from a GGUF file's vocabulary (the one ``load_model`` gives a GGUF
-    model). Not always the model's own: on llama.cpp's tokenizer tests some files' texts come out otherwise
-    (docs/hook-contract.md, "Real metadata"; ``scripts/gguf_tokenizer_check.py``)."""
+def gguf_tokenizer(path: str, meta: dict[str, Any] | None = None) -> tuple[Any, str | None]:
+    """The tokenizer a GGUF model loads with: transformers' rebuild of the file's vocabulary, with a
+    SentencePiece vocabulary's space prefix as llama.cpp adds it (``tokenizer.ggml.model`` "llama"): before every
+    text, one that starts with a space too, unless ``tokenizer.ggml.add_space_prefix`` is false. transformers
+    picks that by architecture (Phi-3's as llama.cpp; a LLaMA file's not before a leading space, where LLaMA's
+    own tokenizer and llama.cpp put one). Returns the tokenizer and a note of that change, or None where
+    nothing changed. Other vocabularies stay as transformers builds them, not always the model's own
+    (docs/hook-contract.md, "The tokenizer a GGUF model loads with"; ``scripts/gguf_tokenizer_check.py``).
+    ``meta``: the file's metadata (``_gguf_metadata``), read here where not given."""
     from transformers import AutoTokenizer
 
+    meta = _gguf_metadata(path)[0] if meta is None else meta
     folder, name = os.path.split(os.path.abspath(path))
     try:
-        return AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
     except Exception as e:
-        raise _not_built(path, str(_gguf_metadata(path)[0].get("general.architecture")), e) from e
+        raise _not_built(path, str(meta.get("general.architecture")), e) from e
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if meta.get("tokenizer.ggml.model") != "llama" or backend is None:
+        return tokenizer, None
+    from tokenizers import normalizers
+
+    prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))  # llama.cpp's default for SentencePiece
+    # llama.cpp: " " + text where the prefix is on (and after each special token), then every space as U+2581
+    steps = [normalizers.Prepend(prepend="\u2581")] if prefix else []
+    want = normalizers.Sequence([*steps, normalizers.Replace(pattern=" ", content="\u2581")])
+    if backend.pre_tokenizer is None and repr(backend.normalizer) == repr(want):
+        return tokenizer, None
+    backend.normalizer, backend.pre_tokenizer = want, None
+    return tokenizer, ("SentencePiece spaces as llama.cpp writes them: "
+                       + ("a space prefix before every text" if prefix else "no space prefix"))
 
 
 def _load_gguf(path: str, dtype: torch.dtype, context: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
@@ -482,11 +502,13 @@ def _load_gguf(path: str, dtype: torch.dtype, context: int | None = None) -> tup
     folder, name = os.path.split(os.path.abspath(path))
     config, fields, meta, rope_freqs = gguf_config(path, context)
     arch = str(meta.get("general.architecture"))
-    tokenizer = gguf_tokenizer(path)
+    tokenizer, tokenizer_note = gguf_tokenizer(path, meta)
     hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
                                                     attn_implementation="eager", dtype=dtype, local_files_only=True)
     _strip_quantization_marker(hf_model)
     info: dict[str, Any] = {"gguf_fields_as_llama_cpp": fields} if fields else {}
+    if tokenizer_note is not None:
+        info["gguf_tokenizer_as_llama_cpp"] = tokenizer_note
     longrope = (fields.get("rope_parameters") or {}).get("rope_type") == "longrope"
     which = longrope_factors(arch, meta, context) if longrope else None
     if which is not None:  # the one set llama.cpp runs at this context size

@@ -389,26 +389,27 @@ def _real_metadata():
     return json.loads(REAL_METADATA.read_text())["files"]
 
 
-def _write_metadata_only(entry, path):
+def _write_metadata_only(entry, path, tokens=None, scores=None, types=None, skip=()):
     """A GGUF file with a real file's metadata (its keys, values and GGUF types), no tensors and a placeholder
     vocabulary of 8 tokens (the real ones run to 262,144, slow to write and read, and the vocabulary size
-    comes from their count, not from the metadata tested here)."""
+    comes from their count, not from the metadata tested here), or the vocabulary given (``tokens``, with
+    ``scores`` and ``types``); the keys in ``skip`` left out."""
     import gguf
 
     meta = entry["metadata"]
     writer = gguf.GGUFWriter(str(path), meta["general.architecture"][1])
     for key, (kind, value) in meta.items():
-        if key == "general.architecture":
+        if key == "general.architecture" or key in skip:
             continue
         if kind.startswith("ARRAY:"):
             writer.add_key_value(key, value, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType[kind[6:]])
         else:
             writer.add_key_value(key, value, gguf.GGUFValueType[kind])
-    n = 8
-    writer.add_token_list([f"t{i}" for i in range(n)])
-    writer.add_token_types([1] * n)
-    if "tokenizer.ggml.scores" in entry["tokenizer_array_lengths"]:
-        writer.add_token_scores([0.0] * n)
+    tokens = tokens or [f"t{i}" for i in range(8)]
+    writer.add_token_list(tokens)
+    writer.add_token_types(types or [1] * len(tokens))
+    if scores or "tokenizer.ggml.scores" in entry["tokenizer_array_lengths"]:
+        writer.add_token_scores(scores or [0.0] * len(tokens))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.close()
@@ -497,7 +498,7 @@ def test_the_tokenizer_check_compares_ids_with_llama_cpp_s_expected_ones(tmp_pat
     here the second line is altered, so one case of two differs. A folder without tests is refused."""
     check = _script("gguf_tokenizer_check")
     path = write_gguf(_build("llama"), tmp_path / "ggml-vocab-tiny.gguf")
-    tok = loading.gguf_tokenizer(str(path))
+    tok, _ = loading.gguf_tokenizer(str(path))
     texts = ["t1 t2", "t0 t1"]
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     assert all(ids)
@@ -531,3 +532,56 @@ def test_the_metadata_script_writes_what_the_real_metadata_test_reads(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["meta.json"]
     rebuilt = _write_metadata_only(entry, tmp_path / "rebuilt.gguf")  # the test's writer reads it back
     assert loading.gguf_config(str(rebuilt))[0].num_hidden_layers == 2
+
+
+# a SentencePiece vocabulary small enough to read: control tokens, U+2581 (the space), letters and their merges
+SPM_TOKENS = ["<unk>", "<s>", "</s>", "\u2581", "H", "e", "l", "o", "He", "ll", "Hell", "Hello", "\u2581Hello",
+              "\u2581\u2581"]
+
+
+@pytest.mark.parametrize("prefix", [None, True, False])
+def test_a_sentencepiece_vocabulary_gets_its_space_prefix_as_llama_cpp_adds_it(prefix, tmp_path):
+    """A LLaMA file's SentencePiece vocabulary (the real llama-spm file's metadata, a tiny vocabulary): llama.cpp
+    puts a space before every text, one that starts with a space too, unless the file's add_space_prefix is
+    false; transformers' rebuild left it out before a leading space, so " Hello" and "Hello" came out as the same
+    ids (15 of the llama-spm file's 47 tokenizer tests differed from its own tokenizer; none since). The load
+    records the change."""
+    entry = _real_metadata()["ggml-vocab-llama-spm.gguf"]
+    meta = {} if prefix is None else {"tokenizer.ggml.add_space_prefix": ["BOOL", prefix]}
+    entry = {**entry, "metadata": {**entry["metadata"], **meta}}
+    n = len(SPM_TOKENS)
+    path = _write_metadata_only(entry, tmp_path / "spm.gguf", tokens=SPM_TOKENS,
+                                scores=[0.0, 0.0, 0.0, *[-float(n - i) for i in range(3, n)]],
+                                types=[2, 3, 3, *[1] * (n - 3)])
+    tok, note = loading.gguf_tokenizer(str(path))
+    normalize = tok.backend_tokenizer.normalizer.normalize_str
+    if prefix is False:
+        assert normalize(" Hello") == "\u2581Hello" and normalize("Hello") == "Hello"
+        assert note == "SentencePiece spaces as llama.cpp writes them: no space prefix"
+    else:
+        assert normalize(" Hello") == "\u2581\u2581Hello" and normalize("Hello") == "\u2581Hello"
+        assert note == "SentencePiece spaces as llama.cpp writes them: a space prefix before every text"
+        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in (" Hello", "Hello")]
+        assert ids[1] == [SPM_TOKENS.index("\u2581Hello")] and ids[0] != ids[1]
+    assert tok.backend_tokenizer.pre_tokenizer is None
+    # transformers' own rebuild: no prefix before a leading space, so both texts are one token
+    from transformers import AutoTokenizer
+
+    plain = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="spm.gguf", local_files_only=True)
+    if prefix is not False:
+        assert plain(" Hello", add_special_tokens=False)["input_ids"] == plain("Hello", add_special_tokens=False)["input_ids"]
+
+
+def test_a_tokenizer_already_as_llama_cpp_writes_it_is_left_alone(tmp_path):
+    """Phi-3's SentencePiece rebuild already puts the prefix llama.cpp puts (transformers picks it for the
+    architecture): nothing changes, nothing is noted; a byte-level vocabulary is never touched."""
+    entry = _real_metadata()["ggml-vocab-phi-3.gguf"]
+    n = len(SPM_TOKENS)
+    path = _write_metadata_only(entry, tmp_path / "phi3.gguf", tokens=SPM_TOKENS,
+                                scores=[0.0, 0.0, 0.0, *[-float(n - i) for i in range(3, n)]],
+                                types=[2, 3, 3, *[1] * (n - 3)],
+                                skip=("tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id"))  # 32000
+    tok, note = loading.gguf_tokenizer(str(path))
+    assert note is None and tok.backend_tokenizer.normalizer.normalize_str(" Hello") == "\u2581\u2581Hello"
+    gpt2 = write_gguf(_build("gpt2"), tmp_path / "gpt2.gguf")
+    assert loading.gguf_tokenizer(str(gpt2))[1] is None
