@@ -468,9 +468,11 @@ def gguf_tokenizer(path: str, meta: dict[str, Any] | None = None) -> tuple[Any, 
     SentencePiece vocabulary's space prefix as llama.cpp adds it (``tokenizer.ggml.model`` "llama"): before every
     text, one that starts with a space too, unless ``tokenizer.ggml.add_space_prefix`` is false. transformers
     picks that by architecture (Phi-3's as llama.cpp; a LLaMA file's not before a leading space, where LLaMA's
-    own tokenizer and llama.cpp put one). Returns the tokenizer and a note of that change, or None where
-    nothing changed. Other vocabularies stay as transformers builds them, not always the model's own
-    (docs/hook-contract.md, "The tokenizer a GGUF model loads with"; ``scripts/gguf_tokenizer_check.py``).
+    own tokenizer and llama.cpp put one). A byte-level vocabulary gets llama.cpp's pre-tokenizer splits and
+    ``ignore_merges`` for its ``tokenizer.ggml.pre`` where transformers has none of its own
+    (``llama_cpp_tokenize.as_llama_cpp``: Falcon, StarCoder, SmolLM, DeepSeek, LLaMA 3, ...). Returns the tokenizer
+    and a note of what changed, or None (docs/hook-contract.md, "The tokenizer a GGUF model loads with";
+    ``scripts/gguf_tokenizer_check.py``).
     ``meta``: the file's metadata (``_gguf_metadata``), read here where not given."""
     from transformers import AutoTokenizer
 
@@ -480,9 +482,12 @@ def gguf_tokenizer(path: str, meta: dict[str, Any] | None = None) -> tuple[Any, 
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
     except Exception as e:
         raise _not_built(path, str(meta.get("general.architecture")), e) from e
+    from sinkinterp.llama_cpp_tokenize import as_llama_cpp
+
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if meta.get("tokenizer.ggml.model") != "llama" or backend is None:
-        return tokenizer, None
+        done = as_llama_cpp(tokenizer, meta)  # a byte-level vocabulary: llama.cpp's splits, where transformers has none
+        return tokenizer, "; ".join(done) or None
     from tokenizers import normalizers
 
     prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))  # llama.cpp's default for SentencePiece

