@@ -222,6 +222,12 @@ RECIPES: dict[str, list[str]] = {
     "c_ft_bos_6k": [BOS, 'init_from="sinkinterp/assets/models/toy-softmax"'],
     "c_ft_zerofromzerobos_6k": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
                                 "model.sink_logit_fixed=0.0"],
+    # the reverse phase and its control over 12,000 steps (twice the config's; warm-up, cosine over 12,000): over
+    # 2,000 steps the lowered slot keeps about half its control's share, over 6,000 a third; does it fall to none?
+    "c_ft_m1fromzerobos_12k": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
+                               "model.sink_logit_fixed=-1.0", "steps=12000"],
+    "c_ft_zerofromzerobos_12k": [BOS, 'init_from="runs/cpu/c_zerologitbos"', 'model.attn_bias="sink_logit"',
+                                 "model.sink_logit_fixed=0.0", "steps=12000"],
     # the forward phase from a second source model: c_bos_s1 (the baseline's second seed, its sink on BOS; needs
     # runs/cpu/c_bos_s1, `--train c_bos_s1` first, about 40 minutes of one core)
     "c_ft_zerologitbos_src1": [BOS, 'init_from="runs/cpu/c_bos_s1"', 'model.attn_bias="sink_logit"',
@@ -1042,6 +1048,10 @@ PAPER_ROWS = [
      "not in the paper; does the lowered slot give back the half it keeps?"),
     ("6,000 more steps from c_zerologitbos, the slot left at 0: the control, BOS first", ["c_ft_zerofromzerobos_6k"],
      "not in the paper; how much does the slot keep with nothing changed?"),
+    ("c_zerologitbos's slot lowered to -1 for 12,000 steps (above: 2,000 and 6,000), BOS first",
+     ["c_ft_m1fromzerobos_12k"], "not in the paper; does the lowered slot's share fall to none?"),
+    ("12,000 more steps from c_zerologitbos, the slot left at 0: the control, BOS first", ["c_ft_zerofromzerobos_12k"],
+     "not in the paper; how much does the slot keep over 12,000 steps with nothing changed?"),
     ("2,000 more steps from c_bos_s1 (a second source; its sink on BOS) with a slot held at 0 added, BOS first",
      ["c_ft_zerologitbos_src1"], "not in the paper; the forward phase from another model"),
     ("2,000 more steps from c_zerologitbos_s1 (a second source; its slot has the sink) with the slot held at -1, BOS first",
