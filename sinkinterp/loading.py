@@ -494,7 +494,13 @@ def gguf_tokenizer(path: str, meta: dict[str, Any] | None = None) -> tuple[Any, 
     # llama.cpp: " " + text where the prefix is on (and after each special token), then every space as U+2581
     steps = [normalizers.Prepend(prepend="\u2581")] if prefix else []
     want = normalizers.Sequence([*steps, normalizers.Replace(pattern=" ", content="\u2581")])
-    if backend.pre_tokenizer is None and repr(backend.normalizer) == repr(want):
+
+    def pieces(normalizer: Any, pre_tokenizer: Any, text: str) -> list[str]:
+        text = normalizer.normalize_str(text) if normalizer is not None else text
+        return [p for p, _ in pre_tokenizer.pre_tokenize_str(text)] if pre_tokenizer is not None else [text]
+
+    probes = (" Hello", "Hello", "a  b ", "\tx\n  y")  # a rebuild that already cuts these so is left as it is
+    if all(pieces(backend.normalizer, backend.pre_tokenizer, t) == pieces(want, None, t) for t in probes):
         return tokenizer, None
     backend.normalizer, backend.pre_tokenizer = want, None
     return tokenizer, ("SentencePiece spaces as llama.cpp writes them: "

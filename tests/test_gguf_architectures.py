@@ -636,3 +636,28 @@ def test_byte_level_vocabularies_split_as_llama_cpp_splits_them(tmp_path, monkey
         lm = load_model(str(path))
     assert lm.info["gguf_tokenizer_as_llama_cpp"] == "llama.cpp's 'starcoder' pre-tokenizer splits"
     assert _pieces(lm.tokenizer, "In 2024") == ["In", "Ġ", "2", "0", "2", "4"]
+
+
+def test_a_sentencepiece_rebuild_that_already_cuts_as_llama_cpp_is_left_alone(monkeypatch):
+    """Gemma's rebuild (spaces to U+2581, no prefix; its files say add_space_prefix false) already cuts text as
+    llama.cpp does, with a normalizer and a pre-tokenizer of its own: nothing is changed or noted. The same
+    tokenizer read with the prefix on is changed."""
+    import transformers
+    from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
+
+    def gemma():
+        return GemmaTokenizer(vocab={"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "\u2581": 4, "a": 5, "\u2581a": 6},
+                              merges=[("\u2581", "a")])
+
+    def rebuilt_as(tok):  # the tokenizer transformers' GGUF rebuild would return
+        monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *args, **kwargs: tok)
+        return tok
+
+    tok = rebuilt_as(gemma())
+    before = (repr(tok.backend_tokenizer.normalizer), repr(tok.backend_tokenizer.pre_tokenizer))
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.add_space_prefix": False}
+    assert loading.gguf_tokenizer("unused.gguf", meta) == (tok, None)
+    assert (repr(tok.backend_tokenizer.normalizer), repr(tok.backend_tokenizer.pre_tokenizer)) == before
+    rebuilt_as(gemma())
+    _, note = loading.gguf_tokenizer("unused.gguf", {**meta, "tokenizer.ggml.add_space_prefix": True})
+    assert note == "SentencePiece spaces as llama.cpp writes them: a space prefix before every text"
