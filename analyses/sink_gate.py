@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         "sample (seed 0), which is out of their domain; SmolLM2 on the English sample and, as a second domain, on the",
         "held-out Debian windows decoded to text (`analyses/data/sink_gate/debian_val_text.txt`, cut into its own",
         "windows of 64 tokens; its snapshots were made before 2026-12-07, when the GGUF load began to split",
-        "SmolLM2's vocabulary as llama.cpp and its own tokenizer do: two lines of that text are now cut otherwise, and",
+        "SmolLM2's vocabulary as llama.cpp does: two lines of that text are now cut otherwise, and",
         "a rerun would cut its windows from token 493 on otherwise: docs/hook-contract.md). CPU, float32 (the GPU models'",
         "bfloat16 weights cast to float32). Per-head effects for the toy models on their held-out windows.",
         "",

@@ -7,6 +7,10 @@ the first that differs. Where to get the folder: scripts/llama_cpp_metadata.py (
 files too: ``--wildcards '*/models/ggml-vocab-*'``).
 
     python scripts/gguf_tokenizer_check.py /tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp/models
+
+``--texts FILE ... --gguf PATH`` instead: what the load's tokenizer changes on your texts, against transformers'
+rebuild alone (tokens per file, whether the ids are equal, the first token that differs, the lines cut
+otherwise), e.g. on SmolLM2's (``sinkinterp.loading.smollm2_gguf_path()``).
 """
 
 from __future__ import annotations
@@ -40,10 +44,50 @@ def check(path: Path) -> dict:
             "differ": differ}
 
 
+def compare_texts(gguf: Path, files: list[Path]) -> list[dict]:
+    """Per text file: tokens with transformers' rebuild alone and with the load's tokenizer, equal ids or not, the
+    first differing token and the lines (0-based) whose ids differ."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    from sinkinterp.loading import gguf_tokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder, name = os.path.split(os.path.abspath(gguf))
+        plain = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        tok, note = gguf_tokenizer(str(gguf))
+    out = []
+    for f in files:
+        text = Path(f).read_text(encoding="utf-8")
+        a, b = (t(text, add_special_tokens=False)["input_ids"] for t in (plain, tok))
+        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+        lines = [i for i, line in enumerate(text.split("\n"))
+                 if plain(line, add_special_tokens=False)["input_ids"] != tok(line, add_special_tokens=False)["input_ids"]]
+        out.append({"file": str(f), "tokens_transformers": len(a), "tokens_load": len(b), "equal": a == b,
+                    "first_difference": first, "lines_differing": lines, "note": note})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("folder", type=Path, help="llama.cpp's models/ folder (ggml-vocab-*.gguf with .inp / .out)")
+    ap.add_argument("folder", type=Path, nargs="?", help="llama.cpp's models/ folder (ggml-vocab-*.gguf with .inp / .out)")
+    ap.add_argument("--gguf", type=Path, help="with --texts: the GGUF file whose tokenizer to compare")
+    ap.add_argument("--texts", type=Path, nargs="+", help="text files to tokenize both ways (needs --gguf)")
     args = ap.parse_args(argv)
+    if (args.gguf is None) != (args.texts is None) or (args.folder is None) == (args.gguf is None):
+        ap.error("give a llama.cpp models/ folder, or --gguf PATH with --texts FILE ...")
+    if args.gguf is not None:
+        rows = compare_texts(args.gguf, args.texts)
+        print(f"load's tokenizer: {rows[0]['note'] or 'as transformers rebuilds it'}")
+        print("| file | tokens (transformers' rebuild) | tokens (the load) | equal ids | first difference | lines differing |")
+        print("| --- | ---: | ---: | --- | ---: | --- |")
+        for r in rows:
+            first = "-" if r["first_difference"] is None else r["first_difference"]
+            print(f"| {r['file']} | {r['tokens_transformers']} | {r['tokens_load']} | {r['equal']} | {first} | "
+                  f"{', '.join(map(str, r['lines_differing'])) or '-'} |")
+        return 0
     paths = sorted(p for p in args.folder.glob("ggml-vocab-*.gguf") if Path(f"{p}.inp").is_file())
     if not paths:
         raise SystemExit(f"folder: no ggml-vocab-*.gguf with a .inp beside it in {args.folder}")

@@ -661,3 +661,20 @@ def test_a_sentencepiece_rebuild_that_already_cuts_as_llama_cpp_is_left_alone(mo
     rebuilt_as(gemma())
     _, note = loading.gguf_tokenizer("unused.gguf", {**meta, "tokenizer.ggml.add_space_prefix": True})
     assert note == "SentencePiece spaces as llama.cpp writes them: a space prefix before every text"
+
+
+def test_the_tokenizer_check_compares_a_gguf_tokenizer_on_texts(tmp_path, capsys):
+    """``--gguf PATH --texts FILE``: tokens with transformers' rebuild alone and with the load's tokenizer, per
+    file (a vocabulary sinkinterp leaves as it is: equal, no difference); the two modes are exclusive."""
+    check = _script("gguf_tokenizer_check")
+    path = write_gguf(_build("gpt2"), tmp_path / "gpt2.gguf")
+    text = tmp_path / "text.txt"
+    text.write_text("t1 t2\nt0 t1", encoding="utf-8")
+    (row,) = check.compare_texts(path, [text])
+    assert row["tokens_transformers"] == row["tokens_load"] == 4 and row["equal"]
+    assert row["first_difference"] is None and row["lines_differing"] == [] and row["note"] is None
+    assert check.main(["--gguf", str(path), "--texts", str(text)]) == 0
+    assert "| 4 | 4 | True | - | - |" in capsys.readouterr().out
+    for bad in ([], ["--gguf", str(path)], [str(tmp_path), "--gguf", str(path), "--texts", str(text)]):
+        with pytest.raises(SystemExit):
+            check.main(bad)
