@@ -27,20 +27,11 @@ OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "llama_cpp_voc
 
 
 def _value(field):
-    """A field's value as JSON (scalars, strings, lists) and its GGUF type name (arrays: ARRAY:ITEMTYPE)."""
+    """A field's value as JSON (``ReaderField.contents``) and its GGUF type name (arrays: ARRAY:ITEMTYPE)."""
     from gguf import GGUFValueType
 
-    kind = GGUFValueType(field.types[0])
-    if kind == GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8"), "STRING"
-    if kind == GGUFValueType.ARRAY:
-        item = GGUFValueType(field.types[1])
-        if item == GGUFValueType.STRING:
-            vals = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-        else:
-            vals = [field.parts[i].tolist()[0] for i in field.data]
-        return vals, f"ARRAY:{item.name}"
-    return field.parts[field.data[0]].tolist()[0], kind.name
+    kinds = [GGUFValueType(t).name for t in field.types]
+    return field.contents(), kinds[0] if len(kinds) == 1 else f"{kinds[0]}:{kinds[1]}"
 
 
 def extract(folder: Path, source: str) -> dict:
