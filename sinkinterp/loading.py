@@ -375,7 +375,9 @@ def _gguf_metadata(path: str) -> tuple[dict[str, Any], Any]:
 def gguf_not_read(arch: str, meta: dict[str, Any], config: Any = None) -> list[str]:
     """What a GGUF file sets for llama.cpp that neither transformers' reader nor
     ``llama_cpp_config_fields`` / ``apply_rope_freq_factors`` read: the model loads without it, so it may
-    differ from the one llama.cpp runs (``_load_gguf`` warns and records the list). ``meta``: the
+    differ from the one llama.cpp runs (``_load_gguf`` warns and records the list); and a byte-level vocabulary's
+    ``tokenizer.ggml.pre`` whose split the tokenizer cannot make as llama.cpp does
+    (``llama_cpp_tokenize.not_as_llama_cpp``). ``meta``: the
     file's metadata, with ``_rope_tensors`` the names of its ``rope_*`` tensors; ``config``: the config the
     model is built from (with what ``llama_cpp_config_fields`` read), where given: a rotated size
     (``ARCH.rope.dimension_count``) short of the head size on a model that rotates all of each head."""
@@ -409,6 +411,11 @@ def gguf_not_read(arch: str, meta: dict[str, Any], config: Any = None) -> list[s
             out.append("YaRN without an original context length")
         if arch == "gemma3":  # its RoPE settings are per layer type: llama_cpp_config_fields sets YaRN on neither
             out.append("YaRN on Gemma 3's per-layer-type RoPE")
+    from sinkinterp.llama_cpp_tokenize import not_as_llama_cpp
+
+    split = not_as_llama_cpp(meta)  # a byte-level vocabulary whose split llama.cpp makes otherwise than the load
+    if split is not None:
+        out.append(split)
     return out
 
 

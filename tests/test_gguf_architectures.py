@@ -596,7 +596,8 @@ def test_byte_level_vocabularies_split_as_llama_cpp_splits_them(tmp_path, monkey
     gets llama.cpp's: StarCoder / SmolLM each digit alone, Falcon punctuation runs then digits in threes; and
     LLaMA 3's (a split transformers has) llama.cpp's ignore_merges. On llama.cpp's tokenizer tests these
     vocabularies then equal their own tokenizers (docs/hook-contract.md). The load records it; a tokenizer with a
-    split of transformers' own, an unknown name and a SentencePiece vocabulary are left alone."""
+    split of transformers' own, a name split as GPT-2's, a file without the name and a SentencePiece vocabulary are
+    left alone; a name whose split is not emulated is warned of (tests/test_llama_cpp_tokenize.py: every name)."""
     from sinkinterp.llama_cpp_tokenize import as_llama_cpp
 
     path = write_gguf(_build("gpt2"), tmp_path / "gpt2.gguf")
@@ -615,9 +616,12 @@ def test_byte_level_vocabularies_split_as_llama_cpp_splits_them(tmp_path, monkey
     assert _pieces(tok, "x 3333333 ...!") == ["x", "Ġ", "333", "333", "3", "Ġ", "...!"]
     tok = fresh()
     assert not tok.backend_tokenizer.model.ignore_merges
+    # this rebuild has GPT-2's split (its file names no pre), so it takes LLaMA 3's split too; a rebuild with a
+    # split of transformers' own (a real llama-bpe file's) keeps it (below) and gets only ignore_merges
     assert as_llama_cpp(tok, {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe"}) == [
-        "a piece that is a token taken whole (ignore_merges)"]
+        "llama.cpp's 'llama-bpe' pre-tokenizer splits", "a piece that is a token taken whole (ignore_merges)"]
     assert tok.backend_tokenizer.model.ignore_merges
+    assert _pieces(tok, "In 20245") == ["In", "Ġ", "202", "45"]
     for meta in ({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2"}, {"tokenizer.ggml.model": "gpt2"},
                  {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "smollm"}):
         tok = fresh()
@@ -636,6 +640,13 @@ def test_byte_level_vocabularies_split_as_llama_cpp_splits_them(tmp_path, monkey
         lm = load_model(str(path))
     assert lm.info["gguf_tokenizer_as_llama_cpp"] == "llama.cpp's 'starcoder' pre-tokenizer splits"
     assert _pieces(lm.tokenizer, "In 2024") == ["In", "Ġ", "2", "0", "2", "4"]
+    # a name llama.cpp splits in a way not emulated: the load keeps GPT-2's split, warns and records it
+    monkeypatch.setattr(loading, "_gguf_metadata",
+                        lambda p: ({**real(p)[0], "tokenizer.ggml.pre": "superbpe"}, real(p)[1]))
+    with pytest.warns(UserWarning, match="tokenizer.ggml.pre 'superbpe' .llama.cpp splits text for it in a way not"):
+        lm = load_model(str(path))
+    assert "gguf_tokenizer_as_llama_cpp" not in lm.info and len(lm.info["gguf_not_read"]) == 1
+    assert _pieces(lm.tokenizer, "In 2024") == _pieces(gpt2, "In 2024")
 
 
 def test_a_sentencepiece_rebuild_that_already_cuts_as_llama_cpp_is_left_alone(monkeypatch):
