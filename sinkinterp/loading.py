@@ -177,6 +177,11 @@ def _load_hf_folder(path: str, dtype: torch.dtype) -> tuple[Any, Any | None]:
 _LLAMA_CPP_GEMMA2_CAPS = {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
 # llama.cpp takes a Gemma 2 of 46 layers, a Gemma 3 of 62, for the 27B, and scales its queries by d_model / heads
 _LLAMA_CPP_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+# the architectures whose YaRN keys llama.cpp reads (the llama.cpp llama-cpp-python 0.3.36 vendors: src/models/*.cpp);
+# for every other architecture it ignores them and runs its defaults (beta fast 32, slow 1, ext factor 1 under YaRN)
+_LLAMA_CPP_YARN_BETAS = frozenset({"grok", "mistral3"})
+_LLAMA_CPP_YARN_EXT_ATTN = frozenset({"grok"})
+_LLAMA_CPP_YARN_LOG_MUL = frozenset({"deepseek2", "deepseek32", "mistral3", "mistral4"})  # Mistral 4: DeepSeek 2's
 
 
 def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any, context: int | None = None
@@ -208,7 +213,8 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any, contex
       global layers, as llama.cpp applies it (the 4B, 12B, 27B releases: factor 8); YaRN (type yarn,
       ``.factor``, ``.original_context_length``, else the file's context length; Qwen's long-context
       setting; ``.attn_factor`` multiplies its attention scale 1 + 0.1 ln factor, as llama.cpp does; beta
-      fast / slow where the file has them) with llama.cpp's defaults for the rest, which are transformers' too;
+      fast / slow where the file has them and llama.cpp reads them, for Grok and Mistral 3 only) with llama.cpp's
+      defaults for the rest, which are transformers' too;
     - the RoPE base from ``ARCH.rope.freq_base`` where transformers keeps another (it has no key for it in
       StableLM and StarCoder2 files; llama.cpp reads it for every architecture);
     - Falcon: ``layer_norm_epsilon`` from ``falcon.attention.layer_norm_epsilon`` (transformers' default,
@@ -287,7 +293,7 @@ def llama_cpp_config_fields(arch: str, meta: dict[str, Any], config: Any, contex
             yarn_scale = 1.0 + 0.1 * math.log(float(factor)) if float(factor) > 1 else 1.0
             new_rope["attention_factor"] = float(key("rope.scaling.attn_factor")) * yarn_scale
         for beta in ("beta_fast", "beta_slow"):
-            if key(f"rope.scaling.yarn_{beta}") is not None:
+            if arch in _LLAMA_CPP_YARN_BETAS and key(f"rope.scaling.yarn_{beta}") is not None:
                 new_rope[beta] = float(key(f"rope.scaling.yarn_{beta}"))
     if "partial_rotary_factor" in rope and key("rope.dimension_count") is not None:
         head_dim = fields.get("head_dim") or getattr(config, "head_dim", None) or per_head
@@ -400,11 +406,11 @@ def gguf_not_read(arch: str, meta: dict[str, Any], config: Any = None) -> list[s
     if (arch not in ("gpt-oss", "gpt_oss") and scaling not in (None, "none", "linear", "yarn")
             and not (read_longrope and scaling in ("longrope", "su"))):
         out.append(f"RoPE scaling type {scaling!r}")
-    if scaling == "yarn":
-        if meta.get(f"{arch}.rope.scaling.yarn_log_multiplier") is not None:
+    if scaling == "yarn":  # the YaRN keys llama.cpp reads for this architecture (it ignores them for the others)
+        if arch in _LLAMA_CPP_YARN_LOG_MUL and meta.get(f"{arch}.rope.scaling.yarn_log_multiplier") is not None:
             out.append("YaRN's log multiplier (DeepSeek's attention scale)")
         for name in ("yarn_ext_factor", "yarn_attn_factor"):
-            if meta.get(f"{arch}.rope.scaling.{name}") is not None:
+            if arch in _LLAMA_CPP_YARN_EXT_ATTN and meta.get(f"{arch}.rope.scaling.{name}") is not None:
                 out.append(f"YaRN's {name.removeprefix('yarn_')} ({arch}.rope.scaling.{name})")
         if (meta.get(f"{arch}.rope.scaling.original_context_length") is None
                 and meta.get(f"{arch}.context_length") is None):

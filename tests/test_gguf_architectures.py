@@ -234,7 +234,8 @@ def test_rope_and_window_keys_read_as_llama_cpp_reads_them():
     """The keys llama.cpp reads beyond the released files' usual ones: a linear factor without a scaling type
     (llama.cpp's default type) or under the older ``rope.scale_linear`` (a factor of 1 changes nothing);
     YaRN's original context from the context length where the file has none, its attention factor
-    multiplying 1 + 0.1 ln factor, its beta fast / slow; LongRoPE's attention factor 1.0 where the file
+    multiplying 1 + 0.1 ln factor, its beta fast / slow where llama.cpp reads them (Grok's and Mistral 3's files;
+    it ignores them in a Qwen 2 file); LongRoPE's attention factor 1.0 where the file
     has none and the one factor set for the context size; Gemma 3's final soft cap, its sliding layers'
     RoPE base; and which Gemma layers window (every n-th global, or a flag per layer; as transformers
     reads them already: nothing)."""
@@ -243,12 +244,14 @@ def test_rope_and_window_keys_read_as_llama_cpp_reads_them():
         assert llama_cpp_config_fields("llama", meta, _config(64, 4, rope_parameters=rope)) == {
             "rope_parameters": {"rope_theta": 1e4, "rope_type": "linear", "factor": 4.0}}
     assert llama_cpp_config_fields("llama", {"llama.rope.scale_linear": 1.0}, _config(64, 4, rope_parameters=rope)) == {}
-    meta = {"qwen2.rope.scaling.type": "yarn", "qwen2.rope.scaling.factor": 4.0, "qwen2.context_length": 32768,
-            "qwen2.rope.scaling.attn_factor": 0.5, "qwen2.rope.scaling.yarn_beta_fast": 16.0}
-    assert llama_cpp_config_fields("qwen2", meta, _config(64, 4, rope_parameters=rope)) == {
-        "rope_parameters": {"rope_theta": 1e4, "rope_type": "yarn", "factor": 4.0,
-                            "original_max_position_embeddings": 32768,
-                            "attention_factor": pytest.approx(0.5 * (1 + 0.1 * np.log(4.0))), "beta_fast": 16.0}}
+    for arch, betas in (("qwen2", {}), ("mistral3", {"beta_fast": 16.0, "beta_slow": 2.0})):
+        meta = {f"{arch}.rope.scaling.type": "yarn", f"{arch}.rope.scaling.factor": 4.0,
+                f"{arch}.context_length": 32768, f"{arch}.rope.scaling.attn_factor": 0.5,
+                f"{arch}.rope.scaling.yarn_beta_fast": 16.0, f"{arch}.rope.scaling.yarn_beta_slow": 2.0}
+        assert llama_cpp_config_fields(arch, meta, _config(64, 4, rope_parameters=rope)) == {
+            "rope_parameters": {"rope_theta": 1e4, "rope_type": "yarn", "factor": 4.0,
+                                "original_max_position_embeddings": 32768,
+                                "attention_factor": pytest.approx(0.5 * (1 + 0.1 * np.log(4.0))), **betas}}, arch
     meta = {"_rope_factors_long.weight": [2.0], "_rope_factors_short.weight": [1.0], "phi3.context_length": 128,
             "phi3.rope.scaling.original_context_length": 64}
     fields = llama_cpp_config_fields("phi3", meta, _config(64, 4, rope_parameters=rope))
@@ -338,9 +341,15 @@ def test_what_no_reader_reads_is_named():
     meta = {"deepseek2.rope.scaling.type": "yarn", "deepseek2.rope.scaling.yarn_log_multiplier": 0.1,
             "deepseek2.context_length": 4096}
     assert gguf_not_read("deepseek2", meta) == ["YaRN's log multiplier (DeepSeek's attention scale)"]
-    meta = {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.yarn_ext_factor": 0.5}
-    assert gguf_not_read("llama", meta) == ["YaRN's ext_factor (llama.rope.scaling.yarn_ext_factor)",
-                                            "YaRN without an original context length"]
+    meta = {"grok.rope.scaling.type": "yarn", "grok.rope.scaling.yarn_ext_factor": 0.5}
+    assert gguf_not_read("grok", meta) == ["YaRN's ext_factor (grok.rope.scaling.yarn_ext_factor)",
+                                           "YaRN without an original context length"]
+    # llama.cpp reads the log multiplier for DeepSeek 2 / 3.2 and Mistral 3, the ext / attn factors for Grok only:
+    # in a LLaMA file they change nothing it runs
+    assert gguf_not_read("llama", {"llama.rope.scaling.type": "yarn", "llama.context_length": 64,
+                                   "llama.rope.scaling.yarn_log_multiplier": 0.1,
+                                   "llama.rope.scaling.yarn_ext_factor": 0.5,
+                                   "llama.rope.scaling.yarn_attn_factor": 0.5}) == []
     meta = {"gemma3.rope.scaling.type": "yarn", "gemma3.context_length": 64}
     assert gguf_not_read("gemma3", meta) == ["YaRN on Gemma 3's per-layer-type RoPE"]
     # a rotated size short of the head size: named where the model rotates all of each head (Qwen 2 here), not
