@@ -344,7 +344,7 @@ def test_what_no_reader_reads_is_named():
     meta = {"grok.rope.scaling.type": "yarn", "grok.rope.scaling.yarn_ext_factor": 0.5}
     assert gguf_not_read("grok", meta) == ["YaRN's ext_factor (grok.rope.scaling.yarn_ext_factor)",
                                            "YaRN without an original context length"]
-    # llama.cpp reads the log multiplier for DeepSeek 2 / 3.2 and Mistral 3, the ext / attn factors for Grok only:
+    # llama.cpp reads the log multiplier for DeepSeek 2 / 3.2 and Mistral 3 / 4, the ext / attn factors for Grok only:
     # in a LLaMA file they change nothing it runs
     assert gguf_not_read("llama", {"llama.rope.scaling.type": "yarn", "llama.context_length": 64,
                                    "llama.rope.scaling.yarn_log_multiplier": 0.1,
