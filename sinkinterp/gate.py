@@ -718,8 +718,9 @@ def _digest(out: Any) -> Tensor | None:
 
 TURN_TOLERANCE = 1e-6  # the second pass's logits (summed over the vocabulary) against the first's, relative
 #: the same with ln1's scale held (``turn_sources``): a bridge then rebuilds its norms' outputs from the held
-#: scale instead of running Hugging Face's own norm, which rounds differently in float32 (1.5e-6 on SmolLM2)
-HELD_TOLERANCE = 1e-5
+#: scale instead of running Hugging Face's own norm, which rounds differently in float32 (1.5e-6 on SmolLM2's
+#: English windows, 1.1e-5 on its Debian-text windows, which hold texts with a second massive token)
+HELD_TOLERANCE = 1e-4
 
 
 def _first_key_mean(model: Any, tokens: Tensor, L: int, batch_size: int, device: Any) -> dict[int, Tensor]:
@@ -843,8 +844,9 @@ def _turn_batch(model: Any, batch: Tensor, turn: dict[str, Any], digest: Tensor 
         again = _digest(model(batch))
     worst = float((again - digest).abs().max() / digest.abs().max().clamp_min(1.0))
     if worst > (HELD_TOLERANCE if sourced else TURN_TOLERANCE) or rows:
-        return (f"the second pass did not reproduce the first (logits off by {worst:.2g}, relative): the model "
-                "does not use what hook_attn_scores returns")
+        return (f"the second pass did not reproduce the first (logits off by {worst:.2g}, relative, over "
+                f"{HELD_TOLERANCE if sourced else TURN_TOLERANCE:.0e}): the model does not use what its hooks "
+                "return, or rounds otherwise with them")
     return None
 
 
