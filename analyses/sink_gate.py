@@ -28,7 +28,8 @@ from them where a model is missing here (the GPU models and the retrained toy mo
 Writes docs/sink-gate.md, docs/figures/sink-gate.png and docs/figures/sink-gate-turn-sources.png. About 15 minutes on a 2-core CPU with every model
 present, and about 40 more for SmolLM2's per-head effects of the four edits (about 10 minutes each with
 nothing else running) and about 50 for those of the four edits on its Debian text (``PER_HEAD_ALSO``; 51 minutes
-on 2026-12-05, tests running beside it for the first 10) and those of the fixed, token and donor edits on its
+on 2026-12-05, tests running beside it for the first 10; 95 minutes alone on the 2-core AVX2-only machine on
+2026-12-07) and those of the fixed, token and donor edits on its
 second English set (57 minutes on 2026-12-05, with two other analyses and tests beside it for most of them);
 ``--only NAME ...`` runs those models alone and takes the others from their
 snapshots (to add a model without rerunning the rest), ``--snapshots`` runs none (the page alone).
@@ -505,10 +506,10 @@ def main(argv: list[str] | None = None) -> int:
         "for the models trained that way, `debian_val64_bos.npy`) and, as on the other pages, on the shipped English",
         "sample (seed 0), which is out of their domain; SmolLM2 on the English sample and, as a second domain, on the",
         "held-out Debian windows decoded to text (`analyses/data/sink_gate/debian_val_text.txt`, cut into its own",
-        "windows of 64 tokens; its snapshots were made before 2026-12-07, when the GGUF load began to split",
-        "SmolLM2's vocabulary as llama.cpp does: two lines of that text are now cut otherwise, and",
-        "a rerun would cut its windows from token 493 on otherwise: docs/hook-contract.md). CPU, float32 (the GPU models'",
-        "bfloat16 weights cast to float32). Per-head effects for the toy models on their held-out windows.",
+        "windows of 64 tokens by SmolLM2's vocabulary split as llama.cpp splits it, as the GGUF load does since",
+        "2026-12-07; before, the windows from token 493 on were cut otherwise: docs/hook-contract.md). CPU, float32",
+        "(the GPU models' bfloat16 weights cast to float32). Per-head effects for the toy models on their held-out",
+        "windows.",
         "",
         "## The question",
         "",
