@@ -719,7 +719,7 @@ def _digest(out: Any) -> Tensor | None:
 TURN_TOLERANCE = 1e-6  # the second pass's logits (summed over the vocabulary) against the first's, relative
 #: the same with ln1's scale held (``turn_sources``): a bridge then rebuilds its norms' outputs from the held
 #: scale instead of running Hugging Face's own norm, which rounds differently in float32 (1.5e-6 on SmolLM2's
-#: English windows, 1.1e-5 on its Debian-text windows, which hold texts with a second massive token)
+#: English windows, 1.1e-5 on its Debian-text windows: checked only as an upper bound, not traced to its cause)
 HELD_TOLERANCE = 1e-4
 
 
