@@ -25,9 +25,9 @@ windows without BOS, direct and through later MLPs, where it is here (runs/gpu_m
 results are kept in analyses/data/gate_paths/NAME.json, so the page regenerates from them where a model is
 missing here. Writes docs/gate-paths.md and docs/figures/gate-paths-NAME.png. The toy runs take seconds;
 SmolLM2's about 5 to 6 minutes each on a 2-core CPU alone (up to 9 beside other work), K times that with
-``--resample K`` (2026-12-05/06, each run's time in its header; the two resampled runs through later MLPs,
-rerun on 2026-12-06 to read the tokens alone, 3,688 s and 2,880 s beside test runs); ``--only NAME ...`` runs those alone (the
-others from their snapshots), ``--snapshots`` runs none.
+``--resample K`` (2026-12-05/07, each run's time in its header; the two resampled runs through later MLPs,
+rerun to read the tokens alone: the English one on 2026-12-06, 3,688 s beside test runs, the Debian one on
+2026-12-07, 1,914 s alone); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
 """
 
 from __future__ import annotations
@@ -97,9 +97,8 @@ RUNS: dict[str, tuple[str | None, list[str], str]] = {
                                         "taken from other texts (`--free-mlps --resample 3`)")),
     "smollm2__debian_text_free_resample": (None, ["--inputs", "natural", "--text", DEBIAN_TEXT, "--seq-len", "64",
                                                   "--num-seqs", "32", *SMOLLM2_LAYERS, "--free-mlps", "--resample", "3"],
-                                           ("SmolLM2-135M, the Debian text's windows as the earlier GGUF tokenizer cut "
-                                            "them (before 2026-12-07), paths through later MLPs, each write taken from "
-                                            "other texts (`--free-mlps --resample 3`)")),
+                                           ("SmolLM2-135M, the Debian text's windows, paths through later MLPs, each write "
+                                            "taken from other texts (`--free-mlps --resample 3`)")),
     "smollm2__natural_s1_resample": (None, [*SMOLLM2, "--seed", "1", *SMOLLM2_LAYERS, "--resample", "3"],
                                      ("SmolLM2-135M, the replicate's windows, each write taken from other texts "
                                       "(`--resample 3`)")),
@@ -152,8 +151,6 @@ RESAMPLED = {"toy-softmax__debian_resample": "toy-softmax__debian", "smollm2__na
 SHIFTS = {"smollm2__natural_resample7": ("smollm2__natural_resample", "smollm2__natural"),
           "smollm2__natural_free_resample7": ("smollm2__natural_free_resample", "smollm2__natural_free")}
 SIDE_NAMES = {"query": "query", "sink_key": "token 1's key", "keys": "other keys"}
-# runs whose snapshot reads the Debian text's windows as SmolLM2's GGUF tokenizer cut them before 2026-12-07 (not rerun)
-EARLIER_WINDOWS = frozenset({"smollm2__debian_text_free_resample"})
 
 
 def _run(name: str, spec: str, inputs: list[str], commands: list[str], gguf: str | None) -> dict[str, Any]:
@@ -542,8 +539,6 @@ def _label(name: str, res: dict[str, Any]) -> str:
             what = " (replicate, total effects)"
         if name in SHIFTS:
             what = f" ({_label(SHIFTS[name][0], res).split('(')[1][:-1]}, {len(res.get('shifts', []))} shifts)"
-    if name in EARLIER_WINDOWS:
-        what = f"{what[:-1]}; the earlier tokenizer's windows)"
     return f"{RUNS[name][2].split(',')[0]} {inputs}{what}"
 
 
@@ -890,9 +885,7 @@ def main(argv: list[str] | None = None) -> int:
         ("where the wheel is missing). CPU, float32. Each run's command is listed at the end; "
          f"versions {any_res.get('versions')}. SmolLM2's Debian-text runs were made again on 2026-12-07, after the"),
         "GGUF load began to split SmolLM2's vocabulary as llama.cpp does (two lines of that text are cut otherwise,",
-        "so its windows from token 493 on: docs/hook-contract.md), all but the one through later MLPs with other",
-        "texts' writes (`smollm2__debian_text_free_resample`; not rerun, 2,880 s when last run, beside tests), which",
-        "still reads the windows the earlier tokenizer cut, not its pair's.",
+        "so its windows from token 493 on: docs/hook-contract.md).",
         "",
         "## The question and the method",
         "",

@@ -1747,9 +1747,8 @@ def test_gate_paths_resampled_run_is_read_against_the_mean_and_left_out_of_the_c
     assert mod._label("smollm2__natural_resample", resampled) == "SmolLM2-135M English (other texts' writes)"
     assert (mod._label("smollm2__natural_free_resample", resampled)
             == "SmolLM2-135M English (paths through later MLPs, other texts' writes)")
-    # a run not made again since the GGUF tokenizer began to cut SmolLM2's Debian text otherwise says so
-    assert (mod._label("smollm2__debian_text_free_resample", resampled) == "SmolLM2-135M Debian (paths through later "
-            "MLPs, other texts' writes; the earlier tokenizer's windows)")
+    assert (mod._label("smollm2__debian_text_free_resample", resampled)
+            == "SmolLM2-135M Debian (paths through later MLPs, other texts' writes)")
     assert mod._label("smollm2__debian_text_resample", resampled) == "SmolLM2-135M Debian (other texts' writes)"
     assert (mod._label("smollm2__natural_s1_resample", resampled)
             == "SmolLM2-135M English (replicate, other texts' writes)")
