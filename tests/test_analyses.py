@@ -746,6 +746,24 @@ def test_streaming_past_length_page_and_reuse(tmp_path, monkeypatch, capsys):
     assert mod.main() == 0 and "Debian corpus is not built" in capsys.readouterr().out
 
 
+def test_streaming_past_length_finding_follows_its_numbers():
+    """The re-numbering finding says the cost grows with the distance only where every bin is above the
+    one before, and that re-numbering does not help where keeping the stream positions costs nothing."""
+    mod = load_script("analyses/streaming_past_length.py")
+    grows = mod._renumbering_finding(0.182, 0.441, 0.77, [-0.01, 0.12, 0.268, 0.314, 0.441])
+    assert grows.startswith("Re-numbering matters, and more the further back the kept tokens sit: keeping them at "
+                            "their stream positions costs +0.182 nats inside the training length and +0.441 past it, "
+                            "and they draw 77% of the attention they draw re-numbered.")
+    assert "grows with the distance bin by bin (-0.010 / +0.120 / +0.268 / +0.314 / +0.441)" in grows
+    flat = mod._renumbering_finding(0.2, 0.3, 0.8, [0.1, 0.3, 0.25, 0.4])
+    assert "does not grow bin by bin with the distance (+0.100 / +0.300 / +0.250 / +0.400)" in flat
+    assert "further back" not in flat and "grows with the distance" not in flat
+    none = mod._renumbering_finding(-0.01, 0.0, 1.02, [0.0, -0.01])
+    assert none == ("Re-numbering the kept first tokens does not help here: keeping them at their stream positions "
+                    "costs -0.010 nats inside the training length and +0.000 past it, and they draw 102% of the "
+                    "attention they draw re-numbered.")
+
+
 def test_token_sinks_page_reports_the_tokens_runs(tmp_path, monkeypatch):
     """The page's rows are the `sinkinterp tokens` results (top tokens by sink rate, the first token's
     row); the pretrained part runs on whatever model smollm2_gguf_path names (here toy-softmax) and is
