@@ -65,7 +65,7 @@ CASES = [  # op, heads, kv heads, T, d_head, window, sigmoid bias
     # long enough for key tiles that every query of a block sees whole (scored without a mask), between
     # the masked diagonal and, with a window, the masked window edge: with 16-wide tiles (the interpreter
     # on CPU; also 16 x 32 and 32 x 16, test_asymmetric_tiles) and 64-wide ones (CUDA). The interpreter
-    # runs each tile in Python, so on CPU the shortest lengths that keep those three kinds of tile
+    # runs each tile in Python, so on CPU shorter lengths that still hold those three kinds of tile
     ("sigmoid", 2, 1, 200 if DEVICE == "cuda" else 104, 16, 150 if DEVICE == "cuda" else 72, -1.0),
     ("elu1", 2, 2, 130 if DEVICE == "cuda" else 72, 16, None, 0.0),
 ]
@@ -481,7 +481,7 @@ COLUMN_CASES = [  # heads, kv heads, T, d_head, window, block
     (2, 1, 50, 16, 7, None),  # a window shorter than a tile
     (4, 1, 45, 8, 20, 32),  # a window across tiles, larger tiles
     # query tiles that see a key block whole (summed without a mask) before a partial last tile, with
-    # 16-wide tiles on CPU (the interpreter: the shortest length that keeps them) and 64-wide ones on CUDA;
+    # 16-wide tiles on CPU (the interpreter: a shorter length that still holds them) and 64-wide ones on CUDA;
     # and 32-wide ones with a window's masked edge after them
     (2, 1, 150 if DEVICE == "cuda" else 88, 16, None, None),
     (2, 2, 104, 16, 72, 32),
