@@ -27,7 +27,8 @@ missing here. Writes docs/gate-paths.md and docs/figures/gate-paths-NAME.png. Th
 SmolLM2's about 5 to 6 minutes each on a 2-core CPU alone (up to 9 beside other work), K times that with
 ``--resample K`` (2026-12-05/07, each run's time in its header; the two resampled runs through later MLPs,
 rerun to read the tokens alone: the English one on 2026-12-06, 3,688 s beside test runs, the Debian one on
-2026-12-07, 1,914 s alone); ``--only NAME ...`` runs those alone (the others from their snapshots), ``--snapshots`` runs none.
+2026-12-07, 1,914 s alone); ``--only NAME ...`` runs those alone (the others from their snapshots),
+``--snapshots`` runs none.
 """
 
 from __future__ import annotations
