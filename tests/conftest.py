@@ -47,6 +47,25 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
 
 
+@pytest.fixture(autouse=True)
+def _shape_checks(request):
+    """jaxtyping checks the shapes and dtypes of every annotated sinkinterp function at each call (pyproject's
+    ``--jaxtyping-packages``), at some tens of microseconds a call. A test marked ``shape_checks_off`` runs
+    without them: one that runs whole analyses or studies, hundreds of thousands of calls of functions whose
+    own tests run checked (the checks cost about a third of such a test's time)."""
+    if request.node.get_closest_marker("shape_checks_off") is None:
+        yield
+        return
+    import jaxtyping
+
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """A test that builds a HookedTransformer is skipped, with the reason, on TransformerLens 4.x

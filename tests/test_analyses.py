@@ -10,6 +10,9 @@ import pytest
 
 from conftest import load_script
 
+# whole analyses: each test makes 10^4-10^5 calls of sinkinterp functions that their own tests run with shape checks
+pytestmark = pytest.mark.shape_checks_off
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

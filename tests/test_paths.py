@@ -440,6 +440,7 @@ def test_sink_paths_errors():
         figures.sink_paths_figure({"x": 1})
 
 
+@pytest.mark.shape_checks_off  # a whole study; this file's other tests run its functions checked
 def test_cli_paths_writes_the_study_and_refuses_bad_input(tmp_path, capsys):
     import json
 
@@ -908,6 +909,7 @@ def _search_setup():
     return model, tokens, (lambda p: p[:, head, 1:, 0].double().mean()), kw
 
 
+@pytest.mark.shape_checks_off  # a whole study; this file's other tests run its functions checked
 def test_neuron_search_reads_its_groups_as_path_ablate_does_and_finds_the_best_pair():
     """Each reading of the search is path_ablate's value for that group of neurons; with the pool and the beam
     holding every neuron the size-2 step tries every pair, so its best is the brute-force best pair."""
