@@ -1,0 +1,34 @@
+"""run.sh refuses a SINKINTERP_BASE it cannot build on, before it creates or changes any environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_sh(tmp_path: Path, venv: Path, base: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SINKINTERP_VENV": str(venv), "SINKINTERP_BASE": str(base)}
+    return subprocess.run(["bash", str(REPO / "run.sh"), "--help"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_a_base_that_run_sh_did_not_set_up_is_refused(tmp_path):
+    (tmp_path / "base" / "bin").mkdir(parents=True)  # no Python, no stamp
+    res = _run_sh(tmp_path, tmp_path / "new", tmp_path / "base")
+    assert res.returncode == 2
+    assert "SINKINTERP_BASE=" in res.stderr and "is not an environment set up by run.sh" in res.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_base_must_be_another_environment(tmp_path):
+    base = tmp_path / "base"
+    (base / "bin").mkdir(parents=True)
+    (base / "bin" / "python").symlink_to(Path(sys.executable))
+    (base / ".sinkinterp-stamp").write_text("0\n")
+    res = _run_sh(tmp_path, tmp_path / "base" / ".." / "base", base)
+    assert res.returncode == 2 and "must name another environment than SINKINTERP_VENV" in res.stderr
+    assert (base / ".sinkinterp-stamp").read_text() == "0\n"
