@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import copy
+import importlib
 import importlib.util
 import os
+import pkgutil
 import socket
 from pathlib import Path
 
@@ -16,6 +20,46 @@ import torch
 # so it is set here, before any test module is collected.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _module_level_imports(package: Path) -> set[str]:
+    """The modules outside sinkinterp that its modules import as they load: ``import`` statements at module
+    level, also inside ``if`` / ``try`` / ``with`` blocks, not in functions or classes."""
+    names: set[str] = set()
+    for path in package.rglob("*.py"):
+        todo = list(ast.parse(path.read_text(), str(path)).body)
+        while todo:
+            node = todo.pop()
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module)
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                todo += [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", [])]
+                todo += [n for h in getattr(node, "handlers", []) for n in h.body]
+    return {n for n in names if n.split(".")[0] not in ("sinkinterp", "__future__")}
+
+
+# jaxtyping's import hook (pyproject's --jaxtyping-packages) points importlib's bytecode cache at a name of its
+# own while an instrumented sinkinterp module loads, so every module first imported from inside one
+# (transformer_lens and what it imports: transformers, sympy, pandas, hundreds of torch's submodules; 2,697 in
+# all for sinkinterp.tl_adapter) is compiled from source instead of read from its .pyc file: about 20 s more per
+# pytest process on this 2-core machine. Imported here first, outside the hook,
+# they load from their .pyc files (checked by tests/test_shape_checks.py). So do beartype's submodules, which it
+# imports as it first checks each kind of annotation.
+def _import_first(names) -> None:
+    for name in names:
+        with contextlib.suppress(Exception):  # an optional dependency: sinkinterp's own import handles its absence
+            importlib.import_module(name)
+
+
+_import_first(sorted(_module_level_imports(Path(__file__).resolve().parents[1] / "sinkinterp")))
+try:
+    import beartype
+
+    _import_first(info.name for info in pkgutil.walk_packages(beartype.__path__, "beartype."))
+except ImportError:
+    pass
 
 
 def pytest_addoption(parser):
