@@ -8,7 +8,7 @@
 # SINKINTERP_TL=4.3.0 (with its own SINKINTERP_VENV) installs that TransformerLens release instead of
 # constraints.txt's pin, to run the suite against another TransformerLens line. SINKINTERP_BASE=.venv (an
 # environment this script set up, same Python) lets the new one read that one's packages (a .pth file) and
-# install only what differs, in seconds instead of minutes; its own packages come first on sys.path.
+# install only what differs, in under a minute instead of several; its own packages come first on sys.path.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${SINKINTERP_VENV:-.venv}"
@@ -27,6 +27,11 @@ if [ -n "$BASE" ]; then
     echo "run.sh: SINKINTERP_BASE must name another environment than SINKINTERP_VENV ($VENV)" >&2
     exit 2
   fi
+  py_version='import sys; print(sys.version_info[:2])'
+  if [ "$("$BASE/bin/python" -c "$py_version")" != "$("$PYTHON" -c "$py_version")" ]; then
+    echo "run.sh: SINKINTERP_BASE=$BASE runs another Python version than $PYTHON" >&2
+    exit 2
+  fi
 fi
 stamp_source() {
   cat pyproject.toml constraints.txt
@@ -42,11 +47,6 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.sinkinterp-stamp" 2>/dev/null
   base_pth="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_sinkinterp_base.pth"
   rm -f "$base_pth"
   if [ -n "$BASE" ]; then
-    py_version='import sys; print(sys.version_info[:2])'
-    if [ "$("$BASE/bin/python" -c "$py_version")" != "$("$VENV/bin/python" -c "$py_version")" ]; then
-      echo "run.sh: SINKINTERP_BASE=$BASE runs another Python version than $PYTHON" >&2
-      exit 2
-    fi
     base_site="$("$BASE/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     echo "$base_site" > "$base_pth"
   fi

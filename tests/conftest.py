@@ -44,9 +44,9 @@ def _module_level_imports(package: Path) -> set[str]:
 # own while an instrumented sinkinterp module loads, so every module first imported from inside one
 # (transformer_lens and what it imports: transformers, sympy, pandas, hundreds of torch's submodules; 2,697 in
 # all for sinkinterp.tl_adapter) is compiled from source instead of read from its .pyc file: about 20 s more per
-# pytest process on this 2-core machine. Imported here first, outside the hook,
-# they load from their .pyc files (checked by tests/test_shape_checks.py). So do beartype's submodules, which it
-# imports as it first checks each kind of annotation.
+# pytest process on this 2-core machine. Imported here first, outside the hook, they load from their .pyc files
+# (checked by tests/test_shape_checks.py); so do beartype's submodules, which it imports as it first checks each
+# kind of annotation.
 def _import_first(names) -> None:
     for name in names:
         with contextlib.suppress(Exception):  # an optional dependency: sinkinterp's own import handles its absence
@@ -95,8 +95,8 @@ def _no_network(monkeypatch):
 def _shape_checks(request):
     """jaxtyping checks the shapes and dtypes of every annotated sinkinterp function at each call (pyproject's
     ``--jaxtyping-packages``), at some tens of microseconds a call. A test marked ``shape_checks_off`` runs
-    without them: one that runs whole analyses or studies, hundreds of thousands of calls of functions whose
-    own tests run checked (the checks cost about a third of such a test's time)."""
+    without them: one that runs whole analyses or studies, 10^4-10^5 calls of functions whose own tests run
+    checked (the checks cost about a third of such a test's time)."""
     if request.node.get_closest_marker("shape_checks_off") is None:
         yield
         return

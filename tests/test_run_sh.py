@@ -32,3 +32,14 @@ def test_the_base_must_be_another_environment(tmp_path):
     res = _run_sh(tmp_path, tmp_path / "base" / ".." / "base", base)
     assert res.returncode == 2 and "must name another environment than SINKINTERP_VENV" in res.stderr
     assert (base / ".sinkinterp-stamp").read_text() == "0\n"
+
+
+def test_a_base_on_another_python_version_is_refused(tmp_path):
+    base = tmp_path / "base"
+    (base / "bin").mkdir(parents=True)
+    (base / "bin" / "python").write_text("#!/bin/sh\necho '(3, 99)'\n")
+    (base / "bin" / "python").chmod(0o755)
+    (base / ".sinkinterp-stamp").write_text("0\n")
+    res = _run_sh(tmp_path, tmp_path / "new", base)
+    assert res.returncode == 2 and "runs another Python version than" in res.stderr
+    assert not (tmp_path / "new").exists()
