@@ -40,13 +40,13 @@ def _module_level_imports(package: Path) -> set[str]:
     return {n for n in names if n.split(".")[0] not in ("sinkinterp", "__future__")}
 
 
-# jaxtyping's import hook (pyproject's --jaxtyping-packages) points importlib's bytecode cache at a name of its
-# own while an instrumented sinkinterp module loads, so every module first imported from inside one
-# (transformer_lens and what it imports: transformers, sympy, pandas, hundreds of torch's submodules; 2,697 in
-# all for sinkinterp.tl_adapter) is compiled from source instead of read from its .pyc file: about 20 s more per
-# pytest process on this 2-core machine. Imported here first, outside the hook, they load from their .pyc files
-# (checked by tests/test_shape_checks.py); so do beartype's submodules, which it imports as it first checks each
-# kind of annotation.
+# jaxtyping's import hook (pyproject's --jaxtyping-packages) points importlib's bytecode cache at a name of its own
+# while an instrumented sinkinterp module loads, so every module first imported from inside one (transformer_lens
+# and everything it imports, transformers among them: thousands of modules for sinkinterp.tl_adapter) is compiled
+# from source instead of read from its .pyc file: 5-10 s more per pytest process on this 2-core machine
+# (docs/performance.md, "Where the suite's time goes"). Imported here first, outside the hook, they load from their
+# .pyc files (checked by tests/test_shape_checks.py); so do beartype's submodules, which it imports as it first
+# checks each kind of annotation.
 def _import_first(names) -> None:
     for name in names:
         with contextlib.suppress(Exception):  # an optional dependency: sinkinterp's own import handles its absence
