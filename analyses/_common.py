@@ -71,21 +71,22 @@ def enter_with_gemma3(script: str) -> str | None:
 
 
 def run_cli(cli: Any, args: list[str], commands: list[str], gguf: str | None = None,
-            gguf_arg: str = SMOLLM2_ARG) -> dict:
+            gguf_arg: str = SMOLLM2_ARG, result: str = "results.json") -> dict:
     """Run one ``sinkinterp`` command (``cli.main(args)``), note it in ``commands`` (the GGUF path ``gguf``
-    as ``gguf_arg``, SmolLM2's by default) and return its results.json. SINKINTERP_REUSE=1 reuses a finished
+    as ``gguf_arg``, SmolLM2's by default) and return its ``result`` file (in the ``--out`` folder; ``report``
+    writes one folder per input kind, e.g. ``natural/results.json``). SINKINTERP_REUSE=1 reuses a finished
     result folder (for editing a page's text only)."""
     cmd = "sinkinterp " + shlex.join(args)  # quoted where a shell needs it
     commands.append(cmd.replace(gguf, gguf_arg) if gguf else cmd)
     out = Path(args[args.index("--out") + 1])
-    if os.environ.get("SINKINTERP_REUSE") == "1" and (out / "results.json").is_file():
+    if os.environ.get("SINKINTERP_REUSE") == "1" and (out / result).is_file():
         print(f"-- reusing {out} (SINKINTERP_REUSE=1)")
     else:
         print(f"-- {commands[-1]}")
         code = cli.main(args)
         if code:
             raise SystemExit(code)
-    return json.loads((out / "results.json").read_text())
+    return json.loads((out / result).read_text())
 
 
 #: significant digits a snapshot keeps of each float (the pages print at most four)

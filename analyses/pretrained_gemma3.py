@@ -65,7 +65,7 @@ def main() -> int:
         name = "bos" if bos else "nobos"
         args = ["report", "--model", gguf, *common, "--num-seqs", str(N_REPORT), "--batch-size", "20",
                 *(["--prepend-bos"] if bos else []), "--out", str(OUT / name)]
-        run_cli(cli, args, commands, gguf, GEMMA3_ARG)  # report writes one folder per input kind
+        run_cli(cli, args, commands, gguf, GEMMA3_ARG, result=f"{INPUTS[-1]}/results.json")  # the last written
         report[name] = {k: json.loads((OUT / name / k / "results.json").read_text()) for k in INPUTS}
     iv_args = ["--model", gguf, "--inputs", "natural", *common, "--num-seqs", str(N_INTERVENE), "--batch-size", "8"]
     insert = run_cli(cli, ["intervene", *iv_args, "--do", "insert_first=bos", "--out", str(OUT / "insert-bos")],
