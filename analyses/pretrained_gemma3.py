@@ -18,13 +18,31 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "pretrained-gemma3.md"
 OUT = Path("runs") / "analyses" / "pretrained_gemma3"  # relative to the repository root
+FIGS = ROOT / "docs" / "figures"
+TEXT: Path | None = None  # natural text: the shipped sample (None) or this file
 N_REPORT, N_INTERVENE = 100, 32
 INPUTS = ("natural", "random", "repeat")
+BOS_AT = 9  # 1-based position of BOS in the "BOS in the middle" inputs
 KEY_VALUE = ("zero_value", "mean_value", "zero_key", "mean_key", "ablate", "ablate=norenorm")
 
 
 def _mean(rows: list[list[float]]) -> list[float]:
     return [sum(r) / len(r) for r in rows]
+
+
+def _mean_alpha(res: dict[str, Any], position: int) -> float:
+    """Mean over layers and heads of alpha at a 1-based key position."""
+    rows = [head[position - 1] for layer in res["alpha_by_key"] for head in layer]
+    return sum(rows) / len(rows)
+
+
+def _norm_ratio(res: dict[str, Any], position: int) -> float:
+    """Largest, over the residual hooks, ratio of a 1-based position's mean residual norm to the other positions'."""
+    ratios = []
+    for norms in res["norms"]["resid"]["by_position"]:
+        others = [v for i, v in enumerate(norms) if i != position - 1]
+        ratios.append(norms[position - 1] / (sum(others) / len(others)))
+    return max(ratios)
 
 
 def _first_token_lines(res: dict[str, Any]) -> list[str]:
@@ -59,7 +77,7 @@ def main() -> int:
     from sinkinterp import cli, figures
 
     commands: list[str] = []
-    common = ["--seq-len", "64", "--eps", "0.3", "--seed", "0"]
+    common = ["--seq-len", "64", "--eps", "0.3", "--seed", "0", *(["--text", str(TEXT)] if TEXT else [])]
     report = {}
     for bos in (False, True):
         name = "bos" if bos else "nobos"
@@ -72,11 +90,28 @@ def main() -> int:
                      commands, gguf, GEMMA3_ARG)
     keyval = run_cli(cli, ["intervene", *iv_args, "--prepend-bos", "--do", *KEY_VALUE, "--out", str(OUT / "bos-key-value")],
                      commands, gguf, GEMMA3_ARG)
+    # BOS in the middle: the natural text without BOS, BOS put before its ninth token (position 9 of 64)
+    mid = OUT / "bos-at-9"
+    if not (mid / "tokens.npy").is_file():
+        import io
+
+        import numpy as np
+
+        from sinkinterp import inputs, loading
+        from sinkinterp.fileio import atomic_write
+
+        tok, _ = loading.gguf_tokenizer(gguf)
+        ids = inputs.make_tokens("natural", seq_len=63, num_seqs=N_INTERVENE, seed=0, vocab_size=len(tok),
+                                 tokenizer=tok, text=TEXT.read_text() if TEXT else None)
+        buf = io.BytesIO()
+        np.save(buf, np.insert(ids, BOS_AT - 1, tok.bos_token_id, axis=1))
+        atomic_write(mid / "tokens.npy", lambda f: f.write(buf.getvalue()))
+    middle = run_cli(cli, ["measure", "--model", gguf, "--tokens", str(mid / "tokens.npy"), "--eps", "0.3",
+                           "--batch-size", "8", "--qk-heads", "none", "--out", str(mid)], commands, gguf, GEMMA3_ARG)
     cfg = json.loads((OUT / "bos" / "natural" / "config.json").read_text())
     info = cfg["model_info"]
-    figs = ROOT / "docs" / "figures"
     for name in ("alpha_heatmap.png", "norms.png"):
-        figures.copy_figure(OUT / "bos" / "natural" / name, figs / f"pretrained-gemma3-bos-natural-{name}")
+        figures.copy_figure(OUT / "bos" / "natural" / name, FIGS / f"pretrained-gemma3-bos-natural-{name}")
 
     nob, bos = report["nobos"], report["bos"]
     ins = insert["interventions"][0]
@@ -121,6 +156,15 @@ def main() -> int:
         f"(token 1's residual norm over the others' mean, any layer), natural / random / repeated: no BOS "
         + " / ".join(f"{max(nob[k]['norms']['resid']['massive_ratio']):.1f}" for k in INPUTS) + "; BOS first "
         + " / ".join(f"{max(bos[k]['norms']['resid']['massive_ratio']):.1f}" for k in INPUTS) + ".",
+        "",
+        "## A token, not a position: BOS in the middle",
+        "",
+        (f"The same natural text without BOS, BOS put at position {BOS_AT} ({N_INTERVENE} sequences of 64, "
+         f"`--tokens`; the command below): Sink_k for k = 1..10 "
+         f"{', '.join(f'{v:.2f}' for v in middle['sink_pct'])}. Mean alpha over the heads on position "
+         f"{BOS_AT}: {_mean_alpha(middle, BOS_AT):.3f}, on position 1: {_mean_alpha(middle, 1):.3f}. A position's "
+         f"mean residual norm over the other positions' mean, largest over the residual hooks: position {BOS_AT} "
+         f"{_norm_ratio(middle, BOS_AT):.1f}x, position 1 {_norm_ratio(middle, 1):.1f}x."),
         "",
         "## Token 1 with BOS first (natural text)",
         "",

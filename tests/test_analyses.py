@@ -1930,3 +1930,53 @@ def test_gate_paths_total_run_is_read_against_the_side_and_left_out_of_the_count
     assert "Total effects" not in without and "is not run." in "\n".join(mod._reading({"smollm2__natural": direct}))
     assert mod._label("smollm2__natural_total", total) == "SmolLM2-135M English (total effects)"
     assert mod._label("smollm2__natural_s1_total", total) == "SmolLM2-135M English (replicate, total effects)"
+
+
+def test_pretrained_gemma3_page_reports_its_runs(tmp_path, monkeypatch):
+    """The Gemma 3 page's numbers are its runs' results (here a tiny LLaMA GGUF file stands in for Gemma 3's, with
+    3 and 2 sequences); BOS goes in the middle of the text at the page's position; without the wheels the analysis
+    is skipped and writes nothing."""
+    import warnings
+
+    from gguf_export import write_gguf
+    from test_architectures import _build
+
+    import sinkinterp.loading
+    from sinkinterp.inputs import make_tokens
+
+    mod = load_script("analyses/pretrained_gemma3.py")
+    path = write_gguf(_build("llama"), tmp_path / "tiny.gguf")
+    (tmp_path / "words.txt").write_text(" ".join(f"t{3 + i % 50}" for i in range(2000)))  # its word vocabulary
+    for name, value in (("DOC", tmp_path / "page.md"), ("OUT", tmp_path / "out"), ("FIGS", tmp_path / "figs"),
+                        ("N_REPORT", 3), ("N_INTERVENE", 2), ("TEXT", tmp_path / "words.txt")):
+        monkeypatch.setattr(mod, name, value)
+    monkeypatch.setattr(sinkinterp.loading, "gemma3_gguf_path", lambda: str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert mod.main() == 0
+    page = (tmp_path / "page.md").read_text()
+    out = tmp_path / "out"
+    res = {(b, k): json.loads((out / b / k / "results.json").read_text())
+           for b in ("nobos", "bos") for k in ("natural", "random", "repeat")}
+    assert res["nobos", "natural"]["prepend_bos"] is False and res["bos", "natural"]["prepend_bos"] is True
+    assert ("| Gemma 3 270M, no BOS (the paper's protocol) | "
+            + " | ".join(f"{res['nobos', k]['sink_pct'][0]:.2f}" for k in ("natural", "random", "repeat"))) in page
+    insert = json.loads((out / "insert-bos" / "results.json").read_text())["interventions"][0]
+    assert insert["name"].startswith("insert_first") and f"brings it to {insert['loss']:.3f}" in page
+    keyval = json.loads((out / "bos-key-value" / "results.json").read_text())
+    assert [r["name"] for r in keyval["interventions"]][-1] == "ablate[norenorm]"
+    for r in keyval["interventions"]:
+        assert f"| `{r['name']}` | {r['delta_loss']:+.4f} |" in page
+    tokens = np.load(out / "bos-at-9" / "tokens.npy")
+    tok, _ = sinkinterp.loading.gguf_tokenizer(str(path))
+    text = make_tokens("natural", seq_len=63, num_seqs=2, seed=0, vocab_size=len(tok), tokenizer=tok,
+                       text=(tmp_path / "words.txt").read_text())
+    assert tokens.shape == (2, 64) and (tokens[:, 8] == tok.bos_token_id).all()
+    np.testing.assert_array_equal(np.delete(tokens, 8, axis=1), text)  # the text around it as the other runs read it
+    middle = json.loads((out / "bos-at-9" / "results.json").read_text())
+    assert ", ".join(f"{v:.2f}" for v in middle["sink_pct"]) in page
+    assert "gemma3_gguf_path as p" in page and str(path) not in page
+    assert (tmp_path / "figs" / "pretrained-gemma3-bos-natural-norms.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "page.md").unlink()
+    monkeypatch.setattr(sinkinterp.loading, "gemma3_gguf_path", lambda: None)
+    assert mod.main() == 0 and not (tmp_path / "page.md").exists()
