@@ -85,8 +85,8 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(name, tmp_path, monk
 
 def test_a_gguf_load_parses_the_file_once(tmp_path, monkeypatch):
     """Our metadata read and transformers' config, tokenizer and weight reads share one parse of the file (four
-    before: Gemma 3 270M's 262,144-token vocabulary took about 15 s a parse); the loader's reader factory is gone
-    after the load, also after a load that fails, and a writable reader is not shared."""
+    before; most of a parse is the vocabulary's arrays, 262,144 tokens in Gemma 3); the loader's reader factory is
+    gone after the load, also after a load that fails, and a writable reader is not shared."""
     import gguf
 
     hf = _build("llama")
