@@ -45,6 +45,55 @@ def _norm_ratio(res: dict[str, Any], position: int) -> float:
     return max(ratios)
 
 
+def _reading(nob: dict[str, Any], bos: dict[str, Any], ins: dict[str, Any], middle: dict[str, Any]) -> list[str]:
+    """What the three settings say together: where the sink sits, read off the results."""
+    none_without = max(nob[k]["sink_pct"][0] for k in INPUTS) < 1.0
+    ratio_without = max(max(nob[k]["norms"]["resid"]["massive_ratio"]) for k in INPUTS)
+    at = middle["sink_pct"][BOS_AT - 1]
+    moved = at > 10 * max(middle["sink_pct"][0], 0.1) and _norm_ratio(middle, BOS_AT) > 2 * _norm_ratio(middle, 1)
+    lines = ["Reading."]
+    if none_without:
+        lines.append(
+            f"Without BOS Gemma 3 270M has no sink on any input (Sink_1 at most "
+            f"{max(nob[k]['sink_pct'][0] for k in INPUTS):.2f}%, massive ratio at most {ratio_without:.1f}), while "
+            f"SmolLM2 sinks on whatever token comes first; with BOS first {bos['natural']['sink_pct'][0]:.0f}% of its "
+            f"(sequence, head) pairs pass eps 0.3 on it, with a massive activation. "
+            + (f"Put in the middle, BOS takes the sink there (Sink_{BOS_AT} {at:.1f}%, its residual norm "
+               f"{_norm_ratio(middle, BOS_AT):.1f}x the others') and position 1 gets none: in this model the sink "
+               "is a token, BOS, not the first position." if moved else
+               f"Put in the middle, BOS does not take the sink (Sink_{BOS_AT} {at:.1f}%)."))
+    else:
+        lines.append(f"Without BOS the first token still sinks (Sink_1 {nob['natural']['sink_pct'][0]:.1f}% on "
+                     "natural text), as in SmolLM2.")
+    lines.append(
+        f"The paper's 0% on one repeated token holds without BOS ({nob['repeat']['sink_pct'][0]:.2f}%); with "
+        f"BOS first the repeated sequence keeps its sink on BOS ({bos['repeat']['sink_pct'][0]:.1f}%). Since the "
+        f"model without BOS loses {-ins['delta_loss']:.2f} nats a token against the same text with it, the row "
+        "measured as the paper measures (no BOS) describes a model run off its training distribution.")
+    return [" ".join(lines)]
+
+
+def _key_bias_reading(keyval: dict[str, Any], natural: dict[str, Any]) -> list[str]:
+    """The key-bias question answered from the intervention rows (``natural``: the BOS-first measurement, for
+    the value norms)."""
+    d = {r["name"]: r["delta_loss"] for r in keyval["interventions"]}
+    value = natural["norms"]["value"]
+    short = all(a < b for a, b in zip(_mean(value["first"]), _mean(value["rest"])))
+    mass, val = d["ablate"] > 0.5, d["ablate[norenorm]"] > 0.5
+    return [
+        f"Moving BOS's attention mass onto the text (`ablate`) costs {d['ablate']:+.2f} nats (SmolLM2's first "
+        f"token: +0.09, [key-bias.md](key-bias.md)), zeroing its key {d['zero_key']:+.2f}. Keeping every weight "
+        f"but dropping BOS's value from the other tokens' outputs (`ablate[norenorm]`) costs "
+        f"{d['ablate[norenorm]']:+.2f}" + (", although that value is shorter than the others' in every layer's "
+                                         "mean (value norms above)" if short else "") + ". "
+        + {(True, True): "Both halves carry weight: BOS draws the attention (a key bias) and the heads read its "
+                         "value.",
+           (True, False): "Where the mass goes matters, what BOS's value adds does not: the paper's key bias.",
+           (False, True): "BOS's value matters more than where its mass goes, as in SmolLM2.",
+           (False, False): "Neither half matters much at this size."}[mass, val]
+    ]
+
+
 def _first_token_lines(res: dict[str, Any]) -> list[str]:
     """Norms, massive activation and angles of token 1 against the rest, from one `measure` result."""
     norms = res["norms"]
@@ -166,6 +215,8 @@ def main() -> int:
          f"mean residual norm over the other positions' mean, largest over the residual hooks: position {BOS_AT} "
          f"{_norm_ratio(middle, BOS_AT):.1f}x, position 1 {_norm_ratio(middle, 1):.1f}x."),
         "",
+        *_reading(nob, bos, ins, middle),
+        "",
         "## Token 1 with BOS first (natural text)",
         "",
         *_first_token_lines(bos["natural"]),
@@ -183,6 +234,8 @@ def main() -> int:
         "|---|---|---|",
         *[f"| `{r['name']}` | {r['delta_loss']:+.4f} | {r['sink_pct_base'][0]:.2f} → {r['sink_pct'][0]:.2f} |"
           for r in keyval["interventions"]],
+        "",
+        *_key_bias_reading(keyval, bos["natural"]),
         "",
         "![alpha_1 per head, BOS first, natural text](figures/pretrained-gemma3-bos-natural-alpha_heatmap.png)",
         "",
