@@ -20,7 +20,7 @@ DOC = ROOT / "docs" / "pretrained-gemma3.md"
 OUT = Path("runs") / "analyses" / "pretrained_gemma3"  # relative to the repository root
 FIGS = ROOT / "docs" / "figures"
 TEXT: Path | None = None  # natural text: the shipped sample (None) or this file
-N_REPORT, N_INTERVENE = 100, 32
+N_REPORT, N_INTERVENE, N_MASSIVE = 100, 32, 16
 INPUTS = ("natural", "random", "repeat")
 BOS_AT = 9  # 1-based position of BOS in the "BOS in the middle" inputs
 KEY_VALUE = ("zero_value", "mean_value", "zero_key", "mean_key", "ablate", "ablate=norenorm")
@@ -124,6 +124,7 @@ def main() -> int:
     if gguf is None:
         return 0
     from sinkinterp import cli, figures
+    from sinkinterp.massive import summary as massive_summary
 
     commands: list[str] = []
     common = ["--seq-len", "64", "--eps", "0.3", "--seed", "0", *(["--text", str(TEXT)] if TEXT else [])]
@@ -139,6 +140,9 @@ def main() -> int:
                      commands, gguf, GEMMA3_ARG)
     keyval = run_cli(cli, ["intervene", *iv_args, "--prepend-bos", "--do", *KEY_VALUE, "--out", str(OUT / "bos-key-value")],
                      commands, gguf, GEMMA3_ARG)
+    massive = run_cli(cli, ["massive", "--model", gguf, "--inputs", "natural", *common, "--num-seqs", str(N_MASSIVE),
+                            "--batch-size", "8", "--prepend-bos", "--out", str(OUT / "bos-massive")],
+                      commands, gguf, GEMMA3_ARG)
     # BOS in the middle: the natural text without BOS, BOS put before its ninth token (position 9 of 64)
     mid = OUT / "bos-at-9"
     if not (mid / "tokens.npy").is_file():
@@ -236,6 +240,16 @@ def main() -> int:
           for r in keyval["interventions"]],
         "",
         *_key_bias_reading(keyval, bos["natural"]),
+        "",
+        "## Where BOS's massive activation is written (BOS first, natural text)",
+        "",
+        (f"`sinkinterp massive` on {N_MASSIVE} sequences (the command below; how to read it: "
+         "[massive-activation-pretrained.md](massive-activation-pretrained.md), where SmolLM2's is found in two "
+         "neurons of layer 11):"),
+        "",
+        "```",
+        *massive_summary(massive).splitlines(),
+        "```",
         "",
         "![alpha_1 per head, BOS first, natural text](figures/pretrained-gemma3-bos-natural-alpha_heatmap.png)",
         "",

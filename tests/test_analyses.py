@@ -1948,7 +1948,7 @@ def test_pretrained_gemma3_page_reports_its_runs(tmp_path, monkeypatch):
     path = write_gguf(_build("llama"), tmp_path / "tiny.gguf")
     (tmp_path / "words.txt").write_text(" ".join(f"t{3 + i % 50}" for i in range(2000)))  # its word vocabulary
     for name, value in (("DOC", tmp_path / "page.md"), ("OUT", tmp_path / "out"), ("FIGS", tmp_path / "figs"),
-                        ("N_REPORT", 3), ("N_INTERVENE", 2), ("TEXT", tmp_path / "words.txt")):
+                        ("N_REPORT", 3), ("N_INTERVENE", 2), ("N_MASSIVE", 2), ("TEXT", tmp_path / "words.txt")):
         monkeypatch.setattr(mod, name, value)
     monkeypatch.setattr(sinkinterp.loading, "gemma3_gguf_path", lambda: str(path))
     with warnings.catch_warnings():
@@ -1967,6 +1967,11 @@ def test_pretrained_gemma3_page_reports_its_runs(tmp_path, monkeypatch):
     assert [r["name"] for r in keyval["interventions"]][-1] == "ablate[norenorm]"
     for r in keyval["interventions"]:
         assert f"| `{r['name']}` | {r['delta_loss']:+.4f} |" in page
+    from sinkinterp.massive import summary
+
+    massive = json.loads((out / "bos-massive" / "results.json").read_text())
+    assert json.loads((out / "bos-massive" / "config.json").read_text())["prepend_bos"] is True
+    assert summary(massive) in page
     tokens = np.load(out / "bos-at-9" / "tokens.npy")
     tok, _ = sinkinterp.loading.gguf_tokenizer(str(path))
     text = make_tokens("natural", seq_len=63, num_seqs=2, seed=0, vocab_size=len(tok), tokenizer=tok,
