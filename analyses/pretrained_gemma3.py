@@ -140,9 +140,13 @@ def main() -> int:
                      commands, gguf, GEMMA3_ARG)
     keyval = run_cli(cli, ["intervene", *iv_args, "--prepend-bos", "--do", *KEY_VALUE, "--out", str(OUT / "bos-key-value")],
                      commands, gguf, GEMMA3_ARG)
+    # the neurons searched: the MLP of the layer after which token 1's ratio rises the most (the study's own pick,
+    # the largest norm difference, lands on a late MLP that writes large outputs at every position)
+    ratio = report["bos"]["natural"]["norms"]["resid"]["massive_ratio"]
+    appear = max(range(len(ratio) - 1), key=lambda l: ratio[l + 1] - ratio[l])
     massive = run_cli(cli, ["massive", "--model", gguf, "--inputs", "natural", *common, "--num-seqs", str(N_MASSIVE),
-                            "--batch-size", "8", "--prepend-bos", "--out", str(OUT / "bos-massive")],
-                      commands, gguf, GEMMA3_ARG)
+                            "--batch-size", "8", "--prepend-bos", "--mlp-layer", str(appear),
+                            "--out", str(OUT / "bos-massive")], commands, gguf, GEMMA3_ARG)
     # BOS in the middle: the natural text without BOS, BOS put before its ninth token (position 9 of 64)
     mid = OUT / "bos-at-9"
     if not (mid / "tokens.npy").is_file():
@@ -243,9 +247,12 @@ def main() -> int:
         "",
         "## Where BOS's massive activation is written (BOS first, natural text)",
         "",
-        (f"`sinkinterp massive` on {N_MASSIVE} sequences (the command below; how to read it: "
+        (f"`sinkinterp massive` on {N_MASSIVE} sequences, its neuron search in the MLP of layer {appear}, after "
+         f"which token 1's ratio rises the most ({ratio[appear]:.1f} -> {ratio[appear + 1]:.1f}; the study's "
+         "default, the MLP whose output at token 1 exceeds its output elsewhere the most, is a late one here, "
+         "whose outputs are large at every position). The command is below; how to read it: "
          "[massive-activation-pretrained.md](massive-activation-pretrained.md), where SmolLM2's is found in two "
-         "neurons of layer 11):"),
+         "neurons of layer 11:"),
         "",
         "```",
         *massive_summary(massive).splitlines(),

@@ -31,6 +31,9 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--share", type=open_unit_float, default=0.95,
                    help="silence the fewest neurons that carry this share of the MLP's write into h_1, in (0, 1) "
                         "(default 0.95)")
+    s.add_argument("--mlp-layer", type=int_at_least(0), default=None, metavar="L",
+                   help="search the neurons of layer L's MLP (default: the MLP whose output at token 1 most exceeds "
+                        "its output elsewhere; the massive ratio by layer shows where the activation appears)")
     s.set_defaults(num_seqs=32)
 
 
@@ -53,13 +56,13 @@ def cmd_massive(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         results = massive_study(lm.model, tokens, eps=args.eps, seed=args.seed, do=args.do,
                                 bos_token_id=lm.bos_token_id, tokenizer=lm.tokenizer, max_neurons=args.max_neurons,
-                                share=args.share,
+                                share=args.share, mlp_layer=args.mlp_layer,
                                 progress=True)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "do": list(args.do),
-                   "max_neurons": args.max_neurons, "share": args.share,
+                   "max_neurons": args.max_neurons, "share": args.share, "mlp_layer": args.mlp_layer,
                    "seconds": round(time.perf_counter() - started, 3)})
     return finish_study(args, lm, tokens, config, results,
                         ("massive.png", lambda name, res, label: figures.massive_activation(

@@ -56,11 +56,15 @@ def _edit_result(x: Any) -> dict[str, Any]:
 
 
 def neuron_study(model: Any, tokens: torch.Tensor, sublayers: dict[str, list[list[float]]], *, eps: float = 0.3,
-                 seed: int = 0, max_neurons: int = 8, share: float = 0.95) -> dict[str, Any]:
-    """The MLP whose output at token 1 most exceeds its output elsewhere, its neurons ranked by what
-    they write into h_1, and three edits at token 1: the strongest neuron silenced (``top1``), the
+                 seed: int = 0, max_neurons: int = 8, share: float = 0.95, layer: int | None = None) -> dict[str, Any]:
+    """The MLP whose output at token 1 most exceeds its output elsewhere (or the MLP of ``layer``), its neurons
+    ranked by what they write into h_1, and three edits at token 1: the strongest neuron silenced (``top1``), the
     fewest that carry ``share`` of the write along its own direction (at most ``max_neurons``), and
-    as many of the weaker half of writers (drawn with ``seed``) as a control (``interventions``)."""
+    as many of the weaker half of writers (drawn with ``seed``) as a control (``interventions``).
+
+    The default picks by the norm difference, which in a model whose later MLPs write far more at every
+    position than the early ones (Gemma 3) can point past the MLP that makes the massive activation: the
+    massive ratio by layer says where it appears, and ``layer`` names that MLP."""
     from sinkinterp import interventions as iv
     from sinkinterp import patching, tl_adapter
 
@@ -69,7 +73,10 @@ def neuron_study(model: Any, tokens: torch.Tensor, sublayers: dict[str, list[lis
     if isinstance(max_neurons, bool) or not isinstance(max_neurons, int) or max_neurons < 1:
         raise ValueError(f"max_neurons must be a positive integer, got {max_neurons!r}")
     mlp = sublayers["mlp_out"]
-    layer = max(range(len(mlp)), key=lambda l: mlp[l][0] - mlp[l][1])
+    if layer is None:
+        layer = max(range(len(mlp)), key=lambda l: mlp[l][0] - mlp[l][1])
+    elif isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(mlp):
+        raise ValueError(f"layer must be an MLP layer in 0..{len(mlp) - 1} (or None: the largest write), got {layer!r}")
     names = [f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_mlp_out"]
     acts = patching.capture(model, tokens, names)
     post, first_out = acts[names[0]].double(), acts[names[1]][:, 0].double().mean(0)
@@ -103,11 +110,14 @@ def neuron_study(model: Any, tokens: torch.Tensor, sublayers: dict[str, list[lis
 
 def massive_study(model: Any, tokens: Any, *, eps: float = 0.3, seed: int = 0,
                   do: Sequence[str] = DEFAULT_DO, bos_token_id: int | None = None, tokenizer: Any = False,
-                  max_neurons: int = 8, share: float = 0.95, progress: bool = False) -> dict[str, Any]:
+                  max_neurons: int = 8, share: float = 0.95, mlp_layer: int | None = None,
+                  progress: bool = False) -> dict[str, Any]:
     """The whole study (module docstring) on ``tokens`` [N, T] (a tensor or array of ids); ``do``: edits
-    as ``sinkinterp intervene --do`` specs (``tokenizer`` for specs that name a token by its text).
+    as ``sinkinterp intervene --do`` specs (``tokenizer`` for specs that name a token by its text);
+    ``mlp_layer``: the MLP whose neurons are searched (``neuron_study``'s ``layer``).
     Returns plain lists and floats (JSON-ready)."""
     from sinkinterp import interventions as iv
+    from sinkinterp import tl_adapter
     from sinkinterp.cli_intervene import parse_spec
     from sinkinterp.measure import measure
 
@@ -115,6 +125,10 @@ def massive_study(model: Any, tokens: Any, *, eps: float = 0.3, seed: int = 0,
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be [N, T] with T >= 2 (token 1 against the others), got {tuple(tokens.shape)}")
     edits = [parse_spec(s, bos_token_id, tokenizer) for s in do]
+    n_layers = tl_adapter.model_dims(model)["n_layers"]
+    if mlp_layer is not None and (isinstance(mlp_layer, bool) or not isinstance(mlp_layer, int)
+                                  or not 0 <= mlp_layer < n_layers):
+        raise ValueError(f"mlp_layer must be a layer in 0..{n_layers - 1} (or None: the largest write), got {mlp_layer!r}")
     rep = measure(model, tokens, eps=eps, qk_heads=None)
     r = rep.norms["resid"]
     res: dict[str, Any] = {
@@ -138,7 +152,7 @@ def massive_study(model: Any, tokens: Any, *, eps: float = 0.3, seed: int = 0,
                      eps=eps, seed=seed, sinks=False)[0]
     res["normalize_per_layer"] = per.per_layer.tolist()
     res["neurons"] = neuron_study(model, tokens, res["sublayers"], eps=eps, seed=seed, max_neurons=max_neurons,
-                                  share=share)
+                                  share=share, layer=mlp_layer)
     return res
 
 

@@ -88,6 +88,23 @@ def test_the_edits_at_every_layer_and_their_summary(study):
     assert "by layer " + " ".join(f"{x:.2f}" for x in spread) in text
 
 
+def test_the_mlp_searched_can_be_named(planted, study):
+    """``layer`` names the MLP whose neurons are searched: the planted one (layer 0) gives the default's answer,
+    another layer's MLP another answer; a layer the model lacks is refused, here and in massive_study."""
+    model, tokens = planted
+    sub = sublayer_norms(model, tokens)
+    named = neuron_study(model, tokens, sub, layer=0)
+    assert named["layer"] == 0 and named["top"][0]["neuron"] == study["neurons"]["top"][0]["neuron"] == NEURON
+    other = neuron_study(model, tokens, sub, layer=2)
+    assert other["layer"] == 2 and other["top1"]["name"].startswith("zero_neurons[L2:")
+    assert other["top1"]["massive_ratio_after"] == pytest.approx(max(study["massive_ratio"]), rel=1e-3)
+    for bad in (3, -1, True):
+        with pytest.raises(ValueError, match="layer must be an MLP layer in 0..2"):
+            neuron_study(model, tokens, sub, layer=bad)
+    with pytest.raises(ValueError, match="mlp_layer must be a layer in 0..2"):
+        massive_study(model, tokens, mlp_layer=3)
+
+
 def test_bad_arguments_are_named(planted):
     model, tokens = planted
     with pytest.raises(ValueError, match="tokens must be"):
