@@ -94,6 +94,23 @@ def _key_bias_reading(keyval: dict[str, Any], natural: dict[str, Any]) -> list[s
     ]
 
 
+def _neuron_reading(massive: dict[str, Any]) -> str:
+    """Whether a few neurons of the searched MLP write the massive activation, read off the study."""
+    ne = massive["neurons"]
+    k, carried, after = ne["k"], ne["share"][ne["k"] - 1], ne["interventions"][0]
+    if carried >= ne["share_wanted"]:
+        return (f"{k} neuron(s) of MLP {ne['layer']} carry {carried:.0%} of its write into h_1; silenced at token 1 "
+                f"they take the largest massive ratio from {max(massive['massive_ratio']):.1f} to "
+                f"{after['massive_ratio_after']:.1f} and Sink_1 from {massive['sink1']:.1f} to "
+                f"{after['sink1_after']:.1f}% ({after['delta_loss']:+.3f} nats).")
+    return (f"Unlike SmolLM2's, this massive activation is not the work of a few neurons of MLP {ne['layer']}: its "
+            f"{k} strongest writers carry {carried:.0%} of the MLP's write into h_1 along its direction, and "
+            f"silenced at token 1 they take the largest massive ratio only from {max(massive['massive_ratio']):.1f} "
+            f"to {after['massive_ratio_after']:.1f} (Sink_1 {massive['sink1']:.1f} -> {after['sink1_after']:.1f}%, "
+            f"{after['delta_loss']:+.3f} nats). Where else it comes from (layer 0's attention, BOS's embedding "
+            "through the first norm) is not measured here.")
+
+
 def _first_token_lines(res: dict[str, Any]) -> list[str]:
     """Norms, massive activation and angles of token 1 against the rest, from one `measure` result."""
     norms = res["norms"]
@@ -257,6 +274,8 @@ def main() -> int:
         "```",
         *massive_summary(massive).splitlines(),
         "```",
+        "",
+        _neuron_reading(massive),
         "",
         "![alpha_1 per head, BOS first, natural text](figures/pretrained-gemma3-bos-natural-alpha_heatmap.png)",
         "",
