@@ -103,12 +103,17 @@ def _neuron_reading(massive: dict[str, Any]) -> str:
                 f"they take the largest massive ratio from {max(massive['massive_ratio']):.1f} to "
                 f"{after['massive_ratio_after']:.1f} and Sink_1 from {massive['sink1']:.1f} to "
                 f"{after['sink1_after']:.1f}% ({after['delta_loss']:+.3f} nats).")
-    return (f"Unlike SmolLM2's, this massive activation is not the work of a few neurons of MLP {ne['layer']}: its "
+    (m1, mr), (a1, ar) = massive["sublayers"]["mlp_out"][ne["layer"]], massive["sublayers"]["attn_out"][ne["layer"]]
+    writer = (f"MLP {ne['layer']} writes it: its output's norm is {m1:.0f} at token 1 against {mr:.0f} elsewhere "
+              f"(layer {ne['layer']}'s attention: {a1:.0f} against {ar:.0f}). " if m1 > 4 * max(mr, a1) else
+              f"Layer {ne['layer']}'s MLP output has norm {m1:.0f} at token 1 against {mr:.0f} elsewhere, its "
+              f"attention {a1:.0f} against {ar:.0f}. ")
+    return (writer + f"Unlike SmolLM2's, this massive activation is not the work of a few of the MLP's neurons: its "
             f"{k} strongest writers carry {carried:.0%} of the MLP's write into h_1 along its direction, and "
             f"silenced at token 1 they take the largest massive ratio only from {max(massive['massive_ratio']):.1f} "
             f"to {after['massive_ratio_after']:.1f} (Sink_1 {massive['sink1']:.1f} -> {after['sink1_after']:.1f}%, "
-            f"{after['delta_loss']:+.3f} nats). Where else it comes from (layer 0's attention, BOS's embedding "
-            "through the first norm) is not measured here.")
+            f"{after['delta_loss']:+.3f} nats). How the write is shared among the MLP's neurons (ranked here by "
+            "|activation at token 1| x the norm of their output row) is not measured further.")
 
 
 def _first_token_lines(res: dict[str, Any]) -> list[str]:

