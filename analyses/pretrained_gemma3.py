@@ -11,6 +11,7 @@ file is joined once into ~/.cache/sinkinterp, `sinkinterp.loading.gemma3_gguf_pa
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -170,8 +171,8 @@ def main() -> int:
                             "--batch-size", "8", "--prepend-bos", "--mlp-layer", str(appear),
                             "--out", str(OUT / "bos-massive")], commands, gguf, GEMMA3_ARG)
     # BOS in the middle: the natural text without BOS, BOS put before its ninth token (position 9 of 64)
-    mid = OUT / "bos-at-9"
-    if not (mid / "tokens.npy").is_file():
+    mid = OUT / "bos-at-9"  # the ids are made again unless a reused run reads them (SINKINTERP_REUSE=1, run_cli)
+    if not (os.environ.get("SINKINTERP_REUSE") == "1" and (mid / "tokens.npy").is_file()):
         import io
 
         import numpy as np
