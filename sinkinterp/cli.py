@@ -8,6 +8,8 @@
 ``sinkinterp stream``   the loss along long streams through a bounded cache (sinkinterp/cli_stream.py)
 ``sinkinterp lengths``  the sink at every sequence length from one pass (sinkinterp/cli_lengths.py)
 ``sinkinterp tokens``   sinks past the first position, pooled by token (sinkinterp/cli_tokens.py)
+``sinkinterp windows``  past a sliding window: where windowed layers' attention goes without token 1
+                        (sinkinterp/cli_windows.py)
 ``sinkinterp massive``  where the massive activation on token 1 is written, and whether the sink needs it
                         (sinkinterp/cli_massive.py)
 ``sinkinterp gate``     is the sink a gate? how much each head writes against its weight on the sink, and
@@ -120,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sinkinterp import cli_tokens
 
     cli_tokens.add_parser(sub, _add_measure_args)
+    from sinkinterp import cli_windows
+
+    cli_windows.add_parser(sub, _add_measure_args)
     from sinkinterp import cli_massive
 
     cli_massive.add_parser(sub, _add_measure_args)
@@ -473,6 +478,10 @@ def main(argv: list[str] | None = None) -> int:
             from sinkinterp import cli_tokens
 
             return cli_tokens.cmd_tokens(args, argv)
+        if args.command == "windows":
+            from sinkinterp import cli_windows
+
+            return cli_windows.cmd_windows(args, argv)
         if args.command == "massive":
             from sinkinterp import cli_massive
 

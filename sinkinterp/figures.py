@@ -17,7 +17,7 @@ from sinkinterp.fileio import atomic_write
 
 __all__ = ["alpha_heatmap", "norms_figure", "sink_by_position", "save_figure", "qk_figure", "effect_bars",
            "layer_head_heatmap", "sink_over_training", "copy_figure", "stream_curves", "sink_by_length", "token_sink_bars",
-           "massive_activation", "gate_figure", "targets_figure", "turn_sources_figure", "sink_paths_figure",
+           "window_distance", "massive_activation", "gate_figure", "targets_figure", "turn_sources_figure", "sink_paths_figure",
            "TRAINING_KEYS"]
 
 
@@ -296,6 +296,33 @@ def token_sink_bars(labels: object, sink_rate: object, expected_rate: object, *,
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(f"% of heads with alpha > {eps}")
     ax.set_title(title or "sinks by token")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def window_distance(by_distance: object, windowed: object, *, split: int, title: str = "") -> Any:
+    """Where the attention goes by distance (``window_sinks``): the mean weight at distance d = t - s (token 1
+    left out) for the queries inside the split and past it, averaged over the windowed layers and over the
+    global ones (``by_distance`` [2, L, split]; ``windowed``: the windowed layers' indices)."""
+    d = np.asarray(by_distance, dtype=np.float64)
+    if d.ndim != 3 or d.shape[0] != 2 or d.shape[2] != split:
+        raise ValueError(f"by_distance must have shape [2, n_layers, split={split}], got {d.shape}")
+    local = sorted(int(l) for l in windowed)  # type: ignore[union-attr]
+    full = [l for l in range(d.shape[1]) if l not in local]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    x = np.arange(split)
+    for layers, name, color in ((local, "windowed layers", "tab:red"), (full, "global layers", "tab:blue")):
+        if not layers:
+            continue
+        ax.plot(x, d[0, layers].mean(0), color=color, ls="--", lw=1, label=f"{name}, queries inside")
+        ax.plot(x, d[1, layers].mean(0), color=color, lw=1.5, label=f"{name}, queries past")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("distance t - s (token 1 left out)")
+    ax.set_ylabel("mean weight")
+    ax.set_title(title or "attention by distance, inside and past the window")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
