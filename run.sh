@@ -22,8 +22,10 @@ if [ -n "$BASE" ]; then
     echo "run.sh: SINKINTERP_BASE=$BASE is not an environment set up by run.sh (run ./run.sh once with it first)" >&2
     exit 2
   fi
-  BASE="$(realpath "$BASE")"
-  if [ "$BASE" = "$(realpath -m "$VENV")" ]; then
+  # resolved by Python, not realpath(1): BSD / macOS realpath has no -m for a path that does not exist yet
+  abspath() { "$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.argv[1]))' "$1"; }
+  BASE="$(abspath "$BASE")"
+  if [ "$BASE" = "$(abspath "$VENV")" ]; then
     echo "run.sh: SINKINTERP_BASE must name another environment than SINKINTERP_VENV ($VENV)" >&2
     exit 2
   fi
