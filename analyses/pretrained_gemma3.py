@@ -209,6 +209,10 @@ def _window_lines(win: dict[str, Any], nob: dict[str, Any], tokens: dict[str, An
             f"{top[0]['pairs'] / total:.0%} of those sinks fall on {name!r}, "
             + (f"a token that takes {share:.0%} of them inside." if (share := _share(win, "inside", top[0]["id"]))
                is not None else "a token not among the ones listed inside."))
+        rise = [l for l in win["windowed_layers"] if _layer_rate(win, l, 1) - _layer_rate(win, l, 0) > 15]
+        if rise:
+            reading.append(f"The rise is in layer{'s' if len(rise) > 1 else ''} {', '.join(map(str, rise))} (by more "
+                           "than 15 points; the per-layer table).")
         edge = win["edge_share"]["windowed"]
         if edge is not None and edge < 0.05:
             reading.append(f"The new sink is not the oldest key in view, the slot a rolling cache with a kept first "
@@ -232,8 +236,17 @@ def _window_lines(win: dict[str, Any], nob: dict[str, Any], tokens: dict[str, An
                        f"{g_in['first']:.2f}), {g_past['first_rate']:.0f}% of pairs above eps.")
     n_in = nob["summary"]["windowed"]["inside"]
     reading.append(f"Without BOS, inside the window, {n_in['top_rate']:.0f}% of the windowed layers' pairs have a sink "
-                   f"off token 1 (with BOS {inside['top_rate']:.0f}%) and {n_in['first_rate']:.0f}% one on token 1.")
+                   f"off token 1 (with BOS {inside['top_rate']:.0f}%) and {n_in['first_rate']:.0f}% one on token 1"
+                   + (f": about the rate past the window with BOS ({past['top_rate']:.0f}%). Whether BOS is absent or "
+                      "out of view, the windowed layers turn to another key at the same rate."
+                      if abs(n_in["top_rate"] - past["top_rate"]) <= 0.25 * past["top_rate"] else "."))
     return [*lines, " ".join(reading), ""]
+
+
+def _layer_rate(win: dict[str, Any], layer: int, region: int) -> float:
+    """One layer's share of (query, head) pairs with a sink off token 1, mean over its heads (%)."""
+    rates = win["top_rate"][region][layer]
+    return sum(rates) / len(rates)
 
 
 def _share(win: dict[str, Any], region: str, token: int) -> float | None:

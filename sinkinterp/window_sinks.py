@@ -16,7 +16,8 @@ windowed or global, on the same rows:
   t - split + 1, as a control);
 * ``top``: the largest weight on any one key other than token 1, mean and rate above eps: a row with a sink
   somewhere else than on token 1;
-* ``by_distance``: the mean weight at each distance d = t - s, 0 <= d < split (token 1 left out), per layer;
+* ``by_distance``: the mean weight at each distance d = t - s, 0 <= d < split (token 1 left out), per layer, over
+  the region's rows that have a key at that distance (t - d >= 1);
 * the tokens and distances of the keys that take such a sink (``top`` above eps), counted separately for the
   windowed and the global layers, inside and past, and whether each such key is the latest occurrence of its
   token before the query, the earliest one in view (from position 2 on, in the layer's window), or both
@@ -54,7 +55,7 @@ class WindowSinkReport:
 
     Arrays ``[2, L, H]`` are indexed by region (``REGIONS``), layer and head: ``first`` / ``edge`` / ``top`` are
     mean weights over the region's rows, ``*_rate`` the percent of (row, head) pairs above eps. ``by_distance``
-    is ``[2, L, split]``, the mean weight at distance d over rows and heads. ``sink_tokens[kind][region]`` maps a
+    is ``[2, L, split]``, the mean weight at distance d over heads and the rows with a key there (t - d >= 1). ``sink_tokens[kind][region]`` maps a
     token id to the number of (row, head) pairs whose largest weight off token 1 (above eps) fell on that token;
     ``sink_distance[kind][region]`` counts the same pairs by the key's distance t - s, ``sink_order[kind][region]``
     those whose key is the ``latest`` occurrence of its token up to the query, the ``earliest`` in view (keys 2..t,
@@ -242,6 +243,8 @@ class _WindowAccumulator:
             raise RuntimeError(f"hook_pattern never fired for layers {missing}: the model does not follow "
                                "the hook-name contract (docs/hook-contract.md)")
         rows = [int(r.sum()) for r in self.regions]
+        # [2, 1, split] the rows of each region that have a key at distance d
+        reach = torch.stack([(self.valid & r[:, None]).sum(0) for r in self.regions]).double()[:, None, :]
         n = torch.tensor(rows, dtype=torch.float64, device=self.by_distance.device)[:, None, None] * self.num_seqs
         mean = {name: (s / n.clamp_min(1)).cpu().numpy() for name, s in self.sums.items()}
         for name in ("first_rate", "top_rate"):
@@ -252,7 +255,7 @@ class _WindowAccumulator:
             eps=self.eps, seq_len=self.T, num_seqs=self.num_seqs, n_layers=self.L, n_heads=self.H, split=self.split,
             windows=list(self.windows), rows=rows, first=mean["first"], first_rate=mean["first_rate"],
             edge=mean["edge"], top=mean["top"], top_rate=mean["top_rate"],
-            by_distance=(self.by_distance / (n * self.H).clamp_min(1)).cpu().numpy(),
+            by_distance=(self.by_distance / (reach * self.num_seqs * self.H).clamp_min(1)).cpu().numpy(),
             sink_tokens=tokens,
             sink_distance={k: {r: v.cpu().numpy() for r, v in d.items()} for k, d in self.dist_counts.items()},
             sink_order={k: {r: dict(v) for r, v in d.items()} for k, d in self.order_counts.items()},

@@ -2022,6 +2022,9 @@ def test_pretrained_gemma3_window_section_reads_its_numbers():
     assert "mean largest weight of 0.47, about what they gave BOS inside (0.40). 17% of those sinks fall on 'w3', " \
            "a token that takes 0% of them inside" in text  # the inside list is whole: w2 and w8 only
     assert "not the oldest key in view" not in text  # every one of them is
+    assert "The rise is in layer 0 (by more than 15 points" in text
+    assert "Without BOS, inside the window, 17% of the windowed layers' pairs have a sink off token 1 (with BOS 17%) " \
+           "and 50% one on token 1." in text  # 17% is not about the 50% past the window: no sentence on it
     assert "100.0% on the oldest key in view" in text
     assert "'w3' carries no massive activation: its mean residual norm is at most 1.25x the mean at any layer " \
            "(BOS: 17.5x" in text

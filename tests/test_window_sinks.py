@@ -97,11 +97,10 @@ def _reference(pattern, tokens, windows, split, eps):
                             order["only"] += latest and earliest
                         for d in range(split):
                             if t - d >= 1:
-                                dist[r, l, d] += row[t - d] / H
+                                dist[r, l, d] += row[t - d] / (H * N * sum(1 for u in rows if u - d >= 1))
             count = N * len(rows)
             for value in out.values():
                 value[r, l] /= count
-            dist[r, l] /= count
     for name in ("first_rate", "top_rate"):
         out[name] *= 100.0
     return out, dist, tokens_by, dist_by, order_by
@@ -136,6 +135,11 @@ def test_the_readings_are_exact_on_hand_built_patterns():
     assert report.top[past, 0, 1] == pytest.approx(0.4) and report.top_rate[past, 0, 1] == 100.0
     # layer 1 keeps token 1 past the split; its edge is the key at the same distance (3), which gets nothing
     assert report.first[past, 1, 0] == pytest.approx(0.7) and report.edge[past, 1, 0] == 0.0
+    # by distance, mean over heads and the rows with a key there: past, layer 0 at its edge (0.55 + 0.1) / 2, layer 1
+    # on itself (0.3 + 1) / 2; inside, layer 1 at distance 2 only from query 3 (key 1), where nothing is put
+    assert report.by_distance[past, 0, 3] == pytest.approx(0.325) and report.by_distance[past, 1, 0] == pytest.approx(0.65)
+    assert report.by_distance[inside, 1, 2] == 0.0 and report.by_distance[inside, 0, 0] == pytest.approx(
+        (0.4 + (2 / 3 + 3 / 6 + 4 / 10) / 3) / 2)  # head 1 gives itself 2/3, 3/6, 4/10 at t = 1, 2, 3
     # the sinks off token 1 past the window: head 0's at the edge (distance 3), head 1's on the query itself
     past_dist = report.sink_distance["windowed"]["past"]
     assert past_dist[3] == 12 and past_dist[0] == 12 and past_dist.sum() == 24
