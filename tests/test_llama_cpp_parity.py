@@ -20,8 +20,8 @@ from sinkinterp import loading
 DATA = Path(__file__).parent / "data"
 MODELS = {"gemma3": loading.gemma3_gguf_path, "smollm2": loading.smollm2_gguf_path}
 # nats: mean and largest |log p| difference at the next tokens. SmolLM2 agrees to float32 rounding; Gemma 3 to
-# about 1e-3 (not explained here: ggml computes GELU from an fp16 table, one candidate), a hundredth of what the
-# 8-bit activations alone move
+# about 1e-3 (ggml's fp16 GELU table accounts for part of it: the test below), a hundredth of what the 8-bit
+# activations alone move
 TOL = {"smollm2": (1e-4, 1e-3), "gemma3": (3e-3, 2e-2)}
 
 
@@ -40,11 +40,8 @@ def test_a_real_gguf_file_computes_what_llama_cpp_computes(name):
     n = len(fixture["ids"])
     ids = list(lm.tokenizer(fixture["text"])["input_ids"])[:n]
     assert ids == fixture["ids"]  # the text cut as llama.cpp cuts it, BOS where the file asks for it
-    with torch.no_grad():
-        logp = lm.model(torch.tensor([ids]), return_type="logits")[0].double().log_softmax(-1)
+    logp, diff = _against_llama_cpp(lm, fixture)
     ours = logp[:-1].gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
-    theirs = torch.tensor([p["next_logprob"] for p in fixture["positions"][:-1]], dtype=torch.float64)
-    diff = (ours - theirs).abs()
     mean_tol, max_tol = TOL[name]
     print(f"{name}: |log p| against llama.cpp over {n - 1} next tokens: mean {float(diff.mean()):.2e}, "
           f"max {float(diff.max()):.2e}")  # seen with pytest -s
@@ -59,3 +56,55 @@ def test_a_real_gguf_file_computes_what_llama_cpp_computes(name):
     entropy = -(logp.exp() * logp).sum(-1)
     theirs_h = torch.tensor([p["entropy"] for p in fixture["positions"]], dtype=torch.float64)
     assert float((entropy - theirs_h).abs().max()) < max_tol
+
+
+def _against_llama_cpp(lm, fixture, hooks=()):
+    """Our next-token log-probabilities on the fixture's ids (with ``hooks`` attached) and their absolute
+    difference from llama.cpp's."""
+    from sinkinterp import tl_adapter
+
+    ids = fixture["ids"]
+    with torch.no_grad(), tl_adapter.attached_hooks(lm.model, list(hooks)):
+        logp = lm.model(torch.tensor([ids]), return_type="logits")[0].double().log_softmax(-1)
+    ours = logp[:-1].gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
+    theirs = torch.tensor([p["next_logprob"] for p in fixture["positions"][:-1]], dtype=torch.float64)
+    return logp, (ours - theirs).abs()
+
+
+def _ggml_gelu(x):
+    """GELU as ggml's CPU code computes it for float32 rows: for -10 < x < 10 an fp16 table of the tanh form, read
+    at fp16(x), its entry an fp16 value; x itself at or above 10, 0 at or below -10."""
+    table = torch.nn.functional.gelu(x.half().float(), approximate="tanh").half().to(x.dtype)
+    return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, table))
+
+
+@pytest.mark.slow
+def test_ggml_fp16_gelu_table_accounts_for_part_of_gemma3s_gap():
+    """Gemma 3's gated GELU computed as ggml computes it (``_ggml_gelu``, put in through its MLP hooks: gate and up
+    projections read, their product replaced) brings our log-probabilities closer to llama.cpp's, by more than a
+    tenth of the mean gap; the rest of the gap stays unexplained (printed with pytest -s)."""
+    fixture = json.loads((DATA / "llama_cpp_logits_gemma3.json").read_text())
+    path = loading.gemma3_gguf_path()
+    if path is None:
+        pytest.skip("the gemma3 wheels are not installed (see sinkinterp.loading)")
+    lm = loading.load_model(path)
+    seen = {}
+
+    def keep(x, hook):
+        seen[hook.name] = x
+
+    def product(x, hook):
+        block = hook.name.rsplit(".mlp.", 1)[0]
+        exact = torch.nn.functional.gelu(seen[f"{block}.mlp.gate.hook_out"], approximate="tanh")
+        assert torch.allclose(exact * seen[f"{block}.mlp.in.hook_out"], x, rtol=1e-4, atol=1e-5)  # what it replaces
+        return _ggml_gelu(seen[f"{block}.mlp.gate.hook_out"]) * seen[f"{block}.mlp.in.hook_out"]
+
+    hooks = []
+    for l in range(lm.model.cfg.n_layers):
+        hooks += [(f"blocks.{l}.mlp.gate.hook_out", keep), (f"blocks.{l}.mlp.in.hook_out", keep),
+                  (f"blocks.{l}.mlp.out.hook_in", product)]
+    _, plain = _against_llama_cpp(lm, fixture)
+    _, table = _against_llama_cpp(lm, fixture, hooks)
+    print(f"gemma3: |log p| against llama.cpp, mean / max: as transformers computes GELU {float(plain.mean()):.2e} / "
+          f"{float(plain.max()):.2e}; as ggml does {float(table.mean()):.2e} / {float(table.max()):.2e}")
+    assert float(table.mean()) < 0.9 * float(plain.mean())
