@@ -23,6 +23,31 @@ def add_parser(sub: Any, add_common: Any) -> None:
     s.add_argument("--split", type=int_at_least(2), default=None,
                    help="first query position (0-based) counted as past (default: the smallest window of any layer)")
     s.add_argument("--top", type=int_at_least(1), default=10, help="sink tokens listed per kind of layer (default 10)")
+    s.add_argument("--drop-tokens", nargs="+", default=None, metavar="TOKEN",
+                   help="also the loss inside and past the split with the keys holding these tokens (each one token "
+                        "of the model's vocabulary, as text, or #ID) hidden from the windowed layers' queries")
+
+
+def _token_ids(lm: Any, names: list[str]) -> list[int]:
+    """``--drop-tokens``: each a single token of the model's vocabulary, as its text or as #ID."""
+    from sinkinterp.cli import UsageError
+
+    vocab = lm.d_vocab
+    ids = []
+    for name in names:
+        if name.startswith("#") and name[1:].isdigit():
+            ids.append(int(name[1:]))
+        elif lm.tokenizer is None:
+            raise UsageError(f"--drop-tokens: {name!r}: this model has no tokenizer; give token ids as #ID")
+        else:
+            got = list(lm.tokenizer(name, add_special_tokens=False)["input_ids"])
+            if len(got) != 1:
+                raise UsageError(f"--drop-tokens: {name!r} is {len(got)} tokens of this vocabulary, not one "
+                                 "(give its id as #ID)")
+            ids.append(int(got[0]))
+        if not 0 <= ids[-1] < vocab:
+            raise UsageError(f"--drop-tokens: {name!r}: token ids must lie in [0, {vocab - 1}]")
+    return ids
 
 
 def cmd_windows(args: argparse.Namespace, argv: list[str]) -> int:
@@ -37,6 +62,7 @@ def cmd_windows(args: argparse.Namespace, argv: list[str]) -> int:
     if args.k_max is not None:
         raise UsageError("--k-max: not used by `sinkinterp windows` (it reads every query row; see --split)")
     lm, tokens = model_and_tokens(args, kind, tokens, text)
+    drop_ids = _token_ids(lm, args.drop_tokens) if args.drop_tokens else None
     started = time.perf_counter()
     try:
         report = window_sinks(lm.model, tokens, eps=args.eps, split=args.split, batch_size=args.batch_size,
@@ -50,8 +76,14 @@ def cmd_windows(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(msg) from None
     decode = _decoder(lm)
     results = report.to_dict(decode, args.top)
+    if drop_ids is not None:
+        from sinkinterp.window_sinks import drop_token_keys
+
+        results["drop"] = drop_token_keys(lm.model, tokens, drop_ids, split=report.split, batch_size=args.batch_size)
+        results["drop"]["tokens"] = [decode(t) for t in drop_ids] if decode else None
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "split": report.split, "top": args.top,
+                   "drop_tokens": drop_ids,
                    "seconds": round(time.perf_counter() - started, 3)})
     results.update({"model": args.model, "inputs": config["inputs"], "prepend_bos": bool(args.prepend_bos),
                     "dtype": lm.info.get("dtype")})
@@ -65,5 +97,11 @@ def cmd_windows(args: argparse.Namespace, argv: list[str]) -> int:
     write_json(out / "config.json", config)
     write_json(out / "results.json", results)  # last: the run completed
     print(report.table(decode, args.top))
+    if drop_ids is not None:
+        d = results["drop"]
+        print(f"keys holding {d['tokens'] or d['token_ids']} hidden from layers {d['layers']}: loss inside "
+              f"{d['loss']['inside']:.4f} -> {d['loss_dropped']['inside']:.4f} ({d['delta']['inside']:+.4f}), past "
+              f"{d['loss']['past']:.4f} -> {d['loss_dropped']['past']:.4f} ({d['delta']['past']:+.4f}); the weight "
+              f"they held: {d['weight_dropped']['inside']:.3f} inside, {d['weight_dropped']['past']:.3f} past")
     print(f"wrote {out}/results.json")
     return 0

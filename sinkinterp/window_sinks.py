@@ -29,7 +29,7 @@ queries that see key k, thresholded per sequence): a key past the window has no 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ from sinkinterp import tl_adapter
 from sinkinterp.measure import _model_device, run_hooked, validate_tokens
 from sinkinterp.metrics import check_eps
 
-__all__ = ["REGIONS", "WindowSinkReport", "window_sinks"]
+__all__ = ["REGIONS", "WindowSinkReport", "drop_token_keys", "window_sinks"]
 
 REGIONS = ("inside", "past")  # rows 1 <= t < split, rows t >= split
 ORDER = ("latest", "earliest", "only")  # which occurrence of its token a sink key is
@@ -316,3 +316,78 @@ def window_sinks(model: Any, tokens: Any, *, eps: float = 0.3, split: int | None
     run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
                progress="windows" if progress else None)
     return acc.finish()
+
+
+def drop_token_keys(model: Any, tokens: Any, token_ids: Sequence[int], *, layers: Sequence[int] | None = None,
+                    split: int | None = None, batch_size: int = 1) -> dict[str, Any]:
+    """Is a sink past the window needed? The keys holding any of ``token_ids`` (key positions 2..t-1 of each query
+    t: token 1 and the query itself stay) hidden from every query of ``layers`` (default: the layers whose window
+    hides token 1 past the split), each row scaled back to its old total over the kept keys (for softmax: the
+    softmax over the kept keys), against the plain run.
+
+    Returns the mean next-token loss over the predictions made at the queries inside (1 <= t < split) and past
+    (t >= split) the split, plain (``loss``) and edited (``loss_dropped``), their ``delta``, and the mean weight the
+    hidden keys held in the edited layers' rows of each region (``weight_dropped``, over heads and rows)."""
+    dims = tl_adapter.model_dims(model)
+    tokens = validate_tokens(tokens, dims["d_vocab"])
+    T, L = tokens.shape[1], dims["n_layers"]
+    if isinstance(token_ids, (str, bytes)) or not token_ids or any(
+            isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < dims["d_vocab"] for t in token_ids):
+        raise ValueError(f"token_ids must be a non-empty list of token ids in [0, {dims['d_vocab'] - 1}], got "
+                         f"{token_ids!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    windows = [tl_adapter.attn_visibility(model, l)[0] for l in range(L)]
+    if split is None:
+        shorter = [w for w in windows if w is not None and w < T]
+        if not shorter:
+            raise ValueError(f"no layer's window is shorter than the sequence (windows {windows}, seq_len {T}): "
+                             "pass split")
+        split = min(shorter)
+    if isinstance(split, bool) or not isinstance(split, int) or not 2 <= split <= T - 1:
+        raise ValueError(f"split must be an integer in [2, seq_len - 1 = {T - 1}], got {split!r}")
+    if layers is None:
+        layers = [l for l, w in enumerate(windows) if w is not None and w <= split]
+    layers = list(layers)
+    if not layers or any(isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < L for l in layers):
+        raise ValueError(f"layers must be a non-empty list of layer indices in [0, {L - 1}], got {layers!r}")
+    from sinkinterp import patching
+
+    device = _model_device(model)
+    ids = torch.tensor(sorted(set(token_ids)), device=device)
+    t = torch.arange(T, device=device)
+    later = (t[None, :] >= 1) & (t[None, :] < t[:, None])  # [query, key]: keys 2..t-1 of query t
+    regions = [(t >= 1) & (t < split), t >= split]
+    current: dict[str, Tensor] = {}
+    dropped = torch.zeros(2, dtype=torch.float64)
+
+    def edit(p: Tensor, hook: Any) -> Tensor:
+        hidden = torch.isin(current["tokens"], ids)[:, None, None, :] & later  # [b, 1, q, k]
+        q = p.to(torch.promote_types(p.dtype, torch.float32))
+        out = q.masked_fill(hidden, 0.0)
+        for r, rows in enumerate(regions):
+            dropped[r] += float((q - out)[:, :, rows].sum()) / (q.shape[1] * int(rows.sum()))
+        kept = out.sum(-1, keepdim=True)
+        out = out * torch.where(kept > 0, q.sum(-1, keepdim=True) / kept.clamp_min(torch.finfo(q.dtype).tiny), 1.0)
+        return out.to(p.dtype)
+
+    hooks = [(f"blocks.{l}.attn.hook_pattern", edit) for l in layers]
+    losses = []
+    for attach in ([], hooks):
+        per = []
+        with patching._eval_mode(model), torch.no_grad(), tl_adapter.attached_hooks(model, attach):
+            for start in range(0, tokens.shape[0], batch_size):
+                batch = tokens[start:start + batch_size].to(device)
+                current["tokens"] = batch
+                per.append(patching.per_token_loss(model(batch), batch).double().cpu())
+        losses.append(torch.cat(per))  # [N, T - 1]: target t + 1 predicted at query t
+    out: dict[str, Any] = {"token_ids": ids.tolist(), "layers": layers, "split": split, "seq_len": T,
+                           "num_seqs": int(tokens.shape[0]), "loss": {}, "loss_dropped": {}, "delta": {},
+                           "weight_dropped": {}}
+    for r, region in enumerate(REGIONS):
+        rows = regions[r][:-1].cpu()  # queries 0..T-2 make the predictions
+        base, edited = float(losses[0][:, rows].mean()), float(losses[1][:, rows].mean())
+        out["loss"][region], out["loss_dropped"][region] = base, edited
+        out["delta"][region] = edited - base
+        out["weight_dropped"][region] = float(dropped[r]) / (len(layers) * tokens.shape[0])
+    return out

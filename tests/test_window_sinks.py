@@ -244,3 +244,82 @@ def test_the_windows_command_refuses_bad_arguments_without_results(tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and not (out / "results.json").exists()
     assert re.search(match, err), err
+
+
+def _tiny_gemma3():
+    """A tiny Gemma 3 (a sliding layer, then a global one) and a function that boots its bridge (run Hugging Face's
+    own model first: the bridge takes it over)."""
+    import transformers
+    from test_architectures import SMALL, V, WINDOW_CONFIGS, word_tokenizer
+
+    cfg_cls, model_cls, fields = WINDOW_CONFIGS["gemma3"]
+    torch.manual_seed(0)
+    hf = getattr(transformers, model_cls)._from_config(getattr(transformers, cfg_cls)(**SMALL, **fields),
+                                                        attn_implementation="eager").eval()
+
+    def boot():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tl_adapter.boot_bridge(hf, word_tokenizer(V), "tiny-gemma3")
+
+    return hf, boot
+
+
+def test_hiding_a_tokens_keys_equals_masking_them_in_hugging_face_attention():
+    """drop_token_keys on a tiny Gemma 3 (its sliding layer edited): the losses equal Hugging Face's own model run
+    with those keys masked out of the sliding layers' attention mask, and the weight they held is read off its
+    attention probabilities."""
+    from sinkinterp import patching
+    from sinkinterp.window_sinks import drop_token_keys
+
+    hf, boot = _tiny_gemma3()
+    T = 12
+    tokens = torch.randint(3, 8, (2, T), generator=torch.Generator().manual_seed(1))
+    t = torch.arange(T)
+    causal = (t[None, :] <= t[:, None]).expand(2, T, T)
+    sliding = causal & ((t[:, None] - t[None, :]) < 3)
+    hidden = torch.isin(tokens, torch.tensor([4]))[:, None, :] & (t[None, :] >= 1) & (t[None, :] < t[:, None])
+
+    def additive(mask):
+        return torch.where(mask, 0.0, float("-inf"))[:, None]
+
+    with torch.no_grad():
+        out = hf(tokens, output_attentions=True)
+        masked = hf(tokens, attention_mask={"full_attention": additive(causal),
+                                            "sliding_attention": additive(sliding & ~hidden)}).logits
+    bridge = boot()
+    res = drop_token_keys(bridge, tokens, [4], split=3)
+    assert res["layers"] == [0] and res["split"] == 3 and res["token_ids"] == [4]
+    plain, edited = (patching.per_token_loss(x, tokens).double() for x in (out.logits, masked))
+    held = (out.attentions[0].double() * hidden[:, None]).sum(-1)  # [N, H, T]: weight on the hidden keys
+    for region, rows in (("inside", (t >= 1) & (t < 3)), ("past", t >= 3)):
+        assert res["loss"][region] == pytest.approx(float(plain[:, rows[:-1]].mean()), abs=1e-6)
+        assert res["loss_dropped"][region] == pytest.approx(float(edited[:, rows[:-1]].mean()), abs=1e-6)
+        assert res["weight_dropped"][region] == pytest.approx(float(held[:, :, rows].mean()), abs=1e-6)
+    assert res["delta"]["past"] != 0.0 and res["weight_dropped"]["past"] > 0.05
+    # a token that never occurs changes nothing
+    absent = drop_token_keys(bridge, tokens, [9], split=3)
+    assert absent["delta"] == {"inside": 0.0, "past": 0.0} and absent["weight_dropped"]["past"] == 0.0
+    for bad, match in (([], "token_ids must be a non-empty list"), ([10**9], "token_ids must be a non-empty list")):
+        with pytest.raises(ValueError, match=match):
+            drop_token_keys(bridge, tokens, bad, split=3)
+    with pytest.raises(ValueError, match=r"layers must be a non-empty list of layer indices in \[0, 1\]"):
+        drop_token_keys(bridge, tokens, [4], layers=[2], split=3)
+
+
+def test_the_windows_command_hides_tokens_on_request(tmp_path, capsys):
+    from sinkinterp.models import ModelConfig, SinkTransformer
+    from sinkinterp.models.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "model", SinkTransformer(ModelConfig(n_layers=2, d_model=32, n_heads=4,
+                                                                          d_vocab=50, n_ctx=32, window=6)))
+    out = tmp_path / "out"
+    assert cli.main(["windows", "--model", str(ckpt), "--inputs", "random", "--seq-len", "16", "--num-seqs", "3",
+                     "--drop-tokens", "#7", "#11", "--no-figures", "--out", str(out)]) == 0
+    drop = json.loads((out / "results.json").read_text())["drop"]
+    assert drop["token_ids"] == [7, 11] and drop["layers"] == [0, 1] and set(drop["delta"]) == {"inside", "past"}
+    assert json.loads((out / "config.json").read_text())["drop_tokens"] == [7, 11]
+    assert "hidden from layers [0, 1]" in capsys.readouterr().out
+    code = cli.main(["windows", "--model", str(ckpt), "--inputs", "random", "--seq-len", "16", "--num-seqs", "3",
+                     "--drop-tokens", "#50", "--out", str(tmp_path / "bad")])
+    assert code == 2 and "--drop-tokens: '#50': token ids must lie in [0, 49]" in capsys.readouterr().err
