@@ -243,6 +243,61 @@ def _window_lines(win: dict[str, Any], nob: dict[str, Any], tokens: dict[str, An
     return [*lines, " ".join(reading), ""]
 
 
+def _control_token(win: dict[str, Any], tokens: dict[str, Any]) -> int | None:
+    """The token as frequent in the text as the windowed layers' top sink past the window (the `tokens` run's
+    counts) among those that take under a tenth of its share of those sinks (None: no such token)."""
+    listed = {t["id"]: t["pairs"] for t in win["sink_tokens"]["windowed"]["past"]["top"]}
+    top = win["sink_tokens"]["windowed"]["past"]["top"][0]["id"]
+    counts = dict(zip(tokens["tokens"]["id"], tokens["tokens"]["count"]))
+    cut = sum(listed.values()) < win["sink_tokens"]["windowed"]["past"]["total"]
+    smallest = min(listed.values())
+    # a token the list leaves out took at most the smallest listed share
+    few = [i for i in counts if i != top and listed.get(i, smallest if cut else 0) < 0.1 * listed[top]]
+    if top not in counts or not few:
+        return None
+    return min(few, key=lambda i: (abs(counts[i] - counts[top]), i))
+
+
+def _drop_lines(drops: dict[str, dict[str, Any]], tokens: dict[str, Any]) -> list[str]:
+    """Whether the windowed layers need their new sink: the loss with its token's keys hidden, against a control."""
+    if "sink" not in drops:
+        return []
+    counts = dict(zip(tokens["tokens"]["id"], tokens["tokens"]["count"]))
+
+    def row(name: str, d: dict[str, Any]) -> str:
+        text = d["tokens"][0] if d.get("tokens") else f"#{d['token_ids'][0]}"
+        return (f"| {name} | {text!r} | {counts.get(d['token_ids'][0], 0)} | {d['weight_dropped']['inside']:.3f} | "
+                f"{d['weight_dropped']['past']:.3f} | {d['delta']['inside']:+.4f} | {d['delta']['past']:+.4f} |")
+
+    sink = drops["sink"]
+    lines = [
+        (f"Is the new sink used? Every key holding the token hidden from the windowed layers' queries (layers "
+         f"{', '.join(map(str, sink['layers']))}; token 1 and the query itself stay; each row scaled back to its total, "
+         "which for softmax is the softmax over the kept keys; `windows --drop-tokens`, the same sequences), against "
+         "a control token about as frequent that takes under a tenth as many of the sinks (its count: occurrences "
+         "at the `tokens` run's pooled positions). Loss changes in nats a token, on the predictions made inside and "
+         f"past the window (plain: {sink['loss']['inside']:.4f} / {sink['loss']['past']:.4f}):"),
+        "",
+        "| keys hidden | token | count | weight they held inside | past | Δ loss inside | Δ loss past |",
+        "|---|---|---|---|---|---|---|",
+        row("the top sink past the window", sink),
+        *([row("control", drops["control"])] if "control" in drops else []),
+        "",
+    ]
+    ds = sink["delta"]
+    used = ds["past"] > 2 * max(ds["inside"], 0.0) and ds["past"] > 0.01
+    if "control" in drops:
+        dc = drops["control"]["delta"]
+        used = used and ds["past"] > 2 * max(dc["past"], 0.0)
+    name = sink["tokens"][0] if sink.get("tokens") else f"#{sink['token_ids'][0]}"
+    control = f" and {drops['control']['delta']['past']:+.3f} for the control past it" if "control" in drops else ""
+    lines.append(f"Reading. Hiding {name!r} costs {ds['past']:+.3f} nats past the window against {ds['inside']:+.3f} "
+                 f"inside{control}" + (": past the window the windowed layers use the new sink, more than they use the "
+                                       "same token while BOS is in view." if used else
+                                       ": the loss does not single out the new sink past the window."))
+    return [*lines, ""]
+
+
 def _layer_rate(win: dict[str, Any], layer: int, region: int) -> float:
     """One layer's share of (query, head) pairs with a sink off token 1, mean over its heads (%)."""
     rates = win["top_rate"][region][layer]
@@ -346,6 +401,16 @@ def main() -> int:
                          commands, gguf, GEMMA3_ARG)
     by_token = run_cli(cli, ["tokens", *win_args, "--prepend-bos", "--out", str(OUT / "tokens-bos")],
                        commands, gguf, GEMMA3_ARG)
+    # is the new sink used? its token's keys hidden from the windowed layers, against a token as frequent that
+    # takes few of the sinks
+    drops = {}
+    past_top = window["sink_tokens"]["windowed"]["past"]["top"]
+    if past_top:
+        for name, token in zip(("sink", "control"), (past_top[0]["id"], _control_token(window, by_token))):
+            if token is not None:
+                drops[name] = run_cli(cli, ["windows", *win_args, "--prepend-bos", *split, "--drop-tokens",
+                                            f"#{token}", "--no-figures", "--out", str(OUT / f"windows-bos-drop-{name}")],
+                                      commands, gguf, GEMMA3_ARG)["drop"]
     cfg = json.loads((OUT / "bos" / "natural" / "config.json").read_text())
     info = cfg["model_info"]
     for name in ("alpha_heatmap.png", "norms.png"):
@@ -445,6 +510,7 @@ def main() -> int:
         f"## Past the sliding window (T = {T_WINDOW}, natural text)",
         "",
         *_window_lines(window, window_nob, by_token),
+        *_drop_lines(drops, by_token),
         "![attention by distance, windowed and global layers, queries inside and past the window, BOS first]"
         "(figures/pretrained-gemma3-window-sinks.png)",
         "",
