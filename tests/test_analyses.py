@@ -2029,3 +2029,31 @@ def test_pretrained_gemma3_window_section_reads_its_numbers():
     assert "'w3' carries no massive activation: its mean residual norm is at most 1.25x the mean at any layer " \
            "(BOS: 17.5x" in text
     assert "The global layers keep BOS past the split: mean weight 0.35" in text
+
+
+def test_pretrained_gemma3_drop_section_picks_its_control_and_reads_the_losses():
+    """The control token is the one as frequent as the top sink past the window among those taking under a tenth of
+    its share (a token the cut list leaves out took at most the smallest listed share); the reading names the new
+    sink used only when hiding it costs more past the window than inside and than the control."""
+    mod = load_script("analyses/pretrained_gemma3.py")
+    win = {"sink_tokens": {"windowed": {"past": {"total": 100, "top": [
+        {"id": 5, "pairs": 50}, {"id": 6, "pairs": 30}, {"id": 7, "pairs": 4}]}}}}
+    tokens = {"tokens": {"id": [5, 6, 7, 8, 9], "count": [40, 41, 30, 38, 60]}}
+    assert mod._control_token(win, tokens) == 8  # 6 takes too many; 7 and 8 (unlisted: at most 4) qualify
+    win["sink_tokens"]["windowed"]["past"]["total"] = 84  # the list is whole: 8 took none
+    assert mod._control_token(win, tokens) == 8
+    tokens["tokens"]["id"], tokens["tokens"]["count"] = [5, 6], [40, 41]
+    assert mod._control_token(win, tokens) is None
+
+    def drop(token, inside, past):
+        return {"token_ids": [token], "tokens": [f"w{token}"], "layers": [0, 1], "loss": {"inside": 3.0, "past": 3.5},
+                "delta": {"inside": inside, "past": past}, "weight_dropped": {"inside": 0.05, "past": 0.2}}
+
+    text = "\n".join(mod._drop_lines({"sink": drop(5, 0.01, 0.08), "control": drop(8, 0.0, 0.01)}, tokens))
+    assert "| the top sink past the window | 'w5' | 40 | 0.050 | 0.200 | +0.0100 | +0.0800 |" in text
+    assert "| control | 'w8' | 0 | 0.050 | 0.200 | +0.0000 | +0.0100 |" in text  # not counted: 0
+    assert "costs +0.080 nats past the window against +0.010 inside and +0.010 for the control past it: past the " \
+           "window the windowed layers use the new sink" in text
+    text = "\n".join(mod._drop_lines({"sink": drop(5, 0.01, 0.08), "control": drop(8, 0.0, 0.05)}, tokens))
+    assert "the loss does not single out the new sink past the window" in text
+    assert mod._drop_lines({}, tokens) == []
