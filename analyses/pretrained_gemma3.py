@@ -181,8 +181,8 @@ def _window_lines(win: dict[str, Any], nob: dict[str, Any], tokens: dict[str, An
         *_kind_rows(win, "BOS first"),
         *_kind_rows(nob, "no BOS (token 1 = text)"),
         "",
-        "Per layer, BOS first (mean over heads): weight on BOS inside / past; share of pairs with a sink elsewhere "
-        "inside / past:",
+        ("Per layer, BOS first (mean over heads): weight on BOS inside / past; share of pairs with a sink elsewhere "
+         "inside / past:"),
         "",
         "| layer | window | BOS inside | BOS past | > eps elsewhere inside (%) | past (%) |",
         "|---|---|---|---|---|---|",
@@ -284,17 +284,27 @@ def _drop_lines(drops: dict[str, dict[str, Any]], tokens: dict[str, Any]) -> lis
         *([row("control", drops["control"])] if "control" in drops else []),
         "",
     ]
-    ds = sink["delta"]
-    used = ds["past"] > 2 * max(ds["inside"], 0.0) and ds["past"] > 0.01
-    if "control" in drops:
-        dc = drops["control"]["delta"]
-        used = used and ds["past"] > 2 * max(dc["past"], 0.0)
+    ds, ws = sink["delta"], sink["weight_dropped"]
     name = sink["tokens"][0] if sink.get("tokens") else f"#{sink['token_ids'][0]}"
-    control = f" and {drops['control']['delta']['past']:+.3f} for the control past it" if "control" in drops else ""
-    lines.append(f"Reading. Hiding {name!r} costs {ds['past']:+.3f} nats past the window against {ds['inside']:+.3f} "
-                 f"inside{control}" + (": past the window the windowed layers use the new sink, more than they use the "
-                                       "same token while BOS is in view." if used else
-                                       ": the loss does not single out the new sink past the window."))
+    reading = [(f"Reading. Hiding {name!r} costs {ds['past']:+.3f} nats a token past the window and "
+                f"{ds['inside']:+.3f} inside, its keys holding {ws['past']:.2f} of the windowed layers' weight past it "
+                f"and {ws['inside']:.2f} inside.")]
+    control = drops.get("control")
+    leans = ds["past"] > 1.25 * max(ds["inside"], 0.0)
+    if control is not None:
+        dc, wc = control["delta"], control["weight_dropped"]
+        leans = leans and ds["past"] > 1.25 * max(dc["past"], 0.0)
+        reading.append(f"The control costs {dc['past']:+.3f} past the window ({dc['inside']:+.3f} inside) for "
+                       f"{wc['past']:.2f} of the weight.")
+    reading.append(f"The windowed layers lean on {name!r} more past the window than while BOS is in view"
+                   + (" and more than on the control." if control is not None else ".") if leans else
+                   f"The loss does not single {name!r} out past the window.")
+    if control is not None and ws["past"] > 0 and wc["past"] > 0:
+        per, per_c = ds["past"] / ws["past"], dc["past"] / wc["past"]
+        reading.append(f"Per unit of weight moved, hiding it costs {per:.2f} nats past the window against the "
+                       f"control's {per_c:.2f}" + (": much of its weight can be moved onto the other keys at a small "
+                                                    "price." if per < 0.5 * per_c else "."))
+    lines.append(" ".join(reading))
     return [*lines, ""]
 
 
@@ -511,8 +521,8 @@ def main() -> int:
         "",
         *_window_lines(window, window_nob, by_token),
         *_drop_lines(drops, by_token),
-        "![attention by distance, windowed and global layers, queries inside and past the window, BOS first]"
-        "(figures/pretrained-gemma3-window-sinks.png)",
+        ("![attention by distance, windowed and global layers, queries inside and past the window, BOS first]"
+         "(figures/pretrained-gemma3-window-sinks.png)"),
         "",
         "![alpha_1 per head, BOS first, natural text](figures/pretrained-gemma3-bos-natural-alpha_heatmap.png)",
         "",

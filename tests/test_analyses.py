@@ -2052,8 +2052,15 @@ def test_pretrained_gemma3_drop_section_picks_its_control_and_reads_the_losses()
     text = "\n".join(mod._drop_lines({"sink": drop(5, 0.01, 0.08), "control": drop(8, 0.0, 0.01)}, tokens))
     assert "| the top sink past the window | 'w5' | 40 | 0.050 | 0.200 | +0.0100 | +0.0800 |" in text
     assert "| control | 'w8' | 0 | 0.050 | 0.200 | +0.0000 | +0.0100 |" in text  # not counted: 0
-    assert "costs +0.080 nats past the window against +0.010 inside and +0.010 for the control past it: past the " \
-           "window the windowed layers use the new sink" in text
-    text = "\n".join(mod._drop_lines({"sink": drop(5, 0.01, 0.08), "control": drop(8, 0.0, 0.05)}, tokens))
-    assert "the loss does not single out the new sink past the window" in text
+    assert "Hiding 'w5' costs +0.080 nats a token past the window and +0.010 inside, its keys holding 0.20 of the " \
+           "windowed layers' weight past it and 0.05 inside. The control costs +0.010 past the window (+0.000 " \
+           "inside) for 0.20 of the weight. The windowed layers lean on 'w5' more past the window than while BOS is " \
+           "in view and more than on the control. Per unit of weight moved, hiding it costs 0.40 nats past the " \
+           "window against the control's 0.05." in text
+    control = drop(8, 0.0, 0.09)
+    control["weight_dropped"]["past"] = 0.05  # 1.8 nats a unit of weight: w5's 0.40 is under half of it
+    text = "\n".join(mod._drop_lines({"sink": drop(5, 0.07, 0.08), "control": control}, tokens))
+    assert "The loss does not single 'w5' out past the window. Per unit of weight moved, hiding it costs 0.40 nats " \
+           "past the window against the control's 1.80: much of its weight can be moved onto the other keys at a " \
+           "small price." in text
     assert mod._drop_lines({}, tokens) == []
