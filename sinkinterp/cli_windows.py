@@ -2,7 +2,7 @@
 (sinkinterp.window_sinks), beside the global layers on the same queries. Same --model / --tokens / --inputs /
 --out conventions as ``sinkinterp measure``; writes config.json, results.json (last) and window_sinks.png.
 
-    sinkinterp windows --model gemma.gguf --inputs natural --prepend-bos --seq-len 1024 --num-seqs 8 --out DIR
+    sinkinterp windows --model gemma.gguf --inputs natural --prepend-bos --seq-len 1024 --num-seqs 7 --out DIR
 """
 
 from __future__ import annotations
@@ -79,7 +79,11 @@ def cmd_windows(args: argparse.Namespace, argv: list[str]) -> int:
     if drop_ids is not None:
         from sinkinterp.window_sinks import drop_token_keys
 
-        results["drop"] = drop_token_keys(lm.model, tokens, drop_ids, split=report.split, batch_size=args.batch_size)
+        try:
+            results["drop"] = drop_token_keys(lm.model, tokens, drop_ids, split=report.split,
+                                              batch_size=args.batch_size)
+        except ValueError as err:  # no layer's window hides token 1 past the split
+            raise UsageError(f"--drop-tokens: {err}") from None
         results["drop"]["tokens"] = [decode(t) for t in drop_ids] if decode else None
     config = run_config(args, argv, lm, tokens)
     config.update({"inputs": "tokens" if args.tokens else kind, "split": report.split, "top": args.top,

@@ -89,9 +89,11 @@ class WindowSinkReport:
 
     def kind_mean(self, name: str, kind: str, region: str) -> float:
         """``name`` (first, first_rate, edge, top, top_rate) averaged over the heads of one kind of layer."""
-        layers = self.windowed_layers() if kind == "windowed" else self.global_layers()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if region not in REGIONS:
+            raise ValueError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
+        layers = self.windowed_layers() if kind == "windowed" else self.global_layers()
         if not layers:
             return float("nan")
         return float(getattr(self, name)[REGIONS.index(region), layers].mean())
@@ -209,8 +211,8 @@ class _WindowAccumulator:
         edge = p.gather(-1, edge_key.clamp_min(0).expand(b, self.H, self.T)[..., None]).squeeze(-1)
         rest = p[..., 1:]
         top, arg = rest.max(-1)  # [b, H, T]; arg + 1 = the key
-        rel = p.gather(-1, self.key_at.clamp_min(0).expand(b, self.H, self.T, self.split))
-        rel = rel * self.valid  # [b, H, T, split]
+        # [b, T, split]: the weight at each distance, summed over heads first (H times less memory than per head)
+        rel = p.sum(1).gather(-1, self.key_at.clamp_min(0).expand(b, self.T, self.split)) * self.valid
         kind = "windowed" if layer in self.windowed else "global"
         for r, rows in enumerate(self.regions):
             if not bool(rows.any()):
@@ -221,7 +223,7 @@ class _WindowAccumulator:
             self.sums["top"][r, layer] += top[..., rows].sum((0, 2))
             sink = top[..., rows] > self.eps  # [b, H, R]
             self.sums["top_rate"][r, layer] += sink.sum((0, 2))
-            self.by_distance[r, layer] += rel[:, :, rows].sum((0, 1, 2))
+            self.by_distance[r, layer] += rel[:, rows].sum((0, 1))
             bi, _, ri = sink.nonzero(as_tuple=True)
             if bi.numel():
                 q = torch.nonzero(rows).squeeze(1)[ri]  # the query positions
@@ -348,6 +350,9 @@ def drop_token_keys(model: Any, tokens: Any, token_ids: Sequence[int], *, layers
         raise ValueError(f"split must be an integer in [2, seq_len - 1 = {T - 1}], got {split!r}")
     if layers is None:
         layers = [l for l, w in enumerate(windows) if w is not None and w <= split]
+        if not layers:
+            raise ValueError(f"no layer's window hides token 1 from the queries past split {split} (windows "
+                             f"{windows}): pass layers")
     layers = list(layers)
     if not layers or any(isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < L for l in layers):
         raise ValueError(f"layers must be a non-empty list of layer indices in [0, {L - 1}], got {layers!r}")

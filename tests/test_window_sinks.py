@@ -250,7 +250,7 @@ def _tiny_gemma3():
     """A tiny Gemma 3 (a sliding layer, then a global one) and a function that boots its bridge (run Hugging Face's
     own model first: the bridge takes it over)."""
     import transformers
-    from test_architectures import SMALL, V, WINDOW_CONFIGS, word_tokenizer
+    from test_architectures import SMALL, WINDOW_CONFIGS, V, word_tokenizer
 
     cfg_cls, model_cls, fields = WINDOW_CONFIGS["gemma3"]
     torch.manual_seed(0)
@@ -323,3 +323,19 @@ def test_the_windows_command_hides_tokens_on_request(tmp_path, capsys):
     code = cli.main(["windows", "--model", str(ckpt), "--inputs", "random", "--seq-len", "16", "--num-seqs", "3",
                      "--drop-tokens", "#50", "--out", str(tmp_path / "bad")])
     assert code == 2 and "--drop-tokens: '#50': token ids must lie in [0, 49]" in capsys.readouterr().err
+    whole = save_checkpoint(tmp_path / "whole", SinkTransformer(ModelConfig(n_layers=2, d_model=32, n_heads=4,
+                                                                           d_vocab=50, n_ctx=32)))
+    code = cli.main(["windows", "--model", str(whole), "--inputs", "random", "--seq-len", "16", "--num-seqs", "3",
+                     "--split", "8", "--drop-tokens", "#7", "--no-figures", "--out", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--drop-tokens: no layer's window hides token 1 from the queries past split 8" in err, err
+    assert not (tmp_path / "none" / "results.json").exists()
+
+
+def test_a_kind_or_region_that_does_not_exist_is_refused():
+    report = window_sinks(WindowPatternModel(window=4), torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]))
+    assert report.kind_mean("first", "windowed", "inside") == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="kind must be one of windowed, global, got 'local'"):
+        report.kind_mean("first", "local", "past")
+    with pytest.raises(ValueError, match="region must be one of inside, past, got 'after'"):
+        report.kind_mean("first", "global", "after")
