@@ -280,6 +280,19 @@ def _same_token_neighbours(tokens: Tensor) -> tuple[Tensor, Tensor]:
     return prev, nxt
 
 
+def _resolve_split(windows: list[int | None], T: int, split: int | None) -> int:
+    """``split`` checked, or by default the smallest window shorter than the sequence."""
+    if split is None:
+        shorter = [w for w in windows if w is not None and w < T]
+        if not shorter:
+            raise ValueError(f"no layer's window is shorter than the sequence (windows {windows}, seq_len {T}): "
+                             "pass split to compare query positions anyway, or longer tokens")
+        split = min(shorter)
+    if isinstance(split, bool) or not isinstance(split, int) or not 2 <= split <= T - 1:
+        raise ValueError(f"split must be an integer in [2, seq_len - 1 = {T - 1}], got {split!r}")
+    return split
+
+
 def window_sinks(model: Any, tokens: Any, *, eps: float = 0.3, split: int | None = None, batch_size: int = 4,
                  progress: bool = False) -> WindowSinkReport:
     """Where each layer's attention goes for queries inside and past a sliding window (module docstring).
@@ -303,14 +316,7 @@ def window_sinks(model: Any, tokens: Any, *, eps: float = 0.3, split: int | None
         raise ValueError(f"seq_len {T} exceeds the model's context length n_ctx={dims['n_ctx']}")
     L, H = dims["n_layers"], dims["n_heads"]
     windows = [tl_adapter.attn_visibility(model, l)[0] for l in range(L)]
-    if split is None:
-        shorter = [w for w in windows if w is not None and w < T]
-        if not shorter:
-            raise ValueError(f"no layer's window is shorter than the sequence (windows {windows}, seq_len {T}): "
-                             "pass split to compare query positions anyway, or longer tokens")
-        split = min(shorter)
-    if isinstance(split, bool) or not isinstance(split, int) or not 2 <= split <= T - 1:
-        raise ValueError(f"split must be an integer in [2, seq_len - 1 = {T - 1}], got {split!r}")
+    split = _resolve_split(windows, T, split)
     names = set(tl_adapter.hook_names(model))
     acc = _WindowAccumulator(tokens=tokens, L=L, H=H, V=dims["d_vocab"], eps=eps, split=split, windows=windows,
                              device=_model_device(model))
@@ -340,14 +346,7 @@ def drop_token_keys(model: Any, tokens: Any, token_ids: Sequence[int], *, layers
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     windows = [tl_adapter.attn_visibility(model, l)[0] for l in range(L)]
-    if split is None:
-        shorter = [w for w in windows if w is not None and w < T]
-        if not shorter:
-            raise ValueError(f"no layer's window is shorter than the sequence (windows {windows}, seq_len {T}): "
-                             "pass split")
-        split = min(shorter)
-    if isinstance(split, bool) or not isinstance(split, int) or not 2 <= split <= T - 1:
-        raise ValueError(f"split must be an integer in [2, seq_len - 1 = {T - 1}], got {split!r}")
+    split = _resolve_split(windows, T, split)
     if layers is None:
         layers = [l for l, w in enumerate(windows) if w is not None and w <= split]
         if not layers:

@@ -167,21 +167,14 @@ def test_the_readings_are_exact_on_hand_built_patterns():
 def test_the_readings_equal_a_row_by_row_reference_on_hugging_face_eager_attention():
     """A tiny Gemma 3 (a sliding layer, then a global one) through TransformerBridge: every reading equals the
     reference taken row by row from Hugging Face's own attention probabilities."""
-    import transformers
-    from test_architectures import SMALL, WINDOW_CONFIGS, V, word_tokenizer
+    from test_architectures import V
 
-    cfg_cls, model_cls, fields = WINDOW_CONFIGS["gemma3"]
-    torch.manual_seed(0)
-    hf = getattr(transformers, model_cls)._from_config(getattr(transformers, cfg_cls)(**SMALL, **fields),
-                                                        attn_implementation="eager").eval()
+    hf, boot = _tiny_gemma3()
     tokens = torch.randint(3, V, (3, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         attentions = hf(tokens, output_attentions=True).attentions
     pattern = torch.stack(attentions, 1).double().numpy()  # [N, L, H, T, T]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        bridge = tl_adapter.boot_bridge(hf, word_tokenizer(V), "tiny-gemma3")
-    report = window_sinks(bridge, tokens, eps=0.2, batch_size=2)
+    report = window_sinks(boot(), tokens, eps=0.2, batch_size=2)
     assert report.windows == [3, None] and report.split == 3
     assert np.all(report.first[1, 0] == 0.0) and np.all(report.first[1, 1] > 0.0)
     ref, dist, tokens_by, _, order_by = _reference(pattern, tokens.numpy(), report.windows, report.split, 0.2)
