@@ -227,6 +227,18 @@ def _window_lines(win: dict[str, Any], nob: dict[str, Any], tokens: dict[str, An
                 "included)." if ratio < 2 else
                 f"{name!r} has a massive activation too: its mean residual norm is up to {ratio:.1f}x the mean "
                 f"(BOS: {first:.1f}x).")
+        value = (win.get("sink_value") or {}).get("windowed")
+        if value and value["past"]["all_keys"] > 0:
+            vp = value["past"]
+            ratio = vp["sink_keys"] / vp["all_keys"]
+            bos = value["inside"]["token_1"] / value["inside"]["all_keys"]
+            reading.append(
+                f"The keys that take these sinks past the window (all tokens) have values of norm "
+                f"{vp['sink_keys']:.2f} against {vp['all_keys']:.2f} over all keys ({ratio:.2f}x; each pair's own "
+                f"key / value head), "
+                + ("short, as a sink's value is" if ratio < 0.8 else "longer than the others'" if ratio > 1.25
+                   else "about the others'")
+                + f"; BOS's value in the same layers is {bos:.2f}x the others'.")
     else:
         reading.append(f"Past the window the windowed layers' sinks off token 1 stay at {past['top_rate']:.0f}% of "
                        f"(query, head) pairs (inside: {inside['top_rate']:.0f}%): no new sink takes BOS's place.")

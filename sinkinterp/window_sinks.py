@@ -21,7 +21,10 @@ windowed or global, on the same rows:
 * the tokens and distances of the keys that take such a sink (``top`` above eps), counted separately for the
   windowed and the global layers, inside and past, and whether each such key is the latest occurrence of its
   token before the query, the earliest one in view (from position 2 on, in the layer's window), or both
-  (the only one).
+  (the only one);
+* with ``blocks.{l}.attn.hook_v`` in the model, the value norms: each sink key's ||v|| (its head's key / value
+  head) against the mean over all keys 2..T, and token 1's, per kind of layer and region: is the other sink's
+  value short, as a sink's value is (the paper: ||v_1|| under 1 against 2-6 in LLaMA3-8B)?
 
 All rates are per (row, head) pair, so they are per-query readings, not the paper's alpha_k (a mean over the
 queries that see key k, thresholded per sequence): a key past the window has no fixed position to average over.
@@ -79,6 +82,8 @@ class WindowSinkReport:
     sink_tokens: dict[str, dict[str, dict[int, int]]]
     sink_distance: dict[str, dict[str, np.ndarray]]
     sink_order: dict[str, dict[str, dict[str, int]]]
+    # per kind and region: mean ||v|| at the sink keys, over all keys 2..T, at token 1 (None without hook_v)
+    sink_value: dict[str, dict[str, dict[str, float]]] | None = None
 
     def windowed_layers(self) -> list[int]:
         """The layers whose window hides token 1 from the rows past the split."""
@@ -135,6 +140,10 @@ class WindowSinkReport:
                              f"of its token {order['latest'] / total:.0%}, the earliest in view "
                              f"{order['earliest'] / total:.0%}, the only one {order['only'] / total:.0%}; "
                              f"tokens: {tops}")
+                if self.sink_value is not None:
+                    v = self.sink_value[kind][region]
+                    lines.append(f"  value norms: the sink keys {v['sink_keys']:.3g}, all keys 2..T {v['all_keys']:.3g}, "
+                                 f"token 1 {v['token_1']:.3g}")
         return "\n".join(lines)
 
     def _edge_share(self, kind: str, region: str) -> float | None:
@@ -171,6 +180,7 @@ class WindowSinkReport:
                 out["sink_distance"][kind][region] = self.sink_distance[kind][region].tolist()
                 out["sink_tokens"][kind][region]["order"] = dict(self.sink_order[kind][region])
             out["edge_share"][kind] = self._edge_share(kind, "past")
+        out["sink_value"] = self.sink_value
         return out
 
 
@@ -189,6 +199,10 @@ class _WindowAccumulator:
                             for k in KINDS}
         self.order_counts = {k: {r: dict.fromkeys(ORDER, 0) for r in REGIONS} for k in KINDS}
         self.prev_same, self.next_same = _same_token_neighbours(self.tokens)
+        self.value_norm: Tensor | None = None  # [b, T, H] of the layer whose pattern comes next
+        self.values = {k: {r: torch.zeros(3, dtype=torch.float64) for r in REGIONS} for k in KINDS}
+        self.value_pairs = {k: {r: 0 for r in REGIONS} for k in KINDS}
+        self.value_rows = {k: {r: 0 for r in REGIONS} for k in KINDS}
         t = torch.arange(self.T, device=device)
         d = torch.arange(split, device=device)
         self.key_at = t[:, None] - d[None, :]  # [T, split] the key at distance d from query t
@@ -196,6 +210,15 @@ class _WindowAccumulator:
         self.regions = [(t >= 1) & (t < split), t >= split]  # [T] bool each
         self.num_seqs = 0
         self.layers_seen: set[int] = set()
+
+    def on_value(self, layer: int, v: Float[Tensor, "batch pos kv_head d_head"]) -> None:
+        """hook_v: each position's value norm for each query head (a key / value head shared by a group of query
+        heads is repeated for each)."""
+        n = v.detach().double().norm(dim=-1)  # [b, T, kv_head]
+        if n.shape[1] != self.T or self.H % n.shape[2]:
+            raise RuntimeError(f"blocks.{layer}.attn.hook_v has shape {tuple(v.shape)}; expected [batch, {self.T}, "
+                               f"kv_head, d_head] with kv_head dividing {self.H} (see docs/hook-contract.md)")
+        self.value_norm = n.repeat_interleave(self.H // n.shape[2], dim=2)
 
     def on_pattern(self, layer: int, pattern: Float[Tensor, "batch head q k"]) -> None:
         b = pattern.shape[0]
@@ -224,7 +247,14 @@ class _WindowAccumulator:
             sink = top[..., rows] > self.eps  # [b, H, R]
             self.sums["top_rate"][r, layer] += sink.sum((0, 2))
             self.by_distance[r, layer] += rel[:, rows].sum((0, 1))
-            bi, _, ri = sink.nonzero(as_tuple=True)
+            bi, hi, ri = sink.nonzero(as_tuple=True)
+            vn = self.value_norm
+            if vn is not None:  # the rows of this region, all keys 2..T and token 1, and the sink keys below
+                acc_v = self.values[kind][REGIONS[r]]
+                n_rows = int(rows.sum())
+                acc_v[1] += float(vn[:, 1:].sum()) / (self.T - 1) * n_rows
+                acc_v[2] += float(vn[:, 0].sum()) * n_rows
+                self.value_rows[kind][REGIONS[r]] += b * self.H * n_rows
             if bi.numel():
                 q = torch.nonzero(rows).squeeze(1)[ri]  # the query positions
                 key = arg[..., rows][sink] + 1
@@ -237,6 +267,10 @@ class _WindowAccumulator:
                 counts = self.order_counts[kind][REGIONS[r]]
                 for name, hit in (("latest", latest), ("earliest", earliest), ("only", latest & earliest)):
                     counts[name] += int(hit.sum())
+                if vn is not None:
+                    self.values[kind][REGIONS[r]][0] += float(vn[bi, key, hi].sum())
+                    self.value_pairs[kind][REGIONS[r]] += int(bi.numel())
+        self.value_norm = None
         self.layers_seen.add(layer)
 
     def finish(self) -> WindowSinkReport:
@@ -261,7 +295,21 @@ class _WindowAccumulator:
             sink_tokens=tokens,
             sink_distance={k: {r: v.cpu().numpy() for r, v in d.items()} for k, d in self.dist_counts.items()},
             sink_order={k: {r: dict(v) for r, v in d.items()} for k, d in self.order_counts.items()},
+            sink_value=self._sink_value(),
         )
+
+    def _sink_value(self) -> dict[str, dict[str, dict[str, float]]] | None:
+        if not any(self.value_rows[k][r] for k in KINDS for r in REGIONS):
+            return None
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for k in KINDS:
+            out[k] = {}
+            for r in REGIONS:
+                s, rows, pairs = self.values[k][r], self.value_rows[k][r], self.value_pairs[k][r]
+                out[k][r] = {"sink_keys": float(s[0]) / pairs if pairs else float("nan"),
+                             "all_keys": float(s[1]) / rows if rows else float("nan"),
+                             "token_1": float(s[2]) / rows if rows else float("nan")}
+        return out
 
 
 def _same_token_neighbours(tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -321,6 +369,8 @@ def window_sinks(model: Any, tokens: Any, *, eps: float = 0.3, split: int | None
     acc = _WindowAccumulator(tokens=tokens, L=L, H=H, V=dims["d_vocab"], eps=eps, split=split, windows=windows,
                              device=_model_device(model))
     hooks = [(f"blocks.{l}.attn.hook_pattern", lambda x, hook, l=l: acc.on_pattern(l, x)) for l in range(L)]
+    if all(f"blocks.{l}.attn.hook_v" in names for l in range(L)):  # fires before the layer's pattern
+        hooks += [(f"blocks.{l}.attn.hook_v", lambda x, hook, l=l: acc.on_value(l, x)) for l in range(L)]
     run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
                progress="windows" if progress else None)
     return acc.finish()

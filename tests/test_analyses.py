@@ -2029,6 +2029,10 @@ def test_pretrained_gemma3_window_section_reads_its_numbers():
     assert "'w3' carries no massive activation: its mean residual norm is at most 1.25x the mean at any layer " \
            "(BOS: 17.5x" in text
     assert "The global layers keep BOS past the split: mean weight 0.35" in text
+    v = win["sink_value"]["windowed"]  # ||v_s|| = the token id in layer 0: the sink keys hold 3..7, token 1 1 and 9
+    assert v["past"]["sink_keys"] == pytest.approx(5.0) and v["past"]["all_keys"] == pytest.approx(5.0)
+    assert "values of norm 5.00 against 5.00 over all keys (1.00x; each pair's own key / value head), about the " \
+           "others'; BOS's value in the same layers is 1.00x the others'." in text
 
 
 def test_pretrained_gemma3_drop_section_picks_its_control_and_reads_the_losses():

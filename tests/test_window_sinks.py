@@ -30,6 +30,7 @@ class WindowPatternModel(tl_adapter.HookedRootModule):
             blk = torch.nn.Module()
             blk.attn = torch.nn.Module()
             blk.attn.hook_pattern = tl_adapter.HookPoint()
+            blk.attn.hook_v = tl_adapter.HookPoint()
             self.blocks.append(blk)
         self.dummy = torch.nn.Parameter(torch.zeros(1))
         self.setup()
@@ -54,13 +55,15 @@ class WindowPatternModel(tl_adapter.HookedRootModule):
 
     def forward(self, tokens):
         p = self.patterns(*tokens.shape)
+        v = torch.stack([tokens.double(), torch.zeros_like(tokens, dtype=torch.float64)], -1)[:, :, None]
         for l, blk in enumerate(self.blocks):
+            blk.attn.hook_v(v * (l + 1))  # one key / value head for both query heads: ||v_s|| = (l + 1) x token id
             blk.attn.hook_pattern(p[:, l])
         return torch.zeros(*tokens.shape, self.cfg.d_vocab)
 
 
-def _reference(pattern, tokens, windows, split, eps):
-    """Every reading of window_sinks, row by row: pattern [N, L, H, T, T] (numpy)."""
+def _reference(pattern, tokens, windows, split, eps, vnorm=None):
+    """Every reading of window_sinks, row by row: pattern [N, L, H, T, T], vnorm [N, L, H, T] (numpy)."""
     N, L, H, T, _ = pattern.shape
     out = {name: np.zeros((2, L, H)) for name in ("first", "first_rate", "edge", "top", "top_rate")}
     dist = np.zeros((2, L, split))
@@ -68,6 +71,7 @@ def _reference(pattern, tokens, windows, split, eps):
     dist_by = {k: {r: np.zeros(T, dtype=int) for r in REGIONS} for k in ("windowed", "global")}
     order_by = {k: {r: dict.fromkeys(("latest", "earliest", "only"), 0) for r in REGIONS}
                 for k in ("windowed", "global")}
+    values = {k: {r: [[], [], []] for r in REGIONS} for k in ("windowed", "global")}  # sink keys, all, token 1
     windowed = [w is not None and w <= split for w in windows]
     for r, rows in enumerate((range(1, split), range(split, T))):
         for l in range(L):
@@ -95,6 +99,11 @@ def _reference(pattern, tokens, windows, split, eps):
                             order["latest"] += latest
                             order["earliest"] += earliest
                             order["only"] += latest and earliest
+                            if vnorm is not None:
+                                values[kind][REGIONS[r]][0].append(vnorm[n, l, h, s])
+                        if vnorm is not None:
+                            values[kind][REGIONS[r]][1].append(vnorm[n, l, h, 1:].mean())
+                            values[kind][REGIONS[r]][2].append(vnorm[n, l, h, 0])
                         for d in range(split):
                             if t - d >= 1:
                                 dist[r, l, d] += row[t - d] / (H * N * sum(1 for u in rows if u - d >= 1))
@@ -103,12 +112,22 @@ def _reference(pattern, tokens, windows, split, eps):
                 value[r, l] /= count
     for name in ("first_rate", "top_rate"):
         out[name] *= 100.0
-    return out, dist, tokens_by, dist_by, order_by
+    value = None if vnorm is None else {
+        k: {r: dict(zip(("sink_keys", "all_keys", "token_1"), (np.mean(x) if x else np.nan for x in v)))
+            for r, v in by.items()} for k, by in values.items()}
+    return out, dist, tokens_by, dist_by, order_by, value
 
 
 def _assert_equal_to_reference(report, pattern, tokens, eps):
-    ref, dist, tokens_by, dist_by, order_by = _reference(pattern, tokens, report.windows, report.split, eps)
+    L, H = pattern.shape[1:3]
+    vnorm = (tokens[:, None, None, :] * (np.arange(L) + 1)[None, :, None, None]).repeat(H, 2).astype(float)
+    ref, dist, tokens_by, dist_by, order_by, value = _reference(pattern, tokens, report.windows, report.split, eps,
+                                                               vnorm)
     assert report.sink_order == order_by
+    for kind, by_region in value.items():
+        for region, got in by_region.items():
+            np.testing.assert_allclose([report.sink_value[kind][region][k] for k in got], list(got.values()),
+                                       rtol=1e-12, err_msg=f"{kind} {region}")
     for name, value in ref.items():
         np.testing.assert_allclose(getattr(report, name), value, rtol=1e-9, atol=1e-12, err_msg=name)
     np.testing.assert_allclose(report.by_distance, dist, rtol=1e-9, atol=1e-12)
@@ -156,6 +175,10 @@ def test_the_readings_are_exact_on_hand_built_patterns():
     repeated = window_sinks(model, same, eps=0.3)
     assert repeated.sink_order["windowed"]["past"] == {"latest": 6, "earliest": 6, "only": 0}
     _assert_equal_to_reference(repeated, model.patterns(1, 10).numpy(), same.numpy(), 0.3)
+    # ||v_s|| = (layer + 1) x the token id there: token 1 holds 1 and 9
+    assert report.sink_value["windowed"]["past"]["token_1"] == 5.0 and report.sink_value["global"]["past"]["token_1"] == 10.0
+    assert report.sink_value["windowed"]["past"]["sink_keys"] == pytest.approx(
+        sum(k * c for k, c in expected.items()) / 24)
     _assert_equal_to_reference(report, model.patterns(2, 10).numpy(), tokens.numpy(), 0.3)
     text = report.table()
     assert "window" in text and "windowed layers, past" in text
@@ -171,13 +194,26 @@ def test_the_readings_equal_a_row_by_row_reference_on_hugging_face_eager_attenti
 
     hf, boot = _tiny_gemma3()
     tokens = torch.randint(3, V, (3, 12), generator=torch.Generator().manual_seed(1))
+    values = []
+    handles = [layer.self_attn.v_proj.register_forward_hook(lambda m, a, out: values.append(out))
+               for layer in hf.model.layers]
     with torch.no_grad():
         attentions = hf(tokens, output_attentions=True).attentions
+    for handle in handles:
+        handle.remove()
+    H, kv = hf.config.num_attention_heads, hf.config.num_key_value_heads
+    vnorm = torch.stack([v.view(3, 12, kv, -1).double().norm(dim=-1).repeat_interleave(H // kv, 2).permute(0, 2, 1)
+                         for v in values], 1).numpy()  # [N, L, H, T]
     pattern = torch.stack(attentions, 1).double().numpy()  # [N, L, H, T, T]
     report = window_sinks(boot(), tokens, eps=0.2, batch_size=2)
     assert report.windows == [3, None] and report.split == 3
     assert np.all(report.first[1, 0] == 0.0) and np.all(report.first[1, 1] > 0.0)
-    ref, dist, tokens_by, _, order_by = _reference(pattern, tokens.numpy(), report.windows, report.split, 0.2)
+    ref, dist, tokens_by, _, order_by, value = _reference(pattern, tokens.numpy(), report.windows, report.split, 0.2,
+                                                          vnorm)
+    for kind, by_region in value.items():
+        for region, got in by_region.items():
+            np.testing.assert_allclose([report.sink_value[kind][region][k] for k in got], list(got.values()),
+                                       rtol=1e-5, err_msg=f"{kind} {region}")
     assert report.sink_order == order_by
     for name, value in ref.items():
         np.testing.assert_allclose(getattr(report, name), value, rtol=1e-5, atol=1e-6, err_msg=name)
