@@ -200,6 +200,8 @@ class _WindowAccumulator:
         self.order_counts = {k: {r: dict.fromkeys(ORDER, 0) for r in REGIONS} for k in KINDS}
         self.prev_same, self.next_same = _same_token_neighbours(self.tokens)
         self.value_norm: Tensor | None = None  # [b, T, H] of the layer whose pattern comes next
+        self.value_layer = -1
+        self.want_values = False  # set when hook_v is attached: every pattern then needs its layer's values first
         self.values = {k: {r: torch.zeros(3, dtype=torch.float64) for r in REGIONS} for k in KINDS}
         self.value_pairs = {k: {r: 0 for r in REGIONS} for k in KINDS}
         self.value_rows = {k: {r: 0 for r in REGIONS} for k in KINDS}
@@ -219,6 +221,7 @@ class _WindowAccumulator:
             raise RuntimeError(f"blocks.{layer}.attn.hook_v has shape {tuple(v.shape)}; expected [batch, {self.T}, "
                                f"kv_head, d_head] with kv_head dividing {self.H} (see docs/hook-contract.md)")
         self.value_norm = n.repeat_interleave(self.H // n.shape[2], dim=2)
+        self.value_layer = layer
 
     def on_pattern(self, layer: int, pattern: Float[Tensor, "batch head q k"]) -> None:
         b = pattern.shape[0]
@@ -248,7 +251,10 @@ class _WindowAccumulator:
             self.sums["top_rate"][r, layer] += sink.sum((0, 2))
             self.by_distance[r, layer] += rel[:, rows].sum((0, 1))
             bi, hi, ri = sink.nonzero(as_tuple=True)
-            vn = self.value_norm
+            vn = self.value_norm if self.value_layer == layer else None
+            if vn is None and self.want_values:
+                raise RuntimeError(f"blocks.{layer}.attn.hook_v did not fire before the layer's hook_pattern: the "
+                                   "value norms cannot be matched to the pattern (see docs/hook-contract.md)")
             if vn is not None:  # the rows of this region, all keys 2..T and token 1, and the sink keys below
                 acc_v = self.values[kind][REGIONS[r]]
                 n_rows = int(rows.sum())
@@ -270,7 +276,7 @@ class _WindowAccumulator:
                 if vn is not None:
                     self.values[kind][REGIONS[r]][0] += float(vn[bi, key, hi].sum())
                     self.value_pairs[kind][REGIONS[r]] += int(bi.numel())
-        self.value_norm = None
+        self.value_norm, self.value_layer = None, -1
         self.layers_seen.add(layer)
 
     def finish(self) -> WindowSinkReport:
@@ -371,6 +377,7 @@ def window_sinks(model: Any, tokens: Any, *, eps: float = 0.3, split: int | None
     hooks = [(f"blocks.{l}.attn.hook_pattern", lambda x, hook, l=l: acc.on_pattern(l, x)) for l in range(L)]
     if all(f"blocks.{l}.attn.hook_v" in names for l in range(L)):  # fires before the layer's pattern
         hooks += [(f"blocks.{l}.attn.hook_v", lambda x, hook, l=l: acc.on_value(l, x)) for l in range(L)]
+        acc.want_values = True
     run_hooked(model, tokens, hooks, acc, batch_size=batch_size, names=names,
                progress="windows" if progress else None)
     return acc.finish()

@@ -361,6 +361,21 @@ def test_the_windows_command_hides_tokens_on_request(tmp_path, capsys):
     assert not (tmp_path / "none" / "results.json").exists()
 
 
+def test_values_that_come_after_their_pattern_are_refused():
+    """A model whose hook_v fires after its hook_pattern would pair each pattern with another layer's values."""
+    class Late(WindowPatternModel):
+        def forward(self, tokens):
+            p = self.patterns(*tokens.shape)
+            v = torch.ones(*tokens.shape, 1, 2, dtype=torch.float64)
+            for l, blk in enumerate(self.blocks):
+                blk.attn.hook_pattern(p[:, l])
+                blk.attn.hook_v(v)
+            return torch.zeros(*tokens.shape, self.cfg.d_vocab)
+
+    with pytest.raises(RuntimeError, match=r"blocks.0.attn.hook_v did not fire before the layer's hook_pattern"):
+        window_sinks(Late(window=4), torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]))
+
+
 def test_a_kind_or_region_that_does_not_exist_is_refused():
     report = window_sinks(WindowPatternModel(window=4), torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]))
     assert report.kind_mean("first", "windowed", "inside") == pytest.approx(0.4)
